@@ -1,0 +1,470 @@
+// CPU reference for linear attention (GLA family):
+// linear_attn, linear_attn_bwd, linear_attn_decode.
+//
+// Straightforward and exact: inputs are converted to the compute dtype (float32, or float64 when q
+// is float64) and made contiguous, every recurrence step is a plain loop over raw pointers, and the
+// outputs are converted to their dtypes at the end.  GQA-native: one [K, V] state per (sequence,
+// KV head), shared by the H / HKV query heads on it; work is parallelised over (sequence, KV head).
+//
+// Math (docs/DESIGN.md, SPEC.md section 1), per sequence and KV head:
+//   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t          S: [K, V], g_t: scalar (per head) or [K]
+//   o_t[h] = scale * q_t[h] S_t                       for every query head h on this KV head
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "sbops/check.h"
+
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// How g is laid out: absent, one log-decay per (token, KV head), or one per key channel.
+enum class GateMode { kNone, kPerHead, kPerKey };
+
+// Row ranges of the sequences in the flattened [B * T] token dimension.
+struct Sequences {
+  std::vector<int64_t> start, len;
+  int64_t count() const { return static_cast<int64_t>(start.size()); }
+};
+
+// Without cu_seqlens every batch row is one sequence; with it (B must be 1) sequence n covers
+// tokens cu[n] .. cu[n+1]-1.  Tokens no sequence covers get zero outputs and gradients.
+Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, const char* op) {
+  Sequences s;
+  if (!cu_seqlens.has_value()) {
+    for (int64_t b = 0; b < B; ++b) {
+      s.start.push_back(b * T);
+      s.len.push_back(T);
+    }
+    return s;
+  }
+  const at::Tensor& cu = *cu_seqlens;
+  SBOPS_CHECK_INDEX_DTYPE(cu);
+  TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 1, op, ": cu_seqlens must be 1-D [N+1], got shape ",
+              cu.sizes());
+  TORCH_CHECK(B == 1, op, ": with cu_seqlens the batch size must be 1, got B=", B);
+  const at::Tensor c = cu.to(at::kLong).contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  for (int64_t n = 0; n + 1 < c.numel(); ++n) {
+    TORCH_CHECK(0 <= p[n] && p[n] <= p[n + 1] && p[n + 1] <= T, op,
+                ": cu_seqlens must be non-decreasing within [0, T=", T, "], got cu_seqlens[", n,
+                "]=", p[n], ", cu_seqlens[", n + 1, "]=", p[n + 1]);
+    s.start.push_back(p[n]);
+    s.len.push_back(p[n + 1] - p[n]);
+  }
+  return s;
+}
+
+// Gate mode of g, checking its shape against the token dims `lead` (e.g. {B, T} or {N}).
+GateMode gate_mode(const OptTensor& g, at::IntArrayRef lead, int64_t HKV, int64_t K,
+                   const char* op) {
+  if (!g.has_value()) return GateMode::kNone;
+  std::vector<int64_t> per_head(lead.begin(), lead.end());
+  per_head.push_back(HKV);
+  std::vector<int64_t> per_key = per_head;
+  per_key.push_back(K);
+  if (g->sizes() == at::IntArrayRef(per_head)) return GateMode::kPerHead;
+  TORCH_CHECK(g->sizes() == at::IntArrayRef(per_key), op, ": g must have shape ",
+              at::IntArrayRef(per_head), " (per head) or ", at::IntArrayRef(per_key),
+              " (per key channel), got ", g->sizes());
+  return GateMode::kPerKey;
+}
+
+void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+              t.sizes());
+}
+
+// Indices of an int32/int64 index tensor as int64, each checked to lie in [0, bound).
+std::vector<int64_t> index_vector(const at::Tensor& t, int64_t n, int64_t bound, const char* op,
+                                  const char* name) {
+  SBOPS_CHECK_INDEX_DTYPE(t);
+  TORCH_CHECK(t.dim() == 1 && t.numel() == n, op, ": ", name, " must have shape [", n, "], got ",
+              t.sizes());
+  const at::Tensor c = t.to(at::kLong).contiguous();
+  std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n);
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(0 <= idx[i] && idx[i] < bound, op, ": ", name, "[", i, "]=", idx[i],
+                " is out of range [0, ", bound, ")");
+  return idx;
+}
+
+// ---------------------------------------------------------------------------- shared steps
+// Problem sizes of one call; rows are tokens of the flattened [B*T] (or [N]) dimension.
+struct Dims {
+  int64_t H, HKV, K, V;
+  int64_t group() const { return H / HKV; }
+};
+
+// Pointer to g for token row r and KV head kh (nullptr when there is no gate).
+template <typename acc_t>
+const acc_t* gate_at(const acc_t* g, GateMode mode, int64_t r, int64_t kh, const Dims& d) {
+  switch (mode) {
+    case GateMode::kNone: return nullptr;
+    case GateMode::kPerHead: return g + r * d.HKV + kh;
+    case GateMode::kPerKey: return g + (r * d.HKV + kh) * d.K;
+  }
+  return nullptr;
+}
+
+// exp of the log-decay of key row i (1 without gate).
+template <typename acc_t>
+acc_t decay_of(const acc_t* gt, GateMode mode, int64_t i) {
+  if (mode == GateMode::kNone) return acc_t(1);
+  return std::exp(mode == GateMode::kPerHead ? gt[0] : gt[i]);
+}
+
+// One recurrence step in place: S = diag(exp(g_t)) S + k_t^T v_t.
+template <typename acc_t>
+void recurrence_step(acc_t* S, const acc_t* kt, const acc_t* vt, const acc_t* gt, GateMode mode,
+                     int64_t K, int64_t V) {
+  for (int64_t i = 0; i < K; ++i) {
+    const acc_t decay = decay_of(gt, mode, i);
+    const acc_t ki = kt[i];
+    acc_t* row = S + i * V;
+    for (int64_t j = 0; j < V; ++j) row[j] = decay * row[j] + ki * vt[j];
+  }
+}
+
+// o = scale * q S   (q: [K], S: [K, V], o: [V]).
+template <typename acc_t>
+void readout(const acc_t* S, const acc_t* qt, acc_t scale, acc_t* ot, int64_t K, int64_t V) {
+  std::fill(ot, ot + V, acc_t(0));
+  for (int64_t i = 0; i < K; ++i) {
+    const acc_t qi = scale * qt[i];
+    const acc_t* row = S + i * V;
+    for (int64_t j = 0; j < V; ++j) ot[j] += qi * row[j];
+  }
+}
+
+// ---------------------------------------------------------------------------- forward
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> linear_attn_impl(const at::Tensor& q, const at::Tensor& k,
+                                                    const at::Tensor& v, const OptTensor& g,
+                                                    double scale_d, const OptTensor& initial_state,
+                                                    const OptTensor& cu_seqlens) {
+  const char* op = "linear_attn";
+  const int64_t B = q.size(0), T = q.size(1);
+  const Dims d{q.size(2), k.size(2), q.size(3), v.size(3)};
+  const GateMode mode = gate_mode(g, {B, T}, d.HKV, d.K, op);
+  const Sequences seqs = sequences(cu_seqlens, B, T, op);
+  const int64_t N = seqs.count();
+  if (initial_state.has_value())
+    check_shape(*initial_state, {N, d.HKV, d.K, d.V}, op, "initial_state");
+
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous();
+  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
+  const at::Tensor h0 =
+      initial_state.has_value() ? initial_state->to(acc).contiguous() : at::Tensor();
+  at::Tensor o = at::zeros({B, T, d.H, d.V}, q.options().dtype(acc));
+  at::Tensor hT = at::empty({N, d.HKV, d.K, d.V}, q.options().dtype(acc));
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const acc_t* kp = kc.data_ptr<acc_t>();
+  const acc_t* vp = vc.data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
+  const acc_t* h0p = initial_state.has_value() ? h0.data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.data_ptr<acc_t>();
+  acc_t* hTp = hT.data_ptr<acc_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t KV = d.K * d.V, G = d.group();
+
+  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / d.HKV, kh = item % d.HKV;
+      acc_t* S = hTp + item * KV;  // the running state lives in final_state directly
+      if (h0p) std::copy(h0p + item * KV, h0p + (item + 1) * KV, S);
+      else std::fill(S, S + KV, acc_t(0));
+      for (int64_t t = 0; t < seqs.len[n]; ++t) {
+        const int64_t r = seqs.start[n] + t;
+        recurrence_step(S, kp + (r * d.HKV + kh) * d.K, vp + (r * d.HKV + kh) * d.V,
+                        gate_at(gp, mode, r, kh, d), mode, d.K, d.V);
+        for (int64_t h = kh * G; h < (kh + 1) * G; ++h)
+          readout(S, qp + (r * d.H + h) * d.K, scale, out_p + (r * d.H + h) * d.V, d.K, d.V);
+      }
+    }
+  });
+  return {o.to(q.scalar_type()), hT.to(at::kFloat)};
+}
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t lead_dims,
+               const char* op) {
+  const int64_t nd = lead_dims + 2;  // lead dims, heads, feature dim
+  TORCH_CHECK(q.dim() == nd, op, ": q must have ", nd, " dimensions, got shape ", q.sizes());
+  TORCH_CHECK(k.dim() == nd, op, ": k must have ", nd, " dimensions, got shape ", k.sizes());
+  TORCH_CHECK(v.dim() == nd, op, ": v must have ", nd, " dimensions, got shape ", v.sizes());
+  for (int64_t i = 0; i < lead_dims; ++i) {
+    TORCH_CHECK(k.size(i) == q.size(i), op, ": k shape ", k.sizes(), " does not match q shape ",
+                q.sizes(), " in dim ", i);
+    TORCH_CHECK(v.size(i) == q.size(i), op, ": v shape ", v.sizes(), " does not match q shape ",
+                q.sizes(), " in dim ", i);
+  }
+  const int64_t H = q.size(lead_dims), HKV = k.size(lead_dims);
+  TORCH_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
+              ") must be a multiple of the number of KV heads (", HKV, ")");
+  TORCH_CHECK(v.size(lead_dims) == HKV, op, ": v has ", v.size(lead_dims), " heads, k has ", HKV);
+  TORCH_CHECK(k.size(lead_dims + 1) == q.size(lead_dims + 1), op, ": k key dim ",
+              k.size(lead_dims + 1), " does not match q key dim ", q.size(lead_dims + 1));
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_attn_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& v, const OptTensor& g,
+                                                   double scale, const OptTensor& initial_state,
+                                                   const OptTensor& cu_seqlens) {
+  check_qkv(q, k, v, 2, "linear_attn");
+  if (q.scalar_type() == at::kDouble)
+    return linear_attn_impl<double>(q, k, v, g, scale, initial_state, cu_seqlens);
+  return linear_attn_impl<float>(q, k, v, g, scale, initial_state, cu_seqlens);
+}
+
+// ---------------------------------------------------------------------------- backward
+// Gradients walk the sequence backwards with the running state gradient dS (= dL/dS_t):
+//   dq_t[h] = scale * do_t[h] S_t^T
+//   dS     += scale * sum_h q_t[h]^T do_t[h]         (o_t depends on S_t)
+//   dk_t    = dS v_t,  dv_t = dS^T k_t               (S_t = ... + k_t^T v_t)
+//   dg_t[i] = exp(g_t[i]) * sum_j S_{t-1}[i,j] dS[i,j]   (summed over i for a per-head gate)
+//   dS      = diag(exp(g_t)) dS                      (now dL/dS_{t-1})
+// dinitial_state is dS after the first step.  The states S_t are needed backwards; instead of
+// storing all T of them, a forward pass keeps the state at the start of every kChunk-th step, and
+// each chunk's states are recomputed from its checkpoint when the backward walk reaches it.  This
+// only ever multiplies by exp(g) (never divides), so it stays exact for strong decay.
+constexpr int64_t kChunk = 64;
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_attn_bwd_impl(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& g,
+    double scale_d, const OptTensor& initial_state, const OptTensor& cu_seqlens,
+    const at::Tensor& grad_o, const OptTensor& grad_final_state) {
+  const char* op = "linear_attn_bwd";
+  const int64_t B = q.size(0), T = q.size(1);
+  const Dims d{q.size(2), k.size(2), q.size(3), v.size(3)};
+  const GateMode mode = gate_mode(g, {B, T}, d.HKV, d.K, op);
+  const Sequences seqs = sequences(cu_seqlens, B, T, op);
+  const int64_t N = seqs.count();
+  if (initial_state.has_value())
+    check_shape(*initial_state, {N, d.HKV, d.K, d.V}, op, "initial_state");
+  if (grad_final_state.has_value())
+    check_shape(*grad_final_state, {N, d.HKV, d.K, d.V}, op, "grad_final_state");
+  check_shape(grad_o, {B, T, d.H, d.V}, op, "grad_o");
+
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = q.options().dtype(acc);
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous(), doc = grad_o.to(acc).contiguous();
+  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
+  const at::Tensor h0 =
+      initial_state.has_value() ? initial_state->to(acc).contiguous() : at::Tensor();
+  const at::Tensor dhT =
+      grad_final_state.has_value() ? grad_final_state->to(acc).contiguous() : at::Tensor();
+  at::Tensor dq = at::zeros({B, T, d.H, d.K}, opts);
+  at::Tensor dk = at::zeros({B, T, d.HKV, d.K}, opts);
+  at::Tensor dv = at::zeros({B, T, d.HKV, d.V}, opts);
+  at::Tensor dg = g.has_value() ? at::zeros(g->sizes(), opts) : at::Tensor();
+  at::Tensor dh0 = at::empty({N, d.HKV, d.K, d.V}, opts);
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const acc_t* kp = kc.data_ptr<acc_t>();
+  const acc_t* vp = vc.data_ptr<acc_t>();
+  const acc_t* dop = doc.data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
+  const acc_t* h0p = initial_state.has_value() ? h0.data_ptr<acc_t>() : nullptr;
+  const acc_t* dhTp = grad_final_state.has_value() ? dhT.data_ptr<acc_t>() : nullptr;
+  acc_t* dqp = dq.data_ptr<acc_t>();
+  acc_t* dkp = dk.data_ptr<acc_t>();
+  acc_t* dvp = dv.data_ptr<acc_t>();
+  acc_t* dgp = g.has_value() ? dg.data_ptr<acc_t>() : nullptr;
+  acc_t* dh0p = dh0.data_ptr<acc_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t KV = d.K * d.V, G = d.group();
+
+  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / d.HKV, kh = item % d.HKV;
+      const int64_t L = seqs.len[n], r0 = seqs.start[n];
+      const int64_t n_chunks = (L + kChunk - 1) / kChunk;
+      auto k_at = [&](int64_t t) { return kp + ((r0 + t) * d.HKV + kh) * d.K; };
+      auto v_at = [&](int64_t t) { return vp + ((r0 + t) * d.HKV + kh) * d.V; };
+      auto g_at = [&](int64_t t) { return gate_at(gp, mode, r0 + t, kh, d); };
+
+      // Forward pass keeping checkpoint c = the state before step c * kChunk.
+      std::vector<acc_t> ckpt(n_chunks * KV);
+      std::vector<acc_t> S(KV, acc_t(0));
+      if (h0p) std::copy(h0p + item * KV, h0p + (item + 1) * KV, S.begin());
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % kChunk == 0) std::copy(S.begin(), S.end(), ckpt.begin() + (t / kChunk) * KV);
+        recurrence_step(S.data(), k_at(t), v_at(t), g_at(t), mode, d.K, d.V);
+      }
+
+      // dS starts at grad_final_state (zero when absent).
+      acc_t* dS = dh0p + item * KV;  // the running gradient ends up as dinitial_state
+      if (dhTp) std::copy(dhTp + item * KV, dhTp + (item + 1) * KV, dS);
+      else std::fill(dS, dS + KV, acc_t(0));
+
+      // states[s] = state before step t0 + s of the current chunk (states[s + 1] after it).
+      std::vector<acc_t> states((kChunk + 1) * KV);
+      for (int64_t c = n_chunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
+        std::copy(ckpt.begin() + c * KV, ckpt.begin() + (c + 1) * KV, states.begin());
+        for (int64_t t = t0; t < t1; ++t) {
+          acc_t* next = states.data() + (t - t0 + 1) * KV;
+          std::copy(next - KV, next, next);
+          recurrence_step(next, k_at(t), v_at(t), g_at(t), mode, d.K, d.V);
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const acc_t* S_prev = states.data() + (t - t0) * KV;
+          const acc_t* S_t = S_prev + KV;
+          const int64_t r = r0 + t;
+          for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+            const acc_t* qt = qp + (r * d.H + h) * d.K;
+            const acc_t* do_t = dop + (r * d.H + h) * d.V;
+            acc_t* dqt = dqp + (r * d.H + h) * d.K;
+            for (int64_t i = 0; i < d.K; ++i) {
+              const acc_t* Srow = S_t + i * d.V;
+              acc_t* dSrow = dS + i * d.V;
+              const acc_t sqi = scale * qt[i];
+              acc_t sum = 0;
+              for (int64_t j = 0; j < d.V; ++j) {
+                sum += do_t[j] * Srow[j];
+                dSrow[j] += sqi * do_t[j];
+              }
+              dqt[i] = scale * sum;
+            }
+          }
+          const acc_t* kt = k_at(t);
+          const acc_t* vt = v_at(t);
+          acc_t* dkt = dkp + (r * d.HKV + kh) * d.K;
+          acc_t* dvt = dvp + (r * d.HKV + kh) * d.V;
+          const acc_t* gt = g_at(t);
+          for (int64_t i = 0; i < d.K; ++i) {
+            acc_t* dSrow = dS + i * d.V;
+            const acc_t* Sprow = S_prev + i * d.V;
+            acc_t dk_i = 0, dg_i = 0;
+            for (int64_t j = 0; j < d.V; ++j) {
+              dk_i += dSrow[j] * vt[j];
+              dvt[j] += dSrow[j] * kt[i];
+              dg_i += Sprow[j] * dSrow[j];
+            }
+            dkt[i] = dk_i;
+            if (mode == GateMode::kNone) continue;
+            const acc_t decay = decay_of(gt, mode, i);
+            if (mode == GateMode::kPerKey) dgp[(r * d.HKV + kh) * d.K + i] = decay * dg_i;
+            else dgp[r * d.HKV + kh] += decay * dg_i;
+            for (int64_t j = 0; j < d.V; ++j) dSrow[j] *= decay;
+          }
+        }
+      }
+    }
+  });
+
+  const auto empty = at::empty({0}, q.options().dtype(at::kFloat));
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()),
+          g.has_value() ? dg.to(g->scalar_type()) : empty,
+          initial_state.has_value() ? dh0.to(at::kFloat) : empty};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_attn_bwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& g,
+    double scale, const OptTensor& initial_state, const OptTensor& cu_seqlens,
+    const at::Tensor& grad_o, const OptTensor& grad_final_state) {
+  check_qkv(q, k, v, 2, "linear_attn_bwd");
+  if (q.scalar_type() == at::kDouble)
+    return linear_attn_bwd_impl<double>(q, k, v, g, scale, initial_state, cu_seqlens, grad_o,
+                                        grad_final_state);
+  return linear_attn_bwd_impl<float>(q, k, v, g, scale, initial_state, cu_seqlens, grad_o,
+                                     grad_final_state);
+}
+
+// ---------------------------------------------------------------------------- decode
+// One recurrence step per sequence on its state slot, updated in place in the state's dtype.
+template <typename acc_t, typename state_t>
+at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const OptTensor& g, const at::Tensor& state,
+                                   const std::vector<int64_t>& slots, GateMode mode,
+                                   double scale_d) {
+  const int64_t N = q.size(0);
+  const Dims d{q.size(1), k.size(1), q.size(2), v.size(2)};
+  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous();
+  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
+  at::Tensor o = at::empty({N, d.H, d.V}, q.options().dtype(acc));
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const acc_t* kp = kc.data_ptr<acc_t>();
+  const acc_t* vp = vc.data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.data_ptr<acc_t>();
+  state_t* sp = state.data_ptr<state_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t KV = d.K * d.V, G = d.group();
+
+  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> S(KV);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / d.HKV, kh = item % d.HKV;
+      state_t* slot = sp + (slots[i] * d.HKV + kh) * KV;
+      for (int64_t e = 0; e < KV; ++e) S[e] = static_cast<acc_t>(slot[e]);
+      recurrence_step(S.data(), kp + item * d.K, vp + item * d.V, gate_at(gp, mode, i, kh, d),
+                      mode, d.K, d.V);
+      for (int64_t e = 0; e < KV; ++e) slot[e] = static_cast<state_t>(S[e]);
+      for (int64_t h = kh * G; h < (kh + 1) * G; ++h)
+        readout(S.data(), qp + (i * d.H + h) * d.K, scale, out_p + (i * d.H + h) * d.V, d.K, d.V);
+    }
+  });
+  return o.to(q.scalar_type());
+}
+
+at::Tensor linear_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const OptTensor& g, const at::Tensor& state,
+                                  const OptTensor& state_indices, double scale) {
+  const char* op = "linear_attn_decode";
+  check_qkv(q, k, v, 1, op);
+  const int64_t N = q.size(0), HKV = k.size(1), K = q.size(2), V = v.size(2);
+  const GateMode mode = gate_mode(g, {N}, HKV, K, op);
+  TORCH_CHECK(state.dim() == 4 && state.size(1) == HKV && state.size(2) == K && state.size(3) == V,
+              op, ": state must have shape [S, ", HKV, ", ", K, ", ", V, "], got ", state.sizes());
+  TORCH_CHECK(state.is_contiguous(), op, ": state must be contiguous (it is updated in place)");
+  const int64_t S = state.size(0);
+  std::vector<int64_t> slots;
+  if (state_indices.has_value()) {
+    slots = index_vector(*state_indices, N, S, op, "state_indices");
+  } else {
+    TORCH_CHECK(N <= S, op, ": without state_indices sequence i uses slot i, but state has only ",
+                S, " slots for ", N, " sequences");
+    for (int64_t i = 0; i < N; ++i) slots.push_back(i);
+  }
+  // Two sequences on one slot would race on the in-place update.
+  std::vector<bool> used(S, false);
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(!used[slots[i]], op, ": state_indices holds slot ", slots[i], " twice");
+    used[slots[i]] = true;
+  }
+  at::Tensor o;
+  const auto state_dtype = state.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, state_dtype, "linear_attn_decode", [&] {
+    if (q.scalar_type() == at::kDouble)
+      o = linear_attn_decode_impl<double, scalar_t>(q, k, v, g, state, slots, mode, scale);
+    else
+      o = linear_attn_decode_impl<float, scalar_t>(q, k, v, g, state, slots, mode, scale);
+  });
+  return o;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("linear_attn", &linear_attn_cpu);
+  m.impl("linear_attn_bwd", &linear_attn_bwd_cpu);
+  m.impl("linear_attn_decode", &linear_attn_decode_cpu);
+}

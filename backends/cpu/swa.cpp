@@ -1,0 +1,464 @@
+// CPU reference for sliding-window attention:
+// swa_attn, swa_attn_bwd, swa_decode, swa_cache_write.
+//
+// Straightforward and exact: inputs are converted to the compute dtype (float32, or float64 when q
+// is float64) and made contiguous, each query row is a plain loop over its visible keys, and the
+// outputs are converted to their dtypes at the end.  Query i of a sequence sees keys j with
+// i - window <= j <= i (window < 0: j <= i) plus all M sink keys, in one softmax computed safely
+// (row max subtracted).  GQA: query head h reads KV head h / (H / HKV).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "sbops/check.h"
+
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+
+// Row ranges of the sequences in the flattened [B * T] token dimension.
+struct Sequences {
+  std::vector<int64_t> start, len;
+  int64_t count() const { return static_cast<int64_t>(start.size()); }
+};
+
+// Without cu_seqlens every batch row is one sequence; with it (B must be 1) sequence n covers
+// tokens cu[n] .. cu[n+1]-1.  Tokens no sequence covers get zero outputs and gradients.
+Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, const char* op) {
+  Sequences s;
+  if (!cu_seqlens.has_value()) {
+    for (int64_t b = 0; b < B; ++b) {
+      s.start.push_back(b * T);
+      s.len.push_back(T);
+    }
+    return s;
+  }
+  const at::Tensor& cu = *cu_seqlens;
+  SBOPS_CHECK_INDEX_DTYPE(cu);
+  TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 1, op, ": cu_seqlens must be 1-D [N+1], got shape ",
+              cu.sizes());
+  TORCH_CHECK(B == 1, op, ": with cu_seqlens the batch size must be 1, got B=", B);
+  const at::Tensor c = cu.to(at::kLong).contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  for (int64_t n = 0; n + 1 < c.numel(); ++n) {
+    TORCH_CHECK(0 <= p[n] && p[n] <= p[n + 1] && p[n + 1] <= T, op,
+                ": cu_seqlens must be non-decreasing within [0, T=", T, "], got cu_seqlens[", n,
+                "]=", p[n], ", cu_seqlens[", n + 1, "]=", p[n + 1]);
+    s.start.push_back(p[n]);
+    s.len.push_back(p[n + 1] - p[n]);
+  }
+  return s;
+}
+
+void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+              t.sizes());
+}
+
+// Values of an int32/int64 index tensor [n] as int64, each checked to lie in [lo, hi).
+std::vector<int64_t> index_vector(const at::Tensor& t, int64_t n, int64_t lo, int64_t hi,
+                                  const char* op, const char* name) {
+  SBOPS_CHECK_INDEX_DTYPE(t);
+  TORCH_CHECK(t.dim() == 1 && t.numel() == n, op, ": ", name, " must have shape [", n, "], got ",
+              t.sizes());
+  const at::Tensor c = t.to(at::kLong).contiguous();
+  std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n);
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(lo <= idx[i] && idx[i] < hi, op, ": ", name, "[", i, "]=", idx[i],
+                " is out of range [", lo, ", ", hi, ")");
+  return idx;
+}
+
+// Slot of each sequence: slot_indices, or i when absent.
+std::vector<int64_t> slot_vector(const OptTensor& slot_indices, int64_t N, int64_t S,
+                                 const char* op) {
+  if (slot_indices.has_value()) return index_vector(*slot_indices, N, 0, S, op, "slot_indices");
+  TORCH_CHECK(N <= S, op, ": without slot_indices sequence i uses slot i, but the cache has only ",
+              S, " slots for ", N, " sequences");
+  std::vector<int64_t> slots(N);
+  for (int64_t i = 0; i < N; ++i) slots[i] = i;
+  return slots;
+}
+
+// First key a query at (sequence-local) position i sees.
+int64_t first_key(int64_t i, int64_t window) {
+  return window < 0 ? 0 : std::max<int64_t>(0, i - window);
+}
+
+// Most keys (without sinks) any query of a length-L sequence sees.
+int64_t max_keys(int64_t L, int64_t window) {
+  return (window < 0 || window >= L) ? L : window + 1;
+}
+
+template <typename acc_t, typename x_t>
+acc_t dot(const acc_t* a, const x_t* b, int64_t D) {
+  acc_t s = 0;
+  for (int64_t e = 0; e < D; ++e) s += a[e] * static_cast<acc_t>(b[e]);
+  return s;
+}
+
+// Softmax of one query row over n keys: p[s] = softmax_s(scale * q . key(s)).  Returns the
+// log-sum-exp of the scaled scores.  The row max is subtracted before exp (n >= 1 always: a query
+// sees at least itself).
+template <typename acc_t, typename KeyAt>
+acc_t softmax_row(const acc_t* qrow, KeyAt key_at, int64_t n, int64_t D, acc_t scale, acc_t* p) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t s = 0; s < n; ++s) {
+    p[s] = scale * dot(qrow, key_at(s), D);
+    m = std::max(m, p[s]);
+  }
+  acc_t l = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    p[s] = std::exp(p[s] - m);
+    l += p[s];
+  }
+  for (int64_t s = 0; s < n; ++s) p[s] /= l;
+  return m + std::log(l);
+}
+
+// Problem sizes: H query heads, HKV KV heads, D key dim, DV value dim, M sinks.
+struct Dims {
+  int64_t H, HKV, D, DV, M;
+  int64_t group() const { return H / HKV; }
+};
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const OptTensor& sink_k, const OptTensor& sink_v, const char* op) {
+  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, T, H, D], got shape ", q.sizes());
+  TORCH_CHECK(k.dim() == 4 && k.size(0) == q.size(0) && k.size(1) == q.size(1) &&
+                  k.size(3) == q.size(3),
+              op, ": k must be [B, T, HKV, D] matching q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(v.dim() == 4 && v.size(0) == q.size(0) && v.size(1) == q.size(1) &&
+                  v.size(2) == k.size(2),
+              op, ": v must be [B, T, HKV, DV] matching k ", k.sizes(), ", got ", v.sizes());
+  const int64_t H = q.size(2), HKV = k.size(2);
+  TORCH_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
+              ") must be a multiple of the number of KV heads (", HKV, ")");
+  TORCH_CHECK(sink_k.has_value() == sink_v.has_value(), op,
+              ": sink_k and sink_v must be given together");
+  if (sink_k.has_value()) {
+    TORCH_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(3), op,
+                ": sink_k must be [M, ", HKV, ", ", q.size(3), "], got ", sink_k->sizes());
+    check_shape(*sink_v, {sink_k->size(0), HKV, v.size(3)}, op, "sink_v");
+  }
+}
+
+// ---------------------------------------------------------------------------- forward
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor> swa_attn_impl(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, int64_t window,
+                                                 double scale_d, const OptTensor& cu_seqlens,
+                                                 const OptTensor& sink_k, const OptTensor& sink_v) {
+  const int64_t B = q.size(0), T = q.size(1);
+  const Dims d{q.size(2), k.size(2), q.size(3), v.size(3), sink_k ? sink_k->size(0) : 0};
+  const Sequences seqs = sequences(cu_seqlens, B, T, "swa_attn");
+  const int64_t N = seqs.count();
+
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous();
+  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
+  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
+  at::Tensor o = at::zeros({B, T, d.H, d.DV}, q.options().dtype(acc));
+  at::Tensor lse = at::zeros({B, T, d.H}, q.options().dtype(acc));
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const acc_t* kp = kc.data_ptr<acc_t>();
+  const acc_t* vp = vc.data_ptr<acc_t>();
+  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.data_ptr<acc_t>();
+  acc_t* lse_p = lse.data_ptr<acc_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+
+  at::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / d.H, h = item % d.H, kh = h / d.group();
+      const int64_t L = seqs.len[n], r0 = seqs.start[n];
+      std::vector<acc_t> p(d.M + max_keys(L, window));
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t r = r0 + i, j0 = first_key(i, window);
+        // Visible key s: the M sinks first, then sequence keys j0 .. i.
+        auto key_at = [&](int64_t s) {
+          return s < d.M ? skp + (s * d.HKV + kh) * d.D
+                         : kp + ((r0 + j0 + s - d.M) * d.HKV + kh) * d.D;
+        };
+        auto val_at = [&](int64_t s) {
+          return s < d.M ? svp + (s * d.HKV + kh) * d.DV
+                         : vp + ((r0 + j0 + s - d.M) * d.HKV + kh) * d.DV;
+        };
+        const int64_t n_keys = d.M + i - j0 + 1;
+        lse_p[r * d.H + h] =
+            softmax_row(qp + (r * d.H + h) * d.D, key_at, n_keys, d.D, scale, p.data());
+        acc_t* orow = out_p + (r * d.H + h) * d.DV;
+        for (int64_t s = 0; s < n_keys; ++s) {
+          const acc_t* vrow = val_at(s);
+          for (int64_t e = 0; e < d.DV; ++e) orow[e] += p[s] * vrow[e];
+        }
+      }
+    }
+  });
+  return {o.to(q.scalar_type()), lse.to(at::kFloat)};
+}
+
+std::tuple<at::Tensor, at::Tensor> swa_attn_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, int64_t window, double scale,
+                                                const OptTensor& cu_seqlens,
+                                                const OptTensor& sink_k, const OptTensor& sink_v) {
+  check_inputs(q, k, v, sink_k, sink_v, "swa_attn");
+  if (q.scalar_type() == at::kDouble)
+    return swa_attn_impl<double>(q, k, v, window, scale, cu_seqlens, sink_k, sink_v);
+  return swa_attn_impl<float>(q, k, v, window, scale, cu_seqlens, sink_k, sink_v);
+}
+
+// ---------------------------------------------------------------------------- backward
+// Per query row i with probabilities P_s over its visible keys s (sinks included):
+//   dP_s = dO_i . v_s,   delta_i = sum_s P_s dP_s - grad_lse_i,   dZ_s = P_s (dP_s - delta_i)
+//   dq_i = scale * sum_s dZ_s k_s,   dk_s += scale * dZ_s q_i,   dv_s += P_s dO_i
+// (sum_s P_s dP_s equals rowsum(dO * O) of the flash formulation; grad_lse_i adds P_s grad_lse_i
+// to each score's gradient since d lse / d score_s = P_s).  The softmax is recomputed here in the
+// compute dtype rather than read back from the saved o (possibly bfloat16) and lse (float32), so
+// the gradients are exact in that dtype; o and lse are only shape-checked.
+// Work items are (sequence, KV head): each owns its rows of dk / dv and its query heads' rows of
+// dq; sink gradients, shared by all sequences, go to per-sequence partial sums added at the end.
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_bwd_impl(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad_o,
+    const OptTensor& grad_lse, int64_t window, double scale_d, const OptTensor& cu_seqlens,
+    const OptTensor& sink_k, const OptTensor& sink_v) {
+  const int64_t B = q.size(0), T = q.size(1);
+  const Dims d{q.size(2), k.size(2), q.size(3), v.size(3), sink_k ? sink_k->size(0) : 0};
+  const Sequences seqs = sequences(cu_seqlens, B, T, "swa_attn_bwd");
+  const int64_t N = seqs.count();
+
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = q.options().dtype(acc);
+  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
+                   vc = v.to(acc).contiguous(), doc = grad_o.to(acc).contiguous();
+  const at::Tensor dlc = grad_lse.has_value() ? grad_lse->to(acc).contiguous() : at::Tensor();
+  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
+  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
+  at::Tensor dq = at::zeros({B, T, d.H, d.D}, opts);
+  at::Tensor dk = at::zeros({B, T, d.HKV, d.D}, opts);
+  at::Tensor dv = at::zeros({B, T, d.HKV, d.DV}, opts);
+  at::Tensor dsk_part = at::zeros({N, d.M, d.HKV, d.D}, opts);  // per-sequence sink gradients
+  at::Tensor dsv_part = at::zeros({N, d.M, d.HKV, d.DV}, opts);
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const acc_t* kp = kc.data_ptr<acc_t>();
+  const acc_t* vp = vc.data_ptr<acc_t>();
+  const acc_t* dop = doc.data_ptr<acc_t>();
+  const acc_t* dlp = grad_lse.has_value() ? dlc.data_ptr<acc_t>() : nullptr;
+  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
+  acc_t* dqp = dq.data_ptr<acc_t>();
+  acc_t* dkp = dk.data_ptr<acc_t>();
+  acc_t* dvp = dv.data_ptr<acc_t>();
+  acc_t* dskp = dsk_part.data_ptr<acc_t>();
+  acc_t* dsvp = dsv_part.data_ptr<acc_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+  const int64_t G = d.group();
+
+  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / d.HKV, kh = item % d.HKV;
+      const int64_t L = seqs.len[n], r0 = seqs.start[n];
+      acc_t* dsk = dskp + n * d.M * d.HKV * d.D;
+      acc_t* dsv = dsvp + n * d.M * d.HKV * d.DV;
+      std::vector<acc_t> p(d.M + max_keys(L, window)), dp(p.size());
+      for (int64_t h = kh * G; h < (kh + 1) * G; ++h) {
+        for (int64_t i = 0; i < L; ++i) {
+          const int64_t r = r0 + i, j0 = first_key(i, window);
+          const int64_t n_keys = d.M + i - j0 + 1;
+          // Offsets of visible key s (the M sinks first, then keys j0 .. i) in the key-side
+          // buffers: sinks index the sink tensors, the rest index k / v (and dk / dv).
+          auto key_off = [&](int64_t s) {
+            return s < d.M ? (s * d.HKV + kh) * d.D : ((r0 + j0 + s - d.M) * d.HKV + kh) * d.D;
+          };
+          auto val_off = [&](int64_t s) {
+            return s < d.M ? (s * d.HKV + kh) * d.DV : ((r0 + j0 + s - d.M) * d.HKV + kh) * d.DV;
+          };
+          auto key_at = [&](int64_t s) { return (s < d.M ? skp : kp) + key_off(s); };
+          const acc_t* qrow = qp + (r * d.H + h) * d.D;
+          const acc_t* dorow = dop + (r * d.H + h) * d.DV;
+          softmax_row(qrow, key_at, n_keys, d.D, scale, p.data());
+
+          acc_t delta = dlp ? -dlp[r * d.H + h] : acc_t(0);
+          for (int64_t s = 0; s < n_keys; ++s) {
+            dp[s] = dot(dorow, (s < d.M ? svp : vp) + val_off(s), d.DV);
+            delta += p[s] * dp[s];
+          }
+          acc_t* dqrow = dqp + (r * d.H + h) * d.D;
+          for (int64_t s = 0; s < n_keys; ++s) {
+            const acc_t dz = p[s] * (dp[s] - delta);
+            const acc_t* krow = key_at(s);
+            acc_t* dkrow = (s < d.M ? dsk : dkp) + key_off(s);
+            acc_t* dvrow = (s < d.M ? dsv : dvp) + val_off(s);
+            for (int64_t e = 0; e < d.D; ++e) {
+              dqrow[e] += scale * dz * krow[e];
+              dkrow[e] += scale * dz * qrow[e];
+            }
+            for (int64_t e = 0; e < d.DV; ++e) dvrow[e] += p[s] * dorow[e];
+          }
+        }
+      }
+    }
+  });
+
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor dsink_k = at::empty({0}, f32), dsink_v = at::empty({0}, f32);
+  if (sink_k.has_value()) {
+    dsink_k = dsk_part.sum(0).to(sink_k->scalar_type());
+    dsink_v = dsv_part.sum(0).to(sink_v->scalar_type());
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dsink_k,
+          dsink_v};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_bwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
+    const at::Tensor& lse, const at::Tensor& grad_o, const OptTensor& grad_lse, int64_t window,
+    double scale, const OptTensor& cu_seqlens, const OptTensor& sink_k, const OptTensor& sink_v) {
+  const char* op = "swa_attn_bwd";
+  check_inputs(q, k, v, sink_k, sink_v, op);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DV = v.size(3);
+  check_shape(o, {B, T, H, DV}, op, "o");
+  check_shape(lse, {B, T, H}, op, "lse");
+  check_shape(grad_o, {B, T, H, DV}, op, "grad_o");
+  if (grad_lse.has_value()) check_shape(*grad_lse, {B, T, H}, op, "grad_lse");
+  if (q.scalar_type() == at::kDouble)
+    return swa_attn_bwd_impl<double>(q, k, v, grad_o, grad_lse, window, scale, cu_seqlens, sink_k,
+                                     sink_v);
+  return swa_attn_bwd_impl<float>(q, k, v, grad_o, grad_lse, window, scale, cu_seqlens, sink_k,
+                                  sink_v);
+}
+
+// ---------------------------------------------------------------------------- decode
+// Sequence i (length L, the current token already written) attends its cached positions
+// max(0, L-1-window) .. L-1; position p lives at row p % C of its slot.
+template <typename acc_t, typename cache_t>
+at::Tensor swa_decode_impl(const at::Tensor& q, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const std::vector<int64_t>& seq_lens,
+                           const std::vector<int64_t>& slots, int64_t window, double scale_d) {
+  const int64_t N = q.size(0), C = k_cache.size(1);
+  const Dims d{q.size(1), k_cache.size(2), q.size(2), v_cache.size(3), 0};
+  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
+  const at::Tensor qc = q.to(acc).contiguous();
+  const at::Tensor kcc = k_cache.contiguous(), vcc = v_cache.contiguous();
+  at::Tensor o = at::zeros({N, d.H, d.DV}, q.options().dtype(acc));
+
+  const acc_t* qp = qc.data_ptr<acc_t>();
+  const cache_t* kp = kcc.data_ptr<cache_t>();
+  const cache_t* vp = vcc.data_ptr<cache_t>();
+  acc_t* out_p = o.data_ptr<acc_t>();
+  const acc_t scale = static_cast<acc_t>(scale_d);
+
+  at::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / d.H, h = item % d.H, kh = h / d.group();
+      const int64_t L = seq_lens[i], lo = first_key(L - 1, window), n_keys = L - lo;
+      auto row_of = [&](int64_t s) { return (slots[i] * C + (lo + s) % C) * d.HKV + kh; };
+      auto key_at = [&](int64_t s) { return kp + row_of(s) * d.D; };
+      std::vector<acc_t> p(n_keys);
+      softmax_row(qp + item * d.D, key_at, n_keys, d.D, scale, p.data());
+      acc_t* orow = out_p + item * d.DV;
+      for (int64_t s = 0; s < n_keys; ++s) {
+        const cache_t* vrow = vp + row_of(s) * d.DV;
+        for (int64_t e = 0; e < d.DV; ++e) orow[e] += p[s] * static_cast<acc_t>(vrow[e]);
+      }
+    }
+  });
+  return o.to(q.scalar_type());
+}
+
+void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op) {
+  TORCH_CHECK(k_cache.dim() == 4, op, ": k_cache must be [S, C, HKV, D], got shape ",
+              k_cache.sizes());
+  TORCH_CHECK(v_cache.dim() == 4 && v_cache.size(0) == k_cache.size(0) &&
+                  v_cache.size(1) == k_cache.size(1) && v_cache.size(2) == k_cache.size(2),
+              op, ": v_cache must be [S, C, HKV, DV] matching k_cache ", k_cache.sizes(), ", got ",
+              v_cache.sizes());
+  TORCH_CHECK(k_cache.size(1) > 0, op, ": the caches have no rows (C = 0)");
+}
+
+at::Tensor swa_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& seq_lens, int64_t window, double scale,
+                          const OptTensor& slot_indices) {
+  const char* op = "swa_decode";
+  check_caches(k_cache, v_cache, op);
+  TORCH_CHECK(q.dim() == 3 && q.size(2) == k_cache.size(3), op, ": q must be [N, H, ",
+              k_cache.size(3), "], got shape ", q.sizes());
+  const int64_t N = q.size(0), HKV = k_cache.size(2), C = k_cache.size(1);
+  TORCH_CHECK(q.size(1) % HKV == 0, op, ": the number of query heads (", q.size(1),
+              ") must be a multiple of the number of KV heads (", HKV, ")");
+  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
+              ": k_cache and v_cache must have the same dtype, got ", k_cache.scalar_type(),
+              " and ", v_cache.scalar_type());
+  const std::vector<int64_t> lens =
+      index_vector(seq_lens, N, 1, std::numeric_limits<int64_t>::max(), op, "seq_lens");
+  const std::vector<int64_t> slots = slot_vector(slot_indices, N, k_cache.size(0), op);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t n_keys = lens[i] - first_key(lens[i] - 1, window);
+    TORCH_CHECK(n_keys <= C, op, ": sequence ", i, " (seq_len ", lens[i], ", window ", window,
+                ") attends ", n_keys, " positions but the ring buffer holds only C=", C);
+  }
+  at::Tensor o;
+  const auto cache_dtype = k_cache.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cache_dtype, "swa_decode", [&] {
+    if (q.scalar_type() == at::kDouble)
+      o = swa_decode_impl<double, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale);
+    else
+      o = swa_decode_impl<float, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale);
+  });
+  return o;
+}
+
+// k/v of the token at positions[i] go to row positions[i] % C of slot slot_indices[i], converted
+// to the caches' dtype.  Rows are written in order i = 0 .. N-1 (a later row wins on a clash).
+void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
+                         const at::Tensor& v_cache, const at::Tensor& positions,
+                         const OptTensor& slot_indices) {
+  const char* op = "swa_cache_write";
+  check_caches(k_cache, v_cache, op);
+  const int64_t S = k_cache.size(0), C = k_cache.size(1), HKV = k_cache.size(2);
+  TORCH_CHECK(k.dim() == 3 && k.size(1) == HKV && k.size(2) == k_cache.size(3), op,
+              ": k must be [N, ", HKV, ", ", k_cache.size(3), "], got shape ", k.sizes());
+  const int64_t N = k.size(0);
+  check_shape(v, {N, HKV, v_cache.size(3)}, op, "v");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), op,
+              ": k_cache and v_cache must be contiguous (they are written in place)");
+  const std::vector<int64_t> pos =
+      index_vector(positions, N, 0, std::numeric_limits<int64_t>::max(), op, "positions");
+  const std::vector<int64_t> slots = slot_vector(slot_indices, N, S, op);
+
+  // One token's [HKV, D] block of a cache, byte-copied from the input converted to its dtype.
+  auto write = [&](const at::Tensor& x, const at::Tensor& cache) {
+    const at::Tensor xc = x.to(cache.scalar_type()).contiguous();
+    const int64_t bytes = HKV * cache.size(3) * cache.element_size();
+    const char* src = static_cast<const char*>(xc.data_ptr());
+    char* dst = static_cast<char*>(cache.data_ptr());
+    for (int64_t i = 0; i < N; ++i)
+      std::memcpy(dst + (slots[i] * C + pos[i] % C) * bytes, src + i * bytes, bytes);
+  };
+  write(k, k_cache);
+  write(v, v_cache);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("swa_attn", &swa_attn_cpu);
+  m.impl("swa_attn_bwd", &swa_attn_bwd_cpu);
+  m.impl("swa_decode", &swa_decode_cpu);
+  m.impl("swa_cache_write", &swa_cache_write_cpu);
+}

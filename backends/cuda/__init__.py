@@ -1,0 +1,100 @@
+"""Backend `cuda`: NVIDIA GPUs.
+
+CUDA C++ kernels (backends/cuda/kernels, torch-free, bound in backends/cuda/bindings) are compiled
+into sbops._C for the CUDA dispatch key when sbops is built with SBOPS_TARGET=cuda (or auto with a
+CUDA torch and nvcc).  The Triton kernels (backends/cuda/triton) are registered for the CUDA key
+from Python at import, with tuned configs from backends/cuda/tuning/*.json.
+"""
+from __future__ import annotations
+
+import torch
+
+from sbops import _platform
+from sbops._dispatch import Backend, OpCaps
+
+LOWP = (torch.float16, torch.bfloat16, torch.float32)
+IDX = (torch.int32, torch.int64)
+INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+# which implementation serves each op: "native" (CUDA C++ in sbops._C) or "triton"
+TRITON_OPS = {"linear_attn", "swa_attn"}
+
+OPS = {
+    "linear_attn": OpCaps(LOWP, head_dims=(64, 128),
+                          features=frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state"}),
+                          impl="triton"),
+    "swa_attn": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"varlen", "sinks", "full_causal"}),
+                       impl="triton"),
+    "linear_attn_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"gate_per_head", "gate_per_key"}),
+                                 impl="cuda c++"),
+    "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal"}), impl="cuda c++"),
+    "swa_cache_write": OpCaps(LOWP, impl="cuda c++"),
+    "spike_encode": OpCaps(LOWP, impl="cuda c++"),
+    "spike_quant": OpCaps(LOWP, impl="cuda c++"),
+    "spike_expand": OpCaps(INTS, impl="cuda c++"),
+    "spike_collapse": OpCaps(INTS, impl="cuda c++"),
+    "spike_stats": OpCaps(INTS, impl="cuda c++"),
+    "topk_gating": OpCaps(LOWP, features=frozenset({"bias", "groups"}), impl="cuda c++"),
+    "moe_permute": OpCaps(LOWP, impl="cuda c++"),
+    "moe_unpermute": OpCaps(LOWP, impl="cuda c++"),
+    "moe_align_block_size": OpCaps(IDX, impl="cuda c++"),
+    "expert_counts": OpCaps(IDX, impl="cuda c++"),
+}
+
+_triton_error: str | None = None
+
+
+def _probe(op: str) -> str | None:
+    why = _platform.cuda_device_reason()
+    if why:
+        return why
+    if op in TRITON_OPS:
+        return _platform.triton_reason() or _triton_error
+    target = _platform.native_target()
+    if target != "cuda":
+        return f"sbops._C was built for '{target}' without CUDA kernels (rebuild with SBOPS_TARGET=cuda)"
+    return None
+
+
+BACKEND = Backend(
+    name="cuda",
+    device_types=("cuda",),
+    priority=10,
+    probe=_probe,
+    ops=OPS,
+    description="NVIDIA GPUs: CUDA C++ (memory-bound ops, decode) and Triton (chunked linear attention, SWA)",
+)
+
+
+def register_triton(tuning_backend: str) -> None:
+    """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`."""
+    from .triton import linear_attn as la
+    from .triton import swa
+
+    def linear_attn(q, k, v, g, scale, initial_state, cu_seqlens):
+        return la.linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, backend=tuning_backend)
+
+    def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state):
+        return la.linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state,
+                                  backend=tuning_backend)
+
+    def swa_attn(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
+        return swa.swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, backend=tuning_backend)
+
+    def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
+        return swa.swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
+                                backend=tuning_backend)
+
+    for name, fn in (("linear_attn", linear_attn), ("linear_attn_bwd", linear_attn_bwd),
+                     ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd)):
+        torch.library.register_kernel(f"sbops::{name}", "cuda", fn)
+
+
+def register() -> None:
+    global _triton_error
+    if _platform.cuda_device_reason() or _platform.triton_reason():
+        return
+    try:
+        register_triton("cuda")
+    except Exception as e:  # reported through sbops.backends() / explain(), never silently used
+        _triton_error = f"the Triton kernels failed to load: {type(e).__name__}: {e}"

@@ -1,0 +1,51 @@
+"""Backend `maca`: MetaX GPUs (C500/C550) through the MACA toolchain.
+
+The same CUDA C++ sources compiled by cu-bridge with USE_MACA (64-lane warps; see
+backends/maca/README.md for every difference) and the same Triton kernels run through MetaX's
+Triton backend with the configs in backends/maca/tuning/*.json.  MetaX PyTorch reports its devices
+as `cuda`, so NVIDIA and MetaX kernels never share one process: exactly one of the backends
+`cuda` and `maca` is available.
+"""
+from __future__ import annotations
+
+from sbops import _platform
+from sbops._dispatch import Backend
+
+from ..cuda import OPS, TRITON_OPS, register_triton
+
+_triton_error: str | None = None
+
+
+def _probe(op: str) -> str | None:
+    if not _platform.is_metax():
+        return "not a MetaX PyTorch (torch.__version__ has no '+metax' and no 'MetaX' device is present)"
+    import torch
+    if not torch.cuda.is_available():
+        return "no MetaX device visible"
+    if op in TRITON_OPS:
+        return _platform.triton_reason() or _triton_error
+    target = _platform.native_target()
+    if target != "maca":
+        return f"sbops._C was built for '{target}', not for MACA (rebuild with SBOPS_TARGET=maca)"
+    return None
+
+
+BACKEND = Backend(
+    name="maca",
+    device_types=("cuda",),   # MetaX PyTorch uses the CUDA device type and dispatch key
+    priority=10,
+    probe=_probe,
+    ops=dict(OPS),
+    description="MetaX GPUs: the CUDA C++ kernels built with cu-bridge (64-lane warps) and the Triton "
+                "kernels with MACA tuning",
+)
+
+
+def register() -> None:
+    global _triton_error
+    if not _platform.is_metax() or _platform.triton_reason():
+        return
+    try:
+        register_triton("maca")
+    except Exception as e:
+        _triton_error = f"the Triton kernels failed to load: {type(e).__name__}: {e}"

@@ -1,0 +1,42 @@
+"""What this process runs on: NVIDIA CUDA, MetaX MACA (which PyTorch also reports as `cuda`), or CPU."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(None)
+def is_metax() -> bool:
+    """MetaX PyTorch builds carry '+metax' in their version and name their devices 'MetaX ...'."""
+    if "metax" in torch.__version__.lower():
+        return True
+    try:
+        return torch.cuda.is_available() and torch.cuda.get_device_name(0).startswith("MetaX")
+    except Exception:  # pragma: no cover - no driver
+        return False
+
+
+@functools.lru_cache(None)
+def cuda_device_reason() -> str | None:
+    """None when an NVIDIA CUDA device is usable, else why not."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if is_metax():
+        return "this PyTorch drives MetaX GPUs: use backend 'maca'"
+    return None
+
+
+def native_target() -> str:
+    """The target sbops._C was compiled for: 'cpu', 'cuda' or 'maca'."""
+    from . import _C
+    return getattr(_C, "build_target", "cpu")
+
+
+@functools.lru_cache(None)
+def triton_reason() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    return None

@@ -1,0 +1,227 @@
+"""Fake (meta) kernels and autograd formulas, registered once for every sbops op.
+
+The schemas live in csrc/ops.cpp; backends register device kernels.  Everything here is
+device-independent: fakes give output metadata for torch.compile / FakeTensor, and the autograd
+formulas call the *_bwd ops, so forward and backward both trace as ops.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.library import register_autograd, register_fake
+
+lib = "sbops::"
+
+
+def _empty(like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    return like.new_empty((0,), dtype=dtype)
+
+
+# ------------------------------------------------------------------ linear attention
+@register_fake(lib + "linear_attn")
+def _(q, k, v, g, scale, initial_state, cu_seqlens):
+    B, T, H, _K = q.shape
+    HKV, K, V = k.shape[2], k.shape[3], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return q.new_empty((B, T, H, V)), q.new_empty((N, HKV, K, V), dtype=torch.float32)
+
+
+@register_fake(lib + "linear_attn_bwd")
+def _(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state):
+    dg = torch.empty_like(g) if g is not None else _empty(q)
+    dh0 = torch.empty_like(initial_state) if initial_state is not None else _empty(q)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, dh0
+
+
+def _la_setup(ctx, inputs, output):
+    q, k, v, g, scale, initial_state, cu_seqlens = inputs
+    ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+    ctx.scale = scale
+
+
+def _la_backward(ctx, grad_o, grad_final_state):
+    q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, dg, dh0 = torch.ops.sbops.linear_attn_bwd(
+        q, k, v, g, ctx.scale, initial_state, cu_seqlens, grad_o.contiguous(),
+        None if grad_final_state is None else grad_final_state.contiguous())
+    return (dq, dk, dv, None if g is None else dg, None,
+            None if initial_state is None else dh0, None)
+
+
+register_autograd(lib + "linear_attn", _la_backward, setup_context=_la_setup)
+
+
+@register_fake(lib + "linear_attn_decode")
+def _(q, k, v, g, state, state_indices, scale):
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+
+
+# ------------------------------------------------------------------ sliding-window attention
+@register_fake(lib + "swa_attn")
+def _(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
+    B, T, H, _D = q.shape
+    return q.new_empty((B, T, H, v.shape[3])), q.new_empty((B, T, H), dtype=torch.float32)
+
+
+@register_fake(lib + "swa_attn_bwd")
+def _(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
+    dsk = torch.empty_like(sink_k) if sink_k is not None else _empty(q, q.dtype)
+    dsv = torch.empty_like(sink_v) if sink_v is not None else _empty(q, q.dtype)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsk, dsv
+
+
+def _swa_setup(ctx, inputs, output):
+    q, k, v, window, scale, cu_seqlens, sink_k, sink_v = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, sink_k, sink_v)
+    ctx.window, ctx.scale = window, scale
+
+
+def _swa_backward(ctx, grad_o, grad_lse):
+    q, k, v, o, lse, cu_seqlens, sink_k, sink_v = ctx.saved_tensors
+    dq, dk, dv, dsk, dsv = torch.ops.sbops.swa_attn_bwd(
+        q, k, v, o, lse, grad_o.contiguous(), None if grad_lse is None else grad_lse.contiguous(),
+        ctx.window, ctx.scale, cu_seqlens, sink_k, sink_v)
+    return (dq, dk, dv, None, None, None,
+            None if sink_k is None else dsk, None if sink_v is None else dsv)
+
+
+register_autograd(lib + "swa_attn", _swa_backward, setup_context=_swa_setup)
+
+
+@register_fake(lib + "swa_decode")
+def _(q, k_cache, v_cache, seq_lens, window, scale, slot_indices):
+    return torch.empty_like(q)
+
+
+@register_fake(lib + "swa_cache_write")
+def _(k, v, k_cache, v_cache, positions, slot_indices):
+    return None
+
+
+# ------------------------------------------------------------------ spike coding
+@register_fake(lib + "spike_encode")
+def _(x, k, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@register_fake(lib + "spike_quant")
+def _(x, k):
+    return torch.empty_like(x)
+
+
+def _sq_setup(ctx, inputs, output):
+    pass
+
+
+def _sq_backward(ctx, grad):
+    return grad, None   # straight-through estimator: d x_hat / d x = identity
+
+
+register_autograd(lib + "spike_quant", _sq_backward, setup_context=_sq_setup)
+
+
+@register_fake(lib + "spike_expand")
+def _(counts, mode, T):
+    return counts.new_empty((T, *counts.shape), dtype=torch.int8)
+
+
+@register_fake(lib + "spike_collapse")
+def _(trains, mode):
+    return trains.new_empty(trains.shape[1:], dtype=torch.int32)
+
+
+@register_fake(lib + "spike_stats")
+def _(counts, max_abs):
+    return counts.new_empty((max_abs + 1,), dtype=torch.int64)
+
+
+# ------------------------------------------------------------------ MoE routing
+@register_fake(lib + "topk_gating")
+def _(logits, k, scoring, renormalize, bias, num_groups, topk_groups, scaling):
+    T = logits.shape[0]
+    return logits.new_empty((T, k), dtype=torch.float32), logits.new_empty((T, k), dtype=torch.int32)
+
+
+@register_fake(lib + "topk_gating_bwd")
+def _(grad_weights, logits, ids, scoring, renormalize, scaling):
+    return torch.empty_like(logits)
+
+
+def _tg_setup(ctx, inputs, output):
+    logits, k, scoring, renormalize, bias, num_groups, topk_groups, scaling = inputs
+    ctx.save_for_backward(logits, output[1])
+    ctx.scoring, ctx.renormalize, ctx.scaling = scoring, renormalize, scaling
+
+
+def _tg_backward(ctx, grad_weights, grad_ids):
+    logits, ids = ctx.saved_tensors
+    dlogits = torch.ops.sbops.topk_gating_bwd(grad_weights.contiguous(), logits, ids, ctx.scoring,
+                                              ctx.renormalize, ctx.scaling)
+    return dlogits, None, None, None, None, None, None, None
+
+
+register_autograd(lib + "topk_gating", _tg_backward, setup_context=_tg_setup)
+
+
+@register_fake(lib + "moe_permute")
+def _(x, ids, num_experts):
+    T, k = ids.shape
+    return (x.new_empty((T * k, x.shape[1])), x.new_empty((num_experts + 1,), dtype=torch.int64),
+            x.new_empty((T, k), dtype=torch.int32))
+
+
+@register_fake(lib + "moe_permute_bwd")
+def _(grad_x_perm, row_map):
+    return grad_x_perm.new_empty((row_map.shape[0], grad_x_perm.shape[1]))
+
+
+def _mp_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[2])
+
+
+def _mp_backward(ctx, grad_x_perm, grad_offsets, grad_row_map):
+    (row_map,) = ctx.saved_tensors
+    return torch.ops.sbops.moe_permute_bwd(grad_x_perm.contiguous(), row_map), None, None
+
+
+register_autograd(lib + "moe_permute", _mp_backward, setup_context=_mp_setup)
+
+
+@register_fake(lib + "moe_unpermute")
+def _(y_perm, row_map, weights):
+    return y_perm.new_empty((row_map.shape[0], y_perm.shape[1]))
+
+
+@register_fake(lib + "moe_unpermute_bwd")
+def _(grad_y, y_perm, row_map, weights):
+    return torch.empty_like(y_perm), torch.empty_like(weights)
+
+
+def _mu_setup(ctx, inputs, output):
+    y_perm, row_map, weights = inputs
+    ctx.save_for_backward(y_perm, row_map, weights)
+
+
+def _mu_backward(ctx, grad_y):
+    y_perm, row_map, weights = ctx.saved_tensors
+    dy_perm, dw = torch.ops.sbops.moe_unpermute_bwd(grad_y.contiguous(), y_perm, row_map, weights)
+    return dy_perm, None, dw
+
+
+register_autograd(lib + "moe_unpermute", _mu_backward, setup_context=_mu_setup)
+
+
+@register_fake(lib + "moe_align_block_size")
+def _(ids, num_experts, block_size):
+    n = ids.numel()
+    max_padded = n + num_experts * (block_size - 1)
+    return (ids.new_empty((max_padded,), dtype=torch.int32),
+            ids.new_empty((math.ceil(max_padded / block_size),), dtype=torch.int32),
+            ids.new_empty((1,), dtype=torch.int32))
+
+
+@register_fake(lib + "expert_counts")
+def _(ids, num_experts):
+    return ids.new_empty((num_experts,), dtype=torch.int64)

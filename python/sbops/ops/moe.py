@@ -1,0 +1,109 @@
+"""Mixture-of-experts routing: gating, permutation, block alignment, counts. SPEC section 4."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _validate as V
+from ._common import request, run
+
+SCORINGS = ("softmax", "sigmoid")
+
+
+def _check_ids(op, ids, num_experts, T=None, name="ids"):
+    V.tensor(op, name, ids, ndim=2, dtypes=V.INDEX_DTYPES, what="[T, k] expert ids (< 0: dropped)")
+    if T is not None and ids.shape[0] != T:
+        raise ValueError(f"sbops.{op}: {name} must have shape [T={T}, k], got {list(ids.shape)}")
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"sbops.{op}: num_experts must be a positive int, got {num_experts!r}")
+    if V.checking_data() and ids.numel() > 0:
+        hi = int(ids.max())
+        if hi >= num_experts:
+            raise ValueError(f"sbops.{op}: {name} holds expert id {hi} but num_experts={num_experts}")
+
+
+def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormalize: bool = True,
+                bias: Optional[torch.Tensor] = None, num_groups: Optional[int] = None,
+                topk_groups: Optional[int] = None, scaling: float = 1.0):
+    """Top-k expert choice per token.
+
+    scores = softmax or sigmoid(logits) in float32; `bias` [E] is added for the choice only; with
+    num_groups, each group of E/num_groups experts is scored by its best expert and only the best
+    topk_groups groups are eligible; the top k eligible experts are chosen (ties: lower index),
+    in descending order. weights = their unbiased scores (/ sum if renormalize) * scaling.
+    Returns (weights [T, k] float32, ids [T, k] int32); differentiable in logits.
+    """
+    op = "topk_gating"
+    V.tensor(op, "logits", logits, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, E]")
+    E = logits.shape[1]
+    if not isinstance(k, int) or not 1 <= k <= E:
+        raise ValueError(f"sbops.{op}: k must be an int in [1, E={E}], got {k!r}")
+    if scoring not in SCORINGS:
+        raise ValueError(f"sbops.{op}: scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    if bias is not None:
+        V.tensor(op, "bias", bias, dtypes=V.FLOAT_DTYPES, device=logits.device, shape=(E,), what="[E]")
+    if num_groups is not None:
+        if not isinstance(num_groups, int) or num_groups < 1 or E % num_groups:
+            raise ValueError(f"sbops.{op}: num_groups must be a positive divisor of E={E}, got {num_groups!r}")
+        if topk_groups is None or not isinstance(topk_groups, int) or not 1 <= topk_groups <= num_groups:
+            raise ValueError(f"sbops.{op}: with num_groups={num_groups}, topk_groups must be an int in "
+                             f"[1, {num_groups}], got {topk_groups!r}")
+        if topk_groups * (E // num_groups) < k:
+            raise ValueError(f"sbops.{op}: topk_groups={topk_groups} groups of {E // num_groups} experts hold fewer "
+                             f"than k={k} experts")
+    elif topk_groups is not None:
+        raise ValueError(f"sbops.{op}: topk_groups needs num_groups")
+    feats = ("bias" if bias is not None else None, "groups" if num_groups else None)
+    return run(request(op, logits, features=feats), logits, k, scoring, bool(renormalize), bias,
+               int(num_groups or 0), int(topk_groups or 0), float(scaling))
+
+
+def moe_permute(x: torch.Tensor, ids: torch.Tensor, num_experts: int):
+    """Group token rows by expert.
+
+    Returns x_perm [T*k, Hd] (routed rows by expert ascending, then (token, slot); zero rows for
+    dropped slots after them), expert_offsets [E+1] int64 and row_map [T, k] int32 (-1: dropped).
+    Differentiable in x.
+    """
+    op = "moe_permute"
+    V.tensor(op, "x", x, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, Hd]")
+    _check_ids(op, ids, num_experts, T=x.shape[0])
+    V.tensor(op, "ids", ids, device=x.device)
+    return run(request(op, x), x, ids, num_experts)
+
+
+def moe_unpermute(y_perm: torch.Tensor, row_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """y[t] = sum_j weights[t, j] * y_perm[row_map[t, j]] over routed slots (float32 accumulation).
+
+    Returns y [T, Hd] in y_perm's dtype; differentiable in y_perm and weights.
+    """
+    op = "moe_unpermute"
+    V.tensor(op, "y_perm", y_perm, ndim=2, dtypes=V.FLOAT_DTYPES, what="[R, Hd]")
+    dev = y_perm.device
+    V.tensor(op, "row_map", row_map, ndim=2, dtypes=(torch.int32,), device=dev, what="[T, k] int32")
+    V.tensor(op, "weights", weights, dtypes=V.FLOAT_DTYPES, device=dev, shape=tuple(row_map.shape), what="[T, k]")
+    if V.checking_data() and row_map.numel() > 0 and int(row_map.max()) >= y_perm.shape[0]:
+        raise IndexError(f"sbops.{op}: row_map points at row {int(row_map.max())} but y_perm has {y_perm.shape[0]} rows")
+    return run(request(op, y_perm), y_perm, row_map, weights)
+
+
+def moe_align_block_size(ids: torch.Tensor, num_experts: int, block_size: int):
+    """vLLM's moe_align_block_size: each expert's rows padded to a multiple of block_size.
+
+    Returns sorted_ids int32 [n + E*(block_size-1)] (padding holds n = ids.numel()),
+    block_expert_ids int32 [ceil(len/block_size)] (-1 for unused blocks) and
+    num_tokens_post_pad int32 [1].
+    """
+    op = "moe_align_block_size"
+    _check_ids(op, ids, num_experts)
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"sbops.{op}: block_size must be a positive int, got {block_size!r}")
+    return run(request(op, ids), ids, num_experts, block_size)
+
+
+def expert_counts(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Histogram [E] int64 of routed expert ids (ids < 0 are not counted)."""
+    op = "expert_counts"
+    _check_ids(op, ids, num_experts)
+    return run(request(op, ids), ids, num_experts)

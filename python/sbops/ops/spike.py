@@ -1,0 +1,145 @@
+"""Spike coding: adaptive-threshold integer spike counts and spike trains. SPEC section 3."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import _validate as V
+from ._common import request, run
+
+MODES = ("binary", "ternary", "bitwise")
+COUNT_DTYPES = (torch.int8, torch.int16, torch.int32)
+
+
+def _check_k(op, k):
+    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+        raise ValueError(f"sbops.{op}: k must be a positive finite number, got {k!r}")
+
+
+def _check_mode(op, mode):
+    if mode not in MODES:
+        raise ValueError(f"sbops.{op}: mode must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+def _check_x(op, x):
+    V.tensor(op, "x", x, dtypes=V.FLOAT_DTYPES, what="[..., C]")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"sbops.{op}: x must have a non-empty last (channel) dimension, got shape {tuple(x.shape)}")
+
+
+def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch.int8):
+    """Integer spike counts with SpikingBrain's adaptive per-token threshold.
+
+    vth = clamp(mean(|x|) / k, 1e-5, 1e4) over the last dim (float32, shape x.shape[:-1] + (1,));
+    counts = round_half_to_even(x / vth) saturated to out_dtype's range (int8, int16 or int32).
+    Returns (counts, vth).
+    """
+    op = "spike_encode"
+    _check_x(op, x)
+    _check_k(op, k)
+    if out_dtype not in COUNT_DTYPES:
+        raise TypeError(f"sbops.{op}: out_dtype must be one of int8, int16, int32; got {out_dtype}")
+    return run(request(op, x), x, float(k), out_dtype)
+
+
+def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
+    """x_hat = round(x / vth) * vth in x's dtype (no saturation), with a straight-through gradient.
+
+    The training-time op: a linear layer fed x_hat computes vth * (s @ W) exactly.
+    """
+    op = "spike_quant"
+    _check_x(op, x)
+    _check_k(op, k)
+    return run(request(op, x), x, float(k))
+
+
+def _check_counts(op, counts, name="counts"):
+    V.tensor(op, name, counts, dtypes=V.INT_DTYPES)
+
+
+def _min_T(mode: str, max_abs: int) -> int:
+    if mode == "bitwise":
+        return max(1, math.ceil(math.log2(max_abs + 1))) if max_abs > 0 else 1
+    return max(1, max_abs)
+
+
+def _max_abs(op, counts, mode) -> int:
+    if counts.numel() == 0:
+        return 0
+    if mode == "binary":
+        lo = int(counts.min())
+        if lo < 0:
+            raise ValueError(f"sbops.{op}: binary spike trains need counts >= 0, got a count of {lo} "
+                             f"(use mode='ternary' or 'bitwise' for signed counts)")
+    return int(counts.abs().max()) if counts.dtype != torch.uint8 else int(counts.max())
+
+
+def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> torch.Tensor:
+    """Expand integer counts into spike trains [T, *counts.shape] int8.
+
+    binary: s_t = 1 while t < c (c >= 0); ternary: s_t = sign(c) while t < |c|;
+    bitwise: s_t = sign(c) * bit_{T-1-t}(|c|) (sign-magnitude, most significant bit first).
+    T defaults to the fewest steps that hold every count; a T too small is an error.
+    """
+    op = "spike_expand"
+    _check_counts(op, counts)
+    _check_mode(op, mode)
+    if T is not None and (not isinstance(T, int) or T < 1):
+        raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
+    if V.checking_data():
+        m = _max_abs(op, counts, mode)
+        need = _min_T(mode, m)
+        if T is None:
+            T = need
+        elif T < need:
+            raise ValueError(f"sbops.{op}: T={T} steps cannot represent a count of magnitude {m} in {mode} mode "
+                             f"(needs T >= {need})")
+    elif T is None:
+        raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile (its default depends on the data)")
+    return run(request(op, counts), counts, mode, int(T))
+
+
+def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
+    """Invert spike_expand: sum_t s_t (binary/ternary) or sum_t 2^(T-1-t) s_t (bitwise). Returns int32."""
+    op = "spike_collapse"
+    V.tensor(op, "trains", trains, dtypes=V.INT_DTYPES, what="[T, ...]")
+    if trains.dim() < 1 or trains.shape[0] < 1:
+        raise ValueError(f"sbops.{op}: trains must have a leading time dimension T >= 1, got shape {tuple(trains.shape)}")
+    _check_mode(op, mode)
+    if mode == "bitwise" and trains.shape[0] > 31:
+        raise ValueError(f"sbops.{op}: bitwise trains of T={trains.shape[0]} steps overflow int32 counts (T <= 31)")
+    return run(request(op, trains), trains, mode)
+
+
+def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> dict:
+    """Statistics of the spike trains `counts` expand to, without materialising them.
+
+    Returns a dict: sparsity (fraction of zero entries in the [T, ...] train), spikes_per_neuron
+    (mean non-zero steps per count), silent_fraction (fraction of zero counts), T, histogram
+    (list: number of counts with each |c| = 0, 1, ...), mode, numel.
+    """
+    op = "spike_stats"
+    _check_counts(op, counts)
+    _check_mode(op, mode)
+    m = _max_abs(op, counts, mode)
+    need = _min_T(mode, m)
+    if T is None:
+        T = need
+    elif not isinstance(T, int) or T < need:
+        raise ValueError(f"sbops.{op}: T={T!r} steps cannot represent a count of magnitude {m} in {mode} mode "
+                         f"(needs T >= {need})")
+    hist = run(request(op, counts), counts, m).cpu()
+    n = counts.numel()
+    steps = [bin(a).count("1") if mode == "bitwise" else a for a in range(m + 1)]
+    spikes = sum(int(h) * s for h, s in zip(hist.tolist(), steps))
+    return {
+        "mode": mode,
+        "T": T,
+        "numel": n,
+        "sparsity": 1.0 - spikes / (T * n) if n else 1.0,
+        "spikes_per_neuron": spikes / n if n else 0.0,
+        "silent_fraction": int(hist[0]) / n if n else 1.0,
+        "histogram": hist.tolist(),
+    }

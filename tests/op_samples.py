@@ -1,0 +1,56 @@
+"""One small, valid sample call per registered op (the raw torch.ops.sbops.* schema arguments).
+
+Shared by the opcheck tests and usable on any device.  Differentiable inputs require grad so the
+autograd registration is exercised too.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def samples(device="cpu", dtype=torch.float32):
+    def t(*s, grad=False, scale=1.0):
+        x = (torch.randn(*s, device=device, dtype=dtype) * scale)
+        return x.requires_grad_(grad)
+
+    B, T, H, HKV, K = 1, 9, 4, 2, 16
+    q, k, v = t(B, T, H, K, grad=True), t(B, T, HKV, K, grad=True, scale=0.25), t(B, T, HKV, K, grad=True)
+    g = F.logsigmoid(torch.randn(B, T, HKV, K, device=device)).to(dtype).requires_grad_()
+    gh = F.logsigmoid(torch.randn(B, T, HKV, device=device)).to(dtype).requires_grad_()
+    h0 = torch.randn(B, HKV, K, K, device=device, requires_grad=True)
+    cu = torch.tensor([0, 4, 9], device=device, dtype=torch.int32)
+    sk, sv = t(3, HKV, K, grad=True), t(3, HKV, K, grad=True)
+    state = torch.randn(3, HKV, K, K, device=device)
+    kc, vc = t(3, 6, HKV, K), t(3, 6, HKV, K)
+    idx = torch.tensor([2, 0], device=device)
+    logits = t(11, 16, grad=True)
+    ids = torch.randint(-1, 8, (11, 2), device=device, dtype=torch.int32)
+    x = t(11, 8, grad=True)
+    row_map = torch.randperm(22, device=device).view(11, 2).to(torch.int32)
+    row_map[0, 1] = -1
+    w = torch.rand(11, 2, device=device, requires_grad=True)
+    counts = torch.randint(-7, 8, (5, 6), device=device, dtype=torch.int8)
+    ops = torch.ops.sbops
+    return [
+        (ops.linear_attn, (q, k, v, g, 0.25, h0, None)),
+        (ops.linear_attn, (q, k, v, gh, 0.25, None, None)),
+        (ops.linear_attn, (q, k, v, None, 0.25, torch.randn(2, HKV, K, K, device=device), cu)),
+        (ops.linear_attn_decode, (q[:, 0].squeeze(0).expand(2, H, K).contiguous().detach(),
+                                  k[0, :2].detach().contiguous(), v[0, :2].detach().contiguous(),
+                                  g[0, :2].detach().contiguous(), state, idx, 0.25)),
+        (ops.swa_attn, (q, k, v, 3, 0.25, None, sk, sv)),
+        (ops.swa_attn, (q, k, v, -1, 0.25, cu, None, None)),
+        (ops.swa_decode, (t(2, H, K), kc, vc, torch.tensor([5, 2], device=device), 4, 0.25, idx)),
+        (ops.swa_cache_write, (t(2, HKV, K), t(2, HKV, K), kc, vc, torch.tensor([7, 1], device=device), idx)),
+        (ops.spike_encode, (t(4, 32), 3.0, torch.int8)),
+        (ops.spike_quant, (t(4, 32, grad=True), 3.0)),
+        (ops.spike_expand, (counts, "bitwise", 4)),
+        (ops.spike_expand, (counts.abs(), "binary", 8)),
+        (ops.spike_collapse, (torch.randint(-1, 2, (3, 5, 6), device=device, dtype=torch.int8), "ternary")),
+        (ops.spike_stats, (counts, 7)),
+        (ops.topk_gating, (logits, 3, "softmax", True, None, 4, 2, 1.0)),
+        (ops.topk_gating, (logits, 2, "sigmoid", False, torch.randn(16, device=device), 0, 0, 2.0)),
+        (ops.moe_permute, (x, ids, 8)),
+        (ops.moe_unpermute, (t(22, 8, grad=True), row_map, w)),
+        (ops.moe_align_block_size, (ids, 8, 4)),
+        (ops.expert_counts, (ids, 8)),
+    ]

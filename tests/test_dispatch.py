@@ -1,0 +1,110 @@
+"""The dispatcher: capabilities as data, explain, forcing, external backends, clear refusals."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import sbops
+from sbops import Backend, NoBackendError, OpCaps
+
+
+def test_backends_lists_every_builtin_with_availability_and_reason():
+    info = sbops.backends()
+    assert {"cpu", "cuda", "maca"} <= set(info)
+    assert info["cpu"]["available"] and info["cpu"]["reason"] is None
+    if not torch.cuda.is_available():
+        assert not info["cuda"]["available"] and "no CUDA device" in info["cuda"]["reason"]
+    assert not info["maca"]["available"] and "MetaX" in info["maca"]["reason"]
+    assert "bfloat16" in info["cpu"]["ops"]["linear_attn"]["dtypes"]
+
+
+def test_explain_names_the_chosen_backend_and_why_others_are_not():
+    q = torch.randn(1, 4, 2, 8)
+    text = sbops.explain("swa_attn", q, q[:, :, :1].contiguous(), q[:, :, :1].contiguous(), 2)
+    assert "runs on backend 'cpu'" in text
+    assert "- cuda:" in text and "- maca:" in text
+
+
+def test_explain_validates_inputs_like_the_op():
+    with pytest.raises(ValueError, match="q must have 4 dimensions"):
+        sbops.explain("linear_attn", torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3))
+
+
+def test_use_backend_forces_and_refuses_with_every_reason():
+    x = torch.randn(3, 16)
+    with sbops.use_backend("cpu"):
+        sbops.spike_quant(x)
+    with sbops.use_backend("cuda"):
+        with pytest.raises(NoBackendError) as e:
+            sbops.spike_quant(x)
+    msg = str(e.value)
+    assert "forced backend 'cuda'" in msg and "- cpu: can serve it" in msg and "- maca:" in msg
+    with pytest.raises(ValueError, match="unknown sbops backend"):
+        with sbops.use_backend("nope"):
+            pass
+
+
+def test_env_var_forces_a_backend_in_a_fresh_process():
+    code = ("import torch, sbops\n"
+            "try:\n    sbops.spike_quant(torch.randn(2, 4))\nexcept sbops.NoBackendError as e:\n"
+            "    print('REFUSED', 'maca' in str(e))\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SBOPS_BACKEND": "maca"},
+                         capture_output=True, text=True, timeout=120)
+    assert "REFUSED True" in out.stdout, out.stderr
+
+
+def test_an_external_backend_plugs_in_and_is_chosen():
+    calls = []
+
+    def toy_quant(x, k):
+        calls.append(k)
+        return torch.zeros_like(x)
+
+    toy = Backend(name="toy", device_types=("cpu",), priority=100,
+                  ops={"spike_quant": OpCaps((torch.float32,), impl="python")},
+                  kernels={"spike_quant": toy_quant})
+    sbops.register_backend(toy)
+    try:
+        y = sbops.spike_quant(torch.randn(2, 8), k=2.0)
+        assert calls == [2.0] and (y == 0).all()
+        assert "runs on backend 'toy'" in sbops.explain("spike_quant", torch.randn(2, 8))
+        # dtypes it does not declare go to the next backend
+        sbops.spike_quant(torch.randn(2, 8, dtype=torch.float64))
+        assert calls == [2.0]
+        assert "dtype float64 not supported" in sbops.explain("spike_quant", torch.randn(2, 8, dtype=torch.float64))
+    finally:
+        sbops._dispatch.unregister_backend("toy")
+    sbops.spike_quant(torch.randn(2, 8))
+    assert calls == [2.0]
+
+
+def test_no_backend_error_lists_every_backend():
+    only = Backend(name="narrow", device_types=("cpu",), priority=100,
+                   ops={"spike_quant": OpCaps((torch.float16,))})
+    sbops.register_backend(only)
+    try:
+        with sbops.use_backend("narrow"):
+            with pytest.raises(NoBackendError, match="dtype float32 not supported"):
+                sbops.spike_quant(torch.randn(2, 2))
+    finally:
+        sbops._dispatch.unregister_backend("narrow")
+
+
+def test_registering_a_duplicate_name_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        sbops.register_backend(Backend(name="cpu", device_types=("cpu",), ops={}))
+
+
+def test_cached_dispatch_decision_is_cheap():
+    from sbops._dispatch import Request, select
+    req = Request("spike_quant", "cpu", torch.float32)
+    select(req)
+    n = 20000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        select(req)
+    per_call = (time.perf_counter() - t0) / n
+    assert per_call < 10e-6, f"{per_call * 1e6:.2f} us per cached decision"

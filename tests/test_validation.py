@@ -1,0 +1,65 @@
+"""Bad inputs give errors that name the argument and what was expected."""
+import pytest
+import torch
+
+import sbops
+
+
+def test_linear_attn_rejects_bad_inputs():
+    q = torch.randn(1, 4, 6, 8)
+    k = torch.randn(1, 4, 4, 8)
+    with pytest.raises(ValueError, match=r"query heads \(6\) must be a multiple .* key/value heads \(4\)"):
+        sbops.linear_attn(q, k, k)
+    k = torch.randn(1, 4, 2, 8)
+    with pytest.raises(TypeError, match="k has dtype float64 but q has float32"):
+        sbops.linear_attn(q, k.double(), k)
+    with pytest.raises(ValueError, match="g must have shape"):
+        sbops.linear_attn(q, k, k, g=torch.zeros(1, 4, 3))
+    with pytest.raises(ValueError, match="contiguous"):
+        sbops.linear_attn(q.transpose(1, 2).contiguous().transpose(1, 2), k, k)
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        sbops.linear_attn(q, k, k, initial_state=torch.zeros(2, 2, 8, 8))
+    with pytest.raises(TypeError, match="initial_state must have dtype in \\(float32\\)"):
+        sbops.linear_attn(q, k, k, initial_state=torch.zeros(1, 2, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0.*end at T=4"):
+        sbops.linear_attn(q, k, k, cu_seqlens=torch.tensor([0, 2, 3]))
+    with pytest.raises(TypeError, match="q must have dtype in"):
+        sbops.linear_attn(q.int(), k, k)
+
+
+def test_decode_rejects_bad_slots():
+    q, k = torch.randn(2, 4, 8), torch.randn(2, 2, 8)
+    state = torch.zeros(3, 2, 8, 8)
+    with pytest.raises(IndexError, match=r"state_indices must lie in \[0, 3\)"):
+        sbops.linear_attn_decode(q, k, k, None, state, torch.tensor([0, 3]))
+    with pytest.raises(TypeError, match="state must have dtype in"):
+        sbops.linear_attn_decode(q, k, k, None, state.half())
+
+
+def test_swa_rejects_bad_inputs():
+    q = torch.randn(1, 5, 4, 8)
+    k = torch.randn(1, 5, 2, 8)
+    with pytest.raises(ValueError, match="sink_k and sink_v must be given together"):
+        sbops.swa_attn(q, k, k, 2, sink_k=torch.randn(1, 2, 8))
+    with pytest.raises(ValueError, match=r"sink_k must have shape \[1, 2, 8\]"):
+        sbops.swa_attn(q, k, k, 2, sink_k=torch.randn(1, 3, 8), sink_v=torch.randn(1, 3, 8))
+    with pytest.raises(TypeError, match="window must be an int"):
+        sbops.swa_attn(q, k, k, 2.5)
+    kc = torch.zeros(2, 3, 2, 8)
+    with pytest.raises(ValueError, match="C must be >= window \\+ 1"):
+        sbops.swa_decode(torch.randn(1, 4, 8), kc, kc, torch.tensor([10]), 5)
+
+
+def test_moe_and_spike_reject_bad_inputs():
+    with pytest.raises(ValueError, match="k must be an int in \\[1, E=4\\]"):
+        sbops.topk_gating(torch.randn(3, 4), 5)
+    with pytest.raises(ValueError, match="num_groups must be a positive divisor of E=6"):
+        sbops.topk_gating(torch.randn(3, 6), 1, num_groups=4, topk_groups=1)
+    with pytest.raises(ValueError, match="scoring must be one of softmax, sigmoid"):
+        sbops.topk_gating(torch.randn(3, 6), 1, scoring="relu")
+    with pytest.raises(ValueError, match="ids must have shape \\[T=3, k\\]"):
+        sbops.moe_permute(torch.randn(3, 4), torch.zeros(2, 1, dtype=torch.int32), 2)
+    with pytest.raises(TypeError, match="out_dtype must be one of int8, int16, int32"):
+        sbops.spike_encode(torch.randn(2, 4), out_dtype=torch.float16)
+    with pytest.raises(ValueError, match="k must be a positive finite number"):
+        sbops.spike_quant(torch.randn(2, 4), k=0)
