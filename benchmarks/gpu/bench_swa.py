@@ -1,0 +1,239 @@
+"""Benchmark: Triton sliding-window attention vs FlexAttention and SDPA (a script, not a test).
+
+SpikingBrain-7B SWA layer: B=1, H=28, HKV=4, D=128, window 4096, bfloat16, on one GPU.
+  fwd   T=32k, 128k        ours vs torch.compile'd flex_attention (sliding-window block mask, GQA)
+  fwd+bwd T=32k            ours vs flex_attention
+  full causal fwd T=32k    ours (window=-1) vs SDPA flash backend (is_causal=True)
+Medians of triton.testing.do_bench(return_mode="median"). Effective TFLOP/s count only the
+(query, key) pairs inside the window: 4*D FLOPs per pair and head forward, 2.5x that backward
+(so fwd+bwd = 3.5x). ``--sweep`` first times a few block configs of our kernels and uses the
+fastest (print them; copy the winners into backends/cuda/tuning/swa.json).
+Writes a JSON of all numbers to $OUT/bench_swa.json when $OUT is set.
+
+    python benchmarks/gpu/bench_swa.py [--sweep] [--skip-peers]
+"""
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+import torch
+import triton
+from triton.testing import do_bench
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+B, H, HKV, D, WINDOW = 1, 28, 4, 128, 4096
+DT = torch.bfloat16
+
+FWD_SWEEP = [
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 4},
+]
+BWD_SWEEP = [
+    {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+]
+
+
+def load_swa():
+    try:
+        return importlib.import_module("sbops.backends.cuda.triton.swa")
+    except Exception:  # not installed (or the package fails to load): use the source tree
+        spec = importlib.util.spec_from_file_location(
+            "_sbops_triton_swa", ROOT / "backends" / "cuda" / "triton" / "swa.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+
+def pairs(T, window):
+    """(query, key) pairs inside the causal window of one head."""
+    if window < 0 or window >= T:
+        return T * (T + 1) // 2
+    w = window + 1
+    return w * (w + 1) // 2 + (T - w) * w
+
+
+def tflops(T, window, ms, factor):
+    return factor * 4 * D * H * pairs(T, window) / (ms * 1e-3) / 1e12
+
+
+def bench(fn):
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def inputs(T):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    mk = lambda h: torch.randn(B, T, h, D, device="cuda", dtype=DT, generator=g)  # noqa: E731
+    return mk(H), mk(HKV), mk(HKV)
+
+
+class Ours:
+    def __init__(self, swa):
+        self.swa = swa
+
+    def fwd(self, T, window, cfg=None):
+        q, k, v = inputs(T)
+        return bench(lambda: self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None,
+                                                   config=cfg))
+
+    def fwd_bwd(self, T, window, fcfg=None, bcfg=None):
+        q, k, v = inputs(T)
+        do = torch.randn_like(q)
+
+        def step():
+            o, lse = self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=fcfg)
+            self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None, None, None, None,
+                                  config=bcfg)
+        return bench(step)
+
+    def bwd(self, T, window, fcfg=None, bcfg=None):
+        q, k, v = inputs(T)
+        do = torch.randn_like(q)
+        o, lse = self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=fcfg)
+        return bench(lambda: self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None,
+                                                   None, None, None, config=bcfg))
+
+
+class Flex:
+    """torch.compile'd flex_attention with a sliding-window causal block mask, [B,H,T,D]."""
+
+    def __init__(self):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        self.create_block_mask = create_block_mask
+        self.flex = torch.compile(flex_attention, dynamic=False)
+
+    def _setup(self, T, grad):
+        def swa_mask(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (q_idx - kv_idx <= WINDOW)
+        # _compile=True builds the block mask blockwise; the eager path materializes a dense
+        # [T, T] mask (128 GiB at T=128k, out of memory)
+        mask = self.create_block_mask(swa_mask, None, None, T, T, device="cuda", _compile=True)
+        q, k, v = (x.transpose(1, 2).contiguous().requires_grad_(grad) for x in inputs(T))
+        return mask, q, k, v
+
+    def fwd(self, T):
+        mask, q, k, v = self._setup(T, False)
+        return bench(lambda: self.flex(q, k, v, block_mask=mask, enable_gqa=True))
+
+    def fwd_bwd(self, T):
+        mask, q, k, v = self._setup(T, True)
+        do = torch.randn_like(q)
+
+        def step():
+            o = self.flex(q, k, v, block_mask=mask, enable_gqa=True)
+            torch.autograd.grad(o, (q, k, v), do)
+        return bench(step)
+
+
+def sdpa_causal(T):
+    """SDPA flash backend, full causal; GQA either native (enable_gqa) or k/v repeated
+    outside the timing; returns the faster of the two."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+    q, k, v = (x.transpose(1, 2).contiguous() for x in inputs(T))
+    kr, vr = k.repeat_interleave(H // HKV, 1), v.repeat_interleave(H // HKV, 1)
+    times = {}
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        times["repeat_kv"] = bench(lambda: F.scaled_dot_product_attention(q, kr, vr, is_causal=True))
+        try:
+            times["enable_gqa"] = bench(lambda: F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=True))
+        except RuntimeError as e:  # flash backend without native GQA on this build
+            print(f"  SDPA enable_gqa unavailable: {str(e).splitlines()[0]}")
+    best = min(times, key=times.get)
+    return times[best], best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="time the configs in FWD/BWD_SWEEP first")
+    ap.add_argument("--skip-peers", action="store_true")
+    args = ap.parse_args()
+    ours = Ours(load_swa())
+    out_dir = os.environ.get("OUT")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "triton": triton.__version__, "shape": dict(B=B, H=H, HKV=HKV, D=D, window=WINDOW,
+                                                          dtype=str(DT)),
+              "flop_convention": "4*D per (query,key) pair in the window per head; bwd 2.5x fwd",
+              "rows": []}
+
+    def save():
+        if out_dir:
+            with open(os.path.join(out_dir, "bench_swa.json"), "w") as f:
+                json.dump(result, f, indent=1)
+
+    fcfg = bcfg = None
+    if args.sweep:
+        T = 32768
+        sweep = {"fwd": [], "bwd": []}
+        for cfg in FWD_SWEEP:
+            ms = ours.fwd(T, WINDOW, cfg)
+            sweep["fwd"].append((cfg, ms))
+            print(f"sweep fwd {cfg}: {ms:.3f} ms  {tflops(T, WINDOW, ms, 1):.0f} TFLOP/s", flush=True)
+        fcfg = min(sweep["fwd"], key=lambda r: r[1])[0]
+        for cfg in BWD_SWEEP:
+            ms = ours.bwd(T, WINDOW, fcfg, cfg)
+            sweep["bwd"].append((cfg, ms))
+            print(f"sweep bwd {cfg}: {ms:.3f} ms  {tflops(T, WINDOW, ms, 2.5):.0f} TFLOP/s", flush=True)
+        bcfg = min(sweep["bwd"], key=lambda r: r[1])[0]
+        result["sweep"] = sweep
+        result["chosen"] = {"fwd": fcfg, "bwd": bcfg}
+        print(f"chosen fwd {fcfg}\nchosen bwd {bcfg}", flush=True)
+        save()
+
+    cases = [  # name, T, window, kind, flop factor, goal ms
+        ("fwd T=32k", 32768, WINDOW, "fwd", 1.0, 3.2),
+        ("fwd T=128k", 131072, WINDOW, "fwd", 1.0, 13.0),
+        ("fwd+bwd T=32k", 32768, WINDOW, "fwd_bwd", 3.5, 14.0),
+        ("causal fwd T=32k", 32768, -1, "fwd", 1.0, None),
+    ]
+    for name, T, window, kind, factor, goal in cases:
+        ms = ours.fwd(T, window, fcfg) if kind == "fwd" else ours.fwd_bwd(T, window, fcfg, bcfg)
+        row = dict(case=name, T=T, window=window, ours_ms=ms, goal_ms=goal,
+                   ours_tflops=tflops(T, window, ms, factor))
+        result["rows"].append(row)
+        print(f"ours {name}: {ms:.3f} ms", flush=True)
+        save()
+    result["bwd_32k_ms"] = ours.bwd(32768, WINDOW, fcfg, bcfg)  # the backward alone, for the notes
+    print(f"ours bwd T=32k: {result['bwd_32k_ms']:.3f} ms", flush=True)
+    save()
+
+    if not args.skip_peers:
+        flex = None
+        for row in result["rows"]:
+            try:
+                if row["window"] < 0:
+                    row["peer"] = "sdpa-flash"
+                    row["peer_ms"], row["peer_variant"] = sdpa_causal(row["T"])
+                else:
+                    flex = flex or Flex()
+                    row["peer"] = "flex"
+                    row["peer_ms"] = (flex.fwd(row["T"]) if "bwd" not in row["case"]
+                                      else flex.fwd_bwd(row["T"]))
+                row["ratio"] = row["ours_ms"] / row["peer_ms"]
+                print(f"{row['peer']} {row['case']}: {row['peer_ms']:.3f} ms", flush=True)
+            except Exception as e:  # keep our numbers when a peer fails
+                row["peer_error"] = repr(e)[:300]
+                print(f"peer failed for {row['case']}: {row['peer_error']}", flush=True)
+            save()
+
+    print(f"\ndevice: {result['device']}  B={B} H={H} HKV={HKV} D={D} window={WINDOW} bf16")
+    print(f"{'case':<18}{'ours ms':>10}{'peer':>12}{'peer ms':>10}{'ratio':>8}{'TFLOP/s':>9}{'goal ms':>9}")
+    for r in result["rows"]:
+        peer_ms = f"{r['peer_ms']:.3f}" if "peer_ms" in r else "-"
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        goal = f"{r['goal_ms']}" if r["goal_ms"] else "1.15x"
+        print(f"{r['case']:<18}{r['ours_ms']:>10.3f}{r.get('peer', '-'):>12}{peer_ms:>10}"
+              f"{ratio:>8}{r['ours_tflops']:>9.0f}{goal:>9}")
+    save()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
