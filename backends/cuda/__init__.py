@@ -7,6 +7,8 @@ from Python at import, with tuned configs from backends/cuda/tuning/*.json.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from sbops import _platform
@@ -95,6 +97,7 @@ def register() -> None:
     if _platform.cuda_device_reason() or _platform.triton_reason():
         return
     try:
-        register_triton("cuda")
+        # SBOPS_TRITON_TUNING=maca runs the MACA tuning configs on NVIDIA (the MACA simulation tests)
+        register_triton(os.environ.get("SBOPS_TRITON_TUNING", "cuda"))
     except Exception as e:  # reported through sbops.backends() / explain(), never silently used
         _triton_error = f"the Triton kernels failed to load: {type(e).__name__}: {e}"

@@ -1,0 +1,156 @@
+// GQA-native gated linear attention decode step.  Torch-free.
+//
+// One block per (sequence, KV head, column slice of the state).  The [K, V] state tile is read
+// once and written once; its H/HKV query heads share it.  Thread layout inside a warp: groups of
+// kRowLanes consecutive lanes hold the same state columns for different rows, so the q.S row
+// reduction is a warp_reduce_sum<kRowLanes>, followed by a small shared-memory sum over warps.
+#include <cmath>
+
+#include "common.cuh"
+#include "decode.cuh"
+
+namespace sbops {
+namespace {
+
+constexpr int kLaBlock = 128;
+constexpr int kRowLanes = 4;                          // lanes sharing columns (different rows)
+constexpr int kColGroups = kWarpSize / kRowLanes;     // column groups per warp
+constexpr int kLaWarps = kLaBlock / kWarpSize;
+constexpr int kRowSubsets = kLaWarps * kRowLanes;     // row subsets per block
+
+template <typename ST, int K>
+__global__ void __launch_bounds__(kLaBlock)
+la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v, DType qt,
+                 const void* __restrict__ g, DType gt, int gate_mode, ST* __restrict__ state,
+                 const void* __restrict__ idx, bool idx64, int64_t num_slots, void* __restrict__ o, int HKV, int G, int V,
+                 float scale) {
+  constexpr int VEC = vec16<ST>();
+  constexpr int VB = kColGroups * VEC;  // state columns per block
+  constexpr int ROWS = K / kRowSubsets;  // state rows per thread
+  static_assert(K % kRowSubsets == 0, "K must be a multiple of the row subsets");
+  extern __shared__ float la_red[];  // [kLaWarps][G][VB]
+
+  const int lane = lane_id(), w = warp_id();
+  const int kq = lane % kRowLanes, cg = lane / kRowLanes;
+  const int ksub = w * kRowLanes + kq;
+  const int64_t nh = blockIdx.y;  // n * HKV + hk
+  const int64_t n = nh / HKV;
+  const int hk = static_cast<int>(nh % HKV);
+  const int c0 = blockIdx.x * VB + cg * VEC;
+  const bool active = c0 < V;  // V % VEC == 0 (checked by the launcher)
+  const int64_t slot = idx ? load_index(idx, idx64, n) : n;
+  if (slot < 0 || slot >= num_slots) {  // invalid slot: touch no state, output NaN (block-uniform)
+    for (int i = threadIdx.x; i < G * VB; i += blockDim.x) {
+      const int col = blockIdx.x * VB + i % VB;
+      if (col < V) store_float(o, qt, (nh * G + i / VB) * V + col, NAN);
+    }
+    return;
+  }
+  ST* S = state + (slot * HKV + hk) * static_cast<int64_t>(K) * V;
+
+  float vv[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) vv[e] = active ? load_float(v, qt, nh * V + c0 + e) : 0.f;
+  const float head_decay = gate_mode == static_cast<int>(GateMode::PerHead) ? expf(load_float(g, gt, nh)) : 1.f;
+
+  // New state rows kk = r * kRowSubsets + ksub, kept in registers for the outputs.
+  float s[ROWS][VEC];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int kk = r * kRowSubsets + ksub;
+    if (active) {
+      Vec<ST, VEC>* p = reinterpret_cast<Vec<ST, VEC>*>(S + static_cast<int64_t>(kk) * V + c0);
+      const Vec<ST, VEC> old = *p;
+      const float kv = load_float(k, qt, nh * K + kk);
+      const float d = gate_mode == static_cast<int>(GateMode::PerKey) ? expf(load_float(g, gt, nh * K + kk))
+                                                                       : head_decay;
+      Vec<ST, VEC> nw;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        s[r][e] = d * to_float(old.v[e]) + kv * vv[e];
+        nw.v[e] = from_float<ST>(s[r][e]);
+      }
+      *p = nw;
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s[r][e] = 0.f;
+    }
+  }
+
+  // o[h, cols] = scale * sum_rows q[h, row] * S[row, cols]
+  for (int h = 0; h < G; ++h) {
+    const int64_t qrow = (nh * G + h) * K;  // query head hk * G + h of sequence n
+    float acc[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const float qv = load_float(q, qt, qrow + r * kRowSubsets + ksub);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] += qv * s[r][e];
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = warp_reduce_sum<kRowLanes>(acc[e]);
+    if (kq == 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) la_red[(w * G + h) * VB + cg * VEC + e] = acc[e];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * VB; i += blockDim.x) {
+    const int h = i / VB, c = i % VB;
+    const int col = blockIdx.x * VB + c;
+    if (col >= V) continue;
+    float sum = 0.f;
+#pragma unroll
+    for (int ww = 0; ww < kLaWarps; ++ww) sum += la_red[(ww * G + h) * VB + c];
+    store_float(o, qt, (nh * G + h) * V + col, scale * sum);
+  }
+}
+
+template <typename ST, int K>
+cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, const void* g, DType gt, int gm,
+                         void* state, const void* idx, bool idx64, int64_t ns, void* o, int64_t N, int HKV, int G,
+                         int V, float scale, cudaStream_t st) {
+  constexpr int VB = kColGroups * vec16<ST>();
+  if (V % vec16<ST>() != 0 || !aligned_to(state, 16)) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), static_cast<unsigned>(N * HKV));
+  const size_t smem = sizeof(float) * kLaWarps * G * VB;
+  la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
+                                                        ns, o, HKV, G, V, scale);
+  return last_launch_error();
+}
+
+template <typename ST>
+cudaError_t launch_state(int K, const void* q, const void* k, const void* v, DType qt, const void* g, DType gt,
+                         int gm, void* state, const void* idx, bool idx64, int64_t ns, void* o, int64_t N, int HKV, int G,
+                         int V, float scale, cudaStream_t st) {
+  if (K == 128) return launch_typed<ST, 128>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, st);
+  if (K == 64) return launch_typed<ST, 64>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, st);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool linear_attn_decode_supports(int K, int V) { return (K == 64 || K == 128) && V > 0 && V % 8 == 0; }
+
+cudaError_t launch_linear_attn_decode(const void* q, const void* k, const void* v, DType qt, const void* g, DType gt,
+                                      GateMode gate_mode, void* state, DType state_dtype, int64_t num_slots,
+                                      const void* idx, bool idx64, void* o, int64_t N, int H, int HKV, int K, int V, float scale,
+                                      cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  if (HKV <= 0 || H % HKV != 0 || !linear_attn_decode_supports(K, V)) return cudaErrorInvalidValue;
+  const int G = H / HKV;
+  const int gm = static_cast<int>(gate_mode);
+  switch (state_dtype) {
+    case DType::F32:
+      return launch_state<float>(K, q, k, v, qt, g, gt, gm, state, idx, idx64, num_slots, o, N, HKV, G, V, scale, stream);
+    case DType::BF16:
+      return launch_state<__nv_bfloat16>(K, q, k, v, qt, g, gt, gm, state, idx, idx64, num_slots, o, N, HKV, G,
+                                         V, scale, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sbops

@@ -1,0 +1,254 @@
+"""GPU tests of the CUDA C++ ops (backends/cuda/kernels + bindings) through torch.ops.sbops.*.
+
+Compared with tests/reference.py (float64): bf16 within 1e-2, fp32 within 1e-5, gradients within
+2e-2, integer outputs exact.  Uses the installed `sbops` if importable, else builds the dev module
+(benchmarks/gpu/cuda_dev_build.py).  Skipped without CUDA.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import reference as R  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEV = "cuda"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ops():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    try:
+        import sbops  # noqa: F401
+    except ImportError:
+        path = os.path.join(os.path.dirname(HERE), "benchmarks", "gpu", "cuda_dev_build.py")
+        spec = importlib.util.spec_from_file_location("cuda_dev_build", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.load()
+    return torch.ops.sbops
+
+
+def close(out, ref, tol):
+    err = R.rel_err(out, ref)
+    assert not math.isnan(err) and err <= tol, f"rel err {err} > {tol}"
+
+
+# ------------------------------------------------------------------------------ spike coding
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("out_dtype", [torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize("shape", [(1, 64), (63, 3584), (5, 7, 1000), (3, 20000), (4, 13)])
+def test_spike_encode(ops, dtype, out_dtype, shape):
+    x = torch.randn(shape, device=DEV).to(dtype)
+    counts, vth = ops.spike_encode(x, 3.0, out_dtype)
+    rc, rv = R.ref_spike_encode(x.cpu(), 3.0, out_dtype)
+    assert counts.dtype == out_dtype and vth.shape == rv.shape
+    close(vth, rv, 1e-6)
+    diff = (counts.cpu().long() - rc.long()).abs()
+    # a float32 sum in another order may move a value sitting exactly on a .5 boundary
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-4
+
+
+def test_spike_encode_saturates(ops):
+    x = torch.zeros(2, 256, device=DEV)
+    x[:, 0] = 1e6
+    counts, _ = ops.spike_encode(x, 3.0, torch.int8)
+    assert counts[:, 0].tolist() == [127, 127]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(63, 3584), (1000, 128), (7, 13)])
+def test_spike_quant(ops, dtype, shape):
+    x = torch.randn(shape, device=DEV).to(dtype)
+    close(ops.spike_quant(x, 3.0), R.ref_spike_quant(x.cpu(), 3.0), TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", ["binary", "ternary", "bitwise"])
+@pytest.mark.parametrize("cdtype", [torch.int8, torch.int32, torch.int64])
+def test_spike_expand_collapse(ops, mode, cdtype):
+    c = torch.randint(-7, 8, (63, 129), device=DEV)
+    if mode == "binary":
+        c = c.abs()
+    c = c.to(cdtype)
+    T = 3 if mode == "bitwise" else 7
+    tr = ops.spike_expand(c, mode, T)
+    assert torch.equal(tr.cpu(), R.ref_spike_expand(c.cpu(), mode, T))
+    back = ops.spike_collapse(tr, mode)
+    assert back.dtype == torch.int32 and torch.equal(back.cpu().long(), c.cpu().long())
+
+
+def test_spike_errors(ops):
+    with pytest.raises(RuntimeError, match="counts >= 0"):
+        ops.spike_expand(torch.tensor([1, -1], device=DEV, dtype=torch.int32), "binary", 2)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        ops.spike_expand(torch.tensor([5], device=DEV, dtype=torch.int32), "ternary", 4)
+    with pytest.raises(RuntimeError, match="bits"):
+        ops.spike_expand(torch.tensor([8], device=DEV, dtype=torch.int32), "bitwise", 3)
+    with pytest.raises(RuntimeError, match="max_abs"):
+        ops.spike_stats(torch.tensor([9], device=DEV, dtype=torch.int32), 4)
+
+
+def test_spike_stats(ops):
+    c = torch.randint(-9, 10, (1000, 37), device=DEV, dtype=torch.int16)
+    h = ops.spike_stats(c, 12)
+    ref = torch.bincount(c.cpu().long().abs().flatten(), minlength=13)
+    assert h.dtype == torch.int64 and torch.equal(h.cpu(), ref)
+
+
+# ------------------------------------------------------------------------------ top-k gating
+GATE_CASES = [  # E, k, scoring, renorm, bias, groups, topk_groups, scaling
+    (16, 1, "softmax", True, False, 0, 0, 1.0),
+    (16, 2, "softmax", False, False, 0, 0, 1.0),
+    (8, 3, "sigmoid", True, True, 0, 0, 2.5),
+    (60, 4, "softmax", True, False, 0, 0, 1.0),
+    (128, 8, "softmax", True, False, 0, 0, 1.0),
+    (256, 8, "sigmoid", True, True, 8, 4, 2.5),
+    (512, 16, "softmax", False, True, 16, 3, 1.0),
+]
+
+
+@pytest.mark.parametrize("case", GATE_CASES)
+@pytest.mark.parametrize("T", [1, 63, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_gating(ops, case, T, dtype):
+    E, k, scoring, renorm, use_bias, G, TG, scaling = case
+    logits = torch.randn(T, E, device=DEV).to(dtype)
+    bias = torch.randn(E, device=DEV) * 0.1 if use_bias else None
+    w, ids = ops.topk_gating(logits, k, scoring, renorm, bias, G, TG, scaling)
+    rw, rids = R.ref_topk_gating(logits.cpu(), k, scoring, renorm, None if bias is None else bias.cpu(),
+                                 G or None, TG or None, scaling)
+    assert w.dtype == torch.float32 and ids.dtype == torch.int32
+    assert torch.equal(ids.cpu(), rids)
+    close(w, rw, 1e-5)
+
+
+@pytest.mark.parametrize("case", GATE_CASES)
+def test_topk_gating_bwd(ops, case):
+    E, k, scoring, renorm, use_bias, G, TG, scaling = case
+    T = 63
+    logits = torch.randn(T, E, device=DEV)
+    _, ids = ops.topk_gating(logits, k, scoring, renorm, None, G, TG, scaling)
+    gw = torch.randn(T, k, device=DEV)
+    grad = ops.topk_gating_bwd(gw, logits, ids, scoring, renorm, scaling)
+    lx = logits.cpu().double().requires_grad_()
+    s = lx.softmax(-1) if scoring == "softmax" else lx.sigmoid()
+    wr = s.gather(1, ids.cpu().long())
+    if renorm:
+        wr = wr / wr.sum(-1, keepdim=True)
+    (wr * scaling * gw.cpu().double()).sum().backward()
+    close(grad, lx.grad, 2e-2 if logits.dtype != torch.float32 else 1e-5)
+
+
+# ------------------------------------------------------------------------------ permute family
+def make_ids(T, k, E, drop=0.1):
+    ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).to(torch.int32) if T else \
+        torch.empty(0, k, dtype=torch.int32)
+    if drop:
+        ids[torch.rand(ids.shape) < drop] = -1
+    return ids.to(DEV)
+
+
+@pytest.mark.parametrize("T,k,E,Hd", [(1, 1, 16, 64), (63, 2, 16, 3584), (300, 8, 128, 136), (40, 3, 7, 13)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_permute_unpermute(ops, T, k, E, Hd, dtype):
+    x = torch.randn(T, Hd, device=DEV).to(dtype)
+    ids = make_ids(T, k, E)
+    xp, off, rm = ops.moe_permute(x, ids, E)
+    rxp, roff, rrm = R.ref_moe_permute(x.cpu(), ids.cpu(), E)
+    assert torch.equal(off.cpu(), roff) and torch.equal(rm.cpu(), rrm)
+    assert torch.equal(xp.cpu(), rxp)  # pure copies and zero rows: exact
+    # unpermute forward
+    yp = torch.randn(T * k, Hd, device=DEV).to(dtype)
+    w = torch.rand(T, k, device=DEV)
+    y = ops.moe_unpermute(yp, rm, w)
+    close(y, R.ref_moe_unpermute(yp.cpu(), rm.cpu(), w.cpu()), TOL[dtype])
+    # permute backward: grad_x = sum of its rows
+    gxp = torch.randn(T * k, Hd, device=DEV).to(dtype)
+    gx = ops.moe_permute_bwd(gxp, rm)
+    close(gx, R.ref_moe_unpermute(gxp.cpu(), rm.cpu(), torch.ones(T, k)), TOL[dtype])
+    # unpermute backward vs autograd of the reference
+    gy = torch.randn(T, Hd, device=DEV).to(dtype)
+    gyp, gw = ops.moe_unpermute_bwd(gy, yp, rm, w)
+    ypr = yp.cpu().double().requires_grad_()
+    wr = w.cpu().double().requires_grad_()
+    R.ref_moe_unpermute(ypr, rm.cpu(), wr).mul(gy.cpu().double()).sum().backward()
+    close(gyp, ypr.grad, 2e-2 if dtype != torch.float32 else 1e-5)
+    close(gw, wr.grad, 2e-2 if dtype != torch.float32 else 1e-5)
+
+
+def test_moe_bad_ids(ops):
+    ids = torch.tensor([[0, 5]], device=DEV, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="num_experts"):
+        ops.moe_permute(torch.randn(1, 8, device=DEV), ids, 4)
+    with pytest.raises(RuntimeError, match="num_experts"):
+        ops.expert_counts(ids, 4)
+
+
+@pytest.mark.parametrize("T,k,E,bs", [(1, 1, 4, 16), (63, 2, 16, 16), (300, 8, 128, 64), (1000, 1, 16, 7)])
+@pytest.mark.parametrize("idt", [torch.int32, torch.int64])
+def test_moe_align_and_counts(ops, T, k, E, bs, idt):
+    ids = make_ids(T, k, E).to(idt)
+    s, be, npp = ops.moe_align_block_size(ids, E, bs)
+    rs, rbe, rnpp = R.ref_moe_align_block_size(ids.cpu(), E, bs)
+    assert torch.equal(s.cpu(), rs) and torch.equal(be.cpu(), rbe) and torch.equal(npp.cpu(), rnpp)
+    assert torch.equal(ops.expert_counts(ids, E).cpu(), R.ref_expert_counts(ids.cpu(), E))
+
+
+# ------------------------------------------------------------------------------ decode attention
+@pytest.mark.parametrize("N,H,HKV,K", [(1, 28, 4, 128), (5, 4, 4, 64), (63, 8, 2, 128)])
+@pytest.mark.parametrize("gate", [None, "head", "key"])
+@pytest.mark.parametrize("dtype,sdtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float32),
+                                          (torch.bfloat16, torch.bfloat16)])
+def test_linear_attn_decode(ops, N, H, HKV, K, gate, dtype, sdtype):
+    V = K
+    q = torch.randn(N, H, K, device=DEV).to(dtype)
+    k = torch.randn(N, HKV, K, device=DEV).to(dtype) * 0.3
+    v = torch.randn(N, HKV, V, device=DEV).to(dtype)
+    g = None
+    if gate == "head":
+        g = -torch.rand(N, HKV, device=DEV)
+    elif gate == "key":
+        g = (-torch.rand(N, HKV, K, device=DEV)).to(dtype)
+    S = N + 3
+    state = torch.randn(S, HKV, K, V, device=DEV).to(sdtype)
+    idx = torch.randperm(S, device=DEV)[:N].to(torch.int64)
+    before = state.clone()
+    o = ops.linear_attn_decode(q, k, v, g, state, idx, K ** -0.5)
+    ro, rstate = R.ref_linear_attn_decode(q.cpu(), k.cpu(), v.cpu(), None if g is None else g.cpu(), before.cpu(),
+                                          idx.cpu(), K ** -0.5)
+    tol = 1e-5 if (dtype == torch.float32 and sdtype == torch.float32) else 1e-2
+    close(o, ro, tol)
+    close(state, rstate, tol)
+
+
+@pytest.mark.parametrize("N,H,HKV,D,window,L", [(1, 28, 4, 128, 4096, 5000), (3, 4, 4, 64, 100, 1),
+                                                 (64, 28, 4, 128, 64, 300), (2, 16, 1, 64, -1, 700),
+                                                 (4, 8, 2, 128, 1000, 1000)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_swa_decode_and_cache_write(ops, N, H, HKV, D, window, L, dtype):
+    C = (window + 1) if window >= 0 else L
+    S = N + 2
+    kc = torch.randn(S, C, HKV, D, device=DEV).to(dtype)
+    vc = torch.randn(S, C, HKV, D, device=DEV).to(dtype)
+    slots = torch.randperm(S, device=DEV)[:N].to(torch.int32)
+    lens = torch.randint(max(1, L // 2), L + 1, (N,), device=DEV, dtype=torch.int64)
+    # write the current token (position L-1) through the op, then decode
+    kn = torch.randn(N, HKV, D, device=DEV).to(dtype)
+    vn = torch.randn(N, HKV, D, device=DEV).to(dtype)
+    ops.swa_cache_write(kn, vn, kc, vc, lens - 1, slots)
+    rows = ((lens - 1) % C).long()
+    assert torch.equal(kc[slots.long(), rows], kn) and torch.equal(vc[slots.long(), rows], vn)
+    q = torch.randn(N, H, D, device=DEV).to(dtype)
+    o = ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots)
+    ro = R.ref_swa_decode(q.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), window, D ** -0.5, slots.cpu())
+    close(o, ro, TOL[dtype])
