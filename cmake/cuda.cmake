@@ -23,5 +23,7 @@ function(sbops_add_gpu_sources tgt)
     target_compile_definitions(${tgt} PRIVATE SBOPS_MACA_SIM=1)
   endif()
   target_include_directories(${tgt} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  # share torch's CUDA runtime instead of linking a second, static one
+  set_target_properties(${tgt} PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
   target_link_libraries(${tgt} PRIVATE c10_cuda torch_cuda CUDA::cudart)
 endfunction()

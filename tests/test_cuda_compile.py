@@ -2,7 +2,9 @@
 
 Every backends/cuda/kernels/*.cu compiles alone with `nvcc -c` for sm_80 and sm_90a (torch-free:
 only -I csrc/include), and every backends/cuda/bindings/*.cpp passes a syntax-only compile against
-torch's headers and the CUDA headers.  Skipped when nvcc is absent.
+torch's headers and the CUDA headers.  test_cuda_kernels_register_beside_cpu loads the CUDA bindings
+next to the CPU backend (as in sbops._C) so torch checks that every op's kernels share one C++
+signature.  Skipped when nvcc is absent.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -60,6 +63,58 @@ def test_binding_syntax(src, tmp_path):
         pytest.skip("no host C++ compiler")
     run([cxx, "-std=c++20", "-fsyntax-only", *[f"-I{i}" for i in incs], f"-I{cuda_include()}",
          f"-I{os.path.join(REPO, 'csrc', 'include')}", src])
+
+
+def _torch_compile_flags(tmp_path):
+    torch_utils = pytest.importorskip("torch.utils.cpp_extension")
+    import torch
+    incs = list(torch_utils.include_paths())
+    # A CPU-only torch ships c10/cuda headers without the generated cuda_cmake_macros.h.
+    if not any(os.path.exists(os.path.join(i, "c10", "cuda", "impl", "cuda_cmake_macros.h")) for i in incs):
+        shim = tmp_path / "shim" / "c10" / "cuda" / "impl"
+        shim.mkdir(parents=True, exist_ok=True)
+        (shim / "cuda_cmake_macros.h").write_text("#pragma once\n")
+        incs.append(str(tmp_path / "shim"))
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [f"-I{i}" for i in incs] + [f"-D_GLIBCXX_USE_CXX11_ABI={abi}"], os.path.join(os.path.dirname(torch.__file__), "lib")
+
+
+def test_cuda_kernels_register_beside_cpu(tmp_path):
+    """sbops._C holds the CPU backend and the CUDA bindings; torch aborts the import when two kernels
+    of one op have different C++ signatures (round 2 on the H100: `str` as c10::string_view vs
+    const std::string&).  Build both into one library without a GPU -- the CUDA-side functions the
+    bindings call become abort() stubs, never called -- and load it: registration runs the check."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    flags, torch_lib = _torch_compile_flags(tmp_path)
+    srcs = ([os.path.join(REPO, "csrc", "ops.cpp")] + sorted(glob.glob(os.path.join(REPO, "backends", "cpu", "*.cpp")))
+            + BINDINGS)
+    common = [cxx, "-std=c++17", "-O0", "-fPIC", *flags, f"-I{cuda_include()}", f"-I{os.path.join(REPO, 'csrc', 'include')}"]
+    objs, procs = [], []
+    for i, src in enumerate(srcs):
+        obj = str(tmp_path / f"o{i}.o")
+        objs.append(obj)
+        procs.append(subprocess.Popen(common + ["-c", src, "-o", obj], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for p, src in zip(procs, srcs):
+        out = p.communicate(timeout=900)[0]
+        assert p.returncode == 0, f"{src}\n{out.decode()[-3000:]}"
+    link = ["-shared", f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{torch_lib}"]
+    lib = str(tmp_path / "libsbops_regcheck.so")
+    run([cxx, *objs, "-o", lib, *link])
+    # Stub every symbol still undefined that torch and the C/C++ runtime do not provide: the CUDA
+    # runtime, c10::cuda and the torch-free launchers (none of them runs during registration).
+    undefined = run(["nm", "-D", "--undefined-only", lib]).stdout.split()
+    needed = [sym for sym in undefined if sym.startswith(("cuda", "_ZN3c104cuda", "_ZNK3c104cuda", "_ZN5sbops"))]
+    stub = tmp_path / "stubs.c"
+    stub.write_text("#include <stdlib.h>\n" + "".join(f"void {sym}(void) {{ abort(); }}\n" for sym in needed))
+    run([shutil.which("gcc") or cxx, "-x", "c", "-c", "-fPIC", str(stub), "-o", str(tmp_path / "stubs.o")])
+    run([cxx, *objs, str(tmp_path / "stubs.o"), "-o", lib, *link])
+    code = ("import torch; torch.ops.load_library(%r); "
+            "print(sorted(torch._C._dispatch_get_registrations_for_dispatch_key('CUDA')))" % lib)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"loading the CPU + CUDA kernels failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    assert "sbops::spike_expand" in p.stdout and "sbops::swa_cache_write" in p.stdout, p.stdout[-2000:]
 
 
 def test_no_literal_warp_width():

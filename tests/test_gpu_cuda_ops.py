@@ -59,6 +59,31 @@ def test_spike_encode(ops, dtype, out_dtype, shape):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spike_encode_exact_quotient(ops, dtype):
+    """counts == round_half_even(x / vth) bit for bit, with x / vth the IEEE float32 quotient (the
+    kernel uses a per-row reciprocal plus an FMA correction instead of a division per element)."""
+    # random rows
+    x = torch.randn(257, 3584, device=DEV).to(dtype)
+    # tie rows: |x| / 2^e are the half-integers 0.5 .. 5.5 in pairs averaging 3, so with k = 3 the
+    # threshold is exactly 2^e and every x / vth is exactly an integer + 0.5
+    rows, cols = 64, 256
+    mags = torch.tensor([[0.5, 5.5], [1.5, 4.5], [2.5, 3.5]])[torch.randint(0, 3, (rows, cols // 2))].flatten(1)
+    sign = torch.where(torch.rand(rows, cols) < 0.5, -1.0, 1.0)
+    scale = 2.0 ** torch.randint(-12, 10, (rows, 1)).float()
+    ties = mags[:, torch.randperm(cols)] * sign * scale
+    cases = [x, ties.to(DEV).to(dtype)]
+    if dtype == torch.float32:  # one ulp either side of the ties: the quotient just misses .5
+        t = ties.to(DEV)
+        cases += [torch.nextafter(t, torch.full_like(t, math.inf)), torch.nextafter(t, torch.full_like(t, -math.inf))]
+    for xx in cases:
+        counts, vth = ops.spike_encode(xx, 3.0, torch.int32)
+        ref = torch.round(xx.cpu().float() / vth.cpu())  # float32 IEEE division, half to even
+        assert torch.equal(counts.cpu(), ref.to(torch.int32))
+    c_tie, v_tie = ops.spike_encode(cases[1], 3.0, torch.int32)
+    assert torch.equal(v_tie.cpu(), scale)  # the tie construction really produced exact thresholds
+
+
 def test_spike_encode_saturates(ops):
     x = torch.zeros(2, 256, device=DEV)
     x[:, 0] = 1e6
@@ -132,6 +157,16 @@ def test_topk_gating(ops, case, T, dtype):
     close(w, rw, 1e-5)
 
 
+@pytest.mark.parametrize("E,k,G,TG", [(16, 2, 0, 0), (128, 8, 0, 0), (256, 8, 8, 4), (60, 16, 0, 0)])
+def test_topk_gating_ties(ops, E, k, G, TG):
+    """Logits with many equal values: ties go to the lower expert (and group) index."""
+    logits = torch.randint(0, 3, (63, E), device=DEV).float()
+    w, ids = ops.topk_gating(logits, k, "softmax", True, None, G, TG, 1.0)
+    rw, rids = R.ref_topk_gating(logits.cpu(), k, "softmax", True, None, G or None, TG or None, 1.0)
+    assert torch.equal(ids.cpu(), rids)
+    close(w, rw, 1e-5)
+
+
 @pytest.mark.parametrize("case", GATE_CASES)
 def test_topk_gating_bwd(ops, case):
     E, k, scoring, renorm, use_bias, G, TG, scaling = case
@@ -186,12 +221,29 @@ def test_moe_permute_unpermute(ops, T, k, E, Hd, dtype):
     close(gw, wr.grad, 2e-2 if dtype != torch.float32 else 1e-5)
 
 
-def test_moe_bad_ids(ops):
-    ids = torch.tensor([[0, 5]], device=DEV, dtype=torch.int32)
-    with pytest.raises(RuntimeError, match="num_experts"):
-        ops.moe_permute(torch.randn(1, 8, device=DEV), ids, 4)
-    with pytest.raises(RuntimeError, match="num_experts"):
-        ops.expert_counts(ids, 4)
+def test_moe_out_of_range_ids(ops):
+    """ids >= num_experts: the public frontend rejects them before dispatch; the raw CUDA ops (which
+    never read a flag back, i.e. never synchronise) skip them like dropped slots, never indexing
+    out of bounds."""
+    E = 4
+    ids = torch.tensor([[0, 5], [3, -1], [9, 2]], device=DEV, dtype=torch.int32)
+    as_dropped = ids.masked_fill(ids >= E, -1)
+    x = torch.randn(3, 8, device=DEV)
+    xp, off, rm = ops.moe_permute(x, ids, E)
+    rxp, roff, rrm = R.ref_moe_permute(x.cpu(), as_dropped.cpu(), E)
+    assert torch.equal(off.cpu(), roff) and torch.equal(rm.cpu(), rrm) and torch.equal(xp.cpu(), rxp)
+    assert torch.equal(ops.expert_counts(ids, E).cpu(), R.ref_expert_counts(as_dropped.cpu(), E))
+    s, be, npp = ops.moe_align_block_size(ids, E, 4)
+    rs, rbe, rnpp = R.ref_moe_align_block_size(as_dropped.cpu(), E, 4)
+    assert torch.equal(s.cpu(), rs) and torch.equal(be.cpu(), rbe) and torch.equal(npp.cpu(), rnpp)
+    try:
+        import sbops
+    except ImportError:
+        return
+    for fn in (lambda: sbops.moe_permute(x, ids, E), lambda: sbops.expert_counts(ids, E),
+               lambda: sbops.moe_align_block_size(ids, E, 4)):
+        with pytest.raises(ValueError, match="num_experts"):
+            fn()
 
 
 @pytest.mark.parametrize("T,k,E,bs", [(1, 1, 4, 16), (63, 2, 16, 16), (300, 8, 128, 64), (1000, 1, 16, 7)])

@@ -220,7 +220,9 @@ def main():
     print(f"{'op':20s} {'shape':36s} {'ours us':>9s} {'floor us':>9s} {'peer us':>9s} {'ours/floor':>10s} {'peer/ours':>9s}")
     for r in rows:
         print(f"{r['op']:20s} {r['shape']:36s} {r['ours_ms']*1e3:9.1f} {r['floor_ms']*1e3:9.1f} "
-              f"{r['peer_ms']*1e3:9.1f} {r['ours_over_floor']:10.2f} {r['speedup_vs_peer']:9.2f}")
+              f"{r['peer_ms']*1e3:9.1f} {r['ours_over_floor']:10.2f} {r['speedup_vs_peer']:9.2f}"
+              + (f"  ({r['fraction_of_copy_bw']:.0%} of copy bandwidth)" if "fraction_of_copy_bw" in r else "")
+              + (f"  (graph {r['ours_cudagraph_ms']*1e3:.1f} us)" if "ours_cudagraph_ms" in r else ""))
 
 
 if __name__ == "__main__":

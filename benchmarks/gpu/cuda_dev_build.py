@@ -34,8 +34,9 @@ def load(arch: str | None = None, verbose: bool = False) -> None:
     # the float32 contract; the kernels call the fast intrinsics (exp2f) where that is safe.
     _load(name="sbops_cuda_dev", sources=sources(),
           extra_include_paths=[os.path.join(REPO, "csrc", "include")],
-          extra_cflags=["-O3", "-std=c++20"],
-          extra_cuda_cflags=["-O3", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
+          # C++17 like torch itself and the CMake build (round 1 used -std=c++20 here).
+          extra_cflags=["-O3", "-std=c++17"],
+          extra_cuda_cflags=["-O3", "-std=c++17", f"-gencode=arch=compute_{arch},code=sm_{arch}"],
           is_python_module=False, verbose=verbose)
 
 

@@ -50,31 +50,79 @@ __device__ __forceinline__ void row_scores(const float (&x)[J], float (&p)[J], i
   }
 }
 
-// One group of W lanes per token.  Groups whose token is past the end still run every shuffle
-// (full-warp masks) and simply do not store.
+// Orderable image of a float: comparing images as unsigned ints orders them like the floats.
+__device__ __forceinline__ uint32_t float_order_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Selection key of expert e with choice score c: (orderable score, ~e).  The largest key is the best
+// score with ties going to the lower expert index, so one 64-bit max per butterfly step does the
+// arg-max (no separate index / payload shuffles).  Key 0 is below every real key: "not eligible".
+__device__ __forceinline__ unsigned long long gate_key(float c, int e) {
+  constexpr int kScoreShift = 8 * sizeof(uint32_t);  // score in the high word, ~e in the low word
+  return (static_cast<unsigned long long>(float_order_bits(c)) << kScoreShift) | static_cast<uint32_t>(~e);
+}
+__device__ __forceinline__ int gate_key_expert(unsigned long long key) {
+  return static_cast<int>(~static_cast<uint32_t>(key));
+}
+
+// One group of W lanes per token; lane gl holds the J consecutive experts gl*J .. gl*J+J-1 (16-byte
+// loads when `vec_load`).  Groups whose token is past the end still run every shuffle (full-warp
+// masks) and simply do not store.
+//
+// The choice is made on the logits themselves when there is no bias: softmax and sigmoid are
+// increasing, so the order (and the ties) are those of the exact scores, and only the k winners'
+// scores are computed.  With a bias the choice score is the float32 score + bias, as specified.
 template <typename T, int W, int J>
 __global__ void __launch_bounds__(kGateBlock)
 topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias, float* __restrict__ weights,
                    int32_t* __restrict__ ids, int64_t Tn, int E, int k, bool softmax, bool renormalize,
-                   int num_groups, int topk_groups, float scaling) {
+                   int num_groups, int topk_groups, float scaling, bool vec_load) {
   const int gl = static_cast<int>(threadIdx.x) % W;
   const int64_t token = static_cast<int64_t>(blockIdx.x) * (kGateBlock / W) + threadIdx.x / W;
   const bool valid = token < Tn;
   const T* row = logits + (valid ? token : 0) * E;
+  const int e0 = gl * J;
 
-  float x[J], p[J], c[J];
+  float x[J];
+  if (vec_load) {  // E % J == 0 and 16-byte aligned rows (checked by the launcher)
+    constexpr int VC = J < vec16<T>() ? J : vec16<T>();
+    const bool mine = valid && e0 < E;
+#pragma unroll
+    for (int c = 0; c < J / VC; ++c) {
+      Vec<T, VC> v;
+      if (mine) v = reinterpret_cast<const Vec<T, VC>*>(row + e0)[c];
+#pragma unroll
+      for (int i = 0; i < VC; ++i) x[c * VC + i] = mine ? to_float(v.v[i]) : kNegInf;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < J; ++j) x[j] = (valid && e0 + j < E) ? to_float(row[e0 + j]) : kNegInf;
+  }
+
+  // Row max and softmax denominator (the weights of the winners need them).
+  float m = kNegInf, s = 1.f;
+  if (softmax) {
+#pragma unroll
+    for (int j = 0; j < J; ++j) m = fmaxf(m, x[j]);
+    m = warp_reduce_max<W>(m);
+    s = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; ++j) s += (e0 + j < E) ? expf(x[j] - m) : 0.f;
+    s = warp_reduce_sum<W>(s);
+  }
+  float c[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) {
-    const int e = j * W + gl;
-    x[j] = (valid && e < E) ? to_float(row[e]) : kNegInf;
+    const int e = e0 + j;
+    if (bias && e < E) c[j] = (softmax ? expf(x[j] - m) / s : sigmoidf_(x[j])) + bias[e];
+    else c[j] = x[j];
   }
-  float m, s;
-  row_scores<W, J>(x, p, gl, E, softmax, m, s);
+
+  unsigned long long key[J];
 #pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int e = j * W + gl;
-    c[j] = e < E ? p[j] + (bias ? bias[e] : 0.f) : kNegInf;
-  }
+  for (int j = 0; j < J; ++j) key[j] = e0 + j < E ? gate_key(c[j], e0 + j) : 0ull;
 
   if (num_groups > 0) {
     // Lane g of the group holds group g's score (num_groups <= W, checked by the launcher).
@@ -83,60 +131,49 @@ topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias,
     for (int g = 0; g < num_groups; ++g) {
       float lm = kNegInf;
 #pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int e = j * W + gl;
-        if (e < E && e / gsz == g) lm = fmaxf(lm, c[j]);
-      }
+      for (int j = 0; j < J; ++j)
+        if (e0 + j < E && (e0 + j) / gsz == g) lm = fmaxf(lm, c[j]);
       lm = warp_reduce_max<W>(lm);
       if (gl == g) my_group_score = lm;
     }
-    // Pick the best topk_groups groups, ties to the lower group index.
+    // The best topk_groups groups, ties to the lower group index (same keys as for experts).
     bool chosen = false;
-    float cur = gl < num_groups ? my_group_score : kNegInf;
     for (int r = 0; r < topk_groups; ++r) {
-      float v = chosen ? kNegInf : cur;
-      int idx = (gl < num_groups && !chosen) ? gl : (1 << 30);
-      float unused = 0.f;
-      warp_argmax<W>(v, idx, unused);
-      if (gl == idx) chosen = true;
+      unsigned long long gk = (gl < num_groups && !chosen) ? gate_key(my_group_score, gl) : 0ull;
+      gk = warp_reduce_max<W>(gk);
+      if (gk != 0ull && gl == gate_key_expert(gk)) chosen = true;
     }
-    const lane_mask_t group_base = static_cast<lane_mask_t>((lane_id() / W) * W);
+    const int group_base = (lane_id() / W) * W;
     const lane_mask_t eligible = ballot(chosen) >> group_base;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
-      const int e = j * W + gl;
-      if (e < E && !((eligible >> (e / gsz)) & 1)) c[j] = kNegInf;
+      const int e = e0 + j;
+      if (e < E && !((eligible >> (e / gsz)) & 1)) key[j] = 0ull;
     }
   }
 
-  // k rounds of arg-max; the winner's owner lane retires it.
-  float sum_w = 0.f, my_w = 0.f;
+  // k rounds: group-wide max key; the owner lane retires the winner.  Lane r keeps round r's pick.
   int my_id = -1;
   for (int r = 0; r < k; ++r) {
-    float bv = kNegInf, bp = 0.f;
-    int bi = 1 << 30;
+    unsigned long long best = 0ull;
 #pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int e = j * W + gl;
-      if (e < E && c[j] > bv) {  // strict: within a lane experts ascend, so ties keep the lower
-        bv = c[j];
-        bi = e;
-        bp = p[j];
-      }
-    }
-    warp_argmax<W>(bv, bi, bp);
-    if (gl == r) {
-      my_id = bi;
-      my_w = bp;
-    }
-    sum_w += bp;
+    for (int j = 0; j < J; ++j) best = max(best, key[j]);
+    best = warp_reduce_max<W>(best);
+    const int e = best != 0ull ? gate_key_expert(best) : -1;
+    if (gl == r) my_id = e;
 #pragma unroll
     for (int j = 0; j < J; ++j)
-      if (j * W + gl == bi) c[j] = kNegInf;
+      if (e0 + j == e) key[j] = 0ull;
   }
+  // Unbiased score of this lane's pick (same formulas as above), renormalised over the k picks.
+  float w = 0.f;
+  if (valid && gl < k && my_id >= 0) {
+    const float xv = to_float(row[my_id]);
+    w = softmax ? expf(xv - m) / s : sigmoidf_(xv);
+  }
+  const float sum_w = warp_reduce_sum<W>(w);
   if (valid && gl < k) {
-    const float w = (renormalize ? my_w / sum_w : my_w) * scaling;
-    weights[token * k + gl] = w;
+    weights[token * k + gl] = (renormalize ? w / sum_w : w) * scaling;
     ids[token * k + gl] = my_id;
   }
 }
@@ -218,17 +255,49 @@ cudaError_t dispatch_gate_width(int E, int64_t Tn, Args... args) {
   return cudaErrorInvalidValue;
 }
 
+// Forward group shape: W lanes per token (at least k lanes, one per pick, and at least num_groups
+// lanes, one per group score; narrow groups need fewer shuffle steps and handle several tokens per
+// warp), J experts per lane (a power of two, at most kGateMaxJ).
+constexpr int kGateMinW = 8;
+constexpr int kGateMaxJ = 16;
+
 template <typename T, int W, int J>
 struct GateFwd {
   static cudaError_t run(int64_t Tn, const void* logits, const float* bias, float* weights, int32_t* ids, int E,
                          int k, bool softmax, bool renorm, int ng, int tg, float scaling, cudaStream_t st) {
-    if (ng > W) return cudaErrorInvalidValue;  // group scores live one per lane
+    if (ng > W || k > W || W * J < E) return cudaErrorInvalidValue;
+    const bool vec_load = E % J == 0 && (E * sizeof(T)) % 16 == 0 && aligned_to(logits, 16);
     const unsigned grid = static_cast<unsigned>(ceil_div(Tn, kGateBlock / W));
     topk_gating_kernel<T, W, J><<<grid, kGateBlock, 0, st>>>(static_cast<const T*>(logits), bias, weights, ids,
-                                                             Tn, E, k, softmax, renorm, ng, tg, scaling);
+                                                             Tn, E, k, softmax, renorm, ng, tg, scaling, vec_load);
     return last_launch_error();
   }
 };
+
+template <typename T, int W, typename... Args>
+cudaError_t dispatch_gate_j(int J, Args... args) {
+  switch (J) {
+    case 1: return GateFwd<T, W, 1>::run(args...);
+    case 2: return GateFwd<T, W, 2>::run(args...);
+    case 4: return GateFwd<T, W, 4>::run(args...);
+    case 8: return GateFwd<T, W, 8>::run(args...);
+    case kGateMaxJ: return GateFwd<T, W, kGateMaxJ>::run(args...);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, typename... Args>
+cudaError_t dispatch_gate_fwd(int E, int k, int num_groups, Args... args) {
+  int W = kGateMinW;
+  while (W < kWarpSize && (W < k || W < num_groups || W * kGateMaxJ < E)) W *= 2;
+  int J = 1;
+  while (W * J < E) J *= 2;
+  if (W == kGateMinW) return dispatch_gate_j<T, kGateMinW>(J, args...);
+  if (W == 2 * kGateMinW) return dispatch_gate_j<T, 2 * kGateMinW>(J, args...);
+  if (W == 4 * kGateMinW) return dispatch_gate_j<T, 4 * kGateMinW>(J, args...);
+  if (W == kWarpSize) return dispatch_gate_j<T, kWarpSize>(J, args...);
+  return cudaErrorInvalidValue;
+}
 
 template <typename T, int W, int J>
 struct GateBwd {
@@ -273,21 +342,17 @@ RoutePlan make_plan(int64_t n, int E) {
   return p;
 }
 
-// Bucket of slot i: its expert, E when dropped (id < 0) or invalid (id >= E, flagged), -1 past n.
-__device__ __forceinline__ int slot_bucket(const void* ids, bool ids64, int64_t i, int64_t n, int E, int* err) {
+// Bucket of slot i: its expert, E when dropped (id < 0), -1 past n.  An id >= E (the frontend
+// rejects those before dispatch) is treated like a dropped slot, so nothing is ever indexed by it.
+__device__ __forceinline__ int slot_bucket(const void* ids, bool ids64, int64_t i, int64_t n, int E) {
   if (i >= n) return -1;
   const int64_t id = load_index(ids, ids64, i);
-  if (id < 0) return E;
-  if (id >= E) {
-    *err = 1;
-    return E;
-  }
-  return static_cast<int>(id);
+  return (id < 0 || id >= E) ? E : static_cast<int>(id);
 }
 
 __global__ void __launch_bounds__(kRouteBlock)
 route_count_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, int tiles_per_chunk, int64_t chunks,
-                   int* __restrict__ chunk_counts, int* __restrict__ err) {
+                   int* __restrict__ chunk_counts) {
   extern __shared__ int route_smem[];
   const int NB = E + 1;
   int* cnt = route_smem + warp_id() * NB;
@@ -299,7 +364,7 @@ route_count_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, i
   const int64_t start = chunk * tiles_per_chunk * kWarpSize;
   for (int tile = 0; tile < tiles_per_chunk; ++tile) {
     const int64_t i = start + static_cast<int64_t>(tile) * kWarpSize + lane;
-    const int b = slot_bucket(ids, ids64, i, n, E, err);
+    const int b = slot_bucket(ids, ids64, i, n, E);
     const lane_mask_t peers = match_any(b);
     if (b >= 0 && (peers & lanes_below_mask()) == 0) cnt[b] += popc(peers);  // group leader
     warp_sync();
@@ -376,7 +441,7 @@ route_bases_kernel(const int* __restrict__ totals, int E, int block_size, int* _
 __global__ void __launch_bounds__(kRouteBlock)
 route_rank_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, int tiles_per_chunk, int64_t chunks,
                   const int* __restrict__ chunk_prefix, const int* __restrict__ base, int* __restrict__ dst,
-                  int32_t* __restrict__ row_map, int32_t* __restrict__ sorted_ids, int* __restrict__ err) {
+                  int32_t* __restrict__ row_map, int32_t* __restrict__ sorted_ids) {
   extern __shared__ int route_smem[];
   const int NB = E + 1;
   int* next = route_smem + warp_id() * NB;
@@ -388,7 +453,7 @@ route_rank_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, in
   const int64_t start = chunk * tiles_per_chunk * kWarpSize;
   for (int tile = 0; tile < tiles_per_chunk; ++tile) {
     const int64_t i = start + static_cast<int64_t>(tile) * kWarpSize + lane;
-    const int b = slot_bucket(ids, ids64, i, n, E, err);
+    const int b = slot_bucket(ids, ids64, i, n, E);
     const lane_mask_t peers = match_any(b);
     if (b >= 0) {
       const int d = next[b] + popc(peers & lanes_below_mask());
@@ -407,14 +472,12 @@ route_rank_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, in
 
 cudaError_t run_routing(const void* ids, bool ids64, const RoutePlan& p, int E, int block_size, int* ws,
                         int64_t* expert_offsets, int32_t* row_map, int32_t* sorted_ids, int64_t sorted_len,
-                        int32_t* block_expert_ids, int64_t nblocks, int32_t* num_post_pad, int* err,
-                        cudaStream_t st) {
-  SBOPS_RETURN_IF_ERROR(cudaMemsetAsync(err, 0, sizeof(int), st));
+                        int32_t* block_expert_ids, int64_t nblocks, int32_t* num_post_pad, cudaStream_t st) {
   const size_t smem = static_cast<size_t>(kRouteWarps) * p.buckets * sizeof(int);
   const unsigned route_grid = static_cast<unsigned>(ceil_div(p.chunks, kRouteWarps));
   int* chunk_counts = ws + p.off_chunk_counts;
   route_count_kernel<<<route_grid, kRouteBlock, smem, st>>>(ids, ids64, p.n, E, p.tiles_per_chunk, p.chunks,
-                                                            chunk_counts, err);
+                                                            chunk_counts);
   SBOPS_RETURN_IF_ERROR(last_launch_error());
   route_scan_chunks_kernel<<<p.buckets, kScanBlock, 0, st>>>(chunk_counts, ws + p.off_totals, p.chunks, p.buckets);
   SBOPS_RETURN_IF_ERROR(last_launch_error());
@@ -425,8 +488,7 @@ cudaError_t run_routing(const void* ids, bool ids64, const RoutePlan& p, int E, 
   SBOPS_RETURN_IF_ERROR(last_launch_error());
   route_rank_kernel<<<route_grid, kRouteBlock, smem, st>>>(ids, ids64, p.n, E, p.tiles_per_chunk, p.chunks,
                                                            chunk_counts, ws + p.off_base,
-                                                           row_map ? ws + p.off_dst : nullptr, row_map, sorted_ids,
-                                                           err);
+                                                           row_map ? ws + p.off_dst : nullptr, row_map, sorted_ids);
   return last_launch_error();
 }
 
@@ -571,16 +633,15 @@ unpermute_bwd_kernel(const T* __restrict__ grad_y, const T* __restrict__ y_perm,
 constexpr int kHistBlock = 256;
 
 __global__ void __launch_bounds__(kHistBlock)
-expert_hist_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E, unsigned long long* __restrict__ counts,
-                   int* __restrict__ err) {
+expert_hist_kernel(const void* __restrict__ ids, bool ids64, int64_t n, int E,
+                   unsigned long long* __restrict__ counts) {
   extern __shared__ unsigned int hist_smem[];
   for (int e = threadIdx.x; e < E; e += blockDim.x) hist_smem[e] = 0;
   __syncthreads();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t id = load_index(ids, ids64, i);
-    if (id >= E) *err = 1;
-    else if (id >= 0) atomicAdd(&hist_smem[id], 1u);
+    if (id >= 0 && id < E) atomicAdd(&hist_smem[id], 1u);  // ids < 0 dropped, >= E skipped
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x)
@@ -638,7 +699,7 @@ template <typename T>
 struct GateFwdTyped {
   static cudaError_t run(const void* logits, const float* bias, float* w, int32_t* ids, int64_t Tn, int E, int k,
                          bool sm, bool rn, int ng, int tg, float sc, cudaStream_t st) {
-    return dispatch_gate_width<T, GateFwd>(E, Tn, logits, bias, w, ids, E, k, sm, rn, ng, tg, sc, st);
+    return dispatch_gate_fwd<T>(E, k, ng, Tn, logits, bias, w, ids, E, k, sm, rn, ng, tg, sc, st);
   }
 };
 
@@ -711,12 +772,12 @@ size_t moe_route_workspace_bytes(int64_t n, int E) {
 
 cudaError_t launch_moe_permute(const void* x, DType xt, const void* ids, bool ids64, int64_t T, int k, int64_t Hd,
                                int E, void* x_perm, int64_t* expert_offsets, int32_t* row_map, void* workspace,
-                               int* err, cudaStream_t stream) {
+                               cudaStream_t stream) {
   if (E < 1 || E > kMaxRouteExperts) return cudaErrorInvalidValue;
   const RoutePlan p = make_plan(T * k, E);
   int* ws = static_cast<int*>(workspace);
   SBOPS_RETURN_IF_ERROR(run_routing(ids, ids64, p, E, 1, ws, expert_offsets, row_map, nullptr, 0, nullptr, 0,
-                                    nullptr, err, stream));
+                                    nullptr, stream));
   if (T * k == 0 || Hd == 0) return cudaSuccess;
   const bool vec_ok = rows_vec_ok(Hd, xt, {x, x_perm});
   return dispatch_float<ScatterTyped>(xt, vec_ok, x, ws + p.off_dst, row_map, x_perm, T, k, Hd, stream);
@@ -748,22 +809,20 @@ cudaError_t launch_moe_unpermute_bwd(const void* grad_y, const void* y_perm, DTy
 
 cudaError_t launch_moe_align_block_size(const void* ids, bool ids64, int64_t n, int E, int block_size,
                                         int32_t* sorted_ids, int32_t* block_expert_ids, int32_t* num_post_pad,
-                                        void* workspace, int* err, cudaStream_t stream) {
+                                        void* workspace, cudaStream_t stream) {
   if (E < 1 || E > kMaxRouteExperts || block_size < 1) return cudaErrorInvalidValue;
   const RoutePlan p = make_plan(n, E);
   const int64_t max_padded = n + static_cast<int64_t>(E) * (block_size - 1);
   return run_routing(ids, ids64, p, E, block_size, static_cast<int*>(workspace), nullptr, nullptr, sorted_ids,
-                     max_padded, block_expert_ids, ceil_div(max_padded, block_size), num_post_pad, err, stream);
+                     max_padded, block_expert_ids, ceil_div(max_padded, block_size), num_post_pad, stream);
 }
 
-cudaError_t launch_expert_counts(const void* ids, bool ids64, int64_t n, int E, int64_t* counts, int* err,
-                                 cudaStream_t stream) {
-  SBOPS_RETURN_IF_ERROR(cudaMemsetAsync(err, 0, sizeof(int), stream));
+cudaError_t launch_expert_counts(const void* ids, bool ids64, int64_t n, int E, int64_t* counts, cudaStream_t stream) {
   SBOPS_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, sizeof(int64_t) * E, stream));
   if (n == 0 || E == 0) return cudaSuccess;
   if (E > kMaxRouteExperts * 4) return cudaErrorInvalidValue;  // shared-memory histogram
   expert_hist_kernel<<<grid_for(n, kHistBlock, 2), kHistBlock, E * sizeof(unsigned int), stream>>>(
-      ids, ids64, n, E, reinterpret_cast<unsigned long long*>(counts), err);
+      ids, ids64, n, E, reinterpret_cast<unsigned long long*>(counts));
   return last_launch_error();
 }
 

@@ -1,6 +1,7 @@
 // Launchers for the MoE routing kernels (moe.cu).  Torch-free: raw pointers, sizes, a stream.
-// Index tensors (ids) are int32 or int64 (`ids64`).  `err_flag` (one int of device memory) is set
-// to 1 when an id >= num_experts is seen; the caller reads it back and raises.
+// Index tensors (ids) are int32 or int64 (`ids64`).  Ids < 0 are dropped; ids >= num_experts (which
+// the Python frontend rejects before dispatch) are skipped like dropped ones: never an out-of-bounds
+// access, and no device-to-host read-back (these launchers never synchronise).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +35,7 @@ size_t moe_route_workspace_bytes(int64_t n, int E);
 // x_perm [T*k, Hd], expert_offsets int64 [E+1], row_map int32 [T,k].
 cudaError_t launch_moe_permute(const void* x, DType x_dtype, const void* ids, bool ids64, int64_t T, int k,
                                int64_t Hd, int E, void* x_perm, int64_t* expert_offsets, int32_t* row_map,
-                               void* workspace, int* err_flag, cudaStream_t stream);
+                               void* workspace, cudaStream_t stream);
 
 // y[t] = sum_j w[t,j] * y_perm[row_map[t,j]] (float32 accumulation); weights null means all ones
 // (that is moe_permute_bwd).
@@ -51,10 +52,9 @@ cudaError_t launch_moe_unpermute_bwd(const void* grad_y, const void* y_perm, DTy
 // num_tokens_post_pad [1], all int32.  workspace: moe_route_workspace_bytes(n, E).
 cudaError_t launch_moe_align_block_size(const void* ids, bool ids64, int64_t n, int E, int block_size,
                                         int32_t* sorted_ids, int32_t* block_expert_ids, int32_t* num_tokens_post_pad,
-                                        void* workspace, int* err_flag, cudaStream_t stream);
+                                        void* workspace, cudaStream_t stream);
 
 // counts int64 [E] histogram of the ids >= 0.
-cudaError_t launch_expert_counts(const void* ids, bool ids64, int64_t n, int E, int64_t* counts, int* err_flag,
-                                 cudaStream_t stream);
+cudaError_t launch_expert_counts(const void* ids, bool ids64, int64_t n, int E, int64_t* counts, cudaStream_t stream);
 
 }  // namespace sbops

@@ -1,11 +1,19 @@
 // Sliding-window attention decode over a ring-buffer KV cache, plus the cache write.  Torch-free.
 //
-// Flash-decoding: the window of each (sequence, KV head) is split across `num_splits` blocks.
-// Inside a block, groups of D/VEC lanes each own one key row at a time (16-byte loads), keep an
-// online softmax for the block's query heads (the H/HKV heads of the KV head, up to kMaxHeads per
-// block) and merge through shared memory at the end.  With one split the block writes the output;
-// otherwise it writes (max, sum, acc) partials that a combine kernel merges.  Scores are kept in
-// the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
+// Flash-decoding on CUDA cores: the window of each (sequence, KV head) is split across `num_splits`
+// blocks; one block serves all query heads of its KV head (up to kMaxHeads; more heads use
+// blockIdx.z), so every K/V row is read from memory once.  The block walks its keys in tiles of
+// kSwaTile (= block size):
+//   1. scores: thread t owns key t of the tile, reads its K row with 16-byte loads and computes the
+//      dot products with every query head (q staged in shared memory, read as broadcasts): no
+//      cross-lane reduction per key;
+//   2. online softmax: per-head tile max over the block (one warp reduction per head per tile),
+//      probabilities into shared memory; each thread keeps a partial row sum;
+//   3. P.V: warp w owns a contiguous quarter of the tile's keys and lane l owns D / warp-width
+//      dimensions; each V row is one coalesced warp load, accumulated for all heads.
+// At the end the warps' accumulators merge through shared memory.  With one split the block writes
+// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  Scores are
+// kept in the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
 #include <cmath>
 
 #include "common.cuh"
@@ -14,27 +22,37 @@
 namespace sbops {
 namespace {
 
-constexpr int kSwaBlock = 128;
-constexpr int kMaxHeads = 8;     // query heads per block (more heads: blockIdx.z chunks)
-constexpr int kKeysInFlight = 4; // key rows per lane group per iteration
-constexpr int kMinKeysPerSplit = 128;
+constexpr int kSwaThreads = 128;
+constexpr int kSwaTile = kSwaThreads;            // keys per tile: one per thread in the score phase
+constexpr int kSwaWarps = kSwaThreads / kWarpSize;
+constexpr int kPvKeysPerWarp = kSwaTile / kSwaWarps;
+constexpr int kPvUnroll = 8;                     // V rows in flight per lane in the P.V phase
+constexpr int kMaxHeads = 8;                     // query heads per block (more heads: blockIdx.z chunks)
+constexpr int kKeysPerSplit = 512;               // split length when the grid is full anyway
+constexpr int kBlocksPerSm = 4;                  // grid target when it is not
+constexpr int kMinResidentBlocks = 3;            // register budget: <= 168 per thread
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kSwaBlock, 2)
+__global__ void __launch_bounds__(kSwaThreads, kMinResidentBlocks)
 swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                   const void* __restrict__ seq_lens, bool lens64, const void* __restrict__ slots, bool slots64,
                   int64_t C, int64_t num_slots, int HKV, int G, int window, float scale_log2, int nsplit,
-                  T* __restrict__ o,
-                  float* __restrict__ part) {
-  constexpr int VEC = vec16<T>();
-  constexpr int GW = D / VEC;          // lanes per key row
-  constexpr int NGRP = kSwaBlock / GW; // key rows in flight per block-step
-  static_assert(D % VEC == 0 && GW <= kWarpSize && kWarpSize % GW == 0, "unsupported head dim");
-  using V = Vec<T, VEC>;
-  __shared__ float s_ml[NGRP][kMaxHeads][2];
-  __shared__ float s_acc[NGRP][kMaxHeads][D];
+                  T* __restrict__ o, float* __restrict__ part) {
+  constexpr int VEC = vec16<T>();        // elements per 16-byte K load
+  constexpr int NV = D / VEC;            // 16-byte vectors per K row
+  constexpr int KB = NV < 8 ? NV : 8;    // K vectors loaded per batch (registers)
+  constexpr int DPL = D / kWarpSize;     // dimensions per lane in the P.V phase
+  static_assert(D % VEC == 0 && VEC % 4 == 0 && NV % KB == 0 && D % kWarpSize == 0, "unsupported head dim");
+  using KV = Vec<T, VEC>;
+  using VV = Vec<T, DPL>;
+  __shared__ __align__(16) float s_q[kMaxHeads][D];        // q * scale * log2 e
+  __shared__ __align__(16) float s_p[kSwaTile][kMaxHeads];  // scores, then probabilities
+  __shared__ float s_red[kSwaWarps][kMaxHeads];
+  __shared__ float s_m[kMaxHeads];
+  __shared__ float s_acc[kSwaWarps][kMaxHeads][D];
 
+  const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int split = blockIdx.x;
   const int64_t nh = blockIdx.y;  // n * HKV + hk
   const int64_t n = nh / HKV;
@@ -42,7 +60,6 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   const int h0 = blockIdx.z * kMaxHeads;
   const int nheads = min(kMaxHeads, G - h0);
   const int H = HKV * G;
-  const int grp = threadIdx.x / GW, gl = threadIdx.x % GW, d0 = gl * VEC;
 
   const int64_t L = load_index(seq_lens, lens64, n);
   const int64_t slot = slots ? load_index(slots, slots64, n) : n;
@@ -55,97 +72,139 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   const int64_t a = lo + split * chunk;
   const int64_t cnt = max(static_cast<int64_t>(0), min(L, a + chunk) - a);
   const int64_t row_stride = static_cast<int64_t>(HKV) * D;
-  const T* kbase = kc + (slot * C * HKV + hk) * D + d0;
-  const T* vbase = vc + (slot * C * HKV + hk) * D + d0;
+  const T* kbase = kc + (slot * C * HKV + hk) * D;
+  const T* vbase = vc + (slot * C * HKV + hk) * D;
   const int64_t r0 = cnt > 0 ? a % C : 0;
 
-  float qf[kMaxHeads][VEC], m[kMaxHeads], l[kMaxHeads], acc[kMaxHeads][VEC];
+  for (int i = tid; i < kMaxHeads * D; i += kSwaThreads) {
+    const int h = i / D, d = i % D;
+    s_q[h][d] = h < nheads ? to_float(q[(n * H + hk * G + h0 + h) * D + d]) * scale_log2 : 0.f;
+  }
+  __syncthreads();
+
+  float m[kMaxHeads], lsum[kMaxHeads], acc[kMaxHeads][DPL];
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
     m[h] = -INFINITY;
-    l[h] = 0.f;
-    V qv;
-    if (h < nheads) qv = *reinterpret_cast<const V*>(q + (n * H + hk * G + h0 + h) * D + d0);
+    lsum[h] = 0.f;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      qf[h][e] = h < nheads ? to_float(qv.v[e]) * scale_log2 : 0.f;
-      acc[h][e] = 0.f;
-    }
+    for (int i = 0; i < DPL; ++i) acc[h][i] = 0.f;
   }
 
-  // The trip count is uniform over the block (shuffles below need whole warps).
-  for (int64_t j0 = 0; j0 < cnt; j0 += static_cast<int64_t>(NGRP) * kKeysInFlight) {
-    V kv[kKeysInFlight], vv[kKeysInFlight];
-    bool ok[kKeysInFlight];
+  // The trip count is uniform over the block (barriers and shuffles below).
+  for (int64_t t0 = 0; t0 < cnt; t0 += kSwaTile) {
+    // 1. scores of key t0 + tid for every head
+    const int64_t j = t0 + tid;
+    const bool ok = j < cnt;
+    float sc[kMaxHeads];
 #pragma unroll
-    for (int u = 0; u < kKeysInFlight; ++u) {
-      const int64_t j = j0 + u * NGRP + grp;
-      ok[u] = j < cnt;
-      if (ok[u]) {
-        int64_t row = r0 + j;  // the chunk never wraps twice (cnt <= C)
-        if (row >= C) row -= C;
-        kv[u] = *reinterpret_cast<const V*>(kbase + row * row_stride);
-        vv[u] = *reinterpret_cast<const V*>(vbase + row * row_stride);
+    for (int h = 0; h < kMaxHeads; ++h) sc[h] = 0.f;
+    if (ok) {
+      int64_t row = r0 + j;  // the chunk never wraps twice (cnt <= C)
+      if (row >= C) row -= C;
+      const KV* kr = reinterpret_cast<const KV*>(kbase + row * row_stride);
+#pragma unroll
+      for (int cb = 0; cb < NV; cb += KB) {
+        KV kv[KB];
+#pragma unroll
+        for (int c = 0; c < KB; ++c) kv[c] = kr[cb + c];
+#pragma unroll
+        for (int c = 0; c < KB; ++c) {
+          float kf[VEC];
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) kf[e] = to_float(kv[c].v[e]);
+#pragma unroll
+          for (int h = 0; h < kMaxHeads; ++h) {
+            if (h >= nheads) break;  // uniform
+#pragma unroll
+            for (int e4 = 0; e4 < VEC; e4 += 4) {
+              const float4 qv = *reinterpret_cast<const float4*>(&s_q[h][(cb + c) * VEC + e4]);
+              sc[h] += qv.x * kf[e4] + qv.y * kf[e4 + 1] + qv.z * kf[e4 + 2] + qv.w * kf[e4 + 3];
+            }
+          }
+        }
       }
     }
+    // 2. online softmax: block-wide tile max per head
 #pragma unroll
     for (int h = 0; h < kMaxHeads; ++h) {
-      if (h >= nheads) break;  // uniform
-      float sc[kKeysInFlight];
-      float mnew = m[h];
+      if (!ok) sc[h] = -INFINITY;
+      const float wm = warp_reduce_max<kWarpSize>(sc[h]);
+      if (lane == 0) s_red[warp][h] = wm;
+    }
+    __syncthreads();
 #pragma unroll
-      for (int u = 0; u < kKeysInFlight; ++u) {
-        float d = 0.f;
-        if (ok[u]) {
+    for (int h = 0; h < kMaxHeads; ++h) {
+      float tm = -INFINITY;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) d += qf[h][e] * to_float(kv[u].v[e]);
-        }
-        d = warp_reduce_sum<GW>(d);
-        sc[u] = ok[u] ? d : -INFINITY;
-        mnew = fmaxf(mnew, sc[u]);
-      }
-      if (mnew == -INFINITY) continue;  // nothing seen yet by this lane group
-      const float corr = exp2f(m[h] - mnew);
+      for (int w = 0; w < kSwaWarps; ++w) tm = fmaxf(tm, s_red[w][h]);
+      const float mnew = fmaxf(m[h], tm);
+      const float corr = m[h] == -INFINITY ? 0.f : exp2f(m[h] - mnew);
+      const float p = sc[h] == -INFINITY ? 0.f : exp2f(sc[h] - mnew);
+      s_p[tid][h] = p;
+      lsum[h] = lsum[h] * corr + p;
       m[h] = mnew;
-      l[h] *= corr;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[h][e] *= corr;
+      for (int i = 0; i < DPL; ++i) acc[h][i] *= corr;
+    }
+    __syncthreads();
+    // 3. P.V over this warp's keys of the tile
+    const int kbeg = warp * kPvKeysPerWarp;
 #pragma unroll
-      for (int u = 0; u < kKeysInFlight; ++u) {
-        if (!ok[u]) continue;
-        const float p = exp2f(sc[u] - mnew);
-        l[h] += p;
+    for (int u0 = 0; u0 < kPvKeysPerWarp; u0 += kPvUnroll) {
+      VV vv[kPvUnroll];
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[h][e] += p * to_float(vv[u].v[e]);
+      for (int u = 0; u < kPvUnroll; ++u) {
+        const int64_t jj = t0 + kbeg + u0 + u;
+        if (jj < cnt) {
+          int64_t row = r0 + jj;
+          if (row >= C) row -= C;
+          vv[u] = *reinterpret_cast<const VV*>(vbase + row * row_stride + lane * DPL);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kPvUnroll; ++u) {
+        const int kk = kbeg + u0 + u;
+        if (t0 + kk >= cnt) break;  // uniform over the warp
+        float vf[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) vf[i] = to_float(vv[u].v[i]);
+#pragma unroll
+        for (int h = 0; h < kMaxHeads; ++h) {
+          if (h >= nheads) break;
+          const float p = s_p[kk][h];
+#pragma unroll
+          for (int i = 0; i < DPL; ++i) acc[h][i] += p * vf[i];
+        }
       }
     }
+    __syncthreads();  // s_p and s_red are rewritten by the next tile
   }
 
-  // Merge the lane groups of the block.
+  // Merge: row sums over the block, accumulators over the warps (m is uniform over the block).
+  if (tid == 0) {
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h) s_m[h] = m[h];
+  }
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
+    const float ws = warp_reduce_sum<kWarpSize>(lsum[h]);
+    if (lane == 0) s_red[warp][h] = ws;
     if (h < nheads) {
-      if (gl == 0) {
-        s_ml[grp][h][0] = m[h];
-        s_ml[grp][h][1] = l[h];
-      }
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) s_acc[grp][h][d0 + e] = acc[h][e];
+      for (int i = 0; i < DPL; ++i) s_acc[warp][h][lane * DPL + i] = acc[h][i];
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < nheads * D; i += blockDim.x) {
+  for (int i = tid; i < nheads * D; i += kSwaThreads) {
     const int h = i / D, d = i % D;
-    float M = -INFINITY;
-    for (int g2 = 0; g2 < NGRP; ++g2) M = fmaxf(M, s_ml[g2][h][0]);
     float Ls = 0.f, A = 0.f;
-    if (M != -INFINITY) {
-      for (int g2 = 0; g2 < NGRP; ++g2) {
-        const float f = exp2f(s_ml[g2][h][0] - M);
-        Ls += f * s_ml[g2][h][1];
-        A += f * s_acc[g2][h][d];
-      }
+#pragma unroll
+    for (int w = 0; w < kSwaWarps; ++w) {
+      Ls += s_red[w][h];
+      A += s_acc[w][h][d];
     }
+    float M = s_m[h];
     const int64_t head = n * H + hk * G + h0 + h;
     if (bad_slot) {  // NaN out; partials that the combine turns into NaN
       M = 0.f;
@@ -211,7 +270,7 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const vo
                          int window, float scale, int nsplit, float* ws, cudaStream_t st) {
   const int G = H / HKV;
   const dim3 grid(nsplit, static_cast<unsigned>(N * HKV), static_cast<unsigned>(ceil_div(G, kMaxHeads)));
-  swa_decode_kernel<T, D><<<grid, kSwaBlock, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
+  swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
                                                       static_cast<const T*>(vc), lens, lens64, slots, slots64, C, ns, HKV,
                                                       G, window, scale * kLog2e, nsplit, static_cast<T*>(o), ws);
   SBOPS_RETURN_IF_ERROR(last_launch_error());
@@ -242,9 +301,13 @@ bool swa_decode_supports(int D, DType dtype) {
 int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C) {
   const int64_t pairs = N * HKV * ceil_div(H / HKV, kMaxHeads);
   const int64_t keys = window < 0 ? C : (window + 1 < C ? window + 1 : C);
-  const int64_t want = ceil_div(2 * static_cast<int64_t>(num_sms()), pairs);
-  const int64_t cap = ceil_div(keys, kMinKeysPerSplit);
-  int64_t s = want < cap ? want : cap;
+  // Splits of about kKeysPerSplit keys, more when the grid would not fill kBlocksPerSm blocks per
+  // SM, never shorter than one tile.
+  const int64_t by_len = ceil_div(keys, kKeysPerSplit);
+  const int64_t by_grid = ceil_div(static_cast<int64_t>(kBlocksPerSm) * num_sms(), pairs);
+  const int64_t cap = ceil_div(keys, kSwaTile);
+  int64_t s = by_len > by_grid ? by_len : by_grid;
+  if (s > cap) s = cap;
   if (s > 1024) s = 1024;
   return static_cast<int>(s < 1 ? 1 : s);
 }

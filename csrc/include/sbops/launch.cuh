@@ -1,10 +1,14 @@
 // Launch helpers shared by the torch-free CUDA kernels: grid sizing, error propagation, the dtype
 // tags that launchers take instead of torch ScalarTypes, and small device helpers for index
-// tensors that may be int32 or int64.  Torch-free: includes only CUDA headers.
+// tensors that may be int32 or int64.  Torch-free: includes only CUDA headers (and, under
+// USE_MACA, the MACA compatibility header: the same code builds with cu-bridge for MetaX GPUs and,
+// with SBOPS_MACA_SIM, with nvcc for NVIDIA GPUs; see backends/maca/README.md).
 #pragma once
 
 #include <cstdint>
 #include <cuda_runtime.h>
+
+#include "sbops/maca_compat.h"
 
 #if defined(__CUDACC__)
 #define SBOPS_HOST_DEVICE __host__ __device__

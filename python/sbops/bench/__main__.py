@@ -1,0 +1,312 @@
+"""`python -m sbops.bench` / `sbops-bench`: cross-backend correctness and speed report.
+
+    python -m sbops.bench                       # --quick on CPU, --full when a GPU is present
+    python -m sbops.bench --ops swa,topk_gating --backends cuda --shapes 32k
+    python -m sbops.bench --full --markdown benchmarks/RESULTS.md --plots benchmarks/plots
+    python -m sbops.bench --compare old.json     # this run vs an earlier one
+    python -m sbops.bench --compare old.json new.json   # two files, no run
+
+Exit status: 1 if any correctness check failed (or errored), 2 on bad arguments, 130 when
+interrupted (Ctrl-C / SIGTERM: the partial results are still reported), else 0.  The JSON file is
+rewritten after every case, so a run killed from outside keeps what it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import signal
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from . import report
+
+
+CPU_DEFAULT_PEERS = ("fla", "sdpa", "torch.eager")
+
+
+def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    """['a,b', 'c'] -> ['a', 'b', 'c']; None stays None."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m sbops.bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small shapes (default without a GPU)")
+    mode.add_argument("--full", action="store_true", help="the SpikingBrain shapes (default with a GPU)")
+    ap.add_argument("--long", action="store_true", help="also time linear_attn fwd at T=1M (full mode)")
+    ap.add_argument("--ops", action="append", metavar="NAMES",
+                    help="families (linear_attn, swa, spike, moe) or op names, comma separated")
+    ap.add_argument("--backends", action="append", metavar="NAMES", help="backends to run (default: all available)")
+    ap.add_argument("--shapes", action="append", metavar="TEXT",
+                    help="keep cases whose name or shape contains one of these substrings")
+    ap.add_argument("--peers", action="append", metavar="NAMES",
+                    help="peer name prefixes to time (fla, sdpa, flex, torch.eager, torch.compile; 'torch' = "
+                         "both), 'all' or 'none'; default: all with a GPU, fla/sdpa/torch.eager without one "
+                         "(compiling flex/torch.compile peers takes 10-30 s each on a CPU)")
+    ap.add_argument("--only", choices=("correctness", "speed"), help="run only one part")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                    help="input dtype (default: float32 on CPU, bfloat16 on GPU)")
+    ap.add_argument("--json", metavar="PATH", help="result file (default: sbops-bench.json in $OUT or the cwd)")
+    ap.add_argument("--markdown", metavar="PATH", help="also write a Markdown report")
+    ap.add_argument("--plots", metavar="DIR", help="write PNG plots (speedup per family, time to first token)")
+    ap.add_argument("--ttft", action=argparse.BooleanOptionalAction, default=None,
+                    help="measure the time-to-first-token curve (default: on with --plots or --markdown)")
+    ap.add_argument("--compare", nargs="+", metavar="JSON",
+                    help="OLD: compare this run with OLD; OLD NEW: compare two files without running")
+    ap.add_argument("--budget", type=float, help="seconds of timing per measurement (default 1 CPU, 10 GPU)")
+    ap.add_argument("--timeout", type=float, help="hard limit per case in seconds (default 20x budget)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    if args.compare and len(args.compare) > 2:
+        ap.error("--compare takes OLD or OLD NEW")
+    return args
+
+
+def _progress_printer(total: int, quiet: bool):
+    """(advance(label), stop()) - a rich progress bar on a TTY, plain lines on stderr otherwise."""
+    if quiet:
+        return (lambda label, done=True: None), (lambda: None)
+    if report.HAVE_RICH and sys.stdout.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        transient=True)
+        task = prog.add_task("sbops.bench", total=total)
+        prog.start()
+
+        def advance(label, done=True):
+            prog.update(task, description=label[:70], advance=1 if done else 0)
+        return advance, prog.stop
+    count = [0]
+
+    def advance(label, done=True):
+        if done:
+            count[0] += 1
+            print(f"[{count[0]}/{total}] {label}", file=sys.stderr, flush=True)
+    return advance, lambda: None
+
+
+def _default_json() -> str:
+    return os.path.join(os.environ.get("OUT") or os.getcwd(), "sbops-bench.json")
+
+
+def compare_only(old_path: str, new_path: str) -> int:
+    for t in report.compare_tables(report.load_json(old_path), report.load_json(new_path)):
+        report.print_table(t)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.compare and len(args.compare) == 2:
+        return compare_only(*args.compare)
+
+    import sbops
+
+    from . import cases as C
+    from . import harness, peers, runner, ttft
+
+    gpu = torch.cuda.is_available()
+    mode = "full" if args.full else "quick" if args.quick else ("full" if gpu else "quick")
+    info = sbops.backends()
+    wanted = _split(args.backends)
+    unknown = [b for b in (wanted or []) if b not in info]
+    if unknown:
+        print(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(info)}", file=sys.stderr)
+        return 2
+    run_backends = [b for b in (wanted or list(info)) if info[b]["available"]]
+    for b in wanted or []:
+        if not info[b]["available"]:
+            print(f"note: backend {b} is not available here: {info[b]['reason']}", file=sys.stderr)
+    # sbops.backends() lists the highest priority first, so GPU backends run before the CPU
+    ops, shapes = _split(args.ops), _split(args.shapes)
+
+    def env_for(b: str) -> C.Env:
+        device = info[b]["devices"][0]
+        dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
+        return C.Env(b, device, dtype, args.seed)
+
+    envs = [env_for(b) for b in run_backends]
+
+    requested_peers = _split(args.peers)
+    peer_note = None
+    if requested_peers is None and any(e.device == "cpu" for e in envs):
+        peer_note = ("CPU default: compiled peers (flex, torch.compile) not run on the CPU (compile time); "
+                     "--peers all runs them")
+
+    def peers_for(env: C.Env) -> Optional[List[str]]:
+        """Peer name prefixes to time on this backend (None: all)."""
+        if requested_peers is None:
+            # compiling flex / torch.compile peers costs 10-30 s each on a small CPU: opt-in there
+            return list(CPU_DEFAULT_PEERS) if env.device == "cpu" else None
+        if requested_peers == ["all"]:
+            return None
+        return [] if requested_peers == ["none"] else requested_peers
+
+    def budget_for(env: C.Env) -> float:
+        return args.budget or (1.0 if env.device == "cpu" else 10.0)
+
+    checks = [] if args.only == "speed" else [c for c in C.select(C.checks(), ops, shapes)
+                                              if mode == "full" or not c.full_only]
+
+    def speed_for(env: C.Env) -> list:
+        """The speed cases of one backend.  The CPU reference always gets the quick shapes: the
+        full (GPU) shapes would take hours there, in native calls no time limit can interrupt."""
+        if args.only == "correctness":
+            return []
+        return C.select(C.speed_cases("quick" if env.device == "cpu" else mode, long=args.long), ops, shapes)
+
+    speed = {env.backend: speed_for(env) for env in envs}
+    want_ttft = args.ttft if args.ttft is not None else bool(args.plots or args.markdown)
+    families = {c.family for c in C.select(C.speed_cases(mode), ops, None)}
+    ttft_env = next((e for e in envs if e.device != "cpu"), envs[0] if envs else None)
+    do_ttft = (want_ttft and args.only != "correctness" and ttft_env is not None
+               and {"linear_attn", "swa"} <= families)
+
+    ttft_ts = ttft.GPU_TS if ttft_env is not None and ttft_env.device != "cpu" else ttft.CPU_TS
+    total = len(envs) * len(checks) + sum(map(len, speed.values())) + (len(ttft_ts) if do_ttft else 0)
+    advance, stop = _progress_printer(total, args.quiet)
+
+    devices = sorted({e.device for e in envs}, key=lambda d: d == "cpu")
+    main_device = devices[0] if devices else "cpu"
+    results: Dict[str, Any] = {
+        "meta": {
+            "device": harness.device_name(main_device), "device_type": main_device,
+            "torch": torch.__version__, "triton": _version("triton"), "sbops": sbops.__version__,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": "python -m sbops.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "mode": mode, "speed_shapes": {e.backend: "quick" if e.device == "cpu" else mode for e in envs},
+            "dtype": ", ".join(sorted({str(e.dtype).replace("torch.", "") for e in envs})),
+            "backends": {n: {"available": b["available"], "reason": b["reason"], "devices": b["devices"]}
+                         for n, b in info.items()},
+            "backends_run": run_backends, "peers_installed": peers.installed(),
+            "peers_run": {e.backend: peers_for(e) or "all" for e in envs}, "peers_note": peer_note,
+            "budget_s": {e.backend: budget_for(e) for e in envs},
+            "timeout_s": {e.backend: args.timeout or 20 * budget_for(e) for e in envs},
+            "seed": args.seed, "roofline": {},
+        },
+        "correctness": [], "speed": [],
+    }
+    json_path = args.json or _default_json()
+
+    def save() -> None:
+        """Rewrite the JSON after every case: a run killed from outside keeps what it measured."""
+        report.write_json(results, json_path)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt) if main_thread else None
+    try:
+        for env in envs:
+            budget, timeout = budget_for(env), args.timeout or 20 * budget_for(env)
+            for chk in checks:
+                advance(f"{env.backend} check {chk.op} {chk.shape}", done=False)
+                row = runner.run_check(chk, env, timeout)
+                results["correctness"].append(row)
+                save()
+                advance(f"{env.backend} check {chk.op} {chk.shape}: {report.result_word(row)}")
+            if speed[env.backend] and env.device not in results["meta"]["roofline"]:
+                results["meta"]["roofline"][env.device] = harness.roofline(env.device, env.dtype)
+            for case in speed[env.backend]:
+                label = f"{env.backend} speed {case.name}"
+                advance(label, done=False)
+                row = runner.run_speed(case, env, results["meta"]["roofline"][env.device], budget, timeout,
+                                       peers_for(env), progress=lambda s: advance(f"{env.backend} {s}", done=False))
+                results["speed"].append(row)
+                save()
+                advance(f"{label}: " + (report.fmt_ms(row["median_ms"]) if row["median_ms"] is not None
+                                        else row.get("error") or row.get("skipped", "")))
+        if do_ttft:
+            cpu = ttft_env.device == "cpu"
+            budget, timeout = budget_for(ttft_env), args.timeout or 20 * budget_for(ttft_env)
+            H, HKV, D, window = (4, 1, 64, 256) if cpu else (C.H7, C.HKV7, C.D7, C.WINDOW7)
+            results["ttft"] = ttft.ttft_curve(ttft_env, ttft_ts, H, HKV, D, window, budget,
+                                              sdpa_limit_s=0.3 if cpu else 1.0, timeout=timeout,
+                                              progress=lambda s: advance(s))
+        elif want_ttft:
+            results["ttft_note"] = "time-to-first-token curve skipped (needs the linear_attn and swa families)"
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: report what was measured so far
+        results["meta"]["interrupted"] = True
+    finally:
+        stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+    # ---- output: files first, then the tables, the summary last
+    save()
+    plot_files: List[str] = []
+    if args.plots:
+        plot_files, note = report.plots(results, args.plots)
+        if note:
+            print(note, file=sys.stderr)
+    if args.markdown:
+        report.markdown(results, args.markdown, plot_files)
+
+    tables = []
+    if results["correctness"]:
+        tables.append(report.correctness_table(results["correctness"]))
+    if results["speed"]:
+        tables.append(report.speed_table(results["speed"]))
+    if results.get("ttft"):
+        tables.append(report.ttft_table(results["ttft"]))
+    if args.compare:
+        tables += report.compare_tables(report.load_json(args.compare[0]), results)
+    _print = _printer()
+    for t in tables:
+        report.print_table(t, _print.console)
+    failed = report.summary(results)["checks_failed"]
+    _print(f"{results['meta']['device']} | mode {mode} | backends {', '.join(run_backends) or 'none'}")
+    _print(report.summary_text(results))
+    if peer_note and results["speed"]:
+        _print(peer_note)
+    _print(f"JSON: {json_path}" + (f" | Markdown: {args.markdown}" if args.markdown else "")
+           + (f" | plots: {', '.join(plot_files)}" if plot_files else ""))
+    if not envs:
+        _print("no backend available to run")
+    if results["meta"].get("interrupted"):
+        _print("INTERRUPTED: the results above are partial")
+    if failed:
+        return 1
+    return 130 if results["meta"].get("interrupted") else 0
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def _printer() -> Callable[[str], None]:
+    """print() through rich's console when available (so long lines wrap with the tables)."""
+    console = None
+    if report.HAVE_RICH and sys.stdout.isatty():
+        import rich.console
+        console = rich.console.Console()
+
+    def out(text: str) -> None:
+        if console is not None:
+            console.print(report._escape(text), highlight=False)
+        else:
+            print(text)
+    out.console = console
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

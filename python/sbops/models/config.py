@@ -1,0 +1,96 @@
+"""SpikingBrainConfig: the hyper-parameters of a SpikingBrain-style model, derivable from a Qwen2Config."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+LAYER_TYPES = ("gla", "swa", "hybrid")
+KINDS = ("7b", "76b")
+
+
+@dataclass
+class SpikingBrainConfig:
+    """Model hyper-parameters.
+
+    layer_types[i] is "gla" (GatedLinearAttention), "swa" (SlidingWindowAttention) or "hybrid"
+    (HybridAttention). Softmax attention uses `window` except on `full_attention_layers` (full
+    causal). num_experts > 0 makes every FFN a MoEBlock, else a dense SwiGLU. spike_k (None: off)
+    spike-codes the inputs of every projection inside the blocks (attention and FFN; not the
+    embeddings, the router or lm_head); weight_quant="int8" fake-quantises their weights.
+    """
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    layer_types: Tuple[str, ...]
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    window: int = 4096
+    full_attention_layers: Tuple[int, ...] = ()
+    qkv_bias: bool = True
+    gate_low_rank_dim: int = 16
+    gate_logit_normalizer: float = 16.0
+    num_meta_tokens: int = 0
+    key_clamp: float = 0.95
+    num_experts: int = 0
+    top_k: int = 1
+    moe_renormalize: bool = True
+    upcycle_scale: float = 0.98
+    router_aux_loss_coef: float = 0.01
+    spike_k: Optional[float] = None
+    weight_quant: Optional[str] = None
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        self.layer_types = tuple(self.layer_types)
+        self.full_attention_layers = tuple(self.full_attention_layers)
+        bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+        if bad:
+            raise ValueError(f"SpikingBrainConfig: unknown layer types {bad}; expected {LAYER_TYPES}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"SpikingBrainConfig: num_heads={self.num_heads} must be a multiple of "
+                             f"num_kv_heads={self.num_kv_heads}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_types)
+
+    def layer_window(self, i: int) -> int:
+        return -1 if i in self.full_attention_layers else self.window
+
+    def replace(self, **changes) -> "SpikingBrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_qwen2(cls, qwen2_config, kind: str = "7b", **overrides) -> "SpikingBrainConfig":
+        """Derive the config of a SpikingBrain-`kind` model from a Hugging Face Qwen2Config.
+
+        kind="7b": layers alternate GLA (even) / SWA (odd), window 4096, dense FFN.
+        kind="76b": every layer is HybridAttention with 128 meta tokens, FFNs are MoE with 16 routed
+        experts (top-1, softmax) + 1 shared expert, upcycled with scale 0.98.
+        Any field can be overridden by keyword (e.g. window=8, num_experts=4 for tiny models).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        q = qwen2_config
+        n = q.num_hidden_layers
+        head_dim = getattr(q, "head_dim", None) or q.hidden_size // q.num_attention_heads
+        rope_theta = getattr(q, "rope_theta", None)
+        if rope_theta is None:  # transformers >= 5 keeps it in rope_parameters
+            rope_theta = (getattr(q, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        fields = dict(
+            vocab_size=q.vocab_size, hidden_size=q.hidden_size, intermediate_size=q.intermediate_size,
+            num_heads=q.num_attention_heads, num_kv_heads=q.num_key_value_heads, head_dim=head_dim,
+            rms_norm_eps=q.rms_norm_eps, rope_theta=float(rope_theta),
+            tie_word_embeddings=bool(getattr(q, "tie_word_embeddings", False)),
+            initializer_range=getattr(q, "initializer_range", 0.02))
+        if kind == "7b":
+            fields.update(layer_types=tuple("gla" if i % 2 == 0 else "swa" for i in range(n)))
+        else:
+            fields.update(layer_types=("hybrid",) * n, num_meta_tokens=128, num_experts=16, top_k=1)
+        fields.update(overrides)
+        return cls(**fields)

@@ -1,0 +1,64 @@
+"""Build SpikingBrain-style models from a Qwen2 config, and convert Qwen2 weights (the paper's recipe)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import GatedLinearAttention, MoEBlock
+from .config import SpikingBrainConfig
+from .spikingbrain import SpikingBrainForCausalLM
+
+
+def build_from_qwen2_config(qwen2_config, kind: str = "7b", **overrides) -> SpikingBrainForCausalLM:
+    """A randomly initialised SpikingBrain-`kind` model shaped after `qwen2_config` (see
+    SpikingBrainConfig.from_qwen2 for what kind and overrides mean)."""
+    return SpikingBrainForCausalLM(SpikingBrainConfig.from_qwen2(qwen2_config, kind, **overrides))
+
+
+@torch.no_grad()
+def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBrainForCausalLM:
+    """Convert a Hugging Face Qwen2ForCausalLM into a SpikingBrain-`kind` model.
+
+    Reused as they are: token embeddings, every RMSNorm, lm_head, and each layer's attention
+    q/k/v (with biases) and o projections -- for GLA layers the same projections feed relu(q),
+    relu(k) and v, for hybrid layers both branches share them.  Dense FFNs are copied; MoE FFNs
+    (kind="76b") are upcycled from the layer's dense FFN (MoEBlock.upcycle_from, scale
+    config.upcycle_scale).  New parameters start small: the GLA gate projections ~ N(0, 0.02^2)
+    with a zero bias (so every channel starts with decay exp(logsigmoid(0) / 16) ~ 0.958), the
+    per-head output norms at 1, meta tokens ~ N(0, 0.02^2).  The result has the source's dtype
+    and device.  Every source tensor is either reused or upcycled; anything left over is an error.
+    """
+    cfg = SpikingBrainConfig.from_qwen2(model.config, kind, **overrides)
+    src_param = next(model.parameters())
+    dst = SpikingBrainForCausalLM(cfg).to(device=src_param.device, dtype=src_param.dtype)
+
+    src_sd = model.state_dict()
+    dst_sd = dst.state_dict()
+    used = set()
+    for name, tensor in dst_sd.items():
+        if name in src_sd and ".mlp." not in name:
+            if src_sd[name].shape != tensor.shape:
+                raise ValueError(f"convert_qwen2: {name} has shape {tuple(src_sd[name].shape)} in the source "
+                                 f"but {tuple(tensor.shape)} in the SpikingBrain model")
+            tensor.copy_(src_sd[name])
+            used.add(name)
+
+    for i, (src_layer, dst_layer) in enumerate(zip(model.model.layers, dst.model.layers)):
+        prefix = f"model.layers.{i}.mlp."
+        if isinstance(dst_layer.mlp, MoEBlock):
+            dst_layer.mlp.upcycle_from(src_layer.mlp, cfg.upcycle_scale)
+        else:
+            dst_layer.mlp.load_state_dict(src_layer.mlp.state_dict())
+        used.update(n for n in src_sd if n.startswith(prefix))
+        attn = dst_layer.self_attn
+        if isinstance(attn, GatedLinearAttention):
+            nn.init.normal_(attn.gk_proj[0].weight, std=0.02)
+            nn.init.normal_(attn.gk_proj[1].weight, std=0.02)
+            nn.init.zeros_(attn.gk_proj[1].bias)
+
+    if cfg.tie_word_embeddings:
+        used.add("lm_head.weight")
+    leftover = sorted(set(src_sd) - used)
+    if leftover:
+        raise ValueError(f"convert_qwen2: source tensors with no place in the SpikingBrain model: {leftover}")
+    return dst

@@ -1,0 +1,89 @@
+"""MoEBlock: SpikingBrain-76B's mixture-of-experts FFN on top of the sbops routing ops."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+import sbops
+
+from .common import SwiGLU
+
+
+class MoEBlock(nn.Module):
+    """Routed SwiGLU experts plus one always-on shared expert.
+
+        y = shared(x) + sum_j w_j * expert_{id_j}(x)
+
+    Router: logits = router(x) (a plain linear, not spike-coded), then
+    sbops.topk_gating(logits, top_k, "softmax", renormalize) picks experts and weights.
+    Tokens are grouped by expert with sbops.moe_permute, each expert runs on its contiguous rows,
+    and sbops.moe_unpermute scatters the weighted results back.  Grouping rows needs the expert
+    offsets on the host: one device-to-host sync per forward (so this block is not fullgraph-
+    traceable by torch.compile).
+
+    forward returns (y, aux_loss): the Switch-Transformer load-balancing loss
+        aux = E * sum_e f_e * P_e,
+    f_e = fraction of routed (token, slot) pairs sent to expert e (sbops.expert_counts, no
+    gradient), P_e = mean router softmax probability of expert e (differentiable). It is 1 for a
+    perfectly balanced router; the model scales it by its aux-loss coefficient.
+
+    Note on renormalize: with top-1 and renormalize=True every weight is exactly 1, so the router
+    learns from the aux loss only; renormalize=False (Switch style, w = router probability) lets
+    the language-model loss train it too.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int = 16, top_k: int = 1,
+                 shared_intermediate_size: Optional[int] = None, renormalize: bool = True,
+                 spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
+        super().__init__()
+        self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
+        self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size, spike_k, weight_quant)
+                                     for _ in range(num_experts))
+        self.shared_expert = SwiGLU(hidden_size, shared_intermediate_size or intermediate_size, spike_k, weight_quant)
+
+    @torch.no_grad()
+    def upcycle_from(self, dense: nn.Module, scale: float = 0.98) -> "MoEBlock":
+        """Initialise from a dense SwiGLU FFN (anything with gate_proj/up_proj/down_proj, e.g. Qwen2MLP).
+
+        Every routed expert and the shared expert are copies of the dense FFN. Interpretation of the
+        paper's upcycling scale (0.98 for 16 experts, top-1): `scale` is the share of the dense
+        FFN's output given to the routed experts, i.e. it multiplies the routed experts'
+        down_proj weight, and the shared expert's down_proj is multiplied by (1 - scale). With
+        routing weights that sum to 1 (renormalize=True, or top-1) the upcycled block then computes
+        exactly the dense FFN at initialisation: y = (1 - s) FFN(x) + s FFN(x). The router is
+        initialised small (std 0.02), so early routing is near-uniform.
+        """
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"MoEBlock.upcycle_from: scale must lie in [0, 1], got {scale}")
+        for expert, share in [(e, scale) for e in self.experts] + [(self.shared_expert, 1.0 - scale)]:
+            expert.gate_proj.weight.copy_(dense.gate_proj.weight)
+            expert.up_proj.weight.copy_(dense.up_proj.weight)
+            expert.down_proj.weight.copy_(dense.down_proj.weight * share)
+        nn.init.normal_(self.router.weight, std=0.02)
+        return self
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        logits = self.router(x2)
+        weights, ids = sbops.topk_gating(logits, self.top_k, "softmax", self.renormalize)
+        x_perm, offsets, row_map = sbops.moe_permute(x2, ids, self.num_experts)
+
+        # Each expert on its contiguous block of rows; the tail rows (dropped slots) stay zero.
+        bounds = offsets.tolist()
+        pieces = [self.experts[e](x_perm[bounds[e]:bounds[e + 1]])
+                  for e in range(self.num_experts) if bounds[e + 1] > bounds[e]]
+        tail = x_perm.shape[0] - bounds[-1]
+        if tail:
+            pieces.append(x_perm.new_zeros(tail, shape[-1]))
+        y_perm = torch.cat(pieces).contiguous()
+        y = sbops.moe_unpermute(y_perm, row_map, weights)
+
+        # Switch-style load-balancing loss.
+        frac = sbops.expert_counts(ids, self.num_experts).float() / ids.numel()
+        prob = torch.softmax(logits.float(), dim=-1).mean(dim=0)
+        aux_loss = self.num_experts * (frac * prob).sum()
+        return (y + self.shared_expert(x2)).view(shape), aux_loss

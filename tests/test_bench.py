@@ -1,0 +1,140 @@
+"""`python -m sbops.bench`: JSON schema, --compare, exit status, robustness (CPU, small filtered runs)."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sbops.bench import __main__ as cli
+from sbops.bench import cases, reference, report, runner
+
+# a filtered quick run: cheap checks and speed cases of three families, short timing budget
+SMALL = ["--quick", "--ops", "spike_encode,expert_counts,linear_attn_decode", "--shapes", "63,T=300,B=1,N=3,[512",
+         "--budget", "0.1", "--quiet", "--peers", "torch.eager"]
+
+
+def _run(tmp_path, *extra, name="out.json"):
+    path = tmp_path / name
+    rc = cli.main(SMALL + ["--json", str(path), *extra])
+    return rc, json.loads(path.read_text())
+
+
+def _check_schema(res):
+    assert {"device", "torch", "triton", "sbops", "date", "backends"} <= set(res["meta"])
+    assert res["meta"]["backends"]["cpu"]["available"] is True
+    assert res["correctness"] and res["speed"]
+    for r in res["correctness"]:
+        assert {"op", "backend", "dtype", "shape", "max_abs", "rel", "bound", "passed"} <= set(r)
+        assert isinstance(r["passed"], bool) or (r["passed"] is None and r.get("skipped"))
+        if r["passed"]:
+            assert 0 <= r["rel"] <= r["bound"] and r["max_abs"] >= 0
+    for r in res["speed"]:
+        assert {"case", "op", "backend", "shape", "median_ms", "floor_ms", "peers", "ratios"} <= set(r)
+        if r["median_ms"] is not None:
+            assert r["median_ms"] > 0 and ("gbps" in r or "tflops" in r)
+            assert r["floor_ms"] > 0
+            for name, ms in r["peers"].items():
+                assert math.isclose(r["ratios"][name], ms / r["median_ms"])
+
+
+def test_quick_run_writes_json_matching_the_schema(tmp_path):
+    rc, res = _run(tmp_path)
+    assert rc == 0
+    _check_schema(res)
+    ops = {r["op"] for r in res["correctness"]}
+    assert ops == {"spike_encode", "expert_counts", "linear_attn_decode"}
+    assert all(r["passed"] for r in res["correctness"])
+    speed = {r["case"]: r for r in res["speed"]}
+    assert set(speed) == {"spike_encode [512,3584]", "linear_attn_decode B=1"}
+    assert "torch.eager" in speed["spike_encode [512,3584]"]["peers"]
+
+
+def test_markdown_and_plain_tables(tmp_path, capsys):
+    md = tmp_path / "R.md"
+    rc, res = _run(tmp_path, "--markdown", str(md), "--no-ttft", "--only", "correctness")
+    assert rc == 0
+    text = md.read_text()
+    assert "CPU run" in text and "| spike_encode | cpu | float32 |" in text
+    out = capsys.readouterr().out
+    assert "Correctness vs float64 reference" in out and "passed, 0 failed" in out
+
+
+def test_compare_two_files(tmp_path, capsys):
+    old = {"meta": {}, "correctness": [{"op": "spike_encode", "backend": "cpu", "dtype": "float32", "shape": "s",
+                                        "max_abs": 0, "rel": 0, "bound": 1e-5, "passed": True}],
+           "speed": [{"case": "a", "backend": "cpu", "median_ms": 2.0}, {"case": "b", "backend": "cpu",
+                                                                         "median_ms": 1.0},
+                     {"case": "gone", "backend": "cpu", "median_ms": 1.0}]}
+    new = json.loads(json.dumps(old))
+    new["speed"] = [{"case": "a", "backend": "cpu", "median_ms": 1.0}, {"case": "b", "backend": "cpu",
+                                                                        "median_ms": 1.5},
+                    {"case": "c", "backend": "cpu", "median_ms": 1.0}]
+    new["correctness"][0].update(passed=False, rel=1.0)
+    a, b = tmp_path / "old.json", tmp_path / "new.json"
+    a.write_text(json.dumps(old))
+    b.write_text(json.dumps(new))
+    assert cli.main(["--compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "-50.0% (faster)" in out and "+50.0% (slower)" in out
+    assert "new case" in out and "not in new run" in out
+    assert "Correctness changes" in out
+
+
+def test_compare_with_the_current_run(tmp_path, capsys):
+    _, first = _run(tmp_path, "--only", "speed", name="first.json")
+    capsys.readouterr()
+    rc, _ = _run(tmp_path, "--only", "speed", "--compare", str(tmp_path / "first.json"), name="second.json")
+    assert rc == 0
+    assert "Speed change vs earlier run" in capsys.readouterr().out
+
+
+def test_failing_check_makes_the_exit_status_nonzero(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference, "expert_counts", lambda ids, E: torch.ones(E, dtype=torch.int64))
+    rc, res = _run(tmp_path, "--only", "correctness")
+    assert rc == 1
+    bad = [r for r in res["correctness"] if not r["passed"]]
+    assert [r["op"] for r in bad] == ["expert_counts"]
+    assert bad[0]["outputs"]["counts"]["mismatches"] > 0
+
+
+def test_a_crashing_speed_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = cases.speed_cases
+
+    def broken(mode, long=False):
+        out = real(mode, long)
+        for c in out:
+            if c.op == "spike_encode":
+                c.setup = lambda env: (_ for _ in ()).throw(RuntimeError("kernel exploded"))
+        return out
+    monkeypatch.setattr(cases, "speed_cases", broken)
+    rc, res = _run(tmp_path, "--only", "speed")
+    assert rc == 0
+    rows = {r["case"]: r for r in res["speed"]}
+    assert "kernel exploded" in rows["spike_encode [512,3584]"]["error"]
+    assert rows["linear_attn_decode B=1"]["median_ms"] > 0
+
+
+def test_nan_never_passes():
+    c = cases.Compared("o", torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
+    row = runner.compare(c, bound=1e30)
+    assert row["passed"] is False and row["rel"] is None
+    ok = runner.compare(cases.Compared("o", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 + 1e-7])), 1e-5)
+    assert ok["passed"] and ok["rel"] < 1e-7
+
+
+def test_json_is_strict(tmp_path):
+    path = tmp_path / "x.json"
+    report.write_json({"a": [float("nan"), 1.0, {"b": float("inf")}]}, str(path))
+    assert json.loads(path.read_text()) == {"a": [None, 1.0, {"b": None}]}
+
+
+def test_unknown_backend_is_a_usage_error(tmp_path):
+    assert cli.main(["--backends", "nope", "--json", str(tmp_path / "x.json"), "--quiet"]) == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="console entry point check on Linux only")
+def test_module_entry_point_help():
+    r = subprocess.run([sys.executable, "-m", "sbops.bench", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--compare" in r.stdout

@@ -1,0 +1,162 @@
+"""sbops.models: Qwen2 conversion, generate() with constant-memory caches, training steps."""
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+
+from reference import rel_err
+from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, convert_qwen2, generate
+from sbops.nn import GatedLinearAttention, HybridAttention, MoEBlock, SlidingWindowAttention
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2, head_dim=16, window=8)
+
+
+def tiny_config(kind, layers=4, **kw):
+    if kind == "7b":
+        fields = dict(layer_types=tuple("gla" if i % 2 == 0 else "swa" for i in range(layers)))
+    else:
+        fields = dict(layer_types=("hybrid",) * layers, num_meta_tokens=4, num_experts=4, top_k=1)
+    return SpikingBrainConfig(**{**TINY, **fields, **kw})
+
+
+def tiny_qwen2(layers=4, tie=False):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
+                                   rope_theta=50000.0)
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+
+
+# --------------------------------------------------------------------------- conversion
+@pytest.mark.parametrize("tie", [False, True])
+def test_converted_attention_and_weights_reproduce_qwen2(tie):
+    """With every layer SWA and a window longer than the input, conversion must give Qwen2's
+    logits exactly: checks embeddings, norms, q/k/v/o (+biases), RoPE theta, MLP and lm_head."""
+    qwen = tiny_qwen2(tie=tie)
+    ids = torch.randint(0, 128, (2, 30))
+    model = convert_qwen2(qwen, "7b", layer_types=("swa",) * 4, window=64).eval()
+    assert model.config.rope_theta == 50000.0
+    with torch.no_grad():
+        assert rel_err(model(ids).logits, qwen(ids).logits) < 1e-5
+
+
+def test_convert_7b_structure():
+    qwen = tiny_qwen2()
+    model = convert_qwen2(qwen, "7b", window=8)
+    kinds = [type(layer.self_attn) for layer in model.model.layers]
+    assert kinds == [GatedLinearAttention, SlidingWindowAttention] * 2
+    for src, dst in zip(qwen.model.layers, model.model.layers):
+        for p in ("q_proj", "k_proj", "v_proj"):
+            assert torch.equal(getattr(src.self_attn, p).weight, getattr(dst.self_attn, p).weight)
+            assert torch.equal(getattr(src.self_attn, p).bias, getattr(dst.self_attn, p).bias)
+        assert torch.equal(src.mlp.down_proj.weight, dst.mlp.down_proj.weight)
+    gk = model.model.layers[0].self_attn.gk_proj
+    assert gk[0].weight.std() < 0.05 and gk[1].weight.std() < 0.05 and not gk[1].bias.any()
+
+
+def test_convert_76b_upcycles_moe():
+    qwen = tiny_qwen2(layers=2)
+    model = convert_qwen2(qwen, "76b", window=8, num_experts=4, num_meta_tokens=4)
+    layer = model.model.layers[1]
+    assert isinstance(layer.self_attn, HybridAttention) and isinstance(layer.mlp, MoEBlock)
+    assert len(layer.mlp.experts) == 4 and layer.self_attn.meta_k.shape == (4, 2, 16)
+    x = torch.randn(2, 7, 64)
+    with torch.no_grad():
+        y, _ = layer.mlp(x)
+        assert rel_err(y, qwen.model.layers[1].mlp(x)) < 1e-5  # upcycled MoE == dense FFN at init
+    assert SpikingBrainConfig.from_qwen2(qwen.config, "76b").num_experts == 16
+
+
+# --------------------------------------------------------------------------- generate + cache
+@pytest.mark.parametrize("kind", ["7b", "76b"])
+@pytest.mark.parametrize("spike", [None, 3.0])
+def test_generate_logits_match_full_recompute(kind, spike):
+    if spike is not None:
+        # Spike coding is discontinuous: float32 rounding differences between the chunked prefill
+        # and the step-by-step decode flip a spike count when x / vth lands within ~1e-7 of a
+        # rounding tie (about 1% of random tiny models here), after which the two paths differ by
+        # ~1e-4..1e-2. A fixed seed keeps this check of the cache plumbing deterministic.
+        torch.manual_seed(0)
+    model = SpikingBrainForCausalLM(tiny_config(kind, spike_k=spike)).eval()
+    prompt = torch.randint(0, 128, (2, 11))
+    out = generate(model, prompt, max_new_tokens=14, output_scores=True)
+    assert out.sequences.shape == (2, 25) and torch.equal(out.sequences[:, :11], prompt)
+    with torch.no_grad():
+        full = model(out.sequences).logits
+    # scores[:, i] chose token 11 + i, i.e. they are the logits at position 10 + i
+    assert rel_err(out.scores, full[:, 10:-1]) < 1e-5
+    assert torch.equal(out.sequences[:, 11:], full[:, 10:-1].argmax(-1))
+
+
+def test_full_attention_layers_in_76b():
+    model = SpikingBrainForCausalLM(tiny_config("76b", layers=2, full_attention_layers=(1,))).eval()
+    prompt = torch.randint(0, 128, (2, 6))
+    out = generate(model, prompt, max_new_tokens=10, output_scores=True)
+    with torch.no_grad():
+        full = model(out.sequences).logits
+    assert rel_err(out.scores, full[:, 5:-1]) < 1e-5
+    cache = model.new_cache(2, max_length=16)
+    assert cache.layers[1].softmax.k.shape[1] == 16 and cache.layers[0].softmax.k.shape[1] == 9
+
+
+@pytest.mark.parametrize("kind", ["7b", "76b"])
+def test_cache_memory_does_not_grow(kind):
+    cfg = tiny_config(kind)
+    model = SpikingBrainForCausalLM(cfg).eval()
+    cache = model.new_cache(2)
+    before = [(t.shape, t.data_ptr()) for t in cache.tensors()]
+    nbytes = cache.nbytes()
+    generate(model, torch.randint(0, 128, (2, 20)), max_new_tokens=40, cache=cache)
+    assert [(t.shape, t.data_ptr()) for t in cache.tensors()] == before and cache.nbytes() == nbytes
+    assert cache.seq_lens.tolist() == [59, 59]  # the last generated token is never fed back
+    for layer_cache, t in zip(cache.layers, cfg.layer_types):
+        if t == "gla":
+            assert layer_cache.state.shape == (2, 2, 16, 16)
+        elif t == "swa":
+            assert layer_cache.k.shape == (2, cfg.window + 1, 2, 16)
+        else:
+            assert layer_cache.linear.state.shape == (2, 2, 16, 16)
+            assert layer_cache.softmax.k.shape == (2, cfg.window + 1, 2, 16)
+
+
+def test_prefill_needs_a_fresh_cache():
+    model = SpikingBrainForCausalLM(tiny_config("7b", layers=2)).eval()
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        model(torch.randint(0, 128, (1, 5)), cache=cache)
+        with pytest.raises(ValueError, match="fresh cache"):
+            model(torch.randint(0, 128, (1, 5)), cache=cache)
+
+
+# --------------------------------------------------------------------------- training
+@pytest.mark.parametrize("kind", ["7b", "76b"])
+@pytest.mark.parametrize("spike", [None, 3.0])
+def test_training_steps_reduce_loss(kind, spike):
+    """Toy task: sequences that repeat a random 4-token pattern; a few Adam steps must lower the loss."""
+    torch.manual_seed(0)
+    model = SpikingBrainForCausalLM(tiny_config(kind, layers=2, spike_k=spike))
+    pattern = torch.randint(0, 128, (8, 4))
+    ids = pattern.repeat(1, 6)  # [8, 24]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        out = model(ids, labels=ids)
+        opt.zero_grad()
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+# --------------------------------------------------------------------------- example
+def test_example_script_runs(monkeypatch, capsys):
+    pytest.importorskip("transformers")
+    script = os.path.join(ROOT, "examples", "convert_qwen2.py")
+    monkeypatch.setattr(sys, "argv", [script, "--kind", "76b", "--max-new-tokens", "5", "--num-experts", "4"])
+    runpy.run_path(script, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "generated:" in out and "ring buffer k/v (1, 9, 2, 16)" in out
