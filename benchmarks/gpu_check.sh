@@ -26,11 +26,11 @@ if want build; then
 fi
 if want tests; then
   stamp "GPU tests"
-  (cd tests && python3 -m pytest -q -x -p no:cacheprovider . -k "(gpu or cuda or triton or opcheck) and not compile" 2>&1 | tee "$OUT/tests.log" | tail -25)
+  (cd tests && python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or opcheck) and not compile" 2>&1 | tee "$OUT/tests.log" | tail -25)
 fi
 if want bench; then
   stamp "bench --full"
-  python3 -m sbops.bench --full --json "$OUT/bench.json" --plots "$OUT" --markdown "$OUT/RESULTS.md" 2>&1 | tee "$OUT/bench.log" | tail -60
+  timeout 230 python3 -m sbops.bench --full --backends cuda --budget 2 --timeout 60 --json "$OUT/bench.json" --plots "$OUT" --markdown "$OUT/RESULTS.md" 2>&1 | tee "$OUT/bench.log" | tail -60
 fi
 if want macasim; then
   stamp "MACA simulation build + tests"
