@@ -26,7 +26,7 @@ if want build; then
 fi
 if want tests; then
   stamp "GPU tests"
-  (cd tests && python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or opcheck) and not compile" 2>&1 | tee "$OUT/tests.log" | tail -25)
+  (cd tests && python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or opcheck) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests.log" | tail -25)
 fi
 if want bench; then
   stamp "bench --full"
@@ -36,6 +36,6 @@ if want macasim; then
   stamp "MACA simulation build + tests"
   SBOPS_TARGET=cuda SBOPS_MACA_SIM=1 SBOPS_CUDA_ARCHS="90a" MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps . \
     > "$OUT/build_macasim.log" 2>&1 || { tail -50 "$OUT/build_macasim.log"; exit 1; }
-  (cd tests && SBOPS_TRITON_TUNING=maca python3 -m pytest -q -p no:cacheprovider . -k "(gpu or cuda or triton or maca) and not compile" 2>&1 | tee "$OUT/tests_macasim.log" | tail -15)
+  (cd tests && SBOPS_TRITON_TUNING=maca python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or maca) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests_macasim.log" | tail -15)
 fi
 stamp "done"
