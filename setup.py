@@ -7,6 +7,7 @@
     SBOPS_BUILD_DIR=build/xyz                 # CMake build directory (incremental rebuilds)
 """
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,8 @@ class CMakeBuild(build_ext):
         ]
         if "SBOPS_CUDA_ARCHS" in os.environ:
             args.append(f"-DSBOPS_CUDA_ARCHS={os.environ['SBOPS_CUDA_ARCHS']}")
+        # extra CMake arguments, e.g. SBOPS_CMAKE_ARGS="-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"
+        args += shlex.split(os.environ.get("SBOPS_CMAKE_ARGS", ""))
         if shutil.which("ninja") and not (build_dir / "Makefile").exists():
             args.append("-GNinja")
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))

@@ -22,11 +22,15 @@ if want build; then
   stamp "build (SBOPS_TARGET=cuda, sm_90a)"
   SBOPS_TARGET=cuda SBOPS_CUDA_ARCHS="90a" MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps . \
     > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+  grep -a "sbops:" "$OUT/build.log" | head -5
   python3 -c "import sbops, sbops._C as c; print('built', c.build_target); import json; print(json.dumps({k: (v['available'], v['reason']) for k, v in sbops.backends().items()}))"
 fi
 if want tests; then
   stamp "GPU tests"
-  (cd tests && python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or opcheck) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests.log" | tail -25)
+  (cd tests && python3 -m pytest -q -p no:cacheprovider test_build.py 2>&1 | tail -2
+   python3 -m pytest -q -p no:cacheprovider -n ${PYTEST_WORKERS:-8} --timeout=300 . \
+     -k "(gpu or cuda or triton or opcheck) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests.log" \
+     | grep -E "^FAILED|^ERROR|passed|failed|crashed|Fatal" | head -30)
 fi
 if want bench; then
   stamp "bench --full"
@@ -36,6 +40,9 @@ if want macasim; then
   stamp "MACA simulation build + tests"
   SBOPS_TARGET=cuda SBOPS_MACA_SIM=1 SBOPS_CUDA_ARCHS="90a" MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps . \
     > "$OUT/build_macasim.log" 2>&1 || { tail -50 "$OUT/build_macasim.log"; exit 1; }
-  (cd tests && SBOPS_TRITON_TUNING=maca python3 -m pytest -q -p no:cacheprovider --timeout=120 . -k "(gpu or cuda or triton or maca) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests_macasim.log" | tail -15)
+  python3 -c "import sbops._C as c, sbops._build_info as b; print('built', c.build_target, 'maca sim:', b.MACA_SIM)"
+  (cd tests && SBOPS_TRITON_TUNING=maca python3 -m pytest -q -p no:cacheprovider -n ${PYTEST_WORKERS:-8} --timeout=300 . \
+     -k "(gpu or cuda or triton or maca or opcheck) and not compile ${PYTEST_DESELECT:-}" 2>&1 | tee "$OUT/tests_macasim.log" \
+     | grep -E "^FAILED|^ERROR|passed|failed|crashed|Fatal" | head -30)
 fi
 stamp "done"

@@ -27,3 +27,16 @@ if(TORCH_CUDA_VERSION STREQUAL "none")
 endif()
 message(STATUS "sbops: torch ${TORCH_VERSION} at ${TORCH_LIBRARY_DIR} (CUDA: '${TORCH_CUDA_VERSION}', "
                "CXX11 ABI ${TORCH_CXX11_ABI})")
+
+# The C++ runtime the installed torch runs against (Linux): the libstdc++.so.6 that `import torch`
+# maps into the process.  Used below when the compiler has no shared libstdc++ of its own.
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -c
+  "import torch\n\
+try:\n\
+    print(next(l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++.so' in l))\n\
+except Exception:\n\
+    print('')"
+  OUTPUT_VARIABLE TORCH_LIBSTDCXX
+  RESULT_VARIABLE _sbops_rc
+  OUTPUT_STRIP_TRAILING_WHITESPACE)

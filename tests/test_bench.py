@@ -82,6 +82,22 @@ def test_compare_two_files(tmp_path, capsys):
     assert "Correctness changes" in out
 
 
+def test_merge_makes_one_report_from_split_runs(tmp_path, capsys):
+    _, a = _run(tmp_path, "--ops", "spike_encode", name="a.json")
+    _, b = _run(tmp_path, "--ops", "expert_counts,linear_attn_decode", name="b.json")
+    md, out = tmp_path / "R.md", tmp_path / "merged.json"
+    rc = cli.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(out),
+                   "--markdown", str(md)])
+    assert rc == 0
+    merged = json.loads(out.read_text())
+    _check_schema(merged)
+    assert merged["correctness"] == a["correctness"] + b["correctness"]
+    assert [r["case"] for r in merged["speed"]] == [r["case"] for r in a["speed"] + b["speed"]]
+    assert [m["file"] for m in merged["meta"]["merged_from"]] == ["a.json", "b.json"]
+    text = md.read_text()
+    assert "| spike_encode | cpu |" in text and "| expert_counts | cpu |" in text
+
+
 def test_compare_with_the_current_run(tmp_path, capsys):
     _, first = _run(tmp_path, "--only", "speed", name="first.json")
     capsys.readouterr()

@@ -114,14 +114,16 @@ def test_maca_triton_swa(T, H, HKV, D, window, sinks, varlen):
         sk = torch.randn(8, HKV, D, device=dev, dtype=dt).requires_grad_()
         sv = torch.randn(8, HKV, D, device=dev, dtype=dt).requires_grad_()
     o, lse = swa.swa_attn_fwd(q, k, v, window, None, cu, sk, sv, backend="maca")
-    ro, rlse = R.ref_swa_attn(q, k, v, window, None, cu, sk, sv)
+    # float64 reference on CPU (its masks are built there), gradients through autograd
+    ins = [x.detach().cpu().double().requires_grad_() for x in ([q, k, v] + ([sk, sv] if sinks else []))]
+    rsk, rsv = (ins[3], ins[4]) if sinks else (None, None)
+    ro, rlse = R.ref_swa_attn(ins[0], ins[1], ins[2], window, None, None if cu is None else cu.cpu(), rsk, rsv)
     _check(o, ro, 1e-2, "o")
     _check(lse, rlse, 1e-2, "lse")
 
     do = torch.randn_like(o)
     dq, dk, dv, dsk, dsv = swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None, cu, sk, sv, backend="maca")
-    ins = [q, k, v] + ([sk, sv] if sinks else [])
-    grads = torch.autograd.grad((ro * do.double()).sum(), ins)
+    grads = torch.autograd.grad((ro * do.cpu().double()).sum(), ins)
     for name, got, ref in zip(["dq", "dk", "dv", "dsink_k", "dsink_v"], [dq, dk, dv, dsk, dsv], grads):
         _check(got, ref, 2e-2, name)
 

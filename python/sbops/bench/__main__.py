@@ -62,6 +62,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="measure the time-to-first-token curve (default: on with --plots or --markdown)")
     ap.add_argument("--compare", nargs="+", metavar="JSON",
                     help="OLD: compare this run with OLD; OLD NEW: compare two files without running")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="write one report (--json/--markdown/--plots) from several runs' JSON files, e.g. a GPU "
+                         "run split by --ops across machines or time limits; runs nothing")
     ap.add_argument("--budget", type=float, help="seconds of timing per measurement (default 1 CPU, 10 GPU)")
     ap.add_argument("--timeout", type=float, help="hard limit per case in seconds (default 20x budget)")
     ap.add_argument("--seed", type=int, default=0)
@@ -105,10 +108,51 @@ def compare_only(old_path: str, new_path: str) -> int:
     return 0
 
 
+def merge_only(args: argparse.Namespace) -> int:
+    """One report from several JSON results: rows concatenated in file order, meta from the first
+    file plus every file's command, the first time-to-first-token curve found."""
+    runs = [report.load_json(p) for p in args.merge]
+    merged: Dict[str, Any] = {"meta": dict(runs[0]["meta"]), "correctness": [], "speed": []}
+    merged["meta"]["command"] = " && ".join(r["meta"].get("command", "?") for r in runs)
+    merged["meta"]["merged_from"] = [{"file": os.path.basename(p), "date": r["meta"].get("date"),
+                                      "device": r["meta"].get("device")} for p, r in zip(args.merge, runs)]
+    devices = {r["meta"].get("device") for r in runs}
+    if len(devices) > 1:
+        print(f"warning: merging runs from different devices: {', '.join(map(str, devices))}", file=sys.stderr)
+    for r in runs:
+        merged["correctness"] += r.get("correctness", [])
+        merged["speed"] += r.get("speed", [])
+        for key in ("roofline", "peers_installed"):
+            if isinstance(r["meta"].get(key), dict):
+                merged["meta"].setdefault(key, {})
+                merged["meta"][key] = {**r["meta"][key], **merged["meta"][key]}
+        if r.get("ttft") and not merged.get("ttft"):
+            merged["ttft"] = r["ttft"]
+        if r["meta"].get("interrupted"):
+            merged["meta"]["interrupted"] = True
+    report.write_json(merged, args.json or _default_json())
+    plot_files: List[str] = []
+    if args.plots:
+        plot_files, note = report.plots(merged, args.plots)
+        if note:
+            print(note, file=sys.stderr)
+    if args.markdown:
+        report.markdown(merged, args.markdown, plot_files)
+    _print = _printer()
+    for t in ([report.correctness_table(merged["correctness"])] if merged["correctness"] else []) + (
+            [report.speed_table(merged["speed"])] if merged["speed"] else []) + (
+            [report.ttft_table(merged["ttft"])] if merged.get("ttft") else []):
+        report.print_table(t, _print.console)
+    _print(report.summary_text(merged))
+    return 1 if report.summary(merged)["checks_failed"] else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.compare and len(args.compare) == 2:
         return compare_only(*args.compare)
+    if args.merge:
+        return merge_only(args)
 
     import sbops
 
