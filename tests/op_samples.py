@@ -7,12 +7,15 @@ import torch
 import torch.nn.functional as F
 
 
-def samples(device="cpu", dtype=torch.float32):
+def samples(device="cpu", dtype=torch.float32, head_dim=None):
+    """head_dim: 16 on the CPU (any size works there), 64 elsewhere: the GPU attention kernels take
+    head dims 64 and 128 only and reject others with an error, which opcheck would report as a failure."""
     def t(*s, grad=False, scale=1.0):
         x = (torch.randn(*s, device=device, dtype=dtype) * scale)
         return x.requires_grad_(grad)
 
-    B, T, H, HKV, K = 1, 9, 4, 2, 16
+    K = head_dim or (16 if torch.device(device).type == "cpu" else 64)
+    B, T, H, HKV = 1, 9, 4, 2
     q, k, v = t(B, T, H, K, grad=True), t(B, T, HKV, K, grad=True, scale=0.25), t(B, T, HKV, K, grad=True)
     g = F.logsigmoid(torch.randn(B, T, HKV, K, device=device)).to(dtype).requires_grad_()
     gh = F.logsigmoid(torch.randn(B, T, HKV, device=device)).to(dtype).requires_grad_()

@@ -28,9 +28,9 @@ from reference import ref_swa_attn, rel_err  # noqa: E402
 
 
 def _load_swa():
-    """The kernel module, installed (sbops.backends.cuda.triton.swa) or from the source tree."""
+    """The kernel module, installed (sbops._backends.cuda.triton.swa) or from the source tree."""
     try:
-        return importlib.import_module("sbops.backends.cuda.triton.swa")
+        return importlib.import_module("sbops._backends.cuda.triton.swa")
     except Exception:  # not installed (or the package fails to load): use the source tree
         spec = importlib.util.spec_from_file_location(
             "_sbops_triton_swa", _ROOT / "backends" / "cuda" / "triton" / "swa.py")
