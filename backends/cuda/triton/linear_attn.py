@@ -407,7 +407,7 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
         q_j = tl.load(q_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
         do_j = tl.load(do_ptr + (r[:, None] * H + ih) * V + offs_v[None, :], mask=m[:, None], other=0.0).to(dt)
         q_c = tl.load(q_ptr + (rc64[:, None] * H + ih) * K + offs_k[None, :], mask=rows_needed[:, None],
-                      other=0.0).to(tl.float32) * scale
+                      other=0.0)                                  # unscaled, input dtype
         do_c = tl.load(do_ptr + (rc64[:, None] * H + ih) * V + offs_v[None, :], mask=rows_needed[:, None],
                        other=0.0).to(dt)
         qs_j = q_j * scale
@@ -429,7 +429,7 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
             d, dq, dk_j = _diag_bwd_level(qs_j, k_jf, dd, f1, 1, d, dq, dk_j, dt, PREC)
             dv_j += _dot(tl.trans(d).to(dt), do_j, PREC)
             # later sub-blocks of the chunk (rows > end_j) onto this block's keys/values
-            qf = (q_c * qf_c.to(tl.float32)).to(dt)
+            qf = (q_c.to(tl.float32) * scale * qf_c.to(tl.float32)).to(dt)
             a_hi = _dot(qf, tl.trans(kk_hi), PREC)                 # A[t, s], [BT, SUB]
             dv_j += _dot(tl.trans(a_hi.to(dt)), do_c, PREC)
             da_hi = _dot(do_c, tl.trans(v_j), PREC)                # dA[t, s], [BT, SUB]
@@ -437,11 +437,13 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
         else:
             da_lo = _dot(do_j, tl.trans(v_c), PREC) * e_lo         # [SUB, BT], causal
             dq += _dot(da_lo.to(dt), k_c, PREC)
-            qcd = q_c.to(dt)
-            a_hi = _dot(qcd, tl.trans(k_j), PREC) * e_hi           # [BT, SUB], causal
+            # the unscaled q, scale applied in float32 after the dot (as for dq above): the t == s
+            # terms of q.dq and k.dk must cancel in d b, and with a 16-bit round(scale * q) here
+            # they did not, leaving a residue the dg cumsum amplifies under strong decay
+            a_hi = _dot(q_c, tl.trans(k_j), PREC) * (e_hi * scale)  # [BT, SUB], causal
             dv_j += _dot(tl.trans(a_hi.to(dt)), do_c, PREC)
             da_hi = _dot(do_c, tl.trans(v_j), PREC) * e_hi
-            dk_j += _dot(tl.trans(da_hi.to(dt)), qcd, PREC)
+            dk_j += _dot(tl.trans(da_hi.to(dt)), q_c, PREC) * scale
         dq = dq * scale
         tl.store(dq_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty),
                  mask=m[:, None])
