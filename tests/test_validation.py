@@ -63,3 +63,59 @@ def test_moe_and_spike_reject_bad_inputs():
         sbops.spike_encode(torch.randn(2, 4), out_dtype=torch.float16)
     with pytest.raises(ValueError, match="k must be a positive finite number"):
         sbops.spike_quant(torch.randn(2, 4), k=0)
+
+
+# ------------------------------------------------------------------ data checks can be turned off
+def _bad_decode_call():
+    q, k, v = torch.randn(2, 4, 16), torch.randn(2, 2, 16), torch.randn(2, 2, 16)
+    return lambda: sbops.linear_attn_decode(q, k, v, None, torch.zeros(3, 2, 16, 16), torch.tensor([0, 5]))
+
+
+def test_data_checks_run_by_default_and_name_the_argument():
+    with pytest.raises(IndexError, match="state_indices"):
+        _bad_decode_call()()
+
+
+def test_without_data_checks_the_kernel_still_refuses_out_of_range_indices():
+    with sbops.data_checks(False):
+        with pytest.raises(RuntimeError, match="state_indices"):  # the C++ backend's own check
+            _bad_decode_call()()
+    with pytest.raises(IndexError):  # the context ended: frontend checks again
+        _bad_decode_call()()
+
+
+def test_data_checks_switch_env_and_override(monkeypatch):
+    from sbops import _validate as V
+    monkeypatch.setenv("SBOPS_DATA_CHECKS", "0")
+    assert not V.checking_data()
+    sbops.set_data_checks(True)
+    try:
+        assert V.checking_data()
+    finally:
+        sbops.set_data_checks(None)
+    assert not V.checking_data()
+    monkeypatch.setenv("SBOPS_DATA_CHECKS", "1")
+    assert V.checking_data()
+
+
+def test_without_data_checks_no_values_are_read_back(monkeypatch):
+    # what makes the ops usable under CUDA graph capture and free of per-call GPU syncs
+    ids = torch.tensor([[0, 3], [1, -1], [2, 3]], dtype=torch.int32)
+    x = torch.randn(3, 8)
+    q, k, v = torch.randn(1, 9, 4, 64), torch.randn(1, 9, 2, 64), torch.randn(1, 9, 2, 64)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    kc, vc = torch.randn(3, 6, 2, 16), torch.randn(3, 6, 2, 16)
+
+    def no_read(*a, **kw):
+        raise AssertionError("a value was read back to the host")
+    with sbops.data_checks(False):
+        for name in ("item", "tolist", "__int__", "__bool__", "__index__"):
+            monkeypatch.setattr(torch.Tensor, name, no_read)
+        x_perm, offsets, row_map = sbops.moe_permute(x, ids, 4)
+        sbops.moe_unpermute(x_perm, row_map, torch.rand(3, 2))
+        sbops.linear_attn(q, k, v, None, cu_seqlens=cu)
+        sbops.swa_attn(q, k, v, window=3, cu_seqlens=cu)
+        sbops.swa_decode(torch.randn(2, 4, 16), kc, vc, torch.tensor([5, 2]), window=4,
+                         slot_indices=torch.tensor([2, 0]))
+        sbops.spike_expand(torch.tensor([1, -2], dtype=torch.int32), "ternary", T=2)
+        monkeypatch.undo()

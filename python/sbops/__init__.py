@@ -28,6 +28,7 @@ if _build_info is not None:
 from . import _registration  # noqa: E402,F401  (fake kernels + autograd, once)
 from ._dispatch import (Backend, NoBackendError, OpCaps, Request, backends, explain,  # noqa: E402
                         register_backend, use_backend)
+from ._validate import data_checks, set_data_checks  # noqa: E402
 from .ops import (expert_counts, linear_attn, linear_attn_decode, moe_align_block_size,  # noqa: E402
                   moe_permute, moe_unpermute, spike_collapse, spike_encode, spike_expand, spike_quant,
                   spike_stats, swa_attn, swa_cache_write, swa_decode, topk_gating)
@@ -41,5 +42,5 @@ __all__ = [
     "spike_encode", "spike_quant", "spike_expand", "spike_collapse", "spike_stats",
     "topk_gating", "moe_permute", "moe_unpermute", "moe_align_block_size", "expert_counts",
     "backends", "explain", "use_backend", "register_backend", "Backend", "OpCaps", "Request",
-    "NoBackendError",
+    "NoBackendError", "data_checks", "set_data_checks",
 ]

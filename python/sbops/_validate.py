@@ -1,7 +1,10 @@
 """Input checks shared by the public ops: every error names the argument and what was expected."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import contextlib
+import contextvars
+import os
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -50,9 +53,46 @@ def divisible_heads(op: str, H: int, HKV: int) -> None:
                          f"key/value heads ({HKV})")
 
 
+_DATA_CHECKS: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("sbops_data_checks", default=None)
+_FALSE = ("0", "false", "off", "no")
+
+
+def can_sync() -> bool:
+    """False while torch.compile traces or a CUDA graph is being captured (no host reads then)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_initialized()
+                and torch.cuda.is_current_stream_capturing())
+
+
 def checking_data() -> bool:
-    """Data-dependent checks (values, not metadata) are skipped while torch.compile traces."""
-    return not torch.compiler.is_compiling()
+    """Whether the public ops run their data-dependent checks (index ranges, cu_seqlens order,
+    count magnitudes).  They read values back to the host, which synchronises a GPU on every call,
+    so they are skipped while torch.compile traces or a CUDA graph is captured, and can be turned off
+    with `sbops.set_data_checks(False)`, the `sbops.data_checks(False)` context, or the environment
+    variable SBOPS_DATA_CHECKS=0.  The native kernels still never read or write out of bounds."""
+    if not can_sync():
+        return False
+    forced = _DATA_CHECKS.get()
+    if forced is not None:
+        return forced
+    return os.environ.get("SBOPS_DATA_CHECKS", "1").strip().lower() not in _FALSE
+
+
+def set_data_checks(enabled: Optional[bool]) -> None:
+    """Turn the data-dependent input checks on or off for this thread/context (None: back to the
+    SBOPS_DATA_CHECKS default).  See `checking_data`."""
+    _DATA_CHECKS.set(None if enabled is None else bool(enabled))
+
+
+@contextlib.contextmanager
+def data_checks(enabled: bool) -> Iterator[None]:
+    """Context manager form of `set_data_checks`: `with sbops.data_checks(False): ...`."""
+    token = _DATA_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DATA_CHECKS.reset(token)
 
 
 def cu_seqlens(op: str, cu: Optional[torch.Tensor], B: int, T: int, device: torch.device) -> int:

@@ -88,7 +88,7 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
     _check_mode(op, mode)
     if T is not None and (not isinstance(T, int) or T < 1):
         raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
-    if V.checking_data():
+    if V.checking_data() or (T is None and V.can_sync()):
         m = _max_abs(op, counts, mode)
         need = _min_T(mode, m)
         if T is None:
@@ -97,7 +97,8 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
             raise ValueError(f"sbops.{op}: T={T} steps cannot represent a count of magnitude {m} in {mode} mode "
                              f"(needs T >= {need})")
     elif T is None:
-        raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile (its default depends on the data)")
+        raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile or CUDA graph capture "
+                         "(its default depends on the data)")
     return run(request(op, counts), counts, mode, int(T))
 
 
