@@ -90,10 +90,10 @@ def make_inputs(B, T, H, HKV, K, V, gate, dtype, device, n_seq=None, strong=Fals
             None if cu is None else cu.to(device))
 
 
-def check(q, k, v, g, h0, cu, fwd_tol, grad_tol, with_dfinal=True, scale=None):
+def check(q, k, v, g, h0, cu, fwd_tol, grad_tol, with_dfinal=True, scale=None, config=None):
     K = q.shape[-1]
     scale = K ** -0.5 if scale is None else scale
-    o, ht = LA.linear_attn_fwd(q, k, v, g, scale, h0, cu)
+    o, ht = LA.linear_attn_fwd(q, k, v, g, scale, h0, cu, config=config)
     leaves = [x.detach().cpu().double().requires_grad_() if x is not None else None for x in (q, k, v, g, h0)]
     ro, rht = R.ref_linear_attn(leaves[0], leaves[1], leaves[2], leaves[3], scale, leaves[4],
                                 None if cu is None else cu.cpu())
@@ -105,7 +105,7 @@ def check(q, k, v, g, h0, cu, fwd_tol, grad_tol, with_dfinal=True, scale=None):
     gen = torch.Generator().manual_seed(1)
     do = torch.randn(o.shape, generator=gen).to(o)
     dF = torch.randn(ht.shape, generator=gen).to(ht) if with_dfinal else None
-    grads = LA.linear_attn_bwd(q, k, v, g, scale, h0, cu, do, dF)
+    grads = LA.linear_attn_bwd(q, k, v, g, scale, h0, cu, do, dF, config=config)
     loss = (ro * do.cpu().double()).sum()
     if with_dfinal:
         loss = loss + (rht * dF.cpu().double()).sum()
@@ -120,6 +120,7 @@ def check(q, k, v, g, h0, cu, fwd_tol, grad_tol, with_dfinal=True, scale=None):
         assert got.shape == x.shape and got.dtype == x.dtype, f"{name}: {got.shape} {got.dtype}"
         err = rel(got, ref)
         assert err <= grad_tol, f"{name} rel err {err}"
+    return (o, ht) + tuple(grads)
 
 
 # ---------------------------------------------------------------------------- CPU (interpreter)
@@ -169,6 +170,95 @@ def test_cpu_k128_v64_mha():
     check(*make_inputs(1, 20, 2, 2, 128, 64, "key", torch.float32, "cpu"), CPU_TOL, CPU_TOL, scale=0.3)
 
 
+# ------------------------------------------- two-level (segmented) state pass, config "h_seg"
+def _small_config(gate, dtype, **over):
+    """The tuned config with a 16-row chunk (more chunks per token, so tiny T gives several
+    segments) and 32x32 state tiles (several tiles per KV head at K = V = 64)."""
+    cfg = dict(LA.load_config(64, 64, gate, dtype), BT=16, h_BK=32, h_BV=32)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """torch.empty / empty_like return NaN-filled float tensors, so a kernel that reads a buffer
+    element it never wrote (e.g. a per-chunk state the segmented pass skipped) fails the test."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(x):
+        return x.fill_(float("nan")) if x.is_floating_point() else x
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
+
+
+SEG_CASES = {
+    # name: (B, T, n_seq, strong, with_h0, with_dfinal, S, seg_fix_BK)
+    # 2 x 5 chunks of 16 (last one 11 rows): segments 2 + 2 + 1 (partial) per sequence
+    "batched_h0": (2, 75, None, False, True, True, 2, 32),
+    # 3 packed sequences over 150 tokens, boundaries inside segments, g down to -20 per step
+    "varlen_strong": (1, 150, 3, True, True, True, 3, 16),
+    # 13 chunks, no initial state and no final-state gradient (zero carries skipped)
+    "varlen_no_state": (1, 200, 2, False, False, False, 4, 64),
+}
+
+
+@cpu_only
+@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("case", list(SEG_CASES))
+def test_cpu_seg_state_pass(gate, case, poison_empty):
+    """Two-level state / dh pass against the float64 reference and against the sequential pass."""
+    B, T, n_seq, strong, with_h0, with_dfinal, S, fbk = SEG_CASES[case]
+    inputs = make_inputs(B, T, 4, 2, 64, 64, gate, torch.float32, "cpu", n_seq=n_seq, strong=strong,
+                         with_h0=with_h0, seed=3)
+    seg = check(*inputs, CPU_TOL, CPU_TOL, with_dfinal=with_dfinal,
+                config=_small_config(gate, torch.float32, h_seg=S, seg_fix_BK=fbk))
+    seq = check(*inputs, CPU_TOL, CPU_TOL, with_dfinal=with_dfinal, config=_small_config(gate, torch.float32))
+    for name, a, b in zip(["o", "final_state", "dq", "dk", "dv", "dg", "dinitial_state"], seg, seq):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if b.numel():
+            assert rel(a, b.double()) <= 2e-6, f"{name}: segmented vs sequential rel err {rel(a, b.double())}"
+
+
+@cpu_only
+@pytest.mark.parametrize("S", [1, 64])
+def test_cpu_seg_state_pass_extreme_segment_lengths(S, poison_empty):
+    # S = 1: every chunk is a segment (pass 2 does all the carrying); S = 64: one segment per sequence
+    inputs = make_inputs(1, 90, 2, 1, 64, 64, "key", torch.float32, "cpu", n_seq=2, seed=4)
+    seg = check(*inputs, CPU_TOL, CPU_TOL, config=_small_config("key", torch.float32, h_seg=S))
+    seq = check(*inputs, CPU_TOL, CPU_TOL, config=_small_config("key", torch.float32))
+    for a, b in zip(seg, seq):
+        if b.numel():
+            assert rel(a, b.double()) <= 2e-6
+
+
+@cpu_only
+def test_cpu_seg_state_pass_fp16(poison_empty):
+    # 16-bit inputs: local states go through h in fp16 before pass 3 adds the carried part
+    inputs = make_inputs(1, 120, 4, 2, 64, 64, "key", torch.float16, "cpu", n_seq=2, seed=5)
+    check(*inputs, 2e-3, 2e-3, config=_small_config("key", torch.float16, h_seg=2))
+
+
+def test_seg_tables():
+    # sequences of 5, 0 and 80 tokens, BT = 16, S = 2: chunks 1 + 0 + 5, segments 1 + 0 + 3 (last partial)
+    cu = torch.tensor([0, 5, 5, 85], dtype=torch.int32)
+    cu_t, coff, chunks, NT, seg = LA._chunk_tables(cu, 1, 85, 16, "cpu", S=2)
+    assert NT == 6 and coff.tolist() == [0, 1, 1, 6]
+    assert seg["S"] == 2 and seg["NSEG"] == 4 and seg["segoff"].tolist() == [0, 1, 1, 4]
+    # (seq, first chunk, chunk count, first token)
+    assert seg["seg"].tolist() == [[0, 0, 1, 0], [2, 1, 2, 5], [2, 3, 2, 37], [2, 5, 1, 69]]
+    assert LA._chunk_tables(cu, 1, 85, 16, "cpu")[4] is None
+
+
+def test_default_config_is_sequential():
+    # the two-level pass is opt-in until measured on the GPU
+    for backend in ("cuda", "maca"):
+        for gate in ("none", "head", "key"):
+            for dt in (torch.bfloat16, torch.float32):
+                for d in (64, 128):
+                    assert not LA.load_config(d, d, gate, dt, backend).get("h_seg", 0)
+
+
 def test_bad_head_dim_is_a_clear_error():
     q, k, v, g, h0, cu = make_inputs(1, 4, 2, 1, 32, 64, "none", torch.float32, "cpu")
     with pytest.raises(ValueError, match="K"):
@@ -211,3 +301,13 @@ def test_gpu_bf16_gate_in_bf16():
 @gpu_only
 def test_gpu_fp32_exact():
     check(*make_inputs(1, 300, 4, 2, 64, 64, "key", torch.float32, "cuda", n_seq=3), 1e-5, 1e-5)
+
+
+@gpu_only
+@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("S", [1, 4])
+def test_gpu_bf16_seg_state_pass(gate, S):
+    # the two-level state / dh pass (config h_seg, opt-in) with the json's tiles, 16 chunks of 64 per sequence
+    cfg = dict(LA.load_config(128, 128, gate, torch.bfloat16), h_seg=S)
+    check(*make_inputs(1, 1000, 8, 2, 128, 128, gate, torch.bfloat16, "cuda", n_seq=4, strong=gate != "none"),
+          1e-2, 2e-2, config=cfg)

@@ -22,6 +22,10 @@ Backward (dh pass in reverse, then one kernel per (sub-block, chunk, KV head)):
   dg_s = sum_{t >= s in its chunk} d b_t + rowsum(dh_c * S_end_c) (the chunk seen as a sequence
   of its own), so no sum of d b runs over the whole sequence.
 
+State passes: sequential over the chunks of a sequence by default; config key "h_seg" = S > 0
+selects a two-level pass (segments of S chunks in parallel from zero, a short sequential carry over
+the segments, then a parallel fix-up of every chunk's state) for both h and dh, same outputs.
+
 Everything runs on packed tokens: a batch [B, T] is treated as B sequences of length T (varlen
 with cu_seqlens = 0, T, 2T, ...), so there is one code path.
 """
@@ -147,6 +151,147 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
             b = b * tl.exp(G)[:, None]
         b += _dot(tl.trans(kt), vt, PREC)
     tl.store(ht_ptr + state_base + tile, b)
+
+
+# ---------------------------------------------- two-level (segmented) state pass, opt-in
+# Selected by the config key "h_seg" = S > 0 (absent or 0: the sequential pass above). Each
+# sequence's chunks are cut into segments of S chunks (the last one may be shorter; segments never
+# cross a sequence boundary). Forward:
+#   pass 1 (_fwd_h_seg_kernel, parallel over segments x tiles): from a zero state, the local state
+#          before every chunk of the segment but its first (stored in h), the local end state
+#          (hs[seg], float32), the segment's log decay D = sum of G over its chunks (dseg) and,
+#          per chunk, the log decay from the segment start to the chunk start (dcum);
+#   pass 2 (_seg_carry_kernel, sequential over the segments of a sequence only):
+#          H_start(s+1) = exp(D_s) H_start(s) + local_end(s), from the initial state (or 0);
+#          H_start overwrites hs in place, the last value is the final state;
+#   pass 3 (_seg_fix_kernel, parallel over chunks x tiles): h_c = local_c + exp(dcum_c) H_start(seg).
+# Backward dh: the same three passes walking the chunks / segments in reverse, dcum_c being the
+# log decay from the end of chunk c to the end of its segment. All decays are sums of G <= 0.
+@triton.jit
+def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, cu_ptr, seg_ptr,
+                      HKV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """Pass 1 of the segmented state pass. grid (NK*NV, HKV, NSEG); seg rows (seq, first chunk,
+    chunk count, first token)."""
+    NV: tl.constexpr = V // BV
+    ik = tl.program_id(0) // NV
+    iv = tl.program_id(0) % NV
+    kvh = tl.program_id(1)
+    sg = tl.program_id(2)
+    n = tl.load(seg_ptr + sg * 4)
+    cf = tl.load(seg_ptr + sg * 4 + 1)
+    ns = tl.load(seg_ptr + sg * 4 + 2)
+    tf = tl.load(seg_ptr + sg * 4 + 3)
+    eos = tl.load(cu_ptr + n + 1).to(tl.int32)
+    dt: tl.constexpr = k_ptr.dtype.element_ty
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    tile = offs_k[:, None] * V + offs_v[None, :]
+    b = tl.zeros([BK, BV], dtype=tl.float32)
+    dsum = tl.zeros([BK], dtype=tl.float32)
+    for i in range(ns):
+        c = (cf + i).to(tl.int64)
+        t0 = tf + i * BT
+        t1 = tl.minimum(t0 + BT, eos)
+        # the first chunk's local state is zero: pass 3 writes H_start there without reading h
+        tl.store(h_ptr + (c * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty), mask=(tile >= 0) & (i > 0))
+        rows = t0 + tl.arange(0, BT)
+        m = rows < t1
+        r = rows.to(tl.int64)
+        kt = tl.load(k_ptr + (r[:, None] * HKV + kvh) * K + offs_k[None, :], mask=m[:, None], other=0.0)
+        vt = tl.load(v_ptr + (r[:, None] * HKV + kvh) * V + offs_v[None, :], mask=m[:, None], other=0.0)
+        if GATE > 0:
+            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (i > 0) & (iv == 0))
+            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+            kt = (kt.to(tl.float32) * tl.exp(G[None, :] - gcb)).to(dt)   # exp(G - gc_t) <= 1
+            b = b * tl.exp(G)[:, None]
+            dsum += G
+        b += _dot(tl.trans(kt), vt, PREC)
+    sgo = sg.to(tl.int64) * HKV + kvh
+    tl.store(hs_ptr + sgo * K * V + tile, b)
+    if GATE > 0:
+        tl.store(dseg_ptr + sgo * K + offs_k, dsum, mask=(offs_k >= 0) & (iv == 0))
+
+
+@triton.jit
+def _seg_carry_kernel(hs_ptr, dseg_ptr, s0_ptr, st_ptr, segoff_ptr, HKV, K: tl.constexpr, V: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, HAS_S0: tl.constexpr,
+                      STORE_ST: tl.constexpr, REVERSE: tl.constexpr):
+    """Pass 2: carry the true state across the segments of sequence n, in place in hs (local end
+    state in, true start state out; reversed: local start in, true end out). Stores the last carry
+    (final state forward, initial-state gradient reversed). grid (NK*NV, HKV, N)."""
+    NV: tl.constexpr = V // BV
+    ik = tl.program_id(0) // NV
+    iv = tl.program_id(0) % NV
+    kvh = tl.program_id(1)
+    n = tl.program_id(2)
+    s_a = tl.load(segoff_ptr + n).to(tl.int32)
+    ns = tl.load(segoff_ptr + n + 1).to(tl.int32) - s_a
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    tile = offs_k[:, None] * V + offs_v[None, :]
+    state_base = (n.to(tl.int64) * HKV + kvh) * K * V
+    if HAS_S0:
+        b = tl.load(s0_ptr + state_base + tile).to(tl.float32)
+    else:
+        b = tl.zeros([BK, BV], dtype=tl.float32)
+    for i in range(ns):
+        if REVERSE:
+            sg = s_a + ns - 1 - i
+        else:
+            sg = s_a + i
+        sgo = sg.to(tl.int64) * HKV + kvh
+        p = hs_ptr + sgo * K * V + tile
+        loc = tl.load(p)
+        tl.store(p, b)
+        if GATE > 0:
+            b = b * tl.exp(tl.load(dseg_ptr + sgo * K + offs_k))[:, None]
+        b += loc
+    if STORE_ST:
+        tl.store(st_ptr + state_base + tile, b)
+
+
+@triton.jit
+def _seg_fix_kernel(h_ptr, hs_ptr, dcum_ptr, chunk_ptr, coff_ptr, segoff_ptr, S, HKV,
+                    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    GATE: tl.constexpr, HAS_S0: tl.constexpr, REVERSE: tl.constexpr):
+    """Pass 3: h_c = local_c + exp(dcum_c) * carry(seg) for chunk c, in place in h (float32 math,
+    stored in h's dtype). grid (NK*NV, HKV, NT)."""
+    NV: tl.constexpr = V // BV
+    ik = tl.program_id(0) // NV
+    iv = tl.program_id(0) % NV
+    kvh = tl.program_id(1)
+    c = tl.program_id(2)
+    n = tl.load(chunk_ptr + c * 3)
+    c0 = tl.load(coff_ptr + n).to(tl.int32)
+    nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
+    s_a = tl.load(segoff_ptr + n).to(tl.int32)
+    ns = tl.load(segoff_ptr + n + 1).to(tl.int32) - s_a
+    cl = c - c0
+    sl = cl // S
+    j = cl % S
+    if REVERSE:
+        fresh = (j == S - 1) | (cl == nc - 1)      # first chunk walked: local dh is zero
+        carried = sl < ns - 1                      # else the carry is zero unless given (dht)
+    else:
+        fresh = j == 0                             # local state is zero
+        carried = sl > 0                           # else the carry is zero unless given (h0)
+    if HAS_S0:
+        carried = carried | (sl >= 0)
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    tile = offs_k[:, None] * V + offs_v[None, :]
+    sgo = (s_a + sl).to(tl.int64) * HKV + kvh
+    p = h_ptr + (c.to(tl.int64) * HKV + kvh) * K * V + tile
+    need = (tile >= 0) & (fresh | carried)         # nothing to do: h_c = local_c already
+    hst = tl.load(hs_ptr + sgo * K * V + tile, mask=need, other=0.0)
+    loc = tl.load(p, mask=need & (fresh == 0), other=0.0).to(tl.float32)
+    if GATE > 0:
+        dc = tl.load(dcum_ptr + (c.to(tl.int64) * HKV + kvh) * K + offs_k, mask=(offs_k >= 0) & (fresh == 0),
+                     other=0.0)
+        hst = hst * tl.exp(dc)[:, None]
+    tl.store(p, (loc + hst).to(h_ptr.dtype.element_ty), mask=need)
 
 
 # ------------------------------------------------------- diagonal sub-blocks, per-key gate
@@ -318,6 +463,63 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
             b += _dot(tl.trans(qt), dot_.to(dt), PREC)
     if STORE_DH0:
         tl.store(dh0_ptr + state_base + tile, b)
+
+
+@triton.jit
+def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr, cu_ptr, seg_ptr, scale,
+                       H, HKV, K: tl.constexpr, V: tl.constexpr,
+                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+                       PREC: tl.constexpr):
+    """Pass 1 of the segmented dh pass (see _fwd_h_seg_kernel): walks the segment's chunks backwards
+    from a zero gradient; local dh of every chunk but the segment's last into dh, the local gradient
+    at the segment start into hs, log decays into dseg / dcum (dcum_c: from the end of chunk c to
+    the end of the segment). grid (NK*NV, HKV, NSEG)."""
+    NV: tl.constexpr = V // BV
+    GRP = H // HKV
+    ik = tl.program_id(0) // NV
+    iv = tl.program_id(0) % NV
+    kvh = tl.program_id(1)
+    sg = tl.program_id(2)
+    n = tl.load(seg_ptr + sg * 4)
+    cf = tl.load(seg_ptr + sg * 4 + 1)
+    ns = tl.load(seg_ptr + sg * 4 + 2)
+    tf = tl.load(seg_ptr + sg * 4 + 3)
+    eos = tl.load(cu_ptr + n + 1).to(tl.int32)
+    dt: tl.constexpr = q_ptr.dtype.element_ty
+    offs_k = ik * BK + tl.arange(0, BK)
+    offs_v = iv * BV + tl.arange(0, BV)
+    tile = offs_k[:, None] * V + offs_v[None, :]
+    b = tl.zeros([BK, BV], dtype=tl.float32)
+    dsum = tl.zeros([BK], dtype=tl.float32)
+    for ci in range(ns):
+        i = ns - 1 - ci
+        c = (cf + i).to(tl.int64)
+        t0 = tf + i * BT
+        t1 = tl.minimum(t0 + BT, eos)
+        tl.store(dh_ptr + (c * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty), mask=(tile >= 0) & (ci > 0))
+        rows = t0 + tl.arange(0, BT)
+        m = rows < t1
+        r = rows.to(tl.int64)
+        if GATE > 0:
+            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (ci > 0) & (iv == 0))
+            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+            b = b * tl.exp(G)[:, None]
+            dsum += G
+            qdec = tl.exp(gcb) * scale
+        for hh in range(GRP):
+            ih = kvh * GRP + hh
+            qt = tl.load(q_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0)
+            if GATE > 0:
+                qt = (qt.to(tl.float32) * qdec).to(dt)
+            else:
+                qt = (qt.to(tl.float32) * scale).to(dt)
+            dot_ = tl.load(do_ptr + (r[:, None] * H + ih) * V + offs_v[None, :], mask=m[:, None], other=0.0)
+            b += _dot(tl.trans(qt), dot_.to(dt), PREC)
+    sgo = sg.to(tl.int64) * HKV + kvh
+    tl.store(hs_ptr + sgo * K * V + tile, b)
+    if GATE > 0:
+        tl.store(dseg_ptr + sgo * K + offs_k, dsum, mask=(offs_k >= 0) & (iv == 0))
 
 
 # ---------------------------------------------------------------------- backward main kernel
@@ -568,9 +770,10 @@ def _check_inputs(q, k, v, g, initial_state, cu_seqlens):
     return B, T, H, HKV, K, V, N, gate
 
 
-def _chunk_tables(cu_seqlens, B, T, BT, device):
+def _chunk_tables(cu_seqlens, B, T, BT, device, S=0):
     """cu [N+1] int64, per-sequence first chunk coff [N+1] int64 and chunk rows (seq, t0, t1) int32
-    on device, plus the total chunk count. One host sync when cu_seqlens is given."""
+    on device, plus the total chunk count and, for S > 0, the segment tables of the two-level state
+    pass (else None). One host sync when cu_seqlens is given."""
     if cu_seqlens is None:
         cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int64)[: B + 1]
     else:
@@ -584,7 +787,23 @@ def _chunk_tables(cu_seqlens, B, T, BT, device):
     t0 = cu[seq] + (torch.arange(NT) - coff[seq]) * BT
     t1 = torch.minimum(t0 + BT, cu[seq + 1])
     chunks = torch.stack([seq, t0, t1], 1).to(torch.int32)
-    return cu.to(device), coff.to(device), chunks.to(device), NT
+    seg = _seg_tables(cu, nch, coff, BT, S, device) if S > 0 else None
+    return cu.to(device), coff.to(device), chunks.to(device), NT, seg
+
+
+def _seg_tables(cu, nch, coff, BT, S, device):
+    """Segments of S chunks per sequence (the last one of a sequence may be shorter; none crosses a
+    sequence boundary): dict with S, segoff [N+1] int64 (first segment of each sequence), seg rows
+    (seq, first chunk, chunk count, first token) int32 [NSEG, 4] on device, and NSEG."""
+    nseg = (nch + S - 1) // S
+    segoff = torch.zeros(len(nseg) + 1, dtype=torch.int64)
+    segoff[1:] = torch.cumsum(nseg, 0)
+    NSEG = int(segoff[-1])
+    sq = torch.repeat_interleave(torch.arange(len(nseg)), nseg)
+    first = (torch.arange(NSEG) - segoff[sq]) * S                       # chunk index in its sequence
+    cnt = torch.minimum(nch[sq] - first, torch.full_like(first, S))
+    rows = torch.stack([sq, coff[sq] + first, cnt, cu[sq] + first * BT], 1).to(torch.int32)
+    return {"S": S, "segoff": segoff.to(device), "seg": rows.to(device), "NSEG": NSEG}
 
 
 def _prec(dtype):
@@ -610,23 +829,87 @@ def _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, device):
     return h, ht
 
 
+def _seg_tiles(cfg, K, V):
+    """State tiles of the two-level pass: passes 1-2 use h_BK x h_BV; the elementwise pass 3 uses
+    seg_fix_BK (default 32) rows by the whole V."""
+    return (min(cfg["h_BK"], K), min(cfg["h_BV"], V), min(cfg.get("seg_fix_BK", 32), K), V)
+
+
+def _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, device):
+    """Two-level state pass (config "h_seg" = S > 0): same outputs as _states (h in its dtype and
+    layout, ht float32), see _fwd_h_seg_kernel for the three passes."""
+    BK, BV, BK3, BV3 = _seg_tiles(cfg, K, V)
+    NSEG = seg["NSEG"]
+    h = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=device)
+    ht = torch.empty(N, HKV, K, V, dtype=torch.float32, device=device)
+    hs = torch.empty(max(NSEG, 1), HKV, K, V, dtype=torch.float32, device=device)
+    dseg = torch.empty(max(NSEG, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    dcum = torch.empty(max(NT, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    nw, ns = cfg["h_warps"], cfg["num_stages"]
+    if NSEG > 0:
+        _fwd_h_seg_kernel[((K // BK) * (V // BV), HKV, NSEG)](
+            k, v, gc if gc is not None else k, h, hs, dseg, dcum, cu, seg["seg"],
+            HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, PREC=_prec(k.dtype),
+            num_warps=nw, num_stages=ns)
+    _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
+        hs, dseg, h0 if h0 is not None else ht, ht, seg["segoff"], HKV=HKV, K=K, V=V, BK=BK, BV=BV,
+        GATE=gate, HAS_S0=h0 is not None, STORE_ST=True, REVERSE=False, num_warps=nw)
+    if NT > 0:
+        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, NT)](
+            h, hs, dcum, chunks, coff, seg["segoff"], seg["S"], HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
+            GATE=gate, HAS_S0=h0 is not None, REVERSE=False, num_warps=cfg["aux_warps"])
+    return h, ht
+
+
+def _dh_seg(q, do, gc, gate, dht, dh0, scale, cu, coff, chunks, seg, NT, H, HKV, K, V, cfg, device):
+    """Two-level reverse dh pass: fills dh [NT, HKV, K, V] (k's dtype) and, when given, dh0."""
+    BK, BV, BK3, BV3 = _seg_tiles(cfg, K, V)
+    NSEG = seg["NSEG"]
+    N = coff.numel() - 1
+    dh = torch.empty(NT, HKV, K, V, dtype=q.dtype, device=device)
+    hs = torch.empty(max(NSEG, 1), HKV, K, V, dtype=torch.float32, device=device)
+    dseg = torch.empty(max(NSEG, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    dcum = torch.empty(max(NT, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    nw, ns = cfg["h_warps"], cfg["num_stages"]
+    if NSEG > 0:
+        _bwd_dh_seg_kernel[((K // BK) * (V // BV), HKV, NSEG)](
+            q, do, gc if gc is not None else q, dh, hs, dseg, dcum, cu, seg["seg"], float(scale),
+            H=H, HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, PREC=_prec(q.dtype),
+            num_warps=nw, num_stages=ns)
+    _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
+        hs, dseg, dht if dht is not None else hs, dh0 if dh0 is not None else hs, seg["segoff"],
+        HKV=HKV, K=K, V=V, BK=BK, BV=BV, GATE=gate, HAS_S0=dht is not None, STORE_ST=dh0 is not None,
+        REVERSE=True, num_warps=nw)
+    if NT > 0:
+        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, NT)](
+            dh, hs, dcum, chunks, coff, seg["segoff"], seg["S"], HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
+            GATE=gate, HAS_S0=dht is not None, REVERSE=True, num_warps=cfg["aux_warps"])
+    return dh
+
+
 def _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend):
     B, T, H, HKV, K, V, N, gate = _check_inputs(q, k, v, g, initial_state, cu_seqlens)
     cfg = config if config is not None else load_config(K, V, _GATE_NAMES[gate], q.dtype, backend)
     if cfg["BT"] % _SUB != 0:
         raise ValueError(f"linear_attn: config BT = {cfg['BT']} must be a multiple of {_SUB}")
-    cu, coff, chunks, NT = _chunk_tables(cu_seqlens, B, T, cfg["BT"], q.device)
+    S = int(cfg.get("h_seg", 0) or 0)
+    if S < 0:
+        raise ValueError(f"linear_attn: config h_seg = {S} must be >= 0 (0: sequential state pass)")
+    cu, coff, chunks, NT, seg = _chunk_tables(cu_seqlens, B, T, cfg["BT"], q.device, S)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     gc = _gate_cumsum(g.contiguous(), gate, chunks, NT, HKV, K, cfg["BT"], cfg["aux_warps"]) if g is not None else None
     h0 = initial_state.contiguous() if initial_state is not None else None
-    return (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, q, k, v, gc, h0)
+    return (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg, q, k, v, gc, h0)
 
 
 def linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, *, config=None, backend="cuda"):
     """Forward of sbops::linear_attn. Returns (o [B,T,H,V] in q.dtype, final_state [N,HKV,K,V] float32)."""
-    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT,
+    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg,
      q, k, v, gc, h0) = _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend)
-    h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, q.device)
+    if seg is None:
+        h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, q.device)
+    else:
+        h, ht = _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, q.device)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     _fwd_o_kernel[(cfg["BT"] // _SUB, NT, HKV)](q, k, v, gc if gc is not None else q, h, o, chunks, float(scale),
                                                  H, HKV, K=K, V=V, BT=cfg["BT"], GATE=gate,
@@ -639,23 +922,29 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
                     config=None, backend="cuda"):
     """Backward of sbops::linear_attn. Returns (dq, dk, dv, dg, dinitial_state); dg is empty(0)
     float32 without g, dinitial_state is empty(0) without initial_state."""
-    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT,
+    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg,
      q, k, v, gc, h0) = _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend)
     dev = q.device
     BT = cfg["BT"]
     do = grad_o.contiguous()
     dht = grad_final_state.contiguous() if grad_final_state is not None else None
-    h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, dev)
+    if seg is None:
+        h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, dev)
+    else:
+        h, ht = _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, dev)
 
     # dh pass (reverse), summing the query heads of each KV head
     BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
-    dh = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=dev)
     dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
-    _bwd_dh_kernel[((K // BK) * (V // BV), HKV, N)](
-        q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
-        cu, coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-        HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype),
-        num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+    if seg is not None:
+        dh = _dh_seg(q, do, gc, gate, dht, dh0, scale, cu, coff, chunks, seg, NT, H, HKV, K, V, cfg, dev)
+    else:
+        dh = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=dev)
+        _bwd_dh_kernel[((K // BK) * (V // BV), HKV, N)](
+            q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
+            cu, coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+            HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype),
+            num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
 
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
