@@ -95,7 +95,16 @@ def test_spike_encode_saturates(ops):
 @pytest.mark.parametrize("shape", [(63, 3584), (1000, 128), (7, 13)])
 def test_spike_quant(ops, dtype, shape):
     x = torch.randn(shape, device=DEV).to(dtype)
-    close(ops.spike_quant(x, 3.0), R.ref_spike_quant(x.cpu(), 3.0), TOL[dtype])
+    x_hat = ops.spike_quant(x, 3.0)
+    # SPEC: vth is float32, so an x / vth within float32 rounding of a .5 boundary may round the
+    # other way than against a float64 threshold, and one such count moves x_hat by vth (~1e-3
+    # relative: a float32 run failed ~7% of the time against the float64 reference at 1e-5).
+    # Exact math on the op's own float32 threshold (checked in test_spike_encode), and the float64
+    # reference loosely.
+    _, vth = ops.spike_encode(x, 3.0, torch.int32)
+    vth = vth.cpu()
+    close(x_hat, torch.round(x.cpu().float() / vth).double() * vth.double(), TOL[dtype])
+    close(x_hat, R.ref_spike_quant(x.cpu(), 3.0), 1e-2)
 
 
 @pytest.mark.parametrize("mode", ["binary", "ternary", "bitwise"])
@@ -181,7 +190,13 @@ def test_topk_gating_bwd(ops, case):
     if renorm:
         wr = wr / wr.sum(-1, keepdim=True)
     (wr * scaling * gw.cpu().double()).sum().backward()
-    close(grad, lx.grad, 2e-2 if logits.dtype != torch.float32 else 1e-5)
+    ref = lx.grad
+    if renorm and k == 1:
+        # one pick renormalised: w == scaling whatever the logits, so the exact gradient is zero and
+        # the float64 autograd result is rounding noise (~1e-16) that no relative error can be taken
+        # against; rel_err against exact zeros is the absolute norm (float32 noise ~1e-7).
+        ref = torch.zeros_like(ref)
+    close(grad, ref, 2e-2 if logits.dtype != torch.float32 else 1e-5)
 
 
 # ------------------------------------------------------------------------------ permute family

@@ -154,7 +154,8 @@ def bench(args, log):
         T = 32768
         q, k, v, g = inputs(T)
         do = torch.randn(B, T, H, V, device="cuda", dtype=dt)
-        for group in ([{"h_BK": 64, "h_BV": 64, "h_warps": 4}, {"h_BK": 32, "h_BV": 64, "h_warps": 4},
+        for group in ([{"h_seg": 0}, {"h_seg": 8}, {"h_seg": 16}, {"h_seg": 32}],  # sequential vs two-level
+                      [{"h_BK": 64, "h_BV": 64, "h_warps": 4}, {"h_BK": 32, "h_BV": 64, "h_warps": 4},
                        {"h_BK": 32, "h_BV": 32, "h_warps": 4}, {"h_BK": 64, "h_BV": 64, "h_warps": 8}],
                       [{"o_warps": 4}, {"o_warps": 8}],
                       [{"num_stages": 2}, {"num_stages": 1}, {"num_stages": 3}]):
@@ -171,7 +172,7 @@ def bench(args, log):
                     best = (t, opt)
             cfg.update(best[1])
         best_bwd = None
-        for opt in ({"bwd_warps": 4}, {"bwd_warps": 8}):
+        for opt in ({"bwd_warps": 4}, {"bwd_warps": 8}, {"bwd_warps": 4, "h_seg": 0}, {"bwd_warps": 4, "h_seg": 16}):
             c = dict(cfg, **opt)
             try:
                 t = ms(lambda: LA.linear_attn_bwd(q, k, v, g, scale, None, None, do, None, config=c))
