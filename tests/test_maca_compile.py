@@ -163,3 +163,26 @@ def test_preprocessor_scan_recognises_guards():
            "#if defined(USE_MACA) || defined(X)", "maybe();", "#endif", "always();"]
     dropped = _excluded_under_maca(list(enumerate(src, 1)))
     assert dropped == {2, 7}
+
+
+def test_maca_triton_configs_fit_c500_shared_memory():
+    """Every Triton kernel launch of the SpikingBrain shapes (bf16, per-key gate, sinks; head dims
+    64 and 128) under the MACA tuning data fits a C500 block (64 KB shared memory, <= 16 warps):
+    compiled ahead of time for sm_80 from the real launchers (no GPU needed; see
+    backends/maca/check_triton_configs.py).  Runs in its own process: the interpreter tests set
+    TRITON_INTERPRET, under which nothing is compiled."""
+    pytest.importorskip("triton")
+    import json
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = os.path.join(REPO, "build", "maca_config_check.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    p = subprocess.run([sys.executable, os.path.join(REPO, "backends", "maca", "check_triton_configs.py"), "--quick",
+                        "--arch", "80", "--json", out], capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode in (0, 1), p.stdout[-2000:] + p.stderr[-3000:]
+    res = json.load(open(out))
+    rows = res["results"] if isinstance(res, dict) else res
+    assert len(rows) >= 20, p.stdout[-2000:]
+    bad = [f"{r['case']} {r['kernel']}: {r.get('why')}" for r in rows if not r["ok"]]
+    assert not bad, "\n".join(bad)
+    assert {r["kernel"] for r in rows} >= {"_bwd_main_kernel", "_bwd_dq_state_kernel", "_fwd_o_kernel", "_fwd_kernel"}

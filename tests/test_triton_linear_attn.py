@@ -311,3 +311,19 @@ def test_gpu_bf16_seg_state_pass(gate, S):
     cfg = dict(LA.load_config(128, 128, gate, torch.bfloat16), h_seg=S)
     check(*make_inputs(1, 1000, 8, 2, 128, 128, gate, torch.bfloat16, "cuda", n_seq=4, strong=gate != "none"),
           1e-2, 2e-2, config=cfg)
+
+
+@cpu_only
+@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("KV", [(64, 64), (128, 128)])
+def test_cpu_dq_state_kernel_matches_the_fused_path(gate, KV, poison_empty):
+    """config "dq_state_kernel" (MACA: the backward's main kernel then stages no [K, V] state tile):
+    dq's inter-chunk term from _bwd_dq_state_kernel gives the same gradients (varlen, with h0)."""
+    K, V = KV
+    # (ordinary decay: under strong decay float32 dg sits at the 1e-5 bound on either path)
+    inputs = make_inputs(1, 70, 4, 2, K, V, gate, torch.float32, "cpu", n_seq=2, seed=6)
+    ext = check(*inputs, CPU_TOL, CPU_TOL, config=_small_config(gate, torch.float32, dq_state_kernel=True, dq_BV=32))
+    fused = check(*inputs, CPU_TOL, CPU_TOL, config=_small_config(gate, torch.float32))
+    for name, a, b in zip(["o", "final_state", "dq", "dk", "dv", "dg", "dinitial_state"], ext, fused):
+        if b.numel():
+            assert rel(a, b.double()) <= 2e-6, f"{name}: dq_state_kernel vs fused rel err {rel(a, b.double())}"

@@ -524,10 +524,39 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
 
 # ---------------------------------------------------------------------- backward main kernel
 @triton.jit
+def _bwd_dq_state_kernel(do_ptr, h_ptr, gc_ptr, out_ptr, chunk_ptr, H, HKV, K: tl.constexpr, V: tl.constexpr,
+                         BT: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """The inter-chunk term of dq, exp(gc_t) * dO_t h_c^T (before the scale), for the BT rows of chunk
+    c and query head ih, into a float32 [rows, H, K] buffer; grid (NT, H).  V is walked in BV tiles,
+    so only a [K, BV] state tile is staged at a time: used when _bwd_main_kernel cannot also hold a
+    whole [K, V] state tile within the shared memory (config "dq_state_kernel", MACA's 64 KB)."""
+    c = tl.program_id(0)
+    ih = tl.program_id(1)
+    kvh = ih // (H // HKV)
+    t0 = tl.load(chunk_ptr + c * 3 + 1)
+    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    dt: tl.constexpr = h_ptr.dtype.element_ty
+    offs_k = tl.arange(0, K)
+    rc = t0 + tl.arange(0, BT)
+    mc = rc < t1
+    rc64 = rc.to(tl.int64)
+    state_base = (c.to(tl.int64) * HKV + kvh) * K * V
+    acc = tl.zeros([BT, K], dtype=tl.float32)
+    for v0 in range(0, V, BV):
+        offs_v = v0 + tl.arange(0, BV)
+        do_t = tl.load(do_ptr + (rc64[:, None] * H + ih) * V + offs_v[None, :], mask=mc[:, None], other=0.0).to(dt)
+        h_t = tl.load(h_ptr + state_base + offs_k[:, None] * V + offs_v[None, :])
+        acc += _dot(do_t, tl.trans(h_t), PREC)
+    acc = acc * tl.exp(_gate_rows(gc_ptr, rc, t1 - 1, kvh, offs_k, HKV, K, GATE))
+    tl.store(out_ptr + (rc64[:, None] * H + ih) * K + offs_k[None, :], acc, mask=mc[:, None])
+
+
+@triton.jit
 def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
-                     db_ptr, chunk_ptr, scale,
+                     db_ptr, chunk_ptr, dqs_ptr, scale,
                      H, HKV, K: tl.constexpr, V: tl.constexpr,
-                     BT: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+                     BT: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                     DQ_STATE_EXT: tl.constexpr = False):
     """dq (per query head), dk, dv (summed over the query heads of the KV head) and the local gate
     gradient d b for the 16 rows of sub-block j of chunk c. grid (BT // SUB, NT, HKV).
     Everything a program writes lives in its own 16 rows, so no atomics and no placement."""
@@ -601,7 +630,8 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
             e_lo = tl.where(causal_lo, 1.0, 0.0)
             e_hi = tl.where(causal_hi, 1.0, 0.0)
 
-    hb = tl.load(h_ptr + state_base + state_tile).to(dt)
+    if not DQ_STATE_EXT:
+        hb = tl.load(h_ptr + state_base + state_tile).to(dt)
     qdec_j = tl.exp(gc_j)
     dbq = tl.zeros([SUB, K], dtype=tl.float32)
     for hh in range(GRP):
@@ -613,7 +643,10 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
         do_c = tl.load(do_ptr + (rc64[:, None] * H + ih) * V + offs_v[None, :], mask=rows_needed[:, None],
                        other=0.0).to(dt)
         qs_j = q_j * scale
-        dq = _dot(do_j, tl.trans(hb), PREC) * qdec_j               # exp(gc) dO h^T (times scale below)
+        if DQ_STATE_EXT:                                          # from _bwd_dq_state_kernel
+            dq = tl.load(dqs_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0)
+        else:
+            dq = _dot(do_j, tl.trans(hb), PREC) * qdec_j           # exp(gc) dO h^T (times scale below)
         if GATE == 2:
             # dq: earlier sub-blocks
             da_lo = _dot(do_j, tl.trans(v_c), PREC)                # [SUB, BT]
@@ -950,11 +983,20 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     db = torch.empty(gc.shape, dtype=torch.float32, device=dev) if gc is not None else None
+    dq_ext = bool(cfg.get("dq_state_kernel", False))
+    dqs = dq
+    if dq_ext:
+        # the dO h^T term of dq in its own kernel (V in tiles), so the main kernel holds no state tile
+        dqs = torch.empty(q.shape, dtype=torch.float32, device=dev)
+        _bwd_dq_state_kernel[(NT, H)](
+            do, h, gc if gc is not None else q, dqs, chunks, H=H, HKV=HKV, K=K, V=V, BT=BT,
+            BV=min(cfg.get("dq_BV", 32), V), GATE=gate, PREC=_prec(q.dtype),
+            num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
     try:
         _bwd_main_kernel[(BT // _SUB, NT, HKV)](
             q, k, v, gc if gc is not None else q, h, dh, do, dq, dk, dv, db if db is not None else dq, chunks,
-            float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, GATE=gate, PREC=_prec(q.dtype),
-            num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
+            dqs, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, GATE=gate, PREC=_prec(q.dtype),
+            DQ_STATE_EXT=dq_ext, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
     except triton.runtime.errors.OutOfResources as e:
         # e.g. float32 inputs with K = V = 128 need more shared memory than an H100 block has
         raise RuntimeError(f"linear_attn_bwd (triton): {q.dtype} K={K} V={V} gate={_GATE_NAMES[gate]} does not "
