@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|tests|bench|macasim]...   (default: all)
+#   benchmarks/gpu_check.sh [all|build|tests|bench|bench_attn|bench_rest|macasim]...   (default: all)
 # Env: GPU_TEST_FILES (default: every GPU test file), PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
@@ -48,11 +48,18 @@ gpu_tests() {  # label, extra env...
 
 if want build; then build cuda; fi
 if want tests; then gpu_tests cuda; fi
-if want bench; then
-  stamp "bench --full"
-  timeout ${BENCH_LIMIT:-400} python3 -m sbops.bench --full --backends cuda --budget 1 --timeout 200 ${BENCH_ARGS:-} \
-    --json "$OUT/bench.json" --plots "$OUT" --markdown "$OUT/RESULTS.md" 2>&1 | tee "$OUT/logs/bench.log" | tail -70
-fi
+# The main job, split in two parts that each fit one device call (the fla / FlexAttention /
+# torch.compile peers compile for minutes); join them into benchmarks/RESULTS.md afterwards, here or
+# on any machine:  python -m sbops.bench --merge bench_attn.json bench_rest.json \
+#                    --markdown benchmarks/RESULTS.md --plots benchmarks/plots
+bench_part() {  # name, ops, extra args...
+  local name=$1 ops=$2; shift 2
+  stamp "bench --full --ops $ops"
+  timeout ${BENCH_LIMIT:-480} python3 -m sbops.bench --full --backends cuda --ops "$ops" --budget ${BENCH_BUDGET:-1} \
+    --timeout 240 "$@" ${BENCH_ARGS:-} --json "$OUT/bench_$name.json" 2>&1 | tee "$OUT/logs/bench_$name.log" | tail -45
+}
+if want bench || want bench_attn; then bench_part attn linear_attn,swa --ttft --plots "$OUT"; fi
+if want bench || want bench_rest; then bench_part rest spike,moe --no-ttft; fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
   gpu_tests macasim SBOPS_TRITON_TUNING=maca
