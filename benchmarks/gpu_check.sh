@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|tests|bench|bench_attn|bench_rest|macasim]...   (default: all)
+#   benchmarks/gpu_check.sh [all|build|wheel|tests|bench|bench_attn|bench_rest|macasim]...   (default: all)
 # Env: GPU_TEST_FILES (default: every GPU test file), PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
@@ -47,6 +47,20 @@ gpu_tests() {  # label, extra env...
 }
 
 if want build; then build cuda; fi
+if want wheel; then
+  # the CUDA wheel as users get it: pip wheel, then a fresh venv (torch from the image), tests run
+  # from a copy of tests/ outside the source tree so only the installed wheel can be imported
+  stamp "wheel + clean venv"
+  rm -rf /tmp/dist /tmp/wvenv /tmp/wtests
+  SBOPS_TARGET=cuda SBOPS_CUDA_ARCHS="80;90a" MAX_JOBS=16 python3 -m pip wheel -q --no-build-isolation --no-deps \
+    -w /tmp/dist . > "$OUT/logs/wheel.log" 2>&1 || { tail -30 "$OUT/logs/wheel.log"; exit 1; }
+  ls -la /tmp/dist | tee -a "$OUT/logs/wheel.log"
+  python3 -m venv --system-site-packages /tmp/wvenv && /tmp/wvenv/bin/pip install -q --no-deps --no-index /tmp/dist/sbops-*.whl
+  cp -r tests /tmp/wtests
+  (cd /tmp/wtests && /tmp/wvenv/bin/python -c "import sbops, os; print('wheel import:', sbops.__file__); assert sbops.__file__.startswith('/tmp/wvenv'), sbops.__file__" \
+   && timeout ${STEP_LIMIT:-240} /tmp/wvenv/bin/python -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 \
+      test_build.py test_gpu_cuda_ops.py > "$OUT/logs/wheel_tests.log" 2>&1; echo "wheel tests rc=$? $(tail -1 "$OUT/logs/wheel_tests.log")")
+fi
 if want tests; then gpu_tests cuda; fi
 # The main job, split in two parts that each fit one device call (the fla / FlexAttention /
 # torch.compile peers compile for minutes); join them into benchmarks/RESULTS.md afterwards, here or
