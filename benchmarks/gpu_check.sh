@@ -55,7 +55,11 @@ if want wheel; then
   SBOPS_TARGET=cuda SBOPS_CUDA_ARCHS="80;90a" MAX_JOBS=16 python3 -m pip wheel -q --no-build-isolation --no-deps \
     -w /tmp/dist . > "$OUT/logs/wheel.log" 2>&1 || { tail -30 "$OUT/logs/wheel.log"; exit 1; }
   ls -la /tmp/dist | tee -a "$OUT/logs/wheel.log"
-  python3 -m venv --system-site-packages /tmp/wvenv && /tmp/wvenv/bin/pip install -q --no-deps --no-index /tmp/dist/sbops-*.whl
+  # a fresh venv; torch and the test tools come from the image's environment through a .pth file
+  # (appended after the venv's own site-packages, so the wheel's sbops wins over any other copy)
+  python3 -m venv /tmp/wvenv && /tmp/wvenv/bin/python -c "import site; print(site.getsitepackages()[0])" > /tmp/wsp \
+    && python3 -c "import site; print(site.getsitepackages()[0])" > "$(cat /tmp/wsp)/image_env.pth" \
+    && /tmp/wvenv/bin/python -m pip install -q --no-deps --no-index /tmp/dist/sbops-*.whl
   cp -r tests /tmp/wtests
   (cd /tmp/wtests && /tmp/wvenv/bin/python -c "import sbops, os; print('wheel import:', sbops.__file__); assert sbops.__file__.startswith('/tmp/wvenv'), sbops.__file__" \
    && timeout ${STEP_LIMIT:-240} /tmp/wvenv/bin/python -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 \
