@@ -108,6 +108,29 @@ def compare_only(old_path: str, new_path: str) -> int:
     return 0
 
 
+def _write_reports(results: Dict[str, Any], args: argparse.Namespace) -> List[str]:
+    """Plots (PNG) and the Markdown report, as asked; returns the plot files."""
+    plot_files: List[str] = []
+    if args.plots:
+        plot_files, note = report.plots(results, args.plots)
+        if note:
+            print(note, file=sys.stderr)
+    if args.markdown:
+        report.markdown(results, args.markdown, plot_files)
+    return plot_files
+
+
+def _result_tables(results: Dict[str, Any]) -> list:
+    tables = []
+    if results["correctness"]:
+        tables.append(report.correctness_table(results["correctness"]))
+    if results["speed"]:
+        tables.append(report.speed_table(results["speed"]))
+    if results.get("ttft"):
+        tables.append(report.ttft_table(results["ttft"]))
+    return tables
+
+
 def merge_only(args: argparse.Namespace) -> int:
     """One report from several JSON results: rows concatenated in file order, meta from the first
     file plus every file's command, the first time-to-first-token curve found."""
@@ -131,17 +154,9 @@ def merge_only(args: argparse.Namespace) -> int:
         if r["meta"].get("interrupted"):
             merged["meta"]["interrupted"] = True
     report.write_json(merged, args.json or _default_json())
-    plot_files: List[str] = []
-    if args.plots:
-        plot_files, note = report.plots(merged, args.plots)
-        if note:
-            print(note, file=sys.stderr)
-    if args.markdown:
-        report.markdown(merged, args.markdown, plot_files)
+    _write_reports(merged, args)
     _print = _printer()
-    for t in ([report.correctness_table(merged["correctness"])] if merged["correctness"] else []) + (
-            [report.speed_table(merged["speed"])] if merged["speed"] else []) + (
-            [report.ttft_table(merged["ttft"])] if merged.get("ttft") else []):
+    for t in _result_tables(merged):
         report.print_table(t, _print.console)
     _print(report.summary_text(merged))
     return 1 if report.summary(merged)["checks_failed"] else 0
@@ -289,21 +304,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # ---- output: files first, then the tables, the summary last
     save()
-    plot_files: List[str] = []
-    if args.plots:
-        plot_files, note = report.plots(results, args.plots)
-        if note:
-            print(note, file=sys.stderr)
-    if args.markdown:
-        report.markdown(results, args.markdown, plot_files)
-
-    tables = []
-    if results["correctness"]:
-        tables.append(report.correctness_table(results["correctness"]))
-    if results["speed"]:
-        tables.append(report.speed_table(results["speed"]))
-    if results.get("ttft"):
-        tables.append(report.ttft_table(results["ttft"]))
+    plot_files = _write_reports(results, args)
+    tables = _result_tables(results)
     if args.compare:
         tables += report.compare_tables(report.load_json(args.compare[0]), results)
     _print = _printer()
