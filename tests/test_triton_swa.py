@@ -103,6 +103,7 @@ def _check(B, T, H, HKV, D, window, M=0, cu=None, dtype=torch.float32, device="c
         assert grads[3].shape == sk.shape and grads[3].dtype == sk.dtype
     else:
         assert grads[3].numel() == 0 and grads[4].numel() == 0
+    return (o, lse) + tuple(grads)
 
 
 # ------------------------------------------------------------------- (a) interpreter, float32
@@ -136,6 +137,107 @@ def test_interp_varlen_sinks():
 def test_interp_sinks_d128_default_config():
     # config=None: the float32 entries of backends/cuda/tuning/swa.json
     _check(1, 70, 2, 1, 128, 20, M=37)
+
+
+# ---------------------------------------------- (a') interpreter: opt-in config keys vs default
+# split_masks (fwd and bwd configs) and bwd_atomic_dq (bwd config): each option alone and both,
+# against float64 (inside _check) and against the default path on the same inputs. split_masks
+# only removes mask work on pairs that are visible anyway, so in the interpreter it must match
+# the default bit for bit; bwd_atomic_dq sums dq in another order (float32 atomics).
+_OPTIONS = {
+    "split": ({"split_masks": True}, {"split_masks": True}),
+    "atomic": ({}, {"bwd_atomic_dq": True}),
+    "both": ({"split_masks": True}, {"split_masks": True, "bwd_atomic_dq": True}),
+}
+_OUT_NAMES = ["o", "lse", "dq", "dk", "dv", "dsink_k", "dsink_v"]
+
+
+def _check_option(opt, *args, fwd_cfg=_FWD_SMALL, bwd_cfg=_BWD_SMALL, ref=None, **kw):
+    """Run with option ``opt`` (checked against float64 by _check) and compare with the default
+    path's outputs ``ref`` (computed here unless given). Returns ``ref``."""
+    fopt, bopt = _OPTIONS[opt]
+    fwd_opt = None if fwd_cfg is None and not fopt else {**(fwd_cfg or {}), **fopt}
+    bwd_opt = None if bwd_cfg is None and not bopt else {**(bwd_cfg or {}), **bopt}
+    got = _check(*args, fwd_cfg=fwd_opt, bwd_cfg=bwd_opt, **kw)
+    if ref is None:
+        ref = _check(*args, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, **kw)
+    for name, a, b in zip(_OUT_NAMES, got, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if name in ("o", "lse", "dk", "dv", "dsink_k", "dsink_v") or "atomic_dq" not in str(bopt):
+            assert torch.equal(a, b), f"{opt}: {name} differs from the default path"
+        else:
+            err = rel_err(a, b.double())
+            assert err <= 1e-6, f"{opt}: {name} rel err vs default {err:.2e}"
+    return ref
+
+
+@cpu_only
+@pytest.mark.parametrize("opt", list(_OPTIONS))
+@pytest.mark.parametrize("window", [0, 1, 7, 20, 100, -1])
+def test_interp_options_windows_gqa(opt, window):
+    # T=63: a partial last block; window 20 is no multiple of the blocks; 100 > T
+    _check_option(opt, 1, 63, 4, 2, 64, window)
+
+
+@cpu_only
+@pytest.mark.parametrize("opt", list(_OPTIONS))
+def test_interp_options_t1_and_block_shapes(opt):
+    _check_option(opt, 2, 1, 2, 1, 64, 3)
+    _check_option(opt, 1, 1, 2, 2, 64, -1, M=2)
+    # BLOCK_N < BLOCK_M in the forward / dQ (the diagonal spans several key blocks) and the
+    # transposed shapes in the dK/dV kernel; windows below, between and above the block sizes
+    for window in (5, 12, 40):
+        _check_option(opt, 1, 100, 2, 1, 64, window, fwd_cfg=_WIDE, bwd_cfg=_TALL)
+    _check_option(opt, 2, 37, 2, 2, 64, 9, fwd_cfg=_TALL, bwd_cfg=_WIDE, with_grad_lse=False)
+
+
+_WIDE = {"BLOCK_M": 16, "BLOCK_N": 8, "num_warps": 4, "num_stages": 1}
+_TALL = {"BLOCK_M": 8, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+
+
+@cpu_only
+@pytest.mark.parametrize("blocks", ["wide_tall", "tall_wide"])
+def test_interp_options_window_sweep(blocks):
+    # every window from 0 to past T: each edge case of the phase bounds (window edge inside
+    # the diagonal, one row/key before or after a block boundary) occurs for some window.
+    # "split" covers the dQ kernel's split path ("both" skips that kernel).
+    fwd_cfg, bwd_cfg = (_WIDE, _TALL) if blocks == "wide_tall" else (_TALL, _WIDE)
+    for window in range(0, 36):
+        args = (1, 33, 1, 1, 64, window)
+        kw = dict(fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, with_grad_lse=window % 2 == 0)
+        ref = _check_option("split", *args, **kw)
+        _check_option("both", *args, ref=ref, **kw)
+
+
+@cpu_only
+@pytest.mark.parametrize("opt", list(_OPTIONS))
+def test_interp_options_varlen_sinks(opt):
+    cu = torch.tensor([0, 13, 13, 40, 50], dtype=torch.int32)   # includes an empty sequence
+    _check_option(opt, 1, 50, 4, 2, 64, 9, M=3, cu=cu)
+    _check_option(opt, 1, 50, 2, 1, 64, -1, cu=cu.long())
+    # sequences of 1, 16 (= a block), 33 and 50 tokens
+    cu = torch.tensor([0, 1, 17, 50, 100], dtype=torch.int32)
+    _check_option(opt, 1, 100, 4, 1, 64, 20, M=5, cu=cu)
+    _check_option(opt, 1, 100, 4, 2, 64, 0, M=1, cu=cu)
+
+
+@cpu_only
+@pytest.mark.parametrize("opt", list(_OPTIONS))
+def test_interp_options_d128_default_blocks(opt):
+    # the float32 entries of tuning/swa.json plus only the option keys
+    _check_option(opt, 1, 70, 2, 1, 128, 20, M=37, fwd_cfg=None, bwd_cfg=None)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "maca"])
+def test_options_off_by_default(backend):
+    for kind in ("fwd", "bwd"):
+        for D in (64, 128):
+            for dt in (torch.bfloat16, torch.float16, torch.float32):
+                try:
+                    cfg = swa.default_config(kind, D, dt, backend)
+                except (KeyError, FileNotFoundError):
+                    continue
+                assert not cfg.get("split_masks") and not cfg.get("bwd_atomic_dq"), (kind, D, dt)
 
 
 def test_rejects_head_dim():
@@ -179,3 +281,16 @@ def test_gpu_fp16_and_fp32():
            tol_fwd=1e-2, tol_grad=2e-2)
     _check(1, 300, 4, 1, 64, 63, M=16, dtype=torch.float32, device="cuda",
            tol_fwd=1e-5, tol_grad=1e-5)
+
+
+@gpu_only
+@pytest.mark.parametrize("opt", list(_OPTIONS))
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_bf16_options(opt, D):
+    # the opt-in config keys on top of the tuned bf16 configs, against float64
+    fopt, bopt = _OPTIONS[opt]
+    cu = torch.tensor([0, 1, 64, 64, 700, 1000], dtype=torch.int32)
+    for window, M, c in [(7, 0, None), (2000, 0, None), (-1, 0, None), (100, 128, cu)]:
+        B = 1 if c is not None else 2
+        _check(B, 1000, 8, 2, D, window, M=M, cu=c, dtype=torch.bfloat16, device="cuda",
+               fwd_cfg=dict(fopt), bwd_cfg=dict(bopt), tol_fwd=1e-2, tol_grad=2e-2)

@@ -10,7 +10,12 @@ Medians of triton.testing.do_bench(return_mode="median"). Effective TFLOP/s coun
 fastest (print them; copy the winners into backends/cuda/tuning/swa.json).
 Writes a JSON of all numbers to $OUT/bench_swa.json when $OUT is set.
 
-    python benchmarks/gpu/bench_swa.py [--sweep] [--skip-peers]
+``--options`` times the opt-in config keys against the default in the same process (default
+first, then each option, on the same inputs; interleaved in 2 rounds): split_masks (fwd and bwd
+configs) and bwd_atomic_dq (bwd config), on fwd T=32k/128k, bwd and fwd+bwd T=32k; it also
+checks the options' outputs against the default at T=32k. See NOTES_swa.md.
+
+    python benchmarks/gpu/bench_swa.py [--sweep] [--skip-peers] [--options] [--options-only]
 """
 import argparse
 import importlib
@@ -151,10 +156,78 @@ def sdpa_causal(T):
     return times[best], best
 
 
+# name -> (keys added to the fwd config, keys added to the bwd config)
+OPTIONS = {
+    "default": ({}, {}),
+    "split_masks": ({"split_masks": True}, {"split_masks": True}),
+    "bwd_atomic_dq": ({}, {"bwd_atomic_dq": True}),
+    "split+atomic": ({"split_masks": True}, {"split_masks": True, "bwd_atomic_dq": True}),
+}
+
+
+def _with(cfg, extra, swa, kind):
+    """The config actually used (given or tuned default) plus the option keys."""
+    base = dict(cfg) if cfg else swa.default_config(kind, D, DT)
+    return {**base, **extra}
+
+
+def check_options(swa, fcfg, bcfg, T=32768):
+    """Max |option - default| of o, lse, dq, dk, dv at T (bf16; atomics reorder dq's sums)."""
+    q, k, v = inputs(T)
+    do = torch.randn_like(q)
+    out = {}
+    for name, (fo, bo) in OPTIONS.items():
+        fc, bc = _with(fcfg, fo, swa, "fwd"), _with(bcfg, bo, swa, "bwd")
+        o, lse = swa.swa_attn_fwd(q, k, v, WINDOW, None, None, None, None, config=fc)
+        g = swa.swa_attn_bwd(q, k, v, o, lse, do, None, WINDOW, None, None, None, None, config=bc)
+        out[name] = (o, lse) + tuple(g[:3])
+    names = ["o", "lse", "dq", "dk", "dv"]
+    diffs = {}
+    for name in OPTIONS:
+        if name != "default":
+            diffs[name] = {n: (a.float() - b.float()).abs().max().item()
+                           for n, a, b in zip(names, out[name], out["default"])}
+            print(f"options check {name}: max |diff| vs default {diffs[name]}", flush=True)
+    return diffs
+
+
+def time_options(ours, fcfg, bcfg, rounds=2):
+    """Default vs each option, interleaved in `rounds` rounds; keeps the best median."""
+    swa = ours.swa
+    cases = [("fwd T=32k", 32768, "fwd"), ("fwd T=128k", 131072, "fwd"),
+             ("bwd T=32k", 32768, "bwd"), ("fwd+bwd T=32k", 32768, "fwd_bwd")]
+    table = {}
+    for _ in range(rounds):
+        for case, T, kind in cases:
+            for name, (fo, bo) in OPTIONS.items():
+                if kind == "fwd" and name not in ("default", "split_masks"):
+                    continue  # the forward only has split_masks
+                fc, bc = _with(fcfg, fo, swa, "fwd"), _with(bcfg, bo, swa, "bwd")
+                ms = (ours.fwd(T, WINDOW, fc) if kind == "fwd" else
+                      ours.bwd(T, WINDOW, fc, bc) if kind == "bwd" else
+                      ours.fwd_bwd(T, WINDOW, fc, bc))
+                key = (case, name)
+                table[key] = min(table.get(key, float("inf")), ms)
+    rows = []
+    for case, T, kind in cases:
+        base = table[(case, "default")]
+        for name in OPTIONS:
+            if (case, name) in table:
+                ms = table[(case, name)]
+                rows.append(dict(case=case, option=name, ms=ms, vs_default=ms / base))
+                print(f"option {case:<15} {name:<14} {ms:8.3f} ms  {ms / base:6.3f}x default",
+                      flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="time the configs in FWD/BWD_SWEEP first")
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--options", action="store_true",
+                    help="also time split_masks / bwd_atomic_dq against the default")
+    ap.add_argument("--options-only", action="store_true",
+                    help="only the options A/B (with its correctness check), no table")
     args = ap.parse_args()
     ours = Ours(load_swa())
     out_dir = os.environ.get("OUT")
@@ -187,6 +260,14 @@ def main():
         result["chosen"] = {"fwd": fcfg, "bwd": bcfg}
         print(f"chosen fwd {fcfg}\nchosen bwd {bcfg}", flush=True)
         save()
+
+    if args.options or args.options_only:
+        result["options_check"] = check_options(ours.swa, fcfg, bcfg)
+        save()
+        result["options"] = time_options(ours, fcfg, bcfg)
+        save()
+        if args.options_only:
+            return 0
 
     cases = [  # name, T, window, kind, flop factor, goal ms
         ("fwd T=32k", 32768, WINDOW, "fwd", 1.0, 3.2),

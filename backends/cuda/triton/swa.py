@@ -28,6 +28,15 @@ Design
   root = two directories above this file. The dQ kernel uses the backward config with
   BLOCK_M and BLOCK_N swapped (long query block, short key block), like the dK/dV kernel's
   transpose.
+* Opt-in config keys (absent/false = the path above, unchanged):
+  - ``split_masks`` (fwd and bwd configs): the edge phases apply only the mask they need:
+    the window's far edge only ``j >= i - window`` with unmasked loads, the diagonal only the
+    causal compare (plus the load bound) unless the window edge reaches into it; in the dK/dV
+    kernel the diagonal only causal + row bound and the far edge only window + row bound.
+  - ``bwd_atomic_dq`` (bwd config): the dK/dV kernel also computes each tile's dq =
+    dS^T K and adds it with float32 atomics into a zeroed [B,T,H,D] buffer (the sink kernel adds
+    the sinks' terms); the dQ kernel is skipped (5 matmuls per tile instead of 7), the buffer is
+    scaled and cast at the end. Not deterministic (atomic order).
 * Runtime sizes (T, window, M, R) are not specialized (``do_not_specialize``): one compiled
   kernel serves every length; alignment comes from the constexpr strides H*D and HKV*D.
 """
@@ -57,6 +66,9 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, w
 
     MASK: 0 = every (row, key) pair is visible and in bounds; 1 = causal sliding-window mask
     ``i - window <= j <= i`` plus ``j < L``; 2 = key bound ``j < hi`` only (sinks).
+    split_masks only: 3 = window edge ``j >= i - window`` only, keys in bounds (unmasked
+    loads); 4 = causal ``j <= i`` only, loads bounded by ``j < hi`` (the diagonal when the
+    window reaches past it; rows >= L are padding and never stored).
     Scores are in log2 units (qk_scale includes log2(e)).
     """
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -66,6 +78,9 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, w
         k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_kt + offs_d[None, :]
         if MASK == 0:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        elif MASK == 3:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         else:
@@ -80,6 +95,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, w
             s = tl.where(visible, s, float("-inf"))
         elif MASK == 2:
             s = tl.where((offs_n < hi)[None, :], s, float("-inf"))
+        elif MASK == 3:
+            s = tl.where(offs_n[None, :] >= offs_m[:, None] - window, s, float("-inf"))
+        elif MASK == 4:
+            s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
         # m_i starts finite (-1e30), so fully masked rows give p = 0 rather than NaN.
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
@@ -94,7 +113,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, w
 def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
                 H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr):
+                IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
+                SPLIT: tl.constexpr):
     h = tl.program_id(0)
     # heaviest query blocks (most keys under full causal attention) are scheduled first
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -134,12 +154,31 @@ def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
         mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
         mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
         mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+        if SPLIT:
+            # split_masks: [lo, mid_lo) ends at or before key m0 + 1 <= L (keys <= every row,
+            # in bounds): window mask only; the diagonal needs the window mask only when the
+            # window edge of the last real row (hi - 1 - window) passes mid_hi.
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                       lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 3, PREC)
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                       mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0,
+                                       PREC)
+            if hi - 1 - window <= mid_hi:
+                acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                           mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 4,
+                                           PREC)
+            else:
+                acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                           mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1,
+                                           PREC)
+        else:
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                       lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                       mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0,
+                                       PREC)
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                       mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
 
         # rows past L (padding of the last block) may have l = 0; they are not stored.
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -170,12 +209,16 @@ def _bwd_preprocess_kernel(O, DO, GLSE, DELTA, R, HEAD_DIM: tl.constexpr, BLOCK_
 @triton.jit
 def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n, lo, hi, window,
                     qk_scale, H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    MASK: tl.constexpr, PREC: tl.constexpr):
+                    MASK: tl.constexpr, PREC: tl.constexpr, dq_base, ATOMIC_DQ: tl.constexpr):
     """Accumulate dk/dv of key rows offs_n over query rows [lo, hi) of one query head.
 
     The pointers are already offset to the head; query rows have stride H*HEAD_DIM and lse/delta
     stride H. Works on transposed tiles (keys x queries). MASK: 0 = all pairs visible and
-    rows in bounds; 1 = causal window ``j <= i <= j + window`` and ``i < hi``; 2 = ``i < hi``.
+    rows in bounds; 1 = causal window ``j <= i <= j + window`` and ``i < hi``; 2 = ``i < hi``;
+    split_masks only: 3 = causal ``j <= i`` and ``i < hi``; 4 = window edge ``i <= j + window``
+    and ``i < hi``.
+    ATOMIC_DQ (bwd_atomic_dq): also add this tile's dq (unscaled, float32) into dq_base (rows of
+    stride H*HEAD_DIM, like q_base) with atomics.
     """
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -203,18 +246,31 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
             p_t = tl.where(visible, p_t, 0.0)
         elif MASK == 2:
             p_t = tl.where((offs_m < hi)[None, :], p_t, 0.0)
+        elif MASK == 3:
+            p_t = tl.where((offs_m[None, :] >= offs_n[:, None]) & (offs_m < hi)[None, :], p_t, 0.0)
+        elif MASK == 4:
+            p_t = tl.where((offs_m[None, :] <= offs_n[:, None] + window) & (offs_m < hi)[None, :],
+                           p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)               # [BLOCK_N, BLOCK_M]
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PREC)  # [BLOCK_M, D]
+            dq_ptrs = dq_base + offs_m[:, None].to(tl.int64) * (H * HEAD_DIM) + offs_d[None, :]
+            if MASK == 0:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, mask=(offs_m < hi)[:, None], sem="relaxed")
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["T", "window"])
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, scale,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, scale, DQACC,
                      H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr):
+                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+                     ATOMIC_DQ: tl.constexpr):
     hkv = tl.program_id(0)
     pid_n = tl.program_id(1)
     n = tl.program_id(2)
@@ -251,25 +307,49 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, s
             do_base = DO + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
             lse_base = LSE + row0 + h
             delta_base = DELTA + row0 + h
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     n0, diag_end, window, qk_scale, H, HEAD_DIM, BLOCK_M, 1, PREC)
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     diag_end, mid_hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, 0, PREC)
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     mid_hi, hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, 1, PREC)
+            dq_base = DQACC + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
+            if SPLIT:
+                # split_masks: the diagonal needs the window mask only when its last real row
+                # (diag_end - 1) is past the window of key n0; the right edge (rows >= mid_hi >=
+                # n0 + BLOCK_N when non-empty) needs no causal mask.
+                if diag_end - 1 - window <= n0:
+                    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                             offs_n, n0, diag_end, window, qk_scale, H, HEAD_DIM,
+                                             BLOCK_M, 3, PREC, dq_base, ATOMIC_DQ)
+                else:
+                    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                             offs_n, n0, diag_end, window, qk_scale, H, HEAD_DIM,
+                                             BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                         offs_n, diag_end, mid_hi, window, qk_scale, H, HEAD_DIM,
+                                         BLOCK_M, 0, PREC, dq_base, ATOMIC_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                         offs_n, mid_hi, hi, window, qk_scale, H, HEAD_DIM,
+                                         BLOCK_M, 4, PREC, dq_base, ATOMIC_DQ)
+            else:
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                         offs_n, n0, diag_end, window, qk_scale, H, HEAD_DIM,
+                                         BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                         offs_n, diag_end, mid_hi, window, qk_scale, H, HEAD_DIM,
+                                         BLOCK_M, 0, PREC, dq_base, ATOMIC_DQ)
+                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                                         offs_n, mid_hi, hi, window, qk_scale, H, HEAD_DIM,
+                                         BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
         tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
         tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit(do_not_specialize=["R", "M_SINK"])
-def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, R, M_SINK, qk_scale, scale,
+def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, R, M_SINK, qk_scale, scale, DQACC,
                      H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-                     PREC: tl.constexpr):
+                     PREC: tl.constexpr, ATOMIC_DQ: tl.constexpr):
     """Partial dsink_k/dsink_v of sink rows [s0, s0+BLOCK_N) over query rows of one chunk.
 
     Every query row of every sequence sees every sink, so the R = B*T rows are split into
     chunks without regard to sequences. Output: float32 [num_chunks, M, HKV, D].
+    ATOMIC_DQ: also add the sinks' dq terms into the float32 buffer DQACC [B*T, H, D].
     """
     s0 = tl.program_id(0) * BLOCK_N
     hkv = tl.program_id(1)
@@ -290,7 +370,7 @@ def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, R, M_SINK, qk_scale, s
         h = hkv * G + g
         dsk, dsv = _bwd_dkdv_inner(dsk, dsv, sk, sv, Q + h * HEAD_DIM, DO + h * HEAD_DIM,
                                    LSE + h, DELTA + h, offs_n, lo, hi, 0, qk_scale,
-                                   H, HEAD_DIM, BLOCK_M, 2, PREC)
+                                   H, HEAD_DIM, BLOCK_M, 2, PREC, DQACC + h * HEAD_DIM, ATOMIC_DQ)
     out_off = c.to(tl.int64) * M_SINK * stride_kt + s_off
     tl.store(DSK + out_off, dsk * scale, mask=s_mask)
     tl.store(DSV + out_off, dsv, mask=s_mask)
@@ -310,6 +390,9 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
         if MASK == 0:
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
+        elif MASK == 3:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         else:
             kmask = (offs_n < hi)[:, None]
             k = tl.load(k_ptrs, mask=kmask, other=0.0)
@@ -323,6 +406,10 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
             p = tl.where(visible, p, 0.0)
         elif MASK == 2:
             p = tl.where((offs_n < hi)[None, :], p, 0.0)
+        elif MASK == 3:
+            p = tl.where(offs_n[None, :] >= offs_m[:, None] - window, p, 0.0)
+        elif MASK == 4:
+            p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
@@ -333,7 +420,8 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
 def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, qk_scale, scale,
                    H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr):
+                   IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
+                   SPLIT: tl.constexpr):
     h = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     n = tl.program_id(2)
@@ -369,12 +457,25 @@ def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, q
         mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
         mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
         mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo, mid_lo,
-                           L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
-                           mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi, hi,
-                           L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+        if SPLIT:
+            # split_masks: the forward's edge masks (see _fwd_kernel)
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
+                               mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 3, PREC)
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
+                               mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
+            if hi - 1 - window <= mid_hi:
+                dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m,
+                                   mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 4, PREC)
+            else:
+                dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m,
+                                   mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+        else:
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
+                               mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
+                               mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
+            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi,
+                               hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
         tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=rmask[:, None])
 
 
@@ -483,6 +584,7 @@ def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=N
         cu if cu is not None else q, T, M, window_eff, scale * _LOG2E,
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=cu is not None, HAS_SINK=M > 0, PREC=prec,
+        SPLIT=bool(cfg.get("split_masks", False)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o, lse
 
@@ -517,6 +619,11 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     cfg = _resolve_config(config, "bwd", D, q.dtype, backend)
     BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    split = bool(cfg.get("split_masks", False))
+    atomic_dq = bool(cfg.get("bwd_atomic_dq", False))
+    # bwd_atomic_dq: dq accumulates unscaled in float32 (zeros: rows outside every sequence
+    # stay 0) through atomics of the dK/dV (and sink) kernels; no dQ kernel
+    dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic_dq else dq
 
     R = B * T * H
     delta = torch.empty((B, T, H), device=q.device, dtype=torch.float32)
@@ -529,15 +636,16 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     qk_scale = scale * _LOG2E
     cu_arg = cu if cu is not None else q
     _bwd_dkdv_kernel[(HKV, triton.cdiv(max_len, BN), N)](
-        q, k, v, grad_o, lse, delta, dk, dv, cu_arg, T, window_eff, qk_scale, scale,
+        q, k, v, grad_o, lse, delta, dk, dv, cu_arg, T, window_eff, qk_scale, scale, dq_acc,
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, IS_VARLEN=cu is not None,
-        PREC=prec, **launch)
-    # dQ: long query block, short key block (the dK/dV config transposed)
-    _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
-        q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse, delta,
-        dq, cu_arg, T, M, window_eff, qk_scale, scale,
-        H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
-        HAS_SINK=M > 0, PREC=prec, **launch)
+        PREC=prec, SPLIT=split, ATOMIC_DQ=atomic_dq, **launch)
+    if not atomic_dq:
+        # dQ: long query block, short key block (the dK/dV config transposed)
+        _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
+            q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
+            delta, dq, cu_arg, T, M, window_eff, qk_scale, scale,
+            H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
+            HAS_SINK=M > 0, PREC=prec, SPLIT=split, **launch)
     if M > 0:
         rows = B * T
         n_chunks = triton.cdiv(rows, _SINK_CHUNK)
@@ -548,8 +656,10 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
         # sink rows play the keys of the dK/dV kernel: same block shapes
         _bwd_sink_kernel[(triton.cdiv(M, BN), HKV, n_chunks)](
             q, sk, sv, grad_o, lse, delta, part_k, part_v, used_rows, M, qk_scale, scale,
-            H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CHUNK=_SINK_CHUNK,
-            PREC=prec, **launch)
+            dq_acc, H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CHUNK=_SINK_CHUNK,
+            PREC=prec, ATOMIC_DQ=atomic_dq, **launch)
         dsk = part_k.sum(0).to(sink_k.dtype)
         dsv = part_v.sum(0).to(sink_v.dtype)
+    if atomic_dq:
+        dq = dq_acc.mul_(scale).to(q.dtype)
     return dq, dk, dv, dsk, dsv
