@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -32,6 +30,7 @@ _TESTS = pathlib.Path(__file__).resolve().parent
 _ROOT = _TESTS.parent
 sys.path.insert(0, str(_TESTS))
 import reference as R  # noqa: E402
+import triton_kernels  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -40,18 +39,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 # (None since the MACA config of the K=V=128 per-key-gate backward moved dq's state term into
 # _bwd_dq_state_kernel; tests/test_maca_compile.py checks the same on CPU.)
 KNOWN_OVER_LIMIT: dict = {}
-
-
-def _kernel_module(name: str):
-    """backends/cuda/triton/<name>.py: installed copy if importable, else the source tree."""
-    try:
-        return importlib.import_module(f"sbops._backends.cuda.triton.{name}")
-    except Exception:
-        spec = importlib.util.spec_from_file_location(
-            f"_sbops_maca_test_{name}", _ROOT / "backends" / "cuda" / "triton" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
 
 
 def _check(out, ref, bound, what):
@@ -67,7 +54,7 @@ def _check(out, ref, bound, what):
     (300, 8, 2, 128, "key", True),  # the SpikingBrain layer: MACA config runs _bwd_dq_state_kernel
 ], ids=["T63-d64-key", "T300-d128-head-varlen", "T1-d64-none", "T300-d128-key-varlen"])
 def test_maca_triton_linear_attn(T, H, HKV, D, gate, varlen):
-    la = _kernel_module("linear_attn")
+    la = triton_kernels.load("linear_attn")
     dev, dt = "cuda", torch.bfloat16
     B = 1 if varlen else 2
     cu = torch.tensor([0, T // 3, T], dtype=torch.int32, device=dev) if varlen else None
@@ -101,7 +88,7 @@ def test_maca_triton_linear_attn(T, H, HKV, D, gate, varlen):
     (300, 2, 2, 64, 100, False, True),
 ], ids=["T63-d64-full", "T300-d128-w64-sinks", "T300-d64-w100-varlen"])
 def test_maca_triton_swa(T, H, HKV, D, window, sinks, varlen):
-    swa = _kernel_module("swa")
+    swa = triton_kernels.load("swa")
     dev, dt = "cuda", torch.bfloat16
     B = 1 if varlen else 2
     cu = torch.tensor([0, 37, T], dtype=torch.int32, device=dev) if varlen else None

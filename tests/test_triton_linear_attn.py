@@ -5,7 +5,6 @@ one float16 case for the 16-bit code path: Triton 3.6's interpreter computes tl.
 operands from their raw bits, so bfloat16 is only checked on the GPU).
 GPU: bfloat16 inputs at T in {1, 63, 1000}, D in {64, 128}, GQA, varlen (1e-2 fwd, 2e-2 grads).
 """
-import importlib.util
 import os
 import sys
 
@@ -22,7 +21,6 @@ triton = pytest.importorskip("triton")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as R  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _install_interpreter_index_shim():
@@ -46,19 +44,9 @@ if not HAS_CUDA:
     _install_interpreter_index_shim()
 
 
-def _load_module():
-    try:
-        from sbops._backends.cuda.triton import linear_attn as mod  # installed package
-        return mod
-    except Exception:
-        path = os.path.join(REPO, "backends", "cuda", "triton", "linear_attn.py")
-        spec = importlib.util.spec_from_file_location("sbops_triton_linear_attn", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+import triton_kernels  # noqa: E402
 
-
-LA = _load_module()
+LA = triton_kernels.load("linear_attn")
 
 
 def rel(out, ref):

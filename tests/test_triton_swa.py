@@ -6,8 +6,6 @@
 (b) With a GPU: bfloat16 at the SPEC's odd shapes, bounds 1e-2 (forward) and 2e-2 (gradients).
 The reference gradients come from torch.autograd on ref_swa_attn.
 """
-import importlib
-import importlib.util
 import os
 import pathlib
 import sys
@@ -22,21 +20,9 @@ if not _HAS_CUDA:
 
 
 _TESTS = pathlib.Path(__file__).resolve().parent
-_ROOT = _TESTS.parent
 sys.path.insert(0, str(_TESTS))
 from reference import ref_swa_attn, rel_err  # noqa: E402
-
-
-def _load_swa():
-    """The kernel module, installed (sbops._backends.cuda.triton.swa) or from the source tree."""
-    try:
-        return importlib.import_module("sbops._backends.cuda.triton.swa")
-    except Exception:  # not installed (or the package fails to load): use the source tree
-        spec = importlib.util.spec_from_file_location(
-            "_sbops_triton_swa", _ROOT / "backends" / "cuda" / "triton" / "swa.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+import triton_kernels  # noqa: E402
 
 
 def _patch_interpreter_index():
@@ -59,7 +45,7 @@ def _patch_interpreter_index():
 if os.environ.get("TRITON_INTERPRET") == "1":
     _patch_interpreter_index()
 
-swa = _load_swa()
+swa = triton_kernels.load("swa")
 
 
 def _make(B, T, H, HKV, D, M, dtype, device, seed=0):

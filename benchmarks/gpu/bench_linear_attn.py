@@ -10,7 +10,6 @@ timed region, as SpikingBrain calls it). Timings: medians of CUDA-event timings 
 Writes bench_linear_attn.json (and check results) to $OUT when set.
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,19 +24,9 @@ HBM_BYTES_PER_S = 3.35e12     # H100 SXM HBM3
 TENSOR_FLOPS = 700e12         # ~dense bf16 tensor-core rate used for the floor
 
 
-def load_module():
-    try:
-        from sbops.backends.cuda.triton import linear_attn as mod
-        return mod
-    except Exception:
-        path = os.path.join(REPO, "backends", "cuda", "triton", "linear_attn.py")
-        spec = importlib.util.spec_from_file_location("sbops_triton_linear_attn", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+import triton_kernels  # noqa: E402  (tests/: the installed kernel module, else the source tree)
 
-
-LA = load_module()
+LA = triton_kernels.load("linear_attn")
 
 
 def floor_ms(T, H, HKV, K, V, BT, bwd):

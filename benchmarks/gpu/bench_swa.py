@@ -18,8 +18,6 @@ checks the options' outputs against the default at T=32k. See NOTES_swa.md.
     python benchmarks/gpu/bench_swa.py [--sweep] [--skip-peers] [--options] [--options-only]
 """
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -46,15 +44,12 @@ BWD_SWEEP = [
 ]
 
 
+sys.path.insert(0, str(ROOT / "tests"))
+import triton_kernels  # noqa: E402  (the installed kernel module, else the source tree)
+
+
 def load_swa():
-    try:
-        return importlib.import_module("sbops.backends.cuda.triton.swa")
-    except Exception:  # not installed (or the package fails to load): use the source tree
-        spec = importlib.util.spec_from_file_location(
-            "_sbops_triton_swa", ROOT / "backends" / "cuda" / "triton" / "swa.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    return triton_kernels.load("swa")
 
 
 def pairs(T, window):
