@@ -165,24 +165,45 @@ def test_preprocessor_scan_recognises_guards():
     assert dropped == {2, 7}
 
 
-def test_maca_triton_configs_fit_c500_shared_memory():
-    """Every Triton kernel launch of the SpikingBrain shapes (bf16, per-key gate, sinks; head dims
-    64 and 128) under the MACA tuning data fits a C500 block (64 KB shared memory, <= 16 warps):
-    compiled ahead of time for sm_80 from the real launchers (no GPU needed; see
-    backends/maca/check_triton_configs.py).  Runs in its own process: the interpreter tests set
-    TRITON_INTERPRET, under which nothing is compiled."""
+def _config_check(name, *args):
+    """Run backends/maca/check_triton_configs.py --quick with `args` in its own process (the
+    interpreter tests set TRITON_INTERPRET, under which nothing is compiled); its result rows."""
     pytest.importorskip("triton")
     import json
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = os.path.join(REPO, "build", "maca_config_check.json")
+    out = os.path.join(REPO, "build", f"{name}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     p = subprocess.run([sys.executable, os.path.join(REPO, "backends", "maca", "check_triton_configs.py"), "--quick",
-                        "--arch", "80", "--json", out], capture_output=True, text=True, env=env, timeout=900)
+                        *args, "--json", out], capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode in (0, 1), p.stdout[-2000:] + p.stderr[-3000:]
     res = json.load(open(out))
     rows = res["results"] if isinstance(res, dict) else res
     assert len(rows) >= 20, p.stdout[-2000:]
+    return rows
+
+
+def test_maca_triton_configs_fit_c500_shared_memory():
+    """Every Triton kernel launch of the SpikingBrain shapes (bf16, per-key gate, sinks; head dims
+    64 and 128) under the MACA tuning data fits a C500 block (64 KB shared memory, <= 16 warps):
+    compiled ahead of time for sm_80 from the real launchers (no GPU needed; see
+    backends/maca/check_triton_configs.py)."""
+    rows = _config_check("maca_config_check", "--arch", "80")
     bad = [f"{r['case']} {r['kernel']}: {r.get('why')}" for r in rows if not r["ok"]]
     assert not bad, "\n".join(bad)
     assert {r["kernel"] for r in rows} >= {"_bwd_main_kernel", "_bwd_dq_state_kernel", "_fwd_o_kernel", "_fwd_kernel"}
+
+
+def test_cuda_triton_configs_with_opt_in_keys_fit_h100_shared_memory():
+    """The NVIDIA tuning data plus every opt-in config key (SWA split_masks + bwd_atomic_dq, GLA
+    h_seg) compiles for sm_90 within an H100 block (227 KB). The first split_masks forward chose
+    between two masked loops at run time; Triton pipelined both, 416 KB at D=128, and it failed
+    only on the H100 (OutOfResources at launch): this check finds that on a CPU."""
+    import json
+    opts = {"swa_fwd": {"split_masks": True}, "swa_bwd": {"split_masks": True, "bwd_atomic_dq": True},
+            "linear_attn": {"h_seg": 16}}
+    rows = _config_check("cuda_config_check", "--backend", "cuda", "--arch", "90", "--smem-limit", "232448",
+                         "--options", json.dumps(opts))
+    bad = [f"{r['case']} {r['kernel']}: {r.get('why')}" for r in rows if not r["ok"]]
+    assert not bad, "\n".join(bad)
+    assert {r["kernel"] for r in rows} >= {"_fwd_h_seg_kernel", "_bwd_dh_seg_kernel", "_fwd_kernel", "_bwd_dkdv_kernel"}

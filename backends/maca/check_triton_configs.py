@@ -19,7 +19,13 @@ sees half the threads MACA would use; shared memory is driven by tiles and stage
 No GPU is needed (the compile never touches a driver); on a GPU machine the target defaults to
 the current device.
 
+The same check serves the NVIDIA tuning data: ``--backend cuda --arch 90 --smem-limit 232448``
+(an H100 block's 227 KB), and ``--options`` adds opt-in config keys on top of the tuned configs
+(e.g. '{"swa_fwd": {"split_masks": true}, "linear_attn": {"h_seg": 16}}'), so a variant that
+would not fit is caught on a CPU, before a GPU run.
+
     python backends/maca/check_triton_configs.py [--arch 80] [--quick] [--json out.json]
+                                                 [--backend maca|cuda] [--options JSON]
 
 ``check_configs(...)`` returns the results as a list of dicts (used by tests/test_maca_gpu.py).
 """
@@ -127,19 +133,20 @@ class _Recorder:
         return run
 
 
-def _run_linear_attn(mod, case: Case):
+def _run_linear_attn(mod, case: Case, backend: str = "maca", options: dict | None = None):
     B, T, H, HKV, d = 1, 80, 2, 1, case.dim
     q = torch.randn(B, T, H, d, dtype=case.dtype)
     k = torch.randn(B, T, HKV, d, dtype=case.dtype)
     v = torch.randn(B, T, HKV, d, dtype=case.dtype)
     g = {"none": None, "head": -torch.rand(B, T, HKV), "key": -torch.rand(B, T, HKV, d)}[case.variant]
     h0 = torch.zeros(B, HKV, d, d)
-    mod.linear_attn_fwd(q, k, v, g, d ** -0.5, h0, None, backend="maca")
+    cfg = {**mod.load_config(d, d, case.variant, case.dtype, backend), **(options or {}).get("linear_attn", {})}
+    mod.linear_attn_fwd(q, k, v, g, d ** -0.5, h0, None, config=cfg, backend=backend)
     mod.linear_attn_bwd(q, k, v, g, d ** -0.5, h0, None, torch.randn_like(q), torch.randn(B, HKV, d, d),
-                        backend="maca")
+                        config=cfg, backend=backend)
 
 
-def _run_swa(mod, case: Case):
+def _run_swa(mod, case: Case, backend: str = "maca", options: dict | None = None):
     B, T, H, HKV, d = 1, 80, 2, 1, case.dim
     q = torch.randn(B, T, H, d, dtype=case.dtype)
     k = torch.randn(B, T, HKV, d, dtype=case.dtype)
@@ -149,14 +156,18 @@ def _run_swa(mod, case: Case):
         sk, sv = torch.randn(4, HKV, d, dtype=case.dtype), torch.randn(4, HKV, d, dtype=case.dtype)
     o = torch.randn_like(q)
     lse = torch.randn(B, T, H)
-    mod.swa_attn_fwd(q, k, v, 16, None, None, sk, sv, backend="maca")
-    mod.swa_attn_bwd(q, k, v, o, lse, torch.randn_like(q), None, 16, None, None, sk, sv, backend="maca")
+    options = options or {}
+    mod.swa_attn_fwd(q, k, v, 16, None, None, sk, sv, config=options.get("swa_fwd"), backend=backend)
+    mod.swa_attn_bwd(q, k, v, o, lse, torch.randn_like(q), None, 16, None, None, sk, sv,
+                     config=options.get("swa_bwd"), backend=backend)
 
 
 def check_configs(cases: list[Case] | None = None, target=None, arch: int = 80,
-                  smem_limit: int = MACA_SMEM_LIMIT, max_warps: int = MACA_MAX_WARPS) -> list[dict]:
-    """Compile every kernel launch of every case with the maca configs; one dict per launch with
-    keys case, kernel, shared, num_warps, num_stages, ok, why."""
+                  smem_limit: int = MACA_SMEM_LIMIT, max_warps: int = MACA_MAX_WARPS,
+                  backend: str = "maca", options: dict | None = None) -> list[dict]:
+    """Compile every kernel launch of every case with `backend`'s configs (plus `options`: extra
+    config keys under "linear_attn", "swa_fwd", "swa_bwd"); one dict per launch with keys case,
+    kernel, shared, num_warps, num_stages, ok, why."""
     from triton.backends.compiler import GPUTarget
 
     if target is None:
@@ -168,7 +179,7 @@ def check_configs(cases: list[Case] | None = None, target=None, arch: int = 80,
     for case in cases:
         mod = modules[case.family]
         with _Recorder(mod, target) as rec:
-            runners[case.family](mod, case)
+            runners[case.family](mod, case, backend, options)
         for r in rec.records:
             why = []
             if r["shared"] > smem_limit:
@@ -187,10 +198,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="bfloat16, per-key gate and sinks only")
     ap.add_argument("--smem-limit", type=int, default=MACA_SMEM_LIMIT)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--backend", default="maca", help="whose tuning data: maca (default) or cuda")
+    ap.add_argument("--options", default="{}", help='extra config keys, JSON: {"linear_attn": {...}, '
+                    '"swa_fwd": {...}, "swa_bwd": {...}}')
     args = ap.parse_args(argv)
     from triton.backends.compiler import GPUTarget
     target = default_target() or GPUTarget("cuda", args.arch, 32)
-    res = check_configs(all_cases(args.quick), target=target, smem_limit=args.smem_limit)
+    res = check_configs(all_cases(args.quick), target=target, smem_limit=args.smem_limit,
+                        backend=args.backend, options=json.loads(args.options))
     width = max(len(r["case"]) for r in res)
     for r in res:
         print(f"{r['case']:<{width}}  {r['kernel']:<24} smem {r['shared']:>6} B  warps {r['num_warps']:>2}  "
