@@ -56,10 +56,11 @@ if want wheel; then
     -w /tmp/dist . > "$OUT/logs/wheel.log" 2>&1 || { tail -30 "$OUT/logs/wheel.log"; exit 1; }
   ls -la /tmp/dist | tee -a "$OUT/logs/wheel.log"
   # a fresh venv; torch and the test tools come from the image's environment through a .pth file
-  # (appended after the venv's own site-packages, so the wheel's sbops wins over any other copy)
+  # (appended after the venv's own site-packages, so the wheel's sbops wins over any other copy;
+  # --ignore-installed: pip would otherwise see the build step's sbops through that .pth and skip)
   python3 -m venv /tmp/wvenv && /tmp/wvenv/bin/python -c "import site; print(site.getsitepackages()[0])" > /tmp/wsp \
     && python3 -c "import site; print(site.getsitepackages()[0])" > "$(cat /tmp/wsp)/image_env.pth" \
-    && /tmp/wvenv/bin/python -m pip install -q --no-deps --no-index /tmp/dist/sbops-*.whl
+    && /tmp/wvenv/bin/python -m pip install -q --no-deps --no-index --ignore-installed /tmp/dist/sbops-*.whl
   cp -r tests /tmp/wtests
   (cd /tmp/wtests && /tmp/wvenv/bin/python -c "import sbops, os; print('wheel import:', sbops.__file__); assert sbops.__file__.startswith('/tmp/wvenv'), sbops.__file__" \
    && timeout ${STEP_LIMIT:-240} /tmp/wvenv/bin/python -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 \

@@ -76,18 +76,24 @@ def _peer_cell(row: Dict[str, Any]) -> str:
 
 
 def speed_table(rows: Sequence[Dict[str, Any]]) -> Table:
+    checked = any(r.get("checked_ms") is not None for r in rows)   # GPU runs: the checks-on column
     body = []
     for r in rows:
         if r.get("error") or r.get("skipped"):
             body.append([r["case"], r["backend"], ("ERROR " + r["error"]) if r.get("error") else
-                         "skip: " + r["skipped"], "", "", "", "", ""])
+                         "skip: " + r["skipped"]] + [""] * (6 if checked else 5))
             continue
-        body.append([r["case"], r["backend"], fmt_ms(r["median_ms"]), fmt(r.get("gbps")), fmt(r.get("tflops")),
-                     (fmt_ms(r.get("floor_ms")) + f" ({r['bound']})") if r.get("floor_ms") else "-",
-                     f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-",
-                     _peer_cell(r)])
-    return ("Speed (median; ratio = peer time / sbops time, > 1: sbops faster)",
-            ["case", "backend", "median", "GB/s", "TFLOP/s", "floor", "of roofline", "peers (ratio)"], body)
+        body.append([r["case"], r["backend"], fmt_ms(r["median_ms"])]
+                    + ([fmt_ms(r.get("checked_ms"))] if checked else [])
+                    + [fmt(r.get("gbps")), fmt(r.get("tflops")),
+                       (fmt_ms(r.get("floor_ms")) + f" ({r['bound']})") if r.get("floor_ms") else "-",
+                       f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-",
+                       _peer_cell(r)])
+    title = "Speed (median, data checks off; ratio = peer time / sbops time, > 1: sbops faster)"
+    if checked:
+        title += "; 'checks on': the default call, whose value checks read data back and sync"
+    return (title, ["case", "backend", "median"] + (["checks on"] if checked else [])
+            + ["GB/s", "TFLOP/s", "floor", "of roofline", "peers (ratio)"], body)
 
 
 def ttft_table(ttft: Dict[str, Any]) -> Table:
