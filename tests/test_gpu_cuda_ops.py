@@ -298,6 +298,48 @@ def test_linear_attn_decode(ops, N, H, HKV, K, gate, dtype, sdtype):
     close(state, rstate, tol)
 
 
+@pytest.mark.parametrize("sdtype", [torch.float32, torch.bfloat16])
+def test_linear_attn_decode_many_query_heads_per_kv_head(ops, sdtype):
+    # G = 128 query heads share one state: the block's reduction buffer (64-128 KB) is past the 48 KB
+    # that needs no opt-in, so the launcher raises the kernel's dynamic shared-memory limit
+    N, H, HKV, K = 3, 128, 1, 64
+    q = torch.randn(N, H, K, device=DEV).to(torch.bfloat16)
+    k = torch.randn(N, HKV, K, device=DEV).to(torch.bfloat16) * 0.3
+    v = torch.randn(N, HKV, K, device=DEV).to(torch.bfloat16)
+    g = -torch.rand(N, HKV, device=DEV)
+    state = torch.randn(N, HKV, K, K, device=DEV).to(sdtype)
+    before = state.clone()
+    o = ops.linear_attn_decode(q, k, v, g, state, None, K ** -0.5)
+    ro, rstate = R.ref_linear_attn_decode(q.cpu(), k.cpu(), v.cpu(), g.cpu(), before.cpu(), None, K ** -0.5)
+    close(o, ro, 1e-2)
+    close(state, rstate, 1e-2)
+
+
+def test_decode_batches_past_the_grid_y_limit(ops):
+    # N * HKV = 65600 (sequence, KV head) blocks > 65535, the largest gridDim.y: the launchers launch
+    # in slices; every sequence, on both sides of the slice boundary, must match the reference
+    N, H, HKV, K, V, D, C = 8200, 8, 8, 64, 8, 64, 16
+    q = torch.randn(N, H, K, device=DEV)
+    k = torch.randn(N, HKV, K, device=DEV) * 0.3
+    v = torch.randn(N, HKV, V, device=DEV)
+    state = torch.randn(N, HKV, K, V, device=DEV)
+    before = state.clone()
+    o = ops.linear_attn_decode(q, k, v, None, state, None, K ** -0.5)
+    ro, rstate = R.ref_linear_attn_decode(q.cpu(), k.cpu(), v.cpu(), None, before.cpu(), None, K ** -0.5)
+    close(o, ro, 1e-5)
+    close(state, rstate, 1e-5)
+
+    kc = torch.randn(N, C, HKV, D, device=DEV)
+    vc = torch.randn(N, C, HKV, D, device=DEV)
+    lens = torch.randint(1, 3 * C, (N,), device=DEV, dtype=torch.int64)
+    qd = torch.randn(N, H, D, device=DEV)
+    od = ops.swa_decode(qd, kc, vc, lens, C - 1, D ** -0.5, None)
+    rod = R.ref_swa_decode(qd.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), C - 1, D ** -0.5, None)
+    close(od, rod, 1e-5)
+    last = slice(N - 8, N)   # the second slice alone, where an unsliced launch would have failed
+    close(od[last], rod[last], 1e-5)
+
+
 @pytest.mark.parametrize("N,H,HKV,D,window,L", [(1, 28, 4, 128, 4096, 5000), (3, 4, 4, 64, 100, 1),
                                                  (64, 28, 4, 128, 64, 300), (2, 16, 1, 64, -1, 700),
                                                  (4, 8, 2, 128, 1000, 1000)])

@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(kLaBlock)
 la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v, DType qt,
                  const void* __restrict__ g, DType gt, int gate_mode, ST* __restrict__ state,
                  const void* __restrict__ idx, bool idx64, int64_t num_slots, void* __restrict__ o, int HKV, int G, int V,
-                 float scale) {
+                 float scale, int64_t nh0) {
   constexpr int VEC = vec16<ST>();
   constexpr int VB = kColGroups * VEC;  // state columns per block
   constexpr int ROWS = K / kRowSubsets;  // state rows per thread
@@ -33,7 +33,7 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   const int lane = lane_id(), w = warp_id();
   const int kq = lane % kRowLanes, cg = lane / kRowLanes;
   const int ksub = w * kRowLanes + kq;
-  const int64_t nh = blockIdx.y;  // n * HKV + hk
+  const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
   const int64_t n = nh / HKV;
   const int hk = static_cast<int>(nh % HKV);
   const int c0 = blockIdx.x * VB + cg * VEC;
@@ -114,11 +114,20 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
                          int V, float scale, cudaStream_t st) {
   constexpr int VB = kColGroups * vec16<ST>();
   if (V % vec16<ST>() != 0 || !aligned_to(state, 16)) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), static_cast<unsigned>(N * HKV));
   const size_t smem = sizeof(float) * kLaWarps * G * VB;
-  la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
-                                                        ns, o, HKV, G, V, scale);
-  return last_launch_error();
+  if (smem > kDefaultDynamicSmem) {  // many query heads per KV head: opt in (fails cleanly past the device's limit)
+    SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(la_decode_kernel<ST, K>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem)));
+  }
+  const int64_t total = N * HKV;
+  for (int64_t nh0 = 0; nh0 < total; nh0 += kMaxGridYZ) {
+    const int64_t rows = total - nh0 < kMaxGridYZ ? total - nh0 : kMaxGridYZ;
+    const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), static_cast<unsigned>(rows));
+    la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
+                                                          ns, o, HKV, G, V, scale, nh0);
+    SBOPS_RETURN_IF_ERROR(last_launch_error());
+  }
+  return cudaSuccess;
 }
 
 template <typename ST>

@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kSwaThreads, kMinResidentBlocks)
 swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                   const void* __restrict__ seq_lens, bool lens64, const void* __restrict__ slots, bool slots64,
                   int64_t C, int64_t num_slots, int HKV, int G, int window, float scale_log2, int nsplit,
-                  T* __restrict__ o, float* __restrict__ part) {
+                  T* __restrict__ o, float* __restrict__ part, int64_t nh0) {
   constexpr int VEC = vec16<T>();        // elements per 16-byte K load
   constexpr int NV = D / VEC;            // 16-byte vectors per K row
   constexpr int KB = NV < 8 ? NV : 8;    // K vectors loaded per batch (registers)
@@ -54,7 +54,7 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int split = blockIdx.x;
-  const int64_t nh = blockIdx.y;  // n * HKV + hk
+  const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
   const int64_t n = nh / HKV;
   const int hk = static_cast<int>(nh % HKV);
   const int h0 = blockIdx.z * kMaxHeads;
@@ -269,11 +269,16 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const vo
                          const void* slots, bool slots64, void* o, int64_t N, int H, int HKV, int64_t C, int64_t ns,
                          int window, float scale, int nsplit, float* ws, cudaStream_t st) {
   const int G = H / HKV;
-  const dim3 grid(nsplit, static_cast<unsigned>(N * HKV), static_cast<unsigned>(ceil_div(G, kMaxHeads)));
-  swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
-                                                      static_cast<const T*>(vc), lens, lens64, slots, slots64, C, ns, HKV,
-                                                      G, window, scale * kLog2e, nsplit, static_cast<T*>(o), ws);
-  SBOPS_RETURN_IF_ERROR(last_launch_error());
+  const int64_t total = N * HKV;
+  for (int64_t nh0 = 0; nh0 < total; nh0 += kMaxGridYZ) {
+    const int64_t rows = total - nh0 < kMaxGridYZ ? total - nh0 : kMaxGridYZ;
+    const dim3 grid(nsplit, static_cast<unsigned>(rows), static_cast<unsigned>(ceil_div(G, kMaxHeads)));
+    swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
+                                                        static_cast<const T*>(vc), lens, lens64, slots, slots64, C, ns,
+                                                        HKV, G, window, scale * kLog2e, nsplit, static_cast<T*>(o), ws,
+                                                        nh0);
+    SBOPS_RETURN_IF_ERROR(last_launch_error());
+  }
   if (nsplit > 1) {
     swa_combine_kernel<T><<<static_cast<unsigned>(N * H), D, 0, st>>>(ws, static_cast<T*>(o), nsplit, D);
     SBOPS_RETURN_IF_ERROR(last_launch_error());

@@ -23,6 +23,14 @@ enum class DType : int { F32, F16, BF16, F64, I8, I16, I32, I64 };
 
 SBOPS_HOST_DEVICE inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Largest gridDim.y / gridDim.z (gridDim.x goes to 2^31 - 1).  Launchers that put a batch-sized
+// count in y launch it in slices of at most this many, with the slice's first index as a kernel
+// argument, so no batch size fails to launch.
+constexpr int64_t kMaxGridYZ = 65535;
+
+// Dynamic shared memory a block may use without opting in (cudaFuncSetAttribute).
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;
+
 // Streaming multiprocessors of the current device, cached per device (the attribute query is not
 // free and launchers run on the hot path).
 inline int num_sms() {
