@@ -2,7 +2,8 @@
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
 #   benchmarks/gpu_check.sh [all|build|wheel|tests|bench|bench_attn|bench_rest|macasim]...   (default: all)
-# Env: GPU_TEST_FILES (default: every GPU test file), PYTEST_DESELECT (appended to -k),
+# Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
+#      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
@@ -33,15 +34,24 @@ build() {  # label, extra env...
 }
 
 # GPU tests one file per process, verbose (a killed or crashed file still leaves the names of what ran)
-FILES=${GPU_TEST_FILES:-"test_build test_gpu_cuda_ops test_opcheck test_triton_fake_match test_triton_linear_attn test_triton_swa test_maca_gpu test_dispatch test_validation test_nn test_models"}
+FILES=${GPU_TEST_FILES:-"test_triton_swa test_maca_gpu test_triton_fake_match test_triton_linear_attn test_opcheck test_gpu_cuda_ops test_nn test_models test_build"}
 gpu_tests() {  # label, extra env...
+  # GPU_TEST_JOBS files at a time (default 3; the float64 references run on the CPU, so each process
+  # gets 16 / jobs CPU threads), each file in its own process with its own log
   local label=$1; shift
-  stamp "GPU tests ($label)"
+  local jobs=${GPU_TEST_JOBS:-3} threads
+  threads=$(( $(nproc) / jobs )); (( threads < 1 )) && threads=1
+  stamp "GPU tests ($label, $jobs files at a time, $threads CPU threads each)"
   for f in $FILES; do
-    (cd tests && env "$@" timeout ${STEP_LIMIT:-240} python3 -X faulthandler -m pytest -v -p no:cacheprovider -p no:benchmark \
-       -rfE --tb=short --timeout=120 -o faulthandler_timeout=100 $f.py \
+    while (( $(jobs -rp | wc -l) >= jobs )); do wait -n; done
+    (cd tests && env "$@" OMP_NUM_THREADS=$threads timeout ${STEP_LIMIT:-240} python3 -X faulthandler -m pytest -v \
+       -p no:cacheprovider -p no:benchmark -rfE --tb=short --timeout=120 -o faulthandler_timeout=100 $f.py \
        -k "(gpu or cuda or triton or opcheck or maca or build) and not compile ${PYTEST_DESELECT:-}" \
-       > "$OUT/logs/${label}_$f.log" 2>&1; echo "$f: rc=$? $(grep -a -E '^=+ .*(passed|failed|error|skipped|deselected)' "$OUT/logs/${label}_$f.log" | tail -1)")
+       > "$OUT/logs/${label}_$f.log" 2>&1; echo "rc=$?" >> "$OUT/logs/${label}_$f.log") &
+  done
+  wait
+  for f in $FILES; do
+    echo "$f: $(tail -1 "$OUT/logs/${label}_$f.log") $(grep -a -E '^=+ .*(passed|failed|error|skipped|deselected)' "$OUT/logs/${label}_$f.log" | tail -1)"
     grep -a -E "^FAILED|^ERROR|Timeout|Fatal Python" "$OUT/logs/${label}_$f.log" | cut -c1-240 | head -12
   done
 }
