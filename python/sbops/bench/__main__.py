@@ -42,7 +42,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small shapes (default without a GPU)")
     mode.add_argument("--full", action="store_true", help="the SpikingBrain shapes (default with a GPU)")
-    ap.add_argument("--long", action="store_true", help="also time linear_attn fwd at T=1M (full mode)")
+    ap.add_argument("--long", action="store_true", help="also time linear_attn fwd at T=1M and fwd+bwd at T=128k (full mode)")
     ap.add_argument("--ops", action="append", metavar="NAMES",
                     help="families (linear_attn, swa, spike, moe) or op names, comma separated")
     ap.add_argument("--backends", action="append", metavar="NAMES", help="backends to run (default: all available)")

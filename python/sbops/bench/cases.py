@@ -583,8 +583,10 @@ def speed_cases(mode: str, long: bool = False) -> List[SpeedCase]:
         cases = [_speed_linear_attn(32768), _speed_linear_attn(131072)]
         if long:
             cases.append(_speed_linear_attn(1 << 20))
+        cases += [_speed_linear_attn(32768, backward=True)]
+        if long:
+            cases.append(_speed_linear_attn(131072, backward=True))
         cases += [
-            _speed_linear_attn(32768, backward=True),
             _speed_linear_attn_decode(1), _speed_linear_attn_decode(64),
             _speed_swa(32768, WINDOW7), _speed_swa(131072, WINDOW7),
             _speed_swa(32768, WINDOW7, backward=True), _speed_swa(32768, -1),
