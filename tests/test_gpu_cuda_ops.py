@@ -45,10 +45,18 @@ def close(out, ref, tol):
 
 
 # ------------------------------------------------------------------------------ spike coding
+@pytest.fixture(params=["warp", "block"])
+def row_kernel(request, monkeypatch):
+    """spike_encode / spike_quant's two row kernels: warp per row (default) and block per row (opt-in,
+    SBOPS_SPIKE_ROW_KERNEL=block, rows of at most 512 16-byte vectors; the launcher reads it per call)."""
+    monkeypatch.setenv("SBOPS_SPIKE_ROW_KERNEL", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("out_dtype", [torch.int8, torch.int16, torch.int32])
 @pytest.mark.parametrize("shape", [(1, 64), (63, 3584), (5, 7, 1000), (3, 20000), (4, 13)])
-def test_spike_encode(ops, dtype, out_dtype, shape):
+def test_spike_encode(ops, row_kernel, dtype, out_dtype, shape):
     x = torch.randn(shape, device=DEV).to(dtype)
     counts, vth = ops.spike_encode(x, 3.0, out_dtype)
     rc, rv = R.ref_spike_encode(x.cpu(), 3.0, out_dtype)
@@ -60,7 +68,7 @@ def test_spike_encode(ops, dtype, out_dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_spike_encode_exact_quotient(ops, dtype):
+def test_spike_encode_exact_quotient(ops, row_kernel, dtype):
     """counts == round_half_even(x / vth) bit for bit, with x / vth the IEEE float32 quotient (the
     kernel uses a per-row reciprocal plus an FMA correction instead of a division per element)."""
     # random rows
@@ -84,7 +92,7 @@ def test_spike_encode_exact_quotient(ops, dtype):
     assert torch.equal(v_tie.cpu(), scale)  # the tie construction really produced exact thresholds
 
 
-def test_spike_encode_saturates(ops):
+def test_spike_encode_saturates(ops, row_kernel):
     x = torch.zeros(2, 256, device=DEV)
     x[:, 0] = 1e6
     counts, _ = ops.spike_encode(x, 3.0, torch.int8)
@@ -93,7 +101,7 @@ def test_spike_encode_saturates(ops):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(63, 3584), (1000, 128), (7, 13)])
-def test_spike_quant(ops, dtype, shape):
+def test_spike_quant(ops, row_kernel, dtype, shape):
     x = torch.randn(shape, device=DEV).to(dtype)
     x_hat = ops.spike_quant(x, 3.0)
     # SPEC: vth is float32, so an x / vth within float32 rounding of a .5 boundary may round the

@@ -1,5 +1,8 @@
 // Spike-coding kernels: encode / quant (row reduction + quantisation in one pass), expand,
 // collapse and the |count| histogram.  Torch-free.
+#include <cstdlib>
+#include <cstring>
+
 #include "common.cuh"
 #include "spike.cuh"
 
@@ -117,6 +120,57 @@ spike_row_kernel(const T* __restrict__ x, Out out, int64_t rows, int64_t cols, f
   }
 }
 
+// Block-per-row variant (opt-in: SBOPS_SPIKE_ROW_KERNEL=block, until timed on a GPU).  The warp-per-row
+// kernel keeps up to 16 vectors per lane and needs 160 registers on sm_90 (ptxas), so one block of
+// 8 warps fits an SM: the load / reduce / store phases of a block barely overlap with others.  Here
+// kRowThreads threads share a row with at most kRowCache vectors each (~40 registers), the row sum
+// goes through shared memory, and up to 16 blocks (64 warps) share an SM.
+constexpr int kRowThreads = 128;
+constexpr int kRowCache = 4;
+
+template <typename T, int VEC, typename Out>
+__global__ void __launch_bounds__(kRowThreads)
+spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) {
+  constexpr int kWarps = kRowThreads / kWarpSize;
+  __shared__ float s_part[kWarps];
+  const int64_t row = blockIdx.x;
+  const int64_t nvec = cols / VEC;
+  const Vec<T, VEC>* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * cols);
+  Vec<T, VEC> cache[kRowCache];
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < kRowCache; ++j) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
+    if (i < nvec) {
+      cache[j] = xr[i];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += fabsf(to_float(cache[j].v[e]));
+    }
+  }
+  s = warp_reduce_sum<kWarpSize>(s);
+  if (lane_id() == 0) s_part[warp_id()] = s;
+  __syncthreads();
+  float tot = 0.f;  // every thread adds the partials in the same order: one threshold per row
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) tot += s_part[w];
+  float t = __fdiv_rn(__fdiv_rn(tot, static_cast<float>(cols)), k);
+  t = fminf(fmaxf(t, 1e-5f), 1e4f);
+  if (threadIdx.x == 0) out.row_threshold(row, t);
+  const float r = __frcp_rn(t);
+#pragma unroll
+  for (int j = 0; j < kRowCache; ++j) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
+    if (i < nvec) out.template store<VEC>(row, cols, i, cache[j], t, r);
+  }
+}
+
+// SBOPS_SPIKE_ROW_KERNEL=block selects the block-per-row kernel where a row fits it (read per launch,
+// so a benchmark can A/B both in one process).
+inline bool use_row_block_kernel() {
+  const char* v = std::getenv("SBOPS_SPIKE_ROW_KERNEL");
+  return v != nullptr && std::strcmp(v, "block") == 0;
+}
+
 template <typename T, typename Out>
 cudaError_t launch_rows(const T* x, Out out, bool out_aligned, int64_t rows, int64_t cols, float k,
                         cudaStream_t stream) {
@@ -126,7 +180,10 @@ cudaError_t launch_rows(const T* x, Out out, bool out_aligned, int64_t rows, int
   const dim3 block(kEncodeWarpsPerBlock * kWarpSize);
   const bool vec_ok = cols % V == 0 && aligned_to(x, 16) && out_aligned;
   const int64_t per_lane = ceil_div(cols / (vec_ok ? V : 1), kWarpSize);
-  if (vec_ok) {
+  if (vec_ok && cols / V <= static_cast<int64_t>(kRowThreads) * kRowCache && rows <= 0x7fffffff &&
+      use_row_block_kernel()) {
+    spike_row_block_kernel<T, V><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, out, cols, k);
+  } else if (vec_ok) {
     if (per_lane <= kCacheVecs)
       spike_row_kernel<T, V, true><<<grid, block, 0, stream>>>(x, out, rows, cols, k);
     else
