@@ -159,10 +159,18 @@ GATE_CASES = [  # E, k, scoring, renorm, bias, groups, topk_groups, scaling
 ]
 
 
+@pytest.fixture(params=["16", "8", "4"])
+def gate_j(request, monkeypatch):
+    """topk_gating forward's experts per lane: the default 16, or 8 / 4 (opt-in, SBOPS_TOPK_MAX_J: more
+    lanes per token; the launcher reads it per call)."""
+    monkeypatch.setenv("SBOPS_TOPK_MAX_J", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", GATE_CASES)
 @pytest.mark.parametrize("T", [1, 63, 300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_topk_gating(ops, case, T, dtype):
+def test_topk_gating(ops, gate_j, case, T, dtype):
     E, k, scoring, renorm, use_bias, G, TG, scaling = case
     logits = torch.randn(T, E, device=DEV).to(dtype)
     bias = torch.randn(E, device=DEV) * 0.1 if use_bias else None
@@ -175,7 +183,7 @@ def test_topk_gating(ops, case, T, dtype):
 
 
 @pytest.mark.parametrize("E,k,G,TG", [(16, 2, 0, 0), (128, 8, 0, 0), (256, 8, 8, 4), (60, 16, 0, 0)])
-def test_topk_gating_ties(ops, E, k, G, TG):
+def test_topk_gating_ties(ops, gate_j, E, k, G, TG):
     """Logits with many equal values: ties go to the lower expert (and group) index."""
     logits = torch.randint(0, 3, (63, E), device=DEV).float()
     w, ids = ops.topk_gating(logits, k, "softmax", True, None, G, TG, 1.0)
