@@ -77,10 +77,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, w
         offs_n = start_n + offs_n0
         k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        if MASK == 0:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        elif MASK == 3:
+        if MASK == 0 or MASK == 3:  # keys in bounds
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         else:
@@ -112,7 +109,7 @@ def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
                 H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
-                SPLIT: tl.constexpr):
+                FAR_MASK: tl.constexpr):
     h = tl.program_id(0)
     # heaviest query blocks (most keys under full causal attention) are scheduled first
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
@@ -152,25 +149,14 @@ def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
         mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
         mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
         mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        if SPLIT:
-            # split_masks: [lo, mid_lo) ends at or before key m0 + 1 <= L (keys <= every row,
-            # in bounds): window mask only, unmasked loads. The diagonal keeps the full mask (a
-            # runtime choice between two masked loops doubled the pipelined shared memory).
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 3, PREC)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0,
-                                       PREC)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-        else:
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0,
-                                       PREC)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                       mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+        # FAR_MASK: 1, or 3 under split_masks ([lo, mid_lo) ends at or before key m0 + 1 <= L, so
+        # its keys are <= every row and in bounds: window mask only, unmasked loads).
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                   lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, FAR_MASK, PREC)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                   mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
+                                   mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
 
         # rows past L (padding of the last block) may have l = 0; they are not stored.
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -258,7 +244,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, scale, DQACC,
                      H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
+                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FAR_MASK: tl.constexpr,
                      ATOMIC_DQ: tl.constexpr):
     hkv = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -297,28 +283,17 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, s
             lse_base = LSE + row0 + h
             delta_base = DELTA + row0 + h
             dq_base = DQACC + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
-            if SPLIT:
-                # split_masks: the right edge (rows >= mid_hi >= n0 + BLOCK_N when non-empty)
-                # needs no causal mask; the diagonal keeps the full mask.
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, n0, diag_end, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, diag_end, mid_hi, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 0, PREC, dq_base, ATOMIC_DQ)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, mid_hi, hi, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 4, PREC, dq_base, ATOMIC_DQ)
-            else:
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, n0, diag_end, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, diag_end, mid_hi, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 0, PREC, dq_base, ATOMIC_DQ)
-                dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                                         offs_n, mid_hi, hi, window, qk_scale, H, HEAD_DIM,
-                                         BLOCK_M, 1, PREC, dq_base, ATOMIC_DQ)
+            # FAR_MASK: 1, or 4 under split_masks (rows >= mid_hi >= n0 + BLOCK_N when non-empty
+            # need no causal mask)
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
+                                     n0, diag_end, window, qk_scale, H, HEAD_DIM, BLOCK_M, 1, PREC,
+                                     dq_base, ATOMIC_DQ)
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
+                                     diag_end, mid_hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, 0, PREC,
+                                     dq_base, ATOMIC_DQ)
+            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
+                                     mid_hi, hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, FAR_MASK, PREC,
+                                     dq_base, ATOMIC_DQ)
         tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
         tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -370,10 +345,7 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
         offs_n = start_n + offs_n0
         k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        if MASK == 0:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        elif MASK == 3:
+        if MASK == 0 or MASK == 3:  # keys in bounds
             k = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         else:
@@ -402,7 +374,7 @@ def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, q
                    H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
-                   SPLIT: tl.constexpr):
+                   FAR_MASK: tl.constexpr):
     h = tl.program_id(0)
     pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     n = tl.program_id(2)
@@ -438,21 +410,13 @@ def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, q
         mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
         mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
         mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        if SPLIT:
-            # split_masks: the forward's edge masks (see _fwd_kernel)
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
-                               mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 3, PREC)
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
-                               mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi,
-                               hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-        else:
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
-                               mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
-                               mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi,
-                               hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
+        # FAR_MASK as in the forward
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
+                           mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, FAR_MASK, PREC)
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
+                           mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
+        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi,
+                           hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
         tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=rmask[:, None])
 
 
@@ -561,7 +525,7 @@ def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=N
         cu if cu is not None else q, T, M, window_eff, scale * _LOG2E,
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=cu is not None, HAS_SINK=M > 0, PREC=prec,
-        SPLIT=bool(cfg.get("split_masks", False)),
+        FAR_MASK=3 if cfg.get("split_masks", False) else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o, lse
 
@@ -615,14 +579,14 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     _bwd_dkdv_kernel[(HKV, triton.cdiv(max_len, BN), N)](
         q, k, v, grad_o, lse, delta, dk, dv, cu_arg, T, window_eff, qk_scale, scale, dq_acc,
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, IS_VARLEN=cu is not None,
-        PREC=prec, SPLIT=split, ATOMIC_DQ=atomic_dq, **launch)
+        PREC=prec, FAR_MASK=4 if split else 1, ATOMIC_DQ=atomic_dq, **launch)
     if not atomic_dq:
         # dQ: long query block, short key block (the dK/dV config transposed)
         _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
             q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
             delta, dq, cu_arg, T, M, window_eff, qk_scale, scale,
             H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
-            HAS_SINK=M > 0, PREC=prec, SPLIT=split, **launch)
+            HAS_SINK=M > 0, PREC=prec, FAR_MASK=3 if split else 1, **launch)
     if M > 0:
         rows = B * T
         n_chunks = triton.cdiv(rows, _SINK_CHUNK)
