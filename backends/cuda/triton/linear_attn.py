@@ -108,6 +108,57 @@ def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr,
         tl.store(gc_ptr + p, tl.cumsum(x, 0), mask=m)
 
 
+@triton.jit
+def _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, HKV, K: tl.constexpr,
+                  V: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr):
+    """One chunk of the forward state recurrence on a [BK, BV] tile (rows < t1 of the chunk):
+    b <- exp(G) b + (k exp(G - gc))^T v. Returns (b, G), G the chunk's log decay per key row
+    (zeros without a gate)."""
+    dt: tl.constexpr = k_ptr.dtype.element_ty
+    m = rows < t1
+    r = rows.to(tl.int64)
+    kt = tl.load(k_ptr + (r[:, None] * HKV + kvh) * K + offs_k[None, :], mask=m[:, None], other=0.0)
+    vt = tl.load(v_ptr + (r[:, None] * HKV + kvh) * V + offs_v[None, :], mask=m[:, None], other=0.0)
+    if GATE > 0:
+        gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+        G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+        kt = (kt.to(tl.float32) * tl.exp(G[None, :] - gcb)).to(dt)   # exp(G - gc_t) <= 1
+        b = b * tl.exp(G)[:, None]
+    else:
+        G = tl.zeros([BK], dtype=tl.float32)
+    b += _dot(tl.trans(kt), vt, PREC)
+    return b, G
+
+
+@triton.jit
+def _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, scale, H, HKV,
+                   K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr,
+                   PREC: tl.constexpr):
+    """One chunk of the backward dh recurrence on a [BK, BV] tile, summed over the KV head's query
+    heads: b <- exp(G) b + sum_h (scale q_h exp(gc))^T dO_h. Returns (b, G) as _h_chunk_step."""
+    dt: tl.constexpr = q_ptr.dtype.element_ty
+    GRP = H // HKV
+    m = rows < t1
+    r = rows.to(tl.int64)
+    if GATE > 0:
+        gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+        G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+        b = b * tl.exp(G)[:, None]
+        qdec = tl.exp(gcb) * scale
+    else:
+        G = tl.zeros([BK], dtype=tl.float32)
+    for hh in range(GRP):
+        ih = kvh * GRP + hh
+        qt = tl.load(q_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0)
+        if GATE > 0:
+            qt = (qt.to(tl.float32) * qdec).to(dt)
+        else:
+            qt = (qt.to(tl.float32) * scale).to(dt)
+        dot_ = tl.load(do_ptr + (r[:, None] * H + ih) * V + offs_v[None, :], mask=m[:, None], other=0.0)
+        b += _dot(tl.trans(qt), dot_.to(dt), PREC)
+    return b, G
+
+
 # ------------------------------------------------------------------------------ state pass
 @triton.jit
 def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
@@ -126,7 +177,6 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
     eos = tl.load(cu_ptr + n + 1).to(tl.int32)
     c0 = tl.load(coff_ptr + n).to(tl.int32)
     nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
-    dt: tl.constexpr = k_ptr.dtype.element_ty
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -139,17 +189,8 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
         t0 = bos + c * BT
         t1 = tl.minimum(t0 + BT, eos)
         tl.store(h_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty))
-        rows = t0 + tl.arange(0, BT)
-        m = rows < t1
-        r = rows.to(tl.int64)
-        kt = tl.load(k_ptr + (r[:, None] * HKV + kvh) * K + offs_k[None, :], mask=m[:, None], other=0.0)
-        vt = tl.load(v_ptr + (r[:, None] * HKV + kvh) * V + offs_v[None, :], mask=m[:, None], other=0.0)
-        if GATE > 0:
-            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
-            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
-            kt = (kt.to(tl.float32) * tl.exp(G[None, :] - gcb)).to(dt)   # exp(G - gc_t) <= 1
-            b = b * tl.exp(G)[:, None]
-        b += _dot(tl.trans(kt), vt, PREC)
+        b, _ = _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
+                             HKV, K, V, BK, GATE, PREC)
     tl.store(ht_ptr + state_base + tile, b)
 
 
@@ -183,7 +224,6 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
     ns = tl.load(seg_ptr + sg * 4 + 2)
     tf = tl.load(seg_ptr + sg * 4 + 3)
     eos = tl.load(cu_ptr + n + 1).to(tl.int32)
-    dt: tl.constexpr = k_ptr.dtype.element_ty
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -195,19 +235,11 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
         t1 = tl.minimum(t0 + BT, eos)
         # the first chunk's local state is zero: pass 3 writes H_start there without reading h
         tl.store(h_ptr + (c * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty), mask=(tile >= 0) & (i > 0))
-        rows = t0 + tl.arange(0, BT)
-        m = rows < t1
-        r = rows.to(tl.int64)
-        kt = tl.load(k_ptr + (r[:, None] * HKV + kvh) * K + offs_k[None, :], mask=m[:, None], other=0.0)
-        vt = tl.load(v_ptr + (r[:, None] * HKV + kvh) * V + offs_v[None, :], mask=m[:, None], other=0.0)
         if GATE > 0:
             tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (i > 0) & (iv == 0))
-            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
-            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
-            kt = (kt.to(tl.float32) * tl.exp(G[None, :] - gcb)).to(dt)   # exp(G - gc_t) <= 1
-            b = b * tl.exp(G)[:, None]
-            dsum += G
-        b += _dot(tl.trans(kt), vt, PREC)
+        b, G = _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
+                             HKV, K, V, BK, GATE, PREC)
+        dsum += G
     sgo = sg.to(tl.int64) * HKV + kvh
     tl.store(hs_ptr + sgo * K * V + tile, b)
     if GATE > 0:
@@ -421,7 +453,6 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
     """dh[c] = gradient w.r.t. the state at the end of chunk c, walking chunks backwards; sums the
     H/HKV query heads of the KV head. Ends with the initial-state gradient. grid (NK*NV, HKV, N)."""
     NV: tl.constexpr = V // BV
-    GRP = H // HKV
     ik = tl.program_id(0) // NV
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
@@ -430,7 +461,6 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
     eos = tl.load(cu_ptr + n + 1).to(tl.int32)
     c0 = tl.load(coff_ptr + n).to(tl.int32)
     nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
-    dt: tl.constexpr = q_ptr.dtype.element_ty
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -444,23 +474,8 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
         t0 = bos + c * BT
         t1 = tl.minimum(t0 + BT, eos)
         tl.store(dh_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty))
-        rows = t0 + tl.arange(0, BT)
-        m = rows < t1
-        r = rows.to(tl.int64)
-        if GATE > 0:
-            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
-            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
-            b = b * tl.exp(G)[:, None]
-            qdec = tl.exp(gcb) * scale
-        for hh in range(GRP):
-            ih = kvh * GRP + hh
-            qt = tl.load(q_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0)
-            if GATE > 0:
-                qt = (qt.to(tl.float32) * qdec).to(dt)
-            else:
-                qt = (qt.to(tl.float32) * scale).to(dt)
-            dot_ = tl.load(do_ptr + (r[:, None] * H + ih) * V + offs_v[None, :], mask=m[:, None], other=0.0)
-            b += _dot(tl.trans(qt), dot_.to(dt), PREC)
+        b, _ = _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
+                              scale, H, HKV, K, V, BK, GATE, PREC)
     if STORE_DH0:
         tl.store(dh0_ptr + state_base + tile, b)
 
@@ -475,7 +490,6 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
     at the segment start into hs, log decays into dseg / dcum (dcum_c: from the end of chunk c to
     the end of the segment). grid (NK*NV, HKV, NSEG)."""
     NV: tl.constexpr = V // BV
-    GRP = H // HKV
     ik = tl.program_id(0) // NV
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
@@ -485,7 +499,6 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
     ns = tl.load(seg_ptr + sg * 4 + 2)
     tf = tl.load(seg_ptr + sg * 4 + 3)
     eos = tl.load(cu_ptr + n + 1).to(tl.int32)
-    dt: tl.constexpr = q_ptr.dtype.element_ty
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -497,25 +510,11 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
         t0 = tf + i * BT
         t1 = tl.minimum(t0 + BT, eos)
         tl.store(dh_ptr + (c * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty), mask=(tile >= 0) & (ci > 0))
-        rows = t0 + tl.arange(0, BT)
-        m = rows < t1
-        r = rows.to(tl.int64)
         if GATE > 0:
             tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (ci > 0) & (iv == 0))
-            gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
-            G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
-            b = b * tl.exp(G)[:, None]
-            dsum += G
-            qdec = tl.exp(gcb) * scale
-        for hh in range(GRP):
-            ih = kvh * GRP + hh
-            qt = tl.load(q_ptr + (r[:, None] * H + ih) * K + offs_k[None, :], mask=m[:, None], other=0.0)
-            if GATE > 0:
-                qt = (qt.to(tl.float32) * qdec).to(dt)
-            else:
-                qt = (qt.to(tl.float32) * scale).to(dt)
-            dot_ = tl.load(do_ptr + (r[:, None] * H + ih) * V + offs_v[None, :], mask=m[:, None], other=0.0)
-            b += _dot(tl.trans(qt), dot_.to(dt), PREC)
+        b, G = _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
+                              scale, H, HKV, K, V, BK, GATE, PREC)
+        dsum += G
     sgo = sg.to(tl.int64) * HKV + kvh
     tl.store(hs_ptr + sgo * K * V + tile, b)
     if GATE > 0:
