@@ -119,15 +119,11 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(la_decode_kernel<ST, K>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem)));
   }
-  const int64_t total = N * HKV;
-  for (int64_t nh0 = 0; nh0 < total; nh0 += kMaxGridYZ) {
-    const int64_t rows = total - nh0 < kMaxGridYZ ? total - nh0 : kMaxGridYZ;
-    const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), static_cast<unsigned>(rows));
+  return launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), rows);
     la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
                                                           ns, o, HKV, G, V, scale, nh0);
-    SBOPS_RETURN_IF_ERROR(last_launch_error());
-  }
-  return cudaSuccess;
+  });
 }
 
 template <typename ST>

@@ -269,16 +269,13 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const vo
                          const void* slots, bool slots64, void* o, int64_t N, int H, int HKV, int64_t C, int64_t ns,
                          int window, float scale, int nsplit, float* ws, cudaStream_t st) {
   const int G = H / HKV;
-  const int64_t total = N * HKV;
-  for (int64_t nh0 = 0; nh0 < total; nh0 += kMaxGridYZ) {
-    const int64_t rows = total - nh0 < kMaxGridYZ ? total - nh0 : kMaxGridYZ;
-    const dim3 grid(nsplit, static_cast<unsigned>(rows), static_cast<unsigned>(ceil_div(G, kMaxHeads)));
+  SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
+    const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMaxHeads)));
     swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
                                                         static_cast<const T*>(vc), lens, lens64, slots, slots64, C, ns,
                                                         HKV, G, window, scale * kLog2e, nsplit, static_cast<T*>(o), ws,
                                                         nh0);
-    SBOPS_RETURN_IF_ERROR(last_launch_error());
-  }
+  }));
   if (nsplit > 1) {
     swa_combine_kernel<T><<<static_cast<unsigned>(N * H), D, 0, st>>>(ws, static_cast<T*>(o), nsplit, D);
     SBOPS_RETURN_IF_ERROR(last_launch_error());

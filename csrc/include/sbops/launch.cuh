@@ -65,6 +65,18 @@ inline cudaError_t last_launch_error() { return cudaGetLastError(); }
     if (sbops_err_ != cudaSuccess) return sbops_err_; \
   } while (0)
 
+// Launch a grid whose y extent is `total` (a batch-sized count) in slices of at most kMaxGridYZ:
+// launch(first, count) launches rows [first, first + count) (the kernel adds `first` to
+// blockIdx.y); stops at the first launch error.
+template <typename Launch>
+inline cudaError_t launch_y_slices(int64_t total, Launch&& launch) {
+  for (int64_t first = 0; first < total; first += kMaxGridYZ) {
+    launch(first, static_cast<unsigned>(total - first < kMaxGridYZ ? total - first : kMaxGridYZ));
+    SBOPS_RETURN_IF_ERROR(last_launch_error());
+  }
+  return cudaSuccess;
+}
+
 #if defined(__CUDACC__)
 // Index tensors (ids, positions, slot/state indices, seq_lens) arrive as int32 or int64.
 __device__ __forceinline__ int64_t load_index(const void* p, bool is64, int64_t i) {
