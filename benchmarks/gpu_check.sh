@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|wheel|tests|bench|bench_attn|bench_rest|macasim]...   (default: all)
+#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|bench|bench_attn|bench_rest|macasim]...
+#   (default: all; sanitize and cudaops only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -77,6 +78,23 @@ if want wheel; then
       test_build.py test_gpu_cuda_ops.py > "$OUT/logs/wheel_tests.log" 2>&1; echo "wheel tests rc=$? $(tail -1 "$OUT/logs/wheel_tests.log")")
 fi
 if want tests; then gpu_tests cuda; fi
+if [[ " $steps " == *" sanitize "* ]]; then
+  # compute-sanitizer on a small case of every CUDA C++ kernel (bench_cuda_ops.py --smoke), the
+  # default kernels under memcheck + racecheck, the opt-in variants under memcheck
+  stamp "compute-sanitizer"
+  for tool in memcheck racecheck; do
+    echo "$tool: $(timeout 120 compute-sanitizer --tool $tool python3 benchmarks/gpu/bench_cuda_ops.py --smoke 2>&1 \
+      | tee "$OUT/logs/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
+  done
+  echo "memcheck (block-per-row spike, topk J=4): $(SBOPS_SPIKE_ROW_KERNEL=block SBOPS_TOPK_MAX_J=4 timeout 120 \
+    compute-sanitizer --tool memcheck python3 benchmarks/gpu/bench_cuda_ops.py --smoke 2>&1 \
+    | tee "$OUT/logs/sanitize_optin.log" | tail -2 | tr '\n' ' ')"
+fi
+if [[ " $steps " == *" cudaops "* ]]; then
+  stamp "bench_cuda_ops.py"
+  timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/bench_cuda_ops.py 2>&1 \
+    | tee "$OUT/logs/bench_cuda_ops.log" | tail -40
+fi
 # The main job, split in two parts that each fit one device call (the fla / FlexAttention /
 # torch.compile peers compile for minutes); join them into benchmarks/RESULTS.md afterwards, here or
 # on any machine:  python -m sbops.bench --merge bench_attn.json bench_rest.json \
