@@ -79,16 +79,12 @@ if want wheel; then
 fi
 if want tests; then gpu_tests cuda; fi
 if [[ " $steps " == *" sanitize "* ]]; then
-  # compute-sanitizer on a small case of every CUDA C++ kernel (bench_cuda_ops.py --smoke), the
-  # default kernels under memcheck + racecheck, the opt-in variants under memcheck
+  # compute-sanitizer (memcheck, racecheck) on a small case of every CUDA C++ kernel (bench_cuda_ops.py --smoke)
   stamp "compute-sanitizer"
   for tool in memcheck racecheck; do
     echo "$tool: $(timeout 120 compute-sanitizer --tool $tool python3 benchmarks/gpu/bench_cuda_ops.py --smoke 2>&1 \
       | tee "$OUT/logs/sanitize_$tool.log" | tail -2 | tr '\n' ' ')"
   done
-  echo "memcheck (block-per-row spike, topk J=4): $(SBOPS_SPIKE_ROW_KERNEL=block SBOPS_TOPK_MAX_J=4 timeout 120 \
-    compute-sanitizer --tool memcheck python3 benchmarks/gpu/bench_cuda_ops.py --smoke 2>&1 \
-    | tee "$OUT/logs/sanitize_optin.log" | tail -2 | tr '\n' ' ')"
 fi
 if [[ " $steps " == *" cudaops "* ]]; then
   stamp "bench_cuda_ops.py"

@@ -120,6 +120,13 @@ def test_cache_sizes():
         SlidingWindowAttention(HID, H, HKV, D, window=-1).new_cache(3)
 
 
+@pytest.mark.parametrize("name", ["gla", "swa", "hybrid_meta"])
+def test_new_cache_follows_the_layer_device(name):
+    # a layer moved to another device allocates its cache there (the meta device stands in for a GPU)
+    m = LAYERS[name]().to("meta")
+    assert {t.device.type for t in _cache_tensors(m.new_cache(2, max_length=12))} == {"meta"}
+
+
 # --------------------------------------------------------------------------- SpikeLinear
 def test_spike_linear_is_threshold_times_integer_matmul():
     lin = SpikeLinear(48, 20, bias=True, k=3.0)

@@ -17,6 +17,7 @@ constexpr int kRowLanes = 4;                          // lanes sharing columns (
 constexpr int kColGroups = kWarpSize / kRowLanes;     // column groups per warp
 constexpr int kLaWarps = kLaBlock / kWarpSize;
 constexpr int kRowSubsets = kLaWarps * kRowLanes;     // row subsets per block
+constexpr int kQRegs = 8;  // q values a thread stages: q goes through shared memory when G * K <= kQRegs * kLaBlock
 
 template <typename ST, int K>
 __global__ void __launch_bounds__(kLaBlock)
@@ -28,7 +29,9 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   constexpr int VB = kColGroups * VEC;  // state columns per block
   constexpr int ROWS = K / kRowSubsets;  // state rows per thread
   static_assert(K % kRowSubsets == 0, "K must be a multiple of the row subsets");
-  extern __shared__ float la_red[];  // [kLaWarps][G][VB]
+  extern __shared__ float la_smem[];
+  float* la_red = la_smem;                  // [kLaWarps][G][VB]
+  float* q_s = la_smem + kLaWarps * G * VB;  // [G][K] when q is staged
 
   const int lane = lane_id(), w = warp_id();
   const int kq = lane % kRowLanes, cg = lane / kRowLanes;
@@ -47,6 +50,18 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
     return;
   }
   ST* S = state + (slot * HKV + hk) * static_cast<int64_t>(K) * V;
+
+  // The G query heads' q rows: loads issued here, before the state's, so their latencies overlap
+  // (read inside the head loop below they were G dependent round trips: most of a B=1 step).
+  const bool stage_q = G * K <= kQRegs * kLaBlock;
+  float qr[kQRegs];
+  if (stage_q) {
+#pragma unroll
+    for (int j = 0; j < kQRegs; ++j) {
+      const int i = threadIdx.x + j * kLaBlock;
+      qr[j] = i < G * K ? load_float(q, qt, nh * G * K + i) : 0.f;
+    }
+  }
 
   float vv[VEC];
 #pragma unroll
@@ -77,6 +92,15 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
     }
   }
 
+  if (stage_q) {
+#pragma unroll
+    for (int j = 0; j < kQRegs; ++j) {
+      const int i = threadIdx.x + j * kLaBlock;
+      if (i < G * K) q_s[i] = qr[j];
+    }
+    __syncthreads();  // uniform: stage_q and the slot test are the same for the whole block
+  }
+
   // o[h, cols] = scale * sum_rows q[h, row] * S[row, cols]
   for (int h = 0; h < G; ++h) {
     const int64_t qrow = (nh * G + h) * K;  // query head hk * G + h of sequence n
@@ -85,7 +109,8 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
     for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      const float qv = load_float(q, qt, qrow + r * kRowSubsets + ksub);
+      const int kk = r * kRowSubsets + ksub;
+      const float qv = stage_q ? q_s[h * K + kk] : load_float(q, qt, qrow + kk);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[e] += qv * s[r][e];
     }
@@ -114,7 +139,7 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
                          int V, float scale, cudaStream_t st) {
   constexpr int VB = kColGroups * vec16<ST>();
   if (V % vec16<ST>() != 0 || !aligned_to(state, 16)) return cudaErrorInvalidValue;
-  const size_t smem = sizeof(float) * kLaWarps * G * VB;
+  const size_t smem = sizeof(float) * (kLaWarps * G * VB + (G * K <= kQRegs * kLaBlock ? G * K : 0));
   if (smem > kDefaultDynamicSmem) {  // many query heads per KV head: opt in (fails cleanly past the device's limit)
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(la_decode_kernel<ST, K>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem)));

@@ -1,7 +1,5 @@
 // Spike-coding kernels: encode / quant (row reduction + quantisation in one pass), expand,
 // collapse and the |count| histogram.  Torch-free.
-#include <cstdlib>
-#include <cstring>
 
 #include "common.cuh"
 #include "spike.cuh"
@@ -120,18 +118,20 @@ spike_row_kernel(const T* __restrict__ x, Out out, int64_t rows, int64_t cols, f
   }
 }
 
-// Block-per-row variant (opt-in: SBOPS_SPIKE_ROW_KERNEL=block, until timed on a GPU).  The warp-per-row
-// kernel keeps up to 16 vectors per lane and needs 160 registers on sm_90 (ptxas), so one block of
-// 8 warps fits an SM: the load / reduce / store phases of a block barely overlap with others.  Here
-// kRowThreads threads share a row with at most kRowCache vectors each (~40 registers), the row sum
-// goes through shared memory, and up to 16 blocks (64 warps) share an SM.
-constexpr int kRowThreads = 128;
+// Block-per-row kernel: the default for rows of kRowMinVecs .. 8 * kRowThreadsMax 16-byte vectors.
+// The warp-per-row kernel keeps up to 16 vectors per lane and needs 160 registers on sm_90 (ptxas),
+// so one block of 8 warps fits an SM and the load / reduce / store phases of blocks barely overlap:
+// 104.9 us at [16384, 3584] bf16 on the H100 against 65.0 us for this kernel (58.7 us floor).  Here
+// THREADS threads share a row with at most kRowCache vectors each (46 registers at 128 threads), the
+// row sum goes through shared memory, and up to 16 blocks share an SM.
 constexpr int kRowCache = 4;
+constexpr int kRowThreadsMax = 256;
+constexpr int kRowMinVecs = 64;  // shorter rows: a warp per row (most of a block would idle)
 
-template <typename T, int VEC, typename Out>
-__global__ void __launch_bounds__(kRowThreads)
+template <typename T, int VEC, int THREADS, typename Out>
+__global__ void __launch_bounds__(THREADS)
 spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) {
-  constexpr int kWarps = kRowThreads / kWarpSize;
+  constexpr int kWarps = THREADS / kWarpSize;
   __shared__ float s_part[kWarps];
   const int64_t row = blockIdx.x;
   const int64_t nvec = cols / VEC;
@@ -140,7 +140,7 @@ spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) 
   float s = 0.f;
 #pragma unroll
   for (int j = 0; j < kRowCache; ++j) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * THREADS;
     if (i < nvec) {
       cache[j] = xr[i];
 #pragma unroll
@@ -159,16 +159,9 @@ spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) 
   const float r = __frcp_rn(t);
 #pragma unroll
   for (int j = 0; j < kRowCache; ++j) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * kRowThreads;
+    const int64_t i = threadIdx.x + static_cast<int64_t>(j) * THREADS;
     if (i < nvec) out.template store<VEC>(row, cols, i, cache[j], t, r);
   }
-}
-
-// SBOPS_SPIKE_ROW_KERNEL=block selects the block-per-row kernel where a row fits it (read per launch,
-// so a benchmark can A/B both in one process).
-inline bool use_row_block_kernel() {
-  const char* v = std::getenv("SBOPS_SPIKE_ROW_KERNEL");
-  return v != nullptr && std::strcmp(v, "block") == 0;
 }
 
 template <typename T, typename Out>
@@ -179,10 +172,14 @@ cudaError_t launch_rows(const T* x, Out out, bool out_aligned, int64_t rows, int
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kEncodeWarpsPerBlock)));
   const dim3 block(kEncodeWarpsPerBlock * kWarpSize);
   const bool vec_ok = cols % V == 0 && aligned_to(x, 16) && out_aligned;
-  const int64_t per_lane = ceil_div(cols / (vec_ok ? V : 1), kWarpSize);
-  if (vec_ok && cols / V <= static_cast<int64_t>(kRowThreads) * kRowCache && rows <= 0x7fffffff &&
-      use_row_block_kernel()) {
-    spike_row_block_kernel<T, V><<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(x, out, cols, k);
+  const int64_t nvec = cols / (vec_ok ? V : 1);
+  const int64_t per_lane = ceil_div(nvec, kWarpSize);
+  const unsigned nrows = static_cast<unsigned>(rows);
+  if (vec_ok && nvec >= kRowMinVecs && nvec <= kRowThreadsMax * kRowCache && rows <= 0x7fffffff) {
+    if (nvec <= kRowThreadsMax / 2 * kRowCache)
+      spike_row_block_kernel<T, V, kRowThreadsMax / 2><<<nrows, kRowThreadsMax / 2, 0, stream>>>(x, out, cols, k);
+    else
+      spike_row_block_kernel<T, V, kRowThreadsMax><<<nrows, kRowThreadsMax, 0, stream>>>(x, out, cols, k);
   } else if (vec_ok) {
     if (per_lane <= kCacheVecs)
       spike_row_kernel<T, V, true><<<grid, block, 0, stream>>>(x, out, rows, cols, k);

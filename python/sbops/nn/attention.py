@@ -99,7 +99,8 @@ class GatedLinearAttention(_QKVOProjections):
         self.o_norm = RMSNorm(head_dim, norm_eps)
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> LinearAttnCache:
-        return LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim, device=device)
+        return LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim,
+                                     device=device or self.q_proj.weight.device)
 
     def forward(self, x: torch.Tensor, cache: Optional[LinearAttnCache] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -133,7 +134,7 @@ class SlidingWindowAttention(_QKVOProjections):
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> SWACache:
         return SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
-                              device=device, dtype=dtype or self.q_proj.weight.dtype)
+                              device=device or self.q_proj.weight.device, dtype=dtype or self.q_proj.weight.dtype)
 
     def forward(self, x: torch.Tensor, cache: Optional[SWACache] = None,
                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -204,6 +205,7 @@ class HybridAttention(_QKVOProjections):
             self.meta_k = self.meta_v = None
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> HybridCache:
+        device = device or self.q_proj.weight.device
         return HybridCache(
             LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim, device=device),
             SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
