@@ -68,24 +68,33 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   for (int e = 0; e < VEC; ++e) vv[e] = active ? load_float(v, qt, nh * V + c0 + e) : 0.f;
   const float head_decay = gate_mode == static_cast<int>(GateMode::PerHead) ? expf(load_float(g, gt, nh)) : 1.f;
 
-  // New state rows kk = r * kRowSubsets + ksub, kept in registers for the outputs.
+  // New state rows kk = r * kRowSubsets + ksub, kept in registers for the outputs.  Every load of
+  // the pass (state rows, k, g) is issued before the first use: with the loads inside the update
+  // loop (runtime-dtype branches between them) each row was its own memory round trip.
+  const bool per_key = gate_mode == static_cast<int>(GateMode::PerKey);
+  Vec<ST, VEC> old[ROWS];
+  float kr[ROWS], gr[ROWS];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    if (active) old[r] = *reinterpret_cast<const Vec<ST, VEC>*>(S + static_cast<int64_t>(r * kRowSubsets + ksub) * V + c0);
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) kr[r] = load_float(k, qt, nh * K + r * kRowSubsets + ksub);
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) gr[r] = per_key ? load_float(g, gt, nh * K + r * kRowSubsets + ksub) : 0.f;
   float s[ROWS][VEC];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     const int kk = r * kRowSubsets + ksub;
     if (active) {
-      Vec<ST, VEC>* p = reinterpret_cast<Vec<ST, VEC>*>(S + static_cast<int64_t>(kk) * V + c0);
-      const Vec<ST, VEC> old = *p;
-      const float kv = load_float(k, qt, nh * K + kk);
-      const float d = gate_mode == static_cast<int>(GateMode::PerKey) ? expf(load_float(g, gt, nh * K + kk))
-                                                                       : head_decay;
+      const float d = per_key ? expf(gr[r]) : head_decay;
       Vec<ST, VEC> nw;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        s[r][e] = d * to_float(old.v[e]) + kv * vv[e];
+        s[r][e] = d * to_float(old[r].v[e]) + kr[r] * vv[e];
         nw.v[e] = from_float<ST>(s[r][e]);
       }
-      *p = nw;
+      *reinterpret_cast<Vec<ST, VEC>*>(S + static_cast<int64_t>(kk) * V + c0) = nw;
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) s[r][e] = 0.f;
