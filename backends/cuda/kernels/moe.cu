@@ -538,6 +538,8 @@ permute_scatter_kernel(const T* __restrict__ x, const int* __restrict__ dst, con
 }
 
 // One warp per token: y[t] = sum_j w[t,j] y_perm[row_map[t,j]] in float32 (w = 1 when null).
+// The token's row_map / weights entries (k <= warp width: one per lane, broadcast by shuffles) are
+// loaded one token ahead, so a token's row loads do not wait behind its own index load.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kRowBlock)
 unpermute_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_map, const float* __restrict__ weights,
@@ -545,8 +547,21 @@ unpermute_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_m
   using V = Vec<T, VEC>;
   const int lane = lane_id();
   const int64_t nvec = Hd / VEC;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + warp_id(); t < Tn;
-       t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowWarps;
+  const bool lane_slots = k <= kWarpSize;
+  auto fetch = [&](int64_t t, int32_t& r, float& w) {
+    const bool ok = lane_slots && t < Tn && lane < k;
+    r = ok ? row_map[t * k + lane] : -1;
+    w = ok && weights ? weights[t * k + lane] : 1.f;
+  };
+  int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + warp_id();
+  int32_t r_next;
+  float w_next;
+  fetch(t, r_next, w_next);
+  for (; t < Tn; t += stride) {
+    const int32_t r_lane = r_next;
+    const float w_lane = w_next;
+    fetch(t + stride, r_next, w_next);
     for (int64_t v0 = 0; v0 < nvec; v0 += kRowUnroll * kWarpSize) {
       float acc[kRowUnroll][VEC];
 #pragma unroll
@@ -554,9 +569,9 @@ unpermute_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_m
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[u][e] = 0.f;
       for (int j = 0; j < k; ++j) {
-        const int32_t r = row_map[t * k + j];
+        const int32_t r = lane_slots ? shfl(r_lane, j) : row_map[t * k + j];
         if (r < 0) continue;
-        const float w = weights ? weights[t * k + j] : 1.f;
+        const float w = lane_slots ? shfl(w_lane, j) : (weights ? weights[t * k + j] : 1.f);
         const V* src = reinterpret_cast<const V*>(y_perm + static_cast<int64_t>(r) * Hd);
         V buf[kRowUnroll];
 #pragma unroll
