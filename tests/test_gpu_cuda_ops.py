@@ -211,7 +211,8 @@ def make_ids(T, k, E, drop=0.1):
     return ids.to(DEV)
 
 
-@pytest.mark.parametrize("T,k,E,Hd", [(1, 1, 16, 64), (63, 2, 16, 3584), (300, 8, 128, 136), (40, 3, 7, 13)])
+@pytest.mark.parametrize("T,k,E,Hd", [(1, 1, 16, 64), (63, 2, 16, 3584), (300, 8, 128, 136), (40, 3, 7, 13),
+                                      (300, 1, 16, 3584), (70, 1, 8, 9000), (33, 1, 5, 13)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_moe_permute_unpermute(ops, T, k, E, Hd, dtype):
     x = torch.randn(T, Hd, device=DEV).to(dtype)
