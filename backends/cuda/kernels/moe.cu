@@ -609,13 +609,12 @@ unpermute_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_m
 }
 
 // k = 1: y[t] = w[t] y_perm[row_map[t]] needs no float32 accumulator: the kernel is permute's row
-// mover (kRowUnroll1 vectors per lane in flight) plus the scale, with the token's index loaded one
-// token ahead; dropped slots read nothing and write zeros.  At most 80 registers: three 8-warp
-// blocks per SM (uncapped, bf16 took 96-102: 103.9 us on the H100, 1.33x its floor).  16 vectors
-// per lane, one pass per row, took 184 registers at bf16 and ran at 149.9 us.
+// mover (kRowUnroll1 vectors per lane in flight, ~50 registers, four 8-warp blocks per SM) plus the
+// scale, with the token's index loaded one token ahead.  (16 vectors per lane, one pass per row,
+// took 184 registers at bf16 and ran at 149.9 us vs 105.2 us for the general kernel on the H100.)
 constexpr int kRowUnroll1 = 8;
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kRowBlock, 3)
+__global__ void __launch_bounds__(kRowBlock)
 unpermute_k1_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_map,
                     const float* __restrict__ weights, T* __restrict__ y, int64_t Tn, int64_t Hd) {
   using V = Vec<T, VEC>;
@@ -627,7 +626,7 @@ unpermute_k1_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ ro
   float w_next = t < Tn && weights ? weights[t] : 1.f;
   for (; t < Tn; t += stride) {
     const int32_t r = r_next;
-    const float w = r >= 0 ? w_next : 0.f;  // a dropped slot gives zeros whatever its weight
+    const float w = w_next;
     const int64_t tn = t + stride;  // the next token's index, loaded ahead
     r_next = tn < Tn ? row_map[tn] : -1;
     w_next = tn < Tn && weights ? weights[tn] : 1.f;
@@ -638,13 +637,7 @@ unpermute_k1_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ ro
 #pragma unroll
       for (int u = 0; u < kRowUnroll1; ++u) {
         const int64_t vi = v0 + u * kWarpSize + lane;
-        if (vi < nvec) {
-          if (r >= 0) buf[u] = src[vi];
-          else {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) buf[u].v[e] = from_float<T>(0.f);
-          }
-        }
+        if (vi < nvec && r >= 0) buf[u] = src[vi];
       }
 #pragma unroll
       for (int u = 0; u < kRowUnroll1; ++u) {
@@ -652,7 +645,7 @@ unpermute_k1_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ ro
         if (vi < nvec) {
           V o;
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(w * to_float(buf[u].v[e]));
+          for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(r >= 0 ? w * to_float(buf[u].v[e]) : 0.f);
           out[vi] = o;
         }
       }
