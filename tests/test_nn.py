@@ -77,13 +77,13 @@ def test_hybrid_matches_float64_reference(meta):
 
 
 # --------------------------------------------------------------------------- decode == prefill
-LAYERS = {
-    "gla": lambda: GatedLinearAttention(HID, H, HKV, D),
-    "swa": lambda: SlidingWindowAttention(HID, H, HKV, D, window=8),
-    "swa_full": lambda: SlidingWindowAttention(HID, H, HKV, D, window=-1),
-    "hybrid": lambda: HybridAttention(HID, H, HKV, D, window=8, num_meta_tokens=0),
-    "hybrid_meta": lambda: HybridAttention(HID, H, HKV, D, window=8, num_meta_tokens=4),
-    "hybrid_full_meta": lambda: HybridAttention(HID, H, HKV, D, window=-1, num_meta_tokens=4),
+LAYERS = {  # name -> constructor(head_dim)
+    "gla": lambda d=D: GatedLinearAttention(HID, H, HKV, d),
+    "swa": lambda d=D: SlidingWindowAttention(HID, H, HKV, d, window=8),
+    "swa_full": lambda d=D: SlidingWindowAttention(HID, H, HKV, d, window=-1),
+    "hybrid": lambda d=D: HybridAttention(HID, H, HKV, d, window=8, num_meta_tokens=0),
+    "hybrid_meta": lambda d=D: HybridAttention(HID, H, HKV, d, window=8, num_meta_tokens=4),
+    "hybrid_full_meta": lambda d=D: HybridAttention(HID, H, HKV, d, window=-1, num_meta_tokens=4),
 }
 
 
@@ -220,19 +220,14 @@ def test_decoder_block_compiles_fullgraph(kind):
 # float32); bfloat16 checks the dtype models are run in.
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 D64 = 64
-LAYERS_GPU = {
-    "gla": lambda: GatedLinearAttention(HID, H, HKV, D64),
-    "swa": lambda: SlidingWindowAttention(HID, H, HKV, D64, window=8),
-    "swa_full": lambda: SlidingWindowAttention(HID, H, HKV, D64, window=-1),
-    "hybrid_meta": lambda: HybridAttention(HID, H, HKV, D64, window=8, num_meta_tokens=4),
-}
+LAYERS_GPU = ["gla", "swa", "swa_full", "hybrid_meta"]
 
 
 @GPU
-@pytest.mark.parametrize("name", list(LAYERS_GPU))
+@pytest.mark.parametrize("name", LAYERS_GPU)
 def test_gpu_layer_prefill_decode_and_grads_match_cpu(name):
     torch.manual_seed(0)
-    m = _randomize_norms(LAYERS_GPU[name]())
+    m = _randomize_norms(LAYERS[name](D64))
     B, T0, T = 2, 37, 45
     x = torch.randn(B, T, HID)
     ref = m(x.requires_grad_())
@@ -254,10 +249,10 @@ def test_gpu_layer_prefill_decode_and_grads_match_cpu(name):
 
 
 @GPU
-@pytest.mark.parametrize("name", list(LAYERS_GPU))
+@pytest.mark.parametrize("name", LAYERS_GPU)
 def test_gpu_layer_bfloat16_close_to_float32(name):
     torch.manual_seed(1)
-    m = LAYERS_GPU[name]().cuda()
+    m = LAYERS[name](D64).cuda()
     x = torch.randn(2, 70, HID, device="cuda")
     with torch.no_grad():
         want = m(x)
