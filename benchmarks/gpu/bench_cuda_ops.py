@@ -131,9 +131,8 @@ def main():
             w, i = s.topk(k, -1)
             return w / w.sum(-1, keepdim=True), i.int()
         ours = bench(lambda: ops.topk_gating(logits, k, "softmax", True, None, 0, 0, 1.0))
-        peer_ms = bench(peer_gate)
         row("topk_gating", f"T=16384 E={E} k={k} bf16", ours, logits.numel() * 2 + 16384 * k * 8,
-            "torch softmax+topk+renorm", peer_ms, 0.015)
+            "torch softmax+topk+renorm", bench(peer_gate), 0.015)
 
     # ---- moe_permute / moe_unpermute
     for Hd, E, k in ((3584, 16, 1), (4096, 128, 8)):
