@@ -607,47 +607,46 @@ unpermute_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_m
   }
 }
 
-// k = 1: y[t] = w[t] y_perm[row_map[t]] needs no float32 accumulator: the kernel is permute's row
-// mover (kRowUnroll1 vectors per lane in flight) plus the scale, with the token's index loaded one
-// token ahead.  ptxas: 102 registers at bf16, 65 at fp16 (the general kernel: 190 at bf16); H100
-// E=16: 103.9 us vs 105.2 us for the general kernel.  16 vectors per lane (one pass per row) took 184
-// registers and 149.9 us; capping this one at 80 registers spilled and took 106.8 us.
-constexpr int kRowUnroll1 = 8;
-template <typename T, int VEC>
+// k = 1: y[t] = w[t] y_perm[row_map[t]] is a gather of whole rows plus a scale, so the kernel maps
+// threads onto the flat [Tn, nvec] vector grid of y (row = i / nvec) instead of a warp per row: every
+// lane is busy whatever Hd is (a warp per row left a quarter of the lanes idle on the second pass at
+// Hd = 3584), each thread keeps kFlatUnroll independent 16-byte loads in flight, and the few
+// registers this needs leave the SM fully occupied.  IndexT is uint32_t when Tn * nvec fits
+// (32-bit division), int64_t otherwise.
+constexpr int kFlatUnroll = 4;
+template <typename T, int VEC, typename IndexT>
 __global__ void __launch_bounds__(kRowBlock)
 unpermute_k1_kernel(const T* __restrict__ y_perm, const int32_t* __restrict__ row_map,
-                    const float* __restrict__ weights, T* __restrict__ y, int64_t Tn, int64_t Hd) {
+                    const float* __restrict__ weights, T* __restrict__ y, IndexT total, IndexT nvec) {
   using V = Vec<T, VEC>;
-  const int lane = lane_id();
-  const int64_t nvec = Hd / VEC;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowWarps;
-  int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + warp_id();
-  int32_t r_next = t < Tn ? row_map[t] : -1;
-  float w_next = t < Tn && weights ? weights[t] : 1.f;
-  for (; t < Tn; t += stride) {
-    const int32_t r = r_next;
-    const float w = w_next;
-    const int64_t tn = t + stride;  // the next token's index, loaded ahead
-    r_next = tn < Tn ? row_map[tn] : -1;
-    w_next = tn < Tn && weights ? weights[tn] : 1.f;
-    V* out = reinterpret_cast<V*>(y + t * Hd);
-    const V* src = reinterpret_cast<const V*>(y_perm + static_cast<int64_t>(r < 0 ? 0 : r) * Hd);
-    for (int64_t v0 = 0; v0 < nvec; v0 += kRowUnroll1 * kWarpSize) {
-      V buf[kRowUnroll1];
+  const V* src = reinterpret_cast<const V*>(y_perm);
+  V* dst = reinterpret_cast<V*>(y);
+  const IndexT step = static_cast<IndexT>(gridDim.x) * (kRowBlock * kFlatUnroll);
+  for (IndexT base = static_cast<IndexT>(blockIdx.x) * (kRowBlock * kFlatUnroll) + threadIdx.x; base < total;
+       base += step) {
+    int32_t r[kFlatUnroll];
+    float w[kFlatUnroll];
+    IndexT col[kFlatUnroll];
 #pragma unroll
-      for (int u = 0; u < kRowUnroll1; ++u) {
-        const int64_t vi = v0 + u * kWarpSize + lane;
-        if (vi < nvec && r >= 0) buf[u] = src[vi];
-      }
+    for (int u = 0; u < kFlatUnroll; ++u) {
+      const IndexT i = base + static_cast<IndexT>(u * kRowBlock);
+      const IndexT t = i < total ? i / nvec : 0;
+      col[u] = i - t * nvec;
+      r[u] = i < total ? row_map[t] : -1;
+      w[u] = i < total && weights ? weights[t] : 1.f;
+    }
+    V buf[kFlatUnroll];
 #pragma unroll
-      for (int u = 0; u < kRowUnroll1; ++u) {
-        const int64_t vi = v0 + u * kWarpSize + lane;
-        if (vi < nvec) {
-          V o;
+    for (int u = 0; u < kFlatUnroll; ++u)
+      if (r[u] >= 0) buf[u] = src[static_cast<int64_t>(r[u]) * static_cast<int64_t>(nvec) + col[u]];
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(r >= 0 ? w * to_float(buf[u].v[e]) : 0.f);
-          out[vi] = o;
-        }
+    for (int u = 0; u < kFlatUnroll; ++u) {
+      const IndexT i = base + static_cast<IndexT>(u * kRowBlock);
+      if (i < total) {
+        V o;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(r[u] >= 0 ? w[u] * to_float(buf[u].v[e]) : 0.f);
+        dst[i] = o;
       }
     }
   }
@@ -744,10 +743,17 @@ template <typename T, int VEC>
 struct UnpermuteRun {
   static void run(unsigned g, cudaStream_t st, const void* yp, const int32_t* rm, const float* w, void* y,
                   int64_t Tn, int k, int64_t Hd) {
-    if (k == 1)
-      unpermute_k1_kernel<T, VEC><<<g, kRowBlock, 0, st>>>(static_cast<const T*>(yp), rm, w, static_cast<T*>(y), Tn,
-                                                           Hd);
-    else
+    if (k == 1) {
+      const int64_t nvec = Hd / VEC, total = Tn * nvec;
+      const unsigned gf = grid_for(total, kRowBlock * kFlatUnroll, 16);
+      if (total + static_cast<int64_t>(gf) * kRowBlock * kFlatUnroll < (int64_t{1} << 32))
+        unpermute_k1_kernel<T, VEC, uint32_t><<<gf, kRowBlock, 0, st>>>(
+            static_cast<const T*>(yp), rm, w, static_cast<T*>(y), static_cast<uint32_t>(total),
+            static_cast<uint32_t>(nvec));
+      else
+        unpermute_k1_kernel<T, VEC, int64_t><<<gf, kRowBlock, 0, st>>>(static_cast<const T*>(yp), rm, w,
+                                                                       static_cast<T*>(y), total, nvec);
+    } else
       unpermute_kernel<T, VEC><<<g, kRowBlock, 0, st>>>(static_cast<const T*>(yp), rm, w, static_cast<T*>(y), Tn, k,
                                                         Hd);
   }
