@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|bench|bench_attn|bench_rest|macasim]...
-#   (default: all; sanitize and cudaops only when named)
+#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|macasim]...
+#   (default: all; sanitize, cudaops and swa only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -35,7 +35,7 @@ build() {  # label, extra env...
 }
 
 # GPU tests one file per process, verbose (a killed or crashed file still leaves the names of what ran)
-FILES=${GPU_TEST_FILES:-"test_triton_swa test_maca_gpu test_triton_fake_match test_triton_linear_attn test_opcheck test_gpu_cuda_ops test_nn test_models test_build"}
+FILES=${GPU_TEST_FILES:-"test_triton_swa test_gpu_swa_sm90 test_maca_gpu test_triton_fake_match test_triton_linear_attn test_opcheck test_gpu_cuda_ops test_nn test_models test_build"}
 gpu_tests() {  # label, extra env...
   # GPU_TEST_JOBS files at a time (default 3; the float64 references run on the CPU, so each process
   # gets 16 / jobs CPU threads), each file in its own process with its own log
@@ -90,6 +90,15 @@ if [[ " $steps " == *" cudaops "* ]]; then
   stamp "bench_cuda_ops.py"
   timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/bench_cuda_ops.py 2>&1 \
     | tee "$OUT/logs/bench_cuda_ops.log" | tail -40
+fi
+if [[ " $steps " == *" swa "* ]]; then
+  # the sm90.cuh wgmma building blocks alone (diagnosis), then the SWA benchmark without peers
+  stamp "wgmma probe"
+  nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_wgmma.cu \
+    -o /tmp/probe_wgmma > "$OUT/logs/probe_wgmma.log" 2>&1 && /tmp/probe_wgmma 2>&1 | tee -a "$OUT/logs/probe_wgmma.log"
+  stamp "bench_swa.py ${SWA_ARGS:---skip-peers}"
+  timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/bench_swa.py ${SWA_ARGS:---skip-peers} 2>&1 \
+    | tee "$OUT/logs/bench_swa.log" | tail -24
 fi
 # The main job, split in two parts that each fit one device call (the fla / FlexAttention /
 # torch.compile peers compile for minutes); join them into benchmarks/RESULTS.md afterwards, here or

@@ -26,7 +26,7 @@ OPS = {
                           features=frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state"}),
                           impl="triton"),
     "swa_attn": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"varlen", "sinks", "full_causal"}),
-                       impl="triton"),
+                       impl="triton (forward: cuda c++ wgmma on sm_90 for bf16/fp16, D=128, no varlen/sinks)"),
     "linear_attn_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"gate_per_head", "gate_per_key"}),
                                  impl="cuda c++"),
     "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal"}), impl="cuda c++"),
@@ -70,6 +70,7 @@ BACKEND = Backend(
 
 def register_triton(tuning_backend: str) -> None:
     """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`."""
+    from . import sm90
     from .triton import linear_attn as la
     from .triton import swa
 
@@ -80,7 +81,15 @@ def register_triton(tuning_backend: str) -> None:
         return la.linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state,
                                   backend=tuning_backend)
 
+    # the Hopper wgmma forward serves the cases it covers on sm_90 (never under the MACA tuning data,
+    # which stands for MetaX hardware, where it does not exist)
+    use_sm90 = tuning_backend == "cuda"
+
     def swa_attn(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
+        if use_sm90:
+            swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
+            if sm90.swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale):
+                return sm90.swa_fwd(q, k, v, window, scale)
         return swa.swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, backend=tuning_backend)
 
     def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):

@@ -1,4 +1,7 @@
-"""Benchmark: Triton sliding-window attention vs FlexAttention and SDPA (a script, not a test).
+"""Benchmark: sliding-window attention vs FlexAttention and SDPA (a script, not a test).
+
+Ours = what the op runs: on sm_90 the CUDA C++ wgmma forward (backends/cuda/sm90.py) where it applies,
+else the Triton forward; the Triton backward. Forward rows also time the Triton forward in the same run.
 
 SpikingBrain-7B SWA layer: B=1, H=28, HKV=4, D=128, window 4096, bfloat16, on one GPU.
   fwd   T=32k, 128k        ours vs torch.compile'd flex_attention (sliding-window block mask, GQA)
@@ -74,21 +77,43 @@ def inputs(T):
     return mk(H), mk(HKV), mk(HKV)
 
 
+def load_sm90():
+    """backends/cuda/sm90.py when the Hopper forward runs here, else None."""
+    try:
+        import sbops  # noqa: F401
+        from sbops._backends.cuda import sm90
+    except ImportError:
+        return None
+    return sm90 if sm90._available(torch.cuda.current_device()) else None
+
+
 class Ours:
-    def __init__(self, swa):
+    """The forward the op dispatches to (the sm_90 wgmma kernel where it applies and no Triton config
+    is forced, else Triton) and the Triton backward; ``triton_fwd`` times the Triton forward alone."""
+
+    def __init__(self, swa, sm90=None):
         self.swa = swa
+        self.sm90 = sm90
+
+    def _fwd(self, q, k, v, window, cfg):
+        if cfg is None and self.sm90 is not None and self.sm90.swa_fwd_applies(q, k, v, None, None):
+            return self.sm90.swa_fwd(q, k, v, window, None)
+        return self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=cfg)
 
     def fwd(self, T, window, cfg=None):
         q, k, v = inputs(T)
-        return bench(lambda: self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None,
-                                                   config=cfg))
+        return bench(lambda: self._fwd(q, k, v, window, cfg))
+
+    def triton_fwd(self, T, window, cfg=None):
+        q, k, v = inputs(T)
+        return bench(lambda: self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=cfg))
 
     def fwd_bwd(self, T, window, fcfg=None, bcfg=None):
         q, k, v = inputs(T)
         do = torch.randn_like(q)
 
         def step():
-            o, lse = self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=fcfg)
+            o, lse = self._fwd(q, k, v, window, fcfg)
             self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None, None, None, None,
                                   config=bcfg)
         return bench(step)
@@ -96,7 +121,7 @@ class Ours:
     def bwd(self, T, window, fcfg=None, bcfg=None):
         q, k, v = inputs(T)
         do = torch.randn_like(q)
-        o, lse = self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=fcfg)
+        o, lse = self._fwd(q, k, v, window, fcfg)
         return bench(lambda: self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None,
                                                    None, None, None, config=bcfg))
 
@@ -223,11 +248,14 @@ def main():
                     help="also time split_masks / bwd_atomic_dq against the default")
     ap.add_argument("--options-only", action="store_true",
                     help="only the options A/B (with its correctness check), no table")
+    ap.add_argument("--triton-only", action="store_true",
+                    help="time the Triton forward even where the sm_90 wgmma forward applies")
     args = ap.parse_args()
-    ours = Ours(load_swa())
+    sm90 = None if args.triton_only else load_sm90()
+    ours = Ours(load_swa(), sm90)
     out_dir = os.environ.get("OUT")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": triton.__version__, "shape": dict(B=B, H=H, HKV=HKV, D=D, window=WINDOW,
+              "triton": triton.__version__, "sm90_forward": sm90 is not None, "shape": dict(B=B, H=H, HKV=HKV, D=D, window=WINDOW,
                                                           dtype=str(DT)),
               "flop_convention": "4*D per (query,key) pair in the window per head; bwd 2.5x fwd",
               "rows": []}
@@ -274,6 +302,9 @@ def main():
         ms = ours.fwd(T, window, fcfg) if kind == "fwd" else ours.fwd_bwd(T, window, fcfg, bcfg)
         row = dict(case=name, T=T, window=window, ours_ms=ms, goal_ms=goal,
                    ours_tflops=tflops(T, window, ms, factor))
+        if kind == "fwd" and sm90 is not None:  # the Triton forward in the same run, for the record
+            row["triton_fwd_ms"] = ours.triton_fwd(T, window, fcfg)
+            print(f"  triton fwd {name}: {row['triton_fwd_ms']:.3f} ms", flush=True)
         result["rows"].append(row)
         print(f"ours {name}: {ms:.3f} ms", flush=True)
         save()

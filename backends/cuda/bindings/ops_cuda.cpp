@@ -14,6 +14,7 @@
 #include "../kernels/decode.cuh"
 #include "../kernels/moe.cuh"
 #include "../kernels/spike.cuh"
+#include "../kernels/swa_fwd.cuh"
 
 namespace {
 
@@ -521,6 +522,51 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
                op);
 }
 
+// sbops_native::swa_attn_fwd_sm90: the Hopper forward of sbops::swa_attn for the cases it serves (bf16/fp16,
+// D = 128, no varlen, no sinks; window already resolved, >= 0).  Called from the Python CUDA kernel of
+// sbops::swa_attn (backends/cuda/sm90.py), never a public op.
+std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                                  int64_t window, double scale) {
+  const char* op = "swa_attn (sm90)";
+  check_cuda(q_in, op, "q");
+  check_cuda(k_in, op, "k");
+  check_cuda(v_in, op, "v");
+  TORCH_CHECK(q_in.device() == k_in.device() && q_in.device() == v_in.device(), op,
+              ": q, k, v must be on one device");
+  const auto s = q_in.scalar_type();
+  TORCH_CHECK(s == at::kBFloat16 || s == at::kHalf, op, ": q must be bfloat16 or float16, got ", s);
+  TORCH_CHECK(k_in.scalar_type() == s && v_in.scalar_type() == s, op, ": q, k, v must share a dtype");
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
+              ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
+  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), D = q_in.size(3), HKV = k_in.size(2);
+  TORCH_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
+  TORCH_CHECK(k_in.size(0) == B && k_in.size(1) == T && k_in.size(3) == D && HKV >= 1 && H % HKV == 0, op,
+              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
+  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
+  TORCH_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
+  c10::cuda::CUDAGuard guard(q_in.device());
+  TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous();
+  // v transposed to [B, HKV, D, Tpad] (keys contiguous; keys T .. Tpad - 1 zero) so P V reads a K-major operand
+  const int64_t tile = sbops::kSwaFwdSm90KeyTile, Tpad = (T + tile - 1) / tile * tile;
+  Tensor vt = at::empty({B, HKV, D, Tpad}, v_in.options());
+  if (Tpad > T) vt.narrow(3, T, Tpad - T).zero_();
+  vt.narrow(3, 0, T).copy_(v_in.permute({0, 2, 3, 1}));
+  Tensor o = at::empty({B, T, H, D}, q.options());
+  Tensor lse = at::empty({B, T, H}, q.options().dtype(at::kFloat));
+  check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), vt.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
+                                          lse.data_ptr<float>(), static_cast<int>(B), static_cast<int>(T),
+                                          static_cast<int>(Tpad), static_cast<int>(H), static_cast<int>(HKV),
+                                          static_cast<int>(window), static_cast<float>(scale), stream()),
+               op);
+  return {o, lse};
+}
+
+bool swa_attn_fwd_sm90_available_cuda(const Tensor& like) {
+  c10::cuda::CUDAGuard guard(like.device());
+  return sbops::swa_fwd_sm90_available();
+}
+
 }  // namespace
 
 // Every kernel must have exactly the C++ signature of the CPU backend's (backends/cpu/*.cpp): both
@@ -543,4 +589,15 @@ TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
   m.impl("linear_attn_decode", &linear_attn_decode_cuda);
   m.impl("swa_decode", &swa_decode_cuda);
   m.impl("swa_cache_write", &swa_cache_write_cuda);
+}
+
+// Internal kernels that serve a public op from Python (not part of the sbops API).
+TORCH_LIBRARY(sbops_native, m) {
+  m.def("swa_attn_fwd_sm90(Tensor q, Tensor k, Tensor v, int window, float scale) -> (Tensor, Tensor)");
+  m.def("swa_attn_fwd_sm90_available(Tensor like) -> bool");
+}
+
+TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
+  m.impl("swa_attn_fwd_sm90", &swa_attn_fwd_sm90_cuda);
+  m.impl("swa_attn_fwd_sm90_available", &swa_attn_fwd_sm90_available_cuda);
 }

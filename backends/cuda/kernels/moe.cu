@@ -746,7 +746,7 @@ struct UnpermuteRun {
     if (k == 1) {
       const int64_t nvec = Hd / VEC, total = Tn * nvec;
       const unsigned gf = grid_for(total, kRowBlock * kFlatUnroll, 16);
-      if (total + static_cast<int64_t>(gf) * kRowBlock * kFlatUnroll < (int64_t{1} << 32))
+      if (total + static_cast<int64_t>(gf) * kRowBlock * kFlatUnroll <= static_cast<int64_t>(UINT32_MAX))
         unpermute_k1_kernel<T, VEC, uint32_t><<<gf, kRowBlock, 0, st>>>(
             static_cast<const T*>(yp), rm, w, static_cast<T*>(y), static_cast<uint32_t>(total),
             static_cast<uint32_t>(nvec));

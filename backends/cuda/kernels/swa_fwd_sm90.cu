@@ -1,0 +1,306 @@
+// Sliding-window attention forward for Hopper (sm_90a), head dim 128, bf16/fp16 in, float32 softmax.
+//
+// One block of two warpgroups (256 threads) per (query head, 128-query block, batch row); warpgroup w
+// owns query rows m0 + 64 w .. + 63.  Key tiles of 128 keys cover the union of the block's windows:
+//  * Q (128 x 128), K tiles (128 keys x 128) and V^T tiles (128 dims x 128 keys, from a transposed copy of
+//    v so that both MMAs read K-major operands) are copied to shared memory with cp.async in the no-swizzle
+//    core-matrix layout of sm90.cuh, three K/V stages deep (224 KiB);
+//  * S = Q K^T and O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the
+//    score registers straight into the A operand of P V, as packed bf16/fp16 pairs);
+//  * the MMA of the next tile's scores is issued before this tile's P V, and the softmax of the next tile
+//    runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap of softmax and MMA);
+//  * the window/causal mask is applied only on the tiles that need it (per warpgroup).
+// Online softmax in log2 units: m = running max of scale*log2(e)*s, p = exp2(scale*log2(e)*s - m); each
+// thread keeps partial row sums of its 32 columns, reduced over the row's 4 lanes at the end.
+// NVIDIA only (inline PTX): under USE_MACA the launcher reports "not available" and the Triton forward runs.
+#include "swa_fwd.cuh"
+
+#if !defined(USE_MACA)
+#include <cmath>
+
+#include "sbops/warp.cuh"
+#include "sm90.cuh"
+
+namespace sbops {
+namespace {
+
+constexpr int kD = kSwaFwdSm90HeadDim;
+constexpr int kBM = 128;                // query rows per block (64 per warpgroup)
+constexpr int kBN = kSwaFwdSm90KeyTile;  // keys per tile
+constexpr int kThreads = 256;
+constexpr int kStages = 3;              // K/V tiles in shared memory: t (P V), t + 1 (S), t + 2 (loading)
+using QTile = sm90::KMajorTile<kBM, kD>;  // query rows x head dim
+using KTile = sm90::KMajorTile<kBN, kD>;  // keys x head dim
+using VTile = sm90::KMajorTile<kD, kBN>;  // head dim x keys (v transposed)
+constexpr int kSmemBytes = QTile::kBytes + kStages * (KTile::kBytes + VTile::kBytes);
+static_assert(QTile::kBytes == KTile::kBytes && KTile::kBytes == VTile::kBytes, "load_tile copies 128 x 128 tiles");
+
+#ifdef SBOPS_SM90A_DEVICE
+static_assert(4 * kWarpSize == kThreads / 2, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename E>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// cp.async of a 128 x 128 tile (16 chunks of 16 bytes per row) into a KMajorTile: chunk c = thread + 256 u is
+// (row (c & 7) | (c >> 7) << 3, column group (c >> 3) & 15), so each 8-lane phase writes 8 rows of one core
+// matrix (128 contiguous bytes: no bank conflict) and a warp reads 64 contiguous bytes of each of 8 rows.
+// Rows >= rows_valid are zero-filled without being read.
+template <typename E>
+__device__ __forceinline__ void load_tile(uint32_t dst, const E* src, int64_t row_stride, int rows_valid) {
+#pragma unroll
+  for (int u = 0; u < QTile::kBytes / 16 / kThreads; ++u) {
+    const int c = static_cast<int>(threadIdx.x) + kThreads * u;
+    const int kg = (c >> 3) & 15, r = (c & 7) | ((c >> 7) << 3);
+    const bool ok = r < rows_valid;
+    const E* s = src + (ok ? static_cast<int64_t>(r) * row_stride : 0) + kg * 8;
+    sm90::cp_async16(dst + QTile::chunk_offset(r, kg), s, ok ? 16 : 0);
+  }
+}
+#endif  // SBOPS_SM90A_DEVICE
+
+template <typename E>
+__global__ void __launch_bounds__(kThreads, 1)
+swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* __restrict__ vt, E* __restrict__ o,
+                    float* __restrict__ lse, int L, int Tpad, int H, int HKV, int window, float scale_log2) {
+#ifdef SBOPS_SM90A_DEVICE
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_q = sm90::smem_addr(smem);
+  const uint32_t s_k = s_q + QTile::kBytes;
+  const uint32_t s_v = s_k + kStages * KTile::kBytes;
+
+  const int h = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // heaviest query blocks first (full causal)
+  const int b = blockIdx.z;
+  const int hkv = h / (H / HKV);
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = lane_id();
+  const int64_t q_stride = static_cast<int64_t>(H) * kD, kv_stride = static_cast<int64_t>(HKV) * kD;
+  const E* kb = k + static_cast<int64_t>(b) * L * kv_stride + hkv * kD;
+  const E* vb = vt + (static_cast<int64_t>(b) * HKV + hkv) * kD * Tpad;
+
+  const int hi = min(m0 + kBM, L);                 // keys [lo, hi) cover every row's window
+  const int lo = max(m0 - window, 0) / kBN * kBN;
+  const int ntiles = (hi - lo + kBN - 1) / kBN;
+  const int wr0 = m0 + 64 * wg;                    // this warpgroup's first row
+  const int row0 = wr0 + 16 * warp + (lane >> 2);  // this thread's rows row0, row0 + 8
+  const int col0 = 2 * (lane & 3);                 // and columns col0 + 8 i + {0, 1} of a tile
+
+  auto issue_tile = [&](int t) {
+    const int n0 = lo + t * kBN, st = t % kStages;
+    load_tile(s_k + st * KTile::kBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0);
+    load_tile(s_v + st * VTile::kBytes, vb + n0, static_cast<int64_t>(Tpad), kD);  // keys >= L are zeros
+  };
+
+  float acc[64];     // O rows of this warpgroup (accumulator layout)
+  float s[64];       // scores / probabilities of one tile
+  uint32_t p[8][4];  // probabilities as the A operand of P V (k-steps of 16 keys)
+  float m_r[2] = {-1e30f, -1e30f}, l_r[2] = {0.f, 0.f}, alpha[2];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+
+  auto qk = [&](int t) {  // issue s = Q K_t^T
+    const uint32_t kt = s_k + (t % kStages) * KTile::kBytes;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks)
+      sm90::Wgmma<E>::ss(s, QTile::desc(s_q, 64 * wg, ks), KTile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+  };
+  auto pv = [&](int t) {  // issue acc += P V_t
+    const uint32_t vt_s = s_v + (t % kStages) * VTile::kBytes;
+#pragma unroll
+    for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::rs(acc, p[ks], VTile::desc(vt_s, 0, ks), 1);
+  };
+  // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
+  auto softmax = [&](int t) {
+    const int n0 = lo + t * kBN;
+    if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
+#pragma unroll
+      for (int i = 0; i < 16; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
+          if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
+        }
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
+    }
+    float neg_m[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
+      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+      const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
+      alpha[r] = ex2(m_r[r] - m_new);
+      m_r[r] = m_new;
+      neg_m[r] = -m_new;
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+      s[i] = ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
+      sum[(i >> 1) & 1] += s[i];
+    }
+    l_r[0] = l_r[0] * alpha[0] + sum[0];
+    l_r[1] = l_r[1] * alpha[1] + sum[1];
+  };
+  auto pack = [&]() {
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) p[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
+  };
+
+  // prologue: Q with tile 0, then tile 1 (one cp.async group each)
+  load_tile(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0);
+  issue_tile(0);
+  sm90::cp_async_commit();
+  if (ntiles > 1) {
+    issue_tile(1);
+    sm90::cp_async_commit();
+    sm90::cp_async_wait<1>();
+  } else {
+    sm90::cp_async_wait<0>();
+  }
+  __syncthreads();
+  sm90::fence_proxy_async();
+  sm90::wgmma_fence();
+  qk(0);
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::reg_fence(s);
+  softmax(0);
+  pack();
+
+  // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
+  // serializes the MMAs when it cannot tell which group a wait retires)
+  for (int t = 0; t + 1 < ntiles; ++t) {
+    sm90::cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
+    __syncthreads();           // ... everyone's; and every warpgroup is done with tile t - 1's stage
+    sm90::fence_proxy_async();
+    if (t + 2 < ntiles) {      // refill tile t - 1's stage
+      issue_tile(t + 2);
+      sm90::cp_async_commit();
+    }
+    sm90::wgmma_fence();
+    qk(t + 1);
+    sm90::wgmma_commit();
+    pv(t);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
+    sm90::reg_fence(s);
+    softmax(t + 1);
+    sm90::wgmma_wait<0>();
+    sm90::reg_fence(acc);
+    sm90::reg_fence(p);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
+    pack();
+  }
+  sm90::wgmma_fence();
+  pv(ntiles - 1);
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::reg_fence(acc);
+
+  // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = l_r[r];
+    l += shfl_xor(l, 1);
+    l += shfl_xor(l, 2);
+    const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
+    const int row = row0 + 8 * r;
+    if (row < L) {
+      const int64_t tok = static_cast<int64_t>(b) * L + row;
+      uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + h * kD + col0);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) out[4 * i] = pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
+      if ((lane & 3) == 0) lse[tok * H + h] = (m_r[r] + __log2f(l_safe)) * 0.6931471805599453f;
+    }
+  }
+#endif  // SBOPS_SM90A_DEVICE
+}
+
+template <typename E>
+cudaError_t launch_typed(const void* q, const void* k, const void* vt, void* o, float* lse, int B, int T, int Tpad,
+                         int H, int HKV, int window, float scale, cudaStream_t stream) {
+  auto kernel = swa_fwd_sm90_kernel<E>;
+  constexpr int kMaxDevices = 64;
+  static bool configured[kMaxDevices] = {};
+  int dev = 0;
+  SBOPS_RETURN_IF_ERROR(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (!configured[dev]) {
+    SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    configured[dev] = true;
+  }
+  const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(ceil_div(static_cast<int64_t>(T), kBM)),
+                  static_cast<unsigned>(B));
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(static_cast<const E*>(q), static_cast<const E*>(k),
+                                                 static_cast<const E*>(vt), static_cast<E*>(o), lse, T, Tpad, H, HKV,
+                                                 window, scale * 1.4426950408889634f);
+  return last_launch_error();
+}
+
+}  // namespace
+
+bool swa_fwd_sm90_available() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr;
+  // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
+  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16>) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DType dtype, void* o, float* lse,
+                                int B, int T, int Tpad, int H, int HKV, int window, float scale, cudaStream_t stream) {
+  if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
+  if (HKV <= 0 || H % HKV != 0 || window < 0 || Tpad < T || Tpad % kBN != 0 || B > kMaxGridYZ ||
+      ceil_div(static_cast<int64_t>(T), kBM) > kMaxGridYZ)
+    return cudaErrorInvalidValue;
+  if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
+  switch (dtype) {
+    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
+    case DType::F16: return launch_typed<__half>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace sbops
+
+#else  // USE_MACA: MetaX has no wgmma; the Triton forward serves every case
+
+namespace sbops {
+bool swa_fwd_sm90_available() { return false; }
+cudaError_t launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int, int,
+                                int, float, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+}  // namespace sbops
+
+#endif  // USE_MACA

@@ -1,0 +1,44 @@
+"""Hopper (sm_90) fast paths of ops the Triton kernels serve everywhere else.
+
+``swa_attn`` forward: a CUDA C++ wgmma kernel (backends/cuda/kernels/swa_fwd_sm90.cu, bound as
+``torch.ops.sbops_native.swa_attn_fwd_sm90``) for the SpikingBrain case: bf16/fp16, head dim 128,
+no ``cu_seqlens``, no sink keys. Every other case, every other GPU, a build without sm_90a code
+and the MACA builds use the Triton forward; the backward is Triton in all cases (it reads the
+forward's o and lse, which both forwards produce the same way).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+HEAD_DIM = 128
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def _available(device_index: int) -> bool:
+    ns = getattr(torch.ops, "sbops_native", None)
+    if ns is None or not hasattr(ns, "swa_attn_fwd_sm90_available"):
+        return False
+    if torch.cuda.get_device_capability(device_index) != (9, 0):
+        return False
+    like = torch.empty(0, device=torch.device("cuda", device_index))
+    return bool(ns.swa_attn_fwd_sm90_available(like))
+
+
+def swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
+    """True when the sm_90 forward serves this call (inputs already validated). The kernel takes
+    the running max of the unscaled scores, so it needs scale > 0 (the default D ** -0.5 is)."""
+    return (q.is_cuda and q.dtype in DTYPES and q.shape[-1] == HEAD_DIM and cu_seqlens is None
+            and (scale is None or float(scale) > 0)
+            and (sink_k is None or sink_k.shape[0] == 0) and q.numel() > 0
+            and _available(q.device.index if q.device.index is not None else torch.cuda.current_device()))
+
+
+def swa_fwd(q, k, v, window, scale):
+    """(o, lse) of ``sbops::swa_attn`` by the sm_90 kernel; window < 0 or >= T is full causal."""
+    T = q.shape[1]
+    window_eff = T if (window < 0 or window > T) else int(window)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return torch.ops.sbops_native.swa_attn_fwd_sm90(q, k, v, window_eff, scale)

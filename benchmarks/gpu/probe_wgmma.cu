@@ -1,0 +1,126 @@
+// Probe of the sm90.cuh building blocks on an H100 (diagnosis aid for swa_fwd_sm90.cu, not a test of sbops):
+// one warpgroup computes S = A B^T (64 x 128 x 128, both operands K-major in shared memory, wgmma "ss") and
+// O = P V (P = bf16(S / 64) from the accumulator registers as the A operand, V^T K-major in shared memory,
+// wgmma "rs"), and writes both through the accumulator fragment layout that swa_fwd_sm90.cu assumes.  The host
+// compares with float references and, on a mismatch, says where the first wrong values really came from.
+//   nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_wgmma.cu -o probe
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "sm90.cuh"
+
+using namespace sbops::sm90;
+using E = __nv_bfloat16;
+using ATile = KMajorTile<64, 128>;
+using BTile = KMajorTile<128, 128>;
+
+__global__ void probe(const E* a, const E* b, const E* vt, float* s_out, float* o_out) {
+#ifdef SBOPS_SM90A_DEVICE
+  __shared__ __align__(128) unsigned char sm[ATile::kBytes + 2 * BTile::kBytes];
+  const uint32_t sa = smem_addr(sm), sb = sa + ATile::kBytes, sv = sb + BTile::kBytes;
+  const int tid = threadIdx.x;
+  for (int c = tid; c < 64 * 16; c += 128) {  // chunk (r, kg)
+    const int r = c / 16, kg = c % 16;
+    *reinterpret_cast<uint4*>(sm + ATile::chunk_offset(r, kg)) = *reinterpret_cast<const uint4*>(a + r * 128 + kg * 8);
+  }
+  for (int c = tid; c < 128 * 16; c += 128) {
+    const int r = c / 16, kg = c % 16;
+    *reinterpret_cast<uint4*>(sm + ATile::kBytes + BTile::chunk_offset(r, kg)) =
+        *reinterpret_cast<const uint4*>(b + r * 128 + kg * 8);
+    *reinterpret_cast<uint4*>(sm + ATile::kBytes + BTile::kBytes + BTile::chunk_offset(r, kg)) =
+        *reinterpret_cast<const uint4*>(vt + r * 128 + kg * 8);
+  }
+  __syncthreads();
+  fence_proxy_async();
+  float s[64], o[64];
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  wgmma_fence();
+  for (int ks = 0; ks < 8; ++ks) Wgmma<E>::ss(s, ATile::desc(sa, 0, ks), BTile::desc(sb, 0, ks), ks > 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  reg_fence(s);
+  uint32_t p[8][4];
+  for (int ks = 0; ks < 8; ++ks)
+    for (int j = 0; j < 4; ++j) {
+      __nv_bfloat162 v = __floats2bfloat162_rn(s[8 * ks + 2 * j] / 64.f, s[8 * ks + 2 * j + 1] / 64.f);
+      p[ks][j] = *reinterpret_cast<uint32_t*>(&v);
+    }
+  wgmma_fence();
+  for (int ks = 0; ks < 8; ++ks) Wgmma<E>::rs(o, p[ks], BTile::desc(sv, 0, ks), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  reg_fence(o);
+  const int warp = tid / 32, lane = tid % 32;
+  for (int i = 0; i < 16; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int r = 16 * warp + lane / 4 + 8 * (e >> 1), c = 8 * i + 2 * (lane % 4) + (e & 1);
+      s_out[r * 128 + c] = s[4 * i + e];
+      o_out[r * 128 + c] = o[4 * i + e];
+    }
+#endif
+}
+
+static float bf(E x) { return __bfloat162float(x); }
+
+int main() {
+  std::vector<E> a(64 * 128), b(128 * 128), vt(128 * 128);
+  srand(1);
+  auto rnd = [] { return (rand() % 17 - 8) / 8.f; };  // exact in bf16
+  for (auto& x : a) x = __float2bfloat16(rnd());
+  for (auto& x : b) x = __float2bfloat16(rnd());
+  for (auto& x : vt) x = __float2bfloat16(rnd());
+  E *da, *db, *dv;
+  float *ds, *dout;
+  cudaMalloc(&da, a.size() * 2);
+  cudaMalloc(&db, b.size() * 2);
+  cudaMalloc(&dv, vt.size() * 2);
+  cudaMalloc(&ds, 64 * 128 * 4);
+  cudaMalloc(&dout, 64 * 128 * 4);
+  cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dv, vt.data(), vt.size() * 2, cudaMemcpyHostToDevice);
+  probe<<<1, 128>>>(da, db, dv, ds, dout);
+  cudaError_t err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) {
+    printf("probe: launch failed: %s\n", cudaGetErrorString(err));
+    return 2;
+  }
+  std::vector<float> s(64 * 128), o(64 * 128), sref(64 * 128), oref(64 * 128, 0.f);
+  cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(o.data(), dout, o.size() * 4, cudaMemcpyDeviceToHost);
+  for (int r = 0; r < 64; ++r)
+    for (int c = 0; c < 128; ++c) {
+      float acc = 0.f;
+      for (int kk = 0; kk < 128; ++kk) acc += bf(a[r * 128 + kk]) * bf(b[c * 128 + kk]);
+      sref[r * 128 + c] = acc;
+    }
+  for (int r = 0; r < 64; ++r)
+    for (int c = 0; c < 128; ++c) {
+      float acc = 0.f;
+      for (int kk = 0; kk < 128; ++kk) acc += bf(__float2bfloat16(sref[r * 128 + kk] / 64.f)) * bf(vt[c * 128 + kk]);
+      oref[r * 128 + c] = acc;
+    }
+  int rc = 0;
+  auto report = [&](const char* name, const std::vector<float>& got, const std::vector<float>& ref) {
+    double err = 0;
+    int bad = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double e = fabs(got[i] - ref[i]) / (1.0 + fabs(ref[i]));
+      err = fmax(err, e);
+      if (e > 1e-2 && bad++ < 4) {
+        int where = -1;
+        for (size_t j = 0; j < ref.size() && where < 0; ++j)
+          if (fabs(ref[j] - got[i]) < 1e-3 * (1 + fabs(got[i]))) where = static_cast<int>(j);
+        printf("  %s[%zu,%zu] = %g, expected %g; that value is at [%d,%d] of the reference\n", name, i / 128,
+               i % 128, got[i], ref[i], where < 0 ? -1 : where / 128, where < 0 ? -1 : where % 128);
+      }
+    }
+    printf("probe %s: max rel err %.3g -> %s\n", name, err, err < 1e-2 ? "PASS" : "FAIL");
+    if (err >= 1e-2) rc = 1;
+  };
+  report("S=A.B^T (ss)", s, sref);
+  report("O=P.V (rs)", o, oref);
+  return rc;
+}

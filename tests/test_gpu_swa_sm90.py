@@ -1,0 +1,109 @@
+"""The Hopper wgmma forward of swa_attn (backends/cuda/kernels/swa_fwd_sm90.cu, via backends/cuda/sm90.py).
+
+Runs only on an sm_90 GPU with an sm_90a build of sbops (skips cleanly otherwise). Against the float64
+reference (bf16/fp16 within 1e-2) on odd shapes: T around the 128-row/128-key tiles, windows 0, 1, 7, larger
+than T and full causal, GQA, batch > 1; the public op must route to it (and its gradients, by the Triton
+backward from this forward's o and lse, within 2e-2); the cases it does not serve must not reach it.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from reference import ref_swa_attn, rel_err  # noqa: E402
+
+
+def _sm90():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return None
+    import sbops  # noqa: F401  (loads sbops._C and registers the backends)
+    from sbops._backends.cuda import sm90
+    return sm90 if sm90._available(torch.cuda.current_device()) else None
+
+
+SM90 = _sm90()
+pytestmark = pytest.mark.skipif(SM90 is None, reason="needs an sm_90 GPU and an sm_90a build of sbops")
+
+
+def _inputs(B, T, H, HKV, dtype=torch.bfloat16, seed=0, D=128):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to("cuda", dtype)  # noqa: E731
+    return mk(B, T, H, D), mk(B, T, HKV, D), mk(B, T, HKV, D)
+
+
+def _ref(q, k, v, window, scale=None):
+    return ref_swa_attn(q.cpu().double(), k.cpu().double(), v.cpu().double(), window, scale)
+
+
+@pytest.mark.parametrize("T", [1, 63, 127, 128, 129, 1000])
+@pytest.mark.parametrize("window", [0, 1, 7, 200, 2000, -1])
+def test_sm90_forward_matches_float64(T, window):
+    q, k, v = _inputs(2, T, 8, 2)
+    o, lse = SM90.swa_fwd(q, k, v, window, None)
+    ro, rlse = _ref(q, k, v, window)
+    assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (2, T, 8) and lse.dtype == torch.float32
+    assert rel_err(o, ro) <= 1e-2, f"o rel err {rel_err(o, ro):.2e}"
+    assert rel_err(lse, rlse) <= 1e-2, f"lse rel err {rel_err(lse, rlse):.2e}"
+
+
+def test_sm90_forward_fp16_spikingbrain_heads_and_scale():
+    q, k, v = _inputs(1, 700, 28, 4, dtype=torch.float16, seed=3)
+    o, lse = SM90.swa_fwd(q, k, v, 300, 0.05)
+    ro, rlse = _ref(q, k, v, 300, 0.05)
+    assert rel_err(o, ro) <= 1e-2 and rel_err(lse, rlse) <= 1e-2
+
+
+def test_sm90_forward_agrees_with_triton_at_window_4096():
+    from sbops._backends.cuda.triton import swa
+    q, k, v = _inputs(1, 5000, 28, 4, seed=5)
+    o, lse = SM90.swa_fwd(q, k, v, 4096, None)
+    to, tlse = swa.swa_attn_fwd(q, k, v, 4096, None, None, None, None)
+    assert rel_err(o, to.double()) <= 1e-2
+    assert (lse - tlse).abs().max().item() <= 1e-3
+
+
+def test_public_op_routes_to_sm90_and_gradients_match_float64():
+    import sbops
+    q, k, v = _inputs(1, 300, 8, 2, seed=7)
+    assert SM90.swa_fwd_applies(q, k, v, None, None)
+    o_direct, lse_direct = SM90.swa_fwd(q, k, v, 64, None)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o, lse = sbops.swa_attn(*leaves, 64, return_lse=True)
+    assert torch.equal(o, o_direct) and torch.equal(lse, lse_direct)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(8)).to("cuda", o.dtype)
+    grads = torch.autograd.grad((o.float() * do.float()).sum(), leaves)
+    ref_leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    ro, _ = ref_swa_attn(*ref_leaves, 64)
+    rgrads = torch.autograd.grad((ro * do.cpu().double()).sum(), ref_leaves)
+    for name, gr, rg in zip(("dq", "dk", "dv"), grads, rgrads):
+        assert rel_err(gr, rg) <= 2e-2, f"{name} rel err {rel_err(gr, rg):.2e}"
+
+
+def test_cases_it_does_not_serve_go_to_triton():
+    q, k, v = _inputs(1, 64, 4, 2)
+    cu = torch.tensor([0, 30, 64], device="cuda", dtype=torch.int32)
+    sk = torch.zeros(3, 2, 128, device="cuda", dtype=q.dtype)
+    assert not SM90.swa_fwd_applies(q, k, v, cu, None)
+    assert not SM90.swa_fwd_applies(q, k, v, None, sk)
+    assert not SM90.swa_fwd_applies(q.float(), k.float(), v.float(), None, None)
+    assert not SM90.swa_fwd_applies(q, k, v, None, None, -0.1)
+    q64, k64, v64 = _inputs(1, 64, 4, 2, D=64)
+    assert not SM90.swa_fwd_applies(q64, k64, v64, None, None)
+
+
+def test_native_op_rejects_what_it_cannot_run():
+    op = torch.ops.sbops_native.swa_attn_fwd_sm90
+    q, k, v = _inputs(1, 64, 4, 2, D=64)
+    with pytest.raises(RuntimeError, match="head dim must be 128"):
+        op(q, k, v, 8, 0.1)
+    q, k, v = _inputs(1, 64, 4, 2)
+    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
+        op(q.float(), k.float(), v.float(), 8, 0.1)
+    with pytest.raises(RuntimeError, match="window"):
+        op(q, k, v, -1, 0.1)
+    with pytest.raises(RuntimeError, match="H % HKV"):
+        op(q[:, :, :3], k, v, 8, 0.1)
