@@ -48,66 +48,6 @@ constexpr int kBlocksPerSm = 4;                  // grid target when it is not
 constexpr int kMinResidentBlocks = 3;            // register budget: <= 168 per thread
 constexpr float kLog2e = 1.4426950408889634f;
 
-// One block's share of a (sequence, KV head) window: block (split, nh - nh0, z) serves query heads
-// h0 .. h0 + nheads of KV head hk of sequence n, keys a .. a + cnt (ring rows r0 .., wrapping at C).
-// Positions before L - C were overwritten in the ring: never more than C rows.  An invalid slot
-// gets no keys (and bases at slot 0, never read).
-template <typename T, int D>
-struct DecodeSplit {
-  int64_t n, cnt, r0, row_stride;
-  int hk, h0, nheads, H;
-  bool bad_slot;
-  const T* kbase;
-  const T* vbase;
-
-  __device__ DecodeSplit(const T* kc, const T* vc, const void* seq_lens, bool lens64, const void* slots,
-                         bool slots64, int64_t C, int64_t num_slots, int HKV, int G, int window, int nsplit,
-                         int64_t nh0, int heads_per_block) {
-    const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
-    n = nh / HKV;
-    hk = static_cast<int>(nh % HKV);
-    h0 = blockIdx.z * heads_per_block;
-    nheads = min(heads_per_block, G - h0);
-    H = HKV * G;
-    const int64_t L = load_index(seq_lens, lens64, n);
-    const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-    bad_slot = slot < 0 || slot >= num_slots;
-    int64_t lo = window < 0 ? 0 : max(static_cast<int64_t>(0), L - 1 - window);
-    lo = max(lo, L - C);
-    const int64_t len = (L > lo && !bad_slot) ? L - lo : 0;
-    const int64_t chunk = ceil_div(len, nsplit);
-    const int64_t a = lo + blockIdx.x * chunk;
-    cnt = max(static_cast<int64_t>(0), min(L, a + chunk) - a);
-    r0 = cnt > 0 ? a % C : 0;
-    row_stride = static_cast<int64_t>(HKV) * D;
-    kbase = kc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
-    vbase = vc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
-  }
-};
-
-// Element d of query head `head`'s result from a split's running max M (log2 domain), sum Ls and
-// accumulator A: the output itself with one split, else the (max, sum, acc) partial for the combine.
-// An invalid slot writes NaN (partials that the combine turns into NaN).
-template <typename T>
-__device__ __forceinline__ void write_split_result(T* o, float* part, int64_t head, int split, int nsplit, int D,
-                                                   int d, float M, float Ls, float A, bool bad_slot) {
-  if (bad_slot) {
-    M = 0.f;
-    Ls = 1.f;
-    A = NAN;
-  }
-  if (nsplit == 1) {
-    o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
-  } else {
-    float* pp = part + (head * nsplit + split) * (D + 2);
-    pp[2 + d] = A;
-    if (d == 0) {
-      pp[0] = M;
-      pp[1] = Ls;
-    }
-  }
-}
-
 template <typename T, int D>
 __global__ void __launch_bounds__(kSwaThreads, kMinResidentBlocks)
 swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
@@ -128,12 +68,28 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   __shared__ float s_acc[kSwaWarps][kMaxHeads][D];
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
-  const DecodeSplit<T, D> sp(kc, vc, seq_lens, lens64, slots, slots64, C, num_slots, HKV, G, window, nsplit, nh0,
-                             kMaxHeads);
-  const int64_t n = sp.n, cnt = sp.cnt, r0 = sp.r0, row_stride = sp.row_stride;
-  const int hk = sp.hk, h0 = sp.h0, nheads = sp.nheads, H = sp.H;
-  const T* kbase = sp.kbase;
-  const T* vbase = sp.vbase;
+  const int split = blockIdx.x;
+  const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
+  const int64_t n = nh / HKV;
+  const int hk = static_cast<int>(nh % HKV);
+  const int h0 = blockIdx.z * kMaxHeads;
+  const int nheads = min(kMaxHeads, G - h0);
+  const int H = HKV * G;
+
+  const int64_t L = load_index(seq_lens, lens64, n);
+  const int64_t slot = slots ? load_index(slots, slots64, n) : n;
+  const bool bad_slot = slot < 0 || slot >= num_slots;
+  // Positions before L - C were overwritten in the ring: never read more than C rows.
+  int64_t lo = window < 0 ? 0 : max(static_cast<int64_t>(0), L - 1 - window);
+  lo = max(lo, L - C);
+  const int64_t len = (L > lo && !bad_slot) ? L - lo : 0;
+  const int64_t chunk = ceil_div(len, nsplit);
+  const int64_t a = lo + split * chunk;
+  const int64_t cnt = max(static_cast<int64_t>(0), min(L, a + chunk) - a);
+  const int64_t row_stride = static_cast<int64_t>(HKV) * D;
+  const T* kbase = kc + (slot * C * HKV + hk) * D;
+  const T* vbase = vc + (slot * C * HKV + hk) * D;
+  const int64_t r0 = cnt > 0 ? a % C : 0;
 
   for (int i = tid; i < kMaxHeads * D; i += kSwaThreads) {
     const int h = i / D, d = i % D;
@@ -263,7 +219,23 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
       Ls += s_red[w][h];
       A += s_acc[w][h][d];
     }
-    write_split_result(o, part, n * H + hk * G + h0 + h, blockIdx.x, nsplit, D, d, s_m[h], Ls, A, sp.bad_slot);
+    float M = s_m[h];
+    const int64_t head = n * H + hk * G + h0 + h;
+    if (bad_slot) {  // NaN out; partials that the combine turns into NaN
+      M = 0.f;
+      Ls = 1.f;
+      A = NAN;
+    }
+    if (nsplit == 1) {
+      o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
+    } else {
+      float* pp = part + (head * nsplit + split) * (D + 2);
+      pp[2 + d] = A;
+      if (d == 0) {
+        pp[0] = M;
+        pp[1] = Ls;
+      }
+    }
   }
 }
 
@@ -311,12 +283,27 @@ swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T
   float* o_s = reinterpret_cast<float*>(smem + L::o);
 
   const int tid = threadIdx.x, warp = warp_id();
-  const DecodeSplit<T, D> sp(kc, vc, seq_lens, lens64, slots, slots64, C, num_slots, HKV, G, window, nsplit, nh0,
-                             kMmaHeads);
-  const int64_t n = sp.n, cnt = sp.cnt, r0 = sp.r0, row_stride = sp.row_stride;
-  const int hk = sp.hk, h0 = sp.h0, nheads = sp.nheads, H = sp.H;
-  const T* kbase = sp.kbase;
-  const T* vbase = sp.vbase;
+  const int split = blockIdx.x;
+  const int64_t nh = nh0 + blockIdx.y;
+  const int64_t n = nh / HKV;
+  const int hk = static_cast<int>(nh % HKV);
+  const int h0 = blockIdx.z * kMmaHeads;
+  const int nheads = min(kMmaHeads, G - h0);
+  const int H = HKV * G;
+
+  const int64_t Lq = load_index(seq_lens, lens64, n);
+  const int64_t slot = slots ? load_index(slots, slots64, n) : n;
+  const bool bad_slot = slot < 0 || slot >= num_slots;
+  int64_t lo = window < 0 ? 0 : max(static_cast<int64_t>(0), Lq - 1 - window);
+  lo = max(lo, Lq - C);
+  const int64_t len = (Lq > lo && !bad_slot) ? Lq - lo : 0;
+  const int64_t chunk = ceil_div(len, nsplit);
+  const int64_t a = lo + split * chunk;
+  const int64_t cnt = max(static_cast<int64_t>(0), min(Lq, a + chunk) - a);
+  const int64_t row_stride = static_cast<int64_t>(HKV) * D;
+  const T* kbase = kc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
+  const T* vbase = vc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
+  const int64_t r0 = cnt > 0 ? a % C : 0;
   const int ntiles = static_cast<int>(ceil_div(cnt, static_cast<int64_t>(kMmaTile)));
 
   // cp.async of tile `t` into buffer `b`; rows past cnt are zero-filled (P.V must see zeros there)
@@ -420,10 +407,28 @@ swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T
   }
 
   if (r < nheads) {
+    const int64_t head = n * H + hk * G + h0 + r;
+    float M = m, Ls = lsum;
 #pragma unroll
-    for (int e = 0; e < OC; ++e)
-      write_split_result(o, part, n * H + hk * G + h0 + r, blockIdx.x, nsplit, D, c8 * OC + e, m, lsum,
-                         o_s[r * L::LDO + c8 * OC + e], sp.bad_slot);
+    for (int e = 0; e < OC; ++e) {
+      const int d = c8 * OC + e;
+      float A = o_s[r * L::LDO + d];
+      if (bad_slot) {  // NaN out; partials that the combine turns into NaN
+        M = 0.f;
+        Ls = 1.f;
+        A = NAN;
+      }
+      if (nsplit == 1) {
+        o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
+      } else {
+        float* pp = part + (head * nsplit + split) * (D + 2);
+        pp[2 + d] = A;
+        if (d == 0) {
+          pp[0] = M;
+          pp[1] = Ls;
+        }
+      }
+    }
   }
 }
 #endif  // SBOPS_SWA_DECODE_MMA
