@@ -13,12 +13,13 @@
 
 using namespace sbops::sm90;
 using E = __nv_bfloat16;
-using ATile = KMajorTile<64, 128>;
-using BTile = KMajorTile<128, 128>;
 
+template <template <int, int> class Tile>
 __global__ void probe(const E* a, const E* b, const E* vt, float* s_out, float* o_out) {
 #ifdef SBOPS_SM90A_DEVICE
-  __shared__ __align__(128) unsigned char sm[ATile::kBytes + 2 * BTile::kBytes];
+  using ATile = Tile<64, 128>;
+  using BTile = Tile<128, 128>;
+  extern __shared__ __align__(1024) unsigned char sm[];
   const uint32_t sa = smem_addr(sm), sb = sa + ATile::kBytes, sv = sb + BTile::kBytes;
   const int tid = threadIdx.x;
   for (int c = tid; c < 64 * 16; c += 128) {  // chunk (r, kg)
@@ -81,15 +82,7 @@ int main() {
   cudaMemcpy(da, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(db, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(dv, vt.data(), vt.size() * 2, cudaMemcpyHostToDevice);
-  probe<<<1, 128>>>(da, db, dv, ds, dout);
-  cudaError_t err = cudaDeviceSynchronize();
-  if (err != cudaSuccess) {
-    printf("probe: launch failed: %s\n", cudaGetErrorString(err));
-    return 2;
-  }
   std::vector<float> s(64 * 128), o(64 * 128), sref(64 * 128), oref(64 * 128, 0.f);
-  cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost);
-  cudaMemcpy(o.data(), dout, o.size() * 4, cudaMemcpyDeviceToHost);
   for (int r = 0; r < 64; ++r)
     for (int c = 0; c < 128; ++c) {
       float acc = 0.f;
@@ -120,7 +113,25 @@ int main() {
     printf("probe %s: max rel err %.3g -> %s\n", name, err, err < 1e-2 ? "PASS" : "FAIL");
     if (err >= 1e-2) rc = 1;
   };
-  report("S=A.B^T (ss)", s, sref);
-  report("O=P.V (rs)", o, oref);
+  const int smem = 64 * 128 * 2 + 2 * 128 * 128 * 2;
+  auto run = [&](auto kernel, const char* name) {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaMemset(ds, 0, 64 * 128 * 4);
+    cudaMemset(dout, 0, 64 * 128 * 4);
+    kernel<<<1, 128, smem>>>(da, db, dv, ds, dout);
+    cudaError_t err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+      printf("probe %s: launch failed: %s\n", name, cudaGetErrorString(err));
+      rc = 2;
+      return;
+    }
+    cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(o.data(), dout, o.size() * 4, cudaMemcpyDeviceToHost);
+    printf("layout %s:\n", name);
+    report("S=A.B^T (ss)", s, sref);
+    report("O=P.V (rs)", o, oref);
+  };
+  run(probe<KMajorTile>, "no swizzle");
+  run(probe<KMajorSw128Tile>, "128B swizzle");
   return rc;
 }

@@ -2,7 +2,8 @@
 // proxy fence, and cp.async with zero fill.  Inline PTX: NVIDIA only, never compiled under USE_MACA (the
 // kernels that use this header fall back to their portable Triton / CUDA-core versions there).
 //
-// Shared-memory operand layout (the one layout every sbops wgmma kernel uses): a tile of R rows by C
+// Shared-memory operand layouts: KMajorTile (no swizzle) and KMajorSw128Tile (128-byte swizzle), both
+// K-major.  KMajorTile: a tile of R rows by C
 // reduction ("K") columns of 16-bit elements, K-major, no swizzle, made of 8 x 8 core matrices (8 rows of
 // 16 bytes, 128 contiguous bytes).  Core matrix (row group rg, column group kg) starts at byte
 // (kg * R / 8 + rg) * 128, so the descriptor's leading-dimension byte offset (next core matrix along K) is
@@ -39,6 +40,25 @@ struct KMajorTile {
     const uint32_t a = tile_addr + static_cast<uint32_t>(row0 / 8) * kSbo + static_cast<uint32_t>(2 * ks) * kLbo;
     return (static_cast<uint64_t>((a & 0x3FFFF) >> 4)) | (static_cast<uint64_t>(kLbo >> 4) << 16) |
            (static_cast<uint64_t>(kSbo >> 4) << 32);  // base offset 0, no swizzle (bits 62-63 = 0)
+  }
+};
+
+// K-major with the 128-byte swizzle (the hardware's Swizzle<3,4,3>): the tile is cut along K into atoms of 64
+// columns (128 bytes); an atom holds all R rows at 128 bytes per row, and 16-byte chunk c of row r sits at
+// chunk position c ^ (r % 8).  Atoms must start 1024-byte aligned.  Descriptor: layout type 1, stride-dimension
+// byte offset 1024 (8 rows), leading-dimension offset unused (1); K slice ks starts in atom ks / 4 at byte
+// 32 * (ks % 4) of the row (the hardware applies the XOR to the address bits).
+template <int R, int C>
+struct KMajorSw128Tile {
+  static_assert(R % 8 == 0 && C % 64 == 0, "rows must be a multiple of 8, K columns of 64");
+  static constexpr int kBytes = R * C * 2;
+  __device__ static constexpr uint32_t chunk_offset(int r, int kg) {
+    return static_cast<uint32_t>((kg >> 3) * (R * 128) + r * 128 + (((kg & 7) ^ (r & 7)) << 4));
+  }
+  __device__ static uint64_t desc(uint32_t tile_addr, int row0, int ks) {
+    const uint32_t a = tile_addr + static_cast<uint32_t>((ks >> 2) * (R * 128) + row0 * 128 + (ks & 3) * 32);
+    return (static_cast<uint64_t>((a & 0x3FFFF) >> 4)) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+           (uint64_t{1} << 62);
   }
 };
 

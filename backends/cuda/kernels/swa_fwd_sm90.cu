@@ -29,11 +29,9 @@ constexpr int kBM = 128;                // query rows per block (64 per warpgrou
 constexpr int kBN = kSwaFwdSm90KeyTile;  // keys per tile
 constexpr int kThreads = 256;
 constexpr int kStages = 3;              // K/V tiles in shared memory: t (P V), t + 1 (S), t + 2 (loading)
-using QTile = sm90::KMajorTile<kBM, kD>;  // query rows x head dim
-using KTile = sm90::KMajorTile<kBN, kD>;  // keys x head dim
-using VTile = sm90::KMajorTile<kD, kBN>;  // head dim x keys (v transposed)
-constexpr int kSmemBytes = QTile::kBytes + kStages * (KTile::kBytes + VTile::kBytes);
-static_assert(QTile::kBytes == KTile::kBytes && KTile::kBytes == VTile::kBytes, "load_tile copies 128 x 128 tiles");
+constexpr int kTileBytes = kBM * kD * 2;  // Q, K and V^T tiles are all 128 x 128
+static_assert(kBM == kD && kBN == kD, "Q, K and V^T tiles share one shape");
+constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages);
 
 #ifdef SBOPS_SM90A_DEVICE
 static_assert(4 * kWarpSize == kThreads / 2, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
@@ -61,28 +59,32 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
 // (row (c & 7) | (c >> 7) << 3, column group (c >> 3) & 15), so each 8-lane phase writes 8 rows of one core
 // matrix (128 contiguous bytes: no bank conflict) and a warp reads 64 contiguous bytes of each of 8 rows.
 // Rows >= rows_valid are zero-filled without being read.
-template <typename E>
+template <class Tile, typename E>
 __device__ __forceinline__ void load_tile(uint32_t dst, const E* src, int64_t row_stride, int rows_valid) {
 #pragma unroll
-  for (int u = 0; u < QTile::kBytes / 16 / kThreads; ++u) {
+  for (int u = 0; u < kTileBytes / 16 / kThreads; ++u) {
     const int c = static_cast<int>(threadIdx.x) + kThreads * u;
     const int kg = (c >> 3) & 15, r = (c & 7) | ((c >> 7) << 3);
     const bool ok = r < rows_valid;
     const E* s = src + (ok ? static_cast<int64_t>(r) * row_stride : 0) + kg * 8;
-    sm90::cp_async16(dst + QTile::chunk_offset(r, kg), s, ok ? 16 : 0);
+    sm90::cp_async16(dst + Tile::chunk_offset(r, kg), s, ok ? 16 : 0);
   }
 }
 #endif  // SBOPS_SM90A_DEVICE
 
-template <typename E>
+// Tile: the shared-memory operand layout of sm90.cuh (KMajorSw128Tile or KMajorTile)
+template <typename E, template <int, int> class Tile>
 __global__ void __launch_bounds__(kThreads, 1)
 swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* __restrict__ vt, E* __restrict__ o,
                     float* __restrict__ lse, int L, int Tpad, int H, int HKV, int window, float scale_log2) {
 #ifdef SBOPS_SM90A_DEVICE
-  extern __shared__ __align__(128) unsigned char smem[];
+  using QTile = Tile<kBM, kD>;  // query rows x head dim
+  using KTile = Tile<kBN, kD>;  // keys x head dim
+  using VTile = Tile<kD, kBN>;  // head dim x keys (v transposed)
+  extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = sm90::smem_addr(smem);
-  const uint32_t s_k = s_q + QTile::kBytes;
-  const uint32_t s_v = s_k + kStages * KTile::kBytes;
+  const uint32_t s_k = s_q + kTileBytes;
+  const uint32_t s_v = s_k + kStages * kTileBytes;
 
   const int h = blockIdx.x;
   const int m0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // heaviest query blocks first (full causal)
@@ -102,8 +104,8 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
 
   auto issue_tile = [&](int t) {
     const int n0 = lo + t * kBN, st = t % kStages;
-    load_tile(s_k + st * KTile::kBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0);
-    load_tile(s_v + st * VTile::kBytes, vb + n0, static_cast<int64_t>(Tpad), kD);  // keys >= L are zeros
+    load_tile<KTile>(s_k + st * kTileBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0);
+    load_tile<VTile>(s_v + st * kTileBytes, vb + n0, static_cast<int64_t>(Tpad), kD);  // keys >= L are zeros
   };
 
   float acc[64];     // O rows of this warpgroup (accumulator layout)
@@ -114,13 +116,13 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
 
   auto qk = [&](int t) {  // issue s = Q K_t^T
-    const uint32_t kt = s_k + (t % kStages) * KTile::kBytes;
+    const uint32_t kt = s_k + (t % kStages) * kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks)
       sm90::Wgmma<E>::ss(s, QTile::desc(s_q, 64 * wg, ks), KTile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
   };
   auto pv = [&](int t) {  // issue acc += P V_t
-    const uint32_t vt_s = s_v + (t % kStages) * VTile::kBytes;
+    const uint32_t vt_s = s_v + (t % kStages) * kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::rs(acc, p[ks], VTile::desc(vt_s, 0, ks), 1);
   };
@@ -168,7 +170,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
   };
 
   // prologue: Q with tile 0, then tile 1 (one cp.async group each)
-  load_tile(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0);
+  load_tile<QTile>(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0);
   issue_tile(0);
   sm90::cp_async_commit();
   if (ntiles > 1) {
@@ -238,10 +240,10 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
 #endif  // SBOPS_SM90A_DEVICE
 }
 
-template <typename E>
+template <typename E, template <int, int> class Tile>
 cudaError_t launch_typed(const void* q, const void* k, const void* vt, void* o, float* lse, int B, int T, int Tpad,
                          int H, int HKV, int window, float scale, cudaStream_t stream) {
-  auto kernel = swa_fwd_sm90_kernel<E>;
+  auto kernel = swa_fwd_sm90_kernel<E, Tile>;
   constexpr int kMaxDevices = 64;
   static bool configured[kMaxDevices] = {};
   int dev = 0;
@@ -270,7 +272,7 @@ bool swa_fwd_sm90_available() {
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr;
   // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
-  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16, sm90::KMajorSw128Tile>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -278,15 +280,25 @@ bool swa_fwd_sm90_available() {
 }
 
 cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DType dtype, void* o, float* lse,
-                                int B, int T, int Tpad, int H, int HKV, int window, float scale, cudaStream_t stream) {
+                                int B, int T, int Tpad, int H, int HKV, int window, float scale, int layout,
+                                cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
   if (HKV <= 0 || H % HKV != 0 || window < 0 || Tpad < T || Tpad % kBN != 0 || B > kMaxGridYZ ||
       ceil_div(static_cast<int64_t>(T), kBM) > kMaxGridYZ)
     return cudaErrorInvalidValue;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
+  if (layout != 0 && layout != 1) return cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
-    case DType::F16: return launch_typed<__half>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
+    case DType::BF16:
+      return layout == 0 ? launch_typed<__nv_bfloat16, sm90::KMajorSw128Tile>(q, k, vt, o, lse, B, T, Tpad, H, HKV,
+                                                                              window, scale, stream)
+                         : launch_typed<__nv_bfloat16, sm90::KMajorTile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window,
+                                                                         scale, stream);
+    case DType::F16:
+      return layout == 0 ? launch_typed<__half, sm90::KMajorSw128Tile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window,
+                                                                       scale, stream)
+                         : launch_typed<__half, sm90::KMajorTile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale,
+                                                                  stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -298,7 +310,7 @@ cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DT
 namespace sbops {
 bool swa_fwd_sm90_available() { return false; }
 cudaError_t launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int, int,
-                                int, float, cudaStream_t) {
+                                int, float, int, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 }  // namespace sbops
