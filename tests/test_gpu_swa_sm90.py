@@ -50,16 +50,6 @@ def test_sm90_forward_matches_float64(T, window):
     assert rel_err(lse, rlse) <= 1e-2, f"lse rel err {rel_err(lse, rlse):.2e}"
 
 
-@pytest.mark.parametrize("T,window", [(1, 0), (129, 7), (1000, 200), (1000, -1)])
-def test_sm90_forward_unswizzled_layout_matches_float64(T, window):
-    q, k, v = _inputs(2, T, 8, 2, seed=11)
-    o, lse = SM90.swa_fwd(q, k, v, window, None, layout=1)
-    ro, rlse = _ref(q, k, v, window)
-    assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == (2, T, 8) and lse.dtype == torch.float32
-    assert rel_err(o, ro) <= 1e-2, f"o rel err {rel_err(o, ro):.2e}"
-    assert rel_err(lse, rlse) <= 1e-2, f"lse rel err {rel_err(lse, rlse):.2e}"
-
-
 def test_sm90_forward_fp16_spikingbrain_heads_and_scale():
     q, k, v = _inputs(1, 700, 28, 4, dtype=torch.float16, seed=3)
     o, lse = SM90.swa_fwd(q, k, v, 300, 0.05)
@@ -117,5 +107,3 @@ def test_native_op_rejects_what_it_cannot_run():
         op(q, k, v, -1, 0.1)
     with pytest.raises(RuntimeError, match="H % HKV"):
         op(q[:, :, :3], k, v, 8, 0.1)
-    with pytest.raises(RuntimeError, match="layout"):
-        op(q, k, v, 8, 0.1, 2)

@@ -36,10 +36,9 @@ def swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
             and _available(q.device.index if q.device.index is not None else torch.cuda.current_device()))
 
 
-def swa_fwd(q, k, v, window, scale, layout=0):
-    """(o, lse) of ``sbops::swa_attn`` by the sm_90 kernel; window < 0 or >= T is full causal.
-    layout: shared-memory operand layout, 0 = 128-byte swizzle (default), 1 = no swizzle."""
+def swa_fwd(q, k, v, window, scale):
+    """(o, lse) of ``sbops::swa_attn`` by the sm_90 kernel; window < 0 or >= T is full causal."""
     T = q.shape[1]
     window_eff = T if (window < 0 or window > T) else int(window)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return torch.ops.sbops_native.swa_attn_fwd_sm90(q, k, v, window_eff, scale, layout)
+    return torch.ops.sbops_native.swa_attn_fwd_sm90(q, k, v, window_eff, scale)

@@ -526,7 +526,7 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
 // D = 128, no varlen, no sinks; window already resolved, >= 0).  Called from the Python CUDA kernel of
 // sbops::swa_attn (backends/cuda/sm90.py), never a public op.
 std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                                                  int64_t window, double scale, int64_t layout) {
+                                                  int64_t window, double scale) {
   const char* op = "swa_attn (sm90)";
   check_cuda(q_in, op, "q");
   check_cuda(k_in, op, "k");
@@ -543,7 +543,6 @@ std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tens
   TORCH_CHECK(k_in.size(0) == B && k_in.size(1) == T && k_in.size(3) == D && HKV >= 1 && H % HKV == 0, op,
               ": k, v must be [B,T,HKV,D] with H % HKV == 0");
   TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
-  TORCH_CHECK(layout == 0 || layout == 1, op, ": layout must be 0 (128-byte swizzle) or 1 (no swizzle), got ", layout);
   TORCH_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
   c10::cuda::CUDAGuard guard(q_in.device());
   TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
@@ -558,8 +557,7 @@ std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tens
   check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), vt.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
                                           lse.data_ptr<float>(), static_cast<int>(B), static_cast<int>(T),
                                           static_cast<int>(Tpad), static_cast<int>(H), static_cast<int>(HKV),
-                                          static_cast<int>(window), static_cast<float>(scale),
-                                          static_cast<int>(layout), stream()),
+                                          static_cast<int>(window), static_cast<float>(scale), stream()),
                op);
   return {o, lse};
 }
@@ -595,7 +593,7 @@ TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
 
 // Internal kernels that serve a public op from Python (not part of the sbops API).
 TORCH_LIBRARY(sbops_native, m) {
-  m.def("swa_attn_fwd_sm90(Tensor q, Tensor k, Tensor v, int window, float scale, int layout=0) -> (Tensor, Tensor)");
+  m.def("swa_attn_fwd_sm90(Tensor q, Tensor k, Tensor v, int window, float scale) -> (Tensor, Tensor)");
   m.def("swa_attn_fwd_sm90_available(Tensor like) -> bool");
 }
 

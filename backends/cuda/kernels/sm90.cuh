@@ -2,13 +2,9 @@
 // proxy fence, and cp.async with zero fill.  Inline PTX: NVIDIA only, never compiled under USE_MACA (the
 // kernels that use this header fall back to their portable Triton / CUDA-core versions there).
 //
-// Shared-memory operand layouts: KMajorTile (no swizzle) and KMajorSw128Tile (128-byte swizzle), both
-// K-major.  KMajorTile: a tile of R rows by C
-// reduction ("K") columns of 16-bit elements, K-major, no swizzle, made of 8 x 8 core matrices (8 rows of
-// 16 bytes, 128 contiguous bytes).  Core matrix (row group rg, column group kg) starts at byte
-// (kg * R / 8 + rg) * 128, so the descriptor's leading-dimension byte offset (next core matrix along K) is
-// R * 16 and its stride-dimension byte offset (next core matrix along the rows) is 128.  One 16-byte chunk
-// (row r, columns 8 kg .. 8 kg + 7) lives at chunk_offset(r, kg).
+// Shared-memory operand layout: KMajorSw128Tile (K-major, 128-byte swizzle, the layout TMA writes).  The
+// no-swizzle core-matrix layout (8 x 16-byte core matrices) was measured too: the SWA forward ran 1.46x slower
+// with it on an H100 (6.71 ms against 4.61 ms at T = 32k, benchmarks/gpu/NOTES_swa.md).
 #pragma once
 
 // Everything below is compiled out under USE_MACA (the header is then empty).
@@ -25,23 +21,6 @@
 
 namespace sbops {
 namespace sm90 {
-
-template <int R, int C>
-struct KMajorTile {
-  static_assert(R % 8 == 0 && C % 16 == 0, "rows must be a multiple of 8, K columns of 16");
-  static constexpr int kBytes = R * C * 2;
-  static constexpr uint32_t kLbo = R * 16;  // bytes to the next core matrix along K
-  static constexpr uint32_t kSbo = 128;     // bytes to the next core matrix along the rows
-  __device__ static constexpr uint32_t chunk_offset(int r, int kg) {
-    return static_cast<uint32_t>((kg * (R / 8) + (r >> 3)) * 128 + (r & 7) * 16);
-  }
-  // descriptor of the 16-column K slice `ks` (columns 16 ks .. 16 ks + 15) of rows row0 .. (row0 % 8 == 0)
-  __device__ static uint64_t desc(uint32_t tile_addr, int row0, int ks) {
-    const uint32_t a = tile_addr + static_cast<uint32_t>(row0 / 8) * kSbo + static_cast<uint32_t>(2 * ks) * kLbo;
-    return (static_cast<uint64_t>((a & 0x3FFFF) >> 4)) | (static_cast<uint64_t>(kLbo >> 4) << 16) |
-           (static_cast<uint64_t>(kSbo >> 4) << 32);  // base offset 0, no swizzle (bits 62-63 = 0)
-  }
-};
 
 // K-major with the 128-byte swizzle (the hardware's Swizzle<3,4,3>): the tile is cut along K into atoms of 64
 // columns (128 bytes); an atom holds all R rows at 128 bytes per row, and 16-byte chunk c of row r sits at
@@ -76,6 +55,37 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 // generic-proxy writes to shared memory (cp.async, st.shared) become visible to wgmma's async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// cp.async arrives on an mbarrier once all of this thread's earlier cp.asyncs have landed (counts as one of
+// the barrier's expected arrivals)
+__device__ __forceinline__ void cp_async_arrive(uint32_t mbar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mbar) : "memory");
+}
+
+// mbarriers (shared memory, 8 bytes each)
+__device__ __forceinline__ void mbar_init(uint32_t mbar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t mbar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(mbar) : "memory");
+}
+// wait until the barrier's phase with the given parity (0 for its first phase, then 1, 0, ...) completed
+__device__ __forceinline__ void mbar_wait(uint32_t mbar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(mbar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// warpgroup register reallocation (producer warpgroups give registers to the MMA warpgroups)
+template <int N>
+__device__ __forceinline__ void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }

@@ -1,14 +1,15 @@
 // Sliding-window attention forward for Hopper (sm_90a), head dim 128, bf16/fp16 in, float32 softmax.
 //
-// One block of two warpgroups (256 threads) per (query head, 128-query block, batch row); warpgroup w
-// owns query rows m0 + 64 w .. + 63.  Key tiles of 128 keys cover the union of the block's windows:
-//  * Q (128 x 128), K tiles (128 keys x 128) and V^T tiles (128 dims x 128 keys, from a transposed copy of
-//    v so that both MMAs read K-major operands) are copied to shared memory with cp.async in the no-swizzle
-//    core-matrix layout of sm90.cuh, three K/V stages deep (224 KiB);
-//  * S = Q K^T and O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the
-//    score registers straight into the A operand of P V, as packed bf16/fp16 pairs);
-//  * the MMA of the next tile's scores is issued before this tile's P V, and the softmax of the next tile
-//    runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap of softmax and MMA);
+// One block of three warpgroups (384 threads) per (query head, 128-query block, batch row):
+//  * warpgroup 0 (producer, 40 registers after setmaxnreg) copies Q, then K tiles (128 keys x 128) and V^T
+//    tiles (128 dims x 128 keys, from a transposed copy of v so that both MMAs read K-major operands) into a
+//    three-stage ring in shared memory with cp.async, in the 128-byte-swizzled layout of sm90.cuh (224 KiB);
+//    a stage's "full" mbarrier completes when its copies land, its "empty" one when both MMA warpgroups
+//    are done with it, so the two MMA warpgroups never wait for each other;
+//  * warpgroups 1 and 2 (232 registers) own query rows m0 .. m0 + 63 and m0 + 64 .. m0 + 127: S = Q K^T and
+//    O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the score registers
+//    straight into the A operand of P V as packed bf16/fp16 pairs); the next tile's S is issued before this
+//    tile's P V and its softmax runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap);
 //  * the window/causal mask is applied only on the tiles that need it (per warpgroup).
 // Online softmax in log2 units: m = running max of scale*log2(e)*s, p = exp2(scale*log2(e)*s - m); each
 // thread keeps partial row sums of its 32 columns, reduced over the row's 4 lanes at the end.
@@ -27,14 +28,18 @@ namespace {
 constexpr int kD = kSwaFwdSm90HeadDim;
 constexpr int kBM = 128;                // query rows per block (64 per warpgroup)
 constexpr int kBN = kSwaFwdSm90KeyTile;  // keys per tile
-constexpr int kThreads = 256;
+constexpr int kProducerThreads = 128;  // one warpgroup copies Q, K and V^T tiles (cp.async)
+constexpr int kConsumerThreads = 256;  // two warpgroups run the MMAs and the softmax
+constexpr int kThreads = kProducerThreads + kConsumerThreads;
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 65536
 constexpr int kStages = 3;              // K/V tiles in shared memory: t (P V), t + 1 (S), t + 2 (loading)
+using Tile = sm90::KMajorSw128Tile<kBM, kD>;  // Q (rows x dims), K (keys x dims), V^T (dims x keys)
 constexpr int kTileBytes = kBM * kD * 2;  // Q, K and V^T tiles are all 128 x 128
-static_assert(kBM == kD && kBN == kD, "Q, K and V^T tiles share one shape");
-constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages);
+static_assert(kBM == kD && kBN == kD && kTileBytes / 16 / kProducerThreads == 16, "Q, K and V^T tiles share one shape");
+constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages) + 16 * kStages;  // tiles, then the mbarriers
 
 #ifdef SBOPS_SM90A_DEVICE
-static_assert(4 * kWarpSize == kThreads / 2, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
+static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
 
 __device__ __forceinline__ float ex2(float x) {
   float y;
@@ -55,58 +60,79 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// cp.async of a 128 x 128 tile (16 chunks of 16 bytes per row) into a KMajorTile: chunk c = thread + 256 u is
-// (row (c & 7) | (c >> 7) << 3, column group (c >> 3) & 15), so each 8-lane phase writes 8 rows of one core
-// matrix (128 contiguous bytes: no bank conflict) and a warp reads 64 contiguous bytes of each of 8 rows.
-// Rows >= rows_valid are zero-filled without being read.
-template <class Tile, typename E>
-__device__ __forceinline__ void load_tile(uint32_t dst, const E* src, int64_t row_stride, int rows_valid) {
-#pragma unroll
-  for (int u = 0; u < kTileBytes / 16 / kThreads; ++u) {
-    const int c = static_cast<int>(threadIdx.x) + kThreads * u;
-    const int kg = (c >> 3) & 15, r = (c & 7) | ((c >> 7) << 3);
-    const bool ok = r < rows_valid;
-    const E* s = src + (ok ? static_cast<int64_t>(r) * row_stride : 0) + kg * 8;
-    sm90::cp_async16(dst + Tile::chunk_offset(r, kg), s, ok ? 16 : 0);
+// cp.async of a 128 x 128 tile (16 chunks of 16 bytes per row) by the 128 producer threads: thread p copies
+// column group kg = (p >> 3) & 15 of rows (p & 7) + 8 u, u = 0 .. 15, so each 8-lane phase writes 8 rows of
+// one 16-byte column (distinct banks under the swizzle), a warp reads 64 contiguous bytes of each of 8 rows,
+// and row r0 + 8 u lands 1024 u bytes after row r0.  Rows >= rows_valid are zero-filled without being read.
+// The loop is only partly unrolled: the producer runs on 40 registers.
+template <typename E>
+__device__ __forceinline__ void load_tile(uint32_t dst, const E* src, int64_t row_stride, int rows_valid, int ptid) {
+  const int r0 = ptid & 7, kg = (ptid >> 3) & 15;
+  const uint32_t d0 = dst + Tile::chunk_offset(r0, kg);
+  const E* s0 = src + static_cast<int64_t>(r0) * row_stride + kg * 8;
+  const int64_t step = 8 * row_stride;
+#pragma unroll 4
+  for (int u = 0; u < kTileBytes / 16 / kProducerThreads; ++u) {
+    const bool ok = r0 + 8 * u < rows_valid;
+    sm90::cp_async16(d0 + 1024 * u, ok ? s0 + u * step : src, ok ? 16 : 0);
   }
 }
 #endif  // SBOPS_SM90A_DEVICE
 
-// Tile: the shared-memory operand layout of sm90.cuh (KMajorSw128Tile or KMajorTile)
-template <typename E, template <int, int> class Tile>
+template <typename E>
 __global__ void __launch_bounds__(kThreads, 1)
 swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* __restrict__ vt, E* __restrict__ o,
                     float* __restrict__ lse, int L, int Tpad, int H, int HKV, int window, float scale_log2) {
 #ifdef SBOPS_SM90A_DEVICE
-  using QTile = Tile<kBM, kD>;  // query rows x head dim
-  using KTile = Tile<kBN, kD>;  // keys x head dim
-  using VTile = Tile<kD, kBN>;  // head dim x keys (v transposed)
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = sm90::smem_addr(smem);
   const uint32_t s_k = s_q + kTileBytes;
   const uint32_t s_v = s_k + kStages * kTileBytes;
+  const uint32_t bar_full = s_v + kStages * kTileBytes;  // kStages mbarriers: stage holds its tile
+  const uint32_t bar_empty = bar_full + 8 * kStages;     // kStages mbarriers: both MMA warpgroups are done with it
 
   const int h = blockIdx.x;
   const int m0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // heaviest query blocks first (full causal)
   const int b = blockIdx.z;
   const int hkv = h / (H / HKV);
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = lane_id();
-  const int64_t q_stride = static_cast<int64_t>(H) * kD, kv_stride = static_cast<int64_t>(HKV) * kD;
-  const E* kb = k + static_cast<int64_t>(b) * L * kv_stride + hkv * kD;
-  const E* vb = vt + (static_cast<int64_t>(b) * HKV + hkv) * kD * Tpad;
-
-  const int hi = min(m0 + kBM, L);                 // keys [lo, hi) cover every row's window
+  const int tid = threadIdx.x;
+  const int hi = min(m0 + kBM, L);                    // keys [lo, hi) cover every row's window
   const int lo = max(m0 - window, 0) / kBN * kBN;
   const int ntiles = (hi - lo + kBN - 1) / kBN;
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbar_init(bar_full + 8 * st, kProducerThreads);
+      sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
+    }
+  }
+  __syncthreads();
+
+  if (tid < kProducerThreads) {
+    // ---- producer warpgroup: Q with tile 0, then K and V^T tiles through the kStages-deep ring
+    sm90::regs_dec<kProducerRegs>();
+    const int64_t q_stride = static_cast<int64_t>(H) * kD, kv_stride = static_cast<int64_t>(HKV) * kD;
+    const E* kb = k + static_cast<int64_t>(b) * L * kv_stride + hkv * kD;
+    const E* vb = vt + (static_cast<int64_t>(b) * HKV + hkv) * kD * Tpad;
+    load_tile(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0, tid);
+    for (int t = 0; t < ntiles; ++t) {
+      const int st = t % kStages;
+      if (t >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((t / kStages) - 1) & 1);
+      const int n0 = lo + t * kBN;
+      load_tile(s_k + st * kTileBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0, tid);
+      load_tile(s_v + st * kTileBytes, vb + n0, static_cast<int64_t>(Tpad), kD, tid);  // keys >= L are zeros
+      sm90::cp_async_arrive(bar_full + 8 * st);
+    }
+    sm90::cp_async_wait<0>();
+    return;
+  }
+
+  // ---- two MMA warpgroups: wg owns query rows m0 + 64 wg .. + 63
+  sm90::regs_inc<kConsumerRegs>();
+  const int ctid = tid - kProducerThreads, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = lane_id();
   const int wr0 = m0 + 64 * wg;                    // this warpgroup's first row
   const int row0 = wr0 + 16 * warp + (lane >> 2);  // this thread's rows row0, row0 + 8
   const int col0 = 2 * (lane & 3);                 // and columns col0 + 8 i + {0, 1} of a tile
-
-  auto issue_tile = [&](int t) {
-    const int n0 = lo + t * kBN, st = t % kStages;
-    load_tile<KTile>(s_k + st * kTileBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0);
-    load_tile<VTile>(s_v + st * kTileBytes, vb + n0, static_cast<int64_t>(Tpad), kD);  // keys >= L are zeros
-  };
 
   float acc[64];     // O rows of this warpgroup (accumulator layout)
   float s[64];       // scores / probabilities of one tile
@@ -115,16 +141,20 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.f;
 
+  auto wait_full = [&](int t) {
+    sm90::mbar_wait(bar_full + 8 * (t % kStages), (t / kStages) & 1);
+    sm90::fence_proxy_async();  // the cp.async writes, now visible, are read by wgmma (async proxy)
+  };
   auto qk = [&](int t) {  // issue s = Q K_t^T
     const uint32_t kt = s_k + (t % kStages) * kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks)
-      sm90::Wgmma<E>::ss(s, QTile::desc(s_q, 64 * wg, ks), KTile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+      sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
   };
   auto pv = [&](int t) {  // issue acc += P V_t
     const uint32_t vt_s = s_v + (t % kStages) * kTileBytes;
 #pragma unroll
-    for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::rs(acc, p[ks], VTile::desc(vt_s, 0, ks), 1);
+    for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::rs(acc, p[ks], Tile::desc(vt_s, 0, ks), 1);
   };
   // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
   auto softmax = [&](int t) {
@@ -169,19 +199,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
       for (int j = 0; j < 4; ++j) p[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
   };
 
-  // prologue: Q with tile 0, then tile 1 (one cp.async group each)
-  load_tile<QTile>(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0);
-  issue_tile(0);
-  sm90::cp_async_commit();
-  if (ntiles > 1) {
-    issue_tile(1);
-    sm90::cp_async_commit();
-    sm90::cp_async_wait<1>();
-  } else {
-    sm90::cp_async_wait<0>();
-  }
-  __syncthreads();
-  sm90::fence_proxy_async();
+  wait_full(0);  // Q came with tile 0
   sm90::wgmma_fence();
   qk(0);
   sm90::wgmma_commit();
@@ -193,13 +211,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
   // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
   // serializes the MMAs when it cannot tell which group a wait retires)
   for (int t = 0; t + 1 < ntiles; ++t) {
-    sm90::cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
-    __syncthreads();           // ... everyone's; and every warpgroup is done with tile t - 1's stage
-    sm90::fence_proxy_async();
-    if (t + 2 < ntiles) {      // refill tile t - 1's stage
-      issue_tile(t + 2);
-      sm90::cp_async_commit();
-    }
+    wait_full(t + 1);
     sm90::wgmma_fence();
     qk(t + 1);
     sm90::wgmma_commit();
@@ -211,6 +223,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
     sm90::wgmma_wait<0>();
     sm90::reg_fence(acc);
     sm90::reg_fence(p);
+    sm90::mbar_arrive(bar_empty + 8 * (t % kStages));  // K_t and V_t read: the stage may be refilled
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
     pack();
@@ -222,6 +235,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
   sm90::reg_fence(acc);
 
   // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
+  const int64_t q_stride = static_cast<int64_t>(H) * kD;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = l_r[r];
@@ -240,10 +254,10 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
 #endif  // SBOPS_SM90A_DEVICE
 }
 
-template <typename E, template <int, int> class Tile>
+template <typename E>
 cudaError_t launch_typed(const void* q, const void* k, const void* vt, void* o, float* lse, int B, int T, int Tpad,
                          int H, int HKV, int window, float scale, cudaStream_t stream) {
-  auto kernel = swa_fwd_sm90_kernel<E, Tile>;
+  auto kernel = swa_fwd_sm90_kernel<E>;
   constexpr int kMaxDevices = 64;
   static bool configured[kMaxDevices] = {};
   int dev = 0;
@@ -272,7 +286,7 @@ bool swa_fwd_sm90_available() {
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr;
   // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
-  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16, sm90::KMajorSw128Tile>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -280,25 +294,15 @@ bool swa_fwd_sm90_available() {
 }
 
 cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DType dtype, void* o, float* lse,
-                                int B, int T, int Tpad, int H, int HKV, int window, float scale, int layout,
-                                cudaStream_t stream) {
+                                int B, int T, int Tpad, int H, int HKV, int window, float scale, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
   if (HKV <= 0 || H % HKV != 0 || window < 0 || Tpad < T || Tpad % kBN != 0 || B > kMaxGridYZ ||
       ceil_div(static_cast<int64_t>(T), kBM) > kMaxGridYZ)
     return cudaErrorInvalidValue;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
-  if (layout != 0 && layout != 1) return cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::BF16:
-      return layout == 0 ? launch_typed<__nv_bfloat16, sm90::KMajorSw128Tile>(q, k, vt, o, lse, B, T, Tpad, H, HKV,
-                                                                              window, scale, stream)
-                         : launch_typed<__nv_bfloat16, sm90::KMajorTile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window,
-                                                                         scale, stream);
-    case DType::F16:
-      return layout == 0 ? launch_typed<__half, sm90::KMajorSw128Tile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window,
-                                                                       scale, stream)
-                         : launch_typed<__half, sm90::KMajorTile>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale,
-                                                                  stream);
+    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
+    case DType::F16: return launch_typed<__half>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -310,7 +314,7 @@ cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DT
 namespace sbops {
 bool swa_fwd_sm90_available() { return false; }
 cudaError_t launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int, int,
-                                int, float, int, cudaStream_t) {
+                                int, float, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 }  // namespace sbops
