@@ -31,7 +31,6 @@ constexpr int kBN = kSwaFwdSm90KeyTile;  // keys per tile
 constexpr int kProducerThreads = 128;  // one warpgroup copies Q, K and V^T tiles (cp.async)
 constexpr int kConsumerThreads = 256;  // two warpgroups run the MMAs and the softmax
 constexpr int kThreads = kProducerThreads + kConsumerThreads;
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 65536
 constexpr int kStages = 3;              // K/V tiles in shared memory: t (P V), t + 1 (S), t + 2 (loading)
 using Tile = sm90::KMajorSw128Tile<kBM, kD>;  // Q (rows x dims), K (keys x dims), V^T (dims x keys)
 constexpr int kTileBytes = kBM * kD * 2;  // Q, K and V^T tiles are all 128 x 128
@@ -39,6 +38,8 @@ static_assert(kBM == kD && kBN == kD && kTileBytes / 16 / kProducerThreads == 16
 constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages) + 16 * kStages;  // tiles, then the mbarriers
 
 #ifdef SBOPS_SM90A_DEVICE
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 65536
+static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
 static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
 
 __device__ __forceinline__ float ex2(float x) {
