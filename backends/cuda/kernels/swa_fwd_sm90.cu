@@ -9,7 +9,8 @@
 //  * warpgroups 1 and 2 (232 registers) own query rows m0 .. m0 + 63 and m0 + 64 .. m0 + 127: S = Q K^T and
 //    O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the score registers
 //    straight into the A operand of P V as packed bf16/fp16 pairs); the next tile's S is issued before this
-//    tile's P V and its softmax runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap);
+//    tile's P V and its softmax runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap), and
+//    the two warpgroups take turns issuing their MMAs (named barriers: one's softmax overlaps the other's MMAs);
 //  * the window/causal mask is applied only on the tiles that need it (per warpgroup).
 // Online softmax in log2 units: m = running max of scale*log2(e)*s, p = exp2(scale*log2(e)*s - m); each
 // thread keeps partial row sums of its 32 columns, reduced over the row's 4 lanes at the end.
@@ -211,13 +212,19 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
 
   // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
   // serializes the MMAs when it cannot tell which group a wait retires)
+  // The two MMA warpgroups take turns issuing their MMAs (named barrier 1 + wg: "wg may issue"), so one
+  // warpgroup's softmax runs while the other's MMAs occupy the tensor cores (FlashAttention-3's ping-pong).
+  const int my_turn = 1 + wg, other_turn = 2 - wg;
+  if (wg == 1 && ntiles > 1) sm90::named_arrive(1, kConsumerThreads);  // warpgroup 0 goes first
   for (int t = 0; t + 1 < ntiles; ++t) {
     wait_full(t + 1);
+    sm90::named_sync(my_turn, kConsumerThreads);
     sm90::wgmma_fence();
     qk(t + 1);
     sm90::wgmma_commit();
     pv(t);
     sm90::wgmma_commit();
+    if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
     sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
     sm90::reg_fence(s);
     softmax(t + 1);
