@@ -2,8 +2,9 @@
 
 Runs only on an sm_90 GPU with an sm_90a build of sbops (skips cleanly otherwise). Against the float64
 reference (bf16/fp16 within 1e-2) on odd shapes: T around the 128-row/128-key tiles, windows 0, 1, 7, larger
-than T and full causal, GQA, batch > 1; the public op must route to it (and its gradients, by the Triton
-backward from this forward's o and lse, within 2e-2); the cases it does not serve must not reach it.
+than T and full causal, GQA, batch > 1; the Triton backward fed by its o and lse (gradients within 2e-2);
+the public op uses it exactly when backends/cuda/tuning/sm90.json routes it; the cases it does not serve
+never reach it.
 """
 from __future__ import annotations
 
@@ -66,21 +67,31 @@ def test_sm90_forward_agrees_with_triton_at_window_4096():
     assert (lse - tlse).abs().max().item() <= 1e-3
 
 
-def test_public_op_routes_to_sm90_and_gradients_match_float64():
-    import sbops
+def test_triton_backward_from_the_sm90_forward_matches_float64():
+    from sbops._backends.cuda.triton import swa
     q, k, v = _inputs(1, 300, 8, 2, seed=7)
-    assert SM90.swa_fwd_applies(q, k, v, None, None)
-    o_direct, lse_direct = SM90.swa_fwd(q, k, v, 64, None)
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    o, lse = sbops.swa_attn(*leaves, 64, return_lse=True)
-    assert torch.equal(o, o_direct) and torch.equal(lse, lse_direct)
+    o, lse = SM90.swa_fwd(q, k, v, 64, None)
     do = torch.randn(o.shape, generator=torch.Generator().manual_seed(8)).to("cuda", o.dtype)
-    grads = torch.autograd.grad((o.float() * do.float()).sum(), leaves)
+    dq, dk, dv, _, _ = swa.swa_attn_bwd(q, k, v, o, lse, do, None, 64, None, None, None, None)
     ref_leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
     ro, _ = ref_swa_attn(*ref_leaves, 64)
     rgrads = torch.autograd.grad((ro * do.cpu().double()).sum(), ref_leaves)
-    for name, gr, rg in zip(("dq", "dk", "dv"), grads, rgrads):
+    for name, gr, rg in zip(("dq", "dk", "dv"), (dq, dk, dv), rgrads):
         assert rel_err(gr, rg) <= 2e-2, f"{name} rel err {rel_err(gr, rg):.2e}"
+
+
+def test_public_op_follows_the_routing_data():
+    """sbops.swa_attn runs the sm_90 forward exactly when backends/cuda/tuning/sm90.json says so."""
+    import sbops
+    from sbops._backends.cuda.triton import swa
+    q, k, v = _inputs(1, 300, 8, 2, seed=9)
+    assert SM90.swa_fwd_applies(q, k, v, None, None)
+    o, lse = sbops.swa_attn(q, k, v, 64, return_lse=True)
+    if SM90.routes()["swa_fwd"]:
+        want = SM90.swa_fwd(q, k, v, 64, None)
+    else:
+        want = swa.swa_attn_fwd(q, k, v, 64, None, None, None, None)
+    assert torch.equal(o, want[0]) and torch.equal(lse, want[1])
 
 
 def test_cases_it_does_not_serve_go_to_triton():

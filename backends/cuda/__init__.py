@@ -26,7 +26,7 @@ OPS = {
                           features=frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state"}),
                           impl="triton"),
     "swa_attn": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"varlen", "sinks", "full_causal"}),
-                       impl="triton (forward: cuda c++ wgmma on sm_90 for bf16/fp16, D=128, no varlen/sinks)"),
+                       impl="triton (an sm_90 wgmma forward is built; tuning/sm90.json routes it)"),
     "linear_attn_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"gate_per_head", "gate_per_key"}),
                                  impl="cuda c++"),
     "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal"}), impl="cuda c++"),
@@ -81,9 +81,9 @@ def register_triton(tuning_backend: str) -> None:
         return la.linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state,
                                   backend=tuning_backend)
 
-    # the Hopper wgmma forward serves the cases it covers on sm_90 (never under the MACA tuning data,
-    # which stands for MetaX hardware, where it does not exist)
-    use_sm90 = tuning_backend == "cuda"
+    # the Hopper wgmma forward serves the cases it covers on sm_90 when the tuning data routes it there
+    # (never under the MACA tuning data, which stands for MetaX hardware, where it does not exist)
+    use_sm90 = tuning_backend == "cuda" and sm90.routes().get("swa_fwd", False)
 
     def swa_attn(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
         if use_sm90:

@@ -9,11 +9,20 @@ forward's o and lse, which both forwards produce the same way).
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import torch
 
 HEAD_DIM = 128
 DTYPES = (torch.bfloat16, torch.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def routes() -> dict:
+    """The tuning data (backends/cuda/tuning/sm90.json): which fast paths the ops use by default."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuning", "sm90.json")) as f:
+        return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,8 @@
 """Benchmark: sliding-window attention vs FlexAttention and SDPA (a script, not a test).
 
-Ours = what the op runs: on sm_90 the CUDA C++ wgmma forward (backends/cuda/sm90.py) where it applies,
-else the Triton forward; the Triton backward. Forward rows also time the Triton forward in the same run.
+Ours = what the op runs: the Triton forward, or on sm_90 the CUDA C++ wgmma forward (backends/cuda/sm90.py)
+where it applies and backends/cuda/tuning/sm90.json routes it; the Triton backward. On sm_90, forward rows
+also time both forwards (and the v transpose the wgmma one needs) in the same run.
 
 SpikingBrain-7B SWA layer: B=1, H=28, HKV=4, D=128, window 4096, bfloat16, on one GPU.
   fwd   T=32k, 128k        ours vs torch.compile'd flex_attention (sliding-window block mask, GQA)
@@ -95,14 +96,19 @@ class Ours:
         self.swa = swa
         self.sm90 = sm90
 
-    def _fwd(self, q, k, v, window, cfg):
-        if cfg is None and self.sm90 is not None and self.sm90.swa_fwd_applies(q, k, v, None, None):
+    def _fwd(self, q, k, v, window, cfg, force_sm90=False):
+        if (cfg is None and self.sm90 is not None and (force_sm90 or self.sm90.routes().get("swa_fwd"))
+                and self.sm90.swa_fwd_applies(q, k, v, None, None)):
             return self.sm90.swa_fwd(q, k, v, window, None)
         return self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=cfg)
 
     def fwd(self, T, window, cfg=None):
         q, k, v = inputs(T)
         return bench(lambda: self._fwd(q, k, v, window, cfg))
+
+    def sm90_fwd(self, T, window):
+        q, k, v = inputs(T)
+        return bench(lambda: self._fwd(q, k, v, window, None, force_sm90=True))
 
     def triton_fwd(self, T, window, cfg=None):
         q, k, v = inputs(T)
@@ -302,9 +308,11 @@ def main():
         ms = ours.fwd(T, window, fcfg) if kind == "fwd" else ours.fwd_bwd(T, window, fcfg, bcfg)
         row = dict(case=name, T=T, window=window, ours_ms=ms, goal_ms=goal,
                    ours_tflops=tflops(T, window, ms, factor))
-        if kind == "fwd" and sm90 is not None:  # the Triton forward in the same run, for the record
+        if kind == "fwd" and sm90 is not None:  # both forwards in the same run, for the record
             row["triton_fwd_ms"] = ours.triton_fwd(T, window, fcfg)
-            print(f"  triton fwd {name}: {row['triton_fwd_ms']:.3f} ms", flush=True)
+            row["sm90_fwd_ms"] = ours.sm90_fwd(T, window)
+            print(f"  triton fwd {name}: {row['triton_fwd_ms']:.3f} ms; sm90 fwd {row['sm90_fwd_ms']:.3f} ms",
+                  flush=True)
             q, k, v = inputs(T)
             Tp = (T + 127) // 128 * 128
             vt = torch.empty(B, HKV, D, Tp, device="cuda", dtype=DT)
