@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from .triton import swa
+
 HEAD_DIM = 128
 DTYPES = (torch.bfloat16, torch.float16)
 
@@ -27,10 +29,9 @@ def routes() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _available(device_index: int) -> bool:
+    """The native op exists and says the device is sm_90 with sm_90a code in this build."""
     ns = getattr(torch.ops, "sbops_native", None)
     if ns is None or not hasattr(ns, "swa_attn_fwd_sm90_available"):
-        return False
-    if torch.cuda.get_device_capability(device_index) != (9, 0):
         return False
     like = torch.empty(0, device=torch.device("cuda", device_index))
     return bool(ns.swa_attn_fwd_sm90_available(like))
@@ -46,8 +47,7 @@ def swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
 
 
 def swa_fwd(q, k, v, window, scale):
-    """(o, lse) of ``sbops::swa_attn`` by the sm_90 kernel; window < 0 or >= T is full causal."""
-    T = q.shape[1]
-    window_eff = T if (window < 0 or window > T) else int(window)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    """(o, lse) of ``sbops::swa_attn`` by the sm_90 kernel; window < 0 or >= T is full causal
+    (window and scale resolved by the Triton launcher's rules, ``swa._prepare``)."""
+    _, _, window_eff, scale, *_ = swa._prepare(q, k, v, window, scale, None, None, None, None)
     return torch.ops.sbops_native.swa_attn_fwd_sm90(q, k, v, window_eff, scale)

@@ -46,7 +46,6 @@ constexpr int kMaxHeads = 8;                     // query heads per block (more 
 constexpr int kKeysPerSplit = 512;               // split length when the grid is full anyway
 constexpr int kBlocksPerSm = 4;                  // grid target when it is not
 constexpr int kMinResidentBlocks = 3;            // register budget: <= 168 per thread
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kSwaThreads, kMinResidentBlocks)

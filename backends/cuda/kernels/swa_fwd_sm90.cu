@@ -20,7 +20,7 @@
 #if !defined(USE_MACA)
 #include <cmath>
 
-#include "sbops/warp.cuh"
+#include "common.cuh"
 #include "sm90.cuh"
 
 namespace sbops {
@@ -256,7 +256,7 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
       uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + h * kD + col0);
 #pragma unroll
       for (int i = 0; i < 16; ++i) out[4 * i] = pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
-      if ((lane & 3) == 0) lse[tok * H + h] = (m_r[r] + __log2f(l_safe)) * 0.6931471805599453f;
+      if ((lane & 3) == 0) lse[tok * H + h] = (m_r[r] + __log2f(l_safe)) * kLn2;
     }
   }
 #endif  // SBOPS_SM90A_DEVICE
@@ -266,28 +266,20 @@ template <typename E>
 cudaError_t launch_typed(const void* q, const void* k, const void* vt, void* o, float* lse, int B, int T, int Tpad,
                          int H, int HKV, int window, float scale, cudaStream_t stream) {
   auto kernel = swa_fwd_sm90_kernel<E>;
-  constexpr int kMaxDevices = 64;
-  static bool configured[kMaxDevices] = {};
-  int dev = 0;
-  SBOPS_RETURN_IF_ERROR(cudaGetDevice(&dev));
-  if (dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  if (!configured[dev]) {
-    SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    configured[dev] = true;
-  }
+  SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(ceil_div(static_cast<int64_t>(T), kBM)),
                   static_cast<unsigned>(B));
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(static_cast<const E*>(q), static_cast<const E*>(k),
                                                  static_cast<const E*>(vt), static_cast<E*>(o), lse, T, Tpad, H, HKV,
-                                                 window, scale * 1.4426950408889634f);
+                                                 window, scale * kLog2e);
   return last_launch_error();
 }
 
 }  // namespace
 
-bool swa_fwd_sm90_available() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+namespace {
+bool query_available(int dev) {
+  int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
     return false;
@@ -299,6 +291,17 @@ bool swa_fwd_sm90_available() {
     return false;
   }
   return attr.binaryVersion == 90;
+}
+}  // namespace
+
+// Cached per device like num_sms(): the binding and the launcher both ask on every call.
+bool swa_fwd_sm90_available() {
+  constexpr int kMaxDevices = 64;
+  static signed char cache[kMaxDevices] = {0};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  if (cache[dev] == 0) cache[dev] = query_available(dev) ? 1 : -1;
+  return cache[dev] > 0;
 }
 
 cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DType dtype, void* o, float* lse,
