@@ -156,7 +156,7 @@ GATE_CASES = [  # E, k, scoring, renorm, bias, groups, topk_groups, scaling
 
 @pytest.mark.parametrize("case", GATE_CASES)
 @pytest.mark.parametrize("T", [1, 63, 300])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_topk_gating(ops, case, T, dtype):
     E, k, scoring, renorm, use_bias, G, TG, scaling = case
     logits = torch.randn(T, E, device=DEV).to(dtype)
@@ -169,10 +169,12 @@ def test_topk_gating(ops, case, T, dtype):
     close(w, rw, 1e-5)
 
 
-@pytest.mark.parametrize("E,k,G,TG", [(16, 2, 0, 0), (128, 8, 0, 0), (256, 8, 8, 4), (60, 16, 0, 0)])
-def test_topk_gating_ties(ops, E, k, G, TG):
-    """Logits with many equal values: ties go to the lower expert (and group) index."""
-    logits = torch.randint(0, 3, (63, E), device=DEV).float()
+@pytest.mark.parametrize("E,k,G,TG", [(16, 2, 0, 0), (128, 8, 0, 0), (256, 8, 8, 4), (60, 16, 0, 0), (512, 16, 0, 0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_topk_gating_ties(ops, E, k, G, TG, dtype):
+    """Logits with many equal values (negative ones too): ties go to the lower expert (and group) index.
+    bf16/fp16 without a bias take the packed-key path (the expert in the key's low bits)."""
+    logits = (torch.randint(0, 5, (63, E), device=DEV) - 2).to(dtype)
     w, ids = ops.topk_gating(logits, k, "softmax", True, None, G, TG, 1.0)
     rw, rids = R.ref_topk_gating(logits.cpu(), k, "softmax", True, None, G or None, TG or None, 1.0)
     assert torch.equal(ids.cpu(), rids)

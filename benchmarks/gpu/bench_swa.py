@@ -2,7 +2,7 @@
 
 Ours = what the op runs: the Triton forward, or on sm_90 the CUDA C++ wgmma forward (backends/cuda/sm90.py)
 where it applies and backends/cuda/tuning/sm90.json routes it; the Triton backward. On sm_90, forward rows
-also time both forwards (and the v transpose the wgmma one needs) in the same run.
+also time both forwards in the same run.
 
 SpikingBrain-7B SWA layer: B=1, H=28, HKV=4, D=128, window 4096, bfloat16, on one GPU.
   fwd   T=32k, 128k        ours vs torch.compile'd flex_attention (sliding-window block mask, GQA)
@@ -69,7 +69,7 @@ def tflops(T, window, ms, factor):
 
 
 def bench(fn):
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return do_bench(fn, warmup=25, rep=250, return_mode="median")
 
 
 def inputs(T):
@@ -313,11 +313,6 @@ def main():
             row["sm90_fwd_ms"] = ours.sm90_fwd(T, window)
             print(f"  triton fwd {name}: {row['triton_fwd_ms']:.3f} ms; sm90 fwd {row['sm90_fwd_ms']:.3f} ms",
                   flush=True)
-            q, k, v = inputs(T)
-            Tp = (T + 127) // 128 * 128
-            vt = torch.empty(B, HKV, D, Tp, device="cuda", dtype=DT)
-            row["v_transpose_ms"] = bench(lambda: vt.narrow(3, 0, T).copy_(v.permute(0, 2, 3, 1)))
-            print(f"  of which the v transpose: {row['v_transpose_ms']:.3f} ms", flush=True)
         result["rows"].append(row)
         print(f"ours {name}: {ms:.3f} ms", flush=True)
         save()

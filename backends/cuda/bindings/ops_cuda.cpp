@@ -546,17 +546,16 @@ std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tens
   TORCH_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
   c10::cuda::CUDAGuard guard(q_in.device());
   TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
-  const Tensor q = q_in.contiguous(), k = k_in.contiguous();
-  // v transposed to [B, HKV, D, Tpad] (keys contiguous; keys T .. Tpad - 1 zero) so P V reads a K-major operand
-  const int64_t tile = sbops::kSwaFwdSm90KeyTile, Tpad = (T + tile - 1) / tile * tile;
-  Tensor vt = at::empty({B, HKV, D, Tpad}, v_in.options());
-  if (Tpad > T) vt.narrow(3, T, Tpad - T).zero_();
-  vt.narrow(3, 0, T).copy_(v_in.permute({0, 2, 3, 1}));
+  // TMA reads 16-byte-aligned bases: a contiguous view at an odd storage offset is copied first
+  auto aligned = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
+  };
+  const Tensor q = aligned(q_in.contiguous()), k = aligned(k_in.contiguous()), v = aligned(v_in.contiguous());
   Tensor o = at::empty({B, T, H, D}, q.options());
   Tensor lse = at::empty({B, T, H}, q.options().dtype(at::kFloat));
-  check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), vt.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
+  check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), v.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
                                           lse.data_ptr<float>(), static_cast<int>(B), static_cast<int>(T),
-                                          static_cast<int>(Tpad), static_cast<int>(H), static_cast<int>(HKV),
+                                          static_cast<int>(H), static_cast<int>(HKV),
                                           static_cast<int>(window), static_cast<float>(scale), stream()),
                op);
   return {o, lse};

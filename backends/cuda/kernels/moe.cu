@@ -9,6 +9,7 @@
 // match (lanes holding the same bucket) and a running per-warp counter.  The result is the
 // deterministic (expert, token, slot) order with no atomics.
 #include <cmath>
+#include <type_traits>
 
 #include "common.cuh"
 #include "moe.cuh"
@@ -55,6 +56,39 @@ __device__ __forceinline__ uint32_t float_order_bits(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+// Inverse of float_order_bits.
+__device__ __forceinline__ float order_bits_float(uint32_t b) {
+  return __uint_as_float((b & 0x80000000u) ? (b & 0x7fffffffu) : ~b);
+}
+
+// Low bits of float_order_bits(x) that are zero (or, for negative x, one) for every x of type T: the expert
+// index fits there.  bf16 -> float32 leaves 16 low mantissa bits clear, fp16 -> float32 13; 0 = none free.
+template <typename T>
+constexpr int kIndexBits = std::is_same<T, __nv_bfloat16>::value ? 16 : std::is_same<T, __half>::value ? 13 : 0;
+
+// A packed key back to the plain score image: the index bits as float_order_bits left them.
+__device__ __forceinline__ uint32_t unpack_score(uint32_t key, uint32_t idx_mask) {
+  return (key & 0x80000000u) ? (key & ~idx_mask) : (key | idx_mask);
+}
+
+// Bitonic sorting network, descending (J a power of two; J log2 J (log2 J + 1) / 4 compare-exchanges).
+template <int J>
+__device__ __forceinline__ void sort_descending(uint32_t (&key)[J]) {
+#pragma unroll
+  for (int size = 2; size <= J; size <<= 1)
+#pragma unroll
+    for (int stride = size / 2; stride > 0; stride >>= 1)
+#pragma unroll
+      for (int i = 0; i < J; ++i) {
+        const int l = i ^ stride;
+        if (l > i) {
+          const uint32_t a = key[i], b = key[l];
+          const bool desc = (i & size) == 0;
+          key[i] = desc ? max(a, b) : min(a, b);
+          key[l] = desc ? min(a, b) : max(a, b);
+        }
+      }
+}
 
 // Selection key of expert e with choice score c: (orderable score, ~e).  The largest key is the best
 // score with ties going to the lower expert index, so one 64-bit max per butterfly step does the
@@ -74,8 +108,13 @@ __device__ __forceinline__ int gate_key_expert(unsigned long long key) {
 // The choice is made on the logits themselves when there is no bias: softmax and sigmoid are
 // increasing, so the order (and the ties) are those of the exact scores, and only the k winners'
 // scores are computed.  With a bias the choice score is the float32 score + bias, as specified.
+// Blocks per SM the forward is compiled for: at 16 experts per lane, 4 (64 registers), so that
+// T = 16384 tokens of 8 lanes fit one wave on an H100 (132 SMs x 4 blocks of 256 threads).
+template <int J>
+constexpr int kGateFwdMinBlocks = J >= 16 ? 4 : 1;
+
 template <typename T, int W, int J>
-__global__ void __launch_bounds__(kGateBlock)
+__global__ void __launch_bounds__(kGateBlock, kGateFwdMinBlocks<J>)
 topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias, float* __restrict__ weights,
                    int32_t* __restrict__ ids, int64_t Tn, int E, int k, bool softmax, bool renormalize,
                    int num_groups, int topk_groups, float scaling, bool vec_load) {
@@ -101,9 +140,12 @@ topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias,
     for (int j = 0; j < J; ++j) x[j] = (valid && e0 + j < E) ? to_float(row[e0 + j]) : kNegInf;
   }
 
-  // Row max and softmax denominator (the weights of the winners need them).
+  // The full-row softmax (max and denominator) is needed only when a bias makes the choice on the
+  // probabilities or the weights are not renormalised.  Otherwise the k picks alone give the weights:
+  // p_r / sum p = exp(x_r - x_0) / sum exp(x_r' - x_0), x_0 the first (largest) pick.
+  const bool row_pass = softmax && (bias != nullptr || !renormalize);
   float m = kNegInf, s = 1.f;
-  if (softmax) {
+  if (row_pass) {
 #pragma unroll
     for (int j = 0; j < J; ++j) m = fmaxf(m, x[j]);
     m = warp_reduce_max<W>(m);
@@ -145,8 +187,7 @@ topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias,
       gk = warp_reduce_max<W>(gk);
       if (gk != 0ull && gl == gate_key_expert(gk)) chosen = true;
     }
-    const int group_base = (lane_id() / W) * W;
-    const lane_mask_t eligible = ballot(chosen) >> group_base;
+    const lane_mask_t eligible = group_ballot<W>(chosen);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int e = e0 + j;
@@ -154,31 +195,66 @@ topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias,
     }
   }
 
-  // k rounds: group-wide max key, then the lowest expert holding it; its lane retires it.  Lane r
-  // keeps round r's pick.  (32-bit keys and a separate index min: about 30% fewer instructions per
-  // round than one 64-bit (score, ~expert) max, at J = 16 the serial part of the kernel.)
   int my_id = -1;
-  for (int r = 0; r < k; ++r) {
-    uint32_t best = 0u;
+  uint32_t my_key = 0u, first_key = 0u;
+  if (kIndexBits<T> > 0 && !bias) {
+    // 16-bit logits without a bias: the float32 image of a bf16 / fp16 value leaves its low kIndexBits<T> bits
+    // zero, so they carry the expert (inverted: ties go to the lower expert) and every key is unique.  Each lane
+    // sorts its J keys once (descending); then per round the group max of the lanes' heads is the pick, its
+    // expert is in the key, and the one lane holding it pops its head.
+    constexpr uint32_t kIdx = (1u << kIndexBits<T>) - 1u;
 #pragma unroll
-    for (int j = 0; j < J; ++j) best = max(best, key[j]);
-    best = warp_reduce_max<W>(best);
-    int mine = E;  // this lane's lowest expert with the best key
+    for (int j = 0; j < J; ++j) key[j] = key[j] != 0u ? (key[j] & ~kIdx) | (kIdx - static_cast<uint32_t>(e0 + j)) : 0u;
+    sort_descending(key);
+    for (int r = 0; r < k; ++r) {
+      const uint32_t best = warp_reduce_max<W>(key[0]);
+      const bool pop = key[0] == best;
 #pragma unroll
-    for (int j = J - 1; j >= 0; --j)
-      if (key[j] == best) mine = e0 + j;
-    const int e_min = warp_reduce_min<W>(mine);
-    const int e = best != 0u ? e_min : -1;
-    if (gl == r) my_id = e;
+      for (int j = 0; j + 1 < J; ++j) key[j] = pop ? key[j + 1] : key[j];
+      key[J - 1] = pop ? 0u : key[J - 1];
+      if (r == 0) first_key = best;
+      if (gl == r) {
+        my_key = best;
+        my_id = best != 0u ? static_cast<int>(kIdx - (best & kIdx)) : -1;
+      }
+    }
+    // the score image without the expert bits (negative scores had ones there: float_order_bits inverts them)
+    my_key = unpack_score(my_key, kIdx);
+    first_key = unpack_score(first_key, kIdx);
+  } else {
+    // k rounds: group-wide max key, then the lowest expert holding it; its lane retires it.  Lane r keeps
+    // round r's pick.  (32-bit keys and a separate index min: about 30% fewer instructions per round than
+    // one 64-bit (score, ~expert) max.  Tree-shaped maxima and a ballot for the winner lane were timed
+    // slower, 22 against 12.3 us at E=128 k=8: benchmarks/gpu/probe_topk.cu.)
+    for (int r = 0; r < k; ++r) {
+      uint32_t best = 0u;
 #pragma unroll
-    for (int j = 0; j < J; ++j)
-      if (e0 + j == e) key[j] = 0u;
+      for (int j = 0; j < J; ++j) best = max(best, key[j]);
+      best = warp_reduce_max<W>(best);
+      int mine = E;  // this lane's lowest expert with the best key
+#pragma unroll
+      for (int j = J - 1; j >= 0; --j)
+        if (key[j] == best) mine = e0 + j;
+      const int e_min = warp_reduce_min<W>(mine);
+      const int e = best != 0u ? e_min : -1;
+      if (r == 0) first_key = best;
+      if (gl == r) {
+        my_id = e;
+        my_key = best;
+      }
+#pragma unroll
+      for (int j = 0; j < J; ++j)
+        if (e0 + j == e) key[j] = 0u;
+    }
   }
-  // Unbiased score of this lane's pick (same formulas as above), renormalised over the k picks.
+  // Unbiased score of this lane's pick (same formulas as above), renormalised over the k picks.  Without
+  // a bias the key is the logit itself.
   float w = 0.f;
   if (valid && gl < k && my_id >= 0) {
-    const float xv = to_float(row[my_id]);
-    w = softmax ? expf(xv - m) / s : sigmoidf_(xv);
+    const float xv = bias ? to_float(row[my_id]) : order_bits_float(my_key);
+    if (!softmax) w = sigmoidf_(xv);
+    else if (row_pass) w = expf(xv - m) / s;
+    else w = expf(xv - order_bits_float(first_key));
   }
   const float sum_w = warp_reduce_sum<W>(w);
   if (valid && gl < k) {

@@ -1,5 +1,5 @@
-// NVIDIA Hopper (sm_90a) building blocks: warpgroup MMA (wgmma) on shared-memory descriptors, the async
-// proxy fence, and cp.async with zero fill.  Inline PTX: NVIDIA only, never compiled under USE_MACA (the
+// NVIDIA Hopper (sm_90a) building blocks: warpgroup MMA (wgmma) on shared-memory descriptors, TMA tensor
+// copies, mbarriers and named barriers.  Inline PTX: NVIDIA only, never compiled under USE_MACA (the
 // kernels that use this header fall back to their portable Triton / CUDA-core versions there).
 //
 // Shared-memory operand layout: KMajorSw128Tile (K-major, 128-byte swizzle, the layout TMA writes).  The
@@ -36,8 +36,19 @@ struct KMajorSw128Tile {
   }
   __device__ static uint64_t desc(uint32_t tile_addr, int row0, int ks) {
     const uint32_t a = tile_addr + static_cast<uint32_t>((ks >> 2) * (R * 128) + row0 * 128 + (ks & 3) * 32);
-    return (static_cast<uint64_t>((a & 0x3FFFF) >> 4)) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
-           (uint64_t{1} << 62);
+    return make_desc(a, 16);
+  }
+  // The same tile read as an MN-major operand whose K runs down the rows (B of O = P V with V stored [keys][dims]:
+  // K = keys = rows, N = dims = columns; used with the wgmma's transpose-B flag).  K slice ks is rows 16 ks ..
+  // 16 ks + 15; leading-dimension offset = the next 64-column atom (R rows down), stride offset = the next 8 rows.
+  __device__ static uint64_t desc_rows_as_k(uint32_t tile_addr, int ks) {
+    return make_desc(tile_addr + static_cast<uint32_t>(ks * 16 * 128), R * 128);
+  }
+
+ private:
+  __device__ static uint64_t make_desc(uint32_t a, uint32_t lbo_bytes) {
+    return (static_cast<uint64_t>((a & 0x3FFFF) >> 4)) | (static_cast<uint64_t>(lbo_bytes >> 4) << 16) |
+           (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
   }
 };
 
@@ -46,25 +57,38 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 #ifdef SBOPS_SM90A_DEVICE
-// 16-byte global -> shared copy; src_bytes = 0 writes zeros (the source is not read)
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-// generic-proxy writes to shared memory (cp.async, st.shared) become visible to wgmma's async proxy
+// generic-proxy writes to shared memory (st.shared) become visible to wgmma's async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// cp.async arrives on an mbarrier once all of this thread's earlier cp.asyncs have landed (counts as one of
-// the barrier's expected arrivals)
-__device__ __forceinline__ void cp_async_arrive(uint32_t mbar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(mbar) : "memory");
+// TMA (cp.async.bulk.tensor): one thread copies a box of a tensor map into shared memory; the copy's bytes
+// complete the transaction count of `mbar` (see mbar_expect_tx).  Coordinates are element indices, innermost
+// first; rows outside the tensor are filled with zeros.  The tensor map is a __grid_constant__ kernel parameter.
+__device__ __forceinline__ void tma_prefetch_map(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1, int c2,
+                                            int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
 }
 
 // mbarriers (shared memory, 8 bytes each)
 __device__ __forceinline__ void mbar_init(uint32_t mbar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(count) : "memory");
+}
+// one arrival that also expects `bytes` more transaction bytes (the TMA copies of this phase)
+__device__ __forceinline__ void mbar_expect_tx(uint32_t mbar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(mbar), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void mbar_arrive(uint32_t mbar) {
   asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(mbar) : "memory");
@@ -130,13 +154,15 @@ struct Wgmma;
                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                                                    \
                    : "l"(desc_a), "l"(desc_b), "r"(scale_d));                                                  \
     }                                                                                                          \
-    /* D[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, A in registers (accumulator fragment layout, packed pairs) */  \
+    /* D[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, A in registers (accumulator fragment layout, packed pairs); \
+       B K-major, or MN-major with kTransB = 1 */                                                              \
+    template <int kTransB = 0>                                                                                 \
     __device__ static void rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {          \
       asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                                \
                    "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                \
-                   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                                     \
+                   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                                     \
                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                                                    \
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));                   \
+                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(kTransB));     \
     }                                                                                                          \
   };
 

@@ -1,11 +1,13 @@
 // Sliding-window attention forward for Hopper (sm_90a), head dim 128, bf16/fp16 in, float32 softmax.
 //
-// One block of three warpgroups (384 threads) per (query head, 128-query block, batch row):
-//  * warpgroup 0 (producer, 40 registers after setmaxnreg) copies Q, then K tiles (128 keys x 128) and V^T
-//    tiles (128 dims x 128 keys, from a transposed copy of v so that both MMAs read K-major operands) into a
-//    three-stage ring in shared memory with cp.async, in the 128-byte-swizzled layout of sm90.cuh (224 KiB);
-//    a stage's "full" mbarrier completes when its copies land, its "empty" one when both MMA warpgroups
-//    are done with it, so the two MMA warpgroups never wait for each other;
+// Persistent blocks of three warpgroups (384 threads), one per SM, each taking work items (query head, 128-query
+// block, batch row) in turn:
+//  * warpgroup 0 (producer, 40 registers after setmaxnreg; one thread works) copies Q, then K and V tiles (128
+//    keys x 128 dims each) into a three-stage ring in shared memory with TMA (boxes of 128 rows x 64 columns,
+//    128-byte swizzle: the layout of sm90.cuh; 224 KiB; rows past the sequence arrive as zeros; P V reads the V
+//    tile as an MN-major operand, so v is used as stored); a stage's "full"
+//    mbarrier completes when its bytes land, its "empty" one when both MMA warpgroups are done with it, so
+//    the two MMA warpgroups never wait for each other;
 //  * warpgroups 1 and 2 (232 registers) own query rows m0 .. m0 + 63 and m0 + 64 .. m0 + 127: S = Q K^T and
 //    O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the score registers
 //    straight into the A operand of P V as packed bf16/fp16 pairs); the next tile's S is issued before this
@@ -18,7 +20,12 @@
 #include "swa_fwd.cuh"
 
 #if !defined(USE_MACA)
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+
+#include <cuda.h>  // CUtensorMap (types only: the encoder is reached through the runtime's driver entry point)
+#include <cudaTypedefs.h>
 
 #include "common.cuh"
 #include "sm90.cuh"
@@ -28,15 +35,15 @@ namespace {
 
 constexpr int kD = kSwaFwdSm90HeadDim;
 constexpr int kBM = 128;                // query rows per block (64 per warpgroup)
-constexpr int kBN = kSwaFwdSm90KeyTile;  // keys per tile
-constexpr int kProducerThreads = 128;  // one warpgroup copies Q, K and V^T tiles (cp.async)
+constexpr int kBN = 128;                // keys per tile
+constexpr int kProducerThreads = 128;  // one warpgroup (one thread of it) loads Q, K and V tiles (TMA)
 constexpr int kConsumerThreads = 256;  // two warpgroups run the MMAs and the softmax
 constexpr int kThreads = kProducerThreads + kConsumerThreads;
 constexpr int kStages = 3;              // K/V tiles in shared memory: t (P V), t + 1 (S), t + 2 (loading)
-using Tile = sm90::KMajorSw128Tile<kBM, kD>;  // Q (rows x dims), K (keys x dims), V^T (dims x keys)
-constexpr int kTileBytes = kBM * kD * 2;  // Q, K and V^T tiles are all 128 x 128
-static_assert(kBM == kD && kBN == kD && kTileBytes / 16 / kProducerThreads == 16, "Q, K and V^T tiles share one shape");
-constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages) + 16 * kStages;  // tiles, then the mbarriers
+using Tile = sm90::KMajorSw128Tile<kBM, kD>;  // Q (rows x dims), K and V (keys x dims)
+constexpr int kTileBytes = kBM * kD * 2;  // Q, K and V tiles are all 128 x 128
+static_assert(kBM == kBN && kD == 2 * 64, "Q, K and V tiles share one shape: 128 x 128, two 64-column boxes");
+constexpr int kSmemBytes = kTileBytes * (1 + 2 * kStages) + 8 * (2 * kStages + 2);  // tiles, then the mbarriers
 
 #ifdef SBOPS_SM90A_DEVICE
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 + 256 * 232 <= 65536
@@ -62,29 +69,20 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// cp.async of a 128 x 128 tile (16 chunks of 16 bytes per row) by the 128 producer threads: thread p copies
-// column group kg = (p >> 3) & 15 of rows (p & 7) + 8 u, u = 0 .. 15, so each 8-lane phase writes 8 rows of
-// one 16-byte column (distinct banks under the swizzle), a warp reads 64 contiguous bytes of each of 8 rows,
-// and row r0 + 8 u lands 1024 u bytes after row r0.  Rows >= rows_valid are zero-filled without being read.
-// The loop is only partly unrolled: the producer runs on 40 registers.
-template <typename E>
-__device__ __forceinline__ void load_tile(uint32_t dst, const E* src, int64_t row_stride, int rows_valid, int ptid) {
-  const int r0 = ptid & 7, kg = (ptid >> 3) & 15;
-  const uint32_t d0 = dst + Tile::chunk_offset(r0, kg);
-  const E* s0 = src + static_cast<int64_t>(r0) * row_stride + kg * 8;
-  const int64_t step = 8 * row_stride;
-#pragma unroll 4
-  for (int u = 0; u < kTileBytes / 16 / kProducerThreads; ++u) {
-    const bool ok = r0 + 8 * u < rows_valid;
-    sm90::cp_async16(d0 + 1024 * u, ok ? s0 + u * step : src, ok ? 16 : 0);
-  }
+// TMA of a 128 x 128 tile: two boxes of 128 rows x 64 columns (128 bytes), one per swizzle atom of the tile.
+// c_col is the box's innermost coordinate (the tile's first column); the other coordinates follow.
+__device__ __forceinline__ void tma_tile_4d(uint32_t dst, const void* map, uint32_t mbar, int c_col, int c1, int c2,
+                                            int c3) {
+#pragma unroll
+  for (int a = 0; a < 2; ++a) sm90::tma_load_4d(dst + a * (kTileBytes / 2), map, mbar, c_col + 64 * a, c1, c2, c3);
 }
 #endif  // SBOPS_SM90A_DEVICE
 
 template <typename E>
 __global__ void __launch_bounds__(kThreads, 1)
-swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* __restrict__ vt, E* __restrict__ o,
-                    float* __restrict__ lse, int L, int Tpad, int H, int HKV, int window, float scale_log2) {
+swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                    const __grid_constant__ CUtensorMap tm_v, E* __restrict__ o, float* __restrict__ lse, int B,
+                    int L, int H, int HKV, int window, float scale_log2) {
 #ifdef SBOPS_SM90A_DEVICE
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = sm90::smem_addr(smem);
@@ -92,186 +90,274 @@ swa_fwd_sm90_kernel(const E* __restrict__ q, const E* __restrict__ k, const E* _
   const uint32_t s_v = s_k + kStages * kTileBytes;
   const uint32_t bar_full = s_v + kStages * kTileBytes;  // kStages mbarriers: stage holds its tile
   const uint32_t bar_empty = bar_full + 8 * kStages;     // kStages mbarriers: both MMA warpgroups are done with it
+  const uint32_t bar_qfull = bar_empty + 8 * kStages;    // Q of the current work item has landed
+  const uint32_t bar_qempty = bar_qfull + 8;             // both MMA warpgroups issued their last Q K^T of the item
 
-  const int h = blockIdx.x;
-  const int m0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // heaviest query blocks first (full causal)
-  const int b = blockIdx.z;
-  const int hkv = h / (H / HKV);
+  // Persistent: block i takes work items i, i + gridDim.x, ...; item w = (query block, head, batch row), the
+  // heaviest query blocks first (full causal).  K/V tiles run through the ring with one global tile counter
+  // g, so the producer fills the next item's first stages (and its Q) while the MMA warpgroups finish this one.
+  const int nqb = (L + kBM - 1) / kBM;
+  const int nwork = nqb * H * B;  // < 2^31: checked by the launcher
+  struct Item {
+    int h, hkv, b, m0, lo, ntiles;
+  };
+  auto item_of = [&](int w) {
+    Item it;
+    it.h = w % H;
+    it.hkv = it.h / (H / HKV);
+    const int rest = w / H;
+    it.m0 = (nqb - 1 - rest % nqb) * kBM;
+    it.b = rest / nqb;
+    const int hi = min(it.m0 + kBM, L);  // keys [lo, hi) cover every row's window
+    it.lo = max(it.m0 - window, 0) / kBN * kBN;
+    it.ntiles = (hi - it.lo + kBN - 1) / kBN;
+    return it;
+  };
   const int tid = threadIdx.x;
-  const int hi = min(m0 + kBM, L);                    // keys [lo, hi) cover every row's window
-  const int lo = max(m0 - window, 0) / kBN * kBN;
-  const int ntiles = (hi - lo + kBN - 1) / kBN;
 
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
-      sm90::mbar_init(bar_full + 8 * st, kProducerThreads);
+      sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes)
       sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
     }
+    sm90::mbar_init(bar_qfull, 1);
+    sm90::mbar_init(bar_qempty, kConsumerThreads);
   }
   __syncthreads();
 
   if (tid < kProducerThreads) {
-    // ---- producer warpgroup: Q with tile 0, then K and V^T tiles through the kStages-deep ring
+    // ---- producer warpgroup: one thread issues, per item, K/V tile 0, then Q (once the previous item's
+    // Q K^T are all issued and retired), then the item's other K/V tiles, through the kStages-deep ring
     sm90::regs_dec<kProducerRegs>();
-    const int64_t q_stride = static_cast<int64_t>(H) * kD, kv_stride = static_cast<int64_t>(HKV) * kD;
-    const E* kb = k + static_cast<int64_t>(b) * L * kv_stride + hkv * kD;
-    const E* vb = vt + (static_cast<int64_t>(b) * HKV + hkv) * kD * Tpad;
-    load_tile(s_q, q + (static_cast<int64_t>(b) * L + m0) * q_stride + h * kD, q_stride, L - m0, tid);
-    for (int t = 0; t < ntiles; ++t) {
-      const int st = t % kStages;
-      if (t >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((t / kStages) - 1) & 1);
-      const int n0 = lo + t * kBN;
-      load_tile(s_k + st * kTileBytes, kb + static_cast<int64_t>(n0) * kv_stride, kv_stride, L - n0, tid);
-      load_tile(s_v + st * kTileBytes, vb + n0, static_cast<int64_t>(Tpad), kD, tid);  // keys >= L are zeros
-      sm90::cp_async_arrive(bar_full + 8 * st);
+    if (tid != 0) return;
+    sm90::tma_prefetch_map(&tm_q);
+    sm90::tma_prefetch_map(&tm_k);
+    sm90::tma_prefetch_map(&tm_v);
+    int g = 0, n_item = 0;
+    for (int w = blockIdx.x; w < nwork; w += gridDim.x, ++n_item) {
+      const Item it = item_of(w);
+      for (int t = 0; t < it.ntiles; ++t, ++g) {
+        const int st = g % kStages;
+        if (g >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((g / kStages) - 1) & 1);
+        const uint32_t full = bar_full + 8 * st;
+        sm90::mbar_expect_tx(full, 2 * kTileBytes);
+        const int n0 = it.lo + t * kBN;
+        tma_tile_4d(s_k + st * kTileBytes, &tm_k, full, 0, it.hkv, n0, it.b);  // k, v [B, L, HKV, D]: (d, hkv, key, b)
+        tma_tile_4d(s_v + st * kTileBytes, &tm_v, full, 0, it.hkv, n0, it.b);
+        if (t == 0) {
+          if (n_item > 0) sm90::mbar_wait(bar_qempty, (n_item - 1) & 1);
+          sm90::mbar_expect_tx(bar_qfull, kTileBytes);
+          tma_tile_4d(s_q, &tm_q, bar_qfull, 0, it.h, it.m0, it.b);  // q [B, L, H, D]: (d, h, row, b)
+        }
+      }
     }
-    sm90::cp_async_wait<0>();
     return;
   }
 
-  // ---- two MMA warpgroups: wg owns query rows m0 + 64 wg .. + 63
+  // ---- two MMA warpgroups: wg owns query rows m0 + 64 wg .. + 63 of each item
   sm90::regs_inc<kConsumerRegs>();
   const int ctid = tid - kProducerThreads, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = lane_id();
-  const int wr0 = m0 + 64 * wg;                    // this warpgroup's first row
-  const int row0 = wr0 + 16 * warp + (lane >> 2);  // this thread's rows row0, row0 + 8
-  const int col0 = 2 * (lane & 3);                 // and columns col0 + 8 i + {0, 1} of a tile
+  const int row_in = 64 * wg + 16 * warp + (lane >> 2);  // this thread's rows m0 + row_in, + 8
+  const int col0 = 2 * (lane & 3);                       // and columns col0 + 8 i + {0, 1} of a tile
+  const int my_turn = 1 + wg, other_turn = 2 - wg;
+  const int64_t q_stride = static_cast<int64_t>(H) * kD;
 
   float acc[64];     // O rows of this warpgroup (accumulator layout)
   float s[64];       // scores / probabilities of one tile
   uint32_t p[8][4];  // probabilities as the A operand of P V (k-steps of 16 keys)
-  float m_r[2] = {-1e30f, -1e30f}, l_r[2] = {0.f, 0.f}, alpha[2];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+  float m_r[2], l_r[2], alpha[2];
 
-  auto wait_full = [&](int t) {
-    sm90::mbar_wait(bar_full + 8 * (t % kStages), (t / kStages) & 1);
-    sm90::fence_proxy_async();  // the cp.async writes, now visible, are read by wgmma (async proxy)
-  };
-  auto qk = [&](int t) {  // issue s = Q K_t^T
-    const uint32_t kt = s_k + (t % kStages) * kTileBytes;
+  int g0 = 0, n_item = 0;  // global index of the item's first tile; items done
+  for (int w = blockIdx.x; w < nwork; w += gridDim.x, ++n_item) {
+    const Item it = item_of(w);
+    const int ntiles = it.ntiles, lo = it.lo;
+    const int wr0 = it.m0 + 64 * wg;  // this warpgroup's first row
+    const int row0 = it.m0 + row_in;
+    m_r[0] = m_r[1] = -1e30f;
+    l_r[0] = l_r[1] = 0.f;
 #pragma unroll
-    for (int ks = 0; ks < kD / 16; ++ks)
-      sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
-  };
-  auto pv = [&](int t) {  // issue acc += P V_t
-    const uint32_t vt_s = s_v + (t % kStages) * kTileBytes;
-#pragma unroll
-    for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::rs(acc, p[ks], Tile::desc(vt_s, 0, ks), 1);
-  };
-  // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
-  auto softmax = [&](int t) {
-    const int n0 = lo + t * kBN;
-    if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
-#pragma unroll
-      for (int i = 0; i < 16; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
-          if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
-        }
-    }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
-    }
-    float neg_m[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
-      mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
-      const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
-      alpha[r] = ex2(m_r[r] - m_new);
-      m_r[r] = m_new;
-      neg_m[r] = -m_new;
-    }
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      s[i] = ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
-      sum[(i >> 1) & 1] += s[i];
-    }
-    l_r[0] = l_r[0] * alpha[0] + sum[0];
-    l_r[1] = l_r[1] * alpha[1] + sum[1];
-  };
-  auto pack = [&]() {
-#pragma unroll
-    for (int ks = 0; ks < 8; ++ks)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) p[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
-  };
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
 
-  wait_full(0);  // Q came with tile 0
-  sm90::wgmma_fence();
-  qk(0);
-  sm90::wgmma_commit();
-  sm90::wgmma_wait<0>();
-  sm90::reg_fence(s);
-  softmax(0);
-  pack();
+    auto wait_full = [&](int t) {
+      const int g = g0 + t;
+      sm90::mbar_wait(bar_full + 8 * (g % kStages), (g / kStages) & 1);  // TMA and wgmma: both async proxy
+    };
+    auto qk = [&](int t) {  // issue s = Q K_t^T
+      const uint32_t kt = s_k + ((g0 + t) % kStages) * kTileBytes;
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks)
+        sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+    };
+    auto pv = [&](int t) {  // issue acc += P V_t
+      const uint32_t v_s = s_v + ((g0 + t) % kStages) * kTileBytes;
+#pragma unroll
+      for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
+    };
+    // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
+    auto softmax = [&](int t) {
+      const int n0 = lo + t * kBN;
+      if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
+            if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
+          }
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
+      }
+      float neg_m[2], sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
+        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+        const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
+        alpha[r] = ex2(m_r[r] - m_new);
+        m_r[r] = m_new;
+        neg_m[r] = -m_new;
+      }
+#pragma unroll
+      for (int i = 0; i < 64; ++i) {
+        s[i] = ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
+        sum[(i >> 1) & 1] += s[i];
+      }
+      l_r[0] = l_r[0] * alpha[0] + sum[0];
+      l_r[1] = l_r[1] * alpha[1] + sum[1];
+    };
+    auto pack = [&]() {
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) p[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
+    };
 
-  // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
-  // serializes the MMAs when it cannot tell which group a wait retires)
-  // The two MMA warpgroups take turns issuing their MMAs (named barrier 1 + wg: "wg may issue"), so one
-  // warpgroup's softmax runs while the other's MMAs occupy the tensor cores (FlashAttention-3's ping-pong).
-  const int my_turn = 1 + wg, other_turn = 2 - wg;
-  if (wg == 1 && ntiles > 1) sm90::named_arrive(1, kConsumerThreads);  // warpgroup 0 goes first
-  for (int t = 0; t + 1 < ntiles; ++t) {
-    wait_full(t + 1);
-    sm90::named_sync(my_turn, kConsumerThreads);
+    sm90::mbar_wait(bar_qfull, n_item & 1);
+    wait_full(0);
     sm90::wgmma_fence();
-    qk(t + 1);
+    qk(0);
     sm90::wgmma_commit();
-    pv(t);
-    sm90::wgmma_commit();
-    if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
-    sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
+    sm90::wgmma_wait<0>();
     sm90::reg_fence(s);
-    softmax(t + 1);
+    if (ntiles == 1) sm90::mbar_arrive(bar_qempty);  // the item's only Q K^T is done: Q may be replaced
+    softmax(0);
+    pack();
+
+    // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
+    // serializes the MMAs when it cannot tell which group a wait retires)
+    // The two MMA warpgroups take turns issuing their MMAs (named barrier 1 + wg: "wg may issue"), so one
+    // warpgroup's softmax runs while the other's MMAs occupy the tensor cores (FlashAttention-3's ping-pong).
+    // Per item the arrivals and syncs balance, so every item starts with warpgroup 0's turn.
+    if (wg == 1 && ntiles > 1) sm90::named_arrive(1, kConsumerThreads);  // warpgroup 0 goes first
+    for (int t = 0; t + 1 < ntiles; ++t) {
+      wait_full(t + 1);
+      sm90::named_sync(my_turn, kConsumerThreads);
+      sm90::wgmma_fence();
+      qk(t + 1);
+      sm90::wgmma_commit();
+      pv(t);
+      sm90::wgmma_commit();
+      if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
+      sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
+      sm90::reg_fence(s);
+      if (t + 2 == ntiles) sm90::mbar_arrive(bar_qempty);  // the item's last Q K^T is done
+      softmax(t + 1);
+      sm90::wgmma_wait<0>();
+      sm90::reg_fence(acc);
+      sm90::reg_fence(p);
+      sm90::mbar_arrive(bar_empty + 8 * ((g0 + t) % kStages));  // K_t and V_t read: the stage may be refilled
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
+      pack();
+    }
+    sm90::wgmma_fence();
+    pv(ntiles - 1);
+    sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::reg_fence(acc);
-    sm90::reg_fence(p);
-    sm90::mbar_arrive(bar_empty + 8 * (t % kStages));  // K_t and V_t read: the stage may be refilled
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
-    pack();
-  }
-  sm90::wgmma_fence();
-  pv(ntiles - 1);
-  sm90::wgmma_commit();
-  sm90::wgmma_wait<0>();
-  sm90::reg_fence(acc);
+    sm90::mbar_arrive(bar_empty + 8 * ((g0 + ntiles - 1) % kStages));
+    g0 += ntiles;
 
-  // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
-  const int64_t q_stride = static_cast<int64_t>(H) * kD;
+    // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = l_r[r];
-    l += shfl_xor(l, 1);
-    l += shfl_xor(l, 2);
-    const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
-    const int row = row0 + 8 * r;
-    if (row < L) {
-      const int64_t tok = static_cast<int64_t>(b) * L + row;
-      uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + h * kD + col0);
+    for (int r = 0; r < 2; ++r) {
+      float l = l_r[r];
+      l += shfl_xor(l, 1);
+      l += shfl_xor(l, 2);
+      const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
+      const int row = row0 + 8 * r;
+      if (row < L) {
+        const int64_t tok = static_cast<int64_t>(it.b) * L + row;
+        uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
 #pragma unroll
-      for (int i = 0; i < 16; ++i) out[4 * i] = pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
-      if ((lane & 3) == 0) lse[tok * H + h] = (m_r[r] + __log2f(l_safe)) * kLn2;
+        for (int i = 0; i < 16; ++i) out[4 * i] = pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
+        if ((lane & 3) == 0) lse[tok * H + it.h] = (m_r[r] + __log2f(l_safe)) * kLn2;
+      }
     }
   }
 #endif  // SBOPS_SM90A_DEVICE
 }
 
+// cuTensorMapEncodeTiled through the runtime (no link against libcuda); null when the driver lacks it.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult res{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &res) !=
+            cudaSuccess ||
+        res != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Tensor map of a row-major tensor of RANK dims (dims[0] innermost, contiguous) read in boxes of `box`
+// elements with the 128-byte swizzle (box[0] * 2 bytes == 128).
+template <int RANK>
+cudaError_t encode_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, const uint64_t (&dims)[RANK],
+                       const uint32_t (&box)[RANK]) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  cuuint64_t gdim[RANK], gstride[RANK - 1];
+  cuuint32_t gbox[RANK], estride[RANK];
+  uint64_t stride = 2;  // bytes (bf16 / fp16)
+  for (int i = 0; i < RANK; ++i) {
+    gdim[i] = dims[i];
+    gbox[i] = box[i];
+    estride[i] = 1;
+    if (i > 0) gstride[i - 1] = stride;
+    stride *= dims[i];
+  }
+  const CUresult r = encode(map, type, RANK, const_cast<void*>(base), gdim, gstride, gbox, estride,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 template <typename E>
-cudaError_t launch_typed(const void* q, const void* k, const void* vt, void* o, float* lse, int B, int T, int Tpad,
-                         int H, int HKV, int window, float scale, cudaStream_t stream) {
+cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H,
+                         int HKV, int window, float scale, cudaStream_t stream) {
+  const CUtensorMapDataType type =
+      std::is_same<E, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const uint64_t D = kD;
+  CUtensorMap tm_q, tm_k, tm_v;
+  // q [B, T, H, D], k and v [B, T, HKV, D]: boxes of 64 dims x 1 head x 128 rows
+  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_q, type, q, {D, uint64_t(H), uint64_t(T), uint64_t(B)}, {64, 1, kBM, 1}));
+  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_k, type, k, {D, uint64_t(HKV), uint64_t(T), uint64_t(B)}, {64, 1, kBN, 1}));
+  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_v, type, v, {D, uint64_t(HKV), uint64_t(T), uint64_t(B)}, {64, 1, kBN, 1}));
   auto kernel = swa_fwd_sm90_kernel<E>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(ceil_div(static_cast<int64_t>(T), kBM)),
-                  static_cast<unsigned>(B));
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(static_cast<const E*>(q), static_cast<const E*>(k),
-                                                 static_cast<const E*>(vt), static_cast<E*>(o), lse, T, Tpad, H, HKV,
-                                                 window, scale * kLog2e);
+  const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nwork, num_sms()));  // persistent: one block per SM
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV, window,
+                                                 scale * kLog2e);
   return last_launch_error();
 }
 
@@ -304,16 +390,18 @@ bool swa_fwd_sm90_available() {
   return cache[dev] > 0;
 }
 
-cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* vt, DType dtype, void* o, float* lse,
-                                int B, int T, int Tpad, int H, int HKV, int window, float scale, cudaStream_t stream) {
+cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DType dtype, void* o, float* lse,
+                                int B, int T, int H, int HKV, int window, float scale, cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
-  if (HKV <= 0 || H % HKV != 0 || window < 0 || Tpad < T || Tpad % kBN != 0 || B > kMaxGridYZ ||
-      ceil_div(static_cast<int64_t>(T), kBM) > kMaxGridYZ)
+  if (HKV <= 0 || H % HKV != 0 || window < 0 || ceil_div(static_cast<int64_t>(T), kBM) * H * B > INT32_MAX)
     return cudaErrorInvalidValue;
+  // TMA reads 16-byte-aligned bases (every row stride here is a multiple of 256 bytes)
+  for (const void* p : {q, k, v})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
   switch (dtype) {
-    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
-    case DType::F16: return launch_typed<__half>(q, k, vt, o, lse, B, T, Tpad, H, HKV, window, scale, stream);
+    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    case DType::F16: return launch_typed<__half>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
     default: return cudaErrorInvalidValue;
   }
 }
