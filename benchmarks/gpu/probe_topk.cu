@@ -18,6 +18,30 @@ namespace {
 constexpr int PW = 8, PJ = 16;
 using BF = __nv_bfloat16;
 
+// the tree helpers of the "new" selection (tried in moe.cu in session 6, removed from there: slower)
+template <int J>
+__device__ __forceinline__ uint32_t max_tree(const uint32_t (&key)[J]) {
+  uint32_t t[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) t[j] = key[j];
+#pragma unroll
+  for (int h = J / 2; h > 0; h /= 2)
+#pragma unroll
+    for (int j = 0; j < h; ++j) t[j] = max(t[j], t[j + h]);
+  return t[0];
+}
+template <int J>
+__device__ __forceinline__ int lowest_index_of(const uint32_t (&key)[J], uint32_t v) {
+  int t[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) t[j] = key[j] == v ? j : J;
+#pragma unroll
+  for (int h = J / 2; h > 0; h /= 2)
+#pragma unroll
+    for (int j = 0; j < h; ++j) t[j] = min(t[j], t[j + h]);
+  return t[0];
+}
+
 template <int MINB, bool kNew, bool kRowPass, bool kReload, bool kPred, bool kTreeOld>
 __global__ void __launch_bounds__(256, MINB) tk(const BF* __restrict__ logits, float* __restrict__ weights,
                                                 int32_t* __restrict__ ids, int Tn, int E, int k) {

@@ -380,8 +380,11 @@ bool query_available(int dev) {
 }
 }  // namespace
 
-// Cached per device like num_sms(): the binding and the launcher both ask on every call.
-bool swa_fwd_sm90_available() {
+}  // namespace sbops
+
+// Cached per device like num_sms(): the binding and the launcher both ask on every call.  (Qualified
+// definitions, as in the USE_MACA stubs below: they must match swa_fwd.cuh.)
+bool sbops::swa_fwd_sm90_available() {
   constexpr int kMaxDevices = 64;
   static signed char cache[kMaxDevices] = {0};  // 0 unknown, 1 yes, -1 no
   int dev = 0;
@@ -390,8 +393,9 @@ bool swa_fwd_sm90_available() {
   return cache[dev] > 0;
 }
 
-cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DType dtype, void* o, float* lse,
-                                int B, int T, int H, int HKV, int window, float scale, cudaStream_t stream) {
+cudaError_t sbops::launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DType dtype, void* o,
+                                       float* lse, int B, int T, int H, int HKV, int window, float scale,
+                                       cudaStream_t stream) {
   if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
   if (HKV <= 0 || H % HKV != 0 || window < 0 || ceil_div(static_cast<int64_t>(T), kBM) * H * B > INT32_MAX)
     return cudaErrorInvalidValue;
@@ -406,16 +410,14 @@ cudaError_t launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DTy
   }
 }
 
-}  // namespace sbops
-
 #else  // USE_MACA: MetaX has no wgmma; the Triton forward serves every case
 
-namespace sbops {
-bool swa_fwd_sm90_available() { return false; }
-cudaError_t launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int, int,
-                                int, float, cudaStream_t) {
+// Qualified definitions: a signature that drifts from swa_fwd.cuh's declaration is a compile error here (an
+// unqualified one would silently define an overload and leave the declared symbol undefined at link time).
+bool sbops::swa_fwd_sm90_available() { return false; }
+cudaError_t sbops::launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int,
+                                       int, float, cudaStream_t) {
   return cudaErrorNotSupported;
 }
-}  // namespace sbops
 
 #endif  // USE_MACA
