@@ -101,17 +101,20 @@ __device__ __forceinline__ int gate_key_expert(unsigned long long key) {
   return static_cast<int>(~static_cast<uint32_t>(key));
 }
 
+// Blocks per SM the forward is compiled for: at 16 experts per lane, 4 (64 registers), so that
+// T = 16384 tokens of 8 lanes fit one wave on an H100 (132 SMs x 4 blocks of 256 threads).
+template <int J>
+constexpr int kGateFwdMinBlocks = J >= 16 ? 4 : 1;
+
 // One group of W lanes per token; lane gl holds the J consecutive experts gl*J .. gl*J+J-1 (16-byte
 // loads when `vec_load`).  Groups whose token is past the end still run every shuffle (full-warp
 // masks) and simply do not store.
 //
 // The choice is made on the logits themselves when there is no bias: softmax and sigmoid are
 // increasing, so the order (and the ties) are those of the exact scores, and only the k winners'
-// scores are computed.  With a bias the choice score is the float32 score + bias, as specified.
-// Blocks per SM the forward is compiled for: at 16 experts per lane, 4 (64 registers), so that
-// T = 16384 tokens of 8 lanes fit one wave on an H100 (132 SMs x 4 blocks of 256 threads).
-template <int J>
-constexpr int kGateFwdMinBlocks = J >= 16 ? 4 : 1;
+// scores are computed (from their keys).  With a bias the choice score is the float32 score + bias, as
+// specified.  Two selection loops: packed unique keys sorted per lane (bf16/fp16, no bias) and the
+// general 32-bit-key rounds (benchmarks/gpu/NOTES_cuda_ops.md, session 6).
 
 template <typename T, int W, int J>
 __global__ void __launch_bounds__(kGateBlock, kGateFwdMinBlocks<J>)
