@@ -69,12 +69,11 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// TMA of a 128 x 128 tile: two boxes of 128 rows x 64 columns (128 bytes), one per swizzle atom of the tile.
-// c_col is the box's innermost coordinate (the tile's first column); the other coordinates follow.
-__device__ __forceinline__ void tma_tile_4d(uint32_t dst, const void* map, uint32_t mbar, int c_col, int c1, int c2,
-                                            int c3) {
+// TMA of the 128 x 128 tile (rows row .. row + 127 of head `head`, batch row b) of a [B, L, heads, 128] tensor:
+// two boxes of 128 rows x 64 dims (128 bytes), one per swizzle atom of the tile.
+__device__ __forceinline__ void tma_tile(uint32_t dst, const void* map, uint32_t mbar, int head, int row, int b) {
 #pragma unroll
-  for (int a = 0; a < 2; ++a) sm90::tma_load_4d(dst + a * (kTileBytes / 2), map, mbar, c_col + 64 * a, c1, c2, c3);
+  for (int a = 0; a < 2; ++a) sm90::tma_load_4d(dst + a * (kTileBytes / 2), map, mbar, 64 * a, head, row, b);
 }
 #endif  // SBOPS_SM90A_DEVICE
 
@@ -142,12 +141,12 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         const uint32_t full = bar_full + 8 * st;
         sm90::mbar_expect_tx(full, 2 * kTileBytes);
         const int n0 = it.lo + t * kBN;
-        tma_tile_4d(s_k + st * kTileBytes, &tm_k, full, 0, it.hkv, n0, it.b);  // k, v [B, L, HKV, D]: (d, hkv, key, b)
-        tma_tile_4d(s_v + st * kTileBytes, &tm_v, full, 0, it.hkv, n0, it.b);
+        tma_tile(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
+        tma_tile(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
         if (t == 0) {
           if (n_item > 0) sm90::mbar_wait(bar_qempty, (n_item - 1) & 1);
           sm90::mbar_expect_tx(bar_qfull, kTileBytes);
-          tma_tile_4d(s_q, &tm_q, bar_qfull, 0, it.h, it.m0, it.b);  // q [B, L, H, D]: (d, h, row, b)
+          tma_tile(s_q, &tm_q, bar_qfull, it.h, it.m0, it.b);
         }
       }
     }
@@ -318,24 +317,17 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Tensor map of a row-major tensor of RANK dims (dims[0] innermost, contiguous) read in boxes of `box`
-// elements with the 128-byte swizzle (box[0] * 2 bytes == 128).
-template <int RANK>
-cudaError_t encode_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, const uint64_t (&dims)[RANK],
-                       const uint32_t (&box)[RANK]) {
+// Tensor map of a contiguous [B, T, heads, kD] bf16/fp16 tensor (q, k or v), read in the boxes of tma_tile:
+// 64 dims x 1 head x 128 rows x 1, with the 128-byte swizzle (64 dims = 128 bytes).
+cudaError_t encode_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, int B, int T, int heads) {
+  static_assert(kBM == kBN, "one box shape for the Q and the K/V tiles");
   const auto encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
-  cuuint64_t gdim[RANK], gstride[RANK - 1];
-  cuuint32_t gbox[RANK], estride[RANK];
-  uint64_t stride = 2;  // bytes (bf16 / fp16)
-  for (int i = 0; i < RANK; ++i) {
-    gdim[i] = dims[i];
-    gbox[i] = box[i];
-    estride[i] = 1;
-    if (i > 0) gstride[i - 1] = stride;
-    stride *= dims[i];
-  }
-  const CUresult r = encode(map, type, RANK, const_cast<void*>(base), gdim, gstride, gbox, estride,
+  constexpr int kRank = 4;
+  const cuuint64_t dims[kRank] = {kD, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+  const cuuint64_t strides[kRank - 1] = {kD * 2, dims[1] * kD * 2, dims[2] * dims[1] * kD * 2};  // bytes
+  const cuuint32_t box[kRank] = {64, 1, kBM, 1}, elem_strides[kRank] = {1, 1, 1, 1};
+  const CUresult r = encode(map, type, kRank, const_cast<void*>(base), dims, strides, box, elem_strides,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
@@ -346,12 +338,10 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
                          int HKV, int window, float scale, cudaStream_t stream) {
   const CUtensorMapDataType type =
       std::is_same<E, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const uint64_t D = kD;
   CUtensorMap tm_q, tm_k, tm_v;
-  // q [B, T, H, D], k and v [B, T, HKV, D]: boxes of 64 dims x 1 head x 128 rows
-  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_q, type, q, {D, uint64_t(H), uint64_t(T), uint64_t(B)}, {64, 1, kBM, 1}));
-  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_k, type, k, {D, uint64_t(HKV), uint64_t(T), uint64_t(B)}, {64, 1, kBN, 1}));
-  SBOPS_RETURN_IF_ERROR(encode_map<4>(&tm_v, type, v, {D, uint64_t(HKV), uint64_t(T), uint64_t(B)}, {64, 1, kBN, 1}));
+  SBOPS_RETURN_IF_ERROR(encode_map(&tm_q, type, q, B, T, H));
+  SBOPS_RETURN_IF_ERROR(encode_map(&tm_k, type, k, B, T, HKV));
+  SBOPS_RETURN_IF_ERROR(encode_map(&tm_v, type, v, B, T, HKV));
   auto kernel = swa_fwd_sm90_kernel<E>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
@@ -361,9 +351,6 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
   return last_launch_error();
 }
 
-}  // namespace
-
-namespace {
 bool query_available(int dev) {
   int major = 0, minor = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
