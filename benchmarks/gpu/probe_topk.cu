@@ -2,7 +2,8 @@
 // T = 16384 tokens, E = 128 experts, k = 8, bf16 logits, softmax + renormalize, no bias / groups; W = 8 lanes
 // per token, J = 16 experts per lane.  Each variant is timed with CUDA events (median of 200 launches, L2
 // flushed before each) and its ids compared with variant A's.  Variants:
-//   select "old": per round a serial 16-key max, 3-step max butterfly, lowest-expert min butterfly, retire by index
+//   select "old": moe.cu's select_rounds (per round a serial 16-key max, 3-step max butterfly, lowest-expert min
+//                 butterfly, retire by index), or the same with tree-shaped max / index search
 //   select "new": per-lane best kept, tree maxima, winner lane by ballot, its lowest j by one shuffle
 //   rowpass: full-row softmax max/sum (else weights from the k picks' keys); reload: winner logit re-read
 //   minb: __launch_bounds__ min blocks per SM; pred: the retire is predicated in every lane (no branch)
@@ -74,22 +75,14 @@ __global__ void __launch_bounds__(256, MINB) tk(const BF* __restrict__ logits, f
   for (int j = 0; j < J; ++j) key[j] = float_order_bits(x[j]);
   int my_id = -1;
   uint32_t my_key = 0u, first_key = 0u;
-  if (!kNew) {
+  if (!kNew && !kTreeOld) {
+    select_rounds<W, J>(key, e0, E, k, gl, my_id, my_key, first_key);  // moe.cu's general loop
+  } else if (!kNew) {
+    // the same rounds with tree-shaped max and index search
     for (int r = 0; r < k; ++r) {
-      uint32_t best = kTreeOld ? max_tree(key) : 0u;
-      if (!kTreeOld) {
-#pragma unroll
-        for (int j = 0; j < J; ++j) best = max(best, key[j]);
-      }
-      best = warp_reduce_max<W>(best);
-      int mine = kTreeOld ? lowest_index_of(key, best) + e0 : E;
-      if (!kTreeOld) {
-#pragma unroll
-        for (int j = J - 1; j >= 0; --j)
-          if (key[j] == best) mine = e0 + j;
-      }
-      if (kTreeOld && mine >= e0 + J) mine = E;
-      const int e_min = warp_reduce_min<W>(mine);
+      const uint32_t best = warp_reduce_max<W>(max_tree(key));
+      const int j_low = lowest_index_of(key, best);
+      const int e_min = warp_reduce_min<W>(j_low < J ? e0 + j_low : E);
       const int e = best != 0u ? e_min : -1;
       if (r == 0) first_key = best;
       if (gl == r) {

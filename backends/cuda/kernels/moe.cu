@@ -90,9 +90,70 @@ __device__ __forceinline__ void sort_descending(uint32_t (&key)[J]) {
       }
 }
 
-// Selection key of expert e with choice score c: (orderable score, ~e).  The largest key is the best
-// score with ties going to the lower expert index, so one 64-bit max per butterfly step does the
-// arg-max (no separate index / payload shuffles).  Key 0 is below every real key: "not eligible".
+// k rounds of top-k selection over a group of W lanes holding J keys each (lane gl: experts e0 .. e0 + J - 1;
+// 0 = not eligible).  Lane r gets round r's expert (-1 when nothing was left) and key; every lane gets
+// round 0's key.  The keys are consumed.
+//
+// General keys (the orderable score image, equal images possible): per round the group-wide max key, then the
+// lowest expert holding it; its lane retires it.  (32-bit keys and a separate index min: about 30% fewer
+// instructions per round than one 64-bit (score, ~expert) max.  Tree-shaped maxima and a ballot for the
+// winner lane were timed slower, 22 against 12.3 us at E=128 k=8: benchmarks/gpu/probe_topk.cu.)
+template <int W, int J>
+__device__ __forceinline__ void select_rounds(uint32_t (&key)[J], int e0, int E, int k, int gl, int& my_id,
+                                              uint32_t& my_key, uint32_t& first_key) {
+  for (int r = 0; r < k; ++r) {
+    uint32_t best = 0u;
+#pragma unroll
+    for (int j = 0; j < J; ++j) best = max(best, key[j]);
+    best = warp_reduce_max<W>(best);
+    int mine = E;  // this lane's lowest expert with the best key
+#pragma unroll
+    for (int j = J - 1; j >= 0; --j)
+      if (key[j] == best) mine = e0 + j;
+    const int e_min = warp_reduce_min<W>(mine);
+    const int e = best != 0u ? e_min : -1;
+    if (r == 0) first_key = best;
+    if (gl == r) {
+      my_id = e;
+      my_key = best;
+    }
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+      if (e0 + j == e) key[j] = 0u;
+  }
+}
+
+// Packed keys, for 16-bit logits without a bias: the float32 image of a bf16 / fp16 value leaves its low
+// kBits bits zero, so they carry the expert (inverted: ties go to the lower expert) and every key is unique.
+// Each lane sorts its J keys once (descending); then per round the group max of the lanes' heads is the pick,
+// its expert is in the key, and the one lane holding it pops its head.  my_key / first_key come back as plain
+// score images (the expert bits restored as float_order_bits left them).
+template <int W, int J, int kBits>
+__device__ __forceinline__ void select_packed(uint32_t (&key)[J], int e0, int k, int gl, int& my_id, uint32_t& my_key,
+                                              uint32_t& first_key) {
+  constexpr uint32_t kIdx = (1u << kBits) - 1u;
+#pragma unroll
+  for (int j = 0; j < J; ++j) key[j] = key[j] != 0u ? (key[j] & ~kIdx) | (kIdx - static_cast<uint32_t>(e0 + j)) : 0u;
+  sort_descending(key);
+  for (int r = 0; r < k; ++r) {
+    const uint32_t best = warp_reduce_max<W>(key[0]);
+    const bool pop = key[0] == best;
+#pragma unroll
+    for (int j = 0; j + 1 < J; ++j) key[j] = pop ? key[j + 1] : key[j];
+    key[J - 1] = pop ? 0u : key[J - 1];
+    if (r == 0) first_key = best;
+    if (gl == r) {
+      my_key = best;
+      my_id = best != 0u ? static_cast<int>(kIdx - (best & kIdx)) : -1;
+    }
+  }
+  my_key = unpack_score(my_key, kIdx);
+  first_key = unpack_score(first_key, kIdx);
+}
+
+// Selection key of group g with score c (the group choice of grouped routing): (orderable score, ~g).  The
+// largest key is the best score with ties going to the lower index, so one 64-bit max per butterfly step
+// does the arg-max (no separate index / payload shuffles).  Key 0 is below every real key: "not eligible".
 __device__ __forceinline__ unsigned long long gate_key(float c, int e) {
   constexpr int kScoreShift = 8 * sizeof(uint32_t);  // score in the high word, ~e in the low word
   return (static_cast<unsigned long long>(float_order_bits(c)) << kScoreShift) | static_cast<uint32_t>(~e);
@@ -200,56 +261,10 @@ topk_gating_kernel(const T* __restrict__ logits, const float* __restrict__ bias,
 
   int my_id = -1;
   uint32_t my_key = 0u, first_key = 0u;
-  if (kIndexBits<T> > 0 && !bias) {
-    // 16-bit logits without a bias: the float32 image of a bf16 / fp16 value leaves its low kIndexBits<T> bits
-    // zero, so they carry the expert (inverted: ties go to the lower expert) and every key is unique.  Each lane
-    // sorts its J keys once (descending); then per round the group max of the lanes' heads is the pick, its
-    // expert is in the key, and the one lane holding it pops its head.
-    constexpr uint32_t kIdx = (1u << kIndexBits<T>) - 1u;
-#pragma unroll
-    for (int j = 0; j < J; ++j) key[j] = key[j] != 0u ? (key[j] & ~kIdx) | (kIdx - static_cast<uint32_t>(e0 + j)) : 0u;
-    sort_descending(key);
-    for (int r = 0; r < k; ++r) {
-      const uint32_t best = warp_reduce_max<W>(key[0]);
-      const bool pop = key[0] == best;
-#pragma unroll
-      for (int j = 0; j + 1 < J; ++j) key[j] = pop ? key[j + 1] : key[j];
-      key[J - 1] = pop ? 0u : key[J - 1];
-      if (r == 0) first_key = best;
-      if (gl == r) {
-        my_key = best;
-        my_id = best != 0u ? static_cast<int>(kIdx - (best & kIdx)) : -1;
-      }
-    }
-    // the score image without the expert bits (negative scores had ones there: float_order_bits inverts them)
-    my_key = unpack_score(my_key, kIdx);
-    first_key = unpack_score(first_key, kIdx);
-  } else {
-    // k rounds: group-wide max key, then the lowest expert holding it; its lane retires it.  Lane r keeps
-    // round r's pick.  (32-bit keys and a separate index min: about 30% fewer instructions per round than
-    // one 64-bit (score, ~expert) max.  Tree-shaped maxima and a ballot for the winner lane were timed
-    // slower, 22 against 12.3 us at E=128 k=8: benchmarks/gpu/probe_topk.cu.)
-    for (int r = 0; r < k; ++r) {
-      uint32_t best = 0u;
-#pragma unroll
-      for (int j = 0; j < J; ++j) best = max(best, key[j]);
-      best = warp_reduce_max<W>(best);
-      int mine = E;  // this lane's lowest expert with the best key
-#pragma unroll
-      for (int j = J - 1; j >= 0; --j)
-        if (key[j] == best) mine = e0 + j;
-      const int e_min = warp_reduce_min<W>(mine);
-      const int e = best != 0u ? e_min : -1;
-      if (r == 0) first_key = best;
-      if (gl == r) {
-        my_id = e;
-        my_key = best;
-      }
-#pragma unroll
-      for (int j = 0; j < J; ++j)
-        if (e0 + j == e) key[j] = 0u;
-    }
-  }
+  if (kIndexBits<T> > 0 && !bias)
+    select_packed<W, J, kIndexBits<T>>(key, e0, k, gl, my_id, my_key, first_key);
+  else
+    select_rounds<W, J>(key, e0, E, k, gl, my_id, my_key, first_key);
   // Unbiased score of this lane's pick (same formulas as above), renormalised over the k picks.  Without
   // a bias the key is the logit itself.
   float w = 0.f;
