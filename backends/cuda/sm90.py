@@ -1,10 +1,10 @@
 """Hopper (sm_90) fast paths of ops the Triton kernels serve everywhere else.
 
 ``swa_attn`` forward: a CUDA C++ wgmma + TMA kernel (backends/cuda/kernels/swa_fwd_sm90.cu, bound as
-``torch.ops.sbops_native.swa_attn_fwd_sm90``; routed by tuning/sm90.json) for the SpikingBrain case: bf16/fp16, head dim 128,
-no ``cu_seqlens``, no sink keys. Every other case, every other GPU, a build without sm_90a code
-and the MACA builds use the Triton forward; the backward is Triton in all cases (it reads the
-forward's o and lse, which both forwards produce the same way).
+``torch.ops.sbops_native.swa_attn_fwd_sm90``; routed by tuning/sm90.json) for the SpikingBrain case:
+bf16/fp16, head dim 128, no ``cu_seqlens``, no sink keys. Every other case, every other GPU, a build
+without sm_90a code and the MACA builds use the Triton forward; the backward is Triton in all cases
+(it reads the forward's o and lse, which both forwards produce the same way).
 """
 from __future__ import annotations
 

@@ -261,8 +261,8 @@ def main():
     ours = Ours(load_swa(), sm90)
     out_dir = os.environ.get("OUT")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": triton.__version__, "sm90_forward": sm90 is not None, "shape": dict(B=B, H=H, HKV=HKV, D=D, window=WINDOW,
-                                                          dtype=str(DT)),
+              "triton": triton.__version__, "sm90_forward": sm90 is not None,
+              "shape": dict(B=B, H=H, HKV=HKV, D=D, window=WINDOW, dtype=str(DT)),
               "flop_convention": "4*D per (query,key) pair in the window per head; bwd 2.5x fwd",
               "rows": []}
 
