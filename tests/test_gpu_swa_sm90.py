@@ -102,7 +102,7 @@ def test_public_op_follows_the_routing_data():
     import sbops
     from sbops._backends.cuda.triton import swa
     q, k, v = _inputs(1, 300, 8, 2, seed=9)
-    assert SM90.swa_fwd_applies(q, k, v, None, None)
+    assert SM90.swa_applies(q, k, v, None, None)
     o, lse = sbops.swa_attn(q, k, v, 64, return_lse=True)
     if SM90.routes()["swa_fwd"]:
         want = SM90.swa_fwd(q, k, v, 64, None)
@@ -115,12 +115,12 @@ def test_cases_it_does_not_serve_go_to_triton():
     q, k, v = _inputs(1, 64, 4, 2)
     cu = torch.tensor([0, 30, 64], device="cuda", dtype=torch.int32)
     sk = torch.zeros(3, 2, 128, device="cuda", dtype=q.dtype)
-    assert not SM90.swa_fwd_applies(q, k, v, cu, None)
-    assert not SM90.swa_fwd_applies(q, k, v, None, sk)
-    assert not SM90.swa_fwd_applies(q.float(), k.float(), v.float(), None, None)
-    assert not SM90.swa_fwd_applies(q, k, v, None, None, -0.1)
+    assert not SM90.swa_applies(q, k, v, cu, None)
+    assert not SM90.swa_applies(q, k, v, None, sk)
+    assert not SM90.swa_applies(q.float(), k.float(), v.float(), None, None)
+    assert not SM90.swa_applies(q, k, v, None, None, -0.1)
     q64, k64, v64 = _inputs(1, 64, 4, 2, D=64)
-    assert not SM90.swa_fwd_applies(q64, k64, v64, None, None)
+    assert not SM90.swa_applies(q64, k64, v64, None, None)
 
 
 def test_native_op_rejects_what_it_cannot_run():
@@ -135,3 +135,103 @@ def test_native_op_rejects_what_it_cannot_run():
         op(q, k, v, -1, 0.1)
     with pytest.raises(RuntimeError, match="H % HKV"):
         op(q[:, :, :3], k, v, 8, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+def _ref_grads(q, k, v, do, window, scale=None, glse=None):
+    leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    ro, rlse = ref_swa_attn(*leaves, window, scale)
+    loss = (ro * do.cpu().double()).sum()
+    if glse is not None:
+        loss = loss + (rlse * glse.cpu().double()).sum()
+    return torch.autograd.grad(loss, leaves)
+
+
+def _check_grads(got, want, tol=2e-2):
+    for name, g, r in zip(("dq", "dk", "dv"), got, want):
+        assert g.shape == r.shape, f"{name} shape {tuple(g.shape)} != {tuple(r.shape)}"
+        assert torch.isfinite(g).all(), f"{name} has non-finite values"
+        assert rel_err(g, r) <= tol, f"{name} rel err {rel_err(g, r):.2e}"
+
+
+@pytest.mark.parametrize("fuse_dq", [True, False], ids=["fused_dq", "triton_dq"])
+@pytest.mark.parametrize("T", [1, 63, 65, 128, 129, 1000])
+@pytest.mark.parametrize("window", [0, 1, 7, 200, -1])
+def test_sm90_backward_matches_float64(T, window, fuse_dq):
+    q, k, v = _inputs(2, T, 8, 2, seed=11)
+    o, lse = SM90.swa_fwd(q, k, v, window, None)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(12)).to("cuda", o.dtype)
+    dq, dk, dv, dsk, dsv = SM90.swa_bwd(q, k, v, o, lse, do, None, window, None, fuse_dq=fuse_dq)
+    assert dq.dtype == q.dtype and dk.dtype == k.dtype and dsk.numel() == 0 and dsv.numel() == 0
+    _check_grads((dq, dk, dv), _ref_grads(q, k, v, do, window))
+
+
+def test_sm90_backward_fp16_spikingbrain_heads_scale_and_grad_lse():
+    q, k, v = _inputs(1, 700, 28, 4, dtype=torch.float16, seed=13)
+    o, lse = SM90.swa_fwd(q, k, v, 300, 0.05)
+    g = torch.Generator().manual_seed(14)
+    do = torch.randn(o.shape, generator=g).to("cuda", o.dtype)
+    glse = torch.randn(lse.shape, generator=g).to("cuda")
+    got = SM90.swa_bwd(q, k, v, o, lse, do, glse, 300, 0.05)[:3]
+    _check_grads(got, _ref_grads(q, k, v, do, 300, 0.05, glse))
+
+
+def test_sm90_backward_agrees_with_triton_at_window_4096():
+    from sbops._backends.cuda.triton import swa
+    q, k, v = _inputs(1, 5000, 28, 4, seed=15)
+    o, lse = SM90.swa_fwd(q, k, v, 4096, None)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(16)).to("cuda", o.dtype)
+    got = SM90.swa_bwd(q, k, v, o, lse, do, None, 4096, None)
+    want = swa.swa_attn_bwd(q, k, v, o, lse, do, None, 4096, None, None, None, None)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert rel_err(g, w.double()) <= 1e-2, f"{name} rel err {rel_err(g, w.double()):.2e}"
+
+
+def test_sm90_backward_reads_views_at_odd_storage_offsets():
+    q0, k0, v0 = _inputs(1, 300, 4, 2, seed=17)
+    do0 = torch.randn(q0.shape, generator=torch.Generator().manual_seed(18)).to("cuda", q0.dtype)
+
+    def shifted(t):
+        buf = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+        view = buf[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    o, lse = SM90.swa_fwd(q0, k0, v0, 100, None)
+    got = SM90.swa_bwd(shifted(q0), shifted(k0), shifted(v0), shifted(o), lse, shifted(do0), None, 100, None)
+    _check_grads(got[:3], _ref_grads(q0, k0, v0, do0, 100))
+
+
+def test_public_op_backward_follows_the_routing_data():
+    """sbops.swa_attn's backward runs the sm_90 kernel exactly when tuning/sm90.json routes it."""
+    import sbops
+    from sbops._backends.cuda.triton import swa
+    q, k, v = _inputs(1, 300, 8, 2, seed=19)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o = sbops.swa_attn(*leaves, 64)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(20)).to("cuda", o.dtype)
+    got = torch.autograd.grad(o, leaves, do)
+    o2, lse2 = (SM90.swa_fwd(q, k, v, 64, None) if SM90.routes()["swa_fwd"]
+                else swa.swa_attn_fwd(q, k, v, 64, None, None, None, None))
+    if SM90.routes().get("swa_bwd", False):
+        want = SM90.swa_bwd(q, k, v, o2, lse2, do, None, 64, None,
+                            fuse_dq=SM90.routes().get("swa_bwd_fused_dq", True))
+    else:
+        want = swa.swa_attn_bwd(q, k, v, o2, lse2, do, None, 64, None, None, None, None)
+    # float32 atomics (fused dQ) add in any order: dq agrees to rounding, dk / dv exactly
+    assert rel_err(got[0], want[0].double()) <= 1e-2
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+def test_native_backward_rejects_what_it_cannot_run():
+    op = torch.ops.sbops_native.swa_attn_bwd_sm90
+    q, k, v = _inputs(1, 64, 4, 2)
+    o, lse = SM90.swa_fwd(q, k, v, 8, None)
+    with pytest.raises(RuntimeError, match="bfloat16 or float16"):
+        op(q.float(), k.float(), v.float(), o.float(), lse, o.float(), None, 8, 0.1, True)
+    with pytest.raises(RuntimeError, match="lse must be"):
+        op(q, k, v, o, lse[:, :3], o, None, 8, 0.1, True)
+    with pytest.raises(RuntimeError, match="window"):
+        op(q, k, v, o, lse, o, None, -1, 0.1, True)
+    with pytest.raises(RuntimeError, match="o, grad_o must be q's shape"):
+        op(q, k, v, o[:, :3], lse, o, None, 8, 0.1, True)

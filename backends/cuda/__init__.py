@@ -82,18 +82,24 @@ def register_triton(tuning_backend: str) -> None:
         return la.linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state,
                                   backend=tuning_backend)
 
-    # the Hopper wgmma forward serves the cases it covers on sm_90 when the tuning data routes it there
+    # the Hopper wgmma kernels serve the cases they cover on sm_90 when the tuning data routes them there
     # (never under the MACA tuning data, which stands for MetaX hardware, where it does not exist)
-    use_sm90 = tuning_backend == "cuda" and sm90.routes().get("swa_fwd", False)
+    routes = sm90.routes() if tuning_backend == "cuda" else {}
+    sm90_fwd, sm90_bwd = routes.get("swa_fwd", False), routes.get("swa_bwd", False)
 
     def swa_attn(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
-        if use_sm90:
+        if sm90_fwd:
             swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
-            if sm90.swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale):
+            if sm90.swa_applies(q, k, v, cu_seqlens, sink_k, scale):
                 return sm90.swa_fwd(q, k, v, window, scale)
         return swa.swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, backend=tuning_backend)
 
     def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
+        if sm90_bwd:
+            swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
+            if sm90.swa_applies(q, k, v, cu_seqlens, sink_k, scale):
+                return sm90.swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale,
+                                    fuse_dq=routes.get("swa_bwd_fused_dq", True))
         return swa.swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
                                 backend=tuning_backend)
 

@@ -1,10 +1,10 @@
 """Hopper (sm_90) fast paths of ops the Triton kernels serve everywhere else.
 
-``swa_attn`` forward: a CUDA C++ wgmma + TMA kernel (backends/cuda/kernels/swa_fwd_sm90.cu, bound as
-``torch.ops.sbops_native.swa_attn_fwd_sm90``; routed by tuning/sm90.json) for the SpikingBrain case:
-bf16/fp16, head dim 128, no ``cu_seqlens``, no sink keys. Every other case, every other GPU, a build
-without sm_90a code and the MACA builds use the Triton forward; the backward is Triton in all cases
-(it reads the forward's o and lse, which both forwards produce the same way).
+``swa_attn`` forward and backward: CUDA C++ wgmma + TMA kernels (backends/cuda/kernels/swa_fwd_sm90.cu and
+swa_bwd_sm90.cu, bound as ``torch.ops.sbops_native.swa_attn_{fwd,bwd}_sm90``; each routed by
+tuning/sm90.json) for the SpikingBrain case: bf16/fp16, head dim 128, no ``cu_seqlens``, no sink keys.
+Every other case, every other GPU, a build without sm_90a code and the MACA builds use the Triton
+kernels. Either backward reads the o and lse of either forward (both produce them the same way).
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def _available(device_index: int) -> bool:
     return bool(ns.swa_attn_fwd_sm90_available(like))
 
 
-def swa_fwd_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
-    """True when the sm_90 forward serves this call (inputs already validated). The kernel takes
+def swa_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
+    """True when the sm_90 kernels serve this call (inputs already validated). The forward takes
     the running max of the unscaled scores, so it needs scale > 0 (the default D ** -0.5 is)."""
     return (q.is_cuda and q.dtype in DTYPES and q.shape[-1] == HEAD_DIM and cu_seqlens is None
             and (scale is None or float(scale) > 0)
@@ -51,3 +51,17 @@ def swa_fwd(q, k, v, window, scale):
     (window and scale resolved by the Triton launcher's rules, ``swa._prepare``)."""
     _, _, window_eff, scale, *_ = swa._prepare(q, k, v, window, scale, None, None, None, None)
     return torch.ops.sbops_native.swa_attn_fwd_sm90(q, k, v, window_eff, scale)
+
+
+def swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, fuse_dq=True):
+    """(dq, dk, dv, dsink_k, dsink_v) of ``sbops::swa_attn`` by the sm_90 backward (cases of
+    ``swa_applies``; no sinks, so the sink gradients are empty). ``fuse_dq``: dQ inside the kernel
+    (float32 atomics, FlashAttention-3's 5-MMA step); False: dK/dV there, dQ by the Triton dQ kernel."""
+    _, _, window_eff, scale, *_ = swa._prepare(q, k, v, window, scale, None, None, None, None)
+    grad_o = grad_o.to(q.dtype)
+    dq, dk, dv = torch.ops.sbops_native.swa_attn_bwd_sm90(q, k, v, o, lse, grad_o, grad_lse, window_eff, scale,
+                                                          fuse_dq)
+    if not fuse_dq:
+        dq = swa.swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale)
+    empty = torch.empty(0, device=q.device, dtype=torch.float32)
+    return dq, dk, dv, empty, empty

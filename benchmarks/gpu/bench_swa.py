@@ -89,8 +89,9 @@ def load_sm90():
 
 
 class Ours:
-    """The forward the op dispatches to (the sm_90 wgmma kernel where it applies and no Triton config
-    is forced, else Triton) and the Triton backward; ``triton_fwd`` times the Triton forward alone."""
+    """The forward and backward the op dispatches to (the sm_90 wgmma kernels where they apply, are
+    routed and no Triton config is forced, else Triton); ``triton_fwd`` times the Triton forward alone,
+    ``bwd(..., variant=...)`` one named backward."""
 
     def __init__(self, swa, sm90=None):
         self.swa = swa
@@ -98,7 +99,7 @@ class Ours:
 
     def _fwd(self, q, k, v, window, cfg, force_sm90=False):
         if (cfg is None and self.sm90 is not None and (force_sm90 or self.sm90.routes().get("swa_fwd"))
-                and self.sm90.swa_fwd_applies(q, k, v, None, None)):
+                and self.sm90.swa_applies(q, k, v, None, None)):
             return self.sm90.swa_fwd(q, k, v, window, None)
         return self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=cfg)
 
@@ -114,22 +115,48 @@ class Ours:
         q, k, v = inputs(T)
         return bench(lambda: self.swa.swa_attn_fwd(q, k, v, window, None, None, None, None, config=cfg))
 
-    def fwd_bwd(self, T, window, fcfg=None, bcfg=None):
+    BWD_VARIANTS = ("triton", "sm90_fused_dq", "sm90_triton_dq")
+
+    def _bwd(self, q, k, v, o, lse, do, window, cfg, variant="routed"):
+        """The backward the op dispatches to ("routed": tuning/sm90.json), or the named variant."""
+        if variant == "routed":
+            routes = self.sm90.routes() if self.sm90 is not None else {}
+            variant = "triton"
+            if cfg is None and routes.get("swa_bwd") and self.sm90.swa_applies(q, k, v, None, None):
+                variant = "sm90_fused_dq" if routes.get("swa_bwd_fused_dq", True) else "sm90_triton_dq"
+        if variant == "triton":
+            return self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None, None, None, None,
+                                         config=cfg)
+        return self.sm90.swa_bwd(q, k, v, o, lse, do, None, window, None,
+                                 fuse_dq=variant == "sm90_fused_dq")
+
+    def fwd_bwd(self, T, window, fcfg=None, bcfg=None, variant="routed"):
         q, k, v = inputs(T)
         do = torch.randn_like(q)
 
         def step():
             o, lse = self._fwd(q, k, v, window, fcfg)
-            self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None, None, None, None,
-                                  config=bcfg)
+            self._bwd(q, k, v, o, lse, do, window, bcfg, variant)
         return bench(step)
 
-    def bwd(self, T, window, fcfg=None, bcfg=None):
+    def bwd(self, T, window, fcfg=None, bcfg=None, variant="routed"):
         q, k, v = inputs(T)
         do = torch.randn_like(q)
         o, lse = self._fwd(q, k, v, window, fcfg)
-        return bench(lambda: self.swa.swa_attn_bwd(q, k, v, o, lse, do, None, window, None,
-                                                   None, None, None, config=bcfg))
+        return bench(lambda: self._bwd(q, k, v, o, lse, do, window, bcfg, variant))
+
+    def bwd_agreement(self, T, window):
+        """Relative max |sm90 - triton| of dq, dk, dv per sm_90 variant (same o, lse, do)."""
+        q, k, v = inputs(T)
+        do = torch.randn_like(q)
+        o, lse = self._fwd(q, k, v, window, None)
+        ref = self._bwd(q, k, v, o, lse, do, window, None, "triton")
+        out = {}
+        for variant in self.BWD_VARIANTS[1:]:
+            got = self._bwd(q, k, v, o, lse, do, window, None, variant)
+            out[variant] = {n: ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                            for n, a, b in zip(("dq", "dk", "dv"), got, ref)}
+        return out
 
 
 class Flex:
@@ -246,6 +273,20 @@ def time_options(ours, fcfg, bcfg, rounds=2):
     return rows
 
 
+def bwd_variants(ours, result, save):
+    """Every backward variant at T=32k in the same run, and how far the sm_90 ones are from Triton's."""
+    if ours.sm90 is None:
+        return
+    result["bwd_agreement_32k"] = ours.bwd_agreement(32768, WINDOW)
+    print(f"bwd agreement vs triton (rel max diff): {result['bwd_agreement_32k']}", flush=True)
+    result["bwd_variants_32k_ms"] = {}
+    for variant in Ours.BWD_VARIANTS:
+        ms = ours.bwd(32768, WINDOW, None, None, variant)
+        result["bwd_variants_32k_ms"][variant] = ms
+        print(f"bwd T=32k {variant}: {ms:.3f} ms  {tflops(32768, WINDOW, ms, 2.5):.0f} TFLOP/s", flush=True)
+        save()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="time the configs in FWD/BWD_SWEEP first")
@@ -254,6 +295,8 @@ def main():
                     help="also time split_masks / bwd_atomic_dq against the default")
     ap.add_argument("--options-only", action="store_true",
                     help="only the options A/B (with its correctness check), no table")
+    ap.add_argument("--bwd-only", action="store_true",
+                    help="only the backward variants at T=32k (agreement, times) and fwd+bwd as routed")
     ap.add_argument("--triton-only", action="store_true",
                     help="time the Triton forward even where the sm_90 wgmma forward applies")
     args = ap.parse_args()
@@ -298,6 +341,14 @@ def main():
         if args.options_only:
             return 0
 
+    if args.bwd_only:
+        bwd_variants(ours, result, save)
+        ms = ours.fwd_bwd(32768, WINDOW)
+        result["fwd_bwd_32k_routed_ms"] = ms
+        print(f"fwd+bwd T=32k (routed): {ms:.3f} ms  {tflops(32768, WINDOW, ms, 3.5):.0f} TFLOP/s", flush=True)
+        save()
+        return 0
+
     cases = [  # name, T, window, kind, flop factor, goal ms
         ("fwd T=32k", 32768, WINDOW, "fwd", 1.0, 3.2),
         ("fwd T=128k", 131072, WINDOW, "fwd", 1.0, 13.0),
@@ -319,6 +370,8 @@ def main():
     result["bwd_32k_ms"] = ours.bwd(32768, WINDOW, fcfg, bcfg)  # the backward alone, for the notes
     print(f"ours bwd T=32k: {result['bwd_32k_ms']:.3f} ms", flush=True)
     save()
+    if sm90 is not None and fcfg is None and bcfg is None:
+        bwd_variants(ours, result, save)
 
     if not args.skip_peers:
         flex = None

@@ -14,6 +14,7 @@
 #include "../kernels/decode.cuh"
 #include "../kernels/moe.cuh"
 #include "../kernels/spike.cuh"
+#include "../kernels/swa_bwd.cuh"
 #include "../kernels/swa_fwd.cuh"
 
 namespace {
@@ -561,6 +562,75 @@ std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tens
   return {o, lse};
 }
 
+// sbops_native::swa_attn_bwd_sm90: the Hopper backward of sbops::swa_attn for the cases the sm_90 forward serves
+// (window resolved, >= 0).  Returns (dq, dk, dv); with fuse_dq false dq is an empty tensor (the caller computes it).
+std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                                          const Tensor& o_in, const Tensor& lse_in,
+                                                          const Tensor& grad_o_in,
+                                                          const std::optional<Tensor>& grad_lse_in, int64_t window,
+                                                          double scale, bool fuse_dq) {
+  const char* op = "swa_attn_bwd (sm90)";
+  check_cuda(q_in, op, "q");
+  check_cuda(k_in, op, "k");
+  check_cuda(v_in, op, "v");
+  check_cuda(o_in, op, "o");
+  check_cuda(lse_in, op, "lse");
+  check_cuda(grad_o_in, op, "grad_o");
+  for (const Tensor* t : {&k_in, &v_in, &o_in, &lse_in, &grad_o_in})
+    TORCH_CHECK(t->device() == q_in.device(), op, ": every tensor must be on q's device ", q_in.device());
+  const auto s = q_in.scalar_type();
+  TORCH_CHECK(s == at::kBFloat16 || s == at::kHalf, op, ": q must be bfloat16 or float16, got ", s);
+  TORCH_CHECK(k_in.scalar_type() == s && v_in.scalar_type() == s && o_in.scalar_type() == s &&
+                  grad_o_in.scalar_type() == s,
+              op, ": q, k, v, o, grad_o must share a dtype");
+  TORCH_CHECK(lse_in.scalar_type() == at::kFloat, op, ": lse must be float32");
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
+              ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
+  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), D = q_in.size(3), HKV = k_in.size(2);
+  TORCH_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
+  TORCH_CHECK(k_in.size(0) == B && k_in.size(1) == T && k_in.size(3) == D && HKV >= 1 && H % HKV == 0, op,
+              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
+  TORCH_CHECK(o_in.sizes() == q_in.sizes() && grad_o_in.sizes() == q_in.sizes(), op, ": o, grad_o must be q's shape");
+  TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == T && lse_in.size(2) == H, op,
+              ": lse must be [B,T,H]");
+  if (grad_lse_in.has_value()) {
+    check_cuda(*grad_lse_in, op, "grad_lse");
+    TORCH_CHECK(grad_lse_in->sizes() == lse_in.sizes(), op, ": grad_lse must be [B,T,H]");
+  }
+  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
+  TORCH_CHECK(T <= INT32_MAX / 2 && B <= 65535 && HKV <= 65535 && B * T * H <= INT64_MAX / D, op,
+              ": sizes too large");
+  c10::cuda::CUDAGuard guard(q_in.device());
+  TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
+  auto aligned = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
+  };
+  const Tensor q = aligned(q_in.contiguous()), k = aligned(k_in.contiguous()), v = aligned(v_in.contiguous());
+  const Tensor o = aligned(o_in.contiguous()), grad_o = aligned(grad_o_in.contiguous()), lse = lse_in.contiguous();
+  Tensor glse;
+  if (grad_lse_in.has_value()) glse = grad_lse_in->to(at::kFloat).contiguous();
+  const int64_t Tpad = sbops::swa_bwd_sm90_padded_len(T);
+  const auto f32 = q.options().dtype(at::kFloat);
+  Tensor lse2 = at::empty({B, H, Tpad}, f32), delta = at::empty({B, H, Tpad}, f32);
+  const auto dt = to_dtype(s, op, "q");
+  check_launch(sbops::launch_swa_bwd_sm90_prep(o.data_ptr(), grad_o.data_ptr(), dt, lse.data_ptr<float>(),
+                                               glse.defined() ? glse.data_ptr<float>() : nullptr,
+                                               lse2.data_ptr<float>(), delta.data_ptr<float>(), static_cast<int>(B),
+                                               static_cast<int>(T), static_cast<int>(H), stream()),
+               op);
+  Tensor dq_acc = fuse_dq ? at::zeros({B, T, H, D}, f32) : Tensor();
+  Tensor dk = at::empty_like(k), dv = at::empty_like(v);
+  check_launch(sbops::launch_swa_bwd_sm90(q.data_ptr(), k.data_ptr(), v.data_ptr(), grad_o.data_ptr(), dt,
+                                          lse2.data_ptr<float>(), delta.data_ptr<float>(),
+                                          fuse_dq ? dq_acc.data_ptr<float>() : nullptr, dk.data_ptr(), dv.data_ptr(),
+                                          static_cast<int>(B), static_cast<int>(T), static_cast<int>(H),
+                                          static_cast<int>(HKV), static_cast<int>(window), static_cast<float>(scale),
+                                          stream()),
+               op);
+  Tensor dq = fuse_dq ? dq_acc.to(s) : at::empty({0}, q.options());
+  return {dq, dk, dv};
+}
+
 bool swa_attn_fwd_sm90_available_cuda(const Tensor& like) {
   c10::cuda::CUDAGuard guard(like.device());
   return sbops::swa_fwd_sm90_available();
@@ -594,9 +664,13 @@ TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
 TORCH_LIBRARY(sbops_native, m) {
   m.def("swa_attn_fwd_sm90(Tensor q, Tensor k, Tensor v, int window, float scale) -> (Tensor, Tensor)");
   m.def("swa_attn_fwd_sm90_available(Tensor like) -> bool");
+  m.def(
+      "swa_attn_bwd_sm90(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor grad_o, Tensor? grad_lse, "
+      "int window, float scale, bool fuse_dq) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
   m.impl("swa_attn_fwd_sm90", &swa_attn_fwd_sm90_cuda);
   m.impl("swa_attn_fwd_sm90_available", &swa_attn_fwd_sm90_available_cuda);
+  m.impl("swa_attn_bwd_sm90", &swa_attn_bwd_sm90_cuda);
 }

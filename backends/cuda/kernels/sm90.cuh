@@ -11,8 +11,11 @@
 #if !defined(USE_MACA)
 
 #include <cstdint>
+#include <cuda.h>  // CUtensorMap (types only: the encoder is reached through the runtime's driver entry point)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 // Device code of the sm_90a kernels exists only in the sm_90a pass of nvcc.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -75,6 +78,14 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint3
       : "memory");
 }
 
+// 1-D bulk copy (no tensor map) of `bytes` contiguous bytes, a multiple of 16, from a 16-byte-aligned global
+// address into shared memory; completes transaction bytes of `mbar` like the tensor copies.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t mbar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(mbar)
+               : "memory");
+}
+
 // mbarriers (shared memory, 8 bytes each)
 __device__ __forceinline__ void mbar_init(uint32_t mbar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(count) : "memory");
@@ -120,9 +131,10 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 
 // Keep the registers an in-flight wgmma reads or writes where they are: the compiler does not know the
 // instruction is asynchronous, so every operand is "touched" right after the wait.
-__device__ __forceinline__ void reg_fence(float (&d)[64]) {
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 template <int N>
 __device__ __forceinline__ void reg_fence(uint32_t (&a)[N][4]) {
@@ -163,7 +175,64 @@ SBOPS_WGMMA_M64N128K16(__nv_bfloat16, "bf16")
 SBOPS_WGMMA_M64N128K16(__half, "f16")
 #undef SBOPS_WGMMA_M64N128K16
 
+template <typename T>
+struct Wgmma64;
+
+// m64n64k16 with both operands in shared memory (the backward's S^T = K Q^T, dP^T = V dO^T and dQ = dS K).
+#define SBOPS_WGMMA_M64N64K16(T, TY)                                                                           \
+  template <>                                                                                                  \
+  struct Wgmma64<T> {                                                                                          \
+    /* D[64 x 64] (+)= A[64 x 16] B[64 x 16]^T; kTransA / kTransB = 1: that operand is MN-major            \
+       (KMajorSw128Tile::desc_rows_as_k), else K-major (desc) */                                               \
+    template <int kTransA, int kTransB>                                                                        \
+    __device__ static void ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {                 \
+      asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                \
+                   "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                 \
+                   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"                                                  \
+                   : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])                                                                                      \
+                   : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(kTransA), "n"(kTransB));                      \
+    }                                                                                                          \
+  };
+
+SBOPS_WGMMA_M64N64K16(__nv_bfloat16, "bf16")
+SBOPS_WGMMA_M64N64K16(__half, "f16")
+#undef SBOPS_WGMMA_M64N64K16
+
 #endif  // SBOPS_SM90A_DEVICE
+
+// ---- host side: TMA tensor maps
+
+// cuTensorMapEncodeTiled through the runtime (no link against libcuda); null when the driver lacks it.
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult res{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &res) !=
+            cudaSuccess ||
+        res != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Tensor map of a contiguous [B, T, heads, 128] 16-bit tensor read in boxes of 64 dims (128 bytes, the
+// 128-byte swizzle) x 1 head x box_rows rows x 1 batch row: one swizzle atom of a KMajorSw128Tile<box_rows, 128>.
+inline cudaError_t encode_rows_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, int B, int T,
+                                   int heads, int box_rows) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  constexpr int kRank = 4, kDim = 128;
+  const cuuint64_t dims[kRank] = {kDim, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+  const cuuint64_t strides[kRank - 1] = {kDim * 2, dims[1] * kDim * 2, dims[2] * dims[1] * kDim * 2};  // bytes
+  const cuuint32_t box[kRank] = {64, 1, cuuint32_t(box_rows), 1}, elem_strides[kRank] = {1, 1, 1, 1};
+  const CUresult r = encode(map, type, kRank, const_cast<void*>(base), dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
 
 }  // namespace sm90
 }  // namespace sbops

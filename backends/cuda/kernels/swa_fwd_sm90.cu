@@ -24,9 +24,6 @@
 #include <cmath>
 #include <type_traits>
 
-#include <cuda.h>  // CUtensorMap (types only: the encoder is reached through the runtime's driver entry point)
-#include <cudaTypedefs.h>
-
 #include "common.cuh"
 #include "sm90.cuh"
 
@@ -301,47 +298,16 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #endif  // SBOPS_SM90A_DEVICE
 }
 
-// cuTensorMapEncodeTiled through the runtime (no link against libcuda); null when the driver lacks it.
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult res{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &res) !=
-            cudaSuccess ||
-        res != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();
-      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
-// Tensor map of a contiguous [B, T, heads, kD] bf16/fp16 tensor (q, k or v), read in the boxes of tma_tile:
-// 64 dims x 1 head x 128 rows x 1, with the 128-byte swizzle (64 dims = 128 bytes).
-cudaError_t encode_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, int B, int T, int heads) {
-  static_assert(kBM == kBN, "one box shape for the Q and the K/V tiles");
-  const auto encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  constexpr int kRank = 4;
-  const cuuint64_t dims[kRank] = {kD, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
-  const cuuint64_t strides[kRank - 1] = {kD * 2, dims[1] * kD * 2, dims[2] * dims[1] * kD * 2};  // bytes
-  const cuuint32_t box[kRank] = {64, 1, kBM, 1}, elem_strides[kRank] = {1, 1, 1, 1};
-  const CUresult r = encode(map, type, kRank, const_cast<void*>(base), dims, strides, box, elem_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
 template <typename E>
 cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H,
                          int HKV, int window, float scale, cudaStream_t stream) {
   const CUtensorMapDataType type =
       std::is_same<E, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   CUtensorMap tm_q, tm_k, tm_v;
-  SBOPS_RETURN_IF_ERROR(encode_map(&tm_q, type, q, B, T, H));
-  SBOPS_RETURN_IF_ERROR(encode_map(&tm_k, type, k, B, T, HKV));
-  SBOPS_RETURN_IF_ERROR(encode_map(&tm_v, type, v, B, T, HKV));
+  static_assert(kBM == kBN, "one box shape for the Q and the K/V tiles");
+  SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_q, type, q, B, T, H, kBM));
+  SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_k, type, k, B, T, HKV, kBM));
+  SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_v, type, v, B, T, HKV, kBM));
   auto kernel = swa_fwd_sm90_kernel<E>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;

@@ -530,6 +530,48 @@ def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=N
     return o, lse
 
 
+def _bwd_delta(o, grad_o, grad_lse):
+    """delta = rowsum(dO * O) - grad_lse, float32 [B,T,H] (o, grad_o contiguous [B,T,H,D])."""
+    B, T, H, D = o.shape
+    R = B * T * H
+    delta = torch.empty((B, T, H), device=o.device, dtype=torch.float32)
+    glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
+    BLOCK_R = 64
+    _bwd_preprocess_kernel[(triton.cdiv(R, BLOCK_R),)](
+        o, grad_o, glse if glse is not None else delta, delta, R,
+        HEAD_DIM=D, BLOCK_R=BLOCK_R, HAS_GLSE=glse is not None)
+    return delta
+
+
+def _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, window_eff, scale, prec,
+               cfg):
+    """dQ kernel: long query block, short key block (the dK/dV config transposed); writes dq."""
+    B, T, H, D = q.shape
+    BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
+        q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
+        delta, dq, cu if cu is not None else q, T, M, window_eff, scale * _LOG2E, scale,
+        H=H, HKV=k.shape[2], HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
+        HAS_SINK=M > 0, PREC=prec, FAR_MASK=3 if cfg.get("split_masks", False) else 1,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale, *, backend="cuda"):
+    """dq of ``sbops::swa_attn`` alone (no varlen, no sinks): the dQ half of ``swa_attn_bwd``,
+    for a backward whose dK/dV come from elsewhere (the sm_90 kernel without its fused dQ)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    o, lse, grad_o = o.contiguous(), lse.contiguous(), grad_o.to(q.dtype).contiguous()
+    N, max_len, window_eff, scale, cu, sk, sv, M, prec = _prepare(
+        q, k, v, window, scale, None, None, None, None)
+    dq = torch.empty_like(q)
+    if q.numel() == 0:
+        return dq
+    cfg = _resolve_config(None, "bwd", q.shape[-1], q.dtype, backend)
+    _launch_dq(q, k, v, sk, sv, grad_o, lse, _bwd_delta(o, grad_o, grad_lse), dq, cu, N, max_len, M,
+               window_eff, scale, prec, cfg)
+    return dq
+
+
 def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
                  *, config=None, backend="cuda", max_seqlen=None):
     """Backward of ``sbops::swa_attn``: returns (dq, dk, dv, dsink_k, dsink_v).
@@ -566,14 +608,7 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     # stay 0) through atomics of the dK/dV (and sink) kernels; no dQ kernel
     dq_acc = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic_dq else dq
 
-    R = B * T * H
-    delta = torch.empty((B, T, H), device=q.device, dtype=torch.float32)
-    glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
-    BLOCK_R = 64
-    _bwd_preprocess_kernel[(triton.cdiv(R, BLOCK_R),)](
-        o, grad_o, glse if glse is not None else delta, delta, R,
-        HEAD_DIM=D, BLOCK_R=BLOCK_R, HAS_GLSE=glse is not None)
-
+    delta = _bwd_delta(o, grad_o, grad_lse)
     qk_scale = scale * _LOG2E
     cu_arg = cu if cu is not None else q
     _bwd_dkdv_kernel[(HKV, triton.cdiv(max_len, BN), N)](
@@ -581,12 +616,8 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, IS_VARLEN=cu is not None,
         PREC=prec, FAR_MASK=4 if split else 1, ATOMIC_DQ=atomic_dq, **launch)
     if not atomic_dq:
-        # dQ: long query block, short key block (the dK/dV config transposed)
-        _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
-            q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
-            delta, dq, cu_arg, T, M, window_eff, qk_scale, scale,
-            H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
-            HAS_SINK=M > 0, PREC=prec, FAR_MASK=3 if split else 1, **launch)
+        _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, window_eff, scale, prec,
+                   cfg)
     if M > 0:
         rows = B * T
         n_chunks = triton.cdiv(rows, _SINK_CHUNK)
