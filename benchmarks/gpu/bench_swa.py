@@ -285,6 +285,20 @@ def bwd_variants(ours, result, save):
         result["bwd_variants_32k_ms"][variant] = ms
         print(f"bwd T=32k {variant}: {ms:.3f} ms  {tflops(32768, WINDOW, ms, 2.5):.0f} TFLOP/s", flush=True)
         save()
+    # the parts: the native op without dQ (prep + dK/dV kernel) and the Triton dQ alone (delta + dQ kernel)
+    q, k, v = inputs(32768)
+    do = torch.randn_like(q)
+    o, lse = ours._fwd(q, k, v, WINDOW, None)
+    window_eff, scale = WINDOW, D ** -0.5
+    native = torch.ops.sbops_native.swa_attn_bwd_sm90
+    parts = {"sm90 prep + dK/dV kernel": lambda: native(q, k, v, o, lse, do, None, window_eff, scale, False),
+             "sm90 prep + fused kernel + dq cast": lambda: native(q, k, v, o, lse, do, None, window_eff, scale, True),
+             "triton delta + dQ kernel": lambda: ours.swa.swa_attn_bwd_dq(q, k, v, o, lse, do, None, WINDOW, None)}
+    result["bwd_parts_32k_ms"] = {}
+    for name, fn in parts.items():
+        result["bwd_parts_32k_ms"][name] = ms = bench(fn)
+        print(f"bwd part T=32k {name}: {ms:.3f} ms", flush=True)
+    save()
 
 
 def main():

@@ -15,8 +15,9 @@
 //      P^T  = exp2(S^T scale log2(e) - lse2),  dS^T = P^T (dP^T - delta) scale
 //      dV  += P^T dO,  dK += dS^T Q   (m64n128k16, P^T / dS^T straight from registers, dO / Q as MN-major operands)
 //    and with dq_acc: dS^T goes to shared memory (bf16/fp16, both warpgroups' halves), and each warpgroup
-//    computes its 64 dims of dQ = dS K (m64n64k16, both operands MN-major) and adds them to the float32
-//    dq_acc with 8-byte vector atomics (FlashAttention-3's design, 5 MMAs per step instead of 7).
+//    computes its 64 dims of dQ = dS K (m64n64k16, both operands MN-major) into a float32 tile in shared
+//    memory, which warp 1 of the producer warpgroup adds to dq_acc with bulk reductions (cp.reduce.async.bulk)
+//    while the MMA warpgroups go on (FlashAttention-3's design, 5 MMAs per step instead of 7).
 //  dK and dV of the KV head stay in registers over all G heads: written once, no atomics.
 // NVIDIA only (inline PTX): under USE_MACA the launchers report "not available" and the Triton backward runs.
 #include "swa_bwd.cuh"
@@ -42,11 +43,14 @@ using QTile = sm90::KMajorSw128Tile<kBM, kD>;   // Q, dO: queries x dims
 using DsTile = sm90::KMajorSw128Tile<kBN, kBM>;  // dS^T: keys x queries (read as the MN-major A of dQ = dS K)
 constexpr int kKBytes = KTile::kBytes, kQBytes = QTile::kBytes, kDsBytes = DsTile::kBytes;
 constexpr int kRowBytes = kBM * 4;  // 64 float32 lse2 or delta values
-// layout: K, V, Q[kStages], dO[kStages], dS[2], lse2[kStages], delta[kStages], mbarriers
+// layout: K, V, Q[kStages], dO[kStages], dS[3], lse2[kStages], delta[kStages], dQ (float32), mbarriers
 constexpr int kOffV = kKBytes, kOffQ = 2 * kKBytes, kOffDo = kOffQ + kStages * kQBytes;
-constexpr int kOffDs = kOffDo + kStages * kQBytes, kOffLse = kOffDs + 2 * kDsBytes;
-constexpr int kOffDelta = kOffLse + kStages * kRowBytes, kOffBar = kOffDelta + kStages * kRowBytes;
-constexpr int kSmemBytes = kOffBar + 8 * (1 + 2 * kStages);
+constexpr int kOffDs = kOffDo + kStages * kQBytes, kOffLse = kOffDs + 3 * kDsBytes;
+constexpr int kDqStride = kD + 8;  // float32 dQ tile rows, padded (8-byte stores of a fragment: no bank conflict)
+constexpr int kDqBytes = kBM * kDqStride * 4;
+constexpr int kOffDelta = kOffLse + kStages * kRowBytes, kOffDq = kOffDelta + kStages * kRowBytes;
+constexpr int kOffBar = kOffDq + kDqBytes;
+constexpr int kSmemBytes = kOffBar + 8 * (6 + 2 * kStages);
 static_assert(kSmemBytes <= 227 * 1024 && kOffV % 1024 == 0 && kOffQ % 1024 == 0 && kOffDs % 1024 == 0, "shared memory: tiles 1024-byte aligned");
 static_assert(kD == 2 * 64 && kBM == 64, "tiles are loaded as 64-dim boxes; one dS^T atom per 64 queries");
 
@@ -126,6 +130,9 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   const uint32_t bar_kv = base + kOffBar;   // K and V tiles have landed
   const uint32_t bar_full = bar_kv + 8;     // kStages: the stage's Q, dO, lse2, delta have landed
   const uint32_t bar_empty = bar_full + 8 * kStages;  // kStages: both MMA warpgroups are done with the stage
+  const uint32_t bar_dq_full = bar_empty + 8 * kStages;  // the step's dQ tile is in shared memory
+  const uint32_t bar_dq_empty = bar_dq_full + 8;         // the dQ writer warp has read it
+  const uint32_t bar_ds_full = bar_dq_empty + 8;         // 3: both MMA warpgroups wrote dS^T into that buffer
 
   const int n0 = blockIdx.x * kBN, hkv = blockIdx.y, b = blockIdx.z;
   const int G = H / HKV;
@@ -140,11 +147,35 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       sm90::mbar_init(bar_full + 8 * st, 1);
       sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
     }
+    sm90::mbar_init(bar_dq_full, kConsumerThreads);
+    sm90::mbar_init(bar_dq_empty, kWarpSize);
+    for (int j = 0; j < 3; ++j) sm90::mbar_init(bar_ds_full + 8 * j, kConsumerThreads);
   }
   __syncthreads();
 
   if (tid < kProducerThreads) {
     sm90::regs_dec<kProducerRegs>();
+    if (kDq && tid / kWarpSize == 1) {
+      // ---- dQ writer warp: adds each step's dQ tile (64 query rows of 128 floats) to dq_acc with bulk
+      // reductions, two rows per lane, then frees the tile for the next step
+      const int lane = lane_id();
+      for (int i = 0; i < nsteps; ++i) {
+        const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
+        sm90::mbar_wait(bar_dq_full, i & 1);
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int row = 2 * lane + rr, q = m0 + row;
+          if (q < L)
+            sm90::bulk_reduce_add_f32(dq_acc + ((static_cast<int64_t>(b) * L + q) * H + h) * kD,
+                                      base + kOffDq + row * (kDqStride * 4), kD * 4);
+        }
+        sm90::bulk_commit();
+        sm90::bulk_wait_read<0>();
+        sm90::mbar_arrive(bar_dq_empty);
+      }
+      sm90::bulk_wait<0>();
+      return;
+    }
     if (tid != 0) return;
     sm90::tma_prefetch_map(&tm_q);
     sm90::tma_prefetch_map(&tm_k);
@@ -181,18 +212,60 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
   for (int i = 0; i < 64; ++i) dk[i] = dv[i] = 0.f;
 
+  float* dq_tile = reinterpret_cast<float*>(smem + kOffDq);
+  // this warpgroup's 64 dims of dQ of step j into the shared tile for the writer warp (which has read step
+  // j - 1's tile by now, nearly always)
+  auto put_dq = [&](const float (&dq)[32], int j) {
+    if (j > 0) sm90::mbar_wait(bar_dq_empty, (j - 1) & 1);
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float* row = dq_tile + (16 * warp + (lane >> 2) + 8 * rr) * kDqStride + 64 * wg + col0;
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+        *reinterpret_cast<float2*>(row + 8 * jj) = make_float2(dq[4 * jj + 2 * rr], dq[4 * jj + 2 * rr + 1]);
+    }
+    sm90::fence_proxy_async();  // for the writer's bulk reductions (async proxy)
+    sm90::mbar_arrive(bar_dq_full);
+  };
+  // issue dQ[:, 64 wg ..] = dS K of the step whose dS^T sits in buffer buf
+  auto issue_dq = [&](float (&dq)[32], int buf) {
+    const uint32_t ds_s = base + kOffDs + buf * kDsBytes;
+#pragma unroll
+    for (int ks = 0; ks < kBN / 16; ++ks)
+      sm90::Wgmma64<E>::template ss<1, 1>(dq, DsTile::desc_rows_as_k(ds_s, ks),
+                                          KTile::desc_rows_as_k(s_k + wg * (kBN * 128), ks), ks > 0);
+  };
+
   sm90::mbar_wait(bar_kv, 0);
   for (int i = 0; i < nsteps; ++i) {
     const int st = i % kStages;
-    const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
+    const int m0 = n0 + kBM * (i % nq);
     const uint32_t s_q = base + kOffQ + st * kQBytes, s_do = base + kOffDo + st * kQBytes;
     float s[32], dp[32];  // m64n64 accumulators: keys krow (+8) x queries
+    float dq[32];         // kDq: dQ of step i - 1 (m64n64: its queries 16 warp + lane / 4 (+8) x dims 64 wg + ..)
+    // kDq: the previous step's dQ goes first, once both warpgroups wrote that step's dS^T (an mbarrier, so the
+    // two warpgroups drift apart and one's softmax overlaps the other's MMAs).  At step 0 it runs on an unused
+    // buffer and is dropped: every step issues the same wgmma groups (dQ, S, dP, dV + dK), so every wait below
+    // retires a known group.
+    if constexpr (kDq) {
+      if (i > 0) sm90::mbar_wait(bar_ds_full + 8 * ((i - 1) % 3), ((i - 1) / 3) & 1);
+    }
     sm90::mbar_wait(bar_full + 8 * st, (i / kStages) & 1);
     sm90::wgmma_fence();
+    if constexpr (kDq) {
+      issue_dq(dq, (i + 2) % 3);
+      sm90::wgmma_commit();
+    }
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks)
       sm90::Wgmma64<E>::template ss<0, 0>(s, KTile::desc(s_k, 64 * wg, ks), QTile::desc(s_q, 0, ks), ks > 0);
     sm90::wgmma_commit();
+    if constexpr (kDq) {  // dQ of step i - 1 is in (S^T runs): to shared memory before dP^T takes registers
+      sm90::wgmma_wait<1>();
+      sm90::reg_fence(dq);
+      if (i > 0) put_dq(dq, i - 1);
+    }
+    sm90::wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kD / 16; ++ks)
       sm90::Wgmma64<E>::template ss<0, 0>(dp, KTile::desc(s_v, 64 * wg, ks), QTile::desc(s_do, 0, ks), ks > 0);
@@ -207,7 +280,6 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       const float2 d = *reinterpret_cast<const float2*>(delta_st + 8 * j + col0);
       l2[2 * j] = a.x, l2[2 * j + 1] = a.y, dl[2 * j] = d.x, dl[2 * j + 1] = d.y;
     }
-
     sm90::wgmma_wait<1>();  // S^T is in; dP^T may still run
     sm90::reg_fence(s);
     // every pair visible and every query in the sequence: no mask
@@ -238,11 +310,12 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
       for (int j = 0; j < 4; ++j) da[ks][j] = pack2<E>(dp[8 * ks + 2 * j], dp[8 * ks + 2 * j + 1]);
-    const int buf = i & 1;  // dS^T tile of this step (double-buffered: see the barrier below)
     if constexpr (kDq) {
-      // dS^T rows krow, krow + 8, query pairs (8 j + col0, + 1): fragment (ks, j) holds rows krow + 8 (j & 1),
-      // queries 16 ks + 8 (j >> 1) + col0
-      unsigned char* tile = smem + kOffDs + buf * kDsBytes;
+      // dS^T rows krow, krow + 8, query pairs (8 j + col0, + 1) into buffer i % 3: fragment (ks, j) holds rows
+      // krow + 8 (j & 1), queries 16 ks + 8 (j >> 1) + col0.  Three buffers: buffer i % 3 is rewritten at step
+      // i + 3, after this warpgroup waited (step i + 2) for the other one's dS^T of step i + 1, which that one
+      // writes after its dQ of step i has completed.
+      unsigned char* tile = smem + kOffDs + (i % 3) * kDsBytes;
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
@@ -251,6 +324,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
           *reinterpret_cast<uint32_t*>(tile + DsTile::chunk_offset(r, kg) + 2 * col0) = da[ks][j];
         }
       sm90::fence_proxy_async();  // the st.shared above, for the dQ wgmma of both warpgroups
+      sm90::mbar_arrive(bar_ds_full + 8 * (i % 3));
     }
 
     sm90::wgmma_fence();
@@ -261,44 +335,23 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     for (int ks = 0; ks < kBM / 16; ++ks)
       sm90::Wgmma<E>::template rs<1>(dk, da[ks], QTile::desc_rows_as_k(s_q, ks), 1);
     sm90::wgmma_commit();
-
-    if constexpr (kDq) {
-      // Both halves of dS^T are written.  A buffer is rewritten two steps later, after the other warpgroup
-      // passed this barrier again, i.e. after it waited for its dQ MMA of this step.
-      sm90::named_sync(1, kConsumerThreads);
-      float dq[32];  // m64n64: queries 16 warp + lane / 4 (+8) x dims 64 wg + 8 j + col0 (+1)
+    sm90::wgmma_wait<0>();
+    sm90::reg_fence(dk);
+    sm90::reg_fence(dv);
+    sm90::reg_fence(pa);
+    sm90::reg_fence(da);
+    sm90::mbar_arrive(bar_empty + 8 * st);
+  }
+  if constexpr (kDq) {  // the last step's dQ
+    if (nsteps > 0) {
+      float dq[32];
+      sm90::mbar_wait(bar_ds_full + 8 * ((nsteps - 1) % 3), ((nsteps - 1) / 3) & 1);
       sm90::wgmma_fence();
-      const uint32_t ds_s = base + kOffDs + buf * kDsBytes;
-#pragma unroll
-      for (int ks = 0; ks < kBN / 16; ++ks)
-        sm90::Wgmma64<E>::template ss<1, 1>(dq, DsTile::desc_rows_as_k(ds_s, ks),
-                                            KTile::desc_rows_as_k(s_k + wg * (kBN * 128), ks), ks > 0);
+      issue_dq(dq, (nsteps - 1) % 3);
       sm90::wgmma_commit();
       sm90::wgmma_wait<0>();
       sm90::reg_fence(dq);
-      sm90::reg_fence(dk);
-      sm90::reg_fence(dv);
-      sm90::reg_fence(pa);
-      sm90::reg_fence(da);
-      sm90::mbar_arrive(bar_empty + 8 * st);
-      const int qrow = m0 + 16 * warp + (lane >> 2);
-#pragma unroll
-      for (int rr = 0; rr < 2; ++rr) {
-        const int q = qrow + 8 * rr;
-        if (q < L) {
-          float* dst = dq_acc + ((static_cast<int64_t>(b) * L + q) * H + h) * kD + 64 * wg + col0;
-#pragma unroll
-          for (int j = 0; j < 8; ++j)
-            atomicAdd(reinterpret_cast<float2*>(dst + 8 * j), make_float2(dq[4 * j + 2 * rr], dq[4 * j + 2 * rr + 1]));
-        }
-      }
-    } else {
-      sm90::wgmma_wait<0>();
-      sm90::reg_fence(dk);
-      sm90::reg_fence(dv);
-      sm90::reg_fence(pa);
-      sm90::reg_fence(da);
-      sm90::mbar_arrive(bar_empty + 8 * st);
+      put_dq(dq, nsteps - 1);
     }
   }
 
