@@ -86,14 +86,16 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                : "memory");
 }
 
-// 1-D bulk reduction: global[dst .. dst + bytes) += shared[src ..) as float32 (bytes a multiple of 16, both
-// 16-byte aligned), in the calling thread's bulk group; bulk_commit closes the group, bulk_wait_read<N> waits
-// until at most N groups still read shared memory, bulk_wait<N> until at most N are not complete.
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
-                   reinterpret_cast<uint64_t>(dst)),
-               "r"(src), "r"(bytes)
-               : "memory");
+// TMA reduction: the box at `src` in shared memory (the tensor map's box, in its swizzled layout) is added as
+// float32 into the tensor at the given coordinates (innermost first; parts outside the tensor are skipped), in
+// the calling thread's bulk group.  bulk_commit closes the group, bulk_wait_read<N> waits until at most N groups
+// still read shared memory, bulk_wait<N> until at most N are not complete.
+__device__ __forceinline__ void tma_reduce_add_4d(const void* map, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -237,16 +239,19 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Tensor map of a contiguous [B, T, heads, 128] 16-bit tensor read in boxes of 64 dims (128 bytes, the
-// 128-byte swizzle) x 1 head x box_rows rows x 1 batch row: one swizzle atom of a KMajorSw128Tile<box_rows, 128>.
+// Tensor map of a contiguous [B, T, heads, 128] tensor of 16-bit (or, with FLOAT32, 32-bit) elements in boxes of
+// 128 bytes of dims (64 or 32, the 128-byte swizzle) x 1 head x box_rows rows x 1 batch row: for 16-bit data one
+// swizzle atom of a KMajorSw128Tile<box_rows, 128>.
 inline cudaError_t encode_rows_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, int B, int T,
                                    int heads, int box_rows) {
   const auto encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   constexpr int kRank = 4, kDim = 128;
+  const cuuint64_t esize = type == CU_TENSOR_MAP_DATA_TYPE_FLOAT32 ? 4 : 2;
   const cuuint64_t dims[kRank] = {kDim, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
-  const cuuint64_t strides[kRank - 1] = {kDim * 2, dims[1] * kDim * 2, dims[2] * dims[1] * kDim * 2};  // bytes
-  const cuuint32_t box[kRank] = {64, 1, cuuint32_t(box_rows), 1}, elem_strides[kRank] = {1, 1, 1, 1};
+  const cuuint64_t strides[kRank - 1] = {kDim * esize, dims[1] * kDim * esize, dims[2] * dims[1] * kDim * esize};
+  const cuuint32_t box[kRank] = {cuuint32_t(128 / esize), 1, cuuint32_t(box_rows), 1};
+  const cuuint32_t elem_strides[kRank] = {1, 1, 1, 1};
   const CUresult r = encode(map, type, kRank, const_cast<void*>(base), dims, strides, box, elem_strides,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);

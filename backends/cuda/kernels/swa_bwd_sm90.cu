@@ -16,8 +16,9 @@
 //      dV  += P^T dO,  dK += dS^T Q   (m64n128k16, P^T / dS^T straight from registers, dO / Q as MN-major operands)
 //    and with dq_acc: dS^T goes to shared memory (bf16/fp16, both warpgroups' halves), and each warpgroup
 //    computes its 64 dims of dQ = dS K (m64n64k16, both operands MN-major) into a float32 tile in shared
-//    memory, which warp 1 of the producer warpgroup adds to dq_acc with bulk reductions (cp.reduce.async.bulk)
-//    while the MMA warpgroups go on (FlashAttention-3's design, 5 MMAs per step instead of 7).
+//    memory, which one thread of the producer warpgroup adds to dq_acc with TMA reductions
+//    (cp.reduce.async.bulk.tensor) while the MMA warpgroups go on (FlashAttention-3's design, 5 MMAs per step
+//    instead of 7).
 //  dK and dV of the KV head stay in registers over all G heads: written once, no atomics.
 // NVIDIA only (inline PTX): under USE_MACA the launchers report "not available" and the Triton backward runs.
 #include "swa_bwd.cuh"
@@ -43,15 +44,17 @@ using QTile = sm90::KMajorSw128Tile<kBM, kD>;   // Q, dO: queries x dims
 using DsTile = sm90::KMajorSw128Tile<kBN, kBM>;  // dS^T: keys x queries (read as the MN-major A of dQ = dS K)
 constexpr int kKBytes = KTile::kBytes, kQBytes = QTile::kBytes, kDsBytes = DsTile::kBytes;
 constexpr int kRowBytes = kBM * 4;  // 64 float32 lse2 or delta values
-// layout: K, V, Q[kStages], dO[kStages], dS[3], lse2[kStages], delta[kStages], dQ (float32), mbarriers
+// layout: K, V, Q[kStages], dO[kStages], dS[3], dQ (float32), lse2[kStages], delta[kStages], mbarriers
 constexpr int kOffV = kKBytes, kOffQ = 2 * kKBytes, kOffDo = kOffQ + kStages * kQBytes;
-constexpr int kOffDs = kOffDo + kStages * kQBytes, kOffLse = kOffDs + 3 * kDsBytes;
-constexpr int kDqStride = kD + 8;  // float32 dQ tile rows, padded (8-byte stores of a fragment: no bank conflict)
-constexpr int kDqBytes = kBM * kDqStride * 4;
-constexpr int kOffDelta = kOffLse + kStages * kRowBytes, kOffDq = kOffDelta + kStages * kRowBytes;
-constexpr int kOffBar = kOffDq + kDqBytes;
+constexpr int kOffDs = kOffDo + kStages * kQBytes, kOffDq = kOffDs + 3 * kDsBytes;
+// dQ tile: four TMA boxes of 64 query rows x 32 float32 dims (128 bytes, 128-byte swizzle), dims 32 a .. in box a
+constexpr int kDqBoxBytes = kBM * 128, kDqBytes = 4 * kDqBoxBytes;
+constexpr int kOffLse = kOffDq + kDqBytes, kOffDelta = kOffLse + kStages * kRowBytes;
+constexpr int kOffBar = kOffDelta + kStages * kRowBytes;
 constexpr int kSmemBytes = kOffBar + 8 * (6 + 2 * kStages);
-static_assert(kSmemBytes <= 227 * 1024 && kOffV % 1024 == 0 && kOffQ % 1024 == 0 && kOffDs % 1024 == 0, "shared memory: tiles 1024-byte aligned");
+static_assert(kSmemBytes <= 227 * 1024 && kOffV % 1024 == 0 && kOffQ % 1024 == 0 && kOffDs % 1024 == 0 &&
+                  kOffDq % 1024 == 0,
+              "shared memory: tiles 1024-byte aligned");
 static_assert(kD == 2 * 64 && kBM == 64, "tiles are loaded as 64-dim boxes; one dS^T atom per 64 queries");
 
 #ifdef SBOPS_SM90A_DEVICE
@@ -116,14 +119,20 @@ __global__ void swa_bwd_prep_kernel(const E* __restrict__ o, const E* __restrict
   }
 }
 
-template <typename E, bool kDq>
+// kDqMode: 0 no dQ (dq_acc unused), 1 dQ.  benchmarks/gpu/probe_swa_bwd.cu times diagnosis modes that each drop
+// one part of the dQ path (wrong results, timing only): 2 no global reduction, 3 no dQ MMA, 4 no dS^T stores.
+enum DqMode : int { kNoDq = 0, kWithDq = 1, kProbeNoReduce = 2, kProbeNoDqMma = 3, kProbeNoDsStore = 4 };
+
+template <typename E, int kDqMode>
 __global__ void __launch_bounds__(kThreads, 1)
 swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                     const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-                    const float* __restrict__ lse2, const float* __restrict__ delta, float* __restrict__ dq_acc,
+                    const __grid_constant__ CUtensorMap tm_dq, const float* __restrict__ lse2,
+                    const float* __restrict__ delta,
                     E* __restrict__ dk_out, E* __restrict__ dv_out, int L, int H, int HKV, int Tpad, int window,
                     float scale_log2, float scale) {
 #ifdef SBOPS_SM90A_DEVICE
+  constexpr bool kDq = kDqMode != kNoDq;
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t base = sm90::smem_addr(smem);
   const uint32_t s_k = base, s_v = base + kOffV;
@@ -148,26 +157,23 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
     }
     sm90::mbar_init(bar_dq_full, kConsumerThreads);
-    sm90::mbar_init(bar_dq_empty, kWarpSize);
+    sm90::mbar_init(bar_dq_empty, 1);
     for (int j = 0; j < 3; ++j) sm90::mbar_init(bar_ds_full + 8 * j, kConsumerThreads);
   }
   __syncthreads();
 
   if (tid < kProducerThreads) {
     sm90::regs_dec<kProducerRegs>();
-    if (kDq && tid / kWarpSize == 1) {
-      // ---- dQ writer warp: adds each step's dQ tile (64 query rows of 128 floats) to dq_acc with bulk
-      // reductions, two rows per lane, then frees the tile for the next step
-      const int lane = lane_id();
+    if (kDq && tid == kWarpSize) {
+      // ---- dQ writer (lane 0 of warp 1): adds each step's dQ tile to dq_acc with four TMA reductions, rows
+      // past the sequence skipped by the hardware, then frees the tile for the next step
+      sm90::tma_prefetch_map(&tm_dq);
       for (int i = 0; i < nsteps; ++i) {
         const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
         sm90::mbar_wait(bar_dq_full, i & 1);
+        if (kDqMode != kProbeNoReduce) {
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const int row = 2 * lane + rr, q = m0 + row;
-          if (q < L)
-            sm90::bulk_reduce_add_f32(dq_acc + ((static_cast<int64_t>(b) * L + q) * H + h) * kD,
-                                      base + kOffDq + row * (kDqStride * 4), kD * 4);
+          for (int a = 0; a < 4; ++a) sm90::tma_reduce_add_4d(&tm_dq, base + kOffDq + a * kDqBoxBytes, 32 * a, h, m0, b);
         }
         sm90::bulk_commit();
         sm90::bulk_wait_read<0>();
@@ -212,19 +218,22 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
   for (int i = 0; i < 64; ++i) dk[i] = dv[i] = 0.f;
 
-  float* dq_tile = reinterpret_cast<float*>(smem + kOffDq);
-  // this warpgroup's 64 dims of dQ of step j into the shared tile for the writer warp (which has read step
-  // j - 1's tile by now, nearly always)
+  // this warpgroup's 64 dims of dQ of step j into the shared tile for the writer (which has sent step j - 1's
+  // tile by now, nearly always): dims 64 wg + 8 jj + col0 (+1) sit in box 2 wg + jj / 4 at column
+  // 8 (jj % 4) + col0, whose 16-byte chunk (col / 4) is swizzled with the row
   auto put_dq = [&](const float (&dq)[32], int j) {
     if (j > 0) sm90::mbar_wait(bar_dq_empty, (j - 1) & 1);
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
-      float* row = dq_tile + (16 * warp + (lane >> 2) + 8 * rr) * kDqStride + 64 * wg + col0;
+      const int r = 16 * warp + (lane >> 2) + 8 * rr;
 #pragma unroll
-      for (int jj = 0; jj < 8; ++jj)
-        *reinterpret_cast<float2*>(row + 8 * jj) = make_float2(dq[4 * jj + 2 * rr], dq[4 * jj + 2 * rr + 1]);
+      for (int jj = 0; jj < 8; ++jj) {
+        const int col = 8 * (jj & 3) + col0;
+        const int off = (2 * wg + (jj >> 2)) * kDqBoxBytes + r * 128 + (((col >> 2) ^ (r & 7)) << 4) + 4 * (col & 3);
+        *reinterpret_cast<float2*>(smem + kOffDq + off) = make_float2(dq[4 * jj + 2 * rr], dq[4 * jj + 2 * rr + 1]);
+      }
     }
-    sm90::fence_proxy_async();  // for the writer's bulk reductions (async proxy)
+    sm90::fence_proxy_async();  // for the writer's TMA reductions (async proxy)
     sm90::mbar_arrive(bar_dq_full);
   };
   // issue dQ[:, 64 wg ..] = dS K of the step whose dS^T sits in buffer buf
@@ -253,7 +262,12 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     sm90::mbar_wait(bar_full + 8 * st, (i / kStages) & 1);
     sm90::wgmma_fence();
     if constexpr (kDq) {
-      issue_dq(dq, (i + 2) % 3);
+      if constexpr (kDqMode == kProbeNoDqMma) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j) dq[j] = 0.f;
+      } else {
+        issue_dq(dq, (i + 2) % 3);
+      }
       sm90::wgmma_commit();
     }
 #pragma unroll
@@ -319,7 +333,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 4 && kDqMode != kProbeNoDsStore; ++j) {
           const int r = krow + 8 * (j & 1), kg = 2 * ks + (j >> 1);
           *reinterpret_cast<uint32_t*>(tile + DsTile::chunk_offset(r, kg) + 2 * col0) = da[ks][j];
         }
@@ -385,7 +399,7 @@ cudaError_t launch_prep_typed(const void* o, const void* dout, const float* lse,
   return last_launch_error();
 }
 
-template <typename E, bool kDq>
+template <typename E, int kDqMode>
 cudaError_t launch_typed(const void* q, const void* k, const void* v, const void* dout, const float* lse2,
                          const float* delta, float* dq_acc, void* dk, void* dv, int B, int T, int H, int HKV,
                          int window, float scale, cudaStream_t stream) {
@@ -396,10 +410,13 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, const void
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_do, type, dout, B, T, H, kBM));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_k, type, k, B, T, HKV, kBN));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_v, type, v, B, T, HKV, kBN));
-  auto kernel = swa_bwd_sm90_kernel<E, kDq>;
+  CUtensorMap tm_dq{};
+  if (kDqMode != kNoDq)
+    SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_dq, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, dq_acc, B, T, H, kBM));
+  auto kernel = swa_bwd_sm90_kernel<E, kDqMode>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const dim3 grid(static_cast<unsigned>(ceil_div(T, kBN)), static_cast<unsigned>(HKV), static_cast<unsigned>(B));
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, tm_do, lse2, delta, dq_acc, static_cast<E*>(dk),
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, lse2, delta, static_cast<E*>(dk),
                                                  static_cast<E*>(dv), T, H, HKV,
                                                  static_cast<int>(swa_bwd_sm90_padded_len(T)), window,
                                                  scale * kLog2e, scale);
@@ -425,20 +442,21 @@ cudaError_t sbops::launch_swa_bwd_sm90(const void* q, const void* k, const void*
   if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
   if (HKV <= 0 || H % HKV != 0 || window < 0 || T > INT32_MAX - 2 * kBN || B > 65535 || HKV > 65535)
     return cudaErrorInvalidValue;
-  for (const void* p : {q, k, v, dout, static_cast<const void*>(lse2), static_cast<const void*>(delta)})
+  for (const void* p : {q, k, v, dout, static_cast<const void*>(lse2), static_cast<const void*>(delta),
+                        static_cast<const void*>(dq_acc)})
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
   const bool with_dq = dq_acc != nullptr;
   switch (dtype) {
     case DType::BF16:
-      return with_dq ? launch_typed<__nv_bfloat16, true>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV,
+      return with_dq ? launch_typed<__nv_bfloat16, kWithDq>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV,
                                                          window, scale, stream)
-                     : launch_typed<__nv_bfloat16, false>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV,
+                     : launch_typed<__nv_bfloat16, kNoDq>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV,
                                                           window, scale, stream);
     case DType::F16:
-      return with_dq ? launch_typed<__half, true>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV, window,
+      return with_dq ? launch_typed<__half, kWithDq>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV, window,
                                                   scale, stream)
-                     : launch_typed<__half, false>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV, window,
+                     : launch_typed<__half, kNoDq>(q, k, v, dout, lse2, delta, dq_acc, dk, dv, B, T, H, HKV, window,
                                                    scale, stream);
     default: return cudaErrorInvalidValue;
   }

@@ -1,0 +1,82 @@
+// Where the sm_90 SWA backward's time goes: times the kernel (T = 32k, 28 / 4 heads, window 4096, bf16) with
+// dQ off, on, and in diagnosis modes that each drop one part of the dQ path (their results are wrong; timing
+// only): no global bulk reduction, no dQ MMA, no dS^T stores.  Medians of 9 launches (CUDA events).
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_bwd.cu \
+//        backends/cuda/kernels/swa_fwd_sm90.cu -o /tmp/probe_swa_bwd && /tmp/probe_swa_bwd
+#include "../../backends/cuda/kernels/swa_bwd_sm90.cu"
+
+#include <cstdio>
+#include <vector>
+
+namespace {
+__global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    p[i] = __float2bfloat16((h & 0xFFFF) / 32768.f - 1.f);
+  }
+}
+__global__ void fill_f32(float* p, int64_t n, float v) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
+}
+#define CHECK(x)                                                                       \
+  do {                                                                                 \
+    cudaError_t e = (x);                                                               \
+    if (e != cudaSuccess) {                                                            \
+      std::printf("%s failed: %s\n", #x, cudaGetErrorString(e));                       \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+}  // namespace
+
+int main() {
+  using namespace sbops;
+  const int B = 1, T = 32768, H = 28, HKV = 4, W = 4096;
+  const float scale = 0.08838834764831845f;
+  const int64_t nq = int64_t{B} * T * H * 128, nk = int64_t{B} * T * HKV * 128, Tpad = swa_bwd_sm90_padded_len(T);
+  __nv_bfloat16 *q, *k, *v, *o, *dout, *dk, *dv;
+  float *lse, *lse2, *delta, *dq;
+  for (auto* p : {&q, &o, &dout}) CHECK(cudaMalloc(p, nq * 2));
+  for (auto* p : {&k, &v, &dk, &dv}) CHECK(cudaMalloc(p, nk * 2));
+  CHECK(cudaMalloc(&lse, int64_t{B} * T * H * 4));
+  CHECK(cudaMalloc(&lse2, int64_t{B} * H * Tpad * 4));
+  CHECK(cudaMalloc(&delta, int64_t{B} * H * Tpad * 4));
+  CHECK(cudaMalloc(&dq, nq * 4));
+  uint32_t seed = 1;
+  for (auto* p : {q, o, dout}) fill_bf16<<<1024, 256>>>(p, nq, seed++);
+  for (auto* p : {k, v}) fill_bf16<<<1024, 256>>>(p, nk, seed++);
+  fill_f32<<<1024, 256>>>(lse, int64_t{B} * T * H, 9.f);
+  CHECK(launch_prep_typed<__nv_bfloat16>(o, dout, lse, nullptr, lse2, delta, B, T, H, 0));
+  CHECK(cudaDeviceSynchronize());
+
+  using Launch = cudaError_t (*)(const void*, const void*, const void*, const void*, const float*, const float*,
+                                 float*, void*, void*, int, int, int, int, int, float, cudaStream_t);
+  const struct {
+    const char* name;
+    Launch fn;
+  } modes[] = {{"dK/dV only (no dQ)", launch_typed<__nv_bfloat16, kNoDq>},
+               {"with dQ", launch_typed<__nv_bfloat16, kWithDq>},
+               {"with dQ, no global reduction", launch_typed<__nv_bfloat16, kProbeNoReduce>},
+               {"with dQ, no dQ MMA", launch_typed<__nv_bfloat16, kProbeNoDqMma>},
+               {"with dQ, no dS^T stores", launch_typed<__nv_bfloat16, kProbeNoDsStore>}};
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  for (int round = 0; round < 2; ++round)
+    for (const auto& m : modes) {
+      std::vector<float> ms;
+      for (int it = 0; it < 11; ++it) {
+        CHECK(cudaMemsetAsync(dq, 0, nq * 4));
+        CHECK(cudaEventRecord(e0));
+        CHECK(m.fn(q, k, v, dout, lse2, delta, dq, dk, dv, B, T, H, HKV, W, scale, 0));
+        CHECK(cudaEventRecord(e1));
+        CHECK(cudaEventSynchronize(e1));
+        float t = 0;
+        CHECK(cudaEventElapsedTime(&t, e0, e1));
+        if (it >= 2) ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      std::printf("round %d  %-32s %.3f ms\n", round, m.name, ms[ms.size() / 2]);
+    }
+  return 0;
+}
