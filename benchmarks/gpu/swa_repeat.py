@@ -1,6 +1,7 @@
-"""Run-to-run spread of the SWA forward timings (a diagnosis script, not a test): the sm_90 forward and the
-Triton forward at T=32k and 128k (SpikingBrain shapes), alternated, N rounds of triton.testing.do_bench
-medians; prints every round and the median / min / max per kernel, and the GPU clock seen by nvidia-smi."""
+"""Run-to-run spread of the SWA timings (a diagnosis script, not a test): the sm_90 kernels and the Triton ones
+(forward at T=32k and 128k, forward + backward at T=32k; SpikingBrain shapes), alternated, N rounds of
+triton.testing.do_bench medians; prints every round and the median / min / max per kernel, and the GPU clock
+and power seen by nvidia-smi."""
 import statistics
 import subprocess
 import sys
@@ -24,18 +25,35 @@ def clock():
         return "?"
 
 
-for T in (32768, 131072):
+def fwd_bwd(fwd, bwd, q, k, v, do):
+    o, lse = fwd(q, k, v, W, None)
+    bwd(q, k, v, o, lse, do, None, W, None)
+
+
+def triton_fwd(q, k, v, window, scale):
+    return swa.swa_attn_fwd(q, k, v, window, scale, None, None, None)
+
+
+def triton_bwd(q, k, v, o, lse, do, glse, window, scale):
+    return swa.swa_attn_bwd(q, k, v, o, lse, do, glse, window, scale, None, None, None)
+
+
+for case, T in (("fwd", 32768), ("fwd", 131072), ("fwd+bwd", 32768)):
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(B, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
     v = torch.randn(B, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    runs = {"sm90": [], "triton": []}
+    do = torch.randn_like(q)
+    if case == "fwd":
+        fns = {"sm90": lambda: sm90.swa_fwd(q, k, v, W, None), "triton": lambda: triton_fwd(q, k, v, W, None)}
+    else:
+        fns = {"sm90": lambda: fwd_bwd(sm90.swa_fwd, sm90.swa_bwd, q, k, v, do),
+               "triton": lambda: fwd_bwd(triton_fwd, triton_bwd, q, k, v, do)}
+    runs = {name: [] for name in fns}
     for i in range(N):
-        runs["sm90"].append(do_bench(lambda: sm90.swa_fwd(q, k, v, W, None), warmup=25, rep=250,
-                                     return_mode="median"))
-        runs["triton"].append(do_bench(lambda: swa.swa_attn_fwd(q, k, v, W, None, None, None, None), warmup=25,
-                                       rep=250, return_mode="median"))
-        print(f"T={T} round {i}: sm90 {runs['sm90'][-1]:.3f} ms  triton {runs['triton'][-1]:.3f} ms  [{clock()}]",
-              flush=True)
+        for name, fn in fns.items():
+            runs[name].append(do_bench(fn, warmup=25, rep=250, return_mode="median"))
+        print(f"{case} T={T} round {i}: sm90 {runs['sm90'][-1]:.3f} ms  triton {runs['triton'][-1]:.3f} ms  "
+              f"[{clock()}]", flush=True)
     for name, xs in runs.items():
-        print(f"T={T} {name}: median {statistics.median(xs):.3f}  min {min(xs):.3f}  max {max(xs):.3f} ms")
+        print(f"{case} T={T} {name}: median {statistics.median(xs):.3f}  min {min(xs):.3f}  max {max(xs):.3f} ms")
