@@ -26,8 +26,8 @@ OPS = {
                           features=frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state"}),
                           impl="triton"),
     "swa_attn": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"varlen", "sinks", "full_causal"}),
-                       impl="triton; on sm_90 the forward is a CUDA C++ wgmma + TMA kernel where it applies "
-                            "(tuning/sm90.json)"),
+                       impl="triton; on sm_90 the forward and backward are CUDA C++ wgmma + TMA kernels where "
+                            "they apply (tuning/sm90.json)"),
     "linear_attn_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"gate_per_head", "gate_per_key"}),
                                  impl="cuda c++"),
     "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal"}), impl="cuda c++"),
