@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -523,35 +524,45 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
                op);
 }
 
+// q [B,T,H,128] and k, v [B,T,HKV,128] on one device in one 16-bit dtype, and a resolved window: the inputs the
+// sm_90 SWA kernels (forward and backward) accept.  Returns {B, T, H, HKV}.
+std::array<int64_t, 4> check_swa_sm90_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
+                                          const char* op) {
+  check_cuda(q, op, "q");
+  check_cuda(k, op, "k");
+  check_cuda(v, op, "v");
+  TORCH_CHECK(q.device() == k.device() && q.device() == v.device(), op, ": q, k, v must be on one device");
+  const auto s = q.scalar_type();
+  TORCH_CHECK(s == at::kBFloat16 || s == at::kHalf, op, ": q must be bfloat16 or float16, got ", s);
+  TORCH_CHECK(k.scalar_type() == s && v.scalar_type() == s, op, ": q, k, v must share a dtype");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes(), op, ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), HKV = k.size(2);
+  TORCH_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
+  TORCH_CHECK(k.size(0) == B && k.size(1) == T && k.size(3) == D && HKV >= 1 && H % HKV == 0, op,
+              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
+  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
+  TORCH_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
+  TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
+  return {B, T, H, HKV};
+}
+
+// TMA reads 16-byte-aligned bases: a contiguous view at an odd storage offset is copied first
+Tensor tma_ready(const Tensor& t) {
+  const Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone(at::MemoryFormat::Contiguous);
+}
+
 // sbops_native::swa_attn_fwd_sm90: the Hopper forward of sbops::swa_attn for the cases it serves (bf16/fp16,
 // D = 128, no varlen, no sinks; window already resolved, >= 0).  Called from the Python CUDA kernel of
 // sbops::swa_attn (backends/cuda/sm90.py), never a public op.
 std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                                   int64_t window, double scale) {
   const char* op = "swa_attn (sm90)";
-  check_cuda(q_in, op, "q");
-  check_cuda(k_in, op, "k");
-  check_cuda(v_in, op, "v");
-  TORCH_CHECK(q_in.device() == k_in.device() && q_in.device() == v_in.device(), op,
-              ": q, k, v must be on one device");
-  const auto s = q_in.scalar_type();
-  TORCH_CHECK(s == at::kBFloat16 || s == at::kHalf, op, ": q must be bfloat16 or float16, got ", s);
-  TORCH_CHECK(k_in.scalar_type() == s && v_in.scalar_type() == s, op, ": q, k, v must share a dtype");
-  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
-              ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
-  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), D = q_in.size(3), HKV = k_in.size(2);
-  TORCH_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
-  TORCH_CHECK(k_in.size(0) == B && k_in.size(1) == T && k_in.size(3) == D && HKV >= 1 && H % HKV == 0, op,
-              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
-  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
-  TORCH_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
   c10::cuda::CUDAGuard guard(q_in.device());
-  TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
-  // TMA reads 16-byte-aligned bases: a contiguous view at an odd storage offset is copied first
-  auto aligned = [](const Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
-  };
-  const Tensor q = aligned(q_in.contiguous()), k = aligned(k_in.contiguous()), v = aligned(v_in.contiguous());
+  const auto [B, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op);
+  const int64_t D = sbops::kSwaFwdSm90HeadDim;
+  const auto s = q_in.scalar_type();
+  const Tensor q = tma_ready(q_in), k = tma_ready(k_in), v = tma_ready(v_in);
   Tensor o = at::empty({B, T, H, D}, q.options());
   Tensor lse = at::empty({B, T, H}, q.options().dtype(at::kFloat));
   check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), v.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
@@ -570,26 +581,17 @@ std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, co
                                                           const std::optional<Tensor>& grad_lse_in, int64_t window,
                                                           double scale, bool fuse_dq) {
   const char* op = "swa_attn_bwd (sm90)";
-  check_cuda(q_in, op, "q");
-  check_cuda(k_in, op, "k");
-  check_cuda(v_in, op, "v");
+  c10::cuda::CUDAGuard guard(q_in.device());
+  const auto [B, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op);
+  const int64_t D = sbops::kSwaFwdSm90HeadDim;
+  const auto s = q_in.scalar_type();
   check_cuda(o_in, op, "o");
   check_cuda(lse_in, op, "lse");
   check_cuda(grad_o_in, op, "grad_o");
-  for (const Tensor* t : {&k_in, &v_in, &o_in, &lse_in, &grad_o_in})
+  for (const Tensor* t : {&o_in, &lse_in, &grad_o_in})
     TORCH_CHECK(t->device() == q_in.device(), op, ": every tensor must be on q's device ", q_in.device());
-  const auto s = q_in.scalar_type();
-  TORCH_CHECK(s == at::kBFloat16 || s == at::kHalf, op, ": q must be bfloat16 or float16, got ", s);
-  TORCH_CHECK(k_in.scalar_type() == s && v_in.scalar_type() == s && o_in.scalar_type() == s &&
-                  grad_o_in.scalar_type() == s,
-              op, ": q, k, v, o, grad_o must share a dtype");
+  TORCH_CHECK(o_in.scalar_type() == s && grad_o_in.scalar_type() == s, op, ": o and grad_o must have q's dtype");
   TORCH_CHECK(lse_in.scalar_type() == at::kFloat, op, ": lse must be float32");
-  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && k_in.sizes() == v_in.sizes(), op,
-              ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
-  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), D = q_in.size(3), HKV = k_in.size(2);
-  TORCH_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
-  TORCH_CHECK(k_in.size(0) == B && k_in.size(1) == T && k_in.size(3) == D && HKV >= 1 && H % HKV == 0, op,
-              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
   TORCH_CHECK(o_in.sizes() == q_in.sizes() && grad_o_in.sizes() == q_in.sizes(), op, ": o, grad_o must be q's shape");
   TORCH_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == T && lse_in.size(2) == H, op,
               ": lse must be [B,T,H]");
@@ -597,16 +599,9 @@ std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, co
     check_cuda(*grad_lse_in, op, "grad_lse");
     TORCH_CHECK(grad_lse_in->sizes() == lse_in.sizes(), op, ": grad_lse must be [B,T,H]");
   }
-  TORCH_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
-  TORCH_CHECK(T <= INT32_MAX / 2 && B <= 65535 && HKV <= 65535 && B * T * H <= INT64_MAX / D, op,
-              ": sizes too large");
-  c10::cuda::CUDAGuard guard(q_in.device());
-  TORCH_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
-  auto aligned = [](const Tensor& t) {
-    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
-  };
-  const Tensor q = aligned(q_in.contiguous()), k = aligned(k_in.contiguous()), v = aligned(v_in.contiguous());
-  const Tensor o = aligned(o_in.contiguous()), grad_o = aligned(grad_o_in.contiguous()), lse = lse_in.contiguous();
+  TORCH_CHECK(B <= 65535 && HKV <= 65535, op, ": B and HKV must be <= 65535 (grid dimensions)");
+  const Tensor q = tma_ready(q_in), k = tma_ready(k_in), v = tma_ready(v_in);
+  const Tensor o = tma_ready(o_in), grad_o = tma_ready(grad_o_in), lse = lse_in.contiguous();
   Tensor glse;
   if (grad_lse_in.has_value()) glse = grad_lse_in->to(at::kFloat).contiguous();
   const int64_t Tpad = sbops::swa_bwd_sm90_padded_len(T);

@@ -78,6 +78,34 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint3
       : "memory");
 }
 
+// rows row .. row + R - 1 of head `head`, batch row b, of a [B, L, heads, 128] 16-bit tensor (the boxes of
+// encode_rows_map with box_rows = R) into a KMajorSw128Tile<R, 128>: two boxes of 64 dims, one per swizzle atom
+template <int R>
+__device__ __forceinline__ void tma_rows(uint32_t dst, const void* map, uint32_t mbar, int head, int row, int b) {
+#pragma unroll
+  for (int a = 0; a < 2; ++a) tma_load_4d(dst + a * (R * 128), map, mbar, 64 * a, head, row, b);
+}
+
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// two floats as one 32-bit register of packed bf16 / fp16 (the A-operand fragment layout of wgmma)
+template <typename E>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
 // 1-D bulk copy (no tensor map) of `bytes` contiguous bytes, a multiple of 16, from a 16-byte-aligned global
 // address into shared memory; completes transaction bytes of `mbar` like the tensor copies.
 __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t mbar) {

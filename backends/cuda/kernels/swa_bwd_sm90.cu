@@ -61,31 +61,6 @@ static_assert(kD == 2 * 64 && kBM == 64, "tiles are loaded as 64-dim boxes; one 
 constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-template <typename E>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// rows row .. row + R - 1 of head `head`, batch row b, of a [B, L, heads, 128] tensor: two boxes of 64 dims
-template <int R>
-__device__ __forceinline__ void tma_rows(uint32_t dst, const void* map, uint32_t mbar, int head, int row, int b) {
-#pragma unroll
-  for (int a = 0; a < 2; ++a) sm90::tma_load_4d(dst + a * (R * 128), map, mbar, 64 * a, head, row, b);
-}
 #endif  // SBOPS_SM90A_DEVICE
 
 template <typename E>
@@ -188,16 +163,16 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     sm90::tma_prefetch_map(&tm_v);
     sm90::tma_prefetch_map(&tm_do);
     sm90::mbar_expect_tx(bar_kv, 2 * kKBytes);
-    tma_rows<kBN>(s_k, &tm_k, bar_kv, hkv, n0, b);
-    tma_rows<kBN>(s_v, &tm_v, bar_kv, hkv, n0, b);
+    sm90::tma_rows<kBN>(s_k, &tm_k, bar_kv, hkv, n0, b);
+    sm90::tma_rows<kBN>(s_v, &tm_v, bar_kv, hkv, n0, b);
     for (int i = 0; i < nsteps; ++i) {
       const int st = i % kStages;
       if (i >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((i / kStages) - 1) & 1);
       const uint32_t full = bar_full + 8 * st;
       const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
       sm90::mbar_expect_tx(full, 2 * kQBytes + 2 * kRowBytes);
-      tma_rows<kBM>(base + kOffQ + st * kQBytes, &tm_q, full, h, m0, b);
-      tma_rows<kBM>(base + kOffDo + st * kQBytes, &tm_do, full, h, m0, b);
+      sm90::tma_rows<kBM>(base + kOffQ + st * kQBytes, &tm_q, full, h, m0, b);
+      sm90::tma_rows<kBM>(base + kOffDo + st * kQBytes, &tm_do, full, h, m0, b);
       const int64_t row = (static_cast<int64_t>(b) * H + h) * Tpad + m0;  // m0 + 64 <= Tpad
       sm90::bulk_load(base + kOffLse + st * kRowBytes, lse2 + row, kRowBytes, full);
       sm90::bulk_load(base + kOffDelta + st * kRowBytes, delta + row, kRowBytes, full);
@@ -302,7 +277,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float p = ex2(fmaf(s[4 * j + e], scale_log2, -l2[2 * j + (e & 1)]));
+        float p = sm90::ex2(fmaf(s[4 * j + e], scale_log2, -l2[2 * j + (e & 1)]));
         if (!full_tile) {
           const int c = m0 + 8 * j + col0 + (e & 1), r = n0 + krow + 8 * (e >> 1);
           if (c < r || c > r + window || c >= L) p = 0.f;
@@ -313,7 +288,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) pa[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
+      for (int j = 0; j < 4; ++j) pa[ks][j] = sm90::pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
 
     sm90::wgmma_wait<0>();
     sm90::reg_fence(dp);
@@ -323,7 +298,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) da[ks][j] = pack2<E>(dp[8 * ks + 2 * j], dp[8 * ks + 2 * j + 1]);
+      for (int j = 0; j < 4; ++j) da[ks][j] = sm90::pack2<E>(dp[8 * ks + 2 * j], dp[8 * ks + 2 * j + 1]);
     if constexpr (kDq) {
       // dS^T rows krow, krow + 8, query pairs (8 j + col0, + 1) into buffer i % 3: fragment (ks, j) holds rows
       // krow + 8 (j & 1), queries 16 ks + 8 (j >> 1) + col0.  Three buffers: buffer i % 3 is rewritten at step
@@ -379,8 +354,8 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       uint32_t* ov = reinterpret_cast<uint32_t*>(dv_out + off);
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
-        ok[4 * j] = pack2<E>(dk[4 * j + 2 * rr], dk[4 * j + 2 * rr + 1]);
-        ov[4 * j] = pack2<E>(dv[4 * j + 2 * rr], dv[4 * j + 2 * rr + 1]);
+        ok[4 * j] = sm90::pack2<E>(dk[4 * j + 2 * rr], dk[4 * j + 2 * rr + 1]);
+        ov[4 * j] = sm90::pack2<E>(dv[4 * j + 2 * rr], dv[4 * j + 2 * rr + 1]);
       }
     }
   }

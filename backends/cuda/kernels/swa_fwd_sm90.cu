@@ -47,31 +47,6 @@ constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 * 40 
 static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
 static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 lanes (wgmma fragment layouts)");
 
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-template <typename E>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// TMA of the 128 x 128 tile (rows row .. row + 127 of head `head`, batch row b) of a [B, L, heads, 128] tensor:
-// two boxes of 128 rows x 64 dims (128 bytes), one per swizzle atom of the tile.
-__device__ __forceinline__ void tma_tile(uint32_t dst, const void* map, uint32_t mbar, int head, int row, int b) {
-#pragma unroll
-  for (int a = 0; a < 2; ++a) sm90::tma_load_4d(dst + a * (kTileBytes / 2), map, mbar, 64 * a, head, row, b);
-}
 #endif  // SBOPS_SM90A_DEVICE
 
 template <typename E>
@@ -138,12 +113,12 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         const uint32_t full = bar_full + 8 * st;
         sm90::mbar_expect_tx(full, 2 * kTileBytes);
         const int n0 = it.lo + t * kBN;
-        tma_tile(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
-        tma_tile(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
+        sm90::tma_rows<kBM>(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
+        sm90::tma_rows<kBM>(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
         if (t == 0) {
           if (n_item > 0) sm90::mbar_wait(bar_qempty, (n_item - 1) & 1);
           sm90::mbar_expect_tx(bar_qfull, kTileBytes);
-          tma_tile(s_q, &tm_q, bar_qfull, it.h, it.m0, it.b);
+          sm90::tma_rows<kBM>(s_q, &tm_q, bar_qfull, it.h, it.m0, it.b);
         }
       }
     }
@@ -213,13 +188,13 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
         mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
         const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
-        alpha[r] = ex2(m_r[r] - m_new);
+        alpha[r] = sm90::ex2(m_r[r] - m_new);
         m_r[r] = m_new;
         neg_m[r] = -m_new;
       }
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
-        s[i] = ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
+        s[i] = sm90::ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
         sum[(i >> 1) & 1] += s[i];
       }
       l_r[0] = l_r[0] * alpha[0] + sum[0];
@@ -229,7 +204,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) p[ks][j] = pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
+        for (int j = 0; j < 4; ++j) p[ks][j] = sm90::pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
     };
 
     sm90::mbar_wait(bar_qfull, n_item & 1);
@@ -290,7 +265,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         const int64_t tok = static_cast<int64_t>(it.b) * L + row;
         uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
 #pragma unroll
-        for (int i = 0; i < 16; ++i) out[4 * i] = pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
+        for (int i = 0; i < 16; ++i) out[4 * i] = sm90::pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
         if ((lane & 3) == 0) lse[tok * H + it.h] = (m_r[r] + __log2f(l_safe)) * kLn2;
       }
     }
