@@ -87,19 +87,19 @@ def register_triton(tuning_backend: str) -> None:
     routes = sm90.routes() if tuning_backend == "cuda" else {}
     sm90_fwd, sm90_bwd = routes.get("swa_fwd", False), routes.get("swa_bwd", False)
 
+    def sm90_serves(q, k, v, scale, cu_seqlens, sink_k, sink_v):
+        swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)  # the Triton launchers' errors first
+        return sm90.swa_applies(q, k, v, cu_seqlens, sink_k, scale)
+
     def swa_attn(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
-        if sm90_fwd:
-            swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
-            if sm90.swa_applies(q, k, v, cu_seqlens, sink_k, scale):
-                return sm90.swa_fwd(q, k, v, window, scale)
+        if sm90_fwd and sm90_serves(q, k, v, scale, cu_seqlens, sink_k, sink_v):
+            return sm90.swa_fwd(q, k, v, window, scale)
         return swa.swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, backend=tuning_backend)
 
     def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
-        if sm90_bwd:
-            swa._check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
-            if sm90.swa_applies(q, k, v, cu_seqlens, sink_k, scale):
-                return sm90.swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale,
-                                    fuse_dq=routes.get("swa_bwd_fused_dq", True))
+        if sm90_bwd and sm90_serves(q, k, v, scale, cu_seqlens, sink_k, sink_v):
+            return sm90.swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale,
+                                fuse_dq=routes.get("swa_bwd_fused_dq", True))
         return swa.swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
                                 backend=tuning_backend)
 

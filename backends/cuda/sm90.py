@@ -56,7 +56,8 @@ def swa_fwd(q, k, v, window, scale):
 def swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, fuse_dq=True):
     """(dq, dk, dv, dsink_k, dsink_v) of ``sbops::swa_attn`` by the sm_90 backward (cases of
     ``swa_applies``; no sinks, so the sink gradients are empty). ``fuse_dq``: dQ inside the kernel
-    (float32 atomics, FlashAttention-3's 5-MMA step); False: dK/dV there, dQ by the Triton dQ kernel."""
+    (TMA reductions into a float32 buffer, FlashAttention-3's 5-MMA step); False: dK/dV there, dQ by the
+    Triton dQ kernel (a comparison path: it computes delta a second time)."""
     _, _, window_eff, scale, *_ = swa._prepare(q, k, v, window, scale, None, None, None, None)
     grad_o = grad_o.to(q.dtype)
     dq, dk, dv = torch.ops.sbops_native.swa_attn_bwd_sm90(q, k, v, o, lse, grad_o, grad_lse, window_eff, scale,

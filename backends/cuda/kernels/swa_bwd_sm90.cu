@@ -115,14 +115,16 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   const uint32_t bar_full = bar_kv + 8;     // kStages: the stage's Q, dO, lse2, delta have landed
   const uint32_t bar_empty = bar_full + 8 * kStages;  // kStages: both MMA warpgroups are done with the stage
   const uint32_t bar_dq_full = bar_empty + 8 * kStages;  // the step's dQ tile is in shared memory
-  const uint32_t bar_dq_empty = bar_dq_full + 8;         // the dQ writer warp has read it
+  const uint32_t bar_dq_empty = bar_dq_full + 8;         // the dQ writer has sent it
   const uint32_t bar_ds_full = bar_dq_empty + 8;         // 3: both MMA warpgroups wrote dS^T into that buffer
 
   const int n0 = blockIdx.x * kBN, hkv = blockIdx.y, b = blockIdx.z;
   const int G = H / HKV;
   const int hi = min(n0 + kBN + window, L);  // queries [n0, hi) see some key of the block
   const int nq = (hi - n0 + kBM - 1) / kBM;
-  const int nsteps = G * nq;  // step i: query head hkv * G + i / nq, query block n0 + kBM * (i % nq)
+  const int nsteps = G * nq;
+  auto step_head = [&](int i) { return hkv * G + i / nq; };  // step i: this query head ...
+  auto step_m0 = [&](int i) { return n0 + kBM * (i % nq); };  // ... and the query block from this row
   const int tid = threadIdx.x;
 
   if (tid == 0) {
@@ -144,7 +146,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       // past the sequence skipped by the hardware, then frees the tile for the next step
       sm90::tma_prefetch_map(&tm_dq);
       for (int i = 0; i < nsteps; ++i) {
-        const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
+        const int h = step_head(i), m0 = step_m0(i);
         sm90::mbar_wait(bar_dq_full, i & 1);
         if (kDqMode != kProbeNoReduce) {
 #pragma unroll
@@ -169,7 +171,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       const int st = i % kStages;
       if (i >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((i / kStages) - 1) & 1);
       const uint32_t full = bar_full + 8 * st;
-      const int h = hkv * G + i / nq, m0 = n0 + kBM * (i % nq);
+      const int h = step_head(i), m0 = step_m0(i);
       sm90::mbar_expect_tx(full, 2 * kQBytes + 2 * kRowBytes);
       sm90::tma_rows<kBM>(base + kOffQ + st * kQBytes, &tm_q, full, h, m0, b);
       sm90::tma_rows<kBM>(base + kOffDo + st * kQBytes, &tm_do, full, h, m0, b);
@@ -223,7 +225,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   sm90::mbar_wait(bar_kv, 0);
   for (int i = 0; i < nsteps; ++i) {
     const int st = i % kStages;
-    const int m0 = n0 + kBM * (i % nq);
+    const int m0 = step_m0(i);
     const uint32_t s_q = base + kOffQ + st * kQBytes, s_do = base + kOffDo + st * kQBytes;
     float s[32], dp[32];  // m64n64 accumulators: keys krow (+8) x queries
     float dq[32];         // kDq: dQ of step i - 1 (m64n64: its queries 16 warp + lane / 4 (+8) x dims 64 wg + ..)
