@@ -597,6 +597,7 @@ std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, co
               ": lse must be [B,T,H]");
   if (grad_lse_in.has_value()) {
     check_cuda(*grad_lse_in, op, "grad_lse");
+    TORCH_CHECK(grad_lse_in->device() == q_in.device(), op, ": every tensor must be on q's device ", q_in.device());
     TORCH_CHECK(grad_lse_in->sizes() == lse_in.sizes(), op, ": grad_lse must be [B,T,H]");
   }
   TORCH_CHECK(B <= 65535 && HKV <= 65535, op, ": B and HKV must be <= 65535 (grid dimensions)");
