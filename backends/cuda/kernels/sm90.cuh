@@ -60,6 +60,15 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 #ifdef SBOPS_SM90A_DEVICE
+// four 8x8 16-bit matrices from shared memory (lanes 8i .. 8i + 7 give matrix i's row addresses): the register
+// fragment of a 16 x 16 A operand (mma.sync / wgmma layout) when lanes 0-15 address rows 0-15 of the first 8
+// columns and lanes 16-31 those of the next 8
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
 // generic-proxy writes to shared memory (st.shared) become visible to wgmma's async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 

@@ -8,9 +8,11 @@
 //    tile as an MN-major operand, so v is used as stored); a stage's "full"
 //    mbarrier completes when its bytes land, its "empty" one when both MMA warpgroups are done with it, so
 //    the two MMA warpgroups never wait for each other;
-//  * warpgroups 1 and 2 (232 registers) own query rows m0 .. m0 + 63 and m0 + 64 .. m0 + 127: S = Q K^T and
-//    O += P V are wgmma m64n128k16 MMAs (float32 accumulators in registers; P goes from the score registers
-//    straight into the A operand of P V as packed bf16/fp16 pairs); the next tile's S is issued before this
+//  * warpgroups 1 and 2 (232 registers) own query rows m0 .. m0 + 63 and m0 + 64 .. m0 + 127: each copies its
+//    Q rows into registers once per item (ldmatrix; Q's buffer is then free for the next item), and S = Q K^T
+//    and O += P V are wgmma m64n128k16 MMAs with register A operands (float32 accumulators in registers; P goes
+//    from the score registers straight into the A operand of P V as packed bf16/fp16 pairs; Q from registers
+//    instead of shared memory on every tile: 1-3% faster at the power cap); the next tile's S is issued before this
 //    tile's P V and its softmax runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap), and
 //    the two warpgroups take turns issuing their MMAs (named barriers: one's softmax overlaps the other's MMAs);
 //  * the window/causal mask is applied only on the tiles that need it (per warpgroup).
@@ -49,7 +51,15 @@ static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 l
 
 #endif  // SBOPS_SM90A_DEVICE
 
-template <typename E>
+// kFwd is the kernel.  The probe modes exist only to find where its time goes (benchmarks/gpu/probe_swa_fwd.cu;
+// all but kProbeQSmem give wrong outputs): kProbeHalfLoads issues the K/V tile loads of every other tile only (the
+// MMAs read the ring's stale tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first
+// kStages tiles of the launch, kProbeHalfPv runs 4 of the 8 k-steps of P V (a quarter fewer MMAs), kProbeNoExp
+// replaces exp2 by its argument, and kProbeQSmem is the session-6 kernel: S = Q K^T reads Q from shared memory
+// on every tile instead of from registers.
+enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem };
+
+template <typename E, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
 swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                     const __grid_constant__ CUtensorMap tm_v, E* __restrict__ o, float* __restrict__ lse, int B,
@@ -97,8 +107,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   __syncthreads();
 
   if (tid < kProducerThreads) {
-    // ---- producer warpgroup: one thread issues, per item, K/V tile 0, then Q (once the previous item's
-    // Q K^T are all issued and retired), then the item's other K/V tiles, through the kStages-deep ring
+    // ---- producer warpgroup: one thread issues, per item, K/V tile 0, then Q (once both MMA warpgroups have
+    // copied the previous item's Q into registers), then the item's other K/V tiles, through the kStages-deep ring
     sm90::regs_dec<kProducerRegs>();
     if (tid != 0) return;
     sm90::tma_prefetch_map(&tm_q);
@@ -111,10 +121,15 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         const int st = g % kStages;
         if (g >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((g / kStages) - 1) & 1);
         const uint32_t full = bar_full + 8 * st;
-        sm90::mbar_expect_tx(full, 2 * kTileBytes);
-        const int n0 = it.lo + t * kBN;
-        sm90::tma_rows<kBM>(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
-        sm90::tma_rows<kBM>(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
+        const bool load = kMode == kProbeHalfLoads ? g % 2 == 0 : kMode == kProbeNoLoads ? g < kStages : true;
+        if (load) {
+          sm90::mbar_expect_tx(full, 2 * kTileBytes);
+          const int n0 = it.lo + t * kBN;
+          sm90::tma_rows<kBM>(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
+          sm90::tma_rows<kBM>(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
+        } else {
+          sm90::mbar_arrive(full);
+        }
         if (t == 0) {
           if (n_item > 0) sm90::mbar_wait(bar_qempty, (n_item - 1) & 1);
           sm90::mbar_expect_tx(bar_qfull, kTileBytes);
@@ -136,6 +151,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   float acc[64];     // O rows of this warpgroup (accumulator layout)
   float s[64];       // scores / probabilities of one tile
   uint32_t p[8][4];  // probabilities as the A operand of P V (k-steps of 16 keys)
+  uint32_t qf[kMode != kProbeQSmem ? kD / 16 : 1][4];  // this warpgroup's Q rows as the A operands of Q K^T
   float m_r[2], l_r[2], alpha[2];
 
   int g0 = 0, n_item = 0;  // global index of the item's first tile; items done
@@ -156,13 +172,18 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     auto qk = [&](int t) {  // issue s = Q K_t^T
       const uint32_t kt = s_k + ((g0 + t) % kStages) * kTileBytes;
 #pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks)
-        sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        if (kMode != kProbeQSmem)
+          sm90::Wgmma<E>::template rs<0>(s, qf[ks], Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+        else
+          sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+      }
     };
     auto pv = [&](int t) {  // issue acc += P V_t
       const uint32_t v_s = s_v + ((g0 + t) % kStages) * kTileBytes;
 #pragma unroll
-      for (int ks = 0; ks < kBN / 16; ++ks) sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
+      for (int ks = 0; ks < (kMode == kProbeHalfPv ? kBN / 32 : kBN / 16); ++ks)
+        sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
     };
     // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
     auto softmax = [&](int t) {
@@ -194,7 +215,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       }
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
-        s[i] = sm90::ex2(fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]));
+        const float x = fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]);
+        s[i] = kMode == kProbeNoExp ? x : sm90::ex2(x);
         sum[(i >> 1) & 1] += s[i];
       }
       l_r[0] = l_r[0] * alpha[0] + sum[0];
@@ -208,13 +230,21 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     };
 
     sm90::mbar_wait(bar_qfull, n_item & 1);
+    if (kMode != kProbeQSmem) {
+      // ldmatrix x4 of k-step ks: lanes 0-15 address rows 0-15 of 16-byte chunk 2 ks, lanes 16-31 chunk 2 ks + 1
+      const int r = 64 * wg + 16 * warp + (lane & 15);
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks)
+        sm90::ldmatrix_x4(qf[ks], s_q + Tile::chunk_offset(r, 2 * ks + (lane >> 4)));
+      sm90::mbar_arrive(bar_qempty);  // Q is in registers: its buffer may take the next item's
+    }
     wait_full(0);
     sm90::wgmma_fence();
     qk(0);
     sm90::wgmma_commit();
     sm90::wgmma_wait<0>();
     sm90::reg_fence(s);
-    if (ntiles == 1) sm90::mbar_arrive(bar_qempty);  // the item's only Q K^T is done: Q may be replaced
+    if (kMode == kProbeQSmem && ntiles == 1) sm90::mbar_arrive(bar_qempty);  // the only Q K^T is done: Q may go
     softmax(0);
     pack();
 
@@ -235,7 +265,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
       sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
       sm90::reg_fence(s);
-      if (t + 2 == ntiles) sm90::mbar_arrive(bar_qempty);  // the item's last Q K^T is done
+      if (kMode == kProbeQSmem && t + 2 == ntiles) sm90::mbar_arrive(bar_qempty);  // the item's last Q K^T is done
       softmax(t + 1);
       sm90::wgmma_wait<0>();
       sm90::reg_fence(acc);
@@ -273,7 +303,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #endif  // SBOPS_SM90A_DEVICE
 }
 
-template <typename E>
+template <typename E, int kMode = kFwd>
 cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H,
                          int HKV, int window, float scale, cudaStream_t stream) {
   const CUtensorMapDataType type =
@@ -283,7 +313,7 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_q, type, q, B, T, H, kBM));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_k, type, k, B, T, HKV, kBM));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_v, type, v, B, T, HKV, kBM));
-  auto kernel = swa_fwd_sm90_kernel<E>;
+  auto kernel = swa_fwd_sm90_kernel<E, kMode>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nwork, num_sms()));  // persistent: one block per SM
@@ -300,7 +330,7 @@ bool query_available(int dev) {
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr;
   // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
-  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16, kFwd>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }

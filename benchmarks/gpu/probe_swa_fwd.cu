@@ -1,0 +1,163 @@
+// Where the sm_90 SWA forward's time goes under the H100's power cap: times the kernel (B = 1, 28 / 4 heads,
+// D = 128, window 4096, bf16) against the modes of swa_fwd_sm90.cu's SwaFwdMode that each remove one kind of work
+// (outputs wrong; timing only): half the K/V tile loads (half the L2 -> SM traffic), no K/V loads after the first
+// stages, a quarter of the MMAs (4 of the 8 P V k-steps), no exp2; and against the previous kernel (Q read from
+// shared memory on every tile), which is first checked to give the kernel's o and lse bit for bit.  The kernel
+// runs at the ~700 W cap, so modes are alternated within each round after a warm-up that brings the GPU to that
+// state.  Medians of `launches` launches per mode and round (CUDA events).
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_fwd.cu \
+//        -o /tmp/probe_swa_fwd && /tmp/probe_swa_fwd [rounds [modes, e.g. 0,5 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
+#include "../../backends/cuda/kernels/swa_fwd_sm90.cu"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace {
+__global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    p[i] = __float2bfloat16(((h & 0xFFFF) / 32768.f - 1.f) * 2.f);
+  }
+}
+#define CHECK(x)                                                                       \
+  do {                                                                                 \
+    cudaError_t e = (x);                                                               \
+    if (e != cudaSuccess) {                                                            \
+      std::printf("%s failed: %s\n", #x, cudaGetErrorString(e));                       \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+using Launch = cudaError_t (*)(const void*, const void*, const void*, void*, float*, int, int, int, int, int, float,
+                               cudaStream_t);
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace sbops;
+  const int rounds = argc > 1 ? std::atoi(argv[1]) : 5;
+  const int B = 1, H = 28, HKV = 4, W = 4096, iters = argc > 3 ? std::atoi(argv[3]) : 20;  // argv[3]: launches per median
+  std::vector<int> lens;  // argv[4]: 0 = T 128k and 32k (default), 1 = 128k only, 2 = 32k only
+  const int which = argc > 4 ? std::atoi(argv[4]) : 0;
+  if (which != 2) lens.push_back(131072);
+  if (which != 1) lens.push_back(32768);
+  const float scale = 0.08838834764831845f;
+  const struct {
+    const char* name;
+    Launch fn;
+  } modes[] = {{"kernel", launch_typed<__nv_bfloat16, kFwd>},
+               {"half the K/V loads", launch_typed<__nv_bfloat16, kProbeHalfLoads>},
+               {"no K/V loads", launch_typed<__nv_bfloat16, kProbeNoLoads>},
+               {"4 of 8 P V k-steps", launch_typed<__nv_bfloat16, kProbeHalfPv>},
+               {"no exp2", launch_typed<__nv_bfloat16, kProbeNoExp>},
+               {"Q from smem", launch_typed<__nv_bfloat16, kProbeQSmem>}};
+  std::vector<int> sel;  // argv[2]: the modes to time, e.g. 0,8 (default: all)
+  for (const char* c = argc > 2 ? argv[2] : ""; *c;) {
+    sel.push_back(std::atoi(c));
+    while (*c && *c != ',') ++c;
+    if (*c) ++c;
+  }
+  if (sel.empty())
+    for (int m = 0; m < static_cast<int>(sizeof(modes) / sizeof(modes[0])); ++m) sel.push_back(m);
+  const int kModes = static_cast<int>(sel.size());
+  // the variant that computes the same thing (Q from shared memory) against the kernel: identical bits expected
+  const struct {
+    const char* name;
+    Launch fn;
+  } candidates[] = {{"Q from smem", launch_typed<__nv_bfloat16, kProbeQSmem>}};
+  const struct {
+    int B, T, H, HKV, window;
+  } shapes[] = {{1, 1, 2, 1, 0}, {2, 63, 4, 2, 1}, {1, 129, 4, 1, 7}, {1, 1000, 4, 2, 200}, {2, 777, 2, 2, 5000},
+                {1, 5000, 7, 1, 4096}};
+  for (const auto& c : shapes) {
+    const int64_t nq = int64_t{c.B} * c.T * c.H * 128, nk = int64_t{c.B} * c.T * c.HKV * 128, nl = nq / 128;
+    __nv_bfloat16 *q, *k, *v, *o;
+    float* lse;
+    CHECK(cudaMalloc(&q, nq * 2));
+    CHECK(cudaMalloc(&o, nq * 4));  // two outputs
+    CHECK(cudaMalloc(&k, nk * 2));
+    CHECK(cudaMalloc(&v, nk * 2));
+    CHECK(cudaMalloc(&lse, nl * 8));
+    fill_bf16<<<1024, 256>>>(q, nq, 11);
+    fill_bf16<<<1024, 256>>>(k, nk, 12);
+    fill_bf16<<<1024, 256>>>(v, nk, 13);
+    for (const auto& cand : candidates) {
+    CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
+    CHECK(cand.fn(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
+    std::vector<__nv_bfloat16> ho(2 * nq);
+    std::vector<float> hl(2 * nl);
+    CHECK(cudaMemcpy(ho.data(), o, nq * 4, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(hl.data(), lse, nl * 8, cudaMemcpyDeviceToHost));
+    double dmo = 0, mo = 0, dml = 0;
+    for (int64_t i = 0; i < nq; ++i) {
+      const double a = __bfloat162float(ho[i]), b = __bfloat162float(ho[nq + i]);
+      dmo = std::max(dmo, std::abs(a - b));
+      mo = std::max(mo, std::abs(a));
+    }
+    for (int64_t i = 0; i < nl; ++i) dml = std::max(dml, double(std::abs(hl[i] - hl[nl + i])));
+    std::printf("%s vs kernel, B=%d T=%d H=%d HKV=%d window=%d: max |do| %.3g (max |o| %.3g), max |dlse| %.3g\n",
+                cand.name, c.B, c.T, c.H, c.HKV, c.window, dmo, mo, dml);
+    }
+    for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(o),
+                    static_cast<void*>(lse)})
+      cudaFree(p);
+  }
+
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  for (int T : lens) {
+    const int64_t nq = int64_t{B} * T * H * 128, nk = int64_t{B} * T * HKV * 128;
+    __nv_bfloat16 *q, *k, *v, *o;
+    float* lse;
+    CHECK(cudaMalloc(&q, nq * 2));
+    CHECK(cudaMalloc(&o, nq * 2));
+    CHECK(cudaMalloc(&k, nk * 2));
+    CHECK(cudaMalloc(&v, nk * 2));
+    CHECK(cudaMalloc(&lse, int64_t{B} * T * H * 4));
+    fill_bf16<<<1024, 256>>>(q, nq, 1);
+    fill_bf16<<<1024, 256>>>(k, nk, 2);
+    fill_bf16<<<1024, 256>>>(v, nk, 3);
+    auto time_mode = [&](int m) {
+      std::vector<float> t;
+      for (int i = 0; i < iters; ++i) {
+        CHECK(cudaEventRecord(e0));
+        CHECK(modes[sel[m]].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0));
+        CHECK(cudaEventRecord(e1));
+        CHECK(cudaEventSynchronize(e1));
+        float ms = 0.f;
+        CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms);
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    for (int i = 0; i < 3000 / (T / 1024); ++i) CHECK(modes[0].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0));  // warm-up
+    CHECK(cudaDeviceSynchronize());
+    std::vector<std::vector<float>> med(kModes);
+    for (int r = 0; r < rounds; ++r) {
+      std::printf("T=%d round %d:", T, r);
+      for (int j = 0; j < kModes; ++j) {
+        const int m = (r % 2 == 0) ? j : kModes - 1 - j;
+        med[m].push_back(time_mode(m));
+      }
+      for (int m = 0; m < kModes; ++m) std::printf("  %s %.3f", modes[sel[m]].name, med[m].back());
+      std::printf("\n");
+    }
+    float base = 0.f;
+    for (int m = 0; m < kModes; ++m) {
+      std::vector<float> s = med[m];
+      std::sort(s.begin(), s.end());
+      if (m == 0) base = s[s.size() / 2];
+      std::printf("T=%d %-20s median %.3f ms (%.3f .. %.3f), %.3fx the first\n", T, modes[sel[m]].name, s[s.size() / 2],
+                  s.front(), s.back(), s[s.size() / 2] / base);
+    }
+    for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(o),
+                    static_cast<void*>(lse)})
+      cudaFree(p);
+  }
+  return 0;
+}
