@@ -3,31 +3,14 @@
 // only): no global bulk reduction, no dQ MMA, no dS^T stores.  Medians of 9 launches (CUDA events).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_bwd.cu \
 //        backends/cuda/kernels/swa_fwd_sm90.cu -o /tmp/probe_swa_bwd && /tmp/probe_swa_bwd
+#include "probe_common.cuh"
 #include "../../backends/cuda/kernels/swa_bwd_sm90.cu"
 
 #include <cstdio>
 #include <vector>
 
-namespace {
-__global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    p[i] = __float2bfloat16((h & 0xFFFF) / 32768.f - 1.f);
-  }
-}
-__global__ void fill_f32(float* p, int64_t n, float v) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
-}
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e = (x);                                                               \
-    if (e != cudaSuccess) {                                                            \
-      std::printf("%s failed: %s\n", #x, cudaGetErrorString(e));                       \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-}  // namespace
+using probe::fill_bf16;
+using probe::fill_f32;
 
 int main() {
   using namespace sbops;

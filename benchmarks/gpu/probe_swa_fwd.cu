@@ -7,6 +7,7 @@
 // state.  Medians of `launches` launches per mode and round (CUDA events).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_fwd.cu \
 //        -o /tmp/probe_swa_fwd && /tmp/probe_swa_fwd [rounds [modes, e.g. 0,5 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
+#include "probe_common.cuh"
 #include "../../backends/cuda/kernels/swa_fwd_sm90.cu"
 
 #include <algorithm>
@@ -15,23 +16,9 @@
 #include <cstdlib>
 #include <vector>
 
-namespace {
-__global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    p[i] = __float2bfloat16(((h & 0xFFFF) / 32768.f - 1.f) * 2.f);
-  }
-}
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e = (x);                                                               \
-    if (e != cudaSuccess) {                                                            \
-      std::printf("%s failed: %s\n", #x, cudaGetErrorString(e));                       \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
+using probe::fill_bf16;
 
+namespace {
 using Launch = cudaError_t (*)(const void*, const void*, const void*, void*, float*, int, int, int, int, int, float,
                                cudaStream_t);
 }  // namespace
@@ -81,9 +68,9 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&k, nk * 2));
     CHECK(cudaMalloc(&v, nk * 2));
     CHECK(cudaMalloc(&lse, nl * 8));
-    fill_bf16<<<1024, 256>>>(q, nq, 11);
-    fill_bf16<<<1024, 256>>>(k, nk, 12);
-    fill_bf16<<<1024, 256>>>(v, nk, 13);
+    fill_bf16<<<1024, 256>>>(q, nq, 11, 2.f);
+    fill_bf16<<<1024, 256>>>(k, nk, 12, 2.f);
+    fill_bf16<<<1024, 256>>>(v, nk, 13, 2.f);
     for (const auto& cand : candidates) {
     CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
     CHECK(cand.fn(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
@@ -118,9 +105,9 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&k, nk * 2));
     CHECK(cudaMalloc(&v, nk * 2));
     CHECK(cudaMalloc(&lse, int64_t{B} * T * H * 4));
-    fill_bf16<<<1024, 256>>>(q, nq, 1);
-    fill_bf16<<<1024, 256>>>(k, nk, 2);
-    fill_bf16<<<1024, 256>>>(v, nk, 3);
+    fill_bf16<<<1024, 256>>>(q, nq, 1, 2.f);
+    fill_bf16<<<1024, 256>>>(k, nk, 2, 2.f);
+    fill_bf16<<<1024, 256>>>(v, nk, 3, 2.f);
     auto time_mode = [&](int m) {
       std::vector<float> t;
       for (int i = 0; i < iters; ++i) {
