@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 namespace probe {
+namespace {  // internal linkage: each probe is one translation unit
 // p[i] = scale * a hash of (i, seed) spread over [-1, 1)
 __global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed, float scale = 1.f) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
@@ -20,9 +21,10 @@ __global__ void fill_bf16(__nv_bfloat16* p, int64_t n, uint32_t seed, float scal
 __global__ void fill_f32(float* p, int64_t n, float v) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
 }
+}  // namespace
 }  // namespace probe
 
-#define CHECK(x)                                                                       \
+#define PROBE_CHECK(x)                                                                       \
   do {                                                                                 \
     cudaError_t e = (x);                                                               \
     if (e != cudaSuccess) {                                                            \

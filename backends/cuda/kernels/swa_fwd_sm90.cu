@@ -55,8 +55,8 @@ static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 l
 // all but kProbeQSmem give wrong outputs): kProbeHalfLoads issues the K/V tile loads of every other tile only (the
 // MMAs read the ring's stale tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first
 // kStages tiles of the launch, kProbeHalfPv runs 4 of the 8 k-steps of P V (a quarter fewer MMAs), kProbeNoExp
-// replaces exp2 by its argument, and kProbeQSmem is the session-6 kernel: S = Q K^T reads Q from shared memory
-// on every tile instead of from registers.
+// replaces exp2 by a clamped linear map (finite p in [0, 1]), and kProbeQSmem is the session-6 kernel: S = Q K^T
+// reads Q from shared memory on every tile instead of from registers.
 enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem };
 
 template <typename E, int kMode>
@@ -72,7 +72,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   const uint32_t bar_full = s_v + kStages * kTileBytes;  // kStages mbarriers: stage holds its tile
   const uint32_t bar_empty = bar_full + 8 * kStages;     // kStages mbarriers: both MMA warpgroups are done with it
   const uint32_t bar_qfull = bar_empty + 8 * kStages;    // Q of the current work item has landed
-  const uint32_t bar_qempty = bar_qfull + 8;             // both MMA warpgroups issued their last Q K^T of the item
+  const uint32_t bar_qempty = bar_qfull + 8;             // both MMA warpgroups copied Q into registers (kProbeQSmem:
+                                                          // issued and retired their last Q K^T of the item)
 
   // Persistent: block i takes work items i, i + gridDim.x, ...; item w = (query block, head, batch row), the
   // heaviest query blocks first (full causal).  K/V tiles run through the ring with one global tile counter
@@ -121,7 +122,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         const int st = g % kStages;
         if (g >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((g / kStages) - 1) & 1);
         const uint32_t full = bar_full + 8 * st;
-        const bool load = kMode == kProbeHalfLoads ? g % 2 == 0 : kMode == kProbeNoLoads ? g < kStages : true;
+        // (both probe modes fill every stage once first: no MMA reads uninitialized shared memory)
+        const bool load = g < kStages || (kMode == kProbeHalfLoads ? g % 2 == 0 : kMode != kProbeNoLoads);
         if (load) {
           sm90::mbar_expect_tx(full, 2 * kTileBytes);
           const int n0 = it.lo + t * kBN;
@@ -216,7 +218,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
       for (int i = 0; i < 64; ++i) {
         const float x = fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]);
-        s[i] = kMode == kProbeNoExp ? x : sm90::ex2(x);
+        // kProbeNoExp: two ALU ops instead of the MUFU exp2, p still finite and in [0, 1] (masked -inf -> 0)
+        s[i] = kMode == kProbeNoExp ? fmaxf(fmaf(x, 0.0625f, 1.f), 0.f) : sm90::ex2(x);
         sum[(i >> 1) & 1] += s[i];
       }
       l_r[0] = l_r[0] * alpha[0] + sum[0];
@@ -236,6 +239,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks)
         sm90::ldmatrix_x4(qf[ks], s_q + Tile::chunk_offset(r, 2 * ks + (lane >> 4)));
+      sm90::fence_proxy_async();      // these generic-proxy reads before the producer's TMA overwrite
       sm90::mbar_arrive(bar_qempty);  // Q is in registers: its buffer may take the next item's
     }
     wait_full(0);
