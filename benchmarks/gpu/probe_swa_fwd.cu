@@ -41,7 +41,9 @@ int main(int argc, char** argv) {
                {"no K/V loads", launch_typed<__nv_bfloat16, kProbeNoLoads>},
                {"4 of 8 P V k-steps", launch_typed<__nv_bfloat16, kProbeHalfPv>},
                {"no exp2", launch_typed<__nv_bfloat16, kProbeNoExp>},
-               {"Q from smem", launch_typed<__nv_bfloat16, kProbeQSmem>}};
+               {"Q from smem", launch_typed<__nv_bfloat16, kProbeQSmem>},
+               {"K/V multicast", launch_typed<__nv_bfloat16, kProbeMcast>},
+               {"clusters, no multicast", launch_typed<__nv_bfloat16, kProbeMcastLocal>}};
   constexpr int kAll = static_cast<int>(sizeof(modes) / sizeof(modes[0]));
   std::vector<int> sel;  // argv[2]: the modes to time, e.g. 0,5 (default: all)
   for (const char* c = argc > 2 ? argv[2] : ""; *c;) {
@@ -57,11 +59,13 @@ int main(int argc, char** argv) {
   if (sel.empty())
     for (int m = 0; m < kAll; ++m) sel.push_back(m);
   const int kModes = static_cast<int>(sel.size());
-  // the previous kernel (Q from shared memory) computes the same thing: o and lse must match bit for bit
+  // the previous kernel (Q from shared memory) and the multicast one compute the same thing: o and lse must match
+  // bit for bit (heads 2j, 2j + 1 of one KV head share their tiles; H=28 / HKV=4 also has pairs across KV heads)
   const struct {
     int B, T, H, HKV, window;
-  } shapes[] = {{1, 1, 2, 1, 0}, {2, 63, 4, 2, 1}, {1, 129, 4, 1, 7}, {1, 1000, 4, 2, 200}, {2, 777, 2, 2, 5000},
-                {1, 5000, 7, 1, 4096}};
+  } shapes[] = {{1, 1, 2, 1, 0},     {2, 63, 4, 2, 1},      {1, 129, 4, 1, 7},       {1, 1000, 4, 2, 200},
+                {2, 777, 2, 2, 5000}, {1, 5000, 7, 1, 4096}, {1, 1000, 28, 4, 200},   {1, 3000, 28, 4, 4096},
+                {1, 300, 4, 4, 100}};
   for (const auto& c : shapes) {
     const int64_t nq = int64_t{c.B} * c.T * c.H * 128, nk = int64_t{c.B} * c.T * c.HKV * 128, nl = nq / 128;
     __nv_bfloat16 *q, *k, *v, *o;
@@ -74,21 +78,25 @@ int main(int argc, char** argv) {
     fill_bf16<<<1024, 256>>>(q, nq, 11, 2.f);
     fill_bf16<<<1024, 256>>>(k, nk, 12, 2.f);
     fill_bf16<<<1024, 256>>>(v, nk, 13, 2.f);
-    PROBE_CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
-    PROBE_CHECK((launch_typed<__nv_bfloat16, kProbeQSmem>)(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window,
-                                                           scale, 0));
-    std::vector<uint16_t> ho(2 * nq);
-    std::vector<uint32_t> hl(2 * nl);
-    PROBE_CHECK(cudaMemcpy(ho.data(), o, nq * 4, cudaMemcpyDeviceToHost));
-    PROBE_CHECK(cudaMemcpy(hl.data(), lse, nl * 8, cudaMemcpyDeviceToHost));
-    const bool same = std::memcmp(ho.data(), ho.data() + nq, nq * 2) == 0 &&
-                      std::memcmp(hl.data(), hl.data() + nl, nl * 4) == 0;
-    std::printf("Q from smem vs kernel, B=%d T=%d H=%d HKV=%d window=%d: o and lse %s\n", c.B, c.T, c.H, c.HKV,
-                c.window, same ? "identical" : "DIFFER");
+    for (int other : {kProbeQSmem, kProbeMcast}) {  // SwaFwdMode values index `modes`
+      if (other == kProbeMcast && c.H % 2 != 0) continue;
+      PROBE_CHECK(cudaMemset(o, 0xFF, nq * 4));
+      PROBE_CHECK(cudaMemset(lse, 0xFF, nl * 8));
+      PROBE_CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
+      PROBE_CHECK(modes[other].fn(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
+      std::vector<uint16_t> ho(2 * nq);
+      std::vector<uint32_t> hl(2 * nl);
+      PROBE_CHECK(cudaMemcpy(ho.data(), o, nq * 4, cudaMemcpyDeviceToHost));
+      PROBE_CHECK(cudaMemcpy(hl.data(), lse, nl * 8, cudaMemcpyDeviceToHost));
+      const bool same = std::memcmp(ho.data(), ho.data() + nq, nq * 2) == 0 &&
+                        std::memcmp(hl.data(), hl.data() + nl, nl * 4) == 0;
+      std::printf("%s vs kernel, B=%d T=%d H=%d HKV=%d window=%d: o and lse %s\n", modes[other].name, c.B, c.T, c.H,
+                  c.HKV, c.window, same ? "identical" : "DIFFER");
+      if (!same) return 1;
+    }
     for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(o),
                     static_cast<void*>(lse)})
       cudaFree(p);
-    if (!same) return 1;
   }
 
   cudaEvent_t e0, e1;

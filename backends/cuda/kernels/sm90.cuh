@@ -87,6 +87,39 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint3
       : "memory");
 }
 
+// the same box written to the same shared-memory offset of every CTA of the cluster in `mask` (bit i: rank i),
+// completing the transaction count of the mbarrier at `mbar`'s offset in each of them
+__device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1,
+                                                      int c2, int c3, uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1, {%3, %4, %5, %6}], [%2], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "h"(mask)
+      : "memory");
+}
+
+// thread block clusters: this CTA's rank, a barrier of every thread of the cluster, the shared::cluster
+// address of a shared-memory address in the CTA of rank `rank`, an arrival on an mbarrier there
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {  // not .aligned: the threads of a warp may arrive apart
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+__device__ __forceinline__ void fence_mbarrier_init_cluster() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t map_to_rank(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_addr) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
+}
+
 // rows row .. row + R - 1 of head `head`, batch row b, of a [B, L, heads, 128] 16-bit tensor (the boxes of
 // encode_rows_map with box_rows = R) into a KMajorSw128Tile<R, 128>: two boxes of 64 dims, one per swizzle atom
 template <int R>

@@ -52,12 +52,19 @@ static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 l
 #endif  // SBOPS_SM90A_DEVICE
 
 // kFwd is the kernel.  The probe modes exist only to find where its time goes (benchmarks/gpu/probe_swa_fwd.cu;
-// all but kProbeQSmem give wrong outputs): kProbeHalfLoads issues the K/V tile loads of every other tile only (the
+// all but kProbeQSmem, kProbeMcast and kProbeMcastLocal give wrong outputs): kProbeHalfLoads issues the K/V tile loads of every other tile only (the
 // MMAs read the ring's stale tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first
 // kStages tiles of the launch, kProbeHalfPv runs 4 of the 8 k-steps of P V (a quarter fewer MMAs), kProbeNoExp
 // replaces exp2 by a clamped linear map (finite p in [0, 1]), and kProbeQSmem is the session-6 kernel: S = Q K^T
 // reads Q from shared memory on every tile instead of from registers.
-enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem };
+// kProbeMcast: clusters of 2 CTAs take the same query block of two query heads (2 j, 2 j + 1); when both heads read
+// the same KV head each CTA loads one 64-column half of every K/V tile and multicasts it to both (half the
+// L2 -> SM traffic), and a ring stage is refilled once the consumers of both CTAs released it.  Correct (o and lse
+// bit-identical to kFwd) but 1.15x slower at 128k: coupling the two CTAs' 3-stage rings costs more (1.19x with
+// the clusters and no multicast, kProbeMcastLocal) than the multicast saves (3%).  Kept for that measurement and
+// as the start of a version with separate K and V release.
+enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem, kProbeMcast,
+                  kProbeMcastLocal };
 
 template <typename E, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -78,16 +85,24 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   // Persistent: block i takes work items i, i + gridDim.x, ...; item w = (query block, head, batch row), the
   // heaviest query blocks first (full causal).  K/V tiles run through the ring with one global tile counter
   // g, so the producer fills the next item's first stages (and its Q) while the MMA warpgroups finish this one.
+  // kProbeMcast: the unit is a cluster (blockIdx.x / 2, rank = the CTA in it) and an item a pair of heads.
+  constexpr bool kMc = kMode == kProbeMcast || kMode == kProbeMcastLocal;
+  const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;
+  const int unit = kMc ? blockIdx.x / 2 : blockIdx.x, nunits = kMc ? gridDim.x / 2 : gridDim.x;
+  const int Hi = kMc ? H / 2 : H;  // items per (query block, batch row); kProbeMcast: H even (launcher)
   const int nqb = (L + kBM - 1) / kBM;
-  const int nwork = nqb * H * B;  // < 2^31: checked by the launcher
+  const int nwork = nqb * Hi * B;  // < 2^31: checked by the launcher
   struct Item {
     int h, hkv, b, m0, lo, ntiles;
+    bool shared;  // kProbeMcast: both CTAs' heads read KV head hkv: the K/V tiles are multicast
   };
   auto item_of = [&](int w) {
     Item it;
-    it.h = w % H;
-    it.hkv = it.h / (H / HKV);
-    const int rest = w / H;
+    const int G = H / HKV;
+    it.h = kMc ? 2 * (w % Hi) + rank : w % H;
+    it.hkv = it.h / G;
+    it.shared = kMode == kProbeMcast && (2 * (w % Hi)) / G == (2 * (w % Hi) + 1) / G;
+    const int rest = w / Hi;
     it.m0 = (nqb - 1 - rest % nqb) * kBM;
     it.b = rest / nqb;
     const int hi = min(it.m0 + kBM, L);  // keys [lo, hi) cover every row's window
@@ -100,23 +115,28 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
       sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes)
-      sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
+      // kProbeMcast: one arrival per consumer warp of both CTAs (a stage is refilled by both)
+      sm90::mbar_init(bar_empty + 8 * st, kMc ? 2 * kConsumerThreads / 32 : kConsumerThreads);
     }
     sm90::mbar_init(bar_qfull, 1);
     sm90::mbar_init(bar_qempty, kConsumerThreads);
+    if (kMc) sm90::fence_mbarrier_init_cluster();
   }
-  __syncthreads();
+  if (kMc)
+    sm90::cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrival
+  else
+    __syncthreads();
 
   if (tid < kProducerThreads) {
     // ---- producer warpgroup: one thread issues, per item, K/V tile 0, then Q (once both MMA warpgroups have
     // copied the previous item's Q into registers), then the item's other K/V tiles, through the kStages-deep ring
     sm90::regs_dec<kProducerRegs>();
-    if (tid != 0) return;
+    if (tid != 0) goto done;
     sm90::tma_prefetch_map(&tm_q);
     sm90::tma_prefetch_map(&tm_k);
     sm90::tma_prefetch_map(&tm_v);
     int g = 0, n_item = 0;
-    for (int w = blockIdx.x; w < nwork; w += gridDim.x, ++n_item) {
+    for (int w = unit; w < nwork; w += nunits, ++n_item) {
       const Item it = item_of(w);
       for (int t = 0; t < it.ntiles; ++t, ++g) {
         const int st = g % kStages;
@@ -127,8 +147,14 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         if (load) {
           sm90::mbar_expect_tx(full, 2 * kTileBytes);
           const int n0 = it.lo + t * kBN;
-          sm90::tma_rows<kBM>(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
-          sm90::tma_rows<kBM>(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
+          if (kMc && it.shared) {  // this CTA's 64-column box of K and of V, to both CTAs' stage st
+            const uint32_t half = rank * (kBM * 128);
+            sm90::tma_load_4d_multicast(s_k + st * kTileBytes + half, &tm_k, full, 64 * rank, it.hkv, n0, it.b, 3);
+            sm90::tma_load_4d_multicast(s_v + st * kTileBytes + half, &tm_v, full, 64 * rank, it.hkv, n0, it.b, 3);
+          } else {
+            sm90::tma_rows<kBM>(s_k + st * kTileBytes, &tm_k, full, it.hkv, n0, it.b);
+            sm90::tma_rows<kBM>(s_v + st * kTileBytes, &tm_v, full, it.hkv, n0, it.b);
+          }
         } else {
           sm90::mbar_arrive(full);
         }
@@ -139,171 +165,185 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         }
       }
     }
-    return;
+    goto done;
   }
+  {
+    // ---- two MMA warpgroups: wg owns query rows m0 + 64 wg .. + 63 of each item
+    sm90::regs_inc<kConsumerRegs>();
+    const int ctid = tid - kProducerThreads, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = lane_id();
+    const int row_in = 64 * wg + 16 * warp + (lane >> 2);  // this thread's rows m0 + row_in, + 8
+    const int col0 = 2 * (lane & 3);                       // and columns col0 + 8 i + {0, 1} of a tile
+    const int my_turn = 1 + wg, other_turn = 2 - wg;
+    const int64_t q_stride = static_cast<int64_t>(H) * kD;
 
-  // ---- two MMA warpgroups: wg owns query rows m0 + 64 wg .. + 63 of each item
-  sm90::regs_inc<kConsumerRegs>();
-  const int ctid = tid - kProducerThreads, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = lane_id();
-  const int row_in = 64 * wg + 16 * warp + (lane >> 2);  // this thread's rows m0 + row_in, + 8
-  const int col0 = 2 * (lane & 3);                       // and columns col0 + 8 i + {0, 1} of a tile
-  const int my_turn = 1 + wg, other_turn = 2 - wg;
-  const int64_t q_stride = static_cast<int64_t>(H) * kD;
+    float acc[64];     // O rows of this warpgroup (accumulator layout)
+    float s[64];       // scores / probabilities of one tile
+    uint32_t p[8][4];  // probabilities as the A operand of P V (k-steps of 16 keys)
+    uint32_t qf[kMode != kProbeQSmem ? kD / 16 : 1][4];  // this warpgroup's Q rows as the A operands of Q K^T
+    float m_r[2], l_r[2], alpha[2];
 
-  float acc[64];     // O rows of this warpgroup (accumulator layout)
-  float s[64];       // scores / probabilities of one tile
-  uint32_t p[8][4];  // probabilities as the A operand of P V (k-steps of 16 keys)
-  uint32_t qf[kMode != kProbeQSmem ? kD / 16 : 1][4];  // this warpgroup's Q rows as the A operands of Q K^T
-  float m_r[2], l_r[2], alpha[2];
-
-  int g0 = 0, n_item = 0;  // global index of the item's first tile; items done
-  for (int w = blockIdx.x; w < nwork; w += gridDim.x, ++n_item) {
-    const Item it = item_of(w);
-    const int ntiles = it.ntiles, lo = it.lo;
-    const int wr0 = it.m0 + 64 * wg;  // this warpgroup's first row
-    const int row0 = it.m0 + row_in;
-    m_r[0] = m_r[1] = -1e30f;
-    l_r[0] = l_r[1] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
-
-    auto wait_full = [&](int t) {
-      const int g = g0 + t;
-      sm90::mbar_wait(bar_full + 8 * (g % kStages), (g / kStages) & 1);  // TMA and wgmma: both async proxy
-    };
-    auto qk = [&](int t) {  // issue s = Q K_t^T
-      const uint32_t kt = s_k + ((g0 + t) % kStages) * kTileBytes;
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks) {
-        if (kMode != kProbeQSmem)
-          sm90::Wgmma<E>::template rs<0>(s, qf[ks], Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
-        else
-          sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+    // a ring stage read by this warpgroup's MMAs may be refilled (kProbeMcast: one arrival per warp on the barrier
+    // of both CTAs, since either CTA's producer may multicast into it)
+    auto release = [&](int st) {
+      const uint32_t bar = bar_empty + 8 * st;
+      if (!kMc) {
+        sm90::mbar_arrive(bar);
+      } else if (lane == 0) {
+        sm90::mbar_arrive(bar);
+        sm90::mbar_arrive_cluster(sm90::map_to_rank(bar, rank ^ 1));
       }
     };
-    auto pv = [&](int t) {  // issue acc += P V_t
-      const uint32_t v_s = s_v + ((g0 + t) % kStages) * kTileBytes;
-#pragma unroll
-      for (int ks = 0; ks < (kMode == kProbeHalfPv ? kBN / 32 : kBN / 16); ++ks)
-        sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
-    };
-    // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
-    auto softmax = [&](int t) {
-      const int n0 = lo + t * kBN;
-      if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
-#pragma unroll
-        for (int i = 0; i < 16; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
-            if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
-          }
-      }
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
-      }
-      float neg_m[2], sum[2] = {0.f, 0.f};
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
-        mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
-        const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
-        alpha[r] = sm90::ex2(m_r[r] - m_new);
-        m_r[r] = m_new;
-        neg_m[r] = -m_new;
-      }
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        const float x = fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]);
-        // kProbeNoExp: two ALU ops instead of the MUFU exp2, p still finite and in [0, 1] (masked -inf -> 0)
-        s[i] = kMode == kProbeNoExp ? fmaxf(fmaf(x, 0.0625f, 1.f), 0.f) : sm90::ex2(x);
-        sum[(i >> 1) & 1] += s[i];
-      }
-      l_r[0] = l_r[0] * alpha[0] + sum[0];
-      l_r[1] = l_r[1] * alpha[1] + sum[1];
-    };
-    auto pack = [&]() {
-#pragma unroll
-      for (int ks = 0; ks < 8; ++ks)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) p[ks][j] = sm90::pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
-    };
+    int g0 = 0, n_item = 0;  // global index of the item's first tile; items done
+    for (int w = unit; w < nwork; w += nunits, ++n_item) {
+      const Item it = item_of(w);
+      const int ntiles = it.ntiles, lo = it.lo;
+      const int wr0 = it.m0 + 64 * wg;  // this warpgroup's first row
+      const int row0 = it.m0 + row_in;
+      m_r[0] = m_r[1] = -1e30f;
+      l_r[0] = l_r[1] = 0.f;
+  #pragma unroll
+      for (int i = 0; i < 64; ++i) acc[i] = 0.f;
 
-    sm90::mbar_wait(bar_qfull, n_item & 1);
-    if (kMode != kProbeQSmem) {
-      // ldmatrix x4 of k-step ks: lanes 0-15 address rows 0-15 of 16-byte chunk 2 ks, lanes 16-31 chunk 2 ks + 1
-      const int r = 64 * wg + 16 * warp + (lane & 15);
-#pragma unroll
-      for (int ks = 0; ks < kD / 16; ++ks)
-        sm90::ldmatrix_x4(qf[ks], s_q + Tile::chunk_offset(r, 2 * ks + (lane >> 4)));
-      sm90::fence_proxy_async();      // these generic-proxy reads before the producer's TMA overwrite
-      sm90::mbar_arrive(bar_qempty);  // Q is in registers: its buffer may take the next item's
-    }
-    wait_full(0);
-    sm90::wgmma_fence();
-    qk(0);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::reg_fence(s);
-    if (kMode == kProbeQSmem && ntiles == 1) sm90::mbar_arrive(bar_qempty);  // the only Q K^T is done: Q may go
-    softmax(0);
-    pack();
+      auto wait_full = [&](int t) {
+        const int g = g0 + t;
+        sm90::mbar_wait(bar_full + 8 * (g % kStages), (g / kStages) & 1);  // TMA and wgmma: both async proxy
+      };
+      auto qk = [&](int t) {  // issue s = Q K_t^T
+        const uint32_t kt = s_k + ((g0 + t) % kStages) * kTileBytes;
+  #pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks) {
+          if (kMode != kProbeQSmem)
+            sm90::Wgmma<E>::template rs<0>(s, qf[ks], Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+          else
+            sm90::Wgmma<E>::ss(s, Tile::desc(s_q, 64 * wg, ks), Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
+        }
+      };
+      auto pv = [&](int t) {  // issue acc += P V_t
+        const uint32_t v_s = s_v + ((g0 + t) % kStages) * kTileBytes;
+  #pragma unroll
+        for (int ks = 0; ks < (kMode == kProbeHalfPv ? kBN / 32 : kBN / 16); ++ks)
+          sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
+      };
+      // online softmax of tile t in place (s becomes p); alpha = the factors that rescale the old acc and sums
+      auto softmax = [&](int t) {
+        const int n0 = lo + t * kBN;
+        if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
+  #pragma unroll
+          for (int i = 0; i < 16; ++i)
+  #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
+              if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
+            }
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+  #pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
+        }
+        float neg_m[2], sum[2] = {0.f, 0.f};
+  #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
+          mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
+          const float m_new = fmaxf(m_r[r], mx[r] * scale_log2);  // m_r stays finite: masked rows give p = 0
+          alpha[r] = sm90::ex2(m_r[r] - m_new);
+          m_r[r] = m_new;
+          neg_m[r] = -m_new;
+        }
+  #pragma unroll
+        for (int i = 0; i < 64; ++i) {
+          const float x = fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]);
+          // kProbeNoExp: two ALU ops instead of the MUFU exp2, p still finite and in [0, 1] (masked -inf -> 0)
+          s[i] = kMode == kProbeNoExp ? fmaxf(fmaf(x, 0.0625f, 1.f), 0.f) : sm90::ex2(x);
+          sum[(i >> 1) & 1] += s[i];
+        }
+        l_r[0] = l_r[0] * alpha[0] + sum[0];
+        l_r[1] = l_r[1] * alpha[1] + sum[1];
+      };
+      auto pack = [&]() {
+  #pragma unroll
+        for (int ks = 0; ks < 8; ++ks)
+  #pragma unroll
+          for (int j = 0; j < 4; ++j) p[ks][j] = sm90::pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
+      };
 
-    // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
-    // serializes the MMAs when it cannot tell which group a wait retires)
-    // The two MMA warpgroups take turns issuing their MMAs (named barrier 1 + wg: "wg may issue"), so one
-    // warpgroup's softmax runs while the other's MMAs occupy the tensor cores (FlashAttention-3's ping-pong).
-    // Per item the arrivals and syncs balance, so every item starts with warpgroup 0's turn.
-    if (wg == 1 && ntiles > 1) sm90::named_arrive(1, kConsumerThreads);  // warpgroup 0 goes first
-    for (int t = 0; t + 1 < ntiles; ++t) {
-      wait_full(t + 1);
-      sm90::named_sync(my_turn, kConsumerThreads);
+      sm90::mbar_wait(bar_qfull, n_item & 1);
+      if (kMode != kProbeQSmem) {
+        // ldmatrix x4 of k-step ks: lanes 0-15 address rows 0-15 of 16-byte chunk 2 ks, lanes 16-31 chunk 2 ks + 1
+        const int r = 64 * wg + 16 * warp + (lane & 15);
+  #pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks)
+          sm90::ldmatrix_x4(qf[ks], s_q + Tile::chunk_offset(r, 2 * ks + (lane >> 4)));
+        sm90::fence_proxy_async();      // these generic-proxy reads before the producer's TMA overwrite
+        sm90::mbar_arrive(bar_qempty);  // Q is in registers: its buffer may take the next item's
+      }
+      wait_full(0);
       sm90::wgmma_fence();
-      qk(t + 1);
+      qk(0);
       sm90::wgmma_commit();
-      pv(t);
-      sm90::wgmma_commit();
-      if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
-      sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
+      sm90::wgmma_wait<0>();
       sm90::reg_fence(s);
-      if (kMode == kProbeQSmem && t + 2 == ntiles) sm90::mbar_arrive(bar_qempty);  // the item's last Q K^T is done
-      softmax(t + 1);
+      if (kMode == kProbeQSmem && ntiles == 1) sm90::mbar_arrive(bar_qempty);  // the only Q K^T is done: Q may go
+      softmax(0);
+      pack();
+
+      // steady state (the last tile is peeled off so that every wgmma group here is unconditional: ptxas
+      // serializes the MMAs when it cannot tell which group a wait retires)
+      // The two MMA warpgroups take turns issuing their MMAs (named barrier 1 + wg: "wg may issue"), so one
+      // warpgroup's softmax runs while the other's MMAs occupy the tensor cores (FlashAttention-3's ping-pong).
+      // Per item the arrivals and syncs balance, so every item starts with warpgroup 0's turn.
+      if (wg == 1 && ntiles > 1) sm90::named_arrive(1, kConsumerThreads);  // warpgroup 0 goes first
+      for (int t = 0; t + 1 < ntiles; ++t) {
+        wait_full(t + 1);
+        sm90::named_sync(my_turn, kConsumerThreads);
+        sm90::wgmma_fence();
+        qk(t + 1);
+        sm90::wgmma_commit();
+        pv(t);
+        sm90::wgmma_commit();
+        if (wg == 0 || t + 2 < ntiles) sm90::named_arrive(other_turn, kConsumerThreads);  // no dangling arrive
+        sm90::wgmma_wait<1>();  // scores of tile t + 1 are in; P V of tile t still running
+        sm90::reg_fence(s);
+        if (kMode == kProbeQSmem && t + 2 == ntiles) sm90::mbar_arrive(bar_qempty);  // the item's last Q K^T is done
+        softmax(t + 1);
+        sm90::wgmma_wait<0>();
+        sm90::reg_fence(acc);
+        sm90::reg_fence(p);
+        release((g0 + t) % kStages);  // K_t and V_t read: the stage may be refilled
+  #pragma unroll
+        for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
+        pack();
+      }
+      sm90::wgmma_fence();
+      pv(ntiles - 1);
+      sm90::wgmma_commit();
       sm90::wgmma_wait<0>();
       sm90::reg_fence(acc);
-      sm90::reg_fence(p);
-      sm90::mbar_arrive(bar_empty + 8 * ((g0 + t) % kStages));  // K_t and V_t read: the stage may be refilled
-#pragma unroll
-      for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
-      pack();
-    }
-    sm90::wgmma_fence();
-    pv(ntiles - 1);
-    sm90::wgmma_commit();
-    sm90::wgmma_wait<0>();
-    sm90::reg_fence(acc);
-    sm90::mbar_arrive(bar_empty + 8 * ((g0 + ntiles - 1) % kStages));
-    g0 += ntiles;
+      release((g0 + ntiles - 1) % kStages);
+      g0 += ntiles;
 
-    // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = l_r[r];
-      l += shfl_xor(l, 1);
-      l += shfl_xor(l, 2);
-      const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
-      const int row = row0 + 8 * r;
-      if (row < L) {
-        const int64_t tok = static_cast<int64_t>(it.b) * L + row;
-        uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
-#pragma unroll
-        for (int i = 0; i < 16; ++i) out[4 * i] = sm90::pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
-        if ((lane & 3) == 0) lse[tok * H + it.h] = (m_r[r] + __log2f(l_safe)) * kLn2;
+      // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
+  #pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float l = l_r[r];
+        l += shfl_xor(l, 1);
+        l += shfl_xor(l, 2);
+        const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
+        const int row = row0 + 8 * r;
+        if (row < L) {
+          const int64_t tok = static_cast<int64_t>(it.b) * L + row;
+          uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
+  #pragma unroll
+          for (int i = 0; i < 16; ++i) out[4 * i] = sm90::pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
+          if ((lane & 3) == 0) lse[tok * H + it.h] = (m_r[r] + __log2f(l_safe)) * kLn2;
+        }
       }
     }
   }
+done:
+  if (kMc) sm90::cluster_sync();  // no CTA exits while its peer may still multicast into it or arrive on its barriers
 #endif  // SBOPS_SM90A_DEVICE
 }
 
@@ -320,6 +360,29 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
   auto kernel = swa_fwd_sm90_kernel<E, kMode>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
+  if (kMode == kProbeMcast || kMode == kProbeMcastLocal) {
+    // clusters of 2 CTAs, as many as fit at once (persistent; 66 on the H100), each taking head pairs
+    if (H % 2 != 0) return cudaErrorInvalidValue;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 2;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(nwork / 2, num_sms() / 2)));
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = kSmemBytes;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    SBOPS_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    if (clusters < 1) return cudaErrorNotSupported;
+    cfg.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(nwork / 2, clusters)));
+    SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV,
+                                             window, scale * kLog2e));
+    return last_launch_error();
+  }
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nwork, num_sms()));  // persistent: one block per SM
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV, window,
                                                  scale * kLog2e);
