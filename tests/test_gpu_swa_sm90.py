@@ -51,6 +51,17 @@ def test_sm90_forward_matches_float64(T, window):
     assert rel_err(lse, rlse) <= 1e-2, f"lse rel err {rel_err(lse, rlse):.2e}"
 
 
+@pytest.mark.parametrize("H,HKV", [(3, 1), (6, 6), (28, 4), (14, 2)])
+def test_sm90_forward_head_counts_match_float64(H, HKV):
+    """Odd H runs the kernel without clusters; even H the 2-CTA clusters of head pairs, which multicast K/V when
+    both heads read one KV head (14/2: every pair; 28/4: all but two; 6/6 MHA: none)."""
+    q, k, v = _inputs(2, 333, H, HKV, seed=23)
+    o, lse = SM90.swa_fwd(q, k, v, 100, None)
+    ro, rlse = _ref(q, k, v, 100)
+    assert rel_err(o, ro) <= 1e-2, f"o rel err {rel_err(o, ro):.2e}"
+    assert rel_err(lse, rlse) <= 1e-2, f"lse rel err {rel_err(lse, rlse):.2e}"
+
+
 def test_sm90_forward_reads_views_at_odd_storage_offsets():
     """TMA needs 16-byte-aligned bases: contiguous views starting 1 element into their storage still work."""
     q0, k0, v0 = _inputs(1, 300, 4, 2)

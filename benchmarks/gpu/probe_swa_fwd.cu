@@ -1,12 +1,13 @@
-// Where the sm_90 SWA forward's time goes under the H100's power cap: times the kernel (B = 1, 28 / 4 heads,
-// D = 128, window 4096, bf16) against the modes of swa_fwd_sm90.cu's SwaFwdMode that each remove one kind of work
-// (outputs wrong; timing only): half the K/V tile loads (half the L2 -> SM traffic), no K/V loads after the first
-// stages, a quarter of the MMAs (4 of the 8 P V k-steps), no exp2; and against the previous kernel (Q read from
-// shared memory on every tile), which is first checked to give the kernel's o and lse bit for bit.  The kernel
-// runs at the ~700 W cap, so modes are alternated within each round after a warm-up that brings the GPU to that
-// state.  Medians of `launches` launches per mode and round (CUDA events).
+// Where the sm_90 SWA forward's time goes under the H100's power cap: times its variants (B = 1, 28 / 4 heads,
+// D = 128, window 4096, bf16) in the modes of swa_fwd_sm90.cu's SwaFwdMode: the kernel without clusters (kFwd, mode
+// 0), the K/V multicast kernel that serves even head counts (kFwdMcast, 6), the clusters without multicast (7), the
+// previous kernel that reads Q from shared memory (5), and diagnosis modes that each remove one kind of work
+// (outputs wrong; timing only): half the K/V tile loads (1), no K/V loads after the first stages (2), a quarter of
+// the MMAs (3), no exp2 (4).  First checks that modes 5 and 6 give kFwd's o and lse bit for bit on 9 shapes.  The
+// kernel runs at the ~700 W cap, so modes alternate within each round after a 1.5 s warm-up that brings the GPU to
+// that state.  Medians of `launches` launches per mode and round (CUDA events).
 //   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_fwd.cu \
-//        -o /tmp/probe_swa_fwd && /tmp/probe_swa_fwd [rounds [modes, e.g. 0,5 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
+//        -o /tmp/probe_swa_fwd && /tmp/probe_swa_fwd [rounds [modes, e.g. 0,6 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
 #include "probe_common.cuh"
 #include "../../backends/cuda/kernels/swa_fwd_sm90.cu"
 
@@ -36,13 +37,13 @@ int main(int argc, char** argv) {
   const struct {
     const char* name;
     Launch fn;
-  } modes[] = {{"kernel", launch_typed<__nv_bfloat16, kFwd>},
+  } modes[] = {{"no clusters (kFwd)", launch_typed<__nv_bfloat16, kFwd>},
                {"half the K/V loads", launch_typed<__nv_bfloat16, kProbeHalfLoads>},
                {"no K/V loads", launch_typed<__nv_bfloat16, kProbeNoLoads>},
                {"4 of 8 P V k-steps", launch_typed<__nv_bfloat16, kProbeHalfPv>},
                {"no exp2", launch_typed<__nv_bfloat16, kProbeNoExp>},
                {"Q from smem", launch_typed<__nv_bfloat16, kProbeQSmem>},
-               {"K/V multicast", launch_typed<__nv_bfloat16, kProbeMcast>},
+               {"K/V multicast", launch_typed<__nv_bfloat16, kFwdMcast>},
                {"clusters, no multicast", launch_typed<__nv_bfloat16, kProbeMcastLocal>}};
   constexpr int kAll = static_cast<int>(sizeof(modes) / sizeof(modes[0]));
   std::vector<int> sel;  // argv[2]: the modes to time, e.g. 0,5 (default: all)
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
   if (sel.empty())
     for (int m = 0; m < kAll; ++m) sel.push_back(m);
   const int kModes = static_cast<int>(sel.size());
-  // the previous kernel (Q from shared memory) and the multicast one compute the same thing: o and lse must match
+  // the previous kernel (Q from shared memory) and the multicast one compute kFwd's result: o and lse must match
   // bit for bit (heads 2j, 2j + 1 of one KV head share their tiles; H=28 / HKV=4 also has pairs across KV heads)
   const struct {
     int B, T, H, HKV, window;
@@ -78,8 +79,8 @@ int main(int argc, char** argv) {
     fill_bf16<<<1024, 256>>>(q, nq, 11, 2.f);
     fill_bf16<<<1024, 256>>>(k, nk, 12, 2.f);
     fill_bf16<<<1024, 256>>>(v, nk, 13, 2.f);
-    for (int other : {kProbeQSmem, kProbeMcast}) {  // SwaFwdMode values index `modes`
-      if (other == kProbeMcast && c.H % 2 != 0) continue;
+    for (int other : {kProbeQSmem, kFwdMcast}) {  // SwaFwdMode values index `modes`
+      if (other == kFwdMcast && c.H % 2 != 0) continue;
       PROBE_CHECK(cudaMemset(o, 0xFF, nq * 4));
       PROBE_CHECK(cudaMemset(lse, 0xFF, nl * 8));
       PROBE_CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));

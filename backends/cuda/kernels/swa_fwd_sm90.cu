@@ -51,20 +51,22 @@ static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 l
 
 #endif  // SBOPS_SM90A_DEVICE
 
-// kFwd is the kernel.  The probe modes exist only to find where its time goes (benchmarks/gpu/probe_swa_fwd.cu;
-// all but kProbeQSmem, kProbeMcast and kProbeMcastLocal give wrong outputs): kProbeHalfLoads issues the K/V tile loads of every other tile only (the
-// MMAs read the ring's stale tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first
-// kStages tiles of the launch, kProbeHalfPv runs 4 of the 8 k-steps of P V (a quarter fewer MMAs), kProbeNoExp
-// replaces exp2 by a clamped linear map (finite p in [0, 1]), and kProbeQSmem is the session-6 kernel: S = Q K^T
-// reads Q from shared memory on every tile instead of from registers.
-// kProbeMcast: clusters of 2 CTAs take the same query block of two query heads (2 j, 2 j + 1); when both heads read
-// the same KV head each CTA loads one 64-column half of every K/V tile and multicasts it to both (half the
-// L2 -> SM traffic), and a ring stage is refilled once the consumers of both CTAs released it.  Correct (o and lse
-// bit-identical to kFwd) but 1.15x slower at 128k: coupling the two CTAs' 3-stage rings costs more (1.19x with
-// the clusters and no multicast, kProbeMcastLocal) than the multicast saves (3%).  Kept for that measurement and
-// as the start of a version with separate K and V release.
-enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem, kProbeMcast,
+// Modes.  kFwdMcast is the kernel whenever H is even: clusters of 2 CTAs take the same query block of query heads
+// 2 j and 2 j + 1; when both read the same KV head (12 of the 14 pairs at 28 / 4 heads), each CTA loads one
+// 64-column half of every K/V tile and multicasts it into both CTAs' ring (half the L2 -> SM traffic), and a stage
+// is refilled once the consumer warps of both CTAs released it (remote mbarrier arrivals).  kFwd is the same
+// kernel without clusters (odd H).  At the H100's power cap the multicast is 0.973x the time at 128k and 0.936x at
+// 32k (benchmarks/gpu/probe_swa_fwd.cu; outputs bit-identical).
+// The probe modes exist only to find where the time goes; all but kProbeQSmem and kProbeMcastLocal give wrong
+// outputs.  kProbeHalfLoads issues the K/V tile loads of every other tile only (the MMAs read the ring's stale
+// tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first kStages tiles of the launch,
+// kProbeHalfPv runs 4 of the 8 k-steps of P V (a quarter fewer MMAs), kProbeNoExp replaces exp2 by a clamped
+// linear map (finite p in [0, 1]), kProbeQSmem is the session-6 kernel (S = Q K^T reads Q from shared memory on
+// every tile instead of from registers), kProbeMcastLocal is kFwdMcast with every tile loaded whole by each CTA
+// (the cost of coupling the two CTAs' rings).
+enum SwaFwdMode { kFwd, kProbeHalfLoads, kProbeNoLoads, kProbeHalfPv, kProbeNoExp, kProbeQSmem, kFwdMcast,
                   kProbeMcastLocal };
+__host__ __device__ constexpr bool clustered(int mode) { return mode == kFwdMcast || mode == kProbeMcastLocal; }
 
 template <typename E, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -85,23 +87,23 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   // Persistent: block i takes work items i, i + gridDim.x, ...; item w = (query block, head, batch row), the
   // heaviest query blocks first (full causal).  K/V tiles run through the ring with one global tile counter
   // g, so the producer fills the next item's first stages (and its Q) while the MMA warpgroups finish this one.
-  // kProbeMcast: the unit is a cluster (blockIdx.x / 2, rank = the CTA in it) and an item a pair of heads.
-  constexpr bool kMc = kMode == kProbeMcast || kMode == kProbeMcastLocal;
+  // clustered modes: the unit is a cluster (blockIdx.x / 2, rank = the CTA in it) and an item a pair of heads
+  constexpr bool kMc = clustered(kMode);
   const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;
   const int unit = kMc ? blockIdx.x / 2 : blockIdx.x, nunits = kMc ? gridDim.x / 2 : gridDim.x;
-  const int Hi = kMc ? H / 2 : H;  // items per (query block, batch row); kProbeMcast: H even (launcher)
+  const int Hi = kMc ? H / 2 : H;  // items per (query block, batch row); clustered: H even (launcher)
   const int nqb = (L + kBM - 1) / kBM;
   const int nwork = nqb * Hi * B;  // < 2^31: checked by the launcher
   struct Item {
     int h, hkv, b, m0, lo, ntiles;
-    bool shared;  // kProbeMcast: both CTAs' heads read KV head hkv: the K/V tiles are multicast
+    bool shared;  // kFwdMcast: both CTAs' heads read KV head hkv: the K/V tiles are multicast
   };
   auto item_of = [&](int w) {
     Item it;
     const int G = H / HKV;
     it.h = kMc ? 2 * (w % Hi) + rank : w % H;
     it.hkv = it.h / G;
-    it.shared = kMode == kProbeMcast && (2 * (w % Hi)) / G == (2 * (w % Hi) + 1) / G;
+    it.shared = kMode == kFwdMcast && (2 * (w % Hi)) / G == (2 * (w % Hi) + 1) / G;
     const int rest = w / Hi;
     it.m0 = (nqb - 1 - rest % nqb) * kBM;
     it.b = rest / nqb;
@@ -115,7 +117,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   if (tid == 0) {
     for (int st = 0; st < kStages; ++st) {
       sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes)
-      // kProbeMcast: one arrival per consumer warp of both CTAs (a stage is refilled by both)
+      // clustered: one arrival per consumer warp of both CTAs (either CTA's producer refills the stage)
       sm90::mbar_init(bar_empty + 8 * st, kMc ? 2 * kConsumerThreads / 32 : kConsumerThreads);
     }
     sm90::mbar_init(bar_qfull, 1);
@@ -182,7 +184,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     uint32_t qf[kMode != kProbeQSmem ? kD / 16 : 1][4];  // this warpgroup's Q rows as the A operands of Q K^T
     float m_r[2], l_r[2], alpha[2];
 
-    // a ring stage read by this warpgroup's MMAs may be refilled (kProbeMcast: one arrival per warp on the barrier
+    // a ring stage read by this warpgroup's MMAs may be refilled (clustered: one arrival per warp on the barrier
     // of both CTAs, since either CTA's producer may multicast into it)
     auto release = [&](int st) {
       const uint32_t bar = bar_empty + 8 * st;
@@ -360,7 +362,7 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
   auto kernel = swa_fwd_sm90_kernel<E, kMode>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
-  if (kMode == kProbeMcast || kMode == kProbeMcastLocal) {
+  if (clustered(kMode)) {
     // clusters of 2 CTAs, as many as fit at once (persistent; 66 on the H100), each taking head pairs
     if (H % 2 != 0) return cudaErrorInvalidValue;
     cudaLaunchAttribute attr[1];
@@ -375,9 +377,17 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
     cfg.stream = stream;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    int clusters = 0;
-    SBOPS_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
-    if (clusters < 1) return cudaErrorNotSupported;
+    // how many clusters fit at once: asked once per device (per instantiation)
+    constexpr int kMaxDevices = 64;
+    static int cached[kMaxDevices] = {0};  // 0 unknown
+    int dev = 0;
+    SBOPS_RETURN_IF_ERROR(cudaGetDevice(&dev));
+    int clusters = dev >= 0 && dev < kMaxDevices ? cached[dev] : 0;
+    if (clusters == 0) {
+      SBOPS_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+      if (dev >= 0 && dev < kMaxDevices) cached[dev] = clusters > 0 ? clusters : -1;
+    }
+    if (clusters < 1) return cudaErrorNotSupported;  // the caller runs the kernel without clusters
     cfg.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(nwork / 2, clusters)));
     SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV,
                                              window, scale * kLog2e));
@@ -387,6 +397,18 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV, window,
                                                  scale * kLog2e);
   return last_launch_error();
+}
+
+// the multicast kernel for an even number of query heads (clusters take head pairs), else (or where no cluster of
+// two fits) the kernel without clusters
+template <typename E>
+cudaError_t launch_best(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H, int HKV,
+                        int window, float scale, cudaStream_t stream) {
+  if (H % 2 == 0) {
+    const cudaError_t e = launch_typed<E, kFwdMcast>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  return launch_typed<E, kFwd>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
 }
 
 bool query_available(int dev) {
@@ -429,8 +451,8 @@ cudaError_t sbops::launch_swa_fwd_sm90(const void* q, const void* k, const void*
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
   switch (dtype) {
-    case DType::BF16: return launch_typed<__nv_bfloat16>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
-    case DType::F16: return launch_typed<__half>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    case DType::BF16: return launch_best<__nv_bfloat16>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    case DType::F16: return launch_best<__half>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
     default: return cudaErrorInvalidValue;
   }
 }
