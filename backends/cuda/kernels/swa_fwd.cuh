@@ -1,4 +1,5 @@
-// Launcher of the Hopper sliding-window attention forward (swa_fwd_sm90.cu).  Torch-free: raw pointers,
+// Launcher of the Hopper sliding-window attention forward (swa_fwd_sm90.cu; an even number of query heads runs
+// 2-CTA clusters that multicast the K/V tiles a head pair shares).  Torch-free: raw pointers,
 // sizes, a stream.  NVIDIA sm_90a only; other builds and devices report "not available" and callers use
 // the portable Triton forward.
 #pragma once

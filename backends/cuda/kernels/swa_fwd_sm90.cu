@@ -1,7 +1,8 @@
 // Sliding-window attention forward for Hopper (sm_90a), head dim 128, bf16/fp16 in, float32 softmax.
 //
 // Persistent blocks of three warpgroups (384 threads), one per SM, each taking work items (query head, 128-query
-// block, batch row) in turn:
+// block, batch row) in turn; for an even number of query heads the blocks run in clusters of two that take head
+// pairs and share each K/V tile by TMA multicast (kFwdMcast below):
 //  * warpgroup 0 (producer, 40 registers after setmaxnreg; one thread works) copies Q, then K and V tiles (128
 //    keys x 128 dims each) into a three-stage ring in shared memory with TMA (boxes of 128 rows x 64 columns,
 //    128-byte swizzle: the layout of sm90.cuh; 224 KiB; rows past the sequence arrive as zeros; P V reads the V
