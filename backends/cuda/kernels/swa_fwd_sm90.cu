@@ -24,6 +24,7 @@
 
 #if !defined(USE_MACA)
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 
@@ -378,15 +379,18 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
     cfg.stream = stream;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    // how many clusters fit at once: asked once per device (per instantiation)
+    // how many clusters fit at once: asked once per device (per instantiation); a failed query counts as none
     constexpr int kMaxDevices = 64;
-    static int cached[kMaxDevices] = {0};  // 0 unknown
+    static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, -1 none
     int dev = 0;
     SBOPS_RETURN_IF_ERROR(cudaGetDevice(&dev));
-    int clusters = dev >= 0 && dev < kMaxDevices ? cached[dev] : 0;
+    int clusters = dev >= 0 && dev < kMaxDevices ? cached[dev].load(std::memory_order_relaxed) : 0;
     if (clusters == 0) {
-      SBOPS_RETURN_IF_ERROR(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
-      if (dev >= 0 && dev < kMaxDevices) cached[dev] = clusters > 0 ? clusters : -1;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+        cudaGetLastError();  // not sticky: clear it for the caller's fallback launch
+        clusters = -1;
+      }
+      if (dev >= 0 && dev < kMaxDevices) cached[dev].store(clusters > 0 ? clusters : -1, std::memory_order_relaxed);
     }
     if (clusters < 1) return cudaErrorNotSupported;  // the caller runs the kernel without clusters
     cfg.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(nwork / 2, clusters)));
@@ -408,6 +412,7 @@ cudaError_t launch_best(const void* q, const void* k, const void* v, void* o, fl
   if (H % 2 == 0) {
     const cudaError_t e = launch_typed<E, kFwdMcast>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
     if (e != cudaErrorNotSupported) return e;
+    cudaGetLastError();  // a refused cluster launch leaves its (non-sticky) error behind: not the fallback's
   }
   return launch_typed<E, kFwd>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
 }
