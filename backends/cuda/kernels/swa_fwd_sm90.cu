@@ -205,7 +205,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       const int row0 = it.m0 + row_in;
       m_r[0] = m_r[1] = -1e30f;
       l_r[0] = l_r[1] = 0.f;
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < 64; ++i) acc[i] = 0.f;
 
       auto wait_full = [&](int t) {
@@ -214,7 +214,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       };
       auto qk = [&](int t) {  // issue s = Q K_t^T
         const uint32_t kt = s_k + ((g0 + t) % kStages) * kTileBytes;
-  #pragma unroll
+#pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks) {
           if (kMode != kProbeQSmem)
             sm90::Wgmma<E>::template rs<0>(s, qf[ks], Tile::desc(kt, 0, ks), ks > 0 ? 1 : 0);
@@ -224,7 +224,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       };
       auto pv = [&](int t) {  // issue acc += P V_t
         const uint32_t v_s = s_v + ((g0 + t) % kStages) * kTileBytes;
-  #pragma unroll
+#pragma unroll
         for (int ks = 0; ks < (kMode == kProbeHalfPv ? kBN / 32 : kBN / 16); ++ks)
           sm90::Wgmma<E>::template rs<1>(acc, p[ks], Tile::desc_rows_as_k(v_s, ks), 1);
       };
@@ -232,22 +232,22 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       auto softmax = [&](int t) {
         const int n0 = lo + t * kBN;
         if (!(n0 + kBN - 1 <= wr0 && n0 >= wr0 + 63 - window)) {  // some pair of this warpgroup is outside
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < 16; ++i)
-  #pragma unroll
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int j = n0 + 8 * i + col0 + (e & 1), r = row0 + 8 * (e >> 1);
               if (j > r || j < r - window || j >= L) s[4 * i + e] = -INFINITY;
             }
         }
         float mx[2] = {-INFINITY, -INFINITY};
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 16; ++i) {
           mx[0] = fmaxf(mx[0], fmaxf(s[4 * i], s[4 * i + 1]));
           mx[1] = fmaxf(mx[1], fmaxf(s[4 * i + 2], s[4 * i + 3]));
         }
         float neg_m[2], sum[2] = {0.f, 0.f};
-  #pragma unroll
+#pragma unroll
         for (int r = 0; r < 2; ++r) {
           mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 1));
           mx[r] = fmaxf(mx[r], shfl_xor(mx[r], 2));
@@ -256,7 +256,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
           m_r[r] = m_new;
           neg_m[r] = -m_new;
         }
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 64; ++i) {
           const float x = fmaf(s[i], scale_log2, neg_m[(i >> 1) & 1]);
           // kProbeNoExp: two ALU ops instead of the MUFU exp2, p still finite and in [0, 1] (masked -inf -> 0)
@@ -267,9 +267,9 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         l_r[1] = l_r[1] * alpha[1] + sum[1];
       };
       auto pack = [&]() {
-  #pragma unroll
+#pragma unroll
         for (int ks = 0; ks < 8; ++ks)
-  #pragma unroll
+#pragma unroll
           for (int j = 0; j < 4; ++j) p[ks][j] = sm90::pack2<E>(s[8 * ks + 2 * j], s[8 * ks + 2 * j + 1]);
       };
 
@@ -277,7 +277,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       if (kMode != kProbeQSmem) {
         // ldmatrix x4 of k-step ks: lanes 0-15 address rows 0-15 of 16-byte chunk 2 ks, lanes 16-31 chunk 2 ks + 1
         const int r = 64 * wg + 16 * warp + (lane & 15);
-  #pragma unroll
+#pragma unroll
         for (int ks = 0; ks < kD / 16; ++ks)
           sm90::ldmatrix_x4(qf[ks], s_q + Tile::chunk_offset(r, 2 * ks + (lane >> 4)));
         sm90::fence_proxy_async();      // these generic-proxy reads before the producer's TMA overwrite
@@ -316,7 +316,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         sm90::reg_fence(acc);
         sm90::reg_fence(p);
         release((g0 + t) % kStages);  // K_t and V_t read: the stage may be refilled
-  #pragma unroll
+#pragma unroll
         for (int i = 0; i < 64; ++i) acc[i] *= alpha[(i >> 1) & 1];
         pack();
       }
@@ -329,7 +329,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       g0 += ntiles;
 
       // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
-  #pragma unroll
+#pragma unroll
       for (int r = 0; r < 2; ++r) {
         float l = l_r[r];
         l += shfl_xor(l, 1);
@@ -339,7 +339,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         if (row < L) {
           const int64_t tok = static_cast<int64_t>(it.b) * L + row;
           uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
-  #pragma unroll
+#pragma unroll
           for (int i = 0; i < 16; ++i) out[4 * i] = sm90::pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
           if ((lane & 3) == 0) lse[tok * H + it.h] = (m_r[r] + __log2f(l_safe)) * kLn2;
         }
