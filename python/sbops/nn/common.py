@@ -1,4 +1,4 @@
-"""Building blocks shared by the attention and FFN layers: RMSNorm, rotary embeddings, SwiGLU."""
+"""Building blocks shared by the attention and FFN layers: RMSNorm (fla order), rotary embeddings, SwiGLU."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -23,17 +23,44 @@ def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Option
 
 
 class RMSNorm(nn.Module):
-    """Qwen2-style RMSNorm over the last dim, computed in float32: w * x / sqrt(mean(x^2) + eps)."""
+    """RMSNorm over the last dim in fla's order (fla.modules.RMSNorm, SpikingBrain's released code).
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    forward(x, residual=None, prenorm=False, residual_in_fp32=False):
+      h = float32(x) (+ float32(residual));  y = h / sqrt(mean(h^2) + eps) * float32(weight) (+ bias),
+      computed in float32 and cast to x's dtype once at the end (Qwen2/HF casts before the weight
+      multiply; in bfloat16 that differs by an ulp on about a quarter of the elements).
+      prenorm=True returns (y, h) with h in residual's dtype (float32 if residual is None and
+      residual_in_fp32, else x's dtype): the pre-norm residual stream of a block.  y is normalised
+      from the float32 sum, not from its rounded copy.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
+                residual_in_fp32: bool = False):
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # float32, or float64 for references
+        h = x.to(ct)
+        if residual is not None:
+            if residual.shape != x.shape:
+                raise ValueError(f"RMSNorm: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+            h = h + residual.to(ct)
+        y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(ct)
+        if self.bias is not None:
+            y = y + self.bias.to(ct)
+        y = y.to(x.dtype)
+        if not prenorm:
+            return y
+        res_dtype = residual.dtype if residual is not None else (ct if residual_in_fp32 else x.dtype)
+        return y, h.to(res_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0] if self.weight is not None else ''}, eps={self.eps}"
 
 
 class RotaryEmbedding(nn.Module):
@@ -59,14 +86,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class SwiGLU(nn.Module):
-    """Qwen2's MLP: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases."""
+    """Qwen2's MLP: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases.
+
+    down_quant=False keeps down_proj a plain nn.Linear even when spike_k / weight_quant apply to
+    gate/up (SpikingBrain's W8ASpike: its swiglu_linear reads down_proj's float weight directly).
+    """
 
     def __init__(self, hidden_size: int, intermediate_size: int, spike_k: Optional[float] = None,
-                 weight_quant: Optional[str] = None):
+                 weight_quant: Optional[str] = None, down_quant: bool = True):
         super().__init__()
         self.gate_proj = make_linear(hidden_size, intermediate_size, False, spike_k, weight_quant)
         self.up_proj = make_linear(hidden_size, intermediate_size, False, spike_k, weight_quant)
-        self.down_proj = make_linear(intermediate_size, hidden_size, False, spike_k, weight_quant)
+        self.down_proj = (make_linear(intermediate_size, hidden_size, False, spike_k, weight_quant) if down_quant
+                          else nn.Linear(intermediate_size, hidden_size, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

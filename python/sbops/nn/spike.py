@@ -9,7 +9,54 @@ from torch import nn
 
 import sbops
 
-WEIGHT_QUANTS = ("int8",)
+WEIGHT_QUANTS = ("int8", "int8_static")
+
+
+class WeightQuantizer(nn.Module):
+    """Fixed (checkpoint) int8 weight scales, as SpikingBrain's released W8ASpike `Quantizer`.
+
+    `scales` [out, in / group_size, 1] (buffer; the state-dict name `<linear>.weight_quantizer.scales`
+    matches the release).  forward(w) = round(w / s) * s per group of `group_size` input channels,
+    computed in the weight's dtype exactly as the released code does (no clamp: the scales are
+    whatever the checkpoint holds, e.g. GPTQ's, and are never recomputed).
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 128):
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"WeightQuantizer: in_features={in_features} must be a multiple of "
+                             f"group_size={group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("scales", torch.ones(out_features, in_features // group_size, 1))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.reshape(self.out_features, -1, self.group_size)
+        w = (w / self.scales).round() * self.scales
+        return w.reshape(self.out_features, self.in_features).to(weight.dtype)
+
+
+def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """x_hat's values exactly (x - x.detach() is an exact zero), with d/dx = identity."""
+    return x_hat.detach() + (x - x.detach())
+
+
+def spike_fake_quant_released(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
+    """W8ASpike's `dynamic_spikes` coding over the last dim, in the released order: vth =
+    clamp(mean|x| (in x's dtype) / k, 1e-5, 1e4) in float32, x_hat = round(x / vth) * vth cast to
+    x's dtype.  (sbops.spike_quant takes the mean in float32; the two differ only when x is
+    bfloat16/float16.)  The gradient passes straight through."""
+    vth = (x.abs().mean(-1, keepdim=True).float() / k).clamp(1e-5, 1e4)
+    x_hat = ((x / vth).round() * vth).to(x.dtype)
+    return _straight_through(x, x_hat)
+
+
+def int8_fake_quant_per_row(x: torch.Tensor) -> torch.Tensor:
+    """W8ASpike's `quantize_sym(x, 8)` over the last dim (per token and head for [.., H, D] k/v):
+    scale = clamp(amax|x| / 127, 1e-5, 1e4) in float32, x_hat = clamp(round(x / scale), -128, 127)
+    * scale cast to x's dtype.  Straight-through gradient."""
+    scale = (x.abs().amax(-1, keepdim=True).float() / 127.0).clamp(1e-5, 1e4)
+    x_hat = ((x / scale).round().clamp(-128, 127) * scale).to(x.dtype)
+    return _straight_through(x, x_hat)
 
 
 def quantize_weight_int8(weight: torch.Tensor, group_size: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +93,12 @@ class SpikeLinear(nn.Linear):
     per `group_size` input channels of each output row (quantize_weight_int8); the gradient passes
     straight through to the float weight, so the layer stays trainable. `int8_weight()` gives the
     int8 tensor and scales for export.
+    weight_quant="int8_static": the scales are fixed buffers loaded with the weights
+    (`weight_quantizer.scales` [out, in / group_size, 1], SpikingBrain's W8ASpike checkpoints) and
+    applied as round(w / s) * s (WeightQuantizer); never recomputed from the weight.  The input is
+    then coded exactly as W8ASpike's QuantLinear does (spike_fake_quant_released: the mean |x| is
+    taken in x's dtype before going to float32; sbops.spike_quant averages in float32, which
+    differs in bfloat16 by the rounding of vth).
 
     Subclasses nn.Linear: same parameters (`weight`, `bias`), so checkpoints load either way.
     """
@@ -60,20 +113,32 @@ class SpikeLinear(nn.Linear):
         self.k = k
         self.weight_quant = weight_quant
         self.group_size = group_size
+        if weight_quant == "int8_static":
+            self.weight_quantizer = WeightQuantizer(in_features, out_features, group_size)
 
     def int8_weight(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(q int8 [out, in], scales float32 [out, groups]) of the current weight."""
+        if self.weight_quant == "int8_static":
+            s = self.weight_quantizer.scales
+            w = self.weight.detach().reshape(self.out_features, -1, self.group_size)
+            q = (w / s).round().clamp(-128, 127).to(torch.int8).reshape(self.out_features, self.in_features)
+            return q, s[..., 0].float()
         return quantize_weight_int8(self.weight, self.group_size)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight the forward uses: the float weight, or its int8 round trip (straight-through)."""
         if self.weight_quant is None:
             return self.weight
-        w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
-        return self.weight + (w_q - self.weight).detach()
+        if self.weight_quant == "int8_static":
+            w_q = self.weight_quantizer(self.weight)
+        else:
+            w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
+        return _straight_through(self.weight, w_q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.k is not None:
+        if self.k is not None and self.weight_quant == "int8_static":
+            x = spike_fake_quant_released(x, self.k)  # W8ASpike's QuantLinear: vth from mean|x| in x's dtype
+        elif self.k is not None:
             x = sbops.spike_quant(x.contiguous(), self.k)
         return F.linear(x, self.effective_weight(), self.bias)
 

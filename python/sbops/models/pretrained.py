@@ -1,0 +1,426 @@
+"""Load and save SpikingBrain checkpoints: the released SpikingBrain-7B Hugging Face format
+(BICLab/SpikingBrain-7B `hf_7B_model/`, model_type "gla_swa", and its `W8ASpike/` variant) and
+sbops' own format for models the released format cannot express.
+
+    model = SpikingBrainForCausalLM.from_pretrained("path/to/SpikingBrain-7B")     # dtype="auto"
+    model.save_pretrained("out/")                                                    # same format back
+
+A folder holds config.json plus the weights: model.safetensors, sharded safetensors with
+model.safetensors.index.json, pytorch_model.bin, or sharded .bin with pytorch_model.bin.index.json.
+
+Released config -> SpikingBrainConfig: vocab_size, hidden_size, intermediate_size, rope_theta,
+tie_word_embeddings, initializer_range carry over; num_attention_heads -> num_heads,
+num_key_value_heads -> num_kv_heads, head_dim = hidden_size // num_attention_heads,
+norm_eps -> rms_norm_eps, sliding_window -> window, num_hidden_layers + attn_layers ->
+layer_types (an index in attn_layers is "swa", else "gla"; default attn_layers = odd layers);
+gate low rank 16 and gate normaliser 16 are fixed in the released code.  A missing key takes the
+released GLAswaConfig default (e.g. rope_theta 1e6).  Refused with an error naming the key:
+use_short_conv=True, hidden_act other than swish/silu, attn_mode other than chunk / fused_chunk /
+fused_recurrent, rope_scaling, a head_dim other than hidden/heads, and any key this loader does not
+know (pass allow_unknown_config_keys=True to ignore those).  Ignored because the released model
+ignores them at inference: attention_dropout, elementwise_affine (its norms are always affine),
+max_position_embeddings (plain RoPE), conv_size, fuse_cross_entropy, use_cache, token ids.
+
+State dict renames (released -> ours): model.embeddings. -> model.embed_tokens.,
+.attn_norm. -> .input_layernorm., .mlp_norm. -> .post_attention_layernorm.,
+.attn.g_norm. -> .self_attn.o_norm., any other .attn. -> .self_attn.; everything else
+(q/k/v/o_proj, gk_proj.0/1, mlp.*, model.norm, lm_head) is unchanged.  A tensor left over or
+missing is an error; nothing is dropped silently.
+
+dtype="auto" (default) casts to config.json's torch_dtype (else the checkpoint's floating dtype),
+as Hugging Face's torch_dtype="auto"; dtype=torch.float32 reproduces transformers 4.x's default.
+Buffers are created in that dtype as under Hugging Face (so W8ASpike's int8 scales are applied
+in the model dtype, as in the released code).
+
+W8ASpike checkpoints (detected by `*.weight_quantizer.scales` tensors) need three model options
+that sbops.models does not have yet (full-rank gk_proj, spiking inside SWA, a plain down_proj);
+loading one raises NotImplementedError naming the missing SpikingBrainConfig fields.  The loader
+side is complete: see _W8A_FIELDS, and sbops.nn.spike (WeightQuantizer, weight_quant="int8_static",
+spike_fake_quant_released, int8_fake_quant_per_row).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+from typing import Dict, Optional
+
+import torch
+
+from .config import SpikingBrainConfig
+
+RELEASED_MODEL_TYPE = "gla_swa"
+RELEASED_ARCH = "GLAswaForCausalLM"
+NATIVE_MODEL_TYPE = "sbops_spikingbrain"
+
+# GLAswaConfig's defaults (configuration_gla_swa.py), used for keys a config.json leaves out.
+RELEASED_DEFAULTS = dict(
+    vocab_size=152064, hidden_size=3584, num_hidden_layers=28, attn_mode="chunk", num_attention_heads=28,
+    num_key_value_heads=4, use_short_conv=False, conv_size=4, intermediate_size=18944, hidden_act="swish",
+    max_position_embeddings=4096 * 32, sliding_window=4096, elementwise_affine=True, norm_eps=1e-6,
+    rope_theta=1000000.0, attention_dropout=0.0, use_cache=True, pad_token_id=None, bos_token_id=151643,
+    eos_token_id=151643, tie_word_embeddings=False, initializer_range=0.02, fuse_cross_entropy=True)
+_USED_KEYS = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "intermediate_size", "sliding_window", "norm_eps", "rope_theta", "tie_word_embeddings",
+              "initializer_range", "attn_layers", "use_short_conv", "hidden_act", "attn_mode", "rope_scaling",
+              "head_dim", "quant_weight_group_size"}
+_IGNORED_KEYS = {"architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
+                 "_name_or_path", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache",
+                 "max_position_embeddings", "fuse_cross_entropy", "conv_size", "elementwise_affine",
+                 "attention_dropout", "output_attentions", "output_hidden_states", "return_dict",
+                 "tokenizer_class", "keys_to_ignore_at_inference"}
+
+# Model options a W8ASpike checkpoint needs (field: value); see the module docstring.
+_W8A_FIELDS = {"gate_low_rank_dim": 0, "swa_q_spike_k": 3.0, "swa_kv_quant": "int8", "mlp_down_quant": False}
+_W8A_SCALES = ".weight_quantizer.scales"
+
+_TO_OURS = [(r"^model\.embeddings\.", "model.embed_tokens."), (r"\.attn_norm\.", ".input_layernorm."),
+            (r"\.mlp_norm\.", ".post_attention_layernorm."), (r"\.attn\.g_norm\.", ".self_attn.o_norm."),
+            (r"\.attn\.", ".self_attn.")]
+_TO_RELEASED = [(r"^model\.embed_tokens\.", "model.embeddings."), (r"\.input_layernorm\.", ".attn_norm."),
+                (r"\.post_attention_layernorm\.", ".mlp_norm."), (r"\.self_attn\.o_norm\.", ".attn.g_norm."),
+                (r"\.self_attn\.", ".attn.")]
+
+
+def released_to_ours(name: str) -> str:
+    for pat, rep in _TO_OURS:
+        name, n = re.subn(pat, rep, name, count=1)
+        if n and rep == ".self_attn.o_norm.":
+            return name
+    return name
+
+
+def ours_to_released(name: str) -> str:
+    for pat, rep in _TO_RELEASED:
+        name, n = re.subn(pat, rep, name, count=1)
+        if n and rep == ".attn.g_norm.":
+            return name
+    return name
+
+
+# ------------------------------------------------------------------------------------------ config
+def config_from_released(d: dict, allow_unknown_config_keys: bool = False, **overrides) -> SpikingBrainConfig:
+    """SpikingBrainConfig of a released config.json dict (see the module docstring)."""
+    unknown = sorted(set(d) - _USED_KEYS - _IGNORED_KEYS)
+    if unknown and not allow_unknown_config_keys:
+        raise ValueError(f"from_pretrained: config.json has keys this loader does not know: {unknown} "
+                         f"(pass allow_unknown_config_keys=True to ignore them)")
+    c = {**RELEASED_DEFAULTS, **d}  # an explicit null stays None, as GLAswaConfig receives it
+    if c.get("use_short_conv"):
+        raise NotImplementedError("from_pretrained: use_short_conv=True (short convolutions on q/k/v) is not "
+                                  "supported by sbops.models")
+    if c.get("hidden_act") not in ("swish", "silu"):
+        raise NotImplementedError(f"from_pretrained: hidden_act={c.get('hidden_act')!r} is not supported "
+                                  f"(the FFN is SwiGLU: swish/silu)")
+    if c.get("attn_mode") not in ("chunk", "fused_chunk", "fused_recurrent"):
+        raise ValueError(f"from_pretrained: attn_mode={c.get('attn_mode')!r} is not one of the released modes "
+                         f"chunk / fused_chunk / fused_recurrent")
+    if c.get("rope_scaling") is not None:
+        raise NotImplementedError(f"from_pretrained: rope_scaling={c['rope_scaling']!r} is not supported "
+                                  f"(plain RoPE only)")
+    hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    kv = int(c["num_key_value_heads"] or heads)
+    if hidden % heads:
+        raise ValueError(f"from_pretrained: hidden_size={hidden} must be a multiple of num_attention_heads={heads}")
+    if c.get("head_dim") not in (None, hidden // heads):
+        raise NotImplementedError(f"from_pretrained: head_dim={c['head_dim']} differs from hidden_size / "
+                                  f"num_attention_heads = {hidden // heads}, which the released model uses")
+    window = c.get("sliding_window")
+    if not isinstance(window, int) or window < 0:
+        raise NotImplementedError(f"from_pretrained: sliding_window={window!r} is not supported (need an int >= 0)")
+    n = int(c["num_hidden_layers"])
+    attn_layers = c.get("attn_layers")
+    attn_layers = list(range(1, n, 2)) if attn_layers is None else [int(i) for i in attn_layers]
+    bad = [i for i in attn_layers if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"from_pretrained: attn_layers {bad} are outside 0..num_hidden_layers-1 = 0..{n - 1}")
+    fields = dict(
+        vocab_size=int(c["vocab_size"]), hidden_size=hidden, intermediate_size=int(c["intermediate_size"]),
+        num_heads=heads, num_kv_heads=kv, head_dim=hidden // heads,
+        layer_types=tuple("swa" if i in attn_layers else "gla" for i in range(n)),
+        rms_norm_eps=float(c["norm_eps"]), rope_theta=float(c["rope_theta"]), window=window,
+        tie_word_embeddings=bool(c["tie_word_embeddings"]), initializer_range=float(c["initializer_range"]),
+        qkv_bias=True, gate_low_rank_dim=16, gate_logit_normalizer=16.0)
+    fields.update(overrides)
+    return SpikingBrainConfig(**fields)
+
+
+def released_config_dict(cfg: SpikingBrainConfig, dtype: torch.dtype, w8a: bool = False) -> dict:
+    """A released-format config.json dict for cfg (ValueError if the format cannot express cfg)."""
+    why = _not_released_expressible(cfg, w8a)
+    if why:
+        raise ValueError(f"save_pretrained: the released SpikingBrain format cannot express this model: {why}")
+    return {
+        "architectures": [RELEASED_ARCH], "model_type": RELEASED_MODEL_TYPE,
+        "attn_layers": [i for i, t in enumerate(cfg.layer_types) if t == "swa"], "attn_mode": "chunk",
+        "hidden_act": "swish", "hidden_size": cfg.hidden_size, "initializer_range": cfg.initializer_range,
+        "intermediate_size": cfg.intermediate_size, "norm_eps": cfg.rms_norm_eps,
+        "num_attention_heads": cfg.num_heads, "num_hidden_layers": cfg.num_layers,
+        "num_key_value_heads": cfg.num_kv_heads, "rope_theta": cfg.rope_theta, "sliding_window": cfg.window,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "torch_dtype": _dtype_name(dtype),
+        "use_short_conv": False, "vocab_size": cfg.vocab_size}
+
+
+def _not_released_expressible(cfg: SpikingBrainConfig, w8a: bool) -> Optional[str]:
+    if any(t not in ("gla", "swa") for t in cfg.layer_types):
+        return f"layer_types {cfg.layer_types} (only gla/swa layers)"
+    checks = [("num_experts", cfg.num_experts, 0), ("num_meta_tokens", cfg.num_meta_tokens, 0),
+              ("full_attention_layers", cfg.full_attention_layers, ()), ("qkv_bias", cfg.qkv_bias, True),
+              ("gate_logit_normalizer", cfg.gate_logit_normalizer, 16.0),
+              ("head_dim", cfg.head_dim, cfg.hidden_size // cfg.num_heads)]
+    if w8a:
+        checks += [("spike_k", cfg.spike_k, 3.0), ("weight_quant", cfg.weight_quant, "int8_static")]
+        checks += [(f, getattr(cfg, f, None), v) for f, v in _W8A_FIELDS.items()]
+    else:
+        checks += [("gate_low_rank_dim", cfg.gate_low_rank_dim, 16), ("spike_k", cfg.spike_k, None),
+                   ("weight_quant", cfg.weight_quant, None)]
+    for name, have, want in checks:
+        if have != want:
+            return f"{name}={have!r} (the released format has {want!r})"
+    if cfg.hidden_size % cfg.num_heads:
+        return "hidden_size not a multiple of num_heads"
+    return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _parse_dtype(name) -> torch.dtype:
+    dt = getattr(torch, str(name).replace("torch.", ""), None) if name is not None else None
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise ValueError(f"from_pretrained: torch_dtype {name!r} is not a floating torch dtype")
+    return dt
+
+
+# ------------------------------------------------------------------------------------------ files
+def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in `path`, by its stored name (on the CPU)."""
+    def st_load(f):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("from_pretrained: reading .safetensors needs the safetensors package") from e
+        return load_file(os.path.join(path, f))
+
+    def bin_load(f):
+        return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
+
+    for index, loader in (("model.safetensors.index.json", st_load), ("pytorch_model.bin.index.json", bin_load)):
+        if os.path.isfile(os.path.join(path, index)):
+            with open(os.path.join(path, index)) as fh:
+                weight_map = json.load(fh)["weight_map"]
+            out = {}
+            for shard in sorted(set(weight_map.values())):
+                part = loader(shard)
+                listed = {k for k, v in weight_map.items() if v == shard}
+                if set(part) != listed:
+                    raise ValueError(f"from_pretrained: shard {shard} holds {sorted(set(part) ^ listed)[:5]} "
+                                     f"differently from what {index} lists")
+                out.update(part)
+            return out
+    for single, loader in (("model.safetensors", st_load), ("pytorch_model.bin", bin_load)):
+        if os.path.isfile(os.path.join(path, single)):
+            return dict(loader(single))
+    raise FileNotFoundError(f"from_pretrained: no weights in {path!r} (looked for model.safetensors[.index.json] "
+                            f"and pytorch_model.bin[.index.json])")
+
+
+@contextlib.contextmanager
+def _fast_init(dtype: torch.dtype, device):
+    """Build modules directly in `dtype` on `device`, skipping random initialisation (every tensor is
+    loaded afterwards; a missing one is an error), like Hugging Face's no_init_weights."""
+    names = ("normal_", "uniform_", "zeros_", "ones_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+             "kaiming_normal_", "trunc_normal_", "constant_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    old = torch.get_default_dtype()
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+# ------------------------------------------------------------------------------------------ load
+def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", allow_unknown_config_keys=False,
+                    **overrides):
+    """Load a SpikingBrain checkpoint folder into `cls` (SpikingBrainForCausalLM).
+
+    dtype: "auto" (config's torch_dtype, else the checkpoint's) or a torch dtype; torch_dtype is an
+    alias (Hugging Face's name).  device: where the model is built.  overrides: SpikingBrainConfig
+    fields to change (e.g. window=...) -- only for fields the checkpoint does not pin down.
+    """
+    path = os.fspath(path)
+    with open(os.path.join(path, "config.json")) as fh:
+        d = json.load(fh)
+    if torch_dtype is not None:
+        dtype = torch_dtype
+    sd = load_checkpoint_tensors(path)
+    native = d.get("model_type") == NATIVE_MODEL_TYPE
+    if not native and d.get("model_type") != RELEASED_MODEL_TYPE and RELEASED_ARCH not in (d.get("architectures") or []):
+        raise ValueError(f"from_pretrained: config.json model_type={d.get('model_type')!r} is neither the released "
+                         f"SpikingBrain-7B format ({RELEASED_MODEL_TYPE!r}) nor sbops' ({NATIVE_MODEL_TYPE!r})")
+    if dtype == "auto":
+        name = d.get("torch_dtype") or d.get("dtype")
+        dtype = _parse_dtype(name) if name else next((t.dtype for t in sd.values() if t.is_floating_point()),
+                                                     torch.float32)
+    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"from_pretrained: dtype must be 'auto' or a floating torch dtype, got {dtype!r}")
+
+    extra: Dict[str, torch.Tensor] = {}
+    if native:
+        fields = dict(d["sbops_config"])
+        fields.update(overrides)
+        cfg = SpikingBrainConfig(**fields)
+        renamed = dict(sd)
+    else:
+        w8a = any(k.endswith(_W8A_SCALES) for k in sd) or d.get("quant_weight_group_size") is not None
+        cfg = config_from_released(d, allow_unknown_config_keys, **overrides)
+        if w8a:
+            cfg = _w8a_config(cfg)
+        renamed = {}
+        for k, t in sd.items():
+            ours = released_to_ours(k)
+            if ours in renamed:
+                raise ValueError(f"from_pretrained: two checkpoint tensors map to {ours}")
+            renamed[ours] = t
+        if w8a:  # the released FFN reads down_proj's weight directly (swiglu_linear): its scales are unused
+            for k in [k for k in renamed if k.endswith(".mlp.down_proj" + _W8A_SCALES)]:
+                extra[ours_to_released(k)] = renamed.pop(k)
+
+    with _fast_init(dtype, device):
+        model = cls(cfg)
+    if not native and any(k.endswith(_W8A_SCALES) for k in sd):
+        _check_w8a_model(model)
+    _load_exact(model, renamed)
+    model.eval()
+    model._released_config = None if native else d
+    model._released_extra = extra
+    return model
+
+
+def _w8a_config(cfg: SpikingBrainConfig) -> SpikingBrainConfig:
+    have = {f.name for f in dataclasses.fields(SpikingBrainConfig)}
+    missing = [f for f in _W8A_FIELDS if f not in have]
+    if missing:
+        raise NotImplementedError(
+            "from_pretrained: this is a W8ASpike checkpoint, which needs model options sbops.models does not "
+            f"have yet: SpikingBrainConfig fields {missing} (full-rank gk_proj via gate_low_rank_dim=0; "
+            "spike-coded queries (k=3) and int8 k/v inside SWA; a plain down_proj), together with "
+            "spike_k=3.0 and weight_quant='int8_static' (checkpoint scales)")
+    return cfg.replace(spike_k=3.0, weight_quant="int8_static", **_W8A_FIELDS)
+
+
+def _check_w8a_model(model):
+    keys = model.state_dict().keys()
+    if not any(k.endswith("self_attn.gk_proj.weight") for k in keys):
+        raise NotImplementedError("from_pretrained: W8ASpike needs a full-rank gk_proj (gate_low_rank_dim=0), "
+                                  "which this model build does not produce")
+
+
+def _load_exact(model, sd: Dict[str, torch.Tensor]):
+    """Copy sd into model; leftover, missing or mis-shaped tensors are errors."""
+    own = model.state_dict()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    expected = set(own) - ({"lm_head.weight"} if tied else set())
+    leftover = sorted(set(sd) - set(own))
+    missing = sorted(expected - set(sd))
+    if leftover or missing:
+        msg = []
+        if leftover:
+            msg.append(f"checkpoint tensors with no place in the model: {_names(leftover, True)}")
+        if missing:
+            msg.append(f"model tensors the checkpoint does not have: {_names(missing, False)}")
+        raise ValueError("from_pretrained: " + "; ".join(msg))
+    for k, t in sd.items():
+        if tuple(t.shape) != tuple(own[k].shape):
+            raise ValueError(f"from_pretrained: {_names([k], True)} has shape {tuple(t.shape)} in the checkpoint but "
+                             f"{tuple(own[k].shape)} in the model")
+    if tied and "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["model.embed_tokens.weight"]):
+        raise ValueError("from_pretrained: tie_word_embeddings=True but lm_head.weight differs from the embeddings")
+    with torch.no_grad():
+        for k, t in sd.items():
+            own[k].copy_(t)
+
+
+def _names(keys, released: bool):
+    shown = [f"{k} ({ours_to_released(k)})" if released and ours_to_released(k) != k else k for k in keys[:8]]
+    return ", ".join(shown) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+# ------------------------------------------------------------------------------------------ save
+def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_serialization: bool = True,
+                    released_format: Optional[bool] = None):
+    """Write `model` to the folder `path`: config.json + model.safetensors (or shards of at most
+    max_shard_size bytes with model.safetensors.index.json; pytorch_model*.bin when
+    safe_serialization=False).  The released format when it can express the model (default), else
+    sbops' own format (config.json with model_type "sbops_spikingbrain" and our tensor names);
+    released_format=True makes the former mandatory.  A checkpoint loaded with from_pretrained is
+    written back with the same config.json (torch_dtype updated) and identical tensors."""
+    cfg = model.config
+    w8a = getattr(cfg, "weight_quant", None) == "int8_static"
+    dtype = model.model.embed_tokens.weight.dtype
+    why = _not_released_expressible(cfg, w8a)
+    if released_format is None:
+        released_format = why is None
+    if released_format and why:
+        raise ValueError(f"save_pretrained: the released SpikingBrain format cannot express this model: {why}")
+    os.makedirs(path, exist_ok=True)
+    sd = {}
+    for k, t in model.state_dict().items():
+        if cfg.tie_word_embeddings and k == "lm_head.weight":
+            continue  # tied: stored once, as Hugging Face does
+        sd[ours_to_released(k) if released_format else k] = t.detach().to("cpu").contiguous()
+    if released_format:
+        d = getattr(model, "_released_config", None)
+        d = dict(d) if d else released_config_dict(cfg, dtype, w8a)
+        d["torch_dtype"] = _dtype_name(dtype)
+        sd.update({k: t.to("cpu").contiguous() for k, t in (getattr(model, "_released_extra", None) or {}).items()})
+    else:
+        d = {"architectures": ["SpikingBrainForCausalLM"], "model_type": NATIVE_MODEL_TYPE,
+             "torch_dtype": _dtype_name(dtype), "sbops_config": dataclasses.asdict(cfg)}
+    with open(os.path.join(path, "config.json"), "w") as fh:
+        json.dump(d, fh, indent=2, sort_keys=True)
+    _write_tensors(sd, path, max_shard_size, safe_serialization)
+
+
+def _write_tensors(sd, path, max_shard_size, safe):
+    ext, stem = ("safetensors", "model") if safe else ("bin", "pytorch_model")
+    shards, cur, size = [], {}, 0
+    for k in sorted(sd):
+        nbytes = sd[k].numel() * sd[k].element_size()
+        if cur and size + nbytes > max_shard_size:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k] = sd[k]
+        size += nbytes
+    shards.append(cur)
+
+    def write(tensors, fname):
+        if safe:
+            from safetensors.torch import save_file
+            save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, os.path.join(path, fname))
+
+    for old in os.listdir(path):  # stale weights from an earlier save would be read back
+        if re.fullmatch(rf"{stem}(-\d+-of-\d+)?\.{ext}(\.index\.json)?", old):
+            os.remove(os.path.join(path, old))
+    if len(shards) == 1:
+        write(shards[0], f"{stem}.{ext}")
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}"
+        write(shard, fname)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    with open(os.path.join(path, f"{stem}.{ext}.index.json"), "w") as fh:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2, sort_keys=True)
