@@ -122,13 +122,16 @@ def test_cache_memory_does_not_grow(kind):
             assert layer_cache.softmax.k.shape == (2, cfg.window + 1, 2, 16)
 
 
-def test_prefill_needs_a_fresh_cache():
+def test_a_cache_holding_tokens_takes_any_chunk_length():
+    """Formerly an error ("prefill needs a fresh cache"): a chunk of T > 1 continues the cache."""
     model = SpikingBrainForCausalLM(tiny_config("7b", layers=2)).eval()
+    ids = torch.randint(0, 128, (1, 10))
     cache = model.new_cache(1)
     with torch.no_grad():
-        model(torch.randint(0, 128, (1, 5)), cache=cache)
-        with pytest.raises(ValueError, match="fresh cache"):
-            model(torch.randint(0, 128, (1, 5)), cache=cache)
+        a = model(ids[:, :5], cache=cache).logits
+        b = model(ids[:, 5:], cache=cache).logits
+        assert rel_err(torch.cat([a, b], 1), model(ids).logits) < 1e-5
+    assert cache.seq_lens.tolist() == [10]
 
 
 # --------------------------------------------------------------------------- training

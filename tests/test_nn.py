@@ -105,6 +105,23 @@ def test_decode_steps_match_full_forward(name):
     assert [(t.shape, t.data_ptr()) for t in _cache_tensors(cache)] == before  # updated in place, never grown
 
 
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_prefill_chunks_on_a_cache_match_full_forward(name):
+    """Chunks of 4, 11, 2, 13 tokens (longer and shorter than the window of 8) appended to the cache
+    with the layers' legacy positions argument (the chunk's first position) equal one forward."""
+    m = LAYERS[name]()
+    B, T = 2, 30
+    x = torch.randn(B, T, HID)
+    with torch.no_grad():
+        full = m(x)
+        cache = m.new_cache(B, max_length=T)
+        outs, t = [], 0
+        for n in (4, 11, 2, 13):
+            outs.append(m(x[:, t:t + n], cache, torch.full((B, 1), t)))
+            t += n
+    assert rel_err(torch.cat(outs, 1), full) < 1e-5
+
+
 def _cache_tensors(c):
     if hasattr(c, "linear"):
         return _cache_tensors(c.linear) + _cache_tensors(c.softmax)

@@ -1,49 +1,195 @@
-"""Greedy generation with a constant-memory per-sequence cache."""
+"""generate(): chunked packed prefill, slot-indexed continuous batching, CUDA-graph decode, sampling."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import contextlib
+from collections import deque
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
+import sbops
+
+from .graphs import DecodeGraphs, graphs_supported
+from .sampling import check_sampling, select_next
 from .spikingbrain import ModelCache
+
+DEFAULT_PREFILL_CHUNK = 8192
 
 
 class GenerateOutput(NamedTuple):
-    sequences: torch.Tensor   # [B, T + n] prompt followed by the generated tokens
-    scores: torch.Tensor      # [B, n, vocab] logits that chose each generated token
+    sequences: Union[torch.Tensor, List[torch.Tensor]]  # [B, T + n] (tensor input) or a list of 1-D tensors
+    scores: Union[torch.Tensor, List[torch.Tensor]]     # the raw logits that chose each generated token
+
+
+def _prompts(input_ids, attention_mask) -> (List[torch.Tensor], bool):
+    """-> (list of 1-D prompts, whether the input was a list)."""
+    if isinstance(input_ids, (list, tuple)):
+        if attention_mask is not None:
+            raise ValueError("attention_mask goes with a [B, T] tensor; a list of prompts needs none")
+        prompts = [torch.as_tensor(p) for p in input_ids]
+        for i, p in enumerate(prompts):
+            if p.dim() != 1 or p.numel() == 0:
+                raise ValueError(f"input_ids[{i}] must be a non-empty 1-D tensor, got shape {tuple(p.shape)}")
+        return prompts, True
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids must be a [B, T] tensor (T >= 1) or a list of 1-D tensors, got "
+                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}")
+    if attention_mask is None:
+        return list(input_ids.unbind(0)), False
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must be shaped like input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
+    prompts = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]  # padding dropped, left or right
+    if any(p.numel() == 0 for p in prompts):
+        raise ValueError("every row of attention_mask needs at least one 1")
+    return prompts, True
+
+
+def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: Sequence[int], chunk: int
+             ) -> torch.Tensor:
+    """Feed the prompts into their cache slots in packed chunks of at most `chunk` tokens (all
+    sequences together); the lm_head runs only on each prompt's last token.  The slots must be empty
+    (ModelCache.reset).  Host metadata only: no device reads.  -> logits [n, vocab]."""
+    dev = cache.seq_lens.device
+    done = [0] * len(prompts)
+    last = [None] * len(prompts)
+    while any(d < p.numel() for d, p in zip(done, prompts)):
+        budget, take = chunk, []
+        for i, p in enumerate(prompts):
+            if budget == 0:
+                break
+            t = min(p.numel() - done[i], budget)
+            if t > 0:
+                take.append((i, t))
+                budget -= t
+        ids = torch.cat([prompts[i][done[i]:done[i] + t] for i, t in take]).to(dev, non_blocking=True)[None]
+        ends = torch.tensor([t for _, t in take]).cumsum(0)
+        finishing = [j for j, (i, t) in enumerate(take) if done[i] + t == prompts[i].numel()]
+        keep = (ends[finishing] - 1).to(dev, non_blocking=True)
+        cu = None if len(take) == 1 else [0] + ends.tolist()
+        logits = model(ids, cache=cache, logits_to_keep=keep, cu_seqlens=cu, slot_indices=[slots[i] for i, _ in take],
+                       start_positions=[done[i] for i, _ in take]).logits[0]
+        for row, j in enumerate(finishing):
+            last[take[j][0]] = logits[row]
+        for i, t in take:
+            done[i] += t
+    return torch.stack(last)
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int] = None,
-             cache: Optional[ModelCache] = None, output_scores: bool = False):
-    """Greedy decoding: prefill the prompt once, then one decode step per new token.
+def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+             eos_token_id: Union[None, int, Sequence[int]] = None, prefill_chunk_size: Optional[int] = None,
+             cache: Optional[ModelCache] = None, output_scores: bool = False,
+             attention_mask: Optional[torch.Tensor] = None, max_batch_size: Optional[int] = None,
+             cuda_graphs: Optional[bool] = None, pad_token_id: Optional[int] = None):
+    """Generate up to max_new_tokens tokens after each prompt.
 
-    input_ids: [B, T] prompts of equal length (no padding).  The cache (allocated here unless one
-    is passed, e.g. to inspect it afterwards) must be fresh; GLA layers keep a constant-size state
-    and SWA layers a ring buffer of window + 1 rows, so memory does not grow with the length
-    (full-attention layers, if any, are sized for T + max_new_tokens).  After a sequence emits
-    eos_token_id it keeps emitting it; generation stops early when all have.
-    Returns the sequences [B, T + n], or GenerateOutput(sequences, scores) with output_scores.
+    input_ids: [B, T] prompts of equal length -> sequences [B, T + n]; or a list of 1-D prompts of
+        any lengths (or [B, T] with attention_mask: the masked-out tokens are dropped) -> a list of
+        1-D tensors (prompt + generated tokens).  Prompts are packed (cu_seqlens), never padded.
+    Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default 8192),
+        so its memory is bounded whatever the prompt length; logits only at each prompt's last token.
+    Batching: sequence i uses a cache slot; at most max_batch_size (default: all) run at once, and
+        a finished sequence leaves the batch and frees its slot for the next waiting prompt.
+    Decode: one token per running sequence per step.  On a CUDA device the step is captured in CUDA
+        graphs (bucketed batch sizes) unless cuda_graphs=False; one host sync per step (the new
+        tokens, to check stops).  The ops' data checks are off on CUDA.
+    Sampling: greedy by default; do_sample with temperature, top_k (0 = off), top_p (1 = off),
+        drawn with `generator` (a torch.Generator on the model's device) for reproducibility.
+    eos_token_id: an int or a list; a sequence stops after emitting one.  With a [B, T] tensor
+        input, finished rows are padded with pad_token_id (default: the first eos id).
+    cache: optional ModelCache (model.new_cache) with enough slots: the batch size, plus one
+        scratch slot for the padding rows of CUDA graphs.  It is reset here.
+    output_scores: return GenerateOutput(sequences, scores) with the raw logits of every step:
+        [B, n, vocab] (tensor input; rows after a sequence stopped are 0) or a list of [n_i, vocab].
     """
-    B, T = input_ids.shape
+    prompts, as_list = _prompts(input_ids, attention_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if max_new_tokens == 0:
-        return GenerateOutput(input_ids, input_ids.new_zeros(B, 0, 0)) if output_scores else input_ids
+    check_sampling(do_sample, temperature, top_k, top_p)
+    eos = [] if eos_token_id is None else ([int(eos_token_id)] if isinstance(eos_token_id, int)
+                                           else [int(e) for e in eos_token_id])
+    chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else int(prefill_chunk_size)
+    if chunk < 1:
+        raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
+    n_seq = len(prompts)
+    if max_new_tokens == 0 or n_seq == 0:
+        seqs = [p.clone() for p in prompts]
+        empty = [p.new_zeros(0, 0, dtype=torch.float32) for p in prompts]
+        if not as_list:
+            seqs, empty = input_ids.clone(), input_ids.new_zeros(n_seq, 0, 0, dtype=torch.float32)
+        return GenerateOutput(seqs, empty) if output_scores else seqs
+
+    device = model.lm_head.weight.device
+    width = n_seq if max_batch_size is None else max(1, min(int(max_batch_size), n_seq))
+    use_graphs = graphs_supported(model, device) is None if cuda_graphs is None else bool(cuda_graphs)
+    if use_graphs and graphs_supported(model, device) is not None:
+        raise ValueError(f"cuda_graphs=True but the decode step cannot be captured: {graphs_supported(model, device)}")
+    need = width + (1 if use_graphs else 0)
     if cache is None:
-        cache = model.new_cache(B, max_length=T + max_new_tokens)
-    logits = model(input_ids, cache=cache).logits[:, -1]
-    tokens, scores = [], []
-    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    while True:
-        nxt = logits.argmax(dim=-1)
-        if eos_token_id is not None:
-            nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-            finished |= nxt == eos_token_id
-        tokens.append(nxt)
-        scores.append(logits)
-        if len(tokens) == max_new_tokens or (eos_token_id is not None and bool(finished.all())):
-            break
-        logits = model(nxt[:, None], cache=cache).logits[:, -1]
-    sequences = torch.cat([input_ids, torch.stack(tokens, dim=1)], dim=1)
-    return GenerateOutput(sequences, torch.stack(scores, dim=1)) if output_scores else sequences
+        cache = model.new_cache(need, max_length=max(p.numel() for p in prompts) + max_new_tokens)
+    elif cache.num_slots < need:
+        raise ValueError(f"the cache has {cache.num_slots} slots but this call needs {need} "
+                         f"({width} sequences{' + 1 scratch slot for CUDA graphs' if use_graphs else ''})")
+    cache.reset()
+    graphs = DecodeGraphs(model, cache, cache.num_slots - 1, width) if use_graphs else None
+    checks = sbops.data_checks(False) if device.type == "cuda" else contextlib.nullcontext()
+
+    tokens: List[List[int]] = [[] for _ in range(n_seq)]
+    scores: List[List[torch.Tensor]] = [[] for _ in range(n_seq)]
+    pending = deque(range(n_seq))
+    free = list(range(width))
+    active: List[tuple] = []  # (sequence, slot), in batch order
+
+    def emit(rows: List[tuple], logits: torch.Tensor) -> None:
+        nxt = select_next(logits, do_sample, temperature, top_k, top_p, generator).tolist()
+        for (seq, slot), tok, row in zip(rows, nxt, range(len(rows))):
+            tokens[seq].append(int(tok))
+            if output_scores:
+                scores[seq].append(logits[row].float().clone())
+            if int(tok) in eos or len(tokens[seq]) >= max_new_tokens:
+                free.append(slot)
+            else:
+                active.append((seq, slot))
+
+    with checks:
+        while pending or active:
+            joining = []
+            while pending and free:
+                joining.append((pending.popleft(), free.pop(0)))
+            if joining:
+                js = [slot for _, slot in joining]
+                cache.reset(js)
+                logits = _prefill(model, cache, [prompts[s] for s, _ in joining], js, chunk)
+                emit(joining, logits)
+            if not active:
+                continue
+            rows, active[:] = list(active), []
+            ids = torch.tensor([tokens[s][-1] for s, _ in rows]).to(device, non_blocking=True)
+            slots = torch.tensor([slot for _, slot in rows]).to(device, non_blocking=True)
+            if graphs is not None:
+                logits = graphs.step(ids, slots)
+            else:
+                logits = model(ids[:, None], cache=cache, slot_indices=slots).logits[:, 0]
+            emit(rows, logits)
+
+    outs = [torch.cat([p.to(device), torch.tensor(t, dtype=p.dtype, device=device)]) for p, t in zip(prompts, tokens)]
+    if as_list:
+        if not output_scores:
+            return outs
+        vocab = model.lm_head.weight.shape[0]
+        return GenerateOutput(outs, [torch.stack(s) if s else torch.zeros(0, vocab, device=device) for s in scores])
+    n = max(len(t) for t in tokens)
+    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    seqs = torch.full((n_seq, input_ids.shape[1] + n), pad, dtype=input_ids.dtype, device=device)
+    for i, o in enumerate(outs):
+        seqs[i, :o.numel()] = o
+    if not output_scores:
+        return seqs
+    vocab = scores[0][0].shape[-1]
+    sc = torch.zeros(n_seq, n, vocab, device=device)
+    for i, s in enumerate(scores):
+        if s:
+            sc[i, :len(s)] = torch.stack(s)
+    return GenerateOutput(seqs, sc)

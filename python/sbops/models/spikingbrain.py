@@ -1,13 +1,13 @@
 """SpikingBrain-style causal language models built from sbops.nn layers."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
+from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
 from .config import SpikingBrainConfig
 
 
@@ -18,17 +18,31 @@ class CausalLMOutput(NamedTuple):
 
 
 class ModelCache:
-    """Per-sequence decode cache of a whole model: one cache object per layer plus the lengths.
+    """Slot-indexed decode cache of a whole model: one cache object per layer plus the lengths.
 
-    seq_lens [N] int64: tokens seen so far by each sequence (the next token's position). Layer
-    caches are allocated once (GLA: [N, HKV, K, V] states; SWA: ring buffers of window + 1 rows)
-    and updated in place, so their memory does not grow while decoding.
+    S slots (new_cache(S)); a forward call names the slots of its sequences (slot_indices, default
+    0..N-1), so sequences can join and leave a running batch.  seq_lens [S] int64: tokens each slot
+    holds (the next token's position).  Layer caches are allocated once (GLA: [S, HKV, K, V] float32
+    states; SWA: ring buffers of window + 1 rows) and updated in place, so their memory never grows.
     """
 
     def __init__(self, layers: list, batch_size: int, device=None):
         self.layers = layers
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        self.length = 0  # host copy of the (common) length: prefill needs a fresh cache
+
+    @property
+    def num_slots(self) -> int:
+        return self.seq_lens.shape[0]
+
+    def reset(self, slots=None) -> None:
+        """Empty these slots (default: all) for new sequences: length 0 and zero linear-attention
+        states (ring-buffer rows are never read beyond a slot's length, so they are left as they are)."""
+        idx = slice(None) if slots is None else torch.as_tensor(slots, dtype=torch.int64, device=self.seq_lens.device)
+        self.seq_lens[idx] = 0
+        for c in self.layers:
+            lin = c.linear if hasattr(c, "linear") else c
+            if hasattr(lin, "state"):
+                lin.state[idx] = 0
 
     def tensors(self) -> List[torch.Tensor]:
         """Every cache tensor, layer by layer."""
@@ -67,17 +81,18 @@ class DecoderLayer(nn.Module):
                                 renormalize=cfg.moe_renormalize, spike_k=cfg.spike_k, weight_quant=cfg.weight_quant)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.spike_k, cfg.weight_quant)
+        self._moe = isinstance(self.mlp, MoEBlock)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cache=None, positions: Optional[torch.Tensor] = None):
-        """Returns (x, aux_loss); aux_loss is a 0-d zero for a dense FFN."""
+    def forward(self, x: torch.Tensor, cache=None, positions=None):
+        """Returns (x, aux_loss); aux_loss is the MoE load-balancing loss, None for a dense FFN.
+        positions: a CacheBatch (see sbops.nn.cache), or the layers' legacy positions argument."""
         x = x + self.self_attn(self.input_layernorm(x), cache, positions)
         h = self.mlp(self.post_attention_layernorm(x))
-        if isinstance(self.mlp, MoEBlock):
+        aux = None
+        if self._moe:
             h, aux = h
-        else:
-            aux = x.new_zeros((), dtype=torch.float32)
         return x + h, aux
 
 
@@ -94,9 +109,17 @@ class SpikingBrainModel(nn.Module):
 class SpikingBrainForCausalLM(nn.Module):
     """A SpikingBrain-7B-style (GLA/SWA) or -76B-style (hybrid + MoE) causal LM.
 
-    forward(input_ids [B, T], cache=None, labels=None) -> CausalLMOutput. With a cache (from
-    new_cache) a call with T > 1 prefills a fresh cache and a call with T == 1 decodes one token
-    per sequence; see sbops.models.generate.
+    forward(input_ids, cache=None, labels=None, logits_to_keep=0, *, cu_seqlens=None,
+    slot_indices=None) -> CausalLMOutput.
+      * input_ids [B, T], or [1, total] holding N sequences packed by cu_seqlens [N + 1].
+      * cache (from new_cache): sequence i continues slot slot_indices[i] (default i).  A call with
+        T == 1 (and no cu_seqlens) is a decode step (no host reads: CUDA-graph capturable); any
+        other call is a prefill chunk appended to what the slots already hold (chunked prefill:
+        splitting a prompt into any chunks gives the logits and cache of one prefill).
+      * logits_to_keep: 0 = logits at every position; int n = the last n positions; a 1-D tensor =
+        these positions of dim 1 (Hugging Face's meaning).  labels still give the loss over every
+        position (labels [B, T] like input_ids, -100 ignored; packed sequences never predict across
+        a boundary).
     """
 
     def __init__(self, cfg: SpikingBrainConfig):
@@ -115,39 +138,133 @@ class SpikingBrainForCausalLM(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    # ------------------------------------------------------------------ checkpoints (sbops.models.pretrained)
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "SpikingBrainForCausalLM":
+        from . import pretrained
+        return pretrained.from_pretrained(cls, path, **kwargs)
+
+    def save_pretrained(self, path, **kwargs):
+        from . import pretrained
+        return pretrained.save_pretrained(self, path, **kwargs)
+
+    # ------------------------------------------------------------------ caches
     def new_cache(self, batch_size: int, max_length: Optional[int] = None) -> ModelCache:
-        """Allocate a decode cache for batch_size sequences. max_length is only needed (and used)
-        by full-attention layers, whose cache must hold every position."""
+        """Allocate a decode cache of batch_size slots. max_length is only needed (and used) by
+        full-attention layers, whose cache must hold every position."""
         w = self.model.embed_tokens.weight
         layers = [layer.self_attn.new_cache(batch_size, max_length, device=w.device, dtype=w.dtype)
                   for layer in self.model.layers]
         return ModelCache(layers, batch_size, device=w.device)
 
-    def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None,
-                labels: Optional[torch.Tensor] = None) -> CausalLMOutput:
+    def _plan(self, input_ids, cache: Optional[ModelCache], cu_seqlens, slot_indices, start_positions
+              ) -> Tuple[Optional[CacheBatch], Optional[torch.Tensor]]:
+        """-> (CacheBatch or None, cu_seqlens as a device tensor or None)."""
         B, T = input_ids.shape
-        positions = None
-        if cache is not None:
-            if T > 1 and cache.length != 0:
-                raise ValueError("a cache holding tokens can only be extended one token at a time (T == 1); "
-                                 "prefill (T > 1) needs a fresh cache")
-            if T == 1:
-                positions = cache.seq_lens[:, None]
+        dev = input_ids.device
+        cu_dev = None
+        if cu_seqlens is not None:
+            if B != 1:
+                raise ValueError(f"with cu_seqlens, input_ids must be [1, total] (sequences packed along dim 1), "
+                                 f"got {tuple(input_ids.shape)}")
+            if isinstance(cu_seqlens, torch.Tensor):
+                cu, cu_dev = [int(c) for c in cu_seqlens.tolist()], cu_seqlens.to(dev)
+            else:
+                cu = [int(c) for c in cu_seqlens]
+                cu_dev = torch.tensor(cu, dtype=torch.int64).to(dev, non_blocking=True)
+            if len(cu) < 2 or cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+                raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}, got {cu}")
+            lens, offsets = [b - a for a, b in zip(cu, cu[1:])], cu[:-1]
+        else:
+            lens, offsets = [T] * B, [i * T for i in range(B)]
+        N = len(lens)
+        if cache is None:
+            if cu_seqlens is None:
+                return None, None
+            return CacheBatch.prefill(lens, offsets, [0] * N, dev, None, cu_seqlens=cu_dev), cu_dev
+        if cu_seqlens is None and T == 1:  # decode: device tensors only
+            if slot_indices is None:
+                slots = torch.arange(N, device=dev)
+            elif isinstance(slot_indices, torch.Tensor):
+                slots = slot_indices.to(dev, torch.int64)
+            else:
+                slots = torch.tensor(list(slot_indices), dtype=torch.int64).to(dev, non_blocking=True)
+            if slots.shape != (N,):
+                raise ValueError(f"slot_indices must be [N] = [{N}] (one cache slot per sequence), "
+                                 f"got {tuple(slots.shape)}")
+            return CacheBatch.for_decode(cache.seq_lens.index_select(0, slots), slots), None
+        if slot_indices is None:
+            slots = list(range(N))
+        elif isinstance(slot_indices, torch.Tensor):
+            slots = [int(i) for i in slot_indices.tolist()]
+        else:
+            slots = [int(i) for i in slot_indices]
+        if len(slots) != N or len(set(slots)) != N or min(slots) < 0 or max(slots) >= cache.num_slots:
+            raise ValueError(f"{N} sequences need {N} distinct cache slots in [0, {cache.num_slots}), got {slots}")
+        if start_positions is None:  # one device read per prefill chunk
+            starts = cache.seq_lens.index_select(0, torch.tensor(slots).to(dev, non_blocking=True)).tolist()
+        else:
+            starts = [int(p) for p in start_positions]
+            if len(starts) != N or min(starts) < 0:
+                raise ValueError(f"start_positions must hold N={N} values >= 0, got {starts}")
+        batch = CacheBatch.prefill(lens, offsets, starts, dev, None if cu_seqlens is not None else T, slots, cu_dev)
+        return batch, cu_dev
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None,
+                labels: Optional[torch.Tensor] = None, logits_to_keep: Union[int, torch.Tensor] = 0, *,
+                cu_seqlens=None, slot_indices=None, start_positions: Optional[List[int]] = None
+                ) -> CausalLMOutput:
+        """See the class docstring.  cu_seqlens and slot_indices may be tensors or host lists (lists
+        spare a device read in a prefill chunk); start_positions (host list: tokens each slot already
+        holds, i.e. cache.seq_lens[slot]) spares another."""
+        batch, cu_dev = self._plan(input_ids, cache, cu_seqlens, slot_indices, start_positions)
         x = self.model.embed_tokens(input_ids)
-        aux = x.new_zeros((), dtype=torch.float32)
+        aux = None
         for i, layer in enumerate(self.model.layers):
-            x, layer_aux = layer(x, None if cache is None else cache.layers[i], positions)
-            aux = aux + layer_aux
-        logits = self.lm_head(self.model.norm(x))
+            x, layer_aux = layer(x, None if cache is None else cache.layers[i], batch)
+            if layer_aux is not None:
+                aux = layer_aux if aux is None else aux + layer_aux
+        if aux is None:
+            aux = x.new_zeros((), dtype=torch.float32)
         if cache is not None:
-            cache.seq_lens += T
-            cache.length += T
+            if batch.decode:
+                cache.seq_lens.index_copy_(0, batch.slots, batch.seq_lens)
+            else:
+                ends = torch.tensor([s + n for s, n in zip(batch.starts, batch.lens)], dtype=torch.int64)
+                cache.seq_lens.index_copy_(0, batch.slots, ends.to(cache.seq_lens.device, non_blocking=True))
+        h = self.model.norm(x)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
-            loss = loss + self.config.router_aux_loss_coef * aux
+            logits_all = self.lm_head(h)
+            loss = self._loss(logits_all, labels, cu_dev) + self.config.router_aux_loss_coef * aux
+            logits = _keep(logits_all, logits_to_keep)
+        else:
+            logits = self.lm_head(_keep(h, logits_to_keep))
         return CausalLMOutput(logits, aux, loss)
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs):
+    @staticmethod
+    def _loss(logits, labels, cu_seqlens):
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be shaped like input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        target = labels[:, 1:]
+        if cu_seqlens is not None and cu_seqlens.numel() > 2:
+            # position cu[i] - 1 is a sequence's last token: it predicts nothing in the next sequence
+            target = target.clone()
+            ends = cu_seqlens[1:-1].to(target.device, torch.int64) - 1
+            target[:, ends[ends >= 0]] = -100
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                               ignore_index=-100)
+
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
         from .generate import generate
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:
+    """Hugging Face's logits_to_keep on dim 1: 0 = all, int n = the last n, 1-D tensor = these indices."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        return t.index_select(1, logits_to_keep.to(t.device, torch.int64, non_blocking=True))
+    n = int(logits_to_keep)
+    if n < 0:
+        raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {n}")
+    return t if n == 0 else t[:, -n:]

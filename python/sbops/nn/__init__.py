@@ -6,7 +6,7 @@ a window), HybridAttention (SpikingBrain-76B: linear + softmax branches in paral
 decode caches they use.
 """
 from .attention import GatedLinearAttention, HybridAttention, SlidingWindowAttention
-from .cache import HybridCache, LinearAttnCache, SWACache
+from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
 from .common import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, make_linear
 from .moe import MoEBlock
 from .spike import SpikeLinear, dequantize_weight_int8, quantize_weight_int8
@@ -14,5 +14,6 @@ from .spike import SpikeLinear, dequantize_weight_int8, quantize_weight_int8
 __all__ = [
     "GatedLinearAttention", "SlidingWindowAttention", "HybridAttention", "SpikeLinear", "MoEBlock", "SwiGLU",
     "RMSNorm", "RotaryEmbedding", "apply_rope", "make_linear", "LinearAttnCache", "SWACache", "HybridCache",
+    "CacheBatch",
     "quantize_weight_int8", "dequantize_weight_int8",
 ]

@@ -1,14 +1,19 @@
 """Attention layers of SpikingBrain-style models, on top of the sbops ops.
 
-All layers take x [B, T, hidden] and return [B, T, hidden]. With `cache=None` they run a whole
-sequence (training / full recompute). With a cache:
-  * T > 1  : prefill of a fresh cache (the prompt starts at position 0); the cache is filled.
-  * T == 1 : one decode step; `positions` [B, 1] holds each sequence's current length (the new
-             token's position) and the cache is updated in place.
+All layers take x [B, T, hidden] (or [1, total, hidden] packed by cu_seqlens) and return the same
+shape, called as layer(x, cache=None, positions=None).  With `cache=None` and no positions they
+run whole sequences from position 0 (training / full recompute).  The model passes a CacheBatch
+(sbops.nn.cache) as `positions`: which cache slots, positions and packed sequences the call covers,
+  * prefill chunk: any T on a cache that may already hold tokens; linear attention continues from
+    each slot's state, softmax attention sees the cached window plus the chunk; the caches are updated;
+  * decode: one token per sequence, device tensors only (CUDA-graph capturable).
+The older convention still works: layer(x, cache) prefills from position 0; layer(x[:, t:t+1],
+cache, positions [B, 1]) decodes one token.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Optional
 
 import torch
@@ -17,7 +22,7 @@ from torch import nn
 
 import sbops
 
-from .cache import HybridCache, LinearAttnCache, SWACache
+from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
 from .common import RMSNorm, RotaryEmbedding, apply_rope, make_linear
 
 
@@ -46,36 +51,131 @@ class _QKVOProjections(nn.Module):
         B, T = o.shape[:2]
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
 
-    def _rope(self, rotary, q, k, positions):
-        T = q.shape[1]
-        if positions is None:
-            positions = torch.arange(T, device=q.device)[None]
-        cos, sin = rotary(positions)  # [B or 1, T, D]
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    def _rope(self, rotary, q, k, batch: Optional[CacheBatch], theta: float):
+        if batch is None:
+            cos, sin = rotary(torch.arange(q.shape[1], device=q.device)[None])  # [1, T, D]
+            cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+        else:
+            cos, sin = batch.rope(rotary, self.head_dim, theta)  # shared by the layers of one call
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 def _last(t):
-    """[B, 1, ...] -> [B, ...] contiguous (sbops ops demand contiguous inputs)."""
+    """[N, 1, ...] -> [N, ...] contiguous (sbops ops demand contiguous inputs)."""
     return t[:, 0].contiguous()
 
 
-def _fill_ring_buffer(cache: SWACache, k, v):
-    """Prefill: store the last min(T, C) keys/values of every sequence at rows p % C."""
-    B, T, HKV, D = k.shape
-    C = cache.rows
-    n = min(T, C)
-    pos = torch.arange(T - n, T, device=k.device).repeat(B)
-    slots = torch.arange(B, device=k.device).repeat_interleave(n)
-    kk = k[:, T - n:].detach().reshape(B * n, HKV, D).contiguous()
-    vv = v[:, T - n:].detach().reshape(B * n, HKV, D).contiguous()
-    sbops.swa_cache_write(kk, vv, cache.k, cache.v, pos, slots)
+def _batch(x, cache, positions) -> Optional[CacheBatch]:
+    """The layer's third argument: a CacheBatch (from the model), a legacy positions tensor, or None."""
+    if isinstance(positions, CacheBatch):
+        return positions
+    if cache is None and positions is None:
+        return None
+    return CacheBatch.from_legacy(x, cache, positions)
 
 
-def _check_full_cache_fits(cache: SWACache, window: int, length: int):
-    if window < 0 and length > cache.rows:
-        raise ValueError(f"full-attention cache holds {cache.rows} tokens but the sequence reaches {length}; "
-                         f"allocate the cache with a larger max_length")
+def _linear_branch(q, k, v, g, cache: Optional[LinearAttnCache], batch: Optional[CacheBatch]):
+    """sbops.linear_attn over the call's tokens, continuing each slot's state; or one decode step."""
+    if batch is not None and batch.decode:
+        return sbops.linear_attn_decode(_last(q), _last(k), _last(v), _last(g), cache.state,
+                                        state_indices=batch.slots).unsqueeze(1)
+    cu = None if batch is None else batch.cu_seqlens
+    init = None
+    if cache is not None and batch.has_history:
+        init = cache.state.index_select(0, batch.slots).float()
+        mask = batch.fresh_mask(init.device)
+        if mask is not None:
+            init = init * mask  # a sequence without history starts from zero, whatever its slot held
+    o, final_state = sbops.linear_attn(q, k, v, g, initial_state=init, output_final_state=cache is not None,
+                                       cu_seqlens=cu)
+    if cache is not None:
+        cache.state.index_copy_(0, batch.slots, final_state.detach().to(cache.state.dtype))
+    return o
+
+
+_DECODE_SINKS = None
+
+
+def _swa_decode_has_sinks() -> bool:
+    """Whether sbops.swa_decode takes sink_k / sink_v (both the Python function and the registered
+    op schema); checked once."""
+    global _DECODE_SINKS
+    if _DECODE_SINKS is None:
+        try:
+            schema = torch.ops.sbops.swa_decode.default._schema
+            _DECODE_SINKS = ("sink_k" in inspect.signature(sbops.swa_decode).parameters
+                             and any(a.name == "sink_k" for a in schema.arguments))
+        except (AttributeError, RuntimeError, TypeError, ValueError):
+            _DECODE_SINKS = False
+    return _DECODE_SINKS
+
+
+def _attend_cache_with_sinks(q, cache: SWACache, seq_lens, slots, sink_k, sink_v, scale):
+    """Fallback while sbops.swa_decode has no sinks: one decode query per sequence over its ring
+    buffer plus the M sink tokens, one softmax, in plain torch (float32).  Softmax ignores row order,
+    so the ring buffer is used as is: with C = window + 1 rows (or C >= L for full attention) the
+    rows holding the attended positions are exactly rows < min(L, C).
+    q [N, H, D]; cache [S, C, HKV, D]; seq_lens [N] (current token included); sinks [M, HKV, D]."""
+    N, H, D = q.shape
+    kc, vc = cache.k.index_select(0, slots).float(), cache.v.index_select(0, slots).float()
+    C, HKV = kc.shape[1], kc.shape[2]
+    qg = q.float().view(N, HKV, H // HKV, D)
+    s_cache = torch.einsum("nhgd,nchd->nhgc", qg, kc) * scale
+    valid = torch.arange(C, device=q.device)[None, :] < seq_lens.clamp(max=C)[:, None]
+    s_cache = s_cache.masked_fill(~valid[:, None, None, :], float("-inf"))
+    s_sink = torch.einsum("nhgd,mhd->nhgm", qg, sink_k.float()) * scale
+    p = torch.softmax(torch.cat([s_cache, s_sink], dim=-1), dim=-1)
+    o = (torch.einsum("nhgc,nchd->nhgd", p[..., :C], vc)
+         + torch.einsum("nhgm,mhd->nhgd", p[..., C:], sink_v.float()))
+    return o.reshape(N, H, D).to(q.dtype)
+
+
+def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Optional[CacheBatch],
+                    sink_k=None, sink_v=None):
+    """Sliding-window (or full causal) attention of the call's queries over the cached window plus
+    the new keys; the cache's ring buffer receives the new keys/values.  q, k already rotated."""
+    if batch is not None and batch.decode:
+        pos = batch.positions[:, 0]
+        sbops.swa_cache_write(_last(k).detach(), _last(v).detach(), cache.k, cache.v, pos, batch.slots)
+        q0 = _last(q)
+        if sink_k is None:
+            o = sbops.swa_decode(q0, cache.k, cache.v, batch.seq_lens, window, slot_indices=batch.slots)
+        elif _swa_decode_has_sinks():
+            o = sbops.swa_decode(q0, cache.k, cache.v, batch.seq_lens, window, slot_indices=batch.slots,
+                                 sink_k=sink_k, sink_v=sink_v)
+        else:
+            o = _attend_cache_with_sinks(q0, cache, batch.seq_lens, batch.slots, sink_k, sink_v,
+                                         q.shape[-1] ** -0.5)
+        return o.unsqueeze(1)
+    cu = None if batch is None else batch.cu_seqlens
+    if cache is not None and window < 0:
+        batch.check_full_cache(cache.rows)
+    if cache is None or not batch.has_history:
+        o = sbops.swa_attn(q, k, v, window, cu_seqlens=cu, sink_k=sink_k, sink_v=sink_v)
+    else:
+        # [cached window; chunk] per sequence, packed; the cached rows get zero queries whose outputs
+        # are dropped, so each new query sees exactly the keys a one-piece prefill would show it.
+        B, T, H, D = q.shape
+        HKV = k.shape[2]
+        plan = batch.window_plan(window, cache.rows, q.device)
+        kk = k.new_empty(plan.total, HKV, D)
+        vv = v.new_empty(plan.total, HKV, D)
+        qq = q.new_zeros(plan.total, H, D)
+        qq[plan.dst_new] = q.reshape(-1, H, D)
+        kk[plan.dst_new] = k.reshape(-1, HKV, D)
+        vv[plan.dst_new] = v.reshape(-1, HKV, D)
+        kk[plan.dst_old] = cache.k[plan.src_slot, plan.src_row]
+        vv[plan.dst_old] = cache.v[plan.src_slot, plan.src_row]
+        o = sbops.swa_attn(qq[None], kk[None], vv[None], window, cu_seqlens=plan.cu_seqlens,
+                           sink_k=sink_k, sink_v=sink_v)
+        o = o[0].index_select(0, plan.dst_new).view(B, T, H, D)
+    if cache is not None:
+        w = batch.write_plan(cache.rows, q.device)
+        HKV, D = k.shape[2], k.shape[3]
+        sbops.swa_cache_write(k.detach().reshape(-1, HKV, D).index_select(0, w.rows),
+                              v.detach().reshape(-1, HKV, D).index_select(0, w.rows),
+                              cache.k, cache.v, w.positions, w.slots)
+    return o
 
 
 class GatedLinearAttention(_QKVOProjections):
@@ -86,7 +186,8 @@ class GatedLinearAttention(_QKVOProjections):
     with the low-rank gk_proj = Linear(hidden, 16, bias=False) -> Linear(16, HKV * K).
     Per KV head: S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t; o_t = K^-0.5 q_t S_t (sbops.linear_attn,
     k/v/g stay at HKV heads: no repeat). The output is RMS-normed per head, then o_proj.
-    Decode keeps one [HKV, K, V] float32 state per sequence (sbops.linear_attn_decode).
+    The cache keeps one [HKV, K, V] float32 state per slot: a prefill chunk starts from it
+    (initial_state) and stores its final state; decode uses sbops.linear_attn_decode.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -102,18 +203,14 @@ class GatedLinearAttention(_QKVOProjections):
         return LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim,
                                      device=device or self.q_proj.weight.device)
 
-    def forward(self, x: torch.Tensor, cache: Optional[LinearAttnCache] = None,
-                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[LinearAttnCache] = None, positions=None) -> torch.Tensor:
+        """positions: a CacheBatch (what the model passes), or the legacy [B, 1] decode positions."""
         B, T, _ = x.shape
+        batch = _batch(x, cache, positions)
         q, k, v = self._qkv(x)
         q, k = F.relu(q), F.relu(k)
         g = F.logsigmoid(self.gk_proj(x)).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
-        if cache is not None and T == 1:
-            o = sbops.linear_attn_decode(_last(q), _last(k), _last(v), _last(g), cache.state).unsqueeze(1)
-        else:
-            o, final_state = sbops.linear_attn(q, k, v, g, output_final_state=cache is not None)
-            if cache is not None:
-                cache.state.copy_(final_state.detach())
+        o = _linear_branch(q, k, v, g, cache, batch)
         return self._out(self.o_norm(o))
 
 
@@ -121,8 +218,9 @@ class SlidingWindowAttention(_QKVOProjections):
     """Qwen2 attention restricted to a causal sliding window (SpikingBrain-7B's odd layers).
 
     q/k/v projections with bias, RoPE (rope_theta), each query attends itself and the `window`
-    keys before it (window < 0: full causal). Prefill: sbops.swa_attn. Decode: the new key/value
-    go into a ring buffer of window + 1 rows (sbops.swa_cache_write), then sbops.swa_decode.
+    keys before it (window < 0: full causal). Prefill: sbops.swa_attn (a chunk on a cache that holds
+    tokens attends the cached window too). Decode: the new key/value go into a ring buffer of
+    window + 1 rows (sbops.swa_cache_write), then sbops.swa_decode.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, window: int = 4096,
@@ -130,48 +228,18 @@ class SlidingWindowAttention(_QKVOProjections):
                  weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
         self.window = int(window)
+        self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> SWACache:
         return SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
                               device=device or self.q_proj.weight.device, dtype=dtype or self.q_proj.weight.dtype)
 
-    def forward(self, x: torch.Tensor, cache: Optional[SWACache] = None,
-                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        T = x.shape[1]
+    def forward(self, x: torch.Tensor, cache: Optional[SWACache] = None, positions=None) -> torch.Tensor:
+        batch = _batch(x, cache, positions)
         q, k, v = self._qkv(x)
-        q, k = self._rope(self.rotary, q, k, positions)
-        if cache is not None and T == 1:
-            pos = positions[:, 0].contiguous()
-            sbops.swa_cache_write(_last(k).detach(), _last(v).detach(), cache.k, cache.v, pos)
-            o = sbops.swa_decode(_last(q), cache.k, cache.v, pos + 1, self.window).unsqueeze(1)
-        else:
-            o = sbops.swa_attn(q, k, v, self.window)
-            if cache is not None:
-                _check_full_cache_fits(cache, self.window, T)
-                _fill_ring_buffer(cache, k, v)
-        return self._out(o)
-
-
-def _attend_cache_with_sinks(q, cache: SWACache, seq_lens, sink_k, sink_v, scale):
-    """One decode query per sequence over its ring buffer plus the M sink tokens, one softmax.
-
-    sbops.swa_decode has no sink arguments, so this step is plain torch (float32). Softmax does
-    not care about row order, so the ring buffer is used as is: with C = window + 1 rows (or C >=
-    L for full attention) the rows holding the attended positions are exactly rows < min(L, C).
-    q [N, H, D]; cache [N, C, HKV, D]; seq_lens [N] (current token included); sinks [M, HKV, D].
-    """
-    N, H, D = q.shape
-    C, HKV = cache.k.shape[1], cache.k.shape[2]
-    qg = q.float().view(N, HKV, H // HKV, D)
-    s_cache = torch.einsum("nhgd,nchd->nhgc", qg, cache.k.float()) * scale
-    valid = torch.arange(C, device=q.device)[None, :] < seq_lens.clamp(max=C)[:, None]
-    s_cache = s_cache.masked_fill(~valid[:, None, None, :], float("-inf"))
-    s_sink = torch.einsum("nhgd,mhd->nhgm", qg, sink_k.float()) * scale
-    p = torch.softmax(torch.cat([s_cache, s_sink], dim=-1), dim=-1)
-    o = (torch.einsum("nhgc,nchd->nhgd", p[..., :C], cache.v.float())
-         + torch.einsum("nhgm,mhd->nhgd", p[..., C:], sink_v.float()))
-    return o.reshape(N, H, D).to(q.dtype)
+        q, k = self._rope(self.rotary, q, k, batch, self.rope_theta)
+        return self._out(_softmax_branch(q, k, v, self.window, cache, batch))
 
 
 class HybridAttention(_QKVOProjections):
@@ -184,8 +252,8 @@ class HybridAttention(_QKVOProjections):
         causal), plus M learnable meta tokens (sink keys/values [M, HKV, D], no position) attended
         by every query in the same softmax: sbops.swa_attn(..., sink_k, sink_v).
     Each branch's output is RMS-normed per head; the layer returns o_proj of their average.
-    Decode keeps the linear state and a ring buffer of window + 1 rows. With meta tokens the
-    decode softmax runs in plain torch over the ring buffer (sbops.swa_decode has no sinks).
+    The cache keeps the linear state and a ring buffer of window + 1 rows. Decode with meta tokens
+    calls sbops.swa_decode(..., sink_k=, sink_v=) where the op takes them, else a plain-torch softmax.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, window: int = 4096,
@@ -195,6 +263,7 @@ class HybridAttention(_QKVOProjections):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
         self.window = int(window)
         self.key_clamp = key_clamp
+        self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
         self.linear_norm = RMSNorm(head_dim, norm_eps)
         self.softmax_norm = RMSNorm(head_dim, norm_eps)
@@ -211,29 +280,14 @@ class HybridAttention(_QKVOProjections):
             SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
                            device=device, dtype=dtype or self.q_proj.weight.dtype))
 
-    def forward(self, x: torch.Tensor, cache: Optional[HybridCache] = None,
-                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        T = x.shape[1]
+    def forward(self, x: torch.Tensor, cache: Optional[HybridCache] = None, positions=None) -> torch.Tensor:
+        batch = _batch(x, cache, positions)
         q, k, v = self._qkv(x)
         q_lin = F.relu(q)
         k_lin = torch.sigmoid(k).clamp(max=self.key_clamp)
         g = torch.log1p(-k_lin)  # log(1 - k) <= 0: the key's own forget gate
-        q_rot, k_rot = self._rope(self.rotary, q, k, positions)
-        if cache is not None and T == 1:
-            o_lin = sbops.linear_attn_decode(_last(q_lin), _last(k_lin), _last(v), _last(g), cache.linear.state)
-            pos = positions[:, 0].contiguous()
-            sbops.swa_cache_write(_last(k_rot).detach(), _last(v).detach(), cache.softmax.k, cache.softmax.v, pos)
-            if self.meta_k is None:
-                o_sm = sbops.swa_decode(_last(q_rot), cache.softmax.k, cache.softmax.v, pos + 1, self.window)
-            else:
-                o_sm = _attend_cache_with_sinks(_last(q_rot), cache.softmax, pos + 1, self.meta_k, self.meta_v,
-                                                self.head_dim ** -0.5)
-            o_lin, o_sm = o_lin.unsqueeze(1), o_sm.unsqueeze(1)
-        else:
-            o_lin, final_state = sbops.linear_attn(q_lin, k_lin, v, g, output_final_state=cache is not None)
-            o_sm = sbops.swa_attn(q_rot, k_rot, v, self.window, sink_k=self.meta_k, sink_v=self.meta_v)
-            if cache is not None:
-                cache.linear.state.copy_(final_state.detach())
-                _check_full_cache_fits(cache.softmax, self.window, T)
-                _fill_ring_buffer(cache.softmax, k_rot, v)
+        q_rot, k_rot = self._rope(self.rotary, q, k, batch, self.rope_theta)
+        o_lin = _linear_branch(q_lin, k_lin, v, g, None if cache is None else cache.linear, batch)
+        o_sm = _softmax_branch(q_rot, k_rot, v, self.window, None if cache is None else cache.softmax, batch,
+                               self.meta_k, self.meta_v)
         return self._out(0.5 * (self.linear_norm(o_lin) + self.softmax_norm(o_sm)))

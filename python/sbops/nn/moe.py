@@ -21,7 +21,8 @@ class MoEBlock(nn.Module):
     Tokens are grouped by expert with sbops.moe_permute, each expert runs on its contiguous rows,
     and sbops.moe_unpermute scatters the weighted results back.  Grouping rows needs the expert
     offsets on the host: one device-to-host sync per forward (so this block is not fullgraph-
-    traceable by torch.compile).
+    traceable by torch.compile).  Inference on at most `sync_free_max_tokens` tokens (decode) runs
+    every expert on every token instead, weighted by the routing: no sync (CUDA-graph capturable).
 
     forward returns (y, aux_loss): the Switch-Transformer load-balancing loss
         aux = E * sum_e f_e * P_e,
@@ -65,11 +66,36 @@ class MoEBlock(nn.Module):
         nn.init.normal_(self.router.weight, std=0.02)
         return self
 
+    # Up to this many tokens, inference (no autograd) runs every expert on every token and weights
+    # the results by the routing (zero for experts not chosen): no host sync, so decode steps can be
+    # captured in CUDA graphs; at decode sizes the cost is reading each expert's weights once.
+    sync_free_max_tokens = 64
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         logits = self.router(x2)
         weights, ids = sbops.topk_gating(logits, self.top_k, "softmax", self.renormalize)
+        if not torch.is_grad_enabled() and x2.shape[0] <= self.sync_free_max_tokens:
+            y = self._all_experts(x2, weights, ids)
+        else:
+            y = self._routed(x2, weights, ids, shape[-1])
+
+        # Switch-style load-balancing loss.
+        frac = sbops.expert_counts(ids, self.num_experts).float() / ids.numel()
+        prob = torch.softmax(logits.float(), dim=-1).mean(dim=0)
+        aux_loss = self.num_experts * (frac * prob).sum()
+        return (y + self.shared_expert(x2)).view(shape), aux_loss
+
+    def _all_experts(self, x2, weights, ids):
+        combine = torch.zeros(x2.shape[0], self.num_experts, dtype=torch.float32, device=x2.device)
+        combine.scatter_add_(1, ids.long(), weights.float())
+        y = torch.zeros(x2.shape, dtype=torch.float32, device=x2.device)
+        for e, expert in enumerate(self.experts):
+            y += combine[:, e:e + 1] * expert(x2).float()
+        return y.to(x2.dtype)
+
+    def _routed(self, x2, weights, ids, hidden):
         x_perm, offsets, row_map = sbops.moe_permute(x2, ids, self.num_experts)
 
         # Each expert on its contiguous block of rows; the tail rows (dropped slots) stay zero.
@@ -78,12 +104,6 @@ class MoEBlock(nn.Module):
                   for e in range(self.num_experts) if bounds[e + 1] > bounds[e]]
         tail = x_perm.shape[0] - bounds[-1]
         if tail:
-            pieces.append(x_perm.new_zeros(tail, shape[-1]))
+            pieces.append(x_perm.new_zeros(tail, hidden))
         y_perm = torch.cat(pieces).contiguous()
-        y = sbops.moe_unpermute(y_perm, row_map, weights)
-
-        # Switch-style load-balancing loss.
-        frac = sbops.expert_counts(ids, self.num_experts).float() / ids.numel()
-        prob = torch.softmax(logits.float(), dim=-1).mean(dim=0)
-        aux_loss = self.num_experts * (frac * prob).sum()
-        return (y + self.shared_expert(x2)).view(shape), aux_loss
+        return sbops.moe_unpermute(y_perm, row_map, weights)
