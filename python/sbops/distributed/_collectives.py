@@ -1,0 +1,108 @@
+"""torch.distributed collectives used by sbops.distributed, and autograd Functions around them.
+
+Everything here is a thin layer over ``torch.distributed`` on the caller's process group
+(gloo on CPU, NCCL on NVIDIA, MCCL on MetaX through the same API); there is no home-made
+transport. Every autograd Function issues its collective in ``backward`` unconditionally (never
+depending on which of its outputs received a gradient), so as long as every rank backpropagates
+through the same sbops.distributed calls, every rank issues the same collectives in the same order.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def rank_and_size(group) -> Tuple[int, int]:
+    """(rank, world size) of this process in ``group`` (None: the default group)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("sbops.distributed: torch.distributed is not initialised; call "
+                           "torch.distributed.init_process_group first (or use the simulate_* functions "
+                           "of sbops.distributed.sim for a single process)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+# torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there)
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def all_gather_stack(t: torch.Tensor, group) -> torch.Tensor:
+    """[P, *t.shape]: every rank's ``t`` (same shape and dtype on every rank), stacked by rank."""
+    P = dist.get_world_size(group)
+    t = t.contiguous()
+    out = t.new_empty((P,) + tuple(t.shape))
+    _all_gather_single(out.view(-1), t.reshape(-1), group=group)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
+    """A new tensor: the sum of ``t`` over the ranks of ``group``."""
+    out = t.detach().clone().contiguous()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+def all_to_all_rows(x: torch.Tensor, send_splits: Sequence[int], recv_splits: Sequence[int], group) -> torch.Tensor:
+    """Rows ``x[sum(send_splits[:d]) : ...]`` go to rank d; returns the received rows, ordered by source rank."""
+    x = x.contiguous()
+    out = x.new_empty((int(sum(recv_splits)),) + tuple(x.shape[1:]))
+    dist.all_to_all_single(out, x, output_split_sizes=list(recv_splits), input_split_sizes=list(send_splits),
+                           group=group)
+    return out
+
+
+def exchange(sends: Dict[int, torch.Tensor], recvs: Dict[int, Tuple[Tuple[int, ...], torch.dtype]],
+             device: torch.device, group) -> Dict[int, torch.Tensor]:
+    """Point-to-point: send ``sends[dst]`` to each group rank dst, receive a tensor of the given
+    shape/dtype from each group rank src in ``recvs``. All posted at once (batch_isend_irecv), then waited.
+    Ranks are group ranks; they are translated to global ranks for torch.distributed."""
+    ops, out = [], {}
+    for src, (shape, dtype) in sorted(recvs.items()):
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        out[src] = buf
+        ops.append(dist.P2POp(dist.irecv, buf, _global(src, group), group=group))
+    for dst, t in sorted(sends.items()):
+        ops.append(dist.P2POp(dist.isend, t.contiguous(), _global(dst, group), group=group))
+    if ops:
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+    return out
+
+
+def _global(rank: int, group) -> int:
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
+class AllToAllRows(torch.autograd.Function):
+    """Differentiable all_to_all_single of rows; its backward is the all-to-all with the splits swapped."""
+
+    @staticmethod
+    def forward(ctx, x, send_splits, recv_splits, group):
+        ctx.splits = (list(send_splits), list(recv_splits))
+        ctx.group = group
+        return all_to_all_rows(x, send_splits, recv_splits, group)
+
+    @staticmethod
+    def backward(ctx, dy):
+        send_splits, recv_splits = ctx.splits
+        return all_to_all_rows(dy, recv_splits, send_splits, ctx.group), None, None, None
+
+
+class AllReduceGrad(torch.autograd.Function):
+    """Identity forward; the backward sums the gradient over the group (for tensors shared by all ranks)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dx):
+        return all_reduce_sum(dx, ctx.group), None
+
+
+def gathered_lengths(n: int, device: torch.device, group) -> List[int]:
+    """Every rank's ``n`` (one small all_gather and a host read: a device sync on GPUs)."""
+    t = torch.tensor([int(n)], dtype=torch.int64, device=device)
+    return [int(x) for x in all_gather_stack(t, group).view(-1).tolist()]

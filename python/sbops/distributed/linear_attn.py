@@ -1,0 +1,192 @@
+"""Sequence-parallel gated linear attention: LASP-2-style state passing over torch.distributed.
+
+Rank r holds the r-th contiguous shard of every sequence. With G_t the inclusive prefix sum of the
+log-decays inside the shard and Gamma_r = G_{T_r} its total, the single-process recurrence
+splits exactly into
+    o_t   = o_local_t + scale * (q_t * exp(G_t)) @ h_r          (o_local: the shard run from zero state)
+    h_r+1 = exp(Gamma_r) * h_r + S_r,   S_r = sum_t (k_t * exp(Gamma_r - G_t))^T v_t
+with h_0 = initial_state and h_P = final_state. Each rank computes (S_r, Gamma_r) locally, one
+all_gather exchanges them (P * B * HKV * K * (V + 1) floats, independent of the sequence length),
+every rank folds the ranks before it into h_r and all of them into the final state, and corrects
+its zero-state output by the second term above (one small matmul; the kernel runs once).
+The backward mirrors it with one all_gather of each rank's (d h_r, d final_state).
+
+The state math (S_r, the fold, the correction) runs in float32, or float64 for float64 inputs,
+so float64 results equal the single-process op to rounding (the op's states are float32 by contract).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+import sbops
+from ._collectives import all_gather_stack, rank_and_size
+
+
+def _cdt(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def local_pre(q, k, v, g, scale):
+    """This shard from zero state: (o_local, S_r [B,HKV,K,V], Gamma_r [B,HKV,K], G or None).
+
+    G [B, T, HKV, K or 1] is the inclusive prefix sum of the log-decays (None without a gate).
+    Differentiable (the op's autograd plus torch)."""
+    o_loc, _ = sbops.linear_attn(q, k, v, g, scale=scale)
+    B, T, HKV, K = k.shape
+    cdt = _cdt(q.dtype)
+    kf, vf = k.to(cdt), v.to(cdt)
+    if g is None:
+        return o_loc, torch.einsum("btnk,btnv->bnkv", kf, vf), kf.new_zeros(B, HKV, K), None
+    gf = g.to(cdt)
+    if gf.dim() == 3:
+        gf = gf.unsqueeze(-1)
+    G = gf.cumsum(1)
+    suffix = gf.flip(1).cumsum(1).flip(1)            # sum_{s >= t} g_s, accurate where it matters
+    after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], 1)   # sum_{s > t} g_s
+    S = torch.einsum("btnk,btnv->bnkv", kf * after.exp(), vf)
+    gamma = suffix[:, 0].expand(B, HKV, K)
+    return o_loc, S, gamma, G
+
+
+def local_post(o_loc, q, G, h, scale):
+    """o = o_local + scale * (q * exp(G)) @ h, per KV-head group of query heads."""
+    B, T, H, K = q.shape
+    HKV, V = h.shape[1], h.shape[-1]
+    qf = q.to(h.dtype).view(B, T, HKV, H // HKV, K)
+    if G is not None:
+        qf = qf * G.exp().unsqueeze(3)
+    corr = torch.einsum("btngk,bnkv->btngv", qf, h).reshape(B, T, H, V) * scale
+    return (o_loc.to(h.dtype) + corr).to(o_loc.dtype)
+
+
+def fold_forward(S_all: torch.Tensor, gam_all: torch.Tensor, init: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """h_0 = init (or 0), h_{j+1} = exp(Gamma_j) * h_j + S_j; returns [h_0, ..., h_P] (new tensors)."""
+    h = S_all[0].new_zeros(S_all.shape[1:]) if init is None else init.to(S_all.dtype).clone()
+    hs = [h]
+    for j in range(S_all.shape[0]):
+        h = gam_all[j].exp().unsqueeze(-1) * h + S_all[j]
+        hs.append(h)
+    return hs
+
+
+def fold_backward(gam_all, hs, dh_all, dfinal):
+    """Adjoint of fold_forward: given d h_j for j < P (each rank's own h) and d h_P (d final_state,
+    summed over ranks), returns (dS_all, dGamma_all, d init)."""
+    P = gam_all.shape[0]
+    adj = dfinal
+    dS, dgam = [None] * P, [None] * P
+    for j in range(P - 1, -1, -1):
+        decay = gam_all[j].exp()
+        dS[j] = adj
+        dgam[j] = (adj * hs[j]).sum(-1) * decay
+        adj = dh_all[j] + decay.unsqueeze(-1) * adj
+    return torch.stack(dS), torch.stack(dgam), adj
+
+
+class _StateFold(torch.autograd.Function):
+    """(S_r, Gamma_r, initial_state) -> (h_r, final_state): one all_gather forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, S, gam, init, group):
+        r, P = rank_and_size(group)
+        packed = all_gather_stack(torch.cat([S.reshape(-1), gam.reshape(-1)]), group)
+        S_all = packed[:, :S.numel()].reshape((P,) + tuple(S.shape))
+        gam_all = packed[:, S.numel():].reshape((P,) + tuple(gam.shape))
+        hs = fold_forward(S_all, gam_all, init)
+        ctx.save_for_backward(S_all, gam_all, init)
+        ctx.rank, ctx.group, ctx.has_init = r, group, init is not None
+        return hs[r], hs[P]
+
+    @staticmethod
+    def backward(ctx, dh, dfinal):
+        S_all, gam_all, init = ctx.saved_tensors
+        P = S_all.shape[0]
+        n = dh.numel()
+        packed = all_gather_stack(torch.cat([dh.reshape(-1), dfinal.reshape(-1)]), ctx.group)  # always issued
+        dh_all = packed[:, :n].reshape(S_all.shape)
+        dfinal_sum = packed[:, n:].sum(0).reshape(S_all.shape[1:])
+        hs = fold_forward(S_all, gam_all, init)
+        dS, dgam, dinit = fold_backward(gam_all, hs, dh_all, dfinal_sum)
+        r = ctx.rank
+        return dS[r], dgam[r], (dinit if ctx.has_init else None), None
+
+
+def _check_state(initial_state, q, k, v):
+    if initial_state is None:
+        return
+    B, HKV, K, V = q.shape[0], k.shape[2], k.shape[3], v.shape[3]
+    if (not isinstance(initial_state, torch.Tensor) or initial_state.dtype != torch.float32
+            or tuple(initial_state.shape) != (B, HKV, K, V) or initial_state.device != q.device):
+        got = (f"{initial_state.dtype} {list(initial_state.shape)} on {initial_state.device}"
+               if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__)
+        raise ValueError(f"sbops.distributed.linear_attn: initial_state must be a float32 [B, HKV, K, V] = "
+                         f"{[B, HKV, K, V]} tensor on {q.device} (the same on every rank), got {got}")
+
+
+def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
+                scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+                output_final_state: bool = False, group=None
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Sequence-parallel sbops.linear_attn: this rank holds the rank-th contiguous shard of every sequence.
+
+    Args: as sbops.linear_attn (SPEC section 1) for this rank's shard, q [B, T_r, H, K],
+        k [B, T_r, HKV, K], v [B, T_r, HKV, V], g None | [B, T_r, HKV] | [B, T_r, HKV, K]; shards may
+        differ in length (T_r >= 1); B, heads, head dims, dtypes, gate kind, scale and whether
+        initial_state is given must agree on all ranks. initial_state [B, HKV, K, V] float32 is the
+        state before rank 0's first token, identical on every rank. group: a torch.distributed
+        process group (None: the default group). No varlen (cu_seqlens) here.
+    Returns:
+        (o [B, T_r, H, V], final_state [B, HKV, K, V] float32 after the last token of the whole
+        sequence, on every rank, or None).
+    Equal to the single-process op on the concatenated shards, forward and backward. Gradients to
+    a replicated tensor are totals over the ranks: initial_state's gradient on every rank is the
+    gradient of the sum of all ranks' losses (d final_state is summed over ranks likewise).
+    Communication: one all_gather of P * B * HKV * K * (V + 1) floats forward, one of
+    2 * P * B * HKV * K * V backward; no host synchronisation. Every rank must run the backward
+    through its o (or final_state) when any rank does.
+    """
+    _check_state(initial_state, q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o_loc, S, gam, G = local_pre(q, k, v, g, scale)
+    init = None if initial_state is None else initial_state.to(S.dtype)
+    h, final = _StateFold.apply(S, gam, init, group)
+    o = local_post(o_loc, q, G, h, scale)
+    return o, (final.float() if output_final_state else None)
+
+
+class _SimFold(torch.autograd.Function):
+    """All ranks' fold in one process (the simulated-ranks harness); same math as _StateFold."""
+
+    @staticmethod
+    def forward(ctx, P, init, *parts):
+        S_all, gam_all = torch.stack(parts[:P]), torch.stack(parts[P:])
+        ctx.save_for_backward(S_all, gam_all, init)
+        ctx.has_init = init is not None
+        return tuple(fold_forward(S_all, gam_all, init))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        S_all, gam_all, init = ctx.saved_tensors
+        P = S_all.shape[0]
+        hs = fold_forward(S_all, gam_all, init)
+        dS, dgam, dinit = fold_backward(gam_all, hs, torch.stack(grads[:P]), grads[P])
+        return (None, dinit if ctx.has_init else None) + tuple(dS.unbind(0)) + tuple(dgam.unbind(0))
+
+
+def simulate_linear_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+                         gs: Optional[Sequence[Optional[torch.Tensor]]] = None, scale: Optional[float] = None,
+                         initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False):
+    """linear_attn for P simulated ranks in one process (no process group): lists of per-rank shards
+    in, (list of per-rank o, final_state or None) out. Same local math and fold as the distributed
+    version (the all_gather becomes a stack), on whatever device the shards live (GPU kernels on GPU)."""
+    P = len(qs)
+    gs = [None] * P if gs is None else list(gs)
+    scale = qs[0].shape[-1] ** -0.5 if scale is None else float(scale)
+    _check_state(initial_state, qs[0], ks[0], vs[0])
+    pre = [local_pre(qs[r], ks[r], vs[r], gs[r], scale) for r in range(P)]
+    init = None if initial_state is None else initial_state.to(pre[0][1].dtype)
+    hs = _SimFold.apply(P, init, *[p[1] for p in pre], *[p[2] for p in pre])
+    os_ = [local_post(pre[r][0], qs[r], pre[r][3], hs[r], scale) for r in range(P)]
+    return os_, (hs[P].float() if output_final_state else None)

@@ -1,0 +1,156 @@
+"""Expert-parallel MoE: dispatch token rows to the ranks owning their experts and combine them back.
+
+Rank r owns experts [r*E/P, (r+1)*E/P). moe_dispatch sorts this rank's routed (token, slot) rows
+by expert with sbops.moe_permute (so they are already grouped by destination rank), exchanges the
+per-expert counts with one all_to_all_single (read back to the host for the split sizes: one small
+host synchronisation per dispatch), sends the rows with a second all_to_all_single, and regroups the
+received rows from (source rank, expert) order to (expert, source rank) order: within an expert
+they are then ordered by (source rank, token, slot), i.e. moe_permute of the concatenated batch
+restricted to this rank's experts. moe_combine undoes the regrouping, sends the rows back with the
+splits swapped and sums them with sbops.moe_unpermute (float32 accumulation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+
+import sbops
+from ._collectives import AllToAllRows, all_to_all_rows, rank_and_size
+
+
+@dataclass
+class MoEHandle:
+    """What moe_combine needs from moe_dispatch (opaque to callers)."""
+    row_map: torch.Tensor          # [T, k] int32: (token, slot) -> row of this rank's moe_permute output
+    weights: torch.Tensor          # [T, k] combine weights
+    send_splits: List[int]         # rows sent to each rank
+    recv_splits: List[int]         # rows received from each rank
+    order: torch.Tensor            # [N_local] int64: expert-major row i is rank-major row order[i]
+    inverse: torch.Tensor          # [N_local] int64: inverse permutation of order
+    num_rows: int                  # T * k
+    group: object = None
+
+
+def _check(x, ids, weights, num_experts, P):
+    op = "sbops.distributed.moe_dispatch"
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be [T, Hd], got {list(x.shape)}")
+    if ids.dim() != 2 or ids.shape[0] != x.shape[0]:
+        raise ValueError(f"{op}: ids must be [T={x.shape[0]}, k], got {list(ids.shape)}")
+    if weights is None or tuple(weights.shape) != tuple(ids.shape):
+        got = None if weights is None else list(weights.shape)
+        raise ValueError(f"{op}: weights must be [T, k] = {list(ids.shape)}, got {got}")
+    if not isinstance(num_experts, int) or num_experts < 1 or num_experts % P:
+        raise ValueError(f"{op}: num_experts must be a positive multiple of the world size {P}, got {num_experts!r}")
+
+
+def plan(recv_counts: torch.Tensor, P: int, n_local: int):
+    """recv_counts [P, E/P] (rows from source s for local expert e) -> (order, inverse, expert_offsets):
+    order maps expert-major rows (expert, source) to the received rank-major rows (source, expert)."""
+    dev = recv_counts.device
+    flat = recv_counts.reshape(-1)
+    starts_rm = (torch.cumsum(flat, 0) - flat).view(recv_counts.shape)      # block (s, e) start, rank-major
+    cnt_em = recv_counts.t().reshape(-1)                                      # blocks in (e, s) order
+    start_em = starts_rm.t().reshape(-1)
+    blk_base = torch.cumsum(cnt_em, 0) - cnt_em
+    rows = torch.arange(n_local, device=dev, dtype=torch.int64)
+    blk = torch.repeat_interleave(torch.arange(cnt_em.numel(), device=dev), cnt_em, output_size=n_local)
+    order = start_em[blk] + rows - blk_base[blk]
+    inverse = torch.empty_like(order)
+    inverse[order] = rows
+    per_expert = recv_counts.sum(0)
+    offsets = torch.cat([per_expert.new_zeros(1), torch.cumsum(per_expert, 0)])
+    return order, inverse, offsets
+
+
+def _send_side(x, ids, num_experts, P):
+    x_perm, offs, row_map = sbops.moe_permute(x, ids, num_experts)
+    counts = (offs[1:] - offs[:-1]).to(torch.int64)          # [E] rows per expert, experts of rank d contiguous
+    return x_perm, counts, row_map
+
+
+def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_experts: int, group=None
+                 ) -> Tuple[torch.Tensor, torch.Tensor, MoEHandle]:
+    """Expert-parallel dispatch of this rank's tokens to the ranks owning their experts.
+
+    Args:
+        x [T, Hd] this rank's tokens; ids [T, k] expert ids (< 0: dropped, not routed); weights [T, k]
+        (kept for moe_combine); num_experts E, a multiple of the world size P: rank r owns experts
+        [r*E/P, (r+1)*E/P). group: a torch.distributed process group (None: the default group).
+    Returns:
+        x_local [N, Hd]: the rows routed to this rank's experts, grouped by local expert ascending and,
+        within an expert, ordered by (source rank, token, slot); expert_offsets [E/P + 1] int64 (each
+        local expert's slice of x_local); handle for moe_combine. Differentiable in x.
+    Host synchronisation: the per-expert counts are exchanged with all_to_all_single and read back to
+    the host for the split sizes (one small sync per dispatch; x_local's length is data-dependent).
+    """
+    r, P = rank_and_size(group)
+    _check(x, ids, weights, num_experts, P)
+    El = num_experts // P
+    x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
+    recv_counts = all_to_all_rows(counts, [El] * P, [El] * P, group)          # [P * El]: from s, for my experts
+    host = torch.cat([counts.view(P, El).sum(1), recv_counts]).tolist()      # the one host sync
+    send_splits, recv_splits = host[:P], [sum(host[P + s * El:P + (s + 1) * El]) for s in range(P)]
+    x_recv = AllToAllRows.apply(x_perm[:sum(send_splits)], send_splits, recv_splits, group)
+    order, inverse, offsets = plan(recv_counts.view(P, El), P, sum(recv_splits))
+    handle = MoEHandle(row_map, weights, send_splits, recv_splits, order, inverse, ids.numel(), group)
+    return x_recv.index_select(0, order), offsets, handle
+
+
+def _finish(y_back, handle):
+    pad = handle.num_rows - y_back.shape[0]
+    y_perm = torch.cat([y_back, y_back.new_zeros(pad, y_back.shape[1])]) if pad else y_back
+    return sbops.moe_unpermute(y_perm, handle.row_map, handle.weights)
+
+
+def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
+    """y [T, Hd'] on each rank: y[t] = sum_j weights[t, j] * y_expert(t, j) over routed slots.
+
+    y_local [N, Hd'] is the experts' output for x_local's rows (same order). The rows go back to
+    their source ranks (all_to_all_single, splits swapped; no host sync) and are summed by
+    sbops.moe_unpermute in float32. Differentiable in y_local and weights.
+    """
+    if y_local.dim() != 2 or y_local.shape[0] != handle.order.numel():
+        raise ValueError(f"sbops.distributed.moe_combine: y_local must be [N={handle.order.numel()}, Hd] "
+                         f"(one row per x_local row), got {list(y_local.shape)}")
+    y_rm = y_local.index_select(0, handle.inverse)
+    y_back = AllToAllRows.apply(y_rm, handle.recv_splits, handle.send_splits, handle.group)
+    return _finish(y_back, handle)
+
+
+# ----------------------------------------------------------------------------- simulated ranks
+def _sim_all_to_all(parts: Sequence[torch.Tensor], splits: Sequence[Sequence[int]]) -> List[torch.Tensor]:
+    """parts[s] split by splits[s] (one chunk per destination) -> per destination, chunks by source."""
+    chunks = [list(p.split(list(sp), 0)) for p, sp in zip(parts, splits)]
+    return [torch.cat([chunks[s][d] for s in range(len(parts))]) for d in range(len(parts))]
+
+
+def simulate_moe_dispatch(xs: Sequence[torch.Tensor], idss: Sequence[torch.Tensor],
+                          weightss: Sequence[torch.Tensor], num_experts: int):
+    """moe_dispatch for P simulated ranks in one process: lists in, lists of (x_local, expert_offsets,
+    handle) out; same permutation and plan as the distributed version (all-to-alls become slices)."""
+    P = len(xs)
+    for x, ids, w in zip(xs, idss, weightss):
+        _check(x, ids, w, num_experts, P)
+    El = num_experts // P
+    sides = [_send_side(x, ids, num_experts, P) for x, ids in zip(xs, idss)]
+    cnt = [c.view(P, El) for (_, c, _) in sides]
+    send = [c.sum(1).tolist() for c in cnt]
+    recv_counts = [torch.stack([cnt[s][d] for s in range(P)]) for d in range(P)]
+    recv = [[send[s][d] for s in range(P)] for d in range(P)]
+    x_recv = _sim_all_to_all([xp[:sum(send[s])] for s, (xp, _, _) in enumerate(sides)], send)
+    out = []
+    for d in range(P):
+        order, inverse, offsets = plan(recv_counts[d], P, sum(recv[d]))
+        h = MoEHandle(sides[d][2], weightss[d], send[d], recv[d], order, inverse, idss[d].numel(), None)
+        out.append((x_recv[d].index_select(0, order), offsets, h))
+    return out
+
+
+def simulate_moe_combine(y_locals: Sequence[torch.Tensor], handles: Sequence[MoEHandle]) -> List[torch.Tensor]:
+    """moe_combine for P simulated ranks (lists in, list of per-rank y out)."""
+    y_rm = [y.index_select(0, h.inverse) for y, h in zip(y_locals, handles)]
+    back = _sim_all_to_all(y_rm, [h.recv_splits for h in handles])
+    return [_finish(b, h) for b, h in zip(back, handles)]

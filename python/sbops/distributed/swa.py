@@ -1,0 +1,151 @@
+"""Sequence-parallel sliding-window attention: halo exchange over torch.distributed.
+
+Rank r (global positions start_r .. start_r + T_r - 1) needs the keys/values of the
+``need_r = min(window, start_r)`` positions before its shard (all of them when window < 0). They
+come straight from the ranks that own them: one send from rank r-1 when shards are at least the
+window long, several earlier ranks when they are shorter (each owner sends its overlapping slice
+once; keys and values travel together). The rank then runs sbops.swa_attn over
+[halo; own shard] with ``need_r`` zero query rows in front (the op has no query offset) and keeps
+its own ``T_r`` rows: the window arithmetic is unchanged by the common shift, so this is exact; the
+zero rows' outputs are dropped, so they contribute nothing to any gradient. The backward sends the
+halo's dK/dV back to the owners, which add them to their own. Sinks are shared: each rank merges
+them once in its own softmax, and their gradients are summed over the ranks.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+import sbops
+from ._collectives import all_reduce_sum, exchange, gathered_lengths, rank_and_size
+
+Piece = Tuple[int, int, int, int]   # (src rank, src row lo, src row hi, row offset in the dst halo)
+
+
+def halo_plan(lens: Sequence[int], window: int) -> Tuple[List[int], List[List[Piece]]]:
+    """For shard lengths ``lens``: each rank's halo length and, per rank, the pieces that fill its halo
+    in order (ascending source rank)."""
+    starts = [0]
+    for n in lens:
+        starts.append(starts[-1] + int(n))
+    need, pieces = [], []
+    for r in range(len(lens)):
+        n = starts[r] if window < 0 else min(window, starts[r])
+        lo = starts[r] - n
+        ps = []
+        for j in range(r):
+            a, b = max(starts[j], lo), min(starts[j + 1], starts[r])
+            if a < b:
+                ps.append((j, a - starts[j], b - starts[j], a - lo))
+        need.append(n)
+        pieces.append(ps)
+    return need, pieces
+
+
+def local_attn(q, k_ext, v_ext, need, window, scale, sink_k, sink_v):
+    """swa_attn of this shard's queries over [halo; own keys] (need halo rows), exact."""
+    if need:
+        B, _, H, D = q.shape
+        q = torch.cat([q.new_zeros(B, need, H, D), q], 1)
+    o = sbops.swa_attn(q, k_ext, v_ext, window, scale=scale, sink_k=sink_k, sink_v=sink_v)
+    return o[:, need:]
+
+
+class _HaloExt(torch.autograd.Function):
+    """(k, v, sink_k, sink_v) -> ([halo_k; k], [halo_v; v], sink_k, sink_v). Backward: halo gradients
+    go back to their owners (point-to-point), then the sinks' gradients are all-reduced; both always."""
+
+    @staticmethod
+    def forward(ctx, k, v, sink_k, sink_v, lens, window, group):
+        r, P = rank_and_size(group)
+        need, pieces = halo_plan(lens, window)
+        D = k.shape[-1]
+        kv = torch.cat([k, v], -1)
+        B, _, HKV, D2 = kv.shape
+        sends = {dst: kv[:, lo:hi] for dst in range(r + 1, P) for (src, lo, hi, _) in pieces[dst] if src == r}
+        recvs = {src: ((B, hi - lo, HKV, D2), kv.dtype) for (src, lo, hi, _) in pieces[r]}
+        got = exchange(sends, recvs, kv.device, group)
+        kv_ext = torch.cat([got[src] for (src, _, _, _) in pieces[r]] + [kv], 1)
+        ctx.plan, ctx.rank, ctx.P, ctx.group, ctx.D = (need, pieces), r, P, group, D
+        ctx.has_sinks = sink_k is not None
+        k_ext, v_ext = kv_ext[..., :D].contiguous(), kv_ext[..., D:].contiguous()
+        if sink_k is None:
+            return k_ext, v_ext, None, None
+        return k_ext, v_ext, sink_k.view_as(sink_k), sink_v.view_as(sink_v)
+
+    @staticmethod
+    def backward(ctx, dk_ext, dv_ext, dsink_k, dsink_v):
+        (need, pieces), r, P, D = ctx.plan, ctx.rank, ctx.P, ctx.D
+        dkv = torch.cat([dk_ext, dv_ext], -1)
+        n = need[r]
+        B, _, HKV, D2 = dkv.shape
+        own = dkv[:, n:].clone()
+        sends = {src: dkv[:, off:off + hi - lo] for (src, lo, hi, off) in pieces[r]}
+        mine = {dst: (lo, hi) for dst in range(r + 1, P) for (src, lo, hi, _) in pieces[dst] if src == r}
+        recvs = {dst: ((B, hi - lo, HKV, D2), dkv.dtype) for dst, (lo, hi) in mine.items()}
+        got = exchange(sends, recvs, dkv.device, ctx.group)
+        for dst, (lo, hi) in sorted(mine.items()):
+            own[:, lo:hi] += got[dst]
+        dk, dv = own[..., :D], own[..., D:]
+        if not ctx.has_sinks:
+            return dk, dv, None, None, None, None, None
+        packed = all_reduce_sum(torch.cat([dsink_k.reshape(-1), dsink_v.reshape(-1)]), ctx.group)
+        m = dsink_k.numel()
+        return dk, dv, packed[:m].view_as(dsink_k), packed[m:].view_as(dsink_v), None, None, None
+
+
+def _check(q, k, window, sink_k, sink_v):
+    if not isinstance(window, int):
+        raise TypeError(f"sbops.distributed.swa_attn: window must be an int (< 0 for full causal), "
+                        f"got {type(window).__name__}")
+    if (sink_k is None) != (sink_v is None):
+        raise ValueError("sbops.distributed.swa_attn: sink_k and sink_v must be given together")
+    if q.dim() != 4 or q.shape[1] < 1:
+        raise ValueError(f"sbops.distributed.swa_attn: q must be [B, T_r, H, D] with T_r >= 1, got {list(q.shape)}")
+
+
+def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: Optional[float] = None,
+             sink_k: Optional[torch.Tensor] = None, sink_v: Optional[torch.Tensor] = None, group=None
+             ) -> torch.Tensor:
+    """Sequence-parallel sbops.swa_attn: this rank holds the rank-th contiguous shard of every sequence.
+
+    Args: as sbops.swa_attn (SPEC section 2) for this rank's shard q [B, T_r, H, D], k, v [B, T_r, HKV, D];
+        shards may differ in length (T_r >= 1, also shorter than the window); B, heads, D, dtype,
+        window, scale and the sinks must agree on all ranks. sink_k, sink_v [M, HKV, D] are shared
+        by all ranks (each query merges them once in its softmax). group: a torch.distributed process
+        group (None: the default group).
+    Returns:
+        o [B, T_r, H, D], equal to the single-process op on the concatenated shards, sliced to this rank.
+    Gradients flow to q, k, v (halo gradients are returned to their owners) and to the sinks, whose
+    gradient on every rank is the sum over the ranks (the gradient of the sum of all ranks' losses).
+    Communication: the shard lengths are exchanged once per call (one small all_gather read back to
+    the host: a device synchronisation on GPUs); then point-to-point sends of at most ``window``
+    rows of keys+values to each rank forward, the same back in the backward, plus one all_reduce of
+    the sinks' gradients. window < 0 (full causal) sends every earlier position: correct, not cheap.
+    Every rank must run the backward through its o when any rank does.
+    """
+    _check(q, k, window, sink_k, sink_v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    r, _ = rank_and_size(group)
+    lens = gathered_lengths(q.shape[1], q.device, group)
+    need, _ = halo_plan(lens, window)
+    k_ext, v_ext, sk, sv = _HaloExt.apply(k, v, sink_k, sink_v, lens, window, group)
+    return local_attn(q, k_ext, v_ext, need[r], window, scale, sk, sv)
+
+
+def simulate_swa_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
+                      window: int, scale: Optional[float] = None, sink_k: Optional[torch.Tensor] = None,
+                      sink_v: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """swa_attn for P simulated ranks in one process (no process group): lists of per-rank shards in,
+    list of per-rank o out. Same halo plan and local attention as the distributed version (the
+    point-to-point sends become slices), on whatever device the shards live (GPU kernels on GPU)."""
+    _check(qs[0], ks[0], window, sink_k, sink_v)
+    scale = qs[0].shape[-1] ** -0.5 if scale is None else float(scale)
+    need, pieces = halo_plan([q.shape[1] for q in qs], window)
+    out = []
+    for r in range(len(qs)):
+        k_ext = torch.cat([ks[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [ks[r]], 1)
+        v_ext = torch.cat([vs[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [vs[r]], 1)
+        out.append(local_attn(qs[r], k_ext, v_ext, need[r], window, scale, sink_k, sink_v))
+    return out
