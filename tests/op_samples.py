@@ -33,7 +33,7 @@ def samples(device="cpu", dtype=torch.float32, head_dim=None):
     w = torch.rand(11, 2, device=device, requires_grad=True)
     counts = torch.randint(-7, 8, (5, 6), device=device, dtype=torch.int8)
     ops = torch.ops.sbops
-    return [
+    base = [
         (ops.linear_attn, (q, k, v, g, 0.25, h0, None)),
         (ops.linear_attn, (q, k, v, gh, 0.25, None, None)),
         (ops.linear_attn, (q, k, v, None, 0.25, torch.randn(2, HKV, K, K, device=device), cu)),
@@ -43,6 +43,8 @@ def samples(device="cpu", dtype=torch.float32, head_dim=None):
         (ops.swa_attn, (q, k, v, 3, 0.25, None, sk, sv)),
         (ops.swa_attn, (q, k, v, -1, 0.25, cu, None, None)),
         (ops.swa_decode, (t(2, H, K), kc, vc, torch.tensor([5, 2], device=device), 4, 0.25, idx)),
+        (ops.swa_decode, (t(2, H, K), kc, vc, torch.tensor([9, 1], device=device), 4, 0.25, None,
+                          sk.detach(), sv.detach())),
         (ops.swa_cache_write, (t(2, HKV, K), t(2, HKV, K), kc, vc, torch.tensor([7, 1], device=device), idx)),
         (ops.spike_encode, (t(4, 32), 3.0, torch.int8)),
         (ops.spike_quant, (t(4, 32, grad=True), 3.0)),
@@ -57,3 +59,37 @@ def samples(device="cpu", dtype=torch.float32, head_dim=None):
         (ops.moe_align_block_size, (ids, 8, 4)),
         (ops.expert_counts, (ids, 8)),
     ]
+    return base + strided(base)
+
+
+def _view_of(a, inplace):
+    """A strided tensor with a's values: for tensors written in place an outer slice (unit last
+    stride), else a column block of wider rows (a split of a fused projection) at an odd offset."""
+    if a.dim() == 0:
+        return a
+    if inplace or a.dim() == 1:
+        big = a.detach().new_zeros(a.shape[0], 2, *a.shape[1:])
+        big[:, 1] = a.detach()
+        v = big[:, 1]
+    else:
+        big = a.detach().new_zeros(*a.shape[:-1], a.shape[-1] + 3)
+        big[..., 1:1 + a.shape[-1]] = a.detach()
+        v = big[..., 1:1 + a.shape[-1]]
+    return v.requires_grad_(a.requires_grad)
+
+
+_INPLACE = {"linear_attn_decode": (4,), "swa_cache_write": (2, 3)}
+
+
+def strided(cases):
+    """One sample per op (its first) with every tensor argument replaced by a strided view."""
+    out, seen = [], set()
+    for op, args in cases:
+        name = op._qualified_op_name.split("::")[-1]
+        if name in seen:
+            continue
+        seen.add(name)
+        keep = _INPLACE.get(name, ())
+        out.append((op, tuple(_view_of(a, i in keep) if isinstance(a, torch.Tensor) else a
+                              for i, a in enumerate(args))))
+    return out

@@ -64,3 +64,22 @@ def test_decode_ops_compile_fullgraph():
     torch._dynamo.reset()
     out = torch.compile(step, fullgraph=True, backend="aot_eager")(*b)
     assert rel_err(out, ref) < 1e-6 and torch.equal(a[4], b[4]) and torch.equal(a[5], b[5])
+
+
+def test_strided_views_compile_fullgraph_and_match_eager():
+    def step(qkv, state, kc, vc, pos):
+        q, k, v = qkv.split([4 * 8, 2 * 8, 2 * 8], dim=-1)            # a fused projection, [N, T, F]
+        q, k, v = q.view(2, 3, 4, 8), k.view(2, 3, 2, 8), v.view(2, 3, 2, 8)
+        o = sbops.linear_attn(q, k, v)[0]
+        d = sbops.linear_attn_decode(q[:, -1], k[:, -1], v[:, -1], None, state)
+        sbops.swa_cache_write(k[:, -1], v[:, -1], kc, vc, pos)
+        return o.sum(1) + d + sbops.swa_decode(q[:, -1], kc, vc, pos + 1, 2)
+
+    mk = lambda: (torch.randn(2, 3, 64), torch.zeros(2, 2, 8, 8), torch.zeros(2, 3, 2, 8),  # noqa: E731
+                  torch.zeros(2, 3, 2, 8), torch.tensor([0, 4]))
+    a = mk()
+    b = tuple(x.clone() for x in a)
+    ref = step(*a)
+    torch._dynamo.reset()
+    out = torch.compile(step, fullgraph=True, backend="aot_eager")(*b)
+    assert torch.equal(out, ref) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])

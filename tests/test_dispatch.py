@@ -108,3 +108,26 @@ def test_cached_dispatch_decision_is_cheap():
         select(req)
     per_call = (time.perf_counter() - t0) / n
     assert per_call < 10e-6, f"{per_call * 1e6:.2f} us per cached decision"
+
+
+def test_repeated_calls_reuse_the_cached_decision_until_the_registry_or_forcing_changes(monkeypatch):
+    from sbops import _dispatch
+    x = torch.randn(2, 8)
+    sbops.spike_quant(x)
+    calls = []
+    real = _dispatch.kernel_for
+    monkeypatch.setattr(_dispatch, "kernel_for", lambda req: calls.append(req) or real(req))
+    for _ in range(3):
+        sbops.spike_quant(x)
+    assert calls == []                                     # cached: no Request built, no selection
+    sbops.spike_quant(x.double())
+    assert [r.dtype for r in calls] == [torch.float64]     # a new dtype is a new decision
+    with sbops.use_backend("cpu"):
+        sbops.spike_quant(x)
+    assert len(calls) == 2                                 # forcing is part of the key
+    sbops.register_backend(Backend(name="later", device_types=("cpu",), ops={}))
+    try:
+        sbops.spike_quant(x)
+        assert len(calls) == 3                             # registering clears the cache
+    finally:
+        sbops._dispatch.unregister_backend("later")

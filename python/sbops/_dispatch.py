@@ -3,7 +3,7 @@
 A backend is a name, the torch device types it runs on, a probe (is it usable in this process?)
 and, per op, its capabilities (dtypes, head dims, features).  A public op describes its call as
 a `Request`; `select` picks the backend that serves it: the one forced by `use_backend(...)` /
-`SBOPS_BACKEND`, else the highest-priority backend that can.  When none can, the error lists every
+`SBOPS_BACKEND` (read at import), else the highest-priority backend that can.  When none can, the error lists every
 backend with its reason.  Data never moves between devices behind the caller's back.
 """
 from __future__ import annotations
@@ -97,6 +97,11 @@ _registry_version = 0
 _lock = threading.Lock()
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sbops_backend", default=None)
 _cache: Dict[tuple, Backend] = {}
+# The public ops' per-call cache: (op, device, dtype, head dims, features, forced backend) -> kernel,
+# built from plain call metadata so a hit constructs no Request.  Cleared with `_cache`.
+_kernels: Dict[tuple, Callable] = {}
+# SBOPS_BACKEND is read once, at import (use_backend(...) overrides it per context).
+_ENV_BACKEND: Optional[str] = os.environ.get("SBOPS_BACKEND") or None
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
@@ -109,6 +114,7 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
         _registry[backend.name] = backend
         _registry_version += 1
         _cache.clear()
+        _kernels.clear()
     return backend
 
 
@@ -118,13 +124,11 @@ def unregister_backend(name: str) -> None:
         _registry.pop(name, None)
         _registry_version += 1
         _cache.clear()
+        _kernels.clear()
 
 
 def _forced_name() -> Optional[str]:
-    name = _forced.get()
-    if name is None:
-        name = os.environ.get("SBOPS_BACKEND") or None
-    return name
+    return _forced.get() or _ENV_BACKEND
 
 
 @contextlib.contextmanager

@@ -3,6 +3,10 @@
 The schemas live in csrc/ops.cpp; backends register device kernels.  Everything here is
 device-independent: fakes give output metadata for torch.compile / FakeTensor, and the autograd
 formulas call the *_bwd ops, so forward and backward both trace as ops.
+
+Inputs may have any strides; every output (and gradient) is contiguous, so the fakes allocate
+with `_like` (new_empty of the shape) rather than torch.empty_like, which would copy the strides
+of a dense permuted input.
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ def _empty(like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     return like.new_empty((0,), dtype=dtype)
 
 
+def _like(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor of x's shape, dtype and device."""
+    return x.new_empty(x.shape)
+
+
 # ------------------------------------------------------------------ linear attention
 @register_fake(lib + "linear_attn")
 def _(q, k, v, g, scale, initial_state, cu_seqlens):
@@ -29,9 +38,9 @@ def _(q, k, v, g, scale, initial_state, cu_seqlens):
 
 @register_fake(lib + "linear_attn_bwd")
 def _(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state):
-    dg = torch.empty_like(g) if g is not None else _empty(q)
-    dh0 = torch.empty_like(initial_state) if initial_state is not None else _empty(q)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, dh0
+    dg = _like(g) if g is not None else _empty(q)
+    dh0 = _like(initial_state) if initial_state is not None else _empty(q)
+    return _like(q), _like(k), _like(v), dg, dh0
 
 
 def _la_setup(ctx, inputs, output):
@@ -66,9 +75,9 @@ def _(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
 
 @register_fake(lib + "swa_attn_bwd")
 def _(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
-    dsk = torch.empty_like(sink_k) if sink_k is not None else _empty(q, q.dtype)
-    dsv = torch.empty_like(sink_v) if sink_v is not None else _empty(q, q.dtype)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsk, dsv
+    dsk = _like(sink_k) if sink_k is not None else _empty(q, q.dtype)
+    dsv = _like(sink_v) if sink_v is not None else _empty(q, q.dtype)
+    return _like(q), _like(k), _like(v), dsk, dsv
 
 
 def _swa_setup(ctx, inputs, output):
@@ -91,8 +100,8 @@ register_autograd(lib + "swa_attn", _swa_backward, setup_context=_swa_setup)
 
 
 @register_fake(lib + "swa_decode")
-def _(q, k_cache, v_cache, seq_lens, window, scale, slot_indices):
-    return torch.empty_like(q)
+def _(q, k_cache, v_cache, seq_lens, window, scale, slot_indices, sink_k=None, sink_v=None):
+    return _like(q)
 
 
 @register_fake(lib + "swa_cache_write")
@@ -108,7 +117,7 @@ def _(x, k, out_dtype):
 
 @register_fake(lib + "spike_quant")
 def _(x, k):
-    return torch.empty_like(x)
+    return _like(x)
 
 
 def _sq_setup(ctx, inputs, output):
@@ -146,7 +155,7 @@ def _(logits, k, scoring, renormalize, bias, num_groups, topk_groups, scaling):
 
 @register_fake(lib + "topk_gating_bwd")
 def _(grad_weights, logits, ids, scoring, renormalize, scaling):
-    return torch.empty_like(logits)
+    return _like(logits)
 
 
 def _tg_setup(ctx, inputs, output):
@@ -196,7 +205,7 @@ def _(y_perm, row_map, weights):
 
 @register_fake(lib + "moe_unpermute_bwd")
 def _(grad_y, y_perm, row_map, weights):
-    return torch.empty_like(y_perm), torch.empty_like(weights)
+    return _like(y_perm), _like(weights)
 
 
 def _mu_setup(ctx, inputs, output):

@@ -1,4 +1,15 @@
-"""Input checks shared by the public ops: every error names the argument and what was expected."""
+"""Input checks shared by the public ops: every error names the argument and what was expected.
+
+Two kinds of checks:
+- metadata checks (type, dtype, shape, device, head counts): always run; they read no tensor data.
+  Strided views are accepted (the kernels read through strides or copy internally); a tensor an
+  op updates in place must have a unit stride in its last dimension.
+- data checks (index ranges, cu_seqlens order, count magnitudes): they read values back to the
+  host, which on a GPU is a synchronisation.  See `checking_data` for when they run.
+
+Everything here runs on every op call, so the common path builds no strings and reads no
+environment variables: messages are formatted only when raising, the environment is read once.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -17,34 +28,81 @@ def _names(dtypes: Iterable[torch.dtype]) -> str:
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
+def _dt(d: torch.dtype) -> str:
+    return str(d).replace("torch.", "")
+
+
 def tensor(op: str, name: str, x, *, ndim: Optional[int] = None, dtypes: Optional[Sequence[torch.dtype]] = None,
            device: Optional[torch.device] = None, shape: Optional[Sequence[Optional[int]]] = None,
-           what: str = "") -> torch.Tensor:
-    """Check one tensor argument; `shape` entries of None are free. `what` describes the layout."""
-    lay = f" {what}" if what else ""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"sbops.{op}: {name} must be a torch.Tensor{lay}, got {type(x).__name__}")
-    if ndim is not None and x.dim() != ndim:
-        raise ValueError(f"sbops.{op}: {name} must have {ndim} dimensions{lay}, got shape {tuple(x.shape)}")
-    if dtypes is not None and x.dtype not in dtypes:
-        raise TypeError(f"sbops.{op}: {name} must have dtype in ({_names(dtypes)}), got {str(x.dtype).replace('torch.', '')}")
-    if device is not None and x.device != device:
-        raise ValueError(f"sbops.{op}: {name} is on {x.device} but the other inputs are on {device}; "
-                         f"sbops never moves data between devices")
-    if shape is not None:
-        if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
-            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-            raise ValueError(f"sbops.{op}: {name} must have shape {want}{lay}, got {list(x.shape)}")
-    if not x.is_contiguous():
-        raise ValueError(f"sbops.{op}: {name} must be contiguous (call .contiguous() on it first)")
+           what: str = "", inplace: bool = False) -> torch.Tensor:
+    """Check one tensor argument; `shape` entries of None are free (a shape without None is
+    compared in one step). `what` describes the layout.
+
+    Any strides are accepted, except that a tensor updated in place (`inplace=True`) needs a unit
+    stride in its last dimension (the kernels write whole rows through the other strides).
+    """
+    # fast path: plain comparisons only; the ordered checks below build the message on failure
+    if (isinstance(x, torch.Tensor)
+            and (dtypes is None or x.dtype in dtypes)
+            and (device is None or x.device == device)
+            and ((x.shape == shape or _shape_ok(x.shape, shape)) if shape is not None
+                 else (ndim is None or x.dim() == ndim))
+            and (ndim is None or shape is None or len(shape) == ndim)
+            and (not inplace or _unit_last_stride(x))):
+        return x
+    _raise(op, name, x, ndim, dtypes, device, shape, what, inplace)
     return x
 
 
+def _shape_ok(have: Sequence[int], want: Sequence[Optional[int]]) -> bool:
+    if have == want:
+        return True
+    if len(have) != len(want):
+        return False
+    for w, h in zip(want, have):
+        if w is not None and w != h:
+            return False
+    return True
+
+
+def _unit_last_stride(x: torch.Tensor) -> bool:
+    return x.dim() == 0 or x.stride()[-1] == 1 or x.shape[-1] <= 1
+
+
+def _raise(op, name, x, ndim, dtypes, device, shape, what, inplace):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"sbops.{op}: {name} must be a torch.Tensor{_lay(what)}, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"sbops.{op}: {name} must have {ndim} dimensions{_lay(what)}, got shape {tuple(x.shape)}")
+    if dtypes is not None and x.dtype not in dtypes:
+        raise TypeError(f"sbops.{op}: {name} must have dtype in ({_names(dtypes)}), got {_dt(x.dtype)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"sbops.{op}: {name} is on {x.device} but the other inputs are on {device}; "
+                         f"sbops never moves data between devices")
+    if shape is not None and not _shape_ok(x.shape, shape):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"sbops.{op}: {name} must have shape {want}{_lay(what)}, got {list(x.shape)}")
+    if inplace and not _unit_last_stride(x):
+        raise ValueError(f"sbops.{op}: {name} is updated in place, so its last dimension must be contiguous "
+                         f"(stride 1), got strides {tuple(x.stride())}; any other strides are fine")
+    raise AssertionError(f"sbops.{op}: inconsistent check of {name}")  # pragma: no cover
+
+
+def size(x, ndim: int, i: int) -> Optional[int]:
+    """x.shape[i] if x is an ndim-dimensional tensor, else None (its check then reports why)."""
+    return x.shape[i] if isinstance(x, torch.Tensor) and x.dim() == ndim else None
+
+
+def _lay(what: str) -> str:
+    return f" {what}" if what else ""
+
+
 def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
+    d = ref.dtype
     for n, t in others.items():
-        if t.dtype != ref.dtype:
-            raise TypeError(f"sbops.{op}: {n} has dtype {str(t.dtype).replace('torch.', '')} but {ref_name} has "
-                            f"{str(ref.dtype).replace('torch.', '')}; they must match")
+        if t.dtype != d:
+            raise TypeError(f"sbops.{op}: {n} has dtype {_dt(t.dtype)} but {ref_name} has "
+                            f"{_dt(ref.dtype)}; they must match")
 
 
 def divisible_heads(op: str, H: int, HKV: int) -> None:
@@ -53,8 +111,23 @@ def divisible_heads(op: str, H: int, HKV: int) -> None:
                          f"key/value heads ({HKV})")
 
 
+# ------------------------------------------------------------------ data checks
+# Mode: None = auto (CPU tensors only: no GPU synchronisation), True = everywhere (debug),
+# False = nowhere.  The context variable overrides the environment default.
 _DATA_CHECKS: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("sbops_data_checks", default=None)
 _FALSE = ("0", "false", "off", "no")
+_AUTO = ("", "auto", "cpu")
+
+
+def _env_mode() -> Optional[bool]:
+    v = os.environ.get("SBOPS_DATA_CHECKS", "").strip().lower()
+    if v in _AUTO:
+        return None
+    return v not in _FALSE
+
+
+_ENV_MODE: Optional[bool] = _env_mode()   # read once; set_data_checks(None) reads it again
+_is_compiling = torch.compiler.is_compiling
 
 
 def can_sync() -> bool:
@@ -66,23 +139,35 @@ def can_sync() -> bool:
     return not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
 
-def checking_data() -> bool:
-    """Whether the public ops run their data-dependent checks (index ranges, cu_seqlens order,
-    count magnitudes).  They read values back to the host, which synchronises a GPU on every call,
-    so they are skipped while torch.compile traces or a CUDA graph is captured, and can be turned off
-    with `sbops.set_data_checks(False)`, the `sbops.data_checks(False)` context, or the environment
-    variable SBOPS_DATA_CHECKS=0.  The native kernels still never read or write out of bounds."""
-    if not can_sync():
+def checking_data(x: Optional[torch.Tensor] = None) -> bool:
+    """Whether a public op runs its data checks (index ranges, cu_seqlens order, count magnitudes)
+    for inputs living where `x` lives (None: treated as a GPU tensor).
+
+    These checks read tensor values back to the host.  By default they run only for CPU tensors,
+    where that costs no synchronisation; a call on GPU tensors never reads data back (the kernels
+    stay memory-safe on bad data and give the documented result instead: a NaN row, a dropped
+    slot, an unwritten row).  `sbops.set_data_checks(True)` / `SBOPS_DATA_CHECKS=1` is a debug mode
+    that runs them for GPU tensors too (one synchronisation per check); `set_data_checks(False)` /
+    `SBOPS_DATA_CHECKS=0` turns them off everywhere.  They never run while torch.compile traces or
+    a CUDA graph is captured.  SBOPS_DATA_CHECKS is read at import (and by set_data_checks(None)).
+    """
+    if _is_compiling():      # first: dynamo cannot trace ContextVar.get
         return False
-    forced = _DATA_CHECKS.get()
-    if forced is not None:
-        return forced
-    return os.environ.get("SBOPS_DATA_CHECKS", "1").strip().lower() not in _FALSE
+    mode = _DATA_CHECKS.get()
+    if mode is None:
+        mode = _ENV_MODE
+    if mode is None:
+        return x is not None and x.is_cpu
+    return mode and not (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
 
 
 def set_data_checks(enabled: Optional[bool]) -> None:
-    """Turn the data-dependent input checks on or off for this thread/context (None: back to the
-    SBOPS_DATA_CHECKS default).  See `checking_data`."""
+    """Data checks for this thread/context: True = everywhere (debug mode: GPU calls synchronise),
+    False = nowhere, None = back to the default (SBOPS_DATA_CHECKS, re-read now; unset: CPU tensors
+    only).  See `checking_data`."""
+    global _ENV_MODE
+    if enabled is None:
+        _ENV_MODE = _env_mode()
     _DATA_CHECKS.set(None if enabled is None else bool(enabled))
 
 
@@ -97,7 +182,8 @@ def data_checks(enabled: bool) -> Iterator[None]:
 
 
 def cu_seqlens(op: str, cu: Optional[torch.Tensor], B: int, T: int, device: torch.device) -> int:
-    """Validate cu_seqlens; return the number of sequences N."""
+    """Validate cu_seqlens; return the number of sequences N.  Its values are checked only where
+    `checking_data` says so; the kernels clamp offsets into [0, T] whatever they hold."""
     if cu is None:
         return B
     tensor(op, "cu_seqlens", cu, ndim=1, dtypes=INDEX_DTYPES, device=device,
@@ -106,9 +192,19 @@ def cu_seqlens(op: str, cu: Optional[torch.Tensor], B: int, T: int, device: torc
         raise ValueError(f"sbops.{op}: with cu_seqlens the batch dimension must be 1 (sequences packed along T), got B={B}")
     if cu.numel() < 2:
         raise ValueError(f"sbops.{op}: cu_seqlens must hold at least 2 offsets ([0, ..., T]), got {cu.numel()}")
-    if checking_data():
+    if checking_data(cu):
         c = cu.tolist()
         if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:])):
             raise ValueError(f"sbops.{op}: cu_seqlens must start at 0, be non-decreasing and end at T={T}; "
                              f"got {c[:4]}{'...' if len(c) > 4 else ''} ending at {c[-1]}")
     return cu.numel() - 1
+
+
+def index_range(op: str, name: str, idx: torch.Tensor, lo: int, hi: int, err=IndexError) -> None:
+    """Data check: every value of `idx` lies in [lo, hi) (one host read of min and max)."""
+    if idx.numel() == 0 or not checking_data(idx):
+        return
+    mn, mx = torch.aminmax(idx)
+    mn, mx = int(mn), int(mx)
+    if mn < lo or mx >= hi:
+        raise err(f"sbops.{op}: {name} must lie in [{lo}, {hi}), got values in [{mn}, {mx}]")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextvars
+from typing import Tuple
 
 import torch
 
@@ -10,6 +11,9 @@ from .._dispatch import Request
 
 # Set by sbops.explain: public ops validate their inputs, then hand back their Request instead of running.
 _explaining: contextvars.ContextVar[bool] = contextvars.ContextVar("sbops_explaining", default=False)
+_is_compiling = torch.compiler.is_compiling
+_kernels = _dispatch._kernels      # cleared by the dispatcher whenever the registry changes
+_forced = _dispatch._forced
 
 
 class Explained(Exception):
@@ -18,20 +22,28 @@ class Explained(Exception):
         self.req = req
 
 
-def run(req: Request, *args):
-    """Run `req.op` with the schema's arguments on the backend the dispatcher selects.
-
-    While torch.compile traces, the op is called directly: PyTorch then routes it by the
-    inputs' device to the kernel registered for that dispatch key (the built-in backend), and
-    the traced graph stays free of Python-side dispatch logic.
-    """
-    if torch.compiler.is_compiling():
-        return getattr(torch.ops.sbops, req.op)(*args)
-    if _explaining.get():
-        raise Explained(req)
-    return _dispatch.kernel_for(req)(*args)
-
-
 def request(op: str, x: torch.Tensor, head_dims=(), features=()) -> Request:
     return Request(op=op, device_type=x.device.type, dtype=x.dtype,
                    head_dims=tuple(head_dims), features=frozenset(f for f in features if f))
+
+
+def run(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, *args):
+    """Run `op` with the schema's arguments `args` on the backend the dispatcher selects for a call
+    on x's device and dtype using `head_dims` and `features` (a tuple; None entries are ignored).
+
+    The decision is cached under a plain tuple key, so a repeated call costs one dict lookup.
+    While torch.compile traces, the op is called directly: PyTorch then routes it by the inputs'
+    device to the kernel registered for that dispatch key (the built-in backend), and the traced
+    graph stays free of Python-side dispatch logic.
+    """
+    if _is_compiling():
+        return getattr(torch.ops.sbops, op)(*args)
+    key = (op, x.device, x.dtype, head_dims, features, _forced.get() or _dispatch._ENV_BACKEND)
+    fn = _kernels.get(key)
+    if fn is None or _explaining.get():
+        req = request(op, x, head_dims, features)
+        if _explaining.get():
+            raise Explained(req)
+        fn = _dispatch.kernel_for(req)
+        _kernels[key] = fn
+    return fn(*args)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _validate as V
-from ._common import request, run
+from ._common import run
 
 OP = "linear_attn"
 
@@ -16,28 +16,38 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
     V.tensor(op, "q", q, ndim=4, dtypes=V.FLOAT_DTYPES, what="[B, T, H, K]")
     dev = q.device
     B, T, H, K = q.shape
-    V.tensor(op, "k", k, ndim=4, device=dev, what="[B, T, HKV, K]")
-    HKV = k.shape[2]
-    V.tensor(op, "k", k, shape=(B, T, None, K), what="[B, T, HKV, K]")
-    V.tensor(op, "v", v, ndim=4, device=dev, shape=(B, T, HKV, None), what="[B, T, HKV, V]")
-    V.same_dtype(op, "q", q, k=k, v=v)
-    V.divisible_heads(op, H, HKV)
-    gate = None
-    if g is not None:
-        V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev)
-        if g.dim() == 3:
-            V.tensor(op, "g", g, shape=(B, T, HKV), what="[B, T, HKV] (one log-decay per head)")
-            gate = "gate_per_head"
-        else:
-            V.tensor(op, "g", g, shape=(B, T, HKV, K), what="[B, T, HKV, K] (one log-decay per key channel)")
-            gate = "gate_per_key"
+    HKV = V.size(k, 4, 2)
+    V.tensor(op, "k", k, ndim=4, device=dev, shape=(B, T, HKV, K), what="[B, T, HKV, K]")
+    Vd = V.size(v, 4, 3)
+    V.tensor(op, "v", v, ndim=4, device=dev, shape=(B, T, HKV, Vd), what="[B, T, HKV, V]")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        V.same_dtype(op, "q", q, k=k, v=v)
+    if not HKV or H % HKV:
+        V.divisible_heads(op, H, HKV)
+    gate = _check_gate(op, g, q, dev, (B, T, HKV), K)
     N = V.cu_seqlens(op, cu_seqlens, B, T, dev)
     if initial_state is not None:
         V.tensor(op, "initial_state", initial_state, dtypes=(torch.float32,), device=dev,
-                 shape=(N, HKV, K, v.shape[-1]), what="[N, HKV, K, V] float32")
+                 shape=(N, HKV, K, Vd), what="[N, HKV, K, V] float32")
     feats = (gate, "varlen" if cu_seqlens is not None else None,
              "initial_state" if initial_state is not None else None)
-    return request(op, q, head_dims=(K, v.shape[-1]), features=feats)
+    return (K, Vd), feats
+
+
+_GATE_WHAT = {3: ("[B, T, HKV] (one log-decay per head)", "[B, T, HKV, K] (one log-decay per key channel)"),
+              2: ("[N, HKV] (one log-decay per head)", "[N, HKV, K] (one log-decay per key channel)")}
+
+
+def _check_gate(op, g, q, dev, lead, K):
+    """g: None, lead (one log-decay per head) or lead + (K,) (per key channel); returns the feature."""
+    if g is None:
+        return None
+    per_head, per_key = _GATE_WHAT[len(lead)]
+    if isinstance(g, torch.Tensor) and g.dim() == len(lead):
+        V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev, shape=lead, what=per_head)
+        return "gate_per_head"
+    V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev, shape=lead + (K,), what=per_key)
+    return "gate_per_key"
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -58,10 +68,17 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         (o [B, T, H, V] in q's dtype, final_state or None).
     Math: S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t;  o_t = scale * q_t S_t.  Differentiable in
     q, k, v, g and initial_state.
+
+    Inputs may be strided views (slices along T, splits of a fused qkv projection, transposed
+    batches): the CUDA/Triton kernels read tensors whose last dimension is contiguous in place
+    and copy others internally; the CPU reference copies.  Outputs are contiguous.
+    Data checks: cu_seqlens (start 0, non-decreasing, end T) is checked on CPU tensors only by
+    default (see sbops.set_data_checks); on the GPU the kernels clamp its offsets into [0, T], so
+    bad offsets give an unspecified result but never an out-of-bounds access.
     """
-    req = _check(q, k, v, g, initial_state, cu_seqlens)
+    hd, feats = _check(q, k, v, g, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, final_state = run(req, q, k, v, g, scale, initial_state, cu_seqlens)
+    o, final_state = run(OP, q, hd, feats, q, k, v, g, scale, initial_state, cu_seqlens)
     return o, (final_state if output_final_state else None)
 
 
@@ -70,35 +87,25 @@ def _check_decode(q, k, v, g, state, state_indices):
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, K]")
     dev = q.device
     N, H, K = q.shape
-    V.tensor(op, "k", k, ndim=3, device=dev, what="[N, HKV, K]")
-    HKV = k.shape[1]
-    V.tensor(op, "k", k, shape=(N, HKV, K), what="[N, HKV, K]")
-    V.tensor(op, "v", v, ndim=3, device=dev, shape=(N, HKV, None), what="[N, HKV, V]")
-    V.same_dtype(op, "q", q, k=k, v=v)
-    V.divisible_heads(op, H, HKV)
-    Vd = v.shape[-1]
-    gate = None
-    if g is not None:
-        V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev)
-        if g.dim() == 2:
-            V.tensor(op, "g", g, shape=(N, HKV), what="[N, HKV]")
-            gate = "gate_per_head"
-        else:
-            V.tensor(op, "g", g, shape=(N, HKV, K), what="[N, HKV, K]")
-            gate = "gate_per_key"
+    HKV = V.size(k, 3, 1)
+    V.tensor(op, "k", k, ndim=3, device=dev, shape=(N, HKV, K), what="[N, HKV, K]")
+    Vd = V.size(v, 3, 2)
+    V.tensor(op, "v", v, ndim=3, device=dev, shape=(N, HKV, Vd), what="[N, HKV, V]")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        V.same_dtype(op, "q", q, k=k, v=v)
+    if not HKV or H % HKV:
+        V.divisible_heads(op, H, HKV)
+    gate = _check_gate(op, g, q, dev, (N, HKV), K)
+    S = V.size(state, 4, 0)
     V.tensor(op, "state", state, ndim=4, dtypes=(torch.float32, torch.bfloat16), device=dev,
-             shape=(None, HKV, K, Vd), what="[S, HKV, K, V] cache of S slots")
-    S = state.shape[0]
+             shape=(S, HKV, K, Vd), what="[S, HKV, K, V] cache of S slots", inplace=True)
     if state_indices is not None:
         V.tensor(op, "state_indices", state_indices, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
-        if V.checking_data() and N > 0:
-            lo, hi = int(state_indices.min()), int(state_indices.max())
-            if lo < 0 or hi >= S:
-                raise IndexError(f"sbops.{op}: state_indices must lie in [0, {S}), got values in [{lo}, {hi}]")
+        V.index_range(op, "state_indices", state_indices, 0, S)
     elif N > S:
         raise ValueError(f"sbops.{op}: without state_indices sequence i uses slot i, but the state has "
                          f"{S} slots for N={N} sequences")
-    return request(op, q, head_dims=(K, Vd), features=(gate,))
+    return (K, Vd), (gate,)
 
 
 def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
@@ -113,7 +120,14 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
         scale: defaults to K ** -0.5.
     Returns:
         o: [N, H, V] in q's dtype, equal to linear_attn's output at that step.
+
+    q, k, v, g may be strided views (e.g. `q[:, t]` of a [N, T, H, K] tensor, or splits of a fused
+    projection); the CUDA kernel reads them in place when their last dimension is contiguous.
+    `state` is written in place: its last dimension must be contiguous (other strides are fine).
+    Data checks: state_indices in [0, S) is checked on CPU tensors only by default (see
+    sbops.set_data_checks).  Unchecked, a sequence whose state_indices[i] is out of range gets a NaN
+    output row and no state slot is touched.
     """
-    req = _check_decode(q, k, v, g, state, state_indices)
+    hd, feats = _check_decode(q, k, v, g, state, state_indices)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return run(req, q, k, v, g, state, state_indices, scale)
+    return run("linear_attn_decode", q, hd, feats, q, k, v, g, state, state_indices, scale)

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _validate as V
-from ._common import request, run
+from ._common import run
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -17,10 +17,13 @@ def _check_ids(op, ids, num_experts, T=None, name="ids"):
         raise ValueError(f"sbops.{op}: {name} must have shape [T={T}, k], got {list(ids.shape)}")
     if not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f"sbops.{op}: num_experts must be a positive int, got {num_experts!r}")
-    if V.checking_data() and ids.numel() > 0:
+    if ids.numel() > 0 and V.checking_data(ids):
         hi = int(ids.max())
         if hi >= num_experts:
             raise ValueError(f"sbops.{op}: {name} holds expert id {hi} but num_experts={num_experts}")
+
+
+_NO = ()
 
 
 def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormalize: bool = True,
@@ -33,6 +36,7 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
     topk_groups groups are eligible; the top k eligible experts are chosen (ties: lower index),
     in descending order. weights = their unbiased scores (/ sum if renormalize) * scaling.
     Returns (weights [T, k] float32, ids [T, k] int32); differentiable in logits.
+    logits and bias may be strided views; they are read as they are or copied internally.
     """
     op = "topk_gating"
     V.tensor(op, "logits", logits, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, E]")
@@ -55,7 +59,7 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
     elif topk_groups is not None:
         raise ValueError(f"sbops.{op}: topk_groups needs num_groups")
     feats = ("bias" if bias is not None else None, "groups" if num_groups else None)
-    return run(request(op, logits, features=feats), logits, k, scoring, bool(renormalize), bias,
+    return run(op, logits, _NO, feats, logits, k, scoring, bool(renormalize), bias,
                int(num_groups or 0), int(topk_groups or 0), float(scaling))
 
 
@@ -64,28 +68,32 @@ def moe_permute(x: torch.Tensor, ids: torch.Tensor, num_experts: int):
 
     Returns x_perm [T*k, Hd] (routed rows by expert ascending, then (token, slot); zero rows for
     dropped slots after them), expert_offsets [E+1] int64 and row_map [T, k] int32 (-1: dropped).
-    Differentiable in x.
+    Differentiable in x.  x and ids may be strided views (copied internally where needed).
+    Data checks: ids < num_experts is checked on CPU tensors only by default (see
+    sbops.set_data_checks).  Unchecked, an id >= num_experts is treated as dropped, like ids < 0.
     """
     op = "moe_permute"
     V.tensor(op, "x", x, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, Hd]")
     _check_ids(op, ids, num_experts, T=x.shape[0])
     V.tensor(op, "ids", ids, device=x.device)
-    return run(request(op, x), x, ids, num_experts)
+    return run(op, x, _NO, _NO, x, ids, num_experts)
 
 
 def moe_unpermute(y_perm: torch.Tensor, row_map: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """y[t] = sum_j weights[t, j] * y_perm[row_map[t, j]] over routed slots (float32 accumulation).
 
-    Returns y [T, Hd] in y_perm's dtype; differentiable in y_perm and weights.
+    Returns y [T, Hd] in y_perm's dtype; differentiable in y_perm and weights.  Inputs may be
+    strided views (copied internally where needed).
+    Data checks: row_map in [-1, R) is checked on CPU tensors only by default (see
+    sbops.set_data_checks).  Unchecked, an entry outside [-1, R) is treated as dropped (-1).
     """
     op = "moe_unpermute"
     V.tensor(op, "y_perm", y_perm, ndim=2, dtypes=V.FLOAT_DTYPES, what="[R, Hd]")
     dev = y_perm.device
     V.tensor(op, "row_map", row_map, ndim=2, dtypes=(torch.int32,), device=dev, what="[T, k] int32")
     V.tensor(op, "weights", weights, dtypes=V.FLOAT_DTYPES, device=dev, shape=tuple(row_map.shape), what="[T, k]")
-    if V.checking_data() and row_map.numel() > 0 and int(row_map.max()) >= y_perm.shape[0]:
-        raise IndexError(f"sbops.{op}: row_map points at row {int(row_map.max())} but y_perm has {y_perm.shape[0]} rows")
-    return run(request(op, y_perm), y_perm, row_map, weights)
+    V.index_range(op, "row_map", row_map, -1, y_perm.shape[0])
+    return run(op, y_perm, _NO, _NO, y_perm, row_map, weights)
 
 
 def moe_align_block_size(ids: torch.Tensor, num_experts: int, block_size: int):
@@ -94,16 +102,22 @@ def moe_align_block_size(ids: torch.Tensor, num_experts: int, block_size: int):
     Returns sorted_ids int32 [n + E*(block_size-1)] (padding holds n = ids.numel()),
     block_expert_ids int32 [ceil(len/block_size)] (-1 for unused blocks) and
     num_tokens_post_pad int32 [1].
+    Data checks: ids < num_experts is checked on CPU tensors only by default (see
+    sbops.set_data_checks).  Unchecked, ids outside [0, num_experts) are ignored (not routed).
     """
     op = "moe_align_block_size"
     _check_ids(op, ids, num_experts)
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"sbops.{op}: block_size must be a positive int, got {block_size!r}")
-    return run(request(op, ids), ids, num_experts, block_size)
+    return run(op, ids, _NO, _NO, ids, num_experts, block_size)
 
 
 def expert_counts(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Histogram [E] int64 of routed expert ids (ids < 0 are not counted)."""
+    """Histogram [E] int64 of routed expert ids (ids < 0 are not counted).
+
+    Data checks: ids < num_experts is checked on CPU tensors only by default (see
+    sbops.set_data_checks).  Unchecked, ids outside [0, num_experts) are not counted.
+    """
     op = "expert_counts"
     _check_ids(op, ids, num_experts)
-    return run(request(op, ids), ids, num_experts)
+    return run(op, ids, _NO, _NO, ids, num_experts)

@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 
 from .. import _validate as V
-from ._common import request, run
+from ._common import run
+
+_NO = ()
 
 MODES = ("binary", "ternary", "bitwise")
 COUNT_DTYPES = (torch.int8, torch.int16, torch.int32)
@@ -34,25 +36,27 @@ def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch
 
     vth = clamp(mean(|x|) / k, 1e-5, 1e4) over the last dim (float32, shape x.shape[:-1] + (1,));
     counts = round_half_to_even(x / vth) saturated to out_dtype's range (int8, int16 or int32).
-    Returns (counts, vth).
+    Returns (counts, vth).  x may be a strided view: the CUDA kernel reads rows whose last
+    dimension is contiguous in place; other layouts are copied internally.
     """
     op = "spike_encode"
     _check_x(op, x)
     _check_k(op, k)
     if out_dtype not in COUNT_DTYPES:
         raise TypeError(f"sbops.{op}: out_dtype must be one of int8, int16, int32; got {out_dtype}")
-    return run(request(op, x), x, float(k), out_dtype)
+    return run(op, x, _NO, _NO, x, float(k), out_dtype)
 
 
 def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
     """x_hat = round(x / vth) * vth in x's dtype (no saturation), with a straight-through gradient.
 
-    The training-time op: a linear layer fed x_hat computes vth * (s @ W) exactly.
+    The training-time op: a linear layer fed x_hat computes vth * (s @ W) exactly.  x may be a
+    strided view (read in place on CUDA when its last dimension is contiguous, else copied).
     """
     op = "spike_quant"
     _check_x(op, x)
     _check_k(op, k)
-    return run(request(op, x), x, float(k))
+    return run(op, x, _NO, _NO, x, float(k))
 
 
 def _check_counts(op, counts, name="counts"):
@@ -81,14 +85,22 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
 
     binary: s_t = 1 while t < c (c >= 0); ternary: s_t = sign(c) while t < |c|;
     bitwise: s_t = sign(c) * bit_{T-1-t}(|c|) (sign-magnitude, most significant bit first).
-    T defaults to the fewest steps that hold every count; a T too small is an error.
+    T defaults to the fewest steps that hold every count; a T too small is an error, never a
+    silent wrap.
+
+    Synchronisation: the output's shape depends on T, so T=None reads max|counts| back to the host
+    (a GPU sync; pass T under torch.compile or CUDA graph capture).  With T given, the wrapper
+    checks it against the data where data checks run (CPU tensors by default, see
+    sbops.set_data_checks), and the built-in kernels check it again themselves: the CPU kernel in
+    its first pass, the CUDA kernel with one device-to-host read of min/max|counts| -- so
+    spike_expand on a GPU synchronises in any case.  counts may be a strided view (copied).
     """
     op = "spike_expand"
     _check_counts(op, counts)
     _check_mode(op, mode)
     if T is not None and (not isinstance(T, int) or T < 1):
         raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
-    if V.checking_data() or (T is None and V.can_sync()):
+    if V.checking_data(counts) or (T is None and V.can_sync()):
         m = _max_abs(op, counts, mode)
         need = _min_T(mode, m)
         if T is None:
@@ -99,11 +111,14 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
     elif T is None:
         raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile or CUDA graph capture "
                          "(its default depends on the data)")
-    return run(request(op, counts), counts, mode, int(T))
+    return run(op, counts, _NO, _NO, counts, mode, int(T))
 
 
 def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
-    """Invert spike_expand: sum_t s_t (binary/ternary) or sum_t 2^(T-1-t) s_t (bitwise). Returns int32."""
+    """Invert spike_expand: sum_t s_t (binary/ternary) or sum_t 2^(T-1-t) s_t (bitwise). Returns int32.
+
+    trains may be a strided view (copied internally where needed); no data is read back.
+    """
     op = "spike_collapse"
     V.tensor(op, "trains", trains, dtypes=V.INT_DTYPES, what="[T, ...]")
     if trains.dim() < 1 or trains.shape[0] < 1:
@@ -111,7 +126,7 @@ def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
     _check_mode(op, mode)
     if mode == "bitwise" and trains.shape[0] > 31:
         raise ValueError(f"sbops.{op}: bitwise trains of T={trains.shape[0]} steps overflow int32 counts (T <= 31)")
-    return run(request(op, trains), trains, mode)
+    return run(op, trains, _NO, _NO, trains, mode)
 
 
 def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> dict:
@@ -120,6 +135,8 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     Returns a dict: sparsity (fraction of zero entries in the [T, ...] train), spikes_per_neuron
     (mean non-zero steps per count), silent_fraction (fraction of zero counts), T, histogram
     (list: number of counts with each |c| = 0, 1, ...), mode, numel.
+
+    A host-side summary: it reads max|counts| and the histogram back (a GPU sync by design).
     """
     op = "spike_stats"
     _check_counts(op, counts)
@@ -131,7 +148,7 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     elif not isinstance(T, int) or T < need:
         raise ValueError(f"sbops.{op}: T={T!r} steps cannot represent a count of magnitude {m} in {mode} mode "
                          f"(needs T >= {need})")
-    hist = run(request(op, counts), counts, m).cpu()
+    hist = run(op, counts, _NO, _NO, counts, m).cpu()
     n = counts.numel()
     steps = [bin(a).count("1") if mode == "bitwise" else a for a in range(m + 1)]
     spikes = sum(int(h) * s for h, s in zip(hist.tolist(), steps))

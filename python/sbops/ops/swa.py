@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from ._common import request, run
+from ._common import run
 
 
 def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
@@ -14,26 +14,30 @@ def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
     V.tensor(op, "q", q, ndim=4, dtypes=V.FLOAT_DTYPES, what="[B, T, H, D]")
     dev = q.device
     B, T, H, D = q.shape
-    V.tensor(op, "k", k, ndim=4, device=dev, what="[B, T, HKV, D]")
-    HKV = k.shape[2]
-    V.tensor(op, "k", k, shape=(B, T, HKV, D), what="[B, T, HKV, D]")
+    HKV = V.size(k, 4, 2)
+    V.tensor(op, "k", k, ndim=4, device=dev, shape=(B, T, HKV, D), what="[B, T, HKV, D]")
     V.tensor(op, "v", v, device=dev, shape=(B, T, HKV, D), what="[B, T, HKV, D]")
-    V.same_dtype(op, "q", q, k=k, v=v)
-    V.divisible_heads(op, H, HKV)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        V.same_dtype(op, "q", q, k=k, v=v)
+    if not HKV or H % HKV:
+        V.divisible_heads(op, H, HKV)
     if not isinstance(window, int):
         raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
     V.cu_seqlens(op, cu_seqlens, B, T, dev)
+    _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
+    feats = ("varlen" if cu_seqlens is not None else None, "sinks" if sink_k is not None else None,
+             "full_causal" if window < 0 else None)
+    return (D,), feats
+
+
+def _check_sinks(op, q, sink_k, sink_v, HKV, D, dev):
     if (sink_k is None) != (sink_v is None):
         raise ValueError(f"sbops.{op}: sink_k and sink_v must be given together")
     if sink_k is not None:
-        V.tensor(op, "sink_k", sink_k, ndim=3, device=dev, what="[M, HKV, D]")
-        M = sink_k.shape[0]
-        V.tensor(op, "sink_k", sink_k, shape=(M, HKV, D), what="[M, HKV, D]")
+        M = V.size(sink_k, 3, 0)
+        V.tensor(op, "sink_k", sink_k, ndim=3, device=dev, shape=(M, HKV, D), what="[M, HKV, D]")
         V.tensor(op, "sink_v", sink_v, device=dev, shape=(M, HKV, D), what="[M, HKV, D]")
         V.same_dtype(op, "q", q, sink_k=sink_k, sink_v=sink_v)
-    feats = ("varlen" if cu_seqlens is not None else None, "sinks" if sink_k is not None else None,
-             "full_causal" if window < 0 else None)
-    return request(op, q, head_dims=(D,), features=feats)
 
 
 def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: Optional[float] = None,
@@ -53,37 +57,42 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
         return_lse: also return lse [B, T, H] float32 (natural log).
     Returns:
         o [B, T, H, D] in q's dtype, or (o, lse). Differentiable in q, k, v, sink_k, sink_v.
+
+    Inputs may be strided views (slices, splits of a fused qkv projection, transposed batches):
+    the GPU kernels read tensors whose last dimension is contiguous in place and copy others
+    internally; the CPU reference copies.  Outputs are contiguous.
+    Data checks: cu_seqlens (start 0, non-decreasing, end T) is checked on CPU tensors only by
+    default (see sbops.set_data_checks); on the GPU the kernels clamp its offsets into [0, T], so
+    bad offsets give an unspecified result but never an out-of-bounds access.
     """
-    req = _check(q, k, v, window, cu_seqlens, sink_k, sink_v)
+    hd, feats = _check(q, k, v, window, cu_seqlens, sink_k, sink_v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, lse = run(req, q, k, v, int(window), scale, cu_seqlens, sink_k, sink_v)
+    o, lse = run("swa_attn", q, hd, feats, q, k, v, int(window), scale, cu_seqlens, sink_k, sink_v)
     return (o, lse) if return_lse else o
 
 
-def _check_cache(op, k_cache, v_cache, dev, HKV, D):
-    V.tensor(op, "k_cache", k_cache, ndim=4, dtypes=V.FLOAT_DTYPES, device=dev, what="[S, C, HKV, D]")
-    S, C = k_cache.shape[:2]
-    V.tensor(op, "k_cache", k_cache, shape=(S, C, HKV, D), what="[S, C, HKV, D]")
-    V.tensor(op, "v_cache", v_cache, device=dev, shape=(S, C, HKV, D), what="[S, C, HKV, D]")
-    V.same_dtype(op, "k_cache", k_cache, v_cache=v_cache)
+def _check_cache(op, k_cache, v_cache, dev, HKV, D, inplace=False):
+    S, C = V.size(k_cache, 4, 0), V.size(k_cache, 4, 1)
+    V.tensor(op, "k_cache", k_cache, ndim=4, dtypes=V.FLOAT_DTYPES, device=dev, shape=(S, C, HKV, D),
+             what="[S, C, HKV, D]", inplace=inplace)
+    V.tensor(op, "v_cache", v_cache, device=dev, shape=(S, C, HKV, D), what="[S, C, HKV, D]", inplace=inplace)
+    if v_cache.dtype != k_cache.dtype:
+        V.same_dtype(op, "k_cache", k_cache, v_cache=v_cache)
     return S, C
 
 
 def _check_slots(op, slot_indices, N, S, dev):
     if slot_indices is not None:
         V.tensor(op, "slot_indices", slot_indices, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
-        if V.checking_data() and N > 0:
-            lo, hi = int(slot_indices.min()), int(slot_indices.max())
-            if lo < 0 or hi >= S:
-                raise IndexError(f"sbops.{op}: slot_indices must lie in [0, {S}), got values in [{lo}, {hi}]")
+        V.index_range(op, "slot_indices", slot_indices, 0, S)
     elif N > S:
         raise ValueError(f"sbops.{op}: without slot_indices sequence i uses slot i, but the cache has {S} slots "
                          f"for N={N} sequences")
 
 
 def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
-               window: int, scale: Optional[float] = None, slot_indices: Optional[torch.Tensor] = None
-               ) -> torch.Tensor:
+               window: int, scale: Optional[float] = None, slot_indices: Optional[torch.Tensor] = None,
+               sink_k: Optional[torch.Tensor] = None, sink_v: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention of one new query per sequence over its ring-buffer cache.
 
     Args:
@@ -92,47 +101,70 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
         seq_lens: int32/int64 [N] lengths L including the current token (already written with
             swa_cache_write); positions max(0, L-1-window) .. L-1 are attended.
         slot_indices: [N] cache slot of each sequence (default i).
+        sink_k, sink_v: [M, HKV, D] extra keys/values every query attends (SpikingBrain-76B's meta
+            tokens), merged into the same softmax, as in swa_attn.
     Returns:
-        o: [N, H, D] in q's dtype; equals the last row of swa_attn over the same sequence.
+        o: [N, H, D] in q's dtype; equals the last row of swa_attn over the same sequence (with
+        the same sinks).
+
+    q and the caches may be strided views (e.g. `q[:, t]`); the CUDA kernel reads them in place
+    when their last dimension is contiguous.  Outputs are contiguous.
+    Data checks: slot_indices in [0, S), seq_lens >= 1 and the cache capacity are checked on CPU
+    tensors only by default (see sbops.set_data_checks).  Unchecked, a sequence whose slot is out
+    of range or whose seq_len is < 1 gets a NaN output row; nothing is read out of bounds.
     """
     op = "swa_decode"
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, D]")
     dev = q.device
     N, H, D = q.shape
-    HKV = k_cache.shape[2] if k_cache.dim() == 4 else 0
+    HKV = V.size(k_cache, 4, 2)
     S, C = _check_cache(op, k_cache, v_cache, dev, HKV, D)
-    V.divisible_heads(op, H, HKV)
+    if not HKV or H % HKV:
+        V.divisible_heads(op, H, HKV)
     V.tensor(op, "seq_lens", seq_lens, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
     if not isinstance(window, int):
         raise TypeError(f"sbops.{op}: window must be an int, got {type(window).__name__}")
     _check_slots(op, slot_indices, N, S, dev)
-    if V.checking_data() and N > 0:
-        lo, hi = int(seq_lens.min()), int(seq_lens.max())
+    _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
+    if N > 0 and V.checking_data(seq_lens):
+        lo, hi = (int(t) for t in torch.aminmax(seq_lens))
         if lo < 1:
             raise ValueError(f"sbops.{op}: seq_lens must be >= 1 (the current token is in the cache), got {lo}")
         need = hi if window < 0 else min(hi, window + 1)
         if need > C:
             raise ValueError(f"sbops.{op}: the cache holds C={C} rows but a sequence needs {need} "
                              f"(window={window}, longest seq_len={hi}); C must be >= window + 1")
-    V.same_dtype(op, "q", q, k_cache=k_cache)
-    req = request(op, q, head_dims=(D,), features=("full_causal" if window < 0 else None,))
+    if k_cache.dtype != q.dtype:
+        V.same_dtype(op, "q", q, k_cache=k_cache)
+    feats = ("full_causal" if window < 0 else None, "sinks" if sink_k is not None else None)
     scale = D ** -0.5 if scale is None else float(scale)
-    return run(req, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
+    if sink_k is None:   # the schema's sink arguments default to None
+        return run(op, q, (D,), feats, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
+    return run(op, q, (D,), feats, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices, sink_k, sink_v)
 
 
 def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     positions: torch.Tensor, slot_indices: Optional[torch.Tensor] = None) -> None:
-    """Store the new token's k, v [N, HKV, D] at row positions[i] % C of slot slot_indices[i] (in place)."""
+    """Store the new token's k, v [N, HKV, D] at row positions[i] % C of slot slot_indices[i] (in place).
+
+    k and v may be strided views (e.g. `k[:, t]`, or splits of a fused projection).  k_cache and
+    v_cache are written in place: their last dimension must be contiguous (other strides are fine).
+    Data checks: slot_indices in [0, S) and positions >= 0 are checked on CPU tensors only by
+    default (see sbops.set_data_checks).  Unchecked, a row whose slot is out of range or whose
+    position is negative is not written.
+    """
     op = "swa_cache_write"
     V.tensor(op, "k", k, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, HKV, D]")
     dev = k.device
     N, HKV, D = k.shape
     V.tensor(op, "v", v, device=dev, shape=(N, HKV, D), what="[N, HKV, D]")
-    S, C = _check_cache(op, k_cache, v_cache, dev, HKV, D)
-    V.same_dtype(op, "k_cache", k_cache, k=k, v=v)
+    S, C = _check_cache(op, k_cache, v_cache, dev, HKV, D, inplace=True)
+    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
+        V.same_dtype(op, "k_cache", k_cache, k=k, v=v)
     V.tensor(op, "positions", positions, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
     _check_slots(op, slot_indices, N, S, dev)
-    if V.checking_data() and N > 0 and int(positions.min()) < 0:
-        raise ValueError(f"sbops.{op}: positions must be >= 0, got {int(positions.min())}")
-    req = request(op, k_cache, head_dims=(D,))
-    run(req, k, v, k_cache, v_cache, positions, slot_indices)
+    if N > 0 and V.checking_data(positions):
+        lo = int(positions.min())
+        if lo < 0:
+            raise ValueError(f"sbops.{op}: positions must be >= 0, got {lo}")
+    run(op, k_cache, (D,), (), k, v, k_cache, v_cache, positions, slot_indices)
