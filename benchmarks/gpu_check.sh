@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|macasim]...
-#   (default: all; sanitize, cudaops and swa only when named)
+#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; sanitize, cudaops, swa and bench_default only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -94,8 +94,8 @@ fi
 if [[ " $steps " == *" swa "* ]]; then
   # the sm90.cuh wgmma building blocks alone (diagnosis), then the SWA benchmark without peers
   stamp "wgmma probe"
-  nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_wgmma.cu \
-    -o /tmp/probe_wgmma > "$OUT/logs/probe_wgmma.log" 2>&1 && /tmp/probe_wgmma 2>&1 | tee -a "$OUT/logs/probe_wgmma.log"
+  nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probes/wgmma_fragment_layout.cu \
+    -o /tmp/wgmma_fragment_layout > "$OUT/logs/wgmma_fragment_layout.log" 2>&1 && /tmp/wgmma_fragment_layout 2>&1 | tee -a "$OUT/logs/wgmma_fragment_layout.log"
   stamp "bench_swa.py ${SWA_ARGS:---skip-peers}"
   timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/bench_swa.py ${SWA_ARGS:---skip-peers} 2>&1 \
     | tee "$OUT/logs/bench_swa.log" | tail -24
@@ -112,6 +112,14 @@ bench_part() {  # name, ops, extra args...
 }
 if want bench || want bench_attn; then bench_part attn linear_attn,swa --ttft --plots "$OUT"; fi
 if want bench || want bench_rest; then bench_part rest spike,moe --no-ttft; fi
+if [[ " $steps " == *" bench_default "* ]]; then
+  # the newcomer's run, as the README gives it (no flags): headline rows, meant to take under 3 minutes
+  stamp "bench (default run)"
+  t_bench=$(date +%s)
+  timeout ${BENCH_LIMIT:-480} python3 -m sbops.bench --json "$OUT/bench_default.json" 2>&1 \
+    | tee "$OUT/logs/bench_default.log" | tail -40
+  echo "bench default run: $(( $(date +%s) - t_bench )) s wall (process start included)"
+fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
   gpu_tests macasim SBOPS_TRITON_TUNING=maca

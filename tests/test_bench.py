@@ -1,14 +1,20 @@
-"""`python -m sbops.bench`: JSON schema, --compare, exit status, robustness (CPU, small filtered runs)."""
+"""`python -m sbops.bench`: JSON schema, --compare, exit status, robustness, the default run's rows,
+the wrapper-overhead and data-checks columns, --model, and running without rich / matplotlib (CPU,
+small filtered runs).  Imports without the optional packages (rich, matplotlib, numpy)."""
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import sbops
+from conftest import requires_cuda
 from sbops.bench import __main__ as cli
-from sbops.bench import cases, reference, report, runner
+from sbops.bench import cases, overhead, reference, report, runner
 
 # a filtered quick run: cheap checks and speed cases of three families, short timing budget
 SMALL = ["--quick", "--ops", "spike_encode,expert_counts,linear_attn_decode", "--shapes", "63,T=300,B=1,N=3,[512",
@@ -118,8 +124,8 @@ def test_failing_check_makes_the_exit_status_nonzero(tmp_path, monkeypatch):
 def test_a_crashing_speed_case_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     real = cases.speed_cases
 
-    def broken(mode, long=False):
-        out = real(mode, long)
+    def broken(mode, long=False, headline=False):
+        out = real(mode, long, headline)
         for c in out:
             if c.op == "spike_encode":
                 c.setup = lambda env: (_ for _ in ()).throw(RuntimeError("kernel exploded"))
@@ -153,4 +159,129 @@ def test_unknown_backend_is_a_usage_error(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="console entry point check on Linux only")
 def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "sbops.bench", "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "--compare" in r.stdout
+    assert r.returncode == 0
+    for text in ("--compare", "--full", "--model", "Default run", "headline"):
+        assert text in r.stdout, text
+
+
+# --------------------------------------------------------------------------- default run, new columns
+def test_default_run_has_one_headline_row_per_timed_op():
+    for shapes in ("full", "quick"):
+        every = cases.speed_cases(shapes)
+        head = cases.speed_cases(shapes, headline=True)
+        assert len(head) < len(every)
+        ops = [c.op for c in head]
+        assert sorted(ops) == sorted([*{c.op for c in every}, "linear_attn"]), shapes   # linear_attn: fwd, fwd+bwd
+    names = {c.name for c in cases.speed_cases("full", headline=True)}
+    assert {"linear_attn fwd T=32k", "linear_attn fwd+bwd T=32k", "swa fwd T=32k w=4096",
+            "swa_decode B=1 w=4096", "linear_attn_decode B=1"} <= names
+
+
+def test_default_cli_run_times_only_the_headline_cases(tmp_path):
+    path = tmp_path / "d.json"
+    rc = cli.main(["--ops", "topk_gating,moe_permute", "--only", "speed", "--budget", "0.05", "--peers", "none",
+                   "--quiet", "--json", str(path)])
+    res = json.loads(path.read_text())
+    assert rc == 0 and res["meta"]["mode"] == "default" and res["meta"]["wall_s"] > 0
+    assert [r["case"] for r in res["speed"]] == ["topk_gating T=1k E=16 k=1", "moe_permute T=1k Hd=3584 E=16 k=1"]
+
+
+def test_speed_rows_report_checks_on_off_and_wrapper_overhead(tmp_path, capsys):
+    path = tmp_path / "w.json"
+    rc = cli.main(["--quick", "--ops", "topk_gating,spike_encode", "--shapes", "E=16,[512", "--only", "speed",
+                   "--budget", "0.05", "--peers", "none", "--quiet", "--json", str(path)])
+    assert rc == 0
+    res = json.loads(path.read_text())
+    assert len(res["speed"]) == 2
+    for r in res["speed"]:
+        assert r["checks_default"] == "on"                      # CPU tensors: host checks by default
+        assert r["checks_on_ms"] == r["median_ms"] and r["checks_off_ms"] > 0
+        w = r["wrapper"]
+        assert w["public_us"] > 0 and w["direct_us"] > 0
+        assert math.isclose(w["overhead_us"], w["public_us"] - w["direct_us"])
+    header = capsys.readouterr().out
+    assert "checks off" in header and "checks on" in header and "wrapper" in header
+
+
+def test_direct_call_runs_the_kernel_the_wrapper_dispatches_to():
+    x = torch.randn(9, 16)
+    public = lambda: sbops.topk_gating(x, 2)  # noqa: E731
+    op, direct = overhead.direct_call(public)
+    assert op == "topk_gating"
+    for a, b in zip(public(), direct()):
+        assert torch.equal(a, b)
+    assert sbops.ops.moe.run is sbops.ops._common.run            # the recording hook is removed again
+
+
+def test_wrapper_overhead_sees_extra_host_work():
+    x = torch.randn(9, 16)
+    direct = overhead.direct_call(lambda: sbops.topk_gating(x, 2))[1]
+
+    def slow_public():
+        t = time.perf_counter() + 5e-4                          # 500 us of busy host work per call
+        while time.perf_counter() < t:
+            pass
+        return direct()
+    w = overhead.measure_overhead(slow_public, direct, "cpu", budget_s=0.05)
+    assert 400 < w["overhead_us"] < 5000
+    same = overhead.measure_overhead(direct, direct, "cpu", budget_s=0.05)
+    assert abs(same["overhead_us"]) < 400
+
+
+@requires_cuda
+def test_gpu_headline_probes_dispatch_and_time_on_the_gpu():
+    """Every headline case's wrapper probe reaches a kernel on the GPU, the direct call gives the
+    public call's result, and the overhead measurement returns finite host times."""
+    env = cases.Env("cuda", "cuda", torch.bfloat16)
+    for case in cases.speed_cases("full", headline=True):
+        with sbops.use_backend("cuda"):
+            public = case.probe(env)
+            op, direct = overhead.direct_call(public)
+            a, b = public(), direct()
+            torch.cuda.synchronize()
+            w = overhead.measure_overhead(public, direct, "cuda", budget_s=0.05)
+        assert op == case.op, case.name
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert x.shape == y.shape, case.name
+        assert w["public_us"] > 0 and w["direct_us"] > 0 and math.isfinite(w["overhead_us"]), case.name
+
+
+def test_model_flag_hands_the_rest_to_the_model_benchmark(monkeypatch, capsys):
+    from sbops.bench import model
+    seen = []
+    monkeypatch.setattr(model, "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main(["--model", "--tiny", "--device", "cpu"]) == 7
+    assert seen == [["--tiny", "--device", "cpu"]]
+    assert cli.main(["--quick", "--model", "--tiny"]) == 2 and len(seen) == 1
+    assert "nothing before it" in capsys.readouterr().err
+
+
+_BLOCKED = """
+import sys
+for name in ("rich", "matplotlib", "numpy"):
+    sys.modules[name] = None          # import rich / matplotlib / numpy now raises ImportError
+from sbops.bench.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_runs_without_rich_and_matplotlib(tmp_path):
+    plots = tmp_path / "plots"
+    r = subprocess.run([sys.executable, "-c", _BLOCKED, "--quick", "--ops", "topk_gating", "--shapes", "E=16",
+                        "--budget", "0.05", "--peers", "none", "--plots", str(plots), "--no-ttft",
+                        "--json", str(tmp_path / "x.json")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    assert "Correctness vs float64 reference" in out and "checks on" in out      # plain-text tables
+    notes = [line for line in out.splitlines() if "matplotlib is not installed, so plots were skipped" in line]
+    assert len(notes) == 1 and "rich is not installed" in notes[0]
+    assert not list(plots.glob("*.png"))
+
+
+def test_bench_sources_stay_under_600_lines():
+    folder = os.path.dirname(cli.__file__)
+    for name in os.listdir(folder):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name)) as f:
+                assert sum(1 for _ in f) <= 600, name

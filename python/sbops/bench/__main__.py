@@ -1,10 +1,27 @@
 """`python -m sbops.bench` / `sbops-bench`: cross-backend correctness and speed report.
 
-    python -m sbops.bench                       # --quick on CPU, --full when a GPU is present
+    python -m sbops.bench                       # the default run: headline rows, minutes (see below)
+    python -m sbops.bench --full                # every case, backend and peer (tens of minutes on a GPU)
+    python -m sbops.bench --model --help        # the whole-model benchmark (sbops.bench.model)
     python -m sbops.bench --ops swa,topk_gating --backends cuda --shapes 32k
     python -m sbops.bench --full --markdown benchmarks/RESULTS.md --plots benchmarks/plots
     python -m sbops.bench --compare old.json     # this run vs an earlier one
     python -m sbops.bench --compare old.json new.json   # two files, no run
+
+Default run (no mode flag): one headline row per op at the SpikingBrain-7B shapes on a GPU
+(linear_attn fwd and fwd+bwd at T=32k, swa fwd at 32k, both decode ops at B=1, spike_encode,
+topk_gating, moe_permute / moe_unpermute at T=16k, E=16, k=1), the small correctness checks, the
+GPU backends only when one is available (else the CPU reference with small shapes), and every
+peer except fla (whose autotuning alone takes minutes; --peers all or --full runs it).  Meant to
+finish within about 3 minutes on an H200 and within a minute on a small CPU.
+--full: every speed case, the large correctness checks, every available backend (the CPU one
+included) and every peer.  --quick: every speed case with the small shapes.
+--model [ARGS]: hands ARGS to the whole-model benchmark, `python -m sbops.bench.model` (TTFT from 8k
+to 4M tokens, decode ms/token and memory of a SpikingBrain-7B-shaped model against a Qwen2-7B-shaped
+Hugging Face model); `--model --help` lists its options.
+Each speed row shows the median of the default call, the same with data checks off and on
+(`sbops.set_data_checks`), the wrapper overhead of `sbops.<op>` over the kernel call it dispatches
+to, GB/s, TFLOP/s, the roofline floor and each peer's time and ratio.
 
 Exit status: 1 if any correctness check failed (or errored), 2 on bad arguments, 130 when
 interrupted (Ctrl-C / SIGTERM: the partial results are still reported), else 0.  The JSON file is
@@ -19,6 +36,7 @@ import platform
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -27,6 +45,7 @@ from . import report
 
 
 CPU_DEFAULT_PEERS = ("fla", "sdpa", "torch.eager")
+GPU_DEFAULT_PEERS = ("sdpa", "flex", "torch.eager", "torch.compile")   # the default run: all but fla
 
 
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -37,21 +56,30 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m sbops.bench", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m sbops.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="small shapes (default without a GPU)")
-    mode.add_argument("--full", action="store_true", help="the SpikingBrain shapes (default with a GPU)")
-    ap.add_argument("--long", action="store_true", help="also time linear_attn fwd at T=1M and fwd+bwd at T=128k (full mode)")
+    mode.add_argument("--quick", action="store_true", help="every speed case, small shapes")
+    mode.add_argument("--full", action="store_true",
+                      help="every speed case at the SpikingBrain shapes (small ones on the CPU backend), the "
+                           "large checks, every backend and peer")
+    mode.add_argument("--model", nargs=argparse.REMAINDER, metavar="ARGS",
+                      help="run the model benchmark (sbops.bench.model) with ARGS, which follow --model; "
+                           "'--model --help' lists them")
+    ap.add_argument("--long", action="store_true",
+                    help="also time linear_attn fwd at T=1M and fwd+bwd at T=128k (full mode)")
     ap.add_argument("--ops", action="append", metavar="NAMES",
                     help="families (linear_attn, swa, spike, moe) or op names, comma separated")
-    ap.add_argument("--backends", action="append", metavar="NAMES", help="backends to run (default: all available)")
+    ap.add_argument("--backends", action="append", metavar="NAMES",
+                    help="backends to run (default: every available one; in the default run with a GPU, the "
+                         "GPU backends only)")
     ap.add_argument("--shapes", action="append", metavar="TEXT",
                     help="keep cases whose name or shape contains one of these substrings")
     ap.add_argument("--peers", action="append", metavar="NAMES",
                     help="peer name prefixes to time (fla, sdpa, flex, torch.eager, torch.compile; 'torch' = "
-                         "both), 'all' or 'none'; default: all with a GPU, fla/sdpa/torch.eager without one "
-                         "(compiling flex/torch.compile peers takes 10-30 s each on a CPU)")
+                         "both), 'all' or 'none'; default on a GPU: all with --full/--quick, all but fla in "
+                         "the default run; on a CPU: fla/sdpa/torch.eager (compiling flex/torch.compile peers "
+                         "takes 10-30 s each there)")
     ap.add_argument("--only", choices=("correctness", "speed"), help="run only one part")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                     help="input dtype (default: float32 on CPU, bfloat16 on GPU)")
@@ -113,7 +141,7 @@ def _write_reports(results: Dict[str, Any], args: argparse.Namespace) -> List[st
     plot_files: List[str] = []
     if args.plots:
         plot_files, note = report.plots(results, args.plots)
-        if note:
+        if note and report.missing_extras_note() is None:     # else the summary's note says it
             print(note, file=sys.stderr)
     if args.markdown:
         report.markdown(results, args.markdown, plot_files)
@@ -162,7 +190,28 @@ def merge_only(args: argparse.Namespace) -> int:
     return 1 if report.summary(merged)["checks_failed"] else 0
 
 
+def run_model(own: List[str], model_argv: List[str]) -> int:
+    """`--model ARGS`: the model benchmark (sbops.bench.model, imported only now)."""
+    if own:
+        print(f"--model takes the model benchmark's options after it and nothing before it (got {' '.join(own)}); "
+              "python -m sbops.bench --model --help lists its options", file=sys.stderr)
+        return 2
+    try:
+        from . import model
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.model":
+            raise
+        print("the model benchmark (sbops.bench.model) is not part of this sbops build", file=sys.stderr)
+        return 2
+    return model.main(model_argv)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--model" in argv:
+        i = argv.index("--model")
+        return run_model(argv[:i], argv[i + 1:])
+    t_start = time.perf_counter()
     args = parse_args(argv)
     if args.compare and len(args.compare) == 2:
         return compare_only(*args.compare)
@@ -174,8 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import cases as C
     from . import harness, peers, runner, ttft
 
-    gpu = torch.cuda.is_available()
-    mode = "full" if args.full else "quick" if args.quick else ("full" if gpu else "quick")
+    mode = "full" if args.full else "quick" if args.quick else "default"
     info = sbops.backends()
     wanted = _split(args.backends)
     unknown = [b for b in (wanted or []) if b not in info]
@@ -183,6 +231,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(info)}", file=sys.stderr)
         return 2
     run_backends = [b for b in (wanted or list(info)) if info[b]["available"]]
+    backend_note = None
+    gpu_backends = [b for b in run_backends if info[b]["devices"][0] != "cpu"]
+    if mode == "default" and not wanted and gpu_backends and len(gpu_backends) < len(run_backends):
+        # the newcomer's run: the GPU backends; the CPU reference (small shapes) with --full
+        backend_note = (f"backend(s) {', '.join(b for b in run_backends if b not in gpu_backends)} not run by "
+                        "default when a GPU is present (--full or --backends cpu runs them)")
+        run_backends = gpu_backends
     for b in wanted or []:
         if not info[b]["available"]:
             print(f"note: backend {b} is not available here: {info[b]['reason']}", file=sys.stderr)
@@ -197,16 +252,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     envs = [env_for(b) for b in run_backends]
 
     requested_peers = _split(args.peers)
-    peer_note = None
+    peer_notes = []
     if requested_peers is None and any(e.device == "cpu" for e in envs):
-        peer_note = ("CPU default: compiled peers (flex, torch.compile) not run on the CPU (compile time); "
-                     "--peers all runs them")
+        peer_notes.append("CPU default: compiled peers (flex, torch.compile) not run on the CPU (compile time); "
+                          "--peers all runs them")
+    if requested_peers is None and mode == "default" and any(e.device != "cpu" for e in envs):
+        peer_notes.append("default run: the fla peers are not run on the GPU (their autotuning takes 1-3 minutes); "
+                          "--full or --peers all runs them")
+    peer_note = "; ".join(peer_notes) or None
 
     def peers_for(env: C.Env) -> Optional[List[str]]:
         """Peer name prefixes to time on this backend (None: all)."""
         if requested_peers is None:
             # compiling flex / torch.compile peers costs 10-30 s each on a small CPU: opt-in there
-            return list(CPU_DEFAULT_PEERS) if env.device == "cpu" else None
+            if env.device == "cpu":
+                return list(CPU_DEFAULT_PEERS)
+            return list(GPU_DEFAULT_PEERS) if mode == "default" else None
         if requested_peers == ["all"]:
             return None
         return [] if requested_peers == ["none"] else requested_peers
@@ -217,16 +278,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     checks = [] if args.only == "speed" else [c for c in C.select(C.checks(), ops, shapes)
                                               if mode == "full" or not c.full_only]
 
+    def shapes_for(env: C.Env) -> str:
+        """The CPU reference always gets the quick shapes: the full (GPU) shapes would take hours
+        there, in native calls no time limit can interrupt."""
+        return "quick" if env.device == "cpu" or mode == "quick" else "full"
+
     def speed_for(env: C.Env) -> list:
-        """The speed cases of one backend.  The CPU reference always gets the quick shapes: the
-        full (GPU) shapes would take hours there, in native calls no time limit can interrupt."""
+        """The speed cases of one backend (the default run: the headline ones)."""
         if args.only == "correctness":
             return []
-        return C.select(C.speed_cases("quick" if env.device == "cpu" else mode, long=args.long), ops, shapes)
+        return C.select(C.speed_cases(shapes_for(env), long=args.long, headline=mode == "default"), ops, shapes)
 
     speed = {env.backend: speed_for(env) for env in envs}
     want_ttft = args.ttft if args.ttft is not None else bool(args.plots or args.markdown)
-    families = {c.family for c in C.select(C.speed_cases(mode), ops, None)}
+    families = {c.family for c in C.select(C.speed_cases("full"), ops, None)}
     ttft_env = next((e for e in envs if e.device != "cpu"), envs[0] if envs else None)
     do_ttft = (want_ttft and args.only != "correctness" and ttft_env is not None
                and {"linear_attn", "swa"} <= families)
@@ -245,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": "python -m sbops.bench " + " ".join(sys.argv[1:] if argv is None else argv),
-            "mode": mode, "speed_shapes": {e.backend: "quick" if e.device == "cpu" else mode for e in envs},
+            "mode": mode, "speed_shapes": {e.backend: shapes_for(e) for e in envs}, "backend_note": backend_note,
             "dtype": ", ".join(sorted({str(e.dtype).replace("torch.", "") for e in envs})),
             "backends": {n: {"available": b["available"], "reason": b["reason"], "devices": b["devices"]}
                          for n, b in info.items()},
@@ -303,6 +368,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
 
     # ---- output: files first, then the tables, the summary last
+    results["meta"]["wall_s"] = round(time.perf_counter() - t_start, 1)
     save()
     plot_files = _write_reports(results, args)
     tables = _result_tables(results)
@@ -316,6 +382,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     _print(report.summary_text(results))
     if peer_note and results["speed"]:
         _print(peer_note)
+    if backend_note:
+        _print(backend_note)
+    extras = report.missing_extras_note()
+    if extras:
+        _print(extras)
+    _print(f"finished in {results['meta']['wall_s']:.0f} s")
     _print(f"JSON: {json_path}" + (f" | Markdown: {args.markdown}" if args.markdown else "")
            + (f" | plots: {', '.join(plot_files)}" if plot_files else ""))
     if not envs:

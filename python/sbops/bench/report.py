@@ -2,6 +2,7 @@
 PNG plots and the comparison with an earlier run."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -16,6 +17,25 @@ except ImportError:  # pragma: no cover - depends on the environment
     HAVE_RICH = False
 
 Table = Tuple[str, List[str], List[List[str]]]      # title, header, rows of cells
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):      # ValueError: sys.modules[module] is None (blocked)
+        return False
+
+
+def missing_extras_note() -> Optional[str]:
+    """One line naming the optional packages that are missing and what is skipped without them."""
+    parts = []
+    if not HAVE_RICH:
+        parts.append("rich is not installed, so the tables are plain text")
+    if not _installed("matplotlib"):
+        parts.append("matplotlib is not installed, so plots were skipped")
+    if not parts:
+        return None
+    return "note: " + "; ".join(parts) + " (pip install rich matplotlib, or the sbops[bench] extra, adds them)"
 
 
 # --------------------------------------------------------------------------- formatting
@@ -75,25 +95,37 @@ def _peer_cell(row: Dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
+def fmt_us(us: Optional[float]) -> str:
+    return "-" if us is None else f"{us:.1f} us"
+
+
+def _wrapper_cell(r: Dict[str, Any]) -> str:
+    if r.get("wrapper"):
+        return fmt_us(r["wrapper"].get("overhead_us"))
+    return "ERROR" if r.get("wrapper_error") else "-"
+
+
+SPEED_TITLE = ("Speed. median: the default call (data checks off for GPU tensors, on for CPU tensors); checks off / on: "
+               "with sbops.set_data_checks(False / True); wrapper: host time per call of sbops.<op>(...) minus the "
+               "kernel call it dispatches to, small inputs (benchmarks/README.md); ratio = peer time / sbops median "
+               "(> 1: sbops faster)")
+
+
 def speed_table(rows: Sequence[Dict[str, Any]]) -> Table:
-    checked = any(r.get("checked_ms") is not None for r in rows)   # GPU runs: the checks-on column
     body = []
     for r in rows:
         if r.get("error") or r.get("skipped"):
             body.append([r["case"], r["backend"], ("ERROR " + r["error"]) if r.get("error") else
-                         "skip: " + r["skipped"]] + [""] * (6 if checked else 5))
+                         "skip: " + r["skipped"]] + [""] * 8)
             continue
-        body.append([r["case"], r["backend"], fmt_ms(r["median_ms"])]
-                    + ([fmt_ms(r.get("checked_ms"))] if checked else [])
-                    + [fmt(r.get("gbps")), fmt(r.get("tflops")),
-                       (fmt_ms(r.get("floor_ms")) + f" ({r['bound']})") if r.get("floor_ms") else "-",
-                       f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-",
-                       _peer_cell(r)])
-    title = "Speed (median, data checks off; ratio = peer time / sbops time, > 1: sbops faster)"
-    if checked:
-        title += "; 'checks on': the default call, whose value checks read data back and sync"
-    return (title, ["case", "backend", "median"] + (["checks on"] if checked else [])
-            + ["GB/s", "TFLOP/s", "floor", "of roofline", "peers (ratio)"], body)
+        on = r.get("checks_on_ms", r.get("checked_ms"))      # checked_ms: files written before 2026-12
+        body.append([r["case"], r["backend"], fmt_ms(r["median_ms"]), fmt_ms(r.get("checks_off_ms")), fmt_ms(on),
+                     _wrapper_cell(r), fmt(r.get("gbps")), fmt(r.get("tflops")),
+                     (fmt_ms(r.get("floor_ms")) + f" ({r['bound']})") if r.get("floor_ms") else "-",
+                     f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-",
+                     _peer_cell(r)])
+    return (SPEED_TITLE, ["case", "backend", "median", "checks off", "checks on", "wrapper", "GB/s", "TFLOP/s",
+                          "floor", "of roofline", "peers (ratio)"], body)
 
 
 def ttft_table(ttft: Dict[str, Any]) -> Table:
@@ -262,8 +294,11 @@ def markdown(results: Dict[str, Any], md_path: str, plot_files: Sequence[str]) -
               "outputs.", ""]
     lines.append(markdown_table(correctness_table(results.get("correctness", []))))
     lines += ["## Speed", "",
-              "Median time; GB/s and TFLOP/s count the bytes each input/output must move once and the FLOPs "
-              "of the algorithm (conventions in benchmarks/README.md); `floor` is the roofline time "
+              "Median time of the default call; `checks off` / `checks on`: the same with "
+              "`sbops.set_data_checks(False)` / `(True)`; `wrapper`: host time per call of the public "
+              "`sbops.<op>(...)` minus the kernel call it dispatches to, on small inputs (method in "
+              "benchmarks/README.md). GB/s and TFLOP/s count the bytes each input/output must move once and "
+              "the FLOPs of the algorithm (conventions in benchmarks/README.md); `floor` is the roofline time "
               "(max of bytes / bandwidth and FLOPs / peak) and `of roofline` = floor / median.", ""]
     lines.append(markdown_table(speed_table(results.get("speed", []))))
     not_timed = sorted({(name, why) for r in results.get("speed", [])

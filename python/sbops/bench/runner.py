@@ -14,10 +14,12 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 import sbops
+from sbops._validate import checking_data
 
 from . import peers as P
 from .cases import Check, Compared, Env, SpeedCase, bound_for
 from .harness import measure, time_limit
+from .overhead import direct_call, measure_overhead
 
 f64 = torch.float64
 
@@ -109,20 +111,30 @@ def run_speed(case: SpeedCase, env: Env, roof: Dict[str, Any], budget: float, ti
     try:
         with time_limit(timeout), sbops.use_backend(env.backend):
             prep = case.setup(env)
-            # the kernels' time: the frontend's value checks (index ranges, cu_seqlens; they read
-            # data back and sync the GPU) off, as `sbops.data_checks(False)` gives a training loop
-            with sbops.data_checks(False):
-                ms = measure(prep.ours, env.device, budget)
-            if env.device != "cpu":
-                # and what a default call costs, checks on (no sync on CPU: not measured twice)
-                with sbops.data_checks(True):
-                    row["checked_ms"] = measure(prep.ours, env.device, budget)
+            # the default call (data checks off for GPU tensors, on for CPU ones), then the other
+            # mode: `sbops.set_data_checks(True)` runs the host checks (index ranges, cu_seqlens;
+            # on a GPU they read data back and synchronise), `(False)` none
+            default_on = checking_data(torch.empty(0, device=env.device))
+            ms = measure(prep.ours, env.device, budget)
+            with sbops.data_checks(not default_on):
+                other = measure(prep.ours, env.device, budget)
         row["median_ms"] = ms
+        row["checks_default"] = "on" if default_on else "off"
+        row["checks_on_ms"], row["checks_off_ms"] = (ms, other) if default_on else (other, ms)
         _metrics(row, prep, ms, roof)
     except sbops.NoBackendError as e:
         row["skipped"] = str(e).splitlines()[0]
     except Exception as e:  # CaseTimeout included
         row["error"] = _error(e)
+    if prep is not None and row["median_ms"] is not None and case.probe is not None:
+        progress(f"{case.name}: wrapper overhead")
+        try:
+            with time_limit(timeout), sbops.use_backend(env.backend):
+                public = case.probe(env)
+                _, direct = direct_call(public)
+                row["wrapper"] = measure_overhead(public, direct, env.device, budget_s=min(0.5, budget))
+        except Exception as e:  # CaseTimeout included
+            row["wrapper_error"] = _error(e)
     if prep is not None and row["median_ms"] is not None:
         skipped: Dict[str, str] = {}
         for name, factory in prep.peers.items():

@@ -7,7 +7,7 @@
 //   select "new": per-lane best kept, tree maxima, winner lane by ballot, its lowest j by one shuffle
 //   rowpass: full-row softmax max/sum (else weights from the k picks' keys); reload: winner logit re-read
 //   minb: __launch_bounds__ min blocks per SM; pred: the retire is predicated in every lane (no branch)
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_topk.cu -o probe_topk
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probes/topk_selection_loops.cu -o /tmp/topk_selection_loops
 #include <algorithm>
 #include <cstdio>
 #include <vector>

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "tests"))
 from reference import ref_swa_attn, rel_err  # noqa: E402
 
 import sbops  # noqa: E402,F401

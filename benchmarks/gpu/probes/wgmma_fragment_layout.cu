@@ -5,7 +5,7 @@
 // transpose-B flag, plus the same with the two descriptor offsets swapped, to tell which reading the hardware
 // has), and writes them through the accumulator fragment layout that swa_fwd_sm90.cu assumes.  The host
 // compares with float references (layout KMajorSw128Tile) and, on a mismatch, says where the first wrong values really came from.
-//   nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_wgmma.cu -o probe
+//   nvcc -std=c++17 -arch=sm_90a -O2 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probes/wgmma_fragment_layout.cu -o /tmp/wgmma_fragment_layout
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>

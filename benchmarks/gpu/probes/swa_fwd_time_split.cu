@@ -6,10 +6,10 @@
 // the MMAs (3), no exp2 (4).  First checks that modes 5 and 6 give kFwd's o and lse bit for bit on 9 shapes.  The
 // kernel runs at the ~700 W cap, so modes alternate within each round after a 1.5 s warm-up that brings the GPU to
 // that state.  Medians of `launches` launches per mode and round (CUDA events).
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_fwd.cu \
-//        -o /tmp/probe_swa_fwd && /tmp/probe_swa_fwd [rounds [modes, e.g. 0,6 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
-#include "probe_common.cuh"
-#include "../../backends/cuda/kernels/swa_fwd_sm90.cu"
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probes/swa_fwd_time_split.cu \
+//        -o /tmp/swa_fwd_time_split && /tmp/swa_fwd_time_split [rounds [modes, e.g. 0,6 [launches [0: 128k+32k, 1: 128k, 2: 32k]]]]
+#include "common.cuh"
+#include "../../../backends/cuda/kernels/swa_fwd_sm90.cu"
 
 #include <algorithm>
 #include <chrono>

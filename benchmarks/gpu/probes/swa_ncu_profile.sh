@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Nsight Compute on one launch of an sm_90 SWA kernel and, for comparison, of its Triton counterpart
 # (SpikingBrain heads, window 4096).  Diagnosis aid; needs an installed sbops (benchmarks/gpu_check.sh build).
-#   benchmarks/gpu/profile_swa.sh fwd   the wgmma forward vs the Triton forward (T=16k)
-#   benchmarks/gpu/profile_swa.sh bwd   the wgmma backward with the fused dQ vs the Triton dK/dV kernel (T=8k)
+#   benchmarks/gpu/probes/swa_ncu_profile.sh fwd   the wgmma forward vs the Triton forward (T=16k)
+#   benchmarks/gpu/probes/swa_ncu_profile.sh bwd   the wgmma backward with the fused dQ vs the Triton dK/dV kernel (T=8k)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 OUT=${OUT:-/tmp/sbops-out}; mkdir -p "$OUT/logs"
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 [ -z "$NCU" ] && { echo "no ncu on this machine"; exit 0; }

@@ -1,10 +1,10 @@
 // Where the sm_90 SWA backward's time goes: times the kernel (T = 32k, 28 / 4 heads, window 4096, bf16) with
 // dQ off, on, and in diagnosis modes that each drop one part of the dQ path (their results are wrong; timing
 // only): no global bulk reduction, no dQ MMA, no dS^T stores.  Medians of 9 launches (CUDA events).
-//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probe_swa_bwd.cu \
-//        backends/cuda/kernels/swa_fwd_sm90.cu -o /tmp/probe_swa_bwd && /tmp/probe_swa_bwd
-#include "probe_common.cuh"
-#include "../../backends/cuda/kernels/swa_bwd_sm90.cu"
+//   nvcc -std=c++17 -arch=sm_90a -O3 -Icsrc/include -Ibackends/cuda/kernels benchmarks/gpu/probes/swa_bwd_time_split.cu \
+//        backends/cuda/kernels/swa_fwd_sm90.cu -o /tmp/swa_bwd_time_split && /tmp/swa_bwd_time_split
+#include "common.cuh"
+#include "../../../backends/cuda/kernels/swa_bwd_sm90.cu"
 
 #include <cstdio>
 #include <vector>

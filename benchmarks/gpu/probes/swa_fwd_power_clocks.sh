@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Diagnosis of the sm_90 SWA forward: where the 128k time goes (L2 traffic, power, clocks).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 OUT=${OUT:-/tmp/sbops-out}; mkdir -p "$OUT/logs"
 [[ -n "${SKIP_BUILD:-}" ]] || benchmarks/gpu_check.sh build || exit 1
 cat > /tmp/fwd_loop.py <<'PY'

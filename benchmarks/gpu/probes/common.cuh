@@ -1,4 +1,4 @@
-// Shared pieces of the standalone GPU probes (probe_swa_fwd.cu, probe_swa_bwd.cu): deterministic fills and an
+// Shared pieces of the standalone GPU probes (swa_fwd_time_split.cu, swa_bwd_time_split.cu): deterministic fills and an
 // error check that stops the probe.
 #pragma once
 
