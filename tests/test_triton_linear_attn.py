@@ -20,31 +20,10 @@ triton = pytest.importorskip("triton")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as R  # noqa: E402
-
-
-
-def _install_interpreter_index_shim():
-    """Triton 3.6's interpreter turns loop bounds into ints with int(ndarray of shape (1,)),
-    which numpy >= 2.4 rejects; index through the single element instead (test-only shim)."""
-    import triton.runtime.interpreter as interp
-
-    orig = interp._patch_lang_tensor
-    if getattr(orig, "_sbops_shim", False):
-        return
-
-    def patched(tensor, scope):
-        orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._sbops_shim = True
-    interp._patch_lang_tensor = patched
-
+import triton_kernels  # noqa: E402
 
 if not HAS_CUDA:
-    _install_interpreter_index_shim()
-
-
-import triton_kernels  # noqa: E402
+    triton_kernels.install_interpreter_shims()
 
 LA = triton_kernels.load("linear_attn")
 
@@ -317,3 +296,106 @@ def test_cpu_dq_state_kernel_matches_the_fused_path(gate, KV, poison_empty):
     for name, a, b in zip(["o", "final_state", "dq", "dk", "dv", "dg", "dinitial_state"], ext, fused):
         if b.numel():
             assert rel(a, b.double()) <= 2e-6, f"{name}: dq_state_kernel vs fused rel err {rel(a, b.double())}"
+
+
+# ------------------------------------------------ strided inputs (views) and untrusted cu_seqlens
+# Run on the CPU through the interpreter and on a GPU with the compiled kernels (DEV).  A view with
+# a unit last stride is read in place: its results must equal the contiguous call's bit for bit
+# (same kernels, same arithmetic, only the addresses differ), and match float64.
+DEV = "cuda" if HAS_CUDA else "cpu"
+VIEW_TOL = 1e-5 if not HAS_CUDA else 1e-4
+
+
+def _la_run(q, k, v, g, h0, cu, do, dF, config):
+    scale = q.shape[-1] ** -0.5
+    o, ht = LA.linear_attn_fwd(q, k, v, g, scale, h0, cu, config=config)
+    return (o, ht) + tuple(LA.linear_attn_bwd(q, k, v, g, scale, h0, cu, do, dF, config=config))
+
+
+def _la_ref(q, k, v, g, h0, cu, do, dF):
+    leaves = [x.detach().cpu().double().requires_grad_() if x is not None else None for x in (q, k, v, g, h0)]
+    ro, rht = R.ref_linear_attn(*leaves[:4], q.shape[-1] ** -0.5, leaves[4], None if cu is None else cu.cpu())
+    loss = (ro * do.cpu().double()).sum() + (rht * dF.cpu().double()).sum()
+    used = [x for x in leaves if x is not None]
+    grads = iter(torch.autograd.grad(loss, used))
+    return [ro, rht] + [next(grads) if x is not None else None for x in leaves]
+
+
+VIEW_CASES = {
+    # name: (B, T, n_seq, gate, layout of q/k/v, layout of g and dO, config overrides)
+    "fused_split_varlen_key": (1, 40, 2, "key", "fused", "slice_T", dict(dq_state_kernel=True, dq_BV=32)),
+    "transposed_batch_head_seg": (2, 37, None, "head", "transposed", "transposed", dict(h_seg=2)),
+    "slice_T_none": (2, 21, None, "none", "slice_T", "slice_T", {}),
+    "strided_last_copy_key": (2, 19, None, "key", "strided_last", "strided_last", {}),
+}
+
+
+@pytest.mark.parametrize("case", list(VIEW_CASES))
+def test_views_read_in_place_match_contiguous_and_reference(case):
+    B, T, n_seq, gate, lay, lay_gd, over = VIEW_CASES[case]
+    q, k, v, g, h0, cu = make_inputs(B, T, 4, 2, 64, 64, gate, torch.float32, DEV, n_seq=n_seq, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    do = torch.randn(B, T, 4, 64, generator=gen).to(q)
+    dF = torch.randn(h0.shape, generator=gen).to(h0)
+    config = _small_config(gate, torch.float32, **over)
+    if lay == "fused":
+        qv, kv_, vv = triton_kernels.fused_qkv(q, k, v)
+    else:
+        qv, kv_, vv = (triton_kernels.view_of(x, lay, gen) for x in (q, k, v))
+    gv = triton_kernels.view_of(g, lay_gd, gen) if g is not None and (g.dim() == 4 or lay_gd != "strided_last") else g
+    dov = triton_kernels.view_of(do, lay_gd, gen)
+    copied = lay == "strided_last"          # the only layout the launcher copies; the others are read in place
+    assert all((LA.in_place(x) is x) != copied for x in (qv, kv_, vv, dov))
+    got = _la_run(qv, kv_, vv, gv, h0, cu, dov, dF, config)
+    want = _la_run(q, k, v, g, h0, cu, do, dF, config)
+    ref = _la_ref(q, k, v, g, h0, cu, do, dF)
+    names = ["o", "final_state", "dq", "dk", "dv", "dg", "dinitial_state"]
+    for name, a, b, r in zip(names, got, want, ref):
+        assert a.is_contiguous() and a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.equal(a, b), f"{name}: view and contiguous results differ"
+        if r is not None:
+            assert rel(a, r) <= VIEW_TOL, f"{name} rel err {rel(a, r)}"
+
+
+def _bounds(fn):
+    """fn() with every interpreted access bounds-checked (CPU); on a GPU, fn() and a sync that
+    surfaces an illegal address."""
+    if HAS_CUDA:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    with triton_kernels.bounds_checked():
+        return fn()
+
+
+@pytest.mark.parametrize("gate", ["head", "key"])
+def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens(gate):
+    """cu values outside [0, T] are clamped: the result equals the call with the clamped cu_seqlens,
+    and no kernel touches memory outside its tensors (checked address by address on the CPU)."""
+    q, k, v, g, h0, _ = make_inputs(1, 40, 2, 1, 64, 64, gate, torch.float32, DEV, seed=9)
+    h0 = h0.expand(3, -1, -1, -1).contiguous()
+    gen = torch.Generator().manual_seed(10)
+    do, dF = torch.randn(q.shape, generator=gen).to(q), torch.randn(h0.shape, generator=gen).to(h0)
+    cfg = _small_config(gate, torch.float32)
+    bads = (torch.tensor([-7, 17, 25, 48], dtype=torch.int32, device=DEV),
+            torch.tensor([-(2 ** 40), 17, 25, 2 ** 40], dtype=torch.int64, device=DEV))
+    good = torch.tensor([0, 17, 25, 40], dtype=torch.int32, device=DEV)
+    want = _la_run(q, k, v, g, h0, good, do, dF, cfg)
+    for bad in bads:
+        got = _bounds(lambda: _la_run(q, k, v, g, h0, bad, do, dF, cfg))
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+def test_cu_seqlens_decreasing_stays_in_bounds_empty_sequence_keeps_its_state():
+    """A decreasing pair is an empty sequence (final state = initial state, no initial-state
+    gradient from tokens); sequences may then overlap; everything stays in bounds and finite."""
+    q, k, v, g, h0, _ = make_inputs(1, 33, 2, 1, 64, 64, "key", torch.float32, DEV, seed=11)
+    h0 = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(12)).to(h0)
+    gen = torch.Generator().manual_seed(13)
+    do, dF = torch.randn(q.shape, generator=gen).to(q), torch.randn(h0.shape, generator=gen).to(h0)
+    cu = torch.tensor([0, 20, 9, 33], dtype=torch.int32, device=DEV)   # [0,20), [20,20) empty, [9,33)
+    o, ht, dq, dk, dv, dg, dh0 = _bounds(lambda: _la_run(q, k, v, g, h0, cu, do, dF, _small_config("key", torch.float32)))
+    for x, like in ((o, q), (dq, q), (dk, k), (dv, v), (dg, g), (ht, h0), (dh0, h0)):
+        assert x.shape == like.shape and torch.isfinite(x).all()
+    assert torch.equal(ht[1], h0[1]) and torch.equal(dh0[1], dF[1])

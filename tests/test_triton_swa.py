@@ -19,31 +19,15 @@ if not _HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
 
+pytest.importorskip("triton")  # before any triton import (tests/triton_kernels.py's users included)
+
 _TESTS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(_TESTS))
 from reference import ref_swa_attn, rel_err  # noqa: E402
 import triton_kernels  # noqa: E402
 
-
-def _patch_interpreter_index():
-    """Triton 3.6's interpreter converts loop bounds with int(ndarray of shape (1,)), which
-    NumPy >= 2.4 rejects; convert through .item() instead (only while interpreting)."""
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_sbops_index_fix", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-    patched._sbops_index_fix = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _patch_interpreter_index()
+if triton_kernels.interpreting():
+    triton_kernels.install_interpreter_shims()
 
 swa = triton_kernels.load("swa")
 
@@ -280,3 +264,106 @@ def test_gpu_bf16_options(opt, D):
         B = 1 if c is not None else 2
         _check(B, 1000, 8, 2, D, window, M=M, cu=c, dtype=torch.bfloat16, device="cuda",
                fwd_cfg=dict(fopt), bwd_cfg=dict(bopt), tol_fwd=1e-2, tol_grad=2e-2)
+
+
+# ------------------------------------------------ strided inputs (views) and untrusted cu_seqlens
+# The CPU runs these through the interpreter, a GPU with the compiled kernels.  A view with a unit
+# last stride is read in place, so its results equal the contiguous call's bit for bit; all match
+# float64.
+_DEV = "cuda" if _HAS_CUDA else "cpu"
+_VIEW_TOL = 1e-5 if not _HAS_CUDA else 1e-4
+_VIEW_CFG = ({"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
+             {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1})
+
+
+def _swa_run(q, k, v, o, do, dlse, window, cu, sk, sv, fwd_cfg, bwd_cfg):
+    """(o, lse, dq, dk, dv, dsink_k, dsink_v); the backward reads `o` (a view of the forward's o)."""
+    o_fwd, lse = swa.swa_attn_fwd(q, k, v, window, None, cu, sk, sv, config=fwd_cfg)
+    o_in = o_fwd if o is None else o(o_fwd)
+    return (o_fwd, lse) + tuple(swa.swa_attn_bwd(q, k, v, o_in, lse, do, dlse, window, None, cu, sk, sv,
+                                                  config=bwd_cfg))
+
+
+_SWA_VIEWS = {
+    # name: (B, T, H, HKV, window, cu, M, layout of q/k/v, layout of o and dO)
+    "fused_split_varlen_sinks": (1, 45, 4, 2, 9, [0, 13, 13, 45], 3, "fused", "slice_heads"),
+    "transposed_batch": (2, 37, 2, 1, 5, None, 0, "transposed", "slice_T"),
+    "slice_T_full_causal": (2, 20, 2, 2, -1, None, 2, "slice_T", "transposed"),
+    "strided_last_copy": (2, 19, 2, 1, 7, None, 0, "strided_last", "strided_last"),
+}
+
+
+@pytest.mark.parametrize("case", list(_SWA_VIEWS))
+def test_views_read_in_place_match_contiguous_and_reference(case):
+    B, T, H, HKV, window, cu, M, lay, lay_od = _SWA_VIEWS[case]
+    q, k, v, sk, sv = _make(B, T, H, HKV, 64, M, torch.float32, _DEV, seed=5)
+    cu = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=_DEV)
+    gen = torch.Generator().manual_seed(6)
+    do = torch.randn(q.shape, generator=gen).to(q)
+    dlse = torch.randn(q.shape[:3], generator=gen).to(q)
+    if lay == "fused":
+        qv, kv_, vv = triton_kernels.fused_qkv(q, k, v)
+    else:
+        qv, kv_, vv = (triton_kernels.view_of(x, lay, gen) for x in (q, k, v))
+    dov = triton_kernels.view_of(do, lay_od, gen)
+    copied = lay == "strided_last"          # the only layout the launchers copy
+    assert all((swa.in_place(x) is x) != copied for x in (qv, kv_, vv, dov))
+    got = _swa_run(qv, kv_, vv, lambda o: triton_kernels.view_of(o, lay_od, gen), dov, dlse, window, cu, sk, sv,
+                   *_VIEW_CFG)
+    want = _swa_run(q, k, v, None, do, dlse, window, cu, sk, sv, *_VIEW_CFG)
+    leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    sinks = [x.detach().cpu().double().requires_grad_() for x in (sk, sv)] if M else [None, None]
+    ro, rlse = ref_swa_attn(*leaves, window, None, None if cu is None else cu.cpu(), *sinks)
+    loss = (ro * do.cpu().double()).sum() + (rlse * dlse.cpu().double()).sum()
+    ref = [ro, rlse] + list(torch.autograd.grad(loss, leaves + (sinks if M else [])))
+    for name, a, b, r in zip(["o", "lse", "dq", "dk", "dv", "dsink_k", "dsink_v"], got, want, ref + [None] * 2):
+        assert a.is_contiguous() and a.shape == b.shape and a.dtype == b.dtype, name
+        assert torch.equal(a, b), f"{name}: view and contiguous results differ"
+        if r is not None:
+            assert rel_err(a, r) <= _VIEW_TOL, f"{name} rel err {rel_err(a, r):.2e}"
+    # the dQ-only entry of the sm_90 path reads views too
+    if cu is None and not M:
+        dq = swa.swa_attn_bwd_dq(qv, kv_, vv, triton_kernels.view_of(got[0], lay_od, gen), got[1], dov, dlse,
+                                 window, None)
+        dq_want = swa.swa_attn_bwd_dq(q, k, v, want[0], want[1], do, dlse, window, None)
+        assert dq.is_contiguous() and torch.equal(dq, dq_want)
+
+
+def _in_bounds(fn):
+    """fn() with every interpreted access bounds-checked (CPU); on a GPU, fn() and a sync that
+    surfaces an illegal address."""
+    if _HAS_CUDA:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    with triton_kernels.bounds_checked():
+        return fn()
+
+
+def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens():
+    """cu values outside [0, T] are clamped in the kernels (sinks' row bound included): the result
+    equals the call with the clamped cu_seqlens, with no access outside the tensors."""
+    q, k, v, sk, sv = _make(1, 40, 2, 1, 64, 2, torch.float32, _DEV, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    do, dlse = torch.randn(q.shape, generator=gen).to(q), torch.randn(q.shape[:3], generator=gen).to(q)
+    bads = (torch.tensor([-7, 17, 25, 48], dtype=torch.int32, device=_DEV),
+            torch.tensor([-(2 ** 40), 17, 25, 2 ** 40], dtype=torch.int64, device=_DEV))
+    good = torch.tensor([0, 17, 25, 40], dtype=torch.int64, device=_DEV)
+    want = _swa_run(q, k, v, None, do, dlse, 6, good, sk, sv, *_VIEW_CFG)
+    for bad in bads:
+        got = _in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 6, bad, sk, sv, *_VIEW_CFG))
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+def test_cu_seqlens_decreasing_stays_in_bounds_uncovered_rows_zero():
+    """A decreasing pair is an empty sequence; tokens outside every sequence get zero o, lse and
+    gradients; everything stays in bounds and finite."""
+    q, k, v, sk, sv = _make(1, 33, 2, 1, 64, 0, torch.float32, _DEV, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    do, dlse = torch.randn(q.shape, generator=gen).to(q), torch.randn(q.shape[:3], generator=gen).to(q)
+    cu = torch.tensor([0, 20, 9, 25], dtype=torch.int32, device=_DEV)   # [0,20), [20,20) empty, [9,25); 25.. uncovered
+    o, lse, dq, dk, dv, _, _ = _in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 4, cu, None, None, *_VIEW_CFG))
+    for x in (o, lse, dq, dk, dv):
+        assert torch.isfinite(x).all() and not x[:, 25:].any()
+        assert x[:, :25].abs().sum() > 0

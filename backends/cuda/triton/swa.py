@@ -39,385 +39,70 @@ Design
     the sinks' terms); the dQ kernel is skipped (5 matmuls per tile instead of 7), the buffer is
     scaled and cast at the end. Not deterministic (atomic order).
 * Runtime sizes (T, window, M, R) are not specialized (``do_not_specialize``): one compiled
-  kernel serves every length; alignment comes from the constexpr strides H*D and HKV*D.
+  kernel serves every length; alignment comes from the strides, which Triton specializes on
+  divisibility by 16.
+
+Layout: q, k, v, o and grad_o whose last dimension has stride 1 are read in place through their
+batch / time / head strides (slices along T, splits of a fused projection, a transposed batch,
+any storage offset); an input whose last stride is not 1 is copied first (.contiguous()).  lse,
+grad_lse and the sinks are made contiguous (no copy when they already are).  Every output and
+gradient is a new contiguous tensor.
+
+cu_seqlens is never trusted (the host data checks are off by default): the kernels clamp
+sequence n to tokens [clamp(cu[n], 0, T), clamp(cu[n+1], start, T)), so nothing is read or
+written out of bounds whatever cu_seqlens holds; a decreasing pair is an empty sequence,
+overlapping sequences write their shared rows twice (either result), tokens outside every
+sequence get zeros (o, lse, dq, dk, dv).  The grid still needs the longest sequence: one host
+sync unless the caller passes max_seqlen (which must then be >= the longest sequence).
+
+Files: _swa_fwd.py (forward kernel), _swa_bwd.py (backward kernels), _common.py (varlen bounds,
+stride rules); this module holds the configs and launchers and re-exports every kernel.
 """
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import json
 import os
+import sys
 
 import torch
 import triton
-import triton.language as tl
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _import_siblings(*names):
+    """The kernel modules next to this file.  Inside the sbops package: a plain import.  When this
+    file was itself loaded from its path (tests/triton_kernels.py, backends/maca/
+    check_triton_configs.py), the folder is loaded as a private package named after this module,
+    afresh each time (fresh JITFunction objects, as a fresh load of the one-file module had)."""
+    pkg = __spec__.parent if __spec__ is not None else ""
+    if not pkg:
+        pkg = f"{__name__}_kernels"
+        for key in [k for k in sys.modules if k == pkg or k.startswith(pkg + ".")]:
+            del sys.modules[key]
+        spec = importlib.util.spec_from_file_location(pkg, os.path.join(_HERE, "__init__.py"),
+                                                      submodule_search_locations=[_HERE])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[pkg] = mod
+        spec.loader.exec_module(mod)
+    return [importlib.import_module(f"{pkg}.{n}") for n in names]
+
+
+_common, _swa_fwd, _swa_bwd = _import_siblings("_common", "_swa_fwd", "_swa_bwd")
+# every @triton.jit function lives here too (check_triton_configs.py finds the kernels in vars())
+for _m in (_swa_fwd, _swa_bwd):
+    globals().update({_n: _f for _n, _f in vars(_m).items() if isinstance(_f, triton.runtime.jit.KernelInterface)})
+del _m
+in_place, tok_strides = _common.in_place, _common.tok_strides
 
 _LOG2E = 1.4426950408889634
 _SUPPORTED_HEAD_DIMS = (64, 128)
 _SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Query rows per program of the sink-gradient kernel (a multiple of every BLOCK_M we use).
 _SINK_CHUNK = 1024
-
-
-# ----------------------------------------------------------------------------- forward kernels
-@triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m, lo, hi, L, window,
-               qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr,
-               PREC: tl.constexpr):
-    """Online-softmax update over key rows [lo, hi) of k_base/v_base (row stride stride_kt).
-
-    MASK: 0 = every (row, key) pair is visible and in bounds; 1 = causal sliding-window mask
-    ``i - window <= j <= i`` plus ``j < L``; 2 = key bound ``j < hi`` only (sinks).
-    split_masks only: 3 = window edge ``j >= i - window`` only, keys in bounds (unmasked
-    loads).
-    Scores are in log2 units (qk_scale includes log2(e)).
-    """
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        if MASK == 0 or MASK == 3:  # keys in bounds
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            kmask = (offs_n < hi)[:, None]
-            k = tl.load(k_ptrs, mask=kmask, other=0.0)
-            v = tl.load(v_ptrs, mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        if MASK == 1:
-            visible = ((offs_n[None, :] <= offs_m[:, None])
-                       & (offs_n[None, :] >= offs_m[:, None] - window)
-                       & (offs_n[None, :] < L))
-            s = tl.where(visible, s, float("-inf"))
-        elif MASK == 2:
-            s = tl.where((offs_n < hi)[None, :], s, float("-inf"))
-        elif MASK == 3:
-            s = tl.where(offs_n[None, :] >= offs_m[:, None] - window, s, float("-inf"))
-        # m_i starts finite (-1e30), so fully masked rows give p = 0 rather than NaN.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
-    return acc, l_i, m_i
-
-
-@triton.jit(do_not_specialize=["T", "M_SINK", "window"])
-def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
-                H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
-                FAR_MASK: tl.constexpr):
-    h = tl.program_id(0)
-    # heaviest query blocks (most keys under full causal attention) are scheduled first
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    n = tl.program_id(2)
-    if IS_VARLEN:
-        bos = tl.load(CU + n).to(tl.int32)
-        L = tl.load(CU + n + 1).to(tl.int32) - bos
-    else:
-        bos = n * T
-        L = T
-    m0 = pid_m * BLOCK_M
-    if m0 < L:
-        hkv = h // (H // HKV)
-        stride_qt: tl.constexpr = H * HEAD_DIM
-        stride_kt: tl.constexpr = HKV * HEAD_DIM
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        row_mask = (offs_m < L)[:, None]
-        q_ptrs = Q + (bos + offs_m[:, None]).to(tl.int64) * stride_qt + h * HEAD_DIM + offs_d[None, :]
-        q = tl.load(q_ptrs, mask=row_mask, other=0.0)
-
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-
-        if HAS_SINK:
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, SK + hkv * HEAD_DIM, SV + hkv * HEAD_DIM,
-                                       stride_kt, offs_m, 0, M_SINK, L, window, qk_scale,
-                                       BLOCK_N, HEAD_DIM, 2, PREC)
-
-        k_base = K + bos.to(tl.int64) * stride_kt + hkv * HEAD_DIM
-        v_base = V + bos.to(tl.int64) * stride_kt + hkv * HEAD_DIM
-        hi = tl.minimum(m0 + BLOCK_M, L)
-        lo = (tl.maximum(m0 - window, 0) // BLOCK_N) * BLOCK_N
-        # blocks [mid_lo, mid_hi) are seen whole by every row of the query block:
-        # they end at or before key m0 (causal) and start at or after key m0+BLOCK_M-1-window.
-        mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
-        mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
-        mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        # FAR_MASK: 1, or 3 under split_masks ([lo, mid_lo) ends at or before key m0 + 1 <= L, so
-        # its keys are <= every row and in bounds: window mask only, unmasked loads).
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   lo, mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, FAR_MASK, PREC)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   mid_lo, mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, offs_m,
-                                   mid_hi, hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-
-        # rows past L (padding of the last block) may have l = 0; they are not stored.
-        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-        o = acc / l_safe[:, None]
-        lse = (m_i + tl.math.log2(l_safe)) / 1.4426950408889634
-        o_ptrs = O + (bos + offs_m[:, None]).to(tl.int64) * stride_qt + h * HEAD_DIM + offs_d[None, :]
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_mask)
-        tl.store(LSE + (bos + offs_m).to(tl.int64) * H + h, lse, mask=offs_m < L)
-
-
-# ---------------------------------------------------------------------------- backward kernels
-@triton.jit(do_not_specialize=["R"])
-def _bwd_preprocess_kernel(O, DO, GLSE, DELTA, R, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
-                           HAS_GLSE: tl.constexpr):
-    """delta[r] = sum_d O[r, d] * dO[r, d] - grad_lse[r] over the R = B*T*H rows."""
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rmask = offs_r < R
-    ptrs = offs_r[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
-    o = tl.load(O + ptrs, mask=rmask[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + ptrs, mask=rmask[:, None], other=0.0).to(tl.float32)
-    delta = tl.sum(o * do, 1)
-    if HAS_GLSE:
-        delta -= tl.load(GLSE + offs_r, mask=rmask, other=0.0).to(tl.float32)
-    tl.store(DELTA + offs_r, delta, mask=rmask)
-
-
-@triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n, lo, hi, window,
-                    qk_scale, H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    MASK: tl.constexpr, PREC: tl.constexpr, dq_base, ATOMIC_DQ: tl.constexpr):
-    """Accumulate dk/dv of key rows offs_n over query rows [lo, hi) of one query head.
-
-    The pointers are already offset to the head; query rows have stride H*HEAD_DIM and lse/delta
-    stride H. Works on transposed tiles (keys x queries). MASK: 0 = all pairs visible and
-    rows in bounds; 1 = causal window ``j <= i <= j + window`` and ``i < hi``; 2 = ``i < hi``;
-    split_masks only: 4 = window edge ``i <= j + window`` and ``i < hi``.
-    ATOMIC_DQ (bwd_atomic_dq): also add this tile's dq (unscaled, float32) into dq_base (rows of
-    stride H*HEAD_DIM, like q_base) with atomics.
-    """
-    offs_m0 = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    for start_m in range(lo, hi, BLOCK_M):
-        offs_m = start_m + offs_m0
-        q_ptrs = q_base + offs_m[:, None].to(tl.int64) * (H * HEAD_DIM) + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None].to(tl.int64) * (H * HEAD_DIM) + offs_d[None, :]
-        if MASK == 0:
-            q = tl.load(q_ptrs)
-            do = tl.load(do_ptrs)
-            lse2 = tl.load(lse_base + offs_m.to(tl.int64) * H) * 1.4426950408889634
-            delta = tl.load(delta_base + offs_m.to(tl.int64) * H)
-        else:
-            rmask = offs_m < hi
-            q = tl.load(q_ptrs, mask=rmask[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=rmask[:, None], other=0.0)
-            lse2 = tl.load(lse_base + offs_m.to(tl.int64) * H, mask=rmask, other=0.0) * 1.4426950408889634
-            delta = tl.load(delta_base + offs_m.to(tl.int64) * H, mask=rmask, other=0.0)
-        s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale      # [BLOCK_N, BLOCK_M]
-        p_t = tl.math.exp2(s_t - lse2[None, :])
-        if MASK == 1:
-            visible = ((offs_m[None, :] >= offs_n[:, None])
-                       & (offs_m[None, :] <= offs_n[:, None] + window)
-                       & (offs_m[None, :] < hi))
-            p_t = tl.where(visible, p_t, 0.0)
-        elif MASK == 2:
-            p_t = tl.where((offs_m < hi)[None, :], p_t, 0.0)
-        elif MASK == 4:
-            p_t = tl.where((offs_m[None, :] <= offs_n[:, None] + window) & (offs_m < hi)[None, :],
-                           p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)               # [BLOCK_N, BLOCK_M]
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
-        if ATOMIC_DQ:
-            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PREC)  # [BLOCK_M, D]
-            dq_ptrs = dq_base + offs_m[:, None].to(tl.int64) * (H * HEAD_DIM) + offs_d[None, :]
-            if MASK == 0:
-                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
-            else:
-                tl.atomic_add(dq_ptrs, dq, mask=(offs_m < hi)[:, None], sem="relaxed")
-    return dk, dv
-
-
-@triton.jit(do_not_specialize=["T", "window"])
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, scale, DQACC,
-                     H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FAR_MASK: tl.constexpr,
-                     ATOMIC_DQ: tl.constexpr):
-    hkv = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    n = tl.program_id(2)
-    if IS_VARLEN:
-        bos = tl.load(CU + n).to(tl.int32)
-        L = tl.load(CU + n + 1).to(tl.int32) - bos
-    else:
-        bos = n * T
-        L = T
-    n0 = pid_n * BLOCK_N
-    if n0 < L:
-        G: tl.constexpr = H // HKV
-        stride_kt: tl.constexpr = HKV * HEAD_DIM
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        kv_off = (bos + offs_n[:, None]).to(tl.int64) * stride_kt + hkv * HEAD_DIM + offs_d[None, :]
-        kv_mask = (offs_n < L)[:, None]
-        k = tl.load(K + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_off, mask=kv_mask, other=0.0)
-        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-
-        # queries that see some key of this block: n0 <= i < min(n0 + BLOCK_N + window, L)
-        hi = tl.minimum(n0 + BLOCK_N + window, L)
-        # the first query blocks straddle the diagonal (causal mask) ...
-        diag_end = tl.minimum(n0 + tl.cdiv(BLOCK_N, BLOCK_M) * BLOCK_M, hi)
-        # ... then whole blocks of rows i <= n0 + window (seen by every key), then the edge.
-        full_end = tl.minimum(n0 + window + 1, L)
-        mid_hi = diag_end + (tl.maximum(full_end - diag_end, 0) // BLOCK_M) * BLOCK_M
-        row0 = bos.to(tl.int64) * H
-        for g in range(G):
-            h = hkv * G + g
-            q_base = Q + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
-            do_base = DO + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
-            lse_base = LSE + row0 + h
-            delta_base = DELTA + row0 + h
-            dq_base = DQACC + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
-            # FAR_MASK: 1, or 4 under split_masks (rows >= mid_hi >= n0 + BLOCK_N when non-empty
-            # need no causal mask)
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     n0, diag_end, window, qk_scale, H, HEAD_DIM, BLOCK_M, 1, PREC,
-                                     dq_base, ATOMIC_DQ)
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     diag_end, mid_hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, 0, PREC,
-                                     dq_base, ATOMIC_DQ)
-            dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
-                                     mid_hi, hi, window, qk_scale, H, HEAD_DIM, BLOCK_M, FAR_MASK, PREC,
-                                     dq_base, ATOMIC_DQ)
-        tl.store(DK + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
-
-
-@triton.jit(do_not_specialize=["R", "M_SINK"])
-def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, R, M_SINK, qk_scale, scale, DQACC,
-                     H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-                     PREC: tl.constexpr, ATOMIC_DQ: tl.constexpr):
-    """Partial dsink_k/dsink_v of sink rows [s0, s0+BLOCK_N) over query rows of one chunk.
-
-    Every query row of every sequence sees every sink, so the R = B*T rows are split into
-    chunks without regard to sequences. Output: float32 [num_chunks, M, HKV, D].
-    ATOMIC_DQ: also add the sinks' dq terms into the float32 buffer DQACC [B*T, H, D].
-    """
-    s0 = tl.program_id(0) * BLOCK_N
-    hkv = tl.program_id(1)
-    c = tl.program_id(2)
-    G: tl.constexpr = H // HKV
-    stride_kt: tl.constexpr = HKV * HEAD_DIM
-    offs_n = s0 + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    s_off = offs_n[:, None] * stride_kt + hkv * HEAD_DIM + offs_d[None, :]
-    s_mask = (offs_n < M_SINK)[:, None]
-    sk = tl.load(SK + s_off, mask=s_mask, other=0.0)
-    sv = tl.load(SV + s_off, mask=s_mask, other=0.0)
-    dsk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dsv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    lo = c * CHUNK
-    hi = tl.minimum(lo + CHUNK, R)
-    for g in range(G):
-        h = hkv * G + g
-        dsk, dsv = _bwd_dkdv_inner(dsk, dsv, sk, sv, Q + h * HEAD_DIM, DO + h * HEAD_DIM,
-                                   LSE + h, DELTA + h, offs_n, lo, hi, 0, qk_scale,
-                                   H, HEAD_DIM, BLOCK_M, 2, PREC, DQACC + h * HEAD_DIM, ATOMIC_DQ)
-    out_off = c.to(tl.int64) * M_SINK * stride_kt + s_off
-    tl.store(DSK + out_off, dsk * scale, mask=s_mask)
-    tl.store(DSV + out_off, dsv, mask=s_mask)
-
-
-@triton.jit
-def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo, hi, L, window,
-                  qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr,
-                  PREC: tl.constexpr):
-    """Accumulate dq (unscaled) over key rows [lo, hi); MASK as in _fwd_inner."""
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        if MASK == 0 or MASK == 3:  # keys in bounds
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            kmask = (offs_n < hi)[:, None]
-            k = tl.load(k_ptrs, mask=kmask, other=0.0)
-            v = tl.load(v_ptrs, mask=kmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.math.exp2(s - lse2[:, None])
-        if MASK == 1:
-            visible = ((offs_n[None, :] <= offs_m[:, None])
-                       & (offs_n[None, :] >= offs_m[:, None] - window)
-                       & (offs_n[None, :] < L))
-            p = tl.where(visible, p, 0.0)
-        elif MASK == 2:
-            p = tl.where((offs_n < hi)[None, :], p, 0.0)
-        elif MASK == 3:
-            p = tl.where(offs_n[None, :] >= offs_m[:, None] - window, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    return dq
-
-
-@triton.jit(do_not_specialize=["T", "M_SINK", "window"])
-def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, qk_scale, scale,
-                   H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
-                   FAR_MASK: tl.constexpr):
-    h = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    n = tl.program_id(2)
-    if IS_VARLEN:
-        bos = tl.load(CU + n).to(tl.int32)
-        L = tl.load(CU + n + 1).to(tl.int32) - bos
-    else:
-        bos = n * T
-        L = T
-    m0 = pid_m * BLOCK_M
-    if m0 < L:
-        hkv = h // (H // HKV)
-        stride_qt: tl.constexpr = H * HEAD_DIM
-        stride_kt: tl.constexpr = HKV * HEAD_DIM
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        rmask = offs_m < L
-        q_off = (bos + offs_m[:, None]).to(tl.int64) * stride_qt + h * HEAD_DIM + offs_d[None, :]
-        q = tl.load(Q + q_off, mask=rmask[:, None], other=0.0)
-        do = tl.load(DO + q_off, mask=rmask[:, None], other=0.0)
-        lse2 = tl.load(LSE + (bos + offs_m).to(tl.int64) * H + h, mask=rmask, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + (bos + offs_m).to(tl.int64) * H + h, mask=rmask, other=0.0)
-        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if HAS_SINK:
-            dq = _bwd_dq_inner(dq, q, do, lse2, delta, SK + hkv * HEAD_DIM, SV + hkv * HEAD_DIM,
-                               stride_kt, offs_m, 0, M_SINK, L, window, qk_scale,
-                               BLOCK_N, HEAD_DIM, 2, PREC)
-        k_base = K + bos.to(tl.int64) * stride_kt + hkv * HEAD_DIM
-        v_base = V + bos.to(tl.int64) * stride_kt + hkv * HEAD_DIM
-        # same key phases as the forward
-        hi = tl.minimum(m0 + BLOCK_M, L)
-        lo = (tl.maximum(m0 - window, 0) // BLOCK_N) * BLOCK_N
-        mid_hi = ((m0 + 1) // BLOCK_N) * BLOCK_N
-        mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
-        mid_lo = tl.minimum(tl.maximum(mid_lo, lo), mid_hi)
-        # FAR_MASK as in the forward
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, lo,
-                           mid_lo, L, window, qk_scale, BLOCK_N, HEAD_DIM, FAR_MASK, PREC)
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_lo,
-                           mid_hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 0, PREC)
-        dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, offs_m, mid_hi,
-                           hi, L, window, qk_scale, BLOCK_N, HEAD_DIM, 1, PREC)
-        tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=rmask[:, None])
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -480,15 +165,25 @@ def _check_inputs(q, k, v, sink_k, sink_v, cu_seqlens):
         raise ValueError(f"swa_attn: cu_seqlens requires B == 1, got B = {B}")
 
 
+
+
+def _strides(prefix, t):
+    """{prefix}b / {prefix}t / {prefix}h: the batch, time and head strides of t as kernel kwargs."""
+    sb, st, sh = tok_strides(t)
+    return {f"{prefix}b": sb, f"{prefix}t": st, f"{prefix}h": sh}
+
+
 def _prepare(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen):
     """Common launch parameters: (N, max_len, window_eff, scale, cu, sinks, M, PREC)."""
     B, T, H, D = q.shape
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+        cu = cu_seqlens.to(device=q.device).contiguous()   # int32 or int64: the kernels clamp either
         N = cu.numel() - 1
-        # the grid needs the longest sequence: one host sync unless the caller passes it
+        # the grid needs the longest sequence: one host sync unless the caller passes it; no
+        # clamped sequence is longer than T or than its raw length, so min(raw max, T) covers all
         max_len = int(max_seqlen) if max_seqlen is not None else (
             int((cu[1:] - cu[:-1]).max().item()) if N > 0 else 0)
+        max_len = max(0, min(max_len, T))
     else:
         cu = None
         N, max_len = B, T
@@ -505,24 +200,26 @@ def _prepare(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen):
 
 def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=None,
                  backend="cuda", max_seqlen=None):
-    """Forward of ``sbops::swa_attn``: returns (o [B,T,H,D] in q.dtype, lse [B,T,H] float32)."""
+    """Forward of ``sbops::swa_attn``: returns (o [B,T,H,D] in q.dtype, lse [B,T,H] float32),
+    both contiguous.  q/k/v are read in place when their last stride is 1, else copied first."""
     _check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = in_place(q), in_place(k), in_place(v)
     B, T, H, D = q.shape
     HKV = k.shape[2]
     N, max_len, window_eff, scale, cu, sk, sv, M, prec = _prepare(
         q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen)
-    # with cu_seqlens, tokens past cu[-1] belong to no sequence: they get zeros
+    # with cu_seqlens, tokens outside every sequence get zeros
     alloc = torch.zeros if cu is not None else torch.empty
     o = alloc(q.shape, device=q.device, dtype=q.dtype)
     lse = alloc((B, T, H), device=q.device, dtype=torch.float32)
-    if q.numel() == 0 or N == 0:
+    if q.numel() == 0 or N == 0 or max_len == 0:
         return o, lse
     cfg = _resolve_config(config, "fwd", D, q.dtype, backend)
     grid = (H, triton.cdiv(max_len, cfg["BLOCK_M"]), N)
     _fwd_kernel[grid](
         q, k, v, sk if sk is not None else k, sv if sv is not None else v, o, lse,
         cu if cu is not None else q, T, M, window_eff, scale * _LOG2E,
+        **_strides("sq", q), **_strides("sk", k), **_strides("sv", v),
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=cu is not None, HAS_SINK=M > 0, PREC=prec,
         FAR_MASK=3 if cfg.get("split_masks", False) else 1,
@@ -531,15 +228,16 @@ def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=N
 
 
 def _bwd_delta(o, grad_o, grad_lse):
-    """delta = rowsum(dO * O) - grad_lse, float32 [B,T,H] (o, grad_o contiguous [B,T,H,D])."""
+    """delta = rowsum(dO * O) - grad_lse, float32 [B,T,H] (o, grad_o [B,T,H,D] with unit last stride)."""
     B, T, H, D = o.shape
     R = B * T * H
     delta = torch.empty((B, T, H), device=o.device, dtype=torch.float32)
     glse = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
     BLOCK_R = 64
-    _bwd_preprocess_kernel[(triton.cdiv(R, BLOCK_R),)](
-        o, grad_o, glse if glse is not None else delta, delta, R,
-        HEAD_DIM=D, BLOCK_R=BLOCK_R, HAS_GLSE=glse is not None)
+    if R > 0:
+        _bwd_preprocess_kernel[(triton.cdiv(R, BLOCK_R),)](
+            o, grad_o, glse if glse is not None else delta, delta, R, T, H,
+            *tok_strides(o), *tok_strides(grad_o), HEAD_DIM=D, BLOCK_R=BLOCK_R, HAS_GLSE=glse is not None)
     return delta
 
 
@@ -551,19 +249,26 @@ def _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, windo
     _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
         q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
         delta, dq, cu if cu is not None else q, T, M, window_eff, scale * _LOG2E, scale,
+        **_strides("sq", q), **_strides("sk", k), **_strides("sv", v), **_strides("sd", grad_o),
         H=H, HKV=k.shape[2], HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
         HAS_SINK=M > 0, PREC=prec, FAR_MASK=3 if cfg.get("split_masks", False) else 1,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
+def _bwd_inputs(q, k, v, o, lse, grad_o):
+    """The backward's tensors as the kernels read them: unit last stride (copied only otherwise),
+    lse contiguous, grad_o in q's dtype."""
+    return (in_place(q), in_place(k), in_place(v), in_place(o), lse.contiguous(),
+            in_place(grad_o.to(q.dtype)))
+
+
 def swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale, *, backend="cuda"):
     """dq of ``sbops::swa_attn`` alone (no varlen, no sinks): the dQ half of ``swa_attn_bwd``,
     for a backward whose dK/dV come from elsewhere (the sm_90 kernel without its fused dQ)."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o, lse, grad_o = o.contiguous(), lse.contiguous(), grad_o.to(q.dtype).contiguous()
+    q, k, v, o, lse, grad_o = _bwd_inputs(q, k, v, o, lse, grad_o)
     N, max_len, window_eff, scale, cu, sk, sv, M, prec = _prepare(
         q, k, v, window, scale, None, None, None, None)
-    dq = torch.empty_like(q)
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     if q.numel() == 0:
         return dq
     cfg = _resolve_config(None, "bwd", q.shape[-1], q.dtype, backend)
@@ -574,31 +279,30 @@ def swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale, *, backend
 
 def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
                  *, config=None, backend="cuda", max_seqlen=None):
-    """Backward of ``sbops::swa_attn``: returns (dq, dk, dv, dsink_k, dsink_v).
+    """Backward of ``sbops::swa_attn``: returns (dq, dk, dv, dsink_k, dsink_v), new contiguous tensors.
 
     dq/dk/dv in the dtypes of q/k/v; dsink_k/dsink_v [M,HKV,D] in the sinks' dtype, or
     ``torch.empty(0)`` without sinks. grad_lse (None = zero) enters through
-    ``delta_i = rowsum(dO_i * O_i) - grad_lse_i``.
+    ``delta_i = rowsum(dO_i * O_i) - grad_lse_i``.  q/k/v/o/grad_o are read in place when their
+    last stride is 1, else copied first.
     """
     _check_inputs(q, k, v, sink_k, sink_v, cu_seqlens)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o, lse, grad_o = o.contiguous(), lse.contiguous(), grad_o.to(q.dtype).contiguous()
+    q, k, v, o, lse, grad_o = _bwd_inputs(q, k, v, o, lse, grad_o)
     B, T, H, D = q.shape
     HKV = k.shape[2]
     N, max_len, window_eff, scale, cu, sk, sv, M, prec = _prepare(
         q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    # with cu_seqlens, tokens outside every sequence get no gradient (zeros)
+    alloc = torch.zeros if cu is not None else torch.empty
+    dq, dk, dv = (alloc(x.shape, device=x.device, dtype=x.dtype) for x in (q, k, v))
     if sink_k is not None:
-        dsk = torch.zeros_like(sink_k)
-        dsv = torch.zeros_like(sink_v)
+        dsk = torch.zeros_like(sink_k, memory_format=torch.contiguous_format)
+        dsv = torch.zeros_like(sink_v, memory_format=torch.contiguous_format)
     else:
         dsk = torch.empty(0, device=q.device, dtype=torch.float32)
         dsv = torch.empty(0, device=q.device, dtype=torch.float32)
-    if q.numel() == 0 or N == 0:
+    if q.numel() == 0 or N == 0 or max_len == 0:
         return dq, dk.zero_(), dv.zero_(), dsk, dsv
-    if cu is not None:
-        # tokens outside every sequence (cu[-1] < T) get no gradient
-        dq.zero_(), dk.zero_(), dv.zero_()
     cfg = _resolve_config(config, "bwd", D, q.dtype, backend)
     BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -613,23 +317,24 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     cu_arg = cu if cu is not None else q
     _bwd_dkdv_kernel[(HKV, triton.cdiv(max_len, BN), N)](
         q, k, v, grad_o, lse, delta, dk, dv, cu_arg, T, window_eff, qk_scale, scale, dq_acc,
+        **_strides("sq", q), **_strides("sk", k), **_strides("sv", v), **_strides("sd", grad_o),
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, IS_VARLEN=cu is not None,
         PREC=prec, FAR_MASK=4 if split else 1, ATOMIC_DQ=atomic_dq, **launch)
     if not atomic_dq:
         _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, window_eff, scale, prec,
                    cfg)
     if M > 0:
-        rows = B * T
-        n_chunks = triton.cdiv(rows, _SINK_CHUNK)
+        n_chunks = B * triton.cdiv(T, _SINK_CHUNK)
         part_k = torch.empty((n_chunks, M, HKV, D), device=q.device, dtype=torch.float32)
         part_v = torch.empty_like(part_k)
-        # rows outside every sequence (cu[-1] < B*T) must not contribute: bound R by cu[-1]
-        used_rows = rows if cu is None else int(cu_seqlens[-1])
-        # sink rows play the keys of the dK/dV kernel: same block shapes
+        # rows outside every sequence (past cu[N]) must not contribute: the kernel bounds the
+        # rows by clamp(cu[N], 0, T) on the device (no host sync); sink rows play the keys of
+        # the dK/dV kernel: same block shapes
         _bwd_sink_kernel[(triton.cdiv(M, BN), HKV, n_chunks)](
-            q, sk, sv, grad_o, lse, delta, part_k, part_v, used_rows, M, qk_scale, scale,
-            dq_acc, H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, CHUNK=_SINK_CHUNK,
-            PREC=prec, ATOMIC_DQ=atomic_dq, **launch)
+            q, sk, sv, grad_o, lse, delta, part_k, part_v, cu_arg, T, N, M, qk_scale, scale,
+            dq_acc, *tok_strides(q), *tok_strides(grad_o), H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM,
+            BLOCK_N=BN, CHUNK=_SINK_CHUNK, PREC=prec, ATOMIC_DQ=atomic_dq, IS_VARLEN=cu is not None,
+            **launch)
         dsk = part_k.sum(0).to(sink_k.dtype)
         dsv = part_v.sum(0).to(sink_v.dtype)
     if atomic_dq:

@@ -1,0 +1,68 @@
+"""Helpers shared by the Triton kernel modules: strided token addressing, sanitised varlen bounds,
+and the Python rules for which inputs are read in place.
+
+Strided inputs.  A [B, T, heads, dim] input whose last dimension has stride 1 is read in place:
+the kernels take its batch, time and head strides (sb, st, sh) and address token r of the packed
+[B*T] token axis at (r // T) * sb + (r % T) * st (just r * st when the batch and time dimensions
+merge, FLAT).  Views therefore cost no copy: slices along T, q/k/v split from one fused projection,
+a transposed batch, odd storage offsets.  Only an input whose last stride is not 1 is copied.
+
+Bad cu_seqlens.  The host data checks are off by default, so a kernel must stay in bounds whatever
+cu_seqlens holds.  Sequence n covers the tokens [s_n, e_n) with
+    s_n = clamp(cu[n], 0, T),   e_n = clamp(cu[n + 1], s_n, T)      (T: the packed token count)
+a decreasing pair gives an empty sequence; sequences may then overlap (rows written twice hold
+either result).  For valid cu_seqlens this is cu itself.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _seq_bounds(cu_ptr, n, T):
+    """(s_n, e_n) of sequence n as int32, clamped as in the module docstring (T: token count)."""
+    a = tl.load(cu_ptr + n)
+    b = tl.load(cu_ptr + n + 1)
+    s = tl.minimum(tl.maximum(a, 0), T)
+    e = tl.minimum(tl.maximum(b, s), T)
+    return s.to(tl.int32), e.to(tl.int32)
+
+
+@triton.jit
+def _toff(rows, T, sb, st, FLAT: tl.constexpr):
+    """int64 element offset of packed tokens `rows` (b * T + t) in a tensor of batch stride sb and
+    time stride st; FLAT: the batch and time dimensions merge (B == 1 or sb == T * st)."""
+    r = rows.to(tl.int64)
+    if FLAT:
+        off = r * st
+    else:
+        off = (r // T) * sb + (r % T) * st
+    return off
+
+
+def in_place(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its last dimension has stride 1 (or holds at most one element), else a
+    contiguous copy: the kernels read every other layout through its strides."""
+    if t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] <= 1:
+        return t
+    return t.contiguous()
+
+
+def tok_strides(t: torch.Tensor):
+    """(batch, time, head) strides of a [B, T, heads, ...] or [B, T, heads] tensor."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def flat_ok(T: int, *tensors) -> bool:
+    """True when every tensor's batch and time dimensions merge into one token axis of stride
+    t.stride(1): then the kernels skip the per-row division by T."""
+    return all(t.shape[0] <= 1 or t.stride(0) == T * t.stride(1) for t in tensors if t is not None)
+
+
+def sanitize_cu_host(cu: torch.Tensor, T: int):
+    """Host copy of the sequence bounds (starts, ends) int64 [N] under the clamping rule above."""
+    s = cu[:-1].clamp(0, T)
+    e = torch.maximum(cu[1:].clamp(0, T), s)
+    return s, e

@@ -1,0 +1,187 @@
+"""Chunked linear attention (see linear_attn.py): the @triton.jit helpers every pass uses (gated
+dots, cumulative gate rows, one chunk of the state recurrences, the diagonal sub-block levels) and
+the gate cumsum kernel.  q/k/v/dO are read in place through their (batch, time, head) strides
+(_common._toff); the float32 cumulative gate gc and every internal buffer are contiguous."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._common import _toff
+
+_SUB = 16  # rows of an intra-chunk sub-block (the smallest tl.dot M/N/K)
+SUB = tl.constexpr(_SUB)
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    # PREC is "ieee" for float32 inputs (exact fp32 products, no tf32) and "tf32" otherwise
+    # (ignored for 16-bit operands, which always use the tensor cores).
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _gate_rows(gc_ptr, rows, t_last, kvh, offs_k, HKV, K: tl.constexpr,
+               GATE: tl.constexpr):
+    """Cumulative gate of a block of rows: [R, BK] per key, [R, 1] per head, zeros without gate.
+    Rows past the chunk end are clamped to its last row, so padded rows repeat G and every
+    exponent built from them stays <= 0 (their q/k/v/dO are loaded as zeros anyway)."""
+    r = tl.minimum(rows, t_last).to(tl.int64)
+    if GATE == 2:
+        x = tl.load(gc_ptr + (r[:, None] * HKV + kvh) * K + offs_k[None, :])
+    elif GATE == 1:
+        x = tl.load(gc_ptr + r * HKV + kvh)[:, None]
+    else:
+        x = tl.zeros_like(r)[:, None].to(tl.float32)
+    return x
+
+
+@triton.jit
+def _gate_row(gc_ptr, row, kvh, offs_k, valid, HKV, K: tl.constexpr,
+              GATE: tl.constexpr):
+    """Cumulative gate at one token: [BK] per key, [1] per head or without gate (0 if not valid)."""
+    r = row.to(tl.int64)
+    if GATE == 2:
+        x = tl.load(gc_ptr + (r * HKV + kvh) * K + offs_k, mask=(offs_k >= 0) & valid, other=0.0)
+    elif GATE == 1:
+        z = tl.zeros([1], dtype=tl.int64)
+        x = tl.load(gc_ptr + r * HKV + kvh + z, mask=(z == 0) & valid, other=0.0)
+    else:
+        x = tl.zeros([1], dtype=tl.float32)
+    return x
+
+
+
+# ----------------------------------------------------------------------------- gate cumsum
+@triton.jit
+def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr, T, sgb, sgt, sgh,
+                        BT: tl.constexpr, GATE: tl.constexpr, FLAT: tl.constexpr):
+    """gc = inclusive cumulative sum of g inside each chunk, float32 (g read through its strides,
+    gc contiguous). grid (NT, HKV)."""
+    c = tl.program_id(0)
+    kvh = tl.program_id(1)
+    t0 = tl.load(chunk_ptr + c * 3 + 1)
+    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    rows = t0 + tl.arange(0, BT)
+    m = rows < t1
+    r = rows.to(tl.int64)
+    gin = _toff(rows, T, sgb, sgt, FLAT) + kvh * sgh
+    if GATE == 2:
+        offs_k = tl.arange(0, K)
+        p = (r[:, None] * HKV + kvh) * K + offs_k[None, :]
+        x = tl.load(g_ptr + gin[:, None] + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        tl.store(gc_ptr + p, tl.cumsum(x, 0), mask=m[:, None])
+    else:
+        p = r * HKV + kvh
+        x = tl.load(g_ptr + gin, mask=m, other=0.0).to(tl.float32)
+        tl.store(gc_ptr + p, tl.cumsum(x, 0), mask=m)
+
+
+@triton.jit
+def _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, HKV, K: tl.constexpr,
+                  V: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
+                  T, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr):
+    """One chunk of the forward state recurrence on a [BK, BV] tile (rows < t1 of the chunk):
+    b <- exp(G) b + (k exp(G - gc))^T v. Returns (b, G), G the chunk's log decay per key row
+    (zeros without a gate)."""
+    dt: tl.constexpr = k_ptr.dtype.element_ty
+    m = rows < t1
+    ko = _toff(rows, T, skb, skt, FLAT) + kvh * skh
+    vo = _toff(rows, T, svb, svt, FLAT) + kvh * svh
+    kt = tl.load(k_ptr + ko[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
+    vt = tl.load(v_ptr + vo[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
+    if GATE > 0:
+        gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+        G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+        kt = (kt.to(tl.float32) * tl.exp(G[None, :] - gcb)).to(dt)   # exp(G - gc_t) <= 1
+        b = b * tl.exp(G)[:, None]
+    else:
+        G = tl.zeros([BK], dtype=tl.float32)
+    b += _dot(tl.trans(kt), vt, PREC)
+    return b, G
+
+
+@triton.jit
+def _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, scale, H, HKV,
+                   K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr,
+                   PREC: tl.constexpr, T, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr):
+    """One chunk of the backward dh recurrence on a [BK, BV] tile, summed over the KV head's query
+    heads: b <- exp(G) b + sum_h (scale q_h exp(gc))^T dO_h. Returns (b, G) as _h_chunk_step."""
+    dt: tl.constexpr = q_ptr.dtype.element_ty
+    GRP = H // HKV
+    m = rows < t1
+    qo = _toff(rows, T, sqb, sqt, FLAT)
+    doo = _toff(rows, T, sdb, sdt, FLAT)
+    if GATE > 0:
+        gcb = _gate_rows(gc_ptr, rows, t1 - 1, kvh, offs_k, HKV, K, GATE)
+        G = _gate_row(gc_ptr, t1 - 1, kvh, offs_k, True, HKV, K, GATE)
+        b = b * tl.exp(G)[:, None]
+        qdec = tl.exp(gcb) * scale
+    else:
+        G = tl.zeros([BK], dtype=tl.float32)
+    for hh in range(GRP):
+        ih = kvh * GRP + hh
+        qt = tl.load(q_ptr + (qo + ih * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
+        if GATE > 0:
+            qt = (qt.to(tl.float32) * qdec).to(dt)
+        else:
+            qt = (qt.to(tl.float32) * scale).to(dt)
+        dot_ = tl.load(do_ptr + (doo + ih * sdh)[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
+        b += _dot(tl.trans(qt), dot_.to(dt), PREC)
+    return b, G
+
+
+# ------------------------------------------------------- diagonal sub-blocks, per-key gate
+# Inside a 16-row sub-block every pair t > s is split once, at the level M (8, 4, 2, 1) where
+# t and s fall in the upper / lower half of the same aligned group of 2M rows. Through the last
+# lower row rr of that group, exp(gc_t - gc_s) = exp(gc_t - gc_rr) * exp(gc_rr - gc_s), both
+# factors <= 1, so each level is one small matmul instead of a [16, 16, K] elementwise product.
+@triton.jit
+def _level_factor(gc_ptr, gc_j, r0, t1, kvh, offs_k, M: tl.constexpr, HKV, K: tl.constexpr,
+                  GATE: tl.constexpr):
+    """[SUB, BK]: exp(gc_t - gc_rr) on upper rows, exp(gc_rr - gc_s) on lower rows (level M)."""
+    ar = tl.arange(0, SUB)
+    rr = (ar // (2 * M)) * (2 * M) + M - 1
+    up = (ar % (2 * M)) >= M
+    gref = _gate_rows(gc_ptr, r0 + rr, t1 - 1, kvh, offs_k, HKV, K, GATE)
+    return tl.exp(tl.where(up[:, None], gc_j - gref, gref - gc_j))
+
+
+@triton.jit
+def _level_operands(qs, kf32, f, M: tl.constexpr, dt: tl.constexpr):
+    """Level-M operands: (q * factor on upper rows, k * factor on lower rows, pair mask [SUB, SUB])."""
+    ar = tl.arange(0, SUB)
+    up = (ar % (2 * M)) >= M
+    qf = tl.where(up[:, None], qs * f, 0.0).to(dt)
+    kf = tl.where(up[:, None], 0.0, kf32 * f).to(dt)
+    pm = up[:, None] & ((ar[None, :] % (2 * M)) < M) & ((ar[:, None] // (2 * M)) == (ar[None, :] // (2 * M)))
+    return qf, kf, pm
+
+
+@triton.jit
+def _diag_scores(qs, kf32, f8, f4, f2, f1, dt: tl.constexpr, PREC: tl.constexpr):
+    """A[t, s] = sum_k qs_t k_s exp(gc_t - gc_s) for s <= t inside one sub-block."""
+    ar = tl.arange(0, SUB)
+    a = tl.where(ar[:, None] == ar[None, :], tl.sum(qs * kf32, 1)[:, None], 0.0)
+    qf, kf, pm = _level_operands(qs, kf32, f8, 8, dt)
+    a += tl.where(pm, _dot(qf, tl.trans(kf), PREC), 0.0)
+    qf, kf, pm = _level_operands(qs, kf32, f4, 4, dt)
+    a += tl.where(pm, _dot(qf, tl.trans(kf), PREC), 0.0)
+    qf, kf, pm = _level_operands(qs, kf32, f2, 2, dt)
+    a += tl.where(pm, _dot(qf, tl.trans(kf), PREC), 0.0)
+    qf, kf, pm = _level_operands(qs, kf32, f1, 1, dt)
+    a += tl.where(pm, _dot(qf, tl.trans(kf), PREC), 0.0)
+    return a
+
+
+@triton.jit
+def _diag_bwd_level(qs, kf32, dd, f, M: tl.constexpr, a, dq, dk, dt: tl.constexpr, PREC: tl.constexpr):
+    """Level-M share of the diagonal sub-block: scores a (for dv), dq (unscaled) and dk."""
+    qf, kf, pm = _level_operands(qs, kf32, f, M, dt)
+    up = (tl.arange(0, SUB) % (2 * M)) >= M
+    a += tl.where(pm, _dot(qf, tl.trans(kf), PREC), 0.0)
+    ddm = tl.where(pm, dd, 0.0).to(dt)
+    dq += tl.where(up[:, None], f, 0.0) * _dot(ddm, kf, PREC)
+    dk += tl.where(up[:, None], 0.0, f) * _dot(tl.trans(ddm), qf, PREC)
+    return a, dq, dk
+
