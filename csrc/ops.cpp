@@ -25,8 +25,9 @@ TORCH_LIBRARY(sbops, m) {
   m.def("swa_attn_bwd(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor grad_o, "
         "Tensor? grad_lse, int window, float scale, Tensor? cu_seqlens, Tensor? sink_k, "
         "Tensor? sink_v) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dsink_k, Tensor dsink_v)");
+  // sink_k / sink_v [M, HKV, D]: keys every query also attends, in the same softmax (as swa_attn).
   m.def("swa_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seq_lens, int window, "
-        "float scale, Tensor? slot_indices) -> Tensor");
+        "float scale, Tensor? slot_indices, Tensor? sink_k=None, Tensor? sink_v=None) -> Tensor");
   m.def("swa_cache_write(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor positions, Tensor? slot_indices) -> ()");
 

@@ -389,3 +389,178 @@ def test_swa_decode_invalid_slot_gives_nan_rows(ops, dtype, L):
     good = torch.tensor([0, 2], device=DEV)
     ro = R.ref_swa_decode(q[good].cpu(), kc.cpu(), vc.cpu(), lens[good].cpu(), W, D ** -0.5, slots[good].cpu())
     close(o[good], ro, TOL[dtype])
+
+
+# ------------------------------------------------------------------------------ strided inputs (views)
+# The CUDA hot paths read views in place through their strides; every result must equal the call on
+# dense copies exactly (same kernel, same arithmetic).  Misaligned or odd-strided operands take the
+# copy / scalar fallbacks, which must give the same bits too.
+def _view(shape, dtype, how, dim=-1):
+    """A tensor of `shape` laid out as `how`: 'slice' (a step of a [.., T, ..] tensor), 'split' (one part
+    of a fused projection along `dim`), 'odd' (dense at an odd element offset: a misaligned base), 'pad'
+    (rows padded by one element: an odd row stride)."""
+    shape = list(shape)
+    if how == "slice":
+        big = torch.randn(shape[0], 3, *shape[1:], device=DEV).to(dtype)
+        return big[:, 1]
+    if how == "split":
+        wide = shape.copy()
+        wide[dim] *= 3
+        return torch.randn(wide, device=DEV).to(dtype).narrow(dim, shape[dim], shape[dim])
+    if how == "odd":
+        n = math.prod(shape)
+        return torch.randn(n + 1, device=DEV).to(dtype)[1:].view(shape)
+    if how == "pad":
+        wide = shape[:-1] + [shape[-1] + 1]
+        return torch.randn(wide, device=DEV).to(dtype)[..., : shape[-1]]
+    raise ValueError(how)
+
+
+VIEWS = ["slice", "split", "odd", "pad"]
+
+
+@pytest.mark.parametrize("how", VIEWS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spike_encode_and_quant_read_views_in_place(ops, how, dtype):
+    for shape in [(6, 4096), (5, 3, 13)]:
+        x = _view(shape, dtype, how)
+        c, v = ops.spike_encode(x, 3.0, torch.int8)
+        c0, v0 = ops.spike_encode(x.contiguous(), 3.0, torch.int8)
+        assert c.is_contiguous() and torch.equal(c, c0) and torch.equal(v, v0)
+        xh = ops.spike_quant(x, 3.0)
+        assert xh.is_contiguous() and torch.equal(xh, ops.spike_quant(x.contiguous(), 3.0))
+    xt = torch.randn(7, 5, 64, device=DEV).to(dtype).transpose(0, 1)   # outer dims do not collapse: copied
+    assert torch.equal(ops.spike_quant(xt, 2.0), ops.spike_quant(xt.contiguous(), 2.0))
+
+
+@pytest.mark.parametrize("how", VIEWS)
+@pytest.mark.parametrize("gate", [None, "head", "key"])
+@pytest.mark.parametrize("dtype,sdtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_linear_attn_decode_reads_views_and_strided_state(ops, how, gate, dtype, sdtype):
+    N, H, HKV, K = 3, 8, 2, 64
+    q, k, v = _view((N, H, K), dtype, how), _view((N, HKV, K), dtype, how), _view((N, HKV, K), dtype, how)
+    g = None
+    if gate == "head":
+        g = -torch.rand(N, 2 * HKV, device=DEV)[:, ::2]          # both strides read in place
+    elif gate == "key":
+        g = _view((N, HKV, K), dtype, how)
+        g.abs_().neg_()                                            # in place: the view keeps its strides
+    S = N + 2
+    idx = torch.randperm(S, device=DEV)[:N]
+    # state views: a slot range of a bigger buffer (aligned rows: in place) and padded rows (copy + write-back)
+    for sview in ("slots", "pad"):
+        if sview == "slots":
+            buf = torch.randn(S + 1, HKV, K, K, device=DEV).to(sdtype)
+            state = buf[1:]
+        else:
+            buf = torch.randn(S, HKV, K, K + 1, device=DEV).to(sdtype)
+            state = buf[..., :K]
+        dense = state.contiguous()
+        untouched = buf.clone()
+        o = ops.linear_attn_decode(q, k, v, g, state, idx, K ** -0.5)
+        o0 = ops.linear_attn_decode(q.contiguous(), k.contiguous(), v.contiguous(),
+                                    None if g is None else g.contiguous(), dense, idx, K ** -0.5)
+        assert o.is_contiguous() and torch.equal(o, o0)
+        assert torch.equal(state, dense)
+        if sview == "slots":
+            assert torch.equal(buf[0], untouched[0])                  # outside the view: untouched
+        else:
+            assert torch.equal(buf[..., K], untouched[..., K])
+
+
+def test_inplace_operands_need_a_unit_last_stride(ops):
+    N, HKV, K = 2, 2, 64
+    q = torch.randn(N, 4, K, device=DEV)
+    k = torch.randn(N, HKV, K, device=DEV)
+    state = torch.randn(N, HKV, K, K, device=DEV).transpose(2, 3)
+    with pytest.raises(RuntimeError, match="state .*contiguous last dimension"):
+        ops.linear_attn_decode(q, k, k, None, state, None, 0.1)
+    kc = torch.randn(N, 8, HKV, K, device=DEV).transpose(2, 3).contiguous().transpose(2, 3)
+    with pytest.raises(RuntimeError, match="k_cache .*contiguous last dimension"):
+        ops.swa_cache_write(k, k, kc, kc.clone(), torch.zeros(N, dtype=torch.int64, device=DEV), None)
+
+
+@pytest.mark.parametrize("how", VIEWS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("D", [64, 128])
+def test_swa_cache_write_and_decode_read_views(ops, how, dtype, D):
+    N, H, HKV, W, S = 3, 8, 2, 40, 5
+    C = W + 1
+    # k/v caches as the two halves of one [S, C, 2, HKV, D] buffer (aligned rows: read in place), or
+    # padded rows (odd strides: written in place, read from a copy)
+    if how == "pad":
+        kc = torch.randn(S, C, HKV, D + 1, device=DEV).to(dtype)[..., :D]
+        vc = torch.randn(S, C, HKV, D + 1, device=DEV).to(dtype)[..., :D]
+    else:
+        kv = torch.randn(S, C, 2, HKV, D, device=DEV).to(dtype)
+        kc, vc = kv[:, :, 0], kv[:, :, 1]
+    kd, vd = kc.contiguous(), vc.contiguous()
+    kn, vn = _view((N, HKV, D), dtype, how), _view((N, HKV, D), dtype, how)
+    pos = torch.tensor([7, 90, 0], device=DEV)
+    slots = torch.tensor([4, 0, 2], device=DEV, dtype=torch.int32)
+    ops.swa_cache_write(kn, vn, kc, vc, pos, slots)
+    ops.swa_cache_write(kn.contiguous(), vn.contiguous(), kd, vd, pos, slots)
+    assert torch.equal(kc, kd) and torch.equal(vc, vd)
+    q = _view((N, H, D), dtype, how)
+    lens = pos + 1
+    sk, sv = _view((4, HKV, D), dtype, how), _view((4, HKV, D), dtype, how)
+    for sinks in ((None, None), (sk, sv)):
+        o = ops.swa_decode(q, kc, vc, lens, W, D ** -0.5, slots, *sinks)
+        o0 = ops.swa_decode(q.contiguous(), kd, vd, lens, W, D ** -0.5, slots,
+                            *(None if s is None else s.contiguous() for s in sinks))
+        assert o.is_contiguous() and torch.equal(o, o0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_swa_attn_fused_projection_views(ops, dtype):
+    """swa_attn on q/k/v split from one fused projection (the sm_90 kernels copy them for TMA; Triton
+    reads them in place) equals the call on dense copies."""
+    B, T, H, HKV, D = 2, 200, 8, 2, 128
+    qkv = torch.randn(B, T, (H + 2 * HKV) * D, device=DEV).to(dtype)
+    q, k, v = qkv.split([H * D, HKV * D, HKV * D], dim=-1)
+    q, k, v = q.view(B, T, H, D), k.view(B, T, HKV, D), v.view(B, T, HKV, D)
+    o, lse = ops.swa_attn(q, k, v, 64, D ** -0.5, None, None, None)
+    o0, lse0 = ops.swa_attn(q.contiguous(), k.contiguous(), v.contiguous(), 64, D ** -0.5, None, None, None)
+    assert torch.equal(o, o0) and torch.equal(lse, lse0)
+
+
+# ------------------------------------------------------------------------------ swa_decode sinks
+def ref_swa_decode_sinks(q, kc, vc, lens, window, scale, slots, sk, sv):
+    """float64: each query attends the M sinks and cached positions max(0, L-1-window, L-C) .. L-1."""
+    N, H, D = q.shape
+    C, HKV = kc.shape[1], kc.shape[2]
+    G = H // HKV
+    out = torch.empty(N, H, D, dtype=torch.float64)
+    for i in range(N):
+        L, s = int(lens[i]), int(slots[i])
+        lo = max(0, L - C, L - 1 - window if window >= 0 else 0)
+        rows = torch.tensor([p % C for p in range(lo, L)], dtype=torch.long)
+        keys = torch.cat([sk.double(), kc[s, rows].double()])      # [M + n, HKV, D]
+        vals = torch.cat([sv.double(), vc[s, rows].double()])
+        for h in range(H):
+            p = torch.softmax(scale * keys[:, h // G] @ q[i, h].double(), 0)
+            out[i, h] = p @ vals[:, h // G]
+    return out
+
+
+# bf16 / fp16: the tensor-core kernel; float32: the CUDA-core kernel.  Long windows take several splits,
+# with the sinks in the first split's keys; L > C reads only what the ring still holds.
+@pytest.mark.parametrize("N,H,HKV,D,window,C,L,M", [(2, 8, 2, 128, 4096, 4097, 5000, 4), (3, 28, 4, 128, 60, 61, 30, 1),
+                                                    (2, 16, 1, 64, -1, 300, 900, 128), (4, 20, 2, 64, 100, 101, 101, 3)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_swa_decode_with_sinks_matches_float64(ops, N, H, HKV, D, window, C, L, M, dtype):
+    S = N + 1
+    kc = torch.randn(S, C, HKV, D, device=DEV).to(dtype)
+    vc = torch.randn(S, C, HKV, D, device=DEV).to(dtype)
+    sk = (torch.randn(M, HKV, D, device=DEV) * 2).to(dtype)    # large sink scores: a visible contribution
+    sv = torch.randn(M, HKV, D, device=DEV).to(dtype)
+    slots = torch.randperm(S, device=DEV)[:N]
+    lens = torch.randint(max(1, L // 2), L + 1, (N,), device=DEV)
+    q = torch.randn(N, H, D, device=DEV).to(dtype)
+    o = ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots, sk, sv)
+    ref = ref_swa_decode_sinks(q.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), window, D ** -0.5, slots.cpu(), sk.cpu(), sv.cpu())
+    close(o, ref, TOL[dtype])
+    without = ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots)
+    assert R.rel_err(without, ref) > 10 * TOL[dtype]           # the sinks change the result
+    empty = torch.empty(0, HKV, D, device=DEV, dtype=dtype)    # M = 0 is the sink-free call
+    assert torch.equal(ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots, empty, empty), without)

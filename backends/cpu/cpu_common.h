@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -21,6 +23,9 @@ struct Sequences {
 
 // Without cu_seqlens every batch row is one sequence; with it (B must be 1) sequence n covers
 // tokens cu[n] .. cu[n+1]-1.  Tokens no sequence covers get zero outputs and gradients.
+// Bad-data guard: the frontend checks cu_seqlens on CPU tensors by default; unchecked, each offset
+// is clamped into [0, T] and raised to the previous one (a running max), so every range lies in
+// [0, T] and nothing is read or written out of bounds (the result for such input is unspecified).
 inline Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, const char* op) {
   Sequences s;
   if (!cu_seqlens.has_value()) {
@@ -37,12 +42,12 @@ inline Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, co
   TORCH_CHECK(B == 1, op, ": with cu_seqlens the batch size must be 1, got B=", B);
   const at::Tensor c = cu.to(at::kLong).contiguous();
   const int64_t* p = c.data_ptr<int64_t>();
+  int64_t prev = std::min<int64_t>(std::max<int64_t>(p[0], 0), T);
   for (int64_t n = 0; n + 1 < c.numel(); ++n) {
-    TORCH_CHECK(0 <= p[n] && p[n] <= p[n + 1] && p[n + 1] <= T, op,
-                ": cu_seqlens must be non-decreasing within [0, T=", T, "], got cu_seqlens[", n,
-                "]=", p[n], ", cu_seqlens[", n + 1, "]=", p[n + 1]);
-    s.start.push_back(p[n]);
-    s.len.push_back(p[n + 1] - p[n]);
+    const int64_t next = std::max(prev, std::min<int64_t>(std::max<int64_t>(p[n + 1], 0), T));
+    s.start.push_back(prev);
+    s.len.push_back(next - prev);
+    prev = next;
   }
   return s;
 }
@@ -52,18 +57,34 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
               t.sizes());
 }
 
-// Values of an int32/int64 index tensor [n] as int64, each checked to lie in [lo, hi).
-inline std::vector<int64_t> index_vector(const at::Tensor& t, int64_t n, int64_t lo, int64_t hi,
-                                         const char* op, const char* name) {
+// Values of an int32/int64 index tensor [n] as int64, unchecked: the kernels guard each value
+// themselves (the frontend range-checks them on CPU tensors by default).
+inline std::vector<int64_t> index_values(const at::Tensor& t, int64_t n, const char* op,
+                                         const char* name) {
   SBOPS_CHECK_INDEX_DTYPE(t);
   TORCH_CHECK(t.dim() == 1 && t.numel() == n, op, ": ", name, " must have shape [", n, "], got ",
               t.sizes());
   const at::Tensor c = t.to(at::kLong).contiguous();
-  std::vector<int64_t> idx(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n);
-  for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK(lo <= idx[i] && idx[i] < hi, op, ": ", name, "[", i, "]=", idx[i],
-                " is out of range [", lo, ", ", hi, ")");
-  return idx;
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n);
+}
+
+// Slot of each of N sequences: `indices` (unchecked values), or i when absent (then N <= S).
+inline std::vector<int64_t> slot_values(const OptTensor& indices, int64_t N, int64_t S,
+                                        const char* op, const char* name) {
+  if (indices.has_value()) return index_values(*indices, N, op, name);
+  TORCH_CHECK(N <= S, op, ": without ", name, " sequence i uses slot i, but there are only ", S,
+              " slots for ", N, " sequences");
+  std::vector<int64_t> slots(N);
+  for (int64_t i = 0; i < N; ++i) slots[i] = i;
+  return slots;
+}
+
+// A tensor updated in place (decode state, KV caches) is addressed through its strides; only its
+// last dimension must be contiguous.
+inline void check_inplace(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
+              " is updated in place and must have a contiguous last dimension (stride 1), got "
+              "strides ", t.strides());
 }
 
 }  // namespace sbops::cpu

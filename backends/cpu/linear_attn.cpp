@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -26,7 +27,7 @@
 
 namespace {
 
-using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, index_vector
+using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, slot_values
 
 // How g is laid out: absent, one log-decay per (token, KV head), or one per key channel.
 enum class GateMode { kNone, kPerHead, kPerKey };
@@ -335,12 +336,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_at
 
 // ---------------------------------------------------------------------------- decode
 // One recurrence step per sequence on its state slot, updated in place in the state's dtype.
+// The state is addressed through its strides (only its last dimension must be contiguous).
+// Bad-data guard: a sequence whose slot lies outside [0, S) touches no state and gets a NaN
+// output row (the frontend range-checks state_indices on CPU tensors by default).
 template <typename acc_t, typename state_t>
 at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const OptTensor& g, const at::Tensor& state,
                                    const std::vector<int64_t>& slots, GateMode mode,
                                    double scale_d) {
-  const int64_t N = q.size(0);
+  const int64_t N = q.size(0), S_slots = state.size(0);
   const Dims d{q.size(1), k.size(1), q.size(2), v.size(2)};
   const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
   const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
@@ -354,6 +358,7 @@ at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, con
   const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
   acc_t* out_p = o.data_ptr<acc_t>();
   state_t* sp = state.data_ptr<state_t>();
+  const int64_t ss0 = state.stride(0), ss1 = state.stride(1), ss2 = state.stride(2);
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t KV = d.K * d.V, G = d.group();
 
@@ -361,11 +366,19 @@ at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, con
     std::vector<acc_t> S(KV);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / d.HKV, kh = item % d.HKV;
-      state_t* slot = sp + (slots[i] * d.HKV + kh) * KV;
-      for (int64_t e = 0; e < KV; ++e) S[e] = static_cast<acc_t>(slot[e]);
+      if (slots[i] < 0 || slots[i] >= S_slots) {  // bad slot: NaN rows, no state touched
+        for (int64_t h = kh * G; h < (kh + 1) * G; ++h)
+          std::fill(out_p + (i * d.H + h) * d.V, out_p + (i * d.H + h + 1) * d.V,
+                    std::numeric_limits<acc_t>::quiet_NaN());
+        continue;
+      }
+      state_t* slot = sp + slots[i] * ss0 + kh * ss1;
+      for (int64_t a = 0; a < d.K; ++a)
+        for (int64_t b = 0; b < d.V; ++b) S[a * d.V + b] = static_cast<acc_t>(slot[a * ss2 + b]);
       recurrence_step(S.data(), kp + item * d.K, vp + item * d.V, gate_at(gp, mode, i, kh, d),
                       mode, d.K, d.V);
-      for (int64_t e = 0; e < KV; ++e) slot[e] = static_cast<state_t>(S[e]);
+      for (int64_t a = 0; a < d.K; ++a)
+        for (int64_t b = 0; b < d.V; ++b) slot[a * ss2 + b] = static_cast<state_t>(S[a * d.V + b]);
       for (int64_t h = kh * G; h < (kh + 1) * G; ++h)
         readout(S.data(), qp + (i * d.H + h) * d.K, scale, out_p + (i * d.H + h) * d.V, d.K, d.V);
     }
@@ -382,19 +395,13 @@ at::Tensor linear_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k, cons
   const GateMode mode = gate_mode(g, {N}, HKV, K, op);
   TORCH_CHECK(state.dim() == 4 && state.size(1) == HKV && state.size(2) == K && state.size(3) == V,
               op, ": state must have shape [S, ", HKV, ", ", K, ", ", V, "], got ", state.sizes());
-  TORCH_CHECK(state.is_contiguous(), op, ": state must be contiguous (it is updated in place)");
+  check_inplace(state, op, "state");
   const int64_t S = state.size(0);
-  std::vector<int64_t> slots;
-  if (state_indices.has_value()) {
-    slots = index_vector(*state_indices, N, 0, S, op, "state_indices");
-  } else {
-    TORCH_CHECK(N <= S, op, ": without state_indices sequence i uses slot i, but state has only ",
-                S, " slots for ", N, " sequences");
-    for (int64_t i = 0; i < N; ++i) slots.push_back(i);
-  }
-  // Two sequences on one slot would race on the in-place update.
+  const std::vector<int64_t> slots = slot_values(state_indices, N, S, op, "state_indices");
+  // Two sequences on one slot would race on the in-place update (a host check: CPU data).
   std::vector<bool> used(S, false);
   for (int64_t i = 0; i < N; ++i) {
+    if (slots[i] < 0 || slots[i] >= S) continue;
     TORCH_CHECK(!used[slots[i]], op, ": state_indices holds slot ", slots[i], " twice");
     used[slots[i]] = true;
   }

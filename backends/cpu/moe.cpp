@@ -3,8 +3,8 @@
 // Straightforward loops over raw pointers: float inputs are converted to the compute dtype
 // (float32, or float64 when an input is float64) and made contiguous, index inputs to int64;
 // results are converted to the output dtype at the end.  Independent rows (tokens) are split
-// over threads with at::parallel_for.  Data-dependent checks (expert ids out of range, rows out
-// of range) run serially before the parallel loops so errors never come from a worker thread.
+// over threads with at::parallel_for.  Index data is never trusted: expert ids outside [0, E) and
+// row_map entries outside [0, R) are treated as dropped slots (routed_expert_ids, routed_row_map).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -41,30 +41,28 @@ void check_index_dtype(const at::Tensor& t, const char* op, const char* name) {
               " must be int32 or int64, got ", t.scalar_type());
 }
 
-// Expert ids as a contiguous int64 copy, checked: every id must be < num_experts (ids < 0 mark
-// dropped slots and are allowed).
-at::Tensor checked_expert_ids(const at::Tensor& ids, int64_t num_experts, const char* op) {
+// Expert ids as a contiguous int64 copy in which every id outside [0, num_experts) reads -1.
+// Bad-data guard: ids < 0 mark dropped slots; ids >= num_experts are treated the same way (the
+// frontend range-checks ids on CPU tensors by default), so no index leaves the expert range.
+at::Tensor routed_expert_ids(const at::Tensor& ids, int64_t num_experts, const char* op) {
   check_index_dtype(ids, op, "ids");
   TORCH_CHECK(num_experts >= 1, op, ": num_experts must be >= 1, got ", num_experts);
   at::Tensor flat = ids.to(at::kLong).contiguous();
-  const int64_t* p = flat.const_data_ptr<int64_t>();
-  int64_t largest = -1;
-  for (int64_t i = 0; i < flat.numel(); ++i) largest = std::max(largest, p[i]);
-  TORCH_CHECK(largest < num_experts, op, ": ids holds expert id ", largest, " but num_experts = ",
-              num_experts, " (ids must be < num_experts; negative ids mark dropped slots)");
+  int64_t* p = flat.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < flat.numel(); ++i)
+    if (p[i] >= num_experts || p[i] < 0) p[i] = -1;
   return flat;
 }
 
-// row_map as a contiguous int64 copy, checked: every entry must be < rows (negative = dropped).
-at::Tensor checked_row_map(const at::Tensor& row_map, int64_t rows, const char* op) {
+// row_map as a contiguous int64 copy in which every entry outside [0, rows) reads -1.
+// Bad-data guard: -1 marks a dropped slot; entries < -1 or >= rows are treated the same way.
+at::Tensor routed_row_map(const at::Tensor& row_map, int64_t rows, const char* op) {
   check_index_dtype(row_map, op, "row_map");
   TORCH_CHECK(row_map.dim() == 2, op, ": row_map must be [T, k], got shape ", row_map.sizes());
   at::Tensor rm = row_map.to(at::kLong).contiguous();
-  const int64_t* p = rm.const_data_ptr<int64_t>();
-  int64_t largest = -1;
-  for (int64_t i = 0; i < rm.numel(); ++i) largest = std::max(largest, p[i]);
-  TORCH_CHECK(largest < rows, op, ": row_map holds row ", largest, " but the permuted tensor has ",
-              rows, " rows");
+  int64_t* p = rm.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < rm.numel(); ++i)
+    if (p[i] >= rows || p[i] < 0) p[i] = -1;
   return rm;
 }
 
@@ -208,11 +206,10 @@ at::Tensor topk_gating_bwd_cpu(const at::Tensor& grad_weights, const at::Tensor&
   const int64_t k = ids.size(1);
   TORCH_CHECK(grad_weights.sizes() == ids.sizes(), op, ": grad_weights must have ids' shape ",
               ids.sizes(), ", got ", grad_weights.sizes());
-  const at::Tensor idc = checked_expert_ids(ids, E, op);
+  // Bad-data guard: a slot whose id lies outside [0, E) (never produced by topk_gating) is
+  // skipped: it contributes neither to Z nor to any gradient.
+  const at::Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
-  int64_t smallest = 0;
-  for (int64_t i = 0; i < idc.numel(); ++i) smallest = std::min(smallest, ip[i]);
-  TORCH_CHECK(smallest >= 0, op, ": ids holds ", smallest, "; every slot must name an expert");
 
   const at::ScalarType cdt = compute_dtype({logits, grad_weights});
   const at::Tensor lc = logits.to(cdt).contiguous();
@@ -236,12 +233,15 @@ at::Tensor topk_gating_bwd_cpu(const at::Tensor& grad_weights, const at::Tensor&
         if (renormalize) {
           scalar_t z = 0, gws = 0;  // Z and sum_i gw_i s_{p_i}
           for (int64_t j = 0; j < k; ++j) {
+            if (pick[j] < 0) continue;
             z += s[pick[j]];
             gws += gw[j] * s[pick[j]];
           }
-          for (int64_t j = 0; j < k; ++j) ds[pick[j]] += c * (gw[j] / z - gws / (z * z));
+          for (int64_t j = 0; j < k; ++j)
+            if (pick[j] >= 0) ds[pick[j]] += c * (gw[j] / z - gws / (z * z));
         } else {
-          for (int64_t j = 0; j < k; ++j) ds[pick[j]] += c * gw[j];
+          for (int64_t j = 0; j < k; ++j)
+            if (pick[j] >= 0) ds[pick[j]] += c * gw[j];
         }
 
         // d loss / d logits through softmax or sigmoid.
@@ -272,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute_cpu(const at::Tensor&
   TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0), op, ": ids must be [T, k] with T = ",
               x.size(0), ", got shape ", ids.sizes());
   const int64_t T = ids.size(0), k = ids.size(1), Hd = x.size(1), E = num_experts;
-  const at::Tensor idc = checked_expert_ids(ids, E, op);
+  const at::Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
 
   // Offsets: exclusive prefix sum of the per-expert counts.
@@ -310,7 +310,7 @@ at::Tensor moe_permute_bwd_cpu(const at::Tensor& grad_x_perm, const at::Tensor& 
   TORCH_CHECK(grad_x_perm.dim() == 2, op, ": grad_x_perm must be [R, Hd], got shape ",
               grad_x_perm.sizes());
   const int64_t R = grad_x_perm.size(0), Hd = grad_x_perm.size(1);
-  const at::Tensor rmc = checked_row_map(row_map, R, op);
+  const at::Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
   const int64_t* rm = rmc.const_data_ptr<int64_t>();
 
@@ -349,7 +349,7 @@ at::Tensor moe_unpermute_cpu(const at::Tensor& y_perm, const at::Tensor& row_map
   const char* op = "moe_unpermute";
   check_unpermute_shapes(y_perm, row_map, weights, op);
   const int64_t R = y_perm.size(0), Hd = y_perm.size(1);
-  const at::Tensor rmc = checked_row_map(row_map, R, op);
+  const at::Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
   const int64_t* rm = rmc.const_data_ptr<int64_t>();
 
@@ -385,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_
   const char* op = "moe_unpermute_bwd";
   check_unpermute_shapes(y_perm, row_map, weights, op);
   const int64_t R = y_perm.size(0), Hd = y_perm.size(1);
-  const at::Tensor rmc = checked_row_map(row_map, R, op);
+  const at::Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
   TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == T && grad_y.size(1) == Hd, op,
               ": grad_y must be [T, Hd] = [", T, ", ", Hd, "], got shape ", grad_y.sizes());
@@ -444,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size_cpu(const at
   const char* op = "moe_align_block_size";
   TORCH_CHECK(block_size >= 1, op, ": block_size must be >= 1, got ", block_size);
   const int64_t E = num_experts;
-  const at::Tensor idc = checked_expert_ids(ids, E, op);
+  const at::Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
   const int64_t n = idc.numel();
   const int64_t max_padded = n + E * (block_size - 1);
@@ -481,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size_cpu(const at
 // ---------------------------------------------------------------------------------------------
 // expert_counts(ids, E) -> int64 [E]: histogram of routed ids (ids < 0 skipped).
 at::Tensor expert_counts_cpu(const at::Tensor& ids, int64_t num_experts) {
-  const at::Tensor idc = checked_expert_ids(ids, num_experts, "expert_counts");
+  const at::Tensor idc = routed_expert_ids(ids, num_experts, "expert_counts");
   const int64_t* ip = idc.const_data_ptr<int64_t>();
   at::Tensor counts = at::zeros({num_experts}, ids.options().dtype(at::kLong));
   int64_t* cp = counts.mutable_data_ptr<int64_t>();

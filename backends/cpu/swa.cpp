@@ -25,18 +25,7 @@
 
 namespace {
 
-using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, index_vector
-
-// Slot of each sequence: slot_indices, or i when absent.
-std::vector<int64_t> slot_vector(const OptTensor& slot_indices, int64_t N, int64_t S,
-                                 const char* op) {
-  if (slot_indices.has_value()) return index_vector(*slot_indices, N, 0, S, op, "slot_indices");
-  TORCH_CHECK(N <= S, op, ": without slot_indices sequence i uses slot i, but the cache has only ",
-              S, " slots for ", N, " sequences");
-  std::vector<int64_t> slots(N);
-  for (int64_t i = 0; i < N; ++i) slots[i] = i;
-  return slots;
-}
+using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, slot_values, check_inplace
 
 // First key a query at (sequence-local) position i sees.
 int64_t first_key(int64_t i, int64_t window) {
@@ -292,37 +281,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_
 }
 
 // ---------------------------------------------------------------------------- decode
-// Sequence i (length L, the current token already written) attends its cached positions
-// max(0, L-1-window) .. L-1; position p lives at row p % C of its slot.
+// Sequence i (length L, the current token already written) attends the M sink keys and its cached
+// positions lo .. L-1, lo = max(0, L-1-window, L-C): position p lives at row p % C of its slot, so
+// a sequence longer than the ring's capacity C attends the positions the ring still holds.
+// The caches are addressed through their strides (read in place, in their dtype).
+// Bad-data guard: a sequence whose slot lies outside [0, S) or whose seq_len is < 1 gets a NaN
+// output row and reads nothing (the frontend checks both on CPU tensors by default).
 template <typename acc_t, typename cache_t>
 at::Tensor swa_decode_impl(const at::Tensor& q, const at::Tensor& k_cache,
                            const at::Tensor& v_cache, const std::vector<int64_t>& seq_lens,
-                           const std::vector<int64_t>& slots, int64_t window, double scale_d) {
-  const int64_t N = q.size(0), C = k_cache.size(1);
-  const Dims d{q.size(1), k_cache.size(2), q.size(2), v_cache.size(3), 0};
+                           const std::vector<int64_t>& slots, int64_t window, double scale_d,
+                           const OptTensor& sink_k, const OptTensor& sink_v) {
+  const int64_t N = q.size(0), S = k_cache.size(0), C = k_cache.size(1);
+  const Dims d{q.size(1), k_cache.size(2), q.size(2), v_cache.size(3), sink_k ? sink_k->size(0) : 0};
   const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
   const at::Tensor qc = q.to(acc).contiguous();
-  const at::Tensor kcc = k_cache.contiguous(), vcc = v_cache.contiguous();
+  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
+  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
   at::Tensor o = at::zeros({N, d.H, d.DV}, q.options().dtype(acc));
 
   const acc_t* qp = qc.data_ptr<acc_t>();
-  const cache_t* kp = kcc.data_ptr<cache_t>();
-  const cache_t* vp = vcc.data_ptr<cache_t>();
+  const cache_t* kp = k_cache.data_ptr<cache_t>();
+  const cache_t* vp = v_cache.data_ptr<cache_t>();
+  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
   acc_t* out_p = o.data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
+  const auto ks = k_cache.strides(), vs = v_cache.strides();
 
   at::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> krow(d.D), p;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / d.H, h = item % d.H, kh = h / d.group();
-      const int64_t L = seq_lens[i], lo = first_key(L - 1, window), n_keys = L - lo;
-      auto row_of = [&](int64_t s) { return (slots[i] * C + (lo + s) % C) * d.HKV + kh; };
-      auto key_at = [&](int64_t s) { return kp + row_of(s) * d.D; };
-      std::vector<acc_t> p(n_keys);
-      softmax_row(qp + item * d.D, key_at, n_keys, d.D, scale, p.data());
       acc_t* orow = out_p + item * d.DV;
+      const int64_t L = seq_lens[i], slot = slots[i];
+      if (L < 1 || slot < 0 || slot >= S) {  // bad length or slot: NaN row, nothing read
+        std::fill(orow, orow + d.DV, std::numeric_limits<acc_t>::quiet_NaN());
+        continue;
+      }
+      const int64_t lo = std::max(first_key(L - 1, window), L - C), n_keys = d.M + L - lo;
+      // Visible key s: the M sinks first, then cached positions lo .. L-1.
+      auto cache_off = [&](int64_t s, c10::IntArrayRef st) {
+        return slot * st[0] + ((lo + s - d.M) % C) * st[1] + kh * st[2];
+      };
+      auto key_at = [&](int64_t s) -> const acc_t* {
+        if (s < d.M) return skp + (s * d.HKV + kh) * d.D;
+        const cache_t* kr = kp + cache_off(s, ks);
+        for (int64_t e = 0; e < d.D; ++e) krow[e] = static_cast<acc_t>(kr[e * ks[3]]);
+        return krow.data();
+      };
+      p.resize(n_keys);
+      softmax_row(qp + item * d.D, key_at, n_keys, d.D, scale, p.data());
       for (int64_t s = 0; s < n_keys; ++s) {
-        const cache_t* vrow = vp + row_of(s) * d.DV;
-        for (int64_t e = 0; e < d.DV; ++e) orow[e] += p[s] * static_cast<acc_t>(vrow[e]);
+        if (s < d.M) {
+          const acc_t* vrow = svp + (s * d.HKV + kh) * d.DV;
+          for (int64_t e = 0; e < d.DV; ++e) orow[e] += p[s] * vrow[e];
+        } else {
+          const cache_t* vrow = vp + cache_off(s, vs);
+          for (int64_t e = 0; e < d.DV; ++e) orow[e] += p[s] * static_cast<acc_t>(vrow[e * vs[3]]);
+        }
       }
     }
   });
@@ -341,38 +358,45 @@ void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const ch
 
 at::Tensor swa_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                           const at::Tensor& seq_lens, int64_t window, double scale,
-                          const OptTensor& slot_indices) {
+                          const OptTensor& slot_indices, const OptTensor& sink_k,
+                          const OptTensor& sink_v) {
   const char* op = "swa_decode";
   check_caches(k_cache, v_cache, op);
   TORCH_CHECK(q.dim() == 3 && q.size(2) == k_cache.size(3), op, ": q must be [N, H, ",
               k_cache.size(3), "], got shape ", q.sizes());
-  const int64_t N = q.size(0), HKV = k_cache.size(2), C = k_cache.size(1);
+  const int64_t N = q.size(0), HKV = k_cache.size(2);
   TORCH_CHECK(q.size(1) % HKV == 0, op, ": the number of query heads (", q.size(1),
               ") must be a multiple of the number of KV heads (", HKV, ")");
   TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
               ": k_cache and v_cache must have the same dtype, got ", k_cache.scalar_type(),
               " and ", v_cache.scalar_type());
-  const std::vector<int64_t> lens =
-      index_vector(seq_lens, N, 1, std::numeric_limits<int64_t>::max(), op, "seq_lens");
-  const std::vector<int64_t> slots = slot_vector(slot_indices, N, k_cache.size(0), op);
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t n_keys = lens[i] - first_key(lens[i] - 1, window);
-    TORCH_CHECK(n_keys <= C, op, ": sequence ", i, " (seq_len ", lens[i], ", window ", window,
-                ") attends ", n_keys, " positions but the ring buffer holds only C=", C);
+  TORCH_CHECK(sink_k.has_value() == sink_v.has_value(), op,
+              ": sink_k and sink_v must be given together");
+  if (sink_k.has_value()) {
+    TORCH_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(2), op,
+                ": sink_k must be [M, ", HKV, ", ", q.size(2), "], got ", sink_k->sizes());
+    check_shape(*sink_v, {sink_k->size(0), HKV, v_cache.size(3)}, op, "sink_v");
   }
+  const std::vector<int64_t> lens = index_values(seq_lens, N, op, "seq_lens");
+  const std::vector<int64_t> slots = slot_values(slot_indices, N, k_cache.size(0), op, "slot_indices");
   at::Tensor o;
   const auto cache_dtype = k_cache.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cache_dtype, "swa_decode", [&] {
     if (q.scalar_type() == at::kDouble)
-      o = swa_decode_impl<double, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale);
+      o = swa_decode_impl<double, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale,
+                                            sink_k, sink_v);
     else
-      o = swa_decode_impl<float, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale);
+      o = swa_decode_impl<float, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale,
+                                           sink_k, sink_v);
   });
   return o;
 }
 
 // k/v of the token at positions[i] go to row positions[i] % C of slot slot_indices[i], converted
 // to the caches' dtype.  Rows are written in order i = 0 .. N-1 (a later row wins on a clash).
+// The caches are addressed through their strides; their last dimension must be contiguous.
+// Bad-data guard: a row whose slot lies outside [0, S) or whose position is < 0 is not written
+// (the frontend checks both on CPU tensors by default).
 void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
                          const at::Tensor& v_cache, const at::Tensor& positions,
                          const OptTensor& slot_indices) {
@@ -383,20 +407,24 @@ void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Ten
               ": k must be [N, ", HKV, ", ", k_cache.size(3), "], got shape ", k.sizes());
   const int64_t N = k.size(0);
   check_shape(v, {N, HKV, v_cache.size(3)}, op, "v");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), op,
-              ": k_cache and v_cache must be contiguous (they are written in place)");
-  const std::vector<int64_t> pos =
-      index_vector(positions, N, 0, std::numeric_limits<int64_t>::max(), op, "positions");
-  const std::vector<int64_t> slots = slot_vector(slot_indices, N, S, op);
+  check_inplace(k_cache, op, "k_cache");
+  check_inplace(v_cache, op, "v_cache");
+  const std::vector<int64_t> pos = index_values(positions, N, op, "positions");
+  const std::vector<int64_t> slots = slot_values(slot_indices, N, S, op, "slot_indices");
 
-  // One token's [HKV, D] block of a cache, byte-copied from the input converted to its dtype.
+  // One token's [HKV, D] block of a cache: HKV rows of D elements, byte-copied from the input
+  // converted to the cache's dtype.
   auto write = [&](const at::Tensor& x, const at::Tensor& cache) {
     const at::Tensor xc = x.to(cache.scalar_type()).contiguous();
-    const int64_t bytes = HKV * cache.size(3) * cache.element_size();
+    const int64_t es = cache.element_size(), row_bytes = cache.size(3) * es;
     const char* src = static_cast<const char*>(xc.data_ptr());
     char* dst = static_cast<char*>(cache.data_ptr());
-    for (int64_t i = 0; i < N; ++i)
-      std::memcpy(dst + (slots[i] * C + pos[i] % C) * bytes, src + i * bytes, bytes);
+    for (int64_t i = 0; i < N; ++i) {
+      if (slots[i] < 0 || slots[i] >= S || pos[i] < 0) continue;  // bad row: not written
+      char* base = dst + (slots[i] * cache.stride(0) + (pos[i] % C) * cache.stride(1)) * es;
+      for (int64_t kh = 0; kh < HKV; ++kh)
+        std::memcpy(base + kh * cache.stride(2) * es, src + (i * HKV + kh) * row_bytes, row_bytes);
+    }
   };
   write(k, k_cache);
   write(v, v_cache);

@@ -30,7 +30,7 @@ OPS = {
                             "they apply (tuning/sm90.json)"),
     "linear_attn_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"gate_per_head", "gate_per_key"}),
                                  impl="cuda c++"),
-    "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal"}), impl="cuda c++"),
+    "swa_decode": OpCaps(LOWP, head_dims=(64, 128), features=frozenset({"full_causal", "sinks"}), impl="cuda c++"),
     "swa_cache_write": OpCaps(LOWP, impl="cuda c++"),
     "spike_encode": OpCaps(LOWP, impl="cuda c++"),
     "spike_quant": OpCaps(LOWP, impl="cuda c++"),

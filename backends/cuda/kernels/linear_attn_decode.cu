@@ -1,5 +1,8 @@
 // GQA-native gated linear attention decode step.  Torch-free.
 //
+// Operands are read in place through their element strides (LaDecodeStrides: views such as
+// q[:, t] or splits of a fused projection need no copy); the state is updated in place through
+// its strides with 16-byte vector accesses (the binding guarantees aligned rows).
 // One block per (sequence, KV head, column slice of the state).  The [K, V] state tile is read
 // once and written once; its H/HKV query heads share it.  Thread layout inside a warp: groups of
 // kRowLanes consecutive lanes hold the same state columns for different rows, so the q.S row
@@ -24,7 +27,7 @@ __global__ void __launch_bounds__(kLaBlock)
 la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v, DType qt,
                  const void* __restrict__ g, DType gt, int gate_mode, ST* __restrict__ state,
                  const void* __restrict__ idx, bool idx64, int64_t num_slots, void* __restrict__ o, int HKV, int G, int V,
-                 float scale, int64_t nh0) {
+                 float scale, LaDecodeStrides st, int64_t nh0) {
   constexpr int VEC = vec16<ST>();
   constexpr int VB = kColGroups * VEC;  // state columns per block
   constexpr int ROWS = K / kRowSubsets;  // state rows per thread
@@ -42,14 +45,18 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   const int c0 = blockIdx.x * VB + cg * VEC;
   const bool active = c0 < V;  // V % VEC == 0 (checked by the launcher)
   const int64_t slot = idx ? load_index(idx, idx64, n) : n;
-  if (slot < 0 || slot >= num_slots) {  // invalid slot: touch no state, output NaN (block-uniform)
+  // Bad-data guard: an invalid slot touches no state and outputs NaN (block-uniform).
+  if (slot < 0 || slot >= num_slots) {
     for (int i = threadIdx.x; i < G * VB; i += blockDim.x) {
       const int col = blockIdx.x * VB + i % VB;
       if (col < V) store_float(o, qt, (nh * G + i / VB) * V + col, NAN);
     }
     return;
   }
-  ST* S = state + (slot * HKV + hk) * static_cast<int64_t>(K) * V;
+  ST* S = state + slot * st.s0 + hk * st.s1;  // row kk at S + kk * st.s2
+  const int64_t q_base = n * st.q0 + static_cast<int64_t>(hk) * G * st.q1;  // query head hk*G + h: + h * st.q1
+  const int64_t k_base = n * st.k0 + hk * st.k1, v_base = n * st.v0 + hk * st.v1;
+  const int64_t g_base = n * st.g0 + hk * st.g1;
 
   // The G query heads' q rows: loads issued here, before the state's, so their latencies overlap
   // (read inside the head loop below they were G dependent round trips: most of a B=1 step).
@@ -59,14 +66,14 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
 #pragma unroll
     for (int j = 0; j < kQRegs; ++j) {
       const int i = threadIdx.x + j * kLaBlock;
-      qr[j] = i < G * K ? load_float(q, qt, nh * G * K + i) : 0.f;
+      qr[j] = i < G * K ? load_float(q, qt, q_base + (i / K) * st.q1 + i % K) : 0.f;
     }
   }
 
   float vv[VEC];
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) vv[e] = active ? load_float(v, qt, nh * V + c0 + e) : 0.f;
-  const float head_decay = gate_mode == static_cast<int>(GateMode::PerHead) ? expf(load_float(g, gt, nh)) : 1.f;
+  for (int e = 0; e < VEC; ++e) vv[e] = active ? load_float(v, qt, v_base + c0 + e) : 0.f;
+  const float head_decay = gate_mode == static_cast<int>(GateMode::PerHead) ? expf(load_float(g, gt, g_base)) : 1.f;
 
   // New state rows kk = r * kRowSubsets + ksub, kept in registers for the outputs.  Every load of
   // the pass (state rows, k, g) is issued before the first use: with the loads inside the update
@@ -76,12 +83,12 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   float kr[ROWS], gr[ROWS];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
-    if (active) old[r] = *reinterpret_cast<const Vec<ST, VEC>*>(S + static_cast<int64_t>(r * kRowSubsets + ksub) * V + c0);
+    if (active) old[r] = *reinterpret_cast<const Vec<ST, VEC>*>(S + static_cast<int64_t>(r * kRowSubsets + ksub) * st.s2 + c0);
   }
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) kr[r] = load_float(k, qt, nh * K + r * kRowSubsets + ksub);
+  for (int r = 0; r < ROWS; ++r) kr[r] = load_float(k, qt, k_base + r * kRowSubsets + ksub);
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) gr[r] = per_key ? load_float(g, gt, nh * K + r * kRowSubsets + ksub) : 0.f;
+  for (int r = 0; r < ROWS; ++r) gr[r] = per_key ? load_float(g, gt, g_base + r * kRowSubsets + ksub) : 0.f;
   float s[ROWS][VEC];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
@@ -94,7 +101,7 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
         s[r][e] = d * to_float(old[r].v[e]) + kr[r] * vv[e];
         nw.v[e] = from_float<ST>(s[r][e]);
       }
-      *reinterpret_cast<Vec<ST, VEC>*>(S + static_cast<int64_t>(kk) * V + c0) = nw;
+      *reinterpret_cast<Vec<ST, VEC>*>(S + static_cast<int64_t>(kk) * st.s2 + c0) = nw;
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) s[r][e] = 0.f;
@@ -112,7 +119,7 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
 
   // o[h, cols] = scale * sum_rows q[h, row] * S[row, cols]
   for (int h = 0; h < G; ++h) {
-    const int64_t qrow = (nh * G + h) * K;  // query head hk * G + h of sequence n
+    const int64_t qrow = q_base + h * st.q1;  // query head hk * G + h of sequence n
     float acc[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
@@ -145,9 +152,10 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
 template <typename ST, int K>
 cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, const void* g, DType gt, int gm,
                          void* state, const void* idx, bool idx64, int64_t ns, void* o, int64_t N, int HKV, int G,
-                         int V, float scale, cudaStream_t st) {
+                         int V, float scale, const LaDecodeStrides& strides, cudaStream_t st) {
   constexpr int VB = kColGroups * vec16<ST>();
-  if (V % vec16<ST>() != 0 || !aligned_to(state, 16)) return cudaErrorInvalidValue;
+  if (V % vec16<ST>() != 0 || !rows_aligned16(state, sizeof(ST), strides.s0, strides.s1, strides.s2))
+    return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * (kLaWarps * G * VB + (G * K <= kQRegs * kLaBlock ? G * K : 0));
   if (smem > kDefaultDynamicSmem) {  // many query heads per KV head: opt in (fails cleanly past the device's limit)
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(la_decode_kernel<ST, K>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -156,16 +164,16 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
   return launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
     const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), rows);
     la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
-                                                          ns, o, HKV, G, V, scale, nh0);
+                                                          ns, o, HKV, G, V, scale, strides, nh0);
   });
 }
 
 template <typename ST>
 cudaError_t launch_state(int K, const void* q, const void* k, const void* v, DType qt, const void* g, DType gt,
                          int gm, void* state, const void* idx, bool idx64, int64_t ns, void* o, int64_t N, int HKV, int G,
-                         int V, float scale, cudaStream_t st) {
-  if (K == 128) return launch_typed<ST, 128>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, st);
-  if (K == 64) return launch_typed<ST, 64>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, st);
+                         int V, float scale, const LaDecodeStrides& sd, cudaStream_t st) {
+  if (K == 128) return launch_typed<ST, 128>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, sd, st);
+  if (K == 64) return launch_typed<ST, 64>(q, k, v, qt, g, gt, gm, state, idx, idx64, ns, o, N, HKV, G, V, scale, sd, st);
   return cudaErrorInvalidValue;
 }
 
@@ -176,17 +184,18 @@ bool linear_attn_decode_supports(int K, int V) { return (K == 64 || K == 128) &&
 cudaError_t launch_linear_attn_decode(const void* q, const void* k, const void* v, DType qt, const void* g, DType gt,
                                       GateMode gate_mode, void* state, DType state_dtype, int64_t num_slots,
                                       const void* idx, bool idx64, void* o, int64_t N, int H, int HKV, int K, int V, float scale,
-                                      cudaStream_t stream) {
+                                      const LaDecodeStrides& sd, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
   if (HKV <= 0 || H % HKV != 0 || !linear_attn_decode_supports(K, V)) return cudaErrorInvalidValue;
   const int G = H / HKV;
   const int gm = static_cast<int>(gate_mode);
   switch (state_dtype) {
     case DType::F32:
-      return launch_state<float>(K, q, k, v, qt, g, gt, gm, state, idx, idx64, num_slots, o, N, HKV, G, V, scale, stream);
+      return launch_state<float>(K, q, k, v, qt, g, gt, gm, state, idx, idx64, num_slots, o, N, HKV, G, V, scale, sd,
+                                 stream);
     case DType::BF16:
       return launch_state<__nv_bfloat16>(K, q, k, v, qt, g, gt, gm, state, idx, idx64, num_slots, o, N, HKV, G,
-                                         V, scale, stream);
+                                         V, scale, sd, stream);
     default:
       return cudaErrorInvalidValue;
   }

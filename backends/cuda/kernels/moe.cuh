@@ -1,4 +1,4 @@
-// Launchers for the MoE routing kernels (moe.cu).  Torch-free: raw pointers, sizes, a stream.
+// Launchers for the MoE routing kernels (moe_gating.cu, moe_route.cu, moe_unpermute.cu).  Torch-free: raw pointers, sizes, a stream.
 // Index tensors (ids) are int32 or int64 (`ids64`).  Ids < 0 are dropped; ids >= num_experts (which
 // the Python frontend rejects before dispatch) are skipped like dropped ones: never an out-of-bounds
 // access, and no device-to-host read-back (these launchers never synchronise).
@@ -38,11 +38,12 @@ cudaError_t launch_moe_permute(const void* x, DType x_dtype, const void* ids, bo
                                void* workspace, cudaStream_t stream);
 
 // y[t] = sum_j w[t,j] * y_perm[row_map[t,j]] (float32 accumulation); weights null means all ones
-// (that is moe_permute_bwd).
+// (that is moe_permute_bwd).  y_perm has R rows; row_map entries outside [0, R) are dropped slots.
 cudaError_t launch_moe_unpermute(const void* y_perm, DType dtype, const int32_t* row_map, const float* weights,
-                                 void* y, int64_t T, int k, int64_t Hd, cudaStream_t stream);
+                                 void* y, int64_t T, int k, int64_t R, int64_t Hd, cudaStream_t stream);
 
-// grad_y_perm [R,Hd] (dtype; zero rows where no slot maps) and grad_weights float32 [T,k].
+// grad_y_perm [R,Hd] (dtype; zero rows where no slot maps) and grad_weights float32 [T,k] (0 for
+// slots whose row_map entry lies outside [0, R)).
 // workspace: R ints.
 cudaError_t launch_moe_unpermute_bwd(const void* grad_y, const void* y_perm, DType dtype, const int32_t* row_map,
                                      const float* weights, void* grad_y_perm, float* grad_weights, int64_t T,

@@ -73,12 +73,12 @@ struct QuantOut {
 // or 1 when the row is not a whole number of aligned vectors.
 template <typename T, int VEC, bool CACHED, typename Out>
 __global__ void __launch_bounds__(kEncodeWarpsPerBlock * kWarpSize)
-spike_row_kernel(const T* __restrict__ x, Out out, int64_t rows, int64_t cols, float k) {
+spike_row_kernel(const T* __restrict__ x, int64_t xs, Out out, int64_t rows, int64_t cols, float k) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kEncodeWarpsPerBlock + warp_id();
   if (row >= rows) return;  // whole warps exit together
   const int lane = lane_id();
   const int64_t nvec = cols / VEC;
-  const Vec<T, VEC>* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * cols);
+  const Vec<T, VEC>* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * xs);
 
   Vec<T, VEC> cache[CACHED ? kCacheVecs : 1];
   float s = 0.f;
@@ -129,12 +129,12 @@ constexpr int kRowMinVecs = 64;  // shorter rows: a warp per row (most of a bloc
 
 template <typename T, int VEC, int THREADS, typename Out>
 __global__ void __launch_bounds__(THREADS)
-spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) {
+spike_row_block_kernel(const T* __restrict__ x, int64_t xs, Out out, int64_t cols, float k) {
   constexpr int kWarps = THREADS / kWarpSize;
   __shared__ float s_part[kWarps];
   const int64_t row = blockIdx.x;
   const int64_t nvec = cols / VEC;
-  const Vec<T, VEC>* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * cols);
+  const Vec<T, VEC>* xr = reinterpret_cast<const Vec<T, VEC>*>(x + row * xs);
   Vec<T, VEC> cache[kRowCache];
   float s = 0.f;
 #pragma unroll
@@ -164,46 +164,46 @@ spike_row_block_kernel(const T* __restrict__ x, Out out, int64_t cols, float k) 
 }
 
 template <typename T, typename Out>
-cudaError_t launch_rows(const T* x, Out out, bool out_aligned, int64_t rows, int64_t cols, float k,
+cudaError_t launch_rows(const T* x, int64_t xs, Out out, bool out_aligned, int64_t rows, int64_t cols, float k,
                         cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   constexpr int V = vec16<T>();
   const dim3 grid(static_cast<unsigned>(ceil_div(rows, kEncodeWarpsPerBlock)));
   const dim3 block(kEncodeWarpsPerBlock * kWarpSize);
-  const bool vec_ok = cols % V == 0 && aligned_to(x, 16) && out_aligned;
+  const bool vec_ok = cols % V == 0 && xs % V == 0 && aligned_to(x, 16) && out_aligned;
   const int64_t nvec = cols / (vec_ok ? V : 1);
   const int64_t per_lane = ceil_div(nvec, kWarpSize);
   const unsigned nrows = static_cast<unsigned>(rows);
   if (vec_ok && nvec >= kRowMinVecs && nvec <= kRowThreadsMax * kRowCache && rows <= 0x7fffffff) {
     if (nvec <= kRowThreadsMax / 2 * kRowCache)
-      spike_row_block_kernel<T, V, kRowThreadsMax / 2><<<nrows, kRowThreadsMax / 2, 0, stream>>>(x, out, cols, k);
+      spike_row_block_kernel<T, V, kRowThreadsMax / 2><<<nrows, kRowThreadsMax / 2, 0, stream>>>(x, xs, out, cols, k);
     else
-      spike_row_block_kernel<T, V, kRowThreadsMax><<<nrows, kRowThreadsMax, 0, stream>>>(x, out, cols, k);
+      spike_row_block_kernel<T, V, kRowThreadsMax><<<nrows, kRowThreadsMax, 0, stream>>>(x, xs, out, cols, k);
   } else if (vec_ok) {
     if (per_lane <= kCacheVecs)
-      spike_row_kernel<T, V, true><<<grid, block, 0, stream>>>(x, out, rows, cols, k);
+      spike_row_kernel<T, V, true><<<grid, block, 0, stream>>>(x, xs, out, rows, cols, k);
     else
-      spike_row_kernel<T, V, false><<<grid, block, 0, stream>>>(x, out, rows, cols, k);
+      spike_row_kernel<T, V, false><<<grid, block, 0, stream>>>(x, xs, out, rows, cols, k);
   } else {
-    spike_row_kernel<T, 1, false><<<grid, block, 0, stream>>>(x, out, rows, cols, k);
+    spike_row_kernel<T, 1, false><<<grid, block, 0, stream>>>(x, xs, out, rows, cols, k);
   }
   return last_launch_error();
 }
 
 template <typename T>
-cudaError_t encode_typed(const void* x, void* counts, DType ct, float* vth, int64_t rows, int64_t cols,
+cudaError_t encode_typed(const void* x, int64_t xs, void* counts, DType ct, float* vth, int64_t rows, int64_t cols,
                          float k, cudaStream_t stream) {
   const T* xp = static_cast<const T*>(x);
   constexpr int V = vec16<T>();
   switch (ct) {
     case DType::I8:
-      return launch_rows<T>(xp, EncodeOut<T, int8_t>{static_cast<int8_t*>(counts), vth},
+      return launch_rows<T>(xp, xs, EncodeOut<T, int8_t>{static_cast<int8_t*>(counts), vth},
                             aligned_to(counts, V * sizeof(int8_t)), rows, cols, k, stream);
     case DType::I16:
-      return launch_rows<T>(xp, EncodeOut<T, int16_t>{static_cast<int16_t*>(counts), vth},
+      return launch_rows<T>(xp, xs, EncodeOut<T, int16_t>{static_cast<int16_t*>(counts), vth},
                             aligned_to(counts, V * sizeof(int16_t)), rows, cols, k, stream);
     case DType::I32:
-      return launch_rows<T>(xp, EncodeOut<T, int32_t>{static_cast<int32_t*>(counts), vth},
+      return launch_rows<T>(xp, xs, EncodeOut<T, int32_t>{static_cast<int32_t*>(counts), vth},
                             aligned_to(counts, V * sizeof(int32_t)), rows, cols, k, stream);
     default:
       return cudaErrorInvalidValue;
@@ -258,8 +258,9 @@ __global__ void spike_hist_kernel(const CT* __restrict__ counts, unsigned long l
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = static_cast<int64_t>(counts[i]);
-    const int64_t a = c < 0 ? -c : c;
-    if (a < bins) {
+    // |c| in unsigned arithmetic (exact for INT64_MIN).  Bad-data guard: |c| past the bins is not counted.
+    const uint64_t a = c < 0 ? 0ull - static_cast<uint64_t>(c) : static_cast<uint64_t>(c);
+    if (a < static_cast<uint64_t>(bins)) {
       if (use_shared) atomicAdd(&local[a], 1u);
       else atomicAdd(&hist[a], 1ull);
     }
@@ -313,28 +314,28 @@ struct HistRun {
 
 }  // namespace
 
-cudaError_t launch_spike_encode(const void* x, DType xt, void* counts, DType ct, float* vth, int64_t rows,
+cudaError_t launch_spike_encode(const void* x, int64_t xs, DType xt, void* counts, DType ct, float* vth, int64_t rows,
                                 int64_t cols, float k, cudaStream_t stream) {
   switch (xt) {
-    case DType::F32: return encode_typed<float>(x, counts, ct, vth, rows, cols, k, stream);
-    case DType::F16: return encode_typed<__half>(x, counts, ct, vth, rows, cols, k, stream);
-    case DType::BF16: return encode_typed<__nv_bfloat16>(x, counts, ct, vth, rows, cols, k, stream);
+    case DType::F32: return encode_typed<float>(x, xs, counts, ct, vth, rows, cols, k, stream);
+    case DType::F16: return encode_typed<__half>(x, xs, counts, ct, vth, rows, cols, k, stream);
+    case DType::BF16: return encode_typed<__nv_bfloat16>(x, xs, counts, ct, vth, rows, cols, k, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
-cudaError_t launch_spike_quant(const void* x, DType xt, void* x_hat, int64_t rows, int64_t cols, float k,
-                               cudaStream_t stream) {
+cudaError_t launch_spike_quant(const void* x, int64_t xs, DType xt, void* x_hat, int64_t rows, int64_t cols,
+                               float k, cudaStream_t stream) {
   const bool al = aligned_to(x_hat, 16);
   switch (xt) {
     case DType::F32:
-      return launch_rows<float>(static_cast<const float*>(x), QuantOut<float>{static_cast<float*>(x_hat)}, al,
+      return launch_rows<float>(static_cast<const float*>(x), xs, QuantOut<float>{static_cast<float*>(x_hat)}, al,
                                 rows, cols, k, stream);
     case DType::F16:
-      return launch_rows<__half>(static_cast<const __half*>(x), QuantOut<__half>{static_cast<__half*>(x_hat)},
+      return launch_rows<__half>(static_cast<const __half*>(x), xs, QuantOut<__half>{static_cast<__half*>(x_hat)},
                                  al, rows, cols, k, stream);
     case DType::BF16:
-      return launch_rows<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(x),
+      return launch_rows<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(x), xs,
                                         QuantOut<__nv_bfloat16>{static_cast<__nv_bfloat16*>(x_hat)}, al, rows,
                                         cols, k, stream);
     default: return cudaErrorInvalidValue;

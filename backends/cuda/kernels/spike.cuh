@@ -1,5 +1,7 @@
 // Launchers for the spike-coding kernels (spike.cu).  Torch-free: raw pointers, sizes, a stream.
-// Tensors are contiguous; "rows x cols" views put the reduced (channel) dimension last.
+// "rows x cols" views put the reduced (channel) dimension last.  encode / quant read x's rows
+// through a row stride xs (elements; rows are contiguous): views whose outer dimensions collapse to
+// one stride (x[:, t], a split of a fused projection) are read in place.  Other tensors are dense.
 #pragma once
 
 #include <cstdint>
@@ -14,11 +16,11 @@ enum class SpikeMode : int { Binary = 0, Ternary = 1, Bitwise = 2 };
 
 // vth[r] = clamp(mean|x[r,:]| / k, 1e-5, 1e4); counts[r,c] = saturate(rint(x[r,c] / vth[r])).
 // x: F32/F16/BF16; counts: I8/I16/I32.  One read of x.
-cudaError_t launch_spike_encode(const void* x, DType x_dtype, void* counts, DType counts_dtype,
+cudaError_t launch_spike_encode(const void* x, int64_t xs, DType x_dtype, void* counts, DType counts_dtype,
                                 float* vth, int64_t rows, int64_t cols, float k, cudaStream_t stream);
 
 // x_hat[r,c] = rint(x[r,c] / vth[r]) * vth[r] in x's dtype (no saturation).
-cudaError_t launch_spike_quant(const void* x, DType x_dtype, void* x_hat, int64_t rows,
+cudaError_t launch_spike_quant(const void* x, int64_t xs, DType x_dtype, void* x_hat, int64_t rows,
                                int64_t cols, float k, cudaStream_t stream);
 
 // trains[t, i] (int8, [T, n]) from counts[i] (I8/I16/I32/I64).  Counts must be representable

@@ -1,4 +1,5 @@
-// Sliding-window attention decode over a ring-buffer KV cache, plus the cache write.  Torch-free.
+// Sliding-window attention decode over a ring-buffer KV cache (the cache write: swa_cache_write.cu).
+// Torch-free.
 //
 // Flash-decoding on CUDA cores: the window of each (sequence, KV head) is split across `num_splits`
 // blocks; one block serves all query heads of its KV head (up to kMaxHeads; more heads use
@@ -15,6 +16,12 @@
 // the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  Scores are
 // kept in the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
 //
+// Sink keys (SpikingBrain-76B's meta tokens) are folded in as a block of M extra keys before the
+// window: a (sequence, KV head) walks the virtual key range [0, M + len) -- sink j for j < M, then
+// the cached positions lo .. L-1 -- split, tiled and softmaxed exactly like window keys (KeyRows).
+// q, the caches and the sinks are read in place through their element strides; the caches' and
+// sinks' rows must be 16-byte aligned (the binding copies operands that are not).
+//
 // bf16 / fp16 caches on NVIDIA take a tensor-core kernel instead (swa_decode_mma_kernel): a block
 // stages its K and V tiles in shared memory with cp.async (double-buffered, coalesced 16-byte
 // copies), computes Q.K^T and P.V with wmma 16x16x16 MMAs (up to 16 query heads as the M rows) and
@@ -25,6 +32,7 @@
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "swa_decode_keys.cuh"
 
 #if !defined(USE_MACA)
 // NVIDIA only: the tensor-core kernel below (wmma + cp.async).  MACA builds (and the simulation)
@@ -36,6 +44,8 @@
 
 namespace sbops {
 namespace {
+
+using namespace swa_decode_detail;  // KeyRows, SplitPlan, plan_split
 
 constexpr int kSwaThreads = 128;
 constexpr int kSwaTile = kSwaThreads;            // keys per tile: one per thread in the score phase
@@ -52,7 +62,8 @@ __global__ void __launch_bounds__(kSwaThreads, kMinResidentBlocks)
 swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                   const void* __restrict__ seq_lens, bool lens64, const void* __restrict__ slots, bool slots64,
                   int64_t C, int64_t num_slots, int HKV, int G, int window, float scale_log2, int nsplit,
-                  T* __restrict__ o, float* __restrict__ part, int64_t nh0) {
+                  T* __restrict__ o, float* __restrict__ part, int64_t q0, int64_t q1, SwaCacheStrides cs,
+                  SwaSinks sinks, int64_t nh0) {
   constexpr int VEC = vec16<T>();        // elements per 16-byte K load
   constexpr int NV = D / VEC;            // 16-byte vectors per K row
   constexpr int KB = NV < 8 ? NV : 8;    // K vectors loaded per batch (registers)
@@ -77,22 +88,14 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 
   const int64_t L = load_index(seq_lens, lens64, n);
   const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-  const bool bad_slot = slot < 0 || slot >= num_slots;
-  // Positions before L - C were overwritten in the ring: never read more than C rows.
-  int64_t lo = window < 0 ? 0 : max(static_cast<int64_t>(0), L - 1 - window);
-  lo = max(lo, L - C);
-  const int64_t len = (L > lo && !bad_slot) ? L - lo : 0;
-  const int64_t chunk = ceil_div(len, nsplit);
-  const int64_t a = lo + split * chunk;
-  const int64_t cnt = max(static_cast<int64_t>(0), min(L, a + chunk) - a);
-  const int64_t row_stride = static_cast<int64_t>(HKV) * D;
-  const T* kbase = kc + (slot * C * HKV + hk) * D;
-  const T* vbase = vc + (slot * C * HKV + hk) * D;
-  const int64_t r0 = cnt > 0 ? a % C : 0;
+  const SplitPlan<T> sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v),
+                                     sinks, L, slot, num_slots, C, hk, window, nsplit, split);
+  const bool bad_slot = sp.bad;
+  const int64_t cnt = sp.cnt;
 
   for (int i = tid; i < kMaxHeads * D; i += kSwaThreads) {
     const int h = i / D, d = i % D;
-    s_q[h][d] = h < nheads ? to_float(q[(n * H + hk * G + h0 + h) * D + d]) * scale_log2 : 0.f;
+    s_q[h][d] = h < nheads ? to_float(q[n * q0 + (hk * G + h0 + h) * q1 + d]) * scale_log2 : 0.f;
   }
   __syncthreads();
 
@@ -114,9 +117,7 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 #pragma unroll
     for (int h = 0; h < kMaxHeads; ++h) sc[h] = 0.f;
     if (ok) {
-      int64_t row = r0 + j;  // the chunk never wraps twice (cnt <= C)
-      if (row >= C) row -= C;
-      const KV* kr = reinterpret_cast<const KV*>(kbase + row * row_stride);
+      const KV* kr = reinterpret_cast<const KV*>(sp.rows.key(sp.a + j));
 #pragma unroll
       for (int cb = 0; cb < NV; cb += KB) {
         KV kv[KB];
@@ -170,11 +171,7 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 #pragma unroll
       for (int u = 0; u < kPvUnroll; ++u) {
         const int64_t jj = t0 + kbeg + u0 + u;
-        if (jj < cnt) {
-          int64_t row = r0 + jj;
-          if (row >= C) row -= C;
-          vv[u] = *reinterpret_cast<const VV*>(vbase + row * row_stride + lane * DPL);
-        }
+        if (jj < cnt) vv[u] = *reinterpret_cast<const VV*>(sp.rows.val(sp.a + jj) + lane * DPL);
       }
 #pragma unroll
       for (int u = 0; u < kPvUnroll; ++u) {
@@ -266,7 +263,8 @@ __global__ void __launch_bounds__(kMmaThreads)
 swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                       const void* __restrict__ seq_lens, bool lens64, const void* __restrict__ slots, bool slots64,
                       int64_t C, int64_t num_slots, int HKV, int G, int window, float scale_log2, int nsplit,
-                      T* __restrict__ o, float* __restrict__ part, int64_t nh0) {
+                      T* __restrict__ o, float* __restrict__ part, int64_t q0, int64_t q1, SwaCacheStrides cs,
+                      SwaSinks sinks, int64_t nh0) {
   using L = MmaSmem<D>;
   constexpr int VEC = 8;                    // 16-byte copies of 8 elements
   constexpr int CPR = D / VEC;              // copies per K/V row
@@ -292,17 +290,10 @@ swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T
 
   const int64_t Lq = load_index(seq_lens, lens64, n);
   const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-  const bool bad_slot = slot < 0 || slot >= num_slots;
-  int64_t lo = window < 0 ? 0 : max(static_cast<int64_t>(0), Lq - 1 - window);
-  lo = max(lo, Lq - C);
-  const int64_t len = (Lq > lo && !bad_slot) ? Lq - lo : 0;
-  const int64_t chunk = ceil_div(len, nsplit);
-  const int64_t a = lo + split * chunk;
-  const int64_t cnt = max(static_cast<int64_t>(0), min(Lq, a + chunk) - a);
-  const int64_t row_stride = static_cast<int64_t>(HKV) * D;
-  const T* kbase = kc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
-  const T* vbase = vc + ((bad_slot ? 0 : slot) * C * HKV + hk) * D;
-  const int64_t r0 = cnt > 0 ? a % C : 0;
+  const SplitPlan<T> sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v),
+                                     sinks, Lq, slot, num_slots, C, hk, window, nsplit, split);
+  const bool bad_slot = sp.bad;
+  const int64_t cnt = sp.cnt;
   const int ntiles = static_cast<int>(ceil_div(cnt, static_cast<int64_t>(kMmaTile)));
 
   // cp.async of tile `t` into buffer `b`; rows past cnt are zero-filled (P.V must see zeros there)
@@ -312,13 +303,13 @@ swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T
       const int i = tid + u * kMmaThreads;
       const int j = i / CPR, c = i % CPR;
       const int64_t jj = static_cast<int64_t>(t) * kMmaTile + j;
-      int64_t row = r0 + jj;
-      if (row >= C) row -= C;
       const bool ok = jj < cnt;
-      const int64_t off = ok ? row * row_stride + c * VEC : 0;
+      // rows past cnt copy nothing (zero-fill) from a valid address: the first cache row
+      const T* ksrc = ok ? sp.rows.key(sp.a + jj) + c * VEC : sp.rows.k;
+      const T* vsrc = ok ? sp.rows.val(sp.a + jj) + c * VEC : sp.rows.v;
       const int so = (b * kMmaTile + j) * L::LDK + c * VEC;
-      __pipeline_memcpy_async(k_s + so, kbase + off, 16, ok ? 0 : 16);
-      __pipeline_memcpy_async(v_s + so, vbase + off, 16, ok ? 0 : 16);
+      __pipeline_memcpy_async(k_s + so, ksrc, 16, ok ? 0 : 16);
+      __pipeline_memcpy_async(v_s + so, vsrc, 16, ok ? 0 : 16);
     }
   };
   if (ntiles > 0) load_tile(0, 0);
@@ -326,7 +317,7 @@ swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T
 
   for (int i = tid; i < kMmaHeads * D; i += kMmaThreads) {
     const int h = i / D, d = i % D;
-    q_s[h * L::LDQ + d] = h < nheads ? q[(n * H + hk * G + h0 + h) * D + d] : from_float<T>(0.f);
+    q_s[h * L::LDQ + d] = h < nheads ? q[n * q0 + (hk * G + h0 + h) * q1 + d] : from_float<T>(0.f);
   }
   for (int i = tid; i < kMmaHeads * L::LDO; i += kMmaThreads) o_s[i] = 0.f;
   __syncthreads();  // o_s is read back by other threads even when there is no tile
@@ -452,30 +443,30 @@ __global__ void swa_combine_kernel(const float* __restrict__ part, T* __restrict
   }
 }
 
-template <typename T>
-__global__ void swa_cache_write_kernel(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ kc,
-                                       T* __restrict__ vc, const void* __restrict__ pos, bool pos64,
-                                       const void* __restrict__ slots, bool slots64, int64_t N, int HKV, int D,
-                                       int64_t C, int64_t num_slots) {
-  const int64_t total = N * HKV * D;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = i / (static_cast<int64_t>(HKV) * D);
-    const int64_t rest = i % (static_cast<int64_t>(HKV) * D);  // hk * D + d
-    const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-    const int64_t p = load_index(pos, pos64, n);
-    if (p < 0 || slot < 0 || slot >= num_slots) continue;
-    const int64_t row = p % C;
-    const int64_t dst = (slot * C + row) * HKV * D + rest;
-    kc[dst] = k[i];
-    vc[dst] = v[i];
-  }
-}
+// The per-call arguments every decode kernel takes after its pointers.
+struct DecodeArgs {
+  const void* lens;
+  bool lens64;
+  const void* slots;
+  bool slots64;
+  int64_t N;
+  int H, HKV;
+  int64_t C, ns;
+  int window;
+  float scale;
+  int nsplit;
+  float* ws;
+  int64_t q0, q1;
+  SwaCacheStrides cs;
+  SwaSinks sinks;
+};
 
 template <typename T, int D>
-cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const void* lens, bool lens64,
-                         const void* slots, bool slots64, void* o, int64_t N, int H, int HKV, int64_t C, int64_t ns,
-                         int window, float scale, int nsplit, float* ws, cudaStream_t st) {
+cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o, const DecodeArgs& A,
+                         cudaStream_t st) {
+  const int64_t N = A.N;
+  const int H = A.H, HKV = A.HKV, nsplit = A.nsplit;
+  float* ws = A.ws;
   const int G = H / HKV;
 #if defined(SBOPS_SWA_DECODE_MMA)
   if constexpr (!std::is_same<T, float>::value) {
@@ -485,18 +476,19 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const vo
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMmaHeads)));
       swa_decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, st>>>(
-          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), lens, lens64, slots,
-          slots64, C, ns, HKV, G, window, scale * kLog2e, nsplit, static_cast<T*>(o), ws, nh0);
+          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
+          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
+          A.sinks, nh0);
     }));
   } else
 #endif
   {
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMaxHeads)));
-      swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(static_cast<const T*>(q), static_cast<const T*>(kc),
-                                                          static_cast<const T*>(vc), lens, lens64, slots, slots64, C,
-                                                          ns, HKV, G, window, scale * kLog2e, nsplit,
-                                                          static_cast<T*>(o), ws, nh0);
+      swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(
+          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
+          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
+          A.sinks, nh0);
     }));
   }
   if (nsplit > 1) {
@@ -507,12 +499,11 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, const vo
 }
 
 template <typename T>
-cudaError_t decode_dim(int D, const void* q, const void* kc, const void* vc, const void* lens, bool lens64,
-                       const void* slots, bool slots64, void* o, int64_t N, int H, int HKV, int64_t C, int64_t ns,
-                       int window, float scale, int nsplit, float* ws, cudaStream_t st) {
+cudaError_t decode_dim(int D, const void* q, const void* kc, const void* vc, void* o, const DecodeArgs& A,
+                       cudaStream_t st) {
   switch (D) {
-    case 64: return decode_typed<T, 64>(q, kc, vc, lens, lens64, slots, slots64, o, N, H, HKV, C, ns, window, scale, nsplit, ws, st);
-    case 128: return decode_typed<T, 128>(q, kc, vc, lens, lens64, slots, slots64, o, N, H, HKV, C, ns, window, scale, nsplit, ws, st);
+    case 64: return decode_typed<T, 64>(q, kc, vc, o, A, st);
+    case 128: return decode_typed<T, 128>(q, kc, vc, o, A, st);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -523,9 +514,9 @@ bool swa_decode_supports(int D, DType dtype) {
   return (D == 64 || D == 128) && (dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16);
 }
 
-int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C) {
+int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M) {
   const int64_t pairs = N * HKV * ceil_div(H / HKV, kMaxHeads);
-  const int64_t keys = window < 0 ? C : (window + 1 < C ? window + 1 : C);
+  const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
   // Splits of about kKeysPerSplit keys, more when the grid would not fill kBlocksPerSm blocks per
   // SM, never shorter than one tile.
   const int64_t by_len = ceil_div(keys, kKeysPerSplit);
@@ -543,35 +534,22 @@ int64_t swa_decode_workspace_floats(int64_t N, int H, int D, int num_splits) {
 
 cudaError_t launch_swa_decode(const void* q, const void* kc, const void* vc, DType dtype, const void* lens,
                               bool lens64, const void* slots, bool slots64, void* o, int64_t N, int H, int HKV, int D,
-                              int64_t C, int64_t num_slots, int window, float scale, int nsplit, float* ws, cudaStream_t stream) {
+                              int64_t C, int64_t num_slots, int window, float scale, int nsplit, float* ws, int64_t q0,
+                              int64_t q1, const SwaCacheStrides& cs, const SwaSinks& sinks, cudaStream_t stream) {
   if (N == 0) return cudaSuccess;
-  if (HKV <= 0 || H % HKV != 0 || nsplit < 1 || (nsplit > 1 && ws == nullptr)) return cudaErrorInvalidValue;
-  if (!aligned_to(q, 16) || !aligned_to(kc, 16) || !aligned_to(vc, 16)) return cudaErrorInvalidValue;
+  if (HKV <= 0 || H % HKV != 0 || C < 1 || nsplit < 1 || (nsplit > 1 && ws == nullptr)) return cudaErrorInvalidValue;
+  const int64_t es = dtype == DType::F32 ? 4 : 2;
+  if (!rows_aligned16(kc, es, cs.k0, cs.k1, cs.k2) || !rows_aligned16(vc, es, cs.v0, cs.v1, cs.v2))
+    return cudaErrorInvalidValue;
+  if (sinks.M > 0 && (!rows_aligned16(sinks.k, es, sinks.k0, sinks.k1, 0) ||
+                      !rows_aligned16(sinks.v, es, sinks.v0, sinks.v1, 0)))
+    return cudaErrorInvalidValue;
+  const DecodeArgs A{lens, lens64, slots, slots64, N, H, HKV, C, num_slots, window, scale, nsplit, ws, q0, q1, cs,
+                     sinks};
   switch (dtype) {
-    case DType::F32: return decode_dim<float>(D, q, kc, vc, lens, lens64, slots, slots64, o, N, H, HKV, C, num_slots, window, scale, nsplit, ws, stream);
-    case DType::F16: return decode_dim<__half>(D, q, kc, vc, lens, lens64, slots, slots64, o, N, H, HKV, C, num_slots, window, scale, nsplit, ws, stream);
-    case DType::BF16: return decode_dim<__nv_bfloat16>(D, q, kc, vc, lens, lens64, slots, slots64, o, N, H, HKV, C, num_slots, window, scale, nsplit, ws, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-cudaError_t launch_swa_cache_write(const void* k, const void* v, void* kc, void* vc, DType dtype, const void* pos,
-                                   bool pos64, const void* slots, bool slots64, int64_t N, int HKV, int D, int64_t C,
-                                   int64_t num_slots, cudaStream_t stream) {
-  const int64_t total = N * HKV * D;
-  if (total == 0) return cudaSuccess;
-  constexpr int kBlock = 256;
-  const unsigned grid = grid_for(total, kBlock);
-  switch (dtype) {
-#define SBOPS_CACHE_WRITE(T)                                                                                    \
-  swa_cache_write_kernel<T><<<grid, kBlock, 0, stream>>>(static_cast<const T*>(k), static_cast<const T*>(v),    \
-                                                         static_cast<T*>(kc), static_cast<T*>(vc), pos, pos64, \
-                                                         slots, slots64, N, HKV, D, C, num_slots);              \
-  return last_launch_error();
-    case DType::F32: { SBOPS_CACHE_WRITE(float) }
-    case DType::F16: { SBOPS_CACHE_WRITE(__half) }
-    case DType::BF16: { SBOPS_CACHE_WRITE(__nv_bfloat16) }
-#undef SBOPS_CACHE_WRITE
+    case DType::F32: return decode_dim<float>(D, q, kc, vc, o, A, stream);
+    case DType::F16: return decode_dim<__half>(D, q, kc, vc, o, A, stream);
+    case DType::BF16: return decode_dim<__nv_bfloat16>(D, q, kc, vc, o, A, stream);
     default: return cudaErrorInvalidValue;
   }
 }

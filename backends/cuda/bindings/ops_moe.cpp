@@ -1,0 +1,230 @@
+// Torch bindings of the MoE routing CUDA kernels (backends/cuda/kernels/moe_*.cu).  Strided
+// inputs are made dense here (.contiguous() is free for dense ones); outputs are dense.  No binding
+// reads data back: ids outside [0, E) and row_map entries outside [0, rows) are dropped slots in
+// the kernels (bad-data guards).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "../kernels/moe.cuh"
+#include "bind_common.h"
+
+namespace {
+
+using namespace sbops::bind;  // Tensor, checks, stream(), check_launch, stride helpers
+
+bool softmax_scoring(const std::string& scoring, const char* op) {
+  if (scoring == "softmax") return true;
+  if (scoring == "sigmoid") return false;
+  TORCH_CHECK(false, op, ": scoring must be 'softmax' or 'sigmoid', got '", scoring, "'");
+}
+
+// ------------------------------------------------------------------------------ MoE routing
+std::tuple<Tensor, Tensor> topk_gating_cuda(const Tensor& logits_in, int64_t k, const std::string& scoring,
+                                            bool renormalize, const std::optional<Tensor>& bias, int64_t num_groups,
+                                            int64_t topk_groups, double scaling) {
+  const char* op = "topk_gating";
+  check_cuda(logits_in, op, "logits");
+  const auto lt = float_dtype(logits_in, op, "logits");
+  const bool sm = softmax_scoring(scoring, op);
+  TORCH_CHECK(logits_in.dim() == 2, op, ": logits must be [T, E]");
+  const int64_t T = logits_in.size(0), E = logits_in.size(1);
+  TORCH_CHECK(E >= 1 && E <= sbops::max_gating_experts(), op, ": the cuda kernel takes 1..",
+              sbops::max_gating_experts(), " experts, got ", E);
+  TORCH_CHECK(k >= 1 && k <= sbops::kMaxTopK && k <= E, op, ": k must be in [1, min(E, ", sbops::kMaxTopK,
+              ")], got ", k);
+  if (num_groups > 0) {
+    TORCH_CHECK(E % num_groups == 0, op, ": E = ", E, " is not divisible by num_groups = ", num_groups);
+    TORCH_CHECK(num_groups <= sbops::max_gating_groups(), op, ": the cuda kernel takes at most ",
+                sbops::max_gating_groups(), " groups, got ", num_groups);
+    TORCH_CHECK(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, num_groups]");
+    TORCH_CHECK(k <= topk_groups * (E / num_groups), op, ": k = ", k, " exceeds the ", topk_groups * (E / num_groups),
+                " experts of the chosen groups");
+  }
+  c10::cuda::CUDAGuard guard(logits_in.device());
+  const Tensor logits = logits_in.contiguous();
+  Tensor b;
+  if (bias.has_value()) {
+    check_cuda(*bias, op, "bias");
+    TORCH_CHECK(bias->numel() == E, op, ": bias must have E = ", E, " elements");
+    b = bias->to(at::kFloat).contiguous();
+  }
+  Tensor weights = at::empty({T, k}, logits.options().dtype(at::kFloat));
+  Tensor ids = at::empty({T, k}, logits.options().dtype(at::kInt));
+  check_launch(sbops::launch_topk_gating(logits.data_ptr(), lt, b.defined() ? b.data_ptr<float>() : nullptr,
+                                         weights.data_ptr<float>(), ids.data_ptr<int32_t>(), T, static_cast<int>(E),
+                                         static_cast<int>(k), sm, renormalize, static_cast<int>(num_groups),
+                                         static_cast<int>(topk_groups), static_cast<float>(scaling), stream()),
+               op);
+  return {weights, ids};
+}
+
+Tensor topk_gating_bwd_cuda(const Tensor& grad_weights, const Tensor& logits_in, const Tensor& ids_in,
+                            const std::string& scoring, bool renormalize, double scaling) {
+  const char* op = "topk_gating_bwd";
+  check_cuda(logits_in, op, "logits");
+  check_cuda(ids_in, op, "ids");
+  check_cuda(grad_weights, op, "grad_weights");
+  const auto lt = float_dtype(logits_in, op, "logits");
+  const bool sm = softmax_scoring(scoring, op);
+  const bool ids64 = index_is64(ids_in, op, "ids");
+  TORCH_CHECK(logits_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == logits_in.size(0), op,
+              ": logits [T, E] and ids [T, k] expected");
+  TORCH_CHECK(grad_weights.sizes() == ids_in.sizes(), op, ": grad_weights must match ids' shape");
+  const int64_t T = logits_in.size(0), E = logits_in.size(1), k = ids_in.size(1);
+  TORCH_CHECK(E <= sbops::max_gating_experts() && k >= 1 && k <= sbops::kMaxTopK, op,
+              ": the cuda kernel takes E <= ", sbops::max_gating_experts(), " and 1 <= k <= ", sbops::kMaxTopK);
+  c10::cuda::CUDAGuard guard(logits_in.device());
+  const Tensor logits = logits_in.contiguous(), ids = ids_in.contiguous();
+  const Tensor gw = grad_weights.to(at::kFloat).contiguous();
+  Tensor grad = at::empty_like(logits);
+  check_launch(sbops::launch_topk_gating_bwd(gw.data_ptr<float>(), logits.data_ptr(), lt, ids.data_ptr(), ids64,
+                                             grad.data_ptr(), T, static_cast<int>(E), static_cast<int>(k), sm,
+                                             renormalize, static_cast<float>(scaling), stream()),
+               op);
+  return grad;
+}
+
+void check_experts(int64_t E, const char* op) {
+  TORCH_CHECK(E >= 1 && E <= sbops::kMaxRouteExperts, op, ": the cuda kernel takes 1..", sbops::kMaxRouteExperts,
+              " experts, got ", E);
+}
+
+std::tuple<Tensor, Tensor, Tensor> moe_permute_cuda(const Tensor& x_in, const Tensor& ids_in, int64_t E) {
+  const char* op = "moe_permute";
+  check_cuda(x_in, op, "x");
+  check_cuda(ids_in, op, "ids");
+  const auto xt = float_dtype(x_in, op, "x");
+  const bool ids64 = index_is64(ids_in, op, "ids");
+  check_experts(E, op);
+  TORCH_CHECK(x_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == x_in.size(0), op,
+              ": x [T, Hd] and ids [T, k] expected");
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const Tensor x = x_in.contiguous(), ids = ids_in.contiguous();
+  const int64_t T = x.size(0), Hd = x.size(1), k = ids.size(1);
+  Tensor x_perm = at::empty({T * k, Hd}, x.options());
+  Tensor offsets = at::empty({E + 1}, x.options().dtype(at::kLong));
+  Tensor row_map = at::empty({T, k}, x.options().dtype(at::kInt));
+  Tensor ws = at::empty({static_cast<int64_t>(sbops::moe_route_workspace_bytes(T * k, static_cast<int>(E)))},
+                        x.options().dtype(at::kByte));
+  check_launch(sbops::launch_moe_permute(x.data_ptr(), xt, ids.data_ptr(), ids64, T, static_cast<int>(k), Hd,
+                                         static_cast<int>(E), x_perm.data_ptr(), offsets.data_ptr<int64_t>(),
+                                         row_map.data_ptr<int32_t>(), ws.data_ptr(), stream()),
+               op);
+  return {x_perm, offsets, row_map};
+}
+
+Tensor unpermute_impl(const Tensor& y_perm_in, const Tensor& row_map_in, const std::optional<Tensor>& weights,
+                      const char* op) {
+  check_cuda(y_perm_in, op, "y_perm");
+  check_cuda(row_map_in, op, "row_map");
+  const auto yt = float_dtype(y_perm_in, op, "y_perm");
+  TORCH_CHECK(row_map_in.scalar_type() == at::kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
+  TORCH_CHECK(y_perm_in.dim() == 2, op, ": y_perm must be [rows, Hd]");
+  c10::cuda::CUDAGuard guard(y_perm_in.device());
+  const Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
+  const int64_t T = row_map.size(0), k = row_map.size(1), Hd = y_perm.size(1);
+  Tensor w;
+  if (weights.has_value()) {
+    check_cuda(*weights, op, "weights");
+    TORCH_CHECK(weights->sizes() == row_map.sizes(), op, ": weights must match row_map's shape");
+    w = weights->to(at::kFloat).contiguous();
+  }
+  Tensor y = at::empty({T, Hd}, y_perm.options());
+  check_launch(sbops::launch_moe_unpermute(y_perm.data_ptr(), yt, row_map.data_ptr<int32_t>(),
+                                           w.defined() ? w.data_ptr<float>() : nullptr, y.data_ptr(), T,
+                                           static_cast<int>(k), y_perm.size(0), Hd, stream()),
+               op);
+  return y;
+}
+
+Tensor moe_permute_bwd_cuda(const Tensor& grad_x_perm, const Tensor& row_map) {
+  return unpermute_impl(grad_x_perm, row_map, std::nullopt, "moe_permute_bwd");
+}
+
+Tensor moe_unpermute_cuda(const Tensor& y_perm, const Tensor& row_map, const Tensor& weights) {
+  return unpermute_impl(y_perm, row_map, weights, "moe_unpermute");
+}
+
+std::tuple<Tensor, Tensor> moe_unpermute_bwd_cuda(const Tensor& grad_y_in, const Tensor& y_perm_in,
+                                                  const Tensor& row_map_in, const Tensor& weights) {
+  const char* op = "moe_unpermute_bwd";
+  check_cuda(grad_y_in, op, "grad_y");
+  check_cuda(y_perm_in, op, "y_perm");
+  check_cuda(row_map_in, op, "row_map");
+  check_cuda(weights, op, "weights");
+  const auto yt = float_dtype(y_perm_in, op, "y_perm");
+  TORCH_CHECK(grad_y_in.scalar_type() == y_perm_in.scalar_type(), op, ": grad_y must have y_perm's dtype");
+  TORCH_CHECK(row_map_in.scalar_type() == at::kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
+  TORCH_CHECK(y_perm_in.dim() == 2 && grad_y_in.dim() == 2 && grad_y_in.size(0) == row_map_in.size(0) &&
+                  grad_y_in.size(1) == y_perm_in.size(1),
+              op, ": grad_y [T, Hd], y_perm [rows, Hd] expected");
+  TORCH_CHECK(weights.sizes() == row_map_in.sizes(), op, ": weights must match row_map's shape");
+  c10::cuda::CUDAGuard guard(y_perm_in.device());
+  const Tensor grad_y = grad_y_in.contiguous(), y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
+  const Tensor w = weights.to(at::kFloat).contiguous();
+  const int64_t T = row_map.size(0), k = row_map.size(1), R = y_perm.size(0), Hd = y_perm.size(1);
+  Tensor grad_y_perm = at::empty_like(y_perm);
+  Tensor grad_w = at::empty({T, k}, w.options());
+  Tensor ws = at::empty({R > 0 ? R : 1}, row_map.options());
+  check_launch(sbops::launch_moe_unpermute_bwd(grad_y.data_ptr(), y_perm.data_ptr(), yt, row_map.data_ptr<int32_t>(),
+                                               w.data_ptr<float>(), grad_y_perm.data_ptr(), grad_w.data_ptr<float>(),
+                                               T, static_cast<int>(k), R, Hd, ws.data_ptr(), stream()),
+               op);
+  return {grad_y_perm, grad_w.to(weights.scalar_type())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> moe_align_block_size_cuda(const Tensor& ids_in, int64_t E, int64_t block_size) {
+  const char* op = "moe_align_block_size";
+  check_cuda(ids_in, op, "ids");
+  const bool ids64 = index_is64(ids_in, op, "ids");
+  check_experts(E, op);
+  TORCH_CHECK(block_size >= 1, op, ": block_size must be >= 1");
+  c10::cuda::CUDAGuard guard(ids_in.device());
+  const Tensor ids = ids_in.contiguous();
+  const int64_t n = ids.numel();
+  const int64_t max_padded = n + E * (block_size - 1);
+  const int64_t nblocks = (max_padded + block_size - 1) / block_size;
+  auto iopt = ids.options().dtype(at::kInt);
+  Tensor sorted_ids = at::empty({max_padded}, iopt);
+  Tensor block_experts = at::empty({nblocks}, iopt);
+  Tensor post_pad = at::empty({1}, iopt);
+  Tensor ws = at::empty({static_cast<int64_t>(sbops::moe_route_workspace_bytes(n, static_cast<int>(E)))},
+                        ids.options().dtype(at::kByte));
+  check_launch(sbops::launch_moe_align_block_size(ids.data_ptr(), ids64, n, static_cast<int>(E),
+                                                  static_cast<int>(block_size), sorted_ids.data_ptr<int32_t>(),
+                                                  block_experts.data_ptr<int32_t>(), post_pad.data_ptr<int32_t>(),
+                                                  ws.data_ptr(), stream()),
+               op);
+  return {sorted_ids, block_experts, post_pad};
+}
+
+Tensor expert_counts_cuda(const Tensor& ids_in, int64_t E) {
+  const char* op = "expert_counts";
+  check_cuda(ids_in, op, "ids");
+  const bool ids64 = index_is64(ids_in, op, "ids");
+  check_experts(E, op);
+  c10::cuda::CUDAGuard guard(ids_in.device());
+  const Tensor ids = ids_in.contiguous();
+  Tensor counts = at::empty({E}, ids.options().dtype(at::kLong));
+  check_launch(sbops::launch_expert_counts(ids.data_ptr(), ids64, ids.numel(), static_cast<int>(E),
+                                           counts.data_ptr<int64_t>(), stream()),
+               op);
+  return counts;
+}
+}  // namespace
+
+// Signatures match the CPU backend's (see ops_spike.cpp).
+TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
+  m.impl("topk_gating", &topk_gating_cuda);
+  m.impl("topk_gating_bwd", &topk_gating_bwd_cuda);
+  m.impl("moe_permute", &moe_permute_cuda);
+  m.impl("moe_permute_bwd", &moe_permute_bwd_cuda);
+  m.impl("moe_unpermute", &moe_unpermute_cuda);
+  m.impl("moe_unpermute_bwd", &moe_unpermute_bwd_cuda);
+  m.impl("moe_align_block_size", &moe_align_block_size_cuda);
+  m.impl("expert_counts", &expert_counts_cuda);
+}
