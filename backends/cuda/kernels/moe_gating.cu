@@ -89,7 +89,7 @@ __device__ __forceinline__ void sort_descending(uint32_t (&key)[J]) {
 // General keys (the orderable score image, equal images possible): per round the group-wide max key, then the
 // lowest expert holding it; its lane retires it.  (32-bit keys and a separate index min: about 30% fewer
 // instructions per round than one 64-bit (score, ~expert) max.  Tree-shaped maxima and a ballot for the
-// winner lane were timed slower, 22 against 12.3 us at E=128 k=8: benchmarks/gpu/probe_topk.cu.)
+// winner lane were timed slower, 22 against 12.3 us at E=128 k=8: benchmarks/gpu/probes/topk_selection_loops.cu.)
 template <int W, int J>
 __device__ __forceinline__ void select_rounds(uint32_t (&key)[J], int e0, int E, int k, int gl, int& my_id,
                                               uint32_t& my_key, uint32_t& first_key) {

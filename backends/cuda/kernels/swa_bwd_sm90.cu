@@ -94,7 +94,7 @@ __global__ void swa_bwd_prep_kernel(const E* __restrict__ o, const E* __restrict
   }
 }
 
-// kDqMode: 0 no dQ (dq_acc unused), 1 dQ.  benchmarks/gpu/probe_swa_bwd.cu times diagnosis modes that each drop
+// kDqMode: 0 no dQ (dq_acc unused), 1 dQ.  benchmarks/gpu/probes/swa_bwd_time_split.cu times diagnosis modes that each drop
 // one part of the dQ path (wrong results, timing only): 2 no global reduction, 3 no dQ MMA, 4 no dS^T stores.
 enum DqMode : int { kNoDq = 0, kWithDq = 1, kProbeNoReduce = 2, kProbeNoDqMma = 3, kProbeNoDsStore = 4 };
 

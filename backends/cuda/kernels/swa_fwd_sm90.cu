@@ -58,7 +58,7 @@ static_assert(4 * kWarpSize == kProducerThreads, "a warpgroup is 4 warps of 32 l
 // 64-column half of every K/V tile and multicasts it into both CTAs' ring (half the L2 -> SM traffic), and a stage
 // is refilled once the consumer warps of both CTAs released it (remote mbarrier arrivals).  kFwd is the same
 // kernel without clusters (odd H).  At the H100's power cap the multicast is 0.973x the time at 128k and 0.936x at
-// 32k (benchmarks/gpu/probe_swa_fwd.cu; outputs bit-identical).
+// 32k (benchmarks/gpu/probes/swa_fwd_time_split.cu; outputs bit-identical).
 // The probe modes exist only to find where the time goes; all but kProbeQSmem and kProbeMcastLocal give wrong
 // outputs.  kProbeHalfLoads issues the K/V tile loads of every other tile only (the MMAs read the ring's stale
 // tiles in between: half the L2 -> SM traffic), kProbeNoLoads loads only the first kStages tiles of the launch,

@@ -1,8 +1,8 @@
-// A/B probe of top-k gating selection loops (diagnosis aid for moe.cu's topk_gating_kernel, not a test):
+// A/B probe of top-k gating selection loops (diagnosis aid for moe_gating.cu's topk_gating_kernel, not a test):
 // T = 16384 tokens, E = 128 experts, k = 8, bf16 logits, softmax + renormalize, no bias / groups; W = 8 lanes
 // per token, J = 16 experts per lane.  Each variant is timed with CUDA events (median of 200 launches, L2
 // flushed before each) and its ids compared with variant A's.  Variants:
-//   select "old": moe.cu's select_rounds (per round a serial 16-key max, 3-step max butterfly, lowest-expert min
+//   select "old": moe_gating.cu's select_rounds (per round a serial 16-key max, 3-step max butterfly, lowest-expert min
 //                 butterfly, retire by index), or the same with tree-shaped max / index search
 //   select "new": per-lane best kept, tree maxima, winner lane by ballot, its lowest j by one shuffle
 //   rowpass: full-row softmax max/sum (else weights from the k picks' keys); reload: winner logit re-read
@@ -12,14 +12,14 @@
 #include <cstdio>
 #include <vector>
 
-#include "moe.cu"
+#include "moe_gating.cu"
 
 namespace sbops {
 namespace {
 constexpr int PW = 8, PJ = 16;
 using BF = __nv_bfloat16;
 
-// the tree helpers of the "new" selection (tried in moe.cu in session 6, removed from there: slower)
+// the tree helpers of the "new" selection (tried in moe_gating.cu in session 6, removed from there: slower)
 template <int J>
 __device__ __forceinline__ uint32_t max_tree(const uint32_t (&key)[J]) {
   uint32_t t[J];
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(256, MINB) tk(const BF* __restrict__ logits, f
   int my_id = -1;
   uint32_t my_key = 0u, first_key = 0u;
   if (!kNew && !kTreeOld) {
-    select_rounds<W, J>(key, e0, E, k, gl, my_id, my_key, first_key);  // moe.cu's general loop
+    select_rounds<W, J>(key, e0, E, k, gl, my_id, my_key, first_key);  // moe_gating.cu's general loop
   } else if (!kNew) {
     // the same rounds with tree-shaped max and index search
     for (int r = 0; r < k; ++r) {
@@ -191,7 +191,7 @@ int main() {
   V("E new select, no rowpass, keys, minb4", 4, true, false, false, false, false);
   V("F new select pred retire, no rowpass, keys, minb4", 4, true, false, false, true, false);
   V("J new select pred retire, no rowpass, keys, minb1", 1, true, false, false, true, false);
-  run("moe.cu topk_gating_kernel<bf16, 8, 16> (packed keys, sorted lanes)", [&] {
+  run("moe_gating.cu topk_gating_kernel<bf16, 8, 16> (packed keys, sorted lanes)", [&] {
     topk_gating_kernel<BF, 8, 16><<<grid, 256>>>(d, nullptr, w, ids, T, E, K, true, true, 0, 0, 1.f, true);
   }, false);
   return rc;

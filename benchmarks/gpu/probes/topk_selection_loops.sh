@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build and run benchmarks/gpu/probes/topk_selection_loops.cu on the GPU machine, then Nsight Compute on two of its kernels
-# (variant A, the session-5 loop, and moe.cu's kernel).  Diagnosis aid.
+# (variant A, the session-5 loop, and moe_gating.cu's kernel).  Diagnosis aid.
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-/tmp/sbops-out}; mkdir -p "$OUT/logs"
