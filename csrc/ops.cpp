@@ -40,6 +40,11 @@ TORCH_LIBRARY(sbops, m) {
   // Histogram of |counts| as int64 [max_abs + 1]; the public spike_stats derives the rest.
   m.def("spike_stats(Tensor counts, int max_abs) -> Tensor");
 
+  // W8ASpike linear: y = vth * (round(x / vth) @ dequant(weight_q, weight_scale)^T) + bias, x [M, K];
+  // weight_scale [N] (group_size <= 0: per output channel) or [N, K / group_size].  Counts never saturate.
+  m.def("spike_linear(Tensor x, Tensor weight_q, Tensor weight_scale, float k, Tensor? bias, "
+        "int group_size) -> Tensor");
+
   // ---- 4. MoE routing --------------------------------------------------------------------
   // num_groups <= 0: no group restriction.
   m.def("topk_gating(Tensor logits, int k, str scoring, bool renormalize, Tensor? bias, "

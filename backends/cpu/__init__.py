@@ -36,6 +36,7 @@ BACKEND = Backend(
         "swa_cache_write": OpCaps(F, impl="c++"),
         "spike_encode": OpCaps(F, impl="c++"),
         "spike_quant": OpCaps(F, impl="c++"),
+        "spike_linear": OpCaps(F, features=frozenset({"bias", "group"}), impl="c++ (float64 accumulation)"),
         "spike_expand": OpCaps(I, impl="c++"),
         "spike_collapse": OpCaps(I, impl="c++"),
         "spike_stats": OpCaps(I, impl="c++"),

@@ -19,7 +19,7 @@ IDX = (torch.int32, torch.int64)
 INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 # which implementation serves each op: "native" (CUDA C++ in sbops._C) or "triton"
-TRITON_OPS = {"linear_attn", "swa_attn"}
+TRITON_OPS = {"linear_attn", "swa_attn", "spike_linear"}
 
 OPS = {
     "linear_attn": OpCaps(LOWP, head_dims=(64, 128),
@@ -34,6 +34,8 @@ OPS = {
     "swa_cache_write": OpCaps(LOWP, impl="cuda c++"),
     "spike_encode": OpCaps(LOWP, impl="cuda c++"),
     "spike_quant": OpCaps(LOWP, impl="cuda c++"),
+    "spike_linear": OpCaps(LOWP, features=frozenset({"bias", "group"}),
+                           impl="triton: fused encode to int8 counts + int8 tensor-core GEMM"),
     "spike_expand": OpCaps(INTS, impl="cuda c++"),
     "spike_collapse": OpCaps(INTS, impl="cuda c++"),
     "spike_stats": OpCaps(INTS, impl="cuda c++"),
@@ -73,6 +75,7 @@ def register_triton(tuning_backend: str) -> None:
     """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`."""
     from . import sm90
     from .triton import linear_attn as la
+    from .triton import spike_linear as sl
     from .triton import swa
 
     def linear_attn(q, k, v, g, scale, initial_state, cu_seqlens):
@@ -103,8 +106,11 @@ def register_triton(tuning_backend: str) -> None:
         return swa.swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v,
                                 backend=tuning_backend)
 
+    def spike_linear(x, weight_q, weight_scale, k, bias, group_size):
+        return sl.spike_linear_fwd(x, weight_q, weight_scale, k, bias, group_size if group_size > 0 else None)
+
     for name, fn in (("linear_attn", linear_attn), ("linear_attn_bwd", linear_attn_bwd),
-                     ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd)):
+                     ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd), ("spike_linear", spike_linear)):
         torch.library.register_kernel(f"sbops::{name}", "cuda", fn)
 
 

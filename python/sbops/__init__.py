@@ -31,7 +31,8 @@ from ._dispatch import (Backend, NoBackendError, OpCaps, Request, backends, expl
 from ._validate import data_checks, set_data_checks  # noqa: E402
 from .ops import (expert_counts, linear_attn, linear_attn_decode, moe_align_block_size,  # noqa: E402
                   moe_permute, moe_unpermute, spike_collapse, spike_encode, spike_expand, spike_quant,
-                  spike_stats, swa_attn, swa_cache_write, swa_decode, topk_gating)
+                  spike_stats, swa_attn, swa_cache_write, swa_decode, topk_gating,
+                  spike_linear, quantize_weight)
 from ._backends import load_builtin as _load_builtin  # noqa: E402
 
 _load_builtin()
@@ -39,7 +40,7 @@ _load_builtin()
 __version__ = "0.1.0"
 __all__ = [
     "linear_attn", "linear_attn_decode", "swa_attn", "swa_decode", "swa_cache_write",
-    "spike_encode", "spike_quant", "spike_expand", "spike_collapse", "spike_stats",
+    "spike_encode", "spike_quant", "spike_expand", "spike_collapse", "spike_stats", "spike_linear", "quantize_weight",
     "topk_gating", "moe_permute", "moe_unpermute", "moe_align_block_size", "expert_counts",
     "backends", "explain", "use_backend", "register_backend", "Backend", "OpCaps", "Request",
     "NoBackendError", "data_checks", "set_data_checks",

@@ -131,6 +131,34 @@ def _sq_backward(ctx, grad):
 register_autograd(lib + "spike_quant", _sq_backward, setup_context=_sq_setup)
 
 
+@register_fake(lib + "spike_linear")
+def _(x, weight_q, weight_scale, k, bias, group_size):
+    return x.new_empty((x.shape[0], weight_q.shape[0]))
+
+
+def _sl_setup(ctx, inputs, output):
+    x, weight_q, weight_scale, k, bias, group_size = inputs
+    ctx.save_for_backward(weight_q, weight_scale)
+    ctx.group_size, ctx.x_dtype, ctx.has_bias = group_size, x.dtype, bias is not None
+
+
+def _sl_backward(ctx, grad):
+    # straight-through, as spike_quant: y ~ x_hat @ W^T with d x_hat / d x = identity
+    weight_q, weight_scale = ctx.saved_tensors
+    N, K = weight_q.shape
+    w = weight_q.to(torch.float32)
+    if ctx.group_size > 0:
+        w = (w.view(N, K // ctx.group_size, ctx.group_size) * weight_scale.to(torch.float32)[..., None]).view(N, K)
+    else:
+        w = w * weight_scale.to(torch.float32)[:, None]
+    gx = (grad.to(torch.float32) @ w).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+    gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
+    return gx, None, None, None, gb, None
+
+
+register_autograd(lib + "spike_linear", _sl_backward, setup_context=_sl_setup)
+
+
 @register_fake(lib + "spike_expand")
 def _(counts, mode, T):
     return counts.new_empty((T, *counts.shape), dtype=torch.int8)

@@ -2,9 +2,10 @@
 from .linear_attn import linear_attn, linear_attn_decode
 from .moe import expert_counts, moe_align_block_size, moe_permute, moe_unpermute, topk_gating
 from .spike import spike_collapse, spike_encode, spike_expand, spike_quant, spike_stats
+from .spike_linear import quantize_weight, spike_linear
 from .swa import swa_attn, swa_cache_write, swa_decode
 
 PUBLIC = {f.__name__: f for f in (
     linear_attn, linear_attn_decode, swa_attn, swa_decode, swa_cache_write,
-    spike_encode, spike_quant, spike_expand, spike_collapse, spike_stats,
+    spike_encode, spike_quant, spike_expand, spike_collapse, spike_stats, spike_linear,
     topk_gating, moe_permute, moe_unpermute, moe_align_block_size, expert_counts)}

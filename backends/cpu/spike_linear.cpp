@@ -1,0 +1,67 @@
+// C++ reference for spike_linear (W8ASpike): y = vth * (s @ dequant(weight_q, weight_scale)^T) + bias,
+// with vth and s = nearbyint(x / vth) exactly as spike_encode computes them (float32 threshold and
+// quotient), and the products accumulated in double.  Counts are never saturated: they are used as
+// doubles.  Inputs of any strides (made contiguous here: this is the reference, not the hot path).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+at::Tensor spike_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_q_in,
+                            const at::Tensor& weight_scale_in, double k,
+                            const std::optional<at::Tensor>& bias_in, int64_t group_size) {
+  TORCH_CHECK(x_in.dim() == 2, "spike_linear: x must be [M, K] (the wrapper flattens leading dims)");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "spike_linear: x must be a floating tensor");
+  TORCH_CHECK(k > 0, "spike_linear: k must be > 0, got ", k);
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = weight_q_in.size(0);
+  TORCH_CHECK(weight_q_in.dim() == 2 && weight_q_in.size(1) == K, "spike_linear: weight_q must be [N, ", K, "]");
+  const bool per_group = group_size > 0;
+  const int64_t G = per_group ? K / group_size : 1;
+  TORCH_CHECK(!per_group || K % group_size == 0, "spike_linear: K=", K, " must be a multiple of group_size=", group_size);
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const at::Tensor wq = weight_q_in.to(at::kDouble).contiguous();  // int8 or float8 values, exact in double
+  const at::Tensor sc = weight_scale_in.to(at::kDouble).contiguous().reshape({N, G});
+  at::Tensor y = at::empty({M, N}, x_in.options().dtype(at::kDouble));
+  const float* xp = x.const_data_ptr<float>();
+  const double* wp = wq.const_data_ptr<double>();
+  const double* sp = sc.const_data_ptr<double>();
+  double* yp = y.mutable_data_ptr<double>();
+  std::vector<double> bias;
+  if (bias_in.has_value()) {
+    const at::Tensor b = bias_in->to(at::kDouble).contiguous();
+    TORCH_CHECK(b.numel() == N, "spike_linear: bias must have ", N, " elements");
+    bias.assign(b.const_data_ptr<double>(), b.const_data_ptr<double>() + N);
+  }
+  const int64_t gs = per_group ? group_size : K;
+  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<double> c(K);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * K;
+      double sum = 0.0;  // as spike_encode: |x| summed in double, mean rounded to float, / k, clamp
+      for (int64_t i = 0; i < K; ++i) sum += std::fabs(static_cast<double>(xr[i]));
+      float vth = static_cast<float>(sum / static_cast<double>(K)) / static_cast<float>(k);
+      vth = std::fmin(std::fmax(vth, 1e-5f), 1e4f);
+      for (int64_t i = 0; i < K; ++i) c[i] = std::nearbyint(static_cast<double>(xr[i] / vth));
+      for (int64_t n = 0; n < N; ++n) {
+        const double* wr = wp + n * K;
+        double acc = 0.0;
+        for (int64_t g = 0; g < G; ++g) {
+          double part = 0.0;
+          for (int64_t i = g * gs; i < (g + 1) * gs; ++i) part += c[i] * wr[i];
+          acc += part * sp[n * G + g];
+        }
+        yp[r * N + n] = static_cast<double>(vth) * acc + (bias.empty() ? 0.0 : bias[n]);
+      }
+    }
+  });
+  return y.to(x_in.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sbops, CPU, m) { m.impl("spike_linear", &spike_linear_cpu); }

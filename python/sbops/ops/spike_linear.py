@@ -1,0 +1,81 @@
+"""W8ASpike linear: spike-coded activations times 8-bit weights (issue 23)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _validate as V
+from ._common import run
+
+_NO = ()
+WEIGHT_DTYPES = (torch.int8,)
+
+
+def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
+                    dtype: torch.dtype = torch.int8) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit quantisation of a float weight [N, K] for `spike_linear`.
+
+    Per output channel (group_size=None): weight_scale [N] = max|w| / 127 over each row; per group
+    (group_size=g, K % g == 0; W8ASpike uses 128): weight_scale [N, K // g].  weight_q =
+    clamp(round(w / scale), -127, 127) as int8.  Returns (weight_q, weight_scale float32)."""
+    op = "quantize_weight"
+    V.tensor(op, "weight", weight, ndim=2, dtypes=V.FLOAT_DTYPES, what="[N, K]")
+    if dtype != torch.int8:
+        raise TypeError(f"sbops.{op}: dtype must be torch.int8, got {dtype}")
+    N, K = weight.shape
+    w = weight.detach().to(torch.float32)
+    if group_size is None:
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        q = torch.round(w / scale[:, None])
+    else:
+        if not isinstance(group_size, int) or group_size <= 0 or K % group_size:
+            raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
+        wg = w.reshape(N, K // group_size, group_size)
+        scale = wg.abs().amax(dim=2).clamp_min(1e-12) / 127.0
+        q = torch.round(wg / scale[..., None]).reshape(N, K)
+    return q.clamp_(-127, 127).to(torch.int8).contiguous(), scale.contiguous()
+
+
+def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float = 3.0,
+                 bias: Optional[torch.Tensor] = None, group_size: Optional[int] = None) -> torch.Tensor:
+    """y = vth * (s @ dequant(weight_q, weight_scale)^T) + bias, the W8ASpike linear layer.
+
+    x [..., K] float; vth = clamp(mean|x| / k, 1e-5, 1e4) per row and s = round_half_even(x / vth)
+    exactly as `spike_encode` (never saturated); weight_q [N, K] int8; weight_scale [N] (per output
+    channel) or [N, K // group_size] (per group); float32 accumulation; y [..., N] in x's dtype.
+    On CUDA the counts are encoded once to int8 by a fused pre-pass and multiplied on the int8
+    tensor cores; rows whose counts exceed 127 take extra int8 passes over base-128 digits, so the
+    result is exact for every count (a count of 2^31 or more, possible only when mean|x| > 3e4 * k,
+    makes the row NaN on CUDA).  The gradient is straight-through, as `spike_quant`:
+    dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
+    x may be a strided view (read in place when its last dim is contiguous).
+    """
+    op = "spike_linear"
+    V.tensor(op, "x", x, dtypes=V.FLOAT_DTYPES, what="[..., K]")
+    if x.dim() < 1:
+        raise ValueError(f"sbops.{op}: x must have at least 1 dimension [..., K], got a scalar")
+    K = x.shape[-1]
+    V.tensor(op, "weight_q", weight_q, ndim=2, dtypes=WEIGHT_DTYPES, device=x.device, what="[N, K] int8")
+    N = weight_q.shape[0]
+    if weight_q.shape[1] != K:
+        raise ValueError(f"sbops.{op}: weight_q must have shape [N, {K}] (K = x's last dim), got {list(weight_q.shape)}")
+    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+        raise ValueError(f"sbops.{op}: k must be a positive finite number, got {k!r}")
+    if group_size is None:
+        V.tensor(op, "weight_scale", weight_scale, dtypes=V.FLOAT_DTYPES, device=x.device, shape=(N,),
+                 what="(per output channel, group_size=None)")
+        gs = 0
+    else:
+        if not isinstance(group_size, int) or group_size <= 0 or K % group_size:
+            raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
+        V.tensor(op, "weight_scale", weight_scale, dtypes=V.FLOAT_DTYPES, device=x.device,
+                 shape=(N, K // group_size), what=f"(per group of {group_size} input channels)")
+        gs = group_size
+    if bias is not None:
+        V.tensor(op, "bias", bias, dtypes=V.FLOAT_DTYPES, device=x.device, shape=(N,))
+    x2 = x.reshape(-1, K)
+    y = run(op, x2, _NO, ("bias" if bias is not None else None, "group" if gs else None),
+            x2, weight_q, weight_scale, float(k), bias, gs)
+    return y.view(*x.shape[:-1], N)
