@@ -6,6 +6,7 @@
     SBOPS_MACA_SIM=1                          # compile the MACA code paths with nvcc (NVIDIA simulation)
     SBOPS_BUILD_DIR=build/xyz                 # CMake build directory (incremental rebuilds)
 """
+import fnmatch
 import os
 import shlex
 import shutil
@@ -15,8 +16,27 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent.resolve()
+
+# The wheel holds the package and nothing else. The backend folders also hold development tools that
+# are not part of it; modules whose name matches one of these never ship (tests/test_build.py checks).
+DEV_MODULES = ("test_*", "*_test", "*_dev_check", "probe_*", "diag_*", "smoke_*", "check_*")
+
+# Data files that ship, per package; nothing else (no include_package_data sweep of the source tree).
+PACKAGE_DATA = {
+    "sbops._backends.cuda": ["tuning/*.json"],
+    "sbops._backends.maca": ["tuning/*.json", "README.md"],
+}
+
+
+class BuildPy(build_py):
+    """build_py that leaves out development modules (DEV_MODULES) found in the package folders."""
+
+    def find_package_modules(self, package, package_dir):
+        return [(pkg, mod, path) for pkg, mod, path in super().find_package_modules(package, package_dir)
+                if not any(fnmatch.fnmatch(mod, pat) for pat in DEV_MODULES)]
 
 
 class CMakeExtension(Extension):
@@ -74,11 +94,9 @@ setup(
         "sbops._backends.cuda.triton": "backends/cuda/triton",
         "sbops._backends.maca": "backends/maca",
     },
-    package_data={
-        "sbops._backends.cuda": ["tuning/*.json"],
-        "sbops._backends.maca": ["tuning/*.json", "README.md"],
-    },
+    package_data=PACKAGE_DATA,
+    include_package_data=False,
     ext_modules=[CMakeExtension("sbops._C")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     zip_safe=False,
 )

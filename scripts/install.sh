@@ -1,28 +1,136 @@
 #!/usr/bin/env bash
-# Build the sbops wheel against the torch already installed and install it into a fresh venv (.venv).
-#   scripts/install.sh [test|bench]   extras to install alongside (pytest / rich+matplotlib)
-# Torch is the user's: it is never upgraded or replaced. Only where no torch exists at all is the
-# CPU build pinned here installed (torch==2.13.0), never an unpinned torch (that pulls GBs of CUDA wheels).
+# Build sbops against the torch of the python you run, and install it into that python's environment
+# (the active virtualenv / conda env, or the system python), as `pip install` would.
+#
+#   scripts/install.sh [test|bench ...]     extras: test = pytest numpy triton transformers safetensors,
+#                                            bench = rich matplotlib numpy (listed in pyproject.toml)
+#   PYTHON=/path/to/python scripts/install.sh ...   another interpreter (default: `python`, else `python3`)
+#   MAX_JOBS=N                                       parallel compile jobs (default: all cores)
+#
+# It never creates an environment, never replaces your torch, and asks no package index about
+# anything already installed: with every dependency present it runs offline.
+#   - torch: used as it is; only where none is importable is the CPU build torch==2.13.0 installed.
+#   - build tools (setuptools, wheel, cmake, ninja) and the extras' packages: installed only when
+#     missing, under a constraint that pins the installed torch, so nothing can pull another torch.
+#   - sbops itself: a wheel built with `pip wheel --no-build-isolation --no-deps` against that torch,
+#     installed with --no-deps --force-reinstall.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-extra=${1:-}
 
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  echo "sbops: no torch found; installing the CPU build torch==2.13.0"
-  "$PY" -m pip install -q torch==2.13.0
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if command -v python >/dev/null 2>&1; then PY=python; else PY=python3; fi
 fi
-"$PY" -m pip install -q "setuptools>=64" wheel
-echo "sbops: building the wheel against torch $("$PY" -c 'import torch; print(torch.__version__)')"
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "sbops install: no python found (tried '$PY'); activate your environment or set PYTHON=/path/to/python" >&2
+  exit 1
+fi
+for extra in "$@"; do
+  case "$extra" in test|bench) ;; *) echo "sbops install: unknown extra '$extra'; expected test or bench" >&2; exit 2;; esac
+done
+
+T0=$SECONDS
+N=6
+stage() { echo "sbops install [$1/$N] $2  (${SECONDS}s)"; }
+pip_() { "$PY" -m pip "$@"; }
+has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+
+# 1. the interpreter and its environment
+where=$("$PY" - <<'EOF'
+import os, sys, sysconfig
+if sys.version_info < (3, 9):
+    sys.exit(f"sbops needs Python >= 3.9; {sys.executable} is {sys.version.split()[0]}")
+venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+conda = os.path.exists(os.path.join(sys.prefix, "conda-meta"))
+kind = "virtualenv" if venv else "conda env" if conda else "system python"
+managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+if managed and not venv and not conda and not os.environ.get("PIP_BREAK_SYSTEM_PACKAGES"):
+    sys.exit(f"{sys.executable} is an externally managed system python (PEP 668): create and activate an "
+             "environment first (python3 -m venv .venv && . .venv/bin/activate), then run this again")
+print(f"{sys.executable} (Python {sys.version.split()[0]}, {kind} at {sys.prefix})")
+EOF
+)
+stage 1 "installing into $where"
+if ! pip_ --version >/dev/null 2>&1; then
+  echo "sbops install: $PY has no pip (python -m pip); install it (e.g. python -m ensurepip) and run this again" >&2
+  exit 1
+fi
+# console scripts of this environment (a cmake or ninja installed below) come first on PATH
+PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+
+# 2. torch: the user's, as is
+if "$PY" -W ignore -c "import torch" 2>/dev/null; then
+  stage 2 "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') found: used as it is"
+else
+  stage 2 "no torch found: installing the CPU build torch==2.13.0"
+  pip_ install -q torch==2.13.0
+fi
+# everything installed below must leave that torch alone: pin it (pip then fails rather than replace it)
+CONSTRAINTS=$(mktemp)
+trap 'rm -f "$CONSTRAINTS"' EXIT
+"$PY" - >"$CONSTRAINTS" <<'EOF'
+try:
+    from importlib.metadata import version
+    v = version("torch")
+except Exception:  # torch without distribution metadata (a source tree on sys.path)
+    import torch
+    v = torch.__version__
+print(f"torch=={v}")
+EOF
+
+# 3. build tools, only those missing
+need=()
+"$PY" - <<'EOF' || need+=("setuptools>=64")
+import sys
+try:
+    import setuptools
+except ImportError:
+    sys.exit(1)
+sys.exit(int(setuptools.__version__.split(".")[0]) < 64)
+EOF
+has_module setuptools.command.bdist_wheel || has_module wheel || need+=(wheel)  # setuptools >= 70.1 has bdist_wheel
+command -v cmake >/dev/null 2>&1 || need+=("cmake>=3.18")
+if [ ${#need[@]} -gt 0 ]; then
+  stage 3 "build tools: installing ${need[*]}"
+  pip_ install -q -c "$CONSTRAINTS" "${need[@]}"
+else
+  stage 3 "build tools: setuptools, wheel, cmake present"
+fi
+if ! command -v ninja >/dev/null 2>&1; then  # optional: faster builds; make is used without it
+  pip_ install -q -c "$CONSTRAINTS" ninja 2>/dev/null || echo "sbops install: ninja not installed; building with make"
+fi
+
+# 4. the wheel, against the installed torch
+stage 4 "building the wheel against that torch (SBOPS_TARGET=${SBOPS_TARGET:-auto}; a few minutes)"
 rm -rf dist
-MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip wheel -q --no-build-isolation --no-deps -w dist .
-
-# a fresh venv that sees the system torch but nothing of this source tree
-rm -rf .venv
-"$PY" -m venv --system-site-packages .venv
+MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} pip_ wheel -q --no-build-isolation --no-deps -w dist .
 whl=$(ls dist/sbops-*.whl)
-.venv/bin/python -m pip install -q --no-deps --force-reinstall "$whl"
-if [ -n "$extra" ]; then  # the extras' own packages (sbops itself is already there; torch is never touched)
-  .venv/bin/python -m pip install -q "$whl[$extra]"
+
+# 5. sbops itself, nothing else
+stage 5 "installing $whl"
+pip_ install -q --no-deps --force-reinstall "$whl"
+
+# 6. the extras' packages, only those that do not import
+if [ $# -gt 0 ]; then
+  mapfile -t missing < <("$PY" scripts/extras_missing.py "$@")
+  if [ ${#missing[@]} -gt 0 ]; then
+    stage 6 "extras $*: installing ${missing[*]}"
+    if ! pip_ install -q -c "$CONSTRAINTS" "${missing[@]}"; then
+      # each is optional (what needs it is skipped, with the reason): install what can be, say what not
+      echo "sbops install: installing them together failed; trying one at a time"
+      failed=()
+      for req in "${missing[@]}"; do pip_ install -q -c "$CONSTRAINTS" "$req" || failed+=("$req"); done
+      if [ ${#failed[@]} -gt 0 ]; then
+        echo "sbops install: WARNING: could not install ${failed[*]} (no network or no package index?);" \
+             "what needs them is skipped (pytest -rs shows why) or runs without them" >&2
+      fi
+    fi
+  else
+    stage 6 "extras $*: every package already present"
+  fi
+else
+  stage 6 "no extras asked for"
 fi
-.venv/bin/python -c "import sbops, sbops._C as c; print('sbops', sbops.__version__, 'installed, native target:', c.build_target)"
+
+"$PY" -c "import sbops, sbops._C as c; print('sbops', sbops.__version__, 'installed, native target:', c.build_target)"
+echo "sbops install: done in $((SECONDS - T0))s, into $("$PY" -c 'import sys; print(sys.executable)')"

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import zlib
 import sys
@@ -7,12 +8,44 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 
+# Optional packages the suite uses where present, and the extra that installs them. A test that needs
+# one is skipped, with the reason shown (pytest -rs), where it is missing: mark the test with
+# `requires_module("name")` (or one of the markers below), or call pytest.importorskip("name") at the top
+# of a module whose module-level code imports it.
+OPTIONAL = {"triton": "test", "numpy": "test", "transformers": "test", "safetensors": "test",
+            "rich": "bench", "matplotlib": "bench", "fla": None, "flash_attn": None}
+
+
+def has_module(name):
+    """Whether `name` (a top-level package) is installed, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def requires_module(name, why=""):
+    """A skipif marker: the test needs the optional package `name`; the reason says how to get it."""
+    extra = OPTIONAL.get(name)
+    how = f"pip install {name}" + (f" (or scripts/install.sh {extra})" if extra else "")
+    reason = f"needs the optional package {name}{': ' + why if why else ''}; {how}"
+    return pytest.mark.skipif(not has_module(name), reason=reason)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/MACA GPU")
+requires_triton = requires_module("triton", "Triton kernels (TRITON_INTERPRET=1 on a CPU)")
+requires_numpy = requires_module("numpy")
+requires_transformers = requires_module("transformers")
+requires_safetensors = requires_module("safetensors")
+
+
+def pytest_report_header(config):
+    missing = [name for name in OPTIONAL if not has_module(name)]
+    return ["sbops optional packages missing (their tests skip): " + (", ".join(missing) if missing else "none")]
+
 
 @pytest.fixture(autouse=True)
 def _seed(request):
     # fresh but reproducible inputs per test
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
-
-
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/MACA GPU")

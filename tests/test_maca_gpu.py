@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
+
+np = pytest.importorskip("numpy")
 
 _TESTS = pathlib.Path(__file__).resolve().parent
 _ROOT = _TESTS.parent
