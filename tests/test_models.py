@@ -193,3 +193,62 @@ def test_gpu_generate_and_training_step_match_cpu(kind):
     for (name, p), pc in zip(model.named_parameters(), gpu.parameters()):
         if p.grad is not None:
             assert rel_err(pc.grad.cpu(), p.grad) < 1e-3, name
+
+
+# ----------------------------------------------------------------------- fused projections (inference)
+def _tiny_7b(dtype=torch.float64, **kw):
+    cfg = SpikingBrainConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_heads=4, num_kv_heads=2,
+                             head_dim=8, layer_types=("gla", "swa", "hybrid"), window=4, num_meta_tokens=2, **kw)
+    torch.manual_seed(0)
+    return SpikingBrainForCausalLM(cfg).to(dtype).eval()
+
+
+def _logits(model, ids, fuse):
+    import sbops.nn.common as common
+    old, common.FUSE_PROJECTIONS = common.FUSE_PROJECTIONS, fuse
+    try:
+        with torch.no_grad():
+            return model(ids).logits
+    finally:
+        common.FUSE_PROJECTIONS = old
+
+
+@pytest.mark.parametrize("gate_rank", [16, 0])
+def test_fused_projections_give_the_unfused_logits(gate_rank):
+    model = _tiny_7b(gate_low_rank_dim=gate_rank)
+    ids = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(1))
+    plain = _logits(model, ids, False)
+    fused = _logits(model, ids, True)
+    assert "_sbops_fused" in model.model.layers[0].self_attn.__dict__  # the fused path really ran
+    assert "_sbops_fused" in model.model.layers[0].mlp.__dict__
+    assert rel_err(fused, plain) < 1e-13
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.untyped_storage().nbytes() > q.numel() * q.element_size()  # a view into the fused weight
+
+
+def test_fused_weights_keep_state_dict_and_follow_loads_training_and_casts(tmp_path):
+    model = _tiny_7b()
+    ids = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _logits(model, ids, True)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    model.save_pretrained(tmp_path)  # safetensors refuses shared storage unless the save compacts it
+    assert sorted(SpikingBrainForCausalLM.from_pretrained(tmp_path).state_dict()) == sorted(before)
+
+    other = _tiny_7b()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.load_state_dict(other.state_dict())  # in-place copies into the fused storage
+    assert rel_err(_logits(model, ids, True), _logits(other, ids, False)) < 1e-13
+
+    model.train()  # autograd: separate projections; the step lands in the shared storage
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(ids, labels=ids).loss.backward()
+    assert model.model.layers[0].self_attn.k_proj.weight.grad is not None
+    opt.step()
+    model.eval()
+    assert rel_err(_logits(model, ids, True), _logits(model, ids, False)) < 1e-13
+    model.float()  # new storages: fused again on the next call
+    assert rel_err(_logits(model, ids, True), _logits(model, ids, False)) < 1e-5

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 
 LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
+SWA_KV_QUANTS = (None, "int8")
 
 
 @dataclass
@@ -17,7 +18,15 @@ class SpikingBrainConfig:
     (HybridAttention). Softmax attention uses `window` except on `full_attention_layers` (full
     causal). num_experts > 0 makes every FFN a MoEBlock, else a dense SwiGLU. spike_k (None: off)
     spike-codes the inputs of every projection inside the blocks (attention and FFN; not the
-    embeddings, the router or lm_head); weight_quant="int8" fake-quantises their weights.
+    embeddings, the router or lm_head); weight_quant="int8" fake-quantises their weights
+    ("int8_static": fixed checkpoint scales, SpikingBrain's W8ASpike).
+
+    W8ASpike options (SpikingBrain's released W8ASpike model; all off by default):
+      gate_low_rank_dim=0: GLA's gk_proj is one full-rank Linear(hidden, HKV * head_dim) with bias
+        instead of the low-rank pair Linear(hidden, r) -> Linear(r, HKV * head_dim);
+      swa_q_spike_k: SWA queries are spike-coded per head after RoPE with this k (released: 3);
+      swa_kv_quant="int8": SWA keys/values are int8 fake-quantised per token and head (after RoPE);
+      mlp_down_quant=False: the FFN's down_proj stays a plain linear (no spiking, no weight quant).
     """
     vocab_size: int
     hidden_size: int
@@ -44,6 +53,9 @@ class SpikingBrainConfig:
     weight_quant: Optional[str] = None
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    swa_q_spike_k: Optional[float] = None
+    swa_kv_quant: Optional[str] = None
+    mlp_down_quant: bool = True
 
     def __post_init__(self):
         self.layer_types = tuple(self.layer_types)
@@ -51,6 +63,13 @@ class SpikingBrainConfig:
         bad = [t for t in self.layer_types if t not in LAYER_TYPES]
         if bad:
             raise ValueError(f"SpikingBrainConfig: unknown layer types {bad}; expected {LAYER_TYPES}")
+        if self.gate_low_rank_dim < 0:
+            raise ValueError(f"SpikingBrainConfig: gate_low_rank_dim must be >= 0 (0: a full-rank gate), "
+                             f"got {self.gate_low_rank_dim}")
+        if self.swa_kv_quant not in SWA_KV_QUANTS:
+            raise ValueError(f"SpikingBrainConfig: swa_kv_quant must be one of {SWA_KV_QUANTS}, got {self.swa_kv_quant!r}")
+        if self.swa_q_spike_k is not None and not self.swa_q_spike_k > 0:
+            raise ValueError(f"SpikingBrainConfig: swa_q_spike_k must be positive or None, got {self.swa_q_spike_k!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"SpikingBrainConfig: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")

@@ -52,9 +52,10 @@ def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBra
         used.update(n for n in src_sd if n.startswith(prefix))
         attn = dst_layer.self_attn
         if isinstance(attn, GatedLinearAttention):
-            nn.init.normal_(attn.gk_proj[0].weight, std=0.02)
-            nn.init.normal_(attn.gk_proj[1].weight, std=0.02)
-            nn.init.zeros_(attn.gk_proj[1].bias)
+            for lin in (attn.gk_proj if isinstance(attn.gk_proj, nn.Sequential) else [attn.gk_proj]):
+                nn.init.normal_(lin.weight, std=0.02)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
 
     if cfg.tie_word_embeddings:
         used.add("lm_head.weight")

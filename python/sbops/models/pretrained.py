@@ -32,11 +32,12 @@ as Hugging Face's torch_dtype="auto"; dtype=torch.float32 reproduces transformer
 Buffers are created in that dtype as under Hugging Face (so W8ASpike's int8 scales are applied
 in the model dtype, as in the released code).
 
-W8ASpike checkpoints (detected by `*.weight_quantizer.scales` tensors) need three model options
-that sbops.models does not have yet (full-rank gk_proj, spiking inside SWA, a plain down_proj);
-loading one raises NotImplementedError naming the missing SpikingBrainConfig fields.  The loader
-side is complete: see _W8A_FIELDS, and sbops.nn.spike (WeightQuantizer, weight_quant="int8_static",
-spike_fake_quant_released, int8_fake_quant_per_row).
+W8ASpike checkpoints (detected by `*.weight_quantizer.scales` tensors, or quant_weight_group_size
+in config.json) load with spike_k=3, weight_quant="int8_static" (the checkpoint's scales, applied as
+round(w / s) * s, never recomputed) and the W8ASpike options of _W8A_FIELDS: a full-rank gk_proj
+(gate_low_rank_dim=0), spike-coded queries (k=3) and int8 keys/values inside SWA, and a plain
+down_proj (mlp_down_quant=False; the release's swiglu_linear reads down_proj.weight directly, so its
+scales are unused: they are kept aside and written back by save_pretrained).
 """
 from __future__ import annotations
 
@@ -293,12 +294,11 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
             renamed[ours] = t
         if w8a:  # the released FFN reads down_proj's weight directly (swiglu_linear): its scales are unused
             for k in [k for k in renamed if k.endswith(".mlp.down_proj" + _W8A_SCALES)]:
-                extra[ours_to_released(k)] = renamed.pop(k)
+                t = renamed.pop(k)
+                extra[ours_to_released(k)] = t.to(dtype) if t.is_floating_point() else t  # as the model's buffers
 
     with _fast_init(dtype, device):
         model = cls(cfg)
-    if not native and any(k.endswith(_W8A_SCALES) for k in sd):
-        _check_w8a_model(model)
     _load_exact(model, renamed)
     model.eval()
     model._released_config = None if native else d
@@ -307,22 +307,8 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
 
 
 def _w8a_config(cfg: SpikingBrainConfig) -> SpikingBrainConfig:
-    have = {f.name for f in dataclasses.fields(SpikingBrainConfig)}
-    missing = [f for f in _W8A_FIELDS if f not in have]
-    if missing:
-        raise NotImplementedError(
-            "from_pretrained: this is a W8ASpike checkpoint, which needs model options sbops.models does not "
-            f"have yet: SpikingBrainConfig fields {missing} (full-rank gk_proj via gate_low_rank_dim=0; "
-            "spike-coded queries (k=3) and int8 k/v inside SWA; a plain down_proj), together with "
-            "spike_k=3.0 and weight_quant='int8_static' (checkpoint scales)")
+    """The released W8ASpike model: QuantLinear everywhere in the blocks (k=3, checkpoint scales)."""
     return cfg.replace(spike_k=3.0, weight_quant="int8_static", **_W8A_FIELDS)
-
-
-def _check_w8a_model(model):
-    keys = model.state_dict().keys()
-    if not any(k.endswith("self_attn.gk_proj.weight") for k in keys):
-        raise NotImplementedError("from_pretrained: W8ASpike needs a full-rank gk_proj (gate_low_rank_dim=0), "
-                                  "which this model build does not produce")
 
 
 def _load_exact(model, sd: Dict[str, torch.Tensor]):
@@ -377,7 +363,7 @@ def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_seri
     for k, t in model.state_dict().items():
         if cfg.tie_word_embeddings and k == "lm_head.weight":
             continue  # tied: stored once, as Hugging Face does
-        sd[ours_to_released(k) if released_format else k] = t.detach().to("cpu").contiguous()
+        sd[ours_to_released(k) if released_format else k] = _own_storage(t.detach().to("cpu"))
     if released_format:
         d = getattr(model, "_released_config", None)
         d = dict(d) if d else released_config_dict(cfg, dtype, w8a)
@@ -389,6 +375,14 @@ def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_seri
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump(d, fh, indent=2, sort_keys=True)
     _write_tensors(sd, path, max_shard_size, safe_serialization)
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """t, or a compact copy when it is a view into a larger storage (fused projections at inference
+    share one storage, which safetensors refuses)."""
+    if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.contiguous().clone()
 
 
 def _write_tensors(sd, path, max_shard_size, safe):

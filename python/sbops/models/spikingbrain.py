@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import sbops.distributed as sbd
+from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
+
 from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
 from .config import SpikingBrainConfig
 
@@ -57,7 +60,11 @@ class ModelCache:
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)). Qwen2 parameter names."""
+    """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)). Qwen2 parameter names.
+
+    The second norm takes the residual in fla's prenorm order (as the released SpikingBrain code:
+    mlp_norm(attn_out, residual, prenorm=True)): the FFN input is normalised from the float32 sum
+    x + attn_out, not from its copy rounded to x's dtype (identical in float32/float64)."""
 
     def __init__(self, cfg: SpikingBrainConfig, layer_idx: int):
         super().__init__()
@@ -71,7 +78,7 @@ class DecoderLayer(nn.Module):
                                                   norm_eps=cfg.rms_norm_eps, **common)
         elif kind == "swa":
             self.self_attn = SlidingWindowAttention(window=cfg.layer_window(layer_idx), rope_theta=cfg.rope_theta,
-                                                    **common)
+                                                    q_spike_k=cfg.swa_q_spike_k, kv_quant=cfg.swa_kv_quant, **common)
         else:
             self.self_attn = HybridAttention(window=cfg.layer_window(layer_idx), num_meta_tokens=cfg.num_meta_tokens,
                                              rope_theta=cfg.rope_theta, key_clamp=cfg.key_clamp,
@@ -80,7 +87,8 @@ class DecoderLayer(nn.Module):
             self.mlp = MoEBlock(cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.top_k,
                                 renormalize=cfg.moe_renormalize, spike_k=cfg.spike_k, weight_quant=cfg.weight_quant)
         else:
-            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.spike_k, cfg.weight_quant)
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.spike_k, cfg.weight_quant,
+                              down_quant=cfg.mlp_down_quant)
         self._moe = isinstance(self.mlp, MoEBlock)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -88,8 +96,9 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cache=None, positions=None):
         """Returns (x, aux_loss); aux_loss is the MoE load-balancing loss, None for a dense FFN.
         positions: a CacheBatch (see sbops.nn.cache), or the layers' legacy positions argument."""
-        x = x + self.self_attn(self.input_layernorm(x), cache, positions)
-        h = self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn(self.input_layernorm(x), cache, positions)
+        h, x = self.post_attention_layernorm(attn, residual=x, prenorm=True)
+        h = self.mlp(h)
         aux = None
         if self._moe:
             h, aux = h
@@ -120,6 +129,15 @@ class SpikingBrainForCausalLM(nn.Module):
         these positions of dim 1 (Hugging Face's meaning).  labels still give the loss over every
         position (labels [B, T] like input_ids, -100 ignored; packed sequences never predict across
         a boundary).
+
+    Sequence / expert parallel training (no cache, no cu_seqlens): inside
+    `sbops.distributed.sequence_parallel(group)` (and optionally `expert_parallel(group)`) each rank
+    passes its contiguous shard input_ids[:, lo:hi] and labels[:, lo:hi] (SequenceParallel.shard).
+    The loss and aux_loss it returns are then its additive shares: summed over the ranks they equal
+    the single-process values (the last token of a shard predicts the next shard's first label).
+    Train by all-reducing (summing) the gradients of every parameter over the SP group except the
+    routed experts under EP (complete on their owner) and HybridAttention's meta tokens (the SWA
+    halo exchange already sums them).  See docs/DISTRIBUTED.md.
     """
 
     def __init__(self, cfg: SpikingBrainConfig):
@@ -163,6 +181,14 @@ class SpikingBrainForCausalLM(nn.Module):
         B, T = input_ids.shape
         dev = input_ids.device
         cu_dev = None
+        sp = sbd.current_sp()
+        if sp is not None:
+            if cache is not None or cu_seqlens is not None:
+                raise NotImplementedError("sequence parallelism runs without a cache and without cu_seqlens: "
+                                          "pass this rank's [B, T_r] shard of input_ids")
+            positions = sp.positions(T, dev)[None]  # global positions of this shard (RoPE), once per forward
+            return CacheBatch(decode=False, positions=positions, starts=[0] * B, lens=[T] * B,
+                              offsets=[i * T for i in range(B)]), None
         if cu_seqlens is not None:
             if B != 1:
                 raise ValueError(f"with cu_seqlens, input_ids must be [1, total] (sequences packed along dim 1), "
@@ -236,7 +262,9 @@ class SpikingBrainForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             logits_all = self.lm_head(h)
-            loss = self._loss(logits_all, labels, cu_dev) + self.config.router_aux_loss_coef * aux
+            sp = sbd.current_sp()
+            ce = self._loss(logits_all, labels, cu_dev) if sp is None else self._loss_share(logits_all, labels, sp)
+            loss = ce + self.config.router_aux_loss_coef * aux
             logits = _keep(logits_all, logits_to_keep)
         else:
             logits = self.lm_head(_keep(h, logits_to_keep))
@@ -252,12 +280,33 @@ class SpikingBrainForCausalLM(nn.Module):
             target = target.clone()
             ends = cu_seqlens[1:-1].to(target.device, torch.int64) - 1
             target[:, ends[ends >= 0]] = -100
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+        return F.cross_entropy(_upcast(logits[:, :-1]).reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=-100)
+
+    @staticmethod
+    def _loss_share(logits, labels, sp):
+        """Sequence parallel: this rank's share of the single-process mean cross-entropy.  The shard's
+        last token predicts the next rank's first label (one all_gather of [B] labels); the sum of
+        the losses is divided by the count of valid targets over the whole group."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be shaped like input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        firsts = all_gather_stack(labels[:, 0], sp.group)            # [P, B]
+        r, P = sp.rank, sp.world_size
+        nxt = firsts[r + 1] if r + 1 < P else torch.full_like(labels[:, 0], -100)
+        target = torch.cat([labels[:, 1:], nxt[:, None]], 1)
+        n_valid = all_reduce_sum((target != -100).sum().to(torch.float64), sp.group)
+        ce = F.cross_entropy(_upcast(logits).reshape(-1, logits.shape[-1]), target.reshape(-1),
+                             ignore_index=-100, reduction="sum")
+        return ce / n_valid.to(ce.dtype)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         from .generate import generate
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """float32 for the loss (float64 stays float64)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:

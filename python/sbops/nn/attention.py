@@ -9,6 +9,11 @@ run whole sequences from position 0 (training / full recompute).  The model pass
   * decode: one token per sequence, device tensors only (CUDA-graph capturable).
 The older convention still works: layer(x, cache) prefills from position 0; layer(x[:, t:t+1],
 cache, positions [B, 1]) decodes one token.
+
+Sequence parallelism (training / prefill without a cache): inside `sbops.distributed.sequence_parallel(
+group)` x is this rank's contiguous shard of every sequence; linear attention runs
+sbops.distributed.linear_attn (state passing), softmax attention sbops.distributed.swa_attn (halo
+exchange), RoPE uses the shard's global positions.  A cache or cu_seqlens under SP is an error.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import sbops
+import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
-from .common import RMSNorm, RotaryEmbedding, apply_rope, make_linear
+from .common import RMSNorm, RotaryEmbedding, apply_rope, fused_linears, make_linear
+from .spike import int8_fake_quant_per_row, spike_fake_quant_released
 
 
 class _QKVOProjections(nn.Module):
@@ -41,11 +48,17 @@ class _QKVOProjections(nn.Module):
         self.v_proj = self._linear(hidden_size, num_kv_heads * head_dim, qkv_bias)
         self.o_proj = self._linear(num_heads * head_dim, hidden_size, False)
 
-    def _qkv(self, x):
+    def _qkv(self, x, extra: tuple = ()):
+        """q [B,T,H,D], k, v [B,T,HKV,D], then each extra linear's output on x.  At inference, plain
+        nn.Linear projections run as one fused GEMM (common.fused_linears); outputs are views."""
         B, T, _ = x.shape
-        return (self.q_proj(x).view(B, T, self.num_heads, self.head_dim),
-                self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim),
-                self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
+        mods = (self.q_proj, self.k_proj, self.v_proj) + tuple(extra)
+        outs = fused_linears(self, mods, x)
+        if outs is None:
+            outs = [m(x) for m in mods]
+        q, k, v = outs[:3]
+        return (q.view(B, T, self.num_heads, self.head_dim), k.view(B, T, self.num_kv_heads, self.head_dim),
+                v.view(B, T, self.num_kv_heads, self.head_dim)) + tuple(outs[3:])
 
     def _out(self, o):
         B, T = o.shape[:2]
@@ -53,7 +66,9 @@ class _QKVOProjections(nn.Module):
 
     def _rope(self, rotary, q, k, batch: Optional[CacheBatch], theta: float):
         if batch is None:
-            cos, sin = rotary(torch.arange(q.shape[1], device=q.device)[None])  # [1, T, D]
+            sp = sbd.current_sp()
+            pos = sp.positions(q.shape[1], q.device) if sp else torch.arange(q.shape[1], device=q.device)
+            cos, sin = rotary(pos[None])  # [1, T, D]
             cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         else:
             cos, sin = batch.rope(rotary, self.head_dim, theta)  # shared by the layers of one call
@@ -61,8 +76,18 @@ class _QKVOProjections(nn.Module):
 
 
 def _last(t):
-    """[N, 1, ...] -> [N, ...] contiguous (sbops ops demand contiguous inputs)."""
-    return t[:, 0].contiguous()
+    """[N, 1, ...] -> [N, ...] (a strided view: the ops accept it)."""
+    return t[:, 0]
+
+
+def _sp(cache, batch: Optional[CacheBatch]):
+    """The active sequence-parallel context (sbops.distributed.sequence_parallel), or None; SP runs
+    whole shards without a cache (training / prefill), so a cache or packed input under SP is an error."""
+    sp = sbd.current_sp()
+    if sp is not None and (cache is not None or (batch is not None and (batch.decode or batch.cu_seqlens is not None))):
+        raise NotImplementedError("sequence parallelism (sbops.distributed.sequence_parallel) runs without a "
+                                  "cache and without cu_seqlens: x must be this rank's [B, T_r] shard")
+    return sp
 
 
 def _batch(x, cache, positions) -> Optional[CacheBatch]:
@@ -79,6 +104,9 @@ def _linear_branch(q, k, v, g, cache: Optional[LinearAttnCache], batch: Optional
     if batch is not None and batch.decode:
         return sbops.linear_attn_decode(_last(q), _last(k), _last(v), _last(g), cache.state,
                                         state_indices=batch.slots).unsqueeze(1)
+    sp = _sp(cache, batch)
+    if sp is not None:
+        return sbd.linear_attn(q, k, v, g, group=sp.group)[0]
     cu = None if batch is None else batch.cu_seqlens
     init = None
     if cache is not None and batch.has_history:
@@ -147,6 +175,9 @@ def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Opti
             o = _attend_cache_with_sinks(q0, cache, batch.seq_lens, batch.slots, sink_k, sink_v,
                                          q.shape[-1] ** -0.5)
         return o.unsqueeze(1)
+    sp = _sp(cache, batch)
+    if sp is not None:
+        return sbd.swa_attn(q, k, v, window, sink_k=sink_k, sink_v=sink_v, group=sp.group)
     cu = None if batch is None else batch.cu_seqlens
     if cache is not None and window < 0:
         batch.check_full_cache(cache.rows)
@@ -183,7 +214,8 @@ class GatedLinearAttention(_QKVOProjections):
 
     q = relu(q_proj(x)) [H heads], k = relu(k_proj(x)), v = v_proj(x) [HKV heads],
     g = logsigmoid(gk_proj(x)) / gate_logit_normalizer, one log-decay per KV head and key channel,
-    with the low-rank gk_proj = Linear(hidden, 16, bias=False) -> Linear(16, HKV * K).
+    with the low-rank gk_proj = Linear(hidden, 16, bias=False) -> Linear(16, HKV * K), or with
+    gate_low_rank_dim=0 one full-rank Linear(hidden, HKV * K) with bias (SpikingBrain's W8ASpike).
     Per KV head: S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t; o_t = K^-0.5 q_t S_t (sbops.linear_attn,
     k/v/g stay at HKV heads: no repeat). The output is RMS-normed per head, then o_proj.
     The cache keeps one [HKV, K, V] float32 state per slot: a prefill chunk starts from it
@@ -195,8 +227,11 @@ class GatedLinearAttention(_QKVOProjections):
                  qkv_bias: bool = True, spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
         self.gate_logit_normalizer = gate_logit_normalizer
-        self.gk_proj = nn.Sequential(self._linear(hidden_size, gate_low_rank_dim, False),
-                                     self._linear(gate_low_rank_dim, num_kv_heads * head_dim, True))
+        if gate_low_rank_dim == 0:
+            self.gk_proj = self._linear(hidden_size, num_kv_heads * head_dim, True)
+        else:
+            self.gk_proj = nn.Sequential(self._linear(hidden_size, gate_low_rank_dim, False),
+                                         self._linear(gate_low_rank_dim, num_kv_heads * head_dim, True))
         self.o_norm = RMSNorm(head_dim, norm_eps)
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> LinearAttnCache:
@@ -207,9 +242,12 @@ class GatedLinearAttention(_QKVOProjections):
         """positions: a CacheBatch (what the model passes), or the legacy [B, 1] decode positions."""
         B, T, _ = x.shape
         batch = _batch(x, cache, positions)
-        q, k, v = self._qkv(x)
+        first = self.gk_proj[0] if isinstance(self.gk_proj, nn.Sequential) else self.gk_proj
+        q, k, v, gk = self._qkv(x, (first,))  # the gate's first stage shares q/k/v's input and GEMM
+        if isinstance(self.gk_proj, nn.Sequential):
+            gk = self.gk_proj[1](gk)
         q, k = F.relu(q), F.relu(k)
-        g = F.logsigmoid(self.gk_proj(x)).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
+        g = F.logsigmoid(gk).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
         o = _linear_branch(q, k, v, g, cache, batch)
         return self._out(self.o_norm(o))
 
@@ -221,12 +259,23 @@ class SlidingWindowAttention(_QKVOProjections):
     keys before it (window < 0: full causal). Prefill: sbops.swa_attn (a chunk on a cache that holds
     tokens attends the cached window too). Decode: the new key/value go into a ring buffer of
     window + 1 rows (sbops.swa_cache_write), then sbops.swa_decode.
+
+    SpikingBrain's W8ASpike options, applied after RoPE and before attention and any cache write:
+    q_spike_k spike-codes the queries per head (spike_fake_quant_released); kv_quant="int8" fake-
+    quantises keys and values to int8 per token and head (int8_fake_quant_per_row).  Both act per
+    row, so quantising at cache-write time equals the release's quantising of the whole window.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, window: int = 4096,
                  rope_theta: float = 10000.0, qkv_bias: bool = True, spike_k: Optional[float] = None,
-                 weight_quant: Optional[str] = None):
+                 weight_quant: Optional[str] = None, q_spike_k: Optional[float] = None,
+                 kv_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
+        if kv_quant not in (None, "int8"):
+            raise ValueError(f"SlidingWindowAttention: kv_quant must be None or 'int8', got {kv_quant!r}")
+        if q_spike_k is not None and not q_spike_k > 0:
+            raise ValueError(f"SlidingWindowAttention: q_spike_k must be positive or None, got {q_spike_k!r}")
+        self.q_spike_k, self.kv_quant = q_spike_k, kv_quant
         self.window = int(window)
         self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
@@ -239,6 +288,10 @@ class SlidingWindowAttention(_QKVOProjections):
         batch = _batch(x, cache, positions)
         q, k, v = self._qkv(x)
         q, k = self._rope(self.rotary, q, k, batch, self.rope_theta)
+        if self.q_spike_k is not None:
+            q = spike_fake_quant_released(q, self.q_spike_k)
+        if self.kv_quant == "int8":
+            k, v = int8_fake_quant_per_row(k), int8_fake_quant_per_row(v)
         return self._out(_softmax_branch(q, k, v, self.window, cache, batch))
 
 

@@ -22,6 +22,51 @@ def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Option
     return SpikeLinear(in_features, out_features, bias=bias, k=spike_k, weight_quant=weight_quant)
 
 
+# Inference-time fusion of projections that read the same input (q/k/v(/gate), gate/up): one GEMM
+# instead of several.  Set to False to compare (benchmarks).
+FUSE_PROJECTIONS = True
+
+
+def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
+    """[mod(x) for mod in mods] computed as one F.linear over the concatenated weights, or None when
+    fusion does not apply: autograd on, torch.compile tracing, FUSE_PROJECTIONS off, or a module
+    that is not a plain nn.Linear (SpikeLinear codes its input / quantises its weight per module).
+
+    The weights stay the modules' own parameters (state dicts, optimisers and loading see no change):
+    on first use their storage is moved into one [sum(out), in] tensor of which each parameter's
+    .data becomes a row-block view, so the fused weight costs no extra memory and follows in-place
+    updates (load_state_dict, optimiser steps).  Anything that replaces a parameter's storage
+    (model.to(...), .data = ...) is noticed by pointer and fused again on the next call.
+    Biases likewise; a module without bias contributes a zero block."""
+    if not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    if any(type(m) is not nn.Linear for m in mods):
+        return None
+    ptrs = tuple(m.weight.data_ptr() for m in mods) + tuple(0 if m.bias is None else m.bias.data_ptr() for m in mods)
+    state = owner.__dict__.get("_sbops_fused")
+    if state is None or state[0] != ptrs:
+        state = _fuse(mods)
+        owner.__dict__["_sbops_fused"] = state
+    _, w, b, sizes = state
+    return F.linear(x, w, b).split(sizes, dim=-1)
+
+
+def _fuse(mods):
+    sizes = [m.out_features for m in mods]
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: the parameters may train later
+        w = torch.cat([m.weight.detach() for m in mods])
+        for m, view in zip(mods, w.split(sizes)):
+            m.weight.data = view
+        b = None
+        if any(m.bias is not None for m in mods):
+            b = torch.cat([m.weight.new_zeros(n) if m.bias is None else m.bias.detach() for m, n in zip(mods, sizes)])
+            for m, view in zip(mods, b.split(sizes)):
+                if m.bias is not None:
+                    m.bias.data = view
+    ptrs = tuple(m.weight.data_ptr() for m in mods) + tuple(0 if m.bias is None else m.bias.data_ptr() for m in mods)
+    return ptrs, w, b, sizes
+
+
 class RMSNorm(nn.Module):
     """RMSNorm over the last dim in fla's order (fla.modules.RMSNorm, SpikingBrain's released code).
 
@@ -101,4 +146,6 @@ class SwiGLU(nn.Module):
                           else nn.Linear(intermediate_size, hidden_size, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
+        gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(F.silu(gate) * up)

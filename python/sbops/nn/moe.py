@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 import sbops
+import sbops.distributed as sbd
+from sbops.distributed._collectives import all_reduce_sum
 
 from .common import SwiGLU
 
@@ -29,6 +31,14 @@ class MoEBlock(nn.Module):
     f_e = fraction of routed (token, slot) pairs sent to expert e (sbops.expert_counts, no
     gradient), P_e = mean router softmax probability of expert e (differentiable). It is 1 for a
     perfectly balanced router; the model scales it by its aux-loss coefficient.
+
+    Expert parallelism: inside `sbops.distributed.expert_parallel(group)` the routed rows go to the
+    ranks owning their experts (sbd.moe_dispatch / moe_combine; rank r runs experts
+    [r*E/P, (r+1)*E/P), the other experts' parameters are unused there).  The ranks of the EP group
+    hold different tokens (sequence shards or batches); the aux loss each rank returns is then its
+    additive share of the group's loss (likewise under sequence parallelism alone, over the SP group): f_e from the group's all-reduced expert counts, P_e summed
+    over this rank's tokens divided by the group's token count, so the sum over the ranks equals
+    the loss of one process holding every token, in value and gradient.
 
     Note on renormalize: with top-1 and renormalize=True every weight is exactly 1, so the router
     learns from the aux loss only; renormalize=False (Switch style, w = router probability) lets
@@ -73,19 +83,40 @@ class MoEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).contiguous()
+        x2 = x.reshape(-1, shape[-1])
         logits = self.router(x2)
         weights, ids = sbops.topk_gating(logits, self.top_k, "softmax", self.renormalize)
-        if not torch.is_grad_enabled() and x2.shape[0] <= self.sync_free_max_tokens:
+        ep = sbd.current_ep()
+        if ep is not None:
+            y = self._expert_parallel(x2, weights, ids, ep)
+        elif not torch.is_grad_enabled() and x2.shape[0] <= self.sync_free_max_tokens:
             y = self._all_experts(x2, weights, ids)
         else:
             y = self._routed(x2, weights, ids, shape[-1])
 
-        # Switch-style load-balancing loss.
-        frac = sbops.expert_counts(ids, self.num_experts).float() / ids.numel()
-        prob = torch.softmax(logits.float(), dim=-1).mean(dim=0)
-        aux_loss = self.num_experts * (frac * prob).sum()
+        # Switch-style load-balancing loss (under EP: this rank's share of the group's loss).
+        ct = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        counts = sbops.expert_counts(ids, self.num_experts).to(ct)
+        prob_sum = torch.softmax(logits.to(ct), dim=-1).sum(dim=0)
+        share = ep or sbd.current_sp()  # ranks holding different tokens of one batch
+        if share is None:
+            frac, n_tokens = counts / ids.numel(), x2.shape[0]
+        else:
+            tot = all_reduce_sum(torch.cat([counts, counts.new_tensor([ids.numel(), x2.shape[0]])]), share.group)
+            frac, n_tokens = tot[:-2] / tot[-2], tot[-1]
+        aux_loss = self.num_experts * (frac * prob_sum).sum() / n_tokens
         return (y + self.shared_expert(x2)).view(shape), aux_loss
+
+    def _expert_parallel(self, x2, weights, ids, ep):
+        """Routed experts of this rank on the rows dispatched to it (sbd.moe_dispatch / moe_combine)."""
+        E = self.num_experts
+        x_local, offs, handle = sbd.moe_dispatch(x2, ids, weights, E, group=ep.group)
+        first = ep.local_experts(E).start
+        bounds = offs.tolist()
+        pieces = [self.experts[first + e](x_local[bounds[e]:bounds[e + 1]])
+                  for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
+        y_local = torch.cat(pieces) if pieces else x_local.new_zeros(0, x2.shape[1])
+        return sbd.moe_combine(y_local, handle).to(x2.dtype)
 
     def _all_experts(self, x2, weights, ids):
         combine = torch.zeros(x2.shape[0], self.num_experts, dtype=torch.float32, device=x2.device)
@@ -105,5 +136,5 @@ class MoEBlock(nn.Module):
         tail = x_perm.shape[0] - bounds[-1]
         if tail:
             pieces.append(x_perm.new_zeros(tail, hidden))
-        y_perm = torch.cat(pieces).contiguous()
+        y_perm = torch.cat(pieces)
         return sbops.moe_unpermute(y_perm, row_map, weights)

@@ -139,7 +139,7 @@ class SpikeLinear(nn.Linear):
         if self.k is not None and self.weight_quant == "int8_static":
             x = spike_fake_quant_released(x, self.k)  # W8ASpike's QuantLinear: vth from mean|x| in x's dtype
         elif self.k is not None:
-            x = sbops.spike_quant(x.contiguous(), self.k)
+            x = sbops.spike_quant(x, self.k)
         return F.linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
