@@ -289,3 +289,23 @@ def test_gpu_moe_block_matches_cpu():
     (yc.square().mean() + auxc).backward()
     (y.square().mean() + aux).backward()
     assert rel_err(mc.router.weight.grad.cpu(), moe.router.weight.grad) < 1e-4
+
+
+def test_spike_linear_layer_at_inference_runs_the_w8aspike_op_and_matches_training_path():
+    lin = SpikeLinear(256, 24, bias=True, k=3.0, weight_quant="int8", group_size=128)
+    x = torch.randn(5, 7, 256)
+    y_train = lin(x)                                   # fake-quant path (weight requires grad)
+    with torch.no_grad():
+        calls = []
+        orig = sbops.spike_linear
+        sbops.spike_linear = lambda *a, **kw: calls.append(1) or orig(*a, **kw)
+        try:
+            y_inf = lin(x)
+        finally:
+            sbops.spike_linear = orig
+    assert calls, "inference did not run sbops.spike_linear"
+    torch.testing.assert_close(y_inf, y_train.detach(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the cached int8 weight follows an update of the float weight
+        lin.weight.mul_(2)
+        torch.testing.assert_close(lin(x), F.linear(sbops.spike_quant(x, 3.0), lin.effective_weight(), lin.bias),
+                                   rtol=1e-5, atol=1e-5)

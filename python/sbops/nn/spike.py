@@ -100,6 +100,10 @@ class SpikeLinear(nn.Linear):
     taken in x's dtype before going to float32; sbops.spike_quant averages in float32, which
     differs in bfloat16 by the rounding of vth).
 
+    At inference (no gradient needed) with k set and weight_quant="int8", the layer runs
+    `sbops.spike_linear` on the cached int8 weight: the counts are encoded once to int8 and multiplied on
+    the int8 tensor cores on CUDA; it equals the fake-quant path up to float rounding.
+
     Subclasses nn.Linear: same parameters (`weight`, `bias`), so checkpoints load either way.
     """
 
@@ -135,7 +139,25 @@ class SpikeLinear(nn.Linear):
             w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
         return _straight_through(self.weight, w_q)
 
+    def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        if getattr(self, "_w8_key", None) != key:
+            q, s = self.int8_weight()
+            self._w8 = (q.contiguous(), s.to(torch.float32).contiguous())
+            self._w8_key = key
+        return self._w8
+
+    def _runs_on_int8(self, x: torch.Tensor) -> bool:
+        # inference with sbops' own coding and whole groups: the W8ASpike op (int8 tensor cores on CUDA).
+        # Training keeps the fake-quant path, whose gradient reaches the float weight.
+        return (self.weight_quant == "int8" and self.k is not None and self.in_features % self.group_size == 0
+                and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._runs_on_int8(x):
+            q, s = self._int8_operands()
+            return sbops.spike_linear(x, q, s, self.k, self.bias, self.group_size)
         if self.k is not None and self.weight_quant == "int8_static":
             x = spike_fake_quant_released(x, self.k)  # W8ASpike's QuantLinear: vth from mean|x| in x's dtype
         elif self.k is not None:
