@@ -58,10 +58,11 @@ __device__ __forceinline__ SplitPlan<T> plan_split(const T* kc, const T* vc, con
   p.a = split * chunk;
   p.cnt = max(static_cast<int64_t>(0), min(total, p.a + chunk) - p.a);
   const int64_t s = p.bad ? 0 : slot;
-  p.rows.k = kc + s * cs.k0 + hk * cs.k1;
-  p.rows.v = vc + s * cs.v0 + hk * cs.v1;
-  p.rows.kr = cs.k2;
-  p.rows.vr = cs.v2;
+  // caches [S, C, HKV, D]: k0 / v0 step slots, k1 / v1 ring rows, k2 / v2 KV heads (decode.cuh)
+  p.rows.k = kc + s * cs.k0 + hk * cs.k2;
+  p.rows.v = vc + s * cs.v0 + hk * cs.v2;
+  p.rows.kr = cs.k1;
+  p.rows.vr = cs.v1;
   p.rows.sk = sink_k + hk * sinks.k1;
   p.rows.sv = sink_v + hk * sinks.v1;
   p.rows.skr = sinks.k0;
