@@ -8,25 +8,17 @@ must equal the single-process ops within 1e-10 (float32 states within float32 ro
 A deadlock fails: the collectives time out after 60 s and the whole spawn after 240 s.
 """
 import os
-import queue
-import socket
 import sys
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from spawn_ranks import spawn_ranks
 
 TIMEOUT_S = 240
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check(C, kind, cfg, r, group, seed):
@@ -70,42 +62,7 @@ def _worker(rank, P, port, results):
     results.put((rank, bad))
 
 
-def _spawn(P):
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, P, port, results), daemon=True) for r in range(P)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    got = {}
-    try:
-        while len(got) < P:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                r, bad = results.get(timeout=min(left, 5.0))
-                got[r] = bad
-            except queue.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs) and results.empty():
-                    time.sleep(1.0)
-                    if results.empty():
-                        break
-    finally:
-        for p in procs:
-            p.join(timeout=max(0.0, deadline - time.monotonic()) if len(got) == P else 1.0)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-    missing = sorted(set(range(P)) - set(got))
-    assert not missing, f"ranks {missing} reported nothing within {TIMEOUT_S} s (deadlock or crash); " \
-                        f"exit codes {[p.exitcode for p in procs]}"
-    failures = [b for r in sorted(got) for b in got[r]]
-    assert not failures, "\n".join(failures)
-
-
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_distributed_ops_match_single_process_on_gloo(P):
-    _spawn(P)
+    spawn_ranks(_worker, P, TIMEOUT_S)

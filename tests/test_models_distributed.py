@@ -8,26 +8,18 @@ except the routed experts, complete on their owner, and the meta tokens, already
 halo exchange) gives the single-process step's parameters.  Every spawned run has a timeout.
 """
 import os
-import queue
-import socket
 import sys
-import time
 import traceback
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from spawn_ranks import spawn_ranks
 
 TIMEOUT_S = 120
 P = 2
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rel(a, b):
@@ -111,7 +103,7 @@ def train_step_check(group, lr=0.1):
     return bad
 
 
-def _worker(rank, port, results):
+def _worker(rank, P, port, results):
     bad = []
     try:
         torch.set_num_threads(1)
@@ -130,32 +122,4 @@ def _worker(rank, port, results):
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
 def test_model_training_step_under_sp2_ep2_equals_the_single_process_step():
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, results), daemon=True) for r in range(P)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    got = {}
-    try:
-        while len(got) < P and time.monotonic() < deadline:
-            try:
-                r, bad = results.get(timeout=min(max(deadline - time.monotonic(), 0.1), 5.0))
-                got[r] = bad
-            except queue.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs) and results.empty():
-                    time.sleep(1.0)
-                    if results.empty():
-                        break
-    finally:
-        for p in procs:
-            p.join(timeout=max(0.0, deadline - time.monotonic()) if len(got) == P else 1.0)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-    missing = sorted(set(range(P)) - set(got))
-    assert not missing, f"ranks {missing} reported nothing within {TIMEOUT_S} s (deadlock or crash); " \
-                        f"exit codes {[p.exitcode for p in procs]}"
-    failures = [b for r in sorted(got) for b in got[r]]
-    assert not failures, "\n".join(failures)
+    spawn_ranks(_worker, P, TIMEOUT_S)

@@ -1,0 +1,54 @@
+"""Spawn P gloo ranks for a test and collect what each reports, with a deadline: a deadlock or a
+crashed rank fails the test instead of hanging it.  Shared by the distributed tests (not a test file).
+
+`worker(rank, P, port, results)` runs in a fresh process (spawn) and must put exactly one
+`(rank, [failure messages])` on `results`."""
+from __future__ import annotations
+
+import queue
+import socket
+import time
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_ranks(worker, P: int, timeout_s: float) -> None:
+    """Run `worker` on P ranks; assert every rank reported within `timeout_s` and reported no failure."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, P, port, results), daemon=True) for r in range(P)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + timeout_s
+    got = {}
+    try:
+        while len(got) < P:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                r, bad = results.get(timeout=min(left, 5.0))
+                got[r] = bad
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs) and results.empty():
+                    time.sleep(1.0)
+                    if results.empty():
+                        break
+    finally:
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()) if len(got) == P else 1.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    missing = sorted(set(range(P)) - set(got))
+    assert not missing, f"ranks {missing} reported nothing within {timeout_s} s (deadlock or crash); " \
+                        f"exit codes {[p.exitcode for p in procs]}"
+    failures = [b for r in sorted(got) for b in got[r]]
+    assert not failures, "\n".join(failures)
