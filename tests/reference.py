@@ -103,7 +103,9 @@ def ref_swa_attn(q, k, v, window, scale=None, cu_seqlens=None, sink_k=None, sink
     return o, lse
 
 
-def ref_swa_decode(q, k_cache, v_cache, seq_lens, window, scale=None, slot_indices=None):
+def ref_swa_decode(q, k_cache, v_cache, seq_lens, window, scale=None, slot_indices=None, sink_k=None, sink_v=None):
+    """float64: one query per sequence over its cached window (and the M sink keys, one softmax).
+    Positions before L - C were overwritten in the ring buffer and are not attended."""
     N, H, D = q.shape
     C, HKV = k_cache.shape[1], k_cache.shape[2]
     G = H // HKV
@@ -113,9 +115,12 @@ def ref_swa_decode(q, k_cache, v_cache, seq_lens, window, scale=None, slot_indic
     for i, slot in enumerate(slots):
         L = int(seq_lens[i])
         lo = 0 if window < 0 else max(0, L - 1 - window)
-        rows = [p % C for p in range(lo, L)]
-        ks = k_cache[slot, rows].to(f64).transpose(0, 1).repeat_interleave(G, 0)  # [H, n, D]
-        vs = v_cache[slot, rows].to(f64).transpose(0, 1).repeat_interleave(G, 0)
+        rows = [p % C for p in range(max(lo, L - C), L)]
+        ks, vs = k_cache[slot, rows].to(f64), v_cache[slot, rows].to(f64)     # [n, HKV, D]
+        if sink_k is not None:
+            ks, vs = torch.cat([sink_k.to(f64), ks]), torch.cat([sink_v.to(f64), vs])
+        ks = ks.transpose(0, 1).repeat_interleave(G, 0)                      # [H, M + n, D]
+        vs = vs.transpose(0, 1).repeat_interleave(G, 0)
         s = scale * torch.einsum("hd,hnd->hn", q[i].to(f64), ks)
         outs.append(torch.einsum("hn,hnd->hd", s.softmax(-1), vs))
     return torch.stack(outs)

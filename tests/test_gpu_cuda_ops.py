@@ -525,24 +525,6 @@ def test_swa_attn_fused_projection_views(ops, dtype):
 
 
 # ------------------------------------------------------------------------------ swa_decode sinks
-def ref_swa_decode_sinks(q, kc, vc, lens, window, scale, slots, sk, sv):
-    """float64: each query attends the M sinks and cached positions max(0, L-1-window, L-C) .. L-1."""
-    N, H, D = q.shape
-    C, HKV = kc.shape[1], kc.shape[2]
-    G = H // HKV
-    out = torch.empty(N, H, D, dtype=torch.float64)
-    for i in range(N):
-        L, s = int(lens[i]), int(slots[i])
-        lo = max(0, L - C, L - 1 - window if window >= 0 else 0)
-        rows = torch.tensor([p % C for p in range(lo, L)], dtype=torch.long)
-        keys = torch.cat([sk.double(), kc[s, rows].double()])      # [M + n, HKV, D]
-        vals = torch.cat([sv.double(), vc[s, rows].double()])
-        for h in range(H):
-            p = torch.softmax(scale * keys[:, h // G] @ q[i, h].double(), 0)
-            out[i, h] = p @ vals[:, h // G]
-    return out
-
-
 # bf16 / fp16: the tensor-core kernel; float32: the CUDA-core kernel.  Long windows take several splits,
 # with the sinks in the first split's keys; L > C reads only what the ring still holds.
 @pytest.mark.parametrize("N,H,HKV,D,window,C,L,M", [(2, 8, 2, 128, 4096, 4097, 5000, 4), (3, 28, 4, 128, 60, 61, 30, 1),
@@ -558,7 +540,7 @@ def test_swa_decode_with_sinks_matches_float64(ops, N, H, HKV, D, window, C, L, 
     lens = torch.randint(max(1, L // 2), L + 1, (N,), device=DEV)
     q = torch.randn(N, H, D, device=DEV).to(dtype)
     o = ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots, sk, sv)
-    ref = ref_swa_decode_sinks(q.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), window, D ** -0.5, slots.cpu(), sk.cpu(), sv.cpu())
+    ref = R.ref_swa_decode(q.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), window, D ** -0.5, slots.cpu(), sk.cpu(), sv.cpu())
     close(o, ref, TOL[dtype])
     without = ops.swa_decode(q, kc, vc, lens, window, D ** -0.5, slots)
     assert R.rel_err(without, ref) > 10 * TOL[dtype]           # the sinks change the result
