@@ -1,14 +1,20 @@
 """Spawn P gloo ranks for a test and collect what each reports, with a deadline: a deadlock or a
 crashed rank fails the test instead of hanging it.  Shared by the distributed tests (not a test file).
 
-`worker(rank, P, port, results)` runs in a fresh process (spawn) and must put exactly one
-`(rank, [failure messages])` on `results`."""
+`body(rank, P)` runs in a fresh process (spawn) inside an initialised gloo group on the cpu backend
+and returns its failure messages; an exception is reported as a failure of that rank."""
 from __future__ import annotations
 
+import os
 import queue
 import socket
+import sys
 import time
+import traceback
+from datetime import timedelta
 
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -18,12 +24,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_ranks(worker, P: int, timeout_s: float) -> None:
-    """Run `worker` on P ranks; assert every rank reported within `timeout_s` and reported no failure."""
+def _rank_main(rank, P, port, results, body):
+    bad = []
+    try:
+        torch.set_num_threads(1)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import sbops
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=P,
+                                timeout=timedelta(seconds=60))
+        with sbops.use_backend("cpu"):
+            bad += body(rank, P)
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception:                                    # noqa: BLE001 - reported to the parent
+        bad.append(f"rank {rank} raised:\n{traceback.format_exc()}")
+    results.put((rank, bad))
+
+
+def spawn_ranks(body, P: int, timeout_s: float) -> None:
+    """Run `body` on P ranks; assert every rank reported within `timeout_s` and reported no failure."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=worker, args=(r, P, port, results), daemon=True) for r in range(P)]
+    procs = [ctx.Process(target=_rank_main, args=(r, P, port, results, body), daemon=True) for r in range(P)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout_s
