@@ -1,9 +1,19 @@
-"""spike_linear (W8ASpike): the CPU reference and the CUDA kernels against a float64 reference."""
+"""spike_linear (W8ASpike): the CPU reference and the CUDA kernels against a float64 reference.
+
+The Triton kernels (int8 and e4m3 weights, prefill and decode paths) run under the Triton
+interpreter on CPU tensors when there is no GPU (tiny shapes, small tiles), on the GPU otherwise."""
+import os
+
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (tests/triton_kernels.py)
+
 import sbops
-from conftest import requires_cuda
+from conftest import requires_cuda, requires_triton
+
+FP8 = torch.float8_e4m3fn
 
 
 def ref_spike_linear(x, wq, scale, k, bias, group_size):
@@ -24,12 +34,14 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
 @pytest.mark.parametrize("group_size", [None, 32])
 @pytest.mark.parametrize("shape", [(1, 64), (7, 96), (3, 5, 128)])
-def test_cpu_matches_float64_reference(shape, group_size):
+def test_cpu_matches_float64_reference(shape, group_size, wdtype):
     x = torch.randn(*shape)
     w = torch.randn(24, shape[-1]) * 0.05
-    wq, sc = sbops.quantize_weight(w, group_size=group_size)
+    wq, sc = sbops.quantize_weight(w, group_size=group_size, dtype=wdtype)
+    assert wq.dtype == wdtype
     bias = torch.randn(24)
     y = sbops.spike_linear(x, wq, sc, 3.0, bias, group_size)
     assert y.shape == (*shape[:-1], 24) and y.dtype == x.dtype
@@ -92,6 +104,22 @@ def test_errors_name_the_argument():
         sbops.spike_linear(x, wq, sc, k=0.0)
 
 
+def test_quantize_weight_fp8_round_trips_within_e4m3_rounding():
+    w = torch.randn(16, 256)
+    for gs in (None, 128):
+        wq, sc = sbops.quantize_weight(w, group_size=gs, dtype=FP8)
+        assert wq.dtype == FP8 and sc.dtype == torch.float32
+        v = wq.float()
+        step = sc[:, None] if gs is None else sc.repeat_interleave(gs, 1)
+        # each row's / group's largest |w| maps to e4m3's largest finite value, 448
+        assert (v.abs().view(16, -1, gs or 256).amax(-1) == 448).all()
+        # e4m3 keeps 3 mantissa bits: rounding error <= 2^-4 relative, or half the 2^-9 subnormal step
+        err = (v * step - w).abs()
+        assert (err <= torch.maximum(w.abs() / 16, step / 1024) * (1 + 1e-5) + 1e-7).all()
+    with pytest.raises(TypeError, match="dtype"):
+        sbops.quantize_weight(w, dtype=torch.float16)
+
+
 def test_quantize_weight_round_trips_within_half_a_step():
     w = torch.randn(16, 256)
     for gs in (None, 128):
@@ -102,10 +130,14 @@ def test_quantize_weight_round_trips_within_half_a_step():
         assert ((deq - w).abs() <= step / 2 + 1e-6).all()
 
 
-def test_opcheck():
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
+def test_opcheck(wdtype):
     x = torch.randn(5, 64, requires_grad=True)
-    wq, sc = sbops.quantize_weight(torch.randn(8, 64), group_size=32)
-    torch.library.opcheck(torch.ops.sbops.spike_linear, (x, wq, sc, 3.0, torch.randn(8), 32))
+    wq, sc = sbops.quantize_weight(torch.randn(8, 64), group_size=32, dtype=wdtype)
+    # opcheck's schema test perturbs every input with a multiply, which float8 tensors do not implement
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic") if wdtype == FP8 \
+        else torch.library._OPCHECK_DEFAULT_UTILS
+    torch.library.opcheck(torch.ops.sbops.spike_linear, (x, wq, sc, 3.0, torch.randn(8), 32), test_utils=utils)
 
 
 @requires_cuda
@@ -133,3 +165,97 @@ def test_gpu_views_and_gradient():
     sbops.spike_linear(xg, wq, sc, 3.0, None, 128).float().sum().backward()
     w = (wq.float().view(64, 2, 128) * sc[..., None]).view(64, 256)
     torch.testing.assert_close(xg.grad.float(), w.sum(0).expand(33, 256), rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------- Triton kernels (interpreter on CPU)
+def _triton():
+    pytest.importorskip("triton")
+    import triton_kernels
+    if triton_kernels.interpreting():
+        triton_kernels.install_interpreter_shims()
+    return triton_kernels, triton_kernels.load("spike_linear")
+
+
+def _dev():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _outliers(x, big):
+    """Rows with counts past e4m3's 16, int8's 127 and, when big, float16's 2047 and two int8 digits."""
+    x[1 % x.shape[0], 3] = 12.0 * x[1 % x.shape[0]].abs().mean()      # count ~ 36: past 16
+    if x.shape[0] > 2:
+        x[2, 5] = 40.0 * x[2].abs().mean()                           # ~120 at k=3 with the spike
+        x[2, x.shape[1] - 1] = -400.0                                # far past 127
+    if big:
+        x[0, 7] = 3e5                                                # a count of about K * k
+    return x
+
+
+@requires_triton
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
+@pytest.mark.parametrize("group_size,K,k,cfg", [
+    (None, 320, 80.0, (32, 32, 128, 2, 4, 2)),  # K not a multiple of BK; k=80: counts up to ~2.5e4 (3 int8 digits)
+    (128, 256, 3.0, (32, 32, 128, 2, 4, 2)),    # the fast path: one dot per group
+    (64, 256, 3.0, (16, 32, 32, 1, 4, 2)),      # a group of two K steps
+])
+def test_triton_prefill_matches_float64_reference(wdtype, group_size, K, k, cfg):
+    tk, sl = _triton()
+    dev = _dev()
+    M, N = 45, 40                           # M and N not multiples of the tiles
+    x = _outliers(torch.randn(M, 2 * K)[:, K // 2:K // 2 + K], big=True)   # strided rows
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, group_size=group_size, dtype=wdtype)
+    bias = torch.randn(N)
+    cmax = sbops.spike_encode(x, k, torch.int32)[0].abs().max().item()
+    assert cmax > (16384 if k > 3 else 127)      # the digit passes really run
+    r = ref_spike_linear(x, wq.float(), sc, k, bias, group_size)
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), k, bias.to(dev), group_size,
+                                config=cfg if dev == "cpu" else None, path="prefill")
+    assert y.shape == (M, N) and y.dtype == x.dtype and torch.isfinite(y).all()
+    assert rel(y.cpu(), r) < 1e-5
+
+
+@requires_triton
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
+@pytest.mark.parametrize("group_size", [None, 64])
+@pytest.mark.parametrize("M,split,fused", [(1, 0, True), (7, 3, False), (17, 2, True), (32, 1, False)])
+def test_triton_decode_matches_float64_reference(wdtype, group_size, M, split, fused):
+    tk, sl = _triton()
+    dev = _dev()
+    N, K = 24, 384
+    x = _outliers(torch.randn(M, K), big=M > 1)
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, group_size=group_size, dtype=wdtype)
+    bias = torch.randn(N) if M % 2 else None
+    k = 8.0 if M > 1 else 3.0               # k=8 with an outlier: counts past 2047 (float16's exact digit)
+    assert M == 1 or sbops.spike_encode(x, k, torch.int32)[0].abs().max() > 2047
+    r = ref_spike_linear(x, wq.float(), sc, k, bias, group_size)
+    cfg = (16, 64, split, fused, 4, 2)      # BN, BK, SPLIT (0: auto), FUSED_VTH, warps, stages
+    for _ in range(2):                      # the split-K counters must be back at zero after a call
+        with tk.bounds_checked() if dev == "cpu" else _null():
+            y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), k, None if bias is None else bias.to(dev),
+                                    group_size, config=cfg, path="decode")
+        assert y.shape == (M, N) and torch.isfinite(y).all()
+        assert rel(y.cpu(), r) < 1e-5
+
+
+@requires_triton
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
+@pytest.mark.parametrize("path,M", [("prefill", 40), ("decode", 5)])
+def test_triton_count_past_int32_makes_only_its_row_nan(wdtype, path, M):
+    _, sl = _triton()
+    dev = _dev()
+    x = torch.randn(M, 128)
+    x[3, 10] = 1e30                         # vth clamps at 1e4: a count of 1e26
+    wq, sc = sbops.quantize_weight(torch.randn(16, 128) * 0.05, dtype=wdtype)
+    y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, None, None, path=path).cpu()
+    assert torch.isnan(y[3]).all()
+    keep = torch.arange(M) != 3
+    assert rel(y[keep], ref_spike_linear(x[keep], wq.float(), sc, 3.0, None, None)) < 1e-5
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -10,32 +10,39 @@ from .. import _validate as V
 from ._common import run
 
 _NO = ()
-WEIGHT_DTYPES = (torch.int8,)
+WEIGHT_DTYPES = (torch.int8, torch.float8_e4m3fn)
+_QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 
 
 def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
                     dtype: torch.dtype = torch.int8) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric 8-bit quantisation of a float weight [N, K] for `spike_linear`.
 
-    Per output channel (group_size=None): weight_scale [N] = max|w| / 127 over each row; per group
-    (group_size=g, K % g == 0; W8ASpike uses 128): weight_scale [N, K // g].  weight_q =
-    clamp(round(w / scale), -127, 127) as int8.  Returns (weight_q, weight_scale float32)."""
+    Per output channel (group_size=None): weight_scale [N] = max|w| / qmax over each row; per group
+    (group_size=g, K % g == 0; W8ASpike uses 128): weight_scale [N, K // g].  dtype torch.int8
+    (qmax 127, the W8ASpike checkpoints' format): weight_q = clamp(round(w / scale), -127, 127);
+    dtype torch.float8_e4m3fn (qmax 448, served by the fp8 tensor cores on CUDA): weight_q =
+    (w / scale) rounded to e4m3.  Returns (weight_q, weight_scale float32)."""
     op = "quantize_weight"
     V.tensor(op, "weight", weight, ndim=2, dtypes=V.FLOAT_DTYPES, what="[N, K]")
-    if dtype != torch.int8:
-        raise TypeError(f"sbops.{op}: dtype must be torch.int8, got {dtype}")
+    if dtype not in _QMAX:
+        raise TypeError(f"sbops.{op}: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype}")
+    qmax = _QMAX[dtype]
     N, K = weight.shape
     w = weight.detach().to(torch.float32)
     if group_size is None:
-        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        q = torch.round(w / scale[:, None])
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax
+        q = w / scale[:, None]
     else:
         if not isinstance(group_size, int) or group_size <= 0 or K % group_size:
             raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
         wg = w.reshape(N, K // group_size, group_size)
-        scale = wg.abs().amax(dim=2).clamp_min(1e-12) / 127.0
-        q = torch.round(wg / scale[..., None]).reshape(N, K)
-    return q.clamp_(-127, 127).to(torch.int8).contiguous(), scale.contiguous()
+        scale = wg.abs().amax(dim=2).clamp_min(1e-12) / qmax
+        q = (wg / scale[..., None]).reshape(N, K)
+    q = q.clamp_(-qmax, qmax)
+    if dtype == torch.int8:
+        q = torch.round(q)
+    return q.to(dtype).contiguous(), scale.contiguous()
 
 
 def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float = 3.0,
@@ -43,12 +50,14 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     """y = vth * (s @ dequant(weight_q, weight_scale)^T) + bias, the W8ASpike linear layer.
 
     x [..., K] float; vth = clamp(mean|x| / k, 1e-5, 1e4) per row and s = round_half_even(x / vth)
-    exactly as `spike_encode` (never saturated); weight_q [N, K] int8; weight_scale [N] (per output
+    exactly as `spike_encode` (never saturated); weight_q [N, K] int8 or float8_e4m3fn; weight_scale [N] (per output
     channel) or [N, K // group_size] (per group); float32 accumulation; y [..., N] in x's dtype.
-    On CUDA the counts are encoded once to int8 by a fused pre-pass and multiplied on the int8
-    tensor cores; rows whose counts exceed 127 take extra int8 passes over base-128 digits, so the
-    result is exact for every count (a count of 2^31 or more, possible only when mean|x| > 3e4 * k,
-    makes the row NaN on CUDA).  The gradient is straight-through, as `spike_quant`:
+    On CUDA (M > 32 rows) the counts are encoded once to 8 bits by a fused pre-pass and multiplied on
+    the int8 tensor cores (int8 weights) or the fp8 ones (e4m3 counts, exact for |c| <= 16, with
+    float8_e4m3fn weights); rows with larger counts take extra passes over base-128 (int8) or base-16
+    (e4m3) digits on only the K chunks that need them, so the result is exact for every count.  At
+    decode (M <= 32) one split-K kernel makes the counts in registers.  A count of 2^31 or more
+    (|x| > 2^31 * vth) makes its row NaN on CUDA.  The gradient is straight-through, as `spike_quant`:
     dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
     x may be a strided view (read in place when its last dim is contiguous).
     """
@@ -57,7 +66,7 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     if x.dim() < 1:
         raise ValueError(f"sbops.{op}: x must have at least 1 dimension [..., K], got a scalar")
     K = x.shape[-1]
-    V.tensor(op, "weight_q", weight_q, ndim=2, dtypes=WEIGHT_DTYPES, device=x.device, what="[N, K] int8")
+    V.tensor(op, "weight_q", weight_q, ndim=2, dtypes=WEIGHT_DTYPES, device=x.device, what="[N, K] int8 or float8_e4m3fn")
     N = weight_q.shape[0]
     if weight_q.shape[1] != K:
         raise ValueError(f"sbops.{op}: weight_q must have shape [N, {K}] (K = x's last dim), got {list(weight_q.shape)}")

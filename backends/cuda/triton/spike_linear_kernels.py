@@ -1,0 +1,230 @@
+"""Prefill kernels of spike_linear (W8ASpike): the fused encode pre-pass and the 8-bit tensor-core GEMM.
+
+Two weight formats share one kernel pair, chosen by constexprs:
+
+* int8 weights (the released W8ASpike checkpoints): counts go to the int8 tensor cores (int32
+  accumulation, exact).  A count is held in one signed digit while |c| <= 127; rows with larger
+  counts are served by base-128 digit passes (DIGIT_BITS = 7).
+* float8 e4m3 weights: counts go to the fp8 tensor cores (float32 accumulation).  e4m3 holds every
+  integer |c| <= 16 exactly; rows with larger counts are served by base-16 digit passes
+  (DIGIT_BITS = 4, each digit |d| <= 15 exact in e4m3).  Note: Hopper's fp8 MMA accumulates with
+  reduced precision inside one instruction chain; per-group scales promote to a float32 register
+  accumulator every group (DeepSeek-style), and per-channel chains are within ~1e-4 relative.
+
+Encode (`_encode_kernel`, one program per row): reads x once for sum|x| and max|x|, derives vth
+= clamp(mean|x| / k, 1e-5, 1e4) as spike_encode does, and writes the counts s = rint(x / vth) once
+(int8 or e4m3): the count itself on rows whose max count fits one digit (nd = 1), else its low digit
+sign * (|c| mod 2^DIGIT_BITS).  Rows with nd > 1 also write their exact int32 counts to a side buffer
+(other rows never touch it) and, per BK-column chunk, how many digits that chunk needs, so the extra
+passes of the GEMM skip chunks that have no high digit (outliers cluster in few channels).
+
+8-bit tensors (counts, weights) are passed as int8 views; e4m3 tiles are bitcast after loading.
+
+GEMM (`_gemm_kernel`): per K step of BK columns one tensor-core dot.  Per-group scales (group =
+GROUP_STEPS * BK columns) are applied to each group's partial product and summed in float32; the
+scales are read from a [G, N] (transposed, coalesced) or [N, G] layout given by strides.  Row blocks
+that hold an nd > 1 row run, per extra digit d, a pass over the chunks whose flag says they need it:
+sum_d 2^(DIGIT_BITS d) * digit_d == c exactly, so no count is saturated.  A count >= 2^31 (only
+when |x| > 2^31 * vth, vth <= 1e4) cannot be held: its row is NaN.  Kernel sources are torch-free.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+_RNE_MAGIC = tl.constexpr(8388608.0)  # 2^23: adding it rounds a float32 |q| < 2^23 to an integer, half to even
+_CLAMP = tl.constexpr(2147483520.0)   # largest float32 below 2^31
+
+
+@triton.jit
+def _rint(q):
+    # round half to even, exactly (IEEE adds in round-to-nearest-even; no fast-math in Triton)
+    m = tl.where(q < 0, -_RNE_MAGIC, _RNE_MAGIC)
+    r = (q + m) - m
+    return tl.where(tl.abs(q) < _RNE_MAGIC, r, q)
+
+
+@triton.jit
+def _digits(mag, DIGIT_BITS: tl.constexpr, MAX_DIGITS: tl.constexpr):
+    # how many signed base-2^DIGIT_BITS digits a magnitude (int32, >= 0) needs: 1 + #{d >= 1 : mag >= 2^(bits d)}
+    n = (mag >= 0).to(tl.int32)  # 1, shaped as mag (scalar or block)
+    for d in tl.static_range(1, MAX_DIGITS):
+        n += (mag >= (1 << (DIGIT_BITS * d))).to(tl.int32)
+    return n
+
+
+@triton.jit
+def _row_vth(sum_abs, K, k_div):
+    mean = tl.math.div_rn(sum_abs, K.to(tl.float32))
+    vth = tl.math.div_rn(mean, k_div)
+    return tl.minimum(tl.maximum(vth, 1e-5), 1e4)
+
+
+@triton.jit
+def _encode_kernel(x_ptr, s_ptr, big_ptr, vth_ptr, nd_ptr, flag_ptr, K, n_chunks, stride_xm, k_div,
+                   LIMIT: tl.constexpr, DIGIT_BITS: tl.constexpr, MAX_DIGITS: tl.constexpr,
+                   FP8: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    xr = x_ptr + row * stride_xm
+    BLOCK: tl.constexpr = CHUNK * ROWS
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    mx = tl.zeros([BLOCK], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        m = k0 + offs < K
+        a = tl.abs(tl.load(xr + k0 + offs, mask=m, other=0.0).to(tl.float32))
+        acc += a
+        mx = tl.maximum(mx, a)
+    vth = _row_vth(tl.sum(acc, axis=0), K, k_div)
+    cmax = _rint(tl.math.div_rn(tl.max(mx, axis=0), vth))
+    nd = tl.where(cmax <= LIMIT, 1, _digits(tl.minimum(cmax, _CLAMP).to(tl.int32), DIGIT_BITS, MAX_DIGITS))
+    nd = tl.where(cmax < 2147483648.0, nd, -1)  # -1: a count beyond int32, the row becomes NaN
+    tl.store(vth_ptr + row, vth)
+    tl.store(nd_ptr + row, nd)
+    wide = nd > 1
+    sr = s_ptr + row * K
+    br = big_ptr + row * K
+    fr = flag_ptr + row * n_chunks
+    ci = tl.arange(0, ROWS)
+    cj = tl.arange(0, CHUNK)
+    for k0 in range(0, K, BLOCK):
+        kk = k0 + ci[:, None] * CHUNK + cj[None, :]
+        m = kk < K
+        x = tl.load(xr + kk, mask=m, other=0.0).to(tl.float32)
+        q = _rint(tl.math.div_rn(x, vth))
+        q = tl.minimum(tl.maximum(q, -_CLAMP), _CLAMP)  # only NaN rows reach the clamp
+        c = q.to(tl.int32)
+        mag = tl.abs(c)
+        low_mag = tl.where(wide, mag & ((1 << DIGIT_BITS) - 1), mag)
+        low = tl.where(c < 0, -low_mag, low_mag)
+        if FP8:  # the e4m3 bits, stored through an int8 view
+            tl.store(sr + kk, low.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
+        else:
+            tl.store(sr + kk, low.to(tl.int8), mask=m)
+        tl.store(br + kk, c, mask=m & ((tl.zeros([ROWS, CHUNK], dtype=tl.int32) + nd) > 1))
+        chunk = k0 // CHUNK + ci
+        flag = tl.where(wide, _digits(tl.max(mag, axis=1), DIGIT_BITS, MAX_DIGITS), 1)
+        tl.store(fr + chunk, flag.to(tl.int8), mask=chunk < n_chunks)
+
+
+@triton.jit
+def _as8(t, FP8: tl.constexpr):
+    # 8-bit tiles travel as int8 (so masked loads can fill 0, which is also e4m3's +0); e4m3 is a bitcast
+    if FP8:
+        return t.to(tl.float8e4nv, bitcast=True)
+    return t
+
+
+@triton.jit
+def _load_tiles(a_ptrs, b_ptrs, kk, K, EVEN_K: tl.constexpr, FP8: tl.constexpr):
+    if EVEN_K:
+        a = tl.load(a_ptrs)
+        b = tl.load(b_ptrs)
+    else:
+        a = tl.load(a_ptrs, mask=kk[None, :] < K, other=0)
+        b = tl.load(b_ptrs, mask=kk[:, None] < K, other=0)
+    return _as8(a, FP8), _as8(b, FP8)
+
+
+@triton.jit
+def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bias_ptr, y_ptr,
+                 M, N, K, n_groups, n_chunks, stride_wn, stride_sn, stride_sg,
+                 HAS_BIAS: tl.constexpr, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr,
+                 FP8: tl.constexpr, DIGIT_BITS: tl.constexpr, EVEN_K: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    # grouped ordering: GROUP_M row blocks share each weight tile while it is in L2
+    width = GROUP_M * num_n
+    gid = pid // width
+    first_m = gid * GROUP_M
+    gm = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % gm
+    pid_n = (pid % width) // gm
+
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mmask = rm < M
+    nmask = rn < N
+    # out-of-range rows / columns read a valid row (wrapped) and are never stored: loads stay unmasked in M, N
+    rm64 = (rm % M).to(tl.int64)
+    rn64 = (rn % N).to(tl.int64)
+    a_ptrs = s_ptr + rm64[:, None] * K + rk[None, :]
+    b_ptrs = w_ptr + rn64[None, :] * stride_wn + rk[:, None]
+    sc_ptrs = scale_ptr + rn64 * stride_sn
+
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if PER_CHANNEL:
+        if FP8:
+            for k0 in range(0, K, BK):
+                a, b = _load_tiles(a_ptrs, b_ptrs, k0 + rk, K, EVEN_K, FP8)
+                acc = tl.dot(a, b, acc)
+                a_ptrs += BK
+                b_ptrs += BK
+        else:
+            iacc = tl.zeros([BM, BN], dtype=tl.int32)
+            for k0 in range(0, K, BK):
+                a, b = _load_tiles(a_ptrs, b_ptrs, k0 + rk, K, EVEN_K, FP8)
+                iacc = tl.dot(a, b, iacc)
+                a_ptrs += BK
+                b_ptrs += BK
+            acc = iacc.to(tl.float32)
+    else:
+        for g in range(0, n_groups):
+            if GROUP_STEPS == 1:  # the fast path: one dot per group, promoted and scaled at once
+                a, b = _load_tiles(a_ptrs, b_ptrs, g * BK + rk, K, EVEN_K, FP8)
+                part = tl.dot(a, b)
+                a_ptrs += BK
+                b_ptrs += BK
+            else:
+                part = tl.zeros([BM, BN], dtype=tl.float32 if FP8 else tl.int32)
+                for j in tl.static_range(GROUP_STEPS):
+                    a, b = _load_tiles(a_ptrs, b_ptrs, (g * GROUP_STEPS + j) * BK + rk, K, EVEN_K, FP8)
+                    part = tl.dot(a, b, part)
+                    a_ptrs += BK
+                    b_ptrs += BK
+            sc = tl.load(sc_ptrs + g * stride_sg)
+            acc += part.to(tl.float32) * sc[None, :]
+
+    # rows whose counts need more than one digit: one more pass per digit, over the chunks that need it
+    nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
+    nd_blk = tl.max(nd_rows, axis=0)
+    if nd_blk > 1:
+        wide = mmask & (nd_rows > 1)
+        rmf = rm.to(tl.int64) * n_chunks
+        for d in tl.range(1, nd_blk, num_stages=1):
+            shift = DIGIT_BITS * d
+            dacc = tl.zeros([BM, BN], dtype=tl.float32)
+            for step in tl.range(0, n_chunks, num_stages=1):  # rare path: no shared-memory ring
+                f = tl.max(tl.load(flag_ptr + rmf + step, mask=wide, other=0).to(tl.int32), axis=0)
+                if f > d:
+                    kk = step * BK + rk
+                    c = tl.load(big_ptr + rm64[:, None] * K + kk[None, :], mask=wide[:, None] & (kk[None, :] < K),
+                                other=0)
+                    mag = (tl.abs(c) >> shift) & ((1 << DIGIT_BITS) - 1)
+                    dig = tl.where(c < 0, -mag, mag)
+                    b = _as8(tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kk[:, None] < K, other=0), FP8)
+                    if FP8:
+                        part = tl.dot(dig.to(tl.float32).to(tl.float8e4nv), b)
+                    else:
+                        part = tl.dot(dig.to(tl.int8), b).to(tl.float32)
+                    if PER_CHANNEL:
+                        dacc += part
+                    else:
+                        sc = tl.load(sc_ptrs + (step // GROUP_STEPS) * stride_sg)
+                        dacc += part * sc[None, :]
+            acc += dacc * tl.exp2(shift.to(tl.float32))
+
+    if PER_CHANNEL:
+        sc = tl.load(sc_ptrs)
+        acc = acc * sc[None, :]
+    vth = tl.load(vth_ptr + rm, mask=mmask, other=0.0)
+    acc = acc * vth[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn64).to(tl.float32)
+        acc += bias[None, :]
+    acc = tl.where((nd_rows < 0)[:, None], float("nan"), acc)
+    y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
