@@ -2,9 +2,10 @@
 // Implementations register per dispatch key elsewhere (backends/cpu, backends/cuda/bindings,
 // Triton kernels from Python); fake (meta) kernels and autograd are registered once in
 // python/sbops/_registration.py.  Backward passes are ops too, so torch.compile traces them.
-#include <torch/library.h>
+// Registered through the LibTorch stable ABI (TORCH_TARGET_VERSION 2.10): one binary, every torch >= 2.10.
+#include <torch/csrc/stable/library.h>
 
-TORCH_LIBRARY(sbops, m) {
+STABLE_TORCH_LIBRARY(sbops, m) {
   // ---- 1. linear attention (GLA family), layout [B, T, H, K] -------------------------------
   // g: None | [B,T,HKV] | [B,T,HKV,K].  final_state is always computed: [N,HKV,K,V] float32.
   m.def("linear_attn(Tensor q, Tensor k, Tensor v, Tensor? g, float scale, Tensor? initial_state, "

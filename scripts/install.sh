@@ -38,8 +38,8 @@ has_module() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.fin
 # 1. the interpreter and its environment
 where=$("$PY" - <<'EOF'
 import os, sys, sysconfig
-if sys.version_info < (3, 9):
-    sys.exit(f"sbops needs Python >= 3.9; {sys.executable} is {sys.version.split()[0]}")
+if sys.version_info < (3, 10):
+    sys.exit(f"sbops needs Python >= 3.10; {sys.executable} is {sys.version.split()[0]}")
 venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
 conda = os.path.exists(os.path.join(sys.prefix, "conda-meta"))
 kind = "virtualenv" if venv else "conda env" if conda else "system python"

@@ -1,10 +1,14 @@
-"""Properties of the installed native module (sbops._C) that the build must guarantee."""
+"""Properties of the installed native library (sbops/libsbops.so, loaded by sbops._C) that the build must
+guarantee: the shared C++ runtime, only LibTorch stable-ABI symbols, and wheels that hold the package only,
+tagged cp310-abi3 (one wheel per platform target for every torch >= 2.10 and Python >= 3.10)."""
 import shutil
 import subprocess
 
 import pytest
 
 import sbops._C as _C
+
+LIB = _C.library_path
 
 needs_binutils = pytest.mark.skipif(not (shutil.which("readelf") and shutil.which("nm")), reason="needs binutils")
 
@@ -13,13 +17,13 @@ needs_binutils = pytest.mark.skipif(not (shutil.which("readelf") and shutil.whic
 def test_module_uses_the_shared_cxx_runtime():
     # A module that carries a private (static) libstdc++ crashes when a TORCH_CHECK formats a number
     # (seen on the H100 image); the build must link the libstdc++.so.6 that torch runs against.
-    dyn = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+    dyn = subprocess.run(["readelf", "-d", LIB], capture_output=True, text=True, check=True).stdout
     needed = [line.split("[")[-1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line]
     assert any(n.startswith("libstdc++.so") for n in needed), needed
-    defined = subprocess.run(["nm", "-D", "--defined-only", _C.__file__], capture_output=True, text=True,
+    defined = subprocess.run(["nm", "-D", "--defined-only", LIB], capture_output=True, text=True,
                              check=True).stdout
     private = [s for s in ("_ZNSt6locale7classicEv", "_ZNSt8ios_base4InitC1Ev") if s in defined]
-    assert not private, f"libstdc++ internals defined inside {_C.__file__}: {private}"
+    assert not private, f"libstdc++ internals defined inside {LIB}: {private}"
 
 
 def test_cpp_error_with_a_number_in_its_message_is_a_runtime_error():
@@ -53,7 +57,7 @@ def _stray(files):
             bad.append(f)
         elif any(fnmatch.fnmatch(name, p) for p in DEV_NAMES):
             bad.append(f)
-        elif not (f.endswith(".py") or fnmatch.fnmatch(name, "_C*.so") or fnmatch.fnmatch(name, "_C*.pyd")
+        elif not (f.endswith(".py") or f == "sbops/libsbops.so"
                   or any(fnmatch.fnmatch(f, p) for p in DATA_OK)):
             bad.append(f)
     return bad
@@ -88,6 +92,74 @@ def test_built_wheel_holds_the_package_and_nothing_else():
     if not wheels:
         pytest.skip("no wheel in dist/ (scripts/install.sh builds one)")
     names = zipfile.ZipFile(wheels[-1]).namelist()
-    files = [n for n in names if not n.split("/", 1)[0].endswith(".dist-info")]
+    # (auditwheel's repaired zip also lists the folders: entries ending in "/")
+    files = [n for n in names if not n.split("/", 1)[0].endswith(".dist-info") and not n.endswith("/")]
     assert not _stray(files), f"{wheels[-1].name} ships files that are not the package: {_stray(files)}"
-    assert any(fnmatch.fnmatch(n, "sbops/_C*.so") for n in files), "no native module in the wheel"
+    assert "sbops/libsbops.so" in files, "no native library in the wheel"
+
+
+# --- the LibTorch stable ABI: one binary for every torch >= 2.10 ------------------------------------------
+
+# What the library may import from libtorch: the stable C shim (C symbols, unmangled).  Any mangled
+# libtorch/c10 symbol (at::, c10::, torch:: C++ API) ties the binary to one torch build.
+STABLE_PREFIXES = ("aoti_torch_", "torch_")
+UNSTABLE_MANGLED = ("_ZN2at", "_ZNK2at", "_ZN3c10", "_ZNK3c10", "_ZN5torch", "_ZNK5torch", "_ZN6caffe2")
+
+
+def unstable_symbols(undefined):
+    """The undefined symbols of `nm -D --undefined-only` output that are not in the stable ABI."""
+    bad = []
+    for line in undefined.splitlines():
+        sym = line.split()[-1].split("@")[0] if line.split() else ""
+        if sym.startswith(UNSTABLE_MANGLED):
+            bad.append(sym)
+    return bad
+
+
+def test_unstable_symbol_audit_flags_aten_and_c10_symbols():
+    # the audit itself: a c10/at:: import is caught, the stable shim and libstdc++ are not
+    out = ("                 U aoti_torch_get_sizes\n                 U torch_parallel_for\n"
+           "                 U _ZNSt6chrono3_V212system_clock3nowEv@GLIBCXX_3.4.19\n"
+           "                 U _ZN3c1019UndefinedTensorImpl10_singletonE\n"
+           "                 U _ZNK2at10TensorBase21__dispatch_contiguousEN3c1012MemoryFormatE\n")
+    assert unstable_symbols(out) == ["_ZN3c1019UndefinedTensorImpl10_singletonE",
+                                     "_ZNK2at10TensorBase21__dispatch_contiguousEN3c1012MemoryFormatE"]
+
+
+@needs_binutils
+def test_library_uses_only_the_stable_abi():
+    out = subprocess.run(["nm", "-D", "--undefined-only", LIB], capture_output=True, text=True, check=True).stdout
+    bad = unstable_symbols(out)
+    assert not bad, f"{LIB} imports {len(bad)} libtorch symbols outside the stable ABI, e.g. {bad[:5]}"
+    torch_syms = [ln.split()[-1] for ln in out.splitlines() if ln.split() and ln.split()[-1].startswith(STABLE_PREFIXES)]
+    assert torch_syms, "no stable-shim symbol imported: is this the sbops library?"
+
+
+@needs_binutils
+def test_library_needs_no_python():
+    dyn = subprocess.run(["readelf", "-d", LIB], capture_output=True, text=True, check=True).stdout
+    needed = [line.split("[")[-1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line]
+    assert not [n for n in needed if n.startswith("libpython")], needed
+    out = subprocess.run(["nm", "-D", "--undefined-only", LIB], capture_output=True, text=True, check=True).stdout
+    py = [ln.split()[-1] for ln in out.splitlines() if ln.split() and ln.split()[-1].startswith(("Py", "_Py"))]
+    assert not py, f"the library uses the Python C API: {py[:5]}"
+
+
+def test_built_wheel_is_tagged_abi3_for_python_3_10_and_later():
+    wheels = sorted((ROOT / "dist").glob("sbops-*.whl"), key=lambda p: p.stat().st_mtime)
+    if not wheels:
+        pytest.skip("no wheel in dist/ (scripts/build_wheels.sh builds them)")
+    name = wheels[-1].name  # sbops-<version>[+local]-<python>-<abi>-<platform>.whl
+    python_tag, abi_tag, platform_tag = name[:-len(".whl")].split("-")[-3:]
+    assert (python_tag, abi_tag) == ("cp310", "abi3"), name
+    assert platform_tag.startswith(("linux_", "manylinux")), name
+    meta = zipfile.ZipFile(wheels[-1]).read(
+        next(n for n in zipfile.ZipFile(wheels[-1]).namelist() if n.endswith(".dist-info/WHEEL"))).decode()
+    assert f"Tag: cp310-abi3-{platform_tag}" in meta, meta
+
+
+def test_torch_older_than_the_stable_abi_floor_is_refused_naming_both_versions():
+    code = ("import torch; torch.__version__ = '2.9.1+cpu'\n"
+            "try:\n    import sbops\nexcept ImportError as e:\n    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "REFUSED" in out and "2.10" in out and "2.9.1+cpu" in out, out

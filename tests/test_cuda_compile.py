@@ -21,6 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = sorted(glob.glob(os.path.join(REPO, "backends", "cuda", "kernels", "*.cu")))
 BINDINGS = sorted(glob.glob(os.path.join(REPO, "backends", "cuda", "bindings", "*.cpp")))
 ARCHS = ["arch=compute_80,code=sm_80", "arch=compute_90a,code=sm_90a"]
+# the LibTorch stable ABI version the native library targets (CMakeLists.txt: SBOPS_TORCH_TARGET_VERSION)
+STABLE = "-DTORCH_TARGET_VERSION=0x020a000000000000"
 NVCC = shutil.which("nvcc")
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
@@ -61,7 +63,7 @@ def test_binding_syntax(src, tmp_path):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no host C++ compiler")
-    run([cxx, "-std=c++20", "-fsyntax-only", *[f"-I{i}" for i in incs], f"-I{cuda_include()}",
+    run([cxx, "-std=c++20", "-fsyntax-only", STABLE, *[f"-I{i}" for i in incs], f"-I{cuda_include()}",
          f"-I{os.path.join(REPO, 'csrc', 'include')}", src])
 
 
@@ -90,7 +92,7 @@ def test_cuda_kernels_register_beside_cpu(tmp_path):
     flags, torch_lib = _torch_compile_flags(tmp_path)
     srcs = ([os.path.join(REPO, "csrc", "ops.cpp")] + sorted(glob.glob(os.path.join(REPO, "backends", "cpu", "*.cpp")))
             + BINDINGS)
-    common = [cxx, "-std=c++17", "-O0", "-fPIC", *flags, f"-I{cuda_include()}", f"-I{os.path.join(REPO, 'csrc', 'include')}"]
+    common = [cxx, "-std=c++20", "-O0", "-fPIC", STABLE, *flags, f"-I{cuda_include()}", f"-I{os.path.join(REPO, 'csrc', 'include')}"]
     objs, procs = [], []
     for i, src in enumerate(srcs):
         obj = str(tmp_path / f"o{i}.o")
@@ -99,13 +101,15 @@ def test_cuda_kernels_register_beside_cpu(tmp_path):
     for p, src in zip(procs, srcs):
         out = p.communicate(timeout=900)[0]
         assert p.returncode == 0, f"{src}\n{out.decode()[-3000:]}"
-    link = ["-shared", f"-L{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{torch_lib}"]
+    link = ["-shared", f"-L{torch_lib}", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
     lib = str(tmp_path / "libsbops_regcheck.so")
     run([cxx, *objs, "-o", lib, *link])
     # Stub every symbol still undefined that torch and the C/C++ runtime do not provide: the CUDA
-    # runtime, c10::cuda and the torch-free launchers (none of them runs during registration).
+    # runtime, the stable shim's CUDA part (libtorch_cuda) and the torch-free launchers (none of them
+    # runs during registration).
     undefined = run(["nm", "-D", "--undefined-only", lib]).stdout.split()
-    needed = [sym for sym in undefined if sym.startswith(("cuda", "_ZN3c104cuda", "_ZNK3c104cuda", "_ZN5sbops"))]
+    needed = [sym for sym in undefined
+              if sym.startswith(("cuda", "aoti_torch_get_current_cuda_stream", "_ZN5sbops"))]
     stub = tmp_path / "stubs.c"
     stub.write_text("#include <stdlib.h>\n" + "".join(f"void {sym}(void) {{ abort(); }}\n" for sym in needed))
     run([shutil.which("gcc") or cxx, "-x", "c", "-c", "-fPIC", str(stub), "-o", str(tmp_path / "stubs.o")])

@@ -1,7 +1,6 @@
 // Helpers shared by the CPU reference kernels (backends/cpu/*.cpp): sequence ranges from
 // cu_seqlens, shape checks and checked index vectors.  Torch-side, CPU only.
 #pragma once
-#include <ATen/ATen.h>
 
 #include <algorithm>
 
@@ -13,7 +12,7 @@
 
 namespace sbops::cpu {
 
-using OptTensor = std::optional<at::Tensor>;
+using OptTensor = std::optional<Tensor>;
 
 // Row ranges of the sequences in the flattened [B * T] token dimension.
 struct Sequences {
@@ -35,13 +34,13 @@ inline Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, co
     }
     return s;
   }
-  const at::Tensor& cu = *cu_seqlens;
+  const Tensor& cu = *cu_seqlens;
   SBOPS_CHECK_INDEX_DTYPE(cu);
-  TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 1, op, ": cu_seqlens must be 1-D [N+1], got shape ",
+  SBOPS_CHECK(cu.dim() == 1 && cu.numel() >= 1, op, ": cu_seqlens must be 1-D [N+1], got shape ",
               cu.sizes());
-  TORCH_CHECK(B == 1, op, ": with cu_seqlens the batch size must be 1, got B=", B);
-  const at::Tensor c = cu.to(at::kLong).contiguous();
-  const int64_t* p = c.data_ptr<int64_t>();
+  SBOPS_CHECK(B == 1, op, ": with cu_seqlens the batch size must be 1, got B=", B);
+  const Tensor c = to_contig(cu, kLong);
+  const int64_t* p = c.mutable_data_ptr<int64_t>();
   int64_t prev = std::min<int64_t>(std::max<int64_t>(p[0], 0), T);
   for (int64_t n = 0; n + 1 < c.numel(); ++n) {
     const int64_t next = std::max(prev, std::min<int64_t>(std::max<int64_t>(p[n + 1], 0), T));
@@ -52,27 +51,27 @@ inline Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, co
   return s;
 }
 
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+inline void check_shape(const Tensor& t, IntArrayRef expected, const char* op, const char* name) {
+  SBOPS_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
               t.sizes());
 }
 
 // Values of an int32/int64 index tensor [n] as int64, unchecked: the kernels guard each value
 // themselves (the frontend range-checks them on CPU tensors by default).
-inline std::vector<int64_t> index_values(const at::Tensor& t, int64_t n, const char* op,
+inline std::vector<int64_t> index_values(const Tensor& t, int64_t n, const char* op,
                                          const char* name) {
   SBOPS_CHECK_INDEX_DTYPE(t);
-  TORCH_CHECK(t.dim() == 1 && t.numel() == n, op, ": ", name, " must have shape [", n, "], got ",
+  SBOPS_CHECK(t.dim() == 1 && t.numel() == n, op, ": ", name, " must have shape [", n, "], got ",
               t.sizes());
-  const at::Tensor c = t.to(at::kLong).contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + n);
+  const Tensor c = to_contig(t, kLong);
+  return std::vector<int64_t>(c.mutable_data_ptr<int64_t>(), c.mutable_data_ptr<int64_t>() + n);
 }
 
 // Slot of each of N sequences: `indices` (unchecked values), or i when absent (then N <= S).
 inline std::vector<int64_t> slot_values(const OptTensor& indices, int64_t N, int64_t S,
                                         const char* op, const char* name) {
   if (indices.has_value()) return index_values(*indices, N, op, name);
-  TORCH_CHECK(N <= S, op, ": without ", name, " sequence i uses slot i, but there are only ", S,
+  SBOPS_CHECK(N <= S, op, ": without ", name, " sequence i uses slot i, but there are only ", S,
               " slots for ", N, " sequences");
   std::vector<int64_t> slots(N);
   for (int64_t i = 0; i < N; ++i) slots[i] = i;
@@ -81,8 +80,8 @@ inline std::vector<int64_t> slot_values(const OptTensor& indices, int64_t N, int
 
 // A tensor updated in place (decode state, KV caches) is addressed through its strides; only its
 // last dimension must be contiguous.
-inline void check_inplace(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
+inline void check_inplace(const Tensor& t, const char* op, const char* name) {
+  SBOPS_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
               " is updated in place and must have a contiguous last dimension (stride 1), got "
               "strides ", t.strides());
 }

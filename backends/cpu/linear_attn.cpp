@@ -9,10 +9,6 @@
 // Math (docs/DESIGN.md, SPEC.md section 1), per sequence and KV head:
 //   S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t          S: [K, V], g_t: scalar (per head) or [K]
 //   o_t[h] = scale * q_t[h] S_t                       for every query head h on this KV head
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,22 +23,23 @@
 
 namespace {
 
+using namespace sbops;
 using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, slot_values
 
 // How g is laid out: absent, one log-decay per (token, KV head), or one per key channel.
 enum class GateMode { kNone, kPerHead, kPerKey };
 
 // Gate mode of g, checking its shape against the token dims `lead` (e.g. {B, T} or {N}).
-GateMode gate_mode(const OptTensor& g, at::IntArrayRef lead, int64_t HKV, int64_t K,
+GateMode gate_mode(const OptTensor& g, IntArrayRef lead, int64_t HKV, int64_t K,
                    const char* op) {
   if (!g.has_value()) return GateMode::kNone;
   std::vector<int64_t> per_head(lead.begin(), lead.end());
   per_head.push_back(HKV);
   std::vector<int64_t> per_key = per_head;
   per_key.push_back(K);
-  if (g->sizes() == at::IntArrayRef(per_head)) return GateMode::kPerHead;
-  TORCH_CHECK(g->sizes() == at::IntArrayRef(per_key), op, ": g must have shape ",
-              at::IntArrayRef(per_head), " (per head) or ", at::IntArrayRef(per_key),
+  if (g->sizes() == IntArrayRef(per_head)) return GateMode::kPerHead;
+  SBOPS_CHECK(g->sizes() == IntArrayRef(per_key), op, ": g must have shape ",
+              IntArrayRef(per_head), " (per head) or ", IntArrayRef(per_key),
               " (per key channel), got ", g->sizes());
   return GateMode::kPerKey;
 }
@@ -97,8 +94,8 @@ void readout(const acc_t* S, const acc_t* qt, acc_t scale, acc_t* ot, int64_t K,
 
 // ---------------------------------------------------------------------------- forward
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor> linear_attn_impl(const at::Tensor& q, const at::Tensor& k,
-                                                    const at::Tensor& v, const OptTensor& g,
+std::tuple<Tensor, Tensor> linear_attn_impl(const Tensor& q, const Tensor& k,
+                                                    const Tensor& v, const OptTensor& g,
                                                     double scale_d, const OptTensor& initial_state,
                                                     const OptTensor& cu_seqlens) {
   const char* op = "linear_attn";
@@ -110,26 +107,26 @@ std::tuple<at::Tensor, at::Tensor> linear_attn_impl(const at::Tensor& q, const a
   if (initial_state.has_value())
     check_shape(*initial_state, {N, d.HKV, d.K, d.V}, op, "initial_state");
 
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
-                   vc = v.to(acc).contiguous();
-  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
-  const at::Tensor h0 =
-      initial_state.has_value() ? initial_state->to(acc).contiguous() : at::Tensor();
-  at::Tensor o = at::zeros({B, T, d.H, d.V}, q.options().dtype(acc));
-  at::Tensor hT = at::empty({N, d.HKV, d.K, d.V}, q.options().dtype(acc));
+  const auto acc = q.scalar_type() == kDouble ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc), kc = to_contig(k, acc),
+                   vc = to_contig(v, acc);
+  const Tensor gc = g.has_value() ? to_contig(*g, acc) : Tensor();
+  const Tensor h0 =
+      initial_state.has_value() ? to_contig(*initial_state, acc) : Tensor();
+  Tensor o = zeros_on({B, T, d.H, d.V}, acc, q);
+  Tensor hT = empty_on({N, d.HKV, d.K, d.V}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const acc_t* kp = kc.data_ptr<acc_t>();
-  const acc_t* vp = vc.data_ptr<acc_t>();
-  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
-  const acc_t* h0p = initial_state.has_value() ? h0.data_ptr<acc_t>() : nullptr;
-  acc_t* out_p = o.data_ptr<acc_t>();
-  acc_t* hTp = hT.data_ptr<acc_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const acc_t* kp = kc.mutable_data_ptr<acc_t>();
+  const acc_t* vp = vc.mutable_data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* h0p = initial_state.has_value() ? h0.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.mutable_data_ptr<acc_t>();
+  acc_t* hTp = hT.mutable_data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t KV = d.K * d.V, G = d.group();
 
-  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / d.HKV, kh = item % d.HKV;
       acc_t* S = hTp + item * KV;  // the running state lives in final_state directly
@@ -144,35 +141,35 @@ std::tuple<at::Tensor, at::Tensor> linear_attn_impl(const at::Tensor& q, const a
       }
     }
   });
-  return {o.to(q.scalar_type()), hT.to(at::kFloat)};
+  return {cast(o, q.scalar_type()), cast(hT, kFloat)};
 }
 
-void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t lead_dims,
+void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t lead_dims,
                const char* op) {
   const int64_t nd = lead_dims + 2;  // lead dims, heads, feature dim
-  TORCH_CHECK(q.dim() == nd, op, ": q must have ", nd, " dimensions, got shape ", q.sizes());
-  TORCH_CHECK(k.dim() == nd, op, ": k must have ", nd, " dimensions, got shape ", k.sizes());
-  TORCH_CHECK(v.dim() == nd, op, ": v must have ", nd, " dimensions, got shape ", v.sizes());
+  SBOPS_CHECK(q.dim() == nd, op, ": q must have ", nd, " dimensions, got shape ", q.sizes());
+  SBOPS_CHECK(k.dim() == nd, op, ": k must have ", nd, " dimensions, got shape ", k.sizes());
+  SBOPS_CHECK(v.dim() == nd, op, ": v must have ", nd, " dimensions, got shape ", v.sizes());
   for (int64_t i = 0; i < lead_dims; ++i) {
-    TORCH_CHECK(k.size(i) == q.size(i), op, ": k shape ", k.sizes(), " does not match q shape ",
+    SBOPS_CHECK(k.size(i) == q.size(i), op, ": k shape ", k.sizes(), " does not match q shape ",
                 q.sizes(), " in dim ", i);
-    TORCH_CHECK(v.size(i) == q.size(i), op, ": v shape ", v.sizes(), " does not match q shape ",
+    SBOPS_CHECK(v.size(i) == q.size(i), op, ": v shape ", v.sizes(), " does not match q shape ",
                 q.sizes(), " in dim ", i);
   }
   const int64_t H = q.size(lead_dims), HKV = k.size(lead_dims);
-  TORCH_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
+  SBOPS_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
               ") must be a multiple of the number of KV heads (", HKV, ")");
-  TORCH_CHECK(v.size(lead_dims) == HKV, op, ": v has ", v.size(lead_dims), " heads, k has ", HKV);
-  TORCH_CHECK(k.size(lead_dims + 1) == q.size(lead_dims + 1), op, ": k key dim ",
+  SBOPS_CHECK(v.size(lead_dims) == HKV, op, ": v has ", v.size(lead_dims), " heads, k has ", HKV);
+  SBOPS_CHECK(k.size(lead_dims + 1) == q.size(lead_dims + 1), op, ": k key dim ",
               k.size(lead_dims + 1), " does not match q key dim ", q.size(lead_dims + 1));
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_attn_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                   const at::Tensor& v, const OptTensor& g,
+std::tuple<Tensor, Tensor> linear_attn_cpu(const Tensor& q, const Tensor& k,
+                                                   const Tensor& v, const OptTensor& g,
                                                    double scale, const OptTensor& initial_state,
                                                    const OptTensor& cu_seqlens) {
   check_qkv(q, k, v, 2, "linear_attn");
-  if (q.scalar_type() == at::kDouble)
+  if (q.scalar_type() == kDouble)
     return linear_attn_impl<double>(q, k, v, g, scale, initial_state, cu_seqlens);
   return linear_attn_impl<float>(q, k, v, g, scale, initial_state, cu_seqlens);
 }
@@ -191,10 +188,10 @@ std::tuple<at::Tensor, at::Tensor> linear_attn_cpu(const at::Tensor& q, const at
 constexpr int64_t kChunk = 64;
 
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_attn_bwd_impl(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& g,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_attn_bwd_impl(
+    const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& g,
     double scale_d, const OptTensor& initial_state, const OptTensor& cu_seqlens,
-    const at::Tensor& grad_o, const OptTensor& grad_final_state) {
+    const Tensor& grad_o, const OptTensor& grad_final_state) {
   const char* op = "linear_attn_bwd";
   const int64_t B = q.size(0), T = q.size(1);
   const Dims d{q.size(2), k.size(2), q.size(3), v.size(3)};
@@ -207,37 +204,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_at
     check_shape(*grad_final_state, {N, d.HKV, d.K, d.V}, op, "grad_final_state");
   check_shape(grad_o, {B, T, d.H, d.V}, op, "grad_o");
 
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto opts = q.options().dtype(acc);
-  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
-                   vc = v.to(acc).contiguous(), doc = grad_o.to(acc).contiguous();
-  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
-  const at::Tensor h0 =
-      initial_state.has_value() ? initial_state->to(acc).contiguous() : at::Tensor();
-  const at::Tensor dhT =
-      grad_final_state.has_value() ? grad_final_state->to(acc).contiguous() : at::Tensor();
-  at::Tensor dq = at::zeros({B, T, d.H, d.K}, opts);
-  at::Tensor dk = at::zeros({B, T, d.HKV, d.K}, opts);
-  at::Tensor dv = at::zeros({B, T, d.HKV, d.V}, opts);
-  at::Tensor dg = g.has_value() ? at::zeros(g->sizes(), opts) : at::Tensor();
-  at::Tensor dh0 = at::empty({N, d.HKV, d.K, d.V}, opts);
+  const auto acc = q.scalar_type() == kDouble ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc), kc = to_contig(k, acc),
+                   vc = to_contig(v, acc), doc = to_contig(grad_o, acc);
+  const Tensor gc = g.has_value() ? to_contig(*g, acc) : Tensor();
+  const Tensor h0 =
+      initial_state.has_value() ? to_contig(*initial_state, acc) : Tensor();
+  const Tensor dhT =
+      grad_final_state.has_value() ? to_contig(*grad_final_state, acc) : Tensor();
+  Tensor dq = zeros_on({B, T, d.H, d.K}, acc, q);
+  Tensor dk = zeros_on({B, T, d.HKV, d.K}, acc, q);
+  Tensor dv = zeros_on({B, T, d.HKV, d.V}, acc, q);
+  Tensor dg = g.has_value() ? zeros_on(g->sizes(), acc, q) : Tensor();
+  Tensor dh0 = empty_on({N, d.HKV, d.K, d.V}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const acc_t* kp = kc.data_ptr<acc_t>();
-  const acc_t* vp = vc.data_ptr<acc_t>();
-  const acc_t* dop = doc.data_ptr<acc_t>();
-  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
-  const acc_t* h0p = initial_state.has_value() ? h0.data_ptr<acc_t>() : nullptr;
-  const acc_t* dhTp = grad_final_state.has_value() ? dhT.data_ptr<acc_t>() : nullptr;
-  acc_t* dqp = dq.data_ptr<acc_t>();
-  acc_t* dkp = dk.data_ptr<acc_t>();
-  acc_t* dvp = dv.data_ptr<acc_t>();
-  acc_t* dgp = g.has_value() ? dg.data_ptr<acc_t>() : nullptr;
-  acc_t* dh0p = dh0.data_ptr<acc_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const acc_t* kp = kc.mutable_data_ptr<acc_t>();
+  const acc_t* vp = vc.mutable_data_ptr<acc_t>();
+  const acc_t* dop = doc.mutable_data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* h0p = initial_state.has_value() ? h0.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* dhTp = grad_final_state.has_value() ? dhT.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* dqp = dq.mutable_data_ptr<acc_t>();
+  acc_t* dkp = dk.mutable_data_ptr<acc_t>();
+  acc_t* dvp = dv.mutable_data_ptr<acc_t>();
+  acc_t* dgp = g.has_value() ? dg.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* dh0p = dh0.mutable_data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t KV = d.K * d.V, G = d.group();
 
-  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / d.HKV, kh = item % d.HKV;
       const int64_t L = seqs.len[n], r0 = seqs.start[n];
@@ -316,18 +312,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_at
     }
   });
 
-  const auto empty = at::empty({0}, q.options().dtype(at::kFloat));
-  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()),
-          g.has_value() ? dg.to(g->scalar_type()) : empty,
-          initial_state.has_value() ? dh0.to(at::kFloat) : empty};
+  const Tensor none = empty_on({0}, kFloat, q);
+  return {cast(dq, q.scalar_type()), cast(dk, k.scalar_type()), cast(dv, v.scalar_type()),
+          g.has_value() ? cast(dg, g->scalar_type()) : none,
+          initial_state.has_value() ? cast(dh0, kFloat) : none};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_attn_bwd_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const OptTensor& g,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_attn_bwd_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, const OptTensor& g,
     double scale, const OptTensor& initial_state, const OptTensor& cu_seqlens,
-    const at::Tensor& grad_o, const OptTensor& grad_final_state) {
+    const Tensor& grad_o, const OptTensor& grad_final_state) {
   check_qkv(q, k, v, 2, "linear_attn_bwd");
-  if (q.scalar_type() == at::kDouble)
+  if (q.scalar_type() == kDouble)
     return linear_attn_bwd_impl<double>(q, k, v, g, scale, initial_state, cu_seqlens, grad_o,
                                         grad_final_state);
   return linear_attn_bwd_impl<float>(q, k, v, g, scale, initial_state, cu_seqlens, grad_o,
@@ -340,29 +336,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_at
 // Bad-data guard: a sequence whose slot lies outside [0, S) touches no state and gets a NaN
 // output row (the frontend range-checks state_indices on CPU tensors by default).
 template <typename acc_t, typename state_t>
-at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const OptTensor& g, const at::Tensor& state,
+Tensor linear_attn_decode_impl(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const OptTensor& g, const Tensor& state,
                                    const std::vector<int64_t>& slots, GateMode mode,
                                    double scale_d) {
   const int64_t N = q.size(0), S_slots = state.size(0);
   const Dims d{q.size(1), k.size(1), q.size(2), v.size(2)};
-  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
-  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
-                   vc = v.to(acc).contiguous();
-  const at::Tensor gc = g.has_value() ? g->to(acc).contiguous() : at::Tensor();
-  at::Tensor o = at::empty({N, d.H, d.V}, q.options().dtype(acc));
+  const auto acc = std::is_same<acc_t, double>::value ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc), kc = to_contig(k, acc),
+                   vc = to_contig(v, acc);
+  const Tensor gc = g.has_value() ? to_contig(*g, acc) : Tensor();
+  Tensor o = empty_on({N, d.H, d.V}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const acc_t* kp = kc.data_ptr<acc_t>();
-  const acc_t* vp = vc.data_ptr<acc_t>();
-  const acc_t* gp = g.has_value() ? gc.data_ptr<acc_t>() : nullptr;
-  acc_t* out_p = o.data_ptr<acc_t>();
-  state_t* sp = state.data_ptr<state_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const acc_t* kp = kc.mutable_data_ptr<acc_t>();
+  const acc_t* vp = vc.mutable_data_ptr<acc_t>();
+  const acc_t* gp = g.has_value() ? gc.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.mutable_data_ptr<acc_t>();
+  state_t* sp = state.mutable_data_ptr<state_t>();
   const int64_t ss0 = state.stride(0), ss1 = state.stride(1), ss2 = state.stride(2);
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t KV = d.K * d.V, G = d.group();
 
-  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> S(KV);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / d.HKV, kh = item % d.HKV;
@@ -383,17 +379,17 @@ at::Tensor linear_attn_decode_impl(const at::Tensor& q, const at::Tensor& k, con
         readout(S.data(), qp + (i * d.H + h) * d.K, scale, out_p + (i * d.H + h) * d.V, d.K, d.V);
     }
   });
-  return o.to(q.scalar_type());
+  return cast(o, q.scalar_type());
 }
 
-at::Tensor linear_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const OptTensor& g, const at::Tensor& state,
+Tensor linear_attn_decode_cpu(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const OptTensor& g, const Tensor& state,
                                   const OptTensor& state_indices, double scale) {
   const char* op = "linear_attn_decode";
   check_qkv(q, k, v, 1, op);
   const int64_t N = q.size(0), HKV = k.size(1), K = q.size(2), V = v.size(2);
   const GateMode mode = gate_mode(g, {N}, HKV, K, op);
-  TORCH_CHECK(state.dim() == 4 && state.size(1) == HKV && state.size(2) == K && state.size(3) == V,
+  SBOPS_CHECK(state.dim() == 4 && state.size(1) == HKV && state.size(2) == K && state.size(3) == V,
               op, ": state must have shape [S, ", HKV, ", ", K, ", ", V, "], got ", state.sizes());
   check_inplace(state, op, "state");
   const int64_t S = state.size(0);
@@ -402,13 +398,13 @@ at::Tensor linear_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k, cons
   std::vector<bool> used(S, false);
   for (int64_t i = 0; i < N; ++i) {
     if (slots[i] < 0 || slots[i] >= S) continue;
-    TORCH_CHECK(!used[slots[i]], op, ": state_indices holds slot ", slots[i], " twice");
+    SBOPS_CHECK(!used[slots[i]], op, ": state_indices holds slot ", slots[i], " twice");
     used[slots[i]] = true;
   }
-  at::Tensor o;
+  Tensor o;
   const auto state_dtype = state.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, state_dtype, "linear_attn_decode", [&] {
-    if (q.scalar_type() == at::kDouble)
+  SBOPS_DISPATCH_FLOATING_AND_HALF_TYPES(state_dtype, "linear_attn_decode", [&] {
+    if (q.scalar_type() == kDouble)
       o = linear_attn_decode_impl<double, scalar_t>(q, k, v, g, state, slots, mode, scale);
     else
       o = linear_attn_decode_impl<float, scalar_t>(q, k, v, g, state, slots, mode, scale);
@@ -418,8 +414,8 @@ at::Tensor linear_attn_decode_cpu(const at::Tensor& q, const at::Tensor& k, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sbops, CPU, m) {
-  m.impl("linear_attn", &linear_attn_cpu);
-  m.impl("linear_attn_bwd", &linear_attn_bwd_cpu);
-  m.impl("linear_attn_decode", &linear_attn_decode_cpu);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("linear_attn", TORCH_BOX(&linear_attn_cpu));
+  m.impl("linear_attn_bwd", TORCH_BOX(&linear_attn_bwd_cpu));
+  m.impl("linear_attn_decode", TORCH_BOX(&linear_attn_decode_cpu));
 }

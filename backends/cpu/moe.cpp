@@ -5,10 +5,6 @@
 // results are converted to the output dtype at the end.  Independent rows (tokens) are split
 // over threads with at::parallel_for.  Index data is never trusted: expert ids outside [0, E) and
 // row_map entries outside [0, R) are treated as dropped slots (routed_expert_ids, routed_row_map).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,35 +15,39 @@
 #include <string>
 #include <vector>
 
+#include "sbops/check.h"
+
 namespace {
+
+using namespace sbops;
 
 enum class Scoring { Softmax, Sigmoid };
 
 Scoring parse_scoring(const std::string& scoring, const char* op) {
   if (scoring == "softmax") return Scoring::Softmax;
   if (scoring == "sigmoid") return Scoring::Sigmoid;
-  TORCH_CHECK(false, op, ": unknown scoring '", scoring, "'; expected one of 'softmax', 'sigmoid'");
+  SBOPS_CHECK(false, op, ": unknown scoring '", scoring, "'; expected one of 'softmax', 'sigmoid'");
 }
 
 // float64 if any of the given float tensors is float64, else float32.
-at::ScalarType compute_dtype(std::initializer_list<at::Tensor> ts) {
-  for (const at::Tensor& t : ts)
-    if (t.defined() && t.scalar_type() == at::kDouble) return at::kDouble;
-  return at::kFloat;
+ScalarType compute_dtype(std::initializer_list<Tensor> ts) {
+  for (const Tensor& t : ts)
+    if (t.defined() && t.scalar_type() == kDouble) return kDouble;
+  return kFloat;
 }
 
-void check_index_dtype(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op, ": ", name,
+void check_index_dtype(const Tensor& t, const char* op, const char* name) {
+  SBOPS_CHECK(t.scalar_type() == kInt || t.scalar_type() == kLong, op, ": ", name,
               " must be int32 or int64, got ", t.scalar_type());
 }
 
 // Expert ids as a contiguous int64 copy in which every id outside [0, num_experts) reads -1.
 // Bad-data guard: ids < 0 mark dropped slots; ids >= num_experts are treated the same way (the
 // frontend range-checks ids on CPU tensors by default), so no index leaves the expert range.
-at::Tensor routed_expert_ids(const at::Tensor& ids, int64_t num_experts, const char* op) {
+Tensor routed_expert_ids(const Tensor& ids, int64_t num_experts, const char* op) {
   check_index_dtype(ids, op, "ids");
-  TORCH_CHECK(num_experts >= 1, op, ": num_experts must be >= 1, got ", num_experts);
-  at::Tensor flat = ids.to(at::kLong).contiguous();
+  SBOPS_CHECK(num_experts >= 1, op, ": num_experts must be >= 1, got ", num_experts);
+  Tensor flat = to_contig(ids, kLong);
   int64_t* p = flat.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < flat.numel(); ++i)
     if (p[i] >= num_experts || p[i] < 0) p[i] = -1;
@@ -56,10 +56,10 @@ at::Tensor routed_expert_ids(const at::Tensor& ids, int64_t num_experts, const c
 
 // row_map as a contiguous int64 copy in which every entry outside [0, rows) reads -1.
 // Bad-data guard: -1 marks a dropped slot; entries < -1 or >= rows are treated the same way.
-at::Tensor routed_row_map(const at::Tensor& row_map, int64_t rows, const char* op) {
+Tensor routed_row_map(const Tensor& row_map, int64_t rows, const char* op) {
   check_index_dtype(row_map, op, "row_map");
-  TORCH_CHECK(row_map.dim() == 2, op, ": row_map must be [T, k], got shape ", row_map.sizes());
-  at::Tensor rm = row_map.to(at::kLong).contiguous();
+  SBOPS_CHECK(row_map.dim() == 2, op, ": row_map must be [T, k], got shape ", row_map.sizes());
+  Tensor rm = to_contig(row_map, kLong);
   int64_t* p = rm.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < rm.numel(); ++i)
     if (p[i] >= rows || p[i] < 0) p[i] = -1;
@@ -101,48 +101,48 @@ int64_t argmax_lowest(const scalar_t* v, const std::vector<char>& mask, int64_t 
 // ---------------------------------------------------------------------------------------------
 // topk_gating(logits [T,E], k, scoring, renormalize, bias?, num_groups, topk_groups, scaling)
 //   -> (weights [T,k] float32, ids [T,k] int32)
-std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits, int64_t k,
+std::tuple<Tensor, Tensor> topk_gating_cpu(const Tensor& logits, int64_t k,
                                                    const std::string& scoring_str,
                                                    bool renormalize,
-                                                   const std::optional<at::Tensor>& bias,
+                                                   const std::optional<Tensor>& bias,
                                                    int64_t num_groups, int64_t topk_groups,
                                                    double scaling) {
   const char* op = "topk_gating";
   const Scoring scoring = parse_scoring(scoring_str, op);
-  TORCH_CHECK(logits.dim() == 2, op, ": logits must be [T, E], got shape ", logits.sizes());
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), op, ": logits must be floating, got ",
+  SBOPS_CHECK(logits.dim() == 2, op, ": logits must be [T, E], got shape ", logits.sizes());
+  SBOPS_CHECK(is_floating(logits.scalar_type()), op, ": logits must be floating, got ",
               logits.scalar_type());
   const int64_t T = logits.size(0), E = logits.size(1);
-  TORCH_CHECK(E >= 1 && k >= 1 && k <= E, op, ": k must be in [1, E] with E = ", E, ", got k = ", k);
+  SBOPS_CHECK(E >= 1 && k >= 1 && k <= E, op, ": k must be in [1, E] with E = ", E, ", got k = ", k);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == E, op, ": bias must be [E] = [", E,
+    SBOPS_CHECK(bias->dim() == 1 && bias->size(0) == E, op, ": bias must be [E] = [", E,
                 "], got shape ", bias->sizes());
   }
   const bool grouped = num_groups > 0;
   if (grouped) {
-    TORCH_CHECK(E % num_groups == 0, op, ": num_groups = ", num_groups,
+    SBOPS_CHECK(E % num_groups == 0, op, ": num_groups = ", num_groups,
                 " must divide the number of experts E = ", E);
-    TORCH_CHECK(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, ",
+    SBOPS_CHECK(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, ",
                 "num_groups = ", num_groups, "], got ", topk_groups);
-    TORCH_CHECK(topk_groups * (E / num_groups) >= k, op, ": topk_groups * E / num_groups = ",
+    SBOPS_CHECK(topk_groups * (E / num_groups) >= k, op, ": topk_groups * E / num_groups = ",
                 topk_groups, " * ", E, " / ", num_groups, " = ", topk_groups * (E / num_groups),
                 " eligible experts is fewer than k = ", k);
   }
   const int64_t G = grouped ? num_groups : 1;
   const int64_t group_size = E / G;
 
-  const at::ScalarType cdt = compute_dtype({logits});
-  const at::Tensor lc = logits.to(cdt).contiguous();
-  const at::Tensor bc = bias.has_value() ? bias->to(cdt).contiguous() : at::Tensor();
-  at::Tensor weights = at::empty({T, k}, logits.options().dtype(cdt));
-  at::Tensor ids = at::empty({T, k}, logits.options().dtype(at::kInt));
+  const ScalarType cdt = compute_dtype({logits});
+  const Tensor lc = to_contig(logits, cdt);
+  const Tensor bc = bias.has_value() ? to_contig(*bias, cdt) : Tensor();
+  Tensor weights = empty_on({T, k}, cdt, logits);
+  Tensor ids = empty_on({T, k}, kInt, logits);
   int32_t* idp = ids.mutable_data_ptr<int32_t>();
 
-  AT_DISPATCH_FLOATING_TYPES(cdt, "topk_gating_cpu", [&] {
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "topk_gating_cpu", [&] {
     const scalar_t* lp = lc.const_data_ptr<scalar_t>();
     const scalar_t* bp = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* wp = weights.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, T, token_grain(E * k), [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, T, token_grain(E * k), [&](int64_t t0, int64_t t1) {
       std::vector<scalar_t> scores(E), choice(E), group_score(G);
       std::vector<char> eligible(E), group_ok(G);
       for (int64_t t = t0; t < t1; ++t) {
@@ -184,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits, int
       }
     });
   });
-  return {weights.to(at::kFloat), ids};
+  return {cast(weights, kFloat), ids};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,34 +194,34 @@ std::tuple<at::Tensor, at::Tensor> topk_gating_cpu(const at::Tensor& logits, int
 //   otherwise:   w_j = c s_{p_j}      =>  ds_{p_j} += c gw_j
 //   softmax: dlogits = s (ds - sum(ds s));  sigmoid: dlogits = ds s (1 - s).
 // The bias only steers the choice, so it gets no gradient (and is not an input here).
-at::Tensor topk_gating_bwd_cpu(const at::Tensor& grad_weights, const at::Tensor& logits,
-                               const at::Tensor& ids, const std::string& scoring_str,
+Tensor topk_gating_bwd_cpu(const Tensor& grad_weights, const Tensor& logits,
+                               const Tensor& ids, const std::string& scoring_str,
                                bool renormalize, double scaling) {
   const char* op = "topk_gating_bwd";
   const Scoring scoring = parse_scoring(scoring_str, op);
-  TORCH_CHECK(logits.dim() == 2, op, ": logits must be [T, E], got shape ", logits.sizes());
+  SBOPS_CHECK(logits.dim() == 2, op, ": logits must be [T, E], got shape ", logits.sizes());
   const int64_t T = logits.size(0), E = logits.size(1);
-  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == T, op, ": ids must be [T, k] with T = ", T,
+  SBOPS_CHECK(ids.dim() == 2 && ids.size(0) == T, op, ": ids must be [T, k] with T = ", T,
               ", got shape ", ids.sizes());
   const int64_t k = ids.size(1);
-  TORCH_CHECK(grad_weights.sizes() == ids.sizes(), op, ": grad_weights must have ids' shape ",
+  SBOPS_CHECK(grad_weights.sizes() == ids.sizes(), op, ": grad_weights must have ids' shape ",
               ids.sizes(), ", got ", grad_weights.sizes());
   // Bad-data guard: a slot whose id lies outside [0, E) (never produced by topk_gating) is
   // skipped: it contributes neither to Z nor to any gradient.
-  const at::Tensor idc = routed_expert_ids(ids, E, op);
+  const Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
 
-  const at::ScalarType cdt = compute_dtype({logits, grad_weights});
-  const at::Tensor lc = logits.to(cdt).contiguous();
-  const at::Tensor gc = grad_weights.to(cdt).contiguous();
-  at::Tensor grad_logits = at::empty({T, E}, logits.options().dtype(cdt));
+  const ScalarType cdt = compute_dtype({logits, grad_weights});
+  const Tensor lc = to_contig(logits, cdt);
+  const Tensor gc = to_contig(grad_weights, cdt);
+  Tensor grad_logits = empty_on({T, E}, cdt, logits);
 
-  AT_DISPATCH_FLOATING_TYPES(cdt, "topk_gating_bwd_cpu", [&] {
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "topk_gating_bwd_cpu", [&] {
     const scalar_t* lp = lc.const_data_ptr<scalar_t>();
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     scalar_t* dp = grad_logits.mutable_data_ptr<scalar_t>();
     const scalar_t c = static_cast<scalar_t>(scaling);
-    at::parallel_for(0, T, token_grain(E), [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, T, token_grain(E), [&](int64_t t0, int64_t t1) {
       std::vector<scalar_t> s(E), ds(E);
       for (int64_t t = t0; t < t1; ++t) {
         router_scores(lp + t * E, s.data(), E, scoring);
@@ -256,7 +256,7 @@ at::Tensor topk_gating_bwd_cpu(const at::Tensor& grad_weights, const at::Tensor&
       }
     });
   });
-  return grad_logits.to(logits.scalar_type());
+  return cast(grad_logits, logits.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,38 +264,38 @@ at::Tensor topk_gating_bwd_cpu(const at::Tensor& grad_weights, const at::Tensor&
 // row_map [T,k] int32).  Routed (token, slot) pairs are grouped by expert in ascending order and,
 // within an expert, by flat index t*k+j (i.e. by (token, slot)); the rows after the routed ones
 // (one per dropped slot) are zero.  Rows are copied as bytes, so any x dtype works.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute_cpu(const at::Tensor& x,
-                                                               const at::Tensor& ids,
+std::tuple<Tensor, Tensor, Tensor> moe_permute_cpu(const Tensor& x,
+                                                               const Tensor& ids,
                                                                int64_t num_experts) {
   const char* op = "moe_permute";
-  TORCH_CHECK(x.dim() == 2, op, ": x must be [T, Hd], got shape ", x.sizes());
-  TORCH_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0), op, ": ids must be [T, k] with T = ",
+  SBOPS_CHECK(x.dim() == 2, op, ": x must be [T, Hd], got shape ", x.sizes());
+  SBOPS_CHECK(ids.dim() == 2 && ids.size(0) == x.size(0), op, ": ids must be [T, k] with T = ",
               x.size(0), ", got shape ", ids.sizes());
   const int64_t T = ids.size(0), k = ids.size(1), Hd = x.size(1), E = num_experts;
-  const at::Tensor idc = routed_expert_ids(ids, E, op);
+  const Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
 
   // Offsets: exclusive prefix sum of the per-expert counts.
-  at::Tensor offsets = at::zeros({E + 1}, ids.options().dtype(at::kLong));
+  Tensor offsets = zeros_on({E + 1}, kLong, ids);
   int64_t* off = offsets.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < T * k; ++i)
     if (ip[i] >= 0) ++off[ip[i] + 1];
   for (int64_t e = 0; e < E; ++e) off[e + 1] += off[e];
 
   // Rows in ascending flat index within each expert.
-  at::Tensor row_map = at::empty({T, k}, ids.options().dtype(at::kInt));
+  Tensor row_map = empty_on({T, k}, kInt, ids);
   int32_t* rm = row_map.mutable_data_ptr<int32_t>();
   std::vector<int64_t> cursor(off, off + E);
   for (int64_t i = 0; i < T * k; ++i) rm[i] = ip[i] < 0 ? -1 : static_cast<int32_t>(cursor[ip[i]]++);
 
-  const at::Tensor xc = x.contiguous();
-  at::Tensor x_perm = at::empty({T * k, Hd}, x.options());
+  const Tensor xc = contig(x);
+  Tensor x_perm = empty_on({T * k, Hd}, x.scalar_type(), x);
   const int64_t routed = off[E];
-  x_perm.narrow(0, routed, T * k - routed).zero_();
   const int64_t row_bytes = Hd * static_cast<int64_t>(x.element_size());
   const char* src = static_cast<const char*>(xc.const_data_ptr());
   char* dst = static_cast<char*>(x_perm.mutable_data_ptr());
-  at::parallel_for(0, T * k, token_grain(Hd), [&](int64_t i0, int64_t i1) {
+  std::memset(dst + routed * row_bytes, 0, static_cast<size_t>((T * k - routed) * row_bytes));  // unrouted rows
+  torch::stable::parallel_for(0, T * k, token_grain(Hd), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       if (rm[i] >= 0) std::memcpy(dst + rm[i] * row_bytes, src + (i / k) * row_bytes, row_bytes);
   });
@@ -305,22 +305,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_permute_cpu(const at::Tensor&
 // ---------------------------------------------------------------------------------------------
 // moe_permute_bwd(grad_x_perm [R,Hd], row_map [T,k]) -> grad_x [T,Hd] in grad_x_perm.dtype:
 // grad_x[t] = sum over routed j of grad_x_perm[row_map[t,j]].
-at::Tensor moe_permute_bwd_cpu(const at::Tensor& grad_x_perm, const at::Tensor& row_map) {
+Tensor moe_permute_bwd_cpu(const Tensor& grad_x_perm, const Tensor& row_map) {
   const char* op = "moe_permute_bwd";
-  TORCH_CHECK(grad_x_perm.dim() == 2, op, ": grad_x_perm must be [R, Hd], got shape ",
+  SBOPS_CHECK(grad_x_perm.dim() == 2, op, ": grad_x_perm must be [R, Hd], got shape ",
               grad_x_perm.sizes());
   const int64_t R = grad_x_perm.size(0), Hd = grad_x_perm.size(1);
-  const at::Tensor rmc = routed_row_map(row_map, R, op);
+  const Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
   const int64_t* rm = rmc.const_data_ptr<int64_t>();
 
-  const at::ScalarType cdt = compute_dtype({grad_x_perm});
-  const at::Tensor gc = grad_x_perm.to(cdt).contiguous();
-  at::Tensor grad_x = at::zeros({T, Hd}, grad_x_perm.options().dtype(cdt));
-  AT_DISPATCH_FLOATING_TYPES(cdt, "moe_permute_bwd_cpu", [&] {
+  const ScalarType cdt = compute_dtype({grad_x_perm});
+  const Tensor gc = to_contig(grad_x_perm, cdt);
+  Tensor grad_x = zeros_on({T, Hd}, cdt, grad_x_perm);
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "moe_permute_bwd_cpu", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         for (int64_t j = 0; j < k; ++j) {
           const int64_t r = rm[t * k + j];
@@ -329,39 +329,39 @@ at::Tensor moe_permute_bwd_cpu(const at::Tensor& grad_x_perm, const at::Tensor& 
         }
     });
   });
-  return grad_x.to(grad_x_perm.scalar_type());
+  return cast(grad_x, grad_x_perm.scalar_type());
 }
 
-void check_unpermute_shapes(const at::Tensor& y_perm, const at::Tensor& row_map,
-                            const at::Tensor& weights, const char* op) {
-  TORCH_CHECK(y_perm.dim() == 2, op, ": y_perm must be [R, Hd], got shape ", y_perm.sizes());
-  TORCH_CHECK(weights.sizes() == row_map.sizes(), op, ": weights must have row_map's shape ",
+void check_unpermute_shapes(const Tensor& y_perm, const Tensor& row_map,
+                            const Tensor& weights, const char* op) {
+  SBOPS_CHECK(y_perm.dim() == 2, op, ": y_perm must be [R, Hd], got shape ", y_perm.sizes());
+  SBOPS_CHECK(weights.sizes() == row_map.sizes(), op, ": weights must have row_map's shape ",
               row_map.sizes(), ", got ", weights.sizes());
-  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), op, ": weights must be floating, got ",
+  SBOPS_CHECK(is_floating(weights.scalar_type()), op, ": weights must be floating, got ",
               weights.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------
 // moe_unpermute(y_perm [R,Hd], row_map [T,k], weights [T,k]) -> y [T,Hd] in y_perm.dtype:
 // y[t] = sum over routed j of weights[t,j] * y_perm[row_map[t,j]], accumulated in float32.
-at::Tensor moe_unpermute_cpu(const at::Tensor& y_perm, const at::Tensor& row_map,
-                             const at::Tensor& weights) {
+Tensor moe_unpermute_cpu(const Tensor& y_perm, const Tensor& row_map,
+                             const Tensor& weights) {
   const char* op = "moe_unpermute";
   check_unpermute_shapes(y_perm, row_map, weights, op);
   const int64_t R = y_perm.size(0), Hd = y_perm.size(1);
-  const at::Tensor rmc = routed_row_map(row_map, R, op);
+  const Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
   const int64_t* rm = rmc.const_data_ptr<int64_t>();
 
-  const at::ScalarType cdt = compute_dtype({y_perm, weights});
-  const at::Tensor yc = y_perm.to(cdt).contiguous();
-  const at::Tensor wc = weights.to(cdt).contiguous();
-  at::Tensor y = at::zeros({T, Hd}, y_perm.options().dtype(cdt));
-  AT_DISPATCH_FLOATING_TYPES(cdt, "moe_unpermute_cpu", [&] {
+  const ScalarType cdt = compute_dtype({y_perm, weights});
+  const Tensor yc = to_contig(y_perm, cdt);
+  const Tensor wc = to_contig(weights, cdt);
+  Tensor y = zeros_on({T, Hd}, cdt, y_perm);
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "moe_unpermute_cpu", [&] {
     const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
     scalar_t* out = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         for (int64_t j = 0; j < k; ++j) {
           const int64_t r = rm[t * k + j];
@@ -371,33 +371,33 @@ at::Tensor moe_unpermute_cpu(const at::Tensor& y_perm, const at::Tensor& row_map
         }
     });
   });
-  return y.to(y_perm.scalar_type());
+  return cast(y, y_perm.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------
 // moe_unpermute_bwd(grad_y [T,Hd], y_perm [R,Hd], row_map [T,k], weights [T,k])
 //   -> (grad_y_perm [R,Hd] in y_perm.dtype, zero for rows no slot maps to,
 //       grad_weights [T,k] in weights.dtype: dot(grad_y[t], y_perm[row_map[t,j]]), 0 if dropped)
-std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_y,
-                                                         const at::Tensor& y_perm,
-                                                         const at::Tensor& row_map,
-                                                         const at::Tensor& weights) {
+std::tuple<Tensor, Tensor> moe_unpermute_bwd_cpu(const Tensor& grad_y,
+                                                         const Tensor& y_perm,
+                                                         const Tensor& row_map,
+                                                         const Tensor& weights) {
   const char* op = "moe_unpermute_bwd";
   check_unpermute_shapes(y_perm, row_map, weights, op);
   const int64_t R = y_perm.size(0), Hd = y_perm.size(1);
-  const at::Tensor rmc = routed_row_map(row_map, R, op);
+  const Tensor rmc = routed_row_map(row_map, R, op);
   const int64_t T = rmc.size(0), k = rmc.size(1);
-  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == T && grad_y.size(1) == Hd, op,
+  SBOPS_CHECK(grad_y.dim() == 2 && grad_y.size(0) == T && grad_y.size(1) == Hd, op,
               ": grad_y must be [T, Hd] = [", T, ", ", Hd, "], got shape ", grad_y.sizes());
   const int64_t* rm = rmc.const_data_ptr<int64_t>();
 
-  const at::ScalarType cdt = compute_dtype({grad_y, y_perm, weights});
-  const at::Tensor gc = grad_y.to(cdt).contiguous();
-  const at::Tensor yc = y_perm.to(cdt).contiguous();
-  const at::Tensor wc = weights.to(cdt).contiguous();
-  at::Tensor grad_y_perm = at::zeros({R, Hd}, y_perm.options().dtype(cdt));
-  at::Tensor grad_w = at::empty({T, k}, weights.options().dtype(cdt));
-  AT_DISPATCH_FLOATING_TYPES(cdt, "moe_unpermute_bwd_cpu", [&] {
+  const ScalarType cdt = compute_dtype({grad_y, y_perm, weights});
+  const Tensor gc = to_contig(grad_y, cdt);
+  const Tensor yc = to_contig(y_perm, cdt);
+  const Tensor wc = to_contig(weights, cdt);
+  Tensor grad_y_perm = zeros_on({R, Hd}, cdt, y_perm);
+  Tensor grad_w = empty_on({T, k}, cdt, weights);
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "moe_unpermute_bwd_cpu", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     const scalar_t* wp = wc.const_data_ptr<scalar_t>();
@@ -407,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_
     // grad_y_perm[row_map[t,j]] += weights[t,j] * grad_y[t].  Split over columns rather than
     // tokens, so that two slots mapping to the same row (never produced by moe_permute, but
     // allowed here) cannot race.
-    at::parallel_for(0, Hd, std::max<int64_t>(1, 32768 / std::max<int64_t>(T * k, 1)),
+    torch::stable::parallel_for(0, Hd, std::max<int64_t>(1, 32768 / std::max<int64_t>(T * k, 1)),
                      [&](int64_t c0, int64_t c1) {
       for (int64_t t = 0; t < T; ++t)
         for (int64_t j = 0; j < k; ++j) {
@@ -418,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_
         }
     });
 
-    at::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
+    torch::stable::parallel_for(0, T, token_grain(k * Hd), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t)
         for (int64_t j = 0; j < k; ++j) {
           const int64_t r = rm[t * k + j];
@@ -429,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_
         }
     });
   });
-  return {grad_y_perm.to(y_perm.scalar_type()), grad_w.to(weights.scalar_type())};
+  return {cast(grad_y_perm, y_perm.scalar_type()), cast(grad_w, weights.scalar_type())};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,17 +438,17 @@ std::tuple<at::Tensor, at::Tensor> moe_unpermute_bwd_cpu(const at::Tensor& grad_
 // vLLM's semantics: experts in ascending order, each expert's flat indices (ascending) starting
 // at its block-aligned offset, each expert's count rounded up to a multiple of block_size;
 // padding entries hold n = ids.numel(); unused blocks have expert -1.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size_cpu(const at::Tensor& ids,
+std::tuple<Tensor, Tensor, Tensor> moe_align_block_size_cpu(const Tensor& ids,
                                                                         int64_t num_experts,
                                                                         int64_t block_size) {
   const char* op = "moe_align_block_size";
-  TORCH_CHECK(block_size >= 1, op, ": block_size must be >= 1, got ", block_size);
+  SBOPS_CHECK(block_size >= 1, op, ": block_size must be >= 1, got ", block_size);
   const int64_t E = num_experts;
-  const at::Tensor idc = routed_expert_ids(ids, E, op);
+  const Tensor idc = routed_expert_ids(ids, E, op);
   const int64_t* ip = idc.const_data_ptr<int64_t>();
   const int64_t n = idc.numel();
   const int64_t max_padded = n + E * (block_size - 1);
-  TORCH_CHECK(max_padded <= std::numeric_limits<int32_t>::max(), op, ": n + E * (block_size - 1) = ",
+  SBOPS_CHECK(max_padded <= std::numeric_limits<int32_t>::max(), op, ": n + E * (block_size - 1) = ",
               max_padded, " does not fit the int32 outputs");
   const int64_t num_blocks = (max_padded + block_size - 1) / block_size;
 
@@ -456,8 +456,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size_cpu(const at
   for (int64_t i = 0; i < n; ++i)
     if (ip[i] >= 0) ++count[ip[i]];
 
-  at::Tensor sorted_ids = at::full({max_padded}, n, ids.options().dtype(at::kInt));
-  at::Tensor block_expert = at::full({num_blocks}, -1, ids.options().dtype(at::kInt));
+  Tensor sorted_ids = full_on({max_padded}, n, kInt, ids);
+  Tensor block_expert = full_on({num_blocks}, -1, kInt, ids);
   int32_t* sp = sorted_ids.mutable_data_ptr<int32_t>();
   int32_t* bp = block_expert.mutable_data_ptr<int32_t>();
 
@@ -474,16 +474,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size_cpu(const at
   for (int64_t i = 0; i < n; ++i)
     if (ip[i] >= 0) sp[cursor[ip[i]]++] = static_cast<int32_t>(i);
 
-  at::Tensor post_pad = at::full({1}, pos, ids.options().dtype(at::kInt));
+  Tensor post_pad = full_on({1}, pos, kInt, ids);
   return {sorted_ids, block_expert, post_pad};
 }
 
 // ---------------------------------------------------------------------------------------------
 // expert_counts(ids, E) -> int64 [E]: histogram of routed ids (ids < 0 skipped).
-at::Tensor expert_counts_cpu(const at::Tensor& ids, int64_t num_experts) {
-  const at::Tensor idc = routed_expert_ids(ids, num_experts, "expert_counts");
+Tensor expert_counts_cpu(const Tensor& ids, int64_t num_experts) {
+  const Tensor idc = routed_expert_ids(ids, num_experts, "expert_counts");
   const int64_t* ip = idc.const_data_ptr<int64_t>();
-  at::Tensor counts = at::zeros({num_experts}, ids.options().dtype(at::kLong));
+  Tensor counts = zeros_on({num_experts}, kLong, ids);
   int64_t* cp = counts.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < idc.numel(); ++i)
     if (ip[i] >= 0) ++cp[ip[i]];
@@ -492,13 +492,13 @@ at::Tensor expert_counts_cpu(const at::Tensor& ids, int64_t num_experts) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sbops, CPU, m) {
-  m.impl("topk_gating", &topk_gating_cpu);
-  m.impl("topk_gating_bwd", &topk_gating_bwd_cpu);
-  m.impl("moe_permute", &moe_permute_cpu);
-  m.impl("moe_permute_bwd", &moe_permute_bwd_cpu);
-  m.impl("moe_unpermute", &moe_unpermute_cpu);
-  m.impl("moe_unpermute_bwd", &moe_unpermute_bwd_cpu);
-  m.impl("moe_align_block_size", &moe_align_block_size_cpu);
-  m.impl("expert_counts", &expert_counts_cpu);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("topk_gating", TORCH_BOX(&topk_gating_cpu));
+  m.impl("topk_gating_bwd", TORCH_BOX(&topk_gating_bwd_cpu));
+  m.impl("moe_permute", TORCH_BOX(&moe_permute_cpu));
+  m.impl("moe_permute_bwd", TORCH_BOX(&moe_permute_bwd_cpu));
+  m.impl("moe_unpermute", TORCH_BOX(&moe_unpermute_cpu));
+  m.impl("moe_unpermute_bwd", TORCH_BOX(&moe_unpermute_bwd_cpu));
+  m.impl("moe_align_block_size", TORCH_BOX(&moe_align_block_size_cpu));
+  m.impl("expert_counts", TORCH_BOX(&expert_counts_cpu));
 }

@@ -6,10 +6,6 @@
 // the data can tell (negative binary counts, a T too small, a histogram overflow) is checked
 // serially before the parallel loops, so errors are raised with a clear message and never from
 // inside a worker thread.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,7 +16,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "sbops/check.h"
+
 namespace {
+
+using namespace sbops;
 
 enum class SpikeMode { Binary, Ternary, Bitwise };
 
@@ -28,7 +28,7 @@ SpikeMode parse_mode(const std::string& mode, const char* op) {
   if (mode == "binary") return SpikeMode::Binary;
   if (mode == "ternary") return SpikeMode::Ternary;
   if (mode == "bitwise") return SpikeMode::Bitwise;
-  TORCH_CHECK(false, op, ": unknown mode '", mode,
+  SBOPS_CHECK(false, op, ": unknown mode '", mode,
               "'; expected one of 'binary', 'ternary', 'bitwise'");
 }
 
@@ -51,12 +51,12 @@ int sign_of(int_t c) {
 // Rows are the last dim; a grain of roughly 32K elements per task.
 int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1)); }
 
-void check_x_and_k(const at::Tensor& x, double k, const char* op) {
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension");
-  TORCH_CHECK(x.size(-1) > 0, op, ": x's last dimension (the channel dim) must be non-empty");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating tensor, got ",
+void check_x_and_k(const Tensor& x, double k, const char* op) {
+  SBOPS_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension");
+  SBOPS_CHECK(x.size(-1) > 0, op, ": x's last dimension (the channel dim) must be non-empty");
+  SBOPS_CHECK(is_floating(x.scalar_type()), op, ": x must be a floating tensor, got ",
               x.scalar_type());
-  TORCH_CHECK(k > 0, op, ": k must be > 0, got ", k);
+  SBOPS_CHECK(k > 0, op, ": k must be > 0, got ", k);
 }
 
 // vth of one row of D values: clamp(mean(|x|) / k, 1e-5, 1e4) in scalar_t.  The sum of |x| is
@@ -89,7 +89,7 @@ count_t saturate_round(float q) {
 
 template <typename count_t>
 void encode_rows(const float* x, count_t* counts, float* vth, int64_t rows, int64_t D, double k) {
-  at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
+  torch::stable::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * D;
       const float v = row_vth(xr, D, k);
@@ -102,26 +102,26 @@ void encode_rows(const float* x, count_t* counts, float* vth, int64_t rows, int6
 // ---------------------------------------------------------------------------------------------
 // spike_encode(x, k, out_dtype) -> (counts, vth).  Always float32 math (SPEC: "computed in
 // float32 whatever x's dtype"), counts saturated to out_dtype, vth float32 [*x.shape[:-1], 1].
-std::tuple<at::Tensor, at::Tensor> spike_encode_cpu(const at::Tensor& x, double k,
-                                                    at::ScalarType out_dtype) {
+std::tuple<Tensor, Tensor> spike_encode_cpu(const Tensor& x, double k,
+                                                    ScalarType out_dtype) {
   check_x_and_k(x, k, "spike_encode");
-  TORCH_CHECK(out_dtype == at::kChar || out_dtype == at::kShort || out_dtype == at::kInt,
+  SBOPS_CHECK(out_dtype == kChar || out_dtype == kShort || out_dtype == kInt,
               "spike_encode: out_dtype must be torch.int8, torch.int16 or torch.int32, got ",
               out_dtype);
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const Tensor xf = to_contig(x, kFloat);
   const int64_t D = x.size(-1);
   const int64_t rows = x.numel() / D;
 
-  at::Tensor counts = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  Tensor counts = empty_on(x.sizes(), out_dtype, x);
   std::vector<int64_t> vth_shape(x.sizes().begin(), x.sizes().end());
   vth_shape.back() = 1;
-  at::Tensor vth = at::empty(vth_shape, x.options().dtype(at::kFloat));
+  Tensor vth = empty_on(vth_shape, kFloat, x);
 
   const float* xp = xf.const_data_ptr<float>();
   float* vp = vth.mutable_data_ptr<float>();
   switch (out_dtype) {
-    case at::kChar: encode_rows(xp, counts.mutable_data_ptr<int8_t>(), vp, rows, D, k); break;
-    case at::kShort: encode_rows(xp, counts.mutable_data_ptr<int16_t>(), vp, rows, D, k); break;
+    case kChar: encode_rows(xp, counts.mutable_data_ptr<int8_t>(), vp, rows, D, k); break;
+    case kShort: encode_rows(xp, counts.mutable_data_ptr<int16_t>(), vp, rows, D, k); break;
     default: encode_rows(xp, counts.mutable_data_ptr<int32_t>(), vp, rows, D, k); break;
   }
   return {counts, vth};
@@ -130,18 +130,18 @@ std::tuple<at::Tensor, at::Tensor> spike_encode_cpu(const at::Tensor& x, double 
 // ---------------------------------------------------------------------------------------------
 // spike_quant(x, k) -> nearbyint(x / vth) * vth in x.dtype (no saturation).  float32 math, or
 // float64 for float64 x.  The straight-through gradient is registered in Python.
-at::Tensor spike_quant_cpu(const at::Tensor& x, double k) {
+Tensor spike_quant_cpu(const Tensor& x, double k) {
   check_x_and_k(x, k, "spike_quant");
-  const at::ScalarType cdt = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor xc = x.to(cdt).contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(cdt));
+  const ScalarType cdt = x.scalar_type() == kDouble ? kDouble : kFloat;
+  const Tensor xc = to_contig(x, cdt);
+  Tensor out = empty_on(x.sizes(), cdt, x);
   const int64_t D = x.size(-1);
   const int64_t rows = x.numel() / D;
 
-  AT_DISPATCH_FLOATING_TYPES(cdt, "spike_quant_cpu", [&] {
+  SBOPS_DISPATCH_FLOATING_TYPES(cdt, "spike_quant_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
+    torch::stable::parallel_for(0, rows, row_grain(D), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* xr = xp + r * D;
         const scalar_t v = row_vth(xr, D, k);
@@ -149,7 +149,7 @@ at::Tensor spike_quant_cpu(const at::Tensor& x, double k) {
       }
     });
   });
-  return out.to(x.scalar_type());
+  return cast(out, x.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,20 +157,20 @@ at::Tensor spike_quant_cpu(const at::Tensor& x, double k) {
 //   binary:  s_t = (t < c),                       needs c >= 0 and c <= T
 //   ternary: s_t = sign(c) * (t < |c|),            needs |c| <= T
 //   bitwise: s_t = sign(c) * bit_{T-1-t}(|c|),     needs |c| < 2^T  (MSB first)
-at::Tensor spike_expand_cpu(const at::Tensor& counts, const std::string& mode_str, int64_t T) {
+Tensor spike_expand_cpu(const Tensor& counts, const std::string& mode_str, int64_t T) {
   const SpikeMode mode = parse_mode(mode_str, "spike_expand");
-  TORCH_CHECK(T >= 1, "spike_expand: T must be >= 1, got ", T);
-  TORCH_CHECK(at::isIntegralType(counts.scalar_type(), /*includeBool=*/false),
+  SBOPS_CHECK(T >= 1, "spike_expand: T must be >= 1, got ", T);
+  SBOPS_CHECK(is_integral(counts.scalar_type()),
               "spike_expand: counts must be an integer tensor, got ", counts.scalar_type());
-  const at::Tensor c = counts.contiguous();
+  const Tensor c = contig(counts);
   const int64_t n = c.numel();
 
   std::vector<int64_t> shape{T};
   shape.insert(shape.end(), counts.sizes().begin(), counts.sizes().end());
-  at::Tensor trains = at::empty(shape, counts.options().dtype(at::kChar));
+  Tensor trains = empty_on(shape, kChar, counts);
   int8_t* out = trains.mutable_data_ptr<int8_t>();
 
-  AT_DISPATCH_INTEGRAL_TYPES(c.scalar_type(), "spike_expand_cpu", [&] {
+  SBOPS_DISPATCH_INTEGRAL_TYPES(c.scalar_type(), "spike_expand_cpu", [&] {
     const scalar_t* cp = c.const_data_ptr<scalar_t>();
 
     // Validation pass: the most negative count (binary) and the largest |count| (capacity).
@@ -180,22 +180,22 @@ at::Tensor spike_expand_cpu(const at::Tensor& counts, const std::string& mode_st
       if (cp[i] < 0) most_negative = std::min<int64_t>(most_negative, static_cast<int64_t>(cp[i]));
       max_abs = std::max(max_abs, magnitude(cp[i]));
     }
-    TORCH_CHECK(mode != SpikeMode::Binary || most_negative >= 0,
+    SBOPS_CHECK(mode != SpikeMode::Binary || most_negative >= 0,
                 "spike_expand(mode='binary'): counts must be >= 0, found ", most_negative,
                 " (use mode='ternary' or 'bitwise' for signed counts)");
     if (mode == SpikeMode::Bitwise) {
       // T >= 64 bits hold any 64-bit magnitude.
-      TORCH_CHECK(T >= 64 || max_abs < (uint64_t{1} << T), "spike_expand(mode='bitwise'): the "
+      SBOPS_CHECK(T >= 64 || max_abs < (uint64_t{1} << T), "spike_expand(mode='bitwise'): the "
                   "largest |count| is ", max_abs, " but T = ", T, " bits hold at most ",
                   (uint64_t{1} << T) - 1);
     } else {
-      TORCH_CHECK(max_abs <= static_cast<uint64_t>(T), "spike_expand(mode='", mode_str,
+      SBOPS_CHECK(max_abs <= static_cast<uint64_t>(T), "spike_expand(mode='", mode_str,
                   "'): the largest |count| is ", max_abs, " but T = ", T,
                   " steps hold at most ", T);
     }
 
     // Fill pass: for each step t, a contiguous slice of n outputs.
-    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    torch::stable::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t t = 0; t < T; ++t) {
         int8_t* row = out + t * n;
         for (int64_t i = i0; i < i1; ++i) {
@@ -219,24 +219,24 @@ at::Tensor spike_expand_cpu(const at::Tensor& counts, const std::string& mode_st
 // spike_collapse(trains, mode) -> int32 counts [*trains.shape[1:]]: sum_t s_t (binary, ternary)
 // or sum_t 2^(T-1-t) s_t (bitwise, evaluated MSB first as acc = 2 * acc + s_t).  Train values are
 // summed as given; a value or result outside int32 is an error.
-at::Tensor spike_collapse_cpu(const at::Tensor& trains, const std::string& mode_str) {
+Tensor spike_collapse_cpu(const Tensor& trains, const std::string& mode_str) {
   const SpikeMode mode = parse_mode(mode_str, "spike_collapse");
-  TORCH_CHECK(trains.dim() >= 1, "spike_collapse: trains must have at least 1 dimension [T, ...]");
-  TORCH_CHECK(at::isIntegralType(trains.scalar_type(), /*includeBool=*/false),
+  SBOPS_CHECK(trains.dim() >= 1, "spike_collapse: trains must have at least 1 dimension [T, ...]");
+  SBOPS_CHECK(is_integral(trains.scalar_type()),
               "spike_collapse: trains must be an integer tensor, got ", trains.scalar_type());
-  const at::Tensor s = trains.contiguous();
+  const Tensor s = contig(trains);
   const int64_t T = trains.size(0);
   const int64_t n = T > 0 ? s.numel() / T : 0;
-  at::Tensor counts = at::empty(trains.sizes().slice(1), trains.options().dtype(at::kInt));
-  if (T == 0) return counts.zero_();
+  Tensor counts = empty_on(trains.sizes().slice(1), kInt, trains);
+  if (T == 0) return torch::stable::zero_(counts);
   int32_t* out = counts.mutable_data_ptr<int32_t>();
   std::atomic<bool> overflow{false};
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   constexpr int64_t kMin = std::numeric_limits<int32_t>::min();
 
-  AT_DISPATCH_INTEGRAL_TYPES(s.scalar_type(), "spike_collapse_cpu", [&] {
+  SBOPS_DISPATCH_INTEGRAL_TYPES(s.scalar_type(), "spike_collapse_cpu", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
-    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    torch::stable::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         int64_t acc = 0;
         bool fits = true;
@@ -262,22 +262,22 @@ at::Tensor spike_collapse_cpu(const at::Tensor& trains, const std::string& mode_
       }
     });
   });
-  TORCH_CHECK(!overflow, "spike_collapse(mode='", mode_str, "'): a train value or a collapsed "
+  SBOPS_CHECK(!overflow, "spike_collapse(mode='", mode_str, "'): a train value or a collapsed "
               "count does not fit int32 (T = ", T, ")");
   return counts;
 }
 
 // ---------------------------------------------------------------------------------------------
 // spike_stats(counts, max_abs) -> int64 histogram [max_abs + 1] of |counts|.
-at::Tensor spike_stats_cpu(const at::Tensor& counts, int64_t max_abs) {
-  TORCH_CHECK(max_abs >= 0, "spike_stats: max_abs must be >= 0, got ", max_abs);
-  TORCH_CHECK(at::isIntegralType(counts.scalar_type(), /*includeBool=*/false),
+Tensor spike_stats_cpu(const Tensor& counts, int64_t max_abs) {
+  SBOPS_CHECK(max_abs >= 0, "spike_stats: max_abs must be >= 0, got ", max_abs);
+  SBOPS_CHECK(is_integral(counts.scalar_type()),
               "spike_stats: counts must be an integer tensor, got ", counts.scalar_type());
-  const at::Tensor c = counts.contiguous();
-  at::Tensor hist = at::zeros({max_abs + 1}, counts.options().dtype(at::kLong));
+  const Tensor c = contig(counts);
+  Tensor hist = zeros_on({max_abs + 1}, kLong, counts);
   int64_t* h = hist.mutable_data_ptr<int64_t>();
   uint64_t largest = 0;  // the largest |count|, reported if it exceeds max_abs
-  AT_DISPATCH_INTEGRAL_TYPES(c.scalar_type(), "spike_stats_cpu", [&] {
+  SBOPS_DISPATCH_INTEGRAL_TYPES(c.scalar_type(), "spike_stats_cpu", [&] {
     const scalar_t* cp = c.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < c.numel(); ++i) {
       const uint64_t mag = magnitude(cp[i]);
@@ -285,17 +285,17 @@ at::Tensor spike_stats_cpu(const at::Tensor& counts, int64_t max_abs) {
       if (mag <= static_cast<uint64_t>(max_abs)) ++h[mag];
     }
   });
-  TORCH_CHECK(largest <= static_cast<uint64_t>(max_abs), "spike_stats: a count has |count| = ",
+  SBOPS_CHECK(largest <= static_cast<uint64_t>(max_abs), "spike_stats: a count has |count| = ",
               largest, ", larger than max_abs = ", max_abs);
   return hist;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sbops, CPU, m) {
-  m.impl("spike_encode", &spike_encode_cpu);
-  m.impl("spike_quant", &spike_quant_cpu);
-  m.impl("spike_expand", &spike_expand_cpu);
-  m.impl("spike_collapse", &spike_collapse_cpu);
-  m.impl("spike_stats", &spike_stats_cpu);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("spike_encode", TORCH_BOX(&spike_encode_cpu));
+  m.impl("spike_quant", TORCH_BOX(&spike_quant_cpu));
+  m.impl("spike_expand", TORCH_BOX(&spike_expand_cpu));
+  m.impl("spike_collapse", TORCH_BOX(&spike_collapse_cpu));
+  m.impl("spike_stats", TORCH_BOX(&spike_stats_cpu));
 }

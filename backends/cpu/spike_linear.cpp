@@ -2,43 +2,44 @@
 // with vth and s = nearbyint(x / vth) exactly as spike_encode computes them (float32 threshold and
 // quotient), and the products accumulated in double.  Counts are never saturated: they are used as
 // doubles.  Inputs of any strides (made contiguous here: this is the reference, not the hot path).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "sbops/check.h"
+
 namespace {
 
-at::Tensor spike_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_q_in,
-                            const at::Tensor& weight_scale_in, double k,
-                            const std::optional<at::Tensor>& bias_in, int64_t group_size) {
-  TORCH_CHECK(x_in.dim() == 2, "spike_linear: x must be [M, K] (the wrapper flattens leading dims)");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "spike_linear: x must be a floating tensor");
-  TORCH_CHECK(k > 0, "spike_linear: k must be > 0, got ", k);
+using namespace sbops;
+
+Tensor spike_linear_cpu(const Tensor& x_in, const Tensor& weight_q_in,
+                            const Tensor& weight_scale_in, double k,
+                            const std::optional<Tensor>& bias_in, int64_t group_size) {
+  SBOPS_CHECK(x_in.dim() == 2, "spike_linear: x must be [M, K] (the wrapper flattens leading dims)");
+  SBOPS_CHECK(is_floating(x_in.scalar_type()), "spike_linear: x must be a floating tensor");
+  SBOPS_CHECK(k > 0, "spike_linear: k must be > 0, got ", k);
   const int64_t M = x_in.size(0), K = x_in.size(1), N = weight_q_in.size(0);
-  TORCH_CHECK(weight_q_in.dim() == 2 && weight_q_in.size(1) == K, "spike_linear: weight_q must be [N, ", K, "]");
+  SBOPS_CHECK(weight_q_in.dim() == 2 && weight_q_in.size(1) == K, "spike_linear: weight_q must be [N, ", K, "]");
   const bool per_group = group_size > 0;
   const int64_t G = per_group ? K / group_size : 1;
-  TORCH_CHECK(!per_group || K % group_size == 0, "spike_linear: K=", K, " must be a multiple of group_size=", group_size);
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const at::Tensor wq = weight_q_in.to(at::kDouble).contiguous();  // int8 or float8 values, exact in double
-  const at::Tensor sc = weight_scale_in.to(at::kDouble).contiguous().reshape({N, G});
-  at::Tensor y = at::empty({M, N}, x_in.options().dtype(at::kDouble));
+  SBOPS_CHECK(!per_group || K % group_size == 0, "spike_linear: K=", K, " must be a multiple of group_size=", group_size);
+  const Tensor x = to_contig(x_in, kFloat);
+  const Tensor wq = to_contig(weight_q_in, kDouble);  // int8 or float8 values, exact in double
+  const Tensor sc = torch::stable::reshape(to_contig(weight_scale_in, kDouble), {N, G});
+  Tensor y = empty_on({M, N}, kDouble, x_in);
   const float* xp = x.const_data_ptr<float>();
   const double* wp = wq.const_data_ptr<double>();
   const double* sp = sc.const_data_ptr<double>();
   double* yp = y.mutable_data_ptr<double>();
   std::vector<double> bias;
   if (bias_in.has_value()) {
-    const at::Tensor b = bias_in->to(at::kDouble).contiguous();
-    TORCH_CHECK(b.numel() == N, "spike_linear: bias must have ", N, " elements");
+    const Tensor b = to_contig(*bias_in, kDouble);
+    SBOPS_CHECK(b.numel() == N, "spike_linear: bias must have ", N, " elements");
     bias.assign(b.const_data_ptr<double>(), b.const_data_ptr<double>() + N);
   }
   const int64_t gs = per_group ? group_size : K;
-  at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
+  torch::stable::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
     std::vector<double> c(K);
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = xp + r * K;
@@ -59,9 +60,9 @@ at::Tensor spike_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_q_i
       }
     }
   });
-  return y.to(x_in.scalar_type());
+  return cast(y, x_in.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sbops, CPU, m) { m.impl("spike_linear", &spike_linear_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(sbops, CPU, m) { m.impl("spike_linear", TORCH_BOX(&spike_linear_cpu)); }

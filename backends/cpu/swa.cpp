@@ -6,10 +6,6 @@
 // outputs are converted to their dtypes at the end.  Query i of a sequence sees keys j with
 // i - window <= j <= i (window < 0: j <= i) plus all M sink keys, in one softmax computed safely
 // (row max subtracted).  GQA: query head h reads KV head h / (H / HKV).
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +21,7 @@
 
 namespace {
 
+using namespace sbops;
 using namespace sbops::cpu;  // OptTensor, Sequences, sequences, check_shape, slot_values, check_inplace
 
 // First key a query at (sequence-local) position i sees.
@@ -69,22 +66,22 @@ struct Dims {
   int64_t group() const { return H / HKV; }
 };
 
-void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
                   const OptTensor& sink_k, const OptTensor& sink_v, const char* op) {
-  TORCH_CHECK(q.dim() == 4, op, ": q must be [B, T, H, D], got shape ", q.sizes());
-  TORCH_CHECK(k.dim() == 4 && k.size(0) == q.size(0) && k.size(1) == q.size(1) &&
+  SBOPS_CHECK(q.dim() == 4, op, ": q must be [B, T, H, D], got shape ", q.sizes());
+  SBOPS_CHECK(k.dim() == 4 && k.size(0) == q.size(0) && k.size(1) == q.size(1) &&
                   k.size(3) == q.size(3),
               op, ": k must be [B, T, HKV, D] matching q ", q.sizes(), ", got ", k.sizes());
-  TORCH_CHECK(v.dim() == 4 && v.size(0) == q.size(0) && v.size(1) == q.size(1) &&
+  SBOPS_CHECK(v.dim() == 4 && v.size(0) == q.size(0) && v.size(1) == q.size(1) &&
                   v.size(2) == k.size(2),
               op, ": v must be [B, T, HKV, DV] matching k ", k.sizes(), ", got ", v.sizes());
   const int64_t H = q.size(2), HKV = k.size(2);
-  TORCH_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
+  SBOPS_CHECK(HKV > 0 && H % HKV == 0, op, ": the number of query heads (", H,
               ") must be a multiple of the number of KV heads (", HKV, ")");
-  TORCH_CHECK(sink_k.has_value() == sink_v.has_value(), op,
+  SBOPS_CHECK(sink_k.has_value() == sink_v.has_value(), op,
               ": sink_k and sink_v must be given together");
   if (sink_k.has_value()) {
-    TORCH_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(3), op,
+    SBOPS_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(3), op,
                 ": sink_k must be [M, ", HKV, ", ", q.size(3), "], got ", sink_k->sizes());
     check_shape(*sink_v, {sink_k->size(0), HKV, v.size(3)}, op, "sink_v");
   }
@@ -92,8 +89,8 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 // ---------------------------------------------------------------------------- forward
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor> swa_attn_impl(const at::Tensor& q, const at::Tensor& k,
-                                                 const at::Tensor& v, int64_t window,
+std::tuple<Tensor, Tensor> swa_attn_impl(const Tensor& q, const Tensor& k,
+                                                 const Tensor& v, int64_t window,
                                                  double scale_d, const OptTensor& cu_seqlens,
                                                  const OptTensor& sink_k, const OptTensor& sink_v) {
   const int64_t B = q.size(0), T = q.size(1);
@@ -101,24 +98,24 @@ std::tuple<at::Tensor, at::Tensor> swa_attn_impl(const at::Tensor& q, const at::
   const Sequences seqs = sequences(cu_seqlens, B, T, "swa_attn");
   const int64_t N = seqs.count();
 
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
-                   vc = v.to(acc).contiguous();
-  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
-  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
-  at::Tensor o = at::zeros({B, T, d.H, d.DV}, q.options().dtype(acc));
-  at::Tensor lse = at::zeros({B, T, d.H}, q.options().dtype(acc));
+  const auto acc = q.scalar_type() == kDouble ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc), kc = to_contig(k, acc),
+                   vc = to_contig(v, acc);
+  const Tensor skc = d.M ? to_contig(*sink_k, acc) : Tensor();
+  const Tensor svc = d.M ? to_contig(*sink_v, acc) : Tensor();
+  Tensor o = zeros_on({B, T, d.H, d.DV}, acc, q);
+  Tensor lse = zeros_on({B, T, d.H}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const acc_t* kp = kc.data_ptr<acc_t>();
-  const acc_t* vp = vc.data_ptr<acc_t>();
-  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
-  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
-  acc_t* out_p = o.data_ptr<acc_t>();
-  acc_t* lse_p = lse.data_ptr<acc_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const acc_t* kp = kc.mutable_data_ptr<acc_t>();
+  const acc_t* vp = vc.mutable_data_ptr<acc_t>();
+  const acc_t* skp = d.M ? skc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.mutable_data_ptr<acc_t>();
+  acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
 
-  at::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / d.H, h = item % d.H, kh = h / d.group();
       const int64_t L = seqs.len[n], r0 = seqs.start[n];
@@ -145,15 +142,15 @@ std::tuple<at::Tensor, at::Tensor> swa_attn_impl(const at::Tensor& q, const at::
       }
     }
   });
-  return {o.to(q.scalar_type()), lse.to(at::kFloat)};
+  return {cast(o, q.scalar_type()), cast(lse, kFloat)};
 }
 
-std::tuple<at::Tensor, at::Tensor> swa_attn_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                const at::Tensor& v, int64_t window, double scale,
+std::tuple<Tensor, Tensor> swa_attn_cpu(const Tensor& q, const Tensor& k,
+                                                const Tensor& v, int64_t window, double scale,
                                                 const OptTensor& cu_seqlens,
                                                 const OptTensor& sink_k, const OptTensor& sink_v) {
   check_inputs(q, k, v, sink_k, sink_v, "swa_attn");
-  if (q.scalar_type() == at::kDouble)
+  if (q.scalar_type() == kDouble)
     return swa_attn_impl<double>(q, k, v, window, scale, cu_seqlens, sink_k, sink_v);
   return swa_attn_impl<float>(q, k, v, window, scale, cu_seqlens, sink_k, sink_v);
 }
@@ -169,8 +166,8 @@ std::tuple<at::Tensor, at::Tensor> swa_attn_cpu(const at::Tensor& q, const at::T
 // Work items are (sequence, KV head): each owns its rows of dk / dv and its query heads' rows of
 // dq; sink gradients, shared by all sequences, go to per-sequence partial sums added at the end.
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_bwd_impl(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& grad_o,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> swa_attn_bwd_impl(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& grad_o,
     const OptTensor& grad_lse, int64_t window, double scale_d, const OptTensor& cu_seqlens,
     const OptTensor& sink_k, const OptTensor& sink_v) {
   const int64_t B = q.size(0), T = q.size(1);
@@ -178,35 +175,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_
   const Sequences seqs = sequences(cu_seqlens, B, T, "swa_attn_bwd");
   const int64_t N = seqs.count();
 
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto opts = q.options().dtype(acc);
-  const at::Tensor qc = q.to(acc).contiguous(), kc = k.to(acc).contiguous(),
-                   vc = v.to(acc).contiguous(), doc = grad_o.to(acc).contiguous();
-  const at::Tensor dlc = grad_lse.has_value() ? grad_lse->to(acc).contiguous() : at::Tensor();
-  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
-  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
-  at::Tensor dq = at::zeros({B, T, d.H, d.D}, opts);
-  at::Tensor dk = at::zeros({B, T, d.HKV, d.D}, opts);
-  at::Tensor dv = at::zeros({B, T, d.HKV, d.DV}, opts);
-  at::Tensor dsk_part = at::zeros({N, d.M, d.HKV, d.D}, opts);  // per-sequence sink gradients
-  at::Tensor dsv_part = at::zeros({N, d.M, d.HKV, d.DV}, opts);
+  const auto acc = q.scalar_type() == kDouble ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc), kc = to_contig(k, acc),
+                   vc = to_contig(v, acc), doc = to_contig(grad_o, acc);
+  const Tensor dlc = grad_lse.has_value() ? to_contig(*grad_lse, acc) : Tensor();
+  const Tensor skc = d.M ? to_contig(*sink_k, acc) : Tensor();
+  const Tensor svc = d.M ? to_contig(*sink_v, acc) : Tensor();
+  Tensor dq = zeros_on({B, T, d.H, d.D}, acc, q);
+  Tensor dk = zeros_on({B, T, d.HKV, d.D}, acc, q);
+  Tensor dv = zeros_on({B, T, d.HKV, d.DV}, acc, q);
+  Tensor dsk_part = zeros_on({N, d.M, d.HKV, d.D}, acc, q);  // per-sequence sink gradients
+  Tensor dsv_part = zeros_on({N, d.M, d.HKV, d.DV}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const acc_t* kp = kc.data_ptr<acc_t>();
-  const acc_t* vp = vc.data_ptr<acc_t>();
-  const acc_t* dop = doc.data_ptr<acc_t>();
-  const acc_t* dlp = grad_lse.has_value() ? dlc.data_ptr<acc_t>() : nullptr;
-  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
-  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
-  acc_t* dqp = dq.data_ptr<acc_t>();
-  acc_t* dkp = dk.data_ptr<acc_t>();
-  acc_t* dvp = dv.data_ptr<acc_t>();
-  acc_t* dskp = dsk_part.data_ptr<acc_t>();
-  acc_t* dsvp = dsv_part.data_ptr<acc_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const acc_t* kp = kc.mutable_data_ptr<acc_t>();
+  const acc_t* vp = vc.mutable_data_ptr<acc_t>();
+  const acc_t* dop = doc.mutable_data_ptr<acc_t>();
+  const acc_t* dlp = grad_lse.has_value() ? dlc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* skp = d.M ? skc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* dqp = dq.mutable_data_ptr<acc_t>();
+  acc_t* dkp = dk.mutable_data_ptr<acc_t>();
+  acc_t* dvp = dv.mutable_data_ptr<acc_t>();
+  acc_t* dskp = dsk_part.mutable_data_ptr<acc_t>();
+  acc_t* dsvp = dsv_part.mutable_data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
   const int64_t G = d.group();
 
-  at::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.HKV, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / d.HKV, kh = item % d.HKV;
       const int64_t L = seqs.len[n], r0 = seqs.start[n];
@@ -252,19 +248,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_
     }
   });
 
-  const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor dsink_k = at::empty({0}, f32), dsink_v = at::empty({0}, f32);
+  Tensor dsink_k = empty_on({0}, kFloat, q), dsink_v = empty_on({0}, kFloat, q);
   if (sink_k.has_value()) {
-    dsink_k = dsk_part.sum(0).to(sink_k->scalar_type());
-    dsink_v = dsv_part.sum(0).to(sink_v->scalar_type());
+    dsink_k = cast(torch::stable::sum(dsk_part, std::vector<int64_t>{0}), sink_k->scalar_type());
+    dsink_v = cast(torch::stable::sum(dsv_part, std::vector<int64_t>{0}), sink_v->scalar_type());
   }
-  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), dsink_k,
+  return {cast(dq, q.scalar_type()), cast(dk, k.scalar_type()), cast(dv, v.scalar_type()), dsink_k,
           dsink_v};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_bwd_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& o,
-    const at::Tensor& lse, const at::Tensor& grad_o, const OptTensor& grad_lse, int64_t window,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> swa_attn_bwd_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+    const Tensor& lse, const Tensor& grad_o, const OptTensor& grad_lse, int64_t window,
     double scale, const OptTensor& cu_seqlens, const OptTensor& sink_k, const OptTensor& sink_v) {
   const char* op = "swa_attn_bwd";
   check_inputs(q, k, v, sink_k, sink_v, op);
@@ -273,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_
   check_shape(lse, {B, T, H}, op, "lse");
   check_shape(grad_o, {B, T, H, DV}, op, "grad_o");
   if (grad_lse.has_value()) check_shape(*grad_lse, {B, T, H}, op, "grad_lse");
-  if (q.scalar_type() == at::kDouble)
+  if (q.scalar_type() == kDouble)
     return swa_attn_bwd_impl<double>(q, k, v, grad_o, grad_lse, window, scale, cu_seqlens, sink_k,
                                      sink_v);
   return swa_attn_bwd_impl<float>(q, k, v, grad_o, grad_lse, window, scale, cu_seqlens, sink_k,
@@ -288,28 +283,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swa_attn_
 // Bad-data guard: a sequence whose slot lies outside [0, S) or whose seq_len is < 1 gets a NaN
 // output row and reads nothing (the frontend checks both on CPU tensors by default).
 template <typename acc_t, typename cache_t>
-at::Tensor swa_decode_impl(const at::Tensor& q, const at::Tensor& k_cache,
-                           const at::Tensor& v_cache, const std::vector<int64_t>& seq_lens,
+Tensor swa_decode_impl(const Tensor& q, const Tensor& k_cache,
+                           const Tensor& v_cache, const std::vector<int64_t>& seq_lens,
                            const std::vector<int64_t>& slots, int64_t window, double scale_d,
                            const OptTensor& sink_k, const OptTensor& sink_v) {
   const int64_t N = q.size(0), S = k_cache.size(0), C = k_cache.size(1);
   const Dims d{q.size(1), k_cache.size(2), q.size(2), v_cache.size(3), sink_k ? sink_k->size(0) : 0};
-  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
-  const at::Tensor qc = q.to(acc).contiguous();
-  const at::Tensor skc = d.M ? sink_k->to(acc).contiguous() : at::Tensor();
-  const at::Tensor svc = d.M ? sink_v->to(acc).contiguous() : at::Tensor();
-  at::Tensor o = at::zeros({N, d.H, d.DV}, q.options().dtype(acc));
+  const auto acc = std::is_same<acc_t, double>::value ? kDouble : kFloat;
+  const Tensor qc = to_contig(q, acc);
+  const Tensor skc = d.M ? to_contig(*sink_k, acc) : Tensor();
+  const Tensor svc = d.M ? to_contig(*sink_v, acc) : Tensor();
+  Tensor o = zeros_on({N, d.H, d.DV}, acc, q);
 
-  const acc_t* qp = qc.data_ptr<acc_t>();
-  const cache_t* kp = k_cache.data_ptr<cache_t>();
-  const cache_t* vp = v_cache.data_ptr<cache_t>();
-  const acc_t* skp = d.M ? skc.data_ptr<acc_t>() : nullptr;
-  const acc_t* svp = d.M ? svc.data_ptr<acc_t>() : nullptr;
-  acc_t* out_p = o.data_ptr<acc_t>();
+  const acc_t* qp = qc.mutable_data_ptr<acc_t>();
+  const cache_t* kp = k_cache.mutable_data_ptr<cache_t>();
+  const cache_t* vp = v_cache.mutable_data_ptr<cache_t>();
+  const acc_t* skp = d.M ? skc.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t* svp = d.M ? svc.mutable_data_ptr<acc_t>() : nullptr;
+  acc_t* out_p = o.mutable_data_ptr<acc_t>();
   const acc_t scale = static_cast<acc_t>(scale_d);
   const auto ks = k_cache.strides(), vs = v_cache.strides();
 
-  at::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, N * d.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> krow(d.D), p;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / d.H, h = item % d.H, kh = h / d.group();
@@ -321,7 +316,7 @@ at::Tensor swa_decode_impl(const at::Tensor& q, const at::Tensor& k_cache,
       }
       const int64_t lo = std::max(first_key(L - 1, window), L - C), n_keys = d.M + L - lo;
       // Visible key s: the M sinks first, then cached positions lo .. L-1.
-      auto cache_off = [&](int64_t s, c10::IntArrayRef st) {
+      auto cache_off = [&](int64_t s, IntArrayRef st) {
         return slot * st[0] + ((lo + s - d.M) % C) * st[1] + kh * st[2];
       };
       auto key_at = [&](int64_t s) -> const acc_t* {
@@ -343,46 +338,46 @@ at::Tensor swa_decode_impl(const at::Tensor& q, const at::Tensor& k_cache,
       }
     }
   });
-  return o.to(q.scalar_type());
+  return cast(o, q.scalar_type());
 }
 
-void check_caches(const at::Tensor& k_cache, const at::Tensor& v_cache, const char* op) {
-  TORCH_CHECK(k_cache.dim() == 4, op, ": k_cache must be [S, C, HKV, D], got shape ",
+void check_caches(const Tensor& k_cache, const Tensor& v_cache, const char* op) {
+  SBOPS_CHECK(k_cache.dim() == 4, op, ": k_cache must be [S, C, HKV, D], got shape ",
               k_cache.sizes());
-  TORCH_CHECK(v_cache.dim() == 4 && v_cache.size(0) == k_cache.size(0) &&
+  SBOPS_CHECK(v_cache.dim() == 4 && v_cache.size(0) == k_cache.size(0) &&
                   v_cache.size(1) == k_cache.size(1) && v_cache.size(2) == k_cache.size(2),
               op, ": v_cache must be [S, C, HKV, DV] matching k_cache ", k_cache.sizes(), ", got ",
               v_cache.sizes());
-  TORCH_CHECK(k_cache.size(1) > 0, op, ": the caches have no rows (C = 0)");
+  SBOPS_CHECK(k_cache.size(1) > 0, op, ": the caches have no rows (C = 0)");
 }
 
-at::Tensor swa_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                          const at::Tensor& seq_lens, int64_t window, double scale,
+Tensor swa_decode_cpu(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                          const Tensor& seq_lens, int64_t window, double scale,
                           const OptTensor& slot_indices, const OptTensor& sink_k,
                           const OptTensor& sink_v) {
   const char* op = "swa_decode";
   check_caches(k_cache, v_cache, op);
-  TORCH_CHECK(q.dim() == 3 && q.size(2) == k_cache.size(3), op, ": q must be [N, H, ",
+  SBOPS_CHECK(q.dim() == 3 && q.size(2) == k_cache.size(3), op, ": q must be [N, H, ",
               k_cache.size(3), "], got shape ", q.sizes());
   const int64_t N = q.size(0), HKV = k_cache.size(2);
-  TORCH_CHECK(q.size(1) % HKV == 0, op, ": the number of query heads (", q.size(1),
+  SBOPS_CHECK(q.size(1) % HKV == 0, op, ": the number of query heads (", q.size(1),
               ") must be a multiple of the number of KV heads (", HKV, ")");
-  TORCH_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
+  SBOPS_CHECK(k_cache.scalar_type() == v_cache.scalar_type(), op,
               ": k_cache and v_cache must have the same dtype, got ", k_cache.scalar_type(),
               " and ", v_cache.scalar_type());
-  TORCH_CHECK(sink_k.has_value() == sink_v.has_value(), op,
+  SBOPS_CHECK(sink_k.has_value() == sink_v.has_value(), op,
               ": sink_k and sink_v must be given together");
   if (sink_k.has_value()) {
-    TORCH_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(2), op,
+    SBOPS_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == q.size(2), op,
                 ": sink_k must be [M, ", HKV, ", ", q.size(2), "], got ", sink_k->sizes());
     check_shape(*sink_v, {sink_k->size(0), HKV, v_cache.size(3)}, op, "sink_v");
   }
   const std::vector<int64_t> lens = index_values(seq_lens, N, op, "seq_lens");
   const std::vector<int64_t> slots = slot_values(slot_indices, N, k_cache.size(0), op, "slot_indices");
-  at::Tensor o;
+  Tensor o;
   const auto cache_dtype = k_cache.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cache_dtype, "swa_decode", [&] {
-    if (q.scalar_type() == at::kDouble)
+  SBOPS_DISPATCH_FLOATING_AND_HALF_TYPES(cache_dtype, "swa_decode", [&] {
+    if (q.scalar_type() == kDouble)
       o = swa_decode_impl<double, scalar_t>(q, k_cache, v_cache, lens, slots, window, scale,
                                             sink_k, sink_v);
     else
@@ -397,13 +392,13 @@ at::Tensor swa_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache, const 
 // The caches are addressed through their strides; their last dimension must be contiguous.
 // Bad-data guard: a row whose slot lies outside [0, S) or whose position is < 0 is not written
 // (the frontend checks both on CPU tensors by default).
-void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache,
-                         const at::Tensor& v_cache, const at::Tensor& positions,
+void swa_cache_write_cpu(const Tensor& k, const Tensor& v, const Tensor& k_cache,
+                         const Tensor& v_cache, const Tensor& positions,
                          const OptTensor& slot_indices) {
   const char* op = "swa_cache_write";
   check_caches(k_cache, v_cache, op);
   const int64_t S = k_cache.size(0), C = k_cache.size(1), HKV = k_cache.size(2);
-  TORCH_CHECK(k.dim() == 3 && k.size(1) == HKV && k.size(2) == k_cache.size(3), op,
+  SBOPS_CHECK(k.dim() == 3 && k.size(1) == HKV && k.size(2) == k_cache.size(3), op,
               ": k must be [N, ", HKV, ", ", k_cache.size(3), "], got shape ", k.sizes());
   const int64_t N = k.size(0);
   check_shape(v, {N, HKV, v_cache.size(3)}, op, "v");
@@ -414,11 +409,11 @@ void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Ten
 
   // One token's [HKV, D] block of a cache: HKV rows of D elements, byte-copied from the input
   // converted to the cache's dtype.
-  auto write = [&](const at::Tensor& x, const at::Tensor& cache) {
-    const at::Tensor xc = x.to(cache.scalar_type()).contiguous();
+  auto write = [&](const Tensor& x, const Tensor& cache) {
+    const Tensor xc = to_contig(x, cache.scalar_type());
     const int64_t es = cache.element_size(), row_bytes = cache.size(3) * es;
-    const char* src = static_cast<const char*>(xc.data_ptr());
-    char* dst = static_cast<char*>(cache.data_ptr());
+    const char* src = static_cast<const char*>(xc.const_data_ptr());
+    char* dst = static_cast<char*>(cache.mutable_data_ptr());
     for (int64_t i = 0; i < N; ++i) {
       if (slots[i] < 0 || slots[i] >= S || pos[i] < 0) continue;  // bad row: not written
       char* base = dst + (slots[i] * cache.stride(0) + (pos[i] % C) * cache.stride(1)) * es;
@@ -432,9 +427,9 @@ void swa_cache_write_cpu(const at::Tensor& k, const at::Tensor& v, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sbops, CPU, m) {
-  m.impl("swa_attn", &swa_attn_cpu);
-  m.impl("swa_attn_bwd", &swa_attn_bwd_cpu);
-  m.impl("swa_decode", &swa_decode_cpu);
-  m.impl("swa_cache_write", &swa_cache_write_cpu);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CPU, m) {
+  m.impl("swa_attn", TORCH_BOX(&swa_attn_cpu));
+  m.impl("swa_attn_bwd", TORCH_BOX(&swa_attn_bwd_cpu));
+  m.impl("swa_decode", TORCH_BOX(&swa_decode_cpu));
+  m.impl("swa_cache_write", TORCH_BOX(&swa_cache_write_cpu));
 }

@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import torch
 
+# The native library is built on the LibTorch stable ABI of torch 2.10: it loads in that torch and
+# every later one, never in an older one (whose dispatcher lacks the calls it makes).
+TORCH_MIN = (2, 10)
+
+
+def _torch_version(v: str) -> tuple[int, int]:
+    parts = v.split("+")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):  # pragma: no cover - an unusual version string: let the load decide
+        return TORCH_MIN
+
+
+if _torch_version(torch.__version__) < TORCH_MIN:
+    raise ImportError(f"sbops needs torch >= {TORCH_MIN[0]}.{TORCH_MIN[1]} (its native library targets the LibTorch "
+                      f"stable ABI of torch {TORCH_MIN[0]}.{TORCH_MIN[1]}), but torch {torch.__version__} is installed: "
+                      f"upgrade torch")
+
 try:
     from . import _C  # noqa: F401  (loads the op schemas and the compiled kernels)
 except ImportError as _e:  # pragma: no cover - only on a broken install
     raise ImportError(
-        "sbops: the native library sbops._C failed to load. It must be built against the installed torch: "
-        "pip install --no-build-isolation . (from the sbops source tree). Cause: " + str(_e)) from _e
-
-try:
-    from . import _build_info
-except ImportError:  # pragma: no cover
-    _build_info = None
-if _build_info is not None:
-    _built, _have = _build_info.TORCH_VERSION.split("+")[0], torch.__version__.split("+")[0]
-    if _built.split(".")[:2] != _have.split(".")[:2]:
-        raise ImportError(f"sbops was built against torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
-                          f"is installed; rebuild sbops (pip install --no-build-isolation .)")
+        "sbops: the native library sbops/libsbops.so failed to load. Install a wheel for your platform "
+        "(see README.md, Install) or build it: pip install --no-build-isolation . (from the sbops source tree). "
+        "Cause: " + str(_e)) from _e
 
 from . import _registration  # noqa: E402,F401  (fake kernels + autograd, once)
 from ._dispatch import (Backend, NoBackendError, OpCaps, Request, backends, explain,  # noqa: E402

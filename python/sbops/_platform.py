@@ -28,7 +28,7 @@ def cuda_device_reason() -> str | None:
 
 
 def native_target() -> str:
-    """The target sbops._C was compiled for: 'cpu', 'cuda' or 'maca'."""
+    """The target the native library (loaded by sbops._C) was compiled for: 'cpu', 'cuda' or 'maca'."""
     from . import _C
     return getattr(_C, "build_target", "cpu")
 

@@ -1,80 +1,105 @@
 // Helpers shared by the torch bindings of the CUDA C++ kernels (ops_*.cpp in this folder): dtype
 // mapping, argument checks that name the argument, the current stream, launch-error reporting and
-// the stride helpers of the hot paths.  Torch-side; internal to sbops._C.
+// the stride helpers of the hot paths.  Torch-side, on the LibTorch stable ABI only (sbops/check.h):
+// no ATen or c10::cuda header; the device guard, the current stream and the op calls go through the
+// stable C shim.  Internal to the native library.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/csrc/stable/accelerator.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <utility>
 
+#include "sbops/check.h"
 #include "sbops/launch.cuh"
+
+// The CUDA part of the stable C shim (torch/csrc/inductor/aoti_torch/c/shim.h declares it only under
+// USE_CUDA), exported by libtorch_cuda since torch 2.x.
+extern "C" AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret_stream);
 
 namespace sbops::bind {
 
-using at::Tensor;
+using namespace sbops;  // Tensor, ScalarType, k*, SBOPS_CHECK helpers, cast/contig/empty_on/zeros_on
+using torch::stable::accelerator::DeviceGuard;
 
-inline sbops::DType to_dtype(at::ScalarType t, const char* op, const char* arg) {
+// (min, max) of t through the dispatcher's aten::aminmax (no stable wrapper exists for it).
+inline std::pair<Tensor, Tensor> aminmax(const Tensor& t) {
+  std::array<StableIValue, 3> stack{torch::stable::detail::from(t),
+                                    torch::stable::detail::from(std::optional<int64_t>()),
+                                    torch::stable::detail::from(false)};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::aminmax", "", stack.data(), TORCH_ABI_VERSION));
+  return {torch::stable::detail::to<Tensor>(stack[0]), torch::stable::detail::to<Tensor>(stack[1])};
+}
+
+inline sbops::DType to_dtype(ScalarType t, const char* op, const char* arg) {
   switch (t) {
-    case at::kFloat: return sbops::DType::F32;
-    case at::kHalf: return sbops::DType::F16;
-    case at::kBFloat16: return sbops::DType::BF16;
-    case at::kDouble: return sbops::DType::F64;
-    case at::kChar: return sbops::DType::I8;
-    case at::kShort: return sbops::DType::I16;
-    case at::kInt: return sbops::DType::I32;
-    case at::kLong: return sbops::DType::I64;
-    default: TORCH_CHECK(false, op, ": ", arg, " has unsupported dtype ", t);
+    case kFloat: return sbops::DType::F32;
+    case kHalf: return sbops::DType::F16;
+    case kBFloat16: return sbops::DType::BF16;
+    case kDouble: return sbops::DType::F64;
+    case kChar: return sbops::DType::I8;
+    case kShort: return sbops::DType::I16;
+    case kInt: return sbops::DType::I32;
+    case kLong: return sbops::DType::I64;
+    default: throw std::runtime_error(str(op, ": ", arg, " has unsupported dtype ", t));
   }
 }
 
 inline void check_cuda(const Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", arg, " must be a CUDA tensor (got ", t.device(), ")");
+  SBOPS_CHECK(t.is_cuda(), op, ": ", arg, " must be a CUDA tensor (got ", t.device(), ")");
 }
 
 // float32 / float16 / bfloat16 (the CUDA kernels do not take float64).
 inline sbops::DType float_dtype(const Tensor& t, const char* op, const char* arg) {
   const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kFloat || s == at::kHalf || s == at::kBFloat16, op, ": ", arg,
+  SBOPS_CHECK(s == kFloat || s == kHalf || s == kBFloat16, op, ": ", arg,
               " must be float32, float16 or bfloat16 on the cuda backend (got ", s, ")");
   return to_dtype(s, op, arg);
 }
 
 inline bool index_is64(const Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, op, ": ", arg,
+  SBOPS_CHECK(t.scalar_type() == kInt || t.scalar_type() == kLong, op, ": ", arg,
               " must be int32 or int64 (got ", t.scalar_type(), ")");
-  return t.scalar_type() == at::kLong;
+  return t.scalar_type() == kLong;
 }
 
 inline sbops::DType int_dtype(const Tensor& t, const char* op, const char* arg) {
   const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kChar || s == at::kShort || s == at::kInt || s == at::kLong, op, ": ", arg,
+  SBOPS_CHECK(s == kChar || s == kShort || s == kInt || s == kLong, op, ": ", arg,
               " must be an integer tensor (int8, int16, int32 or int64), got ", s);
   return to_dtype(s, op, arg);
 }
 
-inline cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream(); }
+// The current stream of the current device (set by the DeviceGuard each binding opens), from the
+// stable shim's CUDA part.
+inline cudaStream_t stream() {
+  void* s = nullptr;
+  const int32_t dev = torch::stable::accelerator::getCurrentDeviceIndex();
+  SBOPS_CHECK(aoti_torch_get_current_cuda_stream(dev, &s) == AOTI_TORCH_SUCCESS,
+              "sbops: could not get the current CUDA stream of device ", dev);
+  return static_cast<cudaStream_t>(s);
+}
 
 inline void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err != cudaErrorInvalidValue, op, ": the cuda kernel does not support these inputs");
-  C10_CUDA_CHECK(err);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SBOPS_CHECK(err != cudaErrorInvalidValue, op, ": the cuda kernel does not support these inputs");
+  SBOPS_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
+  const cudaError_t last = cudaGetLastError();
+  SBOPS_CHECK(last == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(last));
 }
 
 // t itself when its last dimension is contiguous (the kernels read the outer dimensions through
 // strides), else a dense copy.
 inline Tensor unit_last_stride(const Tensor& t) {
-  return (t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1) ? t : t.contiguous();
+  return (t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1) ? t : contig(t);
 }
 
 // A dense copy of t whose base is 16-byte aligned (a dense view at an odd storage offset is cloned).
 inline Tensor dense_aligned16(const Tensor& t) {
-  const Tensor c = t.contiguous();
-  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone(at::MemoryFormat::Contiguous);
+  const Tensor c = contig(t);
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : torch::stable::clone(c);
 }
 
 // t when it can be read in place with 16-byte row vectors: unit last stride, 16-byte aligned base

@@ -7,8 +7,6 @@
 // the kernels too.  The vectorised kernels need 16-byte aligned rows of the state and of the
 // caches / sinks: operands without them are copied (the state is then copied back).  No binding
 // reads data back: bad slots, lengths and positions are guarded inside the kernels.
-#include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <utility>
@@ -21,7 +19,7 @@ namespace {
 using namespace sbops::bind;  // Tensor, checks, stream(), check_launch, stride helpers
 
 void check_inplace_rows(const Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", arg,
+  SBOPS_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", arg,
               " is updated in place and must have a contiguous last dimension (stride 1), got strides ",
               t.strides());
 }
@@ -31,8 +29,8 @@ std::pair<Tensor, bool> index_arg(const std::optional<Tensor>& t, int64_t N, con
   if (!t.has_value()) return {Tensor(), false};
   check_cuda(*t, op, arg);
   const bool is64 = index_is64(*t, op, arg);
-  TORCH_CHECK(t->numel() == N, op, ": ", arg, " must have N = ", N, " elements, got ", t->numel());
-  return {t->contiguous(), is64};
+  SBOPS_CHECK(t->numel() == N, op, ": ", arg, " must have N = ", N, " elements, got ", t->numel());
+  return {contig(*t), is64};
 }
 
 // ------------------------------------------------------------------------------ linear_attn_decode
@@ -43,21 +41,21 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
   for (auto [t, name] : {std::pair<const Tensor*, const char*>{&q_in, "q"}, {&k_in, "k"}, {&v_in, "v"}, {&state, "state"}})
     check_cuda(*t, op, name);
   const auto qt = float_dtype(q_in, op, "q");
-  TORCH_CHECK(k_in.scalar_type() == q_in.scalar_type() && v_in.scalar_type() == q_in.scalar_type(), op,
+  SBOPS_CHECK(k_in.scalar_type() == q_in.scalar_type() && v_in.scalar_type() == q_in.scalar_type(), op,
               ": q, k, v must share a dtype");
-  TORCH_CHECK(state.scalar_type() == at::kFloat || state.scalar_type() == at::kBFloat16, op,
+  SBOPS_CHECK(state.scalar_type() == kFloat || state.scalar_type() == kBFloat16, op,
               ": state must be float32 or bfloat16");
-  TORCH_CHECK(q_in.dim() == 3 && k_in.dim() == 3 && v_in.dim() == 3 && state.dim() == 4, op,
+  SBOPS_CHECK(q_in.dim() == 3 && k_in.dim() == 3 && v_in.dim() == 3 && state.dim() == 4, op,
               ": q [N,H,K], k [N,HKV,K], v [N,HKV,V], state [S,HKV,K,V] expected");
   check_inplace_rows(state, op, "state");
   const int64_t N = q_in.size(0), H = q_in.size(1), K = q_in.size(2), HKV = k_in.size(1), V = v_in.size(2);
-  TORCH_CHECK(k_in.size(0) == N && v_in.size(0) == N && k_in.size(2) == K && v_in.size(1) == HKV, op,
+  SBOPS_CHECK(k_in.size(0) == N && v_in.size(0) == N && k_in.size(2) == K && v_in.size(1) == HKV, op,
               ": inconsistent q/k/v shapes");
-  TORCH_CHECK(HKV >= 1 && H % HKV == 0, op, ": H must be a multiple of HKV");
-  TORCH_CHECK(state.size(1) == HKV && state.size(2) == K && state.size(3) == V, op, ": state must be [S, HKV, K, V]");
-  TORCH_CHECK(sbops::linear_attn_decode_supports(static_cast<int>(K), static_cast<int>(V)), op,
+  SBOPS_CHECK(HKV >= 1 && H % HKV == 0, op, ": H must be a multiple of HKV");
+  SBOPS_CHECK(state.size(1) == HKV && state.size(2) == K && state.size(3) == V, op, ": state must be [S, HKV, K, V]");
+  SBOPS_CHECK(sbops::linear_attn_decode_supports(static_cast<int>(K), static_cast<int>(V)), op,
               ": the cuda kernel takes K in {64, 128} and V a multiple of 8 (got K=", K, ", V=", V, ")");
-  c10::cuda::CUDAGuard guard(q_in.device());
+  DeviceGuard guard(q_in.get_device_index());
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in), v = unit_last_stride(v_in);
   sbops::GateMode gm = sbops::GateMode::None;
   Tensor g;
@@ -72,12 +70,12 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
       gm = sbops::GateMode::PerKey;
       g = unit_last_stride(*g_in);
     } else {
-      TORCH_CHECK(false, op, ": g must be [N, HKV] or [N, HKV, K], got ", g_in->sizes());
+      SBOPS_CHECK(false, op, ": g must be [N, HKV] or [N, HKV, K], got ", g_in->sizes());
     }
   }
   const auto [idx, idx64] = index_arg(state_indices, N, op, "state_indices");
   if (!idx.defined())
-    TORCH_CHECK(state.size(0) >= N, op, ": without state_indices the state needs at least N slots");
+    SBOPS_CHECK(state.size(0) >= N, op, ": without state_indices the state needs at least N slots");
   // The kernel updates 16-byte vectors of state rows; a state without aligned rows is updated
   // through an aligned dense copy, written back afterwards.
   const int64_t es = state.element_size();
@@ -86,7 +84,7 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
   sbops::LaDecodeStrides sd{q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                             g.defined() ? g.stride(0) : 0, g.defined() ? g.stride(1) : 0,
                             st.stride(0), st.stride(1), st.stride(2)};
-  Tensor o = at::empty({N, H, V}, q.options());
+  Tensor o = empty_on({N, H, V}, q.scalar_type(), q);
   check_launch(sbops::launch_linear_attn_decode(q.data_ptr(), k.data_ptr(), v.data_ptr(), qt,
                                                 g.defined() ? g.data_ptr() : nullptr, gt, gm, st.data_ptr(),
                                                 to_dtype(state.scalar_type(), op, "state"), state.size(0),
@@ -94,7 +92,7 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
                                                 static_cast<int>(H), static_cast<int>(HKV), static_cast<int>(K),
                                                 static_cast<int>(V), static_cast<float>(scale), sd, stream()),
                op);
-  if (!state_direct) state.copy_(st);
+  if (!state_direct) torch::stable::copy_(const_cast<Tensor&>(state), st);
   return o;
 }
 
@@ -102,10 +100,10 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
 void check_cache_pair(const Tensor& kc, const Tensor& vc, const char* op) {
   check_cuda(kc, op, "k_cache");
   check_cuda(vc, op, "v_cache");
-  TORCH_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes(), op, ": k_cache and v_cache must both be [S, C, HKV, D], got ",
+  SBOPS_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes(), op, ": k_cache and v_cache must both be [S, C, HKV, D], got ",
               kc.sizes(), " and ", vc.sizes());
-  TORCH_CHECK(kc.scalar_type() == vc.scalar_type(), op, ": k_cache and v_cache must share a dtype");
-  TORCH_CHECK(kc.size(1) >= 1, op, ": the caches have no rows (C = 0)");
+  SBOPS_CHECK(kc.scalar_type() == vc.scalar_type(), op, ": k_cache and v_cache must share a dtype");
+  SBOPS_CHECK(kc.size(1) >= 1, op, ": the caches have no rows (C = 0)");
 }
 
 sbops::SwaCacheStrides cache_strides(const Tensor& kc, const Tensor& vc) {
@@ -121,19 +119,19 @@ Tensor swa_decode_cuda(const Tensor& q_in, const Tensor& k_cache_in, const Tenso
   check_cuda(seq_lens_in, op, "seq_lens");
   check_cache_pair(k_cache_in, v_cache_in, op);
   const auto dt = float_dtype(q_in, op, "q");
-  TORCH_CHECK(k_cache_in.scalar_type() == q_in.scalar_type(), op, ": q and the caches must share a dtype");
-  TORCH_CHECK(q_in.dim() == 3, op, ": q must be [N, H, D], got shape ", q_in.sizes());
+  SBOPS_CHECK(k_cache_in.scalar_type() == q_in.scalar_type(), op, ": q and the caches must share a dtype");
+  SBOPS_CHECK(q_in.dim() == 3, op, ": q must be [N, H, D], got shape ", q_in.sizes());
   const int64_t N = q_in.size(0), H = q_in.size(1), D = q_in.size(2);
   const int64_t S = k_cache_in.size(0), C = k_cache_in.size(1), HKV = k_cache_in.size(2);
-  TORCH_CHECK(k_cache_in.size(3) == D, op, ": cache head dim ", k_cache_in.size(3), " != q head dim ", D);
-  TORCH_CHECK(HKV >= 1 && H % HKV == 0, op, ": H must be a multiple of HKV");
-  TORCH_CHECK(sbops::swa_decode_supports(static_cast<int>(D), dt), op, ": the cuda kernel takes D in {64, 128}, got ",
+  SBOPS_CHECK(k_cache_in.size(3) == D, op, ": cache head dim ", k_cache_in.size(3), " != q head dim ", D);
+  SBOPS_CHECK(HKV >= 1 && H % HKV == 0, op, ": H must be a multiple of HKV");
+  SBOPS_CHECK(sbops::swa_decode_supports(static_cast<int>(D), dt), op, ": the cuda kernel takes D in {64, 128}, got ",
               D);
   const bool lens64 = index_is64(seq_lens_in, op, "seq_lens");
-  TORCH_CHECK(seq_lens_in.numel() == N, op, ": seq_lens must have N elements");
-  TORCH_CHECK(sink_k.has_value() == sink_v.has_value(), op, ": sink_k and sink_v must be given together");
-  c10::cuda::CUDAGuard guard(q_in.device());
-  const Tensor q = unit_last_stride(q_in), seq_lens = seq_lens_in.contiguous();
+  SBOPS_CHECK(seq_lens_in.numel() == N, op, ": seq_lens must have N elements");
+  SBOPS_CHECK(sink_k.has_value() == sink_v.has_value(), op, ": sink_k and sink_v must be given together");
+  DeviceGuard guard(q_in.get_device_index());
+  const Tensor q = unit_last_stride(q_in), seq_lens = contig(seq_lens_in);
   // The caches are only read here: views without 16-byte aligned rows are read from a copy.
   const Tensor k_cache = rows16_or_copy(k_cache_in), v_cache = rows16_or_copy(v_cache_in);
   const auto [slots, slots64] = index_arg(slot_indices, N, op, "slot_indices");
@@ -142,9 +140,9 @@ Tensor swa_decode_cuda(const Tensor& q_in, const Tensor& k_cache_in, const Tenso
   if (sink_k.has_value()) {
     check_cuda(*sink_k, op, "sink_k");
     check_cuda(*sink_v, op, "sink_v");
-    TORCH_CHECK(sink_k->scalar_type() == q_in.scalar_type() && sink_v->scalar_type() == q_in.scalar_type(), op,
+    SBOPS_CHECK(sink_k->scalar_type() == q_in.scalar_type() && sink_v->scalar_type() == q_in.scalar_type(), op,
                 ": sink_k and sink_v must have q's dtype ", q_in.scalar_type());
-    TORCH_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == D && sink_v->sizes() == sink_k->sizes(),
+    SBOPS_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == D && sink_v->sizes() == sink_k->sizes(),
                 op, ": sink_k and sink_v must be [M, ", HKV, ", ", D, "], got ", sink_k->sizes(), " and ",
                 sink_v->sizes());
     if (sink_k->size(0) > 0) {
@@ -154,16 +152,16 @@ Tensor swa_decode_cuda(const Tensor& q_in, const Tensor& k_cache_in, const Tenso
                               sv.stride(1)};
     }
   }
-  Tensor o = at::empty({N, H, D}, q.options());
+  Tensor o = empty_on({N, H, D}, q.scalar_type(), q);
   const int nsplit = sbops::swa_decode_num_splits(N, static_cast<int>(H), static_cast<int>(HKV),
                                                   static_cast<int>(window), C, sinks.M);
   const int64_t wsf = sbops::swa_decode_workspace_floats(N, static_cast<int>(H), static_cast<int>(D), nsplit);
-  Tensor ws = at::empty({wsf > 0 ? wsf : 1}, q.options().dtype(at::kFloat));
+  Tensor ws = empty_on({wsf > 0 ? wsf : 1}, kFloat, q);
   check_launch(sbops::launch_swa_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), dt, seq_lens.data_ptr(),
                                         lens64, slots.defined() ? slots.data_ptr() : nullptr, slots64, o.data_ptr(),
                                         N, static_cast<int>(H), static_cast<int>(HKV), static_cast<int>(D), C, S,
                                         static_cast<int>(window), static_cast<float>(scale), nsplit,
-                                        ws.data_ptr<float>(), q.stride(0), q.stride(1),
+                                        ws.mutable_data_ptr<float>(), q.stride(0), q.stride(1),
                                         cache_strides(k_cache, v_cache), sinks, stream()),
                op);
   return o;
@@ -179,15 +177,15 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
   check_inplace_rows(k_cache, op, "k_cache");
   check_inplace_rows(v_cache, op, "v_cache");
   const auto dt = float_dtype(k_cache, op, "k_cache");
-  TORCH_CHECK(k_in.scalar_type() == k_cache.scalar_type() && v_in.scalar_type() == k_cache.scalar_type(), op,
+  SBOPS_CHECK(k_in.scalar_type() == k_cache.scalar_type() && v_in.scalar_type() == k_cache.scalar_type(), op,
               ": k, v must have the caches' dtype");
-  TORCH_CHECK(k_in.dim() == 3 && k_in.sizes() == v_in.sizes(), op, ": k and v must both be [N, HKV, D]");
+  SBOPS_CHECK(k_in.dim() == 3 && k_in.sizes() == v_in.sizes(), op, ": k and v must both be [N, HKV, D]");
   const int64_t N = k_in.size(0), HKV = k_in.size(1), D = k_in.size(2);
-  TORCH_CHECK(k_cache.size(2) == HKV && k_cache.size(3) == D, op, ": cache must be [S, C, HKV, D] matching k");
+  SBOPS_CHECK(k_cache.size(2) == HKV && k_cache.size(3) == D, op, ": cache must be [S, C, HKV, D] matching k");
   const bool pos64 = index_is64(positions_in, op, "positions");
-  TORCH_CHECK(positions_in.numel() == N, op, ": positions must have N elements");
-  c10::cuda::CUDAGuard guard(k_in.device());
-  const Tensor k = unit_last_stride(k_in), v = unit_last_stride(v_in), positions = positions_in.contiguous();
+  SBOPS_CHECK(positions_in.numel() == N, op, ": positions must have N elements");
+  DeviceGuard guard(k_in.get_device_index());
+  const Tensor k = unit_last_stride(k_in), v = unit_last_stride(v_in), positions = contig(positions_in);
   const auto [slots, slots64] = index_arg(slot_indices, N, op, "slot_indices");
   check_launch(sbops::launch_swa_cache_write(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), dt,
                                              positions.data_ptr(), pos64, slots.defined() ? slots.data_ptr() : nullptr,
@@ -200,8 +198,8 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
 }  // namespace
 
 // Signatures match the CPU backend's (see ops_spike.cpp).
-TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
-  m.impl("linear_attn_decode", &linear_attn_decode_cuda);
-  m.impl("swa_decode", &swa_decode_cuda);
-  m.impl("swa_cache_write", &swa_cache_write_cuda);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
+  m.impl("linear_attn_decode", TORCH_BOX(&linear_attn_decode_cuda));
+  m.impl("swa_decode", TORCH_BOX(&swa_decode_cuda));
+  m.impl("swa_cache_write", TORCH_BOX(&swa_cache_write_cuda));
 }

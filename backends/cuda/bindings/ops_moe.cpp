@@ -2,8 +2,6 @@
 // inputs are made dense here (.contiguous() is free for dense ones); outputs are dense.  No binding
 // reads data back: ids outside [0, E) and row_map entries outside [0, rows) are dropped slots in
 // the kernels (bad-data guards).
-#include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <string>
@@ -19,7 +17,7 @@ using namespace sbops::bind;  // Tensor, checks, stream(), check_launch, stride 
 bool softmax_scoring(const std::string& scoring, const char* op) {
   if (scoring == "softmax") return true;
   if (scoring == "sigmoid") return false;
-  TORCH_CHECK(false, op, ": scoring must be 'softmax' or 'sigmoid', got '", scoring, "'");
+  SBOPS_CHECK(false, op, ": scoring must be 'softmax' or 'sigmoid', got '", scoring, "'");
 }
 
 // ------------------------------------------------------------------------------ MoE routing
@@ -30,32 +28,32 @@ std::tuple<Tensor, Tensor> topk_gating_cuda(const Tensor& logits_in, int64_t k, 
   check_cuda(logits_in, op, "logits");
   const auto lt = float_dtype(logits_in, op, "logits");
   const bool sm = softmax_scoring(scoring, op);
-  TORCH_CHECK(logits_in.dim() == 2, op, ": logits must be [T, E]");
+  SBOPS_CHECK(logits_in.dim() == 2, op, ": logits must be [T, E]");
   const int64_t T = logits_in.size(0), E = logits_in.size(1);
-  TORCH_CHECK(E >= 1 && E <= sbops::max_gating_experts(), op, ": the cuda kernel takes 1..",
+  SBOPS_CHECK(E >= 1 && E <= sbops::max_gating_experts(), op, ": the cuda kernel takes 1..",
               sbops::max_gating_experts(), " experts, got ", E);
-  TORCH_CHECK(k >= 1 && k <= sbops::kMaxTopK && k <= E, op, ": k must be in [1, min(E, ", sbops::kMaxTopK,
+  SBOPS_CHECK(k >= 1 && k <= sbops::kMaxTopK && k <= E, op, ": k must be in [1, min(E, ", sbops::kMaxTopK,
               ")], got ", k);
   if (num_groups > 0) {
-    TORCH_CHECK(E % num_groups == 0, op, ": E = ", E, " is not divisible by num_groups = ", num_groups);
-    TORCH_CHECK(num_groups <= sbops::max_gating_groups(), op, ": the cuda kernel takes at most ",
+    SBOPS_CHECK(E % num_groups == 0, op, ": E = ", E, " is not divisible by num_groups = ", num_groups);
+    SBOPS_CHECK(num_groups <= sbops::max_gating_groups(), op, ": the cuda kernel takes at most ",
                 sbops::max_gating_groups(), " groups, got ", num_groups);
-    TORCH_CHECK(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, num_groups]");
-    TORCH_CHECK(k <= topk_groups * (E / num_groups), op, ": k = ", k, " exceeds the ", topk_groups * (E / num_groups),
+    SBOPS_CHECK(topk_groups >= 1 && topk_groups <= num_groups, op, ": topk_groups must be in [1, num_groups]");
+    SBOPS_CHECK(k <= topk_groups * (E / num_groups), op, ": k = ", k, " exceeds the ", topk_groups * (E / num_groups),
                 " experts of the chosen groups");
   }
-  c10::cuda::CUDAGuard guard(logits_in.device());
-  const Tensor logits = logits_in.contiguous();
+  DeviceGuard guard(logits_in.get_device_index());
+  const Tensor logits = contig(logits_in);
   Tensor b;
   if (bias.has_value()) {
     check_cuda(*bias, op, "bias");
-    TORCH_CHECK(bias->numel() == E, op, ": bias must have E = ", E, " elements");
-    b = bias->to(at::kFloat).contiguous();
+    SBOPS_CHECK(bias->numel() == E, op, ": bias must have E = ", E, " elements");
+    b = to_contig(*bias, kFloat);
   }
-  Tensor weights = at::empty({T, k}, logits.options().dtype(at::kFloat));
-  Tensor ids = at::empty({T, k}, logits.options().dtype(at::kInt));
-  check_launch(sbops::launch_topk_gating(logits.data_ptr(), lt, b.defined() ? b.data_ptr<float>() : nullptr,
-                                         weights.data_ptr<float>(), ids.data_ptr<int32_t>(), T, static_cast<int>(E),
+  Tensor weights = empty_on({T, k}, kFloat, logits);
+  Tensor ids = empty_on({T, k}, kInt, logits);
+  check_launch(sbops::launch_topk_gating(logits.data_ptr(), lt, b.defined() ? b.mutable_data_ptr<float>() : nullptr,
+                                         weights.mutable_data_ptr<float>(), ids.mutable_data_ptr<int32_t>(), T, static_cast<int>(E),
                                          static_cast<int>(k), sm, renormalize, static_cast<int>(num_groups),
                                          static_cast<int>(topk_groups), static_cast<float>(scaling), stream()),
                op);
@@ -71,17 +69,17 @@ Tensor topk_gating_bwd_cuda(const Tensor& grad_weights, const Tensor& logits_in,
   const auto lt = float_dtype(logits_in, op, "logits");
   const bool sm = softmax_scoring(scoring, op);
   const bool ids64 = index_is64(ids_in, op, "ids");
-  TORCH_CHECK(logits_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == logits_in.size(0), op,
+  SBOPS_CHECK(logits_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == logits_in.size(0), op,
               ": logits [T, E] and ids [T, k] expected");
-  TORCH_CHECK(grad_weights.sizes() == ids_in.sizes(), op, ": grad_weights must match ids' shape");
+  SBOPS_CHECK(grad_weights.sizes() == ids_in.sizes(), op, ": grad_weights must match ids' shape");
   const int64_t T = logits_in.size(0), E = logits_in.size(1), k = ids_in.size(1);
-  TORCH_CHECK(E <= sbops::max_gating_experts() && k >= 1 && k <= sbops::kMaxTopK, op,
+  SBOPS_CHECK(E <= sbops::max_gating_experts() && k >= 1 && k <= sbops::kMaxTopK, op,
               ": the cuda kernel takes E <= ", sbops::max_gating_experts(), " and 1 <= k <= ", sbops::kMaxTopK);
-  c10::cuda::CUDAGuard guard(logits_in.device());
-  const Tensor logits = logits_in.contiguous(), ids = ids_in.contiguous();
-  const Tensor gw = grad_weights.to(at::kFloat).contiguous();
-  Tensor grad = at::empty_like(logits);
-  check_launch(sbops::launch_topk_gating_bwd(gw.data_ptr<float>(), logits.data_ptr(), lt, ids.data_ptr(), ids64,
+  DeviceGuard guard(logits_in.get_device_index());
+  const Tensor logits = contig(logits_in), ids = contig(ids_in);
+  const Tensor gw = to_contig(grad_weights, kFloat);
+  Tensor grad = empty_as(logits);
+  check_launch(sbops::launch_topk_gating_bwd(gw.mutable_data_ptr<float>(), logits.data_ptr(), lt, ids.data_ptr(), ids64,
                                              grad.data_ptr(), T, static_cast<int>(E), static_cast<int>(k), sm,
                                              renormalize, static_cast<float>(scaling), stream()),
                op);
@@ -89,7 +87,7 @@ Tensor topk_gating_bwd_cuda(const Tensor& grad_weights, const Tensor& logits_in,
 }
 
 void check_experts(int64_t E, const char* op) {
-  TORCH_CHECK(E >= 1 && E <= sbops::kMaxRouteExperts, op, ": the cuda kernel takes 1..", sbops::kMaxRouteExperts,
+  SBOPS_CHECK(E >= 1 && E <= sbops::kMaxRouteExperts, op, ": the cuda kernel takes 1..", sbops::kMaxRouteExperts,
               " experts, got ", E);
 }
 
@@ -100,19 +98,19 @@ std::tuple<Tensor, Tensor, Tensor> moe_permute_cuda(const Tensor& x_in, const Te
   const auto xt = float_dtype(x_in, op, "x");
   const bool ids64 = index_is64(ids_in, op, "ids");
   check_experts(E, op);
-  TORCH_CHECK(x_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == x_in.size(0), op,
+  SBOPS_CHECK(x_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == x_in.size(0), op,
               ": x [T, Hd] and ids [T, k] expected");
-  c10::cuda::CUDAGuard guard(x_in.device());
-  const Tensor x = x_in.contiguous(), ids = ids_in.contiguous();
+  DeviceGuard guard(x_in.get_device_index());
+  const Tensor x = contig(x_in), ids = contig(ids_in);
   const int64_t T = x.size(0), Hd = x.size(1), k = ids.size(1);
-  Tensor x_perm = at::empty({T * k, Hd}, x.options());
-  Tensor offsets = at::empty({E + 1}, x.options().dtype(at::kLong));
-  Tensor row_map = at::empty({T, k}, x.options().dtype(at::kInt));
-  Tensor ws = at::empty({static_cast<int64_t>(sbops::moe_route_workspace_bytes(T * k, static_cast<int>(E)))},
-                        x.options().dtype(at::kByte));
+  Tensor x_perm = empty_on({T * k, Hd}, x.scalar_type(), x);
+  Tensor offsets = empty_on({E + 1}, kLong, x);
+  Tensor row_map = empty_on({T, k}, kInt, x);
+  Tensor ws = empty_on({static_cast<int64_t>(sbops::moe_route_workspace_bytes(T * k, static_cast<int>(E)))},
+                           kByte, x);
   check_launch(sbops::launch_moe_permute(x.data_ptr(), xt, ids.data_ptr(), ids64, T, static_cast<int>(k), Hd,
-                                         static_cast<int>(E), x_perm.data_ptr(), offsets.data_ptr<int64_t>(),
-                                         row_map.data_ptr<int32_t>(), ws.data_ptr(), stream()),
+                                         static_cast<int>(E), x_perm.data_ptr(), offsets.mutable_data_ptr<int64_t>(),
+                                         row_map.mutable_data_ptr<int32_t>(), ws.data_ptr(), stream()),
                op);
   return {x_perm, offsets, row_map};
 }
@@ -122,20 +120,20 @@ Tensor unpermute_impl(const Tensor& y_perm_in, const Tensor& row_map_in, const s
   check_cuda(y_perm_in, op, "y_perm");
   check_cuda(row_map_in, op, "row_map");
   const auto yt = float_dtype(y_perm_in, op, "y_perm");
-  TORCH_CHECK(row_map_in.scalar_type() == at::kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
-  TORCH_CHECK(y_perm_in.dim() == 2, op, ": y_perm must be [rows, Hd]");
-  c10::cuda::CUDAGuard guard(y_perm_in.device());
-  const Tensor y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
+  SBOPS_CHECK(row_map_in.scalar_type() == kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
+  SBOPS_CHECK(y_perm_in.dim() == 2, op, ": y_perm must be [rows, Hd]");
+  DeviceGuard guard(y_perm_in.get_device_index());
+  const Tensor y_perm = contig(y_perm_in), row_map = contig(row_map_in);
   const int64_t T = row_map.size(0), k = row_map.size(1), Hd = y_perm.size(1);
   Tensor w;
   if (weights.has_value()) {
     check_cuda(*weights, op, "weights");
-    TORCH_CHECK(weights->sizes() == row_map.sizes(), op, ": weights must match row_map's shape");
-    w = weights->to(at::kFloat).contiguous();
+    SBOPS_CHECK(weights->sizes() == row_map.sizes(), op, ": weights must match row_map's shape");
+    w = to_contig(*weights, kFloat);
   }
-  Tensor y = at::empty({T, Hd}, y_perm.options());
-  check_launch(sbops::launch_moe_unpermute(y_perm.data_ptr(), yt, row_map.data_ptr<int32_t>(),
-                                           w.defined() ? w.data_ptr<float>() : nullptr, y.data_ptr(), T,
+  Tensor y = empty_on({T, Hd}, y_perm.scalar_type(), y_perm);
+  check_launch(sbops::launch_moe_unpermute(y_perm.data_ptr(), yt, row_map.mutable_data_ptr<int32_t>(),
+                                           w.defined() ? w.mutable_data_ptr<float>() : nullptr, y.data_ptr(), T,
                                            static_cast<int>(k), y_perm.size(0), Hd, stream()),
                op);
   return y;
@@ -157,24 +155,24 @@ std::tuple<Tensor, Tensor> moe_unpermute_bwd_cuda(const Tensor& grad_y_in, const
   check_cuda(row_map_in, op, "row_map");
   check_cuda(weights, op, "weights");
   const auto yt = float_dtype(y_perm_in, op, "y_perm");
-  TORCH_CHECK(grad_y_in.scalar_type() == y_perm_in.scalar_type(), op, ": grad_y must have y_perm's dtype");
-  TORCH_CHECK(row_map_in.scalar_type() == at::kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
-  TORCH_CHECK(y_perm_in.dim() == 2 && grad_y_in.dim() == 2 && grad_y_in.size(0) == row_map_in.size(0) &&
+  SBOPS_CHECK(grad_y_in.scalar_type() == y_perm_in.scalar_type(), op, ": grad_y must have y_perm's dtype");
+  SBOPS_CHECK(row_map_in.scalar_type() == kInt && row_map_in.dim() == 2, op, ": row_map must be int32 [T, k]");
+  SBOPS_CHECK(y_perm_in.dim() == 2 && grad_y_in.dim() == 2 && grad_y_in.size(0) == row_map_in.size(0) &&
                   grad_y_in.size(1) == y_perm_in.size(1),
               op, ": grad_y [T, Hd], y_perm [rows, Hd] expected");
-  TORCH_CHECK(weights.sizes() == row_map_in.sizes(), op, ": weights must match row_map's shape");
-  c10::cuda::CUDAGuard guard(y_perm_in.device());
-  const Tensor grad_y = grad_y_in.contiguous(), y_perm = y_perm_in.contiguous(), row_map = row_map_in.contiguous();
-  const Tensor w = weights.to(at::kFloat).contiguous();
+  SBOPS_CHECK(weights.sizes() == row_map_in.sizes(), op, ": weights must match row_map's shape");
+  DeviceGuard guard(y_perm_in.get_device_index());
+  const Tensor grad_y = contig(grad_y_in), y_perm = contig(y_perm_in), row_map = contig(row_map_in);
+  const Tensor w = to_contig(weights, kFloat);
   const int64_t T = row_map.size(0), k = row_map.size(1), R = y_perm.size(0), Hd = y_perm.size(1);
-  Tensor grad_y_perm = at::empty_like(y_perm);
-  Tensor grad_w = at::empty({T, k}, w.options());
-  Tensor ws = at::empty({R > 0 ? R : 1}, row_map.options());
-  check_launch(sbops::launch_moe_unpermute_bwd(grad_y.data_ptr(), y_perm.data_ptr(), yt, row_map.data_ptr<int32_t>(),
-                                               w.data_ptr<float>(), grad_y_perm.data_ptr(), grad_w.data_ptr<float>(),
+  Tensor grad_y_perm = empty_as(y_perm);
+  Tensor grad_w = empty_on({T, k}, w.scalar_type(), w);
+  Tensor ws = empty_on({R > 0 ? R : 1}, row_map.scalar_type(), row_map);
+  check_launch(sbops::launch_moe_unpermute_bwd(grad_y.data_ptr(), y_perm.data_ptr(), yt, row_map.mutable_data_ptr<int32_t>(),
+                                               w.mutable_data_ptr<float>(), grad_y_perm.data_ptr(), grad_w.mutable_data_ptr<float>(),
                                                T, static_cast<int>(k), R, Hd, ws.data_ptr(), stream()),
                op);
-  return {grad_y_perm, grad_w.to(weights.scalar_type())};
+  return {grad_y_perm, cast(grad_w, weights.scalar_type())};
 }
 
 std::tuple<Tensor, Tensor, Tensor> moe_align_block_size_cuda(const Tensor& ids_in, int64_t E, int64_t block_size) {
@@ -182,21 +180,20 @@ std::tuple<Tensor, Tensor, Tensor> moe_align_block_size_cuda(const Tensor& ids_i
   check_cuda(ids_in, op, "ids");
   const bool ids64 = index_is64(ids_in, op, "ids");
   check_experts(E, op);
-  TORCH_CHECK(block_size >= 1, op, ": block_size must be >= 1");
-  c10::cuda::CUDAGuard guard(ids_in.device());
-  const Tensor ids = ids_in.contiguous();
+  SBOPS_CHECK(block_size >= 1, op, ": block_size must be >= 1");
+  DeviceGuard guard(ids_in.get_device_index());
+  const Tensor ids = contig(ids_in);
   const int64_t n = ids.numel();
   const int64_t max_padded = n + E * (block_size - 1);
   const int64_t nblocks = (max_padded + block_size - 1) / block_size;
-  auto iopt = ids.options().dtype(at::kInt);
-  Tensor sorted_ids = at::empty({max_padded}, iopt);
-  Tensor block_experts = at::empty({nblocks}, iopt);
-  Tensor post_pad = at::empty({1}, iopt);
-  Tensor ws = at::empty({static_cast<int64_t>(sbops::moe_route_workspace_bytes(n, static_cast<int>(E)))},
-                        ids.options().dtype(at::kByte));
+  Tensor sorted_ids = empty_on({max_padded}, kInt, ids);
+  Tensor block_experts = empty_on({nblocks}, kInt, ids);
+  Tensor post_pad = empty_on({1}, kInt, ids);
+  Tensor ws = empty_on({static_cast<int64_t>(sbops::moe_route_workspace_bytes(n, static_cast<int>(E)))},
+                       kByte, ids);
   check_launch(sbops::launch_moe_align_block_size(ids.data_ptr(), ids64, n, static_cast<int>(E),
-                                                  static_cast<int>(block_size), sorted_ids.data_ptr<int32_t>(),
-                                                  block_experts.data_ptr<int32_t>(), post_pad.data_ptr<int32_t>(),
+                                                  static_cast<int>(block_size), sorted_ids.mutable_data_ptr<int32_t>(),
+                                                  block_experts.mutable_data_ptr<int32_t>(), post_pad.mutable_data_ptr<int32_t>(),
                                                   ws.data_ptr(), stream()),
                op);
   return {sorted_ids, block_experts, post_pad};
@@ -207,24 +204,24 @@ Tensor expert_counts_cuda(const Tensor& ids_in, int64_t E) {
   check_cuda(ids_in, op, "ids");
   const bool ids64 = index_is64(ids_in, op, "ids");
   check_experts(E, op);
-  c10::cuda::CUDAGuard guard(ids_in.device());
-  const Tensor ids = ids_in.contiguous();
-  Tensor counts = at::empty({E}, ids.options().dtype(at::kLong));
+  DeviceGuard guard(ids_in.get_device_index());
+  const Tensor ids = contig(ids_in);
+  Tensor counts = empty_on({E}, kLong, ids);
   check_launch(sbops::launch_expert_counts(ids.data_ptr(), ids64, ids.numel(), static_cast<int>(E),
-                                           counts.data_ptr<int64_t>(), stream()),
+                                           counts.mutable_data_ptr<int64_t>(), stream()),
                op);
   return counts;
 }
 }  // namespace
 
 // Signatures match the CPU backend's (see ops_spike.cpp).
-TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
-  m.impl("topk_gating", &topk_gating_cuda);
-  m.impl("topk_gating_bwd", &topk_gating_bwd_cuda);
-  m.impl("moe_permute", &moe_permute_cuda);
-  m.impl("moe_permute_bwd", &moe_permute_bwd_cuda);
-  m.impl("moe_unpermute", &moe_unpermute_cuda);
-  m.impl("moe_unpermute_bwd", &moe_unpermute_bwd_cuda);
-  m.impl("moe_align_block_size", &moe_align_block_size_cuda);
-  m.impl("expert_counts", &expert_counts_cuda);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
+  m.impl("topk_gating", TORCH_BOX(&topk_gating_cuda));
+  m.impl("topk_gating_bwd", TORCH_BOX(&topk_gating_bwd_cuda));
+  m.impl("moe_permute", TORCH_BOX(&moe_permute_cuda));
+  m.impl("moe_permute_bwd", TORCH_BOX(&moe_permute_bwd_cuda));
+  m.impl("moe_unpermute", TORCH_BOX(&moe_unpermute_cuda));
+  m.impl("moe_unpermute_bwd", TORCH_BOX(&moe_unpermute_bwd_cuda));
+  m.impl("moe_align_block_size", TORCH_BOX(&moe_align_block_size_cuda));
+  m.impl("expert_counts", TORCH_BOX(&expert_counts_cuda));
 }

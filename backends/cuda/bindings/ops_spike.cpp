@@ -1,8 +1,6 @@
 // Torch bindings of the spike-coding CUDA kernels (backends/cuda/kernels/spike.cu).
 // spike_encode / spike_quant read x in place when its rows are one stride apart (x[:, t], splits of
 // a fused projection); other layouts are copied.  Outputs are dense.
-#include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <string>
 #include <tuple>
@@ -22,9 +20,13 @@ using namespace sbops::bind;  // Tensor, checks, stream(), check_launch, stride 
 // the kernels instead of reading a flag back, so none of the routing ops synchronises.
 std::pair<int64_t, int64_t> min_and_max_abs(const Tensor& c) {
   if (c.numel() == 0) return {0, 0};
-  auto mm = at::aminmax(c);
-  const Tensor both = at::stack({std::get<0>(mm), std::get<1>(mm)}).to(at::kLong).cpu();
-  const int64_t mn = both.data_ptr<int64_t>()[0], mx = both.data_ptr<int64_t>()[1];
+  const auto [lo, hi] = aminmax(c);
+  Tensor both = empty_on({2}, kLong, c);  // on the device; copy_ converts the dtype
+  Tensor lo_slot = torch::stable::select(both, 0, 0), hi_slot = torch::stable::select(both, 0, 1);
+  torch::stable::copy_(lo_slot, lo);
+  torch::stable::copy_(hi_slot, hi);
+  const Tensor host = torch::stable::to(both, Device(torch::headeronly::DeviceType::CPU));
+  const int64_t mn = host.const_data_ptr<int64_t>()[0], mx = host.const_data_ptr<int64_t>()[1];
   const int64_t amn = mn < 0 ? -mn : mn, amx = mx < 0 ? -mx : mx;
   return {mn, amn > amx ? amn : amx};
 }
@@ -33,7 +35,7 @@ sbops::SpikeMode spike_mode(const std::string& mode, const char* op) {
   if (mode == "binary") return sbops::SpikeMode::Binary;
   if (mode == "ternary") return sbops::SpikeMode::Ternary;
   if (mode == "bitwise") return sbops::SpikeMode::Bitwise;
-  TORCH_CHECK(false, op, ": mode must be 'binary', 'ternary' or 'bitwise', got '", mode, "'");
+  SBOPS_CHECK(false, op, ": mode must be 'binary', 'ternary' or 'bitwise', got '", mode, "'");
 }
 
 
@@ -41,28 +43,28 @@ sbops::SpikeMode spike_mode(const std::string& mode, const char* op) {
 Tensor rows_of(const Tensor& x_in, int64_t& xs) {
   xs = row_stride(x_in);
   if (xs >= 0) return x_in;
-  const Tensor x = x_in.contiguous();
+  const Tensor x = contig(x_in);
   xs = x.size(-1);
   return x;
 }
 
-std::tuple<Tensor, Tensor> spike_encode_cuda(const Tensor& x_in, double k, at::ScalarType out_dtype) {
+std::tuple<Tensor, Tensor> spike_encode_cuda(const Tensor& x_in, double k, ScalarType out_dtype) {
   const char* op = "spike_encode";
   check_cuda(x_in, op, "x");
   const auto xt = float_dtype(x_in, op, "x");
-  TORCH_CHECK(out_dtype == at::kChar || out_dtype == at::kShort || out_dtype == at::kInt, op,
+  SBOPS_CHECK(out_dtype == kChar || out_dtype == kShort || out_dtype == kInt, op,
               ": out_dtype must be int8, int16 or int32 (got ", out_dtype, ")");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, op, ": x needs a non-empty last dimension");
-  c10::cuda::CUDAGuard guard(x_in.device());
+  SBOPS_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, op, ": x needs a non-empty last dimension");
+  DeviceGuard guard(x_in.get_device_index());
   int64_t xs = 0;
   const Tensor x = rows_of(x_in, xs);
   const int64_t cols = x.size(-1), rows = x.numel() / cols;
-  Tensor counts = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  Tensor counts = empty_on(x.sizes(), out_dtype, x);
   auto vshape = x.sizes().vec();
   vshape.back() = 1;
-  Tensor vth = at::empty(vshape, x.options().dtype(at::kFloat));
+  Tensor vth = empty_on(vshape, kFloat, x);
   check_launch(sbops::launch_spike_encode(x.data_ptr(), xs, xt, counts.data_ptr(), to_dtype(out_dtype, op, "out_dtype"),
-                                          vth.data_ptr<float>(), rows, cols, static_cast<float>(k), stream()),
+                                          vth.mutable_data_ptr<float>(), rows, cols, static_cast<float>(k), stream()),
                op);
   return {counts, vth};
 }
@@ -71,12 +73,12 @@ Tensor spike_quant_cuda(const Tensor& x_in, double k) {
   const char* op = "spike_quant";
   check_cuda(x_in, op, "x");
   const auto xt = float_dtype(x_in, op, "x");
-  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, op, ": x needs a non-empty last dimension");
-  c10::cuda::CUDAGuard guard(x_in.device());
+  SBOPS_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, op, ": x needs a non-empty last dimension");
+  DeviceGuard guard(x_in.get_device_index());
   int64_t xs = 0;
   const Tensor x = rows_of(x_in, xs);
   const int64_t cols = x.size(-1), rows = x.numel() / cols;
-  Tensor x_hat = at::empty(x.sizes(), x.options());
+  Tensor x_hat = empty_on(x.sizes(), x.scalar_type(), x);
   check_launch(sbops::launch_spike_quant(x.data_ptr(), xs, xt, x_hat.data_ptr(), rows, cols, static_cast<float>(k),
                                          stream()),
                op);
@@ -88,23 +90,23 @@ Tensor spike_expand_cuda(const Tensor& counts_in, const std::string& mode_s, int
   check_cuda(counts_in, op, "counts");
   const auto ct = int_dtype(counts_in, op, "counts");
   const auto mode = spike_mode(mode_s, op);
-  TORCH_CHECK(T >= 1, op, ": T must be >= 1, got ", T);
-  c10::cuda::CUDAGuard guard(counts_in.device());
-  const Tensor counts = counts_in.contiguous();
+  SBOPS_CHECK(T >= 1, op, ": T must be >= 1, got ", T);
+  DeviceGuard guard(counts_in.get_device_index());
+  const Tensor counts = contig(counts_in);
   const auto [mn, max_abs] = min_and_max_abs(counts);
   if (mode == sbops::SpikeMode::Binary)
-    TORCH_CHECK(mn >= 0, op, ": binary spike trains need counts >= 0 (found ", mn, ")");
+    SBOPS_CHECK(mn >= 0, op, ": binary spike trains need counts >= 0 (found ", mn, ")");
   if (mode == sbops::SpikeMode::Bitwise) {
-    TORCH_CHECK(T <= 63, op, ": bitwise T must be <= 63, got ", T);
-    TORCH_CHECK(T == 63 || (max_abs >> T) == 0, op, ": the largest |count| ", max_abs, " needs more than T = ", T,
+    SBOPS_CHECK(T <= 63, op, ": bitwise T must be <= 63, got ", T);
+    SBOPS_CHECK(T == 63 || (max_abs >> T) == 0, op, ": the largest |count| ", max_abs, " needs more than T = ", T,
                 " bits");
   } else {
-    TORCH_CHECK(max_abs <= T, op, ": the largest |count| ", max_abs, " does not fit in T = ", T, " steps");
+    SBOPS_CHECK(max_abs <= T, op, ": the largest |count| ", max_abs, " does not fit in T = ", T, " steps");
   }
   std::vector<int64_t> shape{T};
   for (auto s : counts.sizes()) shape.push_back(s);
-  Tensor trains = at::empty(shape, counts.options().dtype(at::kChar));
-  check_launch(sbops::launch_spike_expand(counts.data_ptr(), ct, trains.data_ptr<int8_t>(), counts.numel(), mode,
+  Tensor trains = empty_on(shape, kChar, counts);
+  check_launch(sbops::launch_spike_expand(counts.data_ptr(), ct, trains.mutable_data_ptr<int8_t>(), counts.numel(), mode,
                                           static_cast<int>(T), stream()),
                op);
   return trains;
@@ -115,13 +117,13 @@ Tensor spike_collapse_cuda(const Tensor& trains_in, const std::string& mode_s) {
   check_cuda(trains_in, op, "trains");
   const auto tt = int_dtype(trains_in, op, "trains");
   const auto mode = spike_mode(mode_s, op);
-  TORCH_CHECK(trains_in.dim() >= 1, op, ": trains must have a leading time dimension");
-  c10::cuda::CUDAGuard guard(trains_in.device());
-  const Tensor trains = trains_in.contiguous();
+  SBOPS_CHECK(trains_in.dim() >= 1, op, ": trains must have a leading time dimension");
+  DeviceGuard guard(trains_in.get_device_index());
+  const Tensor trains = contig(trains_in);
   const int64_t T = trains.size(0);
-  Tensor counts = at::empty(trains.sizes().slice(1), trains.options().dtype(at::kInt));
-  if (T == 0) return counts.zero_();
-  check_launch(sbops::launch_spike_collapse(trains.data_ptr(), tt, counts.data_ptr<int32_t>(), counts.numel(),
+  Tensor counts = empty_on(trains.sizes().slice(1), kInt, trains);
+  if (T == 0) return torch::stable::zero_(counts);
+  check_launch(sbops::launch_spike_collapse(trains.data_ptr(), tt, counts.mutable_data_ptr<int32_t>(), counts.numel(),
                                             static_cast<int>(T), mode, stream()),
                op);
   return counts;
@@ -131,13 +133,13 @@ Tensor spike_stats_cuda(const Tensor& counts_in, int64_t max_abs) {
   const char* op = "spike_stats";
   check_cuda(counts_in, op, "counts");
   const auto ct = int_dtype(counts_in, op, "counts");
-  TORCH_CHECK(max_abs >= 0, op, ": max_abs must be >= 0, got ", max_abs);
-  c10::cuda::CUDAGuard guard(counts_in.device());
-  const Tensor counts = counts_in.contiguous();
+  SBOPS_CHECK(max_abs >= 0, op, ": max_abs must be >= 0, got ", max_abs);
+  DeviceGuard guard(counts_in.get_device_index());
+  const Tensor counts = contig(counts_in);
   const int64_t found = min_and_max_abs(counts).second;
-  TORCH_CHECK(found <= max_abs, op, ": found |count| = ", found, " above max_abs = ", max_abs);
-  Tensor hist = at::empty({max_abs + 1}, counts.options().dtype(at::kLong));
-  check_launch(sbops::launch_spike_hist(counts.data_ptr(), ct, hist.data_ptr<int64_t>(), counts.numel(), max_abs,
+  SBOPS_CHECK(found <= max_abs, op, ": found |count| = ", found, " above max_abs = ", max_abs);
+  Tensor hist = empty_on({max_abs + 1}, kLong, counts);
+  check_launch(sbops::launch_spike_hist(counts.data_ptr(), ct, hist.mutable_data_ptr<int64_t>(), counts.numel(), max_abs,
                                         stream()),
                op);
   return hist;
@@ -147,10 +149,10 @@ Tensor spike_stats_cuda(const Tensor& counts_in, int64_t max_abs) {
 // Every kernel must have exactly the C++ signature of the CPU backend's (backends/cpu/*.cpp): both
 // live in sbops._C and torch rejects an op whose kernels disagree (str is `const std::string&`,
 // mutable tensors `const Tensor&`).  tests/test_cuda_compile.py checks this without a GPU.
-TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
-  m.impl("spike_encode", &spike_encode_cuda);
-  m.impl("spike_quant", &spike_quant_cuda);
-  m.impl("spike_expand", &spike_expand_cuda);
-  m.impl("spike_collapse", &spike_collapse_cuda);
-  m.impl("spike_stats", &spike_stats_cuda);
+STABLE_TORCH_LIBRARY_IMPL(sbops, CUDA, m) {
+  m.impl("spike_encode", TORCH_BOX(&spike_encode_cuda));
+  m.impl("spike_quant", TORCH_BOX(&spike_quant_cuda));
+  m.impl("spike_expand", TORCH_BOX(&spike_expand_cuda));
+  m.impl("spike_collapse", TORCH_BOX(&spike_collapse_cuda));
+  m.impl("spike_stats", TORCH_BOX(&spike_stats_cuda));
 }
