@@ -9,6 +9,11 @@ from .. import _validate as V
 from ._common import run
 
 OP = "linear_attn"
+_T = torch.Tensor
+_F32 = torch.float32
+_FLOATS = frozenset(V.FLOAT_DTYPES)
+_INDEX = frozenset(V.INDEX_DTYPES)
+_STATE_DTYPES = frozenset((torch.float32, torch.bfloat16))
 
 
 def _check(q, k, v, g, initial_state, cu_seqlens):
@@ -128,6 +133,26 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
     sbops.set_data_checks).  Unchecked, a sequence whose state_indices[i] is out of range gets a NaN
     output row and no state slot is touched.
     """
+    # fast path: plain comparisons that imply every check of _check_decode passes (anything else
+    # takes the full checks, which raise naming the argument)
+    if (q.__class__ is _T and k.__class__ is _T and v.__class__ is _T and state.__class__ is _T
+            and (g is None or g.__class__ is _T)):
+        qs, ks, vs, ss = q.shape, k.shape, v.shape, state.shape
+        if (len(qs) == 3 and len(ks) == 3 and len(vs) == 3 and len(ss) == 4 and ks[0] == qs[0]
+                and ks[2] == qs[2] and vs[:2] == ks[:2] and ks[1] and qs[1] % ks[1] == 0
+                and ss[1:] == (ks[1], ks[2], vs[2]) and state.stride(-1) == 1
+                and (dt := q.dtype) in _FLOATS and k.dtype == dt and v.dtype == dt
+                and state.dtype in _STATE_DTYPES
+                and (dev := q.device) == k.device and v.device == dev and state.device == dev
+                and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
+                     and (g.shape == ks[:2] or g.shape == ks))
+                and (state_indices is None and qs[0] <= ss[0]
+                     or state_indices.__class__ is _T and state_indices.dtype in _INDEX
+                     and state_indices.shape == qs[:1] and state_indices.device == dev
+                     and not (qs[0] and V.checking_data(state_indices)))):
+            feats = (None if g is None else ("gate_per_head" if g.dim() == 2 else "gate_per_key"),)
+            sc = qs[2] ** -0.5 if scale is None else float(scale)
+            return run("linear_attn_decode", q, (qs[2], vs[2]), feats, q, k, v, g, state, state_indices, sc)
     hd, feats = _check_decode(q, k, v, g, state, state_indices)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return run("linear_attn_decode", q, hd, feats, q, k, v, g, state, state_indices, scale)

@@ -8,6 +8,11 @@ import torch
 from .. import _validate as V
 from ._common import run
 
+_T = torch.Tensor
+_FLOATS = frozenset(V.FLOAT_DTYPES)
+_INDEX = frozenset(V.INDEX_DTYPES)
+_FULL = "full_causal"
+
 
 def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
     op = "swa_attn"
@@ -114,6 +119,22 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
     of range or whose seq_len is < 1 gets a NaN output row; nothing is read out of bounds.
     """
     op = "swa_decode"
+    # fast path (the common call, no sinks): plain comparisons that imply every check below passes;
+    # anything else takes the full checks, which raise naming the argument
+    if (sink_k is None and sink_v is None and type(window) is int and q.__class__ is _T
+            and k_cache.__class__ is _T and v_cache.__class__ is _T and seq_lens.__class__ is _T):
+        qs, cs = q.shape, k_cache.shape
+        if (len(qs) == 3 and len(cs) == 4 and cs[2] and qs[1] % cs[2] == 0 and qs[2] == cs[3]
+                and v_cache.shape == cs and (dt := q.dtype) in _FLOATS and k_cache.dtype == dt
+                and v_cache.dtype == dt and seq_lens.dtype in _INDEX and seq_lens.shape == qs[:1]
+                and (dev := q.device) == k_cache.device and v_cache.device == dev and seq_lens.device == dev
+                and (slot_indices is None and qs[0] <= cs[0]
+                     or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
+                     and slot_indices.shape == qs[:1] and slot_indices.device == dev)
+                and not (qs[0] and V.checking_data(seq_lens))):
+            sc = qs[2] ** -0.5 if scale is None else float(scale)
+            return run(op, q, (qs[2],), (_FULL if window < 0 else None, None),
+                       q, k_cache, v_cache, seq_lens, window, sc, slot_indices)
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, D]")
     dev = q.device
     N, H, D = q.shape
@@ -154,6 +175,22 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     position is negative is not written.
     """
     op = "swa_cache_write"
+    # fast path: plain comparisons that imply every check below passes (else the full checks raise)
+    if (k.__class__ is _T and v.__class__ is _T and k_cache.__class__ is _T and v_cache.__class__ is _T
+            and positions.__class__ is _T):
+        ks, cs = k.shape, k_cache.shape
+        if (len(ks) == 3 and len(cs) == 4 and ks[1:] == cs[2:] and v.shape == ks and v_cache.shape == cs
+                and (dt := k.dtype) in _FLOATS and v.dtype == dt and k_cache.dtype == dt and v_cache.dtype == dt
+                and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+                and positions.dtype in _INDEX and positions.shape == ks[:1]
+                and (dev := k.device) == v.device and k_cache.device == dev and v_cache.device == dev
+                and positions.device == dev
+                and (slot_indices is None and ks[0] <= cs[0]
+                     or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
+                     and slot_indices.shape == ks[:1] and slot_indices.device == dev)
+                and not (ks[0] and V.checking_data(positions))):
+            run(op, k_cache, (ks[2],), (), k, v, k_cache, v_cache, positions, slot_indices)
+            return
     V.tensor(op, "k", k, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, HKV, D]")
     dev = k.device
     N, HKV, D = k.shape
