@@ -52,7 +52,7 @@ inline Sequences sequences(const OptTensor& cu_seqlens, int64_t B, int64_t T, co
 }
 
 inline void check_shape(const Tensor& t, IntArrayRef expected, const char* op, const char* name) {
-  SBOPS_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+  SBOPS_CHECK(sbops::same_sizes(t.sizes(), expected), op, ": ", name, " must have shape ", expected, ", got ",
               t.sizes());
 }
 

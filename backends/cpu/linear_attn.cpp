@@ -37,8 +37,8 @@ GateMode gate_mode(const OptTensor& g, IntArrayRef lead, int64_t HKV, int64_t K,
   per_head.push_back(HKV);
   std::vector<int64_t> per_key = per_head;
   per_key.push_back(K);
-  if (g->sizes() == IntArrayRef(per_head)) return GateMode::kPerHead;
-  SBOPS_CHECK(g->sizes() == IntArrayRef(per_key), op, ": g must have shape ",
+  if (same_sizes(g->sizes(), IntArrayRef(per_head))) return GateMode::kPerHead;
+  SBOPS_CHECK(same_sizes(g->sizes(), IntArrayRef(per_key)), op, ": g must have shape ",
               IntArrayRef(per_head), " (per head) or ", IntArrayRef(per_key),
               " (per key channel), got ", g->sizes());
   return GateMode::kPerKey;

@@ -204,7 +204,7 @@ Tensor topk_gating_bwd_cpu(const Tensor& grad_weights, const Tensor& logits,
   SBOPS_CHECK(ids.dim() == 2 && ids.size(0) == T, op, ": ids must be [T, k] with T = ", T,
               ", got shape ", ids.sizes());
   const int64_t k = ids.size(1);
-  SBOPS_CHECK(grad_weights.sizes() == ids.sizes(), op, ": grad_weights must have ids' shape ",
+  SBOPS_CHECK(same_sizes(grad_weights.sizes(), ids.sizes()), op, ": grad_weights must have ids' shape ",
               ids.sizes(), ", got ", grad_weights.sizes());
   // Bad-data guard: a slot whose id lies outside [0, E) (never produced by topk_gating) is
   // skipped: it contributes neither to Z nor to any gradient.
@@ -335,7 +335,7 @@ Tensor moe_permute_bwd_cpu(const Tensor& grad_x_perm, const Tensor& row_map) {
 void check_unpermute_shapes(const Tensor& y_perm, const Tensor& row_map,
                             const Tensor& weights, const char* op) {
   SBOPS_CHECK(y_perm.dim() == 2, op, ": y_perm must be [R, Hd], got shape ", y_perm.sizes());
-  SBOPS_CHECK(weights.sizes() == row_map.sizes(), op, ": weights must have row_map's shape ",
+  SBOPS_CHECK(same_sizes(weights.sizes(), row_map.sizes()), op, ": weights must have row_map's shape ",
               row_map.sizes(), ", got ", weights.sizes());
   SBOPS_CHECK(is_floating(weights.scalar_type()), op, ": weights must be floating, got ",
               weights.scalar_type());

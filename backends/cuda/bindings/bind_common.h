@@ -30,7 +30,7 @@ inline std::pair<Tensor, Tensor> aminmax(const Tensor& t) {
   std::array<StableIValue, 3> stack{torch::stable::detail::from(t),
                                     torch::stable::detail::from(std::optional<int64_t>()),
                                     torch::stable::detail::from(false)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::aminmax", "", stack.data(), TORCH_ABI_VERSION));
+  TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::aminmax", "", stack.data(), TORCH_ABI_VERSION));
   return {torch::stable::detail::to<Tensor>(stack[0]), torch::stable::detail::to<Tensor>(stack[1])};
 }
 

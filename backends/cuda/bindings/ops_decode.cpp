@@ -100,7 +100,7 @@ Tensor linear_attn_decode_cuda(const Tensor& q_in, const Tensor& k_in, const Ten
 void check_cache_pair(const Tensor& kc, const Tensor& vc, const char* op) {
   check_cuda(kc, op, "k_cache");
   check_cuda(vc, op, "v_cache");
-  SBOPS_CHECK(kc.dim() == 4 && kc.sizes() == vc.sizes(), op, ": k_cache and v_cache must both be [S, C, HKV, D], got ",
+  SBOPS_CHECK(kc.dim() == 4 && sbops::same_sizes(kc.sizes(), vc.sizes()), op, ": k_cache and v_cache must both be [S, C, HKV, D], got ",
               kc.sizes(), " and ", vc.sizes());
   SBOPS_CHECK(kc.scalar_type() == vc.scalar_type(), op, ": k_cache and v_cache must share a dtype");
   SBOPS_CHECK(kc.size(1) >= 1, op, ": the caches have no rows (C = 0)");
@@ -142,7 +142,7 @@ Tensor swa_decode_cuda(const Tensor& q_in, const Tensor& k_cache_in, const Tenso
     check_cuda(*sink_v, op, "sink_v");
     SBOPS_CHECK(sink_k->scalar_type() == q_in.scalar_type() && sink_v->scalar_type() == q_in.scalar_type(), op,
                 ": sink_k and sink_v must have q's dtype ", q_in.scalar_type());
-    SBOPS_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == D && sink_v->sizes() == sink_k->sizes(),
+    SBOPS_CHECK(sink_k->dim() == 3 && sink_k->size(1) == HKV && sink_k->size(2) == D && sbops::same_sizes(sink_v->sizes(), sink_k->sizes()),
                 op, ": sink_k and sink_v must be [M, ", HKV, ", ", D, "], got ", sink_k->sizes(), " and ",
                 sink_v->sizes());
     if (sink_k->size(0) > 0) {
@@ -179,7 +179,7 @@ void swa_cache_write_cuda(const Tensor& k_in, const Tensor& v_in, const Tensor& 
   const auto dt = float_dtype(k_cache, op, "k_cache");
   SBOPS_CHECK(k_in.scalar_type() == k_cache.scalar_type() && v_in.scalar_type() == k_cache.scalar_type(), op,
               ": k, v must have the caches' dtype");
-  SBOPS_CHECK(k_in.dim() == 3 && k_in.sizes() == v_in.sizes(), op, ": k and v must both be [N, HKV, D]");
+  SBOPS_CHECK(k_in.dim() == 3 && sbops::same_sizes(k_in.sizes(), v_in.sizes()), op, ": k and v must both be [N, HKV, D]");
   const int64_t N = k_in.size(0), HKV = k_in.size(1), D = k_in.size(2);
   SBOPS_CHECK(k_cache.size(2) == HKV && k_cache.size(3) == D, op, ": cache must be [S, C, HKV, D] matching k");
   const bool pos64 = index_is64(positions_in, op, "positions");

@@ -71,7 +71,7 @@ Tensor topk_gating_bwd_cuda(const Tensor& grad_weights, const Tensor& logits_in,
   const bool ids64 = index_is64(ids_in, op, "ids");
   SBOPS_CHECK(logits_in.dim() == 2 && ids_in.dim() == 2 && ids_in.size(0) == logits_in.size(0), op,
               ": logits [T, E] and ids [T, k] expected");
-  SBOPS_CHECK(grad_weights.sizes() == ids_in.sizes(), op, ": grad_weights must match ids' shape");
+  SBOPS_CHECK(sbops::same_sizes(grad_weights.sizes(), ids_in.sizes()), op, ": grad_weights must match ids' shape");
   const int64_t T = logits_in.size(0), E = logits_in.size(1), k = ids_in.size(1);
   SBOPS_CHECK(E <= sbops::max_gating_experts() && k >= 1 && k <= sbops::kMaxTopK, op,
               ": the cuda kernel takes E <= ", sbops::max_gating_experts(), " and 1 <= k <= ", sbops::kMaxTopK);
@@ -128,7 +128,7 @@ Tensor unpermute_impl(const Tensor& y_perm_in, const Tensor& row_map_in, const s
   Tensor w;
   if (weights.has_value()) {
     check_cuda(*weights, op, "weights");
-    SBOPS_CHECK(weights->sizes() == row_map.sizes(), op, ": weights must match row_map's shape");
+    SBOPS_CHECK(sbops::same_sizes(weights->sizes(), row_map.sizes()), op, ": weights must match row_map's shape");
     w = to_contig(*weights, kFloat);
   }
   Tensor y = empty_on({T, Hd}, y_perm.scalar_type(), y_perm);
@@ -160,7 +160,7 @@ std::tuple<Tensor, Tensor> moe_unpermute_bwd_cuda(const Tensor& grad_y_in, const
   SBOPS_CHECK(y_perm_in.dim() == 2 && grad_y_in.dim() == 2 && grad_y_in.size(0) == row_map_in.size(0) &&
                   grad_y_in.size(1) == y_perm_in.size(1),
               op, ": grad_y [T, Hd], y_perm [rows, Hd] expected");
-  SBOPS_CHECK(weights.sizes() == row_map_in.sizes(), op, ": weights must match row_map's shape");
+  SBOPS_CHECK(sbops::same_sizes(weights.sizes(), row_map_in.sizes()), op, ": weights must match row_map's shape");
   DeviceGuard guard(y_perm_in.get_device_index());
   const Tensor grad_y = contig(grad_y_in), y_perm = contig(y_perm_in), row_map = contig(row_map_in);
   const Tensor w = to_contig(weights, kFloat);

@@ -27,7 +27,7 @@ std::array<int64_t, 4> check_swa_sm90_qkv(const Tensor& q, const Tensor& k, cons
   const auto s = q.scalar_type();
   SBOPS_CHECK(s == kBFloat16 || s == kHalf, op, ": q must be bfloat16 or float16, got ", s);
   SBOPS_CHECK(k.scalar_type() == s && v.scalar_type() == s, op, ": q, k, v must share a dtype");
-  SBOPS_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes(), op, ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
+  SBOPS_CHECK(q.dim() == 4 && k.dim() == 4 && sbops::same_sizes(k.sizes(), v.sizes()), op, ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), HKV = k.size(2);
   SBOPS_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
   SBOPS_CHECK(k.size(0) == B && k.size(1) == T && k.size(3) == D && HKV >= 1 && H % HKV == 0, op,
@@ -82,13 +82,13 @@ std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, co
     SBOPS_CHECK(t->device() == q_in.device(), op, ": every tensor must be on q's device ", q_in.device());
   SBOPS_CHECK(o_in.scalar_type() == s && grad_o_in.scalar_type() == s, op, ": o and grad_o must have q's dtype");
   SBOPS_CHECK(lse_in.scalar_type() == kFloat, op, ": lse must be float32");
-  SBOPS_CHECK(o_in.sizes() == q_in.sizes() && grad_o_in.sizes() == q_in.sizes(), op, ": o, grad_o must be q's shape");
+  SBOPS_CHECK(sbops::same_sizes(o_in.sizes(), q_in.sizes()) && sbops::same_sizes(grad_o_in.sizes(), q_in.sizes()), op, ": o, grad_o must be q's shape");
   SBOPS_CHECK(lse_in.dim() == 3 && lse_in.size(0) == B && lse_in.size(1) == T && lse_in.size(2) == H, op,
               ": lse must be [B,T,H]");
   if (grad_lse_in.has_value()) {
     check_cuda(*grad_lse_in, op, "grad_lse");
     SBOPS_CHECK(grad_lse_in->device() == q_in.device(), op, ": every tensor must be on q's device ", q_in.device());
-    SBOPS_CHECK(grad_lse_in->sizes() == lse_in.sizes(), op, ": grad_lse must be [B,T,H]");
+    SBOPS_CHECK(sbops::same_sizes(grad_lse_in->sizes(), lse_in.sizes()), op, ": grad_lse must be [B,T,H]");
   }
   SBOPS_CHECK(B <= 65535 && HKV <= 65535, op, ": B and HKV must be <= 65535 (grid dimensions)");
   const Tensor q = tma_ready(q_in), k = tma_ready(k_in), v = tma_ready(v_in);

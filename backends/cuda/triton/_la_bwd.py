@@ -6,15 +6,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _seq_bounds, _toff
-from ._la_common import SUB, _diag_bwd_level, _dot, _gate_row, _gate_rows, _level_factor
+from ._common import _toff
+from ._la_common import SUB, _chunk_of, _diag_bwd_level, _dot, _gate_row, _gate_rows, _level_factor, _seq_range
 
 
 # ---------------------------------------------------------------------- backward main kernel
 @triton.jit
 def _bwd_dq_state_kernel(do_ptr, h_ptr, gc_ptr, out_ptr, chunk_ptr, H, HKV, K: tl.constexpr, V: tl.constexpr,
                          BT: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                         T, sdb, sdt, sdh, FLAT: tl.constexpr):
+                         T, sdb, sdt, sdh, FLAT: tl.constexpr, VARLEN: tl.constexpr):
     """The inter-chunk term of dq, exp(gc_t) * dO_t h_c^T (before the scale), for the BT rows of chunk
     c and query head ih, into a float32 [rows, H, K] buffer; grid (NT, H).  V is walked in BV tiles,
     so only a [K, BV] state tile is staged at a time: used when _bwd_main_kernel cannot also hold a
@@ -22,8 +22,9 @@ def _bwd_dq_state_kernel(do_ptr, h_ptr, gc_ptr, out_ptr, chunk_ptr, H, HKV, K: t
     c = tl.program_id(0)
     ih = tl.program_id(1)
     kvh = ih // (H // HKV)
-    t0 = tl.load(chunk_ptr + c * 3 + 1)
-    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
     dt: tl.constexpr = h_ptr.dtype.element_ty
     offs_k = tl.arange(0, K)
     rc = t0 + tl.arange(0, BT)
@@ -47,7 +48,7 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
                      H, HKV, K: tl.constexpr, V: tl.constexpr,
                      BT: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                      T, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
-                     FLAT: tl.constexpr, DQ_STATE_EXT: tl.constexpr = False):
+                     FLAT: tl.constexpr, DQ_STATE_EXT: tl.constexpr = False, VARLEN: tl.constexpr = False):
     """dq (per query head), dk, dv (summed over the query heads of the KV head) and the local gate
     gradient d b for the 16 rows of sub-block j of chunk c. grid (BT // SUB, NT, HKV).
     Everything a program writes lives in its own 16 rows, so no atomics and no placement."""
@@ -55,8 +56,9 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
     j = tl.program_id(0)
     c = tl.program_id(1)
     kvh = tl.program_id(2)
-    t0 = tl.load(chunk_ptr + c * 3 + 1)
-    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
     dt: tl.constexpr = k_ptr.dtype.element_ty
     offs_k = tl.arange(0, K)
     offs_v = tl.arange(0, V)
@@ -194,7 +196,8 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
 # --------------------------------------------------------------------- gate-gradient cumsum
 @triton.jit
 def _bwd_dg_kernel(db_ptr, dg_ptr, h_ptr, ht_ptr, dh_ptr, chunk_ptr, cu_ptr, HKV, K: tl.constexpr,
-                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, NTOK):
+                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, NTOK,
+                   T, VARLEN: tl.constexpr):
     """dg_t = sum_{u >= t in chunk c} db_u + rowsum(dh_c * S_end_c).
     Treating chunk c as a sequence of its own (initial state h_c, final state S_end_c = h_{c+1}
     or the sequence's final state, final-state gradient dh_c), the gate gradient is the reverse
@@ -203,17 +206,19 @@ def _bwd_dg_kernel(db_ptr, dg_ptr, h_ptr, ht_ptr, dh_ptr, chunk_ptr, cu_ptr, HKV
     grid (NT, HKV, K // BK) per key, (NT, HKV, 1) with BK = K per head."""
     c = tl.program_id(0)
     kvh = tl.program_id(1)
-    n = tl.load(chunk_ptr + c * 3)
-    t0 = tl.load(chunk_ptr + c * 3 + 1)
-    t1 = tl.load(chunk_ptr + c * 3 + 2)
-    _, eos = _seq_bounds(cu_ptr, n, NTOK)
+    n, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
+    _, eos = _seq_range(cu_ptr, n, T, NTOK, VARLEN)
     offs_k = tl.program_id(2) * BK + tl.arange(0, BK)
     offs_v = tl.arange(0, V)
     tile = offs_k[:, None] * V + offs_v[None, :]
     dhb = tl.load(dh_ptr + (c.to(tl.int64) * HKV + kvh) * K * V + tile).to(tl.float32)
     s_end = tl.load(ht_ptr + (n.to(tl.int64) * HKV + kvh) * K * V + tile, mask=(tile >= 0) & (t1 == eos), other=0.0)
+    # h[c + 1] exists unless chunk c is the last row of a table that overlapping sequences of invalid
+    # cu_seqlens overflowed (then this chunk's dg is unspecified, but nothing is read out of bounds)
     s_end += tl.load(h_ptr + ((c + 1).to(tl.int64) * HKV + kvh) * K * V + tile,
-                     mask=(tile >= 0) & (t1 != eos), other=0.0).to(tl.float32)
+                     mask=(tile >= 0) & (t1 != eos) & (c + 1 < tl.num_programs(0)), other=0.0).to(tl.float32)
     carry = tl.sum(dhb * s_end, 1)                                   # [BK]
     rows = t0 + tl.arange(0, BT)
     m = rows < t1

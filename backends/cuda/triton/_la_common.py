@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _toff
+from ._common import _seq_bounds, _toff
 
 _SUB = 16  # rows of an intra-chunk sub-block (the smallest tl.dot M/N/K)
 SUB = tl.constexpr(_SUB)
@@ -52,16 +52,160 @@ def _gate_row(gc_ptr, row, kvh, offs_k, valid, HKV, K: tl.constexpr,
 
 
 
+# --------------------------------------------------------------------- chunks and segments
+# Without cu_seqlens (VARLEN False) the B sequences of T tokens have cdiv(T, BT) chunks each and
+# cdiv(chunks, S) segments each, all derived from the program id: no table.  With cu_seqlens the
+# tables come from _la_tables_kernel (on the device, no host sync), sized by host-known bounds;
+# rows past the real count are empty (t0 == t1, chunk count 0) and the kernels skip them.
+@triton.jit
+def _seq_range(cu_ptr, n, T, NTOK, VARLEN: tl.constexpr):
+    """(bos, eos) int32: the packed tokens of sequence n (clamped cu_seqlens, or n*T .. n*T + T)."""
+    if VARLEN:
+        bos, eos = _seq_bounds(cu_ptr, n, NTOK)
+    else:
+        bos = n * T
+        eos = bos + T
+    return bos, eos
+
+
+@triton.jit
+def _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """(bos, eos, c0, nc) of sequence n: its tokens, its first chunk's row (may be >= the table's
+    rows only for overlapping sequences of invalid cu_seqlens) and its chunk count."""
+    bos, eos = _seq_range(cu_ptr, n, T, NTOK, VARLEN)
+    if VARLEN:
+        c0 = tl.load(coff_ptr + n)
+    else:
+        c0 = n * ((T + BT - 1) // BT)
+    nc = (eos - bos + BT - 1) // BT
+    return bos, eos, c0, nc
+
+
+@triton.jit
+def _chunk_of(chunk_ptr, c, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """(seq, t0, t1) of chunk c: the packed tokens [t0, t1); t0 == t1 for an unused table row."""
+    if VARLEN:
+        n = tl.load(chunk_ptr + c * 3)
+        t0 = tl.load(chunk_ptr + c * 3 + 1)
+        t1 = tl.load(chunk_ptr + c * 3 + 2)
+    else:
+        per = (T + BT - 1) // BT
+        n = c // per
+        t0 = n * T + (c - n * per) * BT
+        t1 = tl.minimum(t0 + BT, n * T + T)
+    return n, t0, t1
+
+
+@triton.jit
+def _seg_of(seg_ptr, sg, T, BT: tl.constexpr, S, VARLEN: tl.constexpr):
+    """(seq, first chunk, chunk count, first token) of segment sg (count 0: an unused table row)."""
+    if VARLEN:
+        n = tl.load(seg_ptr + sg * 4)
+        cf = tl.load(seg_ptr + sg * 4 + 1)
+        ns = tl.load(seg_ptr + sg * 4 + 2)
+        tf = tl.load(seg_ptr + sg * 4 + 3)
+    else:
+        per = (T + BT - 1) // BT
+        nsp = (per + S - 1) // S
+        n = sg // nsp
+        j = (sg - n * nsp) * S
+        cf = n * per + j
+        ns = tl.minimum(per - j, S)
+        tf = n * T + j * BT
+    return n, cf, ns, tf
+
+
+@triton.jit
+def _seg_span(segoff_ptr, n, T, BT: tl.constexpr, S, VARLEN: tl.constexpr):
+    """(first segment, segment count) of sequence n; with a table, capped to its rows."""
+    if VARLEN:
+        a = tl.load(segoff_ptr + n)
+        ns = tl.load(segoff_ptr + n + 1) - a
+    else:
+        nsp = (((T + BT - 1) // BT) + S - 1) // S
+        a = n * nsp
+        ns = nsp
+    return a, ns
+
+
+@triton.jit
+def _la_tables_kernel(cu_ptr, coff_ptr, chunk_ptr, segoff_ptr, seg_ptr, N, NTOK, NTC, NSC, S,
+                      BT: tl.constexpr, HAS_SEG: tl.constexpr, BLK: tl.constexpr, BN: tl.constexpr):
+    """Varlen tables on the device from cu_seqlens [N+1] (any values: clamped as _seq_bounds):
+    coff [N+1] (first chunk of each sequence, then the total; capped at NTC), chunk rows
+    (seq, t0, t1) [NTC, 3]; with HAS_SEG also segoff [N+1] (capped at NSC) and segment rows
+    (seq, first chunk, chunk count, first token) [NSC, 4].  All int32.  Rows past the real
+    count are (0, 0, 0) / (0, 0, 0, 0).  grid (cdiv(NTC, BLK),): program p fills rows
+    [p*BLK, p*BLK + BLK) of both tables by scanning every sequence (a sequence owns the rows
+    [cumsum before it, cumsum through it)); program 0 also writes coff and segoff."""
+    p = tl.program_id(0)
+    rows = (p * BLK + tl.arange(0, BLK)).to(tl.int64)
+    c_seq = tl.zeros([BLK], dtype=tl.int64)
+    c_t0 = tl.zeros([BLK], dtype=tl.int64)
+    c_end = tl.zeros([BLK], dtype=tl.int64)
+    s_seq = tl.zeros([BLK], dtype=tl.int64)
+    s_cf = tl.zeros([BLK], dtype=tl.int64)
+    s_cnt = tl.zeros([BLK], dtype=tl.int64)
+    s_tf = tl.zeros([BLK], dtype=tl.int64)
+    carry_c = tl.sum(tl.zeros([BN], dtype=tl.int64), 0)
+    carry_s = tl.sum(tl.zeros([BN], dtype=tl.int64), 0)
+    first = tl.arange(0, BN) == 0
+    tl.store(coff_ptr + tl.arange(0, BN), tl.zeros([BN], dtype=tl.int32), mask=first & (p == 0))
+    if HAS_SEG:
+        tl.store(segoff_ptr + tl.arange(0, BN), tl.zeros([BN], dtype=tl.int32), mask=first & (p == 0))
+    for nb in range(0, N, BN):
+        idx = nb + tl.arange(0, BN)
+        ok = idx < N
+        a = tl.load(cu_ptr + idx, mask=ok, other=0).to(tl.int64)
+        b = tl.load(cu_ptr + idx + 1, mask=ok, other=0).to(tl.int64)
+        s = tl.minimum(tl.maximum(a, 0), NTOK)
+        e = tl.minimum(tl.maximum(b, s), NTOK)
+        nch = (e - s + BT - 1) // BT
+        cend = carry_c + tl.cumsum(nch, 0)
+        cbeg = cend - nch
+        tl.store(coff_ptr + idx + 1, tl.minimum(cend, NTC).to(tl.int32), mask=ok & (p == 0))
+        hit = (cbeg[None, :] <= rows[:, None]) & (rows[:, None] < cend[None, :])
+        c_seq += tl.sum(tl.where(hit, idx[None, :].to(tl.int64), 0), 1)
+        c_t0 += tl.sum(tl.where(hit, s[None, :] + (rows[:, None] - cbeg[None, :]) * BT, 0), 1)
+        c_end += tl.sum(tl.where(hit, e[None, :], 0), 1)
+        carry_c += tl.sum(nch, 0)
+        if HAS_SEG:
+            nsg = (nch + S - 1) // S
+            send = carry_s + tl.cumsum(nsg, 0)
+            sbeg = send - nsg
+            tl.store(segoff_ptr + idx + 1, tl.minimum(send, NSC).to(tl.int32), mask=ok & (p == 0))
+            hit = (sbeg[None, :] <= rows[:, None]) & (rows[:, None] < send[None, :])
+            j = (rows[:, None] - sbeg[None, :]) * S                 # first chunk of the segment in its sequence
+            s_seq += tl.sum(tl.where(hit, idx[None, :].to(tl.int64), 0), 1)
+            s_cf += tl.sum(tl.where(hit, cbeg[None, :] + j, 0), 1)
+            s_cnt += tl.sum(tl.where(hit, tl.minimum(nch[None, :] - j, S), 0), 1)
+            s_tf += tl.sum(tl.where(hit, s[None, :] + j * BT, 0), 1)
+            carry_s += tl.sum(nsg, 0)
+    # a used row has t0 < its sequence's end; an unused one has t0 = end = 0, so t1 = t0
+    c_t1 = tl.minimum(c_t0 + BT, c_end)
+    cm = rows < NTC
+    tl.store(chunk_ptr + rows * 3, c_seq.to(tl.int32), mask=cm)
+    tl.store(chunk_ptr + rows * 3 + 1, c_t0.to(tl.int32), mask=cm)
+    tl.store(chunk_ptr + rows * 3 + 2, c_t1.to(tl.int32), mask=cm)
+    if HAS_SEG:
+        sm = rows < NSC
+        tl.store(seg_ptr + rows * 4, s_seq.to(tl.int32), mask=sm)
+        tl.store(seg_ptr + rows * 4 + 1, s_cf.to(tl.int32), mask=sm)
+        tl.store(seg_ptr + rows * 4 + 2, s_cnt.to(tl.int32), mask=sm)
+        tl.store(seg_ptr + rows * 4 + 3, s_tf.to(tl.int32), mask=sm)
+
+
 # ----------------------------------------------------------------------------- gate cumsum
 @triton.jit
 def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr, T, sgb, sgt, sgh,
-                        BT: tl.constexpr, GATE: tl.constexpr, FLAT: tl.constexpr):
+                        BT: tl.constexpr, GATE: tl.constexpr, FLAT: tl.constexpr, VARLEN: tl.constexpr):
     """gc = inclusive cumulative sum of g inside each chunk, float32 (g read through its strides,
     gc contiguous). grid (NT, HKV)."""
     c = tl.program_id(0)
     kvh = tl.program_id(1)
-    t0 = tl.load(chunk_ptr + c * 3 + 1)
-    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
     rows = t0 + tl.arange(0, BT)
     m = rows < t1
     r = rows.to(tl.int64)

@@ -6,14 +6,15 @@ import triton
 import triton.language as tl
 
 from ._common import _toff
-from ._la_common import SUB, _diag_scores, _dot, _gate_row, _gate_rows, _level_factor
+from ._la_common import SUB, _chunk_of, _diag_scores, _dot, _gate_row, _gate_rows, _level_factor
 
 
 # ----------------------------------------------------------------------------- output pass
 @triton.jit
 def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H, HKV,
                   K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr,
-                  PREC: tl.constexpr, T, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr):
+                  PREC: tl.constexpr, T, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
+                  VARLEN: tl.constexpr):
     """o for the 16 rows of sub-block i of chunk c, for every query head of KV head kvh.
     grid (BT // SUB, NT, HKV). The gate factors (all the exps) and h[c] depend only on the KV
     head, so they are computed / loaded once and reused by the H/HKV query heads."""
@@ -21,8 +22,9 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H
     i = tl.program_id(0)
     c = tl.program_id(1)
     kvh = tl.program_id(2)
-    t0 = tl.load(chunk_ptr + c * 3 + 1)
-    t1 = tl.load(chunk_ptr + c * 3 + 2)
+    _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
     dt: tl.constexpr = k_ptr.dtype.element_ty
     offs_k = tl.arange(0, K)
     offs_v = tl.arange(0, V)

@@ -1,14 +1,16 @@
 """Chunked linear attention (see linear_attn.py): the state passes.  Forward: the per-chunk states h
 and the final state; backward: the per-chunk state gradients dh and the initial-state gradient.
 Sequential over a sequence's chunks, or (config "h_seg" = S > 0) the two-level segmented pass.
-Sequence bounds come from cu through _common._seq_bounds (clamped, memory-safe on any cu)."""
+Sequence bounds come from cu through _common._seq_bounds (clamped, memory-safe on any cu), or
+from the program id without cu_seqlens (VARLEN False); see _la_common's chunk helpers.  A table
+(VARLEN) has NTC chunk rows and NSC segment rows: nothing is stored past them (only overlapping
+sequences of invalid cu_seqlens can need more), and unused rows (empty) are skipped."""
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._common import _seq_bounds
-from ._la_common import _dh_chunk_step, _h_chunk_step
+from ._la_common import _chunk_of, _dh_chunk_step, _h_chunk_step, _seg_of, _seg_span, _seq_chunks, _seq_range
 
 
 # ------------------------------------------------------------------------------ state pass
@@ -16,7 +18,8 @@ from ._la_common import _dh_chunk_step, _h_chunk_step
 def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
                   HKV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr,
-                  PREC: tl.constexpr, T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr):
+                  PREC: tl.constexpr, T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
+                  NTC, VARLEN: tl.constexpr):
     """Per-chunk states h[c] (state before chunk c) and the final state. grid (NK*NV, HKV, N).
     Each program owns a [BK, BV] tile of one KV head's state (rows of the state decay
     independently, so K and V tiles never interact) and walks its sequence's chunks in order."""
@@ -25,9 +28,7 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     n = tl.program_id(2)
-    bos, eos = _seq_bounds(cu_ptr, n, NTOK)
-    c0 = tl.load(coff_ptr + n).to(tl.int32)
-    nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
+    bos, eos, c0, nc = _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -39,7 +40,8 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
     for c in range(nc):
         t0 = bos + c * BT
         t1 = tl.minimum(t0 + BT, eos)
-        tl.store(h_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty))
+        tl.store(h_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty),
+                 mask=(tile >= 0) & (c0 + c < NTC))
         b, _ = _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
                              HKV, K, V, BK, GATE, PREC,
                              T, skb, skt, skh, svb, svt, svh, FLAT)
@@ -64,7 +66,8 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
 def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, cu_ptr, seg_ptr,
                       HKV, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
-                      T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr):
+                      T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
+                      S, NTC, VARLEN: tl.constexpr):
     """Pass 1 of the segmented state pass. grid (NK*NV, HKV, NSEG); seg rows (seq, first chunk,
     chunk count, first token)."""
     NV: tl.constexpr = V // BV
@@ -72,11 +75,10 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     sg = tl.program_id(2)
-    n = tl.load(seg_ptr + sg * 4)
-    cf = tl.load(seg_ptr + sg * 4 + 1)
-    ns = tl.load(seg_ptr + sg * 4 + 2)
-    tf = tl.load(seg_ptr + sg * 4 + 3)
-    _, eos = _seq_bounds(cu_ptr, n, NTOK)
+    n, cf, ns, tf = _seg_of(seg_ptr, sg, T, BT, S, VARLEN)
+    if ns <= 0:
+        return
+    _, eos = _seq_range(cu_ptr, n, T, NTOK, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -87,9 +89,10 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
         t0 = tf + i * BT
         t1 = tl.minimum(t0 + BT, eos)
         # the first chunk's local state is zero: pass 3 writes H_start there without reading h
-        tl.store(h_ptr + (c * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty), mask=(tile >= 0) & (i > 0))
+        tl.store(h_ptr + (c * HKV + kvh) * K * V + tile, b.to(h_ptr.dtype.element_ty),
+                 mask=(tile >= 0) & (i > 0) & (c < NTC))
         if GATE > 0:
-            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (i > 0) & (iv == 0))
+            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (i > 0) & (iv == 0) & (c < NTC))
         b, G = _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
                              HKV, K, V, BK, GATE, PREC,
                              T, skb, skt, skh, svb, svt, svh, FLAT)
@@ -103,7 +106,8 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
 @triton.jit
 def _seg_carry_kernel(hs_ptr, dseg_ptr, s0_ptr, st_ptr, segoff_ptr, HKV, K: tl.constexpr, V: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, HAS_S0: tl.constexpr,
-                      STORE_ST: tl.constexpr, REVERSE: tl.constexpr):
+                      STORE_ST: tl.constexpr, REVERSE: tl.constexpr, T, S, BT: tl.constexpr,
+                      VARLEN: tl.constexpr):
     """Pass 2: carry the true state across the segments of sequence n, in place in hs (local end
     state in, true start state out; reversed: local start in, true end out). Stores the last carry
     (final state forward, initial-state gradient reversed). grid (NK*NV, HKV, N)."""
@@ -112,8 +116,7 @@ def _seg_carry_kernel(hs_ptr, dseg_ptr, s0_ptr, st_ptr, segoff_ptr, HKV, K: tl.c
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     n = tl.program_id(2)
-    s_a = tl.load(segoff_ptr + n).to(tl.int32)
-    ns = tl.load(segoff_ptr + n + 1).to(tl.int32) - s_a
+    s_a, ns = _seg_span(segoff_ptr, n, T, BT, S, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -141,7 +144,8 @@ def _seg_carry_kernel(hs_ptr, dseg_ptr, s0_ptr, st_ptr, segoff_ptr, HKV, K: tl.c
 @triton.jit
 def _seg_fix_kernel(h_ptr, hs_ptr, dcum_ptr, chunk_ptr, coff_ptr, segoff_ptr, S, HKV,
                     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    GATE: tl.constexpr, HAS_S0: tl.constexpr, REVERSE: tl.constexpr):
+                    GATE: tl.constexpr, HAS_S0: tl.constexpr, REVERSE: tl.constexpr,
+                    cu_ptr, T, NTOK, BT: tl.constexpr, VARLEN: tl.constexpr):
     """Pass 3: h_c = local_c + exp(dcum_c) * carry(seg) for chunk c, in place in h (float32 math,
     stored in h's dtype). grid (NK*NV, HKV, NT)."""
     NV: tl.constexpr = V // BV
@@ -149,11 +153,12 @@ def _seg_fix_kernel(h_ptr, hs_ptr, dcum_ptr, chunk_ptr, coff_ptr, segoff_ptr, S,
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     c = tl.program_id(2)
-    n = tl.load(chunk_ptr + c * 3)
-    c0 = tl.load(coff_ptr + n).to(tl.int32)
-    nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
-    s_a = tl.load(segoff_ptr + n).to(tl.int32)
-    ns = tl.load(segoff_ptr + n + 1).to(tl.int32) - s_a
+    n, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
+    if t1 <= t0:
+        return
+    _, _, c0, nc = _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT, VARLEN)
+    s_a, _ = _seg_span(segoff_ptr, n, T, BT, S, VARLEN)
+    ns = (nc + S - 1) // S                         # uncapped (a table's segoff is capped)
     cl = c - c0
     sl = cl // S
     j = cl % S
@@ -187,7 +192,8 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
                    H, HKV, K: tl.constexpr, V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
-                   T, NTOK, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr):
+                   T, NTOK, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr,
+                   NTC, VARLEN: tl.constexpr):
     """dh[c] = gradient w.r.t. the state at the end of chunk c, walking chunks backwards; sums the
     H/HKV query heads of the KV head. Ends with the initial-state gradient. grid (NK*NV, HKV, N)."""
     NV: tl.constexpr = V // BV
@@ -195,9 +201,7 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     n = tl.program_id(2)
-    bos, eos = _seq_bounds(cu_ptr, n, NTOK)
-    c0 = tl.load(coff_ptr + n).to(tl.int32)
-    nc = tl.load(coff_ptr + n + 1).to(tl.int32) - c0
+    bos, eos, c0, nc = _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -210,7 +214,8 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
         c = nc - 1 - ci
         t0 = bos + c * BT
         t1 = tl.minimum(t0 + BT, eos)
-        tl.store(dh_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty))
+        tl.store(dh_ptr + ((c0 + c).to(tl.int64) * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty),
+                 mask=(tile >= 0) & (c0 + c < NTC))
         b, _ = _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
                               scale, H, HKV, K, V, BK, GATE, PREC,
                               T, sqb, sqt, sqh, sdb, sdt, sdh, FLAT)
@@ -222,7 +227,8 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
 def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr, cu_ptr, seg_ptr, scale,
                        H, HKV, K: tl.constexpr, V: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                       PREC: tl.constexpr, T, NTOK, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr):
+                       PREC: tl.constexpr, T, NTOK, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr,
+                       S, NTC, VARLEN: tl.constexpr):
     """Pass 1 of the segmented dh pass (see _fwd_h_seg_kernel): walks the segment's chunks backwards
     from a zero gradient; local dh of every chunk but the segment's last into dh, the local gradient
     at the segment start into hs, log decays into dseg / dcum (dcum_c: from the end of chunk c to
@@ -232,11 +238,10 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
     iv = tl.program_id(0) % NV
     kvh = tl.program_id(1)
     sg = tl.program_id(2)
-    n = tl.load(seg_ptr + sg * 4)
-    cf = tl.load(seg_ptr + sg * 4 + 1)
-    ns = tl.load(seg_ptr + sg * 4 + 2)
-    tf = tl.load(seg_ptr + sg * 4 + 3)
-    _, eos = _seq_bounds(cu_ptr, n, NTOK)
+    n, cf, ns, tf = _seg_of(seg_ptr, sg, T, BT, S, VARLEN)
+    if ns <= 0:
+        return
+    _, eos = _seq_range(cu_ptr, n, T, NTOK, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
     tile = offs_k[:, None] * V + offs_v[None, :]
@@ -247,9 +252,10 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
         c = (cf + i).to(tl.int64)
         t0 = tf + i * BT
         t1 = tl.minimum(t0 + BT, eos)
-        tl.store(dh_ptr + (c * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty), mask=(tile >= 0) & (ci > 0))
+        tl.store(dh_ptr + (c * HKV + kvh) * K * V + tile, b.to(dh_ptr.dtype.element_ty),
+                 mask=(tile >= 0) & (ci > 0) & (c < NTC))
         if GATE > 0:
-            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (ci > 0) & (iv == 0))
+            tl.store(dcum_ptr + (c * HKV + kvh) * K + offs_k, dsum, mask=(offs_k >= 0) & (ci > 0) & (iv == 0) & (c < NTC))
         b, G = _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, t0 + tl.arange(0, BT), t1, kvh, offs_k, offs_v,
                               scale, H, HKV, K, V, BK, GATE, PREC,
                               T, sqb, sqt, sqh, sdb, sdt, sdh, FLAT)

@@ -27,7 +27,11 @@ selects a two-level pass (segments of S chunks in parallel from zero, a short se
 the segments, then a parallel fix-up of every chunk's state) for both h and dh, same outputs.
 
 Everything runs on packed tokens: a batch [B, T] is treated as B sequences of length T (varlen
-with cu_seqlens = 0, T, 2T, ...), so there is one code path.
+with cu_seqlens = 0, T, 2T, ...), so there is one code path.  Where the chunks are: without
+cu_seqlens the kernels derive a chunk's sequence and tokens from the program id (constexpr VARLEN
+False, no table, no per-call host work); with cu_seqlens one small kernel builds the chunk /
+segment tables on the device, sized by bounds known on the host (see _Tables), and the kernels
+skip the unused (empty) rows.  Nothing is ever read back to the host.
 
 Layout: q, k, v, g and grad_o whose last dimension has stride 1 are read in place through their
 batch / time / head strides (slices along T, splits of a fused projection, a transposed batch,
@@ -38,8 +42,12 @@ output and gradient is a new contiguous tensor.
 cu_seqlens is never trusted (the host data checks are off by default): sequence n covers tokens
 [clamp(cu[n], 0, T), clamp(cu[n+1], start, T)), so no kernel reads or writes out of bounds
 whatever cu_seqlens holds; a decreasing pair is an empty sequence (its final state is the initial
-state), and tokens outside every sequence have unspecified o (no gradient is written there either).
-The chunk tables are built on the host: one host sync when cu_seqlens is given.
+state), and tokens outside every sequence get zeros (o and every gradient: with cu_seqlens the
+outputs are zero-filled first).  Sequences can overlap only when cu_seqlens is invalid: the rows
+they share, and through them their final states, are then unspecified (finite, in bounds; the
+chunk-local gate cumsum of a shared token is written by both).  If the overlap makes more chunks
+than the table bound cdiv(T, BT) + N, the chunks past it are skipped (their rows keep zeros or
+the other sequence's values), still in bounds.
 
 Files: _la_common.py (jit helpers, gate cumsum), _la_state.py (state / dh passes), _la_fwd.py
 (output pass), _la_bwd.py (backward), _common.py (strides, varlen bounds); this module holds the
@@ -102,20 +110,30 @@ def _tuning_path(backend: str) -> str:
 
 
 _CONFIG_CACHE: dict = {}
+_MERGED: dict = {}
+
+
+def _config(K: int, V: int, gate: str, dtype: torch.dtype, backend: str) -> dict:
+    """load_config's dict, cached per signature and shared: read it, never change it."""
+    key = (K, V, gate, dtype == torch.float32, backend)
+    cfg = _MERGED.get(key)
+    if cfg is None:
+        path = _tuning_path(backend)
+        if path not in _CONFIG_CACHE:
+            with open(path) as f:
+                _CONFIG_CACHE[path] = json.load(f)
+        table = _CONFIG_CACHE[path]
+        name = f"K{K}_V{V}_{gate}_{'fp32' if dtype == torch.float32 else '16bit'}"
+        cfg = dict(table["default"])
+        cfg.update(table.get("configs", {}).get(name, {}))
+        _MERGED[key] = cfg
+    return cfg
 
 
 def load_config(K: int, V: int, gate: str, dtype: torch.dtype, backend: str = "cuda") -> dict:
     """The tuned config for (K, V, gate mode, dtype class): the json's "default" entry updated
-    with the entry keyed "K{K}_V{V}_{gate}_{16bit|fp32}" when present."""
-    path = _tuning_path(backend)
-    if path not in _CONFIG_CACHE:
-        with open(path) as f:
-            _CONFIG_CACHE[path] = json.load(f)
-    table = _CONFIG_CACHE[path]
-    key = f"K{K}_V{V}_{gate}_{'fp32' if dtype == torch.float32 else '16bit'}"
-    cfg = dict(table["default"])
-    cfg.update(table.get("configs", {}).get(key, {}))
-    return cfg
+    with the entry keyed "K{K}_V{V}_{gate}_{16bit|fp32}" when present (a new dict each call)."""
+    return dict(_config(K, V, gate, dtype, backend))
 
 
 def _check_inputs(q, k, v, g, initial_state, cu_seqlens):
@@ -163,25 +181,61 @@ def _check_inputs(q, k, v, g, initial_state, cu_seqlens):
     return B, T, H, HKV, K, V, N, gate
 
 
+# ------------------------------------------------------------------- chunk / segment tables
+class _Tables:
+    """Where the chunks (and the two-level pass's segments) are.
+
+    Without cu_seqlens nothing is built: VARLEN is False and the kernels derive a chunk's
+    (seq, t0, t1) and a segment's rows from the program id (_la_common._chunk_of / _seg_of); the
+    tensor fields are placeholders the kernels never read.  With cu_seqlens the tables are built
+    on the device by one _la_tables_kernel launch, never read back: NT and NSEG are then upper
+    bounds known on the host, NT = cdiv(T, BT) + N chunk rows (sum over sequences of
+    cdiv(len, BT) <= T / BT + N when the sequences do not overlap) and NSEG = cdiv(NT, S) + N
+    segment rows (enough for the segment of every chunk row), rows past the real count empty."""
+    __slots__ = ("varlen", "cu", "coff", "chunks", "NT", "S", "segoff", "seg", "NSEG")
+
+
+_TABLE_BLK, _TABLE_BN = 64, 64   # table rows per program, sequences per scan step
+
+
+def _make_tables(cu_seqlens, B, T, BT, S, like):
+    tab = _Tables()
+    tab.S = S
+    per = triton.cdiv(T, BT)
+    if cu_seqlens is None:
+        tab.varlen = False
+        tab.cu = tab.coff = tab.chunks = tab.segoff = tab.seg = like
+        tab.NT = B * per
+        tab.NSEG = B * triton.cdiv(per, S) if S > 0 else 0
+        return tab
+    dev = like.device
+    cu = cu_seqlens if cu_seqlens.device == dev else cu_seqlens.to(dev)
+    cu = cu.contiguous()
+    N = cu.numel() - 1
+    NT = per + N                                   # B == 1 with cu_seqlens
+    NSEG = triton.cdiv(NT, S) + N if S > 0 else 0
+    buf = torch.empty(2 * (N + 1) + 3 * NT + 4 * NSEG, dtype=torch.int32, device=dev)
+    a, b = 2 * (N + 1), 2 * (N + 1) + 3 * NT
+    tab.varlen, tab.cu, tab.NT, tab.NSEG = True, cu, NT, NSEG
+    tab.coff, tab.segoff = buf[:N + 1], buf[N + 1:a]
+    tab.chunks, tab.seg = buf[a:b].view(NT, 3), buf[b:].view(NSEG, 4)
+    _la_tables_kernel[(triton.cdiv(max(NT, NSEG, 1), _TABLE_BLK),)](
+        cu, tab.coff, tab.chunks, tab.segoff, tab.seg, N, T, NT, NSEG, max(S, 1), BT=BT, HAS_SEG=S > 0,
+        BLK=_TABLE_BLK, BN=_TABLE_BN, num_warps=4)
+    return tab
+
+
 def _chunk_tables(cu_seqlens, B, T, BT, device, S=0):
-    """cu [N+1] int64, per-sequence first chunk coff [N+1] int64 and chunk rows (seq, t0, t1) int32
-    on device, plus the total chunk count and, for S > 0, the segment tables of the two-level state
-    pass (else None). One host sync when cu_seqlens is given.  Sequence bounds are clamped as the
-    kernels clamp them (_common._seq_bounds), so no chunk leaves [0, B*T) whatever cu holds."""
-    return _tables(cu_seqlens, B, T, BT, device, S)[:5]
-
-
-def _tables(cu_seqlens, B, T, BT, device, S=0):
-    """_chunk_tables plus whether the sequences cover every token exactly once (else the outputs
-    and gradients are zero-filled first, so tokens outside every sequence hold zeros)."""
+    """Host reference of the tables (for tests; the launchers never call it): cu [N+1] int64,
+    coff [N+1] int64, chunk rows (seq, t0, t1) int32 [NT, 3] with the exact NT, and for S > 0 a
+    dict of the segment tables (S, segoff, seg rows (seq, first chunk, count, first token), NSEG),
+    else None.  Reads cu_seqlens on the host.  Bounds clamped as _common._seq_bounds."""
     if cu_seqlens is None:
         cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int64)[: B + 1]
     else:
         cu = cu_seqlens.detach().to("cpu", torch.int64)
     s, e = _common.sanitize_cu_host(cu, B * T)
-    lens = e - s
-    covered = bool(len(s) > 0 and s[0] == 0 and e[-1] == B * T and bool((e[:-1] == s[1:]).all())) or B * T == 0
-    nch = (lens + BT - 1) // BT
+    nch = (e - s + BT - 1) // BT
     coff = torch.zeros(len(nch) + 1, dtype=torch.int64)
     coff[1:] = torch.cumsum(nch, 0)
     NT = int(coff[-1])
@@ -189,25 +243,21 @@ def _tables(cu_seqlens, B, T, BT, device, S=0):
     t0 = s[seq] + (torch.arange(NT) - coff[seq]) * BT
     t1 = torch.minimum(t0 + BT, e[seq])
     chunks = torch.stack([seq, t0, t1], 1).to(torch.int32)
-    seg = _seg_tables(s, nch, coff, BT, S, device) if S > 0 else None
-    return cu.to(device), coff.to(device), chunks.to(device), NT, seg, covered
+    seg = None
+    if S > 0:
+        nseg = (nch + S - 1) // S
+        segoff = torch.zeros(len(nseg) + 1, dtype=torch.int64)
+        segoff[1:] = torch.cumsum(nseg, 0)
+        NSEG = int(segoff[-1])
+        sq = torch.repeat_interleave(torch.arange(len(nseg)), nseg)
+        first = (torch.arange(NSEG) - segoff[sq]) * S                       # chunk index in its sequence
+        cnt = torch.minimum(nch[sq] - first, torch.full_like(first, S))
+        rows = torch.stack([sq, coff[sq] + first, cnt, s[sq] + first * BT], 1).to(torch.int32)
+        seg = {"S": S, "segoff": segoff.to(device), "seg": rows.to(device), "NSEG": NSEG}
+    return cu.to(device), coff.to(device), chunks.to(device), NT, seg
 
 
-def _seg_tables(starts, nch, coff, BT, S, device):
-    """Segments of S chunks per sequence (the last one of a sequence may be shorter; none crosses a
-    sequence boundary): dict with S, segoff [N+1] int64 (first segment of each sequence), seg rows
-    (seq, first chunk, chunk count, first token) int32 [NSEG, 4] on device, and NSEG."""
-    nseg = (nch + S - 1) // S
-    segoff = torch.zeros(len(nseg) + 1, dtype=torch.int64)
-    segoff[1:] = torch.cumsum(nseg, 0)
-    NSEG = int(segoff[-1])
-    sq = torch.repeat_interleave(torch.arange(len(nseg)), nseg)
-    first = (torch.arange(NSEG) - segoff[sq]) * S                       # chunk index in its sequence
-    cnt = torch.minimum(nch[sq] - first, torch.full_like(first, S))
-    rows = torch.stack([sq, coff[sq] + first, cnt, starts[sq] + first * BT], 1).to(torch.int32)
-    return {"S": S, "segoff": segoff.to(device), "seg": rows.to(device), "NSEG": NSEG}
-
-
+# ------------------------------------------------------------------------------ launchers
 def _prec(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -218,26 +268,27 @@ def _strides(prefix, t):
     return {f"{prefix}b": sb, f"{prefix}t": st, f"{prefix}h": sh}
 
 
-def _gate_cumsum(g, gate, chunks, NT, HKV, K, BT, aux_warps):
+def _gate_cumsum(g, gate, tab, HKV, K, BT, aux_warps):
     """Chunk-local cumulative gate, float32 contiguous [B, T, HKV(, K)]; g read through its strides."""
     T = g.shape[1]
     gc = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-    if NT > 0:
-        _gate_cumsum_kernel[(NT, HKV)](g, gc, chunks, HKV=HKV, K=K, T=T, **_strides("sg", g), BT=BT, GATE=gate,
-                                       FLAT=flat_ok(T, g), num_warps=aux_warps)
+    if tab.NT > 0:
+        _gate_cumsum_kernel[(tab.NT, HKV)](g, gc, tab.chunks, HKV=HKV, K=K, T=T, **_strides("sg", g), BT=BT,
+                                           GATE=gate, FLAT=flat_ok(T, g), VARLEN=tab.varlen, num_warps=aux_warps)
     return gc
 
 
-def _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, device, lay):
+def _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay):
     """Per-chunk states h [NT, HKV, K, V] (float32 for float32 inputs, else the input dtype) and
     the final states [N, HKV, K, V] float32."""
     BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
-    h = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=device)
+    h = torch.empty(tab.NT, HKV, K, V, dtype=k.dtype, device=device)
     ht = torch.empty(N, HKV, K, V, dtype=torch.float32, device=device)
     grid = ((K // BK) * (V // BV), HKV, N)
-    _fwd_h_kernel[grid](k, v, gc if gc is not None else k, h, h0 if h0 is not None else ht, ht, cu, coff,
+    _fwd_h_kernel[grid](k, v, gc if gc is not None else k, h, h0 if h0 is not None else ht, ht, tab.cu, tab.coff,
                         HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, HAS_H0=h0 is not None,
-                        PREC=_prec(k.dtype), **lay["kv"], num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+                        PREC=_prec(k.dtype), **lay["kv"], NTC=tab.NT, VARLEN=tab.varlen,
+                        num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
     return h, ht
 
 
@@ -247,55 +298,61 @@ def _seg_tiles(cfg, K, V):
     return (min(cfg["h_BK"], K), min(cfg["h_BV"], V), min(cfg.get("seg_fix_BK", 32), K), V)
 
 
-def _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, device, lay):
+def _seg_bufs(tab, HKV, K, V, gate, device):
+    """Pass-1 outputs of the two-level pass: local end states hs, segment / chunk log decays."""
+    hs = torch.empty(max(tab.NSEG, 1), HKV, K, V, dtype=torch.float32, device=device)
+    dseg = torch.empty(max(tab.NSEG, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    dcum = torch.empty(max(tab.NT, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    return hs, dseg, dcum
+
+
+def _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay):
     """Two-level state pass (config "h_seg" = S > 0): same outputs as _states (h in its dtype and
     layout, ht float32), see _la_state._fwd_h_seg_kernel for the three passes."""
     BK, BV, BK3, BV3 = _seg_tiles(cfg, K, V)
-    NSEG = seg["NSEG"]
-    h = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=device)
+    BT, T, S = cfg["BT"], lay["kv"]["T"], tab.S
+    h = torch.empty(tab.NT, HKV, K, V, dtype=k.dtype, device=device)
     ht = torch.empty(N, HKV, K, V, dtype=torch.float32, device=device)
-    hs = torch.empty(max(NSEG, 1), HKV, K, V, dtype=torch.float32, device=device)
-    dseg = torch.empty(max(NSEG, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
-    dcum = torch.empty(max(NT, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    hs, dseg, dcum = _seg_bufs(tab, HKV, K, V, gate, device)
     nw, ns = cfg["h_warps"], cfg["num_stages"]
-    if NSEG > 0:
-        _fwd_h_seg_kernel[((K // BK) * (V // BV), HKV, NSEG)](
-            k, v, gc if gc is not None else k, h, hs, dseg, dcum, cu, seg["seg"],
-            HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, PREC=_prec(k.dtype), **lay["kv"],
-            num_warps=nw, num_stages=ns)
+    if tab.NSEG > 0:
+        _fwd_h_seg_kernel[((K // BK) * (V // BV), HKV, tab.NSEG)](
+            k, v, gc if gc is not None else k, h, hs, dseg, dcum, tab.cu, tab.seg,
+            HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(k.dtype), **lay["kv"],
+            S=S, NTC=tab.NT, VARLEN=tab.varlen, num_warps=nw, num_stages=ns)
     _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
-        hs, dseg, h0 if h0 is not None else ht, ht, seg["segoff"], HKV=HKV, K=K, V=V, BK=BK, BV=BV,
-        GATE=gate, HAS_S0=h0 is not None, STORE_ST=True, REVERSE=False, num_warps=nw)
-    if NT > 0:
-        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, NT)](
-            h, hs, dcum, chunks, coff, seg["segoff"], seg["S"], HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
-            GATE=gate, HAS_S0=h0 is not None, REVERSE=False, num_warps=cfg["aux_warps"])
+        hs, dseg, h0 if h0 is not None else ht, ht, tab.segoff, HKV=HKV, K=K, V=V, BK=BK, BV=BV,
+        GATE=gate, HAS_S0=h0 is not None, STORE_ST=True, REVERSE=False, T=T, S=S, BT=BT, VARLEN=tab.varlen,
+        num_warps=nw)
+    if tab.NT > 0:
+        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, tab.NT)](
+            h, hs, dcum, tab.chunks, tab.coff, tab.segoff, S, HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
+            GATE=gate, HAS_S0=h0 is not None, REVERSE=False, cu_ptr=tab.cu, T=T, NTOK=lay["kv"]["NTOK"], BT=BT,
+            VARLEN=tab.varlen, num_warps=cfg["aux_warps"])
     return h, ht
 
 
-def _dh_seg(q, do, gc, gate, dht, dh0, scale, cu, coff, chunks, seg, NT, H, HKV, K, V, cfg, device, lay):
-    """Two-level reverse dh pass: fills dh [NT, HKV, K, V] (k's dtype) and, when given, dh0."""
+def _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, device, lay):
+    """Two-level reverse dh pass: fills dh [NT, HKV, K, V] (q's dtype) and, when given, dh0."""
     BK, BV, BK3, BV3 = _seg_tiles(cfg, K, V)
-    NSEG = seg["NSEG"]
-    N = coff.numel() - 1
-    dh = torch.empty(NT, HKV, K, V, dtype=q.dtype, device=device)
-    hs = torch.empty(max(NSEG, 1), HKV, K, V, dtype=torch.float32, device=device)
-    dseg = torch.empty(max(NSEG, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
-    dcum = torch.empty(max(NT, 1), HKV, K, dtype=torch.float32, device=device) if gate else hs
+    BT, T, S = cfg["BT"], lay["qdo"]["T"], tab.S
+    dh = torch.empty(tab.NT, HKV, K, V, dtype=q.dtype, device=device)
+    hs, dseg, dcum = _seg_bufs(tab, HKV, K, V, gate, device)
     nw, ns = cfg["h_warps"], cfg["num_stages"]
-    if NSEG > 0:
-        _bwd_dh_seg_kernel[((K // BK) * (V // BV), HKV, NSEG)](
-            q, do, gc if gc is not None else q, dh, hs, dseg, dcum, cu, seg["seg"], float(scale),
-            H=H, HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, PREC=_prec(q.dtype), **lay["qdo"],
-            num_warps=nw, num_stages=ns)
+    if tab.NSEG > 0:
+        _bwd_dh_seg_kernel[((K // BK) * (V // BV), HKV, tab.NSEG)](
+            q, do, gc if gc is not None else q, dh, hs, dseg, dcum, tab.cu, tab.seg, float(scale),
+            H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q.dtype), **lay["qdo"],
+            S=S, NTC=tab.NT, VARLEN=tab.varlen, num_warps=nw, num_stages=ns)
     _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
-        hs, dseg, dht if dht is not None else hs, dh0 if dh0 is not None else hs, seg["segoff"],
+        hs, dseg, dht if dht is not None else hs, dh0 if dh0 is not None else hs, tab.segoff,
         HKV=HKV, K=K, V=V, BK=BK, BV=BV, GATE=gate, HAS_S0=dht is not None, STORE_ST=dh0 is not None,
-        REVERSE=True, num_warps=nw)
-    if NT > 0:
-        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, NT)](
-            dh, hs, dcum, chunks, coff, seg["segoff"], seg["S"], HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
-            GATE=gate, HAS_S0=dht is not None, REVERSE=True, num_warps=cfg["aux_warps"])
+        REVERSE=True, T=T, S=S, BT=BT, VARLEN=tab.varlen, num_warps=nw)
+    if tab.NT > 0:
+        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, tab.NT)](
+            dh, hs, dcum, tab.chunks, tab.coff, tab.segoff, S, HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
+            GATE=gate, HAS_S0=dht is not None, REVERSE=True, cu_ptr=tab.cu, T=T, NTOK=lay["qdo"]["NTOK"], BT=BT,
+            VARLEN=tab.varlen, num_warps=cfg["aux_warps"])
     return dh
 
 
@@ -317,40 +374,41 @@ def _layout(q, k, v, do=None):
 
 def _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend):
     B, T, H, HKV, K, V, N, gate = _check_inputs(q, k, v, g, initial_state, cu_seqlens)
-    cfg = config if config is not None else load_config(K, V, _GATE_NAMES[gate], q.dtype, backend)
+    cfg = config if config is not None else _config(K, V, _GATE_NAMES[gate], q.dtype, backend)
     if cfg["BT"] % _SUB != 0:
         raise ValueError(f"linear_attn: config BT = {cfg['BT']} must be a multiple of {_SUB}")
     S = int(cfg.get("h_seg", 0) or 0)
     if S < 0:
         raise ValueError(f"linear_attn: config h_seg = {S} must be >= 0 (0: sequential state pass)")
-    cu, coff, chunks, NT, seg, covered = _tables(cu_seqlens, B, T, cfg["BT"], q.device, S)
     q, k, v = in_place(q), in_place(k), in_place(v)
+    tab = _make_tables(cu_seqlens, B, T, cfg["BT"], S, q)
     if g is not None:   # a per-head gate [B, T, HKV] is read through all its strides, a per-key one needs a unit last stride
-        gc = _gate_cumsum(g if gate == _GATE_HEAD else in_place(g), gate, chunks, NT, HKV, K, cfg["BT"], cfg["aux_warps"])
+        gc = _gate_cumsum(g if gate == _GATE_HEAD else in_place(g), gate, tab, HKV, K, cfg["BT"], cfg["aux_warps"])
     else:
         gc = None
     h0 = initial_state.contiguous() if initial_state is not None else None
-    # tokens outside every sequence (only with invalid cu_seqlens) get zeros, never stale memory
-    alloc = torch.empty if covered else torch.zeros
-    return (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg, q, k, v, gc, h0, alloc)
+    # with cu_seqlens, tokens outside every sequence get zeros (whether there are any is not
+    # known on the host without a sync)
+    alloc = torch.zeros if tab.varlen else torch.empty
+    return (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, h0, alloc)
 
 
 def linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, *, config=None, backend="cuda"):
     """Forward of sbops::linear_attn. Returns (o [B,T,H,V] in q.dtype, final_state [N,HKV,K,V] float32),
     both contiguous.  q/k/v/g are read in place when their last stride is 1, else copied first."""
-    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg,
-     q, k, v, gc, h0, alloc) = _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend)
+    (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, h0, alloc) = _prepare(
+        q, k, v, g, initial_state, cu_seqlens, config, backend)
     lay = _layout(q, k, v)
-    if seg is None:
-        h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, q.device, lay)
+    if tab.S == 0:
+        h, ht = _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
     else:
-        h, ht = _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, q.device, lay)
+        h, ht = _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
     o = alloc(B, T, H, V, dtype=q.dtype, device=q.device)
-    if NT > 0:
-        _fwd_o_kernel[(cfg["BT"] // _SUB, NT, HKV)](q, k, v, gc if gc is not None else q, h, o, chunks, float(scale),
-                                                     H, HKV, K=K, V=V, BT=cfg["BT"], GATE=gate,
-                                                     PREC=_prec(q.dtype), **lay["qkv"], num_warps=cfg["o_warps"],
-                                                     num_stages=cfg["num_stages"])
+    if tab.NT > 0:
+        _fwd_o_kernel[(cfg["BT"] // _SUB, tab.NT, HKV)](
+            q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
+            GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
+            num_stages=cfg["num_stages"])
     return o, ht
 
 
@@ -359,50 +417,51 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
     """Backward of sbops::linear_attn. Returns (dq, dk, dv, dg, dinitial_state), all new contiguous
     tensors; dg is empty(0) float32 without g, dinitial_state is empty(0) without initial_state.
     q/k/v/g/grad_o are read in place when their last stride is 1, else copied first."""
-    (B, T, H, HKV, K, V, N, gate, cfg, cu, coff, chunks, NT, seg,
-     q, k, v, gc, h0, alloc) = _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend)
+    (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, h0, alloc) = _prepare(
+        q, k, v, g, initial_state, cu_seqlens, config, backend)
     dev = q.device
-    BT = cfg["BT"]
+    BT, NT, VL = cfg["BT"], tab.NT, tab.varlen
     do = in_place(grad_o)
     dht = grad_final_state.contiguous() if grad_final_state is not None else None
     lay = _layout(q, k, v, do)
-    if seg is None:
-        h, ht = _states(k, v, gc, gate, h0, cu, coff, N, NT, HKV, K, V, cfg, dev, lay)
+    if tab.S == 0:
+        h, ht = _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
     else:
-        h, ht = _states_seg(k, v, gc, gate, h0, cu, coff, chunks, seg, N, NT, HKV, K, V, cfg, dev, lay)
+        h, ht = _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
 
     # dh pass (reverse), summing the query heads of each KV head
     BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
     dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
-    if seg is not None:
-        dh = _dh_seg(q, do, gc, gate, dht, dh0, scale, cu, coff, chunks, seg, NT, H, HKV, K, V, cfg, dev, lay)
+    if tab.S > 0:
+        dh = _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
     else:
         dh = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=dev)
         _bwd_dh_kernel[((K // BK) * (V // BV), HKV, N)](
             q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
-            cu, coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
+            tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
             HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype), **lay["qdo"],
-            num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+            NTC=NT, VARLEN=VL, num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
 
     dq = alloc(q.shape, dtype=q.dtype, device=dev)
     dk = alloc(k.shape, dtype=k.dtype, device=dev)
     dv = alloc(v.shape, dtype=v.dtype, device=dev)
-    db = alloc(gc.shape, dtype=torch.float32, device=dev) if gc is not None else None
+    # d b is read back only inside the chunks that wrote it: never zero-filled
+    db = torch.empty(gc.shape, dtype=torch.float32, device=dev) if gc is not None else None
     dq_ext = bool(cfg.get("dq_state_kernel", False))
     dqs = dq
     if dq_ext and NT > 0:
         # the dO h^T term of dq in its own kernel (V in tiles), so the main kernel holds no state tile
         dqs = torch.empty(q.shape, dtype=torch.float32, device=dev)
         _bwd_dq_state_kernel[(NT, H)](
-            do, h, gc if gc is not None else q, dqs, chunks, H=H, HKV=HKV, K=K, V=V, BT=BT,
-            BV=min(cfg.get("dq_BV", 32), V), GATE=gate, PREC=_prec(q.dtype), **lay["do"],
+            do, h, gc if gc is not None else q, dqs, tab.chunks, H=H, HKV=HKV, K=K, V=V, BT=BT,
+            BV=min(cfg.get("dq_BV", 32), V), GATE=gate, PREC=_prec(q.dtype), **lay["do"], VARLEN=VL,
             num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
     try:
         if NT > 0:
             _bwd_main_kernel[(BT // _SUB, NT, HKV)](
-                q, k, v, gc if gc is not None else q, h, dh, do, dq, dk, dv, db if db is not None else dq, chunks,
+                q, k, v, gc if gc is not None else q, h, dh, do, dq, dk, dv, db if db is not None else dq, tab.chunks,
                 dqs, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, GATE=gate, PREC=_prec(q.dtype), **lay["all"],
-                DQ_STATE_EXT=dq_ext, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
+                DQ_STATE_EXT=dq_ext, VARLEN=VL, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
     except triton.runtime.errors.OutOfResources as e:
         # e.g. float32 inputs with K = V = 128 need more shared memory than an H100 block has
         raise RuntimeError(f"linear_attn_bwd (triton): {q.dtype} K={K} V={V} gate={_GATE_NAMES[gate]} does not "
@@ -412,8 +471,9 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
         dg = alloc(g.shape, dtype=g.dtype, device=dev)
         BKG = min(32, K) if gate == _GATE_KEY else K
         if NT > 0:
-            _bwd_dg_kernel[(NT, HKV, K // BKG)](db, dg, h, ht, dh, chunks, cu, HKV=HKV, K=K, V=V, BT=BT, BK=BKG,
-                                                GATE=gate, NTOK=B * T, num_warps=cfg["aux_warps"])
+            _bwd_dg_kernel[(NT, HKV, K // BKG)](db, dg, h, ht, dh, tab.chunks, tab.cu, HKV=HKV, K=K, V=V, BT=BT,
+                                               BK=BKG, GATE=gate, NTOK=B * T, T=T, VARLEN=VL,
+                                               num_warps=cfg["aux_warps"])
     else:
         dg = torch.empty(0, dtype=torch.float32, device=dev)
     if dh0 is None:

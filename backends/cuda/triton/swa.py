@@ -13,7 +13,8 @@ Design
   that intersect the window of its query block, in three phases: the left edge of the window
   (masked), the blocks every row sees completely (no mask), the diagonal (causal mask). Sinks
   are a fourth, first phase over the sink rows. Online softmax in float32 with exp2.
-  ``window < 0`` (or a window >= the longest sequence) is run as ``window = max_len``.
+  ``window < 0`` (or a window >= every sequence's length bound: T, or max_seqlen when given) is
+  run as ``window = `` that bound.
 * Backward (three launches, a fourth with sinks; no atomics, deterministic):
   1. ``delta = rowsum(dO * O) - grad_lse`` (float32, [B,T,H]);
   2. dK/dV: one program per (KV head, key block, sequence) loops over the G query heads of its
@@ -52,8 +53,10 @@ cu_seqlens is never trusted (the host data checks are off by default): the kerne
 sequence n to tokens [clamp(cu[n], 0, T), clamp(cu[n+1], start, T)), so nothing is read or
 written out of bounds whatever cu_seqlens holds; a decreasing pair is an empty sequence,
 overlapping sequences write their shared rows twice (either result), tokens outside every
-sequence get zeros (o, lse, dq, dk, dv).  The grid still needs the longest sequence: one host
-sync unless the caller passes max_seqlen (which must then be >= the longest sequence).
+sequence get zeros (o, lse, dq, dk, dv).  Nothing is read back to the host: the grid covers
+max_seqlen query / key blocks per sequence when the caller passes it (it must then be >= the
+longest sequence; rows past it get zeros), else T, and the blocks past a sequence's end exit at
+once.  ``window < 0`` (or a window >= that bound) runs as window = the bound.
 
 Files: _swa_fwd.py (forward kernel), _swa_bwd.py (backward kernels), _common.py (varlen bounds,
 stride rules); this module holds the configs and launchers and re-exports every kernel.
@@ -127,13 +130,28 @@ def default_config(kind: str, head_dim: int, dtype: torch.dtype, backend: str = 
     raise KeyError(f"swa.json ({backend}) has no {kind} config for head dim {head_dim}")
 
 
-def _resolve_config(config, kind, head_dim, dtype, backend):
+_RESOLVED: dict = {}
+
+
+def _merged_config(config, kind, head_dim, dtype, backend):
     cfg = default_config(kind, head_dim, dtype, backend)
     if config:
         cfg.update(config)
     for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"):
         if key not in cfg:
             raise KeyError(f"swa {kind} config lacks {key}: {cfg}")
+    return cfg
+
+
+def _resolve_config(config, kind, head_dim, dtype, backend):
+    """The launch config: the tuned one updated with ``config``.  Without ``config`` it is cached
+    per signature and shared (read it, never change it)."""
+    if config:
+        return _merged_config(config, kind, head_dim, dtype, backend)
+    key = (kind, head_dim, dtype, backend)
+    cfg = _RESOLVED.get(key)
+    if cfg is None:
+        cfg = _RESOLVED[key] = _merged_config(None, kind, head_dim, dtype, backend)
     return cfg
 
 
@@ -177,13 +195,12 @@ def _prepare(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen):
     """Common launch parameters: (N, max_len, window_eff, scale, cu, sinks, M, PREC)."""
     B, T, H, D = q.shape
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=q.device).contiguous()   # int32 or int64: the kernels clamp either
+        cu = cu_seqlens if cu_seqlens.device == q.device else cu_seqlens.to(q.device)
+        cu = cu.contiguous()                               # int32 or int64: the kernels clamp either
         N = cu.numel() - 1
-        # the grid needs the longest sequence: one host sync unless the caller passes it; no
-        # clamped sequence is longer than T or than its raw length, so min(raw max, T) covers all
-        max_len = int(max_seqlen) if max_seqlen is not None else (
-            int((cu[1:] - cu[:-1]).max().item()) if N > 0 else 0)
-        max_len = max(0, min(max_len, T))
+        # no host sync: the grid is sized by max_seqlen when the caller passes it, else by T (no
+        # clamped sequence is longer); blocks past their sequence's end exit at once
+        max_len = T if max_seqlen is None else max(0, min(int(max_seqlen), T))
     else:
         cu = None
         N, max_len = B, T

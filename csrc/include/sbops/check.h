@@ -35,6 +35,14 @@ inline constexpr ScalarType kByte = ScalarType::Byte, kChar = ScalarType::Char, 
                             kFloat = ScalarType::Float, kDouble = ScalarType::Double,
                             kBFloat16 = ScalarType::BFloat16, kBool = ScalarType::Bool;
 
+// shape equality (torch 2.10/2.11's HeaderOnlyArrayRef has no operator==; 2.13's has)
+inline bool same_sizes(IntArrayRef a, IntArrayRef b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
 inline bool is_floating(ScalarType t) {
   return t == kFloat || t == kDouble || t == kHalf || t == kBFloat16 || t == ScalarType::Float8_e4m3fn ||
          t == ScalarType::Float8_e5m2 || t == ScalarType::Float8_e4m3fnuz || t == ScalarType::Float8_e5m2fnuz;
