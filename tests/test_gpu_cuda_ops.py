@@ -455,7 +455,7 @@ def test_linear_attn_decode_reads_views_and_strided_state(ops, how, gate, dtype,
         else:
             buf = torch.randn(S, HKV, K, K + 1, device=DEV).to(sdtype)
             state = buf[..., :K]
-        dense = state.contiguous()
+        dense = state.clone(memory_format=torch.contiguous_format)   # a copy even when state is contiguous
         untouched = buf.clone()
         o = ops.linear_attn_decode(q, k, v, g, state, idx, K ** -0.5)
         o0 = ops.linear_attn_decode(q.contiguous(), k.contiguous(), v.contiguous(),

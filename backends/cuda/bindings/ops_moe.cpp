@@ -162,7 +162,10 @@ std::tuple<Tensor, Tensor> moe_unpermute_bwd_cuda(const Tensor& grad_y_in, const
               op, ": grad_y [T, Hd], y_perm [rows, Hd] expected");
   SBOPS_CHECK(sbops::same_sizes(weights.sizes(), row_map_in.sizes()), op, ": weights must match row_map's shape");
   DeviceGuard guard(y_perm_in.get_device_index());
-  const Tensor grad_y = contig(grad_y_in), y_perm = contig(y_perm_in), row_map = contig(row_map_in);
+  // 16-byte aligned copies of misaligned rows (a dense view at an odd storage offset): the kernel's
+  // grad_w dot sums in another order on its scalar path, so a view would not give the contiguous
+  // call's bits (the forward sums per element and needs no such copy).
+  const Tensor grad_y = dense_aligned16(grad_y_in), y_perm = dense_aligned16(y_perm_in), row_map = contig(row_map_in);
   const Tensor w = to_contig(weights, kFloat);
   const int64_t T = row_map.size(0), k = row_map.size(1), R = y_perm.size(0), Hd = y_perm.size(1);
   Tensor grad_y_perm = empty_as(y_perm);

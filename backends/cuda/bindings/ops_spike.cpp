@@ -1,6 +1,7 @@
 // Torch bindings of the spike-coding CUDA kernels (backends/cuda/kernels/spike.cu).
 // spike_encode / spike_quant read x in place when its rows are one stride apart (x[:, t], splits of
-// a fused projection); other layouts are copied.  Outputs are dense.
+// a fused projection) and, where the rows are whole 16-byte vectors, at 16-byte aligned row starts;
+// other layouts are copied (so a view gives exactly the contiguous call's bits).  Outputs are dense.
 
 #include <string>
 #include <tuple>
@@ -39,12 +40,18 @@ sbops::SpikeMode spike_mode(const std::string& mode, const char* op) {
 }
 
 
-// x itself when its rows are one element stride apart (returned in xs), else a dense copy.
+// x itself when its rows are one element stride apart (returned in xs), else a dense aligned copy.
+// The kernels read 16-byte vectors when cols, the row stride and the base allow it, else scalars,
+// and the two paths sum a row's |x| in different orders (another float32 rounding of vth).  A view
+// must give its dense copy's bits, so one that would lose the vector path only through its row
+// stride or base (padded rows, an odd split offset, a misaligned storage offset) is copied too.
 Tensor rows_of(const Tensor& x_in, int64_t& xs) {
   xs = row_stride(x_in);
-  if (xs >= 0) return x_in;
-  const Tensor x = contig(x_in);
-  xs = x.size(-1);
+  const int64_t vec = 16 / x_in.element_size(), cols = x_in.size(-1);
+  if (xs >= 0 && (cols % vec != 0 || (xs % vec == 0 && reinterpret_cast<uintptr_t>(x_in.data_ptr()) % 16 == 0)))
+    return x_in;
+  const Tensor x = dense_aligned16(x_in);
+  xs = cols;
   return x;
 }
 

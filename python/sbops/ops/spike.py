@@ -36,8 +36,10 @@ def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch
 
     vth = clamp(mean(|x|) / k, 1e-5, 1e4) over the last dim (float32, shape x.shape[:-1] + (1,));
     counts = round_half_to_even(x / vth) saturated to out_dtype's range (int8, int16 or int32).
-    Returns (counts, vth).  x may be a strided view: the CUDA kernel reads rows whose last
-    dimension is contiguous in place; other layouts are copied internally.
+    Returns (counts, vth).  x may be a strided view: the CUDA kernel reads it in place when its
+    last dimension is contiguous and its rows are read the way a dense copy's would be (rows whose
+    length allows 16-byte vectors must also start 16-byte aligned); padded rows, odd storage
+    offsets and misaligned splits are copied first, so a view gives bit-identical results.
     """
     op = "spike_encode"
     _check_x(op, x)
@@ -51,7 +53,8 @@ def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
     """x_hat = round(x / vth) * vth in x's dtype (no saturation), with a straight-through gradient.
 
     The training-time op: a linear layer fed x_hat computes vth * (s @ W) exactly.  x may be a
-    strided view (read in place on CUDA when its last dimension is contiguous, else copied).
+    strided view, read in place on CUDA under the same rule as spike_encode (else copied), so a
+    view gives bit-identical results.
     """
     op = "spike_quant"
     _check_x(op, x)
