@@ -29,7 +29,7 @@ import sbops
 import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
-from .common import RMSNorm, RotaryEmbedding, apply_rope, fused_linears, make_linear
+from .common import RMSNorm, RotaryEmbedding, apply_rope_qk, fused_linears, make_linear
 from .spike import int8_fake_quant_per_row, spike_fake_quant_released
 
 
@@ -72,7 +72,7 @@ class _QKVOProjections(nn.Module):
             cos, sin = cos[:, :, None, :], sin[:, :, None, :]
         else:
             cos, sin = batch.rope(rotary, self.head_dim, theta)  # shared by the layers of one call
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope_qk(q, k, cos, sin)
 
 
 def _last(t):

@@ -51,6 +51,45 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
     return F.linear(x, w, b).split(sizes, dim=-1)
 
 
+# Inference-time fused Triton kernels for the elementwise work around the GEMMs (RMSNorm with its
+# residual add, SwiGLU's silu(gate) * up, RoPE of q and k): one launch and one pass over memory each
+# instead of several torch ops.  Used only on NVIDIA CUDA tensors with Triton present, when no input
+# needs a gradient and outside torch.compile tracing; anything else runs the torch code below, which
+# is the reference (training, CPU, float64).  Set to False to compare (benchmarks).
+FUSE_ELEMENTWISE = True
+_FUSED_DEVICE_TYPES = ("cuda",)  # the tests add "cpu" to run the kernels under the Triton interpreter
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_fused_mods = None  # (fused_norm, fused_rope_swiglu) once loaded, False when unavailable
+
+
+def _load_fused():
+    global _fused_mods
+    if _fused_mods is None:
+        _fused_mods = False
+        from .. import _platform
+        if _platform.cuda_device_reason() is None and _platform.triton_reason() is None:
+            try:
+                from .._backends.cuda.triton import fused_norm, fused_rope_swiglu
+                _fused_mods = (fused_norm, fused_rope_swiglu)
+            except Exception as e:  # noqa: BLE001  (a broken Triton install must not break the model)
+                import warnings
+                warnings.warn(f"sbops: fused elementwise kernels unavailable, using torch ops: {type(e).__name__}: {e}")
+    return _fused_mods or None
+
+
+def fused_kernels(*tensors):
+    """(fused_norm, fused_rope_swiglu) when the fused Triton kernels may serve these tensors (the first
+    one decides the device; None entries are ignored), else None: see FUSE_ELEMENTWISE."""
+    x = tensors[0]
+    if not FUSE_ELEMENTWISE or x.device.type not in _FUSED_DEVICE_TYPES or x.dtype not in _FUSED_DTYPES:
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    return _fused_mods or _load_fused()
+
+
 def _fuse(mods):
     sizes = [m.out_features for m in mods]
     with torch.inference_mode(False), torch.no_grad():  # plain tensors: the parameters may train later
@@ -77,6 +116,8 @@ class RMSNorm(nn.Module):
       prenorm=True returns (y, h) with h in residual's dtype (float32 if residual is None and
       residual_in_fp32, else x's dtype): the pre-norm residual stream of a block.  y is normalised
       from the float32 sum, not from its rounded copy.
+    At inference on a GPU (see FUSE_ELEMENTWISE) this runs as one fused Triton launch with the same
+    semantics (backends/cuda/triton/fused_norm.py: only the float32 sum-of-squares order differs).
     """
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = False):
@@ -87,6 +128,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
                 residual_in_fp32: bool = False):
+        k = fused_kernels(x, residual, self.weight, self.bias)
+        if (k is not None and k[0].supports(x.shape[-1] if x.dim() else 0)
+                and (residual is None or (residual.shape == x.shape and residual.dtype in _FUSED_DTYPES))):
+            return k[0].rms_norm(x, self.weight, self.eps, residual, prenorm, residual_in_fp32, bias=self.bias)
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # float32, or float64 for references
         h = x.to(ct)
         if residual is not None:
@@ -130,6 +175,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """(apply_rope(q, cos, sin), apply_rope(k, cos, sin)); at inference on a GPU one fused launch
+    (bit-exact with the torch code) when q [B, T, H, D], k [B, T, HKV, D] and cos / sin [.., T, 1, D]."""
+    kern = fused_kernels(q, k, cos, sin)
+    if (kern is not None and q.dim() == 4 and k.dim() == 4 and q.dtype == k.dtype and q.shape[-1] % 2 == 0
+            and cos.dim() == 4 and cos.shape[2] == 1 and sin.shape == cos.shape):
+        return kern[1].rope(q, k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """F.silu(gate) * up; at inference on a GPU one fused launch reading gate / up in place (float32
+    math rounded once: within an ulp of the torch code, which rounds silu(gate) first)."""
+    kern = fused_kernels(gate, up)
+    if kern is not None and gate.shape == up.shape and gate.dtype == up.dtype and gate.dim() > 0:
+        return kern[1].silu_mul(gate, up)
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
     """Qwen2's MLP: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases.
 
@@ -148,4 +212,4 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
         gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(gate, up))
