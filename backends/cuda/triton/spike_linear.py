@@ -51,15 +51,16 @@ def _key(fp8, group_size, N, K, bucket):
 
 
 def gemm_config(M, N, K, group_size, fp8):
-    """(BM, BN, BK, GROUP_M, num_warps, num_stages).  One int32 (int8) or float32 (e4m3) accumulator per
-    channel: 128x256 tiles on 8 warps (two consumer warpgroups of 64x256).  Per group a float32
-    accumulator plus each group's dot result: 128x128 so both stay in registers (64 + 64 per thread)."""
+    """(BM, BN, BK, GROUP_M, num_warps, num_stages).  One int32 accumulator per channel (int8): 128x256
+    tiles on 8 warps (two consumer warpgroups of 64x256).  Per group a float32 accumulator plus each
+    group's dot result, and per channel with e4m3 weights a float32 accumulator plus the fp8 MMA's
+    partial one (promoted every BK): 128x128 so both stay in registers (64 + 64 per thread)."""
     bucket = "mid" if M <= 16384 else "big"
     cfg = _tuning.GEMM.get(_key(fp8, group_size, N, K, bucket))
     if cfg is not None:
         return tuple(cfg)
     bk = _bk(group_size, fp8)
-    if group_size is not None or M <= 1024:
+    if group_size is not None or fp8 or M <= 1024:
         return 128, 128, bk, 8, 8, 4
     return 128, 256, bk, 8, 8, 3
 
@@ -114,22 +115,38 @@ def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config):
     return y
 
 
+def _digit_bits(fp8: bool) -> int:
+    return 4 if fp8 else 7
+
+
+def encode(x, k, fp8, BK):
+    """The prefill pre-pass: (s, big, vth, nd, flags).  s [M, K]: one 8-bit digit per count (int8, or
+    e4m3 bits in int8 storage when fp8); big: the int32 counts of rows with nd > 1 (other rows
+    unwritten); nd [M]: digits per row (-1: a count past int32); flags [M, cdiv(K, BK)]: digits per chunk."""
+    M, K = x.shape
+    dev = x.device
+    n_chunks = triton.cdiv(K, BK)
+    s = torch.empty((M, K), device=dev, dtype=torch.int8)
+    big = torch.empty((M, K), device=dev, dtype=torch.int32)  # only rows with nd > 1 are written/read
+    flags = torch.empty((M, n_chunks), device=dev, dtype=torch.int8)
+    vth = torch.empty((M,), device=dev, dtype=torch.float32)
+    nd = torch.empty((M,), device=dev, dtype=torch.int32)
+    bits = _digit_bits(fp8)
+    _encode_kernel[(M,)](x, s, big, vth, nd, flags, K, n_chunks, x.stride(0), float(k),
+                         LIMIT=16 if fp8 else 127, DIGIT_BITS=bits, MAX_DIGITS=triton.cdiv(31, bits), FP8=fp8,
+                         CHUNK=BK, ROWS=max(1, 1024 // BK) if K >= 1024 else max(1, 256 // BK), num_warps=4)
+    return s, big, vth, nd, flags
+
+
 def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=True):
     M, K = x.shape
     N = weight_q.shape[0]
     BM, BN, BK, GM, warps, stages = config or gemm_config(M, N, K, group_size, fp8)
     steps = _check_group(K, group_size, BK)
-    dev = x.device
     n_chunks = triton.cdiv(K, BK)
-    s = torch.empty((M, K), device=dev, dtype=torch.int8)  # counts (e4m3 bits when fp8)
-    big = torch.empty((M, K), device=dev, dtype=torch.int32)  # only rows with nd > 1 are written/read
-    flags = torch.empty((M, n_chunks), device=dev, dtype=torch.int8)
-    vth = torch.empty((M,), device=dev, dtype=torch.float32)
-    nd = torch.empty((M,), device=dev, dtype=torch.int32)
-    bits, limit = (4, 16) if fp8 else (7, 127)
-    _encode_kernel[(M,)](x, s, big, vth, nd, flags, K, n_chunks, x.stride(0), float(k),
-                         LIMIT=limit, DIGIT_BITS=bits, MAX_DIGITS=triton.cdiv(31, bits), FP8=fp8,
-                         CHUNK=BK, ROWS=max(1, 1024 // BK) if K >= 1024 else max(1, 256 // BK), num_warps=4)
+    s, big, vth, nd, flags = encode(x, k, fp8, BK)
+    if fp8:  # typed e4m3 operands (weight_q is float8_e4m3fn): loaded straight into the fp8 MMA
+        s = s.view(torch.float8_e4m3fn)
     per_channel = group_size is None
     if per_channel:
         n_groups, st_n, st_g = n_chunks, scale.stride(0), 0
@@ -141,10 +158,10 @@ def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=Tr
             st_n, st_g = scale.stride(0), scale.stride(1)
         n_groups = K // group_size
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    _gemm_kernel[grid](s, big, weight_q.view(torch.int8), scale, vth, nd, flags, bias if bias is not None else y, y,
+    _gemm_kernel[grid](s, big, weight_q, scale, vth, nd, flags, bias if bias is not None else y, y,
                        M, N, K, n_groups, n_chunks, weight_q.stride(0), st_n, st_g,
                        HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,
-                       FP8=fp8, DIGIT_BITS=bits, EVEN_K=K % BK == 0,
+                       FP8=fp8, DIGIT_BITS=_digit_bits(fp8), EVEN_K=K % BK == 0,
                        BM=BM, BN=BN, BK=BK, GROUP_M=GM, num_warps=warps, num_stages=stages)
     return y
 

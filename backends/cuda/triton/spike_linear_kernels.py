@@ -7,9 +7,14 @@ Two weight formats share one kernel pair, chosen by constexprs:
   counts are served by base-128 digit passes (DIGIT_BITS = 7).
 * float8 e4m3 weights: counts go to the fp8 tensor cores (float32 accumulation).  e4m3 holds every
   integer |c| <= 16 exactly; rows with larger counts are served by base-16 digit passes
-  (DIGIT_BITS = 4, each digit |d| <= 15 exact in e4m3).  Note: Hopper's fp8 MMA accumulates with
-  reduced precision inside one instruction chain; per-group scales promote to a float32 register
-  accumulator every group (DeepSeek-style), and per-channel chains are within ~1e-4 relative.
+  (DIGIT_BITS = 4).  Hopper's fp8 MMA keeps only ~14 significant bits inside one chain of MMAs
+  (DeepSeek-V3; an unpromoted chain over K = 18944 is ~2e-2 off): every fp8 chain is promoted to the
+  float32 register accumulator at least every BK (<= 128) columns, per group by the group scaling,
+  per channel through max_num_imprecise_acc = BK (a second accumulator: 128x128 tiles, not 128x256).
+  The fp8 path is written as the plain, common Triton fp8 GEMM: counts and weights are loaded
+  through float8e4nv pointers straight into tl.dot (no int8 -> fp8 bitcast, no fp32 -> fp8
+  conversion in the GEMM); the encode writes the e4m3 bits of |c| <= 16 with integer arithmetic;
+  the rare digit passes run in float16 (digits and e4m3 weights exact, as the decode kernel does).
 
 Encode (`_encode_kernel`, one program per row): reads x once for sum|x| and max|x|, derives vth
 = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode does, and writes the counts s = rint(x / vth) once
@@ -18,7 +23,8 @@ sign * (|c| mod 2^DIGIT_BITS).  Rows with nd > 1 also write their exact int32 co
 (other rows never touch it) and, per BK-column chunk, how many digits that chunk needs, so the extra
 passes of the GEMM skip chunks that have no high digit (outliers cluster in few channels).
 
-8-bit tensors (counts, weights) are passed as int8 views; e4m3 tiles are bitcast after loading.
+int8 tensors are passed as int8; e4m3 ones as float8_e4m3fn (the counts buffer is int8 storage viewed
+as e4m3 by the launcher).
 
 GEMM (`_gemm_kernel`): per K step of BK columns one tensor-core dot.  Per-group scales (group =
 GROUP_STEPS * BK columns) are applied to each group's partial product and summed in float32; the
@@ -51,6 +57,17 @@ def _digits(mag, DIGIT_BITS: tl.constexpr, MAX_DIGITS: tl.constexpr):
     for d in tl.static_range(1, MAX_DIGITS):
         n += (mag >= (1 << (DIGIT_BITS * d))).to(tl.int32)
     return n
+
+
+@triton.jit
+def _e4m3_bits(c):
+    # the e4m3 bit pattern of an integer |c| <= 16 (int32 in, int32 0..255 out), by integer arithmetic:
+    # |c| = 2^e * (1 + m/8) with e = floor(log2|c|) <= 4, biased exponent e + 7; 0 -> 0x00
+    n = tl.abs(c)
+    e = (n >= 2).to(tl.int32) + (n >= 4).to(tl.int32) + (n >= 8).to(tl.int32) + (n >= 16).to(tl.int32)
+    m = ((n << 3) >> e) - 8
+    bits = tl.where(n > 0, ((e + 7) << 3) | m, 0)
+    return tl.where(c < 0, bits | 128, bits)
 
 
 @triton.jit
@@ -97,8 +114,8 @@ def _encode_kernel(x_ptr, s_ptr, big_ptr, vth_ptr, nd_ptr, flag_ptr, K, n_chunks
         mag = tl.abs(c)
         low_mag = tl.where(wide, mag & ((1 << DIGIT_BITS) - 1), mag)
         low = tl.where(c < 0, -low_mag, low_mag)
-        if FP8:  # the e4m3 bits, stored through an int8 view
-            tl.store(sr + kk, low.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
+        if FP8:  # the e4m3 bits (|low| <= 16), stored as int8 (the GEMM reads this buffer as e4m3)
+            tl.store(sr + kk, _e4m3_bits(low).to(tl.int8), mask=m)
         else:
             tl.store(sr + kk, low.to(tl.int8), mask=m)
         tl.store(br + kk, c, mask=m & ((tl.zeros([ROWS, CHUNK], dtype=tl.int32) + nd) > 1))
@@ -108,22 +125,18 @@ def _encode_kernel(x_ptr, s_ptr, big_ptr, vth_ptr, nd_ptr, flag_ptr, K, n_chunks
 
 
 @triton.jit
-def _as8(t, FP8: tl.constexpr):
-    # 8-bit tiles travel as int8 (so masked loads can fill 0, which is also e4m3's +0); e4m3 is a bitcast
-    if FP8:
-        return t.to(tl.float8e4nv, bitcast=True)
-    return t
-
-
-@triton.jit
 def _load_tiles(a_ptrs, b_ptrs, kk, K, EVEN_K: tl.constexpr, FP8: tl.constexpr):
+    # typed loads straight into tl.dot (int8 or float8e4nv pointers); masked columns read as 0
     if EVEN_K:
         a = tl.load(a_ptrs)
         b = tl.load(b_ptrs)
+    elif FP8:
+        a = tl.load(a_ptrs, mask=kk[None, :] < K, other=0.0)
+        b = tl.load(b_ptrs, mask=kk[:, None] < K, other=0.0)
     else:
         a = tl.load(a_ptrs, mask=kk[None, :] < K, other=0)
         b = tl.load(b_ptrs, mask=kk[:, None] < K, other=0)
-    return _as8(a, FP8), _as8(b, FP8)
+    return a, b
 
 
 @triton.jit
@@ -160,7 +173,7 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
         if FP8:
             for k0 in range(0, K, BK):
                 a, b = _load_tiles(a_ptrs, b_ptrs, k0 + rk, K, EVEN_K, FP8)
-                acc = tl.dot(a, b, acc)
+                acc = tl.dot(a, b, acc, max_num_imprecise_acc=BK)  # promoted to float32 every BK
                 a_ptrs += BK
                 b_ptrs += BK
         else:
@@ -182,7 +195,10 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
                 part = tl.zeros([BM, BN], dtype=tl.float32 if FP8 else tl.int32)
                 for j in tl.static_range(GROUP_STEPS):
                     a, b = _load_tiles(a_ptrs, b_ptrs, (g * GROUP_STEPS + j) * BK + rk, K, EVEN_K, FP8)
-                    part = tl.dot(a, b, part)
+                    if FP8:  # a group longer than BK: promoted every BK
+                        part = tl.dot(a, b, part, max_num_imprecise_acc=BK)
+                    else:
+                        part = tl.dot(a, b, part)
                     a_ptrs += BK
                     b_ptrs += BK
             sc = tl.load(sc_ptrs + g * stride_sg)
@@ -205,10 +221,12 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
                                 other=0)
                     mag = (tl.abs(c) >> shift) & ((1 << DIGIT_BITS) - 1)
                     dig = tl.where(c < 0, -mag, mag)
-                    b = _as8(tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kk[:, None] < K, other=0), FP8)
-                    if FP8:
-                        part = tl.dot(dig.to(tl.float32).to(tl.float8e4nv), b)
+                    wp = w_ptr + rn64[None, :] * stride_wn + kk[:, None]
+                    if FP8:  # float16: |digit| <= 15 and every e4m3 value exact, products exact
+                        b = tl.load(wp, mask=kk[:, None] < K, other=0.0).to(tl.float16)
+                        part = tl.dot(dig.to(tl.float32).to(tl.float16), b)
                     else:
+                        b = tl.load(wp, mask=kk[:, None] < K, other=0)
                         part = tl.dot(dig.to(tl.int8), b).to(tl.float32)
                     if PER_CHANNEL:
                         dacc += part

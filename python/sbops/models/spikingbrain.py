@@ -258,16 +258,16 @@ class SpikingBrainForCausalLM(nn.Module):
             else:
                 ends = torch.tensor([s + n for s, n in zip(batch.starts, batch.lens)], dtype=torch.int64)
                 cache.seq_lens.index_copy_(0, batch.slots, ends.to(cache.seq_lens.device, non_blocking=True))
-        h = self.model.norm(x)
         loss = None
         if labels is not None:
-            logits_all = self.lm_head(h)
+            logits_all = self.lm_head(self.model.norm(x))
             sp = sbd.current_sp()
             ce = self._loss(logits_all, labels, cu_dev) if sp is None else self._loss_share(logits_all, labels, sp)
             loss = ce + self.config.router_aux_loss_coef * aux
             logits = _keep(logits_all, logits_to_keep)
         else:
-            logits = self.lm_head(_keep(h, logits_to_keep))
+            # the final norm is per position: only the kept positions are normalised
+            logits = self.lm_head(self.model.norm(_keep(x, logits_to_keep)))
         return CausalLMOutput(logits, aux, loss)
 
     @staticmethod
