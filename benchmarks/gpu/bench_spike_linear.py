@@ -1,0 +1,158 @@
+"""spike_linear speed on the H200: every path and candidate config vs bf16 torch.matmul (same run).
+
+Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 65536) and decode
+(M = 1, 8, 32), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
+torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
+float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
+Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536)"""
+import json, os, sys, time
+import torch
+DRY = not torch.cuda.is_available()  # a smoke run of this script's logic on a CPU (interpreter, tiny shapes)
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+from triton.testing import do_bench
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
+import triton_kernels  # noqa: E402
+sl = triton_kernels.load("spike_linear")
+torch.manual_seed(0)
+dev, FP8, T0 = "cuda", torch.float8_e4m3fn, time.time()
+SHAPES = [(4608, 3584), (37888, 3584), (3584, 18944)]   # qkv(+o), fused gate_up, down (N x K)
+Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",")]
+GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
+              "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
+DEC_CANDS = [(64, 128, 0, False, 4, 3), (64, 128, 0, True, 4, 3), (128, 128, 0, False, 4, 3), (32, 128, 0, False, 4, 4)]
+PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
+res, table, tun_g, tun_d = [], [], {}, {}
+if DRY:
+    dev, SHAPES, Ms = "cpu", [(40, 256)], [64, 100]
+    GEMM_CANDS = {k: [(32, 32, 128, 2, 4, 2), (16, 32, 128, 1, 4, 2)] for k in GEMM_CANDS}
+    DEC_CANDS = [(16, 128, 0, False, 4, 2), (16, 128, 2, True, 4, 2)]
+
+    def do_bench(fn, warmup, rep):
+        t = time.time(); fn(); return (time.time() - t) * 1e3
+
+
+def quant(w, gs, dt):
+    qmax = 127.0 if dt == torch.int8 else 448.0
+    wv = w.view(w.shape[0], -1, gs or w.shape[1])
+    sc = wv.abs().amax(-1).clamp_min(1e-12) / qmax
+    q = (wv / sc[..., None]).clamp(-qmax, qmax)
+    q = (torch.round(q) if dt == torch.int8 else q).to(dt).view_as(w)
+    return q, (sc[:, 0] if gs is None else sc).float().contiguous()
+
+
+def rel_err(y, x, wq, sc, gs, rows=256):
+    x = x[:rows]
+    vth = (x.float().abs().double().mean(-1, keepdim=True).float() / 3.0).clamp(1e-5, 1e4)
+    s = torch.round(x.float() / vth).double()
+    w = wq.double()
+    w = w * sc.double()[:, None] if gs is None else (w.view(w.shape[0], -1, gs) * sc.double()[..., None]).view_as(w)
+    r = vth.double() * (s @ w.T)
+    return ((y[:rows].double() - r).norm() / r.norm()).item()
+
+
+def bench(fn, rep):
+    try:
+        return do_bench(fn, warmup=10, rep=rep)
+    except Exception as e:  # a config that does not compile / fit: reported, skipped
+        print(json.dumps({"failed": str(e)[:160]}), flush=True)
+        return None
+
+
+def name(dt, gs):
+    return ("i8" if dt == torch.int8 else "f8") + ("_ch" if gs is None else "_g")
+
+
+def emit(row):
+    print(json.dumps(row), flush=True)
+    res.append(row)
+
+
+for (N, K) in SHAPES:
+    w = torch.randn(N, K, device=dev) * 0.02
+    wb = w.to(torch.bfloat16)
+    qs = {(dt, gs): quant(w, gs, dt) for dt, gs in PATHS}
+    w8t = qs[(FP8, None)][0].t()
+    one = torch.ones((), device=dev)
+    for M in Ms:
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        rep = 40 if M <= 8192 else 120
+        fl = 2 * M * N * K
+        tb = bench(lambda: x @ wb.T, rep)
+        xi = torch.randint(-8, 8, (M, K), device=dev, dtype=torch.int8)
+        ti = bench(lambda: torch._int_mm(xi, qs[(torch.int8, None)][0].T), rep)
+        xf = xi.to(FP8)
+        tf = bench(lambda: torch._scaled_mm(xf, w8t, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), rep)
+        row = {"M": M, "N": N, "K": K, "bf16_ms": tb, "bf16_tflops": fl / tb / 1e9, "int_mm_x": tb / ti if ti else None,
+               "scaled_mm_fp8_x": tb / tf if tf else None}
+        for dt, gs in PATHS:
+            wq, sc = qs[(dt, gs)]
+            key = name(dt, gs)
+            cands = GEMM_CANDS["ch" if gs is None else "g"]
+            prev = tun_g.get((key, N, K, "mid"))  # at M=65536 only the two best of M=8192
+            if M > Ms[0] and prev is not None:
+                cands = prev["top2"]
+            times = []
+            for cfg in cands:
+                t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="prefill"), rep)
+                if t is not None:
+                    times.append((t, cfg))
+                    row[f"{key}_{'x'.join(map(str, cfg))}_x"] = round(tb / t, 3)
+            times.sort()
+            t, cfg = times[0]
+            y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="prefill")
+            err = rel_err(y, x, wq, sc, gs)
+            row[f"{key}_best"] = {"cfg": cfg, "ms": t, "x_bf16": tb / t, "rel_err": err}
+            table.append((f"M={M} {N}x{K}", key, tb / t, err, cfg))
+            tun_g[(key, N, K, "mid" if M <= 16384 else "big")] = {"cfg": cfg, "top2": [c for _, c in times[:2]]}
+        if M == Ms[0]:  # e4m3 with LLM-like outlier channels: every row has counts past 16 in 8 channels
+            xo = x.clone()
+            xo[:, 1000:1008] *= 25
+            for gs in (None, 128):
+                wq, sc = qs[(FP8, gs)]
+                cfg = tun_g[(name(FP8, gs), N, K, "mid")]["cfg"]
+                t = bench(lambda: sl.spike_linear_fwd(xo, wq, sc, 3.0, None, gs, config=cfg, path="prefill"), rep)
+                y = sl.spike_linear_fwd(xo, wq, sc, 3.0, None, gs, config=cfg, path="prefill")
+                row[f"{name(FP8, gs)}_outlier_channels_x"] = tb / t if t else None
+                table.append((f"M={M} {N}x{K}", name(FP8, gs) + "+outl", tb / t if t else 0, rel_err(y, xo, wq, sc, gs), cfg))
+        emit(row)
+    for M in (1, 8, 32):
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        tb = bench(lambda: x @ wb.T, 30)
+        row = {"decode_M": M, "N": N, "K": K, "bf16_us": tb * 1e3, "bf16_GBs": N * K * 2 / tb / 1e6}
+        for dt, gs in PATHS:
+            wq, sc = qs[(dt, gs)]
+            key = name(dt, gs)
+            times = []
+            for cfg in DEC_CANDS:
+                if cfg[3] and M * K > 4 * 65536 and not DRY:
+                    continue  # fused thresholds re-read all of x per program: pointless this large
+                t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="decode"), 30)
+                if t is not None:
+                    times.append((t, cfg))
+                    row[f"{key}_{cfg[0]}{'_fused' if cfg[3] else ''}_us"] = round(t * 1e3, 2)
+            times.sort()
+            t, cfg = times[0]
+            tdef = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, path="decode"), 30)
+            y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="decode")
+            err = rel_err(y, x, wq, sc, gs)
+            row[f"{key}_best"] = {"cfg": cfg, "us": t * 1e3, "default_us": tdef * 1e3 if tdef else None,
+                                  "GBs": N * K / t / 1e6, "x_bf16": tb / t, "rel_err": err}
+            table.append((f"decode M={M} {N}x{K}", key, tb / t, err, cfg))
+            tun_d[(key[:2], key[3:], N, K, "m16" if M <= 16 else "m32")] = cfg  # m16 keeps M=8's winner
+        emit(row)
+    print(f"# {N}x{K} done at {time.time() - T0:.0f} s", flush=True)
+
+print("\n| shape | path | x bf16 | rel err | config |\n| --- | --- | --- | --- | --- |")
+for s, p, r, e, c in table:
+    print(f"| {s} | {p} | {r:.2f} | {e:.1e} | {c} |")
+g = {}
+for (key, N, K, b), v in tun_g.items():
+    g[(key[:2], key[3:], N, K, b)] = tuple(v["cfg"])
+text = "GEMM = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(g.items())) + "}\n"
+text += "DECODE = {\n" + "".join(f"    {k!r}: {tuple(v)!r},\n" for k, v in sorted(tun_d.items())) + "}\n"
+print("\n# measured tables for backends/cuda/triton/spike_linear_tuning.py:\n" + text)
+out = os.environ.get("OUT", "/tmp")
+json.dump(res, open(os.path.join(out, "sl_bench.json"), "w"), indent=1, default=str)
+open(os.path.join(out, "spike_linear_tuning_measured.txt"), "w").write(text)
+print(f"total {time.time() - T0:.0f} s")
