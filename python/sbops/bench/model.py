@@ -437,9 +437,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--no-graphs", action="store_true", help="decode eagerly (no CUDA graphs)")
     ap.add_argument("--no-fuse", dest="fuse", action="store_false",
                     help="run q/k/v(/gate) and gate/up projections as separate GEMMs (sbops.nn.common.FUSE_PROJECTIONS)")
+    ap.add_argument("--fuse-elementwise", dest="fuse_elementwise", action="store_true", default=None,
+                    help="run RMSNorm, SwiGLU's activation and RoPE as fused Triton kernels "
+                         "(sbops.nn.common.FUSE_ELEMENTWISE; default: SBOPS_FUSE_ELEMENTWISE, off)")
     ap.add_argument("--no-fuse-elementwise", dest="fuse_elementwise", action="store_false",
-                    help="run RMSNorm, SwiGLU's activation and RoPE as torch ops instead of the fused Triton kernels "
-                         "(sbops.nn.common.FUSE_ELEMENTWISE)")
+                    help="run them as torch ops")
     ap.add_argument("--no-eager-decode", dest="eager_decode", action="store_false",
                     help="skip the eager decode comparison point")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk size (default: generate()'s default)")
@@ -484,7 +486,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     import sbops.nn.common
     sbops.nn.common.FUSE_PROJECTIONS = args.fuse
-    sbops.nn.common.FUSE_ELEMENTWISE = args.fuse_elementwise
+    if args.fuse_elementwise is not None:
+        sbops.nn.common.FUSE_ELEMENTWISE = args.fuse_elementwise
     run = Run(args)
     run.res["args"] = {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in vars(args).items()}
     run.log(f"device {run.device} ({run.res['env'].get('gpu', 'cpu')}), lengths {[fmt_len(x) for x in args.lengths]}, "
