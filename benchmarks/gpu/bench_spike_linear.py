@@ -13,6 +13,7 @@ if DRY:
 from triton.testing import do_bench
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import triton_kernels  # noqa: E402
+import sbops  # noqa: E402
 sl = triton_kernels.load("spike_linear")
 torch.manual_seed(0)
 dev, FP8, T0 = "cuda", torch.float8_e4m3fn, time.time()
@@ -33,12 +34,7 @@ if DRY:
 
 
 def quant(w, gs, dt):
-    qmax = 127.0 if dt == torch.int8 else 448.0
-    wv = w.view(w.shape[0], -1, gs or w.shape[1])
-    sc = wv.abs().amax(-1).clamp_min(1e-12) / qmax
-    q = (wv / sc[..., None]).clamp(-qmax, qmax)
-    q = (torch.round(q) if dt == torch.int8 else q).to(dt).view_as(w)
-    return q, (sc[:, 0] if gs is None else sc).float().contiguous()
+    return sbops.quantize_weight(w, gs, dtype=dt)
 
 
 def rel_err(y, x, wq, sc, gs, rows=256):

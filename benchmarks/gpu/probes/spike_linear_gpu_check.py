@@ -7,18 +7,14 @@ if not torch.cuda.is_available():  # a smoke run of this script on a CPU: interp
     os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests"))
 import triton_kernels  # noqa: E402
+import sbops  # noqa: E402
 sl = triton_kernels.load("spike_linear")
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
 
 
 def quant(w, gs, dt):
-    qmax = 127.0 if dt == torch.int8 else 448.0
-    wv = w.view(w.shape[0], -1, gs or w.shape[1])
-    sc = wv.abs().amax(-1).clamp_min(1e-12) / qmax
-    q = (wv / sc[..., None]).clamp(-qmax, qmax)
-    q = (torch.round(q) if dt == torch.int8 else q).to(dt).view_as(w)
-    return q, (sc[:, 0] if gs is None else sc).float().contiguous()
+    return sbops.quantize_weight(w, gs, dtype=dt)
 
 
 def ref(x, wq, sc, k, bias, gs):
