@@ -149,6 +149,7 @@ text = "GEMM = {\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(g.items(
 text += "DECODE = {\n" + "".join(f"    {k!r}: {tuple(v)!r},\n" for k, v in sorted(tun_d.items())) + "}\n"
 print("\n# measured tables for backends/cuda/triton/spike_linear_tuning.py:\n" + text)
 out = os.environ.get("OUT", "/tmp")
+os.makedirs(out, exist_ok=True)
 json.dump(res, open(os.path.join(out, "sl_bench.json"), "w"), indent=1, default=str)
 open(os.path.join(out, "spike_linear_tuning_measured.txt"), "w").write(text)
 print(f"total {time.time() - T0:.0f} s")
