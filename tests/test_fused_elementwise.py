@@ -226,6 +226,15 @@ def test_rope_many_heads_loop_and_odd_half(checked):
     assert torch.equal(qo, apply_rope(q, cos, sin)) and torch.equal(ko, apply_rope(k, cos, sin))
 
 
+def test_rope_cos_sin_broadcast_along_the_head_dim(checked):
+    """cos / sin whose last dim is 1 (stride 0 once broadcast to D) are materialised, not read as
+    if unit-strided."""
+    q, k = _rnd(1, 5, 2, 8, seed=40), _rnd(1, 5, 1, 8, seed=41)
+    cos, sin = _rnd(1, 5, 1, 1, seed=42), _rnd(1, 5, 1, 1, seed=43)
+    qo, ko = frs.rope(q, k, cos, sin)
+    assert torch.equal(qo, apply_rope(q, cos, sin)) and torch.equal(ko, apply_rope(k, cos, sin))
+
+
 def test_rope_rejects_bad_shapes():
     q, k = torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 2, 8)
     cos = torch.zeros(1, 2, 1, 8)

@@ -133,7 +133,65 @@ def test_swa_wrapper_reads_nothing_back(monkeypatch, varlen):
         o, lse = SWA.swa_attn_fwd(q, k, v, -1, None, cu, None, None)
         SWA.swa_attn_bwd(q, k, v, o, lse, torch.randn_like(q), None, 5, None, cu, None, None)
     assert not _HOST_READS & set(mode.ops), mode.ops
-    assert rec.names == ["_fwd_kernel", "_bwd_preprocess_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"]
+    tab = ["_la_tables_kernel"] * varlen   # the device block table (fwd: query blocks; bwd: key blocks)
+    assert rec.names == tab + ["_fwd_kernel", "_bwd_preprocess_kernel"] + tab + ["_bwd_dkdv_kernel", "_bwd_dq_kernel"]
+
+
+# ------------------------------------------------------------------------------ grid limits
+class _Grids(_Launches):
+    """Like _Launches, recording (kernel, grid) pairs."""
+
+    def _fake(self, name):
+        rec = self
+
+        class Fake:
+            def __getitem__(self, grid):
+                return lambda *a, **kw: rec.names.append((name, tuple(grid)))
+        return Fake()
+
+
+def _check_grids(launches):
+    assert launches
+    for name, grid in launches:
+        assert len(grid) <= 3 and grid[0] < 2 ** 31, (name, grid)
+        assert all(d <= 65535 for d in grid[1:]), f"{name}: grid {grid} has a dim 1 / 2 over 65535 (CUDA's limit)"
+    assert max(g[0] for _, g in launches) > 65535  # the sizes below would overflow dims 1 / 2
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("S", [0, 2])
+def test_la_grids_keep_chunk_and_sequence_counts_out_of_dims_1_and_2(monkeypatch, varlen, S):
+    """> 65535 chunks (4.5M tokens at BT 64) and, varlen, > 65535 sequences: every count that grows
+    with the tokens or the sequences goes in grid dim 0 (meta tensors: nothing is allocated or run)."""
+    T, N = 70000 * 64, 70000 if varlen else 1
+    q, g = torch.empty(1, T, 1, 64, device="meta"), torch.empty(1, T, 1, 64, device="meta")
+    h0 = torch.empty(N, 1, 64, 64, device="meta")
+    cu = torch.empty(N + 1, dtype=torch.int32, device="meta") if varlen else None
+    cfg = dict(LA.load_config(64, 64, "key", torch.float32), BT=64, h_seg=S)
+    rec = _Grids(LA, monkeypatch)
+    LA.linear_attn_fwd(q, q, q, g, 0.125, h0, cu, config=cfg)
+    LA.linear_attn_bwd(q, q, q, g, 0.125, h0, cu, q, h0, config=cfg)
+    _check_grids(rec.names)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_swa_grids_keep_block_and_sequence_counts_out_of_dims_1_and_2(monkeypatch, varlen):
+    T, N = 70000 * 16, 70000
+    q, kv = torch.empty(1, T, 2, 64, device="meta"), torch.empty(1, T, 1, 64, device="meta")
+    sk = torch.empty(3, 1, 64, device="meta")
+    cu = torch.empty(N + 1, dtype=torch.int32, device="meta") if varlen else None
+    lse = torch.empty(1, T, 2, device="meta")
+    rec = _Grids(SWA, monkeypatch)
+    SWA.swa_attn_fwd(q, kv, kv, 64, None, cu, sk, sk, config=_SWA_CFG[0])
+    SWA.swa_attn_bwd(q, kv, kv, q, lse, q, None, 64, None, cu, sk, sk, config=_SWA_CFG[1])
+    _check_grids(rec.names)
+    if varlen:   # the block table bounds the grid by the tokens, not by N * T
+        fwd = dict(rec.names)["_fwd_kernel"]
+        assert fwd == (2 * (triton_cdiv(T, 16) + N),)
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 # -------------------------------------------------------------- device tables vs host reference
@@ -410,3 +468,55 @@ def test_gpu_public_ops_varlen_fwd_bwd_no_sync():
         run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------- GPU: grid limits and 64-bit offsets
+@requires_cuda
+def test_gpu_linear_attn_more_than_65535_chunks_matches_each_batch_entry_alone():
+    """B * cdiv(T, BT) > 65535 chunks (4.2M tokens): entry 1 of the batch equals its own B = 1 run
+    (same kernels, no atomics: bit for bit), forward and backward."""
+    B, T, D = 2, 33000 * 64, 128
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v, do = (torch.randn(B, T, 1, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, 1, D, device="cuda", generator=gen)) / 16
+    cfg = LA.load_config(D, D, "key", torch.bfloat16)
+    both = _la_run(q, k, v, g, None, None, do, None, cfg)
+    one = _la_run(q[1:], k[1:], v[1:], g[1:], None, None, do[1:], None, cfg)
+    for name, a, b in zip(["o", "final_state", "dq", "dk", "dv", "dg"], both, one):
+        assert torch.equal(a[1:], b), name
+
+
+@requires_cuda
+def test_gpu_head_major_views_past_2_31_elements_give_the_contiguous_results():
+    """q viewed from a head-major [1, H, T, D] buffer: head index * head stride > 2^31 for the last
+    heads (int32 products would wrap); linear_attn and swa outputs equal those from a contiguous q."""
+    T, H, HKV, D = 640 * 1024, 28, 4, 128
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    qh = torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen).transpose(1, 2)
+    assert (H - 1) * qh.stride(2) >= 2 ** 31
+    k, v = (torch.randn(1, T, HKV, D, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    o1, s1 = LA.linear_attn_fwd(qh, k, v, None, D ** -0.5, None, None)
+    o2, s2 = LA.linear_attn_fwd(qh.contiguous(), k, v, None, D ** -0.5, None, None)
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    del o1, o2
+    a1 = SWA.swa_attn_fwd(qh, k, v, 4096, None, None, None, None)
+    a2 = SWA.swa_attn_fwd(qh.contiguous(), k, v, 4096, None, None, None, None)
+    assert torch.equal(a1[0], a2[0]) and torch.equal(a1[1], a2[1])
+
+
+@requires_cuda
+def test_gpu_swa_more_than_65535_blocks_of_one_sequence():
+    """float32 (32-row dQ / dK blocks) over 2.2M tokens: > 65535 blocks of one sequence.  With window
+    w, the last rows depend only on the w keys before them: equal (to float32 rounding of another
+    block alignment) to the run on a suffix."""
+    T, w, tail = 2200 * 1024, 256, 4096
+    gen = torch.Generator(device="cuda").manual_seed(13)
+    q, k, v, do = (torch.randn(1, T, 1, 128, device="cuda", generator=gen) for _ in range(4))
+    o, lse = SWA.swa_attn_fwd(q, k, v, w, None, None, None, None)
+    dq, dk, dv = SWA.swa_attn_bwd(q, k, v, o, lse, do, None, w, None, None, None, None)[:3]
+    s = T - tail - w
+    o2, lse2 = SWA.swa_attn_fwd(q[:, s:], k[:, s:], v[:, s:], w, None, None, None, None)
+    dq2 = SWA.swa_attn_bwd(q[:, s:], k[:, s:], v[:, s:], o2, lse2, do[:, s:], None, w, None, None, None, None)[0]
+    assert rel(o[:, -tail:], o2[:, -tail:]) < 1e-5 and rel(lse[:, -tail:], lse2[:, -tail:]) < 1e-5
+    assert rel(dq[:, -tail:], dq2[:, -tail:]) < 1e-5
+    assert torch.isfinite(dk).all() and torch.isfinite(dv).all()

@@ -31,6 +31,34 @@ def _seq_bounds(cu_ptr, n, T):
 
 
 @triton.jit
+def _block_of(cu_ptr, tab_ptr, j, NJ, NB, T, BLOCK: tl.constexpr, IS_VARLEN: tl.constexpr,
+              REV: tl.constexpr):
+    """(n, bos, L, b0) of block slot j of NJ in a 1-D grid (grid dims 1 and 2 are limited to 65535,
+    so neither blocks nor sequences go there): sequence n, its first packed token bos and length L,
+    and the block's first token b0 inside it; b0 >= L means no work.  REV visits the slots last
+    first (the heaviest causal query blocks start first).  Without cu_seqlens slot j is block
+    j % NB of batch entry j // NB (NB = cdiv(T, BLOCK) blocks each).  With cu_seqlens it is row
+    j of the device block table (seq, t0, t1) of BLOCK-token blocks (_la_tables_kernel, rows past
+    the real count empty); blocks at or past NB (max_seqlen's block count) are skipped."""
+    if REV:
+        j = NJ - 1 - j
+    if IS_VARLEN:
+        n = tl.load(tab_ptr + j * 3)
+        t0 = tl.load(tab_ptr + j * 3 + 1)
+        t1 = tl.load(tab_ptr + j * 3 + 2)
+        bos, eos = _seq_bounds(cu_ptr, n, T)
+        L = eos - bos
+        b0 = t0 - bos
+        b0 = tl.where((t1 > t0) & (b0 < NB * BLOCK), b0, L)
+    else:
+        n = j // NB
+        bos = n * T
+        L = T
+        b0 = (j - n * NB) * BLOCK
+    return n, bos, L, b0
+
+
+@triton.jit
 def _toff(rows, T, sb, st, FLAT: tl.constexpr):
     """int64 element offset of packed tokens `rows` (b * T + t) in a tensor of batch stride sb and
     time stride st; FLAT: the batch and time dimensions merge (B == 1 or sb == T * st)."""

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ._common import _toff
-from ._la_common import SUB, _chunk_of, _diag_bwd_level, _dot, _gate_row, _gate_rows, _level_factor, _seq_range
+from ._la_common import SUB, _chunk_of, _sub_pid, _diag_bwd_level, _dot, _gate_row, _gate_rows, _level_factor, _seq_range
 
 
 # ---------------------------------------------------------------------- backward main kernel
@@ -31,7 +31,7 @@ def _bwd_dq_state_kernel(do_ptr, h_ptr, gc_ptr, out_ptr, chunk_ptr, H, HKV, K: t
     mc = rc < t1
     rc64 = rc.to(tl.int64)
     state_base = (c.to(tl.int64) * HKV + kvh) * K * V
-    doo = _toff(rc, T, sdb, sdt, FLAT) + ih * sdh
+    doo = _toff(rc, T, sdb, sdt, FLAT) + ih.to(tl.int64) * sdh
     acc = tl.zeros([BT, K], dtype=tl.float32)
     for v0 in range(0, V, BV):
         offs_v = v0 + tl.arange(0, BV)
@@ -50,12 +50,11 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
                      T, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
                      FLAT: tl.constexpr, DQ_STATE_EXT: tl.constexpr = False, VARLEN: tl.constexpr = False):
     """dq (per query head), dk, dv (summed over the query heads of the KV head) and the local gate
-    gradient d b for the 16 rows of sub-block j of chunk c. grid (BT // SUB, NT, HKV).
+    gradient d b for the 16 rows of sub-block j of chunk c. grid ((BT // SUB) * NT, HKV): _sub_pid.
     Everything a program writes lives in its own 16 rows, so no atomics and no placement."""
     GRP = H // HKV
-    j = tl.program_id(0)
-    c = tl.program_id(1)
-    kvh = tl.program_id(2)
+    j, c = _sub_pid(BT)
+    kvh = tl.program_id(1)
     _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
     if t1 <= t0:
         return
@@ -70,10 +69,10 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
     rc = t0 + tl.arange(0, BT)
     mc = rc < t1
     end_j = tl.minimum(r0 + SUB, t1) - 1          # last valid row of this sub-block
-    kjo = _toff(rows, T, skb, skt, FLAT) + kvh * skh
-    vjo = _toff(rows, T, svb, svt, FLAT) + kvh * svh
-    kco = _toff(rc, T, skb, skt, FLAT) + kvh * skh
-    vco = _toff(rc, T, svb, svt, FLAT) + kvh * svh
+    kjo = _toff(rows, T, skb, skt, FLAT) + kvh.to(tl.int64) * skh
+    vjo = _toff(rows, T, svb, svt, FLAT) + kvh.to(tl.int64) * svh
+    kco = _toff(rc, T, skb, skt, FLAT) + kvh.to(tl.int64) * skh
+    vco = _toff(rc, T, svb, svt, FLAT) + kvh.to(tl.int64) * svh
     k_j = tl.load(k_ptr + kjo[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
     v_j = tl.load(v_ptr + vjo[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
     k_c = tl.load(k_ptr + kco[:, None] + offs_k[None, :], mask=mc[:, None], other=0.0)
@@ -136,11 +135,11 @@ def _bwd_main_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, dh_ptr, do_ptr, dq_ptr,
     dco = _toff(rc, T, sdb, sdt, FLAT)
     for hh in range(GRP):
         ih = kvh * GRP + hh
-        q_j = tl.load(q_ptr + (qjo + ih * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
-        do_j = tl.load(do_ptr + (djo + ih * sdh)[:, None] + offs_v[None, :], mask=m[:, None], other=0.0).to(dt)
-        q_c = tl.load(q_ptr + (qco + ih * sqh)[:, None] + offs_k[None, :], mask=rows_needed[:, None],
+        q_j = tl.load(q_ptr + (qjo + ih.to(tl.int64) * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+        do_j = tl.load(do_ptr + (djo + ih.to(tl.int64) * sdh)[:, None] + offs_v[None, :], mask=m[:, None], other=0.0).to(dt)
+        q_c = tl.load(q_ptr + (qco + ih.to(tl.int64) * sqh)[:, None] + offs_k[None, :], mask=rows_needed[:, None],
                       other=0.0)                                  # unscaled, input dtype
-        do_c = tl.load(do_ptr + (dco + ih * sdh)[:, None] + offs_v[None, :], mask=rows_needed[:, None],
+        do_c = tl.load(do_ptr + (dco + ih.to(tl.int64) * sdh)[:, None] + offs_v[None, :], mask=rows_needed[:, None],
                        other=0.0).to(dt)
         qs_j = q_j * scale
         if DQ_STATE_EXT:                                          # from _bwd_dq_state_kernel

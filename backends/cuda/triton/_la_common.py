@@ -52,6 +52,26 @@ def _gate_row(gc_ptr, row, kvh, offs_k, valid, HKV, K: tl.constexpr,
 
 
 
+# ------------------------------------------------------------------------------ program ids
+# Grid dims 1 and 2 are limited to 65535 on CUDA, so a count that grows with the tokens (chunks,
+# sequences, segments) is never put there: those grids are flattened into dim 0 (2^31 - 1).
+@triton.jit
+def _tile_pid(HKV, NTILE: tl.constexpr):
+    """(tile, kvh, z) of a 1-D grid of NTILE * HKV * Z programs, tile fastest (the order of the
+    former 3-D grid (NTILE, HKV, Z))."""
+    pid = tl.program_id(0)
+    rest = pid // NTILE
+    return pid % NTILE, rest % HKV, rest // HKV
+
+
+@triton.jit
+def _sub_pid(BT: tl.constexpr):
+    """(sub-block, chunk) of grid dim 0 flattened from (BT // SUB, NT), sub-block fastest."""
+    pid = tl.program_id(0)
+    NSUB: tl.constexpr = BT // SUB
+    return pid % NSUB, pid // NSUB
+
+
 # --------------------------------------------------------------------- chunks and segments
 # Without cu_seqlens (VARLEN False) the B sequences of T tokens have cdiv(T, BT) chunks each and
 # cdiv(chunks, S) segments each, all derived from the program id: no table.  With cu_seqlens the
@@ -209,7 +229,7 @@ def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr, T, sgb, 
     rows = t0 + tl.arange(0, BT)
     m = rows < t1
     r = rows.to(tl.int64)
-    gin = _toff(rows, T, sgb, sgt, FLAT) + kvh * sgh
+    gin = _toff(rows, T, sgb, sgt, FLAT) + kvh.to(tl.int64) * sgh
     if GATE == 2:
         offs_k = tl.arange(0, K)
         p = (r[:, None] * HKV + kvh) * K + offs_k[None, :]
@@ -230,8 +250,8 @@ def _h_chunk_step(b, k_ptr, v_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, HKV, K
     (zeros without a gate)."""
     dt: tl.constexpr = k_ptr.dtype.element_ty
     m = rows < t1
-    ko = _toff(rows, T, skb, skt, FLAT) + kvh * skh
-    vo = _toff(rows, T, svb, svt, FLAT) + kvh * svh
+    ko = _toff(rows, T, skb, skt, FLAT) + kvh.to(tl.int64) * skh
+    vo = _toff(rows, T, svb, svt, FLAT) + kvh.to(tl.int64) * svh
     kt = tl.load(k_ptr + ko[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
     vt = tl.load(v_ptr + vo[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
     if GATE > 0:
@@ -265,12 +285,12 @@ def _dh_chunk_step(b, q_ptr, do_ptr, gc_ptr, rows, t1, kvh, offs_k, offs_v, scal
         G = tl.zeros([BK], dtype=tl.float32)
     for hh in range(GRP):
         ih = kvh * GRP + hh
-        qt = tl.load(q_ptr + (qo + ih * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
+        qt = tl.load(q_ptr + (qo + ih.to(tl.int64) * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
         if GATE > 0:
             qt = (qt.to(tl.float32) * qdec).to(dt)
         else:
             qt = (qt.to(tl.float32) * scale).to(dt)
-        dot_ = tl.load(do_ptr + (doo + ih * sdh)[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
+        dot_ = tl.load(do_ptr + (doo + ih.to(tl.int64) * sdh)[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
         b += _dot(tl.trans(qt), dot_.to(dt), PREC)
     return b, G
 

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ._common import _toff
-from ._la_common import SUB, _chunk_of, _diag_scores, _dot, _gate_row, _gate_rows, _level_factor
+from ._la_common import SUB, _chunk_of, _sub_pid, _diag_scores, _dot, _gate_row, _gate_rows, _level_factor
 
 
 # ----------------------------------------------------------------------------- output pass
@@ -16,12 +16,11 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H
                   PREC: tl.constexpr, T, sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
                   VARLEN: tl.constexpr):
     """o for the 16 rows of sub-block i of chunk c, for every query head of KV head kvh.
-    grid (BT // SUB, NT, HKV). The gate factors (all the exps) and h[c] depend only on the KV
+    grid ((BT // SUB) * NT, HKV): _sub_pid. The gate factors (all the exps) and h[c] depend only on the KV
     head, so they are computed / loaded once and reused by the H/HKV query heads."""
     GRP = H // HKV
-    i = tl.program_id(0)
-    c = tl.program_id(1)
-    kvh = tl.program_id(2)
+    i, c = _sub_pid(BT)
+    kvh = tl.program_id(1)
     _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
     if t1 <= t0:
         return
@@ -34,8 +33,8 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H
     r = rows.to(tl.int64)
     rc = t0 + tl.arange(0, BT)
     mc = rc < t1
-    kco = _toff(rc, T, skb, skt, FLAT) + kvh * skh
-    vco = _toff(rc, T, svb, svt, FLAT) + kvh * svh
+    kco = _toff(rc, T, skb, skt, FLAT) + kvh.to(tl.int64) * skh
+    vco = _toff(rc, T, svb, svt, FLAT) + kvh.to(tl.int64) * svh
     k_c = tl.load(k_ptr + kco[:, None] + offs_k[None, :], mask=mc[:, None], other=0.0)
     v_c = tl.load(v_ptr + vco[:, None] + offs_v[None, :], mask=mc[:, None], other=0.0)
     hb = tl.load(h_ptr + (c.to(tl.int64) * HKV + kvh) * K * V + offs_k[:, None] * V + offs_v[None, :]).to(dt)
@@ -48,8 +47,8 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H
         qo_f = tl.exp(gci - ref[None, :])
         ko = (k_c.to(tl.float32) *
               tl.exp(tl.where(rc[:, None] < r0, ref[None, :] - gc_c, float("-inf")))).to(dt)
-        kio = _toff(rows, T, skb, skt, FLAT) + kvh * skh
-        vio = _toff(rows, T, svb, svt, FLAT) + kvh * svh
+        kio = _toff(rows, T, skb, skt, FLAT) + kvh.to(tl.int64) * skh
+        vio = _toff(rows, T, svb, svt, FLAT) + kvh.to(tl.int64) * svh
         k_i = tl.load(k_ptr + kio[:, None] + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
         v_i = tl.load(v_ptr + vio[:, None] + offs_v[None, :], mask=m[:, None], other=0.0)
         f8 = _level_factor(gc_ptr, gci, r0, t1, kvh, offs_k, 8, HKV, K, GATE)
@@ -63,7 +62,7 @@ def _fwd_o_kernel(q_ptr, k_ptr, v_ptr, gc_ptr, h_ptr, o_ptr, chunk_ptr, scale, H
     qro = _toff(rows, T, sqb, sqt, FLAT)
     for hh in range(GRP):
         ih = kvh * GRP + hh
-        qs = tl.load(q_ptr + (qro + ih * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
+        qs = tl.load(q_ptr + (qro + ih.to(tl.int64) * sqh)[:, None] + offs_k[None, :], mask=m[:, None], other=0.0)
         qs = qs.to(tl.float32) * scale
         acc = _dot((qs * qdec).to(dt), hb, PREC)                           # (q exp(gc)) h_c
         if GATE == 2:

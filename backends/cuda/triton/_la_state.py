@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._la_common import _chunk_of, _dh_chunk_step, _h_chunk_step, _seg_of, _seg_span, _seq_chunks, _seq_range
+from ._la_common import _chunk_of, _tile_pid, _dh_chunk_step, _h_chunk_step, _seg_of, _seg_span, _seq_chunks, _seq_range
 
 
 # ------------------------------------------------------------------------------ state pass
@@ -20,14 +20,13 @@ def _fwd_h_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, h0_ptr, ht_ptr, cu_ptr, coff_ptr,
                   BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr,
                   PREC: tl.constexpr, T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
                   NTC, VARLEN: tl.constexpr):
-    """Per-chunk states h[c] (state before chunk c) and the final state. grid (NK*NV, HKV, N).
+    """Per-chunk states h[c] (state before chunk c) and the final state. grid (NK*NV*HKV*N,): _tile_pid.
     Each program owns a [BK, BV] tile of one KV head's state (rows of the state decay
     independently, so K and V tiles never interact) and walks its sequence's chunks in order."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    n = tl.program_id(2)
+    tile, kvh, n = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     bos, eos, c0, nc = _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
@@ -68,13 +67,12 @@ def _fwd_h_seg_kernel(k_ptr, v_ptr, gc_ptr, h_ptr, hs_ptr, dseg_ptr, dcum_ptr, c
                       BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, PREC: tl.constexpr,
                       T, NTOK, skb, skt, skh, svb, svt, svh, FLAT: tl.constexpr,
                       S, NTC, VARLEN: tl.constexpr):
-    """Pass 1 of the segmented state pass. grid (NK*NV, HKV, NSEG); seg rows (seq, first chunk,
+    """Pass 1 of the segmented state pass. grid (NK*NV*HKV*NSEG,): _tile_pid; seg rows (seq, first chunk,
     chunk count, first token)."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    sg = tl.program_id(2)
+    tile, kvh, sg = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     n, cf, ns, tf = _seg_of(seg_ptr, sg, T, BT, S, VARLEN)
     if ns <= 0:
         return
@@ -110,12 +108,11 @@ def _seg_carry_kernel(hs_ptr, dseg_ptr, s0_ptr, st_ptr, segoff_ptr, HKV, K: tl.c
                       VARLEN: tl.constexpr):
     """Pass 2: carry the true state across the segments of sequence n, in place in hs (local end
     state in, true start state out; reversed: local start in, true end out). Stores the last carry
-    (final state forward, initial-state gradient reversed). grid (NK*NV, HKV, N)."""
+    (final state forward, initial-state gradient reversed). grid (NK*NV*HKV*N,): _tile_pid."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    n = tl.program_id(2)
+    tile, kvh, n = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     s_a, ns = _seg_span(segoff_ptr, n, T, BT, S, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
@@ -147,12 +144,11 @@ def _seg_fix_kernel(h_ptr, hs_ptr, dcum_ptr, chunk_ptr, coff_ptr, segoff_ptr, S,
                     GATE: tl.constexpr, HAS_S0: tl.constexpr, REVERSE: tl.constexpr,
                     cu_ptr, T, NTOK, BT: tl.constexpr, VARLEN: tl.constexpr):
     """Pass 3: h_c = local_c + exp(dcum_c) * carry(seg) for chunk c, in place in h (float32 math,
-    stored in h's dtype). grid (NK*NV, HKV, NT)."""
+    stored in h's dtype). grid (NK*NV*HKV*NT,): _tile_pid."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    c = tl.program_id(2)
+    tile, kvh, c = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     n, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
     if t1 <= t0:
         return
@@ -195,12 +191,11 @@ def _bwd_dh_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, dht_ptr, dh0_ptr, cu_ptr, coff
                    T, NTOK, sqb, sqt, sqh, sdb, sdt, sdh, FLAT: tl.constexpr,
                    NTC, VARLEN: tl.constexpr):
     """dh[c] = gradient w.r.t. the state at the end of chunk c, walking chunks backwards; sums the
-    H/HKV query heads of the KV head. Ends with the initial-state gradient. grid (NK*NV, HKV, N)."""
+    H/HKV query heads of the KV head. Ends with the initial-state gradient. grid (NK*NV*HKV*N,): _tile_pid."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    n = tl.program_id(2)
+    tile, kvh, n = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     bos, eos, c0, nc = _seq_chunks(cu_ptr, coff_ptr, n, T, NTOK, BT, VARLEN)
     offs_k = ik * BK + tl.arange(0, BK)
     offs_v = iv * BV + tl.arange(0, BV)
@@ -232,12 +227,11 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
     """Pass 1 of the segmented dh pass (see _fwd_h_seg_kernel): walks the segment's chunks backwards
     from a zero gradient; local dh of every chunk but the segment's last into dh, the local gradient
     at the segment start into hs, log decays into dseg / dcum (dcum_c: from the end of chunk c to
-    the end of the segment). grid (NK*NV, HKV, NSEG)."""
+    the end of the segment). grid (NK*NV*HKV*NSEG,): _tile_pid."""
     NV: tl.constexpr = V // BV
-    ik = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    kvh = tl.program_id(1)
-    sg = tl.program_id(2)
+    tile, kvh, sg = _tile_pid(HKV, (K // BK) * NV)
+    ik = tile // NV
+    iv = tile % NV
     n, cf, ns, tf = _seg_of(seg_ptr, sg, T, BT, S, VARLEN)
     if ns <= 0:
         return

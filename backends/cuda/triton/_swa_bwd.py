@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _seq_bounds
+from ._common import _block_of
 
 
 @triton.jit(do_not_specialize=["R", "T"])
@@ -88,27 +88,23 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, offs_n,
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["T", "window"])
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, scale, DQACC,
+@triton.jit(do_not_specialize=["T", "NB", "window"])
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, TAB, T, NB, window, qk_scale, scale, DQACC,
                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
                      H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      IS_VARLEN: tl.constexpr, PREC: tl.constexpr, FAR_MASK: tl.constexpr,
                      ATOMIC_DQ: tl.constexpr):
-    hkv = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    n = tl.program_id(2)
+    # grid (HKV * NJ,): KV head fastest, then key-block slots (_block_of)
+    hkv = tl.program_id(0) % HKV
+    n, bos, L, n0 = _block_of(CU, TAB, tl.program_id(0) // HKV, tl.num_programs(0) // HKV, NB, T, BLOCK_N,
+                              IS_VARLEN, False)
     if IS_VARLEN:   # B == 1, T tokens; bounds clamped into [0, T] (memory-safe on any cu)
-        bos, eos = _seq_bounds(CU, n, T)
-        L = eos - bos
         q_in, k_in = bos.to(tl.int64) * sqt, bos.to(tl.int64) * skt
         v_in, d_in = bos.to(tl.int64) * svt, bos.to(tl.int64) * sdt
     else:
-        bos = n * T
-        L = T
         q_in, k_in = n.to(tl.int64) * sqb, n.to(tl.int64) * skb
         v_in, d_in = n.to(tl.int64) * svb, n.to(tl.int64) * sdb
-    n0 = pid_n * BLOCK_N
     if n0 < L:
         G: tl.constexpr = H // HKV
         stride_kt: tl.constexpr = HKV * HEAD_DIM        # dk / dv (contiguous)
@@ -117,8 +113,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, s
         kv_off = (bos + offs_n[:, None]).to(tl.int64) * stride_kt + hkv * HEAD_DIM + offs_d[None, :]
         kv_mask = (offs_n < L)[:, None]
         rows_n = offs_n[:, None].to(tl.int64)
-        k = tl.load(K + k_in + hkv * skh + rows_n * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + v_in + hkv * svh + rows_n * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(K + k_in + hkv.to(tl.int64) * skh + rows_n * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + v_in + hkv.to(tl.int64) * svh + rows_n * svt + offs_d[None, :], mask=kv_mask, other=0.0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -132,8 +128,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, T, window, qk_scale, s
         row0 = bos.to(tl.int64) * H
         for g in range(G):
             h = hkv * G + g
-            q_base = Q + q_in + h * sqh
-            do_base = DO + d_in + h * sdh
+            q_base = Q + q_in + h.to(tl.int64) * sqh
+            do_base = DO + d_in + h.to(tl.int64) * sdh
             lse_base = LSE + row0 + h
             delta_base = DELTA + row0 + h
             dq_base = DQACC + bos.to(tl.int64) * (H * HEAD_DIM) + h * HEAD_DIM
@@ -162,13 +158,13 @@ def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, CU, T, NSEQ, M_SINK, q
 
     Every query row of every sequence sees every sink, so the T rows of each batch entry are split
     into chunks without regard to sequences (with cu_seqlens: rows before clamp(cu[NSEQ], 0, T)).
-    Program z of axis 2 is chunk z % cdiv(T, CHUNK) of batch entry z // cdiv(T, CHUNK).
-    Output: float32 [num_programs(2), M, HKV, D].
+    Program z of axis 0 is chunk z % cdiv(T, CHUNK) of batch entry z // cdiv(T, CHUNK).
+    Output: float32 [num_programs(0), M, HKV, D].
     ATOMIC_DQ: also add the sinks' dq terms into the float32 buffer DQACC [B, T, H, D].
     """
-    s0 = tl.program_id(0) * BLOCK_N
+    z = tl.program_id(0)                                # the chunks in dim 0 (dims 1, 2 <= 65535)
     hkv = tl.program_id(1)
-    z = tl.program_id(2)
+    s0 = tl.program_id(2) * BLOCK_N
     cpb = tl.cdiv(T, CHUNK)
     bb = (z // cpb).to(tl.int64)
     c = z % cpb
@@ -191,7 +187,7 @@ def _bwd_sink_kernel(Q, SK, SV, DO, LSE, DELTA, DSK, DSV, CU, T, NSEQ, M_SINK, q
     row0 = bb * T * H                                   # lse / delta rows of this batch entry
     for g in range(G):
         h = hkv * G + g
-        dsk, dsv = _bwd_dkdv_inner(dsk, dsv, sk, sv, Q + bb * sqb + h * sqh, DO + bb * sdb + h * sdh,
+        dsk, dsv = _bwd_dkdv_inner(dsk, dsv, sk, sv, Q + bb * sqb + h.to(tl.int64) * sqh, DO + bb * sdb + h.to(tl.int64) * sdh,
                                    LSE + row0 + h, DELTA + row0 + h, offs_n, lo, hi, 0, qk_scale,
                                    H, HEAD_DIM, BLOCK_M, 2, PREC, DQACC + row0 * HEAD_DIM + h * HEAD_DIM,
                                    ATOMIC_DQ, sqt, sdt)
@@ -235,27 +231,23 @@ def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, 
     return dq
 
 
-@triton.jit(do_not_specialize=["T", "M_SINK", "window"])
-def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, qk_scale, scale,
+@triton.jit(do_not_specialize=["T", "NB", "M_SINK", "window"])
+def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, TAB, T, NB, M_SINK, window, qk_scale, scale,
                    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdb, sdt, sdh,
                    H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
                    FAR_MASK: tl.constexpr):
-    h = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    n = tl.program_id(2)
+    # grid (H * NJ,): head fastest, then block slots heaviest first (_block_of)
+    h = tl.program_id(0) % H
+    n, bos, L, m0 = _block_of(CU, TAB, tl.program_id(0) // H, tl.num_programs(0) // H, NB, T, BLOCK_M,
+                              IS_VARLEN, True)
     if IS_VARLEN:   # B == 1, T tokens; bounds clamped into [0, T] (memory-safe on any cu)
-        bos, eos = _seq_bounds(CU, n, T)
-        L = eos - bos
         q_in, k_in = bos.to(tl.int64) * sqt, bos.to(tl.int64) * skt
         v_in, d_in = bos.to(tl.int64) * svt, bos.to(tl.int64) * sdt
     else:
-        bos = n * T
-        L = T
         q_in, k_in = n.to(tl.int64) * sqb, n.to(tl.int64) * skb
         v_in, d_in = n.to(tl.int64) * svb, n.to(tl.int64) * sdb
-    m0 = pid_m * BLOCK_M
     if m0 < L:
         hkv = h // (H // HKV)
         stride_qt: tl.constexpr = H * HEAD_DIM          # dq (contiguous)
@@ -265,8 +257,8 @@ def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, q
         rmask = offs_m < L
         q_off = (bos + offs_m[:, None]).to(tl.int64) * stride_qt + h * HEAD_DIM + offs_d[None, :]
         rows_m = offs_m[:, None].to(tl.int64)
-        q = tl.load(Q + q_in + h * sqh + rows_m * sqt + offs_d[None, :], mask=rmask[:, None], other=0.0)
-        do = tl.load(DO + d_in + h * sdh + rows_m * sdt + offs_d[None, :], mask=rmask[:, None], other=0.0)
+        q = tl.load(Q + q_in + h.to(tl.int64) * sqh + rows_m * sqt + offs_d[None, :], mask=rmask[:, None], other=0.0)
+        do = tl.load(DO + d_in + h.to(tl.int64) * sdh + rows_m * sdt + offs_d[None, :], mask=rmask[:, None], other=0.0)
         lse2 = tl.load(LSE + (bos + offs_m).to(tl.int64) * H + h, mask=rmask, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + (bos + offs_m).to(tl.int64) * H + h, mask=rmask, other=0.0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -274,8 +266,8 @@ def _bwd_dq_kernel(Q, K, V, SK, SV, DO, LSE, DELTA, DQ, CU, T, M_SINK, window, q
             dq = _bwd_dq_inner(dq, q, do, lse2, delta, SK + hkv * HEAD_DIM, SV + hkv * HEAD_DIM,
                                stride_st, stride_st, offs_m, 0, M_SINK, L, window, qk_scale,
                                BLOCK_N, HEAD_DIM, 2, PREC)
-        k_base = K + k_in + hkv * skh
-        v_base = V + v_in + hkv * svh
+        k_base = K + k_in + hkv.to(tl.int64) * skh
+        v_base = V + v_in + hkv.to(tl.int64) * svh
         # same key phases as the forward
         hi = tl.minimum(m0 + BLOCK_M, L)
         lo = (tl.maximum(m0 - window, 0) // BLOCK_N) * BLOCK_N

@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import _seq_bounds
+from ._common import _block_of
 
 
 @triton.jit
@@ -54,30 +54,25 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, l
     return acc, l_i, m_i
 
 
-@triton.jit(do_not_specialize=["T", "M_SINK", "window"])
-def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
+@triton.jit(do_not_specialize=["T", "NB", "M_SINK", "window"])
+def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, TAB, T, NB, M_SINK, window, qk_scale,
                 sqb, sqt, sqh, skb, skt, skh, svb, svt, svh,
                 H: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 IS_VARLEN: tl.constexpr, HAS_SINK: tl.constexpr, PREC: tl.constexpr,
                 FAR_MASK: tl.constexpr):
-    h = tl.program_id(0)
-    # heaviest query blocks (most keys under full causal attention) are scheduled first
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    n = tl.program_id(2)
+    # grid (H * NJ,): head fastest, then block slots heaviest first (_block_of)
+    h = tl.program_id(0) % H
+    n, bos, L, m0 = _block_of(CU, TAB, tl.program_id(0) // H, tl.num_programs(0) // H, NB, T, BLOCK_M,
+                              IS_VARLEN, True)
     if IS_VARLEN:   # B == 1, T tokens; bounds clamped into [0, T] (memory-safe on any cu)
-        bos, eos = _seq_bounds(CU, n, T)
-        L = eos - bos
         q_in = bos.to(tl.int64) * sqt
         k_in = bos.to(tl.int64) * skt
         v_in = bos.to(tl.int64) * svt
     else:
-        bos = n * T
-        L = T
         q_in = n.to(tl.int64) * sqb
         k_in = n.to(tl.int64) * skb
         v_in = n.to(tl.int64) * svb
-    m0 = pid_m * BLOCK_M
     if m0 < L:
         hkv = h // (H // HKV)
         stride_qt: tl.constexpr = H * HEAD_DIM          # o (contiguous)
@@ -85,7 +80,7 @@ def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
         offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         row_mask = (offs_m < L)[:, None]
-        q_ptrs = Q + q_in + h * sqh + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :]
+        q_ptrs = Q + q_in + h.to(tl.int64) * sqh + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :]
         q = tl.load(q_ptrs, mask=row_mask, other=0.0)
 
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -97,8 +92,8 @@ def _fwd_kernel(Q, K, V, SK, SV, O, LSE, CU, T, M_SINK, window, qk_scale,
                                        stride_st, stride_st, offs_m, 0, M_SINK, L, window, qk_scale,
                                        BLOCK_N, HEAD_DIM, 2, PREC)
 
-        k_base = K + k_in + hkv * skh
-        v_base = V + v_in + hkv * svh
+        k_base = K + k_in + hkv.to(tl.int64) * skh
+        v_base = V + v_in + hkv.to(tl.int64) * svh
         hi = tl.minimum(m0 + BLOCK_M, L)
         lo = (tl.maximum(m0 - window, 0) // BLOCK_N) * BLOCK_N
         # blocks [mid_lo, mid_hi) are seen whole by every row of the query block:

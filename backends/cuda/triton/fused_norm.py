@@ -9,8 +9,10 @@ Semantics are exactly those of RMSNorm.forward (fla order), for x in float16 / b
 
 One read of x (and residual), one write of y (and h): the torch code makes about ten passes over
 float32 copies.  The products are computed in the same order as the torch code and without FMA
-contraction (enable_fp_fusion=False), so the only difference from it is the order of the float32
-sum of squares (and rsqrt's last bit).
+contraction (enable_fp_fusion=False), and the mean as torch's CUDA mean (sum * fl32(1/N), not a
+division: Triton's '/' is div.full, 2 ulp), so the only difference from it is the order of the
+float32 sum of squares (rsqrt: MUFU.RSQ in both).  MAX_N rows are 128 registers a thread at 16
+warps (sm_90 compile: no spills, at the limit).
 
 Layout: each program normalises BLOCK_M rows of length N (BLOCK_N = next power of two >= N, one
 tile in registers): BLOCK_M = 1 for hidden-size rows (3584 -> 4096 columns), many rows per program
@@ -32,7 +34,7 @@ _TILE = 4096   # target elements per program for short rows
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps,
+def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps, inv_n,
                      HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_H: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
@@ -43,7 +45,7 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps
     h = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         h = h + tl.load(r_ptr + rows[:, None] * sr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    var = tl.sum(h * h, axis=1) / N
+    var = tl.sum(h * h, axis=1) * inv_n      # torch's CUDA mean: sum * (1/N); '/ N' would be div.full (2 ulp)
     rstd = tl.math.rsqrt(var + eps)
     y = h * rstd[:, None]
     if HAS_W:
@@ -115,7 +117,7 @@ def rms_norm(x: torch.Tensor, weight, eps: float, residual=None, prenorm: bool =
         block_m, block_n, warps = config(n, m)
         _rms_norm_kernel[(triton.cdiv(m, block_m),)](
             x2, r2 if r2 is not None else x2, w if w is not None else x2, b if b is not None else x2,
-            y, h if h is not None else y, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps),
+            y, h if h is not None else y, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps), 1.0 / n,
             HAS_RES=r2 is not None, HAS_W=w is not None, HAS_B=b is not None, STORE_H=h is not None,
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, enable_fp_fusion=False)
     return (y, h) if prenorm else y

@@ -143,10 +143,12 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
             raise ValueError(f"rope: {name} must be on {q.device} and broadcast to [B, T, 1, D] = "
                              f"[{B}, {T}, 1, {D}], got {tuple(c.shape)} on {c.device}")
         try:
-            c = (c if c.stride(-1) == 1 else c.contiguous()).broadcast_to((B, T, 1, D))
+            c = c.broadcast_to((B, T, 1, D))
         except RuntimeError:
             raise ValueError(f"rope: {name} must broadcast to [B, T, 1, D] = [{B}, {T}, 1, {D}], "
                              f"got {tuple(c.shape)}") from None
+        if c.stride(-1) != 1 and D > 1:   # the kernel reads the head dim with unit stride (a size-1
+            c = c.contiguous()            # last dim broadcast to D has stride 0): materialise it
         cs.append(c)
     cos, sin = cs
     qo = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)

@@ -31,7 +31,9 @@ with cu_seqlens = 0, T, 2T, ...), so there is one code path.  Where the chunks a
 cu_seqlens the kernels derive a chunk's sequence and tokens from the program id (constexpr VARLEN
 False, no table, no per-call host work); with cu_seqlens one small kernel builds the chunk /
 segment tables on the device, sized by bounds known on the host (see _Tables), and the kernels
-skip the unused (empty) rows.  Nothing is ever read back to the host.
+skip the unused (empty) rows.  Nothing is ever read back to the host.  Grids keep the chunk,
+segment and sequence counts in dim 0 (CUDA limits dims 1 and 2 to 65535; _la_common._tile_pid /
+_sub_pid), and head indices multiply strides in int64 (head-major views pass 2^31 elements).
 
 Layout: q, k, v, g and grad_o whose last dimension has stride 1 are read in place through their
 batch / time / head strides (slices along T, splits of a fused projection, a transposed batch,
@@ -284,7 +286,7 @@ def _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay):
     BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
     h = torch.empty(tab.NT, HKV, K, V, dtype=k.dtype, device=device)
     ht = torch.empty(N, HKV, K, V, dtype=torch.float32, device=device)
-    grid = ((K // BK) * (V // BV), HKV, N)
+    grid = ((K // BK) * (V // BV) * HKV * N,)
     _fwd_h_kernel[grid](k, v, gc if gc is not None else k, h, h0 if h0 is not None else ht, ht, tab.cu, tab.coff,
                         HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, HAS_H0=h0 is not None,
                         PREC=_prec(k.dtype), **lay["kv"], NTC=tab.NT, VARLEN=tab.varlen,
@@ -316,16 +318,16 @@ def _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay):
     hs, dseg, dcum = _seg_bufs(tab, HKV, K, V, gate, device)
     nw, ns = cfg["h_warps"], cfg["num_stages"]
     if tab.NSEG > 0:
-        _fwd_h_seg_kernel[((K // BK) * (V // BV), HKV, tab.NSEG)](
+        _fwd_h_seg_kernel[((K // BK) * (V // BV) * HKV * tab.NSEG,)](
             k, v, gc if gc is not None else k, h, hs, dseg, dcum, tab.cu, tab.seg,
             HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(k.dtype), **lay["kv"],
             S=S, NTC=tab.NT, VARLEN=tab.varlen, num_warps=nw, num_stages=ns)
-    _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
+    _seg_carry_kernel[((K // BK) * (V // BV) * HKV * N,)](
         hs, dseg, h0 if h0 is not None else ht, ht, tab.segoff, HKV=HKV, K=K, V=V, BK=BK, BV=BV,
         GATE=gate, HAS_S0=h0 is not None, STORE_ST=True, REVERSE=False, T=T, S=S, BT=BT, VARLEN=tab.varlen,
         num_warps=nw)
     if tab.NT > 0:
-        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, tab.NT)](
+        _seg_fix_kernel[((K // BK3) * (V // BV3) * HKV * tab.NT,)](
             h, hs, dcum, tab.chunks, tab.coff, tab.segoff, S, HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
             GATE=gate, HAS_S0=h0 is not None, REVERSE=False, cu_ptr=tab.cu, T=T, NTOK=lay["kv"]["NTOK"], BT=BT,
             VARLEN=tab.varlen, num_warps=cfg["aux_warps"])
@@ -340,16 +342,16 @@ def _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, device,
     hs, dseg, dcum = _seg_bufs(tab, HKV, K, V, gate, device)
     nw, ns = cfg["h_warps"], cfg["num_stages"]
     if tab.NSEG > 0:
-        _bwd_dh_seg_kernel[((K // BK) * (V // BV), HKV, tab.NSEG)](
+        _bwd_dh_seg_kernel[((K // BK) * (V // BV) * HKV * tab.NSEG,)](
             q, do, gc if gc is not None else q, dh, hs, dseg, dcum, tab.cu, tab.seg, float(scale),
             H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, PREC=_prec(q.dtype), **lay["qdo"],
             S=S, NTC=tab.NT, VARLEN=tab.varlen, num_warps=nw, num_stages=ns)
-    _seg_carry_kernel[((K // BK) * (V // BV), HKV, N)](
+    _seg_carry_kernel[((K // BK) * (V // BV) * HKV * N,)](
         hs, dseg, dht if dht is not None else hs, dh0 if dh0 is not None else hs, tab.segoff,
         HKV=HKV, K=K, V=V, BK=BK, BV=BV, GATE=gate, HAS_S0=dht is not None, STORE_ST=dh0 is not None,
         REVERSE=True, T=T, S=S, BT=BT, VARLEN=tab.varlen, num_warps=nw)
     if tab.NT > 0:
-        _seg_fix_kernel[((K // BK3) * (V // BV3), HKV, tab.NT)](
+        _seg_fix_kernel[((K // BK3) * (V // BV3) * HKV * tab.NT,)](
             dh, hs, dcum, tab.chunks, tab.coff, tab.segoff, S, HKV=HKV, K=K, V=V, BK=BK3, BV=BV3,
             GATE=gate, HAS_S0=dht is not None, REVERSE=True, cu_ptr=tab.cu, T=T, NTOK=lay["qdo"]["NTOK"], BT=BT,
             VARLEN=tab.varlen, num_warps=cfg["aux_warps"])
@@ -405,7 +407,7 @@ def linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, *, config=None
         h, ht = _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
     o = alloc(B, T, H, V, dtype=q.dtype, device=q.device)
     if tab.NT > 0:
-        _fwd_o_kernel[(cfg["BT"] // _SUB, tab.NT, HKV)](
+        _fwd_o_kernel[((cfg["BT"] // _SUB) * tab.NT, HKV)](
             q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
             GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
             num_stages=cfg["num_stages"])
@@ -436,7 +438,7 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
         dh = _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
     else:
         dh = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=dev)
-        _bwd_dh_kernel[((K // BK) * (V // BV), HKV, N)](
+        _bwd_dh_kernel[((K // BK) * (V // BV) * HKV * N,)](
             q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
             tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
             HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype), **lay["qdo"],
@@ -458,7 +460,7 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
             num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])
     try:
         if NT > 0:
-            _bwd_main_kernel[(BT // _SUB, NT, HKV)](
+            _bwd_main_kernel[((BT // _SUB) * NT, HKV)](
                 q, k, v, gc if gc is not None else q, h, dh, do, dq, dk, dv, db if db is not None else dq, tab.chunks,
                 dqs, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, GATE=gate, PREC=_prec(q.dtype), **lay["all"],
                 DQ_STATE_EXT=dq_ext, VARLEN=VL, num_warps=cfg["bwd_warps"], num_stages=cfg["num_stages"])

@@ -53,10 +53,12 @@ cu_seqlens is never trusted (the host data checks are off by default): the kerne
 sequence n to tokens [clamp(cu[n], 0, T), clamp(cu[n+1], start, T)), so nothing is read or
 written out of bounds whatever cu_seqlens holds; a decreasing pair is an empty sequence,
 overlapping sequences write their shared rows twice (either result), tokens outside every
-sequence get zeros (o, lse, dq, dk, dv).  Nothing is read back to the host: the grid covers
-max_seqlen query / key blocks per sequence when the caller passes it (it must then be >= the
-longest sequence; rows past it get zeros), else T, and the blocks past a sequence's end exit at
-once.  ``window < 0`` (or a window >= that bound) runs as window = the bound.
+sequence get zeros (o, lse, dq, dk, dv).  Nothing is read back to the host: one small kernel
+builds a table of each sequence's blocks on the device (_blocks: cdiv(T, block) + N rows, unused
+rows exit at once), so the grid grows with the tokens, not with N * T.  max_seqlen, when the
+caller passes it, must be >= the longest sequence (blocks past it are skipped: their rows get
+zeros).  ``window < 0`` (or a window >= max_seqlen, else T) runs as window = that bound.
+Every grid is 1-D (head fastest): CUDA limits grid dims 1 and 2 to 65535.
 
 Files: _swa_fwd.py (forward kernel), _swa_bwd.py (backward kernels), _common.py (varlen bounds,
 stride rules); this module holds the configs and launchers and re-exports every kernel.
@@ -94,11 +96,12 @@ def _import_siblings(*names):
     return [importlib.import_module(f"{pkg}.{n}") for n in names]
 
 
-_common, _swa_fwd, _swa_bwd = _import_siblings("_common", "_swa_fwd", "_swa_bwd")
+_common, _la_common, _swa_fwd, _swa_bwd = _import_siblings("_common", "_la_common", "_swa_fwd", "_swa_bwd")
 # every @triton.jit function lives here too (check_triton_configs.py finds the kernels in vars())
 for _m in (_swa_fwd, _swa_bwd):
     globals().update({_n: _f for _n, _f in vars(_m).items() if isinstance(_f, triton.runtime.jit.KernelInterface)})
 del _m
+_la_tables_kernel = _la_common._la_tables_kernel   # the varlen block table (see _blocks)
 in_place, tok_strides = _common.in_place, _common.tok_strides
 
 _LOG2E = 1.4426950408889634
@@ -215,6 +218,29 @@ def _prepare(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, max_seqlen):
     return N, max_len, window_eff, scale, cu, sk, sv, M, prec
 
 
+_TABLE_BLK, _TABLE_BN = 64, 64   # block-table rows per program, sequences per scan step
+
+
+def _blocks(cu, B, T, max_len, block, like):
+    """(table, NJ, NB) of the 1-D grids (grid dims 1 and 2 hold at most 65535: no token or sequence
+    count goes there).  NB = cdiv(max_len, block) blocks per sequence.  Without cu_seqlens the NJ =
+    B * NB block slots come from the program id (table: a placeholder never read).  With cu_seqlens
+    one _la_tables_kernel launch builds the block rows (seq, t0, t1) on the device, no host sync:
+    NJ = cdiv(T, block) + N rows bound the blocks of non-overlapping sequences (rows past the real
+    count are empty and exit at once), so the grid grows with the tokens, not with N * T."""
+    NB = triton.cdiv(max_len, block)
+    if cu is None:
+        return like, B * NB, NB
+    N = cu.numel() - 1
+    NJ = triton.cdiv(T, block) + N
+    buf = torch.empty(N + 1 + 3 * NJ, dtype=torch.int32, device=like.device)
+    coff, rows = buf[:N + 1], buf[N + 1:].view(NJ, 3)
+    _la_tables_kernel[(triton.cdiv(NJ, _TABLE_BLK),)](
+        cu, coff, rows, coff, rows, N, T, NJ, 0, 1, BT=block, HAS_SEG=False, BLK=_TABLE_BLK, BN=_TABLE_BN,
+        num_warps=4)
+    return rows, NJ, NB
+
+
 def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=None,
                  backend="cuda", max_seqlen=None):
     """Forward of ``sbops::swa_attn``: returns (o [B,T,H,D] in q.dtype, lse [B,T,H] float32),
@@ -232,10 +258,10 @@ def swa_attn_fwd(q, k, v, window, scale, cu_seqlens, sink_k, sink_v, *, config=N
     if q.numel() == 0 or N == 0 or max_len == 0:
         return o, lse
     cfg = _resolve_config(config, "fwd", D, q.dtype, backend)
-    grid = (H, triton.cdiv(max_len, cfg["BLOCK_M"]), N)
-    _fwd_kernel[grid](
+    tab, NJ, NB = _blocks(cu, B, T, max_len, cfg["BLOCK_M"], q)
+    _fwd_kernel[(H * NJ,)](
         q, k, v, sk if sk is not None else k, sv if sv is not None else v, o, lse,
-        cu if cu is not None else q, T, M, window_eff, scale * _LOG2E,
+        cu if cu is not None else q, tab, T, NB, M, window_eff, scale * _LOG2E,
         **_strides("sq", q), **_strides("sk", k), **_strides("sv", v),
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         IS_VARLEN=cu is not None, HAS_SINK=M > 0, PREC=prec,
@@ -258,14 +284,15 @@ def _bwd_delta(o, grad_o, grad_lse):
     return delta
 
 
-def _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, window_eff, scale, prec,
-               cfg):
-    """dQ kernel: long query block, short key block (the dK/dV config transposed); writes dq."""
+def _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, blocks, M, window_eff, scale, prec, cfg):
+    """dQ kernel: long query block, short key block (the dK/dV config transposed); writes dq.
+    blocks: _blocks(...) of BLOCK_N-token blocks (the dQ kernel's query blocks)."""
     B, T, H, D = q.shape
     BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    _bwd_dq_kernel[(H, triton.cdiv(max_len, BN), N)](
+    tab, NJ, NB = blocks
+    _bwd_dq_kernel[(H * NJ,)](
         q, k, v, sk if sk is not None else k, sv if sv is not None else v, grad_o, lse,
-        delta, dq, cu if cu is not None else q, T, M, window_eff, scale * _LOG2E, scale,
+        delta, dq, cu if cu is not None else q, tab, T, NB, M, window_eff, scale * _LOG2E, scale,
         **_strides("sq", q), **_strides("sk", k), **_strides("sv", v), **_strides("sd", grad_o),
         H=H, HKV=k.shape[2], HEAD_DIM=D, BLOCK_M=BN, BLOCK_N=BM, IS_VARLEN=cu is not None,
         HAS_SINK=M > 0, PREC=prec, FAR_MASK=3 if cfg.get("split_masks", False) else 1,
@@ -289,8 +316,8 @@ def swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale, *, backend
     if q.numel() == 0:
         return dq
     cfg = _resolve_config(None, "bwd", q.shape[-1], q.dtype, backend)
-    _launch_dq(q, k, v, sk, sv, grad_o, lse, _bwd_delta(o, grad_o, grad_lse), dq, cu, N, max_len, M,
-               window_eff, scale, prec, cfg)
+    _launch_dq(q, k, v, sk, sv, grad_o, lse, _bwd_delta(o, grad_o, grad_lse), dq, cu,
+               _blocks(cu, q.shape[0], q.shape[1], max_len, cfg["BLOCK_N"], q), M, window_eff, scale, prec, cfg)
     return dq
 
 
@@ -332,14 +359,14 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
     delta = _bwd_delta(o, grad_o, grad_lse)
     qk_scale = scale * _LOG2E
     cu_arg = cu if cu is not None else q
-    _bwd_dkdv_kernel[(HKV, triton.cdiv(max_len, BN), N)](
-        q, k, v, grad_o, lse, delta, dk, dv, cu_arg, T, window_eff, qk_scale, scale, dq_acc,
+    blocks = _blocks(cu, B, T, max_len, BN, q)   # key blocks of dK/dV = query blocks of dQ
+    _bwd_dkdv_kernel[(HKV * blocks[1],)](
+        q, k, v, grad_o, lse, delta, dk, dv, cu_arg, blocks[0], T, blocks[2], window_eff, qk_scale, scale, dq_acc,
         **_strides("sq", q), **_strides("sk", k), **_strides("sv", v), **_strides("sd", grad_o),
         H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, IS_VARLEN=cu is not None,
         PREC=prec, FAR_MASK=4 if split else 1, ATOMIC_DQ=atomic_dq, **launch)
     if not atomic_dq:
-        _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, N, max_len, M, window_eff, scale, prec,
-                   cfg)
+        _launch_dq(q, k, v, sk, sv, grad_o, lse, delta, dq, cu, blocks, M, window_eff, scale, prec, cfg)
     if M > 0:
         n_chunks = B * triton.cdiv(T, _SINK_CHUNK)
         part_k = torch.empty((n_chunks, M, HKV, D), device=q.device, dtype=torch.float32)
@@ -347,7 +374,7 @@ def swa_attn_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, s
         # rows outside every sequence (past cu[N]) must not contribute: the kernel bounds the
         # rows by clamp(cu[N], 0, T) on the device (no host sync); sink rows play the keys of
         # the dK/dV kernel: same block shapes
-        _bwd_sink_kernel[(triton.cdiv(M, BN), HKV, n_chunks)](
+        _bwd_sink_kernel[(n_chunks, HKV, triton.cdiv(M, BN))](
             q, sk, sv, grad_o, lse, delta, part_k, part_v, cu_arg, T, N, M, qk_scale, scale,
             dq_acc, *tok_strides(q), *tok_strides(grad_o), H=H, HKV=HKV, HEAD_DIM=D, BLOCK_M=BM,
             BLOCK_N=BN, CHUNK=_SINK_CHUNK, PREC=prec, ATOMIC_DQ=atomic_dq, IS_VARLEN=cu is not None,
