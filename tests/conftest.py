@@ -33,6 +33,19 @@ def requires_module(name, why=""):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/MACA GPU")
+
+
+def without_host_sync(fn):
+    """fn() after one warm-up call (compiles, allocates), the second call under
+    torch.cuda.set_sync_debug_mode("error"): any host synchronisation in it raises.  Returns
+    (warm-up result, checked result)."""
+    first = fn()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return first, fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 requires_triton = requires_module("triton", "Triton kernels (TRITON_INTERPRET=1 on a CPU)")
 requires_numpy = requires_module("numpy")
 requires_transformers = requires_module("transformers")

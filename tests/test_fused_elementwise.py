@@ -25,7 +25,7 @@ np = pytest.importorskip("numpy")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import triton_kernels  # noqa: E402
-from conftest import requires_cuda  # noqa: E402
+from conftest import requires_cuda, without_host_sync  # noqa: E402
 from reference import rel_err  # noqa: E402
 
 import sbops.nn.common as common  # noqa: E402
@@ -368,13 +368,7 @@ def test_gpu_kernels_sync_free_and_capturable_in_a_cuda_graph():
         y, h = fnorm.rms_norm(x, w, 1e-6, r, True)
         return y, h, frs.silu_mul(*gu.split(80, -1)), *frs.rope(q, k, cos, sin)
 
-    step()  # compile outside the capture
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(step)  # also compiles outside the capture
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -30,7 +30,7 @@ pytest.importorskip("triton")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as R  # noqa: E402
 import triton_kernels  # noqa: E402
-from conftest import requires_cuda  # noqa: E402
+from conftest import requires_cuda, without_host_sync  # noqa: E402
 
 if not HAS_CUDA:
     triton_kernels.install_interpreter_shims()
@@ -226,10 +226,6 @@ def test_device_tables_match_the_host_reference(case):
         assert NT <= tab.NT and seg["NSEG"] <= tab.NSEG
 
 
-def triton_cdiv(a, b):
-    return -(-a // b)
-
-
 def test_no_cu_seqlens_means_no_table():
     tab = LA._make_tables(None, 3, 37, 16, 2, torch.zeros(1))
     assert not tab.varlen and tab.NT == 3 * 3 and tab.NSEG == 3 * 2
@@ -410,15 +406,8 @@ def test_gpu_linear_attn_varlen_no_sync(S):
     do, dF = torch.randn_like(q), torch.randn_like(h0)
     cfg = dict(LA.load_config(128, 128, "key", torch.bfloat16), h_seg=S)
     for args in ((cu, cfg), (None, cfg)):
-        want = _la_run(q, k, v, g, h0[:1] if args[0] is None else h0, args[0], do,
-                       dF[:1] if args[0] is None else dF, args[1])       # warm-up: compiles
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            got = _la_run(q, k, v, g, h0[:1] if args[0] is None else h0, args[0], do,
-                          dF[:1] if args[0] is None else dF, args[1])
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        want, got = without_host_sync(lambda: _la_run(q, k, v, g, h0[:1] if args[0] is None else h0, args[0], do,
+                                                      dF[:1] if args[0] is None else dF, args[1]))
         for a, b in zip(got, want):
             assert torch.equal(a, b)
     ref = _la_ref_covered(q.float(), k.float(), v.float(), g, h0, cu.cpu(), do.float(), dF)
@@ -435,13 +424,7 @@ def test_gpu_swa_varlen_no_sync():
     def run():
         o, lse = SWA.swa_attn_fwd(q, k, v, 64, None, cu, sk, sk)
         return (o, lse) + tuple(SWA.swa_attn_bwd(q, k, v, o, lse, do, None, 64, None, cu, sk, sk))
-    want = run()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        got = run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    want, got = without_host_sync(run)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
     leaves = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
@@ -461,13 +444,7 @@ def test_gpu_public_ops_varlen_fwd_bwd_no_sync():
         o, ht = sbops.linear_attn(*leaves, initial_state=h0, output_final_state=True, cu_seqlens=cu)
         o2 = sbops.swa_attn(leaves[0], leaves[1], leaves[2], 64, cu_seqlens=cu)
         (o.float().sum() + ht.sum() + o2.float().sum()).backward()
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    without_host_sync(run)
 
 
 # ------------------------------------------------------- GPU: grid limits and 64-bit offsets
