@@ -2,6 +2,7 @@
 
     python examples/convert_qwen2.py                      # tiny random Qwen2 built locally
     python examples/convert_qwen2.py --kind 76b --num-experts 4
+    python examples/convert_qwen2.py --spike-k 3 --spike-report   # sparsity of the spike-coded inputs
     python examples/convert_qwen2.py --model /path/to/local/qwen2   # a local Qwen2 checkpoint
 
 Needs `transformers` (for Qwen2Config / Qwen2ForCausalLM). Nothing is downloaded.
@@ -10,7 +11,7 @@ import argparse
 
 import torch
 
-from sbops.models import convert_qwen2, generate
+from sbops.models import convert_qwen2, generate, spike_report
 
 
 def tiny_qwen2():
@@ -27,6 +28,8 @@ def main():
     ap.add_argument("--window", type=int, default=None, help="sliding window (default: 4096, or 8 for the tiny model)")
     ap.add_argument("--num-experts", type=int, default=None, help="76b: routed experts (default 16)")
     ap.add_argument("--spike-k", type=float, default=None, help="spike-code the blocks' linear inputs with this k")
+    ap.add_argument("--spike-report", action="store_true",
+                    help="with --spike-k: print the spike sparsity of the coded inputs on the prompt (bitwise and ternary)")
     ap.add_argument("--prompt-len", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     args = ap.parse_args()
@@ -59,6 +62,14 @@ def main():
         shapes = "; ".join(f"state {tuple(p.state.shape)}" if hasattr(p, "state")
                            else f"ring buffer k/v {tuple(p.k.shape)}" for p in parts)
         print(f"  layer {i} ({kind}): {shapes}")
+    if args.spike_report:
+        if args.spike_k is None:
+            ap.error("--spike-report needs --spike-k")
+        rep = spike_report(model, prompt)
+        for mode, st in rep["overall"].items():
+            print(f"spike coding (k={args.spike_k}, {mode} trains) over {len(rep['layers'])} layers on the prompt: "
+                  f"sparsity {st['sparsity']:.1%}, {st['spikes_per_neuron']:.2f} spikes per neuron, "
+                  f"{st['silent_fraction']:.1%} silent")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ from .convert import build_from_qwen2_config, convert_qwen2
 from .generate import GenerateOutput, generate
 from .graphs import DecodeGraphs
 from .sampling import process_logits, select_next
+from .spike_report import spike_report
 from .spikingbrain import CausalLMOutput, DecoderLayer, ModelCache, SpikingBrainForCausalLM, SpikingBrainModel
 
 __all__ = [
     "SpikingBrainConfig", "SpikingBrainForCausalLM", "SpikingBrainModel", "DecoderLayer", "ModelCache",
     "CausalLMOutput", "GenerateOutput", "DecodeGraphs", "build_from_qwen2_config", "convert_qwen2", "generate",
-    "process_logits", "select_next",
+    "process_logits", "select_next", "spike_report",
 ]
