@@ -85,20 +85,19 @@ _TO_RELEASED = [(r"^model\.embed_tokens\.", "model.embeddings."), (r"\.input_lay
                 (r"\.self_attn\.", ".attn.")]
 
 
-def released_to_ours(name: str) -> str:
-    for pat, rep in _TO_OURS:
-        name, n = re.subn(pat, rep, name, count=1)
-        if n and rep == ".self_attn.o_norm.":
-            return name
+def _rename(name: str, rules) -> str:
+    # the rules apply in order; a renamed norm no longer matches the generic attention rule after it
+    for pat, rep in rules:
+        name = re.sub(pat, rep, name, count=1)
     return name
+
+
+def released_to_ours(name: str) -> str:
+    return _rename(name, _TO_OURS)
 
 
 def ours_to_released(name: str) -> str:
-    for pat, rep in _TO_RELEASED:
-        name, n = re.subn(pat, rep, name, count=1)
-        if n and rep == ".attn.g_norm.":
-            return name
-    return name
+    return _rename(name, _TO_RELEASED)
 
 
 # ------------------------------------------------------------------------------------------ config
