@@ -75,6 +75,22 @@ def _gate(gen, env, *shape) -> torch.Tensor:
     return (F.logsigmoid(torch.randn(*shape, generator=gen) * 2) / 16).to(env.device, env.dtype)
 
 
+def _cu_seqlens(env: Env, seqs) -> "torch.Tensor | None":
+    """int32 [N+1] offsets of packed sequences of lengths `seqs` on env's device (None: not packed)."""
+    if seqs is None:
+        return None
+    return torch.tensor([0] + list(torch.tensor(seqs).cumsum(0)), dtype=torch.int32, device=env.device)
+
+
+def _leaves(grad: bool, named):
+    """(tensors, their gradient names) of the (name, tensor or None) pairs that are given, each
+    set to requires_grad=grad."""
+    given = [(n, t) for n, t in named if t is not None]
+    for _, t in given:
+        t.requires_grad_(grad)
+    return [t for _, t in given], [n for n, _ in given]
+
+
 def _routing(gen, T: int, E: int, k: int, drop: float = 0.0) -> torch.Tensor:
     """[T, k] int32 distinct random experts per token; a `drop` fraction of slots set to -1."""
     ids = torch.rand(T, E, generator=gen).topk(k, dim=-1).indices.to(torch.int32)

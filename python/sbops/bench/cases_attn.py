@@ -9,8 +9,8 @@ import sbops
 
 from . import peers as P
 from . import reference as R
-from .casebase import (D7, H7, HKV7, PROBE_T, Compared, Prepared, SpeedCase, _dev_gate, _dev_randn, _elt, _gate,
-                       _grads, _k, _randn, linear_attn_flops, window_pairs)
+from .casebase import (D7, H7, HKV7, PROBE_T, Compared, Prepared, SpeedCase, _cu_seqlens, _dev_gate, _dev_randn,
+                       _elt, _gate, _grads, _k, _leaves, _randn, linear_attn_flops, window_pairs)
 
 
 # --------------------------------------------------------------------------- linear attention
@@ -22,13 +22,8 @@ def _check_linear_attn(B, T, H, HKV, D, gate, init, seqs=None, grad=False):
         g = None if gate is None else _gate(gen, env, *((B, T, HKV, D) if gate == "key" else (B, T, HKV)))
         N = B if seqs is None else len(seqs)
         h0 = _randn(gen, env, N, HKV, D, D, dtype=torch.float32) if init else None
-        cu = None
-        if seqs is not None:
-            cu = torch.tensor([0] + list(torch.tensor(seqs).cumsum(0)), dtype=torch.int32, device=env.device)
-        leaves = [t for t in (q, k, v, g, h0) if t is not None]
-        names = [n for n, t in zip(("dq", "dk", "dv", "dg", "dh0"), (q, k, v, g, h0)) if t is not None]
-        for t in leaves:
-            t.requires_grad_(grad)
+        cu = _cu_seqlens(env, seqs)
+        leaves, names = _leaves(grad, zip(("dq", "dk", "dv", "dg", "dh0"), (q, k, v, g, h0)))
         o, fs = sbops.linear_attn(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
         rq, rk, rv, rg, rh0 = R.upcast(q, k, v, g, h0)
         ro, rfs = R.linear_attn(rq, rk, rv, rg, initial_state=rh0, cu_seqlens=cu)
@@ -70,13 +65,8 @@ def _check_swa(B, T, H, HKV, D, window, sinks=0, seqs=None, grad=False):
         v = _randn(gen, env, B, T, HKV, D)
         sk = _randn(gen, env, sinks, HKV, D) if sinks else None
         sv = _randn(gen, env, sinks, HKV, D) if sinks else None
-        cu = None
-        if seqs is not None:
-            cu = torch.tensor([0] + list(torch.tensor(seqs).cumsum(0)), dtype=torch.int32, device=env.device)
-        leaves = [t for t in (q, k, v, sk, sv) if t is not None]
-        names = [n for n, t in zip(("dq", "dk", "dv", "dsink_k", "dsink_v"), (q, k, v, sk, sv)) if t is not None]
-        for t in leaves:
-            t.requires_grad_(grad)
+        cu = _cu_seqlens(env, seqs)
+        leaves, names = _leaves(grad, zip(("dq", "dk", "dv", "dsink_k", "dsink_v"), (q, k, v, sk, sv)))
         o, lse = sbops.swa_attn(q, k, v, window, cu_seqlens=cu, sink_k=sk, sink_v=sv, return_lse=True)
         rq, rk, rv, rsk, rsv = R.upcast(q, k, v, sk, sv)
         ro, rlse = R.swa_attn(rq, rk, rv, window, cu_seqlens=cu, sink_k=rsk, sink_v=rsv)
