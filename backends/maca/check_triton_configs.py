@@ -32,6 +32,7 @@ would not fit is caught on a CPU, before a GPU run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -74,13 +75,18 @@ def all_cases(quick: bool = False, dtypes=(torch.bfloat16, torch.float32)) -> li
 
 
 def _load(name: str):
-    """A fresh copy of a kernel module from the source tree (fresh JITFunction objects)."""
+    """A fresh copy of a kernel module from the source tree (fresh JITFunction objects): the folder is
+    loaded afresh as a private package, so the module's relative imports of its siblings work."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("check_triton_configs needs compiled Triton kernels: unset TRITON_INTERPRET")
-    spec = importlib.util.spec_from_file_location(f"_sbops_maca_check_{name}", os.path.join(TRITON_DIR, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    pkg = f"_sbops_maca_check_{name}"
+    for key in [k for k in sys.modules if k == pkg or k.startswith(pkg + ".")]:
+        del sys.modules[key]
+    spec = importlib.util.spec_from_file_location(pkg, os.path.join(TRITON_DIR, "__init__.py"),
+                                                  submodule_search_locations=[TRITON_DIR])
+    sys.modules[pkg] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[pkg])
+    return importlib.import_module(f"{pkg}.{name}")
 
 
 def default_target():

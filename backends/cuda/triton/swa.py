@@ -66,37 +66,13 @@ stride rules); this module holds the configs and launchers and re-exports every 
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import json
 import os
-import sys
 
 import torch
 import triton
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _import_siblings(*names):
-    """The kernel modules next to this file.  Inside the sbops package: a plain import.  When this
-    file was itself loaded from its path (tests/triton_kernels.py, backends/maca/
-    check_triton_configs.py), the folder is loaded as a private package named after this module,
-    afresh each time (fresh JITFunction objects, as a fresh load of the one-file module had)."""
-    pkg = __spec__.parent if __spec__ is not None else ""
-    if not pkg:
-        pkg = f"{__name__}_kernels"
-        for key in [k for k in sys.modules if k == pkg or k.startswith(pkg + ".")]:
-            del sys.modules[key]
-        spec = importlib.util.spec_from_file_location(pkg, os.path.join(_HERE, "__init__.py"),
-                                                      submodule_search_locations=[_HERE])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[pkg] = mod
-        spec.loader.exec_module(mod)
-    return [importlib.import_module(f"{pkg}.{n}") for n in names]
-
-
-_common, _la_common, _swa_fwd, _swa_bwd = _import_siblings("_common", "_la_common", "_swa_fwd", "_swa_bwd")
+from . import _common, _la_common, _swa_bwd, _swa_fwd
 # every @triton.jit function lives here too (check_triton_configs.py finds the kernels in vars())
 for _m in (_swa_fwd, _swa_bwd):
     globals().update({_n: _f for _n, _f in vars(_m).items() if isinstance(_f, triton.runtime.jit.KernelInterface)})
