@@ -357,17 +357,6 @@ def test_views_read_in_place_match_contiguous_and_reference(case):
             assert rel(a, r) <= VIEW_TOL, f"{name} rel err {rel(a, r)}"
 
 
-def _bounds(fn):
-    """fn() with every interpreted access bounds-checked (CPU); on a GPU, fn() and a sync that
-    surfaces an illegal address."""
-    if HAS_CUDA:
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-    with triton_kernels.bounds_checked():
-        return fn()
-
-
 @pytest.mark.parametrize("gate", ["head", "key"])
 def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens(gate):
     """cu values outside [0, T] are clamped: the result equals the call with the clamped cu_seqlens,
@@ -382,7 +371,7 @@ def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens(gate):
     good = torch.tensor([0, 17, 25, 40], dtype=torch.int32, device=DEV)
     want = _la_run(q, k, v, g, h0, good, do, dF, cfg)
     for bad in bads:
-        got = _bounds(lambda: _la_run(q, k, v, g, h0, bad, do, dF, cfg))
+        got = triton_kernels.run_in_bounds(lambda: _la_run(q, k, v, g, h0, bad, do, dF, cfg))
         for a, b in zip(got, want):
             assert torch.equal(a, b)
 
@@ -395,7 +384,7 @@ def test_cu_seqlens_decreasing_stays_in_bounds_empty_sequence_keeps_its_state():
     gen = torch.Generator().manual_seed(13)
     do, dF = torch.randn(q.shape, generator=gen).to(q), torch.randn(h0.shape, generator=gen).to(h0)
     cu = torch.tensor([0, 20, 9, 33], dtype=torch.int32, device=DEV)   # [0,20), [20,20) empty, [9,33)
-    o, ht, dq, dk, dv, dg, dh0 = _bounds(lambda: _la_run(q, k, v, g, h0, cu, do, dF, _small_config("key", torch.float32)))
+    o, ht, dq, dk, dv, dg, dh0 = triton_kernels.run_in_bounds(lambda: _la_run(q, k, v, g, h0, cu, do, dF, _small_config("key", torch.float32)))
     for x, like in ((o, q), (dq, q), (dk, k), (dv, v), (dg, g), (ht, h0), (dh0, h0)):
         assert x.shape == like.shape and torch.isfinite(x).all()
     assert torch.equal(ht[1], h0[1]) and torch.equal(dh0[1], dF[1])

@@ -329,17 +329,6 @@ def test_views_read_in_place_match_contiguous_and_reference(case):
         assert dq.is_contiguous() and torch.equal(dq, dq_want)
 
 
-def _in_bounds(fn):
-    """fn() with every interpreted access bounds-checked (CPU); on a GPU, fn() and a sync that
-    surfaces an illegal address."""
-    if _HAS_CUDA:
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-    with triton_kernels.bounds_checked():
-        return fn()
-
-
 def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens():
     """cu values outside [0, T] are clamped in the kernels (sinks' row bound included): the result
     equals the call with the clamped cu_seqlens, with no access outside the tensors."""
@@ -351,7 +340,7 @@ def test_cu_seqlens_past_T_or_negative_clamps_to_the_tokens():
     good = torch.tensor([0, 17, 25, 40], dtype=torch.int64, device=_DEV)
     want = _swa_run(q, k, v, None, do, dlse, 6, good, sk, sv, *_VIEW_CFG)
     for bad in bads:
-        got = _in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 6, bad, sk, sv, *_VIEW_CFG))
+        got = triton_kernels.run_in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 6, bad, sk, sv, *_VIEW_CFG))
         for a, b in zip(got, want):
             assert torch.equal(a, b)
 
@@ -363,7 +352,7 @@ def test_cu_seqlens_decreasing_stays_in_bounds_uncovered_rows_zero():
     gen = torch.Generator().manual_seed(10)
     do, dlse = torch.randn(q.shape, generator=gen).to(q), torch.randn(q.shape[:3], generator=gen).to(q)
     cu = torch.tensor([0, 20, 9, 25], dtype=torch.int32, device=_DEV)   # [0,20), [20,20) empty, [9,25); 25.. uncovered
-    o, lse, dq, dk, dv, _, _ = _in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 4, cu, None, None, *_VIEW_CFG))
+    o, lse, dq, dk, dv, _, _ = triton_kernels.run_in_bounds(lambda: _swa_run(q, k, v, None, do, dlse, 4, cu, None, None, *_VIEW_CFG))
     for x in (o, lse, dq, dk, dv):
         assert torch.isfinite(x).all() and not x[:, 25:].any()
         assert x[:, :25].abs().sum() > 0

@@ -165,3 +165,14 @@ def bounds_checked():
         yield
     finally:
         _ranges = prev
+
+
+def run_in_bounds(fn):
+    """fn() with every interpreted access bounds-checked (CPU); on a GPU, fn() and a sync that
+    surfaces an illegal address."""
+    if torch.cuda.is_available():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    with bounds_checked():
+        return fn()
