@@ -16,9 +16,12 @@ from conftest import requires_cuda
 from sbops.bench import __main__ as cli
 from sbops.bench import cases, overhead, reference, report, runner
 
-# a filtered quick run: cheap checks and speed cases of three families, short timing budget
+# a filtered quick run: cheap checks and speed cases of three families, short timing budget; the CPU
+# backend only, so that the run (and its case names) is the same on a machine with a GPU; a per-case
+# limit that a loaded machine's first calls stay inside
+CPU_ONLY = ["--backends", "cpu", "--timeout", "60"]
 SMALL = ["--quick", "--ops", "spike_encode,expert_counts,linear_attn_decode", "--shapes", "63,T=300,B=1,N=3,[512",
-         "--budget", "0.1", "--quiet", "--peers", "torch.eager"]
+         "--budget", "0.1", "--quiet", "--peers", "torch.eager", *CPU_ONLY]
 
 
 def _run(tmp_path, *extra, name="out.json"):
@@ -180,7 +183,7 @@ def test_default_run_has_one_headline_row_per_timed_op():
 def test_default_cli_run_times_only_the_headline_cases(tmp_path):
     path = tmp_path / "d.json"
     rc = cli.main(["--ops", "topk_gating,moe_permute", "--only", "speed", "--budget", "0.05", "--peers", "none",
-                   "--quiet", "--json", str(path)])
+                   "--quiet", "--json", str(path), *CPU_ONLY])
     res = json.loads(path.read_text())
     assert rc == 0 and res["meta"]["mode"] == "default" and res["meta"]["wall_s"] > 0
     assert [r["case"] for r in res["speed"]] == ["topk_gating T=1k E=16 k=1", "moe_permute T=1k Hd=3584 E=16 k=1"]
@@ -189,7 +192,7 @@ def test_default_cli_run_times_only_the_headline_cases(tmp_path):
 def test_speed_rows_report_checks_on_off_and_wrapper_overhead(tmp_path, capsys):
     path = tmp_path / "w.json"
     rc = cli.main(["--quick", "--ops", "topk_gating,spike_encode", "--shapes", "E=16,[512", "--only", "speed",
-                   "--budget", "0.05", "--peers", "none", "--quiet", "--json", str(path)])
+                   "--budget", "0.05", "--peers", "none", "--quiet", "--json", str(path), *CPU_ONLY])
     assert rc == 0
     res = json.loads(path.read_text())
     assert len(res["speed"]) == 2
@@ -242,6 +245,9 @@ def test_gpu_headline_probes_dispatch_and_time_on_the_gpu():
             w = overhead.measure_overhead(public, direct, "cuda", budget_s=0.05)
         assert op == case.op, case.name
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            if x is None or y is None:          # an optional output (e.g. linear_attn's final state)
+                assert x is None and y is None, case.name
+                continue
             assert x.shape == y.shape, case.name
         assert w["public_us"] > 0 and w["direct_us"] > 0 and math.isfinite(w["overhead_us"]), case.name
 
@@ -269,7 +275,7 @@ def test_runs_without_rich_and_matplotlib(tmp_path):
     plots = tmp_path / "plots"
     r = subprocess.run([sys.executable, "-c", _BLOCKED, "--quick", "--ops", "topk_gating", "--shapes", "E=16",
                         "--budget", "0.05", "--peers", "none", "--plots", str(plots), "--no-ttft",
-                        "--json", str(tmp_path / "x.json")],
+                        "--json", str(tmp_path / "x.json"), *CPU_ONLY],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout

@@ -315,7 +315,9 @@ def test_triton_count_past_int32_makes_only_its_row_nan(wdtype, path, M):
     y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, None, None, path=path).cpu()
     assert torch.isnan(y[3]).all()
     keep = torch.arange(M) != 3
-    assert rel(y[keep], ref_spike_linear(x[keep], wq.float(), sc, 3.0, None, None)) < 1e-5
+    # exact paths to 1e-5; Hopper's fp8 MMA keeps ~14 bits inside each <= BK chain
+    bound = 1e-3 if dev == "cuda" and wdtype == FP8 else 1e-5
+    assert rel(y[keep], ref_spike_linear(x[keep], wq.float(), sc, 3.0, None, None)) < bound
 
 
 class _null:

@@ -180,7 +180,7 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
             iacc = tl.zeros([BM, BN], dtype=tl.int32)
             for k0 in range(0, K, BK):
                 a, b = _load_tiles(a_ptrs, b_ptrs, k0 + rk, K, EVEN_K, FP8)
-                iacc = tl.dot(a, b, iacc)
+                iacc += tl.dot(a, b)  # not tl.dot(a, b, iacc): wrong on int8 (triton-lang/triton#5669)
                 a_ptrs += BK
                 b_ptrs += BK
             acc = iacc.to(tl.float32)
@@ -197,8 +197,8 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
                     a, b = _load_tiles(a_ptrs, b_ptrs, (g * GROUP_STEPS + j) * BK + rk, K, EVEN_K, FP8)
                     if FP8:  # a group longer than BK: promoted every BK
                         part = tl.dot(a, b, part, max_num_imprecise_acc=BK)
-                    else:
-                        part = tl.dot(a, b, part)
+                    else:  # int8: a fresh dot added, never dot(a, b, acc) (triton-lang/triton#5669)
+                        part += tl.dot(a, b)
                     a_ptrs += BK
                     b_ptrs += BK
             sc = tl.load(sc_ptrs + g * stride_sg)
