@@ -439,7 +439,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="run q/k/v(/gate) and gate/up projections as separate GEMMs (sbops.nn.common.FUSE_PROJECTIONS)")
     ap.add_argument("--fuse-elementwise", dest="fuse_elementwise", action="store_true", default=None,
                     help="run RMSNorm, SwiGLU's activation and RoPE as fused Triton kernels "
-                         "(sbops.nn.common.FUSE_ELEMENTWISE; default: SBOPS_FUSE_ELEMENTWISE, off)")
+                         "(sbops.nn.common.FUSE_ELEMENTWISE; default: SBOPS_FUSE_ELEMENTWISE, on)")
     ap.add_argument("--no-fuse-elementwise", dest="fuse_elementwise", action="store_false",
                     help="run them as torch ops")
     ap.add_argument("--no-eager-decode", dest="eager_decode", action="store_false",

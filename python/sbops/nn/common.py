@@ -57,9 +57,10 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
 # instead of several torch ops.  Used only on NVIDIA CUDA tensors with Triton present, when no input
 # needs a gradient and outside torch.compile tracing; anything else runs the torch code below, which
 # is the reference (training, CPU, float64).
-# Off by default until the kernels have run on a GPU (they were written and tested under the Triton
-# interpreter only): SBOPS_FUSE_ELEMENTWISE=1, or setting this to True, turns them on.
-FUSE_ELEMENTWISE = os.environ.get("SBOPS_FUSE_ELEMENTWISE", "0").strip().lower() not in ("", "0", "false", "off", "no")
+# On by default (measured on the H200: an 8192-token prefill chunk of the 7B shape 244 -> 187 ms of GPU
+# time, a B=1 decode step 5.97 -> 4.62 ms); SBOPS_FUSE_ELEMENTWISE=0, or setting this to False, turns
+# them off.
+FUSE_ELEMENTWISE = os.environ.get("SBOPS_FUSE_ELEMENTWISE", "1").strip().lower() not in ("", "0", "false", "off", "no")
 _FUSED_DEVICE_TYPES = ("cuda",)  # the tests add "cpu" to run the kernels under the Triton interpreter
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _fused_mods = None  # (fused_norm, fused_rope_swiglu) once loaded, False when unavailable
