@@ -245,9 +245,8 @@ def test_gpu_headline_probes_dispatch_and_time_on_the_gpu():
             w = overhead.measure_overhead(public, direct, "cuda", budget_s=0.05)
         assert op == case.op, case.name
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
-            if x is None or y is None:          # an optional output (e.g. linear_attn's final state)
-                assert x is None and y is None, case.name
-                continue
+            if x is None:   # an output the public call drops (linear_attn's final state without
+                continue    # output_final_state); the kernel call returns it
             assert x.shape == y.shape, case.name
         assert w["public_us"] > 0 and w["direct_us"] > 0 and math.isfinite(w["overhead_us"]), case.name
 

@@ -147,3 +147,23 @@ def test_without_data_checks_no_values_are_read_back(monkeypatch):
         sbops.swa_decode(torch.randn(2, 4, 16), kc, vc, torch.tensor([5, 2]), window=4, slot_indices=slots)
         sbops.spike_expand(torch.tensor([1, -2], dtype=torch.int32), "ternary", T=2)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("gate", [None, "head", "key", "key_f32"])
+def test_linear_attn_fast_path_dispatches_as_the_full_checks(monkeypatch, gate):
+    """The plain-comparison fast path of sbops.linear_attn hands the dispatcher the same head dims and
+    features as the full checks (and the same call), views included."""
+    import sys
+    la = sys.modules["sbops.ops.linear_attn"]                 # the module (sbops.ops.linear_attn is the op)
+    seen = []
+    monkeypatch.setattr(la, "run", lambda op, x, hd, feats, *args: seen.append((op, hd, feats, args)) or (x, None))
+    qkv = torch.randn(2, 5, 6 + 2 + 2, 8)
+    q, k, v = qkv.split([6, 2, 2], dim=2)                       # views of a fused projection
+    g = {None: None, "head": -torch.rand(2, 5, 2), "key": -torch.rand(2, 5, 2, 8),
+         "key_f32": -torch.rand(2, 5, 2, 8, dtype=torch.float64)[..., :8].float()}[gate]
+    sbops.linear_attn(q, k, v, g)
+    hd, feats = la._check(q, k, v, g, None, None)
+    assert seen[0][1:3] == (hd, feats)
+    assert seen[0][3][:4] == (q, k, v, g) and seen[0][3][4] == 8 ** -0.5
+    sbops.linear_attn(q, k, v, g, initial_state=torch.zeros(2, 2, 8, 8))   # the full path
+    assert seen[1][1] == hd and seen[1][2][0] == feats[0] and seen[1][2][2] == "initial_state"

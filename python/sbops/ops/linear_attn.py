@@ -81,6 +81,22 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     default (see sbops.set_data_checks); on the GPU the kernels clamp its offsets into [0, T], so
     bad offsets give an unspecified result but never an out-of-bounds access.
     """
+    # fast path (the common inference call: no packed sequences, no initial state): plain comparisons
+    # that imply every check of _check passes; anything else takes the full checks, which raise
+    # naming the argument
+    if (initial_state is None and cu_seqlens is None and q.__class__ is _T and k.__class__ is _T
+            and v.__class__ is _T and (g is None or g.__class__ is _T)):
+        qs, ks, vs = q.shape, k.shape, v.shape
+        if (len(qs) == 4 and len(ks) == 4 and len(vs) == 4 and ks[:2] == qs[:2] and ks[3] == qs[3]
+                and vs[:3] == ks[:3] and ks[2] and qs[2] % ks[2] == 0
+                and (dt := q.dtype) in _FLOATS and k.dtype == dt and v.dtype == dt
+                and (dev := q.device) == k.device and v.device == dev
+                and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
+                     and (g.shape == ks[:3] or g.shape == ks))):
+            feats = (None if g is None else ("gate_per_head" if g.dim() == 3 else "gate_per_key"), None, None)
+            sc = qs[3] ** -0.5 if scale is None else float(scale)
+            o, final_state = run(OP, q, (qs[3], vs[3]), feats, q, k, v, g, sc, None, None)
+            return o, (final_state if output_final_state else None)
     hd, feats = _check(q, k, v, g, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final_state = run(OP, q, hd, feats, q, k, v, g, scale, initial_state, cu_seqlens)
