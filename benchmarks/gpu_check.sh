@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|wheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; sanitize, cudaops, swa and bench_default only when named)
+#   benchmarks/gpu_check.sh [all|build|wheel|stablewheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; stablewheel, sanitize, cudaops, swa and bench_default only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -76,6 +76,24 @@ if want wheel; then
   (cd /tmp/wtests && /tmp/wvenv/bin/python -c "import sbops, os; print('wheel import:', sbops.__file__); assert sbops.__file__.startswith('/tmp/wvenv'), sbops.__file__" \
    && timeout ${STEP_LIMIT:-240} /tmp/wvenv/bin/python -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 \
       test_build.py test_gpu_cuda_ops.py > "$OUT/logs/wheel_tests.log" 2>&1; echo "wheel tests rc=$? $(tail -1 "$OUT/logs/wheel_tests.log")")
+fi
+if [[ " $steps " == *" stablewheel "* ]]; then
+  # issue 22 proof (b), the way session 11 ran it: the release wheel (scripts/build_wheels.sh, stable ABI,
+  # cp310-abi3) built here, installed into this environment, the source tree's python/ hidden, nvcc off
+  # PATH, then the whole suite (xdist; one CPU thread per worker: the float64 references otherwise
+  # oversubscribe the host), each failure written at once to $OUT/logs/failures.txt
+  stamp "stable-ABI wheel (build_wheels.sh cuda) + whole suite without nvcc"
+  MAX_JOBS=16 SBOPS_CUDA_ARCHS=${SBOPS_CUDA_ARCHS:-90a} scripts/build_wheels.sh cuda > "$OUT/logs/build_wheels.log" 2>&1 \
+    || { tail -30 "$OUT/logs/build_wheels.log"; exit 1; }
+  whl=$(ls -t dist/sbops-*+cu*.whl | head -1); ls -l "$whl"
+  python3 -m pip install -q --no-deps --force-reinstall "$whl"
+  mv python python.hidden && trap 'mv python.hidden python; pack' EXIT
+  nonvcc=$(echo "$PATH" | tr ':' '\n' | grep -vi cuda | paste -sd:)
+  env PATH="$nonvcc" OMP_NUM_THREADS=1 SBOPS_FAILURE_LOG="$OUT/logs/failures.txt" timeout ${SUITE_LIMIT:-420} \
+    python3 -m pytest -v -p no:cacheprovider -n ${SUITE_JOBS:-12} --timeout=140 tests > "$OUT/logs/suite_wheel.log" 2>&1
+  echo "suite rc=$? PASSED $(grep -c 'PASSED tests' "$OUT/logs/suite_wheel.log") FAILED $(grep -c 'FAILED tests' \
+    "$OUT/logs/suite_wheel.log") SKIPPED $(grep -c 'SKIPPED tests' "$OUT/logs/suite_wheel.log")"
+  grep -a "^==== " "$OUT/logs/failures.txt" 2>/dev/null | head -30
 fi
 if want tests; then gpu_tests cuda; fi
 if [[ " $steps " == *" sanitize "* ]]; then

@@ -57,6 +57,16 @@ def pytest_report_header(config):
     return ["sbops optional packages missing (their tests skip): " + (", ".join(missing) if missing else "none")]
 
 
+def pytest_runtest_logreport(report):
+    """SBOPS_FAILURE_LOG=path: append each failure's report to that file the moment it happens (in the
+    controlling process under xdist), so a run cut short by a time limit still tells why tests failed
+    (pytest prints its summary only at the end)."""
+    path = os.environ.get("SBOPS_FAILURE_LOG")
+    if path and report.failed and "PYTEST_XDIST_WORKER" not in os.environ:
+        with open(path, "a") as f:
+            f.write(f"==== {report.nodeid} [{report.when}]\n{report.longreprtext[-6000:]}\n\n")
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     # fresh but reproducible inputs per test
