@@ -6,8 +6,9 @@ Paths, picked by the weight's dtype and M (rows of x):
   (int8 for int8 weights, e4m3 for float8_e4m3fn weights), then `_gemm_kernel` runs them on the
   8-bit tensor cores; outlier rows (counts past 127 for int8, past 16 for e4m3) are served exactly
   by digit passes over only the K chunks that need them.
-* decode (M <= 32): `spike_linear_decode._decode_kernel`, one launch (vth recomputed per program when
-  M * K is small, else one tiny vth pre-pass), split-K with an in-kernel last-arriver reduction.
+* decode (M <= 32): `spike_linear_decode._decode_kernel` after one tiny vth pre-pass (or, where the
+  tuning table says so, one launch recomputing vth per program), split-K with an in-kernel
+  last-arriver reduction.
 
 Scales: `weight_scale [N]` (per output channel) or `[N, K // group_size]` (per group).  Inputs may be
 strided with a unit last stride (read in place); the output is contiguous, in x's dtype.  Configs
@@ -23,7 +24,6 @@ from .spike_linear_decode import _decode_kernel, _vth_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
-FUSED_VTH_MAX_MK = 65536     # x elements every decode program may re-read for its thresholds (L2-resident)
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 
@@ -51,25 +51,27 @@ def _key(fp8, group_size, N, K, bucket):
 
 
 def gemm_config(M, N, K, group_size, fp8):
-    """(BM, BN, BK, GROUP_M, num_warps, num_stages).  One int32 accumulator per channel (int8): 128x256
-    tiles on 8 warps (two consumer warpgroups of 64x256).  Per group a float32 accumulator plus each
-    group's dot result, and per channel with e4m3 weights a float32 accumulator plus the fp8 MMA's
-    partial one (promoted every BK): 128x128 so both stay in registers (64 + 64 per thread)."""
+    """(BM, BN, BK, GROUP_M, num_warps, num_stages): the measured table (spike_linear_tuning.py), else
+    128x128 tiles on 8 warps, 4 stages.  Per group a float32 accumulator plus each group's dot result,
+    and per channel with e4m3 weights a float32 accumulator plus the fp8 MMA's partial one (promoted
+    every BK): 128x128 keeps both in registers (64 + 64 per thread)."""
     bucket = "mid" if M <= 16384 else "big"
     cfg = _tuning.GEMM.get(_key(fp8, group_size, N, K, bucket))
     if cfg is not None:
         return tuple(cfg)
-    bk = _bk(group_size, fp8)
-    if group_size is not None or fp8 or M <= 1024:
-        return 128, 128, bk, 8, 8, 4
-    return 128, 256, bk, 8, 8, 3
+    # 128x128, 4 stages on every path: on the H200 it beat 128x256 / 256x128 for int8 per channel too
+    # (M = 8192: 0.85x vs 0.68x and 1.14x vs 0.84x of bf16 at N = 4608 / 37888, K = 3584)
+    return 128, 128, _bk(group_size, fp8), 8, 8, 4
 
 
 def decode_config(M, N, K, group_size, fp8, dev):
-    """(BN, BK, SPLIT, FUSED_VTH, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM."""
+    """(BN, BK, SPLIT, FUSED_VTH, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM.
+    Default (unmeasured shapes): BN = 128 and the thresholds in a pre-pass, the winner of 13 of the 16
+    measured (path, shape, M) buckets on the H200; re-reading x for the thresholds in every program
+    (FUSED_VTH) lost badly at N = 37888 (581 vs 192 us at M = 1)."""
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))
     if cfg is None:
-        cfg = (64, _bk(group_size, fp8), 0, M * K <= FUSED_VTH_MAX_MK, 4, 3)
+        cfg = (128, _bk(group_size, fp8), 0, False, 4, 3)
     return tuple(cfg)
 
 

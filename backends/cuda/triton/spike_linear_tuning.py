@@ -5,9 +5,37 @@ GEMM entries (prefill, M > 32): key (weight, scales, N, K, M bucket) with weight
 num_warps, num_stages).  DECODE entries (M <= 32): key (weight, scales, N, K, M bucket "m16" | "m32");
 value (BN, BK, SPLIT or 0 for auto, FUSED_VTH, num_warps, num_stages).
 
-`.gpu/sl_bench.py` measures every candidate on the H200 and prints a replacement for the two dicts
-below (the winners per shape); shapes not listed fall back to the defaults in spike_linear.py.
-Current entries: none measured yet (the defaults are first-principles choices, see spike_linear.py).
+Measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
+b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints these
+two dicts: the winners at M = 8192 ("mid") and M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner) of
+the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584 (the run was cut before down 3584 x 18944 and
+M = 65536).  Shapes not listed fall back to the defaults in spike_linear.py.
 """
-GEMM: dict = {}
-DECODE: dict = {}
+GEMM = {
+    ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+    ('f8', 'ch', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+    ('f8', 'g', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 3),
+    ('f8', 'g', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 3),
+    ('i8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+    ('i8', 'ch', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+    ('i8', 'g', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+    ('i8', 'g', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
+}
+DECODE = {
+    ('f8', 'ch', 4608, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('f8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('f8', 'ch', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('f8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('f8', 'g', 4608, 3584, 'm16'): (32, 128, 0, False, 4, 4),
+    ('f8', 'g', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('f8', 'g', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('f8', 'g', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('i8', 'ch', 4608, 3584, 'm16'): (64, 128, 0, True, 4, 3),
+    ('i8', 'ch', 4608, 3584, 'm32'): (64, 128, 0, False, 4, 3),
+    ('i8', 'ch', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('i8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('i8', 'g', 4608, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('i8', 'g', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+    ('i8', 'g', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
+    ('i8', 'g', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
+}
