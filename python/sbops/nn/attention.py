@@ -191,22 +191,49 @@ def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Opti
         plan = batch.window_plan(window, cache.rows, q.device)
         kk = k.new_empty(plan.total, HKV, D)
         vv = v.new_empty(plan.total, HKV, D)
-        qq = q.new_zeros(plan.total, H, D)
-        qq[plan.dst_new] = q.reshape(-1, H, D)
-        kk[plan.dst_new] = k.reshape(-1, HKV, D)
-        vv[plan.dst_new] = v.reshape(-1, HKV, D)
-        kk[plan.dst_old] = cache.k[plan.src_slot, plan.src_row]
-        vv[plan.dst_old] = cache.v[plan.src_slot, plan.src_row]
+        if plan.single is not None:   # one sequence: slice copies (no index kernels)
+            old, slot, r0 = plan.single
+            qq = q.new_empty(plan.total, H, D)
+            qq[:old].zero_()
+            qq[old:].copy_(q.reshape(-1, H, D))
+            kk[old:].copy_(k.reshape(-1, HKV, D))
+            vv[old:].copy_(v.reshape(-1, HKV, D))
+            _copy_ring(kk, cache.k[slot], r0, old)
+            _copy_ring(vv, cache.v[slot], r0, old)
+        else:
+            qq = q.new_zeros(plan.total, H, D)
+            qq[plan.dst_new] = q.reshape(-1, H, D)
+            kk[plan.dst_new] = k.reshape(-1, HKV, D)
+            vv[plan.dst_new] = v.reshape(-1, HKV, D)
+            kk[plan.dst_old] = cache.k[plan.src_slot, plan.src_row]
+            vv[plan.dst_old] = cache.v[plan.src_slot, plan.src_row]
         o = sbops.swa_attn(qq[None], kk[None], vv[None], window, cu_seqlens=plan.cu_seqlens,
                            sink_k=sink_k, sink_v=sink_v)
-        o = o[0].index_select(0, plan.dst_new).view(B, T, H, D)
+        if plan.single is not None:
+            o = o[0, plan.single[0]:].view(B, T, H, D)
+        else:
+            o = o[0].index_select(0, plan.dst_new).view(B, T, H, D)
     if cache is not None:
         w = batch.write_plan(cache.rows, q.device)
         HKV, D = k.shape[2], k.shape[3]
-        sbops.swa_cache_write(k.detach().reshape(-1, HKV, D).index_select(0, w.rows),
-                              v.detach().reshape(-1, HKV, D).index_select(0, w.rows),
-                              cache.k, cache.v, w.positions, w.slots)
+        kf, vf = k.detach().reshape(-1, HKV, D), v.detach().reshape(-1, HKV, D)
+        if w.row_range is not None:   # contiguous rows: views (swa_cache_write reads them in place)
+            kw, vw = kf[w.row_range[0]:w.row_range[1]], vf[w.row_range[0]:w.row_range[1]]
+        else:
+            kw, vw = kf.index_select(0, w.rows), vf.index_select(0, w.rows)
+        sbops.swa_cache_write(kw, vw, cache.k, cache.v, w.positions, w.slots)
     return o
+
+
+def _copy_ring(dst: torch.Tensor, ring: torch.Tensor, r0: int, n: int) -> None:
+    """dst[:n] = ring rows r0, r0 + 1, ... (mod ring rows): the n cached tokens in position order."""
+    if n <= 0:
+        return
+    rows = ring.shape[0]
+    first = min(n, rows - r0)
+    dst[:first].copy_(ring[r0:r0 + first])
+    if first < n:
+        dst[first:n].copy_(ring[:n - first])
 
 
 class GatedLinearAttention(_QKVOProjections):
