@@ -326,3 +326,26 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+@requires_triton
+@pytest.mark.parametrize("group_size", [None, 128])
+@pytest.mark.parametrize("path,M", [("prefill", 45), ("decode", 3)])
+def test_maca_configs_match_float64_and_refuse_fp8(group_size, path, M):
+    """The MACA configs (backends/maca/tuning/spike_linear.json: 64x128 tiles, BK <= 64, fitting 64 KB;
+    tests/test_maca_compile.py checks the fit) give the reference result with int8 weights, digit
+    passes included; float8_e4m3fn weights are refused by name (no fp8 matrix units known on MACA).
+    Runs on the GPU when one is present (the MACA simulation of the Triton kernels), else interpreted."""
+    tk, sl = _triton()
+    dev = _dev()
+    K, N = 256, 40
+    x = _outliers(torch.randn(M, K), big=True)
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, group_size=group_size)
+    r = ref_spike_linear(x, wq.float(), sc, 3.0, None, group_size)
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, None, group_size, path=path, backend="maca")
+    assert y.shape == (M, N) and torch.isfinite(y).all()
+    assert rel(y.cpu(), r) < 1e-5
+    w8, s8 = sbops.quantize_weight(torch.randn(N, K) * 0.05, group_size=group_size, dtype=FP8)
+    with pytest.raises(TypeError, match="float8_e4m3fn weights need fp8 matrix units"):
+        sl.spike_linear_fwd(x.to(dev), w8.to(dev), s8.to(dev), 3.0, None, group_size, path=path, backend="maca")

@@ -108,7 +108,8 @@ def register_triton(tuning_backend: str) -> None:
                                 backend=tuning_backend)
 
     def spike_linear(x, weight_q, weight_scale, k, bias, group_size):
-        return sl.spike_linear_fwd(x, weight_q, weight_scale, k, bias, group_size if group_size > 0 else None)
+        return sl.spike_linear_fwd(x, weight_q, weight_scale, k, bias, group_size if group_size > 0 else None,
+                                   backend=tuning_backend)
 
     for name, fn in (("linear_attn", linear_attn), ("linear_attn_bwd", linear_attn_bwd),
                      ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd), ("spike_linear", spike_linear)):

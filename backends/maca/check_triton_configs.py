@@ -1,7 +1,7 @@
 """Check the MACA Triton configs (backends/maca/tuning/*.json) against MetaX C500-class limits.
 
 For each case (kernel family, head dims, gate mode / sinks, dtype), the real launchers in
-backends/cuda/triton/{linear_attn,swa}.py are run with ``backend="maca"`` on small CPU tensors,
+backends/cuda/triton/{linear_attn,swa,spike_linear}.py are run with ``backend="maca"`` on small CPU tensors,
 but every Triton kernel launch is intercepted and replaced by an ahead-of-time compile of that
 exact kernel specialisation (same constexprs, num_warps, num_stages) for a chosen target.  From
 each compiled kernel's metadata we read the shared memory it needs and its num_warps, and check:
@@ -50,10 +50,11 @@ MACA_MAX_WARPS = 16
 
 @dataclass
 class Case:
-    family: str            # "linear_attn" or "swa"
-    dim: int               # K = V (linear_attn) or D (swa)
+    family: str            # "linear_attn", "swa" or "spike_linear"
+    dim: int               # K = V (linear_attn), D (swa) or K (spike_linear)
     dtype: torch.dtype
-    variant: str           # linear_attn: gate "none" | "head" | "key";  swa: "plain" | "sinks"
+    variant: str           # linear_attn: gate "none" | "head" | "key";  swa: "plain" | "sinks";
+    #                        spike_linear: int8 weight scales "channel" | "group128"
     results: list = field(default_factory=list)
 
     @property
@@ -71,6 +72,8 @@ def all_cases(quick: bool = False, dtypes=(torch.bfloat16, torch.float32)) -> li
                 cases.append(Case("linear_attn", d, dt, gate))
             for v in (("sinks",) if quick else ("plain", "sinks")):
                 cases.append(Case("swa", d, dt, v))
+        for v in ("channel", "group128"):   # prefill (encode + GEMM) and decode (vth + split-K) kernels
+            cases.append(Case("spike_linear", 256, dt, v))
     return cases
 
 
@@ -168,6 +171,21 @@ def _run_swa(mod, case: Case, backend: str = "maca", options: dict | None = None
                      config=options.get("swa_bwd"), backend=backend)
 
 
+def _run_spike_linear(mod, case: Case, backend: str = "maca", options: dict | None = None):
+    K, N = case.dim, 96
+    group = None if case.variant == "channel" else 128
+    w = torch.randn(N, K) * 0.05
+    amax = (w.abs().amax(1, keepdim=True) if group is None
+            else w.view(N, K // group, group).abs().amax(2)).clamp_min(1e-8)
+    scale = amax / 127
+    full = scale if group is None else scale.repeat_interleave(group, 1)
+    wq = torch.round(w / full).clamp(-127, 127).to(torch.int8)
+    scale = scale.squeeze(1) if group is None else scale
+    for M, path in ((48, "prefill"), (4, "decode")):
+        x = torch.randn(M, K, dtype=case.dtype)
+        mod.spike_linear_fwd(x, wq, scale, 3.0, None, group, path=path, backend=backend)
+
+
 def check_configs(cases: list[Case] | None = None, target=None, arch: int = 80,
                   smem_limit: int = MACA_SMEM_LIMIT, max_warps: int = MACA_MAX_WARPS,
                   backend: str = "maca", options: dict | None = None) -> list[dict]:
@@ -179,8 +197,8 @@ def check_configs(cases: list[Case] | None = None, target=None, arch: int = 80,
     if target is None:
         target = default_target() or GPUTarget("cuda", arch, 32)
     cases = all_cases() if cases is None else cases
-    modules = {"linear_attn": _load("linear_attn"), "swa": _load("swa")}
-    runners = {"linear_attn": _run_linear_attn, "swa": _run_swa}
+    modules = {"linear_attn": _load("linear_attn"), "swa": _load("swa"), "spike_linear": _load("spike_linear")}
+    runners = {"linear_attn": _run_linear_attn, "swa": _run_swa, "spike_linear": _run_spike_linear}
     out = []
     for case in cases:
         mod = modules[case.family]

@@ -16,6 +16,9 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 """
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 import triton
 
@@ -25,6 +28,7 @@ from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
+_MACA: dict = {}             # the MACA config table, once read
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 
 
@@ -36,10 +40,21 @@ def _sms(dev) -> int:
     return _NUM_SMS[dev]
 
 
-def _bk(group_size, fp8: bool) -> int:
+def _maca_table() -> dict:
+    """backends/maca/tuning/spike_linear.json (the MACA configs), read once."""
+    if "maca" not in _MACA:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(os.path.join(root, "maca", "tuning", "spike_linear.json")) as f:
+            _MACA["maca"] = json.load(f)
+    return _MACA["maca"]
+
+
+def _bk(group_size, fp8: bool, max_bk: int = 128) -> int:
     if group_size is None:
-        return 128
+        return max_bk
     for bk in (128, 64, 32, 16):
+        if bk > max_bk:
+            continue
         if group_size % bk == 0 and not (fp8 and bk < 32):
             return bk
     raise ValueError(f"spike_linear: group_size must be a multiple of {32 if fp8 else 16} on CUDA "
@@ -50,11 +65,14 @@ def _key(fp8, group_size, N, K, bucket):
     return ("f8" if fp8 else "i8", "ch" if group_size is None else "g", N, K, bucket)
 
 
-def gemm_config(M, N, K, group_size, fp8):
+def gemm_config(M, N, K, group_size, fp8, backend="cuda"):
     """(BM, BN, BK, GROUP_M, num_warps, num_stages): the measured table (spike_linear_tuning.py), else
     128x128 tiles on 8 warps, 4 stages.  Per group a float32 accumulator plus each group's dot result,
     and per channel with e4m3 weights a float32 accumulator plus the fp8 MMA's partial one (promoted
     every BK): 128x128 keeps both in registers (64 + 64 per thread)."""
+    if backend == "maca":
+        t = _maca_table()["gemm"]
+        return t["BM"], t["BN"], _bk(group_size, fp8, t["max_BK"]), t["GROUP_M"], t["num_warps"], t["num_stages"]
     bucket = "mid" if M <= 16384 else "big"
     cfg = _tuning.GEMM.get(_key(fp8, group_size, N, K, bucket))
     if cfg is not None:
@@ -64,11 +82,15 @@ def gemm_config(M, N, K, group_size, fp8):
     return 128, 128, _bk(group_size, fp8), 8, 8, 4
 
 
-def decode_config(M, N, K, group_size, fp8, dev):
+def decode_config(M, N, K, group_size, fp8, dev, backend="cuda"):
     """(BN, BK, SPLIT, FUSED_VTH, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM.
     Default (unmeasured shapes): BN = 128 and the thresholds in a pre-pass, the winner of 13 of the 16
     measured (path, shape, M) buckets on the H200; re-reading x for the thresholds in every program
     (FUSED_VTH) lost badly at N = 37888 (581 vs 192 us at M = 1)."""
+    if backend == "maca":
+        t = _maca_table()["decode"]
+        return (t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["FUSED_VTH"], t["num_warps"],
+                t["num_stages"])
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))
     if cfg is None:
         cfg = (128, _bk(group_size, fp8), 0, False, 4, 3)
@@ -90,10 +112,10 @@ def _check_group(K, group_size, bk):
     return 1 if group_size is None else group_size // bk
 
 
-def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config):
+def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cuda"):
     M, K = x.shape
     N = weight_q.shape[0]
-    BN, BK, split, fused, warps, stages = config or decode_config(M, N, K, group_size, fp8, x.device)
+    BN, BK, split, fused, warps, stages = config or decode_config(M, N, K, group_size, fp8, x.device, backend)
     steps = _check_group(K, group_size, BK)
     grid_n = triton.cdiv(N, BN)
     if not split:
@@ -140,10 +162,10 @@ def encode(x, k, fp8, BK):
     return s, big, vth, nd, flags
 
 
-def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=True):
+def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=True, backend="cuda"):
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN, BK, GM, warps, stages = config or gemm_config(M, N, K, group_size, fp8)
+    BM, BN, BK, GM, warps, stages = config or gemm_config(M, N, K, group_size, fp8, backend)
     steps = _check_group(K, group_size, BK)
     n_chunks = triton.cdiv(K, BK)
     s, big, vth, nd, flags = encode(x, k, fp8, BK)
@@ -169,12 +191,13 @@ def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=Tr
 
 
 def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float,
-                     bias, group_size, config=None, path=None, scale_t=True):
+                     bias, group_size, config=None, path=None, scale_t=True, backend="cuda"):
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
     path: None (decode when M <= 32, else prefill) | "decode" | "prefill"; config: a tuple as
     gemm_config / decode_config return (benchmarks pass candidates); scale_t: prefill reads per-group
-    scales transposed ([G, N], one small copy) instead of in place."""
+    scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
+    "maca": backends/maca/tuning/spike_linear.json, int8 weights only)."""
     if x.stride(-1) != 1:
         x = x.contiguous()  # the kernels need a unit last stride; this is the only copy
     if weight_q.stride(-1) != 1:
@@ -182,6 +205,9 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     if weight_q.dtype not in (torch.int8, torch.float8_e4m3fn):
         raise TypeError(f"spike_linear: weight_q must be int8 or float8_e4m3fn, got {weight_q.dtype}")
     fp8 = weight_q.dtype == torch.float8_e4m3fn
+    if fp8 and backend == "maca":
+        raise TypeError("spike_linear: float8_e4m3fn weights need fp8 matrix units, which MetaX C500-class GPUs "
+                        "are not known to have; quantize the weight to int8 (sbops.quantize_weight) on MACA")
     M, K = x.shape
     N = weight_q.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
@@ -197,5 +223,5 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     if path == "decode":
         if M > DECODE_MAX_M:
             raise ValueError(f"spike_linear: the decode path takes M <= {DECODE_MAX_M} rows, got {M}")
-        return _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config)
-    return _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t)
+        return _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend)
+    return _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t, backend)
