@@ -131,3 +131,30 @@ def test_repeated_calls_reuse_the_cached_decision_until_the_registry_or_forcing_
         assert len(calls) == 3                             # registering clears the cache
     finally:
         sbops._dispatch.unregister_backend("later")
+
+
+def test_fp8_weights_are_a_capability_that_maca_lacks():
+    """spike_linear calls with float8_e4m3fn weights ask for the "fp8_weight" feature: the cpu and cuda
+    backends list it, the maca backend (int8 matrix units only) does not, so a MetaX call with fp8
+    weights is refused by the dispatcher naming the feature. A CPU backend built from maca's
+    capabilities shows the refusal here."""
+    import dataclasses
+    from sbops._backends import maca as maca_backend
+    from sbops._backends import cuda as cuda_backend
+    assert "fp8_weight" in cuda_backend.OPS["spike_linear"].features
+    caps = maca_backend.BACKEND.ops["spike_linear"]
+    assert "fp8_weight" not in caps.features and {"bias", "group"} <= caps.features
+    like_maca = Backend(name="maca_like", device_types=("cpu",), priority=100,
+                        ops={"spike_linear": dataclasses.replace(caps, dtypes=(torch.float32,))})
+    sbops.register_backend(like_maca)
+    try:
+        x = torch.randn(3, 32)
+        w8, s8 = sbops.quantize_weight(torch.randn(8, 32), dtype=torch.float8_e4m3fn)
+        with sbops.use_backend("maca_like"):
+            with pytest.raises(NoBackendError, match="feature.*fp8_weight not supported for spike_linear"):
+                sbops.spike_linear(x, w8, s8)
+        wi, si = sbops.quantize_weight(torch.randn(8, 32))      # int8 weights: the cpu backend serves fp8 too
+        assert sbops.spike_linear(x, wi, si).shape == (3, 8)
+        assert sbops.spike_linear(x, w8, s8).shape == (3, 8)
+    finally:
+        sbops._dispatch.unregister_backend("maca_like")

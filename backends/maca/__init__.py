@@ -8,6 +8,8 @@ as `cuda`, so NVIDIA and MetaX kernels never share one process: exactly one of t
 """
 from __future__ import annotations
 
+import dataclasses
+
 from sbops import _platform
 from sbops._dispatch import Backend
 
@@ -30,12 +32,19 @@ def _probe(op: str) -> str | None:
     return None
 
 
+# What differs from the cuda backend's capabilities (README.md, "What is different on MACA"):
+# spike_linear takes int8 weights only (no fp8 matrix units known on C500-class parts).
+_OPS = dict(OPS)
+_OPS["spike_linear"] = dataclasses.replace(
+    OPS["spike_linear"], features=OPS["spike_linear"].features - {"fp8_weight"},
+    impl="triton (MACA configs, tuning/spike_linear.json): int8 weights only")
+
 BACKEND = Backend(
     name="maca",
     device_types=("cuda",),   # MetaX PyTorch uses the CUDA device type and dispatch key
     priority=10,
     probe=_probe,
-    ops=dict(OPS),
+    ops=_OPS,
     description="MetaX GPUs: the CUDA C++ kernels built with cu-bridge (64-lane warps) and the Triton "
                 "kernels with MACA tuning",
 )

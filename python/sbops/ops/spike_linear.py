@@ -85,6 +85,7 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     if bias is not None:
         V.tensor(op, "bias", bias, dtypes=V.FLOAT_DTYPES, device=x.device, shape=(N,))
     x2 = x.reshape(-1, K)
-    y = run(op, x2, _NO, ("bias" if bias is not None else None, "group" if gs else None),
+    y = run(op, x2, _NO, ("bias" if bias is not None else None, "group" if gs else None,
+                          "fp8_weight" if weight_q.dtype == torch.float8_e4m3fn else None),
             x2, weight_q, weight_scale, float(k), bias, gs)
     return y.view(*x.shape[:-1], N)
