@@ -10,7 +10,7 @@
 
 Default run (no mode flag): one headline row per op at the SpikingBrain-7B shapes on a GPU
 (linear_attn fwd and fwd+bwd at T=32k, swa fwd at 32k, both decode ops at B=1, spike_encode,
-topk_gating, moe_permute / moe_unpermute at T=16k, E=16, k=1), the small correctness checks, the
+spike_linear (W8ASpike, M=8192 on the 7B gate/up shape), topk_gating, moe_permute / moe_unpermute at T=16k, E=16, k=1), the small correctness checks, the
 GPU backends only when one is available (else the CPU reference with small shapes), and every
 peer except fla (whose autotuning alone takes minutes; --peers all or --full runs it).  Meant to
 finish within about 3 minutes on an H200 and within a minute on a small CPU.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 FAMILIES = {
     "linear_attn": ("linear_attn", "linear_attn_decode"),
     "swa": ("swa_attn", "swa_decode", "swa_cache_write"),
-    "spike": ("spike_encode", "spike_quant", "spike_expand", "spike_collapse"),
+    "spike": ("spike_encode", "spike_quant", "spike_expand", "spike_collapse", "spike_linear"),
     "moe": ("topk_gating", "moe_permute", "moe_unpermute", "moe_align_block_size", "expert_counts"),
 }
 FAMILY_OF = {op: fam for fam, ops in FAMILIES.items() for op in ops}

@@ -31,8 +31,9 @@ from .casebase import (D7, FAMILIES, FAMILY_OF, H7, HIDDEN7, HKV7, WINDOW7, Chec
 from .cases_attn import (_check_linear_attn, _check_linear_attn_decode, _check_swa, _check_swa_cache_write,
                          _check_swa_decode, _speed_linear_attn, _speed_linear_attn_decode, _speed_swa,
                          _speed_swa_decode)
-from .cases_routing import (_check_align, _check_counts, _check_permute, _check_spike_encode, _check_spike_quant,
-                            _check_spike_trains, _check_topk, _speed_permute, _speed_spike_encode, _speed_topk)
+from .cases_routing import (_check_align, _check_counts, _check_permute, _check_spike_encode, _check_spike_linear,
+                            _check_spike_quant, _check_spike_trains, _check_topk, _speed_permute, _speed_spike_encode,
+                            _speed_spike_linear, _speed_topk)
 
 
 def checks() -> List[Check]:
@@ -75,6 +76,10 @@ def checks() -> List[Check]:
     for mode in ("bitwise", "ternary", "binary"):
         add("spike_expand", _check_spike_trains((63, 257), mode, "spike_expand"))
         add("spike_collapse", _check_spike_trains((63, 257), mode, "spike_collapse"))
+    add("spike_linear", _check_spike_linear(63, 512, 200, None, torch.int8, True))
+    add("spike_linear", _check_spike_linear(300, 512, 96, 128, torch.int8, False))
+    add("spike_linear", _check_spike_linear(5, 384, 64, None, torch.float8_e4m3fn, False))   # decode path (M <= 32)
+    add("spike_linear", _check_spike_linear(1024, HIDDEN7, 1024, 128, torch.int8, False), full_only=True)
 
     add("topk_gating", _check_topk(63, 16, 1))
     add("topk_gating", _check_topk(300, 128, 8, "sigmoid", bias=True, groups=(8, 4), scaling=2.5))
@@ -109,6 +114,8 @@ def speed_cases(mode: str, long: bool = False, headline: bool = False) -> List[S
             _speed_swa(32768, WINDOW7, backward=True), _speed_swa(32768, -1),
             star(_speed_swa_decode(1, WINDOW7, 8192)), _speed_swa_decode(64, WINDOW7, 8192),
             star(_speed_spike_encode(16384)),
+            star(_speed_spike_linear(8192, 37888, HIDDEN7)), _speed_spike_linear(8192, 37888, HIDDEN7, 128),
+            _speed_spike_linear(1, 37888, HIDDEN7),
             star(_speed_topk(16384, 16, 1)), _speed_topk(16384, 128, 8),
             star(_speed_permute(16384, 3584, 16, 1, "moe_permute")), _speed_permute(16384, 4096, 128, 8, "moe_permute"),
             star(_speed_permute(16384, 3584, 16, 1, "moe_unpermute")),
@@ -124,6 +131,7 @@ def speed_cases(mode: str, long: bool = False, headline: bool = False) -> List[S
             _speed_swa(256, -1),
             star(_speed_swa_decode(1, 512, 1024)), _speed_swa_decode(8, 512, 1024),
             star(_speed_spike_encode(512)),
+            star(_speed_spike_linear(128, 512, 512)), _speed_spike_linear(1, 512, 512, 128),
             star(_speed_topk(1024, 16, 1)), _speed_topk(1024, 128, 8),
             star(_speed_permute(1024, 3584, 16, 1, "moe_permute")), _speed_permute(256, 4096, 128, 8, "moe_permute"),
             star(_speed_permute(1024, 3584, 16, 1, "moe_unpermute")),

@@ -65,6 +65,20 @@ def _check_spike_trains(shape, mode, op):
     return run, f"counts={list(shape)} mode={mode}"
 
 
+def _check_spike_linear(M, K, N, group_size, wdtype, bias):
+    def run(env, gen):
+        x = _randn(gen, env, M, K, scale=2.0)
+        x[0, 3] *= 300                                   # a count far past one 8-bit digit
+        w = torch.randn(N, K, generator=gen) * 0.05
+        wq, sc = sbops.quantize_weight(w, group_size=group_size, dtype=wdtype)
+        b = _randn(gen, env, N) if bias else None
+        y = sbops.spike_linear(x, wq.to(env.device), sc.to(env.device), 3.0, b, group_size)
+        return [Compared("y", y, R.spike_linear(x, wq, sc, 3.0, b, group_size))]
+    w = "int8" if wdtype == torch.int8 else "e4m3"
+    return run, f"x=[{M}, {K}] N={N} {w}" + (f" group={group_size}" if group_size else " per-channel") + (
+        " bias" if bias else "")
+
+
 # --------------------------------------------------------------------------- MoE routing
 def _check_topk(T, E, k, scoring="softmax", renormalize=True, bias=False, groups=None, scaling=1.0,
                 grad=False):
@@ -136,6 +150,31 @@ def _speed_spike_encode(T, C=HIDDEN7):
         x = _dev_randn(env, PROBE_T, C)
         return lambda: sbops.spike_encode(x)
     return SpeedCase(f"spike_encode [{T},{C}]", "spike_encode", dict(T=T, C=C, out="int8"), setup, probe)
+
+
+def _speed_spike_linear(M, N, K, group_size=None):
+    """W8ASpike layer (int8 weights, encode included) vs the bf16/fp16 matmul with the same weights
+    dequantised (the issue's peer)."""
+    def weights(env):
+        w = torch.randn(N, K, device=env.device) * 0.02
+        wq, sc = sbops.quantize_weight(w, group_size=group_size)
+        full = sc[:, None] if group_size is None else sc.repeat_interleave(group_size, 1)
+        return wq, sc, (wq.float() * full).to(env.dtype)
+
+    def setup(env):
+        e = _elt(env.dtype)
+        wq, sc, wd = weights(env)
+        sets = rotating(lambda: _dev_randn(env, M, K), M * K * e)
+        nbytes = M * K * e + N * K + M * N * e
+        peers = {"torch.matmul": lambda: cycling(lambda x: x @ wd.T, sets)}
+        return Prepared(cycling(lambda x: sbops.spike_linear(x, wq, sc, 3.0, None, group_size), sets),
+                        nbytes, 2.0 * M * N * K, peers)
+    def probe(env):
+        wq, sc, _ = weights(env)
+        x = _dev_randn(env, PROBE_T, K)
+        return lambda: sbops.spike_linear(x, wq, sc, 3.0, None, group_size)
+    name = f"spike_linear M={_k(M)} {N}x{K} int8" + (f" g{group_size}" if group_size else "")
+    return SpeedCase(name, "spike_linear", dict(M=M, N=N, K=K, weight="int8", group=group_size or 0), setup, probe)
 
 
 def _speed_topk(T, E, k):

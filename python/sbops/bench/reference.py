@@ -154,6 +154,19 @@ def spike_counts(x, vth, out_dtype=None):
     return c
 
 
+def spike_linear(x, weight_q, weight_scale, k, bias, group_size):
+    """float64 W8ASpike layer: vth and counts exactly as spike_encode makes them (float32 threshold and
+    quotient, never saturated), then vth * (s @ dequant(weight_q, weight_scale)^T) + bias in float64."""
+    xf = x.detach().cpu().float()
+    vth = (xf.abs().double().mean(-1, keepdim=True).float() / k).clamp(1e-5, 1e4)
+    s = torch.round(xf / vth).double()
+    w = weight_q.detach().cpu().double()
+    sc = weight_scale.detach().cpu().double()
+    w = w * sc[:, None] if group_size is None else (w.view(w.shape[0], -1, group_size) * sc[:, :, None]).view_as(w)
+    y = vth.double() * (s @ w.T)
+    return y if bias is None else y + bias.detach().cpu().double()
+
+
 def spike_expand(counts, mode, T):
     c = counts.long().cpu()
     t = torch.arange(T).view(T, *([1] * c.dim()))
