@@ -3,6 +3,7 @@
     python examples/convert_qwen2.py                      # tiny random Qwen2 built locally
     python examples/convert_qwen2.py --kind 76b --num-experts 4
     python examples/convert_qwen2.py --spike-k 3 --spike-report   # sparsity of the spike-coded inputs
+    python examples/convert_qwen2.py --w8aspike                   # logits of the W8ASpike variant vs the plain one
     python examples/convert_qwen2.py --model /path/to/local/qwen2   # a local Qwen2 checkpoint
 
 Needs `transformers` (for Qwen2Config / Qwen2ForCausalLM). Nothing is downloaded.
@@ -30,6 +31,9 @@ def main():
     ap.add_argument("--spike-k", type=float, default=None, help="spike-code the blocks' linear inputs with this k")
     ap.add_argument("--spike-report", action="store_true",
                     help="with --spike-k: print the spike sparsity of the coded inputs on the prompt (bitwise and ternary)")
+    ap.add_argument("--w8aspike", action="store_true",
+                    help="also convert with spike_k=3 and int8 weights (W8ASpike: sbops.spike_linear at inference) and "
+                         "print how far its logits are from the plain converted model's on the prompt")
     ap.add_argument("--prompt-len", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     args = ap.parse_args()
@@ -62,6 +66,19 @@ def main():
         shapes = "; ".join(f"state {tuple(p.state.shape)}" if hasattr(p, "state")
                            else f"ring buffer k/v {tuple(p.k.shape)}" for p in parts)
         print(f"  layer {i} ({kind}): {shapes}")
+    if args.w8aspike:
+        plain = convert_qwen2(qwen.eval(), args.kind, **{**overrides, "spike_k": None}).eval()
+        with torch.inference_mode():
+            ref = plain(prompt).logits.double()
+        for name, extra in (("spike coding k=3", {"spike_k": 3.0}),
+                            ("W8ASpike (k=3 + int8 weights)", {"spike_k": 3.0, "weight_quant": "int8"})):
+            variant = convert_qwen2(qwen.eval(), args.kind, **{**overrides, **extra}).eval()
+            with torch.inference_mode():
+                got = variant(prompt).logits.double()
+            rel = ((got - ref).norm() / ref.norm()).item()
+            agree = (got.argmax(-1) == ref.argmax(-1)).double().mean().item()
+            print(f"{name} vs the plain converted model on the prompt: logits relative L2 difference {rel:.3g}, "
+                  f"top-1 agreement {agree:.1%}")
     if args.spike_report:
         if args.spike_k is None:
             ap.error("--spike-report needs --spike-k")

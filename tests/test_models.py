@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import sbops
 from reference import rel_err
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, convert_qwen2, generate
 from sbops.nn import GatedLinearAttention, HybridAttention, MoEBlock, SlidingWindowAttention
@@ -163,6 +164,24 @@ def test_example_script_runs(monkeypatch, capsys):
     runpy.run_path(script, run_name="__main__")
     out = capsys.readouterr().out
     assert "generated:" in out and "ring buffer k/v (1, 9, 2, 16)" in out
+
+
+def test_example_reports_the_w8aspike_logits_difference(monkeypatch, capsys):
+    """--w8aspike converts the same Qwen2 with spike coding (k=3) alone and with int8 weights too, runs the
+    latter on sbops.spike_linear, and prints both logits differences to the plain model (issue 23: the
+    difference is reported, not hidden)."""
+    pytest.importorskip("transformers")
+    import re
+    calls = []
+    real = sbops.spike_linear
+    monkeypatch.setattr(sbops, "spike_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    script = os.path.join(ROOT, "examples", "convert_qwen2.py")
+    monkeypatch.setattr(sys, "argv", [script, "--w8aspike", "--max-new-tokens", "2", "--prompt-len", "20"])
+    runpy.run_path(script, run_name="__main__")
+    out = capsys.readouterr().out
+    diffs = [float(m) for m in re.findall(r"logits relative L2 difference ([0-9.e+-]+)", out)]
+    assert len(diffs) == 2 and all(0 < d < 1 for d in diffs), out
+    assert "W8ASpike (k=3 + int8 weights)" in out and calls
 
 
 # --------------------------------------------------------------------------- GPU
