@@ -15,9 +15,24 @@ either result).  For valid cu_seqlens this is cu itself.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+# backends/ in the source tree, sbops/_backends in an installed wheel: <root>/<backend>/tuning/*.json
+_BACKENDS_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@functools.lru_cache(maxsize=None)
+def load_tuning(backend: str, name: str) -> dict:
+    """The tuning data ``<root>/<backend>/tuning/<name>.json`` (e.g. backend "cuda" or "maca", name
+    "swa"), read once per process and shared: read it, never change it."""
+    with open(os.path.join(_BACKENDS_ROOT, backend, "tuning", f"{name}.json")) as f:
+        return json.load(f)
 
 
 @triton.jit

@@ -57,9 +57,6 @@ Python side (configs, checks, chunk tables, launchers) and re-exports every kern
 """
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 import triton
 
@@ -79,14 +76,6 @@ _GATE_NAMES = {_GATE_NONE: "none", _GATE_HEAD: "head", _GATE_KEY: "key"}
 
 
 # ----------------------------------------------------------------------------- Python side
-def _tuning_path(backend: str) -> str:
-    if backend == "cuda":
-        return os.path.join(os.path.dirname(__file__), "..", "tuning", "linear_attn.json")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, backend, "tuning", "linear_attn.json")
-
-
-_CONFIG_CACHE: dict = {}
 _MERGED: dict = {}
 
 
@@ -95,11 +84,7 @@ def _config(K: int, V: int, gate: str, dtype: torch.dtype, backend: str) -> dict
     key = (K, V, gate, dtype == torch.float32, backend)
     cfg = _MERGED.get(key)
     if cfg is None:
-        path = _tuning_path(backend)
-        if path not in _CONFIG_CACHE:
-            with open(path) as f:
-                _CONFIG_CACHE[path] = json.load(f)
-        table = _CONFIG_CACHE[path]
+        table = _common.load_tuning(backend, "linear_attn")
         name = f"K{K}_V{V}_{gate}_{'fp32' if dtype == torch.float32 else '16bit'}"
         cfg = dict(table["default"])
         cfg.update(table.get("configs", {}).get(name, {}))

@@ -16,19 +16,16 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 """
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 import triton
 
+from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_kernel, _vth_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
-_MACA: dict = {}             # the MACA config table, once read
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 
 
@@ -38,15 +35,6 @@ def _sms(dev) -> int:
     if dev not in _NUM_SMS:
         _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     return _NUM_SMS[dev]
-
-
-def _maca_table() -> dict:
-    """backends/maca/tuning/spike_linear.json (the MACA configs), read once."""
-    if "maca" not in _MACA:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        with open(os.path.join(root, "maca", "tuning", "spike_linear.json")) as f:
-            _MACA["maca"] = json.load(f)
-    return _MACA["maca"]
 
 
 def _bk(group_size, fp8: bool, max_bk: int = 128) -> int:
@@ -71,7 +59,7 @@ def gemm_config(M, N, K, group_size, fp8, backend="cuda"):
     and per channel with e4m3 weights a float32 accumulator plus the fp8 MMA's partial one (promoted
     every BK): 128x128 keeps both in registers (64 + 64 per thread)."""
     if backend == "maca":
-        t = _maca_table()["gemm"]
+        t = _common.load_tuning("maca", "spike_linear")["gemm"]
         return t["BM"], t["BN"], _bk(group_size, fp8, t["max_BK"]), t["GROUP_M"], t["num_warps"], t["num_stages"]
     bucket = "mid" if M <= 16384 else "big"
     cfg = _tuning.GEMM.get(_key(fp8, group_size, N, K, bucket))
@@ -88,7 +76,7 @@ def decode_config(M, N, K, group_size, fp8, dev, backend="cuda"):
     measured (path, shape, M) buckets on the H200; re-reading x for the thresholds in every program
     (FUSED_VTH) lost badly at N = 37888 (581 vs 192 us at M = 1)."""
     if backend == "maca":
-        t = _maca_table()["decode"]
+        t = _common.load_tuning("maca", "spike_linear")["decode"]
         return (t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["FUSED_VTH"], t["num_warps"],
                 t["num_stages"])
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))

@@ -65,10 +65,6 @@ stride rules); this module holds the configs and launchers and re-exports every 
 """
 from __future__ import annotations
 
-import functools
-import json
-import os
-
 import torch
 import triton
 
@@ -88,20 +84,10 @@ _SINK_CHUNK = 1024
 
 
 # ------------------------------------------------------------------------------------ configs
-_BACKEND_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@functools.lru_cache(maxsize=None)
-def _load_tuning(backend: str) -> dict:
-    path = os.path.join(_BACKEND_ROOT, backend, "tuning", "swa.json")
-    with open(path) as f:
-        return json.load(f)
-
-
 def default_config(kind: str, head_dim: int, dtype: torch.dtype, backend: str = "cuda") -> dict:
     """The tuned config for ``kind`` ("fwd" or "bwd"): the entry ``d<D>_<dtype>`` if present,
     else ``d<D>``, else ``default``, from ``<root>/<backend>/tuning/swa.json``."""
-    table = _load_tuning(backend)[kind]
+    table = _common.load_tuning(backend, "swa")[kind]
     dt = str(dtype).replace("torch.", "")
     for key in (f"d{head_dim}_{dt}", f"d{head_dim}", "default"):
         if key in table:
