@@ -172,15 +172,10 @@ def _run_swa(mod, case: Case, backend: str = "maca", options: dict | None = None
 
 
 def _run_spike_linear(mod, case: Case, backend: str = "maca", options: dict | None = None):
+    from sbops import quantize_weight
     K, N = case.dim, 96
     group = None if case.variant == "channel" else 128
-    w = torch.randn(N, K) * 0.05
-    amax = (w.abs().amax(1, keepdim=True) if group is None
-            else w.view(N, K // group, group).abs().amax(2)).clamp_min(1e-8)
-    scale = amax / 127
-    full = scale if group is None else scale.repeat_interleave(group, 1)
-    wq = torch.round(w / full).clamp(-127, 127).to(torch.int8)
-    scale = scale.squeeze(1) if group is None else scale
+    wq, scale = quantize_weight(torch.randn(N, K) * 0.05, group_size=group)
     for M, path in ((48, "prefill"), (4, "decode")):
         x = torch.randn(M, K, dtype=case.dtype)
         mod.spike_linear_fwd(x, wq, scale, 3.0, None, group, path=path, backend=backend)

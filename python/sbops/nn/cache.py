@@ -82,15 +82,15 @@ def _dev_long(values, device) -> torch.Tensor:
 
 @dataclass
 class _WindowPlan:
-    """Index tensors that place each sequence's cached window before its new tokens (packed)."""
-    total: int                 # rows of the packed [cached window; chunk] sequences
-    cu_seqlens: torch.Tensor   # [N + 1] of the packed sequences
-    dst_new: torch.Tensor      # packed row of every new token (in the flattened input's order)
-    dst_old: torch.Tensor      # packed row of every cached token
-    src_slot: torch.Tensor     # its cache slot
-    src_row: torch.Tensor      # its ring-buffer row
-    # one sequence (a long prompt's chunks): (cached rows `old`, cache slot, first ring row), so the
-    # packing is slice copies instead of index_put / gathers (those ran at ~0.2 TB/s on the H200)
+    """Where each sequence's cached window goes before its new tokens (packed): index tensors for
+    several sequences; for one (a long prompt's chunks) `single` = (cached rows, cache slot, first ring
+    row) instead, so the packing is slice copies (index_put / gathers ran at ~0.2 TB/s on the H200)."""
+    total: int                                   # rows of the packed [cached window; chunk] sequences
+    cu_seqlens: Optional[torch.Tensor] = None    # [N + 1] of the packed sequences
+    dst_new: Optional[torch.Tensor] = None       # packed row of every new token (in the flattened input's order)
+    dst_old: Optional[torch.Tensor] = None       # packed row of every cached token
+    src_slot: Optional[torch.Tensor] = None      # its cache slot
+    src_row: Optional[torch.Tensor] = None       # its ring-buffer row
     single: Optional[Tuple[int, int, int]] = None
 
 
@@ -189,7 +189,13 @@ class CacheBatch:
         brings min(starts_i, window) cached tokens (all of them for window < 0), read from ring rows
         p % rows in position order, so its chunk's queries see exactly their window."""
         key = ("window", window, rows, device)
-        if key not in self._memo:
+        if key in self._memo:
+            return self._memo[key]
+        if len(self.starts) == 1:
+            s = self.starts[0]
+            old = s if window < 0 else min(s, window)
+            plan = _WindowPlan(old + self.lens[0], single=(old, int(self.slot_list[0]), (s - old) % rows))
+        else:
             cu, dst_new, dst_old, src_slot, src_row = [0], [], [], [], []
             slots = self.slot_list
             for i, (s, n) in enumerate(zip(self.starts, self.lens)):
@@ -200,15 +206,11 @@ class CacheBatch:
                 src_slot.append(torch.full((old,), slots[i], dtype=torch.int64))
                 dst_new.append(torch.arange(base + old, base + old + n))
                 cu.append(base + old + n)
-            single = None
-            if len(self.starts) == 1:
-                s = self.starts[0]
-                old = s if window < 0 else min(s, window)
-                single = (old, int(slots[0]), (s - old) % rows if rows else 0)
-            self._memo[key] = _WindowPlan(cu[-1], _dev_long(cu, device), _dev(torch.cat(dst_new), device),
-                                          _dev(torch.cat(dst_old), device), _dev(torch.cat(src_slot), device),
-                                          _dev(torch.cat(src_row), device), single)
-        return self._memo[key]
+            plan = _WindowPlan(cu[-1], _dev_long(cu, device), _dev(torch.cat(dst_new), device),
+                               _dev(torch.cat(dst_old), device), _dev(torch.cat(src_slot), device),
+                               _dev(torch.cat(src_row), device))
+        self._memo[key] = plan
+        return plan
 
     def write_plan(self, rows: int, device) -> _WritePlan:
         key = ("write", rows, device)
