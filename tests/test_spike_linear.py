@@ -349,3 +349,46 @@ def test_maca_configs_match_float64_and_refuse_fp8(group_size, path, M):
     w8, s8 = sbops.quantize_weight(torch.randn(N, K) * 0.05, group_size=group_size, dtype=FP8)
     with pytest.raises(TypeError, match="float8_e4m3fn weights need fp8 matrix units"):
         sl.spike_linear_fwd(x.to(dev), w8.to(dev), s8.to(dev), 3.0, None, group_size, path=path, backend="maca")
+
+
+@requires_triton
+@pytest.mark.parametrize("big", [False, True])
+def test_scaled_mm_path_matches_float64_reference(big):
+    """The "scaled_mm" prefill path (e4m3 weights per channel, bf16 x): torch._scaled_mm over the encoded
+    low digits, then the fix-up kernel adds the higher digits of outlier rows in place (big: a count of
+    about K * k, several base-16 digits) and makes a row with a count past int32 NaN.  bf16 output: each
+    element carries bf16 rounding (2^-9), the worst row stays within 1e-2."""
+    tk, sl = _triton()
+    dev = _dev()
+    M, N, K = 45, 48, 256
+    x = _outliers(torch.randn(M, 2 * K)[:, K // 2:K // 2 + K], big=big).bfloat16()   # strided rows
+    x[40, 9] = 1e30 if big else x[40, 9]
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    bias = torch.randn(N).bfloat16()
+    assert sbops.spike_encode(x[:40], 3.0, torch.int32)[0].abs().max() > (256 if big else 16)   # big: three base-16 digits
+    r = ref_spike_linear(x[:40], wq.float(), sc, 3.0, bias, None)
+    assert sl.scaled_mm_applies(x.to(dev), wq.to(dev), None, bias.to(dev))
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, bias.to(dev), None,
+                                config=(16, 32) if dev == "cpu" else None, path="scaled_mm").cpu()
+    assert y.shape == (M, N) and y.dtype == torch.bfloat16
+    assert torch.isnan(y[40]).all() == big and torch.isfinite(y[:40]).all()
+    assert rel(y[:40], r) < 5e-3 and _worst_row(y[:40], r) < 1e-2
+    # the Triton GEMM path gives the same result to bf16 rounding
+    y2 = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, bias.to(dev), None,
+                             config=(32, 32, 128, 2, 4, 2) if dev == "cpu" else None, path="prefill").cpu()
+    assert rel(y[:40], y2[:40]) < 5e-3
+
+
+@requires_triton
+def test_scaled_mm_path_refuses_what_it_cannot_serve():
+    _, sl = _triton()
+    dev = _dev()
+    x = torch.randn(40, 128).bfloat16().to(dev)
+    w8, s8 = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05, dtype=FP8))
+    wg, sg = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05, group_size=128, dtype=FP8))
+    wi, si = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05))
+    for args in ((x.float(), w8, s8, None), (x, wi, si, None), (x, wg, sg, 128), (x[:, :120], w8[:, :120], s8, None)):
+        assert not sl.scaled_mm_applies(args[0], args[1], args[3], None)
+        with pytest.raises(ValueError, match="scaled_mm path takes float8_e4m3fn weights"):
+            sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, None, args[3], path="scaled_mm")

@@ -4,7 +4,8 @@ Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 655
 (M = 1, 8, 32), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
-Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536)"""
+Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536; SL_QUICK=1: no
+prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + digit fix-up) is always timed)"""
 import json, os, sys, time
 import torch
 DRY = not torch.cuda.is_available()  # a smoke run of this script's logic on a CPU (interpreter, tiny shapes)
@@ -19,6 +20,7 @@ torch.manual_seed(0)
 dev, FP8, T0 = "cuda", torch.float8_e4m3fn, time.time()
 SHAPES = [(4608, 3584), (37888, 3584), (3584, 18944)]   # qkv(+o), fused gate_up, down (N x K)
 Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",")]
+QUICK = os.environ.get("SL_QUICK") == "1"  # prefill: only the launcher's config per path (no candidate sweep)
 GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
               "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
 DEC_CANDS = [(64, 128, 0, False, 4, 3), (64, 128, 0, True, 4, 3), (128, 128, 0, False, 4, 3), (32, 128, 0, False, 4, 4)]
@@ -88,6 +90,8 @@ for (N, K) in SHAPES:
             prev = tun_g.get((key, N, K, "mid"))  # at M=65536 only the two best of M=8192
             if M > Ms[0] and prev is not None:
                 cands = prev["top2"]
+            if QUICK:  # the launcher's own choice only
+                cands = [sl.gemm_config(M, N, K, gs, dt == FP8)]
             times = []
             for cfg in cands:
                 t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="prefill"), rep)
@@ -101,6 +105,14 @@ for (N, K) in SHAPES:
             row[f"{key}_best"] = {"cfg": cfg, "ms": t, "x_bf16": tb / t, "rel_err": err}
             table.append((f"M={M} {N}x{K}", key, tb / t, err, cfg))
             tun_g[(key, N, K, "mid" if M <= 16384 else "big")] = {"cfg": cfg, "top2": [c for _, c in times[:2]]}
+        # e4m3 per channel through torch._scaled_mm + the digit fix-up kernel (the "scaled_mm" path)
+        wq, sc = qs[(FP8, None)]
+        t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
+        if t is not None:
+            y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm")
+            err = rel_err(y, x, wq, sc, None)
+            row["f8_ch_scaled_mm"] = {"ms": t, "x_bf16": tb / t, "rel_err": err}
+            table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm", tb / t, err, "torch._scaled_mm + fix-up"))
         if M == Ms[0]:  # e4m3 with LLM-like outlier channels: every row has counts past 16 in 8 channels
             xo = x.clone()
             xo[:, 1000:1008] *= 25
@@ -111,6 +123,13 @@ for (N, K) in SHAPES:
                 y = sl.spike_linear_fwd(xo, wq, sc, 3.0, None, gs, config=cfg, path="prefill")
                 row[f"{name(FP8, gs)}_outlier_channels_x"] = tb / t if t else None
                 table.append((f"M={M} {N}x{K}", name(FP8, gs) + "+outl", tb / t if t else 0, rel_err(y, xo, wq, sc, gs), cfg))
+            wq, sc = qs[(FP8, None)]
+            t = bench(lambda: sl.spike_linear_fwd(xo, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
+            if t is not None:
+                y = sl.spike_linear_fwd(xo, wq, sc, 3.0, None, None, path="scaled_mm")
+                row["f8_ch_scaled_mm_outlier_channels_x"] = tb / t
+                table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm+outl", tb / t, rel_err(y, xo, wq, sc, None),
+                              "torch._scaled_mm + fix-up"))
         emit(row)
     for M in (1, 8, 32):
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)

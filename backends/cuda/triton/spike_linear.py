@@ -6,6 +6,10 @@ Paths, picked by the weight's dtype and M (rows of x):
   (int8 for int8 weights, e4m3 for float8_e4m3fn weights), then `_gemm_kernel` runs them on the
   8-bit tensor cores; outlier rows (counts past 127 for int8, past 16 for e4m3) are served exactly
   by digit passes over only the K chunks that need them.
+* prefill, "scaled_mm" (float8_e4m3fn weights, bf16 x, per channel; where spike_linear_tuning.FP8_PREFILL
+  routes it): the same encode, then the low digits' GEMM on torch._scaled_mm (the vendor fp8 GEMM, float32
+  accumulation, row scales vth x channel scales in its epilogue, bias too), then `_digit_fix_kernel` adds
+  the higher digits of the outlier rows in place.
 * decode (M <= 32): `spike_linear_decode._decode_kernel` after one tiny vth pre-pass (or, where the
   tuning table says so, one launch recomputing vth per program), split-K with an in-kernel
   last-arriver reduction.
@@ -22,7 +26,7 @@ import triton
 from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_kernel, _vth_kernel
-from .spike_linear_kernels import _encode_kernel, _gemm_kernel
+from .spike_linear_kernels import _digit_fix_kernel, _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
@@ -178,12 +182,42 @@ def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=Tr
     return y
 
 
+def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
+    """The "scaled_mm" prefill path serves this call: e4m3 weights with per-channel scales, bf16 x (the
+    row-wise scaled GEMM writes bf16), dims multiples of 16 (its alignment), bias None or bf16, on a
+    device with fp8 tensor cores (compute capability 8.9+) or on the CPU (torch's reference GEMM)."""
+    if not (weight_q.dtype == torch.float8_e4m3fn and group_size is None and x.dtype == torch.bfloat16
+            and x.shape[1] % 16 == 0 and weight_q.shape[0] % 16 == 0
+            and (bias is None or bias.dtype == torch.bfloat16)):
+        return False
+    return x.device.type == "cpu" or (x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 9))
+
+
+def _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, fix_config=None):
+    """encode (8-bit digits, once) -> torch._scaled_mm over the low digits with scale_a = vth [M, 1] and
+    scale_b = the channel scales [1, N] -> the higher digits of outlier rows added by _digit_fix_kernel."""
+    M, K = x.shape
+    N = weight_q.shape[0]
+    BM, BN = fix_config or (64, 128)
+    BK = 128
+    s, big, vth, nd, flags = encode(x, k, True, BK)
+    w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
+    y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
+                         bias=bias, out_dtype=x.dtype)
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    _digit_fix_kernel[grid](big, w, scale, vth, nd, flags, y, M, N, K, triton.cdiv(K, BK), w.stride(0),
+                            scale.stride(0), 0, PER_CHANNEL=True, GROUP_STEPS=1, FP8=True,
+                            DIGIT_BITS=_digit_bits(True), BM=BM, BN=BN, BK=BK, num_warps=4, num_stages=1)
+    return y
+
+
 def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float,
                      bias, group_size, config=None, path=None, scale_t=True, backend="cuda"):
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
-    path: None (decode when M <= 32, else prefill) | "decode" | "prefill"; config: a tuple as
-    gemm_config / decode_config return (benchmarks pass candidates); scale_t: prefill reads per-group
+    path: None (decode when M <= 32, else the prefill path the tuning data names) | "decode" | "prefill"
+    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN)
+    of the digit fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
     "maca": backends/maca/tuning/spike_linear.json, int8 weights only)."""
     if x.stride(-1) != 1:
@@ -198,16 +232,24 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                         "are not known to have; quantize the weight to int8 (sbops.quantize_weight) on MACA")
     M, K = x.shape
     N = weight_q.shape[0]
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    if M == 0 or N == 0:
-        return y
-    if K == 0:
-        return y.zero_() if bias is None else y.copy_(bias.to(y.dtype).expand(M, N))
+    if M == 0 or N == 0 or K == 0:
+        y = torch.zeros((M, N), device=x.device, dtype=x.dtype)
+        return y if bias is None or M == 0 or N == 0 else y.copy_(bias.to(y.dtype).expand(M, N))
     scale = weight_scale.to(torch.float32)
     if bias is not None:
         bias = bias.contiguous()
     if path is None:
         path = "decode" if M <= DECODE_MAX_M else "prefill"
+        if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
+                and scaled_mm_applies(x, weight_q, group_size, bias)):
+            path = "scaled_mm"
+    if path == "scaled_mm":
+        if not scaled_mm_applies(x, weight_q, group_size, bias):
+            raise ValueError("spike_linear: the scaled_mm path takes float8_e4m3fn weights with per-channel "
+                             "scales, bfloat16 x, K and N multiples of 16 and a bfloat16 bias (or none), on a GPU "
+                             "with fp8 tensor cores")
+        return _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, config)
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if path == "decode":
         if M > DECODE_MAX_M:
             raise ValueError(f"spike_linear: the decode path takes M <= {DECODE_MAX_M} rows, got {M}")

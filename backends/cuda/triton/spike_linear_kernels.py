@@ -140,6 +140,45 @@ def _load_tiles(a_ptrs, b_ptrs, kk, K, EVEN_K: tl.constexpr, FP8: tl.constexpr):
 
 
 @triton.jit
+def _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks, stride_wn, stride_sg,
+                  PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr, FP8: tl.constexpr, DIGIT_BITS: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """sum over digits d >= 1 of 2^(DIGIT_BITS d) * (digit_d @ W^T) for the rows of the block with nd > 1
+    (per-group scales applied, per-channel ones not), float32 [BM, BN]; other rows contribute 0.  Each
+    digit pass visits only the BK chunks whose flag says some row of the block needs that digit."""
+    nd_blk = tl.max(nd_rows, axis=0)
+    wide = mmask & (nd_rows > 1)
+    rmf = rm.to(tl.int64) * n_chunks
+    rk = tl.arange(0, BK)
+    out = tl.zeros([BM, BN], dtype=tl.float32)
+    for d in tl.range(1, nd_blk, num_stages=1):
+        shift = DIGIT_BITS * d
+        dacc = tl.zeros([BM, BN], dtype=tl.float32)
+        for step in tl.range(0, n_chunks, num_stages=1):  # rare path: no shared-memory ring
+            f = tl.max(tl.load(flag_ptr + rmf + step, mask=wide, other=0).to(tl.int32), axis=0)
+            if f > d:
+                kk = step * BK + rk
+                c = tl.load(big_ptr + rm64[:, None] * K + kk[None, :], mask=wide[:, None] & (kk[None, :] < K),
+                            other=0)
+                mag = (tl.abs(c) >> shift) & ((1 << DIGIT_BITS) - 1)
+                dig = tl.where(c < 0, -mag, mag)
+                wp = w_ptr + rn64[None, :] * stride_wn + kk[:, None]
+                if FP8:  # float16: |digit| <= 15 and every e4m3 value exact, products exact
+                    b = tl.load(wp, mask=kk[:, None] < K, other=0.0).to(tl.float16)
+                    part = tl.dot(dig.to(tl.float32).to(tl.float16), b)
+                else:
+                    b = tl.load(wp, mask=kk[:, None] < K, other=0)
+                    part = tl.dot(dig.to(tl.int8), b).to(tl.float32)
+                if PER_CHANNEL:
+                    dacc += part
+                else:
+                    sc = tl.load(sc_ptrs + (step // GROUP_STEPS) * stride_sg)
+                    dacc += part * sc[None, :]
+        out += dacc * tl.exp2(shift.to(tl.float32))
+    return out
+
+
+@triton.jit
 def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bias_ptr, y_ptr,
                  M, N, K, n_groups, n_chunks, stride_wn, stride_sn, stride_sg,
                  HAS_BIAS: tl.constexpr, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr,
@@ -206,34 +245,9 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
 
     # rows whose counts need more than one digit: one more pass per digit, over the chunks that need it
     nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
-    nd_blk = tl.max(nd_rows, axis=0)
-    if nd_blk > 1:
-        wide = mmask & (nd_rows > 1)
-        rmf = rm.to(tl.int64) * n_chunks
-        for d in tl.range(1, nd_blk, num_stages=1):
-            shift = DIGIT_BITS * d
-            dacc = tl.zeros([BM, BN], dtype=tl.float32)
-            for step in tl.range(0, n_chunks, num_stages=1):  # rare path: no shared-memory ring
-                f = tl.max(tl.load(flag_ptr + rmf + step, mask=wide, other=0).to(tl.int32), axis=0)
-                if f > d:
-                    kk = step * BK + rk
-                    c = tl.load(big_ptr + rm64[:, None] * K + kk[None, :], mask=wide[:, None] & (kk[None, :] < K),
-                                other=0)
-                    mag = (tl.abs(c) >> shift) & ((1 << DIGIT_BITS) - 1)
-                    dig = tl.where(c < 0, -mag, mag)
-                    wp = w_ptr + rn64[None, :] * stride_wn + kk[:, None]
-                    if FP8:  # float16: |digit| <= 15 and every e4m3 value exact, products exact
-                        b = tl.load(wp, mask=kk[:, None] < K, other=0.0).to(tl.float16)
-                        part = tl.dot(dig.to(tl.float32).to(tl.float16), b)
-                    else:
-                        b = tl.load(wp, mask=kk[:, None] < K, other=0)
-                        part = tl.dot(dig.to(tl.int8), b).to(tl.float32)
-                    if PER_CHANNEL:
-                        dacc += part
-                    else:
-                        sc = tl.load(sc_ptrs + (step // GROUP_STEPS) * stride_sg)
-                        dacc += part * sc[None, :]
-            acc += dacc * tl.exp2(shift.to(tl.float32))
+    if tl.max(nd_rows, axis=0) > 1:
+        acc += _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks,
+                             stride_wn, stride_sg, PER_CHANNEL, GROUP_STEPS, FP8, DIGIT_BITS, BM, BN, BK)
 
     if PER_CHANNEL:
         sc = tl.load(sc_ptrs)
@@ -246,3 +260,38 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
     acc = tl.where((nd_rows < 0)[:, None], float("nan"), acc)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _digit_fix_kernel(big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, y_ptr, M, N, K, n_chunks,
+                      stride_wn, stride_sn, stride_sg, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr,
+                      FP8: tl.constexpr, DIGIT_BITS: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """After a GEMM of the low digits done elsewhere (torch._scaled_mm on the fp8 tensor cores, the
+    launcher's "scaled_mm" path): y += vth * (higher digits @ W^T) on the rows with nd > 1, read-modify-
+    write of those rows only; rows with nd < 0 (a count past int32) become NaN.  A block with no such row
+    returns after one load of nd."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < N
+    nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
+    if (tl.max(nd_rows, axis=0) > 1) | (tl.min(nd_rows, axis=0) < 0):
+        rm64 = (rm % M).to(tl.int64)
+        rn64 = (rn % N).to(tl.int64)
+        sc_ptrs = scale_ptr + rn64 * stride_sn
+        acc = _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks,
+                            stride_wn, stride_sg, PER_CHANNEL, GROUP_STEPS, FP8, DIGIT_BITS, BM, BN, BK)
+        if PER_CHANNEL:
+            acc = acc * tl.load(sc_ptrs)[None, :]
+        vth = tl.load(vth_ptr + rm, mask=mmask, other=0.0)
+        touch = mmask & ((nd_rows > 1) | (nd_rows < 0))
+        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+        m2 = touch[:, None] & nmask[None, :]
+        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * vth[:, None]
+        y = tl.where((nd_rows < 0)[:, None], float("nan"), y)
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)

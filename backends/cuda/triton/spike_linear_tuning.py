@@ -11,6 +11,10 @@ two dicts: the winners at M = 8192 ("mid") and M = 1 / 8 / 32 (a "m16" entry kee
 the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584 (the run was cut before down 3584 x 18944 and
 M = 65536).  Shapes not listed fall back to the defaults in spike_linear.py.
 """
+# the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
+# (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel)
+FP8_PREFILL = "triton"
+
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
     ('f8', 'ch', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
