@@ -201,7 +201,7 @@ def test_speed_rows_report_checks_on_off_and_wrapper_overhead(tmp_path, capsys):
         assert r["checks_on_ms"] == r["median_ms"] and r["checks_off_ms"] > 0
         w = r["wrapper"]
         assert w["public_us"] > 0 and w["direct_us"] > 0
-        assert math.isclose(w["overhead_us"], w["public_us"] - w["direct_us"])
+        assert math.isfinite(w["overhead_us"]) and math.isfinite(w["overhead_min_block_us"])
     header = capsys.readouterr().out
     assert "checks off" in header and "checks on" in header and "wrapper" in header
 
@@ -229,6 +229,14 @@ def test_wrapper_overhead_sees_extra_host_work():
     assert 400 < w["overhead_us"] < 5000
     same = overhead.measure_overhead(direct, direct, "cpu", budget_s=0.05)
     assert abs(same["overhead_us"]) < 400
+    stalls = iter(range(10 ** 6))
+
+    def stalling_public():                                      # a 20 ms stall on every 40th call
+        if next(stalls) % 40 == 39:
+            time.sleep(0.02)
+        return direct()
+    w = overhead.measure_overhead(stalling_public, direct, "cpu", budget_s=0.05)
+    assert abs(w["overhead_us"]) < 400                          # the paired median ignores the stalls
 
 
 @requires_cuda

@@ -309,3 +309,27 @@ def test_spike_linear_layer_at_inference_runs_the_w8aspike_op_and_matches_traini
         lin.weight.mul_(2)
         torch.testing.assert_close(lin(x), F.linear(sbops.spike_quant(x, 3.0), lin.effective_weight(), lin.bias),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_quant", ["int8", "fp8"])
+def test_spike_linear_layers_reading_one_input_fuse_into_one_w8aspike_call(weight_quant):
+    """fp8 (per-channel e4m3 weights) runs the op at inference like int8 and matches its training path;
+    SpikeLinears fed the same input (gate/up, q/k/v) run one encode + one GEMM over their concatenated
+    8-bit weights and give each module's own result."""
+    from sbops.nn.common import SwiGLU
+    torch.manual_seed(0)
+    mlp = SwiGLU(256, 128, spike_k=3.0, weight_quant=weight_quant)
+    x = torch.randn(3, 5, 256)
+    y_train = mlp(x)                                   # fake-quant path, module by module
+    with torch.no_grad():
+        calls = []
+        orig = sbops.spike_linear
+        sbops.spike_linear = lambda *a, **kw: calls.append(a[1].shape[0]) or orig(*a, **kw)
+        try:
+            y_inf = mlp(x)
+        finally:
+            sbops.spike_linear = orig
+    assert calls == [256, 256], calls                 # gate+up fused (2 x 128 rows), then down
+    torch.testing.assert_close(y_inf, y_train.detach(), rtol=1e-4, atol=1e-5)
+    if weight_quant == "fp8":
+        assert mlp.up_proj.int8_weight()[0].dtype == torch.float8_e4m3fn

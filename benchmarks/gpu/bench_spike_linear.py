@@ -111,8 +111,22 @@ for (N, K) in SHAPES:
         if t is not None:
             y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm")
             err = rel_err(y, x, wq, sc, None)
-            row["f8_ch_scaled_mm"] = {"ms": t, "x_bf16": tb / t, "rel_err": err}
-            table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm", tb / t, err, "torch._scaled_mm + fix-up"))
+            # where the time goes: the encode alone, the vendor GEMM alone; then fast accumulation
+            s8, _, vth, _, _ = sl.encode(x, 3.0, True, 128)
+            s8 = s8.view(FP8)
+            t_enc = bench(lambda: sl.encode(x, 3.0, True, 128), rep)
+            t_mm = bench(lambda: torch._scaled_mm(s8, wq.t(), scale_a=vth[:, None], scale_b=sc[None, :],
+                                                  out_dtype=torch.bfloat16), rep)
+            sl._tuning.FP8_FAST_ACCUM = True
+            t_fast = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
+            err_fast = rel_err(sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), x, wq, sc, None)
+            sl._tuning.FP8_FAST_ACCUM = False
+            row["f8_ch_scaled_mm"] = {"ms": t, "x_bf16": tb / t, "rel_err": err, "encode_ms": t_enc,
+                                      "scaled_mm_only_ms": t_mm, "fast_accum_ms": t_fast, "fast_accum_rel_err": err_fast}
+            table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm", tb / t, err,
+                          f"encode {t_enc:.3f} ms, GEMM {t_mm:.3f} ms, total {t:.3f} ms"))
+            if t_fast:
+                table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm_fast", tb / t_fast, err_fast, "use_fast_accum=True"))
         if M == Ms[0]:  # e4m3 with LLM-like outlier channels: every row has counts past 16 in 8 channels
             xo = x.clone()
             xo[:, 1000:1008] *= 25

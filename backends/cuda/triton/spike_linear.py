@@ -26,7 +26,7 @@ import triton
 from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_kernel, _vth_kernel
-from .spike_linear_kernels import _digit_fix_kernel, _encode_kernel, _gemm_kernel
+from .spike_linear_kernels import _block_flags_kernel, _digit_fix_kernel, _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
@@ -198,16 +198,21 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, fix_config=None)
     scale_b = the channel scales [1, N] -> the higher digits of outlier rows added by _digit_fix_kernel."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN = fix_config or (64, 128)
+    BM, BN = fix_config or (32, 256)
     BK = 128
     s, big, vth, nd, flags = encode(x, k, True, BK)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
-                         bias=bias, out_dtype=x.dtype)
-    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    _digit_fix_kernel[grid](big, w, scale, vth, nd, flags, y, M, N, K, triton.cdiv(K, BK), w.stride(0),
-                            scale.stride(0), 0, PER_CHANNEL=True, GROUP_STEPS=1, FP8=True,
-                            DIGIT_BITS=_digit_bits(True), BM=BM, BN=BN, BK=BK, num_warps=4, num_stages=1)
+                         bias=bias, out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
+    n_chunks = triton.cdiv(K, BK)
+    n_bm = triton.cdiv(M, BM)
+    bflags = torch.empty((n_bm, n_chunks), device=x.device, dtype=torch.int8)
+    bnd = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
+    _block_flags_kernel[(n_bm,)](nd, flags, bflags, bnd, M, n_chunks, BM=BM, CB=64, num_warps=4)
+    _digit_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
+        big, w, scale, vth, nd, flags, bflags, bnd, y, M, N, K, n_chunks, w.stride(0), scale.stride(0), 0,
+        PER_CHANNEL=True, GROUP_STEPS=1, FP8=True, DIGIT_BITS=_digit_bits(True), BM=BM, BN=BN, BK=BK,
+        num_warps=4, num_stages=1)
     return y
 
 

@@ -14,6 +14,8 @@ M = 65536).  Shapes not listed fall back to the defaults in spike_linear.py.
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
 # (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel)
 FP8_PREFILL = "triton"
+# the "scaled_mm" path's GEMM with Hopper's fast fp8 accumulation (no float32 promotion inside its MMA chains)
+FP8_FAST_ACCUM = False
 
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),

@@ -144,6 +144,8 @@ def build_ours(run: Run):
     from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM
     a = run.args
     cfg = SpikingBrainConfig.from_qwen2(qwen2_config(a.tiny), "7b", **({"window": 64} if a.tiny else {}))
+    if a.weight_quant:  # W8ASpike: spike-coded inputs (k=3) x 8-bit weights on sbops.spike_linear
+        cfg = cfg.replace(spike_k=3.0, weight_quant=a.weight_quant)
     with torch.device(run.device), default_dtype(a.dtype):
         model = SpikingBrainForCausalLM(cfg).eval()
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -446,6 +448,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="skip the eager decode comparison point")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk size (default: generate()'s default)")
     ap.add_argument("--decode-steps", type=int, default=50)
+    ap.add_argument("--weight-quant", choices=["int8", "fp8"], default=None,
+                    help="W8ASpike model: every block projection a SpikeLinear (k=3) on sbops.spike_linear with "
+                         "int8 (per group 128) or fp8 e4m3 (per channel) weights")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test; default on CPU)")

@@ -7,11 +7,13 @@ validation and defaults), and returns a callable that makes exactly that kernel 
 built-in backends `torch.ops.sbops.<op>(...)`, for a backend with Python kernels (Triton) that
 kernel.  So both sides do the same device work on the same inputs.
 
-`measure_overhead(public, direct, device)` times both on the host: blocks of back-to-back calls
-(at most 50, well inside the CUDA launch queue, so the host never waits for the GPU), one device
-synchronisation between blocks (not timed), public and direct blocks alternated; overhead = the
-fastest public block's time per call - the fastest direct block's (host timings only gain noise:
-the minimum is the estimate, as timeit takes it; the difference of the medians is reported too).  It runs under the default data-checks mode,
+`measure_overhead(public, direct, device)` times both on the host, call by call, in adjacent pairs
+(public then direct, the order swapped every other block), in blocks of at most 50 pairs (well
+inside the CUDA launch queue, so the host never waits for the GPU) with one device synchronisation
+between blocks (not timed); overhead = the median over all pairs of (public - direct).  Pairing
+cancels the host's slow drifts (clocks, other processes, a busy machine right after boot), which
+moved the earlier block-minimum estimate by tens of microseconds on a 200-300 us Triton launch (kept
+as `overhead_min_block_us`).  It runs under the default data-checks mode,
 so it includes whatever validation a default call does.  On a CPU the kernel itself runs inside
 the timed region, so the difference carries that kernel's jitter: there both sides run on one
 thread (thread wake-ups on a busy machine cost milliseconds), and CPU overheads are still rough.
@@ -60,20 +62,29 @@ def direct_call(public: Callable[[], Any]) -> Tuple[str, Callable[[], Any]]:
     return seen["op"], lambda: fn(*args)
 
 
-def _block_us(fn: Callable[[], Any], device: str, calls: int) -> float:
+def _pairs(public, direct, device: str, calls: int, flip: bool):
+    """`calls` adjacent (public, direct) pairs, each call timed on its own (order swapped when flip),
+    between two device synchronisations that are not timed; per-call host microseconds."""
     synchronize(device)
-    t0 = time.perf_counter()
+    pub, dir_ = [], []
+    clock = time.perf_counter
     for _ in range(calls):
-        fn()
-    t = time.perf_counter() - t0
+        if flip:
+            t0 = clock(); direct(); t1 = clock(); public(); t2 = clock()  # noqa: E702
+            dir_.append(t1 - t0)
+            pub.append(t2 - t1)
+        else:
+            t0 = clock(); public(); t1 = clock(); direct(); t2 = clock()  # noqa: E702
+            pub.append(t1 - t0)
+            dir_.append(t2 - t1)
     synchronize(device)
-    return 1e6 * t / calls
+    return [1e6 * t for t in pub], [1e6 * t for t in dir_]
 
 
 def measure_overhead(public: Callable[[], Any], direct: Callable[[], Any], device: str,
                      budget_s: float = 0.5) -> Dict[str, Any]:
     """Host microseconds per call of `public` and `direct` and their difference (see the module
-    docstring).  Uses about `budget_s` seconds (at least 5 alternated rounds)."""
+    docstring).  Uses about `budget_s` seconds (at least 5 rounds)."""
     if device == "cpu":
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -93,14 +104,19 @@ def _measure(public, direct, device, budget_s):
     synchronize(device)
     first = time.perf_counter() - t0
     calls = max(1, min(MAX_CALLS, int(BLOCK_S / max(first, 1e-7))))
-    pub, dir_ = [], []
+    pub, dir_, diff, block_p, block_d = [], [], [], [], []
     deadline = time.perf_counter() + budget_s
-    while len(pub) < 5 or (time.perf_counter() < deadline and len(pub) < 25):
-        pub.append(_block_us(public, device, calls))
-        dir_.append(_block_us(direct, device, calls))
-    # the fastest block of each side: host timings only ever gain noise (other processes, GC, cache
-    # misses), so the minimum estimates the cost itself (as timeit does); the medians are kept too
-    p, d = min(pub), min(dir_)
-    pm, dm = statistics.median(pub), statistics.median(dir_)
-    return {"public_us": p, "direct_us": d, "overhead_us": p - d, "overhead_median_us": pm - dm,
-            "calls_per_block": calls, "rounds": len(pub)}
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() < deadline and rounds < 25):
+        p, d = _pairs(public, direct, device, calls, flip=rounds % 2 == 1)
+        pub += p
+        dir_ += d
+        diff += [a - b for a, b in zip(p, d)]
+        block_p.append(sum(p) / len(p))
+        block_d.append(sum(d) / len(d))
+        rounds += 1
+    # the median of paired differences: each public call is compared with the direct call next to it,
+    # so slow drifts of the host (clocks, other processes) cancel, and one stall moves one pair only
+    return {"public_us": statistics.median(pub), "direct_us": statistics.median(dir_),
+            "overhead_us": statistics.median(diff), "overhead_min_block_us": min(block_p) - min(block_d),
+            "calls_per_block": calls, "rounds": rounds}

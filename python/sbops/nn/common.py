@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spike import SpikeLinear
+import sbops
+
+from .spike import SpikeLinear, weight_key
 
 
 def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Optional[float] = None,
@@ -41,6 +43,8 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
     Biases likewise; a module without bias contributes a zero block."""
     if not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
+    if all(isinstance(m, SpikeLinear) for m in mods):
+        return _fused_spike_linears(owner, mods, x)
     if any(type(m) is not nn.Linear for m in mods):
         return None
     ptrs = tuple(m.weight.data_ptr() for m in mods) + tuple(0 if m.bias is None else m.bias.data_ptr() for m in mods)
@@ -50,6 +54,31 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
         owner.__dict__["_sbops_fused"] = state
     _, w, b, sizes = state
     return F.linear(x, w, b).split(sizes, dim=-1)
+
+
+def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
+    """SpikeLinears that all run sbops.spike_linear at inference with the same k, weight format and group
+    size: one encode of x and one GEMM over their concatenated 8-bit weights (scales are per output row,
+    so they concatenate too).  The concatenated operands are the only cached copy (rebuilt when a
+    weight changes); None when the modules do not all qualify."""
+    m0 = mods[0]
+    if not all(m._runs_on_int8(x) and m.k == m0.k and m.weight_quant == m0.weight_quant
+               and m.group_size == m0.group_size for m in mods):
+        return None
+    key = tuple(weight_key(m.weight) for m in mods)
+    state = owner.__dict__.get("_sbops_fused_spike")
+    if state is None or state[0] != key:
+        ops = [m.int8_weight() for m in mods]
+        q = torch.cat([o[0] for o in ops]).contiguous()
+        sc = torch.cat([o[1].to(torch.float32) for o in ops]).contiguous()
+        b = None
+        if any(m.bias is not None for m in mods):
+            b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+        state = (key, q, sc, b, [m.out_features for m in mods])
+        owner.__dict__["_sbops_fused_spike"] = state
+    _, q, sc, b, sizes = state
+    gs = None if m0.weight_quant == "fp8" else m0.group_size
+    return sbops.spike_linear(x, q, sc, m0.k, None if b is None else b.to(x.dtype), gs).split(sizes, dim=-1)
 
 
 # Inference-time fused Triton kernels for the elementwise work around the GEMMs (RMSNorm with its

@@ -9,7 +9,7 @@ from torch import nn
 
 import sbops
 
-WEIGHT_QUANTS = ("int8", "int8_static")
+WEIGHT_QUANTS = ("int8", "int8_static", "fp8")
 
 
 class WeightQuantizer(nn.Module):
@@ -33,6 +33,17 @@ class WeightQuantizer(nn.Module):
         w = weight.reshape(self.out_features, -1, self.group_size)
         w = (w / self.scales).round() * self.scales
         return w.reshape(self.out_features, self.in_features).to(weight.dtype)
+
+
+def weight_key(w: torch.Tensor):
+    """What identifies a weight's current values for the caches of its 8-bit copy: storage, in-place
+    version and device.  Inference tensors (made under torch.inference_mode) keep no version counter;
+    for them the storage alone decides (an in-place update of one is not noticed)."""
+    try:
+        version = w._version
+    except RuntimeError:
+        version = -1
+    return (w.data_ptr(), version, w.device)
 
 
 def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -100,6 +111,11 @@ class SpikeLinear(nn.Linear):
     taken in x's dtype before going to float32; sbops.spike_quant averages in float32, which
     differs in bfloat16 by the rounding of vth).
 
+    weight_quant="fp8": float8_e4m3fn weights with one float32 scale per output channel
+    (sbops.quantize_weight(w, dtype=torch.float8_e4m3fn)), fake-quantised in training like "int8".  At
+    inference it runs `sbops.spike_linear` on them: on Hopper the fp8 tensor cores (counts |c| <= 16 are
+    exact in e4m3, larger ones served by digit passes).
+
     At inference (no gradient needed) with k set and weight_quant="int8", the layer runs
     `sbops.spike_linear` on the cached int8 weight: the counts are encoded once to int8 and multiplied on
     the int8 tensor cores on CUDA; it equals the fake-quant path up to float rounding.
@@ -121,7 +137,10 @@ class SpikeLinear(nn.Linear):
             self.weight_quantizer = WeightQuantizer(in_features, out_features, group_size)
 
     def int8_weight(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(q int8 [out, in], scales float32 [out, groups]) of the current weight."""
+        """(q int8 [out, in], scales float32 [out, groups]) of the current weight; with weight_quant="fp8",
+        (q float8_e4m3fn [out, in], scales float32 [out])."""
+        if self.weight_quant == "fp8":
+            return sbops.quantize_weight(self.weight.detach(), None, dtype=torch.float8_e4m3fn)
         if self.weight_quant == "int8_static":
             s = self.weight_quantizer.scales
             w = self.weight.detach().reshape(self.out_features, -1, self.group_size)
@@ -135,13 +154,16 @@ class SpikeLinear(nn.Linear):
             return self.weight
         if self.weight_quant == "int8_static":
             w_q = self.weight_quantizer(self.weight)
+        elif self.weight_quant == "fp8":
+            q, sc = self.int8_weight()
+            w_q = (q.float() * sc[:, None]).to(self.weight.dtype)
         else:
             w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
         return _straight_through(self.weight, w_q)
 
     def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        key = weight_key(self.weight)
         if getattr(self, "_w8_key", None) != key:
             q, s = self.int8_weight()
             self._w8 = (q.contiguous(), s.to(torch.float32).contiguous())
@@ -151,13 +173,14 @@ class SpikeLinear(nn.Linear):
     def _runs_on_int8(self, x: torch.Tensor) -> bool:
         # inference with sbops' own coding and whole groups: the W8ASpike op (int8 tensor cores on CUDA).
         # Training keeps the fake-quant path, whose gradient reaches the float weight.
-        return (self.weight_quant == "int8" and self.k is not None and self.in_features % self.group_size == 0
+        return (self.k is not None and (self.weight_quant == "fp8" or (self.weight_quant == "int8" and
+                                                                        self.in_features % self.group_size == 0))
                 and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._runs_on_int8(x):
             q, s = self._int8_operands()
-            return sbops.spike_linear(x, q, s, self.k, self.bias, self.group_size)
+            return sbops.spike_linear(x, q, s, self.k, self.bias, None if self.weight_quant == "fp8" else self.group_size)
         if self.k is not None and self.weight_quant == "int8_static":
             x = spike_fake_quant_released(x, self.k)  # W8ASpike's QuantLinear: vth from mean|x| in x's dtype
         elif self.k is not None:

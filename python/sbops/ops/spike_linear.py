@@ -12,6 +12,11 @@ from ._common import run
 _NO = ()
 WEIGHT_DTYPES = (torch.int8, torch.float8_e4m3fn)
 _QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+_T = torch.Tensor
+_FLOATS = frozenset(V.FLOAT_DTYPES)
+_WDTS = frozenset(WEIGHT_DTYPES)
+_FEATS = {(b, g, f): ("bias" if b else None, "group" if g else None, "fp8_weight" if f else None)
+          for b in (False, True) for g in (False, True) for f in (False, True)}
 
 
 def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
@@ -61,6 +66,26 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
     x may be a strided view (read in place when its last dim is contiguous).
     """
+    # fast path (a model's inference call): plain comparisons that imply every check below passes;
+    # anything else takes the full checks, which raise naming the argument
+    if (x.__class__ is _T and weight_q.__class__ is _T and weight_scale.__class__ is _T and k.__class__ is float
+            and 0.0 < k < math.inf and (xs := x.shape) and len(ws := weight_q.shape) == 2 and ws[1] == xs[-1]
+            and x.dtype in _FLOATS and weight_q.dtype in _WDTS and weight_scale.dtype in _FLOATS
+            and (dev := x.device) == weight_q.device and weight_scale.device == dev
+            and (bias is None or (bias.__class__ is _T and bias.shape == ws[:1] and bias.dtype in _FLOATS
+                                  and bias.device == dev))):
+        K, N = ws[1], ws[0]
+        if group_size is None:
+            ok, gs = weight_scale.shape == ws[:1], 0
+        else:
+            ok, gs = (group_size.__class__ is int and group_size > 0 and K % group_size == 0
+                      and weight_scale.shape == (N, K // group_size)), group_size
+        if ok:
+            flat = len(xs) == 2   # reshape / view cost ~1 us each: only for [..., K] with more than 2 dims
+            x2 = x if flat else x.reshape(-1, K)
+            y = run("spike_linear", x2, _NO, _FEATS[(bias is not None, gs > 0, weight_q.dtype == torch.float8_e4m3fn)],
+                    x2, weight_q, weight_scale, k, bias, gs)
+            return y if flat else y.view(*xs[:-1], N)
     op = "spike_linear"
     V.tensor(op, "x", x, dtypes=V.FLOAT_DTYPES, what="[..., K]")
     if x.dim() < 1:
