@@ -12,9 +12,14 @@ the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584 (the run was cut before d
 M = 65536).  Shapes not listed fall back to the defaults in spike_linear.py.
 """
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
-# (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel)
-FP8_PREFILL = "triton"
+# (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel).
+# "scaled_mm": faster on every measured shape (H200, session 12, M = 8192, random bf16 x, x bf16 matmul):
+# 0.74 / 0.99 / 0.71x vs Triton 0.41 / 0.51 / 0.35x (N x K = 4608x3584 / 37888x3584 / 3584x18944); with 8
+# outlier channels 0.56 / 0.71 / 0.55x vs 0.28 / 0.34 / 0.21x.  Its GEMM alone runs at 1.7-2.05x bf16;
+# the encode (0.13-0.54 ms) and the fix-up of rows with counts past 16 (0.14-1.3 ms) take the rest.
+FP8_PREFILL = "scaled_mm"
 # the "scaled_mm" path's GEMM with Hopper's fast fp8 accumulation (no float32 promotion inside its MMA chains)
+# (measured: no faster there, 0.71 / 0.98 / 0.63x, and 2.6e-3 vs 1.8e-3 relative error at K = 18944)
 FP8_FAST_ACCUM = False
 
 GEMM = {
