@@ -239,6 +239,29 @@ def test_wrapper_overhead_sees_extra_host_work():
     assert abs(w["overhead_us"]) < 400                          # the paired median ignores the stalls
 
 
+def test_wrapper_column_counts_host_work_of_the_wrapper_not_of_the_kernel():
+    """measure_wrapper replaces the dispatched kernel by a no-op returning its result: host work added by
+    the wrapper shows in full, a slow kernel does not widen the difference, and the cache is restored."""
+    import sbops.ops.moe as moe_mod
+    x = torch.randn(4096, 64)
+    fast = lambda: sbops.topk_gating(x, 2)  # noqa: E731
+    w = overhead.measure_wrapper(fast, "cpu", budget_s=0.1)
+    assert 0 < w["public_us"] and abs(w["overhead_us"]) < 200 and "overhead_with_kernel_us" in w
+    assert w["public_us"] < w["public_with_kernel_us"]                # the kernel really was left out
+    real_check = moe_mod._check_topk if hasattr(moe_mod, "_check_topk") else None
+    spin = {"on": True}
+
+    def busy_public():
+        t = time.perf_counter() + 3e-4                             # 300 us of host work in the wrapper
+        while spin["on"] and time.perf_counter() < t:
+            pass
+        return sbops.topk_gating(x, 2)
+    w = overhead.measure_wrapper(busy_public, "cpu", budget_s=0.1)
+    assert 250 < w["overhead_us"] < 3000
+    a, b = sbops.topk_gating(x, 2), overhead.direct_call(fast)[1]()   # dispatch works again afterwards
+    assert all(torch.equal(p, q) for p, q in zip(a, b)) and real_check is getattr(moe_mod, "_check_topk", None)
+
+
 @requires_cuda
 def test_gpu_headline_probes_dispatch_and_time_on_the_gpu():
     """Every headline case's wrapper probe reaches a kernel on the GPU, the direct call gives the
@@ -250,7 +273,7 @@ def test_gpu_headline_probes_dispatch_and_time_on_the_gpu():
             op, direct = overhead.direct_call(public)
             a, b = public(), direct()
             torch.cuda.synchronize()
-            w = overhead.measure_overhead(public, direct, "cuda", budget_s=0.05)
+            w = overhead.measure_wrapper(public, "cuda", budget_s=0.05)
         assert op == case.op, case.name
         for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             if x is None:   # an output the public call drops (linear_attn's final state without

@@ -19,7 +19,7 @@ from sbops._validate import checking_data
 from . import peers as P
 from .cases import Check, Compared, Env, SpeedCase, bound_for
 from .harness import measure, time_limit
-from .overhead import direct_call, measure_overhead
+from .overhead import measure_wrapper
 
 f64 = torch.float64
 
@@ -131,8 +131,7 @@ def run_speed(case: SpeedCase, env: Env, roof: Dict[str, Any], budget: float, ti
         try:
             with time_limit(timeout), sbops.use_backend(env.backend):
                 public = case.probe(env)
-                _, direct = direct_call(public)
-                row["wrapper"] = measure_overhead(public, direct, env.device, budget_s=min(0.5, budget))
+                row["wrapper"] = measure_wrapper(public, env.device, budget_s=min(0.5, budget))
         except Exception as e:  # CaseTimeout included
             row["wrapper_error"] = _error(e)
     if prep is not None and row["median_ms"] is not None:
