@@ -148,9 +148,9 @@ def encode(x, k, fp8, BK):
     vth = torch.empty((M,), device=dev, dtype=torch.float32)
     nd = torch.empty((M,), device=dev, dtype=torch.int32)
     bits = _digit_bits(fp8)
-    # one program per row, latency-bound: long rows take 4096 columns per step on 8 warps (K = 18944: 5 steps
-    # per pass instead of 19; the encode measured 0.54 ms at M = 8192 with 1024-column steps)
-    block, warps = (4096, 8) if K >= 8192 else (1024, 4) if K >= 1024 else (256, 4)
+    # one program per row; 1024 columns per step (4096 on 8 warps for K >= 8192 measured no faster on the
+    # H200: 0.573 vs 0.54 ms at M = 8192, K = 18944, session 12)
+    block, warps = (1024, 4) if K >= 1024 else (256, 4)
     _encode_kernel[(M,)](x, s, big, vth, nd, flags, K, n_chunks, x.stride(0), float(k),
                          LIMIT=16 if fp8 else 127, DIGIT_BITS=bits, MAX_DIGITS=triton.cdiv(31, bits), FP8=fp8,
                          CHUNK=BK, ROWS=max(1, block // BK), num_warps=warps)

@@ -59,8 +59,10 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     channel) or [N, K // group_size] (per group); float32 accumulation; y [..., N] in x's dtype.
     On CUDA (M > 32 rows) the counts are encoded once to 8 bits by a fused pre-pass and multiplied on
     the int8 tensor cores (int8 weights) or the fp8 ones (e4m3 counts, exact for |c| <= 16, with
-    float8_e4m3fn weights); rows with larger counts take extra passes over base-128 (int8) or base-16
-    (e4m3) digits on only the K chunks that need them, so the result is exact for every count.  At
+    float8_e4m3fn weights; with per-channel scales and bfloat16 x the GEMM of the e4m3 counts is
+    torch._scaled_mm, the vendor fp8 GEMM, with vth x the channel scales in its epilogue); rows with larger
+    counts take extra passes over base-128 (int8) or base-16 (e4m3) digits on only the K chunks that need
+    them, so the result is exact for every count.  At
     decode (M <= 32) one split-K kernel makes the counts in registers.  A count of 2^31 or more
     (|x| > 2^31 * vth) makes its row NaN on CUDA.  The gradient is straight-through, as `spike_quant`:
     dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
