@@ -258,6 +258,19 @@ def test_wrapper_column_counts_host_work_of_the_wrapper_not_of_the_kernel():
         return sbops.topk_gating(x, 2)
     w = overhead.measure_wrapper(busy_public, "cpu", budget_s=0.1)
     assert 250 < w["overhead_us"] < 3000
+    real_measure, runs = overhead.measure_overhead, []
+
+    def interrupted(*args, **kw):                                  # Ctrl-C while the no-op is in place
+        runs.append(1)
+        if len(runs) == 2:
+            raise KeyboardInterrupt
+        return real_measure(*args, **kw)
+    overhead.measure_overhead = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            overhead.measure_wrapper(fast, "cpu", budget_s=0.05)
+    finally:
+        overhead.measure_overhead = real_measure
     a, b = sbops.topk_gating(x, 2), overhead.direct_call(fast)[1]()   # dispatch works again afterwards
     assert all(torch.equal(p, q) for p, q in zip(a, b)) and real_check is getattr(moe_mod, "_check_topk", None)
 

@@ -333,3 +333,16 @@ def test_spike_linear_layers_reading_one_input_fuse_into_one_w8aspike_call(weigh
     torch.testing.assert_close(y_inf, y_train.detach(), rtol=1e-4, atol=1e-5)
     if weight_quant == "fp8":
         assert mlp.up_proj.int8_weight()[0].dtype == torch.float8_e4m3fn
+    # the fused copy follows the modules: a bias updated in place, a bias removed
+    from sbops.nn.common import fused_linears
+    a, b = (SpikeLinear(256, 128, bias=True, k=3.0, weight_quant=weight_quant) for _ in range(2))
+    owner = torch.nn.Module()
+    with torch.no_grad():
+        for _ in range(2):
+            ya, yb = fused_linears(owner, (a, b), x)
+            torch.testing.assert_close(ya, a(x), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(yb, b(x), rtol=1e-4, atol=1e-5)
+            a.bias.add_(10.0)
+        b.bias = None
+        ya, yb = fused_linears(owner, (a, b), x)
+        torch.testing.assert_close(yb, b(x), rtol=1e-4, atol=1e-5)

@@ -373,6 +373,11 @@ def test_scaled_mm_path_matches_float64_reference(big):
                                 config=(16, 32) if dev == "cpu" else None, path="scaled_mm").cpu()
     assert y.shape == (M, N) and y.dtype == torch.bfloat16
     assert torch.isnan(y[40]).all() == big and torch.isfinite(y[:40]).all()
+    sc_strided = torch.stack([sc, sc], 1)[:, 0]                     # a strided [N] view of the scales
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        y_s = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc_strided.to(dev), 3.0, bias.to(dev), None,
+                                  config=(16, 32) if dev == "cpu" else None, path="scaled_mm").cpu()
+    assert torch.equal(y_s[:40], y[:40])
     assert rel(y[:40], r) < 5e-3 and _worst_row(y[:40], r) < 1e-2
     # the Triton GEMM path gives the same result to bf16 rounding
     y2 = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, bias.to(dev), None,

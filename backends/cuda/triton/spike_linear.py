@@ -205,6 +205,7 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, fix_config=None)
     BK = 128
     s, big, vth, nd, flags = encode(x, k, True, BK)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
+    scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
     y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
                          bias=bias, out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
     n_chunks = triton.cdiv(K, BK)

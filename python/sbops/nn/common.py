@@ -63,9 +63,11 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
     weight changes); None when the modules do not all qualify."""
     m0 = mods[0]
     if not all(m._runs_on_int8(x) and m.k == m0.k and m.weight_quant == m0.weight_quant
-               and m.group_size == m0.group_size for m in mods):
+               and (m.weight_quant == "fp8" or m.group_size == m0.group_size) for m in mods):
         return None
-    key = tuple(weight_key(m.weight) for m in mods)
+    # everything the concatenated copies are made of: weights, biases (a copy too), format and group size
+    key = tuple((weight_key(m.weight), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size)
+                for m in mods)
     state = owner.__dict__.get("_sbops_fused_spike")
     if state is None or state[0] != key:
         ops = [m.int8_weight() for m in mods]
