@@ -31,6 +31,7 @@ from .spike_linear_kernels import _block_flags_kernel, _digit_fix_kernel, _encod
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
+_FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
 
 
 def _sms(dev) -> int:
@@ -193,10 +194,17 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
             and x.shape[1] % 16 == 0 and weight_q.shape[0] % 16 == 0
             and (bias is None or bias.dtype == torch.bfloat16)):
         return False
-    return x.device.type == "cpu" or (x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 9))
+    dev = x.device
+    if dev.type == "cpu":
+        return True
+    if dev.type != "cuda":
+        return False
+    if dev not in _FP8_CAPABLE:
+        _FP8_CAPABLE[dev] = torch.cuda.get_device_capability(dev) >= (8, 9)
+    return _FP8_CAPABLE[dev]
 
 
-def _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, fix_config=None):
+def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     """encode (8-bit digits, once) -> torch._scaled_mm over the low digits with scale_a = vth [M, 1] and
     scale_b = the channel scales [1, N] -> the higher digits of outlier rows added by _digit_fix_kernel."""
     M, K = x.shape
@@ -251,13 +259,13 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
         path = "decode" if M <= DECODE_MAX_M else "prefill"
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
-            path = "scaled_mm"
+            return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
     if path == "scaled_mm":
         if not scaled_mm_applies(x, weight_q, group_size, bias):
             raise ValueError("spike_linear: the scaled_mm path takes float8_e4m3fn weights with per-channel "
                              "scales, bfloat16 x, K and N multiples of 16 and a bfloat16 bias (or none), on a GPU "
                              "with fp8 tensor cores")
-        return _prefill_scaled_mm(x, weight_q, scale, k, bias, group_size, config)
+        return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if path == "decode":
         if M > DECODE_MAX_M:

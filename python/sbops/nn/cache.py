@@ -97,7 +97,7 @@ class _WindowPlan:
 @dataclass
 class _WritePlan:
     """The new tokens that end up in a ring buffer of C rows: the last min(t_i, C) of each sequence."""
-    rows: torch.Tensor         # rows of the flattened input
+    rows: Optional[torch.Tensor]   # rows of the flattened input (None when row_range says them)
     positions: torch.Tensor
     slots: torch.Tensor
     row_range: Optional[Tuple[int, int]] = None   # `rows` as [start, stop) when they are contiguous
@@ -225,8 +225,9 @@ class CacheBatch:
             rng = None
             if len(r) == 1 and len(r[0]):
                 rng = (int(r[0][0]), int(r[0][-1]) + 1)
-            self._memo[key] = _WritePlan(_dev(torch.cat(r), device), _dev(torch.cat(p), device),
-                                         _dev(torch.cat(sl), device), rng)
+            # one sequence's rows are a range: no index tensor to build and copy to the device
+            self._memo[key] = _WritePlan(None if rng is not None else _dev(torch.cat(r), device),
+                                         _dev(torch.cat(p), device), _dev(torch.cat(sl), device), rng)
         return self._memo[key]
 
     def check_full_cache(self, rows: int):
