@@ -354,10 +354,10 @@ def test_maca_configs_match_float64_and_refuse_fp8(group_size, path, M):
 @requires_triton
 @pytest.mark.parametrize("big", [False, True])
 def test_scaled_mm_path_matches_float64_reference(big):
-    """The "scaled_mm" prefill path (e4m3 weights per channel, bf16 x): torch._scaled_mm over the encoded
-    low digits, then the fix-up kernel adds the higher digits of outlier rows in place (big: a count of
-    about K * k, several base-16 digits) and makes a row with a count past int32 NaN.  bf16 output: each
-    element carries bf16 rounding (2^-9), the worst row stays within 1e-2."""
+    """The "scaled_mm" prefill path (e4m3 weights per channel, bf16 x): torch._scaled_mm over the counts
+    clamped to +-16, then the sparse fix-up adds the rest (big: a count of about K * k, and in row 40 a
+    count of 1e26, past int32: still the reference's result, nothing saturated).  bf16 output: each element
+    carries bf16 rounding (2^-9), the worst row stays within 1e-2."""
     tk, sl = _triton()
     dev = _dev()
     M, N, K = 45, 48, 256
@@ -366,23 +366,23 @@ def test_scaled_mm_path_matches_float64_reference(big):
     wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
     bias = torch.randn(N).bfloat16()
     assert sbops.spike_encode(x[:40], 3.0, torch.int32)[0].abs().max() > (256 if big else 16)   # big: three base-16 digits
-    r = ref_spike_linear(x[:40], wq.float(), sc, 3.0, bias, None)
+    r = ref_spike_linear(x, wq.float(), sc, 3.0, bias, None)
     assert sl.scaled_mm_applies(x.to(dev), wq.to(dev), None, bias.to(dev))
     with tk.bounds_checked() if dev == "cpu" else _null():
         y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, bias.to(dev), None,
                                 config=(16, 32) if dev == "cpu" else None, path="scaled_mm").cpu()
     assert y.shape == (M, N) and y.dtype == torch.bfloat16
-    assert torch.isnan(y[40]).all() == big and torch.isfinite(y[:40]).all()
+    assert torch.isfinite(y).all()
     sc_strided = torch.stack([sc, sc], 1)[:, 0]                     # a strided [N] view of the scales
     with tk.bounds_checked() if dev == "cpu" else _null():
         y_s = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc_strided.to(dev), 3.0, bias.to(dev), None,
                                   config=(16, 32) if dev == "cpu" else None, path="scaled_mm").cpu()
-    assert torch.equal(y_s[:40], y[:40])
-    assert rel(y[:40], r) < 5e-3 and _worst_row(y[:40], r) < 1e-2
+    assert torch.equal(y_s, y)
+    assert rel(y, r) < 5e-3 and _worst_row(y, r) < 1e-2
     # the Triton GEMM path gives the same result to bf16 rounding
     y2 = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, bias.to(dev), None,
                              config=(32, 32, 128, 2, 4, 2) if dev == "cpu" else None, path="prefill").cpu()
-    assert rel(y[:40], y2[:40]) < 5e-3
+    assert rel(y[:40], y2[:40]) < 5e-3       # (its row 40 is NaN: that path keeps counts in int32)
 
 
 @requires_triton

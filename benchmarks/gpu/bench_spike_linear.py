@@ -5,7 +5,7 @@ Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 655
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
 Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536; SL_QUICK=1: no
-prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + digit fix-up) is always timed)"""
+prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + sparse fix-up) is always timed)"""
 import json, os, sys, time
 import torch
 DRY = not torch.cuda.is_available()  # a smoke run of this script's logic on a CPU (interpreter, tiny shapes)
@@ -24,12 +24,14 @@ QUICK = os.environ.get("SL_QUICK") == "1"  # prefill: only the launcher's config
 GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
               "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
 DEC_CANDS = [(64, 128, 0, False, 4, 3), (64, 128, 0, True, 4, 3), (128, 128, 0, False, 4, 3), (32, 128, 0, False, 4, 4)]
+FIX_CANDS = [(64, 256), (64, 128), (128, 256), (32, 256)]
 PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
 res, table, tun_g, tun_d = [], [], {}, {}
 if DRY:
     dev, SHAPES, Ms = "cpu", [(40, 256)], [64, 100]
     GEMM_CANDS = {k: [(32, 32, 128, 2, 4, 2), (16, 32, 128, 1, 4, 2)] for k in GEMM_CANDS}
     DEC_CANDS = [(16, 128, 0, False, 4, 2), (16, 128, 2, True, 4, 2)]
+    FIX_CANDS = [(16, 32)]
 
     def do_bench(fn, warmup, rep):
         t = time.time(); fn(); return (time.time() - t) * 1e3
@@ -105,18 +107,21 @@ for (N, K) in SHAPES:
             row[f"{key}_best"] = {"cfg": cfg, "ms": t, "x_bf16": tb / t, "rel_err": err}
             table.append((f"M={M} {N}x{K}", key, tb / t, err, cfg))
             tun_g[(key, N, K, "mid" if M <= 16384 else "big")] = {"cfg": cfg, "top2": [c for _, c in times[:2]]}
-        # e4m3 per channel through torch._scaled_mm + the digit fix-up kernel (the "scaled_mm" path)
+        # e4m3 per channel through torch._scaled_mm + the sparse fix-up (the "scaled_mm" path)
         wq, sc = qs[(FP8, None)]
         t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
         if t is not None:
             y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm")
             err = rel_err(y, x, wq, sc, None)
             # where the time goes: the encode alone, the vendor GEMM alone; then fast accumulation
-            s8, _, vth, _, _ = sl.encode(x, 3.0, True, 128)
+            s8, vth, _ = sl.encode_lo(x, 3.0, 64)
             s8 = s8.view(FP8)
-            t_enc = bench(lambda: sl.encode(x, 3.0, True, 128), rep)
+            t_enc = bench(lambda: sl.encode_lo(x, 3.0, 64), rep)
             t_mm = bench(lambda: torch._scaled_mm(s8, wq.t(), scale_a=vth[:, None], scale_b=sc[None, :],
                                                   out_dtype=torch.bfloat16), rep)
+            for fc in FIX_CANDS:  # the fix-up kernel's (BM, BN): row block of the flags, columns per program
+                tc = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, config=fc, path="scaled_mm"), rep)
+                row[f"f8_ch_scaled_mm_fix_{fc[0]}x{fc[1]}_ms"] = tc
             sl._tuning.FP8_FAST_ACCUM = True
             t_fast = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
             err_fast = rel_err(sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), x, wq, sc, None)

@@ -7,9 +7,10 @@ Paths, picked by the weight's dtype and M (rows of x):
   8-bit tensor cores; outlier rows (counts past 127 for int8, past 16 for e4m3) are served exactly
   by digit passes over only the K chunks that need them.
 * prefill, "scaled_mm" (float8_e4m3fn weights, bf16 x, per channel; where spike_linear_tuning.FP8_PREFILL
-  routes it): the same encode, then the low digits' GEMM on torch._scaled_mm (the vendor fp8 GEMM, float32
-  accumulation, row scales vth x channel scales in its epilogue, bias too), then `_digit_fix_kernel` adds
-  the higher digits of the outlier rows in place.
+  routes it): its own encode of the counts clamped to +-16, their GEMM on torch._scaled_mm (the vendor fp8
+  GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too), then a sparse
+  fix-up adds what the clamp cut off, over only the 16-column chunks that hold such counts
+  (spike_linear_fp8.py).
 * decode (M <= 32): `spike_linear_decode._decode_kernel` after one tiny vth pre-pass (or, where the
   tuning table says so, one launch recomputing vth per program), split-K with an in-kernel
   last-arriver reduction.
@@ -26,7 +27,8 @@ import triton
 from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_kernel, _vth_kernel
-from .spike_linear_kernels import _block_flags_kernel, _digit_fix_kernel, _encode_kernel, _gemm_kernel
+from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_kernel
+from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
@@ -204,26 +206,43 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
     return _FP8_CAPABLE[dev]
 
 
+def encode_lo(x, k, BM):
+    """The "scaled_mm" path's pre-pass: (s, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
+    clamp(count, -16, 16); vth [M] float32; flags [cdiv(M, BM), K // 16] int8: 1 where a chunk of 16 columns
+    of that row block holds a count past 16 (or a NaN one)."""
+    M, K = x.shape
+    s = torch.empty((M, K), device=x.device, dtype=torch.int8)
+    vth = torch.empty((M,), device=x.device, dtype=torch.float32)
+    n_fc = triton.cdiv(K, 16)
+    flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
+    one_pass = K <= 4096  # the row (4 rows of <= 4096 columns) stays in registers: x read once
+    block = triton.next_power_of_2(K) if one_pass else 2048
+    rows = max(1, 4096 // block) if one_pass else 1
+    _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, vth, flags, M, K, n_fc, x.stride(0), float(k),
+                                               R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM,
+                                               num_warps=8 if block * rows >= 4096 else 4)
+    return s, vth, flags
+
+
 def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
-    """encode (8-bit digits, once) -> torch._scaled_mm over the low digits with scale_a = vth [M, 1] and
-    scale_b = the channel scales [1, N] -> the higher digits of outlier rows added by _digit_fix_kernel."""
+    """encode (clamped counts as e4m3, once) -> torch._scaled_mm with scale_a = vth [M, 1] and scale_b = the
+    channel scales [1, N] -> _outlier_fix_kernel adds vth * scale * (r @ W^T) for the counts past 16
+    (r = count - clamp(count)) over only the 16-column chunks of each row block that hold one
+    (spike_linear_fp8.py)."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN = fix_config or (32, 256)
-    BK = 128
-    s, big, vth, nd, flags = encode(x, k, True, BK)
+    BM, BN = fix_config or (64, 256)
+    s, vth, flags = encode_lo(x, k, BM)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
     y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
                          bias=bias, out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
-    n_chunks = triton.cdiv(K, BK)
-    n_bm = triton.cdiv(M, BM)
-    bflags = torch.empty((n_bm, n_chunks), device=x.device, dtype=torch.int8)
-    bnd = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
-    _block_flags_kernel[(n_bm,)](nd, flags, bflags, bnd, M, n_chunks, BM=BM, CB=64, num_warps=4)
-    _digit_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
-        big, w, scale, vth, nd, flags, bflags, bnd, y, M, N, K, n_chunks, w.stride(0), scale.stride(0), 0,
-        PER_CHANNEL=True, GROUP_STEPS=1, FP8=True, DIGIT_BITS=_digit_bits(True), BM=BM, BN=BN, BK=BK,
+    n_bm, n_fc = flags.shape
+    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
+    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
+    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
+    _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
+        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN,
         num_warps=4, num_stages=1)
     return y
 

@@ -140,19 +140,9 @@ def _load_tiles(a_ptrs, b_ptrs, kk, K, EVEN_K: tl.constexpr, FP8: tl.constexpr):
 
 
 @triton.jit
-def _chunk_digits(flag_ptr, rmf, step, wide, bflag_ptr, BLOCK_FLAGS: tl.constexpr):
-    # digits needed in K chunk `step` by the block's wide rows: from the per-row flags (a [BM] load and a
-    # reduction), or from the block's own flags row written by _block_flags_kernel (one cached scalar load)
-    if BLOCK_FLAGS:
-        return tl.load(bflag_ptr + step).to(tl.int32)
-    return tl.max(tl.load(flag_ptr + rmf + step, mask=wide, other=0).to(tl.int32), axis=0)
-
-
-@triton.jit
 def _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks, stride_wn, stride_sg,
-                  bflag_ptr, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr, FP8: tl.constexpr,
-                  DIGIT_BITS: tl.constexpr, BLOCK_FLAGS: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr, FP8: tl.constexpr,
+                  DIGIT_BITS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """sum over digits d >= 1 of 2^(DIGIT_BITS d) * (digit_d @ W^T) for the rows of the block with nd > 1
     (per-group scales applied, per-channel ones not), float32 [BM, BN]; other rows contribute 0.  Each
     digit pass visits only the BK chunks whose flag says some row of the block needs that digit."""
@@ -165,7 +155,8 @@ def _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mm
         shift = DIGIT_BITS * d
         mult = tl.exp2(shift.to(tl.float32))  # a power of two: scaling by it is exact
         for step in tl.range(0, n_chunks, num_stages=1):  # rare path: no shared-memory ring
-            f = _chunk_digits(flag_ptr, rmf, step, wide, bflag_ptr, BLOCK_FLAGS)
+            # digits chunk `step` needs over the block's wide rows
+            f = tl.max(tl.load(flag_ptr + rmf + step, mask=wide, other=0).to(tl.int32), axis=0)
             if f > d:
                 kk = step * BK + rk
                 c = tl.load(big_ptr + rm64[:, None] * K + kk[None, :], mask=wide[:, None] & (kk[None, :] < K),
@@ -256,8 +247,7 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
     nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
     if tl.max(nd_rows, axis=0) > 1:
         acc += _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks,
-                             stride_wn, stride_sg, flag_ptr, PER_CHANNEL, GROUP_STEPS, FP8, DIGIT_BITS, False,
-                             BM, BN, BK)
+                             stride_wn, stride_sg, PER_CHANNEL, GROUP_STEPS, FP8, DIGIT_BITS, BM, BN, BK)
 
     if PER_CHANNEL:
         sc = tl.load(sc_ptrs)
@@ -270,58 +260,3 @@ def _gemm_kernel(s_ptr, big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bi
     acc = tl.where((nd_rows < 0)[:, None], float("nan"), acc)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
-
-
-@triton.jit
-def _block_flags_kernel(nd_ptr, flag_ptr, bflag_ptr, bnd_ptr, M, n_chunks, BM: tl.constexpr, CB: tl.constexpr):
-    """Per block of BM rows: the digits each K chunk needs over its wide rows (bflag [n_blocks, n_chunks],
-    int8) and the block's row summary bnd = max nd, or -1 when a row's count is past int32 (NaN row)."""
-    pid = tl.program_id(0)
-    rm = pid * BM + tl.arange(0, BM)
-    mmask = rm < M
-    nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
-    wide = mmask & (nd_rows > 1)
-    tl.store(bnd_ptr + pid, tl.where(tl.min(nd_rows, axis=0) < 0, -1, tl.max(nd_rows, axis=0)))
-    cj = tl.arange(0, CB)
-    for c0 in range(0, n_chunks, CB):
-        cm = c0 + cj < n_chunks
-        f = tl.load(flag_ptr + rm.to(tl.int64)[:, None] * n_chunks + c0 + cj[None, :],
-                    mask=wide[:, None] & cm[None, :], other=0)
-        tl.store(bflag_ptr + pid.to(tl.int64) * n_chunks + c0 + cj, tl.max(f, axis=0), mask=cm)
-
-
-@triton.jit
-def _digit_fix_kernel(big_ptr, w_ptr, scale_ptr, vth_ptr, nd_ptr, flag_ptr, bflag_ptr, bnd_ptr, y_ptr, M, N, K,
-                      n_chunks, stride_wn, stride_sn, stride_sg, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr,
-                      FP8: tl.constexpr, DIGIT_BITS: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """After a GEMM of the low digits done elsewhere (torch._scaled_mm on the fp8 tensor cores, the
-    launcher's "scaled_mm" path): y += vth * (higher digits @ W^T) on the rows with nd > 1, read-modify-
-    write of those rows only; rows with nd < 0 (a count past int32) become NaN.  A block with no such row
-    returns after one scalar load; the others visit only the K chunks their block flags name."""
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BN)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    bnd = tl.load(bnd_ptr + pid_m)
-    if (bnd > 1) | (bnd < 0):
-        rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
-        mmask = rm < M
-        nmask = rn < N
-        nd_rows = tl.load(nd_ptr + rm, mask=mmask, other=1)
-        rm64 = (rm % M).to(tl.int64)
-        rn64 = (rn % N).to(tl.int64)
-        sc_ptrs = scale_ptr + rn64 * stride_sn
-        acc = _digit_passes(big_ptr, w_ptr, sc_ptrs, flag_ptr, nd_rows, rm, rm64, rn64, mmask, K, n_chunks,
-                            stride_wn, stride_sg, bflag_ptr + pid_m.to(tl.int64) * n_chunks, PER_CHANNEL,
-                            GROUP_STEPS, FP8, DIGIT_BITS, True, BM, BN, BK)
-        if PER_CHANNEL:
-            acc = acc * tl.load(sc_ptrs)[None, :]
-        vth = tl.load(vth_ptr + rm, mask=mmask, other=0.0)
-        touch = mmask & ((nd_rows > 1) | (nd_rows < 0))
-        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
-        m2 = touch[:, None] & nmask[None, :]
-        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * vth[:, None]
-        y = tl.where((nd_rows < 0)[:, None], float("nan"), y)
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)

@@ -1,0 +1,154 @@
+"""Kernels of spike_linear's "scaled_mm" prefill path (e4m3 weights per channel, bf16 x): the vendor fp8
+GEMM runs the counts clamped to e4m3's exact range, and a sparse fix-up adds what the clamp cut off.
+
+Every count is split as c = lo + r with lo = clamp(c, -16, 16) (exact in e4m3) and r = c - lo, which is
+non-zero only where |c| > 16: about 1e-5 of the elements of a Gaussian row at k = 3, and the few outlier
+channels of an LLM's activations.  So
+
+    y = vth * (lo @ W^T) * scale  [torch._scaled_mm: fp8 tensor cores, vth and scale in its epilogue]
+      + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the 16-column chunks that hold an r]
+
+* `_encode_lo_kernel` (R rows per program): vth = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode, the
+  e4m3 bits of lo (one byte per element, written once), and a flag per (BM-row block, 16-column chunk)
+  holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race).  Rows that
+  fit one block of columns are read once; longer rows twice (the sum, then the counts).
+* `_flag_list_kernel` (one program per row block): the flagged chunks' indices, compacted (cumsum).
+* `_outlier_fix_kernel` (row block x BN columns): per listed chunk it recomputes r from x (the same
+  quotient as the encode, bit for bit), multiplies it by that chunk's weights on the float16 tensor
+  cores (e4m3 weights are exact in float16; r in one float16 term while |r| < 2048, else three exact
+  terms, see _exact_dot; float32 accumulation) and adds vth * scale * (r @ W^T) to the rows it touched (read-modify-write of
+  those rows only).  A block with no flagged chunk returns after one load.  No count is saturated, and
+  no buffer grows with the counts: memory is M x K bytes of lo plus the flags.
+
+Quotient: x / vth correctly rounded through the reciprocal and one fused correction (Markstein: with
+inv = RN(1 / vth) and q1 = RN(x * inv), RN(q1 + fma(-q1, vth, x) * inv) = RN(x / vth)), then rounded to
+an integer half to even, so lo + r is the count spike_encode gives.  Kernel sources are torch-free.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .spike_linear_kernels import _e4m3_bits, _rint, _row_vth
+
+_FC = tl.constexpr(16)  # columns per flag chunk: the K of one float16 tensor-core step
+
+
+@triton.jit
+def _quotient_rint(x, vth, inv):
+    # rint(x / vth), x / vth correctly rounded (see the module doc); infinities pass through
+    q1 = x * inv
+    e = tl.fma(-q1, vth, x)
+    q = tl.fma(e, inv, q1)
+    q = tl.where(tl.abs(q1) < float("inf"), q, q1)
+    return _rint(q)
+
+
+@triton.jit
+def _exact_dot(r, w):
+    # r @ w with r float32 integers (or NaN / inf) and w float16 (e4m3 values, exact) on the float16 tensor
+    # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else per row
+    # r * 2^-s below 2^33 (s = 0 unless the row's largest |r| is past 2^31) split into three float16 terms
+    # a * 2^22 + b * 2^11 + c, each exact; only digits 2^-33 below a row's largest count can round
+    if tl.max(tl.abs(r), axis=None) < 2048.0:
+        return tl.dot(r.to(tl.float16), w)
+    s = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(r), axis=1))) - 31.0, 0.0)
+    rs = r * tl.exp2(-s)[:, None]
+    a = _rint(rs * (1.0 / 4194304.0))
+    rem = rs - a * 4194304.0
+    b = _rint(rem * (1.0 / 2048.0))
+    c = rem - b * 2048.0
+    part = (tl.dot(a.to(tl.float16), w) * 4194304.0 + tl.dot(b.to(tl.float16), w) * 2048.0
+            + tl.dot(c.to(tl.float16), w))
+    return part * tl.exp2(s)[:, None]
+
+
+@triton.jit
+def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM: tl.constexpr):
+    q = _quotient_rint(x, vth[:, None], inv[:, None])
+    lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
+    tl.store(s_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
+    out = m & ~(tl.abs(q) <= 16.0)  # NaN counts are flagged too: the fix-up makes their row NaN
+    fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // _FC
+    tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
+
+
+@triton.jit
+def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
+                      R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R)
+    rmask = rows < M
+    xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    offs = tl.arange(0, BLOCK)
+    if ONE_PASS:  # the whole row in registers: x read once
+        m = rmask[:, None] & (offs[None, :] < K)
+        x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
+        vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
+        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, flag_ptr, K, n_fc, BM)
+    else:
+        acc = tl.zeros([R, BLOCK], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            m = rmask[:, None] & (k0 + offs[None, :] < K)
+            acc += tl.abs(tl.load(xr + k0 + offs[None, :], mask=m, other=0.0).to(tl.float32))
+        vth = _row_vth(tl.sum(acc, axis=1), K, k_div)
+        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        for k0 in range(0, K, BLOCK):
+            cols = k0 + offs
+            m = rmask[:, None] & (cols[None, :] < K)
+            x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM)
+    tl.store(vth_ptr + rows, vth, mask=rmask)
+
+
+@triton.jit
+def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, CB)
+    cnt = 0
+    for c0 in range(0, n_fc, CB):
+        c = c0 + offs
+        f = tl.load(flag_ptr + b * n_fc + c, mask=c < n_fc, other=0) != 0
+        pos = cnt + tl.cumsum(f.to(tl.int32), axis=0) - 1
+        tl.store(list_ptr + b * n_fc + pos, c, mask=f)
+        cnt += tl.sum(f.to(tl.int32), axis=0)
+    tl.store(cnt_ptr + b, cnt)
+
+
+@triton.jit
+def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
+                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    cnt = tl.load(cnt_ptr + pid_m)
+    if cnt > 0:
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        mmask = rm < M
+        nmask = rn < N
+        rm64 = (rm % M).to(tl.int64)  # out-of-range rows / columns read a valid one and are never stored
+        rn64 = (rn % N).to(tl.int64)
+        vth = tl.load(vth_ptr + rm64)
+        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        cj = tl.arange(0, _FC)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        touched = tl.zeros([BM], dtype=tl.int32)
+        lst = list_ptr + pid_m.to(tl.int64) * n_fc
+        for j in range(0, cnt):
+            kk = tl.load(lst + j) * _FC + cj
+            kin = kk < K
+            x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
+            q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
+            r = q - tl.minimum(tl.maximum(q, -16.0), 16.0)  # NaN stays NaN
+            r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
+            touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
+            w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
+            acc += _exact_dot(r, w)
+        sc = tl.load(scale_ptr + rn64)
+        rows = mmask & (touched > 0)
+        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+        m2 = rows[:, None] & nmask[None, :]
+        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)

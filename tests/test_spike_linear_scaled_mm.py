@@ -1,0 +1,101 @@
+"""spike_linear's "scaled_mm" prefill path (e4m3 weights per channel, bf16 x): the encode of clamped
+counts, the flag lists and the sparse fix-up, against spike_encode and the float64 reference.
+
+Runs the Triton kernels under the interpreter on CPU tensors (torch's CPU _scaled_mm) when there is no
+GPU, on the GPU otherwise."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (tests/triton_kernels.py)
+
+import sbops
+from conftest import requires_triton
+from test_spike_linear import _dev, _null, _triton, _worst_row, ref_spike_linear, rel
+
+FP8 = torch.float8_e4m3fn
+
+
+def _run(sl, tk, x, wq, sc, k, bias=None, config=None):
+    dev = _dev()
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        return sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), k, None if bias is None else bias.to(dev),
+                                   None, config=config, path="scaled_mm").cpu()
+
+
+@requires_triton
+@pytest.mark.parametrize("M,K,BM", [(37, 256, 16), (5, 4352, 16), (70, 512, 64)])
+def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM):
+    """s holds exactly clamp(count, -16, 16) as e4m3, the count being round(x / vth) by true division (the
+    reciprocal-and-fma quotient is exact), vth is spike_encode's (to float32 summation), and a chunk of
+    16 columns of a row block is flagged iff one of its counts is past 16 (one- and two-pass encodes)."""
+    tk, sl = _triton()
+    dev = _dev()
+    x = torch.randn(M, K)
+    x[::3, 7] *= 30
+    x[1, K - 1] = -1e4
+    x = x.bfloat16()
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        s, vth, flags = sl.encode_lo(x.to(dev), 3.0, BM)
+    v = sbops.spike_encode(x.float(), 3.0, torch.int32)[1].view(-1)
+    vth = vth.cpu()
+    torch.testing.assert_close(vth, v, rtol=1e-6, atol=0)   # float32 sums (spike_encode's is in double)
+    c = torch.round(x.float() / vth[:, None])               # the counts of that vth, by true division
+    assert torch.equal(s.cpu().view(FP8).float(), c.clamp(-16, 16).float())
+    cut = (c.abs() > 16)
+    want = torch.zeros(flags.shape, dtype=torch.bool)
+    for i in range(M):
+        want[i // BM] |= cut[i].view(-1, 16).any(1)
+    assert cut.any() and torch.equal(flags.cpu() != 0, want)
+
+
+@requires_triton
+@pytest.mark.parametrize("k", [3.0, 40.0])
+def test_dense_counts_past_16_everywhere_are_exact(k):
+    """k = 40: almost every count is past 16 (every chunk flagged, the fix-up a dense GEMM); counts past
+    2048 need three float16 terms of r.  The result stays the reference's."""
+    tk, sl = _triton()
+    M, N, K = 33, 48, 128
+    x = torch.randn(M, K)
+    x[3, 11] = 1e7              # a count of about 5000 at k = 40: three float16 terms
+    x[4, :] *= torch.linspace(0.01, 50, K)
+    x = x.bfloat16()
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    bias = torch.randn(N).bfloat16()
+    c = sbops.spike_encode(x.float(), k, torch.int32)[0]
+    assert (c.abs() > 16).float().mean() > (0.5 if k > 10 else 1e-4)
+    y = _run(sl, tk, x, wq, sc, k, bias, config=(16, 16))
+    r = ref_spike_linear(x, wq.float(), sc, k, bias, None)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert rel(y, r) < 5e-3 and _worst_row(y, r) < 1e-2
+
+
+@requires_triton
+def test_nan_input_makes_only_its_row_nan():
+    tk, sl = _triton()
+    M, N, K = 20, 32, 64
+    x = torch.randn(M, K).bfloat16()
+    x[6, 9] = float("nan")
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 16))
+    assert torch.isnan(y[6]).all()
+    keep = torch.arange(M) != 6
+    assert torch.isfinite(y[keep]).all()
+    assert _worst_row(y[keep], ref_spike_linear(x[keep], wq.float(), sc, 3.0, None, None)) < 1e-2
+
+
+@requires_triton
+def test_outlier_channels_and_ragged_tiles():
+    """LLM-like outlier channels (every row cut in the same two chunks), M and N not multiples of the
+    fix-up tiles: only flagged rows are rewritten, every row equals the reference."""
+    tk, sl = _triton()
+    M, N, K = 45, 80, 192
+    x = torch.randn(M, K)
+    x[:, 40:44] *= 25
+    x = x.bfloat16()
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32))
+    r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
+    assert _worst_row(y, r) < 1e-2
