@@ -1,7 +1,7 @@
 """spike_linear speed on the H200: every path and candidate config vs bf16 torch.matmul (same run).
 
 Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 65536) and decode
-(M = 1, 8, 32), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
+(M = 1, 8, 32; GPU time under CUDA graphs, weights rotated over > 200 MB of copies), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
 Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536; SL_QUICK=1: no
@@ -23,7 +23,8 @@ Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",")]
 QUICK = os.environ.get("SL_QUICK") == "1"  # prefill: only the launcher's config per path (no candidate sweep)
 GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
               "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
-DEC_CANDS = [(64, 128, 0, False, 4, 3), (64, 128, 0, True, 4, 3), (128, 128, 0, False, 4, 3), (32, 128, 0, False, 4, 4)]
+DEC_CANDS = [(64, 128, 0, True, 4, 4), (64, 128, 0, False, 4, 4), (128, 128, 0, True, 4, 3), (64, 256, 0, True, 4, 3),
+             (32, 128, 0, True, 4, 4), (128, 128, 0, False, 8, 4)]
 FIX_CANDS = [(64, 256), (64, 128), (128, 256), (32, 256)]
 PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
 res, table, tun_g, tun_d = [], [], {}, {}
@@ -55,6 +56,33 @@ def bench(fn, rep):
     try:
         return do_bench(fn, warmup=10, rep=rep)
     except Exception as e:  # a config that does not compile / fit: reported, skipped
+        print(json.dumps({"failed": str(e)[:160]}), flush=True)
+        return None
+
+
+def gbench(fns, reps=10):
+    """ms per call of fns (called in turn) replayed as one CUDA graph (median of reps); None if it fails."""
+    if DRY:
+        return bench(fns[0], 1)
+    try:
+        st = torch.cuda.Stream()
+        st.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(st):
+            for _ in range(2):
+                for f in fns:
+                    f()
+        torch.cuda.current_stream().wait_stream(st)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=st):
+            for f in fns:
+                f()
+        ts = []
+        for _ in range(reps):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record(); g.replay(); e1.record(); e1.synchronize()
+            ts.append(e0.elapsed_time(e1) / len(fns))
+        return sorted(ts)[len(ts) // 2]
+    except Exception as e:
         print(json.dumps({"failed": str(e)[:160]}), flush=True)
         return None
 
@@ -150,9 +178,14 @@ for (N, K) in SHAPES:
                 table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm+outl", tb / t, rel_err(y, xo, wq, sc, None),
                               "torch._scaled_mm + fix-up"))
         emit(row)
+    # decode: GPU time under a CUDA graph (a model decodes so; eager timing would time the host), the weights
+    # rotated over copies of > 200 MB so every call reads them from HBM as a model's layers do
+    nrot = 1 if DRY else max(2, -(-200_000_000 // (N * K)))
+    wbr = [wb] + [wb.clone() for _ in range(nrot // 2)]
+    rot = {p: [qs[p][0]] + [qs[p][0].clone() for _ in range(nrot - 1)] for p in PATHS}
     for M in (1, 8, 32):
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-        tb = bench(lambda: x @ wb.T, 30)
+        tb = gbench([lambda W=W: x @ W.T for W in wbr])
         row = {"decode_M": M, "N": N, "K": K, "bf16_us": tb * 1e3, "bf16_GBs": N * K * 2 / tb / 1e6}
         for dt, gs in PATHS:
             wq, sc = qs[(dt, gs)]
@@ -161,13 +194,14 @@ for (N, K) in SHAPES:
             for cfg in DEC_CANDS:
                 if cfg[3] and M * K > 4 * 65536 and not DRY:
                     continue  # fused thresholds re-read all of x per program: pointless this large
-                t = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="decode"), 30)
+                t = gbench([lambda W=W: sl.spike_linear_fwd(x, W, sc, 3.0, None, gs, config=cfg, path="decode")
+                            for W in rot[(dt, gs)]])
                 if t is not None:
                     times.append((t, cfg))
                     row[f"{key}_{cfg[0]}{'_fused' if cfg[3] else ''}_us"] = round(t * 1e3, 2)
             times.sort()
             t, cfg = times[0]
-            tdef = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, path="decode"), 30)
+            tdef = gbench([lambda W=W: sl.spike_linear_fwd(x, W, sc, 3.0, None, gs, path="decode") for W in rot[(dt, gs)]])
             y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=cfg, path="decode")
             err = rel_err(y, x, wq, sc, gs)
             row[f"{key}_best"] = {"cfg": cfg, "us": t * 1e3, "default_us": tdef * 1e3 if tdef else None,
@@ -175,6 +209,7 @@ for (N, K) in SHAPES:
             table.append((f"decode M={M} {N}x{K}", key, tb / t, err, cfg))
             tun_d[(key[:2], key[3:], N, K, "m16" if M <= 16 else "m32")] = cfg  # m16 keeps M=8's winner
         emit(row)
+    del wbr, rot
     print(f"# {N}x{K} done at {time.time() - T0:.0f} s", flush=True)
 
 print("\n| shape | path | x bf16 | rel err | config |\n| --- | --- | --- | --- | --- |")

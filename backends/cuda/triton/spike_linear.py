@@ -11,8 +11,9 @@ Paths, picked by the weight's dtype and M (rows of x):
   GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too), then a sparse
   fix-up adds what the clamp cut off, over only the 16-column chunks that hold such counts
   (spike_linear_fp8.py).
-* decode (M <= 32): `spike_linear_decode._decode_kernel` after one tiny vth pre-pass (or, where the
-  tuning table says so, one launch recomputing vth per program), split-K with an in-kernel
+* decode (M <= 32): `spike_linear_decode._decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight
+  into the tensor cores, counts made in registers, a rare exact pass for counts past the 8-bit range),
+  thresholds recomputed per program for a small x or from one tiny pre-pass, split-K with an in-kernel
   last-arriver reduction.
 
 Scales: `weight_scale [N]` (per output channel) or `[N, K // group_size]` (per group).  Inputs may be
@@ -79,16 +80,16 @@ def gemm_config(M, N, K, group_size, fp8, backend="cuda"):
 
 def decode_config(M, N, K, group_size, fp8, dev, backend="cuda"):
     """(BN, BK, SPLIT, FUSED_VTH, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM.
-    Default (unmeasured shapes): BN = 128 and the thresholds in a pre-pass, the winner of 13 of the 16
-    measured (path, shape, M) buckets on the H200; re-reading x for the thresholds in every program
-    (FUSED_VTH) lost badly at N = 37888 (581 vs 192 us at M = 1)."""
+    Default (unmeasured shapes): BN = 64 weight rows per program, 4 stages, the thresholds recomputed in
+    every program (FUSED_VTH) while M x K <= 64k elements, else one pre-pass (re-reading a large x in every
+    program costs more L2 traffic than the weights)."""
     if backend == "maca":
         t = _common.load_tuning("maca", "spike_linear")["decode"]
         return (t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["FUSED_VTH"], t["num_warps"],
                 t["num_stages"])
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))
-    if cfg is None:
-        cfg = (128, _bk(group_size, fp8), 0, False, 4, 3)
+    if cfg is None:  # 64 weight rows per program; thresholds recomputed per program while x is small
+        cfg = (64, _bk(group_size, fp8), 0, M * K <= 65536, 4, 4)
     return tuple(cfg)
 
 
@@ -125,7 +126,7 @@ def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cu
     cnt = _counters(x.device, grid_n) if split > 1 else vth
     per_channel = group_size is None
     _decode_kernel[(grid_n, split)](
-        x, weight_q.view(torch.int8), scale, vth, bias if bias is not None else y, y, ws, cnt,
+        x, weight_q, scale, vth, bias if bias is not None else y, y, ws, cnt,
         M, N, K, k_per, float(k), x.stride(0), weight_q.stride(0),
         scale.stride(0), 0 if per_channel else scale.stride(1),
         FUSED_VTH=bool(fused), FP8=fp8, HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,

@@ -50,17 +50,20 @@ def _exact_dot(r, w):
     # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else per row
     # r * 2^-s below 2^33 (s = 0 unless the row's largest |r| is past 2^31) split into three float16 terms
     # a * 2^22 + b * 2^11 + c, each exact; only digits 2^-33 below a row's largest count can round
+    # (one return at the end: Triton 3.6 cannot lower a return inside an if)
     if tl.max(tl.abs(r), axis=None) < 2048.0:
-        return tl.dot(r.to(tl.float16), w)
-    s = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(r), axis=1))) - 31.0, 0.0)
-    rs = r * tl.exp2(-s)[:, None]
-    a = _rint(rs * (1.0 / 4194304.0))
-    rem = rs - a * 4194304.0
-    b = _rint(rem * (1.0 / 2048.0))
-    c = rem - b * 2048.0
-    part = (tl.dot(a.to(tl.float16), w) * 4194304.0 + tl.dot(b.to(tl.float16), w) * 2048.0
-            + tl.dot(c.to(tl.float16), w))
-    return part * tl.exp2(s)[:, None]
+        part = tl.dot(r.to(tl.float16), w)
+    else:
+        s = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(r), axis=1))) - 31.0, 0.0)
+        rs = r * tl.exp2(-s)[:, None]
+        a = _rint(rs * (1.0 / 4194304.0))
+        rem = rs - a * 4194304.0
+        b = _rint(rem * (1.0 / 2048.0))
+        c = rem - b * 2048.0
+        part = (tl.dot(a.to(tl.float16), w) * 4194304.0 + tl.dot(b.to(tl.float16), w) * 2048.0
+                + tl.dot(c.to(tl.float16), w))
+        part = part * tl.exp2(s)[:, None]
+    return part
 
 
 @triton.jit

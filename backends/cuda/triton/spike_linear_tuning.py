@@ -5,11 +5,11 @@ GEMM entries (prefill, M > 32): key (weight, scales, N, K, M bucket) with weight
 num_warps, num_stages).  DECODE entries (M <= 32): key (weight, scales, N, K, M bucket "m16" | "m32");
 value (BN, BK, SPLIT or 0 for auto, FUSED_VTH, num_warps, num_stages).
 
-Measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
-b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints these
-two dicts: the winners at M = 8192 ("mid") and M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner) of
-the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584 (the run was cut before down 3584 x 18944 and
-M = 65536).  Shapes not listed fall back to the defaults in spike_linear.py.
+GEMM: measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
+b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints both dicts: the
+winners at M = 8192 ("mid") of the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584.  DECODE: winners at
+M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner).  Shapes not listed fall back to the defaults in
+spike_linear.py.
 """
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
 # (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel).
@@ -32,21 +32,6 @@ GEMM = {
     ('i8', 'g', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
     ('i8', 'g', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
 }
-DECODE = {
-    ('f8', 'ch', 4608, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('f8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('f8', 'ch', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('f8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('f8', 'g', 4608, 3584, 'm16'): (32, 128, 0, False, 4, 4),
-    ('f8', 'g', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('f8', 'g', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('f8', 'g', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('i8', 'ch', 4608, 3584, 'm16'): (64, 128, 0, True, 4, 3),
-    ('i8', 'ch', 4608, 3584, 'm32'): (64, 128, 0, False, 4, 3),
-    ('i8', 'ch', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('i8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('i8', 'g', 4608, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('i8', 'g', 4608, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-    ('i8', 'g', 37888, 3584, 'm16'): (128, 128, 0, False, 4, 3),
-    ('i8', 'g', 37888, 3584, 'm32'): (128, 128, 0, False, 4, 3),
-}
+# the decode kernel was rewritten in session 13 (swap-AB, 8-bit weights straight into the tensor cores): the
+# old kernel's measured winners no longer apply; empty until the new one is measured (defaults in spike_linear.py)
+DECODE: dict = {}
