@@ -198,7 +198,7 @@ def test_maca_triton_configs_fit_c500_shared_memory():
     bad = [f"{r['case']} {r['kernel']}: {r.get('why')}" for r in rows if not r["ok"]]
     assert not bad, "\n".join(bad)
     assert {r["kernel"] for r in rows} >= {"_bwd_main_kernel", "_bwd_dq_state_kernel", "_fwd_o_kernel", "_fwd_kernel",
-                                          "_encode_kernel", "_gemm_kernel", "_decode_kernel", "_vth_kernel"}
+                                          "_encode_kernel", "_gemm_kernel", "_decode_kernel", "_decode_encode_kernel"}
 
 
 def test_cuda_triton_configs_with_opt_in_keys_fit_h100_shared_memory():

@@ -283,8 +283,8 @@ def test_gpu_prefill_long_k_rows_match_float64(wdtype, group_size, outliers):
 @requires_triton
 @pytest.mark.parametrize("wdtype", [torch.int8, FP8])
 @pytest.mark.parametrize("group_size", [None, 64])
-@pytest.mark.parametrize("M,split,fused", [(1, 0, True), (7, 3, False), (17, 2, True), (32, 1, False)])
-def test_triton_decode_matches_float64_reference(wdtype, group_size, M, split, fused):
+@pytest.mark.parametrize("M,split", [(1, 0), (7, 3), (17, 2), (32, 1)])
+def test_triton_decode_matches_float64_reference(wdtype, group_size, M, split):
     tk, sl = _triton()
     dev = _dev()
     N, K = 24, 384
@@ -294,7 +294,7 @@ def test_triton_decode_matches_float64_reference(wdtype, group_size, M, split, f
     k = 8.0 if M > 1 else 3.0               # k=8 with an outlier: counts past 2047 (float16's exact digit)
     assert M == 1 or sbops.spike_encode(x, k, torch.int32)[0].abs().max() > 2047
     r = ref_spike_linear(x, wq.float(), sc, k, bias, group_size)
-    cfg = (16, 64, split, fused, 4, 2)      # BN, BK, SPLIT (0: auto), FUSED_VTH, warps, stages
+    cfg = (16, 64, split, 4, 2)             # BN, BK, SPLIT (0: auto), warps, stages
     for _ in range(2):                      # the split-K counters must be back at zero after a call
         with tk.bounds_checked() if dev == "cpu" else _null():
             y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), k, None if bias is None else bias.to(dev),
@@ -334,11 +334,33 @@ def test_triton_decode_nan_input_makes_only_its_row_nan(wdtype):
     x = torch.randn(6, 256)
     x[2, 77] = float("nan")
     wq, sc = sbops.quantize_weight(torch.randn(32, 256) * 0.05, dtype=wdtype)
-    y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, None, None, config=(16, 64, 2, True, 4, 2),
+    y = sl.spike_linear_fwd(x.to(dev), wq.to(dev), sc.to(dev), 3.0, None, None, config=(16, 64, 2, 4, 2),
                             path="decode").cpu()
     assert torch.isnan(y[2]).all()
     keep = torch.arange(6) != 2
     assert rel(y[keep], ref_spike_linear(x[keep], wq.float(), sc, 3.0, None, None)) < (1e-3 if dev == "cuda" else 1e-5)
+
+
+@requires_triton
+@pytest.mark.parametrize("wdtype", [torch.int8, FP8])
+def test_decode_planes_hold_swiglu_counts_exactly(wdtype):
+    """The input of a SwiGLU down projection at k = 3 has ~2.6% of its counts past e4m3's 16: the two
+    decode planes (c = lo + F * hi) hold every one of them exactly, so no row takes the rare pass; a count
+    past the planes marks its row rare."""
+    tk, sl = _triton()
+    dev = _dev()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.nn.functional.silu(torch.randn(5, 2048, generator=g)) * torch.randn(5, 2048, generator=g)).bfloat16()
+    x[4, 3] = 1e30                         # vth clamps at 1e4: a count of 1e26, past both planes
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        planes, vth, rare = sl.decode_planes(x.to(dev), 3.0, wdtype == FP8)
+    vth = vth.cpu()
+    c = torch.round(x.float() / vth[:, None])
+    assert (c[:4].abs() > 16).float().mean() > 0.01 and (c[:4].abs() <= 264).all()
+    F = 16.0 if wdtype == FP8 else 128.0
+    got = planes[0].cpu().float() + F * planes[1].cpu().float()
+    assert torch.equal(got[:4], c[:4])
+    assert rare.cpu().tolist() == [0, 0, 0, 0, 1]
 
 
 class _null:

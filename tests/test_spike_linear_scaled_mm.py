@@ -26,11 +26,11 @@ def _run(sl, tk, x, wq, sc, k, bias=None, config=None):
 
 
 @requires_triton
-@pytest.mark.parametrize("M,K,BM", [(37, 256, 16), (5, 4352, 16), (70, 512, 64)])
-def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM):
+@pytest.mark.parametrize("M,K,BM,FC", [(37, 256, 16, 16), (5, 4352, 16, 64), (70, 512, 64, 16)])
+def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM, FC):
     """s holds exactly clamp(count, -16, 16) as e4m3, the count being round(x / vth) by true division (the
     reciprocal-and-fma quotient is exact), vth is spike_encode's (to float32 summation), and a chunk of
-    16 columns of a row block is flagged iff one of its counts is past 16 (one- and two-pass encodes)."""
+    FC columns of a row block is flagged iff one of its counts is past 16 (one- and two-pass encodes)."""
     tk, sl = _triton()
     dev = _dev()
     x = torch.randn(M, K)
@@ -38,7 +38,7 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM):
     x[1, K - 1] = -1e4
     x = x.bfloat16()
     with tk.bounds_checked() if dev == "cpu" else _null():
-        s, vth, flags = sl.encode_lo(x.to(dev), 3.0, BM)
+        s, vth, flags = sl.encode_lo(x.to(dev), 3.0, BM, FC)
     v = sbops.spike_encode(x.float(), 3.0, torch.int32)[1].view(-1)
     vth = vth.cpu()
     torch.testing.assert_close(vth, v, rtol=1e-6, atol=0)   # float32 sums (spike_encode's is in double)
@@ -47,7 +47,7 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM):
     cut = (c.abs() > 16)
     want = torch.zeros(flags.shape, dtype=torch.bool)
     for i in range(M):
-        want[i // BM] |= cut[i].view(-1, 16).any(1)
+        want[i // BM] |= cut[i].view(-1, FC).any(1)
     assert cut.any() and torch.equal(flags.cpu() != 0, want)
 
 
@@ -87,7 +87,8 @@ def test_nan_input_makes_only_its_row_nan():
 
 
 @requires_triton
-def test_outlier_channels_and_ragged_tiles():
+@pytest.mark.parametrize("FC", [16, 64])
+def test_outlier_channels_and_ragged_tiles(FC):
     """LLM-like outlier channels (every row cut in the same two chunks), M and N not multiples of the
     fix-up tiles: only flagged rows are rewritten, every row equals the reference."""
     tk, sl = _triton()
@@ -96,6 +97,6 @@ def test_outlier_channels_and_ragged_tiles():
     x[:, 40:44] *= 25
     x = x.bfloat16()
     wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
-    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32))
+    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, FC))
     r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
     assert _worst_row(y, r) < 1e-2

@@ -11,9 +11,9 @@ Paths, picked by the weight's dtype and M (rows of x):
   GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too), then a sparse
   fix-up adds what the clamp cut off, over only the 16-column chunks that hold such counts
   (spike_linear_fp8.py).
-* decode (M <= 32): `spike_linear_decode._decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight
-  into the tensor cores, counts made in registers, a rare exact pass for counts past the 8-bit range),
-  thresholds recomputed per program for a small x or from one tiny pre-pass, split-K with an in-kernel
+* decode (M <= 32): `spike_linear_decode._decode_encode_kernel` (vth and the counts as two exact 8-bit
+  planes, c = lo + F * hi) then `_decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight into the
+  tensor cores against both planes, a rare exact pass for counts past them), split-K with an in-kernel
   last-arriver reduction.
 
 Scales: `weight_scale [N]` (per output channel) or `[N, K // group_size]` (per group).  Inputs may be
@@ -27,7 +27,7 @@ import triton
 
 from . import _common
 from . import spike_linear_tuning as _tuning
-from .spike_linear_decode import _decode_kernel, _vth_kernel
+from .spike_linear_decode import _decode_encode_kernel, _decode_kernel
 from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
@@ -35,6 +35,9 @@ DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
+# the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks); on the H200 (session 13) 32 x 256 led the
+# 16-column candidates on Gaussian rows (2.30 / 1.38 ms at 37888x3584 / 3584x18944 vs 2.64 / 1.62 for 64 x 256)
+FIX_CONFIG = (32, 256, 16)
 
 
 def _sms(dev) -> int:
@@ -79,17 +82,14 @@ def gemm_config(M, N, K, group_size, fp8, backend="cuda"):
 
 
 def decode_config(M, N, K, group_size, fp8, dev, backend="cuda"):
-    """(BN, BK, SPLIT, FUSED_VTH, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM.
-    Default (unmeasured shapes): BN = 64 weight rows per program, 4 stages, the thresholds recomputed in
-    every program (FUSED_VTH) while M x K <= 64k elements, else one pre-pass (re-reading a large x in every
-    program costs more L2 traffic than the weights)."""
+    """(BN, BK, SPLIT, num_warps, num_stages); SPLIT 0 = enough K slices for ~4 programs per SM.
+    Default (unmeasured shapes): BN = 128 weight rows per program, 8 warps, 4 stages."""
     if backend == "maca":
         t = _common.load_tuning("maca", "spike_linear")["decode"]
-        return (t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["FUSED_VTH"], t["num_warps"],
-                t["num_stages"])
+        return t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["num_warps"], t["num_stages"]
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))
-    if cfg is None:  # 64 weight rows per program; thresholds recomputed per program while x is small
-        cfg = (64, _bk(group_size, fp8), 0, M * K <= 65536, 4, 4)
+    if cfg is None:
+        cfg = (128, _bk(group_size, fp8), 0, 8, 4)
     return tuple(cfg)
 
 
@@ -108,10 +108,22 @@ def _check_group(K, group_size, bk):
     return 1 if group_size is None else group_size // bk
 
 
+def decode_planes(x, k, fp8):
+    """The decode pre-pass: (planes [2, M, K] e4m3 or int8, vth [M] float32, rare [M] int32): the counts
+    c = planes[0] + F * planes[1] (F = 16 for e4m3, 128 for int8) exactly, except in rows marked rare."""
+    M, K = x.shape
+    planes = torch.empty((2, M, K), device=x.device, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
+    vth = torch.empty((M,), device=x.device, dtype=torch.float32)
+    rare = torch.empty((M,), device=x.device, dtype=torch.int32)
+    _decode_encode_kernel[(M,)](x, planes[0], planes[1], vth, rare, K, x.stride(0), float(k), FP8=fp8,
+                                BLOCK=1024 if K >= 1024 else 256, num_warps=4)
+    return planes, vth, rare
+
+
 def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cuda"):
     M, K = x.shape
     N = weight_q.shape[0]
-    BN, BK, split, fused, warps, stages = config or decode_config(M, N, K, group_size, fp8, x.device, backend)
+    BN, BK, split, warps, stages = config or decode_config(M, N, K, group_size, fp8, x.device, backend)
     steps = _check_group(K, group_size, BK)
     grid_n = triton.cdiv(N, BN)
     if not split:
@@ -119,18 +131,15 @@ def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cu
     unit = BK * steps  # a slice never cuts a scale group
     k_per = triton.cdiv(triton.cdiv(K, split), unit) * unit
     split = triton.cdiv(K, k_per)
-    vth = torch.empty((M,), device=x.device, dtype=torch.float32)
-    if not fused:
-        _vth_kernel[(M,)](x, vth, K, x.stride(0), float(k), BLOCK=1024 if K >= 1024 else 256, num_warps=4)
+    planes, vth, rare = decode_planes(x, k, fp8)
     ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if split > 1 else y
-    cnt = _counters(x.device, grid_n) if split > 1 else vth
+    cnt = _counters(x.device, grid_n) if split > 1 else rare
     per_channel = group_size is None
     _decode_kernel[(grid_n, split)](
-        x, weight_q, scale, vth, bias if bias is not None else y, y, ws, cnt,
-        M, N, K, k_per, float(k), x.stride(0), weight_q.stride(0),
-        scale.stride(0), 0 if per_channel else scale.stride(1),
-        FUSED_VTH=bool(fused), FP8=fp8, HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,
-        SPLIT=split, USE_WS=split > 1, BM=16 if M <= 16 else 32, BN=BN, BK=BK, VK=256,
+        x, planes[0], planes[1], weight_q, scale, vth, rare, bias if bias is not None else y, y, ws, cnt,
+        M, N, K, k_per, x.stride(0), weight_q.stride(0), scale.stride(0), 0 if per_channel else scale.stride(1),
+        FP8=fp8, HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,
+        SPLIT=split, USE_WS=split > 1, BM=16 if M <= 16 else 32, BN=BN, BK=BK,
         num_warps=warps, num_stages=stages)
     return y
 
@@ -207,20 +216,20 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
     return _FP8_CAPABLE[dev]
 
 
-def encode_lo(x, k, BM):
+def encode_lo(x, k, BM, FC=16):
     """The "scaled_mm" path's pre-pass: (s, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
-    clamp(count, -16, 16); vth [M] float32; flags [cdiv(M, BM), K // 16] int8: 1 where a chunk of 16 columns
-    of that row block holds a count past 16 (or a NaN one)."""
+    clamp(count, -16, 16); vth [M] float32; flags [cdiv(M, BM), cdiv(K, FC)] int8: 1 where a chunk of FC
+    columns of that row block holds a count past 16 (or a NaN one)."""
     M, K = x.shape
     s = torch.empty((M, K), device=x.device, dtype=torch.int8)
     vth = torch.empty((M,), device=x.device, dtype=torch.float32)
-    n_fc = triton.cdiv(K, 16)
+    n_fc = triton.cdiv(K, FC)
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
     one_pass = K <= 4096  # the row (4 rows of <= 4096 columns) stays in registers: x read once
     block = triton.next_power_of_2(K) if one_pass else 2048
     rows = max(1, 4096 // block) if one_pass else 1
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, vth, flags, M, K, n_fc, x.stride(0), float(k),
-                                               R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM,
+                                               R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
                                                num_warps=8 if block * rows >= 4096 else 4)
     return s, vth, flags
 
@@ -232,8 +241,8 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     (spike_linear_fp8.py)."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN = fix_config or (64, 256)
-    s, vth, flags = encode_lo(x, k, BM)
+    BM, BN, FC = (tuple(fix_config) + (16,))[:3] if fix_config else FIX_CONFIG
+    s, vth, flags = encode_lo(x, k, BM, FC)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
     y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
@@ -243,7 +252,7 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
     _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
     _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
-        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN,
+        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
         num_warps=4, num_stages=1)
     return y
 
@@ -253,8 +262,8 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
     path: None (decode when M <= 32, else the prefill path the tuning data names) | "decode" | "prefill"
-    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN)
-    of the digit fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
+    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC])
+    of the fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
     "maca": backends/maca/tuning/spike_linear.json, int8 weights only)."""
     if x.stride(-1) != 1:

@@ -6,14 +6,14 @@ non-zero only where |c| > 16: about 1e-5 of the elements of a Gaussian row at k 
 channels of an LLM's activations.  So
 
     y = vth * (lo @ W^T) * scale  [torch._scaled_mm: fp8 tensor cores, vth and scale in its epilogue]
-      + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the 16-column chunks that hold an r]
+      + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the FC-column chunks that hold an r]
 
 * `_encode_lo_kernel` (R rows per program): vth = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode, the
-  e4m3 bits of lo (one byte per element, written once), and a flag per (BM-row block, 16-column chunk)
+  e4m3 bits of lo (one byte per element, written once), and a flag per (BM-row block, FC-column chunk)
   holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race).  Rows that
   fit one block of columns are read once; longer rows twice (the sum, then the counts).
 * `_flag_list_kernel` (one program per row block): the flagged chunks' indices, compacted (cumsum).
-* `_outlier_fix_kernel` (row block x BN columns): per listed chunk it recomputes r from x (the same
+* `_outlier_fix_kernel` (row block x BN columns): per listed chunk of FC (16 or 64) columns it recomputes r from x (the same
   quotient as the encode, bit for bit), multiplies it by that chunk's weights on the float16 tensor
   cores (e4m3 weights are exact in float16; r in one float16 term while |r| < 2048, else three exact
   terms, see _exact_dot; float32 accumulation) and adds vth * scale * (r @ W^T) to the rows it touched (read-modify-write of
@@ -30,9 +30,6 @@ import triton
 import triton.language as tl
 
 from .spike_linear_kernels import _e4m3_bits, _rint, _row_vth
-
-_FC = tl.constexpr(16)  # columns per flag chunk: the K of one float16 tensor-core step
-
 
 @triton.jit
 def _quotient_rint(x, vth, inv):
@@ -67,18 +64,19 @@ def _exact_dot(r, w):
 
 
 @triton.jit
-def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM: tl.constexpr):
+def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr):
     q = _quotient_rint(x, vth[:, None], inv[:, None])
     lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
     tl.store(s_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
     out = m & ~(tl.abs(q) <= 16.0)  # NaN counts are flagged too: the fix-up makes their row NaN
-    fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // _FC
+    fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
     tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
 
 
 @triton.jit
 def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
-                      R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr):
+                      R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
+                      FC: tl.constexpr):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -88,7 +86,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
-        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, flag_ptr, K, n_fc, BM)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, flag_ptr, K, n_fc, BM, FC)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -100,7 +98,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
             x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM, FC)
     tl.store(vth_ptr + rows, vth, mask=rmask)
 
 
@@ -120,7 +118,7 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 @triton.jit
 def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
-                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr):
+                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     pid_m = pid // num_n
@@ -135,12 +133,12 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
         rn64 = (rn % N).to(tl.int64)
         vth = tl.load(vth_ptr + rm64)
         inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
-        cj = tl.arange(0, _FC)
+        cj = tl.arange(0, FC)
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         touched = tl.zeros([BM], dtype=tl.int32)
         lst = list_ptr + pid_m.to(tl.int64) * n_fc
         for j in range(0, cnt):
-            kk = tl.load(lst + j) * _FC + cj
+            kk = tl.load(lst + j) * FC + cj
             kin = kk < K
             x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
             q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])

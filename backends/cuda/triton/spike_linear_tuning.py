@@ -3,7 +3,7 @@
 GEMM entries (prefill, M > 32): key (weight, scales, N, K, M bucket) with weight "i8" | "f8", scales
 "ch" (per channel) | "g" (per group), M bucket "mid" (M <= 16384) | "big"; value (BM, BN, BK, GROUP_M,
 num_warps, num_stages).  DECODE entries (M <= 32): key (weight, scales, N, K, M bucket "m16" | "m32");
-value (BN, BK, SPLIT or 0 for auto, FUSED_VTH, num_warps, num_stages).
+value (BN, BK, SPLIT or 0 for auto, num_warps, num_stages).
 
 GEMM: measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
 b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints both dicts: the
