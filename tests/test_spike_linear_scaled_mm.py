@@ -38,7 +38,7 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM, F
     x[1, K - 1] = -1e4
     x = x.bfloat16()
     with tk.bounds_checked() if dev == "cpu" else _null():
-        s, vth, flags = sl.encode_lo(x.to(dev), 3.0, BM, FC)
+        s, hi, vth, flags = sl.encode_lo(x.to(dev), 3.0, BM, FC)
     v = sbops.spike_encode(x.float(), 3.0, torch.int32)[1].view(-1)
     vth = vth.cpu()
     torch.testing.assert_close(vth, v, rtol=1e-6, atol=0)   # float32 sums (spike_encode's is in double)
@@ -48,12 +48,33 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM, F
     want = torch.zeros(flags.shape, dtype=torch.bool)
     for i in range(M):
         want[i // BM] |= cut[i].view(-1, FC).any(1)
-    assert cut.any() and torch.equal(flags.cpu() != 0, want)
+    assert hi is None and cut.any() and torch.equal(flags.cpu() != 0, want)
 
 
 @requires_triton
+def test_two_planes_hold_swiglu_counts_and_flag_only_what_is_past_them():
+    """PLANES = 2: lo + hi is the count exactly up to |c| = 264 (a SwiGLU product's counts at k = 3, ~2.6%
+    of them past 16, all fit), and only chunks with a count past that are flagged."""
+    tk, sl = _triton()
+    dev = _dev()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.nn.functional.silu(torch.randn(20, 512, generator=g)) * torch.randn(20, 512, generator=g)).bfloat16()
+    x[17, 300] = 1e30                      # vth clamps at 1e4: a count of 1e26, past both planes
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        s, hi, vth, flags = sl.encode_lo(x.to(dev), 3.0, 16, 16, planes=2)
+    c = torch.round(x.float() / vth.cpu()[:, None])
+    got = s.cpu().view(FP8).float() + hi.cpu().float()
+    keep = torch.arange(20) != 17
+    assert (c[keep].abs() > 16).float().mean() > 0.01 and torch.equal(got[keep], c[keep])
+    want = torch.zeros(flags.shape, dtype=torch.bool)
+    want[1, 300 // 16] = True
+    assert torch.equal(flags.cpu() != 0, want)
+
+
+@requires_triton
+@pytest.mark.parametrize("planes", [1, 2])
 @pytest.mark.parametrize("k", [3.0, 40.0])
-def test_dense_counts_past_16_everywhere_are_exact(k):
+def test_dense_counts_past_16_everywhere_are_exact(k, planes):
     """k = 40: almost every count is past 16 (every chunk flagged, the fix-up a dense GEMM); counts past
     2048 need three float16 terms of r.  The result stays the reference's."""
     tk, sl = _triton()
@@ -66,20 +87,21 @@ def test_dense_counts_past_16_everywhere_are_exact(k):
     bias = torch.randn(N).bfloat16()
     c = sbops.spike_encode(x.float(), k, torch.int32)[0]
     assert (c.abs() > 16).float().mean() > (0.5 if k > 10 else 1e-4)
-    y = _run(sl, tk, x, wq, sc, k, bias, config=(16, 16))
+    y = _run(sl, tk, x, wq, sc, k, bias, config=(16, 16, 16, planes))
     r = ref_spike_linear(x, wq.float(), sc, k, bias, None)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
     assert rel(y, r) < 5e-3 and _worst_row(y, r) < 1e-2
 
 
 @requires_triton
-def test_nan_input_makes_only_its_row_nan():
+@pytest.mark.parametrize("planes", [1, 2])
+def test_nan_input_makes_only_its_row_nan(planes):
     tk, sl = _triton()
     M, N, K = 20, 32, 64
     x = torch.randn(M, K).bfloat16()
     x[6, 9] = float("nan")
     wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
-    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 16))
+    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 16, 16, planes))
     assert torch.isnan(y[6]).all()
     keep = torch.arange(M) != 6
     assert torch.isfinite(y[keep]).all()

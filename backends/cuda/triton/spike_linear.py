@@ -35,9 +35,9 @@ DECODE_MAX_M = 32
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
-# the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks); on the H200 (session 13) 32 x 256 led the
-# 16-column candidates on Gaussian rows (2.30 / 1.38 ms at 37888x3584 / 3584x18944 vs 2.64 / 1.62 for 64 x 256)
-FIX_CONFIG = (32, 256, 16)
+# the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks): on the H200 (session 13, M = 8192) 64 x 256 x 16
+# was within 4% of the best candidate on Gaussian rows at every 7B shape (0.361 / 2.49 / 1.53 ms total)
+FIX_CONFIG = (64, 256, 16)
 
 
 def _sms(dev) -> int:
@@ -109,14 +109,17 @@ def _check_group(K, group_size, bk):
 
 
 def decode_planes(x, k, fp8):
-    """The decode pre-pass: (planes [2, M, K] e4m3 or int8, vth [M] float32, rare [M] int32): the counts
-    c = planes[0] + F * planes[1] (F = 16 for e4m3, 128 for int8) exactly, except in rows marked rare."""
+    """The decode pre-pass: (planes [2, M, K] e4m3 or int8, vth [M] float32, rare [M, cdiv(K, 4096)] int32):
+    the counts c = planes[0] + F * planes[1] (F = 16 for e4m3, 128 for int8) exactly, except in the
+    4096-column chunks of rows marked rare."""
     M, K = x.shape
+    block = min(4096, triton.next_power_of_2(K))
+    n_ch = triton.cdiv(K, block)
     planes = torch.empty((2, M, K), device=x.device, dtype=torch.float8_e4m3fn if fp8 else torch.int8)
     vth = torch.empty((M,), device=x.device, dtype=torch.float32)
-    rare = torch.empty((M,), device=x.device, dtype=torch.int32)
-    _decode_encode_kernel[(M,)](x, planes[0], planes[1], vth, rare, K, x.stride(0), float(k), FP8=fp8,
-                                BLOCK=1024 if K >= 1024 else 256, num_warps=4)
+    rare = torch.empty((M, n_ch), device=x.device, dtype=torch.int32)
+    _decode_encode_kernel[(M, n_ch)](x, planes[0], planes[1], vth, rare, K, n_ch, x.stride(0), float(k), FP8=fp8,
+                                     BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return planes, vth, rare
 
 
@@ -133,14 +136,14 @@ def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cu
     split = triton.cdiv(K, k_per)
     planes, vth, rare = decode_planes(x, k, fp8)
     ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if split > 1 else y
-    cnt = _counters(x.device, grid_n) if split > 1 else rare
+    cnt = _counters(x.device, grid_n) if split > 1 else vth
     per_channel = group_size is None
     _decode_kernel[(grid_n, split)](
         x, planes[0], planes[1], weight_q, scale, vth, rare, bias if bias is not None else y, y, ws, cnt,
-        M, N, K, k_per, x.stride(0), weight_q.stride(0), scale.stride(0), 0 if per_channel else scale.stride(1),
+        M, N, K, k_per, rare.shape[1], x.stride(0), weight_q.stride(0), scale.stride(0), 0 if per_channel else scale.stride(1),
         FP8=fp8, HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,
         SPLIT=split, USE_WS=split > 1, BM=16 if M <= 16 else 32, BN=BN, BK=BK,
-        num_warps=warps, num_stages=stages)
+        RC=triton.next_power_of_2(rare.shape[1]), num_warps=warps, num_stages=stages)
     return y
 
 
@@ -216,43 +219,55 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
     return _FP8_CAPABLE[dev]
 
 
-def encode_lo(x, k, BM, FC=16):
-    """The "scaled_mm" path's pre-pass: (s, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
-    clamp(count, -16, 16); vth [M] float32; flags [cdiv(M, BM), cdiv(K, FC)] int8: 1 where a chunk of FC
-    columns of that row block holds a count past 16 (or a NaN one)."""
+def encode_lo(x, k, BM, FC=16, planes=1):
+    """The "scaled_mm" path's pre-pass: (s, hi, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
+    lo; hi [M, K] float8_e4m3fn = 16 x the second plane (planes = 2; else None): count = lo + hi, with lo =
+    clamp(count, -16, 16) for one plane; vth [M] float32; flags [cdiv(M, BM), cdiv(K, FC)] int8: 1 where a
+    chunk of FC columns of that row block holds a count the planes do not (or a NaN one)."""
     M, K = x.shape
     s = torch.empty((M, K), device=x.device, dtype=torch.int8)
+    hi = torch.empty((M, K), device=x.device, dtype=torch.float8_e4m3fn) if planes == 2 else None
     vth = torch.empty((M,), device=x.device, dtype=torch.float32)
     n_fc = triton.cdiv(K, FC)
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
     one_pass = K <= 4096  # the row (4 rows of <= 4096 columns) stays in registers: x read once
     block = triton.next_power_of_2(K) if one_pass else 2048
     rows = max(1, 4096 // block) if one_pass else 1
-    _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, vth, flags, M, K, n_fc, x.stride(0), float(k),
-                                               R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
-                                               num_warps=8 if block * rows >= 4096 else 4)
-    return s, vth, flags
+    _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
+                                               float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
+                                               PLANES=planes, num_warps=8 if block * rows >= 4096 else 4)
+    return s, hi, vth, flags
 
 
 def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
-    """encode (clamped counts as e4m3, once) -> torch._scaled_mm with scale_a = vth [M, 1] and scale_b = the
-    channel scales [1, N] -> _outlier_fix_kernel adds vth * scale * (r @ W^T) for the counts past 16
-    (r = count - clamp(count)) over only the 16-column chunks of each row block that hold one
-    (spike_linear_fp8.py)."""
+    """encode (counts as one or two e4m3 planes, once) -> torch._scaled_mm per plane with scale_a = vth [M, 1]
+    and scale_b = the channel scales [1, N] -> _outlier_fix_kernel adds vth * scale * (r @ W^T) for what the
+    planes do not hold, over only the FC-column chunks of each row block that have some (spike_linear_fp8.py).
+    Two planes where K > N (spike_linear_tuning.FP8_TWO_PLANES: a width-reducing projection is taken to be
+    a SwiGLU down projection, whose input has ~2.6% of its counts past 16); fix_config (BM, BN[, FC[, PLANES]])."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN, FC = (tuple(fix_config) + (16,))[:3] if fix_config else FIX_CONFIG
-    s, vth, flags = encode_lo(x, k, BM, FC)
+    BM, BN, FC = FIX_CONFIG
+    planes = 2 if _tuning.FP8_TWO_PLANES and K > N else 1
+    if fix_config:
+        cfg = tuple(fix_config)
+        BM, BN = cfg[:2]
+        FC = cfg[2] if len(cfg) > 2 else FC
+        planes = cfg[3] if len(cfg) > 3 else planes
+    s, hi, vth, flags = encode_lo(x, k, BM, FC, planes)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
     y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
                          bias=bias, out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
+    if hi is not None:
+        y += torch._scaled_mm(hi, w.t(), scale_a=vth[:, None], scale_b=scale[None, :], out_dtype=x.dtype,
+                              use_fast_accum=_tuning.FP8_FAST_ACCUM)
     n_bm, n_fc = flags.shape
     lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
     cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
     _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
     _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
-        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
+        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
         num_warps=4, num_stages=1)
     return y
 
@@ -262,7 +277,7 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
     path: None (decode when M <= 32, else the prefill path the tuning data names) | "decode" | "prefill"
-    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC])
+    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC[, PLANES]])
     of the fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
     "maca": backends/maca/tuning/spike_linear.json, int8 weights only)."""

@@ -1,13 +1,13 @@
 """Decode kernels of spike_linear (M <= 32 rows): weight-bandwidth bound, two launches.
 
-1. `_decode_encode_kernel` (one program per row; x is tiny at decode): vth = clamp(mean|x| / k, 1e-5, 1e4)
-   as spike_encode, and the counts c = rint(x / vth) (the prefill encode's exact quotient,
+1. `_decode_encode_kernel` (grid rows x column chunks; x is tiny at decode, so every program sums its whole
+   row): vth = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode, and the counts c = rint(x / vth) (the prefill encode's exact quotient,
    spike_linear_fp8._quotient_rint) written as two 8-bit planes, c = lo + F * hi:
    e4m3 weights: F = 16, |lo| <= 16 when hi = 0 else |lo| <= 8, |hi| <= 16, every value exact in e4m3
    (exact for |c| <= 264); int8 weights: F = 128, |lo| <= 127, |hi| <= 127 (exact for |c| <= 16320).
    A single plane would cut at 16 for e4m3, and the input of a SwiGLU down projection at k = 3 has
-   ~2.6% of its counts past 16 (but ~2e-7 past 127).  A row with a count past the planes (or NaN / inf)
-   is marked in rare[m].
+   ~2.6% of its counts past 16 (but ~2e-7 past 127).  A chunk of a row with a count past the planes (or
+   NaN / inf) is marked in rare[m, chunk].
 2. `_decode_kernel`, grid (column blocks of BN, SPLIT slices of K), computes y^T = W @ s^T ("swap AB"):
    the weight tile [BN, BK] goes straight into the 8-bit tensor cores in its storage type (no conversion)
    against the planes' [BK, MP] tiles (MP = 16 or 32 padded rows), two MMAs per step sharing the tile,
@@ -26,28 +26,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .spike_linear_fp8 import _exact_dot, _quotient_rint
-from .spike_linear_kernels import _rint, _row_vth
+from .spike_linear_fp8 import _exact_dot, _planes, _quotient_rint
+from .spike_linear_kernels import _row_vth
 
 
 @triton.jit
-def _planes(q, FP8: tl.constexpr):
-    # c = lo + F * hi (see the module doc), both clamped to the planes' exact range (the rare rest is r)
-    if FP8:
-        hi = tl.where(tl.abs(q) > 16.0, _rint(q * 0.0625), 0.0)
-        hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
-        lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
-    else:
-        hi = tl.where(tl.abs(q) > 127.0, _rint(q * 0.0078125), 0.0)
-        hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
-        lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
-    return lo, hi
-
-
-@triton.jit
-def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, stride_xm, k_div,
+def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, n_ch, stride_xm, k_div,
                           FP8: tl.constexpr, BLOCK: tl.constexpr):
+    # grid (M, n_ch): every program sums its whole row (x is tiny at decode; BLOCK columns per step) and
+    # writes the planes of its own BLOCK-column chunk, so no program walks a long row twice
     row = tl.program_id(0).to(tl.int64)
+    ch = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     xr = x_ptr + row * stride_xm
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -55,16 +44,16 @@ def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, stride_xm
         acc += tl.abs(tl.load(xr + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32))
     vth = _row_vth(tl.sum(acc, axis=0), K, k_div)
     inv = tl.math.div_rn(vth * 0.0 + 1.0, vth)
-    rare = tl.zeros([BLOCK], dtype=tl.int32)
-    for k0 in range(0, K, BLOCK):
-        m = k0 + offs < K
-        q = _quotient_rint(tl.load(xr + k0 + offs, mask=m, other=0.0).to(tl.float32), vth, inv)
-        lo, hi = _planes(q, FP8)
-        rare = tl.maximum(rare, (q != lo + (16.0 if FP8 else 128.0) * hi).to(tl.int32))  # NaN: rare
-        tl.store(lo_ptr + row * K + k0 + offs, lo.to(lo_ptr.dtype.element_ty), mask=m)
-        tl.store(hi_ptr + row * K + k0 + offs, hi.to(hi_ptr.dtype.element_ty), mask=m)
-    tl.store(vth_ptr + row, vth)
-    tl.store(rare_ptr + row, tl.max(rare, axis=0))
+    cols = ch * BLOCK + offs
+    m = cols < K
+    q = _quotient_rint(tl.load(xr + cols, mask=m, other=0.0).to(tl.float32), vth, inv)
+    lo, hi = _planes(q, FP8)
+    rare = (q != lo + (16.0 if FP8 else 128.0) * hi).to(tl.int32)  # NaN counts are rare too
+    tl.store(lo_ptr + row * K + cols, lo.to(lo_ptr.dtype.element_ty), mask=m)
+    tl.store(hi_ptr + row * K + cols, hi.to(hi_ptr.dtype.element_ty), mask=m)
+    tl.store(rare_ptr + row * n_ch + ch, tl.max(rare, axis=0))
+    if ch == 0:
+        tl.store(vth_ptr + row, vth)
 
 
 @triton.jit
@@ -86,10 +75,10 @@ def _step(w_ptrs, lo_ptrs, hi_ptrs, kk, km, mmask, FP8: tl.constexpr):
 
 @triton.jit
 def _decode_kernel(x_ptr, lo_ptr, hi_ptr, w_ptr, scale_ptr, vth_ptr, rare_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
-                   M, N, K, k_per, stride_xm, stride_wn, stride_sn, stride_sg,
+                   M, N, K, k_per, n_ch, stride_xm, stride_wn, stride_sn, stride_sg,
                    FP8: tl.constexpr, HAS_BIAS: tl.constexpr, PER_CHANNEL: tl.constexpr,
                    GROUP_STEPS: tl.constexpr, SPLIT, USE_WS: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, RC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -99,7 +88,9 @@ def _decode_kernel(x_ptr, lo_ptr, hi_ptr, w_ptr, scale_ptr, vth_ptr, rare_ptr, b
     nmask = rn < N
     rn64 = (rn % N).to(tl.int64)
     vth = tl.where(mmask, tl.load(vth_ptr + rm, mask=mmask, other=1.0), 1.0)
-    any_rare = tl.max(tl.load(rare_ptr + rm, mask=mmask, other=0), axis=0)
+    rc = tl.arange(0, RC)
+    any_rare = tl.max(tl.load(rare_ptr + rm[:, None] * n_ch + rc[None, :], mask=mmask[:, None] & (rc < n_ch)[None, :],
+                              other=0), axis=None)
 
     k_begin = pid_k * k_per
     k_end = tl.minimum(K, k_begin + k_per)

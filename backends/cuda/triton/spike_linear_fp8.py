@@ -3,7 +3,9 @@ GEMM runs the counts clamped to e4m3's exact range, and a sparse fix-up adds wha
 
 Every count is split as c = lo + r with lo = clamp(c, -16, 16) (exact in e4m3) and r = c - lo, which is
 non-zero only where |c| > 16: about 1e-5 of the elements of a Gaussian row at k = 3, and the few outlier
-channels of an LLM's activations.  So
+channels of an LLM's activations, but ~2.6% of a SwiGLU product's (a down projection's input), which
+makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 plane, c = lo + 16 hi
+(_planes: exact for |c| <= 264), run as a second vendor GEMM, and r is what is past both.  So
 
     y = vth * (lo @ W^T) * scale  [torch._scaled_mm: fp8 tensor cores, vth and scale in its epilogue]
       + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the FC-column chunks that hold an r]
@@ -42,6 +44,22 @@ def _quotient_rint(x, vth, inv):
 
 
 @triton.jit
+def _planes(q, FP8: tl.constexpr):
+    # integer counts q as two 8-bit planes, q = lo + F * hi, both clamped to their exact range (the rare
+    # rest, q - lo - F * hi, is served exactly elsewhere): e4m3 F = 16, |lo| <= 16 (<= 8 when hi != 0),
+    # |hi| <= 16, exact for |q| <= 264; int8 F = 128, |lo|, |hi| <= 127, exact for |q| <= 16320
+    if FP8:
+        hi = tl.where(tl.abs(q) > 16.0, _rint(q * 0.0625), 0.0)
+        hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
+        lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
+    else:
+        hi = tl.where(tl.abs(q) > 127.0, _rint(q * 0.0078125), 0.0)
+        hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
+        lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
+    return lo, hi
+
+
+@triton.jit
 def _exact_dot(r, w):
     # r @ w with r float32 integers (or NaN / inf) and w float16 (e4m3 values, exact) on the float16 tensor
     # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else per row
@@ -64,19 +82,26 @@ def _exact_dot(r, w):
 
 
 @triton.jit
-def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr):
+def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr,
+                 PLANES: tl.constexpr):
     q = _quotient_rint(x, vth[:, None], inv[:, None])
-    lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
-    tl.store(s_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
-    out = m & ~(tl.abs(q) <= 16.0)  # NaN counts are flagged too: the fix-up makes their row NaN
+    offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
+    if PLANES == 2:  # q = lo + 16 hi, the second plane stored as 16 hi (exact in e4m3)
+        lo, hi = _planes(q, True)
+        tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
+        out = m & (q != lo + 16.0 * hi)  # NaN counts are flagged too: the fix-up makes their row NaN
+    else:
+        lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
+        out = m & ~(tl.abs(q) <= 16.0)
+    tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
     fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
     tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
 
 
 @triton.jit
-def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
+def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
-                      FC: tl.constexpr):
+                      FC: tl.constexpr, PLANES: tl.constexpr):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -86,7 +111,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
-        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, flag_ptr, K, n_fc, BM, FC)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -98,7 +123,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
             x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, flag_ptr, K, n_fc, BM, FC)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES)
     tl.store(vth_ptr + rows, vth, mask=rmask)
 
 
@@ -118,7 +143,8 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 @triton.jit
 def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
-                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr):
+                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
+                        PLANES: tl.constexpr):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     pid_m = pid // num_n
@@ -142,7 +168,11 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
             kin = kk < K
             x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
             q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-            r = q - tl.minimum(tl.maximum(q, -16.0), 16.0)  # NaN stays NaN
+            if PLANES == 2:
+                lo, hi = _planes(q, True)
+                r = q - (lo + 16.0 * hi)  # NaN stays NaN
+            else:
+                r = q - tl.minimum(tl.maximum(q, -16.0), 16.0)
             r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
             touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
             w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)

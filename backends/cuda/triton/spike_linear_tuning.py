@@ -21,6 +21,10 @@ FP8_PREFILL = "scaled_mm"
 # the "scaled_mm" path's GEMM with Hopper's fast fp8 accumulation (no float32 promotion inside its MMA chains)
 # (measured: no faster there, 0.71 / 0.98 / 0.63x, and 2.6e-3 vs 1.8e-3 relative error at K = 18944)
 FP8_FAST_ACCUM = False
+# the "scaled_mm" path with two e4m3 count planes (two vendor GEMMs) where K > N, taken to be a SwiGLU down
+# projection: its input's counts past 16 (~2.6% at k = 3) made the one-plane fix-up a dense GEMM, 0.11x bf16
+# on the H200 (session 13, M = 8192, 3584x18944: 12.8 ms at best vs 1.38 ms)
+FP8_TWO_PLANES = True
 
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
@@ -32,6 +36,32 @@ GEMM = {
     ('i8', 'g', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
     ('i8', 'g', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
 }
-# the decode kernel was rewritten in session 13 (swap-AB, 8-bit weights straight into the tensor cores): the
-# old kernel's measured winners no longer apply; empty until the new one is measured (defaults in spike_linear.py)
-DECODE: dict = {}
+# the decode kernel of session 13 (two 8-bit count planes, swap-AB): winners under CUDA graphs with the weights
+# rotated over > 200 MB (benchmarks/runs/h200_2026-12-04_s13/c_bench_spike_linear.log; measured with the
+# one-program-per-row pre-pass that was then split into 4096-column chunks)
+DECODE = {
+    ('f8', 'ch', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'ch', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'ch', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'ch', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'ch', 37888, 3584, 'm32'): (64, 128, 0, 4, 4),
+    ('f8', 'g', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'g', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'g', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'g', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'g', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('f8', 'g', 37888, 3584, 'm32'): (64, 128, 0, 4, 4),
+    ('i8', 'ch', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'ch', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'ch', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'ch', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'g', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'g', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'g', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'g', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'g', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
+    ('i8', 'g', 37888, 3584, 'm32'): (64, 128, 0, 4, 4),
+}
