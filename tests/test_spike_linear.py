@@ -384,6 +384,19 @@ def test_triton_decode_rows_longer_than_one_prepass_chunk(wdtype):
     assert _worst_row(y, r) < (1e-3 if dev == "cuda" and wdtype == FP8 else 1e-5)
 
 
+@requires_triton
+def test_tuned_configs_follow_the_group_size_and_8bit_steps():
+    """A tuned shape's K step shrinks to divide the call's group (the table is keyed per channel / per group,
+    not by group size); a group that is not a multiple of 32 is refused by name (8-bit dots take K >= 32)."""
+    _, sl = _triton()
+    for fp8 in (False, True):
+        assert sl.gemm_config(8192, 4608, 3584, 64, fp8)[2] == 64
+        assert sl.decode_config(1, 4608, 3584, 32, fp8, torch.device("cpu"))[1] == 32
+        assert sl.decode_config(1, 4608, 3584, None, fp8, torch.device("cpu"))[1] == 128
+        with pytest.raises(ValueError, match="multiple of 32"):
+            sl.decode_config(1, 4608, 3584, 48, fp8, torch.device("cpu"))
+
+
 class _null:
     def __enter__(self):
         return self

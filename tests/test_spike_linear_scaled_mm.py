@@ -52,6 +52,16 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM, F
 
 
 @requires_triton
+def test_scaled_mm_config_is_checked():
+    _, sl = _triton()
+    x = torch.randn(40, 64).bfloat16().to(_dev())
+    wq, sc = (t.to(_dev()) for t in sbops.quantize_weight(torch.randn(32, 64) * 0.05, dtype=FP8))
+    for bad in ((16, 32, 16, 3), (16, 24), (16, 32, 8), (128, 128, 128, 8, 8, 4)):
+        with pytest.raises(ValueError, match="scaled_mm config is"):
+            sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, config=bad, path="scaled_mm")
+
+
+@requires_triton
 def test_two_planes_hold_swiglu_counts_and_flag_only_what_is_past_them():
     """PLANES = 2: lo + hi is the count exactly up to |c| = 264 (a SwiGLU product's counts at k = 3, ~2.6%
     of them past 16, all fit), and only chunks with a count past that are flagged."""
@@ -109,16 +119,20 @@ def test_nan_input_makes_only_its_row_nan(planes):
 
 
 @requires_triton
-@pytest.mark.parametrize("FC", [16, 64])
-def test_outlier_channels_and_ragged_tiles(FC):
-    """LLM-like outlier channels (every row cut in the same two chunks), M and N not multiples of the
-    fix-up tiles: only flagged rows are rewritten, every row equals the reference."""
+@pytest.mark.parametrize("FC,K", [(16, 192), (64, 208)])
+def test_outlier_channels_and_ragged_tiles(FC, K):
+    """LLM-like outlier channels (every row cut in the same chunks) on one plane, M, N and (FC = 64) K not
+    multiples of the fix-up tiles: only flagged rows are rewritten, every row equals the reference."""
     tk, sl = _triton()
-    M, N, K = 45, 80, 192
+    M, N = 45, 80
     x = torch.randn(M, K)
     x[:, 40:44] *= 25
+    x[7, K - 3] = 50.0                     # a count past 16 in the last, partial chunk (K % 64 = 16)
     x = x.bfloat16()
     wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
-    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, FC))
+    with tk.bounds_checked() if _dev() == "cpu" else _null():
+        flags = sl.encode_lo(x.to(_dev()), 3.0, 16, FC)[3].cpu()
+    assert flags[:, 40 // FC].all() and flags[0, (K - 3) // FC]   # the fix-up has work in every row block
+    y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, FC, 1))
     r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
     assert _worst_row(y, r) < 1e-2

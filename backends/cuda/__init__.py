@@ -36,8 +36,8 @@ OPS = {
     "spike_quant": OpCaps(LOWP, impl="cuda c++"),
     "spike_linear": OpCaps(LOWP, features=frozenset({"bias", "group", "fp8_weight"}),
                            impl="triton: fused encode to int8/e4m3 counts + 8-bit tensor-core GEMM (int8 or float8_e4m3fn "
-                                "weights; e4m3 per channel with bf16 x: torch._scaled_mm + a digit fix-up kernel); "
-                                "decode M<=32: one split-K kernel"),
+                                "weights; e4m3 per channel with bf16 x: torch._scaled_mm over one or two exact count "
+                                "planes + a sparse fix-up); decode M<=32: a planes pre-pass + a split-K GEMV"),
     "spike_expand": OpCaps(INTS, impl="cuda c++"),
     "spike_collapse": OpCaps(INTS, impl="cuda c++"),
     "spike_stats": OpCaps(INTS, impl="cuda c++"),

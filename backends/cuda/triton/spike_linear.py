@@ -8,9 +8,9 @@ Paths, picked by the weight's dtype and M (rows of x):
   by digit passes over only the K chunks that need them.
 * prefill, "scaled_mm" (float8_e4m3fn weights, bf16 x, per channel; where spike_linear_tuning.FP8_PREFILL
   routes it): its own encode of the counts clamped to +-16, their GEMM on torch._scaled_mm (the vendor fp8
-  GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too), then a sparse
-  fix-up adds what the clamp cut off, over only the 16-column chunks that hold such counts
-  (spike_linear_fp8.py).
+  GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too; a second e4m3
+  plane and GEMM where K > N), then a sparse fix-up adds what the planes do not hold, over only the
+  FC-column chunks that have such counts (spike_linear_fp8.py).
 * decode (M <= 32): `spike_linear_decode._decode_encode_kernel` (vth and the counts as two exact 8-bit
   planes, c = lo + F * hi) then `_decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight into the
   tensor cores against both planes, a rare exact pass for counts past them), split-K with an in-kernel
@@ -49,15 +49,15 @@ def _sms(dev) -> int:
 
 
 def _bk(group_size, fp8: bool, max_bk: int = 128) -> int:
+    """K step of the Triton kernels: max_bk, or the largest of 128 / 64 / 32 (<= max_bk) dividing the group;
+    8-bit tensor-core dots take K >= 32, so a group must be a multiple of 32 on CUDA."""
     if group_size is None:
         return max_bk
-    for bk in (128, 64, 32, 16):
-        if bk > max_bk:
-            continue
-        if group_size % bk == 0 and not (fp8 and bk < 32):
+    for bk in (128, 64, 32):
+        if bk <= max_bk and group_size % bk == 0:
             return bk
-    raise ValueError(f"spike_linear: group_size must be a multiple of {32 if fp8 else 16} on CUDA "
-                     f"({'float8_e4m3fn' if fp8 else 'int8'} weights), got {group_size}")
+    raise ValueError(f"spike_linear: group_size must be a multiple of 32 on CUDA (8-bit tensor-core steps; "
+                     f"{'float8_e4m3fn' if fp8 else 'int8'} weights), got {group_size}")
 
 
 def _key(fp8, group_size, N, K, bucket):
@@ -74,8 +74,8 @@ def gemm_config(M, N, K, group_size, fp8, backend="cuda"):
         return t["BM"], t["BN"], _bk(group_size, fp8, t["max_BK"]), t["GROUP_M"], t["num_warps"], t["num_stages"]
     bucket = "mid" if M <= 16384 else "big"
     cfg = _tuning.GEMM.get(_key(fp8, group_size, N, K, bucket))
-    if cfg is not None:
-        return tuple(cfg)
+    if cfg is not None:  # the table's K step, or the largest below it that divides this call's group
+        return (cfg[0], cfg[1], _bk(group_size, fp8, cfg[2])) + tuple(cfg[3:])
     # 128x128, 4 stages on every path: on the H200 it beat 128x256 / 256x128 for int8 per channel too
     # (M = 8192: 0.85x vs 0.68x and 1.14x vs 0.84x of bf16 at N = 4608 / 37888, K = 3584)
     return 128, 128, _bk(group_size, fp8), 8, 8, 4
@@ -89,8 +89,8 @@ def decode_config(M, N, K, group_size, fp8, dev, backend="cuda"):
         return t["BN"], _bk(group_size, fp8, t["max_BK"]), t["SPLIT"], t["num_warps"], t["num_stages"]
     cfg = _tuning.DECODE.get(_key(fp8, group_size, N, K, "m16" if M <= 16 else "m32"))
     if cfg is None:
-        cfg = (128, _bk(group_size, fp8), 0, 8, 4)
-    return tuple(cfg)
+        return 128, _bk(group_size, fp8), 0, 8, 4
+    return (cfg[0], _bk(group_size, fp8, cfg[1])) + tuple(cfg[2:])
 
 
 def _counters(dev, n):
@@ -230,7 +230,7 @@ def encode_lo(x, k, BM, FC=16, planes=1):
     vth = torch.empty((M,), device=x.device, dtype=torch.float32)
     n_fc = triton.cdiv(K, FC)
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
-    one_pass = K <= 4096  # the row (4 rows of <= 4096 columns) stays in registers: x read once
+    one_pass = K <= 4096  # whole rows (4096 // next_pow2(K) of them per program) in registers: x read once
     block = triton.next_power_of_2(K) if one_pass else 2048
     rows = max(1, 4096 // block) if one_pass else 1
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
@@ -254,6 +254,10 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
         BM, BN = cfg[:2]
         FC = cfg[2] if len(cfg) > 2 else FC
         planes = cfg[3] if len(cfg) > 3 else planes
+        pow2 = all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC))
+        if len(cfg) > 4 or not pow2 or planes not in (1, 2):
+            raise ValueError(f"spike_linear: the scaled_mm config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
+                             f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
     s, hi, vth, flags = encode_lo(x, k, BM, FC, planes)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
@@ -303,7 +307,7 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
         path = "decode" if M <= DECODE_MAX_M else "prefill"
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
-            return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
+            return _prefill_scaled_mm(x, weight_q, scale, k, bias)  # (config is the Triton GEMM's)
     if path == "scaled_mm":
         if not scaled_mm_applies(x, weight_q, group_size, bias):
             raise ValueError("spike_linear: the scaled_mm path takes float8_e4m3fn weights with per-channel "

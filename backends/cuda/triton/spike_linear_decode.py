@@ -119,7 +119,7 @@ def _decode_kernel(x_ptr, lo_ptr, hi_ptr, w_ptr, scale_ptr, vth_ptr, rare_ptr, b
             lo, hi = _planes(q, FP8)
             r = q - (lo + (16.0 if FP8 else 128.0) * hi)  # non-zero only past the planes; NaN stays NaN
             if tl.max((r != 0.0).to(tl.int32), axis=None) > 0:
-                w16 = tl.load(w_ptrs, mask=km[None, :]).to(tl.float16)
+                w16 = tl.load(w_ptrs, mask=km[None, :], other=0.0).to(tl.float16)
                 part += tl.trans(_exact_dot(r, tl.trans(w16)))
             if PER_CHANNEL:
                 acc += part

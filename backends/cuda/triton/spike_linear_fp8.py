@@ -20,7 +20,8 @@ makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 
   cores (e4m3 weights are exact in float16; r in one float16 term while |r| < 2048, else three exact
   terms, see _exact_dot; float32 accumulation) and adds vth * scale * (r @ W^T) to the rows it touched (read-modify-write of
   those rows only).  A block with no flagged chunk returns after one load.  No count is saturated, and
-  no buffer grows with the counts: memory is M x K bytes of lo plus the flags.
+  no buffer grows with the counts: memory is M x K bytes per plane, the flags, and with two planes a
+  temporary [M, N] output of the second GEMM.
 
 Quotient: x / vth correctly rounded through the reciprocal and one fused correction (Markstein: with
 inv = RN(1 / vth) and q1 = RN(x * inv), RN(q1 + fma(-q1, vth, x) * inv) = RN(x / vth)), then rounded to

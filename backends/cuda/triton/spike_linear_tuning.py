@@ -12,7 +12,7 @@ M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner).  Shapes not listed fall bac
 spike_linear.py.
 """
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
-# (torch._scaled_mm over the encoded low digits + the digit fix-up kernel) or "triton" (_gemm_kernel).
+# (torch._scaled_mm over one or two exact e4m3 count planes + the sparse fix-up) or "triton" (_gemm_kernel).
 # "scaled_mm": faster on every measured shape (H200, session 12, M = 8192, random bf16 x, x bf16 matmul):
 # 0.74 / 0.99 / 0.71x vs Triton 0.41 / 0.51 / 0.35x (N x K = 4608x3584 / 37888x3584 / 3584x18944); with 8
 # outlier channels 0.56 / 0.71 / 0.55x vs 0.28 / 0.34 / 0.21x.  Its GEMM alone runs at 1.7-2.05x bf16;

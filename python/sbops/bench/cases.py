@@ -79,6 +79,9 @@ def checks() -> List[Check]:
     add("spike_linear", _check_spike_linear(63, 512, 200, None, torch.int8, True))
     add("spike_linear", _check_spike_linear(300, 512, 96, 128, torch.int8, False))
     add("spike_linear", _check_spike_linear(5, 384, 64, None, torch.float8_e4m3fn, False))   # decode path (M <= 32)
+    # e4m3 prefill: on CUDA with bf16 x the "scaled_mm" path, two count planes where K > N, one where K <= N
+    add("spike_linear", _check_spike_linear(300, 512, 96, None, torch.float8_e4m3fn, True))
+    add("spike_linear", _check_spike_linear(100, 256, 512, None, torch.float8_e4m3fn, False))
     add("spike_linear", _check_spike_linear(1024, HIDDEN7, 1024, 128, torch.int8, False), full_only=True)
 
     add("topk_gating", _check_topk(63, 16, 1))

@@ -114,7 +114,7 @@ class SpikeLinear(nn.Linear):
     weight_quant="fp8": float8_e4m3fn weights with one float32 scale per output channel
     (sbops.quantize_weight(w, dtype=torch.float8_e4m3fn)), fake-quantised in training like "int8".  At
     inference it runs `sbops.spike_linear` on them: on Hopper the fp8 tensor cores (counts |c| <= 16 are
-    exact in e4m3, larger ones served by digit passes).
+    exact in e4m3; a second e4m3 plane holds counts to 264, an exact fix-up the rare rest).
 
     At inference (no gradient needed) with k set and weight_quant="int8", the layer runs
     `sbops.spike_linear` on the cached int8 weight: the counts are encoded once to int8 and multiplied on

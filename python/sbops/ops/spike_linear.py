@@ -59,12 +59,15 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     channel) or [N, K // group_size] (per group); float32 accumulation; y [..., N] in x's dtype.
     On CUDA (M > 32 rows) the counts are encoded once to 8 bits by a fused pre-pass and multiplied on
     the int8 tensor cores (int8 weights) or the fp8 ones (e4m3 counts, exact for |c| <= 16, with
-    float8_e4m3fn weights; with per-channel scales and bfloat16 x the GEMM of the e4m3 counts is
-    torch._scaled_mm, the vendor fp8 GEMM, with vth x the channel scales in its epilogue); rows with larger
-    counts take extra passes over base-128 (int8) or base-16 (e4m3) digits on only the K chunks that need
-    them, so the result is exact for every count.  At
-    decode (M <= 32) one split-K kernel makes the counts in registers.  A count of 2^31 or more
-    (|x| > 2^31 * vth) makes its row NaN on CUDA.  The gradient is straight-through, as `spike_quant`:
+    float8_e4m3fn weights).  With e4m3 per-channel weights and bfloat16 x the GEMM is torch._scaled_mm, the
+    vendor fp8 GEMM (vth x the channel scales in its epilogue), over one e4m3 count plane, or two (c = lo +
+    16 hi, exact to |c| = 264) where K > N, and a sparse fix-up adds exactly what the planes do not hold.
+    Otherwise (Triton GEMM) rows with larger counts take extra passes over base-128 (int8) or base-16 (e4m3)
+    digits on only the K chunks that need them.  At decode (M <= 32) a pre-pass writes the counts as two
+    exact 8-bit planes and a split-K kernel streams the weights through the tensor cores; counts past the
+    planes take an exact float16 pass.  The result is exact for every count, with one exception: on the
+    Triton GEMM path (M > 32, int8 weights, per-group scales, or x not bfloat16) a count of 2^31 or more
+    (|x| > 2^31 * vth) makes its row NaN.  The gradient is straight-through, as `spike_quant`:
     dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
     x may be a strided view (read in place when its last dim is contiguous).
     """
