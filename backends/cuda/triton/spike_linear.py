@@ -261,11 +261,13 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     s, hi, vth, flags = encode_lo(x, k, BM, FC, planes)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
-    y = torch._scaled_mm(s.view(torch.float8_e4m3fn), w.t(), scale_a=vth[:, None], scale_b=scale[None, :],
-                         bias=bias, out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
+    def gemm(plane, bias=None):  # the vendor fp8 GEMM of one count plane, vth x channel scales in its epilogue
+        return torch._scaled_mm(plane, w.t(), scale_a=vth[:, None], scale_b=scale[None, :], bias=bias,
+                                out_dtype=x.dtype, use_fast_accum=_tuning.FP8_FAST_ACCUM)
+
+    y = gemm(s.view(torch.float8_e4m3fn), bias)
     if hi is not None:
-        y += torch._scaled_mm(hi, w.t(), scale_a=vth[:, None], scale_b=scale[None, :], out_dtype=x.dtype,
-                              use_fast_accum=_tuning.FP8_FAST_ACCUM)
+        y += gemm(hi)
     n_bm, n_fc = flags.shape
     lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
     cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)

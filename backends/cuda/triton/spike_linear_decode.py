@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .spike_linear_fp8 import _exact_dot, _planes, _quotient_rint
+from .spike_linear_fp8 import _exact_dot, _quotient_rint, _split_counts
 from .spike_linear_kernels import _row_vth
 
 
@@ -47,8 +47,8 @@ def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, n_ch, str
     cols = ch * BLOCK + offs
     m = cols < K
     q = _quotient_rint(tl.load(xr + cols, mask=m, other=0.0).to(tl.float32), vth, inv)
-    lo, hi = _planes(q, FP8)
-    rare = (q != lo + (16.0 if FP8 else 128.0) * hi).to(tl.int32)  # NaN counts are rare too
+    lo, hi, r = _split_counts(q, FP8, 2)
+    rare = (r != 0.0).to(tl.int32)  # NaN counts are rare too
     tl.store(lo_ptr + row * K + cols, lo.to(lo_ptr.dtype.element_ty), mask=m)
     tl.store(hi_ptr + row * K + cols, hi.to(hi_ptr.dtype.element_ty), mask=m)
     tl.store(rare_ptr + row * n_ch + ch, tl.max(rare, axis=0))
@@ -57,7 +57,7 @@ def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, n_ch, str
 
 
 @triton.jit
-def _step(w_ptrs, lo_ptrs, hi_ptrs, kk, km, mmask, FP8: tl.constexpr):
+def _step(w_ptrs, lo_ptrs, hi_ptrs, km, mmask, FP8: tl.constexpr):
     # one K step of the plain loop: the weight tile and both planes' tiles, two MMAs sharing the weight tile
     lm = mmask[:, None] & km[None, :]
     if FP8:
@@ -70,6 +70,15 @@ def _step(w_ptrs, lo_ptrs, hi_ptrs, kk, km, mmask, FP8: tl.constexpr):
         lo = tl.load(lo_ptrs, mask=lm, other=0)
         hi = tl.load(hi_ptrs, mask=lm, other=0)
         part = tl.dot(w, tl.trans(lo)).to(tl.float32) + tl.dot(w, tl.trans(hi)).to(tl.float32) * 128.0
+    return part
+
+
+@triton.jit
+def _group_scaled(part, sc_ptrs, k0, stride_sg, PER_CHANNEL: tl.constexpr, GROUP_STEPS: tl.constexpr,
+                  BK: tl.constexpr):
+    # a K step's [BN, BM] partial times its group's scales (per-channel scales are applied once, at the end)
+    if not PER_CHANNEL:
+        part = part * tl.load(sc_ptrs + (k0 // (GROUP_STEPS * BK)) * stride_sg)[:, None]
     return part
 
 
@@ -96,37 +105,30 @@ def _decode_kernel(x_ptr, lo_ptr, hi_ptr, w_ptr, scale_ptr, vth_ptr, rare_ptr, b
     k_end = tl.minimum(K, k_begin + k_per)
     rk = tl.arange(0, BK)
     acc = tl.zeros([BN, BM], dtype=tl.float32)  # y^T tile
+    w_rows = w_ptr + rn64[:, None] * stride_wn
+    lo_rows = lo_ptr + rm64[:, None] * K
+    hi_rows = hi_ptr + rm64[:, None] * K
+    sc_ptrs = scale_ptr + rn64 * stride_sn
     if any_rare == 0:  # the plain pipelined loop
         for k0 in range(k_begin, k_end, BK):
             kk = k0 + rk
             km = kk < k_end
-            part = _step(w_ptr + rn64[:, None] * stride_wn + kk[None, :], lo_ptr + rm64[:, None] * K + kk[None, :],
-                         hi_ptr + rm64[:, None] * K + kk[None, :], kk, km, mmask, FP8)
-            if PER_CHANNEL:
-                acc += part
-            else:
-                acc += part * tl.load(scale_ptr + rn64 * stride_sn + (k0 // (GROUP_STEPS * BK)) * stride_sg)[:, None]
+            part = _step(w_rows + kk[None, :], lo_rows + kk[None, :], hi_rows + kk[None, :], km, mmask, FP8)
+            acc += _group_scaled(part, sc_ptrs, k0, stride_sg, PER_CHANNEL, GROUP_STEPS, BK)
     else:  # some row has a count past the planes: each step also adds the rest, r @ W^T, exactly
         inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
         for k0 in range(k_begin, k_end, BK):
             kk = k0 + rk
             km = kk < k_end
-            w_ptrs = w_ptr + rn64[:, None] * stride_wn + kk[None, :]
-            part = _step(w_ptrs, lo_ptr + rm64[:, None] * K + kk[None, :], hi_ptr + rm64[:, None] * K + kk[None, :],
-                         kk, km, mmask, FP8)
+            part = _step(w_rows + kk[None, :], lo_rows + kk[None, :], hi_rows + kk[None, :], km, mmask, FP8)
             x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=mmask[:, None] & km[None, :], other=0.0)
-            q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-            lo, hi = _planes(q, FP8)
-            r = q - (lo + (16.0 if FP8 else 128.0) * hi)  # non-zero only past the planes; NaN stays NaN
-            if tl.max((r != 0.0).to(tl.int32), axis=None) > 0:
-                w16 = tl.load(w_ptrs, mask=km[None, :], other=0.0).to(tl.float16)
+            _, _, r = _split_counts(_quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None]), FP8, 2)
+            if tl.max((r != 0.0).to(tl.int32), axis=None) > 0:  # NaN stays NaN (r != 0 holds for it)
+                w16 = tl.load(w_rows + kk[None, :], mask=km[None, :], other=0.0).to(tl.float16)
                 part += tl.trans(_exact_dot(r, tl.trans(w16)))
-            if PER_CHANNEL:
-                acc += part
-            else:
-                acc += part * tl.load(scale_ptr + rn64 * stride_sn + (k0 // (GROUP_STEPS * BK)) * stride_sg)[:, None]
+            acc += _group_scaled(part, sc_ptrs, k0, stride_sg, PER_CHANNEL, GROUP_STEPS, BK)
     if PER_CHANNEL:
-        acc = acc * tl.load(scale_ptr + rn64 * stride_sn)[:, None]
+        acc = acc * tl.load(sc_ptrs)[:, None]
     omask = nmask[:, None] & mmask[None, :]
     if USE_WS:  # SPLIT > 1
         ws = ws_ptr + rm64[None, :] * N + rn.to(tl.int64)[:, None]

@@ -5,7 +5,7 @@ Every count is split as c = lo + r with lo = clamp(c, -16, 16) (exact in e4m3) a
 non-zero only where |c| > 16: about 1e-5 of the elements of a Gaussian row at k = 3, and the few outlier
 channels of an LLM's activations, but ~2.6% of a SwiGLU product's (a down projection's input), which
 makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 plane, c = lo + 16 hi
-(_planes: exact for |c| <= 264), run as a second vendor GEMM, and r is what is past both.  So
+(_split_counts: exact for |c| <= 264), run as a second vendor GEMM, and r is what is past both.  So
 
     y = vth * (lo @ W^T) * scale  [torch._scaled_mm: fp8 tensor cores, vth and scale in its epilogue]
       + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the FC-column chunks that hold an r]
@@ -45,19 +45,24 @@ def _quotient_rint(x, vth, inv):
 
 
 @triton.jit
-def _planes(q, FP8: tl.constexpr):
-    # integer counts q as two 8-bit planes, q = lo + F * hi, both clamped to their exact range (the rare
-    # rest, q - lo - F * hi, is served exactly elsewhere): e4m3 F = 16, |lo| <= 16 (<= 8 when hi != 0),
-    # |hi| <= 16, exact for |q| <= 264; int8 F = 128, |lo|, |hi| <= 127, exact for |q| <= 16320
-    if FP8:
-        hi = tl.where(tl.abs(q) > 16.0, _rint(q * 0.0625), 0.0)
-        hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
-        lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
+def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr):
+    # integer counts q = lo + F * hi + r (F = 16 for e4m3, 128 for int8), lo and hi clamped to their exact
+    # 8-bit range: with PLANES = 2, e4m3 |lo| <= 16 (<= 8 when hi != 0), |hi| <= 16, exact for |q| <= 264;
+    # int8 |lo|, |hi| <= 127, exact for |q| <= 16320; with PLANES = 1 (e4m3), lo = clamp(q, -16, 16), hi = 0.
+    # r, the rest served exactly elsewhere, is non-zero only past that range (and NaN for a NaN count)
+    if PLANES == 2:
+        if FP8:
+            hi = tl.where(tl.abs(q) > 16.0, _rint(q * 0.0625), 0.0)
+            hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
+            lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
+        else:
+            hi = tl.where(tl.abs(q) > 127.0, _rint(q * 0.0078125), 0.0)
+            hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
+            lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
     else:
-        hi = tl.where(tl.abs(q) > 127.0, _rint(q * 0.0078125), 0.0)
-        hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
-        lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
-    return lo, hi
+        lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
+        hi = tl.zeros_like(q)
+    return lo, hi, q - (lo + (16.0 if FP8 else 128.0) * hi)
 
 
 @triton.jit
@@ -87,14 +92,11 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
                  PLANES: tl.constexpr):
     q = _quotient_rint(x, vth[:, None], inv[:, None])
     offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
-    if PLANES == 2:  # q = lo + 16 hi, the second plane stored as 16 hi (exact in e4m3)
-        lo, hi = _planes(q, True)
+    lo, hi, r = _split_counts(q, True, PLANES)
+    if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
         tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
-        out = m & (q != lo + 16.0 * hi)  # NaN counts are flagged too: the fix-up makes their row NaN
-    else:
-        lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
-        out = m & ~(tl.abs(q) <= 16.0)
     tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
+    out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
     fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
     tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
 
@@ -169,11 +171,7 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
             kin = kk < K
             x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
             q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-            if PLANES == 2:
-                lo, hi = _planes(q, True)
-                r = q - (lo + 16.0 * hi)  # NaN stays NaN
-            else:
-                r = q - tl.minimum(tl.maximum(q, -16.0), 16.0)
+            _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
             r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
             touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
             w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
