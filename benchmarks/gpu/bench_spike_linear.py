@@ -146,16 +146,15 @@ for (N, K) in SHAPES:
             t_enc = bench(lambda: sl.encode_lo(x, 3.0, 64), rep)
             t_mm = bench(lambda: torch._scaled_mm(s8, wq.t(), scale_a=vth[:, None], scale_b=sc[None, :],
                                                   out_dtype=torch.bfloat16), rep)
-            for fc in FIX_CANDS:  # the fix-up kernel's (BM, BN): row block of the flags, columns per program
-                tc = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, config=fc, path="scaled_mm"), rep)
-                row[f"f8_ch_scaled_mm_fix_{'x'.join(map(str, fc))}_ms"] = tc
             # a SwiGLU product (the down projection's input): ~2.6% of its counts at k = 3 are past 16
             g = torch.Generator(device=dev).manual_seed(1)
             xs = (torch.nn.functional.silu(torch.randn(x.shape, device=dev, generator=g))
                   * torch.randn(x.shape, device=dev, generator=g)).to(x.dtype)
-            for fc in FIX_CANDS:
-                tc = bench(lambda: sl.spike_linear_fwd(xs, wq, sc, 3.0, None, None, config=fc, path="scaled_mm"), rep)
-                row[f"f8_ch_scaled_mm_swiglu_fix_{'x'.join(map(str, fc))}_ms"] = tc
+            # the fix-up's (BM, BN, FC, PLANES): row block and FC-column chunk of the flags, columns per program
+            for tag, xin in (("", x), ("swiglu_", xs)):
+                for fc in FIX_CANDS:
+                    tc = bench(lambda: sl.spike_linear_fwd(xin, wq, sc, 3.0, None, None, config=fc, path="scaled_mm"), rep)
+                    row[f"f8_ch_scaled_mm_{tag}fix_{'x'.join(map(str, fc))}_ms"] = tc
             ys = sl.spike_linear_fwd(xs, wq, sc, 3.0, None, None, path="scaled_mm")
             ts = min(v for k2, v in row.items() if k2.startswith("f8_ch_scaled_mm_swiglu_fix_") and v)
             table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm swiglu x", tb / ts, rel_err(ys, xs, wq, sc, None),
