@@ -154,7 +154,7 @@ Tensor swa_decode_cuda(const Tensor& q_in, const Tensor& k_cache_in, const Tenso
   }
   Tensor o = empty_on({N, H, D}, q.scalar_type(), q);
   const int nsplit = sbops::swa_decode_num_splits(N, static_cast<int>(H), static_cast<int>(HKV),
-                                                  static_cast<int>(window), C, sinks.M);
+                                                  static_cast<int>(window), C, sinks.M, dt);
   const int64_t wsf = sbops::swa_decode_workspace_floats(N, static_cast<int>(H), static_cast<int>(D), nsplit);
   Tensor ws = empty_on({wsf > 0 ? wsf : 1}, kFloat, q);
   check_launch(sbops::launch_swa_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), dt, seq_lens.data_ptr(),

@@ -56,8 +56,9 @@ cudaError_t launch_swa_cache_write(const void* k, const void* v, void* k_cache, 
                                    int HKV, int D, int64_t C, int64_t num_slots, int64_t k0, int64_t k1, int64_t v0,
                                    int64_t v1, const SwaCacheStrides& cache, cudaStream_t stream);
 
-// Split-window ("flash-decoding") plan: how many blocks share one (sequence, KV head); M sink keys.
-int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M);
+// Split-window ("flash-decoding") plan: how many blocks share one (sequence, KV head); M sink keys;
+// the caches' dtype (bf16 / fp16 take the tensor-core kernel on NVIDIA, planned for its occupancy).
+int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype);
 // Float workspace the split path needs (0 when num_splits == 1).
 int64_t swa_decode_workspace_floats(int64_t N, int H, int D, int num_splits);
 bool swa_decode_supports(int D, DType dtype);

@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include "warp_mma.cuh"
+
 // Device code of the sm_90a kernels exists only in the sm_90a pass of nvcc.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SBOPS_SM90A_DEVICE 1
@@ -60,15 +62,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 #ifdef SBOPS_SM90A_DEVICE
-// four 8x8 16-bit matrices from shared memory (lanes 8i .. 8i + 7 give matrix i's row addresses): the register
-// fragment of a 16 x 16 A operand (mma.sync / wgmma layout) when lanes 0-15 address rows 0-15 of the first 8
-// columns and lanes 16-31 those of the next 8
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
+using warp_mma::ldmatrix_x4;  // the fragment of a 16 x 16 A operand (warp_mma.cuh)
 // generic-proxy writes to shared memory (st.shared) become visible to wgmma's async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -136,19 +130,7 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// two floats as one 32-bit register of packed bf16 / fp16 (the A-operand fragment layout of wgmma)
-template <typename E>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
+using warp_mma::pack2;  // two floats as one register of packed bf16 / fp16 (the A-operand layout of wgmma)
 
 // 1-D bulk copy (no tensor map) of `bytes` contiguous bytes, a multiple of 16, from a 16-byte-aligned global
 // address into shared memory; completes transaction bytes of `mbar` like the tensor copies.

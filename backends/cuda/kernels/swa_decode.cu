@@ -40,6 +40,9 @@
 #include <cuda_pipeline.h>
 #include <mma.h>
 #define SBOPS_SWA_DECODE_MMA 1
+#include <cstdlib>
+
+#include "swa_decode_mma.cuh"
 #endif
 
 namespace sbops {
@@ -236,6 +239,14 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 }
 
 #if defined(SBOPS_SWA_DECODE_MMA)
+// TEMPORARY (session 14 A/B on the GPU): SBOPS_SWA_DECODE_WMMA=1 selects the earlier wmma kernel below.
+inline bool legacy_wmma() {
+  static const bool on = [] {
+    const char* e = std::getenv("SBOPS_SWA_DECODE_WMMA");
+    return e != nullptr && e[0] == '1';
+  }();
+  return on;
+}
 // ------------------------------------------------------------------ tensor-core kernel (bf16 / fp16)
 namespace wm = nvcuda::wmma;
 constexpr int kMmaThreads = 128;             // 4 warps
@@ -470,6 +481,19 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
   const int G = H / HKV;
 #if defined(SBOPS_SWA_DECODE_MMA)
   if constexpr (!std::is_same<T, float>::value) {
+   if (!legacy_wmma()) {
+    namespace wk = swa_decode_mma;
+    constexpr size_t smem = wk::Smem<D>::bytes;
+    SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(wk::swa_decode_warp_mma_kernel<T, D>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
+      const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, wk::kHeads)));
+      wk::swa_decode_warp_mma_kernel<T, D><<<grid, wk::kThreads, smem, st>>>(
+          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
+          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
+          A.sinks, nh0);
+    }));
+   } else {
     constexpr size_t smem = MmaSmem<D>::bytes;
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(swa_decode_mma_kernel<T, D>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -480,6 +504,7 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
           A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
           A.sinks, nh0);
     }));
+   }
   } else
 #endif
   {
@@ -514,9 +539,15 @@ bool swa_decode_supports(int D, DType dtype) {
   return (D == 64 || D == 128) && (dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16);
 }
 
-int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M) {
-  const int64_t pairs = N * HKV * ceil_div(H / HKV, kMaxHeads);
+int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype) {
   const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
+#if defined(SBOPS_SWA_DECODE_MMA)
+  if (dtype != DType::F32 && !legacy_wmma())
+    return swa_decode_mma::num_splits(N * HKV * ceil_div(H / HKV, swa_decode_mma::kHeads), keys);
+#else
+  (void)dtype;
+#endif
+  const int64_t pairs = N * HKV * ceil_div(H / HKV, kMaxHeads);
   // Splits of about kKeysPerSplit keys, more when the grid would not fill kBlocksPerSm blocks per
   // SM, never shorter than one tile.
   const int64_t by_len = ceil_div(keys, kKeysPerSplit);
