@@ -22,10 +22,8 @@
 // q, the caches and the sinks are read in place through their element strides; the caches' and
 // sinks' rows must be 16-byte aligned (the binding copies operands that are not).
 //
-// bf16 / fp16 caches on NVIDIA take a tensor-core kernel instead (swa_decode_mma_kernel): a block
-// stages its K and V tiles in shared memory with cp.async (double-buffered, coalesced 16-byte
-// copies), computes Q.K^T and P.V with wmma 16x16x16 MMAs (up to 16 query heads as the M rows) and
-// keeps the online softmax per head in float32; same splits, partials and combine kernel.
+// bf16 / fp16 caches on NVIDIA take a tensor-core kernel instead (swa_decode_mma.cuh: four independent
+// warps per block, mma.sync, flash state in registers); same splits' partials and combine kernel.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -35,13 +33,9 @@
 #include "swa_decode_keys.cuh"
 
 #if !defined(USE_MACA)
-// NVIDIA only: the tensor-core kernel below (wmma + cp.async).  MACA builds (and the simulation)
-// use the CUDA-core kernel for every dtype: MetaX's matrix-core API is not CUDA's wmma.
-#include <cuda_pipeline.h>
-#include <mma.h>
+// NVIDIA only: the tensor-core kernel (mma.sync + cp.async, inline PTX).  MACA builds (and the simulation)
+// use the CUDA-core kernel for every dtype: MetaX has no mma.sync / ldmatrix PTX.
 #define SBOPS_SWA_DECODE_MMA 1
-#include <cstdlib>
-
 #include "swa_decode_mma.cuh"
 #endif
 
@@ -238,201 +232,6 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   }
 }
 
-#if defined(SBOPS_SWA_DECODE_MMA)
-// TEMPORARY (session 14 A/B on the GPU): SBOPS_SWA_DECODE_WMMA=1 selects the earlier wmma kernel below.
-inline bool legacy_wmma() {
-  static const bool on = [] {
-    const char* e = std::getenv("SBOPS_SWA_DECODE_WMMA");
-    return e != nullptr && e[0] == '1';
-  }();
-  return on;
-}
-// ------------------------------------------------------------------ tensor-core kernel (bf16 / fp16)
-namespace wm = nvcuda::wmma;
-constexpr int kMmaThreads = 128;             // 4 warps
-constexpr int kMmaWarps = kMmaThreads / kWarpSize;
-constexpr int kMmaHeads = 16;                // query heads per block: the MMA's M
-constexpr int kMmaTile = 64;                 // keys per tile: 16 per warp in Q.K^T
-constexpr int kRowThreads = kMmaThreads / kMmaHeads;  // softmax threads per head row (8)
-static_assert(kMmaTile == 16 * kMmaWarps, "one 16-key slice of the tile per warp");
-static_assert(kWarpSize % kRowThreads == 0, "a head row's threads share a warp");
-
-template <int D>
-struct MmaSmem {  // shared-memory layout (bytes), rows padded by 16 bytes against bank conflicts
-  static constexpr int LDQ = D + 8, LDK = D + 8, LDS = kMmaTile + 4, LDP = kMmaTile + 8, LDO = D + 4;
-  static constexpr size_t q = 0;
-  static constexpr size_t k = q + sizeof(uint16_t) * kMmaHeads * LDQ;
-  static constexpr size_t v = k + sizeof(uint16_t) * 2 * kMmaTile * LDK;
-  static constexpr size_t s = v + sizeof(uint16_t) * 2 * kMmaTile * LDK;
-  static constexpr size_t p = s + sizeof(float) * kMmaHeads * LDS;
-  static constexpr size_t o = p + sizeof(uint16_t) * kMmaHeads * LDP;
-  static constexpr size_t bytes = o + sizeof(float) * kMmaHeads * LDO;
-};
-
-template <typename T, int D>
-__global__ void __launch_bounds__(kMmaThreads)
-swa_decode_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
-                      const void* __restrict__ seq_lens, bool lens64, const void* __restrict__ slots, bool slots64,
-                      int64_t C, int64_t num_slots, int HKV, int G, int window, float scale_log2, int nsplit,
-                      T* __restrict__ o, float* __restrict__ part, int64_t q0, int64_t q1, SwaCacheStrides cs,
-                      SwaSinks sinks, int64_t nh0) {
-  using L = MmaSmem<D>;
-  constexpr int VEC = 8;                    // 16-byte copies of 8 elements
-  constexpr int CPR = D / VEC;              // copies per K/V row
-  constexpr int COPIES = kMmaTile * CPR / kMmaThreads;  // per thread per tile, for K and for V
-  constexpr int OCOLS = D / kMmaWarps;      // output columns per warp in P.V
-  static_assert(kMmaTile * CPR % kMmaThreads == 0 && OCOLS % 16 == 0, "unsupported head dim");
-  extern __shared__ __align__(128) unsigned char smem[];
-  T* q_s = reinterpret_cast<T*>(smem + L::q);
-  T* k_s = reinterpret_cast<T*>(smem + L::k);
-  T* v_s = reinterpret_cast<T*>(smem + L::v);
-  float* s_s = reinterpret_cast<float*>(smem + L::s);
-  T* p_s = reinterpret_cast<T*>(smem + L::p);
-  float* o_s = reinterpret_cast<float*>(smem + L::o);
-
-  const int tid = threadIdx.x, warp = warp_id();
-  const int split = blockIdx.x;
-  const int64_t nh = nh0 + blockIdx.y;
-  const int64_t n = nh / HKV;
-  const int hk = static_cast<int>(nh % HKV);
-  const int h0 = blockIdx.z * kMmaHeads;
-  const int nheads = min(kMmaHeads, G - h0);
-  const int H = HKV * G;
-
-  const int64_t Lq = load_index(seq_lens, lens64, n);
-  const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-  const SplitPlan<T> sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v),
-                                     sinks, Lq, slot, num_slots, C, hk, window, nsplit, split);
-  const bool bad_slot = sp.bad;
-  const int64_t cnt = sp.cnt;
-  const int ntiles = static_cast<int>(ceil_div(cnt, static_cast<int64_t>(kMmaTile)));
-
-  // cp.async of tile `t` into buffer `b`; rows past cnt are zero-filled (P.V must see zeros there)
-  auto load_tile = [&](int t, int b) {
-#pragma unroll
-    for (int u = 0; u < COPIES; ++u) {
-      const int i = tid + u * kMmaThreads;
-      const int j = i / CPR, c = i % CPR;
-      const int64_t jj = static_cast<int64_t>(t) * kMmaTile + j;
-      const bool ok = jj < cnt;
-      // rows past cnt copy nothing (zero-fill) from a valid address: the first cache row
-      const T* ksrc = ok ? sp.rows.key(sp.a + jj) + c * VEC : sp.rows.k;
-      const T* vsrc = ok ? sp.rows.val(sp.a + jj) + c * VEC : sp.rows.v;
-      const int so = (b * kMmaTile + j) * L::LDK + c * VEC;
-      __pipeline_memcpy_async(k_s + so, ksrc, 16, ok ? 0 : 16);
-      __pipeline_memcpy_async(v_s + so, vsrc, 16, ok ? 0 : 16);
-    }
-  };
-  if (ntiles > 0) load_tile(0, 0);
-  __pipeline_commit();
-
-  for (int i = tid; i < kMmaHeads * D; i += kMmaThreads) {
-    const int h = i / D, d = i % D;
-    q_s[h * L::LDQ + d] = h < nheads ? q[n * q0 + (hk * G + h0 + h) * q1 + d] : from_float<T>(0.f);
-  }
-  for (int i = tid; i < kMmaHeads * L::LDO; i += kMmaThreads) o_s[i] = 0.f;
-  __syncthreads();  // o_s is read back by other threads even when there is no tile
-
-  // softmax state: thread t serves head row r = t / kRowThreads, columns c8 * 8 .. + 8 of a tile;
-  // the kRowThreads threads of a row keep identical copies of its running max and sum
-  const int r = tid / kRowThreads, c8 = tid % kRowThreads;
-  constexpr int SC = kMmaTile / kRowThreads;   // score columns per thread
-  constexpr int OC = D / kRowThreads;          // output columns per thread (rescale, final write)
-  float m = -INFINITY, lsum = 0.f;
-
-  for (int t = 0; t < ntiles; ++t) {
-    const int b = t & 1;
-    if (t + 1 < ntiles) load_tile(t + 1, b ^ 1);  // buffer b^1 was released by the last barrier
-    __pipeline_commit();
-    __pipeline_wait_prior(1);                     // this thread's copies of tile t have landed
-    __syncthreads();                              // ... and everyone's
-
-    {  // S[:, 16w .. 16w+16) = Q . K^T
-      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
-      wm::fill_fragment(acc, 0.f);
-#pragma unroll
-      for (int kd = 0; kd < D; kd += 16) {
-        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
-        wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::col_major> fb;
-        wm::load_matrix_sync(fa, q_s + kd, L::LDQ);
-        wm::load_matrix_sync(fb, k_s + (b * kMmaTile + 16 * warp) * L::LDK + kd, L::LDK);
-        wm::mma_sync(acc, fa, fb, acc);
-      }
-      wm::store_matrix_sync(s_s + 16 * warp, acc, L::LDS, wm::mem_row_major);
-    }
-    __syncthreads();
-
-    {  // online softmax of row r over this thread's SC columns, in the log2 domain
-      const int64_t base = static_cast<int64_t>(t) * kMmaTile + c8 * SC;
-      float sc[SC];
-      float tmax = -INFINITY;
-#pragma unroll
-      for (int e = 0; e < SC; ++e) {
-        sc[e] = base + e < cnt ? s_s[r * L::LDS + c8 * SC + e] * scale_log2 : -INFINITY;
-        tmax = fmaxf(tmax, sc[e]);
-      }
-      tmax = warp_reduce_max<kRowThreads>(tmax);
-      const float mnew = fmaxf(m, tmax);  // finite: every tile has at least one valid key
-      const float corr = m == -INFINITY ? 0.f : exp2f(m - mnew);
-      float ps = 0.f;
-#pragma unroll
-      for (int e = 0; e < SC; ++e) {
-        const float pv = exp2f(sc[e] - mnew);  // exp2f(-inf) = 0
-        p_s[r * L::LDP + c8 * SC + e] = from_float<T>(pv);
-        ps += pv;
-      }
-      lsum = lsum * corr + warp_reduce_sum<kRowThreads>(ps);
-      m = mnew;
-#pragma unroll
-      for (int e = 0; e < OC; ++e) o_s[r * L::LDO + c8 * OC + e] *= corr;
-    }
-    __syncthreads();
-
-    // O[:, warp's columns] += P . V
-#pragma unroll
-    for (int oc = 0; oc < OCOLS; oc += 16) {
-      const int col = warp * OCOLS + oc;
-      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
-      wm::load_matrix_sync(acc, o_s + col, L::LDO, wm::mem_row_major);
-#pragma unroll
-      for (int kk = 0; kk < kMmaTile; kk += 16) {
-        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
-        wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::row_major> fb;
-        wm::load_matrix_sync(fa, p_s + kk, L::LDP);
-        wm::load_matrix_sync(fb, v_s + (b * kMmaTile + kk) * L::LDK + col, L::LDK);
-        wm::mma_sync(acc, fa, fb, acc);
-      }
-      wm::store_matrix_sync(o_s + col, acc, L::LDO, wm::mem_row_major);
-    }
-    __syncthreads();  // s_s, p_s, o_s and buffer b are reused next tile
-  }
-
-  if (r < nheads) {
-    const int64_t head = n * H + hk * G + h0 + r;
-    float M = m, Ls = lsum;
-#pragma unroll
-    for (int e = 0; e < OC; ++e) {
-      const int d = c8 * OC + e;
-      float A = o_s[r * L::LDO + d];
-      if (bad_slot) {  // NaN out; partials that the combine turns into NaN
-        M = 0.f;
-        Ls = 1.f;
-        A = NAN;
-      }
-      if (nsplit == 1) {
-        o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
-      } else {
-        float* pp = part + (head * nsplit + split) * (D + 2);
-        pp[2 + d] = A;
-        if (d == 0) {
-          pp[0] = M;
-          pp[1] = Ls;
-        }
-      }
-    }
-  }
-}
-#endif  // SBOPS_SWA_DECODE_MMA
 
 // One block per (sequence, query head): merge the splits' (max, sum, acc) partials.
 template <typename T>
@@ -481,7 +280,6 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
   const int G = H / HKV;
 #if defined(SBOPS_SWA_DECODE_MMA)
   if constexpr (!std::is_same<T, float>::value) {
-   if (!legacy_wmma()) {
     namespace wk = swa_decode_mma;
     constexpr size_t smem = wk::Smem<D>::bytes;
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(wk::swa_decode_warp_mma_kernel<T, D>,
@@ -493,18 +291,6 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
           A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
           A.sinks, nh0);
     }));
-   } else {
-    constexpr size_t smem = MmaSmem<D>::bytes;
-    SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(swa_decode_mma_kernel<T, D>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
-      const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMmaHeads)));
-      swa_decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, st>>>(
-          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
-          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
-          A.sinks, nh0);
-    }));
-   }
   } else
 #endif
   {
@@ -542,7 +328,7 @@ bool swa_decode_supports(int D, DType dtype) {
 int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype) {
   const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
 #if defined(SBOPS_SWA_DECODE_MMA)
-  if (dtype != DType::F32 && !legacy_wmma())
+  if (dtype != DType::F32)
     return swa_decode_mma::num_splits(N * HKV * ceil_div(H / HKV, swa_decode_mma::kHeads), keys);
 #else
   (void)dtype;
