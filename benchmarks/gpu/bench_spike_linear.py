@@ -4,7 +4,7 @@ Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 655
 (M = 1, 8, 32; GPU time under CUDA graphs, weights rotated over > 200 MB of copies), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
-Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536, SL_MS=0 for decode only; SL_QUICK=1: no
+Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536; SL_QUICK=1: no
 prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + sparse fix-up) is always timed)"""
 import json, os, sys, time
 import torch
@@ -19,12 +19,11 @@ sl = triton_kernels.load("spike_linear")
 torch.manual_seed(0)
 dev, FP8, T0 = "cuda", torch.float8_e4m3fn, time.time()
 SHAPES = [(4608, 3584), (37888, 3584), (3584, 18944)]   # qkv(+o), fused gate_up, down (N x K)
-Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",") if int(m) > 0]  # SL_MS=0: decode only
+Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",")]
 QUICK = os.environ.get("SL_QUICK") == "1"  # prefill: only the launcher's config per path (no candidate sweep)
 GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
               "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
 DEC_CANDS = [(128, 128, 0, 8, 4), (64, 128, 0, 4, 4)]
-GEMV_CANDS = [(8, 1024, 0, 8), (16, 512, 0, 4), (4, 2048, 0, 8)]  # SPLIT 0: as the launcher's default
 FIX_CANDS = [(64, 256, 16, 1), (64, 256, 64, 1), (64, 256, 16, 2), (64, 256, 64, 2)]
 PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
 res, table, tun_g, tun_d = [], [], {}, {}
@@ -216,17 +215,6 @@ for (N, K) in SHAPES:
                                   "GBs": N * K / t / 1e6, "x_bf16": tb / t, "rel_err": err}
             table.append((f"decode M={M} {N}x{K}", key, tb / t, err, cfg))
             tun_d[(key[:2], key[3:], N, K, "m16" if M <= 16 else "m32")] = cfg  # m16 keeps M=8's winner
-            if M <= 2:  # the one-launch CUDA-core GEMV: the launcher's config and candidates (BN, BK, SPLIT, warps)
-                dflt = sl.gemv_config(N, K, gs, x.device)
-                for gc in [dflt] + [c for c in GEMV_CANDS if gs is None and c != dflt]:
-                    tg = gbench([lambda W=W: sl.spike_linear_fwd(x, W, sc, 3.0, None, gs, config=gc, path="gemv")
-                                 for W in rot[(dt, gs)]])
-                    if tg is None:
-                        continue
-                    yg = sl.spike_linear_fwd(x, wq, sc, 3.0, None, gs, config=gc, path="gemv")
-                    row[f"{key}_gemv_{'x'.join(map(str, gc))}_us"] = round(tg * 1e3, 2)
-                    table.append((f"decode M={M} {N}x{K}", key + " gemv", tb / tg, rel_err(yg, x, wq, sc, gs),
-                                  f"{gc}{' (default)' if gc == dflt else ''}: {tg * 1e3:.1f} us, {N * K / tg / 1e6:.0f} GB/s"))
         emit(row)
     del wbr, rot
     print(f"# {N}x{K} done at {time.time() - T0:.0f} s", flush=True)

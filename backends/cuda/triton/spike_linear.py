@@ -27,7 +27,7 @@ import triton
 
 from . import _common
 from . import spike_linear_tuning as _tuning
-from .spike_linear_decode import _decode_encode_kernel, _decode_kernel, _gemv_kernel
+from .spike_linear_decode import _decode_encode_kernel, _decode_kernel
 from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
@@ -144,40 +144,6 @@ def _decode(x, weight_q, scale, k, bias, group_size, fp8, y, config, backend="cu
         FP8=fp8, HAS_BIAS=bias is not None, PER_CHANNEL=per_channel, GROUP_STEPS=steps,
         SPLIT=split, USE_WS=split > 1, BM=16 if M <= 16 else 32, BN=BN, BK=BK,
         RC=triton.next_power_of_2(rare.shape[1]), num_warps=warps, num_stages=stages)
-    return y
-
-
-def gemv_config(N, K, group_size, dev):
-    """(BN, BK, SPLIT, num_warps) of the one-launch CUDA-core GEMV: tiles of ~16K weights (BN <= 16 rows x BK
-    columns), K slices until the grid holds ~8 programs per SM (SPLIT 0 in a config: the same rule); per
-    group BK = the group."""
-    bk = min(triton.next_power_of_2(K), 1024) if group_size is None else group_size
-    bn = max(1, min(16, 16384 // bk))
-    return bn, bk, _gemv_split(N, K, bn, bk, dev), 8 if bn * bk >= 8192 else 4
-
-
-def _gemv_split(N, K, bn, bk, dev):
-    return max(1, min(triton.cdiv(8 * _sms(dev), triton.cdiv(N, bn)), triton.cdiv(K, 2 * bk)))
-
-
-def _gemv(x, weight_q, scale, k, bias, group_size, y, config):
-    M, K = x.shape
-    N = weight_q.shape[0]
-    BN, BK, split, warps = config or gemv_config(N, K, group_size, x.device)
-    if group_size is not None and BK != group_size:
-        raise ValueError(f"spike_linear: the gemv path steps one scale group at a time (BK={BK}, group_size={group_size})")
-    grid_n = triton.cdiv(N, BN)
-    split = split or _gemv_split(N, K, BN, BK, x.device)  # 0: auto
-    k_per = triton.cdiv(triton.cdiv(K, split), BK) * BK  # a slice never cuts a scale group
-    split = triton.cdiv(K, k_per)
-    ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if split > 1 else y
-    cnt = _counters(x.device, M * grid_n) if split > 1 else y
-    per_channel = group_size is None
-    _gemv_kernel[(grid_n, split, M)](
-        x, weight_q, scale, bias if bias is not None else y, y, ws, cnt, M, N, K, k_per, x.stride(0), weight_q.stride(0),
-        scale.stride(0), 0 if per_channel else scale.stride(1), float(k), HAS_BIAS=bias is not None,
-        PER_CHANNEL=per_channel, GROUP=BK, SPLIT=split, USE_WS=split > 1, BN=BN, BK=BK,
-        XB=min(4096, triton.next_power_of_2(K)), num_warps=warps)
     return y
 
 
@@ -316,8 +282,7 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                      bias, group_size, config=None, path=None, scale_t=True, backend="cuda"):
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
-    path: None (gemv when M <= GEMV_MAX_M, decode when M <= 32, else the prefill path the tuning data names) |
-    "gemv" (one launch, CUDA cores, any M) | "decode" | "prefill"
+    path: None (decode when M <= 32, else the prefill path the tuning data names) | "decode" | "prefill"
     (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC[, PLANES]])
     of the fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
@@ -341,8 +306,7 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     if bias is not None:
         bias = bias.contiguous()
     if path is None:
-        gemv_m = _tuning.GEMV_MAX_M if backend == "cuda" else 0  # (MACA: not measured there)
-        path = "gemv" if M <= gemv_m else "decode" if M <= DECODE_MAX_M else "prefill"
+        path = "decode" if M <= DECODE_MAX_M else "prefill"
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
             return _prefill_scaled_mm(x, weight_q, scale, k, bias)  # (config is the Triton GEMM's)
@@ -353,8 +317,6 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                              "with fp8 tensor cores")
         return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    if path == "gemv":
-        return _gemv(x, weight_q, scale, k, bias, group_size, y, config)
     if path == "decode":
         if M > DECODE_MAX_M:
             raise ValueError(f"spike_linear: the decode path takes M <= {DECODE_MAX_M} rows, got {M}")

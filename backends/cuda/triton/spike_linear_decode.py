@@ -19,12 +19,6 @@
    sums the SPLIT partials in a fixed order (deterministic), applies vth and bias, writes y and resets
    the counter to 0 for the next call.
 
-3. `_gemv_kernel` (M = 1 by default, one launch, CUDA cores): every program sums the row for vth, then walks
-   its K slice computing the counts c = rint(x / vth) in its prologue (no count planes, no pre-pass) and
-   accumulating c * w in float32 with the weight converted to float32 (exact for int8 and e4m3); a count is
-   never saturated.  Split-K partials are reduced by the last program to arrive, as in `_decode_kernel`.
-   At one row the tensor cores gain nothing and the pre-pass launch and its latency are the cost.
-
 Kernel sources are torch-free.
 """
 from __future__ import annotations
@@ -158,66 +152,3 @@ def _epilogue(acc, vth, bias_ptr, y_ptr, rm, rn, rn64, N, omask, HAS_BIAS: tl.co
         acc += tl.load(bias_ptr + rn64).to(tl.float32)[:, None]
     y = y_ptr + rm.to(tl.int64)[None, :] * N + rn.to(tl.int64)[:, None]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=omask)
-
-
-@triton.jit
-def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_per, stride_xm, stride_wn,
-                 stride_sn, stride_sg, k_div, HAS_BIAS: tl.constexpr, PER_CHANNEL: tl.constexpr, GROUP: tl.constexpr,
-                 SPLIT, USE_WS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, XB: tl.constexpr):
-    # grid (column blocks of BN, SPLIT slices of K, M rows); per group: BK == GROUP
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    row = tl.program_id(2)
-    xr = x_ptr + row.to(tl.int64) * stride_xm
-    offs = tl.arange(0, XB)
-    a = tl.zeros([XB], dtype=tl.float32)
-    for k0 in range(0, K, XB):
-        a += tl.abs(tl.load(xr + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32))
-    vth = _row_vth(tl.sum(a, axis=0), K, k_div)
-    inv = tl.math.div_rn(vth * 0.0 + 1.0, vth)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rn64 = (rn % N).to(tl.int64)  # rows past N read an in-bounds row; masked at the store
-    rk = tl.arange(0, BK)
-    w_rows = w_ptr + rn64[:, None] * stride_wn
-    k_begin = pid_k * k_per
-    k_end = tl.minimum(K, k_begin + k_per)
-    if PER_CHANNEL:
-        acc2 = tl.zeros([BN, BK], dtype=tl.float32)
-        for k0 in range(k_begin, k_end, BK):
-            kk = k0 + rk
-            km = kk < k_end
-            c = _quotient_rint(tl.load(xr + kk, mask=km, other=0.0).to(tl.float32), vth, inv)
-            w = tl.load(w_rows + kk[None, :], mask=km[None, :], other=0.0).to(tl.float32)
-            acc2 += w * c[None, :]
-        acc = tl.sum(acc2, axis=1) * tl.load(scale_ptr + rn64 * stride_sn)
-    else:
-        acc = tl.zeros([BN], dtype=tl.float32)
-        for k0 in range(k_begin, k_end, BK):
-            kk = k0 + rk
-            km = kk < k_end
-            c = _quotient_rint(tl.load(xr + kk, mask=km, other=0.0).to(tl.float32), vth, inv)
-            w = tl.load(w_rows + kk[None, :], mask=km[None, :], other=0.0).to(tl.float32)
-            acc += tl.sum(w * c[None, :], axis=1) * tl.load(scale_ptr + rn64 * stride_sn + (k0 // GROUP) * stride_sg)
-    nmask = rn < N
-    if USE_WS:  # SPLIT > 1: partials [SPLIT, M, N]; counters per (row, column block)
-        ws = ws_ptr + row.to(tl.int64) * N + rn.to(tl.int64)
-        tl.store(ws + pid_k.to(tl.int64) * M * N, acc, mask=nmask)
-        tl.debug_barrier()  # every thread's partial is issued before the release below
-        ci = cnt_ptr + row * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(ci, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT - 1:  # the last slice: reduce in a fixed order (deterministic)
-            acc = tl.zeros([BN], dtype=tl.float32)
-            for s in range(0, SPLIT):
-                acc += tl.load(ws + s * M * N, mask=nmask, other=0.0, cache_modifier=".cg")
-            _gemv_out(acc, vth, bias_ptr, y_ptr, row, rn, rn64, N, nmask, HAS_BIAS)
-            tl.atomic_xchg(ci, 0)
-    else:
-        _gemv_out(acc, vth, bias_ptr, y_ptr, row, rn, rn64, N, nmask, HAS_BIAS)
-
-
-@triton.jit
-def _gemv_out(acc, vth, bias_ptr, y_ptr, row, rn, rn64, N, nmask, HAS_BIAS: tl.constexpr):
-    acc = acc * vth
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn64).to(tl.float32)
-    tl.store(y_ptr + row.to(tl.int64) * N + rn.to(tl.int64), acc.to(y_ptr.dtype.element_ty), mask=nmask)

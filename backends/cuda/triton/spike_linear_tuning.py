@@ -26,10 +26,6 @@ FP8_FAST_ACCUM = False
 # on the H200 (session 13, M = 8192, 3584x18944: 12.8 ms at best vs 1.38 ms)
 FP8_TWO_PLANES = True
 
-# rows up to which the one-launch CUDA-core GEMV (spike_linear_decode._gemv_kernel) serves a call instead of
-# the two-launch tensor-core decode: NOT YET MEASURED on a GPU (session 14 call B decides; 0 = never)
-GEMV_MAX_M = 1
-
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
     ('f8', 'ch', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
