@@ -4,7 +4,8 @@ Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 655
 (M = 1, 8, 32; GPU time under CUDA graphs, weights rotated over > 200 MB of copies), encode included.  Peers: bf16 x @ W^T, torch._int_mm (int8 cuBLASLt),
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
-Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536; SL_QUICK=1: no
+Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536, SL_MS=0 for decode only;
+SL_DEC_SWEEP=1: per-channel weights only, the o_proj shape too, decode at M = 1 and 32 over more configs; SL_QUICK=1: no
 prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + sparse fix-up) is always timed)"""
 import json, os, sys, time
 import torch
@@ -19,13 +20,19 @@ sl = triton_kernels.load("spike_linear")
 torch.manual_seed(0)
 dev, FP8, T0 = "cuda", torch.float8_e4m3fn, time.time()
 SHAPES = [(4608, 3584), (37888, 3584), (3584, 18944)]   # qkv(+o), fused gate_up, down (N x K)
-Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",")]
+Ms = [int(m) for m in os.environ.get("SL_MS", "8192,65536").split(",") if int(m) > 0]  # SL_MS=0: decode only
 QUICK = os.environ.get("SL_QUICK") == "1"  # prefill: only the launcher's config per path (no candidate sweep)
 GEMM_CANDS = {"ch": [(128, 256, 128, 8, 8, 3), (128, 256, 128, 8, 8, 4), (256, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4)],
               "g": [(128, 128, 128, 8, 8, 3), (128, 128, 128, 8, 8, 4), (128, 256, 128, 8, 8, 3), (256, 128, 128, 8, 8, 3)]}
 DEC_CANDS = [(128, 128, 0, 8, 4), (64, 128, 0, 4, 4)]
 FIX_CANDS = [(64, 256, 16, 1), (64, 256, 64, 1), (64, 256, 16, 2), (64, 256, 64, 2)]
 PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
+DEC_MS = (1, 8, 32)
+if os.environ.get("SL_DEC_SWEEP") == "1":
+    PATHS, DEC_MS = [(torch.int8, None), (FP8, None)], (1, 32)
+    SHAPES = SHAPES + [(3584, 3584)]   # o_proj
+    DEC_CANDS = DEC_CANDS + [(32, 128, 0, 4, 4), (64, 128, 2, 4, 4), (128, 128, 0, 4, 4), (64, 256, 0, 4, 3),
+                             (32, 256, 0, 4, 4), (64, 128, 0, 4, 6), (32, 128, 0, 2, 4), (16, 256, 0, 4, 4)]
 res, table, tun_g, tun_d = [], [], {}, {}
 if DRY:
     dev, SHAPES, Ms = "cpu", [(48, 256)], [64, 100]
@@ -172,7 +179,7 @@ for (N, K) in SHAPES:
         if M == Ms[0]:  # e4m3 with LLM-like outlier channels: every row has counts past 16 in 8 channels
             xo = x.clone()
             xo[:, 1000:1008] *= 25
-            for gs in (None, 128):
+            for gs in [g for g in (None, 128) if (FP8, g) in qs]:
                 wq, sc = qs[(FP8, gs)]
                 cfg = tun_g[(name(FP8, gs), N, K, "mid")]["cfg"]
                 t = bench(lambda: sl.spike_linear_fwd(xo, wq, sc, 3.0, None, gs, config=cfg, path="prefill"), rep)
@@ -192,7 +199,7 @@ for (N, K) in SHAPES:
     nrot = 1 if DRY else max(2, -(-200_000_000 // (N * K)))
     wbr = [wb] + [wb.clone() for _ in range(nrot // 2)]
     rot = {p: [qs[p][0]] + [qs[p][0].clone() for _ in range(nrot - 1)] for p in PATHS}
-    for M in (1, 8, 32):
+    for M in DEC_MS:
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         tb = gbench([lambda W=W: x @ W.T for W in wbr])
         row = {"decode_M": M, "N": N, "K": K, "bf16_us": tb * 1e3, "bf16_GBs": N * K * 2 / tb / 1e6}
