@@ -1,6 +1,7 @@
 """Fused inference kernels for the elementwise work of the models (issue 19):
-backends/cuda/triton/fused_norm.py (RMSNorm + residual, prenorm) and fused_rope_swiglu.py (silu(gate) * up,
-RoPE of q and k), and their use by sbops.nn (RMSNorm, SwiGLU, the attention layers' RoPE and head norms).
+backends/cuda/triton/fused_norm.py (RMSNorm + residual, prenorm), fused_rope_swiglu.py (silu(gate) * up,
+RoPE of q and k) and fused_gla_act.py (GLA's relu(q), relu(k), logsigmoid gate), and their use by sbops.nn
+(RMSNorm, SwiGLU, the attention layers' RoPE and head norms, the GLA layer).
 
 Without a GPU the kernels run under the Triton interpreter on CPU tensors (bounds-checked: every access
 must fall inside a tensor argument), against float64 references and against the torch code, which
@@ -36,6 +37,7 @@ if triton_kernels.interpreting():
 
 fnorm = triton_kernels.load("fused_norm")
 frs = triton_kernels.load("fused_rope_swiglu")
+fga = triton_kernels.load("fused_gla_act")
 DEV = "cuda" if _HAS_CUDA else "cpu"
 
 
@@ -191,6 +193,45 @@ def test_silu_mul_rejects_mismatched_inputs():
         frs.silu_mul(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64))
 
 
+# --------------------------------------------------------------------------- GLA activations kernel
+def _gla_inputs(B, T, H, HKV, D, dtype, seed):
+    qkvg = _rnd(B, T, (H + 2 * HKV) * D + 16, dtype=dtype, seed=seed, scale=4.0)  # one fused projection
+    q, k, _, _ = qkvg.split([H * D, HKV * D, HKV * D, 16], -1)
+    gk = _rnd(B, T, HKV * D, dtype=dtype, seed=seed + 1, scale=6.0)
+    return q.view(B, T, H, D), k.view(B, T, HKV, D), gk
+
+
+@pytest.mark.parametrize("B,T,H,HKV,D", [(1, 1, 4, 2, 16), (2, 5, 3, 1, 24), (1, 3, 40, 4, 32)])
+def test_gla_act_reads_fused_projection_views_equals_float64(B, T, H, HKV, D, checked):
+    """relu of q / k views of a fused projection (read in place, heads contiguous; 40 x 32 = 1280 > one
+    1024 block) and logsigmoid(gk) / 16, with gk out to +-24 (exp(-|x|) below float32's epsilon: log1p)."""
+    q, k, gk = _gla_inputs(B, T, H, HKV, D, torch.float32, 30)
+    gk[..., 0] = 24.0
+    gk[..., 1] = -24.0
+    qo, ko, g = fga.gla_act(q, k, gk, 16.0)
+    assert qo.is_contiguous() and ko.is_contiguous() and g.shape == k.shape
+    assert torch.equal(qo, F.relu(q)) and torch.equal(ko, F.relu(k))
+    ref = F.logsigmoid(gk.double()).view(k.shape) / 16.0
+    assert rel_err(g, ref) < 1e-6
+    assert (g.double() - ref).abs().div(ref.abs()).max().item() < 1e-5  # elementwise, the tiny ones too
+
+
+def test_gla_act_bf16_gate_is_the_float32_result_rounded_once(checked):
+    q, k, gk = _gla_inputs(2, 33, 4, 2, 64, torch.bfloat16, 31)
+    _, _, g = fga.gla_act(q, k, gk, 16.0)
+    exact = (F.logsigmoid(gk.double()) / 16.0).view(k.shape).to(torch.bfloat16)
+    assert _ulps(g, exact) <= 1.0 and (g == exact).float().mean().item() > 0.99
+    assert _ulps(g, F.logsigmoid(gk).view(k.shape) / 16.0) <= 1.0  # torch rounds logsigmoid first
+
+
+def test_gla_act_rejects_what_it_cannot_read_in_place():
+    q, k, gk = _gla_inputs(1, 2, 4, 2, 8, torch.float32, 32)
+    assert fga.supports(q, k, gk)
+    assert not fga.supports(q.transpose(2, 3), k, gk) and not fga.supports(q, k, gk[..., :8])
+    with pytest.raises(ValueError, match="heads contiguous"):
+        fga.gla_act(q.transpose(2, 3), k, gk, 16.0)
+
+
 # --------------------------------------------------------------------------- RoPE kernel
 def _cos_sin(B, T, D, per_batch, seed=9):
     pos = torch.arange(T)[None] + (torch.tensor([[0], [5]])[:B] if per_batch else 0)
@@ -261,7 +302,7 @@ def _tiny(kind, dtype, layers=2):
 def count_fused(monkeypatch):
     """Counts the fused kernels' calls through sbops.nn; on a CPU lets them serve CPU tensors
     (interpreted)."""
-    calls = {"rms_norm": 0, "rope": 0, "silu_mul": 0}
+    calls = {"rms_norm": 0, "rope": 0, "silu_mul": 0, "gla_act": 0}
 
     class Counted:
         def __init__(self, mod):
@@ -277,7 +318,7 @@ def count_fused(monkeypatch):
                 return fn(*a, **kw)
             return wrapped
 
-    monkeypatch.setattr(common, "_fused_mods", (Counted(fnorm), Counted(frs)))
+    monkeypatch.setattr(common, "_fused_mods", (Counted(fnorm), Counted(frs), Counted(fga)))
     if not _HAS_CUDA:
         monkeypatch.setattr(common, "_FUSED_DEVICE_TYPES", ("cuda", "cpu"))
     return calls
@@ -307,7 +348,7 @@ def test_model_logits_with_fused_kernels_equal_the_torch_path(kind, count_fused)
     fused = _model_logits(model, ids, True, cache=True)
     assert count_fused["rms_norm"] > 0 and count_fused["rope"] > 0
     if kind == "7b":
-        assert count_fused["silu_mul"] > 0
+        assert count_fused["silu_mul"] > 0 and count_fused["gla_act"] > 0
     assert rel_err(fused, plain) < 1e-5
 
 
@@ -361,17 +402,18 @@ def test_gpu_greedy_generate_same_tokens_with_and_without_fusion(kind):
 
 @requires_cuda
 def test_gpu_kernels_sync_free_and_capturable_in_a_cuda_graph():
-    """No host sync (set_sync_debug_mode('error')); a CUDA graph of the three launches replays to the
+    """No host sync (set_sync_debug_mode('error')); a CUDA graph of the four launches replays to the
     eager results on new inputs copied into the static buffers."""
     x, r = _rnd(3, 7, 96, dtype=torch.bfloat16, seed=20), _rnd(3, 7, 96, dtype=torch.bfloat16, seed=21)
     w = _rnd(96, seed=22)
     gu = _rnd(3, 7, 2 * 80, dtype=torch.bfloat16, seed=23)
     q, k = _rnd(3, 7, 4, 16, dtype=torch.bfloat16, seed=24), _rnd(3, 7, 2, 16, dtype=torch.bfloat16, seed=25)
     cos, sin = _cos_sin(1, 7, 16, False)
+    gq, gkk, gg = _gla_inputs(3, 7, 4, 2, 16, torch.bfloat16, 26)
 
     def step():
         y, h = fnorm.rms_norm(x, w, 1e-6, r, True)
-        return y, h, frs.silu_mul(*gu.split(80, -1)), *frs.rope(q, k, cos, sin)
+        return y, h, frs.silu_mul(*gu.split(80, -1)), *frs.rope(q, k, cos, sin), *fga.gla_act(gq, gkk, gg, 16.0)
 
     without_host_sync(step)  # also compiles outside the capture
     s = torch.cuda.Stream()
@@ -382,7 +424,7 @@ def test_gpu_kernels_sync_free_and_capturable_in_a_cuda_graph():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static = step()
-    for t, seed in ((x, 30), (r, 31), (gu, 32), (q, 33), (k, 34)):
+    for t, seed in ((x, 30), (r, 31), (gu, 32), (q, 33), (k, 34), (gg, 35)):
         t.copy_(_rnd(*t.shape, dtype=t.dtype, seed=seed))
     graph.replay()
     torch.cuda.synchronize()

@@ -29,7 +29,7 @@ import sbops
 import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
-from .common import RMSNorm, RotaryEmbedding, apply_rope_qk, fused_linears, make_linear
+from .common import RMSNorm, RotaryEmbedding, apply_rope_qk, fused_kernels, fused_linears, make_linear
 from .spike import int8_fake_quant_per_row, spike_fake_quant_released
 
 
@@ -276,8 +276,12 @@ class GatedLinearAttention(_QKVOProjections):
         q, k, v, gk = self._qkv(x, (first,))  # the gate's first stage shares q/k/v's input and GEMM
         if isinstance(self.gk_proj, nn.Sequential):
             gk = self.gk_proj[1](gk)
-        q, k = F.relu(q), F.relu(k)
-        g = F.logsigmoid(gk).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
+        fz = fused_kernels(q, k, gk)
+        if fz is not None and fz[2].supports(q, k, gk):  # one launch at inference on a GPU
+            q, k, g = fz[2].gla_act(q, k, gk, self.gate_logit_normalizer)
+        else:
+            q, k = F.relu(q), F.relu(k)
+            g = F.logsigmoid(gk).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
         o = _linear_branch(q, k, v, g, cache, batch)
         return self._out(self.o_norm(o))
 

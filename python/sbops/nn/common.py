@@ -84,7 +84,8 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
 
 
 # Inference-time fused Triton kernels for the elementwise work around the GEMMs (RMSNorm with its
-# residual add, SwiGLU's silu(gate) * up, RoPE of q and k): one launch and one pass over memory each
+# residual add, SwiGLU's silu(gate) * up, RoPE of q and k, GLA's relu feature maps and log-decay gate):
+# one launch and one pass over memory each
 # instead of several torch ops.  Used only on NVIDIA CUDA tensors with Triton present, when no input
 # needs a gradient and outside torch.compile tracing; anything else runs the torch code below, which
 # is the reference (training, CPU, float64).
@@ -94,7 +95,7 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
 FUSE_ELEMENTWISE = os.environ.get("SBOPS_FUSE_ELEMENTWISE", "1").strip().lower() not in ("", "0", "false", "off", "no")
 _FUSED_DEVICE_TYPES = ("cuda",)  # the tests add "cpu" to run the kernels under the Triton interpreter
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_fused_mods = None  # (fused_norm, fused_rope_swiglu) once loaded, False when unavailable
+_fused_mods = None  # (fused_norm, fused_rope_swiglu, fused_gla_act) once loaded, False when unavailable
 
 
 def _load_fused():
@@ -104,8 +105,8 @@ def _load_fused():
         from .. import _platform
         if _platform.cuda_device_reason() is None and _platform.triton_reason() is None:
             try:
-                from .._backends.cuda.triton import fused_norm, fused_rope_swiglu
-                _fused_mods = (fused_norm, fused_rope_swiglu)
+                from .._backends.cuda.triton import fused_gla_act, fused_norm, fused_rope_swiglu
+                _fused_mods = (fused_norm, fused_rope_swiglu, fused_gla_act)
             except Exception as e:  # noqa: BLE001  (a broken Triton install must not break the model)
                 import warnings
                 warnings.warn(f"sbops: fused elementwise kernels unavailable, using torch ops: {type(e).__name__}: {e}")
@@ -113,7 +114,7 @@ def _load_fused():
 
 
 def fused_kernels(*tensors):
-    """(fused_norm, fused_rope_swiglu) when the fused Triton kernels may serve these tensors (the first
+    """(fused_norm, fused_rope_swiglu, fused_gla_act) when the fused Triton kernels may serve these tensors (the first
     one decides the device; None entries are ignored), else None: see FUSE_ELEMENTWISE."""
     x = tensors[0]
     if not FUSE_ELEMENTWISE or x.device.type not in _FUSED_DEVICE_TYPES or x.dtype not in _FUSED_DTYPES:
