@@ -76,17 +76,12 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int split = blockIdx.x;
-  const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
-  const int64_t n = nh / HKV;
-  const int hk = static_cast<int>(nh % HKV);
-  const int h0 = blockIdx.z * kMaxHeads;
-  const int nheads = min(kMaxHeads, G - h0);
+  const BlockWork<T> bw = block_work<kMaxHeads>(kc, vc, cs, sinks, seq_lens, lens64, slots, slots64, num_slots, C, HKV, G,
+                                              window, nsplit, nh0);
+  const int64_t n = bw.n;
+  const int hk = bw.hk, h0 = bw.h0, nheads = bw.nheads;
   const int H = HKV * G;
-
-  const int64_t L = load_index(seq_lens, lens64, n);
-  const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-  const SplitPlan<T> sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v),
-                                     sinks, L, slot, num_slots, C, hk, window, nsplit, split);
+  const SplitPlan<T>& sp = bw.sp;
   const bool bad_slot = sp.bad;
   const int64_t cnt = sp.cnt;
 
@@ -212,23 +207,7 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
       Ls += s_red[w][h];
       A += s_acc[w][h][d];
     }
-    float M = s_m[h];
-    const int64_t head = n * H + hk * G + h0 + h;
-    if (bad_slot) {  // NaN out; partials that the combine turns into NaN
-      M = 0.f;
-      Ls = 1.f;
-      A = NAN;
-    }
-    if (nsplit == 1) {
-      o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
-    } else {
-      float* pp = part + (head * nsplit + split) * (D + 2);
-      pp[2 + d] = A;
-      if (d == 0) {
-        pp[0] = M;
-        pp[1] = Ls;
-      }
-    }
+    write_result(o, part, n * H + hk * G + h0 + h, d, D, nsplit, split, s_m[h], Ls, A, bad_slot);
   }
 }
 

@@ -2,6 +2,7 @@
 // of a block's split reads, with the bad-data guard.  Torch-free, internal.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "common.cuh"
@@ -72,6 +73,56 @@ __device__ __forceinline__ SplitPlan<T> plan_split(const T* kc, const T* vc, con
   p.rows.cb = max(p.a, M);
   p.rows.rbase = p.bad ? 0 : (lo + p.rows.cb - M) % C;
   return p;
+}
+
+// What block (blockIdx.x = split, nh0 + blockIdx.y = n * HKV + hk, blockIdx.z = chunk of HEADS query heads)
+// serves: sequence n, KV head hk, query heads h0 .. h0 + nheads of the KV head's G, and its keys.
+template <typename T>
+struct BlockWork {
+  int64_t n;
+  int hk, h0, nheads;
+  SplitPlan<T> sp;
+};
+
+template <int HEADS, typename T>
+__device__ __forceinline__ BlockWork<T> block_work(const T* kc, const T* vc, const SwaCacheStrides& cs,
+                                                   const SwaSinks& sinks, const void* seq_lens, bool lens64,
+                                                   const void* slots, bool slots64, int64_t num_slots, int64_t C,
+                                                   int HKV, int G, int window, int nsplit, int64_t nh0) {
+  BlockWork<T> b;
+  const int64_t nh = nh0 + blockIdx.y;  // launched in slices of kMaxGridYZ
+  b.n = nh / HKV;
+  b.hk = static_cast<int>(nh % HKV);
+  b.h0 = blockIdx.z * HEADS;
+  b.nheads = min(HEADS, G - b.h0);
+  const int64_t L = load_index(seq_lens, lens64, b.n);
+  const int64_t slot = slots ? load_index(slots, slots64, b.n) : b.n;
+  b.sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v), sinks, L, slot,
+                    num_slots, C, b.hk, window, nsplit, static_cast<int>(blockIdx.x));
+  return b;
+}
+
+// One output element (head, d) of a block: o itself when the window is one split, else the split's
+// (max, sum, acc) partial that swa_combine_kernel merges.  A bad slot writes NaN (partials that the
+// combine turns into NaN).
+template <typename T>
+__device__ __forceinline__ void write_result(T* o, float* part, int64_t head, int d, int D, int nsplit, int split,
+                                             float M, float Ls, float A, bool bad) {
+  if (bad) {
+    M = 0.f;
+    Ls = 1.f;
+    A = NAN;
+  }
+  if (nsplit == 1) {
+    o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
+  } else {
+    float* pp = part + (head * nsplit + split) * (D + 2);
+    pp[2 + d] = A;
+    if (d == 0) {
+      pp[0] = M;
+      pp[1] = Ls;
+    }
+  }
 }
 
 }  // namespace swa_decode_detail

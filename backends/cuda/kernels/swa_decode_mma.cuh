@@ -29,7 +29,7 @@
 namespace sbops {
 namespace swa_decode_mma {
 
-using namespace swa_decode_detail;  // SplitPlan, plan_split
+using namespace swa_decode_detail;  // SplitPlan, plan_split, write_result
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * kWarpSize;
@@ -68,17 +68,12 @@ swa_decode_warp_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, co
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int g = lane >> 2, t4 = lane & 3;
   const int split = blockIdx.x;
-  const int64_t nh = nh0 + blockIdx.y;  // n * HKV + hk (launched in slices of kMaxGridYZ)
-  const int64_t n = nh / HKV;
-  const int hk = static_cast<int>(nh % HKV);
-  const int h0 = blockIdx.z * kHeads;
-  const int nheads = min(kHeads, G - h0);
+  const BlockWork<T> bw = block_work<kHeads>(kc, vc, cs, sinks, seq_lens, lens64, slots, slots64, num_slots, C, HKV, G,
+                                              window, nsplit, nh0);
+  const int64_t n = bw.n;
+  const int hk = bw.hk, h0 = bw.h0, nheads = bw.nheads;
   const int H = HKV * G;
-
-  const int64_t Lq = load_index(seq_lens, lens64, n);
-  const int64_t slot = slots ? load_index(slots, slots64, n) : n;
-  const SplitPlan<T> sp = plan_split(kc, vc, cs, static_cast<const T*>(sinks.k), static_cast<const T*>(sinks.v),
-                                     sinks, Lq, slot, num_slots, C, hk, window, nsplit, split);
+  const SplitPlan<T>& sp = bw.sp;
   const int64_t cnt = sp.cnt;
   const int64_t nsub = (cnt + kKeys - 1) / kKeys;
   const int nmine = nsub > warp ? static_cast<int>((nsub - warp + kWarps - 1) / kWarps) : 0;
@@ -239,22 +234,7 @@ swa_decode_warp_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, co
         A += f * mb[2 * kHeads + h * D + d];
       }
     }
-    const int64_t head = n * H + hk * G + h0 + h;
-    if (bad_slot) {  // NaN out; partials that the combine turns into NaN
-      M = 0.f;
-      Ls = 1.f;
-      A = NAN;
-    }
-    if (nsplit == 1) {
-      o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
-    } else {
-      float* pp = part + (head * nsplit + split) * (D + 2);
-      pp[2 + d] = A;
-      if (d == 0) {
-        pp[0] = M;
-        pp[1] = Ls;
-      }
-    }
+    write_result(o, part, n * H + hk * G + h0 + h, d, D, nsplit, split, M, Ls, A, bad_slot);
   }
 }
 
