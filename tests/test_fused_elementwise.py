@@ -218,7 +218,10 @@ def test_gla_act_reads_fused_projection_views_equals_float64(B, T, H, HKV, D, ch
 
 def test_gla_act_bf16_gate_is_the_float32_result_rounded_once(checked):
     q, k, gk = _gla_inputs(2, 33, 4, 2, 64, torch.bfloat16, 31)
-    _, _, g = fga.gla_act(q, k, gk, 16.0)
+    q[0, 0, 0, :3] = torch.tensor([float("nan"), -0.0, float("-inf")])
+    qo, ko, g = fga.gla_act(q, k, gk, 16.0)
+    assert torch.equal(ko, F.relu(k)) and torch.equal(qo[0, 0, 0, 1:], F.relu(q)[0, 0, 0, 1:])
+    assert torch.isnan(qo[0, 0, 0, 0]) and torch.equal(qo[:, 1:], F.relu(q)[:, 1:])  # NaN stays NaN
     exact = (F.logsigmoid(gk.double()) / 16.0).view(k.shape).to(torch.bfloat16)
     assert _ulps(g, exact) <= 1.0 and (g == exact).float().mean().item() > 0.99
     assert _ulps(g, F.logsigmoid(gk).view(k.shape) / 16.0) <= 1.0  # torch rounds logsigmoid first
@@ -228,8 +231,11 @@ def test_gla_act_rejects_what_it_cannot_read_in_place():
     q, k, gk = _gla_inputs(1, 2, 4, 2, 8, torch.float32, 32)
     assert fga.supports(q, k, gk)
     assert not fga.supports(q.transpose(2, 3), k, gk) and not fga.supports(q, k, gk[..., :8])
+    padded = _rnd(1, 2, 4, 9, seed=33)[..., :8]  # q's shape, heads not contiguous (stride(-2) = 9)
+    assert not fga.supports(padded, k, gk) and not fga.supports(q, _rnd(1, 2, 2, 9, seed=34)[..., :8], gk)
+    assert not fga.supports(q, k, _rnd(1, 2, 32, seed=35)[..., ::2])  # gk without a unit last stride
     with pytest.raises(ValueError, match="heads contiguous"):
-        fga.gla_act(q.transpose(2, 3), k, gk, 16.0)
+        fga.gla_act(padded, k, gk, 16.0)
 
 
 # --------------------------------------------------------------------------- RoPE kernel
@@ -424,7 +430,7 @@ def test_gpu_kernels_sync_free_and_capturable_in_a_cuda_graph():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static = step()
-    for t, seed in ((x, 30), (r, 31), (gu, 32), (q, 33), (k, 34), (gg, 35)):
+    for t, seed in ((x, 30), (r, 31), (gu, 32), (q, 33), (k, 34), (gq, 35), (gkk, 36), (gg, 37)):
         t.copy_(_rnd(*t.shape, dtype=t.dtype, seed=seed))
     graph.replay()
     torch.cuda.synchronize()

@@ -2,7 +2,7 @@
 
 gla_act(q, k, gk, normalizer) = (relu(q), relu(k), logsigmoid(gk) / normalizer viewed as k's shape),
     the GLA layer's q / k feature maps and its per-key log-decay (sbops.nn.GatedLinearAttention).
-    relu is exact.  The gate is computed in float32 and rounded once to gk's dtype; the torch code
+    relu is exact (NaN stays NaN, as in F.relu).  The gate is computed in float32 and rounded once to gk's dtype; the torch code
     rounds logsigmoid(gk) to gk's dtype before the division: in bfloat16 they differ by at most an
     ulp (the fused one is the more accurate).  logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)), with
     log1p by Kahan's log(u) * e / (u - 1), u = 1 + e (no cancellation when exp(-|x|) is tiny).
@@ -26,8 +26,9 @@ def _relu_row(src, dst, n, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     for c0 in range(0, n, BLOCK):
         m = c0 + offs < n
-        v = tl.load(src + c0 + offs, mask=m, other=0.0)
-        tl.store(dst + c0 + offs, tl.maximum(v, 0.0).to(dst.dtype.element_ty), mask=m)
+        v = tl.load(src + c0 + offs, mask=m, other=0.0).to(tl.float32)
+        # where, not tl.maximum: maxnum would turn NaN into 0 (F.relu keeps NaN)
+        tl.store(dst + c0 + offs, tl.where(v < 0.0, 0.0, v).to(dst.dtype.element_ty), mask=m)
 
 
 @triton.jit
