@@ -8,7 +8,7 @@ value (BN, BK, SPLIT or 0 for auto, num_warps, num_stages).
 GEMM: measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
 b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints both dicts: the
 winners at M = 8192 ("mid") of the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584.  DECODE: winners at
-M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner).  Shapes not listed fall back to the defaults in
+M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner; session 14's e4m3 per-channel entries keep M = 1's).  Shapes not listed fall back to the defaults in
 spike_linear.py.
 """
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
