@@ -348,6 +348,12 @@ def test_decode_batches_past_the_grid_y_limit(ops):
     rod = R.ref_swa_decode(sub(qd), sub(kc), sub(vc), sub(lens), C - 1, D ** -0.5, None)
     close(sub(od), rod, 1e-5)
     close(sub(od)[-8:], rod[-8:], 1e-5)   # the second slice alone, where an unsliced launch would have failed
+    # bf16: the tensor-core kernel's slices (the float32 call above runs the CUDA-core kernel)
+    qb, kb, vb = qd.bfloat16(), kc.bfloat16(), vc.bfloat16()
+    ob = ops.swa_decode(qb, kb, vb, lens, C - 1, D ** -0.5, None)
+    rob = R.ref_swa_decode(sub(qb), sub(kb), sub(vb), sub(lens), C - 1, D ** -0.5, None)
+    close(sub(ob), rob, TOL[torch.bfloat16])
+    close(sub(ob)[-8:], rob[-8:], TOL[torch.bfloat16])
 
 
 # bf16 / fp16 run the tensor-core kernel on NVIDIA (16 query heads per block: G = 20 takes two), float32
