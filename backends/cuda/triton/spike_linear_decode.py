@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .spike_linear_fp8 import _exact_dot, _quotient_rint, _split_counts
+from .spike_linear_fp8 import _exact_dot, _quotient_rint, _recip, _split_counts
 from .spike_linear_kernels import _row_vth
 
 
@@ -43,7 +43,7 @@ def _decode_encode_kernel(x_ptr, lo_ptr, hi_ptr, vth_ptr, rare_ptr, K, n_ch, str
     for k0 in range(0, K, BLOCK):
         acc += tl.abs(tl.load(xr + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32))
     vth = _row_vth(tl.sum(acc, axis=0), K, k_div)
-    inv = tl.math.div_rn(vth * 0.0 + 1.0, vth)
+    inv = _recip(vth)
     cols = ch * BLOCK + offs
     m = cols < K
     q = _quotient_rint(tl.load(xr + cols, mask=m, other=0.0).to(tl.float32), vth, inv)
@@ -116,7 +116,7 @@ def _decode_kernel(x_ptr, lo_ptr, hi_ptr, w_ptr, scale_ptr, vth_ptr, rare_ptr, b
             part = _step(w_rows + kk[None, :], lo_rows + kk[None, :], hi_rows + kk[None, :], km, mmask, FP8)
             acc += _group_scaled(part, sc_ptrs, k0, stride_sg, PER_CHANNEL, GROUP_STEPS, BK)
     else:  # some row has a count past the planes: each step also adds the rest, r @ W^T, exactly
-        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        inv = _recip(vth)
         for k0 in range(k_begin, k_end, BK):
             kk = k0 + rk
             km = kk < k_end

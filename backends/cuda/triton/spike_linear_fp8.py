@@ -35,6 +35,12 @@ import triton.language as tl
 from .spike_linear_kernels import _e4m3_bits, _rint, _row_vth
 
 @triton.jit
+def _recip(vth):
+    # RN(1 / vth), the reciprocal _quotient_rint takes (vth is finite: clamped to [1e-5, 1e4]); scalar or block
+    return tl.math.div_rn(vth * 0.0 + 1.0, vth)
+
+
+@triton.jit
 def _quotient_rint(x, vth, inv):
     # rint(x / vth), x / vth correctly rounded (see the module doc); infinities pass through
     q1 = x * inv
@@ -113,7 +119,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
         m = rmask[:, None] & (offs[None, :] < K)
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
-        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        inv = _recip(vth)
         _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
@@ -121,7 +127,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
             m = rmask[:, None] & (k0 + offs[None, :] < K)
             acc += tl.abs(tl.load(xr + k0 + offs[None, :], mask=m, other=0.0).to(tl.float32))
         vth = _row_vth(tl.sum(acc, axis=1), K, k_div)
-        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        inv = _recip(vth)
         for k0 in range(0, K, BLOCK):
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
@@ -161,7 +167,7 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
         rm64 = (rm % M).to(tl.int64)  # out-of-range rows / columns read a valid one and are never stored
         rn64 = (rn % N).to(tl.int64)
         vth = tl.load(vth_ptr + rm64)
-        inv = tl.math.div_rn(tl.full(vth.shape, 1.0, tl.float32), vth)
+        inv = _recip(vth)
         cj = tl.arange(0, FC)
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         touched = tl.zeros([BM], dtype=tl.int32)
