@@ -219,16 +219,18 @@ swa_decode_warp_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, co
   }
   __syncthreads();
   const bool bad_slot = sp.bad;
+  // warp w's (m, l, o), written above at the start of its ring
+  auto merged = [&](int w) { return reinterpret_cast<const float*>(smem + sizeof(T) * w * L::kWarp); };
   for (int e = tid; e < nheads * D; e += kThreads) {
     const int h = e / D, d = e % D;
     float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, reinterpret_cast<const float*>(smem + sizeof(T) * w * L::kWarp)[h]);
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, merged(w)[h]);
     float Ls = 0.f, A = 0.f;
     if (M != -INFINITY) {
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
-        const float* mb = reinterpret_cast<const float*>(smem + sizeof(T) * w * L::kWarp);
+        const float* mb = merged(w);
         const float f = mb[h] == -INFINITY ? 0.f : exp2f(mb[h] - M);
         Ls += f * mb[kHeads + h];
         A += f * mb[2 * kHeads + h * D + d];

@@ -51,6 +51,9 @@ def _gla_act_kernel(q_ptr, k_ptr, g_ptr, qo_ptr, ko_ptr, go_ptr, T, nq, nk, qs0,
         tl.store(go_ptr + row * nk + c0 + offs, y.to(go_ptr.dtype.element_ty), mask=m)
 
 
+import torch  # noqa: E402  (launcher only)
+
+
 def supports(q, k, gk) -> bool:
     """Whether gla_act reads these operands in place (else the caller keeps the torch code)."""
     if q.dim() != 4 or k.dim() != 4 or gk.dim() != 3 or q.dtype != k.dtype:
@@ -63,7 +66,6 @@ def supports(q, k, gk) -> bool:
 
 def gla_act(q, k, gk, normalizer: float):
     """-> (relu(q), relu(k), logsigmoid(gk).view(k.shape) / normalizer), new contiguous tensors."""
-    import torch
     if not supports(q, k, gk):
         raise ValueError(f"gla_act: q [B, T, H, D] and k [B, T, HKV, D] with heads contiguous in a row, gk "
                          f"[B, T, HKV * D] with a unit last stride, one device, got q {tuple(q.shape)} / "
