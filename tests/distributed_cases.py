@@ -163,18 +163,20 @@ def rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def compare(kind, cfg, out, got, ref_o, ref_f, ref, r, tol, tol32):
+def compare(kind, cfg, out, got, ref_o, ref_f, ref, r, tol, tol32, gtol=None, err=rel):
     """Failures (strings) of one rank: its output (and final state), its slice of every
     sequence-sharded gradient, the full gradient of replicated tensors (sinks, initial state: summed
-    over ranks), the gradient of the experts it owns. tol32: for float32 tensors (states)."""
+    over ranks), the gradient of the experts it owns. tol32: for float32 tensors (states); gtol: for
+    the gradients (default tol); err(out, ref): the error measure (default rel)."""
+    gtol = tol if gtol is None else gtol
     bad = []
     lens = _lens(kind, cfg)
     lo, hi = sum(lens[:r]), sum(lens[:r + 1])
     dim = 0 if kind == "moe" else 1
-    e = rel(out[0], ref_o.narrow(dim, lo, hi - lo))
+    e = err(out[0], ref_o.narrow(dim, lo, hi - lo))
     if not e <= tol:
         bad.append(f"{kind} {cfg} rank {r}: o rel err {e:.3g}")
-    if (out[1] is None) != (ref_f is None) or (ref_f is not None and not rel(out[1], ref_f) <= max(tol, tol32)):
+    if (out[1] is None) != (ref_f is None) or (ref_f is not None and not err(out[1], ref_f) <= max(tol, tol32)):
         bad.append(f"{kind} {cfg} rank {r}: final_state differs")
     for n, g in got.items():
         want = ref[n]
@@ -183,8 +185,8 @@ def compare(kind, cfg, out, got, ref_o, ref_f, ref, r, tol, tol32):
             g, want = g[r * El:(r + 1) * El], want[r * El:(r + 1) * El]
         elif n not in ("init", "sink_k", "sink_v"):
             g, want = g.narrow(dim, lo, hi - lo), want.narrow(dim, lo, hi - lo)
-        e = rel(g, want)
-        if not e <= (max(tol, tol32) if want.dtype == torch.float32 else tol):
+        e = err(g, want)
+        if not e <= (max(gtol, tol32) if want.dtype == torch.float32 else gtol):
             bad.append(f"{kind} {cfg} rank {r}: d{n} rel err {e:.3g}")
     return bad
 

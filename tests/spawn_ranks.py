@@ -1,10 +1,14 @@
-"""Spawn P gloo ranks for a test and collect what each reports, with a deadline: a deadlock or a
+"""Spawn P ranks for a test and collect what each reports, with a deadline: a deadlock or a
 crashed rank fails the test instead of hanging it.  Shared by the distributed tests (not a test file).
 
-`body(rank, P)` runs in a fresh process (spawn) inside an initialised gloo group on the cpu backend
-and returns its failure messages; an exception is reported as a failure of that rank."""
+`body(rank, P)` runs in a fresh process (spawn) inside an initialised process group and returns its
+failure messages; an exception is reported as a failure of that rank.  gloo: CPU, the cpu backend.
+nccl: rank r on GPU r (its current device), sbops' default backend selection; the workplace's
+multicast safety settings (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
+NVSHMEM_DISABLE_NVLS=1) are set in every rank's environment before anything initialises."""
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
@@ -17,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -24,15 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, P, port, results, body):
+def _rank_main(rank, P, port, results, body, backend="gloo"):
     bad = []
     try:
+        os.environ.update(SAFE_ENV)
         torch.set_num_threads(1)
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import sbops
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=P,
-                                timeout=timedelta(seconds=60))
-        with sbops.use_backend("cpu"):
+        kw = {}
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+            kw["device_id"] = torch.device("cuda", rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=P,
+                                timeout=timedelta(seconds=60), **kw)
+        with (sbops.use_backend("cpu") if backend == "gloo" else contextlib.nullcontext()):
             bad += body(rank, P)
         dist.barrier()
         dist.destroy_process_group()
@@ -41,12 +52,14 @@ def _rank_main(rank, P, port, results, body):
     results.put((rank, bad))
 
 
-def spawn_ranks(body, P: int, timeout_s: float) -> None:
+def spawn_ranks(body, P: int, timeout_s: float, backend: str = "gloo") -> None:
     """Run `body` on P ranks; assert every rank reported within `timeout_s` and reported no failure."""
+    os.environ.update(SAFE_ENV)       # inherited by the spawned ranks too
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, P, port, results, body), daemon=True) for r in range(P)]
+    procs = [ctx.Process(target=_rank_main, args=(r, P, port, results, body, backend), daemon=True)
+             for r in range(P)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout_s

@@ -271,3 +271,23 @@ def test_fused_weights_keep_state_dict_and_follow_loads_training_and_casts(tmp_p
     assert rel_err(_logits(model, ids, True), _logits(model, ids, False)) < 1e-13
     model.float()  # new storages: fused again on the next call
     assert rel_err(_logits(model, ids, True), _logits(model, ids, False)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_inference_ffn_in_token_chunks_equals_one_piece(monkeypatch, dtype, tol):
+    """Past FFN_CHUNK_TOKENS an inference forward runs the dense FFN in token chunks added in place to
+    the residual (memory of a long prefill): same logits as the one-piece FFN; with gradients it never chunks."""
+    import sbops.models.spikingbrain as sb
+    torch.manual_seed(0)
+    model = SpikingBrainForCausalLM(tiny_config("7b")).to(dtype).eval()
+    ids = torch.randint(0, 128, (2, 23))
+    with torch.no_grad():
+        whole = model(ids).logits
+        monkeypatch.setattr(sb, "FFN_CHUNK_TOKENS", 5)
+        chunked = model(ids).logits
+    assert rel_err(chunked, whole) <= tol
+    calls = []
+    monkeypatch.setattr(type(model.model.layers[0].mlp), "forward",
+                        lambda self, h, _f=type(model.model.layers[0].mlp).forward: calls.append(h.shape) or _f(self, h))
+    model(ids).logits.sum().backward()
+    assert calls and all(s[:2] == (2, 23) for s in calls)

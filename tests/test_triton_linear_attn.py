@@ -388,3 +388,35 @@ def test_cu_seqlens_decreasing_stays_in_bounds_empty_sequence_keeps_its_state():
     for x, like in ((o, q), (dq, q), (dk, k), (dv, v), (dg, g), (ht, h0), (dh0, h0)):
         assert x.shape == like.shape and torch.isfinite(x).all()
     assert torch.equal(ht[1], h0[1]) and torch.equal(dh0[1], dF[1])
+
+
+# ---------------------------------------------------------------------------- one-pass shard forward (SP)
+@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("B,T,S", [(2, 75, 0), (1, 150, 3), (1, 1, 0)])
+def test_fwd_carry_equals_the_forward_from_the_carried_state(gate, B, T, S, poison_empty):
+    """linear_attn_fwd_carry (sbops.distributed's one-pass shard forward): carry() sees the shard's
+    zero-state end state and total log-decay; the output equals the forward from the state it returns."""
+    dev, dt = ("cuda", torch.bfloat16) if HAS_CUDA else ("cpu", torch.float32)
+    q, k, v, g, h_in, _ = make_inputs(B, T, 4, 2, 64, 64, gate, dt, dev, seed=5)
+    cfg = _small_config(gate, dt, h_seg=S) if S else _small_config(gate, dt)
+    seen = {}
+
+    def carry(S_r, gamma):
+        seen["S"], seen["gamma"] = S_r, gamma
+        return h_in
+
+    scale = 0.3
+    o = LA.linear_attn_fwd_carry(q, k, v, g, scale, carry, config=cfg)
+    leaves = [None if x is None else x.detach().cpu().double() for x in (q, k, v, g, h_in)]
+    ro, _ = R.ref_linear_attn(*leaves[:4], scale, leaves[4], None)
+    _, rS = R.ref_linear_attn(*leaves[:4], scale, None, None)
+    gam = torch.zeros(B, 2, 64, dtype=torch.float64) if g is None else leaves[3].sum(1)
+    if gate == "head":
+        gam = gam[..., None].expand(B, 2, 64)
+    tol = CPU_TOL if dt == torch.float32 else 1e-2
+    assert o.dtype == q.dtype and o.shape == ro.shape
+    assert rel(o, ro) <= tol, f"o rel err {rel(o, ro)}"
+    assert seen["S"].dtype == torch.float32 and rel(seen["S"], rS) <= tol
+    assert seen["gamma"].shape == (B, 2, 64) and rel(seen["gamma"], gam) <= 1e-5
+    with pytest.raises(ValueError, match="carry must return"):
+        LA.linear_attn_fwd_carry(q, k, v, g, scale, lambda S_r, gamma: h_in[:, :1], config=cfg)

@@ -73,8 +73,9 @@ BACKEND = Backend(
 )
 
 
-def register_triton(tuning_backend: str) -> None:
-    """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`."""
+def register_triton(tuning_backend: str, backend: "Backend | None" = None) -> None:
+    """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`; `backend`
+    (default this module's BACKEND) receives the Triton extensions (see Backend.extensions)."""
     from . import sm90
     from .triton import linear_attn as la
     from .triton import spike_linear as sl
@@ -111,6 +112,11 @@ def register_triton(tuning_backend: str) -> None:
     def spike_linear(x, weight_q, weight_scale, k, bias, group_size):
         return sl.spike_linear_fwd(x, weight_q, weight_scale, k, bias, group_size if group_size > 0 else None,
                                    backend=tuning_backend)
+
+    def linear_attn_fwd_carry(q, k, v, g, scale, carry):
+        return la.linear_attn_fwd_carry(q, k, v, g, scale, carry, backend=tuning_backend)
+
+    (backend or BACKEND).extensions["linear_attn_fwd_carry"] = linear_attn_fwd_carry
 
     for name, fn in (("linear_attn", linear_attn), ("linear_attn_bwd", linear_attn_bwd),
                      ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd), ("spike_linear", spike_linear)):

@@ -55,6 +55,6 @@ def register() -> None:
     if not _platform.is_metax() or _platform.triton_reason():
         return
     try:
-        register_triton("maca")
+        register_triton("maca", BACKEND)
     except Exception as e:
         _triton_error = f"the Triton kernels failed to load: {type(e).__name__}: {e}"

@@ -54,6 +54,10 @@ class Backend:
     priority: int = 0
     probe: Callable[[str], Optional[str]] = lambda op: None   # reason it is unusable, or None
     kernels: Dict[str, Callable] = field(default_factory=dict)
+    # named entry points beyond the op schemas that sbops' own layers use when the backend serving a call
+    # has them (e.g. "linear_attn_fwd_carry" for sbops.distributed's one-pass sequence-parallel forward);
+    # a backend without one gets the generic path
+    extensions: Dict[str, Callable] = field(default_factory=dict)
     description: str = ""
 
     def reason(self, req: Request) -> Optional[str]:

@@ -259,3 +259,24 @@ def _bwd_dh_seg_kernel(q_ptr, do_ptr, gc_ptr, dh_ptr, hs_ptr, dseg_ptr, dcum_ptr
     if GATE > 0:
         tl.store(dseg_ptr + sgo * K + offs_k, dsum, mask=(offs_k >= 0) & (iv == 0))
 
+
+
+# ------------------------------------------------------------------------------ carried state (sequence parallel)
+@triton.jit
+def _carry_fix_kernel(h_ptr, dec_ptr, hin_ptr, PER, HKV, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                      GATE: tl.constexpr):
+    """h[n] += exp(dec[n]) * hin[b] for the state before chunk n = b * PER + c of a shard that ran from
+    zero state (dec [NT, HKV, K] float32: the log-decay of the shard's chunks before c; GATE 0: none),
+    in float32, rounded once to h's dtype.  grid (NT, HKV, K // BK); V is one tile."""
+    n = tl.program_id(0)
+    j = tl.program_id(1)
+    rk = tl.program_id(2) * BK + tl.arange(0, BK)
+    rv = tl.arange(0, V)
+    b = n // PER
+    tile = rk[:, None] * V + rv[None, :]
+    hp = h_ptr + (n.to(tl.int64) * HKV + j) * K * V + tile
+    carry = tl.load(hin_ptr + (b.to(tl.int64) * HKV + j) * K * V + tile)
+    if GATE != 0:
+        d = tl.load(dec_ptr + (n.to(tl.int64) * HKV + j) * K + rk)
+        carry = carry * tl.exp(d)[:, None]
+    tl.store(hp, (tl.load(hp).to(tl.float32) + carry).to(h_ptr.dtype.element_ty))

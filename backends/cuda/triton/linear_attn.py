@@ -374,6 +374,55 @@ def linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, *, config=None
     return o, ht
 
 
+def _chunk_log_decay(gc, gate, B, T, HKV, K, BT):
+    """From the chunk-local cumulative gate gc: (the log-decay of each shard chunk's predecessors
+    [B * NTs, HKV, K] float32 (exclusive prefix over chunks), the shard's total [B, HKV, K] float32)."""
+    per = triton.cdiv(T, BT)
+    ends = (torch.arange(per, device=gc.device) * BT + BT - 1).clamp_max(T - 1)
+    tot = gc.index_select(1, ends)                                  # [B, per, HKV(, K)]: each chunk's sum
+    if gate == _GATE_HEAD:
+        tot = tot.unsqueeze(-1).expand(B, per, HKV, K)
+    incl = tot.cumsum(1)
+    return (incl - tot).reshape(B * per, HKV, K).contiguous(), incl[:, -1].contiguous()
+
+
+def linear_attn_fwd_carry(q, k, v, g, scale, carry, *, config=None, backend="cuda"):
+    """Forward of one shard of a sequence-parallel linear attention (LASP-2 style) with one output pass.
+
+    The state pass runs from zero state, giving the shard's own end state S [B, HKV, K, V] float32 and
+    its total log-decay Gamma [B, HKV, K] float32 (zeros without a gate).  ``carry(S, Gamma)`` returns
+    the state entering the shard, h_in [B, HKV, K, V] float32 (sbops.distributed gathers and folds the
+    ranks' (S, Gamma) there).  Every chunk state then gets exp(log-decay of the shard before it) * h_in
+    (one elementwise pass over the chunk states) and the output pass runs once: o equals
+    linear_attn_fwd(q, k, v, g, scale, h_in, None)[0] up to one extra rounding of the chunk states to
+    the inputs' dtype.  No cu_seqlens.  Returns o [B, T, H, V] in q.dtype."""
+    (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, _h0, alloc) = _prepare(
+        q, k, v, g, None, None, config, backend)
+    lay = _layout(q, k, v)
+    if tab.S == 0:
+        h, S = _states(k, v, gc, gate, None, tab, N, HKV, K, V, cfg, q.device, lay)
+    else:
+        h, S = _states_seg(k, v, gc, gate, None, tab, N, HKV, K, V, cfg, q.device, lay)
+    if gc is not None and tab.NT > 0:
+        dec, gamma = _chunk_log_decay(gc, gate, B, T, HKV, K, cfg["BT"])
+    else:
+        dec, gamma = h, S.new_zeros(B, HKV, K)
+    h_in = carry(S, gamma)
+    if tuple(h_in.shape) != (B, HKV, K, V) or h_in.dtype != torch.float32 or h_in.device != q.device:
+        raise ValueError(f"linear_attn_fwd_carry: carry must return a float32 [B, HKV, K, V] = {[B, HKV, K, V]} "
+                         f"tensor on {q.device}, got {h_in.dtype} {list(h_in.shape)} on {h_in.device}")
+    o = alloc(B, T, H, V, dtype=q.dtype, device=q.device)
+    if tab.NT > 0:
+        BKF = min(32, K)
+        _carry_fix_kernel[(tab.NT, HKV, K // BKF)](h, dec, h_in.contiguous(), tab.NT // B, HKV, K=K, V=V, BK=BKF,
+                                                   GATE=0 if gc is None else 1, num_warps=cfg["aux_warps"])
+        _fwd_o_kernel[((cfg["BT"] // _SUB) * tab.NT, HKV)](
+            q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
+            GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
+            num_stages=cfg["num_stages"])
+    return o
+
+
 def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state, *,
                     config=None, backend="cuda"):
     """Backward of sbops::linear_attn. Returns (dq, dk, dv, dg, dinitial_state), all new contiguous

@@ -85,16 +85,22 @@ def fold_backward(gam_all, hs, dh_all, dfinal):
     return torch.stack(dS), torch.stack(dgam), adj
 
 
+def gather_fold(S, gam, init, group):
+    """One all_gather of every rank's (S_r, Gamma_r), then the fold: (S_all, Gamma_all, [h_0 .. h_P])."""
+    packed = all_gather_stack(torch.cat([S.reshape(-1), gam.reshape(-1)]), group)
+    P = packed.shape[0]
+    S_all = packed[:, :S.numel()].reshape((P,) + tuple(S.shape))
+    gam_all = packed[:, S.numel():].reshape((P,) + tuple(gam.shape))
+    return S_all, gam_all, fold_forward(S_all, gam_all, init)
+
+
 class _StateFold(torch.autograd.Function):
     """(S_r, Gamma_r, initial_state) -> (h_r, final_state): one all_gather forward, one backward."""
 
     @staticmethod
     def forward(ctx, S, gam, init, group):
         r, P = rank_and_size(group)
-        packed = all_gather_stack(torch.cat([S.reshape(-1), gam.reshape(-1)]), group)
-        S_all = packed[:, :S.numel()].reshape((P,) + tuple(S.shape))
-        gam_all = packed[:, S.numel():].reshape((P,) + tuple(gam.shape))
-        hs = fold_forward(S_all, gam_all, init)
+        S_all, gam_all, hs = gather_fold(S, gam, init, group)
         ctx.save_for_backward(S_all, gam_all, init)
         ctx.rank, ctx.group, ctx.has_init = r, group, init is not None
         return hs[r], hs[P]
@@ -102,7 +108,6 @@ class _StateFold(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dfinal):
         S_all, gam_all, init = ctx.saved_tensors
-        P = S_all.shape[0]
         n = dh.numel()
         packed = all_gather_stack(torch.cat([dh.reshape(-1), dfinal.reshape(-1)]), ctx.group)  # always issued
         dh_all = packed[:, :n].reshape(S_all.shape)
@@ -143,17 +148,52 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     Equal to the single-process op on the concatenated shards, forward and backward. Gradients to
     a replicated tensor are totals over the ranks: initial_state's gradient on every rank is the
     gradient of the sum of all ranks' losses (d final_state is summed over ranks likewise).
+    Without gradients on a backend with a one-pass shard forward (cuda / maca: Triton), the kernel
+    runs once: state pass from zero, the exchange, a fix of its chunk states, the output pass.
     Communication: one all_gather of P * B * HKV * K * (V + 1) floats forward, one of
     2 * P * B * HKV * K * V backward; no host synchronisation. Every rank must run the backward
     through its o (or final_state) when any rank does.
     """
     _check_state(initial_state, q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    one_pass = _one_pass_kernel(q, k, v, g, initial_state)
+    if one_pass is not None:
+        r = rank_and_size(group)[0]
+        out = {}
+
+        def carry(S, gam):
+            init = None if initial_state is None else initial_state.to(S.dtype)
+            hs = gather_fold(S, gam, init, group)[2]
+            out["final"] = hs[-1]
+            return hs[r]
+
+        o = one_pass(q, k, v, g, scale, carry)
+        return o, (out["final"].float() if output_final_state else None)
     o_loc, S, gam, G = local_pre(q, k, v, g, scale)
     init = None if initial_state is None else initial_state.to(S.dtype)
     h, final = _StateFold.apply(S, gam, init, group)
     o = local_post(o_loc, q, G, h, scale)
     return o, (final.float() if output_final_state else None)
+
+
+def _one_pass_kernel(q, k, v, g, initial_state):
+    """The serving backend's one-pass shard forward (Backend.extensions["linear_attn_fwd_carry"]: the
+    zero-state state pass, the exchange and fold inside it, a fix of the chunk states, one output pass)
+    when no input needs a gradient and the backend has one; else None (the generic path: the op from
+    zero state plus the correction q * exp(G) @ h in torch, differentiable)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, initial_state)):
+        return None
+    if q.device.type == "cpu" or torch.compiler.is_compiling():
+        return None
+    from sbops import _dispatch
+    from sbops.ops._common import request
+    from sbops.ops.linear_attn import _check
+    hd, feats = _check(q, k, v, g, None, None)
+    try:
+        b = _dispatch.select(request("linear_attn", q, hd, feats))
+    except _dispatch.NoBackendError:
+        return None
+    return b.extensions.get("linear_attn_fwd_carry")
 
 
 class _SimFold(torch.autograd.Function):

@@ -59,6 +59,10 @@ class ModelCache:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
+# token count above which an inference forward runs the dense FFN in chunks of this many tokens
+FFN_CHUNK_TOKENS = 65536
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)). Qwen2 parameter names.
 
@@ -95,9 +99,19 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None, positions=None):
         """Returns (x, aux_loss); aux_loss is the MoE load-balancing loss, None for a dense FFN.
-        positions: a CacheBatch (see sbops.nn.cache), or the layers' legacy positions argument."""
+        positions: a CacheBatch (see sbops.nn.cache), or the layers' legacy positions argument.
+        Without gradients, a dense FFN over more than FFN_CHUNK_TOKENS tokens runs in token chunks
+        added in place to the residual (a fresh tensor from the norm): a long sequence-parallel or
+        cache-less prefill never holds the whole shard's [T, 2 * intermediate] activations."""
         attn = self.self_attn(self.input_layernorm(x), cache, positions)
         h, x = self.post_attention_layernorm(attn, residual=x, prenorm=True)
+        del attn
+        B, T = h.shape[:2]
+        if not self._moe and B * T > FFN_CHUNK_TOKENS and not (torch.is_grad_enabled() and h.requires_grad):
+            step = max(1, FFN_CHUNK_TOKENS // B)
+            for s in range(0, T, step):
+                x[:, s:s + step] += self.mlp(h[:, s:s + step])
+            return x, None
         h = self.mlp(h)
         aux = None
         if self._moe:

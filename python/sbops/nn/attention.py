@@ -283,6 +283,7 @@ class GatedLinearAttention(_QKVOProjections):
             q, k = F.relu(q), F.relu(k)
             g = F.logsigmoid(gk).view(B, T, self.num_kv_heads, self.head_dim) / self.gate_logit_normalizer
         o = _linear_branch(q, k, v, g, cache, batch)
+        del q, k, v, gk, g  # a long prefill frees the projections before the output norm and o_proj
         return self._out(self.o_norm(o))
 
 
