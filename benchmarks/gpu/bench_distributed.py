@@ -144,7 +144,7 @@ def sync():
 
 def free():
     if DEV == "cuda":
-        free()
+        torch.cuda.empty_cache()
 
 
 def count_bytes(fn):
