@@ -191,6 +191,32 @@ def compare(kind, cfg, out, got, ref_o, ref_f, ref, r, tol, tol32, gtol=None, er
     return bad
 
 
+def _float64(x, w):
+    """The float64 CPU copies of build()'s inputs (initial state float32 by contract) and weights."""
+    x64 = {n: (t.detach().float() if n == "init" else t.detach().double()).cpu().requires_grad_(t.requires_grad)
+           if t.is_floating_point() else t.cpu() for n, t in x.items()}
+    return x64, {n: (t.double().cpu() if n != "f" else t.cpu()) for n, t in w.items()}
+
+
+def check_against_float64(kind, cfg, rank, seed, device, dtype, tol, gtol):
+    """Failures of this rank's shard run through sbops.distributed (default group) in ``dtype`` on
+    ``device`` against the float64 single-process reference on the cpu backend (SPEC section 6's
+    ||out - ref|| / ||ref||): forward under no_grad, then forward + backward."""
+    from reference import rel_err
+    x, w = build(kind, cfg, seed, device, dtype)
+    x64, w64 = _float64(x, w)
+    with sbops.use_backend("cpu"):
+        loss64, o64, f64 = single(kind, cfg, x64, w64)
+        g64 = grads(x64, loss64)
+    s = shard(kind, cfg, x, rank)
+    with torch.no_grad():
+        out = distributed(kind, cfg, s, None)
+    bad = [f"(no_grad) {b}" for b in compare(kind, cfg, out, {}, o64, f64, g64, rank, tol, tol, err=rel_err)]
+    out = distributed(kind, cfg, s, None)
+    got = grads(x, rank_loss(kind, cfg, s, w, rank, out))
+    return bad + compare(kind, cfg, out, got, o64, f64, g64, rank, tol, tol, gtol=gtol, err=rel_err)
+
+
 # ----------------------------------------------------------------------------- a tiny model's training step
 # GLA layer -> SWA layer (RoPE at global positions, sinks) -> top-1 MoE FFN -> LM head, float64. Under
 # sequence parallelism each rank runs its contiguous shard; the MoE runs expert-parallel (each rank holds

@@ -5,6 +5,7 @@ distributed_cases.cases(P) (forward with and without autograd, backward), then t
 sub-group of non-consecutive ranks (group ranks differ from global ranks); for P = 2 and 4 also one
 training step of a tiny GLA + SWA + MoE model under SP = EP = P (distributed_cases.train_step_check). Results and gradients
 must equal the single-process ops within 1e-10 (float32 states within float32 rounding).
+float32 linear_attn (the path through the op's kernels) is checked against the float64 reference (1e-5).
 A deadlock fails: the collectives time out after 60 s and the whole spawn after 240 s.
 """
 
@@ -51,3 +52,20 @@ def _body(rank, P):
 @pytest.mark.parametrize("P", [2, 3, 4])
 def test_distributed_ops_match_single_process_on_gloo(P):
     spawn_ranks(_body, P, TIMEOUT_S)
+
+
+def _body_float32(rank, P):
+    """float32 takes sbops.distributed's path through the op's own kernels and float32 states
+    (linear_attn: _ThroughOp, the op twice forward and its backward twice on the cpu backend)."""
+    import distributed_cases as C
+    bad = []
+    for i, (kind, cfg) in enumerate(C.cases(P)):
+        if kind == "gla":
+            bad += C.check_against_float64(kind, cfg, rank, 500 * P + i, "cpu", torch.float32, 1e-5, 1e-5)
+    return bad
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
+@pytest.mark.parametrize("P", [2, 3])
+def test_distributed_linear_attn_float32_through_the_op_matches_float64(P):
+    spawn_ranks(_body_float32, P, TIMEOUT_S)

@@ -36,29 +36,6 @@ def gpu_cases(P):
     ]
 
 
-def _float64(x, w):
-    x64 = {n: (t.detach().float() if n == "init" else t.detach().double()).cpu().requires_grad_(t.requires_grad)
-           if t.is_floating_point() else t.cpu() for n, t in x.items()}
-    return x64, {n: (t.double().cpu() if n != "f" else t.cpu()) for n, t in w.items()}
-
-
-def _case(C, kind, cfg, rank, seed, device=None):
-    import sbops
-    from reference import rel_err
-    x, w = C.build(kind, cfg, seed, device or torch.device("cuda", rank), torch.bfloat16)
-    x64, w64 = _float64(x, w)
-    with sbops.use_backend("cpu"):
-        loss64, o64, f64 = C.single(kind, cfg, x64, w64)
-        g64 = C.grads(x64, loss64)
-    s = C.shard(kind, cfg, x, rank)
-    with torch.no_grad():
-        out = C.distributed(kind, cfg, s, None)
-    bad = [f"(no_grad) {b}" for b in C.compare(kind, cfg, out, {}, o64, f64, g64, rank, 1e-2, 1e-2, err=rel_err)]
-    out = C.distributed(kind, cfg, s, None)
-    got = C.grads(x, C.rank_loss(kind, cfg, s, w, rank, out))
-    return bad + C.compare(kind, cfg, out, got, o64, f64, g64, rank, 1e-2, 1e-2, gtol=2e-2, err=rel_err)
-
-
 def _model_check(rank, P, device=None):
     """A tiny bf16 GLA / SWA model: the sequence-parallel forward's logits on each rank equal the
     single-GPU forward's logits at that rank's positions (2e-2: both are bf16 GPU computations)."""
@@ -84,8 +61,9 @@ def _model_check(rank, P, device=None):
 def _body(rank, P):
     import distributed_cases as C
     bad = []
+    dev = torch.device("cuda", rank)
     for i, (kind, cfg) in enumerate(gpu_cases(P)):
-        bad += _case(C, kind, cfg, rank, 300 * P + i)
+        bad += C.check_against_float64(kind, cfg, rank, 300 * P + i, dev, torch.bfloat16, 1e-2, 2e-2)
     return bad + _model_check(rank, P)
 
 

@@ -420,3 +420,21 @@ def test_fwd_carry_equals_the_forward_from_the_carried_state(gate, B, T, S, pois
     assert seen["gamma"].shape == (B, 2, 64) and rel(seen["gamma"], gam) <= 1e-5
     with pytest.raises(ValueError, match="carry must return"):
         LA.linear_attn_fwd_carry(q, k, v, g, scale, lambda S_r, gamma: h_in[:, :1], config=cfg)
+
+
+@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("B,T,S", [(2, 75, 0), (1, 150, 3)])
+def test_dh0_equals_the_backward_initial_state_gradient(gate, B, T, S, poison_empty):
+    """linear_attn_dh0: the gradient of sum(o * do) with respect to the initial state, without the
+    final-state term (sbops.distributed's backward), against the float64 reference."""
+    dev, dt = ("cuda", torch.bfloat16) if HAS_CUDA else ("cpu", torch.float32)
+    q, k, v, g, h0, _ = make_inputs(B, T, 4, 2, 64, 64, gate, dt, dev, seed=6)
+    cfg = _small_config(gate, dt, h_seg=S) if S else _small_config(gate, dt)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(2)).to(q)
+    dh0 = LA.linear_attn_dh0(q, k, v, g, do, 0.3, config=cfg)
+    leaves = [None if x is None else x.detach().cpu().double() for x in (q, k, v, g)]
+    h = h0.detach().cpu().double().requires_grad_()
+    ro, _ = R.ref_linear_attn(*leaves, 0.3, h, None)
+    (ref,) = torch.autograd.grad((ro * do.cpu().double()).sum(), [h])
+    assert dh0.dtype == torch.float32 and dh0.shape == h0.shape
+    assert rel(dh0, ref) <= (CPU_TOL if dt == torch.float32 else 1e-2), f"dh0 rel err {rel(dh0, ref)}"

@@ -116,7 +116,11 @@ def register_triton(tuning_backend: str, backend: "Backend | None" = None) -> No
     def linear_attn_fwd_carry(q, k, v, g, scale, carry):
         return la.linear_attn_fwd_carry(q, k, v, g, scale, carry, backend=tuning_backend)
 
-    (backend or BACKEND).extensions["linear_attn_fwd_carry"] = linear_attn_fwd_carry
+    def linear_attn_dh0(q, k, v, g, do, scale):
+        return la.linear_attn_dh0(q, k, v, g, do, scale, backend=tuning_backend)
+
+    ext = (backend or BACKEND).extensions
+    ext["linear_attn_fwd_carry"], ext["linear_attn_dh0"] = linear_attn_fwd_carry, linear_attn_dh0
 
     for name, fn in (("linear_attn", linear_attn), ("linear_attn_bwd", linear_attn_bwd),
                      ("swa_attn", swa_attn), ("swa_attn_bwd", swa_attn_bwd), ("spike_linear", spike_linear)):

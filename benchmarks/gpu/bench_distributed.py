@@ -361,8 +361,9 @@ def part_ttft(rank, P, args, res):
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t), first, peak
 
-    log(rank, "ttft warm-up (64k over the GPUs; one GPU: a 40k-token chunked prefill, a 16k forward)")
-    sp_ttft(256 if tiny else 65536)
+    log(rank, "ttft warm-up (256k over the GPUs: the chunked FFN too; one GPU: a 40k-token chunked prefill, "
+              "a 16k forward)")
+    sp_ttft(256 if tiny else 262144)
     if rank == 0 and not args.no_one_gpu_ttft:
         ids = torch.randint(0, cfg.vocab_size, (1, 300 if tiny else 40000), device=DEV)
         with torch.inference_mode():
@@ -457,9 +458,8 @@ def main(argv=None):
                     help="longest T whose one-GPU chunked-prefill TTFT is measured")
     ap.add_argument("--no-one-gpu-ttft", action="store_true")
     ap.add_argument("--no-full", action="store_true", help="skip the one-GPU full-T sp baselines")
-    ap.add_argument("--gla-fb-max", type=parse_len, default=parse_len("1m"),
-                    help="longest tokens per GPU of a GLA forward+backward (the autograd path's float32 "
-                         "correction needs ~80 GB at 1M)")
+    ap.add_argument("--gla-fb-max", type=parse_len, default=parse_len("4m"),
+                    help="longest tokens per GPU of a GLA forward+backward")
     ap.add_argument("--moe-tokens", type=int, default=16384)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--world", type=int, default=0, help="ranks (default: every visible GPU)")

@@ -382,8 +382,12 @@ def _chunk_log_decay(gc, gate, B, T, HKV, K, BT):
     tot = gc.index_select(1, ends)                                  # [B, per, HKV(, K)]: each chunk's sum
     if gate == _GATE_HEAD:
         tot = tot.unsqueeze(-1).expand(B, per, HKV, K)
-    incl = tot.cumsum(1)
-    return (incl - tot).reshape(B * per, HKV, K).contiguous(), incl[:, -1].contiguous()
+    # the prefix over chunks runs along the last dim (torch's scan over an outer dim took 12 ms at
+    # 2M tokens on an H200; the inner-dim scan is ~100x faster)
+    tot = tot.reshape(B, per, HKV * K).transpose(1, 2).contiguous()   # [B, HKV * K, per]
+    incl = tot.cumsum(-1)
+    before = (incl - tot).transpose(1, 2).reshape(B * per, HKV, K).contiguous()
+    return before, incl[..., -1].reshape(B, HKV, K).contiguous()
 
 
 def linear_attn_fwd_carry(q, k, v, g, scale, carry, *, config=None, backend="cuda"):
@@ -421,6 +425,28 @@ def linear_attn_fwd_carry(q, k, v, g, scale, carry, *, config=None, backend="cud
             GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
             num_stages=cfg["num_stages"])
     return o
+
+
+def linear_attn_dh0(q, k, v, g, do, scale, *, config=None, backend="cuda"):
+    """d sum(o * do) / d initial_state with no final-state gradient: only the reverse state pass over
+    q and do, [B, HKV, K, V] float32 (sbops.distributed's backward needs it before the full one).
+    Equals linear_attn_bwd(q, k, v, g, scale, <any state>, None, do, None)[4]."""
+    (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, _h0, alloc) = _prepare(
+        q, k, v, g, None, None, config, backend)
+    dev = q.device
+    do = in_place(do)
+    lay = _layout(q, k, v, do)
+    dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=dev)
+    if tab.S > 0:
+        _dh_seg(q, do, gc, gate, None, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
+        return dh0
+    BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
+    dh = torch.empty(tab.NT, HKV, K, V, dtype=k.dtype, device=dev)
+    _bwd_dh_kernel[((K // BK) * (V // BV) * HKV * N,)](
+        q, do, gc if gc is not None else q, dh, dh, dh0, tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V,
+        BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, HAS_DHT=False, STORE_DH0=True, PREC=_prec(q.dtype), **lay["qdo"],
+        NTC=tab.NT, VARLEN=tab.varlen, num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+    return dh0
 
 
 def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state, *,

@@ -148,27 +148,18 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     Equal to the single-process op on the concatenated shards, forward and backward. Gradients to
     a replicated tensor are totals over the ranks: initial_state's gradient on every rank is the
     gradient of the sum of all ranks' losses (d final_state is summed over ranks likewise).
-    Without gradients on a backend with a one-pass shard forward (cuda / maca: Triton), the kernel
-    runs once: state pass from zero, the exchange, a fix of its chunk states, the output pass.
+    16-bit and float32 inputs run through the op's kernels (_ThroughOp: on cuda / maca one kernel
+    sequence forward, the reverse state pass plus one op backward backward); float64 runs the
+    state math in torch (exact to float64 rounding).
     Communication: one all_gather of P * B * HKV * K * (V + 1) floats forward, one of
     2 * P * B * HKV * K * V backward; no host synchronisation. Every rank must run the backward
     through its o (or final_state) when any rank does.
     """
     _check_state(initial_state, q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    one_pass = _one_pass_kernel(q, k, v, g, initial_state)
-    if one_pass is not None:
-        r = rank_and_size(group)[0]
-        out = {}
-
-        def carry(S, gam):
-            init = None if initial_state is None else initial_state.to(S.dtype)
-            hs = gather_fold(S, gam, init, group)[2]
-            out["final"] = hs[-1]
-            return hs[r]
-
-        o = one_pass(q, k, v, g, scale, carry)
-        return o, (out["final"].float() if output_final_state else None)
+    if q.dtype != torch.float64:
+        o, final = _ThroughOp.apply(q, k, v, g, initial_state, scale, group)
+        return o, (final if output_final_state else None)
     o_loc, S, gam, G = local_pre(q, k, v, g, scale)
     init = None if initial_state is None else initial_state.to(S.dtype)
     h, final = _StateFold.apply(S, gam, init, group)
@@ -176,24 +167,92 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     return o, (final.float() if output_final_state else None)
 
 
-def _one_pass_kernel(q, k, v, g, initial_state):
-    """The serving backend's one-pass shard forward (Backend.extensions["linear_attn_fwd_carry"]: the
-    zero-state state pass, the exchange and fold inside it, a fix of the chunk states, one output pass)
-    when no input needs a gradient and the backend has one; else None (the generic path: the op from
-    zero state plus the correction q * exp(G) @ h in torch, differentiable)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, initial_state)):
-        return None
+def _extensions(q, k, v, g) -> dict:
+    """The serving backend's named extensions (Backend.extensions), {} on the CPU or while compiling."""
     if q.device.type == "cpu" or torch.compiler.is_compiling():
-        return None
+        return {}
     from sbops import _dispatch
     from sbops.ops._common import request
     from sbops.ops.linear_attn import _check
     hd, feats = _check(q, k, v, g, None, None)
     try:
-        b = _dispatch.select(request("linear_attn", q, hd, feats))
+        return _dispatch.select(request("linear_attn", q, hd, feats)).extensions
     except _dispatch.NoBackendError:
-        return None
-    return b.extensions.get("linear_attn_fwd_carry")
+        return {}
+
+
+def _total_log_decay(g, k):
+    """Gamma [B, HKV, K] float32: the shard's summed log-decay per key channel (zeros without a gate)."""
+    B, _, HKV, K = k.shape
+    if g is None:
+        return torch.zeros(B, HKV, K, dtype=torch.float32, device=k.device)
+    tot = g.float().sum(1)
+    return (tot.unsqueeze(-1) if g.dim() == 3 else tot).expand(B, HKV, K).contiguous()
+
+
+def _fwd_carry_two_calls(q, k, v, g, scale, carry):
+    """linear_attn_fwd_carry for a backend without it: the op from zero state (its final state is S),
+    then the op again from the carried state."""
+    _, S = sbops.linear_attn(q, k, v, g, scale=scale, output_final_state=True)
+    h = carry(S, _total_log_decay(g, k))
+    return sbops.linear_attn(q, k, v, g, scale=scale, initial_state=h)[0]
+
+
+def _dh0_full_backward(q, k, v, g, do, scale):
+    """linear_attn_dh0 for a backend without it: the op's whole backward from a zero state."""
+    B, _, HKV, K = k.shape
+    zero = torch.zeros(B, HKV, K, v.shape[-1], dtype=torch.float32, device=q.device)
+    return torch.ops.sbops.linear_attn_bwd(q, k, v, g, scale, zero, None, do, None)[4]
+
+
+class _ThroughOp(torch.autograd.Function):
+    """Sequence-parallel GLA for 16-bit and float32 inputs through the op's own kernels and states.
+
+    Forward: the shard's state pass from zero gives (S_r, Gamma_r); one all_gather and the fold give
+    h_r and the final state; the output pass runs from h_r.  With the backend's
+    "linear_attn_fwd_carry" extension (cuda / maca: Triton) that is one kernel sequence with a fix of
+    the chunk states in the middle; otherwise the op runs twice (zero state, then from h_r).
+    Backward: a_{P} = d final_state summed over ranks, a_j = dh_j + exp(Gamma_j) * a_{j+1}, where dh_j
+    is the gradient of rank j's own output with respect to its entering state (the reverse state pass
+    only: extension "linear_attn_dh0", else the op's backward), exchanged with one all_gather; the
+    op's backward from h_r with grad_final_state = a_{r+1} then gives dq, dk, dv, dg; d initial_state
+    = a_0 on every rank."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, init, scale, group):
+        r = rank_and_size(group)[0]
+        ext = _extensions(q, k, v, g)
+        st = {}
+
+        def carry(S, gam):
+            st["S_all"], st["gam_all"], st["hs"] = gather_fold(S, gam, init, group)
+            return st["hs"][r]
+
+        o = ext.get("linear_attn_fwd_carry", _fwd_carry_two_calls)(q, k, v, g, scale, carry)
+        ctx.save_for_backward(q, k, v, g, st["hs"][r], st["gam_all"])
+        ctx.scale, ctx.group, ctx.rank, ctx.has_init = scale, group, r, init is not None
+        ctx.dh0 = ext.get("linear_attn_dh0", _dh0_full_backward)
+        return o, st["hs"][-1]
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        q, k, v, g, h_r, gam_all = ctx.saved_tensors
+        P = gam_all.shape[0]
+        do = do.contiguous()
+        dh = ctx.dh0(q, k, v, g, do, ctx.scale)                          # always issued, like the gather
+        df = torch.zeros_like(dh) if dfinal is None else dfinal.float()
+        n = dh.numel()
+        packed = all_gather_stack(torch.cat([dh.reshape(-1), df.reshape(-1)]), ctx.group)
+        dh_all = packed[:, :n].reshape((P,) + tuple(dh.shape))
+        a = packed[:, n:].sum(0).reshape(dh.shape)                       # adjoint of the final state
+        exit_adj = a if ctx.rank == P - 1 else None
+        for j in range(P - 1, -1, -1):
+            a = dh_all[j] + gam_all[j].exp().unsqueeze(-1) * a             # adjoint of h_j
+            if j == ctx.rank + 1:
+                exit_adj = a
+        dq, dk, dv, dg, _ = torch.ops.sbops.linear_attn_bwd(q, k, v, g, ctx.scale, h_r, None, do,
+                                                             exit_adj.contiguous())
+        return dq, dk, dv, (dg if g is not None else None), (a if ctx.has_init else None), None, None
 
 
 class _SimFold(torch.autograd.Function):
