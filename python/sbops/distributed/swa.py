@@ -4,10 +4,9 @@ Rank r (global positions start_r .. start_r + T_r - 1) needs the keys/values of 
 ``need_r = min(window, start_r)`` positions before its shard (all of them when window < 0). They
 come straight from the ranks that own them: one send from rank r-1 when shards are at least the
 window long, several earlier ranks when they are shorter (each owner sends its overlapping slice
-once; keys and values travel together). The rank then runs sbops.swa_attn over
-[halo; own shard] with ``need_r`` zero query rows in front (the op has no query offset) and keeps
-its own ``T_r`` rows: the window arithmetic is unchanged by the common shift, so this is exact; the
-zero rows' outputs are dropped, so they contribute nothing to any gradient. The backward sends the
+once; keys and values travel together). The rank runs sbops.swa_attn over its own shard as it is
+(no copies) and recomputes its first min(window, T_r) queries, the only ones that reach before the
+shard, over [halo; first keys] (see local_attn). The backward sends the
 halo's dK/dV back to the owners, which add them to their own. Sinks are shared: each rank merges
 them once in its own softmax, and their gradients are summed over the ranks.
 """
@@ -43,51 +42,84 @@ def halo_plan(lens: Sequence[int], window: int) -> Tuple[List[int], List[List[Pi
     return need, pieces
 
 
-def local_attn(q, k_ext, v_ext, need, window, scale, sink_k, sink_v):
-    """swa_attn of this shard's queries over [halo; own keys] (need halo rows), exact."""
-    if need:
-        B, _, H, D = q.shape
-        q = torch.cat([q.new_zeros(B, need, H, D), q], 1)
-    o = sbops.swa_attn(q, k_ext, v_ext, window, scale=scale, sink_k=sink_k, sink_v=sink_v)
-    return o[:, need:]
+def local_attn(q, k, v, halo_k, halo_v, window, scale, sink_k, sink_v):
+    """swa_attn of this shard's queries over [halo; own keys] (halo_k / halo_v [B, n, HKV, D]: the n
+    positions before the shard), exact.  With a window, only the shard's first m = min(window, T_r)
+    queries reach back before the shard: the shard runs as it is (its inputs read in place, no
+    copies) and those m rows come from a second small call over [halo; first m keys] with n zero
+    query rows in front (the op has no query offset; the window arithmetic is unchanged by the
+    common shift and the zero rows' outputs are dropped).  Full causal (window < 0) pads the whole
+    shard that way."""
+    n = halo_k.shape[1]
+    if n == 0:
+        return sbops.swa_attn(q, k, v, window, scale=scale, sink_k=sink_k, sink_v=sink_v)
+    B, T, H, D = q.shape
+    m = T if window < 0 else min(window, T)
+
+    def head():
+        qh = torch.cat([q.new_zeros(B, n, H, D), q[:, :m]], 1)
+        kh, vh = torch.cat([halo_k, k[:, :m]], 1), torch.cat([halo_v, v[:, :m]], 1)
+        return sbops.swa_attn(qh, kh, vh, window, scale=scale, sink_k=sink_k, sink_v=sink_v)[:, n:]
+
+    if m == T:
+        return head()
+    o = sbops.swa_attn(q, k, v, window, scale=scale, sink_k=sink_k, sink_v=sink_v)   # exact from row m on
+    if o.requires_grad:
+        return torch.cat([head(), o[:, m:]], 1)
+    o[:, :m].copy_(head())
+    return o
 
 
-class _HaloExt(torch.autograd.Function):
-    """(k, v, sink_k, sink_v) -> ([halo_k; k], [halo_v; v], sink_k, sink_v). Backward: halo gradients
-    go back to their owners (point-to-point), then the sinks' gradients are all-reduced; both always."""
+class _Halo(torch.autograd.Function):
+    """(k, v, sink_k, sink_v) -> (k, v, halo_k, halo_v, sink_k, sink_v): k, v and the sinks pass
+    through (so every rank's backward runs through here whether or not it uses a halo), halo_k /
+    halo_v are the keys / values of the positions before this shard inside the window, received
+    from their owners. Backward: the halo's gradients
+    go back to their owners (point-to-point), which add them to their own rows, then the sinks'
+    gradients are all-reduced; both always."""
 
     @staticmethod
     def forward(ctx, k, v, sink_k, sink_v, lens, window, group):
         r, P = rank_and_size(group)
         need, pieces = halo_plan(lens, window)
-        D = k.shape[-1]
-        kv = torch.cat([k, v], -1)
-        B, _, HKV, D2 = kv.shape
-        sends = {dst: kv[:, lo:hi] for dst in range(r + 1, P) for (src, lo, hi, _) in pieces[dst] if src == r}
-        recvs = {src: ((B, hi - lo, HKV, D2), kv.dtype) for (src, lo, hi, _) in pieces[r]}
-        got = exchange(sends, recvs, kv.device, group)
-        kv_ext = torch.cat([got[src] for (src, _, _, _) in pieces[r]] + [kv], 1)
-        ctx.plan, ctx.rank, ctx.P, ctx.group, ctx.D = (need, pieces), r, P, group, D
+        B, T, HKV, D = k.shape
+        D2 = D + v.shape[-1]
+        out = [(dst, lo, hi) for dst in range(r + 1, P) for (src, lo, hi, _) in pieces[dst] if src == r]
+        kv = torch.cat([k, v], -1) if out else None
+        sends = {dst: kv[:, lo:hi] for (dst, lo, hi) in out}
+        recvs = {src: ((B, hi - lo, HKV, D2), k.dtype) for (src, lo, hi, _) in pieces[r]}
+        got = exchange(sends, recvs, k.device, group)
+        halo = torch.cat([got[src] for (src, _, _, _) in pieces[r]], 1) if pieces[r] else k.new_zeros(B, 0, HKV, D2)
+        ctx.plan, ctx.rank, ctx.P, ctx.group, ctx.D, ctx.shape = (need, pieces), r, P, group, D, (B, T, HKV, D2)
+        ctx.dtype, ctx.device = k.dtype, k.device
         ctx.has_sinks = sink_k is not None
-        k_ext, v_ext = kv_ext[..., :D].contiguous(), kv_ext[..., D:].contiguous()
+        hk, hv = halo[..., :D].contiguous(), halo[..., D:].contiguous()
         if sink_k is None:
-            return k_ext, v_ext, None, None
-        return k_ext, v_ext, sink_k.view_as(sink_k), sink_v.view_as(sink_v)
+            return k.view_as(k), v.view_as(v), hk, hv, None, None
+        return k.view_as(k), v.view_as(v), hk, hv, sink_k.view_as(sink_k), sink_v.view_as(sink_v)
 
     @staticmethod
-    def backward(ctx, dk_ext, dv_ext, dsink_k, dsink_v):
+    def backward(ctx, dk_in, dv_in, dhk, dhv, dsink_k, dsink_v):
         (need, pieces), r, P, D = ctx.plan, ctx.rank, ctx.P, ctx.D
-        dkv = torch.cat([dk_ext, dv_ext], -1)
-        n = need[r]
-        B, _, HKV, D2 = dkv.shape
-        own = dkv[:, n:].clone()
-        sends = {src: dkv[:, off:off + hi - lo] for (src, lo, hi, off) in pieces[r]}
+        B, T, HKV, D2 = ctx.shape
+        dtype, dev = ctx.dtype, ctx.device
+        sends = {}
+        if pieces[r]:
+            n = need[r]
+            dhk = torch.zeros(B, n, HKV, D, dtype=dtype, device=dev) if dhk is None else dhk.to(dtype)
+            dhv = torch.zeros(B, n, HKV, D2 - D, dtype=dtype, device=dev) if dhv is None else dhv.to(dtype)
+            dkv = torch.cat([dhk, dhv], -1)
+            sends = {src: dkv[:, off:off + hi - lo] for (src, lo, hi, off) in pieces[r]}
         mine = {dst: (lo, hi) for dst in range(r + 1, P) for (src, lo, hi, _) in pieces[dst] if src == r}
-        recvs = {dst: ((B, hi - lo, HKV, D2), dkv.dtype) for dst, (lo, hi) in mine.items()}
-        got = exchange(sends, recvs, dkv.device, ctx.group)
-        for dst, (lo, hi) in sorted(mine.items()):
-            own[:, lo:hi] += got[dst]
-        dk, dv = own[..., :D], own[..., D:]
+        recvs = {dst: ((B, hi - lo, HKV, D2), dtype) for dst, (lo, hi) in mine.items()}
+        got = exchange(sends, recvs, dev, ctx.group)
+        dk, dv = dk_in, dv_in
+        if mine:
+            dk = torch.zeros(B, T, HKV, D, dtype=dtype, device=dev) if dk is None else dk.clone()
+            dv = torch.zeros(B, T, HKV, D2 - D, dtype=dtype, device=dev) if dv is None else dv.clone()
+            for dst, (lo, hi) in sorted(mine.items()):
+                dk[:, lo:hi] += got[dst][..., :D]
+                dv[:, lo:hi] += got[dst][..., D:]
         if not ctx.has_sinks:
             return dk, dv, None, None, None, None, None
         packed = all_reduce_sum(torch.cat([dsink_k.reshape(-1), dsink_v.reshape(-1)]), ctx.group)
@@ -129,9 +161,8 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     r, _ = rank_and_size(group)
     lens = gathered_lengths(q.shape[1], q.device, group)
-    need, _ = halo_plan(lens, window)
-    k_ext, v_ext, sk, sv = _HaloExt.apply(k, v, sink_k, sink_v, lens, window, group)
-    return local_attn(q, k_ext, v_ext, need[r], window, scale, sk, sv)
+    k, v, halo_k, halo_v, sk, sv = _Halo.apply(k, v, sink_k, sink_v, lens, window, group)
+    return local_attn(q, k, v, halo_k, halo_v, window, scale, sk, sv)
 
 
 def simulate_swa_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs: Sequence[torch.Tensor],
@@ -145,7 +176,7 @@ def simulate_swa_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs
     need, pieces = halo_plan([q.shape[1] for q in qs], window)
     out = []
     for r in range(len(qs)):
-        k_ext = torch.cat([ks[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [ks[r]], 1)
-        v_ext = torch.cat([vs[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [vs[r]], 1)
-        out.append(local_attn(qs[r], k_ext, v_ext, need[r], window, scale, sink_k, sink_v))
+        halo_k = torch.cat([ks[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [ks[r][:, :0]], 1)
+        halo_v = torch.cat([vs[s][:, lo:hi] for (s, lo, hi, _) in pieces[r]] + [vs[r][:, :0]], 1)
+        out.append(local_attn(qs[r], ks[r], vs[r], halo_k, halo_v, window, scale, sink_k, sink_v))
     return out
