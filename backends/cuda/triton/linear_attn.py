@@ -355,22 +355,30 @@ def _prepare(q, k, v, g, initial_state, cu_seqlens, config, backend):
     return (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, h0, alloc)
 
 
+def _state_pass(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay):
+    """(chunk states h, final states) by the sequential or (config h_seg > 0) the two-level pass."""
+    run = _states if tab.S == 0 else _states_seg
+    return run(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, device, lay)
+
+
+def _output_pass(q, k, v, gc, gate, h, o, scale, tab, H, HKV, K, V, cfg, lay):
+    """o of every chunk from its state h (the forward's last kernel)."""
+    if tab.NT > 0:
+        _fwd_o_kernel[((cfg["BT"] // _SUB) * tab.NT, HKV)](
+            q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
+            GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
+            num_stages=cfg["num_stages"])
+
+
 def linear_attn_fwd(q, k, v, g, scale, initial_state, cu_seqlens, *, config=None, backend="cuda"):
     """Forward of sbops::linear_attn. Returns (o [B,T,H,V] in q.dtype, final_state [N,HKV,K,V] float32),
     both contiguous.  q/k/v/g are read in place when their last stride is 1, else copied first."""
     (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, h0, alloc) = _prepare(
         q, k, v, g, initial_state, cu_seqlens, config, backend)
     lay = _layout(q, k, v)
-    if tab.S == 0:
-        h, ht = _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
-    else:
-        h, ht = _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
+    h, ht = _state_pass(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, q.device, lay)
     o = alloc(B, T, H, V, dtype=q.dtype, device=q.device)
-    if tab.NT > 0:
-        _fwd_o_kernel[((cfg["BT"] // _SUB) * tab.NT, HKV)](
-            q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
-            GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
-            num_stages=cfg["num_stages"])
+    _output_pass(q, k, v, gc, gate, h, o, scale, tab, H, HKV, K, V, cfg, lay)
     return o, ht
 
 
@@ -403,10 +411,7 @@ def linear_attn_fwd_carry(q, k, v, g, scale, carry, *, config=None, backend="cud
     (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, _h0, alloc) = _prepare(
         q, k, v, g, None, None, config, backend)
     lay = _layout(q, k, v)
-    if tab.S == 0:
-        h, S = _states(k, v, gc, gate, None, tab, N, HKV, K, V, cfg, q.device, lay)
-    else:
-        h, S = _states_seg(k, v, gc, gate, None, tab, N, HKV, K, V, cfg, q.device, lay)
+    h, S = _state_pass(k, v, gc, gate, None, tab, N, HKV, K, V, cfg, q.device, lay)
     if gc is not None and tab.NT > 0:
         dec, gamma = _chunk_log_decay(gc, gate, B, T, HKV, K, cfg["BT"])
     else:
@@ -420,10 +425,7 @@ def linear_attn_fwd_carry(q, k, v, g, scale, carry, *, config=None, backend="cud
         BKF = min(32, K)
         _carry_fix_kernel[(tab.NT, HKV, K // BKF)](h, dec, h_in.contiguous(), tab.NT // B, HKV, K=K, V=V, BK=BKF,
                                                    GATE=0 if gc is None else 1, num_warps=cfg["aux_warps"])
-        _fwd_o_kernel[((cfg["BT"] // _SUB) * tab.NT, HKV)](
-            q, k, v, gc if gc is not None else q, h, o, tab.chunks, float(scale), H, HKV, K=K, V=V, BT=cfg["BT"],
-            GATE=gate, PREC=_prec(q.dtype), **lay["qkv"], VARLEN=tab.varlen, num_warps=cfg["o_warps"],
-            num_stages=cfg["num_stages"])
+    _output_pass(q, k, v, gc, gate, h, o, scale, tab, H, HKV, K, V, cfg, lay)
     return o
 
 
@@ -461,10 +463,7 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
     do = in_place(grad_o)
     dht = grad_final_state.contiguous() if grad_final_state is not None else None
     lay = _layout(q, k, v, do)
-    if tab.S == 0:
-        h, ht = _states(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
-    else:
-        h, ht = _states_seg(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
+    h, ht = _state_pass(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
 
     # dh pass (reverse), summing the query heads of each KV head
     BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
