@@ -198,8 +198,9 @@ def _float64(x, w):
     return x64, {n: (t.double().cpu() if n != "f" else t.cpu()) for n, t in w.items()}
 
 
-def check_against_float64(kind, cfg, rank, seed, device, dtype, tol, gtol):
-    """Failures of this rank's shard run through sbops.distributed (default group) in ``dtype`` on
+def check_against_float64(kind, cfg, rank, seed, device, dtype, tol, gtol, group=None):
+    """Failures of this rank's shard (``rank``: its rank in ``group``, None = the default group) run
+    through sbops.distributed in ``dtype`` on
     ``device`` against the float64 single-process reference on the cpu backend (SPEC section 6's
     ||out - ref|| / ||ref||): forward under no_grad, then forward + backward."""
     from reference import rel_err
@@ -210,9 +211,9 @@ def check_against_float64(kind, cfg, rank, seed, device, dtype, tol, gtol):
         g64 = grads(x64, loss64)
     s = shard(kind, cfg, x, rank)
     with torch.no_grad():
-        out = distributed(kind, cfg, s, None)
+        out = distributed(kind, cfg, s, group)
     bad = [f"(no_grad) {b}" for b in compare(kind, cfg, out, {}, o64, f64, g64, rank, tol, tol, err=rel_err)]
-    out = distributed(kind, cfg, s, None)
+    out = distributed(kind, cfg, s, group)
     got = grads(x, rank_loss(kind, cfg, s, w, rank, out))
     return bad + compare(kind, cfg, out, got, o64, f64, g64, rank, tol, tol, gtol=gtol, err=rel_err)
 

@@ -62,6 +62,14 @@ def _body_float32(rank, P):
     for i, (kind, cfg) in enumerate(C.cases(P)):
         if kind == "gla":
             bad += C.check_against_float64(kind, cfg, rank, 500 * P + i, "cpu", torch.float32, 1e-5, 1e-5)
+    if P >= 3:
+        members = [P - 1, 1]                     # a sub-group whose ranks differ from the global ones
+        sub = dist.new_group(members)
+        if rank in members:
+            for i, (kind, cfg) in enumerate(C.cases(2)):
+                if kind == "gla":
+                    bad += [f"(sub-group) {b}" for b in C.check_against_float64(
+                        kind, cfg, dist.get_rank(sub), 600 + i, "cpu", torch.float32, 1e-5, 1e-5, sub)]
     return bad
 
 

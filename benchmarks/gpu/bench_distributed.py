@@ -13,9 +13,11 @@ sp: for each total length T (split evenly over the P ranks), per layer, medians 
     forward + backward (autograd path), every rep started behind a barrier, time = the slowest rank;
   * the same op on one GPU at the same tokens per GPU (T / P, every rank at once, rank 0's median):
     scaling efficiency = t_1GPU(T / P) / t_P(T); and on one GPU at the full T where it fits;
-  * bytes each rank receives per call, counted by wrapping the torch.distributed calls, next to the
-    formulas: GLA P * B * HKV * K * (V + 1) float32 gathered (backward 2 * P * B * HKV * K * V);
-    SWA min(window, start_r) halo rows of keys + values (bf16), the same back in the backward.
+  * bytes per call in each rank's collective outputs, counted by wrapping the torch.distributed calls
+    (an all_gather output includes the rank's own slice; point-to-point: the bytes received), next to
+    the formulas: GLA P * B * HKV * K * (V + 1) float32 gathered (backward 2 * P * B * HKV * K * V);
+    SWA min(window, start_r) halo rows of keys + values (bf16), the same back in the backward, plus
+    the shard lengths' all_gather (8 * P bytes).  A failure in a distributed call stops the run.
 moe: T = 16k tokens per GPU, Hd = 3584, bf16, router ids from random logits (E = 16 top-1, E = 128 top-8),
   identity experts: sbd.moe_dispatch, sbd.moe_combine, each behind a barrier; the bandwidth is set against
   dist.all_to_all_single with even splits of the same bytes, measured in the same run.
@@ -35,7 +37,6 @@ import socket
 import statistics
 import sys
 import time
-import traceback
 from datetime import timedelta
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -99,7 +100,8 @@ def timed(fn, reps, warmup=1, barrier=True):
 
 
 class ByteCounter:
-    """Counts the bytes this rank receives through sbops.distributed's torch.distributed calls."""
+    """Bytes in this rank's outputs of sbops.distributed's torch.distributed calls (all_gather: the whole
+    output, own slice included; all_reduce: the tensor; all_to_all: the output; point-to-point: received)."""
 
     def __init__(self):
         self.bytes = {}
@@ -237,16 +239,14 @@ def one_point(rank, P, op, T, reps, full_one_gpu, gla_fb_max):
                     do = torch.randn(1, n, H, D, device=DEV, dtype=BF16)
                     row["bytes_fwd_bwd"] = count_bytes(lambda: run_fb(x, do))
                     del do
-            except Exception as e:  # noqa: BLE001 - a row records what failed
+            except Exception as e:  # noqa: BLE001 - a one-GPU row records what failed
+                if mode == "dist":
+                    raise   # the ranks' collectives would fall out of step: the run stops instead
                 if str(e) != "rank 0 only":
                     row[key] = ("OOM" if is_oom(e) else type(e).__name__) + f": {str(e)[:160]}"
             finally:
                 x = None
                 free()
-            if mode == "dist":
-                # every rank must agree whether the distributed call ran (an OOM on one rank)
-                ok = torch.tensor([isinstance(row.get(key), float)], device=DEV, dtype=torch.int32)
-                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         if mode == "one_gpu_full":
             dist.barrier()
     row["formula_bytes"] = formula_bytes(op, P, Tr, rank)
@@ -374,11 +374,8 @@ def part_ttft(rank, P, args, res):
         row = {"T": T, "P": P}
         if DEV == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        try:
-            row["sp_ttft_s"], row["first_token"], row["peak_gib_rank"] = sp_ttft(T)
-        except Exception as e:  # noqa: BLE001
-            row["sp_ttft_s"] = ("OOM" if is_oom(e) else type(e).__name__) + f": {str(e)[:200]}"
-            traceback.print_exc()
+        # no try: a failure on one rank would leave the others inside sp_ttft's collectives
+        row["sp_ttft_s"], row["first_token"], row["peak_gib_rank"] = sp_ttft(T)
         free()
         log(rank, f"ttft T={fmt_len(T)} over {P} GPUs: {row}")
         if rank == 0 and not args.no_one_gpu_ttft:
