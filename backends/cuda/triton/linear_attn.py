@@ -435,20 +435,25 @@ def linear_attn_dh0(q, k, v, g, do, scale, *, config=None, backend="cuda"):
     Equals linear_attn_bwd(q, k, v, g, scale, <any state>, None, do, None)[4]."""
     (B, T, H, HKV, K, V, N, gate, cfg, tab, q, k, v, gc, _h0, alloc) = _prepare(
         q, k, v, g, None, None, config, backend)
-    dev = q.device
     do = in_place(do)
-    lay = _layout(q, k, v, do)
-    dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=dev)
-    if tab.S > 0:
-        _dh_seg(q, do, gc, gate, None, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
-        return dh0
-    BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
-    dh = torch.empty(tab.NT, HKV, K, V, dtype=k.dtype, device=dev)
-    _bwd_dh_kernel[((K // BK) * (V // BV) * HKV * N,)](
-        q, do, gc if gc is not None else q, dh, dh, dh0, tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V,
-        BT=cfg["BT"], BK=BK, BV=BV, GATE=gate, HAS_DHT=False, STORE_DH0=True, PREC=_prec(q.dtype), **lay["qdo"],
-        NTC=tab.NT, VARLEN=tab.varlen, num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+    dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=q.device)
+    _dh_pass(q, do, gc, gate, None, dh0, scale, tab, N, H, HKV, K, V, cfg, q.device, _layout(q, k, v, do))
     return dh0
+
+
+def _dh_pass(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, device, lay):
+    """The reverse state pass, summing the query heads of each KV head: chunk state gradients dh
+    [NT, HKV, K, V] (q's dtype), and dh0 filled when given; sequential or (h_seg > 0) two-level."""
+    if tab.S > 0:
+        return _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, device, lay)
+    BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
+    dh = torch.empty(tab.NT, HKV, K, V, dtype=q.dtype, device=device)
+    _bwd_dh_kernel[((K // BK) * (V // BV) * HKV * N,)](
+        q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
+        tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=cfg["BT"], BK=BK, BV=BV, GATE=gate,
+        HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype), **lay["qdo"],
+        NTC=tab.NT, VARLEN=tab.varlen, num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+    return dh
 
 
 def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_final_state, *,
@@ -465,18 +470,8 @@ def linear_attn_bwd(q, k, v, g, scale, initial_state, cu_seqlens, grad_o, grad_f
     lay = _layout(q, k, v, do)
     h, ht = _state_pass(k, v, gc, gate, h0, tab, N, HKV, K, V, cfg, dev, lay)
 
-    # dh pass (reverse), summing the query heads of each KV head
-    BK, BV = min(cfg["h_BK"], K), min(cfg["h_BV"], V)
     dh0 = torch.empty(N, HKV, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
-    if tab.S > 0:
-        dh = _dh_seg(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
-    else:
-        dh = torch.empty(NT, HKV, K, V, dtype=k.dtype, device=dev)
-        _bwd_dh_kernel[((K // BK) * (V // BV) * HKV * N,)](
-            q, do, gc if gc is not None else q, dh, dht if dht is not None else dh, dh0 if dh0 is not None else dh,
-            tab.cu, tab.coff, float(scale), H=H, HKV=HKV, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate,
-            HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=_prec(q.dtype), **lay["qdo"],
-            NTC=NT, VARLEN=VL, num_warps=cfg["h_warps"], num_stages=cfg["num_stages"])
+    dh = _dh_pass(q, do, gc, gate, dht, dh0, scale, tab, N, H, HKV, K, V, cfg, dev, lay)
 
     dq = alloc(q.shape, dtype=q.dtype, device=dev)
     dk = alloc(k.shape, dtype=k.dtype, device=dev)
