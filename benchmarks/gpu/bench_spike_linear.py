@@ -5,8 +5,9 @@ Paths: int8 / e4m3 weights x per channel / per group 128, prefill (M = 8192, 655
 torch._scaled_mm (fp8 e4m3).  Prints JSON lines, a summary table (ratio vs bf16, rel error vs
 float64 on 256 rows) and a measured spike_linear_tuning.py (also written to $OUT).  ~150 s.
 Run: python benchmarks/gpu/bench_spike_linear.py   (SL_MS=8192 to skip M=65536, SL_MS=0 for decode only;
-SL_DEC_SWEEP=1: e4m3 per-channel weights only, the o_proj shape too, decode at M = 1 and 32 over more configs; SL_QUICK=1: no
-prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + sparse fix-up) is always timed)"""
+SL_DEC_SWEEP=1: e4m3 per-channel weights only, the o_proj shape too, decode at M = 1, 8 and 32 over more configs; SL_QUICK=1: no
+prefill config sweep; the fp8 per-channel "scaled_mm" path (torch._scaled_mm + sparse fix-up) is always timed, and so is
+the CUDA C++ decode kernel where it applies: e4m3 per channel, M <= 8, row "f8_ch_cuda_decode")"""
 import json, os, sys, time
 import torch
 DRY = not torch.cuda.is_available()  # a smoke run of this script's logic on a CPU (interpreter, tiny shapes)
@@ -29,7 +30,7 @@ FIX_CANDS = [(64, 256, 16, 1), (64, 256, 64, 1), (64, 256, 16, 2), (64, 256, 64,
 PATHS = [(torch.int8, None), (torch.int8, 128), (FP8, None), (FP8, 128)]
 DEC_MS = (1, 8, 32)
 if os.environ.get("SL_DEC_SWEEP") == "1":
-    PATHS, DEC_MS = [(FP8, None)], (1, 32)
+    PATHS, DEC_MS = [(FP8, None)], (1, 8, 32)
     SHAPES = SHAPES + [(3584, 3584)]   # o_proj
     DEC_CANDS = DEC_CANDS + [(32, 128, 0, 4, 4), (64, 128, 2, 4, 4), (128, 128, 0, 4, 4), (64, 256, 0, 4, 3)]
 res, table, tun_g, tun_d = [], [], {}, {}
@@ -221,6 +222,14 @@ for (N, K) in SHAPES:
                                   "GBs": N * K / t / 1e6, "x_bf16": tb / t, "rel_err": err}
             table.append((f"decode M={M} {N}x{K}", key, tb / t, err, cfg))
             tun_d[(key[:2], key[3:], N, K, "m16" if M <= 16 else "m32")] = cfg  # m16 keeps M=8's winner
+        if (FP8, None) in qs and sl.native_decode_applies(x, qs[(FP8, None)][0], None, 3.0):
+            wq, sc = qs[(FP8, None)]   # the CUDA C++ decode kernel (e4m3 per channel, M <= 8), same rotation
+            t = gbench([lambda W=W: sl.spike_linear_fwd(x, W, sc, 3.0, None, None, path="cuda_decode")
+                        for W in rot[(FP8, None)]])
+            y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
+            err = rel_err(y, x, wq, sc, None)
+            row["f8_ch_cuda_decode"] = {"us": t * 1e3, "GBs": N * K / t / 1e6, "x_bf16": tb / t, "rel_err": err}
+            table.append((f"decode M={M} {N}x{K}", "f8_ch_cuda_decode", tb / t, err, "CUDA C++ (spike_decode.cu)"))
         emit(row)
     del wbr, rot
     print(f"# {N}x{K} done at {time.time() - T0:.0f} s", flush=True)

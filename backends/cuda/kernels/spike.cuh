@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "sbops/launch.cuh"
@@ -36,5 +37,39 @@ cudaError_t launch_spike_collapse(const void* trains, DType trains_dtype, int32_
 // max_abs are not counted (the caller checks them beforehand).
 cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* hist, int64_t n,
                               int64_t max_abs, cudaStream_t stream);
+
+// spike_linear at decode (spike_decode.cu): y[m, n] = vth[m] * scale[n] * (s[m, :] . w[n, :]) + bias[n] with
+// s = rint(x / vth) as spike_encode (never saturated), e4m3 weights w [N, K] with float32 per-channel
+// scales, x [M, K] and y [M, N] float16 / bfloat16, float32 accumulation.  Two launches (encode, GEMV)
+// through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit column stride and
+// 16-byte aligned starts.  Not on MACA (no fp8 weights there).
+constexpr int kSpikeDecodeMaxRows = 8;
+struct SpikeDecodeArgs {
+  const void* x;       // [M, K], row stride ldx
+  const void* w;       // [N, K] e4m3 bytes, row stride ldw
+  const float* scale;  // [N]
+  const void* bias;    // [N] in x's dtype, or null
+  void* y;             // [M, N], row stride ldy
+  int64_t ldx, ldw, ldy;
+  int M, N, K;
+  float k;
+  // workspace (spike_decode_workspace_bytes): count planes [M, K], vth [M], rows with counts past 2048 [M]
+  __half* lo;
+  __half* hi;
+  float* vth;
+  int* two;
+};
+// Bytes of the workspace and where its parts start (16-byte aligned): lo, hi, vth, two.
+inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 4 * M * K + 16 * ceil_div(8 * M, 16); }
+inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
+  char* p = static_cast<char*>(base);
+  a.lo = reinterpret_cast<__half*>(p);
+  a.hi = reinterpret_cast<__half*>(p + 2 * int64_t{a.M} * a.K);
+  a.vth = reinterpret_cast<float*>(p + 4 * int64_t{a.M} * a.K);
+  a.two = reinterpret_cast<int*>(p + 4 * int64_t{a.M} * a.K + 4 * int64_t{a.M});
+}
+bool spike_decode_supports(int64_t M, int64_t N, int64_t K, double k);
+int spike_decode_default_layout(int64_t M, int64_t N, int64_t K);
+cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 
 }  // namespace sbops

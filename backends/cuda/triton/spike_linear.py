@@ -22,6 +22,8 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -32,6 +34,31 @@ from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
+NATIVE_DECODE_MAX_M = 8  # kSpikeDecodeMaxRows of backends/cuda/kernels/spike.cuh
+# path=None takes the CUDA C++ decode kernel where it applies; False keeps the Triton decode (benchmarks' A/B)
+NATIVE_DECODE = True
+
+
+def native_decode_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size, k: float) -> bool:
+    """Whether the CUDA C++ decode kernel (sbops_cuda::spike_linear_decode, kernels/spike_decode.cu) serves
+    this call: e4m3 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0, every count
+    representable as lo + 2048 hi in float16 (k K < 2048^2), and an sbops build with the CUDA kernels."""
+    M, K = x.shape
+    return (weight_q.dtype == torch.float8_e4m3fn and not group_size and 1 <= M <= NATIVE_DECODE_MAX_M
+            and x.dtype in (torch.bfloat16, torch.float16) and K >= 16 and K % 16 == 0 and 0 < k
+            and k * K < 2048.0 ** 2 and _native_decode_built())
+
+
+@functools.lru_cache(None)
+def _native_decode_built() -> bool:
+    from sbops import _platform
+    if _platform.native_target() != "cuda":
+        return False
+    try:
+        torch.ops.sbops_cuda.spike_linear_decode
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
@@ -282,7 +309,8 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                      bias, group_size, config=None, path=None, scale_t=True, backend="cuda"):
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
-    path: None (decode when M <= 32, else the prefill path the tuning data names) | "decode" | "prefill"
+    path: None (the CUDA C++ decode kernel where native_decode_applies, else decode when M <= 32, else the
+    prefill path the tuning data names) | "cuda_decode" | "decode" (the Triton decode) | "prefill"
     (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC[, PLANES]])
     of the fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
@@ -316,6 +344,13 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                              "scales, bfloat16 x, K and N multiples of 16 and a bfloat16 bias (or none), on a GPU "
                              "with fp8 tensor cores")
         return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
+    if (path == "cuda_decode" or (path is None and NATIVE_DECODE)) and config is None and backend == "cuda":
+        if native_decode_applies(x, weight_q, group_size, k):
+            return torch.ops.sbops_cuda.spike_linear_decode(x, weight_q, scale, k, bias)
+        if path == "cuda_decode":
+            raise ValueError("spike_linear: the cuda_decode path takes float8_e4m3fn weights with per-channel scales, "
+                             f"bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows, K a multiple of 16 and "
+                             "k K < 2048^2, on an sbops build with CUDA kernels")
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if path == "decode":
         if M > DECODE_MAX_M:

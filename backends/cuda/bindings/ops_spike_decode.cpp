@@ -1,0 +1,72 @@
+// The cuda backend's own kernel entry point for spike_linear at decode (kernels/spike_decode.cu).
+// It is not a public sbops op: the Triton registration of sbops::spike_linear (backends/cuda/triton/
+// spike_linear.py) calls it for the cases it covers (e4m3 weights, per-channel scales, M <= 8), so it
+// lives in the backend's own library namespace, sbops_cuda, with a CUDA kernel only.
+//
+// x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
+// likewise; the scale is made float32 and contiguous, the bias x's dtype.  No data is read back.
+
+#include "../kernels/spike.cuh"
+#include "bind_common.h"
+
+namespace {
+
+using namespace sbops::bind;
+
+Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Tensor& scale_in, double k,
+                                const std::optional<Tensor>& bias_in) {
+  const char* op = "sbops_cuda::spike_linear_decode";
+  check_cuda(x_in, op, "x");
+  check_cuda(w_in, op, "weight_q");
+  check_cuda(scale_in, op, "weight_scale");
+  SBOPS_CHECK(x_in.scalar_type() == kBFloat16 || x_in.scalar_type() == kHalf, op,
+              ": x must be bfloat16 or float16, got ", x_in.scalar_type());
+  SBOPS_CHECK(w_in.scalar_type() == ScalarType::Float8_e4m3fn, op, ": weight_q must be float8_e4m3fn, got ",
+              w_in.scalar_type());
+  SBOPS_CHECK(x_in.dim() == 2 && w_in.dim() == 2 && x_in.size(1) == w_in.size(1), op,
+              ": x [M, K] and weight_q [N, K] expected, got ", x_in.sizes(), " and ", w_in.sizes());
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = w_in.size(0);
+  SBOPS_CHECK(scale_in.dim() == 1 && scale_in.size(0) == N, op, ": weight_scale must be [N] (per channel), got ",
+              scale_in.sizes());
+  SBOPS_CHECK(sbops::spike_decode_supports(M, N, K, k), op, ": takes 1 <= M <= ", sbops::kSpikeDecodeMaxRows,
+              ", K a multiple of 16 and k K < 2048^2 (got M=", M, ", K=", K, ", k=", k, ")");
+  DeviceGuard guard(x_in.get_device_index());
+  const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
+  const Tensor scale = to_contig(scale_in, kFloat);
+  Tensor bias;
+  if (bias_in.has_value()) {
+    check_cuda(*bias_in, op, "bias");
+    SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
+    bias = to_contig(*bias_in, x.scalar_type());
+  }
+  Tensor y = empty_on({M, N}, x.scalar_type(), x);
+  Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
+  sbops::SpikeDecodeArgs a{};
+  a.x = x.data_ptr();
+  a.w = w.data_ptr();
+  a.scale = scale.const_data_ptr<float>();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.y = y.data_ptr();
+  a.ldx = M > 1 ? x.stride(0) : K;
+  a.ldw = N > 1 ? w.stride(0) : K;
+  a.ldy = N;
+  a.M = static_cast<int>(M);
+  a.N = static_cast<int>(N);
+  a.K = static_cast<int>(K);
+  a.k = static_cast<float>(k);
+  sbops::spike_decode_workspace(a, ws.data_ptr());
+  check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"),
+                                          sbops::spike_decode_default_layout(M, N, K), stream()),
+               op);
+  return y;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY(sbops_cuda, m) {
+  m.def("spike_linear_decode(Tensor x, Tensor weight_q, Tensor weight_scale, float k, Tensor? bias) -> Tensor");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(sbops_cuda, CUDA, m) {
+  m.impl("spike_linear_decode", TORCH_BOX(&spike_linear_decode_cuda));
+}

@@ -1,0 +1,99 @@
+"""spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu, reached through the Triton
+registration as sbops_cuda::spike_linear_decode): e4m3 weights per channel, M <= 8 rows, against the
+float64 reference, the Triton decode path, views and counts past float16's exact 2048.  GPU only."""
+import pytest
+import torch
+
+import sbops
+from conftest import requires_cuda, requires_triton
+from test_spike_linear import _triton, _worst_row, ref_spike_linear, rel
+
+FP8 = torch.float8_e4m3fn
+pytestmark = [requires_cuda, requires_triton]
+
+
+def _sl():
+    sl = _triton()[1]
+    if not sl.native_decode_applies(torch.zeros(1, 16, device="cuda", dtype=torch.bfloat16),
+                                    torch.zeros(1, 16, device="cuda", dtype=FP8), None, 3.0):
+        pytest.skip("sbops was built without the CUDA kernels")
+    return sl
+
+
+def _weights(N, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * 0.05
+    return sbops.quantize_weight(w.cuda(), dtype=FP8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 77, 208), (3, 300, 3584), (8, 4100, 1040), (5, 33, 16)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_cuda_decode_matches_float64_and_the_triton_decode(M, N, K, dtype, with_bias):
+    sl = _sl()
+    wq, sc = _weights(N, K)
+    x = torch.randn(M, K, device="cuda").to(dtype)
+    bias = torch.randn(N, device="cuda").to(dtype) if with_bias else None
+    y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
+    r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None if bias is None else bias.cpu(), None)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert _worst_row(y.cpu(), r) < 1e-2
+    yt = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="decode")
+    assert rel(y, yt) < 1e-2
+
+
+def test_counts_past_2048_take_the_hi_plane_exactly():
+    """A row whose largest count is ~10^4 (and one at ~4 * 10^4, K = 18944) is exact: without the hi plane
+    its output would be off by most of its norm."""
+    sl = _sl()
+    for M, N, K, big in ((2, 300, 3584, 3e4), (3, 64, 18944, -5e4)):
+        wq, sc = _weights(N, K, seed=1)
+        x = torch.randn(M, K)
+        x[0, 5] = big
+        x[M - 1, K - 1] = -big
+        x = x.bfloat16().cuda()
+        r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None, None)
+        vth = x.float().abs().mean(-1) / 3.0
+        assert (x.float().abs().amax(-1) / vth).max() > 2048  # the case is what it claims
+        y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
+        assert _worst_row(y.cpu(), r) < 1e-2
+
+
+def test_views_give_the_dense_calls_bits():
+    sl = _sl()
+    wq, sc = _weights(96, 512)
+    base = torch.randn(4, 512 + 24, device="cuda", dtype=torch.bfloat16)
+    for view in (base[:, 8:520], base[:, 3:515]):  # aligned rows are read in place, misaligned ones copied
+        assert torch.equal(sl.spike_linear_fwd(view, wq, sc, 3.0, None, None, path="cuda_decode"),
+                           sl.spike_linear_fwd(view.contiguous(), wq, sc, 3.0, None, None, path="cuda_decode"))
+    wide = torch.empty(96, 1024, device="cuda", dtype=FP8)
+    wide[:, :512] = wq
+    x = torch.randn(2, 512, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(sl.spike_linear_fwd(x, wide[:, :512], sc, 3.0, None, None, path="cuda_decode"),
+                       sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode"))
+
+
+def test_nan_input_makes_only_its_row_nan():
+    sl = _sl()
+    wq, sc = _weights(40, 256)
+    x = torch.randn(3, 256, device="cuda", dtype=torch.bfloat16)
+    x[1, 7] = float("nan")
+    y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
+    assert y[1].isnan().all() and not y[0].isnan().any() and not y[2].isnan().any()
+
+
+def test_the_public_op_takes_the_cuda_decode_and_others_fall_back():
+    sl = _sl()
+    wq, sc = _weights(64, 256)
+    x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(sbops.spike_linear(x, wq, sc, k=3.0),
+                       sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode"))
+    # what the kernel does not take goes elsewhere: per-group scales, M > 8, k K past 2048^2
+    assert not sl.native_decode_applies(x, wq, 32, 3.0)
+    assert not sl.native_decode_applies(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, None, 3.0)
+    assert not sl.native_decode_applies(x, wq, None, 2048.0 ** 2 / 256)
+    with pytest.raises(ValueError, match="cuda_decode"):
+        sl.spike_linear_fwd(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, 3.0, None, None,
+                            path="cuda_decode")
+    with pytest.raises(RuntimeError, match="weight_scale must be \\[N\\]"):
+        torch.ops.sbops_cuda.spike_linear_decode(x, wq, sc[:10], 3.0, None)
