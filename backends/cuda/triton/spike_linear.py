@@ -333,6 +333,13 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     scale = weight_scale.to(torch.float32)
     if bias is not None:
         bias = bias.contiguous()
+    if (path == "cuda_decode" or (path is None and NATIVE_DECODE)) and config is None and backend == "cuda":
+        if native_decode_applies(x, weight_q, group_size, k):
+            return torch.ops.sbops_cuda.spike_linear_decode(x, weight_q, scale, k, bias)
+        if path == "cuda_decode":
+            raise ValueError("spike_linear: the cuda_decode path takes float8_e4m3fn weights with per-channel scales, "
+                             f"bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows, K a multiple of 16 and "
+                             "k K < 2048^2, on an sbops build with CUDA kernels")
     if path is None:
         path = "decode" if M <= DECODE_MAX_M else "prefill"
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
@@ -344,13 +351,6 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                              "scales, bfloat16 x, K and N multiples of 16 and a bfloat16 bias (or none), on a GPU "
                              "with fp8 tensor cores")
         return _prefill_scaled_mm(x, weight_q, scale, k, bias, config)
-    if (path == "cuda_decode" or (path is None and NATIVE_DECODE)) and config is None and backend == "cuda":
-        if native_decode_applies(x, weight_q, group_size, k):
-            return torch.ops.sbops_cuda.spike_linear_decode(x, weight_q, scale, k, bias)
-        if path == "cuda_decode":
-            raise ValueError("spike_linear: the cuda_decode path takes float8_e4m3fn weights with per-channel scales, "
-                             f"bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows, K a multiple of 16 and "
-                             "k K < 2048^2, on an sbops build with CUDA kernels")
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if path == "decode":
         if M > DECODE_MAX_M:
