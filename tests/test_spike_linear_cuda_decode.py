@@ -1,6 +1,7 @@
 """spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu, reached through the Triton
 registration as sbops_cuda::spike_linear_decode): e4m3 weights per channel, M <= 8 rows, against the
-float64 reference, the Triton decode path, views and counts past float16's exact 2048.  GPU only."""
+float64 reference, the Triton decode path, views and counts past float16's exact 2048 (GPU), and the
+refusal of what it does not take (any machine)."""
 import pytest
 import torch
 
@@ -9,7 +10,20 @@ from conftest import requires_cuda, requires_triton
 from test_spike_linear import _triton, _worst_row, ref_spike_linear, rel
 
 FP8 = torch.float8_e4m3fn
-pytestmark = [requires_cuda, requires_triton]
+pytestmark = requires_triton
+
+
+def test_cuda_decode_path_is_refused_without_the_cuda_kernels():
+    """Without CUDA kernels (a CPU build, or CPU tensors) the explicit path raises naming what it takes,
+    and the default path (None) never reaches it."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the CUDA kernels")
+    tk, sl = _triton()
+    wq, sc = sbops.quantize_weight(torch.randn(16, 64) * 0.05, dtype=FP8)
+    x = torch.randn(2, 64).bfloat16()
+    assert not sl.native_decode_applies(x, wq, None, 3.0)
+    with pytest.raises(ValueError, match="cuda_decode path takes float8_e4m3fn"):
+        sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
 
 
 def _sl():
@@ -26,6 +40,7 @@ def _weights(N, K, seed=0):
     return sbops.quantize_weight(w.cuda(), dtype=FP8)
 
 
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,N,K", [(1, 77, 208), (3, 300, 3584), (8, 4100, 1040), (5, 33, 16)])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -42,6 +57,7 @@ def test_cuda_decode_matches_float64_and_the_triton_decode(M, N, K, dtype, with_
     assert rel(y, yt) < 1e-2
 
 
+@requires_cuda
 def test_counts_past_2048_take_the_hi_plane_exactly():
     """A row whose largest count is ~10^4 (and one at ~4 * 10^4, K = 18944) is exact: without the hi plane
     its output would be off by most of its norm."""
@@ -59,6 +75,7 @@ def test_counts_past_2048_take_the_hi_plane_exactly():
         assert _worst_row(y.cpu(), r) < 1e-2
 
 
+@requires_cuda
 def test_views_give_the_dense_calls_bits():
     sl = _sl()
     wq, sc = _weights(96, 512)
@@ -73,6 +90,7 @@ def test_views_give_the_dense_calls_bits():
                        sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode"))
 
 
+@requires_cuda
 def test_nan_input_makes_only_its_row_nan():
     sl = _sl()
     wq, sc = _weights(40, 256)
@@ -82,6 +100,7 @@ def test_nan_input_makes_only_its_row_nan():
     assert y[1].isnan().all() and not y[0].isnan().any() and not y[2].isnan().any()
 
 
+@requires_cuda
 def test_the_public_op_takes_the_cuda_decode_and_others_fall_back():
     sl = _sl()
     wq, sc = _weights(64, 256)

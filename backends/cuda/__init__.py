@@ -37,7 +37,9 @@ OPS = {
     "spike_linear": OpCaps(LOWP, features=frozenset({"bias", "group", "fp8_weight"}),
                            impl="triton: fused encode to int8/e4m3 counts + 8-bit tensor-core GEMM (int8 or float8_e4m3fn "
                                 "weights; e4m3 per channel with bf16 x: torch._scaled_mm over one or two exact count "
-                                "planes + a sparse fix-up); decode M<=32: a planes pre-pass + a split-K GEMV"),
+                                "planes + a sparse fix-up); decode M<=32: a planes pre-pass + a split-K GEMV; e4m3 per "
+                                "channel with M<=8 and 16-bit x: CUDA C++ (kernels/spike_decode.cu, float16 count "
+                                "planes + a tensor-core GEMV)"),
     "spike_expand": OpCaps(INTS, impl="cuda c++"),
     "spike_collapse": OpCaps(INTS, impl="cuda c++"),
     "spike_stats": OpCaps(INTS, impl="cuda c++"),

@@ -16,7 +16,7 @@
 // staging.  The order of K does not matter to a dot product, so those 16 columns serve as the lane's
 // logical columns {2t, 2t+1, 2t+8, 2t+9} of four k16 steps (step s: bytes 4s .. 4s+3), and the counts of
 // token g are loaded with the same permutation.  Two stages of UNROLL blocks alternate in registers,
-// so the next stage's loads are in flight while the current one is multiplied (16 or 12 warps per SM).  NT n-tiles of 8
+// so the next stage's loads are in flight while the current one is multiplied.  NT n-tiles of 8
 // tokens cover M <= 8 NT (NT = 1 is built).  The WK k-groups add their partial sums through shared memory.
 #include <cuda_fp16.h>
 
@@ -120,8 +120,9 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       float c0 = quotient_rint(to_float(e[2 * i]), vth, inv), c1 = quotient_rint(to_float(e[2 * i + 1]), vth, inv);
-      const float h0 = fabsf(c0) > kPlane ? rintf(c0 * (1.f / kPlane)) : 0.f;
-      const float h1 = fabsf(c1) > kPlane ? rintf(c1 * (1.f / kPlane)) : 0.f;
+      // an infinite (or NaN) count stays whole in lo, so its row gets the reference's inf (or NaN)
+      const float h0 = fabsf(c0) > kPlane && fabsf(c0) < INFINITY ? rintf(c0 * (1.f / kPlane)) : 0.f;
+      const float h1 = fabsf(c1) > kPlane && fabsf(c1) < INFINITY ? rintf(c1 * (1.f / kPlane)) : 0.f;
       __half2 l = __floats2half2_rn(fmaf(-kPlane, h0, c0), fmaf(-kPlane, h1, c1)), h = __floats2half2_rn(h0, h1);
       lw[i] = *reinterpret_cast<uint32_t*>(&l);
       hw[i] = *reinterpret_cast<uint32_t*>(&h);
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
 }
 
 template <typename E, int NT, int WN, int WK, int UNROLL>
-__global__ void __launch_bounds__(32 * WN * WK, WN * WK >= 8 ? 2 : 3) spike_decode_kernel(SpikeDecodeArgs a) {
+__global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
   constexpr int WARPS = WN * WK;
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -163,9 +164,8 @@ __global__ void __launch_bounds__(32 * WN * WK, WN * WK >= 8 ? 2 : 3) spike_deco
     crow[1][j] = a.hi + off;
   }
 
-  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 lo counts of token g
-  // (the rare hi plane is loaded where it is multiplied: it stays out of the registers of the pipeline)
-  uint4 wv[2][UNROLL][2], cv[2][UNROLL][NT][2];
+  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 counts of token g
+  uint4 wv[2][UNROLL][2], cv[2][UNROLL][NT][2], hv[2][UNROLL][NT][2];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   auto load = [&](int buf, int kb0) {
 #pragma unroll
@@ -177,8 +177,11 @@ __global__ void __launch_bounds__(32 * WN * WK, WN * WK >= 8 ? 2 : 3) spike_deco
 #pragma unroll
       for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int v = 0; v < 2; ++v)
-          cv[buf][u][j][v] = (kok && cok[j]) ? __ldg(reinterpret_cast<const uint4*>(crow[0][j] + kb * 64 + 8 * v)) : zero;
+        for (int v = 0; v < 2; ++v) {
+          const bool ok = kok && cok[j];
+          cv[buf][u][j][v] = ok ? __ldg(reinterpret_cast<const uint4*>(crow[0][j] + kb * 64 + 8 * v)) : zero;
+          hv[buf][u][j][v] = (ok && two) ? __ldg(reinterpret_cast<const uint4*>(crow[1][j] + kb * 64 + 8 * v)) : zero;
+        }
     }
   };
 
@@ -188,19 +191,9 @@ __global__ void __launch_bounds__(32 * WN * WK, WN * WK >= 8 ? 2 : 3) spike_deco
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[j][i] = acch[j][i] = 0.f;
 
-  auto compute = [&](int buf, int kb0) {
+  auto compute = [&](int buf) {
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      uint4 hv[NT][2];
-      if (two) {
-        const int kb = kb0 + u * WK;
-        const bool kok = kb < KB && kb * 64 + 16 * t < a.K;
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int v = 0; v < 2; ++v)
-            hv[j][v] = (kok && cok[j]) ? __ldg(reinterpret_cast<const uint4*>(crow[1][j] + kb * 64 + 8 * v)) : zero;
-      }
+    for (int u = 0; u < UNROLL; ++u)
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         // step s: weight bytes 4s .. 4s + 3 of each row (word s), counts 4s .. 4s + 3 (words 2s, 2s + 1)
@@ -211,21 +204,23 @@ __global__ void __launch_bounds__(32 * WN * WK, WN * WK >= 8 ? 2 : 3) spike_deco
         for (int j = 0; j < NT; ++j) {
           const uint4& c = cv[buf][u][j][s / 2];
           mma_f16(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
-          if (two) mma_f16(acch[j], af, word(hv[j][s / 2], 2 * (s % 2)), word(hv[j][s / 2], 2 * (s % 2) + 1));
+          if (two) {
+            const uint4& h = hv[buf][u][j][s / 2];
+            mma_f16(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
+          }
         }
       }
-    }
   };
   constexpr int kStep = WK * UNROLL;
   int kb = wk;
   if (kb < KB) load(0, kb);
   while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
     if (kb + kStep < KB) load(1, kb + kStep);
-    compute(0, kb);
+    compute(0);
     kb += kStep;
     if (kb >= KB) break;
     if (kb + kStep < KB) load(0, kb + kStep);
-    compute(1, kb);
+    compute(1);
     kb += kStep;
   }
 
@@ -271,7 +266,7 @@ cudaError_t launch_nt(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
     case 0: return launch_layout<E, NT, 1, 8, 2>(a, st);
     case 1: return launch_layout<E, NT, 2, 4, 2>(a, st);
     case 2: return launch_layout<E, NT, 1, 8, 1>(a, st);
-    default: return launch_layout<E, NT, 1, 4, 4>(a, st);
+    default: return launch_layout<E, NT, 4, 2, 2>(a, st);
   }
 }
 
@@ -311,7 +306,7 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (layout < 0 || layout > 3) return cudaErrorInvalidValue;
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K % 16 != 0 || layout < 0 || layout > 3) return cudaErrorInvalidValue;
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);
   return cudaErrorInvalidValue;

@@ -1,0 +1,118 @@
+// spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu: encode + GEMV, e4m3 weights per
+// channel, M <= 8) against a float64 host reference on odd shapes (bias, padded rows, counts past 2048, the
+// launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight in bf16) at
+// the 7B decode shapes, M = 1, 2, 4, 8, weights rotated over > 400 MB of copies; medians of 5 rounds of 60
+// back-to-back launches (CUDA events); prints every layout and the launcher's default.
+//   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
+//        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
+#include <cublas_v2.h>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include <algorithm>
+#include <cmath>
+#include "../../../backends/cuda/kernels/spike_decode.cu"
+using namespace sbops;
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s line %d\n", cudaGetErrorString(e), __LINE__); exit(1);} } while (0)
+typedef __nv_bfloat16 bf;
+static double e4m3(uint8_t b) {
+  int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+  double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
+  return s ? -v : v;
+}
+static uint8_t rand_e4m3() { uint8_t b; do { b = rand() & 0xFF; } while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 12); return b; }
+static void* g_ws = nullptr;
+int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
+  srand(seed);
+  int ldx = K + 16;
+  std::vector<bf> hx((size_t)M * ldx), hb(N); std::vector<uint8_t> hw((size_t)N * K); std::vector<float> hs(N);
+  for (auto& v : hx) v = __float2bfloat16((rand() / (float)RAND_MAX - 0.5f) * 4);
+  if (big) hx[5] = __float2bfloat16(3.0e4f), hx[(size_t)(M - 1) * ldx + K - 1] = __float2bfloat16(-5.0e4f);
+  for (auto& v : hw) v = rand_e4m3();
+  for (auto& v : hs) v = 0.001f + rand() / (float)RAND_MAX * 0.01f;
+  for (auto& v : hb) v = __float2bfloat16(rand() / (float)RAND_MAX - 0.5f);
+  bf *x, *b, *y; uint8_t* w; float* sc;
+  CK(cudaMalloc(&x, hx.size() * 2)); CK(cudaMalloc(&b, N * 2)); CK(cudaMalloc(&y, (size_t)M * N * 2)); CK(cudaMalloc(&w, hw.size())); CK(cudaMalloc(&sc, N * 4));
+  cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice); cudaMemcpy(b, hb.data(), N * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(w, hw.data(), hw.size(), cudaMemcpyHostToDevice); cudaMemcpy(sc, hs.data(), N * 4, cudaMemcpyHostToDevice);
+  SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f}; spike_decode_workspace(a, g_ws);
+  if (M > kSpikeDecodeMaxRows) {  // past the kernel's rows: the launcher must refuse, not compute
+    const bool refused = launch_spike_decode(a, DType::BF16, layout, 0) == cudaErrorInvalidValue;
+    printf("check M=%d: launcher %s\n", M, refused ? "refuses (OK)" : "did not refuse FAIL");
+    cudaFree(x); cudaFree(b); cudaFree(y); cudaFree(w); cudaFree(sc);
+    return refused ? 0 : 1;
+  }
+  CK(launch_spike_decode(a, DType::BF16, layout, 0)); CK(cudaDeviceSynchronize());
+  std::vector<bf> hy((size_t)M * N); cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost);
+  double maxerr = 0, maxref = 0; double maxc = 0;
+  for (int m = 0; m < M; ++m) {
+    double sa = 0; for (int k = 0; k < K; ++k) sa += std::fabs((double)__bfloat162float(hx[(size_t)m * ldx + k]));
+    double vth = std::min(std::max(sa / K / 3.0, 1e-5), 1e4);
+    std::vector<double> s(K); for (int k = 0; k < K; ++k) { s[k] = std::nearbyint(__bfloat162float(hx[(size_t)m * ldx + k]) / vth); maxc = std::max(maxc, std::fabs(s[k])); }
+    for (int n = 0; n < N; ++n) {
+      double acc = 0; for (int k = 0; k < K; ++k) acc += s[k] * e4m3(hw[(size_t)n * K + k]);
+      double ref = vth * hs[n] * acc + (bias ? (double)__bfloat162float(hb[n]) : 0.0);
+      maxerr = std::max(maxerr, std::fabs(ref - __bfloat162float(hy[(size_t)m * N + n]))); maxref = std::max(maxref, std::fabs(ref));
+    }
+  }
+  bool ok = maxerr <= 1e-2 * maxref;
+  printf("check M=%d N=%d K=%d bias=%d layout=%d big=%d (max count %.0f): max err %.3e of max |ref| %.3e %s\n", M, N, K, bias, layout, big, maxc, maxerr, maxref, ok ? "OK" : "FAIL");
+  cudaFree(x); cudaFree(b); cudaFree(y); cudaFree(w); cudaFree(sc);
+  return ok ? 0 : 1;
+}
+int main() {
+  int fails = 0;
+  CK(cudaMalloc(&g_ws, spike_decode_workspace_bytes(16, 20000)));
+  for (int l = 0; l < 4; ++l) {
+    fails += check(1, 100, 208, true, l, false, 1);
+    fails += check(3, 77, 4112, false, l, false, 2);
+    fails += check(13, 129, 1040, true, l, false, 3);
+    fails += check(16, 50, 16, true, l, false, 4);
+    fails += check(2, 300, 3584, true, l, true, 5);
+    fails += check(9, 40, 18944, false, l, true, 6);
+    fails += check(8, 40, 18944, false, l, true, 7);
+    fails += check(7, 129, 1040, true, l, false, 8);
+  }
+  cublasHandle_t h; cublasCreate(&h);
+  struct S { const char* name; int N, K; } shapes[] = {{"qkv", 4624, 3584}, {"o", 3584, 3584}, {"gate_up", 37888, 3584}, {"down", 3584, 18944}};
+  cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
+  for (auto& s : shapes) {
+    size_t wn = (size_t)s.N * s.K;
+    int copies = (int)std::max<size_t>(2, std::min<size_t>(16, (400ull << 20) / wn + 1));
+    std::vector<uint8_t*> ws(copies); std::vector<bf*> wb(copies);
+    std::vector<uint8_t> hw(wn); for (auto& v : hw) v = rand_e4m3();
+    for (int i = 0; i < copies; ++i) { CK(cudaMalloc(&ws[i], wn)); cudaMemcpy(ws[i], hw.data(), wn, cudaMemcpyHostToDevice); CK(cudaMalloc(&wb[i], wn * 2)); cudaMemset(wb[i], 0, wn * 2); }
+    std::vector<float> hs(s.N, 0.01f); float* sc; CK(cudaMalloc(&sc, s.N * 4)); cudaMemcpy(sc, hs.data(), s.N * 4, cudaMemcpyHostToDevice);
+    std::vector<bf> hx((size_t)16 * s.K); for (auto& v : hx) v = __float2bfloat16(rand() / (float)RAND_MAX - 0.5f);
+    bf *x, *y, *y2; CK(cudaMalloc(&x, hx.size() * 2)); CK(cudaMalloc(&y, (size_t)16 * s.N * 2)); CK(cudaMalloc(&y2, (size_t)16 * s.N * 2));
+    cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice);
+    for (int M : {1, 2, 4, 8}) {
+      const int reps = 60;
+      auto timeit = [&](auto fn) {
+        for (int i = 0; i < 5; ++i) fn(i % copies);
+        std::vector<float> ts;
+        for (int rep = 0; rep < 5; ++rep) {
+          cudaEventRecord(e0); for (int i = 0; i < reps; ++i) fn(i % copies); cudaEventRecord(e1); cudaEventSynchronize(e1);
+          float ms; cudaEventElapsedTime(&ms, e0, e1); ts.push_back(ms * 1000 / reps);
+        }
+        std::sort(ts.begin(), ts.end()); return ts[2];
+      };
+      float alpha = 1, beta = 0;
+      float tc = timeit([&](int i) { cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, M, s.K, &alpha, wb[i], CUDA_R_16BF, s.K, x, CUDA_R_16BF, s.K,
+                                                  &beta, y2, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
+      printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
+      float best = 1e9; int bl = -1;
+      for (int l = 0; l < 4; ++l) {
+        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_spike_decode(a, DType::BF16, l, 0); });
+        printf(" | L%d %.2f", l, t);
+        if (t < best) { best = t; bl = l; }
+      }
+      int dl = spike_decode_default_layout(M, s.N, s.K);
+      printf(" || best L%d %.2f us (%.2f TB/s of e4m3, %.2fx bf16 cublas) default L%d\n", bl, best, wn / best * 1e-6, tc / best, dl);
+      CK(cudaDeviceSynchronize());
+    }
+    for (int i = 0; i < copies; ++i) { cudaFree(ws[i]); cudaFree(wb[i]); } cudaFree(sc); cudaFree(x); cudaFree(y); cudaFree(y2);
+  }
+  printf("fails=%d\n", fails);
+  return fails != 0;
+}
