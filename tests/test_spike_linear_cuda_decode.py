@@ -1,7 +1,7 @@
 """spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu, reached through the Triton
-registration as sbops_cuda::spike_linear_decode): e4m3 weights per channel, M <= 8 rows, against the
-float64 reference, the Triton decode path, views and counts past float16's exact 2048 (GPU), and the
-refusal of what it does not take (any machine)."""
+registration as sbops_native::spike_linear_decode): e4m3 weights per channel, M <= 8 rows, against the
+float64 reference, the Triton decode path, views, counts past float16's exact 2048 and past 2048^2, a
+float32 bias (GPU), and the refusal of what it does not take (any machine)."""
 import pytest
 import torch
 
@@ -14,15 +14,13 @@ pytestmark = requires_triton
 
 
 def test_cuda_decode_path_is_refused_without_the_cuda_kernels():
-    """Without CUDA kernels (a CPU build, or CPU tensors) the explicit path raises naming what it takes,
-    and the default path (None) never reaches it."""
-    if torch.cuda.is_available():
-        pytest.skip("this machine has the CUDA kernels")
+    """CPU tensors (on any build) never reach the kernel: the explicit path raises naming what it takes,
+    and the default path (None) does not take it."""
     tk, sl = _triton()
     wq, sc = sbops.quantize_weight(torch.randn(16, 64) * 0.05, dtype=FP8)
     x = torch.randn(2, 64).bfloat16()
     assert not sl.native_decode_applies(x, wq, None, 3.0)
-    with pytest.raises(ValueError, match="cuda_decode path takes float8_e4m3fn"):
+    with pytest.raises(ValueError, match="cuda_decode path takes CUDA float8_e4m3fn"):
         sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
 
 
@@ -101,18 +99,63 @@ def test_nan_input_makes_only_its_row_nan():
 
 
 @requires_cuda
-def test_the_public_op_takes_the_cuda_decode_and_others_fall_back():
+def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
     sl = _sl()
+    calls = []
+    native = sl._native_decode
+    monkeypatch.setattr(sl, "_native_decode", lambda *a: calls.append(1) or native(*a))
     wq, sc = _weights(64, 256)
     x = torch.randn(2, 256, device="cuda", dtype=torch.bfloat16)
-    assert torch.equal(sbops.spike_linear(x, wq, sc, k=3.0),
-                       sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode"))
-    # what the kernel does not take goes elsewhere: per-group scales, M > 8, k K past 2048^2
-    assert not sl.native_decode_applies(x, wq, 32, 3.0)
-    assert not sl.native_decode_applies(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, None, 3.0)
-    assert not sl.native_decode_applies(x, wq, None, 2048.0 ** 2 / 256)
+    y = sbops.spike_linear(x, wq, sc, k=3.0)
+    assert len(calls) == 1
+    assert torch.equal(y, sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode"))
+    monkeypatch.setattr(sl, "NATIVE_DECODE", False)  # the benchmarks' switch: the Triton decode
+    sbops.spike_linear(x, wq, sc, k=3.0)
+    assert len(calls) == 2  # (only the explicit call above)
+    monkeypatch.setattr(sl, "NATIVE_DECODE", True)
+    # what the kernel does not take goes elsewhere: per-group scales, M > 8, int8 weights
+    wg, sg = sbops.quantize_weight(torch.randn(64, 256, device="cuda"), group_size=32, dtype=FP8)
+    sbops.spike_linear(x, wg, sg, k=3.0, group_size=32)
+    sbops.spike_linear(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, k=3.0)
+    wi, si = sbops.quantize_weight(torch.randn(64, 256, device="cuda"))
+    sbops.spike_linear(x, wi, si, k=3.0)
+    assert len(calls) == 2
     with pytest.raises(ValueError, match="cuda_decode"):
         sl.spike_linear_fwd(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, 3.0, None, None,
                             path="cuda_decode")
+    with pytest.raises(ValueError, match="cuda_decode"):
+        sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode", config=(64, 128, 0, 4, 4))
     with pytest.raises(RuntimeError, match="weight_scale must be \\[N\\]"):
-        torch.ops.sbops_cuda.spike_linear_decode(x, wq, sc[:10], 3.0, None)
+        torch.ops.sbops_native.spike_linear_decode(x, wq, sc[:10], 3.0, None)
+
+
+@requires_cuda
+def test_counts_past_2048_squared_take_the_residual_pass():
+    """A bf16 x of 1e30 meets vth's clamp at 1e4: a count of ~1e26, which float16 planes cannot hold; its row is
+    finite and equals the reference (it was inf / NaN before the residual pass), the other rows unchanged."""
+    sl = _sl()
+    wq, sc = _weights(80, 1040, seed=2)
+    x = torch.randn(4, 1040)
+    x[1, 17] = 1e30
+    x[1, 500] = -3e29
+    x[2, 3] = 5e12      # vth clamped at 1e4 again: a count of ~5e8, past 2048^2 as well
+    x = x.bfloat16().cuda()
+    r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None, None)
+    y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
+    assert torch.isfinite(y).all()
+    assert _worst_row(y.cpu(), r) < 1e-2
+
+
+@requires_cuda
+def test_float32_bias_float16_hi_plane_and_one_output_channel():
+    sl = _sl()
+    for N, K, dtype in ((1, 208, torch.float16), (37, 2064, torch.float16), (19, 512, torch.bfloat16)):
+        wq, sc = _weights(N, K, seed=3)
+        x = torch.randn(3, K)
+        x[0, 1] = 300.0 * x[0].abs().mean()  # counts of a few hundred
+        x[2, 9] = 2e3 * x[2].abs().mean()    # ~3000 at K = 2064: the hi plane, with float16 x
+        x = x.to(dtype).cuda()
+        bias = torch.randn(N, device="cuda") * 10  # float32 bias with 16-bit x: added in float32
+        y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
+        r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, bias.cpu(), None)
+        assert y.dtype == dtype and _worst_row(y.cpu(), r) < 1e-2

@@ -1,10 +1,10 @@
-// The cuda backend's own kernel entry point for spike_linear at decode (kernels/spike_decode.cu).
-// It is not a public sbops op: the Triton registration of sbops::spike_linear (backends/cuda/triton/
-// spike_linear.py) calls it for the cases it covers (e4m3 weights, per-channel scales, M <= 8), so it
-// lives in the backend's own library namespace, sbops_cuda, with a CUDA kernel only.
+// spike_linear at decode on the CUDA C++ kernel (kernels/spike_decode.cu).  Not a public sbops op: the
+// Triton registration of sbops::spike_linear (backends/cuda/triton/spike_linear.py) calls it for the cases
+// it covers (e4m3 weights, per-channel scales, 16-bit x, M <= 8), so it is one of the internal kernels in
+// the sbops_native library (ops_swa_sm90.cpp defines it), with a CUDA kernel only.
 //
 // x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
-// likewise; the scale is made float32 and contiguous, the bias x's dtype.  No data is read back.
+// likewise; the scale and the bias are made float32 and contiguous.  No data is read back.
 
 #include "../kernels/spike.cuh"
 #include "bind_common.h"
@@ -15,7 +15,7 @@ using namespace sbops::bind;
 
 Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Tensor& scale_in, double k,
                                 const std::optional<Tensor>& bias_in) {
-  const char* op = "sbops_cuda::spike_linear_decode";
+  const char* op = "sbops_native::spike_linear_decode";
   check_cuda(x_in, op, "x");
   check_cuda(w_in, op, "weight_q");
   check_cuda(scale_in, op, "weight_scale");
@@ -28,16 +28,21 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   const int64_t M = x_in.size(0), K = x_in.size(1), N = w_in.size(0);
   SBOPS_CHECK(scale_in.dim() == 1 && scale_in.size(0) == N, op, ": weight_scale must be [N] (per channel), got ",
               scale_in.sizes());
-  SBOPS_CHECK(sbops::spike_decode_supports(M, N, K, k), op, ": takes 1 <= M <= ", sbops::kSpikeDecodeMaxRows,
-              ", K a multiple of 16 and k K < 2048^2 (got M=", M, ", K=", K, ", k=", k, ")");
+  SBOPS_CHECK(x_in.get_device_index() == w_in.get_device_index() &&
+                  x_in.get_device_index() == scale_in.get_device_index(),
+              op, ": x, weight_q and weight_scale must be on one device");
+  SBOPS_CHECK(k > 0, op, ": k must be positive, got ", k);
+  SBOPS_CHECK(sbops::spike_decode_supports(M, N, K), op, ": takes 1 <= M <= ", sbops::kSpikeDecodeMaxRows,
+              " rows and K a multiple of 16 (got M=", M, ", K=", K, ")");
   DeviceGuard guard(x_in.get_device_index());
   const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
   const Tensor scale = to_contig(scale_in, kFloat);
   Tensor bias;
   if (bias_in.has_value()) {
     check_cuda(*bias_in, op, "bias");
+    SBOPS_CHECK(bias_in->get_device_index() == x_in.get_device_index(), op, ": bias must be on x's device");
     SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
-    bias = to_contig(*bias_in, x.scalar_type());
+    bias = to_contig(*bias_in, kFloat);
   }
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
@@ -45,7 +50,7 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.x = x.data_ptr();
   a.w = w.data_ptr();
   a.scale = scale.const_data_ptr<float>();
-  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   a.y = y.data_ptr();
   a.ldx = M > 1 ? x.stride(0) : K;
   a.ldw = N > 1 ? w.stride(0) : K;
@@ -63,10 +68,10 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY(sbops_cuda, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
   m.def("spike_linear_decode(Tensor x, Tensor weight_q, Tensor weight_scale, float k, Tensor? bias) -> Tensor");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(sbops_cuda, CUDA, m) {
+STABLE_TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
   m.impl("spike_linear_decode", TORCH_BOX(&spike_linear_decode_cuda));
 }

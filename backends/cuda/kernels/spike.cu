@@ -2,6 +2,7 @@
 // collapse and the |count| histogram.  Torch-free.
 #include "common.cuh"
 #include "spike.cuh"
+#include "spike_count.cuh"
 
 namespace sbops {
 namespace {
@@ -27,18 +28,6 @@ __device__ __forceinline__ int32_t saturate_count<int32_t>(float r) {
 }
 
 // Output policy of the row kernel: integer counts (encode) or the dequantised value (quant).
-// x / t correctly rounded (what IEEE division gives) from r = RN(1/t), without a division per
-// element: q0 = x*r is within an ulp or so; the FMA residual x - q0*t is exact, and one
-// Newton/Markstein step q0 + residual*r rounds to RN(x/t).  (Checked bit for bit against x / t
-// on 2e8 host samples, including t with an all-ones significand and x on exact .5 ties; see
-// NOTES_cuda_ops.md.)  A non-finite q0 (x = +-inf, NaN) is passed through unchanged.
-__device__ __forceinline__ float quotient_rn(float x, float t, float r) {
-  const float q0 = __fmul_rn(x, r);
-  const float res = __fmaf_rn(-q0, t, x);
-  const float q1 = __fmaf_rn(res, r, q0);
-  return isfinite(q0) ? q1 : q0;
-}
-
 template <typename T, typename C>
 struct EncodeOut {
   C* counts;
@@ -101,8 +90,7 @@ spike_row_kernel(const T* __restrict__ x, int64_t xs, Out out, int64_t rows, int
   }
   s = warp_reduce_sum<kWarpSize>(s);
   // Same operation order as the contract: mean, then / k, then clamp (IEEE divisions).
-  float t = __fdiv_rn(__fdiv_rn(s, static_cast<float>(cols)), k);
-  t = fminf(fmaxf(t, 1e-5f), 1e4f);
+  const float t = spike_threshold(s, static_cast<float>(cols), k);
   if (lane == 0) out.row_threshold(row, t);
   const float r = __frcp_rn(t);  // one reciprocal per row (see quotient_rn)
 
@@ -152,8 +140,7 @@ spike_row_block_kernel(const T* __restrict__ x, int64_t xs, Out out, int64_t col
   float tot = 0.f;  // every thread adds the partials in the same order: one threshold per row
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) tot += s_part[w];
-  float t = __fdiv_rn(__fdiv_rn(tot, static_cast<float>(cols)), k);
-  t = fminf(fmaxf(t, 1e-5f), 1e4f);
+  const float t = spike_threshold(tot, static_cast<float>(cols), k);
   if (threadIdx.x == 0) out.row_threshold(row, t);
   const float r = __frcp_rn(t);
 #pragma unroll

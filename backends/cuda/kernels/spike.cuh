@@ -39,36 +39,40 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
                               int64_t max_abs, cudaStream_t stream);
 
 // spike_linear at decode (spike_decode.cu): y[m, n] = vth[m] * scale[n] * (s[m, :] . w[n, :]) + bias[n] with
-// s = rint(x / vth) as spike_encode (never saturated), e4m3 weights w [N, K] with float32 per-channel
-// scales, x [M, K] and y [M, N] float16 / bfloat16, float32 accumulation.  Two launches (encode, GEMV)
-// through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit column stride and
-// 16-byte aligned starts.  Not on MACA (no fp8 weights there).
+// s = rint(x / vth) as spike_encode (never saturated, any count), e4m3 weights w [N, K] with float32
+// per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a float32 bias, float32 accumulation.  Two
+// launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit
+// column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
 constexpr int kSpikeDecodeMaxRows = 8;
 struct SpikeDecodeArgs {
   const void* x;       // [M, K], row stride ldx
   const void* w;       // [N, K] e4m3 bytes, row stride ldw
   const float* scale;  // [N]
-  const void* bias;    // [N] in x's dtype, or null
+  const float* bias;   // [N] or null
   void* y;             // [M, N], row stride ldy
   int64_t ldx, ldw, ldy;
   int M, N, K;
   float k;
-  // workspace (spike_decode_workspace_bytes): count planes [M, K], vth [M], rows with counts past 2048 [M]
+  // workspace (spike_decode_workspace): count planes lo / hi [M, K] float16, the residual plane res [M, K]
+  // float32 (written and read only for rows with a count of 2048^2 or more), vth [M], flags [M]
   __half* lo;
   __half* hi;
+  float* res;
   float* vth;
-  int* two;
+  int* flags;
 };
-// Bytes of the workspace and where its parts start (16-byte aligned): lo, hi, vth, two.
-inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 4 * M * K + 16 * ceil_div(8 * M, 16); }
+// Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
+inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
 inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   char* p = static_cast<char*>(base);
+  const int64_t MK = int64_t{a.M} * a.K;
   a.lo = reinterpret_cast<__half*>(p);
-  a.hi = reinterpret_cast<__half*>(p + 2 * int64_t{a.M} * a.K);
-  a.vth = reinterpret_cast<float*>(p + 4 * int64_t{a.M} * a.K);
-  a.two = reinterpret_cast<int*>(p + 4 * int64_t{a.M} * a.K + 4 * int64_t{a.M});
+  a.hi = reinterpret_cast<__half*>(p + 2 * MK);
+  a.res = reinterpret_cast<float*>(p + 4 * MK);
+  a.vth = reinterpret_cast<float*>(p + 8 * MK);
+  a.flags = reinterpret_cast<int*>(p + 8 * MK + 4 * int64_t{a.M});
 }
-bool spike_decode_supports(int64_t M, int64_t N, int64_t K, double k);
+bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K);
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 

@@ -1,14 +1,17 @@
 // spike_linear at decode (M <= 8 rows) on e4m3 weights with per-output-channel scales, two launches:
 //   y[m, n] = vth[m] * scale[n] * sum_k s[m, k] w[n, k] + bias[n],  s = rint(x / vth),
-//   vth[m] = clamp(mean_k |x[m, k]| / k, 1e-5, 1e4)  (spike_encode's definition).
+//   vth[m] = clamp(mean_k |x[m, k]| / k, 1e-5, 1e4)  (spike_encode's definition, spike_count.cuh).
 // Torch-free.
 //
-// 1. The encode (one block per row) writes vth and the counts as float16 planes, s = lo + 2048 hi, both
-//    exact (the caller routes k K > 2048^2, a count that even hi cannot hold, elsewhere), and flags the
-//    rows with a count past 2048.
-// 2. The GEMV: tensor cores multiply float16 operands; e4m3 weights convert to float16 exactly, and the
-//    hi plane is loaded and multiplied only when some row is flagged (a uniform branch).  Products are
-//    exact and sums float32, as the reference.
+// 1. The encode (one block per row) writes vth and each count as float16 planes, s = lo + 2048 hi, both
+//    exact for |s| < 2048^2; a finite count of 2048^2 or more (a huge x against vth's clamp at 1e4, or
+//    k K >= 2048^2) goes whole, as float32, to a residual plane instead; an infinite or NaN count stays in lo.  Per row it
+//    flags a count past 2048 (bit 0) and one of 2048^2 or more (bit 1).
+// 2. The GEMV: tensor cores multiply float16 operands; e4m3 weights convert to float16 exactly (on sm_80
+//    by bit manipulation, which reads an e4m3 NaN byte as +-480; quantize_weight never writes one).  The
+//    hi plane is loaded and multiplied only when some row has bit 0; rows with bit 1 take a second pass
+//    over the weights (CUDA-core float32 FMAs with their residual plane); both branches are uniform.
+//    Products of the planes are exact, every sum is float32, as the reference.
 //
 // Layout (sm_80+, mma.m16n8k16 f16): block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every
 // WK-th 64-column block; each lane loads 16 contiguous bytes (16 weights) of rows g and g + 8
@@ -16,19 +19,22 @@
 // staging.  The order of K does not matter to a dot product, so those 16 columns serve as the lane's
 // logical columns {2t, 2t+1, 2t+8, 2t+9} of four k16 steps (step s: bytes 4s .. 4s+3), and the counts of
 // token g are loaded with the same permutation.  Two stages of UNROLL blocks alternate in registers,
-// so the next stage's loads are in flight while the current one is multiplied.  NT n-tiles of 8
-// tokens cover M <= 8 NT (NT = 1 is built).  The WK k-groups add their partial sums through shared memory.
+// so the next stage's loads are in flight while the current one is multiplied.  One n-tile of 8 tokens
+// covers M <= 8.  The WK k-groups add their partial sums through shared memory.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "spike.cuh"
+#include "spike_count.cuh"
+#include "warp_mma.cuh"
 
 namespace sbops {
 
 #if !defined(USE_MACA)
 namespace {
 
-constexpr float kPlane = 2048.f;  // counts up to this are exact in float16
+constexpr float kPlane = 2048.f;           // counts up to this are exact in float16
+constexpr float kBig = kPlane * kPlane;  // from here a count goes to the float32 residual plane
 constexpr int kEncodeThreads = 256;
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
@@ -59,29 +65,16 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t v) {
 #endif
 }
 
-__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// rint(x / vth) with x / vth correctly rounded (spike_encode's quotient); infinities pass through
-__device__ __forceinline__ float quotient_rint(float x, float vth, float inv) {
-  const float q1 = x * inv;
-  const float e = fmaf(-q1, vth, x);
-  const float q = fabsf(q1) < INFINITY ? fmaf(e, inv, q1) : q1;
-  return rintf(q);
-}
-
-// One block per row m: vth[m], the count planes lo / hi [M, K] (float16) and two[m] (a count past 2048).
+// One block per row m: vth[m], the count planes lo / hi (float16) and, for a row with a count of 2048^2 or
+// more, the residual plane res (float32) of that row; flags[m] (bit 0: a count past 2048, bit 1: one of
+// 2048^2 or more).
 template <typename E>
 __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(SpikeDecodeArgs a) {
   constexpr int WARPS = kEncodeThreads / 32;
   const int m = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const E* xr = static_cast<const E*>(a.x) + static_cast<int64_t>(m) * a.ldx;
   __shared__ float s_sum[WARPS], s_max[WARPS], s_vth[2];
+  __shared__ int s_flags;
   float s = 0.f, mx = 0.f;
   for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads) {  // a fixed order: deterministic vth
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + c));
@@ -100,35 +93,48 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   if (threadIdx.x == 0) {
     float tot = 0.f, big = 0.f;
     for (int v = 0; v < WARPS; ++v) tot += s_sum[v], big = fmaxf(big, s_max[v]);
-    const float vth = fminf(fmaxf(__fdiv_rn(__fdiv_rn(tot, static_cast<float>(a.K)), a.k), 1e-5f), 1e4f);
+    const float vth = spike_threshold(tot, static_cast<float>(a.K), a.k);
     const float inv = __frcp_rn(vth);
+    const float cmax = rintf(quotient_rn(big, vth, inv));  // the row's largest |count| (NaN: no flag)
     s_vth[0] = vth;
     s_vth[1] = inv;
+    s_flags = (cmax > kPlane ? 1 : 0) | (cmax >= kBig ? 2 : 0);
     a.vth[m] = vth;
-    a.two[m] = quotient_rint(big, vth, inv) > kPlane;  // NaN: not flagged (the lo plane carries it)
+    a.flags[m] = s_flags;
   }
   __syncthreads();
   const float vth = s_vth[0], inv = s_vth[1];
+  const bool with_res = (s_flags & 2) != 0;
   __half* lo = a.lo + static_cast<int64_t>(m) * a.K;
   __half* hi = a.hi + static_cast<int64_t>(m) * a.K;
+  float* res = a.res + static_cast<int64_t>(m) * a.K;
   for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + c));
     const E* e = reinterpret_cast<const E*>(&v);
+    float cl[8], ch[8], cr[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float q = rintf(quotient_rn(to_float(e[i]), vth, inv)), aq = fabsf(q);
+      const bool finite = aq < INFINITY, whole = finite && aq >= kBig;  // inf / NaN stay whole in lo
+      ch[i] = finite && aq > kPlane && !whole ? rintf(q * (1.f / kPlane)) : 0.f;
+      cl[i] = whole ? 0.f : fmaf(-kPlane, ch[i], q);
+      cr[i] = whole ? q : 0.f;
+    }
     uint4 lv, hv;
     uint32_t* lw = reinterpret_cast<uint32_t*>(&lv);
     uint32_t* hw = reinterpret_cast<uint32_t*>(&hv);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      float c0 = quotient_rint(to_float(e[2 * i]), vth, inv), c1 = quotient_rint(to_float(e[2 * i + 1]), vth, inv);
-      // an infinite (or NaN) count stays whole in lo, so its row gets the reference's inf (or NaN)
-      const float h0 = fabsf(c0) > kPlane && fabsf(c0) < INFINITY ? rintf(c0 * (1.f / kPlane)) : 0.f;
-      const float h1 = fabsf(c1) > kPlane && fabsf(c1) < INFINITY ? rintf(c1 * (1.f / kPlane)) : 0.f;
-      __half2 l = __floats2half2_rn(fmaf(-kPlane, h0, c0), fmaf(-kPlane, h1, c1)), h = __floats2half2_rn(h0, h1);
+      __half2 l = __floats2half2_rn(cl[2 * i], cl[2 * i + 1]), h = __floats2half2_rn(ch[2 * i], ch[2 * i + 1]);
       lw[i] = *reinterpret_cast<uint32_t*>(&l);
       hw[i] = *reinterpret_cast<uint32_t*>(&h);
     }
     *reinterpret_cast<uint4*>(lo + c) = lv;
     *reinterpret_cast<uint4*>(hi + c) = hv;
+    if (with_res) {
+      *reinterpret_cast<float4*>(res + c) = make_float4(cr[0], cr[1], cr[2], cr[3]);
+      *reinterpret_cast<float4*>(res + c + 4) = make_float4(cr[4], cr[5], cr[6], cr[7]);
+    }
   }
 }
 
@@ -150,9 +156,16 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     wok[h] = n < a.N;
     wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 16 * t;
   }
-  // the hi plane only when some row has a count past 2048 (uniform over the grid)
+  // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
+  // more (bit m of big); the same for every thread of the grid
+  static_assert(NT == 1, "the residual path adds into the one n-tile of 8 tokens");
   bool two = false;
-  for (int m = 0; m < a.M; ++m) two |= a.two[m] != 0;
+  int big = 0;
+  for (int m = 0; m < a.M; ++m) {
+    const int f = a.flags[m];
+    two |= (f & 1) != 0;
+    big |= ((f >> 1) & 1) << m;
+  }
   const __half* crow[2][NT];
   bool cok[NT];
 #pragma unroll
@@ -193,7 +206,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 
   auto compute = [&](int buf) {
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u)
+    for (int u = 0; u < UNROLL; ++u) {
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         // step s: weight bytes 4s .. 4s + 3 of each row (word s), counts 4s .. 4s + 3 (words 2s, 2s + 1)
@@ -203,13 +216,14 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const uint4& c = cv[buf][u][j][s / 2];
-          mma_f16(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
+          warp_mma::mma_16816<__half>(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
           if (two) {
             const uint4& h = hv[buf][u][j][s / 2];
-            mma_f16(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
+            warp_mma::mma_16816<__half>(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
           }
         }
       }
+    }
   };
   constexpr int kStep = WK * UNROLL;
   int kb = wk;
@@ -223,6 +237,50 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     compute(1);
     kb += kStep;
   }
+  if (big != 0) {
+    // rows with a count of 2048^2 or more: a second pass over the warp's column blocks (the weights read
+    // again; rare) adds their float32 residual counts times the weights with CUDA-core FMAs.  Lane (g, t)
+    // sums physical columns 64 kb + 16 t .. + 15 of rows g and g + 8 for every token, the lane quad adds
+    // its four column slices, and each lane keeps its accumulators' (row, token) entries.
+    float racc[2][8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
+    for (int kb2 = wk; kb2 < KB; kb2 += WK) {
+      if (kb2 * 64 + 16 * t >= a.K) continue;
+      float wf[2][16];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 wr = wok[h] ? ld_stream(wrow[h] + kb2 * 64) : zero;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t v = word(wr, q);
+          const uint32_t p01 = e4m3x2_to_f16x2(v), p23 = e4m3x2_to_f16x2(v >> 16);
+          const float2 f01 = __half22float2(*reinterpret_cast<const __half2*>(&p01));
+          const float2 f23 = __half22float2(*reinterpret_cast<const __half2*>(&p23));
+          wf[h][4 * q] = f01.x, wf[h][4 * q + 1] = f01.y, wf[h][4 * q + 2] = f23.x, wf[h][4 * q + 3] = f23.y;
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < 8; ++m) {
+        if (!((big >> m) & 1)) continue;
+        const float4* rp = reinterpret_cast<const float4*>(a.res + static_cast<int64_t>(m) * a.K + kb2 * 64 + 16 * t);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const float4 r = __ldg(rp + q);
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            racc[h][m] += wf[h][4 * q] * r.x + wf[h][4 * q + 1] * r.y + wf[h][4 * q + 2] * r.z + wf[h][4 * q + 3] * r.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      const float r0 = warp_reduce_sum<4>(racc[0][m]), r1 = warp_reduce_sum<4>(racc[1][m]);
+      // accumulator c of lane (g, t): row g (c < 2) or g + 8, token 2 t + (c & 1)
+      if (m == 2 * t) acc[0][0] += r0, acc[0][2] += r1;
+      if (m == 2 * t + 1) acc[0][1] += r0, acc[0][3] += r1;
+    }
+  }
 
   // partial sums red[wk][wn][i][lane] (i over NT * 4 accumulators); the k-groups add into red[0]
   constexpr int NACC = NT * 4, kPart = WN * NACC * 32;
@@ -233,7 +291,6 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     for (int i = 0; i < 4; ++i)
       red[(wk * WN + wn) * NACC * 32 + (j * 4 + i) * 32 + lane] = fmaf(kPlane, acch[j][i], acc[j][i]);
   __syncthreads();
-  const E* bias = static_cast<const E*>(a.bias);
   E* y = static_cast<E*>(a.y);
   for (int idx = threadIdx.x; idx < kPart; idx += 32 * WARPS) {
     float sum = red[idx];
@@ -247,7 +304,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     const int m = j * 8 + 2 * (l & 3) + (c & 1);
     if (n < a.N && m < a.M) {
       float out = a.vth[m] * (a.scale[n] * sum);
-      if (bias) out += to_float(bias[n]);
+      if (a.bias) out += a.bias[n];
       y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
     }
   }
@@ -282,14 +339,13 @@ cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) 
 }  // namespace
 #endif  // !USE_MACA
 
-bool spike_decode_supports(int64_t M, int64_t N, int64_t K, double k) {
+bool spike_decode_supports(int64_t M, int64_t N, int64_t K) {
 #if defined(USE_MACA)
-  (void)M, (void)N, (void)K, (void)k;
+  (void)M, (void)N, (void)K;
   return false;  // e4m3 weights: MetaX C500-class GPUs are not known to have fp8 units (spike_linear refuses)
 #else
-  const double largest_count = k * static_cast<double>(K);  // |x| / (mean|x| / k) <= k K
   return M >= 1 && M <= kSpikeDecodeMaxRows && N >= 1 && N < (int64_t{1} << 31) && K >= 16 && K % 16 == 0 &&
-         K < (int64_t{1} << 31) && k > 0 && largest_count < 2048.0 * 2048.0;
+         K < (int64_t{1} << 31);
 #endif
 }
 
@@ -306,7 +362,8 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K % 16 != 0 || layout < 0 || layout > 3) return cudaErrorInvalidValue;
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 3)
+    return cudaErrorInvalidValue;
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);
   return cudaErrorInvalidValue;

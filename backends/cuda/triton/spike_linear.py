@@ -40,13 +40,18 @@ NATIVE_DECODE = True
 
 
 def native_decode_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size, k: float) -> bool:
-    """Whether the CUDA C++ decode kernel (sbops_cuda::spike_linear_decode, kernels/spike_decode.cu) serves
-    this call: e4m3 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0, every count
-    representable as lo + 2048 hi in float16 (k K < 2048^2), and an sbops build with the CUDA kernels."""
+    """Whether the CUDA C++ decode kernel (sbops_native::spike_linear_decode, kernels/spike_decode.cu) serves
+    this call: CUDA tensors, e4m3 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0, and an
+    sbops build with the CUDA kernels.  It takes every count exactly (float16 planes lo + 2048 hi, and a
+    float32 residual pass for counts of 2048^2 or more)."""
     M, K = x.shape
-    return (weight_q.dtype == torch.float8_e4m3fn and not group_size and 1 <= M <= NATIVE_DECODE_MAX_M
+    return (x.is_cuda and weight_q.dtype == torch.float8_e4m3fn and not group_size and 1 <= M <= NATIVE_DECODE_MAX_M
             and x.dtype in (torch.bfloat16, torch.float16) and K >= 16 and K % 16 == 0 and 0 < k
-            and k * K < 2048.0 ** 2 and _native_decode_built())
+            and _native_decode_built())
+
+
+def _native_decode(x, weight_q, scale, k, bias):
+    return torch.ops.sbops_native.spike_linear_decode(x, weight_q, scale, k, bias)
 
 
 @functools.lru_cache(None)
@@ -55,7 +60,7 @@ def _native_decode_built() -> bool:
     if _platform.native_target() != "cuda":
         return False
     try:
-        torch.ops.sbops_cuda.spike_linear_decode
+        torch.ops.sbops_native.spike_linear_decode
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -333,13 +338,13 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
     scale = weight_scale.to(torch.float32)
     if bias is not None:
         bias = bias.contiguous()
-    if (path == "cuda_decode" or (path is None and NATIVE_DECODE)) and config is None and backend == "cuda":
-        if native_decode_applies(x, weight_q, group_size, k):
-            return torch.ops.sbops_cuda.spike_linear_decode(x, weight_q, scale, k, bias)
+    if path == "cuda_decode" or (path is None and NATIVE_DECODE and config is None and backend == "cuda"):
+        if config is None and backend == "cuda" and native_decode_applies(x, weight_q, group_size, k):
+            return _native_decode(x, weight_q, scale, k, bias)
         if path == "cuda_decode":
-            raise ValueError("spike_linear: the cuda_decode path takes float8_e4m3fn weights with per-channel scales, "
-                             f"bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows, K a multiple of 16 and "
-                             "k K < 2048^2, on an sbops build with CUDA kernels")
+            raise ValueError("spike_linear: the cuda_decode path takes CUDA float8_e4m3fn weights with per-channel "
+                             f"scales, bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows and K a multiple of "
+                             "16, no config, the cuda tuning backend, and an sbops build with CUDA kernels")
     if path is None:
         path = "decode" if M <= DECODE_MAX_M else "prefill"
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
