@@ -13,7 +13,7 @@ FP8 = torch.float8_e4m3fn
 pytestmark = requires_triton
 
 
-def test_cuda_decode_path_is_refused_without_the_cuda_kernels():
+def test_cuda_decode_path_refuses_cpu_tensors():
     """CPU tensors (on any build) never reach the kernel: the explicit path raises naming what it takes,
     and the default path (None) does not take it."""
     tk, sl = _triton()
@@ -130,15 +130,17 @@ def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
 
 
 @requires_cuda
-def test_counts_past_2048_squared_take_the_residual_pass():
-    """A bf16 x of 1e30 meets vth's clamp at 1e4: a count of ~1e26, which float16 planes cannot hold; its row is
-    finite and equals the reference (it was inf / NaN before the residual pass), the other rows unchanged."""
+@pytest.mark.parametrize("M,rows", [(4, (1, 2)), (8, (7,)), (1, (0,))])
+def test_counts_past_2048_squared_take_the_residual_pass(M, rows):
+    """A bf16 x of 1e30 (or 5e12) meets vth's clamp at 1e4: a count of ~1e26 (~5e8), which float16 planes cannot
+    hold; its row is finite and equals the reference (it was inf / NaN before the residual pass), the other rows
+    unchanged.  Rows 1, 2 and 7 put the residual into every lane position of the accumulators (tokens 2t, 2t + 1)."""
     sl = _sl()
     wq, sc = _weights(80, 1040, seed=2)
-    x = torch.randn(4, 1040)
-    x[1, 17] = 1e30
-    x[1, 500] = -3e29
-    x[2, 3] = 5e12      # vth clamped at 1e4 again: a count of ~5e8, past 2048^2 as well
+    x = torch.randn(M, 1040)
+    for i, m in enumerate(rows):
+        x[m, 17 + i] = 1e30 if i % 2 == 0 else 5e12
+        x[m, 500] = -3e29 if i % 2 == 0 else -1e12
     x = x.bfloat16().cuda()
     r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None, None)
     y = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode")
@@ -147,7 +149,21 @@ def test_counts_past_2048_squared_take_the_residual_pass():
 
 
 @requires_cuda
-def test_float32_bias_float16_hi_plane_and_one_output_channel():
+def test_float32_bias_is_added_in_float32():
+    """A bias that cancels row 0's product to ~0.25 out of ~1e3: rounded to bf16 first (as before), it would
+    be off by up to 2 there."""
+    sl = _sl()
+    wq, sc = _weights(64, 512, seed=4)
+    x = (torch.randn(2, 512) * 1e3).bfloat16().cuda()
+    r0 = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None, None)
+    assert r0[0].abs().max() > 100  # the case is what it claims
+    bias = (0.25 - r0[0]).float().cuda()
+    y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
+    assert (y[0].double().cpu() - 0.25).abs().max() < 0.5
+
+
+@requires_cuda
+def test_float16_hi_plane_and_one_output_channel():
     sl = _sl()
     for N, K, dtype in ((1, 208, torch.float16), (37, 2064, torch.float16), (19, 512, torch.bfloat16)):
         wq, sc = _weights(N, K, seed=3)
@@ -155,7 +171,7 @@ def test_float32_bias_float16_hi_plane_and_one_output_channel():
         x[0, 1] = 300.0 * x[0].abs().mean()  # counts of a few hundred
         x[2, 9] = 2e3 * x[2].abs().mean()    # ~3000 at K = 2064: the hi plane, with float16 x
         x = x.to(dtype).cuda()
-        bias = torch.randn(N, device="cuda") * 10  # float32 bias with 16-bit x: added in float32
+        bias = torch.randn(N, device="cuda") * 10
         y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
         r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, bias.cpu(), None)
         assert y.dtype == dtype and _worst_row(y.cpu(), r) < 1e-2

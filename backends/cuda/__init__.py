@@ -39,7 +39,7 @@ OPS = {
                                 "weights; e4m3 per channel with bf16 x: torch._scaled_mm over one or two exact count "
                                 "planes + a sparse fix-up); decode M<=32: a planes pre-pass + a split-K GEMV; e4m3 per "
                                 "channel with M<=8 and 16-bit x: CUDA C++ (kernels/spike_decode.cu, float16 count "
-                                "planes + a tensor-core GEMV)"),
+                                "planes + a tensor-core GEMV; counts >= 2048^2: a float32 pass)"),
     "spike_expand": OpCaps(INTS, impl="cuda c++"),
     "spike_collapse": OpCaps(INTS, impl="cuda c++"),
     "spike_stats": OpCaps(INTS, impl="cuda c++"),

@@ -4,9 +4,9 @@
 // Torch-free.
 //
 // 1. The encode (one block per row) writes vth and each count as float16 planes, s = lo + 2048 hi, both
-//    exact for |s| < 2048^2; a finite count of 2048^2 or more (a huge x against vth's clamp at 1e4, or
-//    k K >= 2048^2) goes whole, as float32, to a residual plane instead; an infinite or NaN count stays in lo.  Per row it
-//    flags a count past 2048 (bit 0) and one of 2048^2 or more (bit 1).
+//    exact for |s| < 2048^2; a finite count of 2048^2 or more (a huge x against vth's clamp at 1e4,
+//    or k K >= 2048^2) goes whole, as float32, to a residual plane instead; an infinite or NaN count
+//    stays in lo.  Per row it flags a count past 2048 (bit 0) and one of 2048^2 or more (bit 1).
 // 2. The GEMV: tensor cores multiply float16 operands; e4m3 weights convert to float16 exactly (on sm_80
 //    by bit manipulation, which reads an e4m3 NaN byte as +-480; quantize_weight never writes one).  The
 //    hi plane is loaded and multiplied only when some row has bit 0; rows with bit 1 take a second pass

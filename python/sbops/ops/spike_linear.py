@@ -67,7 +67,8 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     exact 8-bit planes and a split-K kernel streams the weights through the tensor cores; counts past the
     planes take an exact float16 pass.  With e4m3 per-channel weights, M <= 8 and 16-bit x, a CUDA C++
     kernel serves decode instead: its encode writes the counts as float16 planes (c = lo + 2048 hi, exact)
-    and its GEMV converts the weights to float16 in registers for the tensor cores.  The result is exact for every count, with one exception: on the
+    and its GEMV converts the weights to float16 in registers for the tensor cores; counts of 2048^2 or more
+    (a huge x against vth's clamp) take a float32 pass of their own.  The result is exact for every count, with one exception: on the
     Triton GEMM path (M > 32, int8 weights, per-group scales, or x not bfloat16) a count of 2^31 or more
     (|x| > 2^31 * vth) makes its row NaN.  The gradient is straight-through, as `spike_quant`:
     dL/dx = dL/dy @ dequant(W), dL/dbias = sum of dL/dy; weight_q and weight_scale get none.
