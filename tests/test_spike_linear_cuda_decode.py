@@ -156,7 +156,7 @@ def test_float32_bias_is_added_in_float32():
     wq, sc = _weights(64, 512, seed=4)
     x = (torch.randn(2, 512) * 1e3).bfloat16().cuda()
     r0 = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, None, None)
-    assert r0[0].abs().max() > 100  # the case is what it claims
+    assert r0[0].abs().max() > 512  # the case is what it claims: bf16 spacing 4 there
     bias = (0.25 - r0[0]).float().cuda()
     y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
     assert (y[0].double().cpu() - 0.25).abs().max() < 0.5
