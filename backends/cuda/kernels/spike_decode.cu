@@ -138,9 +138,10 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   }
 }
 
-template <typename E, int NT, int WN, int WK, int UNROLL>
+template <typename E, int WN, int WK, int UNROLL>
 __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
   constexpr int WARPS = WN * WK;
+  constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wk = warp / WN;
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   }
   // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
   // more (bit m of big); the same for every thread of the grid
-  static_assert(NT == 1, "the residual path adds into the one n-tile of 8 tokens");
+  static_assert(kSpikeDecodeMaxRows <= 8 * NT, "the residual path adds into the one n-tile of 8 tokens");
   bool two = false;
   int big = 0;
   for (int m = 0; m < a.M; ++m) {
@@ -310,21 +311,11 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   }
 }
 
-template <typename E, int NT, int WN, int WK, int U>
+template <typename E, int WN, int WK, int U>
 cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
   const unsigned blocks = static_cast<unsigned>(ceil_div(a.N, 16 * WN));
-  spike_decode_kernel<E, NT, WN, WK, U><<<blocks, 32 * WN * WK, 0, st>>>(a);
+  spike_decode_kernel<E, WN, WK, U><<<blocks, 32 * WN * WK, 0, st>>>(a);
   return cudaGetLastError();
-}
-
-template <typename E, int NT>
-cudaError_t launch_nt(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  switch (layout) {
-    case 0: return launch_layout<E, NT, 1, 8, 2>(a, st);
-    case 1: return launch_layout<E, NT, 2, 4, 2>(a, st);
-    case 2: return launch_layout<E, NT, 1, 8, 1>(a, st);
-    default: return launch_layout<E, NT, 4, 2, 2>(a, st);
-  }
 }
 
 template <typename E>
@@ -332,8 +323,12 @@ cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) 
   spike_decode_encode_kernel<E><<<static_cast<unsigned>(a.M), kEncodeThreads, 0, st>>>(a);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  static_assert(kSpikeDecodeMaxRows <= 8, "one n-tile of 8 tokens");
-  return launch_nt<E, 1>(a, layout, st);
+  switch (layout) {
+    case 0: return launch_layout<E, 1, 8, 2>(a, st);
+    case 1: return launch_layout<E, 2, 4, 2>(a, st);
+    case 2: return launch_layout<E, 1, 8, 1>(a, st);
+    default: return launch_layout<E, 4, 2, 2>(a, st);
+  }
 }
 
 }  // namespace
