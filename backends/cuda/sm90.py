@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from sbops import _platform
+
 from .triton import swa
 
 HEAD_DIM = 128
@@ -30,11 +32,11 @@ def routes() -> dict:
 @functools.lru_cache(maxsize=None)
 def _available(device_index: int) -> bool:
     """The native op exists and says the device is sm_90 with sm_90a code in this build."""
-    ns = getattr(torch.ops, "sbops_native", None)
-    if ns is None or not hasattr(ns, "swa_attn_fwd_sm90_available"):
+    available = _platform.native_op("swa_attn_fwd_sm90_available")
+    if available is None:
         return False
     like = torch.empty(0, device=torch.device("cuda", device_index))
-    return bool(ns.swa_attn_fwd_sm90_available(like))
+    return bool(available(like))
 
 
 def swa_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:

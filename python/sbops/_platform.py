@@ -33,6 +33,13 @@ def native_target() -> str:
     return getattr(_C, "build_target", "cpu")
 
 
+def native_op(name: str):
+    """torch.ops.sbops_native.<name> -- one of the internal kernels that serve public ops from Python
+    (backends/cuda/bindings) -- when this build registered it, else None."""
+    ns = getattr(torch.ops, "sbops_native", None)
+    return None if ns is None else getattr(ns, name, None)
+
+
 @functools.lru_cache(None)
 def triton_reason() -> str | None:
     try:

@@ -57,13 +57,7 @@ def _native_decode(x, weight_q, scale, k, bias):
 @functools.lru_cache(None)
 def _native_decode_built() -> bool:
     from sbops import _platform
-    if _platform.native_target() != "cuda":
-        return False
-    try:
-        torch.ops.sbops_native.spike_linear_decode
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return _platform.native_target() == "cuda" and _platform.native_op("spike_linear_decode") is not None
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
