@@ -91,7 +91,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     input_ids: [B, T] prompts of equal length -> sequences [B, T + n]; or a list of 1-D prompts of
         any lengths (or [B, T] with attention_mask: the masked-out tokens are dropped) -> a list of
         1-D tensors (prompt + generated tokens).  Prompts are packed (cu_seqlens), never padded.
-    Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default 8192),
+    Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default DEFAULT_PREFILL_CHUNK = 16384),
         so its memory is bounded whatever the prompt length; logits only at each prompt's last token.
     Batching: sequence i uses a cache slot; at most max_batch_size (default: all) run at once, and
         a finished sequence leaves the batch and frees its slot for the next waiting prompt.
