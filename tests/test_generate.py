@@ -252,3 +252,66 @@ def test_bucketed_padded_decode_step_leaves_live_slots_exact():
             nxt = ref.argmax(-1)
     assert cache.seq_lens.tolist() == [15, 0, 15, 0, 15, 0]       # slots 1 and 3 untouched, scratch reset
     assert not cache.layers[0].state[[1, 3]].any()
+
+
+# --------------------------------------------------------------------------- streaming and progress
+class _Recorder:
+    """Hugging Face's streamer protocol: put(tensor), end()."""
+
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(value.clone())
+
+    def end(self):
+        self.ends += 1
+
+
+def test_streamer_gets_the_prompt_then_each_token_then_end():
+    model = tiny_model("7b")
+    prompt = torch.randint(0, 128, (1, 6))
+    rec = _Recorder()
+    out = generate(model, prompt, 9, streamer=rec, eos_token_id=int(generate(model, prompt, 9)[0, 6 + 4]))
+    assert rec.ends == 1 and torch.equal(rec.puts[0], prompt)
+    assert [tuple(p.shape) for p in rec.puts[1:]] == [(1,)] * (out.shape[1] - 6)
+    assert torch.equal(torch.cat(rec.puts[1:]), out[0, 6:]) and out.shape[1] - 6 <= 5  # stopped at the eos
+    rec = _Recorder()
+    assert torch.equal(generate(model, [prompt[0]], 0, streamer=rec)[0], prompt[0]) and rec.ends == 1
+
+
+def test_streamer_works_with_transformers_text_streamer(capsys):
+    transformers = pytest.importorskip("transformers")
+
+    class Tok:  # the two methods TextStreamer calls
+        def decode(self, ids, **kw):
+            return "".join(chr(97 + int(i) % 26) for i in ids)
+
+    model = tiny_model("7b")
+    prompt = torch.randint(0, 128, (1, 4))
+    out = generate(model, prompt, 7, streamer=transformers.TextStreamer(Tok(), skip_prompt=True))
+    assert capsys.readouterr().out.strip() == Tok().decode(out[0, 4:].tolist())
+
+
+def test_streamer_and_progress_arguments_are_checked():
+    model = tiny_model("7b")
+    with pytest.raises(ValueError, match="streamer takes the tokens of one sequence"):
+        generate(model, torch.randint(0, 128, (2, 4)), 2, streamer=_Recorder())
+    with pytest.raises(TypeError, match="streamer must have put"):
+        generate(model, torch.randint(0, 128, (1, 4)), 2, streamer=object())
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        generate(model, torch.randint(0, 128, (1, 4)), 2, progress=3)
+
+
+def test_progress_reports_prefill_chunks_and_generated_tokens():
+    model = tiny_model("7b")
+    prompts = [torch.randint(0, 128, (n,)) for n in (11, 4, 7)]
+    events = []
+    out = generate(model, prompts, 5, prefill_chunk_size=4, max_batch_size=2,
+                   progress=lambda stage, done, total: events.append((stage, done, total)))
+    pre = [(d, t) for s, d, t in events if s == "prefill"]
+    dec = [(d, t) for s, d, t in events if s == "decode"]
+    assert all(t == 22 for _, t in pre) and [d for d, _ in pre] == sorted(d for d, _ in pre) and pre[-1][0] == 22
+    assert all(b - a <= 4 for (a, _), (b, _) in zip([(0, 0)] + pre, pre))      # one event per chunk of <= 4 tokens
+    assert all(t == 15 for _, t in dec) and [d for d, _ in dec] == sorted(d for d, _ in dec)
+    assert dec[-1][0] == sum(o.numel() for o in out) - 22 == 15

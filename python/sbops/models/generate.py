@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -48,11 +48,12 @@ def _prompts(input_ids, attention_mask) -> (List[torch.Tensor], bool):
     return prompts, True
 
 
-def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: Sequence[int], chunk: int
-             ) -> torch.Tensor:
+def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: Sequence[int], chunk: int,
+             on_chunk: Optional[Callable[[int], None]] = None) -> torch.Tensor:
     """Feed the prompts into their cache slots in packed chunks of at most `chunk` tokens (all
     sequences together); the lm_head runs only on each prompt's last token.  The slots must be empty
-    (ModelCache.reset).  Host metadata only: no device reads.  -> logits [n, vocab]."""
+    (ModelCache.reset).  Host metadata only: no device reads.  on_chunk(tokens) follows each chunk's
+    launch.  -> logits [n, vocab]."""
     dev = cache.seq_lens.device
     done = [0] * len(prompts)
     last = [None] * len(prompts)
@@ -76,6 +77,8 @@ def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: S
             last[take[j][0]] = logits[row]
         for i, t in take:
             done[i] += t
+        if on_chunk is not None:
+            on_chunk(sum(t for _, t in take))
     return torch.stack(last)
 
 
@@ -85,7 +88,8 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
              eos_token_id: Union[None, int, Sequence[int]] = None, prefill_chunk_size: Optional[int] = None,
              cache: Optional[ModelCache] = None, output_scores: bool = False,
              attention_mask: Optional[torch.Tensor] = None, max_batch_size: Optional[int] = None,
-             cuda_graphs: Optional[bool] = None, pad_token_id: Optional[int] = None):
+             cuda_graphs: Optional[bool] = None, pad_token_id: Optional[int] = None, streamer=None,
+             progress: Optional[Callable[[str, int, int], None]] = None):
     """Generate up to max_new_tokens tokens after each prompt.
 
     input_ids: [B, T] prompts of equal length -> sequences [B, T + n]; or a list of 1-D prompts of
@@ -106,6 +110,12 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         scratch slot for the padding rows of CUDA graphs.  It is reset here.
     output_scores: return GenerateOutput(sequences, scores) with the raw logits of every step:
         [B, n, vocab] (tensor input; rows after a sequence stopped are 0) or a list of [n_i, vocab].
+    streamer: Hugging Face's streamer protocol (transformers.TextStreamer works as is), one sequence
+        only: streamer.put(prompt [1, T] on the CPU) first, streamer.put(token [1]) for each new token
+        as it is chosen, streamer.end() when the sequence stops.
+    progress: progress(stage, done, total) on long work: ("prefill", prompt tokens issued, all prompt
+        tokens) after each prefill chunk is launched, ("decode", tokens generated, n_prompts *
+        max_new_tokens) after each step (a bound: sequences that stop early leave it unreached).
     """
     prompts, as_list = _prompts(input_ids, attention_mask)
     if max_new_tokens < 0:
@@ -117,7 +127,19 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     if chunk < 1:
         raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
     n_seq = len(prompts)
+    if streamer is not None:
+        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+            raise TypeError(f"streamer must have put(tokens) and end() methods (Hugging Face's streamer "
+                            f"protocol), got {type(streamer).__name__}")
+        if n_seq != 1:
+            raise ValueError(f"streamer takes the tokens of one sequence (as Hugging Face's TextStreamer), "
+                             f"got {n_seq} prompts")
+        streamer.put(prompts[0][None].cpu())
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a callable progress(stage, done, total), got {type(progress).__name__}")
     if max_new_tokens == 0 or n_seq == 0:
+        if streamer is not None:
+            streamer.end()
         seqs = [p.clone() for p in prompts]
         empty = [p.new_zeros(0, 0, dtype=torch.float32) for p in prompts]
         if not as_list:
@@ -145,16 +167,28 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     free = list(range(width))
     active: List[tuple] = []  # (sequence, slot), in batch order
 
+    fed, n_prompt = [0], sum(p.numel() for p in prompts)
+    generated, bound = [0], n_seq * max_new_tokens
+
+    def on_chunk(n: int) -> None:
+        fed[0] += n
+        progress("prefill", fed[0], n_prompt)
+
     def emit(rows: List[tuple], logits: torch.Tensor) -> None:
         nxt = select_next(logits, do_sample, temperature, top_k, top_p, generator).tolist()
         for (seq, slot), tok, row in zip(rows, nxt, range(len(rows))):
             tokens[seq].append(int(tok))
+            if streamer is not None:
+                streamer.put(torch.tensor([int(tok)], dtype=prompts[seq].dtype))
             if output_scores:
                 scores[seq].append(logits[row].float().clone())
             if int(tok) in eos or len(tokens[seq]) >= max_new_tokens:
                 free.append(slot)
             else:
                 active.append((seq, slot))
+        generated[0] += len(rows)
+        if progress is not None:
+            progress("decode", generated[0], bound)
 
     with checks:
         while pending or active:
@@ -164,7 +198,8 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
             if joining:
                 js = [slot for _, slot in joining]
                 cache.reset(js)
-                logits = _prefill(model, cache, [prompts[s] for s, _ in joining], js, chunk)
+                logits = _prefill(model, cache, [prompts[s] for s, _ in joining], js, chunk,
+                                  on_chunk if progress is not None else None)
                 emit(joining, logits)
             if not active:
                 continue
@@ -176,6 +211,8 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
             else:
                 logits = model(ids[:, None], cache=cache, slot_indices=slots).logits[:, 0]
             emit(rows, logits)
+    if streamer is not None:
+        streamer.end()
 
     outs = [torch.cat([p.to(device), torch.tensor(t, dtype=p.dtype, device=device)]) for p, t in zip(prompts, tokens)]
     if as_list:
