@@ -99,8 +99,14 @@ class SpikingBrainConfig:
         n = q.num_hidden_layers
         head_dim = getattr(q, "head_dim", None) or q.hidden_size // q.num_attention_heads
         rope_theta = getattr(q, "rope_theta", None)
-        if rope_theta is None:  # transformers >= 5 keeps it in rope_parameters
-            rope_theta = (getattr(q, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        rope_params = getattr(q, "rope_parameters", None) or {}   # transformers >= 5
+        if rope_theta is None:
+            rope_theta = rope_params.get("rope_theta", 10000.0)
+        scaling = getattr(q, "rope_scaling", None)
+        rope_type = rope_params.get("rope_type", (scaling or {}).get("rope_type", (scaling or {}).get("type")))
+        if rope_type not in (None, "default"):
+            raise NotImplementedError(f"from_qwen2: RoPE scaling {scaling or rope_params!r} is not supported "
+                                      f"(plain RoPE only); converting would silently change the model's positions")
         fields = dict(
             vocab_size=q.vocab_size, hidden_size=q.hidden_size, intermediate_size=q.intermediate_size,
             num_heads=q.num_attention_heads, num_kv_heads=q.num_key_value_heads, head_dim=head_dim,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import deque
 from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
@@ -22,6 +23,21 @@ DEFAULT_PREFILL_CHUNK = 16384
 class GenerateOutput(NamedTuple):
     sequences: Union[torch.Tensor, List[torch.Tensor]]  # [B, T + n] (tensor input) or a list of 1-D tensors
     scores: Union[torch.Tensor, List[torch.Tensor]]     # the raw logits that chose each generated token
+
+
+def _token_ids(ids, name: str) -> List[int]:
+    """None, an int, a sequence / set of ints, or an integer tensor / numpy value -> a list of ints."""
+    if ids is None:
+        return []
+    if isinstance(ids, (set, frozenset)):
+        ids = sorted(ids)
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() > 1:
+        raise TypeError(f"{name} must be an int or a list of ints, got {ids!r}")
+    return [int(v) for v in t.flatten().tolist()]
 
 
 def _prompts(input_ids, attention_mask) -> (List[torch.Tensor], bool):
@@ -121,8 +137,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     check_sampling(do_sample, temperature, top_k, top_p)
-    eos = [] if eos_token_id is None else ([int(eos_token_id)] if isinstance(eos_token_id, int)
-                                           else [int(e) for e in eos_token_id])
+    eos = _token_ids(eos_token_id, "eos_token_id")
     chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else int(prefill_chunk_size)
     if chunk < 1:
         raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
@@ -140,23 +155,38 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     if max_new_tokens == 0 or n_seq == 0:
         if streamer is not None:
             streamer.end()
+        vocab = model.lm_head.weight.shape[0]
         seqs = [p.clone() for p in prompts]
-        empty = [p.new_zeros(0, 0, dtype=torch.float32) for p in prompts]
+        empty = [p.new_zeros(0, vocab, dtype=torch.float32) for p in prompts]
         if not as_list:
-            seqs, empty = input_ids.clone(), input_ids.new_zeros(n_seq, 0, 0, dtype=torch.float32)
+            seqs, empty = input_ids.clone(), input_ids.new_zeros(n_seq, 0, vocab, dtype=torch.float32)
         return GenerateOutput(seqs, empty) if output_scores else seqs
 
     device = model.lm_head.weight.device
-    width = n_seq if max_batch_size is None else max(1, min(int(max_batch_size), n_seq))
+    moved = sorted({str(p.device) for p in prompts if p.device != device})
+    if moved:  # as Hugging Face's generate: it works, but says so
+        warnings.warn(f"generate: input_ids are on {', '.join(moved)} but the model is on {device}; they are copied "
+                      f"there (and the result lives there). Pass input_ids on {device} to avoid the copy.")
+    if max_batch_size is not None and int(max_batch_size) < 1:
+        raise ValueError(f"max_batch_size must be >= 1 (or None: all prompts at once), got {max_batch_size}")
+    width = n_seq if max_batch_size is None else min(int(max_batch_size), n_seq)
     use_graphs = graphs_supported(model, device) is None if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and graphs_supported(model, device) is not None:
         raise ValueError(f"cuda_graphs=True but the decode step cannot be captured: {graphs_supported(model, device)}")
     need = width + (1 if use_graphs else 0)
     if cache is None:
         cache = model.new_cache(need, max_length=max(p.numel() for p in prompts) + max_new_tokens)
-    elif cache.num_slots < need:
-        raise ValueError(f"the cache has {cache.num_slots} slots but this call needs {need} "
-                         f"({width} sequences{' + 1 scratch slot for CUDA graphs' if use_graphs else ''})")
+    else:
+        if cache.num_slots < need:
+            raise ValueError(f"the cache has {cache.num_slots} slots but this call needs {need} "
+                             f"({width} sequences{' + 1 scratch slot for CUDA graphs' if use_graphs else ''})")
+        cache.check_fits(model)
+        reach = max(p.numel() for p in prompts) + max_new_tokens - 1   # tokens a slot holds at the last step
+        for i, (c, layer) in enumerate(zip(cache.layers, model.model.layers)):
+            sm = getattr(c, "softmax", c)
+            if hasattr(sm, "k") and layer.self_attn.window < 0 and sm.rows < reach:
+                raise ValueError(f"the cache's full-attention layer {i} holds {sm.rows} tokens per slot but a sequence "
+                                 f"here reaches {reach}: allocate it with model.new_cache(..., max_length={reach})")
     cache.reset()
     graphs = DecodeGraphs(model, cache, cache.num_slots - 1, width) if use_graphs else None
     checks = sbops.data_checks(False) if device.type == "cuda" else contextlib.nullcontext()

@@ -203,10 +203,16 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover
             raise ImportError("from_pretrained: reading .safetensors needs the safetensors package") from e
-        return load_file(os.path.join(path, f))
+        try:
+            return load_file(os.path.join(path, f))
+        except Exception as e:  # noqa: BLE001  (safetensors' errors do not name the file)
+            raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
 
     def bin_load(f):
-        return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
 
     for index, loader in (("model.safetensors.index.json", st_load), ("pytorch_model.bin.index.json", bin_load)):
         if os.path.isfile(os.path.join(path, index)):
@@ -258,10 +264,15 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     fields to change (e.g. window=...) -- only for fields the checkpoint does not pin down.
     """
     path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"from_pretrained: {path!r} is not a checkpoint folder with a config.json (only local "
+                                f"folders are read; download a Hub repository first, e.g. huggingface_hub.snapshot_download)")
     with open(os.path.join(path, "config.json")) as fh:
         d = json.load(fh)
     if torch_dtype is not None:
         dtype = torch_dtype
+    if isinstance(dtype, str) and dtype != "auto":  # "bfloat16", "torch.float16", as Hugging Face accepts
+        dtype = _parse_dtype(dtype)
     sd = load_checkpoint_tensors(path)
     native = d.get("model_type") == NATIVE_MODEL_TYPE
     if not native and d.get("model_type") != RELEASED_MODEL_TYPE and RELEASED_ARCH not in (d.get("architectures") or []):

@@ -1,12 +1,17 @@
 """Next-token selection: greedy, or sampling with temperature / top-k / top-p and a torch.Generator."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
 
 
 def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
+    for name, v, kind in (("temperature", temperature, numbers.Real), ("top_p", top_p, numbers.Real),
+                          ("top_k", top_k, numbers.Integral)):   # numpy scalars register as these
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise TypeError(f"{name} must be {'an int' if kind is numbers.Integral else 'a number'}, got {v!r}")
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
     if int(top_k) < 0:

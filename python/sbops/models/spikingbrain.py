@@ -1,6 +1,7 @@
 """SpikingBrain-style causal language models built from sbops.nn layers."""
 from __future__ import annotations
 
+import weakref
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sbops.distributed as sbd
+from sbops._validate import checking_data
 from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
 
 from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
@@ -57,6 +59,42 @@ class ModelCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def check_fits(self, model: "SpikingBrainForCausalLM") -> None:
+        """Raise ValueError unless this cache was made for `model`'s layers (model.new_cache): layer count,
+        slot counts, state / ring-buffer shapes (ring rows >= window + 1), dtypes and device.  Shapes only,
+        no device reads; the model runs it once per cache."""
+        layers = model.model.layers
+        if len(self.layers) != len(layers):
+            raise ValueError(f"cache: it has {len(self.layers)} layer caches but the model has {len(layers)} "
+                             f"layers; allocate it with this model's new_cache")
+        S, dev = self.num_slots, model.model.embed_tokens.weight.device
+        for i, (have, layer) in enumerate(zip(self.layers, layers)):
+            want = layer.self_attn.new_cache(1, 1, device="meta")
+            pairs = [(have, want)]
+            if hasattr(want, "linear"):  # a hybrid layer: both branches
+                pairs = [(getattr(have, "linear", None), want.linear), (getattr(have, "softmax", None), want.softmax)]
+            for part_have, part_want in pairs:
+                names = ("state",) if hasattr(part_want, "state") else ("k", "v")
+                for name in names:
+                    t, w = getattr(part_have, name, None), getattr(part_want, name)
+                    ok = (isinstance(t, torch.Tensor) and t.dim() == w.dim() and t.shape[0] == S
+                          and t.dtype == w.dtype and t.device == dev)
+                    if name == "state":
+                        ok = ok and t.shape[1:] == w.shape[1:]
+                        shape = ", ".join(map(str, (S,) + tuple(w.shape[1:])))
+                    else:
+                        window = layer.self_attn.window
+                        ok = ok and t.shape[2:] == w.shape[2:] and (window < 0 or t.shape[1] >= window + 1)
+                        rows = f">= {window + 1} rows" if window >= 0 else "max_length rows"
+                        shape = f"{S}, {rows}, {w.shape[2]}, {w.shape[3]}"
+                    if not ok:
+                        got = (f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor)
+                               else f"a {type(part_have).__name__}")
+                        raise ValueError(f"cache: layer {i}'s {name} must be [{shape}] {w.dtype} on {dev} "
+                                         f"(this model's new_cache), got {got}")
+        if self.seq_lens.dtype != torch.int64 or self.seq_lens.device != dev:
+            raise ValueError(f"cache: seq_lens must be int64 on {dev}, got {self.seq_lens.dtype} on {self.seq_lens.device}")
 
 
 # token count above which an inference forward runs the dense FFN in chunks of this many tokens
@@ -232,6 +270,9 @@ class SpikingBrainForCausalLM(nn.Module):
             if slots.shape != (N,):
                 raise ValueError(f"slot_indices must be [N] = [{N}] (one cache slot per sequence), "
                                  f"got {tuple(slots.shape)}")
+            if checking_data(slots) and N and (int(slots.min()) < 0 or int(slots.max()) >= cache.num_slots):
+                raise ValueError(f"slot_indices must lie in [0, {cache.num_slots}) (the cache's slots), got "
+                                 f"{slots.tolist()}")
             return CacheBatch.for_decode(cache.seq_lens.index_select(0, slots), slots), None
         if slot_indices is None:
             slots = list(range(N))
@@ -247,6 +288,11 @@ class SpikingBrainForCausalLM(nn.Module):
             starts = [int(p) for p in start_positions]
             if len(starts) != N or min(starts) < 0:
                 raise ValueError(f"start_positions must hold N={N} values >= 0, got {starts}")
+            if checking_data(cache.seq_lens):  # free where the cache lives on the host
+                held = cache.seq_lens[slots].tolist()
+                if held != starts:
+                    raise ValueError(f"start_positions {starts} disagree with what the slots hold "
+                                     f"(cache.seq_lens[{slots}] = {held})")
         batch = CacheBatch.prefill(lens, offsets, starts, dev, None if cu_seqlens is not None else T, slots, cu_dev)
         return batch, cu_dev
 
@@ -257,6 +303,17 @@ class SpikingBrainForCausalLM(nn.Module):
         """See the class docstring.  cu_seqlens and slot_indices may be tensors or host lists (lists
         spare a device read in a prefill chunk); start_positions (host list: tokens each slot already
         holds, i.e. cache.seq_lens[slot]) spares another."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T] (or [1, total] with cu_seqlens), got shape {tuple(input_ids.shape)}")
+        if cache is not None:
+            if not isinstance(cache, ModelCache):
+                raise TypeError(f"cache must be a ModelCache (model.new_cache), got {type(cache).__name__}")
+            fits = cache.__dict__.get("_fits_model")
+            if fits is None or fits() is not self:   # checked once per (cache, model)
+                cache.check_fits(self)
+                cache._fits_model = weakref.ref(self)
+        elif slot_indices is not None or start_positions is not None:
+            raise ValueError("slot_indices and start_positions name cache slots: they need a cache")
         batch, cu_dev = self._plan(input_ids, cache, cu_seqlens, slot_indices, start_positions)
         x = self.model.embed_tokens(input_ids)
         aux = None
@@ -324,9 +381,17 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:
-    """Hugging Face's logits_to_keep on dim 1: 0 = all, int n = the last n, 1-D tensor = these indices."""
+    """Hugging Face's logits_to_keep on dim 1: 0 = all, int n = the last n, a tensor = an index of dim 1 as
+    HF applies it (t[:, logits_to_keep]: positions, negative ones counted from the end, or a bool mask)."""
     if isinstance(logits_to_keep, torch.Tensor):
-        return t.index_select(1, logits_to_keep.to(t.device, torch.int64, non_blocking=True))
+        idx = logits_to_keep
+        if idx.dim() != 1 or not (idx.dtype == torch.bool or not (idx.is_floating_point() or idx.is_complex())):
+            raise ValueError(f"logits_to_keep must be an int or a 1-D integer or bool tensor, got "
+                             f"{idx.dtype} of shape {tuple(idx.shape)}")
+        if idx.dtype == torch.bool and idx.shape[0] != t.shape[1]:
+            raise ValueError(f"a bool logits_to_keep must have one entry per position ({t.shape[1]}), "
+                             f"got {idx.shape[0]}")
+        return t[:, idx.to(t.device, non_blocking=True)]
     n = int(logits_to_keep)
     if n < 0:
         raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {n}")

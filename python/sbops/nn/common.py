@@ -190,12 +190,25 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding as in Qwen2 (non-interleaved halves, inv_freq = theta^(-2i/D))."""
+    """Rotary position embedding as in Qwen2 (non-interleaved halves, inv_freq = theta^(-2i/D)).
+
+    inv_freq stays float32 when the module is cast to a 16-bit dtype (model.to(torch.bfloat16)), as in
+    Hugging Face's Qwen2: bfloat16 frequencies would misplace positions past a few thousand tokens."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._freqs(None), persistent=False)
+
+    def _freqs(self, device) -> torch.Tensor:
+        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        return 1.0 / (self.theta ** exps)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype not in (torch.float32, torch.float64):  # recomputed, not rounded back
+            self.inv_freq = self._freqs(self.inv_freq.device)
+        return self
 
     def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """positions: integer tensor of any shape -> (cos, sin) of shape positions.shape + (D,), float32."""
