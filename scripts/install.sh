@@ -9,11 +9,13 @@
 #
 # It never creates an environment, never replaces your torch, and asks no package index about
 # anything already installed: with every dependency present it runs offline.
-#   - torch: used as it is; only where none is importable is the CPU build torch==2.13.0 installed.
+#   - torch (>= 2.10): used as it is; only where none is importable is the CPU build
+#     torch==2.13.0+cpu installed, from the PyTorch CPU index (a GPU user installs their CUDA or
+#     MetaX torch first, then runs this).
 #   - build tools (setuptools, wheel, cmake, ninja) and the extras' packages: installed only when
 #     missing, under a constraint that pins the installed torch, so nothing can pull another torch.
-#   - sbops itself: a wheel built with `pip wheel --no-build-isolation --no-deps` against that torch,
-#     installed with --no-deps --force-reinstall.
+#   - sbops itself: a wheel built with `pip wheel --no-build-isolation --no-deps` against that torch
+#     into a temporary folder (dist/ is left alone), installed with --no-deps --force-reinstall.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,12 +61,24 @@ fi
 PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
 # 2. torch: the user's, as is
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 if "$PY" -W ignore -c "import torch" 2>/dev/null; then
   stage 2 "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') found: used as it is"
 else
-  stage 2 "no torch found: installing the CPU build torch==2.13.0"
-  pip_ install -q torch==2.13.0
+  stage 2 "no torch found: installing the CPU build torch==2.13.0+cpu"
+  echo "sbops install: for a GPU, install your CUDA (or MetaX) torch into this environment first, then run this again"
+  # the wheel itself from the PyTorch CPU index (PyPI's plain torch is the CUDA build, several GB),
+  # then its dependencies from your usual index (the installed torch already satisfies the pin)
+  pip_ install -q --no-deps torch==2.13.0+cpu --extra-index-url "$TORCH_CPU_INDEX"
+  pip_ install -q torch==2.13.0+cpu
 fi
+"$PY" - <<'EOF'
+import sys, torch
+v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+if v < (2, 10):
+    sys.exit(f"sbops install: torch {torch.__version__} is older than 2.10, the stable-ABI floor sbops "
+             "builds against; upgrade torch (e.g. pip install 'torch>=2.10') and run this again")
+EOF
 # everything installed below must leave that torch alone: pin it (pip then fails rather than replace it)
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
@@ -89,12 +103,22 @@ except ImportError:
 sys.exit(int(setuptools.__version__.split(".")[0]) < 64)
 EOF
 has_module setuptools.command.bdist_wheel || has_module wheel || need+=(wheel)  # setuptools >= 70.1 has bdist_wheel
-command -v cmake >/dev/null 2>&1 || need+=("cmake>=3.18")
+# cmake >= 3.18 (CMakeLists.txt's minimum); an older one on PATH (Ubuntu 20.04's 3.16) is shadowed
+# by pip's cmake, installed into this environment's scripts folder, which comes first on PATH
+cmake_ok() {
+  command -v cmake >/dev/null 2>&1 || return 1
+  local v
+  v=$(cmake --version 2>/dev/null | sed -nE '1s/^cmake version ([0-9]+)\.([0-9]+).*/\1 \2/p')
+  [ -n "$v" ] || return 1
+  set -- $v
+  [ "$1" -gt 3 ] || { [ "$1" -eq 3 ] && [ "$2" -ge 18 ]; }
+}
+cmake_ok || need+=("cmake>=3.18")
 if [ ${#need[@]} -gt 0 ]; then
   stage 3 "build tools: installing ${need[*]}"
   pip_ install -q -c "$CONSTRAINTS" "${need[@]}"
 else
-  stage 3 "build tools: setuptools, wheel, cmake present"
+  stage 3 "build tools: setuptools, wheel, cmake $(cmake --version | sed -nE '1s/^cmake version //p') present"
 fi
 if ! command -v ninja >/dev/null 2>&1; then  # optional: faster builds; make is used without it
   pip_ install -q -c "$CONSTRAINTS" ninja 2>/dev/null || echo "sbops install: ninja not installed; building with make"
@@ -102,9 +126,10 @@ fi
 
 # 4. the wheel, against the installed torch
 stage 4 "building the wheel against that torch (SBOPS_TARGET=${SBOPS_TARGET:-auto}; a few minutes)"
-rm -rf dist
-MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} pip_ wheel -q --no-build-isolation --no-deps -w dist .
-whl=$(ls dist/sbops-*.whl)
+WHEELDIR=$(mktemp -d)
+trap 'rm -f "$CONSTRAINTS"; rm -rf "$WHEELDIR"' EXIT
+MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} pip_ wheel -q --no-build-isolation --no-deps -w "$WHEELDIR" .
+whl=$(ls "$WHEELDIR"/sbops-*.whl)
 
 # 5. sbops itself, nothing else
 stage 5 "installing $whl"
