@@ -315,3 +315,26 @@ def test_progress_reports_prefill_chunks_and_generated_tokens():
     assert all(b - a <= 4 for (a, _), (b, _) in zip([(0, 0)] + pre, pre))      # one event per chunk of <= 4 tokens
     assert all(t == 15 for _, t in dec) and [d for d, _ in dec] == sorted(d for d, _ in dec)
     assert dec[-1][0] == sum(o.numel() for o in out) - 22 == 15
+
+
+@pytest.mark.parametrize("kind", ["7b", "76b"])
+def test_reuse_cache_continues_a_conversation_like_a_fresh_run(kind):
+    """Turn 2 on the cache of turn 1 (only the new tokens are fed) gives the tokens of a fresh run on the
+    whole text; the cache memory stays the same."""
+    model = tiny_model(kind, dtype=torch.float64)
+    turn1 = [torch.randint(0, 128, (n,)) for n in (7, 12)]
+    cache = model.new_cache(2, max_length=64)
+    nbytes = cache.nbytes()
+    out1 = generate(model, turn1, 5, cache=cache)
+    turn2 = [torch.cat([o, torch.randint(0, 128, (n,))]) for o, n in zip(out1, (4, 1))]
+    fed = []
+    out2 = generate(model, turn2, 6, cache=cache, reuse_cache=True,
+                    progress=lambda s, d, t: fed.append((s, d, t)) if s == "prefill" else None)
+    fresh = generate(model, turn2, 6)
+    assert all(torch.equal(a, b) for a, b in zip(out2, fresh))
+    # fed: each sequence's last generated token of turn 1 (not yet in the cache) and its new tokens: (1 + 4) + (1 + 1)
+    assert fed[-1] == ("prefill", 7, 7) and cache.nbytes() == nbytes
+    with pytest.raises(ValueError, match="at least one token the cache does not hold"):
+        generate(model, [o[:3] for o in out2], 2, cache=cache, reuse_cache=True)
+    with pytest.raises(ValueError, match="reuse_cache=True continues"):
+        generate(model, turn2, 2, reuse_cache=True)

@@ -65,11 +65,12 @@ def _prompts(input_ids, attention_mask) -> (List[torch.Tensor], bool):
 
 
 def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: Sequence[int], chunk: int,
-             on_chunk: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+             on_chunk: Optional[Callable[[int], None]] = None, held: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Feed the prompts into their cache slots in packed chunks of at most `chunk` tokens (all
     sequences together); the lm_head runs only on each prompt's last token.  The slots must be empty
-    (ModelCache.reset).  Host metadata only: no device reads.  on_chunk(tokens) follows each chunk's
-    launch.  -> logits [n, vocab]."""
+    (ModelCache.reset), or hold held[i] tokens that prompt i continues.  Host metadata only: no device
+    reads.  on_chunk(tokens) follows each chunk's launch.  -> logits [n, vocab]."""
+    held = [0] * len(prompts) if held is None else list(held)
     dev = cache.seq_lens.device
     done = [0] * len(prompts)
     last = [None] * len(prompts)
@@ -88,7 +89,7 @@ def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: S
         keep = (ends[finishing] - 1).to(dev, non_blocking=True)
         cu = None if len(take) == 1 else [0] + ends.tolist()
         logits = model(ids, cache=cache, logits_to_keep=keep, cu_seqlens=cu, slot_indices=[slots[i] for i, _ in take],
-                       start_positions=[done[i] for i, _ in take]).logits[0]
+                       start_positions=[held[i] + done[i] for i, _ in take]).logits[0]
         for row, j in enumerate(finishing):
             last[take[j][0]] = logits[row]
         for i, t in take:
@@ -105,7 +106,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
              cache: Optional[ModelCache] = None, output_scores: bool = False,
              attention_mask: Optional[torch.Tensor] = None, max_batch_size: Optional[int] = None,
              cuda_graphs: Optional[bool] = None, pad_token_id: Optional[int] = None, streamer=None,
-             progress: Optional[Callable[[str, int, int], None]] = None):
+             progress: Optional[Callable[[str, int, int], None]] = None, reuse_cache: bool = False):
     """Generate up to max_new_tokens tokens after each prompt.
 
     input_ids: [B, T] prompts of equal length -> sequences [B, T + n]; or a list of 1-D prompts of
@@ -132,6 +133,11 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     progress: progress(stage, done, total) on long work: ("prefill", prompt tokens issued, all prompt
         tokens) after each prefill chunk is launched, ("decode", tokens generated, n_prompts *
         max_new_tokens) after each step (a bound: sequences that stop early leave it unreached).
+    reuse_cache: continue what `cache` holds instead of resetting it (a conversation's next turn at
+        constant memory): sequence i continues slot i, and input_ids are each sequence's whole text so
+        far, of which the cache.seq_lens[i] tokens already held are skipped (as Hugging Face skips the
+        tokens in past_key_values); the result is that whole text plus the new tokens.  After a
+        generate() call the cache holds every token but the last generated one.
     """
     prompts, as_list = _prompts(input_ids, attention_mask)
     if max_new_tokens < 0:
@@ -169,6 +175,9 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                       f"there (and the result lives there). Pass input_ids on {device} to avoid the copy.")
     if max_batch_size is not None and int(max_batch_size) < 1:
         raise ValueError(f"max_batch_size must be >= 1 (or None: all prompts at once), got {max_batch_size}")
+    if reuse_cache and (cache is None or (max_batch_size is not None and int(max_batch_size) < n_seq)):
+        raise ValueError("reuse_cache=True continues the sequences of the cache passed as cache=, all at once "
+                         "(sequence i in slot i): pass that cache, and no max_batch_size below the number of prompts")
     width = n_seq if max_batch_size is None else min(int(max_batch_size), n_seq)
     use_graphs = graphs_supported(model, device) is None if cuda_graphs is None else bool(cuda_graphs)
     if use_graphs and graphs_supported(model, device) is not None:
@@ -187,7 +196,15 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
             if hasattr(sm, "k") and layer.self_attn.window < 0 and sm.rows < reach:
                 raise ValueError(f"the cache's full-attention layer {i} holds {sm.rows} tokens per slot but a sequence "
                                  f"here reaches {reach}: allocate it with model.new_cache(..., max_length={reach})")
-    cache.reset()
+    held = [0] * n_seq
+    if reuse_cache:
+        held = cache.seq_lens[:n_seq].tolist()   # one host read
+        for i, (p, h) in enumerate(zip(prompts, held)):
+            if h >= p.numel():
+                raise ValueError(f"reuse_cache: slot {i} holds {h} tokens but input {i} has {p.numel()}: give each "
+                                 f"sequence's whole text so far, with at least one token the cache does not hold")
+    else:
+        cache.reset()
     graphs = DecodeGraphs(model, cache, cache.num_slots - 1, width) if use_graphs else None
     checks = sbops.data_checks(False) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -197,7 +214,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     free = list(range(width))
     active: List[tuple] = []  # (sequence, slot), in batch order
 
-    fed, n_prompt = [0], sum(p.numel() for p in prompts)
+    fed, n_prompt = [0], sum(p.numel() - h for p, h in zip(prompts, held))
     generated, bound = [0], n_seq * max_new_tokens
 
     def on_chunk(n: int) -> None:
@@ -227,9 +244,10 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                 joining.append((pending.popleft(), free.pop(0)))
             if joining:
                 js = [slot for _, slot in joining]
-                cache.reset(js)
-                logits = _prefill(model, cache, [prompts[s] for s, _ in joining], js, chunk,
-                                  on_chunk if progress is not None else None)
+                if not reuse_cache:
+                    cache.reset(js)
+                logits = _prefill(model, cache, [prompts[s][held[s]:] for s, _ in joining], js, chunk,
+                                  on_chunk if progress is not None else None, [held[s] for s, _ in joining])
                 emit(joining, logits)
             if not active:
                 continue
