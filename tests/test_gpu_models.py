@@ -71,3 +71,28 @@ def test_gpu_chunked_prefill_equals_one_prefill(kind):
         cache = model.new_cache(2)
         parts = [model(ids[:, a:a + 97], cache=cache).logits for a in range(0, 300, 97)]
     assert rel_err(torch.cat(parts, 1), full) < 1e-4
+
+
+def test_reuse_cache_and_streaming_through_graphs_equal_eager():
+    """A second turn on the cache of the first (reuse_cache) through CUDA graphs gives the eager tokens; the
+    streamer sees them as they come; the bf16 model keeps float32 RoPE frequencies on the GPU."""
+    model = gpu_model("7b", torch.bfloat16)
+    assert all(m.inv_freq.dtype == torch.float32 for m in model.modules() if hasattr(m, "inv_freq"))
+    p = torch.randint(0, 256, (1, 30), device="cuda")
+    outs = {}
+    for graphs in (False, True):
+        cache = model.new_cache(2, max_length=128)
+        first = generate(model, p, 8, cache=cache, cuda_graphs=graphs)
+        turn2 = torch.cat([first, torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(1)).cuda()], 1)
+        seen = []
+
+        class Rec:
+            def put(self, t):
+                seen.append(t)
+
+            def end(self):
+                seen.append(None)
+
+        outs[graphs] = generate(model, turn2, 8, cache=cache, reuse_cache=True, cuda_graphs=graphs, streamer=Rec())
+        assert seen[-1] is None and torch.equal(torch.cat(seen[1:-1]).cuda(), outs[graphs][0, turn2.shape[1]:])
+    assert torch.equal(outs[False], outs[True])
