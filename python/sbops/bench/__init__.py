@@ -2,7 +2,7 @@
 
 For every op family (linear attention prefill + decode, sliding-window attention prefill + decode,
 spike coding, MoE routing) and every available backend: correctness against float64 references
-(SPEC section 6 bounds) and median times with GB/s or TFLOP/s, the roofline floor and the ratio
+(docs/SPEC.md section 6 bounds) and median times with GB/s or TFLOP/s, the roofline floor and the ratio
 to each installed peer (fla, PyTorch SDPA, FlexAttention, torch eager / torch.compile versions).
 See benchmarks/README.md for the options, the JSON schema and the FLOP/byte conventions.
 

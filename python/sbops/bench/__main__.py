@@ -12,8 +12,8 @@ Default run (no mode flag): one headline row per op at the SpikingBrain-7B shape
 (linear_attn fwd and fwd+bwd at T=32k, swa fwd at 32k, both decode ops at B=1, spike_encode,
 spike_linear (W8ASpike, M=8192 on the 7B gate/up shape), topk_gating, moe_permute / moe_unpermute at T=16k, E=16, k=1), the small correctness checks, the
 GPU backends only when one is available (else the CPU reference with small shapes), and every
-peer except fla (whose autotuning alone takes minutes; --peers all or --full runs it).  Meant to
-finish within about 3 minutes on an H200 and within a minute on a small CPU.
+peer except fla (whose autotuning alone takes minutes; --peers all or --full runs it).  It takes
+about 1.5 minutes on an H200 (80-86 s measured) and under a minute on a small CPU.
 --full: every speed case, the large correctness checks, every available backend (the CPU one
 included) and every peer.  --quick: every speed case with the small shapes.
 --model [ARGS]: hands ARGS to the whole-model benchmark, `python -m sbops.bench.model` (TTFT from 8k

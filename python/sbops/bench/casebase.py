@@ -33,7 +33,7 @@ class Env:
 
 
 def bound_for(dtype: torch.dtype, grad: bool) -> float:
-    """SPEC section 6: 1e-5 for float32/float64 results, 1e-2 (gradients 2e-2) for 16-bit."""
+    """docs/SPEC.md section 6: 1e-5 for float32/float64 results, 1e-2 (gradients 2e-2) for 16-bit."""
     if dtype in (torch.float32, torch.float64):
         return 1e-5
     return 2e-2 if grad else 1e-2

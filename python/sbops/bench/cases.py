@@ -9,7 +9,7 @@ Everything goes through the public API (`sbops.<op>`); the runner forces the bac
 
 A correctness `Check` builds fresh random inputs, runs the op and the float64 reference, and
 returns the outputs to compare (`Compared`).  Integer outputs (ids, offsets, spike trains) must
-match exactly; float outputs must meet the dtype's bound (SPEC section 6).  Spike counts are
+match exactly; float outputs must meet the dtype's bound (docs/SPEC.md section 6).  Spike counts are
 compared exactly except where x / vth lies within 1e-4 of a rounding tie, where either rounding is
 accepted (vth differs from the reference in its last bits, which may legitimately flip a tie).
 

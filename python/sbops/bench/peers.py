@@ -6,7 +6,7 @@
 - PyTorch SDPA: causal attention (the flash backend on GPU), the full-attention baseline.
 - FlexAttention: `torch.compile`d `flex_attention` with a sliding-window causal block mask.
 - torch eager and `torch.compile` versions of spike_encode, topk_gating, moe_permute,
-  moe_unpermute and a linear-attention decode step, written here from SPEC.md.
+  moe_unpermute and a linear-attention decode step, written here from docs/SPEC.md.
 """
 from __future__ import annotations
 

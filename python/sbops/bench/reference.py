@@ -1,4 +1,4 @@
-"""Compact float64 references for the benchmark's correctness checks (SPEC sections 1-4).
+"""Compact float64 references for the benchmark's correctness checks (docs/SPEC.md sections 1-4).
 
 Plain torch ops written from the contract, independent of every sbops kernel (adapted from the
 test suite's tests/reference.py, which is not installed with the package).  Every function
