@@ -126,6 +126,23 @@ def test_unstable_symbol_audit_flags_aten_and_c10_symbols():
                                      "_ZNK2at10TensorBase21__dispatch_contiguousEN3c1012MemoryFormatE"]
 
 
+@pytest.mark.skipif(not (ROOT / "csrc").is_dir(), reason="needs the source tree (csrc/)")
+def test_sources_use_only_the_stable_registration_api():
+    # docs/DESIGN.md's rule, checked where a new kernel would break it first: the STABLE_TORCH_LIBRARY*
+    # macros, never TORCH_LIBRARY / TORCH_LIBRARY_IMPL or an ATen / c10 / torch C++ API header
+    import re
+    macro = re.compile(r"(?<![A-Z_])TORCH_LIBRARY(_IMPL|_FRAGMENT)?\s*\(")
+    header = re.compile(r'#\s*include\s*[<"](ATen/|c10/|torch/extension\.h|torch/torch\.h|torch/library\.h|Python\.h)')
+    bad = []
+    for folder in ("csrc", "backends"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".cpp", ".h", ".cu", ".cuh"):
+                for n, line in enumerate(path.read_text().splitlines(), 1):
+                    if macro.search(line) or header.search(line):
+                        bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bad, "unstable torch API in the native sources:\n" + "\n".join(bad)
+
+
 @needs_binutils
 def test_library_uses_only_the_stable_abi():
     out = subprocess.run(["nm", "-D", "--undefined-only", LIB], capture_output=True, text=True, check=True).stdout
