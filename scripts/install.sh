@@ -72,7 +72,7 @@ else
   pip_ install -q --no-deps torch==2.13.0+cpu --extra-index-url "$TORCH_CPU_INDEX"
   pip_ install -q torch==2.13.0+cpu
 fi
-"$PY" - <<'EOF'
+"$PY" -W ignore - <<'EOF'
 import sys, torch
 v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 if v < (2, 10):
