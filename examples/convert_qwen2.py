@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=12)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     args = ap.parse_args()
+    if args.spike_report and args.spike_k is None:
+        ap.error("--spike-report needs --spike-k")
 
     torch.manual_seed(0)
     if args.model:
@@ -80,11 +82,10 @@ def main():
             print(f"{name} vs the plain converted model on the prompt: logits relative L2 difference {rel:.3g}, "
                   f"top-1 agreement {agree:.1%}")
     if args.spike_report:
-        if args.spike_k is None:
-            ap.error("--spike-report needs --spike-k")
         rep = spike_report(model, prompt)
         for mode, st in rep["overall"].items():
-            print(f"spike coding (k={args.spike_k}, {mode} trains) over {len(rep['layers'])} layers on the prompt: "
+            print(f"spike coding (k={args.spike_k}, {mode} trains) over {len(rep['layers'])} spike-coded linear "
+                  "inputs on the prompt: "
                   f"sparsity {st['sparsity']:.1%}, {st['spikes_per_neuron']:.2f} spikes per neuron, "
                   f"{st['silent_fraction']:.1%} silent")
 
