@@ -21,6 +21,21 @@ def test_backends_lists_every_builtin_with_availability_and_reason():
     assert "bfloat16" in info["cpu"]["ops"]["linear_attn"]["dtypes"]
 
 
+def test_descriptors_list_only_what_each_op_can_be_asked_for():
+    # features are per op (an attention op's list names only its own features), the same on every backend,
+    # and the maca texts describe MetaX (no NVIDIA sm_90 kernels)
+    info = sbops.backends()
+    want = {"linear_attn": {"gate_per_head", "gate_per_key", "varlen", "initial_state"},
+            "linear_attn_decode": {"gate_per_head", "gate_per_key"},
+            "swa_attn": {"varlen", "sinks", "full_causal"},
+            "swa_decode": {"full_causal", "sinks"}}
+    for name in ("cpu", "cuda", "maca"):
+        for op, feats in want.items():
+            assert set(info[name]["ops"][op]["features"]) == feats, (name, op)
+    for op, caps in info["maca"]["ops"].items():
+        assert "sm_90" not in caps["impl"] and "sm90" not in caps["impl"], (op, caps["impl"])
+
+
 def test_explain_names_the_chosen_backend_and_why_others_are_not():
     q = torch.randn(1, 4, 2, 8)
     text = sbops.explain("swa_attn", q, q[:, :, :1].contiguous(), q[:, :, :1].contiguous(), 2)

@@ -1,7 +1,7 @@
 """Backend `cpu`: the C++ reference (backends/cpu/*.cpp, compiled into sbops._C for the CPU key).
 
 Every op of the contract, forward and backward, float32 and float64 (float16/bfloat16 inputs are
-computed in float32), parallel over batch/heads with at::parallel_for.
+computed in float32), parallel over batch/heads with torch::stable::parallel_for.
 """
 import torch
 
@@ -10,7 +10,11 @@ from sbops._dispatch import Backend, OpCaps
 F = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 I = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 IDX = (torch.int32, torch.int64)
-ATTN = frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state", "sinks", "full_causal"})
+# the features each op's frontend can ask for (sbops/ops/*.py), per op
+LINEAR_ATTN = frozenset({"gate_per_head", "gate_per_key", "varlen", "initial_state"})
+LINEAR_ATTN_DECODE = frozenset({"gate_per_head", "gate_per_key"})
+SWA_ATTN = frozenset({"varlen", "sinks", "full_causal"})
+SWA_DECODE = frozenset({"full_causal", "sinks"})
 MOE = frozenset({"bias", "groups"})
 
 
@@ -29,10 +33,10 @@ BACKEND = Backend(
     probe=_probe,
     description="C++ reference kernels (float32/float64 math), always built",
     ops={
-        "linear_attn": OpCaps(F, features=ATTN, impl="c++"),
-        "linear_attn_decode": OpCaps(F, features=ATTN, impl="c++"),
-        "swa_attn": OpCaps(F, features=ATTN, impl="c++"),
-        "swa_decode": OpCaps(F, features=ATTN, impl="c++"),
+        "linear_attn": OpCaps(F, features=LINEAR_ATTN, impl="c++"),
+        "linear_attn_decode": OpCaps(F, features=LINEAR_ATTN_DECODE, impl="c++"),
+        "swa_attn": OpCaps(F, features=SWA_ATTN, impl="c++"),
+        "swa_decode": OpCaps(F, features=SWA_DECODE, impl="c++"),
         "swa_cache_write": OpCaps(F, impl="c++"),
         "spike_encode": OpCaps(F, impl="c++"),
         "spike_quant": OpCaps(F, impl="c++"),

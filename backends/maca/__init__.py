@@ -33,8 +33,12 @@ def _probe(op: str) -> str | None:
 
 
 # What differs from the cuda backend's capabilities (README.md, "What is different on MACA"):
-# spike_linear takes int8 weights only (no fp8 matrix units known on C500-class parts).
-_OPS = dict(OPS)
+# spike_linear takes int8 weights only (no fp8 matrix units known on C500-class parts); the
+# implementation texts name what runs on MetaX (no sm_90 kernels, MACA tuning data, cu-bridge).
+_TUNED = {"linear_attn": "linear_attn", "swa_attn": "swa", "spike_linear": "spike_linear"}
+_OPS = {op: dataclasses.replace(caps, impl=(f"triton (MACA configs, tuning/{_TUNED[op]}.json)" if op in TRITON_OPS
+                                            else "cuda c++ built with cu-bridge (USE_MACA, 64-lane warps)"))
+        for op, caps in OPS.items()}
 _OPS["spike_linear"] = dataclasses.replace(
     OPS["spike_linear"], features=OPS["spike_linear"].features - {"fp8_weight"},
     impl="triton (MACA configs, tuning/spike_linear.json): int8 weights only")
