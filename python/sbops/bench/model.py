@@ -102,6 +102,17 @@ def peak_extra(device, out: Dict[str, Any]):
     out["peak_extra_gib"] = round((torch.cuda.max_memory_allocated(device) - base) / 2**30, 3)
 
 
+def gib(row: Dict[str, Any]) -> str:
+    """The row's peak extra memory as text; '-' where none was measured (CPU rows: CUDA only)."""
+    v = row.get("peak_extra_gib")
+    return "-" if v is None else f"{v} GiB"
+
+
+def peak_note(row: Dict[str, Any]) -> str:
+    """', peak extra X GiB' for a progress line, or nothing where none was measured (CPU)."""
+    return "" if row.get("peak_extra_gib") is None else f", peak extra {row['peak_extra_gib']} GiB"
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -184,7 +195,7 @@ def ttft_ours(run: Run, model) -> None:
                 with peak_extra(run.device, row):
                     row["ttft_s"] = round(once(L), 4)
                 last = (L, row["ttft_s"])
-                run.log(f"ours: TTFT T={fmt_len(L)}: {row['ttft_s']:.3f} s, peak extra {row.get('peak_extra_gib')} GiB")
+                run.log(f"ours: TTFT T={fmt_len(L)}: {row['ttft_s']:.3f} s{peak_note(row)}")
             except Exception as e:  # noqa: BLE001 - a benchmark row records any failure
                 row["error"] = ("OOM: " if is_oom(e) else "") + f"{type(e).__name__}: {str(e)[:300]}"
                 run.log(f"ours: TTFT T={fmt_len(L)} failed: {row['error']}")
@@ -329,7 +340,7 @@ def ttft_peer(run: Run) -> None:
                     row["ttft_s"] = round(once(L), 4)
                 row["extrapolated"] = False
                 measured.append((L, row["ttft_s"]))
-                run.log(f"peer: TTFT T={fmt_len(L)}: {row['ttft_s']:.3f} s, peak extra {row.get('peak_extra_gib')} GiB")
+                run.log(f"peer: TTFT T={fmt_len(L)}: {row['ttft_s']:.3f} s{peak_note(row)}")
             except Exception as e:  # noqa: BLE001
                 row["error"] = ("OOM: " if is_oom(e) else "") + f"{type(e).__name__}: {str(e)[:200]}"
                 run.log(f"peer: TTFT T={fmt_len(L)} failed: {row['error']}")
@@ -370,17 +381,19 @@ def markdown(res: Dict[str, Any]) -> str:
         pt = (f"{p['ttft_s']:.3f} s" + (" (extrapolated)" if p.get("extrapolated") else "")) if "ttft_s" in p \
             else (p.get("error") or "-")[:40]
         ratio = f"{p['ttft_s'] / o['ttft_s']:.1f}x" if "ttft_s" in o and "ttft_s" in p else "-"
-        lines.append(f"| {fmt_len(T)} | {ot} | {pt} | {ratio} | {o.get('peak_extra_gib', '-')} GiB | "
-                     f"{p.get('peak_extra_gib', '-') if not p.get('extrapolated') else '-'} GiB |")
-    lines += ["", "| decode | context | ms/step (graphs) | ms/step with a host read per step | peak extra memory |",
-              "| --- | --- | --- | --- | --- |"]
+        lines.append(f"| {fmt_len(T)} | {ot} | {pt} | {ratio} | {gib(o)} | "
+                     f"{gib(p) if not p.get('extrapolated') else '-'} |")
+    lines += ["", "| decode (CUDA graphs or eager) | context | ms/step | ms/step with a host read per step | "
+              "peak extra memory |", "| --- | --- | --- | --- | --- |"]
     for r in res["decode"]:
         val = r.get("ms_per_step", r.get("error", r.get("skipped", "-")))
-        lines.append(f"| B={r['B']}{'' if r['graphs'] else ' eager'} | {fmt_len(r['context'])} | {val} | "
-                     f"{r.get('ms_per_step_host_sync', '-')} | {r.get('peak_extra_gib', '-')} GiB |")
+        lines.append(f"| B={r['B']} {'graphs' if r['graphs'] else 'eager'} | {fmt_len(r['context'])} | {val} | "
+                     f"{r.get('ms_per_step_host_sync', '-')} | {gib(r)} |")
     if "decode_floor_ms" in res:
         lines.append(f"\nWeight-read floor: {res['decode_floor_ms']} ms/step.")
-    lines += [""] + [f"- {n}" for n in res["notes"]]
+    on_cuda = str(res["args"].get("device", "")).startswith("cuda")
+    notes = res["notes"] + ([] if on_cuda else ["peak extra memory is measured on CUDA devices only"])
+    lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
