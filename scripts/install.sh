@@ -10,8 +10,9 @@
 # It never creates an environment, never replaces your torch, and asks no package index about
 # anything already installed: with every dependency present it runs offline.
 #   - torch (>= 2.10): used as it is; only where none is importable is the CPU build
-#     torch==2.13.0+cpu installed, from the PyTorch CPU index (a GPU user installs their CUDA or
-#     MetaX torch first, then runs this).
+#     torch==2.13.0+cpu (Linux x86_64; elsewhere torch==2.13.0) installed from the PyTorch CPU
+#     index (a GPU user installs their CUDA or MetaX torch first, then runs this).
+#   - cmake >= 3.18: the one on PATH, else pip's.
 #   - build tools (setuptools, wheel, cmake, ninja) and the extras' packages: installed only when
 #     missing, under a constraint that pins the installed torch, so nothing can pull another torch.
 #   - sbops itself: a wheel built with `pip wheel --no-build-isolation --no-deps` against that torch
@@ -65,12 +66,15 @@ TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 if "$PY" -W ignore -c "import torch" 2>/dev/null; then
   stage 2 "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') found: used as it is"
 else
-  stage 2 "no torch found: installing the CPU build torch==2.13.0+cpu"
+  # the CPU index labels its Linux x86_64 wheels +cpu (PyPI's plain torch there is the CUDA build, several GB)
+  torch_req=torch==2.13.0
+  [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ] && torch_req=torch==2.13.0+cpu
+  stage 2 "no torch found: installing the CPU build $torch_req"
   echo "sbops install: for a GPU, install your CUDA (or MetaX) torch into this environment first, then run this again"
-  # the wheel itself from the PyTorch CPU index (PyPI's plain torch is the CUDA build, several GB),
-  # then its dependencies from your usual index (the installed torch already satisfies the pin)
-  pip_ install -q --no-deps torch==2.13.0+cpu --extra-index-url "$TORCH_CPU_INDEX"
-  pip_ install -q torch==2.13.0+cpu
+  # the wheel itself from the PyTorch CPU index, then its dependencies from your usual index (the
+  # installed torch already satisfies the pin, so only they are fetched)
+  pip_ install -q --no-deps "$torch_req" --extra-index-url "$TORCH_CPU_INDEX"
+  pip_ install -q "$torch_req"
 fi
 "$PY" -W ignore - <<'EOF'
 import sys, torch
