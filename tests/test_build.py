@@ -87,10 +87,36 @@ def test_package_build_holds_the_package_and_nothing_else(tmp_path):
     assert "sbops/_backends/cuda/tuning/swa.json" in files
 
 
+def _installed_wheel_files():
+    """The files pip installed from sbops' wheel (its RECORD, less the dist-info, the console script and
+    the .pyc files pip compiled), or None where sbops is not installed from a wheel (editable, source tree)."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+    try:
+        dist = distribution("sbops")
+    except PackageNotFoundError:
+        return None
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct.get("dir_info", {}).get("editable") or not dist.files:
+        return None
+    files = [f.as_posix() for f in dist.files]
+    return [f for f in files if not f.startswith("..") and ".dist-info/" not in f and "__pycache__/" not in f]
+
+
+def test_installed_wheel_holds_the_package_and_nothing_else():
+    # what scripts/install.sh installed (it builds the wheel in a temporary folder, not in dist/)
+    files = _installed_wheel_files()
+    if files is None:
+        pytest.skip("sbops is not installed from a wheel here (editable install or source tree)")
+    assert not _stray(files), f"the installed sbops wheel shipped files that are not the package: {_stray(files)}"
+    assert "sbops/libsbops.so" in files, "no native library in the installed wheel"
+
+
 def test_built_wheel_holds_the_package_and_nothing_else():
     wheels = sorted((ROOT / "dist").glob("sbops-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
-        pytest.skip("no wheel in dist/ (scripts/install.sh builds one)")
+        pytest.skip("no wheel in dist/ (scripts/build_wheels.sh or `pip wheel --no-build-isolation -w dist .` "
+                    "builds one)")
     names = zipfile.ZipFile(wheels[-1]).namelist()
     # (auditwheel's repaired zip also lists the folders: entries ending in "/")
     files = [n for n in names if not n.split("/", 1)[0].endswith(".dist-info") and not n.endswith("/")]
