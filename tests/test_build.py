@@ -206,3 +206,11 @@ def test_torch_older_than_the_stable_abi_floor_is_refused_naming_both_versions()
             "try:\n    import sbops\nexcept ImportError as e:\n    print('REFUSED', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
     assert "REFUSED" in out and "2.10" in out and "2.9.1+cpu" in out, out
+
+
+def test_package_version_matches_pyproject():
+    """sbops.__version__ is the version the wheel's metadata carries (pyproject.toml)."""
+    import re
+    want = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    got = re.search(r'^__version__ = "([^"]+)"', (ROOT / "python" / "sbops" / "__init__.py").read_text(), re.M).group(1)
+    assert got == want

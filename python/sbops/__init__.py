@@ -2,7 +2,7 @@
 
 Linear attention (chunked prefill + decode), sliding-window attention (prefill + ring-buffer
 decode), spike coding and MoE routing as torch.library custom ops, with backends cpu (C++
-reference), cuda (CUDA C++ + Triton) and maca (MetaX).  See SPEC.md for the contract.
+reference), cuda (CUDA C++ + Triton) and maca (MetaX).  See docs/SPEC.md for the contract.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from ._backends import load_builtin as _load_builtin  # noqa: E402
 
 _load_builtin()
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 __all__ = [
     "linear_attn", "linear_attn_decode", "swa_attn", "swa_decode", "swa_cache_write",
     "spike_encode", "spike_quant", "spike_expand", "spike_collapse", "spike_stats", "spike_linear", "quantize_weight",
