@@ -5,6 +5,7 @@ import types
 import pytest
 import torch
 
+from conftest import has_module
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, generate
 from sbops.nn.common import RotaryEmbedding
 
@@ -83,6 +84,7 @@ def test_logits_to_keep_tensor_indexes_dim_1_as_hugging_face_does():
     ids = torch.randint(0, 128, (2, 10))
     with torch.no_grad():
         full = model(ids).logits
+        torch.testing.assert_close(model(ids, logits_to_keep=torch.tensor(4)).logits, full[:, 4:5], rtol=1e-5, atol=1e-6)
         mask = torch.zeros(10, dtype=torch.bool)
         mask[[2, 9]] = True
         for keep in (mask, torch.tensor([-1]), torch.tensor([2, -1, 0])):
@@ -92,30 +94,80 @@ def test_logits_to_keep_tensor_indexes_dim_1_as_hugging_face_does():
 
 
 # --------------------------------------------------------------------------- generate arguments
-def test_generate_accepts_eos_ids_as_tensors_numpy_and_sets():
-    np = pytest.importorskip("numpy")
+def test_generate_accepts_eos_ids_as_tensors_sets_and_empty_lists():
     model = tiny()
     prompt = torch.randint(0, 128, (1, 5))
     free = generate(model, prompt, 8)
     stop = int(free[0, 5 + 2])
     want = generate(model, prompt, 8, eos_token_id=stop)
-    for eos in (torch.tensor(stop), np.int64(stop), {stop}, torch.tensor([stop, 127])):
+    for eos in (torch.tensor(stop), {stop}, torch.tensor([stop, 127]), (stop,)):
         assert torch.equal(generate(model, prompt, 8, eos_token_id=eos)[:, :want.shape[1]], want)
+    assert torch.equal(generate(model, prompt, 8, eos_token_id=[]), free)
     with pytest.raises(TypeError, match="eos_token_id must be an int or a list of ints"):
         generate(model, prompt, 2, eos_token_id=2.5)
+
+
+def test_generate_accepts_numpy_numbers():
+    np = pytest.importorskip("numpy")
+    model = tiny()
+    prompt = torch.randint(0, 128, (1, 5))
+    stop = int(generate(model, prompt, 8)[0, 5 + 2])
+    assert torch.equal(generate(model, prompt, 8, eos_token_id=np.int64(stop)), generate(model, prompt, 8, eos_token_id=stop))
+    generate(model, prompt, 2, do_sample=True, top_k=np.int64(3), temperature=np.float32(0.7))
 
 
 def test_generate_refuses_bad_batch_sizes_and_sampling_types():
     model = tiny()
     prompt = torch.randint(0, 128, (2, 4))
-    np = pytest.importorskip("numpy")
     for bad in (0, -1):
         with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
             generate(model, prompt, 2, max_batch_size=bad)
-    for kw, name in ((dict(top_k=3.0), "top_k"), (dict(top_p=None), "top_p"), (dict(temperature=None), "temperature")):
+    for kw, name in ((dict(top_k=3.0), "top_k"), (dict(top_p="0.9"), "top_p"), (dict(temperature="hot"), "temperature")):
         with pytest.raises(TypeError, match=name):
             generate(model, prompt, 2, do_sample=True, **kw)
-    generate(model, prompt, 2, do_sample=True, top_k=np.int64(3), temperature=np.float32(0.7))
+
+
+def test_unset_sampling_values_mean_off_as_in_a_hugging_face_generation_config():
+    model = tiny()
+    prompt = torch.randint(0, 128, (2, 4))
+    g = dict(do_sample=True, top_k=5)
+    want = generate(model, prompt, 4, generator=torch.Generator().manual_seed(3), **g)
+    got = generate(model, prompt, 4, generator=torch.Generator().manual_seed(3), temperature=None, top_p=None, **g)
+    assert torch.equal(got, want)
+    assert torch.equal(generate(model, prompt, 4, temperature=None, top_k=None, top_p=None), generate(model, prompt, 4))
+    assert torch.equal(generate(model, prompt, 4, generator=torch.Generator().manual_seed(3), do_sample=True,
+                                top_k=torch.tensor(5)), want)
+
+
+def test_a_failed_call_still_ends_the_streamer():
+    ends = []
+    rec = type("Rec", (), {"put": lambda self, t: None, "end": lambda self: ends.append(1)})()
+    with pytest.raises(ValueError, match="reuse_cache=True continues"):
+        generate(tiny(), torch.randint(0, 128, (1, 4)), 2, streamer=rec, reuse_cache=True)
+    assert ends == []                                         # refused before anything was streamed
+    model = tiny()
+    model.lm_head.forward = lambda x: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(model, torch.randint(0, 128, (1, 4)), 2, streamer=rec)
+    assert ends == [1]
+
+
+def test_a_used_cache_can_be_saved_and_resumed(tmp_path):
+    model = tiny()
+    cache = model.new_cache(1)
+    out = generate(model, torch.randint(0, 128, (1, 6)), 4, cache=cache)
+    torch.save(cache, tmp_path / "c.pt")
+    back = torch.load(tmp_path / "c.pt", weights_only=False)
+    turn2 = torch.cat([out, torch.randint(0, 128, (1, 3))], 1)
+    assert torch.equal(generate(model, turn2, 4, cache=back, reuse_cache=True), generate(model, turn2, 4))
+
+
+def test_rope_frequencies_are_computed_again_after_to_empty():
+    with torch.device("meta"):
+        model = SpikingBrainForCausalLM(SpikingBrainConfig(**TINY, layer_types=("gla", "swa"), window=8))
+    model = model.to_empty(device="cpu")
+    ropes = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    assert ropes and all(torch.equal(r.inv_freq, RotaryEmbedding(16, r.theta).inv_freq) for r in ropes)
 
 
 def test_scores_of_zero_new_tokens_keep_the_vocab_dimension():
@@ -129,7 +181,7 @@ def test_from_pretrained_errors_name_the_path_and_dtype_strings_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="only local folders are read"):
         SpikingBrainForCausalLM.from_pretrained(tmp_path / "nowhere")
     model = tiny()
-    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m", safe_serialization=has_module("safetensors"))
     assert SpikingBrainForCausalLM.from_pretrained(tmp_path / "m", dtype="bfloat16").lm_head.weight.dtype == torch.bfloat16
     files = [f for f in (tmp_path / "m").iterdir() if f.suffix in (".safetensors", ".bin")]
     files[0].write_bytes(files[0].read_bytes()[:40])                 # truncated

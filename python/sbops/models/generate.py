@@ -31,6 +31,8 @@ def _token_ids(ids, name: str) -> List[int]:
         return []
     if isinstance(ids, (set, frozenset)):
         ids = sorted(ids)
+    if isinstance(ids, (list, tuple)) and not ids:
+        return []
     try:
         t = torch.as_tensor(ids)
     except (TypeError, ValueError, RuntimeError):
@@ -142,7 +144,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     prompts, as_list = _prompts(input_ids, attention_mask)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    check_sampling(do_sample, temperature, top_k, top_p)
+    temperature, top_k, top_p = check_sampling(do_sample, temperature, top_k, top_p)
     eos = _token_ids(eos_token_id, "eos_token_id")
     chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else int(prefill_chunk_size)
     if chunk < 1:
@@ -155,11 +157,11 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         if n_seq != 1:
             raise ValueError(f"streamer takes the tokens of one sequence (as Hugging Face's TextStreamer), "
                              f"got {n_seq} prompts")
-        streamer.put(prompts[0][None].cpu())
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(stage, done, total), got {type(progress).__name__}")
     if max_new_tokens == 0 or n_seq == 0:
         if streamer is not None:
+            streamer.put(prompts[0][None].cpu())
             streamer.end()
         vocab = model.lm_head.weight.shape[0]
         seqs = [p.clone() for p in prompts]
@@ -237,30 +239,34 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         if progress is not None:
             progress("decode", generated[0], bound)
 
-    with checks:
-        while pending or active:
-            joining = []
-            while pending and free:
-                joining.append((pending.popleft(), free.pop(0)))
-            if joining:
-                js = [slot for _, slot in joining]
-                if not reuse_cache:
-                    cache.reset(js)
-                logits = _prefill(model, cache, [prompts[s][held[s]:] for s, _ in joining], js, chunk,
-                                  on_chunk if progress is not None else None, [held[s] for s, _ in joining])
-                emit(joining, logits)
-            if not active:
-                continue
-            rows, active[:] = list(active), []
-            ids = torch.tensor([tokens[s][-1] for s, _ in rows]).to(device, non_blocking=True)
-            slots = torch.tensor([slot for _, slot in rows]).to(device, non_blocking=True)
-            if graphs is not None:
-                logits = graphs.step(ids, slots)
-            else:
-                logits = model(ids[:, None], cache=cache, slot_indices=slots).logits[:, 0]
-            emit(rows, logits)
-    if streamer is not None:
-        streamer.end()
+    if streamer is not None:  # after every argument check: a failed call never leaves a streamer without end()
+        streamer.put(prompts[0][None].cpu())
+    try:
+        with checks:
+            while pending or active:
+                joining = []
+                while pending and free:
+                    joining.append((pending.popleft(), free.pop(0)))
+                if joining:
+                    js = [slot for _, slot in joining]
+                    if not reuse_cache:
+                        cache.reset(js)
+                    logits = _prefill(model, cache, [prompts[s][held[s]:] for s, _ in joining], js, chunk,
+                                      on_chunk if progress is not None else None, [held[s] for s, _ in joining])
+                    emit(joining, logits)
+                if not active:
+                    continue
+                rows, active[:] = list(active), []
+                ids = torch.tensor([tokens[s][-1] for s, _ in rows]).to(device, non_blocking=True)
+                slots = torch.tensor([slot for _, slot in rows]).to(device, non_blocking=True)
+                if graphs is not None:
+                    logits = graphs.step(ids, slots)
+                else:
+                    logits = model(ids[:, None], cache=cache, slot_indices=slots).logits[:, 0]
+                emit(rows, logits)
+    finally:
+        if streamer is not None:
+            streamer.end()
 
     outs = [torch.cat([p.to(device), torch.tensor(t, dtype=p.dtype, device=device)]) for p, t in zip(prompts, tokens)]
     if as_list:

@@ -7,7 +7,17 @@ from typing import Optional
 import torch
 
 
-def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float) -> None:
+def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float):
+    """-> (temperature, top_k, top_p) checked, with None meaning "unset" as in Hugging Face's GenerationConfig
+    (1.0, 0, 1.0) and one-element tensors read as numbers."""
+    vals = []
+    for v, unset in ((temperature, 1.0), (top_k, 0), (top_p, 1.0)):
+        if v is None:
+            v = unset
+        elif isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype == torch.bool:
+            v = v.item()
+        vals.append(v)
+    temperature, top_k, top_p = vals
     for name, v, kind in (("temperature", temperature, numbers.Real), ("top_p", top_p, numbers.Real),
                           ("top_k", top_k, numbers.Integral)):   # numpy scalars register as these
         if isinstance(v, bool) or not isinstance(v, kind):
@@ -18,6 +28,7 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < float(top_p) <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p}")
+    return float(temperature), int(top_k), float(top_p)
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0

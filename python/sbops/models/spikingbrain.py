@@ -35,6 +35,11 @@ class ModelCache:
         self.layers = layers
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
+    def __getstate__(self):  # picklable (torch.save a conversation): the model-fit mark is a weak reference
+        state = dict(self.__dict__)
+        state.pop("_fits_model", None)
+        return state
+
     @property
     def num_slots(self) -> int:
         return self.seq_lens.shape[0]
@@ -384,7 +389,7 @@ def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:
     """Hugging Face's logits_to_keep on dim 1: 0 = all, int n = the last n, a tensor = an index of dim 1 as
     HF applies it (t[:, logits_to_keep]: positions, negative ones counted from the end, or a bool mask)."""
     if isinstance(logits_to_keep, torch.Tensor):
-        idx = logits_to_keep
+        idx = logits_to_keep.reshape(1) if logits_to_keep.dim() == 0 else logits_to_keep
         if idx.dim() != 1 or not (idx.dtype == torch.bool or not (idx.is_floating_point() or idx.is_complex())):
             raise ValueError(f"logits_to_keep must be an int or a 1-D integer or bool tensor, got "
                              f"{idx.dtype} of shape {tuple(idx.shape)}")
