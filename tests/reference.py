@@ -1,4 +1,4 @@
-"""Float64 references for every sbops op, written from SPEC.md with plain torch ops.
+"""Float64 references for every sbops op, written from docs/SPEC.md with plain torch ops.
 
 Independent of every kernel: no sbops import. Each function upcasts its inputs to float64
 (keeping autograd), so gradients of these references are the reference gradients.

@@ -9,7 +9,7 @@
 
 Sequence parallel: rank r holds the r-th contiguous shard of every sequence, [B, T_r, ...] (T_r >= 1,
 shards may differ). Expert parallel: rank r owns experts [r*E/P, (r+1)*E/P). Results and gradients
-equal the single-process ops (SPEC sections 1, 2, 4) on the concatenated shards / batches.
+equal the single-process ops (docs/SPEC.md sections 1, 2, 4) on the concatenated shards / batches.
 The simulate_* functions run the same math for P ranks in one process (lists of shards in and out),
 with whatever kernels the shards' device has. See docs/DISTRIBUTED.md.
 """

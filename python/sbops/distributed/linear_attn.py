@@ -136,7 +136,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Sequence-parallel sbops.linear_attn: this rank holds the rank-th contiguous shard of every sequence.
 
-    Args: as sbops.linear_attn (SPEC section 1) for this rank's shard, q [B, T_r, H, K],
+    Args: as sbops.linear_attn (docs/SPEC.md section 1) for this rank's shard, q [B, T_r, H, K],
         k [B, T_r, HKV, K], v [B, T_r, HKV, V], g None | [B, T_r, HKV] | [B, T_r, HKV, K]; shards may
         differ in length (T_r >= 1); B, heads, head dims, dtypes, gate kind, scale and whether
         initial_state is given must agree on all ranks. initial_state [B, HKV, K, V] float32 is the

@@ -142,7 +142,7 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
              ) -> torch.Tensor:
     """Sequence-parallel sbops.swa_attn: this rank holds the rank-th contiguous shard of every sequence.
 
-    Args: as sbops.swa_attn (SPEC section 2) for this rank's shard q [B, T_r, H, D], k, v [B, T_r, HKV, D];
+    Args: as sbops.swa_attn (docs/SPEC.md section 2) for this rank's shard q [B, T_r, H, D], k, v [B, T_r, HKV, D];
         shards may differ in length (T_r >= 1, also shorter than the window); B, heads, D, dtype,
         window, scale and the sinks must agree on all ranks. sink_k, sink_v [M, HKV, D] are shared
         by all ranks (each query merges them once in its softmax). group: a torch.distributed process
