@@ -39,6 +39,10 @@ class _QKVOProjections(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
                  spike_k: Optional[float], weight_quant: Optional[str]):
         super().__init__()
+        for name, v in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
+                        ("head_dim", head_dim)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
@@ -51,6 +55,9 @@ class _QKVOProjections(nn.Module):
     def _qkv(self, x, extra: tuple = ()):
         """q [B,T,H,D], k, v [B,T,HKV,D], then each extra linear's output on x.  At inference, plain
         nn.Linear projections run as one fused GEMM (common.fused_linears); outputs are views."""
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"{type(self).__name__}: x must be [B, T, hidden_size={self.hidden_size}], "
+                             f"got {tuple(x.shape)}")
         B, T, _ = x.shape
         mods = (self.q_proj, self.k_proj, self.v_proj) + tuple(extra)
         outs = fused_linears(self, mods, x)

@@ -158,12 +158,16 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = False):
         super().__init__()
+        self.dim = dim
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
                 residual_in_fp32: bool = False):
+        dim = getattr(self, "dim", None)  # (None: a module pickled before dim was stored)
+        if x.dim() == 0 or (dim is not None and x.shape[-1] != dim):
+            raise ValueError(f"RMSNorm: x must be [..., dim={dim}], got {tuple(x.shape)}")
         k = fused_kernels(x, residual, self.weight, self.bias)
         if (k is not None and k[0].supports(x.shape[-1] if x.dim() else 0)
                 and (residual is None or (residual.shape == x.shape and residual.dtype in _FUSED_DTYPES))):
@@ -186,7 +190,7 @@ class RMSNorm(nn.Module):
         return y, h.to(res_dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0] if self.weight is not None else ''}, eps={self.eps}"
+        return f"{getattr(self, 'dim', '')}, eps={self.eps}"
 
 
 class RotaryEmbedding(nn.Module):
@@ -197,6 +201,8 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
         self.head_dim, self.theta = head_dim, theta
         self.register_buffer("inv_freq", self._freqs(None), persistent=False)
 

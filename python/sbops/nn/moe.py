@@ -63,12 +63,23 @@ class MoEBlock(nn.Module):
         paper's upcycling scale (0.98 for 16 experts, top-1): `scale` is the share of the dense
         FFN's output given to the routed experts, i.e. it multiplies the routed experts'
         down_proj weight, and the shared expert's down_proj is multiplied by (1 - scale). With
-        routing weights that sum to 1 (renormalize=True, or top-1) the upcycled block then computes
-        exactly the dense FFN at initialisation: y = (1 - s) FFN(x) + s FFN(x). The router is
-        initialised small (std 0.02), so early routing is near-uniform.
+        routing weights that sum to 1 (renormalize=True, any top_k) the upcycled block then computes
+        exactly the dense FFN at initialisation: y = (1 - s) FFN(x) + s FFN(x); with renormalize=False
+        the weights are the router's probabilities (about top_k / E at first), so it starts as
+        (1 - s) FFN(x) + s p FFN(x). The router is initialised small (std 0.02), so early routing is
+        near-uniform. The dense projections must have no biases (Qwen2MLP has none; a bias would be lost).
         """
         if not 0.0 <= scale <= 1.0:
             raise ValueError(f"MoEBlock.upcycle_from: scale must lie in [0, 1], got {scale}")
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            if getattr(getattr(dense, name), "bias", None) is not None:
+                raise ValueError(f"MoEBlock.upcycle_from: dense.{name} has a bias, which the experts cannot hold "
+                                 f"(their projections have none); it would be silently dropped")
+        shapes = {(e.gate_proj.weight.shape, e.down_proj.weight.shape) for e in list(self.experts) + [self.shared_expert]}
+        want = (dense.gate_proj.weight.shape, dense.down_proj.weight.shape)
+        if shapes != {want}:
+            raise ValueError(f"MoEBlock.upcycle_from: every expert (and the shared one) must have the dense FFN's "
+                             f"shapes gate {tuple(want[0])} / down {tuple(want[1])}, got {sorted(shapes)}")
         for expert, share in [(e, scale) for e in self.experts] + [(self.shared_expert, 1.0 - scale)]:
             expert.gate_proj.weight.copy_(dense.gate_proj.weight)
             expert.up_proj.weight.copy_(dense.up_proj.weight)
@@ -100,6 +111,8 @@ class MoEBlock(nn.Module):
         prob_sum = torch.softmax(logits.to(ct), dim=-1).sum(dim=0)
         share = ep or sbd.current_sp()  # ranks holding different tokens of one batch
         if share is None:
+            if x2.shape[0] == 0:  # no tokens: nothing to balance (not 0 / 0)
+                return self.shared_expert(x2).view(shape) + y.view(shape), prob_sum.sum() * 0
             frac, n_tokens = counts / ids.numel(), x2.shape[0]
         else:
             tot = all_reduce_sum(torch.cat([counts, counts.new_tensor([ids.numel(), x2.shape[0]])]), share.group)
@@ -119,11 +132,12 @@ class MoEBlock(nn.Module):
         return sbd.moe_combine(y_local, handle).to(x2.dtype)
 
     def _all_experts(self, x2, weights, ids):
-        combine = torch.zeros(x2.shape[0], self.num_experts, dtype=torch.float32, device=x2.device)
-        combine.scatter_add_(1, ids.long(), weights.float())
-        y = torch.zeros(x2.shape, dtype=torch.float32, device=x2.device)
+        ct = torch.promote_types(x2.dtype, torch.float32)  # float32, float64 for float64 models
+        combine = torch.zeros(x2.shape[0], self.num_experts, dtype=ct, device=x2.device)
+        combine.scatter_add_(1, ids.long(), weights.to(ct))
+        y = torch.zeros(x2.shape, dtype=ct, device=x2.device)
         for e, expert in enumerate(self.experts):
-            y += combine[:, e:e + 1] * expert(x2).float()
+            y += combine[:, e:e + 1] * expert(x2).to(ct)
         return y.to(x2.dtype)
 
     def _routed(self, x2, weights, ids, hidden):
@@ -136,5 +150,5 @@ class MoEBlock(nn.Module):
         tail = x_perm.shape[0] - bounds[-1]
         if tail:
             pieces.append(x_perm.new_zeros(tail, hidden))
-        y_perm = torch.cat(pieces)
+        y_perm = torch.cat(pieces) if pieces else x_perm.new_zeros(0, hidden)
         return sbops.moe_unpermute(y_perm, row_map, weights)

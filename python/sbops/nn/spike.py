@@ -1,6 +1,8 @@
 """SpikeLinear: a linear layer whose input is spike-coded (SpikingBrain's adaptive-threshold scheme)."""
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Tuple
 
 import torch
@@ -128,8 +130,11 @@ class SpikeLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if weight_quant is not None and weight_quant not in WEIGHT_QUANTS:
             raise ValueError(f"SpikeLinear: weight_quant must be None or one of {WEIGHT_QUANTS}, got {weight_quant!r}")
-        if k is not None and not k > 0:
-            raise ValueError(f"SpikeLinear: k must be positive (or None to disable spike coding), got {k!r}")
+        if k is not None and not (k > 0 and math.isfinite(k)):
+            raise ValueError(f"SpikeLinear: k must be a positive finite number (or None to disable spike coding), "
+                             f"got {k!r}")
+        if not (isinstance(group_size, int) and group_size >= 1):
+            raise ValueError(f"SpikeLinear: group_size must be an int >= 1, got {group_size!r}")
         self.k = k
         self.weight_quant = weight_quant
         self.group_size = group_size
@@ -144,8 +149,11 @@ class SpikeLinear(nn.Linear):
         if self.weight_quant == "int8_static":
             s = self.weight_quantizer.scales
             w = self.weight.detach().reshape(self.out_features, -1, self.group_size)
-            q = (w / s).round().clamp(-128, 127).to(torch.int8).reshape(self.out_features, self.in_features)
-            return q, s[..., 0].float()
+            q = (w / s).round()
+            if bool(((q > 127) | (q < -128)).any()):  # one host read: an export, not the forward
+                raise ValueError("SpikeLinear.int8_weight: the weight is outside the int8 range of its fixed "
+                                 "(int8_static) scales; the forward, which does not clamp, cannot be exported")
+            return q.to(torch.int8).reshape(self.out_features, self.in_features), s[..., 0].float()
         return quantize_weight_int8(self.weight, self.group_size)
 
     def effective_weight(self) -> torch.Tensor:
@@ -173,11 +181,15 @@ class SpikeLinear(nn.Linear):
     def _runs_on_int8(self, x: torch.Tensor) -> bool:
         # inference with sbops' own coding and whole groups: the W8ASpike op (int8 tensor cores on CUDA).
         # Training keeps the fake-quant path, whose gradient reaches the float weight.
+        # float64 inputs keep the float64 fake-quant path (the kernel codes and accumulates in float32)
         return (self.k is not None and (self.weight_quant == "fp8" or (self.weight_quant == "int8" and
                                                                         self.in_features % self.group_size == 0))
+                and x.dtype != torch.float64
                 and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"SpikeLinear: x must be [..., in_features={self.in_features}], got {tuple(x.shape)}")
         if self._runs_on_int8(x):
             q, s = self._int8_operands()
             return sbops.spike_linear(x, q, s, self.k, self.bias, None if self.weight_quant == "fp8" else self.group_size)
