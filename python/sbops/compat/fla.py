@@ -17,11 +17,16 @@ inputs are repeated is a property of their values, so:
   * mode "check" compares the heads (an exact equality test, a few reads of k/v/g; on a GPU it
     reads one flag back, i.e. synchronises once per call) and runs GQA-native only when every
     group is bitwise equal; otherwise it runs at H heads.  Results are identical either way.
+    Detection is skipped (H heads) when autograd records the call (grad mode on and k, v, g or
+    initial_state requiring grad): equal heads may still be separate computations, each owed its
+    own gradient, which a GQA-native run cannot give.
   * mode "off" always runs at H heads (no test).
   * "auto" (default) = "check" on CPU, "off" on other devices, so a default GPU call never syncs.
   * `with kv_groups(G):` promises G-fold repetition: GQA-native without a host read; the promise
     is verified on the device with torch._assert_async (a broken promise is a device-side error,
-    never a silently different result).
+    never a silently different result).  Under autograd the whole gradient of each group goes to
+    its first head (the others get zero), which is right when the repetition comes from
+    repeat_kv / repeat_interleave / expand upstream (they sum the copies' gradients).
   k/v/g may also be passed at HKV < H heads directly (an sbops extension): GQA-native as is.
 
 Not supported (clear errors): fused_recurrent_gla's gv (per-value-channel decay), cu_seqlens
@@ -56,7 +61,11 @@ def set_repeat_detection(mode: str) -> None:
 @contextlib.contextmanager
 def kv_groups(groups: int):
     """Promise that k, v, g (and initial_state) arrive G-fold repeated over heads (head h is a copy
-    of head G * (h // G)), as `repeat_kv` / `repeat_interleave(G, dim=head)` produce."""
+    of head G * (h // G)), as `repeat_kv` / `repeat_interleave(G, dim=head)` produce.
+
+    The call then runs with one KV head per group; under autograd each group's whole gradient goes
+    to its first head, so the repetition must come from repeat / repeat_interleave / expand
+    upstream (which sum the copies' gradients), not from heads that merely hold equal values."""
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"kv_groups: groups must be a positive int, got {groups!r}")
     token = _promised_groups.set(groups)
@@ -83,6 +92,8 @@ def _divisors_desc(n: int):
 def _find_groups(H: int, heads_at_2, states) -> int:
     """The largest G > 1 such that every tensor is G-fold repeated over its head dim, else 1."""
     promised = _promised_groups.get()
+    if promised is None and torch.is_grad_enabled() and any(t.requires_grad for t in (*heads_at_2, *states)):
+        return 1   # not detected under autograd: equal heads may each be owed their own gradient
     if promised is not None:
         if H % promised:
             raise ValueError(f"kv_groups({promised}): the head count {H} is not a multiple of it")
@@ -115,9 +126,11 @@ def _reverse_index(T: int, cu_seqlens: Optional[torch.Tensor], device) -> torch.
     i = torch.arange(T, device=device)
     if cu_seqlens is None:
         return T - 1 - i
-    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    # clamped into [0, T] and made non-decreasing, as the kernels treat offsets, so that unchecked
+    # (GPU) offsets never index out of bounds
+    cu = torch.cummax(cu_seqlens.to(device=device, dtype=torch.int64).clamp(0, T), 0).values
     seg = torch.searchsorted(cu[1:], i, right=True).clamp_(max=cu.numel() - 2)
-    return cu[seg] + cu[seg + 1] - 1 - i
+    return (cu[seg] + cu[seg + 1] - 1 - i).clamp_(0, max(T - 1, 0))
 
 
 def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first,
@@ -149,6 +162,7 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
                              f"got {tuple(initial_state.shape)}")
         h0 = initial_state.float()
     if reverse:
+        sbops._validate.cu_seqlens(f"compat.fla.{fn}", cu_seqlens, B, T, q.device)   # before indexing with it
         idx = _reverse_index(T, cu_seqlens, q.device)
         q, k, v = (t.index_select(1, idx) for t in (q, k, v))
         if g is not None:
@@ -159,6 +173,14 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
             k, v = _grouped(k, 2, G).select(3, 0), _grouped(v, 2, G).select(3, 0)
             g = None if g is None else _grouped(g, 2, G).select(3, 0)
             HK = H // G
+    if (h0 is not None and h0.shape[1] != HK and _promised_groups.get() is None and torch.is_grad_enabled()
+            and h0.requires_grad):
+        # k/v/g came at HK < H heads, initial_state at H: each of its heads is owed its own gradient,
+        # so run at H heads (repeat_interleave sums the k/v/g gradients back over each group)
+        G = H // HK
+        k, v = k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)
+        g = None if g is None else g.repeat_interleave(G, dim=2)
+        HK = H
     if h0 is not None and h0.shape[1] != HK:
         G = h0.shape[1] // HK
         if _promised_groups.get() is None and h0.device.type == "cpu" and not bool(_repeat_flag(h0, 1, G)):

@@ -4,6 +4,7 @@ initial_state=..., output_final_state=...) on `b h l d` tensors).  RMSNorm is fl
 from __future__ import annotations
 
 import functools
+import inspect
 
 from . import fla as _fla
 from .fla import RMSNorm, kv_groups, set_repeat_detection  # noqa: F401
@@ -14,6 +15,10 @@ def _head_first(fn):
     def wrapper(*args, head_first: bool = True, **kwargs):
         return fn(*args, head_first=head_first, **kwargs)
     wrapper.__doc__ = f"{fn.__doc__}\n\n(sbops.compat.fla_v0: head_first defaults to True.)"
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(parameters=[
+        p.replace(default=True) if p.name == "head_first" else p for p in sig.parameters.values()])
+    del wrapper.__wrapped__   # help() / inspect.signature show __signature__, not fn's head_first=False
     return wrapper
 
 
