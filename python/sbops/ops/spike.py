@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import _validate as V
-from ._common import run
+from ._common import run, run_no_grad
 
 _NO = ()
 
@@ -36,7 +36,7 @@ def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch
 
     vth = clamp(mean(|x|) / k, 1e-5, 1e4) over the last dim (float32, shape x.shape[:-1] + (1,));
     counts = round_half_to_even(x / vth) saturated to out_dtype's range (int8, int16 or int32).
-    Returns (counts, vth).  x may be a strided view: the CUDA kernel reads it in place when its
+    Returns (counts, vth); vth is differentiable in x (counts are integers).  x may be a strided view: the CUDA kernel reads it in place when its
     last dimension is contiguous and its rows are read the way a dense copy's would be (rows whose
     length allows 16-byte vectors must also start 16-byte aligned); padded rows, odd storage
     offsets and misaligned splits are copied first, so a view gives bit-identical results.
@@ -46,7 +46,8 @@ def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch
     _check_k(op, k)
     if out_dtype not in COUNT_DTYPES:
         raise TypeError(f"sbops.{op}: out_dtype must be one of int8, int16, int32; got {out_dtype}")
-    return run(op, x, _NO, _NO, x, float(k), out_dtype)
+    # vth's gradient is registered (counts have none); without one needed, skip the autograd kernel
+    return run_no_grad(op, x, _NO, _NO, torch.is_grad_enabled() and x.requires_grad, x, float(k), out_dtype)
 
 
 def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
@@ -75,12 +76,11 @@ def _min_T(mode: str, max_abs: int) -> int:
 def _max_abs(op, counts, mode) -> int:
     if counts.numel() == 0:
         return 0
-    if mode == "binary":
-        lo = int(counts.min())
-        if lo < 0:
-            raise ValueError(f"sbops.{op}: binary spike trains need counts >= 0, got a count of {lo} "
-                             f"(use mode='ternary' or 'bitwise' for signed counts)")
-    return int(counts.abs().max()) if counts.dtype != torch.uint8 else int(counts.max())
+    lo, hi = (int(t) for t in torch.aminmax(counts))   # not abs() in the count dtype: |-128| is -128 in int8
+    if mode == "binary" and lo < 0:
+        raise ValueError(f"sbops.{op}: binary spike trains need counts >= 0, got a count of {lo} "
+                         f"(use mode='ternary' or 'bitwise' for signed counts)")
+    return max(-lo, hi)
 
 
 def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> torch.Tensor:
