@@ -11,8 +11,10 @@ of a dense permuted input.
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import register_autograd, register_fake
 
 lib = "sbops::"
@@ -66,6 +68,84 @@ def _(q, k, v, g, state, state_indices, scale):
     return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
 
 
+# ------------------------------------------------------------------ ops without a gradient
+# The decode ops are inference steps: their outputs keep a grad_fn when an input requires grad
+# (so the graph stays connected), but backward through them raises, instead of PyTorch's
+# fallback silently returning no gradient.
+_NOT_DIFFERENTIABLE = {
+    "linear_attn_decode": "use sbops.linear_attn (chunked prefill) for training",
+    "swa_decode": "use sbops.swa_attn for training",
+}
+def _not_differentiable_msg(op: str) -> str:
+    return f"sbops.{op} is not differentiable (an inference-only op); {_NOT_DIFFERENTIABLE[op]}"
+
+
+@torch.library.custom_op("sbops_py::not_differentiable", mutates_args=())
+def _not_differentiable(grad: torch.Tensor, op: str, shape: List[int], dtype: torch.dtype) -> torch.Tensor:
+    """Raises.  A backward graph traced through a non-differentiable op computes an input's gradient
+    with it, so the compiled backward fails when it runs (the compiler cannot fold or move it)."""
+    raise RuntimeError(_not_differentiable_msg(op))
+
+
+@_not_differentiable.register_fake
+def _(grad, op, shape, dtype):
+    return grad.new_empty(shape, dtype=dtype)
+
+
+def _raise_backward(op: str, grads, metas, needs_input_grad):
+    """Backward of a non-differentiable op: raise, or, while torch.compile traces the joint graph
+    (built whether or not backward ever runs), trace a call that raises when the backward runs."""
+    g = next((t for t in grads if isinstance(t, torch.Tensor)), None)
+    if g is None or not is_fake(g):
+        raise RuntimeError(_not_differentiable_msg(op))
+    out = [None] * len(metas)
+    i = next(i for i, (m, need) in enumerate(zip(metas, needs_input_grad)) if need and m is not None)
+    out[i] = torch.ops.sbops_py.not_differentiable(g, op, list(metas[i][0]), metas[i][1])
+    return tuple(out)
+
+
+def _metas(inputs):
+    return [(t.shape, t.dtype) if isinstance(t, torch.Tensor) else None for t in inputs]
+
+
+def _swa_decode_setup(ctx, inputs, output):
+    ctx.metas = _metas(inputs)
+
+
+def _swa_decode_backward(ctx, grad_o):
+    return _raise_backward("swa_decode", (grad_o,), ctx.metas, ctx.needs_input_grad)
+
+
+class _NoGrad(torch.autograd.Function):
+    """Passes `out` through with a grad_fn connected to `inputs` whose backward raises."""
+
+    @staticmethod
+    def forward(ctx, op, out, *inputs):
+        ctx.op, ctx.metas = op, [None, None] + _metas(inputs)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _raise_backward(ctx.op, grads, ctx.metas, ctx.needs_input_grad)
+
+
+_impl_lib = torch.library.Library("sbops", "IMPL")   # kept alive: holds the Autograd kernel below
+
+
+def _linear_attn_decode_autograd(q, k, v, g, state, state_indices, scale):
+    # register_autograd refuses ops that mutate an argument (state), so this one gets an Autograd kernel
+    with torch._C._AutoDispatchBelowAutograd():
+        out = torch.ops.sbops.linear_attn_decode.default(q, k, v, g, state, state_indices, scale)
+    if torch.is_grad_enabled():
+        inputs = [t for t in (q, k, v, g) if t is not None and t.requires_grad]
+        if inputs:
+            out = _NoGrad.apply("linear_attn_decode", out, *inputs)
+    return out
+
+
+_impl_lib.impl("linear_attn_decode", _linear_attn_decode_autograd, "Autograd")
+
+
 # ------------------------------------------------------------------ sliding-window attention
 @register_fake(lib + "swa_attn")
 def _(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
@@ -104,6 +184,9 @@ def _(q, k_cache, v_cache, seq_lens, window, scale, slot_indices, sink_k=None, s
     return _like(q)
 
 
+register_autograd(lib + "swa_decode", _swa_decode_backward, setup_context=_swa_decode_setup)
+
+
 @register_fake(lib + "swa_cache_write")
 def _(k, v, k_cache, v_cache, positions, slot_indices):
     return None
@@ -113,6 +196,27 @@ def _(k, v, k_cache, v_cache, positions, slot_indices):
 @register_fake(lib + "spike_encode")
 def _(x, k, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+def _se_setup(ctx, inputs, output):
+    x, k, out_dtype = inputs
+    ctx.save_for_backward(x)
+    ctx.k = k
+
+
+def _se_backward(ctx, grad_counts, grad_vth):
+    # counts are integers (no gradient); vth = clamp(mean|x| / k, 1e-5, 1e4) per row (float32 math)
+    (x,) = ctx.saved_tensors
+    if grad_vth is None:
+        return None, None, None
+    xf = x.to(torch.float32)
+    raw = xf.abs().mean(-1, keepdim=True) / ctx.k
+    inside = (raw >= 1e-5) & (raw <= 1e4)            # torch.clamp's gradient rule
+    gx = torch.where(inside, grad_vth.to(torch.float32), 0.0) * torch.sign(xf) / (ctx.k * x.shape[-1])
+    return gx.to(x.dtype), None, None
+
+
+register_autograd(lib + "spike_encode", _se_backward, setup_context=_se_setup)
 
 
 @register_fake(lib + "spike_quant")

@@ -3,9 +3,10 @@
 Two kinds of checks:
 - metadata checks (type, dtype, shape, device, head counts): always run; they read no tensor data.
   Strided views are accepted (the kernels read through strides or copy internally); a tensor an
-  op updates in place must have a unit stride in its last dimension.
+  op updates in place must have a unit stride in its last dimension and no internal overlap (no
+  zero stride on a dimension of size > 1, as `expand` makes: its elements would share memory).
 - data checks (index ranges, cu_seqlens order, count magnitudes): they read values back to the
-  host, which on a GPU is a synchronisation.  See `checking_data` for when they run.
+  host, which on a GPU is a synchronisation.  See `sbops.set_data_checks` for when they run.
 
 Everything here runs on every op call, so the common path builds no strings and reads no
 environment variables: messages are formatted only when raising, the environment is read once.
@@ -39,7 +40,8 @@ def tensor(op: str, name: str, x, *, ndim: Optional[int] = None, dtypes: Optiona
     compared in one step). `what` describes the layout.
 
     Any strides are accepted, except that a tensor updated in place (`inplace=True`) needs a unit
-    stride in its last dimension (the kernels write whole rows through the other strides).
+    stride in its last dimension (the kernels write whole rows through the other strides) and no
+    zero stride on a dimension of size > 1 (an expanded tensor: several elements, one location).
     """
     # fast path: plain comparisons only; the ordered checks below build the message on failure
     if (isinstance(x, torch.Tensor)
@@ -48,7 +50,7 @@ def tensor(op: str, name: str, x, *, ndim: Optional[int] = None, dtypes: Optiona
             and ((x.shape == shape or _shape_ok(x.shape, shape)) if shape is not None
                  else (ndim is None or x.dim() == ndim))
             and (ndim is None or shape is None or len(shape) == ndim)
-            and (not inplace or _unit_last_stride(x))):
+            and (not inplace or _unit_last_stride(x) and _no_overlap(x))):
         return x
     _raise(op, name, x, ndim, dtypes, device, shape, what, inplace)
     return x
@@ -69,6 +71,12 @@ def _unit_last_stride(x: torch.Tensor) -> bool:
     return x.dim() == 0 or x.stride()[-1] == 1 or x.shape[-1] <= 1
 
 
+def _no_overlap(x: torch.Tensor) -> bool:
+    """No zero stride on a dimension of size > 1 (metadata only; what `expand` produces)."""
+    st = x.stride()
+    return 0 not in st or all(n <= 1 for n, s in zip(x.shape, st) if s == 0)
+
+
 def _raise(op, name, x, ndim, dtypes, device, shape, what, inplace):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"sbops.{op}: {name} must be a torch.Tensor{_lay(what)}, got {type(x).__name__}")
@@ -85,6 +93,11 @@ def _raise(op, name, x, ndim, dtypes, device, shape, what, inplace):
     if inplace and not _unit_last_stride(x):
         raise ValueError(f"sbops.{op}: {name} is updated in place, so its last dimension must be contiguous "
                          f"(stride 1), got strides {tuple(x.stride())}; any other strides are fine")
+    if inplace and not _no_overlap(x):
+        raise ValueError(f"sbops.{op}: {name} is updated in place, so its elements must not share memory, but "
+                         f"it has stride 0 on a dimension of size > 1 (shape {list(x.shape)}, strides "
+                         f"{tuple(x.stride())}; an expanded tensor?); pass a tensor with its own storage, "
+                         f"e.g. .contiguous()")
     raise AssertionError(f"sbops.{op}: inconsistent check of {name}")  # pragma: no cover
 
 
@@ -95,6 +108,19 @@ def size(x, ndim: int, i: int) -> Optional[int]:
 
 def _lay(what: str) -> str:
     return f" {what}" if what else ""
+
+
+def scale(op: str, scale, dim: int, dim_name: str) -> float:
+    """The softmax / attention scale: `scale` as a float, or dim ** -0.5 when it is None."""
+    if scale is None:
+        if dim > 0:
+            return dim ** -0.5
+        raise ValueError(f"sbops.{op}: the default scale {dim_name} ** -0.5 needs a head dim {dim_name} >= 1, "
+                         f"got {dim_name}=0; pass scale explicitly")
+    try:
+        return float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"sbops.{op}: scale must be a number (None: {dim_name} ** -0.5), got {scale!r}") from None
 
 
 def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
@@ -164,7 +190,15 @@ def checking_data(x: Optional[torch.Tensor] = None) -> bool:
 def set_data_checks(enabled: Optional[bool]) -> None:
     """Data checks for this thread/context: True = everywhere (debug mode: GPU calls synchronise),
     False = nowhere, None = back to the default (SBOPS_DATA_CHECKS, re-read now; unset: CPU tensors
-    only).  See `checking_data`."""
+    only).
+
+    Data checks are the checks of tensor values (index ranges, cu_seqlens order, count magnitudes);
+    they read values back to the host.  By default they run only for CPU tensors, where that costs
+    no synchronisation; a call on GPU tensors never reads data back (the kernels stay memory-safe on
+    bad data and give each op's documented result instead: a NaN row, a dropped slot, an unwritten
+    row).  SBOPS_DATA_CHECKS=1 / =0 set the default to True / False; it is read at import (and by
+    set_data_checks(None)).  The checks never run while torch.compile traces or a CUDA graph is
+    captured.  `sbops.data_checks(enabled)` is the context-manager form."""
     global _ENV_MODE
     if enabled is None:
         _ENV_MODE = _env_mode()

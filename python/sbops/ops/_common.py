@@ -47,3 +47,15 @@ def run(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, *
         fn = _dispatch.kernel_for(req)
         _kernels[key] = fn
     return fn(*args)
+
+
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+
+
+def run_no_grad(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, needs_grad: bool, *args):
+    """run() for an op without a gradient (its registered autograd kernel only raises in backward):
+    when no input needs a gradient (`needs_grad` False), the call skips that Python kernel."""
+    if needs_grad or _is_compiling():
+        return run(op, x, head_dims, features, *args)
+    with _below_autograd():
+        return run(op, x, head_dims, features, *args)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _validate as V
-from ._common import run
+from ._common import run, run_no_grad
 
 OP = "linear_attn"
 _T = torch.Tensor
@@ -48,10 +48,11 @@ def _check_gate(op, g, q, dev, lead, K):
     if g is None:
         return None
     per_head, per_key = _GATE_WHAT[len(lead)]
+    dts = (torch.float32,) if q.dtype == torch.float32 else (torch.float32, q.dtype)
     if isinstance(g, torch.Tensor) and g.dim() == len(lead):
-        V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev, shape=lead, what=per_head)
+        V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead, what=per_head)
         return "gate_per_head"
-    V.tensor(op, "g", g, dtypes=(torch.float32, q.dtype), device=dev, shape=lead + (K,), what=per_key)
+    V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead + (K,), what=per_key)
     return "gate_per_key"
 
 
@@ -94,13 +95,18 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
                 and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
                      and (g.shape == ks[:3] or g.shape == ks))):
             feats = (None if g is None else ("gate_per_head" if g.dim() == 3 else "gate_per_key"), None, None)
-            sc = qs[3] ** -0.5 if scale is None else float(scale)
+            sc = V.scale(OP, scale, qs[3], "K")
             o, final_state = run(OP, q, (qs[3], vs[3]), feats, q, k, v, g, sc, None, None)
             return o, (final_state if output_final_state else None)
     hd, feats = _check(q, k, v, g, initial_state, cu_seqlens)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = V.scale(OP, scale, q.shape[-1], "K")
     o, final_state = run(OP, q, hd, feats, q, k, v, g, scale, initial_state, cu_seqlens)
     return o, (final_state if output_final_state else None)
+
+
+def _needs_grad(q, k, v, g) -> bool:
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (g is not None and g.requires_grad))
 
 
 def _check_decode(q, k, v, g, state, state_indices):
@@ -140,11 +146,13 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
             (default i), updated in place with S <- diag(exp(g)) S + k^T v.
         scale: defaults to K ** -0.5.
     Returns:
-        o: [N, H, V] in q's dtype, equal to linear_attn's output at that step.
+        o: [N, H, V] in q's dtype, equal to linear_attn's output at that step.  Not differentiable
+        (backward through it raises; train with linear_attn).
 
     q, k, v, g may be strided views (e.g. `q[:, t]` of a [N, T, H, K] tensor, or splits of a fused
     projection); the CUDA kernel reads them in place when their last dimension is contiguous.
-    `state` is written in place: its last dimension must be contiguous (other strides are fine).
+    `state` is written in place: its last dimension must be contiguous (other strides are fine) and
+    its elements must not share memory (no expanded dimension).
     Data checks: state_indices in [0, S) is checked on CPU tensors only by default (see
     sbops.set_data_checks).  Unchecked, a sequence whose state_indices[i] is out of range gets a NaN
     output row and no state slot is touched.
@@ -157,6 +165,7 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
         if (len(qs) == 3 and len(ks) == 3 and len(vs) == 3 and len(ss) == 4 and ks[0] == qs[0]
                 and ks[2] == qs[2] and vs[:2] == ks[:2] and ks[1] and qs[1] % ks[1] == 0
                 and ss[1:] == (ks[1], ks[2], vs[2]) and state.stride(-1) == 1
+                and 0 not in state.stride()
                 and (dt := q.dtype) in _FLOATS and k.dtype == dt and v.dtype == dt
                 and state.dtype in _STATE_DTYPES
                 and (dev := q.device) == k.device and v.device == dev and state.device == dev
@@ -167,8 +176,10 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
                      and state_indices.shape == qs[:1] and state_indices.device == dev
                      and not (qs[0] and V.checking_data(state_indices)))):
             feats = (None if g is None else ("gate_per_head" if g.dim() == 2 else "gate_per_key"),)
-            sc = qs[2] ** -0.5 if scale is None else float(scale)
-            return run("linear_attn_decode", q, (qs[2], vs[2]), feats, q, k, v, g, state, state_indices, sc)
+            sc = V.scale("linear_attn_decode", scale, qs[2], "K")
+            return run_no_grad("linear_attn_decode", q, (qs[2], vs[2]), feats, _needs_grad(q, k, v, g),
+                               q, k, v, g, state, state_indices, sc)
     hd, feats = _check_decode(q, k, v, g, state, state_indices)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return run("linear_attn_decode", q, hd, feats, q, k, v, g, state, state_indices, scale)
+    scale = V.scale("linear_attn_decode", scale, q.shape[-1], "K")
+    return run_no_grad("linear_attn_decode", q, hd, feats, _needs_grad(q, k, v, g),
+                       q, k, v, g, state, state_indices, scale)

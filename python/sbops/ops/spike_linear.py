@@ -34,6 +34,8 @@ def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
         raise TypeError(f"sbops.{op}: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype}")
     qmax = _QMAX[dtype]
     N, K = weight.shape
+    if K == 0:
+        raise ValueError(f"sbops.{op}: weight must have K >= 1 input channels [N, K], got shape {list(weight.shape)}")
     w = weight.detach().to(torch.float32)
     if group_size is None:
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax

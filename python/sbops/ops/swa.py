@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from ._common import run
+from ._common import run, run_no_grad
 
 _T = torch.Tensor
 _FLOATS = frozenset(V.FLOAT_DTYPES)
@@ -26,7 +26,7 @@ def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
         V.same_dtype(op, "q", q, k=k, v=v)
     if not HKV or H % HKV:
         V.divisible_heads(op, H, HKV)
-    if not isinstance(window, int):
+    if not isinstance(window, int) or isinstance(window, bool):
         raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
     V.cu_seqlens(op, cu_seqlens, B, T, dev)
     _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
@@ -71,7 +71,7 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     bad offsets give an unspecified result but never an out-of-bounds access.
     """
     hd, feats = _check(q, k, v, window, cu_seqlens, sink_k, sink_v)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = V.scale("swa_attn", scale, q.shape[-1], "D")
     o, lse = run("swa_attn", q, hd, feats, q, k, v, int(window), scale, cu_seqlens, sink_k, sink_v)
     return (o, lse) if return_lse else o
 
@@ -110,7 +110,7 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
             tokens), merged into the same softmax, as in swa_attn.
     Returns:
         o: [N, H, D] in q's dtype; equals the last row of swa_attn over the same sequence (with
-        the same sinks).
+        the same sinks).  Not differentiable (backward through it raises; train with swa_attn).
 
     q and the caches may be strided views (e.g. `q[:, t]`); the CUDA kernel reads them in place
     when their last dimension is contiguous.  Outputs are contiguous.
@@ -132,9 +132,11 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
                      or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
                      and slot_indices.shape == qs[:1] and slot_indices.device == dev)
                 and not (qs[0] and V.checking_data(seq_lens))):
-            sc = qs[2] ** -0.5 if scale is None else float(scale)
-            return run(op, q, (qs[2],), (_FULL if window < 0 else None, None),
-                       q, k_cache, v_cache, seq_lens, window, sc, slot_indices)
+            sc = V.scale(op, scale, qs[2], "D")
+            return run_no_grad(op, q, (qs[2],), (_FULL if window < 0 else None, None),
+                               torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad
+                                                            or v_cache.requires_grad),
+                               q, k_cache, v_cache, seq_lens, window, sc, slot_indices)
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, D]")
     dev = q.device
     N, H, D = q.shape
@@ -143,8 +145,8 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
     if not HKV or H % HKV:
         V.divisible_heads(op, H, HKV)
     V.tensor(op, "seq_lens", seq_lens, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
-    if not isinstance(window, int):
-        raise TypeError(f"sbops.{op}: window must be an int, got {type(window).__name__}")
+    if not isinstance(window, int) or isinstance(window, bool):
+        raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
     _check_slots(op, slot_indices, N, S, dev)
     _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
     if N > 0 and V.checking_data(seq_lens):
@@ -154,14 +156,18 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
         need = hi if window < 0 else min(hi, window + 1)
         if need > C:
             raise ValueError(f"sbops.{op}: the cache holds C={C} rows but a sequence needs {need} "
-                             f"(window={window}, longest seq_len={hi}); C must be >= window + 1")
+                             f"(window={window}, longest seq_len={hi}); C must be >= "
+                             + ("the longest seq_len (window < 0: full causal)" if window < 0 else "window + 1"))
     if k_cache.dtype != q.dtype:
         V.same_dtype(op, "q", q, k_cache=k_cache)
     feats = ("full_causal" if window < 0 else None, "sinks" if sink_k is not None else None)
-    scale = D ** -0.5 if scale is None else float(scale)
+    scale = V.scale(op, scale, D, "D")
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (q, k_cache, v_cache, sink_k, sink_v))
     if sink_k is None:   # the schema's sink arguments default to None
-        return run(op, q, (D,), feats, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
-    return run(op, q, (D,), feats, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices, sink_k, sink_v)
+        return run_no_grad(op, q, (D,), feats, grad, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
+    return run_no_grad(op, q, (D,), feats, grad, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices,
+                       sink_k, sink_v)
 
 
 def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -169,7 +175,8 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     """Store the new token's k, v [N, HKV, D] at row positions[i] % C of slot slot_indices[i] (in place).
 
     k and v may be strided views (e.g. `k[:, t]`, or splits of a fused projection).  k_cache and
-    v_cache are written in place: their last dimension must be contiguous (other strides are fine).
+    v_cache are written in place: their last dimension must be contiguous (other strides are fine)
+    and their elements must not share memory (no expanded dimension).
     Data checks: slot_indices in [0, S) and positions >= 0 are checked on CPU tensors only by
     default (see sbops.set_data_checks).  Unchecked, a row whose slot is out of range or whose
     position is negative is not written.
@@ -182,6 +189,7 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
         if (len(ks) == 3 and len(cs) == 4 and ks[1:] == cs[2:] and v.shape == ks and v_cache.shape == cs
                 and (dt := k.dtype) in _FLOATS and v.dtype == dt and k_cache.dtype == dt and v_cache.dtype == dt
                 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+                and 0 not in k_cache.stride() and 0 not in v_cache.stride()
                 and positions.dtype in _INDEX and positions.shape == ks[:1]
                 and (dev := k.device) == v.device and k_cache.device == dev and v_cache.device == dev
                 and positions.device == dev
