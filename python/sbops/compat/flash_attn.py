@@ -69,11 +69,21 @@ def _window(fn: str, causal: bool, window_size) -> Tuple[bool, int]:
                               f"only causal windows (right = 0) or full bidirectional attention (-1, -1) are supported")
 
 
-def _heads(fn: str, q, k, v):
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _heads(fn: str, q, k, v, k_name: str = "k", v_name: str = "v", same_dtype: bool = True):
     H, HKV = q.shape[-2], k.shape[-2]
-    if k.shape != v.shape[:-1] + (k.shape[-1],) or v.shape[-2] != HKV or H % HKV or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{fn}: q [.., H, D] and k, v [.., HKV, D] need H % HKV == 0 and the same head dim; got "
-                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if (k.shape != v.shape or H % HKV or q.shape[-1] != k.shape[-1]):
+        raise ValueError(f"{fn}: q [.., H, D] and {k_name}, {v_name} [.., HKV, D] need H % HKV == 0 and the same "
+                         f"head dim D; got q {tuple(q.shape)}, {k_name} {tuple(k.shape)}, {v_name} {tuple(v.shape)}")
+    for name, t in (("q", q), (k_name, k), (v_name, v)):
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{fn}: {name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                            f"got {t.dtype}")
+    if k.dtype != v.dtype or (same_dtype and q.dtype != k.dtype):
+        raise TypeError(f"{fn}: q, {k_name} and {v_name} must have the same dtype, got {q.dtype}, {k.dtype} and "
+                        f"{v.dtype}")
 
 
 def _attention_torch(q, k, v, scale: float, q_pos, k_len, causal: bool, left: int):
@@ -174,6 +184,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         o, lse = res
         return o[0], lse[0].transpose(0, 1).contiguous(), None
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for name, c, what, total in (("cu_seqlens_q", cq, "total_q", q.shape[0]), ("cu_seqlens_k", ck, "total_k", k.shape[0])):
+        if c[0] != 0 or c[-1] != total or any(b < a for a, b in zip(c, c[1:])):
+            raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {what}={total}; "
+                             f"got {c[:4]}{'...' if len(c) > 4 else ''} ending at {c[-1]}")
     outs, lses = [], []
     for b in range(len(cq) - 1):
         lq, lk = cq[b + 1] - cq[b], ck[b + 1] - ck[b]
@@ -213,15 +227,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if q.dim() != 4 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
         raise ValueError(f"{fn}: q must be [B, Sq, H, D] and k_cache, v_cache [B_c, C, HKV, D] alike; got q "
                          f"{tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
-    _heads(fn, q, k_cache, v_cache)
+    _heads(fn, q, k_cache, v_cache, "k_cache", "v_cache", same_dtype=False)
     B, Sq, H, D = q.shape
-    C = k_cache.shape[1]
+    Bc, C = k_cache.shape[:2]
     dev = q.device
     slots = None
     if cache_batch_idx is not None:
-        if not isinstance(cache_batch_idx, torch.Tensor) or cache_batch_idx.shape != (B,):
-            raise ValueError(f"{fn}: cache_batch_idx must be an int tensor [B] = [{B}]")
+        if (not isinstance(cache_batch_idx, torch.Tensor) or cache_batch_idx.shape != (B,)
+                or cache_batch_idx.dtype not in (torch.int32, torch.int64)):
+            raise ValueError(f"{fn}: cache_batch_idx must be an int32/int64 tensor [B] = [{B}]")
+        _device_assert(((cache_batch_idx >= 0) & (cache_batch_idx < Bc)).all(),
+                       f"{fn}: cache_batch_idx must lie in [0, {Bc}) (the k_cache rows)")
         slots = cache_batch_idx
+    elif B > Bc:
+        raise ValueError(f"{fn}: without cache_batch_idx batch row b uses cache row b, but k_cache has {Bc} rows "
+                         f"for a batch of B={B}")
     if (k is None) != (v is None):
         raise ValueError(f"{fn}: pass both k and v (new tokens) or neither")
     if cache_seqlens is None:
@@ -235,6 +255,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"{fn}: cache_seqlens must be an int or an int32 tensor [B] = [{B}], "
                              f"got shape {tuple(cache_seqlens.shape)}")
         lens = cache_seqlens.to(torch.int64)
+    if k is None and cache_seqlens is not None:
+        _device_assert(((lens >= 0) & (lens <= C)).all(), f"{fn}: cache_seqlens must lie in [0, C={C}] (the cache rows)")
     if k is not None:
         if k.dim() != 4 or k.shape[0] != B or k.shape[2:] != k_cache.shape[2:] or v.shape != k.shape:
             raise ValueError(f"{fn}: k, v must be [B, Sn, HKV, D] = [{B}, Sn, {k_cache.shape[2]}, {D}], got "
@@ -250,6 +272,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if Sq == 1 and not return_softmax_lse and q.dtype == k_cache.dtype:
         # One query at position L-1: causal or not, it sees keys L-1-left .. L-1 (all with left = -1).
         win = -1 if left < 0 or left >= C - 1 else left
+        if isinstance(cache_seqlens, torch.Tensor) and (k is None or k.shape[1] == 0):
+            # a row may have no key (cache_seqlens 0): out = 0 there, as on the torch path and in flash-attn
+            o = sbops.swa_decode(q[:, 0], k_cache, v_cache, lens.clamp_min(1), win, scale=scale, slot_indices=slots)
+            return torch.where(lens[:, None, None] > 0, o, 0)[:, None]
         return sbops.swa_decode(q[:, 0], k_cache, v_cache, lens, win, scale=scale, slot_indices=slots)[:, None]
     kc = k_cache if slots is None else k_cache.index_select(0, slots.to(torch.int64))
     vc = v_cache if slots is None else v_cache.index_select(0, slots.to(torch.int64))
