@@ -98,3 +98,14 @@ def test_int8_static_export_refuses_weights_its_scales_cannot_hold():
         lin.weight[0, 0] = 300.0
     with pytest.raises(ValueError, match="outside the int8 range"):
         lin.int8_weight()
+
+
+def test_layers_infer_shapes_on_the_meta_device():
+    """As nn.Linear and fla allow: meta tensors go to the ops' fake kernels (no backend is asked)."""
+    from sbops.nn import GatedLinearAttention
+    x = torch.empty(1, 5, 64, device="meta")
+    for layer in (SlidingWindowAttention(64, 4, 2, 16, window=4), GatedLinearAttention(64, 4, 2, 16)):
+        assert layer.to("meta")(x).shape == (1, 5, 64)
+    lin = SpikeLinear(256, 4, weight_quant="int8").to("meta")
+    with torch.no_grad():
+        assert lin(torch.empty(2, 256, device="meta")).shape == (2, 4)

@@ -34,9 +34,10 @@ def run(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, *
     The decision is cached under a plain tuple key, so a repeated call costs one dict lookup.
     While torch.compile traces, the op is called directly: PyTorch then routes it by the inputs'
     device to the kernel registered for that dispatch key (the built-in backend), and the traced
-    graph stays free of Python-side dispatch logic.
+    graph stays free of Python-side dispatch logic.  Meta tensors (shape inference, as nn.Linear and
+    fla allow) go straight to the op too, whose fake kernel serves them.
     """
-    if _is_compiling():
+    if _is_compiling() or x.device.type == "meta":  # meta: the registered fake kernel gives the shapes
         return getattr(torch.ops.sbops, op)(*args)
     key = (op, x.device, x.dtype, head_dims, features, _forced.get() or _dispatch._ENV_BACKEND)
     fn = _kernels.get(key)
