@@ -337,3 +337,10 @@ def test_swa_decode_full_causal_capacity_message():
     kc = torch.randn(1, 4, 2, 4)
     with pytest.raises(ValueError, match="C must be >= the longest seq_len"):
         sbops.swa_decode(torch.randn(1, 2, 4), kc, kc, torch.tensor([6]), -1)
+
+
+def test_spike_stats_refuses_a_histogram_too_large_to_allocate():
+    """An int32 INT_MIN count would need 2^31 histogram bins (16 GiB): a clear error, not an OOM kill."""
+    with pytest.raises(ValueError, match="histogram would need 2147483649 bins"):
+        sbops.spike_stats(torch.tensor([-2 ** 31, 5], dtype=torch.int32))
+    assert sbops.spike_stats(torch.tensor([(1 << 24) - 1], dtype=torch.int32))["T"] == 24

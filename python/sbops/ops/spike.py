@@ -132,6 +132,9 @@ def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
     return run(op, trains, _NO, _NO, trains, mode)
 
 
+_MAX_HIST_BINS = 1 << 24   # spike_stats' histogram: at most 128 MiB of int64 bins
+
+
 def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> dict:
     """Statistics of the spike trains `counts` expand to, without materialising them.
 
@@ -151,6 +154,10 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     elif not isinstance(T, int) or T < need:
         raise ValueError(f"sbops.{op}: T={T!r} steps cannot represent a count of magnitude {m} in {mode} mode "
                          f"(needs T >= {need})")
+    if m >= _MAX_HIST_BINS:  # one int64 bin per |c| value: refuse before allocating gigabytes
+        raise ValueError(f"sbops.{op}: the largest |count| is {m}; its histogram would need {m + 1} bins "
+                         f"({(m + 1) * 8 / 2 ** 30:.2f} GiB); spike_stats serves |counts| < {_MAX_HIST_BINS} "
+                         f"(counts that large come from a clamped vth: check the input)")
     hist = run(op, counts, _NO, _NO, counts, m).cpu()
     n = counts.numel()
     steps = [bin(a).count("1") if mode == "bitwise" else a for a in range(m + 1)]
