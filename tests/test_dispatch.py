@@ -173,3 +173,89 @@ def test_fp8_weights_are_a_capability_that_maca_lacks():
         assert sbops.spike_linear(x, w8, s8).shape == (3, 8)
     finally:
         sbops._dispatch.unregister_backend("maca_like")
+
+
+def test_a_raising_probe_is_that_backends_reason_and_the_call_falls_back():
+    broken = Backend(name="broken", device_types=("cpu",), priority=100,
+                     ops={"spike_quant": OpCaps((torch.float32,))}, probe=lambda op: 1 / 0)
+    sbops.register_backend(broken)
+    try:
+        x = torch.randn(2, 8)
+        with sbops.use_backend("cpu"):
+            want = sbops.spike_quant(x)
+        assert torch.equal(sbops.spike_quant(x), want)                     # the next backend runs it
+        info = sbops.backends()
+        assert not info["broken"]["available"]
+        assert info["broken"]["reason"].startswith("probe raised ZeroDivisionError: ")
+        assert info["broken"]["ops"]["spike_quant"]["reason"].startswith("probe raised ZeroDivisionError")
+        text = sbops.explain("spike_quant", x)
+        assert "runs on backend 'cpu'" in text and "- broken: not available here: probe raised ZeroDivisionError" in text
+        with sbops.use_backend("broken"):
+            with pytest.raises(NoBackendError, match="probe raised ZeroDivisionError"):
+                sbops.spike_quant(x)
+    finally:
+        sbops._dispatch.unregister_backend("broken")
+
+
+def test_a_backends_reason_lists_every_failing_check():
+    from sbops._dispatch import Request
+    b = Backend(name="narrow", device_types=("cpu",),
+                ops={"linear_attn": OpCaps((torch.float32,), head_dims=(64, 128), features=frozenset({"varlen"}))},
+                probe=lambda op: "no such hardware")
+    why = b.reason(Request("linear_attn", "cuda", torch.float64, head_dims=(8, 64, 96),
+                           features=frozenset({"gate_per_head", "varlen"})))
+    parts = why.split("; ")
+    assert len(parts) == 5, why
+    assert parts[0] == "runs on cpu tensors, the inputs are on cuda"
+    assert parts[1] == "not available here: no such hardware"
+    assert parts[2].startswith("dtype float64 not supported")
+    assert parts[3].startswith("head dims 8, 96 not supported") and "(supports 64, 128)" in parts[3]
+    assert parts[4].startswith("feature(s) gate_per_head not supported")
+    assert b.reason(Request("swa_attn", "cuda", torch.float64)) == (
+        "runs on cpu tensors, the inputs are on cuda; does not implement swa_attn")
+    assert b.reason(Request("linear_attn", "cpu", torch.float32, head_dims=(64,))) == "not available here: no such hardware"
+
+
+def test_explain_says_when_the_forced_backend_cannot_serve_and_who_could(monkeypatch):
+    x = torch.randn(2, 8)
+    narrow = Backend(name="narrow", device_types=("cpu",), ops={"spike_quant": OpCaps((torch.float16,))})
+    sbops.register_backend(narrow)
+    try:
+        with sbops.use_backend("narrow"):
+            text = sbops.explain("spike_quant", x)
+        first = text.splitlines()[0]
+        assert "the forced backend 'narrow' (use_backend) cannot serve it" in first, text
+        assert "dtype float32 not supported" in first and "unforced it would run on backend 'cpu'" in first, text
+        assert "cannot run on any backend" not in text and "- cpu: can serve it" in text
+        with sbops.use_backend("cpu"):
+            assert "runs on backend 'cpu' (forced by use_backend)" in sbops.explain("spike_quant", x)
+    finally:
+        sbops._dispatch.unregister_backend("narrow")
+    monkeypatch.setattr(sbops._dispatch, "_ENV_BACKEND", "nope")     # as SBOPS_BACKEND=nope at import
+    text = sbops.explain("spike_quant", x)
+    first = text.splitlines()[0]
+    assert "the forced backend 'nope' (SBOPS_BACKEND) is not registered" in first, text
+    assert "registered: " in first and "unforced it would run on backend 'cpu'" in first, text
+    with pytest.raises(NoBackendError, match="'nope'.*not registered"):
+        sbops.spike_quant(x)
+
+
+def test_use_backend_none_unforces_a_block(monkeypatch):
+    x = torch.randn(2, 8)
+    monkeypatch.setattr(sbops._dispatch, "_ENV_BACKEND", "maca")     # as SBOPS_BACKEND=maca at import
+    with pytest.raises(NoBackendError, match="forced backend 'maca'"):
+        sbops.spike_quant(x)
+    with sbops.use_backend(None):
+        sbops.spike_quant(x)
+        assert "runs on backend 'cpu'" in sbops.explain("spike_quant", x)
+        assert "forced" not in sbops.explain("spike_quant", x).splitlines()[0]
+        with sbops.use_backend("maca"):
+            with pytest.raises(NoBackendError, match="forced backend 'maca'"):
+                sbops.spike_quant(x)
+        sbops.spike_quant(x)
+    with pytest.raises(NoBackendError, match="forced backend 'maca'"):
+        sbops.spike_quant(x)
+    monkeypatch.setattr(sbops._dispatch, "_ENV_BACKEND", None)
+    with sbops.use_backend("maca"):
+        with sbops.use_backend(None):
+            sbops.spike_quant(x)

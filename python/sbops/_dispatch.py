@@ -2,9 +2,10 @@
 
 A backend is a name, the torch device types it runs on, a probe (is it usable in this process?)
 and, per op, its capabilities (dtypes, head dims, features).  A public op describes its call as
-a `Request`; `select` picks the backend that serves it: the one forced by `use_backend(...)` /
-`SBOPS_BACKEND` (read at import), else the highest-priority backend that can.  When none can, the error lists every
-backend with its reason.  Data never moves between devices behind the caller's back.
+a `Request`; `select` picks the backend that serves it: the one forced by `use_backend(name)` /
+`SBOPS_BACKEND` (read once, at import; `use_backend(None)` turns forcing off for a block), else the
+highest-priority backend that can.  When none can, the error lists every backend with every reason it
+cannot (a probe that raises is such a reason, not an error).  Data never moves between devices behind the caller's back.
 """
 from __future__ import annotations
 
@@ -61,27 +62,36 @@ class Backend:
     description: str = ""
 
     def reason(self, req: Request) -> Optional[str]:
-        """None if this backend can serve `req`, else why not."""
+        """None if this backend can serve `req`, else why not: every failing check, joined by "; "."""
+        why = []
         if req.device_type not in self.device_types:
-            return f"runs on {'/'.join(self.device_types)} tensors, the inputs are on {req.device_type}"
+            why.append(f"runs on {'/'.join(self.device_types)} tensors, the inputs are on {req.device_type}")
         caps = self.ops.get(req.op)
         if caps is None:
-            return f"does not implement {req.op}"
-        why = self.probe(req.op)
-        if why:
-            return f"not available here: {why}"
+            why.append(f"does not implement {req.op}")
+            return "; ".join(why)
+        unusable = self.probe_reason(req.op)
+        if unusable:
+            why.append(f"not available here: {unusable}")
         if req.dtype not in caps.dtypes:
-            return (f"dtype {_dt(req.dtype)} not supported for {req.op} "
-                    f"(supports {', '.join(_dt(d) for d in caps.dtypes)})")
+            why.append(f"dtype {_dt(req.dtype)} not supported for {req.op} "
+                       f"(supports {', '.join(_dt(d) for d in caps.dtypes)})")
         if caps.head_dims is not None:
-            bad = [d for d in req.head_dims if d not in caps.head_dims]
+            bad = sorted({d for d in req.head_dims if d not in caps.head_dims})
             if bad:
-                return (f"head dim {bad[0]} not supported for {req.op} "
-                        f"(supports {', '.join(map(str, caps.head_dims))})")
+                why.append(f"head dim{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} not supported "
+                           f"for {req.op} (supports {', '.join(map(str, caps.head_dims))})")
         missing = req.features - caps.features
         if missing:
-            return f"feature(s) {', '.join(sorted(missing))} not supported for {req.op}"
-        return None
+            why.append(f"feature(s) {', '.join(sorted(missing))} not supported for {req.op}")
+        return "; ".join(why) or None
+
+    def probe_reason(self, op: str) -> Optional[str]:
+        """The probe's answer; a probe that raises makes the backend unusable, with the exception as reason."""
+        try:
+            return self.probe(op)
+        except Exception as e:  # a broken backend must not break the calls the others can serve
+            return f"probe raised {type(e).__name__}: {e}"
 
     def kernel(self, op: str) -> Callable:
         fn = self.kernels.get(op)
@@ -100,17 +110,23 @@ _registry: Dict[str, Backend] = {}
 _registry_version = 0
 _lock = threading.Lock()
 _forced: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sbops_backend", default=None)
+# What use_backend(None) stores: "force nothing, not even SBOPS_BACKEND".  A truthy string, so the public
+# ops' cache key (`_forced.get() or _ENV_BACKEND`) tells it apart from "not set"; never a backend name.
+_UNFORCED = "<unforced>"
 _cache: Dict[tuple, Backend] = {}
 # The public ops' per-call cache: (op, device, dtype, head dims, features, forced backend) -> kernel,
 # built from plain call metadata so a hit constructs no Request.  Cleared with `_cache`.
 _kernels: Dict[tuple, Callable] = {}
-# SBOPS_BACKEND is read once, at import (use_backend(...) overrides it per context).
+# SBOPS_BACKEND is read once, when sbops is imported; setting it later has no effect.
+# use_backend(name) overrides it for a block, use_backend(None) turns it off for a block.
 _ENV_BACKEND: Optional[str] = os.environ.get("SBOPS_BACKEND") or None
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
     """Add a backend (also one defined outside sbops). Returns it."""
     global _registry_version
+    if backend.name == _UNFORCED:
+        raise ValueError(f"{_UNFORCED!r} is reserved (use_backend(None) stores it)")
     with _lock:
         if backend.name in _registry and not replace:
             raise ValueError(f"a backend named {backend.name!r} is already registered "
@@ -132,15 +148,26 @@ def unregister_backend(name: str) -> None:
 
 
 def _forced_name() -> Optional[str]:
-    return _forced.get() or _ENV_BACKEND
+    f = _forced.get()
+    if f == _UNFORCED:
+        return None
+    return f or _ENV_BACKEND
+
+
+def _forced_by() -> str:
+    return "use_backend" if _forced.get() else "SBOPS_BACKEND"
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Force backend `name` for the calls inside the block (an unknown name is an error)."""
-    if name not in _registry:
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Force backend `name` for the calls inside the block (an unknown name is an error).
+
+    `use_backend(None)` forces nothing inside the block: the highest-priority backend that can serve
+    each call runs it, whatever SBOPS_BACKEND or an enclosing use_backend(...) says.  Blocks nest.
+    """
+    if name is not None and name not in _registry:
         raise ValueError(f"unknown sbops backend {name!r}; registered: {', '.join(_registry)}")
-    token = _forced.set(name)
+    token = _forced.set(_UNFORCED if name is None else name)
     try:
         yield
     finally:
@@ -161,7 +188,7 @@ def select(req: Request) -> Backend:
     if forced is not None:
         b = _registry.get(forced)
         if b is None:
-            raise NoBackendError(f"sbops backend {forced!r} (forced by use_backend/SBOPS_BACKEND) is not "
+            raise NoBackendError(f"sbops backend {forced!r} (forced by {_forced_by()}) is not "
                                  f"registered; registered: {', '.join(_registry)}")
         why = b.reason(req)
         if why is not None:
@@ -196,18 +223,36 @@ def _reasons_text(req: Request) -> str:
     return "backends:\n" + "\n".join(lines)
 
 
+def _first_that_serves(req: Request) -> Optional[str]:
+    for b in _ordered():
+        if b.reason(req) is None:
+            return b.name
+    return None
+
+
 def explain_request(req: Request) -> str:
-    try:
-        chosen = select(req).name
-    except NoBackendError:
-        chosen = None
     head = (f"sbops.{req.op} on {req.device_type} ({_dt(req.dtype)}"
             + (f", head dims {list(req.head_dims)}" if req.head_dims else "")
             + (f", features {sorted(req.features)}" if req.features else "") + ")")
     forced = _forced_name()
-    pick = (f"runs on backend '{chosen}'" if chosen else "cannot run on any backend")
-    if forced:
-        pick += f" (forced: {forced!r})"
+    if forced is None:
+        chosen = _first_that_serves(req)
+        pick = f"runs on backend '{chosen}'" if chosen else "cannot run on any backend"
+    else:
+        by = _forced_by()
+        b = _registry.get(forced)
+        why = None if b is None else b.reason(req)
+        if b is not None and why is None:
+            pick = f"runs on backend '{forced}' (forced by {by})"
+        else:
+            if b is None:
+                pick = (f"cannot run: the forced backend {forced!r} ({by}) is not registered "
+                        f"(registered: {', '.join(_registry)})")
+            else:
+                pick = f"cannot run: the forced backend {forced!r} ({by}) cannot serve it: {why}"
+            other = _first_that_serves(req)
+            pick += (f"; unforced it would run on backend '{other}'" if other
+                     else "; no other backend could serve it either")
     return f"{head} {pick}\n{_reasons_text(req)}"
 
 
@@ -215,7 +260,7 @@ def backends() -> Dict[str, dict]:
     """Every registered backend: whether it is usable here, and why not, with its capabilities."""
     out = {}
     for b in _ordered():
-        probes = {op: b.probe(op) for op in b.ops}
+        probes = {op: b.probe_reason(op) for op in b.ops}
         usable = [op for op, why in probes.items() if why is None]
         reasons = sorted({why for why in probes.values() if why})
         out[b.name] = {
