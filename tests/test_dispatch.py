@@ -202,17 +202,20 @@ def test_a_backends_reason_lists_every_failing_check():
     b = Backend(name="narrow", device_types=("cpu",),
                 ops={"linear_attn": OpCaps((torch.float32,), head_dims=(64, 128), features=frozenset({"varlen"}))},
                 probe=lambda op: "no such hardware")
-    why = b.reason(Request("linear_attn", "cuda", torch.float64, head_dims=(8, 64, 96),
+    why = b.reason(Request("linear_attn", "cpu", torch.float64, head_dims=(8, 64, 96),
                            features=frozenset({"gate_per_head", "varlen"})))
     parts = why.split("; ")
-    assert len(parts) == 5, why
-    assert parts[0] == "runs on cpu tensors, the inputs are on cuda"
-    assert parts[1] == "not available here: no such hardware"
-    assert parts[2].startswith("dtype float64 not supported")
-    assert parts[3].startswith("head dims 8, 96 not supported") and "(supports 64, 128)" in parts[3]
-    assert parts[4].startswith("feature(s) gate_per_head not supported")
-    assert b.reason(Request("swa_attn", "cuda", torch.float64)) == (
-        "runs on cpu tensors, the inputs are on cuda; does not implement swa_attn")
+    assert len(parts) == 4, why
+    assert parts[0] == "not available here: no such hardware"
+    assert parts[1].startswith("dtype float64 not supported")
+    assert parts[2].startswith("head dims 8, 96 not supported") and "(supports 64, 128)" in parts[2]
+    assert parts[3].startswith("feature(s) gate_per_head not supported")
+    # another device's backend: that alone, without asking its probe (which could initialise that device)
+    asked = []
+    b2 = Backend(name="narrow2", device_types=("cpu",), ops=b.ops, probe=lambda op: asked.append(op))
+    assert b2.reason(Request("linear_attn", "cuda", torch.float64)) == "runs on cpu tensors, the inputs are on cuda"
+    assert asked == []
+    assert b.reason(Request("swa_attn", "cpu", torch.float64)) == "does not implement swa_attn"
     assert b.reason(Request("linear_attn", "cpu", torch.float32, head_dims=(64,))) == "not available here: no such hardware"
 
 

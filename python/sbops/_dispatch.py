@@ -63,9 +63,11 @@ class Backend:
 
     def reason(self, req: Request) -> Optional[str]:
         """None if this backend can serve `req`, else why not: every failing check, joined by "; "."""
-        why = []
         if req.device_type not in self.device_types:
-            why.append(f"runs on {'/'.join(self.device_types)} tensors, the inputs are on {req.device_type}")
+            # decisive, and the probe is not asked: probing another device's backend could initialise it
+            # (a CUDA context for a CPU call) or import its compiler (Triton)
+            return f"runs on {'/'.join(self.device_types)} tensors, the inputs are on {req.device_type}"
+        why = []
         caps = self.ops.get(req.op)
         if caps is None:
             why.append(f"does not implement {req.op}")
