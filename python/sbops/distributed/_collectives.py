@@ -8,6 +8,8 @@ through the same sbops.distributed calls, every rank issues the same collectives
 """
 from __future__ import annotations
 
+import struct
+import zlib
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -19,8 +21,68 @@ def rank_and_size(group) -> Tuple[int, int]:
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("sbops.distributed: torch.distributed is not initialised; call "
                            "torch.distributed.init_process_group first (or use the simulate_* functions "
-                           "of sbops.distributed.sim for a single process)")
-    return dist.get_rank(group), dist.get_world_size(group)
+                           "of sbops.distributed for a single process)")
+    r = dist.get_rank(group)
+    if r < 0:
+        try:
+            members = f" (global ranks {dist.get_process_group_ranks(group)})"
+        except Exception:                                # noqa: BLE001 - only for the message
+            members = ""
+        raise ValueError(f"sbops.distributed: rank {dist.get_rank()} is not a member of group {group!r}{members}; "
+                         f"call sbops.distributed only on the ranks of the group it runs on")
+    return r, dist.get_world_size(group)
+
+
+# ----------------------------------------------------------------------------- argument agreement
+# Arguments that must agree on every rank are gathered as int64 and compared on the host, so every
+# rank raises the same ValueError (instead of mismatched collectives: silent garbage or aborts).
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+           torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128)
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    """A small int naming ``dtype``, the same in every process (unknown dtypes: a stable hash)."""
+    return _DTYPES.index(dtype) if dtype in _DTYPES else 1000 + zlib.crc32(str(dtype).encode())
+
+
+def _dtype_name(code: int) -> str:
+    return str(_DTYPES[code]) if 0 <= code < len(_DTYPES) else f"dtype code {code}"
+
+
+def float_code(x: float) -> int:
+    """The bits of float(x) as an int64 (exact comparison across ranks)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _float_of(code: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(code)))[0]
+
+
+SHOW = {"dtype": _dtype_name, "float": _float_of, "bool": bool, "int": int}
+
+
+def check_agree(op: str, fields: Sequence[Tuple[str, str]], rows: Sequence[Sequence[int]], start: int = 0) -> None:
+    """``rows[r][start + i]`` is rank r's value of ``fields[i] = (argument name, kind in SHOW)``;
+    raise one ValueError (the same on every rank: computed from the gathered values) when they differ."""
+    bad = []
+    for i, (name, kind) in enumerate(fields):
+        vals = [row[start + i] for row in rows]
+        if any(v != vals[0] for v in vals):
+            bad.append(f"{name} {[SHOW[kind](v) for v in vals]}")
+    if bad:
+        raise ValueError(f"{op}: arguments differ across the ranks of the group (values by group rank): "
+                         f"{'; '.join(bad)}; they must agree on every rank")
+
+
+def gather_and_check(op: str, fields: Sequence[Tuple[str, str, int]], device: torch.device, group,
+                     lead: Sequence[int] = ()) -> List[List[int]]:
+    """One all_gather of ``lead + [value for each field]`` (int64) and one host read; raises as
+    check_agree when a field differs (``lead`` values may differ). Returns every rank's row."""
+    row = [int(x) for x in lead] + [int(v) for (_, _, v) in fields]
+    t = torch.tensor(row, dtype=torch.int64, device=device)
+    rows = all_gather_stack(t, group).tolist()
+    check_agree(op, [(n, k) for (n, k, _) in fields], rows, len(lead))
+    return rows
 
 
 # torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there)

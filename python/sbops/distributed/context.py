@@ -36,8 +36,9 @@ class SequenceParallel:
 
     def shard_start(self, local_len: int, device: torch.device) -> int:
         """Global position of this rank's first token (one small all_gather + host read)."""
+        r = self.rank                     # first: a clear error outside an initialised group / non-member
         lens = gathered_lengths(local_len, device, self.group)
-        return sum(lens[:self.rank])
+        return sum(lens[:r])
 
     def positions(self, local_len: int, device: torch.device) -> torch.Tensor:
         """[local_len] int64 global positions of this rank's tokens (for RoPE)."""
@@ -46,7 +47,9 @@ class SequenceParallel:
 
     @staticmethod
     def split_lengths(total: int, world_size: int) -> List[int]:
-        """Contiguous near-even shard lengths (the first ``total % P`` shards one longer)."""
+        """Contiguous near-even shard lengths (the first ``total % P`` shards one longer; with
+        total < P the last ones are empty, T_r = 0, which every sbops.distributed op and the
+        models accept)."""
         base, extra = divmod(int(total), int(world_size))
         return [base + (1 if r < extra else 0) for r in range(world_size)]
 
