@@ -24,11 +24,14 @@ def rank_and_size(group) -> Tuple[int, int]:
                            "of sbops.distributed for a single process)")
     r = dist.get_rank(group)
     if r < 0:
-        try:
-            members = f" (global ranks {dist.get_process_group_ranks(group)})"
-        except Exception:                                # noqa: BLE001 - only for the message
-            members = ""
-        raise ValueError(f"sbops.distributed: rank {dist.get_rank()} is not a member of group {group!r}{members}; "
+        if group is getattr(dist.GroupMember, "NON_GROUP_MEMBER", object()):
+            desc = "(new_group returned GroupMember.NON_GROUP_MEMBER in this process)"
+        else:
+            try:
+                desc = f"with global ranks {dist.get_process_group_ranks(group)}"
+            except Exception:                            # noqa: BLE001 - only for the message
+                desc = repr(group)
+        raise ValueError(f"sbops.distributed: rank {dist.get_rank()} is not a member of group {desc}; "
                          f"call sbops.distributed only on the ranks of the group it runs on")
     return r, dist.get_world_size(group)
 
