@@ -17,20 +17,22 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 import sbops
-from ._collectives import all_reduce_sum, exchange, gathered_lengths, rank_and_size
+from ._collectives import all_reduce_sum, dtype_code, exchange, float_code, gather_and_check, rank_and_size
 
 Piece = Tuple[int, int, int, int]   # (src rank, src row lo, src row hi, row offset in the dst halo)
 
 
 def halo_plan(lens: Sequence[int], window: int) -> Tuple[List[int], List[List[Piece]]]:
     """For shard lengths ``lens``: each rank's halo length and, per rank, the pieces that fill its halo
-    in order (ascending source rank)."""
+    in order (ascending source rank). An empty shard (T_r = 0) needs and sends nothing."""
     starts = [0]
     for n in lens:
         starts.append(starts[-1] + int(n))
     need, pieces = [], []
     for r in range(len(lens)):
         n = starts[r] if window < 0 else min(window, starts[r])
+        if lens[r] == 0:             # an empty shard has no queries: it needs no halo
+            n = 0
         lo = starts[r] - n
         ps = []
         for j in range(r):
@@ -51,7 +53,7 @@ def local_attn(q, k, v, halo_k, halo_v, window, scale, sink_k, sink_v):
     common shift and the zero rows' outputs are dropped).  Full causal (window < 0) pads the whole
     shard that way."""
     n = halo_k.shape[1]
-    if n == 0:
+    if n == 0 or q.shape[1] == 0:        # no halo, or an empty shard (T_r = 0: nothing to compute)
         return sbops.swa_attn(q, k, v, window, scale=scale, sink_k=sink_k, sink_v=sink_v)
     B, T, H, D = q.shape
     m = T if window < 0 else min(window, T)
@@ -93,6 +95,8 @@ class _Halo(torch.autograd.Function):
         ctx.plan, ctx.rank, ctx.P, ctx.group, ctx.D, ctx.shape = (need, pieces), r, P, group, D, (B, T, HKV, D2)
         ctx.dtype, ctx.device = k.dtype, k.device
         ctx.has_sinks = sink_k is not None
+        if sink_k is not None:
+            ctx.sink_shapes, ctx.sink_dtype = (sink_k.shape, sink_v.shape), sink_k.dtype
         hk, hv = halo[..., :D].contiguous(), halo[..., D:].contiguous()
         if sink_k is None:
             return k.view_as(k), v.view_as(v), hk, hv, None, None
@@ -122,19 +126,37 @@ class _Halo(torch.autograd.Function):
                 dv[:, lo:hi] += got[dst][..., D:]
         if not ctx.has_sinks:
             return dk, dv, None, None, None, None, None
-        packed = all_reduce_sum(torch.cat([dsink_k.reshape(-1), dsink_v.reshape(-1)]), ctx.group)
+        sk_shape, sv_shape = ctx.sink_shapes      # a gradient may be None (e.g. an empty shard): zeros
+        dsink_k = torch.zeros(sk_shape, dtype=ctx.sink_dtype, device=dev) if dsink_k is None else dsink_k
+        dsink_v = torch.zeros(sv_shape, dtype=ctx.sink_dtype, device=dev) if dsink_v is None else dsink_v
+        packed = all_reduce_sum(torch.cat([dsink_k.reshape(-1), dsink_v.reshape(-1)]), ctx.group)  # always
         m = dsink_k.numel()
-        return dk, dv, packed[:m].view_as(dsink_k), packed[m:].view_as(dsink_v), None, None, None
+        return dk, dv, packed[:m].view(sk_shape), packed[m:].view(sv_shape), None, None, None
 
 
 def _check(q, k, window, sink_k, sink_v):
-    if not isinstance(window, int):
+    if isinstance(window, bool) or not isinstance(window, int):
         raise TypeError(f"sbops.distributed.swa_attn: window must be an int (< 0 for full causal), "
                         f"got {type(window).__name__}")
     if (sink_k is None) != (sink_v is None):
         raise ValueError("sbops.distributed.swa_attn: sink_k and sink_v must be given together")
-    if q.dim() != 4 or q.shape[1] < 1:
-        raise ValueError(f"sbops.distributed.swa_attn: q must be [B, T_r, H, D] with T_r >= 1, got {list(q.shape)}")
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"sbops.distributed.swa_attn: q, k, v must be [B, T_r, heads, D] (T_r >= 0), got "
+                         f"q {list(q.shape)}, k {list(k.shape)}")
+
+
+def _agreed_lengths(q, k, v, window, scale, sink_k, group) -> List[int]:
+    """Every rank's T_r, from the one all_gather this op runs anyway; the arguments that must agree
+    travel with it, so a mismatch is the same ValueError on every rank (not an uninitialised halo)."""
+    B, _, H, D = q.shape
+    fields = [("window", "int", window), ("B", "int", B), ("H (query heads)", "int", H),
+              ("HKV (key/value heads)", "int", k.shape[2]), ("D (q/k head dim)", "int", D),
+              ("v head dim", "int", v.shape[-1]), ("dtype", "dtype", dtype_code(q.dtype)),
+              ("sinks given", "bool", sink_k is not None),
+              ("number of sinks", "int", -1 if sink_k is None else sink_k.shape[0]),
+              ("scale", "float", float_code(scale))]
+    rows = gather_and_check("sbops.distributed.swa_attn", fields, q.device, group, lead=[q.shape[1]])
+    return [row[0] for row in rows]
 
 
 def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: Optional[float] = None,
@@ -143,24 +165,25 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     """Sequence-parallel sbops.swa_attn: this rank holds the rank-th contiguous shard of every sequence.
 
     Args: as sbops.swa_attn (docs/SPEC.md section 2) for this rank's shard q [B, T_r, H, D], k, v [B, T_r, HKV, D];
-        shards may differ in length (T_r >= 1, also shorter than the window); B, heads, D, dtype,
-        window, scale and the sinks must agree on all ranks. sink_k, sink_v [M, HKV, D] are shared
-        by all ranks (each query merges them once in its softmax). group: a torch.distributed process
-        group (None: the default group).
+        shards may differ in length (T_r >= 0: empty and shorter than the window too); B, heads, D,
+        dtype, window, scale and the sinks must agree on all ranks: they travel with the shard
+        lengths, and a mismatch raises the same ValueError on every rank. sink_k, sink_v [M, HKV, D]
+        are shared by all ranks (each query merges them once in its softmax). group: a
+        torch.distributed process group (None: the default group).
     Returns:
         o [B, T_r, H, D], equal to the single-process op on the concatenated shards, sliced to this rank.
     Gradients flow to q, k, v (halo gradients are returned to their owners) and to the sinks, whose
     gradient on every rank is the sum over the ranks (the gradient of the sum of all ranks' losses).
-    Communication: the shard lengths are exchanged once per call (one small all_gather read back to
-    the host: a device synchronisation on GPUs); then point-to-point sends of at most ``window``
+    Communication: the shard lengths (and the arguments above) are exchanged once per call (one
+    small all_gather read back to the host: a device synchronisation on GPUs); then point-to-point sends of at most ``window``
     rows of keys+values to each rank forward, the same back in the backward, plus one all_reduce of
     the sinks' gradients. window < 0 (full causal) sends every earlier position: correct, not cheap.
     Every rank must run the backward through its o when any rank does.
     """
     _check(q, k, window, sink_k, sink_v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    r, _ = rank_and_size(group)
-    lens = gathered_lengths(q.shape[1], q.device, group)
+    rank_and_size(group)
+    lens = _agreed_lengths(q, k, v, window, scale, sink_k, group)
     k, v, halo_k, halo_v, sk, sv = _Halo.apply(k, v, sink_k, sink_v, lens, window, group)
     return local_attn(q, k, v, halo_k, halo_v, window, scale, sk, sv)
 
