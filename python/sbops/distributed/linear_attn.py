@@ -21,7 +21,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 import sbops
-from ._collectives import all_gather_stack, rank_and_size
+from sbops._validate import checking_data
+
+from ._collectives import all_gather_stack, dtype_code, float_code, gather_and_check, rank_and_size
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
@@ -46,7 +48,7 @@ def local_pre(q, k, v, g, scale):
     suffix = gf.flip(1).cumsum(1).flip(1)            # sum_{s >= t} g_s, accurate where it matters
     after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], 1)   # sum_{s > t} g_s
     S = torch.einsum("btnk,btnv->bnkv", kf * after.exp(), vf)
-    gamma = suffix[:, 0].expand(B, HKV, K)
+    gamma = gf.sum(1).expand(B, HKV, K)                # the shard's total (0 for an empty shard)
     return o_loc, S, gamma, G
 
 
@@ -130,6 +132,18 @@ def _check_state(initial_state, q, k, v):
                          f"{[B, HKV, K, V]} tensor on {q.device} (the same on every rank), got {got}")
 
 
+def _check_agree(q, k, v, g, scale, initial_state, group):
+    """One small all_gather of the arguments that must agree on every rank (shapes, dtype, gate kind,
+    scale, initial_state given), read on the host: a mismatch is the same ValueError on every rank
+    instead of a size-mismatched all_gather (an abort) or a silently wrong state."""
+    gate = 0 if g is None else (1 if g.dim() == 3 else 2)
+    fields = [("B", "int", q.shape[0]), ("H (query heads)", "int", q.shape[2]), ("HKV (key/value heads)", "int",
+              k.shape[2]), ("K (key dim)", "int", k.shape[3]), ("V (value dim)", "int", v.shape[3]),
+              ("dtype", "dtype", dtype_code(q.dtype)), ("gate kind (0 none, 1 per head, 2 per key)", "int", gate),
+              ("initial_state given", "bool", initial_state is not None), ("scale", "float", float_code(scale))]
+    gather_and_check("sbops.distributed.linear_attn", fields, q.device, group)
+
+
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
                 scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
                 output_final_state: bool = False, group=None
@@ -138,10 +152,14 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
 
     Args: as sbops.linear_attn (docs/SPEC.md section 1) for this rank's shard, q [B, T_r, H, K],
         k [B, T_r, HKV, K], v [B, T_r, HKV, V], g None | [B, T_r, HKV] | [B, T_r, HKV, K]; shards may
-        differ in length (T_r >= 1); B, heads, head dims, dtypes, gate kind, scale and whether
-        initial_state is given must agree on all ranks. initial_state [B, HKV, K, V] float32 is the
-        state before rank 0's first token, identical on every rank. group: a torch.distributed
-        process group (None: the default group). No varlen (cu_seqlens) here.
+        differ in length (T_r >= 0: empty shards too); B, heads, head dims, dtypes, gate kind, scale
+        and whether initial_state is given must agree on all ranks. Where sbops runs its data checks
+        (CPU tensors by default, GPU tensors with SBOPS_DATA_CHECKS=1 / sbops.set_data_checks(True))
+        they are all-gathered first (one small all_gather and host read), and a mismatch raises the
+        same ValueError on every rank; on GPUs by default nothing is read back (no sync).
+        initial_state [B, HKV, K, V] float32 is the state before rank 0's first token, identical on
+        every rank. group: a torch.distributed process group (None: the default group). No varlen
+        (cu_seqlens) here.
     Returns:
         (o [B, T_r, H, V], final_state [B, HKV, K, V] float32 after the last token of the whole
         sequence, on every rank, or None).
@@ -152,11 +170,15 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     sequence forward, the reverse state pass plus one op backward backward); float64 runs the
     state math in torch (exact to float64 rounding).
     Communication: one all_gather of P * B * HKV * K * (V + 1) floats forward, one of
-    2 * P * B * HKV * K * V backward; no host synchronisation. Every rank must run the backward
-    through its o (or final_state) when any rank does.
+    2 * P * B * HKV * K * V backward; no host synchronisation (beyond the argument check above, on
+    CPU by default). Every rank must run the backward through its o (or final_state) when any rank
+    does.
     """
     _check_state(initial_state, q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    rank_and_size(group)
+    if checking_data(q):
+        _check_agree(q, k, v, g, scale, initial_state, group)
     if q.dtype != torch.float64:
         o, final = _ThroughOp.apply(q, k, v, g, initial_state, scale, group)
         return o, (final if output_final_state else None)
