@@ -12,12 +12,14 @@ splits swapped and sums them with sbops.moe_unpermute (float32 accumulation).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 import sbops
-from ._collectives import AllToAllRows, all_to_all_rows, rank_and_size
+from sbops._validate import checking_data
+
+from ._collectives import AllToAllRows, all_to_all_rows, dtype_code, gather_and_check, rank_and_size
 
 
 @dataclass
@@ -31,6 +33,7 @@ class MoEHandle:
     inverse: torch.Tensor          # [N_local] int64: inverse permutation of order
     num_rows: int                  # T * k
     group: object = None
+    x_local: Optional[torch.Tensor] = None   # moe_dispatch's output (moe_combine keeps y_local tied to it)
 
 
 def _check(x, ids, weights, num_experts, P):
@@ -85,8 +88,16 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
         local expert's slice of x_local); handle for moe_combine. Differentiable in x.
     Host synchronisation: the per-expert counts are exchanged with all_to_all_single and read back to
     the host for the split sizes (one small sync per dispatch; x_local's length is data-dependent).
+    Hidden size, dtype and num_experts must agree on every rank: where sbops runs its data checks
+    (CPU tensors by default, GPU tensors with SBOPS_DATA_CHECKS=1) one small all_gather compares
+    them first and a mismatch raises the same ValueError on every rank.
     """
     r, P = rank_and_size(group)
+    if checking_data(x):
+        fields = [("hidden size (x.shape[-1])", "int", x.shape[-1] if x.dim() else -1),
+                  ("x dtype", "dtype", dtype_code(x.dtype)),
+                  ("num_experts", "int", num_experts if isinstance(num_experts, int) else -1)]
+        gather_and_check("sbops.distributed.moe_dispatch", fields, x.device, group)
     _check(x, ids, weights, num_experts, P)
     El = num_experts // P
     x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
@@ -95,8 +106,9 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     send_splits, recv_splits = host[:P], [sum(host[P + s * El:P + (s + 1) * El]) for s in range(P)]
     x_recv = AllToAllRows.apply(x_perm[:sum(send_splits)], send_splits, recv_splits, group)
     order, inverse, offsets = plan(recv_counts.view(P, El), P, sum(recv_splits))
-    handle = MoEHandle(row_map, weights, send_splits, recv_splits, order, inverse, ids.numel(), group)
-    return x_recv.index_select(0, order), offsets, handle
+    x_local = x_recv.index_select(0, order)
+    handle = MoEHandle(row_map, weights, send_splits, recv_splits, order, inverse, ids.numel(), group, x_local)
+    return x_local, offsets, handle
 
 
 def _finish(y_back, handle):
@@ -111,10 +123,25 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     y_local [N, Hd'] is the experts' output for x_local's rows (same order). The rows go back to
     their source ranks (all_to_all_single, splits swapped; no host sync) and are summed by
     sbops.moe_unpermute in float32. Differentiable in y_local and weights.
+    Every rank's backward must run the same all-to-alls: a rank whose experts received no rows
+    should still build y_local from x_local (e.g. ``x_local * 0`` or its experts run on the empty
+    rows). A y_local outside the graph while x_local requires grad is tied to x_local here (exact
+    zero); whether y_local requires grad must agree on every rank (checked where sbops runs its
+    data checks: CPU tensors by default, a clear ValueError on every rank).
     """
     if y_local.dim() != 2 or y_local.shape[0] != handle.order.numel():
         raise ValueError(f"sbops.distributed.moe_combine: y_local must be [N={handle.order.numel()}, Hd] "
                          f"(one row per x_local row), got {list(y_local.shape)}")
+    xl = handle.x_local
+    if torch.is_grad_enabled() and xl is not None and xl.requires_grad and not y_local.requires_grad:
+        # x_local is in the graph but y_local is not (e.g. an empty result built with new_zeros on a
+        # rank whose experts got no rows): tie it in with an exact zero (a sum over no elements), so
+        # this rank's backward still runs both all-to-alls like every other rank's.
+        y_local = y_local + xl.reshape(-1)[:0].sum().to(y_local.dtype)
+    if checking_data(y_local):
+        fields = [("y_local width (shape[-1])", "int", y_local.shape[-1]), ("y_local dtype", "dtype",
+                  dtype_code(y_local.dtype)), ("y_local requires grad", "bool", y_local.requires_grad)]
+        gather_and_check("sbops.distributed.moe_combine", fields, y_local.device, handle.group)
     y_rm = y_local.index_select(0, handle.inverse)
     y_back = AllToAllRows.apply(y_rm, handle.recv_splits, handle.send_splits, handle.group)
     return _finish(y_back, handle)

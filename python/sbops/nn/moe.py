@@ -34,11 +34,16 @@ class MoEBlock(nn.Module):
 
     Expert parallelism: inside `sbops.distributed.expert_parallel(group)` the routed rows go to the
     ranks owning their experts (sbd.moe_dispatch / moe_combine; rank r runs experts
-    [r*E/P, (r+1)*E/P), the other experts' parameters are unused there).  The ranks of the EP group
-    hold different tokens (sequence shards or batches); the aux loss each rank returns is then its
-    additive share of the group's loss (likewise under sequence parallelism alone, over the SP group): f_e from the group's all-reduced expert counts, P_e summed
-    over this rank's tokens divided by the group's token count, so the sum over the ranks equals
-    the loss of one process holding every token, in value and gradient.
+    [r*E/P, (r+1)*E/P), the other experts' parameters are unused there).  Under sequence
+    parallelism (with or without EP, whatever group EP runs on) the aux loss each rank returns is
+    its additive share of the SP group's loss: f_e from the SP group's all-reduced expert counts,
+    P_e summed over this rank's tokens divided by the group's token count, so the sum over the SP
+    group equals the loss of one process holding the whole sequence, in value and gradient (as the
+    model's cross-entropy share).  Under EP alone the EP group's ranks are taken to hold one batch
+    between them (data parallel): the aux loss is the share of the EP group's loss (summed over the
+    EP group: the loss of the concatenated batches), while the model's cross-entropy stays each
+    rank's own mean; with gradients averaged over the ranks, the aux loss then weighs 1/P of the
+    single-process coefficient.
 
     Note on renormalize: with top-1 and renormalize=True every weight is exactly 1, so the router
     learns from the aux loss only; renormalize=False (Switch style, w = router probability) lets
@@ -109,7 +114,10 @@ class MoEBlock(nn.Module):
         ct = torch.float64 if logits.dtype == torch.float64 else torch.float32
         counts = sbops.expert_counts(ids, self.num_experts).to(ct)
         prob_sum = torch.softmax(logits.to(ct), dim=-1).sum(dim=0)
-        share = ep or sbd.current_sp()  # ranks holding different tokens of one batch
+        # ranks holding different tokens of one batch: the SP group when SP is active (the CE loss
+        # is shared over it too, whatever group EP runs on), else the EP group (EP alone: its ranks
+        # are taken as one data-parallel batch)
+        share = sbd.current_sp() or ep
         if share is None:
             if x2.shape[0] == 0:  # no tokens: nothing to balance (not 0 / 0)
                 return self.shared_expert(x2).view(shape) + y.view(shape), prob_sum.sum() * 0
@@ -124,11 +132,20 @@ class MoEBlock(nn.Module):
         """Routed experts of this rank on the rows dispatched to it (sbd.moe_dispatch / moe_combine)."""
         E = self.num_experts
         x_local, offs, handle = sbd.moe_dispatch(x2, ids, weights, E, group=ep.group)
-        first = ep.local_experts(E).start
+        mine = ep.local_experts(E)
         bounds = offs.tolist()
-        pieces = [self.experts[first + e](x_local[bounds[e]:bounds[e + 1]])
+        pieces = [self.experts[mine.start + e](x_local[bounds[e]:bounds[e + 1]])
                   for e in range(len(bounds) - 1) if bounds[e + 1] > bounds[e]]
-        y_local = torch.cat(pieces) if pieces else x_local.new_zeros(0, x2.shape[1])
+        if pieces:
+            y_local = torch.cat(pieces)
+        else:
+            # No rows for this rank's experts: an empty y_local that stays in the autograd graph (of
+            # x_local and of the local experts' parameters, as it would with rows), so this rank's
+            # backward runs moe_combine's and moe_dispatch's all-to-alls like every other rank's.
+            y_local = x_local * 0
+            if torch.is_grad_enabled():
+                for p in (p for e in mine for p in self.experts[e].parameters() if p.requires_grad):
+                    y_local = y_local + p.reshape(-1)[:0].sum().to(y_local.dtype)
         return sbd.moe_combine(y_local, handle).to(x2.dtype)
 
     def _all_experts(self, x2, weights, ids):
