@@ -194,7 +194,8 @@ class SpikingBrainForCausalLM(nn.Module):
     the single-process values (the last token of a shard predicts the next shard's first label).
     Train by all-reducing (summing) the gradients of every parameter over the SP group except the
     routed experts under EP (complete on their owner) and HybridAttention's meta tokens (the SWA
-    halo exchange already sums them).  See docs/DISTRIBUTED.md.
+    halo exchange already sums them).  logits_to_keep applies to each rank's own shard (int n: the
+    last n positions of this rank's shard, not of the whole sequence).  See docs/DISTRIBUTED.md.
     """
 
     def __init__(self, cfg: SpikingBrainConfig):
@@ -362,14 +363,19 @@ class SpikingBrainForCausalLM(nn.Module):
     @staticmethod
     def _loss_share(logits, labels, sp):
         """Sequence parallel: this rank's share of the single-process mean cross-entropy.  The shard's
-        last token predicts the next rank's first label (one all_gather of [B] labels); the sum of
-        the losses is divided by the count of valid targets over the whole group."""
+        last token predicts the first label of the next rank holding tokens (one all_gather of each
+        rank's [B] first labels and whether it has any; empty shards, T_r = 0, predict nothing); the
+        sum of the losses is divided by the count of valid targets over the whole group."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels must be shaped like input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-        firsts = all_gather_stack(labels[:, 0], sp.group)            # [P, B]
-        r, P = sp.rank, sp.world_size
-        nxt = firsts[r + 1] if r + 1 < P else torch.full_like(labels[:, 0], -100)
-        target = torch.cat([labels[:, 1:], nxt[:, None]], 1)
+        r, P = sp.rank, sp.world_size                   # first: a clear error outside the group
+        B, T = labels.shape
+        first = labels[:, 0] if T else labels.new_full((B,), -100)
+        packed = all_gather_stack(torch.cat([first, first.new_full((1,), 1 if T else 0)]), sp.group)  # [P, B+1]
+        nxt = labels.new_full((B,), -100)
+        for j in range(P - 1, r, -1):                   # the nearest later rank with tokens wins
+            nxt = torch.where(packed[j, B] > 0, packed[j, :B], nxt)
+        target = torch.cat([labels[:, 1:], nxt[:, None]], 1) if T else labels
         n_valid = all_reduce_sum((target != -100).sum().to(torch.float64), sp.group)
         ce = F.cross_entropy(_upcast(logits).reshape(-1, logits.shape[-1]), target.reshape(-1),
                              ignore_index=-100, reduction="sum")
