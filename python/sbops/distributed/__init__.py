@@ -7,8 +7,8 @@
     x_local, expert_offsets, handle = sbd.moe_dispatch(x, ids, weights, num_experts, group=None)
     y = sbd.moe_combine(y_local, handle)
 
-Sequence parallel: rank r holds the r-th contiguous shard of every sequence, [B, T_r, ...] (T_r >= 1,
-shards may differ). Expert parallel: rank r owns experts [r*E/P, (r+1)*E/P). Results and gradients
+Sequence parallel: rank r holds the r-th contiguous shard of every sequence, [B, T_r, ...] (T_r >= 0,
+shards may differ or be empty). Expert parallel: rank r owns experts [r*E/P, (r+1)*E/P). Results and gradients
 equal the single-process ops (docs/SPEC.md sections 1, 2, 4) on the concatenated shards / batches.
 The simulate_* functions run the same math for P ranks in one process (lists of shards in and out),
 with whatever kernels the shards' device has. See docs/DISTRIBUTED.md.
