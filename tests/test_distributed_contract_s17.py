@@ -297,6 +297,9 @@ def _body_mismatch(rank, P):
     bad += _expect_same_error(rank, "moe dtype", lambda: sbd.moe_dispatch(x.to(torch.float32 if rank else dd),
                                                                            ids, w, 2), "dtype")
 
+    bad += _expect_same_error(rank, "moe id out of range on one rank", lambda: sbd.moe_dispatch(
+        x, torch.tensor([[0], [1], [1], [0 if rank == 0 else 9]]), w, 2), "ids hold expert ids >= num_experts")
+
     def combine_width():
         xl, _, h = sbd.moe_dispatch(x, ids, w, 2)
         return sbd.moe_combine(xl[:, :3 + rank], h)

@@ -90,14 +90,19 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     the host for the split sizes (one small sync per dispatch; x_local's length is data-dependent).
     Hidden size, dtype and num_experts must agree on every rank: where sbops runs its data checks
     (CPU tensors by default, GPU tensors with SBOPS_DATA_CHECKS=1) one small all_gather compares
-    them first and a mismatch raises the same ValueError on every rank.
+    them first (with each rank's count of ids >= num_experts) and a mismatch or a bad id raises the
+    same ValueError on every rank.
     """
     r, P = rank_and_size(group)
     if checking_data(x):
         fields = [("hidden size (x.shape[-1])", "int", x.shape[-1] if x.dim() else -1),
                   ("x dtype", "dtype", dtype_code(x.dtype)),
                   ("num_experts", "int", num_experts if isinstance(num_experts, int) else -1)]
-        gather_and_check("sbops.distributed.moe_dispatch", fields, x.device, group)
+        n_bad = int((ids >= num_experts).sum()) if isinstance(num_experts, int) and ids.numel() else 0
+        rows = gather_and_check("sbops.distributed.moe_dispatch", fields, x.device, group, lead=[n_bad])
+        if any(row[0] for row in rows):   # a bad id on one rank: the same error everywhere, not a lone raise
+            raise ValueError(f"sbops.distributed.moe_dispatch: ids hold expert ids >= num_experts={num_experts} "
+                             f"(count by group rank: {[row[0] for row in rows]})")
     _check(x, ids, weights, num_experts, P)
     El = num_experts // P
     x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
