@@ -53,10 +53,12 @@ def run(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, *
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
-def run_no_grad(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, needs_grad: bool, *args):
-    """run() for an op without a gradient (its registered autograd kernel only raises in backward):
-    when no input needs a gradient (`needs_grad` False), the call skips that Python kernel."""
-    if needs_grad or _is_compiling():
+def run_no_grad(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, grad_inputs: tuple, *args):
+    """run() for an op whose registered autograd kernel is Python (the decode ops': it only raises in
+    backward; spike_encode's vth): when grad mode is off or none of `grad_inputs` (tensors or None)
+    requires grad, the call skips that kernel."""
+    if _is_compiling() or (torch.is_grad_enabled()
+                           and any(t is not None and t.requires_grad for t in grad_inputs)):
         return run(op, x, head_dims, features, *args)
     with _below_autograd():
         return run(op, x, head_dims, features, *args)

@@ -104,11 +104,6 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     return o, (final_state if output_final_state else None)
 
 
-def _needs_grad(q, k, v, g) -> bool:
-    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                        or (g is not None and g.requires_grad))
-
-
 def _check_decode(q, k, v, g, state, state_indices):
     op = "linear_attn_decode"
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, K]")
@@ -177,9 +172,9 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
                      and not (qs[0] and V.checking_data(state_indices)))):
             feats = (None if g is None else ("gate_per_head" if g.dim() == 2 else "gate_per_key"),)
             sc = V.scale("linear_attn_decode", scale, qs[2], "K")
-            return run_no_grad("linear_attn_decode", q, (qs[2], vs[2]), feats, _needs_grad(q, k, v, g),
+            return run_no_grad("linear_attn_decode", q, (qs[2], vs[2]), feats, (q, k, v, g),
                                q, k, v, g, state, state_indices, sc)
     hd, feats = _check_decode(q, k, v, g, state, state_indices)
     scale = V.scale("linear_attn_decode", scale, q.shape[-1], "K")
-    return run_no_grad("linear_attn_decode", q, hd, feats, _needs_grad(q, k, v, g),
+    return run_no_grad("linear_attn_decode", q, hd, feats, (q, k, v, g),
                        q, k, v, g, state, state_indices, scale)

@@ -47,7 +47,7 @@ def spike_encode(x: torch.Tensor, k: float = 3.0, out_dtype: torch.dtype = torch
     if out_dtype not in COUNT_DTYPES:
         raise TypeError(f"sbops.{op}: out_dtype must be one of int8, int16, int32; got {out_dtype}")
     # vth's gradient is registered (counts have none); without one needed, skip the autograd kernel
-    return run_no_grad(op, x, _NO, _NO, torch.is_grad_enabled() and x.requires_grad, x, float(k), out_dtype)
+    return run_no_grad(op, x, _NO, _NO, (x,), x, float(k), out_dtype)
 
 
 def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:

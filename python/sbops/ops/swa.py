@@ -134,8 +134,7 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
                 and not (qs[0] and V.checking_data(seq_lens))):
             sc = V.scale(op, scale, qs[2], "D")
             return run_no_grad(op, q, (qs[2],), (_FULL if window < 0 else None, None),
-                               torch.is_grad_enabled() and (q.requires_grad or k_cache.requires_grad
-                                                            or v_cache.requires_grad),
+                               (q, k_cache, v_cache),
                                q, k_cache, v_cache, seq_lens, window, sc, slot_indices)
     V.tensor(op, "q", q, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, H, D]")
     dev = q.device
@@ -162,11 +161,10 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
         V.same_dtype(op, "q", q, k_cache=k_cache)
     feats = ("full_causal" if window < 0 else None, "sinks" if sink_k is not None else None)
     scale = V.scale(op, scale, D, "D")
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (q, k_cache, v_cache, sink_k, sink_v))
+    grad_inputs = (q, k_cache, v_cache, sink_k, sink_v)
     if sink_k is None:   # the schema's sink arguments default to None
-        return run_no_grad(op, q, (D,), feats, grad, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
-    return run_no_grad(op, q, (D,), feats, grad, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices,
+        return run_no_grad(op, q, (D,), feats, grad_inputs, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices)
+    return run_no_grad(op, q, (D,), feats, grad_inputs, q, k_cache, v_cache, seq_lens, int(window), scale, slot_indices,
                        sink_k, sink_v)
 
 
