@@ -203,14 +203,17 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError as e:  # pragma: no cover
             raise ImportError("from_pretrained: reading .safetensors needs the safetensors package") from e
-        try:
-            return load_file(os.path.join(path, f))
-        except Exception as e:  # noqa: BLE001  (safetensors' errors do not name the file)
-            raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
+        return load_file(os.path.join(path, f))
 
     def bin_load(f):
+        return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
+
+    def read(loader, f):
+        """loader(f); a file that cannot be read is an error naming it (safetensors' errors do not)."""
         try:
-            return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
+            return loader(f)
+        except ImportError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
 
@@ -220,7 +223,7 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
                 weight_map = json.load(fh)["weight_map"]
             out = {}
             for shard in sorted(set(weight_map.values())):
-                part = loader(shard)
+                part = read(loader, shard)
                 listed = {k for k, v in weight_map.items() if v == shard}
                 if set(part) != listed:
                     raise ValueError(f"from_pretrained: shard {shard} holds {sorted(set(part) ^ listed)[:5]} "
@@ -229,7 +232,7 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
             return out
     for single, loader in (("model.safetensors", st_load), ("pytorch_model.bin", bin_load)):
         if os.path.isfile(os.path.join(path, single)):
-            return dict(loader(single))
+            return dict(read(loader, single))
     raise FileNotFoundError(f"from_pretrained: no weights in {path!r} (looked for model.safetensors[.index.json] "
                             f"and pytorch_model.bin[.index.json])")
 

@@ -204,10 +204,11 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
         self.head_dim, self.theta = head_dim, theta
-        self.register_buffer("inv_freq", self._freqs(None), persistent=False)
+        self.register_buffer("inv_freq", self._freqs(), persistent=False)
 
-    def _freqs(self, device) -> torch.Tensor:
-        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+    def _freqs(self) -> torch.Tensor:
+        """float32, on the default device (as at construction; _apply moves it)."""
+        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim
         return 1.0 / (self.theta ** exps)
 
     def _apply(self, fn, recurse=True):
@@ -215,7 +216,7 @@ class RotaryEmbedding(nn.Module):
         # construction, in float32 (float64 if asked for): never rounded to 16 bits, never uninitialised
         super()._apply(fn, recurse)
         dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
-        self.inv_freq = self._freqs(None).to(self.inv_freq.device, dtype)
+        self.inv_freq = self._freqs().to(self.inv_freq.device, dtype)
         return self
 
     def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
