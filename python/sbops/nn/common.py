@@ -212,8 +212,8 @@ class RotaryEmbedding(nn.Module):
         return 1.0 / (self.theta ** exps)
 
     def _apply(self, fn, recurse=True):
-        # after any cast or move (to_empty too) the frequencies are computed again, on the CPU as at
-        # construction, in float32 (float64 if asked for): never rounded to 16 bits, never uninitialised
+        # after any cast or move (to_empty too) the frequencies are computed again as at construction,
+        # in float32 (float64 if asked for), then moved: never rounded to 16 bits, never uninitialised
         super()._apply(fn, recurse)
         dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
         self.inv_freq = self._freqs().to(self.inv_freq.device, dtype)
