@@ -106,3 +106,43 @@ def test_sparsity_grows_as_k_shrinks():
     x = torch.randn(256, 512)
     sp = [sbops.spike_stats(sbops.spike_encode(x, k=k)[0], "bitwise", T=6)["sparsity"] for k in (2, 3, 4)]
     assert sp[0] > sp[1] > sp[2]
+
+
+def test_bitwise_collapse_serves_trains_longer_than_31_steps():
+    c = torch.tensor([-2 ** 31, 2 ** 31 - 1, 5, 0], dtype=torch.int32)
+    trains = sbops.spike_expand(c)
+    assert trains.shape[0] == 32
+    assert torch.equal(sbops.spike_collapse(trains), c)
+    longer = sbops.spike_expand(c, T=40)               # eight leading zero steps
+    assert torch.equal(sbops.spike_collapse(longer), c)
+
+
+@pytest.mark.parametrize("mode", ["bitwise", "ternary"])
+def test_collapse_refuses_a_count_outside_int32(mode):
+    trains = torch.zeros(33, 2, dtype=torch.int32)
+    if mode == "bitwise":
+        trains[0, 1] = 1                                # 2^32
+    else:
+        trains[:, 1] = 2 ** 30                          # 33 * 2^30
+    with pytest.raises(RuntimeError, match="does not fit int32"):
+        sbops.spike_collapse(trains, mode)
+
+
+@pytest.mark.parametrize("mode", ["bitwise", "ternary"])
+def test_collapse_overflow_check_for_gpu_tensors_agrees_with_the_cpu_kernel(mode):
+    from sbops.ops.spike import _collapse_overflows   # the check GPU calls run under data checks
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for T in (1, 31, 32, 33, 40):
+        for scale in (1, 2 ** 20, 2 ** 31 - 1):
+            for zero_lead in (0, T - 2):                # leading zero steps keep long trains in range
+                trains = (torch.randint(-1, 2, (T, 16), generator=g) * scale).to(torch.int32)
+                trains[:zero_lead] = 0
+                try:
+                    sbops.spike_collapse(trains, mode)
+                    cpu_overflows = False
+                except RuntimeError:
+                    cpu_overflows = True
+                assert _collapse_overflows(trains, mode) == cpu_overflows, (T, scale, zero_lead)
+                seen.add(cpu_overflows)
+    assert seen == {False, True}

@@ -117,18 +117,40 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
     return run(op, counts, _NO, _NO, counts, mode, int(T))
 
 
+def _collapse_overflows(trains: torch.Tensor, mode: str) -> bool:
+    """Whether some collapsed count falls outside int32 (the GPU kernel's unchecked case).
+
+    int64 arithmetic, one step at a time.  Bitwise: once |acc| > 2^31 it only grows (train values
+    are at most 2^31 in magnitude), so clamping to +-2^32 keeps int64 from overflowing without
+    changing the answer.  Binary/ternary: a sum of T values of at most 2^31 fits int64.
+    """
+    acc = torch.zeros(trains.shape[1:], dtype=torch.int64, device=trains.device)
+    for t in range(trains.shape[0]):
+        if mode == "bitwise":
+            acc = (acc * 2 + trains[t]).clamp_(-(1 << 32), 1 << 32)
+        else:
+            acc = acc + trains[t]
+    lo, hi = (int(v) for v in torch.aminmax(acc)) if acc.numel() else (0, 0)
+    return lo < -(1 << 31) or hi >= (1 << 31)
+
+
 def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
     """Invert spike_expand: sum_t s_t (binary/ternary) or sum_t 2^(T-1-t) s_t (bitwise). Returns int32.
 
-    trains may be a strided view (copied internally where needed); no data is read back.
+    Any T works (a bitwise train of 32 steps holds spike_encode's int32 INT_MIN count; longer
+    trains with leading zero steps collapse exactly).  A collapsed count outside int32 is an error
+    where data checks run (CPU tensors by default, see sbops.set_data_checks); on a GPU without
+    them nothing is read back and such a count wraps.  trains may be a strided view (copied
+    internally where needed).
     """
     op = "spike_collapse"
     V.tensor(op, "trains", trains, dtypes=V.INT_DTYPES, what="[T, ...]")
     if trains.dim() < 1 or trains.shape[0] < 1:
         raise ValueError(f"sbops.{op}: trains must have a leading time dimension T >= 1, got shape {tuple(trains.shape)}")
     _check_mode(op, mode)
-    if mode == "bitwise" and trains.shape[0] > 31:
-        raise ValueError(f"sbops.{op}: bitwise trains of T={trains.shape[0]} steps overflow int32 counts (T <= 31)")
+    # the CPU kernel checks every count itself; elsewhere the check is a host read, so opt-in
+    if trains.device.type not in ("cpu", "meta") and V.checking_data(trains) and _collapse_overflows(trains, mode):
+        raise ValueError(f"sbops.{op}: a collapsed count does not fit int32 (mode={mode!r}, T={trains.shape[0]})")
     return run(op, trains, _NO, _NO, trains, mode)
 
 
