@@ -75,6 +75,8 @@ def _(q, k, v, g, state, state_indices, scale):
 _NOT_DIFFERENTIABLE = {
     "linear_attn_decode": "use sbops.linear_attn (chunked prefill) for training",
     "swa_decode": "use sbops.swa_attn for training",
+    "swa_cache_write": "the cache it writes carries no gradient to k, v or the overwritten rows; "
+                       "use sbops.swa_attn for training",
 }
 def _not_differentiable_msg(op: str) -> str:
     return f"sbops.{op} is not differentiable (an inference-only op); {_NOT_DIFFERENTIABLE[op]}"
@@ -144,6 +146,37 @@ def _linear_attn_decode_autograd(q, k, v, g, state, state_indices, scale):
 
 
 _impl_lib.impl("linear_attn_decode", _linear_attn_decode_autograd, "Autograd")
+
+
+class _NoGradWrite(torch.autograd.Function):
+    """Marks a tensor written in place as modified, with a grad_fn whose backward raises.  One
+    tensor per call: autograd cannot rebase more than one output when an input is a view."""
+
+    @staticmethod
+    def forward(ctx, op, written, *inputs):
+        ctx.mark_dirty(written)
+        ctx.op, ctx.metas = op, [None] + _metas((written,) + inputs)
+        return written
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _raise_backward(ctx.op, grads, ctx.metas, ctx.needs_input_grad)
+
+
+def _swa_cache_write_autograd(k, v, k_cache, v_cache, positions, slot_indices):
+    # without this kernel, PyTorch's fallback leaves a cache written from grad-requiring k/v with no
+    # grad_fn (k and v silently get no gradient), and a grad-requiring cache keeps its old grad_fn
+    # (the overwritten rows' gradient flows to the values they replaced)
+    with torch._C._AutoDispatchBelowAutograd():
+        torch.ops.sbops.swa_cache_write.default(k, v, k_cache, v_cache, positions, slot_indices)
+    if torch.is_grad_enabled():
+        inputs = [t for t in (k, v) if t.requires_grad]
+        if inputs or k_cache.requires_grad or v_cache.requires_grad:
+            _NoGradWrite.apply("swa_cache_write", k_cache, *inputs)
+            _NoGradWrite.apply("swa_cache_write", v_cache, *inputs)
+
+
+_impl_lib.impl("swa_cache_write", _swa_cache_write_autograd, "Autograd")
 
 
 # ------------------------------------------------------------------ sliding-window attention
