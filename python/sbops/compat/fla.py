@@ -8,7 +8,10 @@ the query-head count H, as fla returns it (N = B, or the number of sequences wit
 
 Layouts: head_first=False (default here, as in current fla) means `[B, T, H, D]`; head_first=True
 means `[B, H, T, D]` (fla <= 0.1's default; `sbops.compat.fla_v0` defaults to it).  cu_seqlens
-(int32/int64 `[N+1]`, B == 1, sequence-first only) packs variable-length sequences.
+(int32/int64 `[N+1]`, B == 1, sequence-first only) packs variable-length sequences.  Positional
+arguments follow fla 0.6 (state_v_first before cu_seqlens, then cu_seqlens_cpu); head_first comes
+last.  state_v_first=True: initial_state and the final state are `[N, H, V, K]`.  cu_seqlens_cpu
+(fla's host copy of cu_seqlens) is accepted and checked, never needed: nothing is read back.
 
 Grouped heads.  fla wants k, v, g at H heads, so GQA model code repeats them (SpikingBrain's
 released code: `repeat_kv` over 4 KV heads to 28).  sbops.linear_attn is GQA-native: with G-fold
@@ -133,10 +136,32 @@ def _reverse_index(T: int, cu_seqlens: Optional[torch.Tensor], device) -> torch.
     return (cu[seg] + cu[seg + 1] - 1 - i).clamp_(0, max(T - 1, 0))
 
 
+def _check_cu_seqlens_cpu(fn: str, cu_seqlens, cu_seqlens_cpu) -> None:
+    """fla's cu_seqlens_cpu: a host copy of cu_seqlens (fla reads it instead of syncing).  sbops
+    reads no offsets back on a GPU, so it is only checked: its shape always, its values against
+    cu_seqlens where data checks run (see sbops.set_data_checks)."""
+    if cu_seqlens_cpu is None:
+        return
+    if cu_seqlens is None:
+        raise ValueError(f"{fn}: cu_seqlens_cpu is a host copy of cu_seqlens; pass cu_seqlens too")
+    if not isinstance(cu_seqlens_cpu, torch.Tensor) or cu_seqlens_cpu.device.type != "cpu" \
+            or cu_seqlens_cpu.shape != cu_seqlens.shape:
+        got = (f"{tuple(cu_seqlens_cpu.shape)} on {cu_seqlens_cpu.device}" if isinstance(cu_seqlens_cpu, torch.Tensor)
+               else type(cu_seqlens_cpu).__name__)
+        raise ValueError(f"{fn}: cu_seqlens_cpu must be a CPU tensor shaped like cu_seqlens "
+                         f"{tuple(cu_seqlens.shape)}, got {got}")
+    if sbops._validate.checking_data(cu_seqlens) and not torch.equal(cu_seqlens_cpu.long(), cu_seqlens.long().cpu()):
+        raise ValueError(f"{fn}: cu_seqlens_cpu {cu_seqlens_cpu.tolist()} differs from cu_seqlens {cu_seqlens.tolist()}")
+
+
 def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first,
-         reverse: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+         reverse: bool = False, state_v_first: bool = False,
+         cu_seqlens_cpu=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if cu_seqlens is not None and head_first:
         raise ValueError(f"{fn}: cu_seqlens needs the sequence-first layout [1, T, H, D]; got head_first=True")
+    _check_cu_seqlens_cpu(fn, cu_seqlens, cu_seqlens_cpu)
+    if state_v_first and initial_state is not None and isinstance(initial_state, torch.Tensor):
+        initial_state = initial_state.transpose(-1, -2)   # [N, H, V, K] -> [N, H, K, V]
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{fn}: {name} must be a 4-D tensor "
@@ -158,8 +183,9 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
     if initial_state is not None:
         if initial_state.dim() != 4 or initial_state.shape[0] != N or initial_state.shape[1] not in (H, HK) \
                 or initial_state.shape[2:] != (K, v.shape[-1]):
-            raise ValueError(f"{fn}: initial_state must be [N, H, K, V] = [{N}, {H}, {K}, {v.shape[-1]}], "
-                             f"got {tuple(initial_state.shape)}")
+            want, got = (f"[N, H, V, K] = [{N}, {H}, {v.shape[-1]}, {K}] (state_v_first=True)", initial_state.transpose(-1, -2)) \
+                if state_v_first else (f"[N, H, K, V] = [{N}, {H}, {K}, {v.shape[-1]}]", initial_state)
+            raise ValueError(f"{fn}: initial_state must be {want}, got {tuple(got.shape)}")
         h0 = initial_state.float()
     if reverse:
         sbops._validate.cu_seqlens(f"compat.fla.{fn}", cu_seqlens, B, T, q.device)   # before indexing with it
@@ -197,6 +223,8 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
         o = o.index_select(1, idx)
     if ht is not None and ht.shape[1] != H:
         ht = ht.repeat_interleave(H // ht.shape[1], dim=1)
+    if ht is not None and state_v_first:
+        ht = ht.transpose(-1, -2).contiguous()
     if head_first:
         o = o.transpose(1, 2).contiguous()
     return o, ht
@@ -204,36 +232,42 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
 
 def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
               initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-              cu_seqlens: Optional[torch.Tensor] = None, head_first: bool = False):
+              state_v_first: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+              cu_seqlens_cpu: Optional[torch.Tensor] = None, head_first: bool = False):
     """fla.ops.gla.chunk_gla: q, k [B, T, H, K], v [B, T, H, V], g [B, T, H, K] log-decays."""
-    return _gla("chunk_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first)
+    return _gla("chunk_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first,
+                state_v_first=state_v_first, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
 def fused_chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float = -1,
                     initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-                    cu_seqlens: Optional[torch.Tensor] = None, head_first: bool = False):
+                    state_v_first: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                    cu_seqlens_cpu: Optional[torch.Tensor] = None, head_first: bool = False):
     """fla.ops.gla.fused_chunk_gla: as chunk_gla; scale=-1 (or None) means K ** -0.5."""
     scale = None if scale is None or scale == -1 else scale
-    return _gla("fused_chunk_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first)
+    return _gla("fused_chunk_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first,
+                state_v_first=state_v_first, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
 def fused_recurrent_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: Optional[torch.Tensor] = None,
                         gv: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                         initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-                        reverse: bool = False, cu_seqlens: Optional[torch.Tensor] = None, head_first: bool = False):
+                        reverse: bool = False, state_v_first: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                        cu_seqlens_cpu: Optional[torch.Tensor] = None, head_first: bool = False):
     """fla.ops.gla.fused_recurrent_gla: gk [B, T, H, K] (or None: no decay); reverse=True runs the
     recurrence from the last token to the first.  gv is not supported."""
     if gv is not None:
         raise NotImplementedError("fused_recurrent_gla: gv (a per-value-channel decay) is not supported by sbops; "
                                   "only gk (per-key-channel decay) is")
     return _gla("fused_recurrent_gla", q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens,
-                head_first, reverse=bool(reverse))
+                head_first, reverse=bool(reverse), state_v_first=state_v_first, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
 def chunk_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
                      g_gamma: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                      initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
-                     cu_seqlens: Optional[torch.Tensor] = None, head_first: bool = False):
+                     state_v_first: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                     cu_seqlens_cpu: Optional[torch.Tensor] = None, head_first: bool = False):
     """fla.ops.simple_gla.chunk_simple_gla: one log-decay per head, g [B, T, H] (or g_gamma [H], a
     constant per-head log-decay; or neither: plain linear attention)."""
     if g is not None and g_gamma is not None:
@@ -247,7 +281,8 @@ def chunk_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
             g = g.transpose(1, 2)
     if g is not None and g.dim() != 3:
         raise ValueError(f"chunk_simple_gla: g must be [B, T, H] (one log-decay per head), got {tuple(g.shape)}")
-    return _gla("chunk_simple_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first)
+    return _gla("chunk_simple_gla", q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, head_first,
+                state_v_first=state_v_first, cu_seqlens_cpu=cu_seqlens_cpu)
 
 
 class RMSNorm(_RMSNorm):
