@@ -97,3 +97,37 @@ def strided(cases):
         out.append((op, tuple(_view_of(a, i in keep) if isinstance(a, torch.Tensor) else a
                               for i, a in enumerate(args))))
     return out
+
+
+def backward_samples(device="cpu", dtype=torch.float32):
+    """One call per *_bwd op, its arguments made by running the forward op (no input requires grad:
+    the backward ops are called by the autograd formulas, never differentiated themselves)."""
+    ops = torch.ops.sbops
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def t(*s, dt=dtype):
+        return torch.randn(*s, device=device, dtype=dt, generator=gen)
+
+    B, T, H, HKV, K = 1, 9, 4, 2, 16
+    q, k, v = t(B, T, H, K), t(B, T, HKV, K) * 0.25, t(B, T, HKV, K)
+    g = F.logsigmoid(t(B, T, HKV, K))
+    cu = torch.tensor([0, 4, 9], device=device, dtype=torch.int32)
+    h0 = t(2, HKV, K, K, dt=torch.float32)
+    o, _ = ops.linear_attn(q, k, v, g, 0.25, h0, cu)
+    sk, sv = t(3, HKV, K), t(3, HKV, K)
+    so, lse = ops.swa_attn(q, k, v, 3, 0.25, None, sk, sv)
+    logits = t(11, 16)
+    _, ids = ops.topk_gating(logits, 3, "softmax", True, None, 0, 0, 1.0)
+    x = t(11, 8)
+    x_perm, _, row_map = ops.moe_permute(x, ids, 16)
+    w = torch.rand(11, 3, device=device, generator=gen)
+    return [
+        (ops.linear_attn_bwd, (q, k, v, g, 0.25, h0, cu, t(*o.shape), t(2, HKV, K, K, dt=torch.float32))),
+        (ops.linear_attn_bwd, (q, k, v, None, 0.25, None, None, t(*o.shape), None)),
+        (ops.swa_attn_bwd, (q, k, v, so, lse, t(*so.shape), None, 3, 0.25, None, sk, sv)),
+        (ops.swa_attn_bwd, (q, k, v, so, lse, t(*so.shape), t(*lse.shape, dt=torch.float32), 3, 0.25, None,
+                            None, None)),
+        (ops.topk_gating_bwd, (t(11, 3, dt=torch.float32), logits, ids, "softmax", True, 1.0)),
+        (ops.moe_permute_bwd, (t(*x_perm.shape), row_map)),
+        (ops.moe_unpermute_bwd, (t(11, 8), x_perm, row_map, w)),
+    ]

@@ -141,7 +141,7 @@ def ref_spike_encode(x, k=3.0, out_dtype=torch.int8):
     vth = (xf.abs().mean(-1, keepdim=True) / k).clamp(1e-5, 1e4)
     counts = torch.round(xf / vth)  # torch.round is round-half-to-even
     lo, hi = _INT_RANGE[out_dtype]
-    return counts.clamp(lo, hi).to(out_dtype), vth
+    return counts.double().clamp(lo, hi).to(out_dtype), vth   # clamped in float64: int32 max is not a float32
 
 
 def ref_spike_quant(x, k=3.0):

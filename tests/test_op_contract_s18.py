@@ -103,3 +103,81 @@ def test_compat_fla_cu_seqlens_cpu_is_checked_and_gives_the_same_result():
         fla.chunk_gla(q, k, v, g, cu_seqlens=cu, cu_seqlens_cpu=torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="pass cu_seqlens too"):
         fla.chunk_gla(q, k, v, g, cu_seqlens_cpu=cu)
+
+
+# ------------------------------------------------------------------ double backward raises
+def _f64(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+def _second_order_cases():
+    q, k, v = _f64(1, 5, 2, 3), _f64(1, 5, 1, 3), _f64(1, 5, 1, 3)
+    logits, x, w = _f64(6, 8), _f64(6, 4), torch.rand(6, 2, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([[0, 1], [2, 3], [1, 0], [3, 2], [0, 2], [1, 3]], dtype=torch.int32)
+    x_perm, _, row_map = sbops.moe_permute(x, ids, 4)
+    return {
+        "linear_attn": (lambda: sbops.linear_attn(q, k, v)[0], [q, k, v]),
+        "swa_attn": (lambda: sbops.swa_attn(q, k, v, 2), [q, k, v]),
+        "topk_gating": (lambda: sbops.topk_gating(logits, 2)[0], [logits]),
+        "moe_permute": (lambda: sbops.moe_permute(x, ids, 4)[0], [x]),
+        "moe_unpermute": (lambda: sbops.moe_unpermute(x_perm, row_map, w), [w]),
+    }
+
+
+@pytest.mark.parametrize("op", ["linear_attn", "swa_attn", "topk_gating", "moe_permute", "moe_unpermute"])
+def test_double_backward_raises_instead_of_returning_zero(op):
+    f, inputs = _second_order_cases()[op]
+    out = f()
+    grads = torch.autograd.grad((out ** 2).sum(), inputs, create_graph=True)
+    penalty = sum((g ** 2).sum() for g in grads)
+    with pytest.raises(RuntimeError, match=f"sbops.{op} is differentiable once"):
+        penalty.backward()
+
+
+def test_first_order_backward_is_unchanged_by_the_double_backward_guard():
+    f, (q, k, v) = _second_order_cases()["swa_attn"]
+    g1 = torch.autograd.grad(f().sum(), [q, k, v])
+    assert all(g.grad_fn is None and not g.requires_grad for g in g1)
+    assert torch.autograd.gradcheck(lambda q, k, v: sbops.swa_attn(q, k, v, 2), (q, k, v))
+
+
+# ------------------------------------------------------------------ spike_linear gradients
+def test_spike_linear_bias_gradient_is_accumulated_in_float32():
+    torch.manual_seed(0)
+    wq, sc = sbops.quantize_weight(torch.randn(6, 32))
+    x = torch.randn(4096, 32, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.zeros(6, requires_grad=True)
+    gy = (torch.randn(4096, 6) + 3).bfloat16()
+    gb = torch.autograd.grad(sbops.spike_linear(x, wq, sc, bias=b), b, gy)[0]
+    exact = gy.double().sum(0)
+    assert gb.dtype == torch.float32
+    assert ((gb.double() - exact).abs() / exact.abs()).max() < 1e-6
+
+
+def test_spike_linear_float64_input_gradient_is_float64_exact():
+    torch.manual_seed(0)
+    wq, sc = sbops.quantize_weight(torch.randn(6, 32), group_size=16)
+    x = torch.randn(5, 32, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(5, 6, dtype=torch.float64)
+    gx = torch.autograd.grad(sbops.spike_linear(x, wq, sc, group_size=16), x, gy)[0]
+    w = (wq.double().view(6, 2, 16) * sc.double()[..., None]).view(6, 32)
+    torch.testing.assert_close(gx, gy @ w, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------ torch.compile(dynamic=True)
+def test_spike_ops_compile_with_dynamic_shapes_and_a_traced_k():
+    m = sbops.nn.SpikeLinear(8, 4)
+    x = torch.randn(5, 8)
+    out = torch.compile(m, fullgraph=True, dynamic=True)(x)
+    torch.testing.assert_close(out, m(x), rtol=0, atol=0)
+    f = torch.compile(lambda x: sbops.spike_quant(x), fullgraph=True, dynamic=True)
+    torch.testing.assert_close(f(torch.ones(4, 8)), sbops.spike_quant(torch.ones(4, 8)))
+    for bad in (float("nan"), float("inf"), -1.0, True):
+        with pytest.raises(ValueError, match="k must be a positive finite number"):
+            sbops.spike_quant(x, bad)
+
+
+def test_spike_stats_under_compile_says_it_is_host_side():
+    f = torch.compile(lambda c: sbops.spike_stats(c), fullgraph=True)
+    with pytest.raises(Exception, match="host-side summary"):
+        f(torch.tensor([1, -3, 0], dtype=torch.int8))

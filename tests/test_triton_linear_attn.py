@@ -438,3 +438,25 @@ def test_dh0_equals_the_backward_initial_state_gradient(gate, B, T, S, poison_em
     (ref,) = torch.autograd.grad((ro * do.cpu().double()).sum(), [h])
     assert dh0.dtype == torch.float32 and dh0.shape == h0.shape
     assert rel(dh0, ref) <= (CPU_TOL if dt == torch.float32 else 1e-2), f"dh0 rel err {rel(dh0, ref)}"
+
+
+@cpu_only
+@pytest.mark.parametrize("gate", ["head", "key"])
+@pytest.mark.parametrize("big", [-1e4, float("-inf")])
+def test_cpu_gate_far_below_zero_resets_the_state_without_nan(gate, big):
+    # g = -inf at a document boundary (or any g << 0) resets the state, as on the CPU backend; the
+    # within-chunk cumulative gate would otherwise turn it into NaN (-inf - -inf) or lose precision
+    q, k, v, g, h0, cu = make_inputs(1, 70, 2, 1, 64, 64, gate, torch.float32, "cpu")
+    g[:, 3] = big
+    g[:, 40] = big
+    K = q.shape[-1]
+    o, ht = LA.linear_attn_fwd(q, k, v, g, K ** -0.5, h0, None)
+    leaves = [x.double().requires_grad_() for x in (q, k, v, h0)]
+    ro, rht = R.ref_linear_attn(*leaves[:3], g.double(), K ** -0.5, leaves[3], None)
+    assert rel(o, ro) <= CPU_TOL and rel(ht, rht) <= CPU_TOL
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1))
+    dq, dk, dv, dg, dh0 = LA.linear_attn_bwd(q, k, v, g, K ** -0.5, h0, None, do, None)
+    rq, rk, rv, rh0 = torch.autograd.grad((ro * do.double()).sum(), leaves)
+    for got, ref in ((dq, rq), (dk, rk), (dv, rv), (dh0, rh0)):
+        assert rel(got, ref) <= CPU_TOL
+    assert torch.isfinite(dg).all()

@@ -312,10 +312,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_attn_bwd_impl(
     }
   });
 
-  const Tensor none = empty_on({0}, kFloat, q);
+  // absent inputs get an empty float32 tensor each (the schema's outputs never alias one another)
   return {cast(dq, q.scalar_type()), cast(dk, k.scalar_type()), cast(dv, v.scalar_type()),
-          g.has_value() ? cast(dg, g->scalar_type()) : none,
-          initial_state.has_value() ? cast(dh0, kFloat) : none};
+          g.has_value() ? cast(dg, g->scalar_type()) : empty_on({0}, kFloat, q),
+          initial_state.has_value() ? cast(dh0, kFloat) : empty_on({0}, kFloat, q)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_attn_bwd_cpu(

@@ -53,9 +53,10 @@ def _la_setup(ctx, inputs, output):
 
 def _la_backward(ctx, grad_o, grad_final_state):
     q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv, dg, dh0 = torch.ops.sbops.linear_attn_bwd(
+    dq, dk, dv, dg, dh0 = _first_order("linear_attn", torch.ops.sbops.linear_attn_bwd(
         q, k, v, g, ctx.scale, initial_state, cu_seqlens, grad_o.contiguous(),
-        None if grad_final_state is None else grad_final_state.contiguous())
+        None if grad_final_state is None else grad_final_state.contiguous()),
+        q, k, v, g, initial_state, grad_o, grad_final_state)
     return (dq, dk, dv, None if g is None else dg, None,
             None if initial_state is None else dh0, None)
 
@@ -78,8 +79,26 @@ _NOT_DIFFERENTIABLE = {
     "swa_cache_write": "the cache it writes carries no gradient to k, v or the overwritten rows; "
                        "use sbops.swa_attn for training",
 }
+_TWICE = ("linear_attn", "swa_attn", "topk_gating", "moe_permute", "moe_unpermute")   # first order only
+
+
 def _not_differentiable_msg(op: str) -> str:
+    if op in _TWICE:
+        return (f"sbops.{op} is differentiable once: its backward has no derivative of its own (double "
+                f"backward, e.g. a gradient penalty or a Hessian-vector product, is not implemented)")
     return f"sbops.{op} is not differentiable (an inference-only op); {_NOT_DIFFERENTIABLE[op]}"
+
+
+def _first_order(op: str, grads, *sources):
+    """A backward's results; under create_graph=True (grad mode on inside backward) they keep a
+    grad_fn whose backward raises, instead of PyTorch's fallback silently dropping the second
+    derivative.  Plain backward (grad mode off) returns them as they are."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return grads
+    sources = [t for t in sources if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not sources or any(is_fake(t) for t in sources):
+        return grads
+    return tuple(g if g is None or g.numel() == 0 else _NoGrad.apply(op, g, *sources) for g in grads)
 
 
 @torch.library.custom_op("sbops_py::not_differentiable", mutates_args=())
@@ -188,8 +207,8 @@ def _(q, k, v, window, scale, cu_seqlens, sink_k, sink_v):
 
 @register_fake(lib + "swa_attn_bwd")
 def _(q, k, v, o, lse, grad_o, grad_lse, window, scale, cu_seqlens, sink_k, sink_v):
-    dsk = _like(sink_k) if sink_k is not None else _empty(q, q.dtype)
-    dsv = _like(sink_v) if sink_v is not None else _empty(q, q.dtype)
+    dsk = _like(sink_k) if sink_k is not None else _empty(q)   # absent: empty float32, as the kernels
+    dsv = _like(sink_v) if sink_v is not None else _empty(q)
     return _like(q), _like(k), _like(v), dsk, dsv
 
 
@@ -202,9 +221,9 @@ def _swa_setup(ctx, inputs, output):
 
 def _swa_backward(ctx, grad_o, grad_lse):
     q, k, v, o, lse, cu_seqlens, sink_k, sink_v = ctx.saved_tensors
-    dq, dk, dv, dsk, dsv = torch.ops.sbops.swa_attn_bwd(
+    dq, dk, dv, dsk, dsv = _first_order("swa_attn", torch.ops.sbops.swa_attn_bwd(
         q, k, v, o, lse, grad_o.contiguous(), None if grad_lse is None else grad_lse.contiguous(),
-        ctx.window, ctx.scale, cu_seqlens, sink_k, sink_v)
+        ctx.window, ctx.scale, cu_seqlens, sink_k, sink_v), q, k, v, sink_k, sink_v, grad_o, grad_lse)
     return (dq, dk, dv, None, None, None,
             None if sink_k is None else dsk, None if sink_v is None else dsv)
 
@@ -276,20 +295,23 @@ def _(x, weight_q, weight_scale, k, bias, group_size):
 def _sl_setup(ctx, inputs, output):
     x, weight_q, weight_scale, k, bias, group_size = inputs
     ctx.save_for_backward(weight_q, weight_scale)
-    ctx.group_size, ctx.x_dtype, ctx.has_bias = group_size, x.dtype, bias is not None
+    ctx.group_size, ctx.x_dtype = group_size, x.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
 def _sl_backward(ctx, grad):
     # straight-through, as spike_quant: y ~ x_hat @ W^T with d x_hat / d x = identity
     weight_q, weight_scale = ctx.saved_tensors
     N, K = weight_q.shape
-    w = weight_q.to(torch.float32)
+    acc = torch.promote_types(ctx.x_dtype, torch.float32)   # float32 accumulation, float64 for float64 x
+    w = weight_q.to(acc)
     if ctx.group_size > 0:
-        w = (w.view(N, K // ctx.group_size, ctx.group_size) * weight_scale.to(torch.float32)[..., None]).view(N, K)
+        w = (w.view(N, K // ctx.group_size, ctx.group_size) * weight_scale.to(acc)[..., None]).view(N, K)
     else:
-        w = w * weight_scale.to(torch.float32)[:, None]
-    gx = (grad.to(torch.float32) @ w).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-    gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        w = w * weight_scale.to(acc)[:, None]
+    gx = (grad.to(acc) @ w).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+    gb = (grad.to(torch.promote_types(ctx.bias_dtype, torch.float32)).sum(0).to(ctx.bias_dtype)
+          if ctx.bias_dtype is not None and ctx.needs_input_grad[4] else None)
     return gx, None, None, None, gb, None
 
 
@@ -331,8 +353,8 @@ def _tg_setup(ctx, inputs, output):
 
 def _tg_backward(ctx, grad_weights, grad_ids):
     logits, ids = ctx.saved_tensors
-    dlogits = torch.ops.sbops.topk_gating_bwd(grad_weights.contiguous(), logits, ids, ctx.scoring,
-                                              ctx.renormalize, ctx.scaling)
+    (dlogits,) = _first_order("topk_gating", (torch.ops.sbops.topk_gating_bwd(
+        grad_weights.contiguous(), logits, ids, ctx.scoring, ctx.renormalize, ctx.scaling),), logits, grad_weights)
     return dlogits, None, None, None, None, None, None, None
 
 
@@ -357,7 +379,9 @@ def _mp_setup(ctx, inputs, output):
 
 def _mp_backward(ctx, grad_x_perm, grad_offsets, grad_row_map):
     (row_map,) = ctx.saved_tensors
-    return torch.ops.sbops.moe_permute_bwd(grad_x_perm.contiguous(), row_map), None, None
+    (dx,) = _first_order("moe_permute", (torch.ops.sbops.moe_permute_bwd(grad_x_perm.contiguous(), row_map),),
+                         grad_x_perm)
+    return dx, None, None
 
 
 register_autograd(lib + "moe_permute", _mp_backward, setup_context=_mp_setup)
@@ -380,7 +404,8 @@ def _mu_setup(ctx, inputs, output):
 
 def _mu_backward(ctx, grad_y):
     y_perm, row_map, weights = ctx.saved_tensors
-    dy_perm, dw = torch.ops.sbops.moe_unpermute_bwd(grad_y.contiguous(), y_perm, row_map, weights)
+    dy_perm, dw = _first_order("moe_unpermute", torch.ops.sbops.moe_unpermute_bwd(
+        grad_y.contiguous(), y_perm, row_map, weights), y_perm, weights, grad_y)
     return dy_perm, None, dw
 
 

@@ -16,7 +16,10 @@ COUNT_DTYPES = (torch.int8, torch.int16, torch.int32)
 
 
 def _check_k(op, k):
-    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
+    # comparisons, not math.isfinite: under torch.compile(dynamic=True) a k from a default argument
+    # or a module attribute is a SymFloat (NaN fails k > 0)
+    if not (isinstance(k, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(k, bool)
+            and 0 < k < math.inf):
         raise ValueError(f"sbops.{op}: k must be a positive finite number, got {k!r}")
 
 
@@ -169,6 +172,9 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     op = "spike_stats"
     _check_counts(op, counts)
     _check_mode(op, mode)
+    if not V.can_sync():
+        raise ValueError(f"sbops.{op} is a host-side summary (it reads the histogram back): call it outside "
+                         "torch.compile and CUDA graph capture")
     m = _max_abs(op, counts, mode)
     need = _min_T(mode, m)
     if T is None:

@@ -8,6 +8,7 @@ import torch
 
 from .. import _validate as V
 from ._common import run
+from .spike import _check_k
 
 _NO = ()
 WEIGHT_DTYPES = (torch.int8, torch.float8_e4m3fn)
@@ -105,8 +106,7 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     N = weight_q.shape[0]
     if weight_q.shape[1] != K:
         raise ValueError(f"sbops.{op}: weight_q must have shape [N, {K}] (K = x's last dim), got {list(weight_q.shape)}")
-    if not (isinstance(k, (int, float)) and k > 0 and math.isfinite(k)):
-        raise ValueError(f"sbops.{op}: k must be a positive finite number, got {k!r}")
+    _check_k(op, k)
     if group_size is None:
         V.tensor(op, "weight_scale", weight_scale, dtypes=V.FLOAT_DTYPES, device=x.device, shape=(N,),
                  what="(per output channel, group_size=None)")
