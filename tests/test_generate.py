@@ -94,9 +94,12 @@ def test_packed_forward_equals_per_sequence_forward(kind):
         packed = model(torch.cat(seqs)[None], cu_seqlens=cu, labels=torch.cat(seqs)[None])
         alone = [model(s[None], labels=s[None]) for s in seqs]
     assert rel_err(packed.logits[0], torch.cat([a.logits[0] for a in alone])) < 1e-5
-    # packed loss == mean over every next-token prediction inside a sequence
-    nll = sum(a.loss * (s.numel() - 1) for a, s in zip(alone, seqs) if s.numel() > 1)
-    assert abs(packed.loss.item() - nll.item() / sum(s.numel() - 1 for s in seqs)) < 1e-5 * (kind == "7b") + 2e-2
+    # packed cross-entropy == mean over every next-token prediction inside a sequence (a prediction
+    # across a sequence boundary moves it by ~0.02: every token of a tiny random model costs ~ln 128)
+    coef = model.config.router_aux_loss_coef
+    ce = lambda out: out.loss - coef * out.aux_loss  # noqa: E731  (the MoE aux term is per call)
+    nll = sum(ce(a) * (s.numel() - 1) for a, s in zip(alone, seqs) if s.numel() > 1)
+    assert abs(ce(packed).item() - nll.item() / sum(s.numel() - 1 for s in seqs)) < 1e-5
 
 
 def test_packed_chunk_on_cache_slots_equals_per_sequence_prefill():
@@ -338,3 +341,20 @@ def test_reuse_cache_continues_a_conversation_like_a_fresh_run(kind):
         generate(model, [o[:3] for o in out2], 2, cache=cache, reuse_cache=True)
     with pytest.raises(ValueError, match="reuse_cache=True continues"):
         generate(model, turn2, 2, reuse_cache=True)
+
+
+def test_default_prefill_chunk_bounds_every_call_and_logits_only_for_last_prompt_tokens(monkeypatch):
+    # issue 19: "a sensible default keeps prefill memory bounded" and "prefill inside generate
+    # computes the last position only"; ragged prompts are packed with no padding compute
+    import sys
+    monkeypatch.setattr(sys.modules["sbops.models.generate"], "DEFAULT_PREFILL_CHUNK", 4)
+    torch.manual_seed(0)
+    model = tiny_model()
+    calls, heads = [], []
+    model.register_forward_pre_hook(lambda m, args: calls.append(args[0].numel()))
+    model.lm_head.register_forward_hook(lambda m, args, out: heads.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    prompts = [torch.randint(0, 128, (11,)), torch.randint(0, 128, (6,))]
+    out = generate(model, prompts, 1)
+    assert [o.numel() for o in out] == [12, 7]
+    assert max(calls) <= 4 and sum(calls) == 17          # bounded chunks, every prompt token once, no padding
+    assert sum(heads) == 2                                # one lm_head row per prompt, at its last token

@@ -86,7 +86,8 @@ def test_bfloat16_inputs_computed_in_float32():
     q, k, v, g = make(1, 40, 4, 2, 16, 16, "key", dtype=torch.bfloat16)
     o, _ = sbops.linear_attn(q, k, v, g)
     assert o.dtype == torch.bfloat16
-    assert rel_err(o, ref_linear_attn(q, k, v, g)[0]) < 1e-2
+    # one bf16 rounding of the output is ~1.6e-3; a state kept in bf16 would be ~5e-3
+    assert rel_err(o, ref_linear_attn(q, k, v, g)[0]) < 2.5e-3
 
 
 @pytest.mark.parametrize("gate", [None, "head", "key"])

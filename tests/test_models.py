@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sbops
+from conftest import has_module
 from reference import rel_err
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, convert_qwen2, generate
 from sbops.nn import GatedLinearAttention, HybridAttention, MoEBlock, SlidingWindowAttention
@@ -252,7 +253,8 @@ def test_fused_weights_keep_state_dict_and_follow_loads_training_and_casts(tmp_p
     _logits(model, ids, True)
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
-    model.save_pretrained(tmp_path)  # safetensors refuses shared storage unless the save compacts it
+    # safetensors refuses shared storage unless the save compacts it (.bin without safetensors)
+    model.save_pretrained(tmp_path, safe_serialization=has_module("safetensors"))
     assert sorted(SpikingBrainForCausalLM.from_pretrained(tmp_path).state_dict()) == sorted(before)
 
     other = _tiny_7b()

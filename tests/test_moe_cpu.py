@@ -77,7 +77,8 @@ def test_unpermute_bfloat16_accumulates_in_float32():
     rm = torch.randperm(T * k).view(T, k).to(torch.int32)
     w = torch.rand(T, k)
     y = sbops.moe_unpermute(yp, rm, w)
-    assert y.dtype == torch.bfloat16 and rel_err(y, ref_moe_unpermute(yp, rm, w)) < 1e-2
+    # one bf16 rounding of y is ~1.6e-3; summing the k products in bf16 would be ~3.4e-3
+    assert y.dtype == torch.bfloat16 and rel_err(y, ref_moe_unpermute(yp, rm, w)) < 2.5e-3
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 16])

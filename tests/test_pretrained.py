@@ -12,7 +12,17 @@ from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM
 from sbops.models import pretrained
 from sbops.nn.spike import SpikeLinear, int8_fake_quant_per_row, spike_fake_quant_released
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
+def st():
+    """safetensors.torch, or a skip for the tests that need it (the .bin checkpoints do not)."""
+    return pytest.importorskip("safetensors.torch")
+
+
+def _default_format():
+    try:
+        import safetensors.torch  # noqa: F401
+        return "safetensors"
+    except ImportError:
+        return "bin"
 
 CONFIG = {  # a tiny config.json in the released format (keys as GLAswaConfig writes them)
     "architectures": ["GLAswaForCausalLM"], "model_type": "gla_swa", "attn_layers": [1, 2], "attn_mode": "chunk",
@@ -60,19 +70,20 @@ def released_tensors(d, seed=0, w8a=False):
     return sd
 
 
-def write_checkpoint(path, d, sd, fmt="safetensors"):
+def write_checkpoint(path, d, sd, fmt=None):
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump(d, fh)
+    fmt = fmt or _default_format()
     if fmt == "safetensors":
-        safetensors_torch.save_file(sd, os.path.join(path, "model.safetensors"))
+        st().save_file(sd, os.path.join(path, "model.safetensors"))
     elif fmt == "bin":
         torch.save(sd, os.path.join(path, "pytorch_model.bin"))
     else:  # sharded safetensors, one shard per half of the keys
         keys = sorted(sd)
         halves = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
         for fname, ks in halves.items():
-            safetensors_torch.save_file({k: sd[k] for k in ks}, os.path.join(path, fname))
+            st().save_file({k: sd[k] for k in ks}, os.path.join(path, fname))
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as fh:
             json.dump({"metadata": {}, "weight_map": {k: f for f, ks in halves.items() for k in ks}}, fh)
     return path
@@ -197,12 +208,13 @@ def test_dtype_auto_follows_torch_dtype_and_can_be_overridden(tmp_path):
 
 
 def test_tied_embeddings_load_and_save_without_lm_head(tmp_path):
+    st()   # save_pretrained writes safetensors
     d = dict(CONFIG, tie_word_embeddings=True)
     sd = released_tensors(d)
     model = SpikingBrainForCausalLM.from_pretrained(write_checkpoint(tmp_path / "a", d, sd))
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     model.save_pretrained(tmp_path / "b")
-    assert "lm_head.weight" not in safetensors_torch.load_file(tmp_path / "b" / "model.safetensors")
+    assert "lm_head.weight" not in st().load_file(tmp_path / "b" / "model.safetensors")
 
 
 def test_missing_num_key_value_heads_means_all_heads_and_defaults_apply(tmp_path):
@@ -216,17 +228,19 @@ def test_missing_num_key_value_heads_means_all_heads_and_defaults_apply(tmp_path
 
 # ----------------------------------------------------------------------- saving
 def test_round_trip_reproduces_config_and_tensors(tmp_path):
+    st()   # save_pretrained writes safetensors
     d = dict(CONFIG, torch_dtype="bfloat16")
     src = write_checkpoint(tmp_path / "src", d, {k: v.to(torch.bfloat16) for k, v in released_tensors(d).items()})
     model = SpikingBrainForCausalLM.from_pretrained(src)
     model.save_pretrained(tmp_path / "out")
-    a = safetensors_torch.load_file(os.path.join(src, "model.safetensors"))
-    b = safetensors_torch.load_file(tmp_path / "out" / "model.safetensors")
+    a = st().load_file(os.path.join(src, "model.safetensors"))
+    b = st().load_file(tmp_path / "out" / "model.safetensors")
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     assert json.load(open(tmp_path / "out" / "config.json")) == d
 
 
 def test_sharded_save_loads_back_to_the_same_logits(tmp_path):
+    st()   # save_pretrained writes safetensors
     model = SpikingBrainForCausalLM.from_pretrained(write_checkpoint(tmp_path / "a", CONFIG, released_tensors(CONFIG)))
     pretrained.save_pretrained(model, tmp_path / "b", max_shard_size=20000)
     index = json.load(open(tmp_path / "b" / "model.safetensors.index.json"))
@@ -238,18 +252,20 @@ def test_sharded_save_loads_back_to_the_same_logits(tmp_path):
 
 
 def test_fresh_7b_style_model_saves_in_released_format(tmp_path):
+    st()   # save_pretrained writes safetensors
     cfg = pretrained.config_from_released(CONFIG)
     model = SpikingBrainForCausalLM(cfg)
     model.save_pretrained(tmp_path)
     d = json.load(open(tmp_path / "config.json"))
     assert d["model_type"] == "gla_swa" and d["attn_layers"] == [1, 2] and d["sliding_window"] == 3
-    keys = set(safetensors_torch.load_file(tmp_path / "model.safetensors"))
+    keys = set(st().load_file(tmp_path / "model.safetensors"))
     assert "model.layers.0.attn.g_norm.weight" in keys and "model.embeddings.weight" in keys
     again = SpikingBrainForCausalLM.from_pretrained(tmp_path)
     assert again.config == cfg
 
 
 def test_models_the_released_format_cannot_express_use_the_native_format(tmp_path):
+    st()   # save_pretrained writes safetensors
     cfg = SpikingBrainConfig(vocab_size=30, hidden_size=16, intermediate_size=24, num_heads=2, num_kv_heads=1,
                              head_dim=8, layer_types=("hybrid", "hybrid"), num_meta_tokens=2, num_experts=2, window=4)
     model = SpikingBrainForCausalLM(cfg).double()
@@ -310,6 +326,7 @@ W8A_CONFIG = dict(CONFIG, hidden_size=128, num_attention_heads=2, num_key_value_
 
 
 def test_w8aspike_checkpoint_loads_with_its_model_options_and_round_trips(tmp_path):
+    st()   # save_pretrained writes safetensors
     sd = released_tensors(W8A_CONFIG, w8a=True)
     path = write_checkpoint(tmp_path / "src", W8A_CONFIG, sd)
     model = SpikingBrainForCausalLM.from_pretrained(path)
@@ -321,7 +338,7 @@ def test_w8aspike_checkpoint_loads_with_its_model_options_and_round_trips(tmp_pa
         if ".mlp.down_proj.weight_quantizer" not in k:  # unused by the release's swiglu_linear: kept aside
             assert torch.equal(own[ours(k)], t.to(torch.bfloat16)), k
     model.save_pretrained(tmp_path / "out")
-    b = safetensors_torch.load_file(tmp_path / "out" / "model.safetensors")
+    b = st().load_file(tmp_path / "out" / "model.safetensors")
     assert sorted(b) == sorted(sd) and all(torch.equal(b[k], sd[k].to(torch.bfloat16)) for k in sd)
     assert json.load(open(tmp_path / "out" / "config.json")) == W8A_CONFIG
 

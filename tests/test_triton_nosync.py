@@ -86,6 +86,25 @@ class _AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 _HOST_READS = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "item"}
+# reads that a dispatch mode does not see on CPU tensors (.tolist(), .numpy() read the storage)
+_READ_METHODS = ("item", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+class _NoHostReads:
+    """Inside: any of _READ_METHODS on a tensor raises."""
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in _READ_METHODS}
+
+        def no_read(*a, **kw):
+            raise AssertionError("a tensor value was read back to the host")
+        for n in _READ_METHODS:
+            setattr(torch.Tensor, n, no_read)
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
 _HOST_TABLES = {"arange", "cumsum", "repeat_interleave", "stack", "clamp", "maximum", "minimum", "_to_copy"}
 
 
@@ -106,7 +125,7 @@ def test_la_wrapper_reads_nothing_back_and_builds_no_host_tables(monkeypatch, va
     q, k, v, g, h0 = _la_inputs(1, 70, "key", n_seq=3 if varlen else None)
     cu = torch.tensor([0, 20, 20, 70], dtype=torch.int32) if varlen else None
     rec = _Launches(LA, monkeypatch)
-    with _AtenOps() as mode:
+    with _AtenOps() as mode, _NoHostReads():
         LA.linear_attn_fwd(q, k, v, g, 0.125, h0, cu, config=_cfg("key", S))
     fwd = list(rec.names)
     assert not _HOST_READS & set(mode.ops), mode.ops
@@ -114,8 +133,9 @@ def test_la_wrapper_reads_nothing_back_and_builds_no_host_tables(monkeypatch, va
     state = ["_fwd_h_kernel"] if S == 0 else ["_fwd_h_seg_kernel", "_seg_carry_kernel", "_seg_fix_kernel"]
     assert fwd == ["_la_tables_kernel"] * varlen + ["_gate_cumsum_kernel"] + state + ["_fwd_o_kernel"]
     rec.names.clear()
-    with _AtenOps() as mode:
-        LA.linear_attn_bwd(q, k, v, g, 0.125, h0, cu, torch.randn_like(q), torch.randn_like(h0), config=_cfg("key", S))
+    dO, dF = torch.randn_like(q), torch.randn_like(h0)
+    with _AtenOps() as mode, _NoHostReads():
+        LA.linear_attn_bwd(q, k, v, g, 0.125, h0, cu, dO, dF, config=_cfg("key", S))
     assert not _HOST_READS & set(mode.ops), mode.ops
     assert not _HOST_TABLES & set(mode.ops), mode.ops
     assert rec.names.count("_la_tables_kernel") == int(varlen)
@@ -129,9 +149,10 @@ def test_swa_wrapper_reads_nothing_back(monkeypatch, varlen):
     k = v = torch.randn(1, 40, 1, 64)
     cu = torch.tensor([0, 13, 13, 40], dtype=torch.int32) if varlen else None
     rec = _Launches(SWA, monkeypatch)
-    with _AtenOps() as mode:
+    dO = torch.randn_like(q)
+    with _AtenOps() as mode, _NoHostReads():
         o, lse = SWA.swa_attn_fwd(q, k, v, -1, None, cu, None, None)
-        SWA.swa_attn_bwd(q, k, v, o, lse, torch.randn_like(q), None, 5, None, cu, None, None)
+        SWA.swa_attn_bwd(q, k, v, o, lse, dO, None, 5, None, cu, None, None)
     assert not _HOST_READS & set(mode.ops), mode.ops
     tab = ["_la_tables_kernel"] * varlen   # the device block table (fwd: query blocks; bwd: key blocks)
     assert rec.names == tab + ["_fwd_kernel", "_bwd_preprocess_kernel"] + tab + ["_bwd_dkdv_kernel", "_bwd_dq_kernel"]
