@@ -54,3 +54,14 @@ __all__ = [
     "backends", "explain", "use_backend", "register_backend", "Backend", "OpCaps", "Request",
     "NoBackendError", "data_checks", "set_data_checks",
 ]
+
+_SUBPACKAGES = ("nn", "models", "distributed", "compat", "bench")
+
+
+def __getattr__(name):
+    # `import sbops` then `sbops.models.X` works as in SPEC's snippets: subpackages load on first use
+    # (not at import: sbops.models and sbops.distributed pull in more of torch)
+    if name in _SUBPACKAGES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sbops' has no attribute {name!r}")

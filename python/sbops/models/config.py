@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
 SWA_KV_QUANTS = (None, "int8")
+WEIGHT_QUANTS = (None, "int8", "int8_static", "fp8")   # SpikeLinear's formats, or float weights
 
 
 @dataclass
@@ -70,6 +71,16 @@ class SpikingBrainConfig:
             raise ValueError(f"SpikingBrainConfig: swa_kv_quant must be one of {SWA_KV_QUANTS}, got {self.swa_kv_quant!r}")
         if self.swa_q_spike_k is not None and not self.swa_q_spike_k > 0:
             raise ValueError(f"SpikingBrainConfig: swa_q_spike_k must be positive or None, got {self.swa_q_spike_k!r}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"SpikingBrainConfig: {name} must be a positive int, got {v!r}")
+        bad = [i for i in self.full_attention_layers if not (isinstance(i, int) and 0 <= i < len(self.layer_types))]
+        if bad:
+            raise ValueError(f"SpikingBrainConfig: full_attention_layers {bad} are not layer indices "
+                             f"(0 .. {len(self.layer_types) - 1})")
+        if self.weight_quant not in WEIGHT_QUANTS:
+            raise ValueError(f"SpikingBrainConfig: weight_quant must be one of {WEIGHT_QUANTS}, got {self.weight_quant!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"SpikingBrainConfig: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")
@@ -83,6 +94,18 @@ class SpikingBrainConfig:
 
     def replace(self, **changes) -> "SpikingBrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Every field, JSON-serialisable (tuples become lists), as Hugging Face configs' to_dict."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpikingBrainConfig":
+        """The inverse of to_dict; unknown keys are an error naming them."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"SpikingBrainConfig.from_dict: unknown keys {unknown}")
+        return cls(**d)
 
     @classmethod
     def from_qwen2(cls, qwen2_config, kind: str = "7b", **overrides) -> "SpikingBrainConfig":
@@ -104,6 +127,10 @@ class SpikingBrainConfig:
             rope_theta = rope_params.get("rope_theta", 10000.0)
         scaling = getattr(q, "rope_scaling", None)
         rope_type = rope_params.get("rope_type", (scaling or {}).get("rope_type", (scaling or {}).get("type")))
+        act = getattr(q, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise NotImplementedError(f"from_qwen2: hidden_act={act!r} is not supported (the FFN is SwiGLU with "
+                                      f"silu); converting would silently change the model")
         if rope_type not in (None, "default"):
             raise NotImplementedError(f"from_qwen2: RoPE scaling {scaling or rope_params!r} is not supported "
                                       f"(plain RoPE only); converting would silently change the model's positions")

@@ -38,8 +38,14 @@ def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBra
 
     src_sd = model.state_dict()
     dst_sd = dst.state_dict()
+    if cfg.tie_word_embeddings and "lm_head.weight" in src_sd and \
+            not torch.equal(src_sd["lm_head.weight"], src_sd["model.embed_tokens.weight"]):
+        raise ValueError("convert_qwen2: tie_word_embeddings=True, but the source's lm_head differs from its "
+                         "embeddings: one of the two would be dropped (convert with the source's untied setting)")
     used = set()
     for name, tensor in dst_sd.items():
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue   # the same tensor as the embeddings, copied under that name
         if name in src_sd and ".mlp." not in name:
             if src_sd[name].shape != tensor.shape:
                 raise ValueError(f"convert_qwen2: {name} has shape {tuple(src_sd[name].shape)} in the source "

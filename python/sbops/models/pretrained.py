@@ -46,7 +46,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -188,11 +188,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _parse_dtype(name) -> torch.dtype:
+def _parse_dtype(name, what: str = "dtype") -> torch.dtype:
     dt = getattr(torch, str(name).replace("torch.", ""), None) if name is not None else None
     if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise ValueError(f"from_pretrained: torch_dtype {name!r} is not a floating torch dtype")
+        raise ValueError(f"from_pretrained: {what} {name!r} is not a floating torch dtype")
     return dt
+
+
+def _parse_size(size, what: str) -> int:
+    """Bytes from an int or a Hugging Face size string ("5GB", "200MB", "1GiB")."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(([KMGT])(I?))?B\s*", size.upper()) if isinstance(size, str) else None
+    n = 0 if not m else int(float(m.group(1)) * (1024 if m.group(4) else 1000) ** " KMGT".index(m.group(3) or " "))
+    if n <= 0:
+        raise ValueError(f"{what} must be a positive int (bytes) or a size string such as '5GB' or '200MB', "
+                         f"got {size!r}")
+    return n
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -270,12 +282,24 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"from_pretrained: {path!r} is not a checkpoint folder with a config.json (only local "
                                 f"folders are read; download a Hub repository first, e.g. huggingface_hub.snapshot_download)")
-    with open(os.path.join(path, "config.json")) as fh:
-        d = json.load(fh)
+    try:
+        with open(os.path.join(path, "config.json")) as fh:
+            d = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"from_pretrained: {os.path.join(path, 'config.json')} is not valid JSON: {e}") from e
+    known = {f.name for f in dataclasses.fields(SpikingBrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"from_pretrained: unknown argument(s) {unknown}; keyword arguments other than dtype, "
+                        f"torch_dtype, device and allow_unknown_config_keys must be SpikingBrainConfig fields "
+                        f"(device_map is not supported: pass device=)")
+    what = "dtype"
     if torch_dtype is not None:
-        dtype = torch_dtype
+        dtype, what = torch_dtype, "torch_dtype"
+    if dtype is None:   # Hugging Face: None = the default
+        dtype = "auto"
     if isinstance(dtype, str) and dtype != "auto":  # "bfloat16", "torch.float16", as Hugging Face accepts
-        dtype = _parse_dtype(dtype)
+        dtype = _parse_dtype(dtype, what)
     sd = load_checkpoint_tensors(path)
     native = d.get("model_type") == NATIVE_MODEL_TYPE
     if not native and d.get("model_type") != RELEASED_MODEL_TYPE and RELEASED_ARCH not in (d.get("architectures") or []):
@@ -283,10 +307,10 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
                          f"SpikingBrain-7B format ({RELEASED_MODEL_TYPE!r}) nor sbops' ({NATIVE_MODEL_TYPE!r})")
     if dtype == "auto":
         name = d.get("torch_dtype") or d.get("dtype")
-        dtype = _parse_dtype(name) if name else next((t.dtype for t in sd.values() if t.is_floating_point()),
-                                                     torch.float32)
+        dtype = _parse_dtype(name, "config.json's torch_dtype") if name else next(
+            (t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
     elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"from_pretrained: dtype must be 'auto' or a floating torch dtype, got {dtype!r}")
+        raise ValueError(f"from_pretrained: {what} must be 'auto' or a floating torch dtype, got {dtype!r}")
 
     extra: Dict[str, torch.Tensor] = {}
     if native:
@@ -296,6 +320,10 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         renamed = dict(sd)
     else:
         w8a = any(k.endswith(_W8A_SCALES) for k in sd) or d.get("quant_weight_group_size") is not None
+        pinned = sorted(set(overrides) & ({"spike_k", "weight_quant"} | set(_W8A_FIELDS))) if w8a else []
+        if pinned:
+            raise ValueError(f"from_pretrained: a released W8ASpike checkpoint pins {pinned} (spike_k=3, "
+                             f"weight_quant='int8_static', {_W8A_FIELDS}); they cannot be overridden")
         cfg = config_from_released(d, allow_unknown_config_keys, **overrides)
         if w8a:
             cfg = _w8a_config(cfg)
@@ -355,14 +383,16 @@ def _names(keys, released: bool):
 
 
 # ------------------------------------------------------------------------------------------ save
-def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_serialization: bool = True,
+def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 9, safe_serialization: bool = True,
                     released_format: Optional[bool] = None):
     """Write `model` to the folder `path`: config.json + model.safetensors (or shards of at most
-    max_shard_size bytes with model.safetensors.index.json; pytorch_model*.bin when
+    max_shard_size bytes, an int or a string such as "5GB" / "200MB" as in Hugging Face, with
+    model.safetensors.index.json; pytorch_model*.bin when
     safe_serialization=False).  The released format when it can express the model (default), else
     sbops' own format (config.json with model_type "sbops_spikingbrain" and our tensor names);
     released_format=True makes the former mandatory.  A checkpoint loaded with from_pretrained is
     written back with the same config.json (torch_dtype updated) and identical tensors."""
+    max_shard_size = _parse_size(max_shard_size, "save_pretrained: max_shard_size")
     cfg = model.config
     w8a = getattr(cfg, "weight_quant", None) == "int8_static"
     dtype = model.model.embed_tokens.weight.dtype
@@ -371,6 +401,13 @@ def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_seri
         released_format = why is None
     if released_format and why:
         raise ValueError(f"save_pretrained: the released SpikingBrain format cannot express this model: {why}")
+    if safe_serialization:   # before anything in `path` is touched (an earlier save's weights are replaced)
+        try:
+            import safetensors.torch  # noqa: F401
+        except ImportError as e:
+            raise ImportError("save_pretrained writes safetensors by default and needs the safetensors package "
+                              "(pip install safetensors); or pass safe_serialization=False for "
+                              "pytorch_model.bin files") from e
     os.makedirs(path, exist_ok=True)
     sd = {}
     for k, t in model.state_dict().items():
@@ -378,9 +415,7 @@ def save_pretrained(model, path, *, max_shard_size: int = 5 * 10 ** 9, safe_seri
             continue  # tied: stored once, as Hugging Face does
         sd[ours_to_released(k) if released_format else k] = _own_storage(t.detach().to("cpu"))
     if released_format:
-        d = getattr(model, "_released_config", None)
-        d = dict(d) if d else released_config_dict(cfg, dtype, w8a)
-        d["torch_dtype"] = _dtype_name(dtype)
+        d = _released_config_for(model, cfg, dtype, w8a)
         sd.update({k: t.to("cpu").contiguous() for k, t in (getattr(model, "_released_extra", None) or {}).items()})
     else:
         d = {"architectures": ["SpikingBrainForCausalLM"], "model_type": NATIVE_MODEL_TYPE,
@@ -396,6 +431,26 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
         return t
     return t.contiguous().clone()
+
+
+def _released_config_for(model, cfg, dtype, w8a) -> dict:
+    """The config.json of a released-format save: the loaded one as it was when it still describes
+    the model (a round trip rewrites it unchanged but for the dtype), else the loaded one's extra
+    keys (token ids, auto_map, ...) under the fields that describe the model now."""
+    loaded = getattr(model, "_released_config", None)
+    fresh = released_config_dict(cfg, dtype, w8a)
+    if not loaded:
+        return fresh
+    d = dict(loaded)
+    try:
+        same = (_w8a_config if w8a else (lambda c: c))(config_from_released(d, True)) == cfg
+    except (ValueError, NotImplementedError, TypeError):
+        same = False
+    if not same:   # overridden at load, or model.config changed since
+        d.update(fresh)
+    d.pop("dtype", None)   # transformers >= 4.56 writes "dtype"; one key, the weights' dtype
+    d["torch_dtype"] = _dtype_name(dtype)
+    return d
 
 
 def _write_tensors(sd, path, max_shard_size, safe):
@@ -418,7 +473,9 @@ def _write_tensors(sd, path, max_shard_size, safe):
             torch.save(tensors, os.path.join(path, fname))
 
     for old in os.listdir(path):  # stale weights from an earlier save would be read back
-        if re.fullmatch(rf"{stem}(-\d+-of-\d+)?\.{ext}(\.index\.json)?", old):
+        # both formats: from_pretrained prefers safetensors, so an earlier .safetensors save would
+        # shadow a new .bin one
+        if re.fullmatch(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?", old):
             os.remove(os.path.join(path, old))
     if len(shards) == 1:
         write(shards[0], f"{stem}.{ext}")

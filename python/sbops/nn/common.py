@@ -66,8 +66,8 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
                and (m.weight_quant == "fp8" or m.group_size == m0.group_size) for m in mods):
         return None
     # everything the concatenated copies are made of: weights, biases (a copy too), format and group size
-    key = tuple((weight_key(m.weight), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size)
-                for m in mods)
+    key = tuple((weight_key(m.weight), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size,
+                 getattr(m, "_weights_epoch", 0)) for m in mods)
     state = owner.__dict__.get("_sbops_fused_spike")
     if state is None or state[0] != key:
         ops = [m.int8_weight() for m in mods]
@@ -204,7 +204,10 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2:
             raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
         self.head_dim, self.theta = head_dim, theta
-        self.register_buffer("inv_freq", self._freqs(), persistent=False)
+        f = self._freqs()
+        if torch.get_default_dtype() == torch.float64:   # a model built in float64, as model.double() makes it
+            f = f.double()
+        self.register_buffer("inv_freq", f, persistent=False)
 
     def _freqs(self) -> torch.Tensor:
         """float32, on the default device (as at construction; _apply moves it)."""

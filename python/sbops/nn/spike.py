@@ -39,13 +39,25 @@ class WeightQuantizer(nn.Module):
 
 def weight_key(w: torch.Tensor):
     """What identifies a weight's current values for the caches of its 8-bit copy: storage, in-place
-    version and device.  Inference tensors (made under torch.inference_mode) keep no version counter;
-    for them the storage alone decides (an in-place update of one is not noticed)."""
+    version and device.  Inference tensors (made under torch.inference_mode) keep no version counter,
+    and `p.data.copy_(...)` does not bump it: load_state_dict invalidates the caches itself
+    (SpikeLinear's epoch), other such writes need sbops.nn.clear_weight_caches(model)."""
     try:
         version = w._version
     except RuntimeError:
         version = -1
     return (w.data_ptr(), version, w.device)
+
+
+def clear_weight_caches(model: torch.nn.Module) -> None:
+    """Drop the cached 8-bit weight copies of every SpikeLinear in `model` (and the fused copies of
+    their owners); the next forward rebuilds them.  load_state_dict does this by itself; call it
+    after writing weights in a way that leaves no trace in the tensor's version counter
+    (`p.data.copy_(...)`, in-place writes under torch.inference_mode)."""
+    for m in model.modules():
+        if isinstance(m, SpikeLinear):
+            m._weights_epoch = getattr(m, "_weights_epoch", 0) + 1
+        m.__dict__.pop("_sbops_fused_spike", None)
 
 
 def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -169,9 +181,14 @@ class SpikeLinear(nn.Linear):
             w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
         return _straight_through(self.weight, w_q)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        # a load under torch.inference_mode leaves no trace in the weight's version counter
+        self._weights_epoch = getattr(self, "_weights_epoch", 0) + 1
+
     def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
-        key = weight_key(self.weight)
+        key = weight_key(self.weight) + (getattr(self, "_weights_epoch", 0),)
         if getattr(self, "_w8_key", None) != key:
             q, s = self.int8_weight()
             self._w8 = (q.contiguous(), s.to(torch.float32).contiguous())
