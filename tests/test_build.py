@@ -201,6 +201,16 @@ def test_built_wheel_is_tagged_abi3_for_python_3_10_and_later():
     assert f"Tag: cp310-abi3-{platform_tag}" in meta, meta
 
 
+def test_installed_wheel_is_tagged_abi3_for_python_3_10_and_later():
+    # what CI and the README's commands install (install.sh builds in a temporary folder, not dist/)
+    if _installed_wheel_files() is None:
+        pytest.skip("sbops is not installed from a wheel here (editable install or source tree)")
+    import importlib.metadata
+    tags = [ln.split(":", 1)[1].strip() for ln in importlib.metadata.distribution("sbops").read_text("WHEEL").splitlines()
+            if ln.startswith("Tag:")]
+    assert tags and all(t.startswith(("cp310-abi3-linux_", "cp310-abi3-manylinux")) for t in tags), tags
+
+
 def test_torch_older_than_the_stable_abi_floor_is_refused_naming_both_versions():
     code = ("import torch; torch.__version__ = '2.9.1+cpu'\n"
             "try:\n    import sbops\nexcept ImportError as e:\n    print('REFUSED', e)\n")

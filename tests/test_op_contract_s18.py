@@ -181,3 +181,24 @@ def test_spike_stats_under_compile_says_it_is_host_side():
     f = torch.compile(lambda c: sbops.spike_stats(c), fullgraph=True)
     with pytest.raises(Exception, match="host-side summary"):
         f(torch.tensor([1, -3, 0], dtype=torch.int8))
+
+
+# ------------------------------------------------------------------ torch.func / forward-mode AD
+def test_forward_mode_and_func_grad_are_refused_naming_the_op_and_vmap_works():
+    from torch.func import grad, jvp, vmap
+    import torch.autograd.forward_ad as fwAD
+    q, k, v = torch.randn(1, 5, 2, 3, dtype=torch.float64), torch.randn(1, 5, 1, 3), torch.randn(1, 5, 1, 3)
+    k, v = k.double(), v.double()
+    with pytest.raises(NotImplementedError, match="sbops.linear_attn has no forward-mode derivative"):
+        jvp(lambda q: sbops.linear_attn(q, k, v)[0], (q,), (torch.randn_like(q),))
+    with fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match="sbops.swa_attn has no forward-mode derivative"):
+            sbops.swa_attn(fwAD.make_dual(q, torch.randn_like(q)), k, v, 2)
+    with pytest.raises(NotImplementedError, match="sbops.linear_attn does not support torch.func.grad"):
+        grad(lambda q: sbops.linear_attn(q, k, v)[0].sum())(q)
+    qs = torch.randn(3, 5, 2, 3, dtype=torch.float64)
+    o = vmap(lambda qq: sbops.swa_attn(qq[None], k, v, 2)[0])(qs)
+    torch.testing.assert_close(o, torch.stack([sbops.swa_attn(qq[None], k, v, 2)[0] for qq in qs]))
+    ids = torch.randint(0, 4, (6, 2), dtype=torch.int32)   # integer-only ops are not refused
+    torch.testing.assert_close(grad(lambda x: (sbops.expert_counts(ids, 4).double() * x).sum())(torch.ones(4).double()),
+                               sbops.expert_counts(ids, 4).double())

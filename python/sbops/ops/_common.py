@@ -5,6 +5,7 @@ import contextvars
 from typing import Tuple
 
 import torch
+import torch.autograd.forward_ad as _fwAD
 
 from .. import _dispatch
 from .._dispatch import Request
@@ -14,6 +15,24 @@ _explaining: contextvars.ContextVar[bool] = contextvars.ContextVar("sbops_explai
 _is_compiling = torch.compiler.is_compiling
 _kernels = _dispatch._kernels      # cleared by the dispatcher whenever the registry changes
 _forced = _dispatch._forced
+_functorch_level = torch._C._functorch.maybe_current_level   # None outside torch.func transforms
+
+
+def _check_transforms(op: str, args) -> None:
+    """Forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) and torch.func's grad transforms
+    have no rule for sbops' ops: PyTorch would give a silent zero tangent (jvp) or a message about
+    autograd.Function internals (grad); refuse them naming the op.  vmap passes (PyTorch's per-sample
+    fallback)."""
+    ft = torch._C._functorch
+    for a in args:
+        if not isinstance(a, torch.Tensor) or not (a.is_floating_point() or a.is_complex()):
+            continue
+        if _fwAD._current_level >= 0 and _fwAD.unpack_dual(a).tangent is not None:
+            raise NotImplementedError(f"sbops.{op} has no forward-mode derivative (torch.func.jvp / "
+                                      "torch.autograd.forward_ad); use reverse mode (backward, torch.autograd.grad)")
+        if ft.is_functorch_wrapped_tensor(a) and ft.is_gradtrackingtensor(a):
+            raise NotImplementedError(f"sbops.{op} does not support torch.func.grad / vjp / jacrev; use "
+                                      "torch.autograd.grad (vmap is supported)")
 
 
 class Explained(Exception):
@@ -39,6 +58,8 @@ def run(op: str, x: torch.Tensor, head_dims: Tuple[int, ...], features: tuple, *
     """
     if _is_compiling() or x.device.type == "meta":  # meta: the registered fake kernel gives the shapes
         return getattr(torch.ops.sbops, op)(*args)
+    if _fwAD._current_level >= 0 or _functorch_level() is not None:   # ~80 ns when neither is active
+        _check_transforms(op, args)
     key = (op, x.device, x.dtype, head_dims, features, _forced.get() or _dispatch._ENV_BACKEND)
     fn = _kernels.get(key)
     if fn is None or _explaining.get():

@@ -58,7 +58,8 @@ def spike_quant(x: torch.Tensor, k: float = 3.0) -> torch.Tensor:
 
     The training-time op: a linear layer fed x_hat computes vth * (s @ W) exactly.  x may be a
     strided view, read in place on CUDA under the same rule as spike_encode (else copied), so a
-    view gives bit-identical results.
+    view gives bit-identical results.  Rounding can step past x's dtype range: a float16 row
+    [65504, 0, ...] has vth clamped at 1e4 and gives 7 * 1e4 = inf (IEEE, as the formula says).
     """
     op = "spike_quant"
     _check_x(op, x)
