@@ -87,7 +87,7 @@ class CMakeBuild(build_ext):
                      "(and build with --no-build-isolation so the installed torch is used)")
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         target = os.environ.get("SBOPS_TARGET", "auto")
-        sim = os.environ.get("SBOPS_MACA_SIM", "0") not in ("", "0", "OFF", "off")
+        sim = os.environ.get("SBOPS_MACA_SIM", "0").strip().lower() not in ("", "0", "off", "false", "no")
         build_dir = Path(os.environ.get(
             "SBOPS_BUILD_DIR",
             ROOT / "build" / f"cmake-{target}{'-macasim' if sim else ''}-py{sys.version_info[0]}{sys.version_info[1]}"))

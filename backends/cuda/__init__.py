@@ -131,7 +131,7 @@ def register_triton(tuning_backend: str, backend: "Backend | None" = None) -> No
 
 def register() -> None:
     global _triton_error
-    if _platform.cuda_device_reason() or _platform.triton_reason():
+    if _platform.cuda_import_reason() or _platform.triton_reason():   # at import: CUDA stays uninitialised
         return
     try:
         # SBOPS_TRITON_TUNING=maca runs the MACA tuning configs on NVIDIA (the MACA simulation tests)

@@ -25,6 +25,9 @@ def _probe(op: str) -> str | None:
     if not torch.cuda.is_available():
         return "no MetaX device visible"
     if op in TRITON_OPS:
+        if not _platform.metax_build():
+            return ("the MACA Triton kernels are registered at import only for a MetaX PyTorch that says so "
+                    "in its version ('+metax'); this one does not")
         return _platform.triton_reason() or _triton_error
     target = _platform.native_target()
     if target != "maca":
@@ -56,7 +59,7 @@ BACKEND = Backend(
 
 def register() -> None:
     global _triton_error
-    if not _platform.is_metax() or _platform.triton_reason():
+    if not _platform.metax_build() or _platform.triton_reason():   # at import: no device query
         return
     try:
         register_triton("maca", BACKEND)

@@ -6,10 +6,18 @@ import functools
 import torch
 
 
+def metax_build() -> bool:
+    """A MetaX PyTorch by its version ('+metax'): no device query, safe at import."""
+    return "metax" in torch.__version__.lower()
+
+
 @functools.lru_cache(None)
 def is_metax() -> bool:
-    """MetaX PyTorch builds carry '+metax' in their version and name their devices 'MetaX ...'."""
-    if "metax" in torch.__version__.lower():
+    """MetaX PyTorch builds carry '+metax' in their version and name their devices 'MetaX ...'.
+    Reads the device name when the version does not say, which initialises CUDA: call it when a
+    GPU call is dispatched, never at import (a process that imports sbops and then forks must be
+    able to use CUDA in the children)."""
+    if metax_build():
         return True
     try:
         return torch.cuda.is_available() and torch.cuda.get_device_name(0).startswith("MetaX")
@@ -17,9 +25,19 @@ def is_metax() -> bool:
         return False
 
 
+def cuda_import_reason() -> str | None:
+    """cuda_device_reason() without initialising CUDA (is_available() does not; the device name
+    would): what import-time registration decides on."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if metax_build():
+        return "this PyTorch drives MetaX GPUs: use backend 'maca'"
+    return None
+
+
 @functools.lru_cache(None)
 def cuda_device_reason() -> str | None:
-    """None when an NVIDIA CUDA device is usable, else why not."""
+    """None when an NVIDIA CUDA device is usable, else why not (at dispatch: may initialise CUDA)."""
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
     if is_metax():

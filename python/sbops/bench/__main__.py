@@ -23,7 +23,8 @@ Each speed row shows the median of the default call, the same with data checks o
 (`sbops.set_data_checks`), the wrapper overhead of `sbops.<op>` over the kernel call it dispatches
 to, GB/s, TFLOP/s, the roofline floor and each peer's time and ratio.
 
-Exit status: 1 if any correctness check failed (or errored), 2 on bad arguments, 130 when
+Exit status: 1 if any correctness check failed (or errored), 2 on bad arguments (an unknown op,
+a missing --compare/--merge file, nothing selected to run, no selected backend available), 130 when
 interrupted (Ctrl-C / SIGTERM: the partial results are still reported), else 0.  The JSON file is
 rewritten after every case, so a run killed from outside keeps what it measured.
 """
@@ -56,7 +57,7 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m sbops.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m sbops.bench", description=__doc__, allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="every speed case, small shapes")
@@ -98,8 +99,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
+    if args.model is not None:   # "--model" itself is handled before parsing; this is "--model=..."
+        ap.error("--model takes the model benchmark's options as separate words after it "
+                 "(python -m sbops.bench --model --tiny); '--model --help' lists them")
     if args.compare and len(args.compare) > 2:
         ap.error("--compare takes OLD or OLD NEW")
+    for path in (args.compare or []) + (args.merge or []):   # before a run that may take minutes
+        if not os.path.isfile(path):
+            ap.error(f"no such result file: {path}")
+    if args.budget is not None and not args.budget > 0:
+        ap.error(f"--budget must be > 0 seconds, got {args.budget}")
+    if args.timeout is not None and not args.timeout > 0:
+        ap.error(f"--timeout must be > 0 seconds, got {args.timeout}")
     return args
 
 
@@ -243,6 +254,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"note: backend {b} is not available here: {info[b]['reason']}", file=sys.stderr)
     # sbops.backends() lists the highest priority first, so GPU backends run before the CPU
     ops, shapes = _split(args.ops), _split(args.shapes)
+    known = {n for it in C.checks() + C.speed_cases("full", long=True) for n in (it.family, it.op.split(".")[0], it.op)}
+    bad_ops = sorted(set(ops or ()) - known)
+    if bad_ops:
+        print(f"python -m sbops.bench: error: unknown --ops {', '.join(bad_ops)}; families and ops: "
+              f"{', '.join(sorted(known))}", file=sys.stderr)
+        return 2
 
     def env_for(b: str) -> C.Env:
         device = info[b]["devices"][0]
@@ -273,7 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return [] if requested_peers == ["none"] else requested_peers
 
     def budget_for(env: C.Env) -> float:
-        return args.budget or (1.0 if env.device == "cpu" else 10.0)
+        return args.budget if args.budget is not None else (1.0 if env.device == "cpu" else 10.0)
 
     checks = [] if args.only == "speed" else [c for c in C.select(C.checks(), ops, shapes)
                                               if mode == "full" or not c.full_only]
@@ -298,6 +315,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ttft_ts = ttft.GPU_TS if ttft_env is not None and ttft_env.device != "cpu" else ttft.CPU_TS
     total = len(envs) * len(checks) + sum(map(len, speed.values())) + (len(ttft_ts) if do_ttft else 0)
+    if total == 0:   # asked for something this machine has nothing of: not a success
+        why = ("no selected backend is available here" if not envs else
+               "no check or speed case matches --ops / --shapes / --only")
+        print(f"python -m sbops.bench: nothing to run: {why}", file=sys.stderr)
+        return 2
     advance, stop = _progress_printer(total, args.quiet)
 
     devices = sorted({e.device for e in envs}, key=lambda d: d == "cpu")

@@ -20,7 +20,7 @@ the context length and its ring buffers/states filled with random values, withou
 The step's cost depends on the context only through min(context, window + 1) SWA rows.
 Memory: peak allocated bytes during a call minus what was allocated before it (weights).
 Everything runs under torch.inference_mode() with the ops' data checks off.
-Outputs (--out, default benchmarks/model): model_bench.json (rewritten after every point),
+Outputs (--out, default sbops-model-bench in $OUT or the cwd): model_bench.json (rewritten after every point),
 model_bench.md (tables), model_bench.png (when matplotlib is installed).
 """
 from __future__ import annotations
@@ -49,7 +49,11 @@ def parse_len(text: str) -> int:
 
 
 def parse_lens(text: str) -> List[int]:
-    return [parse_len(x) for x in text.split(",") if x.strip()]
+    """'8k,32k,1m' -> token counts; an argparse type (a bad value is a usage error, exit 2)."""
+    try:
+        return [parse_len(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected lengths such as 8k,32k,1m (k = 1024, m = 2^20), got {text!r}")
 
 
 def fmt_len(n: int) -> str:
@@ -370,7 +374,8 @@ def markdown(res: Dict[str, Any]) -> str:
     ours = {r["T"]: r for r in res["ttft"] if r["model"] == "sbops"}
     peer = {r["T"]: r for r in res["ttft"] if r["model"] == "qwen2"}
     env = res["env"]
-    lines = [f"## Whole model, 7B shape, {res['args']['dtype_name']} (`python -m sbops.bench.model`)", "",
+    shape = "tiny shapes (smoke test)" if res["args"].get("tiny") else "7B shape"
+    lines = [f"## Whole model, {shape}, {res['args']['dtype_name']} (`python -m sbops.bench.model`)", "",
              f"{env.get('gpu', 'CPU')}, torch {env['torch']}, transformers {env.get('transformers')}; "
              f"prefill chunk {res['args']['chunk']} tokens.", "",
              "| prompt | sbops TTFT | Qwen2 (HF SDPA) TTFT | ratio | sbops peak extra memory | Qwen2 peak extra |",
@@ -409,7 +414,9 @@ def plot(res: Dict[str, Any], path: str) -> Optional[str]:
         rows = [r for r in res["ttft"] if r["model"] == model and "ttft_s" in r]
         meas = [r for r in rows if not r.get("extrapolated")]
         ext = [r for r in rows if r.get("extrapolated")]
-        label = "SpikingBrain-7B shape (sbops)" if model == "sbops" else "Qwen2-7B (HF SDPA)"
+        tiny = res["args"].get("tiny")
+        label = (f"SpikingBrain-{'tiny' if tiny else '7B'} shape (sbops)" if model == "sbops"
+                 else f"Qwen2-{'tiny' if tiny else '7B'} (HF SDPA)")
         line = ax1.plot([r["T"] for r in meas], [r["ttft_s"] for r in meas], style, label=label)[0]
         if ext:
             join = meas[-1:] + ext
@@ -437,8 +444,9 @@ def plot(res: Dict[str, Any], path: str) -> Optional[str]:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m sbops.bench.model", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--lengths", default=None, help="TTFT prompt lengths (default 8k,32k,128k,512k,1m,2m,4m)")
-    ap.add_argument("--contexts", default=None, help="decode contexts (default 4k,16k,64k,256k,1m)")
+    ap.add_argument("--lengths", default=None, type=parse_lens,
+                    help="TTFT prompt lengths (default 8k,32k,128k,512k,1m,2m,4m)")
+    ap.add_argument("--contexts", default=None, type=parse_lens, help="decode contexts (default 4k,16k,64k,256k,1m)")
     ap.add_argument("--batches", default=None, help="decode batch sizes (default 1,32)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="time budget of the whole run (lengths whose "
                     "predicted time does not fit are skipped)")
@@ -467,13 +475,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test; default on CPU)")
-    ap.add_argument("--out", default=os.path.join("benchmarks", "model"), help="output folder")
+    ap.add_argument("--out", default=None, help="output folder (default: sbops-model-bench in $OUT or the cwd)")
     args = ap.parse_args(argv)
     from sbops.models.generate import DEFAULT_PREFILL_CHUNK
+    args.out = args.out or os.path.join(os.environ.get("OUT") or os.getcwd(), "sbops-model-bench")
+    if args.device is not None and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device is available here")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cpu" and not args.tiny:
+        print("sbops.bench.model: no GPU: running the tiny shapes in float32 (a smoke test, not the 7B "
+              "benchmark)", file=sys.stderr)
     args.tiny = args.tiny or args.device == "cpu"
-    args.lengths = parse_lens(args.lengths or ("256,1k" if args.tiny else "8k,32k,128k,512k,1m,2m,4m"))
-    args.contexts = parse_lens(args.contexts or ("64,1k" if args.tiny else "4k,16k,64k,256k,1m"))
+    args.lengths = args.lengths or parse_lens("256,1k" if args.tiny else "8k,32k,128k,512k,1m,2m,4m")
+    args.contexts = args.contexts or parse_lens("64,1k" if args.tiny else "4k,16k,64k,256k,1m")
     args.batches = [int(b) for b in (args.batches or ("1,4" if args.tiny else "1,32")).split(",") if b.strip()]
     args.chunk = args.chunk or (128 if args.tiny else DEFAULT_PREFILL_CHUNK)
     args.peer_reserve_s = min(75.0, args.budget_s / 5) if args.peer_reserve_s is None else args.peer_reserve_s
@@ -512,7 +526,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"contexts {[fmt_len(x) for x in args.contexts]}, batches {args.batches}, budget {args.budget_s:.0f} s")
     checks = sbops.data_checks(False) if run.device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), checks:
-        run.log("ours: building the SpikingBrain-7B-shaped model (random weights)")
+        run.log(f"ours: building the SpikingBrain-{'tiny' if args.tiny else '7B'}-shaped model (random weights)")
         model, wbytes = build_ours(run)
         run.log(f"ours: {wbytes / 2**30:.2f} GiB of weights")
         stage(run, "decode", decode_ours, run, model, wbytes)
