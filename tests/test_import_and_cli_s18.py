@@ -14,16 +14,18 @@ def _run(code, timeout=120, env=None):
 
 
 def test_import_does_not_initialise_cuda_on_a_gpu_machine():
-    # a GPU machine, mocked: anything that would create the CUDA context (device name, properties)
-    # raises; forked DataLoader workers cannot use CUDA once the parent has initialised it
+    # a GPU machine, mocked: anything that touches the CUDA runtime (device count through CUDA, device
+    # name, properties) raises; forked DataLoader workers cannot use CUDA once the parent has done so
     code = """
 import torch, traceback
-torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 1        # NVML's answer: does not touch the CUDA runtime
+torch.version.cuda = torch.version.cuda or "13.0"
 calls = []
 def spy(*a, **k):
     calls.append("".join(traceback.format_stack(limit=6)))
     raise RuntimeError("CUDA initialised")
 torch.cuda._lazy_init = spy
+torch.cuda.is_available = spy              # cudaGetDeviceCount: poisons fork for CUDA in the children
 torch.cuda.get_device_name = spy
 torch.cuda.get_device_properties = spy
 import sbops

@@ -460,3 +460,13 @@ def test_cpu_gate_far_below_zero_resets_the_state_without_nan(gate, big):
     for got, ref in ((dq, rq), (dk, rk), (dv, rv), (dh0, rh0)):
         assert rel(got, ref) <= CPU_TOL
     assert torch.isfinite(dg).all()
+
+
+@cpu_only
+def test_cpu_nan_gate_propagates_as_on_the_cpu_backend():
+    # the gate floor must not turn a NaN log-gate into a state reset (prefill and decode would disagree)
+    q, k, v, g, h0, cu = make_inputs(1, 40, 2, 1, 64, 64, "key", torch.float32, "cpu")
+    g[:, 5, 0, 3] = float("nan")
+    o, ht = LA.linear_attn_fwd(q, k, v, g, 64 ** -0.5, h0, None)
+    assert torch.isnan(o[:, 5:]).any() and torch.isnan(ht).any()
+    assert not torch.isnan(o[:, :5]).any()

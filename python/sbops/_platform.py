@@ -26,10 +26,11 @@ def is_metax() -> bool:
 
 
 def cuda_import_reason() -> str | None:
-    """cuda_device_reason() without initialising CUDA (is_available() does not; the device name
-    would): what import-time registration decides on."""
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
+    """cuda_device_reason() without touching the CUDA runtime: what import-time registration decides
+    on.  torch.cuda.is_available() calls cudaGetDeviceCount, which poisons fork (a child that then
+    uses CUDA fails: DataLoader workers); device_count() asks NVML first, which does not."""
+    if torch.version.cuda is None or torch.cuda.device_count() == 0:
+        return "no CUDA device (torch.cuda.device_count() is 0)"
     if metax_build():
         return "this PyTorch drives MetaX GPUs: use backend 'maca'"
     return None

@@ -227,7 +227,8 @@ def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr, T, sgb, 
 
     The floor: exp(-60) ~ 1e-26 decays a state to nothing in any dtype, as exp(g) would; an
     unbounded g would make gc_t - gc_s a difference of huge numbers (g = -1e4: 1e-3 absolute
-    error in every later decay) and g = -inf would give -inf - -inf = NaN."""
+    error in every later decay) and g = -inf would give -inf - -inf = NaN.  A NaN gate stays NaN
+    (tl.where, not tl.maximum, which returns the other operand), as on the CPU backend."""
     c = tl.program_id(0)
     kvh = tl.program_id(1)
     _, t0, t1 = _chunk_of(chunk_ptr, c, T, BT, VARLEN)
@@ -241,11 +242,11 @@ def _gate_cumsum_kernel(g_ptr, gc_ptr, chunk_ptr, HKV, K: tl.constexpr, T, sgb, 
         offs_k = tl.arange(0, K)
         p = (r[:, None] * HKV + kvh) * K + offs_k[None, :]
         x = tl.load(g_ptr + gin[:, None] + offs_k[None, :], mask=m[:, None], other=0.0).to(tl.float32)
-        tl.store(gc_ptr + p, tl.cumsum(tl.maximum(x, GATE_FLOOR), 0), mask=m[:, None])
+        tl.store(gc_ptr + p, tl.cumsum(tl.where(x < GATE_FLOOR, GATE_FLOOR, x), 0), mask=m[:, None])
     else:
         p = r * HKV + kvh
         x = tl.load(g_ptr + gin, mask=m, other=0.0).to(tl.float32)
-        tl.store(gc_ptr + p, tl.cumsum(tl.maximum(x, GATE_FLOOR), 0), mask=m)
+        tl.store(gc_ptr + p, tl.cumsum(tl.where(x < GATE_FLOOR, GATE_FLOOR, x), 0), mask=m)
 
 
 @triton.jit

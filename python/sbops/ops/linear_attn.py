@@ -66,6 +66,8 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         q: [B, T, H, K] queries.  k: [B, T, HKV, K] keys.  v: [B, T, HKV, V] values; H % HKV == 0,
             query head h reads KV head h // (H // HKV) (GQA-native: one state per KV head).
         g: None (no decay), [B, T, HKV] or [B, T, HKV, K] log-decays (<= 0), float32 or q's dtype.
+           -inf resets the state (a document boundary).  The Triton (GPU) kernels treat any g below
+           -60 as -60 (exp(-60) ~ 1e-26: the same reset in float32); NaN propagates.
         scale: defaults to K ** -0.5.
         initial_state: [N, HKV, K, V] float32 starting states.
         output_final_state: also return the final states [N, HKV, K, V] float32.
