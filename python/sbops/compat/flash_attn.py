@@ -203,6 +203,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
 
 
 def _device_assert(cond: torch.Tensor, msg: str):
+    """A range check that reads nothing back on a GPU: there a failure is a device-side assertion,
+    as an out-of-bounds index in torch is, and like it ends the process's CUDA context (flash-attn's
+    own kernel would read out of bounds instead); CPU tensors raise ValueError."""
     if cond.device.type == "cpu":
         if not bool(cond):
             raise ValueError(msg)
