@@ -99,7 +99,7 @@ def strided(cases):
     return out
 
 
-def backward_samples(device="cpu", dtype=torch.float32):
+def backward_samples(device="cpu", dtype=torch.float32, head_dim=16, T=9):
     """One call per *_bwd op, its arguments made by running the forward op (no input requires grad:
     the backward ops are called by the autograd formulas, never differentiated themselves)."""
     ops = torch.ops.sbops
@@ -108,7 +108,7 @@ def backward_samples(device="cpu", dtype=torch.float32):
     def t(*s, dt=dtype):
         return torch.randn(*s, device=device, dtype=dt, generator=gen)
 
-    B, T, H, HKV, K = 1, 9, 4, 2, 16
+    B, H, HKV, K = 1, 4, 2, head_dim
     q, k, v = t(B, T, H, K), t(B, T, HKV, K) * 0.25, t(B, T, HKV, K)
     g = F.logsigmoid(t(B, T, HKV, K))
     cu = torch.tensor([0, 4, 9], device=device, dtype=torch.int32)

@@ -18,7 +18,6 @@ def test_import_does_not_initialise_cuda_on_a_gpu_machine():
     # name, properties) raises; forked DataLoader workers cannot use CUDA once the parent has done so
     code = """
 import torch, traceback
-torch.cuda.device_count = lambda: 1        # NVML's answer: does not touch the CUDA runtime
 torch.version.cuda = torch.version.cuda or "13.0"
 calls = []
 def spy(*a, **k):
@@ -26,6 +25,7 @@ def spy(*a, **k):
     raise RuntimeError("CUDA initialised")
 torch.cuda._lazy_init = spy
 torch.cuda.is_available = spy              # cudaGetDeviceCount: poisons fork for CUDA in the children
+torch.cuda.device_count = spy              # the same where NVML cannot answer (MIG ids, MetaX)
 torch.cuda.get_device_name = spy
 torch.cuda.get_device_properties = spy
 import sbops

@@ -37,13 +37,41 @@ def test_swa_cache_write_without_grad_leaves_caches_plain():
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_swa_cache_write_writes_and_its_backward_raises(backend):
+def test_compiled_swa_cache_write_with_grad_inputs_writes(backend):
+    # (the backward guard is eager-only: Dynamo cannot trace the raising node)
     f = torch.compile(lambda *a: sbops.swa_cache_write(*a), backend=backend, fullgraph=True)
     k, v, kc, vc, pos = _write_args(kv_grad=True)
     f(k, v, kc, vc, pos)
-    assert torch.equal(kc[1, 3], k.detach()[1])
-    with pytest.raises(RuntimeError, match="sbops.swa_cache_write is not differentiable"):
-        kc.sum().backward()
+    assert torch.equal(kc[1, 3], k.detach()[1]) and torch.equal(vc[0, 0], v.detach()[0])
+
+
+def test_swa_cache_write_guard_keeps_no_graph_alive_and_tolerates_unrecordable_caches():
+    import warnings
+    lin = torch.nn.Linear(4, 8)
+    kc, vc = torch.zeros(1, 40, 1, 4), torch.zeros(1, 40, 1, 4)
+    for t in range(30):                      # a decode loop run with grad enabled
+        kv = lin(torch.randn(1, 4)).view(1, 2, 1, 4)
+        sbops.swa_cache_write(kv[:, 0], kv[:, 1], kc, vc, torch.tensor([t]))
+    seen, todo = set(), [kc.grad_fn]
+    while todo:                              # nothing of the steps' graphs (the Linear) is reachable
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo += [f for f, _ in fn.next_functions]
+    assert not [f for f in seen if "Addmm" in type(f).__name__ or "View" in type(f).__name__]
+    k = torch.randn(1, 1, 4, requires_grad=True)
+    with torch.inference_mode():
+        ic = torch.zeros(1, 5, 1, 4)
+    with torch.no_grad():
+        base = torch.zeros(1, 6, 1, 4)
+        view = base[:, 1:]
+    for cache in (ic, view):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            sbops.swa_cache_write(k, k, cache, cache.clone() if cache is view else ic.clone(), torch.tensor([2]))
+        assert torch.equal(cache[0, 2], k.detach()[0])
+        assert any("cannot record the write" in str(x.message) for x in w)
 
 
 # ------------------------------------------------------------------ compat.fla: fla 0.6's arguments
@@ -103,6 +131,8 @@ def test_compat_fla_cu_seqlens_cpu_is_checked_and_gives_the_same_result():
         fla.chunk_gla(q, k, v, g, cu_seqlens=cu, cu_seqlens_cpu=torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="pass cu_seqlens too"):
         fla.chunk_gla(q, k, v, g, cu_seqlens_cpu=cu)
+    with pytest.raises(TypeError, match="state_v_first must be a bool"):   # the pre-0.6 positional order
+        fla.chunk_gla(q, k, v, g, None, None, False, cu)
 
 
 # ------------------------------------------------------------------ double backward raises
@@ -199,6 +229,9 @@ def test_forward_mode_and_func_grad_are_refused_naming_the_op_and_vmap_works():
     qs = torch.randn(3, 5, 2, 3, dtype=torch.float64)
     o = vmap(lambda qq: sbops.swa_attn(qq[None], k, v, 2)[0])(qs)
     torch.testing.assert_close(o, torch.stack([sbops.swa_attn(qq[None], k, v, 2)[0] for qq in qs]))
+    const = torch.randn(1, 5, 2, 3, dtype=torch.float64)   # the differentiated input does not reach the op
+    gx = grad(lambda x: (sbops.linear_attn(const, k, v)[0].sum() * x).sum())(torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(gx, sbops.linear_attn(const, k, v)[0].sum().expand(3))
     ids = torch.randint(0, 4, (6, 2), dtype=torch.int32)   # integer-only ops are not refused
     torch.testing.assert_close(grad(lambda x: (sbops.expert_counts(ids, 4).double() * x).sum())(torch.ones(4).double()),
                                sbops.expert_counts(ids, 4).double())

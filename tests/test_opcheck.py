@@ -49,3 +49,11 @@ def test_every_schema_has_a_sample_or_is_a_backward():
 def test_opcheck_gpu(i):
     op, args = samples("cuda", torch.bfloat16)[i]
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("head_dim,T", [(64, 9), (128, 256)], ids=["d64", "d128-sm90"])
+def test_opcheck_backward_ops_gpu(head_dim, T):
+    # D=128 bf16 without sinks or varlen takes the sm_90 SWA backward on Hopper
+    for op, args in backward_samples("cuda", torch.bfloat16, head_dim=head_dim, T=T):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

@@ -147,3 +147,5 @@ def test_collapse_overflow_check_for_gpu_tensors_agrees_with_the_cpu_kernel(mode
                 assert _collapse_overflows(trains, mode) == cpu_overflows, (T, scale, zero_lead)
                 seen.add(cpu_overflows)
     assert seen == {False, True}
+    for vals in ([[2 ** 40], [-2 ** 33 + 5]], [[2 ** 62]] * 4, [[2 ** 40], [-2 ** 40 + 7]]):   # int64 trains
+        assert _collapse_overflows(torch.tensor(vals, dtype=torch.int64), mode)

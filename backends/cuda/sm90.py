@@ -66,5 +66,6 @@ def swa_bwd(q, k, v, o, lse, grad_o, grad_lse, window, scale, fuse_dq=True):
                                                           fuse_dq)
     if not fuse_dq:
         dq = swa.swa_attn_bwd_dq(q, k, v, o, lse, grad_o, grad_lse, window, scale)
-    empty = torch.empty(0, device=q.device, dtype=torch.float32)
-    return dq, dk, dv, empty, empty
+    # no sinks: two empty float32 gradients, separate tensors (the schema's outputs never alias)
+    return (dq, dk, dv, torch.empty(0, device=q.device, dtype=torch.float32),
+            torch.empty(0, device=q.device, dtype=torch.float32))

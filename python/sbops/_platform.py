@@ -26,14 +26,15 @@ def is_metax() -> bool:
 
 
 def cuda_import_reason() -> str | None:
-    """cuda_device_reason() without touching the CUDA runtime: what import-time registration decides
-    on.  torch.cuda.is_available() calls cudaGetDeviceCount, which poisons fork (a child that then
-    uses CUDA fails: DataLoader workers); device_count() asks NVML first, which does not."""
-    if torch.version.cuda is None or torch.cuda.device_count() == 0:
-        return "no CUDA device (torch.cuda.device_count() is 0)"
+    """What import-time registration decides on, from the build alone: no device query at all.
+    torch.cuda.is_available() calls cudaGetDeviceCount, which poisons fork (a child that then uses
+    CUDA fails: DataLoader workers), and so does device_count() wherever NVML cannot answer (MIG
+    device ids in CUDA_VISIBLE_DEVICES, no NVML)."""
     if metax_build():
         return "this PyTorch drives MetaX GPUs: use backend 'maca'"
-    return None
+    if torch.version.cuda is None:
+        return "this PyTorch has no CUDA"
+    return None   # no device query: registering kernels needs none, the probe decides at dispatch
 
 
 @functools.lru_cache(None)

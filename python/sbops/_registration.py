@@ -182,20 +182,26 @@ class _NoGradWrite(torch.autograd.Function):
         return _raise_backward(ctx.op, grads, ctx.metas, ctx.needs_input_grad)
 
 
-def _swa_cache_write_autograd(k, v, k_cache, v_cache, positions, slot_indices):
-    # without this kernel, PyTorch's fallback leaves a cache written from grad-requiring k/v with no
-    # grad_fn (k and v silently get no gradient), and a grad-requiring cache keeps its old grad_fn
-    # (the overwritten rows' gradient flows to the values they replaced)
-    with torch._C._AutoDispatchBelowAutograd():
-        torch.ops.sbops.swa_cache_write.default(k, v, k_cache, v_cache, positions, slot_indices)
-    if torch.is_grad_enabled():
-        inputs = [t for t in (k, v) if t.requires_grad]
-        if inputs or k_cache.requires_grad or v_cache.requires_grad:
-            _NoGradWrite.apply("swa_cache_write", k_cache, *inputs)
-            _NoGradWrite.apply("swa_cache_write", v_cache, *inputs)
-
-
-_impl_lib.impl("swa_cache_write", _swa_cache_write_autograd, "Autograd")
+def mark_cache_write(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """After sbops.swa_cache_write with grad mode on and k, v or a cache requiring grad: the caches
+    get a grad_fn whose backward raises (without it, PyTorch leaves a cache written from
+    grad-requiring k/v with no grad_fn, so k and v silently get no gradient, and a grad-requiring
+    cache keeps its old grad_fn, so the overwritten rows' gradient flows to the values they
+    replaced).  The node's input is a detached stand-in, so the graph of k and v (a decode step's
+    activations) is not kept alive by the cache.  A cache autograd cannot record an in-place write
+    into (an inference tensor, a view made under no_grad, a leaf requiring grad) keeps no history,
+    with one warning, as before this guard.  Not applied while torch.compile traces (Dynamo cannot
+    trace this node's backward): a compiled write keeps the caches' history as it was."""
+    if torch.compiler.is_compiling():
+        return
+    stub = k_cache.new_zeros(()).requires_grad_()
+    try:
+        _NoGradWrite.apply("swa_cache_write", k_cache, stub)
+        _NoGradWrite.apply("swa_cache_write", v_cache, stub)
+    except RuntimeError as e:
+        import warnings
+        warnings.warn(f"sbops.swa_cache_write: the cache cannot record the write for autograd ({e}); "
+                      f"backward through it will not see the new rows", stacklevel=3)
 
 
 # ------------------------------------------------------------------ sliding-window attention

@@ -159,6 +159,10 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
          cu_seqlens_cpu=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     if cu_seqlens is not None and head_first:
         raise ValueError(f"{fn}: cu_seqlens needs the sequence-first layout [1, T, H, D]; got head_first=True")
+    if not isinstance(state_v_first, bool):
+        raise TypeError(f"{fn}: state_v_first must be a bool, got {type(state_v_first).__name__} (fla 0.6's "
+                        f"positional order: ..., output_final_state, state_v_first, cu_seqlens, cu_seqlens_cpu; "
+                        f"pass cu_seqlens by keyword)")
     _check_cu_seqlens_cpu(fn, cu_seqlens, cu_seqlens_cpu)
     if state_v_first and initial_state is not None and isinstance(initial_state, torch.Tensor):
         initial_state = initial_state.transpose(-1, -2)   # [N, H, V, K] -> [N, H, K, V]

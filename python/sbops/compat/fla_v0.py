@@ -1,6 +1,7 @@
 """fla <= 0.1 flavour of sbops.compat.fla: the same functions, but head_first defaults to True
 (`[B, H, T, D]`), the layout SpikingBrain's released code passes (it calls chunk_gla(q, k, v, gk,
-initial_state=..., output_final_state=...) on `b h l d` tensors).  RMSNorm is fla's."""
+initial_state=..., output_final_state=...) on `b h l d` tensors).  RMSNorm is fla's.  Arguments
+after output_final_state follow fla 0.6's order (state_v_first, cu_seqlens, ...): pass them by keyword."""
 from __future__ import annotations
 
 import functools

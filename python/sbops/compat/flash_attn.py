@@ -268,7 +268,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         _device_assert(((lens + Sn) <= C).all() & (lens >= 0).all(),
                        f"{fn}: cache_seqlens + {Sn} new tokens must fit in the cache of {C} rows")
         for t in range(Sn):
-            sbops.swa_cache_write(k[:, t].to(k_cache.dtype), v[:, t].to(v_cache.dtype), k_cache, v_cache,
+            sbops.swa_cache_write(k[:, t].detach().to(k_cache.dtype), v[:, t].detach().to(v_cache.dtype), k_cache, v_cache,
                                   lens + t, slot_indices=slots)
         lens = lens + Sn
     scale = _scale(softmax_scale, D)

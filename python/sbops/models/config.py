@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -73,8 +74,13 @@ class SpikingBrainConfig:
             raise ValueError(f"SpikingBrainConfig: swa_q_spike_k must be positive or None, got {self.swa_q_spike_k!r}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim"):
             v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
+            try:
+                ok = not isinstance(v, bool) and operator.index(v) >= 1   # numpy ints too
+            except TypeError:
+                ok = False
+            if not ok:
                 raise ValueError(f"SpikingBrainConfig: {name} must be a positive int, got {v!r}")
+            setattr(self, name, operator.index(v))
         bad = [i for i in self.full_attention_layers if not (isinstance(i, int) and 0 <= i < len(self.layer_types))]
         if bad:
             raise ValueError(f"SpikingBrainConfig: full_attention_layers {bad} are not layer indices "

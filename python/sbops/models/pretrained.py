@@ -197,8 +197,8 @@ def _parse_dtype(name, what: str = "dtype") -> torch.dtype:
 
 def _parse_size(size, what: str) -> int:
     """Bytes from an int or a Hugging Face size string ("5GB", "200MB", "1GiB")."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
+    if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0 and float(size).is_integer():
+        return int(size)   # 5e9 too
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(([KMGT])(I?))?B\s*", size.upper()) if isinstance(size, str) else None
     n = 0 if not m else int(float(m.group(1)) * (1024 if m.group(4) else 1000) ** " KMGT".index(m.group(3) or " "))
     if n <= 0:
@@ -320,7 +320,8 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         renamed = dict(sd)
     else:
         w8a = any(k.endswith(_W8A_SCALES) for k in sd) or d.get("quant_weight_group_size") is not None
-        pinned = sorted(set(overrides) & ({"spike_k", "weight_quant"} | set(_W8A_FIELDS))) if w8a else []
+        fixed = {"spike_k": 3.0, "weight_quant": "int8_static", **_W8A_FIELDS}
+        pinned = sorted(k for k in overrides if k in fixed and overrides[k] != fixed[k]) if w8a else []
         if pinned:
             raise ValueError(f"from_pretrained: a released W8ASpike checkpoint pins {pinned} (spike_k=3, "
                              f"weight_quant='int8_static', {_W8A_FIELDS}); they cannot be overridden")

@@ -27,10 +27,18 @@ def _check_transforms(op: str, args) -> None:
     for a in args:
         if not isinstance(a, torch.Tensor) or not (a.is_floating_point() or a.is_complex()):
             continue
-        if _fwAD._current_level >= 0 and _fwAD.unpack_dual(a).tangent is not None:
-            raise NotImplementedError(f"sbops.{op} has no forward-mode derivative (torch.func.jvp / "
-                                      "torch.autograd.forward_ad); use reverse mode (backward, torch.autograd.grad)")
-        if ft.is_functorch_wrapped_tensor(a) and ft.is_gradtrackingtensor(a):
+        if _fwAD._current_level >= 0:
+            try:
+                dual = _fwAD.unpack_dual(a).tangent is not None
+            except RuntimeError:   # e.g. under vmap inside jvp: no batching rule for _unpack_dual
+                dual = True
+            if dual:
+                raise NotImplementedError(f"sbops.{op} has no forward-mode derivative (torch.func.jvp / "
+                                          "torch.autograd.forward_ad); use reverse mode (backward, "
+                                          "torch.autograd.grad)")
+        # grad tracking at the current level and reached by the differentiated input (requires_grad):
+        # constants made inside the transformed function pass
+        if ft.is_functorch_wrapped_tensor(a) and ft.is_gradtrackingtensor(a) and a.requires_grad:
             raise NotImplementedError(f"sbops.{op} does not support torch.func.grad / vjp / jacrev; use "
                                       "torch.autograd.grad (vmap is supported)")
 

@@ -128,6 +128,10 @@ def _collapse_overflows(trains: torch.Tensor, mode: str) -> bool:
     are at most 2^31 in magnitude), so clamping to +-2^32 keeps int64 from overflowing without
     changing the answer.  Binary/ternary: a sum of T values of at most 2^31 fits int64.
     """
+    if trains.numel():
+        lo, hi = (int(v) for v in torch.aminmax(trains))
+        if lo < -(1 << 31) or hi >= (1 << 31):   # (int64 trains) refused as the CPU kernel refuses them
+            return True
     acc = torch.zeros(trains.shape[1:], dtype=torch.int64, device=trains.device)
     for t in range(trains.shape[0]):
         if mode == "bitwise":

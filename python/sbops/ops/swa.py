@@ -6,6 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
+from .. import _registration
 from ._common import run, run_no_grad
 
 _T = torch.Tensor
@@ -195,8 +196,10 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
                      or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
                      and slot_indices.shape == ks[:1] and slot_indices.device == dev)
                 and not (ks[0] and V.checking_data(positions))):
-            run_no_grad(op, k_cache, (ks[2],), (), (k, v, k_cache, v_cache),
-                        k, v, k_cache, v_cache, positions, slot_indices)
+            run(op, k_cache, (ks[2],), (), k, v, k_cache, v_cache, positions, slot_indices)
+            if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or k_cache.requires_grad
+                                            or v_cache.requires_grad):
+                _registration.mark_cache_write(k_cache, v_cache)
             return
     V.tensor(op, "k", k, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, HKV, D]")
     dev = k.device
@@ -211,4 +214,6 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
         lo = int(positions.min())
         if lo < 0:
             raise ValueError(f"sbops.{op}: positions must be >= 0, got {lo}")
-    run_no_grad(op, k_cache, (D,), (), (k, v, k_cache, v_cache), k, v, k_cache, v_cache, positions, slot_indices)
+    run(op, k_cache, (D,), (), k, v, k_cache, v_cache, positions, slot_indices)
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or k_cache.requires_grad or v_cache.requires_grad):
+        _registration.mark_cache_write(k_cache, v_cache)
