@@ -29,6 +29,28 @@ def _like(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
+_TWICE = set()   # ops registered with _register_first_order: differentiable once
+
+
+def _register_first_order(op: str, backward, setup_context) -> None:
+    """register_autograd for an op whose backward calls a *_bwd op that has no derivative itself.
+    Plain backward (grad mode off inside it) gets the results as they are; under create_graph=True
+    they keep a grad_fn (over the saved tensors and incoming gradients that require grad) whose
+    backward raises, instead of PyTorch's fallback silently dropping the second derivative."""
+    _TWICE.add(op)
+
+    def first_order_backward(ctx, *grads):
+        out = backward(ctx, *grads)
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return out
+        sources = [t for t in (*ctx.saved_tensors, *grads) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not sources or any(is_fake(t) for t in sources):
+            return out
+        return tuple(g if g is None or g.numel() == 0 else _NoGrad.apply(op, g, *sources) for g in out)
+
+    register_autograd(lib + op, first_order_backward, setup_context=setup_context)
+
+
 # ------------------------------------------------------------------ linear attention
 @register_fake(lib + "linear_attn")
 def _(q, k, v, g, scale, initial_state, cu_seqlens):
@@ -53,15 +75,14 @@ def _la_setup(ctx, inputs, output):
 
 def _la_backward(ctx, grad_o, grad_final_state):
     q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv, dg, dh0 = _first_order("linear_attn", torch.ops.sbops.linear_attn_bwd(
+    dq, dk, dv, dg, dh0 = torch.ops.sbops.linear_attn_bwd(
         q, k, v, g, ctx.scale, initial_state, cu_seqlens, grad_o.contiguous(),
-        None if grad_final_state is None else grad_final_state.contiguous()),
-        q, k, v, g, initial_state, grad_o, grad_final_state)
+        None if grad_final_state is None else grad_final_state.contiguous())
     return (dq, dk, dv, None if g is None else dg, None,
             None if initial_state is None else dh0, None)
 
 
-register_autograd(lib + "linear_attn", _la_backward, setup_context=_la_setup)
+_register_first_order("linear_attn", _la_backward, _la_setup)
 
 
 @register_fake(lib + "linear_attn_decode")
@@ -79,7 +100,6 @@ _NOT_DIFFERENTIABLE = {
     "swa_cache_write": "the cache it writes carries no gradient to k, v or the overwritten rows; "
                        "use sbops.swa_attn for training",
 }
-_TWICE = ("linear_attn", "swa_attn", "topk_gating", "moe_permute", "moe_unpermute")   # first order only
 
 
 def _not_differentiable_msg(op: str) -> str:
@@ -87,18 +107,6 @@ def _not_differentiable_msg(op: str) -> str:
         return (f"sbops.{op} is differentiable once: its backward has no derivative of its own (double "
                 f"backward, e.g. a gradient penalty or a Hessian-vector product, is not implemented)")
     return f"sbops.{op} is not differentiable (an inference-only op); {_NOT_DIFFERENTIABLE[op]}"
-
-
-def _first_order(op: str, grads, *sources):
-    """A backward's results; under create_graph=True (grad mode on inside backward) they keep a
-    grad_fn whose backward raises, instead of PyTorch's fallback silently dropping the second
-    derivative.  Plain backward (grad mode off) returns them as they are."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return grads
-    sources = [t for t in sources if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not sources or any(is_fake(t) for t in sources):
-        return grads
-    return tuple(g if g is None or g.numel() == 0 else _NoGrad.apply(op, g, *sources) for g in grads)
 
 
 @torch.library.custom_op("sbops_py::not_differentiable", mutates_args=())
@@ -227,14 +235,14 @@ def _swa_setup(ctx, inputs, output):
 
 def _swa_backward(ctx, grad_o, grad_lse):
     q, k, v, o, lse, cu_seqlens, sink_k, sink_v = ctx.saved_tensors
-    dq, dk, dv, dsk, dsv = _first_order("swa_attn", torch.ops.sbops.swa_attn_bwd(
+    dq, dk, dv, dsk, dsv = torch.ops.sbops.swa_attn_bwd(
         q, k, v, o, lse, grad_o.contiguous(), None if grad_lse is None else grad_lse.contiguous(),
-        ctx.window, ctx.scale, cu_seqlens, sink_k, sink_v), q, k, v, sink_k, sink_v, grad_o, grad_lse)
+        ctx.window, ctx.scale, cu_seqlens, sink_k, sink_v)
     return (dq, dk, dv, None, None, None,
             None if sink_k is None else dsk, None if sink_v is None else dsv)
 
 
-register_autograd(lib + "swa_attn", _swa_backward, setup_context=_swa_setup)
+_register_first_order("swa_attn", _swa_backward, _swa_setup)
 
 
 @register_fake(lib + "swa_decode")
@@ -359,12 +367,12 @@ def _tg_setup(ctx, inputs, output):
 
 def _tg_backward(ctx, grad_weights, grad_ids):
     logits, ids = ctx.saved_tensors
-    (dlogits,) = _first_order("topk_gating", (torch.ops.sbops.topk_gating_bwd(
-        grad_weights.contiguous(), logits, ids, ctx.scoring, ctx.renormalize, ctx.scaling),), logits, grad_weights)
+    dlogits = torch.ops.sbops.topk_gating_bwd(grad_weights.contiguous(), logits, ids, ctx.scoring,
+                                              ctx.renormalize, ctx.scaling)
     return dlogits, None, None, None, None, None, None, None
 
 
-register_autograd(lib + "topk_gating", _tg_backward, setup_context=_tg_setup)
+_register_first_order("topk_gating", _tg_backward, _tg_setup)
 
 
 @register_fake(lib + "moe_permute")
@@ -385,12 +393,10 @@ def _mp_setup(ctx, inputs, output):
 
 def _mp_backward(ctx, grad_x_perm, grad_offsets, grad_row_map):
     (row_map,) = ctx.saved_tensors
-    (dx,) = _first_order("moe_permute", (torch.ops.sbops.moe_permute_bwd(grad_x_perm.contiguous(), row_map),),
-                         grad_x_perm)
-    return dx, None, None
+    return torch.ops.sbops.moe_permute_bwd(grad_x_perm.contiguous(), row_map), None, None
 
 
-register_autograd(lib + "moe_permute", _mp_backward, setup_context=_mp_setup)
+_register_first_order("moe_permute", _mp_backward, _mp_setup)
 
 
 @register_fake(lib + "moe_unpermute")
@@ -410,12 +416,11 @@ def _mu_setup(ctx, inputs, output):
 
 def _mu_backward(ctx, grad_y):
     y_perm, row_map, weights = ctx.saved_tensors
-    dy_perm, dw = _first_order("moe_unpermute", torch.ops.sbops.moe_unpermute_bwd(
-        grad_y.contiguous(), y_perm, row_map, weights), y_perm, weights, grad_y)
+    dy_perm, dw = torch.ops.sbops.moe_unpermute_bwd(grad_y.contiguous(), y_perm, row_map, weights)
     return dy_perm, None, dw
 
 
-register_autograd(lib + "moe_unpermute", _mu_backward, setup_context=_mu_setup)
+_register_first_order("moe_unpermute", _mu_backward, _mu_setup)
 
 
 @register_fake(lib + "moe_align_block_size")

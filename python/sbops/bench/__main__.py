@@ -254,7 +254,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"note: backend {b} is not available here: {info[b]['reason']}", file=sys.stderr)
     # sbops.backends() lists the highest priority first, so GPU backends run before the CPU
     ops, shapes = _split(args.ops), _split(args.shapes)
-    known = {n for it in C.checks() + C.speed_cases("full", long=True) for n in (it.family, it.op.split(".")[0], it.op)}
+    known = ({n for it in C.checks() + C.speed_cases("full", long=True) for n in (it.family, it.op.split(".")[0], it.op)}
+             if ops else set())
     bad_ops = sorted(set(ops or ()) - known)
     if bad_ops:
         print(f"python -m sbops.bench: error: unknown --ops {', '.join(bad_ops)}; families and ops: "

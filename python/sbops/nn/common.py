@@ -67,7 +67,7 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
         return None
     # everything the concatenated copies are made of: weights, biases (a copy too), format and group size
     key = tuple((weight_key(m.weight), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size,
-                 getattr(m, "_weights_epoch", 0)) for m in mods)
+                 m._weights_epoch) for m in mods)
     state = owner.__dict__.get("_sbops_fused_spike")
     if state is None or state[0] != key:
         ops = [m.int8_weight() for m in mods]

@@ -56,7 +56,7 @@ def clear_weight_caches(model: torch.nn.Module) -> None:
     (`p.data.copy_(...)`, in-place writes under torch.inference_mode)."""
     for m in model.modules():
         if isinstance(m, SpikeLinear):
-            m._weights_epoch = getattr(m, "_weights_epoch", 0) + 1
+            m._weights_epoch += 1
         m.__dict__.pop("_sbops_fused_spike", None)
 
 
@@ -137,6 +137,8 @@ class SpikeLinear(nn.Linear):
     Subclasses nn.Linear: same parameters (`weight`, `bias`), so checkpoints load either way.
     """
 
+    _weights_epoch = 0   # bumped where a weight write leaves no trace in its version counter (keys the 8-bit copies)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, k: Optional[float] = 3.0,
                  weight_quant: Optional[str] = None, group_size: int = 128, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -184,11 +186,11 @@ class SpikeLinear(nn.Linear):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         # a load under torch.inference_mode leaves no trace in the weight's version counter
-        self._weights_epoch = getattr(self, "_weights_epoch", 0) + 1
+        self._weights_epoch += 1
 
     def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
-        key = weight_key(self.weight) + (getattr(self, "_weights_epoch", 0),)
+        key = weight_key(self.weight) + (self._weights_epoch,)
         if getattr(self, "_w8_key", None) != key:
             q, s = self.int8_weight()
             self._w8 = (q.contiguous(), s.to(torch.float32).contiguous())

@@ -182,38 +182,34 @@ def swa_cache_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
     """
     op = "swa_cache_write"
     # fast path: plain comparisons that imply every check below passes (else the full checks raise)
-    if (k.__class__ is _T and v.__class__ is _T and k_cache.__class__ is _T and v_cache.__class__ is _T
-            and positions.__class__ is _T):
-        ks, cs = k.shape, k_cache.shape
-        if (len(ks) == 3 and len(cs) == 4 and ks[1:] == cs[2:] and v.shape == ks and v_cache.shape == cs
-                and (dt := k.dtype) in _FLOATS and v.dtype == dt and k_cache.dtype == dt and v_cache.dtype == dt
-                and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
-                and 0 not in k_cache.stride() and 0 not in v_cache.stride()
-                and positions.dtype in _INDEX and positions.shape == ks[:1]
-                and (dev := k.device) == v.device and k_cache.device == dev and v_cache.device == dev
-                and positions.device == dev
-                and (slot_indices is None and ks[0] <= cs[0]
-                     or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
-                     and slot_indices.shape == ks[:1] and slot_indices.device == dev)
-                and not (ks[0] and V.checking_data(positions))):
-            run(op, k_cache, (ks[2],), (), k, v, k_cache, v_cache, positions, slot_indices)
-            if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or k_cache.requires_grad
-                                            or v_cache.requires_grad):
-                _registration.mark_cache_write(k_cache, v_cache)
-            return
-    V.tensor(op, "k", k, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, HKV, D]")
-    dev = k.device
-    N, HKV, D = k.shape
-    V.tensor(op, "v", v, device=dev, shape=(N, HKV, D), what="[N, HKV, D]")
-    S, C = _check_cache(op, k_cache, v_cache, dev, HKV, D, inplace=True)
-    if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
-        V.same_dtype(op, "k_cache", k_cache, k=k, v=v)
-    V.tensor(op, "positions", positions, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
-    _check_slots(op, slot_indices, N, S, dev)
-    if N > 0 and V.checking_data(positions):
-        lo = int(positions.min())
-        if lo < 0:
-            raise ValueError(f"sbops.{op}: positions must be >= 0, got {lo}")
-    run(op, k_cache, (D,), (), k, v, k_cache, v_cache, positions, slot_indices)
+    fast = (k.__class__ is _T and v.__class__ is _T and k_cache.__class__ is _T and v_cache.__class__ is _T
+            and positions.__class__ is _T
+            and len(ks := k.shape) == 3 and len(cs := k_cache.shape) == 4 and ks[1:] == cs[2:] and v.shape == ks
+            and v_cache.shape == cs
+            and (dt := k.dtype) in _FLOATS and v.dtype == dt and k_cache.dtype == dt and v_cache.dtype == dt
+            and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+            and 0 not in k_cache.stride() and 0 not in v_cache.stride()
+            and positions.dtype in _INDEX and positions.shape == ks[:1]
+            and (dev := k.device) == v.device and k_cache.device == dev and v_cache.device == dev
+            and positions.device == dev
+            and (slot_indices is None and ks[0] <= cs[0]
+                 or slot_indices.__class__ is _T and slot_indices.dtype in _INDEX
+                 and slot_indices.shape == ks[:1] and slot_indices.device == dev)
+            and not (ks[0] and V.checking_data(positions)))
+    if not fast:
+        V.tensor(op, "k", k, ndim=3, dtypes=V.FLOAT_DTYPES, what="[N, HKV, D]")
+        dev = k.device
+        N, HKV, D = k.shape
+        V.tensor(op, "v", v, device=dev, shape=(N, HKV, D), what="[N, HKV, D]")
+        S, C = _check_cache(op, k_cache, v_cache, dev, HKV, D, inplace=True)
+        if k.dtype != k_cache.dtype or v.dtype != k_cache.dtype:
+            V.same_dtype(op, "k_cache", k_cache, k=k, v=v)
+        V.tensor(op, "positions", positions, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
+        _check_slots(op, slot_indices, N, S, dev)
+        if N > 0 and V.checking_data(positions):
+            lo = int(positions.min())
+            if lo < 0:
+                raise ValueError(f"sbops.{op}: positions must be >= 0, got {lo}")
+    run(op, k_cache, (k.shape[2],), (), k, v, k_cache, v_cache, positions, slot_indices)
     if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or k_cache.requires_grad or v_cache.requires_grad):
         _registration.mark_cache_write(k_cache, v_cache)
