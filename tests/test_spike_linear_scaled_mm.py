@@ -135,3 +135,28 @@ def test_outlier_channels_and_ragged_tiles(FC, K):
     y = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, FC, 1))
     r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
     assert _worst_row(y, r) < 1e-2
+
+
+@requires_triton
+def test_fix_up_batches_and_tile_groups_give_the_same_rows(monkeypatch):
+    """A row block with more flagged chunks than one batch of the fix-up holds (12 chunks of 16 columns,
+    batches of 128 columns), one row whose cut count needs three float16 terms, and N over several tiles:
+    one program per tile and one program for every tile of a row block give the same bits, and the
+    reference's rows."""
+    tk, sl = _triton()
+    M, N, K = 40, 96, 320
+    x = torch.randn(M, K)
+    x[:, ::26] *= 40                        # counts past 16 in 13 chunks of every row block
+    x[5, 3] = 1e6                           # a count past 2048 after the clamp: three terms
+    x = x.bfloat16()
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    with tk.bounds_checked() if _dev() == "cpu" else _null():
+        flags = sl.encode_lo(x.to(_dev()), 3.0, 16, 16)[3].cpu()
+    assert (flags.sum(1) > sl.FIX_BATCH_COLS // 16).all()
+    y_tiles = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))        # a program per (row block, tile)
+    monkeypatch.setattr(sl, "_sms", lambda dev: 1)
+    monkeypatch.setattr(sl, "FIX_PROGRAMS_PER_SM", 1)
+    y_group = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))        # a program per row block
+    assert torch.equal(y_tiles, y_group)
+    r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
+    assert _worst_row(y_tiles, r) < 1e-2

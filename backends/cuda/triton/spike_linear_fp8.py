@@ -15,11 +15,12 @@ makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 
   holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race).  Rows that
   fit one block of columns are read once; longer rows twice (the sum, then the counts).
 * `_flag_list_kernel` (one program per row block): the flagged chunks' indices, compacted (cumsum).
-* `_outlier_fix_kernel` (row block x BN columns): per listed chunk of FC (16 or 64) columns it recomputes r from x (the same
-  quotient as the encode, bit for bit), multiplies it by that chunk's weights on the float16 tensor
-  cores (e4m3 weights are exact in float16; r in one float16 term while |r| < 2048, else three exact
-  terms, see _exact_dot; float32 accumulation) and adds vth * scale * (r @ W^T) to the rows it touched (read-modify-write of
-  those rows only).  A block with no flagged chunk returns after one load.  No count is saturated, and
+* `_outlier_fix_kernel` (row block x a group of BN-column tiles): the listed chunks of FC (16 or 64) columns,
+  up to 128 columns at a time: r recomputed from x (the same quotient as the encode, bit for bit), then per
+  tile of the group r times those columns' weights on the float16 tensor cores (e4m3 weights are exact in
+  float16; r in one float16 term while |r| < 2048, else three exact terms, see _split3; float32
+  accumulation), and vth * scale * (r @ W^T) added to the rows it touched (read-modify-write of those rows
+  only).  A block with no flagged chunk returns after one load.  No count is saturated, and
   no buffer grows with the counts: memory is M x K bytes per plane, the flags, and with two planes a
   temporary [M, N] output of the second GEMM.
 
@@ -72,24 +73,28 @@ def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr):
 
 
 @triton.jit
+def _split3(r):
+    # r (float32 integers, or NaN / inf) as r = (a * 2^22 + b * 2^11 + c) * 2^s per row, a, b, c float16 and exact:
+    # s = 0 unless the row's largest |r| is past 2^31; only digits 2^-33 below a row's largest count can round
+    s = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(r), axis=1))) - 31.0, 0.0)
+    rs = r * tl.exp2(-s)[:, None]
+    a = _rint(rs * (1.0 / 4194304.0))
+    rem = rs - a * 4194304.0
+    b = _rint(rem * (1.0 / 2048.0))
+    c = rem - b * 2048.0
+    return a.to(tl.float16), b.to(tl.float16), c.to(tl.float16), tl.exp2(s)
+
+
+@triton.jit
 def _exact_dot(r, w):
     # r @ w with r float32 integers (or NaN / inf) and w float16 (e4m3 values, exact) on the float16 tensor
-    # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else per row
-    # r * 2^-s below 2^33 (s = 0 unless the row's largest |r| is past 2^31) split into three float16 terms
-    # a * 2^22 + b * 2^11 + c, each exact; only digits 2^-33 below a row's largest count can round
-    # (one return at the end: Triton 3.6 cannot lower a return inside an if)
+    # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else the three
+    # terms of _split3 (one return at the end: Triton 3.6 cannot lower a return inside an if)
     if tl.max(tl.abs(r), axis=None) < 2048.0:
         part = tl.dot(r.to(tl.float16), w)
     else:
-        s = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(r), axis=1))) - 31.0, 0.0)
-        rs = r * tl.exp2(-s)[:, None]
-        a = _rint(rs * (1.0 / 4194304.0))
-        rem = rs - a * 4194304.0
-        b = _rint(rem * (1.0 / 2048.0))
-        c = rem - b * 2048.0
-        part = (tl.dot(a.to(tl.float16), w) * 4194304.0 + tl.dot(b.to(tl.float16), w) * 2048.0
-                + tl.dot(c.to(tl.float16), w))
-        part = part * tl.exp2(s)[:, None]
+        a, b, c, sc2 = _split3(r)
+        part = (tl.dot(a, w) * 4194304.0 + tl.dot(b, w) * 2048.0 + tl.dot(c, w)) * sc2[:, None]
     return part
 
 
@@ -151,40 +156,59 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 
 @triton.jit
-def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
+def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn,
+               BN: tl.constexpr, TERMS: tl.constexpr):
+    # y[rows_t, tiles t0..t1-1] += vth * scale * (r @ W[:, kk]^T), r given as float16 terms (TERMS = 1: a = r;
+    # TERMS = 3: r = (a * 2^22 + b * 2^11 + c) * sc2 per row, see _exact_dot); the tiles' weight loads are
+    # independent of each other, so the loop pipelines; each y tile is read and written once per call
+    for t in range(t0, t1):
+        rn = t * BN + tl.arange(0, BN)
+        nmask = rn < N
+        rn64 = (rn % N).to(tl.int64)  # out-of-range columns read a valid one and are never stored
+        w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
+        if TERMS == 1:
+            acc = tl.dot(a, w)
+        else:
+            acc = (tl.dot(a, w) * 4194304.0 + tl.dot(b, w) * 2048.0 + tl.dot(c, w)) * sc2[:, None]
+        sc = tl.load(scale_ptr + rn64)
+        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+        m2 = rows_t[:, None] & nmask[None, :]
+        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                         stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                        PLANES: tl.constexpr):
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BN)
-    pid_m = pid // num_n
-    pid_n = pid % num_n
+                        CB: tl.constexpr, PLANES: tl.constexpr):
+    # program (row block, group of tiles_per BN-column tiles); the row block's listed chunks are taken CB at a
+    # time: r of those CB * FC columns is computed once, then every tile of the group gets its share
+    pid_m = tl.program_id(0)
     cnt = tl.load(cnt_ptr + pid_m)
     if cnt > 0:
+        t0 = tl.program_id(1) * tiles_per
+        t1 = tl.minimum(t0 + tiles_per, tl.cdiv(N, BN))
         rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
         mmask = rm < M
-        nmask = rn < N
-        rm64 = (rm % M).to(tl.int64)  # out-of-range rows / columns read a valid one and are never stored
-        rn64 = (rn % N).to(tl.int64)
+        rm64 = (rm % M).to(tl.int64)  # out-of-range rows read a valid one and are never stored
         vth = tl.load(vth_ptr + rm64)
         inv = _recip(vth)
-        cj = tl.arange(0, FC)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        touched = tl.zeros([BM], dtype=tl.int32)
+        ci = tl.arange(0, CB * FC)
         lst = list_ptr + pid_m.to(tl.int64) * n_fc
-        for j in range(0, cnt):
-            kk = tl.load(lst + j) * FC + cj
-            kin = kk < K
+        for c0 in range(0, cnt, CB):
+            j = c0 + ci // FC
+            jin = j < cnt
+            kk = tl.load(lst + j, mask=jin, other=0) * FC + ci % FC
+            kin = jin & (kk < K)
             x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
             q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
             _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
             r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
-            touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
-            w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
-            acc += _exact_dot(r, w)
-        sc = tl.load(scale_ptr + rn64)
-        rows = mmask & (touched > 0)
-        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
-        m2 = rows[:, None] & nmask[None, :]
-        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
+            rows_t = mmask & (tl.max((r != 0.0).to(tl.int32), axis=1) > 0)
+            if tl.max(tl.abs(r), axis=None) < 2048.0:  # every |r| exact in one float16 term
+                a = r.to(tl.float16)
+                _fix_tiles(a, a, a, vth, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn,
+                           BN, 1)
+            else:
+                a, b, c, sc2 = _split3(r)
+                _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn, BN, 3)
