@@ -3,6 +3,7 @@ counts, the flag lists and the sparse fix-up, against spike_encode and the float
 
 Runs the Triton kernels under the interpreter on CPU tensors (torch's CPU _scaled_mm) when there is no
 GPU, on the GPU otherwise."""
+import importlib.util
 import os
 
 import pytest
@@ -16,6 +17,15 @@ from conftest import requires_triton
 from test_spike_linear import _dev, _null, _swiglu_rows, _triton, _worst_row, ref_spike_linear, rel
 
 FP8 = torch.float8_e4m3fn
+
+
+@pytest.fixture(params=["tiles", "grouped"])
+def fix_kernel(request, monkeypatch):
+    """The tests of the fix-up run with both of its kernels (spike_linear_tuning.FP8_FIX)."""
+    if importlib.util.find_spec("triton") is not None:
+        tk, sl = _triton()
+        monkeypatch.setattr(sl._tuning, "FP8_FIX", request.param)
+    return request.param
 
 
 def _run(sl, tk, x, wq, sc, k, bias=None, config=None):
@@ -83,7 +93,7 @@ def test_two_planes_hold_swiglu_counts_and_flag_only_what_is_past_them():
 @requires_triton
 @pytest.mark.parametrize("planes", [1, 2])
 @pytest.mark.parametrize("k", [3.0, 40.0])
-def test_dense_counts_past_16_everywhere_are_exact(k, planes):
+def test_dense_counts_past_16_everywhere_are_exact(k, planes, fix_kernel):
     """k = 40: almost every count is past 16 (every chunk flagged, the fix-up a dense GEMM); counts past
     2048 need three float16 terms of r.  The result stays the reference's."""
     tk, sl = _triton()
@@ -104,7 +114,7 @@ def test_dense_counts_past_16_everywhere_are_exact(k, planes):
 
 @requires_triton
 @pytest.mark.parametrize("planes", [1, 2])
-def test_nan_input_makes_only_its_row_nan(planes):
+def test_nan_input_makes_only_its_row_nan(planes, fix_kernel):
     tk, sl = _triton()
     M, N, K = 20, 32, 64
     x = torch.randn(M, K).bfloat16()
@@ -119,7 +129,7 @@ def test_nan_input_makes_only_its_row_nan(planes):
 
 @requires_triton
 @pytest.mark.parametrize("FC,K", [(16, 192), (64, 208)])
-def test_outlier_channels_and_ragged_tiles(FC, K):
+def test_outlier_channels_and_ragged_tiles(FC, K, fix_kernel):
     """LLM-like outlier channels (every row cut in the same chunks) on one plane, M, N and (FC = 64) K not
     multiples of the fix-up tiles: only flagged rows are rewritten, every row equals the reference."""
     tk, sl = _triton()
@@ -138,12 +148,13 @@ def test_outlier_channels_and_ragged_tiles(FC, K):
 
 
 @requires_triton
-def test_fix_up_batches_and_tile_groups_give_the_same_rows(monkeypatch):
-    """A row block with more flagged chunks than one batch of the fix-up holds (12 chunks of 16 columns,
+def test_grouped_fix_up_batches_and_tile_groups_give_the_same_rows(monkeypatch):
+    """The grouped fix-up: a row block with more flagged chunks than one of its batches holds (12 chunks of 16 columns,
     batches of 128 columns), one row whose cut count needs three float16 terms, and N over several tiles:
     one program per tile and one program for every tile of a row block give the same bits, and the
     reference's rows."""
     tk, sl = _triton()
+    monkeypatch.setattr(sl._tuning, "FP8_FIX", "grouped")
     M, N, K = 40, 96, 320
     x = torch.randn(M, K)
     x[:, ::26] *= 40                        # counts past 16 in 13 chunks of every row block

@@ -167,12 +167,20 @@ for (N, K) in SHAPES:
             ts = min(v for k2, v in row.items() if k2.startswith("f8_ch_scaled_mm_swiglu_fix_") and v)
             table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm swiglu x", tb / ts, rel_err(ys, xs, wq, sc, None),
                           "best fix config"))
+            # the "grouped" fix-up kernel (spike_linear_tuning.FP8_FIX) on the same inputs
+            fix0, sl._tuning.FP8_FIX = sl._tuning.FP8_FIX, "grouped"
+            t_grp = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
+            err_grp = rel_err(sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), x, wq, sc, None)
+            sl._tuning.FP8_FIX = fix0
+            if t_grp:
+                table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm grouped fix-up", tb / t_grp, err_grp, "FP8_FIX='grouped'"))
             sl._tuning.FP8_FAST_ACCUM = True
             t_fast = bench(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), rep)
             err_fast = rel_err(sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm"), x, wq, sc, None)
             sl._tuning.FP8_FAST_ACCUM = False
             row["f8_ch_scaled_mm"] = {"ms": t, "x_bf16": tb / t, "rel_err": err, "encode_ms": t_enc,
-                                      "scaled_mm_only_ms": t_mm, "fast_accum_ms": t_fast, "fast_accum_rel_err": err_fast}
+                                      "scaled_mm_only_ms": t_mm, "fast_accum_ms": t_fast, "fast_accum_rel_err": err_fast,
+                                      "grouped_fix_ms": t_grp}
             table.append((f"M={M} {N}x{K}", "f8_ch_scaled_mm", tb / t, err,
                           f"encode {t_enc:.3f} ms, GEMM {t_mm:.3f} ms, total {t:.3f} ms"))
             if t_fast:

@@ -30,7 +30,7 @@ import triton
 from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_encode_kernel, _decode_kernel
-from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_kernel
+from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_grouped_kernel, _outlier_fix_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
@@ -62,10 +62,11 @@ _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
 # the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks): on the H200 (session 13, M = 8192) 64 x 256 x 16
-# was within 4% of the best candidate on Gaussian rows at every 7B shape (0.361 / 2.49 / 1.53 ms total) with one
-# program per (row block, BN tile).  Session 19: a program takes a group of tiles (FIX_PROGRAMS_PER_SM programs
-# per SM in all) and FIX_BATCH_COLS columns of listed chunks at a time, r computed once per group.
-FIX_CONFIG = (64, 128, 16)
+# was within 4% of the best candidate on Gaussian rows at every 7B shape (0.361 / 2.49 / 1.53 ms total)
+FIX_CONFIG = (64, 256, 16)
+# the "grouped" fix-up (spike_linear_tuning.FP8_FIX): its (BM, BN, FC), programs per SM, columns of listed chunks
+# taken at a time, warps and pipeline stages (first guesses: not yet compiled or timed on a GPU)
+FIX_GROUPED_CONFIG = (64, 128, 16)
 FIX_PROGRAMS_PER_SM = 8
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3
@@ -278,7 +279,7 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     a SwiGLU down projection, whose input has ~2.6% of its counts past 16); fix_config (BM, BN[, FC[, PLANES]])."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN, FC = FIX_CONFIG
+    BM, BN, FC = FIX_CONFIG if _tuning.FP8_FIX == "tiles" else FIX_GROUPED_CONFIG
     planes = 2 if _tuning.FP8_TWO_PLANES and K > N else 1
     if fix_config:
         cfg = tuple(fix_config)
@@ -303,14 +304,17 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
     cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
     _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
-    # programs (row block, group of BN-column tiles): about FIX_PROGRAMS_PER_SM per SM in all, each row block's
-    # r computed once per group; the K columns of FIX_BATCH_COLS // FC listed chunks are taken at a time
-    n_tiles = triton.cdiv(N, BN)
-    groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
-    tiles_per = triton.cdiv(n_tiles, groups)
-    _outlier_fix_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
-        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-        CB=max(1, FIX_BATCH_COLS // FC), PLANES=planes, num_warps=FIX_WARPS, num_stages=FIX_STAGES)
+    if _tuning.FP8_FIX == "tiles":  # a program per (row block, BN-column tile)
+        _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
+            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
+            num_warps=4, num_stages=1)
+    else:  # "grouped": a program per (row block, group of tiles), about FIX_PROGRAMS_PER_SM per SM in all
+        n_tiles = triton.cdiv(N, BN)
+        groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
+        tiles_per = triton.cdiv(n_tiles, groups)
+        _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
+            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
+            CB=max(1, FIX_BATCH_COLS // FC), PLANES=planes, num_warps=FIX_WARPS, num_stages=FIX_STAGES)
     return y
 
 

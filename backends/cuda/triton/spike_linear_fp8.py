@@ -156,6 +156,46 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 
 @triton.jit
+def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
+                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
+                        PLANES: tl.constexpr):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    cnt = tl.load(cnt_ptr + pid_m)
+    if cnt > 0:
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        mmask = rm < M
+        nmask = rn < N
+        rm64 = (rm % M).to(tl.int64)  # out-of-range rows / columns read a valid one and are never stored
+        rn64 = (rn % N).to(tl.int64)
+        vth = tl.load(vth_ptr + rm64)
+        inv = _recip(vth)
+        cj = tl.arange(0, FC)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        touched = tl.zeros([BM], dtype=tl.int32)
+        lst = list_ptr + pid_m.to(tl.int64) * n_fc
+        for j in range(0, cnt):
+            kk = tl.load(lst + j) * FC + cj
+            kin = kk < K
+            x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
+            q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
+            _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
+            r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
+            touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
+            w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
+            acc += _exact_dot(r, w)
+        sc = tl.load(scale_ptr + rn64)
+        rows = mmask & (touched > 0)
+        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+        m2 = rows[:, None] & nmask[None, :]
+        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
 def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn,
                BN: tl.constexpr, TERMS: tl.constexpr):
     # y[rows_t, tiles t0..t1-1] += vth * scale * (r @ W[:, kk]^T), r given as float16 terms (TERMS = 1: a = r;
@@ -178,9 +218,9 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
 
 
 @triton.jit
-def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
-                        stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                        CB: tl.constexpr, PLANES: tl.constexpr):
+def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
+                                stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
+                                CB: tl.constexpr, PLANES: tl.constexpr):
     # program (row block, group of tiles_per BN-column tiles); the row block's listed chunks are taken CB at a
     # time: r of those CB * FC columns is computed once, then every tile of the group gets its share
     pid_m = tl.program_id(0)

@@ -1,0 +1,118 @@
+"""Where spike_linear's fp8 "scaled_mm" prefill spends its time at the 7B shapes (M = 65536, 8192):
+  fix   -- the whole path with each fix-up kernel (spike_linear_tuning.FP8_FIX "tiles" / "grouped") against bf16
+           x @ W^T in the same run, their max difference, a sweep of the grouped kernel's launch parameters on
+           gate_up, and a kernel-by-kernel profile of both;
+  enc   -- the encode pre-pass (_encode_lo_kernel) over its (rows per program, BLOCK, one / two passes, warps),
+           in GB/s of its minimum traffic (x read once, one byte per plane written).
+usage: python benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py [fix] [enc]   (default both; installed sbops)
+PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
+import os, sys, time
+DRY = os.environ.get("PROBE_DRY") == "1"
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+import torch
+import triton
+from torch.profiler import profile, ProfilerActivity
+import sbops
+from sbops._backends.cuda.triton import spike_linear as sl
+from sbops._backends.cuda.triton.spike_linear_fp8 import _encode_lo_kernel
+
+dev = "cpu" if DRY else "cuda"
+SZ = (lambda v: max(16, v // 256 // 16 * 16)) if DRY else (lambda v: v)
+what = sys.argv[1:] or ["fix", "enc"]
+
+
+def bench_ms(fn):
+    if DRY:
+        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
+    from triton.testing import do_bench
+    return do_bench(fn, warmup=5, rep=40)
+
+
+def profile_table(fn, title, reps=3, n=12):
+    fn()
+    with profile(activities=[ProfilerActivity.CPU if DRY else ProfilerActivity.CUDA]) as p:
+        for _ in range(reps):
+            fn()
+        None if DRY else torch.cuda.synchronize()
+    ka = sorted(p.key_averages(), key=lambda e: -e.self_device_time_total)
+    print(f"--- {title} ({reps} calls): GPU {sum(e.self_device_time_total for e in ka) / 1e3 / reps:.3f} ms per call")
+    for e in ka[:n]:
+        if e.self_device_time_total > 0:
+            print(f"  {e.self_device_time_total / 1e3 / reps:9.3f} ms/call {e.count // reps:4d}x  {e.key[:100]}")
+    sys.stdout.flush()
+
+
+def path(x, wq, sc, fix):
+    sl._tuning.FP8_FIX = fix
+    return sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="scaled_mm")
+
+
+if "fix" in what:
+    g = torch.Generator(device=dev).manual_seed(0)
+    for N, K, Ms in ((37888, 3584, (65536, 8192)), (4608, 3584, (65536,)), (3584, 18944, (65536,))):
+        N, K, Ms = SZ(N), SZ(K), tuple(SZ(m) for m in Ms)
+        w = torch.randn(N, K, device=dev, dtype=torch.bfloat16, generator=g) * 0.02
+        wq, sc = sbops.quantize_weight(w, None, dtype=torch.float8_e4m3fn)
+        for M in Ms:
+            x = torch.randn(M, K, device=dev, dtype=torch.bfloat16, generator=g)
+            if K > N:  # a SwiGLU product, as a down projection sees
+                x = (torch.nn.functional.silu(x.float()) * torch.randn(M, K, device=dev, generator=g)).bfloat16()
+            flags = sl.encode_lo(x, 3.0, 64)[3]
+            print(f"M={M} N={N} K={K}: flagged chunks {int(flags.sum())}, row blocks with one "
+                  f"{int((flags.sum(1) > 0).sum())} / {flags.shape[0]}")
+            d = (path(x, wq, sc, "grouped").float() - path(x, wq, sc, "tiles").float()).abs().max().item()
+            tb = bench_ms(lambda: x @ w.T)
+            tt = bench_ms(lambda: path(x, wq, sc, "tiles"))
+            tg = bench_ms(lambda: path(x, wq, sc, "grouped"))
+            print(f"  bf16 {tb:.3f} ms | tiles {tt:.3f} ms ({tb / tt:.2f}x) | grouped {tg:.3f} ms ({tb / tg:.2f}x) | "
+                  f"max |grouped - tiles| {d:.3g}", flush=True)
+            if M == SZ(65536) and N == SZ(37888):
+                base = (sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM, sl.FIX_WARPS, sl.FIX_STAGES)
+                res = []
+                for BN in (64, 128, 256):
+                    for pps in (4, 8, 16):
+                        for ws in ((4, 1), (4, 3), (8, 3)):
+                            sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM = (64, BN, 16), pps
+                            sl.FIX_WARPS, sl.FIX_STAGES = ws
+                            try:
+                                res.append((bench_ms(lambda: path(x, wq, sc, "grouped")), BN, pps, ws))
+                            except Exception as e:  # noqa: BLE001 - a config that does not compile
+                                print("  failed", BN, pps, ws, str(e)[:100])
+                for r in sorted(res)[:6]:
+                    print("  grouped %.3f ms: BN=%d programs/SM=%d (warps, stages)=%s" % r)
+                sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM, sl.FIX_WARPS, sl.FIX_STAGES = base
+                profile_table(lambda: path(x, wq, sc, "tiles"), f"tiles M={M} {N}x{K}")
+                profile_table(lambda: path(x, wq, sc, "grouped"), f"grouped M={M} {N}x{K}")
+            del x, flags
+        del w, wq, sc
+    sl._tuning.FP8_FIX = "tiles"
+
+if "enc" in what:
+    for K, planes in ((3584, 1), (18944, 2)):
+        M, K = SZ(65536), SZ(K)
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        s8 = torch.empty((M, K), device=dev, dtype=torch.int8)
+        hi = torch.empty((M, K), device=dev, dtype=torch.float8_e4m3fn) if planes == 2 else s8
+        vth = torch.empty((M,), device=dev, dtype=torch.float32)
+        n_fc = triton.cdiv(K, 16)
+        flags = torch.zeros((triton.cdiv(M, 64), n_fc), device=dev, dtype=torch.int8)
+        gb = M * K * (2 + planes) / 1e9
+        p2 = triton.next_power_of_2(K)
+        cands = [(R, p2, True, w) for R in (1, 2, 4) for w in (4, 8, 16) if p2 * R <= 32768]
+        cands += [(1, blk, False, w) for blk in (1024, 2048, 4096) for w in (4, 8)]
+        res = []
+        for R, blk, one, w in cands:
+            def fn():
+                _encode_lo_kernel[(triton.cdiv(M, R),)](x, s8, hi, vth, flags, M, K, n_fc, x.stride(0), 3.0, R=R,
+                                                        BLOCK=blk, ONE_PASS=one, BM=64, FC=16, PLANES=planes, num_warps=w)
+            try:
+                res.append((bench_ms(fn), R, blk, one, w))
+            except Exception as e:  # noqa: BLE001
+                print("  failed", R, blk, one, w, str(e)[:120])
+        cur = bench_ms(lambda: sl.encode_lo(x, 3.0, 64, 16, planes))
+        print(f"encode M={M} K={K} planes={planes}: encode_lo {cur:.3f} ms ({gb / cur:.0f} GB/s of {gb:.2f} GB)")
+        for t, R, blk, one, w in sorted(res)[:8]:
+            print(f"  {t:.3f} ms ({gb / t:.0f} GB/s) R={R} BLOCK={blk} ONE_PASS={one} warps={w}")
+        sys.stdout.flush()
+        del x, s8, hi, vth, flags
