@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|wheel|stablewheel|tests|sanitize|cudaops|swa|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; stablewheel, sanitize, cudaops, swa and bench_default only when named)
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split and bench_default only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -137,6 +137,33 @@ if [[ " $steps " == *" bench_default "* ]]; then
   timeout ${BENCH_LIMIT:-480} python3 -m sbops.bench --json "$OUT/bench_default.json" 2>&1 \
     | tee "$OUT/logs/bench_default.log" | tail -40
   echo "bench default run: $(( $(date +%s) - t_bench )) s wall (process start included)"
+fi
+if [[ " $steps " == *" install "* ]]; then
+  # the README's way (scripts/install.sh test) instead of the build step: what a user gets
+  stamp "install (scripts/install.sh test)"
+  MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/install.log" 2>&1 || { tail -40 "$OUT/logs/install.log"; exit 1; }
+  tail -2 "$OUT/logs/install.log"
+fi
+if [[ " $steps " == *" suite "* ]]; then
+  # the whole suite against the installed package, from a copy of tests/ (session 19: 1678 passed in 162 s), and
+  # the fork check: import sbops leaves CUDA uninitialised, a forked child then uses CUDA
+  stamp "whole suite (-n 14)"
+  (cd /tmp && python3 -c "import os, torch, sbops; print('CUDA initialised by import:', torch.cuda.is_initialized())
+pid = os.fork()
+if pid == 0:
+    torch.ones(1, device='cuda').sum().item(); os._exit(0)
+print('forked child using CUDA: exit', os.waitpid(pid, 0)[1])")
+  rm -rf /tmp/suite_tests && cp -r tests /tmp/suite_tests
+  (cd /tmp/suite_tests && OMP_NUM_THREADS=1 SBOPS_FAILURE_LOG="$OUT/logs/failures.txt" timeout ${SUITE_LIMIT:-400} \
+     python3 -m pytest -q -p no:cacheprovider -n ${SUITE_JOBS:-14} --timeout=150 -rfE . > "$OUT/logs/suite.log" 2>&1;
+   echo "suite rc=$? $(tail -1 "$OUT/logs/suite.log")")
+  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/suite.log" | cut -c1-240 | head -20
+fi
+if [[ " $steps " == *" fp8split "* ]]; then
+  # spike_linear's fp8 prefill: both fix-up kernels A/B, the grouped kernel's launch sweep, the encode's (session 19)
+  stamp "spike_linear_fp8_prefill_split.py"
+  timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py 2>&1 \
+    | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
