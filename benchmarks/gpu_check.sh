@@ -151,7 +151,8 @@ if [[ " $steps " == *" suite "* ]]; then
   (cd /tmp && python3 -c "import os, torch, sbops; print('CUDA initialised by import:', torch.cuda.is_initialized())
 pid = os.fork()
 if pid == 0:
-    torch.ones(1, device='cuda').sum().item(); os._exit(0)
+    try: torch.ones(1, device='cuda').sum().item(); os._exit(0)
+    finally: os._exit(1)
 print('forked child using CUDA: exit', os.waitpid(pid, 0)[1])")
   rm -rf /tmp/suite_tests && cp -r tests /tmp/suite_tests
   (cd /tmp/suite_tests && OMP_NUM_THREADS=1 SBOPS_FAILURE_LOG="$OUT/logs/failures.txt" timeout ${SUITE_LIMIT:-400} \
