@@ -171,3 +171,45 @@ def test_grouped_fix_up_batches_and_tile_groups_give_the_same_rows(monkeypatch):
     assert torch.equal(y_tiles, y_group)
     r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
     assert _worst_row(y_tiles, r) < 1e-2
+
+
+@requires_triton
+def test_grouped_fix_up_agrees_with_the_tiles_kernel_over_many_batches(monkeypatch):
+    """Batches of one chunk (FIX_BATCH_COLS = FC), so a row block lists more chunks than a batch holds: the grouped
+    kernel then takes its tiles as the "tiles" kernel does and y is read, added to and rounded once per tile (a
+    read-add-round per batch drifted 3.6% of a row's largest |y| here under the interpreter's truncating bf16
+    store): the same bits as the "tiles" kernel, and the float64 reference's rows."""
+    tk, sl = _triton()
+    M, N, K = 33, 80, 288
+    x = torch.randn(M, K)
+    x[:, ::20] *= 50                        # counts past 16 in most chunks of every row block
+    x = x.bfloat16()
+    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
+    monkeypatch.setattr(sl._tuning, "FP8_FIX", "tiles")
+    y_tiles = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))
+    monkeypatch.setattr(sl._tuning, "FP8_FIX", "grouped")
+    monkeypatch.setattr(sl, "FIX_BATCH_COLS", 16)
+    y_group = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))
+    assert torch.equal(y_group, y_tiles)
+    r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
+    assert _worst_row(y_group, r) < 1e-2
+
+
+@requires_triton
+def test_grouped_fix_up_fits_its_launch_to_the_devices_shared_memory(monkeypatch):
+    """A config the default stages and batch would not fit gets fewer stages, then smaller batches; one that cannot
+    fit even then is refused before any work, naming the config and both sizes."""
+    tk, sl = _triton()
+    dev = torch.device(_dev())
+    monkeypatch.setattr(sl, "_smem_per_block", lambda d: 232448)
+    assert sl._grouped_fix_launch(64, 128, 16, dev) == (sl.FIX_BATCH_COLS // 16, sl.FIX_STAGES)
+    cb, st = sl._grouped_fix_launch(64, 512, 16, dev)
+    assert (cb, st) != (sl.FIX_BATCH_COLS // 16, sl.FIX_STAGES) and st * cb * 16 * 512 * 2 < 232448
+    monkeypatch.setattr(sl, "_smem_per_block", lambda d: 65536)    # a 64 KiB part
+    cb, st = sl._grouped_fix_launch(64, 128, 16, dev)
+    assert st == 1 and cb < sl.FIX_BATCH_COLS // 16
+    monkeypatch.setattr(sl._tuning, "FP8_FIX", "grouped")
+    x = torch.randn(8, 64).bfloat16()
+    wq, sc = sbops.quantize_weight(torch.randn(16, 64), dtype=FP8)
+    with pytest.raises(ValueError, match=r"grouped fix-up config .*\(256, 512, 64\).*65536"):
+        _run(sl, tk, x, wq, sc, 3.0, config=(256, 512, 64))

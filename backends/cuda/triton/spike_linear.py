@@ -64,12 +64,46 @@ _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor c
 # the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks): on the H200 (session 13, M = 8192) 64 x 256 x 16
 # was within 4% of the best candidate on Gaussian rows at every 7B shape (0.361 / 2.49 / 1.53 ms total)
 FIX_CONFIG = (64, 256, 16)
+# its warps: 4 as measured; with the three-term dot in Horner form (session 20) Triton 3.6 compiles it for sm_90 in
+# 255 registers and a 216-byte stack at 4 warps, 254 and none at 8 (not yet timed on a GPU)
+FIX_TILES_WARPS = 4
 # the "grouped" fix-up (spike_linear_tuning.FP8_FIX): its (BM, BN, FC), programs per SM, columns of listed chunks
 # taken at a time, warps and pipeline stages (first guesses: not yet compiled or timed on a GPU)
 FIX_GROUPED_CONFIG = (64, 128, 16)
 FIX_PROGRAMS_PER_SM = 8
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3
+
+
+_SMEM: dict = {}
+
+
+def _smem_per_block(dev) -> int:
+    """Shared memory a block may opt into (bytes): the device's, or the H100 / H200's 227 KiB off the GPU."""
+    if dev.type != "cuda":
+        return 232448
+    if dev not in _SMEM:
+        _SMEM[dev] = getattr(torch.cuda.get_device_properties(dev), "shared_memory_per_block_optin", 0) or 101376
+    return _SMEM[dev]
+
+
+def _grouped_fix_launch(BM: int, BN: int, FC: int, dev):
+    """(CB, num_stages) of the grouped fix-up for a (BM, BN, FC) config: FIX_BATCH_COLS // FC chunks a batch and
+    FIX_STAGES stages, fewer stages, then smaller batches, while the shared memory bound below is over the device's.
+    The bound is an upper one for Triton 3.6 on sm_90 (ahead-of-time compiles, session 19-20: 61-184 KiB measured,
+    the bound 1.1-1.3x): per stage the weight tile [CB * FC, BN] at 2 bytes, the float16 terms [BM, CB * FC] x 3."""
+    budget = _smem_per_block(dev)
+    cb, stages = max(1, FIX_BATCH_COLS // FC), FIX_STAGES
+    need = lambda: stages * cb * FC * BN * 2 + 6 * BM * cb * FC + 8192  # noqa: E731
+    while need() > budget and (stages > 1 or cb > 1):
+        if stages > 1:
+            stages -= 1
+        else:
+            cb //= 2
+    if need() > budget:
+        raise ValueError(f"spike_linear: the grouped fix-up config (BM, BN, FC) = {(BM, BN, FC)} needs about {need()} "
+                         f"bytes of shared memory, the device allows {budget}; take smaller tiles")
+    return cb, stages
 
 
 def _sms(dev) -> int:
@@ -290,6 +324,8 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
         if len(cfg) > 4 or not pow2 or planes not in (1, 2):
             raise ValueError(f"spike_linear: the scaled_mm config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
                              f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
+    if _tuning.FP8_FIX != "tiles":
+        cb, stages = _grouped_fix_launch(BM, BN, FC, x.device)  # a config too large for the device fails here
     s, hi, vth, flags = encode_lo(x, k, BM, FC, planes)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
@@ -307,14 +343,14 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     if _tuning.FP8_FIX == "tiles":  # a program per (row block, BN-column tile)
         _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
-            num_warps=4, num_stages=1)
+            num_warps=FIX_TILES_WARPS, num_stages=1)
     else:  # "grouped": a program per (row block, group of tiles), about FIX_PROGRAMS_PER_SM per SM in all
         n_tiles = triton.cdiv(N, BN)
         groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
         tiles_per = triton.cdiv(n_tiles, groups)
         _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-            CB=max(1, FIX_BATCH_COLS // FC), PLANES=planes, num_warps=FIX_WARPS, num_stages=FIX_STAGES)
+            CB=cb, PLANES=planes, num_warps=FIX_WARPS, num_stages=stages)
     return y
 
 

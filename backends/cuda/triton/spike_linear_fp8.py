@@ -86,6 +86,16 @@ def _split3(r):
 
 
 @triton.jit
+def _horner3(a, b, c, w):
+    # (a * 2^22 + b * 2^11 + c) @ w as ((a @ w) * 2^11 + b @ w) * 2^11 + c @ w, each dot accumulating into the
+    # scaled last one (scaling by 2^11 is exact): one live accumulator instead of three, so the fix-up kernels
+    # keep their [BM, BN] tiles in registers (Triton 3.6, sm_90: the three-sum form spilled 656 bytes a thread)
+    t = tl.dot(a, w)
+    t = tl.dot(b, w, t * 2048.0)
+    return tl.dot(c, w, t * 2048.0)
+
+
+@triton.jit
 def _exact_dot(r, w):
     # r @ w with r float32 integers (or NaN / inf) and w float16 (e4m3 values, exact) on the float16 tensor
     # cores, float32 accumulation: one term when every |r| < 2048 (float16's exact integers), else the three
@@ -94,7 +104,7 @@ def _exact_dot(r, w):
         part = tl.dot(r.to(tl.float16), w)
     else:
         a, b, c, sc2 = _split3(r)
-        part = (tl.dot(a, w) * 4194304.0 + tl.dot(b, w) * 2048.0 + tl.dot(c, w)) * sc2[:, None]
+        part = _horner3(a, b, c, w) * sc2[:, None]
     return part
 
 
@@ -156,6 +166,35 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 
 @triton.jit
+def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, pid_n, M, N, K, stride_xm,
+                  stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr, PLANES: tl.constexpr):
+    # y[row block, tile pid_n] += vth * scale * (r @ W^T) over the row block's cnt listed chunks, one at a time,
+    # float32 accumulation; y is read, added to and rounded once
+    rn = pid_n * BN + tl.arange(0, BN)
+    nmask = rn < N
+    rn64 = (rn % N).to(tl.int64)  # out-of-range columns read a valid one and are never stored
+    cj = tl.arange(0, FC)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    touched = tl.zeros([BM], dtype=tl.int32)
+    for j in range(0, cnt):
+        kk = tl.load(lst + j) * FC + cj
+        kin = kk < K
+        x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
+        q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
+        _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
+        r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
+        touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
+        w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
+        acc += _exact_dot(r, w)
+    sc = tl.load(scale_ptr + rn64)
+    rows = mmask & (touched > 0)
+    y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
+    m2 = rows[:, None] & nmask[None, :]
+    y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
 def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
                         stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
                         PLANES: tl.constexpr):
@@ -166,33 +205,12 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
     cnt = tl.load(cnt_ptr + pid_m)
     if cnt > 0:
         rm = pid_m * BM + tl.arange(0, BM)
-        rn = pid_n * BN + tl.arange(0, BN)
         mmask = rm < M
-        nmask = rn < N
-        rm64 = (rm % M).to(tl.int64)  # out-of-range rows / columns read a valid one and are never stored
-        rn64 = (rn % N).to(tl.int64)
+        rm64 = (rm % M).to(tl.int64)  # out-of-range rows read a valid one and are never stored
         vth = tl.load(vth_ptr + rm64)
         inv = _recip(vth)
-        cj = tl.arange(0, FC)
-        acc = tl.zeros([BM, BN], dtype=tl.float32)
-        touched = tl.zeros([BM], dtype=tl.int32)
-        lst = list_ptr + pid_m.to(tl.int64) * n_fc
-        for j in range(0, cnt):
-            kk = tl.load(lst + j) * FC + cj
-            kin = kk < K
-            x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
-            q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-            _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
-            r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
-            touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
-            w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
-            acc += _exact_dot(r, w)
-        sc = tl.load(scale_ptr + rn64)
-        rows = mmask & (touched > 0)
-        y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
-        m2 = rows[:, None] & nmask[None, :]
-        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
+        _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, list_ptr + pid_m.to(tl.int64) * n_fc, cnt, rm, rm64,
+                      mmask, pid_n, M, N, K, stride_xm, stride_wn, BM, BN, FC, PLANES)
 
 
 @triton.jit
@@ -209,7 +227,7 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
         if TERMS == 1:
             acc = tl.dot(a, w)
         else:
-            acc = (tl.dot(a, w) * 4194304.0 + tl.dot(b, w) * 2048.0 + tl.dot(c, w)) * sc2[:, None]
+            acc = _horner3(a, b, c, w) * sc2[:, None]
         sc = tl.load(scale_ptr + rn64)
         y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
         m2 = rows_t[:, None] & nmask[None, :]
@@ -218,11 +236,29 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
 
 
 @triton.jit
+def _batch_r(x_ptr, vth, inv, lst, c0, cnt, rm64, mmask, K, stride_xm, FC: tl.constexpr, CB: tl.constexpr,
+             PLANES: tl.constexpr):
+    # r (the part of the counts the planes do not hold) of the listed chunks c0 .. c0 + CB - 1, [BM, CB * FC]
+    ci = tl.arange(0, CB * FC)
+    j = c0 + ci // FC
+    jin = j < cnt
+    kk = tl.load(lst + j, mask=jin, other=0) * FC + ci % FC
+    kin = jin & (kk < K)
+    x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
+    q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
+    _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
+    return tl.where(mmask[:, None] & kin[None, :], r, 0.0), kk, kin
+
+
+@triton.jit
 def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                                 stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
                                 CB: tl.constexpr, PLANES: tl.constexpr):
-    # program (row block, group of tiles_per BN-column tiles); the row block's listed chunks are taken CB at a
-    # time: r of those CB * FC columns is computed once, then every tile of the group gets its share
+    # program (row block, group of tiles_per BN-column tiles). A row block listing at most CB chunks (at the 7B
+    # shapes on Gaussian rows ~5 of them, CB = 8) takes them in one batch: r of those CB * FC columns is computed
+    # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time
+    # as the "tiles" kernel does (r recomputed per tile, chunk by chunk), so y is still read, added to and rounded
+    # once per tile.
     pid_m = tl.program_id(0)
     cnt = tl.load(cnt_ptr + pid_m)
     if cnt > 0:
@@ -233,17 +269,9 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         rm64 = (rm % M).to(tl.int64)  # out-of-range rows read a valid one and are never stored
         vth = tl.load(vth_ptr + rm64)
         inv = _recip(vth)
-        ci = tl.arange(0, CB * FC)
         lst = list_ptr + pid_m.to(tl.int64) * n_fc
-        for c0 in range(0, cnt, CB):
-            j = c0 + ci // FC
-            jin = j < cnt
-            kk = tl.load(lst + j, mask=jin, other=0) * FC + ci % FC
-            kin = jin & (kk < K)
-            x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
-            q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-            _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
-            r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
+        if cnt <= CB:
+            r, kk, kin = _batch_r(x_ptr, vth, inv, lst, 0, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES)
             rows_t = mmask & (tl.max((r != 0.0).to(tl.int32), axis=1) > 0)
             if tl.max(tl.abs(r), axis=None) < 2048.0:  # every |r| exact in one float16 term
                 a = r.to(tl.float16)
@@ -252,3 +280,7 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
             else:
                 a, b, c, sc2 = _split3(r)
                 _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn, BN, 3)
+        else:
+            for t in range(t0, t1):
+                _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, t, M, N, K,
+                              stride_xm, stride_wn, BM, BN, FC, PLANES)

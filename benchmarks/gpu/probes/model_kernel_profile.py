@@ -1,5 +1,6 @@
 """GPU kernel time of one prefill chunk and one decode step of the 7B-shaped model, by kernel.
-usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels]
+usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels] [--fp8]
+--fp8: the W8ASpike model (spike_k=3, fp8 weights), as `python -m sbops.bench.model --weight-quant fp8` builds it.
 --kernels: first time the fused elementwise kernels against the torch code at the 7B shapes of one chunk."""
 import sys, time, torch, sbops
 import sbops.nn.common
@@ -14,6 +15,8 @@ from sbops.bench.model import qwen2_config
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM
 dev = torch.device("cuda")
 cfg = SpikingBrainConfig.from_qwen2(qwen2_config(False), "7b")
+if "--fp8" in _flags:
+    cfg = cfg.replace(spike_k=3.0, weight_quant="fp8")
 torch.manual_seed(0)
 with torch.device(dev):
     torch.set_default_dtype(torch.bfloat16)

@@ -81,6 +81,10 @@ if "fix" in what:
                                 print("  failed", BN, pps, ws, str(e)[:100])
                 for r in sorted(res)[:6]:
                     print("  grouped %.3f ms: BN=%d programs/SM=%d (warps, stages)=%s" % r)
+                for tw in (4, 8):  # the tiles kernel's warps (spike_linear.FIX_TILES_WARPS)
+                    sl.FIX_TILES_WARPS = tw
+                    print(f"  tiles, {tw} warps: {bench_ms(lambda: path(x, wq, sc, 'tiles')):.3f} ms", flush=True)
+                sl.FIX_TILES_WARPS = 4
                 sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM, sl.FIX_WARPS, sl.FIX_STAGES = base
                 profile_table(lambda: path(x, wq, sc, "tiles"), f"tiles M={M} {N}x{K}")
                 profile_table(lambda: path(x, wq, sc, "grouped"), f"grouped M={M} {N}x{K}")
