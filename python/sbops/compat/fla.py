@@ -291,13 +291,36 @@ def chunk_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optio
 
 class RMSNorm(_RMSNorm):
     """fla.modules.RMSNorm: RMSNorm(hidden_size, elementwise_affine=True, bias=False, eps=1e-5);
-    forward(x, residual=None, prenorm=False, residual_in_fp32=False) (see sbops.nn.RMSNorm)."""
+    forward(x, residual=None, prenorm=False, residual_in_fp32=False) (see sbops.nn.RMSNorm).
+
+    Attributes as in fla: hidden_size, elementwise_affine, eps, and the parameters weight (ones)
+    and bias (zeros; only with elementwise_affine=True and bias=True), registered as None when
+    absent (elementwise_affine=False: no weight and no bias, as fla).  device and dtype are an
+    sbops extension (where the parameters are created)."""
 
     def __init__(self, hidden_size: int, elementwise_affine: bool = True, bias: bool = False, eps: float = 1e-5,
                  device=None, dtype=None):
-        super().__init__(hidden_size, eps, elementwise_affine=elementwise_affine, bias=bias)
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
+        super().__init__(hidden_size, eps, elementwise_affine=False, bias=False)
+        self.hidden_size = hidden_size
+        self.elementwise_affine = elementwise_affine
+        for name in ("weight", "bias"):   # the base class set them as plain None attributes
+            delattr(self, name)
+            self.register_parameter(name, None)
+        if elementwise_affine:
+            self.weight = torch.nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+            if bias:
+                self.bias = torch.nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            torch.nn.init.ones_(self.weight)
+        if self.bias is not None:
+            torch.nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}" + ("" if self.elementwise_affine else ", elementwise_affine=False") + \
+            f", eps={self.eps}"
 
 
 __all__ = ["chunk_gla", "fused_chunk_gla", "fused_recurrent_gla", "chunk_simple_gla", "RMSNorm",

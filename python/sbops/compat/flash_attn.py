@@ -31,6 +31,7 @@ block per head in memory):
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -154,6 +155,12 @@ def flash_attn_func(q, k, v, dropout_p: float = 0.0, softmax_scale: Optional[flo
     return (o, lse, None) if return_attn_probs else o
 
 
+def _check_offsets(fn: str, name: str, c, what: str, total: int) -> None:
+    if c[0] != 0 or c[-1] != total or any(b < a for a, b in zip(c, c[1:])):
+        raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {what}={total}; "
+                         f"got {c[:4]}{'...' if len(c) > 4 else ''} ending at {c[-1]}")
+
+
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
                            dropout_p: float = 0.0, softmax_scale: Optional[float] = None, causal: bool = False,
                            window_size=(-1, -1), softcap: float = 0.0, alibi_slopes=None,
@@ -176,7 +183,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
     scale = _scale(softmax_scale, q.shape[-1])
     same = cu_seqlens_q is cu_seqlens_k or (
         max_seqlen_q == max_seqlen_k and q.shape[0] == k.shape[0] and torch.equal(cu_seqlens_q, cu_seqlens_k))
-    if causal and same:
+    if causal and same and cu_seqlens_q.numel() >= 2:
+        # validated here, so that an error names this function and its argument, not sbops.swa_attn
+        name = "cu_seqlens_q" if cu_seqlens_q is cu_seqlens_k else "cu_seqlens_q (= cu_seqlens_k)"
+        if cu_seqlens_q.device != q.device:
+            raise ValueError(f"{fn}: {name} must be on q's device {q.device}, got {cu_seqlens_q.device}")
+        if sbops._validate.checking_data(cu_seqlens_q):   # CPU by default: reads the offsets back
+            _check_offsets(fn, name, cu_seqlens_q.tolist(), "total_q", q.shape[0])
         res = sbops.swa_attn(q[None], k[None], v[None], left, scale=scale, cu_seqlens=cu_seqlens_q,
                              return_lse=return_attn_probs)
         if not return_attn_probs:
@@ -184,10 +197,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: in
         o, lse = res
         return o[0], lse[0].transpose(0, 1).contiguous(), None
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for name, c, what, total in (("cu_seqlens_q", cq, "total_q", q.shape[0]), ("cu_seqlens_k", ck, "total_k", k.shape[0])):
-        if c[0] != 0 or c[-1] != total or any(b < a for a, b in zip(c, c[1:])):
-            raise ValueError(f"{fn}: {name} must start at 0, be non-decreasing and end at {what}={total}; "
-                             f"got {c[:4]}{'...' if len(c) > 4 else ''} ending at {c[-1]}")
+    _check_offsets(fn, "cu_seqlens_q", cq, "total_q", q.shape[0])
+    _check_offsets(fn, "cu_seqlens_k", ck, "total_k", k.shape[0])
     outs, lses = [], []
     for b in range(len(cq) - 1):
         lq, lk = cq[b + 1] - cq[b], ck[b + 1] - ck[b]
@@ -213,6 +224,13 @@ def _device_assert(cond: torch.Tensor, msg: str):
         torch._assert_async(cond, msg)
 
 
+def _room(C: int, Sn: int) -> str:
+    if Sn:
+        return (f" (k_cache holds C={C} rows and the {Sn} new tokens in k, v are written at positions "
+                f"cache_seqlens .. cache_seqlens + {Sn - 1}, which must be < C)")
+    return f" (k_cache holds C={C} rows)"
+
+
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
                             cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
                             softmax_scale: Optional[float] = None, causal: bool = False, window_size=(-1, -1),
@@ -222,6 +240,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     contiguous caches where a sequence's position p lives at row p; optional new k, v
     [B, Sn, HKV, D] are written in place at positions cache_seqlens[b] .. + Sn - 1 (which must be
     < C), then q attends the first cache_seqlens[b] + Sn rows of its cache row cache_batch_idx[b].
+    cache_seqlens: an int32 tensor [B], or an int (every sequence has that length; 0 = empty
+    caches), or None (every sequence holds all C rows; no new k, v then).  A sequence with no key
+    at all gives out = 0 and lse = +inf, as flash-attn does.
     Returns out [B, Sq, H, D] (return_softmax_lse: (out, lse [B, H, Sq]))."""
     fn = "flash_attn_with_kvcache"
     _refuse(fn, 0.0, softcap, alibi_slopes, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
@@ -247,36 +268,45 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                          f"for a batch of B={B}")
     if (k is None) != (v is None):
         raise ValueError(f"{fn}: pass both k and v (new tokens) or neither")
+    if k is not None and (k.dim() != 4 or k.shape[0] != B or k.shape[2:] != k_cache.shape[2:] or v.shape != k.shape):
+        raise ValueError(f"{fn}: k, v must be [B, Sn, HKV, D] = [{B}, Sn, {k_cache.shape[2]}, {D}], got "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    Sn = 0 if k is None else k.shape[1]
     if cache_seqlens is None:
         if k is not None:
             raise ValueError(f"{fn}: writing new k/v needs cache_seqlens (where to write them)")
         lens = torch.full((B,), C, device=dev, dtype=torch.int64)
-    elif isinstance(cache_seqlens, int):
-        lens = torch.full((B,), cache_seqlens, device=dev, dtype=torch.int64)
-    else:
-        if cache_seqlens.shape != (B,):
-            raise ValueError(f"{fn}: cache_seqlens must be an int or an int32 tensor [B] = [{B}], "
-                             f"got shape {tuple(cache_seqlens.shape)}")
+        may_be_empty = C == 0
+    elif isinstance(cache_seqlens, torch.Tensor):
+        if cache_seqlens.shape != (B,) or cache_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{fn}: cache_seqlens must be an int or an int32 tensor [B] = [{B}], got a "
+                             f"{cache_seqlens.dtype} tensor of shape {tuple(cache_seqlens.shape)}")
         lens = cache_seqlens.to(torch.int64)
-    if k is None and cache_seqlens is not None:
-        _device_assert(((lens >= 0) & (lens <= C)).all(), f"{fn}: cache_seqlens must lie in [0, C={C}] (the cache rows)")
-    if k is not None:
-        if k.dim() != 4 or k.shape[0] != B or k.shape[2:] != k_cache.shape[2:] or v.shape != k.shape:
-            raise ValueError(f"{fn}: k, v must be [B, Sn, HKV, D] = [{B}, Sn, {k_cache.shape[2]}, {D}], got "
-                             f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-        Sn = k.shape[1]
-        _device_assert(((lens + Sn) <= C).all() & (lens >= 0).all(),
-                       f"{fn}: cache_seqlens + {Sn} new tokens must fit in the cache of {C} rows")
-        for t in range(Sn):
-            sbops.swa_cache_write(k[:, t].detach().to(k_cache.dtype), v[:, t].detach().to(v_cache.dtype), k_cache, v_cache,
-                                  lens + t, slot_indices=slots)
-        lens = lens + Sn
+        _device_assert(((lens >= 0) & (lens + Sn <= C)).all(),
+                       f"{fn}: cache_seqlens must lie in [0, {C - Sn}]" + _room(C, Sn))
+        may_be_empty = Sn == 0
+    else:
+        # flash-attn: an int means every sequence holds that many tokens (0: an empty cache)
+        try:
+            n = operator.index(cache_seqlens)
+        except TypeError:
+            raise TypeError(f"{fn}: cache_seqlens must be None, an int or an int32 tensor [B] = [{B}], got "
+                            f"{type(cache_seqlens).__name__}") from None
+        if n < 0 or n + Sn > C:
+            raise ValueError(f"{fn}: cache_seqlens={n} must lie in [0, {C - Sn}]" + _room(C, Sn))
+        lens = torch.full((B,), n, device=dev, dtype=torch.int64)
+        may_be_empty = n + Sn == 0
+    for t in range(Sn):
+        sbops.swa_cache_write(k[:, t].detach().to(k_cache.dtype), v[:, t].detach().to(v_cache.dtype), k_cache, v_cache,
+                              lens + t, slot_indices=slots)
+    lens = lens + Sn
     scale = _scale(softmax_scale, D)
-    if Sq == 1 and not return_softmax_lse and q.dtype == k_cache.dtype:
+    if Sq == 1 and not return_softmax_lse and q.dtype == k_cache.dtype and C > 0:
         # One query at position L-1: causal or not, it sees keys L-1-left .. L-1 (all with left = -1).
         win = -1 if left < 0 or left >= C - 1 else left
-        if isinstance(cache_seqlens, torch.Tensor) and (k is None or k.shape[1] == 0):
-            # a row may have no key (cache_seqlens 0): out = 0 there, as on the torch path and in flash-attn
+        if may_be_empty:
+            # a row may have no key (length 0): out = 0 there, as on the torch path and in flash-attn
+            # (which writes out = 0, lse = +inf for an empty key set)
             o = sbops.swa_decode(q[:, 0], k_cache, v_cache, lens.clamp_min(1), win, scale=scale, slot_indices=slots)
             return torch.where(lens[:, None, None] > 0, o, 0)[:, None]
         return sbops.swa_decode(q[:, 0], k_cache, v_cache, lens, win, scale=scale, slot_indices=slots)[:, None]
