@@ -140,7 +140,9 @@ def test_attention_mask_drops_padding():
     mask = (torch.arange(6) >= torch.tensor([[0], [3]])).long()
     out = generate(model, ids, 4, attention_mask=mask)
     ref = generate(model, [a, b], 4)
-    assert all(torch.equal(x, y) for x, y in zip(out, ref))
+    # as Hugging Face: [B, T + n], the rows as given (left padding kept) followed by the new tokens
+    assert out.shape == (2, 10) and torch.equal(out[:, :6], ids)
+    assert all(torch.equal(out[i, 6:], r[-4:]) for i, r in enumerate(ref))
 
 
 def test_eos_stops_each_sequence():
@@ -190,7 +192,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_sampling_arguments_are_checked():
     model = tiny_model("7b")
     prompt = torch.randint(0, 128, (1, 4))
-    for bad in [dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1)]:
+    for bad in [dict(temperature=0.0), dict(top_p=1.5), dict(top_p=-0.1), dict(top_k=-1)]:  # top_p=0: HF's top-1
         with pytest.raises(ValueError, match=next(iter(bad))):
             generate(model, prompt, 2, do_sample=True, **bad)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
@@ -29,6 +29,10 @@ class SpikingBrainConfig:
       swa_q_spike_k: SWA queries are spike-coded per head after RoPE with this k (released: 3);
       swa_kv_quant="int8": SWA keys/values are int8 fake-quantised per token and head (after RoPE);
       mlp_down_quant=False: the FFN's down_proj stays a plain linear (no spiking, no weight quant).
+
+    Token ids (Hugging Face's meaning; None = unset): eos_token_id (an int or a list of ints) is what
+    generate() stops on when its eos_token_id argument is None, pad_token_id what it pads stopped rows
+    with; from_pretrained fills them from config.json, then generation_config.json (which wins).
     """
     vocab_size: int
     hidden_size: int
@@ -58,6 +62,9 @@ class SpikingBrainConfig:
     swa_q_spike_k: Optional[float] = None
     swa_kv_quant: Optional[str] = None
     mlp_down_quant: bool = True
+    bos_token_id: Optional[int] = None
+    eos_token_id: Union[None, int, List[int]] = None
+    pad_token_id: Optional[int] = None
 
     def __post_init__(self):
         self.layer_types = tuple(self.layer_types)
@@ -87,6 +94,15 @@ class SpikingBrainConfig:
                              f"(0 .. {len(self.layer_types) - 1})")
         if self.weight_quant not in WEIGHT_QUANTS:
             raise ValueError(f"SpikingBrainConfig: weight_quant must be one of {WEIGHT_QUANTS}, got {self.weight_quant!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            setattr(self, name, _token_id(getattr(self, name), name))
+        eos = self.eos_token_id
+        if isinstance(eos, (list, tuple)):
+            self.eos_token_id = [_token_id(e, "eos_token_id") for e in eos]
+            if any(e is None for e in self.eos_token_id):
+                raise ValueError(f"SpikingBrainConfig: eos_token_id must be an int or a list of ints, got {eos!r}")
+        else:
+            self.eos_token_id = _token_id(eos, "eos_token_id")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"SpikingBrainConfig: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")
@@ -146,9 +162,24 @@ class SpikingBrainConfig:
             rms_norm_eps=q.rms_norm_eps, rope_theta=float(rope_theta),
             tie_word_embeddings=bool(getattr(q, "tie_word_embeddings", False)),
             initializer_range=getattr(q, "initializer_range", 0.02))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):   # generate() stops on the eos ids
+            fields[name] = getattr(q, name, None)
         if kind == "7b":
             fields.update(layer_types=tuple("gla" if i % 2 == 0 else "swa" for i in range(n)))
         else:
             fields.update(layer_types=("hybrid",) * n, num_meta_tokens=128, num_experts=16, top_k=1)
         fields.update(overrides)
         return cls(**fields)
+
+
+def _token_id(v, name: str) -> Optional[int]:
+    """None or an int (numpy ints too; not a bool or a float) -> None or int; else ValueError naming `name`."""
+    if v is None:
+        return None
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)
+    except TypeError:
+        raise ValueError(f"SpikingBrainConfig: {name} must be an int{' or a list of ints' if name == 'eos_token_id' else ''}"
+                         f" or None, got {v!r}") from None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections import deque
 from typing import Callable, List, NamedTuple, Optional, Sequence, Union
 
@@ -10,9 +9,12 @@ import torch
 
 import sbops
 
+from . import generate_args as A
 from .graphs import DecodeGraphs, graphs_supported
 from .sampling import check_sampling, select_next
 from .spikingbrain import ModelCache
+
+_token_ids = A.token_ids   # the old private names
 
 # Tokens per prefill chunk.  7B shape on the H200 (session 12), TTFT at 1M tokens: 8192 -> 24.69 s (1.26 GiB
 # peak extra memory), 16384 -> 24.06 s (2.42 GiB), 32768 -> 23.88 s (4.72 GiB): 16384 keeps most of the gain
@@ -23,47 +25,6 @@ DEFAULT_PREFILL_CHUNK = 16384
 class GenerateOutput(NamedTuple):
     sequences: Union[torch.Tensor, List[torch.Tensor]]  # [B, T + n] (tensor input) or a list of 1-D tensors
     scores: Union[torch.Tensor, List[torch.Tensor]]     # the raw logits that chose each generated token
-
-
-def _token_ids(ids, name: str) -> List[int]:
-    """None, an int, a sequence / set of ints, or an integer tensor / numpy value -> a list of ints."""
-    if ids is None:
-        return []
-    if isinstance(ids, (set, frozenset)):
-        ids = sorted(ids)
-    if isinstance(ids, (list, tuple)) and not ids:
-        return []
-    try:
-        t = torch.as_tensor(ids)
-    except (TypeError, ValueError, RuntimeError):
-        t = None
-    if t is None or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() > 1:
-        raise TypeError(f"{name} must be an int or a list of ints, got {ids!r}")
-    return [int(v) for v in t.flatten().tolist()]
-
-
-def _prompts(input_ids, attention_mask) -> (List[torch.Tensor], bool):
-    """-> (list of 1-D prompts, whether the input was a list)."""
-    if isinstance(input_ids, (list, tuple)):
-        if attention_mask is not None:
-            raise ValueError("attention_mask goes with a [B, T] tensor; a list of prompts needs none")
-        prompts = [torch.as_tensor(p) for p in input_ids]
-        for i, p in enumerate(prompts):
-            if p.dim() != 1 or p.numel() == 0:
-                raise ValueError(f"input_ids[{i}] must be a non-empty 1-D tensor, got shape {tuple(p.shape)}")
-        return prompts, True
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must be a [B, T] tensor (T >= 1) or a list of 1-D tensors, got "
-                         f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)}")
-    if attention_mask is None:
-        return list(input_ids.unbind(0)), False
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must be shaped like input_ids {tuple(input_ids.shape)}, "
-                         f"got {tuple(attention_mask.shape)}")
-    prompts = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]  # padding dropped, left or right
-    if any(p.numel() == 0 for p in prompts):
-        raise ValueError("every row of attention_mask needs at least one 1")
-    return prompts, True
 
 
 def _prefill(model, cache: ModelCache, prompts: Sequence[torch.Tensor], slots: Sequence[int], chunk: int,
@@ -112,8 +73,11 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     """Generate up to max_new_tokens tokens after each prompt.
 
     input_ids: [B, T] prompts of equal length -> sequences [B, T + n]; or a list of 1-D prompts of
-        any lengths (or [B, T] with attention_mask: the masked-out tokens are dropped) -> a list of
-        1-D tensors (prompt + generated tokens).  Prompts are packed (cu_seqlens), never padded.
+        any lengths -> a list of 1-D tensors (prompt + generated tokens); or [B, T] with attention_mask
+        (padding, left or right) -> [B, T + n] as Hugging Face returns it: the input rows as given
+        (padding kept) followed by the new tokens; the masked-out tokens are dropped from the model's
+        input.  Prompts are packed (cu_seqlens), never padded.  input_ids (integer tensors) must be on
+        the model's device: nothing is moved.  max_new_tokens: an int >= 0.
     Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default DEFAULT_PREFILL_CHUNK = 16384),
         so its memory is bounded whatever the prompt length; logits only at each prompt's last token.
     Batching: sequence i uses a cache slot; at most max_batch_size (default: all) run at once, and
@@ -121,10 +85,13 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     Decode: one token per running sequence per step.  On a CUDA device the step is captured in CUDA
         graphs (bucketed batch sizes) unless cuda_graphs=False; one host sync per step (the new
         tokens, to check stops).  The ops' data checks are off on CUDA.
-    Sampling: greedy by default; do_sample with temperature, top_k (0 = off), top_p (1 = off),
-        drawn with `generator` (a torch.Generator on the model's device) for reproducibility.
-    eos_token_id: an int or a list; a sequence stops after emitting one.  With a [B, T] tensor
-        input, finished rows are padded with pad_token_id (default: the first eos id).
+    Sampling: greedy by default (temperature / top_k / top_p are then ignored, with a warning when set);
+        do_sample with temperature (> 0), top_k (0 = off), top_p (in [0, 1]; 1 = off), drawn with
+        `generator` (a torch.Generator on the model's device) for reproducibility.
+    eos_token_id: an int or a list; a sequence stops after emitting one.  None (default): model.config's
+        eos_token_id (from_pretrained reads it from config.json / generation_config.json), as Hugging
+        Face; [] never stops early.  With a [B, T] tensor input, finished rows are padded with
+        pad_token_id (default: model.config.pad_token_id, else the first eos id, else 0).
     cache: optional ModelCache (model.new_cache) with enough slots: the batch size, plus one
         scratch slot for the padding rows of CUDA graphs.  It is reset here.
     output_scores: return GenerateOutput(sequences, scores) with the raw logits of every step:
@@ -141,14 +108,22 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         tokens in past_key_values); the result is that whole text plus the new tokens.  After a
         generate() call the cache holds every token but the last generated one.
     """
-    prompts, as_list = _prompts(input_ids, attention_mask)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = model.lm_head.weight.device
+    prompts, as_list = A.prompts(input_ids, attention_mask, device)
+    max_new_tokens = A.as_int(max_new_tokens, "max_new_tokens", 0)
+    do_sample = A.as_flag(do_sample, "do_sample")
     temperature, top_k, top_p = check_sampling(do_sample, temperature, top_k, top_p)
-    eos = _token_ids(eos_token_id, "eos_token_id")
-    chunk = DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else int(prefill_chunk_size)
-    if chunk < 1:
-        raise ValueError(f"prefill_chunk_size must be >= 1, got {prefill_chunk_size}")
+    eos, pad = A.default_token_ids(model, eos_token_id, pad_token_id)
+    chunk = A.as_int(DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else prefill_chunk_size,
+                     "prefill_chunk_size", 1, " (or None: the default)")
+    max_batch_size = A.optional_int(max_batch_size, "max_batch_size", 1, " (or None: all prompts at once)")
+    output_scores, reuse_cache = A.as_flag(output_scores, "output_scores"), A.as_flag(reuse_cache, "reuse_cache")
+    if cuda_graphs is not None:
+        cuda_graphs = A.as_flag(cuda_graphs, "cuda_graphs")
+    if cache is not None and not isinstance(cache, ModelCache):
+        raise TypeError(f"cache must be a ModelCache (model.new_cache) or None, got {type(cache).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     n_seq = len(prompts)
     if streamer is not None:
         if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
@@ -159,35 +134,17 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                              f"got {n_seq} prompts")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be a callable progress(stage, done, total), got {type(progress).__name__}")
-    if max_new_tokens == 0 or n_seq == 0:
-        if streamer is not None:
-            streamer.put(prompts[0][None].cpu())
-            streamer.end()
-        vocab = model.lm_head.weight.shape[0]
-        seqs = [p.clone() for p in prompts]
-        empty = [p.new_zeros(0, vocab, dtype=torch.float32) for p in prompts]
-        if not as_list:
-            seqs, empty = input_ids.clone(), input_ids.new_zeros(n_seq, 0, vocab, dtype=torch.float32)
-        return GenerateOutput(seqs, empty) if output_scores else seqs
-
-    device = model.lm_head.weight.device
-    moved = sorted({str(p.device) for p in prompts if p.device != device})
-    if moved:  # as Hugging Face's generate: it works, but says so
-        warnings.warn(f"generate: input_ids are on {', '.join(moved)} but the model is on {device}; they are copied "
-                      f"there (and the result lives there). Pass input_ids on {device} to avoid the copy.")
-    if max_batch_size is not None and int(max_batch_size) < 1:
-        raise ValueError(f"max_batch_size must be >= 1 (or None: all prompts at once), got {max_batch_size}")
-    if reuse_cache and (cache is None or (max_batch_size is not None and int(max_batch_size) < n_seq)):
+    if reuse_cache and (cache is None or (max_batch_size is not None and max_batch_size < n_seq)):
         raise ValueError("reuse_cache=True continues the sequences of the cache passed as cache=, all at once "
                          "(sequence i in slot i): pass that cache, and no max_batch_size below the number of prompts")
-    width = n_seq if max_batch_size is None else min(int(max_batch_size), n_seq)
-    use_graphs = graphs_supported(model, device) is None if cuda_graphs is None else bool(cuda_graphs)
+    vocab = model.lm_head.weight.shape[0]
+    width = max(1, n_seq if max_batch_size is None else min(max_batch_size, n_seq))
+    use_graphs = graphs_supported(model, device) is None if cuda_graphs is None else cuda_graphs
     if use_graphs and graphs_supported(model, device) is not None:
         raise ValueError(f"cuda_graphs=True but the decode step cannot be captured: {graphs_supported(model, device)}")
     need = width + (1 if use_graphs else 0)
-    if cache is None:
-        cache = model.new_cache(need, max_length=max(p.numel() for p in prompts) + max_new_tokens)
-    else:
+    held = [0] * n_seq
+    if cache is not None and n_seq:
         if cache.num_slots < need:
             raise ValueError(f"the cache has {cache.num_slots} slots but this call needs {need} "
                              f"({width} sequences{' + 1 scratch slot for CUDA graphs' if use_graphs else ''})")
@@ -195,17 +152,27 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         reach = max(p.numel() for p in prompts) + max_new_tokens - 1   # tokens a slot holds at the last step
         for i, (c, layer) in enumerate(zip(cache.layers, model.model.layers)):
             sm = getattr(c, "softmax", c)
-            if hasattr(sm, "k") and layer.self_attn.window < 0 and sm.rows < reach:
+            if hasattr(sm, "k") and getattr(layer.self_attn, "window", 0) < 0 and sm.rows < reach:
                 raise ValueError(f"the cache's full-attention layer {i} holds {sm.rows} tokens per slot but a sequence "
                                  f"here reaches {reach}: allocate it with model.new_cache(..., max_length={reach})")
-    held = [0] * n_seq
-    if reuse_cache:
-        held = cache.seq_lens[:n_seq].tolist()   # one host read
-        for i, (p, h) in enumerate(zip(prompts, held)):
-            if h >= p.numel():
-                raise ValueError(f"reuse_cache: slot {i} holds {h} tokens but input {i} has {p.numel()}: give each "
-                                 f"sequence's whole text so far, with at least one token the cache does not hold")
-    else:
+        if reuse_cache:
+            held = cache.seq_lens[:n_seq].tolist()   # one host read
+            for i, (p, h) in enumerate(zip(prompts, held)):
+                if h >= p.numel():
+                    raise ValueError(f"reuse_cache: slot {i} holds {h} tokens but input {i} has {p.numel()}: give "
+                                     f"each sequence's whole text so far, with at least one token the cache does not hold")
+    if max_new_tokens == 0 or n_seq == 0:   # after every check
+        if streamer is not None:
+            streamer.put(prompts[0][None].cpu())
+            streamer.end()
+        seqs = [p.clone() for p in prompts]
+        empty = [p.new_zeros(0, vocab, dtype=torch.float32) for p in prompts]
+        if not as_list:
+            seqs, empty = input_ids.clone(), input_ids.new_zeros(n_seq, 0, vocab, dtype=torch.float32)
+        return GenerateOutput(seqs, empty) if output_scores else seqs
+    if cache is None:
+        cache = model.new_cache(need, max_length=max(p.numel() for p in prompts) + max_new_tokens)
+    if not reuse_cache:
         cache.reset()
     graphs = DecodeGraphs(model, cache, cache.num_slots - 1, width) if use_graphs else None
     checks = sbops.data_checks(False) if device.type == "cuda" else contextlib.nullcontext()
@@ -215,6 +182,8 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     pending = deque(range(n_seq))
     free = list(range(width))
     active: List[tuple] = []  # (sequence, slot), in batch order
+    owner = {}                # slot -> the last sequence that ran in it
+    host_lens = cache.host_lens()
 
     fed, n_prompt = [0], sum(p.numel() - h for p, h in zip(prompts, held))
     generated, bound = [0], n_seq * max_new_tokens
@@ -247,6 +216,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                 joining = []
                 while pending and free:
                     joining.append((pending.popleft(), free.pop(0)))
+                    owner[joining[-1][1]] = joining[-1][0]
                 if joining:
                     js = [slot for _, slot in joining]
                     if not reuse_cache:
@@ -268,20 +238,25 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         if streamer is not None:
             streamer.end()
 
-    outs = [torch.cat([p.to(device), torch.tensor(t, dtype=p.dtype, device=device)]) for p, t in zip(prompts, tokens)]
+    # what each slot holds now, for the cache's host bookkeeping (its decode steps used device slot indices)
+    for slot, seq in owner.items():
+        host_lens[slot] = prompts[seq].numel() + len(tokens[seq]) - 1
+    if graphs is not None:
+        host_lens[graphs.scratch] = 0
+    cache._set_host_lens(host_lens)
+
     if as_list:
+        outs = [torch.cat([p, torch.tensor(t, dtype=p.dtype, device=device)]) for p, t in zip(prompts, tokens)]
         if not output_scores:
             return outs
-        vocab = model.lm_head.weight.shape[0]
         return GenerateOutput(outs, [torch.stack(s) if s else torch.zeros(0, vocab, device=device) for s in scores])
-    n = max(len(t) for t in tokens)
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    seqs = torch.full((n_seq, input_ids.shape[1] + n), pad, dtype=input_ids.dtype, device=device)
-    for i, o in enumerate(outs):
-        seqs[i, :o.numel()] = o
+    n, T = max(len(t) for t in tokens), input_ids.shape[1]
+    seqs = torch.full((n_seq, T + n), pad, dtype=input_ids.dtype, device=device)
+    seqs[:, :T] = input_ids        # as given: with attention_mask, its padding stays where it was
+    for i, t in enumerate(tokens):
+        seqs[i, T:T + len(t)] = torch.tensor(t, dtype=input_ids.dtype).to(device, non_blocking=True)
     if not output_scores:
         return seqs
-    vocab = scores[0][0].shape[-1]
     sc = torch.zeros(n_seq, n, vocab, device=device)
     for i, s in enumerate(scores):
         if s:

@@ -19,7 +19,13 @@ use_short_conv=True, hidden_act other than swish/silu, attn_mode other than chun
 fused_recurrent, rope_scaling, a head_dim other than hidden/heads, and any key this loader does not
 know (pass allow_unknown_config_keys=True to ignore those).  Ignored because the released model
 ignores them at inference: attention_dropout, elementwise_affine (its norms are always affine),
-max_position_embeddings (plain RoPE), conv_size, fuse_cross_entropy, use_cache, token ids.
+max_position_embeddings (plain RoPE), conv_size, fuse_cross_entropy, use_cache.
+
+Token ids: bos_token_id, eos_token_id (an int or a list) and pad_token_id that config.json states
+are kept on the config (those it leaves out stay None), and a generation_config.json beside it
+overrides them, as Hugging Face's generation_config does: generate() then stops on that eos id
+by default.  save_pretrained writes them back (and the generation_config.json a model was loaded
+with, its token ids updated).
 
 State dict renames (released -> ours): model.embeddings. -> model.embed_tokens.,
 .attn_norm. -> .input_layernorm., .mlp_norm. -> .post_attention_layernorm.,
@@ -66,9 +72,11 @@ RELEASED_DEFAULTS = dict(
 _USED_KEYS = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "intermediate_size", "sliding_window", "norm_eps", "rope_theta", "tie_word_embeddings",
               "initializer_range", "attn_layers", "use_short_conv", "hidden_act", "attn_mode", "rope_scaling",
-              "head_dim", "quant_weight_group_size"}
+              "head_dim", "quant_weight_group_size", "bos_token_id", "eos_token_id", "pad_token_id"}
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+GENERATION_CONFIG = "generation_config.json"
 _IGNORED_KEYS = {"architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
-                 "_name_or_path", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache",
+                 "_name_or_path", "use_cache",
                  "max_position_embeddings", "fuse_cross_entropy", "conv_size", "elementwise_affine",
                  "attention_dropout", "output_attentions", "output_hidden_states", "return_dict",
                  "tokenizer_class", "keys_to_ignore_at_inference"}
@@ -101,8 +109,10 @@ def ours_to_released(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ config
-def config_from_released(d: dict, allow_unknown_config_keys: bool = False, **overrides) -> SpikingBrainConfig:
-    """SpikingBrainConfig of a released config.json dict (see the module docstring)."""
+def config_from_released(d: dict, allow_unknown_config_keys: bool = False, generation: Optional[dict] = None,
+                         **overrides) -> SpikingBrainConfig:
+    """SpikingBrainConfig of a released config.json dict (see the module docstring); generation: a
+    generation_config.json dict whose token ids win over config.json's."""
     unknown = sorted(set(d) - _USED_KEYS - _IGNORED_KEYS)
     if unknown and not allow_unknown_config_keys:
         raise ValueError(f"from_pretrained: config.json has keys this loader does not know: {unknown} "
@@ -143,8 +153,31 @@ def config_from_released(d: dict, allow_unknown_config_keys: bool = False, **ove
         rms_norm_eps=float(c["norm_eps"]), rope_theta=float(c["rope_theta"]), window=window,
         tie_word_embeddings=bool(c["tie_word_embeddings"]), initializer_range=float(c["initializer_range"]),
         qkv_bias=True, gate_low_rank_dim=16, gate_logit_normalizer=16.0)
+    fields.update(token_ids(d, generation))   # only the keys the files state: a missing one stays None
     fields.update(overrides)
     return SpikingBrainConfig(**fields)
+
+
+def token_ids(config: dict, generation: Optional[dict] = None) -> dict:
+    """The token ids config.json states, with generation_config.json's (non-null ones) winning."""
+    out = {k: config[k] for k in TOKEN_ID_KEYS if k in config}
+    out.update({k: generation[k] for k in TOKEN_ID_KEYS if (generation or {}).get(k) is not None})
+    return out
+
+
+def read_generation_config(path: str) -> Optional[dict]:
+    """generation_config.json of the folder as a dict, or None when there is none."""
+    f = os.path.join(path, GENERATION_CONFIG)
+    if not os.path.isfile(f):
+        return None
+    try:
+        with open(f) as fh:
+            g = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from e
+    if not isinstance(g, dict):
+        raise ValueError(f"from_pretrained: {f} must hold a JSON object, got {type(g).__name__}")
+    return g
 
 
 def released_config_dict(cfg: SpikingBrainConfig, dtype: torch.dtype, w8a: bool = False) -> dict:
@@ -160,7 +193,8 @@ def released_config_dict(cfg: SpikingBrainConfig, dtype: torch.dtype, w8a: bool 
         "num_attention_heads": cfg.num_heads, "num_hidden_layers": cfg.num_layers,
         "num_key_value_heads": cfg.num_kv_heads, "rope_theta": cfg.rope_theta, "sliding_window": cfg.window,
         "tie_word_embeddings": cfg.tie_word_embeddings, "torch_dtype": _dtype_name(dtype),
-        "use_short_conv": False, "vocab_size": cfg.vocab_size}
+        "use_short_conv": False, "vocab_size": cfg.vocab_size,
+        **{k: getattr(cfg, k) for k in TOKEN_ID_KEYS if getattr(cfg, k, None) is not None}}
 
 
 def _not_released_expressible(cfg: SpikingBrainConfig, w8a: bool) -> Optional[str]:
@@ -301,6 +335,7 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     if isinstance(dtype, str) and dtype != "auto":  # "bfloat16", "torch.float16", as Hugging Face accepts
         dtype = _parse_dtype(dtype, what)
     sd = load_checkpoint_tensors(path)
+    gen = read_generation_config(path)
     native = d.get("model_type") == NATIVE_MODEL_TYPE
     if not native and d.get("model_type") != RELEASED_MODEL_TYPE and RELEASED_ARCH not in (d.get("architectures") or []):
         raise ValueError(f"from_pretrained: config.json model_type={d.get('model_type')!r} is neither the released "
@@ -315,6 +350,7 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     extra: Dict[str, torch.Tensor] = {}
     if native:
         fields = dict(d["sbops_config"])
+        fields.update(token_ids({}, gen))
         fields.update(overrides)
         cfg = SpikingBrainConfig(**fields)
         renamed = dict(sd)
@@ -325,7 +361,7 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         if pinned:
             raise ValueError(f"from_pretrained: a released W8ASpike checkpoint pins {pinned} (spike_k=3, "
                              f"weight_quant='int8_static', {_W8A_FIELDS}); they cannot be overridden")
-        cfg = config_from_released(d, allow_unknown_config_keys, **overrides)
+        cfg = config_from_released(d, allow_unknown_config_keys, gen, **overrides)
         if w8a:
             cfg = _w8a_config(cfg)
         renamed = {}
@@ -345,6 +381,7 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     model.eval()
     model._released_config = None if native else d
     model._released_extra = extra
+    model._generation_config = gen
     return model
 
 
@@ -423,7 +460,28 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
              "torch_dtype": _dtype_name(dtype), "sbops_config": dataclasses.asdict(cfg)}
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump(d, fh, indent=2, sort_keys=True)
+    _write_generation_config(model, cfg, path)
     _write_tensors(sd, path, max_shard_size, safe_serialization)
+
+
+def _write_generation_config(model, cfg, path) -> None:
+    """generation_config.json: the one the model was loaded with, its token ids set to the config's;
+    none when the model came without one (config.json holds the ids), and a stale one from an
+    earlier save removed (it would override config.json's ids on loading)."""
+    f = os.path.join(path, GENERATION_CONFIG)
+    loaded = getattr(model, "_generation_config", None)
+    if loaded is None:
+        if os.path.isfile(f):
+            os.remove(f)
+        return
+    g = dict(loaded)
+    for k in TOKEN_ID_KEYS:
+        if getattr(cfg, k, None) is not None:
+            g[k] = getattr(cfg, k)
+        elif g.get(k) is not None:
+            g.pop(k)
+    with open(f, "w") as fh:
+        json.dump(g, fh, indent=2, sort_keys=True)
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
@@ -444,11 +502,15 @@ def _released_config_for(model, cfg, dtype, w8a) -> dict:
         return fresh
     d = dict(loaded)
     try:
-        same = (_w8a_config if w8a else (lambda c: c))(config_from_released(d, True)) == cfg
+        same = (_w8a_config if w8a else (lambda c: c))(
+            config_from_released(d, True, getattr(model, "_generation_config", None))) == cfg
     except (ValueError, NotImplementedError, TypeError):
         same = False
     if not same:   # overridden at load, or model.config changed since
         d.update(fresh)
+        for k in TOKEN_ID_KEYS:   # an id unset since loading is not written back
+            if getattr(cfg, k, None) is None:
+                d.pop(k, None)
     d.pop("dtype", None)   # transformers >= 4.56 writes "dtype"; one key, the weights' dtype
     d["torch_dtype"] = _dtype_name(dtype)
     return d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -9,7 +10,10 @@ import torch
 
 def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float):
     """-> (temperature, top_k, top_p) checked, with None meaning "unset" as in Hugging Face's GenerationConfig
-    (1.0, 0, 1.0) and one-element tensors read as numbers."""
+    (1.0, 0, 1.0) and one-element tensors read as numbers.  Their types are always checked; their values
+    only when sampling (Hugging Face's warpers: temperature > 0, top_k >= 0 with 0 = off, top_p in [0, 1]
+    with 1 = off and 0 = the most likely token only).  Greedy decoding ignores them, with a warning when
+    one is set to something else than off (as Hugging Face's GenerationConfig.validate)."""
     vals = []
     for v, unset in ((temperature, 1.0), (top_k, 0), (top_p, 1.0)):
         if v is None:
@@ -22,12 +26,20 @@ def check_sampling(do_sample: bool, temperature: float, top_k: int, top_p: float
                           ("top_k", top_k, numbers.Integral)):   # numpy scalars register as these
         if isinstance(v, bool) or not isinstance(v, kind):
             raise TypeError(f"{name} must be {'an int' if kind is numbers.Integral else 'a number'}, got {v!r}")
-    if do_sample and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if not do_sample:
+        set_ = [f"{n}={v!r}" for n, v, off in (("temperature", temperature, 1.0), ("top_k", top_k, 0),
+                                                ("top_p", top_p, 1.0)) if v != off]
+        if set_:
+            warnings.warn(f"generate: do_sample=False (greedy decoding) ignores {', '.join(set_)}; pass "
+                          f"do_sample=True to sample with them", UserWarning, stacklevel=4)
+        return 1.0, 0, 1.0
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature} (for greedy decoding pass "
+                         f"do_sample=False)")
     if int(top_k) < 0:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-    if not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p must lie in (0, 1] (1 = off), got {top_p}")
+    if not 0.0 <= float(top_p) <= 1.0:
+        raise ValueError(f"top_p must lie in [0, 1] (1 = off), got {top_p}")
     return float(temperature), int(top_k), float(top_p)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +14,8 @@ from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
 
 from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
 from .config import SpikingBrainConfig
-
-
-class CausalLMOutput(NamedTuple):
-    logits: torch.Tensor            # [B, T, vocab]
-    aux_loss: torch.Tensor          # summed MoE load-balancing losses (0 without MoE), unscaled
-    loss: Optional[torch.Tensor]    # next-token cross-entropy + router_aux_loss_coef * aux_loss, if labels given
+from .forward_args import (CausalLMOutput, check_attention_mask, check_flag, check_input_ids, check_labels,
+                           check_logits_to_keep)
 
 
 class ModelCache:
@@ -34,11 +30,34 @@ class ModelCache:
     def __init__(self, layers: list, batch_size: int, device=None):
         self.layers = layers
         self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        # Host bookkeeping of seq_lens (no device reads): the tokens of each slot as the host last knew
+        # them (None: unknown, e.g. after a decode step given device slot indices); valid while
+        # seq_lens' version counter is the one recorded (an outside write to seq_lens voids it; an
+        # inference-mode tensor has no version counter, so there it is never valid).
+        self._host_lens: List[Optional[int]] = [0] * batch_size
+        self._host_version = _version(self.seq_lens)
+
+    def host_lens(self) -> List[Optional[int]]:
+        """The host's knowledge of seq_lens (a copy; None where unknown); no device read."""
+        lens = self.__dict__.get("_host_lens")
+        v = _version(self.seq_lens)
+        if lens is None or v is None or self.__dict__.get("_host_version") != v or len(lens) != self.num_slots:
+            return [None] * self.num_slots
+        return list(lens)
+
+    def _set_host_lens(self, lens: List[Optional[int]]) -> None:
+        self._host_lens, self._host_version = list(lens), _version(self.seq_lens)
 
     def __getstate__(self):  # picklable (torch.save a conversation): the model-fit mark is a weak reference
         state = dict(self.__dict__)
         state.pop("_fits_model", None)
+        state["_host_lens"], state["_host_version"] = self.host_lens(), None   # valid now; re-pinned on loading
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_host_lens" in state:
+            self._host_version = _version(self.seq_lens)
 
     @property
     def num_slots(self) -> int:
@@ -47,12 +66,22 @@ class ModelCache:
     def reset(self, slots=None) -> None:
         """Empty these slots (default: all) for new sequences: length 0 and zero linear-attention
         states (ring-buffer rows are never read beyond a slot's length, so they are left as they are)."""
+        host = self.host_lens()
+        if slots is None:
+            host = [0] * self.num_slots
+        elif isinstance(slots, torch.Tensor) and not slots.is_cpu:
+            host = [None] * self.num_slots    # which slots: a device read; the bookkeeping is given up instead
+        else:
+            for i in torch.as_tensor(slots, dtype=torch.int64).reshape(-1).tolist():
+                if -self.num_slots <= i < self.num_slots:
+                    host[i] = 0
         idx = slice(None) if slots is None else torch.as_tensor(slots, dtype=torch.int64, device=self.seq_lens.device)
         self.seq_lens[idx] = 0
         for c in self.layers:
             lin = c.linear if hasattr(c, "linear") else c
             if hasattr(lin, "state"):
                 lin.state[idx] = 0
+        self._set_host_lens(host)
 
     def tensors(self) -> List[torch.Tensor]:
         """Every cache tensor, layer by layer."""
@@ -100,6 +129,44 @@ class ModelCache:
                                          f"(this model's new_cache), got {got}")
         if self.seq_lens.dtype != torch.int64 or self.seq_lens.device != dev:
             raise ValueError(f"cache: seq_lens must be int64 on {dev}, got {self.seq_lens.dtype} on {self.seq_lens.device}")
+        full = [getattr(c, "softmax", c).rows for c, layer in zip(self.layers, layers)
+                if getattr(layer.self_attn, "window", 0) < 0 and hasattr(getattr(c, "softmax", c), "rows")]
+        self._full_rows = min(full) if full else None   # tokens a slot of the full-attention layers holds
+
+    def _check_decode_room(self, slots: Optional[List[int]]) -> None:
+        """A decode step adds a token to these slots: refuse it where the host knows a slot's full-attention
+        layers are full (their kernels would otherwise overwrite a held row with data checks off)."""
+        rows = self.__dict__.get("_full_rows")
+        if rows is None or slots is None:
+            return
+        lens = self.host_lens()
+        for s in slots:
+            if 0 <= s < len(lens) and lens[s] is not None and lens[s] >= rows:
+                raise ValueError(f"cache: slot {s} holds {lens[s]} tokens, as many as its full-attention layers hold "
+                                 f"({rows} per slot), so it cannot take another token: allocate the cache with "
+                                 f"model.new_cache(..., max_length=) of at least the whole sequence's length")
+
+    def _note_forward(self, lens: List[Optional[int]], slots: Optional[List[int]], ends: Optional[List[int]],
+                      decode: bool) -> None:
+        """After a forward call updated seq_lens (lens: host_lens() before it): its slots now hold `ends`
+        tokens (prefill), or one more (decode); slots None (device slot indices) makes every slot unknown."""
+        if slots is None:
+            lens = [None] * self.num_slots
+        elif decode:
+            for s in slots:
+                if 0 <= s < len(lens):
+                    lens[s] = None if lens[s] is None else lens[s] + 1
+        else:
+            for s, e in zip(slots, ends):
+                if 0 <= s < len(lens):
+                    lens[s] = e
+        self._set_host_lens(lens)
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """t's version counter (bumped by every in-place write), None for an inference-mode tensor (none kept)
+    or while torch.compile traces (the bookkeeping is then given up)."""
+    return None if torch.compiler.is_compiling() or t.is_inference() else t._version
 
 
 # token count above which an inference forward runs the dense FFN in chunks of this many tokens
@@ -176,7 +243,8 @@ class SpikingBrainForCausalLM(nn.Module):
     """A SpikingBrain-7B-style (GLA/SWA) or -76B-style (hybrid + MoE) causal LM.
 
     forward(input_ids, cache=None, labels=None, logits_to_keep=0, *, cu_seqlens=None,
-    slot_indices=None) -> CausalLMOutput.
+    slot_indices=None, ...) -> CausalLMOutput (Hugging Face's ModelOutput order: out[0] is the loss
+    when labels are given; see forward_args.CausalLMOutput).
       * input_ids [B, T], or [1, total] holding N sequences packed by cu_seqlens [N + 1].
       * cache (from new_cache): sequence i continues slot slot_indices[i] (default i).  A call with
         T == 1 (and no cu_seqlens) is a decode step (no host reads: CUDA-graph capturable); any
@@ -304,13 +372,42 @@ class SpikingBrainForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[ModelCache] = None,
                 labels: Optional[torch.Tensor] = None, logits_to_keep: Union[int, torch.Tensor] = 0, *,
-                cu_seqlens=None, slot_indices=None, start_positions: Optional[List[int]] = None
-                ) -> CausalLMOutput:
+                cu_seqlens=None, slot_indices=None, start_positions: Optional[List[int]] = None,
+                attention_mask: Optional[torch.Tensor] = None, use_cache: Optional[bool] = None,
+                past_key_values: Optional[ModelCache] = None, return_dict: Optional[bool] = None,
+                output_attentions: Optional[bool] = None, output_hidden_states: Optional[bool] = None):
         """See the class docstring.  cu_seqlens and slot_indices may be tensors or host lists (lists
         spare a device read in a prefill chunk); start_positions (host list: tokens each slot already
-        holds, i.e. cache.seq_lens[slot]) spares another."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, T] (or [1, total] with cu_seqlens), got shape {tuple(input_ids.shape)}")
+        holds, i.e. cache.seq_lens[slot]) spares another.
+
+        Hugging Face's keywords: attention_mask without padding (all ones; with a cache it may be
+        [B, held + T]; padding is refused: pack with cu_seqlens, or generate(attention_mask=) drops it);
+        use_cache=True without a cache makes one (new_cache(N, max_length=T)), returned as
+        out.past_key_values, and use_cache=False refuses a cache; past_key_values= is cache=;
+        return_dict=False returns out.to_tuple(); output_attentions / output_hidden_states must be off."""
+        check_input_ids(input_ids, self.model.embed_tokens.weight.device)
+        for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
+            if check_flag(flag, name):
+                raise NotImplementedError(f"forward: {name}=True is not supported (no attention weights or hidden "
+                                          f"states are returned)")
+        use_cache, return_dict = check_flag(use_cache, "use_cache"), check_flag(return_dict, "return_dict")
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("pass the cache once: cache= or past_key_values= (Hugging Face's name), not both")
+            if not isinstance(past_key_values, ModelCache):
+                raise TypeError(f"past_key_values must be a ModelCache (model.new_cache), got "
+                                f"{type(past_key_values).__name__}")
+            cache = past_key_values
+        if cache is not None and use_cache is False:
+            raise ValueError("use_cache=False but a cache was passed: pass no cache, or use_cache=None / True")
+        if labels is not None:
+            labels = check_labels(labels, input_ids)
+        logits_to_keep = check_logits_to_keep(logits_to_keep, input_ids.device)
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, input_ids, cache is not None)
+        if cache is None and use_cache:
+            n_seq = input_ids.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+            cache = self.new_cache(max(n_seq, 1), max_length=max(input_ids.shape[1], 1))
         if cache is not None:
             if not isinstance(cache, ModelCache):
                 raise TypeError(f"cache must be a ModelCache (model.new_cache), got {type(cache).__name__}")
@@ -321,6 +418,10 @@ class SpikingBrainForCausalLM(nn.Module):
         elif slot_indices is not None or start_positions is not None:
             raise ValueError("slot_indices and start_positions name cache slots: they need a cache")
         batch, cu_dev = self._plan(input_ids, cache, cu_seqlens, slot_indices, start_positions)
+        if cache is not None:
+            host_before, host_slots = cache.host_lens(), _host_slots(slot_indices, input_ids.shape[0] if batch.decode else len(batch.lens))
+            if batch.decode:
+                cache._check_decode_room(host_slots)
         x = self.model.embed_tokens(input_ids)
         aux = None
         for i, layer in enumerate(self.model.layers):
@@ -330,11 +431,14 @@ class SpikingBrainForCausalLM(nn.Module):
         if aux is None:
             aux = x.new_zeros((), dtype=torch.float32)
         if cache is not None:
+            ends = None
             if batch.decode:
                 cache.seq_lens.index_copy_(0, batch.slots, batch.seq_lens)
             else:
-                ends = torch.tensor([s + n for s, n in zip(batch.starts, batch.lens)], dtype=torch.int64)
-                cache.seq_lens.index_copy_(0, batch.slots, ends.to(cache.seq_lens.device, non_blocking=True))
+                ends = [s + n for s, n in zip(batch.starts, batch.lens)]
+                cache.seq_lens.index_copy_(0, batch.slots, torch.tensor(ends, dtype=torch.int64).to(
+                    cache.seq_lens.device, non_blocking=True))
+            cache._note_forward(host_before, host_slots, ends, batch.decode)
         loss = None
         if labels is not None:
             logits_all = self.lm_head(self.model.norm(x))
@@ -345,12 +449,11 @@ class SpikingBrainForCausalLM(nn.Module):
         else:
             # the final norm is per position: only the kept positions are normalised
             logits = self.lm_head(self.model.norm(_keep(x, logits_to_keep)))
-        return CausalLMOutput(logits, aux, loss)
+        out = CausalLMOutput(logits, aux, loss, cache)
+        return out.to_tuple() if return_dict is False else out
 
     @staticmethod
     def _loss(logits, labels, cu_seqlens):
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must be shaped like input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
         target = labels[:, 1:]
         if cu_seqlens is not None and cu_seqlens.numel() > 2:
             # position cu[i] - 1 is a sequence's last token: it predicts nothing in the next sequence
@@ -403,7 +506,16 @@ def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:
             raise ValueError(f"a bool logits_to_keep must have one entry per position ({t.shape[1]}), "
                              f"got {idx.shape[0]}")
         return t[:, idx.to(t.device, non_blocking=True)]
-    n = int(logits_to_keep)
-    if n < 0:
-        raise ValueError(f"logits_to_keep must be >= 0 (0 = every position), got {n}")
+    n = check_logits_to_keep(logits_to_keep, t.device)
+    if isinstance(n, torch.Tensor):
+        return _keep(t, n)
     return t if n == 0 else t[:, -n:]
+
+
+def _host_slots(slot_indices, n: int) -> Optional[List[int]]:
+    """The slots of a forward call as host ints, or None where that needs a device read."""
+    if slot_indices is None:
+        return list(range(n))
+    if isinstance(slot_indices, torch.Tensor):
+        return [int(i) for i in slot_indices.reshape(-1).tolist()] if slot_indices.is_cpu else None
+    return [int(i) for i in slot_indices]
