@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -78,14 +78,79 @@ def check_agree(op: str, fields: Sequence[Tuple[str, str]], rows: Sequence[Seque
 
 
 def gather_and_check(op: str, fields: Sequence[Tuple[str, str, int]], device: torch.device, group,
-                     lead: Sequence[int] = ()) -> List[List[int]]:
+                     lead: Sequence[int] = (), failure: Optional[Exception] = None) -> List[List[int]]:
     """One all_gather of ``lead + [value for each field]`` (int64) and one host read; raises as
-    check_agree when a field differs (``lead`` values may differ). Returns every rank's row."""
-    row = [int(x) for x in lead] + [int(v) for (_, _, v) in fields]
+    check_agree when a field differs (``lead`` values may differ). Returns every rank's row.
+
+    ``failure``: this rank's own argument error (local_failure), or None. It travels with the row
+    (its kind and message length; the message itself in a second all_gather, only when some rank
+    failed), so every rank raises it together instead of one rank raising while the others wait in
+    the next collective. Where a rank failed, its lead and field values are not looked at (pass 0s)."""
+    kind, msg = _encode_failure(failure)
+    row = [int(x) for x in lead] + [int(v) for (_, _, v) in fields] + [kind, len(msg)]
     t = torch.tensor(row, dtype=torch.int64, device=device)
     rows = all_gather_stack(t, group).tolist()
+    raise_failures(op, [(r[-2], r[-1]) for r in rows], msg, device, group)
+    rows = [r[:-2] for r in rows]
     check_agree(op, [(n, k) for (n, k, _) in fields], rows, len(lead))
     return rows
+
+
+# ----------------------------------------------------------------------------- local argument errors, raised together
+# A check of one rank's own arguments (a shape, a dtype, a missing tensor) fails on that rank only;
+# raised there at once, the other ranks would wait in the op's next collective until the process
+# group's timeout (or read a halo the failing rank never sent). So the ops run their local checks
+# first, keep the error, and let it travel with the agreement all_gather: every rank raises it.
+_KINDS = {1: ValueError, 2: TypeError}
+_MAX_MSG = 2000                                             # bytes of a message sent to the other ranks
+
+
+def local_failure(check: Callable[[], object]) -> Optional[Exception]:
+    """Run ``check()`` (argument checks of this rank alone); return the ValueError / TypeError it
+    raises, or None. Outside an initialised process group there is nobody to wait: it raises."""
+    try:
+        check()
+    except (ValueError, TypeError) as e:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        return e
+    return None
+
+
+def blank_if(failure: Optional[Exception], values: Callable[[], Sequence[int]], n: int) -> List[int]:
+    """``values()``, or n zeros where this rank's arguments already failed (they may not even have
+    the attributes ``values`` reads); a failure is raised before any value is compared."""
+    return [0] * n if failure is not None else list(values())
+
+
+def _encode_failure(failure: Optional[Exception]) -> Tuple[int, bytes]:
+    if failure is None:
+        return 0, b""
+    kind = 2 if isinstance(failure, TypeError) else 1
+    return kind, (str(failure) or type(failure).__name__).encode("utf-8")[:_MAX_MSG]
+
+
+def raise_failures(op: str, info: Sequence[Tuple[int, int]], msg: bytes, device: torch.device, group) -> None:
+    """``info[r]`` = (kind, message length) of group rank r's local failure (kind 0: none). When any
+    rank failed, one more all_gather brings the messages and every rank raises the same error (the
+    type of the first failing rank's: ValueError or TypeError), naming the failing ranks."""
+    bad = [r for r, (kind, _) in enumerate(info) if kind]
+    if not bad:
+        return
+    n = max(1, max(int(m) for _, m in info))
+    buf = torch.zeros(n, dtype=torch.int64)
+    if msg:
+        buf[:len(msg)] = torch.tensor(list(msg), dtype=torch.int64)
+    got = all_gather_stack(buf.to(device), group).tolist()
+    msgs = {r: bytes(got[r][:int(info[r][1])]).decode("utf-8", "replace") for r in bad}
+    msgs = {r: m[len(op) + 2:] if m.startswith(op + ": ") else m for r, m in msgs.items()}   # op named once
+    where = f"group rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of {len(info)}"
+    if len(set(msgs.values())) == 1:
+        body = msgs[bad[0]]
+    else:
+        body = "; ".join(f"[group rank {r}] {m}" for r, m in msgs.items())
+    raise _KINDS.get(int(info[bad[0]][0]), ValueError)(
+        f"{op}: invalid arguments on {where}: {body} (every rank of the group raises this error)")
 
 
 # torch >= 2.13 names it all_gather_single (all_gather_into_tensor is deprecated there)

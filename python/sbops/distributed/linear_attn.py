@@ -23,7 +23,11 @@ import torch
 import sbops
 from sbops._validate import checking_data
 
-from ._collectives import all_gather_stack, dtype_code, float_code, gather_and_check, rank_and_size
+from sbops import _validate as V
+from sbops.ops.linear_attn import _check as _op_check
+
+from ._collectives import (all_gather_stack, blank_if, dtype_code, float_code, gather_and_check, local_failure,
+                           rank_and_size)
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
@@ -132,16 +136,27 @@ def _check_state(initial_state, q, k, v):
                          f"{[B, HKV, K, V]} tensor on {q.device} (the same on every rank), got {got}")
 
 
-def _check_agree(q, k, v, g, scale, initial_state, group):
+def _check_local(q, k, v, g, scale, initial_state) -> float:
+    """This rank's own arguments, checked as sbops.linear_attn checks them (k, v, g with q's B and
+    T_r, initial_state [B, HKV, K, V] float32, ...); returns the scale. Run before any collective."""
+    _op_check(q, k, v, g, None, None)
+    _check_state(initial_state, q, k, v)
+    return V.scale("distributed.linear_attn", scale, q.shape[-1], "K")
+
+
+def _check_agree(q, k, v, g, scale, initial_state, group, failure=None):
     """One small all_gather of the arguments that must agree on every rank (shapes, dtype, gate kind,
     scale, initial_state given), read on the host: a mismatch is the same ValueError on every rank
-    instead of a size-mismatched all_gather (an abort) or a silently wrong state."""
-    gate = 0 if g is None else (1 if g.dim() == 3 else 2)
-    fields = [("B", "int", q.shape[0]), ("H (query heads)", "int", q.shape[2]), ("HKV (key/value heads)", "int",
-              k.shape[2]), ("K (key dim)", "int", k.shape[3]), ("V (value dim)", "int", v.shape[3]),
-              ("dtype", "dtype", dtype_code(q.dtype)), ("gate kind (0 none, 1 per head, 2 per key)", "int", gate),
-              ("initial_state given", "bool", initial_state is not None), ("scale", "float", float_code(scale))]
-    gather_and_check("sbops.distributed.linear_attn", fields, q.device, group)
+    instead of a size-mismatched all_gather (an abort) or a silently wrong state. This rank's own
+    argument error (``failure``) travels with it: every rank raises it."""
+    names = [("B", "int"), ("H (query heads)", "int"), ("HKV (key/value heads)", "int"), ("K (key dim)", "int"),
+             ("V (value dim)", "int"), ("dtype", "dtype"), ("gate kind (0 none, 1 per head, 2 per key)", "int"),
+             ("initial_state given", "bool"), ("scale", "float")]
+    vals = blank_if(failure, lambda: [
+        q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3], dtype_code(q.dtype),
+        0 if g is None else (1 if g.dim() == 3 else 2), initial_state is not None, float_code(scale)], len(names))
+    fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
+    gather_and_check("sbops.distributed.linear_attn", fields, q.device, group, failure=failure)
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -156,7 +171,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
         and whether initial_state is given must agree on all ranks. Where sbops runs its data checks
         (CPU tensors by default, GPU tensors with SBOPS_DATA_CHECKS=1 / sbops.set_data_checks(True))
         they are all-gathered first (one small all_gather and host read), and a mismatch raises the
-        same ValueError on every rank; on GPUs by default nothing is read back (no sync).
+        same ValueError on every rank, and so does a bad argument on one rank (a shape, a dtype, the
+        initial_state): every rank raises its error. On GPUs by default nothing is read back (no sync):
+        a rank with a bad argument raises alone, before any collective, and the others wait in the
+        state all_gather until the process group's timeout.
         initial_state [B, HKV, K, V] float32 is the state before rank 0's first token, identical on
         every rank. group: a torch.distributed process group (None: the default group). No varlen
         (cu_seqlens) here.
@@ -174,11 +192,14 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     CPU by default). Every rank must run the backward through its o (or final_state) when any rank
     does.
     """
-    _check_state(initial_state, q, k, v)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    got = {}
+    failure = local_failure(lambda: got.update(scale=_check_local(q, k, v, g, scale, initial_state)))
     rank_and_size(group)
-    if checking_data(q):
-        _check_agree(q, k, v, g, scale, initial_state, group)
+    if isinstance(q, torch.Tensor) and checking_data(q):
+        _check_agree(q, k, v, g, got.get("scale", 0.0), initial_state, group, failure)   # raises any rank's failure
+    elif failure is not None:
+        raise failure                 # no agreement gather here (no host sync): this rank alone raises
+    scale = got["scale"]
     if q.dtype != torch.float64:
         o, final = _ThroughOp.apply(q, k, v, g, initial_state, scale, group)
         return o, (final if output_final_state else None)

@@ -17,9 +17,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 import sbops
+from sbops import _validate as V
 from sbops._validate import checking_data
 
-from ._collectives import AllToAllRows, all_to_all_rows, dtype_code, gather_and_check, rank_and_size
+from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, gather_and_check, local_failure,
+                           rank_and_size)
 
 
 @dataclass
@@ -38,12 +40,15 @@ class MoEHandle:
 
 def _check(x, ids, weights, num_experts, P):
     op = "sbops.distributed.moe_dispatch"
+    V.tensor("distributed.moe_dispatch", "x", x, dtypes=V.FLOAT_DTYPES, what="[T, Hd]")
     if x.dim() != 2:
         raise ValueError(f"{op}: x must be [T, Hd], got {list(x.shape)}")
+    V.tensor("distributed.moe_dispatch", "ids", ids, dtypes=V.INDEX_DTYPES, device=x.device,
+             what="[T, k] expert ids (< 0: dropped)")
     if ids.dim() != 2 or ids.shape[0] != x.shape[0]:
         raise ValueError(f"{op}: ids must be [T={x.shape[0]}, k], got {list(ids.shape)}")
-    if weights is None or tuple(weights.shape) != tuple(ids.shape):
-        got = None if weights is None else list(weights.shape)
+    if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != tuple(ids.shape):
+        got = list(weights.shape) if isinstance(weights, torch.Tensor) else weights
         raise ValueError(f"{op}: weights must be [T, k] = {list(ids.shape)}, got {got}")
     if not isinstance(num_experts, int) or num_experts < 1 or num_experts % P:
         raise ValueError(f"{op}: num_experts must be a positive multiple of the world size {P}, got {num_experts!r}")
@@ -91,18 +96,29 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     Hidden size, dtype and num_experts must agree on every rank: where sbops runs its data checks
     (CPU tensors by default, GPU tensors with SBOPS_DATA_CHECKS=1) one small all_gather compares
     them first (with each rank's count of ids >= num_experts) and a mismatch or a bad id raises the
-    same ValueError on every rank.
+    same ValueError on every rank; so does a bad argument on one rank (x, ids, weights: shapes and
+    dtypes), checked before any collective. Without those data checks (GPU tensors by default) a
+    rank with a bad argument raises alone and the others wait in the counts all_to_all until the
+    process group's timeout.
     """
     r, P = rank_and_size(group)
-    if checking_data(x):
-        fields = [("hidden size (x.shape[-1])", "int", x.shape[-1] if x.dim() else -1),
-                  ("x dtype", "dtype", dtype_code(x.dtype)),
+    # this rank's own arguments first (shapes, dtypes, weights); num_experts is compared below, so its
+    # local check (a positive multiple of P) runs after the agreement
+    failure = local_failure(lambda: _check(x, ids, weights, P, P))
+    if isinstance(x, torch.Tensor) and checking_data(x):
+        fields = [("hidden size (x.shape[-1])", "int", x.shape[-1] if failure is None else 0),
+                  ("x dtype", "dtype", dtype_code(x.dtype) if failure is None else 0),
                   ("num_experts", "int", num_experts if isinstance(num_experts, int) else -1)]
-        n_bad = int((ids >= num_experts).sum()) if isinstance(num_experts, int) and ids.numel() else 0
-        rows = gather_and_check("sbops.distributed.moe_dispatch", fields, x.device, group, lead=[n_bad])
+        n_bad = 0
+        if failure is None and isinstance(num_experts, int) and ids.numel():
+            n_bad = int((ids >= num_experts).sum())
+        rows = gather_and_check("sbops.distributed.moe_dispatch", fields, x.device, group, lead=[n_bad],
+                                failure=failure)     # raises any rank's failure on every rank
         if any(row[0] for row in rows):   # a bad id on one rank: the same error everywhere, not a lone raise
             raise ValueError(f"sbops.distributed.moe_dispatch: ids hold expert ids >= num_experts={num_experts} "
                              f"(count by group rank: {[row[0] for row in rows]})")
+    elif failure is not None:
+        raise failure                 # no agreement gather here (no host sync): this rank alone raises
     _check(x, ids, weights, num_experts, P)
     El = num_experts // P
     x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
@@ -122,6 +138,13 @@ def _finish(y_back, handle):
     return sbops.moe_unpermute(y_perm, handle.row_map, handle.weights)
 
 
+def _check_combine(y_local, handle):
+    V.tensor("distributed.moe_combine", "y_local", y_local, dtypes=V.FLOAT_DTYPES, what="[N, Hd]")
+    if y_local.dim() != 2 or y_local.shape[0] != handle.order.numel():
+        raise ValueError(f"sbops.distributed.moe_combine: y_local must be [N={handle.order.numel()}, Hd] "
+                         f"(one row per x_local row), got {list(y_local.shape)}")
+
+
 def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     """y [T, Hd'] on each rank: y[t] = sum_j weights[t, j] * y_expert(t, j) over routed slots.
 
@@ -134,9 +157,9 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     zero); whether y_local requires grad must agree on every rank (checked where sbops runs its
     data checks: CPU tensors by default, a clear ValueError on every rank).
     """
-    if y_local.dim() != 2 or y_local.shape[0] != handle.order.numel():
-        raise ValueError(f"sbops.distributed.moe_combine: y_local must be [N={handle.order.numel()}, Hd] "
-                         f"(one row per x_local row), got {list(y_local.shape)}")
+    failure = local_failure(lambda: _check_combine(y_local, handle))
+    if failure is not None and not (isinstance(y_local, torch.Tensor) and checking_data(y_local)):
+        raise failure                 # no agreement gather here (no host sync): this rank alone raises
     xl = handle.x_local
     if torch.is_grad_enabled() and xl is not None and xl.requires_grad and not y_local.requires_grad:
         # x_local is in the graph but y_local is not (e.g. an empty result built with new_zeros on a
@@ -144,9 +167,11 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
         # this rank's backward still runs both all-to-alls like every other rank's.
         y_local = y_local + xl.reshape(-1)[:0].sum().to(y_local.dtype)
     if checking_data(y_local):
-        fields = [("y_local width (shape[-1])", "int", y_local.shape[-1]), ("y_local dtype", "dtype",
-                  dtype_code(y_local.dtype)), ("y_local requires grad", "bool", y_local.requires_grad)]
-        gather_and_check("sbops.distributed.moe_combine", fields, y_local.device, handle.group)
+        vals = blank_if(failure, lambda: [y_local.shape[-1], dtype_code(y_local.dtype), y_local.requires_grad], 3)
+        fields = [("y_local width (shape[-1])", "int", vals[0]), ("y_local dtype", "dtype", vals[1]),
+                  ("y_local requires grad", "bool", vals[2])]
+        gather_and_check("sbops.distributed.moe_combine", fields, y_local.device, handle.group,
+                         failure=failure)       # raises any rank's failure on every rank
     y_rm = y_local.index_select(0, handle.inverse)
     y_back = AllToAllRows.apply(y_rm, handle.recv_splits, handle.send_splits, handle.group)
     return _finish(y_back, handle)

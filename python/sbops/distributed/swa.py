@@ -17,7 +17,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 import sbops
-from ._collectives import all_reduce_sum, dtype_code, exchange, float_code, gather_and_check, rank_and_size
+from sbops import _validate as V
+from sbops.ops.swa import _check as _op_check
+
+from ._collectives import (all_reduce_sum, blank_if, dtype_code, exchange, float_code, gather_and_check,
+                           local_failure, rank_and_size)
 
 Piece = Tuple[int, int, int, int]   # (src rank, src row lo, src row hi, row offset in the dst halo)
 
@@ -145,17 +149,27 @@ def _check(q, k, window, sink_k, sink_v):
                          f"q {list(q.shape)}, k {list(k.shape)}")
 
 
-def _agreed_lengths(q, k, v, window, scale, sink_k, group) -> List[int]:
+def _check_local(q, k, v, window, scale, sink_k, sink_v) -> float:
+    """This rank's own arguments, checked as sbops.swa_attn checks them (k and v must have q's B and
+    T_r, the sinks [M, HKV, D], ...); returns the scale. Run before any collective (local_failure)."""
+    _check(q, k, window, sink_k, sink_v)
+    _op_check(q, k, v, window, None, sink_k, sink_v)
+    return V.scale("distributed.swa_attn", scale, q.shape[-1], "D")
+
+
+def _agreed_lengths(q, k, v, window, scale, sink_k, group, failure=None) -> List[int]:
     """Every rank's T_r, from the one all_gather this op runs anyway; the arguments that must agree
-    travel with it, so a mismatch is the same ValueError on every rank (not an uninitialised halo)."""
-    B, _, H, D = q.shape
-    fields = [("window", "int", window), ("B", "int", B), ("H (query heads)", "int", H),
-              ("HKV (key/value heads)", "int", k.shape[2]), ("D (q/k head dim)", "int", D),
-              ("v head dim", "int", v.shape[-1]), ("dtype", "dtype", dtype_code(q.dtype)),
-              ("sinks given", "bool", sink_k is not None),
-              ("number of sinks", "int", -1 if sink_k is None else sink_k.shape[0]),
-              ("scale", "float", float_code(scale))]
-    rows = gather_and_check("sbops.distributed.swa_attn", fields, q.device, group, lead=[q.shape[1]])
+    travel with it, so a mismatch is the same ValueError on every rank (not an uninitialised halo),
+    and so does this rank's own argument error (``failure``): every rank raises it."""
+    names = [("window", "int"), ("B", "int"), ("H (query heads)", "int"), ("HKV (key/value heads)", "int"),
+             ("D (q/k head dim)", "int"), ("v head dim", "int"), ("dtype", "dtype"), ("sinks given", "bool"),
+             ("number of sinks", "int"), ("scale", "float")]
+    vals = blank_if(failure, lambda: [
+        window, q.shape[0], q.shape[2], k.shape[2], q.shape[3], v.shape[-1], dtype_code(q.dtype),
+        sink_k is not None, -1 if sink_k is None else sink_k.shape[0], float_code(scale)], len(names))
+    fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
+    lead = blank_if(failure, lambda: [q.shape[1]], 1)
+    rows = gather_and_check("sbops.distributed.swa_attn", fields, q.device, group, lead=lead, failure=failure)
     return [row[0] for row in rows]
 
 
@@ -167,7 +181,8 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     Args: as sbops.swa_attn (docs/SPEC.md section 2) for this rank's shard q [B, T_r, H, D], k, v [B, T_r, HKV, D];
         shards may differ in length (T_r >= 0: empty and shorter than the window too); B, heads, D,
         dtype, window, scale and the sinks must agree on all ranks: they travel with the shard
-        lengths, and a mismatch raises the same ValueError on every rank. sink_k, sink_v [M, HKV, D]
+        lengths, and a mismatch raises the same ValueError on every rank; so does a bad argument on
+        one rank (e.g. k or v whose T differs from q's): every rank raises its error. sink_k, sink_v [M, HKV, D]
         are shared by all ranks (each query merges them once in its softmax). group: a
         torch.distributed process group (None: the default group).
     Returns:
@@ -180,10 +195,11 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     the sinks' gradients. window < 0 (full causal) sends every earlier position: correct, not cheap.
     Every rank must run the backward through its o when any rank does.
     """
-    _check(q, k, window, sink_k, sink_v)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    got = {}
+    failure = local_failure(lambda: got.update(scale=_check_local(q, k, v, window, scale, sink_k, sink_v)))
     rank_and_size(group)
-    lens = _agreed_lengths(q, k, v, window, scale, sink_k, group)
+    scale = got.get("scale", 0.0)
+    lens = _agreed_lengths(q, k, v, window, scale, sink_k, group, failure)   # raises any rank's failure
     k, v, halo_k, halo_v, sk, sv = _Halo.apply(k, v, sink_k, sink_v, lens, window, group)
     return local_attn(q, k, v, halo_k, halo_v, window, scale, sk, sv)
 
