@@ -203,3 +203,51 @@ def test_decode_past_a_full_attention_cache_is_refused_even_with_data_checks_off
         generate(model, ids[:, :4], 4, cache=cache)   # the cache holds 4 + 4 - 1 = 7 tokens in slot 0
         with pytest.raises(ValueError, match="slot 0 holds 7 tokens"):
             model(ids[:, :1], cache=cache)
+
+
+# --------------------------------------------------------------------------- review fixes (session 20)
+def test_save_keeps_a_users_generation_config_and_sets_its_token_ids(tmp_path):
+    """A model that came without a generation_config.json keeps one already in the folder (the user's sampling
+    settings), its token ids set to the model's: Hugging Face overwrites, it never deletes."""
+    model = tiny(eos_token_id=5)
+    json.dump({"do_sample": True, "temperature": 0.7, "eos_token_id": 99}, open(tmp_path / "generation_config.json", "w"))
+    model.save_pretrained(tmp_path)
+    g = json.load(open(tmp_path / "generation_config.json"))
+    assert g["do_sample"] is True and g["temperature"] == 0.7 and g["eos_token_id"] == 5
+    assert SpikingBrainForCausalLM.from_pretrained(tmp_path).config.eos_token_id == 5
+
+
+def test_generation_config_null_eos_wins_and_a_bad_one_names_the_file(tmp_path):
+    model = tiny(eos_token_id=5)
+    model.save_pretrained(tmp_path)
+    json.dump({"eos_token_id": None}, open(tmp_path / "generation_config.json", "w"))
+    assert SpikingBrainForCausalLM.from_pretrained(tmp_path).config.eos_token_id is None   # as HF: no eos
+    json.dump({"eos_token_id": "</s>"}, open(tmp_path / "generation_config.json", "w"))
+    with pytest.raises(ValueError, match="generation_config.json's eos_token_id"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)
+
+
+def test_use_cache_true_makes_a_cache_a_full_attention_model_can_decode_into():
+    model, ids = tiny(window=-1), ids_(2, 6)
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        step = model(ids[:, :1], past_key_values=out.past_key_values)
+        full = model(torch.cat([ids, ids[:, :1]], 1))
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_output_tests_keys_with_in_and_has_get_and_logits_to_keep_empty_list():
+    model, ids = tiny(), ids_()
+    out = model(ids)
+    assert "logits" in out and "loss" not in out and out.get("loss") is None and out.get("logits") is out.logits
+    assert model(ids, logits_to_keep=[]).logits.shape == (2, 0, 128)
+
+
+def test_convert_qwen2_takes_the_eos_ids_of_the_generation_config():
+    transformers = pytest.importorskip("transformers")
+    from sbops.models import convert_qwen2
+    cfg = transformers.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, eos_token_id=100, bos_token_id=100)
+    q = transformers.Qwen2ForCausalLM(cfg).eval()
+    q.generation_config.eos_token_id = [101, 100]   # Qwen2-Instruct's: <|im_end|>, <|endoftext|>
+    assert convert_qwen2(q).config.eos_token_id == [101, 100]

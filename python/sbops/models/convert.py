@@ -28,7 +28,13 @@ def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBra
     per-head output norms at 1, meta tokens ~ N(0, 0.02^2).  The result has the source's dtype
     and device.  Every source tensor is either reused or upcycled; anything left over is an error.
     """
-    cfg = SpikingBrainConfig.from_qwen2(model.config, kind, **overrides)
+    ids = {}
+    gen = getattr(model, "generation_config", None)   # Hugging Face's generate stops on these (Qwen2-Instruct:
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):   # <|im_end|> and <|endoftext|>)
+        v = getattr(gen, name, None)
+        if v is not None and name not in overrides:
+            ids[name] = list(v) if isinstance(v, (list, tuple)) else v
+    cfg = SpikingBrainConfig.from_qwen2(model.config, kind, **{**ids, **overrides})
     if cfg.weight_quant == "int8_static":
         raise ValueError("convert_qwen2: weight_quant='int8_static' takes fixed scales from a released W8ASpike "
                          "checkpoint (SpikingBrainForCausalLM.from_pretrained); a float Qwen2 has none. Use "

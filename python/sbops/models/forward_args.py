@@ -6,9 +6,8 @@ from typing import Optional
 
 import torch
 
-from sbops._validate import can_sync, checking_data
+from sbops._validate import checking_data
 
-_CPU = torch.empty(0)   # checking_data(_CPU) is False only where data checks are turned off explicitly
 
 
 class CausalLMOutput(tuple):
@@ -59,6 +58,14 @@ class CausalLMOutput(tuple):
             return self._fields[key]
         return super().__getitem__(key)
 
+    def __contains__(self, key):   # Hugging Face's ModelOutput is a dict: `"logits" in out` tests a key
+        if isinstance(key, str):
+            return self._fields.get(key) is not None
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self._fields and self._fields[key] is not None else default
+
     def keys(self):
         return [k for k in self._ORDER if self._fields[k] is not None]
 
@@ -104,8 +111,8 @@ def check_labels(labels, input_ids: torch.Tensor) -> torch.Tensor:
 def check_attention_mask(mask, input_ids: torch.Tensor, with_cache: bool) -> None:
     """forward takes an attention mask without padding only (all ones: Hugging Face's tokenizer output
     for unpadded text); with a cache it may cover the held tokens too ([B, held + T]).  The ones are
-    checked on the host: free on the CPU, one device read for a GPU mask (skipped under
-    sbops.data_checks(False), torch.compile or CUDA-graph capture)."""
+    checked on the host where data checks are on (CPU tensors by default; a GPU mask only under
+    sbops.set_data_checks(True): the default call on GPU tensors never reads data back)."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"attention_mask must be a [B, T] tensor of ones (or None), got {type(mask).__name__}")
     B, T = input_ids.shape
@@ -114,7 +121,7 @@ def check_attention_mask(mask, input_ids: torch.Tensor, with_cache: bool) -> Non
         raise ValueError(f"attention_mask must be {want} like input_ids, got shape {tuple(mask.shape)}")
     if mask.device != input_ids.device:
         raise ValueError(f"attention_mask is on {mask.device} but input_ids are on {input_ids.device}")
-    read = checking_data(mask) or (not mask.is_cpu and checking_data(_CPU) and can_sync())
+    read = checking_data(mask)   # a GPU mask is read only under sbops.set_data_checks(True): no sync by default
     if read and mask.numel() and not bool((mask == 1).all()):
         raise ValueError("attention_mask has padding (zeros): forward takes no padding. Pack sequences of different "
                          "lengths with cu_seqlens= (input_ids [1, total]), or let generate(input_ids, "
@@ -128,7 +135,7 @@ def check_logits_to_keep(logits_to_keep, device: torch.device):
         return logits_to_keep
     if isinstance(logits_to_keep, (list, tuple)):
         try:
-            idx = torch.tensor(logits_to_keep)
+            idx = torch.tensor(logits_to_keep, dtype=None if len(logits_to_keep) else torch.int64)
         except (TypeError, ValueError, RuntimeError):
             idx = None
         if idx is None or idx.dim() != 1 or idx.is_floating_point() or idx.is_complex():

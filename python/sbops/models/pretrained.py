@@ -159,9 +159,19 @@ def config_from_released(d: dict, allow_unknown_config_keys: bool = False, gener
 
 
 def token_ids(config: dict, generation: Optional[dict] = None) -> dict:
-    """The token ids config.json states, with generation_config.json's (non-null ones) winning."""
+    """The token ids config.json states, with generation_config.json's winning, an explicit null too (as in
+    Hugging Face, whose generate then has no such id); a bad value there is named with its file."""
     out = {k: config[k] for k in TOKEN_ID_KEYS if k in config}
-    out.update({k: generation[k] for k in TOKEN_ID_KEYS if (generation or {}).get(k) is not None})
+    for k in TOKEN_ID_KEYS:
+        if k in (generation or {}):
+            v = generation[k]
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool)) or (
+                k == "eos_token_id" and isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                    for i in v))
+            if not ok:
+                raise ValueError(f"from_pretrained: {GENERATION_CONFIG}'s {k} must be an int"
+                                 f"{' or a list of ints' if k == 'eos_token_id' else ''} or null, got {v!r}")
+            out[k] = v
     return out
 
 
@@ -465,15 +475,22 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
 
 
 def _write_generation_config(model, cfg, path) -> None:
-    """generation_config.json: the one the model was loaded with, its token ids set to the config's;
-    none when the model came without one (config.json holds the ids), and a stale one from an
-    earlier save removed (it would override config.json's ids on loading)."""
+    """generation_config.json: the one the model was loaded with, its token ids set to the config's.
+    A model that came without one writes none, but a file already in the folder (an earlier save's, or
+    the user's own sampling settings) is kept, its token ids set to the config's (those the config
+    leaves None removed), so it cannot override config.json's ids with stale ones on loading."""
     f = os.path.join(path, GENERATION_CONFIG)
     loaded = getattr(model, "_generation_config", None)
     if loaded is None:
-        if os.path.isfile(f):
-            os.remove(f)
-        return
+        try:
+            loaded = read_generation_config(path)
+        except ValueError:
+            loaded = None   # not a JSON object: left as it is
+        if loaded is None:
+            return
+        for k in TOKEN_ID_KEYS:
+            if getattr(cfg, k, None) is None:
+                loaded.pop(k, None)
     g = dict(loaded)
     for k in TOKEN_ID_KEYS:
         if getattr(cfg, k, None) is not None:

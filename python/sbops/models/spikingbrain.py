@@ -169,6 +169,9 @@ def _version(t: torch.Tensor) -> Optional[int]:
     return None if torch.compiler.is_compiling() or t.is_inference() else t._version
 
 
+# tokens a cache made by forward(use_cache=True) can take beyond the prompt in full-attention layers
+USE_CACHE_EXTRA = 2048
+
 # token count above which an inference forward runs the dense FFN in chunks of this many tokens
 FFN_CHUNK_TOKENS = 65536
 
@@ -407,7 +410,9 @@ class SpikingBrainForCausalLM(nn.Module):
             check_attention_mask(attention_mask, input_ids, cache is not None)
         if cache is None and use_cache:
             n_seq = input_ids.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
-            cache = self.new_cache(max(n_seq, 1), max_length=max(input_ids.shape[1], 1))
+            # room for USE_CACHE_EXTRA more tokens in full-attention layers (Hugging Face's cache grows; ours
+            # is allocated once: new_cache(max_length=) for longer continuations)
+            cache = self.new_cache(max(n_seq, 1), max_length=max(input_ids.shape[1], 1) + USE_CACHE_EXTRA)
         if cache is not None:
             if not isinstance(cache, ModelCache):
                 raise TypeError(f"cache must be a ModelCache (model.new_cache), got {type(cache).__name__}")
