@@ -165,8 +165,11 @@ class ModelCache:
 
 def _version(t: torch.Tensor) -> Optional[int]:
     """t's version counter (bumped by every in-place write), None for an inference-mode tensor (none kept)
-    or while torch.compile traces (the bookkeeping is then given up)."""
-    return None if torch.compiler.is_compiling() or t.is_inference() else t._version
+    or while torch.compile traces or a CUDA graph captures (the bookkeeping is then given up: a replay
+    advances seq_lens without the host seeing it)."""
+    if torch.compiler.is_compiling() or t.is_inference() or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return None
+    return t._version
 
 
 # tokens a cache made by forward(use_cache=True) can take beyond the prompt in full-attention layers
