@@ -224,6 +224,11 @@ def _device_assert(cond: torch.Tensor, msg: str):
         torch._assert_async(cond, msg)
 
 
+def _bound(C: int, Sn: int) -> str:
+    """The upper bound of cache_seqlens, as session 17's contract writes it: C=<rows> without new tokens."""
+    return f"C={C}" if not Sn else f"C - {Sn} = {C - Sn}"
+
+
 def _room(C: int, Sn: int) -> str:
     if Sn:
         return (f" (k_cache holds C={C} rows and the {Sn} new tokens in k, v are written at positions "
@@ -283,7 +288,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                              f"{cache_seqlens.dtype} tensor of shape {tuple(cache_seqlens.shape)}")
         lens = cache_seqlens.to(torch.int64)
         _device_assert(((lens >= 0) & (lens + Sn <= C)).all(),
-                       f"{fn}: cache_seqlens must lie in [0, {C - Sn}]" + _room(C, Sn))
+                       f"{fn}: cache_seqlens must lie in [0, {_bound(C, Sn)}]" + _room(C, Sn))
         may_be_empty = Sn == 0
     else:
         # flash-attn: an int means every sequence holds that many tokens (0: an empty cache)
@@ -293,7 +298,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise TypeError(f"{fn}: cache_seqlens must be None, an int or an int32 tensor [B] = [{B}], got "
                             f"{type(cache_seqlens).__name__}") from None
         if n < 0 or n + Sn > C:
-            raise ValueError(f"{fn}: cache_seqlens={n} must lie in [0, {C - Sn}]" + _room(C, Sn))
+            raise ValueError(f"{fn}: cache_seqlens={n} must lie in [0, {_bound(C, Sn)}]" + _room(C, Sn))
         lens = torch.full((B,), n, device=dev, dtype=torch.int64)
         may_be_empty = n + Sn == 0
     for t in range(Sn):
