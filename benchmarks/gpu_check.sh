@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split and bench_default only when named)
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8model and bench_default only when named)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -165,6 +165,20 @@ if [[ " $steps " == *" fp8split "* ]]; then
   stamp "spike_linear_fp8_prefill_split.py"
   timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py 2>&1 \
     | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
+fi
+if [[ " $steps " == *" fp8model "* ]]; then
+  # the fp8 W8ASpike model (7B shape): TTFT at 8k / 1M and B = 1 decode with each fix-up kernel
+  # (spike_linear_tuning.FP8_FIX), then a kernel-by-kernel profile of its prefill chunk and decode step (session 20)
+  for fix in tiles grouped; do
+    stamp "fp8 model, FP8_FIX=$fix"
+    (cd /tmp && timeout 170 python3 -c "import sys, sbops._backends.cuda.triton.spike_linear_tuning as t; t.FP8_FIX = '$fix'
+from sbops.bench.model import main; sys.exit(main(sys.argv[1:]))" --weight-quant fp8 --lengths 8k,1m --contexts 4k \
+      --batches 1 --no-peer --budget-s 160 --out "$OUT/logs/model_fp8_$fix" > "$OUT/logs/model_fp8_$fix.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT\|decode B\|failed\|Error" "$OUT/logs/model_fp8_$fix.log" | head -8)
+  done
+  stamp "model_kernel_profile.py --fp8"
+  timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 --fp8 > "$OUT/logs/prof_fp8.log" 2>&1
+  echo "rc=$?"; grep -v Warning "$OUT/logs/prof_fp8.log" | tail -60
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
