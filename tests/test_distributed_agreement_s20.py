@@ -125,3 +125,24 @@ def _body_moe(rank, P):
 @gloo
 def test_moe_bad_argument_on_one_rank_raises_on_every_rank():
     spawn_ranks(_body_moe, 2, DEADLINE_S)
+
+
+def _body_moe_no_data_checks(rank, P):
+    """Data checks off (as for GPU tensors by default): no agreement gather runs, and the failure rides in the
+    counts all_to_all, so every rank still raises (it used to raise alone while the others waited)."""
+    bad = []
+    x = _rnd(4, 3)
+    ids = torch.tensor([[0], [1], [0], [1]], dtype=torch.int32)
+    w = torch.ones(4, 1, dtype=DD)
+    with sbops.data_checks(False):
+        bad += _expect_everywhere(rank, "weights of the wrong shape on rank 1, data checks off", lambda: sbd.moe_dispatch(
+            x, ids, torch.ones(4, 2, dtype=DD) if rank == 1 else w, 2), ValueError, ["weights must be", "group rank 1"])
+        xl, _, h = sbd.moe_dispatch(x, ids, w, 2)         # the group still works, data checks off
+        y = sbd.moe_combine(xl, h)
+    bad += [] if torch.allclose(y, x, atol=1e-12, rtol=0) else [f"rank {rank}: moe without data checks differs"]
+    return bad + _group_still_works(rank)
+
+
+@gloo
+def test_moe_dispatch_bad_argument_on_one_rank_raises_everywhere_without_data_checks():
+    spawn_ranks(_body_moe_no_data_checks, 2, DEADLINE_S)

@@ -86,7 +86,7 @@ def gather_and_check(op: str, fields: Sequence[Tuple[str, str, int]], device: to
     (its kind and message length; the message itself in a second all_gather, only when some rank
     failed), so every rank raises it together instead of one rank raising while the others wait in
     the next collective. Where a rank failed, its lead and field values are not looked at (pass 0s)."""
-    kind, msg = _encode_failure(failure)
+    kind, msg = encode_failure(failure)
     row = [int(x) for x in lead] + [int(v) for (_, _, v) in fields] + [kind, len(msg)]
     t = torch.tensor(row, dtype=torch.int64, device=device)
     rows = all_gather_stack(t, group).tolist()
@@ -123,7 +123,7 @@ def blank_if(failure: Optional[Exception], values: Callable[[], Sequence[int]], 
     return [0] * n if failure is not None else list(values())
 
 
-def _encode_failure(failure: Optional[Exception]) -> Tuple[int, bytes]:
+def encode_failure(failure: Optional[Exception]) -> Tuple[int, bytes]:
     if failure is None:
         return 0, b""
     kind = 2 if isinstance(failure, TypeError) else 1

@@ -20,8 +20,8 @@ import sbops
 from sbops import _validate as V
 from sbops._validate import checking_data
 
-from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, gather_and_check, local_failure,
-                           rank_and_size)
+from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, encode_failure, gather_and_check,
+                           local_failure, raise_failures, rank_and_size)
 
 
 @dataclass
@@ -98,8 +98,10 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     them first (with each rank's count of ids >= num_experts) and a mismatch or a bad id raises the
     same ValueError on every rank; so does a bad argument on one rank (x, ids, weights: shapes and
     dtypes), checked before any collective. Without those data checks (GPU tensors by default) a
-    rank with a bad argument raises alone and the others wait in the counts all_to_all until the
-    process group's timeout.
+    bad argument on one rank travels in the counts all_to_all (two more int64 per destination, read
+    back with the counts) and every rank raises the same error; only where that exchange cannot be
+    set up on the failing rank (num_experts not a positive multiple of P, no tensor argument) does it
+    raise alone while the others wait until the process group's timeout.
     """
     r, P = rank_and_size(group)
     # this rank's own arguments first (shapes, dtypes, weights); num_experts is compared below, so its
@@ -118,13 +120,30 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
             raise ValueError(f"sbops.distributed.moe_dispatch: ids hold expert ids >= num_experts={num_experts} "
                              f"(count by group rank: {[row[0] for row in rows]})")
     elif failure is not None:
-        raise failure                 # no agreement gather here (no host sync): this rank alone raises
-    _check(x, ids, weights, num_experts, P)
+        # no agreement gather here (no host sync): the failure rides in the counts all_to_all below, which
+        # every rank reads back anyway; where that exchange cannot be set up, this rank alone raises
+        dev = next((t.device for t in (x, ids, weights) if isinstance(t, torch.Tensor)), None)
+        if dev is None or isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts <= 0 \
+                or num_experts % P:
+            raise failure
+    if failure is None:
+        _check(x, ids, weights, num_experts, P)
+        dev = x.device
     El = num_experts // P
-    x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
-    recv_counts = all_to_all_rows(counts, [El] * P, [El] * P, group)          # [P * El]: from s, for my experts
-    host = torch.cat([counts.view(P, El).sum(1), recv_counts]).tolist()      # the one host sync
-    send_splits, recv_splits = host[:P], [sum(host[P + s * El:P + (s + 1) * El]) for s in range(P)]
+    if failure is None:
+        x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
+    else:
+        counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
+    kind, msg = encode_failure(failure)
+    # per destination: its El expert counts, then (failure kind, message length) of this rank
+    send = torch.cat([counts.view(P, El), torch.tensor([kind, len(msg)], dtype=torch.int64,
+                                                       device=dev).expand(P, 2)], 1)
+    recv = all_to_all_rows(send.reshape(-1), [El + 2] * P, [El + 2] * P, group).view(P, El + 2)
+    host = torch.cat([counts.view(P, El).sum(1), recv.reshape(-1)]).tolist()   # the one host sync
+    rows = [host[P + s * (El + 2):P + (s + 1) * (El + 2)] for s in range(P)]
+    raise_failures("sbops.distributed.moe_dispatch", [(row[El], row[El + 1]) for row in rows], msg, dev, group)
+    recv_counts = recv[:, :El].contiguous()                                  # [P, El]: from s, for my experts
+    send_splits, recv_splits = host[:P], [sum(row[:El]) for row in rows]
     x_recv = AllToAllRows.apply(x_perm[:sum(send_splits)], send_splits, recv_splits, group)
     order, inverse, offsets = plan(recv_counts.view(P, El), P, sum(recv_splits))
     x_local = x_recv.index_select(0, order)
