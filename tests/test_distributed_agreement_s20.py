@@ -101,13 +101,24 @@ def test_linear_attn_bad_argument_on_one_rank_raises_on_every_rank():
 
 
 # ----------------------------------------------------------------------------- moe_dispatch / moe_combine (finding 2)
-def _body_moe(rank, P):
-    bad = []
-    x = _rnd(4, 3)
-    ids = torch.tensor([[0], [1], [0], [1]], dtype=torch.int32)
-    w = torch.ones(4, 1, dtype=DD)
-    bad += _expect_everywhere(rank, "weights of the wrong shape on rank 1", lambda: sbd.moe_dispatch(
+def _moe_inputs():
+    return _rnd(4, 3), torch.tensor([[0], [1], [0], [1]], dtype=torch.int32), torch.ones(4, 1, dtype=DD)
+
+
+def _moe_weights_wrong_on_rank_1(rank, x, ids, w, what):
+    return _expect_everywhere(rank, f"weights of the wrong shape on rank 1{what}", lambda: sbd.moe_dispatch(
         x, ids, torch.ones(4, 2, dtype=DD) if rank == 1 else w, 2), ValueError, ["weights must be", "group rank 1"])
+
+
+def _moe_still_works(rank, x, ids, w, what):
+    xl, _, h = sbd.moe_dispatch(x, ids, w, 2)
+    y = sbd.moe_combine(xl, h)
+    return [] if torch.allclose(y, x, atol=1e-12, rtol=0) else [f"rank {rank}: moe {what} differs"]
+
+
+def _body_moe(rank, P):
+    x, ids, w = _moe_inputs()
+    bad = _moe_weights_wrong_on_rank_1(rank, x, ids, w, "")
     bad += _expect_everywhere(rank, "float ids on rank 0", lambda: sbd.moe_dispatch(
         x, ids.to(DD) if rank == 0 else ids, w, 2), TypeError, ["ids", "group rank 0"])
 
@@ -116,9 +127,7 @@ def _body_moe(rank, P):
         return sbd.moe_combine(xl[:-1] if rank == 1 else xl, h)
     bad += _expect_everywhere(rank, "y_local missing a row on rank 1", combine_short_rows, ValueError,
                               ["y_local must be", "group rank 1"])
-    xl, _, h = sbd.moe_dispatch(x, ids, w, 2)             # the group still works
-    y = sbd.moe_combine(xl, h)
-    bad += [] if torch.allclose(y, x, atol=1e-12, rtol=0) else [f"rank {rank}: moe after the errors differs"]
+    bad += _moe_still_works(rank, x, ids, w, "after the errors")     # the group still works
     return bad + _group_still_works(rank)
 
 
@@ -130,16 +139,10 @@ def test_moe_bad_argument_on_one_rank_raises_on_every_rank():
 def _body_moe_no_data_checks(rank, P):
     """Data checks off (as for GPU tensors by default): no agreement gather runs, and the failure rides in the
     counts all_to_all, so every rank still raises (it used to raise alone while the others waited)."""
-    bad = []
-    x = _rnd(4, 3)
-    ids = torch.tensor([[0], [1], [0], [1]], dtype=torch.int32)
-    w = torch.ones(4, 1, dtype=DD)
+    x, ids, w = _moe_inputs()
     with sbops.data_checks(False):
-        bad += _expect_everywhere(rank, "weights of the wrong shape on rank 1, data checks off", lambda: sbd.moe_dispatch(
-            x, ids, torch.ones(4, 2, dtype=DD) if rank == 1 else w, 2), ValueError, ["weights must be", "group rank 1"])
-        xl, _, h = sbd.moe_dispatch(x, ids, w, 2)         # the group still works, data checks off
-        y = sbd.moe_combine(xl, h)
-    bad += [] if torch.allclose(y, x, atol=1e-12, rtol=0) else [f"rank {rank}: moe without data checks differs"]
+        bad = _moe_weights_wrong_on_rank_1(rank, x, ids, w, ", data checks off")
+        bad += _moe_still_works(rank, x, ids, w, "without data checks")   # the group still works
     return bad + _group_still_works(rank)
 
 

@@ -236,11 +236,11 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
 
 
 @triton.jit
-def _batch_r(x_ptr, vth, inv, lst, c0, cnt, rm64, mmask, K, stride_xm, FC: tl.constexpr, CB: tl.constexpr,
+def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.constexpr, CB: tl.constexpr,
              PLANES: tl.constexpr):
-    # r (the part of the counts the planes do not hold) of the listed chunks c0 .. c0 + CB - 1, [BM, CB * FC]
+    # r (the part of the counts the planes do not hold) of the cnt <= CB listed chunks, [BM, CB * FC]
     ci = tl.arange(0, CB * FC)
-    j = c0 + ci // FC
+    j = ci // FC
     jin = j < cnt
     kk = tl.load(lst + j, mask=jin, other=0) * FC + ci % FC
     kin = jin & (kk < K)
@@ -271,7 +271,7 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         inv = _recip(vth)
         lst = list_ptr + pid_m.to(tl.int64) * n_fc
         if cnt <= CB:
-            r, kk, kin = _batch_r(x_ptr, vth, inv, lst, 0, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES)
+            r, kk, kin = _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES)
             rows_t = mmask & (tl.max((r != 0.0).to(tl.int32), axis=1) > 0)
             if tl.max(tl.abs(r), axis=None) < 2048.0:  # every |r| exact in one float16 term
                 a = r.to(tl.float16)

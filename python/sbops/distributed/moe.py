@@ -108,8 +108,8 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     # local check (a positive multiple of P) runs after the agreement
     failure = local_failure(lambda: _check(x, ids, weights, P, P))
     if isinstance(x, torch.Tensor) and checking_data(x):
-        fields = [("hidden size (x.shape[-1])", "int", x.shape[-1] if failure is None else 0),
-                  ("x dtype", "dtype", dtype_code(x.dtype) if failure is None else 0),
+        hd, dt = blank_if(failure, lambda: [x.shape[-1], dtype_code(x.dtype)], 2)
+        fields = [("hidden size (x.shape[-1])", "int", hd), ("x dtype", "dtype", dt),
                   ("num_experts", "int", num_experts if isinstance(num_experts, int) else -1)]
         n_bad = 0
         if failure is None and isinstance(num_experts, int) and ids.numel():
@@ -129,11 +129,10 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     if failure is None:
         _check(x, ids, weights, num_experts, P)
         dev = x.device
-    El = num_experts // P
-    if failure is None:
         x_perm, counts, row_map = _send_side(x, ids, num_experts, P)
-    else:
+    else:           # data checks off, a bad argument here: zero counts carry the failure to every rank
         counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
+    El = num_experts // P
     kind, msg = encode_failure(failure)
     # per destination: its El expert counts, then (failure kind, message length) of this rank
     send = torch.cat([counts.view(P, El), torch.tensor([kind, len(msg)], dtype=torch.int64,
