@@ -4,7 +4,7 @@
 // the sbops_native library (ops_swa_sm90.cpp defines it), with a CUDA kernel only.
 //
 // x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
-// likewise; the scale and the bias are made float32 and contiguous.  No data is read back.
+// likewise; the scale is made float32 and contiguous, the bias contiguous (x's dtype as is, else float32).  No data is read back.
 
 #include "../kernels/spike.cuh"
 #include "bind_common.h"
@@ -42,7 +42,8 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
     check_cuda(*bias_in, op, "bias");
     SBOPS_CHECK(bias_in->get_device_index() == x_in.get_device_index(), op, ": bias must be on x's device");
     SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
-    bias = to_contig(*bias_in, kFloat);
+    // a bias in x's dtype is read as is (the model's bf16 biases: no conversion launch per call)
+    bias = bias_in->scalar_type() == x.scalar_type() ? contig(*bias_in) : to_contig(*bias_in, kFloat);
   }
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
@@ -50,7 +51,8 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.x = x.data_ptr();
   a.w = w.data_ptr();
   a.scale = scale.const_data_ptr<float>();
-  a.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.bias_x_dtype = bias.defined() && bias.scalar_type() == x.scalar_type();
   a.y = y.data_ptr();
   a.ldx = M > 1 ? x.stride(0) : K;
   a.ldw = N > 1 ? w.stride(0) : K;

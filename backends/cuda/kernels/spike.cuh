@@ -40,7 +40,8 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
 
 // spike_linear at decode (spike_decode.cu): y[m, n] = vth[m] * scale[n] * (s[m, :] . w[n, :]) + bias[n] with
 // s = rint(x / vth) as spike_encode (never saturated, any count), e4m3 weights w [N, K] with float32
-// per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a float32 bias, float32 accumulation.  Two
+// per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a bias in float32 or in x's dtype (read as
+// is: no conversion launch per call), float32 accumulation.  Two
 // launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit
 // column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
 constexpr int kSpikeDecodeMaxRows = 8;
@@ -48,7 +49,7 @@ struct SpikeDecodeArgs {
   const void* x;       // [M, K], row stride ldx
   const void* w;       // [N, K] e4m3 bytes, row stride ldw
   const float* scale;  // [N]
-  const float* bias;   // [N] or null
+  const void* bias;    // [N] or null: float32, or x's dtype where bias_x_dtype
   void* y;             // [M, N], row stride ldy
   int64_t ldx, ldw, ldy;
   int M, N, K;
@@ -60,6 +61,7 @@ struct SpikeDecodeArgs {
   float* res;
   float* vth;
   int* flags;
+  bool bias_x_dtype = false;
 };
 // Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }

@@ -305,7 +305,8 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     const int m = j * 8 + 2 * (l & 3) + (c & 1);
     if (n < a.N && m < a.M) {
       float out = a.vth[m] * (a.scale[n] * sum);
-      if (a.bias) out += a.bias[n];
+      if (a.bias)
+        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
       y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
     }
   }
