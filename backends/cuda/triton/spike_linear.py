@@ -64,11 +64,14 @@ _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor c
 # the "scaled_mm" fix-up's (BM rows, BN columns, FC-column chunks): on the H200 (session 13, M = 8192) 64 x 256 x 16
 # was within 4% of the best candidate on Gaussian rows at every 7B shape (0.361 / 2.49 / 1.53 ms total)
 FIX_CONFIG = (64, 256, 16)
-# its warps: 4 as measured; with the three-term dot in Horner form (session 20) Triton 3.6 compiles it for sm_90 in
-# 255 registers and a 216-byte stack at 4 warps, 254 and none at 8 (not yet timed on a GPU)
+# its warps: 4; with the three-term dot in Horner form (session 20) Triton 3.6 compiles it for sm_90 in 255 registers
+# and a 216-byte stack at 4 warps, 254 and none at 8; 8 warps were slower on the H100 (session 21, gate_up at
+# M = 65536: 23.90 vs 22.98 ms)
 FIX_TILES_WARPS = 4
 # the "grouped" fix-up (spike_linear_tuning.FP8_FIX): its (BM, BN, FC), programs per SM, columns of listed chunks
-# taken at a time, warps and pipeline stages (first guesses: not yet compiled or timed on a GPU)
+# taken at a time, warps and pipeline stages (first guesses; on the H100, session 21, gate_up at M = 65536 took
+# 22.05 ms with them, 20.94 with BN = 256, 16 programs per SM (8 warps, 3 stages), the best of a 6-point sweep:
+# not adopted, as only that one shape was swept)
 FIX_GROUPED_CONFIG = (64, 128, 16)
 FIX_PROGRAMS_PER_SM = 8
 FIX_BATCH_COLS = 128

@@ -25,12 +25,13 @@ FP8_FAST_ACCUM = False
 # projection: its input's counts past 16 (~2.6% at k = 3) made the one-plane fix-up a dense GEMM, 0.11x bf16
 # on the H200 (session 13, M = 8192, 3584x18944: 12.8 ms at best vs 1.38 ms)
 FP8_TWO_PLANES = True
-# the "scaled_mm" fix-up kernel: "tiles" (one program per (64-row block, 256-column tile); measured, sessions 13-19)
-# or "grouped" (session 19: a program per (row block, group of tiles), up to 128 columns of listed chunks at a time,
-# r computed once per group, the tiles' weight loads pipelined; correct under the Triton interpreter, NOT yet compiled
-# or timed on a GPU).  Why: at M = 65536 on gate_up (37888x3584, Gaussian x) the path took 20.04 ms where its encode
-# and GEMM take 15.54 (session 19, call B): ~150k "tiles" programs, each a few latency-bound chunk steps.
-FP8_FIX = "tiles"
+# the "scaled_mm" fix-up kernel: "grouped" (a program per (row block, group of tiles), up to 128 columns of listed
+# chunks at a time, r computed once per group, the tiles' weight loads pipelined) or "tiles" (one program per
+# (64-row block, 256-column tile); the default of sessions 13-20).  Measured on an H100 (session 21, same run,
+# benchmarks/runs/h100_2026-12-05_s21/c_fp8split.log, bit-identical outputs), whole path vs bf16 at M = 65536:
+# gate_up 1.09x (grouped) vs 1.03x (tiles), qkv 0.95x vs 0.92x, down 0.58x vs 0.59x; M = 8192 gate_up 1.14x vs
+# 1.05x; the fp8 model's TTFT at 1M 26.11 s vs 26.34 s.  Not yet measured on the H200.
+FP8_FIX = "grouped"
 
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
