@@ -4,7 +4,8 @@
 // the sbops_native library (ops_swa_sm90.cpp defines it), with a CUDA kernel only.
 //
 // x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
-// likewise; the scale is made float32 and contiguous, the bias contiguous (x's dtype as is, else float32).  No data is read back.
+// likewise; the scale is made float32 and contiguous, the bias contiguous (in x's dtype as is, else float32).
+// No data is read back.
 
 #include "../kernels/spike.cuh"
 #include "bind_common.h"

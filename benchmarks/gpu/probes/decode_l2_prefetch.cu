@@ -8,14 +8,13 @@
 // (cuBLAS bf16 GEMVs at the 7B shapes, small kernels of the model's sizes), captured in one CUDA graph, and times it
 // with and without side-stream L2 prefetches (cp.async.bulk.prefetch.L2, sm_90) forked at a small kernel and joined
 // at the end of the layer.  Variants, alternated over rounds, median of rounds:
-//   none | o: the o weight at `act` | o+gu<X>: also the first X MB of gate_up | all: o + gate_up head + the next
+//   none | o: the o weight at `act` | o+gu<X>: also the first X MB of gate_up | o+gu16+next-qkv: also the next
 //   layer's qkv at `silu` | read-o: the o weight by plain loads (a reduction kernel) instead of bulk prefetch.
 // Build and run (repository root, sm_90):
 //   nvcc -std=c++17 -arch=sm_90a -O3 benchmarks/gpu/probes/decode_l2_prefetch.cu -lcublas -o /tmp/l2p && /tmp/l2p
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
