@@ -175,3 +175,52 @@ def test_float16_hi_plane_and_one_output_channel():
         y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
         r = ref_spike_linear(x.cpu(), wq.cpu(), sc.cpu(), 3.0, bias.cpu(), None)
         assert y.dtype == dtype and _worst_row(y.cpu(), r) < 1e-2
+
+
+_PDL_CASES = ((1, 4608, 3584, None), (8, 3584, 18944, 3e4), (4, 80, 1040, 1e30))  # plain, hi plane, residual
+_PDL_CHILD = """
+import sys, torch, sbops
+from sbops._backends.cuda.triton import spike_linear as sl
+cases = torch.load(sys.argv[1])
+torch.save([sl.spike_linear_fwd(x.cuda(), w.cuda(), s.cuda(), 3.0, b.cuda(), None, path="cuda_decode").cpu()
+            for x, w, s, b in cases], sys.argv[2])
+"""
+
+
+@requires_cuda
+def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
+    """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts, prefetches its weights into
+    L2 and loads its first stage while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0,
+    read once per process: a child process), eagerly and replayed from a CUDA graph, for rows that take only
+    the lo plane, the hi plane and the residual pass."""
+    import os
+    import subprocess
+    import sys
+    sl = _sl()
+    cases = []
+    for i, (M, N, K, big) in enumerate(_PDL_CASES):
+        wq, sc = _weights(N, K, seed=10 + i)
+        x = torch.randn(M, K, generator=torch.Generator().manual_seed(i))
+        if big is not None:
+            x[M - 1, 7] = big
+        cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
+    torch.save(cases, tmp_path / "in.pt")
+    env = dict(os.environ, SBOPS_DECODE_PDL="0")
+    subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                   env=env, check=True, timeout=240, cwd=tmp_path)
+    plain = torch.load(tmp_path / "out.pt")
+    for (x, wq, sc, b), want in zip(cases, plain):
+        args = [t.cuda() for t in (x, wq, sc, b)]
+        y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
+        assert torch.equal(y.cpu(), want)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            yg = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(yg.cpu(), want), "graph replay"
+        args[0].mul_(-1)  # the replay reads the new x
+        yn = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(yg, yn) and not torch.equal(yn.cpu(), want), "graph replay on new x"

@@ -62,6 +62,7 @@ struct SpikeDecodeArgs {
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
+  int prefetch_bytes = 0;  // set by the launcher: bytes of each weight row the GEMV prefetches into L2 (sm_90)
 };
 // Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
