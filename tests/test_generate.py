@@ -238,6 +238,23 @@ def test_model_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
     assert bench.fit_quadratic([(1, 3.0), (2, 10.0), (4, 36.0)]) == pytest.approx((1.0, 2.0))
 
 
+def test_model_benchmark_floor_counts_the_8bit_copies_a_decode_step_reads():
+    """The decode floor's bytes: a bf16 model's parameters once each (a tied lm_head not twice); an fp8 model's
+    spike-coded layers as a byte per weight plus a float32 scale per output channel, not their bf16 masters."""
+    from sbops.bench import model as bench
+    from sbops.nn import SpikeLinear
+    bf16 = tiny_model("7b", window=4, dtype=torch.bfloat16)
+    n = sum(p.numel() for p in bf16.parameters())
+    assert bench.decode_read_bytes(bf16) == 2 * n
+    fp8 = tiny_model("7b", window=4, dtype=torch.bfloat16, spike_k=3.0, weight_quant="fp8")
+    lins = [m for m in fp8.modules() if isinstance(m, SpikeLinear)]
+    assert lins and all(m.weight_quant == "fp8" for m in lins)
+    saved = sum(m.weight.numel() - 4 * m.out_features for m in lins)  # 2 bytes -> 1 a weight, + scales
+    assert bench.decode_read_bytes(fp8) == 2 * sum(p.numel() for p in fp8.parameters()) - saved
+    fp8.lm_head.weight = fp8.model.embed_tokens.weight  # tied: counted once
+    assert bench.decode_read_bytes(fp8) == 2 * sum(p.numel() for p in fp8.parameters()) - saved
+
+
 def test_bucketed_padded_decode_step_leaves_live_slots_exact():
     """DecodeGraphs' step without capture (same static buffers, buckets and scratch slot): padding
     rows decode into the scratch slot only, and live rows equal plain decode steps."""

@@ -164,9 +164,31 @@ def build_ours(run: Run):
     with torch.device(run.device), default_dtype(a.dtype):
         model = SpikingBrainForCausalLM(cfg).eval()
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    rbytes = decode_read_bytes(model)
     run.res["ours"] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-                       "weight_gib": round(wbytes / 2**30, 3)}
-    return model, wbytes
+                       "weight_gib": round(wbytes / 2**30, 3), "decode_read_gib": round(rbytes / 2**30, 3)}
+    return model, rbytes
+
+
+def decode_read_bytes(model) -> int:
+    """Bytes of weights a decode step reads: every parameter once, except that a SpikeLinear running on its
+    8-bit copy at inference (k set, weight_quant "fp8", or "int8" over whole groups) counts that copy (a byte
+    per weight, its float32 scales) instead of its float weight.  The embedding table counts whole, as in
+    issue 19's floor (its lm_head reads it when tied)."""
+    from sbops.nn import SpikeLinear
+    eight = {}
+    for m in model.modules():
+        if isinstance(m, SpikeLinear) and m.k is not None and (
+                m.weight_quant == "fp8" or (m.weight_quant == "int8" and m.in_features % m.group_size == 0)):
+            groups = 1 if m.weight_quant == "fp8" else m.in_features // m.group_size
+            eight[m.weight.data_ptr()] = m.weight.numel() + 4 * m.out_features * groups
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += eight.get(p.data_ptr(), p.numel() * p.element_size())
+    return total
 
 
 def ttft_ours(run: Run, model) -> None:
@@ -215,7 +237,8 @@ def decode_ours(run: Run, model, wbytes: int) -> None:
     bw = next((v for k, v in HBM.items() if k in run.res["env"].get("gpu", "")), None)
     if bw:
         run.res["decode_floor_ms"] = round(wbytes / bw * 1e3, 3)
-        run.res["notes"].append(f"decode floor = weight bytes / {bw / 1e12:.1f} TB/s (nominal HBM)")
+        run.res["notes"].append(f"decode floor = bytes of weights a step reads (8-bit copies where the layers run "
+                                f"on them) / {bw / 1e12:.1f} TB/s (nominal HBM)")
     run.res["notes"].append("decode contexts are faked: cache positions set to the context, ring buffers and "
                             "states filled with random values, no prefill")
     V = model.config.vocab_size
@@ -528,7 +551,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with torch.inference_mode(), checks:
         run.log(f"ours: building the SpikingBrain-{'tiny' if args.tiny else '7B'}-shaped model (random weights)")
         model, wbytes = build_ours(run)
-        run.log(f"ours: {wbytes / 2**30:.2f} GiB of weights")
+        run.log(f"ours: {run.res['ours']['weight_gib']:.2f} GiB of weights, a decode step reads "
+                f"{wbytes / 2**30:.2f} GiB of them")
         stage(run, "decode", decode_ours, run, model, wbytes)
         stage(run, "ttft", ttft_ours, run, model)
         del model
