@@ -187,16 +187,10 @@ torch.save([sl.spike_linear_fwd(x.cuda(), w.cuda(), s.cuda(), 3.0, b.cuda(), Non
 """
 
 
-@requires_cuda
-def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
-    """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts, prefetches its weights into
-    L2 and loads its first stage while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0,
-    read once per process: a child process), eagerly and replayed from a CUDA graph, for rows that take only
-    the lo plane, the hi plane and the residual pass."""
+def _cases_and_child(tmp_path, env):
     import os
     import subprocess
     import sys
-    sl = _sl()
     cases = []
     for i, (M, N, K, big) in enumerate(_PDL_CASES):
         wq, sc = _weights(N, K, seed=10 + i)
@@ -205,10 +199,19 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
             x[M - 1, 7] = big
         cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
     torch.save(cases, tmp_path / "in.pt")
-    env = dict(os.environ, SBOPS_DECODE_PDL="0")
     subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   env=env, check=True, timeout=240, cwd=tmp_path)
-    plain = torch.load(tmp_path / "out.pt")
+                   env=dict(os.environ, **env), check=True, timeout=240, cwd=tmp_path)
+    return cases, torch.load(tmp_path / "out.pt")
+
+
+@requires_cuda
+def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
+    """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
+    while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0, read once per process: a child
+    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
+    residual pass."""
+    sl = _sl()
+    cases, plain = _cases_and_child(tmp_path, {"SBOPS_DECODE_PDL": "0"})
     for (x, wq, sc, b), want in zip(cases, plain):
         args = [t.cuda() for t in (x, wq, sc, b)]
         y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
@@ -224,3 +227,15 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(yg, yn) and not torch.equal(yn.cpu(), want), "graph replay on new x"
+
+
+@requires_cuda
+@pytest.mark.parametrize("splits", ["3", "16"])
+def test_k_split_over_blocks_matches_the_reference(tmp_path, splits):
+    """The GEMV's K range split over grid.y blocks (SBOPS_DECODE_SPLITS, capped at one 64-column block per warp;
+    the last block of a row block adds the parts), with plain, hi-plane and residual rows, in a child process."""
+    _sl()
+    cases, got = _cases_and_child(tmp_path, {"SBOPS_DECODE_SPLITS": splits})
+    for (x, wq, sc, b), y in zip(cases, got):
+        r = ref_spike_linear(x, wq, sc, 3.0, b, None)
+        assert torch.isfinite(y).all() and _worst_row(y, r) < 1e-2
