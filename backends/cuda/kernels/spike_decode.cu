@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   // encode still runs: until the wait it touches the weights only (its first stage, into registers).  Launched
   // plainly, the wait returns at once.  (An L2 prefetch of the block's rows before the wait measured slower on
   // the H200, session 22: 3.74 vs 3.58 ms per fp8 decode step without the early launch, 3.51 with it alone.)
-  if (kb_first < KB) load_w(0, kb_first);
+  load_w(0, kb_first);
   grid_dependency_wait();
 
   // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
@@ -276,13 +276,13 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   };
   constexpr int kStep = WK * UNROLL;
   int kb = kb_first;
-  if (kb < KB) load_c(0, kb);
+  load_c(0, kb);
   while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
-    if (kb + kStep < KB) load(1, kb + kStep);
+    load(1, kb + kStep);  // (past KB: zeros, no access; unconditional, it keeps the stages' registers dead)
     compute(0);
     kb += kStep;
     if (kb >= KB) break;
-    if (kb + kStep < KB) load(0, kb + kStep);
+    load(0, kb + kStep);
     compute(1);
     kb += kStep;
   }
