@@ -227,15 +227,3 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(yg, yn) and not torch.equal(yn.cpu(), want), "graph replay on new x"
-
-
-@requires_cuda
-@pytest.mark.parametrize("splits", ["3", "16"])
-def test_k_split_over_blocks_matches_the_reference(tmp_path, splits):
-    """The GEMV's K range split over grid.y blocks (SBOPS_DECODE_SPLITS, capped at one 64-column block per warp;
-    the last block of a row block adds the parts), with plain, hi-plane and residual rows, in a child process."""
-    _sl()
-    cases, got = _cases_and_child(tmp_path, {"SBOPS_DECODE_SPLITS": splits})
-    for (x, wq, sc, b), y in zip(cases, got):
-        r = ref_spike_linear(x, wq, sc, 3.0, b, None)
-        assert torch.isfinite(y).all() and _worst_row(y, r) < 1e-2

@@ -47,11 +47,8 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
     bias = bias_in->scalar_type() == x.scalar_type() ? contig(*bias_in) : to_contig(*bias_in, kFloat);
   }
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
-  const int layout = sbops::spike_decode_default_layout(M, N, K);
-  const int splits = sbops::spike_decode_default_splits(M, N, K, layout);
-  Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, N, K, splits)}, kByte, x);
+  Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
   sbops::SpikeDecodeArgs a{};
-  a.splits = splits;
   a.x = x.data_ptr();
   a.w = w.data_ptr();
   a.scale = scale.const_data_ptr<float>();
@@ -66,7 +63,9 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.K = static_cast<int>(K);
   a.k = static_cast<float>(k);
   sbops::spike_decode_workspace(a, ws.data_ptr());
-  check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"), layout, stream()), op);
+  check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"),
+                                          sbops::spike_decode_default_layout(M, N, K), stream()),
+               op);
   return y;
 }
 

@@ -42,7 +42,7 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
 // s = rint(x / vth) as spike_encode (never saturated, any count), e4m3 weights w [N, K] with float32
 // per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a bias in float32 or in x's dtype (read as
 // is: no conversion launch per call), float32 accumulation.  Two
-// launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, N, K, splits).  Rows of x and w: unit
+// launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit
 // column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
 constexpr int kSpikeDecodeMaxRows = 8;
 struct SpikeDecodeArgs {
@@ -55,22 +55,16 @@ struct SpikeDecodeArgs {
   int M, N, K;
   float k;
   // workspace (spike_decode_workspace): count planes lo / hi [M, K] float16, the residual plane res [M, K]
-  // float32 (written and read only for rows with a count of 2048^2 or more), vth [M], flags [M]; with splits > 1
-  // the partial sums part [splits, M, N] float32 and a counter per block of rows, tile_count [ceil(N / 16)]
+  // float32 (written and read only for rows with a count of 2048^2 or more), vth [M], flags [M]
   __half* lo;
   __half* hi;
   float* res;
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
-  int splits = 1;  // the GEMV's K range in this many parts (grid.y); the last part of a row block to finish adds them
-  float* part = nullptr;
-  int* tile_count = nullptr;
 };
-// Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), the rest 4-byte aligned.
-inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t N, int64_t K, int splits) {
-  return 8 * M * K + 8 * M + (splits > 1 ? 4 * splits * M * N + 4 * ((N + 15) / 16) : 0);
-}
+// Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
+inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
 inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   char* p = static_cast<char*>(base);
   const int64_t MK = int64_t{a.M} * a.K;
@@ -79,17 +73,9 @@ inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   a.res = reinterpret_cast<float*>(p + 4 * MK);
   a.vth = reinterpret_cast<float*>(p + 8 * MK);
   a.flags = reinterpret_cast<int*>(p + 8 * MK + 4 * int64_t{a.M});
-  if (a.splits > 1) {
-    a.part = reinterpret_cast<float*>(p + 8 * MK + 8 * int64_t{a.M});
-    a.tile_count = reinterpret_cast<int*>(p + 8 * MK + 8 * int64_t{a.M} + 4 * int64_t{a.splits} * a.M * a.N);
-  }
 }
 bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K);
-// How many parts the GEMV splits K into for this shape and layout on the current device (SBOPS_DECODE_SPLITS
-// overrides it; benchmarks' A/B); at most kSpikeDecodeMaxSplits.
-constexpr int kSpikeDecodeMaxSplits = 16;
-int spike_decode_default_splits(int64_t M, int64_t N, int64_t K, int layout);
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 
 }  // namespace sbops

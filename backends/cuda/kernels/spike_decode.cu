@@ -13,8 +13,7 @@
 //    over the weights (CUDA-core float32 FMAs with their residual plane); both branches are uniform.
 //    Products of the planes are exact, every sum is float32, as the reference.
 // On sm_90 the GEMV launches as a programmatic dependent of the encode (launch_layout): its blocks start while
-// the encode runs and load their first stage, then wait for the counts.  The GEMV may split K over a.splits
-// blocks (grid.y); the last of a row block's parts to finish adds them in a fixed order and writes y.
+// the encode runs and load their first stage, then wait for the counts.
 //
 // Layout (sm_80+, mma.m16n8k16 f16): block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every
 // WK-th 64-column block; each lane loads 16 contiguous bytes (16 weights) of rows g and g + 8
@@ -96,8 +95,6 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   constexpr int WARPS = kEncodeThreads / 32;
   grid_dependents_launch();  // the GEMV may start streaming its weights now
   const int m = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (a.splits > 1 && m == 0)  // the GEMV's per-row-block counters of finished K parts start at zero
-    for (int i = threadIdx.x; i < (a.N + 15) / 16; i += kEncodeThreads) a.tile_count[i] = 0;
   const E* xr = static_cast<const E*>(a.x) + static_cast<int64_t>(m) * a.ldx;
   __shared__ float s_sum[WARPS], s_max[WARPS], s_vth[2];
   __shared__ int s_flags;
@@ -173,11 +170,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   const int wn = warp % WN, wk = warp / WN;
   const int g = lane >> 2, t = lane & 3;
   const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
-  // this block's part of the 64-column blocks: [kb_lo, KB) of the K range split a.splits ways (grid.y)
-  const int KB_all = (a.K + 63) >> 6;
-  const int kb_lo = static_cast<int>(int64_t{KB_all} * blockIdx.y / a.splits);
-  const int KB = static_cast<int>(int64_t{KB_all} * (blockIdx.y + 1) / a.splits);
-  const int kb_first = kb_lo + wk;
+  const int KB = (a.K + 63) >> 6;
 
   const uint8_t* wrow[2];
   bool wok[2];
@@ -204,7 +197,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   // encode still runs: until the wait it touches the weights only (its first stage, into registers).  Launched
   // plainly, the wait returns at once.  (An L2 prefetch of the block's rows before the wait measured slower on
   // the H200, session 22: 3.74 vs 3.58 ms per fp8 decode step without the early launch, 3.51 with it alone.)
-  load_w(0, kb_first);
+  if (wk < KB) load_w(0, wk);
   grid_dependency_wait();
 
   // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
@@ -275,14 +268,14 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     }
   };
   constexpr int kStep = WK * UNROLL;
-  int kb = kb_first;
-  load_c(0, kb);
+  int kb = wk;
+  if (kb < KB) load_c(0, kb);
   while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
-    load(1, kb + kStep);  // (past KB: zeros, no access; unconditional, it keeps the stages' registers dead)
+    if (kb + kStep < KB) load(1, kb + kStep);
     compute(0);
     kb += kStep;
     if (kb >= KB) break;
-    load(0, kb + kStep);
+    if (kb + kStep < KB) load(0, kb + kStep);
     compute(1);
     kb += kStep;
   }
@@ -294,7 +287,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     float racc[2][8];
 #pragma unroll
     for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
-    for (int kb2 = kb_first; kb2 < KB; kb2 += WK) {
+    for (int kb2 = wk; kb2 < KB; kb2 += WK) {
       if (kb2 * 64 + 16 * t >= a.K) continue;
       float wf[2][16];
 #pragma unroll
@@ -341,13 +334,6 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
       red[(wk * WN + wn) * NACC * 32 + (j * 4 + i) * 32 + lane] = fmaf(kPlane, acch[j][i], acc[j][i]);
   __syncthreads();
   E* y = static_cast<E*>(a.y);
-  auto write_out = [&](int m, int n, float sum) {
-    float out = a.vth[m] * (a.scale[n] * sum);
-    if (a.bias)
-      out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
-    y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
-  };
-  const bool split = a.splits > 1;
   for (int idx = threadIdx.x; idx < kPart; idx += 32 * WARPS) {
     float sum = red[idx];
 #pragma unroll
@@ -359,28 +345,11 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     const int n = nb + wcol * 16 + (l >> 2) + 8 * (c >> 1);
     const int m = j * 8 + 2 * (l & 3) + (c & 1);
     if (n < a.N && m < a.M) {
-      if (split)
-        __stcg(a.part + (static_cast<int64_t>(blockIdx.y) * a.M + m) * a.N + n, sum);
-      else
-        write_out(m, n, sum);
+      float out = a.vth[m] * (a.scale[n] * sum);
+      if (a.bias)
+        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
+      y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
     }
-  }
-  if (!split) return;
-  // split K: the last part of this row block to finish adds the parts in a fixed order (deterministic) and
-  // writes y (the classic fence-then-count handoff; the encode zeroed the counters)
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(a.tile_count + blockIdx.x, 1) == a.splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  for (int idx = threadIdx.x; idx < 16 * WN * a.M; idx += 32 * WARPS) {
-    const int n = nb + idx % (16 * WN), m = idx / (16 * WN);
-    if (n >= a.N) continue;
-    float sum = 0.f;
-    for (int p = 0; p < a.splits; ++p) sum += __ldcg(a.part + (static_cast<int64_t>(p) * a.M + m) * a.N + n);
-    write_out(m, n, sum);
   }
 }
 
@@ -418,7 +387,7 @@ template <typename E, int WN, int WK, int U>
 cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
   const auto kernel = spike_decode_kernel<E, WN, WK, U>;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(a.N, 16 * WN)), static_cast<unsigned>(a.splits));
+  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(a.N, 16 * WN)));
   cfg.blockDim = dim3(32 * WN * WK);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
@@ -464,33 +433,13 @@ int spike_decode_default_layout(int64_t M, int64_t N, int64_t K) {
   return N < 4096 ? 0 : 2;
 }
 
-int spike_decode_default_splits(int64_t M, int64_t N, int64_t K, int layout) {
-#if defined(USE_MACA)
-  (void)M, (void)N, (void)K, (void)layout;
-  return 1;
-#else
-  static const int forced = [] {
-    const char* v = std::getenv("SBOPS_DECODE_SPLITS");
-    return v == nullptr ? 0 : std::atoi(v);
-  }();
-  (void)M;
-  const int64_t kb = (K + 63) / 64, wk = layout == 0 || layout == 2 ? 8 : layout == 1 ? 4 : 2;
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kSpikeDecodeMaxSplits, kb / wk));  // >= 1 block a warp
-  if (forced > 0) return static_cast<int>(std::min<int64_t>(forced, most));
-  (void)N;
-  return 1;
-#endif
-}
-
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
 #if defined(USE_MACA)
   (void)a, (void)x_dtype, (void)layout, (void)st;
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 3 ||
-      a.splits < 1 || a.splits > kSpikeDecodeMaxSplits ||
-      (a.splits > 1 && (a.part == nullptr || a.tile_count == nullptr)))
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 3)
     return cudaErrorInvalidValue;
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);

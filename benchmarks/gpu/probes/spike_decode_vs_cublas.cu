@@ -1,8 +1,8 @@
 // spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu: encode + GEMV, e4m3 weights per
 // channel, M <= 8) against a float64 host reference on odd shapes (float32 bias, padded rows, counts past 2048 and
-// past 2048^2, the launcher's refusal of M > 8) for every warp layout with K whole and split in 3, then timed against
-// cuBLAS bf16 (the same weight in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies;
-// 60 calls captured in one CUDA graph, medians of 5 replays; prints every layout x K split and the launcher's default.
+// past 2048^2, the launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight
+// in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies; 60 calls captured in one
+// CUDA graph, medians of 5 replays; prints every layout and the launcher's default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
 #include <cublas_v2.h>
@@ -22,7 +22,7 @@ static double e4m3(uint8_t b) {
 }
 static uint8_t rand_e4m3() { uint8_t b; do { b = rand() & 0xFF; } while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 12); return b; }
 static void* g_ws = nullptr;
-int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed, int splits = 1) {
+int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   srand(seed);
   int ldx = K + 16;
   std::vector<bf> hx((size_t)M * ldx); std::vector<float> hb(N); std::vector<uint8_t> hw((size_t)N * K); std::vector<float> hs(N);
@@ -36,7 +36,7 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed, i
   CK(cudaMalloc(&x, hx.size() * 2)); CK(cudaMalloc(&b, N * 4)); CK(cudaMalloc(&y, (size_t)M * N * 2)); CK(cudaMalloc(&w, hw.size())); CK(cudaMalloc(&sc, N * 4));
   cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice); cudaMemcpy(b, hb.data(), N * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(w, hw.data(), hw.size(), cudaMemcpyHostToDevice); cudaMemcpy(sc, hs.data(), N * 4, cudaMemcpyHostToDevice);
-  SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f}; a.splits = splits; spike_decode_workspace(a, g_ws);
+  SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f}; spike_decode_workspace(a, g_ws);
   if (M > kSpikeDecodeMaxRows) {  // past the kernel's rows: the launcher must refuse, not compute
     const bool refused = launch_spike_decode(a, DType::BF16, layout, 0) == cudaErrorInvalidValue;
     printf("check M=%d: launcher %s\n", M, refused ? "refuses (OK)" : "did not refuse FAIL");
@@ -61,24 +61,23 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed, i
     worst = std::max(worst, rerr / std::max(rref, 1e-30));
   }
   bool ok = worst <= 1e-2;
-  printf("check splits=%d M=%d N=%d K=%d bias=%d layout=%d big=%d (max count %.0f): max err %.3e of max |ref| %.3e, worst row %.1e %s\n", splits, M, N, K, bias, layout, big, maxc, maxerr, maxref, worst, ok ? "OK" : "FAIL");
+  printf("check M=%d N=%d K=%d bias=%d layout=%d big=%d (max count %.0f): max err %.3e of max |ref| %.3e, worst row %.1e %s\n", M, N, K, bias, layout, big, maxc, maxerr, maxref, worst, ok ? "OK" : "FAIL");
   cudaFree(x); cudaFree(b); cudaFree(y); cudaFree(w); cudaFree(sc);
   return ok ? 0 : 1;
 }
 int main() {
   int fails = 0;
-  CK(cudaMalloc(&g_ws, spike_decode_workspace_bytes(16, 40000, 20000, kSpikeDecodeMaxSplits)));
-  for (int sp : {1, 3})
-    for (int l = 0; l < 4; ++l) {
-      fails += check(1, 100, 208, true, l, false, 1, sp);
-      fails += check(3, 77, 4112, false, l, false, 2, sp);
-      fails += check(13, 129, 1040, true, l, false, 3, sp);
-      fails += check(16, 50, 16, true, l, false, 4, sp);
-      fails += check(2, 300, 3584, true, l, true, 5, sp);
-      fails += check(9, 40, 18944, false, l, true, 6, sp);
-      fails += check(8, 40, 18944, false, l, true, 7, sp);
-      fails += check(7, 129, 1040, true, l, false, 8, sp);
-    }
+  CK(cudaMalloc(&g_ws, spike_decode_workspace_bytes(16, 20000)));
+  for (int l = 0; l < 4; ++l) {
+    fails += check(1, 100, 208, true, l, false, 1);
+    fails += check(3, 77, 4112, false, l, false, 2);
+    fails += check(13, 129, 1040, true, l, false, 3);
+    fails += check(16, 50, 16, true, l, false, 4);
+    fails += check(2, 300, 3584, true, l, true, 5);
+    fails += check(9, 40, 18944, false, l, true, 6);
+    fails += check(8, 40, 18944, false, l, true, 7);
+    fails += check(7, 129, 1040, true, l, false, 8);
+  }
   cublasHandle_t h; cublasCreate(&h);
   cudaStream_t cs; CK(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking)); cublasSetStream(h, cs);
   struct S { const char* name; int N, K; } shapes[] = {{"qkv", 4624, 3584}, {"o", 3584, 3584}, {"gate_up", 37888, 3584}, {"down", 3584, 18944}};
@@ -114,20 +113,15 @@ int main() {
       float alpha = 1, beta = 0;
       float tc = timeit([&](int i) { cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, M, s.K, &alpha, wb[i], CUDA_R_16BF, s.K, x, CUDA_R_16BF, s.K,
                                                   &beta, y2, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
-      printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)\n", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
-      float best = 1e9; int bl = -1, bs = 1;
+      printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
+      float best = 1e9; int bl = -1;
       for (int l = 0; l < 4; ++l) {
-        printf("    L%d splits:", l);
-        for (int sp : {1, 2, 3, 4, 6, 8}) {
-          float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; a.splits = sp; spike_decode_workspace(a, g_ws); launch_spike_decode(a, DType::BF16, l, cs); });
-          printf(" %d:%.2f", sp, t);
-          if (t < best) { best = t; bl = l; bs = sp; }
-        }
-        printf("\n");
+        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_spike_decode(a, DType::BF16, l, cs); });
+        printf(" | L%d %.2f", l, t);
+        if (t < best) { best = t; bl = l; }
       }
       int dl = spike_decode_default_layout(M, s.N, s.K);
-      printf("  => best L%d splits %d %.2f us (%.2f TB/s of e4m3, %.2fx bf16 cublas); default L%d splits %d\n", bl, bs, best, wn / best * 1e-6, tc / best, dl,
-             spike_decode_default_splits(M, s.N, s.K, dl));
+      printf(" || best L%d %.2f us (%.2f TB/s of e4m3, %.2fx bf16 cublas) default L%d\n", bl, best, wn / best * 1e-6, tc / best, dl);
       CK(cudaDeviceSynchronize());
     }
     for (int i = 0; i < copies; ++i) { cudaFree(ws[i]); cudaFree(wb[i]); } cudaFree(sc); cudaFree(x); cudaFree(y); cudaFree(y2);
