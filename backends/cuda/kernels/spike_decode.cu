@@ -25,7 +25,6 @@
 // covers M <= 8.  The WK k-groups add their partial sums through shared memory.
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
