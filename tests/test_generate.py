@@ -255,6 +255,18 @@ def test_model_benchmark_floor_counts_the_8bit_copies_a_decode_step_reads():
     assert bench.decode_read_bytes(fp8) == 2 * sum(p.numel() for p in fp8.parameters()) - saved
 
 
+def test_model_benchmark_report_gives_decode_as_a_multiple_of_the_floor():
+    from sbops.bench import model as bench
+    res = {"ttft": [], "env": {"gpu": "NVIDIA H200", "torch": "x", "transformers": None}, "notes": [],
+           "args": {"tiny": False, "dtype_name": "bfloat16", "chunk": 8192, "device": "cuda"},
+           "ours": {"decode_read_gib": 8.11}, "decode_floor_ms": 1.815,
+           "decode": [{"B": 1, "context": 4096, "graphs": True, "ms_per_step": 3.63},
+                      {"B": 32, "context": 4096, "graphs": True, "error": "OOM"}]}
+    md = bench.markdown(res)
+    assert "| B=1 graphs | 4k | 3.63 | 2.00x |" in md and "| B=32 graphs | 4k | OOM | - |" in md
+    assert "8.11 GiB" in md
+
+
 def test_bucketed_padded_decode_step_leaves_live_slots_exact():
     """DecodeGraphs' step without capture (same static buffers, buckets and scratch slot): padding
     rows decode into the scratch slot only, and live rows equal plain decode steps."""

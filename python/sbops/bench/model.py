@@ -411,14 +411,17 @@ def markdown(res: Dict[str, Any]) -> str:
         ratio = f"{p['ttft_s'] / o['ttft_s']:.1f}x" if "ttft_s" in o and "ttft_s" in p else "-"
         lines.append(f"| {fmt_len(T)} | {ot} | {pt} | {ratio} | {gib(o)} | "
                      f"{gib(p) if not p.get('extrapolated') else '-'} |")
-    lines += ["", "| decode (CUDA graphs or eager) | context | ms/step | ms/step with a host read per step | "
-              "peak extra memory |", "| --- | --- | --- | --- | --- |"]
+    floor = res.get("decode_floor_ms")
+    lines += ["", "| decode (CUDA graphs or eager) | context | ms/step | x weight-read floor | "
+              "ms/step with a host read per step | peak extra memory |", "| --- | --- | --- | --- | --- | --- |"]
     for r in res["decode"]:
         val = r.get("ms_per_step", r.get("error", r.get("skipped", "-")))
+        times = f"{r['ms_per_step'] / floor:.2f}x" if floor and isinstance(r.get("ms_per_step"), (int, float)) else "-"
         lines.append(f"| B={r['B']} {'graphs' if r['graphs'] else 'eager'} | {fmt_len(r['context'])} | {val} | "
-                     f"{r.get('ms_per_step_host_sync', '-')} | {gib(r)} |")
-    if "decode_floor_ms" in res:
-        lines.append(f"\nWeight-read floor: {res['decode_floor_ms']} ms/step.")
+                     f"{times} | {r.get('ms_per_step_host_sync', '-')} | {gib(r)} |")
+    if floor:
+        lines.append(f"\nWeight-read floor: {floor} ms/step (the bytes of weights a step reads, "
+                     f"{res['ours'].get('decode_read_gib', '?')} GiB, at nominal HBM bandwidth).")
     on_cuda = str(res["args"].get("device", "")).startswith("cuda")
     notes = res["notes"] + ([] if on_cuda else ["peak extra memory is measured on CUDA devices only"])
     lines += [""] + [f"- {n}" for n in notes]
