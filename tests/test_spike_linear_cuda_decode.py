@@ -187,10 +187,16 @@ torch.save([sl.spike_linear_fwd(x.cuda(), w.cuda(), s.cuda(), 3.0, b.cuda(), Non
 """
 
 
-def _cases_and_child(tmp_path, env):
+@requires_cuda
+def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
+    """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
+    while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0, read once per process: a child
+    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
+    residual pass."""
     import os
     import subprocess
     import sys
+    sl = _sl()
     cases = []
     for i, (M, N, K, big) in enumerate(_PDL_CASES):
         wq, sc = _weights(N, K, seed=10 + i)
@@ -200,18 +206,8 @@ def _cases_and_child(tmp_path, env):
         cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
     torch.save(cases, tmp_path / "in.pt")
     subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   env=dict(os.environ, **env), check=True, timeout=240, cwd=tmp_path)
-    return cases, torch.load(tmp_path / "out.pt")
-
-
-@requires_cuda
-def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
-    """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
-    while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0, read once per process: a child
-    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
-    residual pass."""
-    sl = _sl()
-    cases, plain = _cases_and_child(tmp_path, {"SBOPS_DECODE_PDL": "0"})
+                   env=dict(os.environ, SBOPS_DECODE_PDL="0"), check=True, timeout=240, cwd=tmp_path)
+    plain = torch.load(tmp_path / "out.pt")
     for (x, wq, sc, b), want in zip(cases, plain):
         args = [t.cuda() for t in (x, wq, sc, b)]
         y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")

@@ -178,8 +178,7 @@ def decode_read_bytes(model) -> int:
     from sbops.nn import SpikeLinear
     eight = {}
     for m in model.modules():
-        if isinstance(m, SpikeLinear) and m.k is not None and (
-                m.weight_quant == "fp8" or (m.weight_quant == "int8" and m.in_features % m.group_size == 0)):
+        if isinstance(m, SpikeLinear) and m._has_8bit_path():
             groups = 1 if m.weight_quant == "fp8" else m.in_features // m.group_size
             eight[m.weight.data_ptr()] = m.weight.numel() + 4 * m.out_features * groups
     seen, total = set(), 0
@@ -230,13 +229,13 @@ def ttft_ours(run: Run, model) -> None:
         run.save()
 
 
-def decode_ours(run: Run, model, wbytes: int) -> None:
+def decode_ours(run: Run, model, rbytes: int) -> None:
     from sbops.models import DecodeGraphs
     a = run.args
     use_graphs = run.device.type == "cuda" and not a.no_graphs
     bw = next((v for k, v in HBM.items() if k in run.res["env"].get("gpu", "")), None)
     if bw:
-        run.res["decode_floor_ms"] = round(wbytes / bw * 1e3, 3)
+        run.res["decode_floor_ms"] = round(rbytes / bw * 1e3, 3)
         run.res["notes"].append(f"decode floor = bytes of weights a step reads (8-bit copies where the layers run "
                                 f"on them) / {bw / 1e12:.1f} TB/s (nominal HBM)")
     run.res["notes"].append("decode contexts are faked: cache positions set to the context, ring buffers and "
@@ -553,10 +552,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     checks = sbops.data_checks(False) if run.device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), checks:
         run.log(f"ours: building the SpikingBrain-{'tiny' if args.tiny else '7B'}-shaped model (random weights)")
-        model, wbytes = build_ours(run)
+        model, rbytes = build_ours(run)
         run.log(f"ours: {run.res['ours']['weight_gib']:.2f} GiB of weights, a decode step reads "
-                f"{wbytes / 2**30:.2f} GiB of them")
-        stage(run, "decode", decode_ours, run, model, wbytes)
+                f"{rbytes / 2**30:.2f} GiB of them")
+        stage(run, "decode", decode_ours, run, model, rbytes)
         stage(run, "ttft", ttft_ours, run, model)
         del model
         if run.device.type == "cuda":

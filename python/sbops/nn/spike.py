@@ -197,13 +197,16 @@ class SpikeLinear(nn.Linear):
             self._w8_key = key
         return self._w8
 
+    def _has_8bit_path(self) -> bool:
+        # sbops' own coding with an 8-bit format whose groups are whole: inference may run the W8ASpike op
+        return self.k is not None and (self.weight_quant == "fp8" or (self.weight_quant == "int8" and
+                                                                       self.in_features % self.group_size == 0))
+
     def _runs_on_int8(self, x: torch.Tensor) -> bool:
         # inference with sbops' own coding and whole groups: the W8ASpike op (int8 tensor cores on CUDA).
         # Training keeps the fake-quant path, whose gradient reaches the float weight.
         # float64 inputs keep the float64 fake-quant path (the kernel codes and accumulates in float32)
-        return (self.k is not None and (self.weight_quant == "fp8" or (self.weight_quant == "int8" and
-                                                                        self.in_features % self.group_size == 0))
-                and x.dtype != torch.float64
+        return (self._has_8bit_path() and x.dtype != torch.float64
                 and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
