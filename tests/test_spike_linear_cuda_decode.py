@@ -187,15 +187,24 @@ torch.save([sl.spike_linear_fwd(x.cuda(), w.cuda(), s.cuda(), 3.0, b.cuda(), Non
 """
 
 
+def _child_outputs(tmp_path, cases, **env):
+    """The cuda_decode outputs of `cases` ((x, weight_q, scale, bias) on the CPU) computed by a child process with
+    the given environment (the kernel's switches are read once per process)."""
+    import os
+    import subprocess
+    import sys
+    torch.save(cases, tmp_path / "in.pt")
+    subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                   env=dict(os.environ, **env), check=True, timeout=240, cwd=tmp_path)
+    return torch.load(tmp_path / "out.pt")
+
+
 @requires_cuda
 def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
     """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
     while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0, read once per process: a child
     process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
     residual pass."""
-    import os
-    import subprocess
-    import sys
     sl = _sl()
     cases = []
     for i, (M, N, K, big) in enumerate(_PDL_CASES):
@@ -204,10 +213,7 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
         if big is not None:
             x[M - 1, 7] = big
         cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
-    torch.save(cases, tmp_path / "in.pt")
-    subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   env=dict(os.environ, SBOPS_DECODE_PDL="0"), check=True, timeout=240, cwd=tmp_path)
-    plain = torch.load(tmp_path / "out.pt")
+    plain = _child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="0")
     for (x, wq, sc, b), want in zip(cases, plain):
         args = [t.cuda() for t in (x, wq, sc, b)]
         y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
@@ -223,3 +229,4 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(yg, yn) and not torch.equal(yn.cpu(), want), "graph replay on new x"
+

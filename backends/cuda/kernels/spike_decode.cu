@@ -45,9 +45,12 @@ constexpr float kPlane = 2048.f;           // counts up to this are exact in flo
 constexpr float kBig = kPlane * kPlane;  // from here a count goes to the float32 residual plane
 constexpr int kEncodeThreads = 256;
 
+// Weights are read once: no L1 allocation, and each L2 miss fetches the 256-byte segment around it (the neighbouring
+// 64-byte blocks of a weight row are read by the block's other k-groups at about the same time; session 23, H100:
+// the fp8 model's decode step 4.077 -> 4.036 ms at B = 1, gate_up 51.0 -> 50.1 us).
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
   uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                : "l"(p));
   return r;
@@ -160,9 +163,91 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   }
 }
 
+// Rows with a count of 2048^2 or more (bit m of big): a second pass over the warp's column blocks (kb = wk, wk + WK,
+// ..; the weights read again; rare) gives their float32 residual counts times the weights (CUDA-core FMAs) for the
+// lane's four accumulators of the 16-row tile at n0.  Lane (g, t) sums physical columns 64 kb + 16 t .. + 15 of rows
+// g and g + 8 for every token, the lane quad adds its four column slices, and each lane keeps its accumulators'
+// (row, token) entries.
+template <int WK>
+__device__ __forceinline__ float4 residual_rows(const uint8_t* w, int64_t ldw, const float* res, int N, int K, int n0,
+                                             int wk, int lane, int big) {
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const int g = lane >> 2, t = lane & 3, KB = (K + 63) >> 6;
+  const uint8_t* wrow[2];
+  bool wok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + g + 8 * h;
+    wok[h] = n < N;
+    wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * ldw + 16 * t;
+  }
+  float racc[2][8];
+#pragma unroll
+  for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
+  for (int kb2 = wk; kb2 < KB; kb2 += WK) {
+    if (kb2 * 64 + 16 * t >= K) continue;
+    float wf[2][16];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 wr = wok[h] ? ld_stream(wrow[h] + kb2 * 64) : zero;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t v = word(wr, q);
+        const uint32_t p01 = e4m3x2_to_f16x2(v), p23 = e4m3x2_to_f16x2(v >> 16);
+        const float2 f01 = __half22float2(*reinterpret_cast<const __half2*>(&p01));
+        const float2 f23 = __half22float2(*reinterpret_cast<const __half2*>(&p23));
+        wf[h][4 * q] = f01.x, wf[h][4 * q + 1] = f01.y, wf[h][4 * q + 2] = f23.x, wf[h][4 * q + 3] = f23.y;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      if (!((big >> m) & 1)) continue;
+      const float4* rp = reinterpret_cast<const float4*>(res + static_cast<int64_t>(m) * K + kb2 * 64 + 16 * t);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float4 r = __ldg(rp + q);
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          racc[h][m] += wf[h][4 * q] * r.x + wf[h][4 * q + 1] * r.y + wf[h][4 * q + 2] * r.z + wf[h][4 * q + 3] * r.w;
+      }
+    }
+  }
+  float4 add = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int m = 0; m < 8; ++m) {
+    const float r0 = warp_reduce_sum<4>(racc[0][m]), r1 = warp_reduce_sum<4>(racc[1][m]);
+    // accumulator c of lane (g, t): row g (c < 2) or g + 8, token 2 t + (c & 1)
+    if (m == 2 * t) add.x += r0, add.z += r1;
+    if (m == 2 * t + 1) add.y += r0, add.w += r1;
+  }
+  return add;
+}
+
+// The block's outputs from the warps' partial sums red[wk][wn][i][lane] (i over the 4 accumulators of one n-tile):
+// the WK k-groups add up, then y = vth * scale * sum (+ bias).  Every thread of the block takes part.
+template <typename E, int WN, int WK>
+__device__ __forceinline__ void store_rows(const SpikeDecodeArgs& a, const float* red, int nb) {
+  constexpr int kPart = WN * 4 * 32;
+  E* y = static_cast<E*>(a.y);
+  for (int idx = threadIdx.x; idx < kPart; idx += blockDim.x) {
+    float sum = red[idx];
+#pragma unroll
+    for (int v = 1; v < WK; ++v) sum += red[v * kPart + idx];
+    // idx = (wn' * 4 + c) * 32 + l: row (l / 4) + 8 (c >= 2) of warp column wn', token 2 (l % 4) + (c & 1)
+    const int l = idx & 31, c = (idx >> 5) & 3, wcol = idx >> 7;
+    const int n = nb + wcol * 16 + (l >> 2) + 8 * (c >> 1);
+    const int m = 2 * (l & 3) + (c & 1);
+    if (n < a.N && m < a.M) {
+      float out = a.vth[m] * (a.scale[n] * sum);
+      if (a.bias)
+        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
+      y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
+    }
+  }
+}
+
 template <typename E, int WN, int WK, int UNROLL>
 __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
-  constexpr int WARPS = WN * WK;
   constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -279,77 +364,16 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     kb += kStep;
   }
   if (big != 0) {
-    // rows with a count of 2048^2 or more: a second pass over the warp's column blocks (the weights read
-    // again; rare) adds their float32 residual counts times the weights with CUDA-core FMAs.  Lane (g, t)
-    // sums physical columns 64 kb + 16 t .. + 15 of rows g and g + 8 for every token, the lane quad adds
-    // its four column slices, and each lane keeps its accumulators' (row, token) entries.
-    float racc[2][8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
-    for (int kb2 = wk; kb2 < KB; kb2 += WK) {
-      if (kb2 * 64 + 16 * t >= a.K) continue;
-      float wf[2][16];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint4 wr = wok[h] ? ld_stream(wrow[h] + kb2 * 64) : zero;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const uint32_t v = word(wr, q);
-          const uint32_t p01 = e4m3x2_to_f16x2(v), p23 = e4m3x2_to_f16x2(v >> 16);
-          const float2 f01 = __half22float2(*reinterpret_cast<const __half2*>(&p01));
-          const float2 f23 = __half22float2(*reinterpret_cast<const __half2*>(&p23));
-          wf[h][4 * q] = f01.x, wf[h][4 * q + 1] = f01.y, wf[h][4 * q + 2] = f23.x, wf[h][4 * q + 3] = f23.y;
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        if (!((big >> m) & 1)) continue;
-        const float4* rp = reinterpret_cast<const float4*>(a.res + static_cast<int64_t>(m) * a.K + kb2 * 64 + 16 * t);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float4 r = __ldg(rp + q);
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            racc[h][m] += wf[h][4 * q] * r.x + wf[h][4 * q + 1] * r.y + wf[h][4 * q + 2] * r.z + wf[h][4 * q + 3] * r.w;
-        }
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      const float r0 = warp_reduce_sum<4>(racc[0][m]), r1 = warp_reduce_sum<4>(racc[1][m]);
-      // accumulator c of lane (g, t): row g (c < 2) or g + 8, token 2 t + (c & 1)
-      if (m == 2 * t) acc[0][0] += r0, acc[0][2] += r1;
-      if (m == 2 * t + 1) acc[0][1] += r0, acc[0][3] += r1;
-    }
+    const float4 r = residual_rows<WK>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
+    acc[0][0] += r.x, acc[0][1] += r.y, acc[0][2] += r.z, acc[0][3] += r.w;
   }
 
-  // partial sums red[wk][wn][i][lane] (i over NT * 4 accumulators); the k-groups add into red[0]
-  constexpr int NACC = NT * 4, kPart = WN * NACC * 32;
-  __shared__ float red[WK * kPart];
+  // partial sums red[wk][wn][i][lane] (i over the 4 accumulators); the k-groups add into red[0]
+  __shared__ float red[WK * WN * 4 * 32];
 #pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      red[(wk * WN + wn) * NACC * 32 + (j * 4 + i) * 32 + lane] = fmaf(kPlane, acch[j][i], acc[j][i]);
+  for (int i = 0; i < 4; ++i) red[(wk * WN + wn) * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[0][i], acc[0][i]);
   __syncthreads();
-  E* y = static_cast<E*>(a.y);
-  for (int idx = threadIdx.x; idx < kPart; idx += 32 * WARPS) {
-    float sum = red[idx];
-#pragma unroll
-    for (int v = 1; v < WK; ++v) sum += red[v * kPart + idx];
-    // idx = (wn' * NACC + j * 4 + c) * 32 + l: row (l / 4) + 8 (c >= 2) of warp column wn', token
-    // 8 j + 2 (l % 4) + (c & 1)
-    const int l = idx & 31, i = (idx >> 5) % NACC, wcol = (idx >> 5) / NACC;
-    const int c = i & 3, j = i >> 2;
-    const int n = nb + wcol * 16 + (l >> 2) + 8 * (c >> 1);
-    const int m = j * 8 + 2 * (l & 3) + (c & 1);
-    if (n < a.N && m < a.M) {
-      float out = a.vth[m] * (a.scale[n] * sum);
-      if (a.bias)
-        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
-      y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
-    }
-  }
+  store_rows<E, WN, WK>(a, red, nb);
 }
 
 // Programmatic dependent launch of the GEMV after its encode: on where the device is sm_90 or newer, the GEMV's
