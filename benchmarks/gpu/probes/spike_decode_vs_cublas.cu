@@ -2,7 +2,8 @@
 // channel, M <= 8) against a float64 host reference on odd shapes (float32 bias, padded rows, counts past 2048 and
 // past 2048^2, the launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight
 // in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies; 60 calls captured in one
-// CUDA graph, medians of 5 replays; prints every layout and the launcher's default.
+// CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV, 4-7 session 23's bulk-copy
+// GEMV of spike_decode_tma.cuh, sm_90 only) and the launcher's default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
 #include <cublas_v2.h>
@@ -12,6 +13,16 @@
 #include <algorithm>
 #include <cmath>
 #include "../../../backends/cuda/kernels/spike_decode.cu"
+namespace sbops {
+namespace {
+#include "spike_decode_tma.cuh"  // layouts 4-7: the session 23 bulk-copy GEMV (not in the library)
+}  // namespace
+// layouts 0-3 through the library's launcher, 4-7 the probe's bulk-copy GEMV (bf16 x)
+cudaError_t launch_probe(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
+  if (layout < 4 || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
+  return launch_tma_probe(a, layout, st);
+}
+}  // namespace sbops
 using namespace sbops;
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s line %d\n", cudaGetErrorString(e), __LINE__); exit(1);} } while (0)
 typedef __nv_bfloat16 bf;
@@ -38,12 +49,12 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   cudaMemcpy(w, hw.data(), hw.size(), cudaMemcpyHostToDevice); cudaMemcpy(sc, hs.data(), N * 4, cudaMemcpyHostToDevice);
   SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f}; spike_decode_workspace(a, g_ws);
   if (M > kSpikeDecodeMaxRows) {  // past the kernel's rows: the launcher must refuse, not compute
-    const bool refused = launch_spike_decode(a, DType::BF16, layout, 0) == cudaErrorInvalidValue;
+    const bool refused = launch_probe(a, DType::BF16, layout, 0) == cudaErrorInvalidValue;
     printf("check M=%d: launcher %s\n", M, refused ? "refuses (OK)" : "did not refuse FAIL");
     cudaFree(x); cudaFree(b); cudaFree(y); cudaFree(w); cudaFree(sc);
     return refused ? 0 : 1;
   }
-  CK(launch_spike_decode(a, DType::BF16, layout, 0)); CK(cudaDeviceSynchronize());
+  CK(launch_probe(a, DType::BF16, layout, 0)); CK(cudaDeviceSynchronize());
   std::vector<bf> hy((size_t)M * N); cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost);
   double maxerr = 0, maxref = 0, maxc = 0, worst = 0;  // worst: the largest per-row relative error
   for (int m = 0; m < M; ++m) {
@@ -68,7 +79,7 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
 int main() {
   int fails = 0;
   CK(cudaMalloc(&g_ws, spike_decode_workspace_bytes(16, 20000)));
-  for (int l = 0; l < 4; ++l) {
+  for (int l = 0; l < 8; ++l) {
     fails += check(1, 100, 208, true, l, false, 1);
     fails += check(3, 77, 4112, false, l, false, 2);
     fails += check(13, 129, 1040, true, l, false, 3);
@@ -115,8 +126,8 @@ int main() {
                                                   &beta, y2, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
       printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
       float best = 1e9; int bl = -1;
-      for (int l = 0; l < 4; ++l) {
-        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_spike_decode(a, DType::BF16, l, cs); });
+      for (int l = 0; l < 8; ++l) {
+        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_probe(a, DType::BF16, l, cs); });
         printf(" | L%d %.2f", l, t);
         if (t < best) { best = t; bl = l; }
       }
