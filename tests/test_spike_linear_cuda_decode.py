@@ -202,9 +202,10 @@ def _child_outputs(tmp_path, cases, **env):
 @requires_cuda
 def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
     """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
-    while the encode runs) gives the bits of a plain launch (SBOPS_DECODE_PDL=0, read once per process: a child
-    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
-    residual pass."""
+    while the encode runs), and the encode as one of the kernel before it, give the bits of plain launches
+    (SBOPS_DECODE_PDL=0, read once per process: a child process), eagerly and replayed from a CUDA graph, for rows
+    that take only the lo plane, the hi plane and the residual pass; x rewritten by the kernel right before the
+    call (an in-place negation) is what the encode reads."""
     sl = _sl()
     cases = []
     for i, (M, N, K, big) in enumerate(_PDL_CASES):

@@ -13,7 +13,8 @@
 //    over the weights (CUDA-core float32 FMAs with their residual plane); both branches are uniform.
 //    Products of the planes are exact, every sum is float32, as the reference.
 // On sm_90 the GEMV launches as a programmatic dependent of the encode (launch_layout): its blocks start while
-// the encode runs and load their first stage, then wait for the counts.
+// the encode runs and load their first stage, then wait for the counts.  The encode likewise launches as a
+// dependent of whatever kernel precedes it and waits for that kernel's results before reading x.
 //
 // Layout (sm_80+, mma.m16n8k16 f16): block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every
 // WK-th 64-column block; each lane loads 16 contiguous bytes (16 weights) of rows g and g + 8
@@ -96,6 +97,9 @@ template <typename E>
 __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(SpikeDecodeArgs a) {
   constexpr int WARPS = kEncodeThreads / 32;
   grid_dependents_launch();  // the GEMV may start streaming its weights now
+  // launched as a programmatic dependent of the kernel before it (sm_90, launch_typed): nothing is read or written
+  // before that kernel's results are complete (returns at once after a plain launch)
+  grid_dependency_wait();
   const int m = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const E* xr = static_cast<const E*>(a.x) + static_cast<int64_t>(m) * a.ldx;
   __shared__ float s_sum[WARPS], s_max[WARPS], s_vth[2];
@@ -376,21 +380,26 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   store_rows<E, WN, WK>(a, red, nb);
 }
 
-// Programmatic dependent launch of the GEMV after its encode: on where the device is sm_90 or newer, the GEMV's
-// loaded binary is too (so it holds the wait) and SBOPS_DECODE_PDL is not "0" / "off" (benchmarks' A/B).  The
-// environment is read once, the device and kernel once per pair.
-bool pdl_allowed() {
-  static const bool on = [] {
+// Programmatic dependent launches (sm_90): the GEMV after its encode, and the encode after the kernel before it (the
+// model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up while that kernel drains, and waits for its
+// results before touching memory).  Each where the device is sm_90 or newer and the kernel's loaded binary is too
+// (so it holds the wait).  SBOPS_DECODE_PDL (benchmarks' A/B, read once): "0" / "off" neither, "gemv" the GEMV
+// only (session 22's launches), anything else or unset both.  The device and kernel are queried once per pair.
+int pdl_mode() {
+  static const int mode = [] {
     const char* v = std::getenv("SBOPS_DECODE_PDL");
-    return v == nullptr || !(std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0);
+    if (v == nullptr) return 2;
+    if (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0) return 0;
+    return std::strcmp(v, "gemv") == 0 ? 1 : 2;
   }();
-  return on;
+  return mode;
 }
 
+// need: the pdl_mode this launch takes (1: the GEMV's, 2: the encode's)
 template <typename Kernel>
-bool pdl_plan(Kernel kernel) {
+bool pdl_plan(Kernel kernel, int need) {
   int dev = 0;
-  if (!pdl_allowed() || cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (pdl_mode() < need || cudaGetDevice(&dev) != cudaSuccess) return false;
   static std::mutex mu;
   static std::map<std::pair<const void*, int>, bool> plans;
   const std::lock_guard<std::mutex> lock(mu);
@@ -406,15 +415,16 @@ bool pdl_plan(Kernel kernel) {
   return on;
 }
 
-template <typename E, int WN, int WK, int U>
-cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = spike_decode_kernel<E, WN, WK, U>;
+// one launch, as a programmatic dependent of the work before it on the stream where `pdl`
+template <typename Kernel>
+cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const SpikeDecodeArgs& a,
+                       cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(a.N, 16 * WN)));
-  cfg.blockDim = dim3(32 * WN * WK);
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
-  if (pdl_plan(kernel)) {
+  if (pdl) {
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
@@ -423,10 +433,21 @@ cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
   return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
+template <typename E, int WN, int WK, int U>
+cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
+  const auto kernel = spike_decode_kernel<E, WN, WK, U>;
+  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
+}
+
+template <typename E>
+cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
+  const auto kernel = spike_decode_encode_kernel<E>;
+  return launch_one(kernel, static_cast<unsigned>(a.M), kEncodeThreads, pdl_plan(kernel, 2), a, st);
+}
+
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  spike_decode_encode_kernel<E><<<static_cast<unsigned>(a.M), kEncodeThreads, 0, st>>>(a);
-  const cudaError_t err = cudaGetLastError();
+  const cudaError_t err = launch_encode<E>(a, st);
   if (err != cudaSuccess) return err;
   switch (layout) {
     case 0: return launch_layout<E, 1, 8, 2>(a, st);

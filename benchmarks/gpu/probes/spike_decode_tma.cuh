@@ -228,7 +228,7 @@ bool launch_tma_layout(const SpikeDecodeArgs& a, cudaStream_t st, cudaError_t* e
   cfg.dynamicSmemBytes = static_cast<size_t>(G::smem_bytes(a.M, S));
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
-  if (pdl_plan(kernel)) {
+  if (pdl_plan(kernel, 1)) {
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
