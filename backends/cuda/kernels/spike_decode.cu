@@ -471,8 +471,8 @@ bool spike_decode_supports(int64_t M, int64_t N, int64_t K) {
 }
 
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K) {
-  // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS.md, session 16): 16 rows x 8
-  // k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones
+  // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
+  // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones
   (void)M, (void)K;
   return N < 4096 ? 0 : 2;
 }
