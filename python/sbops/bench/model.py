@@ -163,7 +163,15 @@ def build_ours(run: Run):
         cfg = cfg.replace(spike_k=3.0, weight_quant=a.weight_quant)
     with torch.device(run.device), default_dtype(a.dtype):
         model = SpikingBrainForCausalLM(cfg).eval()
+    if a.weight_quant and a.drop_float_weights:  # inference only: the 8-bit weights without their float masters
+        from sbops.nn import drop_float_weights
+        freed = drop_float_weights(model)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        run.log(f"dropped {freed / 2**30:.2f} GiB of float weights (sbops.nn.drop_float_weights)")
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    wbytes += sum(t.numel() * t.element_size() for m in model.modules() if getattr(m, "weight_q", None) is not None
+                  for t in (m.weight_q, m.weight_scale))  # layers whose float weights were dropped
     rbytes = decode_read_bytes(model)
     run.res["ours"] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
                        "weight_gib": round(wbytes / 2**30, 3), "decode_read_gib": round(rbytes / 2**30, 3)}
@@ -176,12 +184,16 @@ def decode_read_bytes(model) -> int:
     per weight, its float32 scales) instead of its float weight.  The embedding table counts whole, as in
     issue 19's floor (its lm_head reads it when tied)."""
     from sbops.nn import SpikeLinear
-    eight = {}
+    eight, total = {}, 0
     for m in model.modules():
         if isinstance(m, SpikeLinear) and m._has_8bit_path():
             groups = 1 if m.weight_quant == "fp8" else m.in_features // m.group_size
-            eight[m.weight.data_ptr()] = m.weight.numel() + 4 * m.out_features * groups
-    seen, total = set(), 0
+            nbytes = m.out_features * m.in_features + 4 * m.out_features * groups
+            if m.weight is None:  # drop_float_weights: the 8-bit buffers are all it has
+                total += nbytes
+            else:
+                eight[m.weight.data_ptr()] = nbytes
+    seen = set()
     for p in model.parameters():
         if p.data_ptr() in seen:
             continue
@@ -497,6 +509,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--weight-quant", choices=["int8", "fp8"], default=None,
                     help="W8ASpike model: every block projection a SpikeLinear (k=3) on sbops.spike_linear with "
                          "int8 (per group 128) or fp8 e4m3 (per channel) weights")
+    ap.add_argument("--drop-float-weights", action="store_true",
+                    help="with --weight-quant: keep only the 8-bit weights of the spike-coded layers "
+                         "(sbops.nn.drop_float_weights; inference only)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test; default on CPU)")

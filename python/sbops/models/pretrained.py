@@ -441,6 +441,11 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
     released_format=True makes the former mandatory.  A checkpoint loaded with from_pretrained is
     written back with the same config.json (torch_dtype updated) and identical tensors."""
     max_shard_size = _parse_size(max_shard_size, "save_pretrained: max_shard_size")
+    from ..nn import SpikeLinear
+    dropped = [n for n, m in model.named_modules() if isinstance(m, SpikeLinear) and m.weight is None]
+    if dropped:
+        raise ValueError(f"save_pretrained: the float weights of {len(dropped)} SpikeLinear layers (e.g. {dropped[0]}) "
+                         "were dropped by sbops.nn.drop_float_weights; save the model before dropping them")
     cfg = model.config
     w8a = getattr(cfg, "weight_quant", None) == "int8_static"
     dtype = model.model.embed_tokens.weight.dtype

@@ -9,11 +9,11 @@ from .attention import GatedLinearAttention, HybridAttention, SlidingWindowAtten
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
 from .common import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope, make_linear
 from .moe import MoEBlock
-from .spike import SpikeLinear, clear_weight_caches, dequantize_weight_int8, quantize_weight_int8
+from .spike import SpikeLinear, clear_weight_caches, dequantize_weight_int8, drop_float_weights, quantize_weight_int8
 
 __all__ = [
     "GatedLinearAttention", "SlidingWindowAttention", "HybridAttention", "SpikeLinear", "MoEBlock", "SwiGLU",
     "RMSNorm", "RotaryEmbedding", "apply_rope", "make_linear", "LinearAttnCache", "SWACache", "HybridCache",
     "CacheBatch",
-    "quantize_weight_int8", "dequantize_weight_int8", "clear_weight_caches",
+    "quantize_weight_int8", "dequantize_weight_int8", "clear_weight_caches", "drop_float_weights",
 ]

@@ -82,6 +82,14 @@ class _QKVOProjections(nn.Module):
         return apply_rope_qk(q, k, cos, sin)
 
 
+def _device_dtype(proj: nn.Module):
+    """(device, dtype) of a projection's float weight; for a SpikeLinear whose float weight was dropped
+    (sbops.nn.drop_float_weights), its 8-bit weight's device and the dropped weight's dtype."""
+    if getattr(proj, "weight", None) is not None:
+        return proj.weight.device, proj.weight.dtype
+    return proj.weight_q.device, proj.float_dtype
+
+
 def _last(t):
     """[N, 1, ...] -> [N, ...] (a strided view: the ops accept it)."""
     return t[:, 0]
@@ -273,7 +281,7 @@ class GatedLinearAttention(_QKVOProjections):
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> LinearAttnCache:
         return LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim,
-                                     device=device or self.q_proj.weight.device)
+                                     device=device or _device_dtype(self.q_proj)[0])
 
     def forward(self, x: torch.Tensor, cache: Optional[LinearAttnCache] = None, positions=None) -> torch.Tensor:
         """positions: a CacheBatch (what the model passes), or the legacy [B, 1] decode positions."""
@@ -324,7 +332,8 @@ class SlidingWindowAttention(_QKVOProjections):
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> SWACache:
         return SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
-                              device=device or self.q_proj.weight.device, dtype=dtype or self.q_proj.weight.dtype)
+                              device=device or _device_dtype(self.q_proj)[0],
+                              dtype=dtype or _device_dtype(self.q_proj)[1])
 
     def forward(self, x: torch.Tensor, cache: Optional[SWACache] = None, positions=None) -> torch.Tensor:
         batch = _batch(x, cache, positions)
@@ -369,11 +378,11 @@ class HybridAttention(_QKVOProjections):
             self.meta_k = self.meta_v = None
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> HybridCache:
-        device = device or self.q_proj.weight.device
+        device = device or _device_dtype(self.q_proj)[0]
         return HybridCache(
             LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim, device=device),
             SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
-                           device=device, dtype=dtype or self.q_proj.weight.dtype))
+                           device=device, dtype=dtype or _device_dtype(self.q_proj)[1]))
 
     def forward(self, x: torch.Tensor, cache: Optional[HybridCache] = None, positions=None) -> torch.Tensor:
         batch = _batch(x, cache, positions)

@@ -66,16 +66,28 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
                and (m.weight_quant == "fp8" or m.group_size == m0.group_size) for m in mods):
         return None
     # everything the concatenated copies are made of: weights, biases (a copy too), format and group size
-    key = tuple((weight_key(m.weight), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size,
-                 m._weights_epoch) for m in mods)
+    def key_of():
+        return tuple((m._weight_key(), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size,
+                      m._weights_epoch) for m in mods)
+
+    key = key_of()
     state = owner.__dict__.get("_sbops_fused_spike")
     if state is None or state[0] != key:
         ops = [m.int8_weight() for m in mods]
         q = torch.cat([o[0] for o in ops]).contiguous()
         sc = torch.cat([o[1].to(torch.float32) for o in ops]).contiguous()
+        if all(m.weight is None for m in mods):
+            # float weights dropped (drop_float_weights): the modules' 8-bit buffers become row blocks of the
+            # concatenated copy, which is then the only one
+            o = 0
+            for m in mods:
+                m.weight_q, m.weight_scale = q[o:o + m.out_features], sc[o:o + m.out_features]
+                o += m.out_features
+            key = key_of()
         b = None
         if any(m.bias is not None for m in mods):
-            b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+            like = next(m.bias for m in mods if m.bias is not None)
+            b = torch.cat([m.bias if m.bias is not None else like.new_zeros(m.out_features) for m in mods])
         state = (key, q, sc, b, [m.out_features for m in mods])
         owner.__dict__["_sbops_fused_spike"] = state
     _, q, sc, b, sizes = state

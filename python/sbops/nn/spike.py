@@ -60,6 +60,27 @@ def clear_weight_caches(model: torch.nn.Module) -> None:
         m.__dict__.pop("_sbops_fused_spike", None)
 
 
+def drop_float_weights(model: torch.nn.Module) -> int:
+    """For inference only: every SpikeLinear in `model` that runs on its 8-bit weight at inference (k set,
+    weight_quant "fp8", or "int8" over whole groups) keeps that weight and its scales as the buffers
+    `weight_q` / `weight_scale` and drops its float weight (`weight` becomes None).  For the 7B fp8 model
+    the weights shrink from the bf16 masters plus their 8-bit copies (~22 GiB) to ~8 GiB.  Returns the bytes
+    of float weights dropped (the caching allocator keeps them until torch.cuda.empty_cache()).
+
+    Afterwards those layers have no weight to train or to export: the forward runs sbops.spike_linear on the
+    8-bit weight (a float64 input, or one that needs a gradient, multiplies its dequantised values instead),
+    the state dict holds weight_q / weight_scale in place of weight, and save_pretrained refuses the model.
+    Load checkpoints (and convert dtypes) first; `.to(device)` moves the 8-bit buffers, a dtype conversion
+    leaves them as they are.  Other layers (plain nn.Linear, "int8_static", group-misaligned "int8") keep
+    their float weights."""
+    freed = 0
+    for m in model.modules():
+        if isinstance(m, SpikeLinear):
+            freed += m.drop_float_weight()
+        m.__dict__.pop("_sbops_fused_spike", None)  # fused copies are rebuilt from the 8-bit buffers
+    return freed
+
+
 def _straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """x_hat's values exactly (x - x.detach() is an exact zero), with d/dx = identity."""
     return x_hat.detach() + (x - x.detach())
@@ -157,7 +178,9 @@ class SpikeLinear(nn.Linear):
 
     def int8_weight(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(q int8 [out, in], scales float32 [out, groups]) of the current weight; with weight_quant="fp8",
-        (q float8_e4m3fn [out, in], scales float32 [out])."""
+        (q float8_e4m3fn [out, in], scales float32 [out]).  After drop_float_weight: the kept buffers."""
+        if self.weight is None:
+            return self.weight_q, self.weight_scale
         if self.weight_quant == "fp8":
             return sbops.quantize_weight(self.weight.detach(), None, dtype=torch.float8_e4m3fn)
         if self.weight_quant == "int8_static":
@@ -174,6 +197,11 @@ class SpikeLinear(nn.Linear):
         """The weight the forward uses: the float weight, or its int8 round trip (straight-through)."""
         if self.weight_quant is None:
             return self.weight
+        if self.weight is None:  # only the 8-bit weight is left (drop_float_weight): float32, no gradient
+            q, sc = self.weight_q, self.weight_scale
+            if self.weight_quant == "fp8":
+                return q.float() * sc[:, None]
+            return dequantize_weight_int8(q, sc, self.group_size)
         if self.weight_quant == "int8_static":
             w_q = self.weight_quantizer(self.weight)
         elif self.weight_quant == "fp8":
@@ -188,8 +216,51 @@ class SpikeLinear(nn.Linear):
         # a load under torch.inference_mode leaves no trace in the weight's version counter
         self._weights_epoch += 1
 
+    def drop_float_weight(self) -> int:
+        """Keep only the 8-bit weight and scales (buffers weight_q, weight_scale) and drop the float weight, where
+        this layer runs on its 8-bit weight at inference (see sbops.nn.drop_float_weights); returns the bytes
+        dropped (0 when there is nothing to drop)."""
+        if self.weight is None or not self._has_8bit_path():
+            return 0
+        q, sc = self._int8_operands()
+        freed = self.weight.numel() * self.weight.element_size()
+        self._float_dtype = self.weight.dtype
+        del self.weight
+        self.register_parameter("weight", None)
+        self.register_buffer("weight_q", q)
+        self.register_buffer("weight_scale", sc)
+        self.__dict__.pop("_w8", None)
+        self.__dict__.pop("_w8_key", None)
+        self._weights_epoch += 1
+        return freed
+
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The dtype of the float weight, or of the one dropped (following later dtype conversions)."""
+        return self.weight.dtype if self.weight is not None else self._float_dtype
+
+    def _weight_key(self):
+        return weight_key(self.weight if self.weight is not None else self.weight_q)
+
+    def _apply(self, fn, recurse=True):
+        # after drop_float_weight: device moves apply to the 8-bit buffers, dtype conversions do not (they would
+        # turn float8 weights and float32 scales into the model's dtype)
+        if self.weight is not None:
+            return super()._apply(fn, recurse)
+        kept = {n: self._buffers.pop(n) for n in ("weight_q", "weight_scale")}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for n, t in kept.items():
+                moved = fn(t)
+                self._buffers[n] = moved if moved.dtype == t.dtype else t.to(device=moved.device)
+            self._float_dtype = fn(torch.empty(0, dtype=self._float_dtype)).dtype
+        return self
+
     def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
+        if self.weight is None:
+            return self.weight_q, self.weight_scale
         key = weight_key(self.weight) + (self._weights_epoch,)
         if getattr(self, "_w8_key", None) != key:
             q, s = self.int8_weight()
@@ -207,7 +278,8 @@ class SpikeLinear(nn.Linear):
         # Training keeps the fake-quant path, whose gradient reaches the float weight.
         # float64 inputs keep the float64 fake-quant path (the kernel codes and accumulates in float32)
         return (self._has_8bit_path() and x.dtype != torch.float64
-                and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)))
+                and not (torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None
+                                                                           and self.weight.requires_grad))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1:] != (self.in_features,):
@@ -219,6 +291,9 @@ class SpikeLinear(nn.Linear):
             x = spike_fake_quant_released(x, self.k)  # W8ASpike's QuantLinear: vth from mean|x| in x's dtype
         elif self.k is not None:
             x = sbops.spike_quant(x, self.k)
+        if self.weight is None:  # the dequantised 8-bit weight, in x's dtype
+            b = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.effective_weight().to(x.dtype), b)
         return F.linear(x, self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
