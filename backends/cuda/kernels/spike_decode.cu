@@ -167,6 +167,41 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   }
 }
 
+// Whether some row has a count past 2048 (two: the hi plane is multiplied) and the rows with one of 2048^2 or more
+// (bit m of big: the residual pass); the same for every thread of the grid.
+__device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, int& big) {
+  two = false;
+  big = 0;
+  for (int m = 0; m < a.M; ++m) {
+    const int f = a.flags[m];
+    two |= (f & 1) != 0;
+    big |= ((f >> 1) & 1) << m;
+  }
+}
+
+// One 64-column block of the lane's layout: weights w0 / w1 (16 bytes of rows g and g + 8), counts cv[j] / hv[j]
+// (16 float16 of token 8 j + g, lo / hi plane) as four k16 steps; step s takes weight bytes 4s .. 4s + 3 of each
+// row (word s) and counts 4s .. 4s + 3 (words 2s, 2s + 1 of the pair).
+template <int NT>
+__device__ __forceinline__ void mma_block(float (&acc)[NT][4], float (&acch)[NT][4], const uint4& w0, const uint4& w1,
+                                          const uint4 (&cv)[NT][2], const uint4 (&hv)[NT][2], bool two) {
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t r0 = word(w0, s), r1 = word(w1, s);
+    const uint32_t af[4] = {e4m3x2_to_f16x2(r0), e4m3x2_to_f16x2(r1), e4m3x2_to_f16x2(r0 >> 16),
+                            e4m3x2_to_f16x2(r1 >> 16)};
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const uint4& c = cv[j][s / 2];
+      warp_mma::mma_16816<__half>(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
+      if (two) {
+        const uint4& h = hv[j][s / 2];
+        warp_mma::mma_16816<__half>(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
+      }
+    }
+  }
+}
+
 // Rows with a count of 2048^2 or more (bit m of big): a second pass over the warp's column blocks (kb = wk, wk + WK,
 // ..; the weights read again; rare) gives their float32 residual counts times the weights (CUDA-core FMAs) for the
 // lane's four accumulators of the 16-row tile at n0.  Lane (g, t) sums physical columns 64 kb + 16 t .. + 15 of rows
@@ -291,13 +326,9 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
   // more (bit m of big); the same for every thread of the grid
   static_assert(kSpikeDecodeMaxRows <= 8 * NT, "the residual path adds into the one n-tile of 8 tokens");
-  bool two = false;
-  int big = 0;
-  for (int m = 0; m < a.M; ++m) {
-    const int f = a.flags[m];
-    two |= (f & 1) != 0;
-    big |= ((f >> 1) & 1) << m;
-  }
+  bool two;
+  int big;
+  read_flags(a, two, big);
   const __half* crow[2][NT];
   bool cok[NT];
 #pragma unroll
@@ -336,24 +367,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 
   auto compute = [&](int buf) {
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        // step s: weight bytes 4s .. 4s + 3 of each row (word s), counts 4s .. 4s + 3 (words 2s, 2s + 1)
-        const uint32_t r0 = word(wv[buf][u][0], s), r1 = word(wv[buf][u][1], s);
-        const uint32_t af[4] = {e4m3x2_to_f16x2(r0), e4m3x2_to_f16x2(r1), e4m3x2_to_f16x2(r0 >> 16),
-                                e4m3x2_to_f16x2(r1 >> 16)};
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const uint4& c = cv[buf][u][j][s / 2];
-          warp_mma::mma_16816<__half>(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
-          if (two) {
-            const uint4& h = hv[buf][u][j][s / 2];
-            warp_mma::mma_16816<__half>(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
-          }
-        }
-      }
-    }
+    for (int u = 0; u < UNROLL; ++u) mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
   };
   constexpr int kStep = WK * UNROLL;
   int kb = wk;

@@ -3,8 +3,8 @@
 // tried in session 23 to raise the bytes in flight per SM (the register-staged GEMV keeps about one 1 KB stage per
 // warp in flight).  Measured slower on the H100 at the 7B shapes (benchmarks/RESULTS.md, session 23), so it is not
 // in the library.  Included by spike_decode_vs_cublas.cu inside sbops' anonymous namespace, after spike_decode.cu
-// (ld_stream, e4m3x2_to_f16x2, word, grid_dependency_wait, residual_rows, store_rows and pdl_plan come from there);
-// sm_90 only.
+// (grid_dependency_wait, read_flags, mma_block, residual_rows, store_rows and pdl_plan come from there);
+// sm_90a only (the probe builds for it).
 //
 // Block: CW consumer warps + 1 producer warp, 16 weight rows (one m16 tile), all of K.  Chunk i holds columns
 // [i KC, (i + 1) KC) of the 16 weight rows and of the M count rows (planes lo and, when some row has a count past
@@ -18,33 +18,15 @@
 // waiting for the counts.
 namespace tma {
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t mbar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(mbar)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_init(uint32_t mbar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t mbar, uint32_t bytes) {  // one arrival + bytes
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(mbar), "r"(bytes) : "memory");
-}
+#ifdef SBOPS_SM90A_DEVICE  // sm90.cuh's bulk copy and mbarriers, plus an expect-tx without an arrival
+using sm90::bulk_load;
+using sm90::mbar_arrive;
+using sm90::mbar_expect_tx;
+using sm90::mbar_init;
+using sm90::mbar_wait;
+using sm90::smem_addr;
 __device__ __forceinline__ void mbar_add_tx(uint32_t mbar, uint32_t bytes) {  // bytes, no arrival
   asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t mbar) {
-  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(mbar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t mbar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(mbar), "r"(parity)
-                 : "memory");
-  } while (!done);
 }
 #endif
 
@@ -69,7 +51,7 @@ __device__ __noinline__ float4 residual_rows_call(const uint8_t* w, int64_t ldw,
 
 template <typename E, int CW, int U, int S>
 __global__ void __launch_bounds__(32 * (CW + 1), CW >= 4 ? 6 : 8) spike_decode_tma_kernel(SpikeDecodeArgs a) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef SBOPS_SM90A_DEVICE
   using G = tma::Geometry<CW, U>;
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ float red[CW * 4 * 32];
@@ -132,15 +114,11 @@ __global__ void __launch_bounds__(32 * (CW + 1), CW >= 4 ? 6 : 8) spike_decode_t
   } else {  // consumer warp wk
     const int wk = warp, g = lane >> 2, t = lane & 3;
     grid_dependency_wait();
-    bool two = false;
-    int big = 0;
-    for (int r = 0; r < a.M; ++r) {
-      const int f = a.flags[r];
-      two |= (f & 1) != 0;
-      big |= ((f >> 1) & 1) << r;
-    }
+    bool two;
+    int big;
+    read_flags(a, two, big);
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}, acch[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}}, acch[1][4] = {{0.f, 0.f, 0.f, 0.f}};
     for (int i = 0; i < nch; ++i) {
       const int s = i % S, nc = cols(i);
       tma::mbar_wait(full0 + 8 * s, (i / S) & 1);
@@ -163,56 +141,38 @@ __global__ void __launch_bounds__(32 * (CW + 1), CW >= 4 ? 6 : 8) spike_decode_t
             hv[1] = *reinterpret_cast<const uint4*>(cp + a.M * G::kCStride + 16);
           }
         }
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {  // step q: weight bytes 4q .. 4q + 3 of each row, counts 4q .. 4q + 3
-          const uint32_t r0 = word(w0, q), r1 = word(w1, q);
-          const uint32_t af[4] = {e4m3x2_to_f16x2(r0), e4m3x2_to_f16x2(r1), e4m3x2_to_f16x2(r0 >> 16),
-                                  e4m3x2_to_f16x2(r1 >> 16)};
-          const uint4& c = cv[q / 2];
-          warp_mma::mma_16816<__half>(acc, af, word(c, 2 * (q % 2)), word(c, 2 * (q % 2) + 1));
-          if (two) {
-            const uint4& h = hv[q / 2];
-            warp_mma::mma_16816<__half>(acch, af, word(h, 2 * (q % 2)), word(h, 2 * (q % 2) + 1));
-          }
-        }
+        const uint4 cv2[1][2] = {{cv[0], cv[1]}}, hv2[1][2] = {{hv[0], hv[1]}};
+        mma_block<1>(acc, acch, w0, w1, cv2, hv2, two);
       }
       __syncwarp();
       if (lane == 0) tma::mbar_arrive(empty0 + 8 * s);
     }
     if (big != 0) {
       const float4 r = residual_rows_call<CW>(static_cast<const uint8_t*>(a.w), a.ldw, a.res, a.N, a.K, nb, wk, lane, big);
-      acc[0] += r.x, acc[1] += r.y, acc[2] += r.z, acc[3] += r.w;
+      acc[0][0] += r.x, acc[0][1] += r.y, acc[0][2] += r.z, acc[0][3] += r.w;
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) red[wk * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[i], acc[i]);
+    for (int i = 0; i < 4; ++i) red[wk * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[0][i], acc[0][i]);
   }
   __syncthreads();
   store_rows<E, 1, CW>(a, red, nb);
 #endif
 }
 
-// The sm_90 GEMV serves where the device is sm_90 or newer and the loaded binary holds its body (sm_90 code);
-// the kernel's shared-memory limit is raised once per device to what M = kSpikeDecodeMaxRows needs.
+// The bulk-copy GEMV runs where the device is sm_90 or newer and the loaded binary holds its body; its
+// shared-memory limit is raised to what M = kSpikeDecodeMaxRows needs (queried at every launch: a probe).
 template <typename Kernel>
 bool tma_plan(Kernel kernel, int smem_max) {
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, bool> plans;
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
-  const auto it = plans.find(key);
-  if (it != plans.end()) return it->second;
-  int major = 0, optin = 0;
+  int dev = 0, major = 0, optin = 0;
   cudaFuncAttributes fa{};
-  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+  const bool on = cudaGetDevice(&dev) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
                   major >= 9 &&
                   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
                   cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
                   smem_max + static_cast<int>(fa.sharedSizeBytes) <= optin &&
                   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max) == cudaSuccess;
-  if (!on) (void)cudaGetLastError();  // a failed query only leaves the register-staged GEMV
-  plans.emplace(key, on);
+  if (!on) (void)cudaGetLastError();
   return on;
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include "../../../backends/cuda/kernels/spike_decode.cu"
+#include "../../../backends/cuda/kernels/sm90.cuh"  // the bulk-copy probe's mbarriers
 namespace sbops {
 namespace {
 #include "spike_decode_tma.cuh"  // layouts 4-7: the session 23 bulk-copy GEMV (not in the library)
