@@ -13,8 +13,8 @@
 //    over the weights (CUDA-core float32 FMAs with their residual plane); both branches are uniform.
 //    Products of the planes are exact, every sum is float32, as the reference.
 // On sm_90 the GEMV launches as a programmatic dependent of the encode (launch_layout): its blocks start while
-// the encode runs and load their first stage, then wait for the counts.  The encode likewise launches as a
-// dependent of whatever kernel precedes it and waits for that kernel's results before reading x.
+// the encode runs and load their first stage, then wait for the counts.  Opt-in (SBOPS_DECODE_PDL=all): the encode
+// likewise launches as a dependent of whatever kernel precedes it and waits for that kernel's results first.
 //
 // Layout (sm_80+, mma.m16n8k16 f16): block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every
 // WK-th 64-column block; each lane loads 16 contiguous bytes (16 weights) of rows g and g + 8
@@ -28,6 +28,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -96,10 +97,11 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t v) {
 template <typename E>
 __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(SpikeDecodeArgs a) {
   constexpr int WARPS = kEncodeThreads / 32;
-  grid_dependents_launch();  // the GEMV may start streaming its weights now
-  // launched as a programmatic dependent of the kernel before it (sm_90, launch_typed): nothing is read or written
-  // before that kernel's results are complete (returns at once after a plain launch)
+  // launched as a programmatic dependent of the kernel before it (SBOPS_DECODE_PDL=all): nothing is read or written
+  // before that kernel's results are complete (returns at once after a plain launch) ...
   grid_dependency_wait();
+  // ... and only then may the GEMV start streaming its weights (the kernel before could have written them)
+  grid_dependents_launch();
   const int m = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const E* xr = static_cast<const E*>(a.x) + static_cast<int64_t>(m) * a.ldx;
   __shared__ float s_sum[WARPS], s_max[WARPS], s_vth[2];
@@ -394,17 +396,21 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   store_rows<E, WN, WK>(a, red, nb);
 }
 
-// Programmatic dependent launches (sm_90): the GEMV after its encode, and the encode after the kernel before it (the
-// model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up while that kernel drains, and waits for its
-// results before touching memory).  Each where the device is sm_90 or newer and the kernel's loaded binary is too
-// (so it holds the wait).  SBOPS_DECODE_PDL (benchmarks' A/B, read once): "0" / "off" neither, "gemv" the GEMV
-// only (session 22's launches), anything else or unset both.  The device and kernel are queried once per pair.
+// Programmatic dependent launches (sm_90): the GEMV after its encode (default), and with SBOPS_DECODE_PDL=all the
+// encode after the kernel before it (the model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up
+// while that kernel drains and waits for its results before touching memory; opt-in, as the order shipped -- the
+// GEMV released after that wait -- was not timed: session 23 measured -0.5% per fp8 B = 1 step on the H200 with
+// the GEMV released before it, which could let the GEMV read weights the kernel before had just written).  Each
+// where the device is sm_90 or newer and the kernel's loaded binary is too (so it holds the wait).
+// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" neither, "all" both, unset or anything else the GEMV
+// only.  The device and kernel are queried once per pair.
 int pdl_mode() {
   static const int mode = [] {
     const char* v = std::getenv("SBOPS_DECODE_PDL");
-    if (v == nullptr) return 2;
-    if (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0) return 0;
-    return std::strcmp(v, "gemv") == 0 ? 1 : 2;
+    if (v == nullptr) return 1;
+    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
+      if (std::strcmp(v, off) == 0) return 0;
+    return std::strcmp(v, "all") == 0 ? 2 : 1;
   }();
   return mode;
 }
