@@ -517,6 +517,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test; default on CPU)")
     ap.add_argument("--out", default=None, help="output folder (default: sbops-model-bench in $OUT or the cwd)")
     args = ap.parse_args(argv)
+    if args.drop_float_weights and not args.weight_quant:
+        ap.error("--drop-float-weights needs --weight-quant (only 8-bit spike-coded layers drop their float weights)")
     from sbops.models.generate import DEFAULT_PREFILL_CHUNK
     args.out = args.out or os.path.join(os.environ.get("OUT") or os.getcwd(), "sbops-model-bench")
     if args.device is not None and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

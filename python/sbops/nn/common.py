@@ -60,11 +60,15 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
     """SpikeLinears that all run sbops.spike_linear at inference with the same k, weight format and group
     size: one encode of x and one GEMM over their concatenated 8-bit weights (scales are per output row,
     so they concatenate too).  The concatenated operands are the only cached copy (rebuilt when a
-    weight changes); None when the modules do not all qualify."""
+    weight changes); None when the modules do not all qualify.  Modules whose float weights were dropped
+    (sbops.nn.drop_float_weights) get their 8-bit buffers re-pointed to row blocks of that copy; when every
+    module of the group is such, the owner keeps no tensor of it and views it whole through the first
+    module's buffers (a device move of the model then leaves no copy behind)."""
     m0 = mods[0]
     if not all(m._runs_on_int8(x) and m.k == m0.k and m.weight_quant == m0.weight_quant
                and (m.weight_quant == "fp8" or m.group_size == m0.group_size) for m in mods):
         return None
+
     # everything the concatenated copies are made of: weights, biases (a copy too), format and group size
     def key_of():
         return tuple((m._weight_key(), None if m.bias is None else weight_key(m.bias), m.weight_quant, m.group_size,
@@ -73,24 +77,30 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
     key = key_of()
     state = owner.__dict__.get("_sbops_fused_spike")
     if state is None or state[0] != key:
-        ops = [m.int8_weight() for m in mods]
-        q = torch.cat([o[0] for o in ops]).contiguous()
-        sc = torch.cat([o[1].to(torch.float32) for o in ops]).contiguous()
-        if all(m.weight is None for m in mods):
-            # float weights dropped (drop_float_weights): the modules' 8-bit buffers become row blocks of the
-            # concatenated copy, which is then the only one
+        owner.__dict__.pop("_sbops_fused_spike", None)
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors: buffers of the modules below
+            ops = [m.int8_weight() for m in mods]
+            q = torch.cat([o[0] for o in ops]).contiguous()
+            sc = torch.cat([o[1].to(torch.float32) for o in ops]).contiguous()
             o = 0
             for m in mods:
-                m.weight_q, m.weight_scale = q[o:o + m.out_features], sc[o:o + m.out_features]
+                if m.weight is None:
+                    m.weight_q, m.weight_scale = q[o:o + m.out_features], sc[o:o + m.out_features]
                 o += m.out_features
-            key = key_of()
-        b = None
-        if any(m.bias is not None for m in mods):
-            like = next(m.bias for m in mods if m.bias is not None)
-            b = torch.cat([m.bias if m.bias is not None else like.new_zeros(m.out_features) for m in mods])
-        state = (key, q, sc, b, [m.out_features for m in mods])
+            b = None
+            if any(m.bias is not None for m in mods):
+                like = next(m.bias for m in mods if m.bias is not None)
+                b = torch.cat([m.bias if m.bias is not None else like.new_zeros(m.out_features) for m in mods])
+        kept = None if all(m.weight is None for m in mods) else (q, sc)
+        state = (key_of(), kept, b, [m.out_features for m in mods])
         owner.__dict__["_sbops_fused_spike"] = state
-    _, q, sc, b, sizes = state
+    _, kept, b, sizes = state
+    if kept is None:  # the buffers are consecutive row blocks of one copy (the key holds their addresses)
+        q0, s0 = m0.weight_q, m0.weight_scale
+        rows = sum(sizes)
+        q, sc = q0.as_strided((rows,) + q0.shape[1:], q0.stride()), s0.as_strided((rows,) + s0.shape[1:], s0.stride())
+    else:
+        q, sc = kept
     gs = None if m0.weight_quant == "fp8" else m0.group_size
     return sbops.spike_linear(x, q, sc, m0.k, None if b is None else b.to(x.dtype), gs).split(sizes, dim=-1)
 

@@ -211,8 +211,14 @@ class SpikeLinear(nn.Linear):
             w_q = dequantize_weight_int8(*self.int8_weight(), self.group_size).to(self.weight.dtype)
         return _straight_through(self.weight, w_q)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if self.weight is None and prefix + "weight" in state_dict:  # not silently ignored, even when not strict
+            error_msgs.append(f"{prefix}weight: this SpikeLinear's float weight was dropped (sbops.nn."
+                              "drop_float_weights) and it holds weight_q / weight_scale; load float checkpoints "
+                              "before dropping")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         # a load under torch.inference_mode leaves no trace in the weight's version counter
         self._weights_epoch += 1
 
@@ -222,7 +228,9 @@ class SpikeLinear(nn.Linear):
         dropped (0 when there is nothing to drop)."""
         if self.weight is None or not self._has_8bit_path():
             return 0
-        q, sc = self._int8_operands()
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors (the cached copy may be an inference one)
+            q, sc = self._int8_operands()
+            q, sc = (t.clone() if t.is_inference() else t for t in (q, sc))
         freed = self.weight.numel() * self.weight.element_size()
         self._float_dtype = self.weight.dtype
         del self.weight
@@ -252,10 +260,16 @@ class SpikeLinear(nn.Linear):
             super()._apply(fn, recurse)
         finally:
             for n, t in kept.items():
-                moved = fn(t)
-                self._buffers[n] = moved if moved.dtype == t.dtype else t.to(device=moved.device)
+                probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+                self._buffers[n] = fn(t) if probe.dtype == t.dtype else t.to(device=probe.device)
             self._float_dtype = fn(torch.empty(0, dtype=self._float_dtype)).dtype
         return self
+
+    def reset_parameters(self) -> None:
+        if getattr(self, "weight", 0) is None:
+            raise ValueError("SpikeLinear.reset_parameters: the float weight was dropped "
+                             "(sbops.nn.drop_float_weights); only its 8-bit copy is left")
+        super().reset_parameters()
 
     def _int8_operands(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
