@@ -201,3 +201,19 @@ def test_dropped_fp8_model_generates_the_same_tokens_on_the_gpu():
     with torch.inference_mode():
         got = generate(model, ids, 8)
     assert torch.equal(got, want)
+
+
+def test_from_pretrained_can_load_straight_into_an_8bit_only_model(tmp_path):
+    """A float checkpoint loaded with spike_k / weight_quant="fp8" and drop_float_weights=True gives the logits of
+    the same load without dropping; a model with no 8-bit layer refuses the option."""
+    src = _model(None, spike_k=None)  # a plain float model
+    src.save_pretrained(str(tmp_path / "m"), safe_serialization=False)
+    ids = torch.randint(0, 128, (1, 9))
+    kw = dict(spike_k=3.0, weight_quant="fp8")
+    keep = SpikingBrainForCausalLM.from_pretrained(str(tmp_path / "m"), **kw)
+    drop = SpikingBrainForCausalLM.from_pretrained(str(tmp_path / "m"), drop_float_weights=True, **kw)
+    assert all(m.weight is None for m in _eight_bit(drop)) and len(_eight_bit(drop)) >= 12
+    with torch.inference_mode():
+        assert torch.equal(drop(ids).logits, keep(ids).logits)
+    with pytest.raises(ValueError, match="drop_float_weights=True needs spike-coded layers"):
+        SpikingBrainForCausalLM.from_pretrained(str(tmp_path / "m"), drop_float_weights=True)

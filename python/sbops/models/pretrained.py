@@ -315,12 +315,15 @@ def _fast_init(dtype: torch.dtype, device):
 
 # ------------------------------------------------------------------------------------------ load
 def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", allow_unknown_config_keys=False,
-                    **overrides):
+                    drop_float_weights=False, **overrides):
     """Load a SpikingBrain checkpoint folder into `cls` (SpikingBrainForCausalLM).
 
     dtype: "auto" (config's torch_dtype, else the checkpoint's) or a torch dtype; torch_dtype is an
     alias (Hugging Face's name).  device: where the model is built.  overrides: SpikingBrainConfig
-    fields to change (e.g. window=...) -- only for fields the checkpoint does not pin down.
+    fields to change (e.g. window=..., or spike_k=3.0, weight_quant="fp8" to run a float checkpoint on
+    sbops.spike_linear) -- only for fields the checkpoint does not pin down.  drop_float_weights=True: an
+    inference-only model that keeps just the 8-bit weights of its spike-coded layers
+    (sbops.nn.drop_float_weights); refused where no layer runs on 8 bits.
     """
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -389,6 +392,12 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         model = cls(cfg)
     _load_exact(model, renamed)
     model.eval()
+    if drop_float_weights:
+        from ..nn import drop_float_weights as drop
+        if drop(model) == 0:
+            raise ValueError(f"from_pretrained: drop_float_weights=True needs spike-coded layers that run on 8-bit "
+                             f"weights (spike_k set with weight_quant 'fp8', or 'int8' over whole groups); this model "
+                             f"has spike_k={cfg.spike_k}, weight_quant={cfg.weight_quant!r}")
     model._released_config = None if native else d
     model._released_extra = extra
     model._generation_config = gen
