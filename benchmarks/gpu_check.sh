@@ -2,7 +2,8 @@
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
 #   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8model and bench_default only when named)
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8model and bench_default only when named;
+#   fp8model: session 23's open GPU checks -- the encode's early launch A/B and the model with only its 8-bit weights)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -167,18 +168,25 @@ if [[ " $steps " == *" fp8split "* ]]; then
     | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
 fi
 if [[ " $steps " == *" fp8model "* ]]; then
-  # the fp8 W8ASpike model (7B shape): TTFT at 8k / 1M and B = 1 decode with each fix-up kernel
-  # (spike_linear_tuning.FP8_FIX), then a kernel-by-kernel profile of its prefill chunk and decode step (session 20)
-  for fix in tiles grouped; do
-    stamp "fp8 model, FP8_FIX=$fix"
-    (cd /tmp && timeout 170 python3 -c "import sys, sbops._backends.cuda.triton.spike_linear_tuning as t; t.FP8_FIX = '$fix'
-from sbops.bench.model import main; sys.exit(main(sys.argv[1:]))" --weight-quant fp8 --lengths 8k,1m --contexts 4k \
-      --batches 1 --no-peer --budget-s 160 --out "$OUT/logs/model_fp8_$fix" > "$OUT/logs/model_fp8_$fix.log" 2>&1
-     echo "rc=$?"; grep -a "TTFT\|decode B\|failed\|Error" "$OUT/logs/model_fp8_$fix.log" | head -8)
+  # session 23's open checks on the fp8 W8ASpike model (7B shape): the GPU tests of the decode kernel and of
+  # sbops.nn.drop_float_weights; decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
+  # alternated; then the model with only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
+  stamp "GPU tests: cuda decode, drop_float_weights"
+  (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout=180 test_spike_linear_cuda_decode.py \
+     test_drop_float_weights.py > "$OUT/logs/pytest_fp8model.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8model.log")")
+  i=0
+  for mode in default all default all; do
+    i=$((i+1)); stamp "fp8 model decode, SBOPS_DECODE_PDL=$mode ($i)"
+    (cd /tmp && env $( [ $mode = all ] && echo SBOPS_DECODE_PDL=all ) timeout 70 python3 -m sbops.bench.model \
+      --weight-quant fp8 --lengths 8k --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 50 \
+      --out "$OUT/logs/model_fp8_pdl_${mode}_$i" > "$OUT/logs/model_fp8_pdl_${mode}_$i.log" 2>&1
+     echo "rc=$?"; grep -a "decode B\|failed\|Error" "$OUT/logs/model_fp8_pdl_${mode}_$i.log" | head -4)
   done
-  stamp "model_kernel_profile.py --fp8"
-  timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 --fp8 > "$OUT/logs/prof_fp8.log" 2>&1
-  echo "rc=$?"; grep -v Warning "$OUT/logs/prof_fp8.log" | tail -60
+  stamp "fp8 model with only its 8-bit weights"
+  (cd /tmp && timeout 90 python3 -m sbops.bench.model --weight-quant fp8 --drop-float-weights --lengths 8k \
+    --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 70 --out "$OUT/logs/model_fp8_drop" \
+    > "$OUT/logs/model_fp8_drop.log" 2>&1
+   echo "rc=$?"; grep -a "dropped\|GiB of weights\|TTFT\|decode B\|failed\|Error" "$OUT/logs/model_fp8_drop.log" | head -8)
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
