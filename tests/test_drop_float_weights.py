@@ -217,3 +217,15 @@ def test_from_pretrained_can_load_straight_into_an_8bit_only_model(tmp_path):
         assert torch.equal(drop(ids).logits, keep(ids).logits)
     with pytest.raises(ValueError, match="drop_float_weights=True needs spike-coded layers"):
         SpikingBrainForCausalLM.from_pretrained(str(tmp_path / "m"), drop_float_weights=True)
+
+
+def test_upcycling_from_or_into_dropped_layers_is_refused():
+    from sbops.nn import MoEBlock, SwiGLU
+    dense = SwiGLU(128, 256, 3.0, "fp8")
+    moe = MoEBlock(128, 256, num_experts=2, top_k=1, spike_k=3.0, weight_quant="fp8")
+    snn.drop_float_weights(dense)
+    with pytest.raises(ValueError, match="dense float weights were dropped"):
+        moe.upcycle_from(dense)
+    snn.drop_float_weights(moe)
+    with pytest.raises(ValueError, match="this block's float weights were dropped"):
+        moe.upcycle_from(SwiGLU(128, 256, 3.0, "fp8"))

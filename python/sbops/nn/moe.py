@@ -76,6 +76,10 @@ class MoEBlock(nn.Module):
         """
         if not 0.0 <= scale <= 1.0:
             raise ValueError(f"MoEBlock.upcycle_from: scale must lie in [0, 1], got {scale}")
+        for mod, what in [(m, "this block's") for m in self.modules()] + [(m, "dense") for m in dense.modules()]:
+            if isinstance(mod, nn.Linear) and mod.weight is None:
+                raise ValueError(f"MoEBlock.upcycle_from: the {what} float weights were dropped "
+                                 f"(sbops.nn.drop_float_weights); upcycle before dropping them")
         for name in ("gate_proj", "up_proj", "down_proj"):
             if getattr(getattr(dense, name), "bias", None) is not None:
                 raise ValueError(f"MoEBlock.upcycle_from: dense.{name} has a bias, which the experts cannot hold "
