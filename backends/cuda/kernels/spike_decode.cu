@@ -169,6 +169,19 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   }
 }
 
+// The lane's weight rows g and g + 8 of the 16-row tile at n0 (row pointers at the lane's 16-byte column slot 16 t;
+// rows past N point at row 0 and are flagged off).
+__device__ __forceinline__ void weight_rows(const uint8_t* w, int64_t ldw, int N, int n0, int lane,
+                                            const uint8_t* (&wrow)[2], bool (&wok)[2]) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + g + 8 * h;
+    wok[h] = n < N;
+    wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * ldw + 16 * t;
+  }
+}
+
 // Whether some row has a count past 2048 (two: the hi plane is multiplied) and the rows with one of 2048^2 or more
 // (bit m of big: the residual pass); the same for every thread of the grid.
 __device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, int& big) {
@@ -213,15 +226,10 @@ template <int WK>
 __device__ __forceinline__ float4 residual_rows(const uint8_t* w, int64_t ldw, const float* res, int N, int K, int n0,
                                              int wk, int lane, int big) {
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int g = lane >> 2, t = lane & 3, KB = (K + 63) >> 6;
+  const int t = lane & 3, KB = (K + 63) >> 6;
   const uint8_t* wrow[2];
   bool wok[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int n = n0 + g + 8 * h;
-    wok[h] = n < N;
-    wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * ldw + 16 * t;
-  }
+  weight_rows(w, ldw, N, n0, lane, wrow, wok);
   float racc[2][8];
 #pragma unroll
   for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
@@ -299,12 +307,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 
   const uint8_t* wrow[2];
   bool wok[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int n = n0 + g + 8 * h;
-    wok[h] = n < a.N;
-    wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 16 * t;
-  }
+  weight_rows(w, a.ldw, a.N, n0, lane, wrow, wok);
   // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 counts of token g
   uint4 wv[2][UNROLL][2], cv[2][UNROLL][NT][2], hv[2][UNROLL][NT][2];
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -438,10 +441,11 @@ bool pdl_plan(Kernel kernel, int need) {
 // one launch, as a programmatic dependent of the work before it on the stream where `pdl`
 template <typename Kernel>
 cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const SpikeDecodeArgs& a,
-                       cudaStream_t st) {
+                       cudaStream_t st, size_t smem = 0) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
   if (pdl) {

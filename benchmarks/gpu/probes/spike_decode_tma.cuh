@@ -3,7 +3,7 @@
 // tried in session 23 to raise the bytes in flight per SM (the register-staged GEMV keeps about one 1 KB stage per
 // warp in flight).  Measured slower on the H100 at the 7B shapes (benchmarks/RESULTS.md, session 23), so it is not
 // in the library.  Included by spike_decode_vs_cublas.cu inside sbops' anonymous namespace, after spike_decode.cu
-// (grid_dependency_wait, read_flags, mma_block, residual_rows, store_rows and pdl_plan come from there);
+// (grid_dependency_wait, read_flags, mma_block, residual_rows, store_rows, pdl_plan and launch_one come from there);
 // sm_90a only (the probe builds for it).
 //
 // Block: CW consumer warps + 1 producer warp, 16 weight rows (one m16 tile), all of K.  Chunk i holds columns
@@ -182,19 +182,8 @@ bool launch_tma_layout(const SpikeDecodeArgs& a, cudaStream_t st, cudaError_t* e
   using G = tma::Geometry<CW, U>;
   const auto kernel = spike_decode_tma_kernel<E, CW, U, S>;
   if (!tma_plan(kernel, G::smem_bytes(kSpikeDecodeMaxRows, S))) return false;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(ceil_div(a.N, 16)));
-  cfg.blockDim = dim3(32 * (CW + 1));
-  cfg.dynamicSmemBytes = static_cast<size_t>(G::smem_bytes(a.M, S));
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  if (pdl_plan(kernel, 1)) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  *err = cudaLaunchKernelEx(&cfg, kernel, a);
+  *err = launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16)), 32 * (CW + 1), pdl_plan(kernel, 1), a, st,
+                    static_cast<size_t>(G::smem_bytes(a.M, S)));
   return true;
 }
 

@@ -3,7 +3,8 @@
 // past 2048^2, the launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight
 // in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies; 60 calls captured in one
 // CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV, 4-7 session 23's bulk-copy
-// GEMV of spike_decode_tma.cuh, sm_90 only) and the launcher's default.
+// GEMV of spike_decode_tma.cuh, sm_90 only, 8-11 the per-warp cp.async GEMV of spike_decode_cpasync.cuh) and the
+// launcher's default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
 #include <cublas_v2.h>
@@ -14,14 +15,16 @@
 #include <cmath>
 #include "../../../backends/cuda/kernels/spike_decode.cu"
 #include "../../../backends/cuda/kernels/sm90.cuh"  // the bulk-copy probe's mbarriers
+#include <cuda_pipeline.h>                          // the cp.async probe's copies
 namespace sbops {
 namespace {
-#include "spike_decode_tma.cuh"  // layouts 4-7: the session 23 bulk-copy GEMV (not in the library)
+#include "spike_decode_tma.cuh"      // layouts 4-7: the session 23 bulk-copy GEMV (not in the library)
+#include "spike_decode_cpasync.cuh"  // layouts 8-11: per-warp cp.async rings (written in session 23, not yet run)
 }  // namespace
-// layouts 0-3 through the library's launcher, 4-7 the probe's bulk-copy GEMV (bf16 x)
+// layouts 0-3 through the library's launcher, 4-7 the probe's bulk-copy GEMV, 8-11 its cp.async GEMV (bf16 x)
 cudaError_t launch_probe(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
   if (layout < 4 || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
-  return launch_tma_probe(a, layout, st);
+  return layout < 8 ? launch_tma_probe(a, layout, st) : launch_cpasync_probe(a, layout, st);
 }
 }  // namespace sbops
 using namespace sbops;
@@ -34,6 +37,7 @@ static double e4m3(uint8_t b) {
 }
 static uint8_t rand_e4m3() { uint8_t b; do { b = rand() & 0xFF; } while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 12); return b; }
 static void* g_ws = nullptr;
+constexpr int kProbeLayouts = 12;
 int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   srand(seed);
   int ldx = K + 16;
@@ -80,7 +84,7 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
 int main() {
   int fails = 0;
   CK(cudaMalloc(&g_ws, spike_decode_workspace_bytes(16, 20000)));
-  for (int l = 0; l < 8; ++l) {
+  for (int l = 0; l < kProbeLayouts; ++l) {
     fails += check(1, 100, 208, true, l, false, 1);
     fails += check(3, 77, 4112, false, l, false, 2);
     fails += check(13, 129, 1040, true, l, false, 3);
@@ -127,7 +131,7 @@ int main() {
                                                   &beta, y2, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
       printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
       float best = 1e9; int bl = -1;
-      for (int l = 0; l < 8; ++l) {
+      for (int l = 0; l < kProbeLayouts; ++l) {
         float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_probe(a, DType::BF16, l, cs); });
         printf(" | L%d %.2f", l, t);
         if (t < best) { best = t; bl = l; }
