@@ -331,9 +331,9 @@ class SlidingWindowAttention(_QKVOProjections):
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> SWACache:
+        own_device, own_dtype = _device_dtype(self.q_proj)
         return SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
-                              device=device or _device_dtype(self.q_proj)[0],
-                              dtype=dtype or _device_dtype(self.q_proj)[1])
+                              device=device or own_device, dtype=dtype or own_dtype)
 
     def forward(self, x: torch.Tensor, cache: Optional[SWACache] = None, positions=None) -> torch.Tensor:
         batch = _batch(x, cache, positions)
@@ -378,11 +378,12 @@ class HybridAttention(_QKVOProjections):
             self.meta_k = self.meta_v = None
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> HybridCache:
-        device = device or _device_dtype(self.q_proj)[0]
+        own_device, own_dtype = _device_dtype(self.q_proj)
+        device = device or own_device
         return HybridCache(
             LinearAttnCache.empty(batch_size, self.num_kv_heads, self.head_dim, device=device),
             SWACache.empty(batch_size, self.window, self.num_kv_heads, self.head_dim, max_length,
-                           device=device, dtype=dtype or _device_dtype(self.q_proj)[1]))
+                           device=device, dtype=dtype or own_dtype))
 
     def forward(self, x: torch.Tensor, cache: Optional[HybridCache] = None, positions=None) -> torch.Tensor:
         batch = _batch(x, cache, positions)
