@@ -3,8 +3,8 @@
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
 #   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
 #   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8model and bench_default only when named;
-#   fp8model: session 23's open GPU checks -- the decode GEMV probe with its cp.async layouts, the encode's early
-#   launch A/B and the model with only its 8-bit weights)
+#   fp8model: the open fp8 decode checks -- the decode GEMV probe (fused-encode and cp.async layouts), the A/B of
+#   the fused encode and of the encode's early launch against the default, and the model with only its 8-bit weights)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -169,25 +169,31 @@ if [[ " $steps " == *" fp8split "* ]]; then
     | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
 fi
 if [[ " $steps " == *" fp8model "* ]]; then
-  # session 23's open checks on the fp8 W8ASpike model (7B shape): the GPU tests of the decode kernel and of
-  # sbops.nn.drop_float_weights; decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
-  # alternated; then the model with only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
-  stamp "decode GEMV probe: library layouts 0-3, bulk-copy 4-7, per-warp cp.async 8-11 (never run before), cuBLAS"
+  # the open checks on the fp8 W8ASpike model (7B shape): the GPU tests of the decode kernel and of
+  # sbops.nn.drop_float_weights; decode with the fused encode (SBOPS_DECODE_ENCODE=fused, session 24) and with the
+  # encode's early launch (SBOPS_DECODE_PDL=all, session 23) against the default, alternated; then the model with only
+  # its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
+  stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, bulk-copy 8-11, per-warp cp.async 12-15 (4-7 and 12-15 never run before), cuBLAS"
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
     benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/decode_probe_build.log" 2>&1 \
-    && timeout 150 /tmp/spike_decode_probe > "$OUT/logs/decode_probe.log" 2>&1
+    && timeout 240 /tmp/spike_decode_probe > "$OUT/logs/decode_probe.log" 2>&1
   echo "rc=$? $(grep -c OK "$OUT/logs/decode_probe.log") checks OK"; grep -a "FAIL\|fails=" "$OUT/logs/decode_probe.log" | head -5
   grep -a -v "^check" "$OUT/logs/decode_probe.log" | cut -c1-220 | head -10
   stamp "GPU tests: cuda decode, drop_float_weights"
   (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout=180 test_spike_linear_cuda_decode.py \
      test_drop_float_weights.py > "$OUT/logs/pytest_fp8model.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8model.log")")
   i=0
-  for mode in default all default all; do
-    i=$((i+1)); stamp "fp8 model decode, SBOPS_DECODE_PDL=$mode ($i)"
-    (cd /tmp && env $( [ $mode = all ] && echo SBOPS_DECODE_PDL=all ) timeout 70 python3 -m sbops.bench.model \
+  for mode in default fused all default fused all; do
+    i=$((i+1)); stamp "fp8 model decode, mode $mode ($i)"
+    case $mode in
+      fused) menv="SBOPS_DECODE_ENCODE=fused" ;;
+      all) menv="SBOPS_DECODE_PDL=all" ;;
+      *) menv="" ;;
+    esac
+    (cd /tmp && env ${menv:+"$menv"} timeout 70 python3 -m sbops.bench.model \
       --weight-quant fp8 --lengths 8k --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 50 \
-      --out "$OUT/logs/model_fp8_pdl_${mode}_$i" > "$OUT/logs/model_fp8_pdl_${mode}_$i.log" 2>&1
-     echo "rc=$?"; grep -a "decode B\|failed\|Error" "$OUT/logs/model_fp8_pdl_${mode}_$i.log" | head -4)
+      --out "$OUT/logs/model_fp8_${mode}_$i" > "$OUT/logs/model_fp8_${mode}_$i.log" 2>&1
+     echo "rc=$?"; grep -a "decode B\|failed\|Error" "$OUT/logs/model_fp8_${mode}_$i.log" | head -4)
   done
   stamp "fp8 model with only its 8-bit weights"
   (cd /tmp && timeout 90 python3 -m sbops.bench.model --weight-quant fp8 --drop-float-weights --lengths 8k \

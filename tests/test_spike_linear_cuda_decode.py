@@ -177,19 +177,31 @@ def test_float16_hi_plane_and_one_output_channel():
         assert y.dtype == dtype and _worst_row(y.cpu(), r) < 1e-2
 
 
-_PDL_CASES = ((1, 4608, 3584, None), (8, 3584, 18944, 3e4), (4, 80, 1040, 1e30))  # plain, hi plane, residual
+_PDL_CASES = ((1, 4608, 3584, None), (8, 3584, 18944, 3e4), (4, 80, 1040, 1e30),  # plain, hi plane, residual
+              (3, 96, 512, float("inf")), (2, 40, 208, float("nan")))                  # non-finite counts
 _PDL_CHILD = """
 import sys, torch, sbops
 from sbops._backends.cuda.triton import spike_linear as sl
 cases = torch.load(sys.argv[1])
-torch.save([sl.spike_linear_fwd(x.cuda(), w.cuda(), s.cuda(), 3.0, b.cuda(), None, path="cuda_decode").cpu()
-            for x, w, s, b in cases], sys.argv[2])
+eager, graphed = [], []
+for x, w, s, b in cases:
+    args = [t.cuda() for t in (x, w, s, b)]
+    eager.append(sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode").cpu())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
+    y.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    graphed.append(y.cpu())
+torch.save((eager, graphed), sys.argv[2])
 """
 
 
 def _child_outputs(tmp_path, cases, **env):
-    """The cuda_decode outputs of `cases` ((x, weight_q, scale, bias) on the CPU) computed by a child process with
-    the given environment (the kernel's switches are read once per process)."""
+    """(eager outputs, outputs replayed from a CUDA graph) of the cuda_decode path on `cases` ((x, weight_q, scale,
+    bias) on the CPU), computed by a child process with the given environment (the kernel's switches are read once
+    per process)."""
     import os
     import subprocess
     import sys
@@ -199,14 +211,19 @@ def _child_outputs(tmp_path, cases, **env):
     return torch.load(tmp_path / "out.pt")
 
 
+def _same_bits(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 @requires_cuda
-def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
+def test_early_launch_and_fused_encode_change_no_bit(tmp_path):
     """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
     while the encode runs) gives the bits of plain launches (SBOPS_DECODE_PDL=0, read once per process: a child
-    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane and the
-    residual pass; so does the opt-in early launch of the encode too (SBOPS_DECODE_PDL=all, another child).
-    (Whether the encode's wait holds against a predecessor that releases it early is not tested here: torch's
-    kernels before it never do.)"""
+    process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane, the
+    residual pass and non-finite counts; so do the opt-in early launch of the encode too (SBOPS_DECODE_PDL=all)
+    and the opt-in fused encode (SBOPS_DECODE_ENCODE=fused: the GEMV computes the counts itself, launched early or
+    plainly), each in another child.  (Whether a wait holds against a predecessor that releases it early is not
+    tested here: torch's kernels before it never do.)"""
     sl = _sl()
     cases = []
     for i, (M, N, K, big) in enumerate(_PDL_CASES):
@@ -215,22 +232,29 @@ def test_early_launch_behind_the_encode_changes_no_bit(tmp_path):
         if big is not None:
             x[M - 1, 7] = big
         cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
-    plain = _child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="0")
-    for got, want in zip(_child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="all"), plain):
-        assert torch.equal(got, want), "SBOPS_DECODE_PDL=all"
-    for (x, wq, sc, b), want in zip(cases, plain):
+    plain, plain_graphed = _child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="0")
+    for (x, wq, sc, b), want, want_g in zip(cases, plain, plain_graphed):
+        r = ref_spike_linear(x, wq, sc, 3.0, b, None)
+        assert _same_bits(want_g, want)
+        if x.isfinite().all():
+            assert _worst_row(want, r) < 1e-2   # the baseline itself is right
+        else:
+            assert not want[-1].isfinite().all() and want[:-1].isfinite().all()
+    for env in ({"SBOPS_DECODE_PDL": "all"}, {"SBOPS_DECODE_ENCODE": "fused"},
+                {"SBOPS_DECODE_ENCODE": "fused", "SBOPS_DECODE_PDL": "0"}):
+        eager, graphed = _child_outputs(tmp_path, cases, **env)
+        for i, want in enumerate(plain):
+            assert _same_bits(eager[i], want), (env, _PDL_CASES[i])
+            assert _same_bits(graphed[i], want), (env, _PDL_CASES[i], "graph replay")
+    for (x, wq, sc, b), want in zip(cases, plain):   # this process: the default mode, and a replay on new x
         args = [t.cuda() for t in (x, wq, sc, b)]
         y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
-        assert torch.equal(y.cpu(), want)
+        assert _same_bits(y.cpu(), want)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             yg = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(yg.cpu(), want), "graph replay"
         args[0].mul_(-1)  # the replay reads the new x
         yn = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
         graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(yg, yn) and not torch.equal(yn.cpu(), want), "graph replay on new x"
-
+        assert _same_bits(yg, yn) and not _same_bits(yn.cpu(), want), "graph replay on new x"

@@ -47,7 +47,6 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
     bias = bias_in->scalar_type() == x.scalar_type() ? contig(*bias_in) : to_contig(*bias_in, kFloat);
   }
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
-  Tensor ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
   sbops::SpikeDecodeArgs a{};
   a.x = x.data_ptr();
   a.w = w.data_ptr();
@@ -62,7 +61,11 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.N = static_cast<int>(N);
   a.K = static_cast<int>(K);
   a.k = static_cast<float>(k);
-  sbops::spike_decode_workspace(a, ws.data_ptr());
+  Tensor ws;  // the encode's planes; none where the GEMVs compute the counts themselves (SBOPS_DECODE_ENCODE=fused)
+  if (!sbops::spike_decode_fused_encode()) {
+    ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
+    sbops::spike_decode_workspace(a, ws.data_ptr());
+  }
   check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"),
                                           sbops::spike_decode_default_layout(M, N, K), stream()),
                op);

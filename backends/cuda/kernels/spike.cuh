@@ -42,7 +42,8 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
 // s = rint(x / vth) as spike_encode (never saturated, any count), e4m3 weights w [N, K] with float32
 // per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a bias in float32 or in x's dtype (read as
 // is: no conversion launch per call), float32 accumulation.  Two
-// launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K).  Rows of x and w: unit
+// launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K), or one GEMV computing the
+// counts itself (layouts 4-7).  Rows of x and w: unit
 // column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
 constexpr int kSpikeDecodeMaxRows = 8;
 struct SpikeDecodeArgs {
@@ -75,6 +76,9 @@ inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   a.flags = reinterpret_cast<int*>(p + 8 * MK + 4 * int64_t{a.M});
 }
 bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
+// Layouts 0-3: the encode kernel, then the GEMV (needs the workspace); 4-7: the same GEMVs computing the counts
+// themselves (no workspace).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused).
+bool spike_decode_fused_encode();
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K);
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 

@@ -15,6 +15,10 @@
 // On sm_90 the GEMV launches as a programmatic dependent of the encode (launch_layout): its blocks start while
 // the encode runs and load their first stage, then wait for the counts.  Opt-in (SBOPS_DECODE_PDL=all): the encode
 // likewise launches as a dependent of whatever kernel precedes it and waits for that kernel's results first.
+// Opt-in (SBOPS_DECODE_ENCODE=fused, layouts 4-7): no encode launch.  Every GEMV block computes the rows' vth and
+// flags itself (the encode's threads and order: the same bits) and converts the x it streams into counts as it
+// goes; the residual pass recomputes its counts from x.  It costs each block a read of x (M K elements from L2)
+// before its first MMA, overlapped with its first stage of weights, and saves a launch and the planes' round trip.
 //
 // Layout (sm_80+, mma.m16n8k16 f16): block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every
 // WK-th 64-column block; each lane loads 16 contiguous bytes (16 weights) of rows g and g + 8
@@ -24,8 +28,6 @@
 // token g are loaded with the same permutation.  Two stages of UNROLL blocks alternate in registers,
 // so the next stage's loads are in flight while the current one is multiplied.  One n-tile of 8 tokens
 // covers M <= 8.  The WK k-groups add their partial sums through shared memory.
-#include <cuda_fp16.h>
-
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -33,63 +35,12 @@
 #include <mutex>
 #include <utility>
 
-#include "common.cuh"
-#include "spike.cuh"
-#include "spike_count.cuh"
-#include "warp_mma.cuh"
+#include "spike_decode_blocks.cuh"
 
 namespace sbops {
 
 #if !defined(USE_MACA)
 namespace {
-
-constexpr float kPlane = 2048.f;           // counts up to this are exact in float16
-constexpr float kBig = kPlane * kPlane;  // from here a count goes to the float32 residual plane
-constexpr int kEncodeThreads = 256;
-
-// Weights are read once: no L1 allocation, and each L2 miss fetches the 256-byte segment around it (the neighbouring
-// 64-byte blocks of a weight row are read by the block's other k-groups at about the same time; session 23, H100:
-// the fp8 model's decode step 4.077 -> 4.036 ms at B = 1, gate_up 51.0 -> 50.1 us).
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-// Programmatic dependent launch (sm_90+; no-ops below, and the wait returns at once in a grid launched plainly):
-// the encode lets the GEMV that follows it start early, and the GEMV waits for the encode's results.
-__device__ __forceinline__ void grid_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-// two e4m3 bytes (b0 = bits 0-7, b1 = bits 8-15 of v >> shift) as one float16 pair, exactly
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t r;
-  asm("{\n .reg .b16 lo;\n mov.b32 {lo, _}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}\n" : "=r"(r) : "r"(v));
-  return r;
-#else
-  // sign to bit 15, exponent and mantissa to bits 7-13 of each half: 2^-8 times the value as float16
-  // bits (subnormals included), then an exact multiply by 2^8
-  const uint32_t t = __byte_perm(v, 0, 0x4140);
-  const uint32_t h = ((t & 0x00800080u) << 8) | ((t & 0x007F007Fu) << 7);
-  __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&h), __floats2half2_rn(256.f, 256.f));
-  return *reinterpret_cast<uint32_t*>(&r);
-#endif
-}
 
 // One block per row m: vth[m], the count planes lo / hi (float16) and, for a row with a count of 2048^2 or
 // more, the residual plane res (float32) of that row; flags[m] (bit 0: a count past 2048, bit 1: one of
@@ -107,29 +58,18 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   __shared__ float s_sum[WARPS], s_max[WARPS], s_vth[2];
   __shared__ int s_flags;
   float s = 0.f, mx = 0.f;
-  for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads) {  // a fixed order: deterministic vth
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + c));
-    const E* e = reinterpret_cast<const E*>(&v);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float f = fabsf(to_float(e[i]));
-      s += f;
-      mx = fmaxf(mx, f);
-    }
-  }
+  for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads)  // a fixed order: deterministic vth
+    abs_sum_max8<E>(__ldg(reinterpret_cast<const uint4*>(xr + c)), s, mx);
   s = warp_reduce_sum<32>(s);
   mx = warp_reduce_max<32>(mx);
   if (lane == 0) s_sum[warp] = s, s_max[warp] = mx;
   __syncthreads();
   if (threadIdx.x == 0) {
-    float tot = 0.f, big = 0.f;
-    for (int v = 0; v < WARPS; ++v) tot += s_sum[v], big = fmaxf(big, s_max[v]);
-    const float vth = spike_threshold(tot, static_cast<float>(a.K), a.k);
-    const float inv = __frcp_rn(vth);
-    const float cmax = rintf(quotient_rn(big, vth, inv));  // the row's largest |count| (NaN: no flag)
+    float vth, inv;
+    const int flags = row_threshold(s_sum, s_max, 1, a.K, a.k, vth, inv);
     s_vth[0] = vth;
     s_vth[1] = inv;
-    s_flags = (cmax > kPlane ? 1 : 0) | (cmax >= kBig ? 2 : 0);
+    s_flags = flags;
     a.vth[m] = vth;
     a.flags[m] = s_flags;
   }
@@ -145,11 +85,7 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
     float cl[8], ch[8], cr[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const float q = rintf(quotient_rn(to_float(e[i]), vth, inv)), aq = fabsf(q);
-      const bool finite = aq < INFINITY, whole = finite && aq >= kBig;  // inf / NaN stay whole in lo
-      ch[i] = finite && aq > kPlane && !whole ? rintf(q * (1.f / kPlane)) : 0.f;
-      cl[i] = whole ? 0.f : fmaf(-kPlane, ch[i], q);
-      cr[i] = whole ? q : 0.f;
+      split_count(rintf(quotient_rn(to_float(e[i]), vth, inv)), cl[i], ch[i], cr[i]);
     }
     uint4 lv, hv;
     uint32_t* lw = reinterpret_cast<uint32_t*>(&lv);
@@ -169,134 +105,17 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
   }
 }
 
-// The lane's weight rows g and g + 8 of the 16-row tile at n0 (row pointers at the lane's 16-byte column slot 16 t;
-// rows past N point at row 0 and are flagged off).
-__device__ __forceinline__ void weight_rows(const uint8_t* w, int64_t ldw, int N, int n0, int lane,
-                                            const uint8_t* (&wrow)[2], bool (&wok)[2]) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int n = n0 + g + 8 * h;
-    wok[h] = n < N;
-    wrow[h] = w + static_cast<int64_t>(wok[h] ? n : 0) * ldw + 16 * t;
-  }
+// The fused-encode GEMV's row statistics (shared memory of the calling block)
+__device__ __forceinline__ RowStats& block_row_stats() {
+  __shared__ RowStats st;
+  return st;
 }
 
-// Whether some row has a count past 2048 (two: the hi plane is multiplied) and the rows with one of 2048^2 or more
-// (bit m of big: the residual pass); the same for every thread of the grid.
-__device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, int& big) {
-  two = false;
-  big = 0;
-  for (int m = 0; m < a.M; ++m) {
-    const int f = a.flags[m];
-    two |= (f & 1) != 0;
-    big |= ((f >> 1) & 1) << m;
-  }
-}
-
-// One 64-column block of the lane's layout: weights w0 / w1 (16 bytes of rows g and g + 8), counts cv[j] / hv[j]
-// (16 float16 of token 8 j + g, lo / hi plane) as four k16 steps; step s takes weight bytes 4s .. 4s + 3 of each
-// row (word s) and counts 4s .. 4s + 3 (words 2s, 2s + 1 of the pair).
-template <int NT>
-__device__ __forceinline__ void mma_block(float (&acc)[NT][4], float (&acch)[NT][4], const uint4& w0, const uint4& w1,
-                                          const uint4 (&cv)[NT][2], const uint4 (&hv)[NT][2], bool two) {
-#pragma unroll
-  for (int s = 0; s < 4; ++s) {
-    const uint32_t r0 = word(w0, s), r1 = word(w1, s);
-    const uint32_t af[4] = {e4m3x2_to_f16x2(r0), e4m3x2_to_f16x2(r1), e4m3x2_to_f16x2(r0 >> 16),
-                            e4m3x2_to_f16x2(r1 >> 16)};
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const uint4& c = cv[j][s / 2];
-      warp_mma::mma_16816<__half>(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
-      if (two) {
-        const uint4& h = hv[j][s / 2];
-        warp_mma::mma_16816<__half>(acch[j], af, word(h, 2 * (s % 2)), word(h, 2 * (s % 2) + 1));
-      }
-    }
-  }
-}
-
-// Rows with a count of 2048^2 or more (bit m of big): a second pass over the warp's column blocks (kb = wk, wk + WK,
-// ..; the weights read again; rare) gives their float32 residual counts times the weights (CUDA-core FMAs) for the
-// lane's four accumulators of the 16-row tile at n0.  Lane (g, t) sums physical columns 64 kb + 16 t .. + 15 of rows
-// g and g + 8 for every token, the lane quad adds its four column slices, and each lane keeps its accumulators'
-// (row, token) entries.
-template <int WK>
-__device__ __forceinline__ float4 residual_rows(const uint8_t* w, int64_t ldw, const float* res, int N, int K, int n0,
-                                             int wk, int lane, int big) {
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int t = lane & 3, KB = (K + 63) >> 6;
-  const uint8_t* wrow[2];
-  bool wok[2];
-  weight_rows(w, ldw, N, n0, lane, wrow, wok);
-  float racc[2][8];
-#pragma unroll
-  for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
-  for (int kb2 = wk; kb2 < KB; kb2 += WK) {
-    if (kb2 * 64 + 16 * t >= K) continue;
-    float wf[2][16];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 wr = wok[h] ? ld_stream(wrow[h] + kb2 * 64) : zero;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const uint32_t v = word(wr, q);
-        const uint32_t p01 = e4m3x2_to_f16x2(v), p23 = e4m3x2_to_f16x2(v >> 16);
-        const float2 f01 = __half22float2(*reinterpret_cast<const __half2*>(&p01));
-        const float2 f23 = __half22float2(*reinterpret_cast<const __half2*>(&p23));
-        wf[h][4 * q] = f01.x, wf[h][4 * q + 1] = f01.y, wf[h][4 * q + 2] = f23.x, wf[h][4 * q + 3] = f23.y;
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < 8; ++m) {
-      if (!((big >> m) & 1)) continue;
-      const float4* rp = reinterpret_cast<const float4*>(res + static_cast<int64_t>(m) * K + kb2 * 64 + 16 * t);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const float4 r = __ldg(rp + q);
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          racc[h][m] += wf[h][4 * q] * r.x + wf[h][4 * q + 1] * r.y + wf[h][4 * q + 2] * r.z + wf[h][4 * q + 3] * r.w;
-      }
-    }
-  }
-  float4 add = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-  for (int m = 0; m < 8; ++m) {
-    const float r0 = warp_reduce_sum<4>(racc[0][m]), r1 = warp_reduce_sum<4>(racc[1][m]);
-    // accumulator c of lane (g, t): row g (c < 2) or g + 8, token 2 t + (c & 1)
-    if (m == 2 * t) add.x += r0, add.z += r1;
-    if (m == 2 * t + 1) add.y += r0, add.w += r1;
-  }
-  return add;
-}
-
-// The block's outputs from the warps' partial sums red[wk][wn][i][lane] (i over the 4 accumulators of one n-tile):
-// the WK k-groups add up, then y = vth * scale * sum (+ bias).  Every thread of the block takes part.
-template <typename E, int WN, int WK>
-__device__ __forceinline__ void store_rows(const SpikeDecodeArgs& a, const float* red, int nb) {
-  constexpr int kPart = WN * 4 * 32;
-  E* y = static_cast<E*>(a.y);
-  for (int idx = threadIdx.x; idx < kPart; idx += blockDim.x) {
-    float sum = red[idx];
-#pragma unroll
-    for (int v = 1; v < WK; ++v) sum += red[v * kPart + idx];
-    // idx = (wn' * 4 + c) * 32 + l: row (l / 4) + 8 (c >= 2) of warp column wn', token 2 (l % 4) + (c & 1)
-    const int l = idx & 31, c = (idx >> 5) & 3, wcol = idx >> 7;
-    const int n = nb + wcol * 16 + (l >> 2) + 8 * (c >> 1);
-    const int m = 2 * (l & 3) + (c & 1);
-    if (n < a.N && m < a.M) {
-      float out = a.vth[m] * (a.scale[n] * sum);
-      if (a.bias)
-        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
-      y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
-    }
-  }
-}
-
-template <typename E, int WN, int WK, int UNROLL>
+// FUSED (layouts 4-7): no encode before it; the block computes the rows' vth and flags (row_stats) and converts the
+// x it loads into counts (x_counts8): the encode's values bit for bit, so the same output bits as layouts 0-3.
+template <typename E, int WN, int WK, int UNROLL, bool FUSED>
 __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
+  static_assert(!FUSED || 32 * WN * WK == kEncodeThreads, "row_stats takes the encode's threads and order");
   constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -308,7 +127,8 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   const uint8_t* wrow[2];
   bool wok[2];
   weight_rows(w, a.ldw, a.N, n0, lane, wrow, wok);
-  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 counts of token g
+  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 counts of token g (FUSED:
+  // its 16 values of x, hv unused)
   uint4 wv[2][UNROLL][2], cv[2][UNROLL][NT][2], hv[2][UNROLL][NT][2];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   auto load_w = [&](int buf, int kb0) {
@@ -325,16 +145,32 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   // encode still runs: until the wait it touches the weights only (its first stage, into registers).  Launched
   // plainly, the wait returns at once.  (An L2 prefetch of the block's rows before the wait measured slower on
   // the H200, session 22: 3.74 vs 3.58 ms per fp8 decode step without the early launch, 3.51 with it alone.)
-  if (wk < KB) load_w(0, wk);
-  grid_dependency_wait();
+  // FUSED: the kernel before this one (an arbitrary one, which may have written x or the weights) must be complete
+  // before anything is read; the first stage of weights is then in flight while the block computes the row statistics.
+  if constexpr (!FUSED) {
+    if (wk < KB) load_w(0, wk);
+    grid_dependency_wait();
+  } else {
+    grid_dependency_wait();
+    if (wk < KB) load_w(0, wk);
+    row_stats<E>(a, block_row_stats());
+  }
 
   // the hi plane when some row has a count past 2048, the residual plane for the rows with one of 2048^2 or
   // more (bit m of big); the same for every thread of the grid
   static_assert(kSpikeDecodeMaxRows <= 8 * NT, "the residual path adds into the one n-tile of 8 tokens");
   bool two;
   int big;
-  read_flags(a, two, big);
+  float vth_g = 1.f, inv_g = 1.f;  // FUSED: token g's threshold and its reciprocal
+  if constexpr (FUSED) {
+    const RowStats& st = block_row_stats();
+    read_flags(st.flags, a.M, two, big);
+    vth_g = st.vth[g], inv_g = st.inv[g];
+  } else {
+    read_flags(a, two, big);
+  }
   const __half* crow[2][NT];
+  const E* xrow[NT];
   bool cok[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
@@ -343,6 +179,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     const int64_t off = static_cast<int64_t>(cok[j] ? m : 0) * a.K + 16 * t;
     crow[0][j] = a.lo + off;
     crow[1][j] = a.hi + off;
+    xrow[j] = static_cast<const E*>(a.x) + static_cast<int64_t>(cok[j] ? m : 0) * a.ldx + 16 * t;
   }
   auto load_c = [&](int buf, int kb0) {
 #pragma unroll
@@ -354,8 +191,12 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 #pragma unroll
         for (int v = 0; v < 2; ++v) {
           const bool ok = kok && cok[j];
-          cv[buf][u][j][v] = ok ? __ldg(reinterpret_cast<const uint4*>(crow[0][j] + kb * 64 + 8 * v)) : zero;
-          hv[buf][u][j][v] = (ok && two) ? __ldg(reinterpret_cast<const uint4*>(crow[1][j] + kb * 64 + 8 * v)) : zero;
+          if constexpr (FUSED) {
+            cv[buf][u][j][v] = ok ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + kb * 64 + 8 * v)) : zero;
+          } else {
+            cv[buf][u][j][v] = ok ? __ldg(reinterpret_cast<const uint4*>(crow[0][j] + kb * 64 + 8 * v)) : zero;
+            hv[buf][u][j][v] = (ok && two) ? __ldg(reinterpret_cast<const uint4*>(crow[1][j] + kb * 64 + 8 * v)) : zero;
+          }
         }
     }
   };
@@ -372,7 +213,18 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 
   auto compute = [&](int buf) {
 #pragma unroll
-    for (int u = 0; u < UNROLL; ++u) mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
+    for (int u = 0; u < UNROLL; ++u) {
+      if constexpr (FUSED) {
+        uint4 lo[NT][2], hi[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int v = 0; v < 2; ++v) x_counts8<E>(cv[buf][u][j][v], vth_g, inv_g, two, lo[j][v], hi[j][v]);
+        mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], lo, hi, two);
+      } else {
+        mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
+      }
+    }
   };
   constexpr int kStep = WK * UNROLL;
   int kb = wk;
@@ -387,7 +239,12 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     kb += kStep;
   }
   if (big != 0) {
-    const float4 r = residual_rows<WK>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
+    float4 r;
+    if constexpr (FUSED)
+      r = residual_rows_of<WK>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
+                               a.N, a.K, n0, wk, lane, big);
+    else
+      r = residual_rows<WK>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
     acc[0][0] += r.x, acc[0][1] += r.y, acc[0][2] += r.z, acc[0][3] += r.w;
   }
 
@@ -396,7 +253,10 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 #pragma unroll
   for (int i = 0; i < 4; ++i) red[(wk * WN + wn) * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[0][i], acc[0][i]);
   __syncthreads();
-  store_rows<E, WN, WK>(a, red, nb);
+  if constexpr (FUSED)
+    store_rows<E, WN, WK>(a, block_row_stats().vth, red, nb);
+  else
+    store_rows<E, WN, WK>(a, red, nb);
 }
 
 // Programmatic dependent launches (sm_90): the GEMV after its encode (default), and with SBOPS_DECODE_PDL=all the
@@ -457,9 +317,11 @@ cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, c
   return cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
-template <typename E, int WN, int WK, int U>
+// The GEMV as a programmatic dependent of the work before it in the default mode: of its encode (layouts 0-3), or, with
+// the encode fused (layouts 4-7), of whatever kernel precedes it, which it waits for before reading anything.
+template <typename E, int WN, int WK, int U, bool FUSED>
 cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = spike_decode_kernel<E, WN, WK, U>;
+  const auto kernel = spike_decode_kernel<E, WN, WK, U, FUSED>;
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
@@ -471,13 +333,19 @@ cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
 
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  const cudaError_t err = launch_encode<E>(a, st);
-  if (err != cudaSuccess) return err;
+  if (layout < 4) {
+    const cudaError_t err = launch_encode<E>(a, st);
+    if (err != cudaSuccess) return err;
+  }
   switch (layout) {
-    case 0: return launch_layout<E, 1, 8, 2>(a, st);
-    case 1: return launch_layout<E, 2, 4, 2>(a, st);
-    case 2: return launch_layout<E, 1, 8, 1>(a, st);
-    default: return launch_layout<E, 4, 2, 2>(a, st);
+    case 0: return launch_layout<E, 1, 8, 2, false>(a, st);
+    case 1: return launch_layout<E, 2, 4, 2, false>(a, st);
+    case 2: return launch_layout<E, 1, 8, 1, false>(a, st);
+    case 3: return launch_layout<E, 4, 2, 2, false>(a, st);
+    case 4: return launch_layout<E, 1, 8, 2, true>(a, st);
+    case 5: return launch_layout<E, 2, 4, 2, true>(a, st);
+    case 6: return launch_layout<E, 1, 8, 1, true>(a, st);
+    default: return launch_layout<E, 4, 2, 2, true>(a, st);
   }
 }
 
@@ -494,11 +362,25 @@ bool spike_decode_supports(int64_t M, int64_t N, int64_t K) {
 #endif
 }
 
+// SBOPS_DECODE_ENCODE=fused (read once): the GEMVs compute the counts themselves (layouts 4-7, no encode launch, no
+// workspace); unset or anything else: the encode kernel, then the GEMV.  Opt-in: not yet timed on a GPU.
+bool spike_decode_fused_encode() {
+#if defined(USE_MACA)
+  return false;
+#else
+  static const bool fused = [] {
+    const char* v = std::getenv("SBOPS_DECODE_ENCODE");
+    return v != nullptr && std::strcmp(v, "fused") == 0;
+  }();
+  return fused;
+#endif
+}
+
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
   // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones
   (void)M, (void)K;
-  return N < 4096 ? 0 : 2;
+  return (N < 4096 ? 0 : 2) + (spike_decode_fused_encode() ? 4 : 0);
 }
 
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
@@ -507,8 +389,10 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 3)
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 7)
     return cudaErrorInvalidValue;
+  if (layout < 4 && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
+    return cudaErrorInvalidValue;  // the encode's workspace (spike_decode_workspace)
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);
   return cudaErrorInvalidValue;

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(32 * WK, WK >= 8 ? 3 : 6) spike_decode_cpasync
   store_rows<E, 1, WK>(a, red, nb);
 }
 
-// Layouts 8 .. 11 of the probe: (warps, stages per warp); the encode, then the GEMV
+// Layouts 12 .. 15 of the probe: (warps, stages per warp); the encode, then the GEMV
 template <int WK, int S>
 cudaError_t launch_cpasync_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
   using E = __nv_bfloat16;
@@ -123,9 +123,9 @@ cudaError_t launch_cpasync_probe(const SpikeDecodeArgs& a, int layout, cudaStrea
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   switch (layout) {
-    case 8: return launch_cpasync_layout<8, 4>(a, st);
-    case 9: return launch_cpasync_layout<4, 8>(a, st);
-    case 10: return launch_cpasync_layout<8, 6>(a, st);
+    case 12: return launch_cpasync_layout<8, 4>(a, st);
+    case 13: return launch_cpasync_layout<4, 8>(a, st);
+    case 14: return launch_cpasync_layout<8, 6>(a, st);
     default: return launch_cpasync_layout<4, 12>(a, st);
   }
 }

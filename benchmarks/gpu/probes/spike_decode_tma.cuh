@@ -187,7 +187,7 @@ bool launch_tma_layout(const SpikeDecodeArgs& a, cudaStream_t st, cudaError_t* e
   return true;
 }
 
-// Layouts 4 .. 7 of the probe: (consumer warps, 64-column blocks per warp and chunk, stages); the encode, then the GEMV
+// Layouts 8 .. 11 of the probe: (consumer warps, 64-column blocks per warp and chunk, stages); the encode, then the GEMV
 cudaError_t launch_tma_probe(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
   using E = __nv_bfloat16;
   spike_decode_encode_kernel<E><<<static_cast<unsigned>(a.M), kEncodeThreads, 0, st>>>(a);
@@ -195,9 +195,9 @@ cudaError_t launch_tma_probe(const SpikeDecodeArgs& a, int layout, cudaStream_t 
   if (e != cudaSuccess) return e;
   bool ran = false;
   switch (layout) {
-    case 4: ran = launch_tma_layout<E, 4, 2, 4>(a, st, &e); break;
-    case 5: ran = launch_tma_layout<E, 4, 2, 3>(a, st, &e); break;
-    case 6: ran = launch_tma_layout<E, 2, 2, 4>(a, st, &e); break;
+    case 8: ran = launch_tma_layout<E, 4, 2, 4>(a, st, &e); break;
+    case 9: ran = launch_tma_layout<E, 4, 2, 3>(a, st, &e); break;
+    case 10: ran = launch_tma_layout<E, 2, 2, 4>(a, st, &e); break;
     default: ran = launch_tma_layout<E, 4, 4, 2>(a, st, &e); break;
   }
   return ran ? e : cudaErrorNotSupported;

@@ -2,9 +2,10 @@
 // channel, M <= 8) against a float64 host reference on odd shapes (float32 bias, padded rows, counts past 2048 and
 // past 2048^2, the launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight
 // in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies; 60 calls captured in one
-// CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV, 4-7 session 23's bulk-copy
-// GEMV of spike_decode_tma.cuh, sm_90 only, 8-11 the per-warp cp.async GEMV of spike_decode_cpasync.cuh) and the
-// launcher's default.
+// CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV after its encode, 4-7
+// the same GEMVs with the encode fused in (no encode launch, no workspace; each also checked bit for bit against
+// layout - 4), 8-11 session 23's bulk-copy GEMV of spike_decode_tma.cuh, sm_90 only, 12-15 the per-warp cp.async GEMV
+// of spike_decode_cpasync.cuh) and the launcher's default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
 #include <cublas_v2.h>
@@ -13,19 +14,22 @@
 #include <vector>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include "../../../backends/cuda/kernels/spike_decode.cu"
 #include "../../../backends/cuda/kernels/sm90.cuh"  // the bulk-copy probe's mbarriers
 #include <cuda_pipeline.h>                          // the cp.async probe's copies
 namespace sbops {
 namespace {
-#include "spike_decode_tma.cuh"      // layouts 4-7: the session 23 bulk-copy GEMV (not in the library)
-#include "spike_decode_cpasync.cuh"  // layouts 8-11: per-warp cp.async rings (written in session 23, not yet run)
+#include "spike_decode_tma.cuh"      // layouts 8-11: the session 23 bulk-copy GEMV (not in the library)
+#include "spike_decode_cpasync.cuh"  // layouts 12-15: per-warp cp.async rings (written in session 23, not yet run)
 }  // namespace
-// layouts 0-3 through the library's launcher, 4-7 the probe's bulk-copy GEMV, 8-11 its cp.async GEMV (bf16 x)
+// layouts 0-7 through the library's launcher, 8-11 the probe's bulk-copy GEMV, 12-15 its cp.async GEMV (bf16 x)
 cudaError_t launch_probe(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
-  if (layout < 4 || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
-  return layout < 8 ? launch_tma_probe(a, layout, st) : launch_cpasync_probe(a, layout, st);
+  if (layout < 8 || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
+  return layout < 12 ? launch_tma_probe(a, layout, st) : launch_cpasync_probe(a, layout, st);
 }
+// layouts 4-7 (the fused encode) read no workspace
+bool needs_workspace(int layout) { return layout < 4 || layout >= 8; }
 }  // namespace sbops
 using namespace sbops;
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s line %d\n", cudaGetErrorString(e), __LINE__); exit(1);} } while (0)
@@ -37,7 +41,7 @@ static double e4m3(uint8_t b) {
 }
 static uint8_t rand_e4m3() { uint8_t b; do { b = rand() & 0xFF; } while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 12); return b; }
 static void* g_ws = nullptr;
-constexpr int kProbeLayouts = 12;
+constexpr int kProbeLayouts = 16;
 int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   srand(seed);
   int ldx = K + 16;
@@ -52,7 +56,8 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   CK(cudaMalloc(&x, hx.size() * 2)); CK(cudaMalloc(&b, N * 4)); CK(cudaMalloc(&y, (size_t)M * N * 2)); CK(cudaMalloc(&w, hw.size())); CK(cudaMalloc(&sc, N * 4));
   cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice); cudaMemcpy(b, hb.data(), N * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(w, hw.data(), hw.size(), cudaMemcpyHostToDevice); cudaMemcpy(sc, hs.data(), N * 4, cudaMemcpyHostToDevice);
-  SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f}; spike_decode_workspace(a, g_ws);
+  SpikeDecodeArgs a{x, w, sc, bias ? b : nullptr, y, ldx, K, N, M, N, K, 3.0f};
+  if (needs_workspace(layout)) spike_decode_workspace(a, g_ws);
   if (M > kSpikeDecodeMaxRows) {  // past the kernel's rows: the launcher must refuse, not compute
     const bool refused = launch_probe(a, DType::BF16, layout, 0) == cudaErrorInvalidValue;
     printf("check M=%d: launcher %s\n", M, refused ? "refuses (OK)" : "did not refuse FAIL");
@@ -77,7 +82,17 @@ int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
     worst = std::max(worst, rerr / std::max(rref, 1e-30));
   }
   bool ok = worst <= 1e-2;
-  printf("check M=%d N=%d K=%d bias=%d layout=%d big=%d (max count %.0f): max err %.3e of max |ref| %.3e, worst row %.1e %s\n", M, N, K, bias, layout, big, maxc, maxerr, maxref, worst, ok ? "OK" : "FAIL");
+  const char* bits = "";
+  if (layout >= 4 && layout < 8) {  // the fused encode: the bits of the same GEMV after the encode kernel
+    bf* y0; CK(cudaMalloc(&y0, (size_t)M * N * 2));
+    SpikeDecodeArgs a0 = a; a0.y = y0; spike_decode_workspace(a0, g_ws);
+    CK(launch_probe(a0, DType::BF16, layout - 4, 0)); CK(cudaDeviceSynchronize());
+    std::vector<bf> hy0((size_t)M * N); cudaMemcpy(hy0.data(), y0, hy0.size() * 2, cudaMemcpyDeviceToHost); cudaFree(y0);
+    const bool same = memcmp(hy0.data(), hy.data(), hy.size() * 2) == 0;
+    bits = same ? ", bits = layout - 4" : ", bits differ from layout - 4";
+    ok = ok && same;
+  }
+  printf("check M=%d N=%d K=%d bias=%d layout=%d big=%d (max count %.0f): max err %.3e of max |ref| %.3e, worst row %.1e%s %s\n", M, N, K, bias, layout, big, maxc, maxerr, maxref, worst, bits, ok ? "OK" : "FAIL");
   cudaFree(x); cudaFree(b); cudaFree(y); cudaFree(w); cudaFree(sc);
   return ok ? 0 : 1;
 }
@@ -132,7 +147,7 @@ int main() {
       printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
       float best = 1e9; int bl = -1;
       for (int l = 0; l < kProbeLayouts; ++l) {
-        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; spike_decode_workspace(a, g_ws); launch_probe(a, DType::BF16, l, cs); });
+        float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; if (needs_workspace(l)) spike_decode_workspace(a, g_ws); launch_probe(a, DType::BF16, l, cs); });
         printf(" | L%d %.2f", l, t);
         if (t < best) { best = t; bl = l; }
       }
