@@ -83,3 +83,21 @@ def test_strided_views_compile_fullgraph_and_match_eager():
     torch._dynamo.reset()
     out = torch.compile(step, fullgraph=True, backend="aot_eager")(*b)
     assert torch.equal(out, ref) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("quant", ["int8", "fp8"])
+def test_8bit_spike_linear_compiles_fullgraph_at_inference(quant):
+    """At inference an int8 / fp8 SpikeLinear runs sbops.spike_linear on its cached 8-bit copy, keyed on the weight's
+    data pointer, which a graph cannot compare: under compile the copy is made inside the graph, fullgraph (it was
+    "Data pointer comparison" before), with eager's result; a weight written in place is seen by the next call."""
+    from sbops.nn import SpikeLinear
+    torch.manual_seed(0)
+    layer = SpikeLinear(128, 16, k=3.0, weight_quant=quant).eval()
+    x = torch.randn(4, 128)
+    with torch.no_grad():
+        ref = layer(x)
+        torch._dynamo.reset()
+        fn = torch.compile(layer, fullgraph=True, backend="aot_eager")
+        assert torch.equal(fn(x), ref)
+        layer.weight.mul_(-1)
+        assert torch.equal(fn(x), layer(x)) and not torch.equal(fn(x), ref)

@@ -197,3 +197,48 @@ def test_converting_to_int8_static_is_refused():
         num_key_value_heads=2))
     with pytest.raises(ValueError, match="int8_static"):
         convert_qwen2(q, "7b", spike_k=3.0, weight_quant="int8_static")
+
+
+def test_packed_loss_takes_empty_sequences_anywhere():
+    """cu_seqlens may hold empty sequences (non-decreasing): at the end as at the front or in the middle, the loss is
+    the loss of the non-empty ones (a trailing empty sequence indexed past the targets)."""
+    model = tiny()
+    ids = torch.randint(0, 128, (1, 7))
+    want = model(ids, labels=ids).loss
+    with torch.no_grad():
+        for cu in ([0, 7, 7], [0, 0, 7], [0, 7, 7, 7], [0, 0, 7, 7]):
+            got = model(ids, labels=ids, cu_seqlens=torch.tensor(cu)).loss
+            assert torch.allclose(got, want, rtol=1e-5), cu
+        a = model(ids, labels=ids, cu_seqlens=torch.tensor([0, 3, 7])).loss
+        b = model(ids, labels=ids, cu_seqlens=torch.tensor([0, 3, 3, 7, 7])).loss
+        assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_cache_sizes_and_reset_slots_are_checked_by_name():
+    model = tiny()
+    for bad in (-1, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 0"):
+            model.new_cache(bad)
+    with pytest.raises(ValueError, match="max_length must be an int >= 1"):
+        model.new_cache(1, max_length=0)
+    assert model.new_cache(torch.tensor(2)).num_slots == 2
+    cache = model.new_cache(3)
+    for bad in ([5], [-4], torch.tensor([3])):
+        with pytest.raises(ValueError, match=r"slots must lie in \[-3, 3\)"):
+            cache.reset(bad)
+    with pytest.raises(ValueError, match="slots must be integer"):
+        cache.reset(torch.tensor([1.0]))
+    cache.reset([-1, 0])          # Python-style negative slots still name the last ones
+    assert cache.host_lens() == [0, 0, 0]
+
+
+def test_qwen2_sliding_window_conversion_warns():
+    base = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e4, rope_scaling=None)
+    with pytest.warns(UserWarning, match="sliding window of 4 tokens"):
+        SpikingBrainConfig.from_qwen2(types.SimpleNamespace(**base, use_sliding_window=True, sliding_window=4,
+                                                            max_window_layers=1))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpikingBrainConfig.from_qwen2(types.SimpleNamespace(**base, use_sliding_window=False, sliding_window=4))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, spike_report
-from sbops.nn import MoEBlock, RMSNorm, SlidingWindowAttention, SpikeLinear, SwiGLU
+from sbops.nn import GatedLinearAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SpikeLinear, SwiGLU
 from sbops.nn import common
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2, head_dim=16, window=8)
@@ -80,9 +80,11 @@ def test_layer_arguments_and_inputs_are_checked_by_name():
     with pytest.raises(ValueError, match="head_dim must be even"):
         SlidingWindowAttention(64, 4, 2, 15, window=4)
     swa = SlidingWindowAttention(64, 4, 2, 16, window=4)
-    for bad in (torch.randn(5, 64), torch.randn(1, 5, 32)):
-        with pytest.raises(ValueError, match=r"x must be \[B, T, hidden_size=64\]"):
-            swa(bad)
+    gla = GatedLinearAttention(64, 4, 2, 16)
+    for layer in (swa, gla):   # (GLA unpacked x's shape first: "not enough values to unpack")
+        for bad in (torch.randn(5, 64), torch.randn(1, 5, 32), torch.randn(1, 1, 5, 64)):
+            with pytest.raises(ValueError, match=r"x must be \[B, T, hidden_size=64\]"):
+                layer(bad)
     norm = RMSNorm(8, elementwise_affine=False)
     assert "8" in repr(norm)
     with pytest.raises(ValueError, match=r"RMSNorm: x must be \[\.\.\., dim=8\]"):

@@ -420,3 +420,25 @@ def test_swiglu_down_quant_false_keeps_a_plain_down_proj():
     x = torch.randn(3, 128)
     h = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
     assert torch.allclose(mlp(x), h @ mlp.down_proj.weight.T, rtol=1e-6, atol=1e-6)  # no spiking, no quantisation on down_proj
+
+
+@pytest.mark.parametrize("opt", [dict(swa_q_spike_k=3.0), dict(swa_kv_quant="int8"), dict(mlp_down_quant=False),
+                                 dict(window=-1)], ids=["swa_q_spike_k", "swa_kv_quant", "mlp_down_quant", "window-1"])
+def test_what_the_plain_release_cannot_hold_is_saved_natively_and_loads_back(tmp_path, opt):
+    """W8ASpike options without spike_k / weight_quant, and full-causal softmax layers (window=-1), have no place in
+    the plain released format: save_pretrained keeps them in sbops' format (they were lost, or the folder could not
+    be loaded back), and released_format=True names what it cannot express."""
+    st()
+    cfg = SpikingBrainConfig(vocab_size=30, hidden_size=16, intermediate_size=24, num_heads=2, num_kv_heads=1,
+                             head_dim=8, layer_types=("gla", "swa"), **{"window": 4, **opt})
+    model = SpikingBrainForCausalLM(cfg).double()
+    name = next(iter(opt))
+    with pytest.raises(ValueError, match=name):
+        model.save_pretrained(tmp_path / "r", released_format=True)
+    model.save_pretrained(tmp_path / "n")
+    assert json.load(open(tmp_path / "n" / "config.json"))["model_type"] == "sbops_spikingbrain"
+    again = SpikingBrainForCausalLM.from_pretrained(tmp_path / "n")
+    assert again.config == cfg
+    ids = torch.arange(9)[None] % 30
+    with torch.no_grad():
+        assert rel(again(ids).logits, model(ids).logits) < 1e-9

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -156,6 +157,11 @@ class SpikingBrainConfig:
         if rope_type not in (None, "default"):
             raise NotImplementedError(f"from_qwen2: RoPE scaling {scaling or rope_params!r} is not supported "
                                       f"(plain RoPE only); converting would silently change the model's positions")
+        if getattr(q, "use_sliding_window", False):
+            warnings.warn(f"from_qwen2: this Qwen2 limits its attention to a sliding window of "
+                          f"{getattr(q, 'sliding_window', None)} tokens from layer {getattr(q, 'max_window_layers', None)} "
+                          f"on; the converted layers do not reproduce that: they follow layer_types and window "
+                          f"(pass window= to choose the SWA layers' window)", stacklevel=3)
         fields = dict(
             vocab_size=q.vocab_size, hidden_size=q.hidden_size, intermediate_size=q.intermediate_size,
             num_heads=q.num_attention_heads, num_kv_heads=q.num_key_value_heads, head_dim=head_dim,

@@ -217,12 +217,16 @@ def _not_released_expressible(cfg: SpikingBrainConfig, w8a: bool) -> Optional[st
     if w8a:
         checks += [("spike_k", cfg.spike_k, 3.0), ("weight_quant", cfg.weight_quant, "int8_static")]
         checks += [(f, getattr(cfg, f, None), v) for f, v in _W8A_FIELDS.items()]
-    else:
+    else:  # the plain release: none of the W8ASpike options (a model with some of them keeps them in sbops' format)
         checks += [("gate_low_rank_dim", cfg.gate_low_rank_dim, 16), ("spike_k", cfg.spike_k, None),
                    ("weight_quant", cfg.weight_quant, None)]
+        checks += [(f, getattr(cfg, f, None), plain) for f, plain in
+                   (("swa_q_spike_k", None), ("swa_kv_quant", None), ("mlp_down_quant", True))]
     for name, have, want in checks:
         if have != want:
             return f"{name}={have!r} (the released format has {want!r})"
+    if cfg.window < 0:
+        return f"window={cfg.window} (full causal softmax layers; the released sliding_window is >= 0)"
     if cfg.hidden_size % cfg.num_heads:
         return "hidden_size not a multiple of num_heads"
     return None

@@ -13,6 +13,7 @@ from sbops._validate import checking_data
 from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
 
 from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
+from ..nn.cache import _count
 from .config import SpikingBrainConfig
 from .forward_args import (CausalLMOutput, check_attention_mask, check_flag, check_input_ids, check_labels,
                            check_logits_to_keep)
@@ -72,9 +73,14 @@ class ModelCache:
         elif isinstance(slots, torch.Tensor) and not slots.is_cpu:
             host = [None] * self.num_slots    # which slots: a device read; the bookkeeping is given up instead
         else:
-            for i in torch.as_tensor(slots, dtype=torch.int64).reshape(-1).tolist():
-                if -self.num_slots <= i < self.num_slots:
-                    host[i] = 0
+            ids = torch.as_tensor(slots)
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise ValueError(f"reset: slots must be integer slot indices, got dtype {ids.dtype}")
+            for i in ids.to(torch.int64).reshape(-1).tolist():
+                if not -self.num_slots <= i < self.num_slots:
+                    raise ValueError(f"reset: slots must lie in [-{self.num_slots}, {self.num_slots}) (the cache's "
+                                     f"slots), got {i}")
+                host[i] = 0
         idx = slice(None) if slots is None else torch.as_tensor(slots, dtype=torch.int64, device=self.seq_lens.device)
         self.seq_lens[idx] = 0
         for c in self.layers:
@@ -302,6 +308,9 @@ class SpikingBrainForCausalLM(nn.Module):
     def new_cache(self, batch_size: int, max_length: Optional[int] = None) -> ModelCache:
         """Allocate a decode cache of batch_size slots. max_length is only needed (and used) by
         full-attention layers, whose cache must hold every position."""
+        batch_size = _count("new_cache: batch_size", batch_size, 0)
+        if max_length is not None:
+            max_length = _count("new_cache: max_length", max_length, 1)
         w = self.model.embed_tokens.weight
         layers = [layer.self_attn.new_cache(batch_size, max_length, device=w.device, dtype=w.dtype)
                   for layer in self.model.layers]
@@ -466,8 +475,9 @@ class SpikingBrainForCausalLM(nn.Module):
         if cu_seqlens is not None and cu_seqlens.numel() > 2:
             # position cu[i] - 1 is a sequence's last token: it predicts nothing in the next sequence
             target = target.clone()
+            # (empty sequences: a boundary at 0 or at T marks no position; T - 1 predicts nothing already)
             ends = cu_seqlens[1:-1].to(target.device, torch.int64) - 1
-            target[:, ends[ends >= 0]] = -100
+            target[:, ends[(ends >= 0) & (ends < target.shape[1])]] = -100
         return F.cross_entropy(_upcast(logits[:, :-1]).reshape(-1, logits.shape[-1]), target.reshape(-1),
                                ignore_index=-100)
 

@@ -13,6 +13,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 
+def _count(name: str, v, minimum: int) -> int:
+    """v as an int >= minimum (a Python or numpy integer, or a 0-d integer tensor), else a ValueError naming it."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        v = int(v)
+    if isinstance(v, bool) or not hasattr(v, "__index__") or int(v.__index__()) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+    return int(v.__index__())
+
+
 @dataclass
 class LinearAttnCache:
     """Recurrent state of a linear-attention layer: one [K, V] matrix per slot and KV head.
@@ -24,6 +33,7 @@ class LinearAttnCache:
 
     @classmethod
     def empty(cls, batch_size, num_kv_heads, head_dim, device=None) -> "LinearAttnCache":
+        batch_size = _count("new_cache: batch_size", batch_size, 0)
         return cls(torch.zeros(batch_size, num_kv_heads, head_dim, head_dim, dtype=torch.float32, device=device))
 
     def nbytes(self) -> int:
@@ -44,6 +54,9 @@ class SWACache:
     @classmethod
     def empty(cls, batch_size, window: int, num_kv_heads, head_dim, max_length: Optional[int] = None,
               device=None, dtype=torch.float32) -> "SWACache":
+        batch_size = _count("new_cache: batch_size", batch_size, 0)
+        if max_length is not None:
+            max_length = _count("new_cache: max_length", max_length, 1)
         if window >= 0:
             rows = window + 1
         elif max_length is None:
