@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8model and bench_default only when named;
-#   fp8model: the open fp8 decode checks -- the decode GEMV probe (fused-encode and cp.async layouts), the A/B of
-#   the fused encode and of the encode's early launch against the default, and the model with only its 8-bit weights)
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8probe|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8probe, fp8model and bench_default
+#   only when named; the open fp8 decode checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
+#   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
+#   fp8model -- the model's decode with the fused encode and with the encode's early launch against the default,
+#   alternated, and the model with only its 8-bit weights.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
@@ -168,11 +170,9 @@ if [[ " $steps " == *" fp8split "* ]]; then
   timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py 2>&1 \
     | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
 fi
-if [[ " $steps " == *" fp8model "* ]]; then
-  # the open checks on the fp8 W8ASpike model (7B shape): the GPU tests of the decode kernel and of
-  # sbops.nn.drop_float_weights; decode with the fused encode (SBOPS_DECODE_ENCODE=fused, session 24) and with the
-  # encode's early launch (SBOPS_DECODE_PDL=all, session 23) against the default, alternated; then the model with only
-  # its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
+if [[ " $steps " == *" fp8probe "* ]]; then
+  # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then
+  # timed against cuBLAS bf16) and the GPU tests of the decode kernel and of sbops.nn.drop_float_weights
   stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, bulk-copy 8-11, per-warp cp.async 12-15 (4-7 and 12-15 never run before), cuBLAS"
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
     benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/decode_probe_build.log" 2>&1 \
@@ -182,6 +182,11 @@ if [[ " $steps " == *" fp8model "* ]]; then
   stamp "GPU tests: cuda decode, drop_float_weights"
   (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout=180 test_spike_linear_cuda_decode.py \
      test_drop_float_weights.py > "$OUT/logs/pytest_fp8model.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8model.log")")
+fi
+if [[ " $steps " == *" fp8model "* ]]; then
+  # the fp8 W8ASpike model (7B shape): decode with the fused encode (SBOPS_DECODE_ENCODE=fused, session 24) and with
+  # the encode's early launch (SBOPS_DECODE_PDL=all, session 23) against the default, alternated; then the model with
+  # only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
   i=0
   for mode in default fused all default fused all; do
     i=$((i+1)); stamp "fp8 model decode, mode $mode ($i)"
