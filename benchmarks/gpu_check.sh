@@ -182,6 +182,10 @@ if [[ " $steps " == *" fp8probe "* ]]; then
   stamp "GPU tests: cuda decode, drop_float_weights"
   (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider --timeout=180 test_spike_linear_cuda_decode.py \
      test_drop_float_weights.py > "$OUT/logs/pytest_fp8model.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8model.log")")
+  stamp "GPU tests again, the fused encode on: cuda decode, GPU models"
+  (cd tests && SBOPS_DECODE_ENCODE=fused timeout 240 python3 -m pytest -q -p no:cacheprovider --timeout=200 \
+     test_spike_linear_cuda_decode.py test_gpu_models.py > "$OUT/logs/pytest_fp8_fused.log" 2>&1
+   echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8_fused.log")")
 fi
 if [[ " $steps " == *" fp8model "* ]]; then
   # the fp8 W8ASpike model (7B shape): decode with the fused encode (SBOPS_DECODE_ENCODE=fused, session 24) and with

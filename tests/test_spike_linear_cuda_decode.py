@@ -177,15 +177,21 @@ def test_float16_hi_plane_and_one_output_channel():
         assert y.dtype == dtype and _worst_row(y.cpu(), r) < 1e-2
 
 
-_PDL_CASES = ((1, 4608, 3584, None), (8, 3584, 18944, 3e4), (4, 80, 1040, 1e30),  # plain, hi plane, residual
-              (3, 96, 512, float("inf")), (2, 40, 208, float("nan")))                  # non-finite counts
+# (M, N, K, big value at x[M-1, 7], x dtype, row padding (ldx = K + pad), float32 bias): plain, hi plane, residual,
+# non-finite counts, float16 x, a strided x and a float32 bias
+_PDL_CASES = ((1, 4608, 3584, None, torch.bfloat16, 0, False), (8, 3584, 18944, 3e4, torch.bfloat16, 0, False),
+              (4, 80, 1040, 1e30, torch.bfloat16, 0, False), (3, 96, 512, float("inf"), torch.bfloat16, 0, False),
+              (2, 40, 208, float("nan"), torch.bfloat16, 0, False), (5, 72, 2064, 5e3, torch.float16, 0, False),
+              (3, 64, 528, None, torch.bfloat16, 16, True), (1, 33, 16, 200.0, torch.float16, 8, True))
 _PDL_CHILD = """
 import sys, torch, sbops
+from torch.profiler import ProfilerActivity, profile
 from sbops._backends.cuda.triton import spike_linear as sl
 cases = torch.load(sys.argv[1])
 eager, graphed = [], []
-for x, w, s, b in cases:
+for x, w, s, b, K in cases:
     args = [t.cuda() for t in (x, w, s, b)]
+    args[0] = args[0][:, :K]              # a view: rows ldx = x.shape[1] apart
     eager.append(sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode").cpu())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -194,20 +200,26 @@ for x, w, s, b in cases:
     graph.replay()
     torch.cuda.synchronize()
     graphed.append(y.cpu())
-torch.save((eager, graphed), sys.argv[2])
+x, w, s, b, K = cases[0]
+with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sl.spike_linear_fwd(x.cuda()[:, :K], w.cuda(), s.cuda(), 3.0, b.cuda(), None, path="cuda_decode")
+    torch.cuda.synchronize()
+kernels = sorted({e.name for e in prof.events() if "spike_decode" in e.name})
+torch.save((eager, graphed, kernels), sys.argv[2])
 """
 
 
 def _child_outputs(tmp_path, cases, **env):
-    """(eager outputs, outputs replayed from a CUDA graph) of the cuda_decode path on `cases` ((x, weight_q, scale,
-    bias) on the CPU), computed by a child process with the given environment (the kernel's switches are read once
-    per process)."""
+    """(eager outputs, outputs replayed from a CUDA graph, names of the spike_decode kernels one call launched) of the
+    cuda_decode path on `cases` ((x, weight_q, scale, bias, K) on the CPU: x[:, :K] is the input), computed by a child
+    process with the kernel's switches (read once per process) set as given and the others at their defaults."""
     import os
     import subprocess
     import sys
     torch.save(cases, tmp_path / "in.pt")
+    base = {k: v for k, v in os.environ.items() if k not in ("SBOPS_DECODE_PDL", "SBOPS_DECODE_ENCODE")}
     subprocess.run([sys.executable, "-c", _PDL_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
-                   env=dict(os.environ, **env), check=True, timeout=240, cwd=tmp_path)
+                   env=dict(base, **env), check=True, timeout=240, cwd=tmp_path)
     return torch.load(tmp_path / "out.pt")
 
 
@@ -215,39 +227,59 @@ def _same_bits(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
+def _launched(kernels):
+    """(the encode kernel, a fused-encode GEMV) among the kernel names a child saw, e.g.
+    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true>(sbops::SpikeDecodeArgs)`"""
+    gemv = [k for k in kernels if "spike_decode_kernel<" in k]
+    assert gemv, kernels
+    return any("spike_decode_encode_kernel" in k for k in kernels), any(", true>" in k for k in gemv)
+
+
+def _pdl_cases():
+    cases = []
+    for i, (M, N, K, big, dtype, pad, f32_bias) in enumerate(_PDL_CASES):
+        wq, sc = _weights(N, K, seed=10 + i)
+        x = torch.randn(M, K + pad, generator=torch.Generator().manual_seed(i))
+        if big is not None:
+            x[M - 1, 7] = big
+        b = torch.randn(N) if f32_bias else torch.randn(N).to(dtype)
+        cases.append((x.to(dtype), wq.cpu(), sc.cpu(), b, K))
+    return cases
+
+
 @requires_cuda
 def test_early_launch_and_fused_encode_change_no_bit(tmp_path):
     """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
     while the encode runs) gives the bits of plain launches (SBOPS_DECODE_PDL=0, read once per process: a child
     process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane, the
-    residual pass and non-finite counts; so do the opt-in early launch of the encode too (SBOPS_DECODE_PDL=all)
-    and the opt-in fused encode (SBOPS_DECODE_ENCODE=fused: the GEMV computes the counts itself, launched early or
-    plainly), each in another child.  (Whether a wait holds against a predecessor that releases it early is not
-    tested here: torch's kernels before it never do.)"""
+    residual pass and non-finite counts, float16 x, strided x and float32 biases; so do the opt-in early launch of the
+    encode too (SBOPS_DECODE_PDL=all) and the opt-in fused encode (SBOPS_DECODE_ENCODE=fused: the GEMV computes the
+    counts itself, launched early or plainly), each in another child, which is checked to have launched the encode
+    kernel (or, fused, only the fused GEMV).  (Whether a wait holds against a predecessor that releases it early is
+    not tested here: torch's kernels before it never do.)"""
     sl = _sl()
-    cases = []
-    for i, (M, N, K, big) in enumerate(_PDL_CASES):
-        wq, sc = _weights(N, K, seed=10 + i)
-        x = torch.randn(M, K, generator=torch.Generator().manual_seed(i))
-        if big is not None:
-            x[M - 1, 7] = big
-        cases.append((x.bfloat16(), wq.cpu(), sc.cpu(), torch.randn(N).bfloat16()))
-    plain, plain_graphed = _child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="0")
-    for (x, wq, sc, b), want, want_g in zip(cases, plain, plain_graphed):
+    cases = _pdl_cases()
+    plain, plain_graphed, kernels = _child_outputs(tmp_path, cases, SBOPS_DECODE_PDL="0")
+    assert _launched(kernels) == (True, False), kernels
+    for (x, wq, sc, b, K), want, want_g in zip(cases, plain, plain_graphed):
+        x = x[:, :K]
         r = ref_spike_linear(x, wq, sc, 3.0, b, None)
-        assert _same_bits(want_g, want)
+        assert _same_bits(want_g, want) and want.dtype == x.dtype
         if x.isfinite().all():
             assert _worst_row(want, r) < 1e-2   # the baseline itself is right
         else:
             assert not want[-1].isfinite().all() and want[:-1].isfinite().all()
     for env in ({"SBOPS_DECODE_PDL": "all"}, {"SBOPS_DECODE_ENCODE": "fused"},
                 {"SBOPS_DECODE_ENCODE": "fused", "SBOPS_DECODE_PDL": "0"}):
-        eager, graphed = _child_outputs(tmp_path, cases, **env)
+        eager, graphed, kernels = _child_outputs(tmp_path, cases, **env)
+        fused = env.get("SBOPS_DECODE_ENCODE") == "fused"
+        assert _launched(kernels) == ((False, True) if fused else (True, False)), (env, kernels)
         for i, want in enumerate(plain):
             assert _same_bits(eager[i], want), (env, _PDL_CASES[i])
             assert _same_bits(graphed[i], want), (env, _PDL_CASES[i], "graph replay")
-    for (x, wq, sc, b), want in zip(cases, plain):   # this process: the default mode, and a replay on new x
+    for (x, wq, sc, b, K), want in zip(cases, plain):   # this process: its mode, and a replay on new x
         args = [t.cuda() for t in (x, wq, sc, b)]
+        args[0] = args[0][:, :K]
         y = sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, args[3], None, path="cuda_decode")
         assert _same_bits(y.cpu(), want)
         graph = torch.cuda.CUDAGraph()

@@ -1,4 +1,5 @@
-// spike_linear at decode (M <= 8 rows) on e4m3 weights with per-output-channel scales, two launches:
+// spike_linear at decode (M <= 8 rows) on e4m3 weights with per-output-channel scales, two launches (one with the
+// fused encode, below):
 //   y[m, n] = vth[m] * scale[n] * sum_k s[m, k] w[n, k] + bias[n],  s = rint(x / vth),
 //   vth[m] = clamp(mean_k |x[m, k]| / k, 1e-5, 1e4)  (spike_encode's definition, spike_count.cuh).
 // Torch-free.
@@ -169,17 +170,20 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   } else {
     read_flags(a, two, big);
   }
-  const __half* crow[2][NT];
-  const E* xrow[NT];
+  const __half* crow[2][NT];  // the count planes' rows (layouts 0-3)
+  const E* xrow[NT];          // x's rows (FUSED)
   bool cok[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     const int m = j * 8 + g;
     cok[j] = m < a.M;
-    const int64_t off = static_cast<int64_t>(cok[j] ? m : 0) * a.K + 16 * t;
-    crow[0][j] = a.lo + off;
-    crow[1][j] = a.hi + off;
-    xrow[j] = static_cast<const E*>(a.x) + static_cast<int64_t>(cok[j] ? m : 0) * a.ldx + 16 * t;
+    const int64_t row = cok[j] ? m : 0;
+    if constexpr (FUSED) {
+      xrow[j] = static_cast<const E*>(a.x) + row * a.ldx + 16 * t;
+    } else {
+      crow[0][j] = a.lo + row * a.K + 16 * t;
+      crow[1][j] = a.hi + row * a.K + 16 * t;
+    }
   }
   auto load_c = [&](int buf, int kb0) {
 #pragma unroll
@@ -240,7 +244,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   }
   if (big != 0) {
     float4 r;
-    if constexpr (FUSED)
+    if constexpr (FUSED)  // (inlined: layout 6 spills 8 bytes on sm_90a in this rare pass; as a call, 105 registers)
       r = residual_rows_of<WK>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
                                a.N, a.K, n0, wk, lane, big);
     else

@@ -268,6 +268,9 @@ __device__ __forceinline__ void row_stats(const SpikeDecodeArgs& a, RowStats& st
     for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads)
       abs_sum_max8<E>(__ldg(reinterpret_cast<const uint4*>(x + c)), s[0], mx[0]);
   } else {
+    // the rows' loads of one column step are issued together; the steps follow one another (K = 18944: 10 L2 round
+    // trips before the first MMA).  Loading the next step during this one's sums took layout 6 from 80 registers to
+    // 105 (two blocks per SM instead of three) for every M: not done.
     for (int c = 8 * threadIdx.x; c < a.K; c += 8 * kEncodeThreads) {
       uint4 v[R];
 #pragma unroll

@@ -1,7 +1,7 @@
 // spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu: encode + GEMV, e4m3 weights per
 // channel, M <= 8) against a float64 host reference on odd shapes (float32 bias, padded rows, counts past 2048 and
 // past 2048^2, the launcher's refusal of M > 8) for every warp layout, then timed against cuBLAS bf16 (the same weight
-// in bf16) at the 7B decode shapes, M = 1 and 8, weights rotated over > 400 MB of copies; 60 calls captured in one
+// in bf16) at the 7B decode shapes, M = 1 and 8, and M = 1 with a count past 2048 ("hi": the second count plane), weights rotated over > 400 MB of copies; 60 calls captured in one
 // CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV after its encode, 4-7
 // the same GEMVs with the encode fused in (no encode launch, no workspace; each also checked bit for bit against
 // layout - 4), 8-11 session 23's bulk-copy GEMV of spike_decode_tma.cuh, sm_90 only, 12-15 the per-warp cp.async GEMV
@@ -121,9 +121,13 @@ int main() {
     for (int i = 0; i < copies; ++i) { CK(cudaMalloc(&ws[i], wn)); cudaMemcpy(ws[i], hw.data(), wn, cudaMemcpyHostToDevice); CK(cudaMalloc(&wb[i], wn * 2)); cudaMemset(wb[i], 0, wn * 2); }
     std::vector<float> hs(s.N, 0.01f); float* sc; CK(cudaMalloc(&sc, s.N * 4)); cudaMemcpy(sc, hs.data(), s.N * 4, cudaMemcpyHostToDevice);
     std::vector<bf> hx((size_t)16 * s.K); for (auto& v : hx) v = __float2bfloat16(rand() / (float)RAND_MAX - 0.5f);
-    bf *x, *y, *y2; CK(cudaMalloc(&x, hx.size() * 2)); CK(cudaMalloc(&y, (size_t)16 * s.N * 2)); CK(cudaMalloc(&y2, (size_t)16 * s.N * 2));
-    cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice);
-    for (int M : {1, 8}) {
+    bf *x0, *xbig, *y, *y2; CK(cudaMalloc(&x0, hx.size() * 2)); CK(cudaMalloc(&xbig, hx.size() * 2)); CK(cudaMalloc(&y, (size_t)16 * s.N * 2)); CK(cudaMalloc(&y2, (size_t)16 * s.N * 2));
+    cudaMemcpy(x0, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice);
+    hx[7] = __float2bfloat16(3.0e3f);  // a count past 2048 in row 0 (~8e3 at K = 3584, ~2e4 at K = 18944): the hi plane
+    cudaMemcpy(xbig, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice);
+    for (int run = 0; run < 3; ++run) {
+      const int M = run == 1 ? 8 : 1;
+      bf* x = run == 2 ? xbig : x0;
       const int reps = 60;
       // reps calls (weights rotated over the copies) captured in one CUDA graph, as the model's decode step runs
       // them; medians of 5 replays
@@ -144,7 +148,7 @@ int main() {
       float alpha = 1, beta = 0;
       float tc = timeit([&](int i) { cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, s.N, M, s.K, &alpha, wb[i], CUDA_R_16BF, s.K, x, CUDA_R_16BF, s.K,
                                                   &beta, y2, CUDA_R_16BF, s.N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); });
-      printf("%-8s N=%6d K=%5d M=%2d  cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, tc, wn * 2 / tc * 1e-6);
+      printf("%-8s N=%6d K=%5d M=%2d%s cublas-bf16 %7.2f us (%.2f TB/s)", s.name, s.N, s.K, M, run == 2 ? " hi" : "   ", tc, wn * 2 / tc * 1e-6);
       float best = 1e9; int bl = -1;
       for (int l = 0; l < kProbeLayouts; ++l) {
         float t = timeit([&](int i) { SpikeDecodeArgs a{x, ws[i], sc, nullptr, y, s.K, s.K, s.N, M, s.N, s.K, 3.0f}; if (needs_workspace(l)) spike_decode_workspace(a, g_ws); launch_probe(a, DType::BF16, l, cs); });
@@ -155,7 +159,7 @@ int main() {
       printf(" || best L%d %.2f us (%.2f TB/s of e4m3, %.2fx bf16 cublas) default L%d\n", bl, best, wn / best * 1e-6, tc / best, dl);
       CK(cudaDeviceSynchronize());
     }
-    for (int i = 0; i < copies; ++i) { cudaFree(ws[i]); cudaFree(wb[i]); } cudaFree(sc); cudaFree(x); cudaFree(y); cudaFree(y2);
+    for (int i = 0; i < copies; ++i) { cudaFree(ws[i]); cudaFree(wb[i]); } cudaFree(sc); cudaFree(x0); cudaFree(xbig); cudaFree(y); cudaFree(y2);
   }
   printf("fails=%d\n", fails);
   return fails != 0;
