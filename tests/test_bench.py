@@ -334,3 +334,34 @@ def test_bench_sources_stay_under_600_lines():
         if name.endswith(".py"):
             with open(os.path.join(folder, name)) as f:
                 assert sum(1 for _ in f) <= 600, name
+
+
+def test_unknown_peer_is_a_usage_error_and_none_is_recorded_as_none(tmp_path):
+    """A misspelt --peers ran no peer and exited 0; --peers none was recorded as "all"."""
+    assert cli.main(["--peers", "sdpaa", "--json", str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert cli.main(["--peers", "none,torch", "--json", str(tmp_path / "x.json"), "--quiet"]) == 2
+    path = tmp_path / "n.json"
+    rc = cli.main(["--ops", "topk_gating", "--only", "speed", "--budget", "0.05", "--peers", "none",
+                   "--quiet", "--json", str(path), *CPU_ONLY])
+    runs = json.loads(path.read_text())["meta"]["peers_run"]
+    assert rc == 0 and runs and all(v == [] for v in runs.values()), runs
+
+
+def test_peer_names_list_every_peer_a_case_names():
+    import glob
+    import re
+    named = set()
+    for f in glob.glob(os.path.join(os.path.dirname(cli.__file__), "cases*.py")):
+        src = open(f).read()
+        named |= set(re.findall(r'"([a-z_]+(?:\.[a-z_]+)?)": lambda', src)) | set(re.findall(r'peers\["([a-z_.]+)"\]', src))
+    assert named and named <= set(cli.PEER_NAMES), named - set(cli.PEER_NAMES)
+
+
+@pytest.mark.parametrize("argv,word", [(["--decode-steps", "0"], "--decode-steps"), (["--batches", "x"], "--batches"),
+                                      (["--batches", "0,2"], "--batches"), (["--chunk", "0"], "--chunk"),
+                                      (["--budget-s", "-1"], "--budget-s"), (["--peer-limit-s", "nan"], "--peer-limit-s")])
+def test_model_benchmark_flags_are_checked(argv, word, capsys):
+    from sbops.bench import model
+    with pytest.raises(SystemExit) as e:
+        model.parse_args(argv)
+    assert e.value.code == 2 and word in capsys.readouterr().err

@@ -262,3 +262,26 @@ def test_use_backend_none_unforces_a_block(monkeypatch):
     with sbops.use_backend("maca"):
         with sbops.use_backend(None):
             sbops.spike_quant(x)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("x", "backend must be a sbops.Backend"),
+    (Backend(name="", device_types=("cpu",), ops={}), "name must be a non-empty str"),
+    (Backend(name="b", device_types="cpu", ops={}), "device_types must be a tuple"),
+    (Backend(name="b", device_types=("cpu",), ops={"spike_quant": OpCaps(dtypes=torch.float32)}),
+     r"ops\['spike_quant'\].dtypes must be a tuple of torch dtypes"),
+    (Backend(name="b", device_types=("cpu",), ops={"spike_quantt": OpCaps(dtypes=(torch.float32,))}),
+     "'spike_quantt', which is not an sbops op"),
+    (Backend(name="b", device_types=("cpu",), ops={"spike_quant": (torch.float32,)}), "must be an OpCaps"),
+    (Backend(name="b", device_types=("cpu",), ops={"spike_quant": OpCaps(dtypes=(torch.float32,), head_dims=64)}),
+     "head_dims must be None or a tuple of ints"),
+    (Backend(name="b", device_types=("cpu",), ops={}, kernels={"spike_quant": 3}), "kernels must be a dict"),
+])
+def test_a_malformed_backend_is_refused_at_registration_by_field(bad, match):
+    """A backend whose OpCaps.dtypes was a bare dtype was registered, then broke every call of that op, even those the
+    cpu backend serves, with a TypeError naming neither; a misspelt op was registered silently."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        sbops.register_backend(bad)
+    assert "b" not in sbops.backends()
+    x = torch.randn(4, 8)
+    assert torch.equal(sbops.spike_quant(x), sbops.spike_quant(x))   # the registry is intact

@@ -111,3 +111,14 @@ def test_simulated_ranks_on_gpu_match_single_process_gpu_op(case, dtype):
         if not e_sim <= 2 * e_op + floor:
             bad.append(f"{kind} {name}: simulated rel err {e_sim:.3g} vs single-process GPU op {e_op:.3g}")
     assert not bad, "\n".join(bad)
+
+
+def test_moe_dispatch_names_a_num_experts_of_the_wrong_type():
+    """A float or tensor num_experts was told it "must be a positive multiple of the world size", not its type."""
+    from sbops.distributed.moe import _check
+    x, ids, w = torch.randn(3, 4), torch.zeros(3, 1, dtype=torch.int64), torch.ones(3, 1)
+    for bad, name in ((4.0, "float"), (torch.tensor(4), "Tensor"), (True, "bool")):
+        with pytest.raises(ValueError, match=f"num_experts must be a Python int, got {name}"):
+            _check(x, ids, w, bad, 2)
+    with pytest.raises(ValueError, match="positive multiple of the world size 2, got 3"):
+        _check(x, ids, w, 3, 2)

@@ -167,3 +167,37 @@ def test_linear_attn_fast_path_dispatches_as_the_full_checks(monkeypatch, gate):
     assert seen[0][3][:4] == (q, k, v, g) and seen[0][3][4] == 8 ** -0.5
     sbops.linear_attn(q, k, v, g, initial_state=torch.zeros(2, 2, 8, 8))   # the full path
     assert seen[1][1] == hd and seen[1][2][0] == feats[0] and seen[1][2][2] == "initial_state"
+
+
+def test_data_check_switches_take_only_what_they_understand(monkeypatch):
+    """SBOPS_DATA_CHECKS=none / never / disabled mean off (they turned the checks on everywhere, GPU syncs included);
+    a value it does not know warns and keeps the default; set_data_checks / data_checks take True, False or None
+    only ("false" turned them on, data_checks(None) off)."""
+    from sbops import _validate as V
+    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")
+    try:
+        for off in ("none", "never", "disabled", "Disable", " OFF "):
+            monkeypatch.setenv("SBOPS_DATA_CHECKS", off)
+            sbops.set_data_checks(None)
+            assert not V.checking_data(cpu) and not V.checking_data(meta), off
+        for on in ("1", "on", "always", "yes"):
+            monkeypatch.setenv("SBOPS_DATA_CHECKS", on)
+            sbops.set_data_checks(None)
+            assert V.checking_data(meta), on
+        monkeypatch.setenv("SBOPS_DATA_CHECKS", "sometimes")
+        with pytest.warns(UserWarning, match="SBOPS_DATA_CHECKS='sometimes' is not understood"):
+            sbops.set_data_checks(None)
+        assert V.checking_data(cpu) and not V.checking_data(meta)      # the default
+        for bad in ("false", 0, 1):
+            with pytest.raises(TypeError, match="set_data_checks: enabled must be True, False or None"):
+                sbops.set_data_checks(bad)
+            with pytest.raises(TypeError, match="data_checks: enabled must be True, False or None"):
+                with sbops.data_checks(bad):
+                    pass
+        with sbops.data_checks(False):
+            with sbops.data_checks(None):                                # the default mode again, inside a block
+                assert V.checking_data(cpu) and not V.checking_data(meta)
+            assert not V.checking_data(cpu)
+    finally:
+        monkeypatch.delenv("SBOPS_DATA_CHECKS", raising=False)
+        sbops.set_data_checks(None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import warnings
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -141,15 +142,27 @@ def divisible_heads(op: str, H: int, HKV: int) -> None:
 # Mode: None = auto (CPU tensors only: no GPU synchronisation), True = everywhere (debug),
 # False = nowhere.  The context variable overrides the environment default.
 _DATA_CHECKS: contextvars.ContextVar[Optional[bool]] = contextvars.ContextVar("sbops_data_checks", default=None)
-_FALSE = ("0", "false", "off", "no")
-_AUTO = ("", "auto", "cpu")
+_TRUE = ("1", "true", "on", "yes", "all", "always")
+_FALSE = ("0", "false", "off", "no", "none", "never", "disable", "disabled")
+_AUTO = ("", "auto", "cpu", "default")
 
 
 def _env_mode() -> Optional[bool]:
-    v = os.environ.get("SBOPS_DATA_CHECKS", "").strip().lower()
+    raw = os.environ.get("SBOPS_DATA_CHECKS", "")
+    v = raw.strip().lower()
     if v in _AUTO:
         return None
-    return v not in _FALSE
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    warnings.warn(f"SBOPS_DATA_CHECKS={raw!r} is not understood: on is one of {_TRUE}, off one of {_FALSE}, the "
+                  f"default (CPU tensors only) one of {_AUTO[1:]} or unset; using the default", stacklevel=2)
+    return None
+
+
+def _mode_arg(enabled, fn: str) -> Optional[bool]:
+    if enabled is None or isinstance(enabled, bool):
+        return enabled
+    raise TypeError(f"{fn}: enabled must be True, False or None, got {enabled!r}")
 
 
 _ENV_MODE: Optional[bool] = _env_mode()   # read once; set_data_checks(None) reads it again
@@ -200,15 +213,16 @@ def set_data_checks(enabled: Optional[bool]) -> None:
     set_data_checks(None)).  The checks never run while torch.compile traces or a CUDA graph is
     captured.  `sbops.data_checks(enabled)` is the context-manager form."""
     global _ENV_MODE
+    enabled = _mode_arg(enabled, "set_data_checks")
     if enabled is None:
         _ENV_MODE = _env_mode()
-    _DATA_CHECKS.set(None if enabled is None else bool(enabled))
+    _DATA_CHECKS.set(enabled)
 
 
 @contextlib.contextmanager
-def data_checks(enabled: bool) -> Iterator[None]:
-    """Context manager form of `set_data_checks`: `with sbops.data_checks(False): ...`."""
-    token = _DATA_CHECKS.set(bool(enabled))
+def data_checks(enabled: Optional[bool]) -> Iterator[None]:
+    """Context manager form of `set_data_checks`: `with sbops.data_checks(False): ...` (None: the default mode)."""
+    token = _DATA_CHECKS.set(_mode_arg(enabled, "data_checks"))
     try:
         yield
     finally:

@@ -45,6 +45,10 @@ import torch
 from . import report
 
 
+# every peer a case may time (tests/test_bench.py checks the cases name no other); --peers takes these or their
+# dotted prefixes ("torch" = torch.eager, torch.compile and torch.matmul)
+PEER_NAMES = ("fla.chunk_gla", "fla.fused_recurrent_gla", "sdpa.full_causal", "sdpa.contiguous_window", "flex",
+              "torch.eager", "torch.compile", "torch.matmul")
 CPU_DEFAULT_PEERS = ("fla", "sdpa", "torch.eager")
 GPU_DEFAULT_PEERS = ("sdpa", "flex", "torch.eager", "torch.compile")   # the default run: all but fla
 
@@ -270,6 +274,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     envs = [env_for(b) for b in run_backends]
 
     requested_peers = _split(args.peers)
+    if requested_peers is not None and requested_peers not in (["all"], ["none"]):
+        bad_peers = [w for w in requested_peers if not any(n == w or n.startswith(w + ".") for n in PEER_NAMES)]
+        if bad_peers:
+            print(f"python -m sbops.bench: error: unknown --peers {', '.join(bad_peers)}; peers: "
+                  f"{', '.join(PEER_NAMES)} (or a dotted prefix: fla, sdpa, torch), 'all' or 'none'", file=sys.stderr)
+            return 2
     peer_notes = []
     if requested_peers is None and any(e.device == "cpu" for e in envs):
         peer_notes.append("CPU default: compiled peers (flex, torch.compile) not run on the CPU (compile time); "
@@ -338,7 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "backends": {n: {"available": b["available"], "reason": b["reason"], "devices": b["devices"]}
                          for n, b in info.items()},
             "backends_run": run_backends, "peers_installed": peers.installed(),
-            "peers_run": {e.backend: peers_for(e) or "all" for e in envs}, "peers_note": peer_note,
+            "peers_run": {e.backend: "all" if peers_for(e) is None else peers_for(e) for e in envs},
+            "peers_note": peer_note,
             "budget_s": {e.backend: budget_for(e) for e in envs},
             "timeout_s": {e.backend: args.timeout or 20 * budget_for(e) for e in envs},
             "seed": args.seed, "roofline": {},

@@ -50,7 +50,9 @@ def _check(x, ids, weights, num_experts, P):
     if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != tuple(ids.shape):
         got = list(weights.shape) if isinstance(weights, torch.Tensor) else weights
         raise ValueError(f"{op}: weights must be [T, k] = {list(ids.shape)}, got {got}")
-    if not isinstance(num_experts, int) or num_experts < 1 or num_experts % P:
+    if not isinstance(num_experts, int) or isinstance(num_experts, bool):
+        raise ValueError(f"{op}: num_experts must be a Python int, got {type(num_experts).__name__} {num_experts!r}")
+    if num_experts < 1 or num_experts % P:
         raise ValueError(f"{op}: num_experts must be a positive multiple of the world size {P}, got {num_experts!r}")
 
 
