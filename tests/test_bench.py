@@ -365,3 +365,19 @@ def test_model_benchmark_flags_are_checked(argv, word, capsys):
     with pytest.raises(SystemExit) as e:
         model.parse_args(argv)
     assert e.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_the_footer_says_what_this_machine_could_not_run_and_why(tmp_path, capsys):
+    """Backends that are not available (cuda on a CPU-only machine) and skipped peers were only in the JSON."""
+    rc = cli.main(["--quick", "--ops", "linear_attn_decode", "--shapes", "B=1", "--budget", "0.05", "--only", "speed",
+                   "--peers", "fla,torch.eager", "--json", str(tmp_path / "f.json"), *CPU_ONLY])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name, d in sbops.backends().items():
+        if not d["available"]:
+            assert f"backend {name} not available here: {d['reason']}" in out
+    res = json.loads((tmp_path / "f.json").read_text())
+    for row in res["speed"]:
+        for peer, why in (row.get("peers_skipped") or {}).items():
+            assert peer in out and f"not timed: {why}" in out
+    assert any(row.get("peers_skipped") for row in res["speed"]) or torch.cuda.is_available()

@@ -418,6 +418,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print(peer_note)
     if backend_note:
         _print(backend_note)
+    for line in _not_here_notes(info, results):
+        _print(line)
     extras = report.missing_extras_note()
     if extras:
         _print(extras)
@@ -431,6 +433,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if failed:
         return 1
     return 130 if results["meta"].get("interrupted") else 0
+
+
+def _not_here_notes(info: dict, results: dict) -> List[str]:
+    """What the run could not use on this machine, and why: backends not available (e.g. cuda on a CPU-only
+    machine) and peers skipped (their rows say n/a), one line per distinct reason."""
+    out = [f"backend {name} not available here: {d['reason']}" for name, d in info.items()
+           if not d["available"] and d.get("reason")]
+    reasons: Dict[str, List[str]] = {}
+    for row in results.get("speed", []):
+        for peer, why in (row.get("peers_skipped") or {}).items():
+            names = reasons.setdefault(str(why), [])
+            if peer not in names:
+                names.append(peer)
+    out += [f"peer{'s' if len(n) > 1 else ''} {', '.join(n)} not timed: {why}" for why, n in reasons.items()]
+    return out
 
 
 def _sigterm_to_interrupt(signum, frame):
