@@ -165,10 +165,16 @@ print('forked child using CUDA: exit', os.waitpid(pid, 0)[1])")
   grep -a -E "^(FAILED|ERROR)" "$OUT/logs/suite.log" | cut -c1-240 | head -20
 fi
 if [[ " $steps " == *" fp8split "* ]]; then
-  # spike_linear's fp8 prefill: both fix-up kernels A/B, the grouped kernel's launch sweep, the encode's (session 19)
+  # spike_linear's fp8 prefill: both fix-up kernels A/B, the grouped kernel's launch sweep, the encode's (session 19),
+  # and the session 24 encode (e4m3 bytes by conversion, one-instruction rint, flags only where a tile has one)
+  # against session 23's, alternated; then the fp8 model's TTFT at 8k / 1M with it (sbops.bench.model)
   stamp "spike_linear_fp8_prefill_split.py"
   timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py 2>&1 \
     | tee "$OUT/logs/fp8_prefill_split.log" | grep -v Warning | tail -60
+  stamp "fp8 model TTFT 8k / 1M"
+  (cd /tmp && timeout 120 python3 -m sbops.bench.model --weight-quant fp8 --lengths 8k,1m --contexts 4k --batches 1 \
+     --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/model_fp8_ttft" > "$OUT/logs/model_fp8_ttft.log" 2>&1
+   echo "rc=$?"; grep -a "TTFT\|failed\|Error" "$OUT/logs/model_fp8_ttft.log" | head -6)
 fi
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then

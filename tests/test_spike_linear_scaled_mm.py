@@ -54,6 +54,8 @@ def test_encode_lo_is_spike_encode_clamped_and_flags_every_cut_count(M, K, BM, F
     torch.testing.assert_close(vth, v, rtol=1e-6, atol=0)   # float32 sums (spike_encode's is in double)
     c = torch.round(x.float() / vth[:, None])               # the counts of that vth, by true division
     assert torch.equal(s.cpu().view(FP8).float(), c.clamp(-16, 16).float())
+    # byte for byte: a count of -0 (a small negative x) is +0's byte, as the integer encoding wrote it
+    assert torch.equal(s.cpu(), (c.clamp(-16, 16) + 0.0).to(FP8).view(torch.int8)) and (c == 0).any()
     cut = (c.abs() > 16)
     want = torch.zeros(flags.shape, dtype=torch.bool)
     for i in range(M):
@@ -84,6 +86,7 @@ def test_two_planes_hold_swiglu_counts_and_flag_only_what_is_past_them():
     c = torch.round(x.float() / vth.cpu()[:, None])
     got = s.cpu().view(FP8).float() + hi.cpu().float()
     keep = torch.arange(20) != 17
+    assert torch.equal(s.cpu()[keep], (got[keep] - hi.cpu().float()[keep] + 0.0).to(FP8).view(torch.int8))
     assert (c[keep].abs() > 16).float().mean() > 0.01 and torch.equal(got[keep], c[keep])
     want = torch.zeros(flags.shape, dtype=torch.bool)
     want[1, 300 // 16] = True
@@ -213,3 +216,33 @@ def test_grouped_fix_up_fits_its_launch_to_the_devices_shared_memory(monkeypatch
     wq, sc = sbops.quantize_weight(torch.randn(16, 64), dtype=FP8)
     with pytest.raises(ValueError, match=r"grouped fix-up config .*\(256, 512, 64\).*65536"):
         _run(sl, tk, x, wq, sc, 3.0, config=(256, 512, 64))
+
+
+@requires_triton
+@pytest.mark.parametrize("planes", [1, 2])
+def test_encode_lo_gpu_rint_branch_gives_the_same_bytes(planes, monkeypatch):
+    """The GPU branch of the encode (HW: rint as one instruction, which keeps the sign of a zero) run under the
+    interpreter with an emulated rint that keeps it too: the same bytes, vth and flags as the interpreter's branch
+    (a -0 count must still be +0's byte).  On a GPU the real instruction runs in the tests above."""
+    if _dev() != "cpu":
+        pytest.skip("the interpreter's emulation; the GPU runs the real branch in the other tests")
+    import types
+
+    import triton_kernels
+    tk, sl = _triton()
+    from sbops._backends.cuda.triton import spike_linear_fp8 as F
+
+    x = _swiglu_rows(20, 512) if planes == 2 else torch.randn(37, 256)
+    x[::3, 7] *= 30
+    x[1, 9] = -1e-3                            # counts of -0
+    x[5, 200] = 1e30                           # a count past both planes: flagged
+    x = x.bfloat16()
+    with tk.bounds_checked():
+        want = sl.encode_lo(x, 3.0, 16, 16, planes=planes)
+        monkeypatch.setattr(F, "libdevice", types.SimpleNamespace(rint=triton_kernels.rint_keeping_zero_sign()))
+        monkeypatch.setattr(sl, "_interpreting", lambda: False)
+        got = sl.encode_lo(x, 3.0, 16, 16, planes=planes)
+    for a, b in zip(got, want):
+        assert (a is None and b is None) or torch.equal(a.view(torch.int8) if a.dtype == FP8 else a,
+                                                        b.view(torch.int8) if b.dtype == FP8 else b)
+    assert (want[3] != 0).any()

@@ -6,6 +6,7 @@ Importing this module needs no triton (callers run pytest.importorskip("triton")
 interpreter helpers below import it when called:
   * install_interpreter_shims(): test-only fixes of Triton interpreter bugs (loop bounds under
     NumPy >= 2.4; masks that Triton 3.9 builds as int32 from `block & scalar-compare`);
+  * rint_keeping_zero_sign(): the GPU's rint (sign of zero kept) as an interpreter function;
   * bounds_checked(): a context manager that fails any interpreted load / store / atomic whose
     active address lies outside every tensor argument of its launch (the interpreter itself
     dereferences raw pointers with no bounds check)."""
@@ -68,6 +69,23 @@ def fused_qkv(q, k, v):
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rint_keeping_zero_sign():
+    """A Triton function for the interpreter that rounds half to even as the GPU's one-instruction rint
+    (libdevice.rint, cvt.rni) does, keeping the sign of a zero result (-0.3 -> -0); the library's
+    interpreter rint (_rint) gives +0 there.  Imports triton when called."""
+    global tl                      # a jit'd function must see triton.language among its module's globals
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rint(q):
+        m = tl.where(q < 0, -8388608.0, 8388608.0)
+        r = tl.where(tl.abs(q) < 8388608.0, (q + m) - m, q)
+        return tl.where(r == 0.0, q * 0.0, r)
+
+    return rint
 
 
 def install_interpreter_shims():

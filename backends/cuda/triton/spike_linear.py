@@ -23,6 +23,7 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -288,6 +289,11 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
     return _FP8_CAPABLE[dev]
 
 
+def _interpreting() -> bool:
+    """Triton's interpreter (TRITON_INTERPRET=1, CPU tests) runs the kernels: no libdevice there."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def encode_lo(x, k, BM, FC=16, planes=1):
     """The "scaled_mm" path's pre-pass: (s, hi, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
     lo; hi [M, K] float8_e4m3fn = 16 x the second plane (planes = 2; else None): count = lo + hi, with lo =
@@ -304,7 +310,8 @@ def encode_lo(x, k, BM, FC=16, planes=1):
     rows = max(1, 4096 // block) if one_pass else 1
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
                                                float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
-                                               PLANES=planes, num_warps=8 if block * rows >= 4096 else 4)
+                                               PLANES=planes, HW=not _interpreting(),
+                                               num_warps=8 if block * rows >= 4096 else 4)
     return s, hi, vth, flags
 
 

@@ -11,8 +11,9 @@ makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 
       + vth * (r @ W^T) * scale   [_outlier_fix_kernel, over only the FC-column chunks that hold an r]
 
 * `_encode_lo_kernel` (R rows per program): vth = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode, the
-  e4m3 bits of lo (one byte per element, written once), and a flag per (BM-row block, FC-column chunk)
-  holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race).  Rows that
+  e4m3 bits of lo (one byte per element, written once, by conversion), and a flag per (BM-row block, FC-column
+  chunk) holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race; a tile with
+  no such element stores none).  HW (the default): rint as one instruction (libdevice), else _rint's adds.  Rows that
   fit one block of columns are read once; longer rows twice (the sum, then the counts).
 * `_flag_list_kernel` (one program per row block): the flagged chunks' indices, compacted (cumsum).
 * `_outlier_fix_kernel` (row block x a group of BN-column tiles): the listed chunks of FC (16 or 64) columns,
@@ -33,7 +34,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .spike_linear_kernels import _e4m3_bits, _rint, _row_vth
+from triton.language.extra import libdevice
+
+from .spike_linear_kernels import _rint, _row_vth
 
 @triton.jit
 def _recip(vth):
@@ -109,23 +112,48 @@ def _exact_dot(r, w):
 
 
 @triton.jit
+def _rint_any(q, HW: tl.constexpr):
+    # round half to even: one cvt.rni on the GPU (HW), _rint's exact adds elsewhere (the interpreter has no libdevice).
+    # They differ only in the sign of a zero (cvt keeps -0), which no caller below lets reach memory.
+    if HW:
+        r = libdevice.rint(q)
+    else:
+        r = _rint(q)
+    return r
+
+
+@triton.jit
 def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr,
-                 PLANES: tl.constexpr):
-    q = _quotient_rint(x, vth[:, None], inv[:, None])
+                 PLANES: tl.constexpr, HW: tl.constexpr):
+    # _quotient_rint and _split_counts(q, True, PLANES) written out with _rint_any (the same values), and the e4m3
+    # bytes by conversion (cvt.rn.satfinite.e4m3x2 on sm_89+: exact for these integers) instead of integer arithmetic:
+    # this pre-pass was bound by instruction issue (~60 per element; session 19: 4x its memory time), not by memory.
+    q1 = x * inv[:, None]
+    e = tl.fma(-q1, vth[:, None], x)
+    q = tl.fma(e, inv[:, None], q1)
+    q = _rint_any(tl.where(tl.abs(q1) < float("inf"), q, q1), HW)
     offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
-    lo, hi, r = _split_counts(q, True, PLANES)
-    if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
-        tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
-    tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
+    if PLANES == 2:
+        hi = tl.where(tl.abs(q) > 16.0, _rint_any(q * 0.0625, HW), 0.0)
+        hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
+        lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
+        tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)  # the second plane as 16 hi
+        r = q - (lo + 16.0 * hi)
+    else:
+        lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
+        r = q - lo
+    # + 0.0 turns -0 into +0 (the byte the integer encoding wrote); a NaN count was clamped to a finite lo
+    tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
     out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
-    fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
-    tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
+    if tl.max(out.to(tl.int32), axis=None) > 0:  # rare: most tiles have no count past the planes
+        fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
+        tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
 
 
 @triton.jit
 def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
-                      FC: tl.constexpr, PLANES: tl.constexpr):
+                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = True):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -135,7 +163,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = _recip(vth)
-        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -147,7 +175,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
             x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW)
     tl.store(vth_ptr + rows, vth, mask=rmask)
 
 

@@ -3,7 +3,8 @@
            x @ W^T in the same run, their max difference, a sweep of the grouped kernel's launch parameters on
            gate_up, and a kernel-by-kernel profile of both;
   enc   -- the encode pre-pass (_encode_lo_kernel) over its (rows per program, BLOCK, one / two passes, warps),
-           in GB/s of its minimum traffic (x read once, one byte per plane written).
+           in GB/s of its minimum traffic (x read once, one byte per plane written), and against the session 23
+           encode (probes/encode_lo_s23.py) with the shipped launch, alternated, outputs compared.
 usage: python benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py [fix] [enc]   (default both; installed sbops)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
 import os, sys, time
@@ -109,13 +110,39 @@ if "enc" in what:
         for R, blk, one, w in cands:
             def fn():
                 _encode_lo_kernel[(triton.cdiv(M, R),)](x, s8, hi, vth, flags, M, K, n_fc, x.stride(0), 3.0, R=R,
-                                                        BLOCK=blk, ONE_PASS=one, BM=64, FC=16, PLANES=planes, num_warps=w)
+                                                        BLOCK=blk, ONE_PASS=one, BM=64, FC=16, PLANES=planes, HW=not DRY,
+                                                        num_warps=w)
             try:
                 res.append((bench_ms(fn), R, blk, one, w))
             except Exception as e:  # noqa: BLE001
                 print("  failed", R, blk, one, w, str(e)[:120])
         cur = bench_ms(lambda: sl.encode_lo(x, 3.0, 64, 16, planes))
         print(f"encode M={M} K={K} planes={planes}: encode_lo {cur:.3f} ms ({gb / cur:.0f} GB/s of {gb:.2f} GB)")
+        # the session 23 encode (integer e4m3 bytes, rint by adds, per-element flag stores) against the library's,
+        # with encode_lo's own launch (R, BLOCK, ONE_PASS, warps), alternated, and their outputs compared
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from encode_lo_s23 import encode_lo_kernel_s23
+        one = K <= 4096
+        blk = triton.next_power_of_2(K) if one else 2048
+        R0 = max(1, 4096 // blk) if one else 1
+        w0 = 8 if blk * R0 >= 4096 else 4
+        outs = {}
+        for name, kern, extra in (("s24", _encode_lo_kernel, {"HW": not DRY}), ("s23", encode_lo_kernel_s23, {})):
+            o = (torch.empty_like(s8), torch.empty_like(hi) if planes == 2 else None, torch.empty_like(vth),
+                 torch.zeros_like(flags))
+            outs[name] = (o, lambda kern=kern, o=o, extra=extra: kern[(triton.cdiv(M, R0),)](
+                x, o[0], o[1] if planes == 2 else o[0], o[2], o[3], M, K, n_fc, x.stride(0), 3.0, R=R0, BLOCK=blk,
+                ONE_PASS=one, BM=64, FC=16, PLANES=planes, num_warps=w0, **extra))
+        times = {n: [] for n in outs}
+        for _ in range(3):
+            for n, (o, fn) in outs.items():
+                times[n].append(bench_ms(fn))
+        same = all((a is None and b is None) or torch.equal(a.view(torch.int8) if a.dtype == torch.float8_e4m3fn else a,
+                                                            b.view(torch.int8) if b.dtype == torch.float8_e4m3fn else b)
+                   for a, b in zip(outs["s24"][0], outs["s23"][0]))
+        print(f"  A/B, encode_lo's launch (R={R0} BLOCK={blk} ONE_PASS={one} warps={w0}), 3 alternated runs: "
+              f"s23 {' / '.join(f'{t:.3f}' for t in times['s23'])} ms, s24 {' / '.join(f'{t:.3f}' for t in times['s24'])} ms; "
+              f"outputs {'identical' if same else 'DIFFER'}")
         for t, R, blk, one, w in sorted(res)[:8]:
             print(f"  {t:.3f} ms ({gb / t:.0f} GB/s) R={R} BLOCK={blk} ONE_PASS={one} warps={w}")
         sys.stdout.flush()
