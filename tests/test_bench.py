@@ -348,12 +348,11 @@ def test_unknown_peer_is_a_usage_error_and_none_is_recorded_as_none(tmp_path):
 
 
 def test_peer_names_list_every_peer_a_case_names():
-    import glob
-    import re
+    """--peers accepts only PEER_NAMES (and their prefixes): every peer of every case, built on the CPU, is one."""
+    from sbops.bench import cases as C
     named = set()
-    for f in glob.glob(os.path.join(os.path.dirname(cli.__file__), "cases*.py")):
-        src = open(f).read()
-        named |= set(re.findall(r'"([a-z_]+(?:\.[a-z_]+)?)": lambda', src)) | set(re.findall(r'peers\["([a-z_.]+)"\]', src))
+    for case in C.speed_cases("quick", long=True):
+        named |= set(case.setup(C.Env("cpu", "cpu", torch.float32, 0)).peers)
     assert named and named <= set(cli.PEER_NAMES), named - set(cli.PEER_NAMES)
 
 

@@ -285,3 +285,23 @@ def test_a_malformed_backend_is_refused_at_registration_by_field(bad, match):
     assert "b" not in sbops.backends()
     x = torch.randn(4, 8)
     assert torch.equal(sbops.spike_quant(x), sbops.spike_quant(x))   # the registry is intact
+
+
+def test_backend_fields_may_be_any_collection_but_features_must_be_a_set():
+    """Sets and ranges serve as before; a tuple of features (which the dispatcher subtracts from a frozenset) and
+    features=None are refused at registration, not left to break every call of the op."""
+    ok = Backend(name="fine", device_types={"cpu"}, priority=-100,
+                 ops={"spike_quant": OpCaps(dtypes=frozenset({torch.float32}), head_dims=range(1, 9),
+                                            features=frozenset())})
+    try:
+        sbops.register_backend(ok)
+        x = torch.randn(4, 8)
+        assert torch.equal(sbops.spike_quant(x), sbops.spike_quant(x))
+    finally:
+        sbops._dispatch.unregister_backend("fine")
+    for features in (("varlen",), None):
+        bad = Backend(name="b", device_types=("cpu",), ops={"spike_quant": OpCaps(dtypes=(torch.float32,),
+                                                                                 features=features)})
+        with pytest.raises(ValueError, match="features must be a set or frozenset"):
+            sbops.register_backend(bad)
+    assert "b" not in sbops.backends()

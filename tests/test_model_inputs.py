@@ -242,3 +242,11 @@ def test_qwen2_sliding_window_conversion_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SpikingBrainConfig.from_qwen2(types.SimpleNamespace(**base, use_sliding_window=False, sliding_window=4))
+
+
+def test_reset_of_no_slots_and_tensor_sizes():
+    model = tiny()
+    cache = model.new_cache(2)
+    cache.reset([])                                     # nothing to reset (torch.as_tensor([]) is float32)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 0"):
+        model.new_cache(torch.tensor(2.0))

@@ -124,6 +124,9 @@ _kernels: Dict[tuple, Callable] = {}
 _ENV_BACKEND: Optional[str] = os.environ.get("SBOPS_BACKEND") or None
 
 
+_COLLECTIONS = (tuple, list, set, frozenset)   # what a Backend's and an OpCaps' fields may be (never a bare str)
+
+
 def _check_backend(backend) -> None:
     """register_backend's argument, field by field: a malformed one would fail later, inside other backends' calls."""
     if not isinstance(backend, Backend):
@@ -132,8 +135,7 @@ def _check_backend(backend) -> None:
     if not isinstance(backend.name, str) or not backend.name:
         raise ValueError(f"register_backend: a backend's name must be a non-empty str, got {backend.name!r}")
     dev = backend.device_types
-    if isinstance(dev, str) or not isinstance(dev, (tuple, list)) or not dev or \
-            not all(isinstance(d, str) for d in dev):
+    if not isinstance(dev, _COLLECTIONS) or not dev or not all(isinstance(d, str) for d in dev):
         raise ValueError(f"{where} device_types must be a tuple of device type names such as ('cuda',), got {dev!r}")
     if not isinstance(backend.ops, dict):
         raise ValueError(f"{where} ops must be a dict of op name -> OpCaps, got {type(backend.ops).__name__}")
@@ -144,15 +146,16 @@ def _check_backend(backend) -> None:
             raise ValueError(f"{where} ops names {op!r}, which is not an sbops op") from None
         if not isinstance(caps, OpCaps):
             raise ValueError(f"{where} ops[{op!r}] must be an OpCaps, got {type(caps).__name__}")
-        if isinstance(caps.dtypes, torch.dtype) or not isinstance(caps.dtypes, (tuple, list, frozenset, set)) or \
-                not all(isinstance(d, torch.dtype) for d in caps.dtypes):
+        if not isinstance(caps.dtypes, _COLLECTIONS) or not all(isinstance(d, torch.dtype) for d in caps.dtypes):
             raise ValueError(f"{where} ops[{op!r}].dtypes must be a tuple of torch dtypes, got {caps.dtypes!r}")
         hd = caps.head_dims
-        if hd is not None and (not isinstance(hd, (tuple, list, frozenset, set)) or
+        if hd is not None and (not isinstance(hd, _COLLECTIONS + (range,)) or
                                not all(isinstance(d, int) and not isinstance(d, bool) for d in hd)):
             raise ValueError(f"{where} ops[{op!r}].head_dims must be None or a tuple of ints, got {hd!r}")
-        if isinstance(caps.features, str) or not all(isinstance(f, str) for f in caps.features):
-            raise ValueError(f"{where} ops[{op!r}].features must be a set of feature names, got {caps.features!r}")
+        # a request's features are a frozenset, and what a backend lacks is their set difference
+        if not isinstance(caps.features, (set, frozenset)) or not all(isinstance(f, str) for f in caps.features):
+            raise ValueError(f"{where} ops[{op!r}].features must be a set or frozenset of feature names, "
+                             f"got {caps.features!r}")
     if not callable(backend.probe):
         raise ValueError(f"{where} probe must be callable (op name -> None or the reason it is unusable)")
     for what in ("kernels", "extensions"):

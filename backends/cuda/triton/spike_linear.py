@@ -23,7 +23,6 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -290,8 +289,10 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
 
 
 def _interpreting() -> bool:
-    """Triton's interpreter (TRITON_INTERPRET=1, CPU tests) runs the kernels: no libdevice there."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton's interpreter runs the kernels (TRITON_INTERPRET set when they were defined, in any of the
+    spellings Triton takes): no libdevice there.  Asked of the kernel object, which Triton made an
+    InterpretedFunction then (the class is not imported: the interpreter module needs numpy)."""
+    return type(_encode_lo_kernel).__name__ == "InterpretedFunction"
 
 
 def encode_lo(x, k, BM, FC=16, planes=1):

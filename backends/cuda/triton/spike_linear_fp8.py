@@ -45,28 +45,39 @@ def _recip(vth):
 
 
 @triton.jit
-def _quotient_rint(x, vth, inv):
+def _rint_any(q, HW: tl.constexpr):
+    # round half to even: one cvt.rni on the GPU (HW), _rint's exact adds elsewhere (the interpreter has no libdevice).
+    # They differ only in the sign of a zero (cvt keeps -0), which no caller below lets reach memory.
+    if HW:
+        r = libdevice.rint(q)
+    else:
+        r = _rint(q)
+    return r
+
+
+@triton.jit
+def _quotient_rint(x, vth, inv, HW: tl.constexpr = False):
     # rint(x / vth), x / vth correctly rounded (see the module doc); infinities pass through
     q1 = x * inv
     e = tl.fma(-q1, vth, x)
     q = tl.fma(e, inv, q1)
     q = tl.where(tl.abs(q1) < float("inf"), q, q1)
-    return _rint(q)
+    return _rint_any(q, HW)
 
 
 @triton.jit
-def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr):
+def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = False):
     # integer counts q = lo + F * hi + r (F = 16 for e4m3, 128 for int8), lo and hi clamped to their exact
     # 8-bit range: with PLANES = 2, e4m3 |lo| <= 16 (<= 8 when hi != 0), |hi| <= 16, exact for |q| <= 264;
     # int8 |lo|, |hi| <= 127, exact for |q| <= 16320; with PLANES = 1 (e4m3), lo = clamp(q, -16, 16), hi = 0.
     # r, the rest served exactly elsewhere, is non-zero only past that range (and NaN for a NaN count)
     if PLANES == 2:
         if FP8:
-            hi = tl.where(tl.abs(q) > 16.0, _rint(q * 0.0625), 0.0)
+            hi = tl.where(tl.abs(q) > 16.0, _rint_any(q * 0.0625, HW), 0.0)
             hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
             lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
         else:
-            hi = tl.where(tl.abs(q) > 127.0, _rint(q * 0.0078125), 0.0)
+            hi = tl.where(tl.abs(q) > 127.0, _rint_any(q * 0.0078125, HW), 0.0)
             hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
             lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
     else:
@@ -112,36 +123,17 @@ def _exact_dot(r, w):
 
 
 @triton.jit
-def _rint_any(q, HW: tl.constexpr):
-    # round half to even: one cvt.rni on the GPU (HW), _rint's exact adds elsewhere (the interpreter has no libdevice).
-    # They differ only in the sign of a zero (cvt keeps -0), which no caller below lets reach memory.
-    if HW:
-        r = libdevice.rint(q)
-    else:
-        r = _rint(q)
-    return r
-
-
-@triton.jit
 def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr,
                  PLANES: tl.constexpr, HW: tl.constexpr):
-    # _quotient_rint and _split_counts(q, True, PLANES) written out with _rint_any (the same values), and the e4m3
-    # bytes by conversion (cvt.rn.satfinite.e4m3x2 on sm_89+: exact for these integers) instead of integer arithmetic:
-    # this pre-pass was bound by instruction issue (~60 per element; session 19: 4x its memory time), not by memory.
-    q1 = x * inv[:, None]
-    e = tl.fma(-q1, vth[:, None], x)
-    q = tl.fma(e, inv[:, None], q1)
-    q = _rint_any(tl.where(tl.abs(q1) < float("inf"), q, q1), HW)
+    # the counts and their split as the fix-up kernels recompute them (the same helpers; HW: rint in one instruction,
+    # the same values), and the e4m3 bytes by conversion (cvt.rn.satfinite.e4m3x2 on sm_89+: exact for these
+    # integers) instead of integer arithmetic: this pre-pass was bound by instruction issue (~60 per element;
+    # session 19: 4x its memory time), not by memory.
+    q = _quotient_rint(x, vth[:, None], inv[:, None], HW)
     offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
-    if PLANES == 2:
-        hi = tl.where(tl.abs(q) > 16.0, _rint_any(q * 0.0625, HW), 0.0)
-        hi = tl.minimum(tl.maximum(hi, -16.0), 16.0)
-        lo = tl.minimum(tl.maximum(q - 16.0 * hi, -16.0), 16.0)
-        tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)  # the second plane as 16 hi
-        r = q - (lo + 16.0 * hi)
-    else:
-        lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
-        r = q - lo
+    lo, hi, r = _split_counts(q, True, PLANES, HW)
+    if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
+        tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
     # + 0.0 turns -0 into +0 (the byte the integer encoding wrote); a NaN count was clamped to a finite lo
     tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
     out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
@@ -153,7 +145,7 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
 @triton.jit
 def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
-                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = True):
+                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm

@@ -278,7 +278,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         bad_peers = [w for w in requested_peers if not any(n == w or n.startswith(w + ".") for n in PEER_NAMES)]
         if bad_peers:
             print(f"python -m sbops.bench: error: unknown --peers {', '.join(bad_peers)}; peers: "
-                  f"{', '.join(PEER_NAMES)} (or a dotted prefix: fla, sdpa, torch), 'all' or 'none'", file=sys.stderr)
+                  f"{', '.join(PEER_NAMES)} (or a dotted prefix: fla, sdpa, torch), or 'all' / 'none' alone",
+                  file=sys.stderr)
             return 2
     peer_notes = []
     if requested_peers is None and any(e.device == "cpu" for e in envs):

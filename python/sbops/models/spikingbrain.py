@@ -74,7 +74,7 @@ class ModelCache:
             host = [None] * self.num_slots    # which slots: a device read; the bookkeeping is given up instead
         else:
             ids = torch.as_tensor(slots)
-            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            if ids.numel() and (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
                 raise ValueError(f"reset: slots must be integer slot indices, got dtype {ids.dtype}")
             for i in ids.to(torch.int64).reshape(-1).tolist():
                 if not -self.num_slots <= i < self.num_slots:

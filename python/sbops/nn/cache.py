@@ -15,7 +15,9 @@ import torch
 
 def _count(name: str, v, minimum: int) -> int:
     """v as an int >= minimum (a Python or numpy integer, or a 0-d integer tensor), else a ValueError naming it."""
-    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
         v = int(v)
     if isinstance(v, bool) or not hasattr(v, "__index__") or int(v.__index__()) < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
