@@ -223,7 +223,7 @@ def test_grouped_fix_up_fits_its_launch_to_the_devices_shared_memory(monkeypatch
 @requires_triton
 @pytest.mark.parametrize("planes", [1, 2])
 def test_encode_lo_gpu_rint_branch_gives_the_same_bytes(planes, monkeypatch):
-    """The GPU branch of the encode (HW: rint as one instruction, which keeps the sign of a zero) run under the
+    """The GPU branch of the encodes (HW: rint as one instruction, which keeps the sign of a zero) run under the
     interpreter with an emulated rint that keeps it too: the same bytes, vth and flags as the interpreter's branch
     (a -0 count must still be +0's byte).  On a GPU the real instruction runs in the tests above."""
     if _dev() != "cpu":
@@ -232,7 +232,7 @@ def test_encode_lo_gpu_rint_branch_gives_the_same_bytes(planes, monkeypatch):
 
     import triton_kernels
     tk, sl = _triton()
-    from sbops._backends.cuda.triton import spike_linear_fp8 as F
+    from sbops._backends.cuda.triton import spike_linear_kernels as F   # where the GPU branch's libdevice lives
 
     x = _swiglu_rows(20, 512) if planes == 2 else torch.randn(37, 256)
     x[::3, 7] *= 30
@@ -242,9 +242,18 @@ def test_encode_lo_gpu_rint_branch_gives_the_same_bytes(planes, monkeypatch):
     with tk.bounds_checked():
         want = sl.encode_lo(x, 3.0, 16, 16, planes=planes)
         monkeypatch.setattr(F, "libdevice", types.SimpleNamespace(rint=triton_kernels.rint_keeping_zero_sign()))
-        monkeypatch.setattr(sl, "_interpreting", lambda: False)
+        monkeypatch.setattr(sl, "_interpreted", lambda kernel: False)
         got = sl.encode_lo(x, 3.0, 16, 16, planes=planes)
+        # and the int8 / fp8 Triton GEMM's pre-pass (its counts through the same quotient), its GPU branch alike
+        got8 = [sl.encode(x, 3.0, fp8, 64) for fp8 in (False, True)]
+        monkeypatch.setattr(sl, "_interpreted", lambda kernel: True)
+        want8 = [sl.encode(x, 3.0, fp8, 64) for fp8 in (False, True)]
     for a, b in zip(got, want):
         assert (a is None and b is None) or torch.equal(a.view(torch.int8) if a.dtype == FP8 else a,
                                                         b.view(torch.int8) if b.dtype == FP8 else b)
     assert (want[3] != 0).any()
+    for g, w in zip(got8, want8):
+        s8, big, vth, nd, flags = w
+        wide = nd > 1
+        assert torch.equal(g[0], s8) and torch.equal(g[2], vth) and torch.equal(g[3], nd) and wide.any()
+        assert torch.equal(g[1][wide], big[wide]) and torch.equal(g[4][wide], flags[wide])

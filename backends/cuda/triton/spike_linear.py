@@ -220,7 +220,7 @@ def _digit_bits(fp8: bool) -> int:
     return 4 if fp8 else 7
 
 
-def encode(x, k, fp8, BK):
+def encode(x, k, fp8, BK, backend="cuda"):
     """The prefill pre-pass: (s, big, vth, nd, flags).  s [M, K]: one 8-bit digit per count (int8, or
     e4m3 bits in int8 storage when fp8); big: the int32 counts of rows with nd > 1 (other rows
     unwritten); nd [M]: digits per row (-1: a count past int32); flags [M, cdiv(K, BK)]: digits per chunk."""
@@ -238,7 +238,8 @@ def encode(x, k, fp8, BK):
     block, warps = (1024, 4) if K >= 1024 else (256, 4)
     _encode_kernel[(M,)](x, s, big, vth, nd, flags, K, n_chunks, x.stride(0), float(k),
                          LIMIT=16 if fp8 else 127, DIGIT_BITS=bits, MAX_DIGITS=triton.cdiv(31, bits), FP8=fp8,
-                         CHUNK=BK, ROWS=max(1, block // BK), num_warps=warps)
+                         CHUNK=BK, ROWS=max(1, block // BK), HW=backend == "cuda" and not _interpreted(_encode_kernel),
+                         num_warps=warps)
     return s, big, vth, nd, flags
 
 
@@ -248,7 +249,7 @@ def _prefill(x, weight_q, scale, k, bias, group_size, fp8, y, config, scale_t=Tr
     BM, BN, BK, GM, warps, stages = config or gemm_config(M, N, K, group_size, fp8, backend)
     steps = _check_group(K, group_size, BK)
     n_chunks = triton.cdiv(K, BK)
-    s, big, vth, nd, flags = encode(x, k, fp8, BK)
+    s, big, vth, nd, flags = encode(x, k, fp8, BK, backend)
     if fp8:  # typed e4m3 operands (weight_q is float8_e4m3fn): loaded straight into the fp8 MMA
         s = s.view(torch.float8_e4m3fn)
     per_channel = group_size is None
@@ -288,11 +289,15 @@ def scaled_mm_applies(x, weight_q, group_size, bias) -> bool:
     return _FP8_CAPABLE[dev]
 
 
+def _interpreted(kernel) -> bool:
+    """Whether Triton's interpreter runs `kernel` (TRITON_INTERPRET set when it was defined, in any of the spellings
+    Triton takes): no libdevice there.  Triton made it an InterpretedFunction then (the class is not imported: the
+    interpreter module needs numpy)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
 def _interpreting() -> bool:
-    """Whether Triton's interpreter runs the kernels (TRITON_INTERPRET set when they were defined, in any of the
-    spellings Triton takes): no libdevice there.  Asked of the kernel object, which Triton made an
-    InterpretedFunction then (the class is not imported: the interpreter module needs numpy)."""
-    return type(_encode_lo_kernel).__name__ == "InterpretedFunction"
+    return _interpreted(_encode_lo_kernel)
 
 
 def encode_lo(x, k, BM, FC=16, planes=1):

@@ -34,36 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from triton.language.extra import libdevice
-
-from .spike_linear_kernels import _rint, _row_vth
-
-@triton.jit
-def _recip(vth):
-    # RN(1 / vth), the reciprocal _quotient_rint takes (vth is finite: clamped to [1e-5, 1e4]); scalar or block
-    return tl.math.div_rn(vth * 0.0 + 1.0, vth)
-
-
-@triton.jit
-def _rint_any(q, HW: tl.constexpr):
-    # round half to even: one cvt.rni on the GPU (HW), _rint's exact adds elsewhere (the interpreter has no libdevice).
-    # They differ only in the sign of a zero (cvt keeps -0), which no caller below lets reach memory.
-    if HW:
-        r = libdevice.rint(q)
-    else:
-        r = _rint(q)
-    return r
-
-
-@triton.jit
-def _quotient_rint(x, vth, inv, HW: tl.constexpr = False):
-    # rint(x / vth), x / vth correctly rounded (see the module doc); infinities pass through
-    q1 = x * inv
-    e = tl.fma(-q1, vth, x)
-    q = tl.fma(e, inv, q1)
-    q = tl.where(tl.abs(q1) < float("inf"), q, q1)
-    return _rint_any(q, HW)
-
+from .spike_linear_kernels import _quotient_rint, _recip, _rint, _rint_any, _row_vth  # noqa: F401 (re-exported)
 
 @triton.jit
 def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = False):
