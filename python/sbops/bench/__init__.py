@@ -6,8 +6,9 @@ spike coding, MoE routing) and every available backend: correctness against floa
 to each installed peer (fla, PyTorch SDPA, FlexAttention, torch eager / torch.compile versions).
 See benchmarks/README.md for the options, the JSON schema and the FLOP/byte conventions.
 
-Modules: cases (the checks and speed cases), reference (float64 references), harness (timing),
+Modules: cases (the registry of checks and speed cases), casebase / cases_attn / cases_routing (the
+cases themselves), reference (float64 references), harness (timing), overhead (the wrapper column),
 peers (the implementations compared against), runner (one case -> one result row), ttft (the
 time-to-first-token curve), report (tables, JSON, Markdown, plots, comparison); the command
-line is in __main__ (`main()`).
+line is in __main__ (`main()`); model / model_args: the whole-model benchmark (`python -m sbops.bench.model`).
 """
