@@ -112,7 +112,8 @@ def _row_vth(sum_abs, K, k_div):
 @triton.jit
 def _encode_kernel(x_ptr, s_ptr, big_ptr, vth_ptr, nd_ptr, flag_ptr, K, n_chunks, stride_xm, k_div,
                    LIMIT: tl.constexpr, DIGIT_BITS: tl.constexpr, MAX_DIGITS: tl.constexpr,
-                   FP8: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr, HW: tl.constexpr):
+                   FP8: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr, HW: tl.constexpr,
+                   DIV: tl.constexpr = False):
     row = tl.program_id(0).to(tl.int64)
     xr = x_ptr + row * stride_xm
     BLOCK: tl.constexpr = CHUNK * ROWS
@@ -143,7 +144,10 @@ def _encode_kernel(x_ptr, s_ptr, big_ptr, vth_ptr, nd_ptr, flag_ptr, K, n_chunks
         x = tl.load(xr + kk, mask=m, other=0.0).to(tl.float32)
         # rint(x / vth) through the reciprocal (_quotient_rint: x / vth correctly rounded, the division's value, without
         # a division per element: the pre-pass was bound by instruction issue, 3.4x its memory time at K = 18944)
-        q = _quotient_rint(x, vth, inv, HW)
+        if DIV:  # the division per element, as before session 24: only for timing the two against each other
+            q = _rint(tl.math.div_rn(x, vth))
+        else:
+            q = _quotient_rint(x, vth, inv, HW)
         q = tl.minimum(tl.maximum(q, -_CLAMP), _CLAMP)  # only NaN rows reach the clamp
         c = q.to(tl.int32)
         mag = tl.abs(c)

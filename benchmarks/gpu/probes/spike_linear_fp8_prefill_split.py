@@ -4,7 +4,8 @@
            gate_up, and a kernel-by-kernel profile of both;
   enc   -- the encode pre-pass (_encode_lo_kernel) over its (rows per program, BLOCK, one / two passes, warps),
            in GB/s of its minimum traffic (x read once, one byte per plane written), and against the session 23
-           encode (probes/encode_lo_s23.py) with the shipped launch, alternated, outputs compared.
+           encode (probes/encode_lo_s23.py) with the shipped launch, alternated, outputs compared; and the Triton
+           int8 / fp8 GEMM's pre-pass (_encode_kernel) with its reciprocal quotient against its division (DIV=True).
 usage: python benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py [fix] [enc]   (default both; installed sbops)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
 import os, sys, time
@@ -146,4 +147,34 @@ if "enc" in what:
         for t, R, blk, one, w in sorted(res)[:8]:
             print(f"  {t:.3f} ms ({gb / t:.0f} GB/s) R={R} BLOCK={blk} ONE_PASS={one} warps={w}")
         sys.stdout.flush()
+        # the Triton int8 / fp8 GEMM's pre-pass (_encode_kernel): the quotient through the reciprocal with the
+        # one-instruction rint (session 24) against a division per element and rint by adds (DIV=True, HW=False: the
+        # earlier kernel), encode()'s launch, alternated, outputs compared
+        from sbops._backends.cuda.triton.spike_linear_kernels import _encode_kernel
+        for fp8 in (False, True):
+            BK = 64
+            n_ch = triton.cdiv(K, BK)
+            blk = 1024 if K >= 1024 else 256
+            bits = 4 if fp8 else 7
+            outs8 = {}
+            for name, extra in (("s24", {"HW": not DRY}), ("div", {"HW": False, "DIV": True})):
+                o = (torch.empty((M, K), device=dev, dtype=torch.int8), torch.empty((M, K), device=dev, dtype=torch.int32),
+                     torch.empty((M,), device=dev, dtype=torch.float32), torch.empty((M,), device=dev, dtype=torch.int32),
+                     torch.empty((M, n_ch), device=dev, dtype=torch.int8))
+                outs8[name] = (o, lambda o=o, extra=extra: _encode_kernel[(M,)](
+                    x, o[0], o[1], o[2], o[3], o[4], K, n_ch, x.stride(0), 3.0, LIMIT=16 if fp8 else 127,
+                    DIGIT_BITS=bits, MAX_DIGITS=triton.cdiv(31, bits), FP8=fp8, CHUNK=BK, ROWS=max(1, blk // BK),
+                    num_warps=4, **extra))
+            t8 = {n: [] for n in outs8}
+            for _ in range(3):
+                for n, (o, fn) in outs8.items():
+                    t8[n].append(bench_ms(fn))
+            a, b = outs8["s24"][0], outs8["div"][0]
+            wide = b[3] > 1
+            same = all(torch.equal(a[i], b[i]) for i in (0, 2, 3)) and torch.equal(a[1][wide], b[1][wide]) \
+                and torch.equal(a[4][wide], b[4][wide])
+            print(f"  _encode_kernel {'fp8' if fp8 else 'int8'} M={M} K={K}, 3 alternated runs: division "
+                  f"{' / '.join(f'{t:.3f}' for t in t8['div'])} ms, reciprocal "
+                  f"{' / '.join(f'{t:.3f}' for t in t8['s24'])} ms; outputs {'identical' if same else 'DIFFER'}")
+            sys.stdout.flush()
         del x, s8, hi, vth, flags
