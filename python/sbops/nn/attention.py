@@ -52,15 +52,12 @@ class _QKVOProjections(nn.Module):
         self.v_proj = self._linear(hidden_size, num_kv_heads * head_dim, qkv_bias)
         self.o_proj = self._linear(num_heads * head_dim, hidden_size, False)
 
-    def _check_x(self, x) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(f"{type(self).__name__}: x must be [B, T, hidden_size={self.hidden_size}], "
-                             f"got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-
     def _qkv(self, x, extra: tuple = ()):
         """q [B,T,H,D], k, v [B,T,HKV,D], then each extra linear's output on x.  At inference, plain
         nn.Linear projections run as one fused GEMM (common.fused_linears); outputs are views."""
-        self._check_x(x)
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"{type(self).__name__}: x must be [B, T, hidden_size={self.hidden_size}], "
+                             f"got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         B, T, _ = x.shape
         mods = (self.q_proj, self.k_proj, self.v_proj) + tuple(extra)
         outs = fused_linears(self, mods, x)
@@ -288,11 +285,10 @@ class GatedLinearAttention(_QKVOProjections):
 
     def forward(self, x: torch.Tensor, cache: Optional[LinearAttnCache] = None, positions=None) -> torch.Tensor:
         """positions: a CacheBatch (what the model passes), or the legacy [B, 1] decode positions."""
-        self._check_x(x)
-        B, T, _ = x.shape
         batch = _batch(x, cache, positions)
         first = self.gk_proj[0] if isinstance(self.gk_proj, nn.Sequential) else self.gk_proj
-        q, k, v, gk = self._qkv(x, (first,))  # the gate's first stage shares q/k/v's input and GEMM
+        q, k, v, gk = self._qkv(x, (first,))  # the gate's first stage shares q/k/v's input and GEMM (x checked there)
+        B, T = x.shape[:2]
         if isinstance(self.gk_proj, nn.Sequential):
             gk = self.gk_proj[1](gk)
         fz = fused_kernels(q, k, gk)

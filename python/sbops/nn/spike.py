@@ -275,16 +275,17 @@ class SpikeLinear(nn.Linear):
         """The int8 weight and scales for sbops.spike_linear, cached until the weight changes."""
         if self.weight is None:
             return self.weight_q, self.weight_scale
+        def make():
+            q, s = self.int8_weight()
+            return q.contiguous(), s.to(torch.float32).contiguous()
+
         if torch.compiler.is_compiling():
             # a graph cannot key a cache on data pointers: the 8-bit copy is made inside it on every call
             # (sbops.nn.drop_float_weights keeps only the 8-bit weights and avoids that)
-            q, s = self.int8_weight()
-            return q.contiguous(), s.to(torch.float32).contiguous()
+            return make()
         key = weight_key(self.weight) + (self._weights_epoch,)
         if getattr(self, "_w8_key", None) != key:
-            q, s = self.int8_weight()
-            self._w8 = (q.contiguous(), s.to(torch.float32).contiguous())
-            self._w8_key = key
+            self._w8, self._w8_key = make(), key
         return self._w8
 
     def _has_8bit_path(self) -> bool:
