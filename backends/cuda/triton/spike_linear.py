@@ -296,10 +296,6 @@ def _interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
-def _interpreting() -> bool:
-    return _interpreted(_encode_lo_kernel)
-
-
 def encode_lo(x, k, BM, FC=16, planes=1):
     """The "scaled_mm" path's pre-pass: (s, hi, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
     lo; hi [M, K] float8_e4m3fn = 16 x the second plane (planes = 2; else None): count = lo + hi, with lo =
@@ -316,7 +312,7 @@ def encode_lo(x, k, BM, FC=16, planes=1):
     rows = max(1, 4096 // block) if one_pass else 1
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
                                                float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
-                                               PLANES=planes, HW=not _interpreting(),
+                                               PLANES=planes, HW=not _interpreted(_encode_lo_kernel),
                                                num_warps=8 if block * rows >= 4096 else 4)
     return s, hi, vth, flags
 

@@ -13,7 +13,8 @@ makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 
 * `_encode_lo_kernel` (R rows per program): vth = clamp(mean|x| / k, 1e-5, 1e4) as spike_encode, the
   e4m3 bits of lo (one byte per element, written once, by conversion), and a flag per (BM-row block, FC-column
   chunk) holding a non-zero r (the flags start at zero; a flagged element stores 1, a benign race; a tile with
-  no such element stores none).  HW (the default): rint as one instruction (libdevice), else _rint's adds.  Rows that
+  no such element stores none).  HW: rint as one instruction (libdevice), else _rint's adds; OLD (off): the
+  session 23 encoding, kept only to time the two against each other.  Rows that
   fit one block of columns are read once; longer rows twice (the sum, then the counts).
 * `_flag_list_kernel` (one program per row block): the flagged chunks' indices, compacted (cumsum).
 * `_outlier_fix_kernel` (row block x a group of BN-column tiles): the listed chunks of FC (16 or 64) columns,
@@ -34,7 +35,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .spike_linear_kernels import _quotient_rint, _recip, _rint, _rint_any, _row_vth  # noqa: F401 (re-exported)
+from .spike_linear_kernels import _e4m3_bits, _quotient_rint, _recip, _rint, _rint_any, _row_vth  # noqa: F401
 
 @triton.jit
 def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = False):
@@ -94,8 +95,15 @@ def _exact_dot(r, w):
 
 
 @triton.jit
+def _store_flags(flag_ptr, rows, cols, out, n_fc, BM: tl.constexpr, FC: tl.constexpr):
+    # 1 for the (BM-row block, FC-column chunk) of every element in `out` (a benign race: every writer stores 1)
+    fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
+    tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
+
+
+@triton.jit
 def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr,
-                 PLANES: tl.constexpr, HW: tl.constexpr):
+                 PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr):
     # the counts and their split as the fix-up kernels recompute them (the same helpers; HW: rint in one instruction,
     # the same values), and the e4m3 bytes by conversion (cvt.rn.satfinite.e4m3x2 on sm_89+: exact for these
     # integers) instead of integer arithmetic: this pre-pass was bound by instruction issue (~60 per element;
@@ -105,18 +113,21 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
     lo, hi, r = _split_counts(q, True, PLANES, HW)
     if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
         tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
-    # + 0.0 turns -0 into +0 (the byte the integer encoding wrote); a NaN count was clamped to a finite lo
-    tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
     out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
-    if tl.max(out.to(tl.int32), axis=None) > 0:  # rare: most tiles have no count past the planes
-        fl = flag_ptr + (rows // BM).to(tl.int64)[:, None] * n_fc + cols[None, :] // FC
-        tl.store(fl, tl.full(fl.shape, 1, tl.int8), mask=out)
+    if OLD:  # the encoding before session 24 (integer e4m3 bytes, a flag store per element): only for timing
+        tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
+        _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
+    else:
+        # + 0.0 turns -0 into +0 (the byte the integer encoding wrote); a NaN count was clamped to a finite lo
+        tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
+        if tl.max(out.to(tl.int32), axis=None) > 0:  # rare: most tiles have no count past the planes
+            _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
 
 
 @triton.jit
 def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
-                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr):
+                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr = False):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -126,7 +137,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = _recip(vth)
-        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -138,7 +149,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
             x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD)
     tl.store(vth_ptr + rows, vth, mask=rmask)
 
 

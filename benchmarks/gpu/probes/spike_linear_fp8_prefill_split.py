@@ -4,7 +4,7 @@
            gate_up, and a kernel-by-kernel profile of both;
   enc   -- the encode pre-pass (_encode_lo_kernel) over its (rows per program, BLOCK, one / two passes, warps),
            in GB/s of its minimum traffic (x read once, one byte per plane written), and against the session 23
-           encode (probes/encode_lo_s23.py) with the shipped launch, alternated, outputs compared; and the Triton
+           encode (OLD=True) with the shipped launch, alternated, outputs compared; and the Triton
            int8 / fp8 GEMM's pre-pass (_encode_kernel) with its reciprocal quotient against its division (DIV=True).
 usage: python benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py [fix] [enc]   (default both; installed sbops)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
@@ -119,19 +119,17 @@ if "enc" in what:
                 print("  failed", R, blk, one, w, str(e)[:120])
         cur = bench_ms(lambda: sl.encode_lo(x, 3.0, 64, 16, planes))
         print(f"encode M={M} K={K} planes={planes}: encode_lo {cur:.3f} ms ({gb / cur:.0f} GB/s of {gb:.2f} GB)")
-        # the session 23 encode (integer e4m3 bytes, rint by adds, per-element flag stores) against the library's,
-        # with encode_lo's own launch (R, BLOCK, ONE_PASS, warps), alternated, and their outputs compared
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from encode_lo_s23 import encode_lo_kernel_s23
+        # the session 23 encode (integer e4m3 bytes, rint by adds, per-element flag stores: OLD=True, HW=False) against
+        # the library's, with encode_lo's own launch (R, BLOCK, ONE_PASS, warps), alternated, outputs compared
         one = K <= 4096
         blk = triton.next_power_of_2(K) if one else 2048
         R0 = max(1, 4096 // blk) if one else 1
         w0 = 8 if blk * R0 >= 4096 else 4
         outs = {}
-        for name, kern, extra in (("s24", _encode_lo_kernel, {"HW": not DRY}), ("s23", encode_lo_kernel_s23, {})):
+        for name, extra in (("s24", {"HW": not DRY}), ("s23", {"HW": False, "OLD": True})):
             o = (torch.empty_like(s8), torch.empty_like(hi) if planes == 2 else None, torch.empty_like(vth),
                  torch.zeros_like(flags))
-            outs[name] = (o, lambda kern=kern, o=o, extra=extra: kern[(triton.cdiv(M, R0),)](
+            outs[name] = (o, lambda o=o, extra=extra: _encode_lo_kernel[(triton.cdiv(M, R0),)](
                 x, o[0], o[1] if planes == 2 else o[0], o[2], o[3], M, K, n_fc, x.stride(0), 3.0, R=R0, BLOCK=blk,
                 ONE_PASS=one, BM=64, FC=16, PLANES=planes, num_warps=w0, **extra))
         times = {n: [] for n in outs}
