@@ -9,7 +9,8 @@
 #   alternated, and the model with only its 8-bit weights.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
-#      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240).
+#      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
+#      FP8_MODES (fp8model's decode runs, in order; default "default fused all default fused all").
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -198,7 +199,7 @@ if [[ " $steps " == *" fp8model "* ]]; then
   # the encode's early launch (SBOPS_DECODE_PDL=all, session 23) against the default, alternated; then the model with
   # only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
   i=0
-  for mode in default fused all default fused all; do
+  for mode in ${FP8_MODES:-default fused all default fused all}; do
     i=$((i+1)); stamp "fp8 model decode, mode $mode ($i)"
     case $mode in
       fused) menv="SBOPS_DECODE_ENCODE=fused" ;;

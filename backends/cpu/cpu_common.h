@@ -84,6 +84,10 @@ inline void check_inplace(const Tensor& t, const char* op, const char* name) {
   SBOPS_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", name,
               " is updated in place and must have a contiguous last dimension (stride 1), got "
               "strides ", t.strides());
+  for (int64_t d = 0; d < t.dim(); ++d)  // an expanded tensor: its rows would share memory and the writes race
+    SBOPS_CHECK(t.size(d) <= 1 || t.stride(d) != 0, op, ": ", name,
+                " is updated in place and must not be expanded (stride 0 in dimension ", d, " of size ", t.size(d),
+                "), got strides ", t.strides());
 }
 
 }  // namespace sbops::cpu

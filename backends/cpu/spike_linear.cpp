@@ -24,6 +24,18 @@ Tensor spike_linear_cpu(const Tensor& x_in, const Tensor& weight_q_in,
   const bool per_group = group_size > 0;
   const int64_t G = per_group ? K / group_size : 1;
   SBOPS_CHECK(!per_group || K % group_size == 0, "spike_linear: K=", K, " must be a multiple of group_size=", group_size);
+  SBOPS_CHECK(weight_q_in.scalar_type() == kChar || weight_q_in.scalar_type() == ScalarType::Float8_e4m3fn,
+              "spike_linear: weight_q must be int8 or float8_e4m3fn");
+  const bool scale_ok = per_group ? weight_scale_in.dim() == 2 && weight_scale_in.size(0) == N &&
+                                        weight_scale_in.size(1) == G
+                                  : weight_scale_in.dim() == 1 && weight_scale_in.size(0) == N;
+  if (per_group)
+    SBOPS_CHECK(scale_ok, "spike_linear: weight_scale must be [N, K // group_size] = [", N, ", ", G, "], got shape ",
+                weight_scale_in.sizes());
+  else
+    SBOPS_CHECK(scale_ok, "spike_linear: weight_scale must be [N] = [", N, "] (per output channel), got shape ",
+                weight_scale_in.sizes());
+  SBOPS_CHECK(is_floating(weight_scale_in.scalar_type()), "spike_linear: weight_scale must be a floating tensor");
   const Tensor x = to_contig(x_in, kFloat);
   const Tensor wq = to_contig(weight_q_in, kDouble);  // int8 or float8 values, exact in double
   const Tensor sc = torch::stable::reshape(to_contig(weight_scale_in, kDouble), {N, G});

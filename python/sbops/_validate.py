@@ -167,11 +167,17 @@ def _mode_arg(enabled, fn: str) -> Optional[bool]:
 
 _ENV_MODE: Optional[bool] = _env_mode()   # read once; set_data_checks(None) reads it again
 _is_compiling = torch.compiler.is_compiling
+try:  # the innermost torch.func transform (vmap, grad, ..) running now, or None
+    _functorch_transform = torch._C._functorch.peek_interpreter_stack
+except AttributeError:  # pragma: no cover  (a torch without functorch)
+    def _functorch_transform():
+        return None
 
 
 def can_sync() -> bool:
-    """False while torch.compile traces or a CUDA graph is being captured (no host reads then)."""
-    if torch.compiler.is_compiling():
+    """False while torch.compile traces, a CUDA graph is being captured or a torch.func transform (vmap) runs:
+    no host reads then."""
+    if torch.compiler.is_compiling() or _functorch_transform() is not None:
         return False
     # no capture without an initialised CUDA context; is_initialized() is a flag read (0.03 us here)
     # where is_available() queries the device count (0.6 us), and this runs on every op call
@@ -187,10 +193,13 @@ def checking_data(x: Optional[torch.Tensor] = None) -> bool:
     stay memory-safe on bad data and give the documented result instead: a NaN row, a dropped
     slot, an unwritten row).  `sbops.set_data_checks(True)` / `SBOPS_DATA_CHECKS=1` is a debug mode
     that runs them for GPU tensors too (one synchronisation per check); `set_data_checks(False)` /
-    `SBOPS_DATA_CHECKS=0` turns them off everywhere.  They never run while torch.compile traces or
-    a CUDA graph is captured.  SBOPS_DATA_CHECKS is read at import (and by set_data_checks(None)).
+    `SBOPS_DATA_CHECKS=0` turns them off everywhere.  They never run while torch.compile traces,
+    a CUDA graph is captured or a torch.func transform (vmap) runs.  SBOPS_DATA_CHECKS is read at
+    import (and by set_data_checks(None)).
     """
     if _is_compiling():      # first: dynamo cannot trace ContextVar.get
+        return False
+    if _functorch_transform() is not None:  # vmap's batched tensors cannot be read back (.item() raises)
         return False
     mode = _DATA_CHECKS.get()
     if mode is None:

@@ -22,6 +22,10 @@ void check_inplace_rows(const Tensor& t, const char* op, const char* arg) {
   SBOPS_CHECK(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, op, ": ", arg,
               " is updated in place and must have a contiguous last dimension (stride 1), got strides ",
               t.strides());
+  for (int64_t d = 0; d < t.dim(); ++d)  // an expanded tensor: its rows would share memory and the writes race
+    SBOPS_CHECK(t.size(d) <= 1 || t.stride(d) != 0, op, ": ", arg,
+                " is updated in place and must not be expanded (stride 0 in dimension ", d, " of size ", t.size(d),
+                "), got strides ", t.strides());
 }
 
 // An optional int32/int64 [N] index tensor on the device: (data pointer or null, is int64).

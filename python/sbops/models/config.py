@@ -104,6 +104,18 @@ class SpikingBrainConfig:
                 raise ValueError(f"SpikingBrainConfig: eos_token_id must be an int or a list of ints, got {eos!r}")
         else:
             self.eos_token_id = _token_id(eos, "eos_token_id")
+        if self.weight_quant == "int8_static":   # fixed scales per group of 128 input channels (W8ASpike)
+            ins = {"hidden_size": self.hidden_size, "num_heads * head_dim": self.num_heads * self.head_dim}
+            if self.mlp_down_quant:
+                ins["intermediate_size"] = self.intermediate_size
+            if self.gate_low_rank_dim and "gla" in self.layer_types:   # GLA's low-rank gate: Linear(rank, ..)
+                ins["gate_low_rank_dim"] = self.gate_low_rank_dim
+            bad = [f"{n}={v}" for n, v in ins.items() if v % 128]
+            if bad:
+                raise ValueError("SpikingBrainConfig: weight_quant='int8_static' quantises each linear's weight in "
+                                 f"groups of 128 input channels: each of {', '.join(bad)} must be a multiple of 128"
+                                 + (" (gate_low_rank_dim=0: a full-rank gate, as in W8ASpike)"
+                                    if "gate_low_rank_dim" in ins and self.gate_low_rank_dim % 128 else ""))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"SpikingBrainConfig: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")

@@ -51,6 +51,16 @@ class CausalLMOutput(tuple):
     def aux_loss(self) -> Optional[torch.Tensor]:
         return self._fields["aux_loss"]
 
+    @property
+    def hidden_states(self) -> None:
+        """None, as in Hugging Face without output_hidden_states (which forward refuses)."""
+        return None
+
+    @property
+    def attentions(self) -> None:
+        """None, as in Hugging Face without output_attentions (which forward refuses)."""
+        return None
+
     def __getitem__(self, key):
         if isinstance(key, str):
             if self._fields.get(key) is None:   # Hugging Face: a field left None is not a key

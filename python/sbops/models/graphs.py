@@ -42,6 +42,7 @@ class DecodeGraphs:
         self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[int, torch.Tensor] = {}
         self.pool = None
+        self.kept: list = []
 
     def bucket(self, n: int) -> int:
         for b in self.buckets:
@@ -69,6 +70,9 @@ class DecodeGraphs:
             out = self._step(b)
         self.pool = graph.pool()
         self.graphs[b], self.outputs[b] = graph, out
+        # the fused projection weights the graph reads: kept alive even if the model un-fuses them (state_dict())
+        self.kept.extend(m.__dict__[k] for m in self.model.modules() for k in ("_sbops_fused", "_sbops_fused_spike")
+                         if k in m.__dict__)
 
     def step(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """ids [n] (or [n, 1]) int64 and slots [n] on the cache's device -> logits [n, vocab]."""

@@ -52,6 +52,7 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
     if state is None or state[0] != ptrs:
         state = _fuse(mods)
         owner.__dict__["_sbops_fused"] = state
+        _hook_unfuse(owner)
     _, w, b, sizes = state
     return F.linear(x, w, b).split(sizes, dim=-1)
 
@@ -94,6 +95,7 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
         kept = None if all(m.weight is None for m in mods) else (q, sc)
         state = (key_of(), kept, b, [m.out_features for m in mods])
         owner.__dict__["_sbops_fused_spike"] = state
+        _hook_unfuse(owner)
     _, kept, b, sizes = state
     if kept is None:  # the buffers are consecutive row blocks of one copy (the key holds their addresses)
         q0, s0 = m0.weight_q, m0.weight_scale
@@ -103,6 +105,35 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
         q, sc = kept
     gs = None if m0.weight_quant == "fp8" else m0.group_size
     return sbops.spike_linear(x, q, sc, m0.k, None if b is None else b.to(x.dtype), gs).split(sizes, dim=-1)
+
+
+def _hook_unfuse(owner: nn.Module) -> None:
+    if not owner.__dict__.get("_sbops_unfuse_hooked"):
+        owner.register_state_dict_pre_hook(_unfuse)
+        owner.__dict__["_sbops_unfuse_hooked"] = True
+
+
+def _unfuse(owner: nn.Module, prefix: str = "", keep_vars: bool = False) -> None:
+    """state_dict pre-hook of a module whose projections were fused: every weight, bias and 8-bit buffer of its
+    linears that is a row block of a fused tensor gets its own storage again (one group's copy at a time), and the
+    fused copies are dropped; the next inference call fuses again.  So a state dict holds tensors that each cover
+    their whole storage, as safetensors' save_model / load_model require, and saving one tensor writes only it."""
+    fused = owner.__dict__.pop("_sbops_fused", None), owner.__dict__.pop("_sbops_fused_spike", None)
+    if fused == (None, None):
+        return
+    del fused
+    with torch.inference_mode(False), torch.no_grad():
+        for m in owner.modules():
+            if m is owner or not isinstance(m, nn.Linear):
+                continue
+            for name in ("weight", "bias", "weight_q", "weight_scale"):
+                t = m._parameters.get(name, m._buffers.get(name))
+                if t is None or t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+                    continue
+                if isinstance(t, nn.Parameter):
+                    t.data = t.data.clone()
+                else:
+                    m._buffers[name] = t.clone()
 
 
 # Inference-time fused Triton kernels for the elementwise work around the GEMMs (RMSNorm with its

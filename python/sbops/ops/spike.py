@@ -73,7 +73,7 @@ def _check_counts(op, counts, name="counts"):
 
 def _min_T(mode: str, max_abs: int) -> int:
     if mode == "bitwise":
-        return max(1, math.ceil(math.log2(max_abs + 1))) if max_abs > 0 else 1
+        return max(1, int(max_abs).bit_length())   # = ceil(log2(max_abs + 1)), exact past 2^53
     return max(1, max_abs)
 
 
@@ -116,7 +116,7 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
             raise ValueError(f"sbops.{op}: T={T} steps cannot represent a count of magnitude {m} in {mode} mode "
                              f"(needs T >= {need})")
     elif T is None:
-        raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile or CUDA graph capture "
+        raise ValueError(f"sbops.{op}: pass T explicitly under torch.compile, CUDA graph capture or vmap "
                          "(its default depends on the data)")
     return run(op, counts, _NO, _NO, counts, mode, int(T))
 
@@ -179,7 +179,7 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     _check_mode(op, mode)
     if not V.can_sync():
         raise ValueError(f"sbops.{op} is a host-side summary (it reads the histogram back): call it outside "
-                         "torch.compile and CUDA graph capture")
+                         "torch.compile, CUDA graph capture and vmap")
     m = _max_abs(op, counts, mode)
     need = _min_T(mode, m)
     if T is None:
