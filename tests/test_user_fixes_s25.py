@@ -142,3 +142,33 @@ def test_int8_static_config_names_the_field_that_breaks_groups_of_128():
         SpikingBrainConfig(**dict(base, gate_low_rank_dim=0, intermediate_size=96))
     SpikingBrainConfig(**dict(base, gate_low_rank_dim=0))
     SpikingBrainConfig(**dict(base, layer_types=("swa",)))   # no GLA layer: no low-rank gate
+
+
+def test_integer_arguments_take_numpy_integers_and_refuse_bools():
+    np = pytest.importorskip("numpy")
+    x, ids = torch.randn(4, 3), torch.randint(0, 3, (4, 2))
+    torch.testing.assert_close(sbops.moe_permute(x, ids, np.int64(3))[0], sbops.moe_permute(x, ids, 3)[0])
+    torch.testing.assert_close(sbops.expert_counts(ids, np.int32(3)), sbops.expert_counts(ids, 3))
+    with pytest.raises(ValueError, match="num_experts must be a positive int"):
+        sbops.expert_counts(torch.zeros(4, 2, dtype=torch.int64), True)
+    q, k, v = torch.randn(1, 5, 2, 8), torch.randn(1, 5, 1, 8), torch.randn(1, 5, 1, 8)
+    torch.testing.assert_close(sbops.swa_attn(q, k, v, window=np.int64(2)), sbops.swa_attn(q, k, v, window=2))
+    with pytest.raises(TypeError, match="window must be an int"):
+        sbops.swa_attn(q, k, v, window=True)
+    c = torch.randint(-3, 4, (6,))
+    torch.testing.assert_close(sbops.spike_expand(c, "ternary", T=np.int64(3)), sbops.spike_expand(c, "ternary", T=3))
+    with pytest.raises(ValueError, match="T must be a positive int"):
+        sbops.spike_expand(c, "ternary", T=True)
+    assert sbops.spike_stats(c, "ternary", T=np.int64(4))["T"] == 4
+    logits = torch.randn(4, 8)
+    torch.testing.assert_close(sbops.topk_gating(logits, np.int64(2), num_groups=np.int64(4), topk_groups=np.int64(2)),
+                               sbops.topk_gating(logits, 2, num_groups=4, topk_groups=2))
+    wq, ws = sbops.quantize_weight(torch.randn(6, 8), group_size=np.int64(4))
+    torch.testing.assert_close(sbops.spike_linear(torch.randn(2, 8), wq, ws, 3.0, group_size=np.int64(4)).shape,
+                               torch.Size([2, 6]))
+
+
+def test_zero_kv_heads_error_names_them():
+    q, k = torch.randn(1, 3, 2, 8), torch.randn(1, 3, 0, 8)
+    with pytest.raises(ValueError, match="k/v need at least one head"):
+        sbops.swa_attn(q, k, k.clone(), window=2)

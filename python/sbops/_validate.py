@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import operator
 import os
 import warnings
 from typing import Iterable, Iterator, Optional, Sequence
@@ -133,7 +134,9 @@ def same_dtype(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor
 
 
 def divisible_heads(op: str, H: int, HKV: int) -> None:
-    if HKV <= 0 or H % HKV != 0:
+    if HKV <= 0:
+        raise ValueError(f"sbops.{op}: k/v need at least one head (HKV = {HKV})")
+    if H % HKV != 0:
         raise ValueError(f"sbops.{op}: the number of query heads ({H}) must be a multiple of the number of "
                          f"key/value heads ({HKV})")
 
@@ -171,6 +174,19 @@ try:  # the innermost torch.func transform (vmap, grad, ..) running now, or None
     _functorch_transform = torch._C._functorch.peek_interpreter_stack
 except AttributeError:  # pragma: no cover  (a torch without functorch)
     def _functorch_transform():
+        return None
+
+
+def as_int(v) -> Optional[int]:
+    """v as a Python int when it is an integer (an int, a numpy integer: anything with __index__ but a bool or a
+    tensor), else None."""
+    if isinstance(v, (bool, torch.Tensor)):
+        return None
+    if isinstance(v, int):
+        return int(v)
+    try:
+        return operator.index(v)
+    except TypeError:
         return None
 
 

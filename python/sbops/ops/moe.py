@@ -15,12 +15,14 @@ def _check_ids(op, ids, num_experts, T=None, name="ids"):
     V.tensor(op, name, ids, ndim=2, dtypes=V.INDEX_DTYPES, what="[T, k] expert ids (< 0: dropped)")
     if T is not None and ids.shape[0] != T:
         raise ValueError(f"sbops.{op}: {name} must have shape [T={T}, k], got {list(ids.shape)}")
-    if not isinstance(num_experts, int) or num_experts < 1:
+    E = V.as_int(num_experts)
+    if E is None or E < 1:
         raise ValueError(f"sbops.{op}: num_experts must be a positive int, got {num_experts!r}")
     if ids.numel() > 0 and V.checking_data(ids):
         hi = int(ids.max())
-        if hi >= num_experts:
-            raise ValueError(f"sbops.{op}: {name} holds expert id {hi} but num_experts={num_experts}")
+        if hi >= E:
+            raise ValueError(f"sbops.{op}: {name} holds expert id {hi} but num_experts={E}")
+    return E
 
 
 _NO = ()
@@ -41,18 +43,21 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
     op = "topk_gating"
     V.tensor(op, "logits", logits, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, E]")
     E = logits.shape[1]
-    if not isinstance(k, int) or not 1 <= k <= E:
-        raise ValueError(f"sbops.{op}: k must be an int in [1, E={E}], got {k!r}")
+    k_in, k = k, V.as_int(k)
+    if k is None or not 1 <= k <= E:
+        raise ValueError(f"sbops.{op}: k must be an int in [1, E={E}], got {k_in!r}")
     if scoring not in SCORINGS:
         raise ValueError(f"sbops.{op}: scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     if bias is not None:
         V.tensor(op, "bias", bias, dtypes=V.FLOAT_DTYPES, device=logits.device, shape=(E,), what="[E]")
     if num_groups is not None:
-        if not isinstance(num_groups, int) or num_groups < 1 or E % num_groups:
+        ng, tg = V.as_int(num_groups), V.as_int(topk_groups)
+        if ng is None or ng < 1 or E % ng:
             raise ValueError(f"sbops.{op}: num_groups must be a positive divisor of E={E}, got {num_groups!r}")
-        if topk_groups is None or not isinstance(topk_groups, int) or not 1 <= topk_groups <= num_groups:
-            raise ValueError(f"sbops.{op}: with num_groups={num_groups}, topk_groups must be an int in "
-                             f"[1, {num_groups}], got {topk_groups!r}")
+        if tg is None or not 1 <= tg <= ng:
+            raise ValueError(f"sbops.{op}: with num_groups={ng}, topk_groups must be an int in "
+                             f"[1, {ng}], got {topk_groups!r}")
+        num_groups, topk_groups = ng, tg
         if topk_groups * (E // num_groups) < k:
             raise ValueError(f"sbops.{op}: topk_groups={topk_groups} groups of {E // num_groups} experts hold fewer "
                              f"than k={k} experts")
@@ -74,7 +79,7 @@ def moe_permute(x: torch.Tensor, ids: torch.Tensor, num_experts: int):
     """
     op = "moe_permute"
     V.tensor(op, "x", x, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, Hd]")
-    _check_ids(op, ids, num_experts, T=x.shape[0])
+    num_experts = _check_ids(op, ids, num_experts, T=x.shape[0])
     V.tensor(op, "ids", ids, device=x.device)
     return run(op, x, _NO, _NO, x, ids, num_experts)
 
@@ -106,9 +111,11 @@ def moe_align_block_size(ids: torch.Tensor, num_experts: int, block_size: int):
     sbops.set_data_checks).  Unchecked, ids outside [0, num_experts) are ignored (not routed).
     """
     op = "moe_align_block_size"
-    _check_ids(op, ids, num_experts)
-    if not isinstance(block_size, int) or block_size < 1:
+    num_experts = _check_ids(op, ids, num_experts)
+    bs = V.as_int(block_size)
+    if bs is None or bs < 1:
         raise ValueError(f"sbops.{op}: block_size must be a positive int, got {block_size!r}")
+    block_size = bs
     return run(op, ids, _NO, _NO, ids, num_experts, block_size)
 
 
@@ -119,5 +126,5 @@ def expert_counts(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     sbops.set_data_checks).  Unchecked, ids outside [0, num_experts) are not counted.
     """
     op = "expert_counts"
-    _check_ids(op, ids, num_experts)
+    num_experts = _check_ids(op, ids, num_experts)
     return run(op, ids, _NO, _NO, ids, num_experts)

@@ -105,8 +105,11 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
     op = "spike_expand"
     _check_counts(op, counts)
     _check_mode(op, mode)
-    if T is not None and (not isinstance(T, int) or T < 1):
-        raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
+    if T is not None:
+        t = V.as_int(T)
+        if t is None or t < 1:
+            raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
+        T = t
     if V.checking_data(counts) or (T is None and V.can_sync()):
         m = _max_abs(op, counts, mode)
         need = _min_T(mode, m)
@@ -184,9 +187,11 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     need = _min_T(mode, m)
     if T is None:
         T = need
-    elif not isinstance(T, int) or T < need:
+    elif (t := V.as_int(T)) is None or t < need:
         raise ValueError(f"sbops.{op}: T={T!r} steps cannot represent a count of magnitude {m} in {mode} mode "
                          f"(needs T >= {need})")
+    else:
+        T = t
     if m >= _MAX_HIST_BINS:  # one int64 bin per |c| value: refuse before allocating gigabytes
         raise ValueError(f"sbops.{op}: the largest |count| is {m}; its histogram would need {m + 1} bins "
                          f"({(m + 1) * 8 / 2 ** 30:.2f} GiB); spike_stats serves |counts| < {_MAX_HIST_BINS} "

@@ -42,8 +42,10 @@ def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax
         q = w / scale[:, None]
     else:
-        if not isinstance(group_size, int) or group_size <= 0 or K % group_size:
+        gs = V.as_int(group_size)
+        if gs is None or gs <= 0 or K % gs:
             raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
+        group_size = gs
         wg = w.reshape(N, K // group_size, group_size)
         scale = wg.abs().amax(dim=2).clamp_min(1e-12) / qmax
         q = (wg / scale[..., None]).reshape(N, K)
@@ -112,8 +114,10 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
                  what="(per output channel, group_size=None)")
         gs = 0
     else:
-        if not isinstance(group_size, int) or group_size <= 0 or K % group_size:
+        gs = V.as_int(group_size)
+        if gs is None or gs <= 0 or K % gs:
             raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
+        group_size = gs
         V.tensor(op, "weight_scale", weight_scale, dtypes=V.FLOAT_DTYPES, device=x.device,
                  shape=(N, K // group_size), what=f"(per group of {group_size} input channels)")
         gs = group_size
