@@ -172,3 +172,10 @@ def test_zero_kv_heads_error_names_them():
     q, k = torch.randn(1, 3, 2, 8), torch.randn(1, 3, 0, 8)
     with pytest.raises(ValueError, match="k/v need at least one head"):
         sbops.swa_attn(q, k, k.clone(), window=2)
+
+
+def test_spike_expand_on_meta_tensors():
+    c = torch.empty(5, dtype=torch.int32, device="meta")
+    with pytest.raises(ValueError, match="pass T explicitly for meta tensors"):
+        sbops.spike_expand(c, "bitwise")
+    assert sbops.spike_expand(c, "bitwise", T=4).shape == (4, 5)

@@ -110,6 +110,8 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
         if t is None or t < 1:
             raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
         T = t
+    if T is None and counts.device.type == "meta":
+        raise ValueError(f"sbops.{op}: pass T explicitly for meta tensors (its default depends on the data)")
     if V.checking_data(counts) or (T is None and V.can_sync()):
         m = _max_abs(op, counts, mode)
         need = _min_T(mode, m)
