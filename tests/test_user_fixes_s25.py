@@ -31,12 +31,11 @@ def _shared_views(model):
     return [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if not _whole(t)]
 
 
-def test_state_dict_after_fused_inference_holds_whole_tensors():
-    m = _tiny()
-    ids = torch.randint(0, 97, (1, 6))
+def _check_state_dict_unfuses(m, ids):
+    """m's fused inference, then state_dict(): whole tensors; the next call fuses again, same logits."""
     with torch.no_grad():
         ref = m(ids).logits
-    assert _shared_views(m), "the fusion did not run: the test would not test anything"
+    assert _shared_views(m), "the projections were not fused: the test would not test anything"
     sd = m.state_dict()
     assert all(_whole(t) for t in sd.values())
     assert not _shared_views(m)
@@ -44,6 +43,10 @@ def test_state_dict_after_fused_inference_holds_whole_tensors():
         again = m(ids).logits   # fuses again
     assert _shared_views(m)
     torch.testing.assert_close(again, ref, rtol=0, atol=0)
+
+
+def test_state_dict_after_fused_inference_holds_whole_tensors():
+    _check_state_dict_unfuses(_tiny(), torch.randint(0, 97, (1, 6)))
 
 
 def test_safetensors_save_and_load_model_after_inference(tmp_path):
@@ -64,16 +67,8 @@ def test_safetensors_save_and_load_model_after_inference(tmp_path):
 
 def test_state_dict_of_dropped_8bit_weights_after_inference_holds_whole_tensors():
     m = _tiny(spike_k=3.0, weight_quant="fp8")
-    n = sbops.nn.drop_float_weights(m)
-    assert n > 0
-    ids = torch.randint(0, 97, (1, 4))
-    with torch.no_grad():
-        ref = m(ids).logits
-    assert _shared_views(m), "the 8-bit projections were not fused: the test would not test anything"
-    sd = m.state_dict()
-    assert all(_whole(t) for t in sd.values())
-    with torch.no_grad():
-        torch.testing.assert_close(m(ids).logits, ref, rtol=0, atol=0)
+    assert sbops.nn.drop_float_weights(m) > 0
+    _check_state_dict_unfuses(m, torch.randint(0, 97, (1, 4)))
 
 
 def test_vmap_runs_with_data_checks_on():
