@@ -118,10 +118,10 @@ def _unfuse(owner: nn.Module, prefix: str = "", keep_vars: bool = False) -> None
     linears that is a row block of a fused tensor gets its own storage again (one group's copy at a time), and the
     fused copies are dropped; the next inference call fuses again.  So a state dict holds tensors that each cover
     their whole storage, as safetensors' save_model / load_model require, and saving one tensor writes only it."""
-    fused = owner.__dict__.pop("_sbops_fused", None), owner.__dict__.pop("_sbops_fused_spike", None)
-    if fused == (None, None):
+    dropped = [owner.__dict__.pop(key, None) for key in ("_sbops_fused", "_sbops_fused_spike")]
+    if all(d is None for d in dropped):
         return
-    del fused
+    del dropped   # the fused copies go as their last views get storage of their own
     with torch.inference_mode(False), torch.no_grad():
         for m in owner.modules():
             if m is owner or not isinstance(m, nn.Linear):

@@ -43,9 +43,10 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
     op = "topk_gating"
     V.tensor(op, "logits", logits, ndim=2, dtypes=V.FLOAT_DTYPES, what="[T, E]")
     E = logits.shape[1]
-    k_in, k = k, V.as_int(k)
-    if k is None or not 1 <= k <= E:
-        raise ValueError(f"sbops.{op}: k must be an int in [1, E={E}], got {k_in!r}")
+    ki = V.as_int(k)
+    if ki is None or not 1 <= ki <= E:
+        raise ValueError(f"sbops.{op}: k must be an int in [1, E={E}], got {k!r}")
+    k = ki
     if scoring not in SCORINGS:
         raise ValueError(f"sbops.{op}: scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     if bias is not None:

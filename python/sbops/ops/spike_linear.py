@@ -20,6 +20,13 @@ _FEATS = {(b, g, f): ("bias" if b else None, "group" if g else None, "fp8_weight
           for b in (False, True) for g in (False, True) for f in (False, True)}
 
 
+def _group_size(op, group_size, K) -> int:
+    gs = V.as_int(group_size)
+    if gs is None or gs <= 0 or K % gs:
+        raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
+    return gs
+
+
 def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
                     dtype: torch.dtype = torch.int8) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric 8-bit quantisation of a float weight [N, K] for `spike_linear`.
@@ -42,10 +49,7 @@ def quantize_weight(weight: torch.Tensor, group_size: Optional[int] = None,
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / qmax
         q = w / scale[:, None]
     else:
-        gs = V.as_int(group_size)
-        if gs is None or gs <= 0 or K % gs:
-            raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
-        group_size = gs
+        group_size = _group_size(op, group_size, K)
         wg = w.reshape(N, K // group_size, group_size)
         scale = wg.abs().amax(dim=2).clamp_min(1e-12) / qmax
         q = (wg / scale[..., None]).reshape(N, K)
@@ -114,10 +118,7 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
                  what="(per output channel, group_size=None)")
         gs = 0
     else:
-        gs = V.as_int(group_size)
-        if gs is None or gs <= 0 or K % gs:
-            raise ValueError(f"sbops.{op}: group_size must be a positive divisor of K={K}, got {group_size!r}")
-        group_size = gs
+        group_size = _group_size(op, group_size, K)
         V.tensor(op, "weight_scale", weight_scale, dtypes=V.FLOAT_DTYPES, device=x.device,
                  shape=(N, K // group_size), what=f"(per group of {group_size} input channels)")
         gs = group_size

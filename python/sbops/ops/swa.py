@@ -15,6 +15,13 @@ _INDEX = frozenset(V.INDEX_DTYPES)
 _FULL = "full_causal"
 
 
+def _window(op, window) -> int:
+    w = V.as_int(window)
+    if w is None:
+        raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
+    return w
+
+
 def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
     op = "swa_attn"
     V.tensor(op, "q", q, ndim=4, dtypes=V.FLOAT_DTYPES, what="[B, T, H, D]")
@@ -27,11 +34,7 @@ def _check(q, k, v, window, cu_seqlens, sink_k, sink_v):
         V.same_dtype(op, "q", q, k=k, v=v)
     if not HKV or H % HKV:
         V.divisible_heads(op, H, HKV)
-    if not isinstance(window, int) or isinstance(window, bool):
-        w = V.as_int(window)
-        if w is None:
-            raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
-        window = w
+    window = _window(op, window)
     V.cu_seqlens(op, cu_seqlens, B, T, dev)
     _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
     feats = ("varlen" if cu_seqlens is not None else None, "sinks" if sink_k is not None else None,
@@ -148,11 +151,7 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
     if not HKV or H % HKV:
         V.divisible_heads(op, H, HKV)
     V.tensor(op, "seq_lens", seq_lens, dtypes=V.INDEX_DTYPES, device=dev, shape=(N,), what="[N]")
-    if not isinstance(window, int) or isinstance(window, bool):
-        w = V.as_int(window)
-        if w is None:
-            raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
-        window = w
+    window = _window(op, window)
     _check_slots(op, slot_indices, N, S, dev)
     _check_sinks(op, q, sink_k, sink_v, HKV, D, dev)
     if N > 0 and V.checking_data(seq_lens):
