@@ -367,7 +367,8 @@ bool spike_decode_supports(int64_t M, int64_t N, int64_t K) {
 }
 
 // SBOPS_DECODE_ENCODE=fused (read once): the GEMVs compute the counts themselves (layouts 4-7, no encode launch, no
-// workspace); unset or anything else: the encode kernel, then the GEMV.  Opt-in: not yet timed on a GPU.
+// workspace); unset or anything else: the encode kernel, then the GEMV.  Opt-in and off: slower in the fp8 7B model
+// (H100, session 26: +5.5% per B = 1 step, +24% at B = 8; gate_up's GEMV +13% / +28% at M = 1 / 8).
 bool spike_decode_fused_encode() {
 #if defined(USE_MACA)
   return false;

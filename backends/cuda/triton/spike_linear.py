@@ -69,11 +69,12 @@ FIX_CONFIG = (64, 256, 16)
 # M = 65536: 23.90 vs 22.98 ms)
 FIX_TILES_WARPS = 4
 # the "grouped" fix-up (spike_linear_tuning.FP8_FIX): its (BM, BN, FC), programs per SM, columns of listed chunks
-# taken at a time, warps and pipeline stages (first guesses; on the H100, session 21, gate_up at M = 65536 took
-# 22.05 ms with them, 20.94 with BN = 256, 16 programs per SM (8 warps, 3 stages), the best of a 6-point sweep:
-# not adopted, as only that one shape was swept)
-FIX_GROUPED_CONFIG = (64, 128, 16)
-FIX_PROGRAMS_PER_SM = 8
+# taken at a time, warps and pipeline stages.  BN = 256 at 16 programs per SM: the best of a launch sweep on gate_up
+# (H100, sessions 21 and 25: 20.94 / 20.63 ms against 22.05 / 22.17 with BN = 128 at 8 per SM), then faster at each
+# 7B shape in an alternated A/B (H200, session 26, M = 65536: gate_up 1.01x, qkv 1.07x, o 1.06x; M = 8192 gate_up
+# 1.06x) and in the fp8 model's TTFT at 1M (21.85 -> 21.57 s)
+FIX_GROUPED_CONFIG = (64, 256, 16)
+FIX_PROGRAMS_PER_SM = 16
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3
 
@@ -307,14 +308,22 @@ def encode_lo(x, k, BM, FC=16, planes=1):
     vth = torch.empty((M,), device=x.device, dtype=torch.float32)
     n_fc = triton.cdiv(K, FC)
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
-    one_pass = K <= 4096  # whole rows (4096 // next_pow2(K) of them per program) in registers: x read once
-    block = triton.next_power_of_2(K) if one_pass else 2048
-    rows = max(1, 4096 // block) if one_pass else 1
+    rows, block, one_pass, warps = encode_lo_launch(K)
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
                                                float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
-                                               PLANES=planes, HW=not _interpreted(_encode_lo_kernel),
-                                               num_warps=8 if block * rows >= 4096 else 4)
+                                               PLANES=planes, HW=not _interpreted(_encode_lo_kernel), num_warps=warps)
     return s, hi, vth, flags
+
+
+def encode_lo_launch(K: int):
+    """(rows per program, BLOCK, ONE_PASS, warps) of _encode_lo_kernel.  K <= 4096: whole rows (4096 // next_pow2(K)
+    of them per program) in registers, x read once; longer rows in 4096-column blocks, read twice.  The best of a
+    launch sweep on the H100 (session 25-26, M = 65536): K = 3584 one row of 4096 at 4 warps (0.253 ms; 8 warps
+    0.301), K = 18944 with two planes 4096-column blocks at 8 warps (2.003 ms; 2048 at 4 warps 2.496)."""
+    if K <= 4096:
+        block = triton.next_power_of_2(K)
+        return max(1, 4096 // block), block, True, 4
+    return 1, 4096, False, 8
 
 
 def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
