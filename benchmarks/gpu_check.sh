@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8probe|fp8model|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8probe, fp8model and bench_default
-#   only when named; the open fp8 decode checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8probe|fp8model|chunk|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8probe, fp8model, chunk and
+#   bench_default only when named; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
-#   fp8model -- the model's decode with the fused encode and with the encode's early launch against the default,
-#   alternated, and the model with only its 8-bit weights.  A second call on a warm machine needs no install.)
+#   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
+#   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
+#   16384 tokens (the default) against 65536, bf16 and fp8.  A second call on a warm machine needs no
+#   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
-#      FP8_MODES (fp8model's decode runs, in order; default "default fused all default fused all").
+#      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all").
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -195,11 +197,11 @@ if [[ " $steps " == *" fp8probe "* ]]; then
    echo "rc=$? $(tail -1 "$OUT/logs/pytest_fp8_fused.log")")
 fi
 if [[ " $steps " == *" fp8model "* ]]; then
-  # the fp8 W8ASpike model (7B shape): decode with the fused encode (SBOPS_DECODE_ENCODE=fused, session 24) and with
-  # the encode's early launch (SBOPS_DECODE_PDL=all, session 23) against the default, alternated; then the model with
-  # only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
+  # the fp8 W8ASpike model (7B shape): decode with the encode's early launch (SBOPS_DECODE_PDL=all, session 23) and,
+  # if FP8_MODES names it, the fused encode (SBOPS_DECODE_ENCODE=fused, session 24; slower in session 26) against the
+  # default, alternated; then the model with only its 8-bit weights (--drop-float-weights: weight GiB, TTFT 8k, decode)
   i=0
-  for mode in ${FP8_MODES:-default fused all default fused all}; do
+  for mode in ${FP8_MODES:-default all default all}; do
     i=$((i+1)); stamp "fp8 model decode, mode $mode ($i)"
     case $mode in
       fused) menv="SBOPS_DECODE_ENCODE=fused" ;;
@@ -216,6 +218,19 @@ if [[ " $steps " == *" fp8model "* ]]; then
     --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 70 --out "$OUT/logs/model_fp8_drop" \
     > "$OUT/logs/model_fp8_drop.log" 2>&1
    echo "rc=$?"; grep -a "dropped\|GiB of weights\|TTFT\|decode B\|failed\|Error" "$OUT/logs/model_fp8_drop.log" | head -8)
+fi
+if [[ " $steps " == *" chunk "* ]]; then
+  # TTFT at 1M tokens with generate()'s prefill chunk (DEFAULT_PREFILL_CHUNK = 16384) against 65536 tokens, bf16 and
+  # fp8, one run each (about 4 minutes; peak extra memory grows with the chunk: 2.3 / 3.0 GiB at 16384 on the H100,
+  # session 26)
+  i=0
+  for spec in "bf16 16384" "bf16 65536" "fp8 65536" "fp8 16384"; do
+    set -- $spec; i=$((i+1)); stamp "model $1: TTFT 1M, prefill chunk $2 ($i)"
+    wq=(); [ "$1" = fp8 ] && wq=(--weight-quant fp8)
+    (cd /tmp && timeout 90 python3 -m sbops.bench.model "${wq[@]}" --lengths 1m --contexts 1k --batches 1 --decode-steps 5 \
+      --chunk "$2" --no-peer --no-eager-decode --budget-s 80 --out "$OUT/logs/chunk_$i" > "$OUT/logs/chunk_${1}_$2_$i.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=1M:\|failed\|Error" "$OUT/logs/chunk_${1}_$2_$i.log" | head -3)
+  done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
