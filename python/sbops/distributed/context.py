@@ -20,11 +20,30 @@ from ._collectives import gathered_lengths, rank_and_size
 _state = threading.local()
 
 
+def _process_group(group, who: str):
+    """group as a process group: a one-dimensional DeviceMesh gives its group (torch's own error for a mesh
+    passed as a group names no argument); a mesh of more dimensions must be narrowed to one first."""
+    try:
+        from torch.distributed.device_mesh import DeviceMesh
+    except ImportError:           # a torch built without distributed
+        return group
+    if isinstance(group, DeviceMesh):
+        if group.ndim != 1:
+            raise ValueError(f"sbops.distributed.{who}: group is a {group.ndim}-D DeviceMesh "
+                             f"{tuple(group.mesh_dim_names or ())}; pass one dimension (e.g. mesh['cp']) or its "
+                             f"process group (mesh['cp'].get_group())")
+        return group.get_group()
+    return group
+
+
 @dataclass(frozen=True)
 class SequenceParallel:
     """Sequence parallelism on ``group`` (None: the default group): rank r holds the r-th contiguous
-    shard of every sequence."""
+    shard of every sequence.  A one-dimensional DeviceMesh stands for its process group."""
     group: object = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "group", _process_group(self.group, "SequenceParallel"))
 
     @property
     def rank(self) -> int:
@@ -61,8 +80,12 @@ class SequenceParallel:
 
 @dataclass(frozen=True)
 class ExpertParallel:
-    """Expert parallelism on ``group`` (None: the default group): rank r owns experts [r*E/P, (r+1)*E/P)."""
+    """Expert parallelism on ``group`` (None: the default group): rank r owns experts [r*E/P, (r+1)*E/P).
+    A one-dimensional DeviceMesh stands for its process group."""
     group: object = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "group", _process_group(self.group, "ExpertParallel"))
 
     def local_experts(self, num_experts: int) -> range:
         r, P = rank_and_size(self.group)

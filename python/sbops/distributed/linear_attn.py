@@ -7,12 +7,14 @@ splits exactly into
     h_r+1 = exp(Gamma_r) * h_r + S_r,   S_r = sum_t (k_t * exp(Gamma_r - G_t))^T v_t
 with h_0 = initial_state and h_P = final_state. Each rank computes (S_r, Gamma_r) locally, one
 all_gather exchanges them (P * B * HKV * K * (V + 1) floats, independent of the sequence length),
-every rank folds the ranks before it into h_r and all of them into the final state, and corrects
-its zero-state output by the second term above (one small matmul; the kernel runs once).
+every rank folds the ranks before it into h_r and all of them into the final state.
 The backward mirrors it with one all_gather of each rank's (d h_r, d final_state).
 
-The state math (S_r, the fold, the correction) runs in float32, or float64 for float64 inputs,
-so float64 results equal the single-process op to rounding (the op's states are float32 by contract).
+16-bit and float32 inputs run the op's own kernels and float32 states (_ThroughOp): on cuda / maca one
+kernel sequence with the chunk states fixed in the middle; elsewhere (CPU) the op runs twice, from zero
+state and then from h_r.  float64 inputs run the state math in torch (S_r, the fold, and the zero-state
+output corrected by the second term above: one small matmul), so float64 results equal the
+single-process op to rounding (the op's states are float32 by contract).
 """
 from __future__ import annotations
 
@@ -144,7 +146,7 @@ def _check_local(q, k, v, g, scale, initial_state) -> float:
     return V.scale("distributed.linear_attn", scale, q.shape[-1], "K")
 
 
-def _check_agree(q, k, v, g, scale, initial_state, group, failure=None):
+def _check_agree(q, k, v, g, scale, initial_state, group, failure=None, device=None):
     """One small all_gather of the arguments that must agree on every rank (shapes, dtype, gate kind,
     scale, initial_state given), read on the host: a mismatch is the same ValueError on every rank
     instead of a size-mismatched all_gather (an abort) or a silently wrong state. This rank's own
@@ -156,7 +158,8 @@ def _check_agree(q, k, v, g, scale, initial_state, group, failure=None):
         q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3], dtype_code(q.dtype),
         0 if g is None else (1 if g.dim() == 3 else 2), initial_state is not None, float_code(scale)], len(names))
     fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
-    gather_and_check("sbops.distributed.linear_attn", fields, q.device, group, failure=failure)
+    gather_and_check("sbops.distributed.linear_attn", fields, q.device if device is None else device, group,
+                     failure=failure)
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -195,8 +198,11 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     got = {}
     failure = local_failure(lambda: got.update(scale=_check_local(q, k, v, g, scale, initial_state)))
     rank_and_size(group)
-    if isinstance(q, torch.Tensor) and checking_data(q):
-        _check_agree(q, k, v, g, got.get("scale", 0.0), initial_state, group, failure)   # raises any rank's failure
+    # the agreement gather runs on the device of the first of q, k, v that is a tensor, so that a rank whose q is
+    # not even a tensor raises with the others instead of leaving them waiting
+    ref = next((t for t in (q, k, v) if isinstance(t, torch.Tensor)), None)
+    if ref is not None and checking_data(ref):
+        _check_agree(q, k, v, g, got.get("scale", 0.0), initial_state, group, failure, ref.device)   # raises any
     elif failure is not None:
         raise failure                 # no agreement gather here (no host sync): this rank alone raises
     scale = got["scale"]

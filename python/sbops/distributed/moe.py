@@ -38,6 +38,13 @@ class MoEHandle:
     x_local: Optional[torch.Tensor] = None   # moe_dispatch's output (moe_combine keeps y_local tied to it)
 
 
+def _as_int(n):
+    """num_experts as a Python int where it is an integer (numpy integers too, as sbops.moe_permute takes
+    them; not a bool), else as given, for _check to name."""
+    v = V.as_int(n)
+    return n if v is None else v
+
+
 def _check(x, ids, weights, num_experts, P):
     op = "sbops.distributed.moe_dispatch"
     V.tensor("distributed.moe_dispatch", "x", x, dtypes=V.FLOAT_DTYPES, what="[T, Hd]")
@@ -106,13 +113,14 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     raise alone while the others wait until the process group's timeout.
     """
     r, P = rank_and_size(group)
+    num_experts = _as_int(num_experts)
     # this rank's own arguments first (shapes, dtypes, weights); num_experts is compared below, so its
     # local check (a positive multiple of P) runs after the agreement
     failure = local_failure(lambda: _check(x, ids, weights, P, P))
     if isinstance(x, torch.Tensor) and checking_data(x):
         hd, dt = blank_if(failure, lambda: [x.shape[-1], dtype_code(x.dtype)], 2)
         fields = [("hidden size (x.shape[-1])", "int", hd), ("x dtype", "dtype", dt),
-                  ("num_experts", "int", num_experts if isinstance(num_experts, int) else -1)]
+                  ("num_experts (-1: not an int)", "int", num_experts if isinstance(num_experts, int) else -1)]
         n_bad = 0
         if failure is None and isinstance(num_experts, int) and ids.numel():
             n_bad = int((ids >= num_experts).sum())
@@ -178,19 +186,24 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     data checks: CPU tensors by default, a clear ValueError on every rank).
     """
     failure = local_failure(lambda: _check_combine(y_local, handle))
-    if failure is not None and not (isinstance(y_local, torch.Tensor) and checking_data(y_local)):
+    # the agreement gather runs on y_local's device, or the handle's where y_local is not a tensor, so that a
+    # rank whose y_local is not even a tensor raises with the others instead of leaving them waiting
+    ref = y_local if isinstance(y_local, torch.Tensor) else handle.order
+    gather = isinstance(ref, torch.Tensor) and checking_data(ref)
+    if failure is not None and not gather:
         raise failure                 # no agreement gather here (no host sync): this rank alone raises
     xl = handle.x_local
-    if torch.is_grad_enabled() and xl is not None and xl.requires_grad and not y_local.requires_grad:
+    if failure is None and torch.is_grad_enabled() and xl is not None and xl.requires_grad \
+            and not y_local.requires_grad:
         # x_local is in the graph but y_local is not (e.g. an empty result built with new_zeros on a
         # rank whose experts got no rows): tie it in with an exact zero (a sum over no elements), so
         # this rank's backward still runs both all-to-alls like every other rank's.
         y_local = y_local + xl.reshape(-1)[:0].sum().to(y_local.dtype)
-    if checking_data(y_local):
+    if gather:
         vals = blank_if(failure, lambda: [y_local.shape[-1], dtype_code(y_local.dtype), y_local.requires_grad], 3)
         fields = [("y_local width (shape[-1])", "int", vals[0]), ("y_local dtype", "dtype", vals[1]),
                   ("y_local requires grad", "bool", vals[2])]
-        gather_and_check("sbops.distributed.moe_combine", fields, y_local.device, handle.group,
+        gather_and_check("sbops.distributed.moe_combine", fields, ref.device, handle.group,
                          failure=failure)       # raises any rank's failure on every rank
     y_rm = y_local.index_select(0, handle.inverse)
     y_back = AllToAllRows.apply(y_rm, handle.recv_splits, handle.send_splits, handle.group)
@@ -209,6 +222,7 @@ def simulate_moe_dispatch(xs: Sequence[torch.Tensor], idss: Sequence[torch.Tenso
     """moe_dispatch for P simulated ranks in one process: lists in, lists of (x_local, expert_offsets,
     handle) out; same permutation and plan as the distributed version (all-to-alls become slices)."""
     P = len(xs)
+    num_experts = _as_int(num_experts)
     for x, ids, w in zip(xs, idss, weightss):
         _check(x, ids, w, num_experts, P)
     El = num_experts // P

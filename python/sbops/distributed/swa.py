@@ -67,8 +67,8 @@ def local_attn(q, k, v, halo_k, halo_v, window, scale, sink_k, sink_v):
         kh, vh = torch.cat([halo_k, k[:, :m]], 1), torch.cat([halo_v, v[:, :m]], 1)
         return sbops.swa_attn(qh, kh, vh, window, scale=scale, sink_k=sink_k, sink_v=sink_v)[:, n:]
 
-    if m == T:
-        return head()
+    if m == T:   # a copy: the slice would keep the n halo rows' outputs alive and not be contiguous
+        return head().contiguous()
     o = sbops.swa_attn(q, k, v, window, scale=scale, sink_k=sink_k, sink_v=sink_v)   # exact from row m on
     if o.requires_grad:
         return torch.cat([head(), o[:, m:]], 1)
@@ -138,8 +138,14 @@ class _Halo(torch.autograd.Function):
         return dk, dv, packed[:m].view(sk_shape), packed[m:].view(sv_shape), None, None, None
 
 
-def _check(q, k, window, sink_k, sink_v):
-    if isinstance(window, bool) or not isinstance(window, int):
+def _check(q, k, window, sink_k, sink_v, v=None) -> int:
+    """The arguments' kinds and ranks; returns window as a Python int (numpy integers are taken, as by
+    sbops.swa_attn)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if (name != "v" or v is not None) and not isinstance(t, torch.Tensor):
+            raise TypeError(f"sbops.distributed.swa_attn: {name} must be a tensor, got {type(t).__name__}")
+    w = V.as_int(window)
+    if w is None:
         raise TypeError(f"sbops.distributed.swa_attn: window must be an int (< 0 for full causal), "
                         f"got {type(window).__name__}")
     if (sink_k is None) != (sink_v is None):
@@ -147,14 +153,15 @@ def _check(q, k, window, sink_k, sink_v):
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"sbops.distributed.swa_attn: q, k, v must be [B, T_r, heads, D] (T_r >= 0), got "
                          f"q {list(q.shape)}, k {list(k.shape)}")
+    return w
 
 
-def _check_local(q, k, v, window, scale, sink_k, sink_v) -> float:
+def _check_local(q, k, v, window, scale, sink_k, sink_v) -> Tuple[float, int]:
     """This rank's own arguments, checked as sbops.swa_attn checks them (k and v must have q's B and
-    T_r, the sinks [M, HKV, D], ...); returns the scale. Run before any collective (local_failure)."""
-    _check(q, k, window, sink_k, sink_v)
+    T_r, the sinks [M, HKV, D], ...); returns (scale, window). Run before any collective (local_failure)."""
+    window = _check(q, k, window, sink_k, sink_v, v)
     _op_check(q, k, v, window, None, sink_k, sink_v)
-    return V.scale("distributed.swa_attn", scale, q.shape[-1], "D")
+    return V.scale("distributed.swa_attn", scale, q.shape[-1], "D"), window
 
 
 def _agreed_lengths(q, k, v, window, scale, sink_k, group, failure=None) -> List[int]:
@@ -169,7 +176,10 @@ def _agreed_lengths(q, k, v, window, scale, sink_k, group, failure=None) -> List
         sink_k is not None, -1 if sink_k is None else sink_k.shape[0], float_code(scale)], len(names))
     fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
     lead = blank_if(failure, lambda: [q.shape[1]], 1)
-    rows = gather_and_check("sbops.distributed.swa_attn", fields, q.device, group, lead=lead, failure=failure)
+    dev = next((t.device for t in (q, k, v) if isinstance(t, torch.Tensor)), None)
+    if dev is None:            # no tensor to gather on: this rank alone can raise
+        raise failure
+    rows = gather_and_check("sbops.distributed.swa_attn", fields, dev, group, lead=lead, failure=failure)
     return [row[0] for row in rows]
 
 
@@ -196,9 +206,9 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     Every rank must run the backward through its o when any rank does.
     """
     got = {}
-    failure = local_failure(lambda: got.update(scale=_check_local(q, k, v, window, scale, sink_k, sink_v)))
+    failure = local_failure(lambda: got.update(sw=_check_local(q, k, v, window, scale, sink_k, sink_v)))
     rank_and_size(group)
-    scale = got.get("scale", 0.0)
+    scale, window = got.get("sw", (0.0, 0))
     lens = _agreed_lengths(q, k, v, window, scale, sink_k, group, failure)   # raises any rank's failure
     k, v, halo_k, halo_v, sk, sv = _Halo.apply(k, v, sink_k, sink_v, lens, window, group)
     return local_attn(q, k, v, halo_k, halo_v, window, scale, sk, sv)
@@ -210,7 +220,7 @@ def simulate_swa_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs
     """swa_attn for P simulated ranks in one process (no process group): lists of per-rank shards in,
     list of per-rank o out. Same halo plan and local attention as the distributed version (the
     point-to-point sends become slices), on whatever device the shards live (GPU kernels on GPU)."""
-    _check(qs[0], ks[0], window, sink_k, sink_v)
+    window = _check(qs[0], ks[0], window, sink_k, sink_v, vs[0])
     scale = qs[0].shape[-1] ** -0.5 if scale is None else float(scale)
     need, pieces = halo_plan([q.shape[1] for q in qs], window)
     out = []
