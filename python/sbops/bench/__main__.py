@@ -111,6 +111,24 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     for path in (args.compare or []) + (args.merge or []):   # before a run that may take minutes
         if not os.path.isfile(path):
             ap.error(f"no such result file: {path}")
+        try:
+            r = report.load_json(path)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            ap.error(f"{path} is not a result file of python -m sbops.bench (JSON): {e}")
+        if not (isinstance(r, dict) and isinstance(r.get("meta"), dict)):
+            ap.error(f"{path} is not a result file of python -m sbops.bench (no 'meta' object)")
+    if args.merge:
+        if args.compare or args.ops or args.shapes or args.only or args.ttft is not None:
+            ap.error("--merge writes one report from result files and runs nothing: it takes only --json, "
+                     "--markdown, --plots and --quiet")
+        seen = [os.path.realpath(p) for p in args.merge]
+        if len(set(seen)) < len(seen):
+            ap.error(f"--merge names a file twice: {' '.join(args.merge)} (its rows would be counted twice)")
+    for flag, path, is_dir in (("--json", args.json, False), ("--markdown", args.markdown, False),
+                               ("--plots", args.plots, True)):
+        why = report.unwritable(path, is_dir) if path else None
+        if why:    # before a run that may take minutes, not after it (the report would be lost)
+            ap.error(f"{flag} {path}: {why}")
     if args.budget is not None and not args.budget > 0:
         ap.error(f"--budget must be > 0 seconds, got {args.budget}")
     if args.timeout is not None and not args.timeout > 0:
@@ -324,6 +342,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ttft_env = next((e for e in envs if e.device != "cpu"), envs[0] if envs else None)
     do_ttft = (want_ttft and args.only != "correctness" and ttft_env is not None
                and {"linear_attn", "swa"} <= families)
+    ttft_why = None
+    if want_ttft and not do_ttft:
+        ttft_why = ("time-to-first-token curve skipped: " +
+                    ("--only correctness runs no timing" if args.only == "correctness" else
+                     "no backend selected" if ttft_env is None else
+                     "it needs the linear_attn and swa families in --ops"))
+        if args.ttft:   # asked for explicitly: say so now, not only in the report
+            print(f"python -m sbops.bench: {ttft_why}", file=sys.stderr)
 
     ttft_ts = ttft.GPU_TS if ttft_env is not None and ttft_env.device != "cpu" else ttft.CPU_TS
     total = len(envs) * len(checks) + sum(map(len, speed.values())) + (len(ttft_ts) if do_ttft else 0)
@@ -393,7 +419,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                               sdpa_limit_s=0.3 if cpu else 1.0, timeout=timeout,
                                               progress=lambda s: advance(s))
         elif want_ttft:
-            results["ttft_note"] = "time-to-first-token curve skipped (needs the linear_attn and swa families)"
+            results["ttft_note"] = ttft_why
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: report what was measured so far
         results["meta"]["interrupted"] = True

@@ -57,13 +57,16 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m sbops.bench.model", description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     ap.add_argument("--lengths", default=None, type=parse_lens,
-                    help="TTFT prompt lengths (default 8k,32k,128k,512k,1m,2m,4m)")
-    ap.add_argument("--contexts", default=None, type=parse_lens, help="decode contexts (default 4k,16k,64k,256k,1m)")
-    ap.add_argument("--batches", default=None, type=parse_counts, help="decode batch sizes (default 1,32)")
-    ap.add_argument("--budget-s", type=_at_least(0.0, strict=True), default=450.0, help="time budget of the whole run (lengths whose "
-                    "predicted time does not fit are skipped)")
+                    help="TTFT prompt lengths (default 8k,32k,128k,512k,1m,2m,4m; --tiny / CPU: 256,1k)")
+    ap.add_argument("--contexts", default=None, type=parse_lens,
+                    help="decode contexts (default 4k,16k,64k,256k,1m; --tiny / CPU: 64,1k)")
+    ap.add_argument("--batches", default=None, type=parse_counts,
+                    help="decode batch sizes (default 1,32; --tiny / CPU: 1,4)")
+    ap.add_argument("--budget-s", type=_at_least(0.0, strict=True), default=450.0,
+                    help="time budget of the whole run in seconds (default 450; lengths whose predicted time does "
+                         "not fit are skipped)")
     ap.add_argument("--peer-limit-s", type=_at_least(0.0), default=15.0, help="measure the Qwen2 peer while a call is "
-                    "predicted to take at most this long")
+                    "predicted to take at most this many seconds (default 15)")
     ap.add_argument("--peer-reserve-s", type=_at_least(0.0), default=None,
                     help="time kept for the peer stage (default min(75, budget / 5))")
     ap.add_argument("--ttft-reserve-s", type=_at_least(0.0), default=None,
@@ -80,8 +83,9 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     ap.add_argument("--no-eager-decode", dest="eager_decode", action="store_false",
                     help="skip the eager decode comparison point")
     ap.add_argument("--chunk", type=_at_least(1, int), default=None,
-                    help="prefill chunk size (default: generate()'s default)")
-    ap.add_argument("--decode-steps", type=_at_least(1, int), default=50, help="timed decode steps per point")
+                    help="prefill chunk size (default: generate()'s, 16384 tokens; --tiny / CPU: 128)")
+    ap.add_argument("--decode-steps", type=_at_least(1, int), default=50,
+                    help="timed decode steps per point (default 50)")
     ap.add_argument("--weight-quant", choices=["int8", "fp8"], default=None,
                     help="W8ASpike model: every block projection a SpikeLinear (k=3) on sbops.spike_linear with "
                          "int8 (per group 128) or fp8 e4m3 (per channel) weights")
@@ -98,8 +102,21 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
         ap.error("--drop-float-weights needs --weight-quant (only 8-bit spike-coded layers drop their float weights)")
     from sbops.models.generate import DEFAULT_PREFILL_CHUNK
     args.out = args.out or os.path.join(os.environ.get("OUT") or os.getcwd(), "sbops-model-bench")
-    if args.device is not None and torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        ap.error(f"--device {args.device}: no CUDA device is available here")
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            ap.error(f"--device {args.device}: not a device name (cpu, cuda or cuda:N)")
+        if dev.type not in ("cpu", "cuda"):
+            ap.error(f"--device {args.device}: the model benchmark runs on cpu or cuda")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            ap.error(f"--device {args.device}: no CUDA device is available here")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            ap.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    from .report import unwritable
+    why = unwritable(args.out, True) if args.out else None
+    if why:
+        ap.error(f"--out {args.out}: {why}")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cpu" and not args.tiny:
         print("sbops.bench.model: no GPU: running the tiny shapes in float32 (a smoke test, not the 7B "

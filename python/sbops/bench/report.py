@@ -253,6 +253,27 @@ def write_json(results: Dict[str, Any], path: str) -> None:
         f.write("\n")
 
 
+def unwritable(path: str, is_dir: bool) -> Optional[str]:
+    """Why an output path cannot be written (its missing parent folders are created), or None."""
+    p = os.path.abspath(path)
+    if os.path.exists(p):
+        if is_dir and not os.path.isdir(p):
+            return "exists and is not a folder"
+        if not is_dir and os.path.isdir(p):
+            return "is a folder; give a file path"
+        if not os.access(p, os.W_OK):
+            return "is not writable"
+        return None
+    parent = os.path.dirname(p)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
 def load_json(path: str) -> Dict[str, Any]:
     with open(path) as f:
         return json.load(f)

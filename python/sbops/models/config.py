@@ -89,6 +89,21 @@ class SpikingBrainConfig:
             if not ok:
                 raise ValueError(f"SpikingBrainConfig: {name} must be a positive int, got {v!r}")
             setattr(self, name, operator.index(v))
+        for name, lo in (("num_experts", 0), ("num_meta_tokens", 0), ("top_k", 1)):
+            v = getattr(self, name)
+            try:
+                ok = not isinstance(v, bool) and operator.index(v) >= lo   # numpy ints too
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"SpikingBrainConfig: {name} must be an int >= {lo}, got {v!r}")
+            setattr(self, name, operator.index(v))
+        if self.num_experts and self.top_k > self.num_experts:
+            raise ValueError(f"SpikingBrainConfig: top_k={self.top_k} must be at most num_experts={self.num_experts}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ValueError(f"SpikingBrainConfig: {name} must be a positive finite number, got {v!r}")
         bad = [i for i in self.full_attention_layers if not (isinstance(i, int) and 0 <= i < len(self.layer_types))]
         if bad:
             raise ValueError(f"SpikingBrainConfig: full_attention_layers {bad} are not layer indices "

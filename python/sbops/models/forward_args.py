@@ -92,7 +92,7 @@ class CausalLMOutput(tuple):
         return "CausalLMOutput(" + ", ".join(f"{k}={v!r}" for k, v in self.items()) + ")"
 
 
-def check_input_ids(input_ids, device: torch.device) -> None:
+def check_input_ids(input_ids, device: torch.device, vocab_size: Optional[int] = None) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a [B, T] integer tensor, got {type(input_ids).__name__}")
     if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
@@ -102,6 +102,10 @@ def check_input_ids(input_ids, device: torch.device) -> None:
     if input_ids.device != device:
         raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}: pass input_ids "
                          f"on {device} (the model moves no tensors)")
+    if vocab_size is not None and input_ids.numel() and checking_data(input_ids):   # one host read; not on GPUs
+        mn, mx = (int(v) for v in torch.aminmax(input_ids))                           # by default (no sync)
+        if mn < 0 or mx >= vocab_size:
+            raise IndexError(f"input_ids must be token ids in [0, vocab_size={vocab_size}), got values in [{mn}, {mx}]")
 
 
 def check_labels(labels, input_ids: torch.Tensor) -> torch.Tensor:

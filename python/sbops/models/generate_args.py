@@ -107,16 +107,25 @@ def default_token_ids(model, eos_token_id, pad_token_id) -> Tuple[List[int], int
     eos = token_ids(eos_token_id, "eos_token_id")
     if pad_token_id is None:
         pad_token_id = getattr(cfg, "pad_token_id", None)
+    neg = [e for e in eos if e < 0]
+    if neg:   # a negative id can never be sampled: generation would never stop on it
+        raise ValueError(f"eos_token_id must hold token ids >= 0, got {neg}"
+                         + (" (from model.config)" if eos_token_id is getattr(cfg, "eos_token_id", None) else ""))
     if pad_token_id is None:
         return eos, eos[0] if eos else 0
+    from_cfg = pad_token_id is getattr(cfg, "pad_token_id", None)
     if isinstance(pad_token_id, torch.Tensor) and pad_token_id.numel() == 1 and _integer(pad_token_id):
         pad_token_id = pad_token_id.item()
     try:
         if isinstance(pad_token_id, bool):
             raise TypeError
-        return eos, operator.index(pad_token_id)
+        pad = operator.index(pad_token_id)
     except TypeError:
         raise TypeError(f"pad_token_id must be an int (or None: the first eos id), got {pad_token_id!r}") from None
+    if pad < 0:   # it fills the stopped rows of the returned sequences, which are token ids
+        raise ValueError(f"pad_token_id must be a token id >= 0, got {pad}"
+                         + (" (from model.config: pass pad_token_id=)" if from_cfg else ""))
+    return eos, pad
 
 
 def optional_int(v, name: str, minimum: int, what: str = "") -> Optional[int]:

@@ -400,7 +400,7 @@ class SpikingBrainForCausalLM(nn.Module):
         use_cache=True without a cache makes one (new_cache(N, max_length=T)), returned as
         out.past_key_values, and use_cache=False refuses a cache; past_key_values= is cache=;
         return_dict=False returns out.to_tuple(); output_attentions / output_hidden_states must be off."""
-        check_input_ids(input_ids, self.model.embed_tokens.weight.device)
+        check_input_ids(input_ids, self.model.embed_tokens.weight.device, self.model.embed_tokens.num_embeddings)
         for name, flag in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states)):
             if check_flag(flag, name):
                 raise NotImplementedError(f"forward: {name}=True is not supported (no attention weights or hidden "
