@@ -9,6 +9,7 @@
 Needs `transformers` (for Qwen2Config / Qwen2ForCausalLM). Nothing is downloaded.
 """
 import argparse
+import os
 
 import torch
 
@@ -39,6 +40,13 @@ def main():
     args = ap.parse_args()
     if args.spike_report and args.spike_k is None:
         ap.error("--spike-report needs --spike-k")
+    if args.num_experts is not None and args.kind != "76b":
+        ap.error("--num-experts needs --kind 76b (the 7b kind has dense FFNs)")
+    if args.model and not os.path.isdir(args.model):
+        ap.error(f"--model {args.model}: no such folder (a local Qwen2 checkpoint; nothing is downloaded)")
+    for flag, v in (("--prompt-len", args.prompt_len), ("--max-new-tokens", args.max_new_tokens)):
+        if v < 1:
+            ap.error(f"{flag} must be >= 1, got {v}")
 
     torch.manual_seed(0)
     if args.model:

@@ -401,7 +401,8 @@ def markdown(res: Dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for T in sorted(set(ours) | set(peer)):
         o, p = ours.get(T, {}), peer.get(T, {})
-        ot = f"{o['ttft_s']:.3f} s" if "ttft_s" in o else (o.get("error") or o.get("skipped") or "-")[:40]
+        ot = f"{o['ttft_s']:.3f} s" if "ttft_s" in o else (o.get("error") or o.get("skipped") or "-")
+        ot = ot if len(ot) <= 90 else ot[:89] + "…"   # an error's first line, marked where cut
         pt = (f"{p['ttft_s']:.3f} s" + (" (extrapolated)" if p.get("extrapolated") else "")) if "ttft_s" in p \
             else (p.get("error") or "-")[:40]
         ratio = f"{p['ttft_s'] / o['ttft_s']:.1f}x" if "ttft_s" in o and "ttft_s" in p else "-"
