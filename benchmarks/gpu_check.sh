@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8probe|fp8model|chunk|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8probe, fp8model, chunk and
-#   bench_default only when named; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk
+#   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch sweep at the model's chunk; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
 #   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
@@ -178,6 +178,13 @@ if [[ " $steps " == *" fp8split "* ]]; then
   (cd /tmp && timeout 120 python3 -m sbops.bench.model --weight-quant fp8 --lengths 8k,1m --contexts 4k --batches 1 \
      --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/model_fp8_ttft" > "$OUT/logs/model_fp8_ttft.log" 2>&1
    echo "rc=$?"; grep -a "TTFT\|failed\|Error" "$OUT/logs/model_fp8_ttft.log" | head -6)
+fi
+if [[ " $steps " == *" fp8sweep "* ]]; then
+  # the grouped fix-up over (BM, BN, FC) and programs per SM at M = 16384 (generate()'s prefill chunk) and 65536,
+  # then the session 26 A/Bs (fix-up launch, encode launch), alternated
+  stamp "spike_linear_fp8_fixup_ab.py sweep fix enc"
+  timeout ${BENCH_LIMIT:-420} python3 benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py sweep fix enc 2>&1 \
+    | tee "$OUT/logs/fp8_fixup_sweep.log" | grep -v Warning | tail -40
 fi
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then

@@ -4,10 +4,13 @@
            y tile loaded before the dot: no gain, removed; see RESULTS.md.)
   enc   -- encode_lo's launch (spike_linear.encode_lo_launch) against the one before session 26; outputs compared
            (vth's sum runs in another order, so vth may differ in its last bit and a count at a rounding tie with it);
+  sweep -- the grouped fix-up over (BM, BN, FC) and programs per SM at the model's prefill chunk (M = 16384, the
+           default of generate()) and at 65536, gate_up and qkv: the best 6 per shape with the shipped one's time
+           (outputs compared bit for bit with the shipped config's);
   down  -- the down projection (K > N: a SwiGLU product, ~2.6% of its counts past 16, so two e4m3 planes and two
            fp8 GEMMs) against one float16 GEMM of the counts (exact in float16 up to 2048; e4m3 weights exact in
            float16) with float32 output and vth / channel scales after it, and against bf16 x @ W^T.
-usage: python benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py [fix] [enc] [down]   (default all; installed sbops)
+usage: python benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py [fix] [enc] [sweep] [down]   (default: fix enc down)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
 import os, sys, time, statistics
 DRY = os.environ.get("PROBE_DRY") == "1"
@@ -123,6 +126,33 @@ if "enc" in what:
               f"s26 max {int((b[2].view(torch.int32) - ref).abs().max())}; count bytes differing lo {lo_d} hi {hi_d}, "
               f"flags {int((a[3] != b[3]).sum())}", flush=True)
         del x, outs
+
+if "sweep" in what:
+    sl._tuning.FP8_FIX = "grouped"
+    base = (sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM)
+    for N, K, M in ((37888, 3584, 16384), (4608, 3584, 16384), (37888, 3584, 65536)):
+        N, K, M = SZ(N), SZ(K), SZ(M)
+        w, wq, sc, x = data(N, K, M, g)
+        ref = path(x, wq, sc)
+        res, differ = [], []
+        for BM in (16, 32, 64):
+            for BN in (128, 256):
+                for FC in (16, 32):
+                    for pps in (8, 16, 32):
+                        sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM = (BM, BN, FC), pps
+                        try:
+                            if not torch.equal(path(x, wq, sc), ref):
+                                differ.append((BM, BN, FC, pps))
+                            res.append((bench_ms(lambda: path(x, wq, sc)), BM, BN, FC, pps))
+                        except Exception as e:  # noqa: BLE001 - a config that does not compile or fit
+                            print(f"  failed {(BM, BN, FC, pps)}: {str(e)[:100]}")
+        sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM = base
+        shipped = bench_ms(lambda: path(x, wq, sc))
+        print(f"sweep M={M} {N}x{K}: shipped {base[0]} x {base[1]}/SM {shipped:.3f} ms; outputs differing from it: "
+              f"{differ or 'none'}")
+        for t, BM, BN, FC, pps in sorted(res)[:6]:
+            print(f"  {t:.3f} ms ({shipped / t:.3f}x): (BM, BN, FC) = ({BM}, {BN}, {FC}), {pps} programs/SM", flush=True)
+        del w, wq, sc, x, ref
 
 if "down" in what:
     sl._tuning.FP8_FIX = "grouped"
