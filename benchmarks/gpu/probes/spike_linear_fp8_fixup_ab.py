@@ -12,27 +12,20 @@
            float16) with float32 output and vth / channel scales after it, and against bf16 x @ W^T.
 usage: python benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py [fix] [enc] [sweep] [down]   (default: fix enc down)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
-import os, sys, time, statistics
-DRY = os.environ.get("PROBE_DRY") == "1"
-if DRY:
-    os.environ["TRITON_INTERPRET"] = "1"
+import sys, statistics
+from fp8_probe_common import DRY, SZ, dev, bench_ms as _bench  # first: sets the Triton interpreter up under PROBE_DRY
 import torch
 import triton
 import sbops
 from sbops._backends.cuda.triton import spike_linear as sl
 from sbops._backends.cuda.triton.spike_linear_fp8 import _encode_lo_kernel
 
-dev = "cpu" if DRY else "cuda"
-SZ = (lambda v: max(16, v // 256 // 16 * 16)) if DRY else (lambda v: v)
 what = sys.argv[1:] or ["fix", "enc", "down"]
 ROUNDS = 1 if DRY else 3
 
 
 def bench_ms(fn):
-    if DRY:
-        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=5, rep=60)
+    return _bench(fn, rep=60)
 
 
 def alternate(variants):

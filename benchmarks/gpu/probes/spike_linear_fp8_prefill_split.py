@@ -8,10 +8,8 @@
            int8 / fp8 GEMM's pre-pass (_encode_kernel) with its reciprocal quotient against its division (DIV=True).
 usage: python benchmarks/gpu/probes/spike_linear_fp8_prefill_split.py [fix] [enc]   (default both; installed sbops)
 PROBE_DRY=1 runs the logic on the CPU (Triton interpreter, tiny shapes)."""
-import os, sys, time
-DRY = os.environ.get("PROBE_DRY") == "1"
-if DRY:
-    os.environ["TRITON_INTERPRET"] = "1"
+import sys
+from fp8_probe_common import DRY, SZ, dev, bench_ms as _bench  # first: sets the Triton interpreter up under PROBE_DRY
 import torch
 import triton
 from torch.profiler import profile, ProfilerActivity
@@ -19,16 +17,11 @@ import sbops
 from sbops._backends.cuda.triton import spike_linear as sl
 from sbops._backends.cuda.triton.spike_linear_fp8 import _encode_lo_kernel
 
-dev = "cpu" if DRY else "cuda"
-SZ = (lambda v: max(16, v // 256 // 16 * 16)) if DRY else (lambda v: v)
 what = sys.argv[1:] or ["fix", "enc"]
 
 
 def bench_ms(fn):
-    if DRY:
-        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=5, rep=40)
+    return _bench(fn, rep=40)
 
 
 def profile_table(fn, title, reps=3, n=12):
