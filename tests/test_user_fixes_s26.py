@@ -8,7 +8,10 @@ before it.
 - SpikingBrainConfig accepted num_experts < 0 (a dense model), num_meta_tokens < 0, top_k > num_experts (failing at
   the first forward, naming topk_gating's k) and rms_norm_eps <= 0 (non-finite logits);
 - a token id >= vocab_size gave embedding's bare "index out of range in self";
-- generate took negative eos / pad token ids.
+- generate took negative eos / pad token ids;
+- torch.compile(fullgraph=True) of a decode step through a hybrid layer with meta tokens failed in a fresh process
+  (only an earlier eager decode step made it work), and torch.compile(dynamic=True) of the model recompiled for
+  every new batch size (the 10th a hard error under fullgraph).
 """
 import json
 
@@ -122,3 +125,40 @@ def test_generate_refuses_negative_eos_and_pad_ids():
     with pytest.raises(ValueError, match="pad_token_id must be a token id >= 0, got -5"):
         generate(model, ids, 2, eos_token_id=4, pad_token_id=-5)
     assert generate(model, ids, 2, eos_token_id=[4, 5], pad_token_id=0).shape[0] == 1
+
+
+def _compile_model(**kw):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    return SpikingBrainForCausalLM(SpikingBrainConfig(**dict(BASE, **kw))).eval()
+
+
+def test_compiled_hybrid_decode_step_does_not_need_an_eager_one_first():
+    import sbops.nn.attention as A
+    model = _compile_model(layer_types=("hybrid",), num_meta_tokens=2)
+    ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
+    A._DECODE_SINKS = None   # as in a fresh process: no decode step has run yet
+    with torch.no_grad():
+        c_eager, c_comp = model.new_cache(2), model.new_cache(2)
+        model(ids[:, :6], cache=c_eager)
+        model(ids[:, :6], cache=c_comp)
+        A._DECODE_SINKS = None
+        step = torch.compile(lambda tok, cache: model(tok, cache=cache).logits, backend="aot_eager", fullgraph=True)
+        out = step(ids[:, 6:7], c_comp)
+        ref = model(ids[:, 6:7], cache=c_eager).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_compiled_model_with_dynamic_shapes_does_not_recompile_per_batch_size():
+    model = _compile_model(layer_types=("gla", "swa"))
+    fn = torch.compile(lambda ids: model(ids).logits, backend="aot_eager", fullgraph=True, dynamic=True)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        fn(torch.randint(0, 97, (2, 9), generator=gen))
+        try:
+            torch.compiler.set_stance("fail_on_recompile")
+            for B in (3, 4, 5):
+                ids = torch.randint(0, 97, (B, 9), generator=gen)
+                torch.testing.assert_close(fn(ids), model(ids).logits, rtol=1e-5, atol=1e-5)
+        finally:
+            torch.compiler.set_stance("default")

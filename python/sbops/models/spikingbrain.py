@@ -342,12 +342,12 @@ class SpikingBrainForCausalLM(nn.Module):
             if len(cu) < 2 or cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
                 raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}, got {cu}")
             lens, offsets = [b - a for a, b in zip(cu, cu[1:])], cu[:-1]
-        else:
-            lens, offsets = [T] * B, [i * T for i in range(B)]
-        N = len(lens)
+        elif cache is None:
+            return None, None
+        else:   # the host lists only where a cache needs them: under torch.compile(dynamic=True) a list of B
+            lens = offsets = None   # values would specialise the graph on the batch size
+        N = B if lens is None else len(lens)
         if cache is None:
-            if cu_seqlens is None:
-                return None, None
             return CacheBatch.prefill(lens, offsets, [0] * N, dev, None, cu_seqlens=cu_dev), cu_dev
         if cu_seqlens is None and T == 1:  # decode: device tensors only
             if slot_indices is None:
@@ -363,6 +363,8 @@ class SpikingBrainForCausalLM(nn.Module):
                 raise ValueError(f"slot_indices must lie in [0, {cache.num_slots}) (the cache's slots), got "
                                  f"{slots.tolist()}")
             return CacheBatch.for_decode(cache.seq_lens.index_select(0, slots), slots), None
+        if lens is None:
+            lens, offsets = [T] * B, [i * T for i in range(B)]
         if slot_indices is None:
             slots = list(range(N))
         elif isinstance(slot_indices, torch.Tensor):
@@ -531,7 +533,11 @@ def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:
 
 
 def _host_slots(slot_indices, n: int) -> Optional[List[int]]:
-    """The slots of a forward call as host ints, or None where that needs a device read."""
+    """The slots of a forward call as host ints, or None where that needs a device read, or while torch.compile
+    traces (the host's view of seq_lens is given up then anyway, and a list of n values would specialise the
+    graph on the batch size)."""
+    if torch.compiler.is_compiling():
+        return None
     if slot_indices is None:
         return list(range(n))
     if isinstance(slot_indices, torch.Tensor):

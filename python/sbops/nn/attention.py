@@ -139,9 +139,12 @@ def _linear_branch(q, k, v, g, cache: Optional[LinearAttnCache], batch: Optional
 _DECODE_SINKS = None
 
 
+@torch.compiler.assume_constant_result
 def _swa_decode_has_sinks() -> bool:
     """Whether sbops.swa_decode takes sink_k / sink_v (both the Python function and the registered
-    op schema); checked once."""
+    op schema); checked once.  A constant to torch.compile: run eagerly even while it traces (Dynamo
+    cannot trace the schema's argument loop), so a compiled decode step does not depend on whether an
+    eager one ran first."""
     global _DECODE_SINKS
     if _DECODE_SINKS is None:
         try:
