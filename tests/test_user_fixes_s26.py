@@ -127,29 +127,47 @@ def test_generate_refuses_negative_eos_and_pad_ids():
     assert generate(model, ids, 2, eos_token_id=[4, 5], pad_token_id=0).shape[0] == 1
 
 
+def _in_fresh_process(body: str):
+    """Run tests/test_user_fixes_s26.py's `body` in a new interpreter: a fresh process is what the first check is
+    about, and a model compiled on the CPU leaves Triton's interpreter unable to run kernels later in the same
+    process (its later tests would fail)."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([sys.executable, "-c", f"import test_user_fixes_s26 as t; t.{body}()"], cwd=here,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_compiled_hybrid_decode_step_does_not_need_an_eager_one_first():
+    _in_fresh_process("_body_compiled_hybrid_decode")
+
+
+def test_compiled_model_with_dynamic_shapes_does_not_recompile_per_batch_size():
+    _in_fresh_process("_body_compiled_dynamic_batch")
+
+
 def _compile_model(**kw):
     torch._dynamo.reset()
     torch.manual_seed(0)
     return SpikingBrainForCausalLM(SpikingBrainConfig(**dict(BASE, **kw))).eval()
 
 
-def test_compiled_hybrid_decode_step_does_not_need_an_eager_one_first():
-    import sbops.nn.attention as A
+def _body_compiled_hybrid_decode():
     model = _compile_model(layer_types=("hybrid",), num_meta_tokens=2)
     ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))
-    A._DECODE_SINKS = None   # as in a fresh process: no decode step has run yet
-    with torch.no_grad():
+    with torch.no_grad():   # a fresh process (_in_fresh_process): no decode step has run before the compiled one
         c_eager, c_comp = model.new_cache(2), model.new_cache(2)
         model(ids[:, :6], cache=c_eager)
         model(ids[:, :6], cache=c_comp)
-        A._DECODE_SINKS = None
         step = torch.compile(lambda tok, cache: model(tok, cache=cache).logits, backend="aot_eager", fullgraph=True)
         out = step(ids[:, 6:7], c_comp)
         ref = model(ids[:, 6:7], cache=c_eager).logits
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-def test_compiled_model_with_dynamic_shapes_does_not_recompile_per_batch_size():
+def _body_compiled_dynamic_batch():
     model = _compile_model(layer_types=("gla", "swa"))
     fn = torch.compile(lambda ids: model(ids).logits, backend="aot_eager", fullgraph=True, dynamic=True)
     gen = torch.Generator().manual_seed(2)

@@ -136,23 +136,22 @@ def _linear_branch(q, k, v, g, cache: Optional[LinearAttnCache], batch: Optional
     return o
 
 
-_DECODE_SINKS = None
+def _probe_decode_sinks() -> bool:
+    """Whether sbops.swa_decode takes sink_k / sink_v (both the Python function and the registered op schema)."""
+    try:
+        schema = torch.ops.sbops.swa_decode.default._schema
+        return ("sink_k" in inspect.signature(sbops.swa_decode).parameters
+                and any(a.name == "sink_k" for a in schema.arguments))
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return False
 
 
-@torch.compiler.assume_constant_result
+# probed once, at import: a plain constant to torch.compile (Dynamo cannot trace the schema's argument loop, so
+# probing lazily made a compiled decode step depend on whether an eager one had run first)
+_DECODE_SINKS = _probe_decode_sinks()
+
+
 def _swa_decode_has_sinks() -> bool:
-    """Whether sbops.swa_decode takes sink_k / sink_v (both the Python function and the registered
-    op schema); checked once.  A constant to torch.compile: run eagerly even while it traces (Dynamo
-    cannot trace the schema's argument loop), so a compiled decode step does not depend on whether an
-    eager one ran first."""
-    global _DECODE_SINKS
-    if _DECODE_SINKS is None:
-        try:
-            schema = torch.ops.sbops.swa_decode.default._schema
-            _DECODE_SINKS = ("sink_k" in inspect.signature(sbops.swa_decode).parameters
-                             and any(a.name == "sink_k" for a in schema.arguments))
-        except (AttributeError, RuntimeError, TypeError, ValueError):
-            _DECODE_SINKS = False
     return _DECODE_SINKS
 
 
