@@ -117,6 +117,12 @@ def local_failure(check: Callable[[], object]) -> Optional[Exception]:
     return None
 
 
+def first_tensor(*args) -> Optional[torch.Tensor]:
+    """The first of ``args`` that is a tensor, or None: where a rank's own arguments failed (one may not even be
+    a tensor), the device its agreement gather still runs on, so that it raises with the other ranks."""
+    return next((a for a in args if isinstance(a, torch.Tensor)), None)
+
+
 def blank_if(failure: Optional[Exception], values: Callable[[], Sequence[int]], n: int) -> List[int]:
     """``values()``, or n zeros where this rank's arguments already failed (they may not even have
     the attributes ``values`` reads); a failure is raised before any value is compared."""

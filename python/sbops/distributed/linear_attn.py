@@ -28,8 +28,8 @@ from sbops._validate import checking_data
 from sbops import _validate as V
 from sbops.ops.linear_attn import _check as _op_check
 
-from ._collectives import (all_gather_stack, blank_if, dtype_code, float_code, gather_and_check, local_failure,
-                           rank_and_size)
+from ._collectives import (all_gather_stack, blank_if, dtype_code, first_tensor, float_code, gather_and_check,
+                           local_failure, rank_and_size)
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
@@ -146,7 +146,7 @@ def _check_local(q, k, v, g, scale, initial_state) -> float:
     return V.scale("distributed.linear_attn", scale, q.shape[-1], "K")
 
 
-def _check_agree(q, k, v, g, scale, initial_state, group, failure=None, device=None):
+def _check_agree(q, k, v, g, scale, initial_state, group, device, failure=None):
     """One small all_gather of the arguments that must agree on every rank (shapes, dtype, gate kind,
     scale, initial_state given), read on the host: a mismatch is the same ValueError on every rank
     instead of a size-mismatched all_gather (an abort) or a silently wrong state. This rank's own
@@ -158,8 +158,7 @@ def _check_agree(q, k, v, g, scale, initial_state, group, failure=None, device=N
         q.shape[0], q.shape[2], k.shape[2], k.shape[3], v.shape[3], dtype_code(q.dtype),
         0 if g is None else (1 if g.dim() == 3 else 2), initial_state is not None, float_code(scale)], len(names))
     fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
-    gather_and_check("sbops.distributed.linear_attn", fields, q.device if device is None else device, group,
-                     failure=failure)
+    gather_and_check("sbops.distributed.linear_attn", fields, device, group, failure=failure)
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -200,9 +199,9 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     rank_and_size(group)
     # the agreement gather runs on the device of the first of q, k, v that is a tensor, so that a rank whose q is
     # not even a tensor raises with the others instead of leaving them waiting
-    ref = next((t for t in (q, k, v) if isinstance(t, torch.Tensor)), None)
+    ref = first_tensor(q, k, v)
     if ref is not None and checking_data(ref):
-        _check_agree(q, k, v, g, got.get("scale", 0.0), initial_state, group, failure, ref.device)   # raises any
+        _check_agree(q, k, v, g, got.get("scale", 0.0), initial_state, group, ref.device, failure)   # raises any
     elif failure is not None:
         raise failure                 # no agreement gather here (no host sync): this rank alone raises
     scale = got["scale"]

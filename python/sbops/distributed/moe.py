@@ -20,8 +20,8 @@ import sbops
 from sbops import _validate as V
 from sbops._validate import checking_data
 
-from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, encode_failure, gather_and_check,
-                           local_failure, raise_failures, rank_and_size)
+from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, encode_failure, first_tensor,
+                           gather_and_check, local_failure, raise_failures, rank_and_size)
 
 
 @dataclass
@@ -132,7 +132,8 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     elif failure is not None:
         # no agreement gather here (no host sync): the failure rides in the counts all_to_all below, which
         # every rank reads back anyway; where that exchange cannot be set up, this rank alone raises
-        dev = next((t.device for t in (x, ids, weights) if isinstance(t, torch.Tensor)), None)
+        ref = first_tensor(x, ids, weights)
+        dev = None if ref is None else ref.device
         if dev is None or isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts <= 0 \
                 or num_experts % P:
             raise failure
@@ -188,8 +189,8 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     failure = local_failure(lambda: _check_combine(y_local, handle))
     # the agreement gather runs on y_local's device, or the handle's where y_local is not a tensor, so that a
     # rank whose y_local is not even a tensor raises with the others instead of leaving them waiting
-    ref = y_local if isinstance(y_local, torch.Tensor) else handle.order
-    gather = isinstance(ref, torch.Tensor) and checking_data(ref)
+    ref = first_tensor(y_local, handle.order)
+    gather = ref is not None and checking_data(ref)
     if failure is not None and not gather:
         raise failure                 # no agreement gather here (no host sync): this rank alone raises
     xl = handle.x_local

@@ -20,8 +20,8 @@ import sbops
 from sbops import _validate as V
 from sbops.ops.swa import _check as _op_check
 
-from ._collectives import (all_reduce_sum, blank_if, dtype_code, exchange, float_code, gather_and_check,
-                           local_failure, rank_and_size)
+from ._collectives import (all_reduce_sum, blank_if, dtype_code, exchange, first_tensor, float_code,
+                           gather_and_check, local_failure, rank_and_size)
 
 Piece = Tuple[int, int, int, int]   # (src rank, src row lo, src row hi, row offset in the dst halo)
 
@@ -138,11 +138,11 @@ class _Halo(torch.autograd.Function):
         return dk, dv, packed[:m].view(sk_shape), packed[m:].view(sv_shape), None, None, None
 
 
-def _check(q, k, window, sink_k, sink_v, v=None) -> int:
+def _check(q, k, v, window, sink_k, sink_v) -> int:
     """The arguments' kinds and ranks; returns window as a Python int (numpy integers are taken, as by
     sbops.swa_attn)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if (name != "v" or v is not None) and not isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor):
             raise TypeError(f"sbops.distributed.swa_attn: {name} must be a tensor, got {type(t).__name__}")
     w = V.as_int(window)
     if w is None:
@@ -159,7 +159,7 @@ def _check(q, k, window, sink_k, sink_v, v=None) -> int:
 def _check_local(q, k, v, window, scale, sink_k, sink_v) -> Tuple[float, int]:
     """This rank's own arguments, checked as sbops.swa_attn checks them (k and v must have q's B and
     T_r, the sinks [M, HKV, D], ...); returns (scale, window). Run before any collective (local_failure)."""
-    window = _check(q, k, window, sink_k, sink_v, v)
+    window = _check(q, k, v, window, sink_k, sink_v)
     _op_check(q, k, v, window, None, sink_k, sink_v)
     return V.scale("distributed.swa_attn", scale, q.shape[-1], "D"), window
 
@@ -176,10 +176,10 @@ def _agreed_lengths(q, k, v, window, scale, sink_k, group, failure=None) -> List
         sink_k is not None, -1 if sink_k is None else sink_k.shape[0], float_code(scale)], len(names))
     fields = [(n, kind, x) for (n, kind), x in zip(names, vals)]
     lead = blank_if(failure, lambda: [q.shape[1]], 1)
-    dev = next((t.device for t in (q, k, v) if isinstance(t, torch.Tensor)), None)
-    if dev is None:            # no tensor to gather on: this rank alone can raise
+    ref = first_tensor(q, k, v)
+    if ref is None:            # no tensor to gather on: this rank alone can raise
         raise failure
-    rows = gather_and_check("sbops.distributed.swa_attn", fields, dev, group, lead=lead, failure=failure)
+    rows = gather_and_check("sbops.distributed.swa_attn", fields, ref.device, group, lead=lead, failure=failure)
     return [row[0] for row in rows]
 
 
@@ -220,7 +220,7 @@ def simulate_swa_attn(qs: Sequence[torch.Tensor], ks: Sequence[torch.Tensor], vs
     """swa_attn for P simulated ranks in one process (no process group): lists of per-rank shards in,
     list of per-rank o out. Same halo plan and local attention as the distributed version (the
     point-to-point sends become slices), on whatever device the shards live (GPU kernels on GPU)."""
-    window = _check(qs[0], ks[0], window, sink_k, sink_v, vs[0])
+    window = _check(qs[0], ks[0], vs[0], window, sink_k, sink_v)
     scale = qs[0].shape[-1] ** -0.5 if scale is None else float(scale)
     need, pieces = halo_plan([q.shape[1] for q in qs], window)
     out = []

@@ -80,23 +80,16 @@ class SpikingBrainConfig:
             raise ValueError(f"SpikingBrainConfig: swa_kv_quant must be one of {SWA_KV_QUANTS}, got {self.swa_kv_quant!r}")
         if self.swa_q_spike_k is not None and not self.swa_q_spike_k > 0:
             raise ValueError(f"SpikingBrainConfig: swa_q_spike_k must be positive or None, got {self.swa_q_spike_k!r}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim"):
-            v = getattr(self, name)
-            try:
-                ok = not isinstance(v, bool) and operator.index(v) >= 1   # numpy ints too
-            except TypeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"SpikingBrainConfig: {name} must be a positive int, got {v!r}")
-            setattr(self, name, operator.index(v))
-        for name, lo in (("num_experts", 0), ("num_meta_tokens", 0), ("top_k", 1)):
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+        for name, lo in [(n, 1) for n in sizes] + [("num_experts", 0), ("num_meta_tokens", 0), ("top_k", 1)]:
             v = getattr(self, name)
             try:
                 ok = not isinstance(v, bool) and operator.index(v) >= lo   # numpy ints too
             except TypeError:
                 ok = False
             if not ok:
-                raise ValueError(f"SpikingBrainConfig: {name} must be an int >= {lo}, got {v!r}")
+                want = "a positive int" if name in sizes else f"an int >= {lo}"
+                raise ValueError(f"SpikingBrainConfig: {name} must be {want}, got {v!r}")
             setattr(self, name, operator.index(v))
         if self.num_experts and self.top_k > self.num_experts:
             raise ValueError(f"SpikingBrainConfig: top_k={self.top_k} must be at most num_experts={self.num_experts}")
