@@ -3,7 +3,7 @@
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
 #   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|bench|bench_attn|bench_rest|bench_default|macasim]...
 #   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk
-#   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch sweep at the model's chunk; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
+#   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
 #   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
@@ -180,11 +180,18 @@ if [[ " $steps " == *" fp8split "* ]]; then
    echo "rc=$?"; grep -a "TTFT\|failed\|Error" "$OUT/logs/model_fp8_ttft.log" | head -6)
 fi
 if [[ " $steps " == *" fp8sweep "* ]]; then
-  # the grouped fix-up over (BM, BN, FC) and programs per SM at M = 16384 (generate()'s prefill chunk) and 65536,
-  # then the session 26 A/Bs (fix-up launch, encode launch), alternated
-  stamp "spike_linear_fp8_fixup_ab.py sweep fix enc"
-  timeout ${BENCH_LIMIT:-420} python3 benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py sweep fix enc 2>&1 \
+  # the grouped fix-up's shipped launch against session 26's at every 7B shape (M = 16384 and 65536), alternated, and
+  # its sweep over (BM, BN, FC) and programs per SM; the GPU tests of the scaled_mm path; then the fp8 model's TTFT at
+  # 1M with either launch, alternated on one model
+  stamp "spike_linear_fp8_fixup_ab.py fix sweep"
+  timeout ${BENCH_LIMIT:-300} python3 benchmarks/gpu/probes/spike_linear_fp8_fixup_ab.py fix sweep 2>&1 \
     | tee "$OUT/logs/fp8_fixup_sweep.log" | grep -v Warning | tail -40
+  stamp "GPU tests: spike_linear scaled_mm"
+  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout=140 test_spike_linear_scaled_mm.py \
+     > "$OUT/logs/pytest_scaled_mm.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/pytest_scaled_mm.log")")
+  stamp "fp8 model TTFT 1M, fix-up launch A/B"
+  timeout 240 python3 benchmarks/gpu/probes/fp8_model_fix_ab.py 1m 2 2>&1 | tee "$OUT/logs/fp8_model_fix_ab.log" \
+    | grep -a "round\|s26\|Error" | tail -8
 fi
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then

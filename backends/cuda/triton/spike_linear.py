@@ -72,8 +72,11 @@ FIX_TILES_WARPS = 4
 # taken at a time, warps and pipeline stages.  BN = 256 at 16 programs per SM: the best of a launch sweep on gate_up
 # (H100, sessions 21 and 25: 20.94 / 20.63 ms against 22.05 / 22.17 with BN = 128 at 8 per SM), then faster at each
 # 7B shape in an alternated A/B (H200, session 26, M = 65536: gate_up 1.01x, qkv 1.07x, o 1.06x; M = 8192 gate_up
-# 1.06x) and in the fp8 model's TTFT at 1M (21.85 -> 21.57 s)
-FIX_GROUPED_CONFIG = (64, 256, 16)
+# 1.06x) and in the fp8 model's TTFT at 1M (21.85 -> 21.57 s).  Session 27: BM = 16, BN = 128 the best of a
+# (BM, BN, FC) x programs-per-SM sweep at M = 16384 (generate()'s prefill chunk) and 65536 (H100: gate_up 1.07-1.08x,
+# qkv 1.12x against (64, 256, 16)); BM is also the encode's flag granularity, so a row block of 16 flags fewer
+# chunks for the fix-up to redo
+FIX_GROUPED_CONFIG = (16, 128, 16)
 FIX_PROGRAMS_PER_SM = 16
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3

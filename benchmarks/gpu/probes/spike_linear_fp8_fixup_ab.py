@@ -1,11 +1,12 @@
 """Session 26 A/Bs of spike_linear's fp8 "scaled_mm" prefill at the 7B shapes (runs alternated in one process):
-  fix   -- the grouped fix-up's launch (spike_linear.FIX_GROUPED_CONFIG, FIX_PROGRAMS_PER_SM) against session 25's
-           (BN = 128, 8 programs per SM); outputs compared bit for bit.  (Session 26's first run also timed the next
-           y tile loaded before the dot: no gain, removed; see RESULTS.md.)
+  fix   -- the grouped fix-up's launch (spike_linear.FIX_GROUPED_CONFIG, FIX_PROGRAMS_PER_SM) against session 26's
+           ((64, 256, 16), 16 programs per SM) at every 7B shape (down: two planes) at M = 16384 and 65536; outputs
+           compared bit for bit.  (Session 26's first run also timed the next y tile loaded before the dot: no gain,
+           removed; see RESULTS.md.)
   enc   -- encode_lo's launch (spike_linear.encode_lo_launch) against the one before session 26; outputs compared
            (vth's sum runs in another order, so vth may differ in its last bit and a count at a rounding tie with it);
   sweep -- the grouped fix-up over (BM, BN, FC) and programs per SM at the model's prefill chunk (M = 16384, the
-           default of generate()) and at 65536, gate_up and qkv: the best 6 per shape with the shipped one's time
+           default of generate()) and at 65536, gate_up, qkv and down (16384): the best 6 per shape with the shipped one's time
            (outputs compared bit for bit with the shipped config's);
   down  -- the down projection (K > N: a SwiGLU product, ~2.6% of its counts past 16, so two e4m3 planes and two
            fp8 GEMMs) against one float16 GEMM of the counts (exact in float16 up to 2048; e4m3 weights exact in
@@ -66,20 +67,21 @@ g = torch.Generator(device=dev).manual_seed(0)
 if "fix" in what:
     sl._tuning.FP8_FIX = "grouped"
     base = (sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM)
-    for N, K, M in ((37888, 3584, 65536), (4608, 3584, 65536), (37888, 3584, 8192), (3584, 3584, 65536)):
+    shapes = [(N, K, M) for M in (16384, 65536) for N, K in ((37888, 3584), (4608, 3584), (3584, 3584), (3584, 18944))]
+    for N, K, M in shapes:
         N, K, M = SZ(N), SZ(K), SZ(M)
         w, wq, sc, x = data(N, K, M, g)
         outs, variants = {}, {}
-        for name, cfg, pps in (("s25", (64, 128, 16), 8), ("shipped", base[0], base[1])):
+        for name, cfg, pps in (("s26", (64, 256, 16), 16), ("shipped", base[0], base[1])):
             def fn(cfg=cfg, pps=pps):
                 sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM = cfg, pps
                 return path(x, wq, sc)
             outs[name] = fn()
             variants[name] = fn
-        same = all(torch.equal(o, outs["s25"]) for o in outs.values())
+        same = all(torch.equal(o, outs["s26"]) for o in outs.values())
         t = alternate(variants)
         t["bf16"] = [bench_ms(lambda: x @ w.T)]
-        print(f"fix-up M={M} {N}x{K}: {show(t, 's25')}; outputs {'identical' if same else 'DIFFER'}", flush=True)
+        print(f"fix-up M={M} {N}x{K}: {show(t, 's26')}; outputs {'identical' if same else 'DIFFER'}", flush=True)
         sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM = base
         del w, wq, sc, x, outs
 
@@ -123,7 +125,7 @@ if "enc" in what:
 if "sweep" in what:
     sl._tuning.FP8_FIX = "grouped"
     base = (sl.FIX_GROUPED_CONFIG, sl.FIX_PROGRAMS_PER_SM)
-    for N, K, M in ((37888, 3584, 16384), (4608, 3584, 16384), (37888, 3584, 65536)):
+    for N, K, M in ((37888, 3584, 16384), (4608, 3584, 16384), (3584, 18944, 16384), (37888, 3584, 65536)):
         N, K, M = SZ(N), SZ(K), SZ(M)
         w, wq, sc, x = data(N, K, M, g)
         ref = path(x, wq, sc)
