@@ -35,6 +35,10 @@ def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBra
         if v is not None and name not in overrides:
             ids[name] = list(v) if isinstance(v, (list, tuple)) else v
     cfg = SpikingBrainConfig.from_qwen2(model.config, kind, **{**ids, **overrides})
+    n_src = len(model.model.layers)
+    if cfg.num_layers != n_src:   # the layer copy pairs them up one to one: extra layers would stay random
+        raise ValueError(f"convert_qwen2: layer_types has {cfg.num_layers} entries but the source has "
+                         f"num_hidden_layers={n_src}; give one layer type per source layer")
     if cfg.weight_quant == "int8_static":
         raise ValueError("convert_qwen2: weight_quant='int8_static' takes fixed scales from a released W8ASpike "
                          "checkpoint (SpikingBrainForCausalLM.from_pretrained); a float Qwen2 has none. Use "
