@@ -2,9 +2,13 @@
 
 - convert_qwen2 with more layer_types than the source has layers built the extra layers at random (fewer gave an
   indirect "source tensors with no place" error);
+- SpikingBrainConfig took any window (None, "8", 8.0: the last saved a checkpoint from_pretrained refuses), truthy
+  strings for its bool fields and any value for gate_logit_normalizer / key_clamp / ...;
 """
 import json
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,3 +43,40 @@ def test_convert_refuses_layer_types_of_another_length_than_the_source(n_types):
         num_key_value_heads=2)).eval()
     with pytest.raises(ValueError, match=rf"layer_types has {n_types} entries .* num_hidden_layers=4"):
         convert_qwen2(q, "7b", window=8, layer_types=("gla", "swa") * (n_types // 2))
+
+
+@pytest.mark.parametrize("bad", [None, "8", 8.0, True])
+def test_config_window_must_be_an_int(bad):
+    with pytest.raises(ValueError, match=r"SpikingBrainConfig: window must be an int .*got " + re.escape(repr(bad))):
+        SpikingBrainConfig(**{**CFG, "window": bad})
+
+
+def test_config_numpy_and_negative_windows_still_work_and_save_as_json_ints(tmp_path, safetensors):
+    assert SpikingBrainConfig(**{**CFG, "window": -1}).window == -1   # full causal
+    m = _model(window=np.int64(3))
+    assert type(m.config.window) is int
+    m.save_pretrained(tmp_path)
+    assert SpikingBrainForCausalLM.from_pretrained(tmp_path).config.window == 3
+
+
+@pytest.mark.parametrize("field", ["tie_word_embeddings", "qkv_bias", "moe_renormalize", "mlp_down_quant"])
+def test_config_bool_fields_refuse_non_bools(field):
+    with pytest.raises(ValueError, match=f"SpikingBrainConfig: {field} must be a bool"):
+        SpikingBrainConfig(**{**CFG, field: "false"})
+
+
+@pytest.mark.parametrize("field, bad, want", [
+    ("gate_logit_normalizer", 0.0, "a positive finite number"), ("gate_logit_normalizer", "16", "a positive"),
+    ("key_clamp", None, "a positive finite number"), ("key_clamp", float("nan"), "a positive"),
+    ("upcycle_scale", 1.5, r"a finite number in \[0, 1\]"), ("router_aux_loss_coef", -0.1, "a finite number >= 0"),
+    ("initializer_range", float("inf"), "a finite number >= 0"), ("spike_k", 0.0, "a positive finite number or None"),
+    ("swa_q_spike_k", float("inf"), "a positive finite number or None")])
+def test_config_float_fields_must_be_finite_numbers_in_their_range(field, bad, want):
+    with pytest.raises(ValueError, match=f"SpikingBrainConfig: {field} must be {want}"):
+        SpikingBrainConfig(**{**CFG, field: bad})
+
+
+def test_config_float_fields_become_plain_floats():
+    c = SpikingBrainConfig(**{**CFG, "key_clamp": np.float32(0.5), "gate_logit_normalizer": 16, "spike_k": 3})
+    assert (type(c.key_clamp), type(c.gate_logit_normalizer), type(c.spike_k)) == (float, float, float)
+    json.dumps(c.to_dict())

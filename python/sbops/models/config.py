@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import operator
 import warnings
 from dataclasses import dataclass
@@ -78,8 +80,6 @@ class SpikingBrainConfig:
                              f"got {self.gate_low_rank_dim}")
         if self.swa_kv_quant not in SWA_KV_QUANTS:
             raise ValueError(f"SpikingBrainConfig: swa_kv_quant must be one of {SWA_KV_QUANTS}, got {self.swa_kv_quant!r}")
-        if self.swa_q_spike_k is not None and not self.swa_q_spike_k > 0:
-            raise ValueError(f"SpikingBrainConfig: swa_q_spike_k must be positive or None, got {self.swa_q_spike_k!r}")
         sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
         for name, lo in [(n, 1) for n in sizes] + [("num_experts", 0), ("num_meta_tokens", 0), ("top_k", 1)]:
             v = getattr(self, name)
@@ -93,10 +93,32 @@ class SpikingBrainConfig:
             setattr(self, name, operator.index(v))
         if self.num_experts and self.top_k > self.num_experts:
             raise ValueError(f"SpikingBrainConfig: top_k={self.top_k} must be at most num_experts={self.num_experts}")
-        for name in ("rms_norm_eps", "rope_theta"):
+        if isinstance(self.window, bool) or not isinstance(self.window, numbers.Integral):   # numpy ints too
+            raise ValueError(f"SpikingBrainConfig: window must be an int (the keys before each query a softmax "
+                             f"layer sees; < 0: full causal), got {self.window!r}")
+        self.window = operator.index(self.window)
+        for name in ("qkv_bias", "moe_renormalize", "tie_word_embeddings", "mlp_down_quant"):
+            if not isinstance(getattr(self, name), bool):   # "false" or 0 would pass a truth test as something else
+                raise ValueError(f"SpikingBrainConfig: {name} must be a bool (True or False), got {getattr(self, name)!r}")
+        # name: (optional, lowest value, whether the lowest is allowed, highest); each a finite real (numpy too)
+        reals = {"rms_norm_eps": (False, 0, False, None), "rope_theta": (False, 0, False, None),
+                 "gate_logit_normalizer": (False, 0, False, None),   # divides the gate's log-decay
+                 "key_clamp": (False, 0, False, None),               # hybrid layers' upper bound on sigmoid(k)
+                 "upcycle_scale": (False, 0, True, 1),               # MoEBlock.upcycle_from's share, in [0, 1]
+                 "router_aux_loss_coef": (False, 0, True, None), "initializer_range": (False, 0, True, None),
+                 "spike_k": (True, 0, False, None), "swa_q_spike_k": (True, 0, False, None)}
+        for name, (optional, lo, closed, hi) in reals.items():
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-                raise ValueError(f"SpikingBrainConfig: {name} must be a positive finite number, got {v!r}")
+            if v is None and optional:
+                continue
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and (
+                v >= lo if closed else v > lo) and (hi is None or v <= hi)
+            if not ok:
+                want = (f"a finite number in [{lo}, {hi}]" if hi is not None else
+                        "a finite number >= 0" if closed else "a positive finite number")
+                raise ValueError(f"SpikingBrainConfig: {name} must be {want}{' or None' if optional else ''}, "
+                                 f"got {v!r}")
+            setattr(self, name, float(v))   # plain floats: to_dict stays JSON
         bad = [i for i in self.full_attention_layers if not (isinstance(i, int) and 0 <= i < len(self.layer_types))]
         if bad:
             raise ValueError(f"SpikingBrainConfig: full_attention_layers {bad} are not layer indices "
