@@ -56,6 +56,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from .checkpoint_files import load_checkpoint_tensors, own_storage, parse_size, write_tensors
 from .config import SpikingBrainConfig
 
 RELEASED_MODEL_TYPE = "gla_swa"
@@ -243,60 +244,6 @@ def _parse_dtype(name, what: str = "dtype") -> torch.dtype:
     return dt
 
 
-def _parse_size(size, what: str) -> int:
-    """Bytes from an int or a Hugging Face size string ("5GB", "200MB", "1GiB")."""
-    if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0 and float(size).is_integer():
-        return int(size)   # 5e9 too
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(([KMGT])(I?))?B\s*", size.upper()) if isinstance(size, str) else None
-    n = 0 if not m else int(float(m.group(1)) * (1024 if m.group(4) else 1000) ** " KMGT".index(m.group(3) or " "))
-    if n <= 0:
-        raise ValueError(f"{what} must be a positive int (bytes) or a size string such as '5GB' or '200MB', "
-                         f"got {size!r}")
-    return n
-
-
-# ------------------------------------------------------------------------------------------ files
-def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint in `path`, by its stored name (on the CPU)."""
-    def st_load(f):
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover
-            raise ImportError("from_pretrained: reading .safetensors needs the safetensors package") from e
-        return load_file(os.path.join(path, f))
-
-    def bin_load(f):
-        return torch.load(os.path.join(path, f), map_location="cpu", weights_only=True)
-
-    def read(loader, f):
-        """loader(f); a file that cannot be read is an error naming it (safetensors' errors do not)."""
-        try:
-            return loader(f)
-        except ImportError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
-
-    for index, loader in (("model.safetensors.index.json", st_load), ("pytorch_model.bin.index.json", bin_load)):
-        if os.path.isfile(os.path.join(path, index)):
-            with open(os.path.join(path, index)) as fh:
-                weight_map = json.load(fh)["weight_map"]
-            out = {}
-            for shard in sorted(set(weight_map.values())):
-                part = read(loader, shard)
-                listed = {k for k, v in weight_map.items() if v == shard}
-                if set(part) != listed:
-                    raise ValueError(f"from_pretrained: shard {shard} holds {sorted(set(part) ^ listed)[:5]} "
-                                     f"differently from what {index} lists")
-                out.update(part)
-            return out
-    for single, loader in (("model.safetensors", st_load), ("pytorch_model.bin", bin_load)):
-        if os.path.isfile(os.path.join(path, single)):
-            return dict(read(loader, single))
-    raise FileNotFoundError(f"from_pretrained: no weights in {path!r} (looked for model.safetensors[.index.json] "
-                            f"and pytorch_model.bin[.index.json])")
-
-
 @contextlib.contextmanager
 def _fast_init(dtype: torch.dtype, device):
     """Build modules directly in `dtype` on `device`, skipping random initialisation (every tensor is
@@ -453,7 +400,7 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
     sbops' own format (config.json with model_type "sbops_spikingbrain" and our tensor names);
     released_format=True makes the former mandatory.  A checkpoint loaded with from_pretrained is
     written back with the same config.json (torch_dtype updated) and identical tensors."""
-    max_shard_size = _parse_size(max_shard_size, "save_pretrained: max_shard_size")
+    max_shard_size = parse_size(max_shard_size, "save_pretrained: max_shard_size")
     from ..nn import SpikeLinear
     dropped = [n for n, m in model.named_modules() if isinstance(m, SpikeLinear) and m.weight is None]
     if dropped:
@@ -479,7 +426,7 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
     for k, t in model.state_dict().items():
         if cfg.tie_word_embeddings and k == "lm_head.weight":
             continue  # tied: stored once, as Hugging Face does
-        sd[ours_to_released(k) if released_format else k] = _own_storage(t.detach().to("cpu"))
+        sd[ours_to_released(k) if released_format else k] = own_storage(t.detach().to("cpu"))
     if released_format:
         d = _released_config_for(model, cfg, dtype, w8a)
         sd.update({k: t.to("cpu").contiguous() for k, t in (getattr(model, "_released_extra", None) or {}).items()})
@@ -489,7 +436,7 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump(d, fh, indent=2, sort_keys=True)
     _write_generation_config(model, cfg, path)
-    _write_tensors(sd, path, max_shard_size, safe_serialization)
+    write_tensors(sd, path, max_shard_size, safe_serialization)
 
 
 def _write_generation_config(model, cfg, path) -> None:
@@ -519,14 +466,6 @@ def _write_generation_config(model, cfg, path) -> None:
         json.dump(g, fh, indent=2, sort_keys=True)
 
 
-def _own_storage(t: torch.Tensor) -> torch.Tensor:
-    """t, or a compact copy when it is a view into a larger storage (fused projections at inference
-    share one storage, which safetensors refuses)."""
-    if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
-        return t
-    return t.contiguous().clone()
-
-
 def _released_config_for(model, cfg, dtype, w8a) -> dict:
     """The config.json of a released-format save: the loaded one as it was when it still describes
     the model (a round trip rewrites it unchanged but for the dtype), else the loaded one's extra
@@ -549,40 +488,3 @@ def _released_config_for(model, cfg, dtype, w8a) -> dict:
     d.pop("dtype", None)   # transformers >= 4.56 writes "dtype"; one key, the weights' dtype
     d["torch_dtype"] = _dtype_name(dtype)
     return d
-
-
-def _write_tensors(sd, path, max_shard_size, safe):
-    ext, stem = ("safetensors", "model") if safe else ("bin", "pytorch_model")
-    shards, cur, size = [], {}, 0
-    for k in sorted(sd):
-        nbytes = sd[k].numel() * sd[k].element_size()
-        if cur and size + nbytes > max_shard_size:
-            shards.append(cur)
-            cur, size = {}, 0
-        cur[k] = sd[k]
-        size += nbytes
-    shards.append(cur)
-
-    def write(tensors, fname):
-        if safe:
-            from safetensors.torch import save_file
-            save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
-        else:
-            torch.save(tensors, os.path.join(path, fname))
-
-    for old in os.listdir(path):  # stale weights from an earlier save would be read back
-        # both formats: from_pretrained prefers safetensors, so an earlier .safetensors save would
-        # shadow a new .bin one
-        if re.fullmatch(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?", old):
-            os.remove(os.path.join(path, old))
-    if len(shards) == 1:
-        write(shards[0], f"{stem}.{ext}")
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        fname = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}"
-        write(shard, fname)
-        weight_map.update({k: fname for k in shard})
-    total = sum(t.numel() * t.element_size() for t in sd.values())
-    with open(os.path.join(path, f"{stem}.{ext}.index.json"), "w") as fh:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2, sort_keys=True)
