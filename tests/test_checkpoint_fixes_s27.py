@@ -2,6 +2,8 @@
 
 - convert_qwen2 with more layer_types than the source has layers built the extra layers at random (fewer gave an
   indirect "source tensors with no place" error);
+- save_pretrained dropped lm_head whenever tie_word_embeddings=True, even after lm_head was replaced by a tensor
+  that differs from the embeddings (the reloaded model gave other logits);
 - SpikingBrainConfig took any window (None, "8", 8.0: the last saved a checkpoint from_pretrained refuses), truthy
   strings for its bool fields and any value for gate_logit_normalizer / key_clamp / ...;
 """
@@ -11,6 +13,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from sbops.models import SpikingBrainConfig, SpikingBrainForCausalLM, convert_qwen2
 
@@ -80,3 +83,14 @@ def test_config_float_fields_become_plain_floats():
     c = SpikingBrainConfig(**{**CFG, "key_clamp": np.float32(0.5), "gate_logit_normalizer": 16, "spike_k": 3})
     assert (type(c.key_clamp), type(c.gate_logit_normalizer), type(c.spike_k)) == (float, float, float)
     json.dumps(c.to_dict())
+
+
+def test_save_refuses_a_tied_config_whose_lm_head_no_longer_is_the_embedding(tmp_path, safetensors):
+    m = _model(tie_word_embeddings=True)
+    m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach() * 2)
+    with pytest.raises(ValueError, match="tie_word_embeddings=True, but lm_head.weight is no longer"):
+        m.save_pretrained(tmp_path)
+    m.lm_head.weight = nn.Parameter(m.model.embed_tokens.weight.detach().clone())   # equal: stored once, loads back
+    m.save_pretrained(tmp_path)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(SpikingBrainForCausalLM.from_pretrained(tmp_path)(ids).logits, m(ids).logits)

@@ -421,9 +421,18 @@ def save_pretrained(model, path, *, max_shard_size: Union[int, str] = 5 * 10 ** 
             raise ImportError("save_pretrained writes safetensors by default and needs the safetensors package "
                               "(pip install safetensors); or pass safe_serialization=False for "
                               "pytorch_model.bin files") from e
+    state = model.state_dict()
+    if cfg.tie_word_embeddings and "lm_head.weight" in state:   # stored once, so it must be the embedding
+        head, emb = state["lm_head.weight"], state["model.embed_tokens.weight"]
+        same = head.data_ptr() == emb.data_ptr() and head.shape == emb.shape and head.stride() == emb.stride()
+        if not (same or (head.shape == emb.shape and torch.equal(head, emb.to(head.device)))):
+            raise ValueError("save_pretrained: config.tie_word_embeddings=True, but lm_head.weight is no longer the "
+                             "embedding tensor and differs from it: saving would drop lm_head (tie them again, e.g. "
+                             "model.lm_head.weight = model.model.embed_tokens.weight, or set "
+                             "model.config.tie_word_embeddings=False to save both)")
     os.makedirs(path, exist_ok=True)
     sd = {}
-    for k, t in model.state_dict().items():
+    for k, t in state.items():
         if cfg.tie_word_embeddings and k == "lm_head.weight":
             continue  # tied: stored once, as Hugging Face does
         sd[ours_to_released(k) if released_format else k] = own_storage(t.detach().to("cpu"))
