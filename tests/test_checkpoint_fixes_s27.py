@@ -6,6 +6,10 @@
   that differs from the embeddings (the reloaded model gave other logits);
 - SpikingBrainConfig took any window (None, "8", 8.0: the last saved a checkpoint from_pretrained refuses), truthy
   strings for its bool fields and any value for gate_logit_normalizer / key_clamp / ...;
+- sbops' own checkpoint format gave a raw TypeError for an unknown sbops_config key (allow_unknown_config_keys did
+  not help) and a KeyError without sbops_config;
+- from_pretrained took float8 dtypes, then failed building the model;
+- from_pretrained read every weight file before checking config.json.
 """
 import json
 import re
@@ -94,3 +98,41 @@ def test_save_refuses_a_tied_config_whose_lm_head_no_longer_is_the_embedding(tmp
     m.save_pretrained(tmp_path)
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(SpikingBrainForCausalLM.from_pretrained(tmp_path)(ids).logits, m(ids).logits)
+
+
+def test_native_format_unknown_config_key_is_refused_or_ignored_when_allowed(tmp_path, safetensors):
+    m = _model(window=-1)
+    m.save_pretrained(tmp_path, released_format=False)
+    _edit_config(tmp_path, lambda d: d["sbops_config"].update(future_option=1))
+    with pytest.raises(ValueError, match=r"sbops_config has keys .*\['future_option'\].*allow_unknown_config_keys"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)
+    r = SpikingBrainForCausalLM.from_pretrained(tmp_path, allow_unknown_config_keys=True)
+    assert r.config == m.config
+
+
+def test_native_format_without_sbops_config_is_a_clear_error(tmp_path, safetensors):
+    _model(window=-1).save_pretrained(tmp_path, released_format=False)
+    _edit_config(tmp_path, lambda d: d.pop("sbops_config"))
+    with pytest.raises(ValueError, match="'sbops_config' is missing"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, "float8_e4m3fn", "float8_e5m2"])
+def test_from_pretrained_refuses_dtypes_a_model_cannot_be_built_in(tmp_path, safetensors, dtype):
+    _model().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="dtype .* expected 'auto' or one of float16, bfloat16, float32, float64"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    _edit_config(tmp_path, lambda d: d.update(torch_dtype="float8_e4m3fn"))
+    with pytest.raises(ValueError, match="config.json's torch_dtype 'float8_e4m3fn' .* one of float16"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("edit, msg", [(lambda d: d.update(model_type="llama", architectures=["X"]), "model_type='llama'"),
+                                       (lambda d: d.update(new_key=1), r"keys this loader does not know: \['new_key'\]"),
+                                       (lambda d: d.update(rope_scaling={"type": "linear"}), "rope_scaling")])
+def test_config_json_is_checked_before_any_weight_file_is_read(tmp_path, safetensors, edit, msg):
+    _model().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    _edit_config(tmp_path, edit)
+    with pytest.raises((ValueError, NotImplementedError), match=msg):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)

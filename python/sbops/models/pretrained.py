@@ -35,6 +35,12 @@ missing is an error; nothing is dropped silently.
 
 dtype="auto" (default) casts to config.json's torch_dtype (else the checkpoint's floating dtype),
 as Hugging Face's torch_dtype="auto"; dtype=torch.float32 reproduces transformers 4.x's default.
+A model is built in float16, bfloat16, float32 or float64; any other dtype (float8 too) is refused.
+config.json (and generation_config.json) are read and checked before any weight file is.
+
+sbops' own format (model_type "sbops_spikingbrain") keeps the SpikingBrainConfig fields in config.json's
+"sbops_config" object; a key there that this version does not know is refused, as for the released
+format, unless allow_unknown_config_keys=True (then it is ignored).
 Buffers are created in that dtype as under Hugging Face (so W8ASpike's int8 scales are applied
 in the model dtype, as in the released code).
 
@@ -237,10 +243,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+# The dtypes a model loads in (float8 and other floating dtypes have no tensor storage to build a model in).
+LOAD_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names() -> str:
+    return ", ".join(_dtype_name(t) for t in LOAD_DTYPES)
+
+
 def _parse_dtype(name, what: str = "dtype") -> torch.dtype:
     dt = getattr(torch, str(name).replace("torch.", ""), None) if name is not None else None
-    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise ValueError(f"from_pretrained: {what} {name!r} is not a floating torch dtype")
+    if dt not in LOAD_DTYPES:
+        alt = "" if what.startswith("config.json") else "'auto' or "
+        raise ValueError(f"from_pretrained: {what} {name!r} is not a dtype a model loads in: expected {alt}one "
+                         f"of {_dtype_names()}")
     return dt
 
 
@@ -298,34 +314,42 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         dtype = "auto"
     if isinstance(dtype, str) and dtype != "auto":  # "bfloat16", "torch.float16", as Hugging Face accepts
         dtype = _parse_dtype(dtype, what)
-    sd = load_checkpoint_tensors(path)
+    elif dtype != "auto" and (not isinstance(dtype, torch.dtype) or dtype not in LOAD_DTYPES):
+        raise ValueError(f"from_pretrained: {what} {dtype!r} is not a dtype a model loads in: expected 'auto' or one "
+                         f"of {_dtype_names()}")
+    # config.json (and generation_config.json) first: a checkpoint they refuse costs no weight reading
     gen = read_generation_config(path)
     native = d.get("model_type") == NATIVE_MODEL_TYPE
     if not native and d.get("model_type") != RELEASED_MODEL_TYPE and RELEASED_ARCH not in (d.get("architectures") or []):
         raise ValueError(f"from_pretrained: config.json model_type={d.get('model_type')!r} is neither the released "
                          f"SpikingBrain-7B format ({RELEASED_MODEL_TYPE!r}) nor sbops' ({NATIVE_MODEL_TYPE!r})")
-    if dtype == "auto":
-        name = d.get("torch_dtype") or d.get("dtype")
-        dtype = _parse_dtype(name, "config.json's torch_dtype") if name else next(
-            (t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
-    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"from_pretrained: {what} must be 'auto' or a floating torch dtype, got {dtype!r}")
-
-    extra: Dict[str, torch.Tensor] = {}
+    name = d.get("torch_dtype") or d.get("dtype")
+    if dtype == "auto" and name:
+        dtype = _parse_dtype(name, "config.json's torch_dtype")
     if native:
-        fields = dict(d["sbops_config"])
+        fields = native_config_fields(d, allow_unknown_config_keys)
         fields.update(token_ids({}, gen))
         fields.update(overrides)
         cfg = SpikingBrainConfig(**fields)
+        w8a = False
+    else:
+        w8a = d.get("quant_weight_group_size") is not None   # else told by the tensors' names below
+        _check_w8a_overrides(overrides, w8a)
+        cfg = config_from_released(d, allow_unknown_config_keys, gen, **overrides)
+
+    sd = load_checkpoint_tensors(path)
+    if dtype == "auto":   # config.json names none: the checkpoint's floating dtype
+        dtype = next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
+        if dtype not in LOAD_DTYPES:
+            raise ValueError(f"from_pretrained: the checkpoint's tensors are {_dtype_name(dtype)} and config.json "
+                             f"names no torch_dtype; pass dtype= one of {_dtype_names()}")
+    extra: Dict[str, torch.Tensor] = {}
+    if native:
         renamed = dict(sd)
     else:
-        w8a = any(k.endswith(_W8A_SCALES) for k in sd) or d.get("quant_weight_group_size") is not None
-        fixed = {"spike_k": 3.0, "weight_quant": "int8_static", **_W8A_FIELDS}
-        pinned = sorted(k for k in overrides if k in fixed and overrides[k] != fixed[k]) if w8a else []
-        if pinned:
-            raise ValueError(f"from_pretrained: a released W8ASpike checkpoint pins {pinned} (spike_k=3, "
-                             f"weight_quant='int8_static', {_W8A_FIELDS}); they cannot be overridden")
-        cfg = config_from_released(d, allow_unknown_config_keys, gen, **overrides)
+        if not w8a and any(k.endswith(_W8A_SCALES) for k in sd):
+            w8a = True
+            _check_w8a_overrides(overrides, w8a)
         if w8a:
             cfg = _w8a_config(cfg)
         renamed = {}
@@ -358,6 +382,35 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
 def _w8a_config(cfg: SpikingBrainConfig) -> SpikingBrainConfig:
     """The released W8ASpike model: QuantLinear everywhere in the blocks (k=3, checkpoint scales)."""
     return cfg.replace(spike_k=3.0, weight_quant="int8_static", **_W8A_FIELDS)
+
+
+def _check_w8a_overrides(overrides: dict, w8a: bool) -> None:
+    fixed = {"spike_k": 3.0, "weight_quant": "int8_static", **_W8A_FIELDS}
+    pinned = sorted(k for k in overrides if k in fixed and overrides[k] != fixed[k]) if w8a else []
+    if pinned:
+        raise ValueError(f"from_pretrained: a released W8ASpike checkpoint pins {pinned} (spike_k=3, "
+                         f"weight_quant='int8_static', {_W8A_FIELDS}); they cannot be overridden")
+
+
+def native_config_fields(d: dict, allow_unknown_config_keys: bool = False) -> dict:
+    """The SpikingBrainConfig fields of an sbops-format config.json dict (its "sbops_config" object); a key
+    this version does not know is refused unless allow_unknown_config_keys (then it is ignored), as for
+    the released format."""
+    sb = d.get("sbops_config")
+    if not isinstance(sb, dict):
+        raise ValueError(f"from_pretrained: config.json has model_type {NATIVE_MODEL_TYPE!r} but its 'sbops_config' "
+                         f"is {'missing' if sb is None else type(sb).__name__ + ', not an object'}: it must hold "
+                         f"the SpikingBrainConfig fields, as save_pretrained writes them")
+    fields = {f.name: f for f in dataclasses.fields(SpikingBrainConfig)}
+    unknown = sorted(set(sb) - set(fields))
+    if unknown and not allow_unknown_config_keys:
+        raise ValueError(f"from_pretrained: config.json's sbops_config has keys this loader does not know: {unknown} "
+                         f"(pass allow_unknown_config_keys=True to ignore them)")
+    missing = sorted(n for n, f in fields.items() if n not in sb and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"from_pretrained: config.json's sbops_config lacks the required fields {missing}")
+    return {k: v for k, v in sb.items() if k in fields}
 
 
 def _load_exact(model, sd: Dict[str, torch.Tensor]):
