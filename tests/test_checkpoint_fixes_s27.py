@@ -136,3 +136,10 @@ def test_config_json_is_checked_before_any_weight_file_is_read(tmp_path, safeten
     _edit_config(tmp_path, edit)
     with pytest.raises((ValueError, NotImplementedError), match=msg):
         SpikingBrainForCausalLM.from_pretrained(tmp_path)
+
+
+def test_released_config_tie_word_embeddings_must_be_a_json_bool(tmp_path, safetensors):
+    _model().save_pretrained(tmp_path)  # the released format (the default)
+    _edit_config(tmp_path, lambda d: d.update(tie_word_embeddings="false"))  # bool("false") would tie
+    with pytest.raises(ValueError, match="tie_word_embeddings must be true or false, got 'false'"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)

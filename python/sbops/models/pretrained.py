@@ -153,12 +153,15 @@ def config_from_released(d: dict, allow_unknown_config_keys: bool = False, gener
     bad = [i for i in attn_layers if not 0 <= i < n]
     if bad:
         raise ValueError(f"from_pretrained: attn_layers {bad} are outside 0..num_hidden_layers-1 = 0..{n - 1}")
+    if not isinstance(c["tie_word_embeddings"], bool):  # bool("false") would tie the weights
+        raise ValueError(f"from_pretrained: config.json's tie_word_embeddings must be true or false, got "
+                         f"{c['tie_word_embeddings']!r}")
     fields = dict(
         vocab_size=int(c["vocab_size"]), hidden_size=hidden, intermediate_size=int(c["intermediate_size"]),
         num_heads=heads, num_kv_heads=kv, head_dim=hidden // heads,
         layer_types=tuple("swa" if i in attn_layers else "gla" for i in range(n)),
         rms_norm_eps=float(c["norm_eps"]), rope_theta=float(c["rope_theta"]), window=window,
-        tie_word_embeddings=bool(c["tie_word_embeddings"]), initializer_range=float(c["initializer_range"]),
+        tie_word_embeddings=c["tie_word_embeddings"], initializer_range=float(c["initializer_range"]),
         qkv_bias=True, gate_low_rank_dim=16, gate_logit_normalizer=16.0)
     fields.update(token_ids(d, generation))   # only the keys the files state: a missing one stays None
     fields.update(overrides)
