@@ -41,13 +41,22 @@ void check_index_dtype(const Tensor& t, const char* op, const char* name) {
               " must be int32 or int64, got ", t.scalar_type());
 }
 
+// A new contiguous int64 tensor holding t's values.  Always a copy: to_contig returns t itself
+// when it is already contiguous int64, and the callers below write into the result (an op must
+// never write into its inputs).
+Tensor long_copy(const Tensor& t) {
+  Tensor c = empty_on(t.sizes(), kLong, t);
+  torch::stable::copy_(c, t);
+  return c;
+}
+
 // Expert ids as a contiguous int64 copy in which every id outside [0, num_experts) reads -1.
 // Bad-data guard: ids < 0 mark dropped slots; ids >= num_experts are treated the same way (the
 // frontend range-checks ids on CPU tensors by default), so no index leaves the expert range.
 Tensor routed_expert_ids(const Tensor& ids, int64_t num_experts, const char* op) {
   check_index_dtype(ids, op, "ids");
   SBOPS_CHECK(num_experts >= 1, op, ": num_experts must be >= 1, got ", num_experts);
-  Tensor flat = to_contig(ids, kLong);
+  Tensor flat = long_copy(ids);
   int64_t* p = flat.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < flat.numel(); ++i)
     if (p[i] >= num_experts || p[i] < 0) p[i] = -1;
@@ -59,7 +68,7 @@ Tensor routed_expert_ids(const Tensor& ids, int64_t num_experts, const char* op)
 Tensor routed_row_map(const Tensor& row_map, int64_t rows, const char* op) {
   check_index_dtype(row_map, op, "row_map");
   SBOPS_CHECK(row_map.dim() == 2, op, ": row_map must be [T, k], got shape ", row_map.sizes());
-  Tensor rm = to_contig(row_map, kLong);
+  Tensor rm = long_copy(row_map);
   int64_t* p = rm.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < rm.numel(); ++i)
     if (p[i] >= rows || p[i] < 0) p[i] = -1;
