@@ -2,6 +2,8 @@
 
 - the CPU MoE kernels wrote -1 into the caller's int64 ids / row_map where an entry was out of range
   (the index guard worked in place when the input already was contiguous int64);
+- linear_attn_decode and swa_cache_write bumped no version counter, so backward through a graph that
+  had saved the state / cache silently used the new values, and a leaf requiring grad was written;
 """
 import numpy as np
 import pytest
@@ -69,3 +71,78 @@ def test_opcheck_schema_with_out_of_range_row_map():
                           test_utils=("test_schema",))
     torch.library.opcheck(torch.ops.sbops.moe_permute_bwd.default, (torch.randn(3, 2), rm),
                           test_utils=("test_schema",))
+
+
+# ------------------------------------------------------------------ in-place ops bump version counters
+def _decode_args(state):
+    return torch.randn(2, 2, 4), torch.randn(2, 1, 4), torch.randn(2, 1, 4), None, state
+
+
+def _write_args(kc, vc):
+    return torch.randn(2, 1, 4), torch.randn(2, 1, 4), kc, vc, torch.tensor([0, 1])
+
+
+def test_in_place_ops_bump_the_version_of_every_written_argument():
+    st = torch.zeros(2, 1, 4, 4)
+    sbops.linear_attn_decode(*_decode_args(st))
+    assert st._version > 0
+    st2 = torch.zeros(2, 1, 4, 4)
+    torch.ops.sbops.linear_attn_decode(*_decode_args(st2), None, 0.5)
+    assert st2._version > 0
+    kc, vc = torch.zeros(2, 4, 1, 4), torch.zeros(2, 4, 1, 4)
+    sbops.swa_cache_write(*_write_args(kc, vc))
+    assert kc._version > 0 and vc._version > 0
+    kc, vc = torch.zeros(2, 4, 1, 4), torch.zeros(2, 4, 1, 4)
+    with torch.no_grad():
+        torch.ops.sbops.swa_cache_write(*_write_args(kc, vc), None)
+    assert kc._version > 0 and vc._version > 0
+
+    def step(q, k, v, st, kc, vc, pos):       # compiled: the ops still write, and the versions move
+        o = sbops.linear_attn_decode(q, k, v, None, st)
+        sbops.swa_cache_write(k, v, kc, vc, pos)
+        return o
+    f = torch.compile(step, backend="aot_eager", fullgraph=True)
+    st, kc, vc = torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 1, 4), torch.zeros(2, 4, 1, 4)
+    st_ref, kc_ref, vc_ref = st.clone(), kc.clone(), vc.clone()
+    q, k, v, pos = torch.randn(2, 2, 4), torch.randn(2, 1, 4), torch.randn(2, 1, 4), torch.tensor([1, 2])
+    torch.testing.assert_close(f(q, k, v, st, kc, vc, pos), step(q, k, v, st_ref, kc_ref, vc_ref, pos))
+    assert torch.equal(st, st_ref) and torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
+    assert st._version > 0 and kc._version > 0 and vc._version > 0
+
+
+def test_in_place_op_versions_follow_the_schema():
+    from sbops._registration import mutated_args
+    assert mutated_args("linear_attn_decode") == [(4, "state")]
+    assert mutated_args("swa_cache_write") == [(2, "k_cache"), (3, "v_cache")]
+    assert mutated_args("swa_attn") == []
+
+
+def test_backward_after_an_in_place_update_raises():
+    w = torch.ones(2, 1, 4, 4, requires_grad=True)
+    st = torch.randn(2, 1, 4, 4)
+    loss = (st * w).sum()                      # saves st for w's gradient
+    sbops.linear_attn_decode(*_decode_args(st))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    w = torch.ones(2, 4, 1, 4, requires_grad=True)
+    kc, vc = torch.randn(2, 4, 1, 4), torch.zeros(2, 4, 1, 4)
+    loss = (kc * w).sum()
+    sbops.swa_cache_write(*_write_args(kc, vc))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_leaf_requiring_grad_is_refused_by_name():
+    st = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="linear_attn_decode: state is a leaf tensor that requires grad"):
+        sbops.linear_attn_decode(*_decode_args(st))
+    assert st.abs().sum() == 0                  # refused before the kernel wrote it
+    kc, vc = torch.zeros(2, 4, 1, 4), torch.zeros(2, 4, 1, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="swa_cache_write: v_cache is a leaf tensor that requires grad"):
+        sbops.swa_cache_write(*_write_args(kc, vc))
+    base = torch.zeros(3, 1, 4, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="state is a view of a leaf tensor that requires grad"):
+        sbops.linear_attn_decode(*_decode_args(base[1:]))
+    with torch.no_grad():                       # as torch allows in-place writes to such leaves there
+        sbops.linear_attn_decode(*_decode_args(st))
+    assert st.abs().sum() > 0

@@ -197,7 +197,8 @@ def mark_cache_write(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     cache keeps its old grad_fn, so the overwritten rows' gradient flows to the values they
     replaced).  The node's input is a detached stand-in, so the graph of k and v (a decode step's
     activations) is not kept alive by the cache.  A cache autograd cannot record an in-place write
-    into (an inference tensor, a view made under no_grad, a leaf requiring grad) keeps no history,
+    into (an inference tensor, a view made under no_grad) keeps no history (a leaf requiring grad
+    is refused by the op itself, at ADInplaceOrView),
     with one warning, as before this guard.  Not applied while torch.compile traces (Dynamo cannot
     trace this node's backward): a compiled write keeps the caches' history as it was."""
     if torch.compiler.is_compiling():
@@ -210,6 +211,53 @@ def mark_cache_write(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         import warnings
         warnings.warn(f"sbops.swa_cache_write: the cache cannot record the write for autograd ({e}); "
                       f"backward through it will not see the new rows", stacklevel=3)
+
+
+# ------------------------------------------------------------------ in-place ops: version counters
+def op_names() -> List[str]:
+    """Every sbops op (schemas in csrc/ops.cpp), from the dispatcher."""
+    return sorted(n[len(lib):] for n in torch._C._dispatch_get_all_op_names() if n.startswith(lib))
+
+
+def mutated_args(op: str) -> List[tuple]:
+    """(position, name) of each argument op's schema marks written (Tensor(a!))."""
+    schema = getattr(torch.ops.sbops, op).default._schema
+    return [(i, a.name) for i, a in enumerate(schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write]
+
+
+_after_inplace_or_view = torch._C._after_ADInplaceOrView_keyset
+
+
+def _inplace_or_view_kernel(op: str, written: List[tuple]):
+    """What PyTorch's own in-place ops (and torch.library.custom_op) do at ADInplaceOrView: bump the
+    version counter of every written argument, so backward through a graph that saved one of them
+    raises "modified by an inplace operation" instead of silently using the new values; and, with
+    grad mode on, refuse to write into a leaf that requires grad (or a view of one), by name."""
+    overload = getattr(torch.ops.sbops, op).default
+
+    def kernel(keyset, *args, **kwargs):
+        ts = [args[i] if i < len(args) else kwargs.get(name) for i, name in written]
+        if torch.is_grad_enabled():
+            for (_, name), t in zip(written, ts):
+                if t is None or not t.requires_grad:
+                    continue
+                base = t._base if t._is_view() else None
+                if t.is_leaf or (base is not None and base.is_leaf and base.requires_grad):
+                    raise RuntimeError(
+                        f"sbops.{op}: {name} is {'a leaf' if t.is_leaf else 'a view of a leaf'} tensor that "
+                        f"requires grad, and {op} writes it in place (torch refuses in-place ops on such "
+                        f"tensors); pass {name}.detach() or call it under torch.no_grad()")
+        out = overload.redispatch(keyset & _after_inplace_or_view, *args, **kwargs)
+        torch.autograd.graph.increment_version([t for t in ts if t is not None])
+        return out
+
+    return kernel
+
+
+for _op in op_names():
+    if _written := mutated_args(_op):
+        _impl_lib.impl(_op, _inplace_or_view_kernel(_op, _written), "ADInplaceOrView", with_keyset=True)
 
 
 # ------------------------------------------------------------------ sliding-window attention
