@@ -4,6 +4,8 @@
   (the index guard worked in place when the input already was contiguous int64);
 - linear_attn_decode and swa_cache_write bumped no version counter, so backward through a graph that
   had saved the state / cache silently used the new values, and a leaf requiring grad was written;
+- register_backend took priority="high" (every later call failed) and a kernels key that names no op
+  it declares (a typo: the built-in kernel ran while explain() named the backend);
 """
 import numpy as np
 import pytest
@@ -146,3 +148,35 @@ def test_a_leaf_requiring_grad_is_refused_by_name():
     with torch.no_grad():                       # as torch allows in-place writes to such leaves there
         sbops.linear_attn_decode(*_decode_args(st))
     assert st.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ register_backend checks priority and kernels
+@pytest.mark.parametrize("priority", ["high", None, True, float("nan"), float("inf")])
+def test_register_backend_refuses_a_priority_that_is_not_a_finite_number(priority):
+    with pytest.raises(ValueError, match=r"priority must be a finite int or float.*got"):
+        sbops.register_backend(Backend(name="z4", device_types=("cpu",), ops={}, priority=priority))
+    if "z4" in sbops.backends():   # (the old code registered it, and every later call failed)
+        sbops._dispatch.unregister_backend("z4")
+        pytest.fail(f"priority={priority!r} was registered")
+    x = torch.randn(2, 4)
+    assert torch.equal(sbops.spike_quant(x), sbops.spike_quant(x))
+    sbops.register_backend(Backend(name="z4", device_types=("cpu",), priority=-2.5, ops={}))
+    try:
+        assert sbops.backends()["z4"]["priority"] == -2.5
+    finally:
+        sbops._dispatch.unregister_backend("z4")
+
+
+def test_register_backend_refuses_kernels_for_ops_it_does_not_declare():
+    caps = {"spike_quant": OpCaps((torch.float32,))}
+    with pytest.raises(ValueError, match=r"kernels names 'spike_qaunt', not an sbops op; .*: spike_quant"):
+        sbops.register_backend(Backend(name="typo", device_types=("cpu",), priority=5, ops=caps,
+                                       kernels={"spike_qaunt": lambda x, k: x}))
+    with pytest.raises(ValueError, match="kernels names 'spike_encode', an op its ops do not list"):
+        sbops.register_backend(Backend(name="typo", device_types=("cpu",), priority=5, ops=caps,
+                                       kernels={"spike_encode": lambda x, k, d: x}))
+    if "typo" in sbops.backends():
+        sbops._dispatch.unregister_backend("typo")
+        pytest.fail("a kernels key naming no declared op was registered")
+    with pytest.raises(ValueError, match=r"which is not an sbops op \(sbops ops: .*spike_quant"):
+        sbops.register_backend(Backend(name="typo", device_types=("cpu",), ops={"name": caps["spike_quant"]}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -139,11 +140,13 @@ def _check_backend(backend) -> None:
         raise ValueError(f"{where} device_types must be a tuple of device type names such as ('cuda',), got {dev!r}")
     if not isinstance(backend.ops, dict):
         raise ValueError(f"{where} ops must be a dict of op name -> OpCaps, got {type(backend.ops).__name__}")
+    p = backend.priority
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p):
+        raise ValueError(f"{where} priority must be a finite int or float (higher wins), got {p!r}")
+    ops = _op_names()
     for op, caps in backend.ops.items():
-        try:
-            getattr(torch.ops.sbops, op)
-        except (AttributeError, RuntimeError, TypeError):
-            raise ValueError(f"{where} ops names {op!r}, which is not an sbops op") from None
+        if op not in ops:
+            raise ValueError(f"{where} ops names {op!r}, which is not an sbops op (sbops ops: {', '.join(ops)})")
         if not isinstance(caps, OpCaps):
             raise ValueError(f"{where} ops[{op!r}] must be an OpCaps, got {type(caps).__name__}")
         if not isinstance(caps.dtypes, _COLLECTIONS) or not all(isinstance(d, torch.dtype) for d in caps.dtypes):
@@ -162,6 +165,18 @@ def _check_backend(backend) -> None:
         d = getattr(backend, what)
         if not isinstance(d, dict) or not all(callable(f) for f in d.values()):
             raise ValueError(f"{where} {what} must be a dict of name -> callable")
+    for op in backend.kernels:
+        # a key that is no op of ops (a typo) would be accepted and never called: the op it meant
+        # would run the built-in kernel while explain() names this backend
+        if op not in backend.ops:
+            what = "an op its ops do not list" if op in ops else "not an sbops op"
+            raise ValueError(f"{where} kernels names {op!r}, {what}; each key of kernels must be one of "
+                             f"the backend's ops: {', '.join(sorted(backend.ops)) or '(ops is empty)'}")
+
+
+def _op_names() -> Tuple[str, ...]:
+    """Every sbops op (their schemas are defined when sbops._C loads)."""
+    return tuple(sorted(n[len("sbops::"):] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sbops::")))
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
