@@ -6,6 +6,8 @@
   had saved the state / cache silently used the new values, and a leaf requiring grad was written;
 - register_backend took priority="high" (every later call failed) and a kernels key that names no op
   it declares (a typo: the built-in kernel ran while explain() named the backend);
+- k as a numpy scalar, spike_stats' non-int T, a window past int64, a non-numeric topk_gating scaling
+  and a spike train too long to allocate gave messages naming the wrong problem or no argument.
 """
 import numpy as np
 import pytest
@@ -180,3 +182,59 @@ def test_register_backend_refuses_kernels_for_ops_it_does_not_declare():
         pytest.fail("a kernels key naming no declared op was registered")
     with pytest.raises(ValueError, match=r"which is not an sbops op \(sbops ops: .*spike_quant"):
         sbops.register_backend(Backend(name="typo", device_types=("cpu",), ops={"name": caps["spike_quant"]}))
+
+
+# ------------------------------------------------------------------ messages that name the argument
+@pytest.mark.parametrize("k", [np.float32(3.0), np.int64(3)])
+def test_spike_ops_take_numpy_scalar_k(k):
+    x = torch.randn(3, 8)
+    assert torch.equal(sbops.spike_encode(x, k)[0], sbops.spike_encode(x, float(k))[0])
+    assert torch.equal(sbops.spike_quant(x, k), sbops.spike_quant(x, float(k)))
+    wq, ws = sbops.quantize_weight(torch.randn(4, 8))
+    assert torch.equal(sbops.spike_linear(x, wq, ws, k), sbops.spike_linear(x, wq, ws, float(k)))
+
+
+def test_spike_ops_refuse_tensor_k_naming_k():
+    x = torch.randn(3, 8)
+    for call in (lambda k: sbops.spike_encode(x, k), lambda k: sbops.spike_quant(x, k)):
+        with pytest.raises(TypeError, match=r"k must be a Python float .*got a 0-d tensor on cpu; pass k.item\(\)"):
+            call(torch.tensor(3.0))
+        with pytest.raises(TypeError, match="k must be a Python float .*got str"):
+            call("3")
+
+
+def test_spike_stats_says_T_must_be_a_positive_int():
+    for T in (7.0, 0, "7"):
+        with pytest.raises(ValueError, match="spike_stats: T must be a positive int, got"):
+            sbops.spike_stats(torch.tensor([5]), "ternary", T=T)
+    assert sbops.spike_stats(torch.tensor([5]), "ternary", T=np.int64(7))["T"] == 7
+
+
+def test_swa_window_outside_int64_is_refused_naming_window():
+    q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 1, 8)
+    for w in (2 ** 63, -2 ** 63 - 1):
+        with pytest.raises(ValueError, match="swa_attn: window must fit int64"):
+            sbops.swa_attn(q, k, k, w)
+        with pytest.raises(ValueError, match="swa_decode: window must fit int64"):
+            sbops.swa_decode(torch.randn(1, 2, 8), torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8),
+                             torch.tensor([1]), w)
+
+
+def test_topk_gating_scaling_errors_name_scaling():
+    with pytest.raises(TypeError, match="topk_gating: scaling must be a Python float .*got str 'x'"):
+        sbops.topk_gating(torch.randn(3, 4), 2, scaling="x")
+    with pytest.raises(TypeError, match="topk_gating: scaling must be a Python float, got a tensor"):
+        sbops.topk_gating(torch.randn(3, 4), 2, scaling=torch.tensor(2.0))
+    w, _ = sbops.topk_gating(torch.randn(3, 4), 2, scaling=np.float32(2.0))
+    torch.testing.assert_close(w.sum(-1), torch.full((3,), 2.0))
+
+
+def test_spike_expand_refuses_too_many_steps_naming_T():
+    c = torch.tensor([2 ** 40])
+    with pytest.raises(ValueError, match=r"spike_expand: T=1099511627776 steps \(the largest \|count\| is "
+                                         r"1099511627776, which needs T=1099511627776 in ternary mode\) is too large"):
+        sbops.spike_expand(c, "ternary")
+    with pytest.raises(ValueError, match=r"spike_expand: T=1099511627776 steps is too large: the trains would be "
+                                         r"\[T=1099511627776, 1\] int8"):
+        sbops.spike_expand(c, "ternary", T=2 ** 40)
+    assert sbops.spike_expand(c, "bitwise").shape == (41, 1)

@@ -64,9 +64,16 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
                              f"than k={k} experts")
     elif topk_groups is not None:
         raise ValueError(f"sbops.{op}: topk_groups needs num_groups")
+    if isinstance(scaling, torch.Tensor):   # float() of a CUDA tensor would be a silent device sync
+        raise TypeError(f"sbops.{op}: scaling must be a Python float, got a tensor; pass scaling.item()")
+    try:
+        scaling = float(scaling)
+    except (TypeError, ValueError):
+        raise TypeError(f"sbops.{op}: scaling must be a Python float (the weights' factor), got "
+                        f"{type(scaling).__name__} {scaling!r}") from None
     feats = ("bias" if bias is not None else None, "groups" if num_groups else None)
     return run(op, logits, _NO, feats, logits, k, scoring, bool(renormalize), bias,
-               int(num_groups or 0), int(topk_groups or 0), float(scaling))
+               int(num_groups or 0), int(topk_groups or 0), scaling)
 
 
 def moe_permute(x: torch.Tensor, ids: torch.Tensor, num_experts: int):

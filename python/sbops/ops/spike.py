@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -17,9 +18,17 @@ COUNT_DTYPES = (torch.int8, torch.int16, torch.int32)
 
 def _check_k(op, k):
     # comparisons, not math.isfinite: under torch.compile(dynamic=True) a k from a default argument
-    # or a module attribute is a SymFloat (NaN fails k > 0)
-    if not (isinstance(k, (int, float, torch.SymInt, torch.SymFloat)) and not isinstance(k, bool)
-            and 0 < k < math.inf):
+    # or a module attribute is a SymFloat (NaN fails k > 0).  numbers.Real takes numpy's floats and
+    # ints too (float() converts them exactly); a tensor is refused: float() of a CUDA tensor is a
+    # device sync the caller did not ask for
+    if isinstance(k, torch.Tensor):
+        raise TypeError(f"sbops.{op}: k must be a Python float (or int, or numpy scalar), got a "
+                        f"{'0-d ' if k.dim() == 0 else ''}tensor on {k.device.type}; pass k.item() "
+                        f"(on a GPU that is a device sync)")
+    if not isinstance(k, (numbers.Real, torch.SymInt, torch.SymFloat)):
+        raise TypeError(f"sbops.{op}: k must be a Python float (a positive finite number), got "
+                        f"{type(k).__name__} {k!r}")
+    if isinstance(k, bool) or not 0 < k < math.inf:
         raise ValueError(f"sbops.{op}: k must be a positive finite number, got {k!r}")
 
 
@@ -87,13 +96,23 @@ def _max_abs(op, counts, mode) -> int:
     return max(-lo, hi)
 
 
+_MAX_EXPAND_T = (1 << 31) - 1   # the CUDA kernel takes T as an int
+
+
+def _too_many_steps(op, T, counts, why):
+    raise ValueError(f"sbops.{op}: T={T} steps{why} is too large: the trains would be [T={T}"
+                     f"{''.join(', ' + str(n) for n in counts.shape)}] int8 ({T * counts.numel() / 2 ** 30:.3g} GiB); "
+                     f"spike_expand serves T <= {_MAX_EXPAND_T} (counts that large suggest a clamped vth or "
+                     f"unscaled input; mode='bitwise' needs only bit_length(|count|) steps)")
+
+
 def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = None) -> torch.Tensor:
     """Expand integer counts into spike trains [T, *counts.shape] int8.
 
     binary: s_t = 1 while t < c (c >= 0); ternary: s_t = sign(c) while t < |c|;
     bitwise: s_t = sign(c) * bit_{T-1-t}(|c|) (sign-magnitude, most significant bit first).
     T defaults to the fewest steps that hold every count; a T too small is an error, never a
-    silent wrap.
+    silent wrap.  T is at most 2**31 - 1 (a larger one, given or the default, is refused).
 
     Synchronisation: the output's shape depends on T, so T=None reads max|counts| back to the host
     (a GPU sync; pass T under torch.compile or CUDA graph capture).  With T given, the wrapper
@@ -110,6 +129,8 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
         if t is None or t < 1:
             raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
         T = t
+        if T > _MAX_EXPAND_T:
+            _too_many_steps(op, T, counts, "")
     if T is None and counts.device.type == "meta":
         raise ValueError(f"sbops.{op}: pass T explicitly for meta tensors (its default depends on the data)")
     if V.checking_data(counts) or (T is None and V.can_sync()):
@@ -117,6 +138,8 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
         need = _min_T(mode, m)
         if T is None:
             T = need
+            if T > _MAX_EXPAND_T:
+                _too_many_steps(op, T, counts, f" (the largest |count| is {m}, which needs T={T} in {mode} mode)")
         elif T < need:
             raise ValueError(f"sbops.{op}: T={T} steps cannot represent a count of magnitude {m} in {mode} mode "
                              f"(needs T >= {need})")
@@ -185,15 +208,18 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
     if not V.can_sync():
         raise ValueError(f"sbops.{op} is a host-side summary (it reads the histogram back): call it outside "
                          "torch.compile, CUDA graph capture and vmap")
+    if T is not None:
+        t = V.as_int(T)
+        if t is None or t < 1:
+            raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
+        T = t
     m = _max_abs(op, counts, mode)
     need = _min_T(mode, m)
     if T is None:
         T = need
-    elif (t := V.as_int(T)) is None or t < need:
-        raise ValueError(f"sbops.{op}: T={T!r} steps cannot represent a count of magnitude {m} in {mode} mode "
+    elif T < need:
+        raise ValueError(f"sbops.{op}: T={T} steps cannot represent a count of magnitude {m} in {mode} mode "
                          f"(needs T >= {need})")
-    else:
-        T = t
     if m >= _MAX_HIST_BINS:  # one int64 bin per |c| value: refuse before allocating gigabytes
         raise ValueError(f"sbops.{op}: the largest |count| is {m}; its histogram would need {m + 1} bins "
                          f"({(m + 1) * 8 / 2 ** 30:.2f} GiB); spike_stats serves |counts| < {_MAX_HIST_BINS} "

@@ -15,10 +15,16 @@ _INDEX = frozenset(V.INDEX_DTYPES)
 _FULL = "full_causal"
 
 
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _window(op, window) -> int:
     w = V.as_int(window)
     if w is None:
         raise TypeError(f"sbops.{op}: window must be an int (< 0 for full causal), got {type(window).__name__}")
+    if not _I64_MIN <= w <= _I64_MAX:   # the schema's int is int64
+        raise ValueError(f"sbops.{op}: window must fit int64 ([{_I64_MIN}, {_I64_MAX}]; < 0 for full "
+                         f"causal), got {w}")
     return w
 
 
@@ -128,7 +134,8 @@ def swa_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, se
     op = "swa_decode"
     # fast path (the common call, no sinks): plain comparisons that imply every check below passes;
     # anything else takes the full checks, which raise naming the argument
-    if (sink_k is None and sink_v is None and type(window) is int and q.__class__ is _T
+    if (sink_k is None and sink_v is None and type(window) is int and _I64_MIN <= window <= _I64_MAX
+            and q.__class__ is _T
             and k_cache.__class__ is _T and v_cache.__class__ is _T and seq_lens.__class__ is _T):
         qs, cs = q.shape, k_cache.shape
         if (len(qs) == 3 and len(cs) == 4 and cs[2] and qs[1] % cs[2] == 0 and qs[2] == cs[3]
