@@ -152,6 +152,33 @@ def test_a_leaf_requiring_grad_is_refused_by_name():
     assert st.abs().sum() > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_in_place_op_versions_move_and_a_captured_decode_step_replays_the_eager_one():
+    dev = "cuda"
+    q, k, v = (torch.randn(2, n, 4, device=dev) for n in (2, 1, 1))
+    pos = torch.tensor([0, 1], device=dev)
+    st, kc, vc = (torch.zeros(*s, device=dev) for s in ((2, 1, 4, 4), (2, 4, 1, 4), (2, 4, 1, 4)))
+    ref = [t.clone() for t in (st, kc, vc)]
+    o_ref = sbops.linear_attn_decode(q, k, v, None, ref[0])
+    sbops.swa_cache_write(k, v, ref[1], ref[2], pos)
+    v0 = [t._version for t in (st, kc, vc)]
+    g = torch.cuda.CUDAGraph()
+    sbops.linear_attn_decode(q, k, v, None, st.clone())  # warm-up outside capture
+    sbops.swa_cache_write(k, v, kc.clone(), vc.clone(), pos)
+    torch.cuda.synchronize()
+    with torch.cuda.graph(g):
+        o = sbops.linear_attn_decode(q, k, v, None, st)
+        sbops.swa_cache_write(k, v, kc, vc, pos)
+    assert all(t._version > v for t, v in zip((st, kc, vc), v0))
+    for t in (st, kc, vc):
+        t.zero_()
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(o, o_ref)
+    for t, r in zip((st, kc, vc), ref):
+        torch.testing.assert_close(t, r)
+
+
 # ------------------------------------------------------------------ register_backend checks priority and kernels
 @pytest.mark.parametrize("priority", ["high", None, True, float("nan"), float("inf")])
 def test_register_backend_refuses_a_priority_that_is_not_a_finite_number(priority):
