@@ -155,9 +155,9 @@ def test_a_leaf_requiring_grad_is_refused_by_name():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_in_place_op_versions_move_and_a_captured_decode_step_replays_the_eager_one():
     dev = "cuda"
-    q, k, v = (torch.randn(2, n, 4, device=dev) for n in (2, 1, 1))
+    q, k, v = (torch.randn(2, n, 64, device=dev) for n in (2, 1, 1))  # the CUDA decode's head dims: 64, 128
     pos = torch.tensor([0, 1], device=dev)
-    st, kc, vc = (torch.zeros(*s, device=dev) for s in ((2, 1, 4, 4), (2, 4, 1, 4), (2, 4, 1, 4)))
+    st, kc, vc = (torch.zeros(*s, device=dev) for s in ((2, 1, 64, 64), (2, 4, 1, 64), (2, 4, 1, 64)))
     ref = [t.clone() for t in (st, kc, vc)]
     o_ref = sbops.linear_attn_decode(q, k, v, None, ref[0])
     sbops.swa_cache_write(k, v, ref[1], ref[2], pos)
