@@ -143,7 +143,7 @@ def _check_backend(backend) -> None:
     p = backend.priority
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not math.isfinite(p):
         raise ValueError(f"{where} priority must be a finite int or float (higher wins), got {p!r}")
-    ops = _op_names()
+    ops = op_names()
     for op, caps in backend.ops.items():
         if op not in ops:
             raise ValueError(f"{where} ops names {op!r}, which is not an sbops op (sbops ops: {', '.join(ops)})")
@@ -174,8 +174,8 @@ def _check_backend(backend) -> None:
                              f"the backend's ops: {', '.join(sorted(backend.ops)) or '(ops is empty)'}")
 
 
-def _op_names() -> Tuple[str, ...]:
-    """Every sbops op (their schemas are defined when sbops._C loads)."""
+def op_names() -> Tuple[str, ...]:
+    """Every sbops op, sorted (their schemas are defined when sbops._C loads: csrc/ops.cpp)."""
     return tuple(sorted(n[len("sbops::"):] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sbops::")))
 
 

@@ -17,6 +17,8 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import register_autograd, register_fake
 
+from ._dispatch import op_names
+
 lib = "sbops::"
 
 
@@ -214,11 +216,6 @@ def mark_cache_write(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------ in-place ops: version counters
-def op_names() -> List[str]:
-    """Every sbops op (schemas in csrc/ops.cpp), from the dispatcher."""
-    return sorted(n[len(lib):] for n in torch._C._dispatch_get_all_op_names() if n.startswith(lib))
-
-
 def mutated_args(op: str) -> List[tuple]:
     """(position, name) of each argument op's schema marks written (Tensor(a!))."""
     schema = getattr(torch.ops.sbops, op).default._schema
