@@ -51,6 +51,16 @@ from ..nn.common import RMSNorm as _RMSNorm
 _MODES = ("auto", "check", "off")
 _mode = "auto"
 _promised_groups: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("sbops_fla_kv_groups", default=None)
+# the same promise as a plain module value, read only while torch.compile traces: Dynamo cannot trace
+# ContextVar.get, and it guards on a module value (a call compiled inside kv_groups(G) recompiles outside
+# it).  Not per thread: a promise from another thread's kv_groups could show during a trace, which the
+# promise's device-side check turns into an error, never a silently different result.
+_traced_promise: Optional[int] = None
+
+
+def _promise() -> Optional[int]:
+    """kv_groups' promise in force for this call (None: none)."""
+    return _traced_promise if torch.compiler.is_compiling() else _promised_groups.get()
 
 
 def set_repeat_detection(mode: str) -> None:
@@ -71,11 +81,14 @@ def kv_groups(groups: int):
     upstream (which sum the copies' gradients), not from heads that merely hold equal values."""
     if not isinstance(groups, int) or groups < 1:
         raise ValueError(f"kv_groups: groups must be a positive int, got {groups!r}")
-    token = _promised_groups.set(groups)
+    global _traced_promise
+    token, before = _promised_groups.set(groups), _traced_promise
+    _traced_promise = groups
     try:
         yield
     finally:
         _promised_groups.reset(token)
+        _traced_promise = before
 
 
 def _grouped(t: torch.Tensor, dim: int, G: int) -> torch.Tensor:
@@ -94,7 +107,7 @@ def _divisors_desc(n: int):
 
 def _find_groups(H: int, heads_at_2, states) -> int:
     """The largest G > 1 such that every tensor is G-fold repeated over its head dim, else 1."""
-    promised = _promised_groups.get()
+    promised = _promise()
     if promised is None and torch.is_grad_enabled() and any(t.requires_grad for t in (*heads_at_2, *states)):
         return 1   # not detected under autograd: equal heads may each be owed their own gradient
     if promised is not None:
@@ -103,7 +116,7 @@ def _find_groups(H: int, heads_at_2, states) -> int:
         if promised > 1:
             flags = [_repeat_flag(t, 2, promised) for t in heads_at_2] + [_repeat_flag(s, 1, promised) for s in states]
             ok = torch.stack(flags).all()
-            if ok.device.type == "cpu":
+            if ok.device.type == "cpu" and not torch.compiler.is_compiling():  # a host read, not traceable
                 if not bool(ok):
                     raise ValueError(f"kv_groups({promised}) was promised but k/v/g/initial_state are not "
                                      f"{promised}-fold repeated over heads")
@@ -203,7 +216,7 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
             k, v = _grouped(k, 2, G).select(3, 0), _grouped(v, 2, G).select(3, 0)
             g = None if g is None else _grouped(g, 2, G).select(3, 0)
             HK = H // G
-    if (h0 is not None and h0.shape[1] != HK and _promised_groups.get() is None and torch.is_grad_enabled()
+    if (h0 is not None and h0.shape[1] != HK and _promise() is None and torch.is_grad_enabled()
             and h0.requires_grad):
         # k/v/g came at HK < H heads, initial_state at H: each of its heads is owed its own gradient,
         # so run at H heads (repeat_interleave sums the k/v/g gradients back over each group)
@@ -213,7 +226,7 @@ def _gla(fn: str, q, k, v, g, scale, initial_state, output_final_state, cu_seqle
         HK = H
     if h0 is not None and h0.shape[1] != HK:
         G = h0.shape[1] // HK
-        if _promised_groups.get() is None and h0.device.type == "cpu" and not bool(_repeat_flag(h0, 1, G)):
+        if _promise() is None and h0.device.type == "cpu" and not bool(_repeat_flag(h0, 1, G)):
             raise ValueError(f"{fn}: k/v have {HK} heads but initial_state's {h0.shape[1]} heads are not "
                              f"{G}-fold repeated, so it has no {HK}-head form")
         h0 = _grouped(h0, 1, G).select(2, 0)
