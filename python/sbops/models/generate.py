@@ -106,7 +106,9 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         constant memory): sequence i continues slot i, and input_ids are each sequence's whole text so
         far, of which the cache.seq_lens[i] tokens already held are skipped (as Hugging Face skips the
         tokens in past_key_values); the result is that whole text plus the new tokens.  After a
-        generate() call the cache holds every token but the last generated one.
+        generate() call the cache holds every token but the last generated one.  A cache filled by a
+        call whose max_batch_size was below its number of prompts is refused (later sequences took
+        freed slots, so slot i no longer holds sequence i).
     """
     device = model.lm_head.weight.device
     prompts, as_list = A.prompts(input_ids, attention_mask, device)
@@ -156,12 +158,19 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                 raise ValueError(f"the cache's full-attention layer {i} holds {sm.rows} tokens per slot but a sequence "
                                  f"here reaches {reach}: allocate it with model.new_cache(..., max_length={reach})")
         if reuse_cache:
+            if not getattr(cache, "slots_in_order", True):
+                raise ValueError("reuse_cache: the call that filled this cache ran with max_batch_size below its "
+                                 "number of prompts, so later sequences took freed slots and slot i no longer holds "
+                                 "sequence i; continue from a cache filled without max_batch_size, or pass "
+                                 "reuse_cache=False")
             held = cache.seq_lens[:n_seq].tolist()   # one host read
             for i, (p, h) in enumerate(zip(prompts, held)):
                 if h >= p.numel():
                     raise ValueError(f"reuse_cache: slot {i} holds {h} tokens but input {i} has {p.numel()}: give "
                                      f"each sequence's whole text so far, with at least one token the cache does not hold")
     if max_new_tokens == 0 or n_seq == 0:   # after every check
+        if cache is not None and not reuse_cache:
+            cache.reset()                    # as any call without reuse_cache does
         if streamer is not None:
             streamer.put(prompts[0][None].cpu())
             streamer.end()
@@ -241,6 +250,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     # what each slot holds now, for the cache's host bookkeeping (its decode steps used device slot indices)
     for slot, seq in owner.items():
         host_lens[slot] = prompts[seq].numel() + len(tokens[seq]) - 1
+    cache.slots_in_order = all(slot == seq for slot, seq in owner.items())
     if graphs is not None:
         host_lens[graphs.scratch] = 0
     cache._set_host_lens(host_lens)

@@ -30,7 +30,12 @@ class ModelCache:
 
     def __init__(self, layers: list, batch_size: int, device=None):
         self.layers = layers
-        self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        with torch.inference_mode(False):  # a normal tensor even when made under inference_mode: its version
+            # counter keeps the host bookkeeping below (and the full-attention room check with it) valid
+            self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        # generate() leaves slot i holding sequence i of its call unless max_batch_size made later sequences
+        # take freed slots; then a reuse_cache call cannot continue the sequences by position
+        self.slots_in_order = True
         # Host bookkeeping of seq_lens (no device reads): the tokens of each slot as the host last knew
         # them (None: unknown, e.g. after a decode step given device slot indices); valid while
         # seq_lens' version counter is the one recorded (an outside write to seq_lens voids it; an
@@ -57,6 +62,9 @@ class ModelCache:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        if self.seq_lens.is_inference():  # loaded under inference_mode: keep a version counter (see __init__)
+            with torch.inference_mode(False):
+                self.seq_lens = self.seq_lens.clone()
         if "_host_lens" in state:
             self._host_version = _version(self.seq_lens)
 
@@ -70,6 +78,7 @@ class ModelCache:
         host = self.host_lens()
         if slots is None:
             host = [0] * self.num_slots
+            self.slots_in_order = True
         elif isinstance(slots, torch.Tensor) and not slots.is_cpu:
             host = [None] * self.num_slots    # which slots: a device read; the bookkeeping is given up instead
         else:
