@@ -11,6 +11,7 @@ Python >= 3.10.  scripts/build_wheels.sh builds and repairs the release wheels.
     SBOPS_BUILD_DIR=build/xyz                 # CMake build directory (incremental rebuilds)
 """
 import fnmatch
+import hashlib
 import os
 import shlex
 import shutil
@@ -88,9 +89,12 @@ class CMakeBuild(build_ext):
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         target = os.environ.get("SBOPS_TARGET", "auto")
         sim = os.environ.get("SBOPS_MACA_SIM", "0").strip().lower() not in ("", "0", "off", "false", "no")
+        # one build folder per environment (its prefix hashed): CMake's cache records tool and torch paths
+        # (ninja installed into a venv, say), which a venv made again elsewhere would not have
+        env_tag = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
         build_dir = Path(os.environ.get(
             "SBOPS_BUILD_DIR",
-            ROOT / "build" / f"cmake-{target}{'-macasim' if sim else ''}-py{sys.version_info[0]}{sys.version_info[1]}"))
+            ROOT / "build" / f"cmake-{target}{'-macasim' if sim else ''}-py{sys.version_info[0]}{sys.version_info[1]}-{env_tag}"))
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",

@@ -13,13 +13,14 @@
 #     torch==2.13.0+cpu (Linux x86_64; elsewhere torch==2.13.0) installed from the PyTorch CPU
 #     index (a GPU user installs their CUDA or MetaX torch first, then runs this).
 #   - cmake >= 3.18: the one on PATH, else pip's.
-#   - build tools (setuptools, wheel, cmake, ninja) and the extras' packages: installed only when
+#   - build tools (setuptools >= 77, cmake, ninja) and the extras' packages: installed only when
 #     missing, under a constraint that pins the installed torch, so nothing can pull another torch.
 #   - sbops itself: a wheel built with `pip wheel --no-build-isolation --no-deps` against that torch
 #     into a temporary folder (dist/ is left alone), installed with --no-deps --force-reinstall.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
+# the interpreter, resolved where the script was called from (a relative PYTHON=.venv/bin/python means
+# the caller's .venv, not one in the source tree)
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if command -v python >/dev/null 2>&1; then PY=python; else PY=python3; fi
@@ -28,6 +29,11 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   echo "sbops install: no python found (tried '$PY'); activate your environment or set PYTHON=/path/to/python" >&2
   exit 1
 fi
+case "$PY" in
+  */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;;   # a path: made absolute (symlinks kept: a venv's python is one)
+  *) PY="$(command -v "$PY")" ;;
+esac
+cd "$(dirname "$0")/.."
 for extra in "$@"; do
   case "$extra" in test|bench) ;; *) echo "sbops install: unknown extra '$extra'; expected test or bench" >&2; exit 2;; esac
 done
@@ -65,6 +71,12 @@ PATH="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH
 TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 if "$PY" -W ignore -c "import torch" 2>/dev/null; then
   stage 2 "torch $("$PY" -W ignore -c 'import torch; print(torch.__version__)') found: used as it is"
+elif has_module torch; then
+  # installed but broken: never replace a torch (it may be the user's CUDA or MetaX build); show why
+  echo "sbops install: $PY has torch installed, but importing it fails:" >&2
+  "$PY" -W ignore -c "import torch" 2>&1 | tail -5 >&2 || true
+  echo "sbops install: repair that torch (or uninstall it to get the CPU build), then run this again" >&2
+  exit 1
 else
   # the CPU index labels its Linux x86_64 wheels +cpu (PyPI's plain torch there is the CUDA build, several GB)
   torch_req=torch==2.13.0
@@ -98,15 +110,14 @@ EOF
 
 # 3. build tools, only those missing
 need=()
-"$PY" - <<'EOF' || need+=("setuptools>=64")
+"$PY" - <<'EOF' || need+=("setuptools>=77")
 import sys
 try:
     import setuptools
 except ImportError:
     sys.exit(1)
-sys.exit(int(setuptools.__version__.split(".")[0]) < 64)
+sys.exit(int(setuptools.__version__.split(".")[0]) < 77)   # 77: the SPDX license in pyproject.toml (torch 2.13 needs it too)
 EOF
-has_module setuptools.command.bdist_wheel || has_module wheel || need+=(wheel)  # setuptools >= 70.1 has bdist_wheel
 # cmake >= 3.18 (CMakeLists.txt's minimum); an older one on PATH (Ubuntu 20.04's 3.16) is shadowed
 # by pip's cmake, installed into this environment's scripts folder, which comes first on PATH
 cmake_ok() {
@@ -122,7 +133,7 @@ if [ ${#need[@]} -gt 0 ]; then
   stage 3 "build tools: installing ${need[*]}"
   pip_ install -q -c "$CONSTRAINTS" "${need[@]}"
 else
-  stage 3 "build tools: setuptools, wheel, cmake $(cmake --version | sed -nE '1s/^cmake version //p') present"
+  stage 3 "build tools: setuptools, cmake $(cmake --version | sed -nE '1s/^cmake version //p') present"
 fi
 if ! command -v ninja >/dev/null 2>&1; then  # optional: faster builds; make is used without it
   pip_ install -q -c "$CONSTRAINTS" ninja 2>/dev/null || echo "sbops install: ninja not installed; building with make"

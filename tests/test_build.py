@@ -218,6 +218,20 @@ def test_torch_older_than_the_stable_abi_floor_is_refused_naming_both_versions()
     assert "REFUSED" in out and "2.10" in out and "2.9.1+cpu" in out, out
 
 
+def test_import_without_torch_says_to_install_torch_first():
+    """torch is the user's (never a dependency of the wheel): importing sbops without it says what to do."""
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ModuleNotFoundError('No module named torch', name='torch')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "try:\n    import sbops\nexcept ModuleNotFoundError as e:\n    print('REFUSED', e.name, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "REFUSED torch sbops needs PyTorch >= 2.10" in out and "install your torch build first" in out, out
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree (pyproject.toml)")
 def test_package_version_matches_pyproject():
     """sbops.__version__ is the version the wheel's metadata carries (pyproject.toml)."""
     import re

@@ -6,7 +6,14 @@ reference), cuda (CUDA C++ + Triton) and maca (MetaX).  See docs/SPEC.md for the
 """
 from __future__ import annotations
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as e:  # sbops leaves torch to the user (its CPU, CUDA or MetaX build)
+    if e.name != "torch":
+        raise
+    raise ModuleNotFoundError("sbops needs PyTorch >= 2.10, which is not installed in this environment: install "
+                              "your torch build first (CPU, CUDA or MetaX; e.g. pip install torch --index-url "
+                              "https://download.pytorch.org/whl/cpu), then import sbops", name="torch") from None
 
 # The native library is built on the LibTorch stable ABI of torch 2.10: it loads in that torch and
 # every later one, never in an older one (whose dispatcher lacks the calls it makes).
