@@ -252,6 +252,9 @@ def test_topk_gating_scaling_errors_name_scaling():
         sbops.topk_gating(torch.randn(3, 4), 2, scaling="x")
     with pytest.raises(TypeError, match="topk_gating: scaling must be a Python float, got a tensor"):
         sbops.topk_gating(torch.randn(3, 4), 2, scaling=torch.tensor(2.0))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="topk_gating: scaling must be a finite number"):
+            sbops.topk_gating(torch.randn(3, 4), 2, scaling=bad)
     w, _ = sbops.topk_gating(torch.randn(3, 4), 2, scaling=np.float32(2.0))
     torch.testing.assert_close(w.sum(-1), torch.full((3,), 2.0))
 

@@ -1,6 +1,7 @@
 """Mixture-of-experts routing: gating, permutation, block alignment, counts. SPEC section 4."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -71,6 +72,8 @@ def topk_gating(logits: torch.Tensor, k: int, scoring: str = "softmax", renormal
     except (TypeError, ValueError):
         raise TypeError(f"sbops.{op}: scaling must be a Python float (the weights' factor), got "
                         f"{type(scaling).__name__} {scaling!r}") from None
+    if not -math.inf < scaling < math.inf:
+        raise ValueError(f"sbops.{op}: scaling must be a finite number (the weights' factor), got {scaling!r}")
     feats = ("bias" if bias is not None else None, "groups" if num_groups else None)
     return run(op, logits, _NO, feats, logits, k, scoring, bool(renormalize), bias,
                int(num_groups or 0), int(topk_groups or 0), scaling)
