@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -29,19 +31,35 @@ import sbops
 import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
-from .common import RMSNorm, RotaryEmbedding, apply_rope_qk, fused_kernels, fused_linears, make_linear
+from .common import (RMSNorm, RotaryEmbedding, apply_rope_qk, fused_kernels, fused_linears, getstate_without_fused,
+                     make_linear)
 from .spike import int8_fake_quant_per_row, spike_fake_quant_released
+
+
+def _check_arg(owner: str, name: str, v, *, integer: bool = False, lo=None, lo_open: bool = False, hi_open=None):
+    """Raise ValueError naming `name` unless v is a real number (an integer if `integer`; never a bool), finite,
+    >= lo (> lo if lo_open) and < hi_open where given; returns v as an int or float."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(v, kind) and not isinstance(v, bool) and -math.inf < v < math.inf
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi_open is None or v < hi_open)
+    if not ok:
+        rng = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
+        rng += "" if hi_open is None else f"{' and' if rng else ''} < {hi_open}"
+        raise ValueError(f"{owner}: {name} must be {'an int' if integer else 'a finite number'}{rng}, got {v!r}")
+    return int(v) if integer else float(v)
 
 
 class _QKVOProjections(nn.Module):
     """q/k/v/o projections shared by every attention layer here (Qwen2 naming: q_proj, k_proj, v_proj, o_proj)."""
+
+    __getstate__ = getstate_without_fused
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, qkv_bias: bool,
                  spike_k: Optional[float], weight_quant: Optional[str]):
         super().__init__()
         for name, v in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
                         ("head_dim", head_dim)):
-            if not (isinstance(v, int) and v >= 1):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
@@ -273,7 +291,9 @@ class GatedLinearAttention(_QKVOProjections):
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, norm_eps: float = 1e-6,
                  qkv_bias: bool = True, spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
-        self.gate_logit_normalizer = gate_logit_normalizer
+        name = type(self).__name__
+        self.gate_logit_normalizer = _check_arg(name, "gate_logit_normalizer", gate_logit_normalizer, lo=0, lo_open=True)
+        gate_low_rank_dim = _check_arg(name, "gate_low_rank_dim", gate_low_rank_dim, integer=True, lo=0)
         if gate_low_rank_dim == 0:
             self.gk_proj = self._linear(hidden_size, num_kv_heads * head_dim, True)
         else:
@@ -328,7 +348,7 @@ class SlidingWindowAttention(_QKVOProjections):
         if q_spike_k is not None and not q_spike_k > 0:
             raise ValueError(f"SlidingWindowAttention: q_spike_k must be positive or None, got {q_spike_k!r}")
         self.q_spike_k, self.kv_quant = q_spike_k, kv_quant
-        self.window = int(window)
+        self.window = _check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
         self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
@@ -367,8 +387,9 @@ class HybridAttention(_QKVOProjections):
                  norm_eps: float = 1e-6, qkv_bias: bool = True, spike_k: Optional[float] = None,
                  weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
-        self.window = int(window)
-        self.key_clamp = key_clamp
+        self.window = _check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
+        self.key_clamp = _check_arg(type(self).__name__, "key_clamp", key_clamp, lo=0, lo_open=True, hi_open=1)
+        num_meta_tokens = _check_arg(type(self).__name__, "num_meta_tokens", num_meta_tokens, integer=True, lo=0)
         self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
         self.linear_norm = RMSNorm(head_dim, norm_eps)
@@ -378,6 +399,14 @@ class HybridAttention(_QKVOProjections):
             self.meta_v = nn.Parameter(torch.randn(num_meta_tokens, num_kv_heads, head_dim) * 0.02)
         else:
             self.meta_k = self.meta_v = None
+
+    def reset_parameters(self) -> None:
+        """meta_k, meta_v ~ N(0, 0.02^2) as built (e.g. after to_empty() of a model made on the meta device;
+        the projections and norms reset themselves)."""
+        if self.meta_k is not None:
+            with torch.no_grad():
+                self.meta_k.normal_(0.0, 0.02)
+                self.meta_v.normal_(0.0, 0.02)
 
     def new_cache(self, batch_size: int, max_length: Optional[int] = None, device=None, dtype=None) -> HybridCache:
         own_device, own_dtype = _device_dtype(self.q_proj)

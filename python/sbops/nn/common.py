@@ -1,12 +1,14 @@
 """Building blocks shared by the attention and FFN layers: RMSNorm (fla order), rotary embeddings, SwiGLU."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 import sbops
 
@@ -41,7 +43,7 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
     updates (load_state_dict, optimiser steps).  Anything that replaces a parameter's storage
     (model.to(...), .data = ...) is noticed by pointer and fused again on the next call.
     Biases likewise; a module without bias contributes a zero block."""
-    if not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling() or _hooked(mods):
         return None
     if all(isinstance(m, SpikeLinear) for m in mods):
         return _fused_spike_linears(owner, mods, x)
@@ -55,6 +57,22 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
         _hook_unfuse(owner)
     _, w, b, sizes = state
     return F.linear(x, w, b).split(sizes, dim=-1)
+
+
+def _hooked(mods) -> bool:
+    """A forward (pre-)hook on any of mods, or a global module hook: the modules then run one by one, so
+    that the hooks see (and may change) each one's input and output as they do with autograd on."""
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in mods))
+
+
+def getstate_without_fused(self) -> dict:
+    """__getstate__ of a module that owns fused projections: the fused copies are caches, rebuilt on the
+    next inference call, so pickling / deepcopy leave them out (a float8 copy cannot be pickled)."""
+    state = dict(self.__dict__)
+    state.pop("_sbops_fused", None)
+    state.pop("_sbops_fused_spike", None)
+    return state
 
 
 def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
@@ -212,9 +230,19 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = False):
         super().__init__()
         self.dim = dim
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < math.inf):
+            raise ValueError(f"RMSNorm: eps must be a positive finite number, got {eps!r}")
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
+
+    def reset_parameters(self) -> None:
+        """weight = 1, bias = 0 (as built), e.g. after to_empty() of a model made on the meta device."""
+        with torch.no_grad():
+            if self.weight is not None:
+                self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
                 residual_in_fp32: bool = False):
@@ -256,6 +284,8 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
+        if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and 0 < theta < math.inf):
+            raise ValueError(f"RotaryEmbedding: theta (rope_theta) must be a positive finite number, got {theta!r}")
         self.head_dim, self.theta = head_dim, theta
         f = self._freqs()
         if torch.get_default_dtype() == torch.float64:   # a model built in float64, as model.double() makes it
@@ -314,6 +344,8 @@ class SwiGLU(nn.Module):
     down_quant=False keeps down_proj a plain nn.Linear even when spike_k / weight_quant apply to
     gate/up (SpikingBrain's W8ASpike: its swiglu_linear reads down_proj's float weight directly).
     """
+
+    __getstate__ = getstate_without_fused
 
     def __init__(self, hidden_size: int, intermediate_size: int, spike_k: Optional[float] = None,
                  weight_quant: Optional[str] = None, down_quant: bool = True):

@@ -54,6 +54,11 @@ class MoEBlock(nn.Module):
                  shared_intermediate_size: Optional[int] = None, renormalize: bool = True,
                  spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
         super().__init__()
+        for name, v, lo in (("num_experts", num_experts, 1), ("top_k", top_k, 1)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
+                raise ValueError(f"MoEBlock: {name} must be an int >= {lo}, got {v!r}")
+        if top_k > num_experts:
+            raise ValueError(f"MoEBlock: top_k={top_k} must be at most num_experts={num_experts}")
         self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size, spike_k, weight_quant)

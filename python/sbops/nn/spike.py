@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from typing import Optional, Tuple
 
@@ -105,12 +106,18 @@ def int8_fake_quant_per_row(x: torch.Tensor) -> torch.Tensor:
     return _straight_through(x, x_hat)
 
 
+def _check_group_size(fn: str, group_size) -> None:
+    if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 1):
+        raise ValueError(f"{fn}: group_size must be an int >= 1, got {group_size!r}")
+
+
 def quantize_weight_int8(weight: torch.Tensor, group_size: int = 128) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantisation of `weight` [out, in] in groups of `group_size` input channels.
 
     Each (row, group) gets scale = max|w| / 127 (a last, shorter group when in % group_size != 0).
     Returns (q int8 [out, in], scales float32 [out, ceil(in / group_size)]); w ~= q * scale.
     """
+    _check_group_size("quantize_weight_int8", group_size)
     out_f, in_f = weight.shape
     groups = -(-in_f // group_size)
     w = F.pad(weight.detach().float(), (0, groups * group_size - in_f)).view(out_f, groups, group_size)
@@ -121,8 +128,13 @@ def quantize_weight_int8(weight: torch.Tensor, group_size: int = 128) -> Tuple[t
 
 def dequantize_weight_int8(q: torch.Tensor, scales: torch.Tensor, group_size: int = 128) -> torch.Tensor:
     """Inverse of quantize_weight_int8: float32 [out, in]."""
+    _check_group_size("dequantize_weight_int8", group_size)
     out_f, in_f = q.shape
     groups = scales.shape[1]
+    if scales.dim() != 2 or scales.shape[0] != out_f or groups != -(-in_f // group_size):
+        raise ValueError(f"dequantize_weight_int8: scales must be [out={out_f}, ceil(in / group_size) = "
+                         f"{-(-in_f // group_size)}] for q {tuple(q.shape)} and group_size={group_size}, got "
+                         f"{tuple(scales.shape)} (the group_size the weight was quantised with?)")
     w = F.pad(q.float(), (0, groups * group_size - in_f)).view(out_f, groups, group_size) * scales[..., None]
     return w.view(out_f, groups * group_size)[:, :in_f]
 
@@ -165,10 +177,10 @@ class SpikeLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if weight_quant is not None and weight_quant not in WEIGHT_QUANTS:
             raise ValueError(f"SpikeLinear: weight_quant must be None or one of {WEIGHT_QUANTS}, got {weight_quant!r}")
-        if k is not None and not (k > 0 and math.isfinite(k)):
+        if k is not None and not (isinstance(k, numbers.Real) and not isinstance(k, bool) and 0 < k < math.inf):
             raise ValueError(f"SpikeLinear: k must be a positive finite number (or None to disable spike coding), "
                              f"got {k!r}")
-        if not (isinstance(group_size, int) and group_size >= 1):
+        if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 1):
             raise ValueError(f"SpikeLinear: group_size must be an int >= 1, got {group_size!r}")
         self.k = k
         self.weight_quant = weight_quant
@@ -293,17 +305,29 @@ class SpikeLinear(nn.Linear):
         return self.k is not None and (self.weight_quant == "fp8" or (self.weight_quant == "int8" and
                                                                        self.in_features % self.group_size == 0))
 
+    def __getstate__(self):
+        # the cached 8-bit copy is rebuilt on the next inference call; pickling / deepcopy leave it out
+        # (torch cannot pickle a float8 tensor)
+        state = dict(self.__dict__)
+        state.pop("_w8", None)
+        state.pop("_w8_key", None)
+        return state
+
     def _runs_on_int8(self, x: torch.Tensor) -> bool:
         # inference with sbops' own coding and whole groups: the W8ASpike op (int8 tensor cores on CUDA).
         # Training keeps the fake-quant path, whose gradient reaches the float weight.
         # float64 inputs keep the float64 fake-quant path (the kernel codes and accumulates in float32)
         return (self._has_8bit_path() and x.dtype != torch.float64
+                and (self.weight is None or x.dtype == self.weight.dtype)
                 and not (torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None
                                                                            and self.weight.requires_grad))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"SpikeLinear: x must be [..., in_features={self.in_features}], got {tuple(x.shape)}")
+        if self.weight is not None and x.dtype != self.weight.dtype:  # as nn.Linear (the 8-bit path would not say)
+            raise TypeError(f"SpikeLinear: x is {x.dtype} but the layer's weight is {self.weight.dtype}; convert "
+                            f"one to the other (e.g. model.to({x.dtype}))")
         if self._runs_on_int8(x):
             q, s = self._int8_operands()
             return sbops.spike_linear(x, q, s, self.k, self.bias, None if self.weight_quant == "fp8" else self.group_size)
