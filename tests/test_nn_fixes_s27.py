@@ -58,7 +58,7 @@ def test_int8_dequantisation_checks_the_group_size_against_the_scales():
 @pytest.mark.parametrize("build, match", [
     (lambda: SlidingWindowAttention(8, 2, 1, 4, rope_theta=0), "rope_theta"),
     (lambda: HybridAttention(8, 2, 1, 4, window=2, rope_theta=-1.0), "rope_theta"),
-    (lambda: RMSNorm(4, eps=-1), "eps must be a positive finite number"),
+    (lambda: RMSNorm(4, eps=-1), "RMSNorm: eps must be a finite number > 0"),
     (lambda: GatedLinearAttention(8, 2, 1, 4, gate_logit_normalizer=0), "gate_logit_normalizer must be a finite number > 0"),
     (lambda: GatedLinearAttention(8, 2, 1, 4, gate_low_rank_dim=-1), "gate_low_rank_dim must be an int >= 0"),
     (lambda: HybridAttention(8, 2, 1, 4, window=2, key_clamp=1.0), "key_clamp must be a finite number > 0 and < 1"),

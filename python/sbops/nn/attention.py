@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import numbers
 from typing import Optional
 
 import torch
@@ -31,22 +29,9 @@ import sbops
 import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
-from .common import (RMSNorm, RotaryEmbedding, apply_rope_qk, fused_kernels, fused_linears, getstate_without_fused,
-                     make_linear)
+from .common import (RMSNorm, RotaryEmbedding, apply_rope_qk, check_arg, fused_kernels, fused_linears,
+                     getstate_without_fused, make_linear)
 from .spike import int8_fake_quant_per_row, spike_fake_quant_released
-
-
-def _check_arg(owner: str, name: str, v, *, integer: bool = False, lo=None, lo_open: bool = False, hi_open=None):
-    """Raise ValueError naming `name` unless v is a real number (an integer if `integer`; never a bool), finite,
-    >= lo (> lo if lo_open) and < hi_open where given; returns v as an int or float."""
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(v, kind) and not isinstance(v, bool) and -math.inf < v < math.inf
-    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi_open is None or v < hi_open)
-    if not ok:
-        rng = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
-        rng += "" if hi_open is None else f"{' and' if rng else ''} < {hi_open}"
-        raise ValueError(f"{owner}: {name} must be {'an int' if integer else 'a finite number'}{rng}, got {v!r}")
-    return int(v) if integer else float(v)
 
 
 class _QKVOProjections(nn.Module):
@@ -292,8 +277,8 @@ class GatedLinearAttention(_QKVOProjections):
                  qkv_bias: bool = True, spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
         name = type(self).__name__
-        self.gate_logit_normalizer = _check_arg(name, "gate_logit_normalizer", gate_logit_normalizer, lo=0, lo_open=True)
-        gate_low_rank_dim = _check_arg(name, "gate_low_rank_dim", gate_low_rank_dim, integer=True, lo=0)
+        self.gate_logit_normalizer = check_arg(name, "gate_logit_normalizer", gate_logit_normalizer, lo=0, lo_open=True)
+        gate_low_rank_dim = check_arg(name, "gate_low_rank_dim", gate_low_rank_dim, integer=True, lo=0)
         if gate_low_rank_dim == 0:
             self.gk_proj = self._linear(hidden_size, num_kv_heads * head_dim, True)
         else:
@@ -348,7 +333,7 @@ class SlidingWindowAttention(_QKVOProjections):
         if q_spike_k is not None and not q_spike_k > 0:
             raise ValueError(f"SlidingWindowAttention: q_spike_k must be positive or None, got {q_spike_k!r}")
         self.q_spike_k, self.kv_quant = q_spike_k, kv_quant
-        self.window = _check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
+        self.window = check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
         self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
@@ -387,9 +372,9 @@ class HybridAttention(_QKVOProjections):
                  norm_eps: float = 1e-6, qkv_bias: bool = True, spike_k: Optional[float] = None,
                  weight_quant: Optional[str] = None):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, spike_k, weight_quant)
-        self.window = _check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
-        self.key_clamp = _check_arg(type(self).__name__, "key_clamp", key_clamp, lo=0, lo_open=True, hi_open=1)
-        num_meta_tokens = _check_arg(type(self).__name__, "num_meta_tokens", num_meta_tokens, integer=True, lo=0)
+        self.window = check_arg(type(self).__name__, "window", window, integer=True)  # < 0: full causal
+        self.key_clamp = check_arg(type(self).__name__, "key_clamp", key_clamp, lo=0, lo_open=True, hi_open=1)
+        num_meta_tokens = check_arg(type(self).__name__, "num_meta_tokens", num_meta_tokens, integer=True, lo=0)
         self.rope_theta = float(rope_theta)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
         self.linear_norm = RMSNorm(head_dim, norm_eps)

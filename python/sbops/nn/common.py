@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Optional, Tuple
 
@@ -30,6 +31,19 @@ def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Option
 # Inference-time fusion of projections that read the same input (q/k/v(/gate), gate/up): one GEMM
 # instead of several.  Set to False to compare (benchmarks).
 FUSE_PROJECTIONS = True
+
+
+def check_arg(owner: str, name: str, v, *, integer: bool = False, lo=None, lo_open: bool = False, hi_open=None):
+    """Raise ValueError naming `name` unless v is a real number (an integer if `integer`; never a bool), finite,
+    >= lo (> lo if lo_open) and < hi_open where given; returns v as an int or float."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(v, kind) and not isinstance(v, bool) and -math.inf < v < math.inf
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi_open is None or v < hi_open)
+    if not ok:
+        rng = "" if lo is None else f" {'>' if lo_open else '>='} {lo}"
+        rng += "" if hi_open is None else f"{' and' if rng else ''} < {hi_open}"
+        raise ValueError(f"{owner}: {name} must be {'an int' if integer else 'a finite number'}{rng}, got {v!r}")
+    return int(v) if integer else float(v)
 
 
 def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
@@ -230,8 +244,7 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True, bias: bool = False):
         super().__init__()
         self.dim = dim
-        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < math.inf):
-            raise ValueError(f"RMSNorm: eps must be a positive finite number, got {eps!r}")
+        check_arg("RMSNorm", "eps", eps, lo=0, lo_open=True)
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
@@ -284,8 +297,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
-        if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and 0 < theta < math.inf):
-            raise ValueError(f"RotaryEmbedding: theta (rope_theta) must be a positive finite number, got {theta!r}")
+        check_arg("RotaryEmbedding", "theta (rope_theta)", theta, lo=0, lo_open=True)
         self.head_dim, self.theta = head_dim, theta
         f = self._freqs()
         if torch.get_default_dtype() == torch.float64:   # a model built in float64, as model.double() makes it

@@ -10,7 +10,7 @@ import sbops
 import sbops.distributed as sbd
 from sbops.distributed._collectives import all_reduce_sum
 
-from .common import SwiGLU
+from .common import SwiGLU, check_arg
 
 
 class MoEBlock(nn.Module):
@@ -54,9 +54,8 @@ class MoEBlock(nn.Module):
                  shared_intermediate_size: Optional[int] = None, renormalize: bool = True,
                  spike_k: Optional[float] = None, weight_quant: Optional[str] = None):
         super().__init__()
-        for name, v, lo in (("num_experts", num_experts, 1), ("top_k", top_k, 1)):
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-                raise ValueError(f"MoEBlock: {name} must be an int >= {lo}, got {v!r}")
+        num_experts = check_arg("MoEBlock", "num_experts", num_experts, integer=True, lo=1)
+        top_k = check_arg("MoEBlock", "top_k", top_k, integer=True, lo=1)
         if top_k > num_experts:
             raise ValueError(f"MoEBlock: top_k={top_k} must be at most num_experts={num_experts}")
         self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize

@@ -180,8 +180,7 @@ class SpikeLinear(nn.Linear):
         if k is not None and not (isinstance(k, numbers.Real) and not isinstance(k, bool) and 0 < k < math.inf):
             raise ValueError(f"SpikeLinear: k must be a positive finite number (or None to disable spike coding), "
                              f"got {k!r}")
-        if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 1):
-            raise ValueError(f"SpikeLinear: group_size must be an int >= 1, got {group_size!r}")
+        _check_group_size("SpikeLinear", group_size)
         self.k = k
         self.weight_quant = weight_quant
         self.group_size = group_size
