@@ -96,3 +96,11 @@ def test_reset_parameters_covers_rmsnorm_and_meta_tokens_after_to_empty():
             mod.reset_parameters()
     assert torch.equal(n.weight, torch.ones(4)) and torch.equal(n.bias, torch.zeros(4))
     assert h.meta_k.isfinite().all() and 0 < h.meta_k.std() < 0.1 and 0 < h.meta_v.std() < 0.1
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_moe_block_in_float64_passes_gradcheck(renormalize):
+    torch.manual_seed(0)
+    m = MoEBlock(8, 6, num_experts=3, top_k=2, renormalize=renormalize).double()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))

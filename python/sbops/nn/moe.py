@@ -110,6 +110,10 @@ class MoEBlock(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         logits = self.router(x2)
         weights, ids = sbops.topk_gating(logits, self.top_k, "softmax", self.renormalize)
+        if logits.dtype == torch.float64:  # the op's weights are float32 (SPEC): a float64 model recomputes them
+            weights = torch.softmax(logits, dim=-1).gather(1, ids.long())
+            if self.renormalize:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
         ep = sbd.current_ep()
         if ep is not None:
             y = self._expert_parallel(x2, weights, ids, ep)
