@@ -158,7 +158,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
                 raise ValueError(f"the cache's full-attention layer {i} holds {sm.rows} tokens per slot but a sequence "
                                  f"here reaches {reach}: allocate it with model.new_cache(..., max_length={reach})")
         if reuse_cache:
-            if not getattr(cache, "slots_in_order", True):
+            if not cache.slots_in_order:
                 raise ValueError("reuse_cache: the call that filled this cache ran with max_batch_size below its "
                                  "number of prompts, so later sequences took freed slots and slot i no longer holds "
                                  "sequence i; continue from a cache filled without max_batch_size, or pass "

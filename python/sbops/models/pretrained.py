@@ -255,7 +255,11 @@ def _dtype_names() -> str:
 
 
 def _parse_dtype(name, what: str = "dtype") -> torch.dtype:
-    dt = getattr(torch, str(name).replace("torch.", ""), None) if name is not None else None
+    """A dtype a model loads in, from a torch.dtype or its name ("bfloat16", "torch.float16")."""
+    if isinstance(name, torch.dtype):
+        dt = name
+    else:
+        dt = getattr(torch, name.replace("torch.", ""), None) if isinstance(name, str) else None
     if dt not in LOAD_DTYPES:
         alt = "" if what.startswith("config.json") else "'auto' or "
         raise ValueError(f"from_pretrained: {what} {name!r} is not a dtype a model loads in: expected {alt}one "
@@ -315,11 +319,8 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         dtype, what = torch_dtype, "torch_dtype"
     if dtype is None:   # Hugging Face: None = the default
         dtype = "auto"
-    if isinstance(dtype, str) and dtype != "auto":  # "bfloat16", "torch.float16", as Hugging Face accepts
+    if dtype != "auto":   # a torch dtype, or its name ("bfloat16", "torch.float16"), as Hugging Face accepts
         dtype = _parse_dtype(dtype, what)
-    elif dtype != "auto" and (not isinstance(dtype, torch.dtype) or dtype not in LOAD_DTYPES):
-        raise ValueError(f"from_pretrained: {what} {dtype!r} is not a dtype a model loads in: expected 'auto' or one "
-                         f"of {_dtype_names()}")
     # config.json (and generation_config.json) first: a checkpoint they refuse costs no weight reading
     gen = read_generation_config(path)
     native = d.get("model_type") == NATIVE_MODEL_TYPE

@@ -28,14 +28,16 @@ class ModelCache:
     states; SWA: ring buffers of window + 1 rows) and updated in place, so their memory never grows.
     """
 
+    # generate() leaves slot i holding sequence i of its call unless max_batch_size made later sequences take
+    # freed slots; then a reuse_cache call cannot continue the sequences by position (a class default: caches
+    # pickled before this flag have it too)
+    slots_in_order = True
+
     def __init__(self, layers: list, batch_size: int, device=None):
         self.layers = layers
         with torch.inference_mode(False):  # a normal tensor even when made under inference_mode: its version
             # counter keeps the host bookkeeping below (and the full-attention room check with it) valid
             self.seq_lens = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        # generate() leaves slot i holding sequence i of its call unless max_batch_size made later sequences
-        # take freed slots; then a reuse_cache call cannot continue the sequences by position
-        self.slots_in_order = True
         # Host bookkeeping of seq_lens (no device reads): the tokens of each slot as the host last knew
         # them (None: unknown, e.g. after a decode step given device slot indices); valid while
         # seq_lens' version counter is the one recorded (an outside write to seq_lens voids it; an

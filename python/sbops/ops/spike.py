@@ -99,6 +99,14 @@ def _max_abs(op, counts, mode) -> int:
 _MAX_EXPAND_T = (1 << 31) - 1   # the CUDA kernel takes T as an int
 
 
+def _positive_T(op, T) -> int:
+    """A given step count T as a Python int (numpy ints too), or ValueError naming T."""
+    t = V.as_int(T)
+    if t is None or t < 1:
+        raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
+    return t
+
+
 def _too_many_steps(op, T, counts, why):
     raise ValueError(f"sbops.{op}: T={T} steps{why} is too large: the trains would be [T={T}"
                      f"{''.join(', ' + str(n) for n in counts.shape)}] int8 ({T * counts.numel() / 2 ** 30:.3g} GiB); "
@@ -125,10 +133,7 @@ def spike_expand(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] =
     _check_counts(op, counts)
     _check_mode(op, mode)
     if T is not None:
-        t = V.as_int(T)
-        if t is None or t < 1:
-            raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
-        T = t
+        T = _positive_T(op, T)
         if T > _MAX_EXPAND_T:
             _too_many_steps(op, T, counts, "")
     if T is None and counts.device.type == "meta":
@@ -209,10 +214,7 @@ def spike_stats(counts: torch.Tensor, mode: str = "bitwise", T: Optional[int] = 
         raise ValueError(f"sbops.{op} is a host-side summary (it reads the histogram back): call it outside "
                          "torch.compile, CUDA graph capture and vmap")
     if T is not None:
-        t = V.as_int(T)
-        if t is None or t < 1:
-            raise ValueError(f"sbops.{op}: T must be a positive int, got {T!r}")
-        T = t
+        T = _positive_T(op, T)
     m = _max_abs(op, counts, mode)
     need = _min_T(mode, m)
     if T is None:
