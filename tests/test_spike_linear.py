@@ -473,9 +473,10 @@ def test_scaled_mm_path_refuses_what_it_cannot_serve():
     dev = _dev()
     x = torch.randn(40, 128).bfloat16().to(dev)
     w8, s8 = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05, dtype=FP8))
-    wg, sg = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05, group_size=128, dtype=FP8))
+    # (one group per row, group_size = K, is served as per channel: two groups here)
+    wg, sg = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05, group_size=64, dtype=FP8))
     wi, si = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 128) * 0.05))
-    for args in ((x.float(), w8, s8, None), (x, wi, si, None), (x, wg, sg, 128), (x[:, :120], w8[:, :120], s8, None)):
+    for args in ((x.float(), w8, s8, None), (x, wi, si, None), (x, wg, sg, 64), (x[:, :120], w8[:, :120], s8, None)):
         assert not sl.scaled_mm_applies(args[0], args[1], args[3], None)
         with pytest.raises(ValueError, match="scaled_mm path takes float8_e4m3fn weights"):
             sl.spike_linear_fwd(args[0], args[1], args[2], 3.0, None, args[3], path="scaled_mm")

@@ -32,19 +32,20 @@ def _sl():
     return sl
 
 
-def _weights(N, K, seed=0):
+def _weights(N, K, seed=0, wdtype=FP8):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(N, K, generator=g) * 0.05
-    return sbops.quantize_weight(w.cuda(), dtype=FP8)
+    return sbops.quantize_weight(w.cuda(), dtype=wdtype)
 
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,N,K", [(1, 77, 208), (3, 300, 3584), (8, 4100, 1040), (5, 33, 16)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_cuda_decode_matches_float64_and_the_triton_decode(M, N, K, dtype, with_bias):
+@pytest.mark.parametrize("wdtype", [FP8, torch.int8])
+def test_cuda_decode_matches_float64_and_the_triton_decode(M, N, K, dtype, with_bias, wdtype):
     sl = _sl()
-    wq, sc = _weights(N, K)
+    wq, sc = _weights(N, K, wdtype=wdtype)
     x = torch.randn(M, K, device="cuda").to(dtype)
     bias = torch.randn(N, device="cuda").to(dtype) if with_bias else None
     y = sl.spike_linear_fwd(x, wq, sc, 3.0, bias, None, path="cuda_decode")
@@ -113,13 +114,16 @@ def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
     sbops.spike_linear(x, wq, sc, k=3.0)
     assert len(calls) == 2  # (only the explicit call above)
     monkeypatch.setattr(sl, "NATIVE_DECODE", True)
-    # what the kernel does not take goes elsewhere: per-group scales, M > 8, int8 weights
+    # what the kernel does not take goes elsewhere: per-group scales, M > 8
     wg, sg = sbops.quantize_weight(torch.randn(64, 256, device="cuda"), group_size=32, dtype=FP8)
     sbops.spike_linear(x, wg, sg, k=3.0, group_size=32)
     sbops.spike_linear(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, k=3.0)
-    wi, si = sbops.quantize_weight(torch.randn(64, 256, device="cuda"))
-    sbops.spike_linear(x, wi, si, k=3.0)
     assert len(calls) == 2
+    # int8 weights per channel take it too (also as one group per row: group_size = K)
+    wi, si = sbops.quantize_weight(torch.randn(64, 256, device="cuda"))
+    yi = sbops.spike_linear(x, wi, si, k=3.0)
+    assert len(calls) == 3 and torch.equal(yi, sbops.spike_linear(x, wi, si[:, None], k=3.0, group_size=256))
+    assert len(calls) == 4
     with pytest.raises(ValueError, match="cuda_decode"):
         sl.spike_linear_fwd(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, 3.0, None, None,
                             path="cuda_decode")
@@ -131,12 +135,13 @@ def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
 
 @requires_cuda
 @pytest.mark.parametrize("M,rows", [(4, (1, 2)), (8, (7,)), (1, (0,))])
-def test_counts_past_2048_squared_take_the_residual_pass(M, rows):
+@pytest.mark.parametrize("wdtype", [FP8, torch.int8])
+def test_counts_past_2048_squared_take_the_residual_pass(M, rows, wdtype):
     """A bf16 x of 1e30 (or 5e12) meets vth's clamp at 1e4: a count of ~1e26 (~5e8), which float16 planes cannot
     hold; its row is finite and equals the reference (it was inf / NaN before the residual pass), the other rows
     unchanged.  Rows 1, 2 and 7 put the residual into every lane position of the accumulators (tokens 2t, 2t + 1)."""
     sl = _sl()
-    wq, sc = _weights(80, 1040, seed=2)
+    wq, sc = _weights(80, 1040, seed=2, wdtype=wdtype)
     x = torch.randn(M, 1040)
     for i, m in enumerate(rows):
         x[m, 17 + i] = 1e30 if i % 2 == 0 else 5e12
@@ -229,10 +234,12 @@ def _same_bits(a, b):
 
 def _launched(kernels):
     """(the encode kernel, a fused-encode GEMV) among the kernel names a child saw, e.g.
-    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true>(sbops::SpikeDecodeArgs)`"""
-    gemv = [k for k in kernels if "spike_decode_kernel<" in k]
-    assert gemv, kernels
-    return any("spike_decode_encode_kernel" in k for k in kernels), any(", true>" in k for k in gemv)
+    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true, false>(sbops::SpikeDecodeArgs)`
+    (template arguments: x's type, WN, WK, UNROLL, FUSED, int8 weights)"""
+    gemv = [k.split("spike_decode_kernel<", 1)[1].split(">", 1)[0].split(", ") for k in kernels
+            if "spike_decode_kernel<" in k]
+    assert gemv and all(len(a) == 6 for a in gemv), kernels
+    return any("spike_decode_encode_kernel" in k for k in kernels), any(a[4] == "true" for a in gemv)
 
 
 def _pdl_cases():

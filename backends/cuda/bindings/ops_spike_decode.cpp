@@ -1,6 +1,6 @@
 // spike_linear at decode on the CUDA C++ kernel (kernels/spike_decode.cu).  Not a public sbops op: the
 // Triton registration of sbops::spike_linear (backends/cuda/triton/spike_linear.py) calls it for the cases
-// it covers (e4m3 weights, per-channel scales, 16-bit x, M <= 8), so it is one of the internal kernels in
+// it covers (e4m3 or int8 weights, per-channel scales, 16-bit x, M <= 8), so it is one of the internal kernels in
 // the sbops_native library (ops_swa_sm90.cpp defines it), with a CUDA kernel only.
 //
 // x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
@@ -22,8 +22,9 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   check_cuda(scale_in, op, "weight_scale");
   SBOPS_CHECK(x_in.scalar_type() == kBFloat16 || x_in.scalar_type() == kHalf, op,
               ": x must be bfloat16 or float16, got ", x_in.scalar_type());
-  SBOPS_CHECK(w_in.scalar_type() == ScalarType::Float8_e4m3fn, op, ": weight_q must be float8_e4m3fn, got ",
-              w_in.scalar_type());
+  SBOPS_CHECK(w_in.scalar_type() == ScalarType::Float8_e4m3fn || w_in.scalar_type() == kChar, op,
+              ": weight_q must be float8_e4m3fn or int8, got ", w_in.scalar_type());
+  const bool w_int8 = w_in.scalar_type() == kChar;
   SBOPS_CHECK(x_in.dim() == 2 && w_in.dim() == 2 && x_in.size(1) == w_in.size(1), op,
               ": x [M, K] and weight_q [N, K] expected, got ", x_in.sizes(), " and ", w_in.sizes());
   const int64_t M = x_in.size(0), K = x_in.size(1), N = w_in.size(0);
@@ -61,14 +62,14 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.N = static_cast<int>(N);
   a.K = static_cast<int>(K);
   a.k = static_cast<float>(k);
+  a.w_int8 = w_int8;
   Tensor ws;  // the encode's planes; none where the GEMVs compute the counts themselves (SBOPS_DECODE_ENCODE=fused)
-  if (!sbops::spike_decode_fused_encode()) {
+  const int layout = sbops::spike_decode_default_layout(M, N, K, w_int8);
+  if (layout < 4) {
     ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
     sbops::spike_decode_workspace(a, ws.data_ptr());
   }
-  check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"),
-                                          sbops::spike_decode_default_layout(M, N, K), stream()),
-               op);
+  check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"), layout, stream()), op);
   return y;
 }
 

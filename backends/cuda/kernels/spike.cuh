@@ -63,6 +63,7 @@ struct SpikeDecodeArgs {
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
+  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3 only)
 };
 // Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
@@ -79,7 +80,7 @@ bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
 // Layouts 0-3: the encode kernel, then the GEMV (needs the workspace); 4-7: the same GEMVs computing the counts
 // themselves (no workspace).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused).
 bool spike_decode_fused_encode();
-int spike_decode_default_layout(int64_t M, int64_t N, int64_t K);
+int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8 = false);
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 
 }  // namespace sbops

@@ -1,4 +1,4 @@
-// spike_linear at decode (M <= 8 rows) on e4m3 weights with per-output-channel scales, two launches (one with the
+// spike_linear at decode (M <= 8 rows) on e4m3 (or int8) weights with per-output-channel scales, two launches (one with the
 // fused encode, below):
 //   y[m, n] = vth[m] * scale[n] * sum_k s[m, k] w[n, k] + bias[n],  s = rint(x / vth),
 //   vth[m] = clamp(mean_k |x[m, k]| / k, 1e-5, 1e4)  (spike_encode's definition, spike_count.cuh).
@@ -114,8 +114,9 @@ __device__ __forceinline__ RowStats& block_row_stats() {
 
 // FUSED (layouts 4-7): no encode before it; the block computes the rows' vth and flags (row_stats) and converts the
 // x it loads into counts (x_counts8): the encode's values bit for bit, so the same output bits as layouts 0-3.
-template <typename E, int WN, int WK, int UNROLL, bool FUSED>
+template <typename E, int WN, int WK, int UNROLL, bool FUSED, bool I8>
 __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
+  static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3)");
   static_assert(!FUSED || 32 * WN * WK == kEncodeThreads, "row_stats takes the encode's threads and order");
   constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
@@ -224,9 +225,9 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
         for (int j = 0; j < NT; ++j)
 #pragma unroll
           for (int v = 0; v < 2; ++v) x_counts8<E>(cv[buf][u][j][v], vth_g, inv_g, two, lo[j][v], hi[j][v]);
-        mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], lo, hi, two);
+        mma_block<NT, I8>(acc, acch, wv[buf][u][0], wv[buf][u][1], lo, hi, two);
       } else {
-        mma_block<NT>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
+        mma_block<NT, I8>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
       }
     }
   };
@@ -245,10 +246,10 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   if (big != 0) {
     float4 r;
     if constexpr (FUSED)  // (inlined: layout 6 spills 8 bytes on sm_90a in this rare pass; as a call, 105 registers)
-      r = residual_rows_of<WK>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
+      r = residual_rows_of<WK, I8>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
                                a.N, a.K, n0, wk, lane, big);
     else
-      r = residual_rows<WK>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
+      r = residual_rows<WK, I8>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
     acc[0][0] += r.x, acc[0][1] += r.y, acc[0][2] += r.z, acc[0][3] += r.w;
   }
 
@@ -323,9 +324,9 @@ cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, c
 
 // The GEMV as a programmatic dependent of the work before it in the default mode: of its encode (layouts 0-3), or, with
 // the encode fused (layouts 4-7), of whatever kernel precedes it, which it waits for before reading anything.
-template <typename E, int WN, int WK, int U, bool FUSED>
+template <typename E, int WN, int WK, int U, bool FUSED, bool I8 = false>
 cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = spike_decode_kernel<E, WN, WK, U, FUSED>;
+  const auto kernel = spike_decode_kernel<E, WN, WK, U, FUSED, I8>;
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
@@ -340,6 +341,14 @@ cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) 
   if (layout < 4) {
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
+  }
+  if (a.w_int8) {  // int8 weights: the encode + GEMV layouts (launch_spike_decode refuses 4-7)
+    switch (layout) {
+      case 0: return launch_layout<E, 1, 8, 2, false, true>(a, st);
+      case 1: return launch_layout<E, 2, 4, 2, false, true>(a, st);
+      case 2: return launch_layout<E, 1, 8, 1, false, true>(a, st);
+      default: return launch_layout<E, 4, 2, 2, false, true>(a, st);
+    }
   }
   switch (layout) {
     case 0: return launch_layout<E, 1, 8, 2, false>(a, st);
@@ -381,11 +390,12 @@ bool spike_decode_fused_encode() {
 #endif
 }
 
-int spike_decode_default_layout(int64_t M, int64_t N, int64_t K) {
+int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
-  // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones
+  // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones (int8
+  // weights: the same layouts, not timed apart; never fused)
   (void)M, (void)K;
-  return (N < 4096 ? 0 : 2) + (spike_decode_fused_encode() ? 4 : 0);
+  return (N < 4096 ? 0 : 2) + (spike_decode_fused_encode() && !w_int8 ? 4 : 0);
 }
 
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
@@ -394,7 +404,7 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > 7)
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > (a.w_int8 ? 3 : 7))
     return cudaErrorInvalidValue;
   if (layout < 4 && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
     return cudaErrorInvalidValue;  // the encode's workspace (spike_decode_workspace)

@@ -62,6 +62,23 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t v) {
 #endif
 }
 
+// two int8 bytes (b0 = bits 0-7, b1 = bits 8-15 of v) as one float16 pair, exactly: each byte with its sign bit
+// flipped (b + 128, 0 .. 255) under float16's exponent of 1024 is 1024 + b + 128 (every integer there is exact), less 1152
+__device__ __forceinline__ uint32_t i8x2_to_f16x2(uint32_t v) {
+  const uint32_t h = __byte_perm(v ^ 0x00008080u, 0x64646464u, 0x5140);  // {0x64, b1 ^ 0x80, 0x64, b0 ^ 0x80}
+  __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&h), __floats2half2_rn(1152.f, 1152.f));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// the weights' 8-bit format: e4m3 (I8 false) or int8 (spike_linear's int8 per-channel weights)
+template <bool I8>
+__device__ __forceinline__ uint32_t w8x2_to_f16x2(uint32_t v) {
+  if constexpr (I8)
+    return i8x2_to_f16x2(v);
+  else
+    return e4m3x2_to_f16x2(v);
+}
+
 // A count q = rint(x / vth) as the planes hold it: lo + 2048 hi (each exact in float16) for |q| < 2048^2, else whole
 // in the float32 residual plane (lo = hi = 0); an infinite or NaN count stays in lo.
 __device__ __forceinline__ void split_count(float q, float& cl, float& ch, float& cr) {
@@ -128,14 +145,14 @@ __device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, 
 // One 64-column block of the lane's layout: weights w0 / w1 (16 bytes of rows g and g + 8), counts cv[j] / hv[j]
 // (16 float16 of token 8 j + g, lo / hi plane) as four k16 steps; step s takes weight bytes 4s .. 4s + 3 of each
 // row (word s) and counts 4s .. 4s + 3 (words 2s, 2s + 1 of the pair).
-template <int NT>
+template <int NT, bool I8 = false>
 __device__ __forceinline__ void mma_block(float (&acc)[NT][4], float (&acch)[NT][4], const uint4& w0, const uint4& w1,
                                           const uint4 (&cv)[NT][2], const uint4 (&hv)[NT][2], bool two) {
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
     const uint32_t r0 = word(w0, s), r1 = word(w1, s);
-    const uint32_t af[4] = {e4m3x2_to_f16x2(r0), e4m3x2_to_f16x2(r1), e4m3x2_to_f16x2(r0 >> 16),
-                            e4m3x2_to_f16x2(r1 >> 16)};
+    const uint32_t af[4] = {w8x2_to_f16x2<I8>(r0), w8x2_to_f16x2<I8>(r1), w8x2_to_f16x2<I8>(r0 >> 16),
+                            w8x2_to_f16x2<I8>(r1 >> 16)};
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const uint4& c = cv[j][s / 2];
@@ -154,7 +171,7 @@ __device__ __forceinline__ void mma_block(float (&acc)[NT][4], float (&acch)[NT]
 // g and g + 8 for every token, the lane quad adds its four column slices, and each lane keeps its accumulators'
 // (row, token) entries.
 // counts(m, col, q): the float32 residual counts of row m, columns col + 4 q .. + 3.
-template <int WK, typename Counts>
+template <int WK, bool I8 = false, typename Counts>
 __device__ __forceinline__ float4 residual_rows_of(const uint8_t* w, int64_t ldw, const Counts& counts, int N, int K,
                                                    int n0, int wk, int lane, int big) {
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -174,7 +191,7 @@ __device__ __forceinline__ float4 residual_rows_of(const uint8_t* w, int64_t ldw
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const uint32_t v = word(wr, q);
-        const uint32_t p01 = e4m3x2_to_f16x2(v), p23 = e4m3x2_to_f16x2(v >> 16);
+        const uint32_t p01 = w8x2_to_f16x2<I8>(v), p23 = w8x2_to_f16x2<I8>(v >> 16);
         const float2 f01 = __half22float2(*reinterpret_cast<const __half2*>(&p01));
         const float2 f23 = __half22float2(*reinterpret_cast<const __half2*>(&p23));
         wf[h][4 * q] = f01.x, wf[h][4 * q + 1] = f01.y, wf[h][4 * q + 2] = f23.x, wf[h][4 * q + 3] = f23.y;
@@ -211,10 +228,10 @@ struct ResidualPlane {
     return __ldg(reinterpret_cast<const float4*>(res + static_cast<int64_t>(m) * K + col) + q);
   }
 };
-template <int WK>
+template <int WK, bool I8 = false>
 __device__ __forceinline__ float4 residual_rows(const uint8_t* w, int64_t ldw, const float* res, int N, int K, int n0,
                                                 int wk, int lane, int big) {
-  return residual_rows_of<WK>(w, ldw, ResidualPlane{res, K}, N, K, n0, wk, lane, big);
+  return residual_rows_of<WK, I8>(w, ldw, ResidualPlane{res, K}, N, K, n0, wk, lane, big);
 }
 
 // The block's outputs from the warps' partial sums red[wk][wn][i][lane] (i over the 4 accumulators of one n-tile):

@@ -11,6 +11,9 @@ Paths, picked by the weight's dtype and M (rows of x):
   GEMM, float32 accumulation, row scales vth x channel scales in its epilogue, bias too; a second e4m3
   plane and GEMM where K > N), then a sparse fix-up adds what the planes do not hold, over only the
   FC-column chunks that have such counts (spike_linear_fp8.py).
+* prefill, "int_mm" (int8 weights, per channel; where spike_linear_tuning.INT8_PREFILL routes it): the same encode
+  writes one int8 plane (counts to 127), torch._int_mm (cuBLASLt int8, exact int32 sums), an epilogue applies vth,
+  the channel scales and the bias, and the same sparse fix-up adds counts past 127 (spike_linear_intmm.py).
 * decode (M <= 32): `spike_linear_decode._decode_encode_kernel` (vth and the counts as two exact 8-bit
   planes, c = lo + F * hi) then `_decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight into the
   tensor cores against both planes, a rare exact pass for counts past them), split-K with an in-kernel
@@ -31,6 +34,7 @@ from . import _common
 from . import spike_linear_tuning as _tuning
 from .spike_linear_decode import _decode_encode_kernel, _decode_kernel
 from .spike_linear_fp8 import _encode_lo_kernel, _flag_list_kernel, _outlier_fix_grouped_kernel, _outlier_fix_kernel
+from .spike_linear_intmm import INT_MM_MAX_K, _int_mm_epilogue_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
@@ -41,11 +45,12 @@ NATIVE_DECODE = True
 
 def native_decode_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size, k: float) -> bool:
     """Whether the CUDA C++ decode kernel (sbops_native::spike_linear_decode, kernels/spike_decode.cu) serves
-    this call: CUDA tensors, e4m3 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0, and an
-    sbops build with the CUDA kernels.  It takes every count exactly (float16 planes lo + 2048 hi, and a
-    float32 residual pass for counts of 2048^2 or more)."""
+    this call: CUDA tensors, e4m3 or int8 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0,
+    and an sbops build with the CUDA kernels.  It takes every count exactly (float16 planes lo + 2048 hi, and a
+    float32 residual pass for counts of 2048^2 or more); both weight formats are exact in float16."""
     M, K = x.shape
-    return (x.is_cuda and weight_q.dtype == torch.float8_e4m3fn and not group_size and 1 <= M <= NATIVE_DECODE_MAX_M
+    return (x.is_cuda and weight_q.dtype in (torch.float8_e4m3fn, torch.int8) and not group_size
+            and 1 <= M <= NATIVE_DECODE_MAX_M
             and x.dtype in (torch.bfloat16, torch.float16) and K >= 16 and K % 16 == 0 and 0 < k
             and _native_decode_built())
 
@@ -378,14 +383,73 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None):
     return y
 
 
+def int_mm_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size) -> bool:
+    """The "int_mm" prefill path serves this call: int8 weights with per-channel scales, more than 16 rows (the
+    vendor GEMM's minimum), K and N multiples of 8 (its alignment), K <= INT_MM_MAX_K (exact int32 sums), float x,
+    on a CUDA device or the CPU (torch's reference int8 GEMM: the interpreter's tests)."""
+    M, K = x.shape
+    N = weight_q.shape[0]
+    return (weight_q.dtype == torch.int8 and group_size is None and M > 16 and K % 8 == 0 and N % 8 == 0
+            and K <= INT_MM_MAX_K and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and x.device.type in ("cuda", "cpu"))
+
+
+INT_MM_EPILOGUE = (32, 256, 8)  # the int_mm epilogue's (rows, columns, warps) per program
+
+
+def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
+    """encode (one int8 plane, flags of counts past 127) -> torch._int_mm (int32) -> the epilogue (vth, scales,
+    bias, x's dtype) -> the grouped fix-up of what the plane does not hold (spike_linear_intmm.py);
+    fix_config (BM, BN[, FC]) of the fix-up, else FIX_GROUPED_CONFIG."""
+    M, K = x.shape
+    N = weight_q.shape[0]
+    BM, BN, FC = FIX_GROUPED_CONFIG
+    if fix_config:
+        cfg = tuple(fix_config)
+        BM, BN = cfg[:2]
+        FC = cfg[2] if len(cfg) > 2 else FC
+        if len(cfg) > 3 or not all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC)):
+            raise ValueError(f"spike_linear: the int_mm config is (BM, BN[, FC]) with BM, BN, FC powers of 2 >= 16, "
+                             f"got {fix_config}")
+    cb, stages = _grouped_fix_launch(BM, BN, FC, x.device)
+    s = torch.empty((M, K), device=x.device, dtype=torch.int8)
+    vth = torch.empty((M,), device=x.device, dtype=torch.float32)
+    n_fc = triton.cdiv(K, FC)
+    flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
+    rows, block, one_pass, warps = encode_lo_launch(K)
+    _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, s, vth, flags, M, K, n_fc, x.stride(0), float(k), R=rows,
+                                               BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC, PLANES=1,
+                                               HW=not _interpreted(_encode_lo_kernel), FP8=False, num_warps=warps)
+    w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
+    scale = scale.contiguous()
+    acc = torch._int_mm(s, w.t())
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    br, bc, ew = INT_MM_EPILOGUE
+    _int_mm_epilogue_kernel[(triton.cdiv(M, br), triton.cdiv(N, bc))](
+        acc, vth, scale, bias if bias is not None else y, y, M, N, HAS_BIAS=bias is not None, BR=br, BC=bc,
+        num_warps=ew)
+    del acc
+    n_bm = flags.shape[0]
+    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
+    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
+    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
+    n_tiles = triton.cdiv(N, BN)
+    groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
+    tiles_per = triton.cdiv(n_tiles, groups)
+    _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
+        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
+        CB=cb, PLANES=1, FP8=False, num_warps=FIX_WARPS, num_stages=stages)
+    return y
+
+
 def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float,
                      bias, group_size, config=None, path=None, scale_t=True, backend="cuda"):
     """x [M, K] float (unit last stride; other strides read in place), weight_q [N, K] int8 or
     float8_e4m3fn (unit last stride), weight_scale [N] or [N, K // group_size]; y [M, N] in x's dtype.
     path: None (the CUDA C++ decode kernel where native_decode_applies, else decode when M <= 32, else the
     prefill path the tuning data names) | "cuda_decode" | "decode" (the Triton decode) | "prefill"
-    (the Triton GEMM) | "scaled_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC[, PLANES]])
-    of the fix-up kernel for "scaled_mm" (benchmarks pass candidates); scale_t: prefill reads per-group
+    (the Triton GEMM) | "scaled_mm" | "int_mm"; config: a tuple as gemm_config / decode_config return, or (BM, BN[, FC[,
+    PLANES]]) of the fix-up kernel for "scaled_mm" ((BM, BN[, FC]) for "int_mm"; benchmarks pass candidates); scale_t: prefill reads per-group
     scales transposed ([G, N], one small copy) instead of in place; backend: whose configs ("cuda", or
     "maca": backends/maca/tuning/spike_linear.json, int8 weights only)."""
     if x.stride(-1) != 1:
@@ -404,13 +468,15 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
         y = torch.zeros((M, N), device=x.device, dtype=x.dtype)
         return y if bias is None or M == 0 or N == 0 else y.copy_(bias.to(y.dtype).expand(M, N))
     scale = weight_scale.to(torch.float32)
+    if group_size == K:  # one group per row is a scale per channel: the per-channel paths serve it
+        group_size, scale = None, scale.reshape(N)
     if bias is not None:
         bias = bias.contiguous()
     if path == "cuda_decode" or (path is None and NATIVE_DECODE and config is None and backend == "cuda"):
         if config is None and backend == "cuda" and native_decode_applies(x, weight_q, group_size, k):
             return _native_decode(x, weight_q, scale, k, bias)
         if path == "cuda_decode":
-            raise ValueError("spike_linear: the cuda_decode path takes CUDA float8_e4m3fn weights with per-channel "
+            raise ValueError("spike_linear: the cuda_decode path takes CUDA float8_e4m3fn or int8 weights with per-channel "
                              f"scales, bfloat16 / float16 x with M <= {NATIVE_DECODE_MAX_M} rows and K a multiple of "
                              "16, no config, the cuda tuning backend, and an sbops build with CUDA kernels")
     if path is None:
@@ -418,6 +484,15 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
             return _prefill_scaled_mm(x, weight_q, scale, k, bias)  # (config is the Triton GEMM's)
+        if (path == "prefill" and not fp8 and backend == "cuda" and config is None
+                and _tuning.INT8_PREFILL == "int_mm" and (K > N or not _tuning.INT8_INT_MM_ONLY_K_GT_N)
+                and int_mm_applies(x, weight_q, group_size)):
+            return _prefill_int_mm(x, weight_q, scale, k, bias)
+    if path == "int_mm":
+        if not int_mm_applies(x, weight_q, group_size):
+            raise ValueError(f"spike_linear: the int_mm path takes int8 weights with per-channel scales, more than 16 "
+                             f"rows of float x, K and N multiples of 8 and K <= {INT_MM_MAX_K}, on CUDA or the CPU")
+        return _prefill_int_mm(x, weight_q, scale, k, bias, config)
     if path == "scaled_mm":
         if not scaled_mm_applies(x, weight_q, group_size, bias):
             raise ValueError("spike_linear: the scaled_mm path takes float8_e4m3fn weights with per-channel "

@@ -26,6 +26,10 @@ makes the fix-up a dense GEMM.  For such inputs PLANES = 2 writes a second e4m3 
   no buffer grows with the counts: memory is M x K bytes per plane, the flags, and with two planes a
   temporary [M, N] output of the second GEMM.
 
+FP8 = False (the "int_mm" path of int8 per-channel weights, spike_linear_intmm.py): the same encode writes one
+int8 plane, lo = clamp(c, -127, 127), and flags what is past it (~2e-7 of a SwiGLU product's counts at k = 3); the
+fix-up kernels take int8 weights (exact in float16 too) and that r.
+
 Quotient: x / vth correctly rounded through the reciprocal and one fused correction (Markstein: with
 inv = RN(1 / vth) and q1 = RN(x * inv), RN(q1 + fma(-q1, vth, x) * inv) = RN(x / vth)), then rounded to
 an integer half to even, so lo + r is the count spike_encode gives.  Kernel sources are torch-free.
@@ -41,7 +45,8 @@ from .spike_linear_kernels import _e4m3_bits, _quotient_rint, _recip, _rint, _ri
 def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr = False):
     # integer counts q = lo + F * hi + r (F = 16 for e4m3, 128 for int8), lo and hi clamped to their exact
     # 8-bit range: with PLANES = 2, e4m3 |lo| <= 16 (<= 8 when hi != 0), |hi| <= 16, exact for |q| <= 264;
-    # int8 |lo|, |hi| <= 127, exact for |q| <= 16320; with PLANES = 1 (e4m3), lo = clamp(q, -16, 16), hi = 0.
+    # int8 |lo|, |hi| <= 127, exact for |q| <= 16320; with PLANES = 1, lo = clamp(q, -16, 16) (e4m3) or
+    # clamp(q, -127, 127) (int8), hi = 0.
     # r, the rest served exactly elsewhere, is non-zero only past that range (and NaN for a NaN count)
     if PLANES == 2:
         if FP8:
@@ -52,8 +57,11 @@ def _split_counts(q, FP8: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr =
             hi = tl.where(tl.abs(q) > 127.0, _rint_any(q * 0.0078125, HW), 0.0)
             hi = tl.minimum(tl.maximum(hi, -127.0), 127.0)
             lo = tl.minimum(tl.maximum(q - 128.0 * hi, -127.0), 127.0)
-    else:
+    elif FP8:
         lo = tl.minimum(tl.maximum(q, -16.0), 16.0)
+        hi = tl.zeros_like(q)
+    else:  # one int8 plane (the "int_mm" path): |lo| <= 127
+        lo = tl.minimum(tl.maximum(q, -127.0), 127.0)
         hi = tl.zeros_like(q)
     return lo, hi, q - (lo + (16.0 if FP8 else 128.0) * hi)
 
@@ -103,18 +111,22 @@ def _store_flags(flag_ptr, rows, cols, out, n_fc, BM: tl.constexpr, FC: tl.const
 
 @triton.jit
 def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM: tl.constexpr, FC: tl.constexpr,
-                 PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr):
+                 PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr, FP8: tl.constexpr = True):
     # the counts and their split as the fix-up kernels recompute them (the same helpers; HW: rint in one instruction,
     # the same values), and the e4m3 bytes by conversion (cvt.rn.satfinite.e4m3x2 on sm_89+: exact for these
     # integers) instead of integer arithmetic: this pre-pass was bound by instruction issue (~60 per element;
     # session 19: 4x its memory time), not by memory.
     q = _quotient_rint(x, vth[:, None], inv[:, None], HW)
     offs = rows.to(tl.int64)[:, None] * K + cols[None, :]
-    lo, hi, r = _split_counts(q, True, PLANES, HW)
+    lo, hi, r = _split_counts(q, FP8, PLANES, HW)
     if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
         tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
     out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
-    if OLD:  # the encoding before session 24 (integer e4m3 bytes, a flag store per element): only for timing
+    if not FP8:  # one int8 plane (the "int_mm" path: PLANES = 1); a NaN count was clamped to a finite lo
+        tl.store(s_ptr + offs, lo.to(tl.int8), mask=m)
+        if tl.max(out.to(tl.int32), axis=None) > 0:
+            _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
+    elif OLD:  # the encoding before session 24 (integer e4m3 bytes, a flag store per element): only for timing
         tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
         _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
     else:
@@ -127,7 +139,8 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
 @triton.jit
 def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
-                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr = False):
+                      FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr = False,
+                      FP8: tl.constexpr = True):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
@@ -137,7 +150,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = _recip(vth)
-        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD)
+        _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD, FP8)
     else:
         acc = tl.zeros([R, BLOCK], dtype=tl.float32)
         for k0 in range(0, K, BLOCK):
@@ -149,7 +162,7 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
             cols = k0 + offs
             m = rmask[:, None] & (cols[None, :] < K)
             x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD, FP8)
     tl.store(vth_ptr + rows, vth, mask=rmask)
 
 
@@ -169,7 +182,8 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 @triton.jit
 def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, pid_n, M, N, K, stride_xm,
-                  stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr, PLANES: tl.constexpr):
+                  stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr, PLANES: tl.constexpr,
+                  FP8: tl.constexpr = True):
     # y[row block, tile pid_n] += vth * scale * (r @ W^T) over the row block's cnt listed chunks, one at a time,
     # float32 accumulation; y is read, added to and rounded once
     rn = pid_n * BN + tl.arange(0, BN)
@@ -183,7 +197,7 @@ def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, 
         kin = kk < K
         x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
         q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-        _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
+        _, _, r = _split_counts(q, FP8, PLANES)  # NaN stays NaN
         r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
         touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
         w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
@@ -199,7 +213,7 @@ def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, 
 @triton.jit
 def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
                         stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                        PLANES: tl.constexpr):
+                        PLANES: tl.constexpr, FP8: tl.constexpr = True):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     pid_m = pid // num_n
@@ -212,7 +226,7 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
         vth = tl.load(vth_ptr + rm64)
         inv = _recip(vth)
         _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, list_ptr + pid_m.to(tl.int64) * n_fc, cnt, rm, rm64,
-                      mmask, pid_n, M, N, K, stride_xm, stride_wn, BM, BN, FC, PLANES)
+                      mmask, pid_n, M, N, K, stride_xm, stride_wn, BM, BN, FC, PLANES, FP8)
 
 
 @triton.jit
@@ -239,7 +253,7 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
 
 @triton.jit
 def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.constexpr, CB: tl.constexpr,
-             PLANES: tl.constexpr):
+             PLANES: tl.constexpr, FP8: tl.constexpr = True):
     # r (the part of the counts the planes do not hold) of the cnt <= CB listed chunks, [BM, CB * FC]
     ci = tl.arange(0, CB * FC)
     j = ci // FC
@@ -248,14 +262,14 @@ def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.conste
     kin = jin & (kk < K)
     x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
     q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
-    _, _, r = _split_counts(q, True, PLANES)  # NaN stays NaN
+    _, _, r = _split_counts(q, FP8, PLANES)  # NaN stays NaN
     return tl.where(mmask[:, None] & kin[None, :], r, 0.0), kk, kin
 
 
 @triton.jit
 def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                                 stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                                CB: tl.constexpr, PLANES: tl.constexpr):
+                                CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True):
     # program (row block, group of tiles_per BN-column tiles). A row block listing at most CB chunks (at the 7B
     # shapes on Gaussian rows ~5 of them, CB = 8) takes them in one batch: r of those CB * FC columns is computed
     # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time
@@ -273,7 +287,7 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         inv = _recip(vth)
         lst = list_ptr + pid_m.to(tl.int64) * n_fc
         if cnt <= CB:
-            r, kk, kin = _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES)
+            r, kk, kin = _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES, FP8)
             rows_t = mmask & (tl.max((r != 0.0).to(tl.int32), axis=1) > 0)
             if tl.max(tl.abs(r), axis=None) < 2048.0:  # every |r| exact in one float16 term
                 a = r.to(tl.float16)
@@ -285,4 +299,4 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         else:
             for t in range(t0, t1):
                 _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, t, M, N, K,
-                              stride_xm, stride_wn, BM, BN, FC, PLANES)
+                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8)

@@ -33,6 +33,14 @@ FP8_TWO_PLANES = True
 # 1.05x; the fp8 model's TTFT at 1M 26.11 s vs 26.34 s.  Not yet measured on the H200.
 FP8_FIX = "grouped"
 
+# the prefill of int8 weights with per-channel scales: "int_mm" (our encode of one int8 count plane, torch._int_mm,
+# an epilogue, the sparse fix-up of counts past 127; spike_linear_intmm.py) or "triton" (_gemm_kernel), and
+# whether "int_mm" serves only width-reducing projections (K > N, a SwiGLU down projection).  Vendor GEMMs alone
+# (H100, session 28, benchmarks/gpu/probes/int8_vs_fp8_gemm.py): torch._int_mm at 3584 x 18944 is 1.15x bf16 at
+# M = 16384 and 1.28x at 65536, but 0.84-0.96x at the K = 3584 shapes
+INT8_PREFILL = "int_mm"
+INT8_INT_MM_ONLY_K_GT_N = True
+
 GEMM = {
     ('f8', 'ch', 4608, 3584, 'mid'): (128, 128, 128, 8, 8, 4),
     ('f8', 'ch', 37888, 3584, 'mid'): (128, 128, 128, 8, 8, 4),

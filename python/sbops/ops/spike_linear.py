@@ -71,6 +71,8 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     float8_e4m3fn weights).  With e4m3 per-channel weights and bfloat16 x the GEMM is torch._scaled_mm, the
     vendor fp8 GEMM (vth x the channel scales in its epilogue), over one e4m3 count plane, or two (c = lo +
     16 hi, exact to |c| = 264) where K > N, and a sparse fix-up adds exactly what the planes do not hold.
+    With int8 per-channel weights where K > N (a SwiGLU down projection) the GEMM is torch._int_mm, the vendor
+    int8 GEMM, over one int8 count plane (exact to |c| = 127), with the same sparse fix-up.
     Otherwise (Triton GEMM) rows with larger counts take extra passes over base-128 (int8) or base-16 (e4m3)
     digits on only the K chunks that need them.  At decode (M <= 32) a pre-pass writes the counts as two
     exact 8-bit planes and a split-K kernel streams the weights through the tensor cores; counts past the
