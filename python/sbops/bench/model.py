@@ -145,7 +145,7 @@ def build_ours(run: Run):
     a = run.args
     cfg = SpikingBrainConfig.from_qwen2(qwen2_config(a.tiny), "7b", **({"window": 64} if a.tiny else {}))
     if a.weight_quant:  # W8ASpike: spike-coded inputs (k=3) x 8-bit weights on sbops.spike_linear
-        cfg = cfg.replace(spike_k=3.0, weight_quant=a.weight_quant)
+        cfg = cfg.replace(spike_k=3.0, weight_quant=a.weight_quant, down_weight_quant=a.down_quant)
     with torch.device(run.device), default_dtype(a.dtype):
         model = SpikingBrainForCausalLM(cfg).eval()
     if a.weight_quant and a.drop_float_weights:  # inference only: the 8-bit weights without their float masters

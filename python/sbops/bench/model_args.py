@@ -89,6 +89,9 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     ap.add_argument("--weight-quant", choices=["int8", "fp8"], default=None,
                     help="W8ASpike model: every block projection a SpikeLinear (k=3) on sbops.spike_linear with "
                          "int8 (per group 128) or fp8 e4m3 (per channel) weights")
+    ap.add_argument("--down-quant", choices=["int8_channel"], default=None,
+                    help="with --weight-quant: the FFN down projections in int8 with one scale per output channel "
+                         "(SpikingBrainConfig.down_weight_quant: one int8 count plane on the vendor int8 GEMM)")
     ap.add_argument("--drop-float-weights", action="store_true",
                     help="with --weight-quant: keep only the 8-bit weights of the spike-coded layers "
                          "(sbops.nn.drop_float_weights; inference only)")
@@ -98,6 +101,8 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test; default on CPU)")
     ap.add_argument("--out", default=None, help="output folder (default: sbops-model-bench in $OUT or the cwd)")
     args = ap.parse_args(argv)
+    if args.down_quant and not args.weight_quant:
+        ap.error("--down-quant needs --weight-quant (it changes the down projections of a W8ASpike model)")
     if args.drop_float_weights and not args.weight_quant:
         ap.error("--drop-float-weights needs --weight-quant (only 8-bit spike-coded layers drop their float weights)")
     from sbops.models.generate import DEFAULT_PREFILL_CHUNK

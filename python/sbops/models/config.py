@@ -13,6 +13,7 @@ LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
 SWA_KV_QUANTS = (None, "int8")
 WEIGHT_QUANTS = (None, "int8", "int8_static", "fp8")   # SpikeLinear's formats, or float weights
+DOWN_WEIGHT_QUANTS = (None, "int8_channel")             # sbops.nn.SwiGLU's down_weight_quant
 
 
 @dataclass
@@ -32,6 +33,10 @@ class SpikingBrainConfig:
       swa_q_spike_k: SWA queries are spike-coded per head after RoPE with this k (released: 3);
       swa_kv_quant="int8": SWA keys/values are int8 fake-quantised per token and head (after RoPE);
       mlp_down_quant=False: the FFN's down_proj stays a plain linear (no spiking, no weight quant).
+
+    down_weight_quant="int8_channel" (dense FFNs, with weight_quant "fp8" or "int8"): the FFN's down_proj holds int8
+    weights with one scale per output channel instead of weight_quant's format (sbops.nn.SwiGLU): on CUDA its
+    prefill runs one int8 count plane on the vendor int8 GEMM instead of e4m3's two planes.
 
     Token ids (Hugging Face's meaning; None = unset): eos_token_id (an int or a list of ints) is what
     generate() stops on when its eos_token_id argument is None, pad_token_id what it pads stopped rows
@@ -65,6 +70,7 @@ class SpikingBrainConfig:
     swa_q_spike_k: Optional[float] = None
     swa_kv_quant: Optional[str] = None
     mlp_down_quant: bool = True
+    down_weight_quant: Optional[str] = None
     bos_token_id: Optional[int] = None
     eos_token_id: Union[None, int, List[int]] = None
     pad_token_id: Optional[int] = None
@@ -125,6 +131,15 @@ class SpikingBrainConfig:
                              f"(0 .. {len(self.layer_types) - 1})")
         if self.weight_quant not in WEIGHT_QUANTS:
             raise ValueError(f"SpikingBrainConfig: weight_quant must be one of {WEIGHT_QUANTS}, got {self.weight_quant!r}")
+        if self.down_weight_quant not in DOWN_WEIGHT_QUANTS:
+            raise ValueError(f"SpikingBrainConfig: down_weight_quant must be one of {DOWN_WEIGHT_QUANTS}, got "
+                             f"{self.down_weight_quant!r}")
+        if self.down_weight_quant is not None and (self.weight_quant not in ("fp8", "int8") or not self.mlp_down_quant
+                                                   or self.num_experts):
+            raise ValueError(f"SpikingBrainConfig: down_weight_quant={self.down_weight_quant!r} takes a dense FFN "
+                             f"(num_experts=0) with weight_quant 'fp8' or 'int8' and mlp_down_quant=True; got "
+                             f"weight_quant={self.weight_quant!r}, mlp_down_quant={self.mlp_down_quant}, "
+                             f"num_experts={self.num_experts}")
         for name in ("bos_token_id", "pad_token_id"):
             setattr(self, name, _token_id(getattr(self, name), name))
         eos = self.eos_token_id

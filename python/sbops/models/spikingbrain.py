@@ -225,7 +225,7 @@ class DecoderLayer(nn.Module):
                                 renormalize=cfg.moe_renormalize, spike_k=cfg.spike_k, weight_quant=cfg.weight_quant)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.spike_k, cfg.weight_quant,
-                              down_quant=cfg.mlp_down_quant)
+                              down_quant=cfg.mlp_down_quant, down_weight_quant=cfg.down_weight_quant)
         self._moe = isinstance(self.mlp, MoEBlock)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
