@@ -1,6 +1,8 @@
 """Fused SwiGLU activation and rotary embedding for inference (one launch each).
 
 silu_mul(gate, up) = silu(gate) * up, computed in float32 and rounded once to the inputs' dtype.
+silu_mul_scaled(y_raw, vth, scale): the same of a fused gate/up spike_linear's raw product, its per-row vth and
+    per-channel scales applied in float32 on the way (sbops.nn's SwiGLU, spike_linear.scaled_mm_raw).
     The torch code (F.silu(gate) * up) rounds silu(gate) to the input dtype before the product:
     in bfloat16 the two differ by at most an ulp of the result (the fused one is the more accurate).
     gate / up may be strided views of one fused [..., 2 * I] projection output (read in place: the
@@ -35,6 +37,21 @@ def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, sg, su, BLOCK: tl.constexpr):
     u = tl.load(u_ptr + row * su + cols, mask=mask, other=0.0).to(tl.float32)
     y = g / (1.0 + tl.exp(-g)) * u
     tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_mul_scaled_kernel(y_ptr, vth_ptr, sc_ptr, h_ptr, N, sy, BLOCK: tl.constexpr):
+    # h = silu(g * vth * sg) * (u * vth * su) of one row of a raw gate/up product y = [g | u] (scaled_mm_raw)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    v = tl.load(vth_ptr + row)
+    g = tl.load(y_ptr + row * sy + cols, mask=mask, other=0.0).to(tl.float32) * (tl.load(sc_ptr + cols, mask=mask,
+                                                                                          other=0.0) * v)
+    u = tl.load(y_ptr + row * sy + N + cols, mask=mask, other=0.0).to(tl.float32) * (
+        tl.load(sc_ptr + N + cols, mask=mask, other=0.0) * v)
+    h = g / (1.0 + tl.exp(-g)) * u
+    tl.store(h_ptr + row * N + cols, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -118,6 +135,26 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _silu_mul_kernel[grid](g2, u2, y, n, g2.stride(0), u2.stride(0), BLOCK=block, num_warps=4,
                            enable_fp_fusion=True)
     return y
+
+
+def silu_mul_scaled(y_raw: torch.Tensor, vth: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """silu(g) * u for the gate / up halves of y = vth[:, None] * scale[None, :] * y_raw, y_raw [M, 2 I] (the raw
+    product of a fused gate/up spike_linear, scaled_mm_raw), vth [M] and scale [2 I] float32: float32 math, one
+    rounding to y_raw's dtype; h [M, I]."""
+    M, two_i = y_raw.shape
+    n = two_i // 2
+    if two_i % 2 or y_raw.stride(-1) != 1 or vth.shape != (M,) or scale.shape != (two_i,) \
+            or vth.dtype != torch.float32 or scale.dtype != torch.float32:
+        raise ValueError(f"silu_mul_scaled: y_raw [M, 2 I] (unit last stride), vth [M] and scale [2 I] float32 "
+                         f"expected, got {tuple(y_raw.shape)}, {tuple(vth.shape)} {vth.dtype}, "
+                         f"{tuple(scale.shape)} {scale.dtype}")
+    h = torch.empty((M, n), dtype=y_raw.dtype, device=y_raw.device)
+    if h.numel() == 0:
+        return h
+    block = 1024 if M >= 64 else 256
+    _silu_mul_scaled_kernel[(M, triton.cdiv(n, block))](y_raw, vth, scale.contiguous(), h, n, y_raw.stride(0),
+                                                         BLOCK=block, num_warps=4, enable_fp_fusion=True)
+    return h
 
 
 def _heads_view(x: torch.Tensor, name: str) -> torch.Tensor:

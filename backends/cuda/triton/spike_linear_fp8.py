@@ -183,7 +183,7 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 @triton.jit
 def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, pid_n, M, N, K, stride_xm,
                   stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr, PLANES: tl.constexpr,
-                  FP8: tl.constexpr = True):
+                  FP8: tl.constexpr = True, RAW: tl.constexpr = False):
     # y[row block, tile pid_n] += vth * scale * (r @ W^T) over the row block's cnt listed chunks, one at a time,
     # float32 accumulation; y is read, added to and rounded once
     rn = pid_n * BN + tl.arange(0, BN)
@@ -206,14 +206,16 @@ def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, 
     rows = mmask & (touched > 0)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
     m2 = rows[:, None] & nmask[None, :]
-    y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+    if not RAW:  # RAW: y holds s @ W^T without vth and the scales (scaled_mm_raw), and so does what is added
+        acc = acc * sc[None, :] * vth[:, None]
+    y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc
     tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
 def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc,
                         stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                        PLANES: tl.constexpr, FP8: tl.constexpr = True):
+                        PLANES: tl.constexpr, FP8: tl.constexpr = True, RAW: tl.constexpr = False):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BN)
     pid_m = pid // num_n
@@ -226,12 +228,12 @@ def _outlier_fix_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_p
         vth = tl.load(vth_ptr + rm64)
         inv = _recip(vth)
         _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, list_ptr + pid_m.to(tl.int64) * n_fc, cnt, rm, rm64,
-                      mmask, pid_n, M, N, K, stride_xm, stride_wn, BM, BN, FC, PLANES, FP8)
+                      mmask, pid_n, M, N, K, stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW)
 
 
 @triton.jit
 def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn,
-               BN: tl.constexpr, TERMS: tl.constexpr):
+               BN: tl.constexpr, TERMS: tl.constexpr, RAW: tl.constexpr = False):
     # y[rows_t, tiles t0..t1-1] += vth * scale * (r @ W[:, kk]^T), r given as float16 terms (TERMS = 1: a = r;
     # TERMS = 3: r = (a * 2^22 + b * 2^11 + c) * sc2 per row, see _exact_dot); the tiles' weight loads are
     # independent of each other, so the loop pipelines; each y tile is read and written once per call
@@ -247,7 +249,9 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
         sc = tl.load(scale_ptr + rn64)
         y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
         m2 = rows_t[:, None] & nmask[None, :]
-        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc * sc[None, :] * vth[:, None]
+        if not RAW:
+            acc = acc * sc[None, :] * vth[:, None]
+        y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
 
 
@@ -269,7 +273,8 @@ def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.conste
 @triton.jit
 def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                                 stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                                CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True):
+                                CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True,
+                                RAW: tl.constexpr = False):
     # program (row block, group of tiles_per BN-column tiles). A row block listing at most CB chunks (at the 7B
     # shapes on Gaussian rows ~5 of them, CB = 8) takes them in one batch: r of those CB * FC columns is computed
     # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time
@@ -292,11 +297,12 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
             if tl.max(tl.abs(r), axis=None) < 2048.0:  # every |r| exact in one float16 term
                 a = r.to(tl.float16)
                 _fix_tiles(a, a, a, vth, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn,
-                           BN, 1)
+                           BN, 1, RAW)
             else:
                 a, b, c, sc2 = _split3(r)
-                _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn, BN, 3)
+                _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr, y_ptr, N, stride_wn, BN, 3,
+                           RAW)
         else:
             for t in range(t0, t1):
                 _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, t, M, N, K,
-                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8)
+                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW)

@@ -94,9 +94,20 @@ def getstate_without_fused(self) -> dict:
 
 
 def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
-    """SpikeLinears that all run sbops.spike_linear at inference with the same k, weight format and group
-    size: one encode of x and one GEMM over their concatenated 8-bit weights (scales are per output row,
-    so they concatenate too).  The concatenated operands are the only cached copy (rebuilt when a
+    """[mod(x) for mod in mods] of SpikeLinears as one sbops.spike_linear over their concatenated 8-bit weights
+    (_fused_spike_operands), or None."""
+    ops = _fused_spike_operands(owner, mods, x)
+    if ops is None:
+        return None
+    q, sc, b, sizes, m0 = ops
+    gs = None if m0.weight_quant == "fp8" else m0.group_size
+    return sbops.spike_linear(x, q, sc, m0.k, None if b is None else b.to(x.dtype), gs).split(sizes, dim=-1)
+
+
+def _fused_spike_operands(owner: nn.Module, mods, x: torch.Tensor):
+    """(q, scales, bias, sizes, first module) for SpikeLinears that all run sbops.spike_linear at inference with
+    the same k, weight format and group size: one encode of x and one GEMM over their concatenated 8-bit weights
+    (scales are per output row, so they concatenate too).  The concatenated operands are the only cached copy (rebuilt when a
     weight changes); None when the modules do not all qualify.  Modules whose float weights were dropped
     (sbops.nn.drop_float_weights) get their 8-bit buffers re-pointed to row blocks of that copy; when every
     module of the group is such, the owner keeps no tensor of it and views it whole through the first
@@ -139,8 +150,55 @@ def _fused_spike_linears(owner: nn.Module, mods, x: torch.Tensor):
         q, sc = q0.as_strided((rows,) + q0.shape[1:], q0.stride()), s0.as_strided((rows,) + s0.shape[1:], s0.stride())
     else:
         q, sc = kept
-    gs = None if m0.weight_quant == "fp8" else m0.group_size
-    return sbops.spike_linear(x, q, sc, m0.k, None if b is None else b.to(x.dtype), gs).split(sizes, dim=-1)
+    return q, sc, b, sizes, m0
+
+
+# SwiGLU's gate/up at prefill on CUDA with e4m3 weights: the fused product is left unscaled by the fp8 GEMM (unit
+# tensor-wise scales: cuBLASLt's faster kernels) and the silu * up kernel applies vth and the channel scales as it
+# reads it (spike_linear.scaled_mm_raw, fused_rope_swiglu.silu_mul_scaled).  SBOPS_FUSE_GATE_UP_SCALES=0 (read at
+# import) or False here: the scaled product, then silu_mul (benchmarks' A/B).
+FUSE_GATE_UP_SCALES = os.environ.get("SBOPS_FUSE_GATE_UP_SCALES", "1").strip().lower() not in ("", "0", "false", "off",
+                                                                                              "no")
+
+
+def _spike_linear_triton(x: torch.Tensor):
+    """The Triton spike_linear module when sbops' dispatcher gives a fp8-weight spike_linear on x's device and dtype
+    to the built-in cuda backend (which runs it), else None."""
+    from .. import _dispatch
+    from ..ops._common import request
+    try:
+        if _dispatch.select(request("spike_linear", x, (), ("fp8_weight",))).name != "cuda":
+            return None
+        from .._backends.cuda.triton import spike_linear as sl
+    except Exception:  # noqa: BLE001  (no backend, or no Triton: the unfused path says why if it must)
+        return None
+    return sl
+
+
+def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
+    """silu(gate(x)) * up(x) for e4m3 SpikeLinears gate / up at a CUDA prefill (more than DECODE_MAX_M rows of
+    bfloat16 x) through their fused unscaled product (see FUSE_GATE_UP_SCALES), or None where that does not apply
+    (then the caller runs the projections and silu_mul)."""
+    if (not (FUSE_GATE_UP_SCALES and FUSE_PROJECTIONS) or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or x.dtype != torch.bfloat16 or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
+        return None
+    if not all(isinstance(m, SpikeLinear) and m.weight_quant == "fp8" and m.bias is None for m in (gate, up)):
+        return None
+    kern = fused_kernels(x)
+    sl = _spike_linear_triton(x) if kern is not None else None
+    K = x.shape[-1]
+    if sl is None or x.numel() // max(K, 1) <= sl.DECODE_MAX_M or sl._tuning.FP8_PREFILL != "scaled_mm":
+        return None
+    ops = _fused_spike_operands(owner, (gate, up), x)
+    if ops is None:
+        return None
+    q, sc, _, _, m0 = ops
+    x2 = x.reshape(-1, K)
+    if not sl.scaled_mm_applies(x2, q, None, None):
+        return None
+    y_raw, vth = sl.scaled_mm_raw(x2, q, sc, m0.k)
+    h = kern[1].silu_mul_scaled(y_raw, vth, sc)
+    return h.view(*x.shape[:-1], h.shape[-1])
 
 
 def _hook_unfuse(owner: nn.Module) -> None:
@@ -385,6 +443,9 @@ class SwiGLU(nn.Module):
                               else nn.Linear(intermediate_size, hidden_size, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
-        gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(silu_mul(gate, up))
+        h = gate_up_silu(self, self.gate_proj, self.up_proj, x)
+        if h is None:
+            gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
+            gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
+            h = silu_mul(gate, up)
+        return self.down_proj(h)
