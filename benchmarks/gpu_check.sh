@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
 #   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
-#   16384 tokens (the default) against 65536, bf16 and fp8.  A second call on a warm machine needs no
+#   16384 tokens (the default) against 65536, bf16 and fp8; s28 -- session 28's int8 / gate-up probes and fp8 model
+#   A/B (about 8 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -65,6 +66,13 @@ gpu_tests() {  # label, extra env...
 }
 
 if want build; then build cuda; fi
+if [[ " $steps " == *" install "* ]]; then
+  # the README's way (scripts/install.sh test) instead of the build step: what a user gets;
+  # first, before any step that imports sbops (tests, benchmarks)
+  stamp "install (scripts/install.sh test)"
+  MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/install.log" 2>&1 || { tail -40 "$OUT/logs/install.log"; exit 1; }
+  tail -2 "$OUT/logs/install.log"
+fi
 if want wheel; then
   # the CUDA wheel as users get it: pip wheel, then a fresh venv (torch from the image), tests run
   # from a copy of tests/ outside the source tree so only the installed wheel can be imported
@@ -144,12 +152,6 @@ if [[ " $steps " == *" bench_default "* ]]; then
   timeout ${BENCH_LIMIT:-480} python3 -m sbops.bench --json "$OUT/bench_default.json" 2>&1 \
     | tee "$OUT/logs/bench_default.log" | tail -40
   echo "bench default run: $(( $(date +%s) - t_bench )) s wall (process start included)"
-fi
-if [[ " $steps " == *" install "* ]]; then
-  # the README's way (scripts/install.sh test) instead of the build step: what a user gets
-  stamp "install (scripts/install.sh test)"
-  MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/install.log" 2>&1 || { tail -40 "$OUT/logs/install.log"; exit 1; }
-  tail -2 "$OUT/logs/install.log"
 fi
 if [[ " $steps " == *" suite "* ]]; then
   # the whole suite against the installed package, from a copy of tests/ (session 19: 1678 passed in 162 s), and
@@ -244,6 +246,24 @@ if [[ " $steps " == *" chunk "* ]]; then
     (cd /tmp && timeout 90 python3 -m sbops.bench.model "${wq[@]}" --lengths 1m --contexts 1k --batches 1 --decode-steps 5 \
       --chunk "$2" --no-peer --no-eager-decode --budget-s 80 --out "$OUT/logs/chunk_$i" > "$OUT/logs/chunk_${1}_$2_$i.log" 2>&1
      echo "rc=$?"; grep -a "TTFT T=1M:\|failed\|Error" "$OUT/logs/chunk_${1}_$2_$i.log" | head -3)
+  done
+fi
+if [[ " $steps " == *" s28 "* ]]; then
+  # session 28's A/Bs (run on an H100 then): the int8 "int_mm" prefill against e4m3 and the Triton int8 GEMM, the int8
+  # decode GEMV against e4m3; the unscaled gate/up product + silu_mul_scaled against the scaled one; then the fp8 model
+  # TTFT 1M / decode B = 1, 8: all-e4m3, with int8 down projections, and that with SBOPS_FUSE_GATE_UP_SCALES=0
+  stamp "int_mm / int8 decode probe, gate/up raw probe"
+  (cd benchmarks/gpu/probes && timeout 300 python3 spike_linear_int_mm_ab.py 2>&1 | grep -v Warn | tee "$OUT/logs/s28_int_mm_ab.log"
+   timeout 90 python3 gate_up_raw_ab.py 2>&1 | grep -v Warn | tee "$OUT/logs/s28_gate_up_raw_ab.log")
+  i=0
+  for v in fp8 int8down int8down_scaled fp8 int8down int8down_scaled; do
+    i=$((i+1)); extra=(); e=""
+    case $v in int8down) extra=(--down-quant int8_channel) ;; int8down_scaled) extra=(--down-quant int8_channel)
+      e="SBOPS_FUSE_GATE_UP_SCALES=0" ;; esac
+    stamp "fp8 model, $v ($i)"
+    (cd /tmp && env $e timeout 110 python3 -m sbops.bench.model --weight-quant fp8 "${extra[@]}" --lengths 1m --contexts 4k \
+      --batches 1,8 --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/s28_model_$i" > "$OUT/logs/s28_model_${v}_$i.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B\|failed\|Error" "$OUT/logs/s28_model_${v}_$i.log" | head -4)
   done
 fi
 if want macasim; then
