@@ -113,3 +113,39 @@ def test_swiglu_prefill_takes_the_unscaled_product_and_matches_the_scaled_path(m
     ref = (torch.nn.functional.silu(gu[:, :96]) * gu[:, 96:]).view(2, 20, 96)
     e_raw, e_scaled = rel(h.cpu(), ref), rel(want_h.cpu(), ref)
     assert e_raw < 6e-3 and e_scaled < 6e-3 and e_raw < 1.5 * e_scaled, (e_raw, e_scaled)
+
+
+@requires_triton
+def test_silu_mul_scaled_reads_strided_scales_and_checks_devices():
+    tk = _triton()[0]
+    frs = tk.load("fused_rope_swiglu")
+    dev = _dev()
+    y_raw = (torch.randn(6, 32) * 30).bfloat16().to(dev)
+    v2, s2 = torch.rand(12).to(dev) + 0.1, torch.rand(64).to(dev) * 0.01
+    with tk.bounds_checked() if dev == "cpu" else _null():
+        want = frs.silu_mul_scaled(y_raw, v2[::2].contiguous(), s2[::2].contiguous())
+        got = frs.silu_mul_scaled(y_raw, v2[::2], s2[::2])
+    assert torch.equal(got, want)
+    if dev == "cuda":
+        with pytest.raises(ValueError, match="on y_raw's device"):
+            frs.silu_mul_scaled(y_raw, v2[::2].cpu(), s2[::2])
+
+
+def test_the_unscaled_gate_up_path_follows_the_dispatcher():
+    """gate_up_silu runs the Triton kernels only where sbops' dispatcher gives spike_linear to the built-in cuda
+    backend: not for CPU tensors, not when a user's backend of higher priority takes the call."""
+    from sbops._dispatch import Backend, OpCaps
+    from sbops.nn import common
+    assert common._spike_linear_triton(torch.randn(40, 64).bfloat16()) is None   # the cpu backend's call
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(40, 64, device=dev).bfloat16()
+    if dev == "cuda":
+        assert common._spike_linear_triton(x) is not None
+    toy = Backend(name="toy_spike", device_types=(dev,), priority=1000,
+                  ops={"spike_linear": OpCaps((torch.bfloat16,), features=frozenset({"fp8_weight"}), impl="python")},
+                  kernels={"spike_linear": lambda *a: None})
+    sbops.register_backend(toy)
+    try:
+        assert common._spike_linear_triton(x) is None
+    finally:
+        sbops._dispatch.unregister_backend("toy_spike")

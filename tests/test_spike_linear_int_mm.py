@@ -115,5 +115,6 @@ def test_int_mm_path_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="int_mm path takes"):
         _run(sl, tk, torch.randn(40, 128).bfloat16(), wq, sc, 3.0, group_size=64)
     wq, sc = sbops.quantize_weight(torch.randn(32, 128) * 0.05)
-    with pytest.raises(ValueError, match="int_mm config is"):
-        _run(sl, tk, torch.randn(40, 128).bfloat16(), wq, sc, 3.0, config=(16, 24))
+    for bad in ((16, 24), (16,), (16, 16, 16, 16), (16.0, 16)):
+        with pytest.raises(ValueError, match="int_mm config is"):
+            _run(sl, tk, torch.randn(40, 128).bfloat16(), wq, sc, 3.0, config=bad)

@@ -70,7 +70,7 @@ def test_scaled_mm_config_is_checked():
     _, sl = _triton()
     x = torch.randn(40, 64).bfloat16().to(_dev())
     wq, sc = (t.to(_dev()) for t in sbops.quantize_weight(torch.randn(32, 64) * 0.05, dtype=FP8))
-    for bad in ((16, 32, 16, 3), (16, 24), (16, 32, 8), (128, 128, 128, 8, 8, 4)):
+    for bad in ((16, 32, 16, 3), (16, 24), (16, 32, 8), (128, 128, 128, 8, 8, 4), (16,), (16.0, 32)):
         with pytest.raises(ValueError, match="scaled_mm config is"):
             sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, config=bad, path="scaled_mm")
 

@@ -148,11 +148,15 @@ def silu_mul_scaled(y_raw: torch.Tensor, vth: torch.Tensor, scale: torch.Tensor)
         raise ValueError(f"silu_mul_scaled: y_raw [M, 2 I] (unit last stride), vth [M] and scale [2 I] float32 "
                          f"expected, got {tuple(y_raw.shape)}, {tuple(vth.shape)} {vth.dtype}, "
                          f"{tuple(scale.shape)} {scale.dtype}")
+    if vth.device != y_raw.device or scale.device != y_raw.device:
+        raise ValueError(f"silu_mul_scaled: vth and scale must be on y_raw's device {y_raw.device}, got {vth.device} "
+                         f"and {scale.device}")
+    vth, scale = vth.contiguous(), scale.contiguous()
     h = torch.empty((M, n), dtype=y_raw.dtype, device=y_raw.device)
     if h.numel() == 0:
         return h
     block = 1024 if M >= 64 else 256
-    _silu_mul_scaled_kernel[(M, triton.cdiv(n, block))](y_raw, vth, scale.contiguous(), h, n, y_raw.stride(0),
+    _silu_mul_scaled_kernel[(M, triton.cdiv(n, block))](y_raw, vth, scale, h, n, y_raw.stride(0),
                                                          BLOCK=block, num_warps=4, enable_fp_fusion=True)
     return h
 

@@ -348,11 +348,10 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):
     planes = 2 if _tuning.FP8_TWO_PLANES and K > N else 1
     if fix_config:
         cfg = tuple(fix_config)
-        BM, BN = cfg[:2]
-        FC = cfg[2] if len(cfg) > 2 else FC
-        planes = cfg[3] if len(cfg) > 3 else planes
+        ok = 2 <= len(cfg) <= 4 and all(isinstance(v, int) for v in cfg)
+        BM, BN, FC, planes = (cfg + (FC, planes)[len(cfg) - 2:])[:4] if ok else (0, 0, 0, 0)
         pow2 = all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC))
-        if len(cfg) > 4 or not pow2 or planes not in (1, 2):
+        if not ok or not pow2 or planes not in (1, 2):
             raise ValueError(f"spike_linear: the scaled_mm config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
                              f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
     if _tuning.FP8_FIX != "tiles":
@@ -397,7 +396,10 @@ def _unit_scale(dev):
     """A float32 1.0 on dev (scaled_mm_raw's tensor-wise scales), made once per device (CUDA-graph safe)."""
     t = _UNIT.get(dev)
     if t is None:
-        t = _UNIT[dev] = torch.ones((), device=dev, dtype=torch.float32)
+        t = torch.ones((), device=dev, dtype=torch.float32)
+        # made during a CUDA-graph capture, its fill runs only at replay: kept for that graph alone, not cached
+        if not (dev.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _UNIT[dev] = t
     return t
 
 
@@ -439,9 +441,9 @@ def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
     BM, BN, FC = FIX_GROUPED_CONFIG
     if fix_config:
         cfg = tuple(fix_config)
-        BM, BN = cfg[:2]
-        FC = cfg[2] if len(cfg) > 2 else FC
-        if len(cfg) > 3 or not all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC)):
+        ok = 2 <= len(cfg) <= 3 and all(isinstance(v, int) for v in cfg)
+        BM, BN, FC = (cfg + (FC,))[:3] if ok else (0, 0, 0)
+        if not ok or not all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC)):
             raise ValueError(f"spike_linear: the int_mm config is (BM, BN[, FC]) with BM, BN, FC powers of 2 >= 16, "
                              f"got {fix_config}")
     cb, stages = _grouped_fix_launch(BM, BN, FC, x.device)

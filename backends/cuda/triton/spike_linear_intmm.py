@@ -7,7 +7,7 @@ plane (~2e-7 of them past it).  So, for int8 weights with one scale per output c
     s  = clamp(c, -127, 127) as int8   [_encode_lo_kernel with FP8 = False: vth, s, and a flag per
                                         (BM-row block, FC-column chunk) holding a count past 127]
     acc = s @ W^T                      [torch._int_mm: cuBLASLt int8, int32 accumulation, exact while
-                                        127 * 127 * K < 2^31, i.e. K <= INT_MM_MAX_K]
+                                        127 * 128 * K < 2^31, i.e. K <= INT_MM_MAX_K]
     y  = vth * scale * acc + bias      [_int_mm_epilogue_kernel, in x's dtype]
       + vth * scale * (r @ W^T)        [the grouped fix-up of spike_linear_fp8.py, r = c - s, only over the
                                         flagged chunks; every count exact, NaN rows NaN]
@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-INT_MM_MAX_K = (2**31 - 1) // (127 * 127)  # int32 accumulation of |s|, |w| <= 127 stays exact
+INT_MM_MAX_K = (2**31 - 1) // (127 * 128)  # int32 accumulation of |s| <= 127, |w| <= 128 stays exact
 
 
 @triton.jit

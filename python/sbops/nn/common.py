@@ -169,8 +169,11 @@ def _spike_linear_triton(x: torch.Tensor):
     try:
         if _dispatch.select(request("spike_linear", x, (), ("fp8_weight",))).name != "cuda":
             return None
+    except _dispatch.NoBackendError:  # the unfused path raises it, naming the call
+        return None
+    try:
         from .._backends.cuda.triton import spike_linear as sl
-    except Exception:  # noqa: BLE001  (no backend, or no Triton: the unfused path says why if it must)
+    except ImportError:
         return None
     return sl
 
@@ -183,6 +186,8 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
             or x.dtype != torch.bfloat16 or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
         return None
     if not all(isinstance(m, SpikeLinear) and m.weight_quant == "fp8" and m.bias is None for m in (gate, up)):
+        return None
+    if x.dim() < 2 or x.shape[-1] != gate.in_features:   # the projections' own call then names the mismatch
         return None
     kern = fused_kernels(x)
     sl = _spike_linear_triton(x) if kern is not None else None
@@ -418,9 +423,10 @@ class SwiGLU(nn.Module):
     down_quant=False keeps down_proj a plain nn.Linear even when spike_k / weight_quant apply to
     gate/up (SpikingBrain's W8ASpike: its swiglu_linear reads down_proj's float weight directly).
     down_weight_quant="int8_channel" makes down_proj a SpikeLinear with int8 weights and one scale per output
-    channel (weight_quant="int8", group_size=intermediate_size) whatever weight_quant is: its input, a SwiGLU
-    product, has ~2.6% of its counts past e4m3's exact 16 at k = 3 but ~2e-7 past int8's 127, so on CUDA its
-    prefill takes one int8 count plane on the vendor int8 GEMM instead of two e4m3 planes.
+    channel (weight_quant="int8", group_size=intermediate_size) whatever weight_quant is.  With spike_k set its
+    inference runs sbops.spike_linear: its input, a SwiGLU product, has ~2.6% of its counts past e4m3's exact 16
+    at k = 3 but ~2e-7 past int8's 127, so on CUDA its prefill takes one int8 count plane on the vendor int8 GEMM
+    instead of two e4m3 planes (without spike_k the layer fake-quantises its weight, as weight_quant="int8").
     """
 
     __getstate__ = getstate_without_fused

@@ -71,12 +71,13 @@ def spike_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Te
     float8_e4m3fn weights).  With e4m3 per-channel weights and bfloat16 x the GEMM is torch._scaled_mm, the
     vendor fp8 GEMM (vth x the channel scales in its epilogue), over one e4m3 count plane, or two (c = lo +
     16 hi, exact to |c| = 264) where K > N, and a sparse fix-up adds exactly what the planes do not hold.
-    With int8 per-channel weights where K > N (a SwiGLU down projection) the GEMM is torch._int_mm, the vendor
-    int8 GEMM, over one int8 count plane (exact to |c| = 127), with the same sparse fix-up.
+    With int8 per-channel weights on CUDA where K > N (a SwiGLU down projection; M > 32, K and N multiples of 8,
+    K <= 132104) the GEMM is torch._int_mm, the vendor int8 GEMM, over one int8 count plane (exact to |c| = 127),
+    with the same sparse fix-up.
     Otherwise (Triton GEMM) rows with larger counts take extra passes over base-128 (int8) or base-16 (e4m3)
     digits on only the K chunks that need them.  At decode (M <= 32) a pre-pass writes the counts as two
     exact 8-bit planes and a split-K kernel streams the weights through the tensor cores; counts past the
-    planes take an exact float16 pass.  With e4m3 per-channel weights, M <= 8 and 16-bit x, a CUDA C++
+    planes take an exact float16 pass.  With e4m3 or int8 per-channel weights, M <= 8 and 16-bit x, a CUDA C++
     kernel serves decode instead: its encode writes the counts as float16 planes (c = lo + 2048 hi, exact)
     and its GEMV converts the weights to float16 in registers for the tensor cores; counts of 2048^2 or more
     (a huge x against vth's clamp) take a float32 pass of their own.  The result is exact for every count, with one exception: on the
