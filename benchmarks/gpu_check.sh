@@ -262,7 +262,7 @@ if [[ " $steps " == *" s28 "* ]]; then
       e="SBOPS_FUSE_GATE_UP_SCALES=0" ;; esac
     stamp "fp8 model, $v ($i)"
     (cd /tmp && env $e timeout 110 python3 -m sbops.bench.model --weight-quant fp8 "${extra[@]}" --lengths 1m --contexts 4k \
-      --batches 1,8 --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/s28_model_$i" > "$OUT/logs/s28_model_${v}_$i.log" 2>&1
+      --batches 1,8,32 --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/s28_model_$i" > "$OUT/logs/s28_model_${v}_$i.log" 2>&1
      echo "rc=$?"; grep -a "TTFT T=1M:\|decode B\|failed\|Error" "$OUT/logs/s28_model_${v}_$i.log" | head -4)
   done
 fi
