@@ -336,30 +336,26 @@ cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
   return launch_one(kernel, static_cast<unsigned>(a.M), kEncodeThreads, pdl_plan(kernel, 2), a, st);
 }
 
+// The GEMV's block shape 0-3 (WN x WK warps, UNROLL blocks): layouts 0-3 after the encode, 4-7 (FUSED) the same shapes
+// computing the counts themselves (e4m3 weights only)
+template <typename E, bool FUSED, bool I8>
+cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
+  switch (shape) {
+    case 0: return launch_layout<E, 1, 8, 2, FUSED, I8>(a, st);
+    case 1: return launch_layout<E, 2, 4, 2, FUSED, I8>(a, st);
+    case 2: return launch_layout<E, 1, 8, 1, FUSED, I8>(a, st);
+    default: return launch_layout<E, 4, 2, 2, FUSED, I8>(a, st);
+  }
+}
+
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
   if (layout < 4) {
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
   }
-  if (a.w_int8) {  // int8 weights: the encode + GEMV layouts (launch_spike_decode refuses 4-7)
-    switch (layout) {
-      case 0: return launch_layout<E, 1, 8, 2, false, true>(a, st);
-      case 1: return launch_layout<E, 2, 4, 2, false, true>(a, st);
-      case 2: return launch_layout<E, 1, 8, 1, false, true>(a, st);
-      default: return launch_layout<E, 4, 2, 2, false, true>(a, st);
-    }
-  }
-  switch (layout) {
-    case 0: return launch_layout<E, 1, 8, 2, false>(a, st);
-    case 1: return launch_layout<E, 2, 4, 2, false>(a, st);
-    case 2: return launch_layout<E, 1, 8, 1, false>(a, st);
-    case 3: return launch_layout<E, 4, 2, 2, false>(a, st);
-    case 4: return launch_layout<E, 1, 8, 2, true>(a, st);
-    case 5: return launch_layout<E, 2, 4, 2, true>(a, st);
-    case 6: return launch_layout<E, 1, 8, 1, true>(a, st);
-    default: return launch_layout<E, 4, 2, 2, true>(a, st);
-  }
+  if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3 (launch_spike_decode refuses 4-7)
+  return layout < 4 ? launch_gemv<E, false, false>(a, layout, st) : launch_gemv<E, true, false>(a, layout - 4, st);
 }
 
 }  // namespace

@@ -305,11 +305,12 @@ def _interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
-def encode_lo(x, k, BM, FC=16, planes=1):
+def encode_lo(x, k, BM, FC=16, planes=1, fp8=True):
     """The "scaled_mm" path's pre-pass: (s, hi, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
     lo; hi [M, K] float8_e4m3fn = 16 x the second plane (planes = 2; else None): count = lo + hi, with lo =
     clamp(count, -16, 16) for one plane; vth [M] float32; flags [cdiv(M, BM), cdiv(K, FC)] int8: 1 where a
-    chunk of FC columns of that row block holds a count the planes do not (or a NaN one)."""
+    chunk of FC columns of that row block holds a count the planes do not (or a NaN one).  fp8=False (the
+    "int_mm" path, one plane): s holds lo = clamp(count, -127, 127) as int8."""
     M, K = x.shape
     s = torch.empty((M, K), device=x.device, dtype=torch.int8)
     hi = torch.empty((M, K), device=x.device, dtype=torch.float8_e4m3fn) if planes == 2 else None
@@ -319,7 +320,8 @@ def encode_lo(x, k, BM, FC=16, planes=1):
     rows, block, one_pass, warps = encode_lo_launch(K)
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
                                                float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
-                                               PLANES=planes, HW=not _interpreted(_encode_lo_kernel), num_warps=warps)
+                                               PLANES=planes, HW=not _interpreted(_encode_lo_kernel), FP8=fp8,
+                                               num_warps=warps)
     return s, hi, vth, flags
 
 
@@ -332,6 +334,46 @@ def encode_lo_launch(K: int):
         block = triton.next_power_of_2(K)
         return max(1, 4096 // block), block, True, 4
     return 1, 4096, False, 8
+
+
+def _fix_config(fix_config, defaults, path):
+    """The fix-up's (BM, BN, FC[, PLANES]): `defaults` with a benchmark's fix_config (BM, BN[, FC[, PLANES]]) over
+    them, checked (BM, BN, FC powers of 2 >= 16, PLANES 1 or 2; PLANES only where defaults has it)."""
+    n = len(defaults)
+    cfg = tuple(fix_config)
+    ok = 2 <= len(cfg) <= n and all(isinstance(v, int) for v in cfg)
+    out = cfg + tuple(defaults[len(cfg):]) if ok else (0,) * n
+    if not ok or not all(v >= 16 and v & (v - 1) == 0 for v in out[:3]) or (n == 4 and out[3] not in (1, 2)):
+        if n == 4:
+            raise ValueError(f"spike_linear: the {path} config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
+                             f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
+        raise ValueError(f"spike_linear: the {path} config is (BM, BN[, FC]) with BM, BN, FC powers of 2 >= 16, "
+                         f"got {fix_config}")
+    return out
+
+
+def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=True, raw=False):
+    """The sparse fix-up of what the count planes do not hold: the flag lists, then the "grouped" kernel
+    (grouped_launch = its (CB, num_stages), _grouped_fix_launch) or, with grouped_launch None, the "tiles" one;
+    adds into y in place (raw: without vth and the channel scales)."""
+    M, K = x.shape
+    N = w.shape[0]
+    n_bm, n_fc = flags.shape
+    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
+    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
+    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
+    if grouped_launch is None:  # "tiles": a program per (row block, BN-column tile)
+        _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
+            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
+            FP8=fp8, RAW=raw, num_warps=FIX_TILES_WARPS, num_stages=1)
+    else:  # "grouped": a program per (row block, group of tiles), about FIX_PROGRAMS_PER_SM per SM in all
+        cb, stages = grouped_launch
+        n_tiles = triton.cdiv(N, BN)
+        groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
+        tiles_per = triton.cdiv(n_tiles, groups)
+        _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
+            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
+            CB=cb, PLANES=planes, FP8=fp8, RAW=raw, num_warps=FIX_WARPS, num_stages=stages)
 
 
 def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):
@@ -347,15 +389,9 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):
     BM, BN, FC = FIX_CONFIG if _tuning.FP8_FIX == "tiles" else FIX_GROUPED_CONFIG
     planes = 2 if _tuning.FP8_TWO_PLANES and K > N else 1
     if fix_config:
-        cfg = tuple(fix_config)
-        ok = 2 <= len(cfg) <= 4 and all(isinstance(v, int) for v in cfg)
-        BM, BN, FC, planes = (cfg + (FC, planes)[len(cfg) - 2:])[:4] if ok else (0, 0, 0, 0)
-        pow2 = all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC))
-        if not ok or not pow2 or planes not in (1, 2):
-            raise ValueError(f"spike_linear: the scaled_mm config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
-                             f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
-    if _tuning.FP8_FIX != "tiles":
-        cb, stages = _grouped_fix_launch(BM, BN, FC, x.device)  # a config too large for the device fails here
+        BM, BN, FC, planes = _fix_config(fix_config, (BM, BN, FC, planes), "scaled_mm")
+    # a config too large for the device fails here, before any work
+    launch = None if _tuning.FP8_FIX == "tiles" else _grouped_fix_launch(BM, BN, FC, x.device)
     s, hi, vth, flags = encode_lo(x, k, BM, FC, planes)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()  # row-wise scaled GEMMs take contiguous scales (a strided [N] view is allowed here)
@@ -371,21 +407,7 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):
     y = gemm(s.view(torch.float8_e4m3fn), bias)
     if hi is not None:
         y += gemm(hi)
-    n_bm, n_fc = flags.shape
-    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
-    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
-    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
-    if _tuning.FP8_FIX == "tiles":  # a program per (row block, BN-column tile)
-        _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
-            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
-            RAW=raw, num_warps=FIX_TILES_WARPS, num_stages=1)
-    else:  # "grouped": a program per (row block, group of tiles), about FIX_PROGRAMS_PER_SM per SM in all
-        n_tiles = triton.cdiv(N, BN)
-        groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
-        tiles_per = triton.cdiv(n_tiles, groups)
-        _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
-            x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-            CB=cb, PLANES=planes, RAW=raw, num_warps=FIX_WARPS, num_stages=stages)
+    _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, launch, raw=raw)
     return (y, vth) if raw else y
 
 
@@ -438,23 +460,9 @@ def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
     fix_config (BM, BN[, FC]) of the fix-up, else FIX_GROUPED_CONFIG."""
     M, K = x.shape
     N = weight_q.shape[0]
-    BM, BN, FC = FIX_GROUPED_CONFIG
-    if fix_config:
-        cfg = tuple(fix_config)
-        ok = 2 <= len(cfg) <= 3 and all(isinstance(v, int) for v in cfg)
-        BM, BN, FC = (cfg + (FC,))[:3] if ok else (0, 0, 0)
-        if not ok or not all(v >= 16 and v & (v - 1) == 0 for v in (BM, BN, FC)):
-            raise ValueError(f"spike_linear: the int_mm config is (BM, BN[, FC]) with BM, BN, FC powers of 2 >= 16, "
-                             f"got {fix_config}")
-    cb, stages = _grouped_fix_launch(BM, BN, FC, x.device)
-    s = torch.empty((M, K), device=x.device, dtype=torch.int8)
-    vth = torch.empty((M,), device=x.device, dtype=torch.float32)
-    n_fc = triton.cdiv(K, FC)
-    flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
-    rows, block, one_pass, warps = encode_lo_launch(K)
-    _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, s, vth, flags, M, K, n_fc, x.stride(0), float(k), R=rows,
-                                               BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC, PLANES=1,
-                                               HW=not _interpreted(_encode_lo_kernel), FP8=False, num_warps=warps)
+    BM, BN, FC = FIX_GROUPED_CONFIG if not fix_config else _fix_config(fix_config, FIX_GROUPED_CONFIG, "int_mm")
+    launch = _grouped_fix_launch(BM, BN, FC, x.device)
+    s, _, vth, flags = encode_lo(x, k, BM, FC, 1, fp8=False)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()
     acc = torch._int_mm(s, w.t())
@@ -464,16 +472,7 @@ def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
         acc, vth, scale, bias if bias is not None else y, y, M, N, HAS_BIAS=bias is not None, BR=br, BC=bc,
         num_warps=ew)
     del acc
-    n_bm = flags.shape[0]
-    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
-    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
-    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
-    n_tiles = triton.cdiv(N, BN)
-    groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
-    tiles_per = triton.cdiv(n_tiles, groups)
-    _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
-        x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-        CB=cb, PLANES=1, FP8=False, num_warps=FIX_WARPS, num_stages=stages)
+    _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, 1, launch, fp8=False)
     return y
 
 

@@ -122,16 +122,15 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
     if PLANES == 2:  # the second plane stored as 16 hi (exact in e4m3)
         tl.store(hi_ptr + offs, (hi * 16.0).to(hi_ptr.dtype.element_ty), mask=m)
     out = m & (r != 0.0)  # NaN counts are flagged too: the fix-up makes their row NaN
-    if not FP8:  # one int8 plane (the "int_mm" path: PLANES = 1); a NaN count was clamped to a finite lo
-        tl.store(s_ptr + offs, lo.to(tl.int8), mask=m)
-        if tl.max(out.to(tl.int32), axis=None) > 0:
-            _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
-    elif OLD:  # the encoding before session 24 (integer e4m3 bytes, a flag store per element): only for timing
+    if OLD:  # the encoding before session 24 (integer e4m3 bytes, a flag store per element): only for timing
         tl.store(s_ptr + offs, _e4m3_bits(lo.to(tl.int32)).to(tl.int8), mask=m)
         _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
     else:
-        # + 0.0 turns -0 into +0 (the byte the integer encoding wrote); a NaN count was clamped to a finite lo
-        tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
+        if FP8:  # + 0.0 turns -0 into +0 (the byte the integer encoding wrote)
+            tl.store(s_ptr + offs, (lo + 0.0).to(tl.float8e4nv).to(tl.int8, bitcast=True), mask=m)
+        else:  # one int8 plane (the "int_mm" path: PLANES = 1)
+            tl.store(s_ptr + offs, lo.to(tl.int8), mask=m)
+        # (a NaN count was clamped to a finite lo)
         if tl.max(out.to(tl.int32), axis=None) > 0:  # rare: most tiles have no count past the planes
             _store_flags(flag_ptr, rows, cols, out, n_fc, BM, FC)
 
@@ -202,12 +201,11 @@ def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, 
         touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
         w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
         acc += _exact_dot(r, w)
-    sc = tl.load(scale_ptr + rn64)
     rows = mmask & (touched > 0)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
     m2 = rows[:, None] & nmask[None, :]
     if not RAW:  # RAW: y holds s @ W^T without vth and the scales (scaled_mm_raw), and so does what is added
-        acc = acc * sc[None, :] * vth[:, None]
+        acc = acc * tl.load(scale_ptr + rn64)[None, :] * vth[:, None]
     y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc
     tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
 
@@ -246,11 +244,10 @@ def _fix_tiles(a, b, c, sc2, vth, rows_t, rm, t0, t1, kk, kin, w_ptr, scale_ptr,
             acc = tl.dot(a, w)
         else:
             acc = _horner3(a, b, c, w) * sc2[:, None]
-        sc = tl.load(scale_ptr + rn64)
         y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
         m2 = rows_t[:, None] & nmask[None, :]
         if not RAW:
-            acc = acc * sc[None, :] * vth[:, None]
+            acc = acc * tl.load(scale_ptr + rn64)[None, :] * vth[:, None]
         y = tl.load(y_ptrs, mask=m2, other=0.0).to(tl.float32) + acc
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=m2)
 

@@ -9,11 +9,12 @@ import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
+from ..nn.common import DOWN_WEIGHT_QUANTS   # sbops.nn.SwiGLU's down_weight_quant (None, "int8_channel")
+
 LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
 SWA_KV_QUANTS = (None, "int8")
 WEIGHT_QUANTS = (None, "int8", "int8_static", "fp8")   # SpikeLinear's formats, or float weights
-DOWN_WEIGHT_QUANTS = (None, "int8_channel")             # sbops.nn.SwiGLU's down_weight_quant
 
 
 @dataclass
