@@ -8,7 +8,7 @@ value (BN, BK, SPLIT or 0 for auto, num_warps, num_stages).
 GEMM: measured on the H200 (torch 2.11, Triton 3.6; session 11, benchmarks/runs/h200_2026-12-04_s11/
 b_bench_spike_linear_M8192_cut.log) by `benchmarks/gpu/bench_spike_linear.py`, which prints both dicts: the
 winners at M = 8192 ("mid") of the 7B shapes qkv 4608 x 3584 and gate/up 37888 x 3584.  DECODE: winners at
-M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner; session 14's e4m3 per-channel entries keep M = 1's).  Shapes not listed fall back to the defaults in
+M = 1 / 8 / 32 (a "m16" entry keeps M = 8's winner); the per-channel entries: session 29's winners at M = 16 / 32.  Shapes not listed fall back to the defaults in
 spike_linear.py.
 """
 # the GEMM of the fp8 (float8_e4m3fn weight) prefill where spike_linear.scaled_mm_applies: "scaled_mm"
@@ -53,31 +53,35 @@ GEMM = {
 }
 # the decode kernel of session 13 (two 8-bit count planes, swap-AB): winners under CUDA graphs with the weights
 # rotated over > 200 MB (benchmarks/runs/h200_2026-12-04_s13/c_bench_spike_linear.log; measured with the
-# one-program-per-row pre-pass that was then split into 4096-column chunks).  The e4m3 per-channel entries
-# ('f8', 'ch') are session 14's sweep of six configs at M = 1 (-> 'm16') and M = 32 with the o_proj shape added
-# (benchmarks/runs/h200_2026-12-04_s14/c_bench_spike_linear_sweep.log): the fp8 model's decode went
-# 4.11 -> 3.94 ms (B=1) and 6.23 -> 5.86 ms (B=32) with them
+# one-program-per-row pre-pass that was then split into 4096-column chunks); per group ('g'): those.  The per-channel
+# entries ('f8' / 'i8', 'ch') are session 29's sweep of 15 configs at M = 16 ('m16') and M = 32 ('m32') on an H100
+# (benchmarks/gpu/probes/decode_m32_sweep.py, benchmarks/runs/h100_2026-12-06_s29/b_decode_m32_sweep_model.log; M <= 8
+# takes the CUDA C++ decode): against session 14's H200 entries 1.00-1.33x per shape, and the fp8 model with int8 down
+# projections decoded B = 32 at 6.50 instead of 7.01 ms per step, B = 16 at 5.15 instead of 5.35 (H100, alternated).
+# Not re-measured on the H200
 DECODE = {
-    ('f8', 'ch', 3584, 3584, 'm16'): (64, 128, 2, 4, 4),
+    ('f8', 'ch', 3584, 3584, 'm16'): (64, 128, 4, 4, 4),
     ('f8', 'ch', 3584, 3584, 'm32'): (64, 128, 2, 4, 4),
-    ('f8', 'ch', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
-    ('f8', 'ch', 3584, 18944, 'm32'): (64, 128, 2, 4, 4),
-    ('f8', 'ch', 4608, 3584, 'm16'): (64, 128, 2, 4, 4),
-    ('f8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'ch', 3584, 18944, 'm16'): (64, 128, 4, 4, 4),
+    ('f8', 'ch', 3584, 18944, 'm32'): (64, 128, 4, 4, 3),
+    ('f8', 'ch', 4608, 3584, 'm16'): (64, 128, 3, 4, 4),
+    ('f8', 'ch', 4608, 3584, 'm32'): (128, 128, 2, 8, 4),
     ('f8', 'ch', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
-    ('f8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('f8', 'ch', 37888, 3584, 'm32'): (64, 128, 1, 4, 4),
     ('f8', 'g', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
     ('f8', 'g', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
     ('f8', 'g', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
     ('f8', 'g', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
     ('f8', 'g', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
     ('f8', 'g', 37888, 3584, 'm32'): (64, 128, 0, 4, 4),
-    ('i8', 'ch', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
-    ('i8', 'ch', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
-    ('i8', 'ch', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),
-    ('i8', 'ch', 4608, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'ch', 3584, 3584, 'm16'): (64, 128, 4, 4, 4),
+    ('i8', 'ch', 3584, 3584, 'm32'): (64, 128, 2, 4, 4),
+    ('i8', 'ch', 3584, 18944, 'm16'): (64, 128, 4, 4, 4),
+    ('i8', 'ch', 3584, 18944, 'm32'): (64, 128, 4, 4, 3),
+    ('i8', 'ch', 4608, 3584, 'm16'): (64, 128, 3, 4, 4),
+    ('i8', 'ch', 4608, 3584, 'm32'): (128, 128, 2, 8, 4),
     ('i8', 'ch', 37888, 3584, 'm16'): (64, 128, 0, 4, 4),
-    ('i8', 'ch', 37888, 3584, 'm32'): (128, 128, 0, 8, 4),
+    ('i8', 'ch', 37888, 3584, 'm32'): (64, 128, 0, 4, 4),
     ('i8', 'g', 3584, 18944, 'm16'): (64, 128, 0, 4, 4),
     ('i8', 'g', 3584, 18944, 'm32'): (128, 128, 0, 8, 4),
     ('i8', 'g', 4608, 3584, 'm16'): (64, 128, 0, 4, 4),

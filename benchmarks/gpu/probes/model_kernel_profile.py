@@ -1,6 +1,8 @@
 """GPU kernel time of one prefill chunk and one decode step of the 7B-shaped model, by kernel.
 usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels] [--fp8]
---fp8: the W8ASpike model (spike_k=3, fp8 weights), as `python -m sbops.bench.model --weight-quant fp8` builds it.
+  [--down-int8]
+--fp8: the W8ASpike model (spike_k=3, fp8 weights), as `python -m sbops.bench.model --weight-quant fp8` builds it;
+--down-int8: with its down projections in int8 (`--down-quant int8_channel`).
 --kernels: first time the fused elementwise kernels against the torch code at the 7B shapes of one chunk."""
 import sys, time, torch, sbops
 import sbops.nn.common
@@ -17,6 +19,8 @@ dev = torch.device("cuda")
 cfg = SpikingBrainConfig.from_qwen2(qwen2_config(False), "7b")
 if "--fp8" in _flags:
     cfg = cfg.replace(spike_k=3.0, weight_quant="fp8")
+    if "--down-int8" in _flags:
+        cfg = cfg.replace(down_weight_quant="int8_channel")
 torch.manual_seed(0)
 with torch.device(dev):
     torch.set_default_dtype(torch.bfloat16)
