@@ -64,6 +64,34 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
                             f"and pytorch_model.bin[.index.json])")
 
 
+def checkpoint_tensor_names(path: str):
+    """The stored names of the checkpoint's tensors in `path` without reading their data (an index's weight_map, a
+    .safetensors header, a .bin memory-mapped), or None where they cannot be told so (load_checkpoint_tensors then
+    reads, and names, the problem)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if os.path.isfile(os.path.join(path, index)):
+            try:
+                with open(os.path.join(path, index)) as fh:
+                    return set(json.load(fh)["weight_map"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    f = os.path.join(path, "model.safetensors")
+    if os.path.isfile(f):
+        try:
+            from safetensors import safe_open
+            with safe_open(f, framework="pt") as st:
+                return set(st.keys())
+        except Exception:  # noqa: BLE001 -- no safetensors package, or a file it cannot read
+            return None
+    f = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(f):
+        try:
+            return set(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except Exception:  # noqa: BLE001 -- e.g. a legacy (non-zip) file, which cannot be memory-mapped
+            return None
+    return None
+
+
 def own_storage(t: torch.Tensor) -> torch.Tensor:
     """t, or a compact copy when it is a view into a larger storage (fused projections at inference
     share one storage, which safetensors refuses)."""

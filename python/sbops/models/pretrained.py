@@ -62,7 +62,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .checkpoint_files import load_checkpoint_tensors, own_storage, parse_size, write_tensors
+from .checkpoint_files import checkpoint_tensor_names, load_checkpoint_tensors, own_storage, parse_size, write_tensors
 from .config import SpikingBrainConfig
 
 RELEASED_MODEL_TYPE = "gla_swa"
@@ -337,7 +337,10 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         cfg = SpikingBrainConfig(**fields)
         w8a = False
     else:
-        w8a = d.get("quant_weight_group_size") is not None   # else told by the tensors' names below
+        w8a = d.get("quant_weight_group_size") is not None   # else told by the tensors' names (before reading them)
+        if not w8a:
+            names = checkpoint_tensor_names(path)
+            w8a = names is not None and any(k.endswith(_W8A_SCALES) for k in names)
         _check_w8a_overrides(overrides, w8a)
         cfg = config_from_released(d, allow_unknown_config_keys, gen, **overrides)
 
