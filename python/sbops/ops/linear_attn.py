@@ -51,9 +51,16 @@ def _check_gate(op, g, q, dev, lead, K):
     dts = (torch.float32,) if q.dtype == torch.float32 else (torch.float32, q.dtype)
     if isinstance(g, torch.Tensor) and g.dim() == len(lead):
         V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead, what=per_head)
-        return "gate_per_head"
-    V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead + (K,), what=per_key)
-    return "gate_per_key"
+        feature = "gate_per_head"
+    else:
+        V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead + (K,), what=per_key)
+        feature = "gate_per_key"
+    if g.numel() and V.checking_data(g):   # CPU tensors by default: a GPU call never reads g back
+        pos = g.detach() > 0   # NaN log-decays pass (the output is NaN where they reach, as documented)
+        if bool(pos.any()):
+            raise ValueError(f"sbops.{op}: g holds log-decays, which must be <= 0 (decay factors exp(g) <= 1); got "
+                             f"{int(pos.sum())} positive value(s), the largest {g.detach()[pos].max().item():g}")
+    return feature
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -80,7 +87,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     Inputs may be strided views (slices along T, splits of a fused qkv projection, transposed
     batches): the CUDA/Triton kernels read tensors whose last dimension is contiguous in place
     and copy others internally; the CPU reference copies.  Outputs are contiguous.
-    Data checks: cu_seqlens (start 0, non-decreasing, end T) is checked on CPU tensors only by
+    Data checks: cu_seqlens (start 0, non-decreasing, end T) and g <= 0 are checked on CPU tensors only by
     default (see sbops.set_data_checks); on the GPU the kernels clamp its offsets into [0, T], so
     bad offsets give an unspecified result but never an out-of-bounds access.
     """
@@ -95,7 +102,7 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
                 and (dt := q.dtype) in _FLOATS and k.dtype == dt and v.dtype == dt
                 and (dev := q.device) == k.device and v.device == dev
                 and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
-                     and (g.shape == ks[:3] or g.shape == ks))):
+                     and (g.shape == ks[:3] or g.shape == ks) and not V.checking_data(g))):
             feats = (None if g is None else ("gate_per_head" if g.dim() == 3 else "gate_per_key"), None, None)
             sc = V.scale(OP, scale, qs[3], "K")
             o, final_state = run(OP, q, (qs[3], vs[3]), feats, q, k, v, g, sc, None, None)
@@ -150,7 +157,7 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
     projection); the CUDA kernel reads them in place when their last dimension is contiguous.
     `state` is written in place: its last dimension must be contiguous (other strides are fine) and
     its elements must not share memory (no expanded dimension).
-    Data checks: state_indices in [0, S) is checked on CPU tensors only by default (see
+    Data checks: state_indices in [0, S) and g <= 0 are checked on CPU tensors only by default (see
     sbops.set_data_checks).  Unchecked, a sequence whose state_indices[i] is out of range gets a NaN
     output row and no state slot is touched.
     """
@@ -167,7 +174,7 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
                 and state.dtype in _STATE_DTYPES
                 and (dev := q.device) == k.device and v.device == dev and state.device == dev
                 and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
-                     and (g.shape == ks[:2] or g.shape == ks))
+                     and (g.shape == ks[:2] or g.shape == ks) and not V.checking_data(g))
                 and (state_indices is None and qs[0] <= ss[0]
                      or state_indices.__class__ is _T and state_indices.dtype in _INDEX
                      and state_indices.shape == qs[:1] and state_indices.device == dev
