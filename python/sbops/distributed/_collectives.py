@@ -117,6 +117,16 @@ def local_failure(check: Callable[[], object]) -> Optional[Exception]:
     return None
 
 
+def refuse_meta(op: str, **tensors) -> None:
+    """A ValueError naming the first of ``tensors`` on the meta device (raised on this rank, before any collective):
+    the distributed ops exchange data between ranks and cannot run on tensors without data."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+            raise ValueError(f"sbops.distributed.{op}: {name} is a meta tensor; the distributed ops exchange data "
+                             f"between ranks and need tensors with data (sbops' single-process ops give shapes on "
+                             f"meta tensors)")
+
+
 def first_tensor(*args) -> Optional[torch.Tensor]:
     """The first of ``args`` that is a tensor, or None: where a rank's own arguments failed (one may not even be
     a tensor), the device its agreement gather still runs on, so that it raises with the other ranks."""
