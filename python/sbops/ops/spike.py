@@ -182,7 +182,8 @@ def spike_collapse(trains: torch.Tensor, mode: str = "bitwise") -> torch.Tensor:
     trains with leading zero steps collapse exactly).  A collapsed count outside int32 is an error
     where data checks run (CPU tensors by default, see sbops.set_data_checks); on a GPU without
     them nothing is read back and such a count wraps.  trains may be a strided view (copied
-    internally where needed).
+    internally where needed).  Steps need not be spike_expand's ({0, 1} binary, {-1, 0, 1} otherwise):
+    any integer steps are summed by the same formula, not refused.
     """
     op = "spike_collapse"
     V.tensor(op, "trains", trains, dtypes=V.INT_DTYPES, what="[T, ...]")
