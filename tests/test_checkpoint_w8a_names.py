@@ -50,3 +50,10 @@ def test_names_of_an_unreadable_checkpoint_are_left_to_the_loader(tmp_path):
     (tmp_path / "model.safetensors.index.json").unlink()
     (tmp_path / "pytorch_model.bin").write_bytes(b"not a zip file")
     assert checkpoint_files.checkpoint_tensor_names(str(tmp_path)) is None
+
+
+def test_a_bin_that_is_not_a_state_dict_is_left_to_the_loader(tmp_path):
+    torch.save([torch.zeros(2)], tmp_path / "pytorch_model.bin")
+    assert checkpoint_files.checkpoint_tensor_names(str(tmp_path)) is None
+    torch.save({0: torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    assert checkpoint_files.checkpoint_tensor_names(str(tmp_path)) is None

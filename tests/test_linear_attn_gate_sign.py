@@ -41,3 +41,15 @@ def test_nan_log_decays_pass_and_give_nan():
     g[0, 2, 0] = float("nan")
     o, _ = sbops.linear_attn(q, k, v, g)
     assert torch.isnan(o[0, 2:, 0]).all() and not torch.isnan(o[0, :2]).any()
+
+
+def test_meta_and_fake_tensors_are_not_read_even_with_data_checks_on():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with sbops.data_checks(True):
+        q = torch.empty(1, 5, 2, 8, device="meta")
+        o, _ = sbops.linear_attn(q, q, torch.empty(1, 5, 2, 4, device="meta"), torch.empty(1, 5, 2, device="meta"))
+        assert o.shape == (1, 5, 2, 4) and o.device.type == "meta"
+        with FakeTensorMode():
+            q, v, g = torch.randn(1, 5, 2, 8), torch.randn(1, 5, 2, 4), torch.zeros(1, 5, 2)
+            o, _ = sbops.linear_attn(q, q, v, g)
+            assert o.shape == (1, 5, 2, 4)

@@ -21,6 +21,7 @@ import warnings
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor as _FakeTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -202,7 +203,7 @@ def can_sync() -> bool:
 
 def checking_data(x: Optional[torch.Tensor] = None) -> bool:
     """Whether a public op runs its data checks (index ranges, cu_seqlens order, count magnitudes)
-    for inputs living where `x` lives (None: treated as a GPU tensor).
+    for inputs living where `x` lives (None: treated as a GPU tensor; never for meta or fake tensors).
 
     These checks read tensor values back to the host.  By default they run only for CPU tensors,
     where that costs no synchronisation; a call on GPU tensors never reads data back (the kernels
@@ -216,6 +217,8 @@ def checking_data(x: Optional[torch.Tensor] = None) -> bool:
     if _is_compiling():      # first: dynamo cannot trace ContextVar.get
         return False
     if _functorch_transform() is not None:  # vmap's batched tensors cannot be read back (.item() raises)
+        return False
+    if x is not None and (x.device.type == "meta" or isinstance(x, _FakeTensor)):  # no data to read
         return False
     mode = _DATA_CHECKS.get()
     if mode is None:

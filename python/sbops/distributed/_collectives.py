@@ -117,9 +117,15 @@ def local_failure(check: Callable[[], object]) -> Optional[Exception]:
     return None
 
 
+def is_meta(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
 def refuse_meta(op: str, **tensors) -> None:
-    """A ValueError naming the first of ``tensors`` on the meta device (raised on this rank, before any collective):
-    the distributed ops exchange data between ranks and cannot run on tensors without data."""
+    """A ValueError naming the first of ``tensors`` on the meta device: the distributed ops exchange data between
+    ranks and cannot run on tensors without data.  Called inside local_failure, so that every rank raises it with
+    the argument agreement, except where the agreement's own device is meta (then this rank raises alone: no
+    collective runs on meta tensors)."""
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.device.type == "meta":
             raise ValueError(f"sbops.distributed.{op}: {name} is a meta tensor; the distributed ops exchange data "

@@ -22,7 +22,7 @@ from sbops._validate import checking_data
 
 from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, encode_failure, first_tensor,
                            gather_and_check, local_failure, raise_failures, rank_and_size,
-                           refuse_meta)
+                           is_meta, refuse_meta)
 
 
 @dataclass
@@ -113,12 +113,14 @@ def moe_dispatch(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, num_
     set up on the failing rank (num_experts not a positive multiple of P, no tensor argument) does it
     raise alone while the others wait until the process group's timeout.
     """
-    refuse_meta("moe_dispatch", x=x, ids=ids, weights=weights)
+    if is_meta(first_tensor(x, ids, weights)):   # the device of the agreement and of the counts' exchange
+        refuse_meta("moe_dispatch", x=x, ids=ids, weights=weights)
     r, P = rank_and_size(group)
     num_experts = _as_int(num_experts)
     # this rank's own arguments first (shapes, dtypes, weights); num_experts is compared below, so its
     # local check (a positive multiple of P) runs after the agreement
-    failure = local_failure(lambda: _check(x, ids, weights, P, P))
+    failure = local_failure(lambda: (refuse_meta("moe_dispatch", x=x, ids=ids, weights=weights),
+                                     _check(x, ids, weights, P, P)))
     if isinstance(x, torch.Tensor) and checking_data(x):
         hd, dt = blank_if(failure, lambda: [x.shape[-1], dtype_code(x.dtype)], 2)
         fields = [("hidden size (x.shape[-1])", "int", hd), ("x dtype", "dtype", dt),
@@ -188,8 +190,9 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     zero); whether y_local requires grad must agree on every rank (checked where sbops runs its
     data checks: CPU tensors by default, a clear ValueError on every rank).
     """
-    refuse_meta("moe_combine", y_local=y_local)
-    failure = local_failure(lambda: _check_combine(y_local, handle))
+    if is_meta(first_tensor(y_local, getattr(handle, "order", None))):   # the agreement gather's device
+        refuse_meta("moe_combine", y_local=y_local)
+    failure = local_failure(lambda: (refuse_meta("moe_combine", y_local=y_local), _check_combine(y_local, handle)))
     # the agreement gather runs on y_local's device, or the handle's where y_local is not a tensor, so that a
     # rank whose y_local is not even a tensor raises with the others instead of leaving them waiting
     ref = first_tensor(y_local, handle.order)

@@ -86,9 +86,10 @@ def checkpoint_tensor_names(path: str):
     f = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(f):
         try:
-            return set(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 -- e.g. a legacy (non-zip) file, which cannot be memory-mapped
             return None
+        return set(sd) if isinstance(sd, dict) and all(isinstance(k, str) for k in sd) else None
     return None
 
 

@@ -55,12 +55,18 @@ def _check_gate(op, g, q, dev, lead, K):
     else:
         V.tensor(op, "g", g, dtypes=dts, device=dev, shape=lead + (K,), what=per_key)
         feature = "gate_per_key"
-    if g.numel() and V.checking_data(g):   # CPU tensors by default: a GPU call never reads g back
-        pos = g.detach() > 0   # NaN log-decays pass (the output is NaN where they reach, as documented)
+    _check_gate_values(op, g)
+    return feature
+
+
+def _check_gate_values(op, g):
+    """g <= 0 where data checks run (CPU tensors by default: a GPU call never reads g back); NaN log-decays pass
+    (the output is NaN where they reach, as documented)."""
+    if V.checking_data(g) and g.numel():
+        pos = g.detach() > 0
         if bool(pos.any()):
             raise ValueError(f"sbops.{op}: g holds log-decays, which must be <= 0 (decay factors exp(g) <= 1); got "
                              f"{int(pos.sum())} positive value(s), the largest {g.detach()[pos].max().item():g}")
-    return feature
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
@@ -102,7 +108,9 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
                 and (dt := q.dtype) in _FLOATS and k.dtype == dt and v.dtype == dt
                 and (dev := q.device) == k.device and v.device == dev
                 and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
-                     and (g.shape == ks[:3] or g.shape == ks) and not V.checking_data(g))):
+                     and (g.shape == ks[:3] or g.shape == ks))):
+            if g is not None:
+                _check_gate_values(OP, g)
             feats = (None if g is None else ("gate_per_head" if g.dim() == 3 else "gate_per_key"), None, None)
             sc = V.scale(OP, scale, qs[3], "K")
             o, final_state = run(OP, q, (qs[3], vs[3]), feats, q, k, v, g, sc, None, None)
@@ -174,11 +182,13 @@ def linear_attn_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Opt
                 and state.dtype in _STATE_DTYPES
                 and (dev := q.device) == k.device and v.device == dev and state.device == dev
                 and (g is None or (g.dtype == _F32 or g.dtype == dt) and g.device == dev
-                     and (g.shape == ks[:2] or g.shape == ks) and not V.checking_data(g))
+                     and (g.shape == ks[:2] or g.shape == ks))
                 and (state_indices is None and qs[0] <= ss[0]
                      or state_indices.__class__ is _T and state_indices.dtype in _INDEX
                      and state_indices.shape == qs[:1] and state_indices.device == dev
                      and not (qs[0] and V.checking_data(state_indices)))):
+            if g is not None:
+                _check_gate_values("linear_attn_decode", g)
             feats = (None if g is None else ("gate_per_head" if g.dim() == 2 else "gate_per_key"),)
             sc = V.scale("linear_attn_decode", scale, qs[2], "K")
             return run_no_grad("linear_attn_decode", q, (qs[2], vs[2]), feats, (q, k, v, g),
