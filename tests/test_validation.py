@@ -98,25 +98,32 @@ def test_data_checks_off_leaves_bad_data_to_the_kernel_and_the_context_restores_
         _bad_decode_call()()
 
 
+class _GpuLike:
+    """Stands in for a GPU tensor on a machine without one: checking_data reads only where a tensor lives."""
+    device = torch.device("cuda")
+    is_cpu = False
+
+
 def test_default_mode_checks_cpu_tensors_only_and_env_and_override_switch_it(monkeypatch):
     from sbops import _validate as V
-    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")   # meta: stands in for a GPU tensor
+    cpu, gpu = torch.zeros(1), _GpuLike()   # stands in for a GPU tensor
     try:
         monkeypatch.delenv("SBOPS_DATA_CHECKS", raising=False)
         sbops.set_data_checks(None)                              # re-reads the environment
-        assert V.checking_data(cpu) and not V.checking_data(meta) and not V.checking_data()
+        assert V.checking_data(cpu) and not V.checking_data(gpu) and not V.checking_data()
         monkeypatch.setenv("SBOPS_DATA_CHECKS", "0")
         assert V.checking_data(cpu)                              # read at import / set_data_checks(None) only
         sbops.set_data_checks(None)
-        assert not V.checking_data(cpu) and not V.checking_data(meta)
+        assert not V.checking_data(cpu) and not V.checking_data(gpu)
         sbops.set_data_checks(True)                              # debug mode: everywhere
-        assert V.checking_data(cpu) and V.checking_data(meta)
+        assert V.checking_data(cpu) and V.checking_data(gpu)
+        assert not V.checking_data(torch.zeros(1, device="meta"))   # except on tensors without data
         with sbops.data_checks(False):
             assert not V.checking_data(cpu)
-        assert V.checking_data(meta)
+        assert V.checking_data(gpu)
         monkeypatch.setenv("SBOPS_DATA_CHECKS", "1")
         sbops.set_data_checks(None)
-        assert V.checking_data(cpu) and V.checking_data(meta)
+        assert V.checking_data(cpu) and V.checking_data(gpu)
     finally:
         monkeypatch.delenv("SBOPS_DATA_CHECKS", raising=False)
         sbops.set_data_checks(None)
@@ -174,20 +181,20 @@ def test_data_check_switches_take_only_what_they_understand(monkeypatch):
     a value it does not know warns and keeps the default; set_data_checks / data_checks take True, False or None
     only ("false" turned them on, data_checks(None) off)."""
     from sbops import _validate as V
-    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")
+    cpu, gpu = torch.zeros(1), _GpuLike()   # stands in for a GPU tensor
     try:
         for off in ("none", "never", "disabled", "Disable", " OFF "):
             monkeypatch.setenv("SBOPS_DATA_CHECKS", off)
             sbops.set_data_checks(None)
-            assert not V.checking_data(cpu) and not V.checking_data(meta), off
+            assert not V.checking_data(cpu) and not V.checking_data(gpu), off
         for on in ("1", "on", "always", "yes"):
             monkeypatch.setenv("SBOPS_DATA_CHECKS", on)
             sbops.set_data_checks(None)
-            assert V.checking_data(meta), on
+            assert V.checking_data(gpu), on
         monkeypatch.setenv("SBOPS_DATA_CHECKS", "sometimes")
         with pytest.warns(UserWarning, match="SBOPS_DATA_CHECKS='sometimes' is not understood"):
             sbops.set_data_checks(None)
-        assert V.checking_data(cpu) and not V.checking_data(meta)      # the default
+        assert V.checking_data(cpu) and not V.checking_data(gpu)      # the default
         for bad in ("false", 0, 1):
             with pytest.raises(TypeError, match="set_data_checks: enabled must be True, False or None"):
                 sbops.set_data_checks(bad)
@@ -196,7 +203,7 @@ def test_data_check_switches_take_only_what_they_understand(monkeypatch):
                     pass
         with sbops.data_checks(False):
             with sbops.data_checks(None):                                # the default mode again, inside a block
-                assert V.checking_data(cpu) and not V.checking_data(meta)
+                assert V.checking_data(cpu) and not V.checking_data(gpu)
             assert not V.checking_data(cpu)
     finally:
         monkeypatch.delenv("SBOPS_DATA_CHECKS", raising=False)
