@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
 #   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
 #   16384 tokens (the default) against 65536, bf16 and fp8; s28 -- session 28's int8 / gate-up probes and fp8 model
-#   A/B (about 8 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   A/B (about 8 minutes after install); s29 -- session 29's Triton decode sweep at M = 16 / 32 and the fp8 (int8-down)
+#   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -265,6 +266,14 @@ if [[ " $steps " == *" s28 "* ]]; then
       --batches 1,8,32 --no-peer --no-eager-decode --budget-s 100 --out "$OUT/logs/s28_model_$i" > "$OUT/logs/s28_model_${v}_$i.log" 2>&1
      echo "rc=$?"; grep -a "TTFT T=1M:\|decode B\|failed\|Error" "$OUT/logs/s28_model_${v}_$i.log" | head -4)
   done
+fi
+if [[ " $steps " == *" s29 "* ]]; then
+  # session 29 (run on an H100 then): the Triton decode's launch configs at M = 16 / 32 (e4m3 and int8 per channel, the
+  # 7B shapes) against spike_linear_tuning.DECODE, then the fp8 model with int8 down projections decoding B = 16 / 32
+  # with the shipped table and with this machine's winners, alternated
+  stamp "Triton decode sweep at M = 16 / 32 + model A/B"
+  (cd benchmarks/gpu/probes && timeout 420 python3 decode_m32_sweep.py model int8down 2>&1 | grep -v Warn \
+     | tee "$OUT/logs/s29_decode_m32_sweep.log" | grep -a "^M=\|^B=\|Error")
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
