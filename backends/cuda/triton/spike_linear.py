@@ -344,10 +344,8 @@ def _fix_config(fix_config, defaults, path):
     ok = 2 <= len(cfg) <= n and all(isinstance(v, int) for v in cfg)
     out = cfg + tuple(defaults[len(cfg):]) if ok else (0,) * n
     if not ok or not all(v >= 16 and v & (v - 1) == 0 for v in out[:3]) or (n == 4 and out[3] not in (1, 2)):
-        if n == 4:
-            raise ValueError(f"spike_linear: the {path} config is (BM, BN[, FC[, PLANES]]) with BM, BN, FC powers "
-                             f"of 2 >= 16 and PLANES 1 or 2, got {fix_config}")
-        raise ValueError(f"spike_linear: the {path} config is (BM, BN[, FC]) with BM, BN, FC powers of 2 >= 16, "
+        form, planes = ("(BM, BN[, FC[, PLANES]])", " and PLANES 1 or 2") if n == 4 else ("(BM, BN[, FC])", "")
+        raise ValueError(f"spike_linear: the {path} config is {form} with BM, BN, FC powers of 2 >= 16{planes}, "
                          f"got {fix_config}")
     return out
 

@@ -127,7 +127,7 @@ def refuse_meta(op: str, **tensors) -> None:
     the argument agreement, except where the agreement's own device is meta (then this rank raises alone: no
     collective runs on meta tensors)."""
     for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.device.type == "meta":
+        if is_meta(t):
             raise ValueError(f"sbops.distributed.{op}: {name} is a meta tensor; the distributed ops exchange data "
                              f"between ranks and need tensors with data (sbops' single-process ops give shapes on "
                              f"meta tensors)")

@@ -63,10 +63,11 @@ def _check_gate_values(op, g):
     """g <= 0 where data checks run (CPU tensors by default: a GPU call never reads g back); NaN log-decays pass
     (the output is NaN where they reach, as documented)."""
     if V.checking_data(g) and g.numel():
-        pos = g.detach() > 0
+        g = g.detach()
+        pos = g > 0
         if bool(pos.any()):
             raise ValueError(f"sbops.{op}: g holds log-decays, which must be <= 0 (decay factors exp(g) <= 1); got "
-                             f"{int(pos.sum())} positive value(s), the largest {g.detach()[pos].max().item():g}")
+                             f"{int(pos.sum())} positive value(s), the largest {g[pos].max().item():g}")
 
 
 def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor] = None,
