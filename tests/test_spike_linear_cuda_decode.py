@@ -1,6 +1,5 @@
 """spike_linear's CUDA C++ decode kernel (backends/cuda/kernels/spike_decode.cu, reached through the Triton
-registration as sbops_native::spike_linear_decode): e4m3 weights per channel, M <= 8 rows (the narrow GEMV; 9 .. 32:
-test_spike_linear_cuda_decode_wide.py), against the
+registration as sbops_native::spike_linear_decode): e4m3 weights per channel, M <= 8 rows, against the
 float64 reference, the Triton decode path, views, counts past float16's exact 2048 and past 2048^2, a
 float32 bias (GPU), and the refusal of what it does not take (any machine)."""
 import pytest
@@ -115,10 +114,10 @@ def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
     sbops.spike_linear(x, wq, sc, k=3.0)
     assert len(calls) == 2  # (only the explicit call above)
     monkeypatch.setattr(sl, "NATIVE_DECODE", True)
-    # what the kernel does not take goes elsewhere: per-group scales, M > 32
+    # what the kernel does not take goes elsewhere: per-group scales, M > 8
     wg, sg = sbops.quantize_weight(torch.randn(64, 256, device="cuda"), group_size=32, dtype=FP8)
     sbops.spike_linear(x, wg, sg, k=3.0, group_size=32)
-    sbops.spike_linear(torch.randn(33, 256, device="cuda", dtype=torch.bfloat16), wq, sc, k=3.0)
+    sbops.spike_linear(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, k=3.0)
     assert len(calls) == 2
     # int8 weights per channel take it too (also as one group per row: group_size = K)
     wi, si = sbops.quantize_weight(torch.randn(64, 256, device="cuda"))
@@ -126,7 +125,7 @@ def test_the_public_op_takes_the_cuda_decode_and_others_fall_back(monkeypatch):
     assert len(calls) == 3 and torch.equal(yi, sbops.spike_linear(x, wi, si[:, None], k=3.0, group_size=256))
     assert len(calls) == 4
     with pytest.raises(ValueError, match="cuda_decode"):
-        sl.spike_linear_fwd(torch.randn(33, 256, device="cuda", dtype=torch.bfloat16), wq, sc, 3.0, None, None,
+        sl.spike_linear_fwd(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), wq, sc, 3.0, None, None,
                             path="cuda_decode")
     with pytest.raises(ValueError, match="cuda_decode"):
         sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="cuda_decode", config=(64, 128, 0, 4, 4))

@@ -1,13 +1,11 @@
 // spike_linear at decode on the CUDA C++ kernel (kernels/spike_decode.cu).  Not a public sbops op: the
 // Triton registration of sbops::spike_linear (backends/cuda/triton/spike_linear.py) calls it for the cases
-// it covers (e4m3 or int8 weights, per-channel scales, 16-bit x, M <= 32), so it is one of the internal kernels in
+// it covers (e4m3 or int8 weights, per-channel scales, 16-bit x, M <= 8), so it is one of the internal kernels in
 // the sbops_native library (ops_swa_sm90.cpp defines it), with a CUDA kernel only.
 //
 // x is read in place when its rows are 16-byte aligned with a unit last stride (else copied); the weight
 // likewise; the scale is made float32 and contiguous, the bias contiguous (in x's dtype as is, else float32).
 // No data is read back.
-
-#include <algorithm>
 
 #include "../kernels/spike.cuh"
 #include "bind_common.h"
@@ -17,7 +15,7 @@ namespace {
 using namespace sbops::bind;
 
 Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Tensor& scale_in, double k,
-                                const std::optional<Tensor>& bias_in, int64_t layout_in, int64_t splits) {
+                                const std::optional<Tensor>& bias_in) {
   const char* op = "sbops_native::spike_linear_decode";
   check_cuda(x_in, op, "x");
   check_cuda(w_in, op, "weight_q");
@@ -36,16 +34,8 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
                   x_in.get_device_index() == scale_in.get_device_index(),
               op, ": x, weight_q and weight_scale must be on one device");
   SBOPS_CHECK(k > 0, op, ": k must be positive, got ", k);
-  SBOPS_CHECK(sbops::spike_decode_supports(M, N, K), op, ": takes 1 <= M <= ", sbops::kSpikeDecodeWideRows,
+  SBOPS_CHECK(sbops::spike_decode_supports(M, N, K), op, ": takes 1 <= M <= ", sbops::kSpikeDecodeMaxRows,
               " rows and K a multiple of 16 (got M=", M, ", K=", K, ")");
-  // layout / splits: the benchmarks' override (-1 / 0: the defaults); the wide layouts 8-10 take any M it takes,
-  // the narrow ones 0-7 M <= 8 (4-7: e4m3 weights)
-  const bool wide_layout = layout_in >= 8 && layout_in <= 10;
-  SBOPS_CHECK(layout_in == -1 || wide_layout || (layout_in >= 0 && layout_in <= (w_in.scalar_type() == kChar ? 3 : 7) &&
-                                                 M <= sbops::kSpikeDecodeMaxRows),
-              op, ": layout must be -1 (the default), 8-10, or 0-7 for M <= 8 (0-3 for int8 weights), got ", layout_in,
-              " at M=", M);
-  SBOPS_CHECK(splits >= 0, op, ": splits must be >= 0 (0: the default), got ", splits);
   DeviceGuard guard(x_in.get_device_index());
   const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
   const Tensor scale = to_contig(scale_in, kFloat);
@@ -74,10 +64,9 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.k = static_cast<float>(k);
   a.w_int8 = w_int8;
   Tensor ws;  // the encode's planes; none where the GEMVs compute the counts themselves (SBOPS_DECODE_ENCODE=fused)
-  const int layout = layout_in >= 0 ? static_cast<int>(layout_in) : sbops::spike_decode_default_layout(M, N, K, w_int8);
-  sbops::spike_decode_plan(a, layout, static_cast<int>(std::min<int64_t>(splits, 1 << 20)));
-  if (layout < 4 || layout >= 8) {
-    ws = empty_on({sbops::spike_decode_workspace_bytes(a)}, kByte, x);
+  const int layout = sbops::spike_decode_default_layout(M, N, K, w_int8);
+  if (layout < 4) {
+    ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
     sbops::spike_decode_workspace(a, ws.data_ptr());
   }
   check_launch(sbops::launch_spike_decode(a, to_dtype(x.scalar_type(), op, "x"), layout, stream()), op);
@@ -87,9 +76,7 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
 }  // namespace
 
 STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
-  m.def(
-      "spike_linear_decode(Tensor x, Tensor weight_q, Tensor weight_scale, float k, Tensor? bias, int layout=-1, "
-      "int splits=0) -> Tensor");
+  m.def("spike_linear_decode(Tensor x, Tensor weight_q, Tensor weight_scale, float k, Tensor? bias) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {

@@ -45,10 +45,7 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
 // launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K), or one GEMV computing the
 // counts itself (layouts 4-7).  Rows of x and w: unit
 // column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
-// M <= kSpikeDecodeMaxRows: the narrow GEMV (one n-tile of 8 tokens, layouts 0-7); up to kSpikeDecodeWideRows: the
-// wide one (spike_decode_wide.cu, layouts 8-10: four n-tiles, split over K with a last-arriver reduction).
 constexpr int kSpikeDecodeMaxRows = 8;
-constexpr int kSpikeDecodeWideRows = 32;
 struct SpikeDecodeArgs {
   const void* x;       // [M, K], row stride ldx
   const void* w;       // [N, K] e4m3 bytes, row stride ldw
@@ -66,21 +63,10 @@ struct SpikeDecodeArgs {
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
-  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3 and 8-10)
-  // the wide GEMV's split over K (spike_decode_plan): splits blocks per tile of rows; where splits > 1 the workspace
-  // also holds their float32 partial sums part [splits, M, N] and one arrival counter per row tile (tiles), which the
-  // encode zeroes
-  int splits = 1, tiles = 0;
-  float* part = nullptr;
-  int* counters = nullptr;
+  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3 only)
 };
-// Bytes of the workspace (after spike_decode_plan for the wide layouts); lo, hi and res start 16-byte aligned
-// (K % 16 == 0), vth, flags, part and counters 4-byte aligned.
+// Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
-inline int64_t spike_decode_workspace_bytes(const SpikeDecodeArgs& a) {
-  const int64_t split = a.splits > 1 ? 4 * (int64_t{a.splits} * a.M * a.N + a.tiles) : 0;
-  return spike_decode_workspace_bytes(a.M, a.K) + split;
-}
 inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   char* p = static_cast<char*>(base);
   const int64_t MK = int64_t{a.M} * a.K;
@@ -89,18 +75,8 @@ inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
   a.res = reinterpret_cast<float*>(p + 4 * MK);
   a.vth = reinterpret_cast<float*>(p + 8 * MK);
   a.flags = reinterpret_cast<int*>(p + 8 * MK + 4 * int64_t{a.M});
-  if (a.splits > 1) {
-    a.part = reinterpret_cast<float*>(p + spike_decode_workspace_bytes(a.M, a.K));
-    a.counters = reinterpret_cast<int*>(a.part + int64_t{a.splits} * a.M * a.N);
-  } else {
-    a.part = nullptr;
-    a.counters = nullptr;
-  }
 }
 bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
-// The wide layouts' tiles of rows and split over K (a.tiles, a.splits) for layout; splits > 0 asks for that many
-// (clamped to the column blocks), 0 takes the default: about two blocks per SM.  Leaves them 1 / 0 for layouts 0-7.
-void spike_decode_plan(SpikeDecodeArgs& a, int layout, int splits = 0);
 // Layouts 0-3: the encode kernel, then the GEMV (needs the workspace); 4-7: the same GEMVs computing the counts
 // themselves (no workspace).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused).
 bool spike_decode_fused_encode();

@@ -29,7 +29,12 @@
 // token g are loaded with the same permutation.  Two stages of UNROLL blocks alternate in registers,
 // so the next stage's loads are in flight while the current one is multiplied.  One n-tile of 8 tokens
 // covers M <= 8.  The WK k-groups add their partial sums through shared memory.
-#include <type_traits>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "spike_decode_blocks.cuh"
 
@@ -70,9 +75,6 @@ __global__ void __launch_bounds__(kEncodeThreads) spike_decode_encode_kernel(Spi
     a.flags[m] = s_flags;
   }
   __syncthreads();
-  // the wide GEMV's arrival counters (spike_decode_wide.cu), zeroed here for it
-  if (a.counters != nullptr)
-    for (int i = m * kEncodeThreads + threadIdx.x; i < a.tiles; i += a.M * kEncodeThreads) a.counters[i] = 0;
   const float vth = s_vth[0], inv = s_vth[1];
   const bool with_res = (s_flags & 2) != 0;
   __half* lo = a.lo + static_cast<int64_t>(m) * a.K;
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
   // more (bit m of big); the same for every thread of the grid
   static_assert(kSpikeDecodeMaxRows <= 8 * NT, "the residual path adds into the one n-tile of 8 tokens");
   bool two;
-  unsigned big;
+  int big;
   float vth_g = 1.f, inv_g = 1.f;  // FUSED: token g's threshold and its reciprocal
   if constexpr (FUSED) {
     const RowStats& st = block_row_stats();
@@ -262,6 +264,64 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     store_rows<E, WN, WK>(a, red, nb);
 }
 
+// Programmatic dependent launches (sm_90): the GEMV after its encode (default), and with SBOPS_DECODE_PDL=all the
+// encode after the kernel before it (the model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up
+// while that kernel drains and waits for its results before touching memory; opt-in, as the order shipped -- the
+// GEMV released after that wait -- was not timed: session 23 measured -0.5% per fp8 B = 1 step on the H200 with
+// the GEMV released before it, which could let the GEMV read weights the kernel before had just written).  Each
+// where the device is sm_90 or newer and the kernel's loaded binary is too (so it holds the wait).
+// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" neither, "all" both, unset or anything else the GEMV
+// only.  The device and kernel are queried once per pair.
+int pdl_mode() {
+  static const int mode = [] {
+    const char* v = std::getenv("SBOPS_DECODE_PDL");
+    if (v == nullptr) return 1;
+    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
+      if (std::strcmp(v, off) == 0) return 0;
+    return std::strcmp(v, "all") == 0 ? 2 : 1;
+  }();
+  return mode;
+}
+
+// need: the pdl_mode this launch takes (1: the GEMV's, 2: the encode's)
+template <typename Kernel>
+bool pdl_plan(Kernel kernel, int need) {
+  int dev = 0;
+  if (pdl_mode() < need || cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> plans;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
+  const auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  int major = 0;
+  cudaFuncAttributes fa{};
+  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
+  if (!on) (void)cudaGetLastError();  // a failed query only turns the early launch off
+  plans.emplace(key, on);
+  return on;
+}
+
+// one launch, as a programmatic dependent of the work before it on the stream where `pdl`
+template <typename Kernel>
+cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const SpikeDecodeArgs& a,
+                       cudaStream_t st, size_t smem = 0) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (pdl) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, a);
+}
+
 // The GEMV as a programmatic dependent of the work before it in the default mode: of its encode (layouts 0-3), or, with
 // the encode fused (layouts 4-7), of whatever kernel precedes it, which it waits for before reading anything.
 template <typename E, int WN, int WK, int U, bool FUSED, bool I8 = false>
@@ -290,11 +350,10 @@ cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
 
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  if (layout < 4 || layout >= 8) {
+  if (layout < 4) {
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
   }
-  if (layout >= 8) return launch_spike_decode_wide_gemv(a, std::is_same<E, __half>::value ? DType::F16 : DType::BF16, layout, st);
   if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3 (launch_spike_decode refuses 4-7)
   return layout < 4 ? launch_gemv<E, false, false>(a, layout, st) : launch_gemv<E, true, false>(a, layout - 4, st);
 }
@@ -307,7 +366,7 @@ bool spike_decode_supports(int64_t M, int64_t N, int64_t K) {
   (void)M, (void)N, (void)K;
   return false;  // e4m3 weights: MetaX C500-class GPUs are not known to have fp8 units (spike_linear refuses)
 #else
-  return M >= 1 && M <= kSpikeDecodeWideRows && N >= 1 && N < (int64_t{1} << 31) && K >= 16 && K % 16 == 0 &&
+  return M >= 1 && M <= kSpikeDecodeMaxRows && N >= 1 && N < (int64_t{1} << 31) && K >= 16 && K % 16 == 0 &&
          K < (int64_t{1} << 31);
 #endif
 }
@@ -331,9 +390,7 @@ int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
   // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones (int8
   // weights: the same layouts, not timed apart; never fused)
-  // M = 9 .. 32: the wide GEMV (layouts 8-10), 4 warps of 16 rows, 2 column blocks per stage
-  (void)K;
-  if (M > kSpikeDecodeMaxRows) return 8;
+  (void)M, (void)K;
   return (N < 4096 ? 0 : 2) + (spike_decode_fused_encode() && !w_int8 ? 4 : 0);
 }
 
@@ -343,11 +400,9 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  const bool wide = layout >= 8 && layout <= 10;
-  if (a.M < 0 || a.M > (wide ? kSpikeDecodeWideRows : kSpikeDecodeMaxRows) || a.K < 16 || a.K % 16 != 0 ||
-      layout < 0 || (!wide && layout > (a.w_int8 ? 3 : 7)) || layout > 10)
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > (a.w_int8 ? 3 : 7))
     return cudaErrorInvalidValue;
-  if ((layout < 4 || wide) && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
+  if (layout < 4 && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
     return cudaErrorInvalidValue;  // the encode's workspace (spike_decode_workspace)
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);

@@ -5,13 +5,6 @@
 
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <initializer_list>
-#include <map>
-#include <mutex>
-#include <utility>
-
 #include "common.cuh"
 #include "spike.cuh"
 #include "spike_count.cuh"
@@ -136,16 +129,16 @@ __device__ __forceinline__ void weight_rows(const uint8_t* w, int64_t ldw, int N
 
 // Whether some row has a count past 2048 (two: the hi plane is multiplied) and the rows with one of 2048^2 or more
 // (bit m of big: the residual pass); the same for every thread of the grid.
-__device__ __forceinline__ void read_flags(const int* flags, int M, bool& two, unsigned& big) {
+__device__ __forceinline__ void read_flags(const int* flags, int M, bool& two, int& big) {
   two = false;
   big = 0;
-  for (int m = 0; m < M; ++m) {  // M <= 32 (kSpikeDecodeWideRows)
+  for (int m = 0; m < M; ++m) {
     const int f = flags[m];
     two |= (f & 1) != 0;
-    big |= static_cast<unsigned>((f >> 1) & 1) << m;
+    big |= ((f >> 1) & 1) << m;
   }
 }
-__device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, unsigned& big) {
+__device__ __forceinline__ void read_flags(const SpikeDecodeArgs& a, bool& two, int& big) {
   read_flags(a.flags, a.M, two, big);
 }
 
@@ -172,42 +165,24 @@ __device__ __forceinline__ void mma_block(float (&acc)[NT][4], float (&acch)[NT]
   }
 }
 
-// One plane of counts only (the wide GEMV's passes: lo, then hi where some count passes 2048), as mma_block
-template <int NT, bool I8>
-__device__ __forceinline__ void mma_plane(float (&acc)[NT][4], const uint4& w0, const uint4& w1,
-                                          const uint4 (&cv)[NT][2]) {
-#pragma unroll
-  for (int s = 0; s < 4; ++s) {
-    const uint32_t r0 = word(w0, s), r1 = word(w1, s);
-    const uint32_t af[4] = {w8x2_to_f16x2<I8>(r0), w8x2_to_f16x2<I8>(r1), w8x2_to_f16x2<I8>(r0 >> 16),
-                            w8x2_to_f16x2<I8>(r1 >> 16)};
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const uint4& c = cv[j][s / 2];
-      warp_mma::mma_16816<__half>(acc[j], af, word(c, 2 * (s % 2)), word(c, 2 * (s % 2) + 1));
-    }
-  }
-}
-
-// Rows with a count of 2048^2 or more (bit m of big, m < 8: one n-tile of tokens): a second pass over the warp's
-// column blocks kb = kb_first, kb_first + kb_step, .. < kb_end (the weights read again; rare) gives their float32
-// residual counts times the weights (CUDA-core FMAs) for the lane's four accumulators of the 16-row tile at n0.
-// Lane (g, t) sums physical columns 64 kb + 16 t .. + 15 of rows g and g + 8 for every token, the lane quad adds its
-// four column slices, and each lane keeps its accumulators' (row, token) entries.
+// Rows with a count of 2048^2 or more (bit m of big): a second pass over the warp's column blocks (kb = wk, wk + WK,
+// ..; the weights read again; rare) gives their float32 residual counts times the weights (CUDA-core FMAs) for the
+// lane's four accumulators of the 16-row tile at n0.  Lane (g, t) sums physical columns 64 kb + 16 t .. + 15 of rows
+// g and g + 8 for every token, the lane quad adds its four column slices, and each lane keeps its accumulators'
+// (row, token) entries.
 // counts(m, col, q): the float32 residual counts of row m, columns col + 4 q .. + 3.
-template <bool I8, typename Counts>
-__device__ __forceinline__ float4 residual_rows_range(const uint8_t* w, int64_t ldw, const Counts& counts, int N, int K,
-                                                      int n0, int kb_first, int kb_end, int kb_step, int lane,
-                                                      unsigned big) {
+template <int WK, bool I8 = false, typename Counts>
+__device__ __forceinline__ float4 residual_rows_of(const uint8_t* w, int64_t ldw, const Counts& counts, int N, int K,
+                                                   int n0, int wk, int lane, int big) {
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int t = lane & 3;
+  const int t = lane & 3, KB = (K + 63) >> 6;
   const uint8_t* wrow[2];
   bool wok[2];
   weight_rows(w, ldw, N, n0, lane, wrow, wok);
   float racc[2][8];
 #pragma unroll
   for (int m = 0; m < 8; ++m) racc[0][m] = racc[1][m] = 0.f;
-  for (int kb2 = kb_first; kb2 < kb_end; kb2 += kb_step) {
+  for (int kb2 = wk; kb2 < KB; kb2 += WK) {
     if (kb2 * 64 + 16 * t >= K) continue;
     float wf[2][16];
 #pragma unroll
@@ -244,12 +219,6 @@ __device__ __forceinline__ float4 residual_rows_range(const uint8_t* w, int64_t 
   }
   return add;
 }
-// The narrow GEMV's pass: the k-group wk's column blocks (wk, wk + WK, ..) of all K
-template <int WK, bool I8 = false, typename Counts>
-__device__ __forceinline__ float4 residual_rows_of(const uint8_t* w, int64_t ldw, const Counts& counts, int N, int K,
-                                                   int n0, int wk, int lane, unsigned big) {
-  return residual_rows_range<I8>(w, ldw, counts, N, K, n0, wk, (K + 63) >> 6, WK, lane, big);
-}
 
 // The residual plane of the encode kernel (res [M, K] float32)
 struct ResidualPlane {
@@ -261,16 +230,8 @@ struct ResidualPlane {
 };
 template <int WK, bool I8 = false>
 __device__ __forceinline__ float4 residual_rows(const uint8_t* w, int64_t ldw, const float* res, int N, int K, int n0,
-                                                int wk, int lane, unsigned big) {
+                                                int wk, int lane, int big) {
   return residual_rows_of<WK, I8>(w, ldw, ResidualPlane{res, K}, N, K, n0, wk, lane, big);
-}
-
-// y[m, n] = vth * scale[n] * sum (+ bias[n]) in x's dtype
-template <typename E>
-__device__ __forceinline__ void store_one(const SpikeDecodeArgs& a, float vth, int m, int n, float sum) {
-  float out = vth * (a.scale[n] * sum);
-  if (a.bias) out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
-  static_cast<E*>(a.y)[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
 }
 
 // The block's outputs from the warps' partial sums red[wk][wn][i][lane] (i over the 4 accumulators of one n-tile):
@@ -278,6 +239,7 @@ __device__ __forceinline__ void store_one(const SpikeDecodeArgs& a, float vth, i
 template <typename E, int WN, int WK>
 __device__ __forceinline__ void store_rows(const SpikeDecodeArgs& a, const float* vth, const float* red, int nb) {
   constexpr int kPart = WN * 4 * 32;
+  E* y = static_cast<E*>(a.y);
   for (int idx = threadIdx.x; idx < kPart; idx += blockDim.x) {
     float sum = red[idx];
 #pragma unroll
@@ -286,7 +248,12 @@ __device__ __forceinline__ void store_rows(const SpikeDecodeArgs& a, const float
     const int l = idx & 31, c = (idx >> 5) & 3, wcol = idx >> 7;
     const int n = nb + wcol * 16 + (l >> 2) + 8 * (c >> 1);
     const int m = 2 * (l & 3) + (c & 1);
-    if (n < a.N && m < a.M) store_one<E>(a, vth[m], m, n, sum);
+    if (n < a.N && m < a.M) {
+      float out = vth[m] * (a.scale[n] * sum);
+      if (a.bias)
+        out += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
+      y[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(out);
+    }
   }
 }
 template <typename E, int WN, int WK>
@@ -388,69 +355,6 @@ struct ResidualFromX {
   }
 };
 
-// ---- host side: launches
-
-// Programmatic dependent launches (sm_90): the GEMV after its encode (default), and with SBOPS_DECODE_PDL=all the
-// encode after the kernel before it (the model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up
-// while that kernel drains and waits for its results before touching memory; opt-in, as the order shipped -- the
-// GEMV released after that wait -- was not timed: session 23 measured -0.5% per fp8 B = 1 step on the H200 with
-// the GEMV released before it, which could let the GEMV read weights the kernel before had just written).  Each
-// where the device is sm_90 or newer and the kernel's loaded binary is too (so it holds the wait).
-// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" neither, "all" both, unset or anything else the GEMV
-// only.  The device and kernel are queried once per pair.
-int pdl_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("SBOPS_DECODE_PDL");
-    if (v == nullptr) return 1;
-    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
-      if (std::strcmp(v, off) == 0) return 0;
-    return std::strcmp(v, "all") == 0 ? 2 : 1;
-  }();
-  return mode;
-}
-
-// need: the pdl_mode this launch takes (1: the GEMV's, 2: the encode's)
-template <typename Kernel>
-bool pdl_plan(Kernel kernel, int need) {
-  int dev = 0;
-  if (pdl_mode() < need || cudaGetDevice(&dev) != cudaSuccess) return false;
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, bool> plans;
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
-  const auto it = plans.find(key);
-  if (it != plans.end()) return it->second;
-  int major = 0;
-  cudaFuncAttributes fa{};
-  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
-  if (!on) (void)cudaGetLastError();  // a failed query only turns the early launch off
-  plans.emplace(key, on);
-  return on;
-}
-
-// one launch, as a programmatic dependent of the work before it on the stream where `pdl`
-template <typename Kernel>
-cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const SpikeDecodeArgs& a,
-                       cudaStream_t st, size_t smem = 0) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  if (pdl) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&cfg, kernel, a);
-}
-
 }  // namespace
-
-// The wide GEMV (spike_decode_wide.cu, layouts 8-10, 9 <= M <= 32) after spike_decode.cu's encode
-cudaError_t launch_spike_decode_wide_gemv(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st);
 }  // namespace sbops
 #endif  // !USE_MACA

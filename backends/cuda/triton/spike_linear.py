@@ -14,9 +14,7 @@ Paths, picked by the weight's dtype and M (rows of x):
 * prefill, "int_mm" (int8 weights, per channel; where spike_linear_tuning.INT8_PREFILL routes it): the same encode
   writes one int8 plane (counts to 127), torch._int_mm (cuBLASLt int8, exact int32 sums), an epilogue applies vth,
   the channel scales and the bias, and the same sparse fix-up adds counts past 127 (spike_linear_intmm.py).
-* decode (M <= 32), per-channel scales on CUDA: the CUDA C++ decode (native_decode_applies; kernels/spike_decode.cu
-  for M <= 8, spike_decode_wide.cu for 9 .. 32).
-* decode (M <= 32), otherwise: `spike_linear_decode._decode_encode_kernel` (vth and the counts as two exact 8-bit
+* decode (M <= 32): `spike_linear_decode._decode_encode_kernel` (vth and the counts as two exact 8-bit
   planes, c = lo + F * hi) then `_decode_kernel` (y^T = W @ s^T: the 8-bit weight tile straight into the
   tensor cores against both planes, a rare exact pass for counts past them), split-K with an in-kernel
   last-arriver reduction.
@@ -40,16 +38,14 @@ from .spike_linear_intmm import INT_MM_MAX_K, _int_mm_epilogue_kernel
 from .spike_linear_kernels import _encode_kernel, _gemm_kernel
 
 DECODE_MAX_M = 32
-# kSpikeDecodeWideRows of backends/cuda/kernels/spike.cuh: M <= 8 the narrow GEMV, 9 .. 32 the wide one
-# (spike_decode_wide.cu); benchmarks set 8 to keep M > 8 on the Triton decode
-NATIVE_DECODE_MAX_M = 32
+NATIVE_DECODE_MAX_M = 8  # kSpikeDecodeMaxRows of backends/cuda/kernels/spike.cuh
 # path=None takes the CUDA C++ decode kernel where it applies; False keeps the Triton decode (benchmarks' A/B)
 NATIVE_DECODE = True
 
 
 def native_decode_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size, k: float) -> bool:
     """Whether the CUDA C++ decode kernel (sbops_native::spike_linear_decode, kernels/spike_decode.cu) serves
-    this call: CUDA tensors, e4m3 or int8 weights with per-channel scales, 16-bit x of M <= 32 rows, K % 16 == 0,
+    this call: CUDA tensors, e4m3 or int8 weights with per-channel scales, 16-bit x of M <= 8 rows, K % 16 == 0,
     and an sbops build with the CUDA kernels.  It takes every count exactly (float16 planes lo + 2048 hi, and a
     float32 residual pass for counts of 2048^2 or more); both weight formats are exact in float16."""
     M, K = x.shape

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(32 * WK, WK >= 8 ? 3 : 6) spike_decode_cpasync
   }
   grid_dependency_wait();
   bool two;
-  unsigned big;
+  int big;
   read_flags(a, two, big);
   for (int s = 0; s < S - 1; ++s) {
     if (s < n) load_c(s);

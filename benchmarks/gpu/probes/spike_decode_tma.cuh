@@ -45,7 +45,7 @@ struct Geometry {
 // residual_rows as a call: its ~50 live floats stay out of this kernel's registers, capped for occupancy
 template <int WK>
 __device__ __noinline__ float4 residual_rows_call(const uint8_t* w, int64_t ldw, const float* res, int N, int K,
-                                                  int n0, int wk, int lane, unsigned big) {
+                                                  int n0, int wk, int lane, int big) {
   return residual_rows<WK>(w, ldw, res, N, K, n0, wk, lane, big);
 }
 
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(32 * (CW + 1), CW >= 4 ? 6 : 8) spike_decode_t
     const int wk = warp, g = lane >> 2, t = lane & 3;
     grid_dependency_wait();
     bool two;
-    unsigned big;
+    int big;
     read_flags(a, two, big);
     const uint4 zero = make_uint4(0, 0, 0, 0);
     float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}}, acch[1][4] = {{0.f, 0.f, 0.f, 0.f}};

@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstring>
 #include "../../../backends/cuda/kernels/spike_decode.cu"
-#include "../../../backends/cuda/kernels/spike_decode_wide.cu"  // launch_spike_decode (layouts 8-10) calls it
 #include "../../../backends/cuda/kernels/sm90.cuh"  // the bulk-copy probe's mbarriers
 #include <cuda_pipeline.h>                          // the cp.async probe's copies
 namespace sbops {
