@@ -23,6 +23,11 @@ def parse_size(size, what: str) -> int:
     return n
 
 
+# the weight files from_pretrained reads, in its order of preference: an index (sharded), else one file
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in `path`, by its stored name (on the CPU)."""
     def st_load(f):
@@ -44,7 +49,7 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"from_pretrained: cannot read {os.path.join(path, f)}: {type(e).__name__}: {e}") from e
 
-    for index, loader in (("model.safetensors.index.json", st_load), ("pytorch_model.bin.index.json", bin_load)):
+    for index, loader in zip(INDEX_FILES, (st_load, bin_load)):
         if os.path.isfile(os.path.join(path, index)):
             with open(os.path.join(path, index)) as fh:
                 weight_map = json.load(fh)["weight_map"]
@@ -57,7 +62,7 @@ def load_checkpoint_tensors(path: str) -> Dict[str, torch.Tensor]:
                                      f"differently from what {index} lists")
                 out.update(part)
             return out
-    for single, loader in (("model.safetensors", st_load), ("pytorch_model.bin", bin_load)):
+    for single, loader in zip(SINGLE_FILES, (st_load, bin_load)):
         if os.path.isfile(os.path.join(path, single)):
             return dict(read(loader, single))
     raise FileNotFoundError(f"from_pretrained: no weights in {path!r} (looked for model.safetensors[.index.json] "
@@ -68,7 +73,7 @@ def checkpoint_tensor_names(path: str):
     """The stored names of the checkpoint's tensors in `path` without reading their data (an index's weight_map, a
     .safetensors header, a .bin memory-mapped), or None where they cannot be told so (load_checkpoint_tensors then
     reads, and names, the problem)."""
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for index in INDEX_FILES:
         if os.path.isfile(os.path.join(path, index)):
             try:
                 with open(os.path.join(path, index)) as fh:
@@ -91,6 +96,62 @@ def checkpoint_tensor_names(path: str):
             return None
         return set(sd) if isinstance(sd, dict) and all(isinstance(k, str) for k in sd) else None
     return None
+
+
+# safetensors' dtype names of the floating types torch has
+_ST_FLOAT = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_ST_OTHER = {"I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"}
+
+
+def _file_float_dtypes(f: str):
+    """The floating dtypes of one weights file's tensors without reading their data (a .safetensors header, a .bin
+    memory-mapped), or None where the file cannot tell them so."""
+    if f.endswith(".safetensors"):
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if not 0 < n <= 100 << 20:
+                    return None
+                header = json.loads(fh.read(n))
+            names = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if any(d not in _ST_FLOAT and d not in _ST_OTHER for d in names):
+            return None   # a type this table does not know: the loader names it
+        return {_ST_FLOAT[d] for d in names if d in _ST_FLOAT}
+    try:
+        sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- e.g. a legacy (non-zip) file, which cannot be memory-mapped
+        return None
+    if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+        return None
+    return {t.dtype for t in sd.values() if t.is_floating_point()}
+
+
+def checkpoint_float_dtypes(path: str):
+    """The floating dtypes of the checkpoint's tensors in `path` without reading their data (every shard's header), or
+    None where they cannot be told so (load_checkpoint_tensors then reads, and names, the problem)."""
+    files = None
+    for index in INDEX_FILES:
+        if os.path.isfile(os.path.join(path, index)):
+            try:
+                with open(os.path.join(path, index)) as fh:
+                    files = sorted(set(json.load(fh)["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return None
+            break
+    if files is None:
+        files = [next((f for f in SINGLE_FILES if os.path.isfile(os.path.join(path, f))), None)]
+    found = set()
+    for f in files:
+        if not isinstance(f, str):
+            return None
+        part = _file_float_dtypes(os.path.join(path, f))
+        if part is None:
+            return None
+        found |= part
+    return found
 
 
 def own_storage(t: torch.Tensor) -> torch.Tensor:

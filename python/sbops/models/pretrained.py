@@ -33,7 +33,8 @@ State dict renames (released -> ours): model.embeddings. -> model.embed_tokens.,
 (q/k/v/o_proj, gk_proj.0/1, mlp.*, model.norm, lm_head) is unchanged.  A tensor left over or
 missing is an error; nothing is dropped silently.
 
-dtype="auto" (default) casts to config.json's torch_dtype (else the checkpoint's floating dtype),
+dtype="auto" (default) casts to config.json's torch_dtype (else the checkpoint's floating dtype: told by the
+weight files' headers before any weight is read where they hold one; mixed, the first floating tensor's),
 as Hugging Face's torch_dtype="auto"; dtype=torch.float32 reproduces transformers 4.x's default.
 A model is built in float16, bfloat16, float32 or float64; any other dtype (float8 too) is refused.
 config.json (and generation_config.json) are read and checked before any weight file is.
@@ -62,7 +63,8 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from .checkpoint_files import checkpoint_tensor_names, load_checkpoint_tensors, own_storage, parse_size, write_tensors
+from .checkpoint_files import (checkpoint_float_dtypes, checkpoint_tensor_names, load_checkpoint_tensors, own_storage,
+                               parse_size, write_tensors)
 from .config import SpikingBrainConfig
 
 RELEASED_MODEL_TYPE = "gla_swa"
@@ -344,12 +346,13 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         _check_w8a_overrides(overrides, w8a)
         cfg = config_from_released(d, allow_unknown_config_keys, gen, **overrides)
 
+    if dtype == "auto":   # config.json names none: the checkpoint's floating dtype, from the files' headers where
+        found = checkpoint_float_dtypes(path)   # they tell one (a dtype it cannot take is refused before reading)
+        if found is not None and len(found) == 1:
+            dtype = _checkpoint_dtype(next(iter(found)))
     sd = load_checkpoint_tensors(path)
-    if dtype == "auto":   # config.json names none: the checkpoint's floating dtype
-        dtype = next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
-        if dtype not in LOAD_DTYPES:
-            raise ValueError(f"from_pretrained: the checkpoint's tensors are {_dtype_name(dtype)} and config.json "
-                             f"names no torch_dtype; pass dtype= one of {_dtype_names()}")
+    if dtype == "auto":   # mixed or untold: the first floating tensor's, as read
+        dtype = _checkpoint_dtype(next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32))
     extra: Dict[str, torch.Tensor] = {}
     if native:
         renamed = dict(sd)
@@ -384,6 +387,14 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
     model._released_extra = extra
     model._generation_config = gen
     return model
+
+
+def _checkpoint_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype="auto"'s choice where config.json names no torch_dtype: the checkpoint's, if the model can take it."""
+    if dtype not in LOAD_DTYPES:
+        raise ValueError(f"from_pretrained: the checkpoint's tensors are {_dtype_name(dtype)} and config.json "
+                         f"names no torch_dtype; pass dtype= one of {_dtype_names()}")
+    return dtype
 
 
 def _w8a_config(cfg: SpikingBrainConfig) -> SpikingBrainConfig:
