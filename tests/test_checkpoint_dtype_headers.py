@@ -60,12 +60,21 @@ def test_one_floating_dtype_is_taken_from_the_headers(tmp_path, monkeypatch, fmt
 
 
 def test_mixed_dtypes_keep_the_first_floating_tensor_as_read(tmp_path):
-    _checkpoint(tmp_path, "bin", None, lambda k, t: t.float() if k.endswith("input_layernorm.weight") else t)
+    """The first floating tensor as read is float32, the others bfloat16: a "most common dtype" rule would differ."""
+    seen = []
+
+    def first_to_f32(k, t):
+        if t.is_floating_point() and not seen:
+            seen.append(k)
+            return t.float()
+        return t
+    _checkpoint(tmp_path, "bin", None, first_to_f32)
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) == {torch.bfloat16, torch.float32}
     first = next(t.dtype for t in checkpoint_files.load_checkpoint_tensors(str(tmp_path)).values()
                  if t.is_floating_point())
+    assert first == torch.float32
     m = SpikingBrainForCausalLM.from_pretrained(tmp_path)
-    assert m.model.embed_tokens.weight.dtype == first
+    assert m.model.embed_tokens.weight.dtype == torch.float32
 
 
 def test_headers_that_cannot_tell_are_left_to_the_loader(tmp_path):
@@ -78,6 +87,13 @@ def test_headers_that_cannot_tell_are_left_to_the_loader(tmp_path):
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None   # a header length past any real one
     f.write_bytes(b"\x03")
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None   # truncated
+    for bad in ({"w": {"dtype": ["F32"]}}, {"w": "F32"}, ["w"]):             # malformed entries
+        header = json.dumps(bad).encode()
+        f.write_bytes(len(header).to_bytes(8, "little") + header)
+        assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None
+    deep = b"[" * 200000
+    f.write_bytes(len(deep).to_bytes(8, "little") + deep)
+    assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None   # nesting past the JSON parser's depth
     f.unlink()
     (tmp_path / "model.safetensors.index.json").write_text("{not json")
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None
@@ -90,3 +106,19 @@ def test_headers_that_cannot_tell_are_left_to_the_loader(tmp_path):
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None   # not a state dict
     torch.save({"w": torch.zeros(2, dtype=torch.int8)}, tmp_path / "pytorch_model.bin")
     assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) == set()  # no floating tensor: float32, as before
+
+
+@pytest.mark.skipif(not has_module("safetensors"), reason="needs safetensors")
+def test_a_malformed_header_still_ends_in_the_loaders_error_naming_the_file(tmp_path):
+    _checkpoint(tmp_path, "safetensors", None)
+    header = json.dumps({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    with pytest.raises(ValueError, match="cannot read .*model.safetensors"):
+        SpikingBrainForCausalLM.from_pretrained(tmp_path)
+
+
+def test_the_format_follows_the_index_not_the_shard_names(tmp_path):
+    """A safetensors index listing .bin-named shards: load_checkpoint_tensors reads them as safetensors, so must this."""
+    _checkpoint(tmp_path, "bin", None)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "pytorch_model.bin"}}))
+    assert checkpoint_files.checkpoint_float_dtypes(str(tmp_path)) is None   # not a safetensors header

@@ -104,26 +104,20 @@ _ST_FLOAT = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
 _ST_OTHER = {"I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"}
 
 
-def _file_float_dtypes(f: str):
-    """The floating dtypes of one weights file's tensors without reading their data (a .safetensors header, a .bin
-    memory-mapped), or None where the file cannot tell them so."""
-    if f.endswith(".safetensors"):
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                if not 0 < n <= 100 << 20:
-                    return None
-                header = json.loads(fh.read(n))
-            names = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        if any(d not in _ST_FLOAT and d not in _ST_OTHER for d in names):
+def _file_float_dtypes(f: str, safe: bool):
+    """The floating dtypes of one weights file's tensors without reading their data (a .safetensors header where
+    `safe`, else a .bin memory-mapped), or None where the file cannot tell them so."""
+    if safe:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 100_000_000:   # safetensors' own limit on a header
+                return None
+            header = json.loads(fh.read(n))
+        names = [v["dtype"] for k, v in header.items() if k != "__metadata__"]
+        if not all(isinstance(d, str) and (d in _ST_FLOAT or d in _ST_OTHER) for d in names):
             return None   # a type this table does not know: the loader names it
         return {_ST_FLOAT[d] for d in names if d in _ST_FLOAT}
-    try:
-        sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 -- e.g. a legacy (non-zip) file, which cannot be memory-mapped
-        return None
+    sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
         return None
     return {t.dtype for t in sd.values() if t.is_floating_point()}
@@ -131,27 +125,29 @@ def _file_float_dtypes(f: str):
 
 def checkpoint_float_dtypes(path: str):
     """The floating dtypes of the checkpoint's tensors in `path` without reading their data (every shard's header), or
-    None where they cannot be told so (load_checkpoint_tensors then reads, and names, the problem)."""
-    files = None
-    for index in INDEX_FILES:
-        if os.path.isfile(os.path.join(path, index)):
-            try:
+    None where they cannot be told so (load_checkpoint_tensors then reads, and names, the problem).  Never raises.
+    Each file is read in the format load_checkpoint_tensors reads it in: by the index or file name it was found by."""
+    try:
+        files, safe = None, True
+        for index, safe in zip(INDEX_FILES, (True, False)):
+            if os.path.isfile(os.path.join(path, index)):
                 with open(os.path.join(path, index)) as fh:
                     files = sorted(set(json.load(fh)["weight_map"].values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                break
+        if files is None:
+            found = [(f, st) for f, st in zip(SINGLE_FILES, (True, False)) if os.path.isfile(os.path.join(path, f))]
+            if not found:
                 return None
-            break
-    if files is None:
-        files = [next((f for f in SINGLE_FILES if os.path.isfile(os.path.join(path, f))), None)]
-    found = set()
-    for f in files:
-        if not isinstance(f, str):
-            return None
-        part = _file_float_dtypes(os.path.join(path, f))
-        if part is None:
-            return None
-        found |= part
-    return found
+            files, safe = [found[0][0]], found[0][1]
+        out = set()
+        for f in files:
+            part = _file_float_dtypes(os.path.join(path, f), safe) if isinstance(f, str) else None
+            if part is None:
+                return None
+            out |= part
+        return out
+    except Exception:  # noqa: BLE001 -- any file it cannot tell the dtypes of (malformed, missing, unreadable)
+        return None
 
 
 def own_storage(t: torch.Tensor) -> torch.Tensor:
