@@ -133,6 +133,15 @@ def refuse_meta(op: str, **tensors) -> None:
                              f"meta tensors)")
 
 
+def local_failure_refusing_meta(op: str, ref, check: Callable[[], object], **tensors) -> Optional[Exception]:
+    """local_failure of refuse_meta(op, **tensors), then check(): every rank raises a meta argument with the
+    agreement, except where ref (the agreement's device) is itself meta: then this rank raises at once, as no
+    collective runs on meta tensors."""
+    if is_meta(ref):
+        refuse_meta(op, **tensors)
+    return local_failure(lambda: (refuse_meta(op, **tensors), check()))
+
+
 def first_tensor(*args) -> Optional[torch.Tensor]:
     """The first of ``args`` that is a tensor, or None: where a rank's own arguments failed (one may not even be
     a tensor), the device its agreement gather still runs on, so that it raises with the other ranks."""

@@ -29,7 +29,7 @@ from sbops import _validate as V
 from sbops.ops.linear_attn import _check as _op_check
 
 from ._collectives import (all_gather_stack, blank_if, dtype_code, first_tensor, float_code, gather_and_check,
-                           is_meta, local_failure, rank_and_size, refuse_meta)
+                           local_failure_refusing_meta, rank_and_size)
 
 
 def _cdt(dtype: torch.dtype) -> torch.dtype:
@@ -194,12 +194,10 @@ def linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[t
     CPU by default). Every rank must run the backward through its o (or final_state) when any rank
     does.
     """
-    tensors = dict(q=q, k=k, v=v, g=g, initial_state=initial_state)
-    if is_meta(first_tensor(q, k, v)):   # the agreement gather's device
-        refuse_meta("linear_attn", **tensors)
     got = {}
-    failure = local_failure(lambda: (refuse_meta("linear_attn", **tensors),
-                                     got.update(scale=_check_local(q, k, v, g, scale, initial_state))))
+    failure = local_failure_refusing_meta(  # first_tensor(q, k, v): the agreement gather's device
+        "linear_attn", first_tensor(q, k, v), lambda: got.update(scale=_check_local(q, k, v, g, scale, initial_state)),
+        q=q, k=k, v=v, g=g, initial_state=initial_state)
     rank_and_size(group)
     # the agreement gather runs on the device of the first of q, k, v that is a tensor, so that a rank whose q is
     # not even a tensor raises with the others instead of leaving them waiting

@@ -21,8 +21,8 @@ from sbops import _validate as V
 from sbops._validate import checking_data
 
 from ._collectives import (AllToAllRows, all_to_all_rows, blank_if, dtype_code, encode_failure, first_tensor,
-                           gather_and_check, local_failure, raise_failures, rank_and_size,
-                           is_meta, refuse_meta)
+                           gather_and_check, is_meta, local_failure, local_failure_refusing_meta, raise_failures,
+                           rank_and_size, refuse_meta)
 
 
 @dataclass
@@ -190,9 +190,9 @@ def moe_combine(y_local: torch.Tensor, handle: MoEHandle) -> torch.Tensor:
     zero); whether y_local requires grad must agree on every rank (checked where sbops runs its
     data checks: CPU tensors by default, a clear ValueError on every rank).
     """
-    if is_meta(first_tensor(y_local, getattr(handle, "order", None))):   # the agreement gather's device
-        refuse_meta("moe_combine", y_local=y_local)
-    failure = local_failure(lambda: (refuse_meta("moe_combine", y_local=y_local), _check_combine(y_local, handle)))
+    failure = local_failure_refusing_meta(  # the agreement gather's device
+        "moe_combine", first_tensor(y_local, getattr(handle, "order", None)), lambda: _check_combine(y_local, handle),
+        y_local=y_local)
     # the agreement gather runs on y_local's device, or the handle's where y_local is not a tensor, so that a
     # rank whose y_local is not even a tensor raises with the others instead of leaving them waiting
     ref = first_tensor(y_local, handle.order)

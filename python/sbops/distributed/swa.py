@@ -21,8 +21,7 @@ from sbops import _validate as V
 from sbops.ops.swa import _check as _op_check
 
 from ._collectives import (all_reduce_sum, blank_if, dtype_code, exchange, first_tensor, float_code,
-                           gather_and_check, is_meta, local_failure, rank_and_size,
-                           refuse_meta)
+                           gather_and_check, local_failure_refusing_meta, rank_and_size)
 
 Piece = Tuple[int, int, int, int]   # (src rank, src row lo, src row hi, row offset in the dst halo)
 
@@ -206,12 +205,11 @@ def swa_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, sca
     the sinks' gradients. window < 0 (full causal) sends every earlier position: correct, not cheap.
     Every rank must run the backward through its o when any rank does.
     """
-    tensors = dict(q=q, k=k, v=v, sink_k=sink_k, sink_v=sink_v)
-    if is_meta(first_tensor(q, k, v)):   # the agreement gather's device
-        refuse_meta("swa_attn", **tensors)
     got = {}
-    failure = local_failure(lambda: (refuse_meta("swa_attn", **tensors),
-                                     got.update(sw=_check_local(q, k, v, window, scale, sink_k, sink_v))))
+    failure = local_failure_refusing_meta(  # first_tensor(q, k, v): the agreement gather's device
+        "swa_attn", first_tensor(q, k, v),
+        lambda: got.update(sw=_check_local(q, k, v, window, scale, sink_k, sink_v)),
+        q=q, k=k, v=v, sink_k=sink_k, sink_v=sink_v)
     rank_and_size(group)
     scale, window = got.get("sw", (0.0, 0))
     lens = _agreed_lengths(q, k, v, window, scale, sink_k, group, failure)   # raises any rank's failure
