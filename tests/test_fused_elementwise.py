@@ -152,6 +152,37 @@ def test_rms_norm_low_precision_matches_torch_path_within_an_ulp(dtype, checked)
     assert rel_err(y, ref_rms_norm(x, m.weight, None, m.eps, res)[0]) < 4e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rms_norm_round_sum_equals_add_then_norm_as_two_ops(dtype, checked):
+    """round_sum (a block's last residual add folded into the next norm): h is residual + x as one torch
+    add gives it, and y normalises that rounded sum -- the two-op chain's result, up to the sum order."""
+    x = _rnd(5, 300, dtype=dtype, seed=11, scale=3.0)
+    res = _rnd(5, 300, dtype=dtype, seed=12, scale=5.0)
+    m = _norm_module(300, dtype=dtype)
+    with torch.no_grad():
+        y, h = fnorm.rms_norm(x, m.weight, m.eps, res, True, round_sum=True)
+        y_only = fnorm.rms_norm(x, m.weight, m.eps, res, False, round_sum=True)
+        two_ops = m(res + x)
+        ty, th = m(x, res, prenorm=True, round_sum=True)   # the torch path of the same call
+    assert torch.equal(h, res + x) and torch.equal(th, h) and torch.equal(y_only, y)
+    tol = 4.0 if dtype == torch.float32 else 1.0   # float32: only the sum of squares' order differs
+    assert _ulps(y, two_ops) <= tol and _ulps(ty, two_ops) <= tol
+    # y really normalises the rounded sum: float32 x and y with a bfloat16 residual (h rounds to bfloat16)
+    x32 = _rnd(5, 300, seed=13)
+    res16 = _rnd(5, 300, dtype=torch.bfloat16, seed=14, scale=4.0)
+    m32 = _norm_module(300)
+    with torch.no_grad():
+        y32, h16 = fnorm.rms_norm(x32, m32.weight, m32.eps, res16, True, round_sum=True)
+        unrounded = fnorm.rms_norm(x32, m32.weight, m32.eps, res16)
+    assert h16.dtype == torch.bfloat16 and torch.equal(h16, (x32 + res16.float()).to(torch.bfloat16))
+    ref_rounded = ref_rms_norm(h16, m32.weight, None, m32.eps)[0]
+    assert rel_err(y32, ref_rounded) < 1e-6 and rel_err(unrounded, ref_rounded) > 1e-4
+    with pytest.raises(ValueError, match="round_sum.*needs a residual"):
+        fnorm.rms_norm(x, m.weight, m.eps, round_sum=True)
+    with pytest.raises(ValueError, match="round_sum.*needs a residual"):
+        m(x, round_sum=True)
+
+
 def test_rms_norm_rejects_bad_arguments():
     x = torch.zeros(2, 8)
     with pytest.raises(ValueError, match="residual"):

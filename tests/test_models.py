@@ -45,6 +45,29 @@ def test_converted_attention_and_weights_reproduce_qwen2(tie):
         assert rel_err(model(ids).logits, qwen(ids).logits) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["7b", "76b"])
+def test_deferred_mlp_add_gives_the_unfused_chain_bit_for_bit(kind):
+    """The model folds each layer's last residual add into the next layer's input norm (and the last one
+    into the final norm); in bfloat16 its logits, with and without logits_to_keep, equal the plain chain
+    x = x + mlp(...) layer by layer exactly, and with labels so does the loss."""
+    torch.manual_seed(0)
+    model = SpikingBrainForCausalLM(tiny_config(kind, layers=3)).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 128, (2, 11))
+    with torch.no_grad():
+        x = model.model.embed_tokens(ids)
+        for layer in model.model.layers:
+            x, _ = layer(x)
+        plain = model.lm_head(model.model.norm(x))
+        out = model(ids, labels=ids)
+        assert torch.equal(out.logits, plain)
+        assert torch.equal(model(ids, logits_to_keep=2).logits, plain[:, -2:])
+        loss = torch.nn.functional.cross_entropy(plain[:, :-1].float().reshape(-1, 128), ids[:, 1:].reshape(-1))
+        assert torch.equal(out.loss, loss + model.config.router_aux_loss_coef * out.aux_loss)
+        x0 = model.model.embed_tokens(ids)
+        x1, m1, _ = model.model.layers[0](x0, defer_mlp_add=True)
+        assert m1 is not None and torch.equal(x1 + m1, model.model.layers[0](x0)[0])
+
+
 def test_convert_7b_structure():
     qwen = tiny_qwen2()
     model = convert_qwen2(qwen, "7b", window=8)

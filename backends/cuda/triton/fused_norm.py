@@ -5,7 +5,9 @@ Semantics are exactly those of RMSNorm.forward (fla order), for x in float16 / b
     h = float32(x) (+ float32(residual))
     y = h * rsqrt(mean(h^2) + eps) * float32(weight) (+ float32(bias)),   cast to x's dtype once
     prenorm=True also returns h in residual's dtype (float32 when residual is None and
-    residual_in_fp32, else x's dtype); y is normalised from the float32 sum, not its rounded copy.
+    residual_in_fp32, else x's dtype); y is normalised from the float32 sum, not its rounded copy,
+    unless round_sum=True: then h is first rounded to residual's dtype and y normalises that rounded
+    sum (what `norm(residual + x)` gives as two ops: a block's residual add fused into the next norm).
 
 One read of x (and residual), one write of y (and h): the torch code makes about ten passes over
 float32 copies.  The products are computed in the same order as the torch code and without FMA
@@ -36,7 +38,7 @@ _TILE = 4096   # target elements per program for short rows
 @triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps, inv_n,
                      HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_H: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     ROUND_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -45,6 +47,8 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps
     h = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         h = h + tl.load(r_ptr + rows[:, None] * sr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if ROUND_H:   # the sum as a tensor of residual's dtype (round to nearest even), then normalised
+            h = h.to(r_ptr.dtype.element_ty).to(tl.float32)
     var = tl.sum(h * h, axis=1) * inv_n      # torch's CUDA mean: sum * (1/N); '/ N' would be div.full (2 ulp)
     rstd = tl.math.rsqrt(var + eps)
     y = h * rstd[:, None]
@@ -88,9 +92,9 @@ def config(n: int, m: int):
 
 
 def rms_norm(x: torch.Tensor, weight, eps: float, residual=None, prenorm: bool = False,
-             residual_in_fp32: bool = False, bias=None):
+             residual_in_fp32: bool = False, bias=None, round_sum: bool = False):
     """RMSNorm.forward's result (y, or (y, h) with prenorm) in one launch; see the module docstring.
-    weight / bias: [N] tensors or None."""
+    weight / bias: [N] tensors or None; round_sum needs a residual."""
     n = x.shape[-1] if x.dim() else 0
     if not supports(n):
         raise ValueError(f"rms_norm: x's last dimension must be in [1, {MAX_N}], got shape {tuple(x.shape)}")
@@ -102,6 +106,8 @@ def rms_norm(x: torch.Tensor, weight, eps: float, residual=None, prenorm: bool =
         if residual.device != x.device:
             raise ValueError(f"rms_norm: residual must be on x's device {x.device}, got {residual.device}")
         r2 = _rows(residual, "residual", n)
+    elif round_sum:
+        raise ValueError("rms_norm: round_sum=True rounds x + residual to residual's dtype: it needs a residual")
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and (p.shape != (n,) or p.device != x.device):
             raise ValueError(f"rms_norm: {name} must be [{n}] on {x.device}, got {tuple(p.shape)} on {p.device}")
@@ -119,5 +125,6 @@ def rms_norm(x: torch.Tensor, weight, eps: float, residual=None, prenorm: bool =
             x2, r2 if r2 is not None else x2, w if w is not None else x2, b if b is not None else x2,
             y, h if h is not None else y, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps), 1.0 / n,
             HAS_RES=r2 is not None, HAS_W=w is not None, HAS_B=b is not None, STORE_H=h is not None,
+            ROUND_H=bool(round_sum),
             BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, enable_fp_fusion=False)
     return (y, h) if prenorm else y

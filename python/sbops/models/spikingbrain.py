@@ -1,6 +1,7 @@
 """SpikingBrain-style causal language models built from sbops.nn layers."""
 from __future__ import annotations
 
+import os
 import weakref
 from typing import List, Optional, Tuple, Union
 
@@ -194,6 +195,9 @@ USE_CACHE_EXTRA = 2048
 
 # token count above which an inference forward runs the dense FFN in chunks of this many tokens
 FFN_CHUNK_TOKENS = 65536
+# chain the layers without their last residual add (folded into the next norm: one launch fewer per layer, the
+# same bits); SBOPS_DEFER_MLP_ADD=0, or setting this to False, adds in each layer (benchmarks' A/B)
+DEFER_MLP_ADD = os.environ.get("SBOPS_DEFER_MLP_ADD", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 class DecoderLayer(nn.Module):
@@ -230,13 +234,25 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cache=None, positions=None):
+    def forward(self, x: torch.Tensor, cache=None, positions=None, *, pending: Optional[torch.Tensor] = None,
+                defer_mlp_add: bool = False):
         """Returns (x, aux_loss); aux_loss is the MoE load-balancing loss, None for a dense FFN.
         positions: a CacheBatch (see sbops.nn.cache), or the layers' legacy positions argument.
         Without gradients, a dense FFN over more than FFN_CHUNK_TOKENS tokens runs in token chunks
         added in place to the residual (a fresh tensor from the norm): a long sequence-parallel or
-        cache-less prefill never holds the whole shard's [T, 2 * intermediate] activations."""
-        attn = self.self_attn(self.input_layernorm(x), cache, positions)
+        cache-less prefill never holds the whole shard's [T, 2 * intermediate] activations.
+
+        The model chains its layers without the last residual add (one launch fewer per layer): with
+        defer_mlp_add=True the layer returns (x, mlp_out, aux_loss) where its output is x + mlp_out
+        (mlp_out None when already added), and the next layer takes pending=mlp_out: its input norm
+        adds it (input_layernorm(pending, residual=x, round_sum=True), the sum rounded to x's dtype as
+        `x + mlp_out` is), so the results equal the unfused chain bit for bit."""
+        if pending is None:
+            attn = self.self_attn(self.input_layernorm(x), cache, positions)
+        else:
+            normed, x = self.input_layernorm(pending, residual=x, prenorm=True, round_sum=True)
+            attn = self.self_attn(normed, cache, positions)
+            del normed
         h, x = self.post_attention_layernorm(attn, residual=x, prenorm=True)
         del attn
         B, T = h.shape[:2]
@@ -244,11 +260,13 @@ class DecoderLayer(nn.Module):
             step = max(1, FFN_CHUNK_TOKENS // B)
             for s in range(0, T, step):
                 x[:, s:s + step] += self.mlp(h[:, s:s + step])
-            return x, None
+            return (x, None, None) if defer_mlp_add else (x, None)
         h = self.mlp(h)
         aux = None
         if self._moe:
             h, aux = h
+        if defer_mlp_add:
+            return x, h, aux
         return x + h, aux
 
 
@@ -453,9 +471,13 @@ class SpikingBrainForCausalLM(nn.Module):
             if batch.decode:
                 cache._check_decode_room(host_slots)
         x = self.model.embed_tokens(input_ids)
-        aux = None
+        aux = pending = None
         for i, layer in enumerate(self.model.layers):
-            x, layer_aux = layer(x, None if cache is None else cache.layers[i], batch)
+            if DEFER_MLP_ADD:
+                x, pending, layer_aux = layer(x, None if cache is None else cache.layers[i], batch, pending=pending,
+                                              defer_mlp_add=True)
+            else:
+                x, layer_aux = layer(x, None if cache is None else cache.layers[i], batch)
             if layer_aux is not None:
                 aux = layer_aux if aux is None else aux + layer_aux
         if aux is None:
@@ -471,14 +493,14 @@ class SpikingBrainForCausalLM(nn.Module):
             cache._note_forward(host_before, host_slots, ends, batch.decode)
         loss = None
         if labels is not None:
-            logits_all = self.lm_head(self.model.norm(x))
+            logits_all = self.lm_head(_final_norm(self.model.norm, x, pending, 0))
             sp = sbd.current_sp()
             ce = self._loss(logits_all, labels, cu_dev) if sp is None else self._loss_share(logits_all, labels, sp)
             loss = ce + self.config.router_aux_loss_coef * aux
             logits = _keep(logits_all, logits_to_keep)
         else:
             # the final norm is per position: only the kept positions are normalised
-            logits = self.lm_head(self.model.norm(_keep(x, logits_to_keep)))
+            logits = self.lm_head(_final_norm(self.model.norm, x, pending, logits_to_keep))
         out = CausalLMOutput(logits, aux, loss, cache)
         return out.to_tuple() if return_dict is False else out
 
@@ -523,6 +545,14 @@ class SpikingBrainForCausalLM(nn.Module):
 def _upcast(t: torch.Tensor) -> torch.Tensor:
     """float32 for the loss (float64 stays float64)."""
     return t if t.dtype == torch.float64 else t.float()
+
+
+def _final_norm(norm, x: torch.Tensor, pending: Optional[torch.Tensor], logits_to_keep) -> torch.Tensor:
+    """The final norm of x + pending (the last layer's deferred MLP output; None: already in x) at the
+    kept positions only (the norm is per position)."""
+    if pending is None:
+        return norm(_keep(x, logits_to_keep))
+    return norm(_keep(pending, logits_to_keep), residual=_keep(x, logits_to_keep), round_sum=True)
 
 
 def _keep(t: torch.Tensor, logits_to_keep) -> torch.Tensor:

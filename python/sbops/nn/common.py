@@ -304,6 +304,9 @@ class RMSNorm(nn.Module):
       prenorm=True returns (y, h) with h in residual's dtype (float32 if residual is None and
       residual_in_fp32, else x's dtype): the pre-norm residual stream of a block.  y is normalised
       from the float32 sum, not from its rounded copy.
+    forward(x, residual, round_sum=True): h is rounded to residual's dtype first and y normalises that
+      rounded sum, as `norm(residual + x)` in two torch ops would (same-dtype operands): a decoder
+      block's last residual add folded into the next block's input norm, one launch instead of two.
     At inference on a GPU (see FUSE_ELEMENTWISE) this runs as one fused Triton launch with the same
     semantics (backends/cuda/triton/fused_norm.py: only the float32 sum-of-squares order differs).
     """
@@ -325,20 +328,25 @@ class RMSNorm(nn.Module):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, prenorm: bool = False,
-                residual_in_fp32: bool = False):
+                residual_in_fp32: bool = False, round_sum: bool = False):
         dim = getattr(self, "dim", None)  # (None: a module pickled before dim was stored)
         if x.dim() == 0 or (dim is not None and x.shape[-1] != dim):
             raise ValueError(f"RMSNorm: x must be [..., dim={dim}], got {tuple(x.shape)}")
         k = fused_kernels(x, residual, self.weight, self.bias)
         if (k is not None and k[0].supports(x.shape[-1] if x.dim() else 0)
                 and (residual is None or (residual.shape == x.shape and residual.dtype in _FUSED_DTYPES))):
-            return k[0].rms_norm(x, self.weight, self.eps, residual, prenorm, residual_in_fp32, bias=self.bias)
+            return k[0].rms_norm(x, self.weight, self.eps, residual, prenorm, residual_in_fp32, bias=self.bias,
+                                 round_sum=round_sum)
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32  # float32, or float64 for references
         h = x.to(ct)
         if residual is not None:
             if residual.shape != x.shape:
                 raise ValueError(f"RMSNorm: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
             h = h + residual.to(ct)
+            if round_sum:
+                h = h.to(residual.dtype).to(ct)
+        elif round_sum:
+            raise ValueError("RMSNorm: round_sum=True rounds x + residual to residual's dtype: it needs a residual")
         y = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
             y = y * self.weight.to(ct)
