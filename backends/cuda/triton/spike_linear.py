@@ -26,6 +26,7 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -63,6 +64,25 @@ def _native_decode(x, weight_q, scale, k, bias):
 def _native_decode_built() -> bool:
     from sbops import _platform
     return _platform.native_target() == "cuda" and _platform.native_op("spike_linear_decode") is not None
+
+
+# the int_mm path's GEMM + epilogue on the Hopper int8 wgmma kernel (sbops_native::int8_gemm_sm90) where it exists;
+# False (or SBOPS_INT8_GEMM_SM90=0) keeps torch._int_mm + the Triton epilogue (benchmarks' A/B)
+INT8_GEMM_SM90 = os.environ.get("SBOPS_INT8_GEMM_SM90", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+@functools.lru_cache(None)
+def _int8_gemm_sm90_available(device_index: int) -> bool:
+    from sbops import _platform
+    available = _platform.native_op("int8_gemm_sm90_available") if _platform.native_target() == "cuda" else None
+    return available is not None and bool(available(torch.empty(0, device=torch.device("cuda", device_index))))
+
+
+def int8_gemm_sm90_applies(x: torch.Tensor, K: int) -> bool:
+    """Whether the int_mm path's GEMM runs on the sm_90a int8 kernel (kernels/int8_gemm_sm90.cu): an sm_90 device,
+    16-bit x (the kernel writes y in x's dtype) and K a multiple of 16 (TMA's 16-byte row strides)."""
+    return (INT8_GEMM_SM90 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and K % 16 == 0
+            and _int8_gemm_sm90_available(x.device.index if x.device.index is not None else torch.cuda.current_device()))
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)
@@ -463,13 +483,16 @@ def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
     s, _, vth, flags = encode_lo(x, k, BM, FC, 1, fp8=False)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()
-    acc = torch._int_mm(s, w.t())
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    br, bc, ew = INT_MM_EPILOGUE
-    _int_mm_epilogue_kernel[(triton.cdiv(M, br), triton.cdiv(N, bc))](
-        acc, vth, scale, bias if bias is not None else y, y, M, N, HAS_BIAS=bias is not None, BR=br, BC=bc,
-        num_warps=ew)
-    del acc
+    if int8_gemm_sm90_applies(x, K):   # the GEMM and the epilogue in one Hopper kernel
+        y = torch.ops.sbops_native.int8_gemm_sm90(s, w, vth, scale, bias, x.dtype)
+    else:
+        acc = torch._int_mm(s, w.t())
+        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+        br, bc, ew = INT_MM_EPILOGUE
+        _int_mm_epilogue_kernel[(triton.cdiv(M, br), triton.cdiv(N, bc))](
+            acc, vth, scale, bias if bias is not None else y, y, M, N, HAS_BIAS=bias is not None, BR=br, BC=bc,
+            num_warps=ew)
+        del acc
     _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, 1, launch, fp8=False)
     return y
 

@@ -9,6 +9,8 @@ plane (~2e-7 of them past it).  So, for int8 weights with one scale per output c
     acc = s @ W^T                      [torch._int_mm: cuBLASLt int8, int32 accumulation, exact while
                                         127 * 128 * K < 2^31, i.e. K <= INT_MM_MAX_K]
     y  = vth * scale * acc + bias      [_int_mm_epilogue_kernel, in x's dtype]
+                                       (on sm_90 with 16-bit x: both in one wgmma kernel, sbops_native::
+                                        int8_gemm_sm90, backends/cuda/kernels/int8_gemm_sm90.cu)
       + vth * scale * (r @ W^T)        [the grouped fix-up of spike_linear_fp8.py, r = c - s, only over the
                                         flagged chunks; every count exact, NaN rows NaN]
 

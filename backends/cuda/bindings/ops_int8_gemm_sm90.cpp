@@ -1,0 +1,85 @@
+// Torch binding of the Hopper int8 GEMM with spike_linear's int_mm epilogue (kernels/int8_gemm_sm90.cu): the
+// internal ops sbops_native::int8_gemm_sm90{,_available}, called from spike_linear's int_mm prefill path
+// (backends/cuda/triton/spike_linear.py) instead of torch._int_mm + the Triton epilogue where the kernel exists.
+// a and b are read in place when TMA can (16-byte aligned base, unit column stride, row stride a multiple of 16
+// bytes), else copied; vth and scale are made float32 and contiguous; the bias is read in y's dtype or float32.
+
+#include "../kernels/int8_gemm.cuh"
+#include "bind_common.h"
+
+namespace {
+
+using namespace sbops::bind;
+
+constexpr int64_t kMaxK = ((int64_t{1} << 31) - 1) / (128 * 128);  // |sum| <= 128 * 128 * K fits int32
+
+// rows TMA can read in place (16-byte aligned, row stride a multiple of 16 bytes and at least a row: no expanded or
+// overlapping rows), else a dense aligned copy
+Tensor rows_for_tma(const Tensor& t) {
+  const Tensor r = rows16_or_copy(t);
+  return r.size(0) > 1 && r.stride(0) < r.size(1) ? dense_aligned16(r) : r;
+}
+
+Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in, const Tensor& scale_in,
+                           const std::optional<Tensor>& bias_in, ScalarType out_dtype, int64_t cluster) {
+  const char* op = "sbops_native::int8_gemm_sm90";
+  check_cuda(a_in, op, "a");
+  check_cuda(b_in, op, "b");
+  check_cuda(vth_in, op, "vth");
+  check_cuda(scale_in, op, "scale");
+  SBOPS_CHECK(a_in.scalar_type() == kChar && b_in.scalar_type() == kChar, op, ": a and b must be int8, got ",
+              a_in.scalar_type(), " and ", b_in.scalar_type());
+  SBOPS_CHECK(a_in.dim() == 2 && b_in.dim() == 2 && a_in.size(1) == b_in.size(1), op,
+              ": a [M, K] and b [N, K] expected, got ", a_in.sizes(), " and ", b_in.sizes());
+  const int64_t M = a_in.size(0), K = a_in.size(1), N = b_in.size(0);
+  SBOPS_CHECK(out_dtype == kBFloat16 || out_dtype == kHalf, op, ": out_dtype must be bfloat16 or float16, got ",
+              out_dtype);
+  SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
+  SBOPS_CHECK(K % 16 == 0 && N % 2 == 0, op, ": K must be a multiple of 16 and N even, got K=", K, ", N=", N);
+  SBOPS_CHECK(K <= kMaxK, op, ": K must be <= ", kMaxK, " (int32 sums of int8 products), got ", K);
+  SBOPS_CHECK(vth_in.dim() == 1 && vth_in.size(0) == M, op, ": vth must be [M], got ", vth_in.sizes());
+  SBOPS_CHECK(scale_in.dim() == 1 && scale_in.size(0) == N, op, ": scale must be [N], got ", scale_in.sizes());
+  const auto dev = a_in.get_device_index();
+  SBOPS_CHECK(b_in.get_device_index() == dev && vth_in.get_device_index() == dev &&
+                  scale_in.get_device_index() == dev,
+              op, ": a, b, vth and scale must be on one device");
+  DeviceGuard guard(dev);
+  SBOPS_CHECK(sbops::int8_gemm_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
+  const Tensor a = rows_for_tma(a_in), b = rows_for_tma(b_in);
+  const Tensor vth = to_contig(vth_in, kFloat), scale = to_contig(scale_in, kFloat);
+  Tensor bias;
+  if (bias_in.has_value()) {
+    check_cuda(*bias_in, op, "bias");
+    SBOPS_CHECK(bias_in->get_device_index() == dev, op, ": bias must be on a's device");
+    SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
+    bias = bias_in->scalar_type() == out_dtype ? contig(*bias_in) : to_contig(*bias_in, kFloat);
+  }
+  Tensor y = empty_on({M, N}, out_dtype, a);
+  if (M == 0 || N == 0) return y;
+  check_launch(sbops::launch_int8_gemm_sm90(
+                   static_cast<const int8_t*>(a.data_ptr()), M > 1 ? a.stride(0) : K,
+                   static_cast<const int8_t*>(b.data_ptr()), N > 1 ? b.stride(0) : K, vth.const_data_ptr<float>(),
+                   scale.const_data_ptr<float>(), bias.defined() ? bias.data_ptr() : nullptr,
+                   bias.defined() ? to_dtype(bias.scalar_type(), op, "bias") : sbops::DType::F32, y.data_ptr(), N,
+                   to_dtype(out_dtype, op, "out_dtype"), M, N, K, static_cast<int>(cluster), stream()),
+               op);
+  return y;
+}
+
+bool int8_gemm_sm90_available_cuda(const Tensor& like) {
+  DeviceGuard guard(like.get_device_index());
+  return sbops::int8_gemm_sm90_available();
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
+  m.def("int8_gemm_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
+        "int cluster=2) -> Tensor");
+  m.def("int8_gemm_sm90_available(Tensor like) -> bool");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
+  m.impl("int8_gemm_sm90", TORCH_BOX(&int8_gemm_sm90_cuda));
+  m.impl("int8_gemm_sm90_available", TORCH_BOX(&int8_gemm_sm90_available_cuda));
+}

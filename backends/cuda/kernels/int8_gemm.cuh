@@ -1,0 +1,26 @@
+// Launcher of the Hopper int8 GEMM with spike_linear's int_mm epilogue (int8_gemm_sm90.cu).  Torch-free:
+// raw pointers, sizes, a stream.  NVIDIA sm_90a only; other builds and devices report "not available" and the
+// caller keeps torch._int_mm (cuBLASLt) and the Triton epilogue.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "sbops/launch.cuh"
+
+namespace sbops {
+
+// y[m, n] = float(sum_k a[m, k] * b[n, k]) * scale[n] * vth[m] (+ bias[n]), float32 math rounded once to y's dtype
+// (F16 or BF16): the int32 sum of int8 products (exact while 127 * 128 * K < 2^31), converted to float32, times
+// the channel scale, times the row's threshold, plus the bias (bias_dtype F32 or y's dtype).
+// a [M, K] and b [N, K] int8 with row strides lda / ldb (elements, multiples of 16, 16-byte aligned bases: TMA),
+// unit column stride; y [M, N] with row stride ldy.  Needs K % 16 == 0 and N % 2 == 0.  cluster: 2 (pairs of row
+// tiles share their B tile by TMA multicast) or 1 (every block loads its own).
+cudaError_t launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
+                                  const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
+                                  DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster, cudaStream_t stream);
+
+// True when the current device is sm_90 and this build holds sm_90a code for the kernel.
+bool int8_gemm_sm90_available();
+
+}  // namespace sbops

@@ -1,0 +1,377 @@
+// int8 x int8 -> int32 GEMM for Hopper (sm_90a) with spike_linear's int_mm epilogue fused: the int8 prefill path
+// of a SwiGLU down projection (spike counts clamped to +-127 times int8 weights), replacing torch._int_mm, whose
+// cuBLASLt heuristic picks CUTLASS's sm80 kernel on Hopper (mma.sync, ~0.95 POPS at M = 16384, N x K = 3584 x 18944
+// on an H100), and the separate epilogue pass over the int32 result.
+//
+// One block per 128 x 256 output tile, three warpgroups (384 threads):
+//  * warpgroup 0 (producer, 40 registers after setmaxnreg; one thread works) copies the tile's A rows (128 x 128
+//    bytes of K) and B rows (256 x 128 bytes) into a four-stage ring in shared memory with TMA (128-byte swizzle: a
+//    K step of 128 int8 is one swizzle atom, the KMajorSw128Tile layout of sm90.cuh with 32-byte K slices); rows and
+//    columns past the matrix arrive as zeros.  A stage's "full" mbarrier completes when its bytes land, its
+//    "empty" one when both MMA warpgroups are done with it;
+//  * warpgroups 1 and 2 (232 registers) own output rows 0-63 and 64-127: per stage four wgmma m64n256k32 s8.s8
+//    MMAs into 128 int32 accumulators a thread, one stage's MMAs in flight while the next stage's are issued;
+//    then the epilogue from registers: y = (float(acc) * scale[n]) * vth[m] (+ bias[n]), rounded once, two
+//    columns per 4-byte store.
+// Grid: x = column tiles (fastest: the blocks of a wave share their A rows), y = row tiles.  With kMc (the default)
+// the blocks run in clusters of two consecutive row tiles that share their B tile: each loads one 128-row half of it
+// and multicasts it into both blocks' ring (a third less L2 -> SM traffic per block, which bounds the kernel: 48 KB
+// per 128-byte K step for 8.4 M int8 operations), and a stage is refilled once the MMA warps of both blocks released
+// it (remote mbarrier arrivals).
+// NVIDIA only (inline PTX): under USE_MACA the launcher reports "not available".
+#include "int8_gemm.cuh"
+
+#if !defined(USE_MACA)
+#include <atomic>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+#include "sm90.cuh"
+
+namespace sbops {
+namespace {
+
+constexpr int kBM = 128;                // output rows per block (64 per MMA warpgroup)
+constexpr int kBN = 256;                // output columns per block: the wgmma's N
+constexpr int kBK = 128;                // K per stage: 128 int8 = 128 bytes, one swizzle atom
+constexpr int kStages = 4;
+constexpr int kProducerThreads = 128;
+constexpr int kConsumerThreads = 256;
+constexpr int kThreads = kProducerThreads + kConsumerThreads;
+// The swizzled tile of sm90.cuh counts columns of 2 bytes: 64 of them are the 128 bytes of a K step.
+using TileA = sm90::KMajorSw128Tile<kBM, 64>;
+using TileB = sm90::KMajorSw128Tile<kBN, 64>;
+constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK;
+static_assert(TileA::kBytes == kABytes && TileB::kBytes == kBBytes, "tile bytes");
+constexpr int kStageBytes = kABytes + kBBytes;
+constexpr int kSmemBytes = kStages * kStageBytes + 8 * 2 * kStages;  // tiles (1024-aligned), then the mbarriers
+
+#ifdef SBOPS_SM90A_DEVICE
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
+
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+// the same box written to the same shared-memory offset of every block of the cluster in `mask`, completing the
+// transaction bytes of the mbarrier at `mbar`'s offset in each of them
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1,
+                                                      uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
+      "%4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "h"(mask)
+      : "memory");
+}
+
+// D[64 x 256] (+)= A[64 x 32] B[256 x 32]^T, int8 operands K-major in shared memory, int32 accumulators
+__device__ __forceinline__ void wgmma_s8_m64n256k32(uint32_t (&d)[128], uint64_t desc_a, uint64_t desc_b,
+                                                    int scale_d) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p;\n}\n"
+               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+               : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+__device__ __forceinline__ void reg_fence(uint32_t (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack_out(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack_out<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack_out<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+#endif  // SBOPS_SM90A_DEVICE
+
+
+template <typename T>
+__device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_t n) {
+  if (bias == nullptr) return 0.f;
+  return bias_f32 ? static_cast<const float*>(bias)[n] : to_float(static_cast<const T*>(bias)[n]);
+}
+
+#ifdef SBOPS_SM90A_DEVICE
+// The MMA warpgroups' part: the K loop over the ring, then the epilogue from the accumulator registers.
+template <typename T, bool kMc>
+__device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_full, uint32_t bar_empty, int rank,
+                                                 const float* __restrict__ vth, const float* __restrict__ scale,
+                                                 const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
+                                                 int64_t ldy, int M, int N, int nk, int m0, int n0) {
+  sm90::regs_inc<kConsumerRegs>();
+  const int tid = threadIdx.x, lane = tid & 31;
+  auto s_a = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes); };
+  auto s_b = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes + kABytes); };
+  // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
+  auto release = [&](int kt) {
+    const uint32_t bar = bar_empty + 8 * (kt % kStages);
+    if (!kMc) {
+      sm90::mbar_arrive(bar);
+    } else if (lane == 0) {
+      sm90::mbar_arrive(bar);
+      sm90::mbar_arrive_cluster(sm90::map_to_rank(bar, static_cast<uint32_t>(rank ^ 1)));
+    }
+  };
+  const int wg = (tid - kProducerThreads) / 128;  // rows 64 wg .. 64 wg + 63 of the tile
+  uint32_t acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0u;
+  for (int kt = 0; kt < nk; ++kt) {
+    const int st = kt % kStages;
+    sm90::mbar_wait(bar_full + 8 * st, (kt / kStages) & 1);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      wgmma_s8_m64n256k32(acc, TileA::desc(s_a(st), 64 * wg, ks), TileB::desc(s_b(st), 0, ks), kt > 0 || ks > 0);
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<1>();  // the previous stage's MMAs retired: release it to the producer
+    if (kt > 0) release(kt - 1);
+  }
+  sm90::wgmma_wait<0>();
+  reg_fence(acc);
+
+  // ---- epilogue: accumulator fragment of warp w (rows 16 w .. 16 w + 15 of the warpgroup's 64): lane (g, t4)
+  // holds, per 8-column block j, columns 8 j + 2 t4, + 1 of rows g and g + 8
+  const int w = (tid >> 5) & 3;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int r0 = m0 + 64 * wg + 16 * w + g, r1 = r0 + 8;
+  const float v0 = r0 < M ? vth[r0] : 0.f, v1 = r1 < M ? vth[r1] : 0.f;
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int c = n0 + 8 * j + 2 * t4;
+    if (c >= N) continue;  // N even: c < N means c + 1 < N
+    const float s0 = scale[c], s1 = scale[c + 1];
+    const float b0 = bias_at<T>(bias, bias_f32, c), b1 = bias_at<T>(bias, bias_f32, c + 1);
+    auto out = [&](uint32_t a, float s, float v, float b) {
+      const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
+      return bias != nullptr ? __fadd_rn(t, b) : t;
+    };
+    if (r0 < M)
+      *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r0) * ldy + c) =
+          pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1));
+    if (r1 < M)
+      *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r1) * ldy + c) =
+          pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1));
+  }
+}
+#endif  // SBOPS_SM90A_DEVICE
+
+template <typename T, bool kMc>
+__global__ void __launch_bounds__(kThreads, 1)
+int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
+                      const float* __restrict__ vth, const float* __restrict__ scale, const void* __restrict__ bias,
+                      bool bias_f32, T* __restrict__ y, int64_t ldy, int M, int N, int K) {
+#ifdef SBOPS_SM90A_DEVICE
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t s_tiles = sm90::smem_addr(smem);
+  const uint32_t bar_full = s_tiles + kStages * kStageBytes;  // kStages mbarriers: the stage's tiles landed
+  const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
+  auto s_a = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes); };
+  auto s_b = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes + kABytes); };
+  const int tid = threadIdx.x;
+  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * kBM;
+  const int nk = (K + kBK - 1) / kBK;
+  const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;  // clusters are (1, 2, 1): rank = y % 2
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes of both blocks)
+      // kMc: one arrival per MMA warp of both blocks (either block's producer multicasts into the stage)
+      sm90::mbar_init(bar_empty + 8 * st, kMc ? 2 * kConsumerThreads / 32 : kConsumerThreads);
+    }
+    if (kMc) sm90::fence_mbarrier_init_cluster();
+  }
+  if (kMc)
+    sm90::cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrival
+  else
+    __syncthreads();
+
+  if (tid < kProducerThreads) {
+    sm90::regs_dec<kProducerRegs>();
+    if (tid == 0) {
+      sm90::tma_prefetch_map(&tm_a);
+      sm90::tma_prefetch_map(&tm_b);
+      for (int kt = 0; kt < nk; ++kt) {
+        const int st = kt % kStages;
+        if (kt >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((kt / kStages) & 1) ^ 1);
+        sm90::mbar_expect_tx(bar_full + 8 * st, kStageBytes);
+        tma_load_2d(s_a(st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
+        if (kMc)  // this block's half of the B tile, into both blocks' stage
+          tma_load_2d_multicast(s_b(st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st, kt * kBK,
+                                n0 + rank * (kBN / 2), 3);
+        else
+          tma_load_2d(s_b(st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+      }
+    }
+  } else {
+    mma_and_epilogue<T, kMc>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk, m0, n0);
+  }
+  if (kMc) sm90::cluster_sync();  // no block exits while its peer may still multicast into it or arrive on it
+#endif  // SBOPS_SM90A_DEVICE
+}
+
+// Tensor map of an int8 [rows, K] matrix with row stride ld (bytes), boxes of 128 bytes of K x box_rows rows,
+// 128-byte swizzle (one atom of KMajorSw128Tile<box_rows, 64>); elements past the matrix read as zeros.
+cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, int64_t K, int64_t ld, int box_rows) {
+  const auto encode = sm90::tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld)};
+  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(base), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// Whether a cluster of two blocks of this kernel can be resident (asked once per device; not under MIG / MPS
+// partitions that cannot hold one, say).
+template <typename K>
+bool clusters_fit(K kernel) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  int known = cached[dev].load(std::memory_order_relaxed);
+  if (known == 0) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 2;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1, 2);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = kSmemBytes;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: clear it for the fallback launch
+      clusters = 0;
+    }
+    known = clusters > 0 ? 1 : -1;
+    cached[dev].store(known, std::memory_order_relaxed);
+  }
+  return known > 0;
+}
+
+template <typename T, bool kMc>
+cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const float* vth, const float* scale,
+                         const void* bias, bool bias_f32, void* y, int64_t ldy, int M, int N, int K,
+                         cudaStream_t stream) {
+  auto kernel = int8_gemm_sm90_kernel<T, kMc>;
+  SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  const int64_t mt = ceil_div(M, kBM);
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, kBN)), static_cast<unsigned>(kMc ? 2 * ceil_div(mt, 2) : mt));
+  if (!kMc) {
+    kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y), ldy, M,
+                                                   N, K);
+    return last_launch_error();
+  }
+  if (!clusters_fit(kernel)) return cudaErrorNotSupported;  // the caller launches without clusters
+  // clusters of two row tiles (an odd last one is paired with a block past M that loads its B half, stores nothing)
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 2;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y),
+                                           ldy, M, N, K));
+  return last_launch_error();
+}
+
+bool query_available(int dev) {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr;
+  // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
+  if (cudaFuncGetAttributes(&attr, int8_gemm_sm90_kernel<__nv_bfloat16, false>) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+}  // namespace
+}  // namespace sbops
+
+bool sbops::int8_gemm_sm90_available() {
+  constexpr int kMaxDevices = 64;
+  static signed char cache[kMaxDevices] = {0};  // 0 unknown, 1 yes, -1 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  if (cache[dev] == 0) cache[dev] = query_available(dev) ? 1 : -1;
+  return cache[dev] > 0;
+}
+
+cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
+                                         const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
+                                         DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster,
+                                         cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return cudaSuccess;
+  if (cluster != 1 && cluster != 2) return cudaErrorInvalidValue;
+  if (K <= 0 || K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < K || ldb < K || ldy < N ||
+      M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || 2 * ceil_div(M, 2 * kBM) > kMaxGridYZ)
+    return cudaErrorInvalidValue;
+  if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
+    return cudaErrorMisalignedAddress;
+  if (y_dtype != DType::BF16 && y_dtype != DType::F16) return cudaErrorInvalidValue;
+  if (ldy % 2 != 0 || reinterpret_cast<uintptr_t>(y) % 4 != 0) return cudaErrorMisalignedAddress;  // 2-column stores
+  if (bias != nullptr && bias_dtype != DType::F32 && bias_dtype != y_dtype) return cudaErrorInvalidValue;
+  if (!int8_gemm_sm90_available()) return cudaErrorNotSupported;
+  CUtensorMap tm_a, tm_b;
+  SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_a, a, M, K, lda, kBM));
+  const bool bias_f32 = bias_dtype == DType::F32;
+  const int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  if (cluster == 2) {  // each block of a cluster loads half of the B tile
+    CUtensorMap tm_b_half;
+    SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b_half, b, N, K, ldb, kBN / 2));
+    const cudaError_t e =
+        y_dtype == DType::BF16
+            ? launch_typed<__nv_bfloat16, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream)
+            : launch_typed<__half, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b, b, N, K, ldb, kBN));
+  return y_dtype == DType::BF16
+             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream)
+             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream);
+}
+
+#else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm
+
+bool sbops::int8_gemm_sm90_available() { return false; }
+cudaError_t sbops::launch_int8_gemm_sm90(const int8_t*, int64_t, const int8_t*, int64_t, const float*, const float*,
+                                         const void*, DType, void*, int64_t, DType, int64_t, int64_t, int64_t, int,
+                                         cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+
+#endif  // USE_MACA

@@ -1,0 +1,111 @@
+"""The Hopper int8 GEMM with the int_mm epilogue fused (sbops_native::int8_gemm_sm90, kernels/int8_gemm_sm90.cu)
+against what it replaces, torch._int_mm (cuBLASLt int8, int32 out) + the Triton epilogue, with bf16 x @ W^T and
+torch._scaled_mm e4m3 (tensor-wise) as reference points, at the 7B projection shapes; then spike_linear's whole
+int_mm prefill path (encode, GEMM, fix-up) with the kernel on and off.  Alternated rounds, medians of CUDA-event
+times; outputs compared (the kernel must equal _int_mm + epilogue up to the epilogue's last-bit rounding).
+    python3 benchmarks/gpu/probes/int8_gemm_sm90_ab.py [M ...]
+"""
+import statistics
+import sys
+
+import torch
+import triton
+
+import sbops
+from sbops._backends.cuda.triton import spike_linear as sl
+from sbops._backends.cuda.triton.spike_linear_intmm import _int_mm_epilogue_kernel
+
+SHAPES = {"down": (3584, 18944), "o": (3584, 3584), "qkv": (4608, 3584), "gate_up": (37888, 3584)}
+
+
+def timed(fn, reps=10):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def int_mm_and_epilogue(s, w, vth, scale):
+    acc = torch._int_mm(s, w.t())
+    M, N = acc.shape
+    y = torch.empty((M, N), device=s.device, dtype=torch.bfloat16)
+    br, bc, ew = sl.INT_MM_EPILOGUE
+    _int_mm_epilogue_kernel[(triton.cdiv(M, br), triton.cdiv(N, bc))](acc, vth, scale, y, y, M, N, HAS_BIAS=False,
+                                                                       BR=br, BC=bc, num_warps=ew)
+    return y
+
+
+def main():
+    Ms = [int(v) for v in sys.argv[1:]] or [16384, 65536]
+    dev = "cuda"
+    print(torch.cuda.get_device_name(), torch.__version__, "int8_gemm_sm90 available:",
+          sl.int8_gemm_sm90_applies(torch.empty(1, 16, device=dev, dtype=torch.bfloat16), 16), flush=True)
+    op = torch.ops.sbops_native.int8_gemm_sm90
+    for M in Ms:
+        for name, (N, K) in SHAPES.items():
+            if M > 16384 and name != "down":
+                continue
+            s = torch.randint(-20, 21, (M, K), device=dev, dtype=torch.int8)
+            w = torch.randint(-127, 128, (N, K), device=dev, dtype=torch.int8)
+            vth = torch.rand(M, device=dev) * 0.1 + 1e-3
+            scale = torch.rand(N, device=dev) * 1e-3 + 1e-5
+            x16 = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+            w16 = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
+            xf, wf = s.clamp(-16, 16).to(torch.float8_e4m3fn), w16.to(torch.float8_e4m3fn)
+            one = torch.ones((), device=dev)
+            fns = {
+                "bf16": lambda: x16 @ w16.t(),
+                "int_mm+epilogue": lambda: int_mm_and_epilogue(s, w, vth, scale),
+                "sm90_int8": lambda: op(s, w, vth, scale, None, torch.bfloat16),
+                "sm90_int8_nocluster": lambda: op(s, w, vth, scale, None, torch.bfloat16, 1),
+                "fp8_tensor": lambda: torch._scaled_mm(xf, wf.t(), one, one, out_dtype=torch.bfloat16),
+            }
+            a, b = fns["int_mm+epilogue"](), fns["sm90_int8"]()
+            d = (a.float() - b.float()).abs()
+            d1 = (a.float() - fns["sm90_int8_nocluster"]().float()).abs().max().item()
+            res = {k: [] for k in fns}
+            for _ in range(3):
+                for k, f in fns.items():
+                    res[k].append(timed(f))
+            med = {k: statistics.median(v) for k, v in res.items()}
+            fl = 2 * M * N * K
+            print(f"M={M} {name} {N}x{K}: " + ", ".join(
+                f"{k} {v:.3f} ms ({fl / v / 1e9:.0f} T/s, {med['int_mm+epilogue'] / v:.2f}x int_mm)"
+                for k, v in med.items())
+                + f"; |sm90 - int_mm| max {d.max().item():.3g} (of {a.float().abs().max().item():.3g}), "
+                  f"equal {(d == 0).float().mean().item():.4f}; no cluster: max {d1:.3g}", flush=True)
+            del s, w, x16, w16, xf, wf, a, b
+            torch.cuda.empty_cache()
+    # spike_linear's whole int_mm path: SwiGLU-like rows (counts past 127 exist), the down shape
+    for M in Ms:
+        N, K = SHAPES["down"]
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = (torch.randn(M, K, device=dev, generator=g) * torch.randn(M, K, device=dev, generator=g)).bfloat16()
+        wq, sc = sbops.quantize_weight(torch.randn(N, K, device=dev, generator=g) * 0.02)
+        res = {True: [], False: []}
+        outs = {}
+        for _ in range(3):
+            for on in (True, False):
+                sl.INT8_GEMM_SM90 = on
+                outs[on] = sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="int_mm")
+                res[on].append(timed(lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="int_mm")))
+        sl.INT8_GEMM_SM90 = True
+        r = sbops.spike_linear(x[:64].float().cpu(), wq.cpu(), sc.cpu(), 3.0).double()
+        e_on = ((outs[True][:64].double().cpu() - r).norm() / r.norm()).item()
+        e_off = ((outs[False][:64].double().cpu() - r).norm() / r.norm()).item()
+        on, off = statistics.median(res[True]), statistics.median(res[False])
+        print(f"spike_linear int_mm path M={M} down {N}x{K}: sm90 {on:.3f} ms, int_mm {off:.3f} ms ({off / on:.3f}x); "
+              f"rel. error vs CPU reference (64 rows): {e_on:.2e} / {e_off:.2e}", flush=True)
+        del x, wq, sc
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
