@@ -69,6 +69,9 @@ def _native_decode_built() -> bool:
 # the int_mm path's GEMM + epilogue on the Hopper int8 wgmma kernel (sbops_native::int8_gemm_sm90) where it exists;
 # False (or SBOPS_INT8_GEMM_SM90=0) keeps torch._int_mm + the Triton epilogue (benchmarks' A/B)
 INT8_GEMM_SM90 = os.environ.get("SBOPS_INT8_GEMM_SM90", "1").strip().lower() not in ("0", "false", "off", "no")
+# where the sm_90a kernel runs, int8 per-channel weights of every shape take the int_mm path (not only K > N: the
+# kernel is faster than the Triton int8 GEMM there too); SBOPS_INT8_GEMM_SM90_ALL=0 keeps the Triton GEMM for K <= N
+INT8_GEMM_SM90_ALL = os.environ.get("SBOPS_INT8_GEMM_SM90_ALL", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 @functools.lru_cache(None)
@@ -540,7 +543,8 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
             return _prefill_scaled_mm(x, weight_q, scale, k, bias)  # (config is the Triton GEMM's)
         if (path == "prefill" and not fp8 and backend == "cuda" and config is None
-                and _tuning.INT8_PREFILL == "int_mm" and (K > N or not _tuning.INT8_INT_MM_ONLY_K_GT_N)
+                and _tuning.INT8_PREFILL == "int_mm"
+                and (K > N or not _tuning.INT8_INT_MM_ONLY_K_GT_N or (INT8_GEMM_SM90_ALL and int8_gemm_sm90_applies(x, K)))
                 and int_mm_applies(x, weight_q, group_size)):
             return _prefill_int_mm(x, weight_q, scale, k, bias)
     if path == "int_mm":

@@ -1,7 +1,7 @@
 // A probe, not a library kernel: spike_linear decode's GEMV with the weights streamed through shared memory by bulk
 // copies (cp.async.bulk, an mbarrier ring per block) instead of spike_decode_kernel's register double-buffering,
 // tried in session 23 to raise the bytes in flight per SM (the register-staged GEMV keeps about one 1 KB stage per
-// warp in flight).  Measured slower on the H100 at the 7B shapes (benchmarks/RESULTS.md, session 23), so it is not
+// warp in flight).  Measured slower on the H100 at the 7B shapes (benchmarks/RESULTS_sessions_17-23.md, session 23), so it is not
 // in the library.  Included by spike_decode_vs_cublas.cu inside sbops' anonymous namespace, after spike_decode.cu
 // (grid_dependency_wait, read_flags, mma_block, residual_rows, store_rows, pdl_plan and launch_one come from there);
 // sm_90a only (the probe builds for it).
