@@ -240,6 +240,22 @@ cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// A launch of the kernel on `grid` in clusters of two consecutive row tiles (attr: the caller's storage).
+cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 2;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 // Whether a cluster of two blocks of this kernel can be resident (asked once per device; not under MIG / MPS
 // partitions that cannot hold one, say).
 template <typename K>
@@ -251,16 +267,7 @@ bool clusters_fit(K kernel) {
   int known = cached[dev].load(std::memory_order_relaxed);
   if (known == 0) {
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 2;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1, 2);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = kSmemBytes;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(1, 2), nullptr, attr);
     int clusters = 0;
     if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
       cudaGetLastError();  // not sticky: clear it for the fallback launch
@@ -288,47 +295,18 @@ cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const
   if (!clusters_fit(kernel)) return cudaErrorNotSupported;  // the caller launches without clusters
   // clusters of two row tiles (an odd last one is paired with a block past M that loads its B half, stores nothing)
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = 2;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  const cudaLaunchConfig_t cfg = pair_cluster_config(grid, stream, attr);
   SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y),
                                            ldy, M, N, K));
   return last_launch_error();
-}
-
-bool query_available(int dev) {
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return false;
-  if (major != 9 || minor != 0) return false;
-  cudaFuncAttributes attr;
-  // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
-  if (cudaFuncGetAttributes(&attr, int8_gemm_sm90_kernel<__nv_bfloat16, false>) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.binaryVersion == 90;
 }
 
 }  // namespace
 }  // namespace sbops
 
 bool sbops::int8_gemm_sm90_available() {
-  constexpr int kMaxDevices = 64;
-  static signed char cache[kMaxDevices] = {0};  // 0 unknown, 1 yes, -1 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
-  if (cache[dev] == 0) cache[dev] = query_available(dev) ? 1 : -1;
-  return cache[dev] > 0;
+  static signed char cache[64] = {0};
+  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false>, cache);
 }
 
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,

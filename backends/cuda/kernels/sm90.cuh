@@ -275,7 +275,29 @@ SBOPS_WGMMA_M64N64K16(__half, "f16")
 
 #endif  // SBOPS_SM90A_DEVICE
 
-// ---- host side: TMA tensor maps
+// ---- host side: availability, TMA tensor maps
+
+// True when the current device is sm_90 and the binary of `kernel` picked for it is the sm_90a build (an sm_80 build
+// holds an empty kernel).  Asked once per device: `cache` is the caller's static array (0 unknown, 1 yes, -1 no),
+// since the bindings and the launchers ask on every call.
+template <typename Kernel>
+inline bool sm90a_kernel_available(Kernel kernel, signed char (&cache)[64]) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cache[dev] == 0) {
+    int major = 0, minor = 0;
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess && major == 9 &&
+              minor == 0;
+    cudaFuncAttributes attr;
+    if (ok && cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+      cudaGetLastError();
+      ok = false;
+    }
+    cache[dev] = ok && attr.binaryVersion == 90 ? 1 : -1;
+  }
+  return cache[dev] > 0;
+}
 
 // cuTensorMapEncodeTiled through the runtime (no link against libcuda); null when the driver lacks it.
 inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {

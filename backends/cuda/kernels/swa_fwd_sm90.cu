@@ -417,33 +417,14 @@ cudaError_t launch_best(const void* q, const void* k, const void* v, void* o, fl
   return launch_typed<E, kFwd>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
 }
 
-bool query_available(int dev) {
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
-    return false;
-  if (major != 9 || minor != 0) return false;
-  cudaFuncAttributes attr;
-  // the binary picked for this device must be the sm_90a build (an sm_80 one holds an empty kernel)
-  if (cudaFuncGetAttributes(&attr, swa_fwd_sm90_kernel<__nv_bfloat16, kFwd>) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.binaryVersion == 90;
-}
 }  // namespace
 
 }  // namespace sbops
 
-// Cached per device like num_sms(): the binding and the launcher both ask on every call.  (Qualified
-// definitions, as in the USE_MACA stubs below: they must match swa_fwd.cuh.)
+// Qualified definitions, as in the USE_MACA stubs below: they must match swa_fwd.cuh.
 bool sbops::swa_fwd_sm90_available() {
-  constexpr int kMaxDevices = 64;
-  static signed char cache[kMaxDevices] = {0};  // 0 unknown, 1 yes, -1 no
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
-  if (cache[dev] == 0) cache[dev] = query_available(dev) ? 1 : -1;
-  return cache[dev] > 0;
+  static signed char cache[64] = {0};
+  return sm90::sm90a_kernel_available(swa_fwd_sm90_kernel<__nv_bfloat16, kFwd>, cache);
 }
 
 cudaError_t sbops::launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DType dtype, void* o,

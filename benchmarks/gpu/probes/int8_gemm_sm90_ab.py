@@ -5,6 +5,7 @@ int_mm prefill path (encode, GEMM, fix-up) with the kernel on and off.  Alternat
 times; outputs compared (the kernel must equal _int_mm + epilogue up to the epilogue's last-bit rounding).
     python3 benchmarks/gpu/probes/int8_gemm_sm90_ab.py [M ...]
 """
+import os
 import statistics
 import sys
 
@@ -15,21 +16,10 @@ import sbops
 from sbops._backends.cuda.triton import spike_linear as sl
 from sbops._backends.cuda.triton.spike_linear_intmm import _int_mm_epilogue_kernel
 
-SHAPES = {"down": (3584, 18944), "o": (3584, 3584), "qkv": (4608, 3584), "gate_up": (37888, 3584)}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from int8_vs_fp8_gemm import SHAPES as _VENDOR_SHAPES, timed  # noqa: E402  (the same median-of-CUDA-events timer)
 
-
-def timed(fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+SHAPES = {name: _VENDOR_SHAPES[name] for name in ("down", "o", "qkv", "gate_up")}
 
 
 def int_mm_and_epilogue(s, w, vth, scale):
