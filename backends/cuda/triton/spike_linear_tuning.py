@@ -37,7 +37,9 @@ FP8_FIX = "grouped"
 # an epilogue, the sparse fix-up of counts past 127; spike_linear_intmm.py) or "triton" (_gemm_kernel), and
 # whether "int_mm" serves only width-reducing projections (K > N, a SwiGLU down projection).  Vendor GEMMs alone
 # (H100, session 28, benchmarks/gpu/probes/int8_vs_fp8_gemm.py): torch._int_mm at 3584 x 18944 is 1.15x bf16 at
-# M = 16384 and 1.28x at 65536, but 0.84-0.96x at the K = 3584 shapes
+# M = 16384 and 1.28x at 65536, but 0.84-0.96x at the K = 3584 shapes.  Where the sm_90a int8 GEMM runs
+# (spike_linear.INT8_GEMM_SM90_ALL), "int_mm" serves every shape (session 31: as fast as the Triton GEMM on gate_up
+# at M = 16384, faster on every other 7B shape)
 INT8_PREFILL = "int_mm"
 INT8_INT_MM_ONLY_K_GT_N = True
 
