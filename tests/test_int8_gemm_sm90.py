@@ -14,8 +14,7 @@ def _op():
     from sbops import _platform
     if not torch.cuda.is_available() or _platform.native_target() != "cuda":
         return None
-    avail = _platform.native_op("int8_gemm_sm90_available")
-    if avail is None or not avail(torch.empty(0, device="cuda")):
+    if not _platform.native_kernel_available("int8_gemm_sm90_available", torch.cuda.current_device()):
         return None
     return torch.ops.sbops_native.int8_gemm_sm90
 

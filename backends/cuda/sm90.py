@@ -29,23 +29,14 @@ def routes() -> dict:
         return {k: v for k, v in json.load(f).items() if not k.startswith("_")}
 
 
-@functools.lru_cache(maxsize=None)
-def _available(device_index: int) -> bool:
-    """The native op exists and says the device is sm_90 with sm_90a code in this build."""
-    available = _platform.native_op("swa_attn_fwd_sm90_available")
-    if available is None:
-        return False
-    like = torch.empty(0, device=torch.device("cuda", device_index))
-    return bool(available(like))
-
-
 def swa_applies(q, k, v, cu_seqlens, sink_k, scale=None) -> bool:
     """True when the sm_90 kernels serve this call (inputs already validated). The forward takes
     the running max of the unscaled scores, so it needs scale > 0 (the default D ** -0.5 is)."""
     return (q.is_cuda and q.dtype in DTYPES and q.shape[-1] == HEAD_DIM and cu_seqlens is None
             and (scale is None or float(scale) > 0)
             and (sink_k is None or sink_k.shape[0] == 0) and q.numel() > 0
-            and _available(q.device.index if q.device.index is not None else torch.cuda.current_device()))
+            and _platform.native_kernel_available(
+                "swa_attn_fwd_sm90_available", q.device.index if q.device.index is not None else torch.cuda.current_device()))
 
 
 def swa_fwd(q, k, v, window, scale):

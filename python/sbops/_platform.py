@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
+
+
+def env_switch(name: str) -> bool:
+    """A default-on switch read from the environment: off when `name` is set to "", 0, false, off or no."""
+    return os.environ.get(name, "1").strip().lower() not in ("", "0", "false", "off", "no")
 
 
 def metax_build() -> bool:
@@ -58,6 +64,14 @@ def native_op(name: str):
     (backends/cuda/bindings) -- when this build registered it, else None."""
     ns = getattr(torch.ops, "sbops_native", None)
     return None if ns is None else getattr(ns, name, None)
+
+
+@functools.lru_cache(None)
+def native_kernel_available(probe: str, device_index: int) -> bool:
+    """Whether this build registered the internal op `probe` (an sbops_native::*_available) and it says its kernel
+    runs on CUDA device `device_index` (asked once per device: sm_90 kernels need an sm_90 device and sm_90a code)."""
+    available = native_op(probe)
+    return available is not None and bool(available(torch.empty(0, device=torch.device("cuda", device_index))))
 
 
 @functools.lru_cache(None)

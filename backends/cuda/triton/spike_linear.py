@@ -26,10 +26,11 @@ come from spike_linear_tuning.py (measured winners per shape) or the defaults be
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
+
+from sbops import _platform
 
 from . import _common
 from . import spike_linear_tuning as _tuning
@@ -62,30 +63,25 @@ def _native_decode(x, weight_q, scale, k, bias):
 
 @functools.lru_cache(None)
 def _native_decode_built() -> bool:
-    from sbops import _platform
     return _platform.native_target() == "cuda" and _platform.native_op("spike_linear_decode") is not None
 
 
 # the int_mm path's GEMM + epilogue on the Hopper int8 wgmma kernel (sbops_native::int8_gemm_sm90) where it exists;
 # False (or SBOPS_INT8_GEMM_SM90=0) keeps torch._int_mm + the Triton epilogue (benchmarks' A/B)
-INT8_GEMM_SM90 = os.environ.get("SBOPS_INT8_GEMM_SM90", "1").strip().lower() not in ("0", "false", "off", "no")
+INT8_GEMM_SM90 = _platform.env_switch("SBOPS_INT8_GEMM_SM90")
 # where the sm_90a kernel runs, int8 per-channel weights of every shape take the int_mm path (not only K > N: the
 # kernel is faster than the Triton int8 GEMM there too); SBOPS_INT8_GEMM_SM90_ALL=0 keeps the Triton GEMM for K <= N
-INT8_GEMM_SM90_ALL = os.environ.get("SBOPS_INT8_GEMM_SM90_ALL", "1").strip().lower() not in ("0", "false", "off", "no")
-
-
-@functools.lru_cache(None)
-def _int8_gemm_sm90_available(device_index: int) -> bool:
-    from sbops import _platform
-    available = _platform.native_op("int8_gemm_sm90_available") if _platform.native_target() == "cuda" else None
-    return available is not None and bool(available(torch.empty(0, device=torch.device("cuda", device_index))))
+INT8_GEMM_SM90_ALL = _platform.env_switch("SBOPS_INT8_GEMM_SM90_ALL")
 
 
 def int8_gemm_sm90_applies(x: torch.Tensor, K: int) -> bool:
     """Whether the int_mm path's GEMM runs on the sm_90a int8 kernel (kernels/int8_gemm_sm90.cu): an sm_90 device,
     16-bit x (the kernel writes y in x's dtype) and K a multiple of 16 (TMA's 16-byte row strides)."""
     return (INT8_GEMM_SM90 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and K % 16 == 0
-            and _int8_gemm_sm90_available(x.device.index if x.device.index is not None else torch.cuda.current_device()))
+            and _platform.native_kernel_available(
+                "int8_gemm_sm90_available", x.device.index if x.device.index is not None else torch.cuda.current_device()))
+
+
 _NUM_SMS: dict = {}
 _COUNTERS: dict = {}         # (device, stream) -> int32 zeros; each decode launch leaves them at zero
 _FP8_CAPABLE: dict = {}      # device -> compute capability >= 8.9 (fp8 tensor cores)

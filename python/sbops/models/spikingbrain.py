@@ -1,7 +1,6 @@
 """SpikingBrain-style causal language models built from sbops.nn layers."""
 from __future__ import annotations
 
-import os
 import weakref
 from typing import List, Optional, Tuple, Union
 
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sbops.distributed as sbd
+from sbops import _platform
 from sbops._validate import checking_data
 from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
 
@@ -197,7 +197,7 @@ USE_CACHE_EXTRA = 2048
 FFN_CHUNK_TOKENS = 65536
 # chain the layers without their last residual add (folded into the next norm: one launch fewer per layer, the
 # same bits); SBOPS_DEFER_MLP_ADD=0, or setting this to False, adds in each layer (benchmarks' A/B)
-DEFER_MLP_ADD = os.environ.get("SBOPS_DEFER_MLP_ADD", "1").strip().lower() not in ("0", "false", "off", "no")
+DEFER_MLP_ADD = _platform.env_switch("SBOPS_DEFER_MLP_ADD")
 
 
 class DecoderLayer(nn.Module):

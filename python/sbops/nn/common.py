@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from torch.nn.modules import module as _nn_module
 
 import sbops
+from sbops import _platform
 
 from .spike import SpikeLinear, weight_key
 
@@ -157,8 +157,7 @@ def _fused_spike_operands(owner: nn.Module, mods, x: torch.Tensor):
 # tensor-wise scales: cuBLASLt's faster kernels) and the silu * up kernel applies vth and the channel scales as it
 # reads it (spike_linear.scaled_mm_raw, fused_rope_swiglu.silu_mul_scaled).  SBOPS_FUSE_GATE_UP_SCALES=0 (read at
 # import) or False here: the scaled product, then silu_mul (benchmarks' A/B).
-FUSE_GATE_UP_SCALES = os.environ.get("SBOPS_FUSE_GATE_UP_SCALES", "1").strip().lower() not in ("", "0", "false", "off",
-                                                                                              "no")
+FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
 
 
 def _spike_linear_triton(x: torch.Tensor):
@@ -244,7 +243,7 @@ def _unfuse(owner: nn.Module, prefix: str = "", keep_vars: bool = False) -> None
 # On by default (measured on the H200: an 8192-token prefill chunk of the 7B shape 244 -> 187 ms of GPU
 # time, a B=1 decode step 5.97 -> 4.62 ms); SBOPS_FUSE_ELEMENTWISE=0, or setting this to False, turns
 # them off.
-FUSE_ELEMENTWISE = os.environ.get("SBOPS_FUSE_ELEMENTWISE", "1").strip().lower() not in ("", "0", "false", "off", "no")
+FUSE_ELEMENTWISE = _platform.env_switch("SBOPS_FUSE_ELEMENTWISE")
 _FUSED_DEVICE_TYPES = ("cuda",)  # the tests add "cpu" to run the kernels under the Triton interpreter
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _fused_mods = None  # (fused_norm, fused_rope_swiglu, fused_gla_act) once loaded, False when unavailable
@@ -254,7 +253,6 @@ def _load_fused():
     global _fused_mods
     if _fused_mods is None:
         _fused_mods = False
-        from .. import _platform
         if _platform.cuda_device_reason() is None and _platform.triton_reason() is None:
             try:
                 from .._backends.cuda.triton import fused_gla_act, fused_norm, fused_rope_swiglu
