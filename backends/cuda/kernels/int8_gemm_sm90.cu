@@ -51,24 +51,11 @@ constexpr int kSmemBytes = kStages * kStageBytes + 8 * 2 * kStages;  // tiles (1
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
 
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
-          dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1)
-      : "memory");
+// a stage's A tile, then its B tile, in the ring at s_tiles
+__device__ __forceinline__ uint32_t stage_a(uint32_t s_tiles, int st) {
+  return s_tiles + static_cast<uint32_t>(st * kStageBytes);
 }
-
-// the same box written to the same shared-memory offset of every block of the cluster in `mask`, completing the
-// transaction bytes of the mbarrier at `mbar`'s offset in each of them
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1,
-                                                      uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
-      "%4}], [%2], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "h"(mask)
-      : "memory");
-}
+__device__ __forceinline__ uint32_t stage_b(uint32_t s_tiles, int st) { return stage_a(s_tiles, st) + kABytes; }
 
 // D[64 x 256] (+)= A[64 x 32] B[256 x 32]^T, int8 operands K-major in shared memory, int32 accumulators
 __device__ __forceinline__ void wgmma_s8_m64n256k32(uint32_t (&d)[128], uint64_t desc_a, uint64_t desc_b,
@@ -115,8 +102,6 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
                                                  int64_t ldy, int M, int N, int nk, int m0, int n0) {
   sm90::regs_inc<kConsumerRegs>();
   const int tid = threadIdx.x, lane = tid & 31;
-  auto s_a = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes); };
-  auto s_b = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes + kABytes); };
   // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
   auto release = [&](int kt) {
     const uint32_t bar = bar_empty + 8 * (kt % kStages);
@@ -137,7 +122,8 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
     sm90::wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
-      wgmma_s8_m64n256k32(acc, TileA::desc(s_a(st), 64 * wg, ks), TileB::desc(s_b(st), 0, ks), kt > 0 || ks > 0);
+      wgmma_s8_m64n256k32(acc, TileA::desc(stage_a(s_tiles, st), 64 * wg, ks), TileB::desc(stage_b(s_tiles, st), 0, ks),
+                          kt > 0 || ks > 0);
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();  // the previous stage's MMAs retired: release it to the producer
     if (kt > 0) release(kt - 1);
@@ -181,8 +167,6 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   const uint32_t s_tiles = sm90::smem_addr(smem);
   const uint32_t bar_full = s_tiles + kStages * kStageBytes;  // kStages mbarriers: the stage's tiles landed
   const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
-  auto s_a = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes); };
-  auto s_b = [&](int st) { return s_tiles + static_cast<uint32_t>(st * kStageBytes + kABytes); };
   const int tid = threadIdx.x;
   const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * kBM;
   const int nk = (K + kBK - 1) / kBK;
@@ -210,12 +194,12 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
         const int st = kt % kStages;
         if (kt >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((kt / kStages) & 1) ^ 1);
         sm90::mbar_expect_tx(bar_full + 8 * st, kStageBytes);
-        tma_load_2d(s_a(st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
+        sm90::tma_load_2d(stage_a(s_tiles, st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
         if (kMc)  // this block's half of the B tile, into both blocks' stage
-          tma_load_2d_multicast(s_b(st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st, kt * kBK,
-                                n0 + rank * (kBN / 2), 3);
+          sm90::tma_load_2d_multicast(stage_b(s_tiles, st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st,
+                                      kt * kBK, n0 + rank * (kBN / 2), 3);
         else
-          tma_load_2d(s_b(st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+          sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
       }
     }
   } else {

@@ -92,6 +92,25 @@ __device__ __forceinline__ void tma_load_4d_multicast(uint32_t dst, const void* 
       : "memory");
 }
 
+// the 2-D versions (coordinates innermost first: column, row), the multicast one into the same offset of every CTA of
+// the cluster in `mask` (int8_gemm_sm90.cu's row-major operands)
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* map, uint32_t mbar, int c0, int c1,
+                                                      uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
+      "%4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(mbar), "r"(c0), "r"(c1), "h"(mask)
+      : "memory");
+}
+
 // thread block clusters: this CTA's rank, a barrier of every thread of the cluster, the shared::cluster
 // address of a shared-memory address in the CTA of rank `rank`, an arrival on an mbarrier there
 __device__ __forceinline__ uint32_t cluster_ctarank() {
