@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -112,6 +113,18 @@ inline Tensor rows16_or_copy(const Tensor& t) {
     if (ok) return t;
   }
   return dense_aligned16(t);
+}
+
+// The optional bias [N] of a GEMV / GEMM binding, on the device of its input `like` (named like_name in errors):
+// contiguous, in `dtype` as it is (the models' 16-bit biases: no conversion launch per call), else float32.  An
+// undefined tensor without a bias.
+inline Tensor bias_operand(const std::optional<Tensor>& bias, const Tensor& like, const char* like_name, int64_t N,
+                           ScalarType dtype, const char* op) {
+  if (!bias.has_value()) return Tensor();
+  check_cuda(*bias, op, "bias");
+  SBOPS_CHECK(bias->get_device_index() == like.get_device_index(), op, ": bias must be on ", like_name, "'s device");
+  SBOPS_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must be [N], got ", bias->sizes());
+  return bias->scalar_type() == dtype ? contig(*bias) : to_contig(*bias, kFloat);
 }
 
 // Element stride between consecutive rows of t viewed as [numel / size(-1), size(-1)] when that

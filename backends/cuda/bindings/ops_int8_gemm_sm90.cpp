@@ -47,13 +47,7 @@ Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor&
   SBOPS_CHECK(sbops::int8_gemm_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
   const Tensor a = rows_for_tma(a_in), b = rows_for_tma(b_in);
   const Tensor vth = to_contig(vth_in, kFloat), scale = to_contig(scale_in, kFloat);
-  Tensor bias;
-  if (bias_in.has_value()) {
-    check_cuda(*bias_in, op, "bias");
-    SBOPS_CHECK(bias_in->get_device_index() == dev, op, ": bias must be on a's device");
-    SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
-    bias = bias_in->scalar_type() == out_dtype ? contig(*bias_in) : to_contig(*bias_in, kFloat);
-  }
+  const Tensor bias = bias_operand(bias_in, a_in, "a", N, out_dtype, op);
   Tensor y = empty_on({M, N}, out_dtype, a);
   if (M == 0 || N == 0) return y;
   check_launch(sbops::launch_int8_gemm_sm90(

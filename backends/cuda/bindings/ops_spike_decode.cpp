@@ -39,14 +39,7 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   DeviceGuard guard(x_in.get_device_index());
   const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
   const Tensor scale = to_contig(scale_in, kFloat);
-  Tensor bias;
-  if (bias_in.has_value()) {
-    check_cuda(*bias_in, op, "bias");
-    SBOPS_CHECK(bias_in->get_device_index() == x_in.get_device_index(), op, ": bias must be on x's device");
-    SBOPS_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, op, ": bias must be [N], got ", bias_in->sizes());
-    // a bias in x's dtype is read as is (the model's bf16 biases: no conversion launch per call)
-    bias = bias_in->scalar_type() == x.scalar_type() ? contig(*bias_in) : to_contig(*bias_in, kFloat);
-  }
+  const Tensor bias = bias_operand(bias_in, x_in, "x", N, x.scalar_type(), op);
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   sbops::SpikeDecodeArgs a{};
   a.x = x.data_ptr();

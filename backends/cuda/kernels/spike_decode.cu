@@ -31,11 +31,8 @@
 // covers M <= 8.  The WK k-groups add their partial sums through shared memory.
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
-#include <map>
-#include <mutex>
-#include <utility>
 
+#include "pdl_launch.cuh"
 #include "spike_decode_blocks.cuh"
 
 namespace sbops {
@@ -264,63 +261,11 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     store_rows<E, WN, WK>(a, red, nb);
 }
 
-// Programmatic dependent launches (sm_90): the GEMV after its encode (default), and with SBOPS_DECODE_PDL=all the
-// encode after the kernel before it (the model's RMSNorm, silu_mul, swa_combine or a GEMV: the encode is set up
-// while that kernel drains and waits for its results before touching memory; opt-in, as the order shipped -- the
-// GEMV released after that wait -- was not timed: session 23 measured -0.5% per fp8 B = 1 step on the H200 with
-// the GEMV released before it, which could let the GEMV read weights the kernel before had just written).  Each
-// where the device is sm_90 or newer and the kernel's loaded binary is too (so it holds the wait).
-// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" neither, "all" both, unset or anything else the GEMV
-// only.  The device and kernel are queried once per pair.
-int pdl_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("SBOPS_DECODE_PDL");
-    if (v == nullptr) return 1;
-    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
-      if (std::strcmp(v, off) == 0) return 0;
-    return std::strcmp(v, "all") == 0 ? 2 : 1;
-  }();
-  return mode;
-}
-
-// need: the pdl_mode this launch takes (1: the GEMV's, 2: the encode's)
-template <typename Kernel>
-bool pdl_plan(Kernel kernel, int need) {
-  int dev = 0;
-  if (pdl_mode() < need || cudaGetDevice(&dev) != cudaSuccess) return false;
-  static std::mutex mu;
-  static std::map<std::pair<const void*, int>, bool> plans;
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
-  const auto it = plans.find(key);
-  if (it != plans.end()) return it->second;
-  int major = 0;
-  cudaFuncAttributes fa{};
-  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
-  if (!on) (void)cudaGetLastError();  // a failed query only turns the early launch off
-  plans.emplace(key, on);
-  return on;
-}
-
-// one launch, as a programmatic dependent of the work before it on the stream where `pdl`
-template <typename Kernel>
-cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const SpikeDecodeArgs& a,
-                       cudaStream_t st, size_t smem = 0) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  if (pdl) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  return cudaLaunchKernelEx(&cfg, kernel, a);
-}
+// Programmatic dependent launches (sm_90; pdl_launch.cuh): the GEMV after its encode (default), and with
+// SBOPS_DECODE_PDL=all the encode after the kernel before it (the model's RMSNorm, silu_mul, swa_combine or a GEMV: the
+// encode is set up while that kernel drains and waits for its results before touching memory; opt-in, as the order
+// shipped -- the GEMV released after that wait -- was not timed: session 23 measured -0.5% per fp8 B = 1 step on the
+// H200 with the GEMV released before it, which could let the GEMV read weights the kernel before had just written).
 
 // The GEMV as a programmatic dependent of the work before it in the default mode: of its encode (layouts 0-3), or, with
 // the encode fused (layouts 4-7), of whatever kernel precedes it, which it waits for before reading anything.

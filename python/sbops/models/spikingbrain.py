@@ -15,6 +15,7 @@ from sbops.distributed._collectives import all_gather_stack, all_reduce_sum
 
 from ..nn import CacheBatch, GatedLinearAttention, HybridAttention, MoEBlock, RMSNorm, SlidingWindowAttention, SwiGLU
 from ..nn.cache import _count
+from ..nn.common import linear_module
 from .config import SpikingBrainConfig
 from .forward_args import (CausalLMOutput, check_attention_mask, check_flag, check_input_ids, check_labels,
                            check_logits_to_keep)
@@ -500,7 +501,7 @@ class SpikingBrainForCausalLM(nn.Module):
             logits = _keep(logits_all, logits_to_keep)
         else:
             # the final norm is per position: only the kept positions are normalised
-            logits = self.lm_head(_final_norm(self.model.norm, x, pending, logits_to_keep))
+            logits = linear_module(self.lm_head, _final_norm(self.model.norm, x, pending, logits_to_keep))
         out = CausalLMOutput(logits, aux, loss, cache)
         return out.to_tuple() if return_dict is False else out
 

@@ -30,7 +30,7 @@ import sbops.distributed as sbd
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
 from .common import (RMSNorm, RotaryEmbedding, apply_rope_qk, check_arg, fused_kernels, fused_linears,
-                     getstate_without_fused, make_linear)
+                     getstate_without_fused, linear_module, make_linear)
 from .spike import int8_fake_quant_per_row, spike_fake_quant_released
 
 
@@ -72,7 +72,7 @@ class _QKVOProjections(nn.Module):
 
     def _out(self, o):
         B, T = o.shape[:2]
-        return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
+        return linear_module(self.o_proj, o.reshape(B, T, self.num_heads * self.head_dim))
 
     def _rope(self, rotary, q, k, batch: Optional[CacheBatch], theta: float):
         if batch is None:

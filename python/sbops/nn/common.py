@@ -37,6 +37,54 @@ def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Option
 FUSE_PROJECTIONS = True
 
 
+# Decode-sized linears -- at most DENSE_DECODE_MAX_ROWS rows of float16 / bfloat16 x and weight on an sm_80+ CUDA
+# device, no autograd -- run sbops' weight-streaming GEMV (sbops_native::dense_decode, kernels/dense_decode.cu)
+# instead of F.linear's cuBLAS call; everything else runs F.linear.  SBOPS_DENSE_DECODE=0 keeps F.linear (read at
+# import; set the module attribute to compare in one process).
+DENSE_DECODE = _platform.env_switch("SBOPS_DENSE_DECODE")
+DENSE_DECODE_MAX_ROWS = 16   # past 16 rows cuBLAS is as fast or faster (H100, session 32)
+_DENSE_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, weight, bias); on the dense decode GEMV where it applies (see DENSE_DECODE)."""
+    if DENSE_DECODE and x.is_cuda and _dense_decode_applies(x, weight, bias):
+        K = x.shape[-1]
+        y = _dense_op()(x.reshape(-1, K), weight, bias)
+        return y.view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+def _dense_op():
+    return torch.ops.sbops_native.dense_decode
+
+
+def linear_module(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """mod(x); a plain nn.Linear without hooks goes through linear() (the dense decode GEMV where it applies)."""
+    if type(mod) is nn.Linear and not _hooked((mod,)):
+        return linear(x, mod.weight, mod.bias)
+    return mod(x)
+
+
+def _dense_decode_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    if x.dtype not in _DENSE_DTYPES or weight.dtype != x.dtype or weight.dim() != 2 or x.dim() == 0:
+        return False
+    K = x.shape[-1]
+    if K % 8 or weight.shape[1] != K or weight.device != x.device:
+        return False
+    if not 0 < x.numel() <= DENSE_DECODE_MAX_ROWS * K:
+        return False
+    if bias is not None and (bias.device != x.device or bias.dim() != 1 or bias.dtype not in (x.dtype, torch.float32)):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return _platform.native_kernel_available("dense_decode_available", index)
+
+
 def check_arg(owner: str, name: str, v, *, integer: bool = False, lo=None, lo_open: bool = False, hi_open=None):
     """Raise ValueError naming `name` unless v is a real number (an integer if `integer`; never a bool), finite,
     >= lo (> lo if lo_open) and < hi_open where given; returns v as an int or float."""
@@ -74,7 +122,7 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
         owner.__dict__["_sbops_fused"] = state
         _hook_unfuse(owner)
     _, w, b, sizes = state
-    return F.linear(x, w, b).split(sizes, dim=-1)
+    return linear(x, w, b).split(sizes, dim=-1)
 
 
 def _hooked(mods) -> bool:
@@ -460,4 +508,4 @@ class SwiGLU(nn.Module):
             gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
             gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
             h = silu_mul(gate, up)
-        return self.down_proj(h)
+        return linear_module(self.down_proj, h)

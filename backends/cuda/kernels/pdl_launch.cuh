@@ -1,0 +1,72 @@
+// Host side of programmatic dependent launch (sm_90+) for the decode GEMVs (spike_decode.cu, dense_decode.cu):
+// whether a kernel may launch as a programmatic dependent of the work before it on its stream, and that launch.
+// The device side (griddepcontrol.wait / launch_dependents) is in spike_decode_blocks.cuh.  Torch-free.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include <cuda_runtime.h>
+
+#if !defined(USE_MACA)
+namespace sbops {
+
+// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" no early launch (0); "all" the GEMVs' and spike_decode's
+// encode's (2); unset or anything else the GEMVs' only (1).
+inline int pdl_mode() {
+  static const int mode = [] {
+    const char* v = std::getenv("SBOPS_DECODE_PDL");
+    if (v == nullptr) return 1;
+    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
+      if (std::strcmp(v, off) == 0) return 0;
+    return std::strcmp(v, "all") == 0 ? 2 : 1;
+  }();
+  return mode;
+}
+
+// Whether `kernel` launches as a programmatic dependent: pdl_mode() >= need, and the current device is sm_90 or newer
+// and so is the kernel's loaded binary (so it holds the wait).  Queried once per (kernel, device).
+template <typename Kernel>
+bool pdl_plan(Kernel kernel, int need) {
+  int dev = 0;
+  if (pdl_mode() < need || cudaGetDevice(&dev) != cudaSuccess) return false;
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> plans;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), dev);
+  const auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  int major = 0;
+  cudaFuncAttributes fa{};
+  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
+  if (!on) (void)cudaGetLastError();  // a failed query only turns the early launch off
+  plans.emplace(key, on);
+  return on;
+}
+
+// One launch of kernel(args), as a programmatic dependent of the work before it on the stream where `pdl`.
+template <typename Kernel, typename Args>
+cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const Args& args, cudaStream_t st,
+                       size_t smem = 0) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (pdl) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, args);
+}
+
+}  // namespace sbops
+#endif  // !USE_MACA
