@@ -25,14 +25,21 @@ Tensor dense_decode_cuda(const Tensor& x_in, const Tensor& w_in, const std::opti
               ": x [M, K] and weight [N, K] expected, got ", x_in.sizes(), " and ", w_in.sizes());
   const int64_t M = x_in.size(0), K = x_in.size(1), N = w_in.size(0);
   SBOPS_CHECK(x_in.get_device_index() == w_in.get_device_index(), op, ": x and weight must be on one device");
-  SBOPS_CHECK(sbops::dense_decode_supports(M, N, K), op, ": takes 1 <= M <= ", sbops::kDenseDecodeMaxRows,
-              " rows and K a multiple of 8 (got M=", M, ", K=", K, ")");
   SBOPS_CHECK(layout >= -1 && layout < sbops::kDenseDecodeLayouts, op, ": layout must be -1 (default) or 0 .. ",
               sbops::kDenseDecodeLayouts - 1, ", got ", layout);
+  if (bias_in.has_value()) {
+    const auto bt = bias_in->scalar_type();
+    SBOPS_CHECK(bt == x_in.scalar_type() || bt == kFloat, op, ": bias must have x's dtype (", x_in.scalar_type(),
+                ") or float32, got ", bt);
+  }
   DeviceGuard guard(x_in.get_device_index());
-  SBOPS_CHECK(sbops::dense_decode_available(), op, ": needs an sm_80 or newer NVIDIA device");
+  SBOPS_CHECK(sbops::dense_decode_available(), op,
+              ": not available here (needs an sm_80+ NVIDIA device and a build with code for it; not on MACA)");
+  const Tensor bias = bias_operand(bias_in, x_in, "x", N, x_in.scalar_type(), op);
+  if (M == 0 || N == 0) return empty_on({M, N}, x_in.scalar_type(), x_in);
+  SBOPS_CHECK(sbops::dense_decode_supports(M, N, K), op, ": takes 1 <= M <= ", sbops::kDenseDecodeMaxRows,
+              " rows of x and K a positive multiple of 8 below 2^31 (got M=", M, ", N=", N, ", K=", K, ")");
   const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
-  const Tensor bias = bias_operand(bias_in, x_in, "x", N, x.scalar_type(), op);
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   sbops::DenseDecodeArgs a{};
   a.x = x.data_ptr();

@@ -12,9 +12,9 @@
 // Two register stages of U blocks alternate, so the next stage's loads are in flight while the current one is
 // multiplied.  NT n-tiles of 8 tokens cover M <= 8 NT.  The WK k-groups add their partial sums through shared
 // memory in a fixed order (deterministic), then the block adds the bias and stores y.
-// On sm_90 the grid launches as a programmatic dependent of the kernel before it (pdl_launch.cuh, SBOPS_DECODE_PDL):
-// each warp loads its first stage of weights, then waits for that kernel before it reads x.  (The weights must not
-// be written by a kernel that releases its dependents early; none of sbops' does.)
+// On sm_90 the grid launches as a programmatic dependent of the kernel before it (pdl_launch.cuh, SBOPS_DECODE_PDL) and
+// waits for that kernel's results before it reads anything: the kernel before may be any (it may have just written
+// the weights, e.g. the copy that fuses q/k/v), and only the wait makes its writes visible.
 #include "dense_decode.cuh"
 
 #include "pdl_launch.cuh"
@@ -91,9 +91,8 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
 
   constexpr int kStep = WK * U;
   int kb = wk;
-  if (kb < KB) load_w(0, kb);
-  grid_dependency_wait();  // x may come from the kernel before (a programmatic launch starts early)
-  if (kb < KB) load_x(0, kb);
+  grid_dependency_wait();  // x and the weights may come from the kernel before (a programmatic launch starts early)
+  if (kb < KB) load_w(0, kb), load_x(0, kb);
   while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
     if (kb + kStep < KB) load_w(1, kb + kStep), load_x(1, kb + kStep);
     compute(0);
@@ -180,13 +179,14 @@ bool dense_decode_available() {
 #if defined(USE_MACA)
   return false;
 #else
+  // an sm_80+ device, and this build holds code that runs there (a build for other archs only has no image to load)
   int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return major >= 8;
+  cudaFuncAttributes fa{};
+  const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8 &&
+                  cudaFuncGetAttributes(&fa, dense_decode_kernel<__nv_bfloat16, 1, 1, 8, 2>) == cudaSuccess;
+  if (!ok) (void)cudaGetLastError();
+  return ok;
 #endif
 }
 
@@ -195,7 +195,6 @@ cudaError_t launch_dense_decode(const DenseDecodeArgs& a, DType dtype, int layou
   (void)a, (void)dtype, (void)layout, (void)st;
   return cudaErrorNotSupported;
 #else
-  if (a.M == 0 || a.N == 0) return cudaSuccess;
   if (!dense_decode_supports(a.M, a.N, a.K) || layout < -1 || layout >= kDenseDecodeLayouts)
     return cudaErrorInvalidValue;
   if (layout < 0) layout = dense_decode_default_layout(a.M, a.N, a.K);

@@ -29,7 +29,8 @@ inline int pdl_mode() {
 }
 
 // Whether `kernel` launches as a programmatic dependent: pdl_mode() >= need, and the current device is sm_90 or newer
-// and so is the kernel's loaded binary (so it holds the wait).  Queried once per (kernel, device).
+// and the kernel's code was compiled for sm_90+ (so it holds the wait: code JIT-compiled from compute_80 PTX has an
+// sm_90 binary but no wait).  Queried once per (kernel, device).
 template <typename Kernel>
 bool pdl_plan(Kernel kernel, int need) {
   int dev = 0;
@@ -43,7 +44,8 @@ bool pdl_plan(Kernel kernel, int need) {
   int major = 0;
   cudaFuncAttributes fa{};
   const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
+                  major >= 9 && cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
+                  fa.ptxVersion >= 90;
   if (!on) (void)cudaGetLastError();  // a failed query only turns the early launch off
   plans.emplace(key, on);
   return on;

@@ -44,6 +44,8 @@ FUSE_PROJECTIONS = True
 DENSE_DECODE = _platform.env_switch("SBOPS_DENSE_DECODE")
 DENSE_DECODE_MAX_ROWS = 16   # past 16 rows cuBLAS is as fast or faster (H100, session 32)
 _DENSE_DTYPES = (torch.bfloat16, torch.float16)
+_PLAIN = (torch.Tensor, nn.Parameter)
+_IS_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)   # vmap's wrapped tensors
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -67,14 +69,22 @@ def linear_module(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_decode_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether linear(x, weight, bias) runs the dense decode GEMV: what F.linear would compute, on plain tensors the
+    kernel reads in place (a weight it would have to copy per call, e.g. a transposed view, stays on cuBLAS)."""
+    if type(x) not in _PLAIN or type(weight) not in _PLAIN or (bias is not None and type(bias) not in _PLAIN):
+        return False   # tensor subclasses (quantised, DTensor, ...) keep their own F.linear
+    if _IS_BATCHED is not None and (_IS_BATCHED(x) or _IS_BATCHED(weight)):
+        return False   # under vmap: the op has no batching rule
     if x.dtype not in _DENSE_DTYPES or weight.dtype != x.dtype or weight.dim() != 2 or x.dim() == 0:
         return False
     K = x.shape[-1]
-    if K % 8 or weight.shape[1] != K or weight.device != x.device:
+    if K % 8 or weight.shape[1] != K or weight.shape[0] == 0 or weight.device != x.device:
         return False
     if not 0 < x.numel() <= DENSE_DECODE_MAX_ROWS * K:
         return False
-    if bias is not None and (bias.device != x.device or bias.dim() != 1 or bias.dtype not in (x.dtype, torch.float32)):
+    if weight.stride(1) != 1 or weight.stride(0) % 8 or weight.data_ptr() % 16:
+        return False
+    if bias is not None and (bias.device != x.device or bias.dim() != 1 or bias.dtype != x.dtype):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
