@@ -127,6 +127,25 @@ inline Tensor bias_operand(const std::optional<Tensor>& bias, const Tensor& like
   return bias->scalar_type() == dtype ? contig(*bias) : to_contig(*bias, kFloat);
 }
 
+// The operands a decode GEMV's argument struct holds (SpikeDecodeArgs, DenseDecodeArgs): x [M, K] and w [N, K] with
+// their row strides (rows16_or_copy'd), the optional bias (bias_operand; read in x's dtype where it has it), y [M, N]
+// dense, the sizes.
+template <typename Args>
+void gemv_operands(Args& a, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  a.x = x.data_ptr();
+  a.w = w.data_ptr();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.bias_x_dtype = bias.defined() && bias.scalar_type() == x.scalar_type();
+  a.y = y.data_ptr();
+  a.ldx = M > 1 ? x.stride(0) : K;
+  a.ldw = N > 1 ? w.stride(0) : K;
+  a.ldy = N;
+  a.M = static_cast<int>(M);
+  a.N = static_cast<int>(N);
+  a.K = static_cast<int>(K);
+}
+
 // Element stride between consecutive rows of t viewed as [numel / size(-1), size(-1)] when that
 // view exists in place (unit last stride; the outer dimensions collapse to one stride, as for
 // x[:, t] or a split of a fused projection), else -1.

@@ -42,17 +42,7 @@ Tensor dense_decode_cuda(const Tensor& x_in, const Tensor& w_in, const std::opti
   const Tensor x = rows16_or_copy(x_in), w = rows16_or_copy(w_in);
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   sbops::DenseDecodeArgs a{};
-  a.x = x.data_ptr();
-  a.w = w.data_ptr();
-  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
-  a.bias_x_dtype = bias.defined() && bias.scalar_type() == x.scalar_type();
-  a.y = y.data_ptr();
-  a.ldx = M > 1 ? x.stride(0) : K;
-  a.ldw = N > 1 ? w.stride(0) : K;
-  a.ldy = N;
-  a.M = static_cast<int>(M);
-  a.N = static_cast<int>(N);
-  a.K = static_cast<int>(K);
+  gemv_operands(a, x, w, bias, y);
   check_launch(sbops::launch_dense_decode(a, to_dtype(x.scalar_type(), op, "x"), static_cast<int>(layout), stream()),
                op);
   return y;

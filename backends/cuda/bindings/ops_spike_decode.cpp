@@ -42,18 +42,8 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   const Tensor bias = bias_operand(bias_in, x_in, "x", N, x.scalar_type(), op);
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   sbops::SpikeDecodeArgs a{};
-  a.x = x.data_ptr();
-  a.w = w.data_ptr();
+  gemv_operands(a, x, w, bias, y);
   a.scale = scale.const_data_ptr<float>();
-  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
-  a.bias_x_dtype = bias.defined() && bias.scalar_type() == x.scalar_type();
-  a.y = y.data_ptr();
-  a.ldx = M > 1 ? x.stride(0) : K;
-  a.ldw = N > 1 ? w.stride(0) : K;
-  a.ldy = N;
-  a.M = static_cast<int>(M);
-  a.N = static_cast<int>(N);
-  a.K = static_cast<int>(K);
   a.k = static_cast<float>(k);
   a.w_int8 = w_int8;
   Tensor ws;  // the encode's planes; none where the GEMVs compute the counts themselves (SBOPS_DECODE_ENCODE=fused)
