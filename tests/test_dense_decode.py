@@ -237,3 +237,6 @@ def test_linear_is_f_linear_off_cuda_and_modules_keep_their_hooks():
     with torch.no_grad():
         common.linear_module(lin, x)
     assert seen == [(3, 24)]
+    other = nn.Linear(40, 24).to(torch.bfloat16)
+    other.forward = lambda inp: torch.zeros(2)                      # a forward replaced on the instance is called
+    assert torch.equal(common.linear_module(other, x), torch.zeros(2))

@@ -62,8 +62,9 @@ def _dense_op():
 
 
 def linear_module(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """mod(x); a plain nn.Linear without hooks goes through linear() (the dense decode GEMV where it applies)."""
-    if type(mod) is nn.Linear and not _hooked((mod,)):
+    """mod(x); a plain nn.Linear without hooks or a replaced forward goes through linear() (the dense decode GEMV
+    where it applies)."""
+    if type(mod) is nn.Linear and "forward" not in mod.__dict__ and not _hooked((mod,)):
         return linear(x, mod.weight, mod.bias)
     return mod(x)
 
