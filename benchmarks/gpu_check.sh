@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
 #   alternated, and the model with only its 8-bit weights; chunk -- TTFT at 1M with generate()'s prefill chunk of
 #   16384 tokens (the default) against 65536, bf16 and fp8; s28 -- session 28's int8 / gate-up probes and fp8 model
 #   A/B (about 8 minutes after install); s29 -- session 29's Triton decode sweep at M = 16 / 32 and the fp8 (int8-down)
-#   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install); s32 --
+#   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -274,6 +275,23 @@ if [[ " $steps " == *" s29 "* ]]; then
   stamp "Triton decode sweep at M = 16 / 32 + model A/B"
   (cd benchmarks/gpu/probes && timeout 420 python3 decode_m32_sweep.py model int8down 2>&1 | grep -v Warn \
      | tee "$OUT/logs/s29_decode_m32_sweep.log" | grep -a "table\|^B=\|Error")
+fi
+if [[ " $steps " == *" s32 "* ]]; then
+  # session 32 left unrun (no device time): the dense decode GEMV after review (waits before any load; route checks)
+  # -- its GPU tests, the per-GEMV probe against cuBLAS, then the bf16 and fp8 models' decode with it on / off,
+  # alternated (about 4 minutes after install)
+  stamp "dense decode GEMV: tests, probe, model A/B"
+  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py test_spike_linear_cuda_decode.py \
+     > "$OUT/logs/s32_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s32_tests.log")")
+  timeout 300 python3 benchmarks/gpu/probes/dense_decode_ab.py 1 8 16 > "$OUT/logs/s32_probe.log" 2>&1
+  grep -a "best\|Error" "$OUT/logs/s32_probe.log" | cut -c1-200
+  for spec in bf16:1 bf16:0 bf16:1 bf16:0 fp8:1 fp8:0; do
+    m=${spec%%:*}; on=${spec##*:}; extra=""
+    [ "$m" = fp8 ] && extra="--weight-quant fp8 --down-quant int8_channel"
+    SBOPS_DENSE_DECODE=$on timeout 300 python3 -m sbops.bench.model $extra --lengths 8k --contexts 4k --batches 1,8 \
+      --no-peer --no-eager-decode --budget-s 80 --out "$OUT/logs/s32_${m}_$on" > "$OUT/logs/s32_decode_${m}_$on.log" 2>&1
+    echo "$m dense=$on: $(grep -a 'decode B=' "$OUT/logs/s32_decode_${m}_$on.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+  done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
