@@ -28,9 +28,12 @@ inline int pdl_mode() {
   return mode;
 }
 
-// Whether `kernel` launches as a programmatic dependent: pdl_mode() >= need, and the current device is sm_90 or newer
-// and the kernel's code was compiled for sm_90+ (so it holds the wait: code JIT-compiled from compute_80 PTX has an
-// sm_90 binary but no wait).  Queried once per (kernel, device).
+// Whether `kernel` launches as a programmatic dependent: pdl_mode() >= need, the current device is sm_90 or newer, and
+// so are both the kernel's loaded binary and the virtual architecture it was compiled for (cudaFuncAttributes::
+// ptxVersion), so it holds the wait: code JIT-compiled from compute_80 PTX (a build with SBOPS_CUDA_ARCHS=80 and
+// PTX 80, run on an H100) has an sm_90 binary but no wait, and launched early it could read before the kernel
+// before it is done.  (Added after session 32's review and not run on a GPU; were ptxVersion reported otherwise on
+// some driver, the early launch would only be lost.)  Queried once per (kernel, device).
 template <typename Kernel>
 bool pdl_plan(Kernel kernel, int need) {
   int dev = 0;
