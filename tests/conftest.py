@@ -35,6 +35,19 @@ def requires_module(name, why=""):
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/MACA GPU")
 
 
+def native_kernel_op(name):
+    """torch.ops.sbops_native.<name> where a CUDA build registered it and its sbops_native.<name>_available says the
+    kernel runs on the current GPU, else None (GPU tests of internal kernels skip on None)."""
+    if not torch.cuda.is_available():
+        return None
+    from sbops import _platform
+    if _platform.native_target() != "cuda":
+        return None
+    if not _platform.native_kernel_available(f"{name}_available", torch.cuda.current_device()):
+        return None
+    return getattr(torch.ops.sbops_native, name)
+
+
 def without_host_sync(fn):
     """fn() after one warm-up call (compiles, allocates), the second call under
     torch.cuda.set_sync_debug_mode("error"): any host synchronisation in it raises.  Returns

@@ -8,20 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import requires_cuda
+from conftest import native_kernel_op
 from sbops.nn import common
 
 
 def _op():
-    from sbops import _platform
-    if not torch.cuda.is_available() or _platform.native_target() != "cuda":
-        return None
-    if not _platform.native_kernel_available("dense_decode_available", torch.cuda.current_device()):
-        return None
-    return torch.ops.sbops_native.dense_decode
+    return native_kernel_op("dense_decode")
 
 
-needs_kernel = pytest.mark.skipif(_op() is None if torch.cuda.is_available() else True,
+needs_kernel = pytest.mark.skipif(_op() is None,
                                   reason="needs an sm_80+ NVIDIA GPU and a CUDA build of sbops")
 LAYOUTS = (-1, 0, 1, 2, 3, 4, 5)
 

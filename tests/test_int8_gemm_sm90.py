@@ -7,19 +7,14 @@ build); skipped elsewhere, as the kernel is."""
 import pytest
 import torch
 
-from conftest import requires_cuda
+from conftest import native_kernel_op, requires_cuda
 
 
 def _op():
-    from sbops import _platform
-    if not torch.cuda.is_available() or _platform.native_target() != "cuda":
-        return None
-    if not _platform.native_kernel_available("int8_gemm_sm90_available", torch.cuda.current_device()):
-        return None
-    return torch.ops.sbops_native.int8_gemm_sm90
+    return native_kernel_op("int8_gemm_sm90")
 
 
-needs_kernel = pytest.mark.skipif(_op() is None if torch.cuda.is_available() else True,
+needs_kernel = pytest.mark.skipif(_op() is None,
                                   reason="needs an sm_90 GPU and an sm_90a CUDA build of sbops")
 
 
