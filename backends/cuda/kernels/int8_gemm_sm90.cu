@@ -172,18 +172,9 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   const int nk = (K + kBK - 1) / kBK;
   const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;  // clusters are (1, 2, 1): rank = y % 2
 
-  if (tid == 0) {
-    for (int st = 0; st < kStages; ++st) {
-      sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes of both blocks)
-      // kMc: one arrival per MMA warp of both blocks (either block's producer multicasts into the stage)
-      sm90::mbar_init(bar_empty + 8 * st, kMc ? 2 * kConsumerThreads / 32 : kConsumerThreads);
-    }
-    if (kMc) sm90::fence_mbarrier_init_cluster();
-  }
-  if (kMc)
-    sm90::cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrival
-  else
-    __syncthreads();
+  // kMc: either block's producer multicasts into a stage, so its empty barrier counts the MMA warps of both blocks
+  if (tid == 0) sm90::ring_barriers_init<kMc>(bar_full, bar_empty, kStages, kConsumerThreads);
+  sm90::barriers_ready<kMc>(tid == 0);
 
   if (tid < kProducerThreads) {
     sm90::regs_dec<kProducerRegs>();

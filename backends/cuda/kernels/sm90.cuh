@@ -184,6 +184,28 @@ __device__ __forceinline__ void bulk_wait() {
 __device__ __forceinline__ void mbar_init(uint32_t mbar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mbar), "r"(count) : "memory");
 }
+// The stage barriers of a TMA ring of `stages` (8 bytes apart): full[st] takes one arrival (the producer's expect_tx,
+// then the copies' bytes); empty[st] one per consumer thread, or, where the two CTAs of a cluster refill each other's
+// stages by multicast (kShared), one per consumer warp of both CTAs.
+template <bool kShared>
+__device__ __forceinline__ void ring_barriers_init(uint32_t full, uint32_t empty, int stages, int consumer_threads) {
+  for (int st = 0; st < stages; ++st) {
+    mbar_init(full + 8 * st, 1);
+    mbar_init(empty + 8 * st, kShared ? 2 * consumer_threads / 32 : consumer_threads);
+  }
+}
+// Every thread, once `initializer` has set the block's mbarriers up: in a cluster (kCluster) a release fence by the
+// initializer and a cluster-wide barrier (the peer's barriers are initialised before any multicast or remote
+// arrival), else __syncthreads.
+template <bool kCluster>
+__device__ __forceinline__ void barriers_ready(bool initializer) {
+  if constexpr (kCluster) {
+    if (initializer) fence_mbarrier_init_cluster();
+    cluster_sync();
+  } else {
+    __syncthreads();
+  }
+}
 // one arrival that also expects `bytes` more transaction bytes (the TMA copies of this phase)
 __device__ __forceinline__ void mbar_expect_tx(uint32_t mbar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(mbar), "r"(bytes) : "memory");

@@ -129,10 +129,7 @@ swa_bwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
 
   if (tid == 0) {
     sm90::mbar_init(bar_kv, 1);
-    for (int st = 0; st < kStages; ++st) {
-      sm90::mbar_init(bar_full + 8 * st, 1);
-      sm90::mbar_init(bar_empty + 8 * st, kConsumerThreads);
-    }
+    sm90::ring_barriers_init<false>(bar_full, bar_empty, kStages, kConsumerThreads);
     sm90::mbar_init(bar_dq_full, kConsumerThreads);
     sm90::mbar_init(bar_dq_empty, 1);
     for (int j = 0; j < 3; ++j) sm90::mbar_init(bar_ds_full + 8 * j, kConsumerThreads);

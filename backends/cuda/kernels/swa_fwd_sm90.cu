@@ -117,19 +117,12 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
   const int tid = threadIdx.x;
 
   if (tid == 0) {
-    for (int st = 0; st < kStages; ++st) {
-      sm90::mbar_init(bar_full + 8 * st, 1);  // the producer's expect_tx arrival (+ the TMA bytes)
-      // clustered: one arrival per consumer warp of both CTAs (either CTA's producer refills the stage)
-      sm90::mbar_init(bar_empty + 8 * st, kMc ? 2 * kConsumerThreads / 32 : kConsumerThreads);
-    }
+    // clustered: either CTA's producer refills a stage, so its empty barrier counts the consumer warps of both
+    sm90::ring_barriers_init<kMc>(bar_full, bar_empty, kStages, kConsumerThreads);
     sm90::mbar_init(bar_qfull, 1);
     sm90::mbar_init(bar_qempty, kConsumerThreads);
-    if (kMc) sm90::fence_mbarrier_init_cluster();
   }
-  if (kMc)
-    sm90::cluster_sync();  // the peer's barriers are initialized before any multicast or remote arrival
-  else
-    __syncthreads();
+  sm90::barriers_ready<kMc>(tid == 0);
 
   if (tid < kProducerThreads) {
     // ---- producer warpgroup: one thread issues, per item, K/V tile 0, then Q (once both MMA warpgroups have
