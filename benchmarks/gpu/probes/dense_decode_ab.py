@@ -3,6 +3,7 @@
 20 calls over weight copies of > 200 MB (so the weights stream from HBM as in a decode step), medians of 3 alternated
 rounds; each layout's output checked against float64 (relative error).  Prints the best layout per shape and M.
 usage: python benchmarks/gpu/probes/dense_decode_ab.py [M ...]"""
+import os
 import statistics
 import sys
 
@@ -10,6 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import sbops  # noqa: F401  (registers sbops_native)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from int8_vs_fp8_gemm import alternated_medians  # noqa: E402
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944),
           "lm_head": (152064, 3584)}
@@ -56,11 +60,7 @@ def main():
                 y = op(x, ws[0], None, lay)[:4].double()
                 errs[f"L{lay}"] = ((y - ref).norm() / ref.norm()).item()
             errs["cublas"] = ((F.linear(x, ws[0])[:4].double() - ref).norm() / ref.norm()).item()
-            res = {k: [] for k in fns}
-            for _ in range(3):
-                for k, f in fns.items():
-                    res[k].append(graph_us(f, copies))
-            med = {k: statistics.median(v) for k, v in res.items()}
+            med = alternated_medians(fns, lambda f: graph_us(f, copies))
             mb = 2 * N * K / 1e6
             k_best = min((k for k in med if k != "cublas"), key=med.get)
             best[(name, M)] = (k_best, med[k_best], med["cublas"])

@@ -17,7 +17,7 @@ from sbops._backends.cuda.triton import spike_linear as sl
 from sbops._backends.cuda.triton.spike_linear_intmm import _int_mm_epilogue_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from int8_vs_fp8_gemm import SHAPES as _VENDOR_SHAPES, timed  # noqa: E402  (the same median-of-CUDA-events timer)
+from int8_vs_fp8_gemm import SHAPES as _VENDOR_SHAPES, alternated_medians, timed  # noqa: E402  (the same timer)
 
 SHAPES = {name: _VENDOR_SHAPES[name] for name in ("down", "o", "qkv", "gate_up")}
 
@@ -60,11 +60,7 @@ def main():
             a, b = fns["int_mm+epilogue"](), fns["sm90_int8"]()
             d = (a.float() - b.float()).abs()
             d1 = (a.float() - fns["sm90_int8_nocluster"]().float()).abs().max().item()
-            res = {k: [] for k in fns}
-            for _ in range(3):
-                for k, f in fns.items():
-                    res[k].append(timed(f))
-            med = {k: statistics.median(v) for k, v in res.items()}
+            med = alternated_medians(fns)
             fl = 2 * M * N * K
             print(f"M={M} {name} {N}x{K}: " + ", ".join(
                 f"{k} {v:.3f} ms ({fl / v / 1e9:.0f} T/s, {med['int_mm+epilogue'] / v:.2f}x int_mm)"

@@ -25,6 +25,15 @@ def timed(fn, reps=10):
     return statistics.median(ts)
 
 
+def alternated_medians(fns, time_one=timed, rounds=3):
+    """{name: median of `rounds` timings time_one(fn)}, the fns timed one after another in each round."""
+    res = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            res[k].append(time_one(f))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
 def main():
     Ms = [int(v) for v in sys.argv[1:]] or [16384, 65536]
     dev = "cuda"
@@ -50,11 +59,7 @@ def main():
                 ref = (xi[:64].double() @ wi.double().t())
                 got = torch._int_mm(xi, wi.t())[:64].double()
                 print(f"  int_mm exact on 64 rows: {bool((ref == got).all())}")
-            res = {k: [] for k in fns}
-            for _ in range(3):
-                for k, f in fns.items():
-                    res[k].append(timed(f))
-            med = {k: statistics.median(v) for k, v in res.items()}
+            med = alternated_medians(fns)
             fl = 2 * M * N * K
             print(f"M={M} {name} {N}x{K}: " + ", ".join(
                 f"{k} {v:.3f} ms ({fl / v / 1e9:.0f} TF/s, {med['bf16'] / v:.2f}x)" for k, v in med.items()), flush=True)
