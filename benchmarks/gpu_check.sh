@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s33|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s33
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -291,6 +291,33 @@ if [[ " $steps " == *" s32 "* ]]; then
     SBOPS_DENSE_DECODE=$on timeout 300 python3 -m sbops.bench.model $extra --lengths 8k --contexts 4k --batches 1,8 \
       --no-peer --no-eager-decode --budget-s 80 --out "$OUT/logs/s32_${m}_$on" > "$OUT/logs/s32_decode_${m}_$on.log" 2>&1
     echo "$m dense=$on: $(grep -a 'decode B=' "$OUT/logs/s32_decode_${m}_$on.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+  done
+fi
+if [[ " $steps " == *" s33 "* ]]; then
+  # session 33: the dense decode GEMV with x staged in shared memory (layouts 6-11) -- GPU tests, the per-GEMV probe
+  # at M = 16 / 32, then the bf16 model's B = 1 / 32 decode with the GEMV routed up to 32 rows (forced layouts)
+  # against cuBLAS past 16 rows, SWA caches key-major / head-major, alternated; then swa_decode's splits and cache
+  # order alone (about 7 minutes after install)
+  stamp "dense decode GEMV, x in shared memory: tests, probe, model A/B"
+  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py \
+     > "$OUT/logs/s33_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s33_tests.log")"; grep -a "^FAILED" "$OUT/logs/s33_tests.log" | head)
+  timeout 360 python3 benchmarks/gpu/probes/dense_decode_ab.py ${S33_MS:-32 16} > "$OUT/logs/s33_probe.log" 2>&1
+  grep -a "best\|Error" "$OUT/logs/s33_probe.log" | grep -v "best layouts" \
+    | sed -E 's/^([a-z_]+ [0-9x]+ M=[0-9]+): cublas ([0-9.]+) us.*[|] (best .*)/\1 cublas \2 us | \3/'
+  for spec in ${S33_RUNS:-16:-1:seq 32:6:seq 32:8:seq 16:-1:hm 16:-1:seq 32:6:seq 32:8:seq 16:-1:hm}; do
+    IFS=: read -r rows lay cl <<< "$spec"
+    timeout 200 python3 benchmarks/gpu/probes/dense_decode_rows_model.py $rows $lay $cl --lengths 8k --contexts 4k \
+      --batches ${S33_BATCHES:-1,32} --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s33_${rows}_${lay}_$cl" \
+      > "$OUT/logs/s33_decode_${rows}_${lay}_$cl.log" 2>&1
+    echo "rows<=$rows layout $lay cache $cl: $(grep -a 'decode B=' "$OUT/logs/s33_decode_${rows}_${lay}_$cl.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+  done
+  # swa_decode at B = 32 / 1 (the model's 14 calls per graph): the planned split count against forced ones, caches
+  # key-major (the model's [B, C, HKV, D]) against head-major ([B, HKV, C, D] memory), alternated
+  for spec in ${S33_SPLITS:-plan:seq plan:hm 4:seq plan:seq plan:hm}; do
+    sp=${spec%%:*}; lay=${spec##*:}; [ "$sp" = plan ] && sp=""
+    SBOPS_SWA_DECODE_SPLITS=$sp timeout 120 python3 benchmarks/gpu/bench_swa_decode.py 32 1 $([ $lay = hm ] && echo hm) \
+      > "$OUT/logs/s33_swa_${sp:-plan}_$lay.log" 2>&1
+    echo "swa_decode splits=${sp:-plan} $lay: $(grep -a '"B"' "$OUT/logs/s33_swa_${sp:-plan}_$lay.log" | cut -c1-125 | tr '\n' ' ')"
   done
 fi
 if want macasim; then

@@ -18,7 +18,7 @@ def _op():
 
 needs_kernel = pytest.mark.skipif(_op() is None,
                                   reason="needs an sm_80+ NVIDIA GPU and a CUDA build of sbops")
-LAYOUTS = (-1, 0, 1, 2, 3, 4, 5)
+LAYOUTS = (-1, *range(12))   # 0-5 x in registers, 6-11 x staged in shared memory
 
 
 def _case(M, N, K, dtype, seed, bias_dtype=None):
@@ -63,7 +63,8 @@ def test_dense_decode_adds_the_bias_in_float32(dtype, bias_dtype, M):
 
 
 @needs_kernel
-def test_dense_decode_sees_what_the_kernel_just_before_it_wrote():
+@pytest.mark.parametrize("layout", [-1, 6])
+def test_dense_decode_sees_what_the_kernel_just_before_it_wrote(layout):
     """x from a long GEMM and the weight from a copy launched right before the GEMV (the fused-weight cat of
     fused_linears): the programmatic launch must wait for both before it reads them."""
     torch.manual_seed(0)
@@ -72,7 +73,7 @@ def test_dense_decode_sees_what_the_kernel_just_before_it_wrote():
     for _ in range(3):
         x = (a @ a)[:4] / 64          # a ~0.1 ms kernel writes x
         w = torch.cat(parts)          # then a copy writes the weight
-        y = _op()(x, w, None)
+        y = _op()(x, w, None, layout)
         torch.cuda.synchronize()
         _check(y, x.cpu(), w.cpu(), None)
         parts = [p * -1.5 for p in parts]
@@ -87,47 +88,52 @@ def test_dense_decode_empty_rows_or_outputs_give_empty_results():
 
 
 @needs_kernel
-def test_dense_decode_reads_row_strided_views_and_copies_misaligned_ones():
+@pytest.mark.parametrize("layout", [-1, 0, 8])
+@pytest.mark.parametrize("rows", [5, 23])
+def test_dense_decode_reads_row_strided_views_and_copies_misaligned_ones(layout, rows):
     """Rows of a wider tensor (a split of a fused projection) are read in place; a view at an odd element offset
     (not 16-byte aligned) is copied; a weight that is a row block of a fused weight is read in place."""
     dtype = torch.bfloat16
-    big = torch.randn(5, 3 * 64 + 8, dtype=dtype, device="cuda")
+    big = torch.randn(rows, 3 * 64 + 8, dtype=dtype, device="cuda")
     wbig = torch.randn(300, 64, dtype=dtype, device="cuda") / 8
     w = wbig[100:220]
     for x in (big[:, 64:128], big[:, 67:131]):
-        y = _op()(x, w, None)
+        y = _op()(x, w, None, layout)
         _check(y, x.cpu(), w.cpu(), None)
     xs = big[::2, :64]   # every other row
-    _check(_op()(xs, w, None), xs.cpu(), w.cpu(), None)
+    _check(_op()(xs, w, None, layout), xs.cpu(), w.cpu(), None)
 
 
 @needs_kernel
-def test_dense_decode_nan_row_stays_in_its_token():
-    x, w, _ = _case(4, 70, 96, torch.float16, seed=3)
+@pytest.mark.parametrize("layout", [-1, 7])
+@pytest.mark.parametrize("M", [4, 29])
+def test_dense_decode_nan_row_stays_in_its_token(layout, M):
+    x, w, _ = _case(M, 70, 96, torch.float16, seed=3)
     x[2, 17] = float("nan")
-    y = _op()(x.cuda(), w.cuda(), None).cpu()
+    y = _op()(x.cuda(), w.cuda(), None, layout).cpu()
     assert bool(y[2].isnan().all())
-    assert bool(torch.isfinite(y[[0, 1, 3]]).all())
+    assert bool(torch.isfinite(y[[m for m in range(M) if m != 2]]).all())
 
 
 @needs_kernel
-def test_dense_decode_is_deterministic_and_replays_in_a_cuda_graph():
-    x, w, b = _case(8, 4608, 3584, torch.bfloat16, seed=5, bias_dtype=torch.bfloat16)
+@pytest.mark.parametrize("M,layout", [(8, -1), (32, -1), (32, 9)])
+def test_dense_decode_is_deterministic_and_replays_in_a_cuda_graph(M, layout):
+    x, w, b = _case(M, 4608, 3584, torch.bfloat16, seed=5, bias_dtype=torch.bfloat16)
     x, w, b = x.cuda(), w.cuda(), b.cuda()
-    y0 = _op()(x, w, b)
-    assert torch.equal(y0, _op()(x, w, b))
+    y0 = _op()(x, w, b, layout)
+    assert torch.equal(y0, _op()(x, w, b, layout))
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        _op()(x, w, b)
+        _op()(x, w, b, layout)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = _op()(x, w, b)
+        out = _op()(x, w, b, layout)
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, _op()(x, w, b))
+    assert torch.equal(out, _op()(x, w, b, layout))
     assert not torch.equal(out, y0)
 
 
@@ -146,7 +152,7 @@ def test_dense_decode_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="bias must be"):
         _op()(x, w, torch.zeros(15, dtype=torch.bfloat16, device="cuda"))
     with pytest.raises(RuntimeError, match="layout"):
-        _op()(x, w, None, 6)
+        _op()(x, w, None, 12)
     with pytest.raises(RuntimeError, match="bias must have x's dtype"):
         _op()(x, w, torch.zeros(16, dtype=torch.int32, device="cuda"))
 

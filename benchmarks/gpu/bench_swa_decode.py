@@ -6,7 +6,9 @@ cache, so the caches are read from HBM as in a decode step (14 x 8.4 MB per sequ
 the median per call over 20 replays, the bytes' floor at the H200's 4.8 TB/s, and the peer:
 SDPA (flash backend where it takes the shape) over a contiguous window with K/V repeated to 28
 heads outside the timing (it reads 7x the bytes).  Correctness: rel. error vs float64 on 2 rows.
-Prints one JSON line per case.  Run: python benchmarks/gpu/bench_swa_decode.py [B ...]"""
+Prints one JSON line per case.  Run: python benchmarks/gpu/bench_swa_decode.py [B ...] [hm]
+hm: the caches stored head-major ([B, HKV, C, D] memory, passed as the [B, C, HKV, D] view), so each KV head's keys
+are contiguous; the default is the model's [B, C, HKV, D] (a key's heads contiguous)."""
 import json
 import sys
 
@@ -58,14 +60,19 @@ def rel_err(o, q, kc, vc, lens):
     return ((o[:n].double().cpu() - r).norm() / r.norm()).item()
 
 
-def main(batches):
+def cache_pair(B, head_major):
+    if head_major:
+        return tuple(torch.randn(B, HKV, C, D, device=dev, dtype=dt).permute(0, 2, 1, 3) for _ in range(2))
+    return torch.randn(B, C, HKV, D, device=dev, dtype=dt), torch.randn(B, C, HKV, D, device=dev, dtype=dt)
+
+
+def main(batches, head_major=False):
     bw = copy_bw()
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_TBps": round(bw, 3)}),
           flush=True)
     torch.manual_seed(0)
     for B in batches:
-        caches = [(torch.randn(B, C, HKV, D, device=dev, dtype=dt), torch.randn(B, C, HKV, D, device=dev, dtype=dt))
-                  for _ in range(LAYERS)]
+        caches = [cache_pair(B, head_major) for _ in range(LAYERS)]
         q = torch.randn(B, H, D, device=dev, dtype=dt)
         lens = torch.full((B,), C, dtype=torch.int64, device=dev)  # the ring holds the full window
         with sbops.data_checks(False):
@@ -73,7 +80,7 @@ def main(batches):
             err = rel_err(o, q, caches[0][0], caches[0][1], lens)
             ms = graph_time(lambda: [sbops.swa_decode(q, k, v, lens, W) for k, v in caches]) / LAYERS
         nbytes = 2 * B * C * HKV * D * 2
-        row = {"B": B, "ms_per_call": round(ms, 5), "us_per_call": round(ms * 1e3, 2),
+        row = {"B": B, "head_major": head_major, "ms_per_call": round(ms, 5), "us_per_call": round(ms * 1e3, 2),
                "TBps": round(nbytes / ms / 1e9, 3), "floor_us": round(nbytes / 4.8e6, 2), "of_4.8TBps": round(nbytes / ms / 4.8e9, 3), "rel_err": err}
         try:
             peer = [P.sdpa_decode_window(q, k, v) for k, v in caches[:4]]
@@ -86,4 +93,5 @@ def main(batches):
 
 
 if __name__ == "__main__":
-    main([int(b) for b in sys.argv[1:]] or [1, 8, 32, 128])
+    args = sys.argv[1:]
+    main([int(b) for b in args if b != "hm"] or [1, 8, 32, 128], head_major="hm" in args)

@@ -17,13 +17,42 @@
 // the weights, e.g. the copy that fuses q/k/v), and only the wait makes its writes visible.
 #include "dense_decode.cuh"
 
+#include <atomic>
+
 #include "pdl_launch.cuh"
 #include "spike_decode_blocks.cuh"
 
 namespace sbops {
 
 #if !defined(USE_MACA)
+#include <cuda_pipeline.h>  // cp.async (NVIDIA only, like the rest of this kernel)
+
 namespace {
+
+// The block's epilogue: each warp's partial sums go to red[wk][wn][j][i][lane] (shared memory, WK WN NT 512 bytes),
+// the k-groups add in k-group order (deterministic), then the bias, one rounding and the store of y.
+template <typename E, int NT, int WN, int WK>
+__device__ __forceinline__ void block_reduce_store(const DenseDecodeArgs& a, const float (&acc)[NT][4], float* red,
+                                                   int nb, int lane, int wn, int wk) {
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[(((wk * WN + wn) * NT + j) * 4 + i) * 32 + lane] = acc[j][i];
+  __syncthreads();
+  constexpr int kRows = 16 * WN, kOut = kRows * 8 * NT;
+  for (int o = threadIdx.x; o < kOut; o += 32 * WN * WK) {
+    const int r = o % kRows, m = o / kRows, n = nb + r;
+    if (m >= a.M || n >= a.N) continue;
+    const int rw = r / 16, rr = r % 16, j = m / 8, mm = m % 8;
+    const int src_lane = 4 * (rr % 8) + mm / 2, i = 2 * (rr / 8) + mm % 2;
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < WK; ++k) s += red[(((k * WN + rw) * NT + j) * 4 + i) * 32 + src_lane];
+    if (a.bias != nullptr)
+      s += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
+    static_cast<E*>(a.y)[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(s);
+  }
+}
 
 template <typename E, int NT, int WN, int WK, int U>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
@@ -103,26 +132,103 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
     kb += kStep;
   }
 
-  // partial sums red[wk][wn][j][i][lane]; the k-groups add in k-group order
   __shared__ float red[WK * WN * NT * 4 * 32];
+  block_reduce_store<E, NT, WN, WK>(a, acc, red, nb, lane, wn, wk);
+}
+
+// The same GEMV with x's rows staged in shared memory instead of registers (the "xs" layouts): each warp copies the x
+// columns of its next stage into its own two-stage ring by cp.async, issued beside the stage's weight loads, and
+// reads them (16 bytes per lane and n-tile, conflict-free) as it multiplies.  Four n-tiles of x then cost no
+// registers across the stages, so M = 17 .. 32 keeps as many weight bytes in flight as M <= 8.  Per warp
+// 2 U 8 NT 64 bytes of shared memory (dynamic); warps never wait for each other inside the loop.
+template <typename E, int NT, int WN, int WK, int U>
+__global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDecodeArgs a) {
+  constexpr int kRowsX = 8 * NT, kStage = U * kRowsX * 64;  // bytes of one stage of one warp
+  extern __shared__ __align__(128) unsigned char xsm[];
+  const char* __restrict__ w = static_cast<const char*>(a.w);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wn = warp % WN, wk = warp / WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
+  const int KB = (a.K + 31) >> 5;
+  unsigned char* ring = xsm + warp * 2 * kStage;
+
+  const char* wrow[2];
+  bool wok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + g + 8 * h;
+    wok[h] = n < a.N;
+    wrow[h] = w + (static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 8 * t) * 2;
+  }
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  uint4 wv[2][U][2];
+  auto load_w = [&](int buf, int kb0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + u * WK;
+      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + 64 * int64_t{kb}) : zero;
+    }
+  };
+  // stage st: [u][row][64 bytes]; 16-byte copy c = (u, row, quarter), zero-filled past M, KB and K
+  auto load_x = [&](int st, int kb0) {
+    const E* x = static_cast<const E*>(a.x);
+#pragma unroll
+    for (int c = lane; c < U * kRowsX * 4; c += 32) {
+      const int u = c / (kRowsX * 4), r = (c >> 2) % kRowsX, q = c & 3;
+      const int kb = kb0 + u * WK;
+      const bool ok = r < a.M && kb < KB && 32 * kb + 8 * q < a.K;
+      const E* src = ok ? x + static_cast<int64_t>(r) * a.ldx + 32 * int64_t{kb} + 8 * q : x;
+      __pipeline_memcpy_async(ring + st * kStage + (u * kRowsX + r) * 64 + 16 * q, src, 16, ok ? 0 : 16);
+    }
+    __pipeline_commit();
+  };
+  float acc[NT][4];
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) red[(((wk * WN + wn) * NT + j) * 4 + i) * 32 + lane] = acc[j][i];
-  __syncthreads();
-  constexpr int kRows = 16 * WN, kOut = kRows * 8 * NT;
-  for (int o = threadIdx.x; o < kOut; o += 32 * WN * WK) {
-    const int r = o % kRows, m = o / kRows, n = nb + r;
-    if (m >= a.M || n >= a.N) continue;
-    const int rw = r / 16, rr = r % 16, j = m / 8, mm = m % 8;
-    const int src_lane = 4 * (rr % 8) + mm / 2, i = 2 * (rr / 8) + mm % 2;
-    float s = 0.f;
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+  auto compute = [&](int buf) {  // weights of register stage buf, x of ring stage buf
+    __pipeline_wait_prior(1);
+    __syncwarp();
 #pragma unroll
-    for (int k = 0; k < WK; ++k) s += red[(((k * WN + rw) * NT + j) * 4 + i) * 32 + src_lane];
-    if (a.bias != nullptr)
-      s += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
-    static_cast<E*>(a.y)[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(s);
+    for (int u = 0; u < U; ++u) {
+      uint4 xv[NT];
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        xv[j] = *reinterpret_cast<const uint4*>(ring + buf * kStage + (u * kRowsX + 8 * j + g) * 64 + 16 * t);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint4 &w0 = wv[buf][u][0], &w1 = wv[buf][u][1];
+        const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) warp_mma::mma_16816<E>(acc[j], af, word(xv[j], 2 * s), word(xv[j], 2 * s + 1));
+      }
+    }
+    __syncwarp();  // every lane has read the stage before it is refilled
+  };
+
+  constexpr int kStep = WK * U;
+  int kb = wk;
+  grid_dependency_wait();
+  if (kb < KB) load_w(0, kb);
+  load_x(0, kb);
+  while (kb < KB) {  // every trip commits one copy group (maybe empty), so wait_prior(1) finds the current stage
+    if (kb + kStep < KB) load_w(1, kb + kStep);
+    load_x(1, kb + kStep);
+    compute(0);
+    kb += kStep;
+    if (kb >= KB) break;
+    if (kb + kStep < KB) load_w(0, kb + kStep);
+    load_x(0, kb + kStep);
+    compute(1);
+    kb += kStep;
   }
+  __pipeline_wait_prior(0);  // (only zero-fill copies remain) before the rings turn into the reduction buffer
+  __syncthreads();
+  block_reduce_store<E, NT, WN, WK>(a, acc, reinterpret_cast<float*>(xsm), nb, lane, wn, wk);
 }
 
 template <typename E, int NT, int WN, int WK, int U>
@@ -131,8 +237,28 @@ cudaError_t launch_shape(const DenseDecodeArgs& a, cudaStream_t st) {
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
-// Block shapes (WN, WK, U).  Four n-tiles (M > 16) hold x for U <= 2 blocks (a U = 4 stage pair would not fit in
-// registers): layouts 2 and 4 run there as 0 and 3.
+template <typename E, int NT, int WN, int WK, int U>
+cudaError_t launch_shape_xs(const DenseDecodeArgs& a, cudaStream_t st) {
+  const auto kernel = dense_decode_xs_kernel<E, NT, WN, WK, U>;
+  constexpr int kSmem = WN * WK * 2 * U * 8 * NT * 64;
+  if (kSmem > 48 * 1024) {  // past the default limit of dynamic shared memory: opt in (per device, once)
+    static std::atomic<uint64_t> opted{0};
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetLastError();
+    const uint64_t bit = uint64_t{1} << (dev & 63);
+    if (!(opted.load() & bit)) {
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      if (e != cudaSuccess) return e;
+      opted.fetch_or(bit);
+    }
+  }
+  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st,
+                    kSmem);
+}
+
+// Block shapes (WN, WK, U); 0-5 hold x in registers, 6-11 stage it in shared memory (dense_decode_xs_kernel).  Four
+// n-tiles (M > 16) hold x in registers for U <= 2 blocks only (a U = 4 stage pair would not fit): layouts 2 and 4
+// run there as 0 and 3.
 template <typename E, int NT>
 cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st) {
   constexpr int U4 = NT == 4 ? 2 : 4;
@@ -142,7 +268,13 @@ cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st)
     case 2: return launch_shape<E, NT, 1, 8, U4>(a, st);
     case 3: return launch_shape<E, NT, 2, 4, 2>(a, st);
     case 4: return launch_shape<E, NT, 2, 4, U4>(a, st);
-    default: return launch_shape<E, NT, 4, 2, 2>(a, st);
+    case 5: return launch_shape<E, NT, 4, 2, 2>(a, st);
+    case 6: return launch_shape_xs<E, NT, 1, 8, 2>(a, st);
+    case 7: return launch_shape_xs<E, NT, 1, 8, 4>(a, st);
+    case 8: return launch_shape_xs<E, NT, 2, 4, 2>(a, st);
+    case 9: return launch_shape_xs<E, NT, 2, 4, 4>(a, st);
+    case 10: return launch_shape_xs<E, NT, 1, 4, 4>(a, st);
+    default: return launch_shape_xs<E, NT, 4, 2, 4>(a, st);
   }
 }
 

@@ -26,6 +26,7 @@
 // warps per block, mma.sync, flash state in registers); same splits' partials and combine kernel.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "common.cuh"
@@ -304,8 +305,20 @@ bool swa_decode_supports(int D, DType dtype) {
   return (D == 64 || D == 128) && (dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16);
 }
 
+// SBOPS_SWA_DECODE_SPLITS (read once; probes only): a fixed split count per (sequence, KV head) instead of the plan
+// below, clamped to 1 .. 1024 and to the keys.  Unset or not a positive number: the plan.
+static int64_t forced_splits() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("SBOPS_SWA_DECODE_SPLITS");
+    const long long n = e != nullptr ? std::atoll(e) : 0;
+    return static_cast<int64_t>(n > 0 ? (n < 1024 ? n : 1024) : 0);
+  }();
+  return v;
+}
+
 int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype) {
   const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
+  if (forced_splits() > 0) return static_cast<int>(forced_splits() < keys ? forced_splits() : keys);
 #if defined(SBOPS_SWA_DECODE_MMA)
   if (dtype != DType::F32)
     return swa_decode_mma::num_splits(N * HKV * ceil_div(H / HKV, swa_decode_mma::kHeads), keys);
