@@ -304,8 +304,26 @@ if [[ " $steps " == *" s33 "* ]]; then
   timeout 360 python3 benchmarks/gpu/probes/dense_decode_ab.py ${S33_MS:-32 16} > "$OUT/logs/s33_probe.log" 2>&1
   grep -a "best\|Error" "$OUT/logs/s33_probe.log" | grep -v "best layouts" \
     | sed -E 's/^([a-z_]+ [0-9x]+ M=[0-9]+): cublas ([0-9.]+) us.*[|] (best .*)/\1 cublas \2 us | \3/'
+  # "best": the shared-memory layout (6-11) with the least time over a decode step's GEMVs at M = 32 in the probe
+  # (28 x (qkv + o + gate_up + down) + lm_head)
+  best=$(python3 - "$OUT/logs/s33_probe.log" <<'PY'
+import re, sys
+tot = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(\w+) \d+x\d+ M=32: (.*)\|", line)
+    if not m:
+        continue
+    w = 1 if m.group(1) == "lm_head" else 28
+    for k, v in re.findall(r"L(\d+) ([\d.]+) us", m.group(2)):
+        if int(k) >= 6:
+            tot[k] = tot.get(k, 0.0) + w * float(v)
+print(min(tot, key=tot.get) if tot else 6)
+PY
+)
+  echo "best shared-memory layout at M = 32: $best"
   for spec in ${S33_RUNS:-16:-1:seq 32:6:seq 32:8:seq 16:-1:hm 16:-1:seq 32:6:seq 32:8:seq 16:-1:hm}; do
     IFS=: read -r rows lay cl <<< "$spec"
+    [ "$lay" = best ] && lay=$best
     timeout 200 python3 benchmarks/gpu/probes/dense_decode_rows_model.py $rows $lay $cl --lengths 8k --contexts 4k \
       --batches ${S33_BATCHES:-1,32} --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s33_${rows}_${lay}_$cl" \
       > "$OUT/logs/s33_decode_${rows}_${lay}_$cl.log" 2>&1
