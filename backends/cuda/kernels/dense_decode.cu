@@ -141,7 +141,19 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
 // reads them (16 bytes per lane and n-tile, conflict-free) as it multiplies.  Four n-tiles of x then cost no
 // registers across the stages, so M = 17 .. 32 keeps as many weight bytes in flight as M <= 8.  Per warp
 // 2 U 8 NT 64 bytes of shared memory (dynamic); warps never wait for each other inside the loop.
-template <typename E, int NT, int WN, int WK, int U>
+// 16 bytes global -> shared by cp.async, or 16 zero bytes where !ok (src-size 0: nothing is read); through L1
+// (.ca: the blocks on an SM reading the same x columns at about the same time share it) or L2 only (.cg)
+template <bool kL1>
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+  const uint32_t d = warp_mma::smem_addr(dst);
+  const int n = ok ? 16 : 0;
+  if constexpr (kL1)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
+  else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
+}
+
+template <typename E, int NT, int WN, int WK, int U, bool kL1>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDecodeArgs a) {
   constexpr int kRowsX = 8 * NT, kStage = U * kRowsX * 64;  // bytes of one stage of one warp
   extern __shared__ __align__(128) unsigned char xsm[];
@@ -181,7 +193,7 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDeco
       const int kb = kb0 + u * WK;
       const bool ok = r < a.M && kb < KB && 32 * kb + 8 * q < a.K;
       const E* src = ok ? x + static_cast<int64_t>(r) * a.ldx + 32 * int64_t{kb} + 8 * q : x;
-      __pipeline_memcpy_async(ring + st * kStage + (u * kRowsX + r) * 64 + 16 * q, src, 16, ok ? 0 : 16);
+      cp_async16<kL1>(ring + st * kStage + (u * kRowsX + r) * 64 + 16 * q, src, ok);
     }
     __pipeline_commit();
   };
@@ -237,17 +249,23 @@ cudaError_t launch_shape(const DenseDecodeArgs& a, cudaStream_t st) {
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
-template <typename E, int NT, int WN, int WK, int U>
+template <typename E, int NT, int WN, int WK, int U, bool kL1 = false>
 cudaError_t launch_shape_xs(const DenseDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = dense_decode_xs_kernel<E, NT, WN, WK, U>;
+  const auto kernel = dense_decode_xs_kernel<E, NT, WN, WK, U, kL1>;
   constexpr int kSmem = WN * WK * 2 * U * 8 * NT * 64;
-  if (kSmem > 48 * 1024) {  // past the default limit of dynamic shared memory: opt in (per device, once)
+  if constexpr (kSmem > 48 * 1024) {  // past the default limit of dynamic shared memory: opt in (per device, once)
+    int dev = 0, optin = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (e != cudaSuccess) return e;
+    if (optin < kSmem) {  // e.g. sm_86 / sm_89 (99 KB): the two-warp-group shape with U = 2 (<= 64 KB) instead
+      if constexpr (U > 2) return launch_shape_xs<E, NT, WN, WK, 2, kL1>(a, st);
+      return cudaErrorNotSupported;
+    }
     static std::atomic<uint64_t> opted{0};
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return cudaGetLastError();
-    const uint64_t bit = uint64_t{1} << (dev & 63);
-    if (!(opted.load() & bit)) {
-      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+    if (bit == 0 || !(opted.load() & bit)) {
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       if (e != cudaSuccess) return e;
       opted.fetch_or(bit);
     }
@@ -256,7 +274,8 @@ cudaError_t launch_shape_xs(const DenseDecodeArgs& a, cudaStream_t st) {
                     kSmem);
 }
 
-// Block shapes (WN, WK, U); 0-5 hold x in registers, 6-11 stage it in shared memory (dense_decode_xs_kernel).  Four
+// Block shapes (WN, WK, U); 0-5 hold x in registers, 6-11 stage it in shared memory (dense_decode_xs_kernel; 6-9
+// copy x through L2 only, 10 and 11 are 6 and 8 copying it through L1).  Four
 // n-tiles (M > 16) hold x in registers for U <= 2 blocks only (a U = 4 stage pair would not fit): layouts 2 and 4
 // run there as 0 and 3.
 template <typename E, int NT>
@@ -273,8 +292,8 @@ cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st)
     case 7: return launch_shape_xs<E, NT, 1, 8, 4>(a, st);
     case 8: return launch_shape_xs<E, NT, 2, 4, 2>(a, st);
     case 9: return launch_shape_xs<E, NT, 2, 4, 4>(a, st);
-    case 10: return launch_shape_xs<E, NT, 1, 4, 4>(a, st);
-    default: return launch_shape_xs<E, NT, 4, 2, 4>(a, st);
+    case 10: return launch_shape_xs<E, NT, 1, 8, 2, true>(a, st);
+    default: return launch_shape_xs<E, NT, 2, 4, 2, true>(a, st);
   }
 }
 
