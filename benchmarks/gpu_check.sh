@@ -332,6 +332,7 @@ PY
   # swa_decode at B = 32 / 1 (the model's 14 calls per graph): the planned split count against forced ones, caches
   # key-major (the model's [B, C, HKV, D]) against head-major ([B, HKV, C, D] memory), alternated
   for spec in ${S33_SPLITS:-plan:seq plan:hm 4:seq plan:seq plan:hm}; do
+    [ "$spec" = skip ] && continue
     sp=${spec%%:*}; lay=${spec##*:}; [ "$sp" = plan ] && sp=""
     SBOPS_SWA_DECODE_SPLITS=$sp timeout 120 python3 benchmarks/gpu/bench_swa_decode.py 32 1 $([ $lay = hm ] && echo hm) \
       > "$OUT/logs/s33_swa_${sp:-plan}_$lay.log" 2>&1
