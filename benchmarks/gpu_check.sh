@@ -299,8 +299,8 @@ if [[ " $steps " == *" s33 "* ]]; then
   # against cuBLAS past 16 rows, SWA caches key-major / head-major, alternated; then swa_decode's splits and cache
   # order alone (about 7 minutes after install)
   stamp "dense decode GEMV, x in shared memory: tests, probe, model A/B"
-  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py test_swa_cache_order.py \
-     > "$OUT/logs/s33_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s33_tests.log")"; grep -a "^FAILED" "$OUT/logs/s33_tests.log" | head)
+  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S33_TESTS:-test_dense_decode.py test_swa_cache_order.py} \
+     -k "${S33_TESTK:-not nothing}" > "$OUT/logs/s33_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s33_tests.log")"; grep -a "^FAILED" "$OUT/logs/s33_tests.log" | head)
   timeout 360 python3 benchmarks/gpu/probes/dense_decode_ab.py ${S33_MS:-32 16} > "$OUT/logs/s33_probe.log" 2>&1
   grep -a "best\|Error" "$OUT/logs/s33_probe.log" | grep -v "best layouts" \
     | sed -E 's/^([a-z_]+ [0-9x]+ M=[0-9]+): cublas ([0-9.]+) us.*[|] (best .*)/\1 cublas \2 us | \3/'
