@@ -10,12 +10,17 @@
 #   16384 tokens (the default) against 65536, bf16 and fp8; s28 -- session 28's int8 / gate-up probes and fp8 model
 #   A/B (about 8 minutes after install); s29 -- session 29's Triton decode sweep at M = 16 / 32 and the fp8 (int8-down)
 #   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install); s32 --
-#   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s33 --
+#   the dense decode GEMV's shared-memory layouts at M = 32 / 16, the model's B = 1 / 32 decode with them and with
+#   head-major SWA caches, swa_decode's split count and cache order (about 7 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
-#      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all").
+#      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all"),
+#      s33: S33_MS (the probe's M values), S33_RUNS (model runs ROWS:LAYOUT:CACHE, LAYOUT "best" = the probe's best
+#      shared-memory layout at M = 32, CACHE seq / hm), S33_BATCHES, S33_SPLITS (swa_decode runs SPLITS:CACHE, or skip),
+#      S33_TESTS / S33_TESTK (test files, -k expression).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -321,7 +326,7 @@ print(min(tot, key=tot.get) if tot else 6)
 PY
 )
   echo "best shared-memory layout at M = 32: $best"
-  for spec in ${S33_RUNS:-16:-1:seq 32:6:seq 32:8:seq 16:-1:hm 16:-1:seq 32:6:seq 32:8:seq 16:-1:hm}; do
+  for spec in ${S33_RUNS:-16:-1:seq 32:best:seq 16:-1:hm 32:best:hm 16:-1:seq 32:best:seq 16:-1:hm 32:best:hm}; do
     IFS=: read -r rows lay cl <<< "$spec"
     [ "$lay" = best ] && lay=$best
     timeout 200 python3 benchmarks/gpu/probes/dense_decode_rows_model.py $rows $lay $cl --lengths 8k --contexts 4k \

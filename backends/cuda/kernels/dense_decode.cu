@@ -139,8 +139,10 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
 // The same GEMV with x's rows staged in shared memory instead of registers (the "xs" layouts): each warp copies the x
 // columns of its next stage into its own two-stage ring by cp.async, issued beside the stage's weight loads, and
 // reads them (16 bytes per lane and n-tile, conflict-free) as it multiplies.  Four n-tiles of x then cost no
-// registers across the stages, so M = 17 .. 32 keeps as many weight bytes in flight as M <= 8.  Per warp
-// 2 U 8 NT 64 bytes of shared memory (dynamic); warps never wait for each other inside the loop.
+// registers across the stages (NT = 4, U = 2: 108 registers instead of 151), meant to let M = 17 .. 32 keep as many
+// weight bytes in flight as M <= 8.  Per warp 2 U 8 NT 64 bytes of shared memory (dynamic); warps never wait for each
+// other inside the loop.  Not a default layout: written in session 33, which got no GPU to measure it (gpu_check s33).
+
 // 16 bytes global -> shared by cp.async, or 16 zero bytes where !ok (src-size 0: nothing is read); through L1
 // (.ca: the blocks on an SM reading the same x columns at about the same time share it) or L2 only (.cg)
 template <bool kL1>
