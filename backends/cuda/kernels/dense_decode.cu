@@ -54,23 +54,40 @@ __device__ __forceinline__ void block_reduce_store(const DenseDecodeArgs& a, con
   }
 }
 
+// The weight rows a lane streams (g and g + 8 of its warp's 16, from row n0; 16 bytes at column 8 t of each 32-column
+// block) and its loads of one register stage: U blocks kb0, kb0 + WK, ..., zero past N, the K blocks and K.
+template <int U, int WK>
+struct WeightRows {
+  const char* row[2];
+  bool ok[2];
+  __device__ __forceinline__ WeightRows(const DenseDecodeArgs& a, int n0, int g, int t) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = n0 + g + 8 * h;
+      ok[h] = n < a.N;
+      row[h] = static_cast<const char*>(a.w) + (static_cast<int64_t>(ok[h] ? n : 0) * a.ldw + 8 * t) * 2;
+    }
+  }
+  __device__ __forceinline__ void load(uint4 (&wv)[U][2], int kb0, int KB, int K, int t) const {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + u * WK;
+      const bool kok = kb < KB && 32 * kb + 8 * t < K;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        wv[u][h] = (kok && ok[h]) ? ld_stream(row[h] + 64 * int64_t{kb}) : make_uint4(0, 0, 0, 0);
+    }
+  }
+};
+
 template <typename E, int NT, int WN, int WK, int U>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
-  const char* __restrict__ w = static_cast<const char*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wk = warp / WN;
   const int g = lane >> 2, t = lane & 3;
   const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
   const int KB = (a.K + 31) >> 5;  // 32-column blocks
-
-  const char* wrow[2];
-  bool wok[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int n = n0 + g + 8 * h;
-    wok[h] = n < a.N;
-    wrow[h] = w + (static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 8 * t) * 2;
-  }
+  const WeightRows<U, WK> wr(a, n0, g, t);
   const E* xrow[NT];
   bool xok[NT];
 #pragma unroll
@@ -81,15 +98,7 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
   }
   const uint4 zero = make_uint4(0, 0, 0, 0);
   uint4 wv[2][U][2], xv[2][U][NT];
-  auto load_w = [&](int buf, int kb0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int kb = kb0 + u * WK;
-      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + 64 * int64_t{kb}) : zero;
-    }
-  };
+  auto load_w = [&](int buf, int kb0) { wr.load(wv[buf], kb0, KB, a.K, t); };
   auto load_x = [&](int buf, int kb0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -159,33 +168,15 @@ template <typename E, int NT, int WN, int WK, int U, bool kL1>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDecodeArgs a) {
   constexpr int kRowsX = 8 * NT, kStage = U * kRowsX * 64;  // bytes of one stage of one warp
   extern __shared__ __align__(128) unsigned char xsm[];
-  const char* __restrict__ w = static_cast<const char*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wk = warp / WN;
   const int g = lane >> 2, t = lane & 3;
   const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
   const int KB = (a.K + 31) >> 5;
   unsigned char* ring = xsm + warp * 2 * kStage;
-
-  const char* wrow[2];
-  bool wok[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int n = n0 + g + 8 * h;
-    wok[h] = n < a.N;
-    wrow[h] = w + (static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 8 * t) * 2;
-  }
-  const uint4 zero = make_uint4(0, 0, 0, 0);
+  const WeightRows<U, WK> wr(a, n0, g, t);
   uint4 wv[2][U][2];
-  auto load_w = [&](int buf, int kb0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int kb = kb0 + u * WK;
-      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + 64 * int64_t{kb}) : zero;
-    }
-  };
+  auto load_w = [&](int buf, int kb0) { wr.load(wv[buf], kb0, KB, a.K, t); };
   // stage st: [u][row][64 bytes]; 16-byte copy c = (u, row, quarter), zero-filled past M, KB and K
   auto load_x = [&](int st, int kb0) {
     const E* x = static_cast<const E*>(a.x);
