@@ -80,6 +80,19 @@ struct WeightRows {
   }
 };
 
+// One 32-column block of the warp's 16 weight rows (w[0]: 16 bytes of row g, w[1]: of row g + 8, columns 8 t ..)
+// times NT n-tiles of x (xv[j]: row 8 j + g, the same 8 columns): two k16 steps, the 8 columns serving as the lane's
+// logical columns {2t, 2t+1, 2t+8, 2t+9} (step s: columns 8 t + 4 s .. + 3) of the A and B fragments alike.
+template <typename E, int NT>
+__device__ __forceinline__ void mma_block(float (&acc)[NT][4], const uint4 (&w)[2], const uint4 (&xv)[NT]) {
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const uint32_t af[4] = {word(w[0], 2 * s), word(w[1], 2 * s), word(w[0], 2 * s + 1), word(w[1], 2 * s + 1)};
+#pragma unroll
+    for (int j = 0; j < NT; ++j) warp_mma::mma_16816<E>(acc[j], af, word(xv[j], 2 * s), word(xv[j], 2 * s + 1));
+  }
+}
+
 template <typename E, int NT, int WN, int WK, int U>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -116,15 +129,7 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
   auto compute = [&](int buf) {
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint4 &w0 = wv[buf][u][0], &w1 = wv[buf][u][1];
-        const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-          warp_mma::mma_16816<E>(acc[j], af, word(xv[buf][u][j], 2 * s), word(xv[buf][u][j], 2 * s + 1));
-      }
+    for (int u = 0; u < U; ++u) mma_block<E>(acc, wv[buf][u], xv[buf][u]);
   };
 
   constexpr int kStep = WK * U;
@@ -204,13 +209,7 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDeco
 #pragma unroll
       for (int j = 0; j < NT; ++j)
         xv[j] = *reinterpret_cast<const uint4*>(ring + buf * kStage + (u * kRowsX + 8 * j + g) * 64 + 16 * t);
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint4 &w0 = wv[buf][u][0], &w1 = wv[buf][u][1];
-        const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
-#pragma unroll
-        for (int j = 0; j < NT; ++j) warp_mma::mma_16816<E>(acc[j], af, word(xv[j], 2 * s), word(xv[j], 2 * s + 1));
-      }
+      mma_block<E>(acc, wv[buf][u], xv);
     }
     __syncwarp();  // every lane has read the stage before it is refilled
   };
