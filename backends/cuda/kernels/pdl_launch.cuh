@@ -32,8 +32,9 @@ inline int pdl_mode() {
 // so are both the kernel's loaded binary and the virtual architecture it was compiled for (cudaFuncAttributes::
 // ptxVersion), so it holds the wait: code JIT-compiled from compute_80 PTX (a build with SBOPS_CUDA_ARCHS=80 and
 // PTX 80, run on an H100) has an sm_90 binary but no wait, and launched early it could read before the kernel
-// before it is done.  (Added after session 32's review and not run on a GPU; were ptxVersion reported otherwise on
-// some driver, the early launch would only be lost.)  Queried once per (kernel, device).
+// before it is done.  (Added after session 32's review; run in session 33 on an H100, where the decode steps kept
+// session 32's times; were ptxVersion reported otherwise on some driver, the early launch would only be lost.)
+// Queried once per (kernel, device).
 template <typename Kernel>
 bool pdl_plan(Kernel kernel, int need) {
   int dev = 0;

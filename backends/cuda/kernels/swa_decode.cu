@@ -318,7 +318,8 @@ static int64_t forced_splits() {
 
 int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype) {
   const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
-  if (forced_splits() > 0) return static_cast<int>(forced_splits() < keys ? forced_splits() : keys);
+  const int64_t forced = forced_splits();
+  if (forced > 0) return static_cast<int>(forced < keys ? forced : keys);
 #if defined(SBOPS_SWA_DECODE_MMA)
   if (dtype != DType::F32)
     return swa_decode_mma::num_splits(N * HKV * ceil_div(H / HKV, swa_decode_mma::kHeads), keys);
