@@ -18,7 +18,7 @@ def _op():
 
 needs_kernel = pytest.mark.skipif(_op() is None,
                                   reason="needs an sm_80+ NVIDIA GPU and a CUDA build of sbops")
-LAYOUTS = (-1, *range(12))   # 0-5 x in registers, 6-11 x staged in shared memory
+LAYOUTS = (-1, 0, 1, 2, 3, 4, 5)
 
 
 def _case(M, N, K, dtype, seed, bias_dtype=None):
@@ -42,7 +42,8 @@ def _check(y, x, w, b):
 
 @needs_kernel
 @pytest.mark.parametrize("M,N,K", [(1, 1, 8), (1, 17, 40), (2, 19, 48), (3, 200, 264), (5, 40, 56), (8, 33, 1032),
-                                   (9, 48, 72), (16, 100, 520), (17, 31, 8), (32, 257, 3584)])
+                                   (9, 48, 72), (16, 100, 520), (17, 31, 8), (32, 257, 3584),
+                                   (4, 512, 16)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_dense_decode_matches_float64_on_odd_shapes_every_layout(M, N, K, dtype, layout):
@@ -63,7 +64,7 @@ def test_dense_decode_adds_the_bias_in_float32(dtype, bias_dtype, M):
 
 
 @needs_kernel
-@pytest.mark.parametrize("layout", [-1, 6])
+@pytest.mark.parametrize("layout", [-1, 3])
 def test_dense_decode_sees_what_the_kernel_just_before_it_wrote(layout):
     """x from a long GEMM and the weight from a copy launched right before the GEMV (the fused-weight cat of
     fused_linears): the programmatic launch must wait for both before it reads them."""
@@ -88,7 +89,7 @@ def test_dense_decode_empty_rows_or_outputs_give_empty_results():
 
 
 @needs_kernel
-@pytest.mark.parametrize("layout", [-1, 0, 8])
+@pytest.mark.parametrize("layout", [-1, 0, 3])
 @pytest.mark.parametrize("rows", [5, 23])
 def test_dense_decode_reads_row_strided_views_and_copies_misaligned_ones(layout, rows):
     """Rows of a wider tensor (a split of a fused projection) are read in place; a view at an odd element offset
@@ -105,7 +106,7 @@ def test_dense_decode_reads_row_strided_views_and_copies_misaligned_ones(layout,
 
 
 @needs_kernel
-@pytest.mark.parametrize("layout", [-1, 7])
+@pytest.mark.parametrize("layout", [-1, 2])
 @pytest.mark.parametrize("M", [4, 29])
 def test_dense_decode_nan_row_stays_in_its_token(layout, M):
     x, w, _ = _case(M, 70, 96, torch.float16, seed=3)
@@ -116,7 +117,7 @@ def test_dense_decode_nan_row_stays_in_its_token(layout, M):
 
 
 @needs_kernel
-@pytest.mark.parametrize("M,layout", [(8, -1), (32, -1), (32, 9)])
+@pytest.mark.parametrize("M,layout", [(8, -1), (32, -1), (32, 4)])
 def test_dense_decode_is_deterministic_and_replays_in_a_cuda_graph(M, layout):
     x, w, b = _case(M, 4608, 3584, torch.bfloat16, seed=5, bias_dtype=torch.bfloat16)
     x, w, b = x.cuda(), w.cuda(), b.cuda()
@@ -152,7 +153,7 @@ def test_dense_decode_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="bias must be"):
         _op()(x, w, torch.zeros(15, dtype=torch.bfloat16, device="cuda"))
     with pytest.raises(RuntimeError, match="layout"):
-        _op()(x, w, None, 12)
+        _op()(x, w, None, 6)
     with pytest.raises(RuntimeError, match="bias must have x's dtype"):
         _op()(x, w, torch.zeros(16, dtype=torch.int32, device="cuda"))
 

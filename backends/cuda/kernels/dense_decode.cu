@@ -17,16 +17,12 @@
 // the weights, e.g. the copy that fuses q/k/v), and only the wait makes its writes visible.
 #include "dense_decode.cuh"
 
-#include <atomic>
-
 #include "pdl_launch.cuh"
 #include "spike_decode_blocks.cuh"
 
 namespace sbops {
 
 #if !defined(USE_MACA)
-#include <cuda_pipeline.h>  // cp.async (NVIDIA only, like the rest of this kernel)
-
 namespace {
 
 // The block's epilogue: each warp's partial sums go to red[wk][wn][j][i][lane] (shared memory, WK WN NT 512 bytes),
@@ -150,126 +146,14 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
   block_reduce_store<E, NT, WN, WK>(a, acc, red, nb, lane, wn, wk);
 }
 
-// The same GEMV with x's rows staged in shared memory instead of registers (the "xs" layouts): each warp copies the x
-// columns of its next stage into its own two-stage ring by cp.async, issued beside the stage's weight loads, and
-// reads them (16 bytes per lane and n-tile, conflict-free) as it multiplies.  Four n-tiles of x then cost no
-// registers across the stages (NT = 4, U = 2: 108 registers instead of 151), meant to let M = 17 .. 32 keep as many
-// weight bytes in flight as M <= 8.  Per warp 2 U 8 NT 64 bytes of shared memory (dynamic); warps never wait for each
-// other inside the loop.  Not a default layout: written in session 33, which got no GPU to measure it (gpu_check s33).
-
-// 16 bytes global -> shared by cp.async, or 16 zero bytes where !ok (src-size 0: nothing is read); through L1
-// (.ca: the blocks on an SM reading the same x columns at about the same time share it) or L2 only (.cg)
-template <bool kL1>
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  const uint32_t d = warp_mma::smem_addr(dst);
-  const int n = ok ? 16 : 0;
-  if constexpr (kL1)
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
-  else
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n) : "memory");
-}
-
-template <typename E, int NT, int WN, int WK, int U, bool kL1>
-__global__ void __launch_bounds__(32 * WN * WK) dense_decode_xs_kernel(DenseDecodeArgs a) {
-  constexpr int kRowsX = 8 * NT, kStage = U * kRowsX * 64;  // bytes of one stage of one warp
-  extern __shared__ __align__(128) unsigned char xsm[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wn = warp % WN, wk = warp / WN;
-  const int g = lane >> 2, t = lane & 3;
-  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
-  const int KB = (a.K + 31) >> 5;
-  unsigned char* ring = xsm + warp * 2 * kStage;
-  const WeightRows<U, WK> wr(a, n0, g, t);
-  uint4 wv[2][U][2];
-  auto load_w = [&](int buf, int kb0) { wr.load(wv[buf], kb0, KB, a.K, t); };
-  // stage st: [u][row][64 bytes]; 16-byte copy c = (u, row, quarter), zero-filled past M, KB and K
-  auto load_x = [&](int st, int kb0) {
-    const E* x = static_cast<const E*>(a.x);
-#pragma unroll
-    for (int c = lane; c < U * kRowsX * 4; c += 32) {
-      const int u = c / (kRowsX * 4), r = (c >> 2) % kRowsX, q = c & 3;
-      const int kb = kb0 + u * WK;
-      const bool ok = r < a.M && kb < KB && 32 * kb + 8 * q < a.K;
-      const E* src = ok ? x + static_cast<int64_t>(r) * a.ldx + 32 * int64_t{kb} + 8 * q : x;
-      cp_async16<kL1>(ring + st * kStage + (u * kRowsX + r) * 64 + 16 * q, src, ok);
-    }
-    __pipeline_commit();
-  };
-  float acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
-  auto compute = [&](int buf) {  // weights of register stage buf, x of ring stage buf
-    __pipeline_wait_prior(1);
-    __syncwarp();
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      uint4 xv[NT];
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-        xv[j] = *reinterpret_cast<const uint4*>(ring + buf * kStage + (u * kRowsX + 8 * j + g) * 64 + 16 * t);
-      mma_block<E>(acc, wv[buf][u], xv);
-    }
-    __syncwarp();  // every lane has read the stage before it is refilled
-  };
-
-  constexpr int kStep = WK * U;
-  int kb = wk;
-  grid_dependency_wait();
-  if (kb < KB) load_w(0, kb);
-  load_x(0, kb);
-  while (kb < KB) {  // every trip commits one copy group (maybe empty), so wait_prior(1) finds the current stage
-    if (kb + kStep < KB) load_w(1, kb + kStep);
-    load_x(1, kb + kStep);
-    compute(0);
-    kb += kStep;
-    if (kb >= KB) break;
-    if (kb + kStep < KB) load_w(0, kb + kStep);
-    load_x(0, kb + kStep);
-    compute(1);
-    kb += kStep;
-  }
-  __pipeline_wait_prior(0);  // (only zero-fill copies remain) before the rings turn into the reduction buffer
-  __syncthreads();
-  block_reduce_store<E, NT, WN, WK>(a, acc, reinterpret_cast<float*>(xsm), nb, lane, wn, wk);
-}
-
 template <typename E, int NT, int WN, int WK, int U>
 cudaError_t launch_shape(const DenseDecodeArgs& a, cudaStream_t st) {
   const auto kernel = dense_decode_kernel<E, NT, WN, WK, U>;
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
-template <typename E, int NT, int WN, int WK, int U, bool kL1 = false>
-cudaError_t launch_shape_xs(const DenseDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = dense_decode_xs_kernel<E, NT, WN, WK, U, kL1>;
-  constexpr int kSmem = WN * WK * 2 * U * 8 * NT * 64;
-  if constexpr (kSmem > 48 * 1024) {  // past the default limit of dynamic shared memory: opt in (per device, once)
-    int dev = 0, optin = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (e != cudaSuccess) return e;
-    if (optin < kSmem) {  // e.g. sm_86 / sm_89 (99 KB): the two-warp-group shape with U = 2 (<= 64 KB) instead
-      if constexpr (U > 2) return launch_shape_xs<E, NT, WN, WK, 2, kL1>(a, st);
-      return cudaErrorNotSupported;
-    }
-    static std::atomic<uint64_t> opted{0};
-    const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
-    if (bit == 0 || !(opted.load() & bit)) {
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-      if (e != cudaSuccess) return e;
-      opted.fetch_or(bit);
-    }
-  }
-  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st,
-                    kSmem);
-}
-
-// Block shapes (WN, WK, U); 0-5 hold x in registers, 6-11 stage it in shared memory (dense_decode_xs_kernel; 6-9
-// copy x through L2 only, 10 and 11 are 6 and 8 copying it through L1).  Four
-// n-tiles (M > 16) hold x in registers for U <= 2 blocks only (a U = 4 stage pair would not fit): layouts 2 and 4
-// run there as 0 and 3.
+// Block shapes (WN, WK, U).  Four n-tiles (M > 16) hold x in registers for U <= 2 blocks only (a U = 4 stage pair
+// would not fit): layouts 2 and 4 run there as 0 and 3.
 template <typename E, int NT>
 cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st) {
   constexpr int U4 = NT == 4 ? 2 : 4;
@@ -279,13 +163,7 @@ cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st)
     case 2: return launch_shape<E, NT, 1, 8, U4>(a, st);
     case 3: return launch_shape<E, NT, 2, 4, 2>(a, st);
     case 4: return launch_shape<E, NT, 2, 4, U4>(a, st);
-    case 5: return launch_shape<E, NT, 4, 2, 2>(a, st);
-    case 6: return launch_shape_xs<E, NT, 1, 8, 2>(a, st);
-    case 7: return launch_shape_xs<E, NT, 1, 8, 4>(a, st);
-    case 8: return launch_shape_xs<E, NT, 2, 4, 2>(a, st);
-    case 9: return launch_shape_xs<E, NT, 2, 4, 4>(a, st);
-    case 10: return launch_shape_xs<E, NT, 1, 8, 2, true>(a, st);
-    default: return launch_shape_xs<E, NT, 2, 4, 2, true>(a, st);
+    default: return launch_shape<E, NT, 4, 2, 2>(a, st);
   }
 }
 

@@ -17,7 +17,7 @@ from int8_vs_fp8_gemm import alternated_medians  # noqa: E402
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944),
           "lm_head": (152064, 3584)}
-LAYOUTS = range(12)   # 0-5 x in registers, 6-11 x staged in shared memory
+LAYOUTS = range(6)
 
 
 def graph_us(call, copies, n=20, rounds=1):

@@ -42,20 +42,13 @@ class LinearAttnCache:
         return self.state.numel() * self.state.element_size()
 
 
-# Memory order of new SWA caches: False -- [S, C, HKV, D] (a token's KV heads side by side); True -- [S, HKV, C, D]
-# memory, handed out as the same [S, C, HKV, D] shape (a permuted view), so each KV head's window is one contiguous
-# run that swa_decode streams.  Every op reads and writes the caches through their strides either way.
-SWA_CACHE_HEAD_MAJOR = False
-
-
 @dataclass
 class SWACache:
     """Ring buffer of keys/values: the token at position p lives at row p % C of its slot.
 
     k, v: [S, C, HKV, D] with C = window + 1 for sliding-window layers (constant size), or the
     longest length the cache must hold for full-attention layers (window < 0).  Keys are stored
-    after RoPE.  In memory the rows of one KV head are contiguous where SWA_CACHE_HEAD_MAJOR (a
-    permuted view: k.is_contiguous() is then False).
+    after RoPE.
     """
     k: torch.Tensor
     v: torch.Tensor
@@ -72,9 +65,6 @@ class SWACache:
             raise ValueError("a full-attention layer (window < 0) needs max_length to size its cache")
         else:
             rows = max_length
-        if SWA_CACHE_HEAD_MAJOR:
-            shape = (batch_size, num_kv_heads, rows, head_dim)
-            return cls(*(torch.zeros(shape, dtype=dtype, device=device).permute(0, 2, 1, 3) for _ in range(2)))
         shape = (batch_size, rows, num_kv_heads, head_dim)
         return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
