@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s33|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s33
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -10,17 +10,15 @@
 #   16384 tokens (the default) against 65536, bf16 and fp8; s28 -- session 28's int8 / gate-up probes and fp8 model
 #   A/B (about 8 minutes after install); s29 -- session 29's Triton decode sweep at M = 16 / 32 and the fp8 (int8-down)
 #   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install); s32 --
-#   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s33 --
-#   the dense decode GEMV's shared-memory layouts at M = 32 / 16, the model's B = 1 / 32 decode with them and with
-#   head-major SWA caches, swa_decode's split count and cache order (about 7 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s34 --
+#   swa_decode's combine kernel and the gate GEMV: GPU tests, bench_swa_decode and the bf16 model's decode, against
+#   the tree of S34_BASE (about 6 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
 #      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all"),
-#      s33: S33_MS (the probe's M values), S33_RUNS (model runs ROWS:LAYOUT:CACHE, LAYOUT "best" = the probe's best
-#      shared-memory layout at M = 32, CACHE seq / hm), S33_BATCHES, S33_SPLITS (swa_decode runs SPLITS:CACHE, or skip),
-#      S33_TESTS / S33_TESTK (test files, -k expression).
+#      s34: S34_BASE (a .tgz of the tree to compare against), S34_BATCHES, S34_TESTS / S34_TESTK (test files, -k).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -298,51 +296,31 @@ if [[ " $steps " == *" s32 "* ]]; then
     echo "$m dense=$on: $(grep -a 'decode B=' "$OUT/logs/s32_decode_${m}_$on.log" | sed 's/.*ours: //' | tr '\n' ' ')"
   done
 fi
-if [[ " $steps " == *" s33 "* ]]; then
-  # session 33: the dense decode GEMV with x staged in shared memory (layouts 6-11) -- GPU tests, the per-GEMV probe
-  # at M = 16 / 32, then the bf16 model's B = 1 / 32 decode with the GEMV routed up to 32 rows (forced layouts)
-  # against cuBLAS past 16 rows, SWA caches key-major / head-major, alternated; then swa_decode's splits and cache
-  # order alone (about 7 minutes after install)
-  stamp "dense decode GEMV, x in shared memory: tests, probe, model A/B"
-  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S33_TESTS:-test_dense_decode.py test_swa_cache_order.py} \
-     -k "${S33_TESTK:-not nothing}" > "$OUT/logs/s33_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s33_tests.log")"; grep -a "^FAILED" "$OUT/logs/s33_tests.log" | head)
-  timeout 360 python3 benchmarks/gpu/probes/dense_decode_ab.py ${S33_MS:-32 16} > "$OUT/logs/s33_probe.log" 2>&1
-  grep -a "best\|Error" "$OUT/logs/s33_probe.log" | grep -v "best layouts" \
-    | sed -E 's/^([a-z_]+ [0-9x]+ M=[0-9]+): cublas ([0-9.]+) us.*[|] (best .*)/\1 cublas \2 us | \3/'
-  # "best": the shared-memory layout (6-11) with the least time over a decode step's GEMVs at M = 32 in the probe
-  # (28 x (qkv + o + gate_up + down) + lm_head)
-  best=$(python3 - "$OUT/logs/s33_probe.log" <<'PY'
-import re, sys
-tot = {}
-for line in open(sys.argv[1]):
-    m = re.match(r"(\w+) \d+x\d+ M=32: (.*)\|", line)
-    if not m:
-        continue
-    w = 1 if m.group(1) == "lm_head" else 28
-    for k, v in re.findall(r"L(\d+) ([\d.]+) us", m.group(2)):
-        if int(k) >= 6:
-            tot[k] = tot.get(k, 0.0) + w * float(v)
-print(min(tot, key=tot.get) if tot else 6)
-PY
-)
-  echo "best shared-memory layout at M = 32: $best"
-  for spec in ${S33_RUNS:-16:-1:seq 32:best:seq 16:-1:hm 32:best:hm 16:-1:seq 32:best:seq 16:-1:hm 32:best:hm}; do
-    IFS=: read -r rows lay cl <<< "$spec"
-    [ "$lay" = best ] && lay=$best
-    timeout 200 python3 benchmarks/gpu/probes/dense_decode_rows_model.py $rows $lay $cl --lengths 8k --contexts 4k \
-      --batches ${S33_BATCHES:-1,32} --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s33_${rows}_${lay}_$cl" \
-      > "$OUT/logs/s33_decode_${rows}_${lay}_$cl.log" 2>&1
-    echo "rows<=$rows layout $lay cache $cl: $(grep -a 'decode B=' "$OUT/logs/s33_decode_${rows}_${lay}_$cl.log" | sed 's/.*ours: //' | tr '\n' ' ')"
-  done
-  # swa_decode at B = 32 / 1 (the model's 14 calls per graph): the planned split count against forced ones, caches
-  # key-major (the model's [B, C, HKV, D]) against head-major ([B, HKV, C, D] memory), alternated
-  for spec in ${S33_SPLITS:-plan:seq plan:hm 4:seq plan:seq plan:hm}; do
-    [ "$spec" = skip ] && continue
-    sp=${spec%%:*}; lay=${spec##*:}; [ "$sp" = plan ] && sp=""
-    SBOPS_SWA_DECODE_SPLITS=$sp timeout 120 python3 benchmarks/gpu/bench_swa_decode.py 32 1 $([ $lay = hm ] && echo hm) \
-      > "$OUT/logs/s33_swa_${sp:-plan}_$lay.log" 2>&1
-    echo "swa_decode splits=${sp:-plan} $lay: $(grep -a '"B"' "$OUT/logs/s33_swa_${sp:-plan}_$lay.log" | cut -c1-125 | tr '\n' ' ')"
-  done
+if [[ " $steps " == *" s34 "* ]]; then
+  # session 34: swa_decode's combine kernel (splits shared out over the block, programmatic launch) and GLA's
+  # low-rank gate GEMM on the dense decode GEMV -- GPU tests, bench_swa_decode by batch (PDL on / off), the bf16
+  # model's B = 1 / 32 decode; then the same with the tree of $S34_BASE (a git archive .tgz of the commit before)
+  # installed, and the new tree again (about 6 minutes after install)
+  stamp "swa_decode combine + gate GEMV: tests, bench, model decode"
+  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S34_TESTS:-test_gpu_cuda_ops.py test_dense_decode.py test_gpu_models.py} \
+     -k "${S34_TESTK:-not nothing}" > "$OUT/logs/s34_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s34_tests.log")"; grep -a "^FAILED" "$OUT/logs/s34_tests.log" | head)
+  s34_round() {  # label
+    for pdl in 1 0; do
+      SBOPS_DECODE_PDL=$pdl timeout 120 python3 benchmarks/gpu/bench_swa_decode.py 1 8 32 > "$OUT/logs/s34_swa_$1_pdl$pdl.log" 2>&1
+      echo "$1 swa_decode pdl=$pdl: $(grep -a '"B"' "$OUT/logs/s34_swa_$1_pdl$pdl.log" | sed -E 's/.*"B": ([0-9]+).*"us_per_call": ([0-9.]+).*/B=\1 \2 us/' | tr '\n' ' ')"
+    done
+    timeout 200 python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches ${S34_BATCHES:-1,32} --no-peer \
+      --no-eager-decode --budget-s 60 --out "$OUT/logs/s34_model_$1" > "$OUT/logs/s34_decode_$1.log" 2>&1
+    echo "$1 model: $(grep -a 'decode B=' "$OUT/logs/s34_decode_$1.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+  }
+  s34_round new1
+  if [ -n "${S34_BASE:-}" ] && [ -f "$S34_BASE" ]; then
+    here=$(pwd); rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
+    (cd /tmp/s34_base && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_base.log" 2>&1) || tail -20 "$OUT/logs/s34_install_base.log"
+    s34_round base
+    (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_new.log" 2>&1) || tail -20 "$OUT/logs/s34_install_new.log"
+    s34_round new2
+  fi
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

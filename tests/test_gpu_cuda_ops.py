@@ -534,6 +534,22 @@ def test_swa_attn_fused_projection_views(ops, dtype):
     assert torch.equal(o, o0) and torch.equal(lse, lse0)
 
 
+# ------------------------------------------------------------------------------ swa_decode, hundreds of splits
+# One sequence over a 40000-key full-attention cache: the grid plan gives it ~2-4 splits per SM (264-528 on an
+# H100), more than the combine kernel's 256 threads, so its loops over the splits take several trips.
+@pytest.mark.parametrize("dtype,D", [(torch.bfloat16, 128), (torch.float16, 64), (torch.float32, 64)])
+def test_swa_decode_merges_hundreds_of_splits(ops, dtype, D):
+    torch.manual_seed(3)
+    C, H, HKV = 40000, 8, 1
+    kc = torch.randn(1, C, HKV, D, device=DEV).to(dtype)
+    vc = torch.randn(1, C, HKV, D, device=DEV).to(dtype)
+    q = (torch.randn(1, H, D, device=DEV) * 3).to(dtype)     # peaked scores: the splits' maxima differ
+    lens = torch.tensor([C - 5], device=DEV)
+    o = ops.swa_decode(q, kc, vc, lens, -1, D ** -0.5, None, None, None)
+    ref = R.ref_swa_decode(q.cpu(), kc.cpu(), vc.cpu(), lens.cpu(), -1, D ** -0.5, None, None, None)
+    close(o, ref, TOL[dtype])
+
+
 # ------------------------------------------------------------------------------ swa_decode sinks
 # bf16 / fp16: the tensor-core kernel; float32: the CUDA-core kernel.  Long windows take several splits,
 # with the sinks in the first split's keys; L > C reads only what the ring still holds.

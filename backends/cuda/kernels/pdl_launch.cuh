@@ -1,6 +1,6 @@
-// Host side of programmatic dependent launch (sm_90+) for the decode GEMVs (spike_decode.cu, dense_decode.cu):
-// whether a kernel may launch as a programmatic dependent of the work before it on its stream, and that launch.
-// The device side (griddepcontrol.wait / launch_dependents) is in spike_decode_blocks.cuh.  Torch-free.
+// Programmatic dependent launch (sm_90+) for the decode kernels (spike_decode.cu, dense_decode.cu, swa_decode.cu):
+// the device side (griddepcontrol.wait / launch_dependents), whether a kernel may launch as a programmatic
+// dependent of the work before it on its stream, and that launch.  NVIDIA only.  Torch-free.
 #pragma once
 
 #include <cstdlib>
@@ -14,6 +14,20 @@
 
 #if !defined(USE_MACA)
 namespace sbops {
+
+// Device side (no-ops below sm_90, and the wait returns at once in a grid launched plainly): a grid lets the
+// programmatic dependent after it start early (once all its blocks have called this or exited), and a dependent
+// waits for the whole grid before it (its writes visible) before it reads anything that grid may have written.
+__device__ __forceinline__ void grid_dependents_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" no early launch (0); "all" the GEMVs' and spike_decode's
 // encode's (2); unset or anything else the GEMVs' only (1).

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "pdl_launch.cuh"
 #include "spike.cuh"
 #include "spike_count.cuh"
 #include "warp_mma.cuh"
@@ -27,19 +28,6 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                : "l"(p));
   return r;
-}
-
-// Programmatic dependent launch (sm_90+; no-ops below, and the wait returns at once in a grid launched plainly):
-// the encode lets the GEMV that follows it start early, and the GEMV waits for the encode's results.
-__device__ __forceinline__ void grid_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {

@@ -13,7 +13,8 @@
 //   3. P.V: warp w owns a contiguous quarter of the tile's keys and lane l owns D / warp-width
 //      dimensions; each V row is one coalesced warp load, accumulated for all heads.
 // At the end the warps' accumulators merge through shared memory.  With one split the block writes
-// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  Scores are
+// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges (on NVIDIA sm_90 launched as
+// a programmatic dependent, so its launch overlaps the decode kernel's end; pdl_launch.cuh).  Scores are
 // kept in the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
 //
 // Sink keys (SpikingBrain-76B's meta tokens) are folded in as a block of M extra keys before the
@@ -26,7 +27,6 @@
 // warps per block, mma.sync, flash state in registers); same splits' partials and combine kernel.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "common.cuh"
@@ -34,6 +34,7 @@
 #include "swa_decode_keys.cuh"
 
 #if !defined(USE_MACA)
+#include "pdl_launch.cuh"  // the combine kernel's programmatic launch (MACA launches it plainly)
 // NVIDIA only: the tensor-core kernel (mma.sync + cp.async, inline PTX).  MACA builds (and the simulation)
 // use the CUDA-core kernel for every dtype: MetaX has no mma.sync / ldmatrix PTX.
 #define SBOPS_SWA_DECODE_MMA 1
@@ -74,6 +75,9 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   __shared__ float s_red[kSwaWarps][kMaxHeads];
   __shared__ float s_m[kMaxHeads];
   __shared__ float s_acc[kSwaWarps][kMaxHeads][D];
+#if !defined(USE_MACA)
+  grid_dependents_launch();  // the combine kernel may launch now; it waits for this grid before reading
+#endif
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int split = blockIdx.x;
@@ -213,23 +217,65 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
 }
 
 
-// One block per (sequence, query head): merge the splits' (max, sum, acc) partials.
-template <typename T>
-__global__ void swa_combine_kernel(const float* __restrict__ part, T* __restrict__ o, int nsplit, int D) {
-  const int64_t head = blockIdx.x;
-  const float* pp = part + head * nsplit * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < nsplit; ++s) M = fmaxf(M, pp[s * (D + 2)]);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float Ls = 0.f, A = 0.f;
-    if (M != -INFINITY) {
-      for (int s = 0; s < nsplit; ++s) {
-        const float f = exp2f(pp[s * (D + 2)] - M);
-        Ls += f * pp[s * (D + 2) + 1];
-        A += f * pp[s * (D + 2) + 2 + d];
-      }
-    }
-    o[head * D + d] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
+constexpr int kCombineThreads = 256;
+
+// Block-wide max (kMax) or sum of v over kCombineThreads threads, in a fixed order (deterministic); every thread
+// gets it.  red: one float per warp.
+template <bool kMax>
+__device__ __forceinline__ float combine_all_reduce(float v, float* red) {
+  v = kMax ? warp_reduce_max<kWarpSize>(v) : warp_reduce_sum<kWarpSize>(v);
+  if (lane_id() == 0) red[warp_id()] = v;
+  __syncthreads();
+  float r = red[0];
+#pragma unroll
+  for (int w = 1; w < kCombineThreads / kWarpSize; ++w) r = kMax ? fmaxf(r, red[w]) : r + red[w];
+  __syncthreads();  // red is reused
+  return r;
+}
+
+struct CombineArgs {
+  const float* part;  // [N * H][nsplit][D + 2]: (max, sum, acc[D]) per split
+  void* o;            // [N * H][D], contiguous
+  int nsplit;
+};
+
+// One block per (sequence, query head): merge the splits' (max, sum, acc) partials.  The block's threads share out
+// the splits for the max and the sum, then kGroups groups of D threads share them out per output dimension, so a
+// call's loads go out in a few rounds (a loop over every split per thread made nsplit dependent rounds: 4.6 us a
+// call at B = 1, 33 splits, on an H100).  Launched as a programmatic dependent of the decode kernel, it waits for
+// that grid's partials before reading them.
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineThreads) swa_combine_kernel(CombineArgs a) {
+  constexpr int kGroups = kCombineThreads / D;
+  static_assert(kCombineThreads % D == 0 && kCombineThreads % kWarpSize == 0, "combine block shape");
+  __shared__ float red[kCombineThreads / kWarpSize];
+  __shared__ float acc[kGroups][D];
+#if !defined(USE_MACA)
+  grid_dependency_wait();
+#endif
+  const int tid = threadIdx.x, nsplit = a.nsplit;
+  const float* pp = a.part + static_cast<int64_t>(blockIdx.x) * nsplit * (D + 2);
+  float m = -INFINITY;
+  for (int s = tid; s < nsplit; s += kCombineThreads) m = fmaxf(m, pp[s * (D + 2)]);
+  const float M = combine_all_reduce<true>(m, red);
+  const bool any = M != -INFINITY;  // no split saw a key: the output is 0
+  float l = 0.f;
+  if (any)
+    for (int s = tid; s < nsplit; s += kCombineThreads) l += exp2f(pp[s * (D + 2)] - M) * pp[s * (D + 2) + 1];
+  const float Ls = combine_all_reduce<false>(l, red);
+  const int d = tid % D, grp = tid / D;
+  float x = 0.f;
+  if (any) {
+#pragma unroll 4
+    for (int s = grp; s < nsplit; s += kGroups) x += exp2f(pp[s * (D + 2)] - M) * pp[s * (D + 2) + 2 + d];
+  }
+  acc[grp][d] = x;
+  __syncthreads();
+  if (tid < D) {
+    float A = 0.f;
+#pragma unroll
+    for (int k = 0; k < kGroups; ++k) A += acc[k][tid];
+    static_cast<T*>(a.o)[static_cast<int64_t>(blockIdx.x) * D + tid] = from_float<T>(Ls > 0.f ? A / Ls : 0.f);
   }
 }
 
@@ -283,8 +329,15 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     }));
   }
   if (nsplit > 1) {
-    swa_combine_kernel<T><<<static_cast<unsigned>(N * H), D, 0, st>>>(ws, static_cast<T*>(o), nsplit, D);
+    const auto combine = swa_combine_kernel<T, D>;
+    const CombineArgs ca{ws, o, nsplit};
+    const unsigned blocks = static_cast<unsigned>(N * H);
+#if !defined(USE_MACA)
+    SBOPS_RETURN_IF_ERROR(launch_one(combine, blocks, kCombineThreads, pdl_plan(combine, 1), ca, st));
+#else
+    combine<<<blocks, kCombineThreads, 0, st>>>(ca);
     SBOPS_RETURN_IF_ERROR(last_launch_error());
+#endif
   }
   return cudaSuccess;
 }
@@ -305,21 +358,8 @@ bool swa_decode_supports(int D, DType dtype) {
   return (D == 64 || D == 128) && (dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16);
 }
 
-// SBOPS_SWA_DECODE_SPLITS (read once; probes only): a fixed split count per (sequence, KV head) instead of the plan
-// below, clamped to 1 .. 1024 and to the keys.  Unset or not a positive number: the plan.
-static int64_t forced_splits() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("SBOPS_SWA_DECODE_SPLITS");
-    const long long n = e != nullptr ? std::atoll(e) : 0;
-    return static_cast<int64_t>(n > 0 ? (n < 1024 ? n : 1024) : 0);
-  }();
-  return v;
-}
-
 int swa_decode_num_splits(int64_t N, int H, int HKV, int window, int64_t C, int64_t M, DType dtype) {
   const int64_t keys = M + (window < 0 ? C : (window + 1 < C ? window + 1 : C));
-  const int64_t forced = forced_splits();
-  if (forced > 0) return static_cast<int>(forced < keys ? forced : keys);
 #if defined(SBOPS_SWA_DECODE_MMA)
   if (dtype != DType::F32)
     return swa_decode_mma::num_splits(N * HKV * ceil_div(H / HKV, swa_decode_mma::kHeads), keys);

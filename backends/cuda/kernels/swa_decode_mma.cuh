@@ -23,6 +23,7 @@
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "pdl_launch.cuh"
 #include "swa_decode_keys.cuh"
 #include "warp_mma.cuh"
 
@@ -64,6 +65,7 @@ swa_decode_warp_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, co
   constexpr int COPIES = kKeys * CPR / kWarpSize; // per lane per sub-tile, for K and for V
   static_assert(D % 16 == 0 && (kKeys * CPR) % kWarpSize == 0, "unsupported head dim");
   extern __shared__ __align__(128) unsigned char smem[];
+  grid_dependents_launch();  // the combine kernel may launch now; it waits for this grid before reading (swa_decode.cu)
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int g = lane >> 2, t4 = lane & 3;

@@ -297,7 +297,7 @@ class GatedLinearAttention(_QKVOProjections):
         q, k, v, gk = self._qkv(x, (first,))  # the gate's first stage shares q/k/v's input and GEMM (x checked there)
         B, T = x.shape[:2]
         if isinstance(self.gk_proj, nn.Sequential):
-            gk = self.gk_proj[1](gk)
+            gk = linear_module(self.gk_proj[1], gk)  # K = 16: the dense decode GEMV at decode
         fz = fused_kernels(q, k, gk)
         if fz is not None and fz[2].supports(q, k, gk):  # one launch at inference on a GPU
             q, k, g = fz[2].gla_act(q, k, gk, self.gate_logit_normalizer)
