@@ -11,14 +11,16 @@
 #   A/B (about 8 minutes after install); s29 -- session 29's Triton decode sweep at M = 16 / 32 and the fp8 (int8-down)
 #   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install); s32 --
 #   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s34 --
-#   swa_decode's combine kernel and the gate GEMV: GPU tests, bench_swa_decode and the bf16 model's decode, against
-#   the tree of S34_BASE (about 6 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   swa_decode's combine kernel, the gate GEMV and the decode kernels' programmatic launches: GPU tests,
+#   bench_swa_decode and the bf16 model's decode (PDL on / off), against the tree of S34_BASE (about 6 minutes after
+#   install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
 #      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all"),
-#      s34: S34_BASE (a .tgz of the tree to compare against), S34_BATCHES, S34_TESTS / S34_TESTK (test files, -k).
+#      s34: S34_BASE (a .tgz of the tree to compare against), S34_BATCHES, S34_AGAIN_BEFORE (the new tree is
+#      installed and run again only while the call is younger, seconds; default 420), S34_TESTS / S34_TESTK.
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -297,29 +299,34 @@ if [[ " $steps " == *" s32 "* ]]; then
   done
 fi
 if [[ " $steps " == *" s34 "* ]]; then
-  # session 34: swa_decode's combine kernel (splits shared out over the block, programmatic launch) and GLA's
-  # low-rank gate GEMM on the dense decode GEMV -- GPU tests, bench_swa_decode by batch (PDL on / off), the bf16
-  # model's B = 1 / 32 decode; then the same with the tree of $S34_BASE (a git archive .tgz of the commit before)
-  # installed, and the new tree again (about 6 minutes after install)
+  # session 34: swa_decode's combine kernel (splits shared out over the block), GLA's low-rank gate GEMM on the
+  # dense decode GEMV, and the decode step's kernels as programmatic dependents (SBOPS_DECODE_PDL) -- GPU tests,
+  # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, PDL on / off; then the same with the tree of
+  # $S34_BASE (a git archive .tgz of the commit before) installed, and the new tree again (about 7 minutes after
+  # install)
   stamp "swa_decode combine + gate GEMV: tests, bench, model decode"
-  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S34_TESTS:-test_gpu_cuda_ops.py test_dense_decode.py test_gpu_models.py} \
+  (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S34_TESTS:-test_decode_pdl.py test_fused_elementwise.py test_gpu_cuda_ops.py test_dense_decode.py test_gpu_models.py} \
      -k "${S34_TESTK:-not nothing}" > "$OUT/logs/s34_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s34_tests.log")"; grep -a "^FAILED" "$OUT/logs/s34_tests.log" | head)
-  s34_round() {  # label
-    for pdl in 1 0; do
+  s34_round() {  # label, PDL settings
+    for pdl in $2; do
       SBOPS_DECODE_PDL=$pdl timeout 120 python3 benchmarks/gpu/bench_swa_decode.py 1 8 32 > "$OUT/logs/s34_swa_$1_pdl$pdl.log" 2>&1
       echo "$1 swa_decode pdl=$pdl: $(grep -a '"B"' "$OUT/logs/s34_swa_$1_pdl$pdl.log" | sed -E 's/.*"B": ([0-9]+).*"us_per_call": ([0-9.]+).*/B=\1 \2 us/' | tr '\n' ' ')"
     done
-    timeout 200 python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches ${S34_BATCHES:-1,32} --no-peer \
-      --no-eager-decode --budget-s 60 --out "$OUT/logs/s34_model_$1" > "$OUT/logs/s34_decode_$1.log" 2>&1
-    echo "$1 model: $(grep -a 'decode B=' "$OUT/logs/s34_decode_$1.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+    for pdl in $2; do
+      SBOPS_DECODE_PDL=$pdl timeout 200 python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches ${S34_BATCHES:-1,32} \
+        --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s34_model_$1_pdl$pdl" > "$OUT/logs/s34_decode_$1_pdl$pdl.log" 2>&1
+      echo "$1 model pdl=$pdl: $(grep -a 'decode B=' "$OUT/logs/s34_decode_$1_pdl$pdl.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+    done
   }
-  s34_round new1
+  s34_round new1 "1 0"
   if [ -n "${S34_BASE:-}" ] && [ -f "$S34_BASE" ]; then
     here=$(pwd); rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
     (cd /tmp/s34_base && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_base.log" 2>&1) || tail -20 "$OUT/logs/s34_install_base.log"
-    s34_round base
-    (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_new.log" 2>&1) || tail -20 "$OUT/logs/s34_install_new.log"
-    s34_round new2
+    s34_round base 1
+    if (( $(date +%s) - t0 < ${S34_AGAIN_BEFORE:-420} )); then  # time left: the new tree again
+      (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_new.log" 2>&1) || tail -20 "$OUT/logs/s34_install_new.log"
+      s34_round new2 1
+    fi
   fi
 fi
 if want macasim; then

@@ -131,6 +131,7 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
   constexpr int kStep = WK * U;
   int kb = wk;
   grid_dependency_wait();  // x and the weights may come from the kernel before (a programmatic launch starts early)
+  grid_dependents_launch();  // what follows may launch now (a programmatic dependent waits for this whole grid)
   if (kb < KB) load_w(0, kb), load_x(0, kb);
   while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
     if (kb + kStep < KB) load_w(1, kb + kStep), load_x(1, kb + kStep);

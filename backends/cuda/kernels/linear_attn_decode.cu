@@ -7,10 +7,12 @@
 // once and written once; its H/HKV query heads share it.  Thread layout inside a warp: groups of
 // kRowLanes consecutive lanes hold the same state columns for different rows, so the q.S row
 // reduction is a warp_reduce_sum<kRowLanes>, followed by a small shared-memory sum over warps.
+// On sm_90 it launches as a programmatic dependent of the kernel before it (pdl_launch.cuh).
 #include <cmath>
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "pdl_launch.cuh"
 
 namespace sbops {
 namespace {
@@ -36,6 +38,8 @@ la_decode_kernel(const void* __restrict__ q, const void* __restrict__ k, const v
   float* la_red = la_smem;                  // [kLaWarps][G][VB]
   float* q_s = la_smem + kLaWarps * G * VB;  // [G][K] when q is staged
 
+  grid_dependency_wait();    // launched as a programmatic dependent (pdl_launch.cuh): the kernels before are done
+  grid_dependents_launch();  // what follows may launch now; it waits for this grid
   const int lane = lane_id(), w = warp_id();
   const int kq = lane % kRowLanes, cg = lane / kRowLanes;
   const int ksub = w * kRowLanes + kq;
@@ -161,10 +165,12 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(la_decode_kernel<ST, K>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem)));
   }
+  const auto kernel = la_decode_kernel<ST, K>;
+  const bool pdl = pdl_plan(kernel, 1);
   return launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
     const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), rows);
-    la_decode_kernel<ST, K><<<grid, kLaBlock, smem, st>>>(q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx, idx64,
-                                                          ns, o, HKV, G, V, scale, strides, nh0);
+    (void)launch_kernel(kernel, grid, kLaBlock, smem, st, pdl, q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx,
+                        idx64, ns, o, HKV, G, V, scale, strides, nh0);
   });
 }
 

@@ -1,6 +1,8 @@
-// Programmatic dependent launch (sm_90+) for the decode kernels (spike_decode.cu, dense_decode.cu, swa_decode.cu):
-// the device side (griddepcontrol.wait / launch_dependents), whether a kernel may launch as a programmatic
-// dependent of the work before it on its stream, and that launch.  NVIDIA only.  Torch-free.
+// Programmatic dependent launch (sm_90+) for the decode step's kernels (dense_decode.cu, spike_decode.cu,
+// swa_decode.cu, swa_cache_write.cu, linear_attn_decode.cu): the device side (griddepcontrol.wait /
+// launch_dependents), whether a kernel may launch as a programmatic dependent of the work before it on its stream,
+// and that launch.  Torch-free.  MACA has no programmatic launch: there the device calls are no-ops, pdl_plan is
+// false and launch_kernel launches plainly, so kernels and launch sites are the same source for both targets.
 #pragma once
 
 #include <cstdlib>
@@ -12,30 +14,32 @@
 
 #include <cuda_runtime.h>
 
-#if !defined(USE_MACA)
 namespace sbops {
 
-// Device side (no-ops below sm_90, and the wait returns at once in a grid launched plainly): a grid lets the
-// programmatic dependent after it start early (once all its blocks have called this or exited), and a dependent
-// waits for the whole grid before it (its writes visible) before it reads anything that grid may have written.
+// Device side (no-ops below sm_90 and on MACA; the wait returns at once in a grid launched plainly): a grid lets
+// the programmatic dependent after it start early (once all its blocks have called grid_dependents_launch or
+// exited), and a grid launched as a dependent calls grid_dependency_wait before it reads or writes anything the
+// grid before it may touch (that grid is then complete and its writes visible).
 __device__ __forceinline__ void grid_dependents_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if !defined(USE_MACA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if !defined(USE_MACA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 
-// SBOPS_DECODE_PDL (read once): "0" / "off" / "false" / "" no early launch (0); "all" the GEMVs' and spike_decode's
-// encode's (2); unset or anything else the GEMVs' only (1).
+#if !defined(USE_MACA)
+// SBOPS_DECODE_PDL (read once; sbops._platform.pdl_launch reads it for the Triton kernels): "0" / "off" / "false" /
+// "no" / "" no early launch (0); "all" also spike_decode's encode (2); unset or anything else every other decode
+// kernel (1).
 inline int pdl_mode() {
   static const int mode = [] {
     const char* v = std::getenv("SBOPS_DECODE_PDL");
     if (v == nullptr) return 1;
-    for (const char* off : {"0", "off", "OFF", "false", "False", ""})
+    for (const char* off : {"0", "off", "OFF", "false", "False", "no", ""})
       if (std::strcmp(v, off) == 0) return 0;
     return std::strcmp(v, "all") == 0 ? 2 : 1;
   }();
@@ -69,13 +73,14 @@ bool pdl_plan(Kernel kernel, int need) {
   return on;
 }
 
-// One launch of kernel(args), as a programmatic dependent of the work before it on the stream where `pdl`.
-template <typename Kernel, typename Args>
-cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const Args& args, cudaStream_t st,
-                       size_t smem = 0) {
+// kernel<<<grid, block, smem, st>>>(args...), as a programmatic dependent of the work before it on the stream where
+// `pdl` (the kernel must then call grid_dependency_wait before it touches memory).
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl,
+                          A&&... args) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
@@ -85,8 +90,29 @@ cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, c
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  return cudaLaunchKernelEx(&cfg, kernel, args);
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
 }
 
-}  // namespace sbops
+// One launch of kernel(args) (one argument struct), as a programmatic dependent of the work before it where `pdl`.
+template <typename Kernel, typename Args>
+cudaError_t launch_one(Kernel kernel, unsigned grid, unsigned block, bool pdl, const Args& args, cudaStream_t st,
+                       size_t smem = 0) {
+  return launch_kernel(kernel, dim3(grid), dim3(block), smem, st, pdl, args);
+}
+
+#else  // MACA: plain launches
+
+template <typename Kernel>
+bool pdl_plan(Kernel, int) {
+  return false;
+}
+
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool,
+                          A&&... args) {
+  kernel<<<grid, block, smem, st>>>(std::forward<A>(args)...);
+  return cudaGetLastError();
+}
+
 #endif  // !USE_MACA
+}  // namespace sbops

@@ -1,8 +1,10 @@
-// swa_cache_write: the new token's k / v rows into the ring-buffer caches.  Torch-free.
+// swa_cache_write: the new token's k / v rows into the ring-buffer caches.  Torch-free.  On sm_90 it launches as a
+// programmatic dependent of the kernel before it (pdl_launch.cuh).
 #include <cstdint>
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "pdl_launch.cuh"
 
 namespace sbops {
 namespace {
@@ -15,6 +17,8 @@ __global__ void swa_cache_write_kernel(const T* __restrict__ k, const T* __restr
                                        const void* __restrict__ slots, bool slots64, int64_t N, int HKV, int D,
                                        int64_t C, int64_t num_slots, int64_t k0, int64_t k1, int64_t v0, int64_t v1,
                                        SwaCacheStrides cs) {
+  grid_dependency_wait();    // launched as a programmatic dependent (pdl_launch.cuh): the kernels before are done
+  grid_dependents_launch();  // what follows may launch now; it waits for this grid
   const int64_t total = N * HKV * D;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -42,12 +46,10 @@ cudaError_t launch_swa_cache_write(const void* k, const void* v, void* kc, void*
   constexpr int kBlock = 256;
   const unsigned grid = grid_for(total, kBlock);
   switch (dtype) {
-#define SBOPS_CACHE_WRITE(T)                                                                                    \
-  swa_cache_write_kernel<T><<<grid, kBlock, 0, stream>>>(static_cast<const T*>(k), static_cast<const T*>(v),    \
-                                                         static_cast<T*>(kc), static_cast<T*>(vc), pos, pos64, \
-                                                         slots, slots64, N, HKV, D, C, num_slots, k0, k1, v0,  \
-                                                         v1, cs);                                               \
-  return last_launch_error();
+#define SBOPS_CACHE_WRITE(T)                                                                                      \
+  return launch_kernel(swa_cache_write_kernel<T>, grid, kBlock, 0, stream, pdl_plan(swa_cache_write_kernel<T>, 1),  \
+                       static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(kc), static_cast<T*>(vc), \
+                       pos, pos64, slots, slots64, N, HKV, D, C, num_slots, k0, k1, v0, v1, cs);
     case DType::F32: { SBOPS_CACHE_WRITE(float) }
     case DType::F16: { SBOPS_CACHE_WRITE(__half) }
     case DType::BF16: { SBOPS_CACHE_WRITE(__nv_bfloat16) }

@@ -13,8 +13,9 @@
 //   3. P.V: warp w owns a contiguous quarter of the tile's keys and lane l owns D / warp-width
 //      dimensions; each V row is one coalesced warp load, accumulated for all heads.
 // At the end the warps' accumulators merge through shared memory.  With one split the block writes
-// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges (on NVIDIA sm_90 launched as
-// a programmatic dependent, so its launch overlaps the decode kernel's end; pdl_launch.cuh).  Scores are
+// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  On sm_90 both launch as
+// programmatic dependents of the kernel before them (pdl_launch.cuh): each waits for it before touching memory and
+// lets the next one launch at its start, so launches overlap the work before them.  Scores are
 // kept in the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
 //
 // Sink keys (SpikingBrain-76B's meta tokens) are folded in as a block of M extra keys before the
@@ -31,10 +32,10 @@
 
 #include "common.cuh"
 #include "decode.cuh"
+#include "pdl_launch.cuh"
 #include "swa_decode_keys.cuh"
 
 #if !defined(USE_MACA)
-#include "pdl_launch.cuh"  // the combine kernel's programmatic launch (MACA launches it plainly)
 // NVIDIA only: the tensor-core kernel (mma.sync + cp.async, inline PTX).  MACA builds (and the simulation)
 // use the CUDA-core kernel for every dtype: MetaX has no mma.sync / ldmatrix PTX.
 #define SBOPS_SWA_DECODE_MMA 1
@@ -75,9 +76,8 @@ swa_decode_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __
   __shared__ float s_red[kSwaWarps][kMaxHeads];
   __shared__ float s_m[kMaxHeads];
   __shared__ float s_acc[kSwaWarps][kMaxHeads][D];
-#if !defined(USE_MACA)
-  grid_dependents_launch();  // the combine kernel may launch now; it waits for this grid before reading
-#endif
+  grid_dependency_wait();    // launched as a programmatic dependent: the kernels before are done
+  grid_dependents_launch();  // the combine kernel (or what follows) may launch now; it waits for this grid
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int split = blockIdx.x;
@@ -250,9 +250,7 @@ __global__ void __launch_bounds__(kCombineThreads) swa_combine_kernel(CombineArg
   static_assert(kCombineThreads % D == 0 && kCombineThreads % kWarpSize == 0, "combine block shape");
   __shared__ float red[kCombineThreads / kWarpSize];
   __shared__ float acc[kGroups][D];
-#if !defined(USE_MACA)
   grid_dependency_wait();
-#endif
   const int tid = threadIdx.x, nsplit = a.nsplit;
   const float* pp = a.part + static_cast<int64_t>(blockIdx.x) * nsplit * (D + 2);
   float m = -INFINITY;
@@ -310,34 +308,32 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     constexpr size_t smem = wk::Smem<D>::bytes;
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(wk::swa_decode_warp_mma_kernel<T, D>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    const auto kernel = wk::swa_decode_warp_mma_kernel<T, D>;
+    const bool pdl = pdl_plan(kernel, 1);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, wk::kHeads)));
-      wk::swa_decode_warp_mma_kernel<T, D><<<grid, wk::kThreads, smem, st>>>(
-          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
-          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
-          A.sinks, nh0);
+      (void)launch_kernel(kernel, grid, wk::kThreads, smem, st, pdl, static_cast<const T*>(q),
+                          static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64,
+                          A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1,
+                          A.cs, A.sinks, nh0);
     }));
   } else
 #endif
   {
+    const auto kernel = swa_decode_kernel<T, D>;
+    const bool pdl = pdl_plan(kernel, 1);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMaxHeads)));
-      swa_decode_kernel<T, D><<<grid, kSwaThreads, 0, st>>>(
-          static_cast<const T*>(q), static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots,
-          A.slots64, A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs,
-          A.sinks, nh0);
+      (void)launch_kernel(kernel, grid, kSwaThreads, 0, st, pdl, static_cast<const T*>(q), static_cast<const T*>(kc),
+                          static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64, A.C, A.ns, HKV, G, A.window,
+                          A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs, A.sinks, nh0);
     }));
   }
   if (nsplit > 1) {
     const auto combine = swa_combine_kernel<T, D>;
     const CombineArgs ca{ws, o, nsplit};
     const unsigned blocks = static_cast<unsigned>(N * H);
-#if !defined(USE_MACA)
-    SBOPS_RETURN_IF_ERROR(launch_one(combine, blocks, kCombineThreads, pdl_plan(combine, 1), ca, st));
-#else
-    combine<<<blocks, kCombineThreads, 0, st>>>(ca);
-    SBOPS_RETURN_IF_ERROR(last_launch_error());
-#endif
+    SBOPS_RETURN_IF_ERROR(launch_kernel(combine, blocks, kCombineThreads, 0, st, pdl_plan(combine, 1), ca));
   }
   return cudaSuccess;
 }

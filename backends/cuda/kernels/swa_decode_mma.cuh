@@ -65,7 +65,8 @@ swa_decode_warp_mma_kernel(const T* __restrict__ q, const T* __restrict__ kc, co
   constexpr int COPIES = kKeys * CPR / kWarpSize; // per lane per sub-tile, for K and for V
   static_assert(D % 16 == 0 && (kKeys * CPR) % kWarpSize == 0, "unsupported head dim");
   extern __shared__ __align__(128) unsigned char smem[];
-  grid_dependents_launch();  // the combine kernel may launch now; it waits for this grid before reading (swa_decode.cu)
+  grid_dependency_wait();    // launched as a programmatic dependent: the kernels before are done
+  grid_dependents_launch();  // the combine kernel (or what follows) may launch now; it waits for this grid
 
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id();
   const int g = lane >> 2, t4 = lane & 3;

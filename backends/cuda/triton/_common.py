@@ -109,3 +109,47 @@ def sanitize_cu_host(cu: torch.Tensor, T: int):
     s = cu[:-1].clamp(0, T)
     e = torch.maximum(cu[1:].clamp(0, T), s)
     return s, e
+
+
+# Programmatic dependent launch (sm_90+, NVIDIA): the decode step's elementwise kernels (fused_norm, fused_rope_swiglu,
+# fused_gla_act) take a PDL constexpr.  With it a kernel waits for the kernel before it (gdc_wait: that grid done,
+# its writes visible) before it touches memory, lets the kernel after it launch at once (gdc_launch_dependents), and
+# is launched with launch_pdl=True, so launches overlap the work before them, as the CUDA C++ decode kernels do
+# (backends/cuda/kernels/pdl_launch.cuh).  SBOPS_DECODE_PDL=0 (read at import; also "", false, off, no) turns it off
+# for both.
+PDL = os.environ.get("SBOPS_DECODE_PDL", "1").strip().lower() not in ("", "0", "false", "off", "no")
+
+
+@triton.jit
+def pdl_prologue(PDL: tl.constexpr):
+    """A PDL kernel's first statement."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+def _triton_has_pdl() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: F401
+    except Exception:   # an older Triton, or one without the NVIDIA backend (mcTriton)
+        return False
+    return "launch_pdl" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_device(index: int) -> bool:
+    if torch.version.cuda is None or "metax" in torch.__version__.lower():
+        return False
+    if torch.cuda.get_device_name(index).startswith("MetaX") or torch.cuda.get_device_capability(index)[0] < 9:
+        return False
+    return _triton_has_pdl()
+
+
+def pdl_options(kernel, t: torch.Tensor) -> dict:
+    """Launch keywords of `kernel` (a PDL-taking kernel) for data on t's device: {"PDL": True, "launch_pdl": True}
+    on an sm_90+ NVIDIA device with PDL on and a compiled (not interpreted) kernel, else {"PDL": False}."""
+    if PDL and t.is_cuda and type(kernel).__name__ != "InterpretedFunction":
+        if _pdl_device(t.device.index if t.device.index is not None else torch.cuda.current_device()):
+            return {"PDL": True, "launch_pdl": True}
+    return {"PDL": False}

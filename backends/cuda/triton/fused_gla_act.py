@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import pdl_options, pdl_prologue
+
 BLOCK = 1024
 
 
@@ -33,7 +35,8 @@ def _relu_row(src, dst, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _gla_act_kernel(q_ptr, k_ptr, g_ptr, qo_ptr, ko_ptr, go_ptr, T, nq, nk, qs0, qs1, ks0, ks1, gs0, gs1, norm,
-                    BLOCK: tl.constexpr):
+                    BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)  # b * T + t
     b = row // T
     t = row % T
@@ -78,5 +81,5 @@ def gla_act(q, k, gk, normalizer: float):
     if B * T:
         _gla_act_kernel[(B * T,)](q, k, gk, qo, ko, go, T, H * D, HKV * D, q.stride(0), q.stride(1), k.stride(0),
                                   k.stride(1), gk.stride(0), gk.stride(1), float(normalizer), BLOCK=BLOCK,
-                                  num_warps=4)
+                                  num_warps=4, **pdl_options(_gla_act_kernel, qo))
     return qo, ko, go

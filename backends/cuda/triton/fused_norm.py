@@ -23,13 +23,16 @@ leading dimensions must merge into one, else they are copied; the last stride mu
 copied).  y and h are new contiguous tensors of x's shape.  Rows longer than MAX_N are not served
 (supports(N) is False: the caller keeps the torch code).
 
-Nothing is read back to the host and every allocation depends only on shapes: CUDA-graph safe.
+Nothing is read back to the host and every allocation depends only on shapes: CUDA-graph safe.  On sm_90 the kernel
+launches as a programmatic dependent of the kernel before it (_common.pdl_options).
 Kernel code is torch-free; only the launcher below uses torch.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ._common import pdl_options, pdl_prologue
 
 MAX_N = 32768  # longest row served (float32 tile of BLOCK_M * BLOCK_N <= 32768 values per program)
 _TILE = 4096   # target elements per program for short rows
@@ -38,7 +41,8 @@ _TILE = 4096   # target elements per program for short rows
 @triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps, inv_n,
                      HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_H: tl.constexpr,
-                     ROUND_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     ROUND_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -126,5 +130,6 @@ def rms_norm(x: torch.Tensor, weight, eps: float, residual=None, prenorm: bool =
             y, h if h is not None else y, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, float(eps), 1.0 / n,
             HAS_RES=r2 is not None, HAS_W=w is not None, HAS_B=b is not None, STORE_H=h is not None,
             ROUND_H=bool(round_sum),
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, enable_fp_fusion=False)
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, enable_fp_fusion=False,
+            **pdl_options(_rms_norm_kernel, x2))
     return (y, h) if prenorm else y

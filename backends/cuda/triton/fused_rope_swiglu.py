@@ -27,9 +27,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._common import pdl_options, pdl_prologue
+
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, sg, su, BLOCK: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, sg, su, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -84,7 +87,8 @@ def _rope_heads(x_ptr, o_ptr, xoff, ooff, nh, sh, c1, c2, s1, s2, d, dmask,
 def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, T, H, HKV,
                  sqb, sqt, sqh, skb, skt, skh, scb, sct, ssb, sst,
                  HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-                 ROUND: tl.constexpr):
+                 ROUND: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     r = tl.program_id(0).to(tl.int64)  # token b * T + t
     b = r // T
     t = r % T
@@ -133,7 +137,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     block = 1024 if m >= 64 else 256  # decode: more, smaller programs
     grid = (m, triton.cdiv(n, block))
     _silu_mul_kernel[grid](g2, u2, y, n, g2.stride(0), u2.stride(0), BLOCK=block, num_warps=4,
-                           enable_fp_fusion=True)
+                           enable_fp_fusion=True, **pdl_options(_silu_mul_kernel, y))
     return y
 
 
@@ -203,5 +207,5 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor)
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
         HALF=half, BLOCK_D=triton.next_power_of_2(half),
         BLOCK_HQ=min(triton.next_power_of_2(max(H, 1)), 32), BLOCK_HK=min(triton.next_power_of_2(max(k.shape[2], 1)), 32),
-        ROUND=q.dtype != torch.float32, num_warps=4, enable_fp_fusion=False)
+        ROUND=q.dtype != torch.float32, num_warps=4, enable_fp_fusion=False, **pdl_options(_rope_kernel, qo))
     return qo, ko
