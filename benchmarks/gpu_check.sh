@@ -304,7 +304,8 @@ if [[ " $steps " == *" s34 "* ]]; then
   # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, PDL on / off; then the same with the tree of
   # $S34_BASE (a git archive .tgz of the commit before) installed, and the new tree again (about 7 minutes after
   # install)
-  stamp "swa_decode combine + gate GEMV: tests, bench, model decode"
+  stamp "swa_decode combine + gate GEMV + PDL: tests, bench, model decode"
+  python3 -c "from sbops._backends.cuda.triton import _common as c; print('Triton kernels launch as programmatic dependents:', c.PDL and c._pdl_device(0))"
   (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S34_TESTS:-test_decode_pdl.py test_fused_elementwise.py test_gpu_cuda_ops.py test_dense_decode.py test_gpu_models.py} \
      -k "${S34_TESTK:-not nothing}" > "$OUT/logs/s34_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s34_tests.log")"; grep -a "^FAILED" "$OUT/logs/s34_tests.log" | head)
   s34_round() {  # label, PDL settings
