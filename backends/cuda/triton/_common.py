@@ -112,20 +112,17 @@ def sanitize_cu_host(cu: torch.Tensor, T: int):
 
 
 # Programmatic dependent launch (sm_90+, NVIDIA): the decode step's elementwise kernels (fused_norm, fused_rope_swiglu,
-# fused_gla_act) take a PDL constexpr.  With it a kernel waits for the kernel before it (gdc_wait: that grid done,
+# fused_gla_act) take a PDL constexpr and begin with
+#     if PDL:
+#         tl.extra.cuda.gdc_wait()
+#         tl.extra.cuda.gdc_launch_dependents()
+# (inline, not a shared @triton.jit helper: a helper compiled before TRITON_INTERPRET is set cannot be called from
+# interpreted kernels).  With it a kernel waits for the kernel before it (gdc_wait: that grid done,
 # its writes visible) before it touches memory, lets the kernel after it launch at once (gdc_launch_dependents), and
 # is launched with launch_pdl=True, so launches overlap the work before them, as the CUDA C++ decode kernels do
 # (backends/cuda/kernels/pdl_launch.cuh).  SBOPS_DECODE_PDL=0 (read at import; also "", false, off, no) turns it off
 # for both.
 PDL = os.environ.get("SBOPS_DECODE_PDL", "1").strip().lower() not in ("", "0", "false", "off", "no")
-
-
-@triton.jit
-def pdl_prologue(PDL: tl.constexpr):
-    """A PDL kernel's first statement."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
 
 
 def _triton_has_pdl() -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import pdl_options, pdl_prologue
+from ._common import pdl_options
 
 BLOCK = 1024
 
@@ -36,7 +36,9 @@ def _relu_row(src, dst, n, BLOCK: tl.constexpr):
 @triton.jit
 def _gla_act_kernel(q_ptr, k_ptr, g_ptr, qo_ptr, ko_ptr, go_ptr, T, nq, nk, qs0, qs1, ks0, ks1, gs0, gs1, norm,
                     BLOCK: tl.constexpr, PDL: tl.constexpr):
-    pdl_prologue(PDL)
+    if PDL:  # programmatic dependent launch (_common.pdl_options): wait for the kernel before, let the next launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)  # b * T + t
     b = row // T
     t = row % T

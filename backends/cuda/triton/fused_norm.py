@@ -32,7 +32,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import pdl_options, pdl_prologue
+from ._common import pdl_options
 
 MAX_N = 32768  # longest row served (float32 tile of BLOCK_M * BLOCK_N <= 32768 values per program)
 _TILE = 4096   # target elements per program for short rows
@@ -42,7 +42,9 @@ _TILE = 4096   # target elements per program for short rows
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, h_ptr, M, N, sx, sr, eps, inv_n,
                      HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_H: tl.constexpr,
                      ROUND_H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    pdl_prologue(PDL)
+    if PDL:  # programmatic dependent launch (_common.pdl_options): wait for the kernel before, let the next launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)

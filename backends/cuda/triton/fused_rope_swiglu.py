@@ -27,12 +27,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import pdl_options, pdl_prologue
+from ._common import pdl_options
 
 
 @triton.jit
 def _silu_mul_kernel(g_ptr, u_ptr, y_ptr, N, sg, su, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    pdl_prologue(PDL)
+    if PDL:  # programmatic dependent launch (_common.pdl_options): wait for the kernel before, let the next launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
@@ -88,7 +90,9 @@ def _rope_kernel(q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, T, H, HKV,
                  sqb, sqt, sqh, skb, skt, skh, scb, sct, ssb, sst,
                  HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
                  ROUND: tl.constexpr, PDL: tl.constexpr):
-    pdl_prologue(PDL)
+    if PDL:  # programmatic dependent launch (_common.pdl_options): wait for the kernel before, let the next launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     r = tl.program_id(0).to(tl.int64)  # token b * T + t
     b = r // T
     t = r % T
