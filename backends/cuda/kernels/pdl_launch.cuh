@@ -5,8 +5,9 @@
 // false and launch_kernel launches plainly, so kernels and launch sites are the same source for both targets.
 #pragma once
 
+#include <cctype>
 #include <cstdlib>
-#include <cstring>
+#include <string>
 #include <initializer_list>
 #include <map>
 #include <mutex>
@@ -32,16 +33,19 @@ __device__ __forceinline__ void grid_dependency_wait() {
 }
 
 #if !defined(USE_MACA)
-// SBOPS_DECODE_PDL (read once; sbops._platform.pdl_launch reads it for the Triton kernels): "0" / "off" / "false" /
-// "no" / "" no early launch (0); "all" also spike_decode's encode (2); unset or anything else every other decode
-// kernel (1).
+// SBOPS_DECODE_PDL (read once; backends/cuda/triton/_common.PDL reads it for the Triton kernels, the same way):
+// "0" / "off" / "false" / "no" / "" (any case, surrounding blanks ignored) no early launch (0); "all" also
+// spike_decode's encode (2); unset or anything else every other decode kernel (1).
 inline int pdl_mode() {
   static const int mode = [] {
     const char* v = std::getenv("SBOPS_DECODE_PDL");
     if (v == nullptr) return 1;
-    for (const char* off : {"0", "off", "OFF", "false", "False", "no", ""})
-      if (std::strcmp(v, off) == 0) return 0;
-    return std::strcmp(v, "all") == 0 ? 2 : 1;
+    std::string s;
+    for (const char* c = v; *c; ++c)
+      if (*c != ' ' && *c != '\t') s += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+    for (const char* off : {"0", "off", "false", "no", ""})
+      if (s == off) return 0;
+    return s == "all" ? 2 : 1;
   }();
   return mode;
 }

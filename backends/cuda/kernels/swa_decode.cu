@@ -251,6 +251,7 @@ __global__ void __launch_bounds__(kCombineThreads) swa_combine_kernel(CombineArg
   __shared__ float red[kCombineThreads / kWarpSize];
   __shared__ float acc[kGroups][D];
   grid_dependency_wait();
+  grid_dependents_launch();  // what follows (the o projection's GEMV) may launch now; it waits for this grid
   const int tid = threadIdx.x, nsplit = a.nsplit;
   const float* pp = a.part + static_cast<int64_t>(blockIdx.x) * nsplit * (D + 2);
   float m = -INFINITY;
