@@ -301,11 +301,13 @@ fi
 if [[ " $steps " == *" s34 "* ]]; then
   # session 34: swa_decode's combine kernel (splits shared out over the block), GLA's low-rank gate GEMM on the
   # dense decode GEMV, and the decode step's kernels as programmatic dependents (SBOPS_DECODE_PDL) -- GPU tests,
-  # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, PDL on / off; then the same with the tree of
+  # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, SBOPS_DECODE_PDL default / all; then the same with the tree of
   # $S34_BASE (a git archive .tgz of the commit before) installed, and the new tree again (about 7 minutes after
   # install)
   stamp "swa_decode combine + gate GEMV + PDL: tests, bench, model decode"
-  python3 -c "from sbops._backends.cuda.triton import _common as c; print('Triton kernels launch as programmatic dependents:', c.PDL and c._pdl_device(0))"
+  python3 -c "from sbops._backends.cuda.triton import _common as c; print('Triton kernels can launch as programmatic dependents (SBOPS_DECODE_PDL=all):', c._pdl_device(0))"
+  (cd tests && SBOPS_DECODE_PDL=all timeout 120 python3 -m pytest -q -p no:cacheprovider test_decode_pdl.py test_fused_elementwise.py \
+     > "$OUT/logs/s34_tests_pdl_all.log" 2>&1; echo "PDL=all: rc=$? $(tail -1 "$OUT/logs/s34_tests_pdl_all.log")"; grep -a "^FAILED" "$OUT/logs/s34_tests_pdl_all.log" | head)
   (cd tests && timeout 300 python3 -m pytest -q -p no:cacheprovider ${S34_TESTS:-test_decode_pdl.py test_fused_elementwise.py test_gpu_cuda_ops.py test_dense_decode.py test_gpu_models.py} \
      -k "${S34_TESTK:-not nothing}" > "$OUT/logs/s34_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s34_tests.log")"; grep -a "^FAILED" "$OUT/logs/s34_tests.log" | head)
   s34_round() {  # label, PDL settings
@@ -319,7 +321,7 @@ if [[ " $steps " == *" s34 "* ]]; then
       echo "$1 model pdl=$pdl: $(grep -a 'decode B=' "$OUT/logs/s34_decode_$1_pdl$pdl.log" | sed 's/.*ours: //' | tr '\n' ' ')"
     done
   }
-  s34_round new1 "1 0"
+  s34_round new1 "1 all"
   if [ -n "${S34_BASE:-}" ] && [ -f "$S34_BASE" ]; then
     here=$(pwd); rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
     (cd /tmp/s34_base && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_base.log" 2>&1) || tail -20 "$OUT/logs/s34_install_base.log"

@@ -7,7 +7,8 @@
 // once and written once; its H/HKV query heads share it.  Thread layout inside a warp: groups of
 // kRowLanes consecutive lanes hold the same state columns for different rows, so the q.S row
 // reduction is a warp_reduce_sum<kRowLanes>, followed by a small shared-memory sum over warps.
-// On sm_90 it launches as a programmatic dependent of the kernel before it (pdl_launch.cuh).
+// With SBOPS_DECODE_PDL=all it launches on sm_90 as a programmatic dependent of the kernel before it
+// (pdl_launch.cuh).
 #include <cmath>
 
 #include "common.cuh"
@@ -166,7 +167,7 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
                                                static_cast<int>(smem)));
   }
   const auto kernel = la_decode_kernel<ST, K>;
-  const bool pdl = pdl_plan(kernel, 1);
+  const bool pdl = pdl_plan(kernel, kPdlAll);
   return launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
     const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), rows);
     (void)launch_kernel(kernel, grid, kLaBlock, smem, st, pdl, q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx,

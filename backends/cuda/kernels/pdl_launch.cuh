@@ -17,6 +17,8 @@
 
 namespace sbops {
 
+constexpr int kPdlAll = 2;  // pdl_mode() of SBOPS_DECODE_PDL=all (below)
+
 // Device side (no-ops below sm_90 and on MACA; the wait returns at once in a grid launched plainly): a grid lets
 // the programmatic dependent after it start early (once all its blocks have called grid_dependents_launch or
 // exited), and a grid launched as a dependent calls grid_dependency_wait before it reads or writes anything the
@@ -34,8 +36,10 @@ __device__ __forceinline__ void grid_dependency_wait() {
 
 #if !defined(USE_MACA)
 // SBOPS_DECODE_PDL (read once; backends/cuda/triton/_common.PDL reads it for the Triton kernels, the same way):
-// "0" / "off" / "false" / "no" / "" (any case, surrounding blanks ignored) no early launch (0); "all" also
-// spike_decode's encode (2); unset or anything else every other decode kernel (1).
+// "0" / "off" / "false" / "no" / "" (any case, surrounding blanks ignored) no early launch (0); unset or anything
+// else the decode GEMVs (dense_decode, spike_decode) only (1, measured); "all" (kPdlAll) also the decode step's other
+// kernels -- swa_cache_write, swa_decode and its combine, la_decode, the Triton RMSNorm / silu_mul / RoPE / GLA
+// activation kernels -- and spike_decode's encode (2; opt-in: written in session 34, not yet run on a GPU).
 inline int pdl_mode() {
   static const int mode = [] {
     const char* v = std::getenv("SBOPS_DECODE_PDL");
@@ -45,7 +49,7 @@ inline int pdl_mode() {
       if (*c != ' ' && *c != '\t') s += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
     for (const char* off : {"0", "off", "false", "no", ""})
       if (s == off) return 0;
-    return s == "all" ? 2 : 1;
+    return s == "all" ? kPdlAll : 1;
   }();
   return mode;
 }

@@ -278,7 +278,7 @@ cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
 template <typename E>
 cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
   const auto kernel = spike_decode_encode_kernel<E>;
-  return launch_one(kernel, static_cast<unsigned>(a.M), kEncodeThreads, pdl_plan(kernel, 2), a, st);
+  return launch_one(kernel, static_cast<unsigned>(a.M), kEncodeThreads, pdl_plan(kernel, kPdlAll), a, st);
 }
 
 // The GEMV's block shape 0-3 (WN x WK warps, UNROLL blocks): layouts 0-3 after the encode, 4-7 (FUSED) the same shapes

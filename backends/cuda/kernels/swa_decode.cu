@@ -13,10 +13,11 @@
 //   3. P.V: warp w owns a contiguous quarter of the tile's keys and lane l owns D / warp-width
 //      dimensions; each V row is one coalesced warp load, accumulated for all heads.
 // At the end the warps' accumulators merge through shared memory.  With one split the block writes
-// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  On sm_90 both launch as
-// programmatic dependents of the kernel before them (pdl_launch.cuh): each waits for it before touching memory and
-// lets the next one launch at its start, so launches overlap the work before them.  Scores are
-// kept in the log2 domain (q pre-scaled by scale * log2 e) so the exponentials are exp2f.
+// the output; otherwise it writes (max, sum, acc) partials that a combine kernel merges.  With
+// SBOPS_DECODE_PDL=all both launch on sm_90 as programmatic dependents of the kernel before them
+// (pdl_launch.cuh): each waits for it before touching memory and lets the next one launch at its start, so
+// launches overlap the work before them.  Scores are kept in the log2 domain (q pre-scaled by scale * log2 e) so
+// the exponentials are exp2f.
 //
 // Sink keys (SpikingBrain-76B's meta tokens) are folded in as a block of M extra keys before the
 // window: a (sequence, KV head) walks the virtual key range [0, M + len) -- sink j for j < M, then
@@ -310,7 +311,7 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(wk::swa_decode_warp_mma_kernel<T, D>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     const auto kernel = wk::swa_decode_warp_mma_kernel<T, D>;
-    const bool pdl = pdl_plan(kernel, 1);
+    const bool pdl = pdl_plan(kernel, kPdlAll);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, wk::kHeads)));
       (void)launch_kernel(kernel, grid, wk::kThreads, smem, st, pdl, static_cast<const T*>(q),
@@ -322,7 +323,7 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
 #endif
   {
     const auto kernel = swa_decode_kernel<T, D>;
-    const bool pdl = pdl_plan(kernel, 1);
+    const bool pdl = pdl_plan(kernel, kPdlAll);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMaxHeads)));
       (void)launch_kernel(kernel, grid, kSwaThreads, 0, st, pdl, static_cast<const T*>(q), static_cast<const T*>(kc),
@@ -334,7 +335,7 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     const auto combine = swa_combine_kernel<T, D>;
     const CombineArgs ca{ws, o, nsplit};
     const unsigned blocks = static_cast<unsigned>(N * H);
-    SBOPS_RETURN_IF_ERROR(launch_kernel(combine, blocks, kCombineThreads, 0, st, pdl_plan(combine, 1), ca));
+    SBOPS_RETURN_IF_ERROR(launch_kernel(combine, blocks, kCombineThreads, 0, st, pdl_plan(combine, kPdlAll), ca));
   }
   return cudaSuccess;
 }

@@ -120,9 +120,9 @@ def sanitize_cu_host(cu: torch.Tensor, T: int):
 # interpreted kernels).  With it a kernel waits for the kernel before it (gdc_wait: that grid done,
 # its writes visible) before it touches memory, lets the kernel after it launch at once (gdc_launch_dependents), and
 # is launched with launch_pdl=True, so launches overlap the work before them, as the CUDA C++ decode kernels do
-# (backends/cuda/kernels/pdl_launch.cuh).  SBOPS_DECODE_PDL=0 (read at import; also "", false, off, no) turns it off
-# for both.
-PDL = os.environ.get("SBOPS_DECODE_PDL", "1").strip().lower() not in ("", "0", "false", "off", "no")
+# (backends/cuda/kernels/pdl_launch.cuh).  Opt-in with the step's other non-GEMV kernels: SBOPS_DECODE_PDL=all (read at
+# import, any case; written in session 34 and not yet run on a GPU).
+PDL = os.environ.get("SBOPS_DECODE_PDL", "").strip().lower() == "all"
 
 
 def _triton_has_pdl() -> bool:

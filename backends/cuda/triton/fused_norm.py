@@ -23,8 +23,8 @@ leading dimensions must merge into one, else they are copied; the last stride mu
 copied).  y and h are new contiguous tensors of x's shape.  Rows longer than MAX_N are not served
 (supports(N) is False: the caller keeps the torch code).
 
-Nothing is read back to the host and every allocation depends only on shapes: CUDA-graph safe.  On sm_90 the kernel
-launches as a programmatic dependent of the kernel before it (_common.pdl_options).
+Nothing is read back to the host and every allocation depends only on shapes: CUDA-graph safe.  With SBOPS_DECODE_PDL=all
+the kernel launches on sm_90 as a programmatic dependent of the kernel before it (_common.pdl_options).
 Kernel code is torch-free; only the launcher below uses torch.
 """
 from __future__ import annotations
