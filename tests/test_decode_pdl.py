@@ -1,7 +1,6 @@
-"""Programmatic dependent launch of the decode step's kernels (sm_90+, opt-in: SBOPS_DECODE_PDL=all;
-pdl_launch.cuh and
-backends/cuda/triton/_common.pdl_options): a kernel launched as a programmatic dependent waits for the kernel before
-it before it touches memory, and lets the kernel after it launch at its own start.  So a chain of such kernels, each
+"""Programmatic dependent launch of the decode step's kernels (sm_90+, opt-in: SBOPS_DECODE_PDL=all; pdl_launch.cuh
+and backends/cuda/triton/_common.pdl_options): a kernel launched as a programmatic dependent waits for the kernel
+before it before it touches memory, and lets the kernel after it launch at its own start.  So a chain of such kernels, each
 reading what the one just before it wrote, must give exactly the results of the same calls made one at a time with a
 device synchronisation after each, eagerly and replayed from a CUDA graph.  On other GPUs the chain runs plainly
 (the same test).  CPU: the Triton launch options."""
