@@ -170,8 +170,8 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, DType qt, 
   const bool pdl = pdl_plan(kernel, kPdlAll);
   return launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
     const dim3 grid(static_cast<unsigned>(ceil_div(V, VB)), rows);
-    (void)launch_kernel(kernel, grid, kLaBlock, smem, st, pdl, q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx,
-                        idx64, ns, o, HKV, G, V, scale, strides, nh0);
+    return launch_kernel(kernel, grid, kLaBlock, smem, st, pdl, q, k, v, qt, g, gt, gm, static_cast<ST*>(state), idx,
+                         idx64, ns, o, HKV, G, V, scale, strides, nh0);
   });
 }
 

@@ -314,10 +314,10 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     const bool pdl = pdl_plan(kernel, kPdlAll);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, wk::kHeads)));
-      (void)launch_kernel(kernel, grid, wk::kThreads, smem, st, pdl, static_cast<const T*>(q),
-                          static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64,
-                          A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1,
-                          A.cs, A.sinks, nh0);
+      return launch_kernel(kernel, grid, wk::kThreads, smem, st, pdl, static_cast<const T*>(q),
+                           static_cast<const T*>(kc), static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64,
+                           A.C, A.ns, HKV, G, A.window, A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1,
+                           A.cs, A.sinks, nh0);
     }));
   } else
 #endif
@@ -326,9 +326,9 @@ cudaError_t decode_typed(const void* q, const void* kc, const void* vc, void* o,
     const bool pdl = pdl_plan(kernel, kPdlAll);
     SBOPS_RETURN_IF_ERROR(launch_y_slices(N * HKV, [&](int64_t nh0, unsigned rows) {
       const dim3 grid(nsplit, rows, static_cast<unsigned>(ceil_div(G, kMaxHeads)));
-      (void)launch_kernel(kernel, grid, kSwaThreads, 0, st, pdl, static_cast<const T*>(q), static_cast<const T*>(kc),
-                          static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64, A.C, A.ns, HKV, G, A.window,
-                          A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs, A.sinks, nh0);
+      return launch_kernel(kernel, grid, kSwaThreads, 0, st, pdl, static_cast<const T*>(q), static_cast<const T*>(kc),
+                           static_cast<const T*>(vc), A.lens, A.lens64, A.slots, A.slots64, A.C, A.ns, HKV, G, A.window,
+                           A.scale * kLog2e, nsplit, static_cast<T*>(o), ws, A.q0, A.q1, A.cs, A.sinks, nh0);
     }));
   }
   if (nsplit > 1) {
