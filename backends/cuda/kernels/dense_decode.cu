@@ -25,11 +25,87 @@ namespace sbops {
 #if !defined(USE_MACA)
 namespace {
 
-// The block's epilogue: each warp's partial sums go to red[wk][wn][j][i][lane] (shared memory, WK WN NT 512 bytes),
-// the k-groups add in k-group order (deterministic), then the bias, one rounding and the store of y.
-template <typename E, int NT, int WN, int WK>
-__device__ __forceinline__ void block_reduce_store(const DenseDecodeArgs& a, const float (&acc)[NT][4], float* red,
-                                                   int nb, int lane, int wn, int wk) {
+template <typename E, int NT, int WN, int WK, int U>
+__global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
+  const char* __restrict__ w = static_cast<const char*>(a.w);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wn = warp % WN, wk = warp / WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
+  const int KB = (a.K + 31) >> 5;  // 32-column blocks
+
+  const char* wrow[2];
+  bool wok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + g + 8 * h;
+    wok[h] = n < a.N;
+    wrow[h] = w + (static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 8 * t) * 2;
+  }
+  const E* xrow[NT];
+  bool xok[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int m = 8 * j + g;
+    xok[j] = m < a.M;
+    xrow[j] = static_cast<const E*>(a.x) + static_cast<int64_t>(xok[j] ? m : 0) * a.ldx + 8 * t;
+  }
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  uint4 wv[2][U][2], xv[2][U][NT];
+  auto load_w = [&](int buf, int kb0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + u * WK;
+      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + 64 * int64_t{kb}) : zero;
+    }
+  };
+  auto load_x = [&](int buf, int kb0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int kb = kb0 + u * WK;
+      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        xv[buf][u][j] = (kok && xok[j]) ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + 32 * int64_t{kb})) : zero;
+    }
+  };
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+  auto compute = [&](int buf) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint4 &w0 = wv[buf][u][0], &w1 = wv[buf][u][1];
+        const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+          warp_mma::mma_16816<E>(acc[j], af, word(xv[buf][u][j], 2 * s), word(xv[buf][u][j], 2 * s + 1));
+      }
+  };
+
+  constexpr int kStep = WK * U;
+  int kb = wk;
+  grid_dependency_wait();  // x and the weights may come from the kernel before (a programmatic launch starts early)
+  grid_dependents_launch();  // what follows may launch now (a programmatic dependent waits for this whole grid)
+  if (kb < KB) load_w(0, kb), load_x(0, kb);
+  while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
+    if (kb + kStep < KB) load_w(1, kb + kStep), load_x(1, kb + kStep);
+    compute(0);
+    kb += kStep;
+    if (kb >= KB) break;
+    if (kb + kStep < KB) load_w(0, kb + kStep), load_x(0, kb + kStep);
+    compute(1);
+    kb += kStep;
+  }
+
+  // partial sums red[wk][wn][j][i][lane]; the k-groups add in k-group order
+  __shared__ float red[WK * WN * NT * 4 * 32];
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -50,111 +126,14 @@ __device__ __forceinline__ void block_reduce_store(const DenseDecodeArgs& a, con
   }
 }
 
-// The weight rows a lane streams (g and g + 8 of its warp's 16, from row n0; 16 bytes at column 8 t of each 32-column
-// block) and its loads of one register stage: U blocks kb0, kb0 + WK, ..., zero past N, the K blocks and K.
-template <int U, int WK>
-struct WeightRows {
-  const char* row[2];
-  bool ok[2];
-  __device__ __forceinline__ WeightRows(const DenseDecodeArgs& a, int n0, int g, int t) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int n = n0 + g + 8 * h;
-      ok[h] = n < a.N;
-      row[h] = static_cast<const char*>(a.w) + (static_cast<int64_t>(ok[h] ? n : 0) * a.ldw + 8 * t) * 2;
-    }
-  }
-  __device__ __forceinline__ void load(uint4 (&wv)[U][2], int kb0, int KB, int K, int t) const {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int kb = kb0 + u * WK;
-      const bool kok = kb < KB && 32 * kb + 8 * t < K;
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        wv[u][h] = (kok && ok[h]) ? ld_stream(row[h] + 64 * int64_t{kb}) : make_uint4(0, 0, 0, 0);
-    }
-  }
-};
-
-// One 32-column block of the warp's 16 weight rows (w[0]: 16 bytes of row g, w[1]: of row g + 8, columns 8 t ..)
-// times NT n-tiles of x (xv[j]: row 8 j + g, the same 8 columns): two k16 steps, the 8 columns serving as the lane's
-// logical columns {2t, 2t+1, 2t+8, 2t+9} (step s: columns 8 t + 4 s .. + 3) of the A and B fragments alike.
-template <typename E, int NT>
-__device__ __forceinline__ void mma_block(float (&acc)[NT][4], const uint4 (&w)[2], const uint4 (&xv)[NT]) {
-#pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    const uint32_t af[4] = {word(w[0], 2 * s), word(w[1], 2 * s), word(w[0], 2 * s + 1), word(w[1], 2 * s + 1)};
-#pragma unroll
-    for (int j = 0; j < NT; ++j) warp_mma::mma_16816<E>(acc[j], af, word(xv[j], 2 * s), word(xv[j], 2 * s + 1));
-  }
-}
-
-template <typename E, int NT, int WN, int WK, int U>
-__global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wn = warp % WN, wk = warp / WN;
-  const int g = lane >> 2, t = lane & 3;
-  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
-  const int KB = (a.K + 31) >> 5;  // 32-column blocks
-  const WeightRows<U, WK> wr(a, n0, g, t);
-  const E* xrow[NT];
-  bool xok[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int m = 8 * j + g;
-    xok[j] = m < a.M;
-    xrow[j] = static_cast<const E*>(a.x) + static_cast<int64_t>(xok[j] ? m : 0) * a.ldx + 8 * t;
-  }
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  uint4 wv[2][U][2], xv[2][U][NT];
-  auto load_w = [&](int buf, int kb0) { wr.load(wv[buf], kb0, KB, a.K, t); };
-  auto load_x = [&](int buf, int kb0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int kb = kb0 + u * WK;
-      const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-        xv[buf][u][j] = (kok && xok[j]) ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + 32 * int64_t{kb})) : zero;
-    }
-  };
-  float acc[NT][4];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
-  auto compute = [&](int buf) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) mma_block<E>(acc, wv[buf][u], xv[buf][u]);
-  };
-
-  constexpr int kStep = WK * U;
-  int kb = wk;
-  grid_dependency_wait();  // x and the weights may come from the kernel before (a programmatic launch starts early)
-  grid_dependents_launch();  // what follows may launch now (a programmatic dependent waits for this whole grid)
-  if (kb < KB) load_w(0, kb), load_x(0, kb);
-  while (kb < KB) {  // two stages per trip keep the register buffers' indices compile-time
-    if (kb + kStep < KB) load_w(1, kb + kStep), load_x(1, kb + kStep);
-    compute(0);
-    kb += kStep;
-    if (kb >= KB) break;
-    if (kb + kStep < KB) load_w(0, kb + kStep), load_x(0, kb + kStep);
-    compute(1);
-    kb += kStep;
-  }
-
-  __shared__ float red[WK * WN * NT * 4 * 32];
-  block_reduce_store<E, NT, WN, WK>(a, acc, red, nb, lane, wn, wk);
-}
-
 template <typename E, int NT, int WN, int WK, int U>
 cudaError_t launch_shape(const DenseDecodeArgs& a, cudaStream_t st) {
   const auto kernel = dense_decode_kernel<E, NT, WN, WK, U>;
   return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
-// Block shapes (WN, WK, U).  Four n-tiles (M > 16) hold x in registers for U <= 2 blocks only (a U = 4 stage pair
-// would not fit): layouts 2 and 4 run there as 0 and 3.
+// Block shapes (WN, WK, U).  Four n-tiles (M > 16) hold x for U <= 2 blocks (a U = 4 stage pair would not fit in
+// registers): layouts 2 and 4 run there as 0 and 3.
 template <typename E, int NT>
 cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st) {
   constexpr int U4 = NT == 4 ? 2 : 4;
