@@ -7,13 +7,15 @@
 
 #include <cctype>
 #include <cstdlib>
-#include <string>
 #include <initializer_list>
 #include <map>
 #include <mutex>
+#include <string>
 #include <utility>
 
 #include <cuda_runtime.h>
+
+#include "sbops/launch.cuh"
 
 namespace sbops {
 
@@ -119,7 +121,7 @@ template <typename... P, typename... A>
 cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool,
                           A&&... args) {
   kernel<<<grid, block, smem, st>>>(std::forward<A>(args)...);
-  return cudaGetLastError();
+  return last_launch_error();
 }
 
 #endif  // !USE_MACA

@@ -1,5 +1,5 @@
-// swa_cache_write: the new token's k / v rows into the ring-buffer caches.  Torch-free.  With SBOPS_DECODE_PDL=all it launches
-// on sm_90 as a programmatic dependent of the kernel before it (pdl_launch.cuh).
+// swa_cache_write: the new token's k / v rows into the ring-buffer caches.  Torch-free.  With SBOPS_DECODE_PDL=all
+// it launches on sm_90 as a programmatic dependent of the kernel before it (pdl_launch.cuh).
 #include <cstdint>
 
 #include "common.cuh"
@@ -46,10 +46,11 @@ cudaError_t launch_swa_cache_write(const void* k, const void* v, void* kc, void*
   constexpr int kBlock = 256;
   const unsigned grid = grid_for(total, kBlock);
   switch (dtype) {
-#define SBOPS_CACHE_WRITE(T)                                                                                      \
-  return launch_kernel(swa_cache_write_kernel<T>, grid, kBlock, 0, stream, pdl_plan(swa_cache_write_kernel<T>, kPdlAll), \
-                       static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(kc), static_cast<T*>(vc), \
-                       pos, pos64, slots, slots64, N, HKV, D, C, num_slots, k0, k1, v0, v1, cs);
+#define SBOPS_CACHE_WRITE(T)                                                                                    \
+  return launch_kernel(swa_cache_write_kernel<T>, grid, kBlock, 0, stream,                                      \
+                       pdl_plan(swa_cache_write_kernel<T>, kPdlAll), static_cast<const T*>(k),                 \
+                       static_cast<const T*>(v), static_cast<T*>(kc), static_cast<T*>(vc), pos, pos64, slots,  \
+                       slots64, N, HKV, D, C, num_slots, k0, k1, v0, v1, cs);
     case DType::F32: { SBOPS_CACHE_WRITE(float) }
     case DType::F16: { SBOPS_CACHE_WRITE(__half) }
     case DType::BF16: { SBOPS_CACHE_WRITE(__nv_bfloat16) }

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <type_traits>
 #include <cuda_runtime.h>
 
 #include "sbops/maca_compat.h"
@@ -68,18 +67,12 @@ inline cudaError_t last_launch_error() { return cudaGetLastError(); }
 
 // Launch a grid whose y extent is `total` (a batch-sized count) in slices of at most kMaxGridYZ:
 // launch(first, count) launches rows [first, first + count) (the kernel adds `first` to
-// blockIdx.y); stops at the first launch error: the one launch returns, where it returns a cudaError_t (a
-// cudaLaunchKernelEx), else the runtime's last error (a <<<>>> launch).
+// blockIdx.y) and returns the launch's error; stops at the first one.
 template <typename Launch>
 inline cudaError_t launch_y_slices(int64_t total, Launch&& launch) {
   for (int64_t first = 0; first < total; first += kMaxGridYZ) {
     const unsigned rows = static_cast<unsigned>(total - first < kMaxGridYZ ? total - first : kMaxGridYZ);
-    if constexpr (std::is_same<decltype(launch(first, rows)), cudaError_t>::value) {
-      SBOPS_RETURN_IF_ERROR(launch(first, rows));
-    } else {
-      launch(first, rows);
-    }
-    SBOPS_RETURN_IF_ERROR(last_launch_error());
+    SBOPS_RETURN_IF_ERROR(launch(first, rows));
   }
   return cudaSuccess;
 }
