@@ -12,8 +12,8 @@
 #   model's B = 16 / 32 decode with the shipped table against the sweep's winners (about 5 minutes after install); s32 --
 #   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s34 --
 #   swa_decode's combine kernel, the gate GEMV and the decode kernels' programmatic launches: GPU tests,
-#   bench_swa_decode and the bf16 model's decode (PDL on / off), against the tree of S34_BASE (about 6 minutes after
-#   install).  install runs first, before any other step.  A second call on a warm machine needs no
+#   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
+#   (about 6 minutes after install).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -301,9 +301,9 @@ fi
 if [[ " $steps " == *" s34 "* ]]; then
   # session 34: swa_decode's combine kernel (splits shared out over the block), GLA's low-rank gate GEMM on the
   # dense decode GEMV, and the decode step's kernels as programmatic dependents (SBOPS_DECODE_PDL) -- GPU tests,
-  # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, SBOPS_DECODE_PDL default / all; then the same with the tree of
-  # $S34_BASE (a git archive .tgz of the commit before) installed, and the new tree again (about 7 minutes after
-  # install)
+  # bench_swa_decode by batch and the bf16 model's B = 1 / 32 decode, SBOPS_DECODE_PDL default / all; then the
+  # default with the tree of $S34_BASE (a git archive .tgz of the commit before) installed, and, while the call is
+  # younger than S34_AGAIN_BEFORE, the new tree again (about 7 minutes after install)
   stamp "swa_decode combine + gate GEMV + PDL: tests, bench, model decode"
   python3 -c "from sbops._backends.cuda.triton import _common as c; print('Triton kernels can launch as programmatic dependents (SBOPS_DECODE_PDL=all):', c._pdl_device(0))"
   (cd tests && SBOPS_DECODE_PDL=all timeout 120 python3 -m pytest -q -p no:cacheprovider test_decode_pdl.py test_fused_elementwise.py \
