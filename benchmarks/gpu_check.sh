@@ -20,7 +20,8 @@
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
 #      FP8_MODES (fp8model's decode runs, in order: default / fused / all; default "default all default all"),
 #      s34: S34_BASE (a .tgz of the tree to compare against), S34_BATCHES, S34_AGAIN_BEFORE (the new tree is
-#      installed and run again only while the call is younger, seconds; default 420), S34_TESTS / S34_TESTK.
+#      installed and run again only while the call is younger, seconds; default 420), S34_TESTS / S34_TESTK,
+#      S34_PROFILE (a SBOPS_DECODE_PDL value: then a kernel profile of the new tree with it).
 # Peers: fla-core is installed from .whl/ when carried.  Every log goes to $OUT; $OUT/logs.tgz holds
 # them all (the device tool brings back at most 8 files).
 set -uo pipefail
@@ -325,11 +326,16 @@ if [[ " $steps " == *" s34 "* ]]; then
   if [ -n "${S34_BASE:-}" ] && [ -f "$S34_BASE" ]; then
     here=$(pwd); rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
     (cd /tmp/s34_base && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_base.log" 2>&1) || tail -20 "$OUT/logs/s34_install_base.log"
-    s34_round base 1
+    s34_round base 1; s34_tree=base
     if (( $(date +%s) - t0 < ${S34_AGAIN_BEFORE:-420} )); then  # time left: the new tree again
       (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_new.log" 2>&1) || tail -20 "$OUT/logs/s34_install_new.log"
-      s34_round new2 1
+      s34_round new2 1; s34_tree=new
     fi
+  fi
+  if [ -n "${S34_PROFILE:-}" ]; then  # kernel-by-kernel profile of a prefill chunk and the B = 1 / 32 decode steps
+    here=$(pwd); [ "${s34_tree:-new}" = base ] && (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_prof.log" 2>&1)
+    SBOPS_DECODE_PDL=${S34_PROFILE} timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 \
+      > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
 fi
 if want macasim; then
