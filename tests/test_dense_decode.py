@@ -242,3 +242,35 @@ def test_linear_is_f_linear_off_cuda_and_modules_keep_their_hooks():
     other = nn.Linear(40, 24).to(torch.bfloat16)
     other.forward = lambda inp: torch.zeros(2)                      # a forward replaced on the instance is called
     assert torch.equal(common.linear_module(other, x), torch.zeros(2))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (4, 1), (1, 5), (0, 3)])
+def test_linear_of_a_strided_view_with_bias_is_one_addmm(shape):
+    """A strided 3-D view with a bias (GLA's low-rank gate: a split of the fused q/k/v output) runs one GEMM with the
+    bias in its epilogue (aten.addmm), not F.linear's GEMM + separate add, with F.linear's value; gradients flow."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(1)
+    fused = torch.randn(*shape, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    x = fused[..., 8:24]
+    w = torch.randn(5, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    with Ops() as rec:
+        y = common.linear(x, w, b)
+    assert y.shape == (*shape, 5)
+    assert "addmm" in rec.seen and "add" not in rec.seen and "mm" not in rec.seen, rec.seen
+    ref = F.linear(x, w, b)
+    assert torch.allclose(y, ref, rtol=1e-12, atol=1e-12)
+    if y.numel():
+        gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+        assert all(torch.allclose(a, r, rtol=1e-12, atol=1e-12) for a, r in
+                   zip(torch.autograd.grad(y, (fused, w, b), gy), torch.autograd.grad(ref, (fused, w, b), gy)))

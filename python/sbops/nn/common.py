@@ -54,6 +54,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         K = x.shape[-1]
         y = _dense_op()(x.reshape(-1, K), weight, bias)
         return y.view(*x.shape[:-1], weight.shape[0])
+    if (bias is not None and x.dim() > 2 and not x.is_contiguous() and type(x) in _PLAIN and weight.dim() == 2
+            and weight.shape[1] == x.shape[-1]):
+        # F.linear takes its one-GEMM bias epilogue (addmm) only for 2-D or contiguous input: a strided view such as
+        # GLA's low-rank gate (a split of the fused q/k/v GEMM's output) would get a GEMM and a separate bias add
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # a view where the leading dims merge
+        return F.linear(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)
 
 
