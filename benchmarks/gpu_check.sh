@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -333,10 +333,27 @@ if [[ " $steps " == *" s34 "* ]]; then
     fi
   fi
   if [ -n "${S34_PROFILE:-}" ]; then  # kernel-by-kernel profile of a prefill chunk and the B = 1 / 32 decode steps
-    here=$(pwd); [ "${s34_tree:-new}" = base ] && (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_prof.log" 2>&1)
+    [ "${s34_tree:-new}" = base ] && { MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_prof.log" 2>&1; s34_tree=new; }
     SBOPS_DECODE_PDL=${S34_PROFILE} timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 \
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
+fi
+if [[ " $steps " == *" s35 "* ]]; then
+  # session 35: the dense decode GEMV's L2 prefetch of its first weight bytes before it waits for the kernel before it
+  # (SBOPS_DECODE_PREFETCH bytes per weight row): its GPU tests, then the bf16 model's B = 1 / 32 decode by prefetch
+  # size, alternated (SBOPS_DECODE_PDL=$S35_PDL, default 1: the GEMVs launch early), about 3 minutes
+  stamp "dense decode GEMV L2 prefetch: tests, model decode by prefetch size"
+  [ "${s34_tree:-new}" = base ] && { MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s35_install.log" 2>&1; s34_tree=new; }
+  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py -k "prefetch or wrote or route" \
+     > "$OUT/logs/s35_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s35_tests.log")"; grep -a "^FAILED" "$OUT/logs/s35_tests.log" | head)
+  i=0
+  for pf in ${S35_PREFETCH:-0 2048 8192 0 2048 8192}; do
+    i=$((i + 1))
+    SBOPS_DECODE_PDL=${S35_PDL:-1} SBOPS_DECODE_PREFETCH=$pf timeout 120 python3 -m sbops.bench.model --lengths 8k \
+      --contexts 4k --batches ${S35_BATCHES:-1,32} --no-peer --no-eager-decode --budget-s 60 \
+      --out "$OUT/logs/s35_model_pf${pf}_$i" > "$OUT/logs/s35_decode_pf${pf}_$i.log" 2>&1
+    echo "prefetch $pf (pdl ${S35_PDL:-1}): $(grep -a 'decode B=' "$OUT/logs/s35_decode_pf${pf}_$i.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+  done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
