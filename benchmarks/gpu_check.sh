@@ -346,6 +346,8 @@ if [[ " $steps " == *" s35 "* ]]; then
   [ "${s34_tree:-new}" = base ] && { MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s35_install.log" 2>&1; s34_tree=new; }
   (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py -k "prefetch or wrote or route" \
      > "$OUT/logs/s35_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s35_tests.log")"; grep -a "^FAILED" "$OUT/logs/s35_tests.log" | head)
+  PROBE_LAYOUTS=-1 PROBE_PREFETCH=${S35_PROBE_PREFETCH:-0,2048,8192} timeout 150 python3 benchmarks/gpu/probes/dense_decode_ab.py \
+    ${S35_PROBE_M:-1 16} > "$OUT/logs/s35_probe.log" 2>&1; echo "probe rc=$?"; grep -a " M=" "$OUT/logs/s35_probe.log" | cut -c1-300
   i=0
   for pf in ${S35_PREFETCH:-0 2048 8192 0 2048 8192}; do
     i=$((i + 1))
