@@ -299,6 +299,20 @@ if [[ " $steps " == *" s32 "* ]]; then
     echo "$m dense=$on: $(grep -a 'decode B=' "$OUT/logs/s32_decode_${m}_$on.log" | sed 's/.*ours: //' | tr '\n' ' ')"
   done
 fi
+# The bf16 7B model's decode at a 4k context (CUDA graphs), one run: log name, batches, time limit (s), then env
+# assignments; prints its ms per step.
+model_decode() {
+  local name=$1 batches=$2 limit=$3; shift 3
+  env "$@" timeout "$limit" python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches "$batches" --no-peer \
+    --no-eager-decode --budget-s 60 --out "$OUT/logs/$name" > "$OUT/logs/$name.log" 2>&1
+  grep -a 'decode B=' "$OUT/logs/$name.log" | sed 's/.*ours: //' | tr '\n' ' '
+}
+# This checkout installed again where the s34 step left $S34_BASE's tree installed (s34_tree=base): log name.
+new_tree() {
+  [ "${s34_tree:-new}" = base ] || return 0
+  MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/$1.log" 2>&1 || tail -20 "$OUT/logs/$1.log"
+  s34_tree=new
+}
 if [[ " $steps " == *" s34 "* ]]; then
   # session 34: swa_decode's combine kernel (splits shared out over the block), GLA's low-rank gate GEMM on the
   # dense decode GEMV, and the decode step's kernels as programmatic dependents (SBOPS_DECODE_PDL) -- GPU tests,
@@ -317,23 +331,21 @@ if [[ " $steps " == *" s34 "* ]]; then
       echo "$1 swa_decode pdl=$pdl: $(grep -a '"B"' "$OUT/logs/s34_swa_$1_pdl$pdl.log" | sed -E 's/.*"B": ([0-9]+).*"us_per_call": ([0-9.]+).*/B=\1 \2 us/' | tr '\n' ' ')"
     done
     for pdl in $2; do
-      SBOPS_DECODE_PDL=$pdl timeout 200 python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches ${S34_BATCHES:-1,32} \
-        --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s34_model_$1_pdl$pdl" > "$OUT/logs/s34_decode_$1_pdl$pdl.log" 2>&1
-      echo "$1 model pdl=$pdl: $(grep -a 'decode B=' "$OUT/logs/s34_decode_$1_pdl$pdl.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+      echo "$1 model pdl=$pdl: $(model_decode "s34_decode_$1_pdl$pdl" "${S34_BATCHES:-1,32}" 200 SBOPS_DECODE_PDL=$pdl)"
     done
   }
   s34_round new1 "1 all"
   if [ -n "${S34_BASE:-}" ] && [ -f "$S34_BASE" ]; then
-    here=$(pwd); rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
+    rm -rf /tmp/s34_base && mkdir /tmp/s34_base && tar xzf "$S34_BASE" -C /tmp/s34_base
     (cd /tmp/s34_base && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_base.log" 2>&1) || tail -20 "$OUT/logs/s34_install_base.log"
     s34_round base 1; s34_tree=base
     if (( $(date +%s) - t0 < ${S34_AGAIN_BEFORE:-420} )); then  # time left: the new tree again
-      (cd "$here" && MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_new.log" 2>&1) || tail -20 "$OUT/logs/s34_install_new.log"
-      s34_round new2 1; s34_tree=new
+      new_tree s34_install_new
+      s34_round new2 1
     fi
   fi
   if [ -n "${S34_PROFILE:-}" ]; then  # kernel-by-kernel profile of a prefill chunk and the B = 1 / 32 decode steps
-    [ "${s34_tree:-new}" = base ] && { MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s34_install_prof.log" 2>&1; s34_tree=new; }
+    new_tree s34_install_prof
     SBOPS_DECODE_PDL=${S34_PROFILE} timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 \
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
@@ -343,7 +355,7 @@ if [[ " $steps " == *" s35 "* ]]; then
   # (SBOPS_DECODE_PREFETCH bytes per weight row): its GPU tests, then the bf16 model's B = 1 / 32 decode by prefetch
   # size, alternated (SBOPS_DECODE_PDL=$S35_PDL, default 1: the GEMVs launch early), about 3 minutes
   stamp "dense decode GEMV L2 prefetch: tests, model decode by prefetch size"
-  [ "${s34_tree:-new}" = base ] && { MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s35_install.log" 2>&1; s34_tree=new; }
+  new_tree s35_install
   (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py -k "prefetch or wrote or route" \
      > "$OUT/logs/s35_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s35_tests.log")"; grep -a "^FAILED" "$OUT/logs/s35_tests.log" | head)
   PROBE_LAYOUTS=-1 PROBE_PREFETCH=${S35_PROBE_PREFETCH:-0,2048,8192} timeout 150 python3 benchmarks/gpu/probes/dense_decode_ab.py \
@@ -351,10 +363,8 @@ if [[ " $steps " == *" s35 "* ]]; then
   i=0
   for pf in ${S35_PREFETCH:-0 2048 8192 0 2048 8192}; do
     i=$((i + 1))
-    SBOPS_DECODE_PDL=${S35_PDL:-1} SBOPS_DECODE_PREFETCH=$pf timeout 120 python3 -m sbops.bench.model --lengths 8k \
-      --contexts 4k --batches ${S35_BATCHES:-1,32} --no-peer --no-eager-decode --budget-s 60 \
-      --out "$OUT/logs/s35_model_pf${pf}_$i" > "$OUT/logs/s35_decode_pf${pf}_$i.log" 2>&1
-    echo "prefetch $pf (pdl ${S35_PDL:-1}): $(grep -a 'decode B=' "$OUT/logs/s35_decode_pf${pf}_$i.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+    echo "prefetch $pf (pdl ${S35_PDL:-1}): $(model_decode "s35_decode_pf${pf}_$i" "${S35_BATCHES:-1,32}" 120 \
+      SBOPS_DECODE_PDL="${S35_PDL:-1}" SBOPS_DECODE_PREFETCH="$pf")"
   done
 fi
 if want macasim; then
