@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36|s36spike|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36, s36spike
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -14,7 +14,8 @@
 #   swa_decode's combine kernel, the gate GEMV and the decode kernels' programmatic launches: GPU tests,
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36 -- the dense decode GEMV's 32-row warps: tests, probe at M = 32 / 16, the
-#   model's decode with the route at 16 / 32 rows (about 3 minutes; runs before s35).  install runs first, before any other step.  A second call on a warm machine needs no
+#   model's decode with the route at 16 / 32 rows (about 3 minutes; runs before s35); s36spike -- the e4m3 / int8
+#   decode GEMV's 32-row warps: probe, tests, the fp8 model's decode MT 1 / 2 (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -207,7 +208,7 @@ fi
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then
   # timed against cuBLAS bf16) and the GPU tests of the decode kernel and of sbops.nn.drop_float_weights
-  stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, bulk-copy 8-11, per-warp cp.async 12-15 (4-7 and 12-15 never run before), cuBLAS"
+  stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, 32-row warps 8-9, bulk-copy 10-13, per-warp cp.async 14-17, cuBLAS"
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
     benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/decode_probe_build.log" 2>&1 \
     && timeout 240 /tmp/spike_decode_probe > "$OUT/logs/decode_probe.log" 2>&1
@@ -366,6 +367,28 @@ if [[ " $steps " == *" s36 "* ]]; then
   for rows in ${S36_ROWS:-16 32 16 32}; do
     i=$((i + 1))
     echo "route rows $rows: $(model_decode "s36_decode_rows${rows}_$i" "${S36_BATCHES:-32}" 120 SBOPS_DENSE_DECODE_ROWS="$rows")"
+  done
+fi
+if [[ " $steps " == *" s36spike "* ]]; then
+  # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layouts 8-9, SBOPS_SPIKE_DECODE_MT=2) -- the
+  # probe (every layout against float64, then timed against cuBLAS), the GPU tests with them as the default, and the fp8
+  # (int8-down) model's B = 1 / 8 decode, MT 1 / 2 alternated (about 4 minutes)
+  stamp "spike_decode 32-row warps: probe, tests, fp8 model decode"
+  new_tree s36s_install
+  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
+    benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/s36s_probe_build.log" 2>&1 \
+    && timeout 120 /tmp/spike_decode_probe > "$OUT/logs/s36s_probe.log" 2>&1
+  echo "probe rc=$? $(grep -c OK "$OUT/logs/s36s_probe.log") checks OK"; grep -a "FAIL\|fails=" "$OUT/logs/s36s_probe.log" | head -5
+  grep -a -v "^check" "$OUT/logs/s36s_probe.log" | cut -c1-400 | head -14
+  (cd tests && SBOPS_SPIKE_DECODE_MT=2 timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_cuda_decode.py \
+     > "$OUT/logs/s36s_tests.log" 2>&1; echo "MT=2 tests: rc=$? $(tail -1 "$OUT/logs/s36s_tests.log")"; grep -a "^FAILED" "$OUT/logs/s36s_tests.log" | head)
+  i=0
+  for mt in ${S36_MT:-1 2 1 2}; do
+    i=$((i + 1))
+    SBOPS_SPIKE_DECODE_MT=$mt timeout 150 python3 -m sbops.bench.model --weight-quant fp8 --down-quant int8_channel --lengths 8k \
+      --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s36s_fp8_mt${mt}_$i" \
+      > "$OUT/logs/s36s_fp8_mt${mt}_$i.log" 2>&1
+    echo "fp8 model MT=$mt: $(grep -a 'decode B=' "$OUT/logs/s36s_fp8_mt${mt}_$i.log" | sed 's/.*ours: //' | tr '\n' ' ')"
   done
 fi
 if [[ " $steps " == *" s35 "* ]]; then

@@ -43,7 +43,7 @@ cudaError_t launch_spike_hist(const void* counts, DType counts_dtype, int64_t* h
 // per-channel scales, x [M, K] and y [M, N] float16 / bfloat16, a bias in float32 or in x's dtype (read as
 // is: no conversion launch per call), float32 accumulation.  Two
 // launches (encode, GEMV) through a workspace of spike_decode_workspace_bytes(M, K), or one GEMV computing the
-// counts itself (layouts 4-7).  Rows of x and w: unit
+// counts itself (layouts 4-7; e4m3 only).  Rows of x and w: unit
 // column stride and 16-byte aligned starts; K % 16 == 0.  Not on MACA (no fp8 weights there).
 constexpr int kSpikeDecodeMaxRows = 8;
 struct SpikeDecodeArgs {
@@ -63,7 +63,7 @@ struct SpikeDecodeArgs {
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
-  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3 only)
+  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3, 8-9 only)
 };
 // Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
@@ -78,8 +78,13 @@ inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
 }
 bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
 // Layouts 0-3: the encode kernel, then the GEMV (needs the workspace); 4-7: the same GEMVs computing the counts
-// themselves (no workspace).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused).
+// themselves (no workspace); 8-9: the encode, then a GEMV whose warps take 32 weight rows each (two m16 tiles sharing
+// each load of the counts).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused), 8-9
+// where spike_decode_row_tiles() == 2 (SBOPS_SPIKE_DECODE_MT=2).
+constexpr int kSpikeDecodeLayouts = 10;
+inline bool spike_decode_layout_fused(int layout) { return layout >= 4 && layout < 8; }
 bool spike_decode_fused_encode();
+int spike_decode_row_tiles();
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8 = false);
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& args, DType x_dtype, int layout, cudaStream_t stream);
 

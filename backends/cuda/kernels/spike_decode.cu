@@ -111,24 +111,27 @@ __device__ __forceinline__ RowStats& block_row_stats() {
 
 // FUSED (layouts 4-7): no encode before it; the block computes the rows' vth and flags (row_stats) and converts the
 // x it loads into counts (x_counts8): the encode's values bit for bit, so the same output bits as layouts 0-3.
-template <typename E, int WN, int WK, int UNROLL, bool FUSED, bool I8>
-__global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeArgs a) {
-  static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3)");
+// MT m16 tiles per warp (16 MT weight rows): one load of token g's counts serves all of them (layouts 8-9: MT = 2).
+template <typename E, int WN, int WK, int UNROLL, bool FUSED, bool I8, int MT = 1>
+__global__ void __launch_bounds__(32 * WN * WK, MT == 2 ? 5 : 1) spike_decode_kernel(SpikeDecodeArgs a) {
+  static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3, 8-9)");
+  static_assert(!FUSED || MT == 1, "the fused encode takes 16-row warps");
   static_assert(!FUSED || 32 * WN * WK == kEncodeThreads, "row_stats takes the encode's threads and order");
   constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
   const uint8_t* __restrict__ w = static_cast<const uint8_t*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wk = warp / WN;
   const int g = lane >> 2, t = lane & 3;
-  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
+  const int nb = blockIdx.x * 16 * MT * WN, n0 = nb + wn * 16 * MT;
   const int KB = (a.K + 63) >> 6;
 
-  const uint8_t* wrow[2];
-  bool wok[2];
-  weight_rows(w, a.ldw, a.N, n0, lane, wrow, wok);
-  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8, and its 16 counts of token g (FUSED:
-  // its 16 values of x, hv unused)
-  uint4 wv[2][UNROLL][2], cv[2][UNROLL][NT][2], hv[2][UNROLL][NT][2];
+  const uint8_t* wrow[MT][2];
+  bool wok[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) weight_rows(w, a.ldw, a.N, n0 + 16 * mt, lane, wrow[mt], wok[mt]);
+  // per stage and unrolled block: the lane's 16 weights of rows g and g + 8 of each m-tile, and its 16 counts of
+  // token g (FUSED: its 16 values of x, hv unused)
+  uint4 wv[2][UNROLL][MT][2], cv[2][UNROLL][NT][2], hv[2][UNROLL][NT][2];
   const uint4 zero = make_uint4(0, 0, 0, 0);
   auto load_w = [&](int buf, int kb0) {
 #pragma unroll
@@ -136,7 +139,10 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
       const int kb = kb0 + u * WK;
       const bool kok = kb < KB && kb * 64 + 16 * t < a.K;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + kb * 64) : zero;
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          wv[buf][u][mt][h] = (kok && wok[mt][h]) ? ld_stream(wrow[mt][h] + kb * 64) : zero;
     }
   };
 
@@ -207,11 +213,13 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
     load_c(buf, kb0);
   };
 
-  float acc[NT][4], acch[NT][4];
+  float acc[MT][NT][4], acch[MT][NT][4];
 #pragma unroll
-  for (int j = 0; j < NT; ++j)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[j][i] = acch[j][i] = 0.f;
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][j][i] = acch[mt][j][i] = 0.f;
 
   auto compute = [&](int buf) {
 #pragma unroll
@@ -222,9 +230,11 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
         for (int j = 0; j < NT; ++j)
 #pragma unroll
           for (int v = 0; v < 2; ++v) x_counts8<E>(cv[buf][u][j][v], vth_g, inv_g, two, lo[j][v], hi[j][v]);
-        mma_block<NT, I8>(acc, acch, wv[buf][u][0], wv[buf][u][1], lo, hi, two);
+        mma_block<NT, I8>(acc[0], acch[0], wv[buf][u][0][0], wv[buf][u][0][1], lo, hi, two);
       } else {
-        mma_block<NT, I8>(acc, acch, wv[buf][u][0], wv[buf][u][1], cv[buf][u], hv[buf][u], two);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          mma_block<NT, I8>(acc[mt], acch[mt], wv[buf][u][mt][0], wv[buf][u][mt][1], cv[buf][u], hv[buf][u], two);
       }
     }
   };
@@ -247,18 +257,29 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
                                a.N, a.K, n0, wk, lane, big);
     else
       r = residual_rows<WK, I8>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
-    acc[0][0] += r.x, acc[0][1] += r.y, acc[0][2] += r.z, acc[0][3] += r.w;
+    acc[0][0][0] += r.x, acc[0][0][1] += r.y, acc[0][0][2] += r.z, acc[0][0][3] += r.w;
+    if constexpr (!FUSED) {
+#pragma unroll
+      for (int mt = 1; mt < MT; ++mt) {
+        r = residual_rows<WK, I8>(w, a.ldw, a.res, a.N, a.K, n0 + 16 * mt, wk, lane, big);
+        acc[mt][0][0] += r.x, acc[mt][0][1] += r.y, acc[mt][0][2] += r.z, acc[mt][0][3] += r.w;
+      }
+    }
   }
 
-  // partial sums red[wk][wn][i][lane] (i over the 4 accumulators); the k-groups add into red[0]
-  __shared__ float red[WK * WN * 4 * 32];
+  // partial sums red[wk][wn MT + mt][i][lane] (i over the 4 accumulators); the k-groups add into red[0].  A warp's
+  // m-tiles are consecutive 16-row tiles, so store_rows sees WN MT warp columns of 16 rows.
+  __shared__ float red[WK * WN * MT * 4 * 32];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) red[(wk * WN + wn) * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[0][i], acc[0][i]);
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      red[((wk * WN + wn) * MT + mt) * 4 * 32 + i * 32 + lane] = fmaf(kPlane, acch[mt][0][i], acc[mt][0][i]);
   __syncthreads();
   if constexpr (FUSED)
     store_rows<E, WN, WK>(a, block_row_stats().vth, red, nb);
   else
-    store_rows<E, WN, WK>(a, red, nb);
+    store_rows<E, WN * MT, WK>(a, red, nb);
 }
 
 // Programmatic dependent launches (sm_90; pdl_launch.cuh): the GEMV after its encode (default), and with
@@ -269,10 +290,11 @@ __global__ void __launch_bounds__(32 * WN * WK) spike_decode_kernel(SpikeDecodeA
 
 // The GEMV as a programmatic dependent of the work before it in the default mode: of its encode (layouts 0-3), or, with
 // the encode fused (layouts 4-7), of whatever kernel precedes it, which it waits for before reading anything.
-template <typename E, int WN, int WK, int U, bool FUSED, bool I8 = false>
+template <typename E, int WN, int WK, int U, bool FUSED, bool I8 = false, int MT = 1>
 cudaError_t launch_layout(const SpikeDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = spike_decode_kernel<E, WN, WK, U, FUSED, I8>;
-  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
+  const auto kernel = spike_decode_kernel<E, WN, WK, U, FUSED, I8, MT>;
+  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * MT * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a,
+                    st);
 }
 
 template <typename E>
@@ -282,25 +304,30 @@ cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
 }
 
 // The GEMV's block shape 0-3 (WN x WK warps, UNROLL blocks): layouts 0-3 after the encode, 4-7 (FUSED) the same shapes
-// computing the counts themselves (e4m3 weights only)
+// computing the counts themselves (e4m3 weights only); shapes 8-9 (after the encode) give each warp two m16 tiles
+// (32 weight rows) that share each load of the counts: (1, 8, 1) and (2, 4, 1) with the weight bytes per register stage
+// of (1, 8, 2) and (2, 4, 2), and one stage of counts instead of two
 template <typename E, bool FUSED, bool I8>
 cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
   switch (shape) {
     case 0: return launch_layout<E, 1, 8, 2, FUSED, I8>(a, st);
     case 1: return launch_layout<E, 2, 4, 2, FUSED, I8>(a, st);
     case 2: return launch_layout<E, 1, 8, 1, FUSED, I8>(a, st);
-    default: return launch_layout<E, 4, 2, 2, FUSED, I8>(a, st);
+    case 3: return launch_layout<E, 4, 2, 2, FUSED, I8>(a, st);
+    case 8: return launch_layout<E, 2, 2, 1, false, I8, 2>(a, st);
+    default: return launch_layout<E, 1, 4, 1, false, I8, 2>(a, st);
   }
 }
 
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  if (layout < 4) {
+  const bool fused = layout >= 4 && layout < 8;
+  if (!fused) {
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
   }
-  if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3 (launch_spike_decode refuses 4-7)
-  return layout < 4 ? launch_gemv<E, false, false>(a, layout, st) : launch_gemv<E, true, false>(a, layout - 4, st);
+  if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3, 8-9 (launch_spike_decode refuses 4-7)
+  return fused ? launch_gemv<E, true, false>(a, layout - 4, st) : launch_gemv<E, false, false>(a, layout, st);
 }
 
 }  // namespace
@@ -331,12 +358,29 @@ bool spike_decode_fused_encode() {
 #endif
 }
 
+// SBOPS_SPIKE_DECODE_MT=2 (read once): the default GEMVs give each warp two m16 tiles (layouts 8-9); unset or anything
+// else: one (layouts 0-3).  Opt-in until timed (written in session 36).
+int spike_decode_row_tiles() {
+#if defined(USE_MACA)
+  return 1;
+#else
+  static const int mt = [] {
+    const char* v = std::getenv("SBOPS_SPIKE_DECODE_MT");
+    return v != nullptr && std::strcmp(v, "2") == 0 ? 2 : 1;
+  }();
+  return mt;
+#endif
+}
+
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
   // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones (int8
-  // weights: the same layouts, not timed apart; never fused)
-  (void)M, (void)K;
-  return (N < 4096 ? 0 : 2) + (spike_decode_fused_encode() && !w_int8 ? 4 : 0);
+  // weights: the same layouts, not timed apart; never fused).  With SBOPS_SPIKE_DECODE_MT=2 (not yet timed): 32-row
+  // warps of 8 k-groups of 1 block (layout 8) everywhere.
+  (void)M, (void)K, (void)N;
+  if (spike_decode_fused_encode() && !w_int8) return N < 4096 ? 4 : 6;
+  if (spike_decode_row_tiles() == 2) return 8;
+  return N < 4096 ? 0 : 2;
 }
 
 cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
@@ -345,9 +389,10 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   return cudaErrorNotSupported;
 #else
   if (a.M == 0 || a.N == 0) return cudaSuccess;
-  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 || layout > (a.w_int8 ? 3 : 7))
+  if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 ||
+      layout >= kSpikeDecodeLayouts || (a.w_int8 && spike_decode_layout_fused(layout)))
     return cudaErrorInvalidValue;
-  if (layout < 4 && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
+  if (!spike_decode_layout_fused(layout) && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
     return cudaErrorInvalidValue;  // the encode's workspace (spike_decode_workspace)
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);

@@ -4,8 +4,9 @@
 // in bf16) at the 7B decode shapes, M = 1 and 8, and M = 1 with a count past 2048 ("hi": the second count plane), weights rotated over > 400 MB of copies; 60 calls captured in one
 // CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV after its encode, 4-7
 // the same GEMVs with the encode fused in (no encode launch, no workspace; each also checked bit for bit against
-// layout - 4), 8-11 session 23's bulk-copy GEMV of spike_decode_tma.cuh, sm_90 only, 12-15 the per-warp cp.async GEMV
-// of spike_decode_cpasync.cuh) and the launcher's default.
+// layout - 4), 8-9 the library's 32-row warps after its encode (session 36), 10-13 session 23's bulk-copy GEMV of
+// spike_decode_tma.cuh, sm_90 only, 14-17 the per-warp cp.async GEMV of spike_decode_cpasync.cuh) and the launcher's
+// default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
 #include <cublas_v2.h>
@@ -20,16 +21,19 @@
 #include <cuda_pipeline.h>                          // the cp.async probe's copies
 namespace sbops {
 namespace {
-#include "spike_decode_tma.cuh"      // layouts 8-11: the session 23 bulk-copy GEMV (not in the library)
-#include "spike_decode_cpasync.cuh"  // layouts 12-15: per-warp cp.async rings (written in session 23, not yet run)
+#include "spike_decode_tma.cuh"      // layouts 10-13: the session 23 bulk-copy GEMV (not in the library)
+#include "spike_decode_cpasync.cuh"  // layouts 14-17: per-warp cp.async rings (session 23)
 }  // namespace
-// layouts 0-7 through the library's launcher, 8-11 the probe's bulk-copy GEMV, 12-15 its cp.async GEMV (bf16 x)
+// layouts 0-9 through the library's launcher, 10-13 the probe's bulk-copy GEMV, 14-17 its cp.async GEMV (bf16 x; their
+// own numbering is 8-15)
+constexpr int kLib = kSpikeDecodeLayouts;
 cudaError_t launch_probe(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
-  if (layout < 8 || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
-  return layout < 12 ? launch_tma_probe(a, layout, st) : launch_cpasync_probe(a, layout, st);
+  if (layout < kLib || a.M < 1 || a.M > kSpikeDecodeMaxRows) return launch_spike_decode(a, x_dtype, layout, st);
+  const int own = layout - kLib + 8;
+  return own < 12 ? launch_tma_probe(a, own, st) : launch_cpasync_probe(a, own, st);
 }
 // layouts 4-7 (the fused encode) read no workspace
-bool needs_workspace(int layout) { return layout < 4 || layout >= 8; }
+bool needs_workspace(int layout) { return !spike_decode_layout_fused(layout); }
 }  // namespace sbops
 using namespace sbops;
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s line %d\n", cudaGetErrorString(e), __LINE__); exit(1);} } while (0)
@@ -41,7 +45,7 @@ static double e4m3(uint8_t b) {
 }
 static uint8_t rand_e4m3() { uint8_t b; do { b = rand() & 0xFF; } while ((b & 0x7F) == 0x7F || ((b >> 3) & 15) > 12); return b; }
 static void* g_ws = nullptr;
-constexpr int kProbeLayouts = 16;
+constexpr int kProbeLayouts = kLib + 8;
 int check(int M, int N, int K, bool bias, int layout, bool big, unsigned seed) {
   srand(seed);
   int ldx = K + 16;
