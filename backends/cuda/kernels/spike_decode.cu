@@ -111,9 +111,11 @@ __device__ __forceinline__ RowStats& block_row_stats() {
 
 // FUSED (layouts 4-7): no encode before it; the block computes the rows' vth and flags (row_stats) and converts the
 // x it loads into counts (x_counts8): the encode's values bit for bit, so the same output bits as layouts 0-3.
-// MT m16 tiles per warp (16 MT weight rows): one load of token g's counts serves all of them (layouts 8-9: MT = 2).
+// MT m16 tiles per warp (16 MT weight rows): one load of token g's counts serves all of them (layouts 8-9: MT = 2,
+// held to 96 registers for five 128-thread blocks per SM; MT = 1 keeps the compiler's own choice: minimum 0 = unset,
+// the PTX of layouts 0-7 unchanged).
 template <typename E, int WN, int WK, int UNROLL, bool FUSED, bool I8, int MT = 1>
-__global__ void __launch_bounds__(32 * WN * WK, MT == 2 ? 5 : 1) spike_decode_kernel(SpikeDecodeArgs a) {
+__global__ void __launch_bounds__(32 * WN * WK, MT == 2 ? 5 : 0) spike_decode_kernel(SpikeDecodeArgs a) {
   static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3, 8-9)");
   static_assert(!FUSED || MT == 1, "the fused encode takes 16-row warps");
   static_assert(!FUSED || 32 * WN * WK == kEncodeThreads, "row_stats takes the encode's threads and order");
