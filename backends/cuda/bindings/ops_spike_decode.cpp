@@ -48,7 +48,7 @@ Tensor spike_linear_decode_cuda(const Tensor& x_in, const Tensor& w_in, const Te
   a.w_int8 = w_int8;
   Tensor ws;  // the encode's planes; none where the GEMVs compute the counts themselves (SBOPS_DECODE_ENCODE=fused)
   const int layout = sbops::spike_decode_default_layout(M, N, K, w_int8);
-  if (layout < 4) {
+  if (!sbops::spike_decode_layout_fused(layout)) {
     ws = empty_on({sbops::spike_decode_workspace_bytes(M, K)}, kByte, x);
     sbops::spike_decode_workspace(a, ws.data_ptr());
   }

@@ -307,8 +307,8 @@ cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
 
 // The GEMV's block shape 0-3 (WN x WK warps, UNROLL blocks): layouts 0-3 after the encode, 4-7 (FUSED) the same shapes
 // computing the counts themselves (e4m3 weights only); shapes 8-9 (after the encode) give each warp two m16 tiles
-// (32 weight rows) that share each load of the counts: (1, 8, 1) and (2, 4, 1) with the weight bytes per register stage
-// of (1, 8, 2) and (2, 4, 2), and one stage of counts instead of two
+// (32 weight rows) that share each load of the counts: (2, 2, 1) and (1, 4, 1), 128-thread blocks, a warp's register
+// stage holding the weight bytes of UNROLL = 2 but one block of counts
 template <typename E, bool FUSED, bool I8>
 cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
   switch (shape) {
@@ -378,7 +378,7 @@ int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
   // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones (int8
   // weights: the same layouts, not timed apart; never fused).  With SBOPS_SPIKE_DECODE_MT=2 (not yet timed): 32-row
-  // warps of 8 k-groups of 1 block (layout 8) everywhere.
+  // warps, 2 x 2 per block, 1 block per stage (layout 8) everywhere.
   (void)M, (void)K, (void)N;
   if (spike_decode_fused_encode() && !w_int8) return N < 4096 ? 4 : 6;
   if (spike_decode_row_tiles() == 2) return 8;
