@@ -15,23 +15,15 @@ def env_switch(name: str) -> bool:
 def env_bytes(name: str, default: int = 0) -> int:
     """A byte count >= 0 read from the environment (`default` when unset or blank); a ValueError names the variable
     when it is not a non-negative integer."""
-    return env_count(name, default, what="a byte count >= 0")
-
-
-def env_count(name: str, default: int, lo: int = 0, hi: int | None = None, what: str | None = None) -> int:
-    """An integer in [lo, hi] read from the environment (`default` when unset or blank); a ValueError names the
-    variable and the range (or `what`) otherwise."""
     v = os.environ.get(name, "").strip()
     if not v:
         return default
     try:
         n = int(v)
-        ok = n >= lo and (hi is None or n <= hi)
     except ValueError:
-        ok = False
-    if not ok:
-        want = what or (f"an integer >= {lo}" if hi is None else f"an integer in {lo} .. {hi}")
-        raise ValueError(f"{name} must be {want}, got {v!r}")
+        n = -1
+    if n < 0:
+        raise ValueError(f"{name} must be a byte count >= 0, got {v!r}")
     return n
 
 

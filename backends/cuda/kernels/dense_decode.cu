@@ -3,8 +3,7 @@
 // where cuBLAS's GEMV reads the smaller weights (qkv, o: 25-33 MB) at ~68% of an H100's bandwidth (session 30).
 //
 // Layout (sm_80+, mma.m16n8k16 with float32 accumulators; the e4m3 spike_decode GEMV's scheme without its counts):
-// block = WN x WK warps.  Warp (wn, wk) owns 16 MT weight rows (MT m16 tiles) and every WK-th 32-column block
-// (64 bytes of a row);
+// block = WN x WK warps.  Warp (wn, wk) owns 16 weight rows and every WK-th 32-column block (64 bytes of a row);
 // each lane loads 16 contiguous bytes (8 weights) of rows g and g + 8 (g = lane / 4, t = lane % 4, columns
 // 32 kb + 8 t ..) straight into registers by a streaming load (no L1 allocation, 256-byte L2 segments), no
 // shared-memory staging.  A dot product does not care about the order of K, so those 8 columns serve as the lane's
@@ -28,26 +27,23 @@ namespace sbops {
 #if !defined(USE_MACA)
 namespace {
 
-template <typename E, int NT, int MT, int WN, int WK, int U>
+template <typename E, int NT, int WN, int WK, int U>
 __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeArgs a) {
-  constexpr int R = 16 * MT;  // weight rows per warp: MT m-tiles of 16 share each x load
   const char* __restrict__ w = static_cast<const char*>(a.w);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int wn = warp % WN, wk = warp / WN;
   const int g = lane >> 2, t = lane & 3;
-  const int nb = blockIdx.x * R * WN, n0 = nb + wn * R;
+  const int nb = blockIdx.x * 16 * WN, n0 = nb + wn * 16;
   const int KB = (a.K + 31) >> 5;  // 32-column blocks
 
-  const char* wrow[MT][2];
-  bool wok[MT][2];
+  const char* wrow[2];
+  bool wok[2];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int n = n0 + 16 * mt + g + 8 * h;
-      wok[mt][h] = n < a.N;
-      wrow[mt][h] = w + (static_cast<int64_t>(wok[mt][h] ? n : 0) * a.ldw + 8 * t) * 2;
-    }
+  for (int h = 0; h < 2; ++h) {
+    const int n = n0 + g + 8 * h;
+    wok[h] = n < a.N;
+    wrow[h] = w + (static_cast<int64_t>(wok[h] ? n : 0) * a.ldw + 8 * t) * 2;
+  }
   const E* xrow[NT];
   bool xok[NT];
 #pragma unroll
@@ -57,17 +53,14 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
     xrow[j] = static_cast<const E*>(a.x) + static_cast<int64_t>(xok[j] ? m : 0) * a.ldx + 8 * t;
   }
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  uint4 wv[2][U][MT][2], xv[2][U][NT];
+  uint4 wv[2][U][2], xv[2][U][NT];
   auto load_w = [&](int buf, int kb0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int kb = kb0 + u * WK;
       const bool kok = kb < KB && 32 * kb + 8 * t < a.K;
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          wv[buf][u][mt][h] = (kok && wok[mt][h]) ? ld_stream(wrow[mt][h] + 64 * int64_t{kb}) : zero;
+      for (int h = 0; h < 2; ++h) wv[buf][u][h] = (kok && wok[h]) ? ld_stream(wrow[h] + 64 * int64_t{kb}) : zero;
     }
   };
   auto load_x = [&](int buf, int kb0) {
@@ -80,32 +73,28 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
         xv[buf][u][j] = (kok && xok[j]) ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + 32 * int64_t{kb})) : zero;
     }
   };
-  float acc[MT][NT][4];
+  float acc[NT][4];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][j][i] = 0.f;
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
   auto compute = [&](int buf) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int s = 0; s < 2; ++s)
+      for (int s = 0; s < 2; ++s) {
+        const uint4 &w0 = wv[buf][u][0], &w1 = wv[buf][u][1];
+        const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const uint4 &w0 = wv[buf][u][mt][0], &w1 = wv[buf][u][mt][1];
-          const uint32_t af[4] = {word(w0, 2 * s), word(w1, 2 * s), word(w0, 2 * s + 1), word(w1, 2 * s + 1)};
-#pragma unroll
-          for (int j = 0; j < NT; ++j)
-            warp_mma::mma_16816<E>(acc[mt][j], af, word(xv[buf][u][j], 2 * s), word(xv[buf][u][j], 2 * s + 1));
-        }
+        for (int j = 0; j < NT; ++j)
+          warp_mma::mma_16816<E>(acc[j], af, word(xv[buf][u][j], 2 * s), word(xv[buf][u][j], 2 * s + 1));
+      }
   };
 
   constexpr int kStep = WK * U;
   int kb = wk;
-  if (a.prefetch > 0 && lane < R && n0 + lane < a.N) {
-    // while the kernel before runs: the first a.prefetch bytes of the warp's R weight rows into L2, split over
+  if (a.prefetch > 0 && lane < 16 && n0 + lane < a.N) {
+    // while the kernel before runs: the first a.prefetch bytes of the warp's 16 weight rows into L2, split over
     // the WK k-groups (x is that kernel's output: it waits)
     const int64_t row = int64_t{a.K} * 2, bytes = a.prefetch < row ? a.prefetch : row;
     const int64_t chunk = ((bytes + WK - 1) / WK + 15) / 16 * 16, start = wk * chunk;
@@ -126,40 +115,36 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
     kb += kStep;
   }
 
-  // partial sums red[wk][wn][mt][j][i][lane]; the k-groups add in k-group order
-  __shared__ float red[WK * WN * MT * NT * 4 * 32];
+  // partial sums red[wk][wn][j][i][lane]; the k-groups add in k-group order
+  __shared__ float red[WK * WN * NT * 4 * 32];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) red[((((wk * WN + wn) * MT + mt) * NT + j) * 4 + i) * 32 + lane] = acc[mt][j][i];
+    for (int i = 0; i < 4; ++i) red[(((wk * WN + wn) * NT + j) * 4 + i) * 32 + lane] = acc[j][i];
   __syncthreads();
-  constexpr int kRows = R * WN, kOut = kRows * 8 * NT;
+  constexpr int kRows = 16 * WN, kOut = kRows * 8 * NT;
   for (int o = threadIdx.x; o < kOut; o += 32 * WN * WK) {
     const int r = o % kRows, m = o / kRows, n = nb + r;
     if (m >= a.M || n >= a.N) continue;
-    const int rw = r / R, mt = (r % R) / 16, rr = r % 16, j = m / 8, mm = m % 8;
+    const int rw = r / 16, rr = r % 16, j = m / 8, mm = m % 8;
     const int src_lane = 4 * (rr % 8) + mm / 2, i = 2 * (rr / 8) + mm % 2;
     float s = 0.f;
 #pragma unroll
-    for (int k = 0; k < WK; ++k) s += red[((((k * WN + rw) * MT + mt) * NT + j) * 4 + i) * 32 + src_lane];
+    for (int k = 0; k < WK; ++k) s += red[(((k * WN + rw) * NT + j) * 4 + i) * 32 + src_lane];
     if (a.bias != nullptr)
       s += a.bias_x_dtype ? to_float(static_cast<const E*>(a.bias)[n]) : static_cast<const float*>(a.bias)[n];
     static_cast<E*>(a.y)[static_cast<int64_t>(m) * a.ldy + n] = from_float<E>(s);
   }
 }
 
-template <typename E, int NT, int WN, int WK, int U, int MT = 1>
+template <typename E, int NT, int WN, int WK, int U>
 cudaError_t launch_shape(const DenseDecodeArgs& a, cudaStream_t st) {
-  const auto kernel = dense_decode_kernel<E, NT, MT, WN, WK, U>;
-  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * MT * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a,
-                    st);
+  const auto kernel = dense_decode_kernel<E, NT, WN, WK, U>;
+  return launch_one(kernel, static_cast<unsigned>(ceil_div(a.N, 16 * WN)), 32 * WN * WK, pdl_plan(kernel, 1), a, st);
 }
 
-// Block shapes (WN, WK, U, MT).  Four n-tiles (M > 16) hold x for U <= 2 blocks (a U = 4 stage pair would not fit
-// in registers): layouts 2 and 4 run there as 0 and 3.  Layouts 6-8 give each warp 32 weight rows (MT = 2), so one
-// x load serves two m16 tiles: at 32 tokens x's loads (through L1) fall from twice the weight bytes to once.
+// Block shapes (WN, WK, U).  Four n-tiles (M > 16) hold x for U <= 2 blocks (a U = 4 stage pair would not fit in
+// registers): layouts 2 and 4 run there as 0 and 3.
 template <typename E, int NT>
 cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st) {
   constexpr int U4 = NT == 4 ? 2 : 4;
@@ -169,10 +154,7 @@ cudaError_t launch_layout(const DenseDecodeArgs& a, int layout, cudaStream_t st)
     case 2: return launch_shape<E, NT, 1, 8, U4>(a, st);
     case 3: return launch_shape<E, NT, 2, 4, 2>(a, st);
     case 4: return launch_shape<E, NT, 2, 4, U4>(a, st);
-    case 5: return launch_shape<E, NT, 4, 2, 2>(a, st);
-    case 6: return launch_shape<E, NT, 1, 8, 1, 2>(a, st);
-    case 7: return launch_shape<E, NT, 2, 4, 1, 2>(a, st);
-    default: return launch_shape<E, NT, 1, 4, 1, 2>(a, st);
+    default: return launch_shape<E, NT, 4, 2, 2>(a, st);
   }
 }
 
@@ -199,12 +181,10 @@ bool dense_decode_supports(int64_t M, int64_t N, int64_t K) {
 int dense_decode_default_layout(int64_t M, int64_t N, int64_t K) {
   // measured on an H100 at the bf16 7B shapes (benchmarks/RESULTS.md, session 32, probes/dense_decode_ab.py):
   // M <= 8 (1, 8, 2), or (1, 8, 4) for the wide gate_up / lm_head; M <= 16 (1, 8, 1), or (1, 8, 2) for K >= 8192
-  // (down).  Past 16 rows the 16-row warps (best (1, 8, 1)) lose to cuBLAS; the 32-row warps of layout 6 (1, 8, 1,
-  // MT = 2) are the default there but not yet timed (the model keeps F.linear past 16 rows unless
-  // SBOPS_DENSE_DECODE_ROWS raises its route)
+  // (down); past 16 rows (1, 8, 1), which loses to cuBLAS there (the model keeps F.linear past 16 rows)
   if (M <= 8) return N >= 16384 ? 2 : 0;
   if (M <= 16) return K >= 8192 ? 0 : 1;
-  return 6;
+  return 1;
 }
 
 bool dense_decode_available() {
@@ -216,7 +196,7 @@ bool dense_decode_available() {
   cudaFuncAttributes fa{};
   const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8 &&
-                  cudaFuncGetAttributes(&fa, dense_decode_kernel<__nv_bfloat16, 1, 1, 1, 8, 2>) == cudaSuccess;
+                  cudaFuncGetAttributes(&fa, dense_decode_kernel<__nv_bfloat16, 1, 1, 8, 2>) == cudaSuccess;
   if (!ok) (void)cudaGetLastError();
   return ok;
 #endif

