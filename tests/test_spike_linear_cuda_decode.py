@@ -234,11 +234,11 @@ def _same_bits(a, b):
 
 def _launched(kernels):
     """(the encode kernel, a fused-encode GEMV) among the kernel names a child saw, e.g.
-    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true, false>(sbops::SpikeDecodeArgs)`
-    (template arguments: x's type, WN, WK, UNROLL, FUSED, int8 weights)"""
+    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true, false, 1>(sbops::SpikeDecodeArgs)`
+    (template arguments: x's type, WN, WK, UNROLL, FUSED, int8 weights, m16 tiles per warp)"""
     gemv = [k.split("spike_decode_kernel<", 1)[1].split(">", 1)[0].split(", ") for k in kernels
             if "spike_decode_kernel<" in k]
-    assert gemv and all(len(a) == 6 for a in gemv), kernels
+    assert gemv and all(len(a) == 7 for a in gemv), kernels
     return any("spike_decode_encode_kernel" in k for k in kernels), any(a[4] == "true" for a in gemv)
 
 

@@ -63,7 +63,7 @@ struct SpikeDecodeArgs {
   float* vth;
   int* flags;
   bool bias_x_dtype = false;
-  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3, 8-9 only)
+  bool w_int8 = false;  // w holds int8 weights instead of e4m3 (the encode + GEMV layouts 0-3, 8 only)
 };
 // Bytes of the workspace; lo, hi and res start 16-byte aligned (K % 16 == 0), vth and flags 4-byte aligned.
 inline int64_t spike_decode_workspace_bytes(int64_t M, int64_t K) { return 8 * M * K + 8 * M; }
@@ -78,10 +78,10 @@ inline void spike_decode_workspace(SpikeDecodeArgs& a, void* base) {
 }
 bool spike_decode_supports(int64_t M, int64_t N, int64_t K);
 // Layouts 0-3: the encode kernel, then the GEMV (needs the workspace); 4-7: the same GEMVs computing the counts
-// themselves (no workspace); 8-9: the encode, then a GEMV whose warps take 32 weight rows each (two m16 tiles sharing
-// each load of the counts).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused), 8-9
-// where spike_decode_row_tiles() == 2 (SBOPS_SPIKE_DECODE_MT=2).
-constexpr int kSpikeDecodeLayouts = 10;
+// themselves (no workspace); 8: the encode, then a GEMV whose warps take 32 weight rows each (two m16 tiles sharing
+// each load of the counts).  The default takes 4-7 where spike_decode_fused_encode() (SBOPS_DECODE_ENCODE=fused), else
+// 8 for N >= 16384 unless spike_decode_row_tiles() == 1 (SBOPS_SPIKE_DECODE_MT=1).
+constexpr int kSpikeDecodeLayouts = 9;
 inline bool spike_decode_layout_fused(int layout) { return layout >= 4 && layout < 8; }
 bool spike_decode_fused_encode();
 int spike_decode_row_tiles();

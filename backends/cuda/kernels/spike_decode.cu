@@ -111,12 +111,12 @@ __device__ __forceinline__ RowStats& block_row_stats() {
 
 // FUSED (layouts 4-7): no encode before it; the block computes the rows' vth and flags (row_stats) and converts the
 // x it loads into counts (x_counts8): the encode's values bit for bit, so the same output bits as layouts 0-3.
-// MT m16 tiles per warp (16 MT weight rows): one load of token g's counts serves all of them (layouts 8-9: MT = 2,
+// MT m16 tiles per warp (16 MT weight rows): one load of token g's counts serves all of them (layout 8: MT = 2,
 // held to 96 registers for five 128-thread blocks per SM; MT = 1 keeps the compiler's own choice: minimum 0 = unset,
 // the PTX of layouts 0-7 unchanged).
 template <typename E, int WN, int WK, int UNROLL, bool FUSED, bool I8, int MT = 1>
 __global__ void __launch_bounds__(32 * WN * WK, MT == 2 ? 5 : 0) spike_decode_kernel(SpikeDecodeArgs a) {
-  static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3, 8-9)");
+  static_assert(!(FUSED && I8), "int8 weights take the encode + GEMV layouts (0-3, 8)");
   static_assert(!FUSED || MT == 1, "the fused encode takes 16-row warps");
   static_assert(!FUSED || 32 * WN * WK == kEncodeThreads, "row_stats takes the encode's threads and order");
   constexpr int NT = 1;  // n-tiles of 8 tokens: M <= kSpikeDecodeMaxRows = 8
@@ -306,9 +306,10 @@ cudaError_t launch_encode(const SpikeDecodeArgs& a, cudaStream_t st) {
 }
 
 // The GEMV's block shape 0-3 (WN x WK warps, UNROLL blocks): layouts 0-3 after the encode, 4-7 (FUSED) the same shapes
-// computing the counts themselves (e4m3 weights only); shapes 8-9 (after the encode) give each warp two m16 tiles
-// (32 weight rows) that share each load of the counts: (2, 2, 1) and (1, 4, 1), 128-thread blocks, a warp's register
-// stage holding the weight bytes of UNROLL = 2 but one block of counts
+// computing the counts themselves (e4m3 weights only); shape 8 (after the encode) gives each warp two m16 tiles (32
+// weight rows) that share each load of the counts: (1, 4, 1) in 128-thread blocks, a warp's register stage holding the
+// weight bytes of UNROLL = 2 but one block of counts (session 36, H100: the wide gate_up 47.94 vs (1, 8, 1)'s 49.75 us
+// at M = 1, 48.97 vs 50.60 at M = 8; slower on qkv, o and down; (2, 2, 1) slower everywhere, removed)
 template <typename E, bool FUSED, bool I8>
 cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
   switch (shape) {
@@ -316,7 +317,6 @@ cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
     case 1: return launch_layout<E, 2, 4, 2, FUSED, I8>(a, st);
     case 2: return launch_layout<E, 1, 8, 1, FUSED, I8>(a, st);
     case 3: return launch_layout<E, 4, 2, 2, FUSED, I8>(a, st);
-    case 8: return launch_layout<E, 2, 2, 1, false, I8, 2>(a, st);
     default: return launch_layout<E, 1, 4, 1, false, I8, 2>(a, st);
   }
 }
@@ -328,7 +328,7 @@ cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) 
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
   }
-  if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3, 8-9 (launch_spike_decode refuses 4-7)
+  if (a.w_int8) return launch_gemv<E, false, true>(a, layout, st);  // layouts 0-3, 8 (launch_spike_decode refuses 4-7)
   return fused ? launch_gemv<E, true, false>(a, layout - 4, st) : launch_gemv<E, false, false>(a, layout, st);
 }
 
@@ -360,15 +360,15 @@ bool spike_decode_fused_encode() {
 #endif
 }
 
-// SBOPS_SPIKE_DECODE_MT=2 (read once): the default GEMVs give each warp two m16 tiles (layouts 8-9); unset or anything
-// else: one (layouts 0-3).  Opt-in until timed (written in session 36).
+// SBOPS_SPIKE_DECODE_MT=1 (read once): the wide shapes' default GEMV keeps 16-row warps (layout 2), to compare; unset or
+// anything else: 32-row warps there (layout 8, session 36).
 int spike_decode_row_tiles() {
 #if defined(USE_MACA)
   return 1;
 #else
   static const int mt = [] {
     const char* v = std::getenv("SBOPS_SPIKE_DECODE_MT");
-    return v != nullptr && std::strcmp(v, "2") == 0 ? 2 : 1;
+    return v != nullptr && std::strcmp(v, "1") == 0 ? 1 : 2;
   }();
   return mt;
 #endif
@@ -377,11 +377,11 @@ int spike_decode_row_tiles() {
 int spike_decode_default_layout(int64_t M, int64_t N, int64_t K, bool w_int8) {
   // measured on the H200 at the 7B shapes, M = 1 .. 8 (benchmarks/RESULTS_sessions_11-16.md, session 16): 16 rows
   // x 8 k-groups of 2 blocks per warp for N <= 3584 (o, down), 8 k-groups of 1 block for the wider ones (int8
-  // weights: the same layouts, not timed apart; never fused).  With SBOPS_SPIKE_DECODE_MT=2 (not yet timed): 32-row
-  // warps, 2 x 2 per block, 1 block per stage (layout 8) everywhere.
-  (void)M, (void)K, (void)N;
+  // weights: the same layouts, not timed apart; never fused).  N >= 16384 (gate_up): 32-row warps in 4 k-groups of 1
+  // block (layout 8; H100, session 36: -3.6% per call at M = 1, -3.2% at M = 8) unless SBOPS_SPIKE_DECODE_MT=1.
+  (void)M, (void)K;
   if (spike_decode_fused_encode() && !w_int8) return N < 4096 ? 4 : 6;
-  if (spike_decode_row_tiles() == 2) return 8;
+  if (N >= 16384 && spike_decode_row_tiles() == 2) return 8;
   return N < 4096 ? 0 : 2;
 }
 

@@ -4,8 +4,8 @@
 // in bf16) at the 7B decode shapes, M = 1 and 8, and M = 1 with a count past 2048 ("hi": the second count plane), weights rotated over > 400 MB of copies; 60 calls captured in one
 // CUDA graph, medians of 5 replays; prints every layout (0-3 the library's register-staged GEMV after its encode, 4-7
 // the same GEMVs with the encode fused in (no encode launch, no workspace; each also checked bit for bit against
-// layout - 4), 8-9 the library's 32-row warps after its encode (session 36), 10-13 session 23's bulk-copy GEMV of
-// spike_decode_tma.cuh, sm_90 only, 14-17 the per-warp cp.async GEMV of spike_decode_cpasync.cuh) and the launcher's
+// layout - 4), 8 the library's 32-row warps after its encode (session 36), 9-12 session 23's bulk-copy GEMV of
+// spike_decode_tma.cuh, sm_90 only, 13-16 the per-warp cp.async GEMV of spike_decode_cpasync.cuh) and the launcher's
 // default.
 //   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
 //        benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_vs_cublas && /tmp/spike_decode_vs_cublas
@@ -21,10 +21,10 @@
 #include <cuda_pipeline.h>                          // the cp.async probe's copies
 namespace sbops {
 namespace {
-#include "spike_decode_tma.cuh"      // layouts 10-13: the session 23 bulk-copy GEMV (not in the library)
-#include "spike_decode_cpasync.cuh"  // layouts 14-17: per-warp cp.async rings (session 23)
+#include "spike_decode_tma.cuh"      // layouts 9-12: the session 23 bulk-copy GEMV (not in the library)
+#include "spike_decode_cpasync.cuh"  // layouts 13-16: per-warp cp.async rings (session 23)
 }  // namespace
-// layouts 0-9 through the library's launcher, 10-13 the probe's bulk-copy GEMV, 14-17 its cp.async GEMV (bf16 x; their
+// layouts 0-8 through the library's launcher, 9-12 the probe's bulk-copy GEMV, 13-16 its cp.async GEMV (bf16 x; their
 // own numbering is 8-15)
 constexpr int kLib = kSpikeDecodeLayouts;
 cudaError_t launch_probe(const SpikeDecodeArgs& a, DType x_dtype, int layout, cudaStream_t st) {
