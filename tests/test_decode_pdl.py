@@ -1,4 +1,5 @@
-"""Programmatic dependent launch of the decode step's kernels (sm_90+, opt-in: SBOPS_DECODE_PDL=all; pdl_launch.cuh
+"""Programmatic dependent launch of the decode step's kernels (sm_90+; SBOPS_DECODE_PDL unset or "all", the default since
+session 36; "1" the decode GEMVs only, "0" none; pdl_launch.cuh
 and backends/cuda/triton/_common.pdl_options): a kernel launched as a programmatic dependent waits for the kernel
 before it before it touches memory, and lets the kernel after it launch at its own start.  So a chain of such kernels, each
 reading what the one just before it wrote, must give exactly the results of the same calls made one at a time with a
@@ -30,6 +31,16 @@ def test_pdl_launch_options_are_off_for_cpu_tensors_and_when_switched_off(monkey
     monkeypatch.setattr(_common, "PDL", False)
     if torch.cuda.is_available():
         assert _common.pdl_options(kernel, torch.zeros(2, device="cuda")) == {"PDL": False}
+
+
+def test_pdl_setting_is_on_unless_set_otherwise():
+    """SBOPS_DECODE_PDL for the Triton kernels, read as pdl_launch.cuh reads it: unset or "all" (any case, blanks
+    ignored) on; "1" (the decode GEMVs only), "0", "" and the like off."""
+    assert _common.pdl_setting(None)
+    for v in ("all", " ALL ", "a ll", "All\t"):
+        assert _common.pdl_setting(v), v
+    for v in ("1", "0", "", "off", "no", "gemv"):
+        assert not _common.pdl_setting(v), v
 
 
 def _chain(a, w, cos, sin, pos, kc, vc, state, sync):
