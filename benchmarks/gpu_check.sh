@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36|s36spike|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36, s36spike
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36spike|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36spike
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -13,9 +13,9 @@
 #   the dense decode GEMV's GPU tests, probe and bf16 / fp8 model decode A/B (about 4 minutes after install); s34 --
 #   swa_decode's combine kernel, the gate GEMV and the decode kernels' programmatic launches: GPU tests,
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
-#   (about 6 minutes after install); s36 -- the dense decode GEMV's 32-row warps: tests, probe at M = 32 / 16, the
-#   model's decode with the route at 16 / 32 rows (about 3 minutes; runs before s35); s36spike -- the e4m3 / int8
-#   decode GEMV's 32-row warps: probe, tests, the fp8 model's decode MT 1 / 2 (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
+#   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
+#   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
+#   (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -208,7 +208,7 @@ fi
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then
   # timed against cuBLAS bf16) and the GPU tests of the decode kernel and of sbops.nn.drop_float_weights
-  stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, 32-row warps 8-9, bulk-copy 10-13, per-warp cp.async 14-17, cuBLAS"
+  stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, 32-row warps 8, bulk-copy 9-12, per-warp cp.async 13-16, cuBLAS"
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
     benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/decode_probe_build.log" 2>&1 \
     && timeout 240 /tmp/spike_decode_probe > "$OUT/logs/decode_probe.log" 2>&1
@@ -351,23 +351,6 @@ if [[ " $steps " == *" s34 "* ]]; then
     SBOPS_DECODE_PDL=${S34_PROFILE} timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 \
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
-fi
-if [[ " $steps " == *" s36 "* ]]; then
-  # session 36 (runs before s35): the dense decode GEMV's 32-row warps (layouts 6-8, MT = 2: one x load serves two m16
-  # tiles) -- the GEMV's GPU tests (every layout), the probe at M = 32 / 16 against cuBLAS and the 16-row layouts, then
-  # the bf16 model's decode with the route at 16 rows (cuBLAS past 16) against 32 rows (the op's default past 16
-  # rows: layout 6), alternated (about 3 minutes)
-  stamp "dense decode GEMV 32-row warps: tests, probe, model decode by route rows"
-  new_tree s36_install
-  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py -k "${S36_TESTK:-not nothing}" \
-     > "$OUT/logs/s36_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s36_tests.log")"; grep -a "^FAILED" "$OUT/logs/s36_tests.log" | head)
-  PROBE_LAYOUTS=${S36_LAYOUTS:-1,5,6,7,8} timeout 150 python3 benchmarks/gpu/probes/dense_decode_ab.py ${S36_PROBE_M:-32 16} \
-    > "$OUT/logs/s36_probe.log" 2>&1; echo "probe rc=$?"; grep -a " M=\|best" "$OUT/logs/s36_probe.log" | cut -c1-400
-  i=0
-  for rows in ${S36_ROWS:-16 32 16 32}; do
-    i=$((i + 1))
-    echo "route rows $rows: $(model_decode "s36_decode_rows${rows}_$i" "${S36_BATCHES:-32}" 120 SBOPS_DENSE_DECODE_ROWS="$rows")"
-  done
 fi
 if [[ " $steps " == *" s36spike "* ]]; then
   # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layouts 8-9, SBOPS_SPIKE_DECODE_MT=2) -- the
