@@ -259,8 +259,9 @@ def test_early_launch_and_fused_encode_change_no_bit(tmp_path):
     """The GEMV launched as a programmatic dependent of its encode (sm_90: it starts and loads its first stage
     while the encode runs) gives the bits of plain launches (SBOPS_DECODE_PDL=0, read once per process: a child
     process), eagerly and replayed from a CUDA graph, for rows that take only the lo plane, the hi plane, the
-    residual pass and non-finite counts, float16 x, strided x and float32 biases; so do the opt-in early launch of the
-    encode too (SBOPS_DECODE_PDL=all) and the opt-in fused encode (SBOPS_DECODE_ENCODE=fused: the GEMV computes the
+    residual pass and non-finite counts, float16 x, strided x and float32 biases; so do the early launch of the
+    encode too (SBOPS_DECODE_PDL=all, the default: this process), the GEMV's alone (SBOPS_DECODE_PDL=1) and the opt-in
+    fused encode (SBOPS_DECODE_ENCODE=fused: the GEMV computes the
     counts itself, launched early or plainly), each in another child, which is checked to have launched the encode
     kernel (or, fused, only the fused GEMV).  (Whether a wait holds against a predecessor that releases it early is
     not tested here: torch's kernels before it never do.)"""
@@ -276,7 +277,7 @@ def test_early_launch_and_fused_encode_change_no_bit(tmp_path):
             assert _worst_row(want, r) < 1e-2   # the baseline itself is right
         else:
             assert not want[-1].isfinite().all() and want[:-1].isfinite().all()
-    for env in ({"SBOPS_DECODE_PDL": "all"}, {"SBOPS_DECODE_ENCODE": "fused"},
+    for env in ({"SBOPS_DECODE_PDL": "all"}, {"SBOPS_DECODE_PDL": "1"}, {"SBOPS_DECODE_ENCODE": "fused"},
                 {"SBOPS_DECODE_ENCODE": "fused", "SBOPS_DECODE_PDL": "0"}):
         eager, graphed, kernels = _child_outputs(tmp_path, cases, **env)
         fused = env.get("SBOPS_DECODE_ENCODE") == "fused"

@@ -14,8 +14,8 @@
 //    over the weights (CUDA-core float32 FMAs with their residual plane); both branches are uniform.
 //    Products of the planes are exact, every sum is float32, as the reference.
 // On sm_90 the GEMV launches as a programmatic dependent of the encode (launch_layout): its blocks start while
-// the encode runs and load their first stage, then wait for the counts.  Opt-in (SBOPS_DECODE_PDL=all): the encode
-// likewise launches as a dependent of whatever kernel precedes it and waits for that kernel's results first.
+// the encode runs and load their first stage, then wait for the counts.  By default (SBOPS_DECODE_PDL unset or all)
+// the encode likewise launches as a dependent of whatever kernel precedes it and waits for that kernel's results first.
 // Opt-in (SBOPS_DECODE_ENCODE=fused, layouts 4-7): no encode launch.  Every GEMV block computes the rows' vth and
 // flags itself (the encode's threads and order: the same bits) and converts the x it streams into counts as it
 // goes; the residual pass recomputes its counts from x.  It costs each block a read of x (M K elements from L2)
