@@ -1,5 +1,5 @@
-"""Programmatic dependent launch of the decode step's kernels (sm_90+; SBOPS_DECODE_PDL unset or "all", the default since
-session 36; "1" the decode GEMVs only, "0" none; pdl_launch.cuh
+"""Programmatic dependent launch of the decode step's kernels (sm_90+; SBOPS_DECODE_PDL unset or "all", the default
+since session 36; "1" the decode GEMVs only, "0" none; pdl_launch.cuh
 and backends/cuda/triton/_common.pdl_options): a kernel launched as a programmatic dependent waits for the kernel
 before it before it touches memory, and lets the kernel after it launch at its own start.  So a chain of such kernels, each
 reading what the one just before it wrote, must give exactly the results of the same calls made one at a time with a

@@ -234,7 +234,8 @@ def _same_bits(a, b):
 
 def _launched(kernels):
     """(the encode kernel, a fused-encode GEMV) among the kernel names a child saw, e.g.
-    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true, false, 1>(sbops::SpikeDecodeArgs)`
+    `void sbops::(anonymous namespace)::spike_decode_kernel<__nv_bfloat16, 1, 8, 1, true, false, 1>(
+    sbops::SpikeDecodeArgs)`
     (template arguments: x's type, WN, WK, UNROLL, FUSED, int8 weights, m16 tiles per warp)"""
     gemv = [k.split("spike_decode_kernel<", 1)[1].split(">", 1)[0].split(", ") for k in kernels
             if "spike_decode_kernel<" in k]

@@ -360,8 +360,8 @@ bool spike_decode_fused_encode() {
 #endif
 }
 
-// SBOPS_SPIKE_DECODE_MT=1 (read once): the wide shapes' default GEMV keeps 16-row warps (layout 2), to compare; unset or
-// anything else: 32-row warps there (layout 8, session 36).
+// SBOPS_SPIKE_DECODE_MT=1 (read once): the wide shapes' default GEMV keeps 16-row warps (layout 2), to compare;
+// unset or anything else: 32-row warps there (layout 8, session 36).
 int spike_decode_row_tiles() {
 #if defined(USE_MACA)
   return 1;
@@ -394,7 +394,8 @@ cudaError_t launch_spike_decode(const SpikeDecodeArgs& a, DType x_dtype, int lay
   if (a.M < 0 || a.M > kSpikeDecodeMaxRows || a.K < 16 || a.K % 16 != 0 || layout < 0 ||
       layout >= kSpikeDecodeLayouts || (a.w_int8 && spike_decode_layout_fused(layout)))
     return cudaErrorInvalidValue;
-  if (!spike_decode_layout_fused(layout) && (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
+  if (!spike_decode_layout_fused(layout) &&
+      (a.lo == nullptr || a.hi == nullptr || a.res == nullptr || a.vth == nullptr || a.flags == nullptr))
     return cudaErrorInvalidValue;  // the encode's workspace (spike_decode_workspace)
   if (x_dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);
   if (x_dtype == DType::F16) return launch_typed<__half>(a, layout, st);

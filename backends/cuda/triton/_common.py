@@ -120,9 +120,9 @@ def sanitize_cu_host(cu: torch.Tensor, T: int):
 # interpreted kernels).  With it a kernel waits for the kernel before it (gdc_wait: that grid done,
 # its writes visible) before it touches memory, lets the kernel after it launch at once (gdc_launch_dependents), and
 # is launched with launch_pdl=True, so launches overlap the work before them, as the CUDA C++ decode kernels do
-# (backends/cuda/kernels/pdl_launch.cuh).  On with the step's other non-GEMV kernels where SBOPS_DECODE_PDL is unset or
-# "all" (read at import, any case, blanks ignored, as pdl_launch.cuh reads it; the default since session 36: bf16 7B B = 1
-# decode 5.415 -> 5.230 ms per step on an H100); "1" keeps the early launch to the decode GEMVs, "0" turns it off.
+# (backends/cuda/kernels/pdl_launch.cuh).  On with the step's other non-GEMV kernels where SBOPS_DECODE_PDL is unset
+# or "all" (read at import, any case, blanks ignored, as pdl_launch.cuh reads it; the default since session 36: bf16
+# 7B B = 1 decode 5.415 -> 5.230 ms per step on an H100); "1" keeps the early launch to the decode GEMVs, "0" none.
 def pdl_setting(value) -> bool:
     """Whether SBOPS_DECODE_PDL's value (None: unset) launches the Triton decode kernels as programmatic dependents."""
     return value is None or "".join(value.split()).lower() == "all"
