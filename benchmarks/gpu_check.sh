@@ -353,9 +353,9 @@ if [[ " $steps " == *" s34 "* ]]; then
   fi
 fi
 if [[ " $steps " == *" s36spike "* ]]; then
-  # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layouts 8-9, SBOPS_SPIKE_DECODE_MT=2) -- the
-  # probe (every layout against float64, then timed against cuBLAS), the GPU tests with them as the default, and the fp8
-  # (int8-down) model's B = 1 / 8 decode, MT 1 / 2 alternated (about 4 minutes)
+  # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layout 8, the default for N >= 16384 unless
+  # SBOPS_SPIKE_DECODE_MT=1) -- the probe (every layout against float64, then timed against cuBLAS), the GPU tests, and
+  # the fp8 (int8-down) model's B = 1 / 8 decode, MT 1 (the old default) / 2 alternated (about 4 minutes)
   stamp "spike_decode 32-row warps: probe, tests, fp8 model decode"
   new_tree s36s_install
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
@@ -363,8 +363,8 @@ if [[ " $steps " == *" s36spike "* ]]; then
     && timeout 120 /tmp/spike_decode_probe > "$OUT/logs/s36s_probe.log" 2>&1
   echo "probe rc=$? $(grep -c OK "$OUT/logs/s36s_probe.log") checks OK"; grep -a "FAIL\|fails=" "$OUT/logs/s36s_probe.log" | head -5
   grep -a -v "^check" "$OUT/logs/s36s_probe.log" | cut -c1-400 | head -14
-  (cd tests && SBOPS_SPIKE_DECODE_MT=2 timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_cuda_decode.py \
-     > "$OUT/logs/s36s_tests.log" 2>&1; echo "MT=2 tests: rc=$? $(tail -1 "$OUT/logs/s36s_tests.log")"; grep -a "^FAILED" "$OUT/logs/s36s_tests.log" | head)
+  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_cuda_decode.py \
+     > "$OUT/logs/s36s_tests.log" 2>&1; echo "tests: rc=$? $(tail -1 "$OUT/logs/s36s_tests.log")"; grep -a "^FAILED" "$OUT/logs/s36s_tests.log" | head)
   i=0
   for mt in ${S36_MT:-1 2 1 2}; do
     i=$((i + 1))
