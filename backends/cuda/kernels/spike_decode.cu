@@ -253,19 +253,15 @@ __global__ void __launch_bounds__(32 * WN * WK, MT == 2 ? 5 : 0) spike_decode_ke
     kb += kStep;
   }
   if (big != 0) {
-    float4 r;
-    if constexpr (FUSED)  // (inlined: layout 6 spills 8 bytes on sm_90a in this rare pass; as a call, 105 registers)
-      r = residual_rows_of<WK, I8>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
-                               a.N, a.K, n0, wk, lane, big);
-    else
-      r = residual_rows<WK, I8>(w, a.ldw, a.res, a.N, a.K, n0, wk, lane, big);
-    acc[0][0][0] += r.x, acc[0][0][1] += r.y, acc[0][0][2] += r.z, acc[0][0][3] += r.w;
-    if constexpr (!FUSED) {
 #pragma unroll
-      for (int mt = 1; mt < MT; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {  // each m-tile's 16 rows at n0 + 16 mt
+      float4 r;
+      if constexpr (FUSED)  // (inlined: layout 6 spills 8 bytes on sm_90a in this rare pass; as a call, 105 registers)
+        r = residual_rows_of<WK, I8>(w, a.ldw, ResidualFromX<E>{static_cast<const E*>(a.x), a.ldx, &block_row_stats()},
+                                 a.N, a.K, n0 + 16 * mt, wk, lane, big);
+      else
         r = residual_rows<WK, I8>(w, a.ldw, a.res, a.N, a.K, n0 + 16 * mt, wk, lane, big);
-        acc[mt][0][0] += r.x, acc[mt][0][1] += r.y, acc[mt][0][2] += r.z, acc[mt][0][3] += r.w;
-      }
+      acc[mt][0][0] += r.x, acc[mt][0][1] += r.y, acc[mt][0][2] += r.z, acc[mt][0][3] += r.w;
     }
   }
 
@@ -323,7 +319,7 @@ cudaError_t launch_gemv(const SpikeDecodeArgs& a, int shape, cudaStream_t st) {
 
 template <typename E>
 cudaError_t launch_typed(const SpikeDecodeArgs& a, int layout, cudaStream_t st) {
-  const bool fused = layout >= 4 && layout < 8;
+  const bool fused = spike_decode_layout_fused(layout);
   if (!fused) {
     const cudaError_t err = launch_encode<E>(a, st);
     if (err != cudaSuccess) return err;
