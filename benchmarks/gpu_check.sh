@@ -205,13 +205,18 @@ if [[ " $steps " == *" fp8sweep "* ]]; then
   timeout 240 python3 benchmarks/gpu/probes/fp8_model_fix_ab.py 1m 2 2>&1 | tee "$OUT/logs/fp8_model_fix_ab.log" \
     | grep -a "round\|s26\|Error" | tail -8
 fi
+# The e4m3 / int8 decode GEMV probe (benchmarks/gpu/probes/spike_decode_vs_cublas.cu) built and run: log name prefix,
+# time limit (s); its output in $OUT/logs/<prefix>.log, the build's in <prefix>_build.log; returns the run's status.
+decode_probe() {
+  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
+    benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/$1_build.log" 2>&1 \
+    && timeout "$2" /tmp/spike_decode_probe > "$OUT/logs/$1.log" 2>&1
+}
 if [[ " $steps " == *" fp8probe "* ]]; then
   # the decode GEMV probe (every layout checked against float64, the fused ones bit for bit against the encode's, then
   # timed against cuBLAS bf16) and the GPU tests of the decode kernel and of sbops.nn.drop_float_weights
   stamp "decode GEMV probe: library layouts 0-3, fused encode 4-7, 32-row warps 8, bulk-copy 9-12, per-warp cp.async 13-16, cuBLAS"
-  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
-    benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/decode_probe_build.log" 2>&1 \
-    && timeout 240 /tmp/spike_decode_probe > "$OUT/logs/decode_probe.log" 2>&1
+  decode_probe decode_probe 240
   echo "rc=$? $(grep -c OK "$OUT/logs/decode_probe.log") checks OK"; grep -a "FAIL\|fails=" "$OUT/logs/decode_probe.log" | head -5
   grep -a -v "^check" "$OUT/logs/decode_probe.log" | cut -c1-220 | head -10
   stamp "GPU tests: cuda decode, drop_float_weights"
@@ -301,11 +306,11 @@ if [[ " $steps " == *" s32 "* ]]; then
     echo "$m dense=$on: $(grep -a 'decode B=' "$OUT/logs/s32_decode_${m}_$on.log" | sed 's/.*ours: //' | tr '\n' ' ')"
   done
 fi
-# The bf16 7B model's decode at a 4k context (CUDA graphs), one run: log name, batches, time limit (s), then env
-# assignments; prints its ms per step.
+# The 7B model's decode at a 4k context (CUDA graphs), one run: log name, batches, time limit (s), then env
+# assignments; prints its ms per step.  bf16, or what MODEL_ARGS adds (e.g. --weight-quant fp8).
 model_decode() {
   local name=$1 batches=$2 limit=$3; shift 3
-  env "$@" timeout "$limit" python3 -m sbops.bench.model --lengths 8k --contexts 4k --batches "$batches" --no-peer \
+  env "$@" timeout "$limit" python3 -m sbops.bench.model ${MODEL_ARGS:-} --lengths 8k --contexts 4k --batches "$batches" --no-peer \
     --no-eager-decode --budget-s 60 --out "$OUT/logs/$name" > "$OUT/logs/$name.log" 2>&1
   grep -a 'decode B=' "$OUT/logs/$name.log" | sed 's/.*ours: //' | tr '\n' ' '
 }
@@ -358,9 +363,7 @@ if [[ " $steps " == *" s36spike "* ]]; then
   # the fp8 (int8-down) model's B = 1 / 8 decode, MT 1 (the old default) / 2 alternated (about 4 minutes)
   stamp "spike_decode 32-row warps: probe, tests, fp8 model decode"
   new_tree s36s_install
-  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
-    benchmarks/gpu/probes/spike_decode_vs_cublas.cu -lcublas -o /tmp/spike_decode_probe > "$OUT/logs/s36s_probe_build.log" 2>&1 \
-    && timeout 120 /tmp/spike_decode_probe > "$OUT/logs/s36s_probe.log" 2>&1
+  decode_probe s36s_probe 120
   echo "probe rc=$? $(grep -c OK "$OUT/logs/s36s_probe.log") checks OK"; grep -a "FAIL\|fails=" "$OUT/logs/s36s_probe.log" | head -5
   grep -a -v "^check" "$OUT/logs/s36s_probe.log" | cut -c1-400 | head -14
   (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_cuda_decode.py \
@@ -368,10 +371,8 @@ if [[ " $steps " == *" s36spike "* ]]; then
   i=0
   for mt in ${S36_MT:-1 2 1 2}; do
     i=$((i + 1))
-    SBOPS_SPIKE_DECODE_MT=$mt timeout 150 python3 -m sbops.bench.model --weight-quant fp8 --down-quant int8_channel --lengths 8k \
-      --contexts 4k --batches 1,8 --no-peer --no-eager-decode --budget-s 60 --out "$OUT/logs/s36s_fp8_mt${mt}_$i" \
-      > "$OUT/logs/s36s_fp8_mt${mt}_$i.log" 2>&1
-    echo "fp8 model MT=$mt: $(grep -a 'decode B=' "$OUT/logs/s36s_fp8_mt${mt}_$i.log" | sed 's/.*ours: //' | tr '\n' ' ')"
+    echo "fp8 model MT=$mt: $(MODEL_ARGS="--weight-quant fp8 --down-quant int8_channel" \
+      model_decode "s36s_fp8_mt${mt}_$i" 1,8 150 SBOPS_SPIKE_DECODE_MT="$mt")"
   done
 fi
 if [[ " $steps " == *" s35 "* ]]; then
