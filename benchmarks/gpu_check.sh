@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36spike|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36spike
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36spike, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -15,7 +15,7 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
+#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -356,6 +356,17 @@ if [[ " $steps " == *" s34 "* ]]; then
     SBOPS_DECODE_PDL=${S34_PROFILE} timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 8192 \
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
+fi
+if [[ " $steps " == *" goals "* ]]; then
+  # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16
+  # (B = 1 / 32) and the W8ASpike model (fp8, int8 down projections; B = 1), one run each (about 4 minutes)
+  for m in bf16 fp8; do
+    stamp "goals: $m model, TTFT 1M + decode at 4k"
+    extra=(); b=1,32; [ "$m" = fp8 ] && { extra=(--weight-quant fp8 --down-quant int8_channel); b=1; }
+    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches $b --no-peer \
+      --no-eager-decode --budget-s 150 --out "$OUT/logs/goals_$m" > "$OUT/logs/goals_$m.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/goals_$m.log" | cut -c1-300 | head -6)
+  done
 fi
 if [[ " $steps " == *" s36spike "* ]]; then
   # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layout 8, the default for N >= 16384 unless
