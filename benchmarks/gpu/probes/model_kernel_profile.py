@@ -1,8 +1,9 @@
 """GPU kernel time of one prefill chunk and one decode step of the 7B-shaped model, by kernel.
-usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels] [--fp8]
+usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels] [--trace] [--fp8]
   [--down-int8]
 --fp8: the W8ASpike model (spike_k=3, fp8 weights), as `python -m sbops.bench.model --weight-quant fp8` builds it;
 --down-int8: with its down projections in int8 (`--down-quant int8_channel`).
+--trace: the first TRACE_N (100) kernels of the profiled chunk in launch order, with their times.
 --kernels: first time the fused elementwise kernels against the torch code at the 7B shapes of one chunk."""
 import sys, time, torch, sbops
 import sbops.nn.common
@@ -90,6 +91,12 @@ with torch.inference_mode():
         model(ids, cache=cache, logits_to_keep=1); torch.cuda.synchronize()
     print(f"prefill chunk {C} after {C}: wall {1e3*(time.perf_counter()-t):.1f} ms (profiled)")
     table(p, f"prefill chunk of {C}")
+    if "--trace" in _flags:   # the first kernels of the chunk in launch order: which projection each one serves
+        evs = sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda e: e.time_range.start)
+        print(f"=== first kernels of the chunk, in order (us)")
+        for e in evs[:int(__import__("os").environ.get("TRACE_N", "100"))]:
+            print(f"{e.device_time:9.1f}  {e.name[:100]}")
     for B in (1, 32):
         cache = model.new_cache(B + 1)
         cache.seq_lens.fill_(4096)
