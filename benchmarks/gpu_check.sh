@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s35|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s35, s36spike, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -384,23 +384,6 @@ if [[ " $steps " == *" s36spike "* ]]; then
     i=$((i + 1))
     echo "fp8 model MT=$mt: $(MODEL_ARGS="--weight-quant fp8 --down-quant int8_channel" \
       model_decode "s36s_fp8_mt${mt}_$i" 1,8 150 SBOPS_SPIKE_DECODE_MT="$mt")"
-  done
-fi
-if [[ " $steps " == *" s35 "* ]]; then
-  # session 35: the dense decode GEMV's L2 prefetch of its first weight bytes before it waits for the kernel before it
-  # (SBOPS_DECODE_PREFETCH bytes per weight row): its GPU tests, then the bf16 model's B = 1 / 32 decode by prefetch
-  # size, alternated (SBOPS_DECODE_PDL=$S35_PDL, default 1: the GEMVs launch early), about 3 minutes
-  stamp "dense decode GEMV L2 prefetch: tests, model decode by prefetch size"
-  new_tree s35_install
-  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_dense_decode.py -k "prefetch or wrote or route" \
-     > "$OUT/logs/s35_tests.log" 2>&1; echo "rc=$? $(tail -1 "$OUT/logs/s35_tests.log")"; grep -a "^FAILED" "$OUT/logs/s35_tests.log" | head)
-  PROBE_LAYOUTS=-1 PROBE_PREFETCH=${S35_PROBE_PREFETCH:-0,2048,8192} timeout 150 python3 benchmarks/gpu/probes/dense_decode_ab.py \
-    ${S35_PROBE_M:-1 16} > "$OUT/logs/s35_probe.log" 2>&1; echo "probe rc=$?"; grep -a " M=" "$OUT/logs/s35_probe.log" | cut -c1-300
-  i=0
-  for pf in ${S35_PREFETCH:-0 2048 8192 0 2048 8192}; do
-    i=$((i + 1))
-    echo "prefetch $pf (pdl ${S35_PDL:-1}): $(model_decode "s35_decode_pf${pf}_$i" "${S35_BATCHES:-1,32}" 120 \
-      SBOPS_DECODE_PDL="${S35_PDL:-1}" SBOPS_DECODE_PREFETCH="$pf")"
   done
 fi
 if want macasim; then

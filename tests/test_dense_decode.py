@@ -64,11 +64,10 @@ def test_dense_decode_adds_the_bias_in_float32(dtype, bias_dtype, M):
 
 
 @needs_kernel
-@pytest.mark.parametrize("layout,prefetch", [(-1, 0), (3, 0), (-1, 4096), (0, 1 << 20)])
-def test_dense_decode_sees_what_the_kernel_just_before_it_wrote(layout, prefetch):
+@pytest.mark.parametrize("layout", [-1, 3])
+def test_dense_decode_sees_what_the_kernel_just_before_it_wrote(layout):
     """x from a long GEMM and the weight from a copy launched right before the GEMV (the fused-weight cat of
-    fused_linears): the programmatic launch must wait for both before it reads them, also when it prefetches the
-    weight rows into L2 before it waits (the copy's writes then land on lines fetched before them)."""
+    fused_linears): the programmatic launch must wait for both before it reads them."""
     torch.manual_seed(0)
     a = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
     parts = [torch.randn(2048, 4096, dtype=torch.bfloat16, device="cuda") / 64 for _ in range(2)]
@@ -76,21 +75,10 @@ def test_dense_decode_sees_what_the_kernel_just_before_it_wrote(layout, prefetch
     for _ in range(3):
         x = (a @ a)[:4] / 64          # a ~0.1 ms kernel writes x
         torch.cat(parts, out=w)       # then a copy rewrites the same weight memory
-        y = _op()(x, w, None, layout, prefetch)
+        y = _op()(x, w, None, layout)
         torch.cuda.synchronize()
         _check(y, x.cpu(), w.cpu(), None)
         parts = [p * -1.5 for p in parts]
-
-
-@needs_kernel
-@pytest.mark.parametrize("M,N,K", [(1, 4608, 3584), (5, 200, 264), (16, 3584, 18944), (32, 257, 3584)])
-def test_dense_decode_prefetch_changes_no_bit(M, N, K):
-    """The L2 prefetch before the wait (any byte count: past the row, unaligned, huge) gives the same bits as none."""
-    x, w, b = _case(M, N, K, torch.bfloat16, seed=7, bias_dtype=torch.float32)
-    x, w, b = x.cuda(), w.cuda(), b.cuda()
-    y0 = _op()(x, w, b, -1, 0)
-    for p in (16, 1000, 2 * K, 1 << 24):
-        assert torch.equal(_op()(x, w, b, -1, p), y0), p
 
 
 @needs_kernel
@@ -167,8 +155,6 @@ def test_dense_decode_errors_name_the_argument():
         _op()(x, w, torch.zeros(15, dtype=torch.bfloat16, device="cuda"))
     with pytest.raises(RuntimeError, match="layout"):
         _op()(x, w, None, 6)
-    with pytest.raises(RuntimeError, match="prefetch must be a byte count"):
-        _op()(x, w, None, -1, -16)
     with pytest.raises(RuntimeError, match="bias must have x's dtype"):
         _op()(x, w, torch.zeros(16, dtype=torch.int32, device="cuda"))
 
@@ -180,10 +166,9 @@ def test_linear_routes_decode_sizes_to_the_gemv_and_the_rest_to_f_linear(monkeyp
 
     def spy(*a):
         calls.append(a[0].shape)
-        assert a[3:] == (-1, common.DENSE_DECODE_PREFETCH)   # the default layout, the prefetch setting
+        assert len(a) == 3   # x, weight, bias: the op's default layout
         return real(*a)
     monkeypatch.setattr(common, "_dense_op", lambda: spy, raising=False)
-    monkeypatch.setattr(common, "DENSE_DECODE_PREFETCH", 2048)
     w = torch.randn(48, 64, dtype=torch.bfloat16, device="cuda")
     x = torch.randn(2, 1, 64, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
@@ -291,18 +276,3 @@ def test_linear_of_a_strided_view_with_bias_is_one_addmm(shape):
         gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
         assert all(torch.allclose(a, r, rtol=1e-12, atol=1e-12) for a, r in
                    zip(torch.autograd.grad(y, (fused, w, b), gy), torch.autograd.grad(ref, (fused, w, b), gy)))
-
-
-def test_decode_prefetch_env_is_a_byte_count_and_names_itself(monkeypatch):
-    """SBOPS_DECODE_PREFETCH (sbops._platform.env_bytes): unset or blank is the default, a non-negative integer is
-    taken as is, anything else is a ValueError that names the variable."""
-    from sbops import _platform
-    monkeypatch.delenv("SBOPS_DECODE_PREFETCH", raising=False)
-    assert _platform.env_bytes("SBOPS_DECODE_PREFETCH") == 0
-    for v, want in (("", 0), (" 4096 ", 4096), ("0", 0)):
-        monkeypatch.setenv("SBOPS_DECODE_PREFETCH", v)
-        assert _platform.env_bytes("SBOPS_DECODE_PREFETCH") == want
-    for bad in ("-16", "4k", "1.5"):
-        monkeypatch.setenv("SBOPS_DECODE_PREFETCH", bad)
-        with pytest.raises(ValueError, match="SBOPS_DECODE_PREFETCH must be a byte count"):
-            _platform.env_bytes("SBOPS_DECODE_PREFETCH")

@@ -12,21 +12,6 @@ def env_switch(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("", "0", "false", "off", "no")
 
 
-def env_bytes(name: str, default: int = 0) -> int:
-    """A byte count >= 0 read from the environment (`default` when unset or blank); a ValueError names the variable
-    when it is not a non-negative integer."""
-    v = os.environ.get(name, "").strip()
-    if not v:
-        return default
-    try:
-        n = int(v)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ValueError(f"{name} must be a byte count >= 0, got {v!r}")
-    return n
-
-
 def metax_build() -> bool:
     """A MetaX PyTorch by its version ('+metax'): no device query, safe at import."""
     return "metax" in torch.__version__.lower()

@@ -3,8 +3,7 @@
 // model's linear layers (sbops.nn.common.linear) call it at decode on CUDA, F.linear elsewhere.
 //
 // x and w are read in place when their rows are 16-byte aligned with a unit last stride (else copied); the bias
-// contiguous, in x's dtype as is, else float32.  No data is read back.  prefetch: bytes at the start of each weight row
-// that the kernel prefetches into L2 before it waits for the kernel before it (sm_90; rounded up to 16; 0 = none).
+// contiguous, in x's dtype as is, else float32.  No data is read back.
 
 #include "../kernels/dense_decode.cuh"
 #include "bind_common.h"
@@ -14,7 +13,7 @@ namespace {
 using namespace sbops::bind;
 
 Tensor dense_decode_cuda(const Tensor& x_in, const Tensor& w_in, const std::optional<Tensor>& bias_in,
-                         int64_t layout, int64_t prefetch) {
+                         int64_t layout) {
   const char* op = "sbops_native::dense_decode";
   check_cuda(x_in, op, "x");
   check_cuda(w_in, op, "weight");
@@ -28,8 +27,6 @@ Tensor dense_decode_cuda(const Tensor& x_in, const Tensor& w_in, const std::opti
   SBOPS_CHECK(x_in.get_device_index() == w_in.get_device_index(), op, ": x and weight must be on one device");
   SBOPS_CHECK(layout >= -1 && layout < sbops::kDenseDecodeLayouts, op, ": layout must be -1 (default) or 0 .. ",
               sbops::kDenseDecodeLayouts - 1, ", got ", layout);
-  SBOPS_CHECK(prefetch >= 0 && prefetch < (int64_t{1} << 40), op,
-              ": prefetch must be a byte count >= 0 (0 = none), got ", prefetch);
   if (bias_in.has_value()) {
     const auto bt = bias_in->scalar_type();
     SBOPS_CHECK(bt == x_in.scalar_type() || bt == kFloat, op, ": bias must have x's dtype (", x_in.scalar_type(),
@@ -46,7 +43,6 @@ Tensor dense_decode_cuda(const Tensor& x_in, const Tensor& w_in, const std::opti
   Tensor y = empty_on({M, N}, x.scalar_type(), x);
   sbops::DenseDecodeArgs a{};
   gemv_operands(a, x, w, bias, y);
-  a.prefetch = (prefetch + 15) / 16 * 16;
   check_launch(sbops::launch_dense_decode(a, to_dtype(x.scalar_type(), op, "x"), static_cast<int>(layout), stream()),
                op);
   return y;
@@ -60,7 +56,7 @@ bool dense_decode_available_cuda(const Tensor& like) {
 }  // namespace
 
 STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
-  m.def("dense_decode(Tensor x, Tensor weight, Tensor? bias, int layout=-1, int prefetch=0) -> Tensor");
+  m.def("dense_decode(Tensor x, Tensor weight, Tensor? bias, int layout=-1) -> Tensor");
   m.def("dense_decode_available(Tensor like) -> bool");
 }
 

@@ -14,9 +14,7 @@
 // memory in a fixed order (deterministic), then the block adds the bias and stores y.
 // On sm_90 the grid launches as a programmatic dependent of the kernel before it (pdl_launch.cuh, SBOPS_DECODE_PDL) and
 // waits for that kernel's results before it reads anything: the kernel before may be any (it may have just written
-// the weights, e.g. the copy that fuses q/k/v), and only the wait makes its writes visible.  Before the wait it may
-// prefetch the start of its weight rows into L2 (DenseDecodeArgs::prefetch, SBOPS_DECODE_PREFETCH; L2 is coherent,
-// so a line fetched before that kernel's writes is updated by them).
+// the weights, e.g. the copy that fuses q/k/v), and only the wait makes its writes visible.
 #include "dense_decode.cuh"
 
 #include "pdl_launch.cuh"
@@ -93,15 +91,6 @@ __global__ void __launch_bounds__(32 * WN * WK) dense_decode_kernel(DenseDecodeA
 
   constexpr int kStep = WK * U;
   int kb = wk;
-  if (a.prefetch > 0 && lane < 16 && n0 + lane < a.N) {
-    // while the kernel before runs: the first a.prefetch bytes of the warp's 16 weight rows into L2, split over
-    // the WK k-groups (x is that kernel's output: it waits)
-    const int64_t row = int64_t{a.K} * 2, bytes = a.prefetch < row ? a.prefetch : row;
-    const int64_t chunk = ((bytes + WK - 1) / WK + 15) / 16 * 16, start = wk * chunk;
-    if (start < bytes)
-      prefetch_l2_bulk(w + (static_cast<int64_t>(n0 + lane) * a.ldw) * 2 + start,
-                       static_cast<unsigned>(bytes - start < chunk ? bytes - start : chunk));
-  }
   grid_dependency_wait();  // x and the weights may come from the kernel before (a programmatic launch starts early)
   grid_dependents_launch();  // what follows may launch now (a programmatic dependent waits for this whole grid)
   if (kb < KB) load_w(0, kb), load_x(0, kb);
@@ -207,8 +196,7 @@ cudaError_t launch_dense_decode(const DenseDecodeArgs& a, DType dtype, int layou
   (void)a, (void)dtype, (void)layout, (void)st;
   return cudaErrorNotSupported;
 #else
-  if (!dense_decode_supports(a.M, a.N, a.K) || layout < -1 || layout >= kDenseDecodeLayouts || a.prefetch < 0 ||
-      a.prefetch % 16 != 0)
+  if (!dense_decode_supports(a.M, a.N, a.K) || layout < -1 || layout >= kDenseDecodeLayouts)
     return cudaErrorInvalidValue;
   if (layout < 0) layout = dense_decode_default_layout(a.M, a.N, a.K);
   if (dtype == DType::BF16) return launch_typed<__nv_bfloat16>(a, layout, st);

@@ -20,9 +20,6 @@ struct DenseDecodeArgs {
   int64_t ldx, ldw, ldy;
   int M, N, K;
   bool bias_x_dtype = false;
-  // bytes at the start of each weight row the block prefetches into L2 (sm_90) before it waits for the kernel
-  // before it (a programmatic dependent launches early): a multiple of 16, 0 = none
-  int64_t prefetch = 0;
 };
 
 // y[m, n] = sum_k x[m, k] w[n, k] (+ bias[n]) in float32, rounded once to x's dtype (F16 or BF16; w the same).

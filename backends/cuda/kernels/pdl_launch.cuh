@@ -36,17 +36,6 @@ __device__ __forceinline__ void grid_dependency_wait() {
 #endif
 }
 
-// An L2 prefetch of `bytes` (a multiple of 16) at p (16-byte aligned), on sm_90 (cp.async.bulk.prefetch.L2); a no-op
-// elsewhere.  Safe before grid_dependency_wait even for data the grid before writes: it moves nothing into registers
-// or L1, and L2 is the device's point of coherence (a line prefetched early is updated by the later writes).
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, unsigned bytes) {
-#if !defined(USE_MACA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-  (void)p, (void)bytes;
-#endif
-}
-
 #if !defined(USE_MACA)
 // SBOPS_DECODE_PDL (read once; backends/cuda/triton/_common.PDL reads it for the Triton kernels, the same way):
 // "0" / "off" / "false" / "no" / "" (any case, blanks ignored) no early launch (0); unset or "all" (kPdlAll, the

@@ -2,9 +2,8 @@
 7B shapes and M = 1, 8, 16, 32 (a decode step's rows): every block layout, GPU time per call under a CUDA graph of
 20 calls over weight copies of > 200 MB (so the weights stream from HBM as in a decode step), medians of 3 alternated
 rounds; each layout's output checked against float64 (relative error).  Prints the best layout per shape and M.
-PROBE_LAYOUTS (comma-separated, -1 = the default layout; default 0-5) and PROBE_PREFETCH (comma-separated byte counts of
-the L2 prefetch before the programmatic wait, SBOPS_DECODE_PREFETCH; default none: the op's default 0) narrow or
-widen the sweep: each (layout, prefetch) pair is a column "L<layout>p<bytes>".
+PROBE_LAYOUTS (comma-separated, -1 = the default layout; default 0-5) narrows or widens the sweep: each layout is a
+column "L<layout>".
 usage: python benchmarks/gpu/probes/dense_decode_ab.py [M ...]"""
 import os
 import statistics
@@ -21,7 +20,6 @@ from int8_vs_fp8_gemm import alternated_medians  # noqa: E402
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944),
           "lm_head": (152064, 3584)}
 LAYOUTS = [int(v) for v in os.environ.get("PROBE_LAYOUTS", "0,1,2,3,4,5").split(",") if v.strip()]
-PREFETCH = [int(v) for v in os.environ.get("PROBE_PREFETCH", "").split(",") if v.strip()]
 
 
 def graph_us(call, copies, n=20, rounds=1):
@@ -60,12 +58,9 @@ def main():
             fns = {"cublas": lambda i: F.linear(x, ws[i])}
             errs = {}
             for lay in LAYOUTS:
-                for pf in PREFETCH or [None]:
-                    key = f"L{lay}" if pf is None else f"L{lay}p{pf}"
-                    args = (lay,) if pf is None else (lay, pf)
-                    fns[key] = (lambda args: lambda i: op(x, ws[i], None, *args))(args)
-                    y = op(x, ws[0], None, *args)[:4].double()
-                    errs[key] = ((y - ref).norm() / ref.norm()).item()
+                fns[f"L{lay}"] = (lambda lay: lambda i: op(x, ws[i], None, lay))(lay)
+                y = op(x, ws[0], None, lay)[:4].double()
+                errs[f"L{lay}"] = ((y - ref).norm() / ref.norm()).item()
             errs["cublas"] = ((F.linear(x, ws[0])[:4].double() - ref).norm() / ref.norm()).item()
             med = alternated_medians(fns, lambda f: graph_us(f, copies))
             mb = 2 * N * K / 1e6

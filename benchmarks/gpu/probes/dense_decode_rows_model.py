@@ -17,8 +17,8 @@ def main():
     common.DENSE_DECODE_MAX_ROWS = rows
     op = torch.ops.sbops_native.dense_decode
 
-    def forced(x, w, b, _layout=-1, prefetch=0):
-        return op(x, w, b, layout if x.shape[0] > 16 else -1, prefetch)
+    def forced(x, w, b):
+        return op(x, w, b, layout if x.shape[0] > 16 else -1)
 
     common._dense_op = lambda: forced
     print(f"dense decode GEMV up to {rows} rows, layout {layout} past 16 rows", flush=True)

@@ -44,10 +44,6 @@ FUSE_PROJECTIONS = True
 # import; set the module attribute to compare in one process).
 DENSE_DECODE = _platform.env_switch("SBOPS_DENSE_DECODE")
 DENSE_DECODE_MAX_ROWS = 16   # past 16 rows cuBLAS is as fast or faster (H100, session 32)
-# Bytes at the start of each weight row the GEMV prefetches into L2 on sm_90 before it waits for the kernel before it
-# (it launches early there as a programmatic dependent): the start of its weight stream overlaps that kernel's tail.
-# SBOPS_DECODE_PREFETCH (read at import); 0 = none, the default until measured.
-DENSE_DECODE_PREFETCH = _platform.env_bytes("SBOPS_DECODE_PREFETCH")
 _DENSE_DTYPES = (torch.bfloat16, torch.float16)
 _PLAIN = (torch.Tensor, nn.Parameter)
 _IS_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)   # vmap's wrapped tensors
@@ -57,7 +53,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """F.linear(x, weight, bias); on the dense decode GEMV where it applies (see DENSE_DECODE)."""
     if DENSE_DECODE and x.is_cuda and _dense_decode_applies(x, weight, bias):
         K = x.shape[-1]
-        y = _dense_op()(x.reshape(-1, K), weight, bias, -1, DENSE_DECODE_PREFETCH)
+        y = _dense_op()(x.reshape(-1, K), weight, bias)
         return y.view(*x.shape[:-1], weight.shape[0])
     if (bias is not None and x.dim() > 2 and not x.is_contiguous() and type(x) in _PLAIN and weight.dim() == 2
             and weight.shape[1] == x.shape[-1]):
