@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|s37|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals, s37
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -15,7 +15,8 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
+#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes); s37 -- the fp8 gate/up fix-up
+#   fused into silu * up: tests, kernel and model A/B, trace (about 6 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -385,6 +386,19 @@ if [[ " $steps " == *" s36spike "* ]]; then
     echo "fp8 model MT=$mt: $(MODEL_ARGS="--weight-quant fp8 --down-quant int8_channel" \
       model_decode "s36s_fp8_mt${mt}_$i" 1,8 150 SBOPS_SPIKE_DECODE_MT="$mt")"
   done
+fi
+if [[ " $steps " == *" s37 "* ]]; then
+  # session 37: the fp8 gate/up fix-up fused into silu * up (spike_linear_swiglu) and the fix-up's batched path for
+  # row blocks listing more chunks than a batch -- GPU tests, the kernel A/B at M = 16384 / 65536, the fp8 model's TTFT
+  # at 1M with FUSE_GATE_UP_FIX off / on alternated (one model), then the chunk's kernel trace (about 6 minutes)
+  stamp "fused gate/up fix-up: tests, kernel A/B, model TTFT A/B, trace"
+  (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider test_gate_up_silu_scaled.py test_spike_linear_scaled_mm.py \
+     test_spike_linear_int_mm.py > "$OUT/logs/s37_tests.log" 2>&1; echo "tests: rc=$? $(tail -1 "$OUT/logs/s37_tests.log")"
+   grep -a "^FAILED" "$OUT/logs/s37_tests.log" | head)
+  (cd benchmarks/gpu/probes && timeout 320 python3 gate_up_fix_fused_ab.py kernel model ${S37_T:-1m} ${S37_ROUNDS:-2} 2>&1 \
+     | grep -v Warn > "$OUT/logs/s37_ab.log"; echo "ab rc=$?"; grep -a "M=\|round\|fused=\|Error" "$OUT/logs/s37_ab.log" | cut -c1-300)
+  TRACE_N=90 timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 --fp8 --down-int8 --trace \
+    > "$OUT/logs/s37_trace_fp8.log" 2>&1; echo "trace rc=$?"; grep -a -A12 "=== prefill" "$OUT/logs/s37_trace_fp8.log" | cut -c1-120
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
