@@ -21,6 +21,10 @@ from . import spike_linear as sl
 from .spike_linear_fp8 import _fix_silu_mul_kernel
 
 
+# the silu-only launch's tile width and warps (a [BM, 512] tile at 4 warps: 64 values of g and u a thread in flight)
+SILU_BN, SILU_WARPS = 512, 4
+
+
 def silu_mul_scaled_mm(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float) -> torch.Tensor:
     """h [M, I] = silu(g) * u of y = [g | u] = spike_linear(x, weight_q, weight_scale, k) for a fused gate/up
     weight [2 I, K] (float8_e4m3fn, per-channel scales [2 I]) and bf16 x [M, K] of more than DECODE_MAX_M rows;
@@ -49,9 +53,11 @@ def _fix_silu_mul(x, w, vth, flags, y_raw, config, scale):
     lst, cnt = sl.flag_lists(flags)
     n_bm, n_fc = flags.shape
     h = torch.empty((M, I), device=x.device, dtype=y_raw.dtype)
-    n_tiles = triton.cdiv(I, BN)
-    tiles_per = sl.fix_groups(n_bm, n_tiles, x.device)
-    _fix_silu_mul_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
-        x, w, scale, vth, lst, cnt, y_raw, h, M, I, K, n_fc, tiles_per, x.stride(0), w.stride(0), y_raw.stride(0),
-        BM=BM, BN=BN, FC=FC, CB=cb, PLANES=planes, num_warps=sl.FIX_WARPS, num_stages=stages)
+    # the row blocks listing no chunk: silu * up alone, SILU_BN-column tiles; then the others with the fix-up's dots
+    for listed, bn, warps, st in ((False, max(BN, SILU_BN), SILU_WARPS, 1), (True, BN, sl.FIX_WARPS, stages)):
+        n_tiles = triton.cdiv(I, bn)
+        tiles_per = sl.fix_groups(n_bm, n_tiles, x.device)
+        _fix_silu_mul_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
+            x, w, scale, vth, lst, cnt, y_raw, h, M, I, K, n_fc, tiles_per, x.stride(0), w.stride(0), y_raw.stride(0),
+            BM=BM, BN=bn, FC=FC, CB=cb, PLANES=planes, LISTED=listed, num_warps=warps, num_stages=st)
     return h
