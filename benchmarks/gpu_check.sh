@@ -15,8 +15,8 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes); s37 -- the fp8 gate/up fix-up
-#   fused into silu * up: tests, kernel and model A/B, trace (about 6 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
+#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes); s37 -- the fp8 fix-up's many-chunk
+#   row blocks a batch at a time: tests, model TTFT A/B (about 3 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
 #   install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -388,17 +388,14 @@ if [[ " $steps " == *" s36spike "* ]]; then
   done
 fi
 if [[ " $steps " == *" s37 "* ]]; then
-  # session 37: the fp8 gate/up fix-up fused into silu * up (spike_linear_swiglu) and the fix-up's batched path for
-  # row blocks listing more chunks than a batch -- GPU tests, the kernel A/B at M = 16384 / 65536, the fp8 model's TTFT
-  # at 1M with FUSE_GATE_UP_FIX off / on alternated (one model), then the chunk's kernel trace (about 6 minutes)
-  stamp "fused gate/up fix-up: tests, kernel A/B, model TTFT A/B, trace"
-  (cd tests && timeout 200 python3 -m pytest -q -p no:cacheprovider test_gate_up_silu_scaled.py test_spike_linear_scaled_mm.py \
-     test_spike_linear_int_mm.py > "$OUT/logs/s37_tests.log" 2>&1; echo "tests: rc=$? $(tail -1 "$OUT/logs/s37_tests.log")"
+  # session 37: the fp8 fix-up's row blocks listing more chunks than a batch, a batch at a time (FIX_MANY_BATCH) --
+  # the scaled_mm / int_mm GPU tests, then the fp8 model's TTFT at 1M against one chunk a dot, alternated (about 3 minutes)
+  stamp "fix-up many-chunk batches: tests, model TTFT A/B"
+  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_scaled_mm.py test_spike_linear_int_mm.py \
+     test_gate_up_silu_scaled.py > "$OUT/logs/s37_tests.log" 2>&1; echo "tests: rc=$? $(tail -1 "$OUT/logs/s37_tests.log")"
    grep -a "^FAILED" "$OUT/logs/s37_tests.log" | head)
-  (cd benchmarks/gpu/probes && timeout 320 python3 gate_up_fix_fused_ab.py kernel model ${S37_T:-1m} ${S37_ROUNDS:-2} 2>&1 \
-     | grep -v Warn > "$OUT/logs/s37_ab.log"; echo "ab rc=$?"; grep -a "M=\|round\|fused=\|Error" "$OUT/logs/s37_ab.log" | cut -c1-300)
-  TRACE_N=90 timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 --fp8 --down-int8 --trace \
-    > "$OUT/logs/s37_trace_fp8.log" 2>&1; echo "trace rc=$?"; grep -a -A12 "=== prefill" "$OUT/logs/s37_trace_fp8.log" | cut -c1-120
+  timeout 200 python3 benchmarks/gpu/probes/fix_many_batch_ab.py ${S37_T:-1m} ${S37_ROUNDS:-2} 2>&1 | grep -v Warn \
+    > "$OUT/logs/s37_ab.log"; echo "ab rc=$?"; grep -a "round\|FIX_MANY_BATCH=\|Error" "$OUT/logs/s37_ab.log" | cut -c1-300
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

@@ -57,76 +57,6 @@ def test_scaled_mm_raw_refuses_what_it_cannot_serve():
             sl.scaled_mm_raw(x.to(dev), wq, sc, 3.0)
 
 
-def _gate_up_rows(case, M, K):
-    """bf16 x [M, K] for the fused fix-up: Gaussian rows, with the listed counts past the plane placed per case."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(M, K, generator=g)
-    if case == "none":       # no count past 16 anywhere: every row block only runs silu * up
-        x = x.clamp(-2.0, 2.0)
-    elif case == "many":     # rows 16-31 list 12 chunks of 16 columns (> CB = 8: chunk by chunk per tile)
-        x = x.clamp(-2.0, 2.0)
-        for j in range(12):
-            x[17 + j % 5, 16 * j + 3] = 40.0 * (-1) ** j
-    elif case == "huge":     # vth clamps at 1e4: a count of 1e5 (three float16 terms), in the last, partial block
-        x[40, 9] = -1e9
-        x[5, 130] = 60.0
-    elif case == "nan":      # a NaN count poisons its row, as in the unfused fix-up
-        x[20, 33] = float("nan")
-    return x.bfloat16()
-
-
-@requires_triton
-@pytest.mark.parametrize("case", ["gaussian", "none", "many", "huge", "nan", "strided"])
-def test_silu_mul_scaled_mm_equals_the_unfused_fix_up_and_silu_mul(case, monkeypatch):
-    """The fix-up fused into silu * up (spike_linear_swiglu) gives scaled_mm_raw's fix-up + silu_mul_scaled bit for
-    bit, whatever the row blocks list (nothing, a batch, more than a batch, counts past float16's exact integers,
-    NaN), on a strided x; and the float64 reference within bf16 rounding where the values are finite."""
-    tk, sl = _triton()
-    swiglu = tk.load("spike_linear_swiglu")
-    frs = tk.load("fused_rope_swiglu")
-    monkeypatch.setattr(sl, "FIX_GROUPED_CONFIG", (16, 16, 16))
-    dev = _dev()
-    M, K, I = 45, 256, 40
-    x = _gate_up_rows("gaussian" if case == "strided" else case, M, K)
-    if case == "strided":    # rows of a wider buffer: read in place at their row stride
-        xs = torch.zeros(M, K + 24).bfloat16()
-        xs[:, 8:8 + K] = x
-        xd = xs.to(dev)[:, 8:8 + K]
-        assert xd.stride(0) == K + 24
-    else:
-        xd = x.to(dev)
-    wq, sc = sbops.quantize_weight(torch.randn(2 * I, K) * 0.05, dtype=FP8)
-    wq, sc = wq.to(dev), sc.to(dev)
-    with tk.bounds_checked() if dev == "cpu" else _null():
-        h = swiglu.silu_mul_scaled_mm(xd, wq, sc, 3.0)
-        y_raw, vth = sl.scaled_mm_raw(xd, wq, sc, 3.0)
-        want = frs.silu_mul_scaled(y_raw, vth, sc)
-    assert h.shape == (M, I) and h.dtype == torch.bfloat16
-    assert torch.equal(h.isnan(), want.isnan()) and torch.equal(h.nan_to_num(), want.nan_to_num())
-    if case == "nan":
-        assert h[20].isnan().all() and not h[:20].isnan().any() and not h[21:].isnan().any()
-        return
-    gu = ref_spike_linear(x, wq.cpu().float(), sc.cpu(), 3.0, None, None)
-    ref = torch.nn.functional.silu(gu[:, :I]) * gu[:, I:]
-    # h rounds the gate/up product to bf16 once, then silu * up: two roundings of ~2e-3 each on a row's largest values
-    assert rel(h.cpu(), ref) < 1.2e-2 and _worst_row(h.cpu(), ref) < 2e-2
-
-
-@requires_triton
-def test_silu_mul_scaled_mm_refuses_what_it_cannot_serve():
-    tk, _ = _triton()
-    swiglu = tk.load("spike_linear_swiglu")
-    dev = _dev()
-    wq, sc = (t.to(dev) for t in sbops.quantize_weight(torch.randn(32, 64) * 0.05, dtype=FP8))
-    x = torch.randn(40, 64).bfloat16().to(dev)
-    with pytest.raises(ValueError, match="silu_mul_scaled_mm: takes"):
-        swiglu.silu_mul_scaled_mm(x[:16], wq, sc, 3.0)          # decode rows
-    with pytest.raises(ValueError, match="fused gate/up weight"):
-        swiglu.silu_mul_scaled_mm(x, wq[:31], sc[:31], 3.0)    # an odd number of output rows
-    with pytest.raises(ValueError, match=r"x must be \[M, K\]"):
-        swiglu.silu_mul_scaled_mm(x[None], wq, sc, 3.0)
-
-
 @requires_triton
 def test_silu_mul_scaled_applies_the_scales_in_float32():
     tk = _triton()[0]
@@ -146,16 +76,13 @@ def test_silu_mul_scaled_applies_the_scales_in_float32():
 
 
 @requires_triton
-@pytest.mark.parametrize("fused_fix", [True, False])
-def test_swiglu_prefill_takes_the_unscaled_product_and_matches_the_scaled_path(fused_fix, monkeypatch):
+def test_swiglu_prefill_takes_the_unscaled_product_and_matches_the_scaled_path(monkeypatch):
     """sbops.nn.SwiGLU with e4m3 gate/up at a prefill: gate_up_silu runs (the dispatcher's cuda backend picked,
-    the Triton kernels under the interpreter here), its fix-up fused into silu * up or not (FUSE_GATE_UP_FIX),
-    and gives the unfused path's result to bf16 rounding."""
+    the Triton kernels under the interpreter here) and gives the unfused path's result to bf16 rounding."""
     tk, sl = _triton()
     from sbops.nn import SwiGLU
     from sbops.nn import common
     monkeypatch.setattr(sl, "FIX_GROUPED_CONFIG", (16, 16, 16))
-    monkeypatch.setattr(common, "FUSE_GATE_UP_FIX", fused_fix)
     dev = _dev()
     if dev == "cpu":
         monkeypatch.setattr(common, "_FUSED_DEVICE_TYPES", ("cuda", "cpu"))
@@ -166,9 +93,8 @@ def test_swiglu_prefill_takes_the_unscaled_product_and_matches_the_scaled_path(f
     m = SwiGLU(64, 96, spike_k=3.0, weight_quant="fp8").to(dev, torch.bfloat16).eval()
     x = torch.randn(2, 20, 64).bfloat16().to(dev)
     calls = []
-    mod, name = (tk.load("spike_linear_swiglu"), "silu_mul_scaled_mm") if fused_fix else (sl, "scaled_mm_raw")
-    raw = getattr(mod, name)
-    monkeypatch.setattr(mod, name, lambda *a: calls.append(1) or raw(*a))
+    raw = sl.scaled_mm_raw
+    monkeypatch.setattr(sl, "scaled_mm_raw", lambda *a: calls.append(1) or raw(*a))
     with torch.no_grad(), tk.bounds_checked() if dev == "cpu" else _null():
         got = m(x)
         assert calls == [1]

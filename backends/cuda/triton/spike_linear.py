@@ -104,6 +104,10 @@ FIX_GROUPED_CONFIG = (16, 128, 16)
 FIX_PROGRAMS_PER_SM = 16
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3
+# a row block listing more chunks than a batch (CB): its chunks a batch at a time per tile, one dot of depth CB * FC
+# each (session 37), or, False, one FC-column chunk a dot as before (benchmarks' A/B).  H100, 16384-token chunks of the
+# fp8 model: the SWA layers' o projection's fix-up 593 -> 400 us
+FIX_MANY_BATCH = True
 
 
 _SMEM: dict = {}
@@ -369,23 +373,6 @@ def _fix_config(fix_config, defaults, path):
     return out
 
 
-def flag_lists(flags):
-    """(lst, cnt) of the fix-up: each row block's flagged FC-column chunks, compacted (lst [n_bm, n_fc] int32, the
-    first cnt [n_bm] entries of each row valid)."""
-    n_bm, n_fc = flags.shape
-    lst = torch.empty((n_bm, n_fc), device=flags.device, dtype=torch.int32)
-    cnt = torch.empty((n_bm,), device=flags.device, dtype=torch.int32)
-    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
-    return lst, cnt
-
-
-def fix_groups(n_bm: int, n_tiles: int, dev) -> int:
-    """BN-column tiles per program of a grouped fix-up over n_bm row blocks: about FIX_PROGRAMS_PER_SM programs per
-    SM in all."""
-    groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(dev), n_bm)))
-    return triton.cdiv(n_tiles, groups)
-
-
 def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=True, raw=False):
     """The sparse fix-up of what the count planes do not hold: the flag lists, then the "grouped" kernel
     (grouped_launch = its (CB, num_stages), _grouped_fix_launch) or, with grouped_launch None, the "tiles" one;
@@ -393,7 +380,9 @@ def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=
     M, K = x.shape
     N = w.shape[0]
     n_bm, n_fc = flags.shape
-    lst, cnt = flag_lists(flags)
+    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
+    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
+    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
     if grouped_launch is None:  # "tiles": a program per (row block, BN-column tile)
         _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,
@@ -401,21 +390,22 @@ def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=
     else:  # "grouped": a program per (row block, group of tiles), about FIX_PROGRAMS_PER_SM per SM in all
         cb, stages = grouped_launch
         n_tiles = triton.cdiv(N, BN)
-        tiles_per = fix_groups(n_bm, n_tiles, x.device)
+        groups = min(n_tiles, max(1, triton.cdiv(FIX_PROGRAMS_PER_SM * _sms(x.device), n_bm)))
+        tiles_per = triton.cdiv(n_tiles, groups)
         _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-            CB=cb, PLANES=planes, FP8=fp8, RAW=raw, num_warps=FIX_WARPS, num_stages=stages)
+            CB=cb, PLANES=planes, FP8=fp8, RAW=raw, MANY_CB=cb if FIX_MANY_BATCH else 1, num_warps=FIX_WARPS,
+            num_stages=stages)
 
 
-def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False, fix=None):
+def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):
     """encode (counts as one or two e4m3 planes, once) -> torch._scaled_mm per plane with scale_a = vth [M, 1]
     and scale_b = the channel scales [1, N] -> _outlier_fix_kernel adds vth * scale * (r @ W^T) for what the
     planes do not hold, over only the FC-column chunks of each row block that have some (spike_linear_fp8.py).
     Two planes where K > N (spike_linear_tuning.FP8_TWO_PLANES: a width-reducing projection is taken to be
     a SwiGLU down projection, whose input has ~2.6% of its counts past 16); fix_config (BM, BN[, FC[, PLANES]]).
     raw (bias None): (y_raw, vth) instead, y_raw = s @ W^T in x's dtype without vth and the channel scales, the GEMM
-    run with unit tensor-wise scales (see scaled_mm_raw).  fix (with raw): a function that takes the fix-up's place,
-    called as fix(x, w, vth, flags, y_raw, (BM, BN, FC, planes)), whose result is returned (spike_linear_swiglu)."""
+    run with unit tensor-wise scales (see scaled_mm_raw)."""
     M, K = x.shape
     N = weight_q.shape[0]
     BM, BN, FC = FIX_CONFIG if _tuning.FP8_FIX == "tiles" else FIX_GROUPED_CONFIG
@@ -439,8 +429,6 @@ def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False, 
     y = gemm(s.view(torch.float8_e4m3fn), bias)
     if hi is not None:
         y += gemm(hi)
-    if fix is not None:
-        return fix(x, w, vth, flags, y, (BM, BN, FC, planes))
     _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, launch, raw=raw)
     return (y, vth) if raw else y
 

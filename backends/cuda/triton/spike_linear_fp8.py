@@ -276,12 +276,12 @@ def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.conste
 def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                                 stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
                                 CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True,
-                                RAW: tl.constexpr = False):
+                                RAW: tl.constexpr = False, MANY_CB: tl.constexpr = 1):
     # program (row block, group of tiles_per BN-column tiles). A row block listing at most CB chunks (at the 7B
     # shapes on Gaussian rows ~5 of them, CB = 8) takes them in one batch: r of those CB * FC columns is computed
     # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time,
-    # its chunks CB at a time (r recomputed per tile and batch; the "tiles" kernel takes them one by one), so y is
-    # still read, added to and rounded once per tile.
+    # its chunks MANY_CB at a time (r recomputed per tile and batch; MANY_CB = 1, as the "tiles" kernel: one by one),
+    # so y is still read, added to and rounded once per tile.
     pid_m = tl.program_id(0)
     cnt = tl.load(cnt_ptr + pid_m)
     if cnt > 0:
@@ -307,107 +307,4 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         else:
             for t in range(t0, t1):
                 _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, t, M, N, K,
-                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW, CB)
-
-
-@triton.jit
-def _gu_tile(y_ptr, stride_ym, rm64, rn, m2, I):
-    # the gate and up halves' [BM, BN] tiles at columns rn of a raw gate/up product y = [g | u], float32
-    yp = y_ptr + rm64[:, None] * stride_ym + rn.to(tl.int64)[None, :]
-    return tl.load(yp, mask=m2, other=0.0).to(tl.float32), tl.load(yp + I, mask=m2, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _fixed(y, acc, rows_t, y_ptr):
-    # what the fix-up leaves in y: y + acc rounded once to y's dtype in the rows it touched, y elsewhere
-    return tl.where(rows_t[:, None], (y + acc).to(y_ptr.dtype.element_ty).to(tl.float32), y)
-
-
-@triton.jit
-def _silu_mul_store(g, u, vth, sc_ptr, h_ptr, rm64, rn, nmask, m2, I):
-    # h = silu(g * vth * sg) * (u * vth * su), one rounding to h's dtype: fused_rope_swiglu's _silu_mul_scaled_kernel
-    g = g * (tl.load(sc_ptr + rn, mask=nmask, other=0.0)[None, :] * vth[:, None])
-    u = u * (tl.load(sc_ptr + I + rn, mask=nmask, other=0.0)[None, :] * vth[:, None])
-    h = g / (1.0 + tl.exp(-g)) * u
-    tl.store(h_ptr + rm64[:, None] * I + rn.to(tl.int64)[None, :], h.to(h_ptr.dtype.element_ty), mask=m2)
-
-
-@triton.jit
-def _fix_silu_mul_kernel(x_ptr, w_ptr, sc_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, h_ptr, M, I, K, n_fc, tiles_per,
-                         stride_xm, stride_wn, stride_ym, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
-                         CB: tl.constexpr, PLANES: tl.constexpr, LISTED: tl.constexpr):
-    # The grouped fix-up of a raw gate/up product y = [g | u] [M, 2 I] (RAW: s @ W^T without vth and the channel
-    # scales) fused with SwiGLU's silu * up: program (row block, group of tiles_per BN-column tiles of h [M, I]).
-    # Each tile reads its g and u tiles once, adds the fix-up's r @ W^T to the rows it touches (rounded to y's dtype
-    # as _outlier_fix_grouped_kernel's read-modify-write would leave them: the same dots in the same order), and
-    # writes h = silu(g * vth * sg) * (u * vth * su) as _silu_mul_scaled_kernel does; y itself is never written.
-    # Launched twice: LISTED = False serves the row blocks that list no chunk (about half of them on Gaussian rows at
-    # BM = 16; silu * up alone, wide tiles, few registers, many programs per SM), LISTED = True the others (the dots:
-    # 255 registers at 8 warps with Triton 3.9, one program per SM); each does nothing for the other's blocks.
-    pid_m = tl.program_id(0)
-    cnt = tl.load(cnt_ptr + pid_m)
-    if (cnt > 0) == LISTED:  # (no early return: one exit at the end)
-        t0 = tl.program_id(1) * tiles_per
-        t1 = tl.minimum(t0 + tiles_per, tl.cdiv(I, BN))
-        rm = pid_m * BM + tl.arange(0, BM)
-        mmask = rm < M
-        rm64 = (rm % M).to(tl.int64)  # out-of-range rows read a valid one and are never stored
-        vth = tl.load(vth_ptr + rm64)
-        if not LISTED:
-            for t in range(t0, t1):
-                rn = t * BN + tl.arange(0, BN)
-                nmask = rn < I
-                m2 = mmask[:, None] & nmask[None, :]
-                g, u = _gu_tile(y_ptr, stride_ym, rm64, rn, m2, I)
-                _silu_mul_store(g, u, vth, sc_ptr, h_ptr, rm64, rn, nmask, m2, I)
-        else:
-            inv = _recip(vth)
-            lst = list_ptr + pid_m.to(tl.int64) * n_fc
-            if cnt <= CB:  # the listed chunks' r once, [BM, CB * FC], then each tile's two dots (as _fix_tiles)
-                r, kk, kin = _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC, CB, PLANES, True)
-                rows_t = mmask & (tl.max((r != 0.0).to(tl.int32), axis=1) > 0)
-                one_term = tl.max(tl.abs(r), axis=None) < 2048.0
-                a, b, c, sc2 = _split3(r)
-                if one_term:
-                    a = r.to(tl.float16)
-                for t in range(t0, t1):
-                    rn = t * BN + tl.arange(0, BN)
-                    nmask = rn < I
-                    m2 = mmask[:, None] & nmask[None, :]
-                    rg = (rn % I).to(tl.int64)  # out-of-range columns read a valid one and are never stored
-                    wg = tl.load(w_ptr + rg[None, :] * stride_wn + kk[:, None], mask=kin[:, None],
-                                 other=0.0).to(tl.float16)
-                    wu = tl.load(w_ptr + (rg + I)[None, :] * stride_wn + kk[:, None], mask=kin[:, None],
-                                 other=0.0).to(tl.float16)
-                    if one_term:
-                        acc_g = tl.dot(a, wg)
-                        acc_u = tl.dot(a, wu)
-                    else:
-                        acc_g = _horner3(a, b, c, wg) * sc2[:, None]
-                        acc_u = _horner3(a, b, c, wu) * sc2[:, None]
-                    g, u = _gu_tile(y_ptr, stride_ym, rm64, rn, m2, I)
-                    _silu_mul_store(_fixed(g, acc_g, rows_t, y_ptr), _fixed(u, acc_u, rows_t, y_ptr), vth, sc_ptr,
-                                    h_ptr, rm64, rn, nmask, m2, I)
-            else:  # more chunks than a batch: each tile takes them CB at a time (as _fix_one_tile)
-                for t in range(t0, t1):
-                    rn = t * BN + tl.arange(0, BN)
-                    nmask = rn < I
-                    m2 = mmask[:, None] & nmask[None, :]
-                    rg = (rn % I).to(tl.int64)
-                    acc_g = tl.zeros([BM, BN], dtype=tl.float32)
-                    acc_u = tl.zeros([BM, BN], dtype=tl.float32)
-                    touched = tl.zeros([BM], dtype=tl.int32)
-                    for j0 in range(0, cnt, CB):  # _fix_acc's batches, r shared by the gate and up tiles
-                        r, kk, kin = _batch_r(x_ptr, vth, inv, lst + j0, cnt - j0, rm64, mmask, K, stride_xm, FC, CB,
-                                              PLANES, True)
-                        touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
-                        wg = tl.load(w_ptr + rg[None, :] * stride_wn + kk[:, None], mask=kin[:, None],
-                                     other=0.0).to(tl.float16)
-                        wu = tl.load(w_ptr + (rg + I)[None, :] * stride_wn + kk[:, None], mask=kin[:, None],
-                                     other=0.0).to(tl.float16)
-                        acc_g += _exact_dot(r, wg)
-                        acc_u += _exact_dot(r, wu)
-                    rows_t = mmask & (touched > 0)
-                    g, u = _gu_tile(y_ptr, stride_ym, rm64, rn, m2, I)
-                    _silu_mul_store(_fixed(g, acc_g, rows_t, y_ptr), _fixed(u, acc_u, rows_t, y_ptr), vth, sc_ptr,
-                                    h_ptr, rm64, rn, nmask, m2, I)
+                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW, MANY_CB)

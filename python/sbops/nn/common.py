@@ -1,7 +1,6 @@
 """Building blocks shared by the attention and FFN layers: RMSNorm (fla order), rotary embeddings, SwiGLU."""
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 from typing import Optional, Tuple
@@ -224,10 +223,6 @@ def _fused_spike_operands(owner: nn.Module, mods, x: torch.Tensor):
 # reads it (spike_linear.scaled_mm_raw, fused_rope_swiglu.silu_mul_scaled).  SBOPS_FUSE_GATE_UP_SCALES=0 (read at
 # import) or False here: the scaled product, then silu_mul (benchmarks' A/B).
 FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
-# ... and the fp8 path's sparse fix-up of that product runs inside the silu * up kernel, which then reads the product
-# once and never rewrites it (spike_linear_swiglu.silu_mul_scaled_mm, the same bits).  SBOPS_FUSE_GATE_UP_FIX=0 (read
-# at import) or False here: scaled_mm_raw's own fix-up, then silu_mul_scaled (benchmarks' A/B).
-FUSE_GATE_UP_FIX = _platform.env_switch("SBOPS_FUSE_GATE_UP_FIX")
 
 
 def _spike_linear_triton(x: torch.Tensor):
@@ -270,12 +265,8 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
     x2 = x.reshape(-1, K)
     if not sl.scaled_mm_applies(x2, q, None, None):
         return None
-    if FUSE_GATE_UP_FIX:   # the module beside sl's (the installed package's, or the tests' source tree's)
-        h = importlib.import_module(sl.__name__.rpartition(".")[0] + ".spike_linear_swiglu").silu_mul_scaled_mm(
-            x2, q, sc, m0.k)
-    else:
-        y_raw, vth = sl.scaled_mm_raw(x2, q, sc, m0.k)
-        h = kern[1].silu_mul_scaled(y_raw, vth, sc)
+    y_raw, vth = sl.scaled_mm_raw(x2, q, sc, m0.k)
+    h = kern[1].silu_mul_scaled(y_raw, vth, sc)
     return h.view(*x.shape[:-1], h.shape[-1])
 
 
