@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|s37|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals, s37
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -15,9 +15,8 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes); s37 -- the fp8 fix-up's many-chunk
-#   row blocks a batch at a time: tests, model TTFT A/B (about 3 minutes).  install runs first, before any other step.  A second call on a warm machine needs no
-#   install.)
+#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
+#   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
 #      BENCH_ARGS (extra arguments of the bench step), STEP_LIMIT (seconds per test file, default 240),
@@ -386,16 +385,6 @@ if [[ " $steps " == *" s36spike "* ]]; then
     echo "fp8 model MT=$mt: $(MODEL_ARGS="--weight-quant fp8 --down-quant int8_channel" \
       model_decode "s36s_fp8_mt${mt}_$i" 1,8 150 SBOPS_SPIKE_DECODE_MT="$mt")"
   done
-fi
-if [[ " $steps " == *" s37 "* ]]; then
-  # session 37: the fp8 fix-up's row blocks listing more chunks than a batch, a batch at a time (FIX_MANY_BATCH) --
-  # the scaled_mm / int_mm GPU tests, then the fp8 model's TTFT at 1M against one chunk a dot, alternated (about 3 minutes)
-  stamp "fix-up many-chunk batches: tests, model TTFT A/B"
-  (cd tests && timeout 150 python3 -m pytest -q -p no:cacheprovider test_spike_linear_scaled_mm.py test_spike_linear_int_mm.py \
-     test_gate_up_silu_scaled.py > "$OUT/logs/s37_tests.log" 2>&1; echo "tests: rc=$? $(tail -1 "$OUT/logs/s37_tests.log")"
-   grep -a "^FAILED" "$OUT/logs/s37_tests.log" | head)
-  timeout 200 python3 benchmarks/gpu/probes/fix_many_batch_ab.py ${S37_T:-1m} ${S37_ROUNDS:-2} 2>&1 | grep -v Warn \
-    > "$OUT/logs/s37_ab.log"; echo "ab rc=$?"; grep -a "round\|FIX_MANY_BATCH=\|Error" "$OUT/logs/s37_ab.log" | cut -c1-300
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

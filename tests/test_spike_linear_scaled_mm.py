@@ -257,35 +257,3 @@ def test_encode_lo_gpu_rint_branch_gives_the_same_bytes(planes, monkeypatch):
         wide = nd > 1
         assert torch.equal(g[0], s8) and torch.equal(g[2], vth) and torch.equal(g[3], nd) and wide.any()
         assert torch.equal(g[1][wide], big[wide]) and torch.equal(g[4][wide], flags[wide])
-
-
-@requires_triton
-def test_grouped_fix_up_takes_many_chunks_a_batch_at_a_time_or_one_by_one(monkeypatch):
-    """A row block listing more chunks than a batch (13 of 16 columns, batches of 8): FIX_MANY_BATCH takes them a batch
-    at a time per tile (dots of depth 128), False one chunk a dot, which is the "tiles" kernel's order and bits; both
-    give the float64 reference's rows, a count past float16's exact integers included."""
-    tk, sl = _triton()
-    M, N, K = 40, 96, 320
-    x = torch.randn(M, K)
-    x[:, ::26] *= 40
-    x[21, 3] = 1e6                          # three float16 terms, in a row block that lists 13 chunks
-    x = x.bfloat16()
-    wq, sc = sbops.quantize_weight(torch.randn(N, K) * 0.05, dtype=FP8)
-    r = ref_spike_linear(x, wq.float(), sc, 3.0, None, None)
-    monkeypatch.setattr(sl._tuning, "FP8_FIX", "tiles")
-    y_tiles = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))
-    monkeypatch.setattr(sl._tuning, "FP8_FIX", "grouped")
-    fp8 = tk.load("spike_linear_fp8")
-    widths = []
-    if _dev() == "cpu":  # under the interpreter: record the width of every r the kernel builds
-        batch_r = fp8._batch_r
-        monkeypatch.setattr(fp8, "_batch_r", lambda *a: widths.append(a[-4] * a[-3]) or batch_r(*a))
-    got = {}
-    for batched in (True, False):
-        monkeypatch.setattr(sl, "FIX_MANY_BATCH", batched)
-        widths.clear()
-        got[batched] = _run(sl, tk, x, wq, sc, 3.0, config=(16, 32, 16, 1))
-        assert _worst_row(got[batched], r) < 1e-2, batched
-        if _dev() == "cpu":   # every row block lists 13 chunks: batches of 8 chunks of 16 columns, or one a dot
-            assert set(widths) == ({128} if batched else {16}), (batched, set(widths))
-    assert torch.equal(got[False], y_tiles)

@@ -104,10 +104,6 @@ FIX_GROUPED_CONFIG = (16, 128, 16)
 FIX_PROGRAMS_PER_SM = 16
 FIX_BATCH_COLS = 128
 FIX_WARPS, FIX_STAGES = 8, 3
-# a row block listing more chunks than a batch (CB): its chunks a batch at a time per tile, one dot of depth CB * FC
-# each (session 37), or, False, one FC-column chunk a dot as before (benchmarks' A/B).  H100, 16384-token chunks of the
-# fp8 model: the SWA layers' o projection's fix-up 593 -> 400 us
-FIX_MANY_BATCH = True
 
 
 _SMEM: dict = {}
@@ -394,8 +390,7 @@ def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=
         tiles_per = triton.cdiv(n_tiles, groups)
         _outlier_fix_grouped_kernel[(n_bm, triton.cdiv(n_tiles, tiles_per))](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, tiles_per, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC,
-            CB=cb, PLANES=planes, FP8=fp8, RAW=raw, MANY_CB=cb if FIX_MANY_BATCH else 1, num_warps=FIX_WARPS,
-            num_stages=stages)
+            CB=cb, PLANES=planes, FP8=fp8, RAW=raw, num_warps=FIX_WARPS, num_stages=stages)
 
 
 def _prefill_scaled_mm(x, weight_q, scale, k, bias, fix_config=None, raw=False):

@@ -180,32 +180,27 @@ def _flag_list_kernel(flag_ptr, list_ptr, cnt_ptr, n_fc, CB: tl.constexpr):
 
 
 @triton.jit
-def _fix_acc(x_ptr, w_ptr, vth, inv, lst, cnt, rm64, mmask, rn64, K, stride_xm, stride_wn, BM: tl.constexpr,
-             BN: tl.constexpr, FC: tl.constexpr, CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True):
-    # (r @ W[rn64]^T over the row block's cnt listed chunks, float32 [BM, BN]; the rows holding an r) taken CB
-    # chunks at a time: r of a batch's CB * FC columns recomputed here, one dot of depth CB * FC per batch
-    # (session 37; before, one chunk of FC columns a dot: CB = 1 gives that order)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
-    touched = tl.zeros([BM], dtype=tl.int32)
-    for j0 in range(0, cnt, CB):
-        r, kk, kin = _batch_r(x_ptr, vth, inv, lst + j0, cnt - j0, rm64, mmask, K, stride_xm, FC, CB, PLANES, FP8)
-        touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
-        w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
-        acc += _exact_dot(r, w)
-    return acc, touched
-
-
-@triton.jit
 def _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, pid_n, M, N, K, stride_xm,
                   stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr, PLANES: tl.constexpr,
-                  FP8: tl.constexpr = True, RAW: tl.constexpr = False, CB: tl.constexpr = 1):
-    # y[row block, tile pid_n] += vth * scale * (r @ W^T) over the row block's cnt listed chunks, CB at a time,
+                  FP8: tl.constexpr = True, RAW: tl.constexpr = False):
+    # y[row block, tile pid_n] += vth * scale * (r @ W^T) over the row block's cnt listed chunks, one at a time,
     # float32 accumulation; y is read, added to and rounded once
     rn = pid_n * BN + tl.arange(0, BN)
     nmask = rn < N
     rn64 = (rn % N).to(tl.int64)  # out-of-range columns read a valid one and are never stored
-    acc, touched = _fix_acc(x_ptr, w_ptr, vth, inv, lst, cnt, rm64, mmask, rn64, K, stride_xm, stride_wn, BM, BN, FC,
-                            CB, PLANES, FP8)
+    cj = tl.arange(0, FC)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    touched = tl.zeros([BM], dtype=tl.int32)
+    for j in range(0, cnt):
+        kk = tl.load(lst + j) * FC + cj
+        kin = kk < K
+        x = tl.load(x_ptr + rm64[:, None] * stride_xm + kk[None, :], mask=kin[None, :], other=0.0)
+        q = _quotient_rint(x.to(tl.float32), vth[:, None], inv[:, None])
+        _, _, r = _split_counts(q, FP8, PLANES)  # NaN stays NaN
+        r = tl.where(mmask[:, None] & kin[None, :], r, 0.0)
+        touched = tl.maximum(touched, tl.max((r != 0.0).to(tl.int32), axis=1))
+        w = tl.load(w_ptr + rn64[None, :] * stride_wn + kk[:, None], mask=kin[:, None], other=0.0).to(tl.float16)
+        acc += _exact_dot(r, w)
     rows = mmask & (touched > 0)
     y_ptrs = y_ptr + rm.to(tl.int64)[:, None] * N + rn.to(tl.int64)[None, :]
     m2 = rows[:, None] & nmask[None, :]
@@ -276,12 +271,12 @@ def _batch_r(x_ptr, vth, inv, lst, cnt, rm64, mmask, K, stride_xm, FC: tl.conste
 def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_ptr, y_ptr, M, N, K, n_fc, tiles_per,
                                 stride_xm, stride_wn, BM: tl.constexpr, BN: tl.constexpr, FC: tl.constexpr,
                                 CB: tl.constexpr, PLANES: tl.constexpr, FP8: tl.constexpr = True,
-                                RAW: tl.constexpr = False, MANY_CB: tl.constexpr = 1):
+                                RAW: tl.constexpr = False):
     # program (row block, group of tiles_per BN-column tiles). A row block listing at most CB chunks (at the 7B
     # shapes on Gaussian rows ~5 of them, CB = 8) takes them in one batch: r of those CB * FC columns is computed
-    # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time,
-    # its chunks MANY_CB at a time (r recomputed per tile and batch; MANY_CB = 1, as the "tiles" kernel: one by one),
-    # so y is still read, added to and rounded once per tile.
+    # once, then every tile of the group gets its share. A row block listing more takes the tiles one at a time
+    # as the "tiles" kernel does (r recomputed per tile, chunk by chunk), so y is still read, added to and rounded
+    # once per tile.
     pid_m = tl.program_id(0)
     cnt = tl.load(cnt_ptr + pid_m)
     if cnt > 0:
@@ -307,4 +302,4 @@ def _outlier_fix_grouped_kernel(x_ptr, w_ptr, scale_ptr, vth_ptr, list_ptr, cnt_
         else:
             for t in range(t0, t1):
                 _fix_one_tile(x_ptr, w_ptr, scale_ptr, y_ptr, vth, inv, lst, cnt, rm, rm64, mmask, t, M, N, K,
-                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW, MANY_CB)
+                              stride_xm, stride_wn, BM, BN, FC, PLANES, FP8, RAW)
