@@ -37,11 +37,30 @@ PACKAGE_DATA = {
 
 
 class BuildPy(build_py):
-    """build_py that leaves out development modules (DEV_MODULES) found in the package folders."""
+    """build_py that leaves out development modules (DEV_MODULES) found in the package folders, and first removes
+    from the build folder the modules and data files of an earlier build that the source tree no longer has: build_py
+    only adds and overwrites, and pip builds the wheel in-tree (build/lib), so a module deleted or renamed since the
+    last build would otherwise still ship.  The native library and _build_info.py are build_ext's, rewritten by it."""
 
     def find_package_modules(self, package, package_dir):
         return [(pkg, mod, path) for pkg, mod, path in super().find_package_modules(package, package_dir)
                 if not any(fnmatch.fnmatch(mod, pat) for pat in DEV_MODULES)]
+
+    def run(self):
+        self._drop_stale_files()
+        super().run()
+
+    def _drop_stale_files(self):
+        root = Path(self.build_lib) / "sbops"
+        if not root.is_dir():
+            return
+        keep = {Path(self.get_module_outfile(self.build_lib, pkg.split("."), mod)).resolve()
+                for pkg, mod, _ in self.find_all_modules()}
+        keep |= {(Path(build_dir) / name).resolve() for _, _, build_dir, names in self.data_files for name in names}
+        for f in root.rglob("*"):
+            if f.is_file() and f.suffix in (".py", ".json", ".md") and f.name != "_build_info.py" \
+                    and f.resolve() not in keep:
+                f.unlink()
 
 
 # the minimum torch the stable-ABI library loads in (CMakeLists.txt: SBOPS_TORCH_TARGET_VERSION)

@@ -87,6 +87,27 @@ def test_package_build_holds_the_package_and_nothing_else(tmp_path):
     assert "sbops/_backends/cuda/tuning/swa.json" in files
 
 
+@pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree (setup.py)")
+def test_package_build_drops_what_the_source_tree_no_longer_has(tmp_path):
+    """A module or data file left in the build folder by an earlier build, since deleted or renamed in the source
+    tree (pip builds in-tree, in build/lib), does not ship again; what build_ext writes there stays."""
+    pytest.importorskip("setuptools")
+    stale = ["sbops/_backends/cuda/triton/removed_kernels.py", "sbops/nn/removed.py",
+             "sbops/_backends/cuda/tuning/removed.json", "sbops/_backends/cuda/probe_removed.py"]
+    kept = ["sbops/_build_info.py", "sbops/libsbops.so"]
+    for rel in stale + kept:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("# an earlier build's\n")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
+                   check=True, capture_output=True)
+    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert not files & set(stale), sorted(files & set(stale))
+    assert set(kept) <= files
+    missing = _expected_modules() - files
+    assert not missing, f"runtime modules left out of the package: {sorted(missing)}"
+    assert "sbops/_backends/cuda/tuning/swa.json" in files
+
+
 def _installed_wheel_files():
     """The files pip installed from sbops' wheel (its RECORD, less the dist-info, the console script and
     the .pyc files pip compiled), or None where sbops is not installed from a wheel (editable, source tree)."""
