@@ -360,6 +360,7 @@ fi
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16
   # (B = 1 / 32) and the W8ASpike model (fp8, int8 down projections; B = 1), one run each (about 4 minutes)
+  new_tree goals_install
   for m in bf16 fp8; do
     stamp "goals: $m model, TTFT 1M + decode at 4k"
     extra=(); b=1,32; [ "$m" = fp8 ] && { extra=(--weight-quant fp8 --down-quant int8_channel); b=1; }

@@ -93,7 +93,8 @@ def test_package_build_drops_what_the_source_tree_no_longer_has(tmp_path):
     tree (pip builds in-tree, in build/lib), does not ship again; what build_ext writes there stays."""
     pytest.importorskip("setuptools")
     stale = ["sbops/_backends/cuda/triton/removed_kernels.py", "sbops/nn/removed.py",
-             "sbops/_backends/cuda/tuning/removed.json", "sbops/_backends/cuda/probe_removed.py"]
+             "sbops/_backends/cuda/tuning/removed.json", "sbops/_backends/cuda/probe_removed.py",
+             "sbops/_C.abi3.so", "sbops/nn/__pycache__/removed.cpython-311.pyc"]
     kept = ["sbops/_build_info.py", "sbops/libsbops.so"]
     for rel in stale + kept:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-e
 --down-int8: with its down projections in int8 (`--down-quant int8_channel`).
 --trace: the first TRACE_N (100) kernels of the profiled chunk in launch order, with their times.
 --kernels: first time the fused elementwise kernels against the torch code at the 7B shapes of one chunk."""
-import sys, time, torch, sbops
+import os, sys, time, torch, sbops
 import sbops.nn.common
 _flags = {a for a in sys.argv[1:] if a.startswith("--")}
 sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if not a.startswith("--")]
@@ -94,8 +94,8 @@ with torch.inference_mode():
     if "--trace" in _flags:   # the first kernels of the chunk in launch order: which projection each one serves
         evs = sorted((e for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda e: e.time_range.start)
-        print(f"=== first kernels of the chunk, in order (us)")
-        for e in evs[:int(__import__("os").environ.get("TRACE_N", "100"))]:
+        print("=== first kernels of the chunk, in order (us)")
+        for e in evs[:int(os.environ.get("TRACE_N", "100"))]:
             print(f"{e.device_time:9.1f}  {e.name[:100]}")
     for B in (1, 32):
         cache = model.new_cache(B + 1)
