@@ -57,11 +57,12 @@ class BuildPy(build_py):
         keep = {Path(self.get_module_outfile(self.build_lib, pkg.split("."), mod)).resolve()
                 for pkg, mod, _ in self.find_all_modules()}
         keep |= {(Path(build_dir) / name).resolve() for _, _, build_dir, names in self.data_files for name in names}
+        # build_ext's: the native library and, next to it, _build_info.py
         native = Path(self.build_lib, *NATIVE.split(".")).with_suffix(".so").resolve()
+        keep |= {native, native.with_name("_build_info.py")}
         for f in root.rglob("*"):
             # a stale extension module (sbops/_C*.so of an older layout) would shadow the _C.py of the same name
-            if f.is_file() and f.suffix in (".py", ".pyc", ".so", ".json", ".md") and f.name != "_build_info.py" \
-                    and f.resolve() not in keep and f.resolve() != native:
+            if f.is_file() and f.suffix in (".py", ".pyc", ".so", ".json", ".md") and f.resolve() not in keep:
                 f.unlink()
 
 

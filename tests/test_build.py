@@ -74,24 +74,29 @@ def _expected_modules():
     return mods
 
 
-@pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree (setup.py)")
-def test_package_build_holds_the_package_and_nothing_else(tmp_path):
+def _build_package(build_lib):
+    """setup.py build_py into build_lib (what the wheel gets besides the native module, without compiling it): the
+    files there afterwards, checked to hold every runtime module and the tuning data."""
     pytest.importorskip("setuptools")
-    # build_py lays out exactly what the wheel gets besides the native module, without compiling it
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build_lib)], cwd=ROOT,
                    check=True, capture_output=True)
-    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert not _stray(files), _stray(files)
+    files = sorted(p.relative_to(build_lib).as_posix() for p in build_lib.rglob("*") if p.is_file())
     missing = _expected_modules() - set(files)
     assert not missing, f"runtime modules left out of the package: {sorted(missing)}"
     assert "sbops/_backends/cuda/tuning/swa.json" in files
+    return files
+
+
+@pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree (setup.py)")
+def test_package_build_holds_the_package_and_nothing_else(tmp_path):
+    files = _build_package(tmp_path)
+    assert not _stray(files), _stray(files)
 
 
 @pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree (setup.py)")
 def test_package_build_drops_what_the_source_tree_no_longer_has(tmp_path):
     """A module or data file left in the build folder by an earlier build, since deleted or renamed in the source
     tree (pip builds in-tree, in build/lib), does not ship again; what build_ext writes there stays."""
-    pytest.importorskip("setuptools")
     stale = ["sbops/_backends/cuda/triton/removed_kernels.py", "sbops/nn/removed.py",
              "sbops/_backends/cuda/tuning/removed.json", "sbops/_backends/cuda/probe_removed.py",
              "sbops/_C.abi3.so", "sbops/nn/__pycache__/removed.cpython-311.pyc"]
@@ -99,14 +104,9 @@ def test_package_build_drops_what_the_source_tree_no_longer_has(tmp_path):
     for rel in stale + kept:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("# an earlier build's\n")
-    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=ROOT,
-                   check=True, capture_output=True)
-    files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    files = set(_build_package(tmp_path))
     assert not files & set(stale), sorted(files & set(stale))
     assert set(kept) <= files
-    missing = _expected_modules() - files
-    assert not missing, f"runtime modules left out of the package: {sorted(missing)}"
-    assert "sbops/_backends/cuda/tuning/swa.json" in files
 
 
 def _installed_wheel_files():
