@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -15,7 +15,8 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes); goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
+#   (about 4 minutes); s38 -- the Hopper dense decode GEMM probe's variants against the GEMV (under a minute);
+#   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -386,6 +387,14 @@ if [[ " $steps " == *" s36spike "* ]]; then
     echo "fp8 model MT=$mt: $(MODEL_ARGS="--weight-quant fp8 --down-quant int8_channel" \
       model_decode "s36s_fp8_mt${mt}_$i" 1,8 150 SBOPS_SPIKE_DECODE_MT="$mt")"
   done
+fi
+if [[ " $steps " == *" s38 "* ]]; then
+  # session 38: the Hopper dense decode GEMM probe (benchmarks/gpu/probes/dense_decode_sm90.cuh, TMA + wgmma, stream-K;
+  # not in the library) with each set of its knobs (S38_VARIANTS: ";"-separated -D flag sets), timed against the
+  # library's GEMV at M = 1 / 32 (under a minute; needs no install)
+  stamp "s38: Hopper dense decode GEMM probe variants"
+  VARIANTS=${S38_VARIANTS:-} ROWS=${S38_ROWS:-"1 32"} timeout 300 bash benchmarks/gpu/probes/dense_decode_sm90_variants.sh \
+    > "$OUT/logs/s38_variants.log" 2>&1; echo "rc=$?"; cut -c1-200 "$OUT/logs/s38_variants.log"
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

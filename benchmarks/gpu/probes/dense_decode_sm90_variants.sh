@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# benchmarks/gpu/probes/dense_decode_sm90_variants.cu built with each set of knobs (in parallel), run one after another: ROWS (default "1 32"),
+# VARIANTS (";"-separated nvcc -D flag sets; default: the six of session 38's first run)
+cd "$(dirname "$0")/../../.."
+if [ -n "${VARIANTS:-}" ]; then IFS=';' read -ra V <<< "$VARIANTS"; else
+V=("" "-DSBOPS_DD90_L2_PREFETCH=0" "-DSBOPS_DD90_PDL=0" "-DSBOPS_DD90_BLOCKS_PER_SM=2" "-DSBOPS_DD90_MMA_IN_FLIGHT=1" "-DSBOPS_DD90_BLOCKS_PER_SM=2 -DSBOPS_DD90_MMA_IN_FLIGHT=1"); fi
+for i in "${!V[@]}"; do
+  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels ${V[$i]} \
+    benchmarks/gpu/probes/dense_decode_sm90_variants.cu -o /tmp/dd90_$i > /tmp/dd90_build_$i.log 2>&1 &
+done
+wait
+for i in "${!V[@]}"; do
+  [ -x /tmp/dd90_$i ] || { echo "variant $i: build failed"; tail -5 /tmp/dd90_build_$i.log; continue; }
+  timeout 120 /tmp/dd90_$i ${ROWS:-1 32}
+done
