@@ -2,7 +2,9 @@
 // float16 or bfloat16, float32 accumulation, y in x's dtype, written to beat cuBLAS past 16 rows, where the
 // register-streaming GEMV of backends/cuda/kernels/dense_decode.cu loses (x's n-tiles take its registers).  Measured on
 // an H100 it lost to both at every 7B shape but the widest (benchmarks/RESULTS.md, session 38), so it was taken out of
-// the library; dense_decode_sm90_variants.cu times it with the knobs below.  Torch-free; NVIDIA sm_90a only.
+// the library.  The loss is the cut tiles' reduction: with it dropped (SBOPS_DD90_TIMING_NO_REDUCE, wrong results) the
+// kernel beat cuBLAS at M = 32 on every layer shape.  dense_decode_sm90_variants.cu times it with the knobs below
+// (SBOPS_DD90_DEFER_FIRST, the next try, not yet run).  Torch-free; NVIDIA sm_90a only.
 //
 // Both operands are staged in shared memory by TMA and multiplied with wgmma, so the rows of x cost shared memory, not
 // registers.  "Swap AB": the weight tile is wgmma's A operand (64 weight rows per MMA) and x's rows are B (N = NT =
@@ -60,6 +62,9 @@ namespace {
 #endif
 #ifndef SBOPS_DD90_GRID_TILES  // 1: one block per tile (no tile is cut; more or fewer blocks than SMs)
 #define SBOPS_DD90_GRID_TILES 0
+#endif
+#ifndef SBOPS_DD90_DEFER_FIRST  // 1: a block's cut first tile is summed after its last unit, not between its units
+#define SBOPS_DD90_DEFER_FIRST 0
 #endif
 #ifndef SBOPS_DD90_TIMING_NO_REDUCE  // timing only (wrong results): the pieces of cut tiles are dropped
 #define SBOPS_DD90_TIMING_NO_REDUCE 0
@@ -171,6 +176,50 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kH][NT / 2], const
         }
     }
 }
+
+// A cut tile's piece: this block's float32 partial into its slot (2 g for its first tile, 2 g + 1 for its last), then
+// the tile's counter; the piece that completes the count adds every piece in block order and stores y.
+template <typename E, int NT>
+__device__ __forceinline__ void finish_piece(const float (&acc)[kH][NT / 2], const Sm90Args& a, int g, int t,
+                                             int first_tile, int& s_arrived) {
+  constexpr int kPer = kH * NT / 2;  // floats a thread holds
+  const int tid = threadIdx.x;
+  const int64_t U = a.units;
+  const int slot = 2 * g + (t == first_tile ? 0 : 1);
+  float4* mine = reinterpret_cast<float4*>(a.ws + (static_cast<int64_t>(slot) * kTileRows * NT + tid * kPer));
+#pragma unroll
+  for (int h = 0; h < kH; ++h)
+#pragma unroll
+    for (int i4 = 0; i4 < NT / 8; ++i4)
+      __stcg(mine + h * (NT / 8) + i4,
+             make_float4(acc[h][4 * i4], acc[h][4 * i4 + 1], acc[h][4 * i4 + 2], acc[h][4 * i4 + 3]));
+  __threadfence();
+  sm90::named_sync(1, kConsumers);
+  const int64_t tu0 = static_cast<int64_t>(t) * a.ks;
+  const int gf = block_of(tu0, U, a.grid), gl = block_of(tu0 + a.ks - 1, U, a.grid);
+  if (tid == 0) s_arrived = atomicAdd(a.cnt + t, 1);
+  sm90::named_sync(1, kConsumers);
+  if (s_arrived != gl - gf) return;
+  __threadfence();  // the last piece: add them all, in block order
+  float sum[kH][NT / 2];
+#pragma unroll
+  for (int h = 0; h < kH; ++h)
+#pragma unroll
+    for (int i2 = 0; i2 < NT / 2; ++i2) sum[h][i2] = 0.f;
+  for (int gg = gf; gg <= gl; ++gg) {
+    const int s2 = 2 * gg + (t == static_cast<int>(first_unit(gg, U, a.grid) / a.ks) ? 0 : 1);
+    const float4* p = reinterpret_cast<const float4*>(a.ws + (static_cast<int64_t>(s2) * kTileRows * NT + tid * kPer));
+#pragma unroll
+    for (int h = 0; h < kH; ++h)
+#pragma unroll
+      for (int i4 = 0; i4 < NT / 8; ++i4) {
+        const float4 v = __ldcg(p + h * (NT / 8) + i4);
+        sum[h][4 * i4] += v.x, sum[h][4 * i4 + 1] += v.y, sum[h][4 * i4 + 2] += v.z, sum[h][4 * i4 + 3] += v.w;
+      }
+  }
+  store_tile<E, NT>(sum, a, t * kTileRows);
+  if (tid == 0) a.cnt[t] = 0;
+}
 #endif  // SBOPS_SM90A_DEVICE
 
 template <typename E, int NT>
@@ -230,6 +279,8 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
     for (int i = 0; i < NT / 2; ++i) acc[h][i] = 0.f;
   int seg_k0 = static_cast<int>(u0 % a.ks);
   const int first_tile = static_cast<int>(u0 / a.ks);
+  float first_acc[kH][NT / 2];  // SBOPS_DD90_DEFER_FIRST: the cut first tile's sums, kept to the end
+  bool deferred = false;
   for (int64_t u = u0; u < u1; ++u) {
     const int64_t i = u - u0;
     const int st = static_cast<int>(i % S);
@@ -264,42 +315,17 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
       continue;
     }
     if (SBOPS_DD90_TIMING_NO_REDUCE) continue;
-    const int slot = 2 * g + (t == first_tile ? 0 : 1);
-    float4* mine = reinterpret_cast<float4*>(a.ws + (static_cast<int64_t>(slot) * kTileRows * NT + tid * NT));
-#pragma unroll
-    for (int h = 0; h < kH; ++h)
-#pragma unroll
-      for (int i4 = 0; i4 < NT / 8; ++i4)
-        __stcg(mine + h * (NT / 8) + i4,
-               make_float4(acc[h][4 * i4], acc[h][4 * i4 + 1], acc[h][4 * i4 + 2], acc[h][4 * i4 + 3]));
-    __threadfence();
-    sm90::named_sync(1, kConsumers);
-    const int64_t tu0 = static_cast<int64_t>(t) * a.ks;
-    const int gf = block_of(tu0, U, a.grid), gl = block_of(tu0 + a.ks - 1, U, a.grid);
-    if (tid == 0) s_arrived = atomicAdd(a.cnt + t, 1);
-    sm90::named_sync(1, kConsumers);
-    if (s_arrived == gl - gf) {  // the last piece: add them all, in block order
-      __threadfence();
-      float sum[kH][NT / 2];
+    if (SBOPS_DD90_DEFER_FIRST && t == first_tile && u != u1 - 1) {  // keep it: summed after the last unit
 #pragma unroll
       for (int h = 0; h < kH; ++h)
 #pragma unroll
-        for (int i2 = 0; i2 < NT / 2; ++i2) sum[h][i2] = 0.f;
-      for (int gg = gf; gg <= gl; ++gg) {
-        const int s2 = 2 * gg + (t == static_cast<int>(first_unit(gg, U, a.grid) / a.ks) ? 0 : 1);
-        const float4* p = reinterpret_cast<const float4*>(a.ws + (static_cast<int64_t>(s2) * kTileRows * NT + tid * NT));
-#pragma unroll
-        for (int h = 0; h < kH; ++h)
-#pragma unroll
-          for (int i4 = 0; i4 < NT / 8; ++i4) {
-            const float4 v = __ldcg(p + h * (NT / 8) + i4);
-            sum[h][4 * i4] += v.x, sum[h][4 * i4 + 1] += v.y, sum[h][4 * i4 + 2] += v.z, sum[h][4 * i4 + 3] += v.w;
-          }
-      }
-      store_tile<E, NT>(sum, a, n0);
-      if (tid == 0) a.cnt[t] = 0;
+        for (int i2 = 0; i2 < NT / 2; ++i2) first_acc[h][i2] = acc[h][i2];
+      deferred = true;
+      continue;
     }
+    finish_piece<E, NT>(acc, a, g, t, first_tile, s_arrived);
   }
+  if (SBOPS_DD90_DEFER_FIRST && deferred) finish_piece<E, NT>(first_acc, a, g, first_tile, first_tile, s_arrived);
 #endif  // SBOPS_SM90A_DEVICE
 }
 

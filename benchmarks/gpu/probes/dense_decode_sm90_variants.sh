@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # benchmarks/gpu/probes/dense_decode_sm90_variants.cu built with each set of knobs (in parallel), run one after another: ROWS (default "1 32"),
-# VARIANTS (";"-separated nvcc -D flag sets; default: the ones session 38 could not run -- the cut tiles' reduction dropped
-# (timing only), 64-row tiles, one block per tile -- each without the L2 prefetch, which lost in its first run, call B)
+# VARIANTS (";"-separated nvcc -D flag sets; default: session 38's last open questions, each without the L2 prefetch --
+# the shipped reduction, the reduction dropped (timing only), the cut first tile summed after the block's last unit, and
+# that with 64-row tiles)
 cd "$(dirname "$0")/../../.."
 if [ -n "${VARIANTS:-}" ]; then IFS=';' read -ra V <<< "$VARIANTS"; else
 P="-DSBOPS_DD90_L2_PREFETCH=0"
-V=("$P" "$P -DSBOPS_DD90_TIMING_NO_REDUCE=1" "$P -DSBOPS_DD90_TILE_ROWS=64" "$P -DSBOPS_DD90_TILE_ROWS=64 -DSBOPS_DD90_GRID_TILES=1"
-   "$P -DSBOPS_DD90_TILE_ROWS=64 -DSBOPS_DD90_GRID_TILES=1 -DSBOPS_DD90_BLOCKS_PER_SM=2" "$P -DSBOPS_DD90_GRID_TILES=1 -DSBOPS_DD90_BLOCKS_PER_SM=2"); fi
+V=("$P" "$P -DSBOPS_DD90_TIMING_NO_REDUCE=1" "$P -DSBOPS_DD90_DEFER_FIRST=1" "$P -DSBOPS_DD90_DEFER_FIRST=1 -DSBOPS_DD90_TILE_ROWS=64"); fi
 for i in "${!V[@]}"; do
   rm -f /tmp/dd90_$i  # never run an older build
   nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels ${V[$i]} \
