@@ -3,8 +3,10 @@
 // register-streaming GEMV of backends/cuda/kernels/dense_decode.cu loses (x's n-tiles take its registers).  Measured on
 // an H100 it lost to both at every 7B shape but the widest (benchmarks/RESULTS.md, session 38), so it was taken out of
 // the library.  The loss is the cut tiles' reduction: with it dropped (SBOPS_DD90_TIMING_NO_REDUCE, wrong results) the
-// kernel beat cuBLAS at M = 32 on every layer shape.  dense_decode_sm90_variants.cu times it with the knobs below
-// (SBOPS_DD90_DEFER_FIRST, the next try, not yet run).  Torch-free; NVIDIA sm_90a only.
+// kernel beat cuBLAS at M = 32 on every layer shape.  dense_decode_sm90_variants.cu times it with the knobs below; the
+// next tries, written after the last device call and not yet run: SBOPS_DD90_DEFER_FIRST (a block's cut first tile
+// summed after its last unit) and SBOPS_DD90_CLUSTER_K (no stream-K: clusters of CS blocks split each tile's K and
+// sum through distributed shared memory, no global counters).  Torch-free; NVIDIA sm_90a only.
 //
 // Both operands are staged in shared memory by TMA and multiplied with wgmma, so the rows of x cost shared memory, not
 // registers.  "Swap AB": the weight tile is wgmma's A operand (64 weight rows per MMA) and x's rows are B (N = NT =
@@ -66,12 +68,17 @@ namespace {
 #ifndef SBOPS_DD90_DEFER_FIRST  // 1: a block's cut first tile is summed after its last unit, not between its units
 #define SBOPS_DD90_DEFER_FIRST 0
 #endif
+#ifndef SBOPS_DD90_CLUSTER_K  // CS >= 2: no stream-K; a cluster of CS blocks per tile splits its K, summed through DSMEM
+#define SBOPS_DD90_CLUSTER_K 0
+#endif
 #ifndef SBOPS_DD90_TIMING_NO_REDUCE  // timing only (wrong results): the pieces of cut tiles are dropped
 #define SBOPS_DD90_TIMING_NO_REDUCE 0
 #endif
 
 constexpr int kTileRows = SBOPS_DD90_TILE_ROWS;  // weight rows (columns of y) per tile: wgmma m64 each
 constexpr int kH = kTileRows / 64;
+constexpr int kClusterK = SBOPS_DD90_CLUSTER_K;
+static_assert(kClusterK == 0 || (kClusterK >= 2 && kClusterK <= 8), "a cluster of 2-8 blocks");
 constexpr int kBK = 128;        // K per unit / stage: two 64-column swizzle atoms
 constexpr int kConsumers = 128;
 constexpr int kThreads = kConsumers + 32;
@@ -220,6 +227,56 @@ __device__ __forceinline__ void finish_piece(const float (&acc)[kH][NT / 2], con
   store_tile<E, NT>(sum, a, t * kTileRows);
   if (tid == 0) a.cnt[t] = 0;
 }
+
+__device__ __forceinline__ float4 ld_dsmem_f4(uint32_t addr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+
+// SBOPS_DD90_CLUSTER_K: every thread of every block of the cluster calls this once, after its block's last unit (the
+// ring is idle then).  The MMA threads (acc != null) put their sums in their block's shared memory; rank 0's add
+// every rank's in rank order (DSMEM reads) and store tile t; the second barrier keeps each block's shared memory alive
+// until rank 0 has read it.
+template <typename E, int NT>
+__device__ __forceinline__ void cluster_reduce(const float (*acc)[kH][NT / 2], unsigned char* smem, const Sm90Args& a,
+                                               int rank, int t) {
+  constexpr int kPer = kH * NT / 2;
+  float* part = reinterpret_cast<float*>(smem);
+  const int tid = threadIdx.x;
+  if (acc != nullptr) {
+#pragma unroll
+    for (int h = 0; h < kH; ++h)
+#pragma unroll
+      for (int i4 = 0; i4 < NT / 8; ++i4)
+        *reinterpret_cast<float4*>(part + tid * kPer + h * (NT / 2) + 4 * i4) =
+            make_float4((*acc)[h][4 * i4], (*acc)[h][4 * i4 + 1], (*acc)[h][4 * i4 + 2], (*acc)[h][4 * i4 + 3]);
+  }
+  sm90::cluster_sync();
+  if (acc != nullptr && rank == 0) {
+    float sum[kH][NT / 2];
+#pragma unroll
+    for (int h = 0; h < kH; ++h)
+#pragma unroll
+      for (int i2 = 0; i2 < NT / 2; ++i2) sum[h][i2] = (*acc)[h][i2];
+    const uint32_t mine = sm90::smem_addr(part + tid * kPer);
+    for (int r = 1; r < kClusterK; ++r) {
+      const uint32_t peer = sm90::map_to_rank(mine, static_cast<uint32_t>(r));
+#pragma unroll
+      for (int h = 0; h < kH; ++h)
+#pragma unroll
+        for (int i4 = 0; i4 < NT / 8; ++i4) {
+          const float4 v = ld_dsmem_f4(peer + 4 * (h * (NT / 2) + 4 * i4));
+          sum[h][4 * i4] += v.x, sum[h][4 * i4 + 1] += v.y, sum[h][4 * i4 + 2] += v.z, sum[h][4 * i4 + 3] += v.w;
+        }
+    }
+    store_tile<E, NT>(sum, a, t * kTileRows);
+  }
+  sm90::cluster_sync();
+}
 #endif  // SBOPS_SM90A_DEVICE
 
 template <typename E, int NT>
@@ -235,12 +292,26 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
   const uint32_t bar_full = s_tiles + S * C::kStageBytes, bar_empty = bar_full + 8 * S;
   const int tid = threadIdx.x, g = blockIdx.x;
   const int64_t U = a.units;
-  const int64_t u0 = first_unit(g, U, a.grid), u1 = first_unit(g + 1, U, a.grid);
+  int64_t u0 = first_unit(g, U, a.grid), u1 = first_unit(g + 1, U, a.grid);
+  int rank = 0;
+  if (kClusterK) {  // block rank r of the cluster of tile t takes K steps [r per, (r + 1) per)
+    rank = static_cast<int>(sm90::cluster_ctarank());
+    const int cs = kClusterK ? kClusterK : 1, t = g / cs, per = (a.ks + cs - 1) / cs;
+    const int lo = rank * per < a.ks ? rank * per : a.ks, hi = (rank + 1) * per < a.ks ? (rank + 1) * per : a.ks;
+    u0 = static_cast<int64_t>(t) * a.ks + lo;
+    u1 = static_cast<int64_t>(t) * a.ks + hi;
+  }
   if (tid == 0) sm90::ring_barriers_init<false>(bar_full, bar_empty, S, kConsumers);
   __syncthreads();
 
-  if (tid >= kConsumers) {  // the producer
-    if (tid != kConsumers) return;
+  if (tid >= kConsumers) {  // the producer (in cluster mode every thread stays for the cluster barriers below)
+    if (tid != kConsumers) {
+      if (kClusterK) {
+        grid_dependents_launch();
+        cluster_reduce<E, NT>(nullptr, smem, a, rank, g / (kClusterK ? kClusterK : 1));
+      }
+      return;
+    }
     sm90::tma_prefetch_map(&tm_w);
     sm90::tma_prefetch_map(&tm_x);
     const int64_t n = u1 - u0;
@@ -266,6 +337,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
         sm90::tma_load_2d(sx + at * (NT * 128), &tm_x, full, k0 + 64 * at, 0);
       }
     }
+    if (kClusterK) cluster_reduce<E, NT>(nullptr, smem, a, rank, g / (kClusterK ? kClusterK : 1));
     return;
   }
 
@@ -310,6 +382,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
     if (!piece_end) continue;
     // ---- the end of this block's piece of tile t
     const int n0 = t * kTileRows;
+    if (kClusterK) continue;  // cluster mode: summed after the last unit (cluster_reduce)
     if (seg_k0 == 0 && kk == a.ks - 1) {  // the whole tile
       store_tile<E, NT>(acc, a, n0);
       continue;
@@ -326,6 +399,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
     finish_piece<E, NT>(acc, a, g, t, first_tile, s_arrived);
   }
   if (SBOPS_DD90_DEFER_FIRST && deferred) finish_piece<E, NT>(first_acc, a, g, first_tile, first_tile, s_arrived);
+  if (kClusterK) cluster_reduce<E, NT>(&acc, smem, a, rank, g / (kClusterK ? kClusterK : 1));
 #endif  // SBOPS_SM90A_DEVICE
 }
 
@@ -373,6 +447,24 @@ cudaError_t launch_nt(const DenseDecodeArgs& d, CUtensorMapDataType type, float*
   a.units = ceil_div(d.N, kTileRows) * a.ks;
   a.grid = static_cast<int>(a.units < dense_decode_sm90_grid() ? a.units : dense_decode_sm90_grid());
   if (SBOPS_DD90_GRID_TILES) a.grid = static_cast<int>(ceil_div(d.N, kTileRows));
+  if (kClusterK) {  // tiles x kClusterK blocks in clusters of kClusterK, as a programmatic dependent where it may
+    a.grid = static_cast<int>(ceil_div(d.N, kTileRows) * kClusterK);
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = kClusterK;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(a.grid);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = Cfg<NT>::kSmemBytes;
+    cfg.stream = st;
+    cfg.attrs = attr;
+    cfg.numAttrs = SBOPS_DD90_PDL && pdl_plan(kernel, 1) ? 2 : 1;
+    return cudaLaunchKernelEx(&cfg, kernel, tm_w, tm_x, a);
+  }
   return launch_kernel(kernel, dim3(a.grid), dim3(kThreads), Cfg<NT>::kSmemBytes, st,
                        SBOPS_DD90_PDL && pdl_plan(kernel, 1), tm_w, tm_x, a);
 }

@@ -1,6 +1,6 @@
 // The Hopper dense decode GEMM probe (dense_decode_sm90.cuh, session 38; not in the library) built with one set of its probe knobs
 // (-D SBOPS_DD90_L2_PREFETCH / _PDL / _BLOCKS_PER_SM / _MMA_IN_FLIGHT / _TILE_ROWS / _GRID_TILES /
-// _DEFER_FIRST / _TIMING_NO_REDUCE), timed at the bf16 7B decode shapes against
+// _DEFER_FIRST / _CLUSTER_K / _TIMING_NO_REDUCE), timed at the bf16 7B decode shapes against
 // the sm_80 GEMV of dense_decode.cu (its default layout) in the same process: GPU time per call under a CUDA graph of
 // 20 calls over weight copies of > 200 MB, medians of 5 replays; plus one call alone (events around a single launch,
 // median of 20) for the start-up cost.  Each output is checked against the GEMV's (max relative difference).
@@ -87,9 +87,9 @@ int main(int argc, char** argv) {
   if (Ms.empty()) Ms = {1, 32};
   const Shape shapes[] = {{"qkv", 4608, 3584}, {"o", 3584, 3584}, {"gate_up", 37888, 3584}, {"down", 3584, 18944}};
   std::printf("knobs: L2_PREFETCH=%d PDL=%d BLOCKS_PER_SM=%d MMA_IN_FLIGHT=%d TILE_ROWS=%d GRID_TILES=%d DEFER_FIRST=%d "
-              "TIMING_NO_REDUCE=%d\n", SBOPS_DD90_L2_PREFETCH, SBOPS_DD90_PDL, SBOPS_DD90_BLOCKS_PER_SM,
+              "CLUSTER_K=%d TIMING_NO_REDUCE=%d\n", SBOPS_DD90_L2_PREFETCH, SBOPS_DD90_PDL, SBOPS_DD90_BLOCKS_PER_SM,
               SBOPS_DD90_MMA_IN_FLIGHT, SBOPS_DD90_TILE_ROWS, SBOPS_DD90_GRID_TILES, SBOPS_DD90_DEFER_FIRST,
-              SBOPS_DD90_TIMING_NO_REDUCE);
+              SBOPS_DD90_CLUSTER_K, SBOPS_DD90_TIMING_NO_REDUCE);
   float* ws;
   int* cnt;
   PROBE_CHECK(cudaMalloc(&ws, dense_decode_sm90_workspace(32) * 4));
