@@ -100,7 +100,7 @@ struct Sm90Args {
   const void* bias;  // [N] or null: float32, or x's dtype where bias_x_dtype
   bool bias_x_dtype;
   void* y;    // [M, N], row stride ldy
-  float* ws;  // [2 grid, 128 NT] partials
+  float* ws;  // [2 grid, kTileRows NT] partials
   int* cnt;   // [tiles], zero between calls
   int64_t ldy, units;
   int M, N, ks, grid;
@@ -248,6 +248,7 @@ __device__ __forceinline__ void cluster_reduce(const float (*acc)[kH][NT / 2], u
   float* part = reinterpret_cast<float*>(smem);
   const int tid = threadIdx.x;
   if (acc != nullptr) {
+    sm90::named_sync(1, kConsumers);  // every MMA warp's last wgmma has read the ring before it is overwritten
 #pragma unroll
     for (int h = 0; h < kH; ++h)
 #pragma unroll
