@@ -294,13 +294,15 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
   const int tid = threadIdx.x, g = blockIdx.x;
   const int64_t U = a.units;
   int64_t u0 = first_unit(g, U, a.grid), u1 = first_unit(g + 1, U, a.grid);
+  constexpr int kCs = kClusterK ? kClusterK : 1;
+  const int cluster_tile = g / kCs;  // cluster mode: the tile of this block's cluster
   int rank = 0;
-  if (kClusterK) {  // block rank r of the cluster of tile t takes K steps [r per, (r + 1) per)
+  if (kClusterK) {  // block rank r of the cluster takes K steps [r per, (r + 1) per) of its tile
     rank = static_cast<int>(sm90::cluster_ctarank());
-    const int cs = kClusterK ? kClusterK : 1, t = g / cs, per = (a.ks + cs - 1) / cs;
+    const int per = (a.ks + kCs - 1) / kCs;
     const int lo = rank * per < a.ks ? rank * per : a.ks, hi = (rank + 1) * per < a.ks ? (rank + 1) * per : a.ks;
-    u0 = static_cast<int64_t>(t) * a.ks + lo;
-    u1 = static_cast<int64_t>(t) * a.ks + hi;
+    u0 = static_cast<int64_t>(cluster_tile) * a.ks + lo;
+    u1 = static_cast<int64_t>(cluster_tile) * a.ks + hi;
   }
   if (tid == 0) sm90::ring_barriers_init<false>(bar_full, bar_empty, S, kConsumers);
   __syncthreads();
@@ -309,7 +311,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
     if (tid != kConsumers) {
       if (kClusterK) {
         grid_dependents_launch();
-        cluster_reduce<E, NT>(nullptr, smem, a, rank, g / (kClusterK ? kClusterK : 1));
+        cluster_reduce<E, NT>(nullptr, smem, a, rank, cluster_tile);
       }
       return;
     }
@@ -338,7 +340,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
         sm90::tma_load_2d(sx + at * (NT * 128), &tm_x, full, k0 + 64 * at, 0);
       }
     }
-    if (kClusterK) cluster_reduce<E, NT>(nullptr, smem, a, rank, g / (kClusterK ? kClusterK : 1));
+    if (kClusterK) cluster_reduce<E, NT>(nullptr, smem, a, rank, cluster_tile);
     return;
   }
 
@@ -400,7 +402,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
     finish_piece<E, NT>(acc, a, g, t, first_tile, s_arrived);
   }
   if (SBOPS_DD90_DEFER_FIRST && deferred) finish_piece<E, NT>(first_acc, a, g, first_tile, first_tile, s_arrived);
-  if (kClusterK) cluster_reduce<E, NT>(&acc, smem, a, rank, g / (kClusterK ? kClusterK : 1));
+  if (kClusterK) cluster_reduce<E, NT>(&acc, smem, a, rank, cluster_tile);
 #endif  // SBOPS_SM90A_DEVICE
 }
 
