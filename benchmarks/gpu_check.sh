@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -15,7 +15,8 @@
 #   bench_swa_decode and the bf16 model's decode (SBOPS_DECODE_PDL default / all), against the tree of S34_BASE
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
-#   (about 4 minutes); s38 -- the Hopper dense decode GEMM probe's variants against the GEMV (under a minute);
+#   (about 4 minutes); s38 -- the Hopper dense decode GEMM probe's variants against the GEMV (under a minute); s39 --
+#   the int8 GEMM's persistent schedule: GPU tests and probes/int8_gemm_sm90_ab.py (about 3 minutes after install);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -395,6 +396,18 @@ if [[ " $steps " == *" s38 "* ]]; then
   stamp "s38: Hopper dense decode GEMM probe variants"
   VARIANTS=${S38_VARIANTS:-} ROWS=${S38_ROWS:-"1 32"} timeout 300 bash benchmarks/gpu/probes/dense_decode_sm90_variants.sh \
     > "$OUT/logs/s38_variants.log" 2>&1; echo "rc=$?"; cut -c1-200 "$OUT/logs/s38_variants.log"
+fi
+if [[ " $steps " == *" s39 "* ]]; then
+  # session 39: the Hopper int8 GEMM's persistent, grouped schedule -- its GPU tests (every schedule bit for bit, the
+  # int_mm path), then probes/int8_gemm_sm90_ab.py (the default launch against session 31's, group sizes, cuBLAS int8 /
+  # e4m3, bf16; the whole int8 int_mm path against the fp8 scaled_mm path at every 7B shape) (about 3 minutes)
+  stamp "s39: int8 GEMM schedule -- GPU tests"
+  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
+     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/s39_tests.log" 2>&1; echo "rc=$?"; tail -3 "$OUT/logs/s39_tests.log")
+  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s39_tests.log" | cut -c1-240 | head -12
+  stamp "s39: int8 GEMM schedule -- probe"
+  timeout 300 python3 benchmarks/gpu/probes/int8_gemm_sm90_ab.py ${S39_M:-16384 65536} > "$OUT/logs/s39_probe.log" 2>&1
+  echo "rc=$?"; cut -c1-600 "$OUT/logs/s39_probe.log"
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

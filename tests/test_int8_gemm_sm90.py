@@ -53,6 +53,21 @@ def test_int8_gemm_sm90_bit_exact_on_odd_shapes(M, N, K, dtype, bias_dtype, clus
 
 
 @needs_kernel
+@pytest.mark.parametrize("cluster", [2, 1])
+@pytest.mark.parametrize("workers,group", [(1, 1), (2, 3), (3, 8), (4, 2), (0, 0), (-1, 1)])
+@pytest.mark.parametrize("K", [272, 784])
+def test_int8_gemm_sm90_every_schedule_gives_the_same_bits(cluster, workers, group, K):
+    """Persistent workers taking many items each (the ring's stage count running on across items: 3 and 7 stages an
+    item against a ring of 4), groups of row units that do and do not divide the rows, the default (workers 0, group
+    0) and session 31's launch (a worker per item, columns fastest: workers -1, group 1).  Five row tiles (with
+    clusters, the last unit's second block lies past M) and five column tiles with tails; every element is written."""
+    M, N = 4 * 128 + 37, 5 * 256 - 6
+    a, b, vth, scale, bias = _case(M, N, K, seed=11 + K, bias_dtype=torch.float32)
+    y = _op()(a.cuda(), b.cuda(), vth.cuda(), scale.cuda(), bias.cuda(), torch.bfloat16, cluster, workers, group)
+    assert torch.equal(y.cpu(), _emulate(a, b, vth, scale, bias, torch.bfloat16))
+
+
+@needs_kernel
 def test_int8_gemm_sm90_extreme_values_and_long_k():
     """|a| = 127 and b = -128 everywhere over K = 18944 (the 7B down projection): the int32 sum's largest magnitude."""
     M, N, K = 130, 260, 18944
@@ -98,6 +113,8 @@ def test_int8_gemm_sm90_rejects_what_it_cannot_serve():
         _op()(big, big, vth[:2], scale[:2], None, torch.bfloat16)
     with pytest.raises(RuntimeError, match="cluster must be 1 or 2"):
         _op()(a, b, vth, scale, None, torch.bfloat16, 4)
+    with pytest.raises(RuntimeError, match="group must be >= 0"):
+        _op()(a, b, vth, scale, None, torch.bfloat16, 2, 0, -1)
 
 
 @needs_kernel

@@ -21,7 +21,8 @@ Tensor rows_for_tma(const Tensor& t) {
 }
 
 Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in, const Tensor& scale_in,
-                           const std::optional<Tensor>& bias_in, ScalarType out_dtype, int64_t cluster) {
+                           const std::optional<Tensor>& bias_in, ScalarType out_dtype, int64_t cluster,
+                           int64_t workers, int64_t group) {
   const char* op = "sbops_native::int8_gemm_sm90";
   check_cuda(a_in, op, "a");
   check_cuda(b_in, op, "b");
@@ -35,6 +36,7 @@ Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor&
   SBOPS_CHECK(out_dtype == kBFloat16 || out_dtype == kHalf, op, ": out_dtype must be bfloat16 or float16, got ",
               out_dtype);
   SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
+  SBOPS_CHECK(group >= 0, op, ": group must be >= 0 (0: the kernel's default), got ", group);
   SBOPS_CHECK(K % 16 == 0 && N % 2 == 0, op, ": K must be a multiple of 16 and N even, got K=", K, ", N=", N);
   SBOPS_CHECK(K <= kMaxK, op, ": K must be <= ", kMaxK, " (int32 sums of int8 products), got ", K);
   SBOPS_CHECK(vth_in.dim() == 1 && vth_in.size(0) == M, op, ": vth must be [M], got ", vth_in.sizes());
@@ -55,7 +57,8 @@ Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor&
                    static_cast<const int8_t*>(b.data_ptr()), N > 1 ? b.stride(0) : K, vth.const_data_ptr<float>(),
                    scale.const_data_ptr<float>(), bias.defined() ? bias.data_ptr() : nullptr,
                    bias.defined() ? to_dtype(bias.scalar_type(), op, "bias") : sbops::DType::F32, y.data_ptr(), N,
-                   to_dtype(out_dtype, op, "out_dtype"), M, N, K, static_cast<int>(cluster), stream()),
+                   to_dtype(out_dtype, op, "out_dtype"), M, N, K, static_cast<int>(cluster), workers, group,
+                   stream()),
                op);
   return y;
 }
@@ -69,7 +72,7 @@ bool int8_gemm_sm90_available_cuda(const Tensor& like) {
 
 STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
   m.def("int8_gemm_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
-        "int cluster=2) -> Tensor");
+        "int cluster=2, int workers=0, int group=0) -> Tensor");
   m.def("int8_gemm_sm90_available(Tensor like) -> bool");
 }
 

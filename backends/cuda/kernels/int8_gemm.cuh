@@ -15,10 +15,14 @@ namespace sbops {
 // the channel scale, times the row's threshold, plus the bias (bias_dtype F32 or y's dtype).
 // a [M, K] and b [N, K] int8 with row strides lda / ldb (elements, multiples of 16, 16-byte aligned bases: TMA),
 // unit column stride; y [M, N] with row stride ldy.  Needs K % 16 == 0 and N % 2 == 0.  cluster: 2 (pairs of row
-// tiles share their B tile by TMA multicast) or 1 (every block loads its own).
+// tiles share their B tile by TMA multicast) or 1 (every block loads its own).  The schedule (int8_gemm_sm90.cu):
+// `workers` persistent blocks or clusters (0: as many as the device holds at once; < 0: one per work item) over the
+// items numbered in groups of `group` row units (0: kInt8GemmGroup).
+constexpr int64_t kInt8GemmGroup = 8;
 cudaError_t launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
                                   const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
-                                  DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster, cudaStream_t stream);
+                                  DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster, int64_t workers,
+                                  int64_t group, cudaStream_t stream);
 
 // True when the current device is sm_90 and this build holds sm_90a code for the kernel.
 bool int8_gemm_sm90_available();

@@ -13,15 +13,23 @@
 //    MMAs into 128 int32 accumulators a thread, one stage's MMAs in flight while the next stage's are issued;
 //    then the epilogue from registers: y = (float(acc) * scale[n]) * vth[m] (+ bias[n]), rounded once, two
 //    columns per 4-byte store.
-// Grid: x = column tiles (fastest: the blocks of a wave share their A rows), y = row tiles.  With kMc (the default)
-// the blocks run in clusters of two consecutive row tiles that share their B tile: each loads one 128-row half of it
-// and multicasts it into both blocks' ring (a third less L2 -> SM traffic per block, which bounds the kernel: 48 KB
-// per 128-byte K step for 8.4 M int8 operations), and a stage is refilled once the MMA warps of both blocks released
-// it (remote mbarrier arrivals).
+// Work items: a unit of rows (one 128-row tile, or with kMc two consecutive ones) x one 256-column tile.  With kMc
+// (the default) the blocks run in clusters of two that take the two row tiles of a unit and share its B tile: each
+// loads one 128-row half of it and multicasts it into both blocks' ring (a third less L2 -> SM traffic per block,
+// which bounds the kernel: 48 KB per 128-byte K step for 8.4 M int8 operations), and a stage is refilled once the
+// MMA warps of both blocks released it (remote mbarrier arrivals).
+// Schedule (session 39): persistent.  W workers (blocks, or clusters with kMc; by default as many as can be resident)
+// take items w, w + W, w + 2 W, ...: the ring's stage count runs on across items, so the producer loads the next
+// item's first stages while the MMA warpgroups run this item's epilogue.  Items are numbered in groups of `group`
+// row units: within a group, down the rows first, then the next column tile, so the W items in flight at a time
+// cover about group row units x W / group column tiles, whose A rows and B columns both stay in L2 (with the
+// columns fastest over all rows, as session 31's one-block-per-item grid ran, a wave of the 37888-wide gate/up
+// projection read ~121 MB of B from HBM for one row unit).  workers < 0 and group 1: that launch (A/B).
 // NVIDIA only (inline PTX): under USE_MACA the launcher reports "not available".
 #include "int8_gemm.cuh"
 
 #if !defined(USE_MACA)
+#include <algorithm>
 #include <atomic>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -94,17 +102,17 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
 }
 
 #ifdef SBOPS_SM90A_DEVICE
-// The MMA warpgroups' part: the K loop over the ring, then the epilogue from the accumulator registers.
+// The MMA warpgroups' part of one item: its K loop over the ring (stages it .. it + nk - 1 of the running count,
+// every one released when its MMAs retired), then the epilogue from the accumulator registers.
 template <typename T, bool kMc>
 __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_full, uint32_t bar_empty, int rank,
                                                  const float* __restrict__ vth, const float* __restrict__ scale,
                                                  const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
-                                                 int64_t ldy, int M, int N, int nk, int m0, int n0) {
-  sm90::regs_inc<kConsumerRegs>();
+                                                 int64_t ldy, int M, int N, int nk, int m0, int n0, uint64_t it) {
   const int tid = threadIdx.x, lane = tid & 31;
   // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
-  auto release = [&](int kt) {
-    const uint32_t bar = bar_empty + 8 * (kt % kStages);
+  auto release = [&](uint64_t i) {
+    const uint32_t bar = bar_empty + 8 * (i % kStages);
     if (!kMc) {
       sm90::mbar_arrive(bar);
     } else if (lane == 0) {
@@ -116,9 +124,9 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
   uint32_t acc[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0u;
-  for (int kt = 0; kt < nk; ++kt) {
-    const int st = kt % kStages;
-    sm90::mbar_wait(bar_full + 8 * st, (kt / kStages) & 1);
+  for (int kt = 0; kt < nk; ++kt, ++it) {
+    const int st = static_cast<int>(it % kStages);
+    sm90::mbar_wait(bar_full + 8 * st, (it / kStages) & 1);
     sm90::wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
@@ -126,9 +134,10 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
                           kt > 0 || ks > 0);
     sm90::wgmma_commit();
     sm90::wgmma_wait<1>();  // the previous stage's MMAs retired: release it to the producer
-    if (kt > 0) release(kt - 1);
+    if (kt > 0) release(it - 1);
   }
   sm90::wgmma_wait<0>();
+  release(it - 1);  // the item's last stage (the producer may already be filling the next item's)
   reg_fence(acc);
 
   // ---- epilogue: accumulator fragment of warp w (rows 16 w .. 16 w + 15 of the warpgroup's 64): lane (g, t4)
@@ -157,20 +166,42 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
 }
 #endif  // SBOPS_SM90A_DEVICE
 
+// Item t of the schedule -> its first row tile (of kMc ? 2 : 1) and its column tile: groups of `group` row units,
+// within a group down the rows first (see the schedule above).
+#ifdef SBOPS_SM90A_DEVICE
+struct ItemTile {
+  int64_t row_unit, col;
+};
+__device__ __forceinline__ ItemTile item_tile(int64_t t, int64_t row_units, int64_t col_tiles, int64_t group) {
+  const int64_t per_group = group * col_tiles;
+  const int64_t g = t / per_group, first = g * group, i = t - g * per_group;
+  const int64_t rows = row_units - first < group ? row_units - first : group;
+  return {first + i % rows, i / rows};
+}
+#endif
+
 template <typename T, bool kMc>
 __global__ void __launch_bounds__(kThreads, 1)
 int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
                       const float* __restrict__ vth, const float* __restrict__ scale, const void* __restrict__ bias,
-                      bool bias_f32, T* __restrict__ y, int64_t ldy, int M, int N, int K) {
+                      bool bias_f32, T* __restrict__ y, int64_t ldy, int M, int N, int K, int64_t row_units,
+                      int64_t col_tiles, int64_t group) {
 #ifdef SBOPS_SM90A_DEVICE
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_tiles = sm90::smem_addr(smem);
   const uint32_t bar_full = s_tiles + kStages * kStageBytes;  // kStages mbarriers: the stage's tiles landed
   const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
   const int tid = threadIdx.x;
-  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * kBM;
   const int nk = (K + kBK - 1) / kBK;
-  const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;  // clusters are (1, 2, 1): rank = y % 2
+  // clusters are (2, 1, 1) on a 1-D grid: a worker is a cluster (kMc) or a block; rank = the unit's row tile
+  const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;
+  const int64_t worker = kMc ? blockIdx.x / 2 : blockIdx.x, workers = kMc ? gridDim.x / 2 : gridDim.x;
+  const int64_t items = row_units * col_tiles;
+  auto origin = [&](int64_t t, int& m0, int& n0) {
+    const ItemTile it = item_tile(t, row_units, col_tiles, group);
+    m0 = static_cast<int>(((kMc ? 2 : 1) * it.row_unit + rank) * kBM);
+    n0 = static_cast<int>(it.col * kBN);
+  };
 
   // kMc: either block's producer multicasts into a stage, so its empty barrier counts the MMA warps of both blocks
   if (tid == 0) sm90::ring_barriers_init<kMc>(bar_full, bar_empty, kStages, kConsumerThreads);
@@ -181,20 +212,34 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
     if (tid == 0) {
       sm90::tma_prefetch_map(&tm_a);
       sm90::tma_prefetch_map(&tm_b);
-      for (int kt = 0; kt < nk; ++kt) {
-        const int st = kt % kStages;
-        if (kt >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((kt / kStages) & 1) ^ 1);
-        sm90::mbar_expect_tx(bar_full + 8 * st, kStageBytes);
-        sm90::tma_load_2d(stage_a(s_tiles, st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
-        if (kMc)  // this block's half of the B tile, into both blocks' stage
-          sm90::tma_load_2d_multicast(stage_b(s_tiles, st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st,
-                                      kt * kBK, n0 + rank * (kBN / 2), 3);
-        else
-          sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+      uint64_t it = 0;  // the ring's running stage count (both blocks of a cluster take the same items)
+      for (int64_t t = worker; t < items; t += workers) {
+        int m0, n0;
+        origin(t, m0, n0);
+        // kMc: the unit's first row tile; this block loads its half of the B tile into both blocks' stage
+        const int nb = kMc ? n0 + rank * (kBN / 2) : n0;
+        for (int kt = 0; kt < nk; ++kt, ++it) {
+          const int st = static_cast<int>(it % kStages);
+          if (it >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((it / kStages) & 1) ^ 1);
+          sm90::mbar_expect_tx(bar_full + 8 * st, kStageBytes);
+          sm90::tma_load_2d(stage_a(s_tiles, st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
+          if (kMc)
+            sm90::tma_load_2d_multicast(stage_b(s_tiles, st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st,
+                                        kt * kBK, nb, 3);
+          else
+            sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+        }
       }
     }
   } else {
-    mma_and_epilogue<T, kMc>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk, m0, n0);
+    sm90::regs_inc<kConsumerRegs>();
+    uint64_t it = 0;
+    for (int64_t t = worker; t < items; t += workers, it += nk) {
+      int m0, n0;
+      origin(t, m0, n0);
+      mma_and_epilogue<T, kMc>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk, m0,
+                               n0, it);
+    }
   }
   if (kMc) sm90::cluster_sync();  // no block exits while its peer may still multicast into it or arrive on it
 #endif  // SBOPS_SM90A_DEVICE
@@ -215,11 +260,11 @@ cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// A launch of the kernel on `grid` in clusters of two consecutive row tiles (attr: the caller's storage).
+// A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's storage).
 cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = 2;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
@@ -231,48 +276,65 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunc
   return cfg;
 }
 
-// Whether a cluster of two blocks of this kernel can be resident (asked once per device; not under MIG / MPS
-// partitions that cannot hold one, say).
-template <typename K>
-bool clusters_fit(K kernel) {
+// How many workers of this kernel (clusters of two with kMc, else blocks) the current device holds at once: asked
+// once per device, after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS
+// partitions, say).
+template <bool kMc, typename Kern>
+int resident_workers(Kern kernel) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, 1 yes, -1 no
+  static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, else the count + 1
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
   int known = cached[dev].load(std::memory_order_relaxed);
   if (known == 0) {
-    cudaLaunchAttribute attr[1];
-    const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(1, 2), nullptr, attr);
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
-      cudaGetLastError();  // not sticky: clear it for the fallback launch
-      clusters = 0;
+    int n = 0;
+    if (kMc) {
+      cudaLaunchAttribute attr[1];
+      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), nullptr, attr);
+      if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) n = -1;
+    } else {
+      int per_sm = 0, sms = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmemBytes) != cudaSuccess ||
+          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        n = -1;
+      else
+        n = per_sm * sms;
     }
-    known = clusters > 0 ? 1 : -1;
+    if (n < 0) {
+      cudaGetLastError();  // not sticky: clear it for the launch that follows
+      n = 0;
+    }
+    known = n + 1;
     cached[dev].store(known, std::memory_order_relaxed);
   }
-  return known > 0;
+  return known - 1;
 }
 
 template <typename T, bool kMc>
 cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const float* vth, const float* scale,
-                         const void* bias, bool bias_f32, void* y, int64_t ldy, int M, int N, int K,
-                         cudaStream_t stream) {
+                         const void* bias, bool bias_f32, void* y, int64_t ldy, int M, int N, int K, int64_t workers,
+                         int64_t group, cudaStream_t stream) {
   auto kernel = int8_gemm_sm90_kernel<T, kMc>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const int64_t mt = ceil_div(M, kBM);
-  const dim3 grid(static_cast<unsigned>(ceil_div(N, kBN)), static_cast<unsigned>(kMc ? 2 * ceil_div(mt, 2) : mt));
+  constexpr int kUnit = kMc ? 2 : 1;  // blocks (row tiles) of a worker
+  const int64_t row_units = ceil_div(M, kUnit * kBM), col_tiles = ceil_div(N, kBN), items = row_units * col_tiles;
+  const int resident = resident_workers<kMc>(kernel);
+  if (kMc && resident == 0) return cudaErrorNotSupported;  // the caller launches without clusters
+  // workers 0: as many as are resident at once; < 0: one per item (every block one tile, session 31's launch)
+  const int64_t w = workers < 0 ? items : std::min<int64_t>(items, workers > 0 ? workers : std::max(resident, 1));
+  if (kUnit * w > INT32_MAX) return cudaErrorInvalidValue;
+  const int64_t g = std::min<int64_t>(group, row_units);
+  const dim3 grid(static_cast<unsigned>(kUnit * w));
   if (!kMc) {
     kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y), ldy, M,
-                                                   N, K);
+                                                   N, K, row_units, col_tiles, g);
     return last_launch_error();
   }
-  if (!clusters_fit(kernel)) return cudaErrorNotSupported;  // the caller launches without clusters
-  // clusters of two row tiles (an odd last one is paired with a block past M that loads its B half, stores nothing)
+  // an odd last row tile is paired with a block past M, which loads its B half and stores nothing
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t cfg = pair_cluster_config(grid, stream, attr);
   SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y),
-                                           ldy, M, N, K));
+                                           ldy, M, N, K, row_units, col_tiles, g));
   return last_launch_error();
 }
 
@@ -287,11 +349,13 @@ bool sbops::int8_gemm_sm90_available() {
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
                                          const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
                                          DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster,
-                                         cudaStream_t stream) {
+                                         int64_t workers, int64_t group, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return cudaSuccess;
-  if (cluster != 1 && cluster != 2) return cudaErrorInvalidValue;
+  if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
+  if (group == 0) group = kInt8GemmGroup;
+  // (tile origins are int: M and N up to a pair of tiles below INT32_MAX)
   if (K <= 0 || K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < K || ldb < K || ldy < N ||
-      M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || 2 * ceil_div(M, 2 * kBM) > kMaxGridYZ)
+      M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
     return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return cudaErrorMisalignedAddress;
@@ -308,14 +372,17 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
     SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b_half, b, N, K, ldb, kBN / 2));
     const cudaError_t e =
         y_dtype == DType::BF16
-            ? launch_typed<__nv_bfloat16, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream)
-            : launch_typed<__half, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream);
+            ? launch_typed<__nv_bfloat16, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers,
+                                                 group, stream)
+            : launch_typed<__half, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
+                                         stream);
     if (e != cudaErrorNotSupported) return e;
   }
   SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b, b, N, K, ldb, kBN));
   return y_dtype == DType::BF16
-             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream)
-             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, stream);
+             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
+                                                  stream)
+             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group, stream);
 }
 
 #else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm
@@ -323,7 +390,7 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
 bool sbops::int8_gemm_sm90_available() { return false; }
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t*, int64_t, const int8_t*, int64_t, const float*, const float*,
                                          const void*, DType, void*, int64_t, DType, int64_t, int64_t, int64_t, int,
-                                         cudaStream_t) {
+                                         int64_t, int64_t, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 

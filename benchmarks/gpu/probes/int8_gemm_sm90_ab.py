@@ -55,20 +55,27 @@ def main():
                 "int_mm+epilogue": lambda: int_mm_and_epilogue(s, w, vth, scale),
                 "sm90_int8": lambda: op(s, w, vth, scale, None, torch.bfloat16),
                 "sm90_int8_nocluster": lambda: op(s, w, vth, scale, None, torch.bfloat16, 1),
+                # session 31's launch: a block (cluster) per item, the column tiles fastest over all rows
+                "sm90_tiles": lambda: op(s, w, vth, scale, None, torch.bfloat16, 2, -1, 1),
+                "sm90_g4": lambda: op(s, w, vth, scale, None, torch.bfloat16, 2, 0, 4),
+                "sm90_g16": lambda: op(s, w, vth, scale, None, torch.bfloat16, 2, 0, 16),
                 "fp8_tensor": lambda: torch._scaled_mm(xf, wf.t(), one, one, out_dtype=torch.bfloat16),
             }
             a, b = fns["int_mm+epilogue"](), fns["sm90_int8"]()
             d = (a.float() - b.float()).abs()
             d1 = (a.float() - fns["sm90_int8_nocluster"]().float()).abs().max().item()
+            same = all(torch.equal(b, fns[k]()) for k in ("sm90_int8_nocluster", "sm90_tiles", "sm90_g4", "sm90_g16"))
             med = alternated_medians(fns)
             fl = 2 * M * N * K
             print(f"M={M} {name} {N}x{K}: " + ", ".join(
                 f"{k} {v:.3f} ms ({fl / v / 1e9:.0f} T/s, {med['int_mm+epilogue'] / v:.2f}x int_mm)"
                 for k, v in med.items())
                 + f"; |sm90 - int_mm| max {d.max().item():.3g} (of {a.float().abs().max().item():.3g}), "
-                  f"equal {(d == 0).float().mean().item():.4f}; no cluster: max {d1:.3g}", flush=True)
+                  f"equal {(d == 0).float().mean().item():.4f}; no cluster: max {d1:.3g}; every sm90 launch the same "
+                  f"bits: {same}", flush=True)
             del s, w, x16, w16, xf, wf, a, b
             torch.cuda.empty_cache()
+    whole_paths(Ms[0])
     # spike_linear's whole int_mm path: SwiGLU-like rows (counts past 127 exist), the down shape
     for M in Ms:
         N, K = SHAPES["down"]
@@ -90,6 +97,38 @@ def main():
         print(f"spike_linear int_mm path M={M} down {N}x{K}: sm90 {on:.3f} ms, int_mm {off:.3f} ms ({off / on:.3f}x); "
               f"rel. error vs CPU reference (64 rows): {e_on:.2e} / {e_off:.2e}", flush=True)
         del x, wq, sc
+        torch.cuda.empty_cache()
+
+
+def whole_paths(M):
+    """spike_linear's whole prefill (encode, GEMM, fix-up) at every shape: int8 per-channel weights on the int_mm path
+    against e4m3 weights on the scaled_mm path (the fp8 model's gate/up, qkv and o) and bf16 x @ W^T; x Gaussian
+    (an RMSNorm output) for K = 3584, a product of two Gaussians (a SwiGLU product) for down.  Errors vs float64."""
+    dev = "cuda"
+    for name, (N, K) in SHAPES.items():
+        g = torch.Generator(device=dev).manual_seed(1)
+        x = torch.randn(M, K, device=dev, generator=g)
+        if name == "down":
+            x = x * torch.randn(M, K, device=dev, generator=g)
+        x = x.bfloat16()
+        w = torch.randn(N, K, device=dev, generator=g) * 0.02
+        w16 = w.bfloat16()
+        wq, sc = sbops.quantize_weight(w)
+        w8, sc8 = sbops.quantize_weight(w, dtype=torch.float8_e4m3fn)
+        fns = {"bf16": lambda: x @ w16.t(),
+               "int8 int_mm": lambda: sl.spike_linear_fwd(x, wq, sc, 3.0, None, None, path="int_mm"),
+               "fp8 scaled_mm": lambda: sl.spike_linear_fwd(x, w8, sc8, 3.0, None, None, path="scaled_mm")}
+        med = alternated_medians(fns)
+        rows = slice(0, 64)
+        errs = {}
+        for k in ("int8 int_mm", "fp8 scaled_mm"):
+            wk, sk = (wq, sc) if k.startswith("int8") else (w8, sc8)
+            ref = sbops.spike_linear(x[rows].double().cpu(), wk.cpu(), sk.cpu(), 3.0).double()
+            errs[k] = ((fns[k]()[rows].double().cpu() - ref).norm() / ref.norm()).item()
+        print(f"whole path M={M} {name} {N}x{K}: " + ", ".join(
+            f"{k} {v:.3f} ms ({med['bf16'] / v:.2f}x bf16)" for k, v in med.items())
+            + "; rel. err vs float64 (64 rows): " + ", ".join(f"{k} {e:.2e}" for k, e in errs.items()), flush=True)
+        del x, w, w16, wq, sc, w8, sc8
         torch.cuda.empty_cache()
 
 
