@@ -16,7 +16,8 @@
 #   (about 6 minutes after install); s36spike -- the e4m3 / int8 decode GEMV's 32-row warps: probe, tests, the fp8
 #   model's decode with the old 16-row default for the wide shapes (SBOPS_SPIKE_DECODE_MT=1) and the new one, alternated
 #   (about 4 minutes); s38 -- the Hopper dense decode GEMM probe's variants against the GEMV (under a minute); s39 --
-#   the int8 GEMM's persistent schedule: GPU tests and probes/int8_gemm_sm90_ab.py (about 3 minutes after install);
+#   the int8 GEMM's persistent schedule: GPU tests, probes/int8_gemm_sm90_ab.py, the int8-per-channel W8ASpike model's
+#   TTFT at 1M and B = 1 decode against the fp8 one (about 7 minutes after install);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -408,6 +409,15 @@ if [[ " $steps " == *" s39 "* ]]; then
   stamp "s39: int8 GEMM schedule -- probe"
   timeout 300 python3 benchmarks/gpu/probes/int8_gemm_sm90_ab.py ${S39_M:-16384 65536} > "$OUT/logs/s39_probe.log" 2>&1
   echo "rc=$?"; cut -c1-600 "$OUT/logs/s39_probe.log"
+  # the W8ASpike model with every projection int8 per channel against the shipped one (fp8, int8 down): TTFT at 1M
+  # and the B = 1 decode at a 4k context, one run each (S39_MODELS: "" skips)
+  for m in ${S39_MODELS-int8ch fp8}; do
+    stamp "s39: $m model, TTFT 1M + decode at 4k"
+    extra=(--weight-quant fp8 --down-quant int8_channel); [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
+      --no-eager-decode --budget-s 150 --out "$OUT/logs/s39_$m" > "$OUT/logs/s39_$m.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/s39_$m.log" | cut -c1-300 | head -6)
+  done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

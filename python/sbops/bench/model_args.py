@@ -86,9 +86,10 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
                     help="prefill chunk size (default: generate()'s, 16384 tokens; --tiny / CPU: 128)")
     ap.add_argument("--decode-steps", type=_at_least(1, int), default=50,
                     help="timed decode steps per point (default 50)")
-    ap.add_argument("--weight-quant", choices=["int8", "fp8"], default=None,
+    ap.add_argument("--weight-quant", choices=["int8", "int8_channel", "fp8"], default=None,
                     help="W8ASpike model: every block projection a SpikeLinear (k=3) on sbops.spike_linear with "
-                         "int8 (per group 128) or fp8 e4m3 (per channel) weights")
+                         "int8 (per group 128), int8_channel (int8 per output channel) or fp8 e4m3 (per channel) "
+                         "weights")
     ap.add_argument("--down-quant", choices=["int8_channel"], default=None,
                     help="with --weight-quant: the FFN down projections in int8 with one scale per output channel "
                          "(SpikingBrainConfig.down_weight_quant: one int8 count plane on the vendor int8 GEMM)")

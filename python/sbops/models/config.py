@@ -14,7 +14,8 @@ from ..nn.common import DOWN_WEIGHT_QUANTS   # sbops.nn.SwiGLU's down_weight_qua
 LAYER_TYPES = ("gla", "swa", "hybrid")
 KINDS = ("7b", "76b")
 SWA_KV_QUANTS = (None, "int8")
-WEIGHT_QUANTS = (None, "int8", "int8_static", "fp8")   # SpikeLinear's formats, or float weights
+# SpikeLinear's formats ("int8_channel": "int8" with one scale per output channel), or float weights
+WEIGHT_QUANTS = (None, "int8", "int8_channel", "int8_static", "fp8")
 
 
 @dataclass
@@ -25,8 +26,10 @@ class SpikingBrainConfig:
     (HybridAttention). Softmax attention uses `window` except on `full_attention_layers` (full
     causal). num_experts > 0 makes every FFN a MoEBlock, else a dense SwiGLU. spike_k (None: off)
     spike-codes the inputs of every projection inside the blocks (attention and FFN; not the
-    embeddings, the router or lm_head); weight_quant="int8" fake-quantises their weights
-    ("int8_static": fixed checkpoint scales, SpikingBrain's W8ASpike).
+    embeddings, the router or lm_head); weight_quant="int8" fake-quantises their weights per group of
+    128 input channels, "int8_channel" with one scale per output channel (on Hopper its prefill runs
+    every projection on sbops' int8 GEMM, counts past 127 only in the exact fix-up), "fp8" in e4m3 per
+    channel ("int8_static": fixed checkpoint scales, SpikingBrain's W8ASpike).
 
     W8ASpike options (SpikingBrain's released W8ASpike model; all off by default):
       gate_low_rank_dim=0: GLA's gk_proj is one full-rank Linear(hidden, HKV * head_dim) with bias
@@ -35,7 +38,8 @@ class SpikingBrainConfig:
       swa_kv_quant="int8": SWA keys/values are int8 fake-quantised per token and head (after RoPE);
       mlp_down_quant=False: the FFN's down_proj stays a plain linear (no spiking, no weight quant).
 
-    down_weight_quant="int8_channel" (dense FFNs, with weight_quant "fp8" or "int8"): the FFN's down_proj holds int8
+    down_weight_quant="int8_channel" (dense FFNs, with weight_quant "fp8", "int8" or "int8_channel"): the FFN's
+    down_proj holds int8
     weights with one scale per output channel instead of weight_quant's format (sbops.nn.SwiGLU): on CUDA its
     prefill runs one int8 count plane on the vendor int8 GEMM instead of e4m3's two planes.
 
@@ -135,10 +139,11 @@ class SpikingBrainConfig:
         if self.down_weight_quant not in DOWN_WEIGHT_QUANTS:
             raise ValueError(f"SpikingBrainConfig: down_weight_quant must be one of {DOWN_WEIGHT_QUANTS}, got "
                              f"{self.down_weight_quant!r}")
-        if self.down_weight_quant is not None and (self.weight_quant not in ("fp8", "int8") or not self.mlp_down_quant
-                                                   or self.num_experts):
+        if self.down_weight_quant is not None and (self.weight_quant not in ("fp8", "int8", "int8_channel")
+                                                   or not self.mlp_down_quant or self.num_experts):
             raise ValueError(f"SpikingBrainConfig: down_weight_quant={self.down_weight_quant!r} takes a dense FFN "
-                             f"(num_experts=0) with weight_quant 'fp8' or 'int8' and mlp_down_quant=True; got "
+                             f"(num_experts=0) with weight_quant 'fp8', 'int8' or 'int8_channel' and "
+                             f"mlp_down_quant=True; got "
                              f"weight_quant={self.weight_quant!r}, mlp_down_quant={self.mlp_down_quant}, "
                              f"num_experts={self.num_experts}")
         for name in ("bos_token_id", "pad_token_id"):

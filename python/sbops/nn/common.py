@@ -22,12 +22,16 @@ DOWN_WEIGHT_QUANTS = (None, "int8_channel")   # SwiGLU's down_weight_quant
 def make_linear(in_features: int, out_features: int, bias: bool, spike_k: Optional[float] = None,
                 weight_quant: Optional[str] = None, group_size: int = 128) -> nn.Linear:
     """A plain nn.Linear, or a SpikeLinear when spiking or weight quantisation is asked for.
+    weight_quant="int8_channel": a SpikeLinear with int8 weights and one scale per output channel
+    (weight_quant="int8", group_size=in_features; group_size is then not used).
 
     Both keep the parameter names `weight` / `bias`, so state dicts (and Qwen2 conversion) are the
     same whichever is chosen.
     """
     if spike_k is None and weight_quant is None:
         return nn.Linear(in_features, out_features, bias=bias)
+    if weight_quant == "int8_channel":
+        weight_quant, group_size = "int8", in_features
     return SpikeLinear(in_features, out_features, bias=bias, k=spike_k, weight_quant=weight_quant,
                        group_size=group_size)
 
@@ -514,7 +518,7 @@ class SwiGLU(nn.Module):
         self.gate_proj = make_linear(hidden_size, intermediate_size, False, spike_k, weight_quant)
         self.up_proj = make_linear(hidden_size, intermediate_size, False, spike_k, weight_quant)
         if down_weight_quant == "int8_channel":
-            self.down_proj = make_linear(intermediate_size, hidden_size, False, spike_k, "int8", intermediate_size)
+            self.down_proj = make_linear(intermediate_size, hidden_size, False, spike_k, "int8_channel")
         else:
             self.down_proj = (make_linear(intermediate_size, hidden_size, False, spike_k, weight_quant) if down_quant
                               else nn.Linear(intermediate_size, hidden_size, bias=False))
