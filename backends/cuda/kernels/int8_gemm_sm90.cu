@@ -320,8 +320,10 @@ cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const
   const int64_t row_units = ceil_div(M, kUnit * kBM), col_tiles = ceil_div(N, kBN), items = row_units * col_tiles;
   const int resident = resident_workers<kMc>(kernel);
   if (kMc && resident == 0) return cudaErrorNotSupported;  // the caller launches without clusters
-  // workers 0: as many as are resident at once; < 0: one per item (every block one tile, session 31's launch)
-  const int64_t w = workers < 0 ? items : std::min<int64_t>(items, workers > 0 ? workers : std::max(resident, 1));
+  // workers 0: as many as are resident at once (one per item where that is unknown); < 0: one per item (every block
+  // one tile, session 31's launch)
+  const int64_t cap = resident > 0 ? resident : items;
+  const int64_t w = workers < 0 ? items : std::min<int64_t>(items, workers > 0 ? workers : cap);
   if (kUnit * w > INT32_MAX) return cudaErrorInvalidValue;
   const int64_t g = std::min<int64_t>(group, row_units);
   const dim3 grid(static_cast<unsigned>(kUnit * w));
