@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Where the Hopper int8 GEMM's time goes at short K (session 39): backends/cuda/kernels/int8_gemm_sm90.cu copied with one
+# sed edit per variant, each built with int8_gemm_sm90_variants.cu (in parallel) and run one after another (M: $M,
+# default 16384).  Variants: as shipped; the epilogue's stores dropped (so its arithmetic too: timing only, y unwritten);
+# a ring of 3 stages; of 2.  Needs no install.
+cd "$(dirname "$0")/../../.."
+SRC=backends/cuda/kernels/int8_gemm_sm90.cu
+NAMES=("shipped" "no epilogue stores (timing only)" "3 stages" "2 stages")
+EDITS=("" "s/if (r0 < M)$/if (false)/; s/if (r1 < M)$/if (false)/" "s/constexpr int kStages = 4;/constexpr int kStages = 3;/"
+       "s/constexpr int kStages = 4;/constexpr int kStages = 2;/")
+for i in "${!EDITS[@]}"; do
+  rm -f /tmp/i8v_$i /tmp/i8v_$i.cu
+  sed "${EDITS[$i]}" $SRC > /tmp/i8v_$i.cu
+  [ -z "${EDITS[$i]}" ] || ! cmp -s $SRC /tmp/i8v_$i.cu || { echo "variant $i: the edit matched nothing"; continue; }
+  nvcc -std=c++17 -arch=sm_90a -O3 --expt-relaxed-constexpr -Icsrc/include -Ibackends/cuda/kernels \
+    /tmp/i8v_$i.cu benchmarks/gpu/probes/int8_gemm_sm90_variants.cu -o /tmp/i8v_$i > /tmp/i8v_build_$i.log 2>&1 &
+done
+wait
+for i in "${!EDITS[@]}"; do
+  [ -x /tmp/i8v_$i ] || { echo "variant $i: build failed"; tail -5 /tmp/i8v_build_$i.log; continue; }
+  echo "variant $i: ${NAMES[$i]}"
+  timeout 120 /tmp/i8v_$i ${M:-16384}
+done
