@@ -168,7 +168,8 @@ bool dense_decode_supports(int64_t M, int64_t N, int64_t K) {
 }
 
 int dense_decode_default_layout(int64_t M, int64_t N, int64_t K) {
-  // measured on an H100 at the bf16 7B shapes (benchmarks/RESULTS_sessions_31-33.md, session 32, probes/dense_decode_ab.py):
+  // measured on an H100 at the bf16 7B shapes (benchmarks/RESULTS_sessions_31-33.md, session 32,
+  // probes/dense_decode_ab.py):
   // M <= 8 (1, 8, 2), or (1, 8, 4) for the wide gate_up / lm_head; M <= 16 (1, 8, 1), or (1, 8, 2) for K >= 8192
   // (down); past 16 rows (1, 8, 1), which loses to cuBLAS there (the model keeps F.linear past 16 rows)
   if (M <= 8) return N >= 16384 ? 2 : 0;

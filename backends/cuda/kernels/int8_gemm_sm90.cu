@@ -260,7 +260,8 @@ cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's storage).
+// A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's
+// storage).
 cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 2;
@@ -382,9 +383,10 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   }
   SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b, b, N, K, ldb, kBN));
   return y_dtype == DType::BF16
-             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
-                                                  stream)
-             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group, stream);
+             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers,
+                                                  group, stream)
+             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
+                                           stream);
 }
 
 #else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm
