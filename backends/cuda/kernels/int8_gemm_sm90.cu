@@ -53,7 +53,17 @@ using TileB = sm90::KMajorSw128Tile<kBN, 64>;
 constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK;
 static_assert(TileA::kBytes == kABytes && TileB::kBytes == kBBytes, "tile bytes");
 constexpr int kStageBytes = kABytes + kBBytes;
-constexpr int kSmemBytes = kStages * kStageBytes + 8 * 2 * kStages;  // tiles (1024-aligned), then the mbarriers
+// The epilogue through shared memory and TMA stores (kTs; session 39, measured by probes/int8_gemm_sm90_variants.sh,
+// off until it is GPU-tested): each MMA warpgroup's 64 x 256 outputs go out as four 64 x 64 chunks through two
+// buffers of its own (64 rows of 128 bytes, 128-byte swizzle), after the ring.
+constexpr bool kTmaStoreEpilogue = false;
+constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * 2 * kEpiBytes;
+// tiles (1024-aligned), the epilogue buffers (kTs), then the mbarriers
+template <bool kTs>
+constexpr int smem_bytes() {
+  return kStages * kStageBytes + (kTs ? kEpiAllBytes : 0) + 8 * 2 * kStages;
+}
+static_assert(smem_bytes<true>() <= 227 * 1024, "shared memory per block");
 
 #ifdef SBOPS_SM90A_DEVICE
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
@@ -104,11 +114,12 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
 #ifdef SBOPS_SM90A_DEVICE
 // The MMA warpgroups' part of one item: its K loop over the ring (stages it .. it + nk - 1 of the running count,
 // every one released when its MMAs retired), then the epilogue from the accumulator registers.
-template <typename T, bool kMc>
+template <typename T, bool kMc, bool kTs>
 __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_full, uint32_t bar_empty, int rank,
                                                  const float* __restrict__ vth, const float* __restrict__ scale,
                                                  const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
-                                                 int64_t ldy, int M, int N, int nk, int m0, int n0, uint64_t it) {
+                                                 int64_t ldy, int M, int N, int nk, int m0, int n0, uint64_t it,
+                                                 const CUtensorMap* tm_y, uint32_t s_epi) {
   const int tid = threadIdx.x, lane = tid & 31;
   // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
   auto release = [&](uint64_t i) {
@@ -146,22 +157,58 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
   const int g = lane >> 2, t4 = lane & 3;
   const int r0 = m0 + 64 * wg + 16 * w + g, r1 = r0 + 8;
   const float v0 = r0 < M ? vth[r0] : 0.f, v1 = r1 < M ? vth[r1] : 0.f;
+  auto out = [&](uint32_t a, float s, float v, float b) {
+    const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
+    return bias != nullptr ? __fadd_rn(t, b) : t;
+  };
+  if constexpr (kTs) {
+    // chunk c (columns 64 c .. 64 c + 63 of the tile) into buffer c % 2, once its store two chunks back (possibly
+    // of the previous item) has read it; the warpgroup's first thread issues the stores (rows / columns past y are
+    // skipped by TMA); 128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
+    // writes (rows g, 8 pieces x 4 lanes) fall in 32 distinct banks
+    const bool leader = (tid - kProducerThreads) % 128 == 0;
+    const int lr = 16 * w + g;  // local rows lr and lr + 8 (lr % 8 == g)
 #pragma unroll
-  for (int j = 0; j < 32; ++j) {
-    const int c = n0 + 8 * j + 2 * t4;
-    if (c >= N) continue;  // N even: c < N means c + 1 < N
-    const float s0 = scale[c], s1 = scale[c + 1];
-    const float b0 = bias_at<T>(bias, bias_f32, c), b1 = bias_at<T>(bias, bias_f32, c + 1);
-    auto out = [&](uint32_t a, float s, float v, float b) {
-      const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
-      return bias != nullptr ? __fadd_rn(t, b) : t;
-    };
-    if (r0 < M)
-      *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r0) * ldy + c) =
-          pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1));
-    if (r1 < M)
-      *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r1) * ldy + c) =
-          pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1));
+    for (int c = 0; c < kBN / kEpiCols; ++c) {
+      const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
+      if (leader) sm90::bulk_wait_read<1>();
+      sm90::named_sync(1 + wg, 128);
+#pragma unroll
+      for (int q = 0; q < kEpiCols / 8; ++q) {
+        const int j = c * (kEpiCols / 8) + q;
+        const int col = n0 + 8 * j + 2 * t4;
+        float s0 = 0.f, s1 = 0.f, b0 = 0.f, b1 = 0.f;
+        if (col < N) {  // N even: col < N means col + 1 < N
+          s0 = scale[col], s1 = scale[col + 1];
+          b0 = bias_at<T>(bias, bias_f32, col), b1 = bias_at<T>(bias, bias_f32, col + 1);
+        }
+        const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
+        sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece,
+                            pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1)));
+        sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece,
+                            pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1)));
+      }
+      sm90::fence_proxy_async();  // the generic-proxy writes, visible to the TMA store
+      sm90::named_sync(1 + wg, 128);
+      if (leader) {
+        sm90::tma_store_2d(tm_y, buf, n0 + kEpiCols * c, m0 + 64 * wg);
+        sm90::bulk_commit();
+      }
+    }
+  } else {  // the stores from registers
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const int c = n0 + 8 * j + 2 * t4;
+      if (c >= N) continue;  // N even: c < N means c + 1 < N
+      const float s0 = scale[c], s1 = scale[c + 1];
+      const float b0 = bias_at<T>(bias, bias_f32, c), b1 = bias_at<T>(bias, bias_f32, c + 1);
+      if (r0 < M)
+        *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r0) * ldy + c) =
+            pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1));
+      if (r1 < M)
+        *reinterpret_cast<uint32_t*>(y + static_cast<int64_t>(r1) * ldy + c) =
+            pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1));
+    }
   }
 }
 #endif  // SBOPS_SM90A_DEVICE
@@ -180,16 +227,18 @@ __device__ __forceinline__ ItemTile item_tile(int64_t t, int64_t row_units, int6
 }
 #endif
 
-template <typename T, bool kMc>
+template <typename T, bool kMc, bool kTs>
 __global__ void __launch_bounds__(kThreads, 1)
 int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
-                      const float* __restrict__ vth, const float* __restrict__ scale, const void* __restrict__ bias,
-                      bool bias_f32, T* __restrict__ y, int64_t ldy, int M, int N, int K, int64_t row_units,
-                      int64_t col_tiles, int64_t group) {
+                      const __grid_constant__ CUtensorMap tm_y, const float* __restrict__ vth,
+                      const float* __restrict__ scale, const void* __restrict__ bias, bool bias_f32,
+                      T* __restrict__ y, int64_t ldy, int M, int N, int K, int64_t row_units, int64_t col_tiles,
+                      int64_t group) {
 #ifdef SBOPS_SM90A_DEVICE
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_tiles = sm90::smem_addr(smem);
-  const uint32_t bar_full = s_tiles + kStages * kStageBytes;  // kStages mbarriers: the stage's tiles landed
+  const uint32_t s_epi = s_tiles + kStages * kStageBytes;  // kTs: the epilogue buffers (1024-aligned)
+  const uint32_t bar_full = s_epi + (kTs ? kEpiAllBytes : 0);  // kStages mbarriers: the stage's tiles landed
   const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
   const int tid = threadIdx.x;
   const int nk = (K + kBK - 1) / kBK;
@@ -237,8 +286,11 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
     for (int64_t t = worker; t < items; t += workers, it += nk) {
       int m0, n0;
       origin(t, m0, n0);
-      mma_and_epilogue<T, kMc>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk, m0,
-                               n0, it);
+      mma_and_epilogue<T, kMc, kTs>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk,
+                                    m0, n0, it, &tm_y, s_epi);
+    }
+    if constexpr (kTs) {
+      if ((tid - kProducerThreads) % 128 == 0) sm90::bulk_wait<0>();  // its last stores done before the block exits
     }
   }
   if (kMc) sm90::cluster_sync();  // no block exits while its peer may still multicast into it or arrive on it
@@ -262,7 +314,7 @@ cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, 
 
 // A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's
 // storage).
-cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
+cudaLaunchConfig_t pair_cluster_config(dim3 grid, int smem, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 2;
   attr[0].val.clusterDim.y = 1;
@@ -270,7 +322,7 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunc
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
@@ -281,7 +333,7 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, cudaStream_t stream, cudaLaunc
 // once per device, after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS
 // partitions, say).
 template <bool kMc, typename Kern>
-int resident_workers(Kern kernel) {
+int resident_workers(Kern kernel, int smem) {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, else the count + 1
   int dev = 0;
@@ -291,11 +343,11 @@ int resident_workers(Kern kernel) {
     int n = 0;
     if (kMc) {
       cudaLaunchAttribute attr[1];
-      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), nullptr, attr);
+      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), smem, nullptr, attr);
       if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) n = -1;
     } else {
       int per_sm = 0, sms = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmemBytes) != cudaSuccess ||
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess ||
           cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
         n = -1;
       else
@@ -311,34 +363,77 @@ int resident_workers(Kern kernel) {
   return known - 1;
 }
 
-template <typename T, bool kMc>
-cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const float* vth, const float* scale,
-                         const void* bias, bool bias_f32, void* y, int64_t ldy, int M, int N, int K, int64_t workers,
-                         int64_t group, cudaStream_t stream) {
-  auto kernel = int8_gemm_sm90_kernel<T, kMc>;
-  SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+// The operands of one launch (tensor maps: A, B or its half with clusters, y where kTs)
+struct Launch {
+  CUtensorMap tm_a, tm_b, tm_y;
+  const float* vth;
+  const float* scale;
+  const void* bias;
+  bool bias_f32;
+  void* y;
+  int64_t ldy;
+  int M, N, K;
+  int64_t workers, group;
+};
+
+template <typename T, bool kMc, bool kTs>
+cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
+  auto kernel = int8_gemm_sm90_kernel<T, kMc, kTs>;
+  constexpr int kSmem = smem_bytes<kTs>();
+  SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   constexpr int kUnit = kMc ? 2 : 1;  // blocks (row tiles) of a worker
-  const int64_t row_units = ceil_div(M, kUnit * kBM), col_tiles = ceil_div(N, kBN), items = row_units * col_tiles;
-  const int resident = resident_workers<kMc>(kernel);
+  const int64_t row_units = ceil_div(l.M, kUnit * kBM), col_tiles = ceil_div(l.N, kBN), items = row_units * col_tiles;
+  const int resident = resident_workers<kMc>(kernel, kSmem);
   if (kMc && resident == 0) return cudaErrorNotSupported;  // the caller launches without clusters
   // workers 0: as many as are resident at once (one per item where that is unknown); < 0: one per item (every block
   // one tile, session 31's launch)
   const int64_t cap = resident > 0 ? resident : items;
-  const int64_t w = workers < 0 ? items : std::min<int64_t>(items, workers > 0 ? workers : cap);
+  const int64_t w = l.workers < 0 ? items : std::min<int64_t>(items, l.workers > 0 ? l.workers : cap);
   if (kUnit * w > INT32_MAX) return cudaErrorInvalidValue;
-  const int64_t g = std::min<int64_t>(group, row_units);
+  const int64_t g = std::min<int64_t>(l.group, row_units);
   const dim3 grid(static_cast<unsigned>(kUnit * w));
+  T* y = static_cast<T*>(l.y);
   if (!kMc) {
-    kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y), ldy, M,
-                                                   N, K, row_units, col_tiles, g);
+    kernel<<<grid, kThreads, kSmem, stream>>>(l.tm_a, l.tm_b, l.tm_y, l.vth, l.scale, l.bias, l.bias_f32, y, l.ldy,
+                                              l.M, l.N, l.K, row_units, col_tiles, g);
     return last_launch_error();
   }
   // an odd last row tile is paired with a block past M, which loads its B half and stores nothing
   cudaLaunchAttribute attr[1];
-  const cudaLaunchConfig_t cfg = pair_cluster_config(grid, stream, attr);
-  SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_a, tm_b, vth, scale, bias, bias_f32, static_cast<T*>(y),
-                                           ldy, M, N, K, row_units, col_tiles, g));
+  const cudaLaunchConfig_t cfg = pair_cluster_config(grid, kSmem, stream, attr);
+  SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, l.tm_a, l.tm_b, l.tm_y, l.vth, l.scale, l.bias, l.bias_f32,
+                                           y, l.ldy, l.M, l.N, l.K, row_units, col_tiles, g));
   return last_launch_error();
+}
+
+template <typename T, bool kMc>
+cudaError_t launch_epilogue(const Launch& l, bool tma_store, cudaStream_t stream) {
+  if constexpr (kTmaStoreEpilogue) {
+    if (tma_store) return launch_typed<T, kMc, true>(l, stream);
+  }
+  (void)tma_store;
+  return launch_typed<T, kMc, false>(l, stream);
+}
+
+template <bool kMc>
+cudaError_t launch_dtype(const Launch& l, DType y_dtype, bool tma_store, cudaStream_t stream) {
+  return y_dtype == DType::BF16 ? launch_epilogue<__nv_bfloat16, kMc>(l, tma_store, stream)
+                                : launch_epilogue<__half, kMc>(l, tma_store, stream);
+}
+
+// Tensor map of y [M, N] (16-bit, row stride ldy elements) in boxes of 64 rows x kEpiCols columns, 128-byte swizzle
+cudaError_t encode_y_map(CUtensorMap* map, void* y, DType y_dtype, int64_t M, int64_t N, int64_t ldy) {
+  const auto encode = sm90::tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(N), cuuint64_t(M)};
+  const cuuint64_t strides[1] = {cuuint64_t(ldy) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(kEpiCols), 64};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, y_dtype == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            2, y, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -346,7 +441,7 @@ cudaError_t launch_typed(const CUtensorMap& tm_a, const CUtensorMap& tm_b, const
 
 bool sbops::int8_gemm_sm90_available() {
   static signed char cache[64] = {0};
-  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false>, cache);
+  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false, false>, cache);
 }
 
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
@@ -366,27 +461,21 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   if (ldy % 2 != 0 || reinterpret_cast<uintptr_t>(y) % 4 != 0) return cudaErrorMisalignedAddress;  // 2-column stores
   if (bias != nullptr && bias_dtype != DType::F32 && bias_dtype != y_dtype) return cudaErrorInvalidValue;
   if (!int8_gemm_sm90_available()) return cudaErrorNotSupported;
-  CUtensorMap tm_a, tm_b;
-  SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_a, a, M, K, lda, kBM));
-  const bool bias_f32 = bias_dtype == DType::F32;
-  const int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  Launch l{};
+  SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_a, a, M, K, lda, kBM));
+  // the TMA-store epilogue where y's rows are 16-byte aligned (TMA), else the stores from registers
+  const bool tma_store = kTmaStoreEpilogue && ldy % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                         encode_y_map(&l.tm_y, y, y_dtype, M, N, ldy) == cudaSuccess;
+  l.vth = vth, l.scale = scale, l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
+  l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
+  l.group = group;
   if (cluster == 2) {  // each block of a cluster loads half of the B tile
-    CUtensorMap tm_b_half;
-    SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b_half, b, N, K, ldb, kBN / 2));
-    const cudaError_t e =
-        y_dtype == DType::BF16
-            ? launch_typed<__nv_bfloat16, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers,
-                                                 group, stream)
-            : launch_typed<__half, true>(tm_a, tm_b_half, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
-                                         stream);
+    SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, kBN / 2));
+    const cudaError_t e = launch_dtype<true>(l, y_dtype, tma_store, stream);
     if (e != cudaErrorNotSupported) return e;
   }
-  SBOPS_RETURN_IF_ERROR(encode_int8_map(&tm_b, b, N, K, ldb, kBN));
-  return y_dtype == DType::BF16
-             ? launch_typed<__nv_bfloat16, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers,
-                                                  group, stream)
-             : launch_typed<__half, false>(tm_a, tm_b, vth, scale, bias, bias_f32, y, ldy, m, n, k, workers, group,
-                                           stream);
+  SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, kBN));
+  return launch_dtype<false>(l, y_dtype, tma_store, stream);
 }
 
 #else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm

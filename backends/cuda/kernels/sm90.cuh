@@ -63,6 +63,9 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 
 #ifdef SBOPS_SM90A_DEVICE
 using warp_mma::ldmatrix_x4;  // the fragment of a 16 x 16 A operand (warp_mma.cuh)
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
 // generic-proxy writes to shared memory (st.shared) become visible to wgmma's async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -169,6 +172,14 @@ __device__ __forceinline__ void tma_reduce_add_4d(const void* map, uint32_t src,
           reinterpret_cast<uint64_t>(map)),
       "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+// TMA store: the box at `src` in shared memory (the tensor map's box, in its swizzled layout) written to the tensor at
+// (c0, c1) (innermost first; parts outside the tensor are skipped), in the calling thread's bulk group
+__device__ __forceinline__ void tma_store_2d(const void* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 template <int N>
