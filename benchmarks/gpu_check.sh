@@ -18,8 +18,8 @@
 #   (about 4 minutes); s38 -- the Hopper dense decode GEMM probe's variants against the GEMV (under a minute); s39 --
 #   the int8 GEMM's persistent schedule: GPU tests, probes/int8_gemm_sm90_ab.py, the int8-per-channel W8ASpike model's
 #   TTFT at 1M and B = 1 decode against the fp8 one (about 7 minutes after install); s39b -- the int8 GEMM's variants
-#   probe, then the TMA-store epilogue installed, tested and in the models if it wins (about 6 minutes, no install first);
-#   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (about 4 minutes).  install
+#   probe (epilogues, stages), then this checkout installed, its int8 GPU tests and the two models (about 5 minutes);
+#   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
 #      PYTEST_DESELECT (appended to -k),
@@ -363,11 +363,13 @@ if [[ " $steps " == *" s34 "* ]]; then
 fi
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16
-  # (B = 1 / 32) and the W8ASpike model (fp8, int8 down projections; B = 1), one run each (about 4 minutes)
+  # (B = 1 / 32) and the W8ASpike models (fp8 with int8 down projections; int8 per channel, session 39's faster
+  # prefill; B = 1), one run each (about 5 minutes)
   new_tree goals_install
-  for m in bf16 fp8; do
+  for m in bf16 fp8 int8ch; do
     stamp "goals: $m model, TTFT 1M + decode at 4k"
     extra=(); b=1,32; [ "$m" = fp8 ] && { extra=(--weight-quant fp8 --down-quant int8_channel); b=1; }
+    [ "$m" = int8ch ] && { extra=(--weight-quant int8_channel); b=1; }
     (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches $b --no-peer \
       --no-eager-decode --budget-s 150 --out "$OUT/logs/goals_$m" > "$OUT/logs/goals_$m.log" 2>&1
      echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/goals_$m.log" | cut -c1-300 | head -6)
@@ -421,33 +423,26 @@ if [[ " $steps " == *" s39 "* ]]; then
   done
 fi
 if [[ " $steps " == *" s39b "* ]]; then
-  # session 39, second call: where the int8 GEMM's time goes (probes/int8_gemm_sm90_variants.sh, no install); then, if
-  # the TMA-store epilogue (variant 4) gives the shipped kernel's checksums and is faster on gate/up, this checkout with
-  # it on (kTmaStoreEpilogue): installed, its GPU tests, and the int8-per-channel and fp8 models (about 6 minutes)
+  # session 39: where the int8 GEMM's time goes (probes/int8_gemm_sm90_variants.sh: as shipped, the stores from registers,
+  # no stores, 3 / 2 stages; no install), then this checkout installed, the GPU tests of the int8 GEMM and of the
+  # int_mm path, and the int8-per-channel and fp8 models (TTFT at 1M, B = 1 decode) (about 5 minutes).  Session 39's
+  # call D ran it with the TMA-store epilogue still off in the source, turned on in its copy once variant 4 gave the
+  # shipped checksums faster.
   stamp "s39b: int8 GEMM variants"
   timeout 300 bash benchmarks/gpu/probes/int8_gemm_sm90_variants.sh > "$OUT/logs/s39b_variants.log" 2>&1
-  echo "rc=$?"; cut -c1-200 "$OUT/logs/s39b_variants.log"
-  part() { awk -v v="variant $1:" 'index($0, v) == 1 {f = 1; next} /^variant/ {f = 0} f' "$OUT/logs/s39b_variants.log"; }
-  sums0=$(part 0 | grep -o 'checksum [0-9a-f]*'); sums4=$(part 4 | grep -o 'checksum [0-9a-f]*')
-  t0=$(part 0 | grep 'gate_up.*group  8' | grep -o '[0-9.]* ms' | head -1 | cut -d' ' -f1)
-  t4=$(part 4 | grep 'gate_up.*group  8' | grep -o '[0-9.]* ms' | head -1 | cut -d' ' -f1)
-  echo "TMA-store epilogue: checksums $([ -n "$sums0" ] && [ "$sums0" = "$sums4" ] && echo equal || echo DIFFER), gate_up $t4 vs $t0 ms"
-  if [ -n "$sums0" ] && [ "$sums0" = "$sums4" ] && [ -n "$t4" ] && awk "BEGIN {exit !($t4 < $t0)}"; then
-    sed -i 's/constexpr bool kTmaStoreEpilogue = false;/constexpr bool kTmaStoreEpilogue = true;/' \
-      backends/cuda/kernels/int8_gemm_sm90.cu
-    stamp "s39b: install with the TMA-store epilogue"
-    MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s39b_install.log" 2>&1 || tail -20 "$OUT/logs/s39b_install.log"
-    (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-       test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/s39b_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s39b_tests.log")
-    grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s39b_tests.log" | cut -c1-240 | head -12
-    for m in ${S39_MODELS-int8ch fp8}; do
-      stamp "s39b: $m model, TTFT 1M + decode at 4k"
-      extra=(--weight-quant fp8 --down-quant int8_channel); [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
-      (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
-        --no-eager-decode --budget-s 150 --out "$OUT/logs/s39b_$m" > "$OUT/logs/s39b_$m.log" 2>&1
-       echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/s39b_$m.log" | cut -c1-300 | head -6)
-    done
-  fi
+  echo "rc=$?"; grep -a -v "^  M=" "$OUT/logs/s39b_variants.log" | cut -c1-200
+  stamp "s39b: install"
+  MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s39b_install.log" 2>&1 || tail -20 "$OUT/logs/s39b_install.log"
+  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
+     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/s39b_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s39b_tests.log")
+  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s39b_tests.log" | cut -c1-240 | head -12
+  for m in ${S39_MODELS-int8ch fp8}; do
+    stamp "s39b: $m model, TTFT 1M + decode at 4k"
+    extra=(--weight-quant fp8 --down-quant int8_channel); [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
+      --no-eager-decode --budget-s 150 --out "$OUT/logs/s39b_$m" > "$OUT/logs/s39b_$m.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/s39b_$m.log" | cut -c1-300 | head -6)
+  done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

@@ -3,7 +3,7 @@
 // cuBLASLt heuristic picks CUTLASS's sm80 kernel on Hopper (mma.sync, ~0.95 POPS at M = 16384, N x K = 3584 x 18944
 // on an H100), and the separate epilogue pass over the int32 result.
 //
-// One block per 128 x 256 output tile, three warpgroups (384 threads):
+// Blocks of three warpgroups (384 threads), each computing 128 x 256 output tiles (work items, below):
 //  * warpgroup 0 (producer, 40 registers after setmaxnreg; one thread works) copies the tile's A rows (128 x 128
 //    bytes of K) and B rows (256 x 128 bytes) into a four-stage ring in shared memory with TMA (128-byte swizzle: a
 //    K step of 128 int8 is one swizzle atom, the KMajorSw128Tile layout of sm90.cuh with 32-byte K slices); rows and
@@ -11,12 +11,12 @@
 //    "empty" one when both MMA warpgroups are done with it;
 //  * warpgroups 1 and 2 (232 registers) own output rows 0-63 and 64-127: per stage four wgmma m64n256k32 s8.s8
 //    MMAs into 128 int32 accumulators a thread, one stage's MMAs in flight while the next stage's are issued;
-//    then the epilogue from registers: y = (float(acc) * scale[n]) * vth[m] (+ bias[n]), rounded once, two
-//    columns per 4-byte store.
+//    then the epilogue: y = (float(acc) * scale[n]) * vth[m] (+ bias[n]), rounded once, written through shared
+//    memory and TMA stores (kTmaStoreEpilogue, below), or two columns per 4-byte store from registers.
 // Work items: a unit of rows (one 128-row tile, or with kMc two consecutive ones) x one 256-column tile.  With kMc
 // (the default) the blocks run in clusters of two that take the two row tiles of a unit and share its B tile: each
-// loads one 128-row half of it and multicasts it into both blocks' ring (a third less L2 -> SM traffic per block,
-// which bounds the kernel: 48 KB per 128-byte K step for 8.4 M int8 operations), and a stage is refilled once the
+// loads one 128-row half of it and multicasts it into both blocks' ring (a third less L2 -> SM traffic per block:
+// 48 KB per 128-byte K step for 8.4 M int8 operations), and a stage is refilled once the
 // MMA warps of both blocks released it (remote mbarrier arrivals).
 // Schedule (session 39): persistent.  W workers (blocks, or clusters with kMc; by default as many as can be resident)
 // take items w, w + W, w + 2 W, ...: the ring's stage count runs on across items, so the producer loads the next
@@ -53,10 +53,14 @@ using TileB = sm90::KMajorSw128Tile<kBN, 64>;
 constexpr int kABytes = kBM * kBK, kBBytes = kBN * kBK;
 static_assert(TileA::kBytes == kABytes && TileB::kBytes == kBBytes, "tile bytes");
 constexpr int kStageBytes = kABytes + kBBytes;
-// The epilogue through shared memory and TMA stores (kTs; session 39, measured by probes/int8_gemm_sm90_variants.sh,
-// off until it is GPU-tested): each MMA warpgroup's 64 x 256 outputs go out as four 64 x 64 chunks through two
-// buffers of its own (64 rows of 128 bytes, 128-byte swizzle), after the ring.
-constexpr bool kTmaStoreEpilogue = false;
+// The epilogue through shared memory and TMA stores (kTs; session 39): each MMA warpgroup's 64 x 256 outputs go out as
+// four 64 x 64 chunks through two buffers of its own (64 rows of 128 bytes, 128-byte swizzle), after the ring, the
+// stores overlapping the next chunk's writes and the next item's MMAs.  Where y's rows are 16-byte aligned (else the
+// stores from registers).  H100, M = 16384 (probes/int8_gemm_sm90_variants.sh, the same bits): gate/up 4.117 ->
+// 3.397 ms, qkv 0.535 -> 0.467, o 0.418 -> 0.360, down 1.440 -> 1.409; with the epilogue's stores dropped (timing
+// only) gate/up took 2.271 ms, so the stores from registers were the short-K shapes' whole gap to cuBLAS's e4m3 GEMM.
+// false: the stores from registers everywhere (the probe's A/B).
+constexpr bool kTmaStoreEpilogue = true;
 constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * 2 * kEpiBytes;
 // tiles (1024-aligned), the epilogue buffers (kTs), then the mbarriers
 template <bool kTs>

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Where the Hopper int8 GEMM's time goes at short K (session 39): backends/cuda/kernels/int8_gemm_sm90.cu copied with one
 # sed edit per variant, each built with int8_gemm_sm90_variants.cu (in parallel) and run one after another (M: $M,
-# default 16384).  Variants: as shipped; the epilogue's stores dropped (so its arithmetic too: timing only, y unwritten);
-# a ring of 3 stages; of 2; the epilogue through shared memory and TMA stores (kTmaStoreEpilogue).  Needs no install.
+# default 16384).  Variants: as shipped (the epilogue through shared memory and TMA stores since session 39); the stores
+# from registers (session 31's epilogue); those stores dropped (so the epilogue's arithmetic too: timing only, y
+# unwritten); the stores from registers with a ring of 3 stages; of 2.  Needs no install.
 cd "$(dirname "$0")/../../.."
 SRC=backends/cuda/kernels/int8_gemm_sm90.cu
-NAMES=("shipped" "no epilogue stores (timing only)" "3 stages" "2 stages" "TMA-store epilogue")
-EDITS=("" "s/if (r0 < M)$/if (false)/; s/if (r1 < M)$/if (false)/" "s/constexpr int kStages = 4;/constexpr int kStages = 3;/"
-       "s/constexpr int kStages = 4;/constexpr int kStages = 2;/"
-       "s/constexpr bool kTmaStoreEpilogue = false;/constexpr bool kTmaStoreEpilogue = true;/")
+REG="s/constexpr bool kTmaStoreEpilogue = true;/constexpr bool kTmaStoreEpilogue = false;/"
+NAMES=("shipped" "stores from registers" "no epilogue stores (timing only)" "stores from registers, 3 stages"
+       "stores from registers, 2 stages")
+EDITS=("" "$REG" "$REG; s/if (r0 < M)$/if (false)/; s/if (r1 < M)$/if (false)/"
+       "$REG; s/constexpr int kStages = 4;/constexpr int kStages = 3;/"
+       "$REG; s/constexpr int kStages = 4;/constexpr int kStages = 2;/")
 for i in "${!EDITS[@]}"; do
   rm -f /tmp/i8v_$i /tmp/i8v_$i.cu
   sed "${EDITS[$i]}" $SRC > /tmp/i8v_$i.cu
