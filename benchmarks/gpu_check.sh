@@ -361,19 +361,29 @@ if [[ " $steps " == *" s34 "* ]]; then
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
 fi
+# One model's goal point: TTFT at 1M and the decode step at a 4k context (CUDA graphs), one run: label, model (bf16,
+# fp8 = fp8 with int8 down projections, int8ch = int8 per channel), batches; log and report in $OUT/logs/<label>*
+model_point() {
+  local label=$1 m=$2 b=$3 extra=()
+  [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
+  [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+  stamp "$label: $m model, TTFT 1M + decode at 4k"
+  (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches "$b" --no-peer \
+    --no-eager-decode --budget-s 150 --out "$OUT/logs/$label" > "$OUT/logs/$label.log" 2>&1
+   echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/$label.log" | cut -c1-300 | head -6)
+}
+# the GPU tests of the Hopper int8 GEMM and of spike_linear's int_mm path: label
+int8_tests() {
+  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
+     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
+  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/$1.log" | cut -c1-240 | head -12
+}
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16
   # (B = 1 / 32) and the W8ASpike models (fp8 with int8 down projections; int8 per channel, session 39's faster
   # prefill; B = 1), one run each (about 5 minutes)
   new_tree goals_install
-  for m in bf16 fp8 int8ch; do
-    stamp "goals: $m model, TTFT 1M + decode at 4k"
-    extra=(); b=1,32; [ "$m" = fp8 ] && { extra=(--weight-quant fp8 --down-quant int8_channel); b=1; }
-    [ "$m" = int8ch ] && { extra=(--weight-quant int8_channel); b=1; }
-    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches $b --no-peer \
-      --no-eager-decode --budget-s 150 --out "$OUT/logs/goals_$m" > "$OUT/logs/goals_$m.log" 2>&1
-     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/goals_$m.log" | cut -c1-300 | head -6)
-  done
+  for m in bf16 fp8 int8ch; do model_point "goals_$m" "$m" "$([ "$m" = bf16 ] && echo 1,32 || echo 1)"; done
 fi
 if [[ " $steps " == *" s36spike "* ]]; then
   # session 36: the e4m3 / int8 decode GEMV's 32-row warps (spike_decode layout 8, the default for N >= 16384 unless
@@ -406,21 +416,12 @@ if [[ " $steps " == *" s39 "* ]]; then
   # int_mm path), then probes/int8_gemm_sm90_ab.py (the default launch against session 31's, group sizes, cuBLAS int8 /
   # e4m3, bf16; the whole int8 int_mm path against the fp8 scaled_mm path at every 7B shape) (about 3 minutes)
   stamp "s39: int8 GEMM schedule -- GPU tests"
-  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/s39_tests.log" 2>&1; echo "rc=$?"; tail -3 "$OUT/logs/s39_tests.log")
-  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s39_tests.log" | cut -c1-240 | head -12
+  int8_tests s39_tests
   stamp "s39: int8 GEMM schedule -- probe"
   timeout 300 python3 benchmarks/gpu/probes/int8_gemm_sm90_ab.py ${S39_M:-16384 65536} > "$OUT/logs/s39_probe.log" 2>&1
   echo "rc=$?"; cut -c1-600 "$OUT/logs/s39_probe.log"
-  # the W8ASpike model with every projection int8 per channel against the shipped one (fp8, int8 down): TTFT at 1M
-  # and the B = 1 decode at a 4k context, one run each (S39_MODELS: "" skips)
-  for m in ${S39_MODELS-int8ch fp8}; do
-    stamp "s39: $m model, TTFT 1M + decode at 4k"
-    extra=(--weight-quant fp8 --down-quant int8_channel); [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
-    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
-      --no-eager-decode --budget-s 150 --out "$OUT/logs/s39_$m" > "$OUT/logs/s39_$m.log" 2>&1
-     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/s39_$m.log" | cut -c1-300 | head -6)
-  done
+  # the W8ASpike model with every projection int8 per channel against the shipped one (fp8, int8 down), one run each
+  for m in ${S39_MODELS-int8ch fp8}; do model_point "s39_$m" "$m" 1; done
 fi
 if [[ " $steps " == *" s39b "* ]]; then
   # session 39: where the int8 GEMM's time goes (probes/int8_gemm_sm90_variants.sh: as shipped, the stores from registers,
@@ -433,16 +434,8 @@ if [[ " $steps " == *" s39b "* ]]; then
   echo "rc=$?"; grep -a -v "^  M=" "$OUT/logs/s39b_variants.log" | cut -c1-200
   stamp "s39b: install"
   MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s39b_install.log" 2>&1 || tail -20 "$OUT/logs/s39b_install.log"
-  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/s39b_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s39b_tests.log")
-  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s39b_tests.log" | cut -c1-240 | head -12
-  for m in ${S39_MODELS-int8ch fp8}; do
-    stamp "s39b: $m model, TTFT 1M + decode at 4k"
-    extra=(--weight-quant fp8 --down-quant int8_channel); [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
-    (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
-      --no-eager-decode --budget-s 150 --out "$OUT/logs/s39b_$m" > "$OUT/logs/s39b_$m.log" 2>&1
-     echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/s39b_$m.log" | cut -c1-300 | head -6)
-  done
+  int8_tests s39b_tests
+  for m in ${S39_MODELS-int8ch fp8}; do model_point "s39b_$m" "$m" 1; done
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
