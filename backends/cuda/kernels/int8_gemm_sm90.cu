@@ -333,11 +333,12 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, int smem, cudaStream_t stream,
   return cfg;
 }
 
-// How many workers of this kernel (clusters of two with kMc, else blocks) the current device holds at once: asked
-// once per device, after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS
-// partitions, say).
-template <bool kMc, typename Kern>
-int resident_workers(Kern kernel, int smem) {
+// How many workers of this kernel (clusters of two with kMc, else blocks) with kSmem bytes of dynamic shared memory
+// the current device holds at once: asked once per device and variant (the kernels of both epilogues have one type),
+// after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS partitions, say).
+template <bool kMc, int kSmem, typename Kern>
+int resident_workers(Kern kernel) {
+  const int smem = kSmem;
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, else the count + 1
   int dev = 0;
@@ -387,7 +388,7 @@ cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   constexpr int kUnit = kMc ? 2 : 1;  // blocks (row tiles) of a worker
   const int64_t row_units = ceil_div(l.M, kUnit * kBM), col_tiles = ceil_div(l.N, kBN), items = row_units * col_tiles;
-  const int resident = resident_workers<kMc>(kernel, kSmem);
+  const int resident = resident_workers<kMc, kSmem>(kernel);
   if (kMc && resident == 0) return cudaErrorNotSupported;  // the caller launches without clusters
   // workers 0: as many as are resident at once (one per item where that is unknown); < 0: one per item (every block
   // one tile, session 31's launch)

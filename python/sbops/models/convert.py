@@ -42,7 +42,7 @@ def convert_qwen2(model: nn.Module, kind: str = "7b", **overrides) -> SpikingBra
     if cfg.weight_quant == "int8_static":
         raise ValueError("convert_qwen2: weight_quant='int8_static' takes fixed scales from a released W8ASpike "
                          "checkpoint (SpikingBrainForCausalLM.from_pretrained); a float Qwen2 has none. Use "
-                         "weight_quant='int8' (scales from the weights) or 'fp8'")
+                         "weight_quant='int8' / 'int8_channel' (scales from the weights) or 'fp8'")
     src_param = next(model.parameters())
     dst = SpikingBrainForCausalLM(cfg).to(device=src_param.device, dtype=src_param.dtype)
 
