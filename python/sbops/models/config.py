@@ -39,9 +39,8 @@ class SpikingBrainConfig:
       mlp_down_quant=False: the FFN's down_proj stays a plain linear (no spiking, no weight quant).
 
     down_weight_quant="int8_channel" (dense FFNs, with weight_quant "fp8", "int8" or "int8_channel"): the FFN's
-    down_proj holds int8
-    weights with one scale per output channel instead of weight_quant's format (sbops.nn.SwiGLU): on CUDA its
-    prefill runs one int8 count plane on the vendor int8 GEMM instead of e4m3's two planes.
+    down_proj holds int8 weights with one scale per output channel instead of weight_quant's format
+    (sbops.nn.SwiGLU): on CUDA its prefill runs one int8 count plane on an int8 GEMM instead of e4m3's two planes.
 
     Token ids (Hugging Face's meaning; None = unset): eos_token_id (an int or a list of ints) is what
     generate() stops on when its eos_token_id argument is None, pad_token_id what it pads stopped rows
