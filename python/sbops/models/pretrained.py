@@ -381,7 +381,8 @@ def from_pretrained(cls, path, *, dtype="auto", torch_dtype=None, device="cpu", 
         from ..nn import drop_float_weights as drop
         if drop(model) == 0:
             raise ValueError(f"from_pretrained: drop_float_weights=True needs spike-coded layers that run on 8-bit "
-                             f"weights (spike_k set with weight_quant 'fp8', or 'int8' over whole groups); this model "
+                             f"weights (spike_k set with weight_quant 'fp8', 'int8_channel', or 'int8' over whole "
+                             f"groups); this model "
                              f"has spike_k={cfg.spike_k}, weight_quant={cfg.weight_quant!r}")
     model._released_config = None if native else d
     model._released_extra = extra
