@@ -54,3 +54,19 @@ def test_config_takes_int8_channel_with_a_down_format_and_round_trips(tmp_path):
 def test_bench_takes_weight_quant_int8_channel():
     from sbops.bench.model_args import parse_args
     assert parse_args(["--tiny", "--weight-quant", "int8_channel"], "doc").weight_quant == "int8_channel"
+
+
+def test_an_int8_channel_model_keeps_only_its_int8_weights_and_the_same_logits():
+    """drop_float_weights on an int8_channel model: every block projection (GLA's 16-input gate included, a group
+    per row) keeps only weight_q [out, in] int8 and weight_scale [out, 1], and inference gives the same logits."""
+    from sbops.nn import drop_float_weights
+    torch.manual_seed(2)
+    model = SpikingBrainForCausalLM(SpikingBrainConfig(**CFG)).eval()
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert drop_float_weights(model) > 0
+        spikes = [m for m in model.model.layers.modules() if isinstance(m, SpikeLinear)]
+        assert all(m.weight is None and m.weight_q.dtype == torch.int8 and m.weight_scale.shape == (m.out_features, 1)
+                   for m in spikes)
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
