@@ -301,19 +301,11 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
 #endif  // SBOPS_SM90A_DEVICE
 }
 
-// Tensor map of an int8 [rows, K] matrix with row stride ld (bytes), boxes of 128 bytes of K x box_rows rows,
+// Tensor map of an int8 [rows, K] matrix with row stride ld (bytes), boxes of kBK = 128 bytes of K x box_rows rows,
 // 128-byte swizzle (one atom of KMajorSw128Tile<box_rows, 64>); elements past the matrix read as zeros.
 cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, int64_t K, int64_t ld, int box_rows) {
-  const auto encode = sm90::tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(ld)};
-  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(base), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  static_assert(kBK == 128, "a box is 128 bytes of K");
+  return sm90::encode_matrix_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, base, rows, K, ld, box_rows);
 }
 
 // A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's
@@ -338,7 +330,6 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, int smem, cudaStream_t stream,
 // after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS partitions, say).
 template <bool kMc, int kSmem, typename Kern>
 int resident_workers(Kern kernel) {
-  const int smem = kSmem;
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, else the count + 1
   int dev = 0;
@@ -348,11 +339,11 @@ int resident_workers(Kern kernel) {
     int n = 0;
     if (kMc) {
       cudaLaunchAttribute attr[1];
-      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), smem, nullptr, attr);
+      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), kSmem, nullptr, attr);
       if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) n = -1;
     } else {
       int per_sm = 0, sms = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess ||
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmem) != cudaSuccess ||
           cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
         n = -1;
       else
@@ -428,17 +419,10 @@ cudaError_t launch_dtype(const Launch& l, DType y_dtype, bool tma_store, cudaStr
 
 // Tensor map of y [M, N] (16-bit, row stride ldy elements) in boxes of 64 rows x kEpiCols columns, 128-byte swizzle
 cudaError_t encode_y_map(CUtensorMap* map, void* y, DType y_dtype, int64_t M, int64_t N, int64_t ldy) {
-  const auto encode = sm90::tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {cuuint64_t(N), cuuint64_t(M)};
-  const cuuint64_t strides[1] = {cuuint64_t(ldy) * 2};
-  const cuuint32_t box[2] = {cuuint32_t(kEpiCols), 64};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode(map, y_dtype == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            2, y, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  static_assert(kEpiCols * 2 == 128, "a box is 128 bytes of y's columns");
+  return sm90::encode_matrix_map(map, y_dtype == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                             : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                                 2, y, M, N, ldy * 2, 64, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 }  // namespace

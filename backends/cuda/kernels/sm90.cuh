@@ -367,6 +367,24 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
+// Tensor map of a 2-D [rows, cols] matrix of `type` (esize-byte elements) with a row stride of ld_bytes, in boxes of
+// 128 bytes of columns x box_rows rows with the 128-byte swizzle (a box is one swizzle atom of a KMajorSw128Tile);
+// elements past the matrix read as zeros, or are skipped by stores.  promote: L2 promotion of the loads.
+inline cudaError_t encode_matrix_map(CUtensorMap* map, CUtensorMapDataType type, int esize, const void* base,
+                                     int64_t rows, int64_t cols, int64_t ld_bytes, int box_rows,
+                                     CUtensorMapL2promotion promote = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld_bytes)};
+  const cuuint32_t box[2] = {cuuint32_t(128 / esize), cuuint32_t(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(map, type, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promote,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // Tensor map of a contiguous [B, T, heads, 128] tensor of 16-bit (or, with FLOAT32, 32-bit) elements in boxes of
 // 128 bytes of dims (64 or 32, the 128-byte swizzle) x 1 head x box_rows rows x 1 batch row: for 16-bit data one
 // swizzle atom of a KMajorSw128Tile<box_rows, 128>.

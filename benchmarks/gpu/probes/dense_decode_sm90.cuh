@@ -410,16 +410,7 @@ dense_decode_sm90_kernel(const __grid_constant__ CUtensorMap tm_w, const __grid_
 // rows, 128-byte swizzle (one atom of KMajorSw128Tile<box_rows, .>); elements past the matrix read as zeros.
 cudaError_t encode_rows16_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, int64_t rows, int64_t K,
                               int64_t ld, int box_rows) {
-  const auto encode = sm90::tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(rows)};
-  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
-  const cuuint32_t box[2] = {64, cuuint32_t(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = encode(map, type, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return sm90::encode_matrix_map(map, type, 2, base, rows, K, ld * 2, box_rows);
 }
 
 template <typename E, int NT>
