@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -19,6 +19,8 @@
 #   the int8 GEMM's persistent schedule: GPU tests, probes/int8_gemm_sm90_ab.py, the int8-per-channel W8ASpike model's
 #   TTFT at 1M and B = 1 decode against the fp8 one (about 7 minutes after install); s39b -- the int8 GEMM's variants
 #   probe (epilogues, stages), then this checkout installed, its int8 GPU tests and the two models (about 5 minutes);
+#   s40 -- the int8 GEMM's SwiGLU epilogue: tests, probe, the int8-per-channel model unfused / fused, its prefill
+#   profile (about 7 minutes after install);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -372,10 +374,10 @@ model_point() {
     --no-eager-decode --budget-s 150 --out "$OUT/logs/$label" > "$OUT/logs/$label.log" 2>&1
    echo "rc=$?"; grep -a "TTFT T=1M:\|decode B=\|failed\|Error" "$OUT/logs/$label.log" | cut -c1-300 | head -6)
 }
-# the GPU tests of the Hopper int8 GEMM and of spike_linear's int_mm path: label
+# the GPU tests of the Hopper int8 GEMM (with its SwiGLU epilogue) and of spike_linear's int_mm path: label
 int8_tests() {
   (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-     test_int8_gemm_sm90.py test_spike_linear_int_mm.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
+     test_int8_gemm_sm90.py test_int8_swiglu.py test_spike_linear_int_mm.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
   grep -a -E "^(FAILED|ERROR)" "$OUT/logs/$1.log" | cut -c1-240 | head -12
 }
 if [[ " $steps " == *" goals "* ]]; then
@@ -436,6 +438,25 @@ if [[ " $steps " == *" s39b "* ]]; then
   MAX_JOBS=16 scripts/install.sh test > "$OUT/logs/s39b_install.log" 2>&1 || tail -20 "$OUT/logs/s39b_install.log"
   int8_tests s39b_tests
   for m in ${S39_MODELS-int8ch fp8}; do model_point "s39b_$m" "$m" 1; done
+fi
+if [[ " $steps " == *" s40 "* ]]; then
+  # session 40: SwiGLU's gate/up with silu(g) * u in the int8 GEMM's epilogue (int8_gemm_swiglu_sm90,
+  # spike_linear_swiglu.py) -- the int8 GPU tests, probes/int8_swiglu_ab.py at M = 16384, the int8-per-channel
+  # model unfused / fused (SBOPS_FUSE_GATE_UP_SWIGLU=0 / 1: TTFT at 1M, B = 1 decode, one run each), then its
+  # prefill chunk's kernel profile (S40_PROFILE=0: none) (about 6-7 minutes after install)
+  stamp "s40: int8 SwiGLU epilogue -- GPU tests"
+  int8_tests s40_tests
+  stamp "s40: int8 SwiGLU epilogue -- probe"
+  timeout 200 python3 benchmarks/gpu/probes/int8_swiglu_ab.py ${S40_M:-16384} > "$OUT/logs/s40_probe.log" 2>&1
+  echo "rc=$?"; cut -c1-900 "$OUT/logs/s40_probe.log" | tail -4
+  SBOPS_FUSE_GATE_UP_SWIGLU=0 model_point s40_int8ch_unfused int8ch 1
+  model_point s40_int8ch_fused int8ch 1
+  if [ "${S40_PROFILE:-1}" != 0 ]; then
+    stamp "s40: int8ch model, kernel profile of a 16384-token prefill chunk"
+    timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 --int8ch > "$OUT/logs/s40_profile_int8ch.log" 2>&1
+    echo "profile rc=$?"
+    grep -a -A24 "=== prefill" "$OUT/logs/s40_profile_int8ch.log" | cut -c1-150
+  fi
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1

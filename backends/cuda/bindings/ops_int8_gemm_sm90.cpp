@@ -1,6 +1,7 @@
 // Torch binding of the Hopper int8 GEMM with spike_linear's int_mm epilogue (kernels/int8_gemm_sm90.cu): the
 // internal ops sbops_native::int8_gemm_sm90{,_available}, called from spike_linear's int_mm prefill path
-// (backends/cuda/triton/spike_linear.py) instead of torch._int_mm + the Triton epilogue where the kernel exists.
+// (backends/cuda/triton/spike_linear.py) instead of torch._int_mm + the Triton epilogue where the kernel exists, and
+// int8_gemm_swiglu_sm90 (SwiGLU's gate / up with silu(g) * u in the epilogue: spike_linear_swiglu.py).
 // a and b are read in place when TMA can (16-byte aligned base, unit column stride, row stride a multiple of 16
 // bytes), else copied; vth and scale are made float32 and contiguous; the bias is read in y's dtype or float32.
 
@@ -20,10 +21,11 @@ Tensor rows_for_tma(const Tensor& t) {
   return r.size(0) > 1 && r.stride(0) < r.size(1) ? dense_aligned16(r) : r;
 }
 
-Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in, const Tensor& scale_in,
-                           const std::optional<Tensor>& bias_in, ScalarType out_dtype, int64_t cluster,
-                           int64_t workers, int64_t group) {
-  const char* op = "sbops_native::int8_gemm_sm90";
+// y [M, N] (or, with swiglu, h [M, N / 2] and side: see int8_gemm_swiglu_sm90_cuda)
+std::tuple<Tensor, Tensor> run(const char* op, const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in,
+                               const Tensor& scale_in, const std::optional<Tensor>& bias_in, ScalarType out_dtype,
+                               int64_t cluster, int64_t workers, int64_t group, bool swiglu,
+                               const std::optional<Tensor>& flags_in) {
   check_cuda(a_in, op, "a");
   check_cuda(b_in, op, "b");
   check_cuda(vth_in, op, "vth");
@@ -50,17 +52,49 @@ Tensor int8_gemm_sm90_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor&
   const Tensor a = rows_for_tma(a_in), b = rows_for_tma(b_in);
   const Tensor vth = to_contig(vth_in, kFloat), scale = to_contig(scale_in, kFloat);
   const Tensor bias = bias_operand(bias_in, a_in, "a", N, out_dtype, op);
-  Tensor y = empty_on({M, N}, out_dtype, a);
-  if (M == 0 || N == 0) return y;
+  if (swiglu)
+    SBOPS_CHECK(N % 256 == 0, op, ": b must hold 2 I rows (gate, then up) with I a multiple of 128, got ", N, " rows");
+  Tensor flags;
+  if (flags_in.has_value()) {
+    check_cuda(*flags_in, op, "row_flags");
+    SBOPS_CHECK(flags_in->scalar_type() == kInt && flags_in->dim() == 1 && flags_in->size(0) == (M + 15) / 16 &&
+                    flags_in->get_device_index() == dev,
+                op, ": row_flags must be int32 [ceil(M / 16)] on a's device, got ", flags_in->scalar_type(), " ",
+                flags_in->sizes());
+    flags = to_contig(*flags_in, kInt);
+  }
+  Tensor y = empty_on({M, swiglu ? N / 2 : N}, out_dtype, a);
+  // the pre-activations of flagged row blocks: allocated (not written) only where flags may mark some
+  Tensor side = empty_on({flags.defined() ? M : 0, N}, out_dtype, a);
+  if (M == 0 || N == 0) return {y, side};
+  const sbops::Int8GemmSwiglu sw{N / 2, flags.defined() ? flags.const_data_ptr<int32_t>() : nullptr,
+                                 flags.defined() ? side.data_ptr() : nullptr, N};
   check_launch(sbops::launch_int8_gemm_sm90(
                    static_cast<const int8_t*>(a.data_ptr()), M > 1 ? a.stride(0) : K,
                    static_cast<const int8_t*>(b.data_ptr()), N > 1 ? b.stride(0) : K, vth.const_data_ptr<float>(),
                    scale.const_data_ptr<float>(), bias.defined() ? bias.data_ptr() : nullptr,
-                   bias.defined() ? to_dtype(bias.scalar_type(), op, "bias") : sbops::DType::F32, y.data_ptr(), N,
-                   to_dtype(out_dtype, op, "out_dtype"), M, N, K, static_cast<int>(cluster), workers, group,
-                   stream()),
+                   bias.defined() ? to_dtype(bias.scalar_type(), op, "bias") : sbops::DType::F32, y.data_ptr(),
+                   y.size(1), to_dtype(out_dtype, op, "out_dtype"), M, N, K, static_cast<int>(cluster), workers,
+                   group, stream(), swiglu ? &sw : nullptr),
                op);
-  return y;
+  return {y, side};
+}
+
+Tensor int8_gemm_sm90_cuda(const Tensor& a, const Tensor& b, const Tensor& vth, const Tensor& scale,
+                           const std::optional<Tensor>& bias, ScalarType out_dtype, int64_t cluster, int64_t workers,
+                           int64_t group) {
+  return std::get<0>(run("sbops_native::int8_gemm_sm90", a, b, vth, scale, bias, out_dtype, cluster, workers, group,
+                         false, std::nullopt));
+}
+
+// SwiGLU's gate / up (b = [gate; up], 2 I rows): (h [M, I] = silu(g) * u, side [M or 0, 2 I]); with row_flags
+// ([ceil(M / 16)] int32), the rows of blocks flagged > 0 get their g and u in side (see kernels/int8_gemm.cuh)
+std::tuple<Tensor, Tensor> int8_gemm_swiglu_sm90_cuda(const Tensor& a, const Tensor& b, const Tensor& vth,
+                                                      const Tensor& scale, const std::optional<Tensor>& bias,
+                                                      ScalarType out_dtype, const std::optional<Tensor>& row_flags,
+                                                      int64_t cluster, int64_t workers, int64_t group) {
+  return run("sbops_native::int8_gemm_swiglu_sm90", a, b, vth, scale, bias, out_dtype, cluster, workers, group, true,
+             row_flags);
 }
 
 bool int8_gemm_sm90_available_cuda(const Tensor& like) {
@@ -73,10 +107,13 @@ bool int8_gemm_sm90_available_cuda(const Tensor& like) {
 STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
   m.def("int8_gemm_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
         "int cluster=2, int workers=0, int group=0) -> Tensor");
+  m.def("int8_gemm_swiglu_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
+        "Tensor? row_flags=None, int cluster=2, int workers=0, int group=0) -> (Tensor, Tensor)");
   m.def("int8_gemm_sm90_available(Tensor like) -> bool");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
   m.impl("int8_gemm_sm90", TORCH_BOX(&int8_gemm_sm90_cuda));
+  m.impl("int8_gemm_swiglu_sm90", TORCH_BOX(&int8_gemm_swiglu_sm90_cuda));
   m.impl("int8_gemm_sm90_available", TORCH_BOX(&int8_gemm_sm90_available_cuda));
 }

@@ -19,10 +19,21 @@ namespace sbops {
 // `workers` persistent blocks or clusters (0: as many as the device holds at once; < 0: one per work item) over the
 // items numbered in groups of `group` row units (0: kInt8GemmGroup).
 constexpr int64_t kInt8GemmGroup = 8;
+// SwiGLU's gate / up projection (the launcher's `swiglu`): b's N = 2 half_n rows are the gate rows, then the up rows
+// of the same features (half_n a multiple of 128), and y [M, half_n] receives h = silu(g) * u (float32, rounded once),
+// g and u the outputs above for gate row n and up row half_n + n.  Where row_flags ([ceil(M / 16)] int32) is given,
+// the rows of each 16-row block with a flag > 0 also receive g and u, rounded to y's dtype, in side [M, N] (row stride
+// ld_side), for the caller to correct.  y's rows must suit TMA (ldy % 8 == 0, 16-byte aligned base).
+struct Int8GemmSwiglu {
+  int64_t half_n;
+  const int* row_flags;
+  void* side;
+  int64_t ld_side;
+};
 cudaError_t launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
                                   const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
                                   DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster, int64_t workers,
-                                  int64_t group, cudaStream_t stream);
+                                  int64_t group, cudaStream_t stream, const Int8GemmSwiglu* swiglu = nullptr);
 
 // True when the current device is sm_90 and this build holds sm_90a code for the kernel.
 bool int8_gemm_sm90_available();

@@ -115,15 +115,78 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
   return bias_f32 ? static_cast<const float*>(bias)[n] : to_float(static_cast<const T*>(bias)[n]);
 }
 
+// SwiGLU's gate / up projection with h = silu(g) * u in the epilogue (kSw, session 40): an item's B tile holds the
+// 128 gate rows n0 .. n0 + 127 (accumulator blocks j = 0 .. 15) and the 128 up rows half_n + n0 .. of the same
+// features (blocks j + 16), so a thread holds both factors of its outputs; h [M, half_n] goes out as in the kTs
+// epilogue, two 64 x 64 chunks per warpgroup.  The rows of a 16-row block (a warp's) with counts past 127
+// (row_flags[block] > 0) also write g and u, scaled, to side [M, 2 half_n]: the caller adds the counts past the int8
+// plane there and redoes h for those rows.
+template <typename T>
+struct SwigluArgs {
+  const int* row_flags;  // [ceil(M / 16)] flagged K chunks per 16-row block, or nullptr
+  T* side;               // [M, 2 half_n], row stride ld_side; only flagged blocks' rows are written
+  int64_t ld_side;
+  int half_n;            // I, a multiple of 128: the up rows start there; h has I columns
+};
+
 #ifdef SBOPS_SM90A_DEVICE
+template <typename T, typename Out>
+__device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], const Out& out, const SwigluArgs<T>& sw,
+                                                const float* __restrict__ scale, const void* __restrict__ bias,
+                                                bool bias_f32, int M, int m0, int n0, int wg, float v0, float v1,
+                                                uint32_t s_epi, const CUtensorMap* tm_y) {
+  const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
+  const int rb = m0 + 64 * wg + 16 * w;  // the warp's 16-row block: rows rb + g and rb + g + 8
+  const int r0 = rb + g, r1 = r0 + 8, lr = 16 * w + g;
+  const bool flagged = sw.row_flags != nullptr && rb < M && sw.row_flags[rb / 16] > 0;
+  const bool leader = (tid - kProducerThreads) % 128 == 0;
+  auto silu_mul = [](float gv, float uv) { return gv / (1.f + __expf(-gv)) * uv; };
+  auto side_store = [&](int r, int col, float lo, float hi) {
+    *reinterpret_cast<uint32_t*>(sw.side + static_cast<int64_t>(r) * sw.ld_side + col) = pack_out<T>(lo, hi);
+  };
+#pragma unroll
+  for (int c = 0; c < kBN / 2 / kEpiCols; ++c) {
+    const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
+    if (leader) sm90::bulk_wait_read<1>();
+    sm90::named_sync(1 + wg, 128);
+#pragma unroll
+    for (int q = 0; q < kEpiCols / 8; ++q) {
+      const int j = c * (kEpiCols / 8) + q, ju = j + 16;  // the gate's block, the up's
+      const int col = n0 + 8 * j + 2 * t4, ucol = sw.half_n + col;
+      const float sg0 = scale[col], sg1 = scale[col + 1], su0 = scale[ucol], su1 = scale[ucol + 1];
+      const float bg0 = bias_at<T>(bias, bias_f32, col), bg1 = bias_at<T>(bias, bias_f32, col + 1);
+      const float bu0 = bias_at<T>(bias, bias_f32, ucol), bu1 = bias_at<T>(bias, bias_f32, ucol + 1);
+      const float g00 = out(acc[4 * j], sg0, v0, bg0), g01 = out(acc[4 * j + 1], sg1, v0, bg1);
+      const float g10 = out(acc[4 * j + 2], sg0, v1, bg0), g11 = out(acc[4 * j + 3], sg1, v1, bg1);
+      const float u00 = out(acc[4 * ju], su0, v0, bu0), u01 = out(acc[4 * ju + 1], su1, v0, bu1);
+      const float u10 = out(acc[4 * ju + 2], su0, v1, bu0), u11 = out(acc[4 * ju + 3], su1, v1, bu1);
+      if (flagged) {
+        if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
+        if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
+      }
+      const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
+      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece,
+                          pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)));
+      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece,
+                          pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
+    }
+    sm90::fence_proxy_async();
+    sm90::named_sync(1 + wg, 128);
+    if (leader) {
+      sm90::tma_store_2d(tm_y, buf, n0 + kEpiCols * c, m0 + 64 * wg);
+      sm90::bulk_commit();
+    }
+  }
+}
+
 // The MMA warpgroups' part of one item: its K loop over the ring (stages it .. it + nk - 1 of the running count,
 // every one released when its MMAs retired), then the epilogue from the accumulator registers.
-template <typename T, bool kMc, bool kTs>
+template <typename T, bool kMc, bool kTs, bool kSw>
 __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_full, uint32_t bar_empty, int rank,
                                                  const float* __restrict__ vth, const float* __restrict__ scale,
                                                  const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
                                                  int64_t ldy, int M, int N, int nk, int m0, int n0, uint64_t it,
-                                                 const CUtensorMap* tm_y, uint32_t s_epi) {
+                                                 const CUtensorMap* tm_y, uint32_t s_epi, const SwigluArgs<T>& sw) {
   const int tid = threadIdx.x, lane = tid & 31;
   // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
   auto release = [&](uint64_t i) {
@@ -165,7 +228,10 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
     const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
     return bias != nullptr ? __fadd_rn(t, b) : t;
   };
-  if constexpr (kTs) {
+  if constexpr (kSw) {
+    static_assert(kTs, "the SwiGLU epilogue stores through shared memory and TMA");
+    swiglu_epilogue<T>(acc, out, sw, scale, bias, bias_f32, M, m0, n0, wg, v0, v1, s_epi, tm_y);
+  } else if constexpr (kTs) {
     // chunk c (columns 64 c .. 64 c + 63 of the tile) into buffer c % 2, once its store two chunks back (possibly
     // of the previous item) has read it; the warpgroup's first thread issues the stores (rows / columns past y are
     // skipped by TMA); 128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
@@ -231,13 +297,13 @@ __device__ __forceinline__ ItemTile item_tile(int64_t t, int64_t row_units, int6
 }
 #endif
 
-template <typename T, bool kMc, bool kTs>
+template <typename T, bool kMc, bool kTs, bool kSw>
 __global__ void __launch_bounds__(kThreads, 1)
 int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
                       const __grid_constant__ CUtensorMap tm_y, const float* __restrict__ vth,
                       const float* __restrict__ scale, const void* __restrict__ bias, bool bias_f32,
                       T* __restrict__ y, int64_t ldy, int M, int N, int K, int64_t row_units, int64_t col_tiles,
-                      int64_t group) {
+                      int64_t group, const SwigluArgs<T> sw) {
 #ifdef SBOPS_SM90A_DEVICE
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_tiles = sm90::smem_addr(smem);
@@ -253,7 +319,7 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   auto origin = [&](int64_t t, int& m0, int& n0) {
     const ItemTile it = item_tile(t, row_units, col_tiles, group);
     m0 = static_cast<int>(((kMc ? 2 : 1) * it.row_unit + rank) * kBM);
-    n0 = static_cast<int>(it.col * kBN);
+    n0 = static_cast<int>(it.col * (kSw ? kBN / 2 : kBN));  // kSw: h's columns (= gate rows) n0 .. n0 + 127
   };
 
   // kMc: either block's producer multicasts into a stage, so its empty barrier counts the MMA warps of both blocks
@@ -269,8 +335,9 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
       for (int64_t t = worker; t < items; t += workers) {
         int m0, n0;
         origin(t, m0, n0);
-        // kMc: the unit's first row tile; this block loads its half of the B tile into both blocks' stage
-        const int nb = kMc ? n0 + rank * (kBN / 2) : n0;
+        // kMc: the unit's first row tile; this block loads its half of the B tile into both blocks' stage (kSw:
+        // rank 0 the gate rows, rank 1 the up rows)
+        const int nb = kMc ? n0 + rank * (kSw ? sw.half_n : kBN / 2) : n0;
         for (int kt = 0; kt < nk; ++kt, ++it) {
           const int st = static_cast<int>(it % kStages);
           if (it >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((it / kStages) & 1) ^ 1);
@@ -281,6 +348,8 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
                                         kt * kBK, nb, 3);
           else
             sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+          if (kSw && !kMc)  // the up rows into the tile's second half (the B map's box is 128 rows)
+            sm90::tma_load_2d(stage_b(s_tiles, st) + kBBytes / 2, &tm_b, bar_full + 8 * st, kt * kBK, n0 + sw.half_n);
         }
       }
     }
@@ -290,8 +359,8 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
     for (int64_t t = worker; t < items; t += workers, it += nk) {
       int m0, n0;
       origin(t, m0, n0);
-      mma_and_epilogue<T, kMc, kTs>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N, nk,
-                                    m0, n0, it, &tm_y, s_epi);
+      mma_and_epilogue<T, kMc, kTs, kSw>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N,
+                                         nk, m0, n0, it, &tm_y, s_epi, sw);
     }
     if constexpr (kTs) {
       if ((tid - kProducerThreads) % 128 == 0) sm90::bulk_wait<0>();  // its last stores done before the block exits
@@ -370,15 +439,20 @@ struct Launch {
   int64_t ldy;
   int M, N, K;
   int64_t workers, group;
+  const int* row_flags;  // the SwiGLU launch's (SwigluArgs)
+  void* side;
+  int64_t ld_side;
+  int half_n;
 };
 
-template <typename T, bool kMc, bool kTs>
+template <typename T, bool kMc, bool kTs, bool kSw>
 cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
-  auto kernel = int8_gemm_sm90_kernel<T, kMc, kTs>;
+  auto kernel = int8_gemm_sm90_kernel<T, kMc, kTs, kSw>;
   constexpr int kSmem = smem_bytes<kTs>();
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   constexpr int kUnit = kMc ? 2 : 1;  // blocks (row tiles) of a worker
-  const int64_t row_units = ceil_div(l.M, kUnit * kBM), col_tiles = ceil_div(l.N, kBN), items = row_units * col_tiles;
+  const int64_t row_units = ceil_div(l.M, kUnit * kBM), col_tiles = kSw ? l.half_n / (kBN / 2) : ceil_div(l.N, kBN);
+  const int64_t items = row_units * col_tiles;
   const int resident = resident_workers<kMc, kSmem>(kernel);
   if (kMc && resident == 0) return cudaErrorNotSupported;  // the caller launches without clusters
   // workers 0: as many as are resident at once (one per item where that is unknown); < 0: one per item (every block
@@ -389,26 +463,28 @@ cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
   const int64_t g = std::min<int64_t>(l.group, row_units);
   const dim3 grid(static_cast<unsigned>(kUnit * w));
   T* y = static_cast<T*>(l.y);
+  const SwigluArgs<T> sw{l.row_flags, static_cast<T*>(l.side), l.ld_side, l.half_n};
   if (!kMc) {
     kernel<<<grid, kThreads, kSmem, stream>>>(l.tm_a, l.tm_b, l.tm_y, l.vth, l.scale, l.bias, l.bias_f32, y, l.ldy,
-                                              l.M, l.N, l.K, row_units, col_tiles, g);
+                                              l.M, l.N, l.K, row_units, col_tiles, g, sw);
     return last_launch_error();
   }
   // an odd last row tile is paired with a block past M, which loads its B half and stores nothing
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t cfg = pair_cluster_config(grid, kSmem, stream, attr);
   SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, l.tm_a, l.tm_b, l.tm_y, l.vth, l.scale, l.bias, l.bias_f32,
-                                           y, l.ldy, l.M, l.N, l.K, row_units, col_tiles, g));
+                                           y, l.ldy, l.M, l.N, l.K, row_units, col_tiles, g, sw));
   return last_launch_error();
 }
 
 template <typename T, bool kMc>
 cudaError_t launch_epilogue(const Launch& l, bool tma_store, cudaStream_t stream) {
+  if (l.half_n > 0) return tma_store ? launch_typed<T, kMc, true, true>(l, stream) : cudaErrorInvalidValue;
   if constexpr (kTmaStoreEpilogue) {
-    if (tma_store) return launch_typed<T, kMc, true>(l, stream);
+    if (tma_store) return launch_typed<T, kMc, true, false>(l, stream);
   }
   (void)tma_store;
-  return launch_typed<T, kMc, false>(l, stream);
+  return launch_typed<T, kMc, false, false>(l, stream);
 }
 
 template <bool kMc>
@@ -430,18 +506,27 @@ cudaError_t encode_y_map(CUtensorMap* map, void* y, DType y_dtype, int64_t M, in
 
 bool sbops::int8_gemm_sm90_available() {
   static signed char cache[64] = {0};
-  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false, false>, cache);
+  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false, false, false>, cache);
 }
 
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
                                          const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,
                                          DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster,
-                                         int64_t workers, int64_t group, cudaStream_t stream) {
+                                         int64_t workers, int64_t group, cudaStream_t stream,
+                                         const Int8GemmSwiglu* swiglu) {
   if (M <= 0 || N <= 0) return cudaSuccess;
+  const int64_t yn = swiglu != nullptr ? swiglu->half_n : N;  // y's columns
+  if (swiglu != nullptr) {
+    if (swiglu->half_n <= 0 || swiglu->half_n % (kBN / 2) != 0 || 2 * swiglu->half_n != N)
+      return cudaErrorInvalidValue;
+    if (swiglu->row_flags != nullptr &&
+        (swiglu->ld_side < N || swiglu->ld_side % 2 != 0 || reinterpret_cast<uintptr_t>(swiglu->side) % 4 != 0))
+      return cudaErrorMisalignedAddress;
+  }
   if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
   if (group == 0) group = kInt8GemmGroup;
   // (tile origins are int: M and N up to a pair of tiles below INT32_MAX)
-  if (K <= 0 || K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < K || ldb < K || ldy < N ||
+  if (K <= 0 || K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < K || ldb < K || ldy < yn ||
       M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
     return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
@@ -454,7 +539,11 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_a, a, M, K, lda, kBM));
   // the TMA-store epilogue where y's rows are 16-byte aligned (TMA), else the stores from registers
   const bool tma_store = kTmaStoreEpilogue && ldy % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                         encode_y_map(&l.tm_y, y, y_dtype, M, N, ldy) == cudaSuccess;
+                         encode_y_map(&l.tm_y, y, y_dtype, M, yn, ldy) == cudaSuccess;
+  if (swiglu != nullptr && !tma_store) return cudaErrorMisalignedAddress;  // its epilogue stores through TMA only
+  if (swiglu != nullptr)
+    l.half_n = static_cast<int>(swiglu->half_n), l.row_flags = swiglu->row_flags, l.side = swiglu->side,
+    l.ld_side = swiglu->ld_side;
   l.vth = vth, l.scale = scale, l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
   l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
   l.group = group;
@@ -463,7 +552,8 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
     const cudaError_t e = launch_dtype<true>(l, y_dtype, tma_store, stream);
     if (e != cudaErrorNotSupported) return e;
   }
-  SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, kBN));
+  // (SwiGLU: the gate and up halves of a tile in two loads of 128 rows)
+  SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, swiglu != nullptr ? kBN / 2 : kBN));
   return launch_dtype<false>(l, y_dtype, tma_store, stream);
 }
 
@@ -472,7 +562,7 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
 bool sbops::int8_gemm_sm90_available() { return false; }
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t*, int64_t, const int8_t*, int64_t, const float*, const float*,
                                          const void*, DType, void*, int64_t, DType, int64_t, int64_t, int64_t, int,
-                                         int64_t, int64_t, cudaStream_t) {
+                                         int64_t, int64_t, cudaStream_t, const Int8GemmSwiglu*) {
   return cudaErrorNotSupported;
 }
 

@@ -369,16 +369,24 @@ def _fix_config(fix_config, defaults, path):
     return out
 
 
-def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=True, raw=False):
-    """The sparse fix-up of what the count planes do not hold: the flag lists, then the "grouped" kernel
-    (grouped_launch = its (CB, num_stages), _grouped_fix_launch) or, with grouped_launch None, the "tiles" one;
-    adds into y in place (raw: without vth and the channel scales)."""
+def flag_lists(flags):
+    """(lst [n_bm, n_fc], cnt [n_bm]) int32 of encode_lo's flags: each row block's flagged chunks, compacted, and
+    their count."""
+    n_bm, n_fc = flags.shape
+    lst = torch.empty((n_bm, n_fc), device=flags.device, dtype=torch.int32)
+    cnt = torch.empty((n_bm,), device=flags.device, dtype=torch.int32)
+    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
+    return lst, cnt
+
+
+def _fix_up(x, w, scale, vth, flags, y, BM, BN, FC, planes, grouped_launch, fp8=True, raw=False, lists=None):
+    """The sparse fix-up of what the count planes do not hold: the flag lists (or `lists`, flag_lists' result),
+    then the "grouped" kernel (grouped_launch = its (CB, num_stages), _grouped_fix_launch) or, with grouped_launch
+    None, the "tiles" one; adds into y in place (raw: without vth and the channel scales)."""
     M, K = x.shape
     N = w.shape[0]
     n_bm, n_fc = flags.shape
-    lst = torch.empty((n_bm, n_fc), device=x.device, dtype=torch.int32)
-    cnt = torch.empty((n_bm,), device=x.device, dtype=torch.int32)
-    _flag_list_kernel[(n_bm,)](flags, lst, cnt, n_fc, CB=1024 if n_fc > 256 else 256, num_warps=4)
+    lst, cnt = lists if lists is not None else flag_lists(flags)
     if grouped_launch is None:  # "tiles": a program per (row block, BN-column tile)
         _outlier_fix_kernel[(n_bm * triton.cdiv(N, BN),)](
             x, w, scale, vth, lst, cnt, y, M, N, K, n_fc, x.stride(0), w.stride(0), BM=BM, BN=BN, FC=FC, PLANES=planes,

@@ -1,8 +1,9 @@
 """GPU kernel time of one prefill chunk and one decode step of the 7B-shaped model, by kernel.
 usage: python benchmarks/gpu/probes/model_kernel_profile.py [CHUNK] [--no-fuse-elementwise] [--no-fuse] [--kernels] [--trace] [--fp8]
-  [--down-int8]
+  [--down-int8] [--int8ch]
 --fp8: the W8ASpike model (spike_k=3, fp8 weights), as `python -m sbops.bench.model --weight-quant fp8` builds it;
---down-int8: with its down projections in int8 (`--down-quant int8_channel`).
+--down-int8: with its down projections in int8 (`--down-quant int8_channel`);
+--int8ch: the W8ASpike model with every projection int8 per channel (`--weight-quant int8_channel`).
 --trace: the first TRACE_N (100) kernels of the profiled chunk in launch order, with their times.
 --kernels: first time the fused elementwise kernels against the torch code at the 7B shapes of one chunk."""
 import os, sys, time, torch, sbops
@@ -22,6 +23,8 @@ if "--fp8" in _flags:
     cfg = cfg.replace(spike_k=3.0, weight_quant="fp8")
     if "--down-int8" in _flags:
         cfg = cfg.replace(down_weight_quant="int8_channel")
+elif "--int8ch" in _flags:
+    cfg = cfg.replace(spike_k=3.0, weight_quant="int8_channel")
 torch.manual_seed(0)
 with torch.device(dev):
     torch.set_default_dtype(torch.bfloat16)

@@ -227,35 +227,44 @@ def _fused_spike_operands(owner: nn.Module, mods, x: torch.Tensor):
 # reads it (spike_linear.scaled_mm_raw, fused_rope_swiglu.silu_mul_scaled).  SBOPS_FUSE_GATE_UP_SCALES=0 (read at
 # import) or False here: the scaled product, then silu_mul (benchmarks' A/B).
 FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
+# ... and with int8 per-channel weights (weight_quant "int8_channel") on Hopper: silu(g) * u in the int8 GEMM's
+# epilogue, h written once (spike_linear_swiglu.int8_swiglu).  SBOPS_FUSE_GATE_UP_SWIGLU=0 (read at import) or False
+# here: the product, then silu_mul (benchmarks' A/B).
+FUSE_GATE_UP_SWIGLU = _platform.env_switch("SBOPS_FUSE_GATE_UP_SWIGLU")
 
 
-def _spike_linear_triton(x: torch.Tensor):
-    """The Triton spike_linear module when sbops' dispatcher gives a fp8-weight spike_linear on x's device and dtype
-    to the built-in cuda backend (which runs it), else None."""
+def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: bool = True):
+    """The Triton module `module` (spike_linear, or spike_linear_swiglu) when sbops' dispatcher gives a spike_linear
+    with x's device and dtype (and fp8 weights) to the built-in cuda backend (which runs it), else None."""
+    import importlib
     from .. import _dispatch
     from ..ops._common import request
     try:
-        if _dispatch.select(request("spike_linear", x, (), ("fp8_weight",))).name != "cuda":
+        if _dispatch.select(request("spike_linear", x, (), ("fp8_weight" if fp8 else None,))).name != "cuda":
             return None
     except _dispatch.NoBackendError:  # the unfused path raises it, naming the call
         return None
     try:
-        from .._backends.cuda.triton import spike_linear as sl
+        return importlib.import_module(f"{__package__.rsplit('.', 1)[0]}._backends.cuda.triton.{module}")
     except ImportError:
         return None
-    return sl
 
 
 def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
-    """silu(gate(x)) * up(x) for e4m3 SpikeLinears gate / up at a CUDA prefill (more than DECODE_MAX_M rows of
-    bfloat16 x) through their fused unscaled product (see FUSE_GATE_UP_SCALES), or None where that does not apply
-    (then the caller runs the projections and silu_mul)."""
-    if (not (FUSE_GATE_UP_SCALES and FUSE_PROJECTIONS) or torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or x.dtype != torch.bfloat16 or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
+    """silu(gate(x)) * up(x) for SpikeLinears gate / up at a CUDA prefill (more than DECODE_MAX_M rows), or None
+    where that does not apply (then the caller runs the projections and silu_mul): e4m3 weights with bfloat16 x
+    through their fused unscaled product (see FUSE_GATE_UP_SCALES); int8 weights with a scale per channel through
+    the Hopper int8 GEMM with silu(g) * u in its epilogue (FUSE_GATE_UP_SWIGLU)."""
+    if (not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
         return None
-    if not all(isinstance(m, SpikeLinear) and m.weight_quant == "fp8" and m.bias is None for m in (gate, up)):
+    if not all(isinstance(m, SpikeLinear) and m.bias is None for m in (gate, up)):
         return None
     if x.dim() < 2 or x.shape[-1] != gate.in_features:   # the projections' own call then names the mismatch
+        return None
+    if all(m.weight_quant == "int8" and m.group_size == m.in_features for m in (gate, up)):
+        return _gate_up_silu_int8(owner, gate, up, x)
+    if not (FUSE_GATE_UP_SCALES and x.dtype == torch.bfloat16 and all(m.weight_quant == "fp8" for m in (gate, up))):
         return None
     kern = fused_kernels(x)
     sl = _spike_linear_triton(x) if kern is not None else None
@@ -271,6 +280,22 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
         return None
     y_raw, vth = sl.scaled_mm_raw(x2, q, sc, m0.k)
     h = kern[1].silu_mul_scaled(y_raw, vth, sc)
+    return h.view(*x.shape[:-1], h.shape[-1])
+
+
+def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
+    # gate_up_silu's int8 per-channel branch (spike_linear_swiglu.int8_swiglu), or None
+    if not FUSE_GATE_UP_SWIGLU or x.dtype not in (torch.bfloat16, torch.float16) or fused_kernels(x) is None:
+        return None
+    sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
+    ops = _fused_spike_operands(owner, (gate, up), x) if sw is not None else None
+    if ops is None:
+        return None
+    q, sc, _, _, m0 = ops
+    x2 = x.reshape(-1, x.shape[-1])
+    if m0.k is None or not sw.applies(x2, q):
+        return None
+    h = sw.int8_swiglu(x2, q, sc.reshape(-1), m0.k)
     return h.view(*x.shape[:-1], h.shape[-1])
 
 
