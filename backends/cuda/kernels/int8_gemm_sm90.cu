@@ -25,6 +25,8 @@
 // cover about group row units x W / group column tiles, whose A rows and B columns both stay in L2 (with the
 // columns fastest over all rows, as session 31's one-block-per-item grid ran, a wave of the 37888-wide gate/up
 // projection read ~121 MB of B from HBM for one row unit).  workers < 0 and group 1: that launch (A/B).
+// SwiGLU mode (kSw, session 40; launch_int8_gemm_sm90's `swiglu`): b = [gate; up], an item's B tile the 128 gate rows
+// and the 128 up rows of one feature block, and the epilogue writes h = silu(g) * u (swiglu_epilogue, below).
 // NVIDIA only (inline PTX): under USE_MACA the launcher reports "not available".
 #include "int8_gemm.cuh"
 
@@ -519,8 +521,9 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   if (swiglu != nullptr) {
     if (swiglu->half_n <= 0 || swiglu->half_n % (kBN / 2) != 0 || 2 * swiglu->half_n != N)
       return cudaErrorInvalidValue;
+    if (swiglu->row_flags != nullptr && (swiglu->side == nullptr || swiglu->ld_side < N)) return cudaErrorInvalidValue;
     if (swiglu->row_flags != nullptr &&
-        (swiglu->ld_side < N || swiglu->ld_side % 2 != 0 || reinterpret_cast<uintptr_t>(swiglu->side) % 4 != 0))
+        (swiglu->ld_side % 2 != 0 || reinterpret_cast<uintptr_t>(swiglu->side) % 4 != 0))
       return cudaErrorMisalignedAddress;
   }
   if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sbops import _platform
+
 from . import spike_linear as sl
 
 ROW_BLOCK = 16  # the kernel's row_flags granularity: one warp's 16 rows (FIX_GROUPED_CONFIG's BM must match)
@@ -59,11 +61,13 @@ def applies(x: torch.Tensor, weight_q: torch.Tensor) -> bool:
     """Whether int8_swiglu serves x [M, K] against the fused [gate; up] int8 weight [2I, K]: the int_mm path's
     conditions (spike_linear.int_mm_applies, M > spike_linear.DECODE_MAX_M), the Hopper kernel present for x
     (spike_linear.int8_gemm_sm90_applies), I a multiple of FEATURE_TILE, and the fix-up's row blocks of ROW_BLOCK
-    rows."""
+    rows; a build that registers the op (sbops_native.int8_gemm_swiglu_sm90).  SBOPS_INT8_GEMM_SM90_ALL=0 (the
+    int_mm path off the Hopper kernel where K <= N) keeps gate / up off it here too."""
     M, K = x.shape
     N = weight_q.shape[0]
     return (M > sl.DECODE_MAX_M and N % (2 * FEATURE_TILE) == 0 and sl.FIX_GROUPED_CONFIG[0] == ROW_BLOCK
-            and sl.int_mm_applies(x, weight_q, None) and sl.int8_gemm_sm90_applies(x, K))
+            and sl.INT8_GEMM_SM90_ALL and sl.int_mm_applies(x, weight_q, None) and sl.int8_gemm_sm90_applies(x, K)
+            and _platform.native_op("int8_gemm_swiglu_sm90") is not None)
 
 
 def int8_swiglu(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float) -> torch.Tensor:

@@ -239,8 +239,8 @@ def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: boo
     import importlib
     from .. import _dispatch
     from ..ops._common import request
-    try:
-        if _dispatch.select(request("spike_linear", x, (), ("fp8_weight" if fp8 else None,))).name != "cuda":
+    try:  # (int8: one scale per channel is a group per row, as SpikeLinear calls spike_linear)
+        if _dispatch.select(request("spike_linear", x, (), ("fp8_weight" if fp8 else "group",))).name != "cuda":
             return None
     except _dispatch.NoBackendError:  # the unfused path raises it, naming the call
         return None
@@ -262,7 +262,8 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
         return None
     if x.dim() < 2 or x.shape[-1] != gate.in_features:   # the projections' own call then names the mismatch
         return None
-    if all(m.weight_quant == "int8" and m.group_size == m.in_features for m in (gate, up)):
+    if (all(m.weight_quant == "int8" and m.group_size == m.in_features for m in (gate, up))
+            and gate.out_features == up.out_features):
         return _gate_up_silu_int8(owner, gate, up, x)
     if not (FUSE_GATE_UP_SCALES and x.dtype == torch.bfloat16 and all(m.weight_quant == "fp8" for m in (gate, up))):
         return None
@@ -288,7 +289,9 @@ def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
     if not FUSE_GATE_UP_SWIGLU or x.dtype not in (torch.bfloat16, torch.float16) or fused_kernels(x) is None:
         return None
     sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
-    ops = _fused_spike_operands(owner, (gate, up), x) if sw is not None else None
+    if sw is None or x.numel() // x.shape[-1] <= sw.sl.DECODE_MAX_M:   # decode: the projections' own GEMV
+        return None
+    ops = _fused_spike_operands(owner, (gate, up), x)
     if ops is None:
         return None
     q, sc, _, _, m0 = ops
