@@ -442,15 +442,18 @@ fi
 if [[ " $steps " == *" s40 "* ]]; then
   # session 40: SwiGLU's gate/up with silu(g) * u in the int8 GEMM's epilogue (int8_gemm_swiglu_sm90,
   # spike_linear_swiglu.py) -- the int8 GPU tests, probes/int8_swiglu_ab.py at M = 16384, the int8-per-channel
-  # model unfused / fused (SBOPS_FUSE_GATE_UP_SWIGLU=0 / 1: TTFT at 1M, B = 1 decode, one run each), then its
+  # model unfused / fused (SBOPS_FUSE_GATE_UP_SWIGLU=0 / 1, in the order of S40_MODELS: TTFT at 1M, B = 1 decode), then its
   # prefill chunk's kernel profile (S40_PROFILE=0: none) (about 6-7 minutes after install)
   stamp "s40: int8 SwiGLU epilogue -- GPU tests"
   int8_tests s40_tests
   stamp "s40: int8 SwiGLU epilogue -- probe"
   timeout 200 python3 benchmarks/gpu/probes/int8_swiglu_ab.py ${S40_M:-16384} > "$OUT/logs/s40_probe.log" 2>&1
   echo "rc=$?"; cut -c1-900 "$OUT/logs/s40_probe.log" | tail -4
-  SBOPS_FUSE_GATE_UP_SWIGLU=0 model_point s40_int8ch_unfused int8ch 1
-  model_point s40_int8ch_fused int8ch 1
+  i=0
+  for v in ${S40_MODELS:-unfused fused}; do   # the model's runs in order, unfused / fused
+    i=$((i + 1))
+    SBOPS_FUSE_GATE_UP_SWIGLU=$([ "$v" = fused ] && echo 1 || echo 0) model_point "s40_int8ch_${v}_$i" int8ch 1
+  done
   if [ "${S40_PROFILE:-1}" != 0 ]; then
     stamp "s40: int8ch model, kernel profile of a 16384-token prefill chunk"
     timeout 150 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 --int8ch > "$OUT/logs/s40_profile_int8ch.log" 2>&1
