@@ -2,13 +2,16 @@
 the Hopper int8 GEMM's epilogue (spike_linear_swiglu.int8_swiglu) against what it replaces -- spike_linear's int_mm
 path writing [g | u], then silu_mul -- and against bf16 (x @ Wgu^T, then silu_mul) and the fp8 model's path (e4m3
 weights, scaled_mm_raw + silu_mul_scaled).  The GEMMs alone too (int8_gemm_sm90 vs int8_gemm_swiglu_sm90).
-Alternated rounds, medians of CUDA-event times; outputs against a float64 reference on 64 rows.
+Alternated rounds, medians of CUDA-event times; outputs against a float64 reference on 64 rows.  Then the encode of
+down's input (K = 18944, one int8 plane): encode_lo's launch (4096-column blocks, the row read twice) against the
+whole row in registers, read once (BLOCK = 32768 at 16 / 32 warps), outputs compared.
     python3 benchmarks/gpu/probes/int8_swiglu_ab.py [M ...]
 """
 import os
 import sys
 
 import torch
+import triton
 
 import sbops
 from sbops._backends.cuda.triton import fused_rope_swiglu as fr
@@ -69,6 +72,39 @@ def main():
             + "; rel. error vs float64 (64 rows): " + ", ".join(f"{k} {e:.2e}" for k, e in errs.items()), flush=True)
         del x, w, w16, wq, sc, w8, sc8, s
         torch.cuda.empty_cache()
+        down_encode(M)
+
+
+def down_encode(M, K=I):
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = (torch.randn(M, K, device=dev, generator=g) * torch.randn(M, K, device=dev, generator=g)).bfloat16()
+    BM, FC = 16, 16
+    n_fc = K // FC
+
+    def run(rows, block, one_pass, warps):
+        s = torch.empty((M, K), device=dev, dtype=torch.int8)
+        vth = torch.empty((M,), device=dev, dtype=torch.float32)
+        flags = torch.zeros(((M + BM - 1) // BM, n_fc), device=dev, dtype=torch.int8)
+        sl._encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, s, vth, flags, M, K, n_fc, x.stride(0), 3.0, R=rows,
+                                                      BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC, PLANES=1, HW=True,
+                                                      FP8=False, num_warps=warps)
+        return s, vth, flags
+
+    variants = {"shipped (4096-column blocks, two reads)": sl.encode_lo_launch(K),
+                "one read, BLOCK 32768, 16 warps": (1, 32768, True, 16),
+                "one read, BLOCK 32768, 32 warps": (1, 32768, True, 32)}
+    base = run(*variants["shipped (4096-column blocks, two reads)"])
+    same = {}
+    for k, v in variants.items():
+        out = run(*v)
+        same[k] = (f"vth equal {(out[1] == base[1]).float().mean().item():.4f}, counts equal "
+                   f"{(out[0] == base[0]).float().mean().item():.6f}, flags equal {torch.equal(out[2], base[2])}")
+    med = alternated_medians({k: (lambda v=v: run(*v)) for k, v in variants.items()})
+    gb = M * K * 3 / 1e9   # bf16 read once + int8 written
+    for k, v in med.items():
+        print(f"M={M} encode of down's input K={K}: {k} {v:.3f} ms ({gb / v:.0f} GB/s at one read); {same[k]}",
+              flush=True)
 
 
 if __name__ == "__main__":
