@@ -103,7 +103,7 @@ def down_encode(M, K=I):
     med = alternated_medians({k: (lambda v=v: run(*v)) for k, v in variants.items()})
     gb = M * K * 3 / 1e9   # bf16 read once + int8 written
     for k, v in med.items():
-        print(f"M={M} encode of down's input K={K}: {k} {v:.3f} ms ({gb / v:.0f} GB/s at one read); {same[k]}",
+        print(f"M={M} encode of down's input K={K}: {k} {v:.3f} ms ({gb / v * 1e3:.0f} GB/s at one read); {same[k]}",
               flush=True)
 
 
