@@ -63,6 +63,11 @@ constexpr int kStageBytes = kABytes + kBBytes;
 // only) gate/up took 2.271 ms, so the stores from registers were the short-K shapes' whole gap to cuBLAS's e4m3 GEMM.
 // false: the stores from registers everywhere (the probe's A/B).
 constexpr bool kTmaStoreEpilogue = true;
+// Probe knob (session 40, probes/int8_gemm_sm90_variants.sh; 0 = off, as shipped): MMA warpgroup 1 starts only after
+// warpgroup 0 has issued its first kWgLag stages (<= kStages), so that one warpgroup's epilogue may run while the
+// other still issues MMAs (if the lag persists across items).  Named barrier 3.
+constexpr int kWgLag = 0;
+static_assert(kWgLag >= 0 && kWgLag <= 4, "the lag fits the ring");
 constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * 2 * kEpiBytes;
 // tiles (1024-aligned), the epilogue buffers (kTs), then the mbarriers
 template <bool kTs>
@@ -216,6 +221,9 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
       wgmma_s8_m64n256k32(acc, TileA::desc(stage_a(s_tiles, st), 64 * wg, ks), TileB::desc(stage_b(s_tiles, st), 0, ks),
                           kt > 0 || ks > 0);
     sm90::wgmma_commit();
+    if constexpr (kWgLag > 0) {
+      if (wg == 0 && it == static_cast<uint64_t>(kWgLag - 1)) sm90::named_arrive(3, kConsumerThreads);
+    }
     sm90::wgmma_wait<1>();  // the previous stage's MMAs retired: release it to the producer
     if (kt > 0) release(it - 1);
   }
@@ -361,6 +369,10 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   } else {
     sm90::regs_inc<kConsumerRegs>();
     uint64_t it = 0;
+    if constexpr (kWgLag > 0) {  // warpgroup 0 arrives at its stage kWgLag - 1 where the worker has that many
+      const int64_t mine = worker < items ? (items - worker + workers - 1) / workers : 0;
+      if ((tid - kProducerThreads) / 128 == 1 && mine * nk >= kWgLag) sm90::named_sync(3, kConsumerThreads);
+    }
     for (int64_t t = worker; t < items; t += workers, it += nk) {
       int m0, n0;
       origin(t, m0, n0);
