@@ -122,73 +122,9 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
   return bias_f32 ? static_cast<const float*>(bias)[n] : to_float(static_cast<const T*>(bias)[n]);
 }
 
-// SwiGLU's gate / up projection with h = silu(g) * u in the epilogue (kSw, session 40): an item's B tile holds the
-// 128 gate rows n0 .. n0 + 127 (accumulator blocks j = 0 .. 15) and the 128 up rows half_n + n0 .. of the same
-// features (blocks j + 16), so a thread holds both factors of its outputs; h [M, half_n] goes out as in the kTs
-// epilogue, two 64 x 64 chunks per warpgroup.  The rows of a 16-row block (a warp's) with counts past 127
-// (row_flags[block] > 0) also write g and u, scaled, to side [M, 2 half_n]: the caller adds the counts past the int8
-// plane there and redoes h for those rows.
-template <typename T>
-struct SwigluArgs {
-  const int* row_flags;  // [ceil(M / 16)] flagged K chunks per 16-row block, or nullptr
-  T* side;               // [M, 2 half_n], row stride ld_side; only flagged blocks' rows are written
-  int64_t ld_side;
-  int half_n;            // I, a multiple of 128: the up rows start there; h has I columns
-};
+#include "int8_gemm_sm90_swiglu.cuh"  // SwigluArgs, swiglu_epilogue (kSw)
 
 #ifdef SBOPS_SM90A_DEVICE
-template <typename T, typename Out>
-__device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], const Out& out, const SwigluArgs<T>& sw,
-                                                const float* __restrict__ scale, const void* __restrict__ bias,
-                                                bool bias_f32, int M, int m0, int n0, int wg, float v0, float v1,
-                                                uint32_t s_epi, const CUtensorMap* tm_y) {
-  const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
-  const int rb = m0 + 64 * wg + 16 * w;  // the warp's 16-row block: rows rb + g and rb + g + 8
-  const int r0 = rb + g, r1 = r0 + 8, lr = 16 * w + g;
-  const bool flagged = sw.row_flags != nullptr && rb < M && sw.row_flags[rb / 16] > 0;
-  const bool leader = (tid - kProducerThreads) % 128 == 0;
-  // silu(g) * u with the fast exponential and division (as Triton's silu_mul compiles: ex2.approx, div.full), not
-  // an IEEE division: the 7B gate / up GEMM at M = 16384 took 3.66 ms a call with it, 3.16 without (H100, session
-  // 40, the model's kernel profile; the plain GEMM writing [g | u] 3.40)
-  auto silu_mul = [](float gv, float uv) { return __fdividef(gv, 1.f + __expf(-gv)) * uv; };
-  auto side_store = [&](int r, int col, float lo, float hi) {
-    *reinterpret_cast<uint32_t*>(sw.side + static_cast<int64_t>(r) * sw.ld_side + col) = pack_out<T>(lo, hi);
-  };
-#pragma unroll
-  for (int c = 0; c < kBN / 2 / kEpiCols; ++c) {
-    const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
-    if (leader) sm90::bulk_wait_read<1>();
-    sm90::named_sync(1 + wg, 128);
-#pragma unroll
-    for (int q = 0; q < kEpiCols / 8; ++q) {
-      const int j = c * (kEpiCols / 8) + q, ju = j + 16;  // the gate's block, the up's
-      const int col = n0 + 8 * j + 2 * t4, ucol = sw.half_n + col;
-      const float sg0 = scale[col], sg1 = scale[col + 1], su0 = scale[ucol], su1 = scale[ucol + 1];
-      const float bg0 = bias_at<T>(bias, bias_f32, col), bg1 = bias_at<T>(bias, bias_f32, col + 1);
-      const float bu0 = bias_at<T>(bias, bias_f32, ucol), bu1 = bias_at<T>(bias, bias_f32, ucol + 1);
-      const float g00 = out(acc[4 * j], sg0, v0, bg0), g01 = out(acc[4 * j + 1], sg1, v0, bg1);
-      const float g10 = out(acc[4 * j + 2], sg0, v1, bg0), g11 = out(acc[4 * j + 3], sg1, v1, bg1);
-      const float u00 = out(acc[4 * ju], su0, v0, bu0), u01 = out(acc[4 * ju + 1], su1, v0, bu1);
-      const float u10 = out(acc[4 * ju + 2], su0, v1, bu0), u11 = out(acc[4 * ju + 3], su1, v1, bu1);
-      if (flagged) {
-        if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
-        if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
-      }
-      const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
-      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece,
-                          pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)));
-      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece,
-                          pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
-    }
-    sm90::fence_proxy_async();
-    sm90::named_sync(1 + wg, 128);
-    if (leader) {
-      sm90::tma_store_2d(tm_y, buf, n0 + kEpiCols * c, m0 + 64 * wg);
-      sm90::bulk_commit();
-    }
-  }
-}
-
 // The MMA warpgroups' part of one item: its K loop over the ring (stages it .. it + nk - 1 of the running count,
 // every one released when its MMAs retired), then the epilogue from the accumulator registers.
 template <typename T, bool kMc, bool kTs, bool kSw>
