@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -20,7 +20,7 @@
 #   TTFT at 1M and B = 1 decode against the fp8 one (about 7 minutes after install); s39b -- the int8 GEMM's variants
 #   probe (epilogues, stages), then this checkout installed, its int8 GPU tests and the two models (about 5 minutes);
 #   s40 -- the int8 GEMM's SwiGLU epilogue: tests, probe, the int8-per-channel model unfused / fused, its prefill
-#   profile (about 7 minutes after install);
+#   profile (about 7 minutes after install); s40b -- the int8 GEMM's warpgroup-lag variants (about a minute, no install);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -460,6 +460,13 @@ if [[ " $steps " == *" s40 "* ]]; then
     echo "profile rc=$?"
     grep -a -A24 "=== prefill" "$OUT/logs/s40_profile_int8ch.log" | cut -c1-150
   fi
+fi
+if [[ " $steps " == *" s40b "* ]]; then
+  # session 40, not run then: the int8 GEMM's kWgLag variants (MMA warpgroup 1 starting 1 / 2 / 3 stages after
+  # warpgroup 0) against the shipped kernel, probes/int8_gemm_sm90_variants.sh (about a minute; needs no install)
+  stamp "s40b: int8 GEMM warpgroup-lag variants"
+  VARIANTS=${S40B_VARIANTS:-"0 5 6 7"} timeout 300 bash benchmarks/gpu/probes/int8_gemm_sm90_variants.sh \
+    > "$OUT/logs/s40b_variants.log" 2>&1; echo "rc=$?"; cut -c1-200 "$OUT/logs/s40b_variants.log"
 fi
 if want macasim; then
   build macasim SBOPS_MACA_SIM=1
