@@ -289,7 +289,7 @@ def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
     if not FUSE_GATE_UP_SWIGLU or x.dtype not in (torch.bfloat16, torch.float16) or fused_kernels(x) is None:
         return None
     sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
-    if sw is None or x.numel() // x.shape[-1] <= sw.sl.DECODE_MAX_M:   # decode: the projections' own GEMV
+    if sw is None or x.numel() // max(x.shape[-1], 1) <= sw.sl.DECODE_MAX_M:   # decode: the projections' GEMV
         return None
     ops = _fused_spike_operands(owner, (gate, up), x)
     if ops is None:
