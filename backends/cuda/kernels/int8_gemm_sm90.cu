@@ -122,6 +122,41 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
   return bias_f32 ? static_cast<const float*>(bias)[n] : to_float(static_cast<const T*>(bias)[n]);
 }
 
+#ifdef SBOPS_SM90A_DEVICE
+// The stores of the epilogue through shared memory and TMA (kTs; the plain and the SwiGLU epilogue): kChunks chunks of
+// 64 columns of the warpgroup's 64 rows, chunk c (columns c0 + 64 c ..) into buffer c % 2 once its store two chunks
+// back (possibly of the previous item) has read it; the warpgroup's first thread issues the stores (rows / columns
+// past y are skipped by TMA).  rows(j): the lane's packed column pair of 8-column block j (j = 8 c + q) for its local
+// rows lr and lr + 8.  128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
+// writes (rows g, 8 pieces x 4 lanes) fall in 32 distinct banks.
+template <int kChunks, typename Rows>
+__device__ __forceinline__ void tma_store_chunks(uint32_t s_epi, int wg, int m0, int c0, const CUtensorMap* tm_y,
+                                                 const Rows& rows) {
+  const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+  const int lr = 16 * ((tid >> 5) & 3) + g;  // local rows lr and lr + 8 (lr % 8 == g)
+  const bool leader = (tid - kProducerThreads) % 128 == 0;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
+    if (leader) sm90::bulk_wait_read<1>();
+    sm90::named_sync(1 + wg, 128);
+#pragma unroll
+    for (int q = 0; q < kEpiCols / 8; ++q) {
+      const uint2 v = rows(c * (kEpiCols / 8) + q);
+      const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
+      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece, v.x);
+      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece, v.y);
+    }
+    sm90::fence_proxy_async();  // the generic-proxy writes, visible to the TMA store
+    sm90::named_sync(1 + wg, 128);
+    if (leader) {
+      sm90::tma_store_2d(tm_y, buf, c0 + kEpiCols * c, m0 + 64 * wg);
+      sm90::bulk_commit();
+    }
+  }
+}
+#endif  // SBOPS_SM90A_DEVICE
+
 #include "int8_gemm_sm90_swiglu.cuh"  // SwigluArgs, swiglu_epilogue (kSw)
 
 #ifdef SBOPS_SM90A_DEVICE
@@ -180,40 +215,17 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
   if constexpr (kSw) {
     static_assert(kTs, "the SwiGLU epilogue stores through shared memory and TMA");
     swiglu_epilogue<T>(acc, out, sw, scale, bias, bias_f32, M, m0, n0, wg, v0, v1, s_epi, tm_y);
-  } else if constexpr (kTs) {
-    // chunk c (columns 64 c .. 64 c + 63 of the tile) into buffer c % 2, once its store two chunks back (possibly
-    // of the previous item) has read it; the warpgroup's first thread issues the stores (rows / columns past y are
-    // skipped by TMA); 128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
-    // writes (rows g, 8 pieces x 4 lanes) fall in 32 distinct banks
-    const bool leader = (tid - kProducerThreads) % 128 == 0;
-    const int lr = 16 * w + g;  // local rows lr and lr + 8 (lr % 8 == g)
-#pragma unroll
-    for (int c = 0; c < kBN / kEpiCols; ++c) {
-      const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
-      if (leader) sm90::bulk_wait_read<1>();
-      sm90::named_sync(1 + wg, 128);
-#pragma unroll
-      for (int q = 0; q < kEpiCols / 8; ++q) {
-        const int j = c * (kEpiCols / 8) + q;
-        const int col = n0 + 8 * j + 2 * t4;
-        float s0 = 0.f, s1 = 0.f, b0 = 0.f, b1 = 0.f;
-        if (col < N) {  // N even: col < N means col + 1 < N
-          s0 = scale[col], s1 = scale[col + 1];
-          b0 = bias_at<T>(bias, bias_f32, col), b1 = bias_at<T>(bias, bias_f32, col + 1);
-        }
-        const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
-        sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece,
-                            pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1)));
-        sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece,
-                            pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1)));
+  } else if constexpr (kTs) {  // the tile's 256 columns as four chunks
+    tma_store_chunks<kBN / kEpiCols>(s_epi, wg, m0, n0, tm_y, [&](int j) {
+      const int col = n0 + 8 * j + 2 * t4;
+      float s0 = 0.f, s1 = 0.f, b0 = 0.f, b1 = 0.f;
+      if (col < N) {  // N even: col < N means col + 1 < N
+        s0 = scale[col], s1 = scale[col + 1];
+        b0 = bias_at<T>(bias, bias_f32, col), b1 = bias_at<T>(bias, bias_f32, col + 1);
       }
-      sm90::fence_proxy_async();  // the generic-proxy writes, visible to the TMA store
-      sm90::named_sync(1 + wg, 128);
-      if (leader) {
-        sm90::tma_store_2d(tm_y, buf, n0 + kEpiCols * c, m0 + 64 * wg);
-        sm90::bulk_commit();
-      }
-    }
+      return make_uint2(pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1)),
+                        pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1)));
+    });
   } else {  // the stores from registers
 #pragma unroll
     for (int j = 0; j < 32; ++j) {

@@ -24,9 +24,8 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
                                                 uint32_t s_epi, const CUtensorMap* tm_y) {
   const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
   const int rb = m0 + 64 * wg + 16 * w;  // the warp's 16-row block: rows rb + g and rb + g + 8
-  const int r0 = rb + g, r1 = r0 + 8, lr = 16 * w + g;
+  const int r0 = rb + g, r1 = r0 + 8;
   const bool flagged = sw.row_flags != nullptr && rb < M && sw.row_flags[rb / 16] > 0;
-  const bool leader = (tid - kProducerThreads) % 128 == 0;
   // silu(g) * u with the fast exponential and division (as Triton's silu_mul compiles: ex2.approx, div.full), not
   // an IEEE division: the 7B gate / up GEMM at M = 16384 took 3.66 ms a call with it, 3.16 without (H100, session
   // 40, the model's kernel profile; the plain GEMM writing [g | u] 3.40)
@@ -34,38 +33,23 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
   auto side_store = [&](int r, int col, float lo, float hi) {
     *reinterpret_cast<uint32_t*>(sw.side + static_cast<int64_t>(r) * sw.ld_side + col) = pack_out<T>(lo, hi);
   };
-#pragma unroll
-  for (int c = 0; c < kBN / 2 / kEpiCols; ++c) {
-    const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
-    if (leader) sm90::bulk_wait_read<1>();
-    sm90::named_sync(1 + wg, 128);
-#pragma unroll
-    for (int q = 0; q < kEpiCols / 8; ++q) {
-      const int j = c * (kEpiCols / 8) + q, ju = j + 16;  // the gate's block, the up's
-      const int col = n0 + 8 * j + 2 * t4, ucol = sw.half_n + col;
-      const float sg0 = scale[col], sg1 = scale[col + 1], su0 = scale[ucol], su1 = scale[ucol + 1];
-      const float bg0 = bias_at<T>(bias, bias_f32, col), bg1 = bias_at<T>(bias, bias_f32, col + 1);
-      const float bu0 = bias_at<T>(bias, bias_f32, ucol), bu1 = bias_at<T>(bias, bias_f32, ucol + 1);
-      const float g00 = out(acc[4 * j], sg0, v0, bg0), g01 = out(acc[4 * j + 1], sg1, v0, bg1);
-      const float g10 = out(acc[4 * j + 2], sg0, v1, bg0), g11 = out(acc[4 * j + 3], sg1, v1, bg1);
-      const float u00 = out(acc[4 * ju], su0, v0, bu0), u01 = out(acc[4 * ju + 1], su1, v0, bu1);
-      const float u10 = out(acc[4 * ju + 2], su0, v1, bu0), u11 = out(acc[4 * ju + 3], su1, v1, bu1);
-      if (flagged) {
-        if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
-        if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
-      }
-      const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
-      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece,
-                          pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)));
-      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece,
-                          pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
+  // h's 128 columns as two chunks (tma_store_chunks)
+  tma_store_chunks<kBN / 2 / kEpiCols>(s_epi, wg, m0, n0, tm_y, [&](int j) {
+    const int ju = j + 16;  // the gate's block j, the up's
+    const int col = n0 + 8 * j + 2 * t4, ucol = sw.half_n + col;
+    const float sg0 = scale[col], sg1 = scale[col + 1], su0 = scale[ucol], su1 = scale[ucol + 1];
+    const float bg0 = bias_at<T>(bias, bias_f32, col), bg1 = bias_at<T>(bias, bias_f32, col + 1);
+    const float bu0 = bias_at<T>(bias, bias_f32, ucol), bu1 = bias_at<T>(bias, bias_f32, ucol + 1);
+    const float g00 = out(acc[4 * j], sg0, v0, bg0), g01 = out(acc[4 * j + 1], sg1, v0, bg1);
+    const float g10 = out(acc[4 * j + 2], sg0, v1, bg0), g11 = out(acc[4 * j + 3], sg1, v1, bg1);
+    const float u00 = out(acc[4 * ju], su0, v0, bu0), u01 = out(acc[4 * ju + 1], su1, v0, bu1);
+    const float u10 = out(acc[4 * ju + 2], su0, v1, bu0), u11 = out(acc[4 * ju + 3], su1, v1, bu1);
+    if (flagged) {
+      if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
+      if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
     }
-    sm90::fence_proxy_async();
-    sm90::named_sync(1 + wg, 128);
-    if (leader) {
-      sm90::tma_store_2d(tm_y, buf, n0 + kEpiCols * c, m0 + 64 * wg);
-      sm90::bulk_commit();
-    }
-  }
+    return make_uint2(pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)),
+                      pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
+  });
 }
 #endif  // SBOPS_SM90A_DEVICE
