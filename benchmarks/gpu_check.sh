@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -380,6 +380,11 @@ int8_tests() {
      test_int8_gemm_sm90.py test_int8_swiglu.py test_spike_linear_int_mm.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
   grep -a -E "^(FAILED|ERROR)" "$OUT/logs/$1.log" | cut -c1-240 | head -12
 }
+if [[ " $steps " == *" int8t "* ]]; then
+  # the int8 GEMM's GPU tests alone (about a minute)
+  stamp "int8t: int8 GEMM / SwiGLU / int_mm GPU tests"
+  int8_tests int8t_tests
+fi
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16
   # (B = 1 / 32) and the W8ASpike models (fp8 with int8 down projections; int8 per channel, session 39's faster
@@ -463,9 +468,10 @@ if [[ " $steps " == *" s40 "* ]]; then
 fi
 if [[ " $steps " == *" s40b "* ]]; then
   # session 40, not run then: the int8 GEMM's kWgLag variants (MMA warpgroup 1 starting 1 / 2 / 3 stages after
-  # warpgroup 0) against the shipped kernel, probes/int8_gemm_sm90_variants.sh (about a minute; needs no install)
+  # warpgroup 0) against the shipped kernel, and (session 41) the epilogue's column parameters from global memory,
+  # probes/int8_gemm_sm90_variants.sh (about a minute; needs no install)
   stamp "s40b: int8 GEMM warpgroup-lag variants"
-  VARIANTS=${S40B_VARIANTS:-"0 5 6 7"} timeout 300 bash benchmarks/gpu/probes/int8_gemm_sm90_variants.sh \
+  VARIANTS=${S40B_VARIANTS:-"0 8 5 6 7"} timeout 300 bash benchmarks/gpu/probes/int8_gemm_sm90_variants.sh \
     > "$OUT/logs/s40b_variants.log" 2>&1; echo "rc=$?"; cut -c1-200 "$OUT/logs/s40b_variants.log"
 fi
 if want macasim; then

@@ -69,10 +69,18 @@ constexpr bool kTmaStoreEpilogue = true;
 constexpr int kWgLag = 0;
 static_assert(kWgLag >= 0 && kWgLag <= 4, "the lag fits the ring");
 constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * 2 * kEpiBytes;
-// tiles (1024-aligned), the epilogue buffers (kTs), then the mbarriers
+// The epilogue's column parameters staged in shared memory (kTs; session 41): each of the 256 MMA threads loads the
+// (scale, bias) of one of the item's 256 columns from global memory before its K loop and writes it to a 2 KB table
+// after it, between two barriers of both warpgroups (the table is shared: no room for two), so the epilogue reads
+// them from shared memory.  Loaded per 8-column block in the epilogue, as until session 40 (false, the probe's A/B),
+// each block's scale sector was an L1 miss (the ring leaves little L1) whose latency ptxas hid only one block ahead,
+// 32 times per item.  (Not with the kWgLag probe, whose warpgroups must not meet at every item.)
+[[maybe_unused]] constexpr bool kStagedColParams = true;
+constexpr int kParBytes = kBN * 8;  // float2 (scale, bias) per tile column
+// tiles (1024-aligned), the epilogue buffers and the column parameters (kTs), then the mbarriers
 template <bool kTs>
 constexpr int smem_bytes() {
-  return kStages * kStageBytes + (kTs ? kEpiAllBytes : 0) + 8 * 2 * kStages;
+  return kStages * kStageBytes + (kTs ? kEpiAllBytes + kParBytes : 0) + 8 * 2 * kStages;
 }
 static_assert(smem_bytes<true>() <= 227 * 1024, "shared memory per block");
 
@@ -138,14 +146,16 @@ __device__ __forceinline__ void tma_store_chunks(uint32_t s_epi, int wg, int m0,
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
     const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
+    uint2 v[kEpiCols / 8];  // the chunk's values first (their loads together, and while the buffer's store reads)
+#pragma unroll
+    for (int q = 0; q < kEpiCols / 8; ++q) v[q] = rows(c * (kEpiCols / 8) + q);
     if (leader) sm90::bulk_wait_read<1>();
     sm90::named_sync(1 + wg, 128);
 #pragma unroll
     for (int q = 0; q < kEpiCols / 8; ++q) {
-      const uint2 v = rows(c * (kEpiCols / 8) + q);
       const uint32_t piece = static_cast<uint32_t>(((q ^ g) << 4) + 4 * t4);
-      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece, v.x);
-      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece, v.y);
+      sm90::st_shared_u32(buf + static_cast<uint32_t>(lr * 128) + piece, v[q].x);
+      sm90::st_shared_u32(buf + static_cast<uint32_t>((lr + 8) * 128) + piece, v[q].y);
     }
     sm90::fence_proxy_async();  // the generic-proxy writes, visible to the TMA store
     sm90::named_sync(1 + wg, 128);
@@ -167,7 +177,8 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
                                                  const float* __restrict__ vth, const float* __restrict__ scale,
                                                  const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
                                                  int64_t ldy, int M, int N, int nk, int m0, int n0, uint64_t it,
-                                                 const CUtensorMap* tm_y, uint32_t s_epi, const SwigluArgs<T>& sw) {
+                                                 const CUtensorMap* tm_y, uint32_t s_epi, float2* s_par,
+                                                 const SwigluArgs<T>& sw) {
   const int tid = threadIdx.x, lane = tid & 31;
   // a stage this warpgroup's MMAs read may be refilled (kMc: one arrival per warp on the barrier of both blocks)
   auto release = [&](uint64_t i) {
@@ -180,6 +191,18 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
     }
   };
   const int wg = (tid - kProducerThreads) / 128;  // rows 64 wg .. 64 wg + 63 of the tile
+  // the epilogue's per-row and (kStaged) per-column factors, loaded now, used after the K loop: this thread's tile
+  // column c (kSw: the gate's n0 + c for c < 128, then the up's half_n + n0 + c - 128)
+  const int w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
+  const int r0 = m0 + 64 * wg + 16 * w + g, r1 = r0 + 8;
+  const float v0 = r0 < M ? vth[r0] : 0.f, v1 = r1 < M ? vth[r1] : 0.f;
+  constexpr bool kStaged = kTs && kStagedColParams && kWgLag == 0;
+  auto tile_col = [&](int cc) { return kSw ? (cc < kBN / 2 ? n0 + cc : sw.half_n + n0 + cc - kBN / 2) : n0 + cc; };
+  float2 par = make_float2(0.f, 0.f);
+  if constexpr (kStaged) {
+    const int col = tile_col(tid - kProducerThreads);
+    if (col < N) par = make_float2(scale[col], bias_at<T>(bias, bias_f32, col));
+  }
   uint32_t acc[128];
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0u;
@@ -203,28 +226,37 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
   reg_fence(acc);
 
   // ---- epilogue: accumulator fragment of warp w (rows 16 w .. 16 w + 15 of the warpgroup's 64): lane (g, t4)
-  // holds, per 8-column block j, columns 8 j + 2 t4, + 1 of rows g and g + 8
-  const int w = (tid >> 5) & 3;
-  const int g = lane >> 2, t4 = lane & 3;
-  const int r0 = m0 + 64 * wg + 16 * w + g, r1 = r0 + 8;
-  const float v0 = r0 < M ? vth[r0] : 0.f, v1 = r1 < M ? vth[r1] : 0.f;
+  // holds, per 8-column block j, columns 8 j + 2 t4, + 1 of rows g and g + 8.  The column table (kStaged): written
+  // once both warpgroups are past their reads of the previous item's, read once both wrote it
+  if constexpr (kStaged) {
+    sm90::named_sync(4, kConsumerThreads);
+    s_par[tid - kProducerThreads] = par;
+    sm90::named_sync(4, kConsumerThreads);
+  }
+  // (scale, bias) of tile columns 8 j + 2 t4 and + 1 as (s0, b0, s1, b1): from the table or (!kStaged) global memory
+  auto col_par = [&](int j) {
+    const int cc = 8 * j + 2 * t4;
+    if constexpr (kStaged) {
+      return reinterpret_cast<const float4*>(s_par)[cc / 2];
+    } else {
+      const int col = tile_col(cc);
+      if (col >= N) return make_float4(0.f, 0.f, 0.f, 0.f);  // N even: col < N means col + 1 < N
+      return make_float4(scale[col], bias_at<T>(bias, bias_f32, col), scale[col + 1],
+                         bias_at<T>(bias, bias_f32, col + 1));
+    }
+  };
   auto out = [&](uint32_t a, float s, float v, float b) {
     const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
     return bias != nullptr ? __fadd_rn(t, b) : t;
   };
   if constexpr (kSw) {
     static_assert(kTs, "the SwiGLU epilogue stores through shared memory and TMA");
-    swiglu_epilogue<T>(acc, out, sw, scale, bias, bias_f32, M, m0, n0, wg, v0, v1, s_epi, tm_y);
+    swiglu_epilogue<T>(acc, out, col_par, sw, M, m0, n0, wg, v0, v1, s_epi, tm_y);
   } else if constexpr (kTs) {  // the tile's 256 columns as four chunks
     tma_store_chunks<kBN / kEpiCols>(s_epi, wg, m0, n0, tm_y, [&](int j) {
-      const int col = n0 + 8 * j + 2 * t4;
-      float s0 = 0.f, s1 = 0.f, b0 = 0.f, b1 = 0.f;
-      if (col < N) {  // N even: col < N means col + 1 < N
-        s0 = scale[col], s1 = scale[col + 1];
-        b0 = bias_at<T>(bias, bias_f32, col), b1 = bias_at<T>(bias, bias_f32, col + 1);
-      }
-      return make_uint2(pack_out<T>(out(acc[4 * j], s0, v0, b0), out(acc[4 * j + 1], s1, v0, b1)),
-                        pack_out<T>(out(acc[4 * j + 2], s0, v1, b0), out(acc[4 * j + 3], s1, v1, b1)));
+      const float4 p = col_par(j);  // (s0, b0, s1, b1); zeros past N
+      return make_uint2(pack_out<T>(out(acc[4 * j], p.x, v0, p.y), out(acc[4 * j + 1], p.z, v0, p.w)),
+                        pack_out<T>(out(acc[4 * j + 2], p.x, v1, p.y), out(acc[4 * j + 3], p.z, v1, p.w)));
     });
   } else {  // the stores from registers
 #pragma unroll
@@ -269,7 +301,9 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_tiles = sm90::smem_addr(smem);
   const uint32_t s_epi = s_tiles + kStages * kStageBytes;  // kTs: the epilogue buffers (1024-aligned)
-  const uint32_t bar_full = s_epi + (kTs ? kEpiAllBytes : 0);  // kStages mbarriers: the stage's tiles landed
+  // kTs: the column table (2 KB), after the epilogue buffers
+  float2* const s_par = reinterpret_cast<float2*>(smem + kStages * kStageBytes + kEpiAllBytes);
+  const uint32_t bar_full = s_epi + (kTs ? kEpiAllBytes + kParBytes : 0);  // kStages mbarriers: the tiles landed
   const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
   const int tid = threadIdx.x;
   const int nk = (K + kBK - 1) / kBK;
@@ -325,7 +359,7 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
       int m0, n0;
       origin(t, m0, n0);
       mma_and_epilogue<T, kMc, kTs, kSw>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N,
-                                         nk, m0, n0, it, &tm_y, s_epi, sw);
+                                         nk, m0, n0, it, &tm_y, s_epi, s_par, sw);
     }
     if constexpr (kTs) {
       if ((tid - kProducerThreads) % 128 == 0) sm90::bulk_wait<0>();  // its last stores done before the block exits

@@ -17,11 +17,11 @@ struct SwigluArgs {
 };
 
 #ifdef SBOPS_SM90A_DEVICE
-template <typename T, typename Out>
-__device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], const Out& out, const SwigluArgs<T>& sw,
-                                                const float* __restrict__ scale, const void* __restrict__ bias,
-                                                bool bias_f32, int M, int m0, int n0, int wg, float v0, float v1,
-                                                uint32_t s_epi, const CUtensorMap* tm_y) {
+// col_par(j): the (scale, bias) of tile columns 8 j + 2 t4 and + 1 as (s0, b0, s1, b1), the up rows' from j = 16
+template <typename T, typename Out, typename ColPar>
+__device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], const Out& out, const ColPar& col_par,
+                                                const SwigluArgs<T>& sw, int M, int m0, int n0, int wg, float v0,
+                                                float v1, uint32_t s_epi, const CUtensorMap* tm_y) {
   const int tid = threadIdx.x, lane = tid & 31, w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
   const int rb = m0 + 64 * wg + 16 * w;  // the warp's 16-row block: rows rb + g and rb + g + 8
   const int r0 = rb + g, r1 = r0 + 8;
@@ -37,13 +37,11 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
   tma_store_chunks<kBN / 2 / kEpiCols>(s_epi, wg, m0, n0, tm_y, [&](int j) {
     const int ju = j + 16;  // the gate's block j, the up's
     const int col = n0 + 8 * j + 2 * t4, ucol = sw.half_n + col;
-    const float sg0 = scale[col], sg1 = scale[col + 1], su0 = scale[ucol], su1 = scale[ucol + 1];
-    const float bg0 = bias_at<T>(bias, bias_f32, col), bg1 = bias_at<T>(bias, bias_f32, col + 1);
-    const float bu0 = bias_at<T>(bias, bias_f32, ucol), bu1 = bias_at<T>(bias, bias_f32, ucol + 1);
-    const float g00 = out(acc[4 * j], sg0, v0, bg0), g01 = out(acc[4 * j + 1], sg1, v0, bg1);
-    const float g10 = out(acc[4 * j + 2], sg0, v1, bg0), g11 = out(acc[4 * j + 3], sg1, v1, bg1);
-    const float u00 = out(acc[4 * ju], su0, v0, bu0), u01 = out(acc[4 * ju + 1], su1, v0, bu1);
-    const float u10 = out(acc[4 * ju + 2], su0, v1, bu0), u11 = out(acc[4 * ju + 3], su1, v1, bu1);
+    const float4 pg = col_par(j), pu = col_par(ju);  // (s0, b0, s1, b1)
+    const float g00 = out(acc[4 * j], pg.x, v0, pg.y), g01 = out(acc[4 * j + 1], pg.z, v0, pg.w);
+    const float g10 = out(acc[4 * j + 2], pg.x, v1, pg.y), g11 = out(acc[4 * j + 3], pg.z, v1, pg.w);
+    const float u00 = out(acc[4 * ju], pu.x, v0, pu.y), u01 = out(acc[4 * ju + 1], pu.z, v0, pu.w);
+    const float u10 = out(acc[4 * ju + 2], pu.x, v1, pu.y), u11 = out(acc[4 * ju + 3], pu.z, v1, pu.w);
     if (flagged) {
       if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
       if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
