@@ -377,13 +377,16 @@ model_point() {
 # the GPU tests of the Hopper int8 GEMM (with its SwiGLU epilogue) and of spike_linear's int_mm path: label
 int8_tests() {
   (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-     test_int8_gemm_sm90.py test_int8_swiglu.py test_spike_linear_int_mm.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
+     test_int8_gemm_sm90.py test_int8_swiglu.py test_spike_linear_int_mm.py test_bf16_gemm_sm90.py > "$OUT/logs/$1.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/$1.log")
   grep -a -E "^(FAILED|ERROR)" "$OUT/logs/$1.log" | cut -c1-240 | head -12
 }
 if [[ " $steps " == *" int8t "* ]]; then
   # the int8 GEMM's GPU tests alone (about a minute)
-  stamp "int8t: int8 GEMM / SwiGLU / int_mm GPU tests"
+  stamp "int8t: int8 GEMM / SwiGLU / int_mm / bf16 GEMM GPU tests"
   int8_tests int8t_tests
+  stamp "int8t: bf16 GEMM probe against cuBLAS"
+  timeout 150 python3 benchmarks/gpu/probes/bf16_gemm_ab.py > "$OUT/logs/int8t_bf16_probe.log" 2>&1; echo "rc=$?"
+  cut -c1-400 "$OUT/logs/int8t_bf16_probe.log"
 fi
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16

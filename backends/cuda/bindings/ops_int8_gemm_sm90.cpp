@@ -1,7 +1,8 @@
 // Torch binding of the Hopper int8 GEMM with spike_linear's int_mm epilogue (kernels/int8_gemm_sm90.cu): the
 // internal ops sbops_native::int8_gemm_sm90{,_available}, called from spike_linear's int_mm prefill path
 // (backends/cuda/triton/spike_linear.py) instead of torch._int_mm + the Triton epilogue where the kernel exists, and
-// int8_gemm_swiglu_sm90 (SwiGLU's gate / up with silu(g) * u in the epilogue: spike_linear_swiglu.py).
+// int8_gemm_swiglu_sm90 (SwiGLU's gate / up with silu(g) * u in the epilogue: spike_linear_swiglu.py); and the same
+// kernel with bfloat16 operands, bf16_gemm_sm90 and bf16_gemm_swiglu_sm90 (the bf16 model's gate / up: nn.common).
 // a and b are read in place when TMA can (16-byte aligned base, unit column stride, row stride a multiple of 16
 // bytes), else copied; vth and scale are made float32 and contiguous; the bias is read in y's dtype or float32.
 
@@ -97,6 +98,49 @@ std::tuple<Tensor, Tensor> int8_gemm_swiglu_sm90_cuda(const Tensor& a, const Ten
              row_flags);
 }
 
+// The bfloat16 GEMM (session 41): y [M, N] = a [M, K] @ b [N, K]^T (+ bias), or with swiglu (b = [gate; up], 2 I
+// rows, I a multiple of 128) h [M, I] = silu(g) * u; float32 accumulation, one rounding
+Tensor run_bf16(const char* op, const Tensor& a_in, const Tensor& b_in, const std::optional<Tensor>& bias_in,
+                int64_t cluster, int64_t workers, int64_t group, bool swiglu) {
+  check_cuda(a_in, op, "a");
+  check_cuda(b_in, op, "b");
+  SBOPS_CHECK(a_in.scalar_type() == kBFloat16 && b_in.scalar_type() == kBFloat16, op,
+              ": a and b must be bfloat16, got ", a_in.scalar_type(), " and ", b_in.scalar_type());
+  SBOPS_CHECK(a_in.dim() == 2 && b_in.dim() == 2 && a_in.size(1) == b_in.size(1), op,
+              ": a [M, K] and b [N, K] expected, got ", a_in.sizes(), " and ", b_in.sizes());
+  const int64_t M = a_in.size(0), K = a_in.size(1), N = b_in.size(0);
+  SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
+  SBOPS_CHECK(group >= 0, op, ": group must be >= 0 (0: the kernel's default), got ", group);
+  SBOPS_CHECK(K > 0 && K % 8 == 0 && N % 8 == 0, op, ": K must be a positive multiple of 8 and N a multiple of 8, got K=",
+              K, ", N=", N);
+  if (swiglu)
+    SBOPS_CHECK(N % 256 == 0, op, ": b must hold 2 I rows (gate, then up) with I a multiple of 128, got ", N, " rows");
+  SBOPS_CHECK(b_in.get_device_index() == a_in.get_device_index(), op, ": a and b must be on one device");
+  DeviceGuard guard(a_in.get_device_index());
+  SBOPS_CHECK(sbops::int8_gemm_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
+  const Tensor a = rows_for_tma(a_in), b = rows_for_tma(b_in);
+  const Tensor bias = bias_operand(bias_in, a_in, "a", N, kBFloat16, op);
+  Tensor y = empty_on({M, swiglu ? N / 2 : N}, kBFloat16, a);
+  if (M == 0 || N == 0) return y;
+  check_launch(sbops::launch_bf16_gemm_sm90(
+                   a.data_ptr(), M > 1 ? a.stride(0) : K, b.data_ptr(), N > 1 ? b.stride(0) : K,
+                   bias.defined() ? bias.data_ptr() : nullptr,
+                   bias.defined() ? to_dtype(bias.scalar_type(), op, "bias") : sbops::DType::F32, y.data_ptr(),
+                   y.size(1), M, N, K, static_cast<int>(cluster), workers, group, swiglu ? N / 2 : 0, stream()),
+               op);
+  return y;
+}
+
+Tensor bf16_gemm_sm90_cuda(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias, int64_t cluster,
+                           int64_t workers, int64_t group) {
+  return run_bf16("sbops_native::bf16_gemm_sm90", a, b, bias, cluster, workers, group, false);
+}
+
+Tensor bf16_gemm_swiglu_sm90_cuda(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias,
+                                  int64_t cluster, int64_t workers, int64_t group) {
+  return run_bf16("sbops_native::bf16_gemm_swiglu_sm90", a, b, bias, cluster, workers, group, true);
+}
+
 bool int8_gemm_sm90_available_cuda(const Tensor& like) {
   DeviceGuard guard(like.get_device_index());
   return sbops::int8_gemm_sm90_available();
@@ -110,10 +154,15 @@ STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
   m.def("int8_gemm_swiglu_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
         "Tensor? row_flags=None, int cluster=2, int workers=0, int group=0) -> (Tensor, Tensor)");
   m.def("int8_gemm_sm90_available(Tensor like) -> bool");
+  m.def("bf16_gemm_sm90(Tensor a, Tensor b, Tensor? bias=None, int cluster=2, int workers=0, int group=0) -> Tensor");
+  m.def("bf16_gemm_swiglu_sm90(Tensor a, Tensor b, Tensor? bias=None, int cluster=2, int workers=0, int group=0) "
+        "-> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(sbops_native, CUDA, m) {
   m.impl("int8_gemm_sm90", TORCH_BOX(&int8_gemm_sm90_cuda));
   m.impl("int8_gemm_swiglu_sm90", TORCH_BOX(&int8_gemm_swiglu_sm90_cuda));
   m.impl("int8_gemm_sm90_available", TORCH_BOX(&int8_gemm_sm90_available_cuda));
+  m.impl("bf16_gemm_sm90", TORCH_BOX(&bf16_gemm_sm90_cuda));
+  m.impl("bf16_gemm_swiglu_sm90", TORCH_BOX(&bf16_gemm_swiglu_sm90_cuda));
 }

@@ -35,6 +35,14 @@ cudaError_t launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b,
                                   DType y_dtype, int64_t M, int64_t N, int64_t K, int cluster, int64_t workers,
                                   int64_t group, cudaStream_t stream, const Int8GemmSwiglu* swiglu = nullptr);
 
+// The same kernel with bfloat16 operands and float32 accumulators (session 41): y[m, n] = sum_k a[m, k] * b[n, k]
+// (+ bias[n]) rounded once to bfloat16, or with swiglu_half_n > 0 (b = [gate; up], N = 2 swiglu_half_n, a multiple of
+// 256) h[m, n] = silu(g) * u into y [M, swiglu_half_n].  a [M, K], b [N, K], y bfloat16; K, N, the row strides
+// (elements) multiples of 8 and the bases 16-byte aligned (TMA); bias F32 or BF16.  The schedule as above.
+cudaError_t launch_bf16_gemm_sm90(const void* a, int64_t lda, const void* b, int64_t ldb, const void* bias,
+                                  DType bias_dtype, void* y, int64_t ldy, int64_t M, int64_t N, int64_t K, int cluster,
+                                  int64_t workers, int64_t group, int64_t swiglu_half_n, cudaStream_t stream);
+
 // True when the current device is sm_90 and this build holds sm_90a code for the kernel.
 bool int8_gemm_sm90_available();
 

@@ -94,15 +94,7 @@ __device__ __forceinline__ uint32_t stage_a(uint32_t s_tiles, int st) {
 }
 __device__ __forceinline__ uint32_t stage_b(uint32_t s_tiles, int st) { return stage_a(s_tiles, st) + kABytes; }
 
-// D[64 x 256] (+)= A[64 x 32] B[256 x 32]^T, int8 operands K-major in shared memory, int32 accumulators
-__device__ __forceinline__ void wgmma_s8_m64n256k32(uint32_t (&d)[128], uint64_t desc_a, uint64_t desc_b,
-                                                    int scale_d) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 "
-               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p;\n}\n"
-               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
-               : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-}
+#include "gemm_sm90_wgmma.cuh"  // wgmma_s8_m64n256k32, wgmma_bf16_m64n256k16
 
 __device__ __forceinline__ void reg_fence(uint32_t (&d)[128]) {
 #pragma unroll
@@ -172,7 +164,7 @@ __device__ __forceinline__ void tma_store_chunks(uint32_t s_epi, int wg, int m0,
 #ifdef SBOPS_SM90A_DEVICE
 // The MMA warpgroups' part of one item: its K loop over the ring (stages it .. it + nk - 1 of the running count,
 // every one released when its MMAs retired), then the epilogue from the accumulator registers.
-template <typename T, bool kMc, bool kTs, bool kSw>
+template <typename T, bool kMc, bool kTs, bool kSw, bool kBf>
 __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_full, uint32_t bar_empty, int rank,
                                                  const float* __restrict__ vth, const float* __restrict__ scale,
                                                  const void* __restrict__ bias, bool bias_f32, T* __restrict__ y,
@@ -195,13 +187,13 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
   // column c (kSw: the gate's n0 + c for c < 128, then the up's half_n + n0 + c - 128)
   const int w = (tid >> 5) & 3, g = lane >> 2, t4 = lane & 3;
   const int r0 = m0 + 64 * wg + 16 * w + g, r1 = r0 + 8;
-  const float v0 = r0 < M ? vth[r0] : 0.f, v1 = r1 < M ? vth[r1] : 0.f;
+  const float v0 = kBf ? 1.f : r0 < M ? vth[r0] : 0.f, v1 = kBf ? 1.f : r1 < M ? vth[r1] : 0.f;  // kBf: no vth
   constexpr bool kStaged = kTs && kStagedColParams && kWgLag == 0;
   auto tile_col = [&](int cc) { return kSw ? (cc < kBN / 2 ? n0 + cc : sw.half_n + n0 + cc - kBN / 2) : n0 + cc; };
   float2 par = make_float2(0.f, 0.f);
   if constexpr (kStaged) {
     const int col = tile_col(tid - kProducerThreads);
-    if (col < N) par = make_float2(scale[col], bias_at<T>(bias, bias_f32, col));
+    if (col < N) par = make_float2(kBf ? 1.f : scale[col], bias_at<T>(bias, bias_f32, col));
   }
   uint32_t acc[128];
 #pragma unroll
@@ -211,9 +203,13 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
     sm90::mbar_wait(bar_full + 8 * st, (it / kStages) & 1);
     sm90::wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      wgmma_s8_m64n256k32(acc, TileA::desc(stage_a(s_tiles, st), 64 * wg, ks), TileB::desc(stage_b(s_tiles, st), 0, ks),
-                          kt > 0 || ks > 0);
+    for (int ks = 0; ks < 4; ++ks) {  // the stage's four 32-byte K slices
+      const uint64_t da = TileA::desc(stage_a(s_tiles, st), 64 * wg, ks), db = TileB::desc(stage_b(s_tiles, st), 0, ks);
+      if constexpr (kBf)
+        wgmma_bf16_m64n256k16(acc, da, db, kt > 0 || ks > 0);
+      else
+        wgmma_s8_m64n256k32(acc, da, db, kt > 0 || ks > 0);
+    }
     sm90::wgmma_commit();
     if constexpr (kWgLag > 0) {
       if (wg == 0 && it == static_cast<uint64_t>(kWgLag - 1)) sm90::named_arrive(3, kConsumerThreads);
@@ -241,12 +237,13 @@ __device__ __forceinline__ void mma_and_epilogue(uint32_t s_tiles, uint32_t bar_
     } else {
       const int col = tile_col(cc);
       if (col >= N) return make_float4(0.f, 0.f, 0.f, 0.f);  // N even: col < N means col + 1 < N
-      return make_float4(scale[col], bias_at<T>(bias, bias_f32, col), scale[col + 1],
+      return make_float4(kBf ? 1.f : scale[col], bias_at<T>(bias, bias_f32, col), kBf ? 1.f : scale[col + 1],
                          bias_at<T>(bias, bias_f32, col + 1));
     }
   };
   auto out = [&](uint32_t a, float s, float v, float b) {
-    const float t = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
+    // kBf: the float32 sum itself (s and v are 1); else the int32 sum times the channel scale and the threshold
+    const float t = kBf ? __uint_as_float(a) : __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(a)), s), v);
     return bias != nullptr ? __fadd_rn(t, b) : t;
   };
   if constexpr (kSw) {
@@ -290,7 +287,7 @@ __device__ __forceinline__ ItemTile item_tile(int64_t t, int64_t row_units, int6
 }
 #endif
 
-template <typename T, bool kMc, bool kTs, bool kSw>
+template <typename T, bool kMc, bool kTs, bool kSw, bool kBf>
 __global__ void __launch_bounds__(kThreads, 1)
 int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b,
                       const __grid_constant__ CUtensorMap tm_y, const float* __restrict__ vth,
@@ -306,7 +303,8 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
   const uint32_t bar_full = s_epi + (kTs ? kEpiAllBytes + kParBytes : 0);  // kStages mbarriers: the tiles landed
   const uint32_t bar_empty = bar_full + 8 * kStages;          // kStages mbarriers: both MMA warpgroups are done
   const int tid = threadIdx.x;
-  const int nk = (K + kBK - 1) / kBK;
+  constexpr int kKE = kBf ? kBK / 2 : kBK;  // K elements per stage (128 bytes)
+  const int nk = (K + kKE - 1) / kKE;
   // clusters are (2, 1, 1) on a 1-D grid: a worker is a cluster (kMc) or a block; rank = the unit's row tile
   const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;
   const int64_t worker = kMc ? blockIdx.x / 2 : blockIdx.x, workers = kMc ? gridDim.x / 2 : gridDim.x;
@@ -337,14 +335,14 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
           const int st = static_cast<int>(it % kStages);
           if (it >= kStages) sm90::mbar_wait(bar_empty + 8 * st, ((it / kStages) & 1) ^ 1);
           sm90::mbar_expect_tx(bar_full + 8 * st, kStageBytes);
-          sm90::tma_load_2d(stage_a(s_tiles, st), &tm_a, bar_full + 8 * st, kt * kBK, m0);
+          sm90::tma_load_2d(stage_a(s_tiles, st), &tm_a, bar_full + 8 * st, kt * kKE, m0);
           if (kMc)
             sm90::tma_load_2d_multicast(stage_b(s_tiles, st) + rank * (kBBytes / 2), &tm_b, bar_full + 8 * st,
-                                        kt * kBK, nb, 3);
+                                        kt * kKE, nb, 3);
           else
-            sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kBK, n0);
+            sm90::tma_load_2d(stage_b(s_tiles, st), &tm_b, bar_full + 8 * st, kt * kKE, n0);
           if (kSw && !kMc)  // the up rows into the tile's second half (the B map's box is 128 rows)
-            sm90::tma_load_2d(stage_b(s_tiles, st) + kBBytes / 2, &tm_b, bar_full + 8 * st, kt * kBK, n0 + sw.half_n);
+            sm90::tma_load_2d(stage_b(s_tiles, st) + kBBytes / 2, &tm_b, bar_full + 8 * st, kt * kKE, n0 + sw.half_n);
         }
       }
     }
@@ -358,7 +356,7 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
     for (int64_t t = worker; t < items; t += workers, it += nk) {
       int m0, n0;
       origin(t, m0, n0);
-      mma_and_epilogue<T, kMc, kTs, kSw>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N,
+      mma_and_epilogue<T, kMc, kTs, kSw, kBf>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N,
                                          nk, m0, n0, it, &tm_y, s_epi, s_par, sw);
     }
     if constexpr (kTs) {
@@ -376,56 +374,7 @@ cudaError_t encode_int8_map(CUtensorMap* map, const int8_t* base, int64_t rows, 
   return sm90::encode_matrix_map(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, base, rows, K, ld, box_rows);
 }
 
-// A launch of the kernel on a 1-D `grid` in clusters of two blocks, a unit's two row tiles (attr: the caller's
-// storage).
-cudaLaunchConfig_t pair_cluster_config(dim3 grid, int smem, cudaStream_t stream, cudaLaunchAttribute (&attr)[1]) {
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-
-// How many workers of this kernel (clusters of two with kMc, else blocks) with kSmem bytes of dynamic shared memory
-// the current device holds at once: asked once per device and variant (the kernels of both epilogues have one type),
-// after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS partitions, say).
-template <bool kMc, int kSmem, typename Kern>
-int resident_workers(Kern kernel) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached[kMaxDevices] = {};  // 0 unknown, else the count + 1
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
-  int known = cached[dev].load(std::memory_order_relaxed);
-  if (known == 0) {
-    int n = 0;
-    if (kMc) {
-      cudaLaunchAttribute attr[1];
-      const cudaLaunchConfig_t cfg = pair_cluster_config(dim3(2), kSmem, nullptr, attr);
-      if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) n = -1;
-    } else {
-      int per_sm = 0, sms = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, kSmem) != cudaSuccess ||
-          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-        n = -1;
-      else
-        n = per_sm * sms;
-    }
-    if (n < 0) {
-      cudaGetLastError();  // not sticky: clear it for the launch that follows
-      n = 0;
-    }
-    known = n + 1;
-    cached[dev].store(known, std::memory_order_relaxed);
-  }
-  return known - 1;
-}
+#include "gemm_sm90_launch.cuh"  // pair_cluster_config, resident_workers
 
 // The operands of one launch (tensor maps: A, B or its half with clusters, y where kTs)
 struct Launch {
@@ -444,9 +393,9 @@ struct Launch {
   int half_n;
 };
 
-template <typename T, bool kMc, bool kTs, bool kSw>
+template <typename T, bool kMc, bool kTs, bool kSw, bool kBf = false>
 cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
-  auto kernel = int8_gemm_sm90_kernel<T, kMc, kTs, kSw>;
+  auto kernel = int8_gemm_sm90_kernel<T, kMc, kTs, kSw, kBf>;
   constexpr int kSmem = smem_bytes<kTs>();
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   constexpr int kUnit = kMc ? 2 : 1;  // blocks (row tiles) of a worker
@@ -476,8 +425,12 @@ cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
   return last_launch_error();
 }
 
-template <typename T, bool kMc>
+template <typename T, bool kMc, bool kBf = false>
 cudaError_t launch_epilogue(const Launch& l, bool tma_store, cudaStream_t stream) {
+  if constexpr (kBf) {  // bfloat16 operands: the TMA-store epilogues only (the launcher checks y's rows)
+    return l.half_n > 0 ? launch_typed<T, kMc, true, true, true>(l, stream)
+                        : launch_typed<T, kMc, true, false, true>(l, stream);
+  }
   if (l.half_n > 0) return tma_store ? launch_typed<T, kMc, true, true>(l, stream) : cudaErrorInvalidValue;
   if constexpr (kTmaStoreEpilogue) {
     if (tma_store) return launch_typed<T, kMc, true, false>(l, stream);
@@ -505,7 +458,7 @@ cudaError_t encode_y_map(CUtensorMap* map, void* y, DType y_dtype, int64_t M, in
 
 bool sbops::int8_gemm_sm90_available() {
   static signed char cache[64] = {0};
-  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false, false, false>, cache);
+  return sm90::sm90a_kernel_available(int8_gemm_sm90_kernel<__nv_bfloat16, false, false, false, false>, cache);
 }
 
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
@@ -557,12 +510,53 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   return launch_dtype<false>(l, y_dtype, tma_store, stream);
 }
 
+cudaError_t sbops::launch_bf16_gemm_sm90(const void* a, int64_t lda, const void* b, int64_t ldb, const void* bias,
+                                         DType bias_dtype, void* y, int64_t ldy, int64_t M, int64_t N, int64_t K,
+                                         int cluster, int64_t workers, int64_t group, int64_t swiglu_half_n,
+                                         cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return cudaSuccess;
+  const bool sw = swiglu_half_n > 0;
+  const int64_t yn = sw ? swiglu_half_n : N;
+  if (swiglu_half_n < 0 || (sw && (swiglu_half_n % (kBN / 2) != 0 || 2 * swiglu_half_n != N)))
+    return cudaErrorInvalidValue;
+  if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
+  if (group == 0) group = kInt8GemmGroup;
+  // 16-byte rows for TMA (K, the row strides and y's in multiples of 8 elements; aligned bases)
+  if (K <= 0 || K % 8 != 0 || N % 8 != 0 || lda % 8 != 0 || ldb % 8 != 0 || ldy % 8 != 0 || lda < K || ldb < K ||
+      ldy < yn || M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
+    return cudaErrorInvalidValue;
+  for (const void* p : {a, b, static_cast<const void*>(y)})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
+  if (bias != nullptr && bias_dtype != DType::F32 && bias_dtype != DType::BF16) return cudaErrorInvalidValue;
+  if (!int8_gemm_sm90_available()) return cudaErrorNotSupported;
+  constexpr auto kBf16 = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  Launch l{};
+  SBOPS_RETURN_IF_ERROR(sm90::encode_matrix_map(&l.tm_a, kBf16, 2, a, M, K, lda * 2, kBM));
+  SBOPS_RETURN_IF_ERROR(encode_y_map(&l.tm_y, y, DType::BF16, M, yn, ldy));
+  l.half_n = static_cast<int>(swiglu_half_n);
+  l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
+  l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
+  l.group = group;
+  if (cluster == 2) {
+    SBOPS_RETURN_IF_ERROR(sm90::encode_matrix_map(&l.tm_b, kBf16, 2, b, N, K, ldb * 2, kBN / 2));
+    const cudaError_t e = launch_epilogue<__nv_bfloat16, true, true>(l, true, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  SBOPS_RETURN_IF_ERROR(sm90::encode_matrix_map(&l.tm_b, kBf16, 2, b, N, K, ldb * 2, sw ? kBN / 2 : kBN));
+  return launch_epilogue<__nv_bfloat16, false, true>(l, true, stream);
+}
+
 #else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm
 
 bool sbops::int8_gemm_sm90_available() { return false; }
 cudaError_t sbops::launch_int8_gemm_sm90(const int8_t*, int64_t, const int8_t*, int64_t, const float*, const float*,
                                          const void*, DType, void*, int64_t, DType, int64_t, int64_t, int64_t, int,
                                          int64_t, int64_t, cudaStream_t, const Int8GemmSwiglu*) {
+  return cudaErrorNotSupported;
+}
+cudaError_t sbops::launch_bf16_gemm_sm90(const void*, int64_t, const void*, int64_t, const void*, DType, void*,
+                                         int64_t, int64_t, int64_t, int64_t, int, int64_t, int64_t, int64_t,
+                                         cudaStream_t) {
   return cudaErrorNotSupported;
 }
 

@@ -136,14 +136,19 @@ def fused_linears(owner: nn.Module, mods, x: torch.Tensor):
         return _fused_spike_linears(owner, mods, x)
     if any(type(m) is not nn.Linear for m in mods):
         return None
+    _, w, b, sizes = _fused_state(owner, mods)
+    return linear(x, w, b).split(sizes, dim=-1)
+
+
+def _fused_state(owner: nn.Module, mods):
+    # (pointers, fused weight, fused bias or None, sizes) of plain nn.Linears `mods`, fused on first use (fused_linears)
     ptrs = tuple(m.weight.data_ptr() for m in mods) + tuple(0 if m.bias is None else m.bias.data_ptr() for m in mods)
     state = owner.__dict__.get("_sbops_fused")
     if state is None or state[0] != ptrs:
         state = _fuse(mods)
         owner.__dict__["_sbops_fused"] = state
         _hook_unfuse(owner)
-    _, w, b, sizes = state
-    return linear(x, w, b).split(sizes, dim=-1)
+    return state
 
 
 def _hooked(mods) -> bool:
@@ -231,6 +236,9 @@ FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
 # epilogue, h written once (spike_linear_swiglu.int8_swiglu).  SBOPS_FUSE_GATE_UP_SWIGLU=0 (read at import) or False
 # here: the product, then silu_mul (benchmarks' A/B).
 FUSE_GATE_UP_SWIGLU = _platform.env_switch("SBOPS_FUSE_GATE_UP_SWIGLU")
+# ... and with bfloat16 nn.Linear gate / up on Hopper (session 41): the same GEMM with bfloat16 operands
+# (sbops_native.bf16_gemm_swiglu_sm90) past this many rows, under the same switch
+BF16_SWIGLU_MIN_M = 1024
 
 
 def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: bool = True):
@@ -258,6 +266,8 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
     if (not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling()
             or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
         return None
+    if all(type(m) is nn.Linear for m in (gate, up)):
+        return _gate_up_silu_bf16(owner, gate, up, x)
     if not all(isinstance(m, SpikeLinear) and m.bias is None for m in (gate, up)):
         return None
     if x.dim() < 2 or x.shape[-1] != gate.in_features:   # the projections' own call then names the mismatch
@@ -300,6 +310,29 @@ def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
         return None
     h = sw.int8_swiglu(x2, q, sc.reshape(-1), m0.k)
     return h.view(*x.shape[:-1], h.shape[-1])
+
+
+def _gate_up_silu_bf16(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
+    # gate_up_silu's bfloat16 nn.Linear branch: the fused [gate; up] weight (fused_linears' storage) through the Hopper
+    # GEMM with silu(g) * u in its epilogue, or None
+    K, I = x.shape[-1], gate.out_features
+    if (not FUSE_GATE_UP_SWIGLU or x.dtype != torch.bfloat16 or x.numel() // max(K, 1) <= BF16_SWIGLU_MIN_M
+            or gate.bias is not None or up.bias is not None or up.out_features != I or I % 128 or K % 8
+            or gate.weight.dtype != torch.bfloat16 or gate.weight.device != x.device):
+        return None
+    op = _bf16_swiglu_op(x)
+    if op is None:
+        return None
+    w = _fused_state(owner, (gate, up))[1]
+    x2 = x.reshape(-1, K)
+    return op(x2, w).view(*x.shape[:-1], I)
+
+
+def _bf16_swiglu_op(x: torch.Tensor):
+    # sbops_native.bf16_gemm_swiglu_sm90 where it runs on x's device (a CUDA sm_90 device, an sm_90a build), else None
+    op = _platform.native_op("bf16_gemm_swiglu_sm90") if x.device.type == "cuda" else None
+    ok = op is not None and _platform.native_kernel_available("int8_gemm_sm90_available", x.device.index or 0)
+    return op if ok else None
 
 
 def _hook_unfuse(owner: nn.Module) -> None:
