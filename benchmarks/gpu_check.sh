@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
-#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, goals
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, s41, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
 #   fp8model -- the model's decode with the encode's early launch (SBOPS_DECODE_PDL=all) against the default,
@@ -21,6 +21,8 @@
 #   probe (epilogues, stages), then this checkout installed, its int8 GPU tests and the two models (about 5 minutes);
 #   s40 -- the int8 GEMM's SwiGLU epilogue: tests, probe, the int8-per-channel model unfused / fused, its prefill
 #   profile (about 7 minutes after install); s40b -- the int8 GEMM's warpgroup-lag variants (about a minute, no install);
+#   int8t -- the int8 / bf16 Hopper GEMM's GPU tests and the bf16
+#   GEMM's probe against cuBLAS (about 3 minutes); s41 -- the bf16 model's gate / up on that GEMM (see the step);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -387,6 +389,22 @@ if [[ " $steps " == *" int8t "* ]]; then
   stamp "int8t: bf16 GEMM probe against cuBLAS"
   timeout 150 python3 benchmarks/gpu/probes/bf16_gemm_ab.py > "$OUT/logs/int8t_bf16_probe.log" 2>&1; echo "rc=$?"
   cut -c1-400 "$OUT/logs/int8t_bf16_probe.log"
+fi
+if [[ " $steps " == *" s41 "* ]]; then
+  # session 41: the bf16 model with SwiGLU's gate / up on the Hopper GEMM's bf16 SwiGLU epilogue (default) against
+  # cuBLAS + silu_mul (SBOPS_FUSE_GATE_UP_SWIGLU=0) and with every prefill projection on the Hopper GEMM
+  # (SBOPS_DENSE_PREFILL_SM90=1), in the order of S41_MODELS; then the int8-per-channel model (its GEMM's staged
+  # epilogue parameters): TTFT at 1M, decode at 4k, one run each (about 6 minutes)
+  i=0
+  for v in ${S41_MODELS:-cublas fused dense}; do
+    i=$((i + 1))
+    case $v in
+      cublas) SBOPS_FUSE_GATE_UP_SWIGLU=0 model_point "s41_bf16_${v}_$i" bf16 1 ;;
+      fused) model_point "s41_bf16_${v}_$i" bf16 1 ;;
+      dense) SBOPS_DENSE_PREFILL_SM90=1 model_point "s41_bf16_${v}_$i" bf16 1 ;;
+      int8ch) model_point "s41_int8ch_$i" int8ch 1 ;;
+    esac
+  done
 fi
 if [[ " $steps " == *" goals "* ]]; then
   # issues 19 / 23's goal points on this device: TTFT at 1M and the decode step at a 4k context (CUDA graphs), bf16

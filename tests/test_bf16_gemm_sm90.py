@@ -181,3 +181,48 @@ def test_swiglu_module_bf16_fused_h_matches_the_unfused_on_the_gpu():
     e_fused = ((h[:32].double().cpu() - ref).norm() / ref.norm()).item()
     e_unfused = ((want[:32].double().cpu() - ref).norm() / ref.norm()).item()
     assert e_fused <= 1.1 * e_unfused + 1e-4, (e_fused, e_unfused)
+
+
+def test_linear_takes_the_opt_in_hopper_gemm_only_where_it_applies(monkeypatch):
+    """sbops.nn.common.linear with SBOPS_DENSE_PREFILL_SM90 on (here the flag, the GEMM emulated on CPU): bfloat16
+    prefills of at least MIN_ROWS rows go through bf16_gemm_sm90 with the weight in place and the bias; decode-sized
+    inputs, float32, odd widths, a transposed weight, autograd, or the flag off keep F.linear.  Runs on CPU."""
+    from sbops.nn import common, hopper_gemm
+    calls = []
+
+    def emulated(a, w, b=None):
+        calls.append((a.shape, w.data_ptr()))
+        y = a.float() @ w.float().t()
+        return (y if b is None else y + b.float()).bfloat16()
+
+    monkeypatch.setattr(hopper_gemm, "_op", lambda x, name: emulated if name == "bf16_gemm_sm90" else None)
+    monkeypatch.setattr(hopper_gemm, "MIN_ROWS", 8)
+    monkeypatch.setattr(hopper_gemm, "DENSE_PREFILL", True)
+    torch.manual_seed(0)
+    w, b = torch.randn(24, 16).bfloat16(), torch.randn(24).bfloat16()
+    x = torch.randn(2, 6, 16).bfloat16()
+    with torch.no_grad():
+        y = common.linear(x, w, b)
+        assert calls == [((12, 16), w.data_ptr())] and y.shape == (2, 6, 24)
+        assert (y.float() - torch.nn.functional.linear(x, w, b).float()).abs().max() <= 0.05
+        for args in [(x[:, :3], w, b), (x.float(), w.float(), b.float()), (x[..., :12], w[:, :12], b),
+                     (x, w.t().contiguous().t(), b)]:
+            common.linear(*args)
+        assert len(calls) == 1
+    common.linear(x, w.requires_grad_(), b)   # autograd: F.linear
+    assert len(calls) == 1
+    monkeypatch.setattr(hopper_gemm, "DENSE_PREFILL", False)
+    with torch.no_grad():
+        common.linear(x, w, b)
+    assert len(calls) == 1
+
+
+@needs_kernel
+def test_linear_opt_in_hopper_gemm_matches_float64_on_the_gpu(monkeypatch):
+    from sbops.nn import common, hopper_gemm
+    monkeypatch.setattr(hopper_gemm, "DENSE_PREFILL", True)
+    a, w, bias = (t.cuda() for t in _case(1100, 264, 200, seed=2, bias_dtype=torch.float32))
+    with torch.inference_mode():
+        y = common.linear(a.view(2, 550, 200), w, bias)
+        assert torch.equal(y.view(1100, 264), torch.ops.sbops_native.bf16_gemm_sm90(a, w, bias))
+    _assert_rounded_once(y.view(1100, 264), _ref(a.cpu(), w.cpu(), bias.cpu()), 200)

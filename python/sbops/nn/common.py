@@ -13,6 +13,8 @@ from torch.nn.modules import module as _nn_module
 import sbops
 from sbops import _platform
 
+from . import hopper_gemm as _hopper_gemm
+
 from .spike import SpikeLinear, weight_key
 
 
@@ -58,6 +60,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         K = x.shape[-1]
         y = _dense_op()(x.reshape(-1, K), weight, bias)
         return y.view(*x.shape[:-1], weight.shape[0])
+    y = _hopper_gemm.prefill_linear(x, weight, bias) if _hopper_gemm.DENSE_PREFILL else None
+    if y is not None:  # the Hopper GEMM at prefill (opt-in, SBOPS_DENSE_PREFILL_SM90=1)
+        return y
     if (bias is not None and x.dim() > 2 and not x.is_contiguous() and type(x) in _PLAIN and weight.dim() == 2
             and weight.shape[1] == x.shape[-1]):
         # F.linear takes its one-GEMM bias epilogue (addmm) only for 2-D or contiguous input: a strided view such as
@@ -238,7 +243,8 @@ FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
 FUSE_GATE_UP_SWIGLU = _platform.env_switch("SBOPS_FUSE_GATE_UP_SWIGLU")
 # ... and with bfloat16 nn.Linear gate / up on Hopper (session 41): the same GEMM with bfloat16 operands
 # (sbops_native.bf16_gemm_swiglu_sm90) past this many rows, under the same switch
-BF16_SWIGLU_MIN_M = 1024
+BF16_SWIGLU_MIN_M = _hopper_gemm.MIN_ROWS
+_bf16_swiglu_op = _hopper_gemm.swiglu_op
 
 
 def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: bool = True):
@@ -320,19 +326,12 @@ def _gate_up_silu_bf16(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
             or gate.bias is not None or up.bias is not None or up.out_features != I or I % 128 or K % 8
             or gate.weight.dtype != torch.bfloat16 or gate.weight.device != x.device):
         return None
-    op = _bf16_swiglu_op(x)
+    op = _bf16_swiglu_op(x)  # (hopper_gemm.swiglu_op)
     if op is None:
         return None
     w = _fused_state(owner, (gate, up))[1]
     x2 = x.reshape(-1, K)
     return op(x2, w).view(*x.shape[:-1], I)
-
-
-def _bf16_swiglu_op(x: torch.Tensor):
-    # sbops_native.bf16_gemm_swiglu_sm90 where it runs on x's device (a CUDA sm_90 device, an sm_90a build), else None
-    op = _platform.native_op("bf16_gemm_swiglu_sm90") if x.device.type == "cuda" else None
-    ok = op is not None and _platform.native_kernel_available("int8_gemm_sm90_available", x.device.index or 0)
-    return op if ok else None
 
 
 def _hook_unfuse(owner: nn.Module) -> None:
