@@ -53,23 +53,25 @@ def test_bf16_gemm_sm90_matches_float64_on_odd_shapes(M, N, K, bias_dtype, clust
 @needs_kernel
 @pytest.mark.parametrize("cluster", [2, 1])
 @pytest.mark.parametrize("workers,group", [(1, 1), (3, 8), (0, 0), (-1, 1)])
-def test_bf16_gemm_sm90_every_schedule_gives_the_same_bits(cluster, workers, group):
+@pytest.mark.parametrize("K", [136, 392])   # 3 and 7 stages: items start at every ring position
+def test_bf16_gemm_sm90_every_schedule_gives_the_same_bits(cluster, workers, group, K):
     op, op_sw = _ops()
-    a, b, bias = (t.cuda() for t in _case(390, 5 * 256 - 8, 200, seed=3, bias_dtype=torch.float32))
-    base = op(a, b, bias, 2, 0, 0)
+    a, b, bias = (t.cuda() for t in _case(390, 5 * 256 - 8, K, seed=3, bias_dtype=torch.float32))
+    base = op(a, b, bias, 2, -1, 1)   # one item per block
     assert torch.equal(op(a, b, bias, cluster, workers, group), base)
-    a2, b2, _ = (t.cuda() if t is not None else None for t in _case(390, 4 * 256, 200, seed=4))
-    assert torch.equal(op_sw(a2, b2, None, cluster, workers, group), op_sw(a2, b2, None, 2, 0, 0))
+    a2, b2, bias2 = (t.cuda() for t in _case(390, 4 * 256, K, seed=4, bias_dtype=torch.bfloat16))
+    assert torch.equal(op_sw(a2, b2, bias2, cluster, workers, group), op_sw(a2, b2, bias2, 2, -1, 1))
 
 
 @needs_kernel
-@pytest.mark.parametrize("M,I,K", [(1, 128, 64), (257, 384, 520), (64, 256, 3584)])
-def test_bf16_gemm_swiglu_sm90_is_silu_gate_times_up(M, I, K):
+@pytest.mark.parametrize("M,I,K,bias_dtype", [(1, 128, 64, None), (257, 384, 520, torch.bfloat16),
+                                               (64, 256, 3584, None), (300, 256, 136, torch.float32)])
+def test_bf16_gemm_swiglu_sm90_is_silu_gate_times_up(M, I, K, bias_dtype):
     _, op_sw = _ops()
-    a, b, _ = _case(M, 2 * I, K, seed=M + I)
-    h = op_sw(a.cuda(), b.cuda())
+    a, b, bias = _case(M, 2 * I, K, seed=M + I, bias_dtype=bias_dtype)
+    h = op_sw(a.cuda(), b.cuda(), None if bias is None else bias.cuda())
     assert h.shape == (M, I) and h.dtype == torch.bfloat16
-    y = _ref(a, b, None)
+    y = _ref(a, b, bias)
     gt, up = y[:, :I], y[:, I:]
     ref = gt / (1 + torch.exp(-gt)) * up
     err = (h.double().cpu() - ref).abs()
@@ -134,6 +136,7 @@ def test_swiglu_module_takes_the_bf16_epilogue_path_only_where_it_applies(monkey
     through the fused GEMM (here emulated, on CPU) with the fused [gate; up] weight and matches the unfused path;
     fewer rows, float32, a bias, a width not a multiple of 128, or the switch off do not.  Runs on CPU."""
     from sbops.nn import common
+    monkeypatch.setattr(common, "FUSE_GATE_UP_SWIGLU", True)
     monkeypatch.setattr(common, "_FUSED_DEVICE_TYPES", ("cuda", "cpu"))
     monkeypatch.setattr(common, "BF16_SWIGLU_MIN_M", 8)
     calls = []
@@ -164,10 +167,11 @@ def test_swiglu_module_takes_the_bf16_epilogue_path_only_where_it_applies(monkey
 
 
 @needs_kernel
-def test_swiglu_module_bf16_fused_h_matches_the_unfused_on_the_gpu():
+def test_swiglu_module_bf16_fused_h_matches_the_unfused_on_the_gpu(monkeypatch):
     """The same on the GPU with the real kernel: a 1100-row prefill's h against cuBLAS + silu_mul (float64 on 32
     rows: the fused h is at least as close)."""
     from sbops.nn import common
+    monkeypatch.setattr(common, "FUSE_GATE_UP_SWIGLU", True)
     torch.manual_seed(0)
     m = common.SwiGLU(256, 384).cuda().bfloat16().eval()
     x = torch.randn(1100, 256, device="cuda", dtype=torch.bfloat16)

@@ -21,7 +21,8 @@ cudaLaunchConfig_t pair_cluster_config(dim3 grid, int smem, cudaStream_t stream,
 }
 
 // How many workers of this kernel (clusters of two with kMc, else blocks) with kSmem bytes of dynamic shared memory
-// the current device holds at once: asked once per device and variant (the kernels of both epilogues have one type),
+// the current device holds at once: asked once per device, kMc and kSmem (the kernels of every epilogue and operand
+// type share one function type and the same occupancy),
 // after the kernel's shared-memory attribute is set; 0 where a cluster cannot be resident (MIG / MPS partitions, say).
 template <bool kMc, int kSmem, typename Kern>
 int resident_workers(Kern kernel) {

@@ -324,7 +324,8 @@ def _gate_up_silu_bf16(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
     K, I = x.shape[-1], gate.out_features
     if (not FUSE_GATE_UP_SWIGLU or x.dtype != torch.bfloat16 or x.numel() // max(K, 1) <= BF16_SWIGLU_MIN_M
             or gate.bias is not None or up.bias is not None or up.out_features != I or I % 128 or K % 8
-            or gate.weight.dtype != torch.bfloat16 or gate.weight.device != x.device):
+            or K != gate.in_features or up.in_features != K
+            or any(m.weight.dtype != torch.bfloat16 or m.weight.device != x.device for m in (gate, up))):
         return None
     op = _bf16_swiglu_op(x)  # (hopper_gemm.swiglu_op)
     if op is None:

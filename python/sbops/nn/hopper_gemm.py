@@ -39,7 +39,7 @@ def prefill_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if type(x) not in _PLAIN or type(weight) not in _PLAIN or weight.dim() != 2 or x.dim() < 2:
         return None
     K, N = x.shape[-1], weight.shape[0]
-    if K % 8 or N % 8 or weight.shape[1] != K or x.numel() < MIN_ROWS * K or weight.device != x.device:
+    if K == 0 or K % 8 or N % 8 or weight.shape[1] != K or x.numel() < MIN_ROWS * K or weight.device != x.device:
         return None
     if weight.stride(1) != 1 or weight.stride(0) % 8 or weight.data_ptr() % 16:
         return None
