@@ -201,6 +201,7 @@ def test_linear_takes_the_opt_in_hopper_gemm_only_where_it_applies(monkeypatch):
 
     monkeypatch.setattr(hopper_gemm, "_op", lambda x, name: emulated if name == "bf16_gemm_sm90" else None)
     monkeypatch.setattr(hopper_gemm, "MIN_ROWS", 8)
+    monkeypatch.setattr(hopper_gemm, "MIN_K", 16)
     monkeypatch.setattr(hopper_gemm, "DENSE_PREFILL", True)
     torch.manual_seed(0)
     w, b = torch.randn(24, 16).bfloat16(), torch.randn(24).bfloat16()
@@ -210,6 +211,7 @@ def test_linear_takes_the_opt_in_hopper_gemm_only_where_it_applies(monkeypatch):
         assert calls == [((12, 16), w.data_ptr())] and y.shape == (2, 6, 24)
         assert (y.float() - torch.nn.functional.linear(x, w, b).float()).abs().max() <= 0.05
         for args in [(x[:, :3], w, b), (x.float(), w.float(), b.float()), (x[..., :12], w[:, :12], b),
+                     (x[..., :8], w[:, :8], b),                                        # K = 8 < MIN_K
                      (x, w.t().contiguous().t(), b)]:
             common.linear(*args)
         assert len(calls) == 1
@@ -225,6 +227,7 @@ def test_linear_takes_the_opt_in_hopper_gemm_only_where_it_applies(monkeypatch):
 def test_linear_opt_in_hopper_gemm_matches_float64_on_the_gpu(monkeypatch):
     from sbops.nn import common, hopper_gemm
     monkeypatch.setattr(hopper_gemm, "DENSE_PREFILL", True)
+    monkeypatch.setattr(hopper_gemm, "MIN_K", 8)
     a, w, bias = (t.cuda() for t in _case(1100, 264, 200, seed=2, bias_dtype=torch.float32))
     with torch.inference_mode():
         y = common.linear(a.view(2, 550, 200), w, bias)

@@ -14,6 +14,9 @@ from sbops import _platform
 
 # prefill rows from which the kernel serves (below: decode and short prompts stay on cuBLAS / the decode GEMV)
 MIN_ROWS = 1024
+# prefill_linear's shortest K: a few stages per 128 x 256 tile leave the epilogue most of the time (the GLA layers'
+# low-rank gate up-projection has K = 16; session 41's all-projections A/B still ran it here)
+MIN_K = 512
 DENSE_PREFILL = os.environ.get("SBOPS_DENSE_PREFILL_SM90", "0").strip().lower() in ("1", "true", "on", "yes")
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -32,14 +35,14 @@ def swiglu_op(x: torch.Tensor):
 
 def prefill_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """F.linear(x, weight, bias) through bf16_gemm_sm90 where DENSE_PREFILL is on and it applies (bfloat16 plain
-    tensors on one CUDA device, at least MIN_ROWS rows, K and N multiples of 8, a weight whose rows TMA reads in place,
+    tensors on one CUDA device, at least MIN_ROWS rows, K >= MIN_K, K and N multiples of 8, a weight whose rows TMA reads in place,
     a [N] bias of bfloat16 or float32), else None (the caller keeps F.linear)."""
     if not DENSE_PREFILL or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
         return None
     if type(x) not in _PLAIN or type(weight) not in _PLAIN or weight.dim() != 2 or x.dim() < 2:
         return None
     K, N = x.shape[-1], weight.shape[0]
-    if K == 0 or K % 8 or N % 8 or weight.shape[1] != K or x.numel() < MIN_ROWS * K or weight.device != x.device:
+    if K < MIN_K or K % 8 or N % 8 or weight.shape[1] != K or x.numel() < MIN_ROWS * K or weight.device != x.device:
         return None
     if weight.stride(1) != 1 or weight.stride(0) % 8 or weight.data_ptr() % 16:
         return None
