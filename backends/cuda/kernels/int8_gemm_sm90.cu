@@ -68,7 +68,11 @@ constexpr bool kTmaStoreEpilogue = true;
 // other still issues MMAs (if the lag persists across items).  Named barrier 3.
 constexpr int kWgLag = 0;
 static_assert(kWgLag >= 0 && kWgLag <= 4, "the lag fits the ring");
-constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * 2 * kEpiBytes;
+// Probe knob (session 41, probes/int8_gemm_sm90_variants.sh variant 9 with a ring of 3 stages; 2 as shipped): each
+// MMA warpgroup's store buffers.  With 4, a warpgroup stages a whole 64 x 256 item without waiting for the stores of
+// its earlier chunks, which every SM issues at once (the workers run in step), to drain to HBM.
+constexpr int kEpiBufs = 2;
+constexpr int kEpiCols = 64, kEpiBytes = 64 * kEpiCols * 2, kEpiAllBytes = 2 * kEpiBufs * kEpiBytes;
 // The epilogue's column parameters staged in shared memory (kTs; session 41): each of the 256 MMA threads loads the
 // (scale, bias) of one of the item's 256 columns from global memory before its K loop and writes it to a 2 KB table
 // after it, between two barriers of both warpgroups (the table is shared: no room for two), so the epilogue reads
@@ -124,8 +128,8 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
 
 #ifdef SBOPS_SM90A_DEVICE
 // The stores of the epilogue through shared memory and TMA (kTs; the plain and the SwiGLU epilogue): kChunks chunks of
-// 64 columns of the warpgroup's 64 rows, chunk c (columns c0 + 64 c ..) into buffer c % 2 once its store two chunks
-// back (possibly of the previous item) has read it; the warpgroup's first thread issues the stores (rows / columns
+// 64 columns of the warpgroup's 64 rows, chunk c (columns c0 + 64 c ..) into buffer c % kBufs once its store kBufs
+// chunks back (possibly of the previous item: every item cycles through the same kBufs buffers) has read it; the warpgroup's first thread issues the stores (rows / columns
 // past y are skipped by TMA).  rows(j): the lane's packed column pair of 8-column block j (j = 8 c + q) for its local
 // rows lr and lr + 8.  128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
 // writes (rows g, 8 pieces x 4 lanes) fall in 32 distinct banks.
@@ -135,13 +139,15 @@ __device__ __forceinline__ void tma_store_chunks(uint32_t s_epi, int wg, int m0,
   const int tid = threadIdx.x, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
   const int lr = 16 * ((tid >> 5) & 3) + g;  // local rows lr and lr + 8 (lr % 8 == g)
   const bool leader = (tid - kProducerThreads) % 128 == 0;
+  constexpr int kBufs = kChunks < kEpiBufs ? kChunks : kEpiBufs;  // (the SwiGLU epilogue's 2 chunks: 2 buffers)
+  static_assert(kChunks % kBufs == 0, "every item starts at buffer 0");
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
-    const uint32_t buf = s_epi + static_cast<uint32_t>((2 * wg + (c & 1)) * kEpiBytes);
+    const uint32_t buf = s_epi + static_cast<uint32_t>((kEpiBufs * wg + c % kBufs) * kEpiBytes);
     uint2 v[kEpiCols / 8];  // the chunk's values first (their loads together, and while the buffer's store reads)
 #pragma unroll
     for (int q = 0; q < kEpiCols / 8; ++q) v[q] = rows(c * (kEpiCols / 8) + q);
-    if (leader) sm90::bulk_wait_read<1>();
+    if (leader) sm90::bulk_wait_read<kBufs - 1>();
     sm90::named_sync(1 + wg, 128);
 #pragma unroll
     for (int q = 0; q < kEpiCols / 8; ++q) {

@@ -5,20 +5,25 @@
 # from registers (session 31's epilogue); those stores dropped (so the epilogue's arithmetic too: timing only, y
 # unwritten); the stores from registers with a ring of 3 stages; of 2; MMA warpgroup 1 starting 1 / 2 / 3 stages after
 # warpgroup 0 (kWgLag, session 40; their column parameters read from global memory, as in variant 8); the epilogue's
-# column parameters read from global memory per 8-column block (session 40's, before kStagedColParams, session 41).
+# column parameters read from global memory per 8-column block (session 40's, before kStagedColParams, session 41);
+# a ring of 3 stages with 4 store buffers a warpgroup (kEpiBufs: a whole item staged without waiting for the
+# stores to drain), and the same ring with the shipped 2.
 # Needs no install.
 cd "$(dirname "$0")/../../.."
 SRC=backends/cuda/kernels/int8_gemm_sm90.cu
 REG="s/constexpr bool kTmaStoreEpilogue = true;/constexpr bool kTmaStoreEpilogue = false;/"
 NAMES=("shipped" "stores from registers" "no epilogue stores (timing only)" "stores from registers, 3 stages"
        "stores from registers, 2 stages" "MMA warpgroup 1 starts 1 stage late" "2 stages late" "3 stages late"
-       "column parameters from global memory (session 40)")
+       "column parameters from global memory (session 40)" "3 stages, 4 store buffers a warpgroup"
+       "3 stages, 2 store buffers")
 EDITS=("" "$REG" "$REG; s/if (r0 < M)$/if (false)/; s/if (r1 < M)$/if (false)/"
        "$REG; s/constexpr int kStages = 4;/constexpr int kStages = 3;/"
        "$REG; s/constexpr int kStages = 4;/constexpr int kStages = 2;/"
        "s/constexpr int kWgLag = 0;/constexpr int kWgLag = 1;/" "s/constexpr int kWgLag = 0;/constexpr int kWgLag = 2;/"
        "s/constexpr int kWgLag = 0;/constexpr int kWgLag = 3;/"
-       "s/constexpr bool kStagedColParams = true;/constexpr bool kStagedColParams = false;/")
+       "s/constexpr bool kStagedColParams = true;/constexpr bool kStagedColParams = false;/"
+       "s/constexpr int kStages = 4;/constexpr int kStages = 3;/; s/constexpr int kEpiBufs = 2;/constexpr int kEpiBufs = 4;/"
+       "s/constexpr int kStages = 4;/constexpr int kStages = 3;/")
 # VARIANTS: the variants to build and run (indices, default all), e.g. VARIANTS="0 5 6 7"
 SEL=(${VARIANTS:-${!EDITS[@]}})
 for i in "${SEL[@]}"; do
