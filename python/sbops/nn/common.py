@@ -14,6 +14,7 @@ import sbops
 from sbops import _platform
 
 from . import hopper_gemm as _hopper_gemm
+from .linear_operands import PLAIN as _PLAIN, native_gemm_operands as _native_gemm_operands
 
 from .spike import SpikeLinear, weight_key
 
@@ -50,8 +51,6 @@ FUSE_PROJECTIONS = True
 DENSE_DECODE = _platform.env_switch("SBOPS_DENSE_DECODE")
 DENSE_DECODE_MAX_ROWS = 16   # past 16 rows cuBLAS is as fast or faster (H100, session 32)
 _DENSE_DTYPES = (torch.bfloat16, torch.float16)
-_PLAIN = (torch.Tensor, nn.Parameter)
-_IS_BATCHED = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)   # vmap's wrapped tensors
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -60,9 +59,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         K = x.shape[-1]
         y = _dense_op()(x.reshape(-1, K), weight, bias)
         return y.view(*x.shape[:-1], weight.shape[0])
-    y = _hopper_gemm.prefill_linear(x, weight, bias) if _hopper_gemm.DENSE_PREFILL else None
-    if y is not None:  # the Hopper GEMM at prefill (opt-in, SBOPS_DENSE_PREFILL_SM90=1)
-        return y
+    op = (_hopper_gemm.prefill_op(x) if _hopper_gemm.DENSE_PREFILL and _dense_prefill_applies(x, weight, bias)
+          else None)
+    if op is not None:  # the Hopper GEMM at prefill (opt-in, SBOPS_DENSE_PREFILL_SM90=1)
+        return op(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
     if (bias is not None and x.dim() > 2 and not x.is_contiguous() and type(x) in _PLAIN and weight.dim() == 2
             and weight.shape[1] == x.shape[-1]):
         # F.linear takes its one-GEMM bias epilogue (addmm) only for 2-D or contiguous input: a strided view such as
@@ -85,30 +85,25 @@ def linear_module(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_decode_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether linear(x, weight, bias) runs the dense decode GEMV: what F.linear would compute, on plain tensors the
-    kernel reads in place (a weight it would have to copy per call, e.g. a transposed view, stays on cuBLAS)."""
-    if type(x) not in _PLAIN or type(weight) not in _PLAIN or (bias is not None and type(bias) not in _PLAIN):
-        return False   # tensor subclasses (quantised, DTensor, ...) keep their own F.linear
-    if _IS_BATCHED is not None and (_IS_BATCHED(x) or _IS_BATCHED(weight)):
-        return False   # under vmap: the op has no batching rule
-    if x.dtype not in _DENSE_DTYPES or weight.dtype != x.dtype or weight.dim() != 2 or x.dim() == 0:
+    """Whether linear(x, weight, bias) runs the dense decode GEMV: operands it reads in place (_native_gemm_operands),
+    at most DENSE_DECODE_MAX_ROWS rows."""
+    if not _native_gemm_operands(x, weight, bias, _DENSE_DTYPES, (x.dtype,)):
         return False
-    K = x.shape[-1]
-    if K % 8 or weight.shape[1] != K or weight.shape[0] == 0 or weight.device != x.device:
-        return False
-    if not 0 < x.numel() <= DENSE_DECODE_MAX_ROWS * K:
-        return False
-    if weight.stride(1) != 1 or weight.stride(0) % 8 or weight.data_ptr() % 16:
-        return False
-    if bias is not None and (bias.device != x.device or bias.dim() != 1 or bias.dtype != x.dtype):
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return False
-    if torch.compiler.is_compiling():
+    if not 0 < x.numel() <= DENSE_DECODE_MAX_ROWS * x.shape[-1]:
         return False
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     return _platform.native_kernel_available("dense_decode_available", index)
+
+
+def _dense_prefill_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether linear(x, weight, bias) may run on the Hopper GEMM (opt-in: hopper_gemm.DENSE_PREFILL): bfloat16
+    operands it reads in place (_native_gemm_operands), at least hopper_gemm.MIN_ROWS rows of K >= hopper_gemm.MIN_K,
+    N a multiple of 8, a bias of [N] in bfloat16 or float32."""
+    if not _native_gemm_operands(x, weight, bias, (torch.bfloat16,), (torch.bfloat16, torch.float32)):
+        return False
+    K, N = x.shape[-1], weight.shape[0]
+    return (x.dim() >= 2 and K >= _hopper_gemm.MIN_K and N % 8 == 0 and x.numel() >= _hopper_gemm.MIN_ROWS * K
+            and (bias is None or bias.shape[0] == N))
 
 
 def check_arg(owner: str, name: str, v, *, integer: bool = False, lo=None, lo_open: bool = False, hi_open=None):
