@@ -6,6 +6,8 @@
 // a and b are read in place when TMA can (16-byte aligned base, unit column stride, row stride a multiple of 16
 // bytes), else copied; vth and scale are made float32 and contiguous; the bias is read in y's dtype or float32.
 
+#include <array>
+
 #include "../kernels/int8_gemm.cuh"
 #include "bind_common.h"
 
@@ -22,24 +24,31 @@ Tensor rows_for_tma(const Tensor& t) {
   return r.size(0) > 1 && r.stride(0) < r.size(1) ? dense_aligned16(r) : r;
 }
 
+// The checks of both operand types' ops: a [M, K] and b [N, K] CUDA tensors of `dtype` (named dtype_name), the
+// cluster and the group; returns {M, K, N}
+std::array<int64_t, 3> gemm_operands(const char* op, const Tensor& a, const Tensor& b, ScalarType dtype,
+                                     const char* dtype_name, int64_t cluster, int64_t group) {
+  check_cuda(a, op, "a");
+  check_cuda(b, op, "b");
+  SBOPS_CHECK(a.scalar_type() == dtype && b.scalar_type() == dtype, op, ": a and b must be ", dtype_name, ", got ",
+              a.scalar_type(), " and ", b.scalar_type());
+  SBOPS_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), op, ": a [M, K] and b [N, K] expected, got ",
+              a.sizes(), " and ", b.sizes());
+  SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
+  SBOPS_CHECK(group >= 0, op, ": group must be >= 0 (0: the kernel's default), got ", group);
+  return {a.size(0), a.size(1), b.size(0)};
+}
+
 // y [M, N] (or, with swiglu, h [M, N / 2] and side: see int8_gemm_swiglu_sm90_cuda)
 std::tuple<Tensor, Tensor> run(const char* op, const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in,
                                const Tensor& scale_in, const std::optional<Tensor>& bias_in, ScalarType out_dtype,
                                int64_t cluster, int64_t workers, int64_t group, bool swiglu,
                                const std::optional<Tensor>& flags_in) {
-  check_cuda(a_in, op, "a");
-  check_cuda(b_in, op, "b");
+  const auto [M, K, N] = gemm_operands(op, a_in, b_in, kChar, "int8", cluster, group);
   check_cuda(vth_in, op, "vth");
   check_cuda(scale_in, op, "scale");
-  SBOPS_CHECK(a_in.scalar_type() == kChar && b_in.scalar_type() == kChar, op, ": a and b must be int8, got ",
-              a_in.scalar_type(), " and ", b_in.scalar_type());
-  SBOPS_CHECK(a_in.dim() == 2 && b_in.dim() == 2 && a_in.size(1) == b_in.size(1), op,
-              ": a [M, K] and b [N, K] expected, got ", a_in.sizes(), " and ", b_in.sizes());
-  const int64_t M = a_in.size(0), K = a_in.size(1), N = b_in.size(0);
   SBOPS_CHECK(out_dtype == kBFloat16 || out_dtype == kHalf, op, ": out_dtype must be bfloat16 or float16, got ",
               out_dtype);
-  SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
-  SBOPS_CHECK(group >= 0, op, ": group must be >= 0 (0: the kernel's default), got ", group);
   SBOPS_CHECK(K % 16 == 0 && N % 2 == 0, op, ": K must be a multiple of 16 and N even, got K=", K, ", N=", N);
   SBOPS_CHECK(K <= kMaxK, op, ": K must be <= ", kMaxK, " (int32 sums of int8 products), got ", K);
   SBOPS_CHECK(vth_in.dim() == 1 && vth_in.size(0) == M, op, ": vth must be [M], got ", vth_in.sizes());
@@ -102,15 +111,7 @@ std::tuple<Tensor, Tensor> int8_gemm_swiglu_sm90_cuda(const Tensor& a, const Ten
 // rows, I a multiple of 128) h [M, I] = silu(g) * u; float32 accumulation, one rounding
 Tensor run_bf16(const char* op, const Tensor& a_in, const Tensor& b_in, const std::optional<Tensor>& bias_in,
                 int64_t cluster, int64_t workers, int64_t group, bool swiglu) {
-  check_cuda(a_in, op, "a");
-  check_cuda(b_in, op, "b");
-  SBOPS_CHECK(a_in.scalar_type() == kBFloat16 && b_in.scalar_type() == kBFloat16, op,
-              ": a and b must be bfloat16, got ", a_in.scalar_type(), " and ", b_in.scalar_type());
-  SBOPS_CHECK(a_in.dim() == 2 && b_in.dim() == 2 && a_in.size(1) == b_in.size(1), op,
-              ": a [M, K] and b [N, K] expected, got ", a_in.sizes(), " and ", b_in.sizes());
-  const int64_t M = a_in.size(0), K = a_in.size(1), N = b_in.size(0);
-  SBOPS_CHECK(cluster == 1 || cluster == 2, op, ": cluster must be 1 or 2, got ", cluster);
-  SBOPS_CHECK(group >= 0, op, ": group must be >= 0 (0: the kernel's default), got ", group);
+  const auto [M, K, N] = gemm_operands(op, a_in, b_in, kBFloat16, "bfloat16", cluster, group);
   SBOPS_CHECK(K > 0 && K % 8 == 0 && N % 8 == 0, op, ": K must be a positive multiple of 8 and N a multiple of 8, got K=",
               K, ", N=", N);
   if (swiglu)
