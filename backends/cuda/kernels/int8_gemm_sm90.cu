@@ -129,10 +129,11 @@ __device__ __forceinline__ float bias_at(const void* bias, bool bias_f32, int64_
 #ifdef SBOPS_SM90A_DEVICE
 // The stores of the epilogue through shared memory and TMA (kTs; the plain and the SwiGLU epilogue): kChunks chunks of
 // 64 columns of the warpgroup's 64 rows, chunk c (columns c0 + 64 c ..) into buffer c % kBufs once its store kBufs
-// chunks back (possibly of the previous item: every item cycles through the same kBufs buffers) has read it; the warpgroup's first thread issues the stores (rows / columns
-// past y are skipped by TMA).  rows(j): the lane's packed column pair of 8-column block j (j = 8 c + q) for its local
-// rows lr and lr + 8.  128-byte swizzle: local row r's 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte
-// writes (rows g, 8 pieces x 4 lanes) fall in 32 distinct banks.
+// chunks back (possibly of the previous item: every item cycles through the same kBufs buffers) has read it; the
+// warpgroup's first thread issues the stores (rows / columns past y are skipped by TMA).  rows(j): the lane's packed
+// column pair of 8-column block j (j = 8 c + q) for its local rows lr and lr + 8.  128-byte swizzle: local row r's
+// 16-byte piece q sits at piece q ^ (r % 8), so a warp's 4-byte writes (rows g, 8 pieces x 4 lanes) fall in 32
+// distinct banks.
 template <int kChunks, typename Rows>
 __device__ __forceinline__ void tma_store_chunks(uint32_t s_epi, int wg, int m0, int c0, const CUtensorMap* tm_y,
                                                  const Rows& rows) {
@@ -362,8 +363,8 @@ int8_gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_con
     for (int64_t t = worker; t < items; t += workers, it += nk) {
       int m0, n0;
       origin(t, m0, n0);
-      mma_and_epilogue<T, kMc, kTs, kSw, kBf>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy, M, N,
-                                         nk, m0, n0, it, &tm_y, s_epi, s_par, sw);
+      mma_and_epilogue<T, kMc, kTs, kSw, kBf>(s_tiles, bar_full, bar_empty, rank, vth, scale, bias, bias_f32, y, ldy,
+                                              M, N, nk, m0, n0, it, &tm_y, s_epi, s_par, sw);
     }
     if constexpr (kTs) {
       if ((tid - kProducerThreads) % 128 == 0) sm90::bulk_wait<0>();  // its last stores done before the block exits
@@ -459,6 +460,33 @@ cudaError_t encode_y_map(CUtensorMap* map, void* y, DType y_dtype, int64_t M, in
                                  2, y, M, N, ldy * 2, 64, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
+// The checks both launchers make (the cluster, the group: 0 becomes the default; sizes the kernel's int tile origins
+// hold, row strides covering K and y's yn columns): cudaSuccess or the error to return
+cudaError_t check_launch_shape(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldy, int64_t yn,
+                               int cluster, int64_t& group) {
+  if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
+  if (group == 0) group = kInt8GemmGroup;
+  // (tile origins are int: M and N up to a pair of tiles below INT32_MAX)
+  if (K <= 0 || lda < K || ldb < K || ldy < yn || M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
+    return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+// The launch of `l` (its A and y maps and operands set) once B's map is made: with cluster 2, B in half-tile boxes
+// (each block of a cluster loads one half) and the clustered kernels, falling back to single blocks where no cluster
+// can be resident; else (and with SwiGLU, whose gate and up halves of a tile are two loads of 128 rows) single
+// blocks.  encode_b(map, box_rows) makes B's map; run(clustered) launches.
+template <typename EncodeB, typename Run>
+cudaError_t launch_clustered_or_not(Launch& l, int cluster, const EncodeB& encode_b, const Run& run) {
+  if (cluster == 2) {
+    SBOPS_RETURN_IF_ERROR(encode_b(&l.tm_b, kBN / 2));
+    const cudaError_t e = run(true);
+    if (e != cudaErrorNotSupported) return e;
+  }
+  SBOPS_RETURN_IF_ERROR(encode_b(&l.tm_b, l.half_n > 0 ? kBN / 2 : kBN));
+  return run(false);
+}
+
 }  // namespace
 }  // namespace sbops
 
@@ -482,12 +510,8 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
         (swiglu->ld_side % 2 != 0 || reinterpret_cast<uintptr_t>(swiglu->side) % 4 != 0))
       return cudaErrorMisalignedAddress;
   }
-  if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
-  if (group == 0) group = kInt8GemmGroup;
-  // (tile origins are int: M and N up to a pair of tiles below INT32_MAX)
-  if (K <= 0 || K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0 || lda < K || ldb < K || ldy < yn ||
-      M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
-    return cudaErrorInvalidValue;
+  SBOPS_RETURN_IF_ERROR(check_launch_shape(M, N, K, lda, ldb, ldy, yn, cluster, group));
+  if (K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0) return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(a) % 16 != 0 || reinterpret_cast<uintptr_t>(b) % 16 != 0)
     return cudaErrorMisalignedAddress;
   if (y_dtype != DType::BF16 && y_dtype != DType::F16) return cudaErrorInvalidValue;
@@ -506,14 +530,12 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   l.vth = vth, l.scale = scale, l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
   l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
   l.group = group;
-  if (cluster == 2) {  // each block of a cluster loads half of the B tile
-    SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, kBN / 2));
-    const cudaError_t e = launch_dtype<true>(l, y_dtype, tma_store, stream);
-    if (e != cudaErrorNotSupported) return e;
-  }
-  // (SwiGLU: the gate and up halves of a tile in two loads of 128 rows)
-  SBOPS_RETURN_IF_ERROR(encode_int8_map(&l.tm_b, b, N, K, ldb, swiglu != nullptr ? kBN / 2 : kBN));
-  return launch_dtype<false>(l, y_dtype, tma_store, stream);
+  return launch_clustered_or_not(
+      l, cluster, [&](CUtensorMap* map, int box) { return encode_int8_map(map, b, N, K, ldb, box); },
+      [&](bool mc) {
+        return mc ? launch_dtype<true>(l, y_dtype, tma_store, stream)
+                  : launch_dtype<false>(l, y_dtype, tma_store, stream);
+      });
 }
 
 cudaError_t sbops::launch_bf16_gemm_sm90(const void* a, int64_t lda, const void* b, int64_t ldb, const void* bias,
@@ -525,12 +547,9 @@ cudaError_t sbops::launch_bf16_gemm_sm90(const void* a, int64_t lda, const void*
   const int64_t yn = sw ? swiglu_half_n : N;
   if (swiglu_half_n < 0 || (sw && (swiglu_half_n % (kBN / 2) != 0 || 2 * swiglu_half_n != N)))
     return cudaErrorInvalidValue;
-  if ((cluster != 1 && cluster != 2) || group < 0) return cudaErrorInvalidValue;
-  if (group == 0) group = kInt8GemmGroup;
+  SBOPS_RETURN_IF_ERROR(check_launch_shape(M, N, K, lda, ldb, ldy, yn, cluster, group));
   // 16-byte rows for TMA (K, the row strides and y's in multiples of 8 elements; aligned bases)
-  if (K <= 0 || K % 8 != 0 || N % 8 != 0 || lda % 8 != 0 || ldb % 8 != 0 || ldy % 8 != 0 || lda < K || ldb < K ||
-      ldy < yn || M > INT32_MAX - 2 * kBM || N > INT32_MAX - kBN || K > INT32_MAX)
-    return cudaErrorInvalidValue;
+  if (K % 8 != 0 || N % 8 != 0 || lda % 8 != 0 || ldb % 8 != 0 || ldy % 8 != 0) return cudaErrorInvalidValue;
   for (const void* p : {a, b, static_cast<const void*>(y)})
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
   if (bias != nullptr && bias_dtype != DType::F32 && bias_dtype != DType::BF16) return cudaErrorInvalidValue;
@@ -543,13 +562,13 @@ cudaError_t sbops::launch_bf16_gemm_sm90(const void* a, int64_t lda, const void*
   l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
   l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
   l.group = group;
-  if (cluster == 2) {
-    SBOPS_RETURN_IF_ERROR(sm90::encode_matrix_map(&l.tm_b, kBf16, 2, b, N, K, ldb * 2, kBN / 2));
-    const cudaError_t e = launch_epilogue<__nv_bfloat16, true, true>(l, true, stream);
-    if (e != cudaErrorNotSupported) return e;
-  }
-  SBOPS_RETURN_IF_ERROR(sm90::encode_matrix_map(&l.tm_b, kBf16, 2, b, N, K, ldb * 2, sw ? kBN / 2 : kBN));
-  return launch_epilogue<__nv_bfloat16, false, true>(l, true, stream);
+  return launch_clustered_or_not(
+      l, cluster,
+      [&](CUtensorMap* map, int box) { return sm90::encode_matrix_map(map, kBf16, 2, b, N, K, ldb * 2, box); },
+      [&](bool mc) {
+        return mc ? launch_epilogue<__nv_bfloat16, true, true>(l, true, stream)
+                  : launch_epilogue<__nv_bfloat16, false, true>(l, true, stream);
+      });
 }
 
 #else  // USE_MACA: MetaX has no wgmma; the caller keeps torch._int_mm
