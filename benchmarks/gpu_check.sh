@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|s42|prof|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
 #   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, s41, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
@@ -23,6 +23,7 @@
 #   profile (about 7 minutes after install); s40b -- the int8 GEMM's warpgroup-lag variants (about a minute, no install);
 #   int8t -- the int8 / bf16 Hopper GEMM's GPU tests and the bf16
 #   GEMM's probe against cuBLAS (about 3 minutes); s41 -- the bf16 model's gate / up on that GEMM (see the step);
+#   prof -- kernel profiles of a prefill chunk and the decode steps (PROF_MODELS);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -389,6 +390,31 @@ if [[ " $steps " == *" int8t "* ]]; then
   stamp "int8t: bf16 GEMM probe against cuBLAS"
   timeout 150 python3 benchmarks/gpu/probes/bf16_gemm_ab.py > "$OUT/logs/int8t_bf16_probe.log" 2>&1; echo "rc=$?"
   cut -c1-400 "$OUT/logs/int8t_bf16_probe.log"
+fi
+if [[ " $steps " == *" s42 "* ]]; then
+  # session 42: the sm_90 SWA forward with the prefill chunk's queries only (q shorter than k) -- its GPU tests and the
+  # SWA kernel's, then the models in the order of S42_MODELS (bf16 / int8ch, suffix :packed for
+  # SBOPS_SWA_CHUNK_QUERIES=0, the zero-query packed layout): TTFT at 1M, B = 1 decode at 4k (about 2 minutes a model)
+  stamp "s42: SWA chunk queries -- GPU tests"
+  (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
+     test_gpu_swa_chunk_queries.py test_gpu_swa_sm90.py > "$OUT/logs/s42_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s42_tests.log")
+  grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s42_tests.log" | cut -c1-300 | head -12
+  i=0
+  for v in ${S42_MODELS:-bf16 bf16:packed}; do
+    i=$((i + 1)); m=${v%%:*}
+    if [[ $v == *:packed ]]; then SBOPS_SWA_CHUNK_QUERIES=0 model_point "s42_${m}_packed_$i" "$m" 1
+    else model_point "s42_${m}_$i" "$m" 1; fi
+  done
+fi
+if [[ " $steps " == *" prof "* ]]; then
+  # the kernel profile of a 16384-token prefill chunk (after one) and of the B = 1 / 32 decode steps, for each model
+  # of PROF_MODELS (bf16, int8ch; default bf16) (about a minute each)
+  for m in ${PROF_MODELS:-bf16}; do
+    stamp "prof: $m model, kernel profile of a 16384-token prefill chunk and the decode steps"
+    timeout 200 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 $([ "$m" = int8ch ] && echo --int8ch) \
+      > "$OUT/logs/prof_$m.log" 2>&1; echo "profile rc=$?"
+    grep -a -A24 "=== prefill\|=== decode" "$OUT/logs/prof_$m.log" | grep -a -v "^--$" | cut -c1-150 | head -80
+  done
 fi
 if [[ " $steps " == *" s41 "* ]]; then
   # session 41: the bf16 model with SwiGLU's gate / up on the Hopper GEMM's bf16 SwiGLU epilogue (default) against

@@ -16,10 +16,11 @@ namespace {
 
 using namespace sbops::bind;  // Tensor, checks, stream(), check_launch, stride helpers
 
-// q [B,T,H,128] and k, v [B,T,HKV,128] on one device in one 16-bit dtype, and a resolved window: the inputs the
-// sm_90 SWA kernels (forward and backward) accept.  Returns {B, T, H, HKV}.
-std::array<int64_t, 4> check_swa_sm90_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
-                                          const char* op) {
+// q [B,Tq,H,128] and k, v [B,T,HKV,128] on one device in one 16-bit dtype, and a resolved window: the inputs the
+// sm_90 SWA kernels accept.  Tq == T, or (tail_q: the forward) 1 <= Tq <= T: q holds the last Tq positions.
+// Returns {B, Tq, T, H, HKV}.
+std::array<int64_t, 5> check_swa_sm90_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t window,
+                                          const char* op, bool tail_q = false) {
   check_cuda(q, op, "q");
   check_cuda(k, op, "k");
   check_cuda(v, op, "v");
@@ -28,14 +29,18 @@ std::array<int64_t, 4> check_swa_sm90_qkv(const Tensor& q, const Tensor& k, cons
   SBOPS_CHECK(s == kBFloat16 || s == kHalf, op, ": q must be bfloat16 or float16, got ", s);
   SBOPS_CHECK(k.scalar_type() == s && v.scalar_type() == s, op, ": q, k, v must share a dtype");
   SBOPS_CHECK(q.dim() == 4 && k.dim() == 4 && sbops::same_sizes(k.sizes(), v.sizes()), op, ": q must be [B,T,H,D] and k, v [B,T,HKV,D]");
-  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), HKV = k.size(2);
+  const int64_t B = q.size(0), Tq = q.size(1), T = k.size(1), H = q.size(2), D = q.size(3), HKV = k.size(2);
   SBOPS_CHECK(D == sbops::kSwaFwdSm90HeadDim, op, ": head dim must be ", sbops::kSwaFwdSm90HeadDim, ", got ", D);
-  SBOPS_CHECK(k.size(0) == B && k.size(1) == T && k.size(3) == D && HKV >= 1 && H % HKV == 0, op,
-              ": k, v must be [B,T,HKV,D] with H % HKV == 0");
+  SBOPS_CHECK(k.size(0) == B && k.size(3) == D && HKV >= 1 && H % HKV == 0, op,
+              ": k, v must be [B,T,HKV,D] with q's B and D and H % HKV == 0");
+  if (tail_q)
+    SBOPS_CHECK(Tq <= T, op, ": q's length (", Tq, ") must not exceed k's (", T, "): q holds the last positions");
+  else
+    SBOPS_CHECK(Tq == T, op, ": q and k must have one length, got ", Tq, " and ", T);
   SBOPS_CHECK(window >= 0 && window <= INT32_MAX, op, ": window must be resolved to [0, 2^31), got ", window);
   SBOPS_CHECK(T <= INT32_MAX / 2 && B * T * H <= INT64_MAX / D, op, ": T too large");
   SBOPS_CHECK(sbops::swa_fwd_sm90_available(), op, ": needs an sm_90 device and an sm_90a build of sbops");
-  return {B, T, H, HKV};
+  return {B, Tq, T, H, HKV};
 }
 
 // The TMA descriptors describe dense [B*T*H, D] tensors from a 16-byte aligned base: strided views
@@ -44,20 +49,21 @@ Tensor tma_ready(const Tensor& t) { return dense_aligned16(t); }
 
 // sbops_native::swa_attn_fwd_sm90: the Hopper forward of sbops::swa_attn for the cases it serves (bf16/fp16,
 // D = 128, no varlen, no sinks; window already resolved, >= 0).  Called from the Python CUDA kernel of
-// sbops::swa_attn (backends/cuda/sm90.py), never a public op.
+// sbops::swa_attn (backends/cuda/sm90.py), never a public op.  q may be shorter than k, v: it then holds their last
+// q.size(1) positions (the model's prefill chunk after its cached window: nn.attention), o and lse q's rows only.
 std::tuple<Tensor, Tensor> swa_attn_fwd_sm90_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                                   int64_t window, double scale) {
   const char* op = "swa_attn (sm90)";
   DeviceGuard guard(q_in.get_device_index());
-  const auto [B, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op);
+  const auto [B, Tq, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op, /*tail_q=*/true);
   const int64_t D = sbops::kSwaFwdSm90HeadDim;
   const auto s = q_in.scalar_type();
   const Tensor q = tma_ready(q_in), k = tma_ready(k_in), v = tma_ready(v_in);
-  Tensor o = empty_on({B, T, H, D}, q.scalar_type(), q);
-  Tensor lse = empty_on({B, T, H}, kFloat, q);
+  Tensor o = empty_on({B, Tq, H, D}, q.scalar_type(), q);
+  Tensor lse = empty_on({B, Tq, H}, kFloat, q);
   check_launch(sbops::launch_swa_fwd_sm90(q.data_ptr(), k.data_ptr(), v.data_ptr(), to_dtype(s, op, "q"), o.data_ptr(),
-                                          lse.mutable_data_ptr<float>(), static_cast<int>(B), static_cast<int>(T),
-                                          static_cast<int>(H), static_cast<int>(HKV),
+                                          lse.mutable_data_ptr<float>(), static_cast<int>(B), static_cast<int>(Tq),
+                                          static_cast<int>(T), static_cast<int>(H), static_cast<int>(HKV),
                                           static_cast<int>(window), static_cast<float>(scale), stream()),
                op);
   return {o, lse};
@@ -72,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor> swa_attn_bwd_sm90_cuda(const Tensor& q_in, co
                                                           double scale, bool fuse_dq) {
   const char* op = "swa_attn_bwd (sm90)";
   DeviceGuard guard(q_in.get_device_index());
-  const auto [B, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op);
+  const auto [B, Tq, T, H, HKV] = check_swa_sm90_qkv(q_in, k_in, v_in, window, op);
+  (void)Tq;  // == T
   const int64_t D = sbops::kSwaFwdSm90HeadDim;
   const auto s = q_in.scalar_type();
   check_cuda(o_in, op, "o");

@@ -74,7 +74,7 @@ template <typename E, int kMode>
 __global__ void __launch_bounds__(kThreads, 1)
 swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                     const __grid_constant__ CUtensorMap tm_v, E* __restrict__ o, float* __restrict__ lse, int B,
-                    int L, int H, int HKV, int window, float scale_log2) {
+                    int L, int Lq, int H, int HKV, int window, float scale_log2) {
 #ifdef SBOPS_SM90A_DEVICE
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s_q = sm90::smem_addr(smem);
@@ -87,17 +87,20 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
                                                           // issued and retired their last Q K^T of the item)
 
   // Persistent: block i takes work items i, i + gridDim.x, ...; item w = (query block, head, batch row), the
-  // heaviest query blocks first (full causal).  K/V tiles run through the ring with one global tile counter
+  // heaviest query blocks first (full causal).  The Lq <= L query rows of a batch row are its last Lq positions
+  // (a prefill chunk after q_off cached keys): query block rows count from q's first row (its Q loads and
+  // outputs), positions (its keys and masks) from the first key.  K/V tiles run through the ring with one global tile counter
   // g, so the producer fills the next item's first stages (and its Q) while the MMA warpgroups finish this one.
   // clustered modes: the unit is a cluster (blockIdx.x / 2, rank = the CTA in it) and an item a pair of heads
   constexpr bool kMc = clustered(kMode);
   const int rank = kMc ? static_cast<int>(sm90::cluster_ctarank()) : 0;
   const int unit = kMc ? blockIdx.x / 2 : blockIdx.x, nunits = kMc ? gridDim.x / 2 : gridDim.x;
   const int Hi = kMc ? H / 2 : H;  // items per (query block, batch row); clustered: H even (launcher)
-  const int nqb = (L + kBM - 1) / kBM;
+  const int q_off = L - Lq;  // position of q's row 0
+  const int nqb = (Lq + kBM - 1) / kBM;
   const int nwork = nqb * Hi * B;  // < 2^31: checked by the launcher
   struct Item {
-    int h, hkv, b, m0, lo, ntiles;
+    int h, hkv, b, mq, m0, lo, ntiles;  // mq: the block's first row of q; m0: its position
     bool shared;  // kFwdMcast: both CTAs' heads read KV head hkv: the K/V tiles are multicast
   };
   auto item_of = [&](int w) {
@@ -107,7 +110,8 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
     it.hkv = it.h / G;
     it.shared = kMode == kFwdMcast && (2 * (w % Hi)) / G == (2 * (w % Hi) + 1) / G;
     const int rest = w / Hi;
-    it.m0 = (nqb - 1 - rest % nqb) * kBM;
+    it.mq = (nqb - 1 - rest % nqb) * kBM;
+    it.m0 = it.mq + q_off;
     it.b = rest / nqb;
     const int hi = min(it.m0 + kBM, L);  // keys [lo, hi) cover every row's window
     it.lo = max(it.m0 - window, 0) / kBN * kBN;
@@ -158,7 +162,7 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
         if (t == 0) {
           if (n_item > 0) sm90::mbar_wait(bar_qempty, (n_item - 1) & 1);
           sm90::mbar_expect_tx(bar_qfull, kTileBytes);
-          sm90::tma_rows<kBM>(s_q, &tm_q, bar_qfull, it.h, it.m0, it.b);
+          sm90::tma_rows<kBM>(s_q, &tm_q, bar_qfull, it.h, it.mq, it.b);
         }
       }
     }
@@ -321,16 +325,16 @@ swa_fwd_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_const
       release((g0 + ntiles - 1) % kStages);
       g0 += ntiles;
 
-      // epilogue: rows < L of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
+      // epilogue: q rows < Lq of this thread: o = acc / l (32-bit stores of column pairs), lse = ln(l) + m ln(2)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         float l = l_r[r];
         l += shfl_xor(l, 1);
         l += shfl_xor(l, 2);
         const float l_safe = l > 0.f ? l : 1.f, inv = 1.f / l_safe;
-        const int row = row0 + 8 * r;
-        if (row < L) {
-          const int64_t tok = static_cast<int64_t>(it.b) * L + row;
+        const int row = row0 + 8 * r - q_off;  // row of q and o
+        if (row < Lq) {
+          const int64_t tok = static_cast<int64_t>(it.b) * Lq + row;
           uint32_t* out = reinterpret_cast<uint32_t*>(o + tok * q_stride + it.h * kD + col0);
 #pragma unroll
           for (int i = 0; i < 16; ++i) out[4 * i] = sm90::pack2<E>(acc[4 * i + 2 * r] * inv, acc[4 * i + 2 * r + 1] * inv);
@@ -346,17 +350,17 @@ done:
 
 template <typename E, int kMode = kFwd>
 cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H,
-                         int HKV, int window, float scale, cudaStream_t stream) {
+                         int HKV, int window, float scale, cudaStream_t stream, int Tq) {
   const CUtensorMapDataType type =
       std::is_same<E, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   CUtensorMap tm_q, tm_k, tm_v;
   static_assert(kBM == kBN, "one box shape for the Q and the K/V tiles");
-  SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_q, type, q, B, T, H, kBM));
+  SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_q, type, q, B, Tq, H, kBM));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_k, type, k, B, T, HKV, kBM));
   SBOPS_RETURN_IF_ERROR(sm90::encode_rows_map(&tm_v, type, v, B, T, HKV, kBM));
   auto kernel = swa_fwd_sm90_kernel<E, kMode>;
   SBOPS_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  const int64_t nwork = ceil_div(static_cast<int64_t>(T), kBM) * H * B;
+  const int64_t nwork = ceil_div(static_cast<int64_t>(Tq), kBM) * H * B;
   if (clustered(kMode)) {
     // clusters of 2 CTAs, as many as fit at once (persistent; 66 on the H100), each taking head pairs
     if (H % 2 != 0) return cudaErrorInvalidValue;
@@ -387,12 +391,12 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
     }
     if (clusters < 1) return cudaErrorNotSupported;  // the caller runs the kernel without clusters
     cfg.gridDim = dim3(2 * static_cast<unsigned>(std::min<int64_t>(nwork / 2, clusters)));
-    SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV,
-                                             window, scale * kLog2e));
+    SBOPS_RETURN_IF_ERROR(cudaLaunchKernelEx(&cfg, kernel, tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, Tq, H,
+                                             HKV, window, scale * kLog2e));
     return last_launch_error();
   }
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(nwork, num_sms()));  // persistent: one block per SM
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, H, HKV, window,
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(tm_q, tm_k, tm_v, static_cast<E*>(o), lse, B, T, Tq, H, HKV, window,
                                                  scale * kLog2e);
   return last_launch_error();
 }
@@ -400,14 +404,14 @@ cudaError_t launch_typed(const void* q, const void* k, const void* v, void* o, f
 // the multicast kernel for an even number of query heads (clusters take head pairs), else (or where no cluster of
 // two fits) the kernel without clusters
 template <typename E>
-cudaError_t launch_best(const void* q, const void* k, const void* v, void* o, float* lse, int B, int T, int H, int HKV,
-                        int window, float scale, cudaStream_t stream) {
+cudaError_t launch_best(const void* q, const void* k, const void* v, void* o, float* lse, int B, int Tq, int T, int H,
+                        int HKV, int window, float scale, cudaStream_t stream) {
   if (H % 2 == 0) {
-    const cudaError_t e = launch_typed<E, kFwdMcast>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    const cudaError_t e = launch_typed<E, kFwdMcast>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream, Tq);
     if (e != cudaErrorNotSupported) return e;
     cudaGetLastError();  // a refused cluster launch leaves its (non-sticky) error behind: not the fallback's
   }
-  return launch_typed<E, kFwd>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+  return launch_typed<E, kFwd>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream, Tq);
 }
 
 }  // namespace
@@ -421,18 +425,18 @@ bool sbops::swa_fwd_sm90_available() {
 }
 
 cudaError_t sbops::launch_swa_fwd_sm90(const void* q, const void* k, const void* v, DType dtype, void* o,
-                                       float* lse, int B, int T, int H, int HKV, int window, float scale,
+                                       float* lse, int B, int Tq, int T, int H, int HKV, int window, float scale,
                                        cudaStream_t stream) {
-  if (B <= 0 || T <= 0 || H <= 0) return cudaSuccess;
-  if (HKV <= 0 || H % HKV != 0 || window < 0 || ceil_div(static_cast<int64_t>(T), kBM) * H * B > INT32_MAX)
+  if (B <= 0 || Tq <= 0 || H <= 0) return cudaSuccess;
+  if (Tq > T || HKV <= 0 || H % HKV != 0 || window < 0 || ceil_div(static_cast<int64_t>(Tq), kBM) * H * B > INT32_MAX)
     return cudaErrorInvalidValue;
   // TMA reads 16-byte-aligned bases (every row stride here is a multiple of 256 bytes)
   for (const void* p : {q, k, v})
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return cudaErrorMisalignedAddress;
   if (!swa_fwd_sm90_available()) return cudaErrorNotSupported;
   switch (dtype) {
-    case DType::BF16: return launch_best<__nv_bfloat16>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
-    case DType::F16: return launch_best<__half>(q, k, v, o, lse, B, T, H, HKV, window, scale, stream);
+    case DType::BF16: return launch_best<__nv_bfloat16>(q, k, v, o, lse, B, Tq, T, H, HKV, window, scale, stream);
+    case DType::F16: return launch_best<__half>(q, k, v, o, lse, B, Tq, T, H, HKV, window, scale, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -443,7 +447,7 @@ cudaError_t sbops::launch_swa_fwd_sm90(const void* q, const void* k, const void*
 // unqualified one would silently define an overload and leave the declared symbol undefined at link time).
 bool sbops::swa_fwd_sm90_available() { return false; }
 cudaError_t sbops::launch_swa_fwd_sm90(const void*, const void*, const void*, DType, void*, float*, int, int, int, int,
-                                       int, float, cudaStream_t) {
+                                       int, int, float, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 

@@ -22,7 +22,7 @@ using probe::fill_bf16;
 
 namespace {
 using Launch = cudaError_t (*)(const void*, const void*, const void*, void*, float*, int, int, int, int, int, float,
-                               cudaStream_t);
+                               cudaStream_t, int);
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
       if (other == kFwdMcast && c.H % 2 != 0) continue;
       PROBE_CHECK(cudaMemset(o, 0xFF, nq * 4));
       PROBE_CHECK(cudaMemset(lse, 0xFF, nl * 8));
-      PROBE_CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
-      PROBE_CHECK(modes[other].fn(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window, scale, 0));
+      PROBE_CHECK((launch_typed<__nv_bfloat16, kFwd>)(q, k, v, o, lse, c.B, c.T, c.H, c.HKV, c.window, scale, 0, c.T));
+      PROBE_CHECK(modes[other].fn(q, k, v, o + nq, lse + nl, c.B, c.T, c.H, c.HKV, c.window, scale, 0, c.T));
       std::vector<uint16_t> ho(2 * nq);
       std::vector<uint32_t> hl(2 * nl);
       PROBE_CHECK(cudaMemcpy(ho.data(), o, nq * 4, cudaMemcpyDeviceToHost));
@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
       std::vector<float> t;
       for (int i = 0; i < iters; ++i) {
         PROBE_CHECK(cudaEventRecord(e0));
-        PROBE_CHECK(modes[sel[m]].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0));
+        PROBE_CHECK(modes[sel[m]].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0, T));
         PROBE_CHECK(cudaEventRecord(e1));
         PROBE_CHECK(cudaEventSynchronize(e1));
         float ms = 0.f;
@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
     };
     // warm-up: 1.5 s of the kernel, past the clock dip at the start of a load
     for (auto t0 = std::chrono::steady_clock::now(); std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1500);) {
-      PROBE_CHECK(modes[0].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0));
+      PROBE_CHECK(modes[0].fn(q, k, v, o, lse, B, T, H, HKV, W, scale, 0, T));
       PROBE_CHECK(cudaDeviceSynchronize());
     }
     std::vector<std::vector<float>> med(kModes);

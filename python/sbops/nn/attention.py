@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import Optional
 
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 
 import sbops
 import sbops.distributed as sbd
+from sbops import _dispatch, _platform
 
 from .cache import CacheBatch, HybridCache, LinearAttnCache, SWACache
 from .common import (RMSNorm, RotaryEmbedding, apply_rope_qk, check_arg, fused_kernels, fused_linears,
@@ -178,6 +180,31 @@ def _attend_cache_with_sinks(q, cache: SWACache, seq_lens, slots, sink_k, sink_v
     return o.reshape(N, H, D).to(q.dtype)
 
 
+# A prefill chunk after cached keys, one sequence: on Hopper the sm_90 SWA forward takes the chunk's queries alone
+# over [cached window; chunk] (sbops_native.swa_attn_fwd_sm90 with q shorter than k: q holds the last positions), so
+# no zero query rows are computed for the cached window and q is not copied into a packed buffer.  Elsewhere, and with
+# SBOPS_SWA_CHUNK_QUERIES=0 (an A/B switch), swa_attn runs over the packed layout with zero queries for the cached rows.
+SWA_CHUNK_QUERIES = os.environ.get("SBOPS_SWA_CHUNK_QUERIES", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _swa_chunk_op(q, k, v, sink_k):
+    """sbops_native.swa_attn_fwd_sm90 where it serves q [1, T, H, 128] (bf16 / fp16, CUDA sm_90, an sm_90a build) over
+    longer k, v, no sinks, no gradient asked, not compiling, and no backend other than cuda forced; else None."""
+    if not SWA_CHUNK_QUERIES or not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] != 128:
+        return None
+    if sink_k is not None or q.dtype != k.dtype or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return None
+    if _dispatch._forced_name() not in (None, "cuda"):
+        return None
+    op = _platform.native_op("swa_attn_fwd_sm90")
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if op is None or not _platform.native_kernel_available("swa_attn_fwd_sm90_available", index):
+        return None
+    return op
+
+
 def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Optional[CacheBatch],
                     sink_k=None, sink_v=None):
     """Sliding-window (or full causal) attention of the call's queries over the cached window plus
@@ -211,15 +238,17 @@ def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Opti
         plan = batch.window_plan(window, cache.rows, q.device)
         kk = k.new_empty(plan.total, HKV, D)
         vv = v.new_empty(plan.total, HKV, D)
+        chunk_op = _swa_chunk_op(q, k, v, sink_k) if plan.single is not None else None
         if plan.single is not None:   # one sequence: slice copies (no index kernels)
             old, slot, r0 = plan.single
-            qq = q.new_empty(plan.total, H, D)
-            qq[:old].zero_()
-            qq[old:].copy_(q.reshape(-1, H, D))
             kk[old:].copy_(k.reshape(-1, HKV, D))
             vv[old:].copy_(v.reshape(-1, HKV, D))
             _copy_ring(kk, cache.k[slot], r0, old)
             _copy_ring(vv, cache.v[slot], r0, old)
+            if chunk_op is None:
+                qq = q.new_empty(plan.total, H, D)
+                qq[:old].zero_()
+                qq[old:].copy_(q.reshape(-1, H, D))
         else:
             qq = q.new_zeros(plan.total, H, D)
             qq[plan.dst_new] = q.reshape(-1, H, D)
@@ -227,6 +256,10 @@ def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Opti
             vv[plan.dst_new] = v.reshape(-1, HKV, D)
             kk[plan.dst_old] = cache.k[plan.src_slot, plan.src_row]
             vv[plan.dst_old] = cache.v[plan.src_slot, plan.src_row]
+        if chunk_op is not None:   # the chunk's queries over [cached window; chunk] (window < 0: full causal)
+            w = window if 0 <= window < plan.total else plan.total - 1
+            o, _ = chunk_op(q.reshape(1, T, H, D), kk[None], vv[None], w, D ** -0.5)
+            return _write_window(o.view(B, T, H, D), k, v, cache, batch)
         # one sequence packs to a single row of length plan.total: no cu_seqlens, so the call can take
         # the dense kernels (sm90 wgmma SWA on Hopper: ~630 TFLOP/s vs ~440 for the varlen Triton kernel)
         o = sbops.swa_attn(qq[None], kk[None], vv[None], window,
@@ -236,8 +269,13 @@ def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Opti
             o = o[0, plan.single[0]:].view(B, T, H, D)
         else:
             o = o[0].index_select(0, plan.dst_new).view(B, T, H, D)
+    return _write_window(o, k, v, cache, batch)
+
+
+def _write_window(o, k, v, cache: Optional[SWACache], batch: Optional[CacheBatch]):
+    """The call's keys / values into the cache's ring buffers (prefill; decode writes its own); returns o."""
     if cache is not None:
-        w = batch.write_plan(cache.rows, q.device)
+        w = batch.write_plan(cache.rows, o.device)
         HKV, D = k.shape[2], k.shape[3]
         kf, vf = k.detach().reshape(-1, HKV, D), v.detach().reshape(-1, HKV, D)
         if w.row_range is not None:   # contiguous rows: views (swa_cache_write reads them in place)
