@@ -394,7 +394,8 @@ fi
 if [[ " $steps " == *" s42 "* ]]; then
   # session 42: the sm_90 SWA forward with the prefill chunk's queries only (q shorter than k) -- its GPU tests and the
   # SWA kernel's, then the models in the order of S42_MODELS (bf16 / int8ch, suffix :packed for
-  # SBOPS_SWA_CHUNK_QUERIES=0, the zero-query packed layout): TTFT at 1M, B = 1 decode at 4k (about 2 minutes a model)
+  # SBOPS_SWA_CHUNK_QUERIES=0, the zero-query packed layout, :dense for SBOPS_DENSE_PREFILL_SM90=1, every bf16
+  # prefill projection with K >= 512 on the Hopper GEMM): TTFT at 1M, B = 1 decode at 4k (about 2 minutes a model)
   stamp "s42: SWA chunk queries -- GPU tests"
   (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
      test_gpu_swa_chunk_queries.py test_gpu_swa_sm90.py > "$OUT/logs/s42_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s42_tests.log")
@@ -402,8 +403,11 @@ if [[ " $steps " == *" s42 "* ]]; then
   i=0
   for v in ${S42_MODELS:-bf16 bf16:packed}; do
     i=$((i + 1)); m=${v%%:*}
-    if [[ $v == *:packed ]]; then SBOPS_SWA_CHUNK_QUERIES=0 model_point "s42_${m}_packed_$i" "$m" 1
-    else model_point "s42_${m}_$i" "$m" 1; fi
+    case $v in
+      *:packed) SBOPS_SWA_CHUNK_QUERIES=0 model_point "s42_${m}_packed_$i" "$m" 1 ;;
+      *:dense) SBOPS_DENSE_PREFILL_SM90=1 model_point "s42_${m}_dense_$i" "$m" 1 ;;
+      *) model_point "s42_${m}_$i" "$m" 1 ;;
+    esac
   done
 fi
 if [[ " $steps " == *" prof "* ]]; then
