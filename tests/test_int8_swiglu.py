@@ -25,10 +25,11 @@ def _kernel():
 needs_kernel = pytest.mark.skipif(not _kernel(), reason="needs an sm_90 GPU and an sm_90a CUDA build of sbops")
 
 
-def _emulate(a, b, vth, scale, bias, dtype, row_flags):
+def _emulate(a, b, vth, scale, bias, dtype, row_flags, row_sums=None):
     """The kernel's (h, side): g / u = float(a @ b^T) * scale * vth (+ bias) in float32 (separate roundings, as the
     kernel), h = g / (1 + exp(-g)) * u rounded once; side holds g | u rounded to dtype in the rows of flagged 16-row
-    blocks (zeros elsewhere: the kernel leaves them unwritten)."""
+    blocks (zeros elsewhere: the kernel leaves them unwritten); row_sums (given: written in place) the sums of |h| as
+    rounded over each 128-column tile of every row."""
     acc = (a.cpu().long() @ b.cpu().long().t()).float()
     y = acc * scale.cpu().float()[None, :] * vth.cpu().float()[:, None]
     if bias is not None:
@@ -40,7 +41,14 @@ def _emulate(a, b, vth, scale, bias, dtype, row_flags):
     if row_flags is not None:
         rows = (row_flags.cpu() > 0).repeat_interleave(16)[: a.shape[0]]
         side[rows] = y[rows].to(dtype)
+    if row_sums is not None:
+        row_sums.copy_(_tile_sums(h).to(row_sums.device))
     return h, side
+
+
+def _tile_sums(h):
+    """sum |h| over each 128-column tile of every row (float32; h's columns a multiple of 128)."""
+    return h.float().abs().reshape(h.shape[0], -1, 128).sum(-1)
 
 
 def _swiglu_ref(x, wq, sc, k):
@@ -72,8 +80,8 @@ def _setup_flow(monkeypatch):
     sw = tk.load("spike_linear_swiglu")
     dev = _dev()
     if dev == "cpu":
-        monkeypatch.setattr(sw, "_gemm", lambda s, w, vth, sc, dt, fl: tuple(
-            t.to(dev) for t in _emulate(s, w, vth, sc, None, dt, fl)))
+        monkeypatch.setattr(sw, "_gemm", lambda s, w, vth, sc, dt, fl, rs=None: tuple(
+            t.to(dev) for t in _emulate(s, w, vth, sc, None, dt, fl, rs)))
     elif not _kernel():
         pytest.skip("needs the sm_90a kernel on this GPU")
     return tk, sw, dev

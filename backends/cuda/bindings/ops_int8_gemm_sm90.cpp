@@ -43,7 +43,7 @@ std::array<int64_t, 3> gemm_operands(const char* op, const Tensor& a, const Tens
 std::tuple<Tensor, Tensor> run(const char* op, const Tensor& a_in, const Tensor& b_in, const Tensor& vth_in,
                                const Tensor& scale_in, const std::optional<Tensor>& bias_in, ScalarType out_dtype,
                                int64_t cluster, int64_t workers, int64_t group, bool swiglu,
-                               const std::optional<Tensor>& flags_in) {
+                               const std::optional<Tensor>& flags_in, const std::optional<Tensor>& sums = std::nullopt) {
   const auto [M, K, N] = gemm_operands(op, a_in, b_in, kChar, "int8", cluster, group);
   check_cuda(vth_in, op, "vth");
   check_cuda(scale_in, op, "scale");
@@ -73,12 +73,22 @@ std::tuple<Tensor, Tensor> run(const char* op, const Tensor& a_in, const Tensor&
                 flags_in->sizes());
     flags = to_contig(*flags_in, kInt);
   }
+  if (sums.has_value()) {  // written in place: float32 [M, >= I / 128], unit column stride
+    check_cuda(*sums, op, "row_sums");
+    SBOPS_CHECK(sums->scalar_type() == kFloat && sums->dim() == 2 && sums->size(0) == M &&
+                    sums->size(1) >= N / 256 && (sums->size(1) <= 1 || sums->stride(1) == 1) &&
+                    sums->get_device_index() == dev,
+                op, ": row_sums must be float32 [M, >= I / 128] = [", M, ", ", N / 256,
+                "] with unit column stride on a's device, got ", sums->scalar_type(), " ", sums->sizes());
+  }
   Tensor y = empty_on({M, swiglu ? N / 2 : N}, out_dtype, a);
   // the pre-activations of flagged row blocks: allocated (not written) only where flags may mark some
   Tensor side = empty_on({flags.defined() ? M : 0, N}, out_dtype, a);
   if (M == 0 || N == 0) return {y, side};
   const sbops::Int8GemmSwiglu sw{N / 2, flags.defined() ? flags.const_data_ptr<int32_t>() : nullptr,
-                                 flags.defined() ? side.data_ptr() : nullptr, N};
+                                 flags.defined() ? side.data_ptr() : nullptr, N,
+                                 sums.has_value() ? sums->mutable_data_ptr<float>() : nullptr,
+                                 sums.has_value() ? sums->stride(0) : 0};
   check_launch(sbops::launch_int8_gemm_sm90(
                    static_cast<const int8_t*>(a.data_ptr()), M > 1 ? a.stride(0) : K,
                    static_cast<const int8_t*>(b.data_ptr()), N > 1 ? b.stride(0) : K, vth.const_data_ptr<float>(),
@@ -98,13 +108,15 @@ Tensor int8_gemm_sm90_cuda(const Tensor& a, const Tensor& b, const Tensor& vth, 
 }
 
 // SwiGLU's gate / up (b = [gate; up], 2 I rows): (h [M, I] = silu(g) * u, side [M or 0, 2 I]); with row_flags
-// ([ceil(M / 16)] int32), the rows of blocks flagged > 0 get their g and u in side (see kernels/int8_gemm.cuh)
+// ([ceil(M / 16)] int32), the rows of blocks flagged > 0 get their g and u in side; with row_sums (float32 [M, >= I /
+// 128], written in place), the sums of |h| over each 128-column tile of a row (see kernels/int8_gemm.cuh)
 std::tuple<Tensor, Tensor> int8_gemm_swiglu_sm90_cuda(const Tensor& a, const Tensor& b, const Tensor& vth,
                                                       const Tensor& scale, const std::optional<Tensor>& bias,
                                                       ScalarType out_dtype, const std::optional<Tensor>& row_flags,
-                                                      int64_t cluster, int64_t workers, int64_t group) {
+                                                      int64_t cluster, int64_t workers, int64_t group,
+                                                      const std::optional<Tensor>& row_sums) {
   return run("sbops_native::int8_gemm_swiglu_sm90", a, b, vth, scale, bias, out_dtype, cluster, workers, group, true,
-             row_flags);
+             row_flags, row_sums);
 }
 
 // The bfloat16 GEMM (session 41): y [M, N] = a [M, K] @ b [N, K]^T (+ bias), or with swiglu (b = [gate; up], 2 I
@@ -153,7 +165,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(sbops_native, m) {
   m.def("int8_gemm_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
         "int cluster=2, int workers=0, int group=0) -> Tensor");
   m.def("int8_gemm_swiglu_sm90(Tensor a, Tensor b, Tensor vth, Tensor scale, Tensor? bias, ScalarType out_dtype, "
-        "Tensor? row_flags=None, int cluster=2, int workers=0, int group=0) -> (Tensor, Tensor)");
+        "Tensor? row_flags=None, int cluster=2, int workers=0, int group=0, Tensor(a!)? row_sums=None) "
+        "-> (Tensor, Tensor)");
   m.def("int8_gemm_sm90_available(Tensor like) -> bool");
   m.def("bf16_gemm_sm90(Tensor a, Tensor b, Tensor? bias=None, int cluster=2, int workers=0, int group=0) -> Tensor");
   m.def("bf16_gemm_swiglu_sm90(Tensor a, Tensor b, Tensor? bias=None, int cluster=2, int workers=0, int group=0) "

@@ -23,12 +23,16 @@ constexpr int64_t kInt8GemmGroup = 8;
 // of the same features (half_n a multiple of 128), and y [M, half_n] receives h = silu(g) * u (float32, rounded once),
 // g and u the outputs above for gate row n and up row half_n + n.  Where row_flags ([ceil(M / 16)] int32) is given,
 // the rows of each 16-row block with a flag > 0 also receive g and u, rounded to y's dtype, in side [M, N] (row stride
-// ld_side), for the caller to correct.  y's rows must suit TMA (ldy % 8 == 0, 16-byte aligned base).
+// ld_side), for the caller to correct.  y's rows must suit TMA (ldy % 8 == 0, 16-byte aligned base).  Where row_sums
+// is given, row_sums[m * ld_sums + n / 128] = the sum of |h[m, n .. n + 127]| as stored (rounded to y's dtype), float32:
+// the down projection's encode takes its thresholds from them instead of a pass over h (ld_sums >= half_n / 128).
 struct Int8GemmSwiglu {
   int64_t half_n;
   const int* row_flags;
   void* side;
   int64_t ld_side;
+  float* row_sums = nullptr;
+  int64_t ld_sums = 0;
 };
 cudaError_t launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int8_t* b, int64_t ldb, const float* vth,
                                   const float* scale, const void* bias, DType bias_dtype, void* y, int64_t ldy,

@@ -35,6 +35,7 @@
 #include <atomic>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <type_traits>
 
 #include "common.cuh"
 #include "sm90.cuh"
@@ -398,6 +399,8 @@ struct Launch {
   void* side;
   int64_t ld_side;
   int half_n;
+  float* row_sums;
+  int64_t ld_sums;
 };
 
 template <typename T, bool kMc, bool kTs, bool kSw, bool kBf = false>
@@ -418,7 +421,7 @@ cudaError_t launch_typed(const Launch& l, cudaStream_t stream) {
   const int64_t g = std::min<int64_t>(l.group, row_units);
   const dim3 grid(static_cast<unsigned>(kUnit * w));
   T* y = static_cast<T*>(l.y);
-  const SwigluArgs<T> sw{l.row_flags, static_cast<T*>(l.side), l.ld_side, l.half_n};
+  const SwigluArgs<T> sw{l.row_flags, static_cast<T*>(l.side), l.ld_side, l.half_n, l.row_sums, l.ld_sums};
   if (!kMc) {
     kernel<<<grid, kThreads, kSmem, stream>>>(l.tm_a, l.tm_b, l.tm_y, l.vth, l.scale, l.bias, l.bias_f32, y, l.ldy,
                                               l.M, l.N, l.K, row_units, col_tiles, g, sw);
@@ -509,6 +512,7 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
     if (swiglu->row_flags != nullptr &&
         (swiglu->ld_side % 2 != 0 || reinterpret_cast<uintptr_t>(swiglu->side) % 4 != 0))
       return cudaErrorMisalignedAddress;
+    if (swiglu->row_sums != nullptr && swiglu->ld_sums < swiglu->half_n / (kBN / 2)) return cudaErrorInvalidValue;
   }
   SBOPS_RETURN_IF_ERROR(check_launch_shape(M, N, K, lda, ldb, ldy, yn, cluster, group));
   if (K % 16 != 0 || N % 2 != 0 || lda % 16 != 0 || ldb % 16 != 0) return cudaErrorInvalidValue;
@@ -526,7 +530,7 @@ cudaError_t sbops::launch_int8_gemm_sm90(const int8_t* a, int64_t lda, const int
   if (swiglu != nullptr && !tma_store) return cudaErrorMisalignedAddress;  // its epilogue stores through TMA only
   if (swiglu != nullptr)
     l.half_n = static_cast<int>(swiglu->half_n), l.row_flags = swiglu->row_flags, l.side = swiglu->side,
-    l.ld_side = swiglu->ld_side;
+    l.ld_side = swiglu->ld_side, l.row_sums = swiglu->row_sums, l.ld_sums = swiglu->ld_sums;
   l.vth = vth, l.scale = scale, l.bias = bias, l.bias_f32 = bias_dtype == DType::F32, l.y = y, l.ldy = ldy;
   l.M = static_cast<int>(M), l.N = static_cast<int>(N), l.K = static_cast<int>(K), l.workers = workers,
   l.group = group;

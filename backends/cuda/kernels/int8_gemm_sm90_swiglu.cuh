@@ -7,16 +7,30 @@
 // features (blocks j + 16), so a thread holds both factors of its outputs; h [M, half_n] goes out as in the kTs
 // epilogue, two 64 x 64 chunks per warpgroup.  The rows of a 16-row block (a warp's) with counts past 127
 // (row_flags[block] > 0) also write g and u, scaled, to side [M, 2 half_n]: the caller adds the counts past the int8
-// plane there and redoes h for those rows.
+// plane there and redoes h for those rows.  With row_sums, each row's sum of |h| over the tile's 128 columns, as
+// stored (rounded), goes to row_sums[row * ld_sums + n0 / 128]: a thread's 32 values, then the 4 lanes of its rows.
 template <typename T>
 struct SwigluArgs {
   const int* row_flags;  // [ceil(M / 16)] flagged K chunks per 16-row block, or nullptr
   T* side;               // [M, 2 half_n], row stride ld_side; only flagged blocks' rows are written
   int64_t ld_side;
   int half_n;            // I, a multiple of 128: the up rows start there; h has I columns
+  float* row_sums;       // [M, ld_sums] float32 (ld_sums >= I / 128), or nullptr
+  int64_t ld_sums;
 };
 
 #ifdef SBOPS_SM90A_DEVICE
+// |lo| + |hi| of a pair of T values packed in 32 bits (pack_out's layout: lo in the low half)
+template <typename T>
+__device__ __forceinline__ float abs_pair_sum(uint32_t p) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    return fabsf(__uint_as_float(p << 16)) + fabsf(__uint_as_float(p & 0xffff0000u));
+  } else {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&p));
+    return fabsf(f.x) + fabsf(f.y);
+  }
+}
+
 // col_par(j): the (scale, bias) of tile columns 8 j + 2 t4 and + 1 as (s0, b0, s1, b1), the up rows' from j = 16
 template <typename T, typename Out, typename ColPar>
 __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], const Out& out, const ColPar& col_par,
@@ -33,6 +47,7 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
   auto side_store = [&](int r, int col, float lo, float hi) {
     *reinterpret_cast<uint32_t*>(sw.side + static_cast<int64_t>(r) * sw.ld_side + col) = pack_out<T>(lo, hi);
   };
+  float sum0 = 0.f, sum1 = 0.f;  // rows r0, r1: |h| of this thread's columns (used only with row_sums)
   // h's 128 columns as two chunks (tma_store_chunks)
   tma_store_chunks<kBN / 2 / kEpiCols>(s_epi, wg, m0, n0, tm_y, [&](int j) {
     const int ju = j + 16;  // the gate's block j, the up's
@@ -46,8 +61,19 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
       if (r0 < M) side_store(r0, col, g00, g01), side_store(r0, ucol, u00, u01);
       if (r1 < M) side_store(r1, col, g10, g11), side_store(r1, ucol, u10, u11);
     }
-    return make_uint2(pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)),
-                      pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
+    const uint2 h = make_uint2(pack_out<T>(silu_mul(g00, u00), silu_mul(g01, u01)),
+                               pack_out<T>(silu_mul(g10, u10), silu_mul(g11, u11)));
+    if (sw.row_sums != nullptr) sum0 += abs_pair_sum<T>(h.x), sum1 += abs_pair_sum<T>(h.y);
+    return h;
   });
+  if (sw.row_sums != nullptr) {
+    sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+    sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+    sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+    sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+    const int64_t c = n0 / (kBN / 2);  // the tile's index along h's columns
+    if (t4 == 0 && r0 < M) sw.row_sums[static_cast<int64_t>(r0) * sw.ld_sums + c] = sum0;
+    if (t4 == 0 && r1 < M) sw.row_sums[static_cast<int64_t>(r1) * sw.ld_sums + c] = sum1;
+  }
 }
 #endif  // SBOPS_SM90A_DEVICE

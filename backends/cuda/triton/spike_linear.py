@@ -324,12 +324,14 @@ def _interpreted(kernel) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
-def encode_lo(x, k, BM, FC=16, planes=1, fp8=True):
+def encode_lo(x, k, BM, FC=16, planes=1, fp8=True, row_sums=None):
     """The "scaled_mm" path's pre-pass: (s, hi, vth, flags).  s [M, K] int8 storage of the e4m3 bits of
     lo; hi [M, K] float8_e4m3fn = 16 x the second plane (planes = 2; else None): count = lo + hi, with lo =
     clamp(count, -16, 16) for one plane; vth [M] float32; flags [cdiv(M, BM), cdiv(K, FC)] int8: 1 where a
     chunk of FC columns of that row block holds a count the planes do not (or a NaN one).  fp8=False (the
-    "int_mm" path, one plane): s holds lo = clamp(count, -127, 127) as int8."""
+    "int_mm" path, one plane): s holds lo = clamp(count, -127, 127) as int8.  row_sums [M, n] float32: partial sums
+    of |x| per row (the SwiGLU epilogue's, spike_linear_swiglu.int8_swiglu), whose total gives vth: x is then read
+    once, by the counts, where rows longer than one block are otherwise read twice."""
     M, K = x.shape
     s = torch.empty((M, K), device=x.device, dtype=torch.int8)
     hi = torch.empty((M, K), device=x.device, dtype=torch.float8_e4m3fn) if planes == 2 else None
@@ -337,10 +339,17 @@ def encode_lo(x, k, BM, FC=16, planes=1, fp8=True):
     n_fc = triton.cdiv(K, FC)
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
     rows, block, one_pass, warps = encode_lo_launch(K)
+    sums = {}
+    if row_sums is not None:
+        if row_sums.dtype != torch.float32 or row_sums.dim() != 2 or row_sums.shape[0] != M or row_sums.stride(1) != 1:
+            raise ValueError(f"encode_lo: row_sums must be float32 [M={M}, n] with unit column stride, got "
+                             f"{row_sums.dtype} {tuple(row_sums.shape)}")
+        sums = dict(sums_ptr=row_sums, n_sums=row_sums.shape[1], stride_sm=row_sums.stride(0),
+                    NS=triton.next_power_of_2(max(row_sums.shape[1], 1)))
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),
                                                float(k), R=rows, BLOCK=block, ONE_PASS=one_pass, BM=BM, FC=FC,
                                                PLANES=planes, HW=not _interpreted(_encode_lo_kernel), FP8=fp8,
-                                               num_warps=warps)
+                                               num_warps=warps, **sums)
     return s, hi, vth, flags
 
 
@@ -479,15 +488,15 @@ def int_mm_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size) -> bool:
 INT_MM_EPILOGUE = (32, 256, 8)  # the int_mm epilogue's (rows, columns, warps) per program
 
 
-def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None):
+def _prefill_int_mm(x, weight_q, scale, k, bias, fix_config=None, row_sums=None):
     """encode (one int8 plane, flags of counts past 127) -> torch._int_mm (int32) -> the epilogue (vth, scales,
     bias, x's dtype) -> the grouped fix-up of what the plane does not hold (spike_linear_intmm.py);
-    fix_config (BM, BN[, FC]) of the fix-up, else FIX_GROUPED_CONFIG."""
+    fix_config (BM, BN[, FC]) of the fix-up, else FIX_GROUPED_CONFIG; row_sums: encode_lo's."""
     M, K = x.shape
     N = weight_q.shape[0]
     BM, BN, FC = FIX_GROUPED_CONFIG if not fix_config else _fix_config(fix_config, FIX_GROUPED_CONFIG, "int_mm")
     launch = _grouped_fix_launch(BM, BN, FC, x.device)
-    s, _, vth, flags = encode_lo(x, k, BM, FC, 1, fp8=False)
+    s, _, vth, flags = encode_lo(x, k, BM, FC, 1, fp8=False, row_sums=row_sums)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = scale.contiguous()
     if int8_gemm_sm90_applies(x, K):   # the GEMM and the epilogue in one Hopper kernel

@@ -139,12 +139,23 @@ def _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, B
 def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, stride_xm, k_div,
                       R: tl.constexpr, BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, BM: tl.constexpr,
                       FC: tl.constexpr, PLANES: tl.constexpr, HW: tl.constexpr, OLD: tl.constexpr = False,
-                      FP8: tl.constexpr = True):
+                      FP8: tl.constexpr = True, sums_ptr=None, n_sums=0, stride_sm=0, NS: tl.constexpr = 0):
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     offs = tl.arange(0, BLOCK)
-    if ONE_PASS:  # the whole row in registers: x read once
+    if NS > 0:  # the row's sum of |x| given in n_sums partial sums (the SwiGLU epilogue's): x read once, by the counts
+        sc = tl.arange(0, NS)
+        part = tl.load(sums_ptr + rows.to(tl.int64)[:, None] * stride_sm + sc[None, :],
+                       mask=rmask[:, None] & (sc < n_sums)[None, :], other=0.0)
+        vth = _row_vth(tl.sum(part, axis=1), K, k_div)
+        inv = _recip(vth)
+        for k0 in range(0, K, BLOCK):
+            cols = k0 + offs
+            m = rmask[:, None] & (cols[None, :] < K)
+            x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD, FP8)
+    elif ONE_PASS:  # the whole row in registers: x read once
         m = rmask[:, None] & (offs[None, :] < K)
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)

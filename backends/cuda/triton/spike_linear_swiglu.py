@@ -14,6 +14,10 @@ the int8 GEMM, so its epilogue forms h itself and writes M x I once:
                                             only, r = c - s: every count exact, NaN rows NaN]
     h[flagged blocks] = silu(g) * u        [_swiglu_redo_kernel from side; other blocks return at once]
 
+With row_sums, the epilogue also writes each row's sum of |h| over every 128-column tile (as stored), the redo
+rewrites them for the flagged blocks, and the down projection's encode takes its thresholds from them
+(down_from_row_sums): it reads h once instead of twice (18944-column rows do not fit one encode block).
+
 Counts past 127 are rare (~2e-7 of a SwiGLU product's counts at k = 3; an RMSNorm output's fewer), so side is
 allocated (as large as the product the int_mm path writes) but written only for flagged blocks.  Unflagged rows
 round g and u never: h is float32 silu(g) * u rounded once, where the unfused path rounds g and u to x's dtype
@@ -35,8 +39,10 @@ FEATURE_TILE = 128  # I must be a multiple: a tile's gate rows and up rows
 
 
 @triton.jit
-def _swiglu_redo_kernel(side_ptr, cnt_ptr, h_ptr, M, I, s_side, s_h, BM: tl.constexpr, BC: tl.constexpr):
-    # h[rows of block b] = silu(g) * u from side = [g | u] (float32 math, one rounding), where cnt[b] > 0
+def _swiglu_redo_kernel(side_ptr, cnt_ptr, h_ptr, M, I, s_side, s_h, BM: tl.constexpr, BC: tl.constexpr,
+                        sums_ptr=None, s_sums=0, SUMS: tl.constexpr = False):
+    # h[rows of block b] = silu(g) * u from side = [g | u] (float32 math, one rounding), where cnt[b] > 0; SUMS (BC =
+    # FEATURE_TILE): each chunk's sum of |h| as stored, to sums[row, c0 / BC]
     b = tl.program_id(0)
     if tl.load(cnt_ptr + b) == 0:
         return
@@ -48,13 +54,16 @@ def _swiglu_redo_kernel(side_ptr, cnt_ptr, h_ptr, M, I, s_side, s_h, BM: tl.cons
         m = rm[:, None] & (cols < I)[None, :]
         g = tl.load(side_ptr + r64[:, None] * s_side + cols[None, :], mask=m, other=0.0).to(tl.float32)
         u = tl.load(side_ptr + r64[:, None] * s_side + I + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        tl.store(h_ptr + r64[:, None] * s_h + cols[None, :], (g / (1.0 + tl.exp(-g)) * u).to(h_ptr.dtype.element_ty),
-                 mask=m)
+        h = (g / (1.0 + tl.exp(-g)) * u).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + r64[:, None] * s_h + cols[None, :], h, mask=m)
+        if SUMS:
+            tl.store(sums_ptr + r64 * s_sums + c0 // BC, tl.sum(tl.abs(h.to(tl.float32)), axis=1), mask=rm)
 
 
-def _gemm(s, w, vth, scale, dtype, row_flags):
-    """(h, side) of the Hopper kernel (sbops_native.int8_gemm_swiglu_sm90; the CPU tests put an emulation here)."""
-    return torch.ops.sbops_native.int8_gemm_swiglu_sm90(s, w, vth, scale, None, dtype, row_flags)
+def _gemm(s, w, vth, scale, dtype, row_flags, row_sums=None):
+    """(h, side) of the Hopper kernel (sbops_native.int8_gemm_swiglu_sm90; the CPU tests put an emulation here);
+    row_sums [M, I / 128] float32 receives the tiles' sums of |h|."""
+    return torch.ops.sbops_native.int8_gemm_swiglu_sm90(s, w, vth, scale, None, dtype, row_flags, row_sums=row_sums)
 
 
 def applies(x: torch.Tensor, weight_q: torch.Tensor) -> bool:
@@ -70,10 +79,11 @@ def applies(x: torch.Tensor, weight_q: torch.Tensor) -> bool:
             and _platform.native_op("int8_gemm_swiglu_sm90") is not None)
 
 
-def int8_swiglu(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float) -> torch.Tensor:
+def int8_swiglu(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float, row_sums: bool = False):
     """h [M, I] = silu(g) * u in x's dtype, [g | u] = spike_linear(x, weight_q, weight_scale, k) with weight_q
     [2I, K] int8 = [gate; up] rows and weight_scale [2I] per channel; every count exact (see the module docstring).
-    Where applies(x, weight_q)."""
+    Where applies(x, weight_q).  row_sums: (h, sums), sums [M, I / 128] float32 the sums of |h| over each 128-column
+    tile of a row (down_from_row_sums' input)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     M, K = x.shape
@@ -84,8 +94,26 @@ def int8_swiglu(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Ten
     lists = sl.flag_lists(flags)
     w = weight_q if weight_q.is_contiguous() else weight_q.contiguous()
     scale = weight_scale.to(torch.float32).contiguous()
-    h, side = _gemm(s, w, vth, scale, x.dtype, lists[1])
+    sums = torch.empty((M, I // FEATURE_TILE), device=x.device, dtype=torch.float32) if row_sums else None
+    h, side = _gemm(s, w, vth, scale, x.dtype, lists[1], sums)
     sl._fix_up(x, w, scale, vth, flags, side, BM, BN, FC, 1, launch, fp8=False, lists=lists)
-    _swiglu_redo_kernel[(triton.cdiv(M, BM),)](side, lists[1], h, M, I, side.stride(0), h.stride(0), BM=BM, BC=256,
-                                               num_warps=4)
-    return h
+    redo = dict(BC=256) if sums is None else dict(BC=FEATURE_TILE, sums_ptr=sums, s_sums=sums.stride(0), SUMS=True)
+    _swiglu_redo_kernel[(triton.cdiv(M, BM),)](side, lists[1], h, M, I, side.stride(0), h.stride(0), BM=BM,
+                                               num_warps=4, **redo)
+    return h if sums is None else (h, sums)
+
+
+def down_takes_row_sums(K: int) -> bool:
+    """Whether a down projection of K input channels gains from int8_swiglu's row sums: rows longer than one encode
+    block (spike_linear.encode_lo_launch), which its encode otherwise reads twice."""
+    return not sl.encode_lo_launch(K)[2]
+
+
+def down_from_row_sums(h: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, k: float, bias,
+                       sums: torch.Tensor):
+    """spike_linear(h, weight_q, weight_scale, k, bias) by the int_mm path (int8 weight_q [N, K], weight_scale [N] per
+    channel) with vth from sums (int8_swiglu's, for this h [M, K]), or None where that path does not serve h."""
+    if not sl.int_mm_applies(h, weight_q, None) or sums.shape != (h.shape[0], triton.cdiv(h.shape[1], FEATURE_TILE)):
+        return None
+    scale = weight_scale.to(torch.float32).reshape(weight_q.shape[0])
+    return sl._prefill_int_mm(h, weight_q, scale, k, None if bias is None else bias.contiguous(), row_sums=sums)

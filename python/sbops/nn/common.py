@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +236,9 @@ FUSE_GATE_UP_SCALES = _platform.env_switch("SBOPS_FUSE_GATE_UP_SCALES")
 # epilogue, h written once (spike_linear_swiglu.int8_swiglu).  SBOPS_FUSE_GATE_UP_SWIGLU=0 (read at import) or False
 # here: the product, then silu_mul (benchmarks' A/B).
 FUSE_GATE_UP_SWIGLU = _platform.env_switch("SBOPS_FUSE_GATE_UP_SWIGLU")
+# ... and its down projection (int8 per channel) takes its thresholds from that epilogue's sums of |h| per tile, so its
+# encode reads h once (spike_linear_swiglu.down_from_row_sums; SBOPS_FUSE_DOWN_ROW_SUMS=0 or False here: off)
+FUSE_DOWN_ROW_SUMS = _platform.env_switch("SBOPS_FUSE_DOWN_ROW_SUMS")
 # ... and with bfloat16 nn.Linear gate / up on Hopper (session 41): the same GEMM with bfloat16 operands
 # (sbops_native.bf16_gemm_swiglu_sm90) past this many rows, under the same switch
 BF16_SWIGLU_MIN_M = _hopper_gemm.MIN_ROWS
@@ -259,11 +262,12 @@ def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: boo
         return None
 
 
-def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
+def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor, row_sums: bool = False):
     """silu(gate(x)) * up(x) for SpikeLinears gate / up at a CUDA prefill (more than DECODE_MAX_M rows), or None
     where that does not apply (then the caller runs the projections and silu_mul): e4m3 weights with bfloat16 x
     through their fused unscaled product (see FUSE_GATE_UP_SCALES); int8 weights with a scale per channel through
-    the Hopper int8 GEMM with silu(g) * u in its epilogue (FUSE_GATE_UP_SWIGLU)."""
+    the Hopper int8 GEMM with silu(g) * u in its epilogue (FUSE_GATE_UP_SWIGLU; with row_sums, as (h, the sums of
+    |h| per 128-column tile) for down_from_row_sums)."""
     if (not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling()
             or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
         return None
@@ -275,7 +279,7 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
         return None
     if (all(m.weight_quant == "int8" and m.group_size == m.in_features for m in (gate, up))
             and gate.out_features == up.out_features):
-        return _gate_up_silu_int8(owner, gate, up, x)
+        return _gate_up_silu_int8(owner, gate, up, x, row_sums)
     if not (FUSE_GATE_UP_SCALES and x.dtype == torch.bfloat16 and all(m.weight_quant == "fp8" for m in (gate, up))):
         return None
     kern = fused_kernels(x)
@@ -295,7 +299,7 @@ def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tens
     return h.view(*x.shape[:-1], h.shape[-1])
 
 
-def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
+def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor, row_sums: bool = False):
     # gate_up_silu's int8 per-channel branch (spike_linear_swiglu.int8_swiglu), or None
     if not FUSE_GATE_UP_SWIGLU or x.dtype not in (torch.bfloat16, torch.float16) or fused_kernels(x) is None:
         return None
@@ -309,8 +313,28 @@ def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
     x2 = x.reshape(-1, x.shape[-1])
     if m0.k is None or not sw.applies(x2, q):
         return None
+    if row_sums:
+        h, sums = sw.int8_swiglu(x2, q, sc.reshape(-1), m0.k, row_sums=True)
+        return h.view(*x.shape[:-1], h.shape[-1]), sums
     h = sw.int8_swiglu(x2, q, sc.reshape(-1), m0.k)
     return h.view(*x.shape[:-1], h.shape[-1])
+
+
+def _down_row_sums(mlp: nn.Module, x: torch.Tensor):
+    """spike_linear_swiglu where SwiGLU mlp's down projection (a SpikeLinear, int8 per channel) at this prefill would
+    run the int_mm path on the Hopper kernel with rows the encode reads twice: then gate / up hand it their sums of |h|
+    (FUSE_DOWN_ROW_SUMS).  Else None."""
+    d = mlp.down_proj
+    if (not FUSE_DOWN_ROW_SUMS or type(d) is not SpikeLinear or "forward" in d.__dict__ or _hooked((d,))
+            or d.weight_quant != "int8" or d.group_size != d.in_features or not d._runs_on_int8(x)):
+        return None
+    sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
+    sl, K = None if sw is None else sw.sl, d.in_features
+    if (sl is None or x.numel() // max(x.shape[-1], 1) <= sl.DECODE_MAX_M or sl._tuning.INT8_PREFILL != "int_mm"
+            or not sw.down_takes_row_sums(K) or not sl.int8_gemm_sm90_applies(x, K)
+            or not (K > d.out_features or sl.INT8_GEMM_SM90_ALL or not sl._tuning.INT8_INT_MM_ONLY_K_GT_N)):
+        return None
+    return sw
 
 
 def _gate_up_silu_bf16(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor):
@@ -485,50 +509,6 @@ class RMSNorm(nn.Module):
         return f"{getattr(self, 'dim', '')}, eps={self.eps}"
 
 
-class RotaryEmbedding(nn.Module):
-    """Rotary position embedding as in Qwen2 (non-interleaved halves, inv_freq = theta^(-2i/D)).
-
-    inv_freq stays float32 when the module is cast to a 16-bit dtype (model.to(torch.bfloat16)), as in
-    Hugging Face's Qwen2: bfloat16 frequencies would misplace positions past a few thousand tokens."""
-
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"RotaryEmbedding: head_dim must be even (RoPE rotates pairs of channels), got {head_dim}")
-        check_arg("RotaryEmbedding", "theta (rope_theta)", theta, lo=0, lo_open=True)
-        self.head_dim, self.theta = head_dim, theta
-        f = self._freqs()
-        if torch.get_default_dtype() == torch.float64:   # a model built in float64, as model.double() makes it
-            f = f.double()
-        self.register_buffer("inv_freq", f, persistent=False)
-
-    def _freqs(self) -> torch.Tensor:
-        """float32, on the default device (as at construction; _apply moves it)."""
-        exps = torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim
-        return 1.0 / (self.theta ** exps)
-
-    def _apply(self, fn, recurse=True):
-        # after any cast or move (to_empty too) the frequencies are computed again as at construction,
-        # in float32 (float64 if asked for), then moved: never rounded to 16 bits, never uninitialised
-        super()._apply(fn, recurse)
-        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
-        self.inv_freq = self._freqs().to(self.inv_freq.device, dtype)
-        return self
-
-    def forward(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """positions: integer tensor of any shape -> (cos, sin) of shape positions.shape + (D,), float32."""
-        angles = positions.float()[..., None] * self.inv_freq
-        emb = torch.cat((angles, angles), dim=-1)
-        return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., D] rotated by (cos, sin) broadcastable to x: x * cos + rotate_half(x) * sin."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-
-
 def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """(apply_rope(q, cos, sin), apply_rope(k, cos, sin)); at inference on a GPU one fused launch
     (bit-exact with the torch code) when q [B, T, H, D], k [B, T, HKV, D] and cos / sin [.., T, 1, D]."""
@@ -580,9 +560,20 @@ class SwiGLU(nn.Module):
                               else nn.Linear(intermediate_size, hidden_size, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = gate_up_silu(self, self.gate_proj, self.up_proj, x)
+        sw = _down_row_sums(self, x)
+        h = gate_up_silu(self, self.gate_proj, self.up_proj, x, row_sums=sw is not None)
+        if isinstance(h, tuple):   # h and its sums of |h| per tile: down's thresholds from them
+            h, sums = h
+            d = self.down_proj
+            y = sw.down_from_row_sums(h.reshape(-1, h.shape[-1]), *d._int8_operands(), d.k, d.bias, sums)
+            if y is not None:
+                return y.view(*h.shape[:-1], y.shape[-1])
         if h is None:
             gu = fused_linears(self, (self.gate_proj, self.up_proj), x)
             gate, up = gu if gu is not None else (self.gate_proj(x), self.up_proj(x))
             h = silu_mul(gate, up)
         return linear_module(self.down_proj, h)
+
+
+# RoPE lives in rope.py (imported here last: it uses check_arg); these names stay importable from common
+from .rope import RotaryEmbedding, apply_rope  # noqa: E402,F401
