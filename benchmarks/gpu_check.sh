@@ -395,10 +395,13 @@ if [[ " $steps " == *" s42 "* ]]; then
   # session 42: the sm_90 SWA forward with the prefill chunk's queries only (q shorter than k) -- its GPU tests and the
   # SWA kernel's, then the models in the order of S42_MODELS (bf16 / int8ch, suffix :packed for
   # SBOPS_SWA_CHUNK_QUERIES=0, the zero-query packed layout, :dense for SBOPS_DENSE_PREFILL_SM90=1, every bf16
-  # prefill projection with K >= 512 on the Hopper GEMM): TTFT at 1M, B = 1 decode at 4k (about 2 minutes a model)
+  # prefill projection with K >= 512 on the Hopper GEMM, :nosums for SBOPS_FUSE_DOWN_ROW_SUMS=0, the int8 down
+  # projection's encode summing h itself): TTFT at 1M, B = 1 decode at 4k (about 2 minutes a model); the tests also
+  # cover the down projection's row sums and the int8 / bf16 Hopper GEMMs (about 2 minutes)
   stamp "s42: SWA chunk queries -- GPU tests"
   (cd tests && timeout 240 python3 -m pytest -q -p no:cacheprovider -p no:benchmark --timeout=120 -rfE \
-     test_gpu_swa_chunk_queries.py test_gpu_swa_sm90.py > "$OUT/logs/s42_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s42_tests.log")
+     test_gpu_swa_chunk_queries.py test_gpu_swa_sm90.py test_down_row_sums.py test_int8_swiglu.py \
+     test_int8_gemm_sm90.py test_bf16_gemm_sm90.py > "$OUT/logs/s42_tests.log" 2>&1; echo "tests rc=$?"; tail -2 "$OUT/logs/s42_tests.log")
   grep -a -E "^(FAILED|ERROR)" "$OUT/logs/s42_tests.log" | cut -c1-300 | head -12
   i=0
   for v in ${S42_MODELS:-bf16 bf16:packed}; do
@@ -406,6 +409,7 @@ if [[ " $steps " == *" s42 "* ]]; then
     case $v in
       *:packed) SBOPS_SWA_CHUNK_QUERIES=0 model_point "s42_${m}_packed_$i" "$m" 1 ;;
       *:dense) SBOPS_DENSE_PREFILL_SM90=1 model_point "s42_${m}_dense_$i" "$m" 1 ;;
+      *:nosums) SBOPS_FUSE_DOWN_ROW_SUMS=0 model_point "s42_${m}_nosums_$i" "$m" 1 ;;
       *) model_point "s42_${m}_$i" "$m" 1 ;;
     esac
   done
