@@ -67,10 +67,10 @@ __device__ __forceinline__ void swiglu_epilogue(const uint32_t (&acc)[128], cons
     return h;
   });
   if (sw.row_sums != nullptr) {
-    sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
-    sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
-    sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
-    sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+    sum0 += shfl_xor(sum0, 1);
+    sum0 += shfl_xor(sum0, 2);
+    sum1 += shfl_xor(sum1, 1);
+    sum1 += shfl_xor(sum1, 2);
     const int64_t c = n0 / (kBN / 2);  // the tile's index along h's columns
     if (t4 == 0 && r0 < M) sw.row_sums[static_cast<int64_t>(r0) * sw.ld_sums + c] = sum0;
     if (t4 == 0 && r1 < M) sw.row_sums[static_cast<int64_t>(r1) * sw.ld_sums + c] = sum1;
