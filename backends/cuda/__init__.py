@@ -75,10 +75,30 @@ BACKEND = Backend(
 )
 
 
+# dispatch backend name -> the tuning its Triton kernels were registered with (register_triton)
+_TUNING: dict = {}
+
+
+def tuning(backend_name: str = "cuda"):
+    """The tuning ("cuda", "maca") backend `backend_name`'s Triton kernels were registered with, or None."""
+    return _TUNING.get(backend_name)
+
+
+def sm90_routes(backend_name: str = "cuda") -> dict:
+    """The Hopper fast paths (tuning/sm90.json) that backend `backend_name`'s registered kernels take: {} where they
+    run another tuning (the MACA simulation's) or were not registered.  The model's own fast paths around these ops
+    (sbops.nn: the SWA prefill chunk's queries alone, the int8 down projection's row sums) follow them."""
+    if _TUNING.get(backend_name) != "cuda":
+        return {}
+    from . import sm90
+    return sm90.routes()
+
+
 def register_triton(tuning_backend: str, backend: "Backend | None" = None) -> None:
     """Register the Triton kernels for the CUDA dispatch key, tuned for `tuning_backend`; `backend`
     (default this module's BACKEND) receives the Triton extensions (see Backend.extensions)."""
     from . import sm90
+    _TUNING[(backend or BACKEND).name] = tuning_backend
     from .triton import linear_attn as la
     from .triton import spike_linear as sl
     from .triton import swa

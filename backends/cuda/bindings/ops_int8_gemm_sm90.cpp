@@ -77,9 +77,11 @@ std::tuple<Tensor, Tensor> run(const char* op, const Tensor& a_in, const Tensor&
     check_cuda(*sums, op, "row_sums");
     SBOPS_CHECK(sums->scalar_type() == kFloat && sums->dim() == 2 && sums->size(0) == M &&
                     sums->size(1) >= N / 256 && (sums->size(1) <= 1 || sums->stride(1) == 1) &&
+                    (M <= 1 || sums->stride(0) >= sums->size(1)) &&
                     sums->get_device_index() == dev,
                 op, ": row_sums must be float32 [M, >= I / 128] = [", M, ", ", N / 256,
-                "] with unit column stride on a's device, got ", sums->scalar_type(), " ", sums->sizes());
+                "] with unit column stride and rows that do not overlap, on a's device, got ", sums->scalar_type(), " ",
+                sums->sizes(), " strides ", sums->strides());
   }
   Tensor y = empty_on({M, swiglu ? N / 2 : N}, out_dtype, a);
   // the pre-activations of flagged row blocks: allocated (not written) only where flags may mark some

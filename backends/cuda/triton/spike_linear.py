@@ -341,9 +341,10 @@ def encode_lo(x, k, BM, FC=16, planes=1, fp8=True, row_sums=None):
     rows, block, one_pass, warps = encode_lo_launch(K)
     sums = {}
     if row_sums is not None:
-        if row_sums.dtype != torch.float32 or row_sums.dim() != 2 or row_sums.shape[0] != M or row_sums.stride(1) != 1:
-            raise ValueError(f"encode_lo: row_sums must be float32 [M={M}, n] with unit column stride, got "
-                             f"{row_sums.dtype} {tuple(row_sums.shape)}")
+        if (row_sums.dtype != torch.float32 or row_sums.dim() != 2 or row_sums.shape[0] != M
+                or row_sums.stride(1) != 1 or row_sums.device != x.device):
+            raise ValueError(f"encode_lo: row_sums must be float32 [M={M}, n] with unit column stride on x's device "
+                             f"{x.device}, got {row_sums.dtype} {tuple(row_sums.shape)} on {row_sums.device}")
         sums = dict(sums_ptr=row_sums, n_sums=row_sums.shape[1], stride_sm=row_sums.stride(0),
                     NS=triton.next_power_of_2(max(row_sums.shape[1], 1)))
     _encode_lo_kernel[(triton.cdiv(M, rows),)](x, s, hi if hi is not None else s, vth, flags, M, K, n_fc, x.stride(0),

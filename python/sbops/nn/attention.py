@@ -189,10 +189,11 @@ SWA_CHUNK_QUERIES = os.environ.get("SBOPS_SWA_CHUNK_QUERIES", "1").strip().lower
 
 def _swa_chunk_op(q, k, v, sink_k):
     """sbops_native.swa_attn_fwd_sm90 where it serves q [1, T, H, 128] (bf16 / fp16, CUDA sm_90, an sm_90a build) over
-    longer k, v, no sinks, no gradient asked, not compiling, and no backend other than cuda forced; else None."""
+    longer k, v, no sinks, no gradient asked, not compiling, no backend other than cuda forced, and the cuda backend's
+    swa_attn itself routed to that kernel (its tuning's sm90 routes); else None."""
     if not SWA_CHUNK_QUERIES or not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] != 128:
         return None
-    if sink_k is not None or q.dtype != k.dtype or torch.compiler.is_compiling():
+    if sink_k is not None or not q.dtype == k.dtype == v.dtype or torch.compiler.is_compiling():
         return None
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return None
@@ -202,7 +203,11 @@ def _swa_chunk_op(q, k, v, sink_k):
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     if op is None or not _platform.native_kernel_available("swa_attn_fwd_sm90_available", index):
         return None
-    return op
+    try:
+        from sbops._backends.cuda import sm90_routes
+    except ImportError:
+        return None
+    return op if sm90_routes().get("swa_fwd", False) else None
 
 
 def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Optional[CacheBatch],

@@ -320,17 +320,30 @@ def _gate_up_silu_int8(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torc
     return h.view(*x.shape[:-1], h.shape[-1])
 
 
+def _cuda_tuning():
+    # the tuning the cuda backend's kernels run (spike_linear_fwd's `backend`: its int_mm path only under "cuda")
+    try:
+        from .._backends import cuda
+    except ImportError:
+        return None
+    return cuda.tuning("cuda")
+
+
 def _down_row_sums(mlp: nn.Module, x: torch.Tensor):
     """spike_linear_swiglu where SwiGLU mlp's down projection (a SpikeLinear, int8 per channel) at this prefill would
     run the int_mm path on the Hopper kernel with rows the encode reads twice: then gate / up hand it their sums of |h|
     (FUSE_DOWN_ROW_SUMS).  Else None."""
     d = mlp.down_proj
-    if (not FUSE_DOWN_ROW_SUMS or type(d) is not SpikeLinear or "forward" in d.__dict__ or _hooked((d,))
+    if (not FUSE_DOWN_ROW_SUMS or not FUSE_GATE_UP_SWIGLU or not FUSE_PROJECTIONS or torch.is_grad_enabled()
+            or torch.compiler.is_compiling() or x.device.type not in _FUSED_DEVICE_TYPES):
+        return None
+    if (type(d) is not SpikeLinear or "forward" in d.__dict__ or _hooked((d,))
             or d.weight_quant != "int8" or d.group_size != d.in_features or not d._runs_on_int8(x)):
         return None
     sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
     sl, K = None if sw is None else sw.sl, d.in_features
-    if (sl is None or x.numel() // max(x.shape[-1], 1) <= sl.DECODE_MAX_M or sl._tuning.INT8_PREFILL != "int_mm"
+    if (sl is None or _cuda_tuning() != "cuda" or x.numel() // max(x.shape[-1], 1) <= sl.DECODE_MAX_M
+            or sl._tuning.INT8_PREFILL != "int_mm"
             or not sw.down_takes_row_sums(K) or not sl.int8_gemm_sm90_applies(x, K)
             or not (K > d.out_features or sl.INT8_GEMM_SM90_ALL or not sl._tuning.INT8_INT_MM_ONLY_K_GT_N)):
         return None
