@@ -22,8 +22,10 @@ def _sm90():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         return None
     import sbops  # noqa: F401  (loads sbops._C and registers the backends)
+    from sbops import _platform
     from sbops._backends.cuda import sm90
-    return sm90 if sm90._available(torch.cuda.current_device()) else None
+    available = _platform.native_kernel_available("swa_attn_fwd_sm90_available", torch.cuda.current_device())
+    return sm90 if available else None
 
 
 SM90 = _sm90()
