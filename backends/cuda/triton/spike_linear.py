@@ -331,7 +331,8 @@ def encode_lo(x, k, BM, FC=16, planes=1, fp8=True, row_sums=None):
     chunk of FC columns of that row block holds a count the planes do not (or a NaN one).  fp8=False (the
     "int_mm" path, one plane): s holds lo = clamp(count, -127, 127) as int8.  row_sums [M, n] float32: partial sums
     of |x| per row (the SwiGLU epilogue's, spike_linear_swiglu.int8_swiglu), whose total gives vth: x is then read
-    once, by the counts, where rows longer than one block are otherwise read twice."""
+    once, by the counts, where rows longer than one block are otherwise read twice (rows of one block are read once
+    anyway, and their sums are not used)."""
     M, K = x.shape
     s = torch.empty((M, K), device=x.device, dtype=torch.int8)
     hi = torch.empty((M, K), device=x.device, dtype=torch.float8_e4m3fn) if planes == 2 else None
@@ -340,7 +341,7 @@ def encode_lo(x, k, BM, FC=16, planes=1, fp8=True, row_sums=None):
     flags = torch.zeros((triton.cdiv(M, BM), n_fc), device=x.device, dtype=torch.int8)
     rows, block, one_pass, warps = encode_lo_launch(K)
     sums = {}
-    if row_sums is not None:
+    if row_sums is not None and not one_pass:
         if (row_sums.dtype != torch.float32 or row_sums.dim() != 2 or row_sums.shape[0] != M
                 or row_sums.stride(1) != 1 or row_sums.device != x.device):
             raise ValueError(f"encode_lo: row_sums must be float32 [M={M}, n] with unit column stride on x's device "

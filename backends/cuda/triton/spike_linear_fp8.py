@@ -144,29 +144,24 @@ def _encode_lo_kernel(x_ptr, s_ptr, hi_ptr, vth_ptr, flag_ptr, M, K, n_fc, strid
     rmask = rows < M
     xr = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     offs = tl.arange(0, BLOCK)
-    if NS > 0:  # the row's sum of |x| given in n_sums partial sums (the SwiGLU epilogue's): x read once, by the counts
-        sc = tl.arange(0, NS)
-        part = tl.load(sums_ptr + rows.to(tl.int64)[:, None] * stride_sm + sc[None, :],
-                       mask=rmask[:, None] & (sc < n_sums)[None, :], other=0.0)
-        vth = _row_vth(tl.sum(part, axis=1), K, k_div)
-        inv = _recip(vth)
-        for k0 in range(0, K, BLOCK):
-            cols = k0 + offs
-            m = rmask[:, None] & (cols[None, :] < K)
-            x = tl.load(xr + cols[None, :], mask=m, other=0.0).to(tl.float32)
-            _encode_tile(x, vth, inv, rows, cols, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD, FP8)
-    elif ONE_PASS:  # the whole row in registers: x read once
+    if ONE_PASS:  # the whole row in registers: x read once
         m = rmask[:, None] & (offs[None, :] < K)
         x = tl.load(xr + offs[None, :], mask=m, other=0.0).to(tl.float32)
         vth = _row_vth(tl.sum(tl.abs(x), axis=1), K, k_div)
         inv = _recip(vth)
         _encode_tile(x, vth, inv, rows, offs, m, s_ptr, hi_ptr, flag_ptr, K, n_fc, BM, FC, PLANES, HW, OLD, FP8)
     else:
-        acc = tl.zeros([R, BLOCK], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK):
-            m = rmask[:, None] & (k0 + offs[None, :] < K)
-            acc += tl.abs(tl.load(xr + k0 + offs[None, :], mask=m, other=0.0).to(tl.float32))
-        vth = _row_vth(tl.sum(acc, axis=1), K, k_div)
+        if NS > 0:  # the row's sum of |x| given as n_sums partial sums (the SwiGLU epilogue's): x read once, below
+            sc = tl.arange(0, NS)
+            part = tl.load(sums_ptr + rows.to(tl.int64)[:, None] * stride_sm + sc[None, :],
+                           mask=rmask[:, None] & (sc < n_sums)[None, :], other=0.0)
+            vth = _row_vth(tl.sum(part, axis=1), K, k_div)
+        else:  # a first pass over the row for its sum
+            acc = tl.zeros([R, BLOCK], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK):
+                m = rmask[:, None] & (k0 + offs[None, :] < K)
+                acc += tl.abs(tl.load(xr + k0 + offs[None, :], mask=m, other=0.0).to(tl.float32))
+            vth = _row_vth(tl.sum(acc, axis=1), K, k_div)
         inv = _recip(vth)
         for k0 in range(0, K, BLOCK):
             cols = k0 + offs
