@@ -91,10 +91,12 @@ def load_sm90():
     """backends/cuda/sm90.py when the Hopper forward runs here, else None."""
     try:
         import sbops  # noqa: F401
+        from sbops import _platform
         from sbops._backends.cuda import sm90
     except ImportError:
         return None
-    return sm90 if sm90._available(torch.cuda.current_device()) else None
+    available = _platform.native_kernel_available("swa_attn_fwd_sm90_available", torch.cuda.current_device())
+    return sm90 if available else None
 
 
 class Ours:
