@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from typing import Optional
 
 import torch
@@ -184,30 +183,27 @@ def _attend_cache_with_sinks(q, cache: SWACache, seq_lens, slots, sink_k, sink_v
 # over [cached window; chunk] (sbops_native.swa_attn_fwd_sm90 with q shorter than k: q holds the last positions), so
 # no zero query rows are computed for the cached window and q is not copied into a packed buffer.  Elsewhere, and with
 # SBOPS_SWA_CHUNK_QUERIES=0 (an A/B switch), swa_attn runs over the packed layout with zero queries for the cached rows.
-SWA_CHUNK_QUERIES = os.environ.get("SBOPS_SWA_CHUNK_QUERIES", "1").strip().lower() not in ("0", "false", "off", "no")
+SWA_CHUNK_QUERIES = _platform.env_switch("SBOPS_SWA_CHUNK_QUERIES")
 
 
 def _swa_chunk_op(q, k, v, sink_k):
-    """sbops_native.swa_attn_fwd_sm90 where it serves q [1, T, H, 128] (bf16 / fp16, CUDA sm_90, an sm_90a build) over
-    longer k, v, no sinks, no gradient asked, not compiling, no backend other than cuda forced, and the cuda backend's
-    swa_attn itself routed to that kernel (its tuning's sm90 routes); else None."""
-    if not SWA_CHUNK_QUERIES or not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16) or q.shape[-1] != 128:
+    """sbops_native.swa_attn_fwd_sm90 where it serves q [1, T, H, 128] over longer k, v: the cases the cuda backend's
+    swa_attn routes to that kernel (its tuning's sm90 routes, backends/cuda/sm90.swa_applies: bf16 / fp16, head dim
+    128, no sinks, a CUDA sm_90 device and an sm_90a build), with no gradient asked, not compiling and no backend
+    other than cuda forced; else None."""
+    if not SWA_CHUNK_QUERIES or not q.is_cuda or sink_k is not None or not q.dtype == k.dtype == v.dtype:
         return None
-    if sink_k is not None or not q.dtype == k.dtype == v.dtype or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _dispatch._forced_name() not in (None, "cuda"):
         return None
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return None
-    if _dispatch._forced_name() not in (None, "cuda"):
-        return None
-    op = _platform.native_op("swa_attn_fwd_sm90")
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if op is None or not _platform.native_kernel_available("swa_attn_fwd_sm90_available", index):
-        return None
     try:
-        from sbops._backends.cuda import sm90_routes
+        from sbops._backends.cuda import sm90, sm90_routes
     except ImportError:
         return None
-    return op if sm90_routes().get("swa_fwd", False) else None
+    if not (sm90_routes().get("swa_fwd", False) and sm90.swa_applies(q, k, v, None, None)):
+        return None
+    return _platform.native_op("swa_attn_fwd_sm90")
 
 
 def _softmax_branch(q, k, v, window: int, cache: Optional[SWACache], batch: Optional[CacheBatch],

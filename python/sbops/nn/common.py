@@ -262,14 +262,19 @@ def _spike_linear_triton(x: torch.Tensor, module: str = "spike_linear", fp8: boo
         return None
 
 
+def _unfused(x: torch.Tensor, mods) -> bool:
+    # the projections `mods` run one by one at this call: fusion off, autograd, torch.compile, another device, hooks
+    return (not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or x.device.type not in _FUSED_DEVICE_TYPES or _hooked(mods))
+
+
 def gate_up_silu(owner: nn.Module, gate: nn.Module, up: nn.Module, x: torch.Tensor, row_sums: bool = False):
     """silu(gate(x)) * up(x) for SpikeLinears gate / up at a CUDA prefill (more than DECODE_MAX_M rows), or None
     where that does not apply (then the caller runs the projections and silu_mul): e4m3 weights with bfloat16 x
     through their fused unscaled product (see FUSE_GATE_UP_SCALES); int8 weights with a scale per channel through
     the Hopper int8 GEMM with silu(g) * u in its epilogue (FUSE_GATE_UP_SWIGLU; with row_sums, as (h, the sums of
     |h| per 128-column tile) for down_from_row_sums)."""
-    if (not FUSE_PROJECTIONS or torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or x.device.type not in _FUSED_DEVICE_TYPES or _hooked((gate, up))):
+    if _unfused(x, (gate, up)):
         return None
     if all(type(m) is nn.Linear for m in (gate, up)):
         return _gate_up_silu_bf16(owner, gate, up, x)
@@ -334,11 +339,9 @@ def _down_row_sums(mlp: nn.Module, x: torch.Tensor):
     run the int_mm path on the Hopper kernel with rows the encode reads twice: then gate / up hand it their sums of |h|
     (FUSE_DOWN_ROW_SUMS).  Else None."""
     d = mlp.down_proj
-    if (not FUSE_DOWN_ROW_SUMS or not FUSE_GATE_UP_SWIGLU or not FUSE_PROJECTIONS or torch.is_grad_enabled()
-            or torch.compiler.is_compiling() or x.device.type not in _FUSED_DEVICE_TYPES):
+    if not FUSE_DOWN_ROW_SUMS or not FUSE_GATE_UP_SWIGLU or _unfused(x, (d,)):
         return None
-    if (type(d) is not SpikeLinear or "forward" in d.__dict__ or _hooked((d,))
-            or d.weight_quant != "int8" or d.group_size != d.in_features or not d._runs_on_int8(x)):
+    if (type(d) is not SpikeLinear or "forward" in d.__dict__ or d.weight_quant != "int8" or d.group_size != d.in_features or not d._runs_on_int8(x)):
         return None
     sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
     sl, K = None if sw is None else sw.sl, d.in_features
