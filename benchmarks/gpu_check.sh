@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|s42|prof|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|s42|full|prof|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
 #   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, s41, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
@@ -422,6 +422,23 @@ if [[ " $steps " == *" prof "* ]]; then
     timeout 200 python3 benchmarks/gpu/probes/model_kernel_profile.py 16384 $([ "$m" = int8ch ] && echo --int8ch) \
       > "$OUT/logs/prof_$m.log" 2>&1; echo "profile rc=$?"
     grep -a -A24 "=== prefill\|=== decode" "$OUT/logs/prof_$m.log" | grep -a -v "^--$" | cut -c1-150 | head -80
+  done
+fi
+if [[ " $steps " == *" full "* ]]; then
+  # the model benchmark's whole curve for each model of FULL_MODELS (bf16, fp8 = fp8 with int8 down projections,
+  # int8ch = int8 per channel; default bf16): TTFT at FULL_LENGTHS (default 8k,32k,128k,1m,4m; the 4M prefill measured)
+  # next to the Qwen2 peer (measured while a call is predicted under 15 s, extrapolated beyond; FULL_PEER=0: none),
+  # decode at FULL_CONTEXTS (default 4k,1m) for B = 1 / 32 (about 3 minutes a model on an H200)
+  for m in ${FULL_MODELS:-bf16}; do
+    extra=()
+    [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
+    [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    [ "${FULL_PEER:-1}" = 0 ] && extra+=(--no-peer)
+    stamp "full: $m model, TTFT ${FULL_LENGTHS:-8k,32k,128k,1m,4m}, decode at ${FULL_CONTEXTS:-4k,1m}"
+    (cd /tmp && timeout ${FULL_LIMIT:-330} python3 -m sbops.bench.model "${extra[@]}" --lengths ${FULL_LENGTHS:-8k,32k,128k,1m,4m} \
+      --contexts ${FULL_CONTEXTS:-4k,1m} --batches 1,32 --no-eager-decode --budget-s ${FULL_BUDGET:-300} \
+      --out "$OUT/logs/full_$m" > "$OUT/logs/full_$m.log" 2>&1
+     echo "rc=$?"; grep -a "TTFT T=\|decode B=\|failed\|Error" "$OUT/logs/full_$m.log" | grep -av "predicted" | cut -c1-200 | head -20)
   done
 fi
 if [[ " $steps " == *" s41 "* ]]; then
