@@ -267,6 +267,58 @@ def test_model_benchmark_report_gives_decode_as_a_multiple_of_the_floor():
     assert "8.11 GiB" in md
 
 
+def test_model_benchmark_makes_the_8bit_copies_before_measuring_and_names_the_format():
+    """The 8-bit weights are made at the first inference call: the benchmark makes them before its first
+    measurement (else that row's peak extra memory holds them, 6.8 GiB for the int8 7B model), and its report
+    names the weight format."""
+    import types
+
+    from sbops.bench import model as bench
+    from sbops.nn import SpikeLinear
+    model = tiny_model("7b", window=4, spike_k=3.0, weight_quant="int8_channel")
+    eight = [m for m in model.modules() if isinstance(m, SpikeLinear) and m._has_8bit_path()]
+    owners = [m for m in model.modules() if "_sbops_fused_spike" in m.__dict__ or "_w8" in m.__dict__]
+    assert eight and not owners
+    logged = []
+    bench.make_8bit_copies(types.SimpleNamespace(device=torch.device("cpu"), log=logged.append), model)
+    cached = {id(m) for m in model.modules() if "_w8" in m.__dict__}
+    fused = [m.__dict__["_sbops_fused_spike"] for m in model.modules() if "_sbops_fused_spike" in m.__dict__]
+    # every 8-bit layer has its copy: its own, or a row block of its block's concatenated one
+    assert len(cached) + sum(len(f[3]) for f in fused) == len(eight) and logged
+    res = {"ttft": [], "decode": [], "notes": [], "env": {"gpu": "NVIDIA H100", "torch": "x", "transformers": None},
+           "args": {"tiny": False, "dtype_name": "bfloat16", "chunk": 32768, "weight_quant": "int8_channel"},
+           "ours": {"weight_gib": 14.187, "resident_gib": 20.9}}
+    md = bench.markdown(res)
+    assert "bfloat16, W8ASpike (int8_channel weights" in md and "holds 20.9 GiB on the device" in md
+    res["args"]["weight_quant"] = None
+    assert "W8ASpike" not in bench.markdown(res)
+
+
+def test_default_prefill_chunk_is_larger_where_layers_run_on_8bit_weights():
+    import importlib
+    gen = importlib.import_module("sbops.models.generate")  # the module (sbops.models.generate is the function)
+    from sbops.models.generate import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK_8BIT, default_prefill_chunk
+    assert DEFAULT_PREFILL_CHUNK_8BIT > DEFAULT_PREFILL_CHUNK
+    assert default_prefill_chunk(tiny_model("7b", window=4)) == DEFAULT_PREFILL_CHUNK
+    assert default_prefill_chunk(tiny_model("7b", window=4, spike_k=3.0)) == DEFAULT_PREFILL_CHUNK  # no 8-bit weights
+    int8 = tiny_model("7b", window=4, spike_k=3.0, weight_quant="int8_channel")
+    assert default_prefill_chunk(int8) == DEFAULT_PREFILL_CHUNK_8BIT
+    # generate() takes it when prefill_chunk_size is None: seen through the chunks it feeds the model
+    seen = []
+    real = gen._prefill
+
+    def spy(model, cache, prompts, slots, chunk, *args, **kw):
+        seen.append(chunk)
+        return real(model, cache, prompts, slots, chunk, *args, **kw)
+    gen._prefill = spy
+    try:
+        generate(int8, torch.randint(0, 128, (1, 5)), 1)
+        generate(int8, torch.randint(0, 128, (1, 5)), 1, prefill_chunk_size=3)
+    finally:
+        gen._prefill = real
+    assert seen == [DEFAULT_PREFILL_CHUNK_8BIT, 3]
+
+
 def test_bucketed_padded_decode_step_leaves_live_slots_exact():
     """DecodeGraphs' step without capture (same static buffers, buckets and scratch slot): padding
     rows decode into the scratch slot only, and live rows equal plain decode steps."""

@@ -20,6 +20,19 @@ _token_ids = A.token_ids   # the old private names
 # peak extra memory), 16384 -> 24.06 s (2.42 GiB), 32768 -> 23.88 s (4.72 GiB): 16384 keeps most of the gain
 # (fewer dummy window queries per token in the SWA layers, fewer launches) at half the memory of 32768.
 DEFAULT_PREFILL_CHUNK = 16384
+# Where the linear layers run on 8-bit weights (W8ASpike) their GEMMs take about half the time, so the per-chunk
+# costs (launches, the SWA layers' cached window of keys) weigh twice as much.  Session 43 (H100, the 7B shape with
+# int8 per-channel weights, TTFT at 1M, alternated twice): 16384 -> 14.105 / 14.093 s (2.37 GiB peak extra memory),
+# 32768 -> 13.958 / 13.964 s (4.63 GiB), -1.0%.
+DEFAULT_PREFILL_CHUNK_8BIT = 32768
+
+
+def default_prefill_chunk(model) -> int:
+    """generate()'s prefill chunk when none is given: DEFAULT_PREFILL_CHUNK_8BIT for a model with a linear layer that
+    runs on its 8-bit weights at inference (a SpikeLinear with k and an 8-bit weight_quant), else DEFAULT_PREFILL_CHUNK."""
+    from ..nn import SpikeLinear
+    eight = any(isinstance(m, SpikeLinear) and m._has_8bit_path() for m in model.modules())
+    return DEFAULT_PREFILL_CHUNK_8BIT if eight else DEFAULT_PREFILL_CHUNK
 
 
 class GenerateOutput(NamedTuple):
@@ -78,8 +91,9 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
         (padding kept) followed by the new tokens; the masked-out tokens are dropped from the model's
         input.  Prompts are packed (cu_seqlens), never padded.  input_ids (integer tensors) must be on
         the model's device: nothing is moved.  max_new_tokens: an int >= 0.
-    Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default DEFAULT_PREFILL_CHUNK = 16384),
-        so its memory is bounded whatever the prompt length; logits only at each prompt's last token.
+    Prefill: chunks of at most prefill_chunk_size tokens over all joining prompts (default: default_prefill_chunk(model),
+        16384, or 32768 where the linear layers run on 8-bit weights), so its memory is bounded whatever the prompt
+        length; logits only at each prompt's last token.
     Batching: sequence i uses a cache slot; at most max_batch_size (default: all) run at once, and
         a finished sequence leaves the batch and frees its slot for the next waiting prompt.
     Decode: one token per running sequence per step.  On a CUDA device the step is captured in CUDA
@@ -116,7 +130,7 @@ def generate(model, input_ids, max_new_tokens: int, *, do_sample: bool = False, 
     do_sample = A.as_flag(do_sample, "do_sample")
     temperature, top_k, top_p = check_sampling(do_sample, temperature, top_k, top_p)
     eos, pad = A.default_token_ids(model, eos_token_id, pad_token_id)
-    chunk = A.as_int(DEFAULT_PREFILL_CHUNK if prefill_chunk_size is None else prefill_chunk_size,
+    chunk = A.as_int(default_prefill_chunk(model) if prefill_chunk_size is None else prefill_chunk_size,
                      "prefill_chunk_size", 1, " (or None: the default)")
     max_batch_size = A.optional_int(max_batch_size, "max_batch_size", 1, " (or None: all prompts at once)")
     output_scores, reuse_cache = A.as_flag(output_scores, "output_scores"), A.as_flag(reuse_cache, "reuse_cache")
