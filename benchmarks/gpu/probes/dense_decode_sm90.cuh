@@ -1,8 +1,8 @@
 // Probe, not in the library (session 38): a Hopper (sm_90a) dense decode GEMM, y = x @ w^T for M <= 32 rows of x,
 // float16 or bfloat16, float32 accumulation, y in x's dtype, written to beat cuBLAS past 16 rows, where the
 // register-streaming GEMV of backends/cuda/kernels/dense_decode.cu loses (x's n-tiles take its registers).  Measured on
-// an H100 it lost to both at every 7B shape but the widest (benchmarks/RESULTS.md, session 38), so it was taken out of
-// the library.  The loss is the cut tiles' reduction: with it dropped (SBOPS_DD90_TIMING_NO_REDUCE, wrong results) the
+// an H100 it lost to both at every 7B shape but the widest (benchmarks/RESULTS_sessions_37-39.md, session 38; its
+// open variants, session 43: RESULTS.md), so it was taken out of the library.  The loss is the cut tiles' reduction: with it dropped (SBOPS_DD90_TIMING_NO_REDUCE, wrong results) the
 // kernel beat cuBLAS at M = 32 on every layer shape.  dense_decode_sm90_variants.cu times it with the knobs below; the
 // next tries, written after the last device call and not yet run: SBOPS_DD90_DEFER_FIRST (a block's cut first tile
 // summed after its last unit) and SBOPS_DD90_CLUSTER_K (no stream-K: clusters of CS blocks split each tile's K and

@@ -466,7 +466,9 @@ def plot(res: Dict[str, Any], path: str) -> Optional[str]:
         meas = [r for r in rows if not r.get("extrapolated")]
         ext = [r for r in rows if r.get("extrapolated")]
         tiny = res["args"].get("tiny")
-        label = (f"SpikingBrain-{'tiny' if tiny else '7B'} shape (sbops)" if model == "sbops"
+        wq = res["args"].get("weight_quant")
+        label = (f"SpikingBrain-{'tiny' if tiny else '7B'} shape (sbops{', W8ASpike ' + wq if wq else ''})"
+                 if model == "sbops"
                  else f"Qwen2-{'tiny' if tiny else '7B'} (HF SDPA)")
         line = ax1.plot([r["T"] for r in meas], [r["ttft_s"] for r in meas], style, label=label)[0]
         if ext:
