@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build sbops for CUDA on the GPU machine, run the GPU test suite, the main report
 # (python -m sbops.bench --full) and, optionally, the MACA simulation build + its tests.
-#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|s42|full|prof|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
+#   benchmarks/gpu_check.sh [all|build|install|wheel|stablewheel|tests|suite|sanitize|cudaops|swa|fp8split|fp8sweep|fp8probe|fp8model|chunk|s28|s29|s32|s34|s36spike|s38|s39|s39b|s40|s40b|int8t|s41|s42|full|chunkab|prof|goals|bench|bench_attn|bench_rest|bench_default|macasim]...
 #   (default: all; install, stablewheel, suite, sanitize, cudaops, swa, fp8split, fp8sweep, fp8probe, fp8model, chunk, s28, s29, s32, s34, s36spike, s38, s39, s39b, s40, s40b, int8t, s41, goals
 #   and bench_default only when named; fp8sweep -- the fp8 prefill fix-up's launch A/B, sweep, tests and model A/B; the open checks, each about 4-5 minutes after install: fp8probe -- the decode GEMV
 #   probe (fused-encode and cp.async layouts) and the GPU tests of the decode kernel and of drop_float_weights;
@@ -23,7 +23,9 @@
 #   profile (about 7 minutes after install); s40b -- the int8 GEMM's warpgroup-lag variants (about a minute, no install);
 #   int8t -- the int8 / bf16 Hopper GEMM's GPU tests and the bf16
 #   GEMM's probe against cuBLAS (about 3 minutes); s41 -- the bf16 model's gate / up on that GEMM (see the step);
-#   prof -- kernel profiles of a prefill chunk and the decode steps (PROF_MODELS);
+#   prof -- kernel profiles of a prefill chunk and the decode steps (PROF_MODELS); full -- the model benchmark's whole
+#   curve for each of FULL_MODELS (TTFT 8k-4M with the Qwen2 peer, decode at 4k / 1M, B = 1 / 32; about 3 minutes a
+#   model on an H100); chunkab -- TTFT at 1M by prefill chunk size, alternated (CHUNKAB_MODELS, CHUNKAB_SIZES);
 #   goals -- TTFT at 1M and the 4k-context decode, bf16 and W8ASpike (fp8, int8 per channel; about 5 minutes).  install
 #   runs first, before any other step.  A second call on a warm machine needs no install.)
 # Env: GPU_TEST_FILES (default: every GPU test file), GPU_TEST_JOBS (files at a time, default 3),
@@ -439,6 +441,23 @@ if [[ " $steps " == *" full "* ]]; then
       --contexts ${FULL_CONTEXTS:-4k,1m} --batches 1,32 --no-eager-decode --budget-s ${FULL_BUDGET:-300} \
       --out "$OUT/logs/full_$m" > "$OUT/logs/full_$m.log" 2>&1
      echo "rc=$?"; grep -a "TTFT T=\|decode B=\|failed\|Error" "$OUT/logs/full_$m.log" | grep -av "predicted" | cut -c1-200 | head -20)
+  done
+fi
+if [[ " $steps " == *" chunkab "* ]]; then
+  # the prefill chunk's size: TTFT at 1M for each model of CHUNKAB_MODELS (default bf16) at each size of CHUNKAB_SIZES
+  # in turn (default 16384 32768 16384 32768), one process each (about 70 s a bf16 run, 50 s an int8ch run)
+  for m in ${CHUNKAB_MODELS:-bf16}; do
+    extra=()
+    [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
+    [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    i=0
+    for c in ${CHUNKAB_SIZES:-16384 32768 16384 32768}; do
+      i=$((i + 1))
+      (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches 1 --no-peer \
+        --no-eager-decode --decode-steps 10 --chunk "$c" --budget-s 160 --out "$OUT/logs/chunkab_${m}_${c}_$i" \
+        > "$OUT/logs/chunkab_${m}_${c}_$i.log" 2>&1
+       echo "$m chunk $c (run $i): rc=$? $(grep -a 'TTFT T=1M:' "$OUT/logs/chunkab_${m}_${c}_$i.log" | sed 's/.*TTFT/TTFT/')")
+    done
   done
 fi
 if [[ " $steps " == *" s41 "* ]]; then
