@@ -368,12 +368,16 @@ if [[ " $steps " == *" s34 "* ]]; then
       > "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log" 2>&1; echo "profile rc=$?"; grep -a -A12 "=== decode step B=1:" "$OUT/logs/s34_profile_pdl${S34_PROFILE}.log"
   fi
 fi
+# sbops.bench.model's weight arguments for a model label: bf16 (none), fp8 (fp8 with int8 down projections), int8ch
+# (int8 per channel)
+quant_args() {
+  case $1 in fp8) echo "--weight-quant fp8 --down-quant int8_channel" ;; int8ch) echo "--weight-quant int8_channel" ;; esac
+}
 # One model's goal point: TTFT at 1M and the decode step at a 4k context (CUDA graphs), one run: label, model (bf16,
 # fp8 = fp8 with int8 down projections, int8ch = int8 per channel), batches; log and report in $OUT/logs/<label>*
 model_point() {
-  local label=$1 m=$2 b=$3 extra=()
-  [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
-  [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+  local label=$1 m=$2 b=$3 extra
+  read -ra extra <<< "$(quant_args "$m")"
   stamp "$label: $m model, TTFT 1M + decode at 4k"
   (cd /tmp && timeout 170 python3 -m sbops.bench.model "${extra[@]}" --lengths 1m --contexts 4k --batches "$b" --no-peer \
     --no-eager-decode --budget-s 150 --out "$OUT/logs/$label" > "$OUT/logs/$label.log" 2>&1
@@ -432,9 +436,7 @@ if [[ " $steps " == *" full "* ]]; then
   # next to the Qwen2 peer (measured while a call is predicted under 15 s, extrapolated beyond; FULL_PEER=0: none),
   # decode at FULL_CONTEXTS (default 4k,1m) for B = 1 / 32 (about 3 minutes a model on an H200)
   for m in ${FULL_MODELS:-bf16}; do
-    extra=()
-    [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
-    [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    read -ra extra <<< "$(quant_args "$m")"
     [ "${FULL_PEER:-1}" = 0 ] && extra+=(--no-peer)
     stamp "full: $m model, TTFT ${FULL_LENGTHS:-8k,32k,128k,1m,4m}, decode at ${FULL_CONTEXTS:-4k,1m}"
     (cd /tmp && timeout ${FULL_LIMIT:-330} python3 -m sbops.bench.model "${extra[@]}" --lengths ${FULL_LENGTHS:-8k,32k,128k,1m,4m} \
@@ -447,9 +449,7 @@ if [[ " $steps " == *" chunkab "* ]]; then
   # the prefill chunk's size: TTFT at 1M for each model of CHUNKAB_MODELS (default bf16) at each size of CHUNKAB_SIZES
   # in turn (default 16384 32768 16384 32768), one process each (about 70 s a bf16 run, 50 s an int8ch run)
   for m in ${CHUNKAB_MODELS:-bf16}; do
-    extra=()
-    [ "$m" = fp8 ] && extra=(--weight-quant fp8 --down-quant int8_channel)
-    [ "$m" = int8ch ] && extra=(--weight-quant int8_channel)
+    read -ra extra <<< "$(quant_args "$m")"
     i=0
     for c in ${CHUNKAB_SIZES:-16384 32768 16384 32768}; do
       i=$((i + 1))
