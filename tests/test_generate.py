@@ -319,6 +319,21 @@ def test_default_prefill_chunk_is_larger_where_layers_run_on_8bit_weights():
     assert seen == [DEFAULT_PREFILL_CHUNK_8BIT, 3]
 
 
+def test_model_benchmark_takes_generates_default_chunk_for_the_model_it_builds(tmp_path):
+    """Without --chunk the 7B benchmark runs generate()'s default for the model it built (build_ours asks
+    default_prefill_chunk), and records it: 8-bit layers get DEFAULT_PREFILL_CHUNK_8BIT."""
+    from sbops.bench import model as bench
+    from sbops.bench.model_args import parse_args
+    from sbops.models.generate import DEFAULT_PREFILL_CHUNK_8BIT
+    args = parse_args(["--tiny", "--device", "cpu", "--weight-quant", "int8_channel", "--out", str(tmp_path)], "doc")
+    assert args.chunk == 128          # the tiny run's own chunk
+    args.chunk = None                 # as the 7B run leaves it
+    run = bench.Run(args)
+    with torch.inference_mode():
+        bench.build_ours(run)
+    assert args.chunk == run.res["args"]["chunk"] == DEFAULT_PREFILL_CHUNK_8BIT
+
+
 def test_bucketed_padded_decode_step_leaves_live_slots_exact():
     """DecodeGraphs' step without capture (same static buffers, buckets and scratch slot): padding
     rows decode into the scratch slot only, and live rows equal plain decode steps."""

@@ -160,6 +160,9 @@ def build_ours(run: Run):
     rbytes = decode_read_bytes(model)
     run.res["ours"] = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
                        "weight_gib": round(wbytes / 2**30, 3), "decode_read_gib": round(rbytes / 2**30, 3)}
+    if a.chunk is None:  # generate()'s default prefill chunk for this model
+        from sbops.models.generate import default_prefill_chunk
+        a.chunk = run.res["args"]["chunk"] = default_prefill_chunk(model)
     if a.weight_quant:
         make_8bit_copies(run, model)
     if run.device.type == "cuda":  # what the model holds on the device (weights, 8-bit copies, buffers), measured

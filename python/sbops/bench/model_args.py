@@ -83,8 +83,8 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     ap.add_argument("--no-eager-decode", dest="eager_decode", action="store_false",
                     help="skip the eager decode comparison point")
     ap.add_argument("--chunk", type=_at_least(1, int), default=None,
-                    help="prefill chunk size (default: generate()'s, 16384 tokens, 32768 with --weight-quant; "
-                         "--tiny / CPU: 128)")
+                    help="prefill chunk size (default: generate()'s for the model, 16384 tokens, 32768 where its "
+                         "layers run on 8-bit weights; --tiny / CPU: 128)")
     ap.add_argument("--decode-steps", type=_at_least(1, int), default=50,
                     help="timed decode steps per point (default 50)")
     ap.add_argument("--weight-quant", choices=["int8", "int8_channel", "fp8"], default=None,
@@ -107,7 +107,6 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
         ap.error("--down-quant needs --weight-quant (it changes the down projections of a W8ASpike model)")
     if args.drop_float_weights and not args.weight_quant:
         ap.error("--drop-float-weights needs --weight-quant (only 8-bit spike-coded layers drop their float weights)")
-    from sbops.models.generate import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK_8BIT
     args.out = args.out or os.path.join(os.environ.get("OUT") or os.getcwd(), "sbops-model-bench")
     if args.device is not None:
         try:
@@ -132,9 +131,8 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
     args.lengths = args.lengths or parse_lens("256,1k" if args.tiny else "8k,32k,128k,512k,1m,2m,4m")
     args.contexts = args.contexts or parse_lens("64,1k" if args.tiny else "4k,16k,64k,256k,1m")
     args.batches = args.batches or ([1, 4] if args.tiny else [1, 32])
-    # generate()'s default for the model built (default_prefill_chunk): larger where the layers run on 8-bit weights
-    args.chunk = args.chunk or (128 if args.tiny else
-                                DEFAULT_PREFILL_CHUNK_8BIT if args.weight_quant else DEFAULT_PREFILL_CHUNK)
+    # None: generate()'s default for the model built (default_prefill_chunk, set by model.build_ours)
+    args.chunk = args.chunk or (128 if args.tiny else None)
     args.peer_reserve_s = min(75.0, args.budget_s / 5) if args.peer_reserve_s is None else args.peer_reserve_s
     args.ttft_reserve_s = min(120.0, args.budget_s / 4) if args.ttft_reserve_s is None else args.ttft_reserve_s
     asked = args.dtype
@@ -145,7 +143,7 @@ def parse_args(argv: Optional[List[str]], doc: str) -> argparse.Namespace:
             print(f"sbops.bench.model: --dtype {asked} is not run on the CPU: the tiny CPU run is float32",
                   file=sys.stderr)
         args.dtype, args.dtype_name = torch.float32, "float32"
-    if min(args.lengths + args.contexts + args.batches + [args.chunk]) < 1:
+    if min(args.lengths + args.contexts + args.batches + [args.chunk or 1]) < 1:
         ap.error("lengths, contexts, batches and --chunk must be >= 1")
     return args
 
