@@ -487,6 +487,15 @@ def int_mm_applies(x: torch.Tensor, weight_q: torch.Tensor, group_size) -> bool:
             and x.device.type in ("cuda", "cpu"))
 
 
+def int_mm_routed(x: torch.Tensor, K: int, N: int, backend: str = "cuda") -> bool:
+    """Whether spike_linear_fwd's own routing (no path, no config) sends an int8 prefill of x's rows with K input
+    channels and N outputs to the "int_mm" path (int_mm_applies then says whether that path serves the call): more
+    than DECODE_MAX_M rows, the cuda tuning naming "int_mm" for int8 prefill, and K > N unless the tuning takes every
+    shape or the Hopper kernel serves them all (INT8_GEMM_SM90_ALL).  x gives the rows, dtype and device only."""
+    return (x.numel() // max(x.shape[-1], 1) > DECODE_MAX_M and backend == "cuda" and _tuning.INT8_PREFILL == "int_mm"
+            and (K > N or not _tuning.INT8_INT_MM_ONLY_K_GT_N or (INT8_GEMM_SM90_ALL and int8_gemm_sm90_applies(x, K))))
+
+
 INT_MM_EPILOGUE = (32, 256, 8)  # the int_mm epilogue's (rows, columns, warps) per program
 
 
@@ -557,9 +566,7 @@ def spike_linear_fwd(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torc
         if (path == "prefill" and fp8 and backend == "cuda" and _tuning.FP8_PREFILL == "scaled_mm"
                 and scaled_mm_applies(x, weight_q, group_size, bias)):
             return _prefill_scaled_mm(x, weight_q, scale, k, bias)  # (config is the Triton GEMM's)
-        if (path == "prefill" and not fp8 and backend == "cuda" and config is None
-                and _tuning.INT8_PREFILL == "int_mm"
-                and (K > N or not _tuning.INT8_INT_MM_ONLY_K_GT_N or (INT8_GEMM_SM90_ALL and int8_gemm_sm90_applies(x, K)))
+        if (path == "prefill" and not fp8 and config is None and int_mm_routed(x, K, N, backend)
                 and int_mm_applies(x, weight_q, group_size)):
             return _prefill_int_mm(x, weight_q, scale, k, bias)
     if path == "int_mm":

@@ -341,14 +341,14 @@ def _down_row_sums(mlp: nn.Module, x: torch.Tensor):
     d = mlp.down_proj
     if not FUSE_DOWN_ROW_SUMS or not FUSE_GATE_UP_SWIGLU or _unfused(x, (d,)):
         return None
-    if (type(d) is not SpikeLinear or "forward" in d.__dict__ or d.weight_quant != "int8" or d.group_size != d.in_features or not d._runs_on_int8(x)):
+    if (type(d) is not SpikeLinear or "forward" in d.__dict__ or d.weight_quant != "int8"
+            or d.group_size != d.in_features or not d._runs_on_int8(x)):
         return None
     sw = _spike_linear_triton(x, "spike_linear_swiglu", fp8=False)
     sl, K = None if sw is None else sw.sl, d.in_features
-    if (sl is None or _cuda_tuning() != "cuda" or x.numel() // max(x.shape[-1], 1) <= sl.DECODE_MAX_M
-            or sl._tuning.INT8_PREFILL != "int_mm"
-            or not sw.down_takes_row_sums(K) or not sl.int8_gemm_sm90_applies(x, K)
-            or not (K > d.out_features or sl.INT8_GEMM_SM90_ALL or not sl._tuning.INT8_INT_MM_ONLY_K_GT_N)):
+    # h has x's rows, dtype and device: spike_linear's own int_mm routing for it, on the Hopper kernel
+    if (sl is None or _cuda_tuning() != "cuda" or not sl.int_mm_routed(x, K, d.out_features)
+            or not sw.down_takes_row_sums(K) or not sl.int8_gemm_sm90_applies(x, K)):
         return None
     return sw
 
