@@ -294,7 +294,7 @@ def test_model_benchmark_makes_the_8bit_copies_before_measuring_and_names_the_fo
     assert "W8ASpike" not in bench.markdown(res)
 
 
-def test_default_prefill_chunk_is_larger_where_layers_run_on_8bit_weights():
+def test_default_prefill_chunk_is_larger_where_layers_run_on_8bit_weights(monkeypatch):
     import importlib
     gen = importlib.import_module("sbops.models.generate")  # the module (sbops.models.generate is the function)
     from sbops.models.generate import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFILL_CHUNK_8BIT, default_prefill_chunk
@@ -310,12 +310,9 @@ def test_default_prefill_chunk_is_larger_where_layers_run_on_8bit_weights():
     def spy(model, cache, prompts, slots, chunk, *args, **kw):
         seen.append(chunk)
         return real(model, cache, prompts, slots, chunk, *args, **kw)
-    gen._prefill = spy
-    try:
-        generate(int8, torch.randint(0, 128, (1, 5)), 1)
-        generate(int8, torch.randint(0, 128, (1, 5)), 1, prefill_chunk_size=3)
-    finally:
-        gen._prefill = real
+    monkeypatch.setattr(gen, "_prefill", spy)
+    generate(int8, torch.randint(0, 128, (1, 5)), 1)
+    generate(int8, torch.randint(0, 128, (1, 5)), 1, prefill_chunk_size=3)
     assert seen == [DEFAULT_PREFILL_CHUNK_8BIT, 3]
 
 
